@@ -1,0 +1,851 @@
+//! The campaign definition: a TOML file that says everything a campaign year needs
+//! (milestones and deadlines, targets, quotas, units, bulletin schedule, lagging
+//! thresholds), so a 2019 campaign is a new file, not new code.
+//!
+//! Loading validates the whole file and names the line of the first mistake.
+//! [`QuotaLedger`] is the one quota check: the agent calls it before signing, the hub
+//! again on arrival.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Range;
+
+use chrono::{Duration, FixedOffset, NaiveDate, NaiveTime};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::record::{Nominee, Recommendation};
+use crate::region::{Level, RegionCode};
+
+/// The 2018 campaign as shipped in `deploy/campaigns/2018.toml`.
+pub const CAMPAIGN_2018_TOML: &str = include_str!("../../deploy/campaigns/2018.toml");
+
+/// UTC+8, the default time zone of campaign dates.
+pub const CHINA_STANDARD_TIME: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
+    Some(o) => o,
+    None => panic!("UTC+8 is a valid offset"),
+};
+
+/// A mistake in a campaign file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignError {
+    /// The TOML itself does not parse, or a value has the wrong type or an unknown key.
+    #[error("line {line}: {message}")]
+    Syntax {
+        /// 1-based line of the mistake.
+        line: usize,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// The file parses but a value is not acceptable.
+    #[error("line {line}: {field}: {message}")]
+    Invalid {
+        /// 1-based line of the offending value.
+        line: usize,
+        /// Dotted path of the field, e.g. `milestones[2].due`.
+        field: String,
+        /// Why it is refused and what would be accepted.
+        message: String,
+    },
+}
+
+/// Whether a milestone is handed in by each unit or is a period of activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MilestoneKind {
+    /// Submitted by every provincial unit as a `milestone` record; tracked for timeliness.
+    Deliverable,
+    /// A period (`opens` … `due`) in which activities happen; shown, not submitted.
+    Window,
+}
+
+/// Structured details a deliverable must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// `details.contacts`: the contact list (personal data).
+    Contacts,
+    /// `details.years`: the rollout plan, regions per year.
+    Years,
+}
+
+/// One milestone of the work ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MilestoneDef {
+    /// Stable id used in records (`implementation_plan`).
+    pub id: String,
+    /// Chinese title.
+    pub title: String,
+    /// English title.
+    pub title_en: String,
+    /// Deliverable or window.
+    pub kind: MilestoneKind,
+    /// First day of a window; `None` for deliverables.
+    pub opens: Option<NaiveDate>,
+    /// Deadline (last day, inclusive) in the campaign's time zone.
+    pub due: NaiveDate,
+    /// Details a submission must include.
+    pub requires: Vec<Requirement>,
+}
+
+/// Limits on nominations by one recommender. `None` means no limit is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Most schools one recommender of this level may nominate.
+    pub schools: Option<u32>,
+    /// Most regions one recommender of this level may nominate.
+    pub regions: Option<u32>,
+}
+
+/// Quotas per recommending level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// A county/district recommends at most …
+    #[serde(default)]
+    pub county: Quota,
+    /// A city recommends at most …
+    #[serde(default)]
+    pub city: Quota,
+    /// A province selects at most …
+    #[serde(default)]
+    pub province: Quota,
+}
+
+impl Quotas {
+    /// The quota that applies to recommenders of `level`.
+    pub fn for_level(&self, level: Level) -> &Quota {
+        match level {
+            Level::County => &self.county,
+            Level::City => &self.city,
+            Level::Province => &self.province,
+        }
+    }
+}
+
+/// The national target and optional per-province targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// New spaces nationwide between the baseline and `by`.
+    pub new_spaces: u64,
+    /// Date the target should be reached.
+    pub by: NaiveDate,
+    /// Per-province targets where the operator set them.
+    pub provinces: BTreeMap<RegionCode, u64>,
+}
+
+/// When bulletins are issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BulletinSchedule {
+    /// The date of bulletin No. 1.
+    pub first: NaiveDate,
+    /// Days between bulletins.
+    pub every_days: u32,
+    /// Local time of day bulletins are issued.
+    pub at: NaiveTime,
+}
+
+/// What counts as lagging.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lagging {
+    /// Days before a deadline on which reminders go out (e.g. `[7, 3]`).
+    pub remind_days: Vec<u32>,
+    /// A deliverable is "due soon" within this many days.
+    pub due_soon_days: u32,
+    /// Below this share of the expected trajectory a unit is "behind".
+    pub behind: f64,
+    /// Below this share it is "far behind".
+    pub far_behind: f64,
+}
+
+/// Rules an implementation plan must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRules {
+    /// Fewest years a plan may cover.
+    pub min_years: u32,
+    /// Most years a plan may cover.
+    pub max_years: u32,
+    /// Fewest regions that enter the rollout each year.
+    pub min_regions_per_year: u32,
+}
+
+/// A loaded, validated campaign.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Campaign {
+    /// Campaign id, carried in every entry (`2018`).
+    pub id: String,
+    /// Chinese name.
+    pub name: String,
+    /// English name.
+    pub name_en: String,
+    /// Time zone of every campaign date.
+    #[serde(serialize_with = "ser_offset")]
+    pub utc_offset: FixedOffset,
+    /// Records dated earlier than one year before this are refused.
+    pub starts_on: NaiveDate,
+    /// "New spaces" are counted from this date.
+    pub baseline: NaiveDate,
+    /// Last day of the campaign.
+    pub ends_on: NaiveDate,
+    /// Late-delivery grace for deliverables signed in time, in days.
+    pub grace_days: u32,
+    /// A source silent for longer than this is flagged, in days.
+    pub silent_after_days: u32,
+    /// National and per-province targets.
+    pub target: Target,
+    /// How many regions and schools the ministry finally selects.
+    pub selection: Quota,
+    /// Nomination quotas per level.
+    pub quotas: Quotas,
+    /// The work ledger, in file order.
+    pub milestones: Vec<MilestoneDef>,
+    /// Implementation plan rules.
+    pub plan: PlanRules,
+    /// Bulletin schedule.
+    pub bulletins: BulletinSchedule,
+    /// Lagging thresholds.
+    pub lagging: Lagging,
+    /// The provincial units addressed, in file order.
+    pub units: Vec<RegionCode>,
+}
+
+fn ser_offset<S: serde::Serializer>(o: &FixedOffset, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(o)
+}
+
+impl Campaign {
+    /// Parses and validates a campaign file.
+    pub fn from_toml(text: &str) -> Result<Campaign, CampaignError> {
+        let raw: RawCampaign = toml::from_str(text).map_err(|e| CampaignError::Syntax {
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().trim().to_string(),
+        })?;
+        raw.validate(text)
+    }
+
+    /// The 2018 campaign bundled with this build.
+    pub fn builtin_2018() -> Campaign {
+        match Campaign::from_toml(CAMPAIGN_2018_TOML) {
+            Ok(c) => c,
+            // The bundled file is checked by a unit test; reaching this is a build defect.
+            Err(e) => panic!("bundled 2018 campaign is invalid: {e}"),
+        }
+    }
+
+    /// The milestone with this id.
+    pub fn milestone(&self, id: &str) -> Option<&MilestoneDef> {
+        self.milestones.iter().find(|m| m.id == id)
+    }
+
+    /// Deliverables only, in file order.
+    pub fn deliverables(&self) -> impl Iterator<Item = &MilestoneDef> {
+        self.milestones
+            .iter()
+            .filter(|m| m.kind == MilestoneKind::Deliverable)
+    }
+
+    /// Is `code` one of the campaign's provincial units?
+    pub fn is_unit(&self, code: RegionCode) -> bool {
+        self.units.contains(&code)
+    }
+
+    /// Earliest date a record may carry (`starts_on` minus one year).
+    pub fn earliest_record_date(&self) -> NaiveDate {
+        self.starts_on
+            .checked_sub_months(chrono::Months::new(12))
+            .unwrap_or(self.starts_on)
+    }
+
+    /// The calendar date of an instant in the campaign's time zone.
+    pub fn local_date(&self, at: chrono::DateTime<chrono::Utc>) -> NaiveDate {
+        at.with_timezone(&self.utc_offset).date_naive()
+    }
+
+    /// The first instant after the end of `date` in the campaign's time zone
+    /// (a deadline "by 2018-11-15" ends at 2018-11-16T00:00 local).
+    pub fn end_of_day(&self, date: NaiveDate) -> chrono::DateTime<chrono::Utc> {
+        let next = date + Duration::days(1);
+        let local = next.and_time(NaiveTime::MIN);
+        let utc = local - self.utc_offset_duration();
+        chrono::DateTime::from_naive_utc_and_offset(utc, chrono::Utc)
+    }
+
+    fn utc_offset_duration(&self) -> Duration {
+        Duration::seconds(i64::from(self.utc_offset.local_minus_utc()))
+    }
+}
+
+impl fmt::Display for Campaign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.id, self.name)
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    let end = byte.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+// ---- raw file form -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    id: Spanned<String>,
+    name: String,
+    name_en: String,
+    #[serde(default)]
+    utc_offset: Option<Spanned<String>>,
+    starts_on: Spanned<toml::value::Datetime>,
+    baseline: Spanned<toml::value::Datetime>,
+    ends_on: Spanned<toml::value::Datetime>,
+    #[serde(default)]
+    grace_days: u32,
+    silent_after_days: u32,
+    target: RawTarget,
+    selection: Quota,
+    quotas: Quotas,
+    milestones: Vec<RawMilestone>,
+    plan: PlanRules,
+    bulletins: RawBulletins,
+    lagging: RawLagging,
+    units: RawUnits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    new_spaces: u64,
+    by: Spanned<toml::value::Datetime>,
+    #[serde(default)]
+    provinces: HashMap<Spanned<String>, u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMilestone {
+    id: Spanned<String>,
+    title: String,
+    title_en: String,
+    kind: MilestoneKind,
+    #[serde(default)]
+    opens: Option<Spanned<toml::value::Datetime>>,
+    due: Spanned<toml::value::Datetime>,
+    #[serde(default)]
+    requires: Vec<Requirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBulletins {
+    first: Spanned<toml::value::Datetime>,
+    every_days: Spanned<u32>,
+    at: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLagging {
+    remind_days: Vec<u32>,
+    due_soon_days: u32,
+    behind: Spanned<f64>,
+    far_behind: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnits {
+    codes: Spanned<Vec<Spanned<String>>>,
+}
+
+struct Checker<'t> {
+    text: &'t str,
+}
+
+impl Checker<'_> {
+    fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> CampaignError {
+        CampaignError::Invalid {
+            line: line_of(self.text, span.start),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn date(
+        &self,
+        v: &Spanned<toml::value::Datetime>,
+        field: &str,
+    ) -> Result<NaiveDate, CampaignError> {
+        let dt = v.get_ref();
+        match (dt.date, dt.time, dt.offset) {
+            (Some(d), None, None) => {
+                NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+                    .ok_or_else(|| self.err(v.span(), field, "not a calendar date"))
+            }
+            _ => Err(self.err(
+                v.span(),
+                field,
+                "must be a plain date such as 2018-11-15 (no time, no offset)",
+            )),
+        }
+    }
+
+    fn region(&self, v: &Spanned<String>, field: &str) -> Result<RegionCode, CampaignError> {
+        RegionCode::parse(v.get_ref()).map_err(|e| self.err(v.span(), field, e.to_string()))
+    }
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl RawCampaign {
+    fn validate(self, text: &str) -> Result<Campaign, CampaignError> {
+        let c = Checker { text };
+        if !is_id(self.id.get_ref()) {
+            return Err(c.err(
+                self.id.span(),
+                "id",
+                "must be 1–64 characters of a-z, 0-9, '_' or '-'",
+            ));
+        }
+        let utc_offset = match &self.utc_offset {
+            None => CHINA_STANDARD_TIME,
+            Some(s) => s.get_ref().parse::<FixedOffset>().map_err(|_| {
+                c.err(
+                    s.span(),
+                    "utc_offset",
+                    "must be an offset such as \"+08:00\"",
+                )
+            })?,
+        };
+        let starts_on = c.date(&self.starts_on, "starts_on")?;
+        let baseline = c.date(&self.baseline, "baseline")?;
+        let ends_on = c.date(&self.ends_on, "ends_on")?;
+        if ends_on < starts_on {
+            return Err(c.err(self.ends_on.span(), "ends_on", "is before starts_on"));
+        }
+        let by = c.date(&self.target.by, "target.by")?;
+        if by < baseline {
+            return Err(c.err(self.target.by.span(), "target.by", "is before the baseline"));
+        }
+
+        let mut units = Vec::new();
+        for (i, code) in self.units.codes.get_ref().iter().enumerate() {
+            let field = format!("units.codes[{i}]");
+            let r = c.region(code, &field)?;
+            if r.level() != Level::Province {
+                return Err(c.err(code.span(), &field, "must be a provincial code (PP0000)"));
+            }
+            if units.contains(&r) {
+                return Err(c.err(code.span(), &field, format!("{r} is listed twice")));
+            }
+            units.push(r);
+        }
+        if units.is_empty() {
+            return Err(c.err(self.units.codes.span(), "units.codes", "lists no unit"));
+        }
+
+        let mut provinces = BTreeMap::new();
+        for (code, n) in &self.target.provinces {
+            let field = format!("target.provinces.{}", code.get_ref());
+            let r = c.region(code, &field)?;
+            if !units.contains(&r) {
+                return Err(c.err(code.span(), &field, "is not one of units.codes"));
+            }
+            provinces.insert(r, *n);
+        }
+
+        let mut milestones: Vec<MilestoneDef> = Vec::new();
+        for (i, m) in self.milestones.into_iter().enumerate() {
+            let field = format!("milestones[{i}]");
+            if !is_id(m.id.get_ref()) {
+                return Err(c.err(
+                    m.id.span(),
+                    &format!("{field}.id"),
+                    "must be 1–64 characters of a-z, 0-9, '_' or '-'",
+                ));
+            }
+            if milestones.iter().any(|x| &x.id == m.id.get_ref()) {
+                return Err(c.err(
+                    m.id.span(),
+                    &format!("{field}.id"),
+                    format!("{:?} is defined twice", m.id.get_ref()),
+                ));
+            }
+            let due = c.date(&m.due, &format!("{field}.due"))?;
+            let opens = match &m.opens {
+                Some(o) => Some(c.date(o, &format!("{field}.opens"))?),
+                None => None,
+            };
+            match (m.kind, opens) {
+                (MilestoneKind::Window, None) => {
+                    return Err(c.err(
+                        m.due.span(),
+                        &format!("{field}.opens"),
+                        "a window needs an opening date",
+                    ));
+                }
+                (MilestoneKind::Window, Some(o)) if o > due => {
+                    return Err(c.err(m.due.span(), &format!("{field}.due"), "is before opens"));
+                }
+                (MilestoneKind::Deliverable, Some(_)) => {
+                    return Err(c.err(
+                        m.due.span(),
+                        &format!("{field}.opens"),
+                        "deliverables have a due date only",
+                    ));
+                }
+                _ => {}
+            }
+            milestones.push(MilestoneDef {
+                id: m.id.into_inner(),
+                title: m.title,
+                title_en: m.title_en,
+                kind: m.kind,
+                opens,
+                due,
+                requires: m.requires,
+            });
+        }
+        if !milestones
+            .iter()
+            .any(|m| m.kind == MilestoneKind::Deliverable)
+        {
+            return Err(CampaignError::Invalid {
+                line: 1,
+                field: "milestones".into(),
+                message: "at least one milestone must be a deliverable".into(),
+            });
+        }
+
+        if self.plan.min_years == 0 || self.plan.min_years > self.plan.max_years {
+            return Err(CampaignError::Invalid {
+                line: 1,
+                field: "plan".into(),
+                message: "needs 1 ≤ min_years ≤ max_years".into(),
+            });
+        }
+
+        let first = c.date(&self.bulletins.first, "bulletins.first")?;
+        if *self.bulletins.every_days.get_ref() == 0 {
+            return Err(c.err(
+                self.bulletins.every_days.span(),
+                "bulletins.every_days",
+                "must be at least 1",
+            ));
+        }
+        let at = NaiveTime::parse_from_str(self.bulletins.at.get_ref(), "%H:%M").map_err(|_| {
+            c.err(
+                self.bulletins.at.span(),
+                "bulletins.at",
+                "must be a local time such as \"09:00\"",
+            )
+        })?;
+
+        let (behind, far) = (
+            *self.lagging.behind.get_ref(),
+            *self.lagging.far_behind.get_ref(),
+        );
+        if !(0.0..=1.0).contains(&behind) {
+            return Err(c.err(
+                self.lagging.behind.span(),
+                "lagging.behind",
+                "must be between 0 and 1",
+            ));
+        }
+        if !(0.0..=behind).contains(&far) {
+            return Err(c.err(
+                self.lagging.far_behind.span(),
+                "lagging.far_behind",
+                "must be between 0 and lagging.behind",
+            ));
+        }
+        let mut remind_days = self.lagging.remind_days;
+        remind_days.sort_unstable_by(|a, b| b.cmp(a));
+        remind_days.dedup();
+
+        Ok(Campaign {
+            id: self.id.into_inner(),
+            name: self.name,
+            name_en: self.name_en,
+            utc_offset,
+            starts_on,
+            baseline,
+            ends_on,
+            grace_days: self.grace_days,
+            silent_after_days: self.silent_after_days,
+            target: Target {
+                new_spaces: self.target.new_spaces,
+                by,
+                provinces,
+            },
+            selection: self.selection,
+            quotas: self.quotas,
+            milestones,
+            plan: self.plan,
+            bulletins: BulletinSchedule {
+                first,
+                every_days: *self.bulletins.every_days.get_ref(),
+                at,
+            },
+            lagging: Lagging {
+                remind_days,
+                due_soon_days: self.lagging.due_soon_days,
+                behind,
+                far_behind: far,
+            },
+            units,
+        })
+    }
+}
+
+// ---- quotas ----------------------------------------------------------------------------
+
+/// What a nomination counts against: schools or regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NomineeType {
+    /// A school nominee.
+    School,
+    /// A region nominee.
+    Region,
+}
+
+impl NomineeType {
+    /// `school` or `region`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NomineeType::School => "school",
+            NomineeType::Region => "region",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            NomineeType::School => "schools",
+            NomineeType::Region => "regions",
+        }
+    }
+}
+
+/// A nomination that would exceed its recommender's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaViolation {
+    /// Level of the recommender.
+    pub level: Level,
+    /// The recommender.
+    pub by: RegionCode,
+    /// Schools or regions.
+    pub nominee_type: NomineeType,
+    /// The nominee refused.
+    pub nominee: String,
+    /// The quota.
+    pub limit: u32,
+    /// Nominees already counted against the quota, in the order they were counted.
+    pub counted: Vec<String>,
+}
+
+impl fmt::Display for QuotaViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quota exceeded: a {} recommends at most {} {}; {} has already nominated {} ({}), so {} cannot be added",
+            self.level,
+            self.limit,
+            self.nominee_type.plural(),
+            self.by,
+            self.counted.len(),
+            self.counted.join(", "),
+            self.nominee
+        )
+    }
+}
+
+type QuotaKey = (Level, RegionCode, NomineeType);
+
+/// Nominations counted so far, per recommender. Renominating a nominee already
+/// counted does not use more quota. The same ledger runs on the agent (before signing)
+/// and on the hub (across all sources of a province), so both judge alike.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaLedger {
+    counted: HashMap<QuotaKey, Vec<String>>,
+}
+
+impl QuotaLedger {
+    /// An empty ledger.
+    pub fn new() -> QuotaLedger {
+        QuotaLedger::default()
+    }
+
+    fn key(r: &Recommendation) -> (QuotaKey, String) {
+        let (t, code) = match &r.nominee {
+            Nominee::School { code, .. } => (NomineeType::School, code.to_string()),
+            Nominee::Region { code, .. } => (NomineeType::Region, code.to_string()),
+        };
+        ((r.level, r.by, t), code)
+    }
+
+    /// Would `r` fit? Does not record it.
+    pub fn check(&self, quotas: &Quotas, r: &Recommendation) -> Result<(), QuotaViolation> {
+        let (key, code) = Self::key(r);
+        let limit = match key.2 {
+            NomineeType::School => quotas.for_level(key.0).schools,
+            NomineeType::Region => quotas.for_level(key.0).regions,
+        };
+        let counted = self.counted.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        match limit {
+            Some(limit) if !counted.contains(&code) && counted.len() >= limit as usize => {
+                Err(QuotaViolation {
+                    level: key.0,
+                    by: key.1,
+                    nominee_type: key.2,
+                    nominee: code,
+                    limit,
+                    counted: counted.to_vec(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks `r` and, when it fits, counts it.
+    pub fn add(&mut self, quotas: &Quotas, r: &Recommendation) -> Result<(), QuotaViolation> {
+        self.check(quotas, r)?;
+        let (key, code) = Self::key(r);
+        let list = self.counted.entry(key).or_default();
+        if !list.contains(&code) {
+            list.push(code);
+        }
+        Ok(())
+    }
+
+    /// Stops counting `r` (after a withdrawal).
+    pub fn remove(&mut self, r: &Recommendation) {
+        let (key, code) = Self::key(r);
+        if let Some(list) = self.counted.get_mut(&key) {
+            list.retain(|c| c != &code);
+        }
+    }
+
+    /// Distinct recommenders with at least one counted nomination.
+    pub fn recommenders(&self) -> BTreeSet<RegionCode> {
+        self.counted
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.1)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_2018_campaign_loads_with_the_notice_facts() {
+        let c = Campaign::builtin_2018();
+        assert_eq!(c.id, "2018");
+        assert_eq!(c.units.len(), 32);
+        assert_eq!(c.target.new_spaces, 10_000_000);
+        assert_eq!(c.selection.regions, Some(40));
+        assert_eq!(c.selection.schools, Some(200));
+        assert_eq!(c.quotas.county.schools, Some(5));
+        assert_eq!(c.quotas.city.schools, Some(10));
+        assert_eq!(c.quotas.province.regions, Some(3));
+        assert_eq!(c.quotas.province.schools, Some(15));
+        let due = |id: &str| c.milestone(id).map(|m| m.due.to_string());
+        assert_eq!(due("contact_form").as_deref(), Some("2018-10-19"));
+        assert_eq!(due("implementation_plan").as_deref(), Some("2018-11-15"));
+        assert_eq!(due("recommendations").as_deref(), Some("2018-11-30"));
+        assert_eq!(due("ministry_evaluation").as_deref(), Some("2018-12-30"));
+        let ids: Vec<_> = c.deliverables().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["contact_form", "implementation_plan", "recommendations"]
+        );
+        assert_eq!(c.utc_offset.local_minus_utc(), 8 * 3600);
+        // Deadline 2018-11-15 CST ends at 2018-11-15T16:00Z.
+        let end = c.end_of_day(NaiveDate::from_ymd_opt(2018, 11, 15).unwrap_or_default());
+        assert_eq!(end.to_rfc3339(), "2018-11-15T16:00:00+00:00");
+    }
+
+    fn with(replace: &str, by: &str) -> Result<Campaign, CampaignError> {
+        assert!(CAMPAIGN_2018_TOML.contains(replace), "{replace}");
+        Campaign::from_toml(&CAMPAIGN_2018_TOML.replacen(replace, by, 1))
+    }
+
+    fn line_containing(text: &str) -> usize {
+        let pos = CAMPAIGN_2018_TOML.find(text).unwrap_or(0);
+        line_of(CAMPAIGN_2018_TOML, pos)
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("due = 2018-11-15", "due = 2018-11-31", "invalid date"),
+            ("due = 2018-11-15", "due = \"soon\"", "type"),
+            (
+                "due = 2018-11-15",
+                "due = 2018-11-15T10:00:00",
+                "plain date",
+            ),
+            ("every_days = 7", "every_days = 0", "at least 1"),
+            (
+                "every_days = 7",
+                "every_days = 7\nevery_week = true",
+                "unknown field",
+            ),
+            ("\"440000\", \"450000\"", "\"440000\", \"440000\"", "twice"),
+            (
+                "\"440000\", \"450000\"",
+                "\"440100\", \"450000\"",
+                "provincial",
+            ),
+            ("behind = 0.8", "behind = 1.8", "between 0 and 1"),
+            ("at = \"09:00\"", "at = \"nine\"", "local time"),
+            (
+                "id = \"recommendations\"",
+                "id = \"contact_form\"",
+                "defined twice",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let err = with(from, to).expect_err(to);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{to}: {msg}");
+            let line = match err {
+                CampaignError::Syntax { line, .. } | CampaignError::Invalid { line, .. } => line,
+            };
+            let expected = line_containing(from);
+            assert!(
+                line == expected || line == expected + 1,
+                "{to}: line {line}, expected {expected}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_year_is_a_new_file() {
+        let c2019 = CAMPAIGN_2018_TOML
+            .replace("id = \"2018\"", "id = \"2019\"")
+            .replace("2019-", "2020-")
+            .replace("2018-", "2019-");
+        let c = Campaign::from_toml(&c2019).unwrap();
+        assert_eq!(c.id, "2019");
+        assert_eq!(
+            c.milestone("implementation_plan")
+                .map(|m| m.due.to_string()),
+            Some("2019-11-15".into())
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! spacesync-shared: the record model, validation, signing, hashing and wire types that
+//! the agent and the hub both use. Pure code: no network, no database, no clock reads
+//! outside [`clock`], and no file access outside [`keys`].
+//!
+//! # Layout
+//! - [`region`]: GB/T 2260 region codes, school codes, the 32 provincial units, scope checks.
+//! - [`record`]: the five record kinds and the strict reader that names every bad field.
+//! - [`batch`]: JSON / NDJSON / CSV batches, with the position of every problem.
+//! - [`validate`]: checks that need context (scope, today, campaign, seq).
+//! - [`campaign`]: the campaign TOML file and the quota ledger.
+//! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
+//! - [`entry`]: signed, hash-chained entries and chain verification.
+//! - [`keys`]: key files and the public-key line.
+//! - [`wire`]: ingest batches, receipts, refusals, signed requests.
+//! - [`clock`]: the clock trait and its implementations.
+
+pub mod batch;
+pub mod campaign;
+pub mod clock;
+pub mod dsse;
+pub mod entry;
+pub mod keys;
+pub mod record;
+pub mod region;
+pub mod validate;
+pub mod wire;
+
+pub use campaign::Campaign;
+pub use dsse::{Digest, Envelope};
+pub use entry::{Entry, SourceId};
+pub use record::Record;
+pub use region::RegionCode;

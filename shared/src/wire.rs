@@ -1,0 +1,340 @@
+//! What travels between agent and hub: ingest batches and their answers, hub-signed
+//! receipts, and the signed-request scheme agents use for pulls.
+//!
+//! These are plain serde types; only the hub's HTTP layer and the agent's pusher put
+//! them on the wire.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::dsse::{Digest, DsseError, Envelope};
+use crate::entry::SourceId;
+
+/// DSSE payload type of a hub receipt.
+pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.spacesync.receipt+json";
+
+/// Content type of an ingest batch (JSON, optionally gzip-encoded).
+pub const INGEST_CONTENT_TYPE: &str = "application/json";
+
+/// One source's envelopes, in seq order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBatch {
+    /// The sending source; every entry must be its own.
+    pub source: SourceId,
+    /// Envelopes in ascending seq order.
+    pub entries: Vec<Envelope>,
+}
+
+/// The hub's statement that it durably holds an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Source of the entry.
+    pub source: SourceId,
+    /// Seq of the entry.
+    pub seq: u64,
+    /// SHA-256 of the entry's payload.
+    pub entry_hash: Digest,
+    /// Position in the hub's global log (0-based leaf index).
+    pub log_index: u64,
+    /// When the hub received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Receipt {
+    /// Signs the receipt with the hub key.
+    pub fn sign(&self, hub: &SigningKey) -> Envelope {
+        Envelope::sign(
+            hub,
+            RECEIPT_PAYLOAD_TYPE,
+            serde_json::to_vec(self).unwrap_or_default(),
+        )
+    }
+
+    /// Verifies a receipt envelope with the hub's public key and reads it.
+    pub fn open(env: &Envelope, hub: &VerifyingKey) -> Result<Receipt, ReceiptError> {
+        env.verify(RECEIPT_PAYLOAD_TYPE, hub)?;
+        serde_json::from_slice(&env.payload).map_err(|e| ReceiptError::Malformed(e.to_string()))
+    }
+}
+
+/// Why a receipt is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Signature or type wrong.
+    #[error("receipt signature: {0}")]
+    Signature(#[from] DsseError),
+    /// Payload unreadable.
+    #[error("receipt payload is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Why the hub refused an entry or a batch. Stable snake_case codes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The source is not registered.
+    UnknownSource,
+    /// The source or its key was revoked.
+    RevokedKey,
+    /// A signature does not verify with the registered key.
+    BadSignature,
+    /// A record speaks about a region outside the source's scope.
+    OutOfScope,
+    /// A record or entry is malformed.
+    Invalid,
+    /// An entry of another source, or another campaign.
+    WrongSource,
+    /// Seqs skip: resend from `resend_from`.
+    Gap,
+    /// `prev` does not chain to the held head.
+    BadPrev,
+    /// A different entry for a seq already held: equivocation.
+    Fork,
+    /// Timestamp far in the future.
+    FutureTimestamp,
+    /// Too many requests; retry after the indicated delay.
+    RateLimited,
+    /// Body or batch too large.
+    TooLarge,
+}
+
+impl RefusalCode {
+    /// Permanent refusals need a person (a key registered, a scope fixed); the agent stops
+    /// pushing and raises an alarm. The others are retried.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            RefusalCode::UnknownSource
+                | RefusalCode::RevokedKey
+                | RefusalCode::BadSignature
+                | RefusalCode::OutOfScope
+                | RefusalCode::Invalid
+                | RefusalCode::WrongSource
+                | RefusalCode::BadPrev
+                | RefusalCode::Fork
+                | RefusalCode::FutureTimestamp
+        )
+    }
+}
+
+/// One refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// Seq refused, when the refusal is about one entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Machine-readable code.
+    pub code: RefusalCode,
+    /// One line a person can act on.
+    pub reason: String,
+}
+
+/// The hub's answer to an ingest batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestResponse {
+    /// Highest seq of this source the hub durably holds (0 = none).
+    pub held_through: u64,
+    /// Receipts for the entries of the batch the hub holds (new or resent), in seq order.
+    pub receipts: Vec<Envelope>,
+    /// What was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refusal>,
+    /// On a gap: the seq the agent should resend from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_from: Option<u64>,
+}
+
+/// What the hub holds of a source (answer to the agent's "where are we?").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceHead {
+    /// The source.
+    pub source: SourceId,
+    /// Highest seq held (0 = none).
+    pub held_through: u64,
+    /// Hash of that entry (zeros when none).
+    pub head: Digest,
+}
+
+/// Error body of every non-2xx answer from agent and hub HTTP APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line: what went wrong and what to do.
+    pub error: String,
+    /// Machine-readable code, where one applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RefusalCode>,
+    /// Further lines (e.g. every refused field of a batch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+// ---- signed requests -------------------------------------------------------------------
+
+/// Header naming the source of a signed request.
+pub const HDR_SOURCE: &str = "x-spacesync-source";
+/// Header with the request time (RFC 3339).
+pub const HDR_TIMESTAMP: &str = "x-spacesync-timestamp";
+/// Header with a fresh random nonce (hex, 16 bytes).
+pub const HDR_NONCE: &str = "x-spacesync-nonce";
+/// Header with the base64 Ed25519 signature over [`request_message`].
+pub const HDR_SIGNATURE: &str = "x-spacesync-signature";
+
+/// The bytes an agent signs for a pull: method, path with query, timestamp, nonce and the
+/// body hash, one per line, under a fixed context string so the signature cannot be
+/// mistaken for an entry signature.
+pub fn request_message(
+    method: &str,
+    path_and_query: &str,
+    timestamp: &str,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    format!(
+        "spacesync-request-v1\n{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{}\n",
+        Digest::of(body)
+    )
+    .into_bytes()
+}
+
+/// Headers for a signed request, as (name, value) pairs.
+pub fn sign_request(
+    key: &SigningKey,
+    source: &SourceId,
+    method: &str,
+    path_and_query: &str,
+    now: DateTime<Utc>,
+    nonce: [u8; 16],
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let ts = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let nonce = hex::encode(nonce);
+    let sig = key.sign(&request_message(method, path_and_query, &ts, &nonce, body));
+    vec![
+        (HDR_SOURCE, source.to_string()),
+        (HDR_TIMESTAMP, ts),
+        (HDR_NONCE, nonce),
+        (HDR_SIGNATURE, STANDARD.encode(sig.to_bytes())),
+    ]
+}
+
+/// Why a signed request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestAuthError {
+    /// A signing header is missing or malformed.
+    #[error("signed request header {0} is missing or malformed")]
+    Header(&'static str),
+    /// The timestamp is outside the accepted window.
+    #[error("request timestamp {0} is too far from the hub's clock; check the agent's clock")]
+    Stale(String),
+    /// The signature does not verify.
+    #[error("request signature does not verify with the source's registered key")]
+    BadSignature,
+}
+
+/// Verifies a signed request's signature and returns its timestamp; the caller checks the
+/// source's key, the time window and nonce reuse.
+pub fn verify_request(
+    key: &VerifyingKey,
+    method: &str,
+    path_and_query: &str,
+    timestamp: &str,
+    nonce: &str,
+    signature_b64: &str,
+    body: &[u8],
+) -> Result<DateTime<Utc>, RequestAuthError> {
+    let ts = DateTime::parse_from_rfc3339(timestamp)
+        .map_err(|_| RequestAuthError::Header(HDR_TIMESTAMP))?
+        .with_timezone(&Utc);
+    if nonce.len() != 32 || hex::decode(nonce).is_err() {
+        return Err(RequestAuthError::Header(HDR_NONCE));
+    }
+    let sig_bytes = STANDARD
+        .decode(signature_b64)
+        .map_err(|_| RequestAuthError::Header(HDR_SIGNATURE))?;
+    let sig_arr: [u8; 64] = sig_bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| RequestAuthError::Header(HDR_SIGNATURE))?;
+    key.verify_strict(
+        &request_message(method, path_and_query, timestamp, nonce, body),
+        &Signature::from_bytes(&sig_arr),
+    )
+    .map_err(|_| RequestAuthError::BadSignature)?;
+    Ok(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_requests_verify_and_bind_every_part() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let src = SourceId::parse("gd-rrt").unwrap();
+        let now = DateTime::parse_from_rfc3339("2018-11-20T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let h = sign_request(&key, &src, "GET", "/v1/notices?after=3", now, [9; 16], b"");
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let vk = key.verifying_key();
+        let ok = verify_request(
+            &vk,
+            "GET",
+            "/v1/notices?after=3",
+            &get(HDR_TIMESTAMP),
+            &get(HDR_NONCE),
+            &get(HDR_SIGNATURE),
+            b"",
+        );
+        assert_eq!(ok, Ok(now));
+        for (m, p, body) in [
+            ("POST", "/v1/notices?after=3", &b""[..]),
+            ("GET", "/v1/notices?after=4", b""),
+            ("GET", "/v1/notices?after=3", b"x"),
+        ] {
+            assert_eq!(
+                verify_request(
+                    &vk,
+                    m,
+                    p,
+                    &get(HDR_TIMESTAMP),
+                    &get(HDR_NONCE),
+                    &get(HDR_SIGNATURE),
+                    body
+                ),
+                Err(RequestAuthError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn receipts_are_signed_by_the_hub() {
+        let hub = SigningKey::from_bytes(&[5; 32]);
+        let r = Receipt {
+            source: SourceId::parse("gd-rrt").unwrap(),
+            seq: 7,
+            entry_hash: Digest::of(b"x"),
+            log_index: 41,
+            received_at: DateTime::parse_from_rfc3339("2018-11-20T01:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let env = r.sign(&hub);
+        assert_eq!(Receipt::open(&env, &hub.verifying_key()), Ok(r));
+        let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
+        assert!(Receipt::open(&env, &other).is_err());
+    }
+}
