@@ -1,1 +1,23 @@
+//! spacesync-hub: the ministry's central aggregator. It verifies every entry a province
+//! signed, appends it to one tamper-evident log, and keeps merged views of the campaign.
+//!
+//! # Layout
+//! - [`store`]: the storage trait (ordered keys, atomic batches, flush) and its sled backend.
+//! - [`log`]: the append-only log and its RFC 9162 Merkle tree, checkpoints and proofs.
+//! - [`registry`]: registered sources, their keys (with rotation) and scopes.
+//! - [`ingest`]: the hub core — verified, idempotent ingest and the shared state.
+//! - [`views`]: merged space counts, roll-ups, milestones, nominations, activities.
+//! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
+//! - [`http`]: the HTTP API (the only module that knows the wire JSON).
+//! - [`config`]: the data directory and hub.toml.
+//! - [`maintenance`]: `rebuild` and `verify` over the whole log.
 
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod log;
+pub mod maintenance;
+pub mod registry;
+pub mod store;
+pub mod views;

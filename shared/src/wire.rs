@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dsse::{Digest, DsseError, Envelope};
 use crate::entry::SourceId;
+use crate::region::RegionCode;
 
 /// DSSE payload type of a hub receipt.
 pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.spacesync.receipt+json";
@@ -174,6 +175,58 @@ pub struct ErrorBody {
     /// Further lines (e.g. every refused field of a batch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+// ---- endpoints -------------------------------------------------------------------------
+
+/// Hub: `POST` an [`IngestBatch`] (JSON, optionally `Content-Encoding: gzip`); answers
+/// [`IngestResponse`] (200), or [`ErrorBody`] with a [`RefusalCode`].
+pub const PATH_INGEST: &str = "/v1/ingest";
+/// Hub: `GET`; answers the hub's public key line (`ed25519:<base64>`), which agents pin.
+pub const PATH_HUB_PUBKEY: &str = "/v1/pubkey";
+/// Hub: `GET`, signed request; answers the [`SourceHead`] of the signing source.
+pub const PATH_AGENT_HEAD: &str = "/v1/agent/head";
+/// Hub: `GET ?after=N&limit=M`, signed request; answers a [`NoticesPage`] for the
+/// signing source's scope.
+pub const PATH_AGENT_NOTICES: &str = "/v1/agent/notices";
+/// Hub: `POST` a [`NoticeAck`], signed request; answers 204.
+pub const PATH_AGENT_NOTICES_ACK: &str = "/v1/agent/notices/ack";
+
+/// A notice the hub sends to a lagging region's agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Hub-wide, increasing: the agent's cursor.
+    pub id: u64,
+    /// The rule that raised it (e.g. `milestone_due_7d`, `overdue`, `behind_pace`).
+    pub rule: String,
+    /// The region the notice is about.
+    pub subject: RegionCode,
+    /// The region it is addressed to (the subject, or the level above on escalation).
+    pub addressee: RegionCode,
+    /// When the hub raised it.
+    pub created_at: DateTime<Utc>,
+    /// Deadline the notice refers to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<chrono::NaiveDate>,
+    /// Chinese text: the rule, the facts, the deadline and what to do.
+    pub text: String,
+    /// English text of the same.
+    pub text_en: String,
+}
+
+/// One page of notices for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NoticesPage {
+    /// Notices with `id > after`, ascending.
+    pub notices: Vec<Notice>,
+}
+
+/// An agent's acknowledgement of every notice up to `through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeAck {
+    /// Highest notice id the agent has stored.
+    pub through: u64,
 }
 
 // ---- signed requests -------------------------------------------------------------------

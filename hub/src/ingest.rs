@@ -1,0 +1,629 @@
+//! The hub's core: verified ingest into the log, heads per source, alarms, and the state
+//! every reader shares.
+//!
+//! One writer at a time holds the state lock for the chain checks, the append and the
+//! flush; signature verification runs before the lock with Ed25519 batch verification.
+//! A batch is one atomic store write and one flush, whatever its size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Duration, Utc};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use spacesync_shared::clock::Clock;
+use spacesync_shared::dsse::Digest;
+use spacesync_shared::entry::{Entry, check_entry_scope, verify_signatures};
+use spacesync_shared::wire::{
+    IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
+};
+use spacesync_shared::{Campaign, Envelope, SourceId};
+use tracing::{error, info, warn};
+
+use crate::log::{Log, LogError, LogRecord};
+use crate::registry::{self, SourceRecord, SourceStatus};
+use crate::store::{Store, StoreError, WriteBatch, keys};
+use crate::views::{Meta, Views};
+
+/// How far ahead of the hub's clock an entry's `recorded_at` may be.
+pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
+
+/// What the hub holds of one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Highest seq held (0 = none).
+    pub seq: u64,
+    /// Hash of that entry.
+    pub hash: Digest,
+}
+
+/// A stored index entry for (source, seq).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    log_index: u64,
+    hash: Digest,
+    received_at: DateTime<Utc>,
+}
+
+impl Held {
+    fn to_bytes(self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(48);
+        v.extend_from_slice(&self.log_index.to_be_bytes());
+        v.extend_from_slice(&self.hash.0);
+        v.extend_from_slice(&self.received_at.timestamp_millis().to_be_bytes());
+        v
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Held> {
+        if b.len() != 48 {
+            return None;
+        }
+        let log_index = u64::from_be_bytes(b[0..8].try_into().ok()?);
+        let hash = Digest(b[8..40].try_into().ok()?);
+        let ms = i64::from_be_bytes(b[40..48].try_into().ok()?);
+        Some(Held {
+            log_index,
+            hash,
+            received_at: DateTime::from_timestamp_millis(ms)?,
+        })
+    }
+}
+
+/// An equivocation or other fault admins must see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// When it was raised.
+    pub at: DateTime<Utc>,
+    /// The source.
+    pub source: SourceId,
+    /// The seq concerned.
+    pub seq: u64,
+    /// Refusal code.
+    pub code: RefusalCode,
+    /// What happened.
+    pub detail: String,
+}
+
+/// Why an ingest request is refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The source is not registered.
+    #[error(
+        "source {0} is not registered at this hub; ask the ministry admin to run `spacesync-hub agents add --source {0} …` with this agent's `pubkey`"
+    )]
+    UnknownSource(SourceId),
+    /// The source is revoked.
+    #[error("source {0} has been revoked; nothing more is accepted from it")]
+    Revoked(SourceId),
+    /// An empty batch.
+    #[error("the batch has no entries")]
+    Empty,
+    /// Too many entries.
+    #[error("the batch has {got} entries; at most {max} are accepted per request")]
+    TooMany {
+        /// Entries sent.
+        got: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Storage failed; nothing was acknowledged.
+    #[error("the hub could not store the batch; retry later ({0})")]
+    Store(#[from] StoreError),
+    /// The tree state failed.
+    #[error("the hub's log is damaged; an operator must run `spacesync-hub verify` ({0})")]
+    Log(#[from] LogError),
+}
+
+/// The answer to a batch that was read: HTTP status and body.
+#[derive(Debug)]
+pub struct IngestOutcome {
+    /// 200 (all held), 409 (gap or fork) or 422 (an entry refused).
+    pub status: u16,
+    /// The body.
+    pub response: IngestResponse,
+    /// Entries newly appended.
+    pub appended: usize,
+}
+
+/// Hub configuration that ingest needs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most entries per ingest request.
+    pub max_batch_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_batch_entries: 1000,
+        }
+    }
+}
+
+/// Everything guarded by the writer lock.
+pub struct State {
+    /// The tree.
+    pub log: Log,
+    /// Heads per source.
+    pub heads: HashMap<SourceId, Head>,
+    /// Registered sources.
+    pub registry: HashMap<SourceId, SourceRecord>,
+    /// Merged views.
+    pub views: Views,
+    /// Latest signed checkpoint note.
+    pub checkpoint: String,
+    /// Alarms raised.
+    pub alarms: Vec<Alarm>,
+    /// Bumped on every change; readers cache derived figures by it.
+    pub version: u64,
+}
+
+/// The hub.
+pub struct Hub {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// The hub's signing key (receipts, checkpoints, bulletins).
+    pub key: SigningKey,
+    /// Checkpoint origin line.
+    pub origin: String,
+    /// The campaign.
+    pub campaign: Campaign,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Limits.
+    pub limits: Limits,
+    state: Mutex<State>,
+}
+
+fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State, IngestError> {
+    let log = Log::load(store)?;
+    let mut registry = HashMap::new();
+    let mut heads = HashMap::new();
+    for rec in registry::load_all(store)? {
+        if let Some((k, v)) = store.last(&keys::src_prefix(&rec.id))? {
+            let seq = keys::tail_u64(&k).unwrap_or(0);
+            let held = Held::from_bytes(&v).ok_or_else(|| StoreError::Corrupt {
+                key: format!("src/{}/{seq}", rec.id),
+                message: "index entry is not 48 bytes".into(),
+            })?;
+            heads.insert(
+                rec.id.clone(),
+                Head {
+                    seq,
+                    hash: held.hash,
+                },
+            );
+        }
+        registry.insert(rec.id.clone(), rec);
+    }
+    let views = Views::load(store)?;
+    let checkpoint = match store.get(keys::CHECKPOINT)? {
+        Some(b) => String::from_utf8_lossy(&b).into_owned(),
+        None => log.checkpoint(origin, key)?,
+    };
+    let mut alarms = Vec::new();
+    for r in store.scan(keys::ALARM) {
+        let (_, v) = r?;
+        if let Ok(a) = serde_json::from_slice(&v) {
+            alarms.push(a);
+        }
+    }
+    Ok(State {
+        log,
+        heads,
+        registry,
+        views,
+        checkpoint,
+        alarms,
+        version: 0,
+    })
+}
+
+impl Hub {
+    /// Opens the hub over a store.
+    pub fn open(
+        store: Arc<dyn Store>,
+        key: SigningKey,
+        origin: String,
+        campaign: Campaign,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+    ) -> Result<Hub, IngestError> {
+        let state = load_state(store.as_ref(), &origin, &key)?;
+        Ok(Hub {
+            store,
+            key,
+            origin,
+            campaign,
+            clock,
+            limits,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The shared state (read it briefly; writers wait).
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reloads the state from the store (after a failed write left memory ahead of disk).
+    fn reload(&self, st: &mut State) {
+        match load_state(self.store.as_ref(), &self.origin, &self.key) {
+            Ok(fresh) => *st = fresh,
+            Err(e) => error!(error = %e, "Reloading hub state after a storage failure failed."),
+        }
+    }
+
+    /// What the hub holds of `source`.
+    pub fn head(&self, source: &SourceId) -> SourceHead {
+        let st = self.state();
+        let h = st.heads.get(source).copied().unwrap_or_default();
+        SourceHead {
+            source: source.clone(),
+            held_through: h.seq,
+            head: h.hash,
+        }
+    }
+
+    /// Re-reads the registry after a change made through the store.
+    pub fn refresh_registry(&self) -> Result<(), StoreError> {
+        let all = registry::load_all(self.store.as_ref())?;
+        let mut st = self.state();
+        st.registry = all.into_iter().map(|r| (r.id.clone(), r)).collect();
+        st.version += 1;
+        Ok(())
+    }
+
+    fn receipt(&self, source: &SourceId, seq: u64, held: Held) -> Envelope {
+        Receipt {
+            source: source.clone(),
+            seq,
+            entry_hash: held.hash,
+            log_index: held.log_index,
+            received_at: held.received_at,
+        }
+        .sign(&self.key)
+    }
+
+    fn held(&self, source: &SourceId, seq: u64) -> Result<Option<Held>, StoreError> {
+        Ok(self
+            .store
+            .get(&keys::src(source, seq))?
+            .and_then(|b| Held::from_bytes(&b)))
+    }
+
+    /// Verifies and appends one source's batch. Blocking: run it off the async runtime.
+    pub fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, IngestError> {
+        let source = batch.source.clone();
+        if batch.entries.is_empty() {
+            return Err(IngestError::Empty);
+        }
+        if batch.entries.len() > self.limits.max_batch_entries {
+            return Err(IngestError::TooMany {
+                got: batch.entries.len(),
+                max: self.limits.max_batch_entries,
+            });
+        }
+        let reg = self
+            .state()
+            .registry
+            .get(&source)
+            .cloned()
+            .ok_or_else(|| IngestError::UnknownSource(source.clone()))?;
+        if reg.status == SourceStatus::Revoked {
+            return Err(IngestError::Revoked(source));
+        }
+        let decoded: Vec<_> = batch
+            .entries
+            .iter()
+            .map(|e| Entry::from_payload(&e.payload))
+            .collect();
+        let now = self.clock.now();
+
+        let mut st = self.state();
+        let head = st.heads.get(&source).copied().unwrap_or_default();
+        let mut receipts = Vec::new();
+        let mut refused = Vec::new();
+        let mut resend_from = None;
+        let mut status = 200;
+        // Entries new to the hub, in order, with their envelopes.
+        let mut fresh: Vec<(Entry, &Envelope)> = Vec::new();
+        let mut expected = head.seq + 1;
+        for (env, entry) in batch.entries.iter().zip(decoded) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    refused.push(Refusal {
+                        seq: None,
+                        code: RefusalCode::Invalid,
+                        reason: format!("entry after seq {}: {e}", expected - 1),
+                    });
+                    status = 422;
+                    break;
+                }
+            };
+            if entry.source != source {
+                refused.push(Refusal {
+                    seq: Some(entry.seq),
+                    code: RefusalCode::WrongSource,
+                    reason: format!(
+                        "seq {}: entry is from source {}, but the batch is from {source}; send one source per batch",
+                        entry.seq, entry.source
+                    ),
+                });
+                status = 422;
+                break;
+            }
+            if entry.campaign != self.campaign.id {
+                refused.push(Refusal {
+                    seq: Some(entry.seq),
+                    code: RefusalCode::WrongSource,
+                    reason: format!(
+                        "seq {}: entry is for campaign {:?}, this hub runs campaign {:?}; check the agent's campaign file",
+                        entry.seq, entry.campaign, self.campaign.id
+                    ),
+                });
+                status = 422;
+                break;
+            }
+            if entry.seq <= head.seq {
+                let hash = env.payload_hash();
+                match self.held(&source, entry.seq)? {
+                    Some(h) if h.hash == hash => {
+                        receipts.push(self.receipt(&source, entry.seq, h));
+                        continue;
+                    }
+                    _ => {
+                        let detail = format!(
+                            "seq {}: a different entry is already held for this seq (equivocation); the hub keeps the first",
+                            entry.seq
+                        );
+                        self.raise_alarm(
+                            &mut st,
+                            &source,
+                            entry.seq,
+                            RefusalCode::Fork,
+                            &detail,
+                            now,
+                        );
+                        refused.push(Refusal {
+                            seq: Some(entry.seq),
+                            code: RefusalCode::Fork,
+                            reason: detail,
+                        });
+                        status = 409;
+                        break;
+                    }
+                }
+            }
+            if entry.seq != expected {
+                refused.push(Refusal {
+                    seq: Some(entry.seq),
+                    code: RefusalCode::Gap,
+                    reason: format!(
+                        "gap: the hub holds up to seq {}, the next entry sent is seq {}; resend from seq {}",
+                        expected - 1,
+                        entry.seq,
+                        expected
+                    ),
+                });
+                resend_from = Some(expected);
+                status = 409;
+                break;
+            }
+            expected += 1;
+            fresh.push((entry, env));
+        }
+
+        // Signatures of the new entries: one batch verification per key in effect.
+        let mut cut = fresh.len();
+        let mut start = 0;
+        while start < fresh.len() {
+            let seq = fresh[start].0.seq;
+            let Some(key) = reg.key_for(seq) else {
+                cut = start;
+                refused.push(Refusal {
+                    seq: Some(seq),
+                    code: RefusalCode::BadSignature,
+                    reason: format!("seq {seq}: no registered key signs this seq"),
+                });
+                break;
+            };
+            let key_line = reg
+                .keys
+                .iter()
+                .rev()
+                .find(|k| k.from_seq <= seq)
+                .map(|k| k.key.clone());
+            let end = fresh[start..]
+                .iter()
+                .position(|(e, _)| {
+                    reg.keys
+                        .iter()
+                        .rev()
+                        .find(|k| k.from_seq <= e.seq)
+                        .map(|k| k.key.clone())
+                        != key_line
+                })
+                .map_or(fresh.len(), |p| start + p);
+            let envs: Vec<&Envelope> = fresh[start..end].iter().map(|(_, e)| *e).collect();
+            if let Err((i, e)) = verify_signatures(&envs, &key) {
+                cut = start + i;
+                let seq = fresh[cut].0.seq;
+                refused.push(Refusal {
+                    seq: Some(seq),
+                    code: RefusalCode::BadSignature,
+                    reason: format!("seq {seq}: {e}; the entry was not signed by the key registered for {source}"),
+                });
+                break;
+            }
+            start = end;
+        }
+        fresh.truncate(cut);
+
+        // Chain, scope and clock checks, in order; the valid prefix is appended.
+        let mut prev = head.hash;
+        let mut ok = 0;
+        for (entry, env) in &fresh {
+            let fault = if entry.prev != prev {
+                Some((
+                    RefusalCode::BadPrev,
+                    format!(
+                        "seq {}: prev {} does not match the hash of seq {} held by the hub ({prev})",
+                        entry.seq,
+                        entry.prev,
+                        entry.seq - 1
+                    ),
+                ))
+            } else if let Err(e) = check_entry_scope(entry, reg.scope) {
+                Some((
+                    match e {
+                        spacesync_shared::entry::ChainError::OutOfScope { .. } => {
+                            RefusalCode::OutOfScope
+                        }
+                        _ => RefusalCode::Invalid,
+                    },
+                    e.to_string(),
+                ))
+            } else if entry.recorded_at > now + MAX_CLOCK_SKEW {
+                Some((
+                    RefusalCode::FutureTimestamp,
+                    format!(
+                        "seq {}: recorded_at {} is ahead of the hub's clock ({now}); fix the agent's clock",
+                        entry.seq, entry.recorded_at
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, reason)) = fault {
+                refused.push(Refusal {
+                    seq: Some(entry.seq),
+                    code,
+                    reason,
+                });
+                break;
+            }
+            prev = env.payload_hash();
+            ok += 1;
+        }
+        fresh.truncate(ok);
+        if status == 200 && !refused.is_empty() {
+            status = 422;
+        }
+
+        let appended = fresh.len();
+        if appended > 0 {
+            let mut wb = WriteBatch::new();
+            let mut new_heads = head;
+            let mut new_receipts = Vec::with_capacity(appended);
+            for (entry, env) in &fresh {
+                let rec = LogRecord {
+                    received_at: now,
+                    source: Some(source.clone()),
+                    seq: entry.seq,
+                    envelope: (*env).clone(),
+                };
+                let index = match st.log.append(&mut wb, &rec) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.reload(&mut st);
+                        return Err(e.into());
+                    }
+                };
+                let held = Held {
+                    log_index: index,
+                    hash: env.payload_hash(),
+                    received_at: now,
+                };
+                wb.put(keys::src(&source, entry.seq), held.to_bytes());
+                st.views.apply(
+                    Meta {
+                        log_index: index,
+                        received_at: now,
+                        source: source.clone(),
+                        seq: entry.seq,
+                        recorded_at: entry.recorded_at,
+                        withdrawn_by: None,
+                    },
+                    &entry.record,
+                    &mut wb,
+                );
+                new_heads = Head {
+                    seq: entry.seq,
+                    hash: held.hash,
+                };
+                new_receipts.push(self.receipt(&source, entry.seq, held));
+            }
+            let note = match st.log.checkpoint(&self.origin, &self.key) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.reload(&mut st);
+                    return Err(e.into());
+                }
+            };
+            wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
+            if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
+                error!(source = %source, error = %e, "Storing a batch failed; nothing was acknowledged.");
+                self.reload(&mut st);
+                return Err(e.into());
+            }
+            st.checkpoint = note;
+            st.heads.insert(source.clone(), new_heads);
+            st.version += 1;
+            receipts.extend(new_receipts);
+            info!(source = %source, appended, held_through = new_heads.seq, log_size = st.log.size(), "Appended entries.");
+        }
+        for r in &refused {
+            warn!(source = %source, seq = r.seq, code = ?r.code, reason = %r.reason, "Refused an entry.");
+        }
+        let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
+        Ok(IngestOutcome {
+            status,
+            response: IngestResponse {
+                held_through,
+                receipts,
+                refused,
+                resend_from,
+            },
+            appended,
+        })
+    }
+
+    fn raise_alarm(
+        &self,
+        st: &mut State,
+        source: &SourceId,
+        seq: u64,
+        code: RefusalCode,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) {
+        // Repeats of the same fault are one alarm.
+        if st
+            .alarms
+            .iter()
+            .any(|a| a.source == *source && a.seq == seq && a.code == code)
+        {
+            return;
+        }
+        let alarm = Alarm {
+            at: now,
+            source: source.clone(),
+            seq,
+            code,
+            detail: detail.to_string(),
+        };
+        error!(source = %source, seq, code = ?code, "Equivocation: a source sent two different entries for one seq.");
+        let mut wb = WriteBatch::new();
+        wb.put(
+            keys::alarm(st.alarms.len() as u64),
+            serde_json::to_vec(&alarm).unwrap_or_default(),
+        );
+        if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
+            error!(error = %e, "Storing an alarm failed; it is kept in memory only.");
+        }
+        st.alarms.push(alarm);
+        st.version += 1;
+    }
+}

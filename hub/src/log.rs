@@ -1,0 +1,174 @@
+//! The global append-only log and its RFC 9162 Merkle tree.
+//!
+//! Every accepted entry (and every hub-signed entry, such as a deadline extension) is one
+//! leaf. The leaf data is `PAE(payloadType, payload)` — exactly the bytes that were
+//! signed — so a province can prove inclusion of what it signed without depending on how
+//! the hub lays out JSON. Perfect-subtree nodes are stored as they complete, so proofs
+//! take O(log n) lookups and appends never rescan the log.
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use spacesync_shared::dsse::pae;
+use spacesync_shared::merkle::{self, Checkpoint, Frontier, Hash, NodeSource};
+use spacesync_shared::{Envelope, SourceId};
+
+use crate::store::{Store, StoreError, WriteBatch, keys};
+
+/// One leaf of the log as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// When the hub received it.
+    pub received_at: DateTime<Utc>,
+    /// The source that signed it, or `None` for the hub's own entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceId>,
+    /// The source's seq (or the hub's own seq).
+    pub seq: u64,
+    /// The signed envelope, exactly as received.
+    pub envelope: Envelope,
+}
+
+impl LogRecord {
+    /// The leaf hash of this record.
+    pub fn leaf_hash(&self) -> Hash {
+        merkle::leaf_hash(&pae(&self.envelope.payload_type, &self.envelope.payload))
+    }
+}
+
+/// The tree's in-memory state, mirrored in the store.
+pub struct Log {
+    frontier: Frontier,
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The tree cannot grow (2^64 leaves) or its stored frontier is damaged.
+    #[error("the log's tree state is damaged: {0}")]
+    Tree(String),
+    /// A proof request is out of range.
+    #[error("{0}")]
+    Proof(String),
+}
+
+impl Log {
+    /// Loads the frontier from the store (empty tree when none).
+    pub fn load(store: &dyn Store) -> Result<Log, LogError> {
+        let frontier = match store.get(keys::FRONTIER)? {
+            None => Frontier::new(),
+            Some(b) => Frontier::from_bytes(&b).map_err(|e| LogError::Tree(e.to_string()))?,
+        };
+        Ok(Log { frontier })
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Current root.
+    pub fn root(&self) -> Hash {
+        self.frontier.root()
+    }
+
+    /// Adds `record` to `batch` as the next leaf; returns its index. The in-memory frontier
+    /// moves at once: callers that fail to apply the batch must reload with [`Log::load`].
+    pub fn append(&mut self, batch: &mut WriteBatch, record: &LogRecord) -> Result<u64, LogError> {
+        let index = self.frontier.size();
+        let nodes = self
+            .frontier
+            .push(record.leaf_hash())
+            .map_err(|e| LogError::Tree(e.to_string()))?;
+        let bytes = serde_json::to_vec(record).map_err(|e| LogError::Tree(e.to_string()))?;
+        batch.put(keys::log(index), bytes);
+        for n in nodes {
+            batch.put(keys::node(n.level, n.index), n.hash.to_vec());
+        }
+        batch.put(keys::FRONTIER.to_vec(), self.frontier.to_bytes());
+        Ok(index)
+    }
+
+    /// Signs a checkpoint of the current tree.
+    pub fn checkpoint(&self, origin: &str, key: &SigningKey) -> Result<String, LogError> {
+        let cp = Checkpoint {
+            origin: origin.to_string(),
+            size: self.size(),
+            root: self.root(),
+        };
+        merkle::sign_checkpoint(&cp, origin, key).map_err(|e| LogError::Tree(e.to_string()))
+    }
+}
+
+/// Reads one leaf.
+pub fn read(store: &dyn Store, index: u64) -> Result<Option<LogRecord>, StoreError> {
+    match store.get(&keys::log(index))? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("log/{index}"),
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// Every leaf in order, from `from`.
+pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
+    store.scan(keys::LOG).map(|r| {
+        let (k, v) = r?;
+        let index = keys::tail_u64(&k).ok_or_else(|| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            message: "log key without an index".into(),
+        })?;
+        let rec = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: format!("log/{index}"),
+            message: e.to_string(),
+        })?;
+        Ok((index, rec))
+    })
+}
+
+/// Stored nodes as a [`NodeSource`] for proofs.
+pub struct StoredNodes<'a>(pub &'a dyn Store);
+
+impl NodeSource for StoredNodes<'_> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let v = self
+            .0
+            .get(&keys::node(level, index))?
+            .ok_or_else(|| StoreError::Corrupt {
+                key: format!("node/{level}/{index}"),
+                message: "missing tree node".into(),
+            })?;
+        v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            key: format!("node/{level}/{index}"),
+            message: "tree node is not 32 bytes".into(),
+        })
+    }
+}
+
+/// Inclusion proof of leaf `index` in the tree of `size` leaves.
+pub fn inclusion_proof(store: &dyn Store, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::inclusion_proof(&StoredNodes(store), index, size).map_err(|e| match e {
+        merkle::ProofBuildError::Source(s) => LogError::Store(s),
+        other => LogError::Proof(other.to_string()),
+    })
+}
+
+/// Consistency proof between tree sizes `old` and `new`.
+pub fn consistency_proof(store: &dyn Store, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::consistency_proof(&StoredNodes(store), old, new).map_err(|e| match e {
+        merkle::ProofBuildError::Source(s) => LogError::Store(s),
+        other => LogError::Proof(other.to_string()),
+    })
+}
+
+/// Root of the tree of `size` leaves.
+pub fn root_at(store: &dyn Store, size: u64) -> Result<Hash, StoreError> {
+    merkle::root_at(&StoredNodes(store), size)
+}

@@ -1,0 +1,214 @@
+//! Whole-log operations for operators: `rebuild` recomputes every view from the log;
+//! `verify` re-checks every signature, every chain and the Merkle root against the latest
+//! signed checkpoint. Both report progress through a callback (the CLI draws a bar).
+
+use std::collections::HashMap;
+
+use ed25519_dalek::VerifyingKey;
+use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry, check_entry_scope};
+use spacesync_shared::merkle::{self, Frontier, NoteVerifier};
+use spacesync_shared::{Digest, SourceId};
+
+use crate::log;
+use crate::registry;
+use crate::store::{Store, StoreError, WriteBatch, keys};
+use crate::views::{Meta, Views};
+
+/// Recomputes the views from the log alone. Returns them with the batch that replaces the
+/// stored view items.
+pub fn rebuild_views(
+    store: &dyn Store,
+    mut progress: impl FnMut(u64),
+) -> Result<(Views, WriteBatch), StoreError> {
+    let mut batch = WriteBatch::new();
+    for r in store.scan(keys::VIEW) {
+        batch.delete(r?.0);
+    }
+    let mut views = Views::default();
+    for r in log::iter(store) {
+        let (index, rec) = r?;
+        progress(index);
+        let Some(source) = rec.source.clone() else {
+            continue;
+        };
+        let entry =
+            Entry::from_payload(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
+                key: format!("log/{index}"),
+                message: e.to_string(),
+            })?;
+        views.apply(
+            Meta {
+                log_index: index,
+                received_at: rec.received_at,
+                source,
+                seq: entry.seq,
+                recorded_at: entry.recorded_at,
+                withdrawn_by: None,
+            },
+            &entry.record,
+            &mut batch,
+        );
+    }
+    Ok((views, batch))
+}
+
+/// `rebuild`: replaces the stored views with ones recomputed from the log.
+pub fn rebuild(store: &dyn Store, progress: impl FnMut(u64)) -> Result<u64, StoreError> {
+    let (views, batch) = rebuild_views(store, progress)?;
+    store.apply(batch)?;
+    store.flush()?;
+    Ok(views.items().count() as u64)
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Leaves read.
+    pub leaves: u64,
+    /// Sources seen.
+    pub sources: usize,
+    /// Every problem, one line each, naming the log index, source and seq.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// `verify`: every signature, chain, index entry, and the tree root against the checkpoint.
+pub fn verify(
+    store: &dyn Store,
+    hub_key: &VerifyingKey,
+    origin: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let registry: HashMap<SourceId, registry::SourceRecord> = registry::load_all(store)?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut heads: HashMap<SourceId, (u64, Digest)> = HashMap::new();
+    let mut frontier = Frontier::new();
+    let mut expected_index = 0u64;
+    for r in log::iter(store) {
+        let (index, rec) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("log leaf {expected_index}: {e}"));
+                return Ok(report);
+            }
+        };
+        progress(index);
+        if index != expected_index {
+            report.problems.push(format!(
+                "log leaf {expected_index} is missing (next stored leaf is {index})"
+            ));
+            return Ok(report);
+        }
+        expected_index += 1;
+        report.leaves += 1;
+        if let Err(e) = frontier.push(rec.leaf_hash()) {
+            report.problems.push(format!("log leaf {index}: {e}"));
+        }
+        let Some(source) = &rec.source else {
+            continue;
+        };
+        let at = format!("log leaf {index} ({source} seq {})", rec.seq);
+        let Some(reg) = registry.get(source) else {
+            report
+                .problems
+                .push(format!("{at}: source is not in the registry"));
+            continue;
+        };
+        let Some(key) = reg.key_for(rec.seq) else {
+            report
+                .problems
+                .push(format!("{at}: no registered key signs this seq"));
+            continue;
+        };
+        if let Err(e) = rec.envelope.verify(ENTRY_PAYLOAD_TYPE, &key) {
+            report.problems.push(format!("{at}: {e}"));
+            continue;
+        }
+        let entry = match Entry::from_payload(&rec.envelope.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                report.problems.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        let (held, prev) = heads.get(source).copied().unwrap_or((0, Digest::ZERO));
+        if entry.seq != held + 1 || entry.seq != rec.seq {
+            report.problems.push(format!(
+                "{at}: seq {} does not follow seq {held}",
+                entry.seq
+            ));
+        }
+        if entry.prev != prev {
+            report.problems.push(format!(
+                "{at}: prev does not match the hash of the previous entry"
+            ));
+        }
+        if let Err(e) = check_entry_scope(&entry, reg.scope) {
+            report.problems.push(format!("{at}: {e}"));
+        }
+        let hash = rec.envelope.payload_hash();
+        match store.get(&keys::src(source, entry.seq))? {
+            Some(b) if b.len() == 48 && b[0..8] == index.to_be_bytes() && b[8..40] == hash.0 => {}
+            _ => report.problems.push(format!(
+                "{at}: the source index does not point at this leaf"
+            )),
+        }
+        heads.insert(source.clone(), (entry.seq, hash));
+    }
+    report.sources = heads.len();
+
+    match store.get(keys::FRONTIER)? {
+        Some(b) => match Frontier::from_bytes(&b) {
+            Ok(stored) if stored.size() == frontier.size() && stored.root() == frontier.root() => {}
+            Ok(stored) => report.problems.push(format!(
+                "the stored tree state (size {}) does not match the log (size {})",
+                stored.size(),
+                frontier.size()
+            )),
+            Err(e) => report
+                .problems
+                .push(format!("the stored tree state is damaged: {e}")),
+        },
+        None if frontier.size() == 0 => {}
+        None => report
+            .problems
+            .push("the stored tree state is missing".into()),
+    }
+    match store.get(keys::CHECKPOINT)? {
+        None if frontier.size() == 0 => {}
+        None => report
+            .problems
+            .push("no signed checkpoint is stored".into()),
+        Some(note) => {
+            let note = String::from_utf8_lossy(&note);
+            let verifier = NoteVerifier::new(origin, *hub_key);
+            match verifier.and_then(|v| merkle::open_checkpoint(&note, &v, origin)) {
+                Err(e) => report
+                    .problems
+                    .push(format!("the latest checkpoint does not verify: {e}")),
+                Ok(cp) if cp.size != frontier.size() => report.problems.push(format!(
+                    "the latest checkpoint covers {} leaves but the log has {}",
+                    cp.size,
+                    frontier.size()
+                )),
+                Ok(cp) if cp.root != frontier.root() => report.problems.push(
+                    "the Merkle root recomputed from the log differs from the signed checkpoint"
+                        .into(),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,261 @@
+//! Storage behind a small trait: ordered keys, atomic batches, explicit flush.
+//!
+//! sled is the embedded default. Everything the hub keeps lives in one ordered key space
+//! with prefixes (see [`keys`]), so a batch that appends to the log, indexes the entries,
+//! moves the tree frontier and updates the views is one atomic write. Another backend
+//! only needs these five operations.
+
+use std::path::Path;
+
+/// A storage failure. The message names the operation; the hub answers 503 and logs it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed.
+    #[error("storage {op} failed: {message}")]
+    Backend {
+        /// The operation (`get`, `apply`, `flush` …).
+        op: &'static str,
+        /// The backend's message.
+        message: String,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "the data directory {0} is in use by another process (is `spacesync-hub serve` running?); stop it first"
+    )]
+    Locked(String),
+    /// A stored value does not decode.
+    #[error("stored value under {key} is damaged: {message}")]
+    Corrupt {
+        /// The key, printable.
+        key: String,
+        /// What failed to decode.
+        message: String,
+    },
+}
+
+/// One atomic write.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Key/value pairs in key order.
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+
+/// What the hub needs from storage.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_>;
+    /// The last pair whose key starts with `prefix`.
+    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies a batch atomically (all or nothing, also across a crash).
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Makes every applied batch durable. Nothing is acknowledged before this returns.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The sled backend.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // The views and the frontier live in memory; sled's cache only needs the hot
+            // part of the log and the node index.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                e => StoreError::Backend {
+                    op: "open",
+                    message: format!("{}: {e}", dir.display()),
+                },
+            })?;
+        let tree = db.open_tree("hub").map_err(backend("open"))?;
+        Ok(SledStore { db, tree })
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(backend("get"))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+        Box::new(self.tree.scan_prefix(prefix).map(|r| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(backend("scan"))
+        }))
+    }
+
+    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.tree.scan_prefix(prefix).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r.map_err(backend("scan"))?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+        }
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b).map_err(backend("apply"))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend("flush"))
+    }
+}
+
+/// The key layout. Integers are big-endian so keys sort numerically.
+pub mod keys {
+    use spacesync_shared::SourceId;
+
+    /// `log/<index>` → a [`crate::log::LogRecord`] (JSON).
+    pub const LOG: &[u8] = b"log/";
+    /// `node/<level><index>` → 32-byte perfect-subtree hash.
+    pub const NODE: &[u8] = b"node/";
+    /// `meta/frontier` → the tree frontier.
+    pub const FRONTIER: &[u8] = b"meta/frontier";
+    /// `meta/checkpoint` → the latest signed checkpoint note.
+    pub const CHECKPOINT: &[u8] = b"meta/checkpoint";
+    /// `meta/hubseq` → seq of the hub's own last entry.
+    pub const HUB_SEQ: &[u8] = b"meta/hubseq";
+    /// `src/<source>\0<seq>` → log index (8 bytes) ‖ entry hash (32 bytes).
+    pub const SRC: &[u8] = b"src/";
+    /// `reg/<source>` → the source's registry record (JSON).
+    pub const REG: &[u8] = b"reg/";
+    /// `tok/<sha256 hex>` → a token record (JSON).
+    pub const TOK: &[u8] = b"tok/";
+    /// `alarm/<n>` → an alarm (JSON).
+    pub const ALARM: &[u8] = b"alarm/";
+    /// `v/…` → view items (see [`crate::views`]).
+    pub const VIEW: &[u8] = b"v/";
+
+    /// Key of log leaf `index`.
+    pub fn log(index: u64) -> Vec<u8> {
+        [LOG, &index.to_be_bytes()].concat()
+    }
+
+    /// Key of a stored tree node.
+    pub fn node(level: u8, index: u64) -> Vec<u8> {
+        [NODE, &[level], &index.to_be_bytes()].concat()
+    }
+
+    /// Prefix of a source's entry index.
+    pub fn src_prefix(source: &SourceId) -> Vec<u8> {
+        [SRC, source.as_str().as_bytes(), b"\0"].concat()
+    }
+
+    /// Key of a source's entry `seq`.
+    pub fn src(source: &SourceId, seq: u64) -> Vec<u8> {
+        [src_prefix(source).as_slice(), &seq.to_be_bytes()].concat()
+    }
+
+    /// Key of a source's registry record.
+    pub fn reg(source: &SourceId) -> Vec<u8> {
+        [REG, source.as_str().as_bytes()].concat()
+    }
+
+    /// Key of a token record.
+    pub fn tok(hash_hex: &str) -> Vec<u8> {
+        [TOK, hash_hex.as_bytes()].concat()
+    }
+
+    /// Key of alarm `n`.
+    pub fn alarm(n: u64) -> Vec<u8> {
+        [ALARM, &n.to_be_bytes()].concat()
+    }
+
+    /// Reads a big-endian u64 from the end of a key.
+    pub fn tail_u64(key: &[u8]) -> Option<u64> {
+        let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+        Some(u64::from_be_bytes(tail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_atomic_and_scans_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::new();
+        for i in [3u64, 1, 2] {
+            b.put(keys::log(i), i.to_string());
+        }
+        b.put(b"other".to_vec(), b"x".to_vec());
+        s.apply(b).unwrap();
+        s.flush().unwrap();
+        let got: Vec<u64> = s
+            .scan(keys::LOG)
+            .map(|r| keys::tail_u64(&r.unwrap().0).unwrap())
+            .collect();
+        assert_eq!(got, [1, 2, 3]);
+        let last = s.last(keys::LOG).unwrap().unwrap();
+        assert_eq!(keys::tail_u64(&last.0), Some(3));
+        let mut b = WriteBatch::new();
+        b.delete(keys::log(2));
+        s.apply(b).unwrap();
+        assert_eq!(s.get(&keys::log(2)).unwrap(), None);
+    }
+}

@@ -1,0 +1,612 @@
+//! Merged views over the log: space counts per school and region with the spec's merge and
+//! roll-up rules, milestone submissions, nominations with quota checks, activities, and
+//! withdrawals honoured.
+//!
+//! Each view-relevant entry becomes one item (`v/i/<log index>`: who, when, the record,
+//! and whether it was withdrawn), written in the same atomic batch as the log append. On
+//! restart the hub loads these items — no signature, chain or tree work — instead of
+//! replaying the log. Figures are derived from the items by pure functions, so the
+//! incremental views and a `rebuild` from the log agree by construction; a property test
+//! holds them to it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use spacesync_shared::campaign::{Campaign, QuotaLedger, QuotaViolation};
+use spacesync_shared::record::{
+    Activity, Milestone, Population, Recommendation, SpaceCount, SpaceCounts, SpaceKind,
+};
+use spacesync_shared::region::{Directory, Level, SchoolCode, unit};
+use spacesync_shared::{Record, RegionCode, SourceId};
+
+use crate::store::{Store, StoreError, WriteBatch};
+
+const ITEM_PREFIX: &[u8] = b"v/i/";
+
+fn item_key(log_index: u64) -> Vec<u8> {
+    [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
+}
+
+/// Who sent an item and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Position in the log.
+    pub log_index: u64,
+    /// Hub receive time.
+    pub received_at: DateTime<Utc>,
+    /// The source.
+    pub source: SourceId,
+    /// The source's seq.
+    pub seq: u64,
+    /// Agent clock when recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Log index of the withdrawal that retracted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_by: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredItem {
+    meta: Meta,
+    /// The record's JSON; read back through the same strict reader as on ingest.
+    record: Value,
+}
+
+/// One view item in memory.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Who and when.
+    pub meta: Meta,
+    /// The record.
+    pub record: Record,
+}
+
+/// A flagged figure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "flag", rename_all = "snake_case")]
+pub enum Flag {
+    /// A later snapshot reports fewer spaces than an earlier one.
+    Decrease {
+        /// Region of the subject.
+        region: RegionCode,
+        /// School, if the subject is a school.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        school: Option<SchoolCode>,
+        /// Space kind.
+        kind: SpaceKind,
+        /// Earlier date and count.
+        before: (NaiveDate, u64),
+        /// Later date and count.
+        after: (NaiveDate, u64),
+        /// Source of the later snapshot.
+        source: SourceId,
+    },
+    /// Two sources report the same subject for the same date; the later in the log wins.
+    Conflict {
+        /// Region of the subject.
+        region: RegionCode,
+        /// School, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        school: Option<SchoolCode>,
+        /// The date.
+        as_of: NaiveDate,
+        /// The sources involved.
+        sources: Vec<SourceId>,
+    },
+    /// A region's own total differs from the sum of its parts by more than 1 %.
+    Discrepancy {
+        /// The region.
+        region: RegionCode,
+        /// Space kind.
+        kind: SpaceKind,
+        /// Its own reported total.
+        reported: u64,
+        /// Sum of its schools and child regions.
+        sum_of_parts: u64,
+    },
+}
+
+/// Figures of one region (or the nation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Spaces per kind (missing kinds unknown).
+    pub spaces: SpaceCounts,
+    /// Real-name spaces per kind.
+    pub real_name: SpaceCounts,
+    /// Spaces per kind at the baseline date.
+    pub baseline: SpaceCounts,
+    /// Denominators.
+    pub population: Population,
+}
+
+impl Figures {
+    /// New spaces since the baseline, all kinds.
+    pub fn new_spaces(&self) -> i64 {
+        SpaceKind::ALL
+            .iter()
+            .map(|k| self.new_of(*k).unwrap_or(0))
+            .sum()
+    }
+
+    /// New spaces of one kind.
+    pub fn new_of(&self, k: SpaceKind) -> Option<i64> {
+        let now = self.spaces.get(k)? as i64;
+        Some(now - self.baseline.get(k).unwrap_or(0) as i64)
+    }
+
+    /// Coverage ratios (teachers, students, schools), where denominators are known.
+    pub fn coverage(&self) -> Coverage {
+        let ratio = |n: Option<u64>, d: Option<u64>| match (n, d) {
+            (Some(n), Some(d)) if d > 0 => Some(n as f64 / d as f64),
+            _ => None,
+        };
+        Coverage {
+            teachers: ratio(
+                self.spaces.get(SpaceKind::Teacher),
+                self.population.teachers,
+            ),
+            students: ratio(
+                self.spaces.get(SpaceKind::Student),
+                self.population.students,
+            ),
+            schools: ratio(self.spaces.get(SpaceKind::School), self.population.schools),
+        }
+    }
+
+    fn add(&mut self, other: &Figures) {
+        fn add_counts(a: &mut SpaceCounts, b: &SpaceCounts) {
+            for k in SpaceKind::ALL {
+                if let Some(v) = b.get(k) {
+                    a.set(k, Some(a.get(k).unwrap_or(0) + v));
+                }
+            }
+        }
+        add_counts(&mut self.spaces, &other.spaces);
+        add_counts(&mut self.real_name, &other.real_name);
+        add_counts(&mut self.baseline, &other.baseline);
+        let add = |a: &mut Option<u64>, b: Option<u64>| {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0) + b);
+            }
+        };
+        add(&mut self.population.teachers, other.population.teachers);
+        add(&mut self.population.students, other.population.students);
+        add(&mut self.population.schools, other.population.schools);
+    }
+}
+
+/// Coverage ratios in 0‥1 (can exceed 1 when platforms over-report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    /// Teachers with a personal space / teachers.
+    pub teachers: Option<f64>,
+    /// Students with a personal space / students.
+    pub students: Option<f64>,
+    /// Schools with an institution space / schools.
+    pub schools: Option<f64>,
+}
+
+/// Subject of a space count: a region's own total, or a school.
+type Subject = (RegionCode, Option<SchoolCode>);
+
+/// The merged views.
+#[derive(Default)]
+pub struct Views {
+    items: BTreeMap<u64, Item>,
+    by_source_seq: HashMap<(SourceId, u64), u64>,
+    /// Snapshot item indexes per subject.
+    subjects: BTreeMap<Subject, Vec<u64>>,
+    /// Per source: entries, last receive time.
+    sources: BTreeMap<SourceId, SourceActivity>,
+}
+
+/// What the views know of a source's traffic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceActivity {
+    /// Entries in the views from this source.
+    pub entries: u64,
+    /// Last hub receive time.
+    pub last_received: Option<DateTime<Utc>>,
+    /// Last agent recording time.
+    pub last_recorded: Option<DateTime<Utc>>,
+}
+
+impl Views {
+    /// Loads the persisted items.
+    pub fn load(store: &dyn Store) -> Result<Views, StoreError> {
+        let mut v = Views::default();
+        for r in store.scan(ITEM_PREFIX) {
+            let (k, bytes) = r?;
+            let corrupt = |message: String| StoreError::Corrupt {
+                key: format!("v/i/{:?}", crate::store::keys::tail_u64(&k)),
+                message,
+            };
+            let stored: StoredItem =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            let record = Record::from_value(&stored.record).map_err(|p| {
+                corrupt(
+                    p.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+            v.insert(Item {
+                meta: stored.meta,
+                record,
+            });
+        }
+        Ok(v)
+    }
+
+    fn insert(&mut self, item: Item) {
+        let idx = item.meta.log_index;
+        self.by_source_seq
+            .insert((item.meta.source.clone(), item.meta.seq), idx);
+        let act = self.sources.entry(item.meta.source.clone()).or_default();
+        act.entries += 1;
+        act.last_received = act.last_received.max(Some(item.meta.received_at));
+        act.last_recorded = act.last_recorded.max(Some(item.meta.recorded_at));
+        if let Record::SpaceCount(s) = &item.record {
+            self.subjects
+                .entry((s.region, s.school))
+                .or_default()
+                .push(idx);
+        }
+        self.items.insert(idx, item);
+    }
+
+    fn persist(item: &Item, batch: &mut WriteBatch) {
+        let stored = StoredItem {
+            meta: item.meta.clone(),
+            record: item.record.to_value(),
+        };
+        batch.put(
+            item_key(item.meta.log_index),
+            serde_json::to_vec(&stored).unwrap_or_default(),
+        );
+    }
+
+    /// Applies one accepted entry, adding the changed items to `batch`.
+    pub fn apply(&mut self, meta: Meta, record: &Record, batch: &mut WriteBatch) {
+        if let Record::Withdrawal(w) = record {
+            let target = self
+                .by_source_seq
+                .get(&(meta.source.clone(), w.target_seq))
+                .copied();
+            if let Some(t) = target
+                && let Some(item) = self.items.get_mut(&t)
+                && item.meta.withdrawn_by.is_none()
+            {
+                item.meta.withdrawn_by = Some(meta.log_index);
+                Self::persist(item, batch);
+            }
+        }
+        let item = Item {
+            meta,
+            record: record.clone(),
+        };
+        Self::persist(&item, batch);
+        self.insert(item);
+    }
+
+    /// Every item in log order.
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        self.items.values()
+    }
+
+    /// Items not withdrawn.
+    pub fn live(&self) -> impl Iterator<Item = &Item> {
+        self.items
+            .values()
+            .filter(|i| i.meta.withdrawn_by.is_none())
+    }
+
+    /// Per-source traffic.
+    pub fn sources(&self) -> &BTreeMap<SourceId, SourceActivity> {
+        &self.sources
+    }
+
+    fn snapshots(&self, subject: &Subject) -> Vec<(&Meta, &SpaceCount)> {
+        self.subjects
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.items.get(i))
+            .filter(|i| i.meta.withdrawn_by.is_none())
+            .filter_map(|i| match &i.record {
+                Record::SpaceCount(s) => Some((&i.meta, s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Merged figures of one subject per the spec: per kind, the snapshot with the latest
+    /// `as_of` wins, ties going to the later entry in the log; baseline likewise among
+    /// snapshots dated on or before the baseline. Decreases and cross-source ties flagged.
+    fn subject_figures(
+        &self,
+        subject: &Subject,
+        baseline: NaiveDate,
+        flags: &mut Vec<Flag>,
+    ) -> Figures {
+        let snaps = self.snapshots(subject);
+        let mut f = Figures::default();
+        // Winner per kind: (as_of, log_index, value).
+        let mut best: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
+        let mut base: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
+        let mut real: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
+        let mut pop: Option<(NaiveDate, u64, Population)> = None;
+        for (m, s) in &snaps {
+            for (k, v) in s.spaces.iter() {
+                let cand = (s.as_of, m.log_index, v);
+                let slot = &mut best[k.index()];
+                if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
+                    *slot = Some(cand);
+                }
+                if s.as_of <= baseline {
+                    let slot = &mut base[k.index()];
+                    if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
+                        *slot = Some(cand);
+                    }
+                }
+            }
+            for (k, v) in s.real_name.iter().flat_map(|r| r.iter()) {
+                let cand = (s.as_of, m.log_index, v);
+                let slot = &mut real[k.index()];
+                if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
+                    *slot = Some(cand);
+                }
+            }
+            if let Some(p) = s.population
+                && pop
+                    .as_ref()
+                    .is_none_or(|(d, i, _)| (s.as_of, m.log_index) > (*d, *i))
+            {
+                pop = Some((s.as_of, m.log_index, p));
+            }
+        }
+        for k in SpaceKind::ALL {
+            f.spaces.set(k, best[k.index()].map(|b| b.2));
+            f.baseline.set(k, base[k.index()].map(|b| b.2));
+            f.real_name.set(k, real[k.index()].map(|b| b.2));
+        }
+        f.population = pop.map(|p| p.2).unwrap_or_default();
+
+        // Flags: decreases along as_of order, and same-date reports from several sources.
+        let mut ordered: Vec<&(&Meta, &SpaceCount)> = snaps.iter().collect();
+        ordered.sort_by_key(|(m, s)| (s.as_of, m.log_index));
+        for k in SpaceKind::ALL {
+            let mut prev: Option<(NaiveDate, u64)> = None;
+            for (m, s) in &ordered {
+                if let Some(v) = s.spaces.get(k) {
+                    if let Some((d, pv)) = prev
+                        && d < s.as_of
+                        && v < pv
+                    {
+                        flags.push(Flag::Decrease {
+                            region: subject.0,
+                            school: subject.1,
+                            kind: k,
+                            before: (d, pv),
+                            after: (s.as_of, v),
+                            source: m.source.clone(),
+                        });
+                    }
+                    prev = Some((s.as_of, v));
+                }
+            }
+        }
+        let mut by_date: BTreeMap<NaiveDate, BTreeSet<SourceId>> = BTreeMap::new();
+        for (m, s) in &snaps {
+            by_date.entry(s.as_of).or_default().insert(m.source.clone());
+        }
+        for (as_of, sources) in by_date {
+            if sources.len() > 1 {
+                flags.push(Flag::Conflict {
+                    region: subject.0,
+                    school: subject.1,
+                    as_of,
+                    sources: sources.into_iter().collect(),
+                });
+            }
+        }
+        f
+    }
+
+    /// Rolls every subject up to counties, cities, provinces and the nation.
+    pub fn rollup(&self, campaign: &Campaign) -> Rollup {
+        let mut flags = Vec::new();
+        let mut own: HashMap<RegionCode, Figures> = HashMap::new();
+        let mut parts: HashMap<RegionCode, Figures> = HashMap::new();
+        let mut part_known: HashMap<RegionCode, bool> = HashMap::new();
+        let mut schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
+        let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
+        for subject in self.subjects.keys() {
+            if self.snapshots(subject).is_empty() {
+                continue;
+            }
+            let f = self.subject_figures(subject, campaign.baseline, &mut flags);
+            let (region, school) = *subject;
+            let mut r = Some(region);
+            while let Some(c) = r {
+                regions.insert(c);
+                r = c.parent();
+            }
+            match school {
+                Some(code) => {
+                    parts.entry(region).or_default().add(&f);
+                    part_known.insert(region, true);
+                    schools.entry(region).or_default().push((code, f));
+                }
+                None => {
+                    own.insert(region, f);
+                }
+            }
+        }
+        // Bottom-up: counties, then cities, then provinces.
+        let mut totals: BTreeMap<RegionCode, Figures> = BTreeMap::new();
+        for level in [Level::County, Level::City, Level::Province] {
+            for &r in regions.iter().filter(|r| r.level() == level) {
+                let sum = parts.get(&r).cloned();
+                let total = merge_own(own.get(&r), sum.as_ref(), r, &mut flags);
+                if let Some(p) = r.parent() {
+                    parts.entry(p).or_default().add(&total);
+                    part_known.insert(p, true);
+                }
+                totals.insert(r, total);
+            }
+        }
+        let mut nation = Figures::default();
+        for (r, f) in &totals {
+            if r.level() == Level::Province {
+                nation.add(f);
+            }
+        }
+        Rollup {
+            nation,
+            totals,
+            schools,
+            flags,
+        }
+    }
+
+    /// Milestone submissions per province and milestone id, in log order (withdrawn ones
+    /// excluded).
+    pub fn milestones(&self) -> BTreeMap<(RegionCode, String), Vec<(&Meta, &Milestone)>> {
+        let mut out: BTreeMap<(RegionCode, String), Vec<(&Meta, &Milestone)>> = BTreeMap::new();
+        for i in self.live() {
+            if let Record::Milestone(m) = &i.record {
+                out.entry((m.region.province(), m.milestone.clone()))
+                    .or_default()
+                    .push((&i.meta, m));
+            }
+        }
+        out
+    }
+
+    /// Nominations per province in log order, and those that broke a quota when they
+    /// arrived (judged per province across all its sources).
+    pub fn nominations(&self, campaign: &Campaign) -> Nominations<'_> {
+        let mut ledgers: BTreeMap<RegionCode, QuotaLedger> = BTreeMap::new();
+        let mut counted = Vec::new();
+        let mut violations = Vec::new();
+        for i in self.live() {
+            if let Record::Recommendation(r) = &i.record {
+                let ledger = ledgers.entry(r.by.province()).or_default();
+                match ledger.add(&campaign.quotas, r) {
+                    Ok(()) => counted.push((&i.meta, r)),
+                    Err(v) => violations.push((i.meta.clone(), v)),
+                }
+            }
+        }
+        Nominations {
+            counted,
+            violations,
+        }
+    }
+
+    /// Activities (not withdrawn), in log order.
+    pub fn activities(&self) -> Vec<(&Meta, &Activity)> {
+        self.live()
+            .filter_map(|i| match &i.record {
+                Record::Activity(a) => Some((&i.meta, a)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Nominations, split by whether they fit the quotas.
+pub struct Nominations<'a> {
+    /// Counted nominations.
+    pub counted: Vec<(&'a Meta, &'a Recommendation)>,
+    /// Nominations that broke a quota on arrival.
+    pub violations: Vec<(Meta, QuotaViolation)>,
+}
+
+fn merge_own(
+    own: Option<&Figures>,
+    sum: Option<&Figures>,
+    region: RegionCode,
+    flags: &mut Vec<Flag>,
+) -> Figures {
+    match (own, sum) {
+        (None, None) => Figures::default(),
+        (Some(o), None) => o.clone(),
+        (None, Some(s)) => s.clone(),
+        (Some(o), Some(s)) => {
+            let mut t = Figures::default();
+            let pick = |a: &SpaceCounts, b: &SpaceCounts, k: SpaceKind| a.get(k).or(b.get(k));
+            for k in SpaceKind::ALL {
+                t.spaces.set(k, pick(&o.spaces, &s.spaces, k));
+                t.real_name.set(k, pick(&o.real_name, &s.real_name, k));
+                t.baseline.set(k, pick(&o.baseline, &s.baseline, k));
+                if let (Some(r), Some(p)) = (o.spaces.get(k), s.spaces.get(k)) {
+                    let diff = r.abs_diff(p) as f64;
+                    if diff > 0.01 * (r.max(p) as f64) {
+                        flags.push(Flag::Discrepancy {
+                            region,
+                            kind: k,
+                            reported: r,
+                            sum_of_parts: p,
+                        });
+                    }
+                }
+            }
+            t.population = Population {
+                teachers: o.population.teachers.or(s.population.teachers),
+                students: o.population.students.or(s.population.students),
+                schools: o.population.schools.or(s.population.schools),
+            };
+            t
+        }
+    }
+}
+
+/// Every region's merged figures.
+pub struct Rollup {
+    /// The nation.
+    pub nation: Figures,
+    /// Each region with data (and its ancestors).
+    pub totals: BTreeMap<RegionCode, Figures>,
+    /// Schools per region.
+    pub schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>>,
+    /// Flags raised while merging.
+    pub flags: Vec<Flag>,
+}
+
+impl Rollup {
+    /// The figures of a region (empty when nothing is known).
+    pub fn region(&self, code: RegionCode) -> Figures {
+        self.totals.get(&code).cloned().unwrap_or_default()
+    }
+}
+
+/// Figures as JSON for the API: `spaces.<kind>`, `real_name.<kind>`, `baseline.<kind>`,
+/// `population`, `new_spaces`, `new_by_kind`, `coverage`.
+pub fn figures_json(f: &Figures) -> Value {
+    let new_by_kind: BTreeMap<&str, i64> = SpaceKind::ALL
+        .iter()
+        .filter_map(|k| f.new_of(*k).map(|n| (k.as_str(), n)))
+        .collect();
+    serde_json::json!({
+        "spaces": f.spaces,
+        "real_name": f.real_name,
+        "baseline": f.baseline,
+        "population": f.population,
+        "new_spaces": f.new_spaces(),
+        "new_by_kind": new_by_kind,
+        "coverage": f.coverage(),
+    })
+}
+
+/// The name of a region for display: the unit table for provinces, else the directory.
+pub fn region_name(code: RegionCode) -> Option<String> {
+    unit(code)
+        .filter(|u| u.code == code.as_u32())
+        .map(|u| u.name_zh.to_string())
+        .or_else(|| Directory::bundled().name(code).map(str::to_string))
+}
