@@ -10,6 +10,7 @@
 //! - [`campaign`]: the campaign TOML file and the quota ledger.
 //! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
 //! - [`entry`]: signed, hash-chained entries and chain verification.
+//! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
 //! - [`keys`]: key files and the public-key line.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
 //! - [`clock`]: the clock trait and its implementations.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod dsse;
 pub mod entry;
 pub mod keys;
+pub mod merkle;
 pub mod record;
 pub mod region;
 pub mod validate;
