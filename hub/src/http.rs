@@ -192,6 +192,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/progress", get(progress))
         .route("/v1/regions/{code}", get(region))
         .route("/v1/sources", get(sources))
+        .route("/v1/bulletins", get(bulletins))
+        .route("/v1/bulletins/{file}", get(bulletin_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -568,6 +570,60 @@ async fn sources(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
         })
         .collect();
     Ok(Json(json!({ "sources": list })))
+}
+
+async fn bulletins(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    bearer_role(&s, &headers)?;
+    let list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
+    Ok(Json(json!({ "bulletins": list })))
+}
+
+#[derive(Deserialize)]
+struct LangQuery {
+    lang: Option<String>,
+}
+
+async fn bulletin_file(
+    State(s): State<AppState>,
+    Path(file): Path<String>,
+    Query(q): Query<LangQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    // Bulletins are published to every reader: any valid token may read them.
+    bearer_role(&s, &headers)?;
+    let (n, ext) = file
+        .rsplit_once('.')
+        .ok_or_else(|| AppError::not_found("ask for /v1/bulletins/<n>.json, .html, .md or .csv"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| AppError::not_found(format!("{n:?} is not a bulletin number")))?;
+    let lang = match q.lang.as_deref() {
+        None => crate::render::Lang::Zh,
+        Some(l) => crate::render::Lang::parse(l)
+            .ok_or_else(|| AppError::bad_request("lang must be zh or en"))?,
+    };
+    let doc = crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| match e {
+        crate::bulletin::BulletinError::NotFound(_) => AppError::not_found(e.to_string()),
+        other => AppError::internal(other),
+    })?;
+    let (ct, body) = match ext {
+        "json" => (
+            "application/json",
+            serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        ),
+        "html" => ("text/html; charset=utf-8", crate::render::html(&doc, lang)),
+        "md" => (
+            "text/markdown; charset=utf-8",
+            crate::render::markdown(&doc, lang),
+        ),
+        "csv" => ("text/csv; charset=utf-8", crate::render::csv(&doc, lang)),
+        other => {
+            return Err(AppError::not_found(format!(
+                "no bulletin format {other:?}; use json, html, md or csv"
+            )));
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, AppError> {

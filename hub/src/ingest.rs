@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::entry::{Entry, check_entry_scope, verify_signatures};
+use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry, check_entry_scope, verify_signatures};
 use spacesync_shared::wire::{
     IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
 };
@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use crate::log::{Log, LogError, LogRecord};
 use crate::registry::{self, SourceRecord, SourceStatus};
 use crate::store::{Store, StoreError, WriteBatch, keys};
-use crate::views::{Meta, Views};
+use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 
 /// How far ahead of the hub's clock an entry's `recorded_at` may be.
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
@@ -318,7 +318,9 @@ impl Hub {
             .iter()
             .map(|e| Entry::from_payload(&e.payload))
             .collect();
-        let now = self.clock.now();
+        // Millisecond precision, as the source index stores it: a receipt re-issued for a
+        // resent entry must be byte-identical to the first one.
+        let now = self.clock.now().trunc_subsecs(3);
 
         let mut st = self.state();
         let head = st.heads.get(&source).copied().unwrap_or_default();
@@ -374,6 +376,23 @@ impl Hub {
                         continue;
                     }
                     _ => {
+                        // Only a validly signed second entry proves equivocation; a forgery
+                        // must not raise an alarm against the source.
+                        let signed = reg
+                            .key_for(entry.seq)
+                            .ok_or_else(|| "no registered key signs this seq".to_string())
+                            .and_then(|k| {
+                                env.verify(ENTRY_PAYLOAD_TYPE, &k).map_err(|e| e.to_string())
+                            });
+                        if let Err(e) = signed {
+                            refused.push(Refusal {
+                                seq: Some(entry.seq),
+                                code: RefusalCode::BadSignature,
+                                reason: format!("seq {}: {e}; the entry was not signed by the key registered for {source}", entry.seq),
+                            });
+                            status = 422;
+                            break;
+                        }
                         let detail = format!(
                             "seq {}: a different entry is already held for this seq (equivocation); the hub keeps the first",
                             entry.seq
@@ -588,6 +607,54 @@ impl Hub {
             },
             appended,
         })
+    }
+
+    /// Signs and appends one of the hub's own entries (e.g. an extension). Durable on return.
+    pub fn append_hub_entry(
+        &self,
+        make: impl FnOnce(u64, DateTime<Utc>) -> HubEntry,
+    ) -> Result<(u64, HubEntry), IngestError> {
+        let now = self.clock.now();
+        let mut st = self.state();
+        let seq = match self.store.get(keys::HUB_SEQ)? {
+            Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            None => 0,
+        } + 1;
+        let entry = make(seq, now);
+        let payload = serde_json::to_vec(&entry).map_err(|e| LogError::Tree(e.to_string()))?;
+        let envelope = Envelope::sign(&self.key, HUB_ENTRY_PAYLOAD_TYPE, payload);
+        let rec = LogRecord {
+            received_at: now,
+            source: None,
+            seq,
+            envelope,
+        };
+        let mut wb = WriteBatch::new();
+        let index = match st.log.append(&mut wb, &rec) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reload(&mut st);
+                return Err(e.into());
+            }
+        };
+        st.views.apply_hub(index, &entry, &mut wb);
+        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        let note = st.log.checkpoint(&self.origin, &self.key);
+        let note = match note {
+            Ok(n) => n,
+            Err(e) => {
+                self.reload(&mut st);
+                return Err(e.into());
+            }
+        };
+        wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
+        if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
+            self.reload(&mut st);
+            return Err(e.into());
+        }
+        st.checkpoint = note;
+        st.version += 1;
+        Ok((index, entry))
     }
 
     fn raise_alarm(

@@ -7,17 +7,25 @@
 //! - [`registry`]: registered sources, their keys (with rotation) and scopes.
 //! - [`ingest`]: the hub core — verified, idempotent ingest and the shared state.
 //! - [`views`]: merged space counts, roll-ups, milestones, nominations, activities.
+//! - [`tracking`]: deadlines, plan checks, pace, lagging — a pure function of views and time.
+//! - [`bulletin`]: numbered, signed, immutable progress bulletins, and their verification.
+//! - [`render`]: bulletins as HTML, Markdown and CSV, in Chinese or English.
 //! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
 //! - [`http`]: the HTTP API (the only module that knows the wire JSON).
+//! - [`schedule`]: issues scheduled bulletins on the hub's clock.
 //! - [`config`]: the data directory and hub.toml.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
 
 pub mod auth;
+pub mod bulletin;
 pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod maintenance;
 pub mod registry;
+pub mod render;
+pub mod schedule;
 pub mod store;
+pub mod tracking;
 pub mod views;

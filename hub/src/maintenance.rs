@@ -12,12 +12,21 @@ use spacesync_shared::{Digest, SourceId};
 use crate::log;
 use crate::registry;
 use crate::store::{Store, StoreError, WriteBatch, keys};
-use crate::views::{Meta, Views};
+use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 
 /// Recomputes the views from the log alone. Returns them with the batch that replaces the
 /// stored view items.
 pub fn rebuild_views(
     store: &dyn Store,
+    progress: impl FnMut(u64),
+) -> Result<(Views, WriteBatch), StoreError> {
+    rebuild_views_upto(store, u64::MAX, progress)
+}
+
+/// The views as they were when the log had `size` leaves.
+pub fn rebuild_views_upto(
+    store: &dyn Store,
+    size: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<(Views, WriteBatch), StoreError> {
     let mut batch = WriteBatch::new();
@@ -27,8 +36,17 @@ pub fn rebuild_views(
     let mut views = Views::default();
     for r in log::iter(store) {
         let (index, rec) = r?;
+        if index >= size {
+            break;
+        }
         progress(index);
         let Some(source) = rec.source.clone() else {
+            let hub_entry: HubEntry =
+                serde_json::from_slice(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
+                    key: format!("log/{index}"),
+                    message: e.to_string(),
+                })?;
+            views.apply_hub(index, &hub_entry, &mut batch);
             continue;
         };
         let entry =
@@ -116,6 +134,11 @@ pub fn verify(
             report.problems.push(format!("log leaf {index}: {e}"));
         }
         let Some(source) = &rec.source else {
+            if let Err(e) = rec.envelope.verify(HUB_ENTRY_PAYLOAD_TYPE, hub_key) {
+                report
+                    .problems
+                    .push(format!("log leaf {index} (hub entry {}): {e}", rec.seq));
+            }
             continue;
         };
         let at = format!("log leaf {index} ({source} seq {})", rec.seq);

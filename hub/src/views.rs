@@ -24,6 +24,36 @@ use spacesync_shared::{Record, RegionCode, SourceId};
 use crate::store::{Store, StoreError, WriteBatch};
 
 const ITEM_PREFIX: &[u8] = b"v/i/";
+const EXTENSION_PREFIX: &[u8] = b"v/x/";
+
+/// DSSE payload type of the hub's own log entries.
+pub const HUB_ENTRY_PAYLOAD_TYPE: &str = "application/vnd.spacesync.hub-entry+json";
+
+/// An entry the hub itself signs and appends to the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HubEntry {
+    /// A deadline extension granted by an admin to one provincial unit.
+    Extension(Extension),
+}
+
+/// A deadline extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// The provincial unit (or region) granted the extension.
+    pub region: RegionCode,
+    /// The milestone id.
+    pub milestone: String,
+    /// New last day (inclusive, campaign time zone).
+    pub until: NaiveDate,
+    /// Why it was granted.
+    pub reason: String,
+    /// When it was granted (hub clock).
+    pub granted_at: DateTime<Utc>,
+}
 
 fn item_key(log_index: u64) -> Vec<u8> {
     [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
@@ -200,6 +230,8 @@ pub struct Views {
     subjects: BTreeMap<Subject, Vec<u64>>,
     /// Per source: entries, last receive time.
     sources: BTreeMap<SourceId, SourceActivity>,
+    /// Deadline extensions, by log index.
+    extensions: BTreeMap<u64, Extension>,
 }
 
 /// What the views know of a source's traffic.
@@ -217,6 +249,16 @@ impl Views {
     /// Loads the persisted items.
     pub fn load(store: &dyn Store) -> Result<Views, StoreError> {
         let mut v = Views::default();
+        for r in store.scan(EXTENSION_PREFIX) {
+            let (k, bytes) = r?;
+            let idx = crate::store::keys::tail_u64(&k).unwrap_or(0);
+            let ext: Extension =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    key: format!("v/x/{idx}"),
+                    message: e.to_string(),
+                })?;
+            v.extensions.insert(idx, ext);
+        }
         for r in store.scan(ITEM_PREFIX) {
             let (k, bytes) = r?;
             let corrupt = |message: String| StoreError::Corrupt {
@@ -290,6 +332,24 @@ impl Views {
         };
         Self::persist(&item, batch);
         self.insert(item);
+    }
+
+    /// Applies one of the hub's own entries.
+    pub fn apply_hub(&mut self, log_index: u64, entry: &HubEntry, batch: &mut WriteBatch) {
+        match entry {
+            HubEntry::Extension(x) => {
+                batch.put(
+                    [EXTENSION_PREFIX, &log_index.to_be_bytes()].concat(),
+                    serde_json::to_vec(x).unwrap_or_default(),
+                );
+                self.extensions.insert(log_index, x.clone());
+            }
+        }
+    }
+
+    /// Extensions in log order.
+    pub fn extensions(&self) -> impl Iterator<Item = &Extension> {
+        self.extensions.values()
     }
 
     /// Every item in log order.

@@ -11,7 +11,8 @@ use spacesync_hub::auth::{self, Role};
 use spacesync_hub::config::{self, DataDir};
 use spacesync_hub::http::{self, AppState};
 use spacesync_hub::store::{SledStore, Store};
-use spacesync_hub::{maintenance, registry};
+use spacesync_hub::views::{Extension, HubEntry};
+use spacesync_hub::{bulletin, maintenance, registry, render};
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
 use spacesync_shared::keys;
 use spacesync_shared::{RegionCode, SourceId};
@@ -67,6 +68,29 @@ enum Cmd {
     },
     /// Print the hub's public key line.
     Pubkey,
+    /// Grant a deadline extension (a hub-signed log entry).
+    Extend {
+        /// The provincial unit (PP0000).
+        #[arg(long)]
+        region: String,
+        /// Milestone id.
+        #[arg(long)]
+        milestone: String,
+        /// New last day, YYYY-MM-DD (campaign time zone).
+        #[arg(long)]
+        until: chrono::NaiveDate,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Grant as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// Progress bulletins.
+    Bulletin {
+        #[command(subcommand)]
+        cmd: BulletinCmd,
+    },
     /// Recompute every view from the log.
     Rebuild,
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
@@ -108,6 +132,38 @@ enum AgentsCmd {
         /// First seq the new key signs (default: the next seq after what the hub holds).
         #[arg(long)]
         from_seq: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BulletinCmd {
+    /// Issue a bulletin now; prints its number.
+    Issue {
+        /// Issue as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// List issued bulletins.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one bulletin.
+    Show {
+        /// Bulletin number.
+        n: u64,
+        /// json, html, md or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// zh or en.
+        #[arg(long, default_value = "zh")]
+        lang: String,
+    },
+    /// Check a bulletin file (JSON) against the log; exits 0 only when it matches.
+    Verify {
+        /// The bulletin JSON file.
+        file: PathBuf,
     },
 }
 
@@ -199,8 +255,17 @@ fn main() -> Result<()> {
                     .with_context(|| format!("cannot listen on {addr}; is another hub running? choose another with --listen"))?;
                 let local = listener.local_addr()?;
                 tracing::info!(addr = %local, log_size = hub.state().log.size(), "Hub listening.");
-                let state = AppState::new(Arc::new(hub), cfg.rate_per_source, cfg.burst_per_source);
+                let hub = Arc::new(hub);
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let scheduler = tokio::spawn(spacesync_hub::schedule::run(
+                    hub.clone(),
+                    std::time::Duration::from_millis(200),
+                    stop_rx,
+                ));
+                let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source);
                 http::serve(listener, state, shutdown_signal()).await?;
+                let _ = stop_tx.send(true);
+                let _ = scheduler.await;
                 tracing::info!("Hub stopped.");
                 anyhow::Ok(())
             })?;
@@ -267,6 +332,113 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::Extend {
+            region,
+            milestone,
+            until,
+            reason,
+            now,
+        } => {
+            let clock: Arc<dyn Clock> = match now {
+                Some(t) => Arc::new(FixedClock::new(t)),
+                None => clock,
+            };
+            let (hub, _) = config::open_hub(&dir, clock)?;
+            let region = RegionCode::parse(&region).context("--region")?;
+            if !hub.campaign.is_unit(region.province()) {
+                bail!("--region {region} is not inside one of the campaign's provincial units");
+            }
+            if hub.campaign.deliverables().all(|d| d.id != milestone) {
+                bail!(
+                    "--milestone {milestone:?} is not a deliverable of campaign {}; expected one of {}",
+                    hub.campaign.id,
+                    hub.campaign
+                        .deliverables()
+                        .map(|d| d.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if reason.trim().is_empty() {
+                bail!("--reason must say why the extension is granted");
+            }
+            let (index, _) = hub.append_hub_entry(|seq, at| {
+                HubEntry::Extension(Extension {
+                    seq,
+                    region,
+                    milestone: milestone.clone(),
+                    until,
+                    reason: reason.clone(),
+                    granted_at: at,
+                })
+            })?;
+            println!(
+                "extension for {region} {milestone} until {until} recorded at log index {index}"
+            );
+        }
+        Cmd::Bulletin { cmd } => match cmd {
+            BulletinCmd::Issue { now } => {
+                let clock: Arc<dyn Clock> = match now {
+                    Some(t) => Arc::new(FixedClock::new(t)),
+                    None => clock,
+                };
+                let (hub, _) = config::open_hub(&dir, clock)?;
+                let doc = bulletin::issue(&hub, None, serde_json::Value::Array(Vec::new()))?;
+                println!("{}", doc["number"]);
+            }
+            BulletinCmd::List { json } => {
+                let store = open_store(&dir)?;
+                let list = bulletin::list(&store)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    for b in list {
+                        println!(
+                            "{:>4}  {}  {}",
+                            b["number"],
+                            b["issued_at"].as_str().unwrap_or(""),
+                            b["title"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            BulletinCmd::Show { n, format, lang } => {
+                let store = open_store(&dir)?;
+                let doc = bulletin::get(&store, n)?;
+                let lang = render::Lang::parse(&lang).context("--lang must be zh or en")?;
+                let out = match format.as_str() {
+                    "json" => serde_json::to_string_pretty(&doc)?,
+                    "html" => render::html(&doc, lang),
+                    "md" => render::markdown(&doc, lang),
+                    "csv" => render::csv(&doc, lang),
+                    other => bail!("--format {other:?}: expected json, html, md or csv"),
+                };
+                print!("{out}");
+                if !out.ends_with('\n') {
+                    println!();
+                }
+            }
+            BulletinCmd::Verify { file } => {
+                let store = open_store(&dir)?;
+                let cfg = config::load_config(&dir)?;
+                let campaign = config::load_campaign(&dir)?;
+                let key = keys::read_secret(&dir.key())?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{} is not JSON (give the JSON form of a bulletin)",
+                        file.display()
+                    )
+                })?;
+                bulletin::verify(&store, &campaign, &key.verifying_key(), &cfg.origin, &doc)
+                    .with_context(|| format!("{} does not match this hub's log", file.display()))?;
+                println!(
+                    "ok: bulletin {} matches the log at checkpoint size {}",
+                    doc["number"], doc["checkpoint"]["size"]
+                );
+            }
+        },
         Cmd::Rebuild => {
             let store = open_store(&dir)?;
             let size = spacesync_hub::log::Log::load(&store)?.size();

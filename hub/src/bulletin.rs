@@ -1,0 +1,311 @@
+//! Progress bulletins (进度通报): numbered per campaign (第N期), issued on the campaign's
+//! schedule and on demand, immutable once issued, signed by the hub, and verifiable by
+//! recomputing them from the log up to the checkpoint they name.
+//!
+//! A bulletin is one JSON object. Its signature covers the compact serialization of the
+//! object without its `signature` member (keys in the order the hub wrote them, which a
+//! JSON parser that keeps order — or sorts, as serde_json does by default — reproduces).
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde_json::{Map, Value, json};
+use spacesync_shared::Campaign;
+use spacesync_shared::dsse::key_id;
+use spacesync_shared::merkle::{self, NoteVerifier};
+
+use crate::ingest::Hub;
+use crate::maintenance::rebuild_views_upto;
+use crate::registry;
+use crate::store::{Store, StoreError, WriteBatch};
+use crate::tracking::assess;
+
+const BULLETIN_PREFIX: &[u8] = b"bul/";
+const SLOT_KEY: &[u8] = b"meta/bulletin-slot";
+
+/// Fields that are not recomputed from the log when verifying (delivery state of notices
+/// changes after issue; the rest is bookkeeping checked separately).
+const NOT_RECOMPUTED: &[&str] = &[
+    "number",
+    "title",
+    "title_en",
+    "issued_at",
+    "scheduled_for",
+    "checkpoint",
+    "signature",
+    "notices",
+];
+
+/// Bulletin errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BulletinError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No bulletin with that number.
+    #[error("bulletin {0} does not exist; see `spacesync-hub bulletin list`")]
+    NotFound(u64),
+    /// A file is not a bulletin.
+    #[error("not a spacesync bulletin: {0}")]
+    Malformed(String),
+    /// The signature does not verify.
+    #[error("the bulletin's signature does not verify with this hub's key")]
+    BadSignature,
+    /// The checkpoint does not match the log.
+    #[error("the bulletin's checkpoint (size {size}) does not match this hub's log: {why}")]
+    Checkpoint {
+        /// The checkpoint size.
+        size: u64,
+        /// What differs.
+        why: String,
+    },
+    /// A recomputed figure differs.
+    #[error("the bulletin does not match the log: {0}")]
+    Mismatch(String),
+}
+
+fn bulletin_key(n: u64) -> Vec<u8> {
+    [BULLETIN_PREFIX, &n.to_be_bytes()].concat()
+}
+
+fn canonical(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn sign(body: &mut Map<String, Value>, key: &SigningKey) {
+    body.remove("signature");
+    let bytes = canonical(&Value::Object(body.clone()));
+    let sig = key.sign(&bytes);
+    body.insert(
+        "signature".into(),
+        json!({ "alg": "ed25519", "keyid": key_id(&key.verifying_key()), "sig": STANDARD.encode(sig.to_bytes()) }),
+    );
+}
+
+/// Checks a bulletin's signature.
+pub fn check_signature(doc: &Value, key: &VerifyingKey) -> Result<(), BulletinError> {
+    let mut body = doc
+        .as_object()
+        .cloned()
+        .ok_or_else(|| BulletinError::Malformed("not a JSON object".into()))?;
+    let sig = body
+        .remove("signature")
+        .and_then(|s| s.get("sig").and_then(Value::as_str).map(str::to_string))
+        .ok_or_else(|| BulletinError::Malformed("no signature".into()))?;
+    let bytes = STANDARD
+        .decode(sig)
+        .map_err(|_| BulletinError::Malformed("signature is not base64".into()))?;
+    let arr: [u8; 64] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| BulletinError::Malformed("signature is not 64 bytes".into()))?;
+    key.verify_strict(
+        &canonical(&Value::Object(body)),
+        &Signature::from_bytes(&arr),
+    )
+    .map_err(|_| BulletinError::BadSignature)
+}
+
+/// Numbers of issued bulletins with their issue times.
+pub fn list(store: &dyn Store) -> Result<Vec<Value>, BulletinError> {
+    let mut out = Vec::new();
+    for r in store.scan(BULLETIN_PREFIX) {
+        let (_, v) = r?;
+        let doc: Value =
+            serde_json::from_slice(&v).map_err(|e| BulletinError::Malformed(e.to_string()))?;
+        out.push(json!({
+            "number": doc["number"], "issued_at": doc["issued_at"], "scheduled_for": doc["scheduled_for"],
+            "title": doc["title"], "checkpoint": doc["checkpoint"],
+            "lagging": doc["lagging"].as_array().map_or(0, Vec::len),
+        }));
+    }
+    Ok(out)
+}
+
+/// One issued bulletin.
+pub fn get(store: &dyn Store, n: u64) -> Result<Value, BulletinError> {
+    let v = store
+        .get(&bulletin_key(n))?
+        .ok_or(BulletinError::NotFound(n))?;
+    serde_json::from_slice(&v).map_err(|e| BulletinError::Malformed(e.to_string()))
+}
+
+/// Issues the next bulletin at the hub clock's current instant.
+pub fn issue(
+    hub: &Hub,
+    scheduled_for: Option<DateTime<Utc>>,
+    notices: Value,
+) -> Result<Value, BulletinError> {
+    let store = hub.store.as_ref();
+    let now = hub.clock.now();
+    let registry = registry::load_all(store)?;
+    let st = hub.state();
+    let number = store
+        .last(BULLETIN_PREFIX)?
+        .and_then(|(k, _)| crate::store::keys::tail_u64(&k))
+        .unwrap_or(0)
+        + 1;
+    let size = st.log.size();
+    let root = st.log.root();
+    let body = assess(&hub.campaign, &st.views, &registry, now);
+    let mut doc = match body {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let head = json!({
+        "number": number,
+        "title": format!("{}进度通报（第{}期）", hub.campaign.name, number),
+        "title_en": format!("{} — Progress Bulletin No. {}", hub.campaign.name_en, number),
+        "issued_at": now,
+        "scheduled_for": scheduled_for,
+        "checkpoint": { "origin": hub.origin, "size": size, "root": STANDARD.encode(root), "note": st.checkpoint },
+        "notices": notices,
+    });
+    drop(st);
+    if let Value::Object(h) = head {
+        for (k, v) in h {
+            doc.insert(k, v);
+        }
+    }
+    sign(&mut doc, &hub.key);
+    let doc = Value::Object(doc);
+    let mut b = WriteBatch::new();
+    b.put(
+        bulletin_key(number),
+        serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+    );
+    store.apply(b)?;
+    store.flush()?;
+    tracing::info!(number, log_size = size, "Issued bulletin.");
+    Ok(doc)
+}
+
+/// Verifies a bulletin against this hub's log: signature, checkpoint, and every figure
+/// recomputed from the log as it was at the checkpoint.
+pub fn verify(
+    store: &dyn Store,
+    campaign: &Campaign,
+    hub_key: &VerifyingKey,
+    origin: &str,
+    doc: &Value,
+) -> Result<(), BulletinError> {
+    check_signature(doc, hub_key)?;
+    let cp = &doc["checkpoint"];
+    let size = cp["size"]
+        .as_u64()
+        .ok_or_else(|| BulletinError::Malformed("checkpoint.size missing".into()))?;
+    let note = cp["note"].as_str().unwrap_or_default();
+    let verifier =
+        NoteVerifier::new(origin, *hub_key).map_err(|e| BulletinError::Malformed(e.to_string()))?;
+    let opened = merkle::open_checkpoint(note, &verifier, origin).map_err(|e| {
+        BulletinError::Checkpoint {
+            size,
+            why: e.to_string(),
+        }
+    })?;
+    let root = crate::log::root_at(store, size)?;
+    if opened.size != size
+        || opened.root != root
+        || cp["root"].as_str() != Some(&STANDARD.encode(root))
+    {
+        return Err(BulletinError::Checkpoint {
+            size,
+            why: "the root recomputed from the log differs".into(),
+        });
+    }
+    let issued_at: DateTime<Utc> = doc["issued_at"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .ok_or_else(|| BulletinError::Malformed("issued_at missing".into()))?;
+    let (views, _) = rebuild_views_upto(store, size, |_| {})?;
+    let registry = registry::load_all(store)?;
+    let recomputed = assess(campaign, &views, &registry, issued_at);
+    let Value::Object(re) = recomputed else {
+        return Err(BulletinError::Malformed("recomputation failed".into()));
+    };
+    let Value::Object(got) = doc else {
+        return Err(BulletinError::Malformed("not a JSON object".into()));
+    };
+    for (k, v) in &re {
+        if got.get(k) != Some(v) {
+            return Err(BulletinError::Mismatch(first_difference(
+                k,
+                got.get(k).unwrap_or(&Value::Null),
+                v,
+            )));
+        }
+    }
+    for k in got.keys() {
+        if !re.contains_key(k) && !NOT_RECOMPUTED.contains(&k.as_str()) {
+            return Err(BulletinError::Mismatch(format!(
+                "{k} is not something the hub computes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Names the first place two JSON values differ.
+fn first_difference(path: &str, got: &Value, want: &Value) -> String {
+    match (got, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, bv) in b {
+                let av = a.get(k).unwrap_or(&Value::Null);
+                if av != bv {
+                    return first_difference(&format!("{path}.{k}"), av, bv);
+                }
+            }
+            format!("{path} has extra members")
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (av, bv)) in a.iter().zip(b).enumerate() {
+                if av != bv {
+                    return first_difference(&format!("{path}[{i}]"), av, bv);
+                }
+            }
+            path.to_string()
+        }
+        _ => format!("{path} is {got} in the bulletin but {want} in the log"),
+    }
+}
+
+/// Instants of the scheduled bulletins: `first` + k·`every_days` at `at`, local time.
+pub fn slot_time(campaign: &Campaign, k: u64) -> DateTime<Utc> {
+    let local = NaiveDateTime::new(campaign.bulletins.first, campaign.bulletins.at)
+        + Duration::days(k as i64 * i64::from(campaign.bulletins.every_days));
+    let utc = local - Duration::seconds(i64::from(campaign.utc_offset.local_minus_utc()));
+    DateTime::from_naive_utc_and_offset(utc, Utc)
+}
+
+/// Issues every scheduled bulletin whose time has come and that was not issued yet.
+/// Returns the numbers issued. Bulletins stop after the campaign's end.
+pub fn issue_due(hub: &Arc<Hub>, notices: impl Fn() -> Value) -> Result<Vec<u64>, BulletinError> {
+    let store = hub.store.as_ref();
+    let next_slot = store
+        .get(SLOT_KEY)?
+        .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    let now = hub.clock.now();
+    let end = hub.campaign.end_of_day(hub.campaign.ends_on);
+    let mut k = next_slot;
+    let mut issued = Vec::new();
+    // Catch up to the latest slot only: after downtime, one bulletin, not a burst.
+    let mut latest = None;
+    while slot_time(&hub.campaign, k) <= now && slot_time(&hub.campaign, k) < end {
+        latest = Some(k);
+        k += 1;
+    }
+    if let Some(k) = latest {
+        let doc = issue(hub, Some(slot_time(&hub.campaign, k)), notices())?;
+        issued.push(doc["number"].as_u64().unwrap_or(0));
+        let mut b = WriteBatch::new();
+        b.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
+        store.apply(b)?;
+        store.flush()?;
+    }
+    Ok(issued)
+}

@@ -1,0 +1,620 @@
+//! Campaign tracking: deadlines per provincial unit × milestone, plan checks, pace
+//! against the target trajectory, quota violations, silent sources and the lagging list.
+//!
+//! Everything here is a pure function of the views, the campaign, the registry and one
+//! instant, so a bulletin can be recomputed from the log later and compared.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use spacesync_shared::RegionCode;
+#[cfg(test)]
+use spacesync_shared::SourceId;
+use spacesync_shared::campaign::{Campaign, MilestoneKind};
+use spacesync_shared::record::{Milestone, SpaceKind};
+use spacesync_shared::region::PROVINCIAL_UNITS;
+
+use crate::registry::{SourceRecord, SourceStatus};
+use crate::views::{Extension, Figures, Meta, Views, figures_json, region_name};
+
+/// Where a unit stands on one deliverable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MilestoneStatus {
+    /// Due later than the due-soon window.
+    NotDue,
+    /// Due within the due-soon window, not yet submitted.
+    DueSoon,
+    /// Submitted in time (or within grace, signed in time).
+    OnTime,
+    /// Submitted after the deadline.
+    Late,
+    /// Deadline passed, nothing submitted.
+    Missing,
+}
+
+impl MilestoneStatus {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MilestoneStatus::NotDue => "not_due",
+            MilestoneStatus::DueSoon => "due_soon",
+            MilestoneStatus::OnTime => "on_time",
+            MilestoneStatus::Late => "late",
+            MilestoneStatus::Missing => "missing",
+        }
+    }
+}
+
+/// One cell of the milestone matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MilestoneCell {
+    /// Status at the bulletin's instant.
+    pub status: MilestoneStatus,
+    /// The deadline in force (the due date, or an extension).
+    pub due: NaiveDate,
+    /// When an extension moved the deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extended_until: Option<NaiveDate>,
+    /// Hub receive time of the first submission.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Local date of the first submission's receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_on: Option<NaiveDate>,
+    /// Days late (status late), or days overdue (status missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_late: Option<i64>,
+    /// Days until due (not_due, due_soon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+    /// Submissions received (resubmissions included).
+    pub submissions: usize,
+    /// Accepted on time only thanks to the grace period.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub within_grace: bool,
+}
+
+/// Judges one deliverable for one unit at `now`.
+pub fn milestone_cell(
+    campaign: &Campaign,
+    due: NaiveDate,
+    extension: Option<NaiveDate>,
+    submissions: &[(&Meta, &Milestone)],
+    now: DateTime<Utc>,
+) -> MilestoneCell {
+    let deadline_day = extension.map_or(due, |x| x.max(due));
+    let deadline = campaign.end_of_day(deadline_day);
+    let today = campaign.local_date(now);
+    let first = submissions
+        .iter()
+        .filter(|(m, _)| m.received_at <= now)
+        .min_by_key(|(m, _)| m.log_index);
+    let mut cell = MilestoneCell {
+        status: MilestoneStatus::NotDue,
+        due: deadline_day,
+        extended_until: extension.filter(|x| *x > due),
+        submitted_at: None,
+        submitted_on: None,
+        days_late: None,
+        days_left: None,
+        submissions: submissions
+            .iter()
+            .filter(|(m, _)| m.received_at <= now)
+            .count(),
+        within_grace: false,
+    };
+    match first {
+        Some((m, _)) => {
+            let received = m.received_at;
+            cell.submitted_at = Some(received);
+            cell.submitted_on = Some(campaign.local_date(received));
+            let grace_end = deadline + Duration::days(i64::from(campaign.grace_days));
+            if received < deadline {
+                cell.status = MilestoneStatus::OnTime;
+            } else if received < grace_end && m.recorded_at < deadline && m.recorded_at <= received
+            {
+                cell.status = MilestoneStatus::OnTime;
+                cell.within_grace = true;
+            } else {
+                cell.status = MilestoneStatus::Late;
+                cell.days_late = Some(
+                    (campaign.local_date(received) - deadline_day)
+                        .num_days()
+                        .max(1),
+                );
+            }
+        }
+        None if now >= deadline => {
+            cell.status = MilestoneStatus::Missing;
+            cell.days_late = Some((today - deadline_day).num_days().max(1));
+        }
+        None => {
+            let left = (deadline_day - today).num_days();
+            cell.days_left = Some(left);
+            cell.status = if left <= i64::from(campaign.lagging.due_soon_days) {
+                MilestoneStatus::DueSoon
+            } else {
+                MilestoneStatus::NotDue
+            };
+        }
+    }
+    cell
+}
+
+/// Pace class against the expected trajectory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaceClass {
+    /// At or above the `behind` share of the expected figure.
+    OnTrack,
+    /// Below `behind`.
+    Behind,
+    /// Below `far_behind`.
+    FarBehind,
+    /// No target can be set (no per-province target and no population known) or no time has passed.
+    Unknown,
+}
+
+/// Pace of one unit or the nation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Pace {
+    /// Target new spaces by the target date.
+    pub target: Option<u64>,
+    /// New spaces expected by now on the straight line from baseline to target date.
+    pub expected: Option<u64>,
+    /// New spaces so far.
+    pub actual: i64,
+    /// actual / expected.
+    pub ratio: Option<f64>,
+    /// Class from the campaign's thresholds.
+    pub class: PaceClass,
+}
+
+/// Expected share of the target by `today`: 0 at the baseline, 1 at the target date.
+pub fn trajectory_share(campaign: &Campaign, today: NaiveDate) -> f64 {
+    let span = (campaign.target.by - campaign.baseline).num_days().max(1) as f64;
+    let done = (today - campaign.baseline).num_days() as f64;
+    (done / span).clamp(0.0, 1.0)
+}
+
+fn pace(campaign: &Campaign, target: Option<u64>, actual: i64, today: NaiveDate) -> Pace {
+    let share = trajectory_share(campaign, today);
+    let expected = target.map(|t| (t as f64 * share).round() as u64);
+    let ratio = expected
+        .filter(|e| *e > 0)
+        .map(|e| actual as f64 / e as f64);
+    let class = match ratio {
+        None => PaceClass::Unknown,
+        Some(r) if r >= campaign.lagging.behind => PaceClass::OnTrack,
+        Some(r) if r >= campaign.lagging.far_behind => PaceClass::Behind,
+        Some(_) => PaceClass::FarBehind,
+    };
+    Pace {
+        target,
+        expected,
+        actual,
+        ratio,
+        class,
+    }
+}
+
+/// People a unit serves (teachers + students), for apportioning the national target.
+fn people(f: &Figures) -> Option<u64> {
+    match (f.population.teachers, f.population.students) {
+        (None, None) => None,
+        (t, s) => Some(t.unwrap_or(0) + s.unwrap_or(0)),
+    }
+}
+
+/// Problems of the latest implementation plan of a unit.
+pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) -> Vec<String> {
+    let rules = campaign.plan;
+    let mut out = Vec::new();
+    let years = plan.details.years.clone().unwrap_or_default();
+    let n = years.len() as u32;
+    if n < rules.min_years || n > rules.max_years {
+        out.push(format!(
+            "plan covers {n} year(s); it must cover {}–{}",
+            rules.min_years, rules.max_years
+        ));
+    }
+    for (year, regions) in &years {
+        let inside = regions
+            .iter()
+            .filter(|r| r.is_within(unit) && **r != unit)
+            .count() as u32;
+        if inside < rules.min_regions_per_year {
+            out.push(format!(
+                "{year}: {inside} region(s) enter the rollout; at least {} are required",
+                rules.min_regions_per_year
+            ));
+        }
+    }
+    out
+}
+
+/// Everything a bulletin says, computed at one instant. Serialized as the bulletin body.
+pub fn assess(
+    campaign: &Campaign,
+    views: &Views,
+    registry: &[SourceRecord],
+    now: DateTime<Utc>,
+) -> Value {
+    let today = campaign.local_date(now);
+    let rollup = views.rollup(campaign);
+    let milestones = views.milestones();
+    let nominations = views.nominations(campaign);
+    let extensions: Vec<&Extension> = views.extensions().filter(|x| x.granted_at <= now).collect();
+    let nation_people = people(&rollup.nation);
+
+    let mut provinces = Vec::new();
+    let mut lagging = Vec::new();
+    let mut plan_list = Vec::new();
+    let mut summary: BTreeMap<String, BTreeMap<&'static str, u32>> = BTreeMap::new();
+    for unit in &campaign.units {
+        let f = rollup.region(*unit);
+        let target = campaign.target.provinces.get(unit).copied().or_else(|| {
+            // Apportion the national target by the people the unit serves.
+            match (people(&f), nation_people) {
+                (Some(p), Some(n)) if n > 0 => {
+                    Some((campaign.target.new_spaces as f64 * p as f64 / n as f64).round() as u64)
+                }
+                _ => None,
+            }
+        });
+        let p = pace(campaign, target, f.new_spaces(), today);
+        let mut reasons: Vec<Value> = Vec::new();
+        let mut cells = serde_json::Map::new();
+        for def in campaign.deliverables() {
+            let subs = milestones
+                .get(&(*unit, def.id.clone()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let ext = extensions
+                .iter()
+                .filter(|x| x.region.province() == *unit && x.milestone == def.id)
+                .map(|x| x.until)
+                .max();
+            let cell = milestone_cell(campaign, def.due, ext, subs, now);
+            *summary
+                .entry(def.id.clone())
+                .or_default()
+                .entry(cell.status.as_str())
+                .or_default() += 1;
+            match cell.status {
+                MilestoneStatus::Missing => reasons.push(json!({
+                    "reason": "milestone_missing", "milestone": def.id, "due": cell.due, "days_overdue": cell.days_late,
+                })),
+                MilestoneStatus::Late => reasons.push(json!({
+                    "reason": "milestone_late", "milestone": def.id, "due": cell.due, "days_late": cell.days_late,
+                })),
+                _ => {}
+            }
+            cells.insert(
+                def.id.clone(),
+                serde_json::to_value(&cell).unwrap_or(Value::Null),
+            );
+        }
+        if let Some(plan) = milestones
+            .get(&(*unit, "implementation_plan".to_string()))
+            .and_then(|subs| {
+                subs.iter()
+                    .filter(|(m, _)| m.received_at <= now)
+                    .max_by_key(|(m, _)| m.log_index)
+            })
+        {
+            let problems = plan_problems(campaign, *unit, plan.1);
+            if !problems.is_empty() {
+                reasons.push(json!({ "reason": "plan_incomplete", "problems": problems }));
+                plan_list.push(
+                    json!({ "code": unit, "name": region_name(*unit), "problems": problems }),
+                );
+            }
+        }
+        match p.class {
+            PaceClass::Behind => reasons.push(json!({ "reason": "behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual })),
+            PaceClass::FarBehind => reasons.push(json!({ "reason": "far_behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual })),
+            _ => {}
+        }
+        let violations: Vec<_> = nominations
+            .violations
+            .iter()
+            .filter(|(m, _)| m.received_at <= now)
+            .filter(|(_, v)| v.by.province() == *unit)
+            .collect();
+        if !violations.is_empty() {
+            reasons.push(json!({ "reason": "quota_violation", "count": violations.len() }));
+        }
+        let silent: Vec<&SourceRecord> = registry
+            .iter()
+            .filter(|r| {
+                r.scope.province() == *unit && r.status == SourceStatus::Active && r.added_at <= now
+            })
+            .filter(|r| source_is_silent(campaign, views, r, now))
+            .collect();
+        if !silent.is_empty() {
+            reasons.push(json!({ "reason": "source_silent", "sources": silent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>() }));
+        }
+        let unit_info = PROVINCIAL_UNITS.iter().find(|u| u.code == unit.as_u32());
+        let mut v = figures_json(&f);
+        v["code"] = json!(unit);
+        v["name"] = json!(unit_info.map(|u| u.name_zh));
+        v["name_en"] = json!(unit_info.map(|u| u.name_en));
+        v["pace"] = serde_json::to_value(p).unwrap_or(Value::Null);
+        v["milestones"] = Value::Object(cells);
+        v["real_name_share"] = json!(real_name_share(&f));
+        if !reasons.is_empty() {
+            lagging.push(json!({ "code": unit, "name": unit_info.map(|u| u.name_zh), "name_en": unit_info.map(|u| u.name_en), "reasons": reasons }));
+        }
+        provinces.push(v);
+    }
+    // Rank: by pace ratio where known, then by new spaces.
+    provinces.sort_by(|a, b| {
+        let key = |v: &Value| {
+            (
+                v["pace"]["ratio"].as_f64().unwrap_or(-1.0),
+                v["new_spaces"].as_i64().unwrap_or(0),
+            )
+        };
+        key(b)
+            .partial_cmp(&key(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for (i, p) in provinces.iter_mut().enumerate() {
+        p["rank"] = json!(i + 1);
+    }
+
+    let nation_pace = pace(
+        campaign,
+        Some(campaign.target.new_spaces),
+        rollup.nation.new_spaces(),
+        today,
+    );
+    let mut nation = figures_json(&rollup.nation);
+    nation["pace"] = serde_json::to_value(nation_pace).unwrap_or(Value::Null);
+    nation["target"] =
+        json!({ "new_spaces": campaign.target.new_spaces, "by": campaign.target.by });
+    nation["milestones"] = serde_json::to_value(&summary).unwrap_or(Value::Null);
+    nation["real_name_share"] = json!(real_name_share(&rollup.nation));
+    nation["trajectory"] = trajectory(campaign, rollup.nation.new_spaces(), today);
+
+    let silent_sources: Vec<Value> = registry
+        .iter()
+        .filter(|r| r.status == SourceStatus::Active && r.added_at <= now)
+        .filter(|r| source_is_silent(campaign, views, r, now))
+        .map(|r| {
+            let last = views.sources().get(&r.id).and_then(|a| a.last_received);
+            json!({ "source": r.id, "scope": r.scope, "last_seen": last,
+                    "days_silent": (now - last.unwrap_or(r.added_at)).num_days() })
+        })
+        .collect();
+
+    let quota_violations: Vec<Value> = nominations
+        .violations
+        .iter()
+        .filter(|(m, _)| m.received_at <= now)
+        .map(|(m, v)| {
+            json!({
+                "province": v.by.province(), "level": v.level, "by": v.by, "nominee_type": v.nominee_type,
+                "nominee": v.nominee, "limit": v.limit, "counted": v.counted,
+                "source": m.source, "seq": m.seq, "text": v.to_string(),
+            })
+        })
+        .collect();
+
+    let windows: Vec<Value> = campaign
+        .milestones
+        .iter()
+        .filter(|m| m.kind == MilestoneKind::Window)
+        .map(|m| json!({ "id": m.id, "title": m.title, "title_en": m.title_en, "opens": m.opens, "due": m.due,
+                          "state": if today < m.opens.unwrap_or(m.due) { "upcoming" } else if today <= m.due { "open" } else { "closed" } }))
+        .collect();
+
+    json!({
+        "campaign": campaign.id,
+        "as_of_date": today,
+        "nation": nation,
+        "provinces": provinces,
+        "quota_violations": quota_violations,
+        "plan_problems": plan_list,
+        "lagging": lagging,
+        "silent_sources": silent_sources,
+        "flags": rollup.flags,
+        "extensions": extensions,
+        "windows": windows,
+        "deliverables": campaign.deliverables().map(|d| json!({ "id": d.id, "title": d.title, "title_en": d.title_en, "due": d.due })).collect::<Vec<_>>(),
+        "activities": activities_summary(views, now),
+    })
+}
+
+fn real_name_share(f: &Figures) -> Option<f64> {
+    let personal: u64 = SpaceKind::ALL
+        .iter()
+        .filter(|k| k.is_personal())
+        .filter_map(|k| f.real_name.get(*k).and(f.spaces.get(*k)))
+        .sum();
+    let real: u64 = SpaceKind::ALL
+        .iter()
+        .filter(|k| k.is_personal())
+        .filter_map(|k| f.spaces.get(*k).and(f.real_name.get(*k)))
+        .sum();
+    (personal > 0).then(|| real as f64 / personal as f64)
+}
+
+/// Is `r` silent at `now`: nothing received for longer than the campaign allows?
+pub fn source_is_silent(
+    campaign: &Campaign,
+    views: &Views,
+    r: &SourceRecord,
+    now: DateTime<Utc>,
+) -> bool {
+    let last = views
+        .sources()
+        .get(&r.id)
+        .and_then(|a| a.last_received)
+        .filter(|t| *t <= now)
+        .unwrap_or(r.added_at);
+    now - last > Duration::days(i64::from(campaign.silent_after_days))
+}
+
+/// The national trajectory: expected vs actual at the bulletin date, and the line's ends.
+fn trajectory(campaign: &Campaign, actual: i64, today: NaiveDate) -> Value {
+    json!({
+        "baseline": campaign.baseline,
+        "target_date": campaign.target.by,
+        "target": campaign.target.new_spaces,
+        "today": today,
+        "expected_today": (campaign.target.new_spaces as f64 * trajectory_share(campaign, today)).round() as u64,
+        "actual_today": actual,
+    })
+}
+
+fn activities_summary(views: &Views, now: DateTime<Utc>) -> Value {
+    let mut per: BTreeMap<RegionCode, (u64, u64)> = BTreeMap::new();
+    for (m, a) in views.activities() {
+        if m.received_at <= now {
+            let e = per.entry(a.region.province()).or_default();
+            e.0 += 1;
+            e.1 += a.participants.unwrap_or(0);
+        }
+    }
+    json!(
+        per.into_iter()
+            .map(|(c, (n, p))| json!({ "code": c, "activities": n, "participants": p }))
+            .collect::<Vec<_>>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spacesync_shared::record::{Document, MilestoneDetails};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap()
+    }
+
+    fn meta(received: &str, recorded: &str) -> Meta {
+        Meta {
+            log_index: 1,
+            received_at: t(received),
+            source: SourceId::parse("gd-rrt").unwrap(),
+            seq: 1,
+            recorded_at: t(recorded),
+            withdrawn_by: None,
+        }
+    }
+
+    fn plan() -> Milestone {
+        Milestone {
+            milestone: "implementation_plan".into(),
+            region: RegionCode::parse("440000").unwrap(),
+            submitted_on: NaiveDate::from_ymd_opt(2018, 11, 12).unwrap(),
+            document: Document {
+                title: "plan".into(),
+                sha256: "0".repeat(64),
+                uri: None,
+            },
+            details: MilestoneDetails::default(),
+        }
+    }
+
+    /// (received, recorded, now) → (status, days_late)
+    fn check(received: Option<(&str, &str)>, now: &str, want: (MilestoneStatus, Option<i64>)) {
+        let c = Campaign::builtin_2018();
+        let due = NaiveDate::from_ymd_opt(2018, 11, 15).unwrap();
+        let p = plan();
+        let m = received.map(|(a, b)| meta(a, b));
+        let subs: Vec<(&Meta, &Milestone)> = m.iter().map(|m| (m, &p)).collect();
+        let cell = milestone_cell(&c, due, None, &subs, t(now));
+        assert_eq!((cell.status, cell.days_late), want, "{received:?} at {now}");
+    }
+
+    #[test]
+    fn deadlines_are_judged_in_china_time_with_grace() {
+        use MilestoneStatus::*;
+        // Due 2018-11-15 CST = ends 2018-11-15T16:00Z.
+        check(
+            Some(("2018-11-15T15:59:00Z", "2018-11-15T15:00:00Z")),
+            "2018-11-20T00:00:00Z",
+            (OnTime, None),
+        );
+        check(
+            Some(("2018-11-15T16:01:00Z", "2018-11-15T16:00:30Z")),
+            "2018-11-20T00:00:00Z",
+            (Late, Some(1)),
+        );
+        // Signed in time, delivered a day late: within the 2-day grace → on time.
+        check(
+            Some(("2018-11-16T10:00:00Z", "2018-11-15T12:00:00Z")),
+            "2018-11-20T00:00:00Z",
+            (OnTime, None),
+        );
+        // Signed in time but delivered after the grace → late by the receive date.
+        check(
+            Some(("2018-11-18T10:00:00Z", "2018-11-15T12:00:00Z")),
+            "2018-11-20T00:00:00Z",
+            (Late, Some(3)),
+        );
+        check(None, "2018-11-16T01:00:00Z", (Missing, Some(1)));
+        check(None, "2018-11-10T01:00:00Z", (DueSoon, None));
+        check(None, "2018-11-01T01:00:00Z", (NotDue, None));
+        // A submission received after the bulletin's instant does not count yet.
+        check(
+            Some(("2018-11-17T10:00:00Z", "2018-11-17T10:00:00Z")),
+            "2018-11-16T01:00:00Z",
+            (Missing, Some(1)),
+        );
+    }
+
+    #[test]
+    fn pace_classes_follow_the_campaign_thresholds() {
+        let c = Campaign::builtin_2018();
+        let mid = c.baseline + Duration::days((c.target.by - c.baseline).num_days() / 2);
+        let expected = (10_000_000.0 * trajectory_share(&c, mid)).round() as i64;
+        assert_eq!(
+            pace(&c, Some(10_000_000), expected, mid).class,
+            PaceClass::OnTrack
+        );
+        assert_eq!(
+            pace(&c, Some(10_000_000), expected * 7 / 10, mid).class,
+            PaceClass::Behind
+        );
+        assert_eq!(
+            pace(&c, Some(10_000_000), expected / 3, mid).class,
+            PaceClass::FarBehind
+        );
+        assert_eq!(pace(&c, None, 5, mid).class, PaceClass::Unknown);
+        assert_eq!(pace(&c, Some(10), 0, c.baseline).class, PaceClass::Unknown);
+    }
+
+    #[test]
+    fn plans_need_two_to_three_years_of_three_regions() {
+        let c = Campaign::builtin_2018();
+        let gd = RegionCode::parse("440000").unwrap();
+        let r = |s: &str| RegionCode::parse(s).unwrap();
+        let mut p = plan();
+        p.details.years = Some(BTreeMap::from([
+            (2018, vec![r("440100"), r("440300"), r("440600")]),
+            (2019, vec![r("440200"), r("440400")]),
+        ]));
+        let problems = plan_problems(&c, gd, &p);
+        assert_eq!(
+            problems,
+            ["2019: 2 region(s) enter the rollout; at least 3 are required"]
+        );
+        p.details.years = Some(BTreeMap::from([(
+            2018,
+            vec![r("440100"), r("440300"), r("440600")],
+        )]));
+        assert_eq!(
+            plan_problems(&c, gd, &p),
+            ["plan covers 1 year(s); it must cover 2–3"]
+        );
+    }
+}
