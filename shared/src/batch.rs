@@ -176,9 +176,10 @@ fn line_at(text: &str, byte: usize) -> usize {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, BatchError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    std::str::from_utf8(bytes).map_err(|e| {
-        let byte = e.valid_up_to();
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(text).map_err(|e| {
+        // Counted in the bytes as sent, byte-order mark included.
+        let byte = e.valid_up_to() + (bytes.len() - text.len());
         let line = bytes[..byte].iter().filter(|&&b| b == b'\n').count() + 1;
         BatchError::NotUtf8 { line, byte }
     })

@@ -61,8 +61,9 @@ impl Serialize for Digest {
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <&str>::deserialize(d)?;
-        Digest::from_hex(s)
+        // Not `&str`: readers and `serde_json::Value` hand over owned strings.
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Digest::from_hex(&s)
             .ok_or_else(|| serde::de::Error::custom("expected 64 lower-case hex digits"))
     }
 }

@@ -380,13 +380,26 @@ impl ChainVerifier {
         self.key = key;
     }
 
+    /// The envelope's signature by the source's key; a failure is named at `seq`.
+    fn verify(&self, env: &Envelope, seq: u64) -> Result<(), ChainError> {
+        env.verify(ENTRY_PAYLOAD_TYPE, &self.key)
+            .map_err(|error| ChainError::BadSignature { seq, error })
+    }
+
     /// Checks the next envelope and, when it is good, accepts it.
     pub fn push(&mut self, env: &Envelope) -> Result<Entry, ChainError> {
         let expected = self.next;
-        let entry = Entry::from_payload(&env.payload).map_err(|error| ChainError::Malformed {
-            seq: expected,
-            error,
-        })?;
+        let entry = match Entry::from_payload(&env.payload) {
+            Ok(entry) => entry,
+            Err(error) => {
+                // Unreadable under a bad signature is damage, not a malformed entry.
+                self.verify(env, expected)?;
+                return Err(ChainError::Malformed {
+                    seq: expected,
+                    error,
+                });
+            }
+        };
         let hash = env.payload_hash();
         if entry.source != self.source {
             return Err(ChainError::WrongSource {
@@ -395,6 +408,8 @@ impl ChainVerifier {
                 got: entry.source,
             });
         }
+        // Before any judgement on seqs: an unsigned claim is no evidence of a fork.
+        self.verify(env, entry.seq)?;
         if entry.seq < expected {
             let known = entry
                 .seq
@@ -411,11 +426,6 @@ impl ChainVerifier {
                 got: entry.seq,
             });
         }
-        env.verify(ENTRY_PAYLOAD_TYPE, &self.key)
-            .map_err(|error| ChainError::BadSignature {
-                seq: entry.seq,
-                error,
-            })?;
         if entry.campaign != self.campaign {
             return Err(ChainError::WrongCampaign {
                 seq: entry.seq,

@@ -315,7 +315,7 @@ pub fn root_at<S: NodeSource + ?Sized>(src: &S, size: u64) -> Result<Hash, S::Er
     subtree_hash(src, 0, size)
 }
 
-/// The RFC 9162 §2.1.3.1 inclusion proof PATH(index, D[size]), bottom-up.
+/// The RFC 9162 §2.1.3.1 inclusion proof `PATH(index, D[size])`, bottom-up.
 ///
 /// Refuses `index >= size` (so every index for size 0). Makes at most 2·log2(size) lookups.
 pub fn inclusion_proof<S: NodeSource + ?Sized>(
@@ -346,7 +346,7 @@ pub fn inclusion_proof<S: NodeSource + ?Sized>(
     Ok(proof)
 }
 
-/// The RFC 9162 §2.1.4.1 consistency proof PROOF(old_size, D[new_size]), bottom-up.
+/// The RFC 9162 §2.1.4.1 consistency proof `PROOF(old_size, D[new_size])`, bottom-up.
 ///
 /// Refuses `old_size > new_size`. Returns the empty proof when `old_size == new_size` and
 /// when `old_size == 0`: RFC 9162 leaves the latter undefined, and every tree extends the

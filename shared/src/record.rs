@@ -429,7 +429,14 @@ impl Record {
             }
             Record::Recommendation(r) => vec![
                 ("by".into(), r.by),
-                ("nominee.region".into(), r.nominee.region()),
+                (
+                    // The field that holds the nominee's region in the record.
+                    match r.nominee {
+                        Nominee::School { .. } => "nominee.region".into(),
+                        Nominee::Region { .. } => "nominee.code".into(),
+                    },
+                    r.nominee.region(),
+                ),
             ],
             Record::Activity(a) => vec![("region".into(), a.region)],
             Record::Withdrawal(_) => vec![],
@@ -696,15 +703,16 @@ impl Reader {
                     } else {
                         Some(u)
                     }
-                } else if n.as_i64().is_some() {
-                    self.problem(field, ProblemKind::Negative);
-                    None
-                } else if n.as_f64().is_some_and(|f| f < 0.0) {
+                } else if n.as_i64().is_some() || n.as_f64().is_some_and(|f| f < 0.0) {
                     self.problem(field, ProblemKind::Negative);
                     None
                 } else if n.as_f64().is_some_and(|f| f.fract() != 0.0) {
                     self.problem(field, ProblemKind::NotWhole);
                     None
+                } else if let Some(f) = n.as_f64().filter(|f| *f <= MAX_COUNT as f64) {
+                    // A whole number written with a fraction part (`1200.0`, as Python
+                    // and pandas write them) is a whole number.
+                    Some(f as u64)
                 } else {
                     self.problem(field, ProblemKind::TooLarge);
                     None
@@ -921,23 +929,27 @@ impl Reader {
         let population = match Self::optional(map, "population") {
             None => None,
             Some(p) => {
-                let pmap = self.object(
+                // No early return when it is not an object (the problem is reported):
+                // the checks below still report theirs.
+                self.object(
                     p,
                     "population",
                     "space_count",
                     &["teachers", "students", "schools"],
-                )?;
-                let mut pop = Population::default();
-                for (key, slot) in [
-                    ("teachers", &mut pop.teachers),
-                    ("students", &mut pop.students),
-                    ("schools", &mut pop.schools),
-                ] {
-                    if let Some(v) = Self::optional(pmap, key) {
-                        *slot = self.count(v, format!("population.{key}"));
+                )
+                .map(|pmap| {
+                    let mut pop = Population::default();
+                    for (key, slot) in [
+                        ("teachers", &mut pop.teachers),
+                        ("students", &mut pop.students),
+                        ("schools", &mut pop.schools),
+                    ] {
+                        if let Some(v) = Self::optional(pmap, key) {
+                            *slot = self.count(v, format!("population.{key}"));
+                        }
                     }
-                }
-                Some(pop)
+                    pop
+                })
             }
         };
         if let (Some(r), Some(_)) = (region, school)

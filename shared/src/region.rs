@@ -92,7 +92,7 @@ impl RegionCode {
         if unit(code.province()).is_none() {
             return Err(CodeError::UnknownProvince(s.to_string()));
         }
-        if n % 10_000 / 100 == 0 && n % 100 != 0 {
+        if n % 10_000 / 100 == 0 && !n.is_multiple_of(100) {
             return Err(CodeError::Hierarchy(s.to_string()));
         }
         Ok(code)
@@ -105,9 +105,9 @@ impl RegionCode {
 
     /// Province, city or county, from the code's trailing zeros.
     pub fn level(self) -> Level {
-        if self.0 % 10_000 == 0 {
+        if self.0.is_multiple_of(10_000) {
             Level::Province
-        } else if self.0 % 100 == 0 {
+        } else if self.0.is_multiple_of(100) {
             Level::City
         } else {
             Level::County

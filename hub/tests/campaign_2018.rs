@@ -1,0 +1,358 @@
+//! A scripted 2018 campaign on a fixed clock: 32 sources (plus a second Guangdong
+//! platform), hand-computed expectations for the bulletins of 2018-11-16 and 2018-12-01,
+//! bulletin verification, and a search for personal data in every output.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use spacesync_hub::bulletin;
+use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::registry;
+use spacesync_hub::render::{self, Lang};
+use spacesync_hub::store::SledStore;
+use spacesync_hub::views::{Extension, HubEntry};
+use spacesync_shared::clock::FixedClock;
+use spacesync_shared::keys::public_key_line;
+use spacesync_shared::region::{Directory, Level};
+use spacesync_shared::wire::IngestBatch;
+use spacesync_shared::{Campaign, Digest, Entry, Record, RegionCode, SourceId};
+
+const ORIGIN: &str = "spacesync-hub/test/2018";
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+struct Source {
+    id: SourceId,
+    key: SigningKey,
+    seq: u64,
+    prev: Digest,
+}
+
+impl Source {
+    fn new(id: &str, n: u8) -> Source {
+        Source {
+            id: SourceId::parse(id).unwrap(),
+            key: SigningKey::from_bytes(&[n; 32]),
+            seq: 0,
+            prev: Digest::ZERO,
+        }
+    }
+
+    /// Signs `record` and ingests it at the clock's current time, asserting it is held.
+    fn send(&mut self, hub: &Hub, recorded_at: DateTime<Utc>, record: Value) {
+        let record = Record::from_value(&record).unwrap_or_else(|p| panic!("{p:?}"));
+        self.seq += 1;
+        let entry = Entry {
+            source: self.id.clone(),
+            seq: self.seq,
+            prev: self.prev,
+            recorded_at,
+            campaign: "2018".into(),
+            record,
+        };
+        let env = entry.sign(&self.key);
+        self.prev = env.payload_hash();
+        let out = hub
+            .ingest(IngestBatch {
+                source: self.id.clone(),
+                entries: vec![env],
+            })
+            .unwrap();
+        assert_eq!(out.status, 200, "{:?}", out.response.refused);
+        assert_eq!(out.response.held_through, self.seq);
+    }
+}
+
+/// Captures every log line the hub writes during the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn contact(code: RegionCode) -> (String, String, String) {
+    let n = code.as_u32() / 10_000;
+    (
+        format!("联系人测试{n}号"),
+        format!("1380000{n:04}"),
+        format!("contact-{n}@private.example"),
+    )
+}
+
+/// The first county of the first city of a unit, from the bundled directory (the Corps,
+/// which has no listed divisions, reports on its own code).
+fn a_county(unit: RegionCode) -> RegionCode {
+    let dir = Directory::bundled();
+    dir.children(unit)
+        .iter()
+        .flat_map(|city| dir.children(*city).iter())
+        .find(|c| c.level() == Level::County)
+        .copied()
+        .unwrap_or(unit)
+}
+
+#[test]
+fn scripted_2018_campaign_bulletins() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let campaign = Campaign::builtin_2018();
+    let clock = Arc::new(FixedClock::new(at("2018-10-01T08:00:00+08:00")));
+    let hub_key = SigningKey::from_bytes(&[200; 32]);
+    let hub = Hub::open(
+        store.clone(),
+        hub_key.clone(),
+        ORIGIN.into(),
+        campaign.clone(),
+        clock.clone(),
+        Limits::default(),
+    )
+    .unwrap();
+
+    let units = campaign.units.clone();
+    let mut sources: Vec<Source> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| Source::new(&format!("src-{u}"), i as u8 + 1))
+        .collect();
+    let gd = RegionCode::parse("440000").unwrap();
+    let gd_index = units.iter().position(|u| *u == gd).unwrap();
+    let mut gd_b = Source::new("src-440000-b", 99);
+    for (s, u) in sources.iter().zip(&units) {
+        registry::add(store.as_ref(), s.id.clone(), *u, &public_key_line(&s.key.verifying_key()), clock_now(&clock)).unwrap();
+    }
+    registry::add(store.as_ref(), gd_b.id.clone(), gd, &public_key_line(&gd_b.key.verifying_key()), clock_now(&clock)).unwrap();
+    hub.refresh_registry().unwrap();
+
+    // Space counts: each unit reports one county's own total at the baseline and on
+    // 2018-11-10. New spaces are computed here independently of the hub.
+    let mut expected_new = 0i64;
+    for (i, (s, u)) in sources.iter_mut().zip(&units).enumerate() {
+        let county = a_county(*u);
+        let base_t = 1_000 + 10 * i as i64;
+        let base_s = 20_000 + 100 * i as i64;
+        let later_t = base_t + 50 + i as i64;
+        let later_s = base_s + 3_000 + 7 * i as i64;
+        expected_new += (later_t - base_t) + (later_s - base_s);
+        clock.set(at("2018-10-02T10:00:00+08:00"));
+        s.send(&hub, clock_now(&clock), json!({"kind":"space_count","region":county.to_string(),"as_of":"2018-10-01",
+            "spaces":{"teacher":base_t,"student":base_s},"population":{"teachers":base_t + 200,"students":base_s + 9_000}}));
+        clock.set(at("2018-11-11T10:00:00+08:00"));
+        s.send(&hub, clock_now(&clock), json!({"kind":"space_count","region":county.to_string(),"as_of":"2018-11-10",
+            "spaces":{"teacher":later_t,"student":later_s},"real_name":{"teacher":later_t - 10,"student":later_s / 2},
+            "population":{"teachers":base_t + 200,"students":base_s + 9_000}}));
+    }
+
+    // Contact forms: everyone on time, with personal data that must never surface.
+    clock.set(at("2018-10-15T10:00:00+08:00"));
+    for (s, u) in sources.iter_mut().zip(&units) {
+        let (name, phone, email) = contact(*u);
+        s.send(&hub, clock_now(&clock), json!({"kind":"milestone","milestone":"contact_form","region":u.to_string(),
+            "submitted_on":"2018-10-15","document":{"title":"联系表","sha256":"a".repeat(64)},
+            "details":{"contacts":[{"name":name,"role":"处长","phone":phone,"email":email}]}}));
+    }
+
+    // Implementation plans, due 2018-11-15 (CST).
+    let plan = |u: RegionCode| {
+        let dir = Directory::bundled();
+        let cities: Vec<String> = dir.children(u).iter().take(3).map(|c| c.to_string()).collect();
+        json!({"kind":"milestone","milestone":"implementation_plan","region":u.to_string(),"submitted_on":"2018-11-12",
+            "document":{"title":"实施方案","sha256":"b".repeat(64)},
+            "details":{"years":{"2018":cities,"2019":cities}}})
+    };
+    let late = [25usize, 26];
+    let grace = 27usize;
+    let missing = [28usize, 29, 30, 31];
+    let extended = 29usize;
+    for i in 0..25 {
+        clock.set(at("2018-11-12T10:00:00+08:00"));
+        let r = plan(units[i]);
+        sources[i].send(&hub, clock_now(&clock), r);
+    }
+    for i in late {
+        clock.set(at("2018-11-16T00:30:00+08:00"));
+        let r = plan(units[i]);
+        sources[i].send(&hub, clock_now(&clock), r);
+    }
+    // Signed before the deadline, delivered after it but within the grace period.
+    clock.set(at("2018-11-16T08:00:00+08:00"));
+    let r = plan(units[grace]);
+    sources[grace].send(&hub, at("2018-11-15T20:00:00+08:00"), r);
+    // An admin extends unit 29's deadline.
+    clock.set(at("2018-11-14T12:00:00+08:00"));
+    hub.append_hub_entry(|seq, granted_at| {
+        HubEntry::Extension(Extension {
+            seq,
+            region: units[extended],
+            milestone: "implementation_plan".into(),
+            until: NaiveDate::from_ymd_opt(2018, 11, 20).unwrap(),
+            reason: "platform migration".into(),
+            granted_at,
+        })
+    })
+    .unwrap();
+
+    clock.set(at("2018-11-16T09:00:00+08:00"));
+    let b1 = bulletin::issue(&hub, None, json!([])).unwrap();
+    assert_eq!(b1["number"], 1);
+    let mut plan_lagging: Vec<(String, String, i64)> = b1["lagging"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| {
+            l["reasons"].as_array().unwrap().iter().filter(|r| r["milestone"] == "implementation_plan").map(move |r| {
+                (
+                    l["code"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["days_late"].as_i64().or(r["days_overdue"].as_i64()).unwrap(),
+                )
+            })
+        })
+        .collect();
+    plan_lagging.sort();
+    let mut want: Vec<(String, String, i64)> = late
+        .iter()
+        .map(|i| (units[*i].to_string(), "milestone_late".to_string(), 1))
+        .chain(missing.iter().filter(|i| **i != extended).map(|i| (units[*i].to_string(), "milestone_missing".to_string(), 1)))
+        .collect();
+    want.sort();
+    assert_eq!(plan_lagging, want);
+    let cell = |b: &Value, code: RegionCode, id: &str| -> Value {
+        b["provinces"].as_array().unwrap().iter().find(|p| p["code"] == code.to_string()).unwrap()["milestones"][id].clone()
+    };
+    assert_eq!(cell(&b1, units[grace], "implementation_plan")["status"], "on_time");
+    assert_eq!(cell(&b1, units[grace], "implementation_plan")["within_grace"], true);
+    assert_eq!(cell(&b1, units[extended], "implementation_plan")["status"], "due_soon");
+    assert_eq!(cell(&b1, units[extended], "implementation_plan")["extended_until"], "2018-11-20");
+    assert_eq!(cell(&b1, units[0], "contact_form")["status"], "on_time");
+    assert_eq!(cell(&b1, units[0], "recommendations")["status"], "not_due");
+    assert_eq!(b1["nation"]["new_spaces"].as_i64(), Some(expected_new));
+
+    // Recommendations: two Guangdong platforms each nominate 6 schools for Guangzhou
+    // (quota 10): each is under quota, together they are 2 over.
+    clock.set(at("2018-11-25T10:00:00+08:00"));
+    let school = |n: u32| json!({"type":"school","code":format!("44010600{n:02}"),"region":"440106"});
+    for n in 1..=6 {
+        sources[gd_index].send(&hub, clock_now(&clock), json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}));
+    }
+    for n in 7..=12 {
+        gd_b.send(&hub, clock_now(&clock), json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}));
+    }
+    clock.set(at("2018-12-01T09:00:00+08:00"));
+    let b2 = bulletin::issue(&hub, None, json!([])).unwrap();
+    assert_eq!(b2["number"], 2);
+    let violations: Vec<(String, String, u64, usize)> = b2["quota_violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["by"].as_str().unwrap().to_string(),
+                v["nominee"].as_str().unwrap().to_string(),
+                v["limit"].as_u64().unwrap(),
+                v["counted"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        violations,
+        [
+            ("440100".to_string(), "4401060011".to_string(), 10, 10),
+            ("440100".to_string(), "4401060012".to_string(), 10, 10),
+        ]
+    );
+    assert_eq!(b2["nation"]["new_spaces"].as_i64(), Some(expected_new));
+
+    // Every issued bulletin verifies against the log; one altered figure does not, whether
+    // the signature is left alone or forged with the hub's own key.
+    let hub_pub = hub_key.verifying_key();
+    for n in [1, 2] {
+        let doc = bulletin::get(store.as_ref(), n).unwrap();
+        bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &doc).unwrap();
+    }
+    let mut altered = b2.clone();
+    altered["nation"]["new_spaces"] = json!(expected_new + 1);
+    assert!(matches!(
+        bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &altered),
+        Err(bulletin::BulletinError::BadSignature)
+    ));
+    let mut body = altered.as_object().unwrap().clone();
+    body.remove("signature");
+    let resigned = resign(Value::Object(body), &hub_key);
+    match bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &resigned) {
+        Err(bulletin::BulletinError::Mismatch(m)) => assert!(m.contains("nation.new_spaces"), "{m}"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+
+    // Chinese and English carry the same figures.
+    for b in [&b1, &b2] {
+        let zh = render::csv(b, Lang::Zh);
+        let en = render::csv(b, Lang::En);
+        let strip = |s: &str| s.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 2).map(|(_, c)| c).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+        assert_eq!(strip(&zh), strip(&en));
+        let html_zh = render::html(b, Lang::Zh);
+        let html_en = render::html(b, Lang::En);
+        assert!(html_zh.contains(&render::count(Lang::Zh, expected_new)), "zh html shows the national figure");
+        assert!(html_en.contains(&render::count(Lang::En, expected_new)), "en html shows the national figure");
+    }
+
+    // No personal data from contact forms in any bulletin, in any format, or in the logs.
+    let mut outputs = vec![String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned()];
+    for b in [&b1, &b2] {
+        outputs.push(serde_json::to_string(b).unwrap());
+        for lang in [Lang::Zh, Lang::En] {
+            outputs.push(render::html(b, lang));
+            outputs.push(render::markdown(b, lang));
+            outputs.push(render::csv(b, lang));
+        }
+    }
+    assert!(outputs[0].contains("Appended entries"), "the log capture works");
+    for u in &units {
+        let (name, phone, email) = contact(*u);
+        for (i, out) in outputs.iter().enumerate() {
+            for secret in [&name, &phone, &email] {
+                assert!(!out.contains(secret.as_str()), "output {i} contains personal data {secret}");
+            }
+        }
+    }
+}
+
+fn clock_now(c: &FixedClock) -> DateTime<Utc> {
+    use spacesync_shared::clock::Clock;
+    c.now()
+}
+
+fn resign(body: Value, key: &SigningKey) -> Value {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let sig = key.sign(&serde_json::to_vec(&body).unwrap());
+    let mut m = body.as_object().unwrap().clone();
+    m.insert(
+        "signature".into(),
+        json!({"alg":"ed25519","keyid":spacesync_shared::dsse::key_id(&key.verifying_key()),
+               "sig": base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())}),
+    );
+    Value::Object(m)
+}
+
