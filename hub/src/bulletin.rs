@@ -6,8 +6,6 @@
 //! object without its `signature` member (keys in the order the hub wrote them, which a
 //! JSON parser that keeps order — or sorts, as serde_json does by default — reproduces).
 
-use std::sync::Arc;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
@@ -283,7 +281,7 @@ pub fn slot_time(campaign: &Campaign, k: u64) -> DateTime<Utc> {
 
 /// Issues every scheduled bulletin whose time has come and that was not issued yet.
 /// Returns the numbers issued. Bulletins stop after the campaign's end.
-pub fn issue_due(hub: &Arc<Hub>, notices: impl Fn() -> Value) -> Result<Vec<u64>, BulletinError> {
+pub fn issue_due(hub: &Hub, notices: impl Fn() -> Value) -> Result<Vec<u64>, BulletinError> {
     let store = hub.store.as_ref();
     let next_slot = store
         .get(SLOT_KEY)?

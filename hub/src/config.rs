@@ -87,6 +87,9 @@ pub struct HubConfig {
     /// `human` or `json` logs.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Where notices are also POSTed (signed with the hub key).
+    #[serde(default)]
+    pub webhooks: Vec<crate::notices::Webhook>,
 }
 
 fn default_listen() -> String {
@@ -174,6 +177,14 @@ burst_per_source = 100.0
 
 # Log format: "human" or "json".
 log_format = "human"
+
+# Notices to lagging regions are pulled by the provinces' agents. They can also be
+# POSTed to webhooks: the body is the notice JSON, signed with the hub key
+# (header X-Spacesync-Signature: base64 Ed25519 over the body; X-Spacesync-Key: the
+# hub's public key line). Failed deliveries are retried with backoff.
+# [[webhooks]]
+# url = "https://ministry.example/hooks/spacesync"
+# scope = "440000"   # optional: only notices about this region
 "#,
         id = campaign.id
     );

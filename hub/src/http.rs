@@ -192,11 +192,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/progress", get(progress))
         .route("/v1/regions/{code}", get(region))
         .route("/v1/sources", get(sources))
+        .route("/v1/notices", get(notices_list))
         .route("/v1/bulletins", get(bulletins))
         .route("/v1/bulletins/{file}", get(bulletin_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestDecompressionLayer::new())
         .with_state(state)
@@ -227,7 +229,7 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 async fn ingest(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AppError> {
     if !json_content_type(&headers) {
         return Err(AppError::new(
@@ -236,6 +238,19 @@ async fn ingest(
             "an ingest batch must be sent as Content-Type: application/json",
         ));
     }
+    // Body failures (too large, also after gzip decoding; a broken gzip stream) answer in
+    // the same ErrorBody form as every other refusal.
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(RefusalCode::TooLarge),
+                format!("the request body is larger than {MAX_BODY} bytes (after decompression); send fewer entries per batch"),
+            )
+        } else {
+            AppError::bad_request(format!("the request body could not be read: {}", e.body_text()))
+        }
+    })?;
     let text = std::str::from_utf8(&body).map_err(|e| {
         AppError::bad_request(format!(
             "the body is not valid UTF-8 (byte {})",
@@ -284,10 +299,16 @@ struct InclusionQuery {
     size: Option<u64>,
 }
 
+/// A query string that does not parse answers in the ErrorBody form, naming the field.
+fn query_error(e: axum::extract::rejection::QueryRejection) -> AppError {
+    AppError::bad_request(e.body_text())
+}
+
 async fn inclusion(
     State(s): State<AppState>,
-    Query(q): Query<InclusionQuery>,
+    q: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let Query(q) = q.map_err(query_error)?;
     let size = q.size.unwrap_or_else(|| s.hub.state().log.size());
     if size > s.hub.state().log.size() {
         return Err(AppError::bad_request(format!(
@@ -317,8 +338,9 @@ struct ConsistencyQuery {
 
 async fn consistency(
     State(s): State<AppState>,
-    Query(q): Query<ConsistencyQuery>,
+    q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let Query(q) = q.map_err(query_error)?;
     let size = s.hub.state().log.size();
     let new = q.new.unwrap_or(size);
     if new > size {
@@ -419,14 +441,50 @@ async fn agent_head(
     Ok(Json(s.hub.head(&source)))
 }
 
+#[derive(Deserialize)]
+struct NoticesQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
 async fn agent_notices(
     State(s): State<AppState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    Query(q): Query<NoticesQuery>,
 ) -> Result<Json<NoticesPage>, AppError> {
-    let _source = signed_source(&s, &method, &uri, &headers, b"")?;
-    Ok(Json(NoticesPage::default()))
+    let source = signed_source(&s, &method, &uri, &headers, b"")?;
+    let scope = source_scope(&s, &source)?;
+    let notices = s
+        .hub
+        .notices
+        .fetch(
+            s.hub.store.as_ref(),
+            &source,
+            scope,
+            q.after,
+            q.limit.unwrap_or(100).clamp(1, 1000),
+            s.hub.clock.now(),
+        )
+        .map_err(AppError::internal)?;
+    Ok(Json(NoticesPage { notices }))
+}
+
+fn source_scope(s: &AppState, source: &SourceId) -> Result<RegionCode, AppError> {
+    s.hub
+        .state()
+        .registry
+        .get(source)
+        .map(|r| r.scope)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                Some(RefusalCode::UnknownSource),
+                format!("source {source} is not registered"),
+            )
+        })
 }
 
 async fn agent_notices_ack(
@@ -436,9 +494,20 @@ async fn agent_notices_ack(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
-    let _source = signed_source(&s, &method, &uri, &headers, &body)?;
-    let _ack: NoticeAck = serde_json::from_slice(&body)
+    let source = signed_source(&s, &method, &uri, &headers, &body)?;
+    let ack: NoticeAck = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("not a notice acknowledgement: {e}")))?;
+    let scope = source_scope(&s, &source)?;
+    s.hub
+        .notices
+        .ack(
+            s.hub.store.as_ref(),
+            &source,
+            scope,
+            ack.through,
+            s.hub.clock.now(),
+        )
+        .map_err(AppError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -570,6 +639,14 @@ async fn sources(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
         })
         .collect();
     Ok(Json(json!({ "sources": list })))
+}
+
+async fn notices_list(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let role = bearer_role(&s, &headers)?;
+    Ok(Json(json!({ "notices": s.hub.notices.list(role) })))
 }
 
 async fn bulletins(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {

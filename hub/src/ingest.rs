@@ -172,6 +172,8 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     /// Limits.
     pub limits: Limits,
+    /// Notices raised to lagging regions, with delivery state.
+    pub notices: crate::notices::NoticeBook,
     state: Mutex<State>,
 }
 
@@ -230,7 +232,9 @@ impl Hub {
         limits: Limits,
     ) -> Result<Hub, IngestError> {
         let state = load_state(store.as_ref(), &origin, &key)?;
+        let notices = crate::notices::NoticeBook::load(store.as_ref())?;
         Ok(Hub {
+            notices,
             store,
             key,
             origin,
@@ -382,7 +386,8 @@ impl Hub {
                             .key_for(entry.seq)
                             .ok_or_else(|| "no registered key signs this seq".to_string())
                             .and_then(|k| {
-                                env.verify(ENTRY_PAYLOAD_TYPE, &k).map_err(|e| e.to_string())
+                                env.verify(ENTRY_PAYLOAD_TYPE, &k)
+                                    .map_err(|e| e.to_string())
                             });
                         if let Err(e) = signed {
                             refused.push(Refusal {

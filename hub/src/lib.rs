@@ -10,8 +10,10 @@
 //! - [`tracking`]: deadlines, plan checks, pace, lagging — a pure function of views and time.
 //! - [`bulletin`]: numbered, signed, immutable progress bulletins, and their verification.
 //! - [`render`]: bulletins as HTML, Markdown and CSV, in Chinese or English.
+//! - [`notices`]: notices to lagging regions from rules, deduplicated, delivered and tracked.
 //! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
 //! - [`http`]: the HTTP API (the only module that knows the wire JSON).
+//! - [`dashboard`]: the ministry dashboard — server-rendered HTML pages with cookie sessions.
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
 //! - [`config`]: the data directory and hub.toml.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
@@ -19,10 +21,12 @@
 pub mod auth;
 pub mod bulletin;
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod maintenance;
+pub mod notices;
 pub mod registry;
 pub mod render;
 pub mod schedule;

@@ -153,6 +153,8 @@ pub struct Lagging {
     pub remind_days: Vec<u32>,
     /// A deliverable is "due soon" within this many days.
     pub due_soon_days: u32,
+    /// Days after a missed deadline when the notice goes to the level above.
+    pub escalate_after_days: u32,
     /// Below this share of the expected trajectory a unit is "behind".
     pub behind: f64,
     /// Below this share it is "far behind".
@@ -354,6 +356,8 @@ struct RawBulletins {
 struct RawLagging {
     remind_days: Vec<u32>,
     due_soon_days: u32,
+    #[serde(default = "default_escalate")]
+    escalate_after_days: u32,
     behind: Spanned<f64>,
     far_behind: Spanned<f64>,
 }
@@ -362,6 +366,10 @@ struct RawLagging {
 #[serde(deny_unknown_fields)]
 struct RawUnits {
     codes: Spanned<Vec<Spanned<String>>>,
+}
+
+fn default_escalate() -> u32 {
+    3
 }
 
 struct Checker<'t> {
@@ -601,6 +609,7 @@ impl RawCampaign {
             lagging: Lagging {
                 remind_days,
                 due_soon_days: self.lagging.due_soon_days,
+                escalate_after_days: self.lagging.escalate_after_days,
                 behind,
                 far_behind: far,
             },

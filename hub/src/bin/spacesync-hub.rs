@@ -259,6 +259,7 @@ fn main() -> Result<()> {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let scheduler = tokio::spawn(spacesync_hub::schedule::run(
                     hub.clone(),
+                    cfg.webhooks.clone(),
                     std::time::Duration::from_millis(200),
                     stop_rx,
                 ));
@@ -383,7 +384,7 @@ fn main() -> Result<()> {
                     None => clock,
                 };
                 let (hub, _) = config::open_hub(&dir, clock)?;
-                let doc = bulletin::issue(&hub, None, serde_json::Value::Array(Vec::new()))?;
+                let doc = bulletin::issue(&hub, None, hub.notices.log_json())?;
                 println!("{}", doc["number"]);
             }
             BulletinCmd::List { json } => {

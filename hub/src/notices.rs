@@ -1,0 +1,698 @@
+//! Notices to lagging regions: raised from rules on the hub's clock, deduplicated (one per
+//! rule, subject and period), stopped as soon as the cause is fixed, escalated to the level
+//! above after a missed deadline, delivered to the province's agents (pulled with signed
+//! requests, acknowledged) and to webhooks (signed body, retried with backoff), with
+//! delivery and acknowledgement tracked.
+//!
+//! Rules:
+//! - `milestone_due_7d`, `milestone_due_3d` (from the campaign's `remind_days`): a
+//!   deliverable not yet submitted, that many days or fewer before its deadline — only the
+//!   tightest reminder that applies, so a unit that appears at T−2 gets the 3-day one;
+//! - `milestone_overdue`: the deadline passed and nothing was submitted;
+//! - `milestone_escalated`: still nothing `escalate_after_days` later; addressed to the
+//!   level above (the ministry, for a provincial unit);
+//! - `behind_pace`: new spaces below the campaign's `behind` share, once per bulletin period;
+//! - `quota_violation`: once per nomination over quota;
+//! - `plan_incomplete`: once per implementation plan submission that breaks the plan rules;
+//! - `source_silent`: once per silence of a source.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use spacesync_shared::campaign::Campaign;
+use spacesync_shared::wire::Notice;
+use spacesync_shared::{RegionCode, SourceId};
+
+use crate::auth::Role;
+use crate::registry::{SourceRecord, SourceStatus};
+use crate::render::{Lang, date};
+use crate::store::{Store, StoreError, WriteBatch};
+use crate::tracking::{self, MilestoneStatus};
+use crate::views::{Views, region_name};
+
+const NOTICE_PREFIX: &[u8] = b"ntc/";
+
+fn notice_key(id: u64) -> Vec<u8> {
+    [NOTICE_PREFIX, &id.to_be_bytes()].concat()
+}
+
+/// Delivery of one notice to one webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was accepted (2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A notice and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRecord {
+    /// The notice as agents receive it.
+    pub notice: Notice,
+    /// Deduplication key: rule, subject and period.
+    pub key: String,
+    /// Escalated to the level above (the ministry for a provincial unit).
+    #[serde(default)]
+    pub escalated: bool,
+    /// Agents that fetched it, and when.
+    #[serde(default)]
+    pub fetched: BTreeMap<SourceId, DateTime<Utc>>,
+    /// Agents that acknowledged it, and when.
+    #[serde(default)]
+    pub acked: BTreeMap<SourceId, DateTime<Utc>>,
+    /// Webhook deliveries by URL.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookDelivery>,
+}
+
+impl NoticeRecord {
+    /// `pending`, `delivered` (fetched by an agent or accepted by a webhook) or `acknowledged`.
+    pub fn state(&self) -> &'static str {
+        if !self.acked.is_empty() {
+            "acknowledged"
+        } else if !self.fetched.is_empty()
+            || self.webhooks.values().any(|w| w.delivered_at.is_some())
+        {
+            "delivered"
+        } else {
+            "pending"
+        }
+    }
+
+    /// The record as the API and bulletins show it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.notice.id,
+            "rule": self.notice.rule,
+            "subject": self.notice.subject,
+            "addressee": self.notice.addressee,
+            "escalated": self.escalated,
+            "created": self.notice.created_at,
+            "deadline": self.notice.deadline,
+            "text": self.notice.text,
+            "text_en": self.notice.text_en,
+            "state": self.state(),
+            "delivered": self.fetched.values().min().copied()
+                .into_iter()
+                .chain(self.webhooks.values().filter_map(|w| w.delivered_at))
+                .min(),
+            "acknowledged": self.acked.values().min(),
+            "fetched_by": self.fetched.keys().collect::<Vec<_>>(),
+            "acked_by": self.acked.keys().collect::<Vec<_>>(),
+            "webhooks": self.webhooks,
+        })
+    }
+}
+
+/// A notice a rule wants raised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Deduplication key.
+    pub key: String,
+    /// Rule id.
+    pub rule: &'static str,
+    /// Region concerned.
+    pub subject: RegionCode,
+    /// Region addressed.
+    pub addressee: RegionCode,
+    /// Also goes to the level above.
+    pub escalated: bool,
+    /// Deadline concerned.
+    pub deadline: Option<NaiveDate>,
+    /// Chinese text.
+    pub text: String,
+    /// English text.
+    pub text_en: String,
+}
+
+fn unit_name(code: RegionCode, lang: Lang) -> String {
+    match lang {
+        Lang::Zh => region_name(code).unwrap_or_else(|| code.to_string()),
+        Lang::En => spacesync_shared::region::unit(code)
+            .filter(|u| u.code == code.as_u32())
+            .map(|u| u.name_en.to_string())
+            .unwrap_or_else(|| code.to_string()),
+    }
+}
+
+/// Every notice the rules want at `now`. Pure: the book deduplicates.
+pub fn candidates(
+    campaign: &Campaign,
+    views: &Views,
+    registry: &[SourceRecord],
+    now: DateTime<Utc>,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let milestones = views.milestones();
+    for unit in &campaign.units {
+        let zh = unit_name(*unit, Lang::Zh);
+        let en = unit_name(*unit, Lang::En);
+        for def in campaign.deliverables() {
+            let subs = milestones
+                .get(&(*unit, def.id.clone()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let ext = views
+                .extensions()
+                .filter(|x| {
+                    x.granted_at <= now && x.region.province() == *unit && x.milestone == def.id
+                })
+                .map(|x| x.until)
+                .max();
+            let cell = tracking::milestone_cell(campaign, def.due, ext, subs, now);
+            let due = cell.due;
+            let due_zh = date(Lang::Zh, &due.to_string());
+            match cell.status {
+                MilestoneStatus::NotDue | MilestoneStatus::DueSoon => {
+                    let left = cell.days_left.unwrap_or(i64::MAX);
+                    let reminder = campaign
+                        .lagging
+                        .remind_days
+                        .iter()
+                        .copied()
+                        .filter(|r| left >= 0 && left <= i64::from(*r))
+                        .min();
+                    if let Some(r) = reminder {
+                        let rule = match r {
+                            7 => "milestone_due_7d",
+                            3 => "milestone_due_3d",
+                            _ => "milestone_due",
+                        };
+                        out.push(Candidate {
+                            key: format!("{rule}:{r}/{unit}/{}/{due}", def.id),
+                            rule,
+                            subject: *unit,
+                            addressee: *unit,
+                            escalated: false,
+                            deadline: Some(due),
+                            text: format!(
+                                "【截止提醒】{zh}：“{}”将于{due_zh}截止（还有{left}天），目前尚未提交。请在截止日前通过本省平台报送。",
+                                def.title
+                            ),
+                            text_en: format!(
+                                "[Reminder] {en}: \"{}\" is due on {due} ({left} day(s) left) and has not been submitted. Submit it through your provincial platform before the deadline.",
+                                def.title_en
+                            ),
+                        });
+                    }
+                }
+                MilestoneStatus::Missing => {
+                    let overdue = cell.days_late.unwrap_or(1);
+                    out.push(Candidate {
+                        key: format!("milestone_overdue/{unit}/{}/{due}", def.id),
+                        rule: "milestone_overdue",
+                        subject: *unit,
+                        addressee: *unit,
+                        escalated: false,
+                        deadline: Some(due),
+                        text: format!(
+                            "【逾期通知】{zh}：“{}”已于{due_zh}截止，至今未提交（已逾期{overdue}天）。请立即报送；逾期{}天仍未报送将上报教育部。",
+                            def.title, campaign.lagging.escalate_after_days
+                        ),
+                        text_en: format!(
+                            "[Overdue] {en}: \"{}\" was due on {due} and has not been submitted ({overdue} day(s) overdue). Submit it now; after {} days it is escalated to the ministry.",
+                            def.title_en, campaign.lagging.escalate_after_days
+                        ),
+                    });
+                    if overdue >= i64::from(campaign.lagging.escalate_after_days) {
+                        out.push(Candidate {
+                            key: format!("milestone_escalated/{unit}/{}/{due}", def.id),
+                            rule: "milestone_escalated",
+                            subject: *unit,
+                            addressee: unit.parent().unwrap_or(*unit),
+                            escalated: true,
+                            deadline: Some(due),
+                            text: format!(
+                                "【上报通知】{zh}：“{}”逾期{overdue}天仍未提交（截止{due_zh}），已上报教育部。请立即报送并说明原因。",
+                                def.title
+                            ),
+                            text_en: format!(
+                                "[Escalated] {en}: \"{}\" is {overdue} day(s) overdue (due {due}) and has been reported to the ministry. Submit it now and explain the delay.",
+                                def.title_en
+                            ),
+                        });
+                    }
+                }
+                MilestoneStatus::OnTime | MilestoneStatus::Late => {}
+            }
+        }
+    }
+
+    // Pace, quotas, plans and silence come from the same assessment as the bulletins.
+    let assessment = tracking::assess(campaign, views, registry, now);
+    let period = period_index(campaign, now);
+    for p in assessment["provinces"].as_array().into_iter().flatten() {
+        let Some(code) = p["code"].as_str().and_then(|c| RegionCode::parse(c).ok()) else {
+            continue;
+        };
+        let class = p["pace"]["class"].as_str().unwrap_or("");
+        if class == "behind" || class == "far_behind" {
+            let ratio = p["pace"]["ratio"].as_f64().unwrap_or(0.0) * 100.0;
+            let expected = p["pace"]["expected"].as_i64().unwrap_or(0);
+            let actual = p["pace"]["actual"].as_i64().unwrap_or(0);
+            out.push(Candidate {
+                key: format!("behind_pace/{code}/{period}"),
+                rule: "behind_pace",
+                subject: code,
+                addressee: code,
+                escalated: false,
+                deadline: Some(campaign.target.by),
+                text: format!(
+                    "【进度预警】{}：新增空间{actual}个，按计划此时应达{expected}个（完成{ratio:.1}%）。请加快空间开通，确保{}前完成目标。",
+                    unit_name(code, Lang::Zh),
+                    date(Lang::Zh, &campaign.target.by.to_string())
+                ),
+                text_en: format!(
+                    "[Behind pace] {}: {actual} new spaces against {expected} expected by now ({ratio:.1}%). Speed up opening spaces to reach the target by {}.",
+                    unit_name(code, Lang::En),
+                    campaign.target.by
+                ),
+            });
+        }
+    }
+    for v in assessment["quota_violations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let (Some(by), Some(nominee)) = (v["by"].as_str(), v["nominee"].as_str()) else {
+            continue;
+        };
+        let Ok(by_code) = RegionCode::parse(by) else {
+            continue;
+        };
+        let unit = by_code.province();
+        out.push(Candidate {
+            key: format!("quota_violation/{by}/{nominee}"),
+            rule: "quota_violation",
+            subject: by_code,
+            addressee: unit,
+            escalated: false,
+            deadline: None,
+            text: format!(
+                "【名额超限】{}：{by}推荐的{nominee}超出名额（上限{}，已计{}个）。请撤回多余推荐（withdrawal）。",
+                unit_name(unit, Lang::Zh),
+                v["limit"],
+                v["counted"].as_array().map_or(0, Vec::len)
+            ),
+            text_en: format!(
+                "[Quota exceeded] {}: the nomination of {nominee} by {by} is over its quota of {} ({} already counted). Withdraw the extra nominations.",
+                unit_name(unit, Lang::En),
+                v["limit"],
+                v["counted"].as_array().map_or(0, Vec::len)
+            ),
+        });
+    }
+    for p in assessment["plan_problems"].as_array().into_iter().flatten() {
+        let Some(code) = p["code"].as_str().and_then(|c| RegionCode::parse(c).ok()) else {
+            continue;
+        };
+        let latest = milestones
+            .get(&(code, "implementation_plan".to_string()))
+            .and_then(|s| s.iter().map(|(m, _)| m.log_index).max())
+            .unwrap_or(0);
+        let problems = p["problems"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        out.push(Candidate {
+            key: format!("plan_incomplete/{code}/{latest}"),
+            rule: "plan_incomplete",
+            subject: code,
+            addressee: code,
+            escalated: false,
+            deadline: None,
+            text: format!("【方案不完整】{}：实施方案不符合要求（{problems}）。请修改后重新报送。", unit_name(code, Lang::Zh)),
+            text_en: format!("[Plan incomplete] {}: the implementation plan does not meet the rules ({problems}). Revise and resubmit it.", unit_name(code, Lang::En)),
+        });
+    }
+    for r in registry
+        .iter()
+        .filter(|r| r.status == SourceStatus::Active && r.added_at <= now)
+    {
+        if tracking::source_is_silent(campaign, views, r, now) {
+            let last = views.sources().get(&r.id).and_then(|a| a.last_received);
+            let since = last.unwrap_or(r.added_at);
+            let days = (now - since).num_days();
+            out.push(Candidate {
+                key: format!("source_silent/{}/{}", r.id, since.timestamp()),
+                rule: "source_silent",
+                subject: r.scope,
+                addressee: r.scope.province(),
+                escalated: false,
+                deadline: None,
+                text: format!(
+                    "【数据源中断】{}：数据源{}已{days}天未向中心报送数据。请检查本省代理（spacesync-agent status）与网络。",
+                    unit_name(r.scope.province(), Lang::Zh),
+                    r.id
+                ),
+                text_en: format!(
+                    "[Source silent] {}: source {} has sent nothing for {days} days. Check the provincial agent (`spacesync-agent status`) and its network.",
+                    unit_name(r.scope.province(), Lang::En),
+                    r.id
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The bulletin period `now` falls in (0 before the first bulletin).
+fn period_index(campaign: &Campaign, now: DateTime<Utc>) -> i64 {
+    let first = crate::bulletin::slot_time(campaign, 0);
+    if now < first {
+        return 0;
+    }
+    (now - first).num_days() / i64::from(campaign.bulletins.every_days.max(1)) + 1
+}
+
+/// A configured webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where notices are POSTed.
+    pub url: String,
+    /// Only notices addressed inside this region (absent: all).
+    #[serde(default)]
+    pub scope: Option<RegionCode>,
+}
+
+/// Every notice raised, with delivery state, kept in memory and mirrored to the store.
+#[derive(Default)]
+pub struct NoticeBook {
+    records: Mutex<Vec<NoticeRecord>>,
+    /// Next webhook attempt per (notice id, url), in real time.
+    retry_at: Mutex<HashMap<(u64, String), Instant>>,
+}
+
+impl NoticeBook {
+    /// Loads every stored notice.
+    pub fn load(store: &dyn Store) -> Result<NoticeBook, StoreError> {
+        let mut records = Vec::new();
+        for r in store.scan(NOTICE_PREFIX) {
+            let (k, v) = r?;
+            let rec: NoticeRecord =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: format!("ntc/{:?}", crate::store::keys::tail_u64(&k)),
+                    message: e.to_string(),
+                })?;
+            records.push(rec);
+        }
+        Ok(NoticeBook {
+            records: Mutex::new(records),
+            retry_at: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<NoticeRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(store: &dyn Store, recs: &[&NoticeRecord]) -> Result<(), StoreError> {
+        let mut b = WriteBatch::new();
+        for r in recs {
+            b.put(
+                notice_key(r.notice.id),
+                serde_json::to_vec(r).unwrap_or_default(),
+            );
+        }
+        store.apply(b)?;
+        store.flush()
+    }
+
+    /// Raises the candidates not raised before; returns the new notices.
+    pub fn raise(
+        &self,
+        store: &dyn Store,
+        cands: Vec<Candidate>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Notice>, StoreError> {
+        let mut recs = self.lock();
+        let mut fresh = Vec::new();
+        for c in cands {
+            if recs.iter().any(|r| r.key == c.key)
+                || fresh.iter().any(|r: &NoticeRecord| r.key == c.key)
+            {
+                continue;
+            }
+            let id = recs.len() as u64 + fresh.len() as u64 + 1;
+            fresh.push(NoticeRecord {
+                notice: Notice {
+                    id,
+                    rule: c.rule.to_string(),
+                    subject: c.subject,
+                    addressee: c.addressee,
+                    created_at: now,
+                    deadline: c.deadline,
+                    text: c.text,
+                    text_en: c.text_en,
+                },
+                key: c.key,
+                escalated: c.escalated,
+                fetched: BTreeMap::new(),
+                acked: BTreeMap::new(),
+                webhooks: BTreeMap::new(),
+            });
+        }
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        Self::persist(store, &fresh.iter().collect::<Vec<_>>())?;
+        for r in &fresh {
+            tracing::info!(id = r.notice.id, rule = %r.notice.rule, subject = %r.notice.subject, addressee = %r.notice.addressee, "Raised a notice.");
+        }
+        let out = fresh.iter().map(|r| r.notice.clone()).collect();
+        recs.extend(fresh);
+        Ok(out)
+    }
+
+    /// Notices for an agent of `scope` after `after`, marking them fetched by `source`.
+    pub fn fetch(
+        &self,
+        store: &dyn Store,
+        source: &SourceId,
+        scope: RegionCode,
+        after: u64,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Notice>, StoreError> {
+        let mut recs = self.lock();
+        let mut out = Vec::new();
+        let mut changed = Vec::new();
+        for r in recs.iter_mut() {
+            if r.notice.id <= after || !in_scope(r, scope) {
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            out.push(r.notice.clone());
+            if !r.fetched.contains_key(source) {
+                r.fetched.insert(source.clone(), now);
+                changed.push(r.notice.id);
+            }
+        }
+        let to_store: Vec<&NoticeRecord> = recs
+            .iter()
+            .filter(|r| changed.contains(&r.notice.id))
+            .collect();
+        if !to_store.is_empty() {
+            Self::persist(store, &to_store)?;
+        }
+        Ok(out)
+    }
+
+    /// Records an agent's acknowledgement of every notice in its scope up to `through`.
+    pub fn ack(
+        &self,
+        store: &dyn Store,
+        source: &SourceId,
+        scope: RegionCode,
+        through: u64,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut recs = self.lock();
+        let mut changed = Vec::new();
+        for r in recs.iter_mut() {
+            if r.notice.id <= through && in_scope(r, scope) && !r.acked.contains_key(source) {
+                r.acked.insert(source.clone(), now);
+                changed.push(r.notice.id);
+            }
+        }
+        let to_store: Vec<&NoticeRecord> = recs
+            .iter()
+            .filter(|r| changed.contains(&r.notice.id))
+            .collect();
+        if !to_store.is_empty() {
+            Self::persist(store, &to_store)?;
+        }
+        Ok(changed.len())
+    }
+
+    /// Every notice a role may read, newest first, as JSON.
+    pub fn list(&self, role: Role) -> Vec<Value> {
+        let recs = self.lock();
+        recs.iter()
+            .rev()
+            .filter(|r| role.can_read(r.notice.subject) || role.can_read(r.notice.addressee))
+            .map(NoticeRecord::to_json)
+            .collect()
+    }
+
+    /// The notice log with delivery state, oldest first (for bulletins).
+    pub fn log_json(&self) -> Value {
+        Value::Array(self.lock().iter().map(NoticeRecord::to_json).collect())
+    }
+
+    /// Webhook deliveries due now: (notice, url), oldest first.
+    pub fn due_webhooks(&self, hooks: &[Webhook]) -> Vec<(Notice, String)> {
+        let recs = self.lock();
+        let retry = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for r in recs.iter() {
+            for h in hooks {
+                if h.scope.is_some_and(|s| !in_scope(r, s)) {
+                    continue;
+                }
+                if r.webhooks
+                    .get(&h.url)
+                    .is_some_and(|d| d.delivered_at.is_some())
+                {
+                    continue;
+                }
+                if retry
+                    .get(&(r.notice.id, h.url.clone()))
+                    .is_some_and(|t| *t > now)
+                {
+                    continue;
+                }
+                out.push((r.notice.clone(), h.url.clone()));
+            }
+        }
+        out
+    }
+
+    /// Records a webhook attempt; on failure schedules the next one with capped exponential
+    /// backoff and full jitter.
+    pub fn record_webhook(
+        &self,
+        store: &dyn Store,
+        id: u64,
+        url: &str,
+        result: Result<(), String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut recs = self.lock();
+        let Some(r) = recs.iter_mut().find(|r| r.notice.id == id) else {
+            return Ok(());
+        };
+        let d = r.webhooks.entry(url.to_string()).or_default();
+        d.attempts += 1;
+        match result {
+            Ok(()) => {
+                d.delivered_at = Some(now);
+                d.last_error = None;
+            }
+            Err(e) => {
+                let cap = 300.0f64;
+                let base = 0.5f64 * 2f64.powi(d.attempts.min(20) as i32);
+                let delay = jitter(base.min(cap));
+                tracing::warn!(id, url, attempts = d.attempts, error = %e, delay_s = delay, "Webhook delivery failed; will retry.");
+                d.last_error = Some(e);
+                self.retry_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        (id, url.to_string()),
+                        Instant::now() + StdDuration::from_secs_f64(delay),
+                    );
+            }
+        }
+        let rec = r.clone();
+        drop(recs);
+        Self::persist(store, &[&rec])
+    }
+}
+
+/// Full jitter: uniform in [0, max].
+fn jitter(max: f64) -> f64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return max;
+    }
+    (u64::from_le_bytes(b) as f64 / u64::MAX as f64) * max
+}
+
+fn in_scope(r: &NoticeRecord, scope: RegionCode) -> bool {
+    r.notice.addressee.is_within(scope) || r.notice.subject.is_within(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(key: &str) -> Candidate {
+        Candidate {
+            key: key.into(),
+            rule: "milestone_overdue",
+            subject: RegionCode::parse("440000").unwrap(),
+            addressee: RegionCode::parse("440000").unwrap(),
+            escalated: false,
+            deadline: None,
+            text: "t".into(),
+            text_en: "t".into(),
+        }
+    }
+
+    #[test]
+    fn the_book_raises_each_key_once_and_tracks_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let book = NoticeBook::default();
+        let now = DateTime::parse_from_rfc3339("2018-11-16T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            book.raise(&store, vec![cand("a"), cand("a"), cand("b")], now)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            book.raise(&store, vec![cand("a"), cand("b")], now)
+                .unwrap()
+                .len(),
+            0
+        );
+        let src = SourceId::parse("gd-rrt").unwrap();
+        let gd = RegionCode::parse("440000").unwrap();
+        let bj = RegionCode::parse("110000").unwrap();
+        assert_eq!(book.fetch(&store, &src, bj, 0, 10, now).unwrap().len(), 0);
+        assert_eq!(book.fetch(&store, &src, gd, 0, 10, now).unwrap().len(), 2);
+        assert_eq!(book.fetch(&store, &src, gd, 1, 10, now).unwrap().len(), 1);
+        assert_eq!(book.ack(&store, &src, gd, 2, now).unwrap(), 2);
+        let reloaded = NoticeBook::load(&store).unwrap();
+        let list = reloaded.list(Role::Ministry);
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|n| n["state"] == "acknowledged"));
+        assert_eq!(
+            reloaded.raise(&store, vec![cand("a")], now).unwrap().len(),
+            0
+        );
+    }
+}

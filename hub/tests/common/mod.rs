@@ -1,0 +1,377 @@
+//! Shared helpers for the hub's integration tests: an in-process hub over a temporary
+//! sled store with a fixed clock, agents that sign hash-chained entries, record builders,
+//! and one-shot HTTP requests against `http::app`.
+//!
+//! Each test file uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use spacesync_hub::auth::{self, Role};
+use spacesync_hub::http::{self as hubhttp, AppState};
+use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::registry;
+use spacesync_hub::store::SledStore;
+use spacesync_shared::clock::FixedClock;
+use spacesync_shared::keys::public_key_line;
+use spacesync_shared::wire::{IngestBatch, IngestResponse, PATH_INGEST};
+use spacesync_shared::{Campaign, Digest, Entry, Envelope, Record, RegionCode, SourceId};
+use tower::ServiceExt;
+
+/// The hub clock in every test: 2018-11-20 10:00 China Standard Time.
+pub fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2018-11-20T02:00:00Z")
+        .expect("valid time")
+        .with_timezone(&Utc)
+}
+
+/// The checkpoint origin of the test hub.
+pub const ORIGIN: &str = "spacesync-hub/campaign/2018";
+
+/// The test hub's key (fixed, so failures reproduce).
+pub fn hub_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x42; 32])
+}
+
+/// A hub over a store in `dir`, with its router and an admin token.
+pub struct TestHub {
+    /// Where the store lives (owned by the caller so the hub can be reopened).
+    pub dir: PathBuf,
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// `http::app` over the hub.
+    pub app: Router,
+    /// The hub's clock.
+    pub clock: Arc<FixedClock>,
+    /// An admin bearer token.
+    pub admin: String,
+}
+
+impl TestHub {
+    /// Opens (or creates) a hub over `dir` with the clock at `now`.
+    pub fn open_at(dir: &Path, now: DateTime<Utc>) -> TestHub {
+        let store = Arc::new(SledStore::open(dir).expect("open sled"));
+        let clock = Arc::new(FixedClock::new(now));
+        let hub = Hub::open(
+            store,
+            hub_key(),
+            ORIGIN.to_string(),
+            Campaign::builtin_2018(),
+            clock.clone(),
+            Limits::default(),
+        )
+        .expect("open hub");
+        let admin = auth::create_token(hub.store.as_ref(), Role::Admin, None, now).expect("token");
+        let hub = Arc::new(hub);
+        // A generous rate: these tests are about what is refused, not about throttling.
+        let app = hubhttp::app(AppState::new(hub.clone(), 1e9, 1e9));
+        TestHub {
+            dir: dir.to_path_buf(),
+            hub,
+            app,
+            clock,
+            admin,
+        }
+    }
+
+    /// Opens a hub over `dir` at [`t0`].
+    pub fn open(dir: &Path) -> TestHub {
+        TestHub::open_at(dir, t0())
+    }
+
+    /// Registers `agent` (scope and current key) and tells the hub.
+    pub fn register(&self, agent: &Agent) {
+        registry::add(
+            self.hub.store.as_ref(),
+            agent.id.clone(),
+            agent.scope,
+            &agent.key_line(),
+            t0(),
+        )
+        .expect("register source");
+        self.hub.refresh_registry().expect("refresh registry");
+    }
+
+    /// A bearer token with `role`.
+    pub fn token(&self, role: Role) -> String {
+        auth::create_token(self.hub.store.as_ref(), role, None, t0()).expect("token")
+    }
+
+    /// Sends a request through the router.
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        send(&self.app, req).await
+    }
+
+    /// `GET path` with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(get_req(path, token)).await
+    }
+
+    /// `GET path` as admin, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path, Some(&self.admin.clone())).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.text());
+        r.json()
+    }
+
+    /// Posts a batch as JSON.
+    pub async fn ingest(&self, batch: &IngestBatch) -> Reply {
+        self.send(ingest_req(
+            serde_json::to_vec(batch).expect("json"),
+            Some("application/json"),
+            None,
+        ))
+        .await
+    }
+
+    /// Posts a batch and expects every entry held (200, no refusal).
+    pub async fn ingest_ok(&self, batch: &IngestBatch) -> IngestResponse {
+        let r = self.ingest(batch).await;
+        assert_eq!(r.status, StatusCode::OK, "ingest: {}", r.text());
+        let resp: IngestResponse = serde_json::from_slice(&r.body).expect("ingest response");
+        assert!(resp.refused.is_empty(), "{:?}", resp.refused);
+        resp
+    }
+
+    /// Log size.
+    pub fn log_size(&self) -> u64 {
+        self.hub.state().log.size()
+    }
+}
+
+/// An HTTP answer.
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as (lossy) text, for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Sends one request through `app`.
+pub async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.expect("infallible router");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET path` with an optional bearer token.
+pub fn get_req(path: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).expect("request")
+}
+
+/// `POST /v1/ingest` with raw bytes, a content type and a content encoding.
+pub fn ingest_req(
+    body: Vec<u8>,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Request<Body> {
+    let mut b = Request::post(PATH_INGEST);
+    if let Some(ct) = content_type {
+        b = b.header(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ce) = content_encoding {
+        b = b.header(header::CONTENT_ENCODING, ce);
+    }
+    b.body(Body::from(body)).expect("request")
+}
+
+/// Gzip-compresses `data`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+/// A source: its key, its scope and where its chain stands.
+#[derive(Clone)]
+pub struct Agent {
+    /// Source id.
+    pub id: SourceId,
+    /// Signing key.
+    pub key: SigningKey,
+    /// Scope region.
+    pub scope: RegionCode,
+    /// Seq of the next entry.
+    pub next: u64,
+    /// Hash of the last entry's payload (zeros before seq 1).
+    pub prev: Digest,
+    /// Agent clock stamped on entries.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Agent {
+    /// An agent with a key derived from `seed`.
+    pub fn new(id: &str, seed: u8, scope: &str) -> Agent {
+        Agent {
+            id: SourceId::parse(id).expect("source id"),
+            key: SigningKey::from_bytes(&[seed; 32]),
+            scope: RegionCode::parse(scope).expect("scope"),
+            next: 1,
+            prev: Digest::ZERO,
+            recorded_at: t0() - chrono::Duration::hours(1),
+        }
+    }
+
+    /// The public key line the hub registers.
+    pub fn key_line(&self) -> String {
+        public_key_line(&self.key.verifying_key())
+    }
+
+    /// The next entry for `record`, not yet signed and without advancing.
+    pub fn entry(&self, record: &Value) -> Entry {
+        Entry {
+            source: self.id.clone(),
+            seq: self.next,
+            prev: self.prev,
+            recorded_at: self.recorded_at,
+            campaign: "2018".into(),
+            record: record_of(record),
+        }
+    }
+
+    /// Signs the next entry and advances the chain.
+    pub fn sign_next(&mut self, record: &Value) -> Envelope {
+        let env = self.entry(record).sign(&self.key);
+        self.advance(&env);
+        env
+    }
+
+    /// Advances the chain past `env` (an entry this agent made).
+    pub fn advance(&mut self, env: &Envelope) {
+        self.prev = env.payload_hash();
+        self.next += 1;
+    }
+
+    /// A batch of the next entries, one per record.
+    pub fn batch(&mut self, records: &[Value]) -> IngestBatch {
+        let entries = records.iter().map(|r| self.sign_next(r)).collect();
+        IngestBatch {
+            source: self.id.clone(),
+            entries,
+        }
+    }
+}
+
+/// Reads a record through the strict reader (panics with the problems).
+pub fn record_of(v: &Value) -> Record {
+    Record::from_value(v).unwrap_or_else(|p| panic!("bad test record {v}: {p:?}"))
+}
+
+/// A `space_count` snapshot. `school` may be empty for a region's own total.
+pub fn space_count(region: &str, school: &str, as_of: &str, spaces: Value) -> Value {
+    let mut v =
+        json!({ "kind": "space_count", "region": region, "as_of": as_of, "spaces": spaces });
+    if !school.is_empty() {
+        v["school"] = json!(school);
+    }
+    v
+}
+
+/// A `space_count` with only teacher spaces.
+pub fn teachers(region: &str, school: &str, as_of: &str, n: u64) -> Value {
+    space_count(region, school, as_of, json!({ "teacher": n }))
+}
+
+/// An `activity`.
+pub fn activity(region: &str, date: &str, title: &str) -> Value {
+    json!({ "kind": "activity", "region": region, "date": date, "category": "training",
+            "title": title, "participants": 30 })
+}
+
+/// A `withdrawal` of `target_seq`.
+pub fn withdrawal(target_seq: u64) -> Value {
+    json!({ "kind": "withdrawal", "target_seq": target_seq, "reason": "entered twice" })
+}
+
+/// A `milestone` submission by `province`.
+pub fn milestone(id: &str, province: &str, on: &str) -> Value {
+    json!({ "kind": "milestone", "milestone": id, "region": province, "submitted_on": on,
+            "document": { "title": "方案", "sha256": "9f2c4b6e1a3d5f7081c2e4a6b8d0f1e3c5a7b9d1f3e5a7c9b1d3f5a7c9e1b3d5" } })
+}
+
+/// A school `recommendation` at `level` by `by`.
+pub fn recommendation(level: &str, by: &str, school: &str, county: &str) -> Value {
+    json!({ "kind": "recommendation", "level": level, "by": by,
+            "nominee": { "type": "school", "code": school, "region": county } })
+}
+
+/// A small deterministic generator (SplitMix64), so seeded runs reproduce without a
+/// dependency.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One element of a non-empty slice.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
