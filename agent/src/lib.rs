@@ -1,1 +1,45 @@
+//! spacesync-agent: runs beside a provincial platform, takes its records, signs them into
+//! the source's hash chain, keeps them durably, and pushes them to the hub until the hub
+//! has receipted every one.
+//!
+//! # Layout
+//! - [`config`]: the data directory's layout and the commented `agent.toml`.
+//! - [`store`]: the sled store — entries, receipts, chain head, quota records, notices —
+//!   and the one transaction that appends a batch.
+//! - [`intake`]: validation, quota checks, signing and the single writer task (group commit).
+//! - [`http`]: the local HTTP API (`POST /v1/records`, `/v1/status`, `/healthz`, `/metrics` …).
+//! - [`spool`]: the watched spool folder.
+//! - [`retry`]: capped exponential backoff with full jitter; the only user of `backoff`.
+//! - [`pusher`]: sends batches to the hub, verifies receipts, raises alarms, fetches notices.
+//! - [`notices`]: forwards stored notices to the optional local webhook.
+//! - [`status`]: the status report, its human form and the Prometheus metrics.
+//! - [`verify`]: the offline fsck of the local store.
+//! - [`server`]: wires the tasks together behind `run(listener, shutdown)`.
+//! - [`cli`]: the subcommands; `src/bin/spacesync-agent.rs` only parses and calls it.
+//!
+//! # Delivery guarantee
+//!
+//! | event | guarantee |
+//! |---|---|
+//! | intake answered 2xx | the entries are signed, chained and flushed to disk |
+//! | intake answered 4xx/5xx | nothing of the batch was stored |
+//! | kill -9 at any instant | every answered entry survives; no seq reused or skipped; chain intact |
+//! | hub down, flaky, slow | entries wait in the buffer and are retried forever, in seq order |
+//! | hub refuses permanently | pushing stops with an alarm; nothing is dropped; it resumes when fixed |
+//! | hub receipted | the entry counts as delivered only with a receipt that verifies with the hub key |
+//!
+//! Architecture invariant: nothing here reads the wall clock except through
+//! [`spacesync_shared::clock::Clock`]; tokio's timers are used only for waiting.
 
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod intake;
+pub mod notices;
+pub mod pusher;
+pub mod retry;
+pub mod server;
+pub mod spool;
+pub mod status;
+pub mod store;
+pub mod verify;

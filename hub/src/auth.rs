@@ -152,21 +152,41 @@ pub fn lookup_token(store: &dyn Store, token: &str) -> Result<Option<TokenRecord
 pub const REQUEST_WINDOW: Duration = Duration::minutes(5);
 
 /// Nonces seen within the request window: a replayed signed request is refused.
-#[derive(Default)]
 pub struct NonceCache {
     seen: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Requests older than this are refused by timestamp, so nonces are kept twice as long.
+    window: Duration,
+}
+
+impl Default for NonceCache {
+    fn default() -> NonceCache {
+        NonceCache::new(REQUEST_WINDOW)
+    }
 }
 
 impl NonceCache {
+    /// A cache for requests accepted within `window` of the hub clock.
+    pub fn new(window: Duration) -> NonceCache {
+        NonceCache {
+            seen: Mutex::new(HashMap::new()),
+            window,
+        }
+    }
+
+    /// The accepted distance between a request's timestamp and the hub clock.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Records `nonce`; false when it was already used within the window.
     pub fn check_and_insert(&self, nonce: &str, now: DateTime<Utc>) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 10_000 {
-            seen.retain(|_, t| *t > now - REQUEST_WINDOW * 2);
+            seen.retain(|_, t| *t > now - self.window * 2);
         }
         if seen
             .get(nonce)
-            .is_some_and(|t| *t > now - REQUEST_WINDOW * 2)
+            .is_some_and(|t| *t > now - self.window * 2)
         {
             return false;
         }

@@ -218,6 +218,16 @@ pub fn load_campaign(dir: &DataDir) -> Result<Campaign, ConfigError> {
 
 /// Opens the hub over its data directory.
 pub fn open_hub(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<(Hub, HubConfig), ConfigError> {
+    open_hub_scaled(dir, clock, 1.0)
+}
+
+/// Opens the hub for a clock running `speed` times real time: clock-skew allowances are
+/// kept at the same span of real time.
+pub fn open_hub_scaled(
+    dir: &DataDir,
+    clock: Arc<dyn Clock>,
+    speed: f64,
+) -> Result<(Hub, HubConfig), ConfigError> {
     let config = load_config(dir)?;
     let campaign = load_campaign(dir)?;
     let key = keys::read_secret(&dir.key())?;
@@ -230,6 +240,10 @@ pub fn open_hub(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<(Hub, HubConfig)
         clock,
         Limits {
             max_batch_entries: config.max_batch_entries,
+            max_clock_skew: chrono::Duration::milliseconds(
+                (crate::ingest::MAX_CLOCK_SKEW.num_milliseconds() as f64 * speed.max(1.0)).min(1e15)
+                    as i64,
+            ),
         },
     )?;
     Ok((hub, config))

@@ -219,7 +219,7 @@ fn who(
     headers: &HeaderMap,
     uri: &Uri,
     lang: Lang,
-) -> Result<Role, Response> {
+) -> Result<Role, Box<Response>> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let token = auth
             .to_str()
@@ -228,8 +228,9 @@ fn who(
             .unwrap_or("");
         return match lookup_token(s.hub.store.as_ref(), token) {
             Ok(Some(rec)) => Ok(rec.role),
-            Ok(None) => Err(message_page(
+            Ok(None) => Err(Box::new(message_page(
                 lang,
+                None,
                 StatusCode::UNAUTHORIZED,
                 t(lang, "令牌无效", "Unknown token"),
                 t(
@@ -237,8 +238,8 @@ fn who(
                     "请求所带的 Authorization: Bearer 令牌不存在。",
                     "The Authorization: Bearer token is not known to this hub.",
                 ),
-            )),
-            Err(e) => Err(unavailable(lang, e)),
+            ))),
+            Err(e) => Err(Box::new(unavailable(lang, e))),
         };
     }
     if let Some(role) = cookie_value(headers, SESSION_COOKIE).and_then(|id| sessions.role(id)) {
@@ -249,7 +250,10 @@ fn who(
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    Err(redirect(&format!("/login?next={}", url_encode(&next))))
+    Err(Box::new(redirect(&format!(
+        "/login?next={}",
+        url_encode(&next)
+    ))))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -275,20 +279,23 @@ fn safe_next(next: Option<&str>) -> Option<&str> {
     })
 }
 
-/// A `POST` whose `Origin` names another host is refused (cross-site form posts).
+/// A `POST` whose `Origin` names another host is refused (cross-site form posts). The host
+/// is `Host`, or `X-Forwarded-Host` behind a proxy that rewrites `Host`.
 fn cross_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return true;
     };
     let origin_host = origin
         .split_once("://")
         .map(|(_, h)| h)
         .unwrap_or(origin)
         .trim_end_matches('/');
-    !origin_host.eq_ignore_ascii_case(host)
+    let ours = [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+        .flat_map(|v| v.split(','))
+        .any(|h| h.trim().eq_ignore_ascii_case(origin_host));
+    !ours
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,6 +372,7 @@ a{color:#1a4f8b}
 .box{background:#fff;border:1px solid #ddd;padding:.6em 1em;margin:.6em 0}
 .meta{color:#666;font-size:.85em} .warn{color:#b00;font-weight:bold} .ok{color:#272}
 .error{background:#fee;border:1px solid #c66;padding:.5em 1em}
+caption{text-align:left;font-weight:bold;padding:.2em 0}
 "#;
 
 /// A whole page: header with navigation, language switch and logout, then `body`.
@@ -423,7 +431,7 @@ fn page(lang: Lang, role: Option<Role>, path: &str, title: &str, body: &str) -> 
             t(lang, "退出", "Log out")
         );
     }
-    let _ = write!(s, "</header><main>{body}</main></body></html>\n");
+    let _ = writeln!(s, "</header><main>{body}</main></body></html>");
     s
 }
 
@@ -442,7 +450,15 @@ fn with_lang(path: &str, lang: Lang) -> String {
     link(&base, lang)
 }
 
-fn message_page(lang: Lang, status: StatusCode, title: &str, text: &str) -> Response {
+/// A page with one message; `reader` keeps the header (navigation, language switch back to
+/// the same page) for a logged-in reader.
+fn message_page(
+    lang: Lang,
+    reader: Option<(Role, &str)>,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+) -> Response {
     let body = format!(
         "<h1>{}</h1><p class=\"error\" id=\"message\">{}</p><p><a href=\"{}\">{}</a></p>",
         esc(title),
@@ -450,10 +466,11 @@ fn message_page(lang: Lang, status: StatusCode, title: &str, text: &str) -> Resp
         esc(&link("/", lang)),
         t(lang, "返回总览", "Back to the overview"),
     );
-    html(status, page(lang, None, "/", title, &body))
+    let (role, path) = reader.map_or((None, "/"), |(r, p)| (Some(r), p));
+    html(status, page(lang, role, path, title, &body))
 }
 
-fn forbidden(lang: Lang, role: Role, what: &str) -> Response {
+fn forbidden(lang: Lang, role: Role, path: &str, what: &str) -> Response {
     let text = match lang {
         Lang::Zh => format!("当前身份（{}）无权查看{}。", role_label(role, lang), what),
         Lang::En => format!(
@@ -463,19 +480,21 @@ fn forbidden(lang: Lang, role: Role, what: &str) -> Response {
     };
     message_page(
         lang,
+        Some((role, path)),
         StatusCode::FORBIDDEN,
         t(lang, "无权访问", "Forbidden"),
         &text,
     )
 }
 
-fn not_found(lang: Lang, what: &str) -> Response {
+fn not_found(lang: Lang, role: Role, path: &str, what: &str) -> Response {
     let text = match lang {
         Lang::Zh => format!("找不到{what}。"),
         Lang::En => format!("{what} was not found."),
     };
     message_page(
         lang,
+        Some((role, path)),
         StatusCode::NOT_FOUND,
         t(lang, "未找到", "Not found"),
         &text,
@@ -486,6 +505,7 @@ fn unavailable(lang: Lang, e: impl std::fmt::Display) -> Response {
     error!(error = %e, "Dashboard page failed.");
     message_page(
         lang,
+        None,
         StatusCode::SERVICE_UNAVAILABLE,
         t(lang, "暂时无法显示", "Temporarily unavailable"),
         t(
@@ -883,9 +903,11 @@ fn crumbs(lang: Lang, role: Role, code: RegionCode, school: Option<SchoolCode>) 
 // ---------------------------------------------------------------------------------------
 // Pages.
 
-/// The latest bulletin's headline figures and links.
-fn bulletin_box(s: &AppState, lang: Lang) -> Result<String, Response> {
-    let list = crate::bulletin::list(s.hub.store.as_ref()).map_err(|e| unavailable(lang, e))?;
+/// The latest bulletin's headline figures and links; for a province role, also its own
+/// line of the bulletin (bulletins are published to every reader, as in the API).
+fn bulletin_box(s: &AppState, lang: Lang, role: Role) -> Result<String, Box<Response>> {
+    let list =
+        crate::bulletin::list(s.hub.store.as_ref()).map_err(|e| Box::new(unavailable(lang, e)))?;
     let mut out = format!(
         "<h2>{}</h2><div class=\"box\" id=\"bulletin\">",
         t(lang, "最新进度通报", "Latest bulletin")
@@ -902,7 +924,8 @@ fn bulletin_box(s: &AppState, lang: Lang) -> Result<String, Response> {
         );
         return Ok(out);
     };
-    let doc = crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| unavailable(lang, e))?;
+    let doc = crate::bulletin::get(s.hub.store.as_ref(), n)
+        .map_err(|e| Box::new(unavailable(lang, e)))?;
     let nation = &doc["nation"];
     let title = doc[t(lang, "title", "title_en")].as_str().unwrap_or("");
     let _ = write!(
@@ -919,8 +942,9 @@ fn bulletin_box(s: &AppState, lang: Lang) -> Result<String, Response> {
     let ratio = |v: &Value| pct(v.as_f64());
     let _ = write!(
         out,
-        "<table><tbody data-row=\"bulletin\"><tr><th>{}</th>{}<th>{}</th>{}<th>{}</th>{}</tr>\
+        "<table><caption>{}</caption><tbody data-row=\"bulletin\"><tr><th>{}</th>{}<th>{}</th>{}<th>{}</th>{}</tr>\
          <tr><th>{}</th>{}<th>{}</th>{}<th>{}</th>{}</tr></tbody></table>",
+        t(lang, "全国", "Nation"),
         t(lang, "新增空间", "New spaces"),
         cell("new_spaces", &num(&nation["new_spaces"])),
         t(lang, "目标", "Target"),
@@ -937,6 +961,25 @@ fn bulletin_box(s: &AppState, lang: Lang) -> Result<String, Response> {
             &doc["lagging"].as_array().map_or(0, Vec::len).to_string()
         ),
     );
+    if let Role::Province(p) = role
+        && let Some(own) = doc["provinces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["code"].as_str() == Some(p.to_string().as_str()))
+    {
+        let _ = write!(
+            out,
+            "<table><caption>{}</caption><tbody data-row=\"bulletin-own\"><tr><th>{}</th>{}<th>{}</th>{}<th>{}</th>{}</tr></tbody></table>",
+            esc(&region_label(p, lang)),
+            t(lang, "排名", "Rank"),
+            cell("rank", &num(&own["rank"])),
+            t(lang, "新增空间", "New spaces"),
+            cell("new_spaces", &num(&own["new_spaces"])),
+            t(lang, "相对计划进度", "Against plan"),
+            cell("pace", &ratio(&own["pace"]["ratio"])),
+        );
+    }
     let _ = write!(
         out,
         "<p class=\"meta\">{} <a href=\"{}\">/v1/bulletins/{n}.html</a> · <a href=\"{}\">.json</a> · <a href=\"{}\">.csv</a>{}</p></div>",
@@ -965,11 +1008,11 @@ async fn home(
     let lang = q.lang();
     let role = match who(&s, &sessions, &headers, &uri, lang) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let bulletin = match bulletin_box(&s, lang) {
+    let bulletin = match bulletin_box(&s, lang, role) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hub = &s.hub;
     let now = hub.clock.now();
@@ -1129,11 +1172,14 @@ async fn region_page(
     let lang = q.lang();
     let role = match who(&s, &sessions, &headers, &uri, lang) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
+    let path = path_of(&uri);
     let Ok(code) = RegionCode::parse(&code) else {
         return not_found(
             lang,
+            role,
+            &path,
             &match lang {
                 Lang::Zh => format!("区划 {code}"),
                 Lang::En => format!("Region {code}"),
@@ -1144,6 +1190,7 @@ async fn region_page(
         return forbidden(
             lang,
             role,
+            &path,
             &match lang {
                 Lang::Zh => format!("区划 {code}"),
                 Lang::En => format!("region {code}"),
@@ -1216,10 +1263,7 @@ async fn region_page(
         }
     }
     body.push_str(&flags_section(lang, &rollup, Some(code)));
-    html(
-        StatusCode::OK,
-        page(lang, Some(role), &path_of(&uri), &name, &body),
-    )
+    html(StatusCode::OK, page(lang, Some(role), &path, &name, &body))
 }
 
 async fn school_page(
@@ -1233,17 +1277,18 @@ async fn school_page(
     let lang = q.lang();
     let role = match who(&s, &sessions, &headers, &uri, lang) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let what = match lang {
         Lang::Zh => format!("学校 {school}（区划 {code}）"),
         Lang::En => format!("School {school} (region {code})"),
     };
+    let path = path_of(&uri);
     let (Ok(code), Ok(sc)) = (RegionCode::parse(&code), SchoolCode::parse(&school)) else {
-        return not_found(lang, &what);
+        return not_found(lang, role, &path, &what);
     };
     if !role.can_read(code) {
-        return forbidden(lang, role, &what);
+        return forbidden(lang, role, &path, &what);
     }
     let hub = &s.hub;
     let rollup = hub.state().views.rollup(&hub.campaign);
@@ -1253,7 +1298,7 @@ async fn school_page(
         .and_then(|l| l.iter().find(|(c, _)| *c == sc))
         .map(|(_, f)| f.clone())
     else {
-        return not_found(lang, &what);
+        return not_found(lang, role, &path, &what);
     };
     let mut body = crumbs(lang, role, code, Some(sc));
     let title = match lang {
@@ -1267,10 +1312,7 @@ async fn school_page(
         esc(&region_label(code, lang))
     );
     body.push_str(&summary(lang, &f, None));
-    html(
-        StatusCode::OK,
-        page(lang, Some(role), &path_of(&uri), &title, &body),
-    )
+    html(StatusCode::OK, page(lang, Some(role), &path, &title, &body))
 }
 
 fn rule_label(rule: &str, lang: Lang) -> String {
@@ -1317,7 +1359,7 @@ async fn notices_page(
     let lang = q.lang();
     let role = match who(&s, &sessions, &headers, &uri, lang) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = notices_for_dashboard(&s, role);
     let title = t(lang, "通知记录", "Notice log");
@@ -1386,7 +1428,7 @@ async fn sources_page(
     let lang = q.lang();
     let role = match who(&s, &sessions, &headers, &uri, lang) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hub = &s.hub;
     let now = hub.clock.now();
@@ -1511,19 +1553,21 @@ async fn bulletin_page(
 ) -> Response {
     let lang = q.lang();
     // Bulletins are published to every reader, as in the API.
-    if let Err(r) = who(&s, &sessions, &headers, &uri, lang) {
-        return r;
-    }
+    let role = match who(&s, &sessions, &headers, &uri, lang) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let path = path_of(&uri);
     let what = match lang {
         Lang::Zh => format!("第{n}期通报"),
         Lang::En => format!("Bulletin {n}"),
     };
     let Ok(num) = n.parse::<u64>() else {
-        return not_found(lang, &what);
+        return not_found(lang, role, &path, &what);
     };
     match crate::bulletin::get(s.hub.store.as_ref(), num) {
         Ok(doc) => html(StatusCode::OK, crate::render::html(&doc, lang)),
-        Err(crate::bulletin::BulletinError::NotFound(_)) => not_found(lang, &what),
+        Err(crate::bulletin::BulletinError::NotFound(_)) => not_found(lang, role, &path, &what),
         Err(e) => unavailable(lang, e),
     }
 }
@@ -1601,6 +1645,7 @@ async fn login(
     if cross_origin(&headers) {
         return message_page(
             lang,
+            None,
             StatusCode::FORBIDDEN,
             t(lang, "拒绝跨站登录", "Cross-site login refused"),
             t(
@@ -1646,6 +1691,7 @@ async fn logout(Extension(sessions): Extension<Arc<Sessions>>, headers: HeaderMa
     if cross_origin(&headers) {
         return message_page(
             Lang::Zh,
+            None,
             StatusCode::FORBIDDEN,
             "拒绝跨站请求",
             "退出请求必须从本站提交。",
@@ -1715,5 +1761,12 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert!(cross_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://hub.example"),
+        );
+        assert!(cross_origin(&h));
+        h.insert("x-forwarded-host", HeaderValue::from_static("hub.example"));
+        assert!(!cross_origin(&h));
     }
 }

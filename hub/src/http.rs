@@ -58,6 +58,14 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new(rate, burst)),
         }
     }
+
+    /// For a hub clock running `speed` times real time: the signed-request window is kept
+    /// at the same span of real time.
+    pub fn with_time_scale(mut self, speed: f64) -> AppState {
+        let ms = (REQUEST_WINDOW.num_milliseconds() as f64 * speed.max(1.0)).min(1e15) as i64;
+        self.nonces = Arc::new(NonceCache::new(chrono::Duration::milliseconds(ms)));
+        self
+    }
 }
 
 /// A token bucket per source. Uses monotonic real time: it protects the machine, not
@@ -417,10 +425,11 @@ fn signed_source(
     )
     .map_err(|e| AppError::unauthorized(e.to_string()))?;
     let now = s.hub.clock.now();
-    if (ts - now).abs() > REQUEST_WINDOW {
+    let window = s.nonces.window();
+    if (ts - now).abs() > window {
         return Err(AppError::unauthorized(format!(
             "request timestamp {ts} is more than {} minutes from the hub's clock ({now}); check the agent's clock",
-            REQUEST_WINDOW.num_minutes()
+            window.num_minutes()
         )));
     }
     if !s.nonces.check_and_insert(nonce, now) {

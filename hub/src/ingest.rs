@@ -130,12 +130,15 @@ pub struct IngestOutcome {
 pub struct Limits {
     /// Most entries per ingest request.
     pub max_batch_entries: usize,
+    /// How far ahead of the hub clock an entry's `recorded_at` may be.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_batch_entries: 1000,
+            max_clock_skew: MAX_CLOCK_SKEW,
         }
     }
 }
@@ -509,7 +512,7 @@ impl Hub {
                     },
                     e.to_string(),
                 ))
-            } else if entry.recorded_at > now + MAX_CLOCK_SKEW {
+            } else if entry.recorded_at > now + self.limits.max_clock_skew {
                 Some((
                     RefusalCode::FutureTimestamp,
                     format!(

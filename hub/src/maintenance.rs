@@ -110,28 +110,44 @@ pub fn verify(
         .collect();
     let mut heads: HashMap<SourceId, (u64, Digest)> = HashMap::new();
     let mut frontier = Frontier::new();
-    let mut expected_index = 0u64;
-    for r in log::iter(store) {
+    let mut node_damage = false;
+    for (expected_index, r) in (0u64..).zip(log::iter(store)) {
         let (index, rec) = match r {
             Ok(x) => x,
             Err(e) => {
+                let at = indexed_as(store, expected_index)?;
                 report
                     .problems
-                    .push(format!("log leaf {expected_index}: {e}"));
+                    .push(format!("log leaf {expected_index}{at}: {e}"));
                 return Ok(report);
             }
         };
         progress(index);
         if index != expected_index {
+            let at = indexed_as(store, expected_index)?;
             report.problems.push(format!(
-                "log leaf {expected_index} is missing (next stored leaf is {index})"
+                "log leaf {expected_index}{at} is missing (next stored leaf is {index})"
             ));
             return Ok(report);
         }
-        expected_index += 1;
         report.leaves += 1;
-        if let Err(e) = frontier.push(rec.leaf_hash()) {
-            report.problems.push(format!("log leaf {index}: {e}"));
+        match frontier.push(rec.leaf_hash()) {
+            Err(e) => report.problems.push(format!("log leaf {index}: {e}")),
+            // Proofs are served from the stored nodes, so each must be what the log implies.
+            // Only the first mismatch is reported: the nodes above it follow from it.
+            Ok(nodes) if !node_damage => {
+                for n in nodes {
+                    if store.get(&keys::node(n.level, n.index))?.as_deref() != Some(&n.hash[..]) {
+                        report.problems.push(format!(
+                            "log leaf {index}: the stored tree node (level {}, index {}) does not match the log; proofs through it will not verify",
+                            n.level, n.index
+                        ));
+                        node_damage = true;
+                        break;
+                    }
+                }
+            }
+            Ok(_) => {}
         }
         let Some(source) = &rec.source else {
             if let Err(e) = rec.envelope.verify(HUB_ENTRY_PAYLOAD_TYPE, hub_key) {
@@ -156,12 +172,14 @@ pub fn verify(
         };
         if let Err(e) = rec.envelope.verify(ENTRY_PAYLOAD_TYPE, &key) {
             report.problems.push(format!("{at}: {e}"));
+            skip_damaged(store, &mut heads, source, rec.seq)?;
             continue;
         }
         let entry = match Entry::from_payload(&rec.envelope.payload) {
             Ok(e) => e,
             Err(e) => {
                 report.problems.push(format!("{at}: {e}"));
+                skip_damaged(store, &mut heads, source, rec.seq)?;
                 continue;
             }
         };
@@ -194,6 +212,16 @@ pub fn verify(
     match store.get(keys::FRONTIER)? {
         Some(b) => match Frontier::from_bytes(&b) {
             Ok(stored) if stored.size() == frontier.size() && stored.root() == frontier.root() => {}
+            Ok(stored) if stored.size() > frontier.size() => report.problems.push(format!(
+                "log leaf {}{} is missing: the stored tree state counts {} leaves",
+                frontier.size(),
+                indexed_as(store, frontier.size())?,
+                stored.size()
+            )),
+            Ok(stored) if stored.size() == frontier.size() => report.problems.push(format!(
+                "the stored tree root does not match the root recomputed from the log ({} leaves)",
+                frontier.size()
+            )),
             Ok(stored) => report.problems.push(format!(
                 "the stored tree state (size {}) does not match the log (size {})",
                 stored.size(),
@@ -234,4 +262,35 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// ` (<source> seq <n>)` when the source index says log leaf `index` held that entry, for
+/// naming a leaf that is missing or unreadable; empty otherwise.
+fn indexed_as(store: &dyn Store, index: u64) -> Result<String, StoreError> {
+    for r in store.scan(keys::SRC) {
+        let (k, v) = r?;
+        if v.get(0..8) == Some(&index.to_be_bytes()[..])
+            && let Some(rest) = k.get(keys::SRC.len()..k.len().saturating_sub(9))
+            && let Some(seq) = keys::tail_u64(&k)
+        {
+            return Ok(format!(" ({} seq {seq})", String::from_utf8_lossy(rest)));
+        }
+    }
+    Ok(String::new())
+}
+
+/// After a leaf that does not verify, its source's chain continues from the hash the hub
+/// recorded for it at ingest, so the next leaf is not blamed for its predecessor's damage.
+fn skip_damaged(
+    store: &dyn Store,
+    heads: &mut HashMap<SourceId, (u64, Digest)>,
+    source: &SourceId,
+    seq: u64,
+) -> Result<(), StoreError> {
+    if let Some(b) = store.get(&keys::src(source, seq))?
+        && let Some(hash) = b.get(8..40).and_then(|h| <[u8; 32]>::try_from(h).ok())
+    {
+        heads.insert(source.clone(), (seq, Digest(hash)));
+    }
+    Ok(())
 }

@@ -66,8 +66,11 @@ impl WriteBatch {
     }
 }
 
+/// One key/value pair.
+pub type Kv = (Vec<u8>, Vec<u8>);
+
 /// Key/value pairs in key order.
-pub type KvIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StoreError>> + 'a>;
 
 /// What the hub needs from storage.
 pub trait Store: Send + Sync + 'static {
@@ -76,7 +79,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> KvIter<'_>;
     /// The last pair whose key starts with `prefix`.
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError>;
     /// Applies a batch atomically (all or nothing, also across a crash).
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable. Nothing is acknowledged before this returns.
@@ -138,7 +141,7 @@ impl Store for SledStore {
         }))
     }
 
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
         match self.tree.scan_prefix(prefix).next_back() {
             None => Ok(None),
             Some(r) => {

@@ -246,7 +246,7 @@ fn main() -> Result<()> {
             };
             let cfg = config::load_config(&dir)?;
             init_logging(&cfg.log_format);
-            let (hub, cfg) = config::open_hub(&dir, clock)?;
+            let (hub, cfg) = config::open_hub_scaled(&dir, clock, speed.unwrap_or(1.0))?;
             let addr = listen.unwrap_or(cfg.listen.clone());
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
@@ -263,7 +263,8 @@ fn main() -> Result<()> {
                     std::time::Duration::from_millis(200),
                     stop_rx,
                 ));
-                let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source);
+                let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source)
+                    .with_time_scale(speed.unwrap_or(1.0));
                 http::serve(listener, state, shutdown_signal()).await?;
                 let _ = stop_tx.send(true);
                 let _ = scheduler.await;

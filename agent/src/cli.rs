@@ -1,0 +1,650 @@
+//! The subcommands. The binary parses [`Cli`] and calls [`execute`].
+//!
+//! While `run` holds the store (sled allows one process per database), the other
+//! subcommands talk to the running agent instead, at the `listen` address of `agent.toml`:
+//! `import` POSTs each file to `/v1/records` (same validation, same atomicity, same
+//! idempotency key), `status` reads `/v1/status`, `notices` reads `/v1/notices`, and
+//! `verify` asks `/v1/verify` to check the live store.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use ed25519_dalek::VerifyingKey;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use spacesync_shared::batch::Format;
+use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
+use spacesync_shared::entry::SourceId;
+use spacesync_shared::region::RegionCode;
+use spacesync_shared::wire::{ErrorBody, Notice};
+use spacesync_shared::{Campaign, keys};
+
+use crate::config::{Config, ConfigError, DataDir, LogFormat};
+use crate::intake::{Accepted, IntakeError, Submission};
+use crate::pusher::PushState;
+use crate::server::{self, Agent, AgentError};
+use crate::spool;
+use crate::status::{self, StatusReport};
+use crate::store::{Store, StoreError};
+use crate::verify::{self, VerifyReport};
+
+/// The spacesync agent: takes a platform's records, signs them into the source's chain,
+/// keeps them durably and delivers them to the hub.
+#[derive(Debug, Parser)]
+#[command(name = "spacesync-agent", version)]
+pub struct Cli {
+    /// Data directory: agent.toml, agent.key, the store and the spool folder.
+    #[arg(
+        long,
+        global = true,
+        env = "SPACESYNC_AGENT_DATA",
+        default_value = "spacesync-agent-data"
+    )]
+    pub data: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directory, the source key and agent.toml; print the public key line.
+    Init(InitArgs),
+    /// Run the intake API, the spool watcher and the pusher.
+    Run(RunArgs),
+    /// Import files (CSV by .csv extension, otherwise JSON / NDJSON), each whole or not at all.
+    Import(ImportArgs),
+    /// Show queue depth, delivery and hub state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the notices received from the hub, newest first.
+    Notices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the local store offline: signatures, chain, seqs, receipts. Exits 1 on damage.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this source's public key line.
+    Pubkey,
+}
+
+/// `init` options.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Source id registered at the hub (a-z, 0-9, '-').
+    #[arg(long)]
+    pub source: String,
+    /// Scope region code (normally the province, PP0000).
+    #[arg(long)]
+    pub scope: String,
+    /// Hub base URL.
+    #[arg(long)]
+    pub hub: String,
+    /// Local API address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The hub's public key line (`ed25519:...`) to pin.
+    #[arg(long)]
+    pub hub_key: Option<String>,
+    /// Campaign file; the bundled 2018 campaign when absent.
+    #[arg(long)]
+    pub campaign: Option<PathBuf>,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Local API address (overrides agent.toml).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Hub base URL (overrides agent.toml).
+    #[arg(long)]
+    pub hub: Option<String>,
+    /// Fix the agent clock at this instant (RFC 3339).
+    #[arg(long)]
+    pub now: Option<String>,
+    /// With --now: run the clock this many times faster than real time.
+    #[arg(long, requires = "now")]
+    pub speed: Option<f64>,
+    /// Log format (overrides agent.toml).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `import` options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Files to import; each is one batch.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Judge only: report what would be accepted or refused, store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Judge dates against this instant (RFC 3339) instead of the real clock.
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+/// A subcommand failed; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad option value.
+    #[error("{0}")]
+    Usage(String),
+    /// Configuration problem.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Key file problem.
+    #[error("{0}")]
+    Key(#[from] keys::KeyError),
+    /// Store problem.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Agent problem.
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    /// A file could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// Talking to the running agent failed.
+    #[error("the running agent at {addr}: {why}")]
+    Remote {
+        /// Its address.
+        addr: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |error| CliError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "--now {s:?}: {e}; give an RFC 3339 instant such as 2018-11-20T09:00:00+08:00"
+            ))
+        })
+}
+
+/// The clock `--now` / `--speed` ask for.
+pub fn make_clock(now: Option<&str>, speed: Option<f64>) -> Result<Arc<dyn Clock>, CliError> {
+    Ok(match (now, speed) {
+        (None, _) => Arc::new(SystemClock),
+        (Some(t), None) => Arc::new(FixedClock::new(parse_time(t)?)),
+        (Some(t), Some(s)) => {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(CliError::Usage(format!(
+                    "--speed {s}: must be a positive number (1 = real time)"
+                )));
+            }
+            Arc::new(ScaledClock::new(parse_time(t)?, s))
+        }
+    })
+}
+
+/// The hub key to check receipts with: pinned in the config, else stored on first use.
+pub fn hub_key(cfg: &Config, store: &Store) -> Option<VerifyingKey> {
+    cfg.hub_key
+        .clone()
+        .or_else(|| store.hub_key().ok().flatten())
+        .and_then(|l| keys::parse_public_key(&l).ok())
+}
+
+/// Runs a subcommand.
+pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
+    let data = DataDir::new(cli.data);
+    match cli.command {
+        Command::Init(a) => init(&data, a),
+        Command::Run(a) => run(data, a),
+        Command::Import(a) => {
+            init_logging(LogFormat::Human, "warn");
+            import(data, a)
+        }
+        Command::Status { json } => show_status(&data, json),
+        Command::Notices { json } => show_notices(&data, json),
+        Command::Verify { json } => run_verify(data, json),
+        Command::Pubkey => {
+            let key = keys::read_secret(&data.key())?;
+            println!("{}", keys::public_key_line(&key.verifying_key()));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
+    let source =
+        SourceId::parse(&a.source).map_err(|e| CliError::Usage(format!("--source: {e}")))?;
+    let scope =
+        RegionCode::parse(&a.scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+    let mut cfg = Config::new(source, scope, a.hub);
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(k) = a.hub_key {
+        keys::parse_public_key(&k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
+        cfg.hub_key = Some(k);
+    }
+    if let Some(c) = a.campaign {
+        let abs = std::path::absolute(&c).map_err(io_err(&c))?;
+        let text = std::fs::read_to_string(&abs).map_err(io_err(&abs))?;
+        Campaign::from_toml(&text).map_err(|error| ConfigError::Campaign {
+            path: abs.clone(),
+            error,
+        })?;
+        cfg.campaign = Some(abs);
+    }
+    cfg.check(&data.config())?;
+    for p in [data.key(), data.config()] {
+        if p.exists() {
+            return Err(CliError::Usage(format!(
+                "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
+                p.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&data.root).map_err(io_err(&data.root))?;
+    let key = keys::generate()?;
+    keys::write_secret(&data.key(), &key)?;
+    let path = data.config();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
+    spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let line = keys::public_key_line(&key.verifying_key());
+    println!("{line}");
+    eprintln!(
+        "Initialised {}. Register source {} (scope {}) at the hub with the key line above, then start `spacesync-agent run`.",
+        data.root.display(),
+        cfg.source,
+        cfg.scope
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+fn run(data: DataDir, a: RunArgs) -> Result<ExitCode, CliError> {
+    let mut cfg = Config::load(&data.config())?;
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(h) = a.hub {
+        cfg.hub = h;
+        cfg.check(&data.config())?;
+    }
+    init_logging(a.log_format.unwrap_or(cfg.log_format), "info");
+    let clock = make_clock(a.now.as_deref(), a.speed)?;
+    let addr = cfg.listen;
+    runtime()?.block_on(async move {
+        let agent = Agent::open(data, cfg, clock)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            CliError::Usage(format!(
+                "cannot listen on {addr}: {e}; is another agent running? Change listen in agent.toml or pass --listen"
+            ))
+        })?;
+        server::run(listener, agent, server::shutdown_signal()).await?;
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Base URL of the running agent's API.
+fn local_base(cfg: &Config) -> String {
+    let mut addr = cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+fn remote(
+    cfg: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(Vec<u8>, &str, String)>,
+) -> Result<(u16, Vec<u8>), CliError> {
+    let base = local_base(cfg);
+    let err = |why: String| CliError::Remote {
+        addr: base.clone(),
+        why,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut rb = http.request(method, format!("{base}{path}"));
+        if let Some(t) = &cfg.intake_token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some((b, ct, key)) = body {
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, ct)
+                .header("idempotency-key", key)
+                .body(b);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            err(format!(
+                "{}; the store is locked by another process but its API does not answer — is it still starting?",
+                crate::pusher::err_chain(&e)
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+        Ok((status, bytes.to_vec()))
+    })
+}
+
+fn remote_json<T: serde::de::DeserializeOwned>(cfg: &Config, path: &str) -> Result<T, CliError> {
+    let (status, body) = remote(cfg, reqwest::Method::GET, path, None)?;
+    let base = local_base(cfg);
+    if status != 200 {
+        return Err(CliError::Remote {
+            addr: base,
+            why: format!(
+                "{path} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| CliError::Remote {
+        addr: base,
+        why: format!("{path}: unreadable answer: {e}"),
+    })
+}
+
+fn print_accepted(file: &str, a: &Accepted) {
+    let range = match (a.seqs.first(), a.seqs.last()) {
+        (Some(f), Some(l)) if f == l => format!("seq {f}"),
+        (Some(f), Some(l)) => format!("seqs {f}–{l}"),
+        _ => "no seqs".into(),
+    };
+    if a.replayed {
+        println!("{file}: already imported earlier as {range}; nothing stored again");
+    } else if a.dry_run {
+        println!(
+            "{file}: would accept {} records as {range} (dry run; nothing stored)",
+            a.accepted
+        );
+    } else {
+        println!("{file}: accepted {} records as {range}", a.accepted);
+    }
+    for w in &a.warnings {
+        println!("{file}: warning: {w}");
+    }
+}
+
+fn print_refused(file: &str, headline: &str, problems: &[String]) {
+    println!("{file}: {headline}");
+    for p in problems {
+        println!("{file}: {p}");
+    }
+}
+
+fn records_estimate(bytes: &[u8], format: Format) -> u64 {
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .count() as u64;
+    match format {
+        Format::Csv => lines.saturating_sub(1),
+        Format::Json => lines,
+    }
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    // Large files only, and never when stderr is not a terminal (logs, CI, pipes).
+    if len < 5_000 || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+fn import(data: DataDir, a: ImportArgs) -> Result<ExitCode, CliError> {
+    let cfg = Config::load(&data.config())?;
+    let clock = make_clock(a.now.as_deref(), None)?;
+    let agent = match Agent::open(data, cfg.clone(), clock) {
+        Ok(agent) => agent,
+        Err(AgentError::Store(StoreError::Locked { .. })) => return import_remote(&cfg, &a),
+        Err(e) => return Err(e.into()),
+    };
+    let mut writer = agent.writer()?;
+    let mut failed = 0;
+    for path in &a.files {
+        let file = path.display().to_string();
+        let body = std::fs::read(path).map_err(io_err(path))?;
+        let format = Format::from_path(&file);
+        let pb = progress_bar(records_estimate(&body, format) * 2);
+        pb.set_message(file.clone());
+        let sub = Submission {
+            idempotency_key: Some(spool::file_key(&body)),
+            body,
+            format,
+            dry_run: a.dry_run,
+        };
+        let result = writer.submit(&sub, &mut |n| pb.set_position(n));
+        pb.finish_and_clear();
+        match result {
+            Ok(acc) => {
+                if !acc.dry_run && !acc.replayed {
+                    agent.store.flush()?;
+                }
+                print_accepted(&file, &acc);
+            }
+            Err(IntakeError::Refused(r)) => {
+                failed += 1;
+                let what = if a.dry_run {
+                    "would be refused"
+                } else {
+                    "refused; nothing of it was stored"
+                };
+                print_refused(&file, what, &r.lines());
+            }
+            Err(IntakeError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                failed += 1;
+                print_refused(&file, &e.to_string(), &[]);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn import_remote(cfg: &Config, a: &ImportArgs) -> Result<ExitCode, CliError> {
+    eprintln!(
+        "The agent is running; sending the files to it at {}.",
+        local_base(cfg)
+    );
+    if a.now.is_some() {
+        eprintln!("note: --now is ignored; the running agent judges dates by its own clock");
+    }
+    let mut failed = 0;
+    for path in &a.files {
+        let file = path.display().to_string();
+        let body = std::fs::read(path).map_err(io_err(path))?;
+        let ct = match Format::from_path(&file) {
+            Format::Csv => "text/csv",
+            Format::Json => "application/json",
+        };
+        let key = spool::file_key(&body);
+        let q = if a.dry_run { "?dry_run=true" } else { "" };
+        let (status, resp) = remote(
+            cfg,
+            reqwest::Method::POST,
+            &format!("/v1/records{q}"),
+            Some((body, ct, key)),
+        )?;
+        if status == 200 {
+            match serde_json::from_slice::<Accepted>(&resp) {
+                Ok(acc) => print_accepted(&file, &acc),
+                Err(e) => print_refused(&file, &format!("unreadable answer: {e}"), &[]),
+            }
+        } else {
+            failed += 1;
+            match serde_json::from_slice::<ErrorBody>(&resp) {
+                Ok(b) => print_refused(&file, &b.error, &b.problems),
+                Err(_) => print_refused(&file, &format!("answered {status}"), &[]),
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn show_status(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
+    let cfg = Config::load(&data.config())?;
+    let report: StatusReport = match Store::open(&data.db()) {
+        Ok(store) => {
+            let push: PushState = store
+                .push_state()?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            status::report(&store, &cfg, &push, &SystemClock, false)?
+        }
+        Err(StoreError::Locked { .. }) => remote_json(&cfg, "/v1/status")?,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", status::render_human(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_notices(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
+    let cfg = Config::load(&data.config())?;
+    let list: Vec<Notice> = match Store::open(&data.db()) {
+        Ok(store) => {
+            let mut list = store.notices_after(0)?;
+            if let Some(max) = list.iter().map(|n| n.id).max() {
+                store.mark_notices_read(max)?;
+            }
+            list.reverse();
+            list
+        }
+        Err(StoreError::Locked { .. }) => remote_json(&cfg, "/v1/notices")?,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else if list.is_empty() {
+        println!("no notices");
+    } else {
+        for n in &list {
+            let deadline = n
+                .deadline
+                .map(|d| format!(" (deadline {d})"))
+                .unwrap_or_default();
+            println!(
+                "#{} {} [{}] {} → {}{deadline}\n  {}\n  {}",
+                n.id, n.created_at, n.rule, n.subject, n.addressee, n.text, n.text_en
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
+    let cfg = Config::load(&data.config())?;
+    let rep: VerifyReport = match Agent::open(data, cfg.clone(), Arc::new(SystemClock)) {
+        Ok(agent) => verify::verify(
+            &agent.store,
+            &agent.ident,
+            hub_key(&cfg, &agent.store).as_ref(),
+        )?,
+        Err(AgentError::Store(StoreError::Locked { .. })) => remote_json(&cfg, "/v1/verify")?,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+    } else {
+        println!(
+            "checked {} entries (seqs {}–{}, earlier ones pruned after delivery) and {} receipts",
+            rep.entries,
+            rep.pruned_through + 1,
+            rep.head_seq,
+            rep.receipts
+        );
+        if rep.ok() {
+            println!("OK: signatures, chain, seqs and receipts are sound");
+        } else {
+            for p in &rep.problems {
+                println!("DAMAGE: {p}");
+            }
+            println!(
+                "{} problem(s) found; keep a copy of the data directory and tell the hub operator before changing anything",
+                rep.problems.len()
+            );
+        }
+    }
+    Ok(if rep.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

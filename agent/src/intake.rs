@@ -1,0 +1,569 @@
+//! Intake: a batch of records becomes signed, chained entries, whole or not at all.
+//!
+//! [`Writer`] holds what judging a batch needs (next seq, chain head, quota ledger of the
+//! recommendations held) and is the only code that appends to the store. In `run` it lives
+//! in one task ([`spawn_writer`]) that takes batches from a channel: every batch queued
+//! while the previous group was being written joins the next group, and the whole group
+//! shares one `flush_async` (group commit). Answers go out only after that flush.
+//! The command-line `import` uses the same [`Writer`] directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use spacesync_shared::batch::{self, Format};
+use spacesync_shared::campaign::QuotaLedger;
+use spacesync_shared::clock::Clock;
+use spacesync_shared::dsse::Digest;
+use spacesync_shared::entry::{Entry, SourceId};
+use spacesync_shared::record::{Problem, ProblemKind, Recommendation, Record};
+use spacesync_shared::region::RegionCode;
+use spacesync_shared::validate::{self, Context};
+use spacesync_shared::{Campaign, keys};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{error, info};
+
+use crate::config::BufferConfig;
+use crate::store::{Append, Store, StoreError};
+
+/// Who this agent is: what every entry is signed and judged as.
+pub struct Identity {
+    /// The source id.
+    pub source: SourceId,
+    /// The region it may report on.
+    pub scope: RegionCode,
+    /// The campaign entries belong to.
+    pub campaign: Campaign,
+    /// The source's signing key.
+    pub key: SigningKey,
+}
+
+impl Identity {
+    /// The public key line of this source.
+    pub fn key_line(&self) -> String {
+        keys::public_key_line(&self.key.verifying_key())
+    }
+}
+
+/// One batch handed to the writer.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The raw bytes (JSON, JSON array, NDJSON or CSV).
+    pub body: Vec<u8>,
+    /// How to read them.
+    pub format: Format,
+    /// Judge only; store nothing.
+    pub dry_run: bool,
+    /// A key the sender chose; a batch with a key seen before is answered as before and not
+    /// stored again (so a client or the spool can retry safely after a crash).
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to an accepted batch (HTTP 200 body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Number of records accepted.
+    pub accepted: usize,
+    /// Seqs assigned, in batch order.
+    pub seqs: Vec<u64>,
+    /// Codes the bundled region directory does not list (accepted, but worth a look).
+    pub warnings: Vec<String>,
+    /// True when nothing was stored because the batch was only judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// True when this is the stored answer to an idempotency key seen before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+/// Why a batch was not accepted. Nothing of it was stored in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The batch has problems; every one is listed.
+    #[error(
+        "the batch was refused and nothing was stored; fix these and send the whole batch again:\n{0}"
+    )]
+    Refused(batch::Refusal),
+    /// The buffer of unreceipted entries is full.
+    #[error(
+        "the agent's buffer is full ({reason}); nothing was stored; retry after {retry_after_secs} s"
+    )]
+    Full {
+        /// Which limit and how full.
+        reason: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// The batch alone exceeds the buffer limits, so it can never be accepted.
+    #[error(
+        "the batch alone ({what}) exceeds the buffer limit ({limit}); split it into smaller batches"
+    )]
+    TooLarge {
+        /// Its size.
+        what: String,
+        /// The limit.
+        limit: String,
+    },
+    /// The store failed; the batch was not (durably) stored.
+    #[error("the agent could not store the batch: {0}")]
+    Store(#[from] StoreError),
+    /// The agent is shutting down.
+    #[error("the agent is shutting down; retry shortly")]
+    Stopped,
+}
+
+/// Judges, signs and appends batches. Exactly one exists per store.
+pub struct Writer {
+    store: Store,
+    ident: Arc<Identity>,
+    clock: Arc<dyn Clock>,
+    buffer: BufferConfig,
+    max_records: usize,
+    /// Seconds suggested in Retry-After when the buffer is full.
+    retry_after_secs: u64,
+    next_seq: u64,
+    head: Digest,
+    ledger: QuotaLedger,
+    /// Recommendations held and not withdrawn, by seq, so a withdrawal can uncount one.
+    held: BTreeMap<u64, Recommendation>,
+}
+
+impl Writer {
+    /// Reads the chain head and the quota records from the store.
+    pub fn open(
+        store: Store,
+        ident: Arc<Identity>,
+        clock: Arc<dyn Clock>,
+        buffer: BufferConfig,
+        max_records: usize,
+        retry_after_secs: u64,
+    ) -> Result<Writer, StoreError> {
+        let (head_seq, head) = store.head()?;
+        let mut ledger = QuotaLedger::new();
+        let mut held = BTreeMap::new();
+        for (seq, rec) in store.quota_records()? {
+            if let Record::Recommendation(r) = rec {
+                // Held records were within quota when accepted; a tightened campaign file
+                // must not make them vanish from the count.
+                let _ = ledger.add(&ident.campaign.quotas, &r);
+                held.insert(seq, r);
+            }
+        }
+        Ok(Writer {
+            store,
+            ident,
+            clock,
+            buffer,
+            max_records,
+            retry_after_secs: retry_after_secs.max(1),
+            next_seq: head_seq + 1,
+            head,
+            ledger,
+            held,
+        })
+    }
+
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Judges a batch and, unless it is a dry run, appends it (not yet flushed).
+    /// `progress` is told how many records have been judged and signed (up to 2 × n).
+    pub fn submit(
+        &mut self,
+        sub: &Submission,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Accepted, IntakeError> {
+        let idem_key = sub
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("k/{k}").into_bytes());
+        if let Some(k) = &idem_key
+            && let Some(answer) = self.store.idem_answer(k)?
+        {
+            let mut a: Accepted = serde_json::from_slice(&answer).map_err(|e| {
+                StoreError::Corrupt(format!("stored answer of an idempotency key: {e}"))
+            })?;
+            a.replayed = true;
+            return Ok(a);
+        }
+
+        let campaign = &self.ident.campaign;
+        let today = campaign.local_date(self.clock.now());
+        let mut ledger = self.ledger.clone();
+        let mut batch_recs: HashMap<u64, Recommendation> = HashMap::new();
+        let mut quota_add: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut quota_remove: Vec<u64> = Vec::new();
+        let mut warnings = Vec::new();
+        let mut done = 0u64;
+        let records = batch::parse(&sub.body, sub.format, self.max_records, |i, r| {
+            let seq = self.next_seq + i as u64;
+            let ctx = Context {
+                campaign,
+                scope: self.ident.scope,
+                today,
+                next_seq: seq,
+            };
+            let mut problems = validate::check(r, &ctx);
+            match r {
+                Record::Recommendation(rec) => match ledger.add(&campaign.quotas, rec) {
+                    Ok(()) => {
+                        batch_recs.insert(seq, rec.clone());
+                        quota_add.push((seq, serde_json::to_vec(&r.to_value()).unwrap_or_default()));
+                    }
+                    Err(v) => problems.push(Problem::new("nominee", ProblemKind::Quota(Box::new(v)))),
+                },
+                Record::Withdrawal(w) if problems.is_empty() => {
+                    let target = batch_recs
+                        .remove(&w.target_seq)
+                        .or_else(|| self.held.get(&w.target_seq).cloned());
+                    if let Some(t) = target
+                        && !quota_remove.contains(&w.target_seq)
+                    {
+                        ledger.remove(&t);
+                        quota_remove.push(w.target_seq);
+                    }
+                }
+                _ => {}
+            }
+            for (field, code) in validate::unknown_codes(r) {
+                warnings.push(format!(
+                    "record {}: {field}: {code} is not in the bundled region directory (2023 vintage); accepted, but check the code",
+                    i + 1
+                ));
+            }
+            done += 1;
+            progress(done);
+            problems
+        })
+        .map_err(IntakeError::Refused)?;
+
+        let n = records.len() as u64;
+        let seqs: Vec<u64> = (self.next_seq..self.next_seq + n).collect();
+        if sub.dry_run {
+            return Ok(Accepted {
+                accepted: records.len(),
+                seqs,
+                warnings,
+                dry_run: true,
+                replayed: false,
+            });
+        }
+        if n > self.buffer.max_entries {
+            return Err(IntakeError::TooLarge {
+                what: format!("{n} records"),
+                limit: format!("buffer.max_entries = {}", self.buffer.max_entries),
+            });
+        }
+        let acked = self.store.acked()?;
+        let buffered = self.next_seq - 1 - acked;
+        if buffered + n > self.buffer.max_entries {
+            return Err(self.full(format!(
+                "{buffered} entries wait for the hub, limit buffer.max_entries = {}",
+                self.buffer.max_entries
+            )));
+        }
+
+        let now = self.clock.now();
+        let mut prev = self.head;
+        let mut envelopes = Vec::with_capacity(records.len());
+        for (i, record) in records.into_iter().enumerate() {
+            let entry = Entry {
+                source: self.ident.source.clone(),
+                seq: self.next_seq + i as u64,
+                prev,
+                recorded_at: now,
+                campaign: campaign.id.clone(),
+                record,
+            };
+            let env = entry.sign(&self.ident.key);
+            prev = env.payload_hash();
+            envelopes.push(serde_json::to_vec(&env).unwrap_or_default());
+            done += 1;
+            progress(done);
+        }
+        let bytes: u64 = envelopes.iter().map(|e| e.len() as u64).sum();
+        if bytes > self.buffer.max_bytes {
+            return Err(IntakeError::TooLarge {
+                what: format!("{bytes} bytes signed"),
+                limit: format!("buffer.max_bytes = {}", self.buffer.max_bytes),
+            });
+        }
+        let buffered_bytes = self.store.buffered_bytes()?;
+        if buffered_bytes + bytes > self.buffer.max_bytes {
+            return Err(self.full(format!(
+                "{buffered_bytes} bytes wait for the hub, limit buffer.max_bytes = {}",
+                self.buffer.max_bytes
+            )));
+        }
+
+        let answer = Accepted {
+            accepted: envelopes.len(),
+            seqs,
+            warnings,
+            dry_run: false,
+            replayed: false,
+        };
+        let append = Append {
+            first: self.next_seq,
+            envelopes,
+            head_hash: prev,
+            quota_add,
+            quota_remove,
+            idem: idem_key.map(|k| (k, serde_json::to_vec(&answer).unwrap_or_default())),
+        };
+        self.store.append(&append)?;
+        for (seq, rec) in batch_recs {
+            self.held.insert(seq, rec);
+        }
+        for seq in &append.quota_remove {
+            self.held.remove(seq);
+        }
+        self.ledger = ledger;
+        self.next_seq += n;
+        self.head = prev;
+        Ok(answer)
+    }
+
+    fn full(&self, reason: String) -> IntakeError {
+        IntakeError::Full {
+            reason,
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
+}
+
+struct Job {
+    sub: Submission,
+    reply: oneshot::Sender<Result<Accepted, IntakeError>>,
+}
+
+/// A handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct IntakeHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl IntakeHandle {
+    /// Submits a batch and waits for its durable answer.
+    pub async fn submit(&self, sub: Submission) -> Result<Accepted, IntakeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { sub, reply })
+            .await
+            .map_err(|_| IntakeError::Stopped)?;
+        rx.await.unwrap_or(Err(IntakeError::Stopped))
+    }
+}
+
+/// Most batches that share one flush.
+const GROUP_MAX: usize = 64;
+
+/// Starts the writer task. It ends when every [`IntakeHandle`] is dropped. `appended` is
+/// notified after each durable append (it wakes the pusher).
+pub fn spawn_writer(
+    writer: Writer,
+    appended: Arc<Notify>,
+) -> (IntakeHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(GROUP_MAX * 4);
+    let task = tokio::spawn(writer_loop(writer, rx, appended));
+    (IntakeHandle { tx }, task)
+}
+
+async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+    let store = writer.store.clone();
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let subs: Vec<Submission> = jobs.iter().map(|j| j.sub.clone()).collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            let results: Vec<_> = subs.iter().map(|s| writer.submit(s, &mut |_| {})).collect();
+            (writer, results)
+        })
+        .await;
+        let (w, mut results) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                // A panic while judging: the writer's state is unknown, so stop taking
+                // batches; every waiting sender gets "shutting down" and nothing is lost.
+                error!(error = %e, "Intake writer failed; intake is stopped. Restart the agent.");
+                return;
+            }
+        };
+        writer = w;
+        let wrote = results
+            .iter()
+            .any(|r| matches!(r, Ok(a) if !a.dry_run && !a.replayed));
+        if wrote {
+            if let Err(e) = store.flush_async().await {
+                error!(error = %e, "Flushing accepted batches failed; answering 500.");
+                for r in &mut results {
+                    if matches!(r, Ok(a) if !a.dry_run) {
+                        *r = Err(IntakeError::Store(StoreError::Corrupt(format!(
+                            "the batch may not be on disk: {e}"
+                        ))));
+                    }
+                }
+            } else {
+                appended.notify_one();
+            }
+        }
+        for (job, r) in jobs.into_iter().zip(results) {
+            if let Ok(a) = &r
+                && !a.dry_run
+                && !a.replayed
+                && let (Some(first), Some(last)) = (a.seqs.first(), a.seqs.last())
+            {
+                info!(first, last, accepted = a.accepted, "Batch accepted.");
+            }
+            let _ = job.reply.send(r);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use spacesync_shared::clock::FixedClock;
+
+    pub(crate) fn identity() -> Arc<Identity> {
+        Arc::new(Identity {
+            source: SourceId::parse("gd-rrt").unwrap_or_else(|e| panic!("{e}")),
+            scope: RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}")),
+            campaign: Campaign::builtin_2018(),
+            key: SigningKey::from_bytes(&[4; 32]),
+        })
+    }
+
+    pub(crate) fn clock() -> Arc<dyn Clock> {
+        let t = chrono::DateTime::parse_from_rfc3339("2018-11-25T10:00:00+08:00")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&chrono::Utc);
+        Arc::new(FixedClock::new(t))
+    }
+
+    pub(crate) fn writer(store: &Store, buffer: BufferConfig) -> Writer {
+        Writer::open(store.clone(), identity(), clock(), buffer, 1000, 1)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub(crate) fn json(body: &str) -> Submission {
+        Submission {
+            body: body.as_bytes().to_vec(),
+            format: Format::Json,
+            dry_run: false,
+            idempotency_key: None,
+        }
+    }
+
+    fn rec(by: &str, school: &str) -> String {
+        format!(
+            r#"{{"kind":"recommendation","level":"county","by":"{by}","nominee":{{"type":"school","code":"{school}","region":"{by}"}}}}"#
+        )
+    }
+
+    /// One behaviour, one helper: submit `lines` (NDJSON) and compare the outcome.
+    fn check(w: &mut Writer, lines: &[String], expected: Result<&[u64], &str>) {
+        let got = w.submit(&json(&lines.join("\n")), &mut |_| {});
+        match (got, expected) {
+            (Ok(a), Ok(seqs)) => assert_eq!(a.seqs, seqs),
+            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{e}"),
+            (got, want) => panic!("got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn quota_is_counted_across_the_batch_and_withdrawals_free_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, BufferConfig::default());
+        let five: Vec<String> = (1..=5)
+            .map(|i| rec("440106", &format!("44010600{i:02}")))
+            .collect();
+        // A sixth in the same batch breaks the county quota of 5: the whole batch is refused.
+        let mut six = five.clone();
+        six.push(rec("440106", "4401060006"));
+        check(
+            &mut w,
+            &six,
+            Err(
+                "record 6 (line 6): nominee: quota exceeded: a county recommends at most 5 schools; 440106 has already nominated 5",
+            ),
+        );
+        assert_eq!(store.head().map(|h| h.0).ok(), Some(0));
+        check(&mut w, &five, Ok(&[1, 2, 3, 4, 5]));
+        // Renominating a counted school uses no quota.
+        check(&mut w, &[rec("440106", "4401060001")], Ok(&[6]));
+        check(
+            &mut w,
+            &[rec("440106", "4401060006")],
+            Err("quota exceeded"),
+        );
+        // Withdraw seq 2, then the sixth school fits — in the same batch.
+        let w2 = r#"{"kind":"withdrawal","target_seq":2,"reason":"duplicate"}"#.to_string();
+        check(&mut w, &[w2, rec("440106", "4401060006")], Ok(&[7, 8]));
+        // The ledger survives a restart: rebuilt from the quota tree.
+        let mut w = writer(&store, BufferConfig::default());
+        check(
+            &mut w,
+            &[rec("440106", "4401060007")],
+            Err("quota exceeded"),
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_refuses_with_the_reason_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let limits = BufferConfig {
+            max_entries: 3,
+            max_bytes: 1 << 20,
+        };
+        let mut w = writer(&store, limits);
+        let act = |t: &str| {
+            format!(
+                r#"{{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"{t}"}}"#
+            )
+        };
+        check(&mut w, &[act("a"), act("b")], Ok(&[1, 2]));
+        check(
+            &mut w,
+            &[act("c"), act("d")],
+            Err("buffer is full (2 entries wait"),
+        );
+        check(
+            &mut w,
+            &[act("a"), act("b"), act("c"), act("d")],
+            Err("split it"),
+        );
+        check(&mut w, &[act("c")], Ok(&[3]));
+        assert_eq!(store.head().map(|h| h.0).ok(), Some(3));
+    }
+
+    #[test]
+    fn idempotency_keys_answer_the_same_and_store_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, BufferConfig::default());
+        let mut sub = json(
+            r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"x"}"#,
+        );
+        sub.idempotency_key = Some("file-1".into());
+        let a = w
+            .submit(&sub, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = w
+            .submit(&sub, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.seqs, b.seqs);
+        assert!(b.replayed);
+        assert_eq!(store.entry_count(), 1);
+    }
+}

@@ -1,0 +1,93 @@
+//! Forwards stored notices to the optional local webhook (`notice_webhook`), in id order,
+//! each POSTed as JSON and retried on the [`crate::retry`] schedule until the webhook
+//! answers 2xx. The forwarded position is kept in the store, so a restart resumes where it
+//! stopped and no notice is skipped. A webhook that refuses a notice permanently (4xx)
+//! gets an ERROR log line and the next notice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spacesync_shared::wire::Notice;
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+use crate::pusher::err_chain;
+use crate::retry::{self, Failure, Schedule};
+use crate::store::Store;
+
+async fn post(http: &reqwest::Client, url: &str, n: &Notice) -> Result<(), Failure<String>> {
+    let resp = http
+        .post(url)
+        .json(n)
+        .send()
+        .await
+        .map_err(|e| Failure::Transient {
+            error: format!("cannot reach the notice webhook {url}: {}", err_chain(&e)),
+            retry_after: None,
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let error = format!("the notice webhook {url} answered {status}");
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        Err(Failure::Permanent(error))
+    } else {
+        Err(Failure::Transient {
+            error,
+            retry_after: retry::parse_retry_after(
+                resp.headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        })
+    }
+}
+
+/// Runs until `stop` turns true.
+pub async fn forward(
+    store: Store,
+    url: String,
+    schedule: Schedule,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "Cannot create the webhook client; notices are not forwarded.");
+            return;
+        }
+    };
+    while !*stop.borrow() {
+        let pending = store.webhook_cursor().and_then(|c| store.notices_after(c));
+        match pending {
+            Err(e) => warn!(error = %e, "Cannot read notices to forward."),
+            Ok(list) => {
+                for n in list {
+                    let sent = tokio::select! {
+                        r = retry::retry(schedule, "notice webhook", || post(&http, &url, &n)) => r,
+                        _ = stop.changed() => return,
+                    };
+                    match sent {
+                        Ok(()) => info!(notice = n.id, "Notice forwarded to the webhook."),
+                        Err(e) => {
+                            error!(notice = n.id, error = %e, "The webhook refused the notice; skipping it.")
+                        }
+                    }
+                    if let Err(e) = store.set_webhook_cursor(n.id) {
+                        warn!(error = %e, "Cannot record the forwarded notice.");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

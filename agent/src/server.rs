@@ -1,0 +1,207 @@
+//! `spacesync-agent run`: the intake API, the writer, the pusher, the spool watcher and the
+//! webhook forwarder in one process, behind [`run`]`(listener, agent, shutdown)`.
+//! Production passes a listener on `listen` and ctrl-c/SIGTERM; tests pass a port-0
+//! listener and their own future.
+//!
+//! Shutdown: the HTTP server stops taking connections and finishes its requests; a watch
+//! channel tells the tasks to stop; the spool watcher ends and drops its intake handle,
+//! which (with the router's) ends the writer after its last group is flushed; the store is
+//! flushed once more.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use spacesync_shared::clock::Clock;
+use spacesync_shared::keys;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, DataDir, secs};
+use crate::http::{self, AppState};
+use crate::intake::{Identity, Writer, spawn_writer};
+use crate::pusher::{PushState, Pusher};
+use crate::retry::Schedule;
+use crate::store::{Store, StoreError};
+use crate::{notices, spool};
+
+/// Why the agent cannot start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Configuration or campaign problem.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Key file problem.
+    #[error("{0}")]
+    Key(#[from] keys::KeyError),
+    /// Store problem.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Spool folder problem.
+    #[error("{0}")]
+    Spool(#[from] spool::SpoolError),
+    /// The HTTP client cannot be built.
+    #[error("cannot create the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The HTTP server failed.
+    #[error("the local API failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// An opened agent: configuration, key, campaign and store.
+pub struct Agent {
+    /// Where its files are.
+    pub data: DataDir,
+    /// `agent.toml`, with command-line overrides applied.
+    pub cfg: Arc<Config>,
+    /// Source, scope, campaign and key.
+    pub ident: Arc<Identity>,
+    /// The store.
+    pub store: Store,
+    /// The agent clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Agent {
+    /// Loads key, campaign and store for `cfg`.
+    pub fn open(data: DataDir, cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent, AgentError> {
+        let key = keys::read_secret(&data.key())?;
+        let campaign = cfg.load_campaign(&data)?;
+        let store = Store::open(&data.db())?;
+        let ident = Arc::new(Identity {
+            source: cfg.source.clone(),
+            scope: cfg.scope,
+            campaign,
+            key,
+        });
+        store.bind_identity(&ident.source, &ident.key_line())?;
+        Ok(Agent {
+            data,
+            cfg: Arc::new(cfg),
+            ident,
+            store,
+            clock,
+        })
+    }
+
+    /// A writer for this agent's store (the one `run` and `import` use).
+    pub fn writer(&self) -> Result<Writer, StoreError> {
+        Writer::open(
+            self.store.clone(),
+            self.ident.clone(),
+            self.clock.clone(),
+            self.cfg.buffer,
+            self.cfg.intake.max_records,
+            secs(self.cfg.push.interval_secs).as_secs().clamp(1, 60),
+        )
+    }
+}
+
+/// Serves until `shutdown` completes, then stops every task cleanly.
+pub async fn run(
+    listener: TcpListener,
+    agent: Agent,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    spool::create_dirs(&agent.data)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let appended = Arc::new(Notify::new());
+    let notices_stored = Arc::new(Notify::new());
+    let push_state: PushState = agent
+        .store
+        .push_state()?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    // Counters and the alarm are re-derived by this run; keep the history fields.
+    let push_state = Arc::new(Mutex::new(PushState {
+        alarm: None,
+        hub_reachable: None,
+        ..push_state
+    }));
+
+    let (intake, writer_task) = spawn_writer(agent.writer()?, appended.clone());
+    let pusher = Pusher::new(
+        agent.cfg.clone(),
+        agent.ident.clone(),
+        agent.store.clone(),
+        agent.clock.clone(),
+        push_state.clone(),
+        appended,
+        notices_stored.clone(),
+    )?;
+    let pusher_task = tokio::spawn(pusher.run(stop_rx.clone()));
+    let spool_task = tokio::spawn(spool::watch(
+        agent.data.clone(),
+        intake.clone(),
+        std::time::Duration::from_millis(agent.cfg.intake.spool_poll_ms.max(10)),
+        stop_rx.clone(),
+    ));
+    let webhook_task = agent.cfg.notice_webhook.clone().map(|url| {
+        let p = agent.cfg.push;
+        tokio::spawn(notices::forward(
+            agent.store.clone(),
+            url,
+            Schedule::from_secs(p.retry_base_secs, p.retry_cap_secs),
+            notices_stored,
+            stop_rx.clone(),
+        ))
+    });
+
+    let app = http::app(AppState {
+        intake,
+        store: agent.store.clone(),
+        cfg: agent.cfg.clone(),
+        ident: agent.ident.clone(),
+        push: push_state,
+        clock: agent.clock.clone(),
+    });
+    let addr = listener.local_addr().map_err(AgentError::Serve)?;
+    info!(listen = %addr, source = %agent.cfg.source, hub = %agent.cfg.hub, "Agent started.");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    info!("Shutting down.");
+    let _ = stop_tx.send(true);
+    for (name, task) in [("spool", spool_task), ("pusher", pusher_task)] {
+        if let Err(e) = task.await {
+            warn!(task = name, error = %e, "Task ended abnormally.");
+        }
+    }
+    if let Some(t) = webhook_task
+        && let Err(e) = t.await
+    {
+        warn!(task = "webhook", error = %e, "Task ended abnormally.");
+    }
+    // Every intake handle is gone now (router and spool): the writer finishes and ends.
+    if let Err(e) = writer_task.await {
+        warn!(task = "writer", error = %e, "Task ended abnormally.");
+    }
+    agent.store.flush_async().await?;
+    served.map_err(AgentError::Serve)?;
+    info!("Agent stopped.");
+    Ok(())
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

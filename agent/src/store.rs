@@ -1,0 +1,617 @@
+//! The durable store: one sled database with these trees.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `entries` | seq (u64 BE) | the entry's DSSE envelope (JSON) |
+//! | `receipts` | seq (u64 BE) | the hub's receipt envelope (JSON); kept forever |
+//! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors |
+//! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
+//! | `notices` | notice id (u64 BE) | the notice (JSON) |
+//! | `idem` | idempotency key | the answer given when the key was first seen (JSON) |
+//!
+//! Architecture invariant: the chain only grows through [`Store::append`], one sled
+//! transaction over `entries`, `meta`, `quota` and `idem`; so after a crash at any instant
+//! either the whole batch with its new head is there or none of it. Callers answer only
+//! after [`Store::flush_async`].
+//!
+//! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
+//! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
+//! with 100k buffered entries small. `Mode::LowSpace` because the workload is append at the
+//! tail and prune at the head at a low rate: reclaiming pruned space matters more than write
+//! throughput, which the single writer with group commit already makes sufficient.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use spacesync_shared::dsse::{Digest, Envelope};
+use spacesync_shared::entry::{Entry, SourceId};
+use spacesync_shared::record::Record;
+use spacesync_shared::wire::{Notice, Receipt};
+
+/// sled page cache size.
+pub const CACHE_BYTES: u64 = 8 << 20;
+
+const HEAD_SEQ: &[u8] = b"head_seq";
+const HEAD_HASH: &[u8] = b"head_hash";
+const ACKED_SEQ: &[u8] = b"acked_seq";
+const BUFFERED_BYTES: &[u8] = b"buffered_bytes";
+const PRUNED_SEQ: &[u8] = b"pruned_seq";
+const PRUNED_HASH: &[u8] = b"pruned_hash";
+const HUB_KEY: &[u8] = b"hub_key";
+const NOTICE_CURSOR: &[u8] = b"notice_cursor";
+const NOTICE_READ: &[u8] = b"notice_read";
+const WEBHOOK_CURSOR: &[u8] = b"webhook_cursor";
+const PUSH_STATE: &[u8] = b"push_state";
+const IDENTITY: &[u8] = b"identity";
+
+/// A store problem; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error(
+        "{path}: the store is in use by another process (is `spacesync-agent run` running?); use its HTTP API (POST /v1/records, GET /v1/status) or stop it first"
+    )]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// The database cannot be opened.
+    #[error(
+        "{path}: cannot open the store: {error}; check the directory's permissions and free disk space"
+    )]
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled said.
+        error: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("store I/O error: {0}; check free disk space and the data directory")]
+    Sled(#[from] sled::Error),
+    /// A stored value cannot be read.
+    #[error("the store is damaged: {0}; run `spacesync-agent verify` for details")]
+    Corrupt(String),
+    /// The store was made for another source or key.
+    #[error(
+        "the store belongs to {stored}, but agent.toml and agent.key say {configured}; point --data at the right directory"
+    )]
+    Identity {
+        /// What the store was made for.
+        stored: String,
+        /// What the configuration says.
+        configured: String,
+    },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// The bytes added to a store by one accepted batch.
+#[derive(Debug, Default)]
+pub struct Append {
+    /// First seq of the batch; the store's head must be `first - 1`.
+    pub first: u64,
+    /// Envelope JSON per entry, in seq order.
+    pub envelopes: Vec<Vec<u8>>,
+    /// Hash of the last envelope's payload (the new head).
+    pub head_hash: Digest,
+    /// Recommendations to count against quotas: (seq, record JSON).
+    pub quota_add: Vec<(u64, Vec<u8>)>,
+    /// Recommendations withdrawn by this batch (their seqs).
+    pub quota_remove: Vec<u64>,
+    /// Idempotency key and the answer to remember for it.
+    pub idem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One stored entry.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its seq.
+    pub seq: u64,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// Stored size in bytes (the envelope JSON).
+    pub size: usize,
+}
+
+/// The agent's sled database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    entries: sled::Tree,
+    receipts: sled::Tree,
+    meta: sled::Tree,
+    quota: sled::Tree,
+    notices: sled::Tree,
+    idem: sled::Tree,
+}
+
+/// Big-endian key of a seq, so sled's order is seq order.
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn read_u64(v: Option<sled::IVec>) -> Result<u64, StoreError> {
+    match v {
+        None => Ok(0),
+        Some(b) => {
+            let arr: [u8; 8] = b
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a counter is not 8 bytes".into()))?;
+            Ok(u64::from_be_bytes(arr))
+        }
+    }
+}
+
+fn read_digest(v: Option<sled::IVec>) -> Result<Digest, StoreError> {
+    match v {
+        None => Ok(Digest::ZERO),
+        Some(b) => {
+            let arr: [u8; 32] = b
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a stored hash is not 32 bytes".into()))?;
+            Ok(Digest(arr))
+        }
+    }
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Reads an envelope from stored JSON.
+pub fn parse_envelope(seq: u64, bytes: &[u8]) -> Result<Envelope, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("seq {seq}: stored envelope is unreadable: {e}")))
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|error| match &error {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        path: path.to_path_buf(),
+                    }
+                }
+                _ => StoreError::Open {
+                    path: path.to_path_buf(),
+                    error,
+                },
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Store {
+            entries: tree("entries")?,
+            receipts: tree("receipts")?,
+            meta: tree("meta")?,
+            quota: tree("quota")?,
+            notices: tree("notices")?,
+            idem: tree("idem")?,
+            db,
+        })
+    }
+
+    /// Binds the store to a source and key on first use; refuses another later.
+    pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
+        let want = format!("source {source} with key {key_line}");
+        match self.meta.get(IDENTITY)? {
+            None => {
+                self.meta.insert(IDENTITY, want.as_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) if v.as_ref() == want.as_bytes() => Ok(()),
+            Some(v) => Err(StoreError::Identity {
+                stored: String::from_utf8_lossy(&v).into_owned(),
+                configured: want,
+            }),
+        }
+    }
+
+    /// Highest seq and its payload hash (0 and zeros when empty).
+    pub fn head(&self) -> Result<(u64, Digest), StoreError> {
+        Ok((
+            read_u64(self.meta.get(HEAD_SEQ)?)?,
+            read_digest(self.meta.get(HEAD_HASH)?)?,
+        ))
+    }
+
+    /// Highest seq such that it and every seq below have a verified receipt.
+    pub fn acked(&self) -> Result<u64, StoreError> {
+        read_u64(self.meta.get(ACKED_SEQ)?)
+    }
+
+    /// Stored bytes of the entries above [`Store::acked`].
+    pub fn buffered_bytes(&self) -> Result<u64, StoreError> {
+        read_u64(self.meta.get(BUFFERED_BYTES)?)
+    }
+
+    /// Highest pruned seq and its payload hash (0 and zeros when nothing was pruned).
+    pub fn pruned(&self) -> Result<(u64, Digest), StoreError> {
+        Ok((
+            read_u64(self.meta.get(PRUNED_SEQ)?)?,
+            read_digest(self.meta.get(PRUNED_HASH)?)?,
+        ))
+    }
+
+    /// Appends one accepted batch: entries, new head, buffered bytes, quota records and the
+    /// idempotency answer, in one transaction. Not durable until [`Store::flush_async`].
+    pub fn append(&self, a: &Append) -> Result<(), StoreError> {
+        let added: u64 = a.envelopes.iter().map(|e| e.len() as u64).sum();
+        let last = a.first + a.envelopes.len() as u64 - 1;
+        (&self.entries, &self.meta, &self.quota, &self.idem).transaction(
+            |(entries, meta, quota, idem)| {
+                let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+                if head + 1 != a.first {
+                    return Err(abort(StoreError::Corrupt(format!(
+                        "a batch starting at seq {} was to follow head {head}",
+                        a.first
+                    ))));
+                }
+                for (i, env) in a.envelopes.iter().enumerate() {
+                    entries.insert(&seq_key(a.first + i as u64), env.as_slice())?;
+                }
+                meta.insert(HEAD_SEQ, &last.to_be_bytes())?;
+                meta.insert(HEAD_HASH, &a.head_hash.0)?;
+                let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+                meta.insert(BUFFERED_BYTES, &(bytes + added).to_be_bytes())?;
+                for (seq, rec) in &a.quota_add {
+                    quota.insert(&seq_key(*seq), rec.as_slice())?;
+                }
+                for seq in &a.quota_remove {
+                    quota.remove(&seq_key(*seq))?;
+                }
+                if let Some((k, v)) = &a.idem {
+                    idem.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush, for the command-line tools.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The answer remembered for an idempotency key.
+    pub fn idem_answer(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.idem.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// The envelope at `seq`, if held.
+    pub fn entry(&self, seq: u64) -> Result<Option<Envelope>, StoreError> {
+        self.entries
+            .get(seq_key(seq))?
+            .map(|v| parse_envelope(seq, &v))
+            .transpose()
+    }
+
+    /// Entries from `from` on, at most `max_n` and about `max_bytes` (at least one).
+    pub fn entries_from(
+        &self,
+        from: u64,
+        max_n: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.entries.range(seq_key(from)..) {
+            let (k, v) = kv?;
+            let seq = read_u64(Some(k))?;
+            if !out.is_empty() && (out.len() >= max_n || bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            out.push(Stored {
+                seq,
+                envelope: parse_envelope(seq, &v)?,
+                size: v.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every stored entry in seq order, as (seq, envelope JSON).
+    pub fn raw_entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.entries.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((read_u64(Some(k))?, v.to_vec()))
+        })
+    }
+
+    /// Number of entries held (delivered ones not yet pruned included).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Every stored receipt in seq order, as (seq, envelope JSON).
+    pub fn raw_receipts(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.receipts.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((read_u64(Some(k))?, v.to_vec()))
+        })
+    }
+
+    /// Whether a receipt for `seq` is held.
+    pub fn has_receipt(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.receipts.contains_key(seq_key(seq))?)
+    }
+
+    /// Stores verified receipts (seq, envelope JSON) and advances the delivered seq over
+    /// every contiguous receipted seq. Returns the new delivered seq.
+    pub fn record_receipts(&self, receipts: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        let acked =
+            (&self.receipts, &self.meta, &self.entries).transaction(|(rtree, meta, entries)| {
+                for (seq, r) in receipts {
+                    rtree.insert(&seq_key(*seq), r.as_slice())?;
+                }
+                let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
+                let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+                let mut acked = old;
+                let mut freed = 0u64;
+                while acked < head && rtree.get(seq_key(acked + 1))?.is_some() {
+                    acked += 1;
+                    freed += entries
+                        .get(seq_key(acked))?
+                        .map(|v| v.len() as u64)
+                        .unwrap_or(0);
+                }
+                if acked != old {
+                    meta.insert(ACKED_SEQ, &acked.to_be_bytes())?;
+                    let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+                    meta.insert(BUFFERED_BYTES, &bytes.saturating_sub(freed).to_be_bytes())?;
+                }
+                Ok(acked)
+            })?;
+        Ok(acked)
+    }
+
+    /// Prunes delivered entries whose receipt is older than `cutoff`, at most `max` of
+    /// them, never the chain head. Returns how many were pruned.
+    pub fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        let (head, _) = self.head()?;
+        let limit = self.acked()?.min(head.saturating_sub(1));
+        let mut doomed = Vec::new();
+        for kv in self.entries.range(..seq_key(limit.saturating_add(1))) {
+            let (k, v) = kv?;
+            let seq = read_u64(Some(k))?;
+            if seq > limit || doomed.len() >= max {
+                break;
+            }
+            let Some(r) = self.receipts.get(seq_key(seq))? else {
+                break;
+            };
+            let renv = parse_envelope(seq, &r)?;
+            let receipt: Receipt = serde_json::from_slice(&renv.payload).map_err(|e| {
+                StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
+            })?;
+            if receipt.received_at >= cutoff {
+                break;
+            }
+            let env = parse_envelope(seq, &v)?;
+            doomed.push((seq, env.payload_hash()));
+        }
+        let Some(&(last, hash)) = doomed.last() else {
+            return Ok(0);
+        };
+        (&self.entries, &self.meta).transaction(|(entries, meta)| {
+            for (seq, _) in &doomed {
+                entries.remove(&seq_key(*seq))?;
+            }
+            meta.insert(PRUNED_SEQ, &last.to_be_bytes())?;
+            meta.insert(PRUNED_HASH, &hash.0)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(doomed.len())
+    }
+
+    /// Recommendations held and not withdrawn, in seq order.
+    pub fn quota_records(&self) -> Result<Vec<(u64, Record)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.quota.iter() {
+            let (k, v) = kv?;
+            let seq = read_u64(Some(k))?;
+            let value: serde_json::Value = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("quota record {seq}: {e}")))?;
+            let rec = Record::from_value(&value)
+                .map_err(|p| StoreError::Corrupt(format!("quota record {seq}: {}", p.len())))?;
+            out.push((seq, rec));
+        }
+        Ok(out)
+    }
+
+    /// The seq and `recorded_at` of the oldest entry not yet receipted.
+    pub fn oldest_unsent(&self) -> Result<Option<(u64, DateTime<Utc>)>, StoreError> {
+        let acked = self.acked()?;
+        let Some(env) = self.entry(acked + 1)? else {
+            return Ok(None);
+        };
+        let e = Entry::from_payload(&env.payload)
+            .map_err(|e| StoreError::Corrupt(format!("seq {}: {e}", acked + 1)))?;
+        Ok(Some((acked + 1, e.recorded_at)))
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        read_u64(self.meta.get(key)?)
+    }
+
+    fn set_u64(&self, key: &[u8], v: u64) -> Result<(), StoreError> {
+        self.meta.insert(key, &v.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The hub key line stored on first use.
+    pub fn hub_key(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(HUB_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Stores the hub key line (trust on first use), durably.
+    pub async fn set_hub_key(&self, line: &str) -> Result<(), StoreError> {
+        self.meta.insert(HUB_KEY, line.as_bytes())?;
+        self.flush_async().await
+    }
+
+    /// The last persisted push state (JSON), for `status` while the agent is stopped.
+    pub fn push_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(PUSH_STATE)?.map(|v| v.to_vec()))
+    }
+
+    /// Persists the push state (flushed by sled's periodic flush).
+    pub fn set_push_state(&self, json: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(PUSH_STATE, json)?;
+        Ok(())
+    }
+
+    /// Highest notice id stored.
+    pub fn notice_cursor(&self) -> Result<u64, StoreError> {
+        self.get_u64(NOTICE_CURSOR)
+    }
+
+    /// Stores notices and advances the cursor, in one transaction. Returns the new cursor.
+    pub fn put_notices(&self, list: &[Notice]) -> Result<u64, StoreError> {
+        let cursor = (&self.notices, &self.meta).transaction(|(nt, meta)| {
+            let mut cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
+            for n in list {
+                let json = serde_json::to_vec(n).unwrap_or_default();
+                nt.insert(&seq_key(n.id), json)?;
+                cursor = cursor.max(n.id);
+            }
+            meta.insert(NOTICE_CURSOR, &cursor.to_be_bytes())?;
+            Ok(cursor)
+        })?;
+        Ok(cursor)
+    }
+
+    /// Stored notices with id above `after`, ascending.
+    pub fn notices_after(&self, after: u64) -> Result<Vec<Notice>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.notices.range(seq_key(after.saturating_add(1))..) {
+            let (k, v) = kv?;
+            let id = read_u64(Some(k))?;
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("notice {id}: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Notices not yet shown by `spacesync-agent notices`.
+    pub fn unread_notices(&self) -> Result<u64, StoreError> {
+        let read = self.get_u64(NOTICE_READ)?;
+        Ok(self
+            .notices
+            .range(seq_key(read.saturating_add(1))..)
+            .count() as u64)
+    }
+
+    /// Marks notices up to `through` as read.
+    pub fn mark_notices_read(&self, through: u64) -> Result<(), StoreError> {
+        self.set_u64(NOTICE_READ, through)?;
+        self.flush()
+    }
+
+    /// Highest notice id forwarded to the webhook.
+    pub fn webhook_cursor(&self) -> Result<u64, StoreError> {
+        self.get_u64(WEBHOOK_CURSOR)
+    }
+
+    /// Replaces a stored entry's bytes: damage for tests of `verify`.
+    #[cfg(test)]
+    pub(crate) fn debug_overwrite_entry(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.entries.insert(seq_key(seq), bytes)?;
+        Ok(())
+    }
+
+    /// Records that notices up to `id` were forwarded.
+    pub fn set_webhook_cursor(&self, id: u64) -> Result<(), StoreError> {
+        self.set_u64(WEBHOOK_CURSOR, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        (dir, s)
+    }
+
+    #[test]
+    fn a_batch_that_does_not_follow_the_head_leaves_nothing_behind() {
+        let (_d, s) = open();
+        let ok = Append {
+            first: 1,
+            envelopes: vec![b"{}".to_vec(), b"{ }".to_vec()],
+            head_hash: Digest([7; 32]),
+            quota_add: vec![(2, b"{}".to_vec())],
+            idem: Some((b"k1".to_vec(), b"answer".to_vec())),
+            ..Append::default()
+        };
+        s.append(&ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.head().ok(), Some((2, Digest([7; 32]))));
+        assert_eq!(s.buffered_bytes().ok(), Some(5));
+        // A second writer that thinks the head is 0: refused whole.
+        let stale = Append {
+            first: 1,
+            envelopes: vec![b"x".to_vec()],
+            head_hash: Digest([9; 32]),
+            quota_add: vec![(1, b"y".to_vec())],
+            idem: Some((b"k2".to_vec(), b"answer".to_vec())),
+            ..Append::default()
+        };
+        assert!(matches!(s.append(&stale), Err(StoreError::Corrupt(_))));
+        assert_eq!(s.head().ok(), Some((2, Digest([7; 32]))));
+        assert_eq!(s.entry_count(), 2);
+        assert_eq!(s.idem_answer(b"k2").ok(), Some(None));
+        assert_eq!(s.quota.len(), 1);
+        assert_eq!(s.buffered_bytes().ok(), Some(5));
+    }
+
+    #[test]
+    fn receipts_advance_delivery_only_over_contiguous_seqs() {
+        let (_d, s) = open();
+        let a = Append {
+            first: 1,
+            envelopes: vec![b"aa".to_vec(), b"bbb".to_vec(), b"cccc".to_vec()],
+            head_hash: Digest([1; 32]),
+            ..Append::default()
+        };
+        s.append(&a).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.record_receipts(&[(2, b"r2".to_vec())]).ok(), Some(0));
+        assert_eq!(s.buffered_bytes().ok(), Some(9));
+        assert_eq!(s.record_receipts(&[(1, b"r1".to_vec())]).ok(), Some(2));
+        assert_eq!(s.buffered_bytes().ok(), Some(4));
+        assert_eq!(s.record_receipts(&[(3, b"r3".to_vec())]).ok(), Some(3));
+        assert_eq!(s.buffered_bytes().ok(), Some(0));
+    }
+}
