@@ -19,7 +19,10 @@ use spacesync_shared::campaign::CHINA_STANDARD_TIME;
 use spacesync_tests::simulate::{self, UnitPlan};
 
 #[derive(Parser)]
-#[command(name = "spacesync-demo", about = "Runs the 2018 campaign end to end on this machine.")]
+#[command(
+    name = "spacesync-demo",
+    about = "Runs the 2018 campaign end to end on this machine."
+)]
 struct Args {
     /// Where the hub's and agents' data go (replaced on every run).
     #[arg(long, default_value = "spacesync-demo")]
@@ -73,13 +76,27 @@ fn build_binaries() -> Result<PathBuf> {
         .parent()
         .context("this binary has no directory")?
         .to_path_buf();
-    let profile = if bin_dir.ends_with("release") { vec!["--release"] } else { vec![] };
+    let profile = if bin_dir.ends_with("release") {
+        vec!["--release"]
+    } else {
+        vec![]
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("Building spacesync-hub and spacesync-agent …");
     let status = Command::new(cargo)
         // The same package set as `cargo run -p spacesync-tests`, so features unify the same
         // way and nothing already built for this binary is rebuilt.
-        .args(["build", "-q", "-p", "spacesync-tests", "-p", "spacesync-hub", "-p", "spacesync-agent", "--bins"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "spacesync-tests",
+            "-p",
+            "spacesync-hub",
+            "-p",
+            "spacesync-agent",
+            "--bins",
+        ])
         .args(&profile)
         .status()
         .context("running cargo build")?;
@@ -127,7 +144,11 @@ async fn wait_healthy(client: &reqwest::Client, url: &str) -> Result<()> {
     bail!("{url} did not answer")
 }
 
-async fn post_records(client: &reqwest::Client, agent: &str, body: String) -> Result<(u16, String)> {
+async fn post_records(
+    client: &reqwest::Client,
+    agent: &str,
+    body: String,
+) -> Result<(u16, String)> {
     for _ in 0..100 {
         let r = client
             .post(format!("{agent}/v1/records"))
@@ -167,7 +188,12 @@ async fn main() -> Result<()> {
     let hub_dir = dir.join("hub");
     let hub_data = hub_dir.to_string_lossy().to_string();
     let hub_key = run(&hub_bin, &["--data", &hub_data, "init"])?;
-    let ministry = run(&hub_bin, &["--data", &hub_data, "token", "create", "--role", "ministry", "--label", "demo"])?;
+    let ministry = run(
+        &hub_bin,
+        &[
+            "--data", &hub_data, "token", "create", "--role", "ministry", "--label", "demo",
+        ],
+    )?;
     let hub_port = free_port()?;
     let hub_url = format!("http://127.0.0.1:{hub_port}");
 
@@ -181,7 +207,21 @@ async fn main() -> Result<()> {
         let scope = p.unit.to_string();
         let key = run(
             &agent_bin,
-            &["--data", &data_s, "init", "--source", &p.source, "--scope", &scope, "--hub", &hub_url, "--listen", &listen, "--hub-key", &hub_key],
+            &[
+                "--data",
+                &data_s,
+                "init",
+                "--source",
+                &p.source,
+                "--scope",
+                &scope,
+                "--hub",
+                &hub_url,
+                "--listen",
+                &listen,
+                "--hub-key",
+                &hub_key,
+            ],
         )?;
         // Sync often: on this clock a real second is most of a campaign day.
         let cfg_path = data.join("agent.toml");
@@ -200,13 +240,23 @@ async fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(&cfg_path, cfg + "\n")?;
-        run(&hub_bin, &["--data", &hub_data, "agents", "add", "--source", &p.source, "--scope", &scope, "--key", &key])?;
+        run(
+            &hub_bin,
+            &[
+                "--data", &hub_data, "agents", "add", "--source", &p.source, "--scope", &scope,
+                "--key", &key,
+            ],
+        )?;
         agents.insert(p.source.clone(), (data_s, format!("http://{listen}")));
     }
 
     let start_virtual = DateTime::parse_from_rfc3339(START)?.with_timezone(&Utc);
     let end = NaiveDate::from_ymd_opt(END.0, END.1, END.2).context("end date")?;
-    let span = (end.and_time(NaiveTime::MIN) - NaiveDate::from_ymd_opt(2018, 10, 1).context("start")?.and_time(NaiveTime::MIN)).num_seconds() as f64;
+    let span = (end.and_time(NaiveTime::MIN)
+        - NaiveDate::from_ymd_opt(2018, 10, 1)
+            .context("start")?
+            .and_time(NaiveTime::MIN))
+    .num_seconds() as f64;
     let speed = span / args.seconds.max(10.0);
     let clock = Clock {
         start_real: Instant::now(),
@@ -217,19 +267,35 @@ async fn main() -> Result<()> {
     let mut procs = Procs(Vec::new());
     let hub_log = std::fs::File::create(dir.join("logs/hub.log"))?;
     let child = Command::new(&hub_bin)
-        .args(["--data", &hub_data, "serve", "--listen", &format!("127.0.0.1:{hub_port}")])
+        .args([
+            "--data",
+            &hub_data,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{hub_port}"),
+        ])
         .args(["--now", &stamp(clock.now()), "--speed", &speed.to_string()])
         .stdout(Stdio::null())
         .stderr(hub_log)
         .spawn()
         .context("starting the hub")?;
     procs.0.push(("hub".into(), child));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     wait_healthy(&client, &format!("{hub_url}/healthz")).await?;
     for (source, (data, url)) in &agents {
         let log = std::fs::File::create(dir.join(format!("logs/{source}.log")))?;
         let child = Command::new(&agent_bin)
-            .args(["--data", data, "run", "--now", &stamp(clock.now()), "--speed", &speed.to_string()])
+            .args([
+                "--data",
+                data,
+                "run",
+                "--now",
+                &stamp(clock.now()),
+                "--speed",
+                &speed.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -267,7 +333,11 @@ async fn main() -> Result<()> {
                 let mut t = Tally::default();
                 if !good.is_empty() {
                     t.attempted += good.len() as u64;
-                    let body = good.iter().map(Value::to_string).collect::<Vec<_>>().join("\n");
+                    let body = good
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n");
                     match post_records(&client, &url, body).await {
                         Ok((200, _)) => t.accepted += good.len() as u64,
                         Ok((s, b)) => t.refused_unexpected.push(format!("{url} {day}: {s} {b}")),
@@ -302,7 +372,12 @@ async fn main() -> Result<()> {
     while Instant::now() < drain_deadline {
         undelivered = 0;
         for (_, url) in agents.values() {
-            let s: Value = client.get(format!("{url}/v1/status")).send().await?.json().await?;
+            let s: Value = client
+                .get(format!("{url}/v1/status"))
+                .send()
+                .await?
+                .json()
+                .await?;
             undelivered += s["buffered"].as_u64().unwrap_or(0);
         }
         if undelivered == 0 {
@@ -334,11 +409,21 @@ async fn main() -> Result<()> {
         .await?;
     let mut agent_notices = 0u64;
     for (_, url) in agents.values() {
-        let s: Value = client.get(format!("{url}/v1/status")).send().await?.json().await?;
-        agent_notices += s["notices"].as_u64().or(s["unread_notices"].as_u64()).unwrap_or(0);
+        let s: Value = client
+            .get(format!("{url}/v1/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        agent_notices += s["notices"]
+            .as_u64()
+            .or(s["unread_notices"].as_u64())
+            .unwrap_or(0);
     }
     for (name, child) in &mut procs.0 {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if child.try_wait()?.is_some() {
@@ -356,43 +441,104 @@ async fn main() -> Result<()> {
     // Export every bulletin.
     let out_dir = dir.join("bulletins");
     std::fs::create_dir_all(&out_dir)?;
-    let list = bulletins["bulletins"].as_array().cloned().unwrap_or_default();
+    let list = bulletins["bulletins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for b in &list {
         let n = b["number"].as_u64().unwrap_or(0);
-        for (fmt, lang) in [("json", "zh"), ("html", "zh"), ("html", "en"), ("md", "zh"), ("csv", "zh")] {
-            let text = run(&hub_bin, &["--data", &hub_data, "bulletin", "show", &n.to_string(), "--format", fmt, "--lang", lang])?;
-            let name = if lang == "en" { format!("{n:02}.en.{fmt}") } else { format!("{n:02}.{fmt}") };
+        for (fmt, lang) in [
+            ("json", "zh"),
+            ("html", "zh"),
+            ("html", "en"),
+            ("md", "zh"),
+            ("csv", "zh"),
+        ] {
+            let text = run(
+                &hub_bin,
+                &[
+                    "--data",
+                    &hub_data,
+                    "bulletin",
+                    "show",
+                    &n.to_string(),
+                    "--format",
+                    fmt,
+                    "--lang",
+                    lang,
+                ],
+            )?;
+            let name = if lang == "en" {
+                format!("{n:02}.en.{fmt}")
+            } else {
+                format!("{n:02}.{fmt}")
+            };
             std::fs::write(out_dir.join(name), text)?;
         }
     }
     let verify = run(&hub_bin, &["--data", &hub_data, "verify"])?;
     let last = list.last().and_then(|b| b["number"].as_u64());
     let last_doc: Value = match last {
-        Some(n) => serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("{n:02}.json")))?)?,
+        Some(n) => serde_json::from_str(&std::fs::read_to_string(
+            out_dir.join(format!("{n:02}.json")),
+        )?)?,
         None => Value::Null,
     };
     let bulletin_check = match last {
-        Some(n) => run(&hub_bin, &["--data", &hub_data, "bulletin", "verify", &out_dir.join(format!("{n:02}.json")).to_string_lossy()])?,
+        Some(n) => run(
+            &hub_bin,
+            &[
+                "--data",
+                &hub_data,
+                "bulletin",
+                "verify",
+                &out_dir.join(format!("{n:02}.json")).to_string_lossy(),
+            ],
+        )?,
         None => "no bulletin was issued".into(),
     };
 
     print_summary(&plans, &last_doc, &progress);
     println!();
-    println!("records: attempted={} accepted={} refused_as_planned={} undelivered_at_end={}", tally.attempted, tally.accepted, tally.refused_expected, undelivered);
-    println!("bulletins issued: {}   notices raised: {}   notices held by agents: {}", list.len(), notices["notices"].as_array().map_or(0, Vec::len), agent_notices);
+    println!(
+        "records: attempted={} accepted={} refused_as_planned={} undelivered_at_end={}",
+        tally.attempted, tally.accepted, tally.refused_expected, undelivered
+    );
+    println!(
+        "bulletins issued: {}   notices raised: {}   notices held by agents: {}",
+        list.len(),
+        notices["notices"].as_array().map_or(0, Vec::len),
+        agent_notices
+    );
     println!("log: {verify}");
     println!("latest bulletin: {bulletin_check}");
-    for e in tally.refused_unexpected.iter().chain(&tally.accepted_bad).take(10) {
+    for e in tally
+        .refused_unexpected
+        .iter()
+        .chain(&tally.accepted_bad)
+        .take(10)
+    {
         println!("UNEXPECTED: {e}");
     }
     println!();
-    println!("Bulletins (HTML, Markdown, JSON, CSV): {}", out_dir.display());
+    println!(
+        "Bulletins (HTML, Markdown, JSON, CSV): {}",
+        out_dir.display()
+    );
     if let Some(n) = last {
-        println!("  latest: {}", out_dir.join(format!("{n:02}.html")).display());
+        println!(
+            "  latest: {}",
+            out_dir.join(format!("{n:02}.html")).display()
+        );
     }
     println!("Logs: {}", dir.join("logs").display());
     println!("Dashboard: run");
-    println!("  {} --data {} serve --listen 127.0.0.1:7400 --now {}T12:00:00+08:00", hub_bin.display(), hub_data, end);
+    println!(
+        "  {} --data {} serve --listen 127.0.0.1:7400 --now {}T12:00:00+08:00",
+        hub_bin.display(),
+        hub_data,
+        end
+    );
     println!("  then open http://127.0.0.1:7400/ and log in with the ministry token:");
     println!("  {ministry}");
     println!("Finished in {:.0} s.", began.elapsed().as_secs_f64());
@@ -405,7 +551,10 @@ async fn main() -> Result<()> {
 fn print_summary(plans: &[UnitPlan], bulletin: &Value, progress: &Value) {
     let _ = plans;
     println!();
-    println!("{:<4} {:<8} {:<18} {:>12} {:>8}  {:<10} {:<10} {:<10}", "rank", "code", "unit", "new spaces", "pace", "contact", "plan", "recommend");
+    println!(
+        "{:<4} {:<8} {:<18} {:>12} {:>8}  {:<10} {:<10} {:<10}",
+        "rank", "code", "unit", "new spaces", "pace", "contact", "plan", "recommend"
+    );
     for p in bulletin["provinces"].as_array().into_iter().flatten() {
         let st = |id: &str| {
             let c = &p["milestones"][id];
@@ -419,7 +568,12 @@ fn print_summary(plans: &[UnitPlan], bulletin: &Value, progress: &Value) {
             "{:<4} {:<8} {:<18} {:>12} {:>7.1}%  {:<10} {:<10} {:<10}",
             p["rank"].as_u64().unwrap_or(0),
             p["code"].as_str().unwrap_or(""),
-            p["name_en"].as_str().unwrap_or("").chars().take(18).collect::<String>(),
+            p["name_en"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(18)
+                .collect::<String>(),
             p["new_spaces"].as_i64().unwrap_or(0),
             p["pace"]["ratio"].as_f64().unwrap_or(0.0) * 100.0,
             st("contact_form"),
