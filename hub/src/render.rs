@@ -39,7 +39,7 @@ pub fn group(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -650,9 +650,9 @@ th{{background:#f3f3f3}} td.num{{text-align:right;font-variant-numeric:tabular-n
             })
             .collect(),
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<p class=\"meta\">{}</p><pre class=\"meta\">{}</pre></body></html>\n",
+        "<p class=\"meta\">{}</p><pre class=\"meta\">{}</pre></body></html>",
         t(
             lang,
             "本通报由中心汇聚服务签名，可用 spacesync-hub bulletin verify 根据日志复核。",

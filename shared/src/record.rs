@@ -1153,6 +1153,19 @@ impl Reader {
                 NomineeType::School => {
                     let code = self.school(code, "nominee.code".into());
                     let region = self.req_region(nmap, "nominee", "region");
+                    if let Some(r) = region
+                        && r.level() == Level::Province
+                    {
+                        // A school sits in a county (or a city without counties).
+                        self.problem(
+                            "nominee.region",
+                            ProblemKind::WrongLevel {
+                                code: r,
+                                expected: "county or city",
+                                got: Level::Province,
+                            },
+                        );
+                    }
                     Some(Nominee::School {
                         code: code?,
                         name,

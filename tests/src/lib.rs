@@ -3,5 +3,8 @@
 pub mod agent_fakehub;
 pub mod agent_harness;
 pub mod browser;
+pub mod checker;
+pub mod cluster;
+pub mod fault_proxy;
 pub mod hub_harness;
 pub mod simulate;
