@@ -320,15 +320,8 @@ pub fn candidates(
             .get(&(code, "implementation_plan".to_string()))
             .and_then(|s| s.iter().map(|(m, _)| m.log_index).max())
             .unwrap_or(0);
-        let problems = p["problems"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default();
+        let problems_zh = crate::render::plan_problems_text(Lang::Zh, &p["problems"]);
+        let problems = crate::render::plan_problems_text(Lang::En, &p["problems"]);
         out.push(Candidate {
             key: format!("plan_incomplete/{code}/{latest}"),
             rule: "plan_incomplete",
@@ -336,7 +329,7 @@ pub fn candidates(
             addressee: code,
             escalated: false,
             deadline: None,
-            text: format!("【方案不完整】{}：实施方案不符合要求（{problems}）。请修改后重新报送。", unit_name(code, Lang::Zh)),
+            text: format!("【方案不完整】{}：实施方案不符合要求（{problems_zh}）。请修改后重新报送。", unit_name(code, Lang::Zh)),
             text_en: format!("[Plan incomplete] {}: the implementation plan does not meet the rules ({problems}). Revise and resubmit it.", unit_name(code, Lang::En)),
         });
     }

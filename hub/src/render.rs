@@ -151,14 +151,7 @@ fn reason_text(lang: Lang, b: &Value, r: &Value) -> String {
         "plan_incomplete" => format!(
             "{}{}",
             t(lang, "实施方案不完整：", "implementation plan incomplete: "),
-            r["problems"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; "))
-                .unwrap_or_default()
+            plan_problems_text(lang, &r["problems"])
         ),
         "behind_pace" | "far_behind_pace" => format!(
             "{}{}",
@@ -188,6 +181,34 @@ fn reason_text(lang: Lang, b: &Value, r: &Value) -> String {
         ),
         other => other.to_string(),
     }
+}
+
+/// Plan problems (as the bulletin JSON carries them) in words.
+pub fn plan_problems_text(lang: Lang, problems: &Value) -> String {
+    problems
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0) as u32;
+            match p["problem"].as_str() {
+                Some("years") => crate::tracking::PlanProblem::Years {
+                    covered: n("covered"),
+                    min: n("min"),
+                    max: n("max"),
+                }
+                .text(lang),
+                Some("regions") => crate::tracking::PlanProblem::Regions {
+                    year: n("year") as u16,
+                    regions: n("regions"),
+                    min: n("min"),
+                }
+                .text(lang),
+                _ => p.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(t(lang, "；", "; "))
 }
 
 fn reasons(lang: Lang, b: &Value, l: &Value) -> String {
@@ -317,7 +338,7 @@ pub fn markdown(b: &Value, lang: Lang) -> String {
             s,
             "- {}：{}",
             v["code"].as_str().unwrap_or(""),
-            v["problems"]
+            plan_problems_text(lang, &v["problems"])
         );
     }
     let _ = writeln!(
@@ -506,9 +527,11 @@ th{{background:#f3f3f3}} td.num{{text-align:right;font-variant-numeric:tabular-n
         let class = p["pace"]["class"].as_str().unwrap_or("");
         let _ = write!(
             s,
-            "<tr data-code=\"{code}\"><td class=\"num\">{rank}</td><td>{name}</td><td class=\"num\">{new}</td>\
+            "<tr data-code=\"{code}\" data-new=\"{raw_new}\" data-pace=\"{raw_pace}\"><td class=\"num\">{rank}</td><td>{name}</td><td class=\"num\">{new}</td>\
              <td><div class=\"bar\" title=\"{pct}\"><span class=\"{class}\" style=\"width:{width:.1}%\"></span></div>{pct}</td><td>{ct} / {cs}</td>",
             code = esc(p["code"].as_str().unwrap_or("")),
+            raw_new = p["new_spaces"].as_i64().unwrap_or(0),
+            raw_pace = ratio.map_or(String::new(), |r| format!("{r:.6}")),
             rank = p["rank"],
             name = esc(&name(lang, p)),
             new = count(lang, p["new_spaces"].as_i64().unwrap_or(0)),
@@ -573,7 +596,13 @@ th{{background:#f3f3f3}} td.num{{text-align:right;font-variant-numeric:tabular-n
             .as_array()
             .into_iter()
             .flatten()
-            .map(|v| format!("{} {}", v["name"].as_str().unwrap_or(""), v["problems"]))
+            .map(|v| {
+                format!(
+                    "{}：{}",
+                    v["name"].as_str().unwrap_or(""),
+                    plan_problems_text(lang, &v["problems"])
+                )
+            })
             .collect(),
     );
     list(

@@ -209,17 +209,63 @@ fn people(f: &Figures) -> Option<u64> {
     }
 }
 
+/// A way an implementation plan breaks the campaign's plan rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum PlanProblem {
+    /// The plan covers too few or too many years.
+    Years {
+        /// Years covered.
+        covered: u32,
+        /// Fewest allowed.
+        min: u32,
+        /// Most allowed.
+        max: u32,
+    },
+    /// Too few regions enter the rollout in a year.
+    Regions {
+        /// The year.
+        year: u16,
+        /// Regions inside the unit entering that year.
+        regions: u32,
+        /// Fewest required.
+        min: u32,
+    },
+}
+
+impl PlanProblem {
+    /// The problem in words.
+    pub fn text(&self, lang: crate::render::Lang) -> String {
+        use crate::render::Lang;
+        match (self, lang) {
+            (PlanProblem::Years { covered, min, max }, Lang::Zh) => {
+                format!("方案覆盖{covered}年，应为{min}—{max}年")
+            }
+            (PlanProblem::Years { covered, min, max }, Lang::En) => {
+                format!("plan covers {covered} year(s); it must cover {min}–{max}")
+            }
+            (PlanProblem::Regions { year, regions, min }, Lang::Zh) => {
+                format!("{year}年纳入{regions}个区域，每年应不少于{min}个")
+            }
+            (PlanProblem::Regions { year, regions, min }, Lang::En) => format!(
+                "{year}: {regions} region(s) enter the rollout; at least {min} are required"
+            ),
+        }
+    }
+}
+
 /// Problems of the latest implementation plan of a unit.
-pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) -> Vec<String> {
+pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) -> Vec<PlanProblem> {
     let rules = campaign.plan;
     let mut out = Vec::new();
     let years = plan.details.years.clone().unwrap_or_default();
     let n = years.len() as u32;
     if n < rules.min_years || n > rules.max_years {
-        out.push(format!(
-            "plan covers {n} year(s); it must cover {}–{}",
-            rules.min_years, rules.max_years
-        ));
+        out.push(PlanProblem::Years {
+            covered: n,
+            min: rules.min_years,
+            max: rules.max_years,
+        });
     }
     for (year, regions) in &years {
         let inside = regions
@@ -227,10 +273,11 @@ pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) ->
             .filter(|r| r.is_within(unit) && **r != unit)
             .count() as u32;
         if inside < rules.min_regions_per_year {
-            out.push(format!(
-                "{year}: {inside} region(s) enter the rollout; at least {} are required",
-                rules.min_regions_per_year
-            ));
+            out.push(PlanProblem::Regions {
+                year: *year,
+                regions: inside,
+                min: rules.min_regions_per_year,
+            });
         }
     }
     out
@@ -606,7 +653,19 @@ mod tests {
         let problems = plan_problems(&c, gd, &p);
         assert_eq!(
             problems,
-            ["2019: 2 region(s) enter the rollout; at least 3 are required"]
+            [PlanProblem::Regions {
+                year: 2019,
+                regions: 2,
+                min: 3
+            }]
+        );
+        assert_eq!(
+            problems[0].text(crate::render::Lang::En),
+            "2019: 2 region(s) enter the rollout; at least 3 are required"
+        );
+        assert_eq!(
+            problems[0].text(crate::render::Lang::Zh),
+            "2019年纳入2个区域，每年应不少于3个"
         );
         p.details.years = Some(BTreeMap::from([(
             2018,
@@ -614,7 +673,11 @@ mod tests {
         )]));
         assert_eq!(
             plan_problems(&c, gd, &p),
-            ["plan covers 1 year(s); it must cover 2–3"]
+            [PlanProblem::Years {
+                covered: 1,
+                min: 2,
+                max: 3
+            }]
         );
     }
 }

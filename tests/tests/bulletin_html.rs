@@ -1,0 +1,177 @@
+//! HTML bulletins render in headless Chromium, and the Chinese and English versions carry
+//! the same figures. Screenshots go to target/screenshots/.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use spacesync_hub::bulletin;
+use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::registry;
+use spacesync_hub::render::{self, Lang};
+use spacesync_hub::store::SledStore;
+use spacesync_shared::clock::FixedClock;
+use spacesync_shared::keys::public_key_line;
+use spacesync_shared::wire::IngestBatch;
+use spacesync_shared::{Campaign, Digest, Entry, Record, SourceId};
+use spacesync_tests::browser::Browser;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+/// A hub with two provinces' data and one bulletin; returns the bulletin.
+fn a_bulletin(dir: &std::path::Path) -> Value {
+    let store = Arc::new(SledStore::open(dir).expect("store"));
+    let clock = Arc::new(FixedClock::new(at("2018-11-20T09:00:00+08:00")));
+    let hub = Hub::open(
+        store.clone(),
+        SigningKey::from_bytes(&[9; 32]),
+        "spacesync-hub/test".into(),
+        Campaign::builtin_2018(),
+        clock.clone(),
+        Limits::default(),
+    )
+    .expect("hub");
+    for (n, (id, scope, county)) in [
+        ("gd-rrt", "440000", "440106"),
+        ("bj-rrt", "110000", "110105"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = SigningKey::from_bytes(&[n as u8 + 1; 32]);
+        let sid = SourceId::parse(id).expect("id");
+        let scope_code = spacesync_shared::RegionCode::parse(scope).expect("scope");
+        registry::add(
+            store.as_ref(),
+            sid.clone(),
+            scope_code,
+            &public_key_line(&key.verifying_key()),
+            at("2018-10-01T00:00:00Z"),
+        )
+        .expect("add");
+        hub.refresh_registry().expect("refresh");
+        let records = [
+            json!({"kind":"space_count","region":county,"as_of":"2018-10-01","spaces":{"teacher":1000 + n * 100,"student":20000},
+                   "population":{"teachers":1500,"students":40000}}),
+            json!({"kind":"space_count","region":county,"as_of":"2018-11-18","spaces":{"teacher":1400 + n * 100,"student":31000 + n * 5000},
+                   "real_name":{"teacher":1300,"student":25000},"population":{"teachers":1500,"students":40000}}),
+            json!({"kind":"milestone","milestone":"implementation_plan","region":scope,"submitted_on":"2018-11-12",
+                   "document":{"title":"实施方案","sha256":"c".repeat(64)}}),
+        ];
+        let mut prev = Digest::ZERO;
+        let mut entries = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let entry = Entry {
+                source: sid.clone(),
+                seq: i as u64 + 1,
+                prev,
+                recorded_at: at("2018-11-19T09:00:00+08:00"),
+                campaign: "2018".into(),
+                record: Record::from_value(r).expect("record"),
+            };
+            let env = entry.sign(&key);
+            prev = env.payload_hash();
+            entries.push(env);
+        }
+        let out = hub
+            .ingest(IngestBatch {
+                source: sid,
+                entries,
+            })
+            .expect("ingest");
+        assert_eq!(out.status, 200, "{:?}", out.response.refused);
+    }
+    bulletin::issue(&hub, None, json!([])).expect("issue")
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_bulletins_render_in_chromium_with_the_same_figures_in_both_languages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = a_bulletin(dir.path());
+    let zh = render::html(&b, Lang::Zh);
+    let en = render::html(&b, Lang::En);
+    let app = Router::new()
+        .route("/zh", get(move || async move { Html(zh) }))
+        .route("/en", get(move || async move { Html(en) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut browser = Browser::launch();
+        let mut out = Vec::new();
+        for lang in ["zh", "en"] {
+            let loaded = browser.goto(&format!("http://{addr}/{lang}"));
+            assert_eq!(loaded.status, 200);
+            // Parsed as HTML without errors: the document is complete and well formed.
+            assert_eq!(browser.eval("document.readyState"), json!("complete"));
+            assert_eq!(browser.eval("document.querySelectorAll('parsererror').length"), json!(0));
+            assert_eq!(browser.eval("document.querySelectorAll('svg').length"), json!(1), "trajectory chart");
+            let rows = browser.eval(
+                "Array.from(document.querySelectorAll('tr[data-code]')).map(r => [r.dataset.code, r.dataset.new, r.dataset.pace, \
+                 Array.from(r.querySelectorAll('td')).slice(5).map(td => td.className)])",
+            );
+            let title = browser.eval("document.title");
+            let shot = browser.screenshot(&screenshots().join(format!("bulletin-{lang}.png")));
+            assert!(shot.exists());
+            out.push((rows, title));
+        }
+        out
+    })
+    .await
+    .expect("browser task");
+    let (zh_rows, zh_title) = &rows[0];
+    let (en_rows, en_title) = &rows[1];
+    assert_eq!(
+        zh_rows.as_array().map(Vec::len),
+        Some(32),
+        "every unit has a row"
+    );
+    assert_eq!(
+        zh_rows, en_rows,
+        "the same figures and statuses in both languages"
+    );
+    assert!(
+        zh_title
+            .as_str()
+            .unwrap_or("")
+            .contains("进度通报（第1期）"),
+        "{zh_title}"
+    );
+    assert!(
+        en_title
+            .as_str()
+            .unwrap_or("")
+            .contains("Progress Bulletin No. 1"),
+        "{en_title}"
+    );
+    // The figures shown are the bulletin's.
+    let gd = zh_rows
+        .as_array()
+        .and_then(|r| r.iter().find(|row| row[0] == "440000"))
+        .cloned()
+        .expect("Guangdong row");
+    let want = b["provinces"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["code"] == "440000"))
+        .map(|p| p["new_spaces"].to_string())
+        .expect("Guangdong in bulletin");
+    assert_eq!(gd[1].as_str(), Some(want.as_str()));
+}
