@@ -159,6 +159,9 @@ impl Item {
             format!("real_name_{k}")
         } else if let Some(k) = field.strip_prefix("population.") {
             k.to_string()
+        } else if field == "spaces" {
+            // The record-level "no space kind given": name the columns that give them.
+            return "columns teacher … region_spaces".to_string();
         } else {
             field.to_string()
         };
@@ -203,7 +206,7 @@ pub fn split_json(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
             .to_string(),
     };
     if trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(json_err)?;
+        let v: Value = crate::json::from_str(text).map_err(json_err)?;
         let Value::Array(items) = v else {
             return Err(BatchError::Empty);
         };
@@ -226,7 +229,8 @@ pub fn split_json(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
             .collect());
     }
     let mut out = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut stream =
+        serde_json::Deserializer::from_str(text).into_iter::<crate::json::StrictJson>();
     loop {
         // The stream's offset is at the end of the previous value; skip whitespace to find
         // where this one starts.
@@ -236,7 +240,7 @@ pub fn split_json(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
         match stream.next() {
             None => break,
             Some(Err(e)) => return Err(json_err(e)),
-            Some(Ok(value)) => {
+            Some(Ok(crate::json::StrictJson(value))) => {
                 if out.len() == max {
                     return Err(BatchError::TooMany { max });
                 }
@@ -348,6 +352,12 @@ pub fn split_csv(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
                 CSV_COLUMNS.join(",")
             ),
         })?;
+        if columns.iter().any(|(x, _): &(String, Column)| x == h) {
+            return Err(BatchError::Csv {
+                line: 1,
+                message: format!("column {h:?} appears twice in the header"),
+            });
+        }
         columns.push((h.to_string(), c));
     }
     for required in ["region", "as_of"] {
@@ -517,4 +527,44 @@ pub fn space_counts_to_csv(rows: &[SpaceCount]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(text: &str, format: Format) -> Vec<String> {
+        match parse(text.as_bytes(), format, 100, |_, _| Vec::new()) {
+            Ok(r) => panic!("accepted {r:?}"),
+            Err(e) => e.lines(),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_columns_are_refused_by_name() {
+        let dup = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"a","title":"b"}"#;
+        let lines = refusal(dup, Format::Json);
+        assert!(lines[0].contains("duplicate key \"title\""), "{lines:?}");
+        let ndjson = format!("{dup}\n{dup}\n");
+        assert!(refusal(&ndjson, Format::Json)[0].contains("duplicate key"));
+        let csv = "region,as_of,teacher,teacher\n440106,2018-11-20,1,2\n";
+        assert_eq!(
+            refusal(csv, Format::Csv),
+            ["line 1: column \"teacher\" appears twice in the header"]
+        );
+        let no_counts = "region,as_of,teacher\n440106,2018-11-20,\n";
+        assert_eq!(
+            refusal(no_counts, Format::Csv),
+            [
+                "record 1 (line 2): columns teacher … region_spaces: must give at least one space kind"
+            ]
+        );
+        let selfnom = r#"{"kind":"recommendation","level":"city","by":"440100","nominee":{"type":"region","code":"440100"}}"#;
+        assert_eq!(
+            refusal(selfnom, Format::Json),
+            [
+                "record 1 (line 1): nominee.code: 440100 cannot nominate itself; a region is nominated by the level above"
+            ]
+        );
+    }
 }

@@ -10,7 +10,6 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
 
 use crate::dsse::{Digest, DsseError, Envelope};
 use crate::record::{Problem, Record};
@@ -101,7 +100,8 @@ struct RawEntry {
     prev: Digest,
     recorded_at: DateTime<Utc>,
     campaign: String,
-    record: Value,
+    /// Read with duplicate keys refused, like every record.
+    record: crate::json::StrictJson,
 }
 
 /// Why an envelope is not a valid entry.
@@ -136,7 +136,7 @@ impl Entry {
         if raw.seq == 0 {
             return Err(EntryError::Malformed("seq must be ≥ 1".into()));
         }
-        let record = Record::from_value(&raw.record).map_err(EntryError::Record)?;
+        let record = Record::from_value(&raw.record.0).map_err(EntryError::Record)?;
         Ok(Entry {
             source: raw.source,
             seq: raw.seq,

@@ -11,6 +11,7 @@
 //! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
 //! - [`entry`]: signed, hash-chained entries and chain verification.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
+//! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
 //! - [`clock`]: the clock trait and its implementations.
@@ -20,6 +21,7 @@ pub mod campaign;
 pub mod clock;
 pub mod dsse;
 pub mod entry;
+pub mod json;
 pub mod keys;
 pub mod merkle;
 pub mod record;

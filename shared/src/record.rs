@@ -555,6 +555,9 @@ pub enum ProblemKind {
         /// The region it must lie in.
         container: RegionCode,
     },
+    /// A region nominating itself.
+    #[error("{0} cannot nominate itself; a region is nominated by the level above")]
+    SelfNomination(RegionCode),
     /// A region at the wrong level.
     #[error("{code} is a {got} code; expected a {expected} code")]
     WrongLevel {
@@ -1198,7 +1201,9 @@ impl Reader {
                 Nominee::Region { code, .. } => code.is_within(by) && *code != by,
                 Nominee::School { region, .. } => region.is_within(by),
             };
-            if !inside {
+            if matches!(n, Nominee::Region { code, .. } if *code == by) {
+                self.problem("nominee.code", ProblemKind::SelfNomination(by));
+            } else if !inside {
                 self.problem(
                     match n {
                         Nominee::Region { .. } => "nominee.code",
