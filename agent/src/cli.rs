@@ -623,8 +623,13 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
     } else {
+        let pruned = if rep.pruned_through > 0 {
+            format!(", 1–{} pruned after delivery", rep.pruned_through)
+        } else {
+            String::new()
+        };
         println!(
-            "checked {} entries (seqs {}–{}, earlier ones pruned after delivery) and {} receipts",
+            "checked {} entries (seqs {}–{}{pruned}) and {} receipts",
             rep.entries,
             rep.pruned_through + 1,
             rep.head_seq,

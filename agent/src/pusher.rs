@@ -492,8 +492,8 @@ impl Pusher {
             .and_then(|b| b.code)
             .map(code_name)
             .unwrap_or_else(|| match status.as_u16() {
-                401 => "unknown_source".into(),
-                403 => "revoked_key".into(),
+                401 => "unauthorized".into(),
+                403 => "forbidden".into(),
                 _ => format!("http_{}", status.as_u16()),
             });
         let msg = parsed
@@ -506,6 +506,10 @@ impl Pusher {
                 self.ident.key_line()
             ),
             "revoked_key" => "ask the hub operator why the key was revoked; enrol a new key".into(),
+            "unauthorized" | "bad_signature" => format!(
+                "check the agent's clock (requests are signed with a timestamp) and that the hub has this source's key {}",
+                self.ident.key_line()
+            ),
             _ => "check with the hub operator".into(),
         };
         alarm(
@@ -823,7 +827,7 @@ impl Pusher {
             let through = self.store.put_notices(&page.notices)?;
             self.store.flush_async().await?;
             for n in &page.notices {
-                warn!(notice = n.id, rule = %n.rule, subject = %n.subject, deadline = ?n.deadline, text = %n.text_en, "Notice from the hub.");
+                warn!(notice = n.id, rule = %n.rule, subject = %n.subject, deadline = %n.deadline.map(|d| d.to_string()).unwrap_or_default(), text = %n.text_en, "Notice from the hub.");
             }
             self.notices_stored.notify_one();
             let ack = serde_json::to_vec(&NoticeAck { through }).unwrap_or_default();

@@ -227,6 +227,9 @@ async fn head(fx: &Fixture, headers: &[(&'static str, String)], path: &str) -> R
     fx.th.send(b.body(Body::empty()).expect("request")).await
 }
 
+/// Signed-request headers as `wire::sign_request` makes them.
+type Headers = Vec<(&'static str, String)>;
+
 fn signed(
     a: &Agent,
     path: &str,
@@ -249,7 +252,7 @@ async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source() {
     impostor[0].1 = "gd-a".into();
     let mut unknown = signed(&fx.gd, PATH_AGENT_HEAD, t0(), 6);
     unknown[0].1 = "gd-zz".into();
-    let cases: Vec<(&str, Vec<(&'static str, String)>, &str, &str)> = vec![
+    let cases: Vec<(&str, Headers, &str, &str)> = vec![
         ("unsigned", vec![], PATH_AGENT_HEAD, "missing"),
         ("replayed", good.clone(), PATH_AGENT_HEAD, "replay"),
         (

@@ -477,20 +477,29 @@ async fn corrupted_proofs_and_checkpoints_are_refused() {
     for (path, reason) in [
         (
             format!("/v1/proof/inclusion?index={size}&size={size}"),
-            "index",
+            "outside a tree",
         ),
         (
             format!("/v1/proof/inclusion?index=0&size={}", size + 1),
             "larger than the log",
         ),
-        (format!("/v1/proof/inclusion?index=0&size=0"), "index"),
+        (
+            "/v1/proof/inclusion?index=0&size=0".to_string(),
+            "outside a tree of size 0",
+        ),
         (
             format!("/v1/proof/consistency?old=1&new={}", size + 1),
             "larger than the log",
         ),
         (format!("/v1/proof/consistency?old={}", size + 1), "exceeds"),
-        (format!("/v1/proof/consistency?old=5&new=3"), "5"),
-        ("/v1/proof/inclusion?index=x".to_string(), "index"),
+        (
+            "/v1/proof/consistency?old=5&new=3".to_string(),
+            "old tree size 5 exceeds new tree size 3",
+        ),
+        (
+            "/v1/proof/inclusion?index=x".to_string(),
+            "index: invalid digit",
+        ),
     ] {
         let r = g.th.get(&path, None).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text());

@@ -22,6 +22,9 @@ use spacesync_shared::{Campaign, Record, RegionCode, SourceId};
 
 // ---- snapshots of everything the views answer --------------------------------------------
 
+/// (province, milestone id).
+type MilestoneKey = (RegionCode, String);
+
 /// Everything the views answer, owned, so views from different hubs can be compared.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -30,7 +33,7 @@ struct Snapshot {
     totals: BTreeMap<RegionCode, Figures>,
     schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>>,
     flags: Vec<Flag>,
-    milestones: Vec<((RegionCode, String), Vec<(Meta, Milestone)>)>,
+    milestones: Vec<(MilestoneKey, Vec<(Meta, Milestone)>)>,
     counted: Vec<(Meta, Recommendation)>,
     violations: Vec<(Meta, QuotaViolation)>,
     activities: Vec<(Meta, Activity)>,
@@ -171,7 +174,7 @@ fn counts(rng: &mut Rng) -> (Value, Option<Value>) {
             }
         }
     }
-    let real = (!real.is_empty()).then(|| Value::Object(real));
+    let real = (!real.is_empty()).then_some(Value::Object(real));
     (Value::Object(spaces), real)
 }
 
@@ -205,7 +208,8 @@ fn random_record(rng: &mut Rng, area: &Area, seq: u64) -> Value {
     }
     if roll < 76 {
         let ids = ["contact_form", "implementation_plan", "recommendations"];
-        let mut v = milestone(*rng.pick(&ids), &p, &date(rng));
+        let id = *rng.pick(&ids);
+        let mut v = milestone(id, &p, &date(rng));
         if v["milestone"] == "implementation_plan" && area.cities.len() >= 3 {
             let cs: Vec<String> = area.cities.iter().map(ToString::to_string).collect();
             v["details"] = json!({ "years": { "2018": cs, "2019": cs } });
@@ -241,8 +245,9 @@ fn random_record(rng: &mut Rng, area: &Area, seq: u64) -> Value {
 /// An independent model of one subject's merge: per kind, among snapshots not withdrawn,
 /// the latest `as_of` wins and a tie goes to the later log entry.
 fn model_school_spaces(views: &Views) -> BTreeMap<(RegionCode, SchoolCode), SpaceCounts> {
-    let mut best: BTreeMap<(RegionCode, SchoolCode), [Option<(NaiveDate, u64, u64)>; 8]> =
-        BTreeMap::new();
+    // Per school and kind: (as_of, log index, count) of the winner so far.
+    type Slots = [Option<(NaiveDate, u64, u64)>; 8];
+    let mut best: BTreeMap<(RegionCode, SchoolCode), Slots> = BTreeMap::new();
     for item in views.live() {
         let Record::SpaceCount(s) = &item.record else {
             continue;

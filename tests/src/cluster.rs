@@ -1,0 +1,739 @@
+//! A cluster on loopback: one real `spacesync-hub serve` process and a few real
+//! `spacesync-agent run` processes, the agents reaching the hub through a
+//! [`FaultProxy`], all on fixed clocks (`--now`), with short push timings so delivery
+//! settles in well under a second once faults stop. Plus the workload: writers that post
+//! uniquely identified records to the agents' intake and keep a [`History`].
+//!
+//! The hub binary is this package's `spacesync-hub-under-test` (the hub's own `main`),
+//! found next to the test executable like the agent's (see `agent_harness`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use spacesync_agent::config::{Config, DataDir};
+use spacesync_shared::{Record, SourceId};
+
+use crate::agent_harness::{agent_bin, free_port};
+use crate::checker::SharedHistory;
+use crate::fault_proxy::{FaultPlan, FaultProxy};
+
+/// The instant every clock of the cluster is fixed at: inside the 2018 campaign.
+pub const NOW: &str = "2018-11-25T02:00:00Z";
+
+/// Path of the hub binary (this package's `spacesync-hub-under-test`).
+pub fn hub_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = agent_bin().with_file_name(format!(
+            "spacesync-hub-under-test{}",
+            std::env::consts::EXE_SUFFIX
+        ));
+        assert!(
+            bin.exists(),
+            "{} is missing; run the tests through `cargo test -p spacesync-tests`, which builds it",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// One province's agent: source id, scope and the county its records are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// Source id.
+    pub source: &'static str,
+    /// Scope (the province).
+    pub scope: &'static str,
+    /// A county inside the scope (real GB/T 2260 code).
+    pub county: &'static str,
+}
+
+/// Sites for up to eight agents.
+pub const SITES: [Site; 8] = [
+    Site {
+        source: "gd-rrt",
+        scope: "440000",
+        county: "440106",
+    },
+    Site {
+        source: "bj-rrt",
+        scope: "110000",
+        county: "110105",
+    },
+    Site {
+        source: "sc-rrt",
+        scope: "510000",
+        county: "510104",
+    },
+    Site {
+        source: "zj-rrt",
+        scope: "330000",
+        county: "330106",
+    },
+    Site {
+        source: "js-rrt",
+        scope: "320000",
+        county: "320102",
+    },
+    Site {
+        source: "hb-rrt",
+        scope: "420000",
+        county: "420106",
+    },
+    Site {
+        source: "sd-rrt",
+        scope: "370000",
+        county: "370102",
+    },
+    Site {
+        source: "hn-rrt",
+        scope: "430000",
+        county: "430102",
+    },
+];
+
+fn open_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// SIGTERM, then wait up to 20 s (SIGKILL and panic beyond that).
+fn terminate(child: &mut Child, what: &str, log: &dyn Fn() -> String) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not stop on SIGTERM; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Log level of the processes (`SPACESYNC_LOG`, default `warn`).
+fn log_level() -> String {
+    std::env::var("SPACESYNC_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// The hub process and its data directory.
+pub struct HubNode {
+    /// The data directory.
+    pub dir: tempfile::TempDir,
+    /// The port `serve` listens on, the same across restarts.
+    pub port: u16,
+    /// The hub's public key line.
+    pub key_line: String,
+    /// Processes started so far.
+    pub starts: u64,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl HubNode {
+    /// `init`s a hub; the per-source rate limit is raised so faults, not the limiter,
+    /// shape the traffic.
+    pub fn init() -> HubNode {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let out = Command::new(hub_bin())
+            .arg("--data")
+            .arg(dir.path())
+            .arg("init")
+            .output()
+            .unwrap_or_else(|e| panic!("hub init: {e}"));
+        assert!(
+            out.status.success(),
+            "hub init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let cfg = dir.path().join("hub.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+        let text = text
+            .replace("rate_per_source = 20.0", "rate_per_source = 100000.0")
+            .replace("burst_per_source = 100.0", "burst_per_source = 100000.0");
+        std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+        HubNode {
+            dir,
+            port: free_port(),
+            key_line,
+            starts: 0,
+            child: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Runs a subcommand to completion (`--data` is added).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(hub_bin())
+            .arg("--data")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("hub {args:?}: {e}"))
+    }
+
+    /// `agents add` (the hub must be stopped: sled holds one process per store).
+    pub fn register(&self, site: &Site, key_line: &str) {
+        let out = self.cli(&[
+            "agents",
+            "add",
+            "--source",
+            site.source,
+            "--scope",
+            site.scope,
+            "--key",
+            key_line,
+        ]);
+        assert!(
+            out.status.success(),
+            "agents add {}: {}",
+            site.source,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The sled store directory.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("db")
+    }
+
+    /// The hub's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// True while a process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Spawns `serve --now NOW` without waiting.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "hub already running");
+        let log = open_log(&self.dir.path().join("hub.log"));
+        let child = Command::new(hub_bin())
+            .arg("--data")
+            .arg(self.dir.path())
+            .args(["serve", "--now", NOW, "--listen"])
+            .arg(self.addr().to_string())
+            .env("RUST_LOG", log_level())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("hub serve: {e}"));
+        self.starts += 1;
+        self.child = Some(child);
+    }
+
+    /// Spawns `serve` and waits for `/healthz`; respawns when the process exits at start.
+    pub async fn start(&mut self) {
+        for _ in 0..20 {
+            self.spawn();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(c) = self.child.as_mut()
+                    && let Ok(Some(_)) = c.try_wait()
+                {
+                    self.child = None;
+                    break;
+                }
+                let ok = self
+                    .http
+                    .get(format!("http://{}/healthz", self.addr()))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the hub did not answer /healthz; log:\n{}",
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the hub would not start; log:\n{}", self.log());
+    }
+
+    /// SIGKILL, then reap. Returns whether a process was killed.
+    pub fn kill(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGTERM (graceful), then reap.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, "the hub", &|| self.log());
+        }
+    }
+}
+
+impl Drop for HubNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One agent process and its data directory.
+pub struct AgentNode {
+    /// Where it reports from.
+    pub site: Site,
+    /// The data directory.
+    pub dir: tempfile::TempDir,
+    /// Its local API port.
+    pub port: u16,
+    /// Its public key line.
+    pub key_line: String,
+    /// Processes started so far.
+    pub starts: u64,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl AgentNode {
+    /// `init`s an agent for `site` against `hub` (pinning `hub_key`), with fast push
+    /// timings, then lets `tweak` change the configuration.
+    pub fn init(site: Site, hub: &str, hub_key: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let port = free_port();
+        let out = Command::new(agent_bin())
+            .arg("--data")
+            .arg(dir.path())
+            .args([
+                "init",
+                "--source",
+                site.source,
+                "--scope",
+                site.scope,
+                "--hub",
+                hub,
+                "--hub-key",
+                hub_key,
+            ])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap_or_else(|e| panic!("agent init: {e}"));
+        assert!(
+            out.status.success(),
+            "agent init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dd = DataDir::new(dir.path());
+        let mut cfg = Config::load(&dd.config()).unwrap_or_else(|e| panic!("{e}"));
+        cfg.push.interval_secs = 0.2;
+        cfg.push.retry_base_secs = 0.02;
+        cfg.push.retry_cap_secs = 0.3;
+        cfg.push.reprobe_secs = 0.5;
+        cfg.push.timeout_secs = 1.0;
+        cfg.push.notices_secs = 1.0;
+        cfg.intake.spool_poll_ms = 1000;
+        tweak(&mut cfg);
+        std::fs::write(dd.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        AgentNode {
+            site,
+            dir,
+            port,
+            key_line,
+            starts: 0,
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// The source id.
+    pub fn source(&self) -> SourceId {
+        SourceId::parse(self.site.source).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The data directory layout.
+    pub fn data(&self) -> DataDir {
+        DataDir::new(self.dir.path())
+    }
+
+    /// Base URL of the local API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// True while a process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Runs a subcommand to completion (`--data` is added).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .arg("--data")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("agent {args:?}: {e}"))
+    }
+
+    /// Starts `run --now NOW` and waits for `/healthz`; respawns when the process exits
+    /// at start (its port briefly still held).
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        for _ in 0..20 {
+            let log = open_log(&self.dir.path().join("agent.log"));
+            let err = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+            let child = Command::new(agent_bin())
+                .arg("--data")
+                .arg(self.dir.path())
+                .args(["run", "--now", NOW])
+                .env("RUST_LOG", log_level())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .unwrap_or_else(|e| panic!("agent run: {e}"));
+            self.starts += 1;
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(c) = self.child.as_mut()
+                    && let Ok(Some(_)) = c.try_wait()
+                {
+                    self.child = None;
+                    break;
+                }
+                let ok = self
+                    .http
+                    .get(format!("{}/healthz", self.url()))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "agent {} did not answer /healthz; log:\n{}",
+                    self.site.source,
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "agent {} would not start; log:\n{}",
+            self.site.source,
+            self.log()
+        );
+    }
+
+    /// SIGKILL, then reap. Returns whether a process was killed.
+    pub fn kill(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGTERM (graceful), then reap.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let what = format!("agent {}", self.site.source);
+            terminate(&mut c, &what, &|| self.log());
+        }
+    }
+
+    /// `GET /v1/status`, or `None` when it does not answer.
+    pub async fn status(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v1/status", self.url()))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+}
+
+impl Drop for AgentNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The hub, the proxy in front of it, and the agents.
+pub struct Cluster {
+    /// The hub.
+    pub hub: HubNode,
+    /// The proxy every agent reaches the hub through.
+    pub proxy: FaultProxy,
+    /// The agents.
+    pub agents: Vec<AgentNode>,
+}
+
+impl Cluster {
+    /// Initialises a hub and `k` agents (registered at the hub, pinning its key), starts
+    /// the proxy with `plan` and every process.
+    pub async fn start(
+        k: usize,
+        seed: u64,
+        plan: FaultPlan,
+        tweak: impl Fn(&mut Config),
+    ) -> Cluster {
+        assert!(k <= SITES.len(), "at most {} agents", SITES.len());
+        let mut hub = HubNode::init();
+        let proxy = FaultProxy::start(hub.addr(), plan, seed).await;
+        let agents: Vec<AgentNode> = SITES[..k]
+            .iter()
+            .map(|site| {
+                let a = AgentNode::init(*site, &proxy.url(), &hub.key_line, &tweak);
+                hub.register(site, &a.key_line);
+                a
+            })
+            .collect();
+        hub.start().await;
+        let mut c = Cluster { hub, proxy, agents };
+        for a in &mut c.agents {
+            a.start().await;
+        }
+        c
+    }
+
+    /// Waits until every agent reports everything it holds receipted by the hub
+    /// (`acked_seq == head_seq`) and no alarm; panics with the statuses after `timeout`.
+    pub async fn wait_drained(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut pending = Vec::new();
+            for a in &self.agents {
+                let s = a.status().await.unwrap_or(Value::Null);
+                let done = s["head_seq"].is_u64()
+                    && s["acked_seq"] == s["head_seq"]
+                    && s["alarm"].is_null();
+                if !done {
+                    pending.push(format!(
+                        "{}: head {} acked {} alarm {} last error {}",
+                        a.site.source, s["head_seq"], s["acked_seq"], s["alarm"], s["last_error"]
+                    ));
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "agents did not drain within {timeout:?}:\n{}",
+                pending.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The records one site's writer posts; write `n` is a space count for every third `n`
+/// (while school-and-date pairs last), otherwise an activity titled with its id.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    site: Site,
+    source: SourceId,
+    next: u64,
+}
+
+/// Schools per county the space counts rotate through.
+const SCHOOLS: u64 = 97;
+/// Days of `as_of` dates the space counts spread over (from 2018-08-01).
+const DAYS: u64 = 110;
+
+impl Workload {
+    /// A workload for `site`.
+    pub fn new(site: Site) -> Workload {
+        Workload {
+            site,
+            source: SourceId::parse(site.source).unwrap_or_else(|e| panic!("{e}")),
+            next: 0,
+        }
+    }
+
+    /// The next write: its id, its JSON line and the record.
+    pub fn next_write(&mut self) -> (String, String, Record) {
+        let n = self.next;
+        self.next += 1;
+        let m = n / 3;
+        let county = self.site.county;
+        let value = if n % 3 == 0 && m < SCHOOLS * DAYS {
+            // Each (school, as_of) once; later dates carry larger counts (no decrease flags).
+            let as_of = NaiveDate::from_ymd_opt(2018, 8, 1)
+                .unwrap_or_default()
+                .checked_add_days(chrono::Days::new(m / SCHOOLS))
+                .unwrap_or_default();
+            let teacher = 100 + m;
+            json!({"kind": "space_count", "region": county,
+                "school": format!("{county}{:04}", m % SCHOOLS), "as_of": as_of.to_string(),
+                "spaces": {"teacher": teacher, "student": teacher * 10}})
+        } else {
+            json!({"kind": "activity", "region": county, "date": "2018-11-20",
+                "category": "training", "title": format!("fs-{}-{n}", self.site.source)})
+        };
+        let record = Record::from_value(&value).unwrap_or_else(|p| panic!("{value}: {p:?}"));
+        let id = crate::checker::write_id(&self.source, &record)
+            .unwrap_or_else(|| panic!("{value} has no write id"));
+        (id, value.to_string(), record)
+    }
+}
+
+/// What a writer saw.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Batches answered 200.
+    pub ok: AtomicU64,
+    /// Batches answered 503 "buffer full".
+    pub full: AtomicU64,
+    /// Batches that never connected (agent down).
+    pub not_sent: AtomicU64,
+    /// Batches whose fate is unknown (connection cut, other answers).
+    pub unknown: AtomicU64,
+    /// Records acknowledged while the hub was down.
+    pub acked_while_hub_down: AtomicU64,
+}
+
+/// Posts batches of 1–4 records of `work` to the agent at `url` until `stop`, recording
+/// every write in `history`. `hub_down` tells whether the hub is down right now.
+pub async fn write_loop(
+    url: String,
+    mut work: Workload,
+    history: SharedHistory,
+    stats: Arc<WriterStats>,
+    stop: Arc<AtomicBool>,
+    hub_down: Arc<AtomicBool>,
+    seed: u64,
+) -> Workload {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let source = work.source.clone();
+    while !stop.load(Ordering::Relaxed) {
+        let n = rng.random_range(1..=4);
+        let writes: Vec<(String, String, Record)> = (0..n).map(|_| work.next_write()).collect();
+        let body = writes
+            .iter()
+            .map(|w| w.1.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let ids: Vec<String> = writes.iter().map(|w| w.0.clone()).collect();
+        {
+            let attempted: Vec<(String, Record)> =
+                writes.into_iter().map(|(id, _, r)| (id, r)).collect();
+            history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .attempt(&source, &attempted);
+        }
+        let down_before = hub_down.load(Ordering::Relaxed);
+        let sent = http
+            .post(format!("{url}/v1/records"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let mut failed = true;
+        match sent {
+            Err(e) if e.is_connect() => {
+                stats.not_sent.fetch_add(1, Ordering::Relaxed);
+                history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .refuse(ids);
+            }
+            Err(_) => {
+                stats.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                match status {
+                    200 => {
+                        let seqs: Vec<u64> =
+                            serde_json::from_value(v["seqs"].clone()).unwrap_or_default();
+                        assert_eq!(seqs.len(), ids.len(), "200 with one seq per record: {v}");
+                        if down_before && hub_down.load(Ordering::Relaxed) {
+                            stats
+                                .acked_while_hub_down
+                                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                        }
+                        history
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .acknowledge(ids, &seqs);
+                        stats.ok.fetch_add(1, Ordering::Relaxed);
+                        failed = false;
+                    }
+                    503 if v["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("buffer is full")) =>
+                    {
+                        stats.full.fetch_add(1, Ordering::Relaxed);
+                        history
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .refuse(ids);
+                    }
+                    400..=499 => panic!("{source}: a valid batch was refused ({status}): {v}"),
+                    _ => {
+                        stats.unknown.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let pause = if failed {
+            rng.random_range(10..30)
+        } else {
+            rng.random_range(15..45)
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    work
+}
