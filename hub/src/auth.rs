@@ -184,10 +184,7 @@ impl NonceCache {
         if seen.len() > 10_000 {
             seen.retain(|_, t| *t > now - self.window * 2);
         }
-        if seen
-            .get(nonce)
-            .is_some_and(|t| *t > now - self.window * 2)
-        {
+        if seen.get(nonce).is_some_and(|t| *t > now - self.window * 2) {
             return false;
         }
         seen.insert(nonce.to_string(), now);

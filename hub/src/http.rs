@@ -209,7 +209,31 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::map_response(bare_errors_as_json))
         .with_state(state)
+}
+
+/// Error answers made by layers below the handlers (e.g. an unsupported
+/// `Content-Encoding` refused by the decompression layer) come without a body; give them
+/// the standard error JSON so every client parses one shape.
+async fn bare_errors_as_json(r: Response) -> Response {
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || r.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return r;
+    }
+    let msg = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "unsupported Content-Encoding; send the body uncompressed or with Content-Encoding: gzip"
+                .to_string()
+        }
+        StatusCode::NOT_FOUND => "no such endpoint; see the README for the API".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take that method".to_string(),
+        other => format!("the request was refused ({other})"),
+    };
+    let code = (status == StatusCode::UNSUPPORTED_MEDIA_TYPE).then_some(RefusalCode::Invalid);
+    AppError::new(status, code, msg).into_response()
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.
@@ -272,7 +296,13 @@ async fn ingest(
             e.column()
         ))
     })?;
-    if let Err(wait) = s.limiter.take(batch.source.as_str()) {
+    // Only registered sources get a bucket, so made-up ids cannot grow the table; an
+    // unregistered source is refused by ingest with 401 as usual.
+    let registered = s.hub.state().registry.contains_key(&batch.source);
+    if let Err(wait) = registered
+        .then(|| s.limiter.take(batch.source.as_str()))
+        .unwrap_or(Ok(()))
+    {
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             Some(RefusalCode::RateLimited),

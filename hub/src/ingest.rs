@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry, check_entry_scope, verify_signatures};
+use spacesync_shared::entry::{Entry, check_entry_scope, verify_signatures};
 use spacesync_shared::wire::{
     IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
 };
@@ -141,6 +141,40 @@ impl Default for Limits {
             max_clock_skew: MAX_CLOCK_SKEW,
         }
     }
+}
+
+/// Index and reason of the first envelope whose signature does not verify with the key
+/// registered for its seq. Runs of entries signed by the same key are checked with one
+/// Ed25519 batch verification. Stops at an undecodable entry (refused before it matters).
+fn first_bad_signature(
+    reg: &SourceRecord,
+    envs: &[Envelope],
+    decoded: &[Result<Entry, spacesync_shared::entry::EntryError>],
+) -> Option<(usize, String)> {
+    let mut i = 0;
+    while i < envs.len() {
+        let Ok(first) = &decoded[i] else {
+            return None;
+        };
+        let Some(line) = reg.key_line_for(first.seq) else {
+            return Some((i, "no registered key signs this seq".into()));
+        };
+        let mut j = i + 1;
+        while j < envs.len()
+            && matches!(&decoded[j], Ok(e) if reg.key_line_for(e.seq) == Some(line))
+        {
+            j += 1;
+        }
+        let Some(key) = reg.key_for(first.seq) else {
+            return Some((i, "the registered key does not parse".into()));
+        };
+        let refs: Vec<&Envelope> = envs[i..j].iter().collect();
+        if let Err((k, e)) = verify_signatures(&refs, &key) {
+            return Some((i + k, e.to_string()));
+        }
+        i = j;
+    }
+    None
 }
 
 /// Everything guarded by the writer lock.
@@ -328,6 +362,9 @@ impl Hub {
         // Millisecond precision, as the source index stores it: a receipt re-issued for a
         // resent entry must be byte-identical to the first one.
         let now = self.clock.now().trunc_subsecs(3);
+        // Signatures first and outside the writer lock, so one batch's verification runs
+        // while another batch is being written; processing stops at the first bad one.
+        let first_bad = first_bad_signature(&reg, &batch.entries, &decoded);
 
         let mut st = self.state();
         let head = st.heads.get(&source).copied().unwrap_or_default();
@@ -338,7 +375,7 @@ impl Hub {
         // Entries new to the hub, in order, with their envelopes.
         let mut fresh: Vec<(Entry, &Envelope)> = Vec::new();
         let mut expected = head.seq + 1;
-        for (env, entry) in batch.entries.iter().zip(decoded) {
+        for (i, (env, entry)) in batch.entries.iter().zip(decoded).enumerate() {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -375,6 +412,18 @@ impl Hub {
                 status = 422;
                 break;
             }
+            if let Some((_, why)) = first_bad.as_ref().filter(|(b, _)| *b == i) {
+                refused.push(Refusal {
+                    seq: Some(entry.seq),
+                    code: RefusalCode::BadSignature,
+                    reason: format!(
+                        "seq {}: {why}; the entry was not signed by the key registered for {source}",
+                        entry.seq
+                    ),
+                });
+                status = 422;
+                break;
+            }
             if entry.seq <= head.seq {
                 let hash = env.payload_hash();
                 match self.held(&source, entry.seq)? {
@@ -383,24 +432,8 @@ impl Hub {
                         continue;
                     }
                     _ => {
-                        // Only a validly signed second entry proves equivocation; a forgery
-                        // must not raise an alarm against the source.
-                        let signed = reg
-                            .key_for(entry.seq)
-                            .ok_or_else(|| "no registered key signs this seq".to_string())
-                            .and_then(|k| {
-                                env.verify(ENTRY_PAYLOAD_TYPE, &k)
-                                    .map_err(|e| e.to_string())
-                            });
-                        if let Err(e) = signed {
-                            refused.push(Refusal {
-                                seq: Some(entry.seq),
-                                code: RefusalCode::BadSignature,
-                                reason: format!("seq {}: {e}; the entry was not signed by the key registered for {source}", entry.seq),
-                            });
-                            status = 422;
-                            break;
-                        }
+                        // The signature was checked before the lock: this is a validly
+                        // signed second entry, which proves equivocation.
                         let detail = format!(
                             "seq {}: a different entry is already held for this seq (equivocation); the hub keeps the first",
                             entry.seq
@@ -441,52 +474,6 @@ impl Hub {
             expected += 1;
             fresh.push((entry, env));
         }
-
-        // Signatures of the new entries: one batch verification per key in effect.
-        let mut cut = fresh.len();
-        let mut start = 0;
-        while start < fresh.len() {
-            let seq = fresh[start].0.seq;
-            let Some(key) = reg.key_for(seq) else {
-                cut = start;
-                refused.push(Refusal {
-                    seq: Some(seq),
-                    code: RefusalCode::BadSignature,
-                    reason: format!("seq {seq}: no registered key signs this seq"),
-                });
-                break;
-            };
-            let key_line = reg
-                .keys
-                .iter()
-                .rev()
-                .find(|k| k.from_seq <= seq)
-                .map(|k| k.key.clone());
-            let end = fresh[start..]
-                .iter()
-                .position(|(e, _)| {
-                    reg.keys
-                        .iter()
-                        .rev()
-                        .find(|k| k.from_seq <= e.seq)
-                        .map(|k| k.key.clone())
-                        != key_line
-                })
-                .map_or(fresh.len(), |p| start + p);
-            let envs: Vec<&Envelope> = fresh[start..end].iter().map(|(_, e)| *e).collect();
-            if let Err((i, e)) = verify_signatures(&envs, &key) {
-                cut = start + i;
-                let seq = fresh[cut].0.seq;
-                refused.push(Refusal {
-                    seq: Some(seq),
-                    code: RefusalCode::BadSignature,
-                    reason: format!("seq {seq}: {e}; the entry was not signed by the key registered for {source}"),
-                });
-                break;
-            }
-            start = end;
-        }
-        fresh.truncate(cut);
 
         // Chain, scope and clock checks, in order; the valid prefix is appended.
         let mut prev = head.hash;
@@ -690,9 +677,15 @@ impl Hub {
             detail: detail.to_string(),
         };
         error!(source = %source, seq, code = ?code, "Equivocation: a source sent two different entries for one seq.");
+        // Numbered after the last stored alarm, so none is ever overwritten (even one that
+        // failed to load).
+        let n = match self.store.last(keys::ALARM) {
+            Ok(Some((k, _))) => keys::tail_u64(&k).map_or(0, |n| n + 1),
+            _ => st.alarms.len() as u64,
+        };
         let mut wb = WriteBatch::new();
         wb.put(
-            keys::alarm(st.alarms.len() as u64),
+            keys::alarm(n),
             serde_json::to_vec(&alarm).unwrap_or_default(),
         );
         if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {

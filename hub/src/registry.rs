@@ -83,13 +83,19 @@ pub enum RegistryError {
 }
 
 impl SourceRecord {
-    /// The key that signs `seq`, parsed.
-    pub fn key_for(&self, seq: u64) -> Option<VerifyingKey> {
+    /// The key line that signs `seq`.
+    pub fn key_line_for(&self, seq: u64) -> Option<&str> {
         self.keys
             .iter()
             .rev()
             .find(|k| k.from_seq <= seq)
-            .and_then(|k| parse_public_key(&k.key).ok())
+            .map(|k| k.key.as_str())
+    }
+
+    /// The key that signs `seq`, parsed.
+    pub fn key_for(&self, seq: u64) -> Option<VerifyingKey> {
+        self.key_line_for(seq)
+            .and_then(|k| parse_public_key(k).ok())
     }
 
     /// The current key line.
