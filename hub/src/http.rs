@@ -299,10 +299,12 @@ async fn ingest(
     // Only registered sources get a bucket, so made-up ids cannot grow the table; an
     // unregistered source is refused by ingest with 401 as usual.
     let registered = s.hub.state().registry.contains_key(&batch.source);
-    if let Err(wait) = registered
-        .then(|| s.limiter.take(batch.source.as_str()))
-        .unwrap_or(Ok(()))
-    {
+    let taken = if registered {
+        s.limiter.take(batch.source.as_str())
+    } else {
+        Ok(())
+    };
+    if let Err(wait) = taken {
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             Some(RefusalCode::RateLimited),
