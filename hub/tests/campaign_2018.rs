@@ -140,9 +140,23 @@ fn scripted_2018_campaign_bulletins() {
     let gd_index = units.iter().position(|u| *u == gd).unwrap();
     let mut gd_b = Source::new("src-440000-b", 99);
     for (s, u) in sources.iter().zip(&units) {
-        registry::add(store.as_ref(), s.id.clone(), *u, &public_key_line(&s.key.verifying_key()), clock_now(&clock)).unwrap();
+        registry::add(
+            store.as_ref(),
+            s.id.clone(),
+            *u,
+            &public_key_line(&s.key.verifying_key()),
+            clock_now(&clock),
+        )
+        .unwrap();
     }
-    registry::add(store.as_ref(), gd_b.id.clone(), gd, &public_key_line(&gd_b.key.verifying_key()), clock_now(&clock)).unwrap();
+    registry::add(
+        store.as_ref(),
+        gd_b.id.clone(),
+        gd,
+        &public_key_line(&gd_b.key.verifying_key()),
+        clock_now(&clock),
+    )
+    .unwrap();
     hub.refresh_registry().unwrap();
 
     // Space counts: each unit reports one county's own total at the baseline and on
@@ -168,15 +182,24 @@ fn scripted_2018_campaign_bulletins() {
     clock.set(at("2018-10-15T10:00:00+08:00"));
     for (s, u) in sources.iter_mut().zip(&units) {
         let (name, phone, email) = contact(*u);
-        s.send(&hub, clock_now(&clock), json!({"kind":"milestone","milestone":"contact_form","region":u.to_string(),
+        s.send(
+            &hub,
+            clock_now(&clock),
+            json!({"kind":"milestone","milestone":"contact_form","region":u.to_string(),
             "submitted_on":"2018-10-15","document":{"title":"联系表","sha256":"a".repeat(64)},
-            "details":{"contacts":[{"name":name,"role":"处长","phone":phone,"email":email}]}}));
+            "details":{"contacts":[{"name":name,"role":"处长","phone":phone,"email":email}]}}),
+        );
     }
 
     // Implementation plans, due 2018-11-15 (CST).
     let plan = |u: RegionCode| {
         let dir = Directory::bundled();
-        let cities: Vec<String> = dir.children(u).iter().take(3).map(|c| c.to_string()).collect();
+        let cities: Vec<String> = dir
+            .children(u)
+            .iter()
+            .take(3)
+            .map(|c| c.to_string())
+            .collect();
         json!({"kind":"milestone","milestone":"implementation_plan","region":u.to_string(),"submitted_on":"2018-11-12",
             "document":{"title":"实施方案","sha256":"b".repeat(64)},
             "details":{"years":{"2018":cities,"2019":cities}}})
@@ -221,30 +244,61 @@ fn scripted_2018_campaign_bulletins() {
         .unwrap()
         .iter()
         .flat_map(|l| {
-            l["reasons"].as_array().unwrap().iter().filter(|r| r["milestone"] == "implementation_plan").map(move |r| {
-                (
-                    l["code"].as_str().unwrap().to_string(),
-                    r["reason"].as_str().unwrap().to_string(),
-                    r["days_late"].as_i64().or(r["days_overdue"].as_i64()).unwrap(),
-                )
-            })
+            l["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["milestone"] == "implementation_plan")
+                .map(move |r| {
+                    (
+                        l["code"].as_str().unwrap().to_string(),
+                        r["reason"].as_str().unwrap().to_string(),
+                        r["days_late"]
+                            .as_i64()
+                            .or(r["days_overdue"].as_i64())
+                            .unwrap(),
+                    )
+                })
         })
         .collect();
     plan_lagging.sort();
     let mut want: Vec<(String, String, i64)> = late
         .iter()
         .map(|i| (units[*i].to_string(), "milestone_late".to_string(), 1))
-        .chain(missing.iter().filter(|i| **i != extended).map(|i| (units[*i].to_string(), "milestone_missing".to_string(), 1)))
+        .chain(
+            missing
+                .iter()
+                .filter(|i| **i != extended)
+                .map(|i| (units[*i].to_string(), "milestone_missing".to_string(), 1)),
+        )
         .collect();
     want.sort();
     assert_eq!(plan_lagging, want);
     let cell = |b: &Value, code: RegionCode, id: &str| -> Value {
-        b["provinces"].as_array().unwrap().iter().find(|p| p["code"] == code.to_string()).unwrap()["milestones"][id].clone()
+        b["provinces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["code"] == code.to_string())
+            .unwrap()["milestones"][id]
+            .clone()
     };
-    assert_eq!(cell(&b1, units[grace], "implementation_plan")["status"], "on_time");
-    assert_eq!(cell(&b1, units[grace], "implementation_plan")["within_grace"], true);
-    assert_eq!(cell(&b1, units[extended], "implementation_plan")["status"], "due_soon");
-    assert_eq!(cell(&b1, units[extended], "implementation_plan")["extended_until"], "2018-11-20");
+    assert_eq!(
+        cell(&b1, units[grace], "implementation_plan")["status"],
+        "on_time"
+    );
+    assert_eq!(
+        cell(&b1, units[grace], "implementation_plan")["within_grace"],
+        true
+    );
+    assert_eq!(
+        cell(&b1, units[extended], "implementation_plan")["status"],
+        "due_soon"
+    );
+    assert_eq!(
+        cell(&b1, units[extended], "implementation_plan")["extended_until"],
+        "2018-11-20"
+    );
     assert_eq!(cell(&b1, units[0], "contact_form")["status"], "on_time");
     assert_eq!(cell(&b1, units[0], "recommendations")["status"], "not_due");
     assert_eq!(b1["nation"]["new_spaces"].as_i64(), Some(expected_new));
@@ -252,12 +306,21 @@ fn scripted_2018_campaign_bulletins() {
     // Recommendations: two Guangdong platforms each nominate 6 schools for Guangzhou
     // (quota 10): each is under quota, together they are 2 over.
     clock.set(at("2018-11-25T10:00:00+08:00"));
-    let school = |n: u32| json!({"type":"school","code":format!("44010600{n:02}"),"region":"440106"});
+    let school =
+        |n: u32| json!({"type":"school","code":format!("44010600{n:02}"),"region":"440106"});
     for n in 1..=6 {
-        sources[gd_index].send(&hub, clock_now(&clock), json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}));
+        sources[gd_index].send(
+            &hub,
+            clock_now(&clock),
+            json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}),
+        );
     }
     for n in 7..=12 {
-        gd_b.send(&hub, clock_now(&clock), json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}));
+        gd_b.send(
+            &hub,
+            clock_now(&clock),
+            json!({"kind":"recommendation","level":"city","by":"440100","nominee":school(n)}),
+        );
     }
     clock.set(at("2018-12-01T09:00:00+08:00"));
     let b2 = bulletin::issue(&hub, None, json!([])).unwrap();
@@ -301,7 +364,9 @@ fn scripted_2018_campaign_bulletins() {
     body.remove("signature");
     let resigned = resign(Value::Object(body), &hub_key);
     match bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &resigned) {
-        Err(bulletin::BulletinError::Mismatch(m)) => assert!(m.contains("nation.new_spaces"), "{m}"),
+        Err(bulletin::BulletinError::Mismatch(m)) => {
+            assert!(m.contains("nation.new_spaces"), "{m}")
+        }
         other => panic!("expected a mismatch, got {other:?}"),
     }
 
@@ -309,12 +374,29 @@ fn scripted_2018_campaign_bulletins() {
     for b in [&b1, &b2] {
         let zh = render::csv(b, Lang::Zh);
         let en = render::csv(b, Lang::En);
-        let strip = |s: &str| s.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 2).map(|(_, c)| c).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+        let strip = |s: &str| {
+            s.lines()
+                .map(|l| {
+                    l.split(',')
+                        .enumerate()
+                        .filter(|(i, _)| *i != 2)
+                        .map(|(_, c)| c)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&zh), strip(&en));
         let html_zh = render::html(b, Lang::Zh);
         let html_en = render::html(b, Lang::En);
-        assert!(html_zh.contains(&render::count(Lang::Zh, expected_new)), "zh html shows the national figure");
-        assert!(html_en.contains(&render::count(Lang::En, expected_new)), "en html shows the national figure");
+        assert!(
+            html_zh.contains(&render::count(Lang::Zh, expected_new)),
+            "zh html shows the national figure"
+        );
+        assert!(
+            html_en.contains(&render::count(Lang::En, expected_new)),
+            "en html shows the national figure"
+        );
     }
 
     // No personal data from contact forms in any bulletin, in any format, or in the logs.
@@ -327,12 +409,18 @@ fn scripted_2018_campaign_bulletins() {
             outputs.push(render::csv(b, lang));
         }
     }
-    assert!(outputs[0].contains("Appended entries"), "the log capture works");
+    assert!(
+        outputs[0].contains("Appended entries"),
+        "the log capture works"
+    );
     for u in &units {
         let (name, phone, email) = contact(*u);
         for (i, out) in outputs.iter().enumerate() {
             for secret in [&name, &phone, &email] {
-                assert!(!out.contains(secret.as_str()), "output {i} contains personal data {secret}");
+                assert!(
+                    !out.contains(secret.as_str()),
+                    "output {i} contains personal data {secret}"
+                );
             }
         }
     }
@@ -355,4 +443,3 @@ fn resign(body: Value, key: &SigningKey) -> Value {
     );
     Value::Object(m)
 }
-
