@@ -132,6 +132,14 @@ struct Tally {
     accepted_bad: Vec<String>,
 }
 
+async fn get_json(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Value> {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    Ok(req.send().await?.error_for_status()?.json().await?)
+}
+
 async fn wait_healthy(client: &reqwest::Client, url: &str) -> Result<()> {
     for _ in 0..200 {
         if let Ok(r) = client.get(url).send().await
@@ -372,12 +380,7 @@ async fn main() -> Result<()> {
     while Instant::now() < drain_deadline {
         undelivered = 0;
         for (_, url) in agents.values() {
-            let s: Value = client
-                .get(format!("{url}/v1/status"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let s = get_json(&client, &format!("{url}/v1/status"), None).await?;
             undelivered += s["buffered"].as_u64().unwrap_or(0);
         }
         if undelivered == 0 {
@@ -385,36 +388,12 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // One more bulletin with everything in, then stop.
-    let bulletins: Value = client
-        .get(format!("{hub_url}/v1/bulletins"))
-        .bearer_auth(&ministry)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let notices: Value = client
-        .get(format!("{hub_url}/v1/notices"))
-        .bearer_auth(&ministry)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let progress: Value = client
-        .get(format!("{hub_url}/v1/progress"))
-        .bearer_auth(&ministry)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let bulletins = get_json(&client, &format!("{hub_url}/v1/bulletins"), Some(&ministry)).await?;
+    let notices = get_json(&client, &format!("{hub_url}/v1/notices"), Some(&ministry)).await?;
+    let progress = get_json(&client, &format!("{hub_url}/v1/progress"), Some(&ministry)).await?;
     let mut agent_notices = 0u64;
     for (_, url) in agents.values() {
-        let s: Value = client
-            .get(format!("{url}/v1/status"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let s = get_json(&client, &format!("{url}/v1/status"), None).await?;
         agent_notices += s["notices"]
             .as_u64()
             .or(s["unread_notices"].as_u64())
