@@ -140,6 +140,18 @@ impl Writer {
         retry_after_secs: u64,
     ) -> Result<Writer, StoreError> {
         let (head_seq, head) = store.head()?;
+        // The next seq comes from the stored head: if it disagrees with the entries held
+        // (a damaged store), appending would overwrite entries. Refuse instead.
+        let at_head = match head_seq {
+            0 => None,
+            s => store.entry(s)?.map(|e| e.payload_hash()),
+        };
+        if (head_seq > 0 && at_head != Some(head)) || store.entry(head_seq + 1)?.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "the stored chain head (seq {head_seq}) does not match the entries held; \
+                 refusing to append over them"
+            )));
+        }
         let mut ledger = QuotaLedger::new();
         let mut held = BTreeMap::new();
         for (seq, rec) in store.quota_records()? {

@@ -67,6 +67,16 @@ pub enum StoreError {
         /// What sled said.
         error: sled::Error,
     },
+    /// sled finds the files damaged (or fails reading them) and will not open them.
+    #[error(
+        "{path}: the store's files are damaged ({why}); nothing was changed. Keep a copy of the data directory and restore the latest backup; entries the hub has receipted are also held at the hub"
+    )]
+    Damaged {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled said.
+        why: String,
+    },
     /// A read or write failed.
     #[error("store I/O error: {0}; check free disk space and the data directory")]
     Sled(#[from] sled::Error),
@@ -178,22 +188,36 @@ pub fn parse_envelope(seq: u64, bytes: &[u8]) -> Result<Envelope, StoreError> {
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|error| match &error {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: path.to_path_buf(),
-                    }
-                }
-                _ => StoreError::Open {
-                    path: path.to_path_buf(),
-                    error,
-                },
+            .mode(sled::Mode::LowSpace);
+        // sled 0.34 panics on some damaged files (an index out of bounds while reading
+        // segments) instead of returning an error; both mean the same to an operator.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|p| StoreError::Damaged {
+                path: path.to_path_buf(),
+                why: p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "sled failed reading them".into()),
             })?;
+        let db = opened.map_err(|error| match &error {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
+            }
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Damaged {
+                path: path.to_path_buf(),
+                why: error.to_string(),
+            },
+            _ => StoreError::Open {
+                path: path.to_path_buf(),
+                error,
+            },
+        })?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Store {
             entries: tree("entries")?,

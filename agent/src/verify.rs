@@ -64,7 +64,16 @@ pub fn verify(
     let mut hashes = std::collections::HashMap::new();
     let mut unreceipted_bytes = 0u64;
     for row in store.raw_entries() {
-        let (seq, bytes) = row?;
+        // sled checks what it reads; a damaged page ends the scan, named by position.
+        let (seq, bytes) = match row {
+            Ok(r) => r,
+            Err(e) => {
+                let after = last.map_or(pruned, |(s, _)| s);
+                rep.problems
+                    .push(format!("the entry after seq {after} cannot be read: {e}"));
+                break;
+            }
+        };
         rep.entries += 1;
         if seq > acked {
             unreceipted_bytes += bytes.len() as u64;
@@ -100,8 +109,18 @@ pub fn verify(
     }
     let mut receipted_upto_acked = 0u64;
     let mut warned_no_key = false;
+    let mut last_receipt = 0;
     for row in store.raw_receipts() {
-        let (seq, bytes) = row?;
+        let (seq, bytes) = match row {
+            Ok(r) => r,
+            Err(e) => {
+                rep.problems.push(format!(
+                    "the receipt after seq {last_receipt} cannot be read: {e}"
+                ));
+                break;
+            }
+        };
+        last_receipt = seq;
         rep.receipts += 1;
         if seq <= acked {
             receipted_upto_acked += 1;

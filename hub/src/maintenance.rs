@@ -261,7 +261,58 @@ pub fn verify(
             }
         }
     }
+    // Views follow from the log; with the log damaged they would only repeat its faults.
+    if report.problems.is_empty() {
+        verify_views(store, &mut report)?;
+    }
     Ok(report)
+}
+
+/// The views are derived state: the stored items must be exactly what the log implies,
+/// or the hub serves figures that miss (or invent) entries.
+fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+    let stored = match Views::load(store) {
+        Ok(v) => v,
+        Err(e) => {
+            report.problems.push(format!(
+                "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
+            ));
+            return Ok(());
+        }
+    };
+    // A log that does not decode is reported above; there is nothing to compare with.
+    let Ok((rebuilt, _)) = rebuild_views(store, |_| {}) else {
+        return Ok(());
+    };
+    let want: HashMap<u64, &crate::views::Item> =
+        rebuilt.items().map(|i| (i.meta.log_index, i)).collect();
+    let got: HashMap<u64, &crate::views::Item> =
+        stored.items().map(|i| (i.meta.log_index, i)).collect();
+    let mut bad: Vec<(u64, &str)> = want
+        .keys()
+        .chain(got.keys())
+        .filter_map(|i| match (want.get(i), got.get(i)) {
+            (Some(a), Some(b)) if a.meta == b.meta && a.record == b.record => None,
+            (Some(_), Some(_)) => Some((*i, "differs from")),
+            (Some(_), None) => Some((*i, "is missing from")),
+            (None, _) => Some((*i, "is not in")),
+        })
+        .collect();
+    bad.sort_unstable();
+    bad.dedup();
+    if let Some((first, how)) = bad.first() {
+        report.problems.push(format!(
+            "the stored views disagree with the log at {} log leaves: the view item of log leaf {first} {how} what the log holds; figures are wrong until `spacesync-hub rebuild`",
+            bad.len()
+        ));
+    }
+    if !stored.extensions().eq(rebuilt.extensions()) {
+        report.problems.push(
+            "the stored deadline extensions disagree with the log; run `spacesync-hub rebuild`"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// ` (<source> seq <n>)` when the source index says log leaf `index` held that entry, for

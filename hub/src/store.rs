@@ -102,24 +102,41 @@ fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // The views and the frontier live in memory; sled's cache only needs the hot
             // part of the log and the node index.
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                e => StoreError::Backend {
-                    op: "open",
-                    message: format!("{}: {e}", dir.display()),
-                },
+            .cache_capacity(64 * 1024 * 1024);
+        let damaged = |why: String| StoreError::Backend {
+            op: "open",
+            message: format!(
+                "{}: the store's files are damaged ({why}); nothing was changed. Keep a copy of the data directory and restore the latest backup",
+                dir.display()
+            ),
+        };
+        // sled 0.34 panics on some damaged files instead of returning an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|p| {
+                damaged(
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "sled failed reading them".into()),
+                )
             })?;
+        let db = opened.map_err(|e| match e {
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => damaged(e.to_string()),
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked(dir.display().to_string())
+            }
+            sled::Error::Io(io) if io.to_string().contains("lock") => {
+                StoreError::Locked(dir.display().to_string())
+            }
+            e => StoreError::Backend {
+                op: "open",
+                message: format!("{}: {e}", dir.display()),
+            },
+        })?;
         let tree = db.open_tree("hub").map_err(backend("open"))?;
         Ok(SledStore { db, tree })
     }

@@ -762,7 +762,9 @@ impl Reader {
             return None;
         };
         match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            Ok(d) if s.len() == 10 => Some(d),
+            // Only the canonical form: chrono's %Y also takes "-018", which would be
+            // written back as "-0018" and then refused (found by the records fuzz target).
+            Ok(d) if s.len() == 10 && d.format("%Y-%m-%d").to_string() == s => Some(d),
             _ => {
                 self.problem(field, ProblemKind::BadDate(s.to_string()));
                 None

@@ -24,8 +24,11 @@ use crate::agent_harness::{agent_bin, free_port};
 use crate::checker::SharedHistory;
 use crate::fault_proxy::{FaultPlan, FaultProxy};
 
-/// The instant every clock of the cluster is fixed at: inside the 2018 campaign.
+/// The instant the hub's clock is fixed at: inside the 2018 campaign.
 pub const NOW: &str = "2018-11-25T02:00:00Z";
+/// The agents' fixed clock: a minute after the hub's (well within the hub's allowed skew),
+/// so receipts are in the agents' past and retention can prune delivered entries.
+pub const AGENT_NOW: &str = "2018-11-25T02:01:00Z";
 
 /// Path of the hub binary (this package's `spacesync-hub-under-test`).
 pub fn hub_bin() -> &'static Path {
@@ -125,6 +128,14 @@ fn terminate(child: &mut Child, what: &str, log: &dyn Fn() -> String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SIGKILL, then reap; false when the process had already exited.
+fn kill_child(mut c: Child) -> bool {
+    let running = matches!(c.try_wait(), Ok(None));
+    let _ = c.kill();
+    let _ = c.wait();
+    running
 }
 
 /// Log level of the processes (`SPACESYNC_LOG`, default `warn`).
@@ -281,16 +292,9 @@ impl HubNode {
         panic!("the hub would not start; log:\n{}", self.log());
     }
 
-    /// SIGKILL, then reap. Returns whether a process was killed.
+    /// SIGKILL, then reap. Returns whether a running process was killed.
     pub fn kill(&mut self) -> bool {
-        match self.child.take() {
-            Some(mut c) => {
-                let _ = c.kill();
-                let _ = c.wait();
-                true
-            }
-            None => false,
-        }
+        self.child.take().is_some_and(kill_child)
     }
 
     /// SIGTERM (graceful), then reap.
@@ -413,7 +417,7 @@ impl AgentNode {
             .unwrap_or_else(|e| panic!("agent {args:?}: {e}"))
     }
 
-    /// Starts `run --now NOW` and waits for `/healthz`; respawns when the process exits
+    /// Starts `run --now AGENT_NOW` and waits for `/healthz`; respawns when the process exits
     /// at start (its port briefly still held).
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "agent already running");
@@ -423,7 +427,7 @@ impl AgentNode {
             let child = Command::new(agent_bin())
                 .arg("--data")
                 .arg(self.dir.path())
-                .args(["run", "--now", NOW])
+                .args(["run", "--now", AGENT_NOW])
                 .env("RUST_LOG", log_level())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(err))
@@ -465,16 +469,9 @@ impl AgentNode {
         );
     }
 
-    /// SIGKILL, then reap. Returns whether a process was killed.
+    /// SIGKILL, then reap. Returns whether a running process was killed.
     pub fn kill(&mut self) -> bool {
-        match self.child.take() {
-            Some(mut c) => {
-                let _ = c.kill();
-                let _ = c.wait();
-                true
-            }
-            None => false,
-        }
+        self.child.take().is_some_and(kill_child)
     }
 
     /// SIGTERM (graceful), then reap.
@@ -602,7 +599,7 @@ impl Workload {
         self.next += 1;
         let m = n / 3;
         let county = self.site.county;
-        let value = if n % 3 == 0 && m < SCHOOLS * DAYS {
+        let value = if n.is_multiple_of(3) && m < SCHOOLS * DAYS {
             // Each (school, as_of) once; later dates carry larger counts (no decrease flags).
             let as_of = NaiveDate::from_ymd_opt(2018, 8, 1)
                 .unwrap_or_default()

@@ -573,7 +573,8 @@ mod tests {
     async fn each_fault_does_what_it_says_and_is_counted() {
         let (up, seen) = upstream(ANSWER).await;
         let proxy = FaultProxy::start(up, FaultPlan::NONE, 7).await;
-        let cases: [(Fault, &[u8], u64, fn(&FaultCounts) -> u64); 5] = [
+        type Row = (Fault, &'static [u8], u64, fn(&FaultCounts) -> u64);
+        let cases: [Row; 5] = [
             (Fault::Pass, ANSWER, 1, |c| c.passed),
             (Fault::Cut { after: 7 }, &ANSWER[..7], 1, |c| c.cuts),
             (Fault::Refuse, b"", 0, |c| c.refused),

@@ -205,11 +205,9 @@ async fn a_permanent_refusal_stops_pushing_with_a_clear_status_until_fixed() {
     hub.register("gd-rrt", &agent.key_line, "440000");
     agent.wait_delivered(12, Duration::from_secs(20)).await;
     // The status is updated after the receipts are stored: wait for it rather than race it.
-    wait_for(
-        Duration::from_secs(10),
-        "the alarm to clear",
-        async || agent.status().await["alarm"].is_null().then_some(()),
-    )
+    wait_for(Duration::from_secs(10), "the alarm to clear", async || {
+        agent.status().await["alarm"].is_null().then_some(())
+    })
     .await;
 
     // Revoked: alarm again; restored: resumes.

@@ -21,7 +21,7 @@
 //! duplicates=0 kills=… faults=…`.
 //!
 //! Environment: `SPACESYNC_SEED` (default: random, printed), `SPACESYNC_KILLS` (at least
-//! this many kills, default 220), `SPACESYNC_SOAK=<seconds>` (keep going in rounds for that
+//! this many kills, default 240), `SPACESYNC_SOAK=<seconds>` (keep going in rounds for that
 //! long), `SPACESYNC_LOG` (the processes' log level, default `warn`).
 
 use std::sync::Arc;
@@ -38,16 +38,18 @@ use spacesync_tests::checker::{
     self, History, SharedHistory, compare_rollups, compare_views, expected_views,
 };
 use spacesync_tests::cluster::{Cluster, Workload, WriterStats, write_loop};
-use spacesync_tests::fault_proxy::FaultPlan;
+use spacesync_tests::fault_proxy::{Fault, FaultPlan};
 
 /// Agents in the cluster.
 const AGENTS: usize = 4;
 /// How long the long hub outage lasts.
-const OUTAGE: Duration = Duration::from_secs(5);
+const OUTAGE: Duration = Duration::from_secs(6);
 /// The agents' buffer limit: small enough that the outage fills it.
 const BUFFER_ENTRIES: u64 = 250;
-/// Agents time out hub requests after 1 s; a stall lasts longer.
-const STALL_MS: u64 = 1_500;
+/// Agents time out hub requests after [`TIMEOUT_SECS`]; a stall lasts longer.
+const STALL_MS: u64 = 2_500;
+/// The agents' hub request timeout.
+const TIMEOUT_SECS: f64 = 2.0;
 
 /// Writes a line to the process's stderr, past the test harness's output capture, so CI
 /// logs keep it for passing runs too.
@@ -60,6 +62,7 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.trim().parse().ok())
 }
 
+/// What the chaos did: SIGKILLs (which count towards the target) and network events.
 #[derive(Debug, Default)]
 struct Kills {
     agents: u64,
@@ -79,8 +82,8 @@ impl Kills {
 /// The plans the proxy is switched between.
 fn plans() -> [FaultPlan; 3] {
     [
-        FaultPlan::chaos(0.3, STALL_MS),
-        FaultPlan::chaos(0.7, STALL_MS),
+        FaultPlan::chaos(0.4, STALL_MS),
+        FaultPlan::chaos(0.8, STALL_MS),
         FaultPlan::chaos(0.05, STALL_MS),
     ]
 }
@@ -146,7 +149,7 @@ async fn outage(c: &mut Cluster, rng: &mut StdRng, kills: &mut Kills, hub_down: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
     let seed = env_u64("SPACESYNC_SEED").unwrap_or_else(rand::random);
-    let min_kills = env_u64("SPACESYNC_KILLS").unwrap_or(220);
+    let min_kills = env_u64("SPACESYNC_KILLS").unwrap_or(240);
     let soak = env_u64("SPACESYNC_SOAK").map(Duration::from_secs);
     say(&format!(
         "fault suite: seed {seed} (rerun with SPACESYNC_SEED={seed}); {AGENTS} agents; at least {min_kills} kills{}",
@@ -157,8 +160,17 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(AGENTS, seed, plans()[0], |cfg| {
         cfg.buffer.max_entries = BUFFER_ENTRIES;
+        cfg.push.timeout_secs = TIMEOUT_SECS;
+        // Delivered entries are pruned at once: pruning runs under the kills too.
+        cfg.retention.delivered_days = 0.0;
     })
     .await;
+    // One of each byte-level fault for certain, whatever the draws.
+    cluster.proxy.force([
+        Fault::Cut { after: 40 },
+        Fault::Reset { after: 60 },
+        Fault::Refuse,
+    ]);
     let setup = started.elapsed();
 
     let history: SharedHistory = Arc::default();
@@ -232,15 +244,21 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
         "spacesync-hub verify failed:\n{hub_verify}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut agent_verify = Vec::new();
     for a in &cluster.agents {
         let out = a.cli(&["verify"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),
-            "spacesync-agent verify of {} failed:\n{}{}",
+            "spacesync-agent verify of {} failed:\n{text}{}",
             a.site.source,
-            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        agent_verify.push(format!(
+            "{}: {}",
+            a.site.source,
+            text.lines().next().unwrap_or_default()
+        ));
     }
 
     // The checker.
@@ -280,6 +298,7 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
         stats.acked_while_hub_down.load(Ordering::Relaxed)
     ));
     say(&format!("hub verify: {hub_verify}"));
+    say(&format!("agent verify: {}", agent_verify.join("; ")));
     say(&format!(
         "log leaves: {}; {}",
         leaves.len(),

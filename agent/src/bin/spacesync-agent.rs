@@ -10,7 +10,9 @@ fn main() -> ExitCode {
     match cli::execute(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            // The error's own message already includes its sources' (most wrap one
+            // transparently); err_chain adds only what is not said yet.
+            eprintln!("error: {}", spacesync_agent::pusher::err_chain(&e));
             ExitCode::from(2)
         }
     }
