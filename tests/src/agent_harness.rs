@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spacesync_agent::config::{Config, DataDir};
 
+use crate::procs;
+
 /// The agent clock used by most tests: inside the 2018 campaign.
 pub const NOW: &str = "2018-11-25T10:00:00+08:00";
 
@@ -43,12 +45,27 @@ pub fn agent_bin() -> &'static Path {
     })
 }
 
-/// A free loopback port (bound and released; racy but fine on a test machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+pub use crate::procs::free_port;
+
+/// `init`s an agent in a fresh directory (`init`, then `args`, then `--listen` on a free
+/// port), then lets `configure` change the configuration it wrote. Returns the directory,
+/// the port and the public key line `init` printed.
+pub fn init_agent(
+    args: &[&str],
+    configure: impl FnOnce(&mut Config),
+) -> (tempfile::TempDir, u16, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["init"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--listen", &listen]);
+    let key_line = procs::run_ok(agent_bin(), dir.path(), &all, "agent init");
+    let dd = DataDir::new(dir.path());
+    let mut cfg = Config::load(&dd.config()).unwrap_or_else(|e| panic!("{e}"));
+    configure(&mut cfg);
+    std::fs::write(dd.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+    (dir, port, key_line)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -86,35 +103,17 @@ impl AgentProc {
     /// `init`s an agent for source `gd-rrt`, scope 440000, with fast test timings, then
     /// lets `tweak` change the configuration.
     pub fn init(hub: &str, tweak: impl FnOnce(&mut Config)) -> AgentProc {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let port = free_port();
-        let out = Command::new(agent_bin())
-            .arg("--data")
-            .arg(dir.path())
-            .args([
-                "init", "--source", "gd-rrt", "--scope", "440000", "--hub", hub,
-            ])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .output()
-            .unwrap_or_else(|e| panic!("init: {e}"));
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let dd = DataDir::new(dir.path());
-        let mut cfg = Config::load(&dd.config()).unwrap_or_else(|e| panic!("{e}"));
-        cfg.push.interval_secs = 0.2;
-        cfg.push.retry_base_secs = 0.05;
-        cfg.push.retry_cap_secs = 0.5;
-        cfg.push.reprobe_secs = 0.5;
-        cfg.push.timeout_secs = 2.0;
-        cfg.push.notices_secs = 0.3;
-        cfg.intake.spool_poll_ms = 100;
-        tweak(&mut cfg);
-        std::fs::write(dd.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        let args = ["--source", "gd-rrt", "--scope", "440000", "--hub", hub];
+        let (dir, port, key_line) = init_agent(&args, |cfg| {
+            cfg.push.interval_secs = 0.2;
+            cfg.push.retry_base_secs = 0.05;
+            cfg.push.retry_cap_secs = 0.5;
+            cfg.push.reprobe_secs = 0.5;
+            cfg.push.timeout_secs = 2.0;
+            cfg.push.notices_secs = 0.3;
+            cfg.intake.spool_poll_ms = 100;
+            tweak(cfg);
+        });
         AgentProc {
             dir,
             port,
@@ -136,12 +135,7 @@ impl AgentProc {
 
     /// Runs a subcommand to completion (`--data` is added).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(agent_bin())
-            .arg("--data")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        procs::run_cli(agent_bin(), self.dir.path(), args)
     }
 
     /// Starts `run --now NOW` and waits until `/healthz` answers.

@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 use spacesync_agent::config::{Config, DataDir};
 use spacesync_shared::{Record, SourceId};
 
-use crate::agent_harness::{agent_bin, free_port};
+use crate::agent_harness::{agent_bin, init_agent};
 use crate::checker::SharedHistory;
 use crate::fault_proxy::{FaultPlan, FaultProxy};
+use crate::procs::{self, Health, free_port};
 
 /// The instant the hub's clock is fixed at: inside the 2018 campaign.
 pub const NOW: &str = "2018-11-25T02:00:00Z";
@@ -161,25 +162,7 @@ impl HubNode {
     /// `init`s a hub; the per-source rate limit is raised so faults, not the limiter,
     /// shape the traffic.
     pub fn init() -> HubNode {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let out = Command::new(hub_bin())
-            .arg("--data")
-            .arg(dir.path())
-            .arg("init")
-            .output()
-            .unwrap_or_else(|e| panic!("hub init: {e}"));
-        assert!(
-            out.status.success(),
-            "hub init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let cfg = dir.path().join("hub.toml");
-        let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
-        let text = text
-            .replace("rate_per_source = 20.0", "rate_per_source = 100000.0")
-            .replace("burst_per_source = 100.0", "burst_per_source = 100000.0");
-        std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+        let (dir, key_line) = procs::init_hub(hub_bin(), "100000.0");
         HubNode {
             dir,
             port: free_port(),
@@ -192,12 +175,7 @@ impl HubNode {
 
     /// Runs a subcommand to completion (`--data` is added).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(hub_bin())
-            .arg("--data")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("hub {args:?}: {e}"))
+        procs::run_cli(hub_bin(), self.dir.path(), args)
     }
 
     /// `agents add` (the hub must be stopped: sled holds one process per store).
@@ -262,30 +240,21 @@ impl HubNode {
     pub async fn start(&mut self) {
         for _ in 0..20 {
             self.spawn();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(c) = self.child.as_mut()
-                    && let Ok(Some(_)) = c.try_wait()
-                {
-                    self.child = None;
-                    break;
+            match procs::wait_healthy(
+                &self.http,
+                &format!("http://{}", self.addr()),
+                &mut self.child,
+                Duration::from_secs(60),
+                Duration::from_millis(10),
+                Some(Duration::from_secs(2)),
+            )
+            .await
+            {
+                Health::Up => return,
+                Health::Exited => {}
+                Health::TimedOut => {
+                    panic!("the hub did not answer /healthz; log:\n{}", self.log())
                 }
-                let ok = self
-                    .http
-                    .get(format!("http://{}/healthz", self.addr()))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the hub did not answer /healthz; log:\n{}",
-                    self.log()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -331,43 +300,26 @@ impl AgentNode {
     /// `init`s an agent for `site` against `hub` (pinning `hub_key`), with fast push
     /// timings, then lets `tweak` change the configuration.
     pub fn init(site: Site, hub: &str, hub_key: &str, tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let port = free_port();
-        let out = Command::new(agent_bin())
-            .arg("--data")
-            .arg(dir.path())
-            .args([
-                "init",
-                "--source",
-                site.source,
-                "--scope",
-                site.scope,
-                "--hub",
-                hub,
-                "--hub-key",
-                hub_key,
-            ])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .output()
-            .unwrap_or_else(|e| panic!("agent init: {e}"));
-        assert!(
-            out.status.success(),
-            "agent init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let dd = DataDir::new(dir.path());
-        let mut cfg = Config::load(&dd.config()).unwrap_or_else(|e| panic!("{e}"));
-        cfg.push.interval_secs = 0.2;
-        cfg.push.retry_base_secs = 0.02;
-        cfg.push.retry_cap_secs = 0.3;
-        cfg.push.reprobe_secs = 0.5;
-        cfg.push.timeout_secs = 1.0;
-        cfg.push.notices_secs = 1.0;
-        cfg.intake.spool_poll_ms = 1000;
-        tweak(&mut cfg);
-        std::fs::write(dd.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        let args = [
+            "--source",
+            site.source,
+            "--scope",
+            site.scope,
+            "--hub",
+            hub,
+            "--hub-key",
+            hub_key,
+        ];
+        let (dir, port, key_line) = init_agent(&args, |cfg| {
+            cfg.push.interval_secs = 0.2;
+            cfg.push.retry_base_secs = 0.02;
+            cfg.push.retry_cap_secs = 0.3;
+            cfg.push.reprobe_secs = 0.5;
+            cfg.push.timeout_secs = 1.0;
+            cfg.push.notices_secs = 1.0;
+            cfg.intake.spool_poll_ms = 1000;
+            tweak(cfg);
+        });
         AgentNode {
             site,
             dir,
@@ -409,12 +361,7 @@ impl AgentNode {
 
     /// Runs a subcommand to completion (`--data` is added).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(agent_bin())
-            .arg("--data")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("agent {args:?}: {e}"))
+        procs::run_cli(agent_bin(), self.dir.path(), args)
     }
 
     /// Starts `run --now AGENT_NOW` and waits for `/healthz`; respawns when the process exits
@@ -435,30 +382,23 @@ impl AgentNode {
                 .unwrap_or_else(|e| panic!("agent run: {e}"));
             self.starts += 1;
             self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(c) = self.child.as_mut()
-                    && let Ok(Some(_)) = c.try_wait()
-                {
-                    self.child = None;
-                    break;
-                }
-                let ok = self
-                    .http
-                    .get(format!("{}/healthz", self.url()))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
+            match procs::wait_healthy(
+                &self.http,
+                &self.url(),
+                &mut self.child,
+                Duration::from_secs(60),
+                Duration::from_millis(5),
+                None,
+            )
+            .await
+            {
+                Health::Up => return,
+                Health::Exited => {}
+                Health::TimedOut => panic!(
                     "agent {} did not answer /healthz; log:\n{}",
                     self.site.source,
                     self.log()
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                ),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use spacesync_shared::keys::{parse_public_key, public_key_line};
 use spacesync_shared::wire::{self, IngestBatch, Receipt, SourceHead};
 use spacesync_shared::{Digest, Entry, Envelope, Record, RegionCode, SourceId};
+
+use crate::procs::{self, Health};
 
 /// The hub clock in these tests (`serve --now`): inside the 2018 campaign.
 pub const NOW: &str = "2018-11-25T02:00:00Z";
@@ -65,13 +67,7 @@ pub fn hub_bin() -> &'static Path {
     })
 }
 
-/// A free loopback port (bound and released; racy but fine on a test machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+pub use crate::procs::free_port;
 
 /// One hub: its data directory, its port, and its process while running.
 pub struct HubProc {
@@ -89,26 +85,8 @@ impl HubProc {
     /// `init`s a hub in a fresh directory and raises its per-source rate limit, so the
     /// clients here are throttled by the faults, not by the limiter.
     pub fn init() -> HubProc {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let out = Command::new(hub_bin())
-            .arg("--data")
-            .arg(dir.path())
-            .arg("init")
-            .output()
-            .unwrap_or_else(|e| panic!("init: {e}"));
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (dir, line) = procs::init_hub(hub_bin(), "10000.0");
         let key = parse_public_key(&line).unwrap_or_else(|e| panic!("init printed {line:?}: {e}"));
-        let cfg = dir.path().join("hub.toml");
-        let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
-        let text = text
-            .replace("rate_per_source = 20.0", "rate_per_source = 10000.0")
-            .replace("burst_per_source = 100.0", "burst_per_source = 10000.0");
-        std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
         HubProc {
             dir,
             port: free_port(),
@@ -125,12 +103,7 @@ impl HubProc {
 
     /// Runs a subcommand to completion (`--data` is added).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(hub_bin())
-            .arg("--data")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        procs::run_cli(hub_bin(), self.dir.path(), args)
     }
 
     /// `agents add`.
@@ -172,30 +145,21 @@ impl HubProc {
     pub async fn start(&mut self) -> usize {
         for attempt in 1..=20 {
             self.spawn();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(c) = self.child.as_mut()
-                    && let Ok(Some(_)) = c.try_wait()
-                {
-                    self.child = None;
-                    break;
+            match procs::wait_healthy(
+                &self.http,
+                &self.url(),
+                &mut self.child,
+                Duration::from_secs(30),
+                Duration::from_millis(10),
+                Some(Duration::from_secs(2)),
+            )
+            .await
+            {
+                Health::Up => return attempt,
+                Health::Exited => {}
+                Health::TimedOut => {
+                    panic!("the hub did not answer /healthz; log:\n{}", self.log())
                 }
-                let ok = self
-                    .http
-                    .get(format!("{}/healthz", self.url()))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    return attempt;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the hub did not answer /healthz; log:\n{}",
-                    self.log()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -7,4 +7,5 @@ pub mod checker;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod hub_harness;
+pub mod procs;
 pub mod simulate;
