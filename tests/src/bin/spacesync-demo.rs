@@ -16,7 +16,7 @@ use clap::Parser;
 use serde_json::Value;
 use spacesync_shared::Campaign;
 use spacesync_shared::campaign::CHINA_STANDARD_TIME;
-use spacesync_tests::simulate::{self, UnitPlan};
+use spacesync_tests::simulate;
 
 #[derive(Parser)]
 #[command(
@@ -477,7 +477,7 @@ async fn main() -> Result<()> {
         None => "no bulletin was issued".into(),
     };
 
-    print_summary(&plans, &last_doc, &progress);
+    print_summary(&last_doc, &progress);
     println!();
     println!(
         "records: attempted={} accepted={} refused_as_planned={} undelivered_at_end={}",
@@ -527,8 +527,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn print_summary(plans: &[UnitPlan], bulletin: &Value, progress: &Value) {
-    let _ = plans;
+fn print_summary(bulletin: &Value, progress: &Value) {
     println!();
     println!(
         "{:<4} {:<8} {:<18} {:>12} {:>8}  {:<10} {:<10} {:<10}",
