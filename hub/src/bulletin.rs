@@ -100,7 +100,8 @@ pub fn check_signature(doc: &Value, key: &VerifyingKey) -> Result<(), BulletinEr
         .as_slice()
         .try_into()
         .map_err(|_| BulletinError::Malformed("signature is not 64 bytes".into()))?;
-    key.verify_strict(
+    spacesync_shared::sig::verify(
+        key,
         &canonical(&Value::Object(body)),
         &Signature::from_bytes(&arr),
     )

@@ -180,10 +180,10 @@ impl Envelope {
         Ok(Signature::from_bytes(&bytes))
     }
 
-    /// Verifies the signature by `key` with `verify_strict`.
+    /// Verifies the signature by `key` under the one rule of [`crate::sig`].
     pub fn verify(&self, payload_type: &str, key: &VerifyingKey) -> Result<(), DsseError> {
         let sig = self.signature_by(payload_type, key)?;
-        key.verify_strict(&pae(&self.payload_type, &self.payload), &sig)
+        crate::sig::verify(key, &pae(&self.payload_type, &self.payload), &sig)
             .map_err(|_| DsseError::BadSignature { keyid: key_id(key) })
     }
 

@@ -147,19 +147,16 @@ impl Entry {
         })
     }
 
-    /// Verifies the envelope's signature by `key` (`verify_strict`) and reads the entry.
+    /// Verifies the envelope's signature by `key` (the one rule of [`crate::sig`]) and reads the entry.
     pub fn open(env: &Envelope, key: &VerifyingKey) -> Result<Entry, EntryError> {
         env.verify(ENTRY_PAYLOAD_TYPE, key)?;
         Entry::from_payload(&env.payload)
     }
 }
 
-/// Verifies many entry signatures by one key at once with Ed25519 batch verification;
-/// on failure, finds the first bad one with `verify_strict`. Returns the index of the
-/// first envelope that does not verify, with why.
-///
-/// Batch verification skips the weak-key check, so keys must be checked with
-/// `is_weak()` when they are registered ([`crate::keys::parse_public_key`] does).
+/// Verifies many entry signatures by one key at once under the one rule of [`crate::sig`]
+/// (batch verification as a fast path for exactly what single verification accepts).
+/// Returns the index of the first envelope that does not verify, with why.
 pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (usize, DsseError)> {
     let mut sigs: Vec<Signature> = Vec::with_capacity(envs.len());
     let mut paes: Vec<Vec<u8>> = Vec::with_capacity(envs.len());
@@ -172,40 +169,14 @@ pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (
     }
     let msgs: Vec<&[u8]> = paes.iter().map(Vec::as_slice).collect();
     let keys = vec![*key; envs.len()];
-    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-        // Batch verification accepts what verify_strict would refuse only for small-order
-        // points, which a registered (non-weak) key and canonical signatures exclude; the
-        // signatures' R components are checked here to close that gap.
-        for (i, s) in sigs.iter().enumerate() {
-            if is_small_order_r(s) {
-                return Err((
-                    i,
-                    DsseError::BadSignature {
-                        keyid: crate::dsse::key_id(key),
-                    },
-                ));
-            }
-        }
-        return Ok(());
-    }
-    for (i, env) in envs.iter().enumerate() {
-        env.verify(ENTRY_PAYLOAD_TYPE, key).map_err(|e| (i, e))?;
-    }
-    // Batch failed but each verifies strictly: cannot happen for valid input; refuse the first.
-    Err((
-        0,
-        DsseError::BadSignature {
-            keyid: crate::dsse::key_id(key),
-        },
-    ))
-}
-
-fn is_small_order_r(sig: &Signature) -> bool {
-    use curve25519_dalek::edwards::CompressedEdwardsY;
-    match CompressedEdwardsY(sig.r_bytes().to_owned()).decompress() {
-        Some(p) => p.is_small_order(),
-        None => true,
-    }
+    crate::sig::verify_batch(&msgs, &sigs, &keys).map_err(|(i, _)| {
+        (
+            i,
+            DsseError::BadSignature {
+                keyid: crate::dsse::key_id(key),
+            },
+        )
+    })
 }
 
 /// A fault in a source's chain, named at the seq where it shows.

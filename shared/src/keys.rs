@@ -68,8 +68,11 @@ pub enum PublicKeyError {
     /// Not a valid curve point.
     #[error("the public key is not a valid Ed25519 point")]
     Invalid,
-    /// A small-order key, which would accept forged signatures.
-    #[error("the public key is weak (small order) and is refused")]
+    /// A key with a small-order component (small or mixed order), which would accept
+    /// forged signatures or make verifiers disagree.
+    #[error(
+        "the public key is weak (it has a small-order component) and is refused; generate a new key with the agent's init"
+    )]
     Weak,
 }
 
@@ -167,9 +170,8 @@ pub fn parse_public_key(line: &str) -> Result<VerifyingKey, PublicKeyError> {
         .try_into()
         .map_err(|_| PublicKeyError::Format)?;
     let key = VerifyingKey::from_bytes(&arr).map_err(|_| PublicKeyError::Invalid)?;
-    if key.is_weak() {
-        return Err(PublicKeyError::Weak);
-    }
+    // Small-order and mixed-order keys alike: the one rule of `crate::sig`.
+    crate::sig::check_key(&key).map_err(|_| PublicKeyError::Weak)?;
     Ok(key)
 }
 

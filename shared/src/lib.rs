@@ -9,6 +9,7 @@
 //! - [`validate`]: checks that need context (scope, today, campaign, seq).
 //! - [`campaign`]: the campaign TOML file and the quota ledger.
 //! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
+//! - [`sig`]: the one Ed25519 validity rule (single and batch paths agree).
 //! - [`entry`]: signed, hash-chained entries and chain verification.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
 //! - [`json`]: JSON parsing that refuses duplicate keys.
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod merkle;
 pub mod record;
 pub mod region;
+pub mod sig;
 pub mod validate;
 pub mod wire;
 

@@ -1004,10 +1004,7 @@ fn open_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, Note
             key_hash: verifier.key_hash,
         };
         let sig = Signature::from_slice(sig).map_err(|_| bad())?;
-        verifier
-            .key
-            .verify_strict(text.as_bytes(), &sig)
-            .map_err(|_| bad())?;
+        crate::sig::verify(&verifier.key, text.as_bytes(), &sig).map_err(|_| bad())?;
         verified = true;
     }
     if !verified {

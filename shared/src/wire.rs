@@ -316,7 +316,8 @@ pub fn verify_request(
         .as_slice()
         .try_into()
         .map_err(|_| RequestAuthError::Header(HDR_SIGNATURE))?;
-    key.verify_strict(
+    crate::sig::verify(
+        key,
         &request_message(method, path_and_query, timestamp, nonce, body),
         &Signature::from_bytes(&sig_arr),
     )
