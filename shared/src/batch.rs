@@ -169,13 +169,35 @@ impl Item {
     }
 }
 
-fn line_at(text: &str, byte: usize) -> usize {
-    let end = byte.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+/// 1-based line numbers of increasing byte offsets in one text, counted incrementally so
+/// that numbering every item of a body costs one pass over it (not one pass per item).
+struct LineCounter<'a> {
+    text: &'a [u8],
+    at: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> LineCounter<'a> {
+        LineCounter {
+            text: text.as_bytes(),
+            at: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of `byte`; offsets must not decrease between calls.
+    fn line_at(&mut self, byte: usize) -> usize {
+        let end = byte.min(self.text.len());
+        if end > self.at {
+            self.line += self.text[self.at..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            self.at = end;
+        }
+        self.line
+    }
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, BatchError> {
@@ -229,6 +251,7 @@ pub fn split_json(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
             .collect());
     }
     let mut out = Vec::new();
+    let mut lines = LineCounter::new(text);
     let mut stream =
         serde_json::Deserializer::from_str(text).into_iter::<crate::json::StrictJson>();
     loop {
@@ -246,7 +269,7 @@ pub fn split_json(bytes: &[u8], max: usize) -> Result<Vec<Item>, BatchError> {
                 }
                 out.push(Item {
                     index: out.len(),
-                    line: Some(line_at(text, start + skipped)),
+                    line: Some(lines.line_at(start + skipped)),
                     value,
                     csv: false,
                     shape: None,
@@ -532,6 +555,31 @@ pub fn space_counts_to_csv(rows: &[SpaceCount]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// NDJSON items carry the line they start on, counted once over the body: the
+        /// same numbers a naive count from the start of the text gives, for any mix of
+        /// blank lines, spaces and values spread over several lines.
+        #[test]
+        fn ndjson_lines_match_a_naive_count(gaps in proptest::collection::vec((0usize..3, 0usize..3, any::<bool>()), 1..40)) {
+            let mut text = String::new();
+            let mut expected = Vec::new();
+            for (i, (blank, spaces, split)) in gaps.iter().enumerate() {
+                text.push_str(&"\n".repeat(*blank));
+                text.push_str(&" ".repeat(*spaces));
+                expected.push(text.matches('\n').count() + 1);
+                if *split {
+                    text.push_str(&format!("{{\"n\":\n{i}}}\n"));
+                } else {
+                    text.push_str(&format!("{{\"n\":{i}}}\n"));
+                }
+            }
+            let items = split_json(text.as_bytes(), 1000).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got: Vec<usize> = items.iter().map(|i| i.line.unwrap_or(0)).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
 
     fn refusal(text: &str, format: Format) -> Vec<String> {
         match parse(text.as_bytes(), format, 100, |_, _| Vec::new()) {
