@@ -1,0 +1,724 @@
+//! spacesync-http: the accept loop the hub and the agent serve their routers through.
+//!
+//! `axum::serve` has no header-read, body or idle timeouts and no connection caps: one
+//! slow client holds a connection for as long as it likes, and 20,000 idle connections
+//! exhaust the file descriptors so that `/healthz` goes unanswered. [`serve`] closes those
+//! holes while keeping the same seam (`listener`, `router`, `shutdown` future):
+//!
+//! - **connection caps**: at most [`Limits::max_connections`] open at once, and at most
+//!   [`Limits::max_connections_per_address`] from one IP address; a connection over a cap
+//!   is accepted and closed at once, so it neither queues in the kernel's backlog nor
+//!   holds a descriptor;
+//! - **header-read timeout**: a request head (also the next one on a kept-alive
+//!   connection) must arrive within [`Limits::header_read_timeout`];
+//! - **body timeout**: a request body must arrive whole within [`Limits::body_timeout`]
+//!   of its head; a slower body fails to read (handlers answer it as unreadable);
+//! - **idle timeout**: a connection on which no byte moves either way for
+//!   [`Limits::idle_timeout`] while the server waits on it (reading a request, or writing
+//!   an answer the client does not read) is closed;
+//! - **accept errors** such as `EMFILE` pause the loop briefly and are logged at most
+//!   once a second, instead of spinning;
+//! - each request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer address.
+//!
+//! HTTP/1.1 only: the agents and every HTTP client speak it, and HTTP/2 brings its own
+//! resource attacks for no gain here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tower::ServiceExt as _;
+use tracing::{debug, warn};
+
+/// Connection limits. Every field has a safe default ([`Limits::default`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Connections open at once; further ones are closed on accept. Also bounded by the
+    /// process's open-file limit less a reserve (see [`serve`]).
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (0: no per-address cap — for a
+    /// server behind a reverse proxy, where every connection comes from the proxy).
+    pub max_connections_per_address: usize,
+    /// Time allowed for a request head to arrive, also between requests on a kept-alive
+    /// connection.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a request body to arrive whole, from its head.
+    pub body_timeout: Duration,
+    /// Time a connection may sit with no byte moving while the server waits on it.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The `[http]` section of `hub.toml` and `agent.toml`: [`Limits`] in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// See [`Limits::max_connections`].
+    pub max_connections: usize,
+    /// See [`Limits::max_connections_per_address`]; 0 turns the per-address cap off.
+    pub max_connections_per_address: usize,
+    /// See [`Limits::header_read_timeout`].
+    pub header_read_timeout_secs: u64,
+    /// See [`Limits::body_timeout`].
+    pub body_timeout_secs: u64,
+    /// See [`Limits::idle_timeout`].
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        let l = Limits::default();
+        HttpConfig {
+            max_connections: l.max_connections,
+            max_connections_per_address: l.max_connections_per_address,
+            header_read_timeout_secs: l.header_read_timeout.as_secs(),
+            body_timeout_secs: l.body_timeout.as_secs(),
+            idle_timeout_secs: l.idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits, with every timeout at least one second.
+    pub fn limits(&self) -> Limits {
+        let s = |n: u64| Duration::from_secs(n.max(1));
+        Limits {
+            max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address,
+            header_read_timeout: s(self.header_read_timeout_secs),
+            body_timeout: s(self.body_timeout_secs),
+            idle_timeout: s(self.idle_timeout_secs),
+        }
+    }
+
+    /// The section as commented TOML, for the files `init` writes.
+    pub fn commented_toml(&self) -> String {
+        format!(
+            "# Connection limits (see the operator's guide): connections open at once, in total and
+# from one IP address (0 = no per-address cap; set it to 0 behind a reverse proxy), and
+# the seconds allowed for a request head, a whole request body, and a connection on
+# which no byte moves.
+[http]
+max_connections = {}
+max_connections_per_address = {}
+header_read_timeout_secs = {}
+body_timeout_secs = {}
+idle_timeout_secs = {}
+",
+            self.max_connections,
+            self.max_connections_per_address,
+            self.header_read_timeout_secs,
+            self.body_timeout_secs,
+            self.idle_timeout_secs
+        )
+    }
+}
+
+/// File descriptors kept free for everything that is not a client connection (store
+/// files, outgoing connections, logs).
+const FD_RESERVE: u64 = 256;
+
+/// Largest request head, in bytes (hyper's read buffer; its minimum is 8 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections closed on accept because a cap was reached.
+    pub refused: AtomicU64,
+    /// Accept errors (e.g. out of file descriptors).
+    pub accept_errors: AtomicU64,
+}
+
+/// Raises the process's open-file soft limit to its hard limit (as Go's runtime does):
+/// the caps of [`Limits`] then decide, not a low default of 1024. Returns the soft limit
+/// now in force, if known.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        let mut raised = lim;
+        raised.current = Some(max);
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Some(max);
+        }
+    }
+    lim.current
+}
+
+fn fd_soft_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Who holds connections: totals per address, with a guard that gives the slot back.
+struct Tracker {
+    max_total: usize,
+    max_per_address: usize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    stats: Arc<Stats>,
+}
+
+struct Slot {
+    tracker: Arc<Tracker>,
+    ip: IpAddr,
+}
+
+impl Tracker {
+    fn admit(self: &Arc<Tracker>, ip: IpAddr) -> Option<Slot> {
+        let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.stats.open.load(Ordering::Relaxed) as usize;
+        let here = map.get(&ip).copied().unwrap_or(0);
+        if open >= self.max_total || (self.max_per_address > 0 && here >= self.max_per_address) {
+            return None;
+        }
+        map.insert(ip, here + 1);
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self
+            .tracker
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.tracker.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `router` on `listener` under `limits` until `shutdown` completes, then lets
+/// requests in flight finish (connections idle between requests close at once).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let fd_cap = fd_soft_limit()
+        .map(|n| n.saturating_sub(FD_RESERVE).max(16) as usize)
+        .unwrap_or(usize::MAX);
+    let tracker = Arc::new(Tracker {
+        max_total: limits.max_connections.min(fd_cap).max(1),
+        max_per_address: limits.max_connections_per_address,
+        per_address: Mutex::new(HashMap::new()),
+        stats: stats.clone(),
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(100)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut last_accept_warning: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(error = %e, open = stats.open.load(Ordering::Relaxed), "Cannot accept a connection; pausing briefly.");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        };
+        let Some(slot) = tracker.admit(peer.ip()) else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %peer, "Connection over the cap; closed.");
+            drop(stream);
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let body_timeout = limits.body_timeout;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                let mut req =
+                    req.map(|b| axum::body::Body::new(DeadlineBody::new(b, body_timeout)));
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.oneshot(req).await
+            }
+        });
+        let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
+        let conn = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(peer = %peer, error = %e, "Connection ended with an error.");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body did not arrive whole in time.
+    Timeout(Duration),
+    /// The connection failed while reading it.
+    Hyper(hyper::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Timeout(d) => write!(
+                f,
+                "the request body did not arrive within {} s; send it faster or in smaller batches",
+                d.as_secs()
+            ),
+            BodyError::Hyper(e) => write!(f, "the connection failed while reading the body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// A request body that fails once its deadline passes.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    limit: Duration,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, limit: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(BodyError::Hyper)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyError::Timeout(this.limit))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that fails with `TimedOut` when the server waits on it (a read or a write
+/// that is pending) and no byte has moved for `limit`.
+struct IdleIo {
+    inner: TcpStream,
+    timer: Pin<Box<Sleep>>,
+    limit: Duration,
+}
+
+impl IdleIo {
+    fn new(inner: TcpStream, limit: Duration) -> IdleIo {
+        IdleIo {
+            inner,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+fn idle_error(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no data moved for {} s; connection closed", limit.as_secs()),
+    )
+}
+
+/// The idle rule for one poll: bytes moved restart the timer; a pending poll fails once
+/// the timer has run out.
+fn track<T>(
+    polled: Poll<io::Result<T>>,
+    moved: impl FnOnce(&T) -> bool,
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    match polled {
+        Poll::Ready(Ok(v)) => {
+            if moved(&v) {
+                timer.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
+            Poll::Ready(Ok(v))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending if timer.poll(cx).is_ready() => Poll::Ready(Err(idle_error(limit))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let after = buf.filled().len();
+        track(
+            polled,
+            |_| after > before,
+            this.timer.as_mut(),
+            this.limit,
+            cx,
+        )
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        track(polled, |n| *n > 0, this.timer.as_mut(), this.limit, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        track(polled, |n| *n > 0, this.timer.as_mut(), this.limit, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+
+    struct Server {
+        addr: SocketAddr,
+        stats: Arc<Stats>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+        }
+    }
+
+    async fn start(limits: Limits) -> Server {
+        let router =
+            Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route(
+                    "/peer",
+                    get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                        peer.ip().to_string()
+                    }),
+                )
+                .route(
+                    "/echo",
+                    post(
+                        |body: Result<
+                            axum::body::Bytes,
+                            axum::extract::rejection::BytesRejection,
+                        >| async move {
+                            match body {
+                                Ok(b) => (axum::http::StatusCode::OK, format!("{} bytes", b.len())),
+                                Err(e) => (
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    format!("{e}: {}", e.body_text()),
+                                ),
+                            }
+                        },
+                    ),
+                )
+                .route("/big", get(|| async { vec![b'x'; 64 * 1024 * 1024] }));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve(listener, router, limits, stats.clone(), async move {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            stats,
+            stop: Some(tx),
+        }
+    }
+
+    /// A connection from a chosen loopback source address (127.0.0.x).
+    async fn connect_from(src: [u8; 4], to: SocketAddr) -> TcpStream {
+        let s = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+        s.bind(SocketAddr::from((src, 0)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.connect(to).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends a GET and reads the whole answer (the server closes after it).
+    async fn get_from(src: [u8; 4], to: SocketAddr, path: &str) -> String {
+        let mut c = connect_from(src, to).await;
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out).await;
+        out
+    }
+
+    /// Waits until the server closes `c` (read returns 0 or an error); panics after `max`.
+    async fn closed_within(c: &mut TcpStream, max: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let r = tokio::time::timeout(max, async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "the connection was still open after {max:?}");
+        got
+    }
+
+    fn short() -> Limits {
+        Limits {
+            max_connections: 64,
+            max_connections_per_address: 8,
+            header_read_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_peer_address() {
+        let s = start(short()).await;
+        let answer = get_from([127, 0, 0, 3], s.addr, "/peer").await;
+        assert!(answer.ends_with("127.0.0.3"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_is_cut_off_and_others_are_served() {
+        let s = start(short()).await;
+        let mut slow = connect_from([127, 0, 0, 2], s.addr).await;
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            get_from([127, 0, 0, 1], s.addr, "/healthz")
+                .await
+                .contains("ok")
+        );
+        closed_within(&mut slow, Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let s = start(short()).await;
+        let mut c = connect_from([127, 0, 0, 2], s.addr).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = closed_within(&mut c, Duration::from_secs(5)).await;
+        assert!(String::from_utf8_lossy(&got).contains("ok"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_fails_to_read() {
+        let s = start(short()).await;
+        let mut c = connect_from([127, 0, 0, 2], s.addr).await;
+        c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Trickle a byte every 300 ms: the idle timer keeps restarting; the body deadline does not.
+        let writer = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if c.write_all(b"d").await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let got = closed_within(&mut c, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("did not arrive within 1 s"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped() {
+        let s = start(short()).await;
+        let mut c = connect_from([127, 0, 0, 2], s.addr).await;
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Never read: the server's writes stall once the socket buffers fill.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.stats.open.load(Ordering::Relaxed) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled connection was kept open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn caps_per_address_and_in_total_close_the_extra_connections() {
+        let s = start(short()).await;
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(connect_from([127, 0, 0, 2], s.addr).await);
+        }
+        // Let the server accept them all.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.stats.open.load(Ordering::Relaxed) < 8 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut ninth = connect_from([127, 0, 0, 2], s.addr).await;
+        let got = closed_within(&mut ninth, Duration::from_secs(2)).await;
+        assert!(got.is_empty());
+        assert_eq!(s.stats.refused.load(Ordering::Relaxed), 1);
+        // Another address is still served.
+        assert!(
+            get_from([127, 0, 0, 1], s.addr, "/healthz")
+                .await
+                .contains("ok")
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn the_total_cap_holds_across_addresses() {
+        let mut limits = short();
+        limits.max_connections = 4;
+        limits.max_connections_per_address = 0;
+        let s = start(limits).await;
+        let mut held = Vec::new();
+        for i in 0..4u8 {
+            held.push(connect_from([127, 0, 1, i + 1], s.addr).await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.stats.open.load(Ordering::Relaxed) < 4 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut fifth = connect_from([127, 0, 2, 1], s.addr).await;
+        assert!(
+            closed_within(&mut fifth, Duration::from_secs(2))
+                .await
+                .is_empty()
+        );
+        drop(held);
+        // Slots come back when connections close.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.stats.open.load(Ordering::Relaxed) > 0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            get_from([127, 0, 2, 2], s.addr, "/healthz")
+                .await
+                .contains("ok")
+        );
+    }
+}
