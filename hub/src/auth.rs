@@ -151,11 +151,17 @@ pub fn lookup_token(store: &dyn Store, token: &str) -> Result<Option<TokenRecord
 /// How far a signed request's timestamp may be from the hub clock.
 pub const REQUEST_WINDOW: Duration = Duration::minutes(5);
 
-/// Nonces seen within the request window: a replayed signed request is refused.
+/// Nonces seen within the request window: a replayed signed request is refused, also
+/// after a restart. Each nonce is kept until its request's timestamp has left the window,
+/// in memory (the fast path) and under `n/` in the store, flushed before the request is
+/// answered.
 pub struct NonceCache {
+    /// Nonce → the instant (hub clock) after which its request is refused by timestamp.
     seen: Mutex<HashMap<String, DateTime<Utc>>>,
-    /// Requests older than this are refused by timestamp, so nonces are kept twice as long.
+    /// Requests whose timestamp is further than this from the hub clock are refused.
     window: Duration,
+    /// When expired nonces were last removed from the store.
+    pruned_at: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for NonceCache {
@@ -164,12 +170,16 @@ impl Default for NonceCache {
     }
 }
 
+/// Most nonces held in memory before expired ones are dropped.
+const MAX_NONCES_IN_MEMORY: usize = 10_000;
+
 impl NonceCache {
     /// A cache for requests accepted within `window` of the hub clock.
     pub fn new(window: Duration) -> NonceCache {
         NonceCache {
             seen: Mutex::new(HashMap::new()),
             window,
+            pruned_at: Mutex::new(None),
         }
     }
 
@@ -178,18 +188,68 @@ impl NonceCache {
         self.window
     }
 
-    /// Records `nonce`; false when it was already used within the window.
-    pub fn check_and_insert(&self, nonce: &str, now: DateTime<Utc>) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 10_000 {
-            seen.retain(|_, t| *t > now - self.window * 2);
+    /// Records `nonce` of a request signed at `ts`; false when it was already used (seen
+    /// since this process started, or stored by an earlier one). The nonce is durable in
+    /// `store` when this returns true. Blocking (a store flush).
+    pub fn check_and_insert(
+        &self,
+        store: &dyn Store,
+        nonce: &str,
+        ts: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let expires = ts.max(now) + self.window;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() > MAX_NONCES_IN_MEMORY {
+                seen.retain(|_, t| *t >= now);
+            }
+            if seen.get(nonce).is_some_and(|t| *t >= now) {
+                return Ok(false);
+            }
+            // Taken before the store is asked, so two copies of one request racing each
+            // other cannot both pass.
+            seen.insert(nonce.to_string(), expires);
         }
-        if seen.get(nonce).is_some_and(|t| *t > now - self.window * 2) {
-            return false;
+        let key = keys::nonce(&Digest::of(nonce.as_bytes()).to_hex());
+        if let Some(v) = store.get(&key)?
+            && decode_instant(&v).is_none_or(|t| t >= now)
+        {
+            return Ok(false);
         }
-        seen.insert(nonce.to_string(), now);
-        true
+        let mut b = WriteBatch::new();
+        b.put(key, expires.timestamp_millis().to_be_bytes().to_vec());
+        self.prune(store, now, &mut b)?;
+        store.apply(b)?;
+        store.flush()?;
+        Ok(true)
     }
+
+    /// Adds the deletion of expired stored nonces to `b`, at most once per window.
+    fn prune(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+        b: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        let mut at = self.pruned_at.lock().unwrap_or_else(|p| p.into_inner());
+        if at.is_some_and(|t| now - t < self.window && t <= now) {
+            return Ok(());
+        }
+        *at = Some(now);
+        for kv in store.scan(keys::NONCE) {
+            let (k, v) = kv?;
+            // An undecodable value is dropped too: it protects nothing.
+            if decode_instant(&v).is_none_or(|t| t < now) {
+                b.delete(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode_instant(v: &[u8]) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(i64::from_be_bytes(v.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -226,10 +286,36 @@ mod tests {
 
     #[test]
     fn nonces_are_single_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
         let c = NonceCache::default();
         let now = Utc::now();
-        assert!(c.check_and_insert("a", now));
-        assert!(!c.check_and_insert("a", now));
-        assert!(c.check_and_insert("b", now));
+        assert!(c.check_and_insert(&store, "a", now, now).unwrap());
+        assert!(!c.check_and_insert(&store, "a", now, now).unwrap());
+        assert!(c.check_and_insert(&store, "b", now, now).unwrap());
+    }
+
+    #[test]
+    fn nonces_survive_a_restart_and_expire_with_their_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        {
+            let store = crate::store::SledStore::open(dir.path()).unwrap();
+            assert!(
+                NonceCache::default()
+                    .check_and_insert(&store, "a", now, now)
+                    .unwrap()
+            );
+        }
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let fresh = NonceCache::default();
+        assert!(!fresh.check_and_insert(&store, "a", now, now).unwrap());
+        // Once the request's timestamp is out of the window, the nonce is forgotten and
+        // pruned from the store by the next insertion.
+        let later = now + REQUEST_WINDOW * 2;
+        let other = NonceCache::default();
+        assert!(other.check_and_insert(&store, "b", later, later).unwrap());
+        let left: Vec<_> = store.scan(keys::NONCE).collect();
+        assert_eq!(left.len(), 1, "the expired nonce was pruned");
     }
 }

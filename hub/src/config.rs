@@ -84,6 +84,16 @@ pub struct HubConfig {
     /// Burst of ingest requests per source.
     #[serde(default = "default_burst")]
     pub burst_per_source: f64,
+    /// Refused (malformed, unauthenticated, replayed) requests a second per client address.
+    #[serde(default = "default_rate_per_address")]
+    pub rate_per_address: f64,
+    /// Burst of refused requests per client address.
+    #[serde(default = "default_burst_per_address")]
+    pub burst_per_address: f64,
+    /// A second address serving `/metrics` without a token (absent: `/metrics` only on
+    /// `listen`, for admin tokens).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// `human` or `json` logs.
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -103,6 +113,12 @@ fn default_rate() -> f64 {
 }
 fn default_burst() -> f64 {
     100.0
+}
+fn default_rate_per_address() -> f64 {
+    crate::http::DEFAULT_RATE_PER_ADDRESS
+}
+fn default_burst_per_address() -> f64 {
+    crate::http::DEFAULT_BURST_PER_ADDRESS
 }
 fn default_log_format() -> String {
     "human".into()
@@ -171,9 +187,22 @@ origin = "spacesync-hub/campaign/{id}"
 # Most entries an agent may send in one ingest request.
 max_batch_entries = 1000
 
-# Ingest requests per second per source, and the burst allowed.
+# Ingest requests per second per source, and the burst allowed. Only requests that
+# prove the source (every signature in the batch verifies; a signed agent request)
+# spend this budget, so nobody else can use it up.
 rate_per_source = 20.0
 burst_per_source = 100.0
+
+# Refused requests (malformed, unknown source, bad signature, replayed) per second per
+# client address (IPv6: per /64), and the burst allowed; beyond it the address gets 429.
+# Behind a proxy every client shares the proxy's address: requests that prove a source
+# still get through.
+rate_per_address = 2.0
+burst_per_address = 40.0
+
+# /metrics names every source and its head: on `listen` it needs an admin token. Set an
+# address here to also serve it without a token to your monitoring system only.
+# metrics_listen = "127.0.0.1:9300"
 
 # Log format: "human" or "json".
 log_format = "human"

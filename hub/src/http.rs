@@ -4,13 +4,19 @@
 //! and a few real-socket tests on port 0. Every non-2xx answer is a `wire::ErrorBody`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +44,14 @@ use crate::views::{figures_json, region_name};
 /// Largest accepted request body, after decompression.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
+/// Refused requests a second per client address, by default (`rate_per_address`).
+pub const DEFAULT_RATE_PER_ADDRESS: f64 = 2.0;
+/// Refused requests a client address may make in a burst, by default (`burst_per_address`).
+pub const DEFAULT_BURST_PER_ADDRESS: f64 = 40.0;
+/// Most client addresses whose budget is tracked; beyond it the least recently seen are
+/// forgotten (full buckets first, which loses nothing).
+pub const MAX_TRACKED_ADDRESSES: usize = 16_384;
+
 /// Shared state of the HTTP layer.
 #[derive(Clone)]
 pub struct AppState {
@@ -45,18 +59,104 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Signed-request nonces.
     pub nonces: Arc<NonceCache>,
-    /// Per-source request buckets.
+    /// Per-source request buckets, spent only by requests proven to come from the source
+    /// (a batch whose every signature verifies, a signed request that verifies), so
+    /// nobody else can use up a source's budget.
     pub limiter: Arc<RateLimiter>,
+    /// Per-client-address buckets, spent by every refused request that did not prove a
+    /// source (malformed, unknown source, bad signature, replayed nonce): they bound the
+    /// work unauthenticated traffic can cause.
+    pub addr_limiter: Arc<RateLimiter<AddrKey>>,
+    /// Requests answered 429, by whose budget ran out, for `/metrics`.
+    pub throttled: Arc<Throttled>,
+}
+
+/// Counts of 429 answers.
+#[derive(Debug, Default)]
+pub struct Throttled {
+    /// A client address used up its allowance of refused requests.
+    pub address: AtomicU64,
+    /// A source sent (authenticated) requests faster than its rate.
+    pub source: AtomicU64,
 }
 
 impl AppState {
-    /// State over a hub with the given per-source rate (requests per second, burst).
+    /// State over a hub with the given per-source rate (requests per second, burst), and
+    /// the default allowance of refused requests per client address.
     pub fn new(hub: Arc<Hub>, rate: f64, burst: f64) -> AppState {
         AppState {
             hub,
             nonces: Arc::new(NonceCache::default()),
             limiter: Arc::new(RateLimiter::new(rate, burst)),
+            addr_limiter: Arc::new(RateLimiter::with_capacity(
+                DEFAULT_RATE_PER_ADDRESS,
+                DEFAULT_BURST_PER_ADDRESS,
+                MAX_TRACKED_ADDRESSES,
+            )),
+            throttled: Arc::new(Throttled::default()),
         }
+    }
+
+    /// Sets the allowance of refused requests per client address (per second, burst).
+    pub fn with_address_limit(mut self, rate: f64, burst: f64) -> AppState {
+        self.addr_limiter = Arc::new(RateLimiter::with_capacity(
+            rate,
+            burst,
+            MAX_TRACKED_ADDRESSES,
+        ));
+        self
+    }
+
+    /// Charges a refused request to its client's address. Once the address has used up its
+    /// allowance the answer becomes 429. Internal errors are not the client's doing and
+    /// cost nothing; requests without an address (in-process callers) are not limited.
+    fn refuse(&self, client: &ClientAddr, e: AppError) -> AppError {
+        if e.status.is_server_error() {
+            return e;
+        }
+        let Some(addr) = client.0 else {
+            return e;
+        };
+        match self.addr_limiter.take(&AddrKey::of(addr.ip())) {
+            Ok(()) => e,
+            Err(wait) => self.address_throttled(addr, wait, &e.body.error),
+        }
+    }
+
+    fn address_throttled(&self, addr: SocketAddr, wait: u64, last: &str) -> AppError {
+        self.throttled.address.fetch_add(1, Ordering::Relaxed);
+        let mut e = AppError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(RefusalCode::RateLimited),
+            format!(
+                "too many refused requests from {}; retry after {wait} s (the last was refused because: {last})",
+                addr.ip()
+            ),
+        );
+        e.retry_after = Some(wait);
+        e
+    }
+
+    /// Has the client's address used up its allowance of refused requests? Its requests
+    /// are then checked only as far as needed to see whether they prove a source.
+    fn on_probation(&self, client: &ClientAddr) -> bool {
+        client
+            .0
+            .is_some_and(|a| !self.addr_limiter.has_token(&AddrKey::of(a.ip())))
+    }
+
+    /// Takes a token from the budget `bucket` of an authenticated `source`.
+    fn charge_source(&self, source: &SourceId, bucket: &str) -> Result<(), AppError> {
+        self.limiter.take(&bucket.to_string()).map_err(|wait| {
+            self.throttled.source.fetch_add(1, Ordering::Relaxed);
+            let mut e = AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(RefusalCode::RateLimited),
+                format!("source {source} is sending too fast; retry after {wait} s"),
+            );
+            e.retry_after = Some(wait);
+            e
+        })
     }
 
     /// For a hub clock running `speed` times real time: the signed-request window is kept
@@ -68,37 +168,142 @@ impl AppState {
     }
 }
 
-/// A token bucket per source. Uses monotonic real time: it protects the machine, not
-/// the campaign calendar.
-pub struct RateLimiter {
+/// A token bucket per key (a source's budget, or a client address). Uses monotonic real
+/// time: it protects the machine, not the campaign calendar. The table is bounded: when
+/// `capacity` keys are held, full buckets are dropped (they carry no state), then the
+/// least recently used half.
+pub struct RateLimiter<K = String> {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    capacity: usize,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
+/// Keys a source limiter holds by default: two budgets per registered source.
+const DEFAULT_LIMITER_CAPACITY: usize = 65_536;
+
+/// Longest Retry-After a limiter gives (also when a rate of 0 is configured).
+const MAX_RETRY_AFTER_SECS: f64 = 3600.0;
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// `rate` tokens a second, up to `burst`.
-    pub fn new(rate: f64, burst: f64) -> RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> RateLimiter<K> {
+        RateLimiter::with_capacity(rate, burst, DEFAULT_LIMITER_CAPACITY)
+    }
+
+    /// `rate` tokens a second, up to `burst`, for at most `capacity` keys.
+    pub fn with_capacity(rate: f64, burst: f64, capacity: usize) -> RateLimiter<K> {
         RateLimiter {
-            rate,
-            burst,
+            rate: rate.max(0.0),
+            burst: burst.max(0.0),
+            capacity: capacity.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
+    fn refilled(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
+        (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst)
+    }
+
     /// Takes a token for `who`; on refusal, the seconds until one is available.
-    pub fn take(&self, who: &str) -> Result<(), u64> {
+    pub fn take(&self, who: &K) -> Result<(), u64> {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let (tokens, at) = b.entry(who.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        if !b.contains_key(who) {
+            self.make_room(&mut b, now);
+        }
+        let (tokens, at) = b.entry(who.clone()).or_insert((self.burst, now));
+        *tokens = self.refilled(*tokens, *at, now);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+            let wait = if self.rate > 0.0 {
+                ((1.0 - *tokens) / self.rate).ceil()
+            } else {
+                MAX_RETRY_AFTER_SECS
+            };
+            Err(wait.clamp(1.0, MAX_RETRY_AFTER_SECS) as u64)
         }
+    }
+
+    /// Would [`RateLimiter::take`] succeed now? Takes nothing.
+    pub fn has_token(&self, who: &K) -> bool {
+        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        b.get(who)
+            .is_none_or(|(tokens, at)| self.refilled(*tokens, *at, Instant::now()) >= 1.0)
+    }
+
+    /// Keys currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn make_room(&self, b: &mut HashMap<K, (f64, Instant)>, now: Instant) {
+        if b.len() < self.capacity {
+            return;
+        }
+        b.retain(|_, (tokens, at)| self.refilled(*tokens, *at, now) < self.burst);
+        if b.len() >= self.capacity {
+            let mut ats: Vec<Instant> = b.values().map(|(_, at)| *at).collect();
+            ats.sort_unstable();
+            let cut = ats[ats.len() / 2];
+            b.retain(|_, (_, at)| *at > cut);
+        }
+    }
+}
+
+/// What one per-address budget is kept for: an IPv4 address, or an IPv6 /64 (what one
+/// subscriber is usually given, so rotating through it gains nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrKey(IpAddr);
+
+impl AddrKey {
+    /// The key of `ip` (IPv4-mapped IPv6 addresses count as their IPv4 address).
+    pub fn of(ip: IpAddr) -> AddrKey {
+        match ip {
+            IpAddr::V4(v4) => AddrKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddrKey(IpAddr::V4(v4)),
+                None => AddrKey(IpAddr::V6(Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                ))),
+            },
+        }
+    }
+}
+
+/// The peer address of a connection, for serving loops other than `axum::serve` over a
+/// bare `TcpListener` (which gives `ConnectInfo<SocketAddr>`): a custom listener can
+/// `impl Connected<IncomingStream<'_, ItsListener>> for PeerAddr` here, or be wrapped with
+/// `ListenerExt::tap_io` (which gives `ConnectInfo<SocketAddr>` for any listener whose
+/// address is a `SocketAddr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<SocketAddr> for PeerAddr {
+    fn connect_info(addr: SocketAddr) -> PeerAddr {
+        PeerAddr(addr)
+    }
+}
+
+/// The client's address: from `ConnectInfo<PeerAddr>` or `ConnectInfo<SocketAddr>`;
+/// absent for in-process callers (tests driving the router with `oneshot`), which are not
+/// limited per address.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Infallible> {
+        let ext = &parts.extensions;
+        Ok(ClientAddr(
+            ext.get::<ConnectInfo<PeerAddr>>()
+                .map(|c| c.0.0)
+                .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)),
+        ))
     }
 }
 
@@ -242,7 +447,34 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    // The peer address feeds the per-address limiter (see [`ClientAddr`]).
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// The router of the separate metrics listener (`metrics_listen` in hub.toml): only
+/// `/metrics`, without a token. Bind it to an address only the monitoring system reaches.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { metrics_text(&s) }),
+        )
+        .layer(axum::middleware::map_response(bare_errors_as_json))
+        .with_state(state)
+}
+
+/// Serves [`metrics_app`] until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_app(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -258,12 +490,12 @@ fn json_content_type(headers: &HeaderMap) -> bool {
         })
 }
 
-async fn ingest(
-    State(s): State<AppState>,
-    headers: HeaderMap,
+/// Reads an ingest batch from the request.
+fn read_batch(
+    headers: &HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, AppError> {
-    if !json_content_type(&headers) {
+) -> Result<IngestBatch, AppError> {
+    if !json_content_type(headers) {
         return Err(AppError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Some(RefusalCode::Invalid),
@@ -289,39 +521,79 @@ async fn ingest(
             e.valid_up_to()
         ))
     })?;
-    let batch: IngestBatch = serde_json::from_str(text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         AppError::bad_request(format!(
             "the body is not an ingest batch: {e} (line {}, column {})",
             e.line(),
             e.column()
         ))
-    })?;
-    // Only registered sources get a bucket, so made-up ids cannot grow the table; an
-    // unregistered source is refused by ingest with 401 as usual.
-    let registered = s.hub.state().registry.contains_key(&batch.source);
-    let taken = if registered {
-        s.limiter.take(batch.source.as_str())
-    } else {
-        Ok(())
-    };
-    if let Err(wait) = taken {
-        let mut e = AppError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(RefusalCode::RateLimited),
-            format!(
-                "source {} is sending too fast; retry after {wait} s",
-                batch.source
-            ),
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
-    let hub = s.hub.clone();
-    let outcome = tokio::task::spawn_blocking(move || hub.ingest(batch))
+    })
+}
+
+async fn ingest(
+    State(s): State<AppState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, AppError> {
+    let batch = read_batch(&headers, body).map_err(|e| s.refuse(&client, e))?;
+    let outcome = tokio::task::spawn_blocking(move || ingest_blocking(&s, &client, batch))
         .await
         .map_err(AppError::internal)??;
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     Ok((status, Json(outcome.response)).into_response())
+}
+
+/// Verifies a batch, charges the right budget, appends. Whose budget a batch spends:
+/// - every signature verifies and it carries a seq the hub does not hold yet: the
+///   source's (only the key holder can make such a batch);
+/// - every signature verifies but it only resends held entries: the source's separate
+///   resend budget (anyone who saw the batch can replay it; this way a replay can delay
+///   only resends, never new entries);
+/// - anything else (unknown or revoked source, a malformed or unsigned entry): the client
+///   address's.
+fn ingest_blocking(
+    s: &AppState,
+    client: &ClientAddr,
+    batch: IngestBatch,
+) -> Result<crate::ingest::IngestOutcome, AppError> {
+    // An address that has used up its allowance gets one signature checked, not a
+    // thousand: a flood of junk costs a parse and one verification per request, while a
+    // real agent behind the same address (a NAT, the TLS proxy) still gets through.
+    if s.on_probation(client) && !s.hub.first_entry_verifies(&batch) {
+        return Err(s.refuse(
+            client,
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                Some(RefusalCode::BadSignature),
+                format!(
+                    "the batch's first entry is not validly signed by a registered source {}",
+                    batch.source
+                ),
+            ),
+        ));
+    }
+    let checked = s.hub.check(batch).map_err(|e| s.refuse(client, e.into()))?;
+    let source = checked.source().clone();
+    if checked.authentic() {
+        let held = s.hub.head(&source).held_through;
+        if checked.goes_beyond(held) {
+            s.charge_source(&source, source.as_str())?;
+        } else {
+            s.charge_source(&source, &format!("{source} resend"))?;
+        }
+    } else if let Some(addr) = client.0 {
+        s.addr_limiter
+            .take(&AddrKey::of(addr.ip()))
+            .map_err(|wait| {
+                s.address_throttled(
+                    addr,
+                    wait,
+                    &format!("a batch naming {source} carried an entry that is malformed or not signed by its key"),
+                )
+            })?;
+    }
+    Ok(s.hub.append(checked)?)
 }
 
 async fn pubkey(State(s): State<AppState>) -> String {
@@ -399,14 +671,52 @@ async fn consistency(
     })))
 }
 
-/// Verifies a signed agent request; returns the source.
-fn signed_source(
+/// Verifies a signed agent request and charges it: to the source's budget when it
+/// verifies, to the client address's when it does not (a forged, stale or replayed
+/// request). Returns the source.
+async fn signed_source(
     s: &AppState,
+    client: &ClientAddr,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<SourceId, AppError> {
+    let (source, nonce, ts) =
+        verify_signed(s, method, uri, headers, body).map_err(|e| s.refuse(client, e))?;
+    // A source over its rate is refused before its nonce is stored.
+    if !s.limiter.has_token(&source.to_string()) {
+        s.charge_source(&source, source.as_str())?;
+    }
+    let (nonces, hub) = (s.nonces.clone(), s.hub.clone());
+    let now = s.hub.clock.now();
+    let fresh = tokio::task::spawn_blocking(move || {
+        nonces.check_and_insert(hub.store.as_ref(), &nonce, ts, now)
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
+    if !fresh {
+        return Err(s.refuse(
+            client,
+            AppError::unauthorized(
+                "this signed request was already used (replay refused); sign each request with a fresh nonce",
+            ),
+        ));
+    }
+    s.charge_source(&source, source.as_str())?;
+    Ok(source)
+}
+
+/// Checks a signed agent request's headers, source and signature, and its timestamp
+/// against the hub clock; returns the source, the nonce and the timestamp.
+fn verify_signed(
+    s: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(SourceId, String, chrono::DateTime<chrono::Utc>), AppError> {
     let h = |name: &'static str| {
         headers
             .get(name)
@@ -464,21 +774,17 @@ fn signed_source(
             window.num_minutes()
         )));
     }
-    if !s.nonces.check_and_insert(nonce, now) {
-        return Err(AppError::unauthorized(
-            "this signed request was already used (replay refused); sign each request with a fresh nonce",
-        ));
-    }
-    Ok(source)
+    Ok((source, nonce.to_string(), ts))
 }
 
 async fn agent_head(
     State(s): State<AppState>,
+    client: ClientAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<wire::SourceHead>, AppError> {
-    let source = signed_source(&s, &method, &uri, &headers, b"")?;
+    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
     Ok(Json(s.hub.head(&source)))
 }
 
@@ -491,12 +797,13 @@ struct NoticesQuery {
 
 async fn agent_notices(
     State(s): State<AppState>,
+    client: ClientAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Query(q): Query<NoticesQuery>,
 ) -> Result<Json<NoticesPage>, AppError> {
-    let source = signed_source(&s, &method, &uri, &headers, b"")?;
+    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
     let scope = source_scope(&s, &source)?;
     let notices = s
         .hub
@@ -530,12 +837,13 @@ fn source_scope(s: &AppState, source: &SourceId) -> Result<RegionCode, AppError>
 
 async fn agent_notices_ack(
     State(s): State<AppState>,
+    client: ClientAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
-    let source = signed_source(&s, &method, &uri, &headers, &body)?;
+    let source = signed_source(&s, &client, &method, &uri, &headers, &body).await?;
     let ack: NoticeAck = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("not a notice acknowledgement: {e}")))?;
     let scope = source_scope(&s, &source)?;
@@ -752,7 +1060,20 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, AppError> {
     Ok("ready\n")
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+/// `/metrics` on the main listener: admin tokens only (it names every source and its
+/// head). Without a token, scrape the separate `metrics_listen` address instead.
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    let role = bearer_role(&s, &headers)?;
+    if role != Role::Admin {
+        return Err(AppError::forbidden(format!(
+            "/metrics is for admin tokens (this one is {role}); or scrape the hub's metrics_listen address (hub.toml)"
+        )));
+    }
+    Ok(metrics_text(&s))
+}
+
+/// The Prometheus text of the hub's metrics.
+fn metrics_text(s: &AppState) -> Response {
     let st = s.hub.state();
     let mut out = String::new();
     out.push_str("# HELP spacesync_hub_log_size Leaves in the transparency log.\n# TYPE spacesync_hub_log_size gauge\n");
@@ -770,5 +1091,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
             h.seq
         ));
     }
+    drop(st);
+    out.push_str("# HELP spacesync_hub_throttled_total Requests answered 429, by whose budget ran out.\n# TYPE spacesync_hub_throttled_total counter\n");
+    for (budget, n) in [
+        ("address", &s.throttled.address),
+        ("source", &s.throttled.source),
+    ] {
+        out.push_str(&format!(
+            "spacesync_hub_throttled_total{{budget=\"{budget}\"}} {}\n",
+            n.load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str("# HELP spacesync_hub_tracked_addresses Client addresses with a refused-request budget in use.\n# TYPE spacesync_hub_tracked_addresses gauge\n");
+    out.push_str(&format!(
+        "spacesync_hub_tracked_addresses {}\n",
+        s.addr_limiter.tracked()
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -28,6 +28,55 @@ use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 /// How far ahead of the hub's clock an entry's `recorded_at` may be.
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
 
+/// How long before its campaign's start an entry's `recorded_at` may be. Agents are set
+/// up and tested in the weeks before a campaign opens; an entry stamped earlier than that
+/// (a clock reset to 1970, a forged back-dated entry) is refused as `invalid`.
+pub const RECORDED_AT_SLACK: Duration = Duration::days(30);
+
+/// The earliest `recorded_at` ingest accepts: the campaign's first day, at midnight in the
+/// campaign's time zone, less [`RECORDED_AT_SLACK`].
+pub fn earliest_recorded_at(campaign: &Campaign) -> DateTime<Utc> {
+    let local_midnight = campaign
+        .starts_on
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    local_midnight
+        - Duration::seconds(i64::from(campaign.utc_offset.local_minus_utc()))
+        - RECORDED_AT_SLACK
+}
+
+/// A batch whose size, source and signatures [`Hub::check`] has checked, for
+/// [`Hub::append`].
+pub struct CheckedBatch {
+    batch: IngestBatch,
+    reg: SourceRecord,
+    decoded: Vec<Result<Entry, spacesync_shared::entry::EntryError>>,
+    /// Index and reason of the first entry whose signature does not verify.
+    first_bad: Option<(usize, String)>,
+}
+
+impl CheckedBatch {
+    /// The source the batch names.
+    pub fn source(&self) -> &SourceId {
+        &self.batch.source
+    }
+
+    /// True when every entry decodes and carries a valid signature by the key registered
+    /// for its seq: the batch was made by the source's key holder (or replays what it
+    /// made). Only such a batch may spend the source's request budget.
+    pub fn authentic(&self) -> bool {
+        self.first_bad.is_none() && self.decoded.iter().all(Result::is_ok)
+    }
+
+    /// True when some entry's seq is above `held_through`: the batch is more than a resend
+    /// of entries the hub holds (which anyone who saw the batch could replay).
+    pub fn goes_beyond(&self, held_through: u64) -> bool {
+        self.decoded
+            .iter()
+            .any(|e| e.as_ref().is_ok_and(|e| e.seq > held_through))
+    }
+}
+
 /// What the hub holds of one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Head {
@@ -335,6 +384,14 @@ impl Hub {
 
     /// Verifies and appends one source's batch. Blocking: run it off the async runtime.
     pub fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, IngestError> {
+        self.append(self.check(batch)?)
+    }
+
+    /// The first half of [`Hub::ingest`], outside the writer lock: the batch's size, its
+    /// source (registered, not revoked) and every signature. Blocking (Ed25519): run it off
+    /// the async runtime. The HTTP layer decides between the two halves whose budget the
+    /// request spends (see [`CheckedBatch::authentic`]).
+    pub fn check(&self, batch: IngestBatch) -> Result<CheckedBatch, IngestError> {
         let source = batch.source.clone();
         if batch.entries.is_empty() {
             return Err(IngestError::Empty);
@@ -359,12 +416,48 @@ impl Hub {
             .iter()
             .map(|e| Entry::from_payload(&e.payload))
             .collect();
-        // Millisecond precision, as the source index stores it: a receipt re-issued for a
-        // resent entry must be byte-identical to the first one.
-        let now = self.clock.now().trunc_subsecs(3);
         // Signatures first and outside the writer lock, so one batch's verification runs
         // while another batch is being written; processing stops at the first bad one.
         let first_bad = first_bad_signature(&reg, &batch.entries, &decoded);
+        Ok(CheckedBatch {
+            batch,
+            reg,
+            decoded,
+            first_bad,
+        })
+    }
+
+    /// Cheap admission test for a client that has used up its allowance of failed
+    /// requests: does the batch's first entry carry a valid signature by its registered
+    /// source? One Ed25519 verification, whatever the batch's size.
+    pub fn first_entry_verifies(&self, batch: &IngestBatch) -> bool {
+        let Some(env) = batch.entries.first() else {
+            return false;
+        };
+        let Ok(entry) = Entry::from_payload(&env.payload) else {
+            return false;
+        };
+        let key = match self.state().registry.get(&batch.source) {
+            Some(reg) if reg.status != SourceStatus::Revoked => reg.key_for(entry.seq),
+            _ => None,
+        };
+        key.is_some_and(|k| verify_signatures(&[env], &k).is_ok())
+    }
+
+    /// The second half of [`Hub::ingest`], under the writer lock: seq continuity, the
+    /// `prev` chain, scope and clock, the append, the flush and the receipts. Blocking.
+    pub fn append(&self, checked: CheckedBatch) -> Result<IngestOutcome, IngestError> {
+        let CheckedBatch {
+            batch,
+            reg,
+            decoded,
+            first_bad,
+        } = checked;
+        let source = batch.source.clone();
+        // Millisecond precision, as the source index stores it: a receipt re-issued for a
+        // resent entry must be byte-identical to the first one.
+        let now = self.clock.now().trunc_subsecs(3);
+        let earliest = earliest_recorded_at(&self.campaign);
 
         let mut st = self.state();
         let head = st.heads.get(&source).copied().unwrap_or_default();
@@ -507,6 +600,17 @@ impl Hub {
                         entry.seq, entry.recorded_at
                     ),
                 ))
+            } else if entry.recorded_at < earliest {
+                Some((
+                    RefusalCode::Invalid,
+                    format!(
+                        "seq {}: recorded_at {} is before the campaign started ({} less {} days of slack: {earliest}); the agent's clock was wrong when it signed — fix it, then re-enter the record",
+                        entry.seq,
+                        entry.recorded_at,
+                        self.campaign.starts_on,
+                        RECORDED_AT_SLACK.num_days()
+                    ),
+                ))
             } else {
                 None
             };
@@ -589,7 +693,9 @@ impl Hub {
             info!(source = %source, appended, held_through = new_heads.seq, log_size = st.log.size(), "Appended entries.");
         }
         for r in &refused {
-            warn!(source = %source, seq = r.seq, code = ?r.code, reason = %r.reason, "Refused an entry.");
+            // The reason quotes what the batch said (field names, ids): Debug-escaped, so a
+            // newline in it cannot start a forged log line.
+            warn!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, "Refused an entry.");
         }
         let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
         Ok(IngestOutcome {

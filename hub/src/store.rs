@@ -208,6 +208,9 @@ pub mod keys {
     pub const ALARM: &[u8] = b"alarm/";
     /// `v/…` → view items (see [`crate::views`]).
     pub const VIEW: &[u8] = b"v/";
+    /// `n/<sha256 hex of nonce>` → when the signed request it came with expires (i64 ms,
+    /// big-endian): replay protection that survives a restart (see [`crate::auth`]).
+    pub const NONCE: &[u8] = b"n/";
 
     /// Key of log leaf `index`.
     pub fn log(index: u64) -> Vec<u8> {
@@ -237,6 +240,11 @@ pub mod keys {
     /// Key of a token record.
     pub fn tok(hash_hex: &str) -> Vec<u8> {
         [TOK, hash_hex.as_bytes()].concat()
+    }
+
+    /// Key of a seen signed-request nonce.
+    pub fn nonce(hash_hex: &str) -> Vec<u8> {
+        [NONCE, hash_hex.as_bytes()].concat()
     }
 
     /// Key of alarm `n`.

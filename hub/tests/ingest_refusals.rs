@@ -346,6 +346,13 @@ async fn hostile_ingest_requests_are_refused_and_change_nothing() {
             "ahead of the hub's clock",
         ),
     ));
+    let mut epoch = a.entry(&rec);
+    epoch.recorded_at = chrono::DateTime::UNIX_EPOCH;
+    cases.push((
+        "recorded_at in 1970",
+        batch_req("gd-a", vec![epoch.sign(&a.key)]),
+        refused(422, RefusalCode::Invalid, "before the campaign started"),
+    ));
     let mut bad_prev = a.entry(&rec);
     bad_prev.prev = Digest::of(b"not the previous entry");
     cases.push((

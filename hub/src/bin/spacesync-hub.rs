@@ -264,8 +264,27 @@ fn main() -> Result<()> {
                     stop_rx,
                 ));
                 let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source)
+                    .with_address_limit(cfg.rate_per_address, cfg.burst_per_address)
                     .with_time_scale(speed.unwrap_or(1.0));
+                // The token-free metrics listener ends with the main one.
+                let metrics = match &cfg.metrics_listen {
+                    Some(maddr) => {
+                        let ml = tokio::net::TcpListener::bind(maddr)
+                            .await
+                            .with_context(|| format!("cannot listen on metrics_listen = {maddr:?} (hub.toml); choose a free address or remove the line"))?;
+                        tracing::info!(addr = %ml.local_addr()?, "Metrics listening.");
+                        Some(tokio::spawn(http::serve_metrics(
+                            ml,
+                            state.clone(),
+                            std::future::pending(),
+                        )))
+                    }
+                    None => None,
+                };
                 http::serve(listener, state, shutdown_signal()).await?;
+                if let Some(m) = metrics {
+                    m.abort();
+                }
                 let _ = stop_tx.send(true);
                 let _ = scheduler.await;
                 tracing::info!("Hub stopped.");
