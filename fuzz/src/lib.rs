@@ -10,6 +10,10 @@
 //!   accepted record writes back to itself (JSON), and space counts through CSV.
 //! - [`ingest_body`]: arbitrary bodies at `POST /v1/ingest` of `spacesync_hub::http::app`:
 //!   never a 5xx, always a well-formed answer.
+//! - [`signed_request`]: the six parts of a signed agent request (method, path, timestamp,
+//!   nonce, signature, body) as newline-separated fields into `wire::verify_request`:
+//!   never a panic, and nothing verifies but the genuine request byte for byte (no part,
+//!   the signature included, can be changed and still verify).
 //! - [`ingest_chain`]: batches spliced and bit-flipped from a genuine signed chain into
 //!   `Hub::ingest`: the hub never holds or receipts anything but the genuine entries, in
 //!   order.
@@ -321,6 +325,64 @@ pub fn ingest_chain(data: &[u8]) {
     }
 }
 
+/// The genuine signed request of [`signed_request`]: its six fields, newline-separated.
+pub fn genuine_request() -> Vec<u8> {
+    let source = SourceId::parse("fz-req").unwrap_or_else(|e| panic!("{e}"));
+    let body = b"{\"up_to\":3}";
+    let headers = spacesync_shared::wire::sign_request(
+        &source_key(),
+        &source,
+        "POST",
+        "/v1/agent/notices/ack",
+        now(),
+        [9; 16],
+        body,
+    );
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for part in [
+        "POST".to_string(),
+        "/v1/agent/notices/ack".to_string(),
+        get(spacesync_shared::wire::HDR_TIMESTAMP),
+        get(spacesync_shared::wire::HDR_NONCE),
+        get(spacesync_shared::wire::HDR_SIGNATURE),
+    ] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Signed-request verification of arbitrary parts: never a panic; only the genuine
+/// request verifies.
+pub fn signed_request(data: &[u8]) {
+    let parts: Vec<&[u8]> = data.splitn(6, |&b| b == b'\n').collect();
+    let text = |i: usize| parts.get(i).and_then(|p| std::str::from_utf8(p).ok());
+    // Header values are text; a part that is not UTF-8 cannot arrive as one.
+    let (Some(method), Some(path), Some(ts), Some(nonce), Some(sig)) =
+        (text(0), text(1), text(2), text(3), text(4))
+    else {
+        return;
+    };
+    let body = parts.get(5).copied().unwrap_or_default();
+    let key = source_key().verifying_key();
+    if spacesync_shared::wire::verify_request(&key, method, path, ts, nonce, sig, body).is_ok()
+    {
+        assert_eq!(
+            data,
+            genuine_request().as_slice(),
+            "a changed request verified"
+        );
+    }
+}
+
 /// Inputs to start from, per target: what genuine traffic looks like.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let source = SourceId::parse("fz-chain").unwrap_or_else(|e| panic!("{e}"));
@@ -358,6 +420,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "ingest_body",
             b"{\"source\":\"fz-body\",\"entries\":[]}".to_vec(),
         ),
+        ("signed_request", genuine_request()),
         ("ingest_chain", vec![0, 0, 0, 1, 0, 0, 2, 0, 0]),
         ("ingest_chain", vec![0, 0x81, 7, 1, 0xc3, 9, 2, 0, 0]),
     ]

@@ -41,9 +41,14 @@ const RECORDS: usize = 1_200;
 /// Of those, how many wait unreceipted (posted while the hub is stopped).
 const UNSENT: usize = 100;
 
-/// Copies a directory tree (file modes included: the key files must stay 0600).
+/// Copies a directory tree (file and directory modes included: key files stay 0600 and
+/// data directories 0700, or the processes refuse to start on the copy).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    if let Ok(m) = std::fs::metadata(from) {
+        std::fs::set_permissions(to, m.permissions())
+            .unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    }
     for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
         let e = e.unwrap_or_else(|e| panic!("{e}"));
         let (src, dst) = (e.path(), to.join(e.file_name()));
@@ -340,8 +345,12 @@ async fn start(side: Side, dir: &Path, extra: &mut Workload) -> Start {
             let mut took = None;
             if side == Side::Agent {
                 let (id, line, _) = extra.next_write();
+                let token = spacesync_agent::token::read(&dir.join("intake.token"))
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let r = http
                     .post(format!("{base}/v1/records"))
+                    .bearer_auth(token)
+                    .header("content-type", "application/x-ndjson")
                     .body(line)
                     .send()
                     .await;
@@ -529,14 +538,16 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
     let mut cluster = Cluster::start(1, seed, FaultPlan::NONE, |_| {}).await;
     let http = reqwest::Client::new();
     let mut work = Workload::new(cluster.agents[0].site);
-    let url = cluster.agents[0].url();
+    let api = cluster.agents[0].api();
     let post = async |work: &mut Workload, n: usize| {
         let mut left = n;
         while left > 0 {
             let k = left.min(20);
             let body: Vec<String> = (0..k).map(|_| work.next_write().1).collect();
             let r = http
-                .post(format!("{url}/v1/records"))
+                .post(format!("{}/v1/records", api.url))
+                .bearer_auth(&api.token)
+                .header("content-type", "application/x-ndjson")
                 .body(body.join("\n"))
                 .send()
                 .await
@@ -830,10 +841,11 @@ fn fuzz_targets_hold_on_seeds_and_mutations() {
         }
     }
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
         ("envelope", fuzz_logic::envelope),
         ("records", fuzz_logic::records),
         ("ingest_body", fuzz_logic::ingest_body),
+        ("signed_request", fuzz_logic::signed_request),
         ("ingest_chain", fuzz_logic::ingest_chain),
     ];
     let mut runs = Vec::new();
