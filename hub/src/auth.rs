@@ -99,6 +99,10 @@ pub struct TokenRecord {
     /// Optional note (who it was given to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// When it was revoked; a revoked token is refused everywhere, and so are the
+    /// dashboard sessions opened with it. The record stays for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// Token errors.
@@ -110,10 +114,29 @@ pub enum TokenError {
     /// No randomness.
     #[error("cannot generate a token: the system random source failed ({0})")]
     Random(String),
+    /// No token matches what was given to revoke.
+    #[error(
+        "no token matches {0:?}; give the token itself (sst_…) or its id (see `spacesync-hub token list`)"
+    )]
+    NotFound(String),
+    /// An id prefix matches several tokens.
+    #[error("{0:?} matches several tokens; give more of the id (see `spacesync-hub token list`)")]
+    Ambiguous(String),
 }
 
-fn token_hash(token: &str) -> String {
+/// The SHA-256 (hex) a token is stored under. Dashboard sessions keep it to find out
+/// whether their token still holds.
+pub fn token_hash(token: &str) -> String {
     Digest::of(token.trim().as_bytes()).to_hex()
+}
+
+/// Length of a token id: the first hex digits of the token's hash. It names a token in
+/// `token list` and `token revoke` without revealing it.
+pub const TOKEN_ID_LEN: usize = 12;
+
+/// A token's id (the first [`TOKEN_ID_LEN`] hex digits of its hash).
+pub fn token_id(token: &str) -> String {
+    token_hash(token)[..TOKEN_ID_LEN].to_string()
 }
 
 /// Creates a token with `role`, stores its hash, and returns the token (shown once).
@@ -130,6 +153,7 @@ pub fn create_token(
         role,
         created_at: now,
         label,
+        revoked_at: None,
     };
     let mut b = WriteBatch::new();
     b.put(
@@ -141,11 +165,85 @@ pub fn create_token(
     Ok(token)
 }
 
-/// Looks a presented token up; `None` when unknown.
+/// Looks a presented token up; `None` when unknown or revoked.
 pub fn lookup_token(store: &dyn Store, token: &str) -> Result<Option<TokenRecord>, StoreError> {
+    lookup_token_hash(store, &token_hash(token))
+}
+
+/// Looks a token up by its hash ([`token_hash`]); `None` when unknown or revoked.
+pub fn lookup_token_hash(store: &dyn Store, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
     Ok(store
-        .get(&keys::tok(&token_hash(token)))?
-        .and_then(|v| serde_json::from_slice(&v).ok()))
+        .get(&keys::tok(hash))?
+        .and_then(|v| serde_json::from_slice::<TokenRecord>(&v).ok())
+        .filter(|r| r.revoked_at.is_none()))
+}
+
+/// Every token record, revoked ones included, with its id, in id order.
+pub fn list_tokens(store: &dyn Store) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+    let mut out = Vec::new();
+    for r in store.scan(keys::TOK) {
+        let (k, v) = r?;
+        let hash = String::from_utf8_lossy(k.get(keys::TOK.len()..).unwrap_or_default());
+        let id = hash.get(..TOKEN_ID_LEN).unwrap_or(&hash).to_string();
+        let rec: TokenRecord = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: format!("tok/{id}…"),
+            message: e.to_string(),
+        })?;
+        out.push((id, rec));
+    }
+    Ok(out)
+}
+
+/// Revokes a token given as the token itself (`sst_…`) or as its id (or a unique prefix
+/// of at least 6 hex digits). From then on the token is refused everywhere and the
+/// dashboard sessions opened with it end at their next request. Revoking a revoked token
+/// changes nothing. Returns the token's id and record.
+pub fn revoke_token(
+    store: &dyn Store,
+    token_or_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, TokenRecord), TokenError> {
+    let given = token_or_id.trim();
+    // A token is never echoed back, even one that is not known.
+    let not_found = || {
+        TokenError::NotFound(if given.starts_with("sst_") {
+            "sst_…".into()
+        } else {
+            given.chars().take(64).collect()
+        })
+    };
+    let hash = if given.starts_with("sst_") {
+        token_hash(given)
+    } else {
+        let id = given.to_ascii_lowercase();
+        if id.len() < 6 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let mut found = Vec::new();
+        for r in store.scan(&keys::tok(&id)) {
+            let (k, _) = r?;
+            found.push(
+                String::from_utf8_lossy(k.get(keys::TOK.len()..).unwrap_or_default()).to_string(),
+            );
+        }
+        if found.len() > 1 {
+            return Err(TokenError::Ambiguous(id));
+        }
+        found.pop().ok_or_else(not_found)?
+    };
+    let key = keys::tok(&hash);
+    let mut rec: TokenRecord = store
+        .get(&key)?
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .ok_or_else(not_found)?;
+    if rec.revoked_at.is_none() {
+        rec.revoked_at = Some(now);
+        let mut b = WriteBatch::new();
+        b.put(key, serde_json::to_vec(&rec).unwrap_or_default());
+        store.apply(b)?;
+        store.flush()?;
+    }
+    Ok((hash.get(..TOKEN_ID_LEN).unwrap_or(&hash).to_string(), rec))
 }
 
 /// How far a signed request's timestamp may be from the hub clock.
@@ -277,6 +375,31 @@ mod tests {
             Role::Ministry
         );
         assert!(lookup_token(&store, "sst_wrong").unwrap().is_none());
+        // Revoked by id, the token is refused; the record stays, marked.
+        let other = create_token(&store, Role::Admin, None, Utc::now()).unwrap();
+        let (id, _) = revoke_token(&store, &token_id(&t), Utc::now()).unwrap();
+        assert_eq!(id, token_id(&t));
+        assert!(lookup_token(&store, &t).unwrap().is_none());
+        assert!(lookup_token(&store, &other).unwrap().is_some());
+        let listed = list_tokens(&store).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(
+            listed
+                .iter()
+                .any(|(i, r)| *i == id && r.revoked_at.is_some())
+        );
+        assert!(matches!(
+            revoke_token(&store, "sst_unknown", Utc::now()),
+            Err(TokenError::NotFound(_))
+        ));
+        assert!(matches!(
+            revoke_token(&store, "xyz", Utc::now()),
+            Err(TokenError::NotFound(_))
+        ));
+        // By the token itself; again is harmless.
+        revoke_token(&store, &other, Utc::now()).unwrap();
+        revoke_token(&store, &other, Utc::now()).unwrap();
+        assert!(lookup_token(&store, &other).unwrap().is_none());
         for r in store.scan(b"") {
             let (k, v) = r.unwrap();
             assert!(!String::from_utf8_lossy(&k).contains(&t));

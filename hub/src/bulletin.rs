@@ -182,6 +182,47 @@ pub fn issue(
     Ok(doc)
 }
 
+/// Member added to a copy of a bulletin from before webhooks were named by id, whose
+/// notice log named them by URL: the URLs were replaced for a reader who is not admin, so
+/// that copy no longer matches its signature.
+pub const REDACTED_MEMBER: &str = "redacted";
+
+/// Replaces webhook URLs in the notice log of a bulletin issued before webhooks were named
+/// by [`crate::notices::webhook_id`] (new bulletins never hold a URL). Returns whether
+/// anything was replaced; if so the copy says so in [`REDACTED_MEMBER`], since its
+/// signature covers the original, which an admin token can fetch and verify.
+pub fn redact_legacy_webhooks(doc: &mut Value) -> bool {
+    let mut changed = false;
+    for n in doc["notices"].as_array_mut().into_iter().flatten() {
+        let Some(hooks) = n.get_mut("webhooks").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if hooks.keys().all(|k| crate::notices::is_webhook_id(k)) {
+            continue;
+        }
+        *hooks = std::mem::take(hooks)
+            .into_iter()
+            .map(|(k, mut v)| {
+                if crate::notices::is_webhook_id(&k) {
+                    return (k, v);
+                }
+                if let Some(e) = v.get("last_error").and_then(Value::as_str) {
+                    v["last_error"] = json!(crate::notices::scrub_url(e, &k));
+                }
+                (crate::notices::webhook_id(&k), v)
+            })
+            .collect();
+        changed = true;
+    }
+    if changed && let Some(o) = doc.as_object_mut() {
+        o.insert(
+            REDACTED_MEMBER.into(),
+            json!("webhook URLs replaced by their ids for this reader; the signature covers the original, which an admin token can fetch and verify"),
+        );
+    }
+    changed
+}
+
 /// Verifies a bulletin against this hub's log: signature, checkpoint, and every figure
 /// recomputed from the log as it was at the checkpoint.
 pub fn verify(
@@ -191,6 +232,11 @@ pub fn verify(
     origin: &str,
     doc: &Value,
 ) -> Result<(), BulletinError> {
+    if doc.get(REDACTED_MEMBER).is_some() {
+        return Err(BulletinError::Malformed(
+            "this copy had webhook URLs removed for a reader who is not admin, so it no longer matches its signature; verify the copy fetched with an admin token".into(),
+        ));
+    }
     check_signature(doc, hub_key)?;
     let cp = &doc["checkpoint"];
     let size = cp["size"]

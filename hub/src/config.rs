@@ -1,11 +1,20 @@
 //! The hub's data directory and its commented TOML configuration.
 //!
 //! ```text
-//! <data>/hub.toml       configuration (written by `init`, edited by the operator)
-//! <data>/hub.key        the hub's Ed25519 key (0600)
-//! <data>/campaign.toml  the campaign this hub runs (copied at `init`)
-//! <data>/db/            the sled store
+//! <data>/               0700: the store holds contact-form names and phone numbers
+//! <data>/hub.toml       configuration (written by `init`, edited by the operator; 0600)
+//! <data>/hub.key        the hub's Ed25519 key: receipts, checkpoints, bulletins (0600)
+//! <data>/webhook.key    the key that signs webhook deliveries, and nothing else (0600)
+//! <data>/campaign.toml  the campaign this hub runs (copied at `init`; 0600)
+//! <data>/db/            the sled store (0700)
 //! ```
+//!
+//! `init` creates each of these with its mode from the start. Every command that opens
+//! the directory first checks it ([`check_permissions`]): a data directory, hub.toml or
+//! key file that group or others may access is refused, naming the path, its mode and the
+//! `chmod` that fixes it — the hub does not silently change modes an operator set.
+//! A hub initialised before `webhook.key` existed gets one generated (0600) the first time
+//! it is needed ([`webhook_key`]); `spacesync-hub webhook-key` prints its public line.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -58,6 +67,20 @@ pub enum ConfigError {
     /// The key file is wrong.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
+    /// A file or directory of the data directory is open to group or others.
+    #[error(
+        "{path}: {what} is accessible to group or others (mode {mode:o}); it must be private to the hub's user: run `chmod {want:o} {path}`"
+    )]
+    Permissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// What it is (`data directory`, `configuration`, `key file`).
+        what: &'static str,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode it should have (0700 or 0600).
+        want: u32,
+    },
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -97,7 +120,7 @@ pub struct HubConfig {
     /// `human` or `json` logs.
     #[serde(default = "default_log_format")]
     pub log_format: String,
-    /// Where notices are also POSTed (signed with the hub key).
+    /// Where notices are also POSTed (signed with the webhook key). The URLs are secrets.
     #[serde(default)]
     pub webhooks: Vec<crate::notices::Webhook>,
 }
@@ -145,6 +168,100 @@ impl DataDir {
     pub fn db(&self) -> PathBuf {
         self.0.join("db")
     }
+    /// webhook.key
+    pub fn webhook_key(&self) -> PathBuf {
+        self.0.join("webhook.key")
+    }
+}
+
+/// Creates `path` as a directory with mode 0700 (only its last component; the parents
+/// must exist or are created with the default mode).
+fn create_private_dir(path: &Path) -> Result<(), ConfigError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut b = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path).map_err(io(path))
+}
+
+/// Writes a new file with mode 0600 from the start (never a moment readable by others).
+fn write_private(path: &Path, text: &str) -> Result<(), ConfigError> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Refuses `path` when group or others have any access to it.
+fn check_private(path: &Path, what: &'static str, want: u32) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(io(path))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Permissions {
+                path: path.to_path_buf(),
+                what,
+                mode,
+                want,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what, want);
+    Ok(())
+}
+
+/// Checks that the data directory (0700), hub.toml and the key files (0600) are private
+/// to the hub's user. Every command that opens the directory calls this first.
+pub fn check_permissions(dir: &DataDir) -> Result<(), ConfigError> {
+    if !dir.key().exists() {
+        return Err(ConfigError::NotInitialised(dir.0.clone()));
+    }
+    check_private(&dir.0, "the data directory", 0o700)?;
+    check_private(&dir.config(), "the configuration", 0o600)?;
+    check_private(&dir.key(), "the hub's key file", 0o600)?;
+    if dir.webhook_key().exists() {
+        check_private(&dir.webhook_key(), "the webhook key file", 0o600)?;
+    }
+    Ok(())
+}
+
+/// Opens the store after checking the data directory (for commands that need nothing
+/// else: tokens, registry, bulletin listing, rebuild, verify).
+pub fn open_store(dir: &DataDir) -> Result<SledStore, ConfigError> {
+    check_permissions(dir)?;
+    Ok(SledStore::open(&dir.db())?)
+}
+
+/// The webhook signing key, generated (0600) when this hub was initialised before it
+/// existed. Returns the key and whether it was just generated.
+pub fn webhook_key(dir: &DataDir) -> Result<(ed25519_dalek::SigningKey, bool), ConfigError> {
+    check_permissions(dir)?;
+    let path = dir.webhook_key();
+    if !path.exists() {
+        let key = keys::generate()?;
+        match keys::write_secret(&path, &key) {
+            Ok(()) => return Ok((key, true)),
+            // Another command generated it at the same moment: use theirs.
+            Err(keys::KeyError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((keys::read_secret(&path)?, false))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ConfigError + '_ {
@@ -159,7 +276,13 @@ pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, Confi
     if dir.key().exists() {
         return Err(ConfigError::Exists(dir.0.clone()));
     }
-    fs::create_dir_all(&dir.0).map_err(io(&dir.0))?;
+    if dir.0.exists() {
+        // A directory made beforehand (an empty mount, a tempdir) must already be private:
+        // init does not change the mode of a directory it did not create.
+        check_private(&dir.0, "the data directory", 0o700)?;
+    } else {
+        create_private_dir(&dir.0)?;
+    }
     let campaign_text = match campaign_file {
         Some(p) => fs::read_to_string(p).map_err(io(p))?,
         None => CAMPAIGN_2018_TOML.to_string(),
@@ -172,7 +295,11 @@ pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, Confi
     })?;
     let key = keys::generate()?;
     keys::write_secret(&dir.key(), &key)?;
-    fs::write(dir.campaign(), campaign_text).map_err(io(&dir.campaign()))?;
+    keys::write_secret(&dir.webhook_key(), &keys::generate()?)?;
+    write_private(&dir.campaign(), &campaign_text)?;
+    if !dir.db().exists() {
+        create_private_dir(&dir.db())?;
+    }
     let config = format!(
         r#"# spacesync hub configuration. Edit and restart `spacesync-hub serve`.
 
@@ -208,25 +335,30 @@ burst_per_address = 40.0
 log_format = "human"
 
 # Notices to lagging regions are pulled by the provinces' agents. They can also be
-# POSTed to webhooks: the body is the notice JSON, signed with the hub key
-# (header X-Spacesync-Signature: base64 Ed25519 over the body; X-Spacesync-Key: the
-# hub's public key line). Failed deliveries are retried with backoff.
+# POSTed to webhooks. Webhook URLs are secrets (keep this file 0600): only admin tokens
+# see them; bulletins, the notices API, the dashboard and the logs name a webhook as
+# "https://host/… (8 hex digits)". Each POST carries the notice JSON and two headers:
+#   X-Spacesync-Timestamp: Unix seconds (hub clock)
+#   X-Spacesync-Signature: base64 Ed25519 signature over
+#                          "spacesync-webhook-v1\n" + timestamp + "\n" + body
+# signed with webhook.key (not the hub key). The receiver verifies with the public line
+# printed by `spacesync-hub webhook-key`, configured on its side (no key is sent), refuses
+# timestamps more than 5 minutes from its clock, and de-duplicates on the notice "id"
+# (failed deliveries are retried with backoff, with a fresh timestamp).
 # [[webhooks]]
 # url = "https://ministry.example/hooks/spacesync"
 # scope = "440000"   # optional: only notices about this region
 "#,
         id = campaign.id
     );
-    fs::write(dir.config(), config).map_err(io(&dir.config()))?;
+    write_private(&dir.config(), &config)?;
     Ok(keys::public_key_line(&key.verifying_key()))
 }
 
-/// Reads hub.toml.
+/// Reads hub.toml, after [`check_permissions`].
 pub fn load_config(dir: &DataDir) -> Result<HubConfig, ConfigError> {
     let path = dir.config();
-    if !dir.key().exists() {
-        return Err(ConfigError::NotInitialised(dir.0.clone()));
-    }
+    check_permissions(dir)?;
     let text = fs::read_to_string(&path).map_err(io(&path))?;
     toml::from_str(&text).map_err(|e| ConfigError::Config {
         line: e

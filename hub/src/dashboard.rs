@@ -24,9 +24,13 @@
 //! (32 bytes from the OS), `HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when a TLS
 //! proxy says `X-Forwarded-Proto: https`. The token itself never goes into the cookie, a
 //! URL or a log line: there is deliberately no `GET /login?token=` link. Sessions live in
-//! memory in this module (keyed by the SHA-256 of the id, mapped to the role) for
-//! [`SESSION_TTL`] of real time, at most [`MAX_SESSIONS`] of them; a restart or
-//! `POST /logout` ends them. Each [`routes`] call has its own session table, so two hubs in
+//! memory in this module (keyed by the SHA-256 of the id, mapped to the SHA-256 of the
+//! token that opened it) for [`SESSION_TTL`] of real time. Each token holds at most
+//! [`MAX_SESSIONS_PER_TOKEN`] sessions — a new login past that ends that token's oldest
+//! session, never another token's — and the table at most [`MAX_SESSIONS`]. A session is
+//! honoured only while its token is: every request looks the token up again, so revoking
+//! it (`spacesync-hub token revoke`) ends its sessions, and the role shown is the token's
+//! current one. A restart or `POST /logout` ends them too. Each [`routes`] call has its own session table, so two hubs in
 //! one process never share sessions. `POST` requests whose `Origin` names another host are
 //! refused (login CSRF); `SameSite=Strict` covers the rest. Pages also accept
 //! `Authorization: Bearer <token>` for scripts.
@@ -58,7 +62,7 @@ use spacesync_shared::region::{Directory, Level, SchoolCode, unit};
 use spacesync_shared::{RegionCode, SourceId};
 use tracing::error;
 
-use crate::auth::{Role, lookup_token};
+use crate::auth::{Role, lookup_token, lookup_token_hash, token_hash};
 use crate::http::AppState;
 use crate::registry::SourceStatus;
 use crate::render::{Lang, count, date};
@@ -68,17 +72,24 @@ use crate::views::{Figures, Flag, Rollup, region_name};
 /// logins, not campaign deadlines).
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// Most sessions held at once; beyond that, expired ones go first, then the oldest.
+/// Most sessions held at once; beyond that, expired ones go first, then the oldest. With
+/// [`MAX_SESSIONS_PER_TOKEN`] no single token holder can reach it.
 pub const MAX_SESSIONS: usize = 10_000;
+
+/// Most sessions one token holds; a login past that ends the token's oldest session.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 8;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "spacesync_session";
 
 /// One logged-in browser.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Session {
-    /// The role of the token presented at login.
-    role: Role,
+    /// The SHA-256 of the token presented at login ([`crate::auth::token_hash`]): the
+    /// session holds only while that token does, and counts against its quota.
+    token: String,
+    /// Login order, to end a token's oldest session first.
+    serial: u64,
     /// When the session stops being accepted.
     expires: Instant,
 }
@@ -88,6 +99,8 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    /// The next login's serial.
+    serial: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
@@ -95,20 +108,35 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a session for `role`; returns the id to put in the cookie.
-    fn create(&self, role: Role) -> Result<String, getrandom::Error> {
+    /// Starts a session for the token whose hash is `token`; returns the id to put in the
+    /// cookie. The token's sessions past [`MAX_SESSIONS_PER_TOKEN`] − 1 end, oldest first.
+    fn create(&self, token: &str) -> Result<String, getrandom::Error> {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw)?;
         let id = URL_SAFE_NO_PAD.encode(raw);
         let now = Instant::now();
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut map = self.lock();
+        let mut mine: Vec<(u64, String)> = map
+            .iter()
+            .filter(|(_, s)| s.token == token)
+            .map(|(k, s)| (s.serial, k.clone()))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_TOKEN {
+            mine.sort_unstable();
+            for (_, k) in &mine[..=mine.len() - MAX_SESSIONS_PER_TOKEN] {
+                map.remove(k);
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             map.retain(|_, s| s.expires > now);
         }
         if map.len() >= MAX_SESSIONS
             && let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, s)| s.expires)
+                .min_by_key(|(_, s)| s.serial)
                 .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
@@ -116,19 +144,20 @@ impl Sessions {
         map.insert(
             Digest::of(id.as_bytes()).to_hex(),
             Session {
-                role,
+                token: token.to_string(),
+                serial,
                 expires: now + SESSION_TTL,
             },
         );
         Ok(id)
     }
 
-    /// The role of a live session.
-    fn role(&self, id: &str) -> Option<Role> {
+    /// The token hash of a live session.
+    fn token(&self, id: &str) -> Option<String> {
         let key = Digest::of(id.as_bytes()).to_hex();
         let mut map = self.lock();
         match map.get(&key) {
-            Some(s) if s.expires > Instant::now() => Some(s.role),
+            Some(s) if s.expires > Instant::now() => Some(s.token.clone()),
             Some(_) => {
                 map.remove(&key);
                 None
@@ -242,8 +271,15 @@ fn who(
             Err(e) => Err(Box::new(unavailable(lang, e))),
         };
     }
-    if let Some(role) = cookie_value(headers, SESSION_COOKIE).and_then(|id| sessions.role(id)) {
-        return Ok(role);
+    if let Some(id) = cookie_value(headers, SESSION_COOKIE)
+        && let Some(token) = sessions.token(id)
+    {
+        // The session holds only while its token does (not revoked), with its role now.
+        match lookup_token_hash(s.hub.store.as_ref(), &token) {
+            Ok(Some(rec)) => return Ok(rec.role),
+            Ok(None) => sessions.end(id),
+            Err(e) => return Err(Box::new(unavailable(lang, e))),
+        }
     }
     let next = uri
         .path_and_query()
@@ -1655,8 +1691,8 @@ async fn login(
             ),
         );
     }
-    let role = match lookup_token(s.hub.store.as_ref(), f.token.trim()) {
-        Ok(Some(rec)) => rec.role,
+    match lookup_token(s.hub.store.as_ref(), f.token.trim()) {
+        Ok(Some(_)) => {}
         Ok(None) => {
             return login_page(
                 lang,
@@ -1671,7 +1707,7 @@ async fn login(
         }
         Err(e) => return unavailable(lang, e),
     };
-    let id = match sessions.create(role) {
+    let id = match sessions.create(&token_hash(&f.token)) {
         Ok(id) => id,
         Err(e) => return unavailable(lang, e),
     };
@@ -1713,17 +1749,32 @@ mod tests {
     #[test]
     fn sessions_expire_end_and_store_no_id() {
         let s = Sessions::default();
-        let id = s.create(Role::Ministry).unwrap();
-        assert_eq!(s.role(&id), Some(Role::Ministry));
+        let id = s.create("hash-a").unwrap();
+        assert_eq!(s.token(&id).as_deref(), Some("hash-a"));
         assert!(!s.lock().keys().any(|k| k.contains(&id)));
-        assert_eq!(s.role("nope"), None);
+        assert_eq!(s.token("nope"), None);
         s.lock()
             .values_mut()
             .for_each(|v| v.expires = Instant::now());
-        assert_eq!(s.role(&id), None);
-        let id = s.create(Role::Admin).unwrap();
+        assert_eq!(s.token(&id), None);
+        let id = s.create("hash-b").unwrap();
         s.end(&id);
-        assert_eq!(s.role(&id), None);
+        assert_eq!(s.token(&id), None);
+    }
+
+    #[test]
+    fn one_token_cannot_evict_another_tokens_sessions() {
+        let s = Sessions::default();
+        let b = s.create("hash-b").unwrap();
+        let a: Vec<String> = (0..MAX_SESSIONS + 1)
+            .map(|_| s.create("hash-a").unwrap())
+            .collect();
+        assert_eq!(s.token(&b).as_deref(), Some("hash-b"));
+        assert_eq!(s.lock().len(), MAX_SESSIONS_PER_TOKEN + 1);
+        // A's newest sessions live, its older ones ended.
+        let (old, new) = a.split_at(a.len() - MAX_SESSIONS_PER_TOKEN);
+        assert!(new.iter().all(|id| s.token(id).is_some()));
+        assert!(old.iter().all(|id| s.token(id).is_none()));
     }
 
     #[test]

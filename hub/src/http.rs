@@ -536,10 +536,14 @@ async fn ingest(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AppError> {
-    let batch = read_batch(&headers, body).map_err(|e| s.refuse(&client, e))?;
-    let outcome = tokio::task::spawn_blocking(move || ingest_blocking(&s, &client, batch))
-        .await
-        .map_err(AppError::internal)??;
+    // Parsing (up to MAX_BODY of JSON) and verification run off the async runtime, so a
+    // flood of large bodies cannot stall other requests such as /healthz.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let batch = read_batch(&headers, body).map_err(|e| s.refuse(&client, e))?;
+        ingest_blocking(&s, &client, batch)
+    })
+    .await
+    .map_err(AppError::internal)??;
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     Ok((status, Json(outcome.response)).into_response())
 }
@@ -1016,7 +1020,7 @@ async fn bulletin_file(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     // Bulletins are published to every reader: any valid token may read them.
-    bearer_role(&s, &headers)?;
+    let role = bearer_role(&s, &headers)?;
     let (n, ext) = file
         .rsplit_once('.')
         .ok_or_else(|| AppError::not_found("ask for /v1/bulletins/<n>.json, .html, .md or .csv"))?;
@@ -1028,10 +1032,14 @@ async fn bulletin_file(
         Some(l) => crate::render::Lang::parse(l)
             .ok_or_else(|| AppError::bad_request("lang must be zh or en"))?,
     };
-    let doc = crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| match e {
+    let mut doc = crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| match e {
         crate::bulletin::BulletinError::NotFound(_) => AppError::not_found(e.to_string()),
         other => AppError::internal(other),
     })?;
+    // Bulletins issued before webhooks were named by id held their URLs (secrets).
+    if role != Role::Admin {
+        crate::bulletin::redact_legacy_webhooks(&mut doc);
+    }
     let (ct, body) = match ext {
         "json" => (
             "application/json",

@@ -1,8 +1,14 @@
 //! Notices to lagging regions: raised from rules on the hub's clock, deduplicated (one per
 //! rule, subject and period), stopped as soon as the cause is fixed, escalated to the level
 //! above after a missed deadline, delivered to the province's agents (pulled with signed
-//! requests, acknowledged) and to webhooks (signed body, retried with backoff), with
+//! requests, acknowledged) and to webhooks (signed, retried with backoff), with
 //! delivery and acknowledgement tracked.
+//!
+//! Webhook URLs are secrets (they often carry `?apikey=`). Outside the `admin` role they
+//! appear only as their [`webhook_id`] — scheme and host, then a short hash of the whole
+//! URL, e.g. `https://ministry.example/… (3f9a1c2b)` — in the notices API, bulletins, the
+//! dashboard and every log line. Delivery records are keyed by that id; the URL is kept
+//! beside it in the store (for admins) and never enters a bulletin.
 //!
 //! Rules:
 //! - `milestone_due_7d`, `milestone_due_3d` (from the campaign's `remind_days`): a
@@ -24,6 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spacesync_shared::campaign::Campaign;
+use spacesync_shared::dsse::Digest;
 use spacesync_shared::wire::Notice;
 use spacesync_shared::{RegionCode, SourceId};
 
@@ -41,16 +48,47 @@ fn notice_key(id: u64) -> Vec<u8> {
 }
 
 /// Delivery of one notice to one webhook.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookDelivery {
+    /// The URL delivered to: stored for the `admin` role only, never shown to anyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Attempts made.
     pub attempts: u32,
     /// When it was accepted (2xx).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<DateTime<Utc>>,
-    /// The last failure.
+    /// The last failure (with the URL replaced by the webhook's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookDelivery")
+            .field("url", &self.url.as_deref().map(webhook_id))
+            .field("attempts", &self.attempts)
+            .field("delivered_at", &self.delivered_at)
+            .field("last_error", &self.last_error)
+            .finish()
+    }
+}
+
+impl WebhookDelivery {
+    /// As the API and bulletins show it; the URL only when `show_url` (the `admin` role).
+    fn to_json(&self, show_url: bool) -> Value {
+        let mut v = json!({ "attempts": self.attempts });
+        if let Some(t) = self.delivered_at {
+            v["delivered_at"] = json!(t);
+        }
+        if let Some(e) = &self.last_error {
+            v["last_error"] = json!(e);
+        }
+        if show_url && let Some(u) = &self.url {
+            v["url"] = json!(u);
+        }
+        v
+    }
 }
 
 /// A notice and its delivery state.
@@ -69,7 +107,7 @@ pub struct NoticeRecord {
     /// Agents that acknowledged it, and when.
     #[serde(default)]
     pub acked: BTreeMap<SourceId, DateTime<Utc>>,
-    /// Webhook deliveries by URL.
+    /// Webhook deliveries by [`webhook_id`] (never by URL: this map goes into bulletins).
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookDelivery>,
 }
@@ -88,8 +126,9 @@ impl NoticeRecord {
         }
     }
 
-    /// The record as the API and bulletins show it.
-    pub fn to_json(&self) -> Value {
+    /// The record as the API and bulletins show it. Webhooks are named by their id; their
+    /// URLs are included only when `show_urls` (the `admin` role, never bulletins).
+    pub fn to_json(&self, show_urls: bool) -> Value {
         json!({
             "id": self.notice.id,
             "rule": self.notice.rule,
@@ -108,7 +147,9 @@ impl NoticeRecord {
             "acknowledged": self.acked.values().min(),
             "fetched_by": self.fetched.keys().collect::<Vec<_>>(),
             "acked_by": self.acked.keys().collect::<Vec<_>>(),
-            "webhooks": self.webhooks,
+            "webhooks": self.webhooks.iter()
+                .map(|(id, d)| (id.clone(), d.to_json(show_urls)))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -374,21 +415,87 @@ fn period_index(campaign: &Campaign, now: DateTime<Utc>) -> i64 {
 }
 
 /// A configured webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    /// Where notices are POSTed.
+    /// Where notices are POSTed. A secret: shown only to `admin`, see [`webhook_id`].
     pub url: String,
     /// Only notices addressed inside this region (absent: all).
     #[serde(default)]
     pub scope: Option<RegionCode>,
 }
 
+impl Webhook {
+    /// The name this webhook goes by everywhere but to admins (see [`webhook_id`]).
+    pub fn id(&self) -> String {
+        webhook_id(&self.url)
+    }
+}
+
+/// Redacted, so that a webhook printed with `{:?}` (in a config dump, a panic) shows no
+/// secret.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// The one redacted form of a webhook URL: scheme, host and port, an ellipsis for the
+/// path and query (where secrets such as `?apikey=` live), and the first 8 hex digits of
+/// a domain-separated SHA-256 of the whole URL, which tells two webhooks on one host
+/// apart and stays the same when hub.toml lists them in another order:
+/// `https://ministry.example/… (3f9a1c2b)`. A URL that does not parse is
+/// `webhook (3f9a1c2b)`. User info (`user:password@`) is never shown.
+pub fn webhook_id(url: &str) -> String {
+    let hash = Digest::of(format!("spacesync-webhook-id\n{url}").as_bytes()).to_hex();
+    let hash = &hash[..8];
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host_str().is_some() => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{}{port}/… ({hash})",
+                u.scheme(),
+                u.host_str().unwrap_or_default()
+            )
+        }
+        _ => format!("webhook ({hash})"),
+    }
+}
+
+/// `text` with `url` (as written, and as the HTTP client normalises it) replaced by its
+/// [`webhook_id`]: for error messages, which may quote the URL.
+pub fn scrub_url(text: &str, url: &str) -> String {
+    let id = webhook_id(url);
+    let mut out = text.replace(url, &id);
+    if let Ok(u) = reqwest::Url::parse(url) {
+        out = out.replace(u.as_str(), &id);
+    }
+    out
+}
+
+/// Whether `s` is already a [`webhook_id`] (ends in ` (` 8 hex digits `)` after `/…` or
+/// `webhook`), as opposed to a URL.
+pub fn is_webhook_id(s: &str) -> bool {
+    let Some(rest) = s.strip_suffix(')') else {
+        return false;
+    };
+    let Some((head, hash)) = rest.rsplit_once(" (") else {
+        return false;
+    };
+    hash.len() == 8
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && (head == "webhook" || head.ends_with("/…"))
+        && !head.contains(['?', '@', ' '])
+}
+
 /// Every notice raised, with delivery state, kept in memory and mirrored to the store.
 #[derive(Default)]
 pub struct NoticeBook {
     records: Mutex<Vec<NoticeRecord>>,
-    /// Next webhook attempt per (notice id, url), in real time.
+    /// Next webhook attempt per (notice id, webhook id), in real time.
     retry_at: Mutex<HashMap<(u64, String), Instant>>,
 }
 
@@ -398,11 +505,12 @@ impl NoticeBook {
         let mut records = Vec::new();
         for r in store.scan(NOTICE_PREFIX) {
             let (k, v) = r?;
-            let rec: NoticeRecord =
+            let mut rec: NoticeRecord =
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                     key: format!("ntc/{:?}", crate::store::keys::tail_u64(&k)),
                     message: e.to_string(),
                 })?;
+            rekey_legacy_deliveries(&mut rec);
             records.push(rec);
         }
         Ok(NoticeBook {
@@ -536,57 +644,58 @@ impl NoticeBook {
         Ok(changed.len())
     }
 
-    /// Every notice a role may read, newest first, as JSON.
+    /// Every notice a role may read, newest first, as JSON. Webhook URLs are included for
+    /// the `admin` role only.
     pub fn list(&self, role: Role) -> Vec<Value> {
         let recs = self.lock();
         recs.iter()
             .rev()
             .filter(|r| role.can_read(r.notice.subject) || role.can_read(r.notice.addressee))
-            .map(NoticeRecord::to_json)
+            .map(|r| r.to_json(role == Role::Admin))
             .collect()
     }
 
-    /// The notice log with delivery state, oldest first (for bulletins).
+    /// The notice log with delivery state, oldest first (for bulletins, which every reader
+    /// gets: webhooks by id only).
     pub fn log_json(&self) -> Value {
-        Value::Array(self.lock().iter().map(NoticeRecord::to_json).collect())
+        Value::Array(self.lock().iter().map(|r| r.to_json(false)).collect())
     }
 
-    /// Webhook deliveries due now: (notice, url), oldest first.
-    pub fn due_webhooks(&self, hooks: &[Webhook]) -> Vec<(Notice, String)> {
+    /// Webhook deliveries due now: (notice, webhook), oldest first.
+    pub fn due_webhooks(&self, hooks: &[Webhook]) -> Vec<(Notice, Webhook)> {
         let recs = self.lock();
         let retry = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let ids: Vec<String> = hooks.iter().map(Webhook::id).collect();
         let mut out = Vec::new();
         for r in recs.iter() {
-            for h in hooks {
+            for (h, id) in hooks.iter().zip(&ids) {
                 if h.scope.is_some_and(|s| !in_scope(r, s)) {
                     continue;
                 }
-                if r.webhooks
-                    .get(&h.url)
-                    .is_some_and(|d| d.delivered_at.is_some())
-                {
+                if r.webhooks.get(id).is_some_and(|d| d.delivered_at.is_some()) {
                     continue;
                 }
                 if retry
-                    .get(&(r.notice.id, h.url.clone()))
+                    .get(&(r.notice.id, id.clone()))
                     .is_some_and(|t| *t > now)
                 {
                     continue;
                 }
-                out.push((r.notice.clone(), h.url.clone()));
+                out.push((r.notice.clone(), h.clone()));
             }
         }
         out
     }
 
     /// Records a webhook attempt; on failure schedules the next one with capped exponential
-    /// backoff and full jitter.
+    /// backoff and full jitter. The URL is removed from the error before it is kept or
+    /// logged.
     pub fn record_webhook(
         &self,
         store: &dyn Store,
         id: u64,
-        url: &str,
+        hook: &Webhook,
         result: Result<(), String>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -594,7 +703,10 @@ impl NoticeBook {
         let Some(r) = recs.iter_mut().find(|r| r.notice.id == id) else {
             return Ok(());
         };
-        let d = r.webhooks.entry(url.to_string()).or_default();
+        let webhook = hook.id();
+        let result = result.map_err(|e| scrub_url(&e, &hook.url));
+        let d = r.webhooks.entry(webhook.clone()).or_default();
+        d.url = Some(hook.url.clone());
         d.attempts += 1;
         match result {
             Ok(()) => {
@@ -605,13 +717,13 @@ impl NoticeBook {
                 let cap = 300.0f64;
                 let base = 0.5f64 * 2f64.powi(d.attempts.min(20) as i32);
                 let delay = jitter(base.min(cap));
-                tracing::warn!(id, url, attempts = d.attempts, error = %e, delay_s = delay, "Webhook delivery failed; will retry.");
+                tracing::warn!(id, webhook = %webhook, attempts = d.attempts, error = %e, delay_s = delay, "Webhook delivery failed; will retry.");
                 d.last_error = Some(e);
                 self.retry_at
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(
-                        (id, url.to_string()),
+                        (id, webhook),
                         Instant::now() + StdDuration::from_secs_f64(delay),
                     );
             }
@@ -629,6 +741,25 @@ fn jitter(max: f64) -> f64 {
         return max;
     }
     (u64::from_le_bytes(b) as f64 / u64::MAX as f64) * max
+}
+
+/// Records stored before webhooks were keyed by id had the URL as key: key them by id and
+/// keep the URL beside it, so nothing shown from them carries the URL.
+fn rekey_legacy_deliveries(rec: &mut NoticeRecord) {
+    if rec.webhooks.values().all(|d| d.url.is_some()) {
+        return;
+    }
+    rec.webhooks = std::mem::take(&mut rec.webhooks)
+        .into_iter()
+        .map(|(k, mut d)| match d.url {
+            Some(_) => (k, d),
+            None => {
+                d.last_error = d.last_error.map(|e| scrub_url(&e, &k));
+                d.url = Some(k.clone());
+                (webhook_id(&k), d)
+            }
+        })
+        .collect();
 }
 
 fn in_scope(r: &NoticeRecord, scope: RegionCode) -> bool {
@@ -650,6 +781,70 @@ mod tests {
             text: "t".into(),
             text_en: "t".into(),
         }
+    }
+
+    #[test]
+    fn webhook_ids_hide_the_url_and_legacy_records_are_rekeyed() {
+        let url = "https://user:pw@hooks.example:8443/h/abc?apikey=SECRET";
+        let id = webhook_id(url);
+        assert!(id.starts_with("https://hooks.example:8443/… ("), "{id}");
+        for secret in ["SECRET", "pw", "user", "/h/"] {
+            assert!(!id.contains(secret), "{id}");
+        }
+        assert!(is_webhook_id(&id));
+        assert!(!is_webhook_id(url));
+        assert!(is_webhook_id(&webhook_id("not a url")));
+        assert!(webhook_id("not a url").starts_with("webhook ("));
+        assert_ne!(
+            webhook_id("https://hooks.example/a"),
+            webhook_id("https://hooks.example/b")
+        );
+
+        // A record stored when deliveries were keyed by URL.
+        let mut rec = NoticeRecord {
+            notice: Notice {
+                id: 1,
+                rule: "milestone_overdue".into(),
+                subject: RegionCode::parse("440000").unwrap(),
+                addressee: RegionCode::parse("440000").unwrap(),
+                created_at: DateTime::parse_from_rfc3339("2018-11-16T01:00:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+                deadline: None,
+                text: "t".into(),
+                text_en: "t".into(),
+            },
+            key: "k".into(),
+            escalated: false,
+            fetched: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            webhooks: BTreeMap::from([(
+                url.to_string(),
+                WebhookDelivery {
+                    url: None,
+                    attempts: 2,
+                    delivered_at: None,
+                    last_error: Some(format!("error sending request for url ({url})")),
+                },
+            )]),
+        };
+        let mut legacy_bulletin = json!({ "notices": [rec.to_json(true)] });
+        rekey_legacy_deliveries(&mut rec);
+        let shown = rec.to_json(false).to_string();
+        assert!(!shown.contains("SECRET") && shown.contains(&id), "{shown}");
+        assert!(rec.to_json(true).to_string().contains("SECRET"));
+        assert!(!format!("{rec:?}").contains("SECRET"));
+
+        // A bulletin issued then: redacted for readers, and the copy says so.
+        assert!(legacy_bulletin.to_string().contains("SECRET"));
+        assert!(crate::bulletin::redact_legacy_webhooks(
+            &mut legacy_bulletin
+        ));
+        let text = legacy_bulletin.to_string();
+        assert!(!text.contains("SECRET") && text.contains(&id), "{text}");
+        assert!(legacy_bulletin[crate::bulletin::REDACTED_MEMBER].is_string());
+        let mut new_bulletin = json!({ "notices": [rec.to_json(false)] });
+        assert!(!crate::bulletin::redact_legacy_webhooks(&mut new_bulletin));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Notices over a scripted clock that advances day by day through the campaign: reminders,
 //! overdue and escalation each exactly once, nothing after the cause is fixed, webhook
-//! delivery with signatures through failures, and agents catching up after being offline.
+//! delivery with signatures through failures (verified as a receiver does: configured
+//! key, signed timestamp, replays refused), webhook URLs kept from everyone but admins,
+//! and agents catching up after being offline.
 
 mod common;
 
@@ -14,10 +16,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
 use common::{Agent, TestHub, milestone};
-use ed25519_dalek::Signature;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde_json::Value;
 use spacesync_hub::notices::Webhook;
-use spacesync_hub::schedule::{self, WEBHOOK_SIGNATURE_HEADER};
+use spacesync_hub::schedule::{self, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::wire::{self, Notice, NoticesPage, PATH_AGENT_NOTICES};
 
@@ -204,6 +206,106 @@ fn rand_nonce() -> [u8; 16] {
     n
 }
 
+/// The webhook key of the test hub (not the hub key: receipts and webhooks never share one).
+fn webhook_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x57; 32])
+}
+
+/// How far from its clock a receiver accepts a delivery's timestamp.
+const MAX_AGE_S: i64 = 300;
+
+/// What a receiver does with a delivery, written from the documented format only (not the
+/// hub's helper): the signature over `spacesync-webhook-v1\n<timestamp>\n<body>` with the
+/// key it was configured with, and the timestamp within 5 minutes of its own clock.
+/// No key is taken from the request.
+fn receiver_accepts(
+    key: &VerifyingKey,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), &'static str> {
+    if headers.contains_key("x-spacesync-key") {
+        return Err("the request offers a key of its own");
+    }
+    let ts = headers
+        .get(WEBHOOK_TIMESTAMP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no timestamp")?;
+    let sig = headers
+        .get(WEBHOOK_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| STANDARD.decode(s).ok())
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .ok_or("no signature")?;
+    let mut message = format!("spacesync-webhook-v1\n{ts}\n").into_bytes();
+    message.extend_from_slice(body);
+    key.verify_strict(&message, &Signature::from_bytes(&sig))
+        .map_err(|_| "bad signature")?;
+    let ts: i64 = ts.parse().map_err(|_| "timestamp not a number")?;
+    if (now.timestamp() - ts).abs() > MAX_AGE_S {
+        return Err("stale timestamp");
+    }
+    Ok(())
+}
+
+/// One delivery as received: headers and body.
+type Delivery = (HeaderMap, Bytes);
+
+/// A webhook receiver on a loopback port that refuses the first `fail_first` attempts of
+/// every notice, checks each delivery with [`receiver_accepts`] against `clock`, and keeps
+/// what it accepted.
+#[derive(Default)]
+struct Receiver {
+    attempts: BTreeMap<u64, u32>,
+    accepted: Vec<(Notice, Delivery)>,
+    refused: Vec<&'static str>,
+}
+
+async fn start_receiver(
+    key: VerifyingKey,
+    clock: Arc<spacesync_shared::clock::FixedClock>,
+    fail_first: u32,
+) -> (
+    Arc<Mutex<Receiver>>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
+    let rx = Arc::new(Mutex::new(Receiver::default()));
+    let rx2 = rx.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let rx = rx2.clone();
+            let now = clock.now();
+            async move {
+                let mut r = rx.lock().expect("lock");
+                if let Err(why) = receiver_accepts(&key, &headers, &body, now) {
+                    r.refused.push(why);
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let Ok(n) = serde_json::from_slice::<Notice>(&body) else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                let a = r.attempts.entry(n.id).or_default();
+                *a += 1;
+                if *a <= fail_first {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r.accepted.push((n, (headers, body)));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (rx, addr, server)
+}
+
 #[tokio::test]
 async fn webhooks_get_each_notice_once_signed_despite_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -218,53 +320,10 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
         .len();
     assert!(raised > 0);
 
-    // A receiver that refuses the first two attempts of every notice.
-    #[derive(Default)]
-    struct Receiver {
-        attempts: BTreeMap<u64, u32>,
-        accepted: Vec<Notice>,
-    }
-    let rx = Arc::new(Mutex::new(Receiver::default()));
-    let hub_pub = t.hub.key.verifying_key();
-    let rx2 = rx.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let rx = rx2.clone();
-            async move {
-                let sig = headers
-                    .get(WEBHOOK_SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| STANDARD.decode(s).ok())
-                    .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok());
-                let Some(sig) = sig else {
-                    return StatusCode::UNAUTHORIZED;
-                };
-                if hub_pub
-                    .verify_strict(&body, &Signature::from_bytes(&sig))
-                    .is_err()
-                {
-                    return StatusCode::UNAUTHORIZED;
-                }
-                let Ok(n) = serde_json::from_slice::<Notice>(&body) else {
-                    return StatusCode::BAD_REQUEST;
-                };
-                let mut r = rx.lock().expect("lock");
-                let a = r.attempts.entry(n.id).or_default();
-                *a += 1;
-                if *a <= 2 {
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                }
-                r.accepted.push(n);
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // A receiver configured with the webhook key's public line, refusing the first two
+    // attempts of every notice.
+    let (rx, addr, server) =
+        start_receiver(webhook_key().verifying_key(), t.clock.clone(), 2).await;
     let hooks = vec![Webhook {
         url: format!("http://{addr}/hook"),
         scope: None,
@@ -273,7 +332,7 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     // Delivery rounds until every notice is accepted (bounded: backoff is capped and the
     // first retries come within seconds).
     for _ in 0..600 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks).await;
+        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
         if rx.lock().expect("lock").accepted.len() >= raised {
             break;
         }
@@ -281,15 +340,252 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     }
     // A few more rounds must not deliver anything twice.
     for _ in 0..5 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks).await;
+        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
     }
     server.abort();
     let r = rx.lock().expect("lock");
-    let mut ids: Vec<u64> = r.accepted.iter().map(|n| n.id).collect();
+    assert!(r.refused.is_empty(), "receiver refused: {:?}", r.refused);
+    let mut ids: Vec<u64> = r.accepted.iter().map(|(n, _)| n.id).collect();
     ids.sort_unstable();
     let expected: Vec<u64> = (1..=raised as u64).collect();
     assert_eq!(ids, expected, "each notice accepted exactly once");
     assert!(r.attempts.values().all(|a| *a == 3), "{:?}", r.attempts);
+    // Signed with the webhook key, not the hub key that signs receipts and checkpoints.
+    let (_, (headers, body)) = &r.accepted[0];
+    assert_eq!(
+        receiver_accepts(&t.hub.key.verifying_key(), headers, body, t.clock.now()),
+        Err("bad signature")
+    );
     let list = t.hub.notices.list(spacesync_hub::auth::Role::Ministry);
     assert!(list.iter().all(|n| n["state"] == "delivered"), "{list:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
+    let bj = Agent::new("bj-rrt", 2, "110000");
+    t.register(&bj);
+    schedule::tick(&t.hub).expect("tick");
+    let (rx, addr, server) =
+        start_receiver(webhook_key().verifying_key(), t.clock.clone(), 0).await;
+    let url = format!("http://{addr}/hook");
+    let hooks = vec![Webhook {
+        url: url.clone(),
+        scope: None,
+    }];
+    let client = reqwest::Client::new();
+    schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+    let (headers, body) = {
+        let r = rx.lock().expect("lock");
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        r.accepted.first().expect("a delivery").1.clone()
+    };
+    let accepted = rx.lock().expect("lock").accepted.len();
+
+    // An attacker who captured that delivery sends it again an hour later, byte for byte.
+    t.clock.set(t.clock.now() + Duration::hours(1));
+    let replay = |ts: Option<String>| {
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in &headers {
+            if *k == WEBHOOK_SIGNATURE_HEADER || (*k == WEBHOOK_TIMESTAMP_HEADER && ts.is_none()) {
+                req = req.header(k, v);
+            }
+        }
+        if let Some(ts) = ts {
+            req = req.header(WEBHOOK_TIMESTAMP_HEADER, ts);
+        }
+        req.send()
+    };
+    let r = replay(None).await.expect("replay");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A fresh timestamp on the captured signature does not verify: the signature binds it.
+    let r = replay(Some(t.clock.now().timestamp().to_string()))
+        .await
+        .expect("replay");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    server.abort();
+    let r = rx.lock().expect("lock");
+    assert_eq!(r.refused, ["stale timestamp", "bad signature"]);
+    assert_eq!(
+        r.accepted.len(),
+        accepted,
+        "nothing accepted from the replays"
+    );
+}
+
+#[tokio::test]
+async fn webhook_urls_are_shown_to_admins_only() {
+    use spacesync_hub::auth::Role;
+    use std::io::Write;
+
+    /// Log lines written while the test runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .finish(),
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
+    let bj = Agent::new("bj-rrt", 2, "110000");
+    t.register(&bj);
+    schedule::tick(&t.hub).expect("tick");
+    const SECRET: &str = "s3cr3t-api-key-123";
+    // One hook that accepts after a refusal, one nobody listens on (connection refused:
+    // the HTTP client's own error names the URL).
+    let (rx, addr, server) =
+        start_receiver(webhook_key().verifying_key(), t.clock.clone(), 1).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let hooks = vec![
+        Webhook {
+            url: format!("http://{addr}/hook?apikey={SECRET}"),
+            scope: None,
+        },
+        Webhook {
+            url: format!("http://user:{SECRET}@{dead}/hook/{SECRET}?apikey={SECRET}"),
+            scope: None,
+        },
+    ];
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        let list = t.hub.notices.list(Role::Ministry);
+        if rx.lock().expect("lock").accepted.len() >= list.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.abort();
+    let ids: Vec<String> = hooks.iter().map(Webhook::id).collect();
+    assert!(
+        ids[0].starts_with(&format!("http://{addr}/… (")),
+        "{}",
+        ids[0]
+    );
+    assert!(
+        ids[1].starts_with(&format!("http://{dead}/… (")),
+        "{}",
+        ids[1]
+    );
+    assert!(!format!("{hooks:?}").contains(SECRET), "Debug of a webhook");
+
+    // Admin: the URLs. Ministry and province tokens: the ids only.
+    let admin = t.get_json("/v1/notices").await.to_string();
+    assert!(admin.contains(SECRET), "admins see the URLs");
+    for role in [
+        Role::Ministry,
+        Role::Province("110000".parse().expect("code")),
+    ] {
+        let token = t.token(role);
+        let r = t.get("/v1/notices", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let text = r.text();
+        assert!(!text.contains(SECRET), "{role}: {text}");
+        assert!(
+            text.contains(&ids[0]) && text.contains(&ids[1]),
+            "{role}: {text}"
+        );
+        assert!(
+            text.contains("\"last_error\""),
+            "{role}: failures are still reported"
+        );
+    }
+    // The dashboard's notice page.
+    let page = t.get("/notices?lang=en", Some(&t.admin.clone())).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.text().contains(SECRET));
+
+    // Bulletins, every format, and they still verify against the log.
+    let doc =
+        spacesync_hub::bulletin::issue(&t.hub, None, t.hub.notices.log_json()).expect("issue");
+    let n = doc["number"].as_u64().expect("number");
+    assert!(doc["notices"].to_string().contains(&ids[1]));
+    let ministry = t.token(Role::Ministry);
+    for (f, lang) in [
+        ("json", "zh"),
+        ("html", "zh"),
+        ("html", "en"),
+        ("md", "en"),
+        ("csv", "zh"),
+    ] {
+        let r = t
+            .get(
+                &format!("/v1/bulletins/{n}.{f}?lang={lang}"),
+                Some(&ministry),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{f}");
+        assert!(!r.text().contains(SECRET), "bulletin {n}.{f}");
+    }
+    let served: Value = t
+        .get(&format!("/v1/bulletins/{n}.json"), Some(&ministry))
+        .await
+        .json();
+    let campaign = spacesync_shared::Campaign::builtin_2018();
+    spacesync_hub::bulletin::verify(
+        t.hub.store.as_ref(),
+        &campaign,
+        &t.hub.key.verifying_key(),
+        common::ORIGIN,
+        &served,
+    )
+    .expect("the bulletin verifies");
+
+    // Agents' pulls carry the notice only.
+    let pulled = serde_json::to_string(
+        &t.hub
+            .notices
+            .fetch(
+                t.hub.store.as_ref(),
+                &bj.id,
+                bj.scope,
+                0,
+                100,
+                t.clock.now(),
+            )
+            .expect("fetch"),
+    )
+    .expect("json");
+    assert!(!pulled.contains(SECRET) && !pulled.contains("webhook"));
+
+    // The logs: failures were logged (with the id), the URL never.
+    drop(_guard);
+    let logs = String::from_utf8_lossy(&logs.0.lock().expect("lock")).to_string();
+    assert!(logs.contains("Webhook delivery failed"), "{logs}");
+    assert!(logs.contains(&ids[1]), "{logs}");
+    assert!(!logs.contains(SECRET), "{logs}");
+
+    // Reopened from the store, the same.
+    drop(t);
+    let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
+    assert!(
+        !serde_json::to_string(&t.hub.notices.list(Role::Ministry))
+            .expect("json")
+            .contains(SECRET)
+    );
+    assert!(
+        serde_json::to_string(&t.hub.notices.list(Role::Admin))
+            .expect("json")
+            .contains(SECRET)
+    );
 }

@@ -68,6 +68,9 @@ enum Cmd {
     },
     /// Print the hub's public key line.
     Pubkey,
+    /// Print the public key line webhook receivers verify deliveries with (generating
+    /// webhook.key, 0600, on a hub initialised before it existed).
+    WebhookKey,
     /// Grant a deadline extension (a hub-signed log entry).
     Extend {
         /// The provincial unit (PP0000).
@@ -178,6 +181,18 @@ enum TokenCmd {
         #[arg(long)]
         label: Option<String>,
     },
+    /// List tokens: id, role, created, revoked, label (never the tokens themselves).
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (run on the stopped hub): it is refused from then on, and the
+    /// dashboard sessions opened with it end.
+    Revoke {
+        /// The token (sst_…) or its id from `token list`.
+        token: String,
+    },
 }
 
 fn init_logging(format: &str) {
@@ -194,14 +209,7 @@ fn init_logging(format: &str) {
 }
 
 fn open_store(dir: &DataDir) -> Result<SledStore> {
-    if !dir.key().exists() {
-        bail!(
-            "{} holds no hub; run `spacesync-hub --data {} init` first",
-            dir.0.display(),
-            dir.0.display()
-        );
-    }
-    Ok(SledStore::open(&dir.db())?)
+    Ok(config::open_store(dir)?)
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -232,7 +240,18 @@ fn main() -> Result<()> {
             println!("{line}");
         }
         Cmd::Pubkey => {
+            config::check_permissions(&dir)?;
             let key = keys::read_secret(&dir.key())?;
+            println!("{}", keys::public_key_line(&key.verifying_key()));
+        }
+        Cmd::WebhookKey => {
+            let (key, generated) = config::webhook_key(&dir)?;
+            if generated {
+                eprintln!(
+                    "Generated {} (this hub was initialised before webhook keys existed).",
+                    dir.webhook_key().display()
+                );
+            }
             println!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::Serve { listen, now, speed } => {
@@ -247,6 +266,14 @@ fn main() -> Result<()> {
             let cfg = config::load_config(&dir)?;
             init_logging(&cfg.log_format);
             let (hub, cfg) = config::open_hub_scaled(&dir, clock, speed.unwrap_or(1.0))?;
+            let (webhook_key, generated) = config::webhook_key(&dir)?;
+            let webhook_public = keys::public_key_line(&webhook_key.verifying_key());
+            if generated {
+                tracing::warn!(path = %dir.webhook_key().display(), key = %webhook_public, "Generated the webhook signing key (this hub was initialised before it existed); give its public line to webhook receivers.");
+            }
+            for h in &cfg.webhooks {
+                tracing::info!(webhook = %h.id(), key = %webhook_public, "Notices go to a webhook, signed with the webhook key.");
+            }
             let addr = listen.unwrap_or(cfg.listen.clone());
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
@@ -260,6 +287,7 @@ fn main() -> Result<()> {
                 let scheduler = tokio::spawn(spacesync_hub::schedule::run(
                     hub.clone(),
                     cfg.webhooks.clone(),
+                    webhook_key,
                     std::time::Duration::from_millis(200),
                     stop_rx,
                 ));
@@ -349,7 +377,51 @@ fn main() -> Result<()> {
                 TokenCmd::Create { role, label } => {
                     let role: Role = role.parse().context("--role")?;
                     let token = auth::create_token(&store, role, label, clock.now())?;
+                    eprintln!(
+                        "Token id {} (for `token list` and `token revoke`); the token is shown once:",
+                        auth::token_id(&token)
+                    );
                     println!("{token}");
+                }
+                TokenCmd::List { json } => {
+                    let all = auth::list_tokens(&store)?;
+                    if json {
+                        let list: Vec<serde_json::Value> = all
+                            .iter()
+                            .map(|(id, r)| {
+                                serde_json::json!({
+                                    "id": id, "role": r.role, "created_at": r.created_at,
+                                    "revoked_at": r.revoked_at, "label": r.label,
+                                })
+                            })
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        println!(
+                            "{:<14} {:<17} {:<20} {:<20} label",
+                            "id", "role", "created", "revoked"
+                        );
+                        for (id, r) in all {
+                            println!(
+                                "{:<14} {:<17} {:<20} {:<20} {}",
+                                id,
+                                r.role.to_string(),
+                                r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                                r.revoked_at
+                                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                r.label.as_deref().unwrap_or("")
+                            );
+                        }
+                    }
+                }
+                TokenCmd::Revoke { token } => {
+                    let (id, rec) = auth::revoke_token(&store, &token, clock.now())?;
+                    println!(
+                        "revoked token {id} ({}{}); its dashboard sessions end at their next request",
+                        rec.role,
+                        rec.label.map(|l| format!(", {l}")).unwrap_or_default()
+                    );
                 }
             }
         }
