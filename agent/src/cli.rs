@@ -1,10 +1,11 @@
 //! The subcommands. The binary parses [`Cli`] and calls [`execute`].
 //!
 //! While `run` holds the store (sled allows one process per database), the other
-//! subcommands talk to the running agent instead, at the `listen` address of `agent.toml`:
-//! `import` POSTs each file to `/v1/records` (same validation, same atomicity, same
-//! idempotency key), `status` reads `/v1/status`, `notices` reads `/v1/notices`, and
-//! `verify` asks `/v1/verify` to check the live store.
+//! subcommands talk to the running agent instead, at the `listen` address of `agent.toml`,
+//! with the token of `intake.token`: `import` POSTs each file to `/v1/records` (same
+//! validation, same atomicity, same idempotency key), `status` reads `/v1/status`,
+//! `notices` reads `/v1/notices` and then marks what it showed read with
+//! `POST /v1/notices/read`, and `verify` asks `POST /v1/verify` to check the live store.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::server::{self, Agent, AgentError};
 use crate::spool;
 use crate::status::{self, StatusReport};
 use crate::store::{Store, StoreError};
+use crate::token::{self, TokenError};
 use crate::verify::{self, VerifyReport};
 
 /// The spacesync agent: takes a platform's records, signs them into the source's chain,
@@ -53,7 +55,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the data directory, the source key and agent.toml; print the public key line.
+    /// Create the data directory, the source key, the intake token and agent.toml; print the
+    /// public key line (the intake token goes to stderr).
     Init(InitArgs),
     /// Run the intake API, the spool watcher and the pusher.
     Run(RunArgs),
@@ -79,6 +82,19 @@ pub enum Command {
     },
     /// Print this source's public key line.
     Pubkey,
+    /// Print the intake token: the bearer token every API request except /healthz carries.
+    Token(TokenArgs),
+}
+
+/// `token` options.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Create the token when this data directory has none (made before tokens existed).
+    #[arg(long, conflicts_with = "rotate")]
+    pub generate: bool,
+    /// Replace the token with a new one; restart the agent and give it to the platform.
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 /// `init` options.
@@ -150,6 +166,9 @@ pub enum CliError {
     /// Key file problem.
     #[error("{0}")]
     Key(#[from] keys::KeyError),
+    /// Intake token problem.
+    #[error("{0}")]
+    Token(#[from] TokenError),
     /// Store problem.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -246,7 +265,39 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             println!("{}", keys::public_key_line(&key.verifying_key()));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(a) => token_cmd(&data, a),
     }
+}
+
+fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
+    let path = data.token();
+    if !(a.generate || a.rotate) {
+        println!("{}", token::read(&path)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !data.config().exists() {
+        return Err(CliError::Usage(format!(
+            "{}: no agent.toml; this is not an agent data directory (run `spacesync-agent init` first, or pass --data DIR)",
+            data.root.display()
+        )));
+    }
+    let t = token::generate()?;
+    if a.rotate {
+        token::replace(&path, &t)?;
+    } else {
+        token::write_new(&path, &t)?;
+    }
+    println!("{t}");
+    eprintln!(
+        "Wrote {} (mode 0600). Give this token to the platform (`Authorization: Bearer <token>`){}.",
+        path.display(),
+        if a.rotate {
+            "; the old one stops working when the agent restarts — restart it now"
+        } else {
+            ", then start `spacesync-agent run`"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
@@ -272,7 +323,7 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
         cfg.campaign = Some(abs);
     }
     cfg.check(&data.config())?;
-    for p in [data.key(), data.config()] {
+    for p in [data.key(), data.config(), data.token()] {
         if p.exists() {
             return Err(CliError::Usage(format!(
                 "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
@@ -280,16 +331,23 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
             )));
         }
     }
-    std::fs::create_dir_all(&data.root).map_err(io_err(&data.root))?;
+    // The directory 0700, every file 0600 from the moment it exists.
+    if let Some(mode) = data.create_private()? {
+        eprintln!(
+            "note: {} was open to others (mode {mode:03o}); it is now 0700",
+            data.root.display()
+        );
+    }
     let key = keys::generate()?;
+    let intake_token = token::generate()?;
     keys::write_secret(&data.key(), &key)?;
+    token::write_new(&data.token(), &intake_token)?;
     let path = data.config();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let mut f = crate::config::private_file(&path).map_err(io_err(&path))?;
     std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    let db = data.db();
+    crate::config::private_dir(&db).map_err(io_err(&db))?;
     spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
     let line = keys::public_key_line(&key.verifying_key());
     println!("{line}");
@@ -298,6 +356,9 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
         data.root.display(),
         cfg.source,
         cfg.scope
+    );
+    eprintln!(
+        "Intake token (every API request sends `Authorization: Bearer <token>`; `spacesync-agent token` prints it again):\n{intake_token}"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -343,12 +404,17 @@ fn local_base(cfg: &Config) -> String {
     format!("http://{addr}")
 }
 
+/// A request body for [`remote`]: bytes, Content-Type, and an idempotency key.
+type RemoteBody<'a> = (Vec<u8>, &'a str, Option<String>);
+
 fn remote(
+    data: &DataDir,
     cfg: &Config,
     method: reqwest::Method,
     path: &str,
-    body: Option<(Vec<u8>, &str, String)>,
+    body: Option<RemoteBody<'_>>,
 ) -> Result<(u16, Vec<u8>), CliError> {
+    let intake_token = token::read(&data.token())?;
     let base = local_base(cfg);
     let err = |why: String| CliError::Remote {
         addr: base.clone(),
@@ -360,15 +426,14 @@ fn remote(
         .map_err(|e| err(e.to_string()))?;
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let mut rb = http.request(method, format!("{base}{path}"));
-        if let Some(t) = &cfg.intake_token {
-            rb = rb.bearer_auth(t);
-        }
+        let mut rb = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&intake_token);
         if let Some((b, ct, key)) = body {
-            rb = rb
-                .header(reqwest::header::CONTENT_TYPE, ct)
-                .header("idempotency-key", key)
-                .body(b);
+            rb = rb.header(reqwest::header::CONTENT_TYPE, ct).body(b);
+            if let Some(key) = key {
+                rb = rb.header("idempotency-key", key);
+            }
         }
         let resp = rb.send().await.map_err(|e| {
             err(format!(
@@ -382,8 +447,14 @@ fn remote(
     })
 }
 
-fn remote_json<T: serde::de::DeserializeOwned>(cfg: &Config, path: &str) -> Result<T, CliError> {
-    let (status, body) = remote(cfg, reqwest::Method::GET, path, None)?;
+fn remote_json<T: serde::de::DeserializeOwned>(
+    data: &DataDir,
+    cfg: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<RemoteBody<'_>>,
+) -> Result<T, CliError> {
+    let (status, body) = remote(data, cfg, method, path, body)?;
     let base = local_base(cfg);
     if status != 200 {
         return Err(CliError::Remote {
@@ -454,9 +525,11 @@ fn progress_bar(len: u64) -> ProgressBar {
 fn import(data: DataDir, a: ImportArgs) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
     let clock = make_clock(a.now.as_deref(), None)?;
-    let agent = match Agent::open(data, cfg.clone(), clock) {
+    let agent = match Agent::open(data.clone(), cfg.clone(), clock) {
         Ok(agent) => agent,
-        Err(AgentError::Store(StoreError::Locked { .. })) => return import_remote(&cfg, &a),
+        Err(AgentError::Store(StoreError::Locked { .. })) => {
+            return import_remote(&data, &cfg, &a);
+        }
         Err(e) => return Err(e.into()),
     };
     let mut writer = agent.writer()?;
@@ -505,7 +578,7 @@ fn import(data: DataDir, a: ImportArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-fn import_remote(cfg: &Config, a: &ImportArgs) -> Result<ExitCode, CliError> {
+fn import_remote(data: &DataDir, cfg: &Config, a: &ImportArgs) -> Result<ExitCode, CliError> {
     eprintln!(
         "The agent is running; sending the files to it at {}.",
         local_base(cfg)
@@ -524,10 +597,11 @@ fn import_remote(cfg: &Config, a: &ImportArgs) -> Result<ExitCode, CliError> {
         let key = spool::file_key(&body);
         let q = if a.dry_run { "?dry_run=true" } else { "" };
         let (status, resp) = remote(
+            data,
             cfg,
             reqwest::Method::POST,
             &format!("/v1/records{q}"),
-            Some((body, ct, key)),
+            Some((body, ct, Some(key))),
         )?;
         if status == 200 {
             match serde_json::from_slice::<Accepted>(&resp) {
@@ -559,7 +633,9 @@ fn show_status(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
                 .unwrap_or_default();
             status::report(&store, &cfg, &push, &SystemClock, false)?
         }
-        Err(StoreError::Locked { .. }) => remote_json(&cfg, "/v1/status")?,
+        Err(StoreError::Locked { .. }) => {
+            remote_json(data, &cfg, reqwest::Method::GET, "/v1/status", None)?
+        }
         Err(e) => return Err(e.into()),
     };
     if json {
@@ -584,7 +660,23 @@ fn show_notices(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
             list.reverse();
             list
         }
-        Err(StoreError::Locked { .. }) => remote_json(&cfg, "/v1/notices")?,
+        Err(StoreError::Locked { .. }) => {
+            // Reading changes nothing; marking what was shown read is a POST of its own.
+            let list: Vec<Notice> =
+                remote_json(data, &cfg, reqwest::Method::GET, "/v1/notices", None)?;
+            if let Some(max) = list.iter().map(|n| n.id).max() {
+                let body =
+                    serde_json::to_vec(&crate::http::MarkRead { up_to: max }).unwrap_or_default();
+                let _: crate::http::ReadMark = remote_json(
+                    data,
+                    &cfg,
+                    reqwest::Method::POST,
+                    "/v1/notices/read",
+                    Some((body, "application/json", None)),
+                )?;
+            }
+            list
+        }
         Err(e) => return Err(e.into()),
     };
     if json {
@@ -611,13 +703,15 @@ fn show_notices(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
 
 fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
-    let rep: VerifyReport = match Agent::open(data, cfg.clone(), Arc::new(SystemClock)) {
+    let rep: VerifyReport = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
         Ok(agent) => verify::verify(
             &agent.store,
             &agent.ident,
             hub_key(&cfg, &agent.store).as_ref(),
         )?,
-        Err(AgentError::Store(StoreError::Locked { .. })) => remote_json(&cfg, "/v1/verify")?,
+        Err(AgentError::Store(StoreError::Locked { .. })) => {
+            remote_json(&data, &cfg, reqwest::Method::POST, "/v1/verify", None)?
+        }
         Err(e) => return Err(e.into()),
     };
     if json {

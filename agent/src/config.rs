@@ -1,13 +1,21 @@
 //! The data directory and `agent.toml`.
 //!
 //! ```text
-//! <data>/agent.toml     configuration (written by `init`, commented)
+//! <data>/              the data directory itself (0700)
+//! <data>/agent.toml     configuration (written by `init`, commented; 0600)
 //! <data>/agent.key      the source's Ed25519 secret key (0600)
-//! <data>/db/            the sled store
+//! <data>/intake.token   the bearer token of the local API (0600; see [`crate::token`])
+//! <data>/db/            the sled store (0700)
 //! <data>/spool/         drop files here (write name.tmp, then rename)
 //! <data>/spool/done/    imported files
 //! <data>/spool/failed/  refused files, each beside <name>.errors.txt
 //! ```
+//!
+//! `init` creates the directories 0700 and the files 0600 from the start; `run` refuses to
+//! start when the directory, the store directory, `agent.toml`, `agent.key` or
+//! `intake.token` is open to group or others ([`DataDir::check_permissions`]): after an
+//! attack an operator wants to be told, not to have the agent quietly tighten modes over
+//! files someone may already have copied.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +49,10 @@ impl DataDir {
     pub fn key(&self) -> PathBuf {
         self.root.join("agent.key")
     }
+    /// `intake.token`.
+    pub fn token(&self) -> PathBuf {
+        self.root.join("intake.token")
+    }
     /// The sled database directory.
     pub fn db(&self) -> PathBuf {
         self.root.join("db")
@@ -57,6 +69,93 @@ impl DataDir {
     pub fn spool_failed(&self) -> PathBuf {
         self.spool().join("failed")
     }
+
+    /// Creates the directory (and missing parents) with mode 0700; an existing directory
+    /// open to group or others is tightened to 0700, which `init` reports. Returns the
+    /// mode it had when it was tightened.
+    pub fn create_private(&self) -> Result<Option<u32>, ConfigError> {
+        let io = |error| ConfigError::Io {
+            path: self.root.clone(),
+            error,
+        };
+        private_dir(&self.root).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&self.root)
+                .map_err(io)?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io)?;
+                return Ok(Some(mode));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuses a data directory whose secrets others could reach: the directory and the
+    /// store directory must be 0700 (no group or other bits), `agent.toml`, `agent.key` and
+    /// `intake.token` 0600. Each refusal names the path, its mode and the `chmod` that fixes
+    /// it. Files that do not exist are left to the code that reads them.
+    pub fn check_permissions(&self) -> Result<(), ConfigError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let checks: [(PathBuf, &'static str, u32); 5] = [
+                (self.root.clone(), "the data directory", 0o700),
+                (self.db(), "the store directory", 0o700),
+                (self.config(), "agent.toml", 0o600),
+                (self.key(), "the source's secret key", 0o600),
+                (self.token(), "the intake token", 0o600),
+            ];
+            for (path, what, want) in checks {
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(ConfigError::Io { path, error }),
+                };
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(ConfigError::Permissions {
+                        path,
+                        what,
+                        mode,
+                        want,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `path` (and missing parents) as a directory with mode 0700 from the start; an
+/// existing directory is left as it is.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
+}
+
+/// Creates a new file with mode 0600 from the start (never chmod after writing: between the
+/// write and the chmod anyone could have opened it). Refuses to overwrite.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
 }
 
 /// A configuration problem; each names the file and what to do.
@@ -89,6 +188,20 @@ pub enum ConfigError {
         field: &'static str,
         /// Why, and what would be accepted.
         why: String,
+    },
+    /// A file or directory of the data directory is open to group or others.
+    #[error(
+        "{path}: {what} is readable or writable by group or others (mode {mode:03o}); refusing to start. Run `chmod {want:o} {path}`; if someone else may have read it, treat its secrets as leaked (`spacesync-agent token --rotate`; ask the hub operator about the source key)"
+    )]
+    Permissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode it should have.
+        want: u32,
     },
     /// The campaign file named by `campaign` is wrong.
     #[error("{path}: campaign file: {error}")]
@@ -185,7 +298,7 @@ impl Default for RetentionConfig {
 }
 
 /// Limits of the local intake.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeConfig {
     /// Largest request body of `POST /v1/records`, bytes.
@@ -194,7 +307,18 @@ pub struct IntakeConfig {
     pub max_records: usize,
     /// Milliseconds between scans of the spool folder.
     pub spool_poll_ms: u64,
+    /// Seconds (agent clock) an idempotency key is remembered. Within it a retry with the
+    /// same key and body is answered as before; after it the key is pruned, so the store
+    /// stays bounded.
+    pub idempotency_retention_secs: u64,
+    /// `Host` values the API answers besides the listen address (and `localhost:PORT` /
+    /// `127.0.0.1:PORT` on loopback or wildcard listeners): names the platform uses to reach
+    /// the agent, as `name:port`. Any other `Host` is refused, which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
+
+/// Default of `[intake] idempotency_retention_secs`: one day.
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 24 * 3600;
 
 impl Default for IntakeConfig {
     fn default() -> Self {
@@ -202,6 +326,8 @@ impl Default for IntakeConfig {
             max_body_bytes: 32 << 20,
             max_records: 100_000,
             spool_poll_ms: 1000,
+            idempotency_retention_secs: DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -225,9 +351,11 @@ pub struct Config {
     /// Campaign file; the bundled 2018 campaign when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign: Option<PathBuf>,
-    /// Bearer token the platform must send to the intake API; none = no check (loopback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intake_token: Option<String>,
+    /// The old optional `intake_token` key, read so that old files still load, and ignored:
+    /// the token is `<data>/intake.token` (see [`crate::token`]). `run` warns while it is
+    /// present; it is never written back.
+    #[serde(default, rename = "intake_token", skip_serializing)]
+    pub legacy_intake_token: Option<String>,
     /// Local URL notices are POSTed to as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice_webhook: Option<String>,
@@ -246,6 +374,28 @@ pub struct Config {
     /// Intake limits.
     #[serde(default)]
     pub intake: IntakeConfig,
+}
+
+/// Checks one `allowed_hosts` entry: `name:port` (or `[v6]:port`), visible ASCII, no
+/// scheme, path or user info.
+fn check_host_entry(h: &str) -> Result<(), String> {
+    let bad = || {
+        "write it as host:port, exactly as the platform's requests carry it in the Host header (e.g. \"agent.gd.example:7300\")".to_string()
+    };
+    if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    if h.contains(['/', '@', '?', '#']) {
+        return Err(bad());
+    }
+    let (name, port) = h.rsplit_once(':').ok_or_else(bad)?;
+    if name.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    if name.starts_with('[') != name.ends_with(']') {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 fn default_listen() -> SocketAddr {
@@ -271,7 +421,7 @@ impl Config {
             hub_key: None,
             listen: default_listen(),
             campaign: None,
-            intake_token: None,
+            legacy_intake_token: None,
             notice_webhook: None,
             log_format: LogFormat::Human,
             buffer: BufferConfig::default(),
@@ -333,11 +483,18 @@ impl Config {
         if self.intake.max_records == 0 {
             return Err(bad("intake.max_records", "must be at least 1".into()));
         }
-        if self.intake_token.as_deref().is_some_and(str::is_empty) {
+        if self.intake.idempotency_retention_secs == 0 {
             return Err(bad(
-                "intake_token",
-                "is empty; remove the line to disable the check".into(),
+                "intake.idempotency_retention_secs",
+                format!(
+                    "must be at least 1 (default {DEFAULT_IDEMPOTENCY_RETENTION_SECS}); retries are only safe while their key is remembered"
+                ),
             ));
+        }
+        for h in &self.intake.allowed_hosts {
+            if let Err(why) = check_host_entry(h) {
+                return Err(bad("intake.allowed_hosts", format!("{h:?}: {why}")));
+            }
         }
         if let Some(w) = &self.notice_webhook
             && !(w.starts_with("http://") || w.starts_with("https://"))
@@ -397,14 +554,17 @@ hub = {hub}
 # The hub's public key line. When absent the agent fetches it from the hub on first
 # contact, stores it and logs a warning (trust on first use); pin it here to be sure.
 {hub_key}
-# Address of the local intake API. Loopback by default; if you open it wider, set
-# intake_token too.
+# Address of the local intake API. Loopback by default. Every request except GET /healthz
+# must carry `Authorization: Bearer <token>`, the token in intake.token beside this file
+# (`spacesync-agent token` prints it; `token --rotate` replaces it). Requests with an
+# Origin header (browsers) are refused, and so are requests whose Host is not this
+# address (or localhost:PORT / 127.0.0.1:PORT on a loopback or 0.0.0.0 / [::] listener)
+# or listed in [intake] allowed_hosts: that defeats DNS rebinding. Listening on 0.0.0.0
+# or [::] does not accept every Host: list the names the platform uses.
 listen = {listen}
 # Campaign file (TOML); relative paths are relative to this directory. When absent the
 # bundled 2018 campaign is used.
 {campaign}
-# Bearer token the platform must send (`Authorization: Bearer <token>`) to the intake API.
-{token}
 # Local URL each notice from the hub is POSTed to as JSON (retried until it answers 2xx).
 {webhook}
 # Log format: "human" or "json".
@@ -444,6 +604,14 @@ max_body_bytes = {i_body}
 max_records = {i_records}
 # How often the spool folder is scanned, milliseconds.
 spool_poll_ms = {i_poll}
+# Idempotency-Key values (and the spool's and import's file keys) are remembered this
+# many seconds on the agent clock: a retry within it with the same key and the same body
+# is answered as the first time and stored once; the same key with another body is
+# refused (422). Older keys are pruned.
+idempotency_retention_secs = {i_idem}
+# Host header values accepted besides the listen address, as "name:port", e.g.
+# ["agent.gd.example:7300"] when the platform reaches this agent by that name.
+allowed_hosts = {i_hosts}
 "#,
             source = q(self.source.as_str()),
             scope = q(&self.scope.to_string()),
@@ -458,7 +626,6 @@ spool_poll_ms = {i_poll}
                     .map(|p| p.to_string_lossy().into_owned()),
                 "\"campaign-2018.toml\""
             ),
-            token = opt("intake_token", &self.intake_token, "\"change-me\""),
             webhook = opt(
                 "notice_webhook",
                 &self.notice_webhook,
@@ -482,6 +649,14 @@ spool_poll_ms = {i_poll}
             i_body = self.intake.max_body_bytes,
             i_records = self.intake.max_records,
             i_poll = self.intake.spool_poll_ms,
+            i_idem = self.intake.idempotency_retention_secs,
+            i_hosts = toml::Value::Array(
+                self.intake
+                    .allowed_hosts
+                    .iter()
+                    .map(|h| toml::Value::String(h.clone()))
+                    .collect()
+            ),
         )
     }
 }
@@ -497,6 +672,7 @@ mod tests {
             "http://127.0.0.1:9/".into(),
         );
         c.notice_webhook = Some("http://127.0.0.1:8080/n".into());
+        c.intake.allowed_hosts = vec!["agent.gd.example:7300".into(), "[::1]:7300".into()];
         c
     }
 
@@ -521,11 +697,88 @@ mod tests {
             ("max_records = ", "max_recs = ", "unknown field"),
             ("hub = \"http", "hub = \"ftp", "not an http"),
             ("scope = \"440000\"", "scope = \"44\"", "6-digit"),
+            (
+                "allowed_hosts = [\"agent.gd.example:7300\"",
+                "allowed_hosts = [\"http://agent.gd.example/\"",
+                "host:port",
+            ),
+            (
+                "idempotency_retention_secs = 86400",
+                "idempotency_retention_secs = 0",
+                "at least 1",
+            ),
         ] {
             std::fs::write(&path, text.replacen(from, to, 1)).unwrap_or_else(|e| panic!("{e}"));
             let err = Config::load(&path).expect_err(to).to_string();
             assert!(err.contains(want), "{to}: {err}");
             assert!(err.contains("agent.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_old_intake_token_line_still_loads_and_is_never_written_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("agent.toml");
+        let text = sample()
+            .to_toml()
+            .replacen("hub = ", "intake_token = \"s3cret\"\nhub = ", 1);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.legacy_intake_token.as_deref(), Some("s3cret"));
+        assert!(!c.to_toml().contains("s3cret"));
+        assert!(!c.to_commented_toml().contains("s3cret"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_open_to_others_are_refused_with_the_chmod_that_fixes_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = DataDir::new(dir.path().join("agent"));
+        assert_eq!(data.create_private().ok(), Some(None));
+        private_dir(&data.db()).unwrap_or_else(|e| panic!("{e}"));
+        for p in [data.config(), data.key(), data.token()] {
+            private_file(&p).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&data.root), 0o700);
+        assert_eq!(mode(&data.db()), 0o700);
+        assert_eq!(mode(&data.token()), 0o600);
+        assert!(data.check_permissions().is_ok());
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        for (path, loose, fix) in [
+            (data.root.clone(), 0o755, "chmod 700"),
+            (data.root.clone(), 0o710, "chmod 700"),
+            (data.db(), 0o750, "chmod 700"),
+            (data.config(), 0o644, "chmod 600"),
+            (data.key(), 0o640, "chmod 600"),
+            (data.token(), 0o604, "chmod 600"),
+            (data.token(), 0o620, "chmod 600"),
+        ] {
+            let good = mode(&path);
+            set(&path, loose);
+            let err = data
+                .check_permissions()
+                .map(|_| ())
+                .expect_err("must be refused")
+                .to_string();
+            set(&path, good);
+            let shown = format!("{}", path.display());
+            assert!(err.contains(&shown), "{err}");
+            assert!(err.contains(&format!("mode {loose:03o}")), "{err}");
+            assert!(err.contains(&format!("{fix} {shown}")), "{err}");
+        }
+        assert!(data.check_permissions().is_ok());
+        // init tightens a directory it is given (and says so); it never loosens one.
+        set(&data.root, 0o755);
+        assert_eq!(data.create_private().ok(), Some(Some(0o755)));
+        assert_eq!(mode(&data.root), 0o700);
     }
 }

@@ -2,39 +2,53 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | POST | `/v1/records` | a batch (JSON object, array, NDJSON; `text/csv` for space counts); `?dry_run=true` judges only; `Idempotency-Key` makes retries safe |
+//! | POST | `/v1/records` | a batch (`application/json`: an object, an array or NDJSON; `application/x-ndjson`; `text/csv` for space counts); `?dry_run=true` judges only; `Idempotency-Key` makes retries safe |
 //! | GET | `/v1/status` | the status report (same JSON as `status --json`) |
-//! | GET | `/v1/notices` | notices received, newest first (marks them read) |
-//! | GET | `/v1/verify` | runs `verify` on the live store |
-//! | GET | `/healthz` | `ok` |
+//! | GET | `/v1/notices` | notices received, newest first (changes nothing) |
+//! | POST | `/v1/notices/read` | `{"up_to": ID}`: marks notices up to ID read |
+//! | POST (or GET) | `/v1/verify` | runs `verify` on the live store, one at a time |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET | `/healthz` | `ok` |
+//!
+//! Who may call ([`guard`], before any handler): every request except `GET /healthz`
+//! 1. carries no `Origin` header, else 403 — browsers send one on cross-site requests, so a
+//!    web page open on the agent's machine cannot use the API;
+//! 2. names a `Host` this agent answers for ([`Edge`]), else 421 Misdirected Request — that
+//!    defeats DNS rebinding, where a page's own host name resolves to 127.0.0.1;
+//! 3. carries `Authorization: Bearer <intake.token>`, else 401.
+//!
+//! `POST /v1/records` then parses only JSON, NDJSON and CSV media types (anything else, or
+//! none, is 415): a browser form can send `text/plain` without asking, never these.
+//! No GET changes state.
 //!
 //! Every non-2xx answer is a [`spacesync_shared::wire::ErrorBody`]. Client errors say why;
-//! internal errors say "see the agent's log" and are logged once here.
+//! internal errors say "see the agent's log" and are logged once here. Values a client
+//! sent (Host, Origin, keys) are quoted escaped and cut short in answers and logs.
 
-#[cfg(test)]
-use std::path::Path;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use spacesync_shared::batch::Format;
 use spacesync_shared::clock::Clock;
 use spacesync_shared::wire::ErrorBody;
-use tracing::error;
+use tokio::sync::Semaphore;
+use tracing::{debug, error, warn};
 
 use crate::config::Config;
-use crate::intake::{Identity, IntakeError, IntakeHandle, Submission};
+use crate::intake::{self, Identity, IntakeError, IntakeHandle, Submission};
 use crate::pusher::{SharedPushState, lock};
 use crate::status;
 use crate::store::Store;
-use crate::verify;
+use crate::{token, verify};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -43,7 +57,7 @@ pub struct AppState {
     pub intake: IntakeHandle,
     /// Read access for status, notices and verify.
     pub store: Store,
-    /// The configuration (token, limits, identity for status).
+    /// The configuration (limits, identity for status).
     pub cfg: Arc<Config>,
     /// Who signs (for verify).
     pub ident: Arc<Identity>,
@@ -51,6 +65,61 @@ pub struct AppState {
     pub push: SharedPushState,
     /// The agent clock.
     pub clock: Arc<dyn Clock>,
+    /// Who may call: the token and the Host values answered.
+    pub edge: Arc<Edge>,
+    /// One permit: `verify` reads the whole store, so only one runs at a time.
+    pub verifying: Arc<Semaphore>,
+}
+
+/// The checks every request but `/healthz` passes before a handler runs.
+#[derive(Debug)]
+pub struct Edge {
+    /// The bearer token (`<data>/intake.token`).
+    token: String,
+    /// `Host` values answered, lower case, with their port.
+    hosts: Vec<String>,
+    /// The address shown in refusals.
+    listen: SocketAddr,
+}
+
+impl Edge {
+    /// The checks for an agent listening on `listen` (the address actually bound, so a
+    /// port-0 listener works): `Host` must be `listen` itself; on a loopback or wildcard
+    /// (0.0.0.0, [::]) listener also `localhost`, `127.0.0.1` or `[::1]` with its port;
+    /// or one of `extra` (`[intake] allowed_hosts`). A wildcard listener does not accept
+    /// every name: the platform's names must be listed.
+    pub fn new(token: String, listen: SocketAddr, extra: &[String]) -> Edge {
+        let port = listen.port();
+        let mut hosts = Vec::new();
+        if !listen.ip().is_unspecified() {
+            hosts.push(listen.to_string());
+        }
+        if listen.ip().is_loopback() || listen.ip().is_unspecified() {
+            for name in ["localhost", "127.0.0.1", "[::1]"] {
+                hosts.push(format!("{name}:{port}"));
+            }
+        }
+        hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        hosts.sort();
+        hosts.dedup();
+        Edge {
+            token,
+            hosts,
+            listen,
+        }
+    }
+
+    /// Whether `host` (a Host header or request authority) is one this agent answers.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let with_port = if host.ends_with(']') || !host.contains(':') {
+            // No port: the scheme's default, 80.
+            format!("{host}:80")
+        } else {
+            host
+        };
+        self.hosts.contains(&with_port)
+    }
 }
 
 /// The one error type of the handlers.
@@ -70,6 +139,12 @@ impl IntoResponse for AppError {
                     && let Ok(v) = HeaderValue::from_str(&s.to_string())
                 {
                     r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                if status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"spacesync-agent\""),
+                    );
                 }
                 r
             }
@@ -101,6 +176,18 @@ fn client(status: StatusCode, error: impl Into<String>, problems: Vec<String>) -
         },
         None,
     )
+}
+
+/// A client-sent value, quoted with escapes and cut to 100 characters, for answers and
+/// logs (never raw: it could hold a newline that forges a log line).
+fn quoted(v: &[u8]) -> String {
+    let text = String::from_utf8_lossy(v);
+    let cut: String = text.chars().take(100).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 impl From<IntakeError> for AppError {
@@ -135,6 +222,10 @@ impl From<IntakeError> for AppError {
             e @ IntakeError::TooLarge { .. } => {
                 client(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), vec![])
             }
+            e @ IntakeError::KeyReused { .. } => {
+                client(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), vec![])
+            }
+            e @ IntakeError::BadKey(_) => client(StatusCode::BAD_REQUEST, e.to_string(), vec![]),
             IntakeError::Stopped => AppError::Client(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorBody {
@@ -152,45 +243,173 @@ impl From<IntakeError> for AppError {
 /// The router.
 pub fn app(state: AppState) -> Router {
     let limit = state.cfg.intake.max_body_bytes;
+    let edge = state.edge.clone();
     Router::new()
         .route("/v1/records", post(post_records))
         .route("/v1/status", get(get_status))
         .route("/v1/notices", get(get_notices))
-        .route("/v1/verify", get(get_verify))
+        .route("/v1/notices/read", post(post_notices_read))
+        .route("/v1/verify", post(run_verify).get(run_verify))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(get_metrics))
+        .fallback(|| async {
+            client(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /metrics and /healthz",
+                vec![],
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (records, notices/read and verify are POST; status, notices and metrics are GET)",
+                vec![],
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(edge, guard))
         .with_state(state)
 }
 
-fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), AppError> {
-    let Some(token) = &cfg.intake_token else {
-        return Ok(());
+/// Origin, Host and bearer token, in that order, for every request but `GET /healthz`.
+/// Refusals happen before the body is read and change nothing.
+pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = quoted(origin.as_bytes());
+        warn!(origin = %origin, path = ?req.uri().path(), "Refused a request from a web page (it carries an Origin header).");
+        return client(
+            StatusCode::FORBIDDEN,
+            format!(
+                "requests from web pages are refused (this one carries Origin: {origin}); the agent's API is for the platform's server, not for browsers; nothing was done"
+            ),
+            vec![],
+        )
+        .into_response();
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.as_bytes().to_vec()),
+        (None, None) => req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().as_bytes().to_vec()),
+        _ => None,
     };
+    let allowed = host
+        .as_deref()
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .is_some_and(|h| edge.host_allowed(h));
+    if !allowed {
+        let shown = host.as_deref().map(quoted).unwrap_or_else(|| "none".into());
+        warn!(host = %shown, path = ?req.uri().path(), "Refused a request for a Host this agent does not answer.");
+        return client(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this agent does not answer for Host {shown}; call it as {} (or localhost with that port when it listens on loopback), or add the name the platform uses to [intake] allowed_hosts in agent.toml; nothing was done",
+                edge.listen
+            ),
+            vec![],
+        )
+        .into_response();
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
         .unwrap_or("");
-    // Constant-time comparison: the token must not leak through timing.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(client(
+    if !token::matches(given, &edge.token) {
+        debug!(path = ?req.uri().path(), "Refused a request without the right bearer token.");
+        return client(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token; send `Authorization: Bearer <intake_token from agent.toml>`",
+            "missing or wrong bearer token; send `Authorization: Bearer <token>` with the token in the agent's intake.token file (`spacesync-agent token` prints it); nothing was done",
             vec![],
-        ))
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The batch format a Content-Type names; 415 for anything but JSON, NDJSON and CSV (in
+/// UTF-8), or none.
+fn media_format(headers: &HeaderMap) -> Result<Format, AppError> {
+    let unsupported = |why: String| {
+        client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{why}; send application/json (a record, an array or NDJSON), application/x-ndjson or text/csv (space counts), in UTF-8; nothing was stored"
+            ),
+            vec![],
+        )
+    };
+    let mut all = headers.get_all(header::CONTENT_TYPE).iter();
+    let value = match (all.next(), all.next()) {
+        (Some(v), None) => v,
+        (None, _) => return Err(unsupported("the request has no Content-Type".into())),
+        _ => {
+            return Err(unsupported(
+                "the request has more than one Content-Type".into(),
+            ));
+        }
+    };
+    let shown = quoted(value.as_bytes());
+    let text = value
+        .to_str()
+        .map_err(|_| unsupported(format!("unsupported Content-Type {shown}")))?;
+    let mut parts = text.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("charset")
+        {
+            let v = v.trim().trim_matches('"');
+            if !(v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")) {
+                return Err(unsupported(format!(
+                    "unsupported character set in Content-Type {shown}"
+                )));
+            }
+        }
+    }
+    match mime.as_str() {
+        "application/json" | "application/x-ndjson" | "application/ndjson" => Ok(Format::Json),
+        "text/csv" => Ok(Format::Csv),
+        _ => Err(unsupported(format!("unsupported Content-Type {shown}"))),
     }
 }
 
+/// The `Idempotency-Key` header, checked: at most one, 1–200 bytes of visible ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let v = match (all.next(), all.next()) {
+        (None, _) => return Ok(None),
+        (Some(v), None) => v,
+        _ => {
+            return Err(client(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Idempotency-Key; send one; nothing was stored",
+                vec![],
+            ));
+        }
+    };
+    intake::check_key(v.as_bytes()).map_err(|why| {
+        client(
+            StatusCode::BAD_REQUEST,
+            format!("{why}; nothing was stored"),
+            vec![],
+        )
+    })?;
+    Ok(Some(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RecordsQuery {
     #[serde(default)]
     dry_run: bool,
@@ -198,30 +417,28 @@ struct RecordsQuery {
 
 async fn post_records(
     State(st): State<AppState>,
-    Query(q): Query<RecordsQuery>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<RecordsQuery>, QueryRejection>,
+    req: Request,
 ) -> Result<Response, AppError> {
-    authorized(&st.cfg, &headers)?;
-    let body = body.map_err(|e| {
+    let Query(q) = query.map_err(|e| {
+        client(
+            StatusCode::BAD_REQUEST,
+            format!("{e}; the only parameter is dry_run=true|false; nothing was stored"),
+            vec![],
+        )
+    })?;
+    let format = media_format(req.headers())?;
+    let idempotency_key = idempotency_key(req.headers())?;
+    let limit = st.cfg.intake.max_body_bytes;
+    let body = Bytes::from_request(req, &st).await.map_err(|e| {
         client(
             e.status(),
             format!(
-                "cannot read the request body ({e}); the limit is intake.max_body_bytes = {} bytes — split the batch",
-                st.cfg.intake.max_body_bytes
+                "cannot read the request body ({e}); the limit is intake.max_body_bytes = {limit} bytes — split the batch; nothing was stored"
             ),
             vec![],
         )
     })?;
-    let format = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(Format::from_content_type)
-        .unwrap_or(Format::Json);
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
     let answer = st
         .intake
         .submit(Submission {
@@ -254,16 +471,84 @@ async fn get_notices(State(st): State<AppState>) -> Result<Response, AppError> {
         .store
         .notices_after(0)
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    if let Some(max) = list.iter().map(|n| n.id).max() {
-        st.store
-            .mark_notices_read(max)
-            .map_err(|e| AppError::Internal(e.to_string()))?;
-    }
     list.reverse();
     Ok(axum::Json(list).into_response())
 }
 
-async fn get_verify(State(st): State<AppState>) -> Result<Response, AppError> {
+/// Body of `POST /v1/notices/read`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// Notices with ids up to this one are marked read.
+    pub up_to: u64,
+}
+
+/// Answer of `POST /v1/notices/read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    /// Notices up to this id are now read (never beyond the newest held).
+    pub read_through: u64,
+    /// Notices still unread.
+    pub unread: u64,
+}
+
+async fn post_notices_read(State(st): State<AppState>, req: Request) -> Result<Response, AppError> {
+    let bad = |why: String| {
+        client(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{why}; send {{\"up_to\": <notice id>}} as application/json; nothing was changed"
+            ),
+            vec![],
+        )
+    };
+    // JSON only (not NDJSON or CSV), in UTF-8.
+    let json = media_format(req.headers()).is_ok()
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send {\"up_to\": <notice id>} as application/json; nothing was changed",
+            vec![],
+        ));
+    }
+    let body = Bytes::from_request(req, &st)
+        .await
+        .map_err(|e| bad(format!("cannot read the request body ({e})")))?;
+    let m: MarkRead =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("unreadable body ({e})")))?;
+    let read_through = st
+        .store
+        .mark_notices_read(m.up_to)
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let unread = st
+        .store
+        .unread_notices()
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(axum::Json(ReadMark {
+        read_through,
+        unread,
+    })
+    .into_response())
+}
+
+async fn run_verify(State(st): State<AppState>) -> Result<Response, AppError> {
+    let Ok(_permit) = st.verifying.clone().try_acquire_owned() else {
+        return Err(AppError::Client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: "a verify is already running; retry when it is done".into(),
+                code: None,
+                problems: vec![],
+            },
+            Some(5),
+        ));
+    };
     let hub_key = crate::cli::hub_key(&st.cfg, &st.store);
     let store = st.store.clone();
     let ident = st.ident.clone();
@@ -277,33 +562,119 @@ async fn get_verify(State(st): State<AppState>) -> Result<Response, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::spawn_writer;
-    use crate::intake::tests::{clock, identity, writer};
+    use crate::config::BufferConfig;
+    use crate::intake::tests::identity;
+    use crate::intake::{Writer, spawn_writer};
     use axum::body::Body;
-    use axum::http::Request;
+    use chrono::Duration;
+    use spacesync_shared::clock::FixedClock;
+    use spacesync_shared::wire::Notice;
     use tower::ServiceExt as _;
 
-    fn state(dir: &Path) -> AppState {
-        let store = Store::open(&dir.join("db")).unwrap_or_else(|e| panic!("{e}"));
-        let (intake, _task) = spawn_writer(writer(&store, Default::default()), Arc::default());
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef-test";
+    const HOST: &str = "127.0.0.1:7300";
+    const ACT: &str = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+
+    /// An app over a fresh store, with a clock the test can move.
+    struct Fixture {
+        app: Router,
+        store: Store,
+        clock: Arc<FixedClock>,
+        _dir: tempfile::TempDir,
+    }
+
+    struct Setup {
+        listen: &'static str,
+        allowed_hosts: Vec<String>,
+        buffer: BufferConfig,
+        retention_secs: u64,
+    }
+
+    impl Default for Setup {
+        fn default() -> Self {
+            Setup {
+                listen: HOST,
+                allowed_hosts: vec![],
+                buffer: BufferConfig::default(),
+                retention_secs: crate::config::DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+            }
+        }
+    }
+
+    fn fixture(s: Setup) -> Fixture {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let t = chrono::DateTime::parse_from_rfc3339("2018-11-25T10:00:00+08:00")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&chrono::Utc);
+        let clock = Arc::new(FixedClock::new(t));
+        let writer = Writer::open(
+            store.clone(),
+            identity(),
+            clock.clone(),
+            s.buffer,
+            1000,
+            1,
+            s.retention_secs,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (intake, _task) = spawn_writer(writer, Arc::default());
         let mut cfg = Config::new(
             "gd-rrt".parse().unwrap_or_else(|e| panic!("{e}")),
             "440000".parse().unwrap_or_else(|e| panic!("{e}")),
             "http://127.0.0.1:9".into(),
         );
-        cfg.intake_token = Some("t0ken".into());
-        AppState {
+        cfg.intake.allowed_hosts = s.allowed_hosts.clone();
+        let listen: SocketAddr = s.listen.parse().unwrap_or_else(|e| panic!("{e}"));
+        let app = app(AppState {
             intake,
-            store,
+            store: store.clone(),
+            edge: Arc::new(Edge::new(TOKEN.into(), listen, &cfg.intake.allowed_hosts)),
             cfg: Arc::new(cfg),
             ident: identity(),
             push: Arc::default(),
-            clock: clock(),
+            clock: clock.clone(),
+            verifying: Arc::new(Semaphore::new(1)),
+        });
+        Fixture {
+            app,
+            store,
+            clock,
+            _dir: dir,
         }
     }
 
+    /// What a refused request must leave as it was: head seq, buffered entries,
+    /// idempotency keys, unread notices.
+    fn snapshot(store: &Store) -> (u64, u64, usize, u64) {
+        let head = store.head().map(|h| h.0).unwrap_or_else(|e| panic!("{e}"));
+        let acked = store.acked().unwrap_or_else(|e| panic!("{e}"));
+        let unread = store.unread_notices().unwrap_or_else(|e| panic!("{e}"));
+        (head, head - acked, store.idem_count(), unread)
+    }
+
+    /// A request as the platform sends it: right Host, right token.
+    fn req(method: &str, path: &str) -> axum::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, HOST)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    }
+
+    fn post(body: &str, ct: &str) -> Request<Body> {
+        req("POST", "/v1/records")
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn empty(b: axum::http::request::Builder) -> Request<Body> {
+        b.body(Body::empty()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Sends one request through the router (no socket) and checks status and body.
-    async fn check(app: &Router, req: Request<Body>, status: u16, expected: &[&str]) {
+    async fn check(app: &Router, req: Request<Body>, status: u16, expected: &[&str]) -> String {
         let resp = app
             .clone()
             .oneshot(req)
@@ -311,48 +682,32 @@ mod tests {
             .unwrap_or_else(|e| match e {});
         let got = resp.status().as_u16();
         let retry = resp.headers().get(header::RETRY_AFTER).is_some();
+        let challenge = resp.headers().get(header::WWW_AUTHENTICATE).is_some();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap_or_default();
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(&body).into_owned();
         assert_eq!(got, status, "{text}");
         assert_eq!(retry, status == 503, "Retry-After only on 503");
+        assert_eq!(challenge, status == 401, "WWW-Authenticate only on 401");
+        if !(200..300).contains(&got) {
+            let e: ErrorBody = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("not the standard error JSON ({e}): {text}"));
+            assert!(!e.error.is_empty());
+        }
         for e in expected {
             assert!(text.contains(e), "{e:?} not in {text}");
         }
-    }
-
-    fn post(body: &str, ct: &str, token: Option<&str>) -> Request<Body> {
-        let mut b = Request::post("/v1/records").header(header::CONTENT_TYPE, ct);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        b.body(Body::from(body.to_string()))
-            .unwrap_or_else(|e| panic!("{e}"))
+        text
     }
 
     #[tokio::test]
     async fn the_edge_answers_every_case_in_one_error_format() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let app = app(state(dir.path()));
-        let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+        let f = fixture(Setup::default());
+        let app = &f.app;
         check(
-            &app,
-            post(act, "application/json", None),
-            401,
-            &["bearer token"],
-        )
-        .await;
-        check(
-            &app,
-            post(act, "application/json", Some("nope")),
-            401,
-            &["intake_token"],
-        )
-        .await;
-        check(
-            &app,
-            post("{\"kind\":\"party\"}", "application/json", Some("t0ken")),
+            app,
+            post("{\"kind\":\"party\"}", "application/json"),
             422,
             &[
                 "nothing was stored",
@@ -361,55 +716,572 @@ mod tests {
         )
         .await;
         check(
-            &app,
-            post("region,as_of\n", "text/csv", Some("t0ken")),
+            app,
+            post("region,as_of\n", "text/csv"),
             422,
             &["the batch is empty"],
         )
         .await;
+        check(app, post(ACT, "application/json"), 200, &["\"seqs\":[1]"]).await;
         check(
-            &app,
-            post(act, "application/json", Some("t0ken")),
-            200,
-            &["\"seqs\":[1]"],
-        )
-        .await;
-        let get = |p: &str| {
-            Request::get(p)
-                .body(Body::empty())
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
-        check(
-            &app,
-            get("/v1/status"),
+            app,
+            empty(req("GET", "/v1/status")),
             200,
             &["\"head_seq\":1", "\"buffered\":1"],
         )
         .await;
-        check(&app, get("/healthz"), 200, &["ok"]).await;
-        check(&app, get("/metrics"), 200, &["spacesync_agent_head_seq 1"]).await;
-        check(&app, get("/v1/verify"), 200, &["\"problems\":[]"]).await;
+        check(app, empty(req("GET", "/healthz")), 200, &["ok"]).await;
+        check(
+            app,
+            empty(req("GET", "/metrics")),
+            200,
+            &["spacesync_agent_head_seq 1"],
+        )
+        .await;
+        check(
+            app,
+            empty(req("POST", "/v1/verify")),
+            200,
+            &["\"problems\":[]"],
+        )
+        .await;
+        check(
+            app,
+            empty(req("GET", "/v1/verify")),
+            200,
+            &["\"problems\":[]"],
+        )
+        .await;
+        check(
+            app,
+            empty(req("GET", "/v1/nothing")),
+            404,
+            &["no such endpoint"],
+        )
+        .await;
+        check(app, empty(req("GET", "/v1/records")), 405, &["POST"]).await;
+        check(
+            app,
+            empty(req("POST", "/v1/records?dry_run=maybe")),
+            400,
+            &["dry_run"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (1, 1, 0, 0));
     }
 
     #[tokio::test]
     async fn a_full_buffer_is_503_with_retry_after() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut st = state(dir.path());
-        let limits = crate::config::BufferConfig {
-            max_entries: 1,
-            max_bytes: 1 << 20,
-        };
-        let (intake, _task) = spawn_writer(writer(&st.store, limits), Arc::default());
-        st.intake = intake;
-        let app = app(st);
-        let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
-        check(&app, post(act, "application/json", Some("t0ken")), 200, &[]).await;
+        let f = fixture(Setup {
+            buffer: BufferConfig {
+                max_entries: 1,
+                max_bytes: 1 << 20,
+            },
+            ..Setup::default()
+        });
+        check(&f.app, post(ACT, "application/json"), 200, &[]).await;
         check(
-            &app,
-            post(act, "application/json", Some("t0ken")),
+            &f.app,
+            post(ACT, "application/json"),
             503,
             &["buffer is full"],
         )
         .await;
+        assert_eq!(snapshot(&f.store), (1, 1, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn every_endpoint_but_healthz_needs_the_token() {
+        let f = fixture(Setup::default());
+        f.store
+            .put_notices(&[notice(1)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let before = snapshot(&f.store);
+        let endpoints: [(&str, &str, &str, &str); 7] = [
+            ("POST", "/v1/records", "application/json", ACT),
+            ("GET", "/v1/status", "", ""),
+            ("GET", "/v1/notices", "", ""),
+            (
+                "POST",
+                "/v1/notices/read",
+                "application/json",
+                "{\"up_to\":1}",
+            ),
+            ("POST", "/v1/verify", "", ""),
+            ("GET", "/v1/verify", "", ""),
+            ("GET", "/metrics", "", ""),
+        ];
+        let wrong = [
+            None,
+            Some("Bearer".to_string()),
+            Some("Bearer ".to_string()),
+            Some("Bearer wrong".to_string()),
+            Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+            Some(format!("Bearer {TOKEN}x")),
+            Some(format!("Basic {TOKEN}")),
+            Some(TOKEN.to_string()),
+        ];
+        for (method, path, ct, body) in endpoints {
+            for auth in &wrong {
+                let mut b = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(header::HOST, HOST);
+                if !ct.is_empty() {
+                    b = b.header(header::CONTENT_TYPE, ct);
+                }
+                if let Some(a) = auth {
+                    b = b.header(header::AUTHORIZATION, a);
+                }
+                let r = b
+                    .body(Body::from(body.to_string()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                check(&f.app, r, 401, &["bearer token", "intake.token"]).await;
+            }
+        }
+        let health = Request::get("/healthz")
+            .header(header::HOST, HOST)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, health, 200, &["ok"]).await;
+        assert_eq!(snapshot(&f.store), before);
+    }
+
+    #[tokio::test]
+    async fn only_json_ndjson_and_csv_bodies_are_parsed() {
+        let f = fixture(Setup::default());
+        for ct in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "text/csv; charset=gbk",
+            "application/json; charset=latin1",
+        ] {
+            check(
+                &f.app,
+                post(ACT, ct),
+                415,
+                &["Content-Type", "nothing was stored"],
+            )
+            .await;
+        }
+        // No Content-Type at all.
+        let none = req("POST", "/v1/records")
+            .body(Body::from(ACT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, none, 415, &["no Content-Type"]).await;
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 0), "nothing stored");
+        for (n, ct) in (1..).zip([
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/x-ndjson",
+            "application/ndjson",
+        ]) {
+            check(&f.app, post(ACT, ct), 200, &[&format!("\"seqs\":[{n}]")]).await;
+        }
+        let csv = "region,school,as_of,teacher\n440106,4401060001,2018-11-20,10\n";
+        check(
+            &f.app,
+            post(csv, "text/csv; charset=utf-8"),
+            200,
+            &["\"seqs\":[5]"],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn requests_from_web_pages_are_refused() {
+        let f = fixture(Setup::default());
+        // The cross-site form POST of the report: text/plain and an Origin, token or not.
+        for (ct, origin) in [
+            ("text/plain", "https://evil.example"),
+            ("application/json", "https://evil.example"),
+            ("application/json", "null"),
+            ("application/json", "http://127.0.0.1:7300"),
+        ] {
+            let r = req("POST", "/v1/records")
+                .header(header::CONTENT_TYPE, ct)
+                .header(header::ORIGIN, origin)
+                .body(Body::from(
+                    r#"{"kind":"withdrawal","target_seq":1,"reason":"x"}"#,
+                ))
+                .unwrap_or_else(|e| panic!("{e}"));
+            check(&f.app, r, 403, &["web pages", "nothing was done"]).await;
+        }
+        let r = req("GET", "/v1/status")
+            .header(header::ORIGIN, "https://evil.example\r\nforged")
+            .body(Body::empty());
+        // A header value with CR/LF cannot even be built; a plain one is refused.
+        assert!(r.is_err());
+        let r = empty(req("GET", "/v1/status").header(header::ORIGIN, "https://evil.example"));
+        check(&f.app, r, 403, &["evil.example"]).await;
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 0));
+    }
+
+    fn with_host(host: Option<&str>, uri: &str) -> Request<Body> {
+        let mut b = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        b.body(Body::from(ACT)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn only_the_hosts_this_agent_answers_for_are_served() {
+        let f = fixture(Setup {
+            allowed_hosts: vec!["Agent.GD.example:7300".into()],
+            ..Setup::default()
+        });
+        for host in [
+            Some("evil.example:7300"),
+            Some("evil.example"),
+            Some("127.0.0.1:7301"),
+            Some("127.0.0.1"),
+            Some("localhost.:7300"),
+            Some("agent.gd.example:7301"),
+            Some("0.0.0.0:7300"),
+            None,
+        ] {
+            check(
+                &f.app,
+                with_host(host, "/v1/records"),
+                421,
+                &[
+                    "does not answer for Host",
+                    "allowed_hosts",
+                    "nothing was done",
+                ],
+            )
+            .await;
+        }
+        // An absolute URI's authority counts like a Host header.
+        check(
+            &f.app,
+            with_host(None, "http://evil.example:7300/v1/records"),
+            421,
+            &["evil.example"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 0));
+        for (n, host) in (1..).zip([
+            "127.0.0.1:7300",
+            "localhost:7300",
+            "LOCALHOST:7300",
+            "agent.gd.example:7300",
+        ]) {
+            check(
+                &f.app,
+                with_host(Some(host), "/v1/records"),
+                200,
+                &[&format!("\"seqs\":[{n}]")],
+            )
+            .await;
+        }
+        check(
+            &f.app,
+            with_host(None, "http://127.0.0.1:7300/v1/records"),
+            200,
+            &["\"seqs\":[5]"],
+        )
+        .await;
+        // /healthz answers any Host: it reveals and changes nothing, and probes use IPs.
+        let health = Request::get("/healthz")
+            .header(header::HOST, "evil.example")
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, health, 200, &["ok"]).await;
+    }
+
+    #[test]
+    fn a_wildcard_listener_still_answers_only_known_hosts() {
+        let check = |listen: &str, extra: &[&str], host: &str, want: bool| {
+            let listen: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let edge = Edge::new(TOKEN.into(), listen, &extra);
+            assert_eq!(edge.host_allowed(host), want, "{listen} {extra:?} {host}");
+        };
+        check("0.0.0.0:7300", &[], "localhost:7300", true);
+        check("0.0.0.0:7300", &[], "127.0.0.1:7300", true);
+        check("0.0.0.0:7300", &[], "0.0.0.0:7300", false);
+        check("0.0.0.0:7300", &[], "192.168.1.5:7300", false);
+        check(
+            "0.0.0.0:7300",
+            &["192.168.1.5:7300"],
+            "192.168.1.5:7300",
+            true,
+        );
+        check("[::]:7300", &[], "[::1]:7300", true);
+        check("[::]:7300", &[], "[fe80::1]:7300", false);
+        check("[::1]:7300", &[], "[::1]:7300", true);
+        check("192.168.1.5:7300", &[], "192.168.1.5:7300", true);
+        check("192.168.1.5:7300", &[], "localhost:7300", false);
+        check("127.0.0.1:80", &[], "localhost", true);
+        check("127.0.0.1:80", &[], "localhost:80", true);
+        check("127.0.0.1:7300", &[], "localhost", false);
+    }
+
+    fn notice(id: u64) -> Notice {
+        Notice {
+            id,
+            rule: "overdue".into(),
+            subject: "440000".parse().unwrap_or_else(|e| panic!("{e}")),
+            addressee: "440000".parse().unwrap_or_else(|e| panic!("{e}")),
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            deadline: None,
+            text: "逾期".into(),
+            text_en: "overdue".into(),
+        }
+    }
+
+    fn mark_read(body: &str, ct: &str) -> Request<Body> {
+        req("POST", "/v1/notices/read")
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn reading_notices_changes_nothing_and_marking_them_is_a_post() {
+        let f = fixture(Setup::default());
+        f.store
+            .put_notices(&[notice(1), notice(2), notice(3)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..2 {
+            let text = check(&f.app, empty(req("GET", "/v1/notices")), 200, &[]).await;
+            let ids: Vec<u64> = serde_json::from_str::<Vec<Notice>>(&text)
+                .unwrap_or_default()
+                .iter()
+                .map(|n| n.id)
+                .collect();
+            assert_eq!(ids, [3, 2, 1], "newest first");
+            assert_eq!(snapshot(&f.store), (0, 0, 0, 3), "GET leaves them unread");
+        }
+        check(
+            &f.app,
+            empty(req("GET", "/v1/status")),
+            200,
+            &["\"unread_notices\":3"],
+        )
+        .await;
+        // Refused marks change nothing.
+        for (body, ct, status) in [
+            ("{\"up_to\":2}", "text/plain", 415),
+            ("{\"up_to\":2}", "application/x-ndjson", 415),
+            ("{\"up_to\":\"2\"}", "application/json", 400),
+            ("{\"up_to\":2,\"x\":1}", "application/json", 400),
+            ("", "application/json", 400),
+        ] {
+            check(
+                &f.app,
+                mark_read(body, ct),
+                status,
+                &["nothing was changed"],
+            )
+            .await;
+        }
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 3));
+        check(
+            &f.app,
+            mark_read("{\"up_to\":2}", "application/json"),
+            200,
+            &["\"read_through\":2", "\"unread\":1"],
+        )
+        .await;
+        // Beyond the newest held: only what is held is marked, later notices stay unread.
+        check(
+            &f.app,
+            mark_read("{\"up_to\":99}", "application/json"),
+            200,
+            &["\"read_through\":3", "\"unread\":0"],
+        )
+        .await;
+        f.store
+            .put_notices(&[notice(4)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 1));
+    }
+
+    fn keyed(key: &[u8], body: &str) -> Request<Body> {
+        req("POST", "/v1/records")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                "idempotency-key",
+                HeaderValue::from_bytes(key).unwrap_or_else(|e| panic!("{e}")),
+            )
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn activity(title: &str) -> String {
+        ACT.replace("\"title\":\"t\"", &format!("\"title\":\"{title}\""))
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_bound_to_its_body() {
+        let f = fixture(Setup::default());
+        check(
+            &f.app,
+            keyed(b"batch-1", &activity("a")),
+            200,
+            &["\"seqs\":[1]"],
+        )
+        .await;
+        check(
+            &f.app,
+            keyed(b"batch-1", &activity("a")),
+            200,
+            &["\"seqs\":[1]", "\"replayed\":true"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (1, 1, 1, 0));
+        // The same key with new data: refused, naming the key (escaped), nothing stored.
+        check(
+            &f.app,
+            keyed(b"batch-1", &activity("b")),
+            422,
+            &[
+                "Idempotency-Key \\\"batch-1\\\"",
+                "nothing was stored",
+                "new key",
+            ],
+        )
+        .await;
+        check(
+            &f.app,
+            keyed(b"q\"uote", &activity("q")),
+            200,
+            &["\"seqs\":[2]"],
+        )
+        .await;
+        check(
+            &f.app,
+            keyed(b"q\"uote", &activity("r")),
+            422,
+            &["Idempotency-Key \\\"q\\\\\\\"uote\\\""],
+        )
+        .await;
+        // The same bytes in another format are another batch.
+        let mut as_csv = keyed(b"batch-1", &activity("a"));
+        as_csv
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+        check(&f.app, as_csv, 422, &["another format"]).await;
+        assert_eq!(snapshot(&f.store), (2, 2, 2, 0));
+        // A dry run never binds a key, and is answered from a bound one.
+        let dry = |key: &[u8], body: &str| {
+            let mut r = keyed(key, body);
+            *r.uri_mut() = "/v1/records?dry_run=true"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}"));
+            r
+        };
+        check(
+            &f.app,
+            dry(b"dry-1", &activity("d")),
+            200,
+            &["\"dry_run\":true"],
+        )
+        .await;
+        check(
+            &f.app,
+            dry(b"batch-1", &activity("a")),
+            200,
+            &["\"replayed\":true"],
+        )
+        .await;
+        check(&f.app, dry(b"batch-1", &activity("z")), 422, &["batch-1"]).await;
+        assert_eq!(snapshot(&f.store), (2, 2, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn unusable_idempotency_keys_are_400_and_store_nothing() {
+        let f = fixture(Setup::default());
+        let huge = vec![b'k'; 60 * 1024];
+        let long = vec![b'k'; MAX_KEY_BYTES_FOR_TEST + 1];
+        for (key, want) in [
+            (&huge[..], "61440 bytes long; the limit is 200"),
+            (&long[..], "201 bytes long"),
+            (b"" as &[u8], "empty"),
+            (b"two words", "visible ASCII"),
+            (b"tab\there", "visible ASCII"),
+            (b"caf\xc3\xa9", "visible ASCII"),
+            (b"\xff\xfe", "visible ASCII"),
+        ] {
+            let text = check(&f.app, keyed(key, ACT), 400, &[want, "nothing was stored"]).await;
+            assert!(
+                text.len() < 1000,
+                "the key is not echoed: {} bytes",
+                text.len()
+            );
+        }
+        let twice = req("POST", "/v1/records")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "a")
+            .header("idempotency-key", "b")
+            .body(Body::from(ACT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, twice, 400, &["more than one"]).await;
+        assert_eq!(snapshot(&f.store), (0, 0, 0, 0));
+        let max = vec![b'k'; MAX_KEY_BYTES_FOR_TEST];
+        check(&f.app, keyed(&max, ACT), 200, &["\"seqs\":[1]"]).await;
+    }
+
+    const MAX_KEY_BYTES_FOR_TEST: usize = crate::intake::MAX_KEY_BYTES;
+
+    #[tokio::test]
+    async fn idempotency_keys_expire_on_the_agent_clock_and_are_pruned() {
+        let f = fixture(Setup {
+            retention_secs: 3600,
+            ..Setup::default()
+        });
+        check(
+            &f.app,
+            keyed(b"old", &activity("a")),
+            200,
+            &["\"seqs\":[1]"],
+        )
+        .await;
+        f.clock.advance(Duration::minutes(30));
+        check(
+            &f.app,
+            keyed(b"new", &activity("b")),
+            200,
+            &["\"seqs\":[2]"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (2, 2, 2, 0));
+        // 61 minutes after "old": any batch prunes it; "new" (31 min) is kept and still bound.
+        f.clock.advance(Duration::minutes(31));
+        check(
+            &f.app,
+            post(&activity("c"), "application/json"),
+            200,
+            &["\"seqs\":[3]"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (3, 3, 1, 0));
+        check(&f.app, keyed(b"new", &activity("x")), 422, &["new"]).await;
+        // "old" is free again: new data under it is stored.
+        check(
+            &f.app,
+            keyed(b"old", &activity("d")),
+            200,
+            &["\"seqs\":[4]"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (4, 4, 2, 0));
+        f.clock.advance(Duration::hours(2));
+        check(
+            &f.app,
+            post(&activity("e"), "application/json"),
+            200,
+            &["\"seqs\":[5]"],
+        )
+        .await;
+        assert_eq!(snapshot(&f.store), (5, 5, 0, 0), "every key pruned");
     }
 }

@@ -6,12 +6,24 @@
 //! while the previous group was being written joins the next group, and the whole group
 //! shares one `flush_async` (group commit). Answers go out only after that flush.
 //! The command-line `import` uses the same [`Writer`] directly.
+//!
+//! Idempotency keys: a batch may carry a key (`Idempotency-Key`, or the spool's and
+//! `import`'s `file/<sha256>`). The first batch stored under a key binds it to the SHA-256
+//! of its format and bytes ([`fingerprint`]); within `[intake] idempotency_retention_secs`
+//! (agent clock) the same key with the same bytes is answered as the first time and stored
+//! once, and the same key with other bytes is refused ([`IntakeError::KeyReused`]) — a
+//! client that reuses a key by mistake is told, instead of silently losing its new data.
+//! Keys are 1–[`MAX_KEY_BYTES`] bytes of visible ASCII. Expired keys are pruned as batches
+//! arrive, so the store holds at most the keys of one retention period. A dry run never
+//! binds a key (it stores nothing), so `dry_run` is not part of the fingerprint: a dry run
+//! with a bound key is answered from it, or refused if the bytes differ.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use spacesync_shared::batch::{self, Format};
 use spacesync_shared::campaign::QuotaLedger;
 use spacesync_shared::clock::Clock;
@@ -22,10 +34,63 @@ use spacesync_shared::region::RegionCode;
 use spacesync_shared::validate::{self, Context};
 use spacesync_shared::{Campaign, keys};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::BufferConfig;
-use crate::store::{Append, Store, StoreError};
+use crate::store::{Append, IdemPut, Store, StoreError};
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 200;
+
+/// Most expired keys forgotten per batch (bounds the work one batch does).
+const PRUNE_PER_BATCH: usize = 1000;
+
+/// Checks an idempotency key: 1–[`MAX_KEY_BYTES`] bytes, visible ASCII only. The answer
+/// never repeats the key (it may be huge or hostile).
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the Idempotency-Key is empty; send a non-empty key or none".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the Idempotency-Key is {} bytes long; the limit is {MAX_KEY_BYTES} — use a short unique id such as a UUID",
+            key.len()
+        ));
+    }
+    if !key.iter().all(u8::is_ascii_graphic) {
+        return Err("the Idempotency-Key may hold only visible ASCII characters (no spaces, control or non-ASCII characters)".into());
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of what a key is bound to: the format and the bytes of the batch.
+pub fn fingerprint(sub: &Submission) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(b"spacesync-idempotency-v1\n");
+    h.update(match sub.format {
+        Format::Csv => &b"csv\n"[..],
+        _ => &b"json\n"[..],
+    });
+    h.update(&sub.body);
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+/// What is remembered for a key (the store adds when it was first seen).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyRecord {
+    /// [`fingerprint`] of the batch it is bound to; `None` for keys stored by an agent
+    /// from before keys were bound (they answer any body until they expire).
+    fingerprint: Option<String>,
+    /// The answer given the first time.
+    answer: Accepted,
+}
+
+fn ms(t: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
+}
 
 /// Who this agent is: what every entry is signed and judged as.
 pub struct Identity {
@@ -105,6 +170,17 @@ pub enum IntakeError {
         /// The limit.
         limit: String,
     },
+    /// The idempotency key was bound to another batch within the retention period.
+    #[error(
+        "the Idempotency-Key {key:?} was already used for a different batch (other bytes or another format); nothing was stored. Send new data under a new key, and retry only with exactly the same bytes"
+    )]
+    KeyReused {
+        /// The key (visible ASCII, at most [`MAX_KEY_BYTES`]).
+        key: String,
+    },
+    /// The idempotency key is unusable.
+    #[error("{0}; nothing was stored")]
+    BadKey(String),
     /// The store failed; the batch was not (durably) stored.
     #[error("the agent could not store the batch: {0}")]
     Store(#[from] StoreError),
@@ -122,6 +198,8 @@ pub struct Writer {
     max_records: usize,
     /// Seconds suggested in Retry-After when the buffer is full.
     retry_after_secs: u64,
+    /// How long (ms, agent clock) an idempotency key is remembered.
+    key_retention_ms: u64,
     next_seq: u64,
     head: Digest,
     ledger: QuotaLedger,
@@ -138,6 +216,7 @@ impl Writer {
         buffer: BufferConfig,
         max_records: usize,
         retry_after_secs: u64,
+        key_retention_secs: u64,
     ) -> Result<Writer, StoreError> {
         let (head_seq, head) = store.head()?;
         // The next seq comes from the stored head: if it disagrees with the entries held
@@ -162,6 +241,7 @@ impl Writer {
                 held.insert(seq, r);
             }
         }
+        adopt_old_keys(&store, ms(clock.now()))?;
         Ok(Writer {
             store,
             ident,
@@ -169,6 +249,7 @@ impl Writer {
             buffer,
             max_records,
             retry_after_secs: retry_after_secs.max(1),
+            key_retention_ms: key_retention_secs.max(1).saturating_mul(1000),
             next_seq: head_seq + 1,
             head,
             ledger,
@@ -188,19 +269,19 @@ impl Writer {
         sub: &Submission,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Accepted, IntakeError> {
-        let idem_key = sub
-            .idempotency_key
-            .as_ref()
-            .map(|k| format!("k/{k}").into_bytes());
-        if let Some(k) = &idem_key
-            && let Some(answer) = self.store.idem_answer(k)?
-        {
-            let mut a: Accepted = serde_json::from_slice(&answer).map_err(|e| {
-                StoreError::Corrupt(format!("stored answer of an idempotency key: {e}"))
-            })?;
-            a.replayed = true;
-            return Ok(a);
-        }
+        let now_ms = ms(self.clock.now());
+        self.forget_expired_keys(now_ms);
+        let key = match &sub.idempotency_key {
+            None => None,
+            Some(k) => {
+                check_key(k.as_bytes()).map_err(IntakeError::BadKey)?;
+                let fp = fingerprint(sub);
+                if let Some(a) = self.replay(k, &fp, now_ms)? {
+                    return Ok(a);
+                }
+                Some((k.clone(), fp))
+            }
+        };
 
         let campaign = &self.ident.campaign;
         let today = campaign.local_date(self.clock.now());
@@ -324,7 +405,15 @@ impl Writer {
             head_hash: prev,
             quota_add,
             quota_remove,
-            idem: idem_key.map(|k| (k, serde_json::to_vec(&answer).unwrap_or_default())),
+            idem: key.map(|(k, fp)| IdemPut {
+                key: k.into_bytes(),
+                value: serde_json::to_vec(&KeyRecord {
+                    fingerprint: Some(fp),
+                    answer: answer.clone(),
+                })
+                .unwrap_or_default(),
+                at_ms: now_ms,
+            }),
         };
         self.store.append(&append)?;
         for (seq, rec) in batch_recs {
@@ -339,12 +428,81 @@ impl Writer {
         Ok(answer)
     }
 
+    /// The first answer to `key` if it is remembered and bound to `fp`; `KeyReused` if it is
+    /// bound to something else; `None` if unknown or expired.
+    fn replay(&self, key: &str, fp: &str, now_ms: u64) -> Result<Option<Accepted>, IntakeError> {
+        let Some(stored) = self.store.idem_get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        if stored
+            .at_ms
+            .is_some_and(|at| at.saturating_add(self.key_retention_ms) <= now_ms)
+        {
+            return Ok(None);
+        }
+        let rec: KeyRecord = serde_json::from_slice(&stored.value).map_err(|e| {
+            StoreError::Corrupt(format!("what is remembered for an idempotency key: {e}"))
+        })?;
+        if rec.fingerprint.as_deref().is_some_and(|f| f != fp) {
+            return Err(IntakeError::KeyReused { key: key.into() });
+        }
+        let mut a = rec.answer;
+        a.replayed = true;
+        Ok(Some(a))
+    }
+
+    /// Forgets keys older than the retention; a failure only delays it (and is logged).
+    fn forget_expired_keys(&self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.key_retention_ms);
+        if let Err(e) = self.store.prune_idem(cutoff, PRUNE_PER_BATCH) {
+            warn!(error = %e, "Cannot forget expired idempotency keys; will try again with the next batch.");
+        }
+    }
+
     fn full(&self, reason: String) -> IntakeError {
         IntakeError::Full {
             reason,
             retry_after_secs: self.retry_after_secs,
         }
     }
+}
+
+/// Keys stored by an agent from before keys expired hold the bare answer and no time:
+/// they are given `now` (so they expire one retention period from this start) and no
+/// fingerprint (so they keep answering as before until then). Unreadable ones are dropped.
+fn adopt_old_keys(store: &Store, now_ms: u64) -> Result<(), StoreError> {
+    let mut old = Vec::new();
+    for kv in store.idem_all() {
+        let (key, stored) = kv?;
+        if stored.at_ms.is_none() {
+            old.push((key, stored.value));
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    let n = old.len();
+    for (key, value) in old {
+        let answer: Option<Accepted> = serde_json::from_slice(&value).ok();
+        let rec = answer.map(|answer| KeyRecord {
+            fingerprint: None,
+            answer,
+        });
+        match rec {
+            Some(rec) => store.idem_put(&IdemPut {
+                key,
+                value: serde_json::to_vec(&rec).unwrap_or_default(),
+                at_ms: now_ms,
+            })?,
+            None => store.idem_remove(&key)?,
+        }
+    }
+    store.flush()?;
+    info!(
+        keys = n,
+        "Idempotency keys stored by an older agent now expire after intake.idempotency_retention_secs."
+    );
+    Ok(())
 }
 
 struct Job {
@@ -462,8 +620,16 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn writer(store: &Store, buffer: BufferConfig) -> Writer {
-        Writer::open(store.clone(), identity(), clock(), buffer, 1000, 1)
-            .unwrap_or_else(|e| panic!("{e}"))
+        Writer::open(
+            store.clone(),
+            identity(),
+            clock(),
+            buffer,
+            1000,
+            1,
+            crate::config::DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub(crate) fn json(body: &str) -> Submission {
@@ -577,5 +743,60 @@ pub(crate) mod tests {
         assert_eq!(a.seqs, b.seqs);
         assert!(b.replayed);
         assert_eq!(store.entry_count(), 1);
+    }
+
+    #[test]
+    fn keys_of_an_older_agent_keep_answering_and_then_expire() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, BufferConfig::default());
+        let mut sub = json(
+            r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"x"}"#,
+        );
+        sub.idempotency_key = Some("file/old".into());
+        let first = w
+            .submit(&sub, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Rewind it to what an older agent stored: the bare answer, no time, no body hash.
+        let bare = serde_json::to_vec(&first).unwrap_or_default();
+        store
+            .debug_put_raw_idem(b"file/old", &bare)
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .debug_put_raw_idem(b"file/garbage", b"not json")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, BufferConfig::default());
+        assert_eq!(store.idem_count(), 1, "the unreadable one is dropped");
+        let again = w
+            .submit(&sub, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(again.replayed);
+        assert_eq!(again.seqs, first.seqs);
+        assert_eq!(
+            store
+                .idem_get(b"file/old")
+                .ok()
+                .flatten()
+                .and_then(|v| v.at_ms),
+            Some(ms(clock().now())),
+            "it now expires one retention period from this start"
+        );
+    }
+
+    #[test]
+    fn keys_are_checked_here_too() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, BufferConfig::default());
+        let mut sub = json(
+            r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"x"}"#,
+        );
+        sub.idempotency_key = Some("a\nforged log line".into());
+        let err = w
+            .submit(&sub, &mut |_| {})
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(matches!(err, IntakeError::BadKey(_)), "{err}");
+        assert_eq!(store.head().map(|h| h.0).ok(), Some(0));
     }
 }

@@ -3,7 +3,8 @@
 //! has receipted every one.
 //!
 //! # Layout
-//! - [`config`]: the data directory's layout and the commented `agent.toml`.
+//! - [`config`]: the data directory's layout, its permissions and the commented `agent.toml`.
+//! - [`token`]: the intake token (`<data>/intake.token`) every API request must carry.
 //! - [`store`]: the sled store — entries, receipts, chain head, quota records, notices —
 //!   and the one transaction that appends a batch.
 //! - [`intake`]: validation, quota checks, signing and the single writer task (group commit).
@@ -42,4 +43,5 @@ pub mod server;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod token;
 pub mod verify;

@@ -260,7 +260,7 @@ impl Pusher {
                         s.last_result = Some("retrying".into());
                         s.last_error = Some(error.clone());
                     }
-                    warn!(source = %source, error = %error, delay_ms = delay.as_millis() as u64, "Push failed; will retry.");
+                    warn!(source = %source, error = ?error, delay_ms = delay.as_millis() as u64, "Push failed; will retry.");
                     self.wait(delay, false, &mut stop).await;
                     None
                 }
@@ -282,7 +282,7 @@ impl Pusher {
                             since,
                         });
                     }
-                    error!(source = %source, code = %code, error = %reason, reprobe_secs = p.reprobe_secs, "Hub refused permanently; pushing stopped until the cause is fixed.");
+                    error!(source = %source, code = %code, error = ?reason, reprobe_secs = p.reprobe_secs, "Hub refused permanently; pushing stopped until the cause is fixed.");
                     self.persist();
                     self.wait(secs(p.reprobe_secs), false, &mut stop).await;
                     None
@@ -360,8 +360,8 @@ impl Pusher {
             cursor.max_bytes = (cursor.max_bytes * 2).min(self.cfg.push.max_bytes);
         }
         if notices_due && let Err(e) = self.fetch_notices().await {
-            // Notices never stop delivery.
-            warn!(error = %e, "Fetching notices failed; will try again next cycle.");
+            // Notices never stop delivery. The error can quote the hub's answer: escaped.
+            warn!(error = ?e.to_string(), "Fetching notices failed; will try again next cycle.");
         }
         Ok(())
     }
@@ -480,7 +480,7 @@ impl Pusher {
             )
         })?;
         self.store.set_hub_key(&line).await?;
-        warn!(hub_key = %line, hub = %self.cfg.hub, "Trusting the hub key on first use; compare it with the hub operator's and pin it as hub_key in agent.toml.");
+        warn!(hub_key = ?line, hub = %self.cfg.hub, "Trusting the hub key on first use; compare it with the hub operator's and pin it as hub_key in agent.toml.");
         self.hub_key = Some(key);
         Ok(())
     }
@@ -827,7 +827,7 @@ impl Pusher {
             let through = self.store.put_notices(&page.notices)?;
             self.store.flush_async().await?;
             for n in &page.notices {
-                warn!(notice = n.id, rule = %n.rule, subject = %n.subject, deadline = %n.deadline.map(|d| d.to_string()).unwrap_or_default(), text = %n.text_en, "Notice from the hub.");
+                warn!(notice = n.id, rule = ?n.rule, subject = %n.subject, deadline = %n.deadline.map(|d| d.to_string()).unwrap_or_default(), text = ?n.text_en, "Notice from the hub.");
             }
             self.notices_stored.notify_one();
             let ack = serde_json::to_vec(&NoticeAck { through }).unwrap_or_default();

@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::keys;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, DataDir, secs};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Edge};
 use crate::intake::{Identity, Writer, spawn_writer};
 use crate::pusher::{PushState, Pusher};
 use crate::retry::Schedule;
 use crate::store::{Store, StoreError};
-use crate::{notices, spool};
+use crate::{notices, spool, token};
 
 /// Why the agent cannot start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum AgentError {
     /// Key file problem.
     #[error("{0}")]
     Key(#[from] keys::KeyError),
+    /// Intake token problem.
+    #[error("{0}")]
+    Token(#[from] token::TokenError),
     /// Store problem.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -93,16 +96,30 @@ impl Agent {
             self.cfg.buffer,
             self.cfg.intake.max_records,
             secs(self.cfg.push.interval_secs).as_secs().clamp(1, 60),
+            self.cfg.intake.idempotency_retention_secs,
         )
     }
 }
 
 /// Serves until `shutdown` completes, then stops every task cleanly.
+///
+/// Refuses to start when the data directory's secrets are open to others
+/// ([`DataDir::check_permissions`](crate::config::DataDir::check_permissions)) or there is
+/// no usable intake token ([`token::read`]).
 pub async fn run(
     listener: TcpListener,
     agent: Agent,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    agent.data.check_permissions()?;
+    let intake_token = token::read(&agent.data.token())?;
+    if agent.cfg.legacy_intake_token.is_some() {
+        warn!(
+            config = %agent.data.config().display(),
+            token = %agent.data.token().display(),
+            "agent.toml still has intake_token; it is ignored (the token is in intake.token). Remove the line."
+        );
+    }
     spool::create_dirs(&agent.data)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
@@ -147,6 +164,9 @@ pub async fn run(
         ))
     });
 
+    // The address actually bound (a port-0 listener has its real port only now): the Host
+    // checks answer for it.
+    let addr = listener.local_addr().map_err(AgentError::Serve)?;
     let app = http::app(AppState {
         intake,
         store: agent.store.clone(),
@@ -154,8 +174,13 @@ pub async fn run(
         ident: agent.ident.clone(),
         push: push_state,
         clock: agent.clock.clone(),
+        edge: Arc::new(Edge::new(
+            intake_token,
+            addr,
+            &agent.cfg.intake.allowed_hosts,
+        )),
+        verifying: Arc::new(Semaphore::new(1)),
     });
-    let addr = listener.local_addr().map_err(AgentError::Serve)?;
     info!(listen = %addr, source = %agent.cfg.source, hub = %agent.cfg.hub, "Agent started.");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -55,10 +55,10 @@ pub fn ignored(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".errors.txt")
 }
 
-/// Creates `spool/`, `spool/done/` and `spool/failed/`.
+/// Creates `spool/`, `spool/done/` and `spool/failed/` (0700 when new).
 pub fn create_dirs(dirs: &DataDir) -> Result<(), SpoolError> {
     for d in [dirs.spool(), dirs.spool_done(), dirs.spool_failed()] {
-        std::fs::create_dir_all(&d).map_err(io(&d))?;
+        crate::config::private_dir(&d).map_err(io(&d))?;
     }
     Ok(())
 }
@@ -118,10 +118,15 @@ pub async fn scan_once(dirs: &DataDir, intake: &IntakeHandle) -> Result<ScanRepo
             Ok(a) => {
                 let dest = free_name(&dirs.spool_done(), &name);
                 tokio::fs::rename(&path, &dest).await.map_err(io(&path))?;
-                info!(file = %name, accepted = a.accepted, first = a.seqs.first().copied().unwrap_or(0), last = a.seqs.last().copied().unwrap_or(0), replayed = a.replayed, "Spool file imported.");
+                info!(file = ?name, accepted = a.accepted, first = a.seqs.first().copied().unwrap_or(0), last = a.seqs.last().copied().unwrap_or(0), replayed = a.replayed, "Spool file imported.");
                 rep.imported.push(name);
             }
-            Err(e @ (IntakeError::Refused(_) | IntakeError::TooLarge { .. })) => {
+            Err(
+                e @ (IntakeError::Refused(_)
+                | IntakeError::TooLarge { .. }
+                | IntakeError::KeyReused { .. }
+                | IntakeError::BadKey(_)),
+            ) => {
                 let lines = match &e {
                     IntakeError::Refused(r) => r.lines(),
                     other => vec![other.to_string()],
@@ -138,16 +143,16 @@ pub async fn scan_once(dirs: &DataDir, intake: &IntakeHandle) -> Result<ScanRepo
                 );
                 tokio::fs::write(&errors, text).await.map_err(io(&errors))?;
                 tokio::fs::rename(&path, &dest).await.map_err(io(&path))?;
-                warn!(file = %name, problems = lines.len(), errors = %errors.display(), "Spool file refused.");
+                warn!(file = ?name, problems = lines.len(), errors = ?errors, "Spool file refused.");
                 rep.failed.push(name);
             }
             Err(e @ (IntakeError::Full { .. } | IntakeError::Stopped)) => {
-                info!(file = %name, reason = %e, "Spool file left for later.");
+                info!(file = ?name, reason = %e, "Spool file left for later.");
                 rep.deferred.push(name);
                 break;
             }
             Err(e @ IntakeError::Store(_)) => {
-                error!(file = %name, error = %e, "Spool file could not be stored; will try again.");
+                error!(file = ?name, error = %e, "Spool file could not be stored; will try again.");
                 rep.deferred.push(name);
                 break;
             }
@@ -165,7 +170,8 @@ pub async fn watch(
 ) {
     while !*stop.borrow() {
         if let Err(e) = scan_once(&dirs, &intake).await {
-            warn!(error = %e, "Spool scan failed; will try again.");
+            // The error can name a spool file, whose name the platform chose: escaped.
+            warn!(error = ?e.to_string(), "Spool scan failed; will try again.");
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}

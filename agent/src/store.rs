@@ -7,7 +7,8 @@
 //! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors |
 //! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
-//! | `idem` | idempotency key | the answer given when the key was first seen (JSON) |
+//! | `idem` | `k/` + idempotency key | when it was first seen, what it was bound to, the answer given (JSON, see `intake`) |
+//! | `idem` | `t/` + first seen (ms, u64 BE) + key | empty: the expiry index [`Store::prune_idem`] walks |
 //!
 //! Architecture invariant: the chain only grows through [`Store::append`], one sled
 //! transaction over `entries`, `meta`, `quota` and `idem`; so after a crash at any instant
@@ -117,8 +118,73 @@ pub struct Append {
     pub quota_add: Vec<(u64, Vec<u8>)>,
     /// Recommendations withdrawn by this batch (their seqs).
     pub quota_remove: Vec<u64>,
-    /// Idempotency key and the answer to remember for it.
-    pub idem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Idempotency key to remember with this batch.
+    pub idem: Option<IdemPut>,
+}
+
+/// One idempotency key to store with a batch.
+#[derive(Debug, Default, Clone)]
+pub struct IdemPut {
+    /// The key as the client sent it.
+    pub key: Vec<u8>,
+    /// What to remember for it (opaque to the store).
+    pub value: Vec<u8>,
+    /// When it was first seen, milliseconds since the epoch (agent clock); the expiry index
+    /// is ordered by it.
+    pub at_ms: u64,
+}
+
+/// What the store holds for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemStored {
+    /// When it was first seen (ms since the epoch, agent clock); `None` for a key stored by
+    /// an agent from before keys expired (its value is the bare answer JSON).
+    pub at_ms: Option<u64>,
+    /// The value given to [`IdemPut`].
+    pub value: Vec<u8>,
+}
+
+/// Version byte of a stored idempotency value: `1`, then the time (u64 BE), then the
+/// value. Older agents stored the answer JSON alone, which starts with `{`.
+const IDEM_V1: u8 = 1;
+
+impl IdemStored {
+    fn encode(p: &IdemPut) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + p.value.len());
+        v.push(IDEM_V1);
+        v.extend_from_slice(&p.at_ms.to_be_bytes());
+        v.extend_from_slice(&p.value);
+        v
+    }
+
+    fn decode(v: &[u8]) -> IdemStored {
+        match v.split_first() {
+            Some((&IDEM_V1, rest)) if rest.len() >= 8 => {
+                let (t, value) = rest.split_at(8);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(t);
+                IdemStored {
+                    at_ms: Some(u64::from_be_bytes(b)),
+                    value: value.to_vec(),
+                }
+            }
+            _ => IdemStored {
+                at_ms: None,
+                value: v.to_vec(),
+            },
+        }
+    }
+}
+
+const IDEM_KEY: &[u8] = b"k/";
+const IDEM_TIME: &[u8] = b"t/";
+
+fn idem_key(key: &[u8]) -> Vec<u8> {
+    [IDEM_KEY, key].concat()
+}
+
+fn idem_time(at_ms: u64, key: &[u8]) -> Vec<u8> {
+    [IDEM_TIME, &at_ms.to_be_bytes()[..], key].concat()
 }
 
 /// One stored entry.
@@ -188,6 +254,12 @@ pub fn parse_envelope(seq: u64, bytes: &[u8]) -> Result<Envelope, StoreError> {
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // sled would create the directory with the umask's mode (often 0755); the store
+        // holds every record, so it is created 0700 from the start.
+        crate::config::private_dir(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            error: sled::Error::Io(e),
+        })?;
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -300,8 +372,9 @@ impl Store {
                 for seq in &a.quota_remove {
                     quota.remove(&seq_key(*seq))?;
                 }
-                if let Some((k, v)) = &a.idem {
-                    idem.insert(k.as_slice(), v.as_slice())?;
+                if let Some(p) = &a.idem {
+                    idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
+                    idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
                 }
                 Ok(())
             },
@@ -321,9 +394,78 @@ impl Store {
         Ok(())
     }
 
-    /// The answer remembered for an idempotency key.
-    pub fn idem_answer(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.idem.get(key)?.map(|v| v.to_vec()))
+    /// What is remembered for an idempotency key.
+    pub fn idem_get(&self, key: &[u8]) -> Result<Option<IdemStored>, StoreError> {
+        Ok(self
+            .idem
+            .get(idem_key(key))?
+            .map(|v| IdemStored::decode(&v)))
+    }
+
+    /// Every remembered idempotency key with what is stored for it (for the one-time
+    /// rewrite of keys stored before keys expired).
+    pub fn idem_all(&self) -> impl Iterator<Item = Result<(Vec<u8>, IdemStored), StoreError>> + '_ {
+        self.idem.scan_prefix(IDEM_KEY).map(|kv| {
+            let (k, v) = kv?;
+            Ok((k[IDEM_KEY.len()..].to_vec(), IdemStored::decode(&v)))
+        })
+    }
+
+    /// Replaces what is remembered for a key and indexes it, outside a batch (the rewrite
+    /// of keys stored before keys expired).
+    pub fn idem_put(&self, p: &IdemPut) -> Result<(), StoreError> {
+        self.idem.transaction(|idem| {
+            idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
+            idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Forgets a key (its index entry is pruned in time).
+    pub fn idem_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.idem.remove(idem_key(key))?;
+        Ok(())
+    }
+
+    /// Number of idempotency keys remembered.
+    pub fn idem_count(&self) -> usize {
+        self.idem.scan_prefix(IDEM_KEY).count()
+    }
+
+    /// Forgets up to `max` idempotency keys first seen before `cutoff_ms`, oldest first.
+    /// A key stored again after it expired has a newer time; its old index entry then
+    /// removes only itself. Returns how many keys were forgotten.
+    pub fn prune_idem(&self, cutoff_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let end = idem_time(cutoff_ms, b"");
+        let mut doomed = Vec::new();
+        for kv in self.idem.range(IDEM_TIME.to_vec()..end).take(max) {
+            let (t, _) = kv?;
+            doomed.push(t.to_vec());
+        }
+        let mut forgotten = 0;
+        for t in doomed {
+            let Some(at) = t
+                .get(IDEM_TIME.len()..IDEM_TIME.len() + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                self.idem.remove(&t)?;
+                continue;
+            };
+            let k = idem_key(&t[IDEM_TIME.len() + 8..]);
+            let removed = self.idem.transaction(|idem| {
+                idem.remove(t.as_slice())?;
+                let current = idem.get(&k)?.map(|v| IdemStored::decode(&v).at_ms);
+                if current == Some(Some(at)) {
+                    idem.remove(k.as_slice())?;
+                    return Ok::<_, ConflictableTransactionError<StoreError>>(true);
+                }
+                Ok(false)
+            })?;
+            forgotten += removed as usize;
+        }
+        Ok(forgotten)
     }
 
     /// The envelope at `seq`, if held.
@@ -556,10 +698,25 @@ impl Store {
             .count() as u64)
     }
 
-    /// Marks notices up to `through` as read.
-    pub fn mark_notices_read(&self, through: u64) -> Result<(), StoreError> {
-        self.set_u64(NOTICE_READ, through)?;
-        self.flush()
+    /// Marks notices up to `through` as read (never beyond the highest stored notice, so
+    /// notices that arrive later stay unread, and never backwards). Returns the new mark.
+    pub fn mark_notices_read(&self, through: u64) -> Result<u64, StoreError> {
+        let mark = self.meta.transaction(|meta| {
+            let cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
+            let old = read_u64(meta.get(NOTICE_READ)?).map_err(abort)?;
+            let new = old.max(through.min(cursor));
+            if new != old {
+                meta.insert(NOTICE_READ, &new.to_be_bytes())?;
+            }
+            Ok(new)
+        })?;
+        self.flush()?;
+        Ok(mark)
+    }
+
+    /// The read mark: notices up to it were marked read.
+    pub fn notices_read_through(&self) -> Result<u64, StoreError> {
+        self.get_u64(NOTICE_READ)
     }
 
     /// Highest notice id forwarded to the webhook.
@@ -571,6 +728,14 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn debug_overwrite_entry(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.entries.insert(seq_key(seq), bytes)?;
+        Ok(())
+    }
+
+    /// Stores raw bytes for an idempotency key, as an older agent did: for tests of the
+    /// rewrite of old keys.
+    #[cfg(test)]
+    pub(crate) fn debug_put_raw_idem(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.idem.insert(idem_key(key), value)?;
         Ok(())
     }
 
@@ -598,7 +763,11 @@ mod tests {
             envelopes: vec![b"{}".to_vec(), b"{ }".to_vec()],
             head_hash: Digest([7; 32]),
             quota_add: vec![(2, b"{}".to_vec())],
-            idem: Some((b"k1".to_vec(), b"answer".to_vec())),
+            idem: Some(IdemPut {
+                key: b"k1".to_vec(),
+                value: b"answer".to_vec(),
+                at_ms: 5,
+            }),
             ..Append::default()
         };
         s.append(&ok).unwrap_or_else(|e| panic!("{e}"));
@@ -610,13 +779,18 @@ mod tests {
             envelopes: vec![b"x".to_vec()],
             head_hash: Digest([9; 32]),
             quota_add: vec![(1, b"y".to_vec())],
-            idem: Some((b"k2".to_vec(), b"answer".to_vec())),
+            idem: Some(IdemPut {
+                key: b"k2".to_vec(),
+                value: b"answer".to_vec(),
+                at_ms: 5,
+            }),
             ..Append::default()
         };
         assert!(matches!(s.append(&stale), Err(StoreError::Corrupt(_))));
         assert_eq!(s.head().ok(), Some((2, Digest([7; 32]))));
         assert_eq!(s.entry_count(), 2);
-        assert_eq!(s.idem_answer(b"k2").ok(), Some(None));
+        assert_eq!(s.idem_get(b"k2").ok(), Some(None));
+        assert_eq!(s.idem_count(), 1);
         assert_eq!(s.quota.len(), 1);
         assert_eq!(s.buffered_bytes().ok(), Some(5));
     }
@@ -637,5 +811,44 @@ mod tests {
         assert_eq!(s.buffered_bytes().ok(), Some(4));
         assert_eq!(s.record_receipts(&[(3, b"r3".to_vec())]).ok(), Some(3));
         assert_eq!(s.buffered_bytes().ok(), Some(0));
+    }
+
+    #[test]
+    fn idempotency_keys_expire_oldest_first_and_a_renewed_key_survives_its_old_time() {
+        let (_d, s) = open();
+        let put = |key: &[u8], at_ms| IdemPut {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            at_ms,
+        };
+        for (k, t) in [(&b"a"[..], 10), (b"b", 20), (b"c", 30)] {
+            s.idem_put(&put(k, t)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        // "a" is stored again later (it had expired): its old index entry must not remove it.
+        s.idem_put(&put(b"a", 40)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.prune_idem(25, 100).ok(), Some(1));
+        assert_eq!(s.idem_get(b"b").ok(), Some(None));
+        assert_eq!(
+            s.idem_get(b"a").ok().flatten().and_then(|v| v.at_ms),
+            Some(40)
+        );
+        assert_eq!(s.idem_count(), 2);
+        // At most `max` per call.
+        assert_eq!(s.prune_idem(1000, 1).ok(), Some(1));
+        assert_eq!(s.prune_idem(1000, 100).ok(), Some(1));
+        assert_eq!(s.idem_count(), 0);
+        assert_eq!(s.idem.len(), 0, "no index entries left behind");
+    }
+
+    #[test]
+    fn notices_are_marked_read_up_to_what_is_held_and_never_backwards() {
+        let (_d, s) = open();
+        assert_eq!(s.mark_notices_read(5).ok(), Some(0), "nothing held yet");
+        s.meta
+            .insert(NOTICE_CURSOR, &7u64.to_be_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.mark_notices_read(5).ok(), Some(5));
+        assert_eq!(s.mark_notices_read(3).ok(), Some(5));
+        assert_eq!(s.mark_notices_read(u64::MAX).ok(), Some(7));
     }
 }

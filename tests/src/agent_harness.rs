@@ -47,6 +47,11 @@ pub fn agent_bin() -> &'static Path {
 
 pub use crate::procs::free_port;
 
+/// The intake token `init` wrote in `data` (every API request but `/healthz` carries it).
+pub fn intake_token(data: &DataDir) -> String {
+    spacesync_agent::token::read(&data.token()).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// `init`s an agent in a fresh directory (`init`, then `args`, then `--listen` on a free
 /// port), then lets `configure` change the configuration it wrote. Returns the directory,
 /// the port and the public key line `init` printed.
@@ -95,6 +100,8 @@ pub struct AgentProc {
     pub port: u16,
     /// The public key line `init` printed.
     pub key_line: String,
+    /// The intake token `init` wrote.
+    pub token: String,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -114,10 +121,12 @@ impl AgentProc {
             cfg.intake.spool_poll_ms = 100;
             tweak(cfg);
         });
+        let token = intake_token(&DataDir::new(dir.path()));
         AgentProc {
             dir,
             port,
             key_line,
+            token,
             child: None,
             http: reqwest::Client::new(),
         }
@@ -230,11 +239,17 @@ impl AgentProc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A request to the local API, as the platform sends it (with the bearer token).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(&self.token)
+    }
+
     /// POSTs a batch; returns the status, the Retry-After header and the JSON answer.
     pub async fn post(&self, body: &str, content_type: &str) -> (u16, Option<String>, Value) {
         let r = self
-            .http
-            .post(format!("{}/v1/records", self.url()))
+            .request(reqwest::Method::POST, "/v1/records")
             .header("content-type", content_type)
             .body(body.to_string())
             .send()
@@ -252,8 +267,7 @@ impl AgentProc {
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Value {
-        self.http
-            .get(format!("{}/v1/status", self.url()))
+        self.request(reqwest::Method::GET, "/v1/status")
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET /v1/status: {e}"))

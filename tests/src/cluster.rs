@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use spacesync_agent::config::{Config, DataDir};
 use spacesync_shared::{Record, SourceId};
 
-use crate::agent_harness::{agent_bin, init_agent};
+use crate::agent_harness::{agent_bin, init_agent, intake_token};
 use crate::checker::SharedHistory;
 use crate::fault_proxy::{FaultPlan, FaultProxy};
 use crate::procs::{self, Health, free_port};
@@ -292,6 +292,8 @@ pub struct AgentNode {
     pub key_line: String,
     /// Processes started so far.
     pub starts: u64,
+    /// The intake token `init` wrote.
+    pub token: String,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -320,12 +322,14 @@ impl AgentNode {
             cfg.intake.spool_poll_ms = 1000;
             tweak(cfg);
         });
+        let token = intake_token(&DataDir::new(dir.path()));
         AgentNode {
             site,
             dir,
             port,
             key_line,
             starts: 0,
+            token,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -347,6 +351,14 @@ impl AgentNode {
     /// Base URL of the local API.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The local API's URL and token.
+    pub fn api(&self) -> AgentApi {
+        AgentApi {
+            url: self.url(),
+            token: self.token.clone(),
+        }
     }
 
     /// The agent's log so far.
@@ -427,6 +439,7 @@ impl AgentNode {
         let r = self
             .http
             .get(format!("{}/v1/status", self.url()))
+            .bearer_auth(&self.token)
             .send()
             .await
             .ok()?;
@@ -575,10 +588,19 @@ pub struct WriterStats {
     pub acked_while_hub_down: AtomicU64,
 }
 
-/// Posts batches of 1–4 records of `work` to the agent at `url` until `stop`, recording
+/// Where an agent's local API is, and the intake token it wants.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    /// Base URL.
+    pub url: String,
+    /// The bearer token (`<data>/intake.token`).
+    pub token: String,
+}
+
+/// Posts batches of 1–4 records of `work` to the agent at `api` until `stop`, recording
 /// every write in `history`. `hub_down` tells whether the hub is down right now.
 pub async fn write_loop(
-    url: String,
+    api: AgentApi,
     mut work: Workload,
     history: SharedHistory,
     stats: Arc<WriterStats>,
@@ -611,7 +633,8 @@ pub async fn write_loop(
         }
         let down_before = hub_down.load(Ordering::Relaxed);
         let sent = http
-            .post(format!("{url}/v1/records"))
+            .post(format!("{}/v1/records", api.url))
+            .bearer_auth(&api.token)
             .header("content-type", "application/x-ndjson")
             .body(body)
             .send()

@@ -1,9 +1,8 @@
 //! Runs the real `spacesync-hub` binary in a temporary data directory, and plays agents
 //! against it: pre-signed hash chains pushed over HTTP, with receipts checked.
 //!
-//! Finding the binary: [`hub_bin`] runs `cargo build -p spacesync-hub --bin spacesync-hub`
-//! once per test process (a no-op when it is up to date) and takes the binary from
-//! `$CARGO_TARGET_DIR` or the workspace's `target/`. `SPACESYNC_HUB_BIN` overrides it.
+//! The binary is this package's `spacesync-hub-under-test`, which `cargo test` builds
+//! from the hub's own `main` ([`hub_bin`]); `SPACESYNC_HUB_BIN` overrides it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,40 +29,15 @@ pub fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// The workspace root (this package's parent directory).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or_else(|| panic!("tests/ has a parent"))
-        .to_path_buf()
-}
-
-/// Path of a freshly built `spacesync-hub` binary.
+/// Path of the `spacesync-hub` binary under test: this package's
+/// `spacesync-hub-under-test` (the hub's own `main`, built by `cargo test`), or
+/// `SPACESYNC_HUB_BIN`.
 pub fn hub_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SPACESYNC_HUB_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace())
-            .args(["build", "-p", "spacesync-hub", "--bin", "spacesync-hub"])
-            .output()
-            .unwrap_or_else(|e| panic!("cargo build: {e}"));
-        assert!(
-            out.status.success(),
-            "cargo build -p spacesync-hub failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
+        std::env::var_os("SPACESYNC_HUB_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target"));
-        let bin = target
-            .join("debug")
-            .join(format!("spacesync-hub{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
+            .unwrap_or_else(|| crate::cluster::hub_bin().to_path_buf())
     })
 }
 

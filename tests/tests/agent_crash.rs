@@ -46,6 +46,7 @@ async fn kill_9_at_random_moments_loses_no_answered_record_and_reuses_no_seq() {
         for c in 0..CLIENTS {
             let (stop, attempted, acked) = (stop.clone(), attempted.clone(), acked.clone());
             let url = format!("{}/v1/records", agent.url());
+            let token = agent.token.clone();
             let per = 1 + (k + c) % 3;
             clients.push(tokio::spawn(async move {
                 let http = reqwest::Client::builder()
@@ -67,7 +68,14 @@ async fn kill_9_at_random_moments_loses_no_answered_record_and_reuses_no_seq() {
                         .map(|t| activity(t))
                         .collect::<Vec<_>>()
                         .join("\n");
-                    let answer = match http.post(&url).body(body).send().await {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await;
+                    let answer = match sent {
                         Ok(r) if r.status().is_success() => {
                             r.json::<serde_json::Value>().await.ok()
                         }

@@ -190,7 +190,9 @@ async fn a_permanent_refusal_stops_pushing_with_a_clear_status_until_fixed() {
     );
     assert_eq!(st["acked_seq"], 0);
     assert!(agent.log().contains("Hub refused permanently"));
-    let metrics = reqwest::get(format!("{}/metrics", agent.url()))
+    let metrics = agent
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -276,6 +278,25 @@ async fn notices_are_stored_acknowledged_and_forwarded_to_the_webhook() {
     .await;
     assert_eq!(agent.status().await["unread_notices"], 2);
     assert!(agent.log().contains("Notice from the hub."));
+    // Reading them over the API changes nothing, however often.
+    for _ in 0..2 {
+        let list: Vec<Value> = agent
+            .request(reqwest::Method::GET, "/v1/notices")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_default();
+        assert_eq!(list.len(), 2);
+        assert_eq!(agent.status().await["unread_notices"], 2);
+    }
+    // `notices` against the running agent shows them, then marks them read with a POST.
+    let out = agent.cli(&["notices", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let ids: Vec<u64> = list.iter().filter_map(|n| n["id"].as_u64()).collect();
+    assert_eq!(ids, [2, 1], "newest first: {out:?}");
+    assert_eq!(agent.status().await["unread_notices"], 0);
     agent.stop();
     let out = agent.cli(&["notices", "--json"]);
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -37,24 +37,16 @@ async fn check(agent: &AgentProc, body: &str, ct: &str, status: u16, expected: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_kind_is_taken_over_http_and_bad_batches_leave_nothing() {
-    let mut agent = AgentProc::init(&no_hub(), |c| c.intake_token = Some("s3cret".into()));
+    let mut agent = AgentProc::init(&no_hub(), |_| {});
     agent.start().await;
-    // Without the token: 401.
-    check(
-        &agent,
-        &activity("x"),
-        "application/json",
-        401,
-        &["bearer token"],
-    )
-    .await;
     let with_token = |body: String, ct: &'static str| {
         let http = reqwest::Client::new();
         let url = format!("{}/v1/records", agent.url());
+        let token = agent.token.clone();
         async move {
             let r = http
                 .post(url)
-                .bearer_auth("s3cret")
+                .bearer_auth(token)
                 .header("content-type", ct)
                 .body(body)
                 .send()
@@ -141,9 +133,9 @@ async fn every_record_kind_is_taken_over_http_and_bad_batches_leave_nothing() {
     assert!(v.to_string().contains("line 2"), "{v}");
 
     // Dry run judges and stores nothing.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/records?dry_run=true", agent.url()))
-        .bearer_auth("s3cret")
+    let r = agent
+        .request(reqwest::Method::POST, "/v1/records?dry_run=true")
+        .header("content-type", "application/json")
         .body(activity("dry"))
         .send()
         .await
@@ -157,7 +149,9 @@ async fn every_record_kind_is_taken_over_http_and_bad_batches_leave_nothing() {
     let st = agent.status().await;
     assert_eq!(st["head_seq"], 10, "{st}");
     assert_eq!(st["buffered"], 10);
-    let metrics = reqwest::get(format!("{}/metrics", agent.url()))
+    let metrics = agent
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()
@@ -361,4 +355,263 @@ async fn oversized_bodies_are_refused_with_the_limit() {
     )
     .await;
     assert_eq!(agent.status().await["head_seq"], 0);
+}
+
+/// Sends raw bytes to the agent as an attacker's client would and returns the status code
+/// and the answer.
+async fn raw(port: u16, request: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_strangers_and_reused_keys_cannot_get_records_in() {
+    let mut agent = AgentProc::init(&no_hub(), |_| {});
+    agent.start().await;
+    let port = agent.port;
+    let withdrawal = r#"{"kind":"withdrawal","target_seq":1,"reason":"forged"}"#;
+    let unchanged = async |agent: &AgentProc, head: u64| {
+        let st = agent.status().await;
+        assert_eq!(
+            (st["head_seq"].clone(), st["buffered"].clone()),
+            (head.into(), head.into()),
+            "{st}"
+        );
+    };
+
+    // The cross-site form POST a web page can make: text/plain, an Origin, no token.
+    let (code, text) = raw(
+        port,
+        format!(
+            "POST /v1/records HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{withdrawal}",
+            withdrawal.len()
+        ),
+    )
+    .await;
+    assert_eq!(code, 403, "{text}");
+    unchanged(&agent, 0).await;
+    // Even with the token, text/plain is not parsed, and an Origin is refused.
+    let token = agent.token.clone();
+    for (extra, want) in [
+        ("Content-Type: text/plain\r\n".to_string(), 415),
+        (String::new(), 415),
+        (
+            "Content-Type: application/json\r\nOrigin: null\r\n".to_string(),
+            403,
+        ),
+    ] {
+        let (code, text) = raw(
+            port,
+            format!(
+                "POST /v1/records HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{withdrawal}",
+                withdrawal.len()
+            ),
+        )
+        .await;
+        assert_eq!(code, want, "{extra:?}: {text}");
+        assert!(text.contains("\"error\""), "{text}");
+    }
+    // DNS rebinding: the page's own name resolves to 127.0.0.1; its Host is refused.
+    let (code, text) = raw(
+        port,
+        format!(
+            "GET /v1/status HTTP/1.1\r\nHost: rebind.evil.example:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(code, 421, "{text}");
+    // No token: 401 everywhere but /healthz.
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/notices"),
+        ("POST", "/v1/notices/read"),
+        ("POST", "/v1/verify"),
+        ("GET", "/v1/verify"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/records"),
+    ] {
+        let (code, text) = raw(
+            port,
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"),
+        )
+        .await;
+        assert_eq!(code, 401, "{method} {path}: {text}");
+    }
+    let (code, _) = raw(
+        port,
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    unchanged(&agent, 0).await;
+
+    // Idempotency keys: bound to the body, bounded in length.
+    let keyed = async |key: &str, body: String| {
+        let r = agent
+            .request(reqwest::Method::POST, "/v1/records")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap_or_default())
+    };
+    let (code, text) = keyed("k1", activity("first")).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = keyed("k1", activity("second")).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("Idempotency-Key \\\"k1\\\""), "{text}");
+    let (code, text) = keyed("k1", activity("first")).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"replayed\":true"), "{text}");
+    let (code, text) = keyed(&"k".repeat(60 * 1024), activity("huge key")).await;
+    assert_eq!(code, 400, "{text}");
+    unchanged(&agent, 1).await;
+    agent.stop();
+    let stored: Vec<String> = titles(&stored_envelopes(&agent.data()))
+        .into_iter()
+        .map(|t| t.1)
+        .collect();
+    assert_eq!(stored, ["first"]);
+}
+
+/// Starts `run` and expects it to refuse: returns its stderr.
+fn run_refused(agent: &AgentProc) -> String {
+    let mut child = std::process::Command::new(spacesync_tests::agent_harness::agent_bin())
+        .arg("--data")
+        .arg(agent.dir.path())
+        .args(["run", "--now", spacesync_tests::agent_harness::NOW])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            assert!(!st.success(), "run must refuse");
+            let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("run started although it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_private_from_the_start_and_run_refuses_when_they_are_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut agent = AgentProc::init(&no_hub(), |_| {});
+    let data = agent.data();
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    for (p, want) in [
+        (data.root.clone(), 0o700),
+        (data.db(), 0o700),
+        (data.config(), 0o600),
+        (data.key(), 0o600),
+        (data.token(), 0o600),
+    ] {
+        assert_eq!(mode(&p), want, "{}", p.display());
+    }
+    // `token` prints the token of the file, one line.
+    let out = agent.cli(&["token"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", agent.token)
+    );
+    assert_eq!(agent.token.len(), 64);
+
+    let set = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for (p, loose, good, fix) in [
+        (data.token(), 0o644, 0o600, "chmod 600"),
+        (data.config(), 0o640, 0o600, "chmod 600"),
+        (data.root.clone(), 0o755, 0o700, "chmod 700"),
+        (data.db(), 0o705, 0o700, "chmod 700"),
+    ] {
+        set(&p, loose);
+        let err = run_refused(&agent);
+        set(&p, good);
+        assert!(
+            err.contains(&format!("{fix} {}", p.display()))
+                && err.contains(&format!("{loose:03o}")),
+            "{err}"
+        );
+        assert_eq!(mode(&p), good, "run must not change modes itself");
+    }
+    // No token file (a data directory from before tokens): refused with what to run.
+    std::fs::remove_file(data.token()).unwrap_or_else(|e| panic!("{e}"));
+    let err = run_refused(&agent);
+    assert!(err.contains("token --generate"), "{err}");
+    let out = agent.cli(&["token", "--generate"]);
+    assert!(out.status.success(), "{out:?}");
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(new, agent.token);
+    assert_eq!(mode(&data.token()), 0o600);
+    assert!(
+        !agent.cli(&["token", "--generate"]).status.success(),
+        "never overwrites"
+    );
+    // An old `intake_token` in agent.toml is ignored (and warned about).
+    let cfg = std::fs::read_to_string(data.config()).unwrap_or_default();
+    std::fs::write(
+        data.config(),
+        cfg.replacen("hub = ", "intake_token = \"old-secret\"\nhub = ", 1),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let old = std::mem::replace(&mut agent.token, "old-secret".into());
+    agent.start().await;
+    let (code, _, _) = agent.post(&activity("x"), "application/json").await;
+    assert_eq!(code, 401);
+    assert_ne!(old, new);
+    agent.token = old;
+    let (code, _, _) = agent.post(&activity("x"), "application/json").await;
+    assert_eq!(code, 401, "the removed token no longer works");
+    agent.token = new.clone();
+    let (code, _, v) = agent.post(&activity("x"), "application/json").await;
+    assert_eq!(code, 200, "{v}");
+    assert!(agent.log().contains("agent.toml still has intake_token"));
+    // `import`, `status` and `verify` against the running agent send the token themselves.
+    let out = agent.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(agent.cli(&["verify"]).status.success());
+    agent.stop();
+    // Rotation: the old token stops working once the agent restarts.
+    let out = agent.cli(&["token", "--rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let rotated = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(mode(&data.token()), 0o600);
+    agent.start().await;
+    let (code, _, _) = agent.post(&activity("y"), "application/json").await;
+    assert_eq!(code, 401);
+    agent.token = rotated;
+    let (code, _, v) = agent.post(&activity("y"), "application/json").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(agent.status().await["head_seq"], 2);
 }

@@ -183,7 +183,7 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
         .enumerate()
         .map(|(i, a)| {
             tokio::spawn(write_loop(
-                a.url(),
+                a.api(),
                 Workload::new(a.site),
                 history.clone(),
                 stats.clone(),

@@ -155,11 +155,13 @@ async fn wait_healthy(client: &reqwest::Client, url: &str) -> Result<()> {
 async fn post_records(
     client: &reqwest::Client,
     agent: &str,
+    token: &str,
     body: String,
 ) -> Result<(u16, String)> {
     for _ in 0..100 {
         let r = client
             .post(format!("{agent}/v1/records"))
+            .bearer_auth(token)
             .header("content-type", "application/x-ndjson")
             .body(body.clone())
             .send()
@@ -206,7 +208,8 @@ async fn main() -> Result<()> {
     let hub_url = format!("http://127.0.0.1:{hub_port}");
 
     let plans = simulate::generate(&campaign, args.seed);
-    let mut agents: BTreeMap<String, (String, String)> = BTreeMap::new(); // source -> (data dir, url)
+    // source -> (data dir, url, intake token)
+    let mut agents: BTreeMap<String, (String, String, String)> = BTreeMap::new();
     for p in &plans {
         let data = dir.join("agents").join(p.unit.to_string());
         let data_s = data.to_string_lossy().to_string();
@@ -255,7 +258,12 @@ async fn main() -> Result<()> {
                 "--key", &key,
             ],
         )?;
-        agents.insert(p.source.clone(), (data_s, format!("http://{listen}")));
+        let token = spacesync_agent::token::read(&data.join("intake.token"))
+            .with_context(|| format!("reading the intake token of {}", p.source))?;
+        agents.insert(
+            p.source.clone(),
+            (data_s, format!("http://{listen}"), token),
+        );
     }
 
     let start_virtual = DateTime::parse_from_rfc3339(START)?.with_timezone(&Utc);
@@ -292,7 +300,7 @@ async fn main() -> Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     wait_healthy(&client, &format!("{hub_url}/healthz")).await?;
-    for (source, (data, url)) in &agents {
+    for (source, (data, url, _)) in &agents {
         let log = std::fs::File::create(dir.join(format!("logs/{source}.log")))?;
         let child = Command::new(&agent_bin)
             .args([
@@ -311,7 +319,7 @@ async fn main() -> Result<()> {
         procs.0.push((source.clone(), child));
         let _ = url;
     }
-    for (_, url) in agents.values() {
+    for (_, url, _) in agents.values() {
         wait_healthy(&client, &format!("{url}/healthz")).await?;
     }
     eprintln!(
@@ -333,7 +341,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(clock.real_until(at)).await;
         let mut tasks = Vec::new();
         for p in &plans {
-            let url = agents[&p.source].1.clone();
+            let (_, url, token) = agents[&p.source].clone();
             let good: Vec<Value> = p.days.get(&day).cloned().unwrap_or_default();
             let bad: Vec<(Value, &'static str)> = p.bad.get(&day).cloned().unwrap_or_default();
             let client = client.clone();
@@ -346,7 +354,7 @@ async fn main() -> Result<()> {
                         .map(Value::to_string)
                         .collect::<Vec<_>>()
                         .join("\n");
-                    match post_records(&client, &url, body).await {
+                    match post_records(&client, &url, &token, body).await {
                         Ok((200, _)) => t.accepted += good.len() as u64,
                         Ok((s, b)) => t.refused_unexpected.push(format!("{url} {day}: {s} {b}")),
                         Err(e) => t.refused_unexpected.push(format!("{url} {day}: {e}")),
@@ -354,7 +362,7 @@ async fn main() -> Result<()> {
                 }
                 for (v, why) in bad {
                     t.attempted += 1;
-                    match post_records(&client, &url, v.to_string()).await {
+                    match post_records(&client, &url, &token, v.to_string()).await {
                         Ok((422, _)) => t.refused_expected += 1,
                         Ok((s, b)) => t.accepted_bad.push(format!("{why}: {s} {b}")),
                         Err(e) => t.refused_unexpected.push(format!("{why}: {e}")),
@@ -379,8 +387,8 @@ async fn main() -> Result<()> {
     let mut undelivered = u64::MAX;
     while Instant::now() < drain_deadline {
         undelivered = 0;
-        for (_, url) in agents.values() {
-            let s = get_json(&client, &format!("{url}/v1/status"), None).await?;
+        for (_, url, token) in agents.values() {
+            let s = get_json(&client, &format!("{url}/v1/status"), Some(token)).await?;
             undelivered += s["buffered"].as_u64().unwrap_or(0);
         }
         if undelivered == 0 {
@@ -392,8 +400,8 @@ async fn main() -> Result<()> {
     let notices = get_json(&client, &format!("{hub_url}/v1/notices"), Some(&ministry)).await?;
     let progress = get_json(&client, &format!("{hub_url}/v1/progress"), Some(&ministry)).await?;
     let mut agent_notices = 0u64;
-    for (_, url) in agents.values() {
-        let s = get_json(&client, &format!("{url}/v1/status"), None).await?;
+    for (_, url, token) in agents.values() {
+        let s = get_json(&client, &format!("{url}/v1/status"), Some(token)).await?;
         agent_notices += s["notices"]
             .as_u64()
             .or(s["unread_notices"].as_u64())
