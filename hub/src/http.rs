@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -274,23 +274,9 @@ impl AddrKey {
     }
 }
 
-/// The peer address of a connection, for serving loops other than `axum::serve` over a
-/// bare `TcpListener` (which gives `ConnectInfo<SocketAddr>`): a custom listener can
-/// `impl Connected<IncomingStream<'_, ItsListener>> for PeerAddr` here, or be wrapped with
-/// `ListenerExt::tap_io` (which gives `ConnectInfo<SocketAddr>` for any listener whose
-/// address is a `SocketAddr`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<SocketAddr> for PeerAddr {
-    fn connect_info(addr: SocketAddr) -> PeerAddr {
-        PeerAddr(addr)
-    }
-}
-
-/// The client's address: from `ConnectInfo<PeerAddr>` or `ConnectInfo<SocketAddr>`;
-/// absent for in-process callers (tests driving the router with `oneshot`), which are not
-/// limited per address.
+/// The client's address, from `ConnectInfo<SocketAddr>` (which `serve` and the shared
+/// accept loop put on every request); absent for in-process callers (tests driving the
+/// router with `oneshot`), which are not limited per address.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<SocketAddr>);
 
@@ -298,11 +284,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Infallible> {
-        let ext = &parts.extensions;
         Ok(ClientAddr(
-            ext.get::<ConnectInfo<PeerAddr>>()
-                .map(|c| c.0.0)
-                .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)),
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
         ))
     }
 }
