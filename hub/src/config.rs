@@ -9,7 +9,8 @@
 //! <data>/db/            the sled store (0700)
 //! ```
 //!
-//! `init` creates each of these with its mode from the start. Every command that opens
+//! `init` creates each of these with its mode from the start (an existing empty data
+//! directory is made 0700; a non-empty one must already be). Every command that opens
 //! the directory first checks it ([`check_permissions`]): a data directory, hub.toml or
 //! key file that group or others may access is refused, naming the path, its mode and the
 //! `chmod` that fixes it — the hub does not silently change modes an operator set.
@@ -189,6 +190,23 @@ fn create_private_dir(path: &Path) -> Result<(), ConfigError> {
     b.create(path).map_err(io(path))
 }
 
+/// Whether `path` is a directory with nothing in it.
+fn is_empty_dir(path: &Path) -> Result<bool, ConfigError> {
+    Ok(fs::read_dir(path).map_err(io(path))?.next().is_none())
+}
+
+/// Sets a directory's mode to 0700.
+fn set_private_dir(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io(path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Writes a new file with mode 0600 from the start (never a moment readable by others).
 fn write_private(path: &Path, text: &str) -> Result<(), ConfigError> {
     use std::io::Write;
@@ -276,12 +294,15 @@ pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, Confi
     if dir.key().exists() {
         return Err(ConfigError::Exists(dir.0.clone()));
     }
-    if dir.0.exists() {
-        // A directory made beforehand (an empty mount, a tempdir) must already be private:
-        // init does not change the mode of a directory it did not create.
-        check_private(&dir.0, "the data directory", 0o700)?;
-    } else {
+    if !dir.0.exists() {
         create_private_dir(&dir.0)?;
+    } else if is_empty_dir(&dir.0)? {
+        // Made beforehand for the hub (`mkdir`, a mount, a tempdir), nothing in it yet:
+        // it becomes the hub's, private.
+        set_private_dir(&dir.0)?;
+    } else {
+        // Something else lives there: its mode is not init's to change.
+        check_private(&dir.0, "the data directory", 0o700)?;
     }
     let campaign_text = match campaign_file {
         Some(p) => fs::read_to_string(p).map_err(io(p))?,

@@ -145,14 +145,22 @@ fn init_makes_everything_private_and_commands_refuse_open_permissions() {
     chmod(&key, 0o600);
     ok(&dir, &["agents", "list"]);
 
-    // init into an existing directory that others may read is refused, not chmod-ed.
+    // init into an empty directory made beforehand (mkdir, a mount) makes it private;
+    // into a non-empty one that others may read, it refuses and changes nothing.
+    let made = parent.path().join("made");
+    std::fs::create_dir(&made).expect("mkdir");
+    chmod(&made, 0o755);
+    ok(&made, &["init"]);
+    assert_eq!(mode(&made), 0o700);
     let open = parent.path().join("open");
     std::fs::create_dir(&open).expect("mkdir");
+    std::fs::write(open.join("notes.txt"), "x").expect("write");
     chmod(&open, 0o755);
     let out = run(&open, &["init"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_refused("init", out.status.success(), &err, &open, "755", "700");
     assert!(!open.join("hub.key").exists());
+    assert_eq!(mode(&open), 0o755);
 }
 
 #[test]
