@@ -627,12 +627,43 @@ impl fmt::Display for Problem {
         if self.field.is_empty() {
             write!(f, "{}", self.kind)
         } else {
-            write!(f, "{}: {}", self.field, self.kind)
+            // The path is built from the sender's JSON keys: control characters (a newline
+            // that would forge a log line, an escape sequence) are written escaped.
+            for c in self.field.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            write!(f, ": {}", self.kind)
         }
     }
 }
 
 impl std::error::Error for Problem {}
+
+#[cfg(test)]
+mod problem_display_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_a_field_path_are_escaped() {
+        let v: Value =
+            serde_json::json!({"kind": "activity", "x\n2026-12-02 INFO forged\u{1b}[2J": 1});
+        let problems = Record::from_value(&v).err().unwrap_or_default();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(!text.is_empty());
+        for t in &text {
+            assert!(!t.contains('\n') && !t.contains('\u{1b}'), "{t:?}");
+        }
+        assert!(
+            text.iter()
+                .any(|t| t.contains("x\\n2026-12-02 INFO forged")),
+            "{text:?}"
+        );
+    }
+}
 
 // ---- the strict reader -----------------------------------------------------------------
 
