@@ -30,10 +30,10 @@
 //! session, never another token's — and the table at most [`MAX_SESSIONS`]. A session is
 //! honoured only while its token is: every request looks the token up again, so revoking
 //! it (`spacesync-hub token revoke`) ends its sessions, and the role shown is the token's
-//! current one. A restart or `POST /logout` ends them too. Each [`routes`] call has its own session table, so two hubs in
-//! one process never share sessions. `POST` requests whose `Origin` names another host are
-//! refused (login CSRF); `SameSite=Strict` covers the rest. Pages also accept
-//! `Authorization: Bearer <token>` for scripts.
+//! current one. A restart or `POST /logout` ends them too. Each [`routes`] call has its
+//! own session table, so two hubs in one process never share sessions. `POST` requests
+//! whose `Origin` names another host are refused (login CSRF); `SameSite=Strict` covers
+//! the rest. Pages also accept `Authorization: Bearer <token>` for scripts.
 //!
 //! Unauthenticated page requests are redirected to `/login?next=<page>`. A role that may
 //! not read a region gets a 403 page, whatever the URL says.
