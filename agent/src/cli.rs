@@ -382,6 +382,8 @@ fn run(data: DataDir, a: RunArgs) -> Result<ExitCode, CliError> {
     init_logging(a.log_format.unwrap_or(cfg.log_format), "info");
     let clock = make_clock(a.now.as_deref(), a.speed)?;
     let addr = cfg.listen;
+    let fds = spacesync_http::raise_fd_limit();
+    tracing::debug!(open_files_limit = ?fds, "Open-file limit.");
     runtime()?.block_on(async move {
         let agent = Agent::open(data, cfg, clock)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

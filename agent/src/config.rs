@@ -374,6 +374,9 @@ pub struct Config {
     /// Intake limits.
     #[serde(default)]
     pub intake: IntakeConfig,
+    /// Connection caps and timeouts of the local API.
+    #[serde(default)]
+    pub http: spacesync_http::HttpConfig,
 }
 
 /// Checks one `allowed_hosts` entry: `name:port` (or `[v6]:port`), visible ASCII, no
@@ -428,6 +431,7 @@ impl Config {
             push: PushConfig::default(),
             retention: RetentionConfig::default(),
             intake: IntakeConfig::default(),
+            http: spacesync_http::HttpConfig::default(),
         }
     }
 
@@ -612,7 +616,9 @@ idempotency_retention_secs = {i_idem}
 # Host header values accepted besides the listen address, as "name:port", e.g.
 # ["agent.gd.example:7300"] when the platform reaches this agent by that name.
 allowed_hosts = {i_hosts}
-"#,
+
+{http}"#,
+            http = self.http.commented_toml(),
             source = q(self.source.as_str()),
             scope = q(&self.scope.to_string()),
             hub = q(&self.hub),

@@ -182,9 +182,14 @@ pub async fn run(
         verifying: Arc::new(Semaphore::new(1)),
     });
     info!(listen = %addr, source = %agent.cfg.source, hub = %agent.cfg.hub, "Agent started.");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = spacesync_http::serve(
+        listener,
+        app,
+        agent.cfg.http.limits(),
+        Arc::new(spacesync_http::Stats::default()),
+        shutdown,
+    )
+    .await;
     info!("Shutting down.");
     let _ = stop_tx.send(true);
     for (name, task) in [("spool", spool_task), ("pusher", pusher_task)] {

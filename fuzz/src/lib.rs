@@ -373,8 +373,7 @@ pub fn signed_request(data: &[u8]) {
     };
     let body = parts.get(5).copied().unwrap_or_default();
     let key = source_key().verifying_key();
-    if spacesync_shared::wire::verify_request(&key, method, path, ts, nonce, sig, body).is_ok()
-    {
+    if spacesync_shared::wire::verify_request(&key, method, path, ts, nonce, sig, body).is_ok() {
         assert_eq!(
             data,
             genuine_request().as_slice(),

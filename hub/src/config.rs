@@ -124,6 +124,9 @@ pub struct HubConfig {
     /// Where notices are also POSTed (signed with the webhook key). The URLs are secrets.
     #[serde(default)]
     pub webhooks: Vec<crate::notices::Webhook>,
+    /// Connection caps and timeouts of the listeners.
+    #[serde(default)]
+    pub http: spacesync_http::HttpConfig,
 }
 
 fn default_listen() -> String {
@@ -369,8 +372,10 @@ log_format = "human"
 # [[webhooks]]
 # url = "https://ministry.example/hooks/spacesync"
 # scope = "440000"   # optional: only notices about this region
-"#,
-        id = campaign.id
+
+{http}"#,
+        id = campaign.id,
+        http = spacesync_http::HttpConfig::default().commented_toml()
     );
     write_private(&dir.config(), &config)?;
     Ok(keys::public_key_line(&key.verifying_key()))

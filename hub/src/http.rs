@@ -69,6 +69,10 @@ pub struct AppState {
     pub addr_limiter: Arc<RateLimiter<AddrKey>>,
     /// Requests answered 429, by whose budget ran out, for `/metrics`.
     pub throttled: Arc<Throttled>,
+    /// Connection caps and timeouts of [`serve`] (`[http]` in hub.toml).
+    pub conn_limits: spacesync_http::Limits,
+    /// Connections open, accepted and refused at the caps, for `/metrics`.
+    pub conns: Arc<spacesync_http::Stats>,
 }
 
 /// Counts of 429 answers.
@@ -94,7 +98,15 @@ impl AppState {
                 MAX_TRACKED_ADDRESSES,
             )),
             throttled: Arc::new(Throttled::default()),
+            conn_limits: spacesync_http::Limits::default(),
+            conns: Arc::new(spacesync_http::Stats::default()),
         }
+    }
+
+    /// Sets the connection caps and timeouts [`serve`] applies.
+    pub fn with_connection_limits(mut self, limits: spacesync_http::Limits) -> AppState {
+        self.conn_limits = limits;
+        self
     }
 
     /// Sets the allowance of refused requests per client address (per second, burst).
@@ -427,19 +439,17 @@ async fn bare_errors_as_json(r: Response) -> Response {
     AppError::new(status, code, msg).into_response()
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests.
+/// Serves until `shutdown` completes, then finishes in-flight requests, under the
+/// connection caps and timeouts of `state.conn_limits` (`spacesync_http::serve`, which
+/// also gives every request its peer address for the per-address limiter).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address feeds the per-address limiter (see [`ClientAddr`]).
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.conn_limits;
+    let stats = state.conns.clone();
+    spacesync_http::serve(listener, app(state), limits, stats, shutdown).await
 }
 
 /// The router of the separate metrics listener (`metrics_listen` in hub.toml): only
@@ -460,9 +470,10 @@ pub async fn serve_metrics(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, metrics_app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.conn_limits;
+    // Its own counters: the main listener's caps are not spent by the scraper.
+    let stats = Arc::new(spacesync_http::Stats::default());
+    spacesync_http::serve(listener, metrics_app(state), limits, stats, shutdown).await
 }
 
 fn json_content_type(headers: &HeaderMap) -> bool {
@@ -1066,6 +1077,24 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
     Ok(metrics_text(&s))
 }
 
+/// Raises the open-file soft limit to the hard limit (see [`spacesync_http::raise_fd_limit`]).
+pub use spacesync_http::raise_fd_limit;
+
+/// Connection counters of the accept loop, as Prometheus text.
+fn connection_metrics(prefix: &str, c: &spacesync_http::Stats) -> String {
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "# HELP {prefix}_connections_open Client connections open now.\n# TYPE {prefix}_connections_open gauge\n{prefix}_connections_open {}\n\
+         # HELP {prefix}_connections_accepted_total Client connections accepted.\n# TYPE {prefix}_connections_accepted_total counter\n{prefix}_connections_accepted_total {}\n\
+         # HELP {prefix}_connections_refused_total Connections closed on accept at a connection cap (total or per address).\n# TYPE {prefix}_connections_refused_total counter\n{prefix}_connections_refused_total {}\n\
+         # HELP {prefix}_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE {prefix}_accept_errors_total counter\n{prefix}_accept_errors_total {}\n",
+        v(&c.open),
+        v(&c.accepted),
+        v(&c.refused),
+        v(&c.accept_errors)
+    )
+}
+
 /// The Prometheus text of the hub's metrics.
 fn metrics_text(s: &AppState) -> Response {
     let st = s.hub.state();
@@ -1101,5 +1130,6 @@ fn metrics_text(s: &AppState) -> Response {
         "spacesync_hub_tracked_addresses {}\n",
         s.addr_limiter.tracked()
     ));
+    out.push_str(&connection_metrics("spacesync_hub", &s.conns));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -275,8 +275,10 @@ fn main() -> Result<()> {
                 tracing::info!(webhook = %h.id(), key = %webhook_public, "Notices go to a webhook, signed with the webhook key.");
             }
             let addr = listen.unwrap_or(cfg.listen.clone());
+            let fds = http::raise_fd_limit();
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
+                tracing::info!(open_files_limit = ?fds, max_connections = cfg.http.max_connections, per_address = cfg.http.max_connections_per_address, "Connection limits.");
                 let listener = tokio::net::TcpListener::bind(&addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr}; is another hub running? choose another with --listen"))?;
@@ -293,7 +295,8 @@ fn main() -> Result<()> {
                 ));
                 let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source)
                     .with_address_limit(cfg.rate_per_address, cfg.burst_per_address)
-                    .with_time_scale(speed.unwrap_or(1.0));
+                    .with_time_scale(speed.unwrap_or(1.0))
+                    .with_connection_limits(cfg.http.limits());
                 // The token-free metrics listener ends with the main one.
                 let metrics = match &cfg.metrics_listen {
                     Some(maddr) => {
