@@ -290,6 +290,7 @@ impl ChainError {
 
 /// Checks a run of one source's envelopes in order: signature, source, campaign, scope,
 /// seq continuity and the `prev` chain.
+#[derive(Debug, Clone)]
 pub struct ChainVerifier {
     source: SourceId,
     key: VerifyingKey,
