@@ -54,6 +54,7 @@ pub async fn forward(
 ) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
     {
         Ok(c) => c,

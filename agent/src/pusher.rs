@@ -177,6 +177,8 @@ impl Pusher {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
+            // The hub is configured, not discovered: a 3xx is an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Pusher {
             cfg,

@@ -161,8 +161,10 @@ pub async fn run(
     tick_every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // No redirects: a webhook answering 3xx must not steer signed notices elsewhere.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
     loop {
