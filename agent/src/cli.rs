@@ -21,7 +21,7 @@ use spacesync_shared::batch::Format;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
 use spacesync_shared::entry::SourceId;
 use spacesync_shared::region::RegionCode;
-use spacesync_shared::wire::{ErrorBody, Notice};
+use spacesync_shared::wire::{ErrorBody, Notice, NoticeFacts};
 use spacesync_shared::{Campaign, keys};
 
 use crate::config::{Config, ConfigError, DataDir, LogFormat};
@@ -698,9 +698,58 @@ fn show_notices(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
                 "#{} {} [{}] {} → {}{deadline}\n  {}\n  {}",
                 n.id, n.created_at, n.rule, n.subject, n.addressee, n.text, n.text_en
             );
+            if let Some(facts) = facts_line(&n.facts) {
+                println!("  {facts}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A notice's structured facts on one line (`milestone implementation_plan · due
+/// 2018-11-15 · 3 day(s) late`), or nothing when it carries none.
+fn facts_line(f: &NoticeFacts) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(m) = &f.milestone {
+        parts.push(format!("milestone {m}"));
+    }
+    if let Some(d) = f.due {
+        parts.push(format!("due {d}"));
+    }
+    if let Some(d) = f.days_left {
+        parts.push(format!("{d} day(s) left"));
+    }
+    if let Some(d) = f.days_late {
+        parts.push(format!("{d} day(s) late"));
+    }
+    if let Some(t) = f.target {
+        parts.push(format!("target {t}"));
+    }
+    if let Some(e) = f.expected {
+        parts.push(format!("expected by now {e}"));
+    }
+    if let Some(r) = f.reached {
+        parts.push(format!("reached {r}"));
+    }
+    if let (Some(by), Some(who)) = (&f.nominated_by, &f.nominee) {
+        parts.push(format!("{who} nominated by {by}"));
+    }
+    if let Some(l) = f.limit {
+        parts.push(format!("limit {l}"));
+    }
+    if let Some(c) = f.count {
+        parts.push(format!("counted {c}"));
+    }
+    if !f.problems.is_empty() {
+        parts.push(format!("{} plan problem(s)", f.problems.len()));
+    }
+    if let Some(s) = &f.source {
+        parts.push(format!("source {s}"));
+    }
+    if let Some(d) = f.days_silent {
+        parts.push(format!("silent {d} day(s)"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {

@@ -1034,6 +1034,7 @@ mod tests {
             deadline: None,
             text: "逾期".into(),
             text_en: "overdue".into(),
+            facts: Default::default(),
         }
     }
 

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spacesync_shared::campaign::Campaign;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::wire::Notice;
+use spacesync_shared::wire::{Notice, NoticeFacts, PlanProblem};
 use spacesync_shared::{RegionCode, SourceId};
 
 use crate::auth::Role;
@@ -128,8 +128,10 @@ impl NoticeRecord {
 
     /// The record as the API and bulletins show it. Webhooks are named by their id; their
     /// URLs are included only when `show_urls` (the `admin` role, never bulletins).
+    /// The notice's structured facts (`milestone`, `due`, `days_left`, …) sit beside
+    /// the prose, as they do in agent pulls and webhook bodies.
     pub fn to_json(&self, show_urls: bool) -> Value {
-        json!({
+        let mut v = json!({
             "id": self.notice.id,
             "rule": self.notice.rule,
             "subject": self.notice.subject,
@@ -150,7 +152,15 @@ impl NoticeRecord {
             "webhooks": self.webhooks.iter()
                 .map(|(id, d)| (id.clone(), d.to_json(show_urls)))
                 .collect::<serde_json::Map<_, _>>(),
-        })
+        });
+        if let (Value::Object(out), Ok(Value::Object(facts))) =
+            (&mut v, serde_json::to_value(&self.notice.facts))
+        {
+            for (k, f) in facts {
+                out.entry(k).or_insert(f);
+            }
+        }
+        v
     }
 }
 
@@ -173,6 +183,33 @@ pub struct Candidate {
     pub text: String,
     /// English text.
     pub text_en: String,
+    /// The facts the texts state, for programs.
+    pub facts: NoticeFacts,
+}
+
+impl From<&tracking::PlanProblem> for PlanProblem {
+    fn from(p: &tracking::PlanProblem) -> PlanProblem {
+        match *p {
+            tracking::PlanProblem::Years { covered, min, max } => {
+                PlanProblem::Years { covered, min, max }
+            }
+            tracking::PlanProblem::Regions { year, regions, min } => {
+                PlanProblem::Regions { year, regions, min }
+            }
+        }
+    }
+}
+
+/// The facts of a notice about one milestone cell: its id, the deadline in force, and
+/// the days left or late.
+fn milestone_facts(id: &str, cell: &tracking::MilestoneCell) -> NoticeFacts {
+    NoticeFacts {
+        milestone: Some(id.to_string()),
+        due: Some(cell.due),
+        days_left: cell.days_left,
+        days_late: cell.days_late,
+        ..NoticeFacts::default()
+    }
 }
 
 fn unit_name(code: RegionCode, lang: Lang) -> String {
@@ -194,6 +231,9 @@ pub fn candidates(
 ) -> Vec<Candidate> {
     let mut out = Vec::new();
     let milestones = views.milestones();
+    let today = campaign.local_date(now);
+    // Every unit × milestone cell, for the plan notices below.
+    let mut cells: HashMap<(RegionCode, String), tracking::MilestoneCell> = HashMap::new();
     for unit in &campaign.units {
         let zh = unit_name(*unit, Lang::Zh);
         let en = unit_name(*unit, Lang::En);
@@ -210,6 +250,7 @@ pub fn candidates(
                 .map(|x| x.until)
                 .max();
             let cell = tracking::milestone_cell(campaign, def.due, ext, subs, now);
+            cells.insert((*unit, def.id.clone()), cell.clone());
             let due = cell.due;
             let due_zh = date(Lang::Zh, &due.to_string());
             match cell.status {
@@ -243,6 +284,7 @@ pub fn candidates(
                                 "[Reminder] {en}: \"{}\" is due on {due} ({left} day(s) left) and has not been submitted. Submit it through your provincial platform before the deadline.",
                                 def.title_en
                             ),
+                            facts: milestone_facts(&def.id, &cell),
                         });
                     }
                 }
@@ -263,6 +305,7 @@ pub fn candidates(
                             "[Overdue] {en}: \"{}\" was due on {due} and has not been submitted ({overdue} day(s) overdue). Submit it now; after {} days it is escalated to the ministry.",
                             def.title_en, campaign.lagging.escalate_after_days
                         ),
+                        facts: milestone_facts(&def.id, &cell),
                     });
                     if overdue >= i64::from(campaign.lagging.escalate_after_days) {
                         out.push(Candidate {
@@ -280,6 +323,7 @@ pub fn candidates(
                                 "[Escalated] {en}: \"{}\" is {overdue} day(s) overdue (due {due}) and has been reported to the ministry. Submit it now and explain the delay.",
                                 def.title_en
                             ),
+                            facts: milestone_facts(&def.id, &cell),
                         });
                     }
                 }
@@ -300,6 +344,16 @@ pub fn candidates(
             let ratio = p["pace"]["ratio"].as_f64().unwrap_or(0.0) * 100.0;
             let expected = p["pace"]["expected"].as_i64().unwrap_or(0);
             let actual = p["pace"]["actual"].as_i64().unwrap_or(0);
+            let left = (campaign.target.by - today).num_days();
+            let facts = NoticeFacts {
+                due: Some(campaign.target.by),
+                days_left: (left >= 0).then_some(left),
+                days_late: (left < 0).then_some(-left),
+                target: p["pace"]["target"].as_u64(),
+                expected: p["pace"]["expected"].as_u64(),
+                reached: p["pace"]["actual"].as_i64(),
+                ..NoticeFacts::default()
+            };
             out.push(Candidate {
                 key: format!("behind_pace/{code}/{period}"),
                 rule: "behind_pace",
@@ -317,6 +371,7 @@ pub fn candidates(
                     unit_name(code, Lang::En),
                     campaign.target.by
                 ),
+                facts,
             });
         }
     }
@@ -332,6 +387,14 @@ pub fn candidates(
             continue;
         };
         let unit = by_code.province();
+        let count = v["counted"].as_array().map_or(0, Vec::len);
+        let facts = NoticeFacts {
+            nominated_by: Some(by.to_string()),
+            nominee: Some(nominee.to_string()),
+            limit: v["limit"].as_u64().and_then(|l| u32::try_from(l).ok()),
+            count: u32::try_from(count).ok(),
+            ..NoticeFacts::default()
+        };
         out.push(Candidate {
             key: format!("quota_violation/{by}/{nominee}"),
             rule: "quota_violation",
@@ -351,16 +414,39 @@ pub fn candidates(
                 v["limit"],
                 v["counted"].as_array().map_or(0, Vec::len)
             ),
+            facts,
         });
     }
     for p in assessment["plan_problems"].as_array().into_iter().flatten() {
         let Some(code) = p["code"].as_str().and_then(|c| RegionCode::parse(c).ok()) else {
             continue;
         };
-        let latest = milestones
-            .get(&(code, "implementation_plan".to_string()))
-            .and_then(|s| s.iter().map(|(m, _)| m.log_index).max())
-            .unwrap_or(0);
+        let plan_id = "implementation_plan".to_string();
+        let subs = milestones
+            .get(&(code, plan_id.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let latest = subs.iter().map(|(m, _)| m.log_index).max().unwrap_or(0);
+        // The same plan tracking judged (the latest received by now), as typed problems.
+        let judged = subs
+            .iter()
+            .filter(|(m, _)| m.received_at <= now)
+            .max_by_key(|(m, _)| m.log_index);
+        let mut facts = match cells.get(&(code, plan_id.clone())) {
+            Some(cell) => milestone_facts(&plan_id, cell),
+            None => NoticeFacts {
+                milestone: Some(plan_id.clone()),
+                ..NoticeFacts::default()
+            },
+        };
+        facts.problems = judged
+            .map(|(_, plan)| {
+                tracking::plan_problems(campaign, code, plan)
+                    .iter()
+                    .map(PlanProblem::from)
+                    .collect()
+            })
+            .unwrap_or_default();
         let problems_zh = crate::render::plan_problems_text(Lang::Zh, &p["problems"]);
         let problems = crate::render::plan_problems_text(Lang::En, &p["problems"]);
         out.push(Candidate {
@@ -372,6 +458,7 @@ pub fn candidates(
             deadline: None,
             text: format!("【方案不完整】{}：实施方案不符合要求（{problems_zh}）。请修改后重新报送。", unit_name(code, Lang::Zh)),
             text_en: format!("[Plan incomplete] {}: the implementation plan does not meet the rules ({problems}). Revise and resubmit it.", unit_name(code, Lang::En)),
+            facts,
         });
     }
     for r in registry
@@ -399,6 +486,12 @@ pub fn candidates(
                     unit_name(r.scope.province(), Lang::En),
                     r.id
                 ),
+                facts: NoticeFacts {
+                    source: Some(r.id.clone()),
+                    last_seen: last,
+                    days_silent: Some(days),
+                    ..NoticeFacts::default()
+                },
             });
         }
     }
@@ -561,6 +654,7 @@ impl NoticeBook {
                     deadline: c.deadline,
                     text: c.text,
                     text_en: c.text_en,
+                    facts: c.facts,
                 },
                 key: c.key,
                 escalated: c.escalated,
@@ -780,6 +874,7 @@ mod tests {
             deadline: None,
             text: "t".into(),
             text_en: "t".into(),
+            facts: NoticeFacts::default(),
         }
     }
 
@@ -813,6 +908,7 @@ mod tests {
                 deadline: None,
                 text: "t".into(),
                 text_en: "t".into(),
+                facts: NoticeFacts::default(),
             },
             key: "k".into(),
             escalated: false,

@@ -182,6 +182,11 @@ async fn signed_send(
 }
 
 async fn signed_get(t: &TestHub, a: &Agent, path: &str) -> NoticesPage {
+    serde_json::from_value(signed_get_json(t, a, path).await).expect("notices page")
+}
+
+/// [`signed_get`] as the raw JSON an agent receives.
+async fn signed_get_json(t: &TestHub, a: &Agent, path: &str) -> Value {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let headers = wire::sign_request(&a.key, &a.id, "GET", path, t.clock.now(), rand_nonce(), b"");
@@ -197,7 +202,7 @@ async fn signed_get(t: &TestHub, a: &Agent, path: &str) -> NoticesPage {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&body).expect("notices page")
+    serde_json::from_slice(&body).expect("notices JSON")
 }
 
 fn rand_nonce() -> [u8; 16] {
@@ -358,6 +363,113 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     );
     let list = t.hub.notices.list(spacesync_hub::auth::Role::Ministry);
     assert!(list.iter().all(|n| n["state"] == "delivered"), "{list:?}");
+}
+
+/// The notice in `list` with this rule, subject and deadline.
+fn find<'a>(list: &'a [Value], rule: &str, subject: &str, deadline: &str) -> &'a Value {
+    list.iter()
+        .find(|n| n["rule"] == rule && n["subject"] == subject && n["deadline"] == deadline)
+        .unwrap_or_else(|| panic!("no {rule} notice for {subject} ({deadline}) in {list:?}"))
+}
+
+/// The facts a program acts on, as every channel carries them: a missing implementation
+/// plan names its milestone, due date and days late; a pace notice its figures.
+fn check_facts(channel: &str, list: &[Value]) {
+    let overdue = find(list, "milestone_overdue", "110000", "2018-11-15");
+    assert_eq!(
+        overdue["milestone"], "implementation_plan",
+        "{channel}: {overdue}"
+    );
+    assert_eq!(overdue["due"], "2018-11-15", "{channel}: {overdue}");
+    assert_eq!(overdue["days_late"], 5, "{channel}: {overdue}");
+    assert!(overdue.get("days_left").is_none(), "{channel}: {overdue}");
+    let escalated = find(list, "milestone_escalated", "110000", "2018-11-15");
+    assert_eq!(escalated["milestone"], "implementation_plan", "{channel}");
+    assert_eq!(escalated["days_late"], 5, "{channel}");
+    let pace = find(list, "behind_pace", "110000", "2018-12-31");
+    assert!(pace.get("milestone").is_none(), "{channel}: {pace}");
+    assert_eq!(pace["due"], "2018-12-31", "{channel}: {pace}");
+    assert_eq!(pace["days_left"], 41, "{channel}: {pace}");
+    assert_eq!(pace["reached"], 0, "{channel}: {pace}");
+    // Beijing is the only unit with people on record, so it carries the whole target.
+    assert_eq!(pace["target"], 10_000_000, "{channel}: {pace}");
+    let expected = pace["expected"].as_u64().unwrap_or(0);
+    assert!(expected > 0 && expected < 10_000_000, "{channel}: {pace}");
+    // The prose states the same figures.
+    let text = pace["text_en"].as_str().unwrap_or("");
+    assert!(
+        text.contains(&format!("{expected} expected")),
+        "{channel}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn notices_carry_their_facts_for_programs_on_every_channel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = TestHub::open_at(dir.path(), at("2018-10-01T09:00:00+08:00"));
+    let mut bj = Agent::new("bj-rrt", 2, "110000");
+    t.register(&bj);
+    bj.recorded_at = at("2018-10-02T10:00:00+08:00");
+    t.clock.set(bj.recorded_at);
+    let batch = bj.batch(&[
+        serde_json::json!({"kind": "space_count", "region": "110101",
+        "as_of": "2018-10-01", "spaces": {"teacher": 100, "student": 2_000},
+        "population": {"teachers": 300, "students": 9_000}}),
+    ]);
+    let out = t.hub.ingest(batch).expect("ingest");
+    assert_eq!(out.status, 200, "{:?}", out.response.refused);
+    // Five days after the implementation plan was due (2018-11-15), none submitted.
+    t.clock.set(at("2018-11-20T09:00:00+08:00"));
+    schedule::tick(&t.hub).expect("tick");
+
+    // GET /v1/notices.
+    let ministry = t.token(spacesync_hub::auth::Role::Ministry);
+    let r = t.get("/v1/notices", Some(&ministry)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let api = r.json()["notices"].as_array().cloned().unwrap_or_default();
+    check_facts("GET /v1/notices", &api);
+
+    // The signed agent pull, and what the typed client makes of it.
+    let pulled = signed_get_json(&t, &bj, &format!("{PATH_AGENT_NOTICES}?after=0")).await;
+    let pulled = pulled["notices"].as_array().cloned().unwrap_or_default();
+    check_facts("agent pull", &pulled);
+    let page = signed_get(&t, &bj, &format!("{PATH_AGENT_NOTICES}?after=0")).await;
+    let typed_due = chrono::NaiveDate::from_ymd_opt(2018, 11, 15);
+    let typed = page
+        .notices
+        .iter()
+        .find(|n| n.rule == "milestone_overdue" && n.deadline == typed_due)
+        .expect("overdue notice");
+    assert_eq!(
+        typed.facts.milestone.as_deref(),
+        Some("implementation_plan")
+    );
+    assert_eq!(typed.facts.days_late, Some(5));
+
+    // Webhook bodies.
+    let (rx, addr, server) =
+        start_receiver(webhook_key().verifying_key(), t.clock.clone(), 0).await;
+    let hooks = vec![Webhook {
+        url: format!("http://{addr}/hook"),
+        scope: None,
+    }];
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        if rx.lock().expect("lock").accepted.len() >= api.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.abort();
+    let bodies: Vec<Value> = rx
+        .lock()
+        .expect("lock")
+        .accepted
+        .iter()
+        .map(|(_, (_, body))| serde_json::from_slice(body).expect("webhook JSON"))
+        .collect();
+    check_facts("webhook body", &bodies);
 }
 
 #[tokio::test]

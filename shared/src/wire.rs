@@ -212,6 +212,90 @@ pub struct Notice {
     pub text: String,
     /// English text of the same.
     pub text_en: String,
+    /// The facts the text states, as fields a program can act on without reading the
+    /// prose. Flattened: `"milestone"`, `"due"`, `"days_left"`, … sit beside `"rule"`.
+    #[serde(flatten)]
+    pub facts: NoticeFacts,
+}
+
+/// The structured facts of a [`Notice`]. Every field is optional and left out of the JSON
+/// when absent, so agents built before a field existed still read the notices (they
+/// ignore members they do not know), and a notice stored before facts existed reads back
+/// with none.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NoticeFacts {
+    /// The campaign milestone the notice is about (its id in the campaign file, e.g.
+    /// `implementation_plan`): reminders, overdue, escalation and plan notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milestone: Option<String>,
+    /// The date the notice is about (local campaign date): the deadline in force for a
+    /// milestone (extensions included), the target date for a pace notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<chrono::NaiveDate>,
+    /// Whole days from the hub's date to `due`, when it has not passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+    /// Whole days `due` has passed by (at least 1), for overdue and escalated notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_late: Option<i64>,
+    /// Pace: the unit's target of new spaces by `due`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// Pace: new spaces expected by now on the straight line from baseline to `due`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// Pace: new spaces reached so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<i64>,
+    /// Quota: the region (school or administrative code) that made the nomination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nominated_by: Option<String>,
+    /// Quota: the nominee over quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nominee: Option<String>,
+    /// Quota: the most nominations allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Quota: nominations already counted against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Plan: each way the latest implementation plan breaks the campaign's plan rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<PlanProblem>,
+    /// Silence: the source that has sent nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceId>,
+    /// Silence: when the hub last received from it (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Silence: whole days since then (or since the source was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_silent: Option<i64>,
+}
+
+/// A way an implementation plan breaks the campaign's plan rules, as notices and bulletins
+/// carry it (`{"problem": "years", ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum PlanProblem {
+    /// The plan covers too few or too many years.
+    Years {
+        /// Years covered.
+        covered: u32,
+        /// Fewest allowed.
+        min: u32,
+        /// Most allowed.
+        max: u32,
+    },
+    /// Too few regions enter the rollout in a year.
+    Regions {
+        /// The year.
+        year: u16,
+        /// Regions inside the unit entering that year.
+        regions: u32,
+        /// Fewest required.
+        min: u32,
+    },
 }
 
 /// One page of notices for an agent.
@@ -328,6 +412,32 @@ pub fn verify_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notice_facts_sit_beside_the_prose_and_old_notices_still_read() {
+        let old = r#"{"id":3,"rule":"milestone_overdue","subject":"440000","addressee":"440000",
+            "created_at":"2018-11-16T01:00:00Z","deadline":"2018-11-15","text":"t","text_en":"t"}"#;
+        let n: Notice = serde_json::from_str(old).unwrap();
+        assert_eq!(n.facts, NoticeFacts::default());
+        assert!(!serde_json::to_string(&n).unwrap().contains("milestone\""));
+
+        let mut n = n;
+        n.facts.milestone = Some("implementation_plan".into());
+        n.facts.due = chrono::NaiveDate::from_ymd_opt(2018, 11, 15);
+        n.facts.days_late = Some(1);
+        n.facts.problems = vec![PlanProblem::Years {
+            covered: 1,
+            min: 2,
+            max: 3,
+        }];
+        let v: serde_json::Value = serde_json::to_value(&n).unwrap();
+        assert_eq!(v["milestone"], "implementation_plan");
+        assert_eq!(v["due"], "2018-11-15");
+        assert_eq!(v["days_late"], 1);
+        assert_eq!(v["problems"][0]["problem"], "years");
+        assert!(v.get("days_left").is_none() && v.get("facts").is_none());
+        assert_eq!(serde_json::from_value::<Notice>(v).unwrap(), n);
+    }
 
     #[test]
     fn signed_requests_verify_and_bind_every_part() {

@@ -25,8 +25,8 @@ use spacesync_shared::entry::{ChainError, ChainVerifier, Entry, SourceId};
 use spacesync_shared::keys;
 use spacesync_shared::region::RegionCode;
 use spacesync_shared::wire::{
-    self, ErrorBody, IngestBatch, IngestResponse, Notice, NoticeAck, NoticesPage, Receipt, Refusal,
-    RefusalCode, SourceHead,
+    self, ErrorBody, IngestBatch, IngestResponse, Notice, NoticeAck, NoticeFacts, NoticesPage,
+    Receipt, Refusal, RefusalCode, SourceHead,
 };
 
 /// Fault probabilities, each per request to `/v1/ingest`.
@@ -219,6 +219,17 @@ impl FakeHub {
 
     /// Adds a notice for every agent.
     pub fn add_notice(&self, rule: &str, subject: &str, text_en: &str) -> u64 {
+        self.add_notice_with_facts(rule, subject, text_en, NoticeFacts::default())
+    }
+
+    /// Adds a notice carrying structured facts for every agent.
+    pub fn add_notice_with_facts(
+        &self,
+        rule: &str,
+        subject: &str,
+        text_en: &str,
+        facts: NoticeFacts,
+    ) -> u64 {
         let mut n = lock(&self.state.notices);
         let id = n.len() as u64 + 1;
         let code = RegionCode::parse(subject).unwrap_or_else(|e| panic!("{e}"));
@@ -228,9 +239,10 @@ impl FakeHub {
             subject: code,
             addressee: code,
             created_at: Utc::now(),
-            deadline: None,
             text: format!("提醒：{text_en}"),
             text_en: text_en.into(),
+            deadline: facts.due,
+            facts,
         });
         id
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use spacesync_shared::wire::NoticeFacts;
 use spacesync_tests::agent_fakehub::{FakeHub, Faults};
 use spacesync_tests::agent_harness::{AgentProc, activity, stored_envelopes, titles, wait_for};
 
@@ -260,10 +261,16 @@ async fn notices_are_stored_acknowledged_and_forwarded_to_the_webhook() {
     let hub = FakeHub::start(4).await;
     let mut agent = AgentProc::init(&hub.url(), |c| c.notice_webhook = Some(hook_url));
     hub.register("gd-rrt", &agent.key_line, "440000");
-    hub.add_notice(
+    hub.add_notice_with_facts(
         "milestone_due_7d",
         "440000",
         "The recommendations are due on 2018-11-30.",
+        NoticeFacts {
+            milestone: Some("recommendations".into()),
+            due: chrono::NaiveDate::from_ymd_opt(2018, 11, 30),
+            days_left: Some(7),
+            ..NoticeFacts::default()
+        },
     );
     hub.add_notice("behind_pace", "440100", "Guangzhou is behind pace.");
     agent.start().await;
@@ -278,6 +285,34 @@ async fn notices_are_stored_acknowledged_and_forwarded_to_the_webhook() {
     .await;
     assert_eq!(agent.status().await["unread_notices"], 2);
     assert!(agent.log().contains("Notice from the hub."));
+    // The structured facts travel with the prose: forwarded, served and shown.
+    let facts = |list: &[Value]| -> Vec<(Value, Value, Value)> {
+        let mut f: Vec<_> = list
+            .iter()
+            .map(|n| {
+                (
+                    n["milestone"].clone(),
+                    n["due"].clone(),
+                    n["days_left"].clone(),
+                )
+            })
+            .collect();
+        f.sort_by_key(|x| x.0.to_string());
+        f
+    };
+    let want = vec![
+        (
+            Value::from("recommendations"),
+            Value::from("2018-11-30"),
+            Value::from(7),
+        ),
+        (Value::Null, Value::Null, Value::Null),
+    ];
+    assert_eq!(
+        facts(&got.lock().unwrap_or_else(|p| p.into_inner())),
+        want,
+        "webhook bodies"
+    );
     // Reading them over the API changes nothing, however often.
     for _ in 0..2 {
         let list: Vec<Value> = agent
@@ -289,8 +324,10 @@ async fn notices_are_stored_acknowledged_and_forwarded_to_the_webhook() {
             .await
             .unwrap_or_default();
         assert_eq!(list.len(), 2);
+        assert_eq!(facts(&list), want, "the agent's /v1/notices");
         assert_eq!(agent.status().await["unread_notices"], 2);
     }
+
     // `notices` against the running agent shows them, then marks them read with a POST.
     let out = agent.cli(&["notices", "--json"]);
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -305,6 +342,13 @@ async fn notices_are_stored_acknowledged_and_forwarded_to_the_webhook() {
     let out = agent.cli(&["status", "--json"]);
     let st: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(st["unread_notices"], 0, "{st}");
+    // Read back from the store, the facts are still there, in words.
+    let out = agent.cli(&["notices"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("milestone recommendations · due 2018-11-30 · 7 day(s) left"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
