@@ -10,6 +10,10 @@
 //!   accepted record writes back to itself (JSON), and space counts through CSV.
 //! - [`ingest_body`]: arbitrary bodies at `POST /v1/ingest` of `spacesync_hub::http::app`:
 //!   never a 5xx, always a well-formed answer.
+//! - [`agent_intake`]: arbitrary bodies under each media type (and none) at the agent's
+//!   `POST /v1/records`, through `spacesync_agent::http::app` with a valid token and Host:
+//!   never a 5xx; a 200 assigns exactly as many new seqs as it says, contiguous after the
+//!   head; any refusal is the standard error JSON and stores nothing.
 //! - [`signed_request`]: the six parts of a signed agent request (method, path, timestamp,
 //!   nonce, signature, body) as newline-separated fields into `wire::verify_request`:
 //!   never a panic, and nothing verifies but the genuine request byte for byte (no part,
@@ -27,7 +31,6 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use spacesync_hub::http::{AppState, app};
 use spacesync_hub::ingest::{Hub, IngestError, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::store::SledStore;
 use spacesync_shared::batch::{self, Format};
 use spacesync_shared::clock::FixedClock;
@@ -182,22 +185,6 @@ pub fn fixture() -> &'static Fixture {
         let scope = RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}"));
         let body_source = SourceId::parse("fz-body").unwrap_or_else(|e| panic!("{e}"));
         let chain_source = SourceId::parse("fz-chain").unwrap_or_else(|e| panic!("{e}"));
-        registry::add(
-            store.as_ref(),
-            body_source,
-            scope,
-            &public_key_line(&SigningKey::from_bytes(&[8; 32]).verifying_key()),
-            now(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry::add(
-            store.as_ref(),
-            chain_source.clone(),
-            scope,
-            &public_key_line(&source_key().verifying_key()),
-            now(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
         let hub = Arc::new(
             Hub::open(
                 store,
@@ -209,6 +196,18 @@ pub fn fixture() -> &'static Fixture {
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
+        hub.add_source(
+            body_source,
+            scope,
+            &public_key_line(&SigningKey::from_bytes(&[8; 32]).verifying_key()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        hub.add_source(
+            chain_source.clone(),
+            scope,
+            &public_key_line(&source_key().verifying_key()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let app = app(AppState::new(hub.clone(), 1e12, 1e12));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -325,6 +324,147 @@ pub fn ingest_chain(data: &[u8]) {
     }
 }
 
+/// The agent half of the fixture: an agent store, its writer task and its router.
+pub struct AgentFixture {
+    app: Router,
+    store: spacesync_agent::store::Store,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+/// The intake token of [`agent_fixture`].
+const AGENT_TOKEN: &str = "fuzz-token";
+/// The listen address the agent fixture answers as (its `Host`).
+const AGENT_LISTEN: &str = "127.0.0.1:7300";
+
+/// The process-wide agent fixture.
+pub fn agent_fixture() -> &'static AgentFixture {
+    static F: OnceLock<AgentFixture> = OnceLock::new();
+    F.get_or_init(|| {
+        use spacesync_agent::{config, http as ahttp, intake, store};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let st = store::Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let source = SourceId::parse("gd-rrt").unwrap_or_else(|e| panic!("{e}"));
+        let scope = RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}"));
+        let ident = Arc::new(intake::Identity {
+            source: source.clone(),
+            scope,
+            campaign: Campaign::builtin_2018(),
+            key: source_key(),
+        });
+        let clock: Arc<dyn spacesync_shared::clock::Clock> = Arc::new(FixedClock::new(now()));
+        let mut cfg = config::Config::new(source, scope, "http://127.0.0.1:9".into());
+        cfg.intake.max_records = MAX_RECORDS;
+        let listen: std::net::SocketAddr = AGENT_LISTEN.parse().unwrap_or_else(|e| panic!("{e}"));
+        cfg.listen = listen;
+        let writer = intake::Writer::open(
+            st.clone(),
+            ident.clone(),
+            clock.clone(),
+            config::BufferConfig::default(),
+            MAX_RECORDS,
+            5,
+            3600,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handle = rt.block_on(async {
+            let (handle, _task) = intake::spawn_writer(writer, Arc::default());
+            handle
+        });
+        let app = ahttp::app(ahttp::AppState {
+            intake: handle,
+            store: st.clone(),
+            cfg: Arc::new(cfg),
+            ident,
+            push: Arc::default(),
+            clock,
+            edge: Arc::new(ahttp::Edge::new(AGENT_TOKEN.into(), listen, &[])),
+            verifying: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
+        AgentFixture {
+            app,
+            store: st,
+            rt,
+            _dir: dir,
+        }
+    })
+}
+
+/// An arbitrary body at the agent's `POST /v1/records`; the first byte picks the media type.
+pub fn agent_intake(data: &[u8]) {
+    const TYPES: [&str; 7] = [
+        "application/json",
+        "application/x-ndjson",
+        "text/csv",
+        "text/plain",
+        "application/json; charset=utf-8",
+        "multipart/form-data; boundary=x",
+        "",
+    ];
+    let f = agent_fixture();
+    let (ct, body) = match data.split_first() {
+        Some((b, rest)) => (TYPES[*b as usize % TYPES.len()], rest),
+        None => ("application/json", data),
+    };
+    let before = f.store.head().unwrap_or_else(|e| panic!("{e}")).0;
+    let mut req = Request::post("/v1/records")
+        .header(header::HOST, AGENT_LISTEN)
+        .header(header::AUTHORIZATION, format!("Bearer {AGENT_TOKEN}"));
+    if !ct.is_empty() {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let req = req
+        .body(Body::from(body.to_vec()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, answer) = f.rt.block_on(async {
+        let resp = f
+            .app
+            .clone()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e| match e {});
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        (status, bytes)
+    });
+    let after = f.store.head().unwrap_or_else(|e| panic!("{e}")).0;
+    assert!(
+        !status.is_server_error(),
+        "{status} for {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    if status == StatusCode::OK {
+        let a: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_else(|e| {
+            panic!(
+                "200 without an intake answer ({e}): {}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
+        let seqs: Vec<u64> = a["seqs"]
+            .as_array()
+            .map(|v| v.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        let expected: Vec<u64> = (before + 1..=after).collect();
+        assert_eq!(seqs, expected, "the seqs answered are the ones stored");
+        assert_eq!(a["accepted"].as_u64(), Some(seqs.len() as u64));
+    } else {
+        let e: ErrorBody = serde_json::from_slice(&answer).unwrap_or_else(|e| {
+            panic!(
+                "{status} without the error JSON ({e}): {}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
+        assert!(!e.error.is_empty(), "{status} with an empty reason");
+        assert_eq!(before, after, "a refused batch stored something ({status})");
+    }
+}
+
 /// The genuine signed request of [`signed_request`]: its six fields, newline-separated.
 pub fn genuine_request() -> Vec<u8> {
     let source = SourceId::parse("fz-req").unwrap_or_else(|e| panic!("{e}"));
@@ -420,6 +560,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             b"{\"source\":\"fz-body\",\"entries\":[]}".to_vec(),
         ),
         ("signed_request", genuine_request()),
+        ("agent_intake", [&[0u8][..], act.as_bytes()].concat()),
+        (
+            "agent_intake",
+            [&[1u8][..], [sc, act, rec].join("\n").as_bytes()].concat(),
+        ),
+        ("agent_intake", [&[2u8][..], csv.as_bytes()].concat()),
+        ("agent_intake", [&[3u8][..], act.as_bytes()].concat()),
         ("ingest_chain", vec![0, 0, 0, 1, 0, 0, 2, 0, 0]),
         ("ingest_chain", vec![0, 0x81, 7, 1, 0xc3, 9, 2, 0, 0]),
     ]

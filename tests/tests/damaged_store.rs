@@ -834,18 +834,23 @@ fn fuzz_targets_hold_on_seeds_and_mutations() {
     // `SPACESYNC_FUZZ_SEEDS=<dir>` writes the seeds as files, one folder per target, for
     // cargo-fuzz to start from (fuzz/seeds/ holds them).
     if let Some(dir) = std::env::var_os("SPACESYNC_FUZZ_SEEDS") {
-        for (i, (target, bytes)) in seeds.iter().enumerate() {
+        // Numbered within each target, so adding a seed to one target renames no other file.
+        let mut counts: std::collections::HashMap<&str, usize> = Default::default();
+        for (target, bytes) in &seeds {
+            let i = counts.entry(target).or_default();
             let d = Path::new(&dir).join(target);
             std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
             std::fs::write(d.join(format!("seed-{i:02}")), bytes).unwrap_or_else(|e| panic!("{e}"));
+            *i += 1;
         }
     }
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         ("envelope", fuzz_logic::envelope),
         ("records", fuzz_logic::records),
         ("ingest_body", fuzz_logic::ingest_body),
         ("signed_request", fuzz_logic::signed_request),
+        ("agent_intake", fuzz_logic::agent_intake),
         ("ingest_chain", fuzz_logic::ingest_chain),
     ];
     let mut runs = Vec::new();
