@@ -80,7 +80,13 @@ pub struct Edge {
     hosts: Vec<String>,
     /// The address shown in refusals.
     listen: SocketAddr,
+    /// Refusals at the edge not yet logged, and when one last was: a hostile page can send
+    /// thousands a second, so they are logged at most once per [`EDGE_LOG_EVERY`].
+    unlogged: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
+
+/// Least time between two log lines about refused web-page or wrong-Host requests.
+const EDGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Edge {
     /// The checks for an agent listening on `listen` (the address actually bound, so a
@@ -106,7 +112,23 @@ impl Edge {
             token,
             hosts,
             listen,
+            unlogged: std::sync::Mutex::new((0, None)),
         }
+    }
+
+    /// Counts a refusal; returns how many (this one included) to report now, or `None`
+    /// while within [`EDGE_LOG_EVERY`] of the last report. Uses monotonic real time: it
+    /// protects the log, not the campaign calendar.
+    fn log_refusal(&self) -> Option<u64> {
+        let mut u = self.unlogged.lock().unwrap_or_else(|p| p.into_inner());
+        u.0 += 1;
+        let now = std::time::Instant::now();
+        if u.1.is_some_and(|t| now.duration_since(t) < EDGE_LOG_EVERY) {
+            return None;
+        }
+        let n = u.0;
+        *u = (0, Some(now));
+        Some(n)
     }
 
     /// Whether `host` (a Host header or request authority) is one this agent answers.
@@ -280,7 +302,9 @@ pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> R
     let headers = req.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = quoted(origin.as_bytes());
-        warn!(origin = %origin, path = ?req.uri().path(), "Refused a request from a web page (it carries an Origin header).");
+        if let Some(n) = edge.log_refusal() {
+            warn!(origin = %origin, path = ?req.uri().path(), refused = n, "Refused requests from a web page (they carry an Origin header); at most one line per 10 s.");
+        }
         return client(
             StatusCode::FORBIDDEN,
             format!(
@@ -305,7 +329,9 @@ pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> R
         .is_some_and(|h| edge.host_allowed(h));
     if !allowed {
         let shown = host.as_deref().map(quoted).unwrap_or_else(|| "none".into());
-        warn!(host = %shown, path = ?req.uri().path(), "Refused a request for a Host this agent does not answer.");
+        if let Some(n) = edge.log_refusal() {
+            warn!(host = %shown, path = ?req.uri().path(), refused = n, "Refused requests for a Host this agent does not answer; at most one line per 10 s.");
+        }
         return client(
             StatusCode::MISDIRECTED_REQUEST,
             format!(

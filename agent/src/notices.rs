@@ -15,6 +15,20 @@ use crate::pusher::err_chain;
 use crate::retry::{self, Failure, Schedule};
 use crate::store::Store;
 
+/// How a webhook URL is shown in logs and status: scheme, host and port only, since its
+/// path or query may carry a secret (an API key).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparsable URL)".to_string(),
+    }
+}
+
 async fn post(http: &reqwest::Client, url: &str, n: &Notice) -> Result<(), Failure<String>> {
     let resp = http
         .post(url)
@@ -22,14 +36,18 @@ async fn post(http: &reqwest::Client, url: &str, n: &Notice) -> Result<(), Failu
         .send()
         .await
         .map_err(|e| Failure::Transient {
-            error: format!("cannot reach the notice webhook {url}: {}", err_chain(&e)),
+            error: format!(
+                "cannot reach the notice webhook {}: {}",
+                shown(url),
+                err_chain(&e.without_url())
+            ),
             retry_after: None,
         })?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
-    let error = format!("the notice webhook {url} answered {status}");
+    let error = format!("the notice webhook {} answered {status}", shown(url));
     if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
         Err(Failure::Permanent(error))
     } else {
@@ -90,5 +108,20 @@ pub async fn forward(
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod shown_tests {
+    #[test]
+    fn webhook_urls_are_shown_without_path_or_query() {
+        assert_eq!(
+            super::shown("http://127.0.0.1:8080/hook?apikey=s3cret"),
+            "http://127.0.0.1:8080/…"
+        );
+        assert_eq!(
+            super::shown("https://user:pw@platform.example/a/b"),
+            "https://platform.example/…"
+        );
     }
 }
