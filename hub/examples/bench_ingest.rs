@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use spacesync_hub::ingest::{Hub, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, verify_signatures};
@@ -53,13 +52,7 @@ fn main() -> anyhow::Result<()> {
     for (i, unit) in units.iter().enumerate() {
         let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
         let id = SourceId::parse(&format!("bench-{unit}"))?;
-        registry::add(
-            store.as_ref(),
-            id.clone(),
-            *unit,
-            &public_key_line(&key.verifying_key()),
-            now,
-        )?;
+        hub.add_source(id.clone(), *unit, &public_key_line(&key.verifying_key()))?;
         let mut prev = Digest::ZERO;
         let mut envs = Vec::with_capacity(per);
         for seq in 1..=per as u64 {

@@ -138,10 +138,23 @@ pub fn issue(
     scheduled_for: Option<DateTime<Utc>>,
     notices: Value,
 ) -> Result<Value, BulletinError> {
+    issue_with(hub, scheduled_for, notices, WriteBatch::new())
+}
+
+/// [`issue`], writing `also` in the same atomic write as the bulletin (one flush).
+fn issue_with(
+    hub: &Hub,
+    scheduled_for: Option<DateTime<Utc>>,
+    notices: Value,
+    also: WriteBatch,
+) -> Result<Value, BulletinError> {
     let store = hub.store.as_ref();
     let now = hub.clock.now();
-    let registry = registry::load_all(store)?;
     let st = hub.state();
+    // The registry as of the checkpoint below (registry changes are log entries and take
+    // the same lock), which is what `verify` recomputes with.
+    let mut registry: Vec<registry::SourceRecord> = st.registry.values().cloned().collect();
+    registry.sort_by(|a, b| a.id.cmp(&b.id));
     let number = store
         .last(BULLETIN_PREFIX)?
         .and_then(|(k, _)| crate::store::keys::tail_u64(&k))
@@ -176,6 +189,7 @@ pub fn issue(
         bulletin_key(number),
         serde_json::to_vec_pretty(&doc).unwrap_or_default(),
     );
+    b.extend(also);
     store.apply(b)?;
     store.flush()?;
     tracing::info!(number, log_size = size, "Issued bulletin.");
@@ -267,7 +281,8 @@ pub fn verify(
         .map(|d| d.with_timezone(&Utc))
         .ok_or_else(|| BulletinError::Malformed("issued_at missing".into()))?;
     let (views, _) = rebuild_views_upto(store, size, |_| {})?;
-    let registry = registry::load_all(store)?;
+    // Not today's registry: a source revoked (or added) since would change the figures.
+    let registry = registry::as_of(store, size)?;
     let recomputed = assess(campaign, &views, &registry, issued_at);
     let Value::Object(re) = recomputed else {
         return Err(BulletinError::Malformed("recomputation failed".into()));
@@ -345,12 +360,12 @@ pub fn issue_due(hub: &Hub, notices: impl Fn() -> Value) -> Result<Vec<u64>, Bul
         k += 1;
     }
     if let Some(k) = latest {
-        let doc = issue(hub, Some(slot_time(&hub.campaign, k)), notices())?;
+        // The bulletin and its slot are one write: a crash leaves both or neither, so a
+        // slot is never issued twice.
+        let mut slot = WriteBatch::new();
+        slot.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
+        let doc = issue_with(hub, Some(slot_time(&hub.campaign, k)), notices(), slot)?;
         issued.push(doc["number"].as_u64().unwrap_or(0));
-        let mut b = WriteBatch::new();
-        b.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
-        store.apply(b)?;
-        store.flush()?;
     }
     Ok(issued)
 }

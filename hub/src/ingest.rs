@@ -21,7 +21,7 @@ use spacesync_shared::{Campaign, Envelope, SourceId};
 use tracing::{error, info, warn};
 
 use crate::log::{Log, LogError, LogRecord};
-use crate::registry::{self, SourceRecord, SourceStatus};
+use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
 use crate::store::{Store, StoreError, WriteBatch, keys};
 use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 
@@ -717,12 +717,46 @@ impl Hub {
     ) -> Result<(u64, HubEntry), IngestError> {
         let now = self.clock.now();
         let mut st = self.state();
-        let seq = match self.store.get(keys::HUB_SEQ)? {
+        let seq = self.last_hub_seq()? + 1;
+        let entry = make(seq, now);
+        let mut wb = WriteBatch::new();
+        let index = match self.push_hub_entry(&mut st, &mut wb, &entry, now) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reload(&mut st);
+                return Err(e.into());
+            }
+        };
+        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        self.commit_hub_entries(&mut st, wb)?;
+        Ok((index, entry))
+    }
+
+    /// The hub's own seq of its last log entry (0 = none).
+    fn last_hub_seq(&self) -> Result<u64, StoreError> {
+        Ok(match self.store.get(keys::HUB_SEQ)? {
             Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0),
             None => 0,
-        } + 1;
-        let entry = make(seq, now);
-        let payload = serde_json::to_vec(&entry).map_err(|e| LogError::Tree(e.to_string()))?;
+        })
+    }
+
+    /// Signs `entry`, adds it to `wb` as the next log leaf and applies it to the views.
+    /// On error the caller reloads the state (the frontier may have moved).
+    fn push_hub_entry(
+        &self,
+        st: &mut State,
+        wb: &mut WriteBatch,
+        entry: &HubEntry,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LogError> {
+        let seq = match entry {
+            HubEntry::Extension(x) => x.seq,
+            HubEntry::SourceAdded(x) => x.seq,
+            HubEntry::KeyRotated(x) => x.seq,
+            HubEntry::SourceRevoked(x) => x.seq,
+            HubEntry::RegistryBaseline(x) => x.seq,
+        };
+        let payload = serde_json::to_vec(entry).map_err(|e| LogError::Tree(e.to_string()))?;
         let envelope = Envelope::sign(&self.key, HUB_ENTRY_PAYLOAD_TYPE, payload);
         let rec = LogRecord {
             received_at: now,
@@ -730,32 +764,143 @@ impl Hub {
             seq,
             envelope,
         };
-        let mut wb = WriteBatch::new();
-        let index = match st.log.append(&mut wb, &rec) {
-            Ok(i) => i,
-            Err(e) => {
-                self.reload(&mut st);
-                return Err(e.into());
-            }
-        };
-        st.views.apply_hub(index, &entry, &mut wb);
-        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
-        let note = st.log.checkpoint(&self.origin, &self.key);
-        let note = match note {
+        let index = st.log.append(wb, &rec)?;
+        st.views.apply_hub(index, entry, wb);
+        Ok(index)
+    }
+
+    /// Adds the new checkpoint to `wb`, writes it in one atomic step and flushes. On
+    /// failure nothing is changed and the state is reloaded from the store.
+    fn commit_hub_entries(&self, st: &mut State, mut wb: WriteBatch) -> Result<(), IngestError> {
+        let note = match st.log.checkpoint(&self.origin, &self.key) {
             Ok(n) => n,
             Err(e) => {
-                self.reload(&mut st);
+                self.reload(st);
                 return Err(e.into());
             }
         };
         wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
         if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
-            self.reload(&mut st);
+            self.reload(st);
             return Err(e.into());
         }
         st.checkpoint = note;
         st.version += 1;
-        Ok((index, entry))
+        Ok(())
+    }
+
+    /// Registers a source (`agents add`): a hub-signed [`HubEntry::SourceAdded`] in the
+    /// log and the `reg/` record, in one atomic write, flushed before this returns.
+    pub fn add_source(
+        &self,
+        id: SourceId,
+        scope: spacesync_shared::RegionCode,
+        key_line: &str,
+    ) -> Result<SourceRecord, RegistryError> {
+        let name = id.to_string();
+        self.change_registry(|reg, _, seq, now| {
+            registry::plan_add(reg, id, scope, key_line, seq, now).map(Some)
+        })?
+        .ok_or(RegistryError::Unknown(name))
+    }
+
+    /// Rotates a source's key (`agents rotate`): the new key signs from `from_seq`
+    /// (default: the seq after the highest held) on. Logged like [`Hub::add_source`].
+    pub fn rotate_source(
+        &self,
+        id: &str,
+        key_line: &str,
+        from_seq: Option<u64>,
+    ) -> Result<SourceRecord, RegistryError> {
+        self.change_registry(|reg, heads, seq, now| {
+            let held = SourceId::parse(id)
+                .ok()
+                .and_then(|s| heads.get(&s))
+                .map_or(0, |h| h.seq);
+            registry::plan_rotate(reg, id, key_line, from_seq, held, seq, now).map(Some)
+        })?
+        .ok_or_else(|| RegistryError::Unknown(id.to_string()))
+    }
+
+    /// Revokes a source (`agents revoke`): nothing more is accepted from it. Logged like
+    /// [`Hub::add_source`]; revoking a revoked source changes and logs nothing.
+    pub fn revoke_source(&self, id: &str) -> Result<SourceRecord, RegistryError> {
+        self.change_registry(|reg, _, seq, now| registry::plan_revoke(reg, id, seq, now))?
+            .map_or_else(
+                || {
+                    let sid =
+                        SourceId::parse(id).map_err(|_| RegistryError::Unknown(id.to_string()))?;
+                    self.state()
+                        .registry
+                        .get(&sid)
+                        .cloned()
+                        .ok_or_else(|| RegistryError::Unknown(id.to_string()))
+                },
+                Ok,
+            )
+    }
+
+    /// One registry change under the writer lock: `plan` checks it against the registry
+    /// and heads in memory and returns the entry to log (or `None`: nothing to change).
+    /// On a store whose sources were registered before registry changes were logged, the
+    /// entry is preceded by a [`HubEntry::RegistryBaseline`] (see [`crate::registry`]).
+    /// Entries, `reg/` record and checkpoint are one atomic write, flushed on return.
+    fn change_registry(
+        &self,
+        plan: impl FnOnce(
+            &HashMap<SourceId, SourceRecord>,
+            &HashMap<SourceId, Head>,
+            u64,
+            DateTime<Utc>,
+        ) -> Result<Option<HubEntry>, RegistryError>,
+    ) -> Result<Option<SourceRecord>, RegistryError> {
+        // Millisecond precision, as the log's other times.
+        let now = self.clock.now().trunc_subsecs(3);
+        let mut st = self.state();
+        let mut seq = self.last_hub_seq()?;
+        let baseline = if registry::logged(self.store.as_ref())? || st.registry.is_empty() {
+            None
+        } else {
+            seq += 1;
+            let mut sources: Vec<SourceRecord> = st.registry.values().cloned().collect();
+            sources.sort_by(|a, b| a.id.cmp(&b.id));
+            Some(HubEntry::RegistryBaseline(registry::RegistryBaseline {
+                seq,
+                sources,
+                at: now,
+            }))
+        };
+        let Some(entry) = plan(&st.registry, &st.heads, seq + 1, now)? else {
+            return Ok(None);
+        };
+        seq += 1;
+        let mut wb = WriteBatch::new();
+        let mut new_registry = st.registry.clone();
+        let mut changed = None;
+        for e in baseline.iter().chain([&entry]) {
+            if let Err(e) = self.push_hub_entry(&mut st, &mut wb, e, now) {
+                self.reload(&mut st);
+                return Err(e.into());
+            }
+            changed = registry::apply(&mut new_registry, e);
+        }
+        let Some(rec) = changed.and_then(|id| new_registry.get(&id).cloned()) else {
+            self.reload(&mut st);
+            return Err(RegistryError::Log(LogError::Tree(
+                "a planned registry change names no source".into(),
+            )));
+        };
+        registry::put(&mut wb, &rec);
+        wb.put(registry::LOGGED_KEY.to_vec(), b"1".to_vec());
+        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        self.commit_hub_entries(&mut st, wb).map_err(|e| match e {
+            IngestError::Store(e) => RegistryError::Store(e),
+            IngestError::Log(e) => RegistryError::Log(e),
+            other => RegistryError::Log(LogError::Tree(other.to_string())),
+        })?;
+        st.registry = new_registry;
+        info!(source = %rec.id, log_size = st.log.size(), "Registry changed.");
+        Ok(Some(rec))
     }
 
     fn raise_alarm(

@@ -70,9 +70,14 @@ pub fn rebuild_views_upto(
     Ok((views, batch))
 }
 
-/// `rebuild`: replaces the stored views with ones recomputed from the log.
+/// `rebuild`: replaces the stored views with ones recomputed from the log, and the
+/// registry with the one its registry entries give (on a store whose log holds none, the
+/// registry as it stands is kept: see [`crate::registry`]). One atomic write.
 pub fn rebuild(store: &dyn Store, progress: impl FnMut(u64)) -> Result<u64, StoreError> {
-    let (views, batch) = rebuild_views(store, progress)?;
+    let (views, mut batch) = rebuild_views(store, progress)?;
+    if let Some(reg) = registry::replay(store)? {
+        batch.extend(registry::replace_batch(store, &reg)?);
+    }
     store.apply(batch)?;
     store.flush()?;
     Ok(views.items().count() as u64)
@@ -104,7 +109,27 @@ pub fn verify(
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let registry: HashMap<SourceId, registry::SourceRecord> = registry::load_all(store)?
+    // Keys and scopes come from the registry the log gives; a log whose registry entries
+    // do not decode is reported at their leaf below, and checked against `reg/` instead.
+    let replayed = registry::replay(store).ok().flatten();
+    let stored = registry::load_all(store)?;
+    if let Some(replayed) = &replayed
+        && *replayed != stored
+    {
+        let differs = replayed
+            .iter()
+            .map(|r| &r.id)
+            .chain(stored.iter().map(|r| &r.id))
+            .find(|id| {
+                replayed.iter().find(|r| r.id == **id) != stored.iter().find(|r| r.id == **id)
+            })
+            .map_or_else(String::new, |id| format!(" (first at source {id})"));
+        report.problems.push(format!(
+            "the stored registry disagrees with the registry entries of the log{differs}; run `spacesync-hub rebuild`"
+        ));
+    }
+    let registry: HashMap<SourceId, registry::SourceRecord> = replayed
+        .unwrap_or(stored)
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
@@ -154,6 +179,11 @@ pub fn verify(
                 report
                     .problems
                     .push(format!("log leaf {index} (hub entry {}): {e}", rec.seq));
+            } else if let Err(e) = serde_json::from_slice::<HubEntry>(&rec.envelope.payload) {
+                report.problems.push(format!(
+                    "log leaf {index} (hub entry {}): signed by this hub but not an entry this version reads ({e}); is the hub older than the log?",
+                    rec.seq
+                ));
             }
             continue;
         };

@@ -1,4 +1,21 @@
 //! The registry of sources: who may send, with which key from which seq, about which scope.
+//!
+//! # Registry changes are log entries
+//! `agents add`, `agents rotate` and `agents revoke` each append a hub-signed entry to the
+//! log ([`SourceAdded`], [`KeyRotated`], [`SourceRevoked`]) in the same atomic write as the
+//! `reg/` record they change (see [`crate::ingest::Hub::add_source`]). The `reg/` records
+//! are derived state, like the views: [`replay`] recomputes them from the log, and
+//! [`as_of`] gives the registry as it stood when the log had a given size, which is what
+//! a bulletin is recomputed with.
+//!
+//! **Stores from before registry changes were logged.** When the log holds no registry
+//! entry at all, the registry as it stands (`reg/`) is the starting point, for every log
+//! size. The first registry change on such a store is preceded, in the same write, by a
+//! [`RegistryBaseline`] entry holding that registry; every prefix of the log, also one
+//! from before the baseline, starts from it. Sources registered before the change are
+//! thus taken as registered from their `added_at`, as they always were.
+
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
@@ -6,7 +23,13 @@ use serde::{Deserialize, Serialize};
 use spacesync_shared::keys::{parse_public_key, public_key_line};
 use spacesync_shared::{RegionCode, SourceId};
 
+use crate::log::{self, LogError};
 use crate::store::{Store, StoreError, WriteBatch, keys};
+use crate::views::HubEntry;
+
+/// Set (in the same write) by the first registry entry appended to the log, so later
+/// changes need not scan the log to know a baseline is not needed.
+pub const LOGGED_KEY: &[u8] = b"meta/registry-logged";
 
 /// Whether a source may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,12 +70,74 @@ pub struct SourceRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// Log entry: a source was registered (`agents add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAdded {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// The source.
+    pub source: SourceId,
+    /// The region it may report on.
+    pub scope: RegionCode,
+    /// Its key line (`ed25519:<base64>`), signing from seq 1.
+    pub key: String,
+    /// When (hub clock).
+    pub at: DateTime<Utc>,
+}
+
+/// Log entry: a source's key was rotated (`agents rotate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotated {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// The source.
+    pub source: SourceId,
+    /// The new key line.
+    pub key: String,
+    /// First seq the new key signs; a registered key not yet in effect there is replaced.
+    pub from_seq: u64,
+    /// When (hub clock).
+    pub at: DateTime<Utc>,
+}
+
+/// Log entry: a source was revoked (`agents revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRevoked {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// The source.
+    pub source: SourceId,
+    /// Always true: the source is revoked from `at` on (kept explicit for readers of the log).
+    pub revoked: bool,
+    /// When (hub clock).
+    pub at: DateTime<Utc>,
+}
+
+/// Log entry: the registry as it stood on a store whose sources were registered before
+/// registry changes were logged (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryBaseline {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// Every source record, in id order.
+    pub sources: Vec<SourceRecord>,
+    /// When it was written (hub clock).
+    pub at: DateTime<Utc>,
+}
+
 /// Why a registry change is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log could not take the change's entry; nothing was changed.
+    #[error("the registry change could not be appended to the log; nothing was changed ({0})")]
+    Log(#[from] LogError),
     /// The source exists already.
     #[error("source {0} is already registered; use `agents rotate` to change its key")]
     Exists(SourceId),
@@ -102,6 +187,15 @@ impl SourceRecord {
     pub fn current_key(&self) -> Option<&str> {
         self.keys.last().map(|k| k.key.as_str())
     }
+
+    /// True when the source was registered and not (yet) revoked at `at`.
+    pub fn active_at(&self, at: DateTime<Utc>) -> bool {
+        self.added_at <= at
+            && match self.status {
+                SourceStatus::Active => true,
+                SourceStatus::Revoked => self.revoked_at.is_some_and(|r| r > at),
+            }
+    }
 }
 
 /// Loads every source record.
@@ -118,120 +212,255 @@ pub fn load_all(store: &dyn Store) -> Result<Vec<SourceRecord>, StoreError> {
         .collect()
 }
 
-fn put(batch: &mut WriteBatch, rec: &SourceRecord) {
+/// Adds `rec` as the `reg/` record to `batch`.
+pub fn put(batch: &mut WriteBatch, rec: &SourceRecord) {
     batch.put(
         keys::reg(&rec.id),
         serde_json::to_vec(rec).unwrap_or_default(),
     );
 }
 
-/// Registers a new source.
-pub fn add(
-    store: &dyn Store,
+/// The registry change an `agents add` makes, checked against `registry`: the entry to
+/// log (its `seq` and `at` are filled in by the caller).
+pub fn plan_add(
+    registry: &HashMap<SourceId, SourceRecord>,
     id: SourceId,
     scope: RegionCode,
     key_line: &str,
-    now: DateTime<Utc>,
-) -> Result<SourceRecord, RegistryError> {
+    seq: u64,
+    at: DateTime<Utc>,
+) -> Result<HubEntry, RegistryError> {
     let key = parse_public_key(key_line)?;
-    let all = load_all(store)?;
-    if all.iter().any(|r| r.id == id) {
+    if registry.contains_key(&id) {
         return Err(RegistryError::Exists(id));
     }
     let line = public_key_line(&key);
-    if let Some(other) = all.iter().find(|r| r.keys.iter().any(|k| k.key == line)) {
-        return Err(RegistryError::KeyInUse(other.id.clone()));
-    }
-    let rec = SourceRecord {
-        id,
+    key_unused(registry, &line)?;
+    Ok(HubEntry::SourceAdded(SourceAdded {
+        seq,
+        source: id,
         scope,
-        status: SourceStatus::Active,
-        keys: vec![SourceKey {
-            key: line,
-            from_seq: 1,
-            added_at: now,
-        }],
-        added_at: now,
-        revoked_at: None,
-    };
-    let mut b = WriteBatch::new();
-    put(&mut b, &rec);
-    store.apply(b)?;
-    store.flush()?;
-    Ok(rec)
+        key: line,
+        at,
+    }))
 }
 
-fn get(store: &dyn Store, id: &str) -> Result<SourceRecord, RegistryError> {
-    let sid = SourceId::parse(id).map_err(|_| RegistryError::Unknown(id.to_string()))?;
-    let v = store
-        .get(&keys::reg(&sid))?
-        .ok_or_else(|| RegistryError::Unknown(id.to_string()))?;
-    serde_json::from_slice(&v).map_err(|e| {
-        RegistryError::Store(StoreError::Corrupt {
-            key: format!("reg/{id}"),
-            message: e.to_string(),
-        })
-    })
-}
-
-/// Revokes a source: nothing more is accepted from it.
-pub fn revoke(
-    store: &dyn Store,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<SourceRecord, RegistryError> {
-    let mut rec = get(store, id)?;
-    if rec.status != SourceStatus::Revoked {
-        rec.status = SourceStatus::Revoked;
-        rec.revoked_at = Some(now);
-        let mut b = WriteBatch::new();
-        put(&mut b, &rec);
-        store.apply(b)?;
-        store.flush()?;
+fn key_unused(registry: &HashMap<SourceId, SourceRecord>, line: &str) -> Result<(), RegistryError> {
+    let mut owners: Vec<&SourceId> = registry
+        .values()
+        .filter(|r| r.keys.iter().any(|k| k.key == line))
+        .map(|r| &r.id)
+        .collect();
+    owners.sort();
+    match owners.first() {
+        Some(other) => Err(RegistryError::KeyInUse((*other).clone())),
+        None => Ok(()),
     }
-    Ok(rec)
 }
 
-/// Rotates a source's key: the new key signs seqs from `from_seq` (default: the seq after
-/// the highest held) on; earlier seqs stay with the old key.
-pub fn rotate(
-    store: &dyn Store,
+fn known<'a>(
+    registry: &'a HashMap<SourceId, SourceRecord>,
+    id: &str,
+) -> Result<&'a SourceRecord, RegistryError> {
+    SourceId::parse(id)
+        .ok()
+        .and_then(|sid| registry.get(&sid))
+        .ok_or_else(|| RegistryError::Unknown(id.to_string()))
+}
+
+/// The registry change an `agents rotate` makes: the new key signs seqs from `from_seq`
+/// (default: the seq after `held`, the highest held) on; earlier seqs stay with the old key.
+pub fn plan_rotate(
+    registry: &HashMap<SourceId, SourceRecord>,
     id: &str,
     key_line: &str,
     from_seq: Option<u64>,
     held: u64,
-    now: DateTime<Utc>,
-) -> Result<SourceRecord, RegistryError> {
+    seq: u64,
+    at: DateTime<Utc>,
+) -> Result<HubEntry, RegistryError> {
     let key = parse_public_key(key_line)?;
-    let mut rec = get(store, id)?;
+    let rec = known(registry, id)?;
     if rec.status == SourceStatus::Revoked {
-        return Err(RegistryError::Revoked(rec.id));
+        return Err(RegistryError::Revoked(rec.id.clone()));
     }
     let from_seq = from_seq.unwrap_or(held + 1);
     if from_seq <= held {
         return Err(RegistryError::RotationSeq {
-            id: rec.id,
+            id: rec.id.clone(),
             from_seq,
             held,
         });
     }
     let line = public_key_line(&key);
-    if let Some(other) = load_all(store)?
-        .iter()
-        .find(|r| r.keys.iter().any(|k| k.key == line))
-    {
-        return Err(RegistryError::KeyInUse(other.id.clone()));
-    }
-    // A key not yet in effect is replaced rather than stacked.
-    rec.keys.retain(|k| k.from_seq < from_seq);
-    rec.keys.push(SourceKey {
+    key_unused(registry, &line)?;
+    Ok(HubEntry::KeyRotated(KeyRotated {
+        seq,
+        source: rec.id.clone(),
         key: line,
         from_seq,
-        added_at: now,
-    });
-    let mut b = WriteBatch::new();
-    put(&mut b, &rec);
-    store.apply(b)?;
-    store.flush()?;
-    Ok(rec)
+        at,
+    }))
+}
+
+/// The registry change an `agents revoke` makes, or `None` when the source is revoked
+/// already (revoking twice changes nothing and logs nothing).
+pub fn plan_revoke(
+    registry: &HashMap<SourceId, SourceRecord>,
+    id: &str,
+    seq: u64,
+    at: DateTime<Utc>,
+) -> Result<Option<HubEntry>, RegistryError> {
+    let rec = known(registry, id)?;
+    if rec.status == SourceStatus::Revoked {
+        return Ok(None);
+    }
+    Ok(Some(HubEntry::SourceRevoked(SourceRevoked {
+        seq,
+        source: rec.id.clone(),
+        revoked: true,
+        at,
+    })))
+}
+
+/// Applies one log entry to `registry`; returns the source it changed (`None` for entries
+/// that are not registry changes, and for a baseline, which replaces the whole registry).
+pub fn apply(registry: &mut HashMap<SourceId, SourceRecord>, entry: &HubEntry) -> Option<SourceId> {
+    match entry {
+        HubEntry::Extension(_) => None,
+        HubEntry::RegistryBaseline(b) => {
+            *registry = b
+                .sources
+                .iter()
+                .map(|r| (r.id.clone(), r.clone()))
+                .collect();
+            None
+        }
+        HubEntry::SourceAdded(a) => {
+            registry.insert(
+                a.source.clone(),
+                SourceRecord {
+                    id: a.source.clone(),
+                    scope: a.scope,
+                    status: SourceStatus::Active,
+                    keys: vec![SourceKey {
+                        key: a.key.clone(),
+                        from_seq: 1,
+                        added_at: a.at,
+                    }],
+                    added_at: a.at,
+                    revoked_at: None,
+                },
+            );
+            Some(a.source.clone())
+        }
+        HubEntry::KeyRotated(r) => {
+            let rec = registry.get_mut(&r.source)?;
+            // A key not yet in effect is replaced rather than stacked.
+            rec.keys.retain(|k| k.from_seq < r.from_seq);
+            rec.keys.push(SourceKey {
+                key: r.key.clone(),
+                from_seq: r.from_seq,
+                added_at: r.at,
+            });
+            Some(r.source.clone())
+        }
+        HubEntry::SourceRevoked(r) => {
+            let rec = registry.get_mut(&r.source)?;
+            if rec.status != SourceStatus::Revoked {
+                rec.status = SourceStatus::Revoked;
+                rec.revoked_at = Some(r.at);
+            }
+            Some(r.source.clone())
+        }
+    }
+}
+
+/// True for the entries that change the registry.
+pub fn is_registry_entry(entry: &HubEntry) -> bool {
+    !matches!(entry, HubEntry::Extension(_))
+}
+
+/// The registry replayed from the registry entries of the first `size` log leaves (see
+/// [`as_of`]); `None` when the log holds no registry entry (the store predates logged
+/// registry changes, and `reg/` is the registry).
+fn replay_upto(
+    store: &dyn Store,
+    size: u64,
+) -> Result<Option<HashMap<SourceId, SourceRecord>>, StoreError> {
+    let mut registry: Option<HashMap<SourceId, SourceRecord>> = None;
+    for r in log::iter(store) {
+        let (index, rec) = r?;
+        if rec.source.is_some() {
+            continue;
+        }
+        let entry: HubEntry =
+            serde_json::from_slice(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
+                key: format!("log/{index}"),
+                message: format!("hub entry {}: {e}", rec.seq),
+            })?;
+        if !is_registry_entry(&entry) {
+            continue;
+        }
+        let reg = registry.get_or_insert_with(HashMap::new);
+        // A baseline is the starting point of every prefix, also of one that ends before it.
+        if index < size || matches!(entry, HubEntry::RegistryBaseline(_)) {
+            apply(reg, &entry);
+        }
+    }
+    Ok(registry)
+}
+
+fn sorted(registry: HashMap<SourceId, SourceRecord>) -> Vec<SourceRecord> {
+    let sorted: BTreeMap<SourceId, SourceRecord> = registry.into_iter().collect();
+    sorted.into_values().collect()
+}
+
+/// The registry as it stood when the log had `size` leaves, in id order: replayed from
+/// the registry entries of the log (a [`RegistryBaseline`] being the starting point), or,
+/// on a store whose log holds no registry entry, the registry as it stands.
+pub fn as_of(store: &dyn Store, size: u64) -> Result<Vec<SourceRecord>, StoreError> {
+    match replay_upto(store, size)? {
+        Some(reg) => Ok(sorted(reg)),
+        None => load_all(store),
+    }
+}
+
+/// The registry recomputed from the whole log, in id order; `None` when the log holds no
+/// registry entry (then `reg/` is the registry and there is nothing to recompute).
+pub fn replay(store: &dyn Store) -> Result<Option<Vec<SourceRecord>>, StoreError> {
+    Ok(replay_upto(store, u64::MAX)?.map(sorted))
+}
+
+/// True when the log holds a registry entry (so a change needs no baseline).
+pub fn logged(store: &dyn Store) -> Result<bool, StoreError> {
+    if store.get(LOGGED_KEY)?.is_some() {
+        return Ok(true);
+    }
+    for r in log::iter(store) {
+        let (_, rec) = r?;
+        if rec.source.is_none()
+            && serde_json::from_slice::<HubEntry>(&rec.envelope.payload)
+                .is_ok_and(|e| is_registry_entry(&e))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The batch that makes `reg/` exactly `registry` (deleting records the log does not hold).
+pub fn replace_batch(
+    store: &dyn Store,
+    registry: &[SourceRecord],
+) -> Result<WriteBatch, StoreError> {
+    let mut batch = WriteBatch::new();
+    for r in store.scan(keys::REG) {
+        batch.delete(r?.0);
+    }
+    for rec in registry {
+        put(&mut batch, rec);
+    }
+    batch.put(LOGGED_KEY.to_vec(), b"1".to_vec());
+    Ok(batch)
 }

@@ -55,6 +55,11 @@ impl WriteBatch {
         self.ops.push((key.into(), None));
     }
 
+    /// Appends `other`'s operations (applied after this batch's, in the same write).
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()

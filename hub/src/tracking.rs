@@ -16,7 +16,7 @@ use spacesync_shared::campaign::{Campaign, MilestoneKind};
 use spacesync_shared::record::{Milestone, SpaceKind};
 use spacesync_shared::region::PROVINCIAL_UNITS;
 
-use crate::registry::{SourceRecord, SourceStatus};
+use crate::registry::SourceRecord;
 use crate::views::{Extension, Figures, Meta, Views, figures_json, region_name};
 
 /// Where a unit stands on one deliverable.
@@ -377,9 +377,7 @@ pub fn assess(
         }
         let silent: Vec<&SourceRecord> = registry
             .iter()
-            .filter(|r| {
-                r.scope.province() == *unit && r.status == SourceStatus::Active && r.added_at <= now
-            })
+            .filter(|r| r.scope.province() == *unit && r.active_at(now))
             .filter(|r| source_is_silent(campaign, views, r, now))
             .collect();
         if !silent.is_empty() {
@@ -430,7 +428,7 @@ pub fn assess(
 
     let silent_sources: Vec<Value> = registry
         .iter()
-        .filter(|r| r.status == SourceStatus::Active && r.added_at <= now)
+        .filter(|r| r.active_at(now))
         .filter(|r| source_is_silent(campaign, views, r, now))
         .map(|r| {
             let last = views.sources().get(&r.id).and_then(|a| a.last_received);

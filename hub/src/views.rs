@@ -35,6 +35,15 @@ pub const HUB_ENTRY_PAYLOAD_TYPE: &str = "application/vnd.spacesync.hub-entry+js
 pub enum HubEntry {
     /// A deadline extension granted by an admin to one provincial unit.
     Extension(Extension),
+    /// A source registered (`agents add`); see [`crate::registry`].
+    SourceAdded(crate::registry::SourceAdded),
+    /// A source's key rotated (`agents rotate`).
+    KeyRotated(crate::registry::KeyRotated),
+    /// A source revoked (`agents revoke`).
+    SourceRevoked(crate::registry::SourceRevoked),
+    /// The registry of a store from before registry changes were logged, written with the
+    /// first change.
+    RegistryBaseline(crate::registry::RegistryBaseline),
 }
 
 /// A deadline extension.
@@ -344,6 +353,11 @@ impl Views {
                 );
                 self.extensions.insert(log_index, x.clone());
             }
+            // The registry is kept by `crate::registry`, not by the views.
+            HubEntry::SourceAdded(_)
+            | HubEntry::KeyRotated(_)
+            | HubEntry::SourceRevoked(_)
+            | HubEntry::RegistryBaseline(_) => {}
         }
     }
 

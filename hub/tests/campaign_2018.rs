@@ -10,7 +10,6 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use spacesync_hub::bulletin;
 use spacesync_hub::ingest::{Hub, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::render::{self, Lang};
 use spacesync_hub::store::SledStore;
 use spacesync_hub::views::{Extension, HubEntry};
@@ -140,24 +139,15 @@ fn scripted_2018_campaign_bulletins() {
     let gd_index = units.iter().position(|u| *u == gd).unwrap();
     let mut gd_b = Source::new("src-440000-b", 99);
     for (s, u) in sources.iter().zip(&units) {
-        registry::add(
-            store.as_ref(),
-            s.id.clone(),
-            *u,
-            &public_key_line(&s.key.verifying_key()),
-            clock_now(&clock),
-        )
-        .unwrap();
+        hub.add_source(s.id.clone(), *u, &public_key_line(&s.key.verifying_key()))
+            .unwrap();
     }
-    registry::add(
-        store.as_ref(),
+    hub.add_source(
         gd_b.id.clone(),
         gd,
         &public_key_line(&gd_b.key.verifying_key()),
-        clock_now(&clock),
     )
     .unwrap();
-    hub.refresh_registry().unwrap();
 
     // Space counts: each unit reports one county's own total at the baseline and on
     // 2018-11-10. New spaces are computed here independently of the hub.

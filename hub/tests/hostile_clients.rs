@@ -148,7 +148,7 @@ async fn a_flood_naming_a_real_source_spends_only_the_attackers_budget() {
             assert_throttled(&r, &format!("junk {i}"));
         }
     }
-    assert_eq!(th.log_size(), 0, "the flood appended nothing");
+    assert_eq!(th.source_leaves(), 0, "the flood appended nothing");
     assert_eq!(th.hub.head(&bj.id).held_through, 0);
 
     // 2. The real agent, from its own address: its whole budget is intact.
@@ -171,7 +171,7 @@ async fn a_flood_naming_a_real_source_spends_only_the_attackers_budget() {
             );
         }
     }
-    assert_eq!(th.log_size(), 1);
+    assert_eq!(th.source_leaves(), 1);
 
     // 4. The agent behind the attacker's address (a NAT, the TLS proxy): the address is
     //    out of budget, but a batch and a signed pull that prove the source get through.
@@ -197,7 +197,7 @@ async fn a_flood_naming_a_real_source_spends_only_the_attackers_budget() {
         "{}",
         r.text()
     );
-    assert_eq!(th.log_size(), 3, "exactly the agent's three entries");
+    assert_eq!(th.source_leaves(), 3, "exactly the agent's three entries");
 
     // 6. The attacker is still refused, and metrics show who was throttled.
     assert_throttled(
@@ -237,7 +237,7 @@ async fn unauthenticated_traffic_from_many_addresses_keeps_the_table_bounded() {
         &send(&app, from("2001:db8:1:2:ffff::9", junk(1, &bj, &key))).await,
         "same /64",
     );
-    assert_eq!(th.log_size(), 0);
+    assert_eq!(th.source_leaves(), 0);
 }
 
 /// One HTTP/1.1 request over a fresh connection from `local` (an address on loopback).
@@ -298,7 +298,7 @@ async fn over_a_real_socket_the_flooding_address_gets_429_and_the_source_deliver
         .expect("json");
     let (status, text) = raw(addr, "127.0.0.1", post, &good).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(th.log_size(), 1);
+    assert_eq!(th.source_leaves(), 1);
     let _ = stop.send(());
     server.await.expect("join").expect("serve");
 }
@@ -325,7 +325,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     };
     // The hub restarts over the same store: the nonce was flushed before the answer.
     let th = TestHub::open(dir.path());
-    let (log, head) = (th.log_size(), th.hub.head(&gd.id));
+    let (log, head) = (th.source_leaves(), th.hub.head(&gd.id));
     let r = th.send(captured).await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.text().contains("already used"), "{}", r.text());
@@ -333,7 +333,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     let r = th.send(head_req(&gd, &gd.key, t0(), 8)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(head.held_through, 1);
-    assert_eq!((th.log_size(), th.hub.head(&gd.id)), (log, head));
+    assert_eq!((th.source_leaves(), th.hub.head(&gd.id)), (log, head));
 }
 
 #[tokio::test]
@@ -357,7 +357,7 @@ async fn recorded_at_before_the_campaign_is_refused_and_changes_nothing() {
         ),
     ] {
         let before = (
-            th.log_size(),
+            th.source_leaves(),
             th.hub.head(&gd.id),
             th.get_json("/v1/progress").await,
         );
@@ -381,7 +381,7 @@ async fn recorded_at_before_the_campaign_is_refused_and_changes_nothing() {
             resp.refused[0].reason
         );
         let after = (
-            th.log_size(),
+            th.source_leaves(),
             th.hub.head(&gd.id),
             th.get_json("/v1/progress").await,
         );
@@ -402,7 +402,7 @@ async fn metrics_need_an_admin_token_or_the_metrics_listener() {
         .await;
     let ministry = th.token(Role::Ministry);
     let province = th.token("province:440000".parse().expect("role"));
-    let log = th.log_size();
+    let log = th.source_leaves();
     let r = th.get("/metrics", None).await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(!r.text().contains("gd-a"));
@@ -424,12 +424,13 @@ async fn metrics_need_an_admin_token_or_the_metrics_listener() {
     let r = send(&m, get_req("/metrics", None)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
-        r.text().contains("spacesync_hub_log_size 1"),
+        // One registry entry (`register`) and the entry.
+        r.text().contains("spacesync_hub_log_size 2"),
         "{}",
         r.text()
     );
     assert_eq!(send(&m, get_req("/v1/sources", None)).await.status, 404);
-    assert_eq!(th.log_size(), log);
+    assert_eq!(th.source_leaves(), log);
 }
 
 /// Captures what the hub logs.
@@ -496,5 +497,5 @@ fn a_refusal_quoting_an_attackers_key_cannot_forge_a_log_line() {
         );
     }
     assert_eq!(log.lines().count(), 1, "one refusal, one line:\n{log}");
-    assert_eq!(th.log_size(), 0);
+    assert_eq!(th.source_leaves(), 0);
 }

@@ -11,7 +11,6 @@ use chrono::Duration;
 use common::*;
 use serde_json::{Value, json};
 use spacesync_hub::http::MAX_BODY;
-use spacesync_hub::registry;
 use spacesync_shared::dsse::Envelope;
 use spacesync_shared::entry::ENTRY_PAYLOAD_TYPE;
 use spacesync_shared::wire::{IngestBatch, IngestResponse, Receipt, RefusalCode};
@@ -75,8 +74,7 @@ async fn fixture() -> Fixture {
     th.register(&rev);
     th.ingest_ok(&rev.batch(&[activity("440300", "2018-11-03", "会议")]))
         .await;
-    registry::revoke(th.hub.store.as_ref(), "gd-rev", t0()).expect("revoke");
-    th.hub.refresh_registry().expect("refresh");
+    th.hub.revoke_source("gd-rev").expect("revoke");
 
     let mut rot_old = Agent::new("gd-rot", 4, "440000");
     th.register(&rot_old);
@@ -87,16 +85,9 @@ async fn fixture() -> Fixture {
     .await;
     let mut rot_new = rot_old.clone();
     rot_new.key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-    registry::rotate(
-        th.hub.store.as_ref(),
-        "gd-rot",
-        &rot_new.key_line(),
-        None,
-        2,
-        t0(),
-    )
-    .expect("rotate");
-    th.hub.refresh_registry().expect("refresh");
+    th.hub
+        .rotate_source("gd-rot", &rot_new.key_line(), None)
+        .expect("rotate");
     th.ingest_ok(&rot_new.batch(&[
         teachers("440303", "4144030301", "2018-11-03", 12),
         teachers("440303", "4144030301", "2018-11-04", 13),

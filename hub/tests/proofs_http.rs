@@ -48,8 +48,14 @@ async fn grow(seed: u64) -> Grown {
     for a in &agents {
         th.register(a);
     }
-    let mut notes = vec![(0, th.get("/v1/checkpoint", None).await.text())];
-    let mut leaves = Vec::new();
+    // The registry entries `register` logged are leaves like any other.
+    let mut leaves: Vec<Hash> = spacesync_hub::log::iter(th.hub.store.as_ref())
+        .map(|r| r.expect("leaf").1.leaf_hash())
+        .collect();
+    let mut notes = vec![(
+        leaves.len() as u64,
+        th.get("/v1/checkpoint", None).await.text(),
+    )];
     while leaves.len() < 70 {
         let a = &mut agents[rng.below(2) as usize];
         let region = if a.scope.to_string() == "440000" {

@@ -12,10 +12,9 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use spacesync_hub::bulletin;
 use spacesync_hub::ingest::{Hub, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::render::{self, Lang};
 use spacesync_hub::store::SledStore;
-use spacesync_shared::clock::FixedClock;
+use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::IngestBatch;
 use spacesync_shared::{Campaign, Digest, Entry, Record, SourceId};
@@ -50,15 +49,16 @@ fn a_bulletin(dir: &std::path::Path) -> Value {
         let key = SigningKey::from_bytes(&[n as u8 + 1; 32]);
         let sid = SourceId::parse(id).expect("id");
         let scope_code = spacesync_shared::RegionCode::parse(scope).expect("scope");
-        registry::add(
-            store.as_ref(),
+        // Registered at the campaign's start (an `agents add` then), issued at the clock's now.
+        let issue_at = clock.now();
+        clock.set(at("2018-10-01T00:00:00Z"));
+        hub.add_source(
             sid.clone(),
             scope_code,
             &public_key_line(&key.verifying_key()),
-            at("2018-10-01T00:00:00Z"),
         )
         .expect("add");
-        hub.refresh_registry().expect("refresh");
+        clock.set(issue_at);
         let records = [
             json!({"kind":"space_count","region":county,"as_of":"2018-10-01","spaces":{"teacher":1000 + n * 100,"student":20000},
                    "population":{"teachers":1500,"students":40000}}),

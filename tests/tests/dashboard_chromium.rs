@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::ingest::{Hub, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::render::{Lang, count};
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
@@ -319,16 +318,13 @@ fn dashboard_drill_down_in_chromium() {
     let mut gd = Source::new("src-440000", "440000", 1);
     let mut bj = Source::new("src-110000", "110000", 2);
     for s in [&gd, &bj] {
-        registry::add(
-            store.as_ref(),
+        hub.add_source(
             s.id.clone(),
             s.scope,
             &public_key_line(&s.key.verifying_key()),
-            now,
         )
         .unwrap();
     }
-    hub.refresh_registry().unwrap();
     for r in [
         json!({"kind":"space_count","region":"440106","school":"4401060001","as_of":"2018-10-01",
                "spaces":{"teacher":100,"student":2000,"school":1},

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::config::{self, DataDir};
 use spacesync_hub::http::{self, AppState};
-use spacesync_hub::store::{SledStore, Store};
+use spacesync_hub::store::SledStore;
 use spacesync_hub::views::{Extension, HubEntry};
 use spacesync_hub::{bulletin, maintenance, registry, render};
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
@@ -56,8 +56,11 @@ enum Cmd {
         #[arg(long)]
         speed: Option<f64>,
     },
-    /// Manage the registry of sources (agents).
+    /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
     Agents {
+        /// Record a change as of this instant (RFC 3339) instead of now.
+        #[arg(long, global = true)]
+        now: Option<DateTime<Utc>>,
         #[command(subcommand)]
         cmd: AgentsCmd,
     },
@@ -322,14 +325,17 @@ fn main() -> Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Cmd::Agents { cmd } => {
-            let store = open_store(&dir)?;
-            let now = clock.now();
+        Cmd::Agents { now, cmd } => {
+            let clock: Arc<dyn Clock> = match now {
+                Some(t) => Arc::new(FixedClock::new(t)),
+                None => clock,
+            };
             match cmd {
                 AgentsCmd::Add { source, scope, key } => {
                     let id = SourceId::parse(&source).context("--source")?;
                     let scope = RegionCode::parse(&scope).context("--scope")?;
-                    let rec = registry::add(&store, id, scope, &key, now)?;
+                    let (hub, _) = config::open_hub(&dir, clock)?;
+                    let rec = hub.add_source(id, scope, &key)?;
                     println!(
                         "added {} (scope {}, key {})",
                         rec.id,
@@ -338,7 +344,7 @@ fn main() -> Result<()> {
                     );
                 }
                 AgentsCmd::List { json } => {
-                    let all = registry::load_all(&store)?;
+                    let all = registry::load_all(&open_store(&dir)?)?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&all)?);
                     } else {
@@ -359,16 +365,13 @@ fn main() -> Result<()> {
                     }
                 }
                 AgentsCmd::Revoke { id } => {
-                    let rec = registry::revoke(&store, &id, now)?;
+                    let (hub, _) = config::open_hub(&dir, clock)?;
+                    let rec = hub.revoke_source(&id)?;
                     println!("revoked {}", rec.id);
                 }
                 AgentsCmd::Rotate { id, key, from_seq } => {
-                    let sid = SourceId::parse(&id).context("source id")?;
-                    let held = store
-                        .last(&spacesync_hub::store::keys::src_prefix(&sid))?
-                        .and_then(|(k, _)| spacesync_hub::store::keys::tail_u64(&k))
-                        .unwrap_or(0);
-                    let rec = registry::rotate(&store, &id, &key, from_seq, held, now)?;
+                    let (hub, _) = config::open_hub(&dir, clock)?;
+                    let rec = hub.rotate_source(&id, &key, from_seq)?;
                     let k = rec.keys.last().map(|k| k.from_seq).unwrap_or(1);
                     println!("rotated {}: the new key signs from seq {k} on", rec.id);
                 }

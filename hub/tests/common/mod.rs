@@ -18,9 +18,8 @@ use serde_json::{Value, json};
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::ingest::{Hub, Limits};
-use spacesync_hub::registry;
 use spacesync_hub::store::SledStore;
-use spacesync_shared::clock::FixedClock;
+use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::{IngestBatch, IngestResponse, PATH_INGEST};
 use spacesync_shared::{Campaign, Digest, Entry, Envelope, Record, RegionCode, SourceId};
@@ -87,16 +86,38 @@ impl TestHub {
         TestHub::open_at(dir, t0())
     }
 
-    /// Registers `agent` (scope and current key) and tells the hub.
+    /// Registers `agent` (scope and current key) as of [`t0`], as `agents add` does (a
+    /// hub-signed log entry), whatever the hub clock says now.
     pub fn register(&self, agent: &Agent) {
-        registry::add(
-            self.hub.store.as_ref(),
-            agent.id.clone(),
-            agent.scope,
-            &agent.key_line(),
-            t0(),
-        )
-        .expect("register source");
+        let now = self.clock.now();
+        self.clock.set(t0());
+        self.hub
+            .add_source(agent.id.clone(), agent.scope, &agent.key_line())
+            .expect("register source");
+        self.clock.set(now);
+    }
+
+    /// Registers `agent` as a hub from before registry changes were logged did: a `reg/`
+    /// record and no log entry, so log indexes count source entries alone.
+    pub fn register_unlogged(&self, agent: &Agent) {
+        use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
+        let rec = SourceRecord {
+            id: agent.id.clone(),
+            scope: agent.scope,
+            status: SourceStatus::Active,
+            keys: vec![SourceKey {
+                key: agent.key_line(),
+                from_seq: 1,
+                added_at: t0(),
+            }],
+            added_at: t0(),
+            revoked_at: None,
+        };
+        let mut wb = spacesync_hub::store::WriteBatch::new();
+        registry::put(&mut wb, &rec);
+        let store = self.hub.store.as_ref();
+        store.apply(wb).expect("write registry record");
+        store.flush().expect("flush");
         self.hub.refresh_registry().expect("refresh registry");
     }
 
@@ -144,6 +165,14 @@ impl TestHub {
     /// Log size.
     pub fn log_size(&self) -> u64 {
         self.hub.state().log.size()
+    }
+
+    /// Log leaves that sources signed (the log size less the hub's own entries, such as
+    /// the registry changes [`TestHub::register`] logs).
+    pub fn source_leaves(&self) -> u64 {
+        spacesync_hub::log::iter(self.hub.store.as_ref())
+            .filter(|r| r.as_ref().map_or(true, |(_, rec)| rec.source.is_some()))
+            .count() as u64
     }
 }
 
