@@ -283,7 +283,11 @@ pub fn verify(
     let (views, _) = rebuild_views_upto(store, size, |_| {})?;
     // Not today's registry: a source revoked (or added) since would change the figures.
     let registry = registry::as_of(store, size)?;
-    let recomputed = assess(campaign, &views, &registry, issued_at);
+    let mut recomputed = assess(campaign, &views, &registry, issued_at);
+    // A bulletin from before `format` existed is format 1: compare in its shape.
+    if doc.get("format").is_none() {
+        crate::tracking::as_format_1(&mut recomputed);
+    }
     let Value::Object(re) = recomputed else {
         return Err(BulletinError::Malformed("recomputation failed".into()));
     };

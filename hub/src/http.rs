@@ -1047,7 +1047,10 @@ async fn bulletin_file(
             "text/markdown; charset=utf-8",
             crate::render::markdown(&doc, lang),
         ),
-        "csv" => ("text/csv; charset=utf-8", crate::render::csv(&doc, lang)),
+        "csv" => (
+            "text/csv; charset=utf-8",
+            crate::render::csv(&doc, lang).map_err(AppError::internal)?,
+        ),
         other => {
             return Err(AppError::not_found(format!(
                 "no bulletin format {other:?}; use json, html, md or csv"

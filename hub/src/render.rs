@@ -370,10 +370,26 @@ fn json_ratio(a: Option<f64>, b: Option<f64>) -> Value {
     }
 }
 
-/// The province table as CSV (one row per provincial unit).
-pub fn csv(b: &Value, lang: Lang) -> String {
+/// The UTF-8 byte-order mark every CSV starts with: without it Excel reads the file in the
+/// system code page and shows Chinese names as mojibake.
+pub const CSV_BOM: &str = "\u{feff}";
+
+/// Why a CSV could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    /// The `csv` writer refused a row (rows of unequal length: a bug in this module).
+    #[error("cannot write the bulletin CSV: {0}; this is a bug in the hub, please report it")]
+    Write(#[from] csv::Error),
+    /// The writer's buffer could not be taken back.
+    #[error("cannot finish the bulletin CSV: {0}; this is a bug in the hub, please report it")]
+    Finish(String),
+}
+
+/// The province table as CSV (one row per provincial unit), written by the `csv` crate
+/// (quoting as RFC 4180 says) after a UTF-8 byte-order mark ([`CSV_BOM`]).
+pub fn csv(b: &Value, lang: Lang) -> Result<String, CsvError> {
     let ids = deliverables(b);
-    let mut s = String::new();
+    let mut w = csv::Writer::from_writer(CSV_BOM.as_bytes().to_vec());
     let mut header: Vec<String> = ["rank", "code", "name"]
         .iter()
         .map(|x| x.to_string())
@@ -393,12 +409,12 @@ pub fn csv(b: &Value, lang: Lang) -> String {
     );
     header.extend(ids.iter().map(|id| format!("{id}_status")));
     header.extend(ids.iter().map(|id| format!("{id}_days_late")));
-    let _ = writeln!(s, "{}", header.join(","));
+    w.write_record(&header)?;
     for p in b["provinces"].as_array().into_iter().flatten() {
         let mut row = vec![
             p["rank"].to_string(),
             p["code"].as_str().unwrap_or("").to_string(),
-            csv_cell(&name(lang, p)),
+            name(lang, p),
         ];
         row.extend(SpaceKind::ALL.iter().map(|k| {
             p["spaces"][k.as_str()]
@@ -434,17 +450,13 @@ pub fn csv(b: &Value, lang: Lang) -> String {
                 .map(|d| d.to_string())
                 .unwrap_or_default()
         }));
-        let _ = writeln!(s, "{}", row.join(","));
+        w.write_record(&row)?;
     }
-    s
-}
-
-fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| CsvError::Finish(e.error().to_string()))?;
+    // Every field is a Rust string, so the bytes are UTF-8.
+    String::from_utf8(bytes).map_err(|e| CsvError::Finish(e.to_string()))
 }
 
 /// The bulletin as a printable HTML page with inline charts.
@@ -761,5 +773,35 @@ mod tests {
         assert_eq!(count(Lang::En, 12_345_678), "12,345,678");
         assert_eq!(date(Lang::Zh, "2018-11-06"), "2018年11月6日");
         assert_eq!(date(Lang::En, "2018-11-06T01:00:00Z"), "2018-11-06");
+    }
+
+    #[test]
+    fn csv_opens_with_a_bom_and_hostile_names_round_trip() {
+        let hostile = "广东, \"南\"\n部";
+        let b = serde_json::json!({
+            "nation": { "milestones": { "implementation_plan": {} } },
+            "provinces": [{
+                "rank": 1, "code": "440000", "name": hostile, "name_en": "Guang\"dong,\r\nX",
+                "spaces": {}, "new_spaces": 7, "pace": { "ratio": 0.5, "class": "behind" },
+                "coverage": {},
+                "milestones": { "implementation_plan": { "status": "missing", "days_late": 3 } },
+            }],
+        });
+        for (lang, want) in [(Lang::Zh, hostile), (Lang::En, "Guang\"dong,\r\nX")] {
+            let out = csv(&b, lang).unwrap();
+            assert!(out.as_bytes().starts_with(&[0xEF, 0xBB, 0xBF]), "{out:?}");
+            let body = out.strip_prefix(CSV_BOM).unwrap();
+            let mut r = ::csv::Reader::from_reader(body.as_bytes());
+            let header = r.headers().unwrap().clone();
+            assert_eq!(&header[2], "name");
+            let rows: Vec<::csv::StringRecord> = r.records().map(Result::unwrap).collect();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].len(), header.len());
+            assert_eq!(&rows[0][1], "440000");
+            assert_eq!(&rows[0][2], want);
+            let at = |h: &str| header.iter().position(|x| x == h).unwrap();
+            assert_eq!(&rows[0][at("implementation_plan_status")], "missing");
+            assert_eq!(&rows[0][at("implementation_plan_days_late")], "3");
+        }
     }
 }

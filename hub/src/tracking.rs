@@ -283,6 +283,65 @@ pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) ->
     out
 }
 
+/// The id of the implementation plan milestone, the one the plan rules apply to.
+pub const PLAN_MILESTONE: &str = "implementation_plan";
+
+/// The bulletin body's format, the `format` member [`assess`] writes. Format 2 added the
+/// structured facts of the lagging list and plan problems (`milestone`, `due`,
+/// `days_late`, `received_at`, pace `target` / `reached`); bulletins without a `format`
+/// are format 1, and [`as_format_1`] turns a recomputation back into that shape so they
+/// still verify.
+pub const FORMAT: u64 = 2;
+
+/// Members format 2 added, by lagging reason (and for `plan_problems` items).
+const FORMAT_2_MEMBERS: &[(&str, &[&str])] = &[
+    ("milestone_missing", &["days_late"]),
+    ("milestone_late", &["submitted_on"]),
+    (
+        "plan_incomplete",
+        &["milestone", "due", "days_late", "received_at"],
+    ),
+    ("behind_pace", &["target", "reached", "due"]),
+    ("far_behind_pace", &["target", "reached", "due"]),
+];
+
+/// An [`assess`] result in the shape of format 1 (bulletins issued before `format`
+/// existed): without `format` and without the members format 2 added.
+pub fn as_format_1(body: &mut Value) {
+    let Some(o) = body.as_object_mut() else {
+        return;
+    };
+    o.remove("format");
+    let strip = |v: &mut Value, members: &[&str]| {
+        if let Some(m) = v.as_object_mut() {
+            for k in members {
+                m.remove(*k);
+            }
+        }
+    };
+    for l in o
+        .get_mut("lagging")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        for r in l["reasons"].as_array_mut().into_iter().flatten() {
+            let reason = r["reason"].as_str().unwrap_or_default().to_string();
+            if let Some((_, members)) = FORMAT_2_MEMBERS.iter().find(|(k, _)| *k == reason) {
+                strip(r, members);
+            }
+        }
+    }
+    for p in o
+        .get_mut("plan_problems")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        strip(p, &["milestone", "due", "days_late", "received_at"]);
+    }
+}
+
 /// Everything a bulletin says, computed at one instant. Serialized as the bulletin body.
 pub fn assess(
     campaign: &Campaign,
@@ -315,6 +374,7 @@ pub fn assess(
         let p = pace(campaign, target, f.new_spaces(), today);
         let mut reasons: Vec<Value> = Vec::new();
         let mut cells = serde_json::Map::new();
+        let mut plan_cell = None;
         for def in campaign.deliverables() {
             let subs = milestones
                 .get(&(*unit, def.id.clone()))
@@ -331,14 +391,20 @@ pub fn assess(
                 .or_default()
                 .entry(cell.status.as_str())
                 .or_default() += 1;
+            // `days_late` beside the older `days_overdue`: one name for programs, as in notices.
             match cell.status {
                 MilestoneStatus::Missing => reasons.push(json!({
                     "reason": "milestone_missing", "milestone": def.id, "due": cell.due, "days_overdue": cell.days_late,
+                    "days_late": cell.days_late,
                 })),
                 MilestoneStatus::Late => reasons.push(json!({
                     "reason": "milestone_late", "milestone": def.id, "due": cell.due, "days_late": cell.days_late,
+                    "submitted_on": cell.submitted_on,
                 })),
                 _ => {}
+            }
+            if def.id == PLAN_MILESTONE {
+                plan_cell = Some(cell.clone());
             }
             cells.insert(
                 def.id.clone(),
@@ -346,7 +412,7 @@ pub fn assess(
             );
         }
         if let Some(plan) = milestones
-            .get(&(*unit, "implementation_plan".to_string()))
+            .get(&(*unit, PLAN_MILESTONE.to_string()))
             .and_then(|subs| {
                 subs.iter()
                     .filter(|(m, _)| m.received_at <= now)
@@ -355,15 +421,32 @@ pub fn assess(
         {
             let problems = plan_problems(campaign, *unit, plan.1);
             if !problems.is_empty() {
-                reasons.push(json!({ "reason": "plan_incomplete", "problems": problems }));
-                plan_list.push(
-                    json!({ "code": unit, "name": region_name(*unit), "problems": problems }),
-                );
+                // The milestone, its deadline, the plan judged (received when) and how
+                // late the first plan came, as fields.
+                let mut facts =
+                    json!({ "milestone": PLAN_MILESTONE, "received_at": plan.0.received_at });
+                if let Some(c) = &plan_cell {
+                    facts["due"] = json!(c.due);
+                    if let Some(d) = c.days_late {
+                        facts["days_late"] = json!(d);
+                    }
+                }
+                let mut reason = json!({ "reason": "plan_incomplete", "problems": problems });
+                let mut item =
+                    json!({ "code": unit, "name": region_name(*unit), "problems": problems });
+                for (k, v) in facts.as_object().into_iter().flatten() {
+                    reason[k] = v.clone();
+                    item[k] = v.clone();
+                }
+                reasons.push(reason);
+                plan_list.push(item);
             }
         }
         match p.class {
-            PaceClass::Behind => reasons.push(json!({ "reason": "behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual })),
-            PaceClass::FarBehind => reasons.push(json!({ "reason": "far_behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual })),
+            PaceClass::Behind => reasons.push(json!({ "reason": "behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual,
+                "target": p.target, "reached": p.actual, "due": campaign.target.by })),
+            PaceClass::FarBehind => reasons.push(json!({ "reason": "far_behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual,
+                "target": p.target, "reached": p.actual, "due": campaign.target.by })),
             _ => {}
         }
         let violations: Vec<_> = nominations
@@ -459,6 +542,7 @@ pub fn assess(
         .collect();
 
     json!({
+        "format": FORMAT,
         "campaign": campaign.id,
         "as_of_date": today,
         "nation": nation,

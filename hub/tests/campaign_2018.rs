@@ -238,7 +238,10 @@ fn scripted_2018_campaign_bulletins() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|r| r["milestone"] == "implementation_plan")
+                .filter(|r| {
+                    r["milestone"] == "implementation_plan"
+                        && r["reason"].as_str().unwrap().starts_with("milestone_")
+                })
                 .map(move |r| {
                     (
                         l["code"].as_str().unwrap().to_string(),
@@ -344,6 +347,43 @@ fn scripted_2018_campaign_bulletins() {
         let doc = bulletin::get(store.as_ref(), n).unwrap();
         bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &doc).unwrap();
     }
+    // The lagging list carries its facts as fields (format 2) ...
+    assert_eq!(b1["format"], 2);
+    for l in b1["lagging"].as_array().unwrap() {
+        for r in l["reasons"].as_array().unwrap() {
+            if r["reason"] == "milestone_missing" {
+                assert!(r["milestone"].is_string() && r["due"].is_string(), "{r}");
+                assert_eq!(r["days_late"], r["days_overdue"], "{r}");
+            }
+            if r["reason"] == "milestone_late" {
+                assert!(
+                    r["submitted_on"].is_string() && r["days_late"].is_i64(),
+                    "{r}"
+                );
+            }
+        }
+    }
+    for p in b1["plan_problems"].as_array().unwrap() {
+        assert_eq!(p["milestone"], "implementation_plan", "{p}");
+        assert!(p["due"].is_string() && p["received_at"].is_string(), "{p}");
+    }
+    // ... and a bulletin issued before that (format 1, no `format`) still verifies, while
+    // a format 2 bulletin passed off as format 1 does not.
+    let mut v1 = b1.clone();
+    spacesync_hub::tracking::as_format_1(&mut v1);
+    assert!(v1.get("format").is_none());
+    v1.as_object_mut().unwrap().remove("signature");
+    let v1 = resign(v1, &hub_key);
+    bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &v1)
+        .expect("a format 1 bulletin verifies");
+    let mut unversioned = b1.as_object().unwrap().clone();
+    unversioned.remove("format");
+    unversioned.remove("signature");
+    let unversioned = resign(Value::Object(unversioned), &hub_key);
+    assert!(matches!(
+        bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &unversioned),
+        Err(bulletin::BulletinError::Mismatch(_))
+    ));
     let mut altered = b2.clone();
     altered["nation"]["new_spaces"] = json!(expected_new + 1);
     assert!(matches!(
@@ -362,8 +402,12 @@ fn scripted_2018_campaign_bulletins() {
 
     // Chinese and English carry the same figures.
     for b in [&b1, &b2] {
-        let zh = render::csv(b, Lang::Zh);
-        let en = render::csv(b, Lang::En);
+        let zh = render::csv(b, Lang::Zh).expect("csv");
+        let en = render::csv(b, Lang::En).expect("csv");
+        assert!(
+            zh.as_bytes().starts_with(b"\xEF\xBB\xBF"),
+            "the CSV opens with a BOM"
+        );
         let strip = |s: &str| {
             s.lines()
                 .map(|l| {
@@ -396,7 +440,7 @@ fn scripted_2018_campaign_bulletins() {
         for lang in [Lang::Zh, Lang::En] {
             outputs.push(render::html(b, lang));
             outputs.push(render::markdown(b, lang));
-            outputs.push(render::csv(b, lang));
+            outputs.push(render::csv(b, lang).expect("csv"));
         }
     }
     assert!(

@@ -368,7 +368,11 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
 /// The notice in `list` with this rule, subject and deadline.
 fn find<'a>(list: &'a [Value], rule: &str, subject: &str, deadline: &str) -> &'a Value {
     list.iter()
-        .find(|n| n["rule"] == rule && n["subject"] == subject && n["deadline"] == deadline)
+        .find(|n| {
+            n["rule"] == rule
+                && n["subject"] == subject
+                && (n["deadline"] == deadline || deadline.is_empty() && n["deadline"].is_null())
+        })
         .unwrap_or_else(|| panic!("no {rule} notice for {subject} ({deadline}) in {list:?}"))
 }
 
@@ -470,6 +474,71 @@ async fn notices_carry_their_facts_for_programs_on_every_channel() {
         .map(|(_, (_, body))| serde_json::from_slice(body).expect("webhook JSON"))
         .collect();
     check_facts("webhook body", &bodies);
+}
+
+#[tokio::test]
+async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = TestHub::open_at(dir.path(), at("2018-10-01T09:00:00+08:00"));
+    let mut bj = Agent::new("bj-rrt", 2, "110000");
+    t.register(&bj);
+    // A plan covering one year (two to three are required), two days late.
+    bj.recorded_at = at("2018-11-17T10:00:00+08:00");
+    t.clock.set(bj.recorded_at);
+    let mut plan = milestone("implementation_plan", "110000", "2018-11-17");
+    plan["details"] = serde_json::json!({ "years": { "2018": ["110101", "110102", "110105"] } });
+    let out = t.hub.ingest(bj.batch(&[plan])).expect("ingest");
+    assert_eq!(out.status, 200, "{:?}", out.response.refused);
+    t.clock.set(at("2018-11-20T09:00:00+08:00"));
+    schedule::tick(&t.hub).expect("tick");
+
+    let list = t.hub.notices.list(spacesync_hub::auth::Role::Ministry);
+    let n = find(&list, "plan_incomplete", "110000", "");
+    assert_eq!(n["milestone"], "implementation_plan", "{n}");
+    assert_eq!(n["due"], "2018-11-15", "{n}");
+    assert_eq!(n["days_late"], 2, "{n}");
+    assert_eq!(
+        n["problems"],
+        serde_json::json!([{ "problem": "years", "covered": 1, "min": 2, "max": 3 }]),
+        "{n}"
+    );
+
+    let doc =
+        spacesync_hub::bulletin::issue(&t.hub, None, t.hub.notices.log_json()).expect("issue");
+    let item = doc["plan_problems"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["code"] == "110000"))
+        .unwrap_or_else(|| panic!("no plan problem for 110000: {doc}"));
+    assert_eq!(item["milestone"], "implementation_plan", "{item}");
+    assert_eq!(item["due"], "2018-11-15", "{item}");
+    assert_eq!(item["days_late"], 2, "{item}");
+    let reasons = doc["lagging"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["code"] == "110000"))
+        .map(|l| l["reasons"].clone())
+        .unwrap_or_default();
+    let plan = reasons
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["reason"] == "plan_incomplete"))
+        .unwrap_or_else(|| panic!("no plan_incomplete reason: {reasons}"));
+    assert_eq!(plan["milestone"], "implementation_plan", "{plan}");
+    assert_eq!(plan["due"], "2018-11-15", "{plan}");
+    let late = reasons
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["reason"] == "milestone_late"))
+        .unwrap_or_else(|| panic!("no milestone_late reason: {reasons}"));
+    assert_eq!(late["milestone"], "implementation_plan", "{late}");
+    assert_eq!(late["days_late"], 2, "{late}");
+    assert_eq!(late["submitted_on"], "2018-11-17", "{late}");
+    let campaign = spacesync_shared::Campaign::builtin_2018();
+    spacesync_hub::bulletin::verify(
+        t.hub.store.as_ref(),
+        &campaign,
+        &t.hub.key.verifying_key(),
+        common::ORIGIN,
+        &doc,
+    )
+    .expect("the bulletin verifies");
 }
 
 #[tokio::test]

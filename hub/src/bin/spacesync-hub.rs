@@ -509,7 +509,7 @@ fn main() -> Result<()> {
                     "json" => serde_json::to_string_pretty(&doc)?,
                     "html" => render::html(&doc, lang),
                     "md" => render::markdown(&doc, lang),
-                    "csv" => render::csv(&doc, lang),
+                    "csv" => render::csv(&doc, lang)?,
                     other => bail!("--format {other:?}: expected json, html, md or csv"),
                 };
                 print!("{out}");
