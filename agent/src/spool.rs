@@ -137,8 +137,9 @@ pub async fn scan_once(dirs: &DataDir, intake: &IntakeHandle) -> Result<ScanRepo
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| name.clone());
                 let errors = dirs.spool_failed().join(format!("{dest_name}.errors.txt"));
+                // The name is the platform's choice and may hold a newline: quoted, escaped.
                 let text = format!(
-                    "{name} was refused; nothing of it was stored. Fix every line below and drop the whole file again.\n{}\n",
+                    "{name:?} was refused; nothing of it was stored. Fix every line below and drop the whole file again.\n{}\n",
                     lines.join("\n")
                 );
                 tokio::fs::write(&errors, text).await.map_err(io(&errors))?;
