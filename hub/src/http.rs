@@ -1090,10 +1090,12 @@ fn connection_metrics(prefix: &str, c: &spacesync_http::Stats) -> String {
         "# HELP {prefix}_connections_open Client connections open now.\n# TYPE {prefix}_connections_open gauge\n{prefix}_connections_open {}\n\
          # HELP {prefix}_connections_accepted_total Client connections accepted.\n# TYPE {prefix}_connections_accepted_total counter\n{prefix}_connections_accepted_total {}\n\
          # HELP {prefix}_connections_refused_total Connections closed on accept at a connection cap (total or per address).\n# TYPE {prefix}_connections_refused_total counter\n{prefix}_connections_refused_total {}\n\
+         # HELP {prefix}_connections_evicted_total Idle connections closed to make room for a newcomer at the total cap.\n# TYPE {prefix}_connections_evicted_total counter\n{prefix}_connections_evicted_total {}\n\
          # HELP {prefix}_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE {prefix}_accept_errors_total counter\n{prefix}_accept_errors_total {}\n",
         v(&c.open),
         v(&c.accepted),
         v(&c.refused),
+        v(&c.evicted),
         v(&c.accept_errors)
     )
 }

@@ -6,9 +6,12 @@
 //! holes while keeping the same seam (`listener`, `router`, `shutdown` future):
 //!
 //! - **connection caps**: at most [`Limits::max_connections`] open at once, and at most
-//!   [`Limits::max_connections_per_address`] from one IP address; a connection over a cap
-//!   is accepted and closed at once, so it neither queues in the kernel's backlog nor
-//!   holds a descriptor;
+//!   [`Limits::max_connections_per_address`] from one IP address. A connection over the
+//!   per-address cap is accepted and closed at once, so it neither queues in the kernel's
+//!   backlog nor holds a descriptor. At the total cap a newcomer gets in by closing the
+//!   oldest connection that waits for a request on the address holding the most
+//!   connections (idle sockets cannot shut out a client with something to send); only
+//!   when that address's connections are all busy is the newcomer closed;
 //! - **header-read timeout**: a request head (also the next one on a kept-alive
 //!   connection) must arrive within [`Limits::header_read_timeout`];
 //! - **body timeout**: a request body must arrive whole within [`Limits::body_timeout`]
@@ -153,8 +156,11 @@ pub struct Stats {
     pub open: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
-    /// Connections closed on accept because a cap was reached.
+    /// Connections closed on accept because a cap was reached (and, at the total cap,
+    /// no idle connection could be closed instead).
     pub refused: AtomicU64,
+    /// Idle connections closed to make room for a newcomer at the total cap.
+    pub evicted: AtomicU64,
     /// Accept errors (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
 }
@@ -181,33 +187,85 @@ fn fd_soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// Who holds connections: totals per address, with a guard that gives the slot back.
+/// One open connection, as the tracker sees it.
+struct ConnCtl {
+    /// Requests being answered on it now; 0 means it waits for a request head.
+    in_flight: AtomicU64,
+    /// Set once it has been chosen for eviction.
+    closing: std::sync::atomic::AtomicBool,
+    /// Tells its task to drop it.
+    close: tokio::sync::Notify,
+}
+
+/// Who holds connections, per address (oldest first), with a guard that gives the slot
+/// back. At the total cap a newcomer is not refused while somebody idles: the oldest
+/// connection waiting for a request on the address holding the most connections is closed
+/// instead, so idle sockets (an attacker's, or forgotten ones) cannot shut out a client
+/// that has something to send.
 struct Tracker {
     max_total: usize,
     max_per_address: usize,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Mutex<HashMap<IpAddr, std::collections::BTreeMap<u64, Arc<ConnCtl>>>>,
+    next_id: AtomicU64,
     stats: Arc<Stats>,
 }
 
 struct Slot {
     tracker: Arc<Tracker>,
     ip: IpAddr,
+    id: u64,
+    ctl: Arc<ConnCtl>,
 }
+
+/// Connections being closed for eviction may exceed the cap by at most this many before
+/// newcomers are refused outright.
+const EVICTION_SLACK: usize = 64;
 
 impl Tracker {
     fn admit(self: &Arc<Tracker>, ip: IpAddr) -> Option<Slot> {
         let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let open = self.stats.open.load(Ordering::Relaxed) as usize;
-        let here = map.get(&ip).copied().unwrap_or(0);
-        if open >= self.max_total || (self.max_per_address > 0 && here >= self.max_per_address) {
+        let here = map.get(&ip).map_or(0, |m| m.len());
+        if self.max_per_address > 0 && here >= self.max_per_address {
             return None;
         }
-        map.insert(ip, here + 1);
+        if open >= self.max_total {
+            if open >= self.max_total + EVICTION_SLACK || !Self::evict_one(&map) {
+                return None;
+            }
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ctl = Arc::new(ConnCtl {
+            in_flight: AtomicU64::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            close: tokio::sync::Notify::new(),
+        });
+        map.entry(ip).or_default().insert(id, ctl.clone());
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             tracker: self.clone(),
             ip,
+            id,
+            ctl,
         })
+    }
+
+    /// Closes the oldest idle connection of the address holding the most connections;
+    /// false when every connection of that address is busy (then none is closed).
+    fn evict_one(map: &HashMap<IpAddr, std::collections::BTreeMap<u64, Arc<ConnCtl>>>) -> bool {
+        let Some(heaviest) = map.values().max_by_key(|m| m.len()) else {
+            return false;
+        };
+        for ctl in heaviest.values() {
+            if ctl.in_flight.load(Ordering::Relaxed) == 0
+                && !ctl.closing.swap(true, Ordering::Relaxed)
+            {
+                ctl.close.notify_one();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -218,13 +276,29 @@ impl Drop for Slot {
             .per_address
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(m) = map.get_mut(&self.ip) {
+            m.remove(&self.id);
+            if m.is_empty() {
                 map.remove(&self.ip);
             }
         }
         self.tracker.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request in flight on a connection while it lives.
+struct Busy(Arc<ConnCtl>);
+
+impl Busy {
+    fn new(ctl: &Arc<ConnCtl>) -> Busy {
+        ctl.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(ctl.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -244,6 +318,7 @@ pub async fn serve(
         max_total: limits.max_connections.min(fd_cap).max(1),
         max_per_address: limits.max_connections_per_address,
         per_address: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
         stats: stats.clone(),
     });
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -281,20 +356,31 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let body_timeout = limits.body_timeout;
+        let ctl = slot.ctl.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let router = router.clone();
+            let busy = Busy::new(&ctl);
             async move {
                 let mut req =
                     req.map(|b| axum::body::Body::new(DeadlineBody::new(b, body_timeout)));
                 req.extensions_mut().insert(ConnectInfo(peer));
-                router.oneshot(req).await
+                let answer = router.oneshot(req).await;
+                drop(busy);
+                answer
             }
         });
         let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
         let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(peer = %peer, error = %e, "Connection ended with an error.");
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                    }
+                }
+                _ = slot.ctl.close.notified() => {
+                    debug!(peer = %peer, "Idle connection closed to make room at the cap.");
+                }
             }
             drop(slot);
         });
@@ -522,6 +608,13 @@ mod tests {
                         },
                     ),
                 )
+                .route(
+                    "/slow",
+                    get(|| async {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        ([(axum::http::header::CONNECTION, "close")], "slow done")
+                    }),
+                )
                 .route("/big", get(|| async { vec![b'x'; 64 * 1024 * 1024] }));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -688,37 +781,83 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_total_cap_holds_across_addresses() {
+    async fn at_the_total_cap_an_idle_connection_makes_room_for_a_newcomer() {
         let mut limits = short();
         limits.max_connections = 4;
         limits.max_connections_per_address = 0;
+        limits.header_read_timeout = Duration::from_secs(30);
+        limits.idle_timeout = Duration::from_secs(30);
         let s = start(limits).await;
+        // Three idle sockets from one address (the heaviest), one from another.
         let mut held = Vec::new();
-        for i in 0..4u8 {
-            held.push(connect_from([127, 0, 1, i + 1], s.addr).await);
+        for _ in 0..3 {
+            held.push(connect_from([127, 0, 1, 1], s.addr).await);
         }
+        let mut other = connect_from([127, 0, 1, 2], s.addr).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while s.stats.open.load(Ordering::Relaxed) < 4 {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut fifth = connect_from([127, 0, 2, 1], s.addr).await;
+        // A newcomer with a request is served, and the oldest idle socket of the heaviest
+        // address was closed for it.
         assert!(
-            closed_within(&mut fifth, Duration::from_secs(2))
-                .await
-                .is_empty()
-        );
-        drop(held);
-        // Slots come back when connections close.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while s.stats.open.load(Ordering::Relaxed) > 0 {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            get_from([127, 0, 2, 2], s.addr, "/healthz")
+            get_from([127, 0, 2, 1], s.addr, "/healthz")
                 .await
                 .contains("ok")
         );
+        assert_eq!(s.stats.evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.refused.load(Ordering::Relaxed), 0);
+        assert!(
+            closed_within(&mut held[0], Duration::from_secs(2))
+                .await
+                .is_empty()
+        );
+        // The lighter address kept its connection.
+        let mut probe = [0u8; 1];
+        let still_open =
+            tokio::time::timeout(Duration::from_millis(300), other.read(&mut probe)).await;
+        assert!(
+            still_open.is_err(),
+            "the other address's connection was closed"
+        );
+        assert!(s.stats.open.load(Ordering::Relaxed) <= 4);
+    }
+
+    #[tokio::test]
+    async fn at_the_total_cap_busy_connections_are_kept_and_the_newcomer_is_refused() {
+        let mut limits = short();
+        limits.max_connections = 2;
+        limits.max_connections_per_address = 0;
+        limits.idle_timeout = Duration::from_secs(30);
+        let s = start(limits).await;
+        // Two requests in flight (the answer takes 3 s).
+        let mut busy = Vec::new();
+        for i in 0..2u8 {
+            let mut c = connect_from([127, 0, 3, i + 1], s.addr).await;
+            c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            busy.push(c);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.stats.open.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut late = connect_from([127, 0, 3, 9], s.addr).await;
+        assert!(
+            closed_within(&mut late, Duration::from_secs(2))
+                .await
+                .is_empty()
+        );
+        assert_eq!(s.stats.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.evicted.load(Ordering::Relaxed), 0);
+        // The busy ones get their answers.
+        for c in &mut busy {
+            let got = closed_within(c, Duration::from_secs(10)).await;
+            assert!(String::from_utf8_lossy(&got).contains("slow done"));
+        }
     }
 }
