@@ -635,6 +635,16 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
         rec["envelope"] = serde_json::from_slice(&alter_payload(&env)).unwrap_or_default();
         serde_json::to_vec(&rec).unwrap_or_default()
     };
+    // The seq leaf l1 holds (the log also holds the hub's own entries, e.g. registrations).
+    let seq_at_l1 = {
+        let rec: serde_json::Value =
+            serde_json::from_slice(&leaf(l1)).unwrap_or_else(|e| panic!("{e}"));
+        let env: spacesync_shared::Envelope = serde_json::from_value(rec["envelope"].clone())
+            .unwrap_or_else(|e| panic!("leaf {l1}: {e}"));
+        Entry::from_payload(&env.payload)
+            .unwrap_or_else(|e| panic!("leaf {l1} is not a source entry: {e}"))
+            .seq
+    };
     let view_key = [b"v/i/".as_slice(), &l1.to_be_bytes()].concat();
     cases.extend([
         (
@@ -663,9 +673,9 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
         (
             Side::Hub,
             Damage::HubKey(
-                keys::src(&source, l1 + 1),
+                keys::src(&source, seq_at_l1),
                 None,
-                format!("index entry of seq {} removed", l1 + 1),
+                format!("index entry of seq {seq_at_l1} removed"),
             ),
             Some(format!("log leaf {l1}")),
         ),
