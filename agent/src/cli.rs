@@ -249,6 +249,8 @@ pub fn hub_key(cfg: &Config, store: &Store) -> Option<VerifyingKey> {
 
 /// Runs a subcommand.
 pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
+    // Everything this process creates (sled's files, spool reports) is private to its user.
+    spacesync_http::private_umask();
     let data = DataDir::new(cli.data);
     match cli.command {
         Command::Init(a) => init(&data, a),

@@ -41,6 +41,11 @@ use crate::log;
 use crate::registry::SourceStatus;
 use crate::views::{figures_json, region_name};
 
+/// Ingest body bytes (after decompression) the hub holds at once across all requests.
+/// Without it, a client sending many gzip bodies that expand to just under [`MAX_BODY`]
+/// and never finishing them makes the hub hold gigabytes.
+pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
+
 /// Largest accepted request body, after decompression.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -69,6 +74,9 @@ pub struct AppState {
     pub addr_limiter: Arc<RateLimiter<AddrKey>>,
     /// Requests answered 429, by whose budget ran out, for `/metrics`.
     pub throttled: Arc<Throttled>,
+    /// Bytes of ingest bodies (after decompression) held at once, hub-wide, in KiB
+    /// permits: many half-sent bodies cannot add up to more than [`BODY_BUDGET`].
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Connection caps and timeouts of [`serve`] (`[http]` in hub.toml).
     pub conn_limits: spacesync_http::Limits,
     /// Connections open, accepted and refused at the caps, for `/metrics`.
@@ -98,6 +106,7 @@ impl AppState {
                 MAX_TRACKED_ADDRESSES,
             )),
             throttled: Arc::new(Throttled::default()),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET / 1024)),
             conn_limits: spacesync_http::Limits::default(),
             conns: Arc::new(spacesync_http::Stats::default()),
         }
@@ -384,6 +393,11 @@ impl From<IngestError> for AppError {
                 Some(RefusalCode::TooLarge),
                 e.to_string(),
             ),
+            IngestError::NotConsecutive { .. } => AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(RefusalCode::Invalid),
+                e.to_string(),
+            ),
             IngestError::Store(_) | IngestError::Log(_) => AppError::internal(e),
         }
     }
@@ -527,17 +541,88 @@ fn read_batch(
     })
 }
 
+/// Reads a request body (already decompressed by the layer) up to [`MAX_BODY`], taking
+/// its size from the hub-wide [`BODY_BUDGET`] as it arrives; the permit is held until the
+/// batch is answered. When the budget is spent the request is answered 503 at once.
+async fn read_budgeted(
+    s: &AppState,
+    body: axum::body::Body,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), AppError> {
+    use http_body_util::BodyExt as _;
+    let too_much = || {
+        let mut e = AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "the hub is receiving too many batches at once; nothing was stored; retry shortly",
+        );
+        e.retry_after = Some(2);
+        e
+    };
+    let mut held = s
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(1)
+        .map_err(|_| too_much())?;
+    let mut buf = Vec::new();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            AppError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY {
+            return Err(AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(RefusalCode::TooLarge),
+                format!(
+                    "the request body is larger than {MAX_BODY} bytes (after decompression); send fewer entries per batch"
+                ),
+            ));
+        }
+        buf.extend_from_slice(&data);
+        let want = buf.len().div_ceil(1024).max(1) as u32;
+        if want > held.num_permits() as u32 {
+            let more = s
+                .body_budget
+                .clone()
+                .try_acquire_many_owned(want - held.num_permits() as u32)
+                .map_err(|_| too_much())?;
+            held.merge(more);
+        }
+    }
+    Ok((buf.into(), held))
+}
+
 async fn ingest(
     State(s): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, AppError> {
+    if !json_content_type(&headers) {
+        return Err(s.refuse(
+            &client,
+            AppError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some(RefusalCode::Invalid),
+                "an ingest batch must be sent as Content-Type: application/json",
+            ),
+        ));
+    }
+    let (body, permit) = match read_budgeted(&s, body).await {
+        Ok(x) => x,
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+        Err(e) => return Err(s.refuse(&client, e)),
+    };
     // Parsing (up to MAX_BODY of JSON) and verification run off the async runtime, so a
     // flood of large bodies cannot stall other requests such as /healthz.
     let outcome = tokio::task::spawn_blocking(move || {
-        let batch = read_batch(&headers, body).map_err(|e| s.refuse(&client, e))?;
-        ingest_blocking(&s, &client, batch)
+        let batch = read_batch(&headers, Ok(body)).map_err(|e| s.refuse(&client, e))?;
+        let out = ingest_blocking(&s, &client, batch);
+        drop(permit);
+        out
     })
     .await
     .map_err(AppError::internal)??;
@@ -1081,7 +1166,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
 }
 
 /// Raises the open-file soft limit to the hard limit (see [`spacesync_http::raise_fd_limit`]).
-pub use spacesync_http::raise_fd_limit;
+pub use spacesync_http::{private_umask, raise_fd_limit};
 
 /// Connection counters of the accept loop, as Prometheus text.
 fn connection_metrics(prefix: &str, c: &spacesync_http::Stats) -> String {

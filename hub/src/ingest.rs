@@ -18,7 +18,7 @@ use spacesync_shared::wire::{
     IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
 };
 use spacesync_shared::{Campaign, Envelope, SourceId};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::log::{Log, LogError, LogRecord};
 use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
@@ -155,6 +155,20 @@ pub enum IngestError {
         /// Limit.
         max: usize,
     },
+    /// The entries' seqs do not follow each other (an agent always sends a run of
+    /// consecutive seqs; a batch repeating one entry a thousand times is an attack on the
+    /// hub's work, refused before any signature is checked).
+    #[error(
+        "entry {index} of the batch has seq {got}, but the entry before it has seq {prev}; a batch must hold consecutive seqs of one source"
+    )]
+    NotConsecutive {
+        /// 0-based position in the batch.
+        index: usize,
+        /// The previous entry's seq.
+        prev: u64,
+        /// This entry's seq.
+        got: u64,
+    },
     /// Storage failed; nothing was acknowledged.
     #[error("the hub could not store the batch; retry later ({0})")]
     Store(#[from] StoreError),
@@ -260,7 +274,34 @@ pub struct Hub {
     pub limits: Limits,
     /// Notices raised to lagging regions, with delivery state.
     pub notices: crate::notices::NoticeBook,
+    /// Paces the log lines about refused entries.
+    refusal_log: LogThrottle,
     state: Mutex<State>,
+}
+
+/// Least time between two warnings about refused entries.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counts events and lets one log line through per [`REFUSAL_LOG_EVERY`]. Monotonic real
+/// time: it protects the log, not the campaign calendar.
+#[derive(Default)]
+struct LogThrottle(Mutex<(u64, Option<std::time::Instant>)>);
+
+impl LogThrottle {
+    /// Counts one event; the count to report now, or `None` within the quiet period.
+    fn admit(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        let now = std::time::Instant::now();
+        if g.1
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            return None;
+        }
+        let n = g.0;
+        *g = (0, Some(now));
+        Some(n)
+    }
 }
 
 fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State, IngestError> {
@@ -321,6 +362,7 @@ impl Hub {
         let notices = crate::notices::NoticeBook::load(store.as_ref())?;
         Ok(Hub {
             notices,
+            refusal_log: LogThrottle::default(),
             store,
             key,
             origin,
@@ -416,6 +458,20 @@ impl Hub {
             .iter()
             .map(|e| Entry::from_payload(&e.payload))
             .collect();
+        let mut prev: Option<u64> = None;
+        for (index, e) in decoded.iter().enumerate() {
+            let Ok(e) = e else { continue };
+            if let Some(p) = prev
+                && e.seq != p.saturating_add(1)
+            {
+                return Err(IngestError::NotConsecutive {
+                    index,
+                    prev: p,
+                    got: e.seq,
+                });
+            }
+            prev = Some(e.seq);
+        }
         // Signatures first and outside the writer lock, so one batch's verification runs
         // while another batch is being written; processing stops at the first bad one.
         let first_bad = first_bad_signature(&reg, &batch.entries, &decoded);
@@ -694,8 +750,13 @@ impl Hub {
         }
         for r in &refused {
             // The reason quotes what the batch said (field names, ids): Debug-escaped, so a
-            // newline in it cannot start a forged log line.
-            warn!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, "Refused an entry.");
+            // newline in it cannot start a forged log line. Anyone can send refusals, so
+            // they are logged at most once per REFUSAL_LOG_EVERY (with the count since the
+            // last line); every one is at debug level.
+            debug!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, "Refused an entry.");
+            if let Some(n) = self.refusal_log.admit() {
+                warn!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, refused = n, "Refused an entry (one line per 10 s; `refused` counts all since the last line).");
+            }
         }
         let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
         Ok(IngestOutcome {

@@ -204,3 +204,43 @@ fn a_hub_from_before_webhook_keys_gets_one_and_tokens_are_revoked_by_id() {
     let out = run(&dir, &["token", "revoke", "sst_not-a-real-token-at-all"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not-a-real"));
 }
+
+/// Every file and directory the hub creates, sled's own included, is private to its user,
+/// whatever umask it was started with (it sets 0077 itself).
+#[test]
+fn every_file_the_hub_creates_is_private() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("hub");
+    // Started from a permissive shell.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022 && {BIN} --data {d} init && {BIN} --data {d} token create --role admin",
+            d = dir.display()
+        ))
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut open = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(p) = stack.pop() {
+        let m = mode(&p);
+        if m & 0o077 != 0 {
+            open.push(format!("{} {m:o}", p.display()));
+        }
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+    assert!(open.is_empty(), "open to group or others: {open:?}");
+    assert!(
+        dir.join("db").join("conf").exists(),
+        "sled created its files"
+    );
+}

@@ -489,7 +489,7 @@ fn a_refusal_quoting_an_attackers_key_cannot_forge_a_log_line() {
         out.response.refused[0].reason
     );
     let log = String::from_utf8_lossy(&buf.0.lock().expect("log")).into_owned();
-    assert!(log.contains("Refused an entry."), "{log}");
+    assert!(log.contains("Refused an entry"), "{log}");
     for line in log.lines() {
         assert!(
             !line.trim_start().starts_with(forged),
@@ -498,4 +498,89 @@ fn a_refusal_quoting_an_attackers_key_cannot_forge_a_log_line() {
     }
     assert_eq!(log.lines().count(), 1, "one refusal, one line:\n{log}");
     assert_eq!(th.source_leaves(), 0);
+}
+
+/// A captured genuine entry repeated a thousand times in one batch is refused before any
+/// signature is checked, and nothing changes.
+#[tokio::test]
+async fn a_batch_repeating_one_entry_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let hub = TestHub::open(dir.path());
+    let mut agent = Agent::new("gd-rrt", 31, "440000");
+    hub.register(&agent);
+    let first = agent.batch(&[teachers("440106", "4401060001", "2018-11-20", 5)]);
+    hub.ingest_ok(&first).await;
+    let size = hub.log_size();
+    let repeated = spacesync_shared::wire::IngestBatch {
+        source: first.source.clone(),
+        entries: vec![first.entries[0].clone(); 1000],
+    };
+    let r = hub.ingest(&repeated).await;
+    assert_eq!(
+        r.status,
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("consecutive seqs"), "{}", r.text());
+    assert_eq!(hub.log_size(), size);
+    // A gap inside a batch is refused the same way.
+    let a = agent.sign_next(&teachers("440106", "4401060002", "2018-11-20", 6));
+    let _skipped = agent.sign_next(&teachers("440106", "4401060003", "2018-11-20", 7));
+    let c = agent.sign_next(&teachers("440106", "4401060004", "2018-11-20", 8));
+    let gappy = spacesync_shared::wire::IngestBatch {
+        source: first.source.clone(),
+        entries: vec![a, c],
+    };
+    let r = hub.ingest(&gappy).await;
+    assert_eq!(
+        r.status,
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        r.text()
+    );
+    assert_eq!(hub.log_size(), size);
+}
+
+/// Half-sent ingest bodies cannot add up past the hub-wide body budget: while one client
+/// holds most of it, another body is answered 503 with Retry-After at once; when the
+/// first client goes, the budget comes back.
+#[tokio::test]
+async fn unfinished_bodies_cannot_hold_more_than_the_body_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut state = AppState::new(th.hub.clone(), 1e9, 1e9).with_address_limit(1e9, 1e9);
+    // A 64 KiB budget instead of 256 MiB, so the test stays small.
+    state.body_budget = Arc::new(tokio::sync::Semaphore::new(64));
+    let server = tokio::spawn(hubhttp::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    // The holder: a body announced as 1 MB, of which 48 KiB are sent, then nothing.
+    let mut holder = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    holder
+        .write_all(
+            b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    holder.write_all(&[b' '; 48 * 1024]).await.expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let post = "POST /v1/ingest HTTP/1.1\r\nContent-Type: application/json";
+    let body = vec![b' '; 32 * 1024];
+    let (status, text) = raw(addr, "127.0.0.3", post, &body).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("too many batches at once"), "{text}");
+    drop(holder);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The budget is back: the same body is now read and judged (it is not a batch).
+    let (status, text) = raw(addr, "127.0.0.3", post, &body).await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(th.log_size(), 0);
+    let _ = stop.send(());
+    let _ = server.await;
 }

@@ -624,7 +624,7 @@ async fn attacker_keys_and_spool_names_cannot_forge_log_lines() {
     assert_eq!(hub_state(&http, &url, &admin).await, before);
     let log = hub.log();
     assert!(
-        log.contains("Refused an entry."),
+        log.contains("Refused an entry"),
         "the refusals are logged:\n{log}"
     );
     assert!(

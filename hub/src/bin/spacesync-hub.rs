@@ -229,6 +229,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn main() -> Result<()> {
+    // Everything this process creates (sled's own files included) is private to its user.
+    http::private_umask();
     let cli = Cli::parse();
     let dir = DataDir(cli.data.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

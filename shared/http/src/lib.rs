@@ -183,6 +183,13 @@ pub fn raise_fd_limit() -> Option<u64> {
     lim.current
 }
 
+/// Sets the file-creation mask to 0077, so every file a server creates (its stores'
+/// files included, which it does not create itself) is private to its user whatever the
+/// shell or unit that started it set. Returns the mask it replaces.
+pub fn private_umask() -> u32 {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077)).as_raw_mode()
+}
+
 fn fd_soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
