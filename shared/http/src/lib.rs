@@ -194,6 +194,21 @@ fn fd_soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// The address a connection is counted under: IPv4 as is, IPv6 by its /64 (one host or
+/// site usually holds a whole /64, so counting single IPv6 addresses would not cap it).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// One open connection, as the tracker sees it.
 struct ConnCtl {
     /// Requests being answered on it now; 0 means it waits for a request head.
@@ -353,7 +368,7 @@ pub async fn serve(
                 }
             }
         };
-        let Some(slot) = tracker.admit(peer.ip()) else {
+        let Some(slot) = tracker.admit(address_key(peer.ip())) else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             debug!(peer = %peer, "Connection over the cap; closed.");
             drop(stream);
@@ -685,6 +700,26 @@ mod tests {
             body_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let m: IpAddr = "::ffff:10.1.2.3".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            address_key(m),
+            "10.1.2.3"
+                .parse::<IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 
     #[tokio::test]
