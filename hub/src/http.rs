@@ -393,7 +393,7 @@ impl From<IngestError> for AppError {
                 Some(RefusalCode::TooLarge),
                 e.to_string(),
             ),
-            IngestError::NotConsecutive { .. } => AppError::new(
+            IngestError::RepeatedSeq { .. } => AppError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Some(RefusalCode::Invalid),
                 e.to_string(),

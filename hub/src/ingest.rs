@@ -155,19 +155,17 @@ pub enum IngestError {
         /// Limit.
         max: usize,
     },
-    /// The entries' seqs do not follow each other (an agent always sends a run of
-    /// consecutive seqs; a batch repeating one entry a thousand times is an attack on the
-    /// hub's work, refused before any signature is checked).
+    /// A seq appears twice in one batch (an agent never sends that; a batch repeating one
+    /// captured entry a thousand times is an attack on the hub's work, refused before any
+    /// signature is checked).
     #[error(
-        "entry {index} of the batch has seq {got}, but the entry before it has seq {prev}; a batch must hold consecutive seqs of one source"
+        "entry {index} of the batch repeats seq {seq}; a batch holds each seq of its source once"
     )]
-    NotConsecutive {
+    RepeatedSeq {
         /// 0-based position in the batch.
         index: usize,
-        /// The previous entry's seq.
-        prev: u64,
-        /// This entry's seq.
-        got: u64,
+        /// The repeated seq.
+        seq: u64,
     },
     /// Storage failed; nothing was acknowledged.
     #[error("the hub could not store the batch; retry later ({0})")]
@@ -458,19 +456,14 @@ impl Hub {
             .iter()
             .map(|e| Entry::from_payload(&e.payload))
             .collect();
-        let mut prev: Option<u64> = None;
+        let mut seen = std::collections::HashSet::with_capacity(decoded.len());
         for (index, e) in decoded.iter().enumerate() {
+            // Unreadable entries and entries of another source are refused later, each
+            // with its own reason; gaps and order are judged under the lock (409).
             let Ok(e) = e else { continue };
-            if let Some(p) = prev
-                && e.seq != p.saturating_add(1)
-            {
-                return Err(IngestError::NotConsecutive {
-                    index,
-                    prev: p,
-                    got: e.seq,
-                });
+            if e.source == source && !seen.insert(e.seq) {
+                return Err(IngestError::RepeatedSeq { index, seq: e.seq });
             }
-            prev = Some(e.seq);
         }
         // Signatures first and outside the writer lock, so one batch's verification runs
         // while another batch is being written; processing stops at the first bad one.

@@ -522,20 +522,25 @@ async fn a_batch_repeating_one_entry_is_refused_whole() {
         "{}",
         r.text()
     );
-    assert!(r.text().contains("consecutive seqs"), "{}", r.text());
+    assert!(r.text().contains("repeats seq 1"), "{}", r.text());
     assert_eq!(hub.log_size(), size);
-    // A gap inside a batch is refused the same way.
-    let a = agent.sign_next(&teachers("440106", "4401060002", "2018-11-20", 6));
-    let _skipped = agent.sign_next(&teachers("440106", "4401060003", "2018-11-20", 7));
-    let c = agent.sign_next(&teachers("440106", "4401060004", "2018-11-20", 8));
-    let gappy = spacesync_shared::wire::IngestBatch {
-        source: first.source.clone(),
-        entries: vec![a, c],
-    };
-    let r = hub.ingest(&gappy).await;
+    // Interleaved repeats too: [2, 3, 2, 3] names the first repeat.
+    let two = agent.sign_next(&teachers("440106", "4401060002", "2018-11-20", 6));
+    let three = agent.sign_next(&teachers("440106", "4401060003", "2018-11-20", 7));
+    let r = hub
+        .ingest(&spacesync_shared::wire::IngestBatch {
+            source: first.source.clone(),
+            entries: vec![two.clone(), three.clone(), two, three],
+        })
+        .await;
     assert_eq!(
         r.status,
         axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("entry 2 of the batch repeats seq 2"),
         "{}",
         r.text()
     );
