@@ -260,6 +260,10 @@ pub struct NonceCache {
     window: Duration,
     /// When expired nonces were last removed from the store.
     pruned_at: Mutex<Option<DateTime<Utc>>>,
+    /// The latest hub-clock instant a signed request was accepted at (also stored):
+    /// nonces expire against it, so a request signed more than a window before it is
+    /// refused even after the clock went back (`serve --now` earlier, NTP stepping back).
+    high_water: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for NonceCache {
@@ -278,6 +282,7 @@ impl NonceCache {
             seen: Mutex::new(HashMap::new()),
             window,
             pruned_at: Mutex::new(None),
+            high_water: Mutex::new(None),
         }
     }
 
@@ -297,6 +302,19 @@ impl NonceCache {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let expires = ts.max(now) + self.window;
+        let high_water = {
+            let mut hw = self.high_water.lock().unwrap_or_else(|p| p.into_inner());
+            if hw.is_none() {
+                *hw = store
+                    .get(keys::NONCE_HIGH_WATER)?
+                    .and_then(|v| decode_instant(&v));
+            }
+            *hw
+        };
+        if high_water.is_some_and(|hw| ts + self.window < hw) {
+            // Older than anything the stored nonces still vouch for.
+            return Ok(false);
+        }
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() > MAX_NONCES_IN_MEMORY {
@@ -317,9 +335,17 @@ impl NonceCache {
         }
         let mut b = WriteBatch::new();
         b.put(key, expires.timestamp_millis().to_be_bytes().to_vec());
-        self.prune(store, now, &mut b)?;
+        let hw = high_water.map_or(now, |h| h.max(now));
+        b.put(
+            keys::NONCE_HIGH_WATER.to_vec(),
+            hw.timestamp_millis().to_be_bytes().to_vec(),
+        );
+        // Expiry is judged against the high-water mark: a clock gone back prunes nothing
+        // that could still be replayed.
+        self.prune(store, hw, &mut b)?;
         store.apply(b)?;
         store.flush()?;
+        *self.high_water.lock().unwrap_or_else(|p| p.into_inner()) = Some(hw);
         Ok(true)
     }
 
@@ -440,5 +466,26 @@ mod tests {
         assert!(other.check_and_insert(&store, "b", later, later).unwrap());
         let left: Vec<_> = store.scan(keys::NONCE).collect();
         assert_eq!(left.len(), 1, "the expired nonce was pruned");
+    }
+
+    #[test]
+    fn a_pruned_nonce_does_not_replay_after_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Utc::now();
+        let later = t + REQUEST_WINDOW * 2;
+        {
+            let store = crate::store::SledStore::open(dir.path()).unwrap();
+            let c = NonceCache::default();
+            assert!(c.check_and_insert(&store, "a", t, t).unwrap());
+            // The clock moves on; "a" is pruned by the next insertion.
+            assert!(c.check_and_insert(&store, "b", later, later).unwrap());
+        }
+        // Restarted with the clock back at t (an earlier `--now`, NTP stepping back): the
+        // captured request signed at t is refused though its nonce is gone.
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let fresh = NonceCache::default();
+        assert!(!fresh.check_and_insert(&store, "a", t, t).unwrap());
+        // A request signed now (within a window of the high-water mark) still passes.
+        assert!(fresh.check_and_insert(&store, "c", later, t).unwrap());
     }
 }

@@ -203,6 +203,10 @@ pub mod keys {
     pub const CHECKPOINT: &[u8] = b"meta/checkpoint";
     /// `meta/hubseq` → seq of the hub's own last entry.
     pub const HUB_SEQ: &[u8] = b"meta/hubseq";
+    /// The latest hub-clock instant at which a signed request was accepted: requests
+    /// signed more than a window before it are refused even if the clock has gone back
+    /// (their nonces may have been pruned).
+    pub const NONCE_HIGH_WATER: &[u8] = b"meta/nonce-hw";
     /// `src/<source>\0<seq>` → log index (8 bytes) ‖ entry hash (32 bytes).
     pub const SRC: &[u8] = b"src/";
     /// `reg/<source>` → the source's registry record (JSON).
