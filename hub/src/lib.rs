@@ -17,6 +17,7 @@
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
 //! - [`config`]: the data directory and hub.toml.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
+//! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
 pub mod auth;
 pub mod bulletin;
@@ -33,3 +34,4 @@ pub mod schedule;
 pub mod store;
 pub mod tracking;
 pub mod views;
+pub mod wording;
