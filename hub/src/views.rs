@@ -103,7 +103,7 @@ pub struct Item {
 }
 
 /// A flagged figure.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "flag", rename_all = "snake_case")]
 pub enum Flag {
     /// A later snapshot reports fewer spaces than an earlier one.
@@ -111,7 +111,7 @@ pub enum Flag {
         /// Region of the subject.
         region: RegionCode,
         /// School, if the subject is a school.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         school: Option<SchoolCode>,
         /// Space kind.
         kind: SpaceKind,
@@ -127,7 +127,7 @@ pub enum Flag {
         /// Region of the subject.
         region: RegionCode,
         /// School, if any.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         school: Option<SchoolCode>,
         /// The date.
         as_of: NaiveDate,
@@ -217,7 +217,7 @@ impl Figures {
 }
 
 /// Coverage ratios in 0‥1 (can exceed 1 when platforms over-report).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Coverage {
     /// Teachers with a personal space / teachers.
     pub teachers: Option<f64>,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::NaiveDate;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::campaign::{NomineeType, QuotaViolation};
@@ -139,17 +139,33 @@ impl Serialize for SpaceCounts {
     }
 }
 
+/// Reads what [`Serialize`] writes (a map of kind to count), for documents the hub issued
+/// (bulletins); an unknown kind is an error.
+impl<'de> Deserialize<'de> for SpaceCounts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, u64>::deserialize(d)?;
+        let mut out = SpaceCounts::default();
+        for (k, v) in map {
+            let kind = SpaceKind::parse(&k).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown space kind {k:?}"))
+            })?;
+            out.set(kind, Some(v));
+        }
+        Ok(out)
+    }
+}
+
 /// Denominators for coverage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Population {
     /// Teachers in the region or school.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teachers: Option<u64>,
     /// Students in the region or school.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub students: Option<u64>,
     /// Schools in the region (1 for a school).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schools: Option<u64>,
 }
 
