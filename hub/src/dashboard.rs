@@ -63,9 +63,9 @@ use spacesync_shared::{RegionCode, SourceId};
 use tracing::error;
 
 use crate::auth::{Role, lookup_token, lookup_token_hash, token_hash};
-use crate::http::AppState;
 use crate::registry::SourceStatus;
 use crate::render::{Lang, count, date};
+use crate::state::AppState;
 use crate::views::{Figures, Flag, Rollup, region_name};
 
 /// How long a session lasts, in real time (not the campaign clock: it protects people's

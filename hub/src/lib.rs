@@ -12,6 +12,7 @@
 //! - [`render`]: bulletins as HTML, Markdown and CSV, in Chinese or English.
 //! - [`notices`]: notices to lagging regions from rules, deduplicated, delivered and tracked.
 //! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
+//! - [`state`]: the state every request handler shares: the hub, budgets, connection counts.
 //! - [`http`]: the HTTP API (the only module that knows the wire JSON).
 //! - [`dashboard`]: the ministry dashboard — server-rendered HTML pages with cookie sessions.
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
@@ -31,6 +32,7 @@ pub mod notices;
 pub mod registry;
 pub mod render;
 pub mod schedule;
+pub mod state;
 pub mod store;
 pub mod tracking;
 pub mod views;
