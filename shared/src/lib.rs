@@ -10,7 +10,9 @@
 //! - [`campaign`]: the campaign TOML file and the quota ledger.
 //! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
 //! - [`sig`]: the one Ed25519 validity rule (single and batch paths agree).
-//! - [`entry`]: signed, hash-chained entries and chain verification.
+//! - [`entry`]: signed, hash-chained entries and batch signature verification.
+//! - [`chain`]: the one chain verifier (seq continuity, `prev`, gaps, forks, resends, the
+//!   key in force at each seq, scope), used by hub ingest, both `verify` commands and tests.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
@@ -19,6 +21,7 @@
 
 pub mod batch;
 pub mod campaign;
+pub mod chain;
 pub mod clock;
 pub mod dsse;
 pub mod entry;

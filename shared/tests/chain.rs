@@ -4,13 +4,16 @@
 //!   `Envelope::verify` and `Entry::open` fail (property test over random entries);
 //! - a chain of 1,000 entries verifies, and every way of damaging it (an entry removed,
 //!   two reordered, a second entry for a seq, an entry changed with or without re-signing,
-//!   an entry out of scope …) is named with the exact `ChainError` at the right seq.
+//!   an entry out of scope …) is named with the exact `ChainError` at the right seq;
+//! - random sequences of appends, gaps, resends, forks, reorderings, bad links and wrong
+//!   keys get the same verdict from the verifier, used either way, as from a model.
 
 mod common;
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
+use spacesync_shared::chain::{Admitted, History, KeySchedule};
 use spacesync_shared::dsse::{Digest, DsseError, Envelope, key_id};
 use spacesync_shared::entry::{
     ChainError, ChainVerifier, ENTRY_PAYLOAD_TYPE, Entry, EntryError, SourceId, verify_signatures,
@@ -620,5 +623,267 @@ fn batch_verification_finds_the_first_bad_signature() {
     for (what, envs, expected) in cases {
         let refs: Vec<&Envelope> = envs.iter().collect();
         assert_eq!(verify_signatures(&refs, &key), expected, "{what}");
+    }
+}
+
+// ---- the verifier against a model -------------------------------------------------------
+
+/// What a sender does next, relative to the chain the receiver holds.
+#[derive(Debug, Clone)]
+enum Action {
+    /// Sends the next entry of the honest chain.
+    Append,
+    /// Skips `1..=3` entries ahead.
+    Gap(u64),
+    /// Resends an entry already held (index into what is held).
+    Repeat(prop::sample::Index),
+    /// Sends other, validly signed content for a seq already held.
+    Fork(prop::sample::Index),
+    /// Sends the entry after the next one, then the next one.
+    Reorder,
+    /// Sends the next seq with a `prev` that does not name the head.
+    BadPrev,
+    /// Sends the next entry signed by the key not in force at its seq.
+    WrongKey,
+    /// Sends the next entry with a flipped signature bit.
+    Tampered,
+}
+
+fn any_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => Just(Action::Append),
+        1 => (1..=3u64).prop_map(Action::Gap),
+        1 => any::<prop::sample::Index>().prop_map(Action::Repeat),
+        1 => any::<prop::sample::Index>().prop_map(Action::Fork),
+        1 => Just(Action::Reorder),
+        1 => Just(Action::BadPrev),
+        1 => Just(Action::WrongKey),
+        1 => Just(Action::Tampered),
+    ]
+}
+
+/// The honest chain of the model test: 80 entries, key 1 for seqs 1‥20, key 2 from 21 on.
+const MODEL_N: u64 = 80;
+const MODEL_ROTATION: u64 = 21;
+
+fn model_key(seq: u64) -> ed25519_dalek::SigningKey {
+    if seq < MODEL_ROTATION {
+        common::key()
+    } else {
+        common::other_key()
+    }
+}
+
+fn model_keys() -> KeySchedule {
+    KeySchedule::single(common::key().verifying_key())
+        .with(MODEL_ROTATION, Some(common::other_key().verifying_key()))
+}
+
+fn honest() -> &'static (Vec<Entry>, Vec<Envelope>) {
+    static H: OnceLock<(Vec<Entry>, Vec<Envelope>)> = OnceLock::new();
+    H.get_or_init(|| {
+        let (mut entries, mut envs) = (Vec::new(), Vec::new());
+        let mut prev = Digest::ZERO;
+        for seq in 1..=MODEL_N {
+            let e = common::entry(
+                seq,
+                prev,
+                common::instant("2018-11-20T01:00:00Z"),
+                common::chain_record(seq),
+            );
+            let env = e.sign(&model_key(seq));
+            prev = env.payload_hash();
+            entries.push(e);
+            envs.push(env);
+        }
+        (entries, envs)
+    })
+}
+
+/// One envelope sent, as the model sees it.
+struct Sent {
+    env: Envelope,
+    seq: u64,
+    /// The honest chain's entry for `seq`, byte for byte.
+    honest: bool,
+    /// Its `prev`.
+    prev: Digest,
+    /// Signed by the key in force at `seq`, intact.
+    signed: bool,
+}
+
+/// The model: what the receiver holds is a prefix of the honest chain, `held` entries long.
+fn model_verdict(held: u64, sent: &Sent) -> Result<u64, ChainError> {
+    let (_, envs) = honest();
+    let next = held + 1;
+    let head = if held == 0 {
+        Digest::ZERO
+    } else {
+        envs[held as usize - 1].payload_hash()
+    };
+    if !sent.signed {
+        let expected = model_key(sent.seq).verifying_key();
+        let keyid = key_id(&expected);
+        let error = if sent.env.signatures[0].keyid == keyid {
+            DsseError::BadSignature { keyid }
+        } else {
+            DsseError::UnknownKey { keyid }
+        };
+        return Err(ChainError::BadSignature {
+            seq: sent.seq,
+            error,
+        });
+    }
+    if sent.seq < next {
+        return Err(if sent.honest {
+            ChainError::Duplicate { seq: sent.seq }
+        } else {
+            ChainError::Fork { seq: sent.seq }
+        });
+    }
+    if sent.seq > next {
+        return Err(ChainError::Gap {
+            expected: next,
+            got: sent.seq,
+        });
+    }
+    if sent.prev != head {
+        return Err(ChainError::BadPrev {
+            seq: sent.seq,
+            expected: head,
+            got: sent.prev,
+        });
+    }
+    Ok(sent.seq)
+}
+
+/// The envelopes an action sends when `held` entries are held (none past the honest chain).
+fn sends(action: &Action, held: u64) -> Vec<Sent> {
+    let (entries, envs) = honest();
+    let next = held + 1;
+    let at = |seq: u64| Sent {
+        env: envs[seq as usize - 1].clone(),
+        seq,
+        honest: true,
+        prev: entries[seq as usize - 1].prev,
+        signed: true,
+    };
+    let changed = |seq: u64, change: &dyn Fn(&mut Entry), key: &ed25519_dalek::SigningKey| {
+        let mut e = entries[seq as usize - 1].clone();
+        change(&mut e);
+        Sent {
+            env: e.sign(key),
+            seq,
+            honest: false,
+            prev: e.prev,
+            signed: key.verifying_key() == model_key(seq).verifying_key(),
+        }
+    };
+    let room = |n: u64| next + n <= MODEL_N;
+    match action {
+        Action::Append if room(0) => vec![at(next)],
+        Action::Gap(k) if room(*k) => vec![at(next + k)],
+        Action::Repeat(i) if held > 0 => vec![at(i.index(held as usize) as u64 + 1)],
+        Action::Fork(i) if held > 0 => {
+            let seq = i.index(held as usize) as u64 + 1;
+            vec![changed(
+                seq,
+                &|e| e.record = common::chain_record(seq + 1_000),
+                &model_key(seq),
+            )]
+        }
+        Action::Reorder if room(1) => vec![at(next + 1), at(next)],
+        Action::BadPrev if room(0) => vec![changed(
+            next,
+            &|e| e.prev = Digest::of(b"not the head"),
+            &model_key(next),
+        )],
+        Action::WrongKey if room(0) => {
+            let wrong = if next < MODEL_ROTATION {
+                common::other_key()
+            } else {
+                common::key()
+            };
+            vec![changed(next, &|_| {}, &wrong)]
+        }
+        Action::Tampered if room(0) => {
+            let mut s = at(next);
+            s.env.signatures[0].sig[7] ^= 0x10;
+            s.signed = false;
+            vec![s]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The honest hashes held, as the hub's source index holds them.
+struct Index(u64);
+
+impl History for Index {
+    type Error = std::convert::Infallible;
+    fn hash_at(&mut self, seq: u64) -> Result<Option<Digest>, Self::Error> {
+        Ok((seq <= self.0).then(|| honest().1[seq as usize - 1].payload_hash()))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random sequences of appends, gaps, resends, forks, reorderings, bad links and wrong
+    /// keys get the model's verdict from one long-running verifier (`push`, as the agent and
+    /// the fake hub use it) and from a verifier resumed for every envelope with the held
+    /// hashes as its history (`admit`, as hub ingest uses it, a resend admitted instead of
+    /// refused as a duplicate).
+    #[test]
+    fn the_verifier_agrees_with_the_model(actions in prop::collection::vec(any_action(), 1..60)) {
+        let (_, envs) = honest();
+        let mut long = ChainVerifier::with_keys(
+            common::source(),
+            model_keys(),
+            common::region("440000"),
+            Some("2018".into()),
+        );
+        let mut held = 0u64;
+        for action in &actions {
+            for sent in sends(action, held) {
+                let want = model_verdict(held, &sent);
+                let got = long.push(&sent.env).map(|e| e.seq);
+                prop_assert_eq!(&got, &want, "{:?} with {} held", action, held);
+
+                let head = if held == 0 { Digest::ZERO } else { envs[held as usize - 1].payload_hash() };
+                let mut resumed = ChainVerifier::with_keys(
+                    common::source(),
+                    model_keys(),
+                    common::region("440000"),
+                    Some("2018".into()),
+                )
+                .resume(held, head);
+                let batch = model_keys().open_batch(std::slice::from_ref(&sent.env));
+                let Some(opened) = batch.into_iter().next() else {
+                    return Err(TestCaseError::fail("open_batch returned nothing"));
+                };
+                let Ok(verdict) = resumed.admit(&sent.env, opened, &mut Index(held));
+                let got = match verdict {
+                    Ok(Admitted::Next(e)) => Ok(e.seq),
+                    Ok(Admitted::Resent(e)) => Err(ChainError::Duplicate { seq: e.seq }),
+                    Err(e) => Err(e),
+                };
+                prop_assert_eq!(&got, &want, "admit: {:?} with {} held", action, held);
+
+                if want.is_ok() {
+                    held += 1;
+                }
+                prop_assert_eq!(long.next_seq(), held + 1);
+                prop_assert_eq!(long.head(), head_of(held));
+            }
+        }
+    }
+}
+
+fn head_of(held: u64) -> Digest {
+    if held == 0 {
+        Digest::ZERO
+    } else {
+        honest().1[held as usize - 1].payload_hash()
     }
 }
