@@ -31,7 +31,8 @@ use spacesync_shared::{RegionCode, SourceId};
 use tower_http::decompression::RequestDecompressionLayer;
 use tracing::error;
 
-use crate::auth::{Role, lookup_token};
+use crate::access::{Admin, Denied, Reader, RegionReader};
+use crate::auth::Role;
 use crate::ingest::IngestError;
 use crate::log;
 use crate::registry::SourceStatus;
@@ -215,6 +216,32 @@ impl From<IngestError> for AppError {
             ),
             IngestError::Store(_) | IngestError::Log(_) => AppError::internal(e),
         }
+    }
+}
+
+/// Access refusals of [`crate::access`]'s extractors, in the one error shape.
+impl From<Denied> for AppError {
+    fn from(d: Denied) -> AppError {
+        match &d {
+            Denied::NoToken | Denied::UnknownToken => AppError::unauthorized(d.to_string()),
+            Denied::AdminOnly { path, .. } => {
+                let hint = if path == "/metrics" {
+                    "; or scrape the hub's metrics_listen address (hub.toml)"
+                } else {
+                    ""
+                };
+                AppError::forbidden(format!("{d}{hint}"))
+            }
+            Denied::BadRegion(_) => AppError::bad_request(d.to_string()),
+            Denied::Region { .. } => AppError::forbidden(d.to_string()),
+            Denied::Unavailable(_) => AppError::internal(d),
+        }
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        AppError::from(self).into_response()
     }
 }
 
@@ -761,21 +788,10 @@ async fn agent_notices_ack(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The role of a bearer token.
-pub fn bearer_role(s: &AppState, headers: &HeaderMap) -> Result<Role, AppError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| AppError::unauthorized("send Authorization: Bearer <token> (create one with `spacesync-hub token create --role …`)"))?;
-    let rec = lookup_token(s.hub.store.as_ref(), token)
-        .map_err(AppError::internal)?
-        .ok_or_else(|| AppError::unauthorized("unknown token"))?;
-    Ok(rec.role)
-}
-
-async fn progress(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
-    let role = bearer_role(&s, &headers)?;
+async fn progress(
+    State(s): State<AppState>,
+    Reader(role): Reader,
+) -> Result<Json<Value>, AppError> {
     let hub = &s.hub;
     let st = hub.state();
     let rollup = st.views.rollup(&hub.campaign);
@@ -816,17 +832,8 @@ async fn progress(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<
 
 async fn region(
     State(s): State<AppState>,
-    Path(code): Path<String>,
-    headers: HeaderMap,
+    RegionReader { code, .. }: RegionReader,
 ) -> Result<Json<Value>, AppError> {
-    let role = bearer_role(&s, &headers)?;
-    let code =
-        RegionCode::parse(&code).map_err(|e| AppError::bad_request(format!("region code: {e}")))?;
-    if !role.can_read(code) {
-        return Err(AppError::forbidden(format!(
-            "the role {role} cannot read region {code}"
-        )));
-    }
     let hub = &s.hub;
     let st = hub.state();
     let rollup = st.views.rollup(&hub.campaign);
@@ -863,8 +870,7 @@ async fn region(
     Ok(Json(v))
 }
 
-async fn sources(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
-    let role = bearer_role(&s, &headers)?;
+async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json<Value>, AppError> {
     let hub = &s.hub;
     let st = hub.state();
     let now = hub.clock.now();
@@ -893,14 +899,12 @@ async fn sources(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<V
 
 async fn notices_list(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Reader(role): Reader,
 ) -> Result<Json<Value>, AppError> {
-    let role = bearer_role(&s, &headers)?;
     Ok(Json(json!({ "notices": s.hub.notices.list(role) })))
 }
 
-async fn bulletins(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
-    bearer_role(&s, &headers)?;
+async fn bulletins(State(s): State<AppState>, _: Reader) -> Result<Json<Value>, AppError> {
     let list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
     Ok(Json(json!({ "bulletins": list })))
 }
@@ -914,10 +918,9 @@ async fn bulletin_file(
     State(s): State<AppState>,
     Path(file): Path<String>,
     Query(q): Query<LangQuery>,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
     // Bulletins are published to every reader: any valid token may read them.
-    let role = bearer_role(&s, &headers)?;
+    Reader(role): Reader,
+) -> Result<Response, AppError> {
     let (n, ext) = file
         .rsplit_once('.')
         .ok_or_else(|| AppError::not_found("ask for /v1/bulletins/<n>.json, .html, .md or .csv"))?;
@@ -970,14 +973,8 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, AppError> {
 
 /// `/metrics` on the main listener: admin tokens only (it names every source and its
 /// head). Without a token, scrape the separate `metrics_listen` address instead.
-async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let role = bearer_role(&s, &headers)?;
-    if role != Role::Admin {
-        return Err(AppError::forbidden(format!(
-            "/metrics is for admin tokens (this one is {role}); or scrape the hub's metrics_listen address (hub.toml)"
-        )));
-    }
-    Ok(metrics_text(&s))
+async fn metrics(State(s): State<AppState>, _: Admin) -> Response {
+    metrics_text(&s)
 }
 
 /// Raises the open-file soft limit to the hard limit (see [`spacesync_http::raise_fd_limit`]).

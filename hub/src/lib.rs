@@ -13,6 +13,7 @@
 //! - [`notices`]: notices to lagging regions from rules, deduplicated, delivered and tracked.
 //! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
 //! - [`state`]: the state every request handler shares: the hub, budgets, connection counts.
+//! - [`access`]: who is asking and may they — the extractors of the API and the dashboard.
 //! - [`http`]: the HTTP API (the only module that knows the wire JSON).
 //! - [`dashboard`]: the ministry dashboard — server-rendered HTML pages with cookie sessions.
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
@@ -20,6 +21,7 @@
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
+pub mod access;
 pub mod auth;
 pub mod bulletin;
 pub mod config;

@@ -87,7 +87,8 @@ fn flag_regions(progress: &Value) -> Vec<String> {
     codes(&progress["flags"], "region")
 }
 
-async fn check(fx: &Fixture, who: Who, path: &str, want: Want) {
+/// `GET path` as `who`.
+async fn request(fx: &Fixture, who: Who, path: &str) -> Reply {
     let mut b = Request::get(path);
     b = match who {
         Who::Nobody => b,
@@ -97,7 +98,11 @@ async fn check(fx: &Fixture, who: Who, path: &str, want: Want) {
         Who::Ministry => b.header(header::AUTHORIZATION, format!("Bearer {}", fx.ministry)),
         Who::Admin => b.header(header::AUTHORIZATION, format!("Bearer {}", fx.th.admin)),
     };
-    let r = fx.th.send(b.body(Body::empty()).expect("request")).await;
+    fx.th.send(b.body(Body::empty()).expect("request")).await
+}
+
+async fn check(fx: &Fixture, who: Who, path: &str, want: Want) {
+    let r = request(fx, who, path).await;
     match want {
         Want::Status(s) => {
             assert_eq!(r.status, s, "{who:?} GET {path}: {}", r.text());
@@ -292,4 +297,59 @@ async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source() {
         let err = r.json()["error"].as_str().unwrap_or_default().to_string();
         assert!(err.contains(reason), "{name}: {err:?} lacks {reason:?}");
     }
+}
+
+/// The refusals of the access extractors, exactly as the handlers gave them before: the
+/// status, the reason, the refusal code (only for a malformed code), and the order of the checks (the token before the
+/// region code, the code before the role).
+#[tokio::test]
+async fn refusals_keep_their_status_reason_and_order() {
+    let fx = fixture().await;
+    use Who::*;
+    const NO_TOKEN: &str = "send Authorization: Bearer <token> (create one with `spacesync-hub token create --role …`)";
+    let cases: &[(Who, &str, u16, &str)] = &[
+        (Nobody, "/v1/progress", 401, NO_TOKEN),
+        (BasicAuth, "/v1/sources", 401, NO_TOKEN),
+        (Nobody, "/v1/bulletins/1.json", 401, NO_TOKEN),
+        (Bogus, "/v1/notices", 401, "unknown token"),
+        (Bogus, "/v1/bulletins", 401, "unknown token"),
+        (Bogus, "/v1/regions/44", 401, "unknown token"),
+        (Nobody, "/metrics", 401, NO_TOKEN),
+        (
+            Ministry,
+            "/v1/regions/44",
+            400,
+            "region code: must be a 6-digit GB/T 2260 code, got \"44\"",
+        ),
+        (
+            Guangdong,
+            "/v1/regions/110105",
+            403,
+            "the role province:440000 cannot read region 110105",
+        ),
+        (
+            Ministry,
+            "/metrics",
+            403,
+            "/metrics is for admin tokens (this one is ministry); or scrape the hub's metrics_listen address (hub.toml)",
+        ),
+    ];
+    for (who, path, status, reason) in cases {
+        let r = request(&fx, *who, path).await;
+        assert_eq!(r.status, *status, "{who:?} GET {path}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["error"], *reason, "{who:?} GET {path}");
+        // Only a malformed request carries a refusal code (as every 400 of the API does).
+        let code = (*status == 400).then_some("invalid");
+        assert_eq!(body["code"].as_str(), code, "{who:?} GET {path}: {body}");
+        assert_eq!(
+            r.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{who:?} GET {path}"
+        );
+    }
+    let r = request(&fx, Admin, "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
