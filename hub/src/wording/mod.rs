@@ -2,6 +2,8 @@
 //! date formatting, and (in submodules) the words of bulletins, notices and the
 //! dashboard. Renderers and rules ask this module for text; they hold none of their own.
 
+pub mod dashboard;
+
 /// Output language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
