@@ -3,17 +3,30 @@
 //!
 //! One writer at a time holds the state lock for the chain checks, the append and the
 //! flush; signature verification runs before the lock with Ed25519 batch verification.
-//! A batch is one atomic store write and one flush, whatever its size.
+//! A batch is one atomic store write and one flush, whatever its size. The chain rules
+//! are those of [`spacesync_shared::chain`], the one verifier: this module adds only the
+//! hub's clock rules and words the refusals.
+//!
+//! Readers never take the writer lock: after every durable change the writer publishes a
+//! [`Snapshot`] (views, registry, heads, alarms, log size and checkpoint), and
+//! [`Hub::snapshot`] hands out the latest one. Views and heads are persistent maps
+//! (`imbl`), so publishing shares structure with the previous snapshot: its cost does not
+//! grow with the log.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
+use spacesync_shared::chain::{
+    Admitted, ChainError, ChainVerifier, History, KeySchedule, Opened, first_repeat,
+};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::entry::{Entry, check_entry_scope, verify_signatures};
+use spacesync_shared::entry::Entry;
+use spacesync_shared::keys::parse_public_key;
 use spacesync_shared::wire::{
     IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
 };
@@ -50,9 +63,10 @@ pub fn earliest_recorded_at(campaign: &Campaign) -> DateTime<Utc> {
 pub struct CheckedBatch {
     batch: IngestBatch,
     reg: SourceRecord,
-    decoded: Vec<Result<Entry, spacesync_shared::entry::EntryError>>,
-    /// Index and reason of the first entry whose signature does not verify.
-    first_bad: Option<(usize, String)>,
+    /// The source's keys along its chain, as registered when the batch was checked.
+    keys: KeySchedule,
+    /// Each envelope read, with its signature verified up to the first that fails.
+    opened: Vec<Opened>,
 }
 
 impl CheckedBatch {
@@ -65,15 +79,15 @@ impl CheckedBatch {
     /// for its seq: the batch was made by the source's key holder (or replays what it
     /// made). Only such a batch may spend the source's request budget.
     pub fn authentic(&self) -> bool {
-        self.first_bad.is_none() && self.decoded.iter().all(Result::is_ok)
+        self.opened.iter().all(Opened::authentic)
     }
 
     /// True when some entry's seq is above `held_through`: the batch is more than a resend
     /// of entries the hub holds (which anyone who saw the batch could replay).
     pub fn goes_beyond(&self, held_through: u64) -> bool {
-        self.decoded
+        self.opened
             .iter()
-            .any(|e| e.as_ref().is_ok_and(|e| e.seq > held_through))
+            .any(|o| o.entry().is_ok_and(|e| e.seq > held_through))
     }
 }
 
@@ -204,56 +218,127 @@ impl Default for Limits {
     }
 }
 
-/// Index and reason of the first envelope whose signature does not verify with the key
-/// registered for its seq. Runs of entries signed by the same key are checked with one
-/// Ed25519 batch verification. Stops at an undecodable entry (refused before it matters).
-fn first_bad_signature(
-    reg: &SourceRecord,
-    envs: &[Envelope],
-    decoded: &[Result<Entry, spacesync_shared::entry::EntryError>],
-) -> Option<(usize, String)> {
-    let mut i = 0;
-    while i < envs.len() {
-        let Ok(first) = &decoded[i] else {
-            return None;
-        };
-        let Some(line) = reg.key_line_for(first.seq) else {
-            return Some((i, "no registered key signs this seq".into()));
-        };
-        let mut j = i + 1;
-        while j < envs.len()
-            && matches!(&decoded[j], Ok(e) if reg.key_line_for(e.seq) == Some(line))
-        {
-            j += 1;
-        }
-        let Some(key) = reg.key_for(first.seq) else {
-            return Some((i, "the registered key does not parse".into()));
-        };
-        let refs: Vec<&Envelope> = envs[i..j].iter().collect();
-        if let Err((k, e)) = verify_signatures(&refs, &key) {
-            return Some((i + k, e.to_string()));
-        }
-        i = j;
+/// The keys `reg` registers along its chain, for the chain verifier (a key line that does
+/// not parse keeps its place and verifies nothing).
+pub fn key_schedule(reg: &SourceRecord) -> KeySchedule {
+    reg.keys.iter().fold(KeySchedule::new(), |keys, k| {
+        keys.with(k.from_seq, parse_public_key(&k.key).ok())
+    })
+}
+
+/// The hub's source index as the chain verifier's [`History`]: the hash held for a seq,
+/// keeping the index entry last read so a resend's receipt is issued without reading it
+/// twice.
+struct HeldIndex<'a> {
+    hub: &'a Hub,
+    source: &'a SourceId,
+    last: Option<(u64, Held)>,
+}
+
+impl HeldIndex<'_> {
+    /// The index entry of `seq`, if it was the last one looked up.
+    fn take(&mut self, seq: u64) -> Option<Held> {
+        self.last.take().filter(|(s, _)| *s == seq).map(|(_, h)| h)
     }
-    None
+}
+
+impl History for HeldIndex<'_> {
+    type Error = StoreError;
+    fn hash_at(&mut self, seq: u64) -> Result<Option<Digest>, StoreError> {
+        let held = self.hub.held(self.source, seq)?;
+        self.last = held.map(|h| (seq, h));
+        Ok(held.map(|h| h.hash))
+    }
 }
 
 /// Everything guarded by the writer lock.
 pub struct State {
     /// The tree.
     pub log: Log,
-    /// Heads per source.
-    pub heads: HashMap<SourceId, Head>,
-    /// Registered sources.
-    pub registry: HashMap<SourceId, SourceRecord>,
-    /// Merged views.
+    /// Heads per source (a persistent map: a snapshot shares it).
+    pub heads: imbl::HashMap<SourceId, Head>,
+    /// Registered sources (replaced whole on a registry change, which is rare, so a
+    /// snapshot shares it).
+    pub registry: Arc<HashMap<SourceId, SourceRecord>>,
+    /// Merged views (persistent maps inside: a snapshot shares them).
     pub views: Views,
     /// Latest signed checkpoint note.
     pub checkpoint: String,
     /// Alarms raised.
-    pub alarms: Vec<Alarm>,
+    pub alarms: imbl::Vector<Alarm>,
     /// Bumped on every change; readers cache derived figures by it.
     pub version: u64,
+}
+
+/// What readers see: an owned, immutable view of the hub's state as of its last durable
+/// change. Taking one ([`Hub::snapshot`]) never waits for an append in progress, and
+/// holding one never delays a writer; it does not change when the hub moves on.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// Leaves in the log.
+    pub log_size: u64,
+    /// The latest signed checkpoint note (it covers `log_size` leaves).
+    pub checkpoint: String,
+    /// Heads per source.
+    pub heads: imbl::HashMap<SourceId, Head>,
+    /// Registered sources.
+    pub registry: Arc<HashMap<SourceId, SourceRecord>>,
+    /// Merged views.
+    pub views: Views,
+    /// Alarms raised.
+    pub alarms: imbl::Vector<Alarm>,
+    /// The state's [`State::version`] when this was taken: equal versions, equal snapshots.
+    pub version: u64,
+}
+
+impl Snapshot {
+    /// A snapshot of `st`: clones of persistent maps and `Arc`s, so its cost does not grow
+    /// with the log.
+    fn of(st: &State) -> Snapshot {
+        Snapshot {
+            log_size: st.log.size(),
+            checkpoint: st.checkpoint.clone(),
+            heads: st.heads.clone(),
+            registry: st.registry.clone(),
+            views: st.views.clone(),
+            alarms: st.alarms.clone(),
+            version: st.version,
+        }
+    }
+}
+
+/// The writer lock on the hub's [`State`], from [`Hub::state`]. A writer that changed the
+/// state through it publishes a new [`Snapshot`] when it lets go (on success after its
+/// flush, on failure after reloading from the store), so readers only ever see durable
+/// state.
+pub struct StateGuard<'a> {
+    hub: &'a Hub,
+    state: MutexGuard<'a, State>,
+    /// Set by any mutable access.
+    changed: bool,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.changed = true;
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the writer lock, so snapshots are published in the order of changes.
+        if self.changed {
+            self.hub.publish(&self.state);
+        }
+    }
 }
 
 /// The hub.
@@ -275,6 +360,8 @@ pub struct Hub {
     /// Paces the log lines about refused entries.
     refusal_log: LogThrottle,
     state: Mutex<State>,
+    /// The latest snapshot; swapped (never held) by the writer after each change.
+    published: RwLock<Arc<Snapshot>>,
 }
 
 /// Least time between two warnings about refused entries.
@@ -305,7 +392,7 @@ impl LogThrottle {
 fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State, IngestError> {
     let log = Log::load(store)?;
     let mut registry = HashMap::new();
-    let mut heads = HashMap::new();
+    let mut heads = imbl::HashMap::new();
     for rec in registry::load_all(store)? {
         if let Some((k, v)) = store.last(&keys::src_prefix(&rec.id))? {
             let seq = keys::tail_u64(&k).unwrap_or(0);
@@ -328,17 +415,17 @@ fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
         None => log.checkpoint(origin, key)?,
     };
-    let mut alarms = Vec::new();
+    let mut alarms = imbl::Vector::new();
     for r in store.scan(keys::ALARM) {
         let (_, v) = r?;
         if let Ok(a) = serde_json::from_slice(&v) {
-            alarms.push(a);
+            alarms.push_back(a);
         }
     }
     Ok(State {
         log,
         heads,
-        registry,
+        registry: Arc::new(registry),
         views,
         checkpoint,
         alarms,
@@ -358,7 +445,9 @@ impl Hub {
     ) -> Result<Hub, IngestError> {
         let state = load_state(store.as_ref(), &origin, &key)?;
         let notices = crate::notices::NoticeBook::load(store.as_ref())?;
+        let published = RwLock::new(Arc::new(Snapshot::of(&state)));
         Ok(Hub {
+            published,
             notices,
             refusal_log: LogThrottle::default(),
             store,
@@ -371,9 +460,29 @@ impl Hub {
         })
     }
 
-    /// The shared state (read it briefly; writers wait).
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The writer lock on the state. Writers only: it waits for an append in progress, and
+    /// every other writer waits while it is held. Readers take a [`Hub::snapshot`].
+    pub fn state(&self) -> StateGuard<'_> {
+        StateGuard {
+            hub: self,
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            changed: false,
+        }
+    }
+
+    /// The state as of the last durable change, for readers: cheap (an `Arc`), never waits
+    /// for an append in progress, and unchanged by later ones.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes `st` what [`Hub::snapshot`] returns. Called under the writer lock.
+    fn publish(&self, st: &State) {
+        let snap = Arc::new(Snapshot::of(st));
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
     /// Reloads the state from the store (after a failed write left memory ahead of disk).
@@ -386,8 +495,12 @@ impl Hub {
 
     /// What the hub holds of `source`.
     pub fn head(&self, source: &SourceId) -> SourceHead {
-        let st = self.state();
-        let h = st.heads.get(source).copied().unwrap_or_default();
+        let h = self
+            .snapshot()
+            .heads
+            .get(source)
+            .copied()
+            .unwrap_or_default();
         SourceHead {
             source: source.clone(),
             held_through: h.seq,
@@ -399,7 +512,7 @@ impl Hub {
     pub fn refresh_registry(&self) -> Result<(), StoreError> {
         let all = registry::load_all(self.store.as_ref())?;
         let mut st = self.state();
-        st.registry = all.into_iter().map(|r| (r.id.clone(), r)).collect();
+        st.registry = Arc::new(all.into_iter().map(|r| (r.id.clone(), r)).collect());
         st.version += 1;
         Ok(())
     }
@@ -443,7 +556,7 @@ impl Hub {
             });
         }
         let reg = self
-            .state()
+            .snapshot()
             .registry
             .get(&source)
             .cloned()
@@ -451,28 +564,22 @@ impl Hub {
         if reg.status == SourceStatus::Revoked {
             return Err(IngestError::Revoked(source));
         }
-        let decoded: Vec<_> = batch
-            .entries
-            .iter()
-            .map(|e| Entry::from_payload(&e.payload))
-            .collect();
-        let mut seen = std::collections::HashSet::with_capacity(decoded.len());
-        for (index, e) in decoded.iter().enumerate() {
-            // Unreadable entries and entries of another source are refused later, each
-            // with its own reason; gaps and order are judged under the lock (409).
-            let Ok(e) = e else { continue };
-            if e.source == source && !seen.insert(e.seq) {
-                return Err(IngestError::RepeatedSeq { index, seq: e.seq });
-            }
+        // A repeated seq is refused before any signature is checked. Unreadable entries and
+        // entries of another source are refused later, each with its own reason; gaps and
+        // order are judged under the lock (409).
+        let mut opened: Vec<Opened> = batch.entries.iter().map(Opened::read).collect();
+        if let Some((index, seq)) = first_repeat(&source, &opened) {
+            return Err(IngestError::RepeatedSeq { index, seq });
         }
         // Signatures first and outside the writer lock, so one batch's verification runs
         // while another batch is being written; processing stops at the first bad one.
-        let first_bad = first_bad_signature(&reg, &batch.entries, &decoded);
+        let keys = key_schedule(&reg);
+        keys.verify_batch(&batch.entries, &mut opened);
         Ok(CheckedBatch {
             batch,
             reg,
-            decoded,
-            first_bad,
+            keys,
+            opened,
         })
     }
 
@@ -486,21 +593,25 @@ impl Hub {
         let Ok(entry) = Entry::from_payload(&env.payload) else {
             return false;
         };
-        let key = match self.state().registry.get(&batch.source) {
-            Some(reg) if reg.status != SourceStatus::Revoked => reg.key_for(entry.seq),
-            _ => None,
-        };
-        key.is_some_and(|k| verify_signatures(&[env], &k).is_ok())
+        match self.snapshot().registry.get(&batch.source) {
+            Some(reg) if reg.status != SourceStatus::Revoked => {
+                key_schedule(reg).verify(env, entry.seq).is_ok()
+            }
+            _ => false,
+        }
     }
 
-    /// The second half of [`Hub::ingest`], under the writer lock: seq continuity, the
-    /// `prev` chain, scope and clock, the append, the flush and the receipts. Blocking.
+    /// The second half of [`Hub::ingest`], under the writer lock: the chain verifier's
+    /// judgement of each entry in order (seq continuity, resends and forks against the
+    /// source index, the `prev` chain, scope), the hub's clock rules, then the append, the
+    /// flush and the receipts. The valid prefix is appended; the first fault is refused.
+    /// Blocking.
     pub fn append(&self, checked: CheckedBatch) -> Result<IngestOutcome, IngestError> {
         let CheckedBatch {
             batch,
             reg,
-            decoded,
-            first_bad,
+            keys,
+            opened,
         } = checked;
         let source = batch.source.clone();
         // Millisecond precision, as the source index stores it: a receipt re-issued for a
@@ -510,173 +621,68 @@ impl Hub {
 
         let mut st = self.state();
         let head = st.heads.get(&source).copied().unwrap_or_default();
+        let mut chain = ChainVerifier::with_keys(
+            source.clone(),
+            keys,
+            reg.scope,
+            Some(self.campaign.id.clone()),
+        )
+        .resume(head.seq, head.hash);
+        let mut index = HeldIndex {
+            hub: self,
+            source: &source,
+            last: None,
+        };
         let mut receipts = Vec::new();
         let mut refused = Vec::new();
         let mut resend_from = None;
         let mut status = 200;
         // Entries new to the hub, in order, with their envelopes.
         let mut fresh: Vec<(Entry, &Envelope)> = Vec::new();
-        let mut expected = head.seq + 1;
-        for (i, (env, entry)) in batch.entries.iter().zip(decoded).enumerate() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    refused.push(Refusal {
-                        seq: None,
-                        code: RefusalCode::Invalid,
-                        reason: format!("entry after seq {}: {e}", expected - 1),
-                    });
-                    status = 422;
-                    break;
-                }
-            };
-            if entry.source != source {
-                refused.push(Refusal {
-                    seq: Some(entry.seq),
-                    code: RefusalCode::WrongSource,
-                    reason: format!(
-                        "seq {}: entry is from source {}, but the batch is from {source}; send one source per batch",
-                        entry.seq, entry.source
-                    ),
-                });
-                status = 422;
-                break;
-            }
-            if entry.campaign != self.campaign.id {
-                refused.push(Refusal {
-                    seq: Some(entry.seq),
-                    code: RefusalCode::WrongSource,
-                    reason: format!(
-                        "seq {}: entry is for campaign {:?}, this hub runs campaign {:?}; check the agent's campaign file",
-                        entry.seq, entry.campaign, self.campaign.id
-                    ),
-                });
-                status = 422;
-                break;
-            }
-            if let Some((_, why)) = first_bad.as_ref().filter(|(b, _)| *b == i) {
-                refused.push(Refusal {
-                    seq: Some(entry.seq),
-                    code: RefusalCode::BadSignature,
-                    reason: format!(
-                        "seq {}: {why}; the entry was not signed by the key registered for {source}",
-                        entry.seq
-                    ),
-                });
-                status = 422;
-                break;
-            }
-            if entry.seq <= head.seq {
-                let hash = env.payload_hash();
-                match self.held(&source, entry.seq)? {
-                    Some(h) if h.hash == hash => {
+        for (env, opened) in batch.entries.iter().zip(opened) {
+            let held_through = chain.next_seq() - 1;
+            let unreadable = opened.entry().err().map(ToString::to_string);
+            let fault = match chain.admit(env, opened, &mut index)? {
+                Ok(Admitted::Next(entry)) => match self.clock_fault(&entry, now, earliest) {
+                    None => {
+                        fresh.push((entry, env));
+                        continue;
+                    }
+                    Some(refusal) => {
+                        refused.push(refusal);
+                        status = 422;
+                        break;
+                    }
+                },
+                Ok(Admitted::Resent(entry)) => match index.take(entry.seq) {
+                    Some(h) => {
                         receipts.push(self.receipt(&source, entry.seq, h));
                         continue;
                     }
-                    _ => {
-                        // The signature was checked before the lock: this is a validly
-                        // signed second entry, which proves equivocation.
-                        let detail = format!(
-                            "seq {}: a different entry is already held for this seq (equivocation); the hub keeps the first",
-                            entry.seq
-                        );
-                        self.raise_alarm(
-                            &mut st,
-                            &source,
-                            entry.seq,
-                            RefusalCode::Fork,
-                            &detail,
-                            now,
-                        );
-                        refused.push(Refusal {
-                            seq: Some(entry.seq),
-                            code: RefusalCode::Fork,
-                            reason: detail,
-                        });
-                        status = 409;
-                        break;
-                    }
-                }
-            }
-            if entry.seq != expected {
-                refused.push(Refusal {
-                    seq: Some(entry.seq),
-                    code: RefusalCode::Gap,
-                    reason: format!(
-                        "gap: the hub holds up to seq {}, the next entry sent is seq {}; resend from seq {}",
-                        expected - 1,
-                        entry.seq,
-                        expected
-                    ),
-                });
-                resend_from = Some(expected);
-                status = 409;
-                break;
-            }
-            expected += 1;
-            fresh.push((entry, env));
-        }
-
-        // Chain, scope and clock checks, in order; the valid prefix is appended.
-        let mut prev = head.hash;
-        let mut ok = 0;
-        for (entry, env) in &fresh {
-            let fault = if entry.prev != prev {
-                Some((
-                    RefusalCode::BadPrev,
-                    format!(
-                        "seq {}: prev {} does not match the hash of seq {} held by the hub ({prev})",
-                        entry.seq,
-                        entry.prev,
-                        entry.seq - 1
-                    ),
-                ))
-            } else if let Err(e) = check_entry_scope(entry, reg.scope) {
-                Some((
-                    match e {
-                        spacesync_shared::entry::ChainError::OutOfScope { .. } => {
-                            RefusalCode::OutOfScope
-                        }
-                        _ => RefusalCode::Invalid,
-                    },
-                    e.to_string(),
-                ))
-            } else if entry.recorded_at > now + self.limits.max_clock_skew {
-                Some((
-                    RefusalCode::FutureTimestamp,
-                    format!(
-                        "seq {}: recorded_at {} is ahead of the hub's clock ({now}); fix the agent's clock",
-                        entry.seq, entry.recorded_at
-                    ),
-                ))
-            } else if entry.recorded_at < earliest {
-                Some((
-                    RefusalCode::Invalid,
-                    format!(
-                        "seq {}: recorded_at {} is before the campaign started ({} less {} days of slack: {earliest}); the agent's clock was wrong when it signed — fix it, then re-enter the record",
-                        entry.seq,
-                        entry.recorded_at,
-                        self.campaign.starts_on,
-                        RECORDED_AT_SLACK.num_days()
-                    ),
-                ))
-            } else {
-                None
+                    // Only an entry of this batch can be resent without being held, and a
+                    // batch repeating a seq was refused whole by `check`.
+                    None => ChainError::Duplicate { seq: entry.seq },
+                },
+                Err(fault) => fault,
             };
-            if let Some((code, reason)) = fault {
-                refused.push(Refusal {
-                    seq: Some(entry.seq),
-                    code,
-                    reason,
-                });
-                break;
+            if let ChainError::Fork { seq } = fault {
+                // The signature was checked first: this is a validly signed second entry,
+                // which proves equivocation.
+                let detail = format!(
+                    "seq {seq}: a different entry is already held for this seq (equivocation); the hub keeps the first"
+                );
+                self.raise_alarm(&mut st, &source, seq, RefusalCode::Fork, &detail, now);
             }
-            prev = env.payload_hash();
-            ok += 1;
-        }
-        fresh.truncate(ok);
-        if status == 200 && !refused.is_empty() {
-            status = 422;
+            refused.push(refusal(
+                &fault,
+                unreadable,
+                held_through,
+                &source,
+                &self.campaign.id,
+            ));
+            resend_from = fault.resend_from();
+            status = if fault.is_conflict() { 409 } else { 422 };
+            break;
         }
 
         let appended = fresh.len();
@@ -903,7 +909,7 @@ impl Hub {
         &self,
         plan: impl FnOnce(
             &HashMap<SourceId, SourceRecord>,
-            &HashMap<SourceId, Head>,
+            &imbl::HashMap<SourceId, Head>,
             u64,
             DateTime<Utc>,
         ) -> Result<Option<HubEntry>, RegistryError>,
@@ -929,7 +935,7 @@ impl Hub {
         };
         seq += 1;
         let mut wb = WriteBatch::new();
-        let mut new_registry = st.registry.clone();
+        let mut new_registry: HashMap<SourceId, SourceRecord> = (*st.registry).clone();
         let mut changed = None;
         for e in baseline.iter().chain([&entry]) {
             if let Err(e) = self.push_hub_entry(&mut st, &mut wb, e, now) {
@@ -952,9 +958,46 @@ impl Hub {
             IngestError::Log(e) => RegistryError::Log(e),
             other => RegistryError::Log(LogError::Tree(other.to_string())),
         })?;
-        st.registry = new_registry;
+        st.registry = Arc::new(new_registry);
         info!(source = %rec.id, log_size = st.log.size(), "Registry changed.");
         Ok(Some(rec))
+    }
+
+    /// The hub's own rules for an entry the chain admits: `recorded_at` neither ahead of
+    /// the hub's clock nor before the campaign (less its slack).
+    fn clock_fault(
+        &self,
+        entry: &Entry,
+        now: DateTime<Utc>,
+        earliest: DateTime<Utc>,
+    ) -> Option<Refusal> {
+        let (code, reason) = if entry.recorded_at > now + self.limits.max_clock_skew {
+            (
+                RefusalCode::FutureTimestamp,
+                format!(
+                    "seq {}: recorded_at {} is ahead of the hub's clock ({now}); fix the agent's clock",
+                    entry.seq, entry.recorded_at
+                ),
+            )
+        } else if entry.recorded_at < earliest {
+            (
+                RefusalCode::Invalid,
+                format!(
+                    "seq {}: recorded_at {} is before the campaign started ({} less {} days of slack: {earliest}); the agent's clock was wrong when it signed — fix it, then re-enter the record",
+                    entry.seq,
+                    entry.recorded_at,
+                    self.campaign.starts_on,
+                    RECORDED_AT_SLACK.num_days()
+                ),
+            )
+        } else {
+            return None;
+        };
+        Some(Refusal {
+            seq: Some(entry.seq),
+            code,
+            reason,
+        })
     }
 
     fn raise_alarm(
@@ -996,7 +1039,345 @@ impl Hub {
         if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
             error!(error = %e, "Storing an alarm failed; it is kept in memory only.");
         }
-        st.alarms.push(alarm);
+        st.alarms.push_back(alarm);
         st.version += 1;
+    }
+}
+
+/// The refusal the hub answers a chain fault with: the verifier's code, in words an
+/// agent's operator can act on. `unreadable` is why the entry did not read, if it did not
+/// (such an entry is `invalid` whatever its signature: the hub cannot tell its seq);
+/// `held_through` is the seq the chain stood at.
+fn refusal(
+    fault: &ChainError,
+    unreadable: Option<String>,
+    held_through: u64,
+    source: &SourceId,
+    campaign: &str,
+) -> Refusal {
+    if let Some(why) = unreadable {
+        return Refusal {
+            seq: None,
+            code: RefusalCode::Invalid,
+            reason: format!("entry after seq {held_through}: {why}"),
+        };
+    }
+    let seq = fault.seq();
+    let not_signed = |why: &str| {
+        format!("seq {seq}: {why}; the entry was not signed by the key registered for {source}")
+    };
+    let reason = match fault {
+        ChainError::WrongSource { got, .. } => format!(
+            "seq {seq}: entry is from source {got}, but the batch is from {source}; send one source per batch"
+        ),
+        ChainError::WrongCampaign { got, .. } => format!(
+            "seq {seq}: entry is for campaign {got:?}, this hub runs campaign {campaign:?}; check the agent's campaign file"
+        ),
+        ChainError::BadSignature { error, .. } => not_signed(&error.to_string()),
+        ChainError::NoKey { .. } => not_signed("no registered key signs this seq"),
+        ChainError::UnreadableKey { .. } => not_signed("the registered key does not parse"),
+        ChainError::Fork { .. } => format!(
+            "seq {seq}: a different entry is already held for this seq (equivocation); the hub keeps the first"
+        ),
+        ChainError::Gap { expected, got } => format!(
+            "gap: the hub holds up to seq {}, the next entry sent is seq {got}; resend from seq {expected}",
+            expected - 1
+        ),
+        ChainError::BadPrev { expected, got, .. } => format!(
+            "seq {seq}: prev {got} does not match the hash of seq {} held by the hub ({expected})",
+            seq - 1
+        ),
+        ChainError::Duplicate { .. } => format!("seq {seq}: the batch sends this seq twice"),
+        ChainError::Malformed { .. }
+        | ChainError::OutOfScope { .. }
+        | ChainError::BadWithdrawal { .. } => fault.to_string(),
+    };
+    Refusal {
+        seq: Some(match fault {
+            ChainError::Gap { got, .. } => *got,
+            _ => seq,
+        }),
+        code: fault.code().unwrap_or(RefusalCode::Invalid),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration as StdDuration;
+
+    use spacesync_shared::clock::FixedClock;
+    use spacesync_shared::keys::public_key_line;
+    use spacesync_shared::{Record, RegionCode};
+
+    use super::*;
+    use crate::store::{Kv, KvIter, SledStore};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_542_679_200, 0).unwrap_or_default() // 2018-11-20 02:00 UTC
+    }
+
+    fn record(json: &str) -> Record {
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("test setup: {e}"));
+        Record::from_value(&v).unwrap_or_else(|p| panic!("test setup: {json}: {p:?}"))
+    }
+
+    fn teachers(n: u64) -> Record {
+        record(&format!(
+            r#"{{"kind":"space_count","region":"440106","school":"4144010601","as_of":"2018-11-20","spaces":{{"teacher":{n}}}}}"#
+        ))
+    }
+
+    /// A source that signs the next entries of its chain.
+    struct Agent {
+        id: SourceId,
+        key: SigningKey,
+        next: u64,
+        prev: Digest,
+    }
+
+    impl Agent {
+        fn new() -> Agent {
+            Agent {
+                id: SourceId::parse("gd-a").unwrap_or_else(|e| panic!("{e}")),
+                key: SigningKey::from_bytes(&[7; 32]),
+                next: 1,
+                prev: Digest::ZERO,
+            }
+        }
+
+        fn batch(&mut self, records: Vec<Record>) -> IngestBatch {
+            let entries = records
+                .into_iter()
+                .map(|record| {
+                    let env = Entry {
+                        source: self.id.clone(),
+                        seq: self.next,
+                        prev: self.prev,
+                        recorded_at: t0() - Duration::hours(1),
+                        campaign: "2018".into(),
+                        record,
+                    }
+                    .sign(&self.key);
+                    self.next += 1;
+                    self.prev = env.payload_hash();
+                    env
+                })
+                .collect();
+            IngestBatch {
+                source: self.id.clone(),
+                entries,
+            }
+        }
+    }
+
+    /// A hub over `store` with one registered source.
+    fn hub(store: Arc<dyn Store>, agent: &Agent) -> Hub {
+        let hub = Hub::open(
+            store,
+            SigningKey::from_bytes(&[0x42; 32]),
+            "spacesync-hub/test".into(),
+            Campaign::builtin_2018(),
+            Arc::new(FixedClock::new(t0())),
+            Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let region = RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}"));
+        hub.add_source(
+            agent.id.clone(),
+            region,
+            &public_key_line(&agent.key.verifying_key()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        hub
+    }
+
+    fn sled(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        Arc::new(SledStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn ingest_ok(hub: &Hub, batch: IngestBatch) {
+        let out = hub.ingest(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status, 200, "{:?}", out.response.refused);
+    }
+
+    /// What a reader sees in a snapshot, compared whole.
+    fn seen(s: &Snapshot, source: &SourceId) -> (u64, String, u64, Option<Head>, Vec<Meta>, i64) {
+        (
+            s.log_size,
+            s.checkpoint.clone(),
+            s.version,
+            s.heads.get(source).copied(),
+            s.views.items().map(|i| i.meta.clone()).collect(),
+            s.views
+                .rollup(&Campaign::builtin_2018())
+                .nation
+                .spaces
+                .get(spacesync_shared::record::SpaceKind::Teacher)
+                .map_or(-1, |n| n as i64),
+        )
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_an_append_is_unchanged_after_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut a = Agent::new();
+        let hub = hub(sled(&dir), &a);
+        ingest_ok(&hub, a.batch(vec![teachers(100), teachers(120)]));
+        let before = hub.snapshot();
+        let was = seen(&before, &a.id);
+        assert_eq!(was.3.map(|h| h.seq), Some(2));
+        assert_eq!(was.5, 120);
+
+        // Another count, and a withdrawal of seq 2: an item the snapshot shares changes.
+        let withdraw = record(r#"{"kind":"withdrawal","target_seq":2,"reason":"typo"}"#);
+        ingest_ok(&hub, a.batch(vec![teachers(130), withdraw]));
+
+        assert_eq!(seen(&before, &a.id), was, "the old snapshot changed");
+        assert!(before.views.items().all(|i| i.meta.withdrawn_by.is_none()));
+        let after = hub.snapshot();
+        let now = seen(&after, &a.id);
+        assert_eq!(now.0, was.0 + 2);
+        assert_eq!(now.3.map(|h| h.seq), Some(4));
+        assert_eq!(now.5, 130);
+        assert!(now.2 > was.2);
+        assert_ne!(now.1, was.1);
+        assert_eq!(
+            after
+                .views
+                .items()
+                .filter(|i| i.meta.withdrawn_by.is_some())
+                .count(),
+            1
+        );
+        // The writer's own view and the published one agree.
+        assert_eq!(seen(&Snapshot::of(&hub.state()), &a.id), now);
+    }
+
+    #[test]
+    fn a_reader_holding_a_snapshot_does_not_block_an_append() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut a = Agent::new();
+        let hub = Arc::new(hub(sled(&dir), &a));
+        ingest_ok(&hub, a.batch(vec![teachers(100)]));
+        let size = hub.snapshot().log_size;
+        let batch = a.batch(vec![teachers(110), teachers(120)]);
+
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let reader = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let snap = hub.snapshot();
+                let _ = held_tx.send(());
+                // Holds the snapshot until told to let go.
+                let _ = release_rx.recv_timeout(StdDuration::from_secs(30));
+                snap.log_size
+            })
+        };
+        held_rx
+            .recv_timeout(StdDuration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the reader never took its snapshot: {e}"));
+        let (done_tx, done_rx) = mpsc::channel();
+        let writer = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let out = hub.ingest(batch).map(|o| o.status);
+                let _ = done_tx.send(());
+                out
+            })
+        };
+        // The append finishes while the reader still holds its snapshot.
+        let finished = done_rx.recv_timeout(StdDuration::from_secs(20));
+        let _ = release_tx.send(());
+        assert!(finished.is_ok(), "the append waited for a reader");
+        assert!(matches!(writer.join(), Ok(Ok(200))));
+        assert_eq!(
+            reader.join().ok(),
+            Some(size),
+            "the reader's snapshot moved"
+        );
+        assert_eq!(hub.snapshot().log_size, size + 2);
+    }
+
+    /// A store whose flush waits until the test lets it go, to hold an append in progress.
+    struct GatedStore {
+        inner: SledStore,
+        /// Told when a flush starts; the flush then waits for `open`.
+        started: Mutex<mpsc::Sender<()>>,
+        open: Mutex<mpsc::Receiver<()>>,
+        gated: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for GatedStore {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+            self.inner.scan(prefix)
+        }
+        fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
+            self.inner.last(prefix)
+        }
+        fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.inner.apply(batch)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = self.started.lock().map(|tx| tx.send(()));
+                let _ = self
+                    .open
+                    .lock()
+                    .map(|rx| rx.recv_timeout(StdDuration::from_secs(30)));
+            }
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_does_not_wait_for_an_append_in_progress() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (open_tx, open_rx) = mpsc::channel();
+        let store = Arc::new(GatedStore {
+            inner: SledStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")),
+            started: Mutex::new(started_tx),
+            open: Mutex::new(open_rx),
+            gated: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut a = Agent::new();
+        let hub = Arc::new(hub(store.clone(), &a));
+        ingest_ok(&hub, a.batch(vec![teachers(100)]));
+        let size = hub.snapshot().log_size;
+
+        store.gated.store(true, std::sync::atomic::Ordering::SeqCst);
+        let batch = a.batch(vec![teachers(110)]);
+        let writer = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.ingest(batch).map(|o| o.status))
+        };
+        // The writer holds the lock, its batch applied and its flush not done.
+        started_rx
+            .recv_timeout(StdDuration::from_secs(20))
+            .unwrap_or_else(|e| panic!("the append never reached its flush: {e}"));
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let reader = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let _ = seen_tx.send(hub.snapshot().log_size);
+            })
+        };
+        let during = seen_rx.recv_timeout(StdDuration::from_secs(10));
+        let _ = open_tx.send(());
+        assert_eq!(
+            during.ok(),
+            Some(size),
+            "the snapshot waited for the append, or showed it before its flush"
+        );
+        assert!(reader.join().is_ok());
+        assert!(matches!(writer.join(), Ok(Ok(200))));
+        assert_eq!(hub.snapshot().log_size, size + 1);
     }
 }

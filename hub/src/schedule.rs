@@ -100,10 +100,7 @@ pub fn verify_webhook(
 pub fn tick(hub: &Hub) -> Result<(), String> {
     let now = hub.clock.now();
     let registry = registry::load_all(hub.store.as_ref()).map_err(|e| e.to_string())?;
-    let cands = {
-        let st = hub.state();
-        notices::candidates(&hub.campaign, &st.views, &registry, now)
-    };
+    let cands = notices::candidates(&hub.campaign, &hub.snapshot().views, &registry, now);
     hub.notices
         .raise(hub.store.as_ref(), cands, now)
         .map_err(|e| e.to_string())?;

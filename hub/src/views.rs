@@ -8,10 +8,17 @@
 //! replaying the log. Figures are derived from the items by pure functions, so the
 //! incremental views and a `rebuild` from the log agree by construction; a property test
 //! holds them to it.
+//!
+//! The items are held in persistent maps (`imbl`): cloning the views is O(1) and shares
+//! structure, and a change copies only the path to what it changes. That is what lets the
+//! hub publish a snapshot to readers after every append at a cost that does not grow with
+//! the log (see [`crate::ingest::Snapshot`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spacesync_shared::campaign::{Campaign, QuotaLedger, QuotaViolation};
@@ -230,17 +237,20 @@ pub struct Coverage {
 /// Subject of a space count: a region's own total, or a school.
 type Subject = (RegionCode, Option<SchoolCode>);
 
-/// The merged views.
-#[derive(Default)]
+/// The merged views. A clone is cheap and independent: later changes to either do not
+/// show in the other.
+#[derive(Default, Clone)]
 pub struct Views {
-    items: BTreeMap<u64, Item>,
-    by_source_seq: HashMap<(SourceId, u64), u64>,
+    /// Items by log index; shared with snapshots, copied on write (a withdrawal).
+    items: OrdMap<u64, Arc<Item>>,
+    /// Log index of each entry per source and seq, to find a withdrawal's target.
+    by_source_seq: OrdMap<SourceId, OrdMap<u64, u64>>,
     /// Snapshot item indexes per subject.
-    subjects: BTreeMap<Subject, Vec<u64>>,
+    subjects: OrdMap<Subject, Vector<u64>>,
     /// Per source: entries, last receive time.
-    sources: BTreeMap<SourceId, SourceActivity>,
+    sources: OrdMap<SourceId, SourceActivity>,
     /// Deadline extensions, by log index.
-    extensions: BTreeMap<u64, Extension>,
+    extensions: OrdMap<u64, Extension>,
 }
 
 /// What the views know of a source's traffic.
@@ -295,7 +305,9 @@ impl Views {
     fn insert(&mut self, item: Item) {
         let idx = item.meta.log_index;
         self.by_source_seq
-            .insert((item.meta.source.clone(), item.meta.seq), idx);
+            .entry(item.meta.source.clone())
+            .or_default()
+            .insert(item.meta.seq, idx);
         let act = self.sources.entry(item.meta.source.clone()).or_default();
         act.entries += 1;
         act.last_received = act.last_received.max(Some(item.meta.received_at));
@@ -304,9 +316,9 @@ impl Views {
             self.subjects
                 .entry((s.region, s.school))
                 .or_default()
-                .push(idx);
+                .push_back(idx);
         }
-        self.items.insert(idx, item);
+        self.items.insert(idx, Arc::new(item));
     }
 
     fn persist(item: &Item, batch: &mut WriteBatch) {
@@ -325,12 +337,18 @@ impl Views {
         if let Record::Withdrawal(w) = record {
             let target = self
                 .by_source_seq
-                .get(&(meta.source.clone(), w.target_seq))
+                .get(&meta.source)
+                .and_then(|seqs| seqs.get(&w.target_seq))
                 .copied();
             if let Some(t) = target
+                && self
+                    .items
+                    .get(&t)
+                    .is_some_and(|i| i.meta.withdrawn_by.is_none())
                 && let Some(item) = self.items.get_mut(&t)
-                && item.meta.withdrawn_by.is_none()
             {
+                // Copied here if a snapshot still shares it.
+                let item = Arc::make_mut(item);
                 item.meta.withdrawn_by = Some(meta.log_index);
                 Self::persist(item, batch);
             }
@@ -368,18 +386,16 @@ impl Views {
 
     /// Every item in log order.
     pub fn items(&self) -> impl Iterator<Item = &Item> {
-        self.items.values()
+        self.items.values().map(|i| &**i)
     }
 
     /// Items not withdrawn.
     pub fn live(&self) -> impl Iterator<Item = &Item> {
-        self.items
-            .values()
-            .filter(|i| i.meta.withdrawn_by.is_none())
+        self.items().filter(|i| i.meta.withdrawn_by.is_none())
     }
 
-    /// Per-source traffic.
-    pub fn sources(&self) -> &BTreeMap<SourceId, SourceActivity> {
+    /// Per-source traffic, in source order.
+    pub fn sources(&self) -> &OrdMap<SourceId, SourceActivity> {
         &self.sources
     }
 

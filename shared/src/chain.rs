@@ -258,15 +258,26 @@ impl KeySchedule {
             .map_err(|error| ChainError::BadSignature { seq, error })
     }
 
-    /// Reads every envelope of a batch and verifies their signatures, each under the key
-    /// in force at its seq, with one Ed25519 batch verification per run of entries signed
-    /// by the same key. Judging stops at the first entry that does not read or does not
-    /// verify: the entries after it are left unchecked (a verifier stops there anyway, and
-    /// [`ChainVerifier::admit`] checks an unchecked signature itself).
+    /// Reads every envelope of a batch and verifies their signatures (see
+    /// [`KeySchedule::verify_batch`]).
     pub fn open_batch(&self, envs: &[Envelope]) -> Vec<Opened> {
         let mut out: Vec<Opened> = envs.iter().map(Opened::read).collect();
+        self.verify_batch(envs, &mut out);
+        out
+    }
+
+    /// Verifies the signatures of a batch already read (`opened[i]` read from `envs[i]`
+    /// by [`Opened::read`]), each under the key in force at its seq, with one Ed25519
+    /// batch verification per run of entries signed by the same key. Judging stops at the
+    /// first entry that does not read or does not verify: the entries after it are left
+    /// unchecked (a verifier stops there anyway, and [`ChainVerifier::admit`] checks an
+    /// unchecked signature itself).
+    pub fn verify_batch(&self, envs: &[Envelope], opened: &mut [Opened]) {
+        debug_assert_eq!(envs.len(), opened.len());
+        let n = envs.len().min(opened.len());
+        let out = &mut opened[..n];
         let mut i = 0;
-        while i < out.len() {
+        while i < n {
             let Ok(first) = &out[i].entry else {
                 break;
             };
@@ -276,8 +287,7 @@ impl KeySchedule {
                 break;
             };
             let mut j = i + 1;
-            while j < out.len() && matches!(&out[j].entry, Ok(e) if self.slot(e.seq) == Some(slot))
-            {
+            while j < n && matches!(&out[j].entry, Ok(e) if self.slot(e.seq) == Some(slot)) {
                 j += 1;
             }
             let Some(key) = &self.keys[slot].1 else {
@@ -303,7 +313,6 @@ impl KeySchedule {
             }
             i = j;
         }
-        out
     }
 }
 

@@ -288,7 +288,7 @@ fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {addr}; is another hub running? choose another with --listen"))?;
                 let local = listener.local_addr()?;
-                tracing::info!(addr = %local, log_size = hub.state().log.size(), "Hub listening.");
+                tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
                 let hub = Arc::new(hub);
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let scheduler = tokio::spawn(spacesync_hub::schedule::run(
