@@ -1,14 +1,22 @@
 //! Whole-log operations for operators: `rebuild` recomputes every view from the log;
 //! `verify` re-checks every signature, every chain and the Merkle root against the latest
 //! signed checkpoint. Both report progress through a callback (the CLI draws a bar).
+//!
+//! `verify` judges each source's chain with the same verifier as ingest
+//! ([`spacesync_shared::chain`]), in its audit mode: every link fault of a leaf is named,
+//! and the chain continues from that leaf. `rebuild` replays what ingest admitted without
+//! judging it again (that is `verify`'s job): it must reproduce the views of any log the
+//! hub holds.
 
 use std::collections::HashMap;
 
 use ed25519_dalek::VerifyingKey;
-use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry, check_entry_scope};
+use spacesync_shared::chain::{ChainError, ChainVerifier};
+use spacesync_shared::entry::Entry;
 use spacesync_shared::merkle::{self, Frontier, NoteVerifier};
 use spacesync_shared::{Digest, SourceId};
 
+use crate::ingest::key_schedule;
 use crate::log;
 use crate::registry;
 use crate::store::{Store, StoreError, WriteBatch, keys};
@@ -133,7 +141,8 @@ pub fn verify(
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    let mut heads: HashMap<SourceId, (u64, Digest)> = HashMap::new();
+    // One verifier per source, keeping only its head (a whole log need not be held).
+    let mut chains: HashMap<SourceId, ChainVerifier> = HashMap::new();
     let mut frontier = Frontier::new();
     let mut node_damage = false;
     for (expected_index, r) in (0u64..).zip(log::iter(store)) {
@@ -194,50 +203,72 @@ pub fn verify(
                 .push(format!("{at}: source is not in the registry"));
             continue;
         };
-        let Some(key) = reg.key_for(rec.seq) else {
-            report
-                .problems
-                .push(format!("{at}: no registered key signs this seq"));
-            continue;
-        };
-        if let Err(e) = rec.envelope.verify(ENTRY_PAYLOAD_TYPE, &key) {
-            report.problems.push(format!("{at}: {e}"));
-            skip_damaged(store, &mut heads, source, rec.seq)?;
-            continue;
+        let chain = chains.entry(source.clone()).or_insert_with(|| {
+            ChainVerifier::with_keys(source.clone(), key_schedule(reg), reg.scope, None)
+                .without_memory()
+        });
+        // The key in force at the seq the log records, before the payload is read.
+        match chain.keys().verify(&rec.envelope, rec.seq) {
+            Ok(()) => {}
+            Err(ChainError::NoKey { .. } | ChainError::UnreadableKey { .. }) => {
+                report
+                    .problems
+                    .push(format!("{at}: no registered key signs this seq"));
+                continue;
+            }
+            Err(e) => {
+                let why = match e {
+                    ChainError::BadSignature { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                };
+                report.problems.push(format!("{at}: {why}"));
+                skip_damaged(store, chain, source, rec.seq)?;
+                continue;
+            }
         }
         let entry = match Entry::from_payload(&rec.envelope.payload) {
             Ok(e) => e,
             Err(e) => {
                 report.problems.push(format!("{at}: {e}"));
-                skip_damaged(store, &mut heads, source, rec.seq)?;
+                skip_damaged(store, chain, source, rec.seq)?;
                 continue;
             }
         };
-        let (held, prev) = heads.get(source).copied().unwrap_or((0, Digest::ZERO));
-        if entry.seq != held + 1 || entry.seq != rec.seq {
+        let held = chain.next_seq() - 1;
+        let hash = rec.envelope.payload_hash();
+        let faults = chain.audit(&entry, hash);
+        let misplaced = faults.iter().any(|f| {
+            matches!(
+                f,
+                ChainError::Gap { .. } | ChainError::Fork { .. } | ChainError::Duplicate { .. }
+            )
+        });
+        if misplaced || entry.seq != rec.seq {
             report.problems.push(format!(
                 "{at}: seq {} does not follow seq {held}",
                 entry.seq
             ));
         }
-        if entry.prev != prev {
-            report.problems.push(format!(
-                "{at}: prev does not match the hash of the previous entry"
-            ));
+        for fault in &faults {
+            match fault {
+                ChainError::BadPrev { .. } => report.problems.push(format!(
+                    "{at}: prev does not match the hash of the previous entry"
+                )),
+                ChainError::OutOfScope { .. } | ChainError::BadWithdrawal { .. } => {
+                    report.problems.push(format!("{at}: {fault}"))
+                }
+                _ => {}
+            }
         }
-        if let Err(e) = check_entry_scope(&entry, reg.scope) {
-            report.problems.push(format!("{at}: {e}"));
-        }
-        let hash = rec.envelope.payload_hash();
         match store.get(&keys::src(source, entry.seq))? {
             Some(b) if b.len() == 48 && b[0..8] == index.to_be_bytes() && b[8..40] == hash.0 => {}
             _ => report.problems.push(format!(
                 "{at}: the source index does not point at this leaf"
             )),
         }
-        heads.insert(source.clone(), (entry.seq, hash));
     }
-    report.sources = heads.len();
+    // Sources with a chain: at least one leaf read, or re-synchronised after damage.
+    report.sources = chains.values().filter(|c| c.next_seq() > 1).count();
 
     match store.get(keys::FRONTIER)? {
         Some(b) => match Frontier::from_bytes(&b) {
@@ -364,14 +395,14 @@ fn indexed_as(store: &dyn Store, index: u64) -> Result<String, StoreError> {
 /// recorded for it at ingest, so the next leaf is not blamed for its predecessor's damage.
 fn skip_damaged(
     store: &dyn Store,
-    heads: &mut HashMap<SourceId, (u64, Digest)>,
+    chain: &mut ChainVerifier,
     source: &SourceId,
     seq: u64,
 ) -> Result<(), StoreError> {
     if let Some(b) = store.get(&keys::src(source, seq))?
         && let Some(hash) = b.get(8..40).and_then(|h| <[u8; 32]>::try_from(h).ok())
     {
-        heads.insert(source.clone(), (seq, Digest(hash)));
+        chain.resync(seq, Digest(hash));
     }
     Ok(())
 }
