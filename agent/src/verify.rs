@@ -1,16 +1,16 @@
 //! `spacesync-agent verify`: an fsck of the local store, offline.
 //!
 //! Checks every entry's signature and the hash chain with
-//! [`spacesync_shared::entry::ChainVerifier`] (resuming after the pruned prefix from the
-//! kept hash), seq continuity, the stored head, every receipt (hub signature, source, seq,
-//! entry hash), that the delivered seq is covered by receipts, and the buffered byte count.
-//! After a fault it re-synchronises at the next entry, so one damaged entry is reported
-//! once and the rest are still checked.
+//! [`spacesync_shared::chain::ChainVerifier`], the verifier hub ingest uses (resuming after
+//! the pruned prefix from the kept hash), seq continuity, the stored head, every receipt
+//! (hub signature, source, seq, entry hash), that the delivered seq is covered by
+//! receipts, and the buffered byte count. After a fault it re-synchronises at the faulty
+//! entry, so one damaged entry is reported once and the rest are still checked.
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use spacesync_shared::chain::ChainVerifier;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::entry::ChainVerifier;
 use spacesync_shared::wire::Receipt;
 
 use crate::intake::Identity;
@@ -50,16 +50,13 @@ pub fn verify(
     let acked = store.acked()?;
     rep.pruned_through = pruned;
     rep.head_seq = head;
-    let new_verifier = |seq: u64, hash: Digest| {
-        ChainVerifier::new(
-            ident.source.clone(),
-            ident.key.verifying_key(),
-            ident.scope,
-            ident.campaign.id.clone(),
-        )
-        .resume(seq, hash)
-    };
-    let mut v = new_verifier(pruned, pruned_hash);
+    let mut v = ChainVerifier::new(
+        ident.source.clone(),
+        ident.key.verifying_key(),
+        ident.scope,
+        ident.campaign.id.clone(),
+    )
+    .resume(pruned, pruned_hash);
     let mut last: Option<(u64, Digest)> = None;
     let mut hashes = std::collections::HashMap::new();
     let mut unreceipted_bytes = 0u64;
@@ -89,7 +86,7 @@ pub fn verify(
         hashes.insert(seq, hash);
         if let Err(e) = v.push(&env) {
             rep.problems.push(format!("entry stored at seq {seq}: {e}"));
-            v = new_verifier(seq, hash);
+            v.resync(seq, hash);
         }
         last = Some((seq, hash));
     }
