@@ -1380,4 +1380,141 @@ mod tests {
         assert!(matches!(writer.join(), Ok(Ok(200))));
         assert_eq!(hub.snapshot().log_size, size + 1);
     }
+
+    // ---- the hub answers as the shared verifier judges ----------------------------------
+
+    /// What a sender puts in the next batch, relative to what the hub holds.
+    #[derive(Debug, Clone)]
+    enum Send {
+        /// The next 1‥3 entries of the honest chain.
+        Next(u64),
+        /// Held entries from `from` on (an index into what is held), then 0‥2 new ones.
+        Resend(proptest::sample::Index, u64),
+        /// An entry 1‥3 seqs past the next.
+        Gap(u64),
+        /// The entry after the next, then the next.
+        Reorder,
+        /// Other, validly signed content for a held seq.
+        Fork(proptest::sample::Index),
+        /// The next seq with a `prev` that does not chain.
+        BadPrev,
+        /// The next entry signed by a key the source was never given.
+        WrongKey,
+    }
+
+    fn any_send() -> impl proptest::strategy::Strategy<Value = Send> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1..=3u64).prop_map(Send::Next),
+            2 => (any::<proptest::sample::Index>(), 0..=2u64).prop_map(|(i, n)| Send::Resend(i, n)),
+            1 => (1..=3u64).prop_map(Send::Gap),
+            1 => Just(Send::Reorder),
+            1 => any::<proptest::sample::Index>().prop_map(Send::Fork),
+            1 => Just(Send::BadPrev),
+            1 => Just(Send::WrongKey),
+        ]
+    }
+
+    const HONEST: u64 = 90;
+
+    /// The honest chain of [`Agent::new`]'s source: seq i at index i - 1.
+    fn honest() -> &'static Vec<Envelope> {
+        static H: std::sync::OnceLock<Vec<Envelope>> = std::sync::OnceLock::new();
+        H.get_or_init(|| {
+            let mut a = Agent::new();
+            a.batch((1..=HONEST).map(teachers).collect()).entries
+        })
+    }
+
+    /// The envelopes of a batch when `held` entries are held (none past the honest chain).
+    fn batch_for(send: &Send, held: u64) -> Vec<Envelope> {
+        let chain = honest();
+        let at = |seq: u64| chain[seq as usize - 1].clone();
+        let next = held + 1;
+        let fits = |last: u64| last <= HONEST;
+        let remade = |seq: u64, change: &dyn Fn(&mut Entry), key: &SigningKey| {
+            let mut e = Entry::from_payload(&at(seq).payload).unwrap_or_else(|e| panic!("{e}"));
+            change(&mut e);
+            e.sign(key)
+        };
+        let key = Agent::new().key;
+        match send {
+            Send::Next(n) if fits(next + n - 1) => (next..next + n).map(at).collect(),
+            Send::Resend(i, n) if held > 0 && fits(held + n) => {
+                let from = i.index(held as usize) as u64 + 1;
+                (from..=held + n).map(at).collect()
+            }
+            Send::Gap(k) if fits(next + k) => vec![at(next + k)],
+            Send::Reorder if fits(next + 1) => vec![at(next + 1), at(next)],
+            Send::Fork(i) if held > 0 => {
+                let seq = i.index(held as usize) as u64 + 1;
+                vec![remade(seq, &|e| e.record = teachers(seq + 1_000), &key)]
+            }
+            Send::BadPrev if fits(next) => {
+                vec![remade(next, &|e| e.prev = Digest::of(b"elsewhere"), &key)]
+            }
+            Send::WrongKey if fits(next) => {
+                vec![remade(next, &|_| {}, &SigningKey::from_bytes(&[9; 32]))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The answer the shared verifier implies, judging the batch with `push` as the fake hub
+    /// of the agent's tests does: (status, refusal codes, resend_from, receipts).
+    fn implied(
+        chain: &mut ChainVerifier,
+        envs: &[Envelope],
+    ) -> (u16, Vec<RefusalCode>, Option<u64>, usize) {
+        let mut receipts = 0;
+        for env in envs {
+            match chain.push(env) {
+                Ok(_) | Err(ChainError::Duplicate { .. }) => receipts += 1,
+                Err(e) => {
+                    let status = if e.is_conflict() { 409 } else { 422 };
+                    let code = e.code().unwrap_or(RefusalCode::Invalid);
+                    return (status, vec![code], e.resend_from(), receipts);
+                }
+            }
+        }
+        (200, Vec::new(), None, receipts)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Random batches of new entries, resends, gaps, reorderings, forks, bad links and
+        /// wrong keys get from the hub the status, refusal code, resend_from and receipts the
+        /// shared verifier implies, and the hub holds what the verifier accepted.
+        #[test]
+        fn ingest_answers_as_the_shared_verifier_judges(
+            sends in proptest::collection::vec(any_send(), 1..20)
+        ) {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let a = Agent::new();
+            let hub = hub(sled(&dir), &a);
+            let region = RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}"));
+            let mut chain = ChainVerifier::new(a.id.clone(), a.key.verifying_key(), region, "2018");
+            for send in &sends {
+                let held = chain.next_seq() - 1;
+                let envs = batch_for(send, held);
+                if envs.is_empty() {
+                    continue;
+                }
+                let want = implied(&mut chain, &envs);
+                let out = hub
+                    .ingest(IngestBatch { source: a.id.clone(), entries: envs })
+                    .unwrap_or_else(|e| panic!("{send:?}: {e}"));
+                let got = (
+                    out.status,
+                    out.response.refused.iter().map(|r| r.code).collect::<Vec<_>>(),
+                    out.response.resend_from,
+                    out.response.receipts.len(),
+                );
+                proptest::prop_assert_eq!(got, want, "{:?} with {} held", send, held);
+                proptest::prop_assert_eq!(out.response.held_through, chain.next_seq() - 1);
+                proptest::prop_assert_eq!(hub.head(&a.id).head, chain.head());
+            }
+        }
+    }
 }
