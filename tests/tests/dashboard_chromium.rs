@@ -3,8 +3,10 @@
 //! headless Chromium (scripts disabled, driven over the DevTools protocol — see
 //! `spacesync_tests::browser` for why) logs in through the form, follows the drill-down
 //! links it finds in the DOM from the nation to a school, and every figure it reads is
-//! checked against the JSON API with the same token. A province token must see only its
-//! own province. Screenshots of each step go to `<target>/screenshots/`.
+//! checked against the JSON API with the same token; the data flags are counted by unit
+//! and kind with a link to every flag as CSV (checked for its byte-order mark and rows). A
+//! province token must see only its own province. Screenshots of each step go to
+//! `<target>/screenshots/`.
 //!
 //! Chromium missing is a failure with the install command, not a skip.
 
@@ -339,6 +341,10 @@ fn dashboard_drill_down_in_chromium() {
         json!({"kind":"space_count","region":"440104","school":"4401040001","as_of":"2018-11-15",
                "spaces":{"teacher":60,"student":1500},
                "population":{"teachers":60,"students":2000,"schools":1}}),
+        // A correction downwards: the data flag the overview counts.
+        json!({"kind":"space_count","region":"440104","school":"4401040001","as_of":"2018-11-18",
+               "spaces":{"teacher":55,"student":1500},
+               "population":{"teachers":60,"students":2000,"schools":1}}),
         json!({"kind":"space_count","region":"440305","as_of":"2018-11-15",
                "spaces":{"teacher":3000,"student":45000,"school":20},
                "population":{"teachers":3500,"students":60000,"schools":25}}),
@@ -485,6 +491,31 @@ fn dashboard_drill_down_in_chromium() {
         "{}",
         f["unit:440000/spaces"]
     );
+    // The data flags: counted by unit and kind, the largest drops, every flag as CSV.
+    assert_eq!(f["flags:440000/decrease"], "1");
+    assert_eq!(f["flags:440000/total"], "1");
+    assert_eq!(f["drop:1/drop"], "5");
+    let csv_href = b.href("#flags-csv").expect("a link to the flags CSV");
+    assert!(csv_href.ends_with("/flags.csv"), "{csv_href}");
+    let csv = api.rt.block_on(async {
+        let r = api
+            .client
+            .get(&csv_href)
+            .header("authorization", bearer(&ministry))
+            .send()
+            .await
+            .expect("GET /flags.csv");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+        r.bytes().await.expect("CSV body")
+    });
+    assert!(csv.starts_with("\u{feff}".as_bytes()), "a UTF-8 BOM");
+    let csv = String::from_utf8_lossy(&csv);
+    assert_eq!(csv.lines().count(), 2, "a header and the one flag: {csv}");
+    assert!(
+        csv.contains("decrease,440104,越秀区,4401040001,teacher"),
+        "{csv}"
+    );
     shot(&mut b, "nation");
 
     // Drill down: nation → province → city → county → school, by the page's own links.
@@ -547,7 +578,7 @@ fn dashboard_drill_down_in_chromium() {
         );
         assert_ne!(f[&format!("{row}/last_seen")], "—", "{row}");
     }
-    assert_eq!(f["source:src-440000/entries"], "5");
+    assert_eq!(f["source:src-440000/entries"], "6");
     shot(&mut b, "sources");
 
     // English keeps itself in links and formats numbers the English way.
@@ -609,6 +640,10 @@ fn dashboard_drill_down_in_chromium() {
     assert!(
         !text.contains("广东省") && !text.contains("440000"),
         "{text}"
+    );
+    assert!(
+        text.contains("无数据标记"),
+        "an empty section says so: {text}"
     );
     shot(&mut b, "beijing-home");
     follow(&mut b, "tr[data-row='child:110100'] a.drill", "/r/110100");

@@ -650,7 +650,7 @@ pub fn lag(lang: Lang, secs: i64) -> String {
 pub fn flags_summary(lang: Lang, total: &str, by: Level) -> String {
     match lang {
         Lang::Zh => format!(
-            "共{total}条数据标记，下表按{}和类型计数，并列出减少最多的记录；每一条见",
+            "共{total}条数据标记，下表按{}和类型计数，并列出减少最多的记录；完整列表：",
             level(lang, by)
         ),
         Lang::En => {
@@ -660,7 +660,7 @@ pub fn flags_summary(lang: Lang, total: &str, by: Level) -> String {
                 Level::County => "county",
             };
             format!(
-                "{total} flags in all, counted below by {by} and kind, with the largest drops; each one is in"
+                "{total} flags in all, counted below by {by} and kind, with the largest drops; the complete list:"
             )
         }
     }
