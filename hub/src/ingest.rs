@@ -277,6 +277,8 @@ pub struct State {
 pub struct Snapshot {
     /// Leaves in the log.
     pub log_size: u64,
+    /// The tree's root at `log_size` leaves.
+    pub log_root: spacesync_shared::merkle::Hash,
     /// The latest signed checkpoint note (it covers `log_size` leaves).
     pub checkpoint: String,
     /// Heads per source.
@@ -292,11 +294,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot of `st`: clones of persistent maps and `Arc`s, so its cost does not grow
-    /// with the log.
+    /// A snapshot of `st`: clones of persistent maps and `Arc`s, and the root from the
+    /// frontier (at most 63 node hashes), so its cost does not grow with the log.
     fn of(st: &State) -> Snapshot {
         Snapshot {
             log_size: st.log.size(),
+            log_root: st.log.root(),
             checkpoint: st.checkpoint.clone(),
             heads: st.heads.clone(),
             registry: st.registry.clone(),
@@ -1204,9 +1207,12 @@ mod tests {
     }
 
     /// What a reader sees in a snapshot, compared whole.
-    fn seen(s: &Snapshot, source: &SourceId) -> (u64, String, u64, Option<Head>, Vec<Meta>, i64) {
+    type Seen = (u64, [u8; 32], String, u64, Option<Head>, Vec<Meta>, i64);
+
+    fn seen(s: &Snapshot, source: &SourceId) -> Seen {
         (
             s.log_size,
+            s.log_root,
             s.checkpoint.clone(),
             s.version,
             s.heads.get(source).copied(),
@@ -1228,8 +1234,8 @@ mod tests {
         ingest_ok(&hub, a.batch(vec![teachers(100), teachers(120)]));
         let before = hub.snapshot();
         let was = seen(&before, &a.id);
-        assert_eq!(was.3.map(|h| h.seq), Some(2));
-        assert_eq!(was.5, 120);
+        assert_eq!(was.4.map(|h| h.seq), Some(2));
+        assert_eq!(was.6, 120);
 
         // Another count, and a withdrawal of seq 2: an item the snapshot shares changes.
         let withdraw = record(r#"{"kind":"withdrawal","target_seq":2,"reason":"typo"}"#);
@@ -1240,10 +1246,11 @@ mod tests {
         let after = hub.snapshot();
         let now = seen(&after, &a.id);
         assert_eq!(now.0, was.0 + 2);
-        assert_eq!(now.3.map(|h| h.seq), Some(4));
-        assert_eq!(now.5, 130);
-        assert!(now.2 > was.2);
         assert_ne!(now.1, was.1);
+        assert_ne!(now.2, was.2);
+        assert!(now.3 > was.3);
+        assert_eq!(now.4.map(|h| h.seq), Some(4));
+        assert_eq!(now.6, 130);
         assert_eq!(
             after
                 .views
