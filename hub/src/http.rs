@@ -529,7 +529,7 @@ async fn pubkey(State(s): State<AppState>) -> String {
 }
 
 async fn checkpoint(State(s): State<AppState>) -> Response {
-    let note = s.hub.state().checkpoint.clone();
+    let note = s.hub.snapshot().checkpoint.clone();
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response()
 }
 
@@ -549,8 +549,8 @@ async fn inclusion(
     q: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Query(q) = q.map_err(query_error)?;
-    let size = q.size.unwrap_or_else(|| s.hub.state().log.size());
-    if size > s.hub.state().log.size() {
+    let size = q.size.unwrap_or_else(|| s.hub.snapshot().log_size);
+    if size > s.hub.snapshot().log_size {
         return Err(AppError::bad_request(format!(
             "size {size} is larger than the log"
         )));
@@ -581,7 +581,7 @@ async fn consistency(
     q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Query(q) = q.map_err(query_error)?;
-    let size = s.hub.state().log.size();
+    let size = s.hub.snapshot().log_size;
     let new = q.new.unwrap_or(size);
     if new > size {
         return Err(AppError::bad_request(format!(
@@ -657,7 +657,7 @@ fn verify_signed(
         SourceId::parse(h(wire::HDR_SOURCE)?).map_err(|e| AppError::unauthorized(e.to_string()))?;
     let reg = s
         .hub
-        .state()
+        .snapshot()
         .registry
         .get(&source)
         .cloned()
@@ -750,7 +750,7 @@ async fn agent_notices(
 
 fn source_scope(s: &AppState, source: &SourceId) -> Result<RegionCode, AppError> {
     s.hub
-        .state()
+        .snapshot()
         .registry
         .get(source)
         .map(|r| r.scope)
@@ -793,7 +793,7 @@ async fn progress(
     Reader(role): Reader,
 ) -> Result<Json<Value>, AppError> {
     let hub = &s.hub;
-    let st = hub.state();
+    let st = hub.snapshot();
     let rollup = st.views.rollup(&hub.campaign);
     let provinces: Vec<Value> = hub
         .campaign
@@ -817,7 +817,7 @@ async fn progress(
     let mut body = json!({
         "campaign": hub.campaign.id,
         "as_of": hub.clock.now(),
-        "log_size": st.log.size(),
+        "log_size": st.log_size,
         "target": { "new_spaces": hub.campaign.target.new_spaces, "by": hub.campaign.target.by },
         "provinces": provinces,
         "flags": rollup.flags.iter().filter(|f| match f {
@@ -835,7 +835,7 @@ async fn region(
     RegionReader { code, .. }: RegionReader,
 ) -> Result<Json<Value>, AppError> {
     let hub = &s.hub;
-    let st = hub.state();
+    let st = hub.snapshot();
     let rollup = st.views.rollup(&hub.campaign);
     let mut v = figures_json(&rollup.region(code));
     v["code"] = json!(code.to_string());
@@ -872,7 +872,7 @@ async fn region(
 
 async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json<Value>, AppError> {
     let hub = &s.hub;
-    let st = hub.state();
+    let st = hub.snapshot();
     let now = hub.clock.now();
     let list: Vec<Value> = st
         .registry
@@ -999,10 +999,10 @@ fn connection_metrics(prefix: &str, c: &spacesync_http::Stats) -> String {
 
 /// The Prometheus text of the hub's metrics.
 fn metrics_text(s: &AppState) -> Response {
-    let st = s.hub.state();
+    let st = s.hub.snapshot();
     let mut out = String::new();
     out.push_str("# HELP spacesync_hub_log_size Leaves in the transparency log.\n# TYPE spacesync_hub_log_size gauge\n");
-    out.push_str(&format!("spacesync_hub_log_size {}\n", st.log.size()));
+    out.push_str(&format!("spacesync_hub_log_size {}\n", st.log_size));
     out.push_str(
         "# HELP spacesync_hub_sources Registered sources.\n# TYPE spacesync_hub_sources gauge\n",
     );
@@ -1010,7 +1010,9 @@ fn metrics_text(s: &AppState) -> Response {
     out.push_str("# HELP spacesync_hub_alarms Alarms raised (equivocations).\n# TYPE spacesync_hub_alarms gauge\n");
     out.push_str(&format!("spacesync_hub_alarms {}\n", st.alarms.len()));
     out.push_str("# HELP spacesync_hub_source_head_seq Highest seq held per source.\n# TYPE spacesync_hub_source_head_seq gauge\n");
-    for (id, h) in &st.heads {
+    let mut heads: Vec<_> = st.heads.iter().collect();
+    heads.sort_by(|a, b| a.0.cmp(b.0));
+    for (id, h) in heads {
         out.push_str(&format!(
             "spacesync_hub_source_head_seq{{source=\"{id}\"}} {}\n",
             h.seq

@@ -385,8 +385,8 @@ pub async fn home(State(s): State<AppState>, user: DashboardUser) -> Result<Resp
     let hub = &s.hub;
     let now = hub.clock.now();
     let (rollup, log_size) = {
-        let st = hub.state();
-        (st.views.rollup(&hub.campaign), st.log.size())
+        let st = hub.snapshot();
+        (st.views.rollup(&hub.campaign), st.log_size)
     };
     let units: Vec<FiguresRow> = hub
         .campaign
@@ -580,7 +580,7 @@ pub async fn region_page(
 ) -> Result<Response, PageRefusal> {
     let (lang, role, code) = (r.user.lang, r.user.role, r.code);
     let hub = &s.hub;
-    let rollup = hub.state().views.rollup(&hub.campaign);
+    let rollup = hub.snapshot().views.rollup(&hub.campaign);
     let schools = (code.level() != Level::Province).then(|| {
         rollup
             .schools
@@ -665,7 +665,7 @@ pub async fn school_page(
     };
     let sc = r.school.ok_or_else(not_found)?;
     let hub = &s.hub;
-    let rollup = hub.state().views.rollup(&hub.campaign);
+    let rollup = hub.snapshot().views.rollup(&hub.campaign);
     let f = rollup
         .schools
         .get(&code)
@@ -931,7 +931,7 @@ pub async fn sources_page(
     let (lang, role) = (user.lang, user.role);
     let hub = &s.hub;
     let now = hub.clock.now();
-    let st = hub.state();
+    let st = hub.snapshot();
     let mut regs: Vec<_> = st
         .registry
         .values()
@@ -1027,7 +1027,7 @@ fn flags_csv_response(
     user: &DashboardUser,
     code: Option<RegionCode>,
 ) -> Result<Response, PageRefusal> {
-    let rollup = s.hub.state().views.rollup(&s.hub.campaign);
+    let rollup = s.hub.snapshot().views.rollup(&s.hub.campaign);
     let scope = code.or(match user.role {
         Role::Province(p) => Some(p),
         _ => None,
