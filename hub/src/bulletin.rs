@@ -15,6 +15,7 @@ use spacesync_shared::Campaign;
 use spacesync_shared::dsse::key_id;
 use spacesync_shared::merkle::{self, NoteVerifier};
 
+use crate::assessment::{Bulletin, HistoryPoint};
 use crate::ingest::Hub;
 use crate::maintenance::rebuild_views_upto;
 use crate::registry;
@@ -35,6 +36,8 @@ const NOT_RECOMPUTED: &[&str] = &[
     "checkpoint",
     "signature",
     "notices",
+    // Checked against the earlier bulletins it copies, not recomputed.
+    "history",
 ];
 
 /// Bulletin errors.
@@ -162,7 +165,9 @@ fn issue_with(
         + 1;
     let size = st.log.size();
     let root = st.log.root();
-    let body = assess(&hub.campaign, &st.views, &registry, now);
+    let history = history(store, number)?;
+    let body = serde_json::to_value(assess(&hub.campaign, &st.views, &registry, now))
+        .map_err(|e| BulletinError::Malformed(format!("the assessment did not serialize: {e}")))?;
     let mut doc = match body {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -176,6 +181,11 @@ fn issue_with(
         "checkpoint": { "origin": hub.origin, "size": size, "root": STANDARD.encode(root), "note": st.checkpoint },
         "notices": notices,
     });
+    let mut head = head;
+    if !history.is_empty() {
+        head["history"] = serde_json::to_value(&history)
+            .map_err(|e| BulletinError::Malformed(format!("history did not serialize: {e}")))?;
+    }
     drop(st);
     if let Value::Object(h) = head {
         for (k, v) in h {
@@ -283,7 +293,10 @@ pub fn verify(
     let (views, _) = rebuild_views_upto(store, size, |_| {})?;
     // Not today's registry: a source revoked (or added) since would change the figures.
     let registry = registry::as_of(store, size)?;
-    let mut recomputed = assess(campaign, &views, &registry, issued_at);
+    let mut recomputed = serde_json::to_value(assess(campaign, &views, &registry, issued_at))
+        .map_err(|e| {
+            BulletinError::Malformed(format!("the recomputation did not serialize: {e}"))
+        })?;
     // A bulletin from before `format` existed is format 1: compare in its shape.
     if doc.get("format").is_none() {
         crate::tracking::as_format_1(&mut recomputed);
@@ -303,10 +316,51 @@ pub fn verify(
             )));
         }
     }
+    check_history(store, doc)?;
     for k in got.keys() {
         if !re.contains_key(k) && !NOT_RECOMPUTED.contains(&k.as_str()) {
             return Err(BulletinError::Mismatch(format!(
                 "{k} is not something the hub computes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The national figures of every bulletin before `number`, oldest first.
+fn history(store: &dyn Store, number: u64) -> Result<Vec<HistoryPoint>, BulletinError> {
+    let mut out = Vec::new();
+    for n in 1..number {
+        let doc = get(store, n)?;
+        let b = Bulletin::from_document(&doc)
+            .map_err(|e| BulletinError::Malformed(format!("bulletin {n}: {e}")))?;
+        out.push(HistoryPoint::of(&b));
+    }
+    Ok(out)
+}
+
+/// Checks a bulletin's `history` against the earlier bulletins it copies.
+fn check_history(store: &dyn Store, doc: &Value) -> Result<(), BulletinError> {
+    let Some(h) = doc.get("history") else {
+        return Ok(());
+    };
+    let points: Vec<HistoryPoint> = serde_json::from_value(h.clone())
+        .map_err(|e| BulletinError::Malformed(format!("history: {e}")))?;
+    let number = doc["number"].as_u64().unwrap_or(0);
+    for (i, p) in points.iter().enumerate() {
+        if p.number >= number {
+            return Err(BulletinError::Mismatch(format!(
+                "history[{i}] names bulletin {}, which is not earlier than this one ({number})",
+                p.number
+            )));
+        }
+        let earlier = get(store, p.number)?;
+        let b = Bulletin::from_document(&earlier)
+            .map_err(|e| BulletinError::Malformed(format!("bulletin {}: {e}", p.number)))?;
+        if HistoryPoint::of(&b) != *p {
+            return Err(BulletinError::Mismatch(format!(
+                "history[{i}] differs from bulletin {} as issued",
+                p.number
             )));
         }
     }

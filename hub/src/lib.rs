@@ -7,6 +7,7 @@
 //! - [`registry`]: registered sources, their keys (with rotation) and scopes.
 //! - [`ingest`]: the hub core — verified, idempotent ingest and the shared state.
 //! - [`views`]: merged space counts, roll-ups, milestones, nominations, activities.
+//! - [`assessment`]: what a bulletin says, as types (the signed body is their JSON).
 //! - [`tracking`]: deadlines, plan checks, pace, lagging — a pure function of views and time.
 //! - [`bulletin`]: numbered, signed, immutable progress bulletins, and their verification.
 //! - [`render`]: bulletins as HTML, Markdown and CSV, in Chinese or English.
@@ -22,6 +23,7 @@
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
 pub mod access;
+pub mod assessment;
 pub mod auth;
 pub mod bulletin;
 pub mod config;

@@ -31,15 +31,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spacesync_shared::campaign::Campaign;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::wire::{Notice, NoticeFacts, PlanProblem};
+use spacesync_shared::wire::{Notice, NoticeFacts};
 use spacesync_shared::{RegionCode, SourceId};
 
+use crate::assessment::{MilestoneCell, PaceClass};
 use crate::auth::Role;
 use crate::registry::{SourceRecord, SourceStatus};
-use crate::render::{Lang, date};
 use crate::store::{Store, StoreError, WriteBatch};
 use crate::tracking::{self, MilestoneStatus};
 use crate::views::{Views, region_name};
+use crate::wording::Lang;
+use crate::wording::notices as words;
 
 const NOTICE_PREFIX: &[u8] = b"ntc/";
 
@@ -187,22 +189,9 @@ pub struct Candidate {
     pub facts: NoticeFacts,
 }
 
-impl From<&tracking::PlanProblem> for PlanProblem {
-    fn from(p: &tracking::PlanProblem) -> PlanProblem {
-        match *p {
-            tracking::PlanProblem::Years { covered, min, max } => {
-                PlanProblem::Years { covered, min, max }
-            }
-            tracking::PlanProblem::Regions { year, regions, min } => {
-                PlanProblem::Regions { year, regions, min }
-            }
-        }
-    }
-}
-
 /// The facts of a notice about one milestone cell: its id, the deadline in force, and
 /// the days left or late.
-fn milestone_facts(id: &str, cell: &tracking::MilestoneCell) -> NoticeFacts {
+fn milestone_facts(id: &str, cell: &MilestoneCell) -> NoticeFacts {
     NoticeFacts {
         milestone: Some(id.to_string()),
         due: Some(cell.due),
@@ -222,37 +211,31 @@ fn unit_name(code: RegionCode, lang: Lang) -> String {
     }
 }
 
-/// Every notice the rules want at `now`. Pure: the book deduplicates.
+/// Every notice the rules want at `now`. Pure: the book deduplicates. Deadlines, pace,
+/// quotas and plans come from the same [`tracking::assess`] as the bulletins.
 pub fn candidates(
     campaign: &Campaign,
     views: &Views,
     registry: &[SourceRecord],
     now: DateTime<Utc>,
 ) -> Vec<Candidate> {
+    let assessment = tracking::assess(campaign, views, registry, now);
     let mut out = Vec::new();
-    let milestones = views.milestones();
     let today = campaign.local_date(now);
-    // Every unit × milestone cell, for the plan notices below.
-    let mut cells: HashMap<(RegionCode, String), tracking::MilestoneCell> = HashMap::new();
-    for unit in &campaign.units {
-        let zh = unit_name(*unit, Lang::Zh);
-        let en = unit_name(*unit, Lang::En);
+    let period = period_index(campaign, now);
+    for status in &assessment.provinces {
+        let unit = status.code;
+        let (zh, en) = (unit_name(unit, Lang::Zh), unit_name(unit, Lang::En));
+        let names = words::Unit { zh: &zh, en: &en };
         for def in campaign.deliverables() {
-            let subs = milestones
-                .get(&(*unit, def.id.clone()))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let ext = views
-                .extensions()
-                .filter(|x| {
-                    x.granted_at <= now && x.region.province() == *unit && x.milestone == def.id
-                })
-                .map(|x| x.until)
-                .max();
-            let cell = tracking::milestone_cell(campaign, def.due, ext, subs, now);
-            cells.insert((*unit, def.id.clone()), cell.clone());
+            let Some(cell) = status.milestones.get(&def.id) else {
+                continue;
+            };
+            let title = words::Deliverable {
+                zh: &def.title,
+                en: &def.title_en,
+            };
             let due = cell.due;
-            let due_zh = date(Lang::Zh, &due.to_string());
             match cell.status {
                 MilestoneStatus::NotDue | MilestoneStatus::DueSoon => {
                     let left = cell.days_left.unwrap_or(i64::MAX);
@@ -269,186 +252,142 @@ pub fn candidates(
                             3 => "milestone_due_3d",
                             _ => "milestone_due",
                         };
+                        let (text, text_en) = words::reminder(names, title, due, left);
                         out.push(Candidate {
                             key: format!("{rule}:{r}/{unit}/{}/{due}", def.id),
                             rule,
-                            subject: *unit,
-                            addressee: *unit,
+                            subject: unit,
+                            addressee: unit,
                             escalated: false,
                             deadline: Some(due),
-                            text: format!(
-                                "【截止提醒】{zh}：“{}”将于{due_zh}截止（还有{left}天），目前尚未提交。请在截止日前通过本省平台报送。",
-                                def.title
-                            ),
-                            text_en: format!(
-                                "[Reminder] {en}: \"{}\" is due on {due} ({left} day(s) left) and has not been submitted. Submit it through your provincial platform before the deadline.",
-                                def.title_en
-                            ),
-                            facts: milestone_facts(&def.id, &cell),
+                            text,
+                            text_en,
+                            facts: milestone_facts(&def.id, cell),
                         });
                     }
                 }
                 MilestoneStatus::Missing => {
                     let overdue = cell.days_late.unwrap_or(1);
+                    let after = campaign.lagging.escalate_after_days;
+                    let (text, text_en) = words::overdue(names, title, due, overdue, after);
                     out.push(Candidate {
                         key: format!("milestone_overdue/{unit}/{}/{due}", def.id),
                         rule: "milestone_overdue",
-                        subject: *unit,
-                        addressee: *unit,
+                        subject: unit,
+                        addressee: unit,
                         escalated: false,
                         deadline: Some(due),
-                        text: format!(
-                            "【逾期通知】{zh}：“{}”已于{due_zh}截止，至今未提交（已逾期{overdue}天）。请立即报送；逾期{}天仍未报送将上报教育部。",
-                            def.title, campaign.lagging.escalate_after_days
-                        ),
-                        text_en: format!(
-                            "[Overdue] {en}: \"{}\" was due on {due} and has not been submitted ({overdue} day(s) overdue). Submit it now; after {} days it is escalated to the ministry.",
-                            def.title_en, campaign.lagging.escalate_after_days
-                        ),
-                        facts: milestone_facts(&def.id, &cell),
+                        text,
+                        text_en,
+                        facts: milestone_facts(&def.id, cell),
                     });
-                    if overdue >= i64::from(campaign.lagging.escalate_after_days) {
+                    if overdue >= i64::from(after) {
+                        let (text, text_en) = words::escalated(names, title, due, overdue);
                         out.push(Candidate {
                             key: format!("milestone_escalated/{unit}/{}/{due}", def.id),
                             rule: "milestone_escalated",
-                            subject: *unit,
-                            addressee: unit.parent().unwrap_or(*unit),
+                            subject: unit,
+                            addressee: unit.parent().unwrap_or(unit),
                             escalated: true,
                             deadline: Some(due),
-                            text: format!(
-                                "【上报通知】{zh}：“{}”逾期{overdue}天仍未提交（截止{due_zh}），已上报教育部。请立即报送并说明原因。",
-                                def.title
-                            ),
-                            text_en: format!(
-                                "[Escalated] {en}: \"{}\" is {overdue} day(s) overdue (due {due}) and has been reported to the ministry. Submit it now and explain the delay.",
-                                def.title_en
-                            ),
-                            facts: milestone_facts(&def.id, &cell),
+                            text,
+                            text_en,
+                            facts: milestone_facts(&def.id, cell),
                         });
                     }
                 }
                 MilestoneStatus::OnTime | MilestoneStatus::Late => {}
             }
         }
-    }
 
-    // Pace, quotas, plans and silence come from the same assessment as the bulletins.
-    let assessment = tracking::assess(campaign, views, registry, now);
-    let period = period_index(campaign, now);
-    for p in assessment["provinces"].as_array().into_iter().flatten() {
-        let Some(code) = p["code"].as_str().and_then(|c| RegionCode::parse(c).ok()) else {
-            continue;
-        };
-        let class = p["pace"]["class"].as_str().unwrap_or("");
-        if class == "behind" || class == "far_behind" {
-            let ratio = p["pace"]["ratio"].as_f64().unwrap_or(0.0) * 100.0;
-            let expected = p["pace"]["expected"].as_i64().unwrap_or(0);
-            let actual = p["pace"]["actual"].as_i64().unwrap_or(0);
+        let p = &status.pace;
+        if matches!(p.class, PaceClass::Behind | PaceClass::FarBehind) {
+            let percent = p.ratio.unwrap_or(0.0) * 100.0;
+            let expected = p.expected.unwrap_or(0);
             let left = (campaign.target.by - today).num_days();
             let facts = NoticeFacts {
                 due: Some(campaign.target.by),
                 days_left: (left >= 0).then_some(left),
                 days_late: (left < 0).then_some(-left),
-                target: p["pace"]["target"].as_u64(),
-                expected: p["pace"]["expected"].as_u64(),
-                reached: p["pace"]["actual"].as_i64(),
+                target: p.target,
+                expected: p.expected,
+                reached: Some(p.actual),
                 ..NoticeFacts::default()
             };
+            let (text, text_en) =
+                words::behind_pace(names, p.actual, expected, percent, campaign.target.by);
             out.push(Candidate {
-                key: format!("behind_pace/{code}/{period}"),
+                key: format!("behind_pace/{unit}/{period}"),
                 rule: "behind_pace",
-                subject: code,
-                addressee: code,
+                subject: unit,
+                addressee: unit,
                 escalated: false,
                 deadline: Some(campaign.target.by),
-                text: format!(
-                    "【进度预警】{}：新增空间{actual}个，按计划此时应达{expected}个（完成{ratio:.1}%）。请加快空间开通，确保{}前完成目标。",
-                    unit_name(code, Lang::Zh),
-                    date(Lang::Zh, &campaign.target.by.to_string())
-                ),
-                text_en: format!(
-                    "[Behind pace] {}: {actual} new spaces against {expected} expected by now ({ratio:.1}%). Speed up opening spaces to reach the target by {}.",
-                    unit_name(code, Lang::En),
-                    campaign.target.by
-                ),
+                text,
+                text_en,
                 facts,
             });
         }
     }
-    for v in assessment["quota_violations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let (Some(by), Some(nominee)) = (v["by"].as_str(), v["nominee"].as_str()) else {
-            continue;
-        };
-        let Ok(by_code) = RegionCode::parse(by) else {
-            continue;
-        };
-        let unit = by_code.province();
-        let count = v["counted"].as_array().map_or(0, Vec::len);
+    for v in &assessment.quota_violations {
+        let unit = v.by.province();
+        let (zh, en) = (unit_name(unit, Lang::Zh), unit_name(unit, Lang::En));
+        let by = v.by.to_string();
+        let counted = v.counted.len();
         let facts = NoticeFacts {
-            nominated_by: Some(by.to_string()),
-            nominee: Some(nominee.to_string()),
-            limit: v["limit"].as_u64().and_then(|l| u32::try_from(l).ok()),
-            count: u32::try_from(count).ok(),
+            nominated_by: Some(by.clone()),
+            nominee: Some(v.nominee.clone()),
+            limit: Some(v.limit),
+            count: u32::try_from(counted).ok(),
             ..NoticeFacts::default()
         };
+        let (text, text_en) = words::quota_exceeded(
+            words::Unit { zh: &zh, en: &en },
+            &by,
+            &v.nominee,
+            v.limit,
+            counted,
+        );
         out.push(Candidate {
-            key: format!("quota_violation/{by}/{nominee}"),
+            key: format!("quota_violation/{by}/{}", v.nominee),
             rule: "quota_violation",
-            subject: by_code,
+            subject: v.by,
             addressee: unit,
             escalated: false,
             deadline: None,
-            text: format!(
-                "【名额超限】{}：{by}推荐的{nominee}超出名额（上限{}，已计{}个）。请撤回多余推荐（withdrawal）。",
-                unit_name(unit, Lang::Zh),
-                v["limit"],
-                v["counted"].as_array().map_or(0, Vec::len)
-            ),
-            text_en: format!(
-                "[Quota exceeded] {}: the nomination of {nominee} by {by} is over its quota of {} ({} already counted). Withdraw the extra nominations.",
-                unit_name(unit, Lang::En),
-                v["limit"],
-                v["counted"].as_array().map_or(0, Vec::len)
-            ),
+            text,
+            text_en,
             facts,
         });
     }
-    for p in assessment["plan_problems"].as_array().into_iter().flatten() {
-        let Some(code) = p["code"].as_str().and_then(|c| RegionCode::parse(c).ok()) else {
-            continue;
-        };
-        let plan_id = "implementation_plan".to_string();
-        let subs = milestones
+    let milestones = views.milestones();
+    for item in &assessment.plan_problems {
+        let code = item.code;
+        let plan_id = tracking::PLAN_MILESTONE.to_string();
+        let latest = milestones
             .get(&(code, plan_id.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let latest = subs.iter().map(|(m, _)| m.log_index).max().unwrap_or(0);
-        // The same plan tracking judged (the latest received by now), as typed problems.
-        let judged = subs
-            .iter()
-            .filter(|(m, _)| m.received_at <= now)
-            .max_by_key(|(m, _)| m.log_index);
-        let mut facts = match cells.get(&(code, plan_id.clone())) {
+            .into_iter()
+            .flatten()
+            .map(|(m, _)| m.log_index)
+            .max()
+            .unwrap_or(0);
+        let mut facts = match assessment
+            .unit(code)
+            .and_then(|u| u.milestones.get(&plan_id))
+        {
             Some(cell) => milestone_facts(&plan_id, cell),
             None => NoticeFacts {
                 milestone: Some(plan_id.clone()),
                 ..NoticeFacts::default()
             },
         };
-        facts.problems = judged
-            .map(|(_, plan)| {
-                tracking::plan_problems(campaign, code, plan)
-                    .iter()
-                    .map(PlanProblem::from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let problems_zh = crate::render::plan_problems_text(Lang::Zh, &p["problems"]);
-        let problems = crate::render::plan_problems_text(Lang::En, &p["problems"]);
+        facts.problems = item.problems.clone();
+        let (zh, en) = (unit_name(code, Lang::Zh), unit_name(code, Lang::En));
+        let (text, text_en) = words::plan_incomplete(
+            words::Unit { zh: &zh, en: &en },
+            &crate::wording::bulletin::plan_problems(Lang::Zh, &item.problems),
+            &crate::wording::bulletin::plan_problems(Lang::En, &item.problems),
+        );
         out.push(Candidate {
             key: format!("plan_incomplete/{code}/{latest}"),
             rule: "plan_incomplete",
@@ -456,8 +395,8 @@ pub fn candidates(
             addressee: code,
             escalated: false,
             deadline: None,
-            text: format!("【方案不完整】{}：实施方案不符合要求（{problems_zh}）。请修改后重新报送。", unit_name(code, Lang::Zh)),
-            text_en: format!("[Plan incomplete] {}: the implementation plan does not meet the rules ({problems}). Revise and resubmit it.", unit_name(code, Lang::En)),
+            text,
+            text_en,
             facts,
         });
     }
@@ -469,23 +408,19 @@ pub fn candidates(
             let last = views.sources().get(&r.id).and_then(|a| a.last_received);
             let since = last.unwrap_or(r.added_at);
             let days = (now - since).num_days();
+            let unit = r.scope.province();
+            let (zh, en) = (unit_name(unit, Lang::Zh), unit_name(unit, Lang::En));
+            let (text, text_en) =
+                words::source_silent(words::Unit { zh: &zh, en: &en }, r.id.as_str(), days);
             out.push(Candidate {
                 key: format!("source_silent/{}/{}", r.id, since.timestamp()),
                 rule: "source_silent",
                 subject: r.scope,
-                addressee: r.scope.province(),
+                addressee: unit,
                 escalated: false,
                 deadline: None,
-                text: format!(
-                    "【数据源中断】{}：数据源{}已{days}天未向中心报送数据。请检查本省代理（spacesync-agent status）与网络。",
-                    unit_name(r.scope.province(), Lang::Zh),
-                    r.id
-                ),
-                text_en: format!(
-                    "[Source silent] {}: source {} has sent nothing for {days} days. Check the provincial agent (`spacesync-agent status`) and its network.",
-                    unit_name(r.scope.province(), Lang::En),
-                    r.id
-                ),
+                text,
+                text_en,
                 facts: NoticeFacts {
                     source: Some(r.id.clone()),
                     last_seen: last,

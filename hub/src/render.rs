@@ -127,30 +127,10 @@ fn reason_text(lang: Lang, b: &Value, r: &Value) -> String {
 
 /// Plan problems (as the bulletin JSON carries them) in words.
 pub fn plan_problems_text(lang: Lang, problems: &Value) -> String {
-    problems
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let n = |k: &str| p[k].as_u64().unwrap_or(0) as u32;
-            match p["problem"].as_str() {
-                Some("years") => crate::tracking::PlanProblem::Years {
-                    covered: n("covered"),
-                    min: n("min"),
-                    max: n("max"),
-                }
-                .text(lang),
-                Some("regions") => crate::tracking::PlanProblem::Regions {
-                    year: n("year") as u16,
-                    regions: n("regions"),
-                    min: n("min"),
-                }
-                .text(lang),
-                _ => p.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(t(lang, "；", "; "))
+    match serde_json::from_value::<Vec<crate::tracking::PlanProblem>>(problems.clone()) {
+        Ok(list) => crate::wording::bulletin::plan_problems(lang, &list),
+        Err(_) => problems.to_string(),
+    }
 }
 
 fn reasons(lang: Lang, b: &Value, l: &Value) -> String {

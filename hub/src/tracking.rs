@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use spacesync_shared::RegionCode;
 #[cfg(test)]
 use spacesync_shared::SourceId;
@@ -16,66 +15,15 @@ use spacesync_shared::campaign::{Campaign, MilestoneKind};
 use spacesync_shared::record::{Milestone, SpaceKind};
 use spacesync_shared::region::PROVINCIAL_UNITS;
 
+use crate::assessment::{
+    ActivityCount, Assessment, Deliverable, FORMAT, FigureSet, Lagging, Nation, PaceFacts,
+    PlanFacts, PlanItem, QuotaViolationItem, Reason, SilentSource, Target, Trajectory, UnitStatus,
+    Window, WindowState,
+};
+pub use crate::assessment::{MilestoneCell, MilestoneStatus, Pace, PaceClass};
 use crate::registry::SourceRecord;
-use crate::views::{Extension, Figures, Meta, Views, figures_json, region_name};
-
-/// Where a unit stands on one deliverable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MilestoneStatus {
-    /// Due later than the due-soon window.
-    NotDue,
-    /// Due within the due-soon window, not yet submitted.
-    DueSoon,
-    /// Submitted in time (or within grace, signed in time).
-    OnTime,
-    /// Submitted after the deadline.
-    Late,
-    /// Deadline passed, nothing submitted.
-    Missing,
-}
-
-impl MilestoneStatus {
-    /// The wire word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MilestoneStatus::NotDue => "not_due",
-            MilestoneStatus::DueSoon => "due_soon",
-            MilestoneStatus::OnTime => "on_time",
-            MilestoneStatus::Late => "late",
-            MilestoneStatus::Missing => "missing",
-        }
-    }
-}
-
-/// One cell of the milestone matrix.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MilestoneCell {
-    /// Status at the bulletin's instant.
-    pub status: MilestoneStatus,
-    /// The deadline in force (the due date, or an extension).
-    pub due: NaiveDate,
-    /// When an extension moved the deadline.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub extended_until: Option<NaiveDate>,
-    /// Hub receive time of the first submission.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub submitted_at: Option<DateTime<Utc>>,
-    /// Local date of the first submission's receipt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub submitted_on: Option<NaiveDate>,
-    /// Days late (status late), or days overdue (status missing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub days_late: Option<i64>,
-    /// Days until due (not_due, due_soon).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub days_left: Option<i64>,
-    /// Submissions received (resubmissions included).
-    pub submissions: usize,
-    /// Accepted on time only thanks to the grace period.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub within_grace: bool,
-}
+use crate::views::{Extension, Figures, Meta, Views, region_name};
+pub use spacesync_shared::wire::PlanProblem;
 
 /// Judges one deliverable for one unit at `now`.
 pub fn milestone_cell(
@@ -144,35 +92,6 @@ pub fn milestone_cell(
     cell
 }
 
-/// Pace class against the expected trajectory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaceClass {
-    /// At or above the `behind` share of the expected figure.
-    OnTrack,
-    /// Below `behind`.
-    Behind,
-    /// Below `far_behind`.
-    FarBehind,
-    /// No target can be set (no per-province target and no population known) or no time has passed.
-    Unknown,
-}
-
-/// Pace of one unit or the nation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Pace {
-    /// Target new spaces by the target date.
-    pub target: Option<u64>,
-    /// New spaces expected by now on the straight line from baseline to target date.
-    pub expected: Option<u64>,
-    /// New spaces so far.
-    pub actual: i64,
-    /// actual / expected.
-    pub ratio: Option<f64>,
-    /// Class from the campaign's thresholds.
-    pub class: PaceClass,
-}
-
 /// Expected share of the target by `today`: 0 at the baseline, 1 at the target date.
 pub fn trajectory_share(campaign: &Campaign, today: NaiveDate) -> f64 {
     let span = (campaign.target.by - campaign.baseline).num_days().max(1) as f64;
@@ -209,51 +128,6 @@ fn people(f: &Figures) -> Option<u64> {
     }
 }
 
-/// A way an implementation plan breaks the campaign's plan rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "problem", rename_all = "snake_case")]
-pub enum PlanProblem {
-    /// The plan covers too few or too many years.
-    Years {
-        /// Years covered.
-        covered: u32,
-        /// Fewest allowed.
-        min: u32,
-        /// Most allowed.
-        max: u32,
-    },
-    /// Too few regions enter the rollout in a year.
-    Regions {
-        /// The year.
-        year: u16,
-        /// Regions inside the unit entering that year.
-        regions: u32,
-        /// Fewest required.
-        min: u32,
-    },
-}
-
-impl PlanProblem {
-    /// The problem in words.
-    pub fn text(&self, lang: crate::render::Lang) -> String {
-        use crate::render::Lang;
-        match (self, lang) {
-            (PlanProblem::Years { covered, min, max }, Lang::Zh) => {
-                format!("方案覆盖{covered}年，应为{min}—{max}年")
-            }
-            (PlanProblem::Years { covered, min, max }, Lang::En) => {
-                format!("plan covers {covered} year(s); it must cover {min}–{max}")
-            }
-            (PlanProblem::Regions { year, regions, min }, Lang::Zh) => {
-                format!("{year}年纳入{regions}个区域，每年应不少于{min}个")
-            }
-            (PlanProblem::Regions { year, regions, min }, Lang::En) => format!(
-                "{year}: {regions} region(s) enter the rollout; at least {min} are required"
-            ),
-        }
-    }
-}
-
 /// Problems of the latest implementation plan of a unit.
 pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) -> Vec<PlanProblem> {
     let rules = campaign.plan;
@@ -286,14 +160,8 @@ pub fn plan_problems(campaign: &Campaign, unit: RegionCode, plan: &Milestone) ->
 /// The id of the implementation plan milestone, the one the plan rules apply to.
 pub const PLAN_MILESTONE: &str = "implementation_plan";
 
-/// The bulletin body's format, the `format` member [`assess`] writes. Format 2 added the
-/// structured facts of the lagging list and plan problems (`milestone`, `due`,
-/// `days_late`, `received_at`, pace `target` / `reached`); bulletins without a `format`
-/// are format 1, and [`as_format_1`] turns a recomputation back into that shape so they
-/// still verify.
-pub const FORMAT: u64 = 2;
-
-/// Members format 2 added, by lagging reason (and for `plan_problems` items).
+/// Members each format added, by lagging reason (and for `plan_problems` items): format
+/// 2 added the structured facts.
 const FORMAT_2_MEMBERS: &[(&str, &[&str])] = &[
     ("milestone_missing", &["days_late"]),
     ("milestone_late", &["submitted_on"]),
@@ -305,8 +173,9 @@ const FORMAT_2_MEMBERS: &[(&str, &[&str])] = &[
     ("far_behind_pace", &["target", "reached", "due"]),
 ];
 
-/// An [`assess`] result in the shape of format 1 (bulletins issued before `format`
-/// existed): without `format` and without the members format 2 added.
+/// An [`assess`] result as JSON in the shape of format 1 (bulletins issued before
+/// `format` existed): without `format` and without the members format 2 added. `verify`
+/// compares old bulletins in this shape.
 pub fn as_format_1(body: &mut Value) {
     let Some(o) = body.as_object_mut() else {
         return;
@@ -342,13 +211,34 @@ pub fn as_format_1(body: &mut Value) {
     }
 }
 
-/// Everything a bulletin says, computed at one instant. Serialized as the bulletin body.
+/// The target of a unit: the campaign's own figure, or the national target apportioned by
+/// the people the unit serves.
+fn unit_target(
+    campaign: &Campaign,
+    unit: RegionCode,
+    f: &Figures,
+    nation_people: Option<u64>,
+) -> Option<u64> {
+    campaign
+        .target
+        .provinces
+        .get(&unit)
+        .copied()
+        .or_else(|| match (people(f), nation_people) {
+            (Some(p), Some(n)) if n > 0 => {
+                Some((campaign.target.new_spaces as f64 * p as f64 / n as f64).round() as u64)
+            }
+            _ => None,
+        })
+}
+
+/// Everything a bulletin says, computed at one instant.
 pub fn assess(
     campaign: &Campaign,
     views: &Views,
     registry: &[SourceRecord],
     now: DateTime<Utc>,
-) -> Value {
+) -> Assessment {
     let today = campaign.local_date(now);
     let rollup = views.rollup(campaign);
     let milestones = views.milestones();
@@ -359,21 +249,13 @@ pub fn assess(
     let mut provinces = Vec::new();
     let mut lagging = Vec::new();
     let mut plan_list = Vec::new();
-    let mut summary: BTreeMap<String, BTreeMap<&'static str, u32>> = BTreeMap::new();
+    let mut summary: BTreeMap<String, BTreeMap<MilestoneStatus, u32>> = BTreeMap::new();
     for unit in &campaign.units {
         let f = rollup.region(*unit);
-        let target = campaign.target.provinces.get(unit).copied().or_else(|| {
-            // Apportion the national target by the people the unit serves.
-            match (people(&f), nation_people) {
-                (Some(p), Some(n)) if n > 0 => {
-                    Some((campaign.target.new_spaces as f64 * p as f64 / n as f64).round() as u64)
-                }
-                _ => None,
-            }
-        });
+        let target = unit_target(campaign, *unit, &f, nation_people);
         let p = pace(campaign, target, f.new_spaces(), today);
-        let mut reasons: Vec<Value> = Vec::new();
-        let mut cells = serde_json::Map::new();
+        let mut reasons: Vec<Reason> = Vec::new();
+        let mut cells = BTreeMap::new();
         let mut plan_cell = None;
         for def in campaign.deliverables() {
             let subs = milestones
@@ -389,27 +271,28 @@ pub fn assess(
             *summary
                 .entry(def.id.clone())
                 .or_default()
-                .entry(cell.status.as_str())
+                .entry(cell.status)
                 .or_default() += 1;
             // `days_late` beside the older `days_overdue`: one name for programs, as in notices.
             match cell.status {
-                MilestoneStatus::Missing => reasons.push(json!({
-                    "reason": "milestone_missing", "milestone": def.id, "due": cell.due, "days_overdue": cell.days_late,
-                    "days_late": cell.days_late,
-                })),
-                MilestoneStatus::Late => reasons.push(json!({
-                    "reason": "milestone_late", "milestone": def.id, "due": cell.due, "days_late": cell.days_late,
-                    "submitted_on": cell.submitted_on,
-                })),
+                MilestoneStatus::Missing => reasons.push(Reason::MilestoneMissing {
+                    milestone: def.id.clone(),
+                    due: cell.due,
+                    days_overdue: cell.days_late,
+                    days_late: cell.days_late,
+                }),
+                MilestoneStatus::Late => reasons.push(Reason::MilestoneLate {
+                    milestone: def.id.clone(),
+                    due: cell.due,
+                    days_late: cell.days_late,
+                    submitted_on: cell.submitted_on,
+                }),
                 _ => {}
             }
             if def.id == PLAN_MILESTONE {
                 plan_cell = Some(cell.clone());
             }
-            cells.insert(
-                def.id.clone(),
-                serde_json::to_value(&cell).unwrap_or(Value::Null),
-            );
+            cells.insert(def.id.clone(), cell);
         }
         if let Some(plan) = milestones
             .get(&(*unit, PLAN_MILESTONE.to_string()))
@@ -423,40 +306,45 @@ pub fn assess(
             if !problems.is_empty() {
                 // The milestone, its deadline, the plan judged (received when) and how
                 // late the first plan came, as fields.
-                let mut facts =
-                    json!({ "milestone": PLAN_MILESTONE, "received_at": plan.0.received_at });
-                if let Some(c) = &plan_cell {
-                    facts["due"] = json!(c.due);
-                    if let Some(d) = c.days_late {
-                        facts["days_late"] = json!(d);
-                    }
-                }
-                let mut reason = json!({ "reason": "plan_incomplete", "problems": problems });
-                let mut item =
-                    json!({ "code": unit, "name": region_name(*unit), "problems": problems });
-                for (k, v) in facts.as_object().into_iter().flatten() {
-                    reason[k] = v.clone();
-                    item[k] = v.clone();
-                }
-                reasons.push(reason);
-                plan_list.push(item);
+                let facts = PlanFacts {
+                    milestone: Some(PLAN_MILESTONE.to_string()),
+                    due: plan_cell.as_ref().map(|c| c.due),
+                    days_late: plan_cell.as_ref().and_then(|c| c.days_late),
+                    received_at: Some(plan.0.received_at),
+                };
+                reasons.push(Reason::PlanIncomplete {
+                    problems: problems.clone(),
+                    facts: facts.clone(),
+                });
+                plan_list.push(PlanItem {
+                    code: *unit,
+                    name: region_name(*unit),
+                    problems,
+                    facts,
+                });
             }
         }
+        let pace_facts = PaceFacts {
+            ratio: p.ratio,
+            expected: p.expected,
+            actual: p.actual,
+            target: p.target,
+            reached: Some(p.actual),
+            due: Some(campaign.target.by),
+        };
         match p.class {
-            PaceClass::Behind => reasons.push(json!({ "reason": "behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual,
-                "target": p.target, "reached": p.actual, "due": campaign.target.by })),
-            PaceClass::FarBehind => reasons.push(json!({ "reason": "far_behind_pace", "ratio": p.ratio, "expected": p.expected, "actual": p.actual,
-                "target": p.target, "reached": p.actual, "due": campaign.target.by })),
+            PaceClass::Behind => reasons.push(Reason::BehindPace(pace_facts)),
+            PaceClass::FarBehind => reasons.push(Reason::FarBehindPace(pace_facts)),
             _ => {}
         }
-        let violations: Vec<_> = nominations
+        let violations = nominations
             .violations
             .iter()
             .filter(|(m, _)| m.received_at <= now)
             .filter(|(_, v)| v.by.province() == *unit)
-            .collect();
-        if !violations.is_empty() {
-            reasons.push(json!({ "reason": "quota_violation", "count": violations.len() }));
+            .count();
+        if violations > 0 {
+            reasons.push(Reason::QuotaViolation { count: violations });
         }
         let silent: Vec<&SourceRecord> = registry
             .iter()
@@ -464,99 +352,137 @@ pub fn assess(
             .filter(|r| source_is_silent(campaign, views, r, now))
             .collect();
         if !silent.is_empty() {
-            reasons.push(json!({ "reason": "source_silent", "sources": silent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>() }));
+            reasons.push(Reason::SourceSilent {
+                sources: silent.iter().map(|r| r.id.clone()).collect(),
+            });
         }
         let unit_info = PROVINCIAL_UNITS.iter().find(|u| u.code == unit.as_u32());
-        let mut v = figures_json(&f);
-        v["code"] = json!(unit);
-        v["name"] = json!(unit_info.map(|u| u.name_zh));
-        v["name_en"] = json!(unit_info.map(|u| u.name_en));
-        v["pace"] = serde_json::to_value(p).unwrap_or(Value::Null);
-        v["milestones"] = Value::Object(cells);
-        v["real_name_share"] = json!(real_name_share(&f));
+        let name = unit_info.map(|u| u.name_zh.to_string());
+        let name_en = unit_info.map(|u| u.name_en.to_string());
         if !reasons.is_empty() {
-            lagging.push(json!({ "code": unit, "name": unit_info.map(|u| u.name_zh), "name_en": unit_info.map(|u| u.name_en), "reasons": reasons }));
+            lagging.push(Lagging {
+                code: *unit,
+                name: name.clone(),
+                name_en: name_en.clone(),
+                reasons,
+            });
         }
-        provinces.push(v);
+        provinces.push(UnitStatus {
+            code: *unit,
+            name,
+            name_en,
+            figures: FigureSet::from(&f),
+            pace: p,
+            milestones: cells,
+            real_name_share: real_name_share(&f),
+            rank: 0,
+        });
     }
     // Rank: by pace ratio where known, then by new spaces.
     provinces.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["pace"]["ratio"].as_f64().unwrap_or(-1.0),
-                v["new_spaces"].as_i64().unwrap_or(0),
-            )
-        };
+        let key = |u: &UnitStatus| (u.pace.ratio.unwrap_or(-1.0), u.figures.new_spaces);
         key(b)
             .partial_cmp(&key(a))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     for (i, p) in provinces.iter_mut().enumerate() {
-        p["rank"] = json!(i + 1);
+        p.rank = i + 1;
     }
 
-    let nation_pace = pace(
-        campaign,
-        Some(campaign.target.new_spaces),
-        rollup.nation.new_spaces(),
-        today,
-    );
-    let mut nation = figures_json(&rollup.nation);
-    nation["pace"] = serde_json::to_value(nation_pace).unwrap_or(Value::Null);
-    nation["target"] =
-        json!({ "new_spaces": campaign.target.new_spaces, "by": campaign.target.by });
-    nation["milestones"] = serde_json::to_value(&summary).unwrap_or(Value::Null);
-    nation["real_name_share"] = json!(real_name_share(&rollup.nation));
-    nation["trajectory"] = trajectory(campaign, rollup.nation.new_spaces(), today);
+    let nation = Nation {
+        figures: FigureSet::from(&rollup.nation),
+        pace: pace(
+            campaign,
+            Some(campaign.target.new_spaces),
+            rollup.nation.new_spaces(),
+            today,
+        ),
+        target: Target {
+            new_spaces: campaign.target.new_spaces,
+            by: campaign.target.by,
+        },
+        milestones: summary,
+        real_name_share: real_name_share(&rollup.nation),
+        trajectory: trajectory(campaign, rollup.nation.new_spaces(), today),
+    };
 
-    let silent_sources: Vec<Value> = registry
+    let silent_sources = registry
         .iter()
         .filter(|r| r.active_at(now))
         .filter(|r| source_is_silent(campaign, views, r, now))
         .map(|r| {
             let last = views.sources().get(&r.id).and_then(|a| a.last_received);
-            json!({ "source": r.id, "scope": r.scope, "last_seen": last,
-                    "days_silent": (now - last.unwrap_or(r.added_at)).num_days() })
+            SilentSource {
+                source: r.id.clone(),
+                scope: r.scope,
+                last_seen: last,
+                days_silent: (now - last.unwrap_or(r.added_at)).num_days(),
+            }
         })
         .collect();
 
-    let quota_violations: Vec<Value> = nominations
+    let quota_violations = nominations
         .violations
         .iter()
         .filter(|(m, _)| m.received_at <= now)
-        .map(|(m, v)| {
-            json!({
-                "province": v.by.province(), "level": v.level, "by": v.by, "nominee_type": v.nominee_type,
-                "nominee": v.nominee, "limit": v.limit, "counted": v.counted,
-                "source": m.source, "seq": m.seq, "text": v.to_string(),
-            })
+        .map(|(m, v)| QuotaViolationItem {
+            province: v.by.province(),
+            level: v.level,
+            by: v.by,
+            nominee_type: v.nominee_type,
+            nominee: v.nominee.clone(),
+            limit: v.limit,
+            counted: v.counted.clone(),
+            source: m.source.clone(),
+            seq: m.seq,
+            text: v.to_string(),
         })
         .collect();
 
-    let windows: Vec<Value> = campaign
+    let windows = campaign
         .milestones
         .iter()
         .filter(|m| m.kind == MilestoneKind::Window)
-        .map(|m| json!({ "id": m.id, "title": m.title, "title_en": m.title_en, "opens": m.opens, "due": m.due,
-                          "state": if today < m.opens.unwrap_or(m.due) { "upcoming" } else if today <= m.due { "open" } else { "closed" } }))
+        .map(|m| Window {
+            id: m.id.clone(),
+            title: m.title.clone(),
+            title_en: m.title_en.clone(),
+            opens: m.opens,
+            due: m.due,
+            state: if today < m.opens.unwrap_or(m.due) {
+                WindowState::Upcoming
+            } else if today <= m.due {
+                WindowState::Open
+            } else {
+                WindowState::Closed
+            },
+        })
         .collect();
 
-    json!({
-        "format": FORMAT,
-        "campaign": campaign.id,
-        "as_of_date": today,
-        "nation": nation,
-        "provinces": provinces,
-        "quota_violations": quota_violations,
-        "plan_problems": plan_list,
-        "lagging": lagging,
-        "silent_sources": silent_sources,
-        "flags": rollup.flags,
-        "extensions": extensions,
-        "windows": windows,
-        "deliverables": campaign.deliverables().map(|d| json!({ "id": d.id, "title": d.title, "title_en": d.title_en, "due": d.due })).collect::<Vec<_>>(),
-        "activities": activities_summary(views, now),
-    })
+    Assessment {
+        format: Some(FORMAT),
+        campaign: campaign.id.clone(),
+        as_of_date: today,
+        nation,
+        provinces,
+        quota_violations,
+        plan_problems: plan_list,
+        lagging,
+        silent_sources,
+        flags: rollup.flags,
+        extensions: extensions.into_iter().cloned().collect(),
+        windows,
+        deliverables: campaign
+            .deliverables()
+            .map(|d| Deliverable {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                title_en: d.title_en.clone(),
+                due: d.due,
+            })
+            .collect(),
+        activities: activities_summary(views, now),
+    }
 }
 
 fn real_name_share(f: &Figures) -> Option<f64> {
@@ -590,18 +516,19 @@ pub fn source_is_silent(
 }
 
 /// The national trajectory: expected vs actual at the bulletin date, and the line's ends.
-fn trajectory(campaign: &Campaign, actual: i64, today: NaiveDate) -> Value {
-    json!({
-        "baseline": campaign.baseline,
-        "target_date": campaign.target.by,
-        "target": campaign.target.new_spaces,
-        "today": today,
-        "expected_today": (campaign.target.new_spaces as f64 * trajectory_share(campaign, today)).round() as u64,
-        "actual_today": actual,
-    })
+fn trajectory(campaign: &Campaign, actual: i64, today: NaiveDate) -> Trajectory {
+    Trajectory {
+        baseline: campaign.baseline,
+        target_date: campaign.target.by,
+        target: campaign.target.new_spaces,
+        today,
+        expected_today: (campaign.target.new_spaces as f64 * trajectory_share(campaign, today))
+            .round() as u64,
+        actual_today: actual,
+    }
 }
 
-fn activities_summary(views: &Views, now: DateTime<Utc>) -> Value {
+fn activities_summary(views: &Views, now: DateTime<Utc>) -> Vec<ActivityCount> {
     let mut per: BTreeMap<RegionCode, (u64, u64)> = BTreeMap::new();
     for (m, a) in views.activities() {
         if m.received_at <= now {
@@ -610,11 +537,13 @@ fn activities_summary(views: &Views, now: DateTime<Utc>) -> Value {
             e.1 += a.participants.unwrap_or(0);
         }
     }
-    json!(
-        per.into_iter()
-            .map(|(c, (n, p))| json!({ "code": c, "activities": n, "participants": p }))
-            .collect::<Vec<_>>()
-    )
+    per.into_iter()
+        .map(|(code, (activities, participants))| ActivityCount {
+            code,
+            activities,
+            participants,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -740,14 +669,6 @@ mod tests {
                 regions: 2,
                 min: 3
             }]
-        );
-        assert_eq!(
-            problems[0].text(crate::render::Lang::En),
-            "2019: 2 region(s) enter the rollout; at least 3 are required"
-        );
-        assert_eq!(
-            problems[0].text(crate::render::Lang::Zh),
-            "2019年纳入2个区域，每年应不少于3个"
         );
         p.details.years = Some(BTreeMap::from([(
             2018,

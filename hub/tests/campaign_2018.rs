@@ -104,6 +104,36 @@ fn a_county(unit: RegionCode) -> RegionCode {
         .unwrap_or(unit)
 }
 
+/// The signed bytes of a bulletin must not change when the code that computes it is
+/// reshaped: the scripted campaign is deterministic (fixed keys and clock), so each
+/// bulletin is compared with the copy in `hub/testdata`. A deliberate change of the
+/// bulletin's shape is a new `format` (and `verify` reading the old one); then rewrite the
+/// copies with `SPACESYNC_BLESS=1`.
+fn same_as_golden(n: u64, doc: &Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("testdata/bulletin-2018-{n}.json"));
+    let got = serde_json::to_string_pretty(doc).unwrap() + "\n";
+    if std::env::var_os("SPACESYNC_BLESS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    if got != want {
+        let line = got
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "bulletin {n} differs from {} at line {}: got {:?}, want {:?}",
+            path.display(),
+            line + 1,
+            got.lines().nth(line),
+            want.lines().nth(line)
+        );
+    }
+}
+
 #[test]
 fn scripted_2018_campaign_bulletins() {
     let logs = Captured::default();
@@ -317,6 +347,9 @@ fn scripted_2018_campaign_bulletins() {
     }
     clock.set(at("2018-12-01T09:00:00+08:00"));
     let b2 = bulletin::issue(&hub, None, json!([])).unwrap();
+    // The trajectory's history: bulletin 1's national figures, as bulletin 1 stated them.
+    assert_eq!(b2["history"][0]["number"], 1, "{}", b2["history"]);
+    assert_eq!(b2["history"][0]["new_spaces"], b1["nation"]["new_spaces"]);
     assert_eq!(b2["number"], 2);
     let violations: Vec<(String, String, u64, usize)> = b2["quota_violations"]
         .as_array()
@@ -345,6 +378,7 @@ fn scripted_2018_campaign_bulletins() {
     let hub_pub = hub_key.verifying_key();
     for n in [1, 2] {
         let doc = bulletin::get(store.as_ref(), n).unwrap();
+        same_as_golden(n, &doc);
         bulletin::verify(store.as_ref(), &campaign, &hub_pub, ORIGIN, &doc).unwrap();
     }
     // The lagging list carries its facts as fields (format 2) ...

@@ -146,9 +146,8 @@ impl<'de> Deserialize<'de> for SpaceCounts {
         let map = BTreeMap::<String, u64>::deserialize(d)?;
         let mut out = SpaceCounts::default();
         for (k, v) in map {
-            let kind = SpaceKind::parse(&k).ok_or_else(|| {
-                serde::de::Error::custom(format!("unknown space kind {k:?}"))
-            })?;
+            let kind = SpaceKind::parse(&k)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown space kind {k:?}")))?;
             out.set(kind, Some(v));
         }
         Ok(out)

@@ -2,7 +2,9 @@
 //! date formatting, and (in submodules) the words of bulletins, notices and the
 //! dashboard. Renderers and rules ask this module for text; they hold none of their own.
 
+pub mod bulletin;
 pub mod dashboard;
+pub mod notices;
 
 /// Output language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
