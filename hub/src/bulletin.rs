@@ -141,10 +141,21 @@ pub fn issue(
     scheduled_for: Option<DateTime<Utc>>,
     notices: Value,
 ) -> Result<Value, BulletinError> {
+    let _one_at_a_time = issuing();
     issue_with(hub, scheduled_for, notices, WriteBatch::new())
 }
 
-/// [`issue`], writing `also` in the same atomic write as the bulletin (one flush).
+/// Bulletins are issued one at a time: the number is read and the bulletin written under
+/// this lock, so two issuers never take the same number (or the same schedule slot).
+/// Readers and ingest are not held up: the figures come from a published snapshot.
+static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn issuing() -> std::sync::MutexGuard<'static, ()> {
+    ISSUING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`issue`], writing `also` in the same atomic write as the bulletin (one flush). The
+/// caller holds [`issuing`].
 fn issue_with(
     hub: &Hub,
     scheduled_for: Option<DateTime<Utc>>,
@@ -153,9 +164,9 @@ fn issue_with(
 ) -> Result<Value, BulletinError> {
     let store = hub.store.as_ref();
     let now = hub.clock.now();
-    let st = hub.state();
-    // The registry as of the checkpoint below (registry changes are log entries and take
-    // the same lock), which is what `verify` recomputes with.
+    // One snapshot: log size, root, checkpoint, views and registry as of one durable
+    // change (registry changes are log entries), which is what `verify` recomputes with.
+    let st = hub.snapshot();
     let mut registry: Vec<registry::SourceRecord> = st.registry.values().cloned().collect();
     registry.sort_by(|a, b| a.id.cmp(&b.id));
     let number = store
@@ -163,8 +174,8 @@ fn issue_with(
         .and_then(|(k, _)| crate::store::keys::tail_u64(&k))
         .unwrap_or(0)
         + 1;
-    let size = st.log.size();
-    let root = st.log.root();
+    let size = st.log_size;
+    let root = st.log_root;
     let history = history(store, number)?;
     let body = serde_json::to_value(assess(&hub.campaign, &st.views, &registry, now))
         .map_err(|e| BulletinError::Malformed(format!("the assessment did not serialize: {e}")))?;
@@ -402,6 +413,7 @@ pub fn slot_time(campaign: &Campaign, k: u64) -> DateTime<Utc> {
 /// Issues every scheduled bulletin whose time has come and that was not issued yet.
 /// Returns the numbers issued. Bulletins stop after the campaign's end.
 pub fn issue_due(hub: &Hub, notices: impl Fn() -> Value) -> Result<Vec<u64>, BulletinError> {
+    let _one_at_a_time = issuing();
     let store = hub.store.as_ref();
     let next_slot = store
         .get(SLOT_KEY)?

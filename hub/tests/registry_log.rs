@@ -455,3 +455,45 @@ fn cli_revoke_then_verify_old_bulletin() {
     let out = ok(&dir, &["bulletin", "verify", file]);
     assert!(out.starts_with("ok: bulletin 1"), "{out}");
 }
+
+/// Two issuers at once (the scheduler and an operator, say) never take the same number,
+/// and each later bulletin's history names every earlier one.
+#[test]
+fn concurrent_issuers_take_distinct_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let hub = &th.hub;
+    let numbers: Vec<u64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| {
+                            bulletin::issue(hub, None, json!([])).expect("issue")["number"]
+                                .as_u64()
+                                .expect("number")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("issuer"))
+            .collect()
+    });
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=12).collect::<Vec<_>>(), "{numbers:?}");
+    for n in 1..=12u64 {
+        let doc = bulletin::get(hub.store.as_ref(), n).expect("stored");
+        let history: Vec<u64> = doc["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["number"].as_u64())
+            .collect();
+        assert_eq!(history, (1..n).collect::<Vec<_>>(), "bulletin {n}");
+        verify_bulletin(hub, &doc).expect("verifies");
+    }
+}
