@@ -28,7 +28,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use spacesync_shared::campaign::Campaign;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::wire::{Notice, NoticeFacts};
@@ -78,19 +78,70 @@ impl std::fmt::Debug for WebhookDelivery {
 
 impl WebhookDelivery {
     /// As the API and bulletins show it; the URL only when `show_url` (the `admin` role).
-    fn to_json(&self, show_url: bool) -> Value {
-        let mut v = json!({ "attempts": self.attempts });
-        if let Some(t) = self.delivered_at {
-            v["delivered_at"] = json!(t);
+    fn view(&self, show_url: bool) -> WebhookView {
+        WebhookView {
+            attempts: self.attempts,
+            delivered_at: self.delivered_at,
+            last_error: self.last_error.clone(),
+            url: self.url.clone().filter(|_| show_url),
         }
-        if let Some(e) = &self.last_error {
-            v["last_error"] = json!(e);
-        }
-        if show_url && let Some(u) = &self.url {
-            v["url"] = json!(u);
-        }
-        v
     }
+}
+
+/// A webhook delivery as the API and bulletins show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookView {
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was accepted (2xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The last failure (URL replaced by the webhook's id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The URL: for the `admin` role only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A notice with its delivery state, as the API, the dashboard and bulletins show it.
+/// Its structured facts (`milestone`, `due`, `days_left`, …) sit beside the prose, as
+/// they do in agent pulls and webhook bodies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoticeView {
+    /// Its number.
+    pub id: u64,
+    /// The rule that raised it.
+    pub rule: String,
+    /// The region it is about.
+    pub subject: RegionCode,
+    /// The region it is addressed to.
+    pub addressee: RegionCode,
+    /// Also sent to the level above.
+    pub escalated: bool,
+    /// When it was raised.
+    pub created: DateTime<Utc>,
+    /// The deadline it is about.
+    pub deadline: Option<NaiveDate>,
+    /// Chinese text.
+    pub text: String,
+    /// English text.
+    pub text_en: String,
+    /// `pending`, `delivered` or `acknowledged`.
+    pub state: &'static str,
+    /// First delivery (agent fetch or webhook 2xx).
+    pub delivered: Option<DateTime<Utc>>,
+    /// First acknowledgement.
+    pub acknowledged: Option<DateTime<Utc>>,
+    /// Agents that fetched it.
+    pub fetched_by: Vec<SourceId>,
+    /// Agents that acknowledged it.
+    pub acked_by: Vec<SourceId>,
+    /// Webhook deliveries by webhook id.
+    pub webhooks: BTreeMap<String, WebhookView>,
+    /// The facts the texts state.
+    #[serde(flatten)]
+    pub facts: NoticeFacts,
 }
 
 /// A notice and its delivery state.
@@ -128,41 +179,37 @@ impl NoticeRecord {
         }
     }
 
-    /// The record as the API and bulletins show it. Webhooks are named by their id; their
-    /// URLs are included only when `show_urls` (the `admin` role, never bulletins).
-    /// The notice's structured facts (`milestone`, `due`, `days_left`, …) sit beside
-    /// the prose, as they do in agent pulls and webhook bodies.
-    pub fn to_json(&self, show_urls: bool) -> Value {
-        let mut v = json!({
-            "id": self.notice.id,
-            "rule": self.notice.rule,
-            "subject": self.notice.subject,
-            "addressee": self.notice.addressee,
-            "escalated": self.escalated,
-            "created": self.notice.created_at,
-            "deadline": self.notice.deadline,
-            "text": self.notice.text,
-            "text_en": self.notice.text_en,
-            "state": self.state(),
-            "delivered": self.fetched.values().min().copied()
-                .into_iter()
+    /// The record as the API, the dashboard and bulletins show it. Webhooks are named by
+    /// their id; their URLs are included only when `show_urls` (the `admin` role, never
+    /// bulletins).
+    pub fn view(&self, show_urls: bool) -> NoticeView {
+        NoticeView {
+            id: self.notice.id,
+            rule: self.notice.rule.clone(),
+            subject: self.notice.subject,
+            addressee: self.notice.addressee,
+            escalated: self.escalated,
+            created: self.notice.created_at,
+            deadline: self.notice.deadline,
+            text: self.notice.text.clone(),
+            text_en: self.notice.text_en.clone(),
+            state: self.state(),
+            delivered: self
+                .fetched
+                .values()
+                .copied()
                 .chain(self.webhooks.values().filter_map(|w| w.delivered_at))
                 .min(),
-            "acknowledged": self.acked.values().min(),
-            "fetched_by": self.fetched.keys().collect::<Vec<_>>(),
-            "acked_by": self.acked.keys().collect::<Vec<_>>(),
-            "webhooks": self.webhooks.iter()
-                .map(|(id, d)| (id.clone(), d.to_json(show_urls)))
-                .collect::<serde_json::Map<_, _>>(),
-        });
-        if let (Value::Object(out), Ok(Value::Object(facts))) =
-            (&mut v, serde_json::to_value(&self.notice.facts))
-        {
-            for (k, f) in facts {
-                out.entry(k).or_insert(f);
-            }
+            acknowledged: self.acked.values().min().copied(),
+            fetched_by: self.fetched.keys().cloned().collect(),
+            acked_by: self.acked.keys().cloned().collect(),
+            webhooks: self
+                .webhooks
+                .iter()
+                .map(|(id, d)| (id.clone(), d.view(show_urls)))
+                .collect(),
+            facts: self.notice.facts.clone(),
         }
-        v
     }
 }
 
@@ -673,21 +720,22 @@ impl NoticeBook {
         Ok(changed.len())
     }
 
-    /// Every notice a role may read, newest first, as JSON. Webhook URLs are included for
+    /// Every notice a role may read, newest first. Webhook URLs are included for
     /// the `admin` role only.
-    pub fn list(&self, role: Role) -> Vec<Value> {
+    pub fn list(&self, role: Role) -> Vec<NoticeView> {
         let recs = self.lock();
         recs.iter()
             .rev()
             .filter(|r| role.can_read(r.notice.subject) || role.can_read(r.notice.addressee))
-            .map(|r| r.to_json(role == Role::Admin))
+            .map(|r| r.view(role == Role::Admin))
             .collect()
     }
 
     /// The notice log with delivery state, oldest first (for bulletins, which every reader
     /// gets: webhooks by id only).
     pub fn log_json(&self) -> Value {
-        Value::Array(self.lock().iter().map(|r| r.to_json(false)).collect())
+        let log: Vec<NoticeView> = self.lock().iter().map(|r| r.view(false)).collect();
+        serde_json::to_value(log).unwrap_or(Value::Array(Vec::new()))
     }
 
     /// Webhook deliveries due now: (notice, webhook), oldest first.
@@ -859,11 +907,17 @@ mod tests {
                 },
             )]),
         };
-        let mut legacy_bulletin = json!({ "notices": [rec.to_json(true)] });
+        let mut legacy_bulletin =
+            serde_json::json!({ "notices": [serde_json::to_value(rec.view(true)).unwrap()] });
         rekey_legacy_deliveries(&mut rec);
-        let shown = rec.to_json(false).to_string();
+        let shown = serde_json::to_value(rec.view(false)).unwrap().to_string();
         assert!(!shown.contains("SECRET") && shown.contains(&id), "{shown}");
-        assert!(rec.to_json(true).to_string().contains("SECRET"));
+        assert!(
+            serde_json::to_value(rec.view(true))
+                .unwrap()
+                .to_string()
+                .contains("SECRET")
+        );
         assert!(!format!("{rec:?}").contains("SECRET"));
 
         // A bulletin issued then: redacted for readers, and the copy says so.
@@ -874,7 +928,8 @@ mod tests {
         let text = legacy_bulletin.to_string();
         assert!(!text.contains("SECRET") && text.contains(&id), "{text}");
         assert!(legacy_bulletin[crate::bulletin::REDACTED_MEMBER].is_string());
-        let mut new_bulletin = json!({ "notices": [rec.to_json(false)] });
+        let mut new_bulletin =
+            serde_json::json!({ "notices": [serde_json::to_value(rec.view(false)).unwrap()] });
         assert!(!crate::bulletin::redact_legacy_webhooks(&mut new_bulletin));
     }
 
@@ -908,7 +963,7 @@ mod tests {
         let reloaded = NoticeBook::load(&store).unwrap();
         let list = reloaded.list(Role::Ministry);
         assert_eq!(list.len(), 2);
-        assert!(list.iter().all(|n| n["state"] == "acknowledged"));
+        assert!(list.iter().all(|n| n.state == "acknowledged"));
         assert_eq!(
             reloaded.raise(&store, vec![cand("a")], now).unwrap().len(),
             0

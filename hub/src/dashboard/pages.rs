@@ -9,7 +9,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+
 use maud::{Markup, PreEscaped, html};
 use serde_json::Value;
 use spacesync_shared::RegionCode;
@@ -31,7 +31,7 @@ use crate::wording::{Lang, count, date};
 /// The notice log a role may read, newest first, as the notice book's JSON (`id`, `rule`,
 /// `subject`, `addressee`, `created`, `state`, `text`, `text_en`, …). The one place the
 /// dashboard reads notices.
-pub fn notices_for_dashboard(s: &AppState, role: Role) -> Vec<Value> {
+pub fn notices_for_dashboard(s: &AppState, role: Role) -> Vec<crate::notices::NoticeView> {
     s.hub.notices.list(role)
 }
 
@@ -757,16 +757,6 @@ pub fn notices_page_markup(m: &NoticesPage) -> Markup {
     )
 }
 
-/// A region code from the notice JSON as its name; anything else as it is.
-fn code_label(v: &Value, lang: Lang) -> String {
-    v.as_str()
-        .and_then(|c| RegionCode::parse(c).ok())
-        .map_or_else(
-            || v.as_str().unwrap_or("").to_string(),
-            |c| region_label(c, lang),
-        )
-}
-
 /// `GET /notices`.
 pub async fn notices_page(
     State(s): State<AppState>,
@@ -776,25 +766,21 @@ pub async fn notices_page(
     let notices = notices_for_dashboard(&s, user.role)
         .iter()
         .map(|n| NoticeRow {
-            id: n["id"].as_u64().unwrap_or(0),
-            created: n["created"]
-                .as_str()
-                .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-                .map(|c| when(&s, lang, c.with_timezone(&Utc)))
+            id: n.id,
+            created: when(&s, lang, n.created),
+            rule: wd::rule(lang, &n.rule),
+            subject: region_label(n.subject, lang),
+            addressee: region_label(n.addressee, lang),
+            escalated: n.escalated,
+            deadline: n
+                .deadline
+                .map(|d| date(lang, &d.to_string()))
                 .unwrap_or_default(),
-            rule: wd::rule(lang, n["rule"].as_str().unwrap_or("")),
-            subject: code_label(&n["subject"], lang),
-            addressee: code_label(&n["addressee"], lang),
-            escalated: n["escalated"].as_bool() == Some(true),
-            deadline: n["deadline"]
-                .as_str()
-                .map(|d| date(lang, d))
-                .unwrap_or_default(),
-            state: wd::notice_state(lang, n["state"].as_str().unwrap_or("")),
-            text: n[if lang == Lang::Zh { "text" } else { "text_en" }]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
+            state: wd::notice_state(lang, n.state),
+            text: match lang {
+                Lang::Zh => n.text.clone(),
+                Lang::En => n.text_en.clone(),
+            },
         })
         .collect();
     let m = NoticesPage {
