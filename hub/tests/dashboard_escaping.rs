@@ -17,7 +17,6 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use serde_json::json;
 use spacesync_hub::access::{PageDenied, PageRefusal, Subject};
 use spacesync_hub::auth::Role;
 use spacesync_hub::dashboard::flags::{DropRow, FlagCounts, FlagsView};
@@ -106,17 +105,19 @@ fn pages(lang: Lang, n: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)>
         figures: Figures::default(),
         target: Some((100, 50)),
     };
-    let doc = json!({
-        "title": n(70), "title_en": n(70), "as_of_date": "2018-11-20", "issued_at": "2018-11-20T02:00:00Z",
-        "nation": {"new_spaces": 5}, "lagging": [],
-        "provinces": [{"code": "440000", "rank": 1, "new_spaces": 5, "pace": {"ratio": 0.5}}],
-    });
+    // A real issued bulletin (the scripted 2018 campaign's second), with hostile titles.
+    let mut doc = spacesync_hub::assessment::Bulletin::from_document(
+        &serde_json::from_str(include_str!("../testdata/bulletin-2018-2.json")).expect("json"),
+    )
+    .expect("bulletin");
+    doc.title = n(70);
+    doc.title_en = n(70);
     let home = HomePage {
         frame: frame(0),
         bulletin: bulletin_box_markup(
             lang,
             Role::Province("440000".parse().expect("code")),
-            Some((3, 3, &doc)),
+            Some((3, &doc)),
         ),
         as_of: n(2),
         log_size: 7,

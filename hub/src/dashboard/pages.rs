@@ -11,7 +11,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use maud::{Markup, PreEscaped, html};
-use serde_json::Value;
 use spacesync_shared::RegionCode;
 use spacesync_shared::record::SpaceKind;
 use spacesync_shared::region::{Directory, Level, SchoolCode};
@@ -21,6 +20,7 @@ use super::layout::{
     Frame, cell, html_response, link, opt_count, page, pct, pct_bar, pct_cell, region_label, when,
 };
 use crate::access::{DashboardRegion, DashboardUser, PageDenied, PageRefusal, Subject};
+use crate::assessment::Bulletin;
 use crate::auth::Role;
 use crate::registry::SourceStatus;
 use crate::state::AppState;
@@ -453,54 +453,58 @@ pub fn bulletin_box(
         return Ok(bulletin_box_markup(lang, role, None));
     };
     let doc = crate::bulletin::get(s.hub.store.as_ref(), n)?;
-    Ok(bulletin_box_markup(lang, role, Some((n, list.len(), &doc))))
+    let b = Bulletin::from_document(&doc)
+        .map_err(|e| crate::bulletin::BulletinError::Malformed(format!("bulletin {n}: {e}")))?;
+    Ok(bulletin_box_markup(lang, role, Some((list.len(), &b))))
 }
 
 /// Draws the bulletin box for bulletin `n` of `issued` (`None`: none issued yet).
-pub fn bulletin_box_markup(lang: Lang, role: Role, latest: Option<(u64, usize, &Value)>) -> Markup {
+pub fn bulletin_box_markup(lang: Lang, role: Role, latest: Option<(usize, &Bulletin)>) -> Markup {
     let w = words(lang);
-    let num = |v: &Value| v.as_i64().map_or("—".to_string(), |n| count(lang, n));
-    let ratio = |v: &Value| pct(v.as_f64());
+    let num = |n: i64| count(lang, n);
+    let opt = |n: Option<u64>| n.map_or("—".to_string(), |n| count(lang, n as i64));
     html! {
         h2 { (w.latest_bulletin) }
         div.box #bulletin {
             @match latest {
                 None => p { (w.no_bulletin) },
-                Some((n, issued, doc)) => {
-                    @let nation = &doc["nation"];
-                    @let title = doc[if lang == Lang::Zh { "title" } else { "title_en" }].as_str().unwrap_or("");
+                Some((issued, b)) => {
+                    @let n = b.number;
+                    @let a = &b.assessment;
+                    @let nation = &a.nation;
+                    @let title = if lang == Lang::Zh { &b.title } else { &b.title_en };
                     p {
                         b { a #bulletin-link href=(link(&format!("/bulletins/{n}"), lang)) { (title) } }
                         " "
                         span.meta {
-                            (w.data_as_of) " " (date(lang, doc["as_of_date"].as_str().unwrap_or("")))
-                            " · " (w.issued) " " (date(lang, doc["issued_at"].as_str().unwrap_or("")))
+                            (w.data_as_of) " " (date(lang, &a.as_of_date.to_string()))
+                            " · " (w.issued) " " (date(lang, &b.issued_at.to_rfc3339()))
                         }
                     }
                     table {
                         caption { (w.nation) }
                         tbody data-row="bulletin" {
                             tr {
-                                th { (w.new_spaces) } (cell("new_spaces", &num(&nation["new_spaces"])))
-                                th { (w.target) } (cell("target", &num(&nation["target"]["new_spaces"])))
-                                th { (w.expected_by_then) } (cell("expected", &num(&nation["pace"]["expected"])))
+                                th { (w.new_spaces) } (cell("new_spaces", &num(nation.figures.new_spaces)))
+                                th { (w.target) } (cell("target", &opt(Some(nation.target.new_spaces))))
+                                th { (w.expected_by_then) } (cell("expected", &opt(nation.pace.expected)))
                             }
                             tr {
-                                th { (w.cov_teachers) } (cell("cov_teachers", &ratio(&nation["coverage"]["teachers"])))
-                                th { (w.cov_students) } (cell("cov_students", &ratio(&nation["coverage"]["students"])))
-                                th { (w.lagging_units) } (cell("lagging", &doc["lagging"].as_array().map_or(0, Vec::len).to_string()))
+                                th { (w.cov_teachers) } (cell("cov_teachers", &pct(nation.figures.coverage.teachers)))
+                                th { (w.cov_students) } (cell("cov_students", &pct(nation.figures.coverage.students)))
+                                th { (w.lagging_units) } (cell("lagging", &a.lagging.len().to_string()))
                             }
                         }
                     }
                     @if let Role::Province(p) = role {
-                        @if let Some(own) = doc["provinces"].as_array().into_iter().flatten().find(|u| u["code"].as_str() == Some(p.to_string().as_str())) {
+                        @if let Some(own) = a.unit(p) {
                             table {
                                 caption { (region_label(p, lang)) }
                                 tbody data-row="bulletin-own" {
                                     tr {
-                                        th { (w.rank) } (cell("rank", &num(&own["rank"])))
-                                        th { (w.new_spaces) } (cell("new_spaces", &num(&own["new_spaces"])))
-                                        th { (w.against_plan_title) } (cell("pace", &ratio(&own["pace"]["ratio"])))
+                                        th { (w.rank) } (cell("rank", &num(own.rank as i64)))
+                                        th { (w.new_spaces) } (cell("new_spaces", &num(own.figures.new_spaces)))
+                                        th { (w.against_plan_title) } (cell("pace", &pct(own.pace.ratio)))
                                     }
                                 }
                             }
