@@ -19,6 +19,8 @@
 //! - [`dashboard`]: the ministry dashboard — server-rendered HTML pages with cookie sessions.
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
 //! - [`config`]: the data directory and hub.toml.
+//! - [`serve`]: `serve`'s process wiring — API, metrics listener and scheduler, shutdown.
+//! - [`cli`]: the subcommands; `src/bin/spacesync-hub.rs` only parses and calls it.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
@@ -26,6 +28,7 @@ pub mod access;
 pub mod assessment;
 pub mod auth;
 pub mod bulletin;
+pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod http;
@@ -36,6 +39,7 @@ pub mod notices;
 pub mod registry;
 pub mod render;
 pub mod schedule;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod tracking;

@@ -1,0 +1,760 @@
+//! The subcommands. The binary parses [`Cli`] and calls [`execute`]; everything a
+//! subcommand does beyond parsing is here or in the module it names.
+//!
+//! Time: every command that records something (`serve`, `agents add|rotate|revoke`,
+//! `extend`, `bulletin issue`) takes the hub clock from `--now` (RFC 3339), and `serve`
+//! also from `--speed` (with `--now`: that many times faster than real time), exactly as
+//! the agent's `run` does ([`make_clock`]); without `--now` it is the system clock.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
+use spacesync_shared::{RegionCode, SourceId, keys};
+
+use crate::auth::{self, Role, TokenError};
+use crate::bulletin::{self, BulletinError};
+use crate::config::{self, ConfigError, DataDir};
+use crate::ingest::{Hub, IngestError};
+use crate::log::LogError;
+use crate::registry::{self, RegistryError};
+use crate::render::{self, CsvError, Lang};
+use crate::serve::{self, ServeError, Serving};
+use crate::store::StoreError;
+use crate::views::{Extension, HubEntry};
+use crate::{http, maintenance};
+
+/// The ministry's central aggregator for the online learning space campaign.
+#[derive(Debug, Parser)]
+#[command(
+    name = "spacesync-hub",
+    version,
+    about = "The ministry's central aggregator for the online learning space campaign."
+)]
+pub struct Cli {
+    /// Data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "SPACESYNC_HUB_DATA",
+        default_value = "./hub-data"
+    )]
+    pub data: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create the data directory, the hub key and a commented hub.toml.
+    Init {
+        /// Campaign file (default: the bundled 2018 campaign).
+        #[arg(long)]
+        campaign: Option<PathBuf>,
+    },
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
+    Agents {
+        /// Record a change as of this instant (RFC 3339) instead of now.
+        #[arg(long, global = true)]
+        now: Option<String>,
+        /// What to change or show.
+        #[command(subcommand)]
+        cmd: AgentsCmd,
+    },
+    /// Manage API tokens.
+    Token {
+        /// What to do with tokens.
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Print the hub's public key line.
+    Pubkey,
+    /// Print the public key line webhook receivers verify deliveries with (generating
+    /// webhook.key, 0600, on a hub initialised before it existed).
+    WebhookKey,
+    /// Grant a deadline extension (a hub-signed log entry).
+    Extend(ExtendArgs),
+    /// Progress bulletins.
+    Bulletin {
+        /// What to do with bulletins.
+        #[command(subcommand)]
+        cmd: BulletinCmd,
+    },
+    /// Recompute every view from the log.
+    Rebuild,
+    /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
+    Verify,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address (overrides hub.toml).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Fix the hub clock at this instant (RFC 3339), for tests, demos and replays.
+    #[arg(long)]
+    pub now: Option<String>,
+    /// With --now: run the clock this many times faster than real time.
+    #[arg(long, requires = "now")]
+    pub speed: Option<f64>,
+}
+
+/// `extend` options.
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The provincial unit (PP0000).
+    #[arg(long)]
+    pub region: String,
+    /// Milestone id.
+    #[arg(long)]
+    pub milestone: String,
+    /// New last day, YYYY-MM-DD (campaign time zone).
+    #[arg(long)]
+    pub until: NaiveDate,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    /// Grant as of this instant (RFC 3339) instead of now.
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+/// `agents` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentsCmd {
+    /// Register a source.
+    Add {
+        /// Source id.
+        #[arg(long)]
+        source: String,
+        /// Scope region (normally the province, PP0000).
+        #[arg(long)]
+        scope: String,
+        /// The agent's public key line (`spacesync-agent pubkey`).
+        #[arg(long)]
+        key: String,
+    },
+    /// List sources.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a source.
+    Revoke {
+        /// Source id.
+        id: String,
+    },
+    /// Replace a source's key from a seq on.
+    Rotate {
+        /// Source id.
+        id: String,
+        /// The new public key line.
+        #[arg(long)]
+        key: String,
+        /// First seq the new key signs (default: the next seq after what the hub holds).
+        #[arg(long)]
+        from_seq: Option<u64>,
+    },
+}
+
+/// `bulletin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BulletinCmd {
+    /// Issue a bulletin now; prints its number.
+    Issue {
+        /// Issue as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// List issued bulletins.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one bulletin.
+    Show {
+        /// Bulletin number.
+        n: u64,
+        /// json, html, md or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// zh or en.
+        #[arg(long, default_value = "zh")]
+        lang: String,
+    },
+    /// Check a bulletin file (JSON) against the log; exits 0 only when it matches.
+    Verify {
+        /// The bulletin JSON file.
+        file: PathBuf,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token and print it (shown once; only its hash is stored).
+    Create {
+        /// admin, ministry, or province:<PP0000>.
+        #[arg(long)]
+        role: String,
+        /// Who the token is for.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List tokens: id, role, created, revoked, label (never the tokens themselves).
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (run on the stopped hub): it is refused from then on, and the
+    /// dashboard sessions opened with it end.
+    Revoke {
+        /// The token (sst_…) or its id from `token list`.
+        token: String,
+    },
+}
+
+/// A subcommand failed; each says what and, where it can, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad option value.
+    #[error("{0}")]
+    Usage(String),
+    /// Data directory, hub.toml, campaign or key problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A key file problem.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The log's tree state.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Appending a hub entry failed.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// A registry change was refused or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A token operation failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A bulletin operation failed.
+    #[error(transparent)]
+    Bulletin(#[from] BulletinError),
+    /// A bulletin file does not match the log.
+    #[error("{file} does not match this hub's log: {error}")]
+    BulletinMismatch {
+        /// The file given.
+        file: PathBuf,
+        /// How it differs.
+        error: BulletinError,
+    },
+    /// The CSV form of a bulletin could not be written.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// A file could not be read.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A JSON document could not be read or written.
+    #[error("{what}: {error}")]
+    Json {
+        /// What was being read or written.
+        what: String,
+        /// The parser's error.
+        error: serde_json::Error,
+    },
+    /// The async runtime cannot start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// `verify` found damage (each problem was printed).
+    #[error("{count} problem(s) found in {dir}")]
+    Damage {
+        /// How many problems.
+        count: usize,
+        /// The data directory.
+        dir: PathBuf,
+    },
+}
+
+fn json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v).map_err(|error| CliError::Json {
+        what: what.to_string(),
+        error,
+    })
+}
+
+/// Sets up logging to stderr: `json` for JSON lines, anything else for human lines.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "--now {s:?}: {e}; give an RFC 3339 instant such as 2018-11-20T09:00:00+08:00"
+            ))
+        })
+}
+
+/// The clock `--now` / `--speed` ask for: the system clock without `--now`, fixed at
+/// `--now`, or starting at `--now` and running `--speed` times real time. The same rules
+/// and messages as the agent's.
+pub fn make_clock(now: Option<&str>, speed: Option<f64>) -> Result<Arc<dyn Clock>, CliError> {
+    Ok(match (now, speed) {
+        (None, None) => Arc::new(SystemClock),
+        (None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--speed needs --now (the instant the accelerated clock starts at)".into(),
+            ));
+        }
+        (Some(t), None) => Arc::new(FixedClock::new(parse_time(t)?)),
+        (Some(t), Some(s)) => {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(CliError::Usage(format!(
+                    "--speed {s}: must be a positive number (1 = real time)"
+                )));
+            }
+            Arc::new(ScaledClock::new(parse_time(t)?, s))
+        }
+    })
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
+/// Runs a subcommand; its output goes to stdout, notes to stderr.
+pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
+    // Everything this process creates (sled's own files included) is private to its user.
+    http::private_umask();
+    let dir = DataDir(cli.data);
+    match cli.cmd {
+        Cmd::Init { campaign } => {
+            let line = config::init(&dir, campaign.as_deref())?;
+            eprintln!(
+                "Initialised hub in {}; edit {} then run `spacesync-hub serve`.",
+                dir.0.display(),
+                dir.config().display()
+            );
+            println!("{line}");
+        }
+        Cmd::Pubkey => {
+            config::check_permissions(&dir)?;
+            let key = keys::read_secret(&dir.key())?;
+            println!("{}", keys::public_key_line(&key.verifying_key()));
+        }
+        Cmd::WebhookKey => {
+            let (key, generated) = config::webhook_key(&dir)?;
+            if generated {
+                eprintln!(
+                    "Generated {} (this hub was initialised before webhook keys existed).",
+                    dir.webhook_key().display()
+                );
+            }
+            println!("{}", keys::public_key_line(&key.verifying_key()));
+        }
+        Cmd::Serve(a) => serve(&dir, a)?,
+        Cmd::Agents { now, cmd } => agents(&dir, make_clock(now.as_deref(), None)?, cmd)?,
+        Cmd::Token { cmd } => token(&dir, cmd)?,
+        Cmd::Extend(a) => {
+            let (hub, _) = config::open_hub(&dir, make_clock(a.now.as_deref(), None)?)?;
+            let index = extend(&hub, &a)?;
+            println!(
+                "extension for {} {} until {} recorded at log index {index}",
+                a.region, a.milestone, a.until
+            );
+        }
+        Cmd::Bulletin { cmd } => bulletins(&dir, cmd)?,
+        Cmd::Rebuild => {
+            let store = config::open_store(&dir)?;
+            let size = crate::log::Log::load(&store)?.size();
+            let pb = bar(size, "rebuild");
+            let n = maintenance::rebuild(&store, |i| pb.set_position(i + 1))?;
+            pb.finish_and_clear();
+            println!("rebuilt views from {size} log leaves ({n} view items)");
+        }
+        Cmd::Verify => verify(&dir)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `serve`: opens the hub on the clock of `--now` / `--speed`, binds its addresses and
+/// runs [`serve::run`] until ctrl-c or SIGTERM.
+fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
+    let clock = make_clock(a.now.as_deref(), a.speed)?;
+    let speed = a.speed.unwrap_or(1.0);
+    let cfg = config::load_config(dir)?;
+    init_logging(&cfg.log_format);
+    let (hub, cfg) = config::open_hub_scaled(dir, clock, speed)?;
+    let (webhook_key, generated) = config::webhook_key(dir)?;
+    if generated {
+        tracing::warn!(path = %dir.webhook_key().display(), key = %keys::public_key_line(&webhook_key.verifying_key()), "Generated the webhook signing key (this hub was initialised before it existed); give its public line to webhook receivers.");
+    }
+    let addr = a.listen.unwrap_or_else(|| cfg.listen.clone());
+    let fds = http::raise_fd_limit();
+    tracing::info!(open_files_limit = ?fds, "Open-file limit.");
+    let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    rt.block_on(async move {
+        let listener = serve::bind_api(&addr).await?;
+        let metrics = match &cfg.metrics_listen {
+            Some(m) => Some(serve::bind_metrics(m).await?),
+            None => None,
+        };
+        let serving = Serving {
+            hub,
+            cfg,
+            webhook_key,
+            speed,
+        };
+        serve::run(listener, metrics, serving, serve::shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), CliError> {
+    match cmd {
+        AgentsCmd::Add { source, scope, key } => {
+            let id = SourceId::parse(&source)
+                .map_err(|e| CliError::Usage(format!("--source {source:?}: {e}")))?;
+            let scope = RegionCode::parse(&scope)
+                .map_err(|e| CliError::Usage(format!("--scope {scope:?}: {e}")))?;
+            let (hub, _) = config::open_hub(dir, clock)?;
+            let rec = hub.add_source(id, scope, &key)?;
+            println!(
+                "added {} (scope {}, key {})",
+                rec.id,
+                rec.scope,
+                rec.current_key().unwrap_or("")
+            );
+        }
+        AgentsCmd::List { json: as_json } => {
+            let all = registry::load_all(&config::open_store(dir)?)?;
+            if as_json {
+                println!("{}", json("the source list", &all)?);
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<8} {:<22} key",
+                    "source", "scope", "status", "added"
+                );
+                for r in all {
+                    println!(
+                        "{:<24} {:<8} {:<8} {:<22} {}",
+                        r.id.as_str(),
+                        r.scope.to_string(),
+                        format!("{:?}", r.status).to_lowercase(),
+                        r.added_at.format("%Y-%m-%d %H:%M:%S"),
+                        r.current_key().unwrap_or("")
+                    );
+                }
+            }
+        }
+        AgentsCmd::Revoke { id } => {
+            let (hub, _) = config::open_hub(dir, clock)?;
+            let rec = hub.revoke_source(&id)?;
+            println!("revoked {}", rec.id);
+        }
+        AgentsCmd::Rotate { id, key, from_seq } => {
+            let (hub, _) = config::open_hub(dir, clock)?;
+            let rec = hub.rotate_source(&id, &key, from_seq)?;
+            let k = rec.keys.last().map(|k| k.from_seq).unwrap_or(1);
+            println!("rotated {}: the new key signs from seq {k} on", rec.id);
+        }
+    }
+    Ok(())
+}
+
+fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
+    let store = config::open_store(dir)?;
+    let now = SystemClock.now();
+    match cmd {
+        TokenCmd::Create { role, label } => {
+            let role: Role = role
+                .parse()
+                .map_err(|e| CliError::Usage(format!("--role: {e}")))?;
+            let token = auth::create_token(&store, role, label, now)?;
+            eprintln!(
+                "Token id {} (for `token list` and `token revoke`); the token is shown once:",
+                auth::token_id(&token)
+            );
+            println!("{token}");
+        }
+        TokenCmd::List { json: as_json } => {
+            let all = auth::list_tokens(&store)?;
+            if as_json {
+                let list: Vec<Value> = all
+                    .iter()
+                    .map(|(id, r)| {
+                        serde_json::json!({
+                            "id": id, "role": r.role, "created_at": r.created_at,
+                            "revoked_at": r.revoked_at, "label": r.label,
+                        })
+                    })
+                    .collect();
+                println!("{}", json("the token list", &list)?);
+            } else {
+                println!(
+                    "{:<14} {:<17} {:<20} {:<20} label",
+                    "id", "role", "created", "revoked"
+                );
+                for (id, r) in all {
+                    println!(
+                        "{:<14} {:<17} {:<20} {:<20} {}",
+                        id,
+                        r.role.to_string(),
+                        r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        r.revoked_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        r.label.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { token } => {
+            let (id, rec) = auth::revoke_token(&store, &token, now)?;
+            println!(
+                "revoked token {id} ({}{}); its dashboard sessions end at their next request",
+                rec.role,
+                rec.label.map(|l| format!(", {l}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Grants a deadline extension: checks region, milestone and reason against the hub's
+/// campaign, then appends the hub-signed [`Extension`] entry (stamped by the hub clock).
+/// Returns its log index.
+pub fn extend(hub: &Hub, a: &ExtendArgs) -> Result<u64, CliError> {
+    let region = RegionCode::parse(&a.region)
+        .map_err(|e| CliError::Usage(format!("--region {:?}: {e}", a.region)))?;
+    if !hub.campaign.is_unit(region.province()) {
+        return Err(CliError::Usage(format!(
+            "--region {region} is not inside one of the campaign's provincial units"
+        )));
+    }
+    if hub.campaign.deliverables().all(|d| d.id != a.milestone) {
+        return Err(CliError::Usage(format!(
+            "--milestone {:?} is not a deliverable of campaign {}; expected one of {}",
+            a.milestone,
+            hub.campaign.id,
+            hub.campaign
+                .deliverables()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if a.reason.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--reason must say why the extension is granted".into(),
+        ));
+    }
+    let (index, _) = hub.append_hub_entry(|seq, at| {
+        HubEntry::Extension(Extension {
+            seq,
+            region,
+            milestone: a.milestone.clone(),
+            until: a.until,
+            reason: a.reason.clone(),
+            granted_at: at,
+        })
+    })?;
+    Ok(index)
+}
+
+/// A bulletin in one of the formats `bulletin show --format` offers: `json`, `html`, `md`
+/// or `csv`, in `lang`. The one place a format name is turned into text.
+pub fn bulletin_text(doc: &Value, format: &str, lang: Lang) -> Result<String, CliError> {
+    Ok(match format {
+        "json" => json("the bulletin", doc)?,
+        "html" => render::html(doc, lang),
+        "md" => render::markdown(doc, lang),
+        "csv" => render::csv(doc, lang)?,
+        other => {
+            return Err(CliError::Usage(format!(
+                "--format {other:?}: expected json, html, md or csv"
+            )));
+        }
+    })
+}
+
+fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
+    match cmd {
+        BulletinCmd::Issue { now } => {
+            let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
+            let doc = bulletin::issue(&hub, None, hub.notices.log_json())?;
+            println!("{}", doc["number"]);
+        }
+        BulletinCmd::List { json: as_json } => {
+            let store = config::open_store(dir)?;
+            let list = bulletin::list(&store)?;
+            if as_json {
+                println!("{}", json("the bulletin list", &list)?);
+            } else {
+                for b in list {
+                    println!(
+                        "{:>4}  {}  {}",
+                        b["number"],
+                        b["issued_at"].as_str().unwrap_or(""),
+                        b["title"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        BulletinCmd::Show { n, format, lang } => {
+            let store = config::open_store(dir)?;
+            let doc = bulletin::get(&store, n)?;
+            let lang = Lang::parse(&lang)
+                .ok_or_else(|| CliError::Usage(format!("--lang {lang:?}: expected zh or en")))?;
+            let out = bulletin_text(&doc, &format, lang)?;
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+        }
+        BulletinCmd::Verify { file } => {
+            let store = config::open_store(dir)?;
+            let cfg = config::load_config(dir)?;
+            let campaign = config::load_campaign(dir)?;
+            let key = keys::read_secret(&dir.key())?;
+            let text = std::fs::read_to_string(&file).map_err(|error| CliError::Io {
+                path: file.clone(),
+                error,
+            })?;
+            let doc: Value = serde_json::from_str(&text).map_err(|error| CliError::Json {
+                what: format!(
+                    "{} is not JSON (give the JSON form of a bulletin)",
+                    file.display()
+                ),
+                error,
+            })?;
+            bulletin::verify(&store, &campaign, &key.verifying_key(), &cfg.origin, &doc).map_err(
+                |error| CliError::BulletinMismatch {
+                    file: file.clone(),
+                    error,
+                },
+            )?;
+            println!(
+                "ok: bulletin {} matches the log at checkpoint size {}",
+                doc["number"], doc["checkpoint"]["size"]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn verify(dir: &DataDir) -> Result<(), CliError> {
+    let store = config::open_store(dir)?;
+    let cfg = config::load_config(dir)?;
+    let key = keys::read_secret(&dir.key())?;
+    let size = crate::log::Log::load(&store)?.size();
+    let pb = bar(size, "verify");
+    let report = maintenance::verify(&store, &key.verifying_key(), &cfg.origin, |i| {
+        pb.set_position(i + 1)
+    })?;
+    pb.finish_and_clear();
+    if report.ok() {
+        println!(
+            "ok: {} leaves from {} sources; signatures, chains and the Merkle root match the signed checkpoint",
+            report.leaves, report.sources
+        );
+        Ok(())
+    } else {
+        for p in &report.problems {
+            println!("DAMAGE: {p}");
+        }
+        Err(CliError::Damage {
+            count: report.problems.len(),
+            dir: dir.0.clone(),
+        })
+    }
+}
+
+/// An error with its sources, on one line (each source only when its words are not
+/// already in the message).
+pub fn err_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_follows_now_and_speed_as_the_agent_does() {
+        let t = "2018-10-01T08:00:00+08:00";
+        let fixed = make_clock(Some(t), None).map(|c| c.now());
+        assert_eq!(
+            fixed.ok(),
+            DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        );
+        assert!(make_clock(None, None).is_ok());
+        for bad in [
+            make_clock(None, Some(2.0)),
+            make_clock(Some(t), Some(0.0)),
+            make_clock(Some(t), Some(f64::NAN)),
+            make_clock(Some(t), Some(-3.0)),
+            make_clock(Some("yesterday"), None),
+        ] {
+            assert!(matches!(bad, Err(CliError::Usage(_))));
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! `spacesync-hub serve`: the HTTP API, the optional metrics listener and the scheduler
+//! (scheduled bulletins, notices, webhook deliveries) in one process, behind
+//! [`run`]`(listeners, hub, shutdown)`. Production passes listeners bound to `hub.toml`'s
+//! addresses and [`shutdown_signal`]; tests pass port-0 listeners and their own future.
+//!
+//! Shutdown: the API stops taking connections and finishes its requests; the metrics
+//! listener ends with it; a watch channel tells the scheduler to stop after its tick.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use spacesync_shared::keys;
+use tokio::net::TcpListener;
+
+use crate::config::HubConfig;
+use crate::http::{self, AppState};
+use crate::ingest::Hub;
+
+/// How often the scheduler looks at the hub clock.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Why serving could not start or ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// An address cannot be listened on.
+    #[error("cannot listen on {addr} ({what}): {error}; {fix}")]
+    Bind {
+        /// `listen` or `metrics_listen`.
+        what: &'static str,
+        /// The address asked for.
+        addr: String,
+        /// What to do.
+        fix: &'static str,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The API's listener failed.
+    #[error("the HTTP API failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the API's address (`listen` in hub.toml, or `--listen`).
+pub async fn bind_api(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServeError::Bind {
+            what: "listen",
+            addr: addr.to_string(),
+            fix: "is another hub running? choose another with --listen",
+            error,
+        })
+}
+
+/// Binds the token-free metrics address (`metrics_listen` in hub.toml).
+pub async fn bind_metrics(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServeError::Bind {
+            what: "metrics_listen in hub.toml",
+            addr: addr.to_string(),
+            fix: "choose a free address or remove the line",
+            error,
+        })
+}
+
+/// What [`run`] serves.
+pub struct Serving {
+    /// The opened hub.
+    pub hub: Hub,
+    /// `hub.toml`.
+    pub cfg: HubConfig,
+    /// Signs webhook deliveries (`webhook.key`).
+    pub webhook_key: SigningKey,
+    /// How many times faster than real time the hub clock runs (1 = real time): the
+    /// signed-request window is kept at the same span of real time.
+    pub speed: f64,
+}
+
+/// Serves the API on `listener` (and `/metrics` on `metrics`, without a token) until
+/// `shutdown` completes, with the scheduler running beside it; then stops everything.
+pub async fn run(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    serving: Serving,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Serving {
+        hub,
+        cfg,
+        webhook_key,
+        speed,
+    } = serving;
+    let webhook_public = keys::public_key_line(&webhook_key.verifying_key());
+    for h in &cfg.webhooks {
+        tracing::info!(webhook = %h.id(), key = %webhook_public, "Notices go to a webhook, signed with the webhook key.");
+    }
+    tracing::info!(
+        max_connections = cfg.http.max_connections,
+        per_address = cfg.http.max_connections_per_address,
+        "Connection limits."
+    );
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
+    let hub = Arc::new(hub);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(crate::schedule::run(
+        hub.clone(),
+        cfg.webhooks.clone(),
+        webhook_key,
+        TICK,
+        stop_rx,
+    ));
+    let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source)
+        .with_address_limit(cfg.rate_per_address, cfg.burst_per_address)
+        .with_time_scale(speed)
+        .with_connection_limits(cfg.http.limits());
+    // The token-free metrics listener ends with the main one.
+    let metrics = match metrics {
+        Some(ml) => {
+            tracing::info!(addr = %ml.local_addr()?, "Metrics listening.");
+            Some(tokio::spawn(http::serve_metrics(
+                ml,
+                state.clone(),
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
+    let served = http::serve(listener, state, shutdown).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let _ = stop_tx.send(true);
+    if let Err(e) = scheduler.await {
+        tracing::warn!(task = "scheduler", error = %e, "Task ended abnormally.");
+    }
+    served?;
+    tracing::info!("Hub stopped.");
+    Ok(())
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "Cannot listen for Ctrl-C.");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutting down.");
+}
