@@ -25,7 +25,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use spacesync_shared::batch::{self, Format};
-use spacesync_shared::campaign::QuotaLedger;
+use spacesync_shared::quota::QuotaLedger;
 use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::entry::{Entry, SourceId};

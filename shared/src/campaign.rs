@@ -2,11 +2,10 @@
 //! (milestones and deadlines, targets, quotas, units, bulletin schedule, lagging
 //! thresholds), so a 2019 campaign is a new file, not new code.
 //!
-//! Loading validates the whole file and names the line of the first mistake.
-//! [`QuotaLedger`] is the one quota check: the agent calls it before signing, the hub
-//! again on arrival.
+//! Loading validates the whole file and names the line of the first mistake. The quotas
+//! it sets are counted by [`crate::quota`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 
@@ -14,8 +13,10 @@ use chrono::{Duration, FixedOffset, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::record::{Nominee, Recommendation};
 use crate::region::{Level, RegionCode};
+
+// The quota names were declared here before they had a module of their own.
+pub use crate::quota::{NomineeType, Quota, QuotaLedger, QuotaViolation, Quotas};
 
 /// The 2018 campaign as shipped in `deploy/campaigns/2018.toml`.
 pub const CAMPAIGN_2018_TOML: &str = include_str!("../../deploy/campaigns/2018.toml");
@@ -86,42 +87,6 @@ pub struct MilestoneDef {
     pub due: NaiveDate,
     /// Details a submission must include.
     pub requires: Vec<Requirement>,
-}
-
-/// Limits on nominations by one recommender. `None` means no limit is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Most schools one recommender of this level may nominate.
-    pub schools: Option<u32>,
-    /// Most regions one recommender of this level may nominate.
-    pub regions: Option<u32>,
-}
-
-/// Quotas per recommending level.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quotas {
-    /// A county/district recommends at most …
-    #[serde(default)]
-    pub county: Quota,
-    /// A city recommends at most …
-    #[serde(default)]
-    pub city: Quota,
-    /// A province selects at most …
-    #[serde(default)]
-    pub province: Quota,
-}
-
-impl Quotas {
-    /// The quota that applies to recommenders of `level`.
-    pub fn for_level(&self, level: Level) -> &Quota {
-        match level {
-            Level::County => &self.county,
-            Level::City => &self.city,
-            Level::Province => &self.province,
-        }
-    }
 }
 
 /// The national target and optional per-province targets.
@@ -615,144 +580,6 @@ impl RawCampaign {
             },
             units,
         })
-    }
-}
-
-// ---- quotas ----------------------------------------------------------------------------
-
-/// What a nomination counts against: schools or regions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NomineeType {
-    /// A school nominee.
-    School,
-    /// A region nominee.
-    Region,
-}
-
-impl NomineeType {
-    /// `school` or `region`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NomineeType::School => "school",
-            NomineeType::Region => "region",
-        }
-    }
-
-    fn plural(self) -> &'static str {
-        match self {
-            NomineeType::School => "schools",
-            NomineeType::Region => "regions",
-        }
-    }
-}
-
-/// A nomination that would exceed its recommender's quota.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotaViolation {
-    /// Level of the recommender.
-    pub level: Level,
-    /// The recommender.
-    pub by: RegionCode,
-    /// Schools or regions.
-    pub nominee_type: NomineeType,
-    /// The nominee refused.
-    pub nominee: String,
-    /// The quota.
-    pub limit: u32,
-    /// Nominees already counted against the quota, in the order they were counted.
-    pub counted: Vec<String>,
-}
-
-impl fmt::Display for QuotaViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "quota exceeded: a {} recommends at most {} {}; {} has already nominated {} ({}), so {} cannot be added",
-            self.level,
-            self.limit,
-            self.nominee_type.plural(),
-            self.by,
-            self.counted.len(),
-            self.counted.join(", "),
-            self.nominee
-        )
-    }
-}
-
-type QuotaKey = (Level, RegionCode, NomineeType);
-
-/// Nominations counted so far, per recommender. Renominating a nominee already
-/// counted does not use more quota. The same ledger runs on the agent (before signing)
-/// and on the hub (across all sources of a province), so both judge alike.
-#[derive(Debug, Clone, Default)]
-pub struct QuotaLedger {
-    counted: HashMap<QuotaKey, Vec<String>>,
-}
-
-impl QuotaLedger {
-    /// An empty ledger.
-    pub fn new() -> QuotaLedger {
-        QuotaLedger::default()
-    }
-
-    fn key(r: &Recommendation) -> (QuotaKey, String) {
-        let (t, code) = match &r.nominee {
-            Nominee::School { code, .. } => (NomineeType::School, code.to_string()),
-            Nominee::Region { code, .. } => (NomineeType::Region, code.to_string()),
-        };
-        ((r.level, r.by, t), code)
-    }
-
-    /// Would `r` fit? Does not record it.
-    pub fn check(&self, quotas: &Quotas, r: &Recommendation) -> Result<(), QuotaViolation> {
-        let (key, code) = Self::key(r);
-        let limit = match key.2 {
-            NomineeType::School => quotas.for_level(key.0).schools,
-            NomineeType::Region => quotas.for_level(key.0).regions,
-        };
-        let counted = self.counted.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        match limit {
-            Some(limit) if !counted.contains(&code) && counted.len() >= limit as usize => {
-                Err(QuotaViolation {
-                    level: key.0,
-                    by: key.1,
-                    nominee_type: key.2,
-                    nominee: code,
-                    limit,
-                    counted: counted.to_vec(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Checks `r` and, when it fits, counts it.
-    pub fn add(&mut self, quotas: &Quotas, r: &Recommendation) -> Result<(), QuotaViolation> {
-        self.check(quotas, r)?;
-        let (key, code) = Self::key(r);
-        let list = self.counted.entry(key).or_default();
-        if !list.contains(&code) {
-            list.push(code);
-        }
-        Ok(())
-    }
-
-    /// Stops counting `r` (after a withdrawal).
-    pub fn remove(&mut self, r: &Recommendation) {
-        let (key, code) = Self::key(r);
-        if let Some(list) = self.counted.get_mut(&key) {
-            list.retain(|c| c != &code);
-        }
-    }
-
-    /// Distinct recommenders with at least one counted nomination.
-    pub fn recommenders(&self) -> BTreeSet<RegionCode> {
-        self.counted
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| k.1)
-            .collect()
     }
 }
 

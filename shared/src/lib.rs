@@ -7,7 +7,8 @@
 //! - [`record`]: the five record kinds and the strict reader that names every bad field.
 //! - [`batch`]: JSON / NDJSON / CSV batches, with the position of every problem.
 //! - [`validate`]: checks that need context (scope, today, campaign, seq).
-//! - [`campaign`]: the campaign TOML file and the quota ledger.
+//! - [`campaign`]: the campaign TOML file (milestones, targets, quotas, units, schedules).
+//! - [`quota`]: nomination quotas and the quota ledger, the one quota check.
 //! - [`dsse`]: DSSE envelopes with Ed25519, and SHA-256 digests.
 //! - [`sig`]: the one Ed25519 validity rule (single and batch paths agree).
 //! - [`entry`]: signed, hash-chained entries and batch signature verification.
@@ -28,6 +29,7 @@ pub mod entry;
 pub mod json;
 pub mod keys;
 pub mod merkle;
+pub mod quota;
 pub mod record;
 pub mod region;
 pub mod sig;

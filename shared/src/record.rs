@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::campaign::{NomineeType, QuotaViolation};
+use crate::quota::{Nomination, NomineeType, QuotaViolation};
 use crate::region::{CodeError, Level, RegionCode, SchoolCode};
 
 /// Largest count accepted for one space kind in one snapshot. China has about 300 million
@@ -342,6 +342,18 @@ pub struct Recommendation {
     pub by: RegionCode,
     /// Who is nominated.
     pub nominee: Nominee,
+}
+
+/// A recommendation counts against its recommender's quota as this nomination.
+impl From<&Recommendation> for Nomination {
+    fn from(r: &Recommendation) -> Nomination {
+        Nomination {
+            level: r.level,
+            by: r.by,
+            nominee_type: r.nominee.nominee_type(),
+            nominee: r.nominee.code(),
+        }
+    }
 }
 
 /// Activity categories.
