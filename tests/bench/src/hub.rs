@@ -1,0 +1,209 @@
+//! One real hub, driven through its command line as an operator would: `init` in a
+//! temporary data directory, `agents add`, `token create`, `serve` on a free loopback
+//! port, a clean stop (SIGTERM), restarts, `bulletin issue`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::procs::{self, ChildGuard};
+use crate::workload::HUB_NOW;
+
+/// When the benchmark registers its sources (`agents add --now`): before the campaign.
+const REGISTERED_AT: &str = "2018-09-01T00:00:00Z";
+
+/// A hub's data directory and, while it serves, its process.
+pub struct HubInstance {
+    bin: PathBuf,
+    /// The data directory (removed on drop, after the process is stopped).
+    dir: tempfile::TempDir,
+    /// Where `serve` listens (chosen anew when a start finds the port taken).
+    pub port: u16,
+    child: Option<ChildGuard>,
+    http: reqwest::Client,
+    /// The hub's public key line, from `init`.
+    pub key_line: String,
+}
+
+impl HubInstance {
+    /// `init`s a hub in a fresh directory under `parent` and lifts the per-source request
+    /// rate limit (a benchmark measures the hub, not its limiter).
+    pub fn init(bin: &Path, parent: &Path) -> Result<HubInstance> {
+        let dir = tempfile::Builder::new()
+            .prefix("hub-")
+            .tempdir_in(parent)
+            .context("creating the hub's data directory")?;
+        let key_line = procs::run_cli(bin, dir.path(), &["init"])?;
+        let cfg = dir.path().join("hub.toml");
+        let text =
+            std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+        let mut found = 0;
+        let text: String = text
+            .lines()
+            .map(|l| {
+                for key in ["rate_per_source", "burst_per_source"] {
+                    if l.starts_with(key) && l[key.len()..].trim_start().starts_with('=') {
+                        found += 1;
+                        return format!("{key} = 1000000.0\n");
+                    }
+                }
+                format!("{l}\n")
+            })
+            .collect();
+        if found != 2 {
+            bail!(
+                "{} no longer has `rate_per_source =` and `burst_per_source =` lines to raise",
+                cfg.display()
+            );
+        }
+        std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
+        Ok(HubInstance {
+            bin: bin.to_path_buf(),
+            dir,
+            port: procs::free_port()?,
+            child: None,
+            http: reqwest::Client::new(),
+            key_line,
+        })
+    }
+
+    /// Runs a subcommand against the data directory; its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        procs::run_cli(&self.bin, self.dir.path(), args)
+    }
+
+    /// `agents add` for one source.
+    pub fn add_source(&self, id: &str, scope: &str, key_line: &str) -> Result<()> {
+        self.cli(&[
+            "agents",
+            "--now",
+            REGISTERED_AT,
+            "add",
+            "--source",
+            id,
+            "--scope",
+            scope,
+            "--key",
+            key_line,
+        ])
+        .map(drop)
+    }
+
+    /// `token create --role ROLE`: the token.
+    pub fn create_token(&self, role: &str) -> Result<String> {
+        self.cli(&[
+            "token",
+            "create",
+            "--role",
+            role,
+            "--label",
+            "spacesync-bench",
+        ])
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The serving process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ChildGuard::pid)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hub.log")
+    }
+
+    /// Starts `serve --now HUB_NOW` and waits for `/readyz` to answer 200 (polled every
+    /// 2 ms). Returns the time from spawn to that answer. Retries on a new port when the
+    /// process exits at start (the port was taken between choosing and binding).
+    pub async fn start(&mut self) -> Result<Duration> {
+        if self.child.is_some() {
+            bail!("the hub is already serving");
+        }
+        let mut last_err = None;
+        for _ in 0..5 {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path())
+                .with_context(|| format!("opening {}", self.log_path().display()))?;
+            let child = Command::new(&self.bin)
+                .arg("--data")
+                .arg(self.dir.path())
+                .args(["serve", "--now", HUB_NOW, "--listen"])
+                .arg(format!("127.0.0.1:{}", self.port))
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("starting {} serve", self.bin.display()))?;
+            let mut guard = ChildGuard::new("the hub", child);
+            let url = format!("{}/readyz", self.url());
+            match procs::wait_ok(
+                &self.http,
+                &url,
+                &mut guard,
+                Duration::from_secs(300),
+                Duration::from_millis(2),
+            )
+            .await
+            {
+                Ok(took) => {
+                    self.child = Some(guard);
+                    return Ok(took);
+                }
+                Err(e) => {
+                    let exited = guard.exited().is_some();
+                    drop(guard);
+                    if !exited {
+                        return Err(e.context(procs::log_tail(&self.log_path(), 20)));
+                    }
+                    last_err = Some(e);
+                    self.port = procs::free_port()?;
+                }
+            }
+        }
+        let e = last_err.unwrap_or_else(|| anyhow::anyhow!("the hub would not start"));
+        Err(e.context(format!(
+            "the hub would not start; its log ends:\n{}",
+            procs::log_tail(&self.log_path(), 20)
+        )))
+    }
+
+    /// Stops `serve` cleanly (SIGTERM; SIGKILL after a minute). Returns how long it took.
+    pub fn stop(&mut self) -> Result<Duration> {
+        let Some(mut guard) = self.child.take() else {
+            bail!("the hub is not serving");
+        };
+        let (st, took) = guard.stop(libc::SIGTERM, Duration::from_secs(60))?;
+        if !st.success() {
+            eprintln!(
+                "The hub exited with {st} on SIGTERM; its log ends:\n{}",
+                procs::log_tail(&self.log_path(), 10)
+            );
+        }
+        Ok(took)
+    }
+
+    /// Bytes of the sled store on disk.
+    pub fn db_bytes(&self) -> u64 {
+        procs::dir_bytes(&self.dir.path().join("db"))
+    }
+}
+
+impl Drop for HubInstance {
+    fn drop(&mut self) {
+        // The process first, then (by field drop) the directory it writes to.
+        drop(self.child.take());
+    }
+}

@@ -1,0 +1,175 @@
+//! `ingest`: the real hub over loopback HTTP, 32 sources at once, next to the same-run
+//! limits (Ed25519 batch verification on all cores, single verification, SHA-256, a durable
+//! batched sled append) and the PostgreSQL peer.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::drive;
+use crate::hub::HubInstance;
+use crate::limits;
+use crate::pg;
+use crate::presign;
+use crate::procs::{self, Binary, Bins};
+use crate::report::{Report, p50_p99};
+use crate::workload::{self, Shape};
+
+/// `ingest` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Entries in all.
+    #[arg(long, default_value_t = 64_000)]
+    pub entries: u64,
+    /// Sources (agents), each its own concurrent client; one per provincial unit up to 32.
+    #[arg(long, default_value_t = 32)]
+    pub sources: usize,
+    /// Entries per ingest batch (and rows per PostgreSQL transaction, and per sled flush).
+    #[arg(long, default_value_t = 500)]
+    pub batch: u64,
+    /// Send plain JSON bodies instead of gzip (agents send gzip).
+    #[arg(long)]
+    pub plain: bool,
+    /// Skip the PostgreSQL peer (reported as NA).
+    #[arg(long)]
+    pub no_pg: bool,
+    /// Each limit repeats its pass for at least this many seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_limit_s: f64,
+    #[command(flatten)]
+    pub bins: Bins,
+}
+
+/// Runs `ingest`; its report.
+pub async fn run(a: &IngestArgs) -> Result<Report> {
+    if a.entries == 0 {
+        bail!("--entries must be at least 1");
+    }
+    let hub_bin = procs::locate(Binary::Hub, a.bins.hub_bin.as_deref())?;
+    let work = tempfile::Builder::new()
+        .prefix("spacesync-bench-")
+        .tempdir()
+        .context("creating a work directory")?;
+    let shape = Shape::Entries {
+        total: a.entries,
+        sources: a.sources,
+    };
+
+    let pre = presign::presign_in_child(shape, a.batch, &work.path().join("presigned"))?;
+    let n = pre.entries();
+    println!(
+        "presigned {n} entries for {} sources in batches of {} ({:.2} s in a separate process)",
+        pre.sources.len(),
+        a.batch,
+        pre.process_s
+    );
+
+    let mut hub = HubInstance::init(&hub_bin, work.path())?;
+    for s in &pre.sources {
+        hub.add_source(&s.id, &s.unit, &s.key_line)?;
+    }
+    hub.start().await?;
+    let pid = hub
+        .pid()
+        .context("the hub has no process id after starting")?;
+    println!("hub {} serving on {}", hub_bin.display(), hub.url());
+    let d = drive::drive(&hub.url(), pid, &pre.sources, !a.plain).await?;
+    hub.stop()?;
+    if d.entries != n {
+        bail!("the hub acknowledged {} entries of {n}", d.entries);
+    }
+    let (p50, p99) = p50_p99(&d.batch_ms);
+    println!(
+        "hub ingest: {:.0} entries/s ({n} in {:.2} s), batch p50 {p50:.1} ms p99 {p99:.1} ms, \
+         hub CPU {:.2} s ({:.2} cores), clients' CPU {:.2} s, {} throttled",
+        d.per_s(),
+        d.wall_s,
+        d.hub_cpu_s,
+        d.hub_cpu_s / d.wall_s,
+        d.client_cpu_s,
+        d.throttled
+    );
+
+    // Limits, on the same entries, with the hub stopped.
+    let parsed = pre.parsed()?;
+    let verify = limits::verify_batch_all_cores(&parsed, a.min_limit_s)?;
+    let single = limits::verify_single(&parsed, 20_000, a.min_limit_s)?;
+    let payloads: Vec<&[u8]> = parsed
+        .iter()
+        .flat_map(|(_, envs)| envs.iter().map(|e| e.payload.as_slice()))
+        .collect();
+    let (sha, sha_mb) = limits::sha256(&payloads, a.min_limit_s)?;
+    let stored: Vec<Vec<u8>> = parsed
+        .iter()
+        .flat_map(|(_, envs)| envs.iter())
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+    let append = limits::sled_append(&stored, a.batch as usize, a.min_limit_s)?;
+    let cores = limits::cores();
+    println!(
+        "limits: batch verification {verify:.0}/s on {cores} cores, single {single:.0}/s on one, \
+         SHA-256 {sha:.0}/s ({sha_mb:.0} MB/s), sled append+flush per {} {append:.0}/s",
+        a.batch
+    );
+
+    // The PostgreSQL peer: the same records, unsigned.
+    let pg_rates = if a.no_pg {
+        eprintln!("--no-pg: the PostgreSQL peer is skipped (NA).");
+        None
+    } else {
+        let t = Instant::now();
+        let rows = rows(shape)?;
+        let r = pg::peer(&rows, a.batch as usize).await?;
+        if let Some(r) = r {
+            println!(
+                "PostgreSQL peer: INSERT {:.0} rows/s, COPY {:.0} rows/s ({:.1} s with start-up)",
+                r.insert_per_s,
+                r.copy_per_s,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        r
+    };
+
+    let per_s = d.per_s();
+    let mut r = Report::new("ingest");
+    r.int("entries_per_s", per_s)
+        .int("verify_limit_per_s", verify)
+        .dec("ratio", per_s / verify)
+        .opt_int("pg_insert_per_s", pg_rates.map(|p| p.insert_per_s))
+        .opt_dec("pg_ratio", pg_rates.map(|p| per_s / p.insert_per_s))
+        .opt_int("pg_copy_per_s", pg_rates.map(|p| p.copy_per_s))
+        .opt_dec("pg_copy_ratio", pg_rates.map(|p| per_s / p.copy_per_s))
+        .dec("p50_batch_ms", p50)
+        .dec("p99_batch_ms", p99)
+        .dec("cpu_s_per_entry", d.hub_cpu_s / n as f64)
+        .dec("hub_cores_busy", d.hub_cpu_s / d.wall_s)
+        .dec(
+            "cpu_vs_verify",
+            verify / cores as f64 * d.hub_cpu_s / n as f64,
+        )
+        .int("verify_single_per_s", single)
+        .int("sha256_limit_per_s", sha)
+        .int("append_limit_per_s", append)
+        .dec("append_ratio", per_s / append)
+        .int("entries", n as f64)
+        .int("sources", pre.sources.len() as f64)
+        .int("batch", a.batch as f64)
+        .int("gzip", if a.plain { 0.0 } else { 1.0 })
+        .int("cores", cores as f64)
+        .dec("wall_s", d.wall_s)
+        .dec("client_cpu_s", d.client_cpu_s)
+        .int("throttled", d.throttled as f64);
+    Ok(r)
+}
+
+/// The PostgreSQL peer's rows: each entry's source, seq and record, unsigned.
+fn rows(shape: Shape) -> Result<Vec<pg::Row>> {
+    let mut out = Vec::new();
+    for p in workload::plan(shape)? {
+        for k in 0..p.entries {
+            out.push((p.id.clone(), k as i64 + 1, p.record(k)));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,369 @@
+//! Processes: children that die with the harness, finding the binaries under test, and
+//! what `/proc` says about a process (CPU seconds, resident memory).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// A child process that is stopped when dropped — on success, on error and on panic — so
+/// no hub, agent or PostgreSQL server outlives the harness.
+pub struct ChildGuard {
+    /// What it is, for messages.
+    name: String,
+    child: Option<Child>,
+    /// Signal sent first on drop; SIGKILL follows after [`ChildGuard::grace`].
+    drop_signal: libc::c_int,
+    /// How long a dropped child gets to exit after `drop_signal`.
+    grace: Duration,
+}
+
+impl ChildGuard {
+    /// Guards `child`; on drop it is killed (SIGKILL) and reaped.
+    pub fn new(name: impl Into<String>, child: Child) -> ChildGuard {
+        ChildGuard {
+            name: name.into(),
+            child: Some(child),
+            drop_signal: libc::SIGKILL,
+            grace: Duration::ZERO,
+        }
+    }
+
+    /// On drop, sends `signal` first and waits up to `grace` before SIGKILL (PostgreSQL's
+    /// fast shutdown is SIGINT).
+    pub fn with_drop_signal(mut self, signal: libc::c_int, grace: Duration) -> ChildGuard {
+        self.drop_signal = signal;
+        self.grace = grace;
+        self
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `Some(status)` once the child has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` and waits up to `grace` for the exit; SIGKILL after that. Returns
+    /// the exit status and how long the child took to exit.
+    pub fn stop(&mut self, signal: libc::c_int, grace: Duration) -> Result<(ExitStatus, Duration)> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let t = Instant::now();
+        send_signal(&child, signal);
+        let deadline = t + grace;
+        loop {
+            if let Some(st) = child.try_wait().context("waiting for a child")? {
+                return Ok((st, t.elapsed()));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let st = child.wait().context("waiting for a killed child")?;
+                eprintln!(
+                    "{} did not exit within {grace:?} of signal {signal}; killed",
+                    self.name
+                );
+                return Ok((st, t.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop(self.drop_signal, self.grace);
+        }
+    }
+}
+
+fn send_signal(child: &Child, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with the pid of a child we have not yet reaped (so the pid cannot
+        // have been reused) and a valid signal number; it touches no memory of ours.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// A free loopback port (bound and released: racy, so starters retry on a failed bind).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The clock tick `/proc/<pid>/stat` counts CPU time in.
+fn clock_ticks() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        // SAFETY: sysconf reads a constant; no memory is shared.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if t > 0 { t as f64 } else { 100.0 }
+    })
+}
+
+/// User + system CPU seconds of a process, all its threads (live and exited) included:
+/// fields 14 and 15 of `/proc/<pid>/stat`. `pid` `None` is this process.
+pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| -> Result<f64> {
+        f.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("{path}: field {} is not a number", i + 3))
+    };
+    // After the name, field 3 (state) is index 0: utime (14) is 11, stime (15) is 12.
+    Ok((num(11)? + num(12)?) / clock_ticks())
+}
+
+/// Resident memory (`VmRSS` of `/proc/<pid>/status`) in MiB.
+pub fn rss_mb(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kb = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("{path} has no VmRSS line"))?;
+    Ok(kb / 1024.0)
+}
+
+/// Bytes of all files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Where the binaries under test are, when not found by [`locate`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Bins {
+    /// The `spacesync-hub` binary to measure (default: built from this workspace).
+    #[arg(long, env = "SPACESYNC_HUB_BIN")]
+    pub hub_bin: Option<PathBuf>,
+    /// The `spacesync-agent` binary to measure (default: built from this workspace).
+    #[arg(long, env = "SPACESYNC_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// Which binary under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `spacesync-hub`.
+    Hub,
+    /// `spacesync-agent`.
+    Agent,
+}
+
+impl Binary {
+    fn name(self) -> &'static str {
+        match self {
+            Binary::Hub => "spacesync-hub",
+            Binary::Agent => "spacesync-agent",
+        }
+    }
+}
+
+/// The binary to measure.
+///
+/// 1. `given` (`--hub-bin` / `SPACESYNC_HUB_BIN`, `--agent-bin` / `SPACESYNC_AGENT_BIN`).
+/// 2. Under `cargo run`, `cargo build -p spacesync-bench --bins` in the profile this
+///    binary was built with first, so the `spacesync-hub-under-bench` /
+///    `spacesync-agent-under-bench` binaries (the hub's and the agent's own `main`) are
+///    built from the current sources: a before/after comparison never measures a stale hub.
+/// 3. The newest of `<name>-under-bench` and `<name>` next to this binary (e.g. after
+///    `cargo build --release -p spacesync-hub`).
+pub fn locate(which: Binary, given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!(
+                "{} (given for {}) does not exist",
+                p.display(),
+                which.name()
+            );
+        }
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
+    build_siblings(dir)?;
+    let candidates = [
+        dir.join(format!(
+            "{}-under-bench{}",
+            which.name(),
+            std::env::consts::EXE_SUFFIX
+        )),
+        dir.join(format!("{}{}", which.name(), std::env::consts::EXE_SUFFIX)),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(p).ok()?.modified().ok()?;
+            Some((m, p))
+        })
+        .max_by_key(|(m, _)| *m)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no {name} binary next to {exe}: run through `cargo run --release -p spacesync-bench`, \
+                 or build it (`cargo build --release -p spacesync-hub -p spacesync-agent`), or pass its path \
+                 (--hub-bin / --agent-bin)",
+                name = which.name(),
+                exe = exe.display()
+            )
+        })
+}
+
+/// Under `cargo run` (`CARGO` is set), builds this package's binaries once, in the profile
+/// of the directory this binary sits in. Set `SPACESYNC_BENCH_NO_BUILD=1` to skip it.
+fn build_siblings(dir: &Path) -> Result<()> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    if std::env::var_os("SPACESYNC_BENCH_NO_BUILD").is_some() {
+        return Ok(());
+    }
+    BUILT
+        .get_or_init(|| {
+            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+            let mut cmd = Command::new(&cargo);
+            cmd.arg("build")
+                .arg("--manifest-path")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .args(["-p", "spacesync-bench", "--bins"]);
+            match profile {
+                "debug" => {}
+                "release" => {
+                    cmd.arg("--release");
+                }
+                other => {
+                    cmd.args(["--profile", other]);
+                }
+            }
+            eprintln!("Building the hub and agent under test ({profile})…");
+            match cmd.status() {
+                Ok(st) if st.success() => Ok(()),
+                Ok(st) => Err(format!(
+                    "`cargo build -p spacesync-bench --bins` failed ({st})"
+                )),
+                Err(e) => Err(format!("cannot run {}: {e}", Path::new(&cargo).display())),
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Runs `bin --data dir args…` to completion; its stdout, trimmed, or an error naming the
+/// command and its stderr.
+pub fn run_cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`{} {}` failed ({}): {}",
+            bin.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Polls `url` every `poll` until it answers 200, the guarded process exits, or `deadline`
+/// passes. Returns the time from the call to the first 200.
+pub async fn wait_ok(
+    http: &reqwest::Client,
+    url: &str,
+    child: &mut ChildGuard,
+    deadline: Duration,
+    poll: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.exited() {
+            bail!("{} exited ({st}) before {url} answered", child.name);
+        }
+        let ok = http
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= deadline {
+            bail!("{url} did not answer 200 within {deadline:?}");
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_and_rss_read() {
+        let cpu = cpu_seconds(None).expect("own /proc/self/stat");
+        assert!(cpu >= 0.0);
+        let rss = rss_mb(std::process::id()).expect("own VmRSS");
+        assert!(rss > 0.0);
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_its_child() {
+        let child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        drop(ChildGuard::new("sleep", child));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+}

@@ -1,0 +1,147 @@
+//! Each command, at a tiny size, against the hub and agent this package builds from their
+//! own `main` files: the run succeeds and its output ends with the one `cmd: key=value …`
+//! line, holding the required keys as positive numbers. Timing is not checked here (it
+//! lives in BENCHMARKS.md); the three together take well under a minute.
+
+use std::process::Command;
+
+use spacesync_bench::report::parse_line;
+
+/// Runs `spacesync-bench args…` and returns the pairs of its closing line, after checking
+/// that it is the last line of stdout, the only `cmd:` line, and that every key in
+/// `required` is a positive number (or `NA` when listed in `may_be_na`).
+fn check(args: &[&str], required: &[&str], may_be_na: &[&str]) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_spacesync-bench"))
+        .args(args)
+        .env(
+            "SPACESYNC_HUB_BIN",
+            env!("CARGO_BIN_EXE_spacesync-hub-under-bench"),
+        )
+        .env(
+            "SPACESYNC_AGENT_BIN",
+            env!("CARGO_BIN_EXE_spacesync-agent-under-bench"),
+        )
+        .env("SPACESYNC_BENCH_NO_BUILD", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running spacesync-bench: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let cmd = args[0];
+    let last = stdout.lines().last().unwrap_or("");
+    let (got_cmd, pairs) =
+        parse_line(last).unwrap_or_else(|| panic!("last line is not key=value pairs: {last:?}"));
+    assert_eq!(got_cmd, cmd, "{last}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{cmd}:")))
+            .count(),
+        1,
+        "exactly one closing line:\n{stdout}"
+    );
+    for key in required {
+        let v = pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {last}"));
+        if v == "NA" && may_be_na.contains(key) {
+            continue;
+        }
+        let x: f64 = v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v} is not a number in {last}"));
+        assert!(
+            x.is_finite() && x > 0.0,
+            "{key}={v} is not positive in {last}"
+        );
+    }
+    pairs
+}
+
+fn value(pairs: &[(String, String)], key: &str) -> String {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn ingest_reports_rates_limits_and_the_postgresql_peer() {
+    // The peer may be NA only where PostgreSQL is not installed.
+    let na: &[&str] = if spacesync_bench::pg::find_binaries().is_some() {
+        &[]
+    } else {
+        &["pg_insert_per_s", "pg_ratio", "pg_copy_per_s"]
+    };
+    let pairs = check(
+        &["ingest", "--entries", "2000", "--min-limit-s", "0.05"],
+        &[
+            "entries_per_s",
+            "verify_limit_per_s",
+            "ratio",
+            "pg_insert_per_s",
+            "pg_ratio",
+            "pg_copy_per_s",
+            "p50_batch_ms",
+            "p99_batch_ms",
+            "cpu_s_per_entry",
+            "verify_single_per_s",
+            "sha256_limit_per_s",
+            "append_limit_per_s",
+        ],
+        na,
+    );
+    assert_eq!(value(&pairs, "entries"), "2000");
+    assert_eq!(value(&pairs, "sources"), "32");
+}
+
+#[test]
+fn agent_reports_batched_and_single_intake_against_signing() {
+    let pairs = check(
+        &[
+            "agent",
+            "--batches",
+            "3",
+            "--batch-size",
+            "200",
+            "--singles",
+            "64",
+            "--min-limit-s",
+            "0.05",
+        ],
+        &[
+            "entries_per_s",
+            "sign_limit_per_s",
+            "ratio",
+            "single_per_s",
+            "p50_batch_ms",
+            "cpu_s_per_entry",
+        ],
+        &[],
+    );
+    assert_eq!(value(&pairs, "singles"), "64");
+}
+
+#[test]
+fn scale_reports_memory_restart_reads_and_bulletin() {
+    let pairs = check(
+        &["scale", "--schools", "50", "--progress-samples", "3"],
+        &[
+            "entries",
+            "rss_mb",
+            "restart_s",
+            "progress_ms",
+            "bulletin_s",
+            "disk_bytes_per_entry",
+        ],
+        &[],
+    );
+    assert_eq!(value(&pairs, "entries"), "900", "50 schools × 18 weeks");
+}
