@@ -1,47 +1,38 @@
-//! How long to wait before trying again: capped exponential backoff with full jitter.
+//! Waiting before trying again: the one retry policy of [`spacesync_shared::retry`]
+//! (capped exponential backoff with full jitter, `Retry-After` as a floor — the same
+//! arithmetic the hub's webhook delivery uses), with the agent's randomness and waiting.
 //!
-//! This is the only module that uses the `backoff` crate. Its `ExponentialBackoff` gives the
-//! ceiling `min(cap, base · 2^n)`; we set its own randomization to 0 and draw the actual
-//! delay uniformly from `[0, ceiling]` ("full jitter"), so many agents that lost the hub
-//! at the same moment do not come back at the same moment. Two of its defaults are wrong
-//! for an agent and are overridden: it gives up after 15 minutes (`max_elapsed_time`) —
-//! an agent must never give up on a transient fault — and it ignores the server's
-//! `Retry-After`, which we honour by waiting the larger of it and the jittered delay.
+//! This is the only module that uses the `backoff` crate: [`retry`] is its
+//! `future::retry_notify` (the tokio timer loop), driven by [`Backoff`], which implements
+//! its `Backoff` trait over the shared policy. Two of that crate's habits would be wrong
+//! for an agent and are avoided: its `ExponentialBackoff` gives up after 15 minutes (ours
+//! never returns `None`: an agent never gives up on a transient fault), and its loop lets
+//! a server's `Retry-After` *replace* the delay (we hand it to the policy as a floor, so the
+//! larger of the two wins and the schedule still advances). The pusher, whose waits also
+//! end on new entries or shutdown, draws its delays from [`Backoff::next_delay`].
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backoff::backoff::Backoff as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::warn;
 
-/// The shape of the schedule.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Schedule {
-    /// Ceiling of the first delay.
-    pub base: Duration,
-    /// Largest ceiling.
-    pub cap: Duration,
-}
+pub use spacesync_shared::retry::{MAX_RETRY_AFTER, Schedule, parse_retry_after};
 
-impl Schedule {
-    /// From seconds (as in `agent.toml`).
-    pub fn from_secs(base: f64, cap: f64) -> Schedule {
-        let base = crate::config::secs(base).max(Duration::from_millis(1));
-        Schedule {
-            base,
-            cap: crate::config::secs(cap).max(base),
-        }
-    }
-}
+/// A `Retry-After` handed from a failed attempt to the next delay.
+type Floor = Arc<Mutex<Option<Duration>>>;
 
 /// Successive delays of one run of failures; [`Backoff::reset`] after a success.
 pub struct Backoff {
-    inner: backoff::ExponentialBackoff,
     schedule: Schedule,
+    /// Retries so far in this run of failures (the policy's `attempt`).
+    attempt: u32,
     rng: StdRng,
+    /// Set by [`retry`]'s operation when the server sent `Retry-After`.
+    floor: Floor,
 }
 
 impl Backoff {
@@ -56,41 +47,37 @@ impl Backoff {
     }
 
     fn with_rng(schedule: Schedule, rng: StdRng) -> Backoff {
-        let inner = backoff::ExponentialBackoffBuilder::new()
-            .with_initial_interval(schedule.base)
-            .with_randomization_factor(0.0)
-            .with_multiplier(2.0)
-            .with_max_interval(schedule.cap)
-            .with_max_elapsed_time(None)
-            .build();
         Backoff {
-            inner,
             schedule,
+            attempt: 0,
             rng,
+            floor: Floor::default(),
         }
     }
 
-    /// The ceiling `min(cap, base · 2^n)` of the next delay (advances n).
-    fn ceiling(&mut self) -> Duration {
-        // With max_elapsed_time None, next_backoff never returns None; the cap is the
-        // safe answer should it ever.
-        self.inner
-            .next_backoff()
-            .unwrap_or(self.schedule.cap)
-            .min(self.schedule.cap)
-    }
-
-    /// The next delay: uniform in `[0, ceiling]`, but at least `retry_after`.
+    /// The next delay: uniform in `[0, min(cap, base · 2^n)]`, but at least `retry_after`.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self.ceiling();
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        let jittered = Duration::from_nanos(self.rng.random_range(0..=nanos));
-        jittered.max(retry_after.unwrap_or(Duration::ZERO))
+        let d = self
+            .schedule
+            .delay(self.attempt, self.rng.random(), retry_after);
+        self.attempt = self.attempt.saturating_add(1);
+        d
     }
 
     /// Starts over after a success.
     pub fn reset(&mut self) {
-        self.inner.reset();
+        self.attempt = 0;
+    }
+}
+
+impl backoff::backoff::Backoff for Backoff {
+    fn reset(&mut self) {
+        Backoff::reset(self);
+    }
+
+    fn next_backoff(&mut self) -> Option<Duration> {
+        let floor = self.floor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Some(self.next_delay(floor))
     }
 }
 
@@ -116,41 +103,45 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure<E>>>,
 {
-    let mut backoff = Backoff::new(schedule);
+    let backoff = Backoff::new(schedule);
+    let floor = backoff.floor.clone();
     let mut attempt: u64 = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(t) => return Ok(t),
-            Err(Failure::Permanent(e)) => return Err(e),
-            Err(Failure::Transient { error, retry_after }) => {
-                let delay = backoff.next_delay(retry_after);
-                warn!(
-                    what,
-                    attempt,
-                    delay_ms = delay.as_millis() as u64,
-                    error = %error,
-                    "Attempt failed; will retry."
-                );
-                tokio::time::sleep(delay).await;
+    backoff::future::retry_notify(
+        backoff,
+        || {
+            let attempt = op();
+            let floor = floor.clone();
+            async move {
+                match attempt.await {
+                    Ok(t) => Ok(t),
+                    Err(Failure::Permanent(e)) => Err(backoff::Error::Permanent(e)),
+                    Err(Failure::Transient { error, retry_after }) => {
+                        *floor.lock().unwrap_or_else(|p| p.into_inner()) = retry_after;
+                        Err(backoff::Error::Transient {
+                            err: error,
+                            retry_after: None,
+                        })
+                    }
+                }
             }
-        }
-    }
-}
-
-/// Parses a `Retry-After` header given in seconds (HTTP dates are ignored).
-pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    value?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(3600)))
+        },
+        |error: E, delay: Duration| {
+            attempt += 1;
+            warn!(
+                what,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "Attempt failed; will retry."
+            );
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
     use tokio::time::Instant;
 
     const S: Schedule = Schedule {
@@ -233,5 +224,34 @@ mod tests {
         .await;
         assert_eq!(out, Err("401".to_string()));
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_waits_at_least_the_servers_retry_after() {
+        let start = Instant::now();
+        let mut n = 0;
+        let out: Result<u32, String> = retry(S, "test", || {
+            n += 1;
+            let first = n == 1;
+            async move {
+                if first {
+                    Err(Failure::Transient {
+                        error: "429".to_string(),
+                        retry_after: Some(Duration::from_secs(30)),
+                    })
+                } else {
+                    Ok(1)
+                }
+            }
+        })
+        .await;
+        assert_eq!(out, Ok(1));
+        let waited = start.elapsed();
+        // The floor, not a replacement for the schedule: 30 s, plus nothing of the
+        // 100 ms ceiling that would outgrow it.
+        assert!(
+            (Duration::from_secs(30)..Duration::from_millis(30_100)).contains(&waited),
+            "{waited:?}"
+        );
     }
 }

@@ -18,7 +18,12 @@
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
+//! - [`retry`]: the one retry policy — capped exponential backoff with full jitter,
+//!   `Retry-After` as a floor — as pure arithmetic both agent and hub wait by.
 //! - [`clock`]: the clock trait and its implementations.
+//!
+//! And [`err_chain`], the one-line form of an error and its sources that both binaries
+//! print last.
 
 pub mod batch;
 pub mod campaign;
@@ -32,6 +37,7 @@ pub mod merkle;
 pub mod quota;
 pub mod record;
 pub mod region;
+pub mod retry;
 pub mod sig;
 pub mod validate;
 pub mod wire;
@@ -41,3 +47,19 @@ pub use dsse::{Digest, Envelope};
 pub use entry::{Entry, SourceId};
 pub use record::Record;
 pub use region::RegionCode;
+
+/// An error with its sources, on one line: each source is added only when its words are
+/// not already in the message (most errors wrap their source transparently).
+pub fn err_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
