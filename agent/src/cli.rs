@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use ed25519_dalek::VerifyingKey;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use spacesync_shared::batch::Format;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
@@ -25,8 +24,9 @@ use spacesync_shared::wire::{ErrorBody, Notice, NoticeFacts};
 use spacesync_shared::{Campaign, keys};
 
 use crate::config::{Config, ConfigError, DataDir, LogFormat};
+use crate::hub_key::{self, HubKeyError};
 use crate::intake::{Accepted, IntakeError, Submission};
-use crate::pusher::PushState;
+use crate::push::PushState;
 use crate::server::{self, Agent, AgentError};
 use crate::spool;
 use crate::status::{self, StatusReport};
@@ -175,6 +175,9 @@ pub enum CliError {
     /// Agent problem.
     #[error("{0}")]
     Agent(#[from] AgentError),
+    /// The hub key cannot be used.
+    #[error("{0}")]
+    HubKey(#[from] HubKeyError),
     /// A file could not be read or written.
     #[error("{path}: {error}")]
     Io {
@@ -237,14 +240,6 @@ pub fn make_clock(now: Option<&str>, speed: Option<f64>) -> Result<Arc<dyn Clock
             Arc::new(ScaledClock::new(parse_time(t)?, s))
         }
     })
-}
-
-/// The hub key to check receipts with: pinned in the config, else stored on first use.
-pub fn hub_key(cfg: &Config, store: &Store) -> Option<VerifyingKey> {
-    cfg.hub_key
-        .clone()
-        .or_else(|| store.hub_key().ok().flatten())
-        .and_then(|l| keys::parse_public_key(&l).ok())
 }
 
 /// Runs a subcommand.
@@ -442,7 +437,7 @@ fn remote(
         let resp = rb.send().await.map_err(|e| {
             err(format!(
                 "{}; the store is locked by another process but its API does not answer — is it still starting?",
-                crate::pusher::err_chain(&e)
+                spacesync_shared::err_chain(&e)
             ))
         })?;
         let status = resp.status().as_u16();
@@ -760,7 +755,7 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
         Ok(agent) => verify::verify(
             &agent.store,
             &agent.ident,
-            hub_key(&cfg, &agent.store).as_ref(),
+            hub_key::known(&cfg, &agent.store)?.as_ref(),
         )?,
         Err(AgentError::Store(StoreError::Locked { .. })) => {
             remote_json(&data, &cfg, reqwest::Method::POST, "/v1/verify", None)?

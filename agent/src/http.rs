@@ -45,7 +45,7 @@ use tracing::{debug, error, warn};
 
 use crate::config::Config;
 use crate::intake::{self, Identity, IntakeError, IntakeHandle, Submission};
-use crate::pusher::{SharedPushState, lock};
+use crate::push::{SharedPushState, lock};
 use crate::status;
 use crate::store::Store;
 use crate::{token, verify};
@@ -575,7 +575,8 @@ async fn run_verify(State(st): State<AppState>) -> Result<Response, AppError> {
             Some(5),
         ));
     };
-    let hub_key = crate::cli::hub_key(&st.cfg, &st.store);
+    let hub_key =
+        crate::hub_key::known(&st.cfg, &st.store).map_err(|e| AppError::Internal(e.to_string()))?;
     let store = st.store.clone();
     let ident = st.ident.clone();
     let rep = tokio::task::spawn_blocking(move || verify::verify(&store, &ident, hub_key.as_ref()))

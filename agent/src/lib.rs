@@ -10,8 +10,11 @@
 //! - [`intake`]: validation, quota checks, signing and the single writer task (group commit).
 //! - [`http`]: the local HTTP API (`POST /v1/records`, `/v1/status`, `/healthz`, `/metrics` …).
 //! - [`spool`]: the watched spool folder.
-//! - [`retry`]: capped exponential backoff with full jitter; the only user of `backoff`.
-//! - [`pusher`]: sends batches to the hub, verifies receipts, raises alarms, fetches notices.
+//! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
+//!   user of `backoff`.
+//! - [`hub_key`]: which key the hub's receipts must verify with (pinned, or first use).
+//! - [`push`]: the pusher — transport, the one classification of hub answers, the delivery
+//!   state machine (batches, receipts, head probing, alarms), notices, retention.
 //! - [`notices`]: forwards stored notices to the optional local webhook.
 //! - [`status`]: the status report, its human form and the Prometheus metrics.
 //! - [`verify`]: the offline fsck of the local store.
@@ -35,9 +38,10 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod hub_key;
 pub mod intake;
 pub mod notices;
-pub mod pusher;
+pub mod push;
 pub mod retry;
 pub mod server;
 pub mod spool;

@@ -11,7 +11,7 @@ use spacesync_shared::wire::Notice;
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
-use crate::pusher::err_chain;
+use spacesync_shared::err_chain;
 use crate::retry::{self, Failure, Schedule};
 use crate::store::Store;
 

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, DataDir, secs};
 use crate::http::{self, AppState, Edge};
 use crate::intake::{Identity, Writer, spawn_writer};
-use crate::pusher::{PushState, Pusher};
+use crate::push::{PushState, Pusher};
 use crate::retry::Schedule;
 use crate::store::{Store, StoreError};
 use crate::{notices, spool, token};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use spacesync_shared::clock::Clock;
 
 use crate::config::Config;
-use crate::pusher::{Alarm, PushState};
+use crate::push::{Alarm, PushState};
 use crate::store::{Store, StoreError};
 
 /// The oldest entry the hub has not receipted.

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // The error's own message already includes its sources' (most wrap one
             // transparently); err_chain adds only what is not said yet.
-            eprintln!("error: {}", spacesync_agent::pusher::err_chain(&e));
+            eprintln!("error: {}", spacesync_shared::err_chain(&e));
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,434 @@
+//! The delivery state machine: from the first unreceipted seq, batch after batch, until the
+//! hub has receipted everything the buffer holds.
+//!
+//! 1. know the hub's key ([`crate::hub_key`]: pinned, stored, or fetched from
+//!    `GET /v1/pubkey` and trusted on first use);
+//! 2. after start and after any doubt (a timeout, a connection cut after sending, a 5xx,
+//!    fewer receipts than sent) ask the hub which seq it holds and resume from there — a
+//!    hub holding more than this agent, or another entry at that seq, is a fork (alarm);
+//! 3. push batches from the first unreceipted seq; each receipt is verified with the hub
+//!    key and stored; an entry counts as delivered only with a valid receipt. A `409`/`422`
+//!    asks for a resend from an earlier seq (gap), or refuses for good (alarm) or for now
+//!    (retry); a `413` halves the batch; the batch grows back after each success.
+//!
+//! The state between cycles is the [`Cursor`]; everything else is in the store.
+
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use spacesync_shared::keys;
+use spacesync_shared::wire::{
+    ErrorBody, IngestBatch, IngestResponse, PATH_HUB_PUBKEY, Receipt, RefusalCode, SourceHead,
+};
+use tracing::{debug, error, warn};
+
+use super::classify::{Class, Link, PushError, alarm, code_name, transient};
+use super::state::{SharedPushState, lock};
+use super::transport::{Request, Transport};
+use crate::config::Config;
+use crate::hub_key::{self, HubKeyError};
+use crate::intake::Identity;
+use crate::store::{Store, StoreError, Stored};
+
+/// Where the next batch starts and how big it may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Set when the hub asked for entries below the first unreceipted one.
+    pub resend_from: Option<u64>,
+    /// Most entries in the next batch (halved on 413, grown back on success).
+    pub max_entries: usize,
+    /// Most bytes in the next batch (as `max_entries`).
+    pub max_bytes: usize,
+    /// Ask the hub for its head before the next push.
+    pub doubt: bool,
+}
+
+/// What one batch came to, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// Every entry of it was receipted.
+    Receipted,
+    /// The hub asked for a resend from an earlier seq.
+    Resend,
+    /// The hub found it too large; the next one is half its size.
+    Halved,
+}
+
+/// Delivers one source's buffered entries to the hub.
+pub struct Delivery {
+    cfg: Arc<Config>,
+    ident: Arc<Identity>,
+    store: Store,
+    state: SharedPushState,
+    /// The key receipts must verify with, once known.
+    hub_key: Option<VerifyingKey>,
+    cursor: Cursor,
+}
+
+impl From<HubKeyError> for PushError {
+    fn from(e: HubKeyError) -> PushError {
+        match e {
+            HubKeyError::Store(e) => PushError::Store(e),
+            other => alarm("bad_hub_key", other.to_string()),
+        }
+    }
+}
+
+impl Delivery {
+    /// A delivery that starts by asking the hub where it stands.
+    pub fn new(
+        cfg: Arc<Config>,
+        ident: Arc<Identity>,
+        store: Store,
+        state: SharedPushState,
+    ) -> Delivery {
+        let cursor = Cursor {
+            resend_from: None,
+            max_entries: cfg.push.max_entries,
+            max_bytes: cfg.push.max_bytes,
+            doubt: true,
+        };
+        Delivery {
+            cfg,
+            ident,
+            store,
+            state,
+            hub_key: None,
+            cursor,
+        }
+    }
+
+    /// The cursor (tests and logs).
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// The hub may have acted on a request whose answer was lost, or refused for good: ask
+    /// it where it stands before pushing again.
+    pub fn doubt(&mut self) {
+        self.cursor.doubt = true;
+    }
+
+    /// Delivers everything buffered; `Ok` when the hub has receipted the whole buffer.
+    pub async fn deliver<T: Transport>(&mut self, link: &mut Link<T>) -> Result<(), PushError> {
+        self.ensure_hub_key(link).await?;
+        if self.cursor.doubt {
+            self.query_head(link).await?;
+            self.cursor.doubt = false;
+        }
+        loop {
+            let acked = self.store.acked()?;
+            let (head, _) = self.store.head()?;
+            let from = self
+                .cursor
+                .resend_from
+                .map_or(acked + 1, |r| r.min(acked + 1));
+            if from > head {
+                return Ok(());
+            }
+            let batch =
+                self.store
+                    .entries_from(from, self.cursor.max_entries, self.cursor.max_bytes)?;
+            if batch.first().map(|s| s.seq) != Some(from) {
+                let (pruned, _) = self.store.pruned()?;
+                if from <= pruned {
+                    return Err(alarm(
+                        "pruned",
+                        format!(
+                            "the hub asks for seq {from}, which this agent delivered and pruned (retention); the hub lost entries it had receipted — tell the hub operator"
+                        ),
+                    ));
+                }
+                return Err(StoreError::Corrupt(format!("entry {from} is missing")).into());
+            }
+            // The batch grows back only after one was receipted: growing after a 413
+            // would undo the halving and send the same refused batch again.
+            if self.push_batch(link, &batch).await? == Pushed::Receipted {
+                let p = self.cfg.push;
+                self.cursor.max_entries = (self.cursor.max_entries * 2).min(p.max_entries);
+                self.cursor.max_bytes = (self.cursor.max_bytes * 2).min(p.max_bytes);
+            }
+        }
+    }
+
+    async fn ensure_hub_key<T: Transport>(&mut self, link: &mut Link<T>) -> Result<(), PushError> {
+        if self.hub_key.is_some() {
+            return Ok(());
+        }
+        if let Some(key) = hub_key::known(&self.cfg, &self.store)? {
+            self.hub_key = Some(key);
+            return Ok(());
+        }
+        let req = Request::HubKey;
+        let reply = link.exchange(&req).await?;
+        if reply.class != Class::Done {
+            return Err(reply.unexpected(&req.what()));
+        }
+        let url = self.cfg.hub_url(PATH_HUB_PUBKEY);
+        let (key, line) = hub_key::trust_first_use(&self.store, &url, &reply.body).await?;
+        warn!(hub_key = ?line, hub = %self.cfg.hub, "Trusting the hub key on first use; compare it with the hub operator's and pin it as hub_key in agent.toml.");
+        self.hub_key = Some(key);
+        Ok(())
+    }
+
+    async fn query_head<T: Transport>(&mut self, link: &mut Link<T>) -> Result<(), PushError> {
+        let req = Request::Head;
+        let reply = link.exchange(&req).await?;
+        if reply.class != Class::Done {
+            return Err(PushError::Transient {
+                error: format!("{}: the hub answered {}", req.what(), reply.status),
+                retry_after: reply.retry_after,
+                doubt: true,
+            });
+        }
+        let sh: SourceHead = serde_json::from_slice(&reply.body)
+            .map_err(|e| transient(format!("the hub's head answer is unreadable: {e}"), true))?;
+        lock(&self.state).hub_held_through = Some(sh.held_through);
+        let (head, _) = self.store.head()?;
+        let held = sh.held_through;
+        if held > head {
+            return Err(alarm(
+                "fork",
+                format!(
+                    "the hub holds seq {held} of source {} but this agent's chain ends at seq {head}: this data directory is older than what the hub has (restored from a backup?); nothing is pushed from it — restore the latest data directory or ask the hub operator",
+                    self.ident.source
+                ),
+            ));
+        }
+        if held > 0 {
+            let (pruned, pruned_hash) = self.store.pruned()?;
+            let local = match self.store.entry(held)? {
+                Some(env) => Some(env.payload_hash()),
+                None if held == pruned => Some(pruned_hash),
+                None => None,
+            };
+            if let Some(h) = local
+                && h != sh.head
+            {
+                return Err(alarm(
+                    "fork",
+                    format!(
+                        "the hub's entry at seq {held} has hash {} but this agent's has {h}: the chains differ (fork); ask the hub operator",
+                        sh.head
+                    ),
+                ));
+            }
+        }
+        let acked = self.store.acked()?;
+        if held < acked {
+            error!(
+                held,
+                acked,
+                "The hub holds fewer entries than this agent has receipts for; resending them."
+            );
+            self.cursor.resend_from = Some(held + 1);
+        } else {
+            self.cursor.resend_from = None;
+        }
+        debug!(held, head, acked, "Hub head.");
+        Ok(())
+    }
+
+    async fn push_batch<T: Transport>(
+        &mut self,
+        link: &mut Link<T>,
+        batch: &[Stored],
+    ) -> Result<Pushed, PushError> {
+        let (first, last) = match (batch.first(), batch.last()) {
+            (Some(f), Some(l)) => (f.seq, l.seq),
+            _ => return Ok(Pushed::Receipted),
+        };
+        let req = Request::Ingest {
+            first,
+            last,
+            batch: IngestBatch {
+                source: self.ident.source.clone(),
+                entries: batch.iter().map(|s| s.envelope.clone()).collect(),
+            },
+        };
+        let what = req.what();
+        lock(&self.state).pushes += 1;
+        let reply = link.exchange(&req).await?;
+        let status = reply.status;
+        let ingest = || -> Result<IngestResponse, PushError> {
+            serde_json::from_slice(&reply.body).map_err(|e| {
+                transient(
+                    format!("{what}: the hub answered {status} with an unreadable body: {e}"),
+                    true,
+                )
+            })
+        };
+        match reply.class {
+            Class::Done => {
+                let r = ingest()?;
+                lock(&self.state).hub_held_through = Some(r.held_through);
+                let got = self.accept_receipts(batch, &r.receipts)?;
+                self.after_receipts(got);
+                if got < last {
+                    return Err(transient(
+                        format!(
+                            "{what}: the hub answered {status} but sent receipts only through seq {got} (holds through {})",
+                            r.held_through
+                        ),
+                        true,
+                    ));
+                }
+                debug!(first, last, "Batch receipted.");
+                Ok(Pushed::Receipted)
+            }
+            Class::Refused => {
+                let r = ingest()?;
+                lock(&self.state).hub_held_through = Some(r.held_through);
+                let got = self.accept_receipts(batch, &r.receipts)?;
+                self.after_receipts(got);
+                let Some(refusal) = r.refused.first() else {
+                    return Err(transient(
+                        format!("{what}: the hub answered {status} without saying why"),
+                        true,
+                    ));
+                };
+                let seq = refusal.seq.map(|s| format!(" seq {s}")).unwrap_or_default();
+                if refusal.code == RefusalCode::Gap {
+                    let from = r.resend_from.unwrap_or(r.held_through + 1);
+                    if from >= first {
+                        // Resending could not help: the batch already started there. Ask
+                        // the hub where it stands, after a backoff, instead of looping.
+                        return Err(transient(
+                            format!(
+                                "{what}: the hub reports a gap and asks for seq {from}, but the batch started at {first}"
+                            ),
+                            true,
+                        ));
+                    }
+                    warn!(resend_from = from, "The hub reports a gap; resending.");
+                    self.cursor.resend_from = Some(from);
+                    return Ok(Pushed::Resend);
+                }
+                let reason = format!(
+                    "{what}: the hub refused{seq} ({}): {}",
+                    code_name(refusal.code),
+                    refusal.reason
+                );
+                if refusal.code.is_permanent() {
+                    Err(alarm(code_name(refusal.code), reason))
+                } else {
+                    Err(PushError::Transient {
+                        error: reason,
+                        retry_after: reply.retry_after,
+                        doubt: false,
+                    })
+                }
+            }
+            Class::TooLarge => {
+                if batch.len() == 1 {
+                    return Err(alarm(
+                        "too_large",
+                        format!(
+                            "{what}: the hub refuses entry {first} as too large even alone; ask the hub operator to raise its limit"
+                        ),
+                    ));
+                }
+                self.cursor.max_entries = (batch.len() / 2).max(1);
+                self.cursor.max_bytes = (batch.iter().map(|s| s.size).sum::<usize>() / 2).max(1);
+                warn!(
+                    max_entries = self.cursor.max_entries,
+                    "The hub says the batch is too large; halving it."
+                );
+                Ok(Pushed::Halved)
+            }
+            Class::Malformed => {
+                let parsed: Option<ErrorBody> = serde_json::from_slice(&reply.body).ok();
+                Err(alarm(
+                    "malformed",
+                    format!(
+                        "{what}: the hub says the batch is malformed ({}); this is an agent bug — please report it with the agent's log",
+                        parsed.map(|b| b.error).unwrap_or_default()
+                    ),
+                ))
+            }
+            Class::NotFound | Class::Denied | Class::Retry { .. } => Err(reply.unexpected(&what)),
+        }
+    }
+
+    fn after_receipts(&mut self, got: u64) {
+        if let Some(r) = self.cursor.resend_from
+            && got >= r
+        {
+            let acked = self.store.acked().unwrap_or(0);
+            self.cursor.resend_from = (got < acked).then_some(got + 1);
+        }
+    }
+
+    /// Verifies and stores the receipts; returns the highest seq of the batch that has one
+    /// (counting from the batch's first seq, contiguously), or `first - 1`.
+    fn accept_receipts(
+        &self,
+        batch: &[Stored],
+        receipts: &[spacesync_shared::Envelope],
+    ) -> Result<u64, PushError> {
+        let Some(first) = batch.first().map(|s| s.seq) else {
+            return Ok(0);
+        };
+        if receipts.is_empty() {
+            return Ok(first - 1);
+        }
+        let Some(key) = self.hub_key else {
+            return Err(transient(
+                "no hub key to verify receipts with".into(),
+                false,
+            ));
+        };
+        let mut rows = Vec::with_capacity(receipts.len());
+        for env in receipts {
+            let r = Receipt::open(env, &key).map_err(|e| {
+                alarm(
+                    "bad_receipt",
+                    format!(
+                        "a receipt from the hub does not verify with the hub key {} ({e}); if the hub's key changed, confirm the new key with the hub operator and set hub_key in agent.toml",
+                        keys::public_key_line(&key)
+                    ),
+                )
+            })?;
+            if r.source != self.ident.source {
+                return Err(alarm(
+                    "bad_receipt",
+                    format!(
+                        "the hub sent a receipt for source {} to source {}; ask the hub operator",
+                        r.source, self.ident.source
+                    ),
+                ));
+            }
+            let Some(stored) = r
+                .seq
+                .checked_sub(first)
+                .and_then(|i| batch.get(usize::try_from(i).ok()?))
+            else {
+                debug!(seq = r.seq, "Receipt outside the batch ignored.");
+                continue;
+            };
+            let mine = stored.envelope.payload_hash();
+            if r.entry_hash != mine {
+                return Err(alarm(
+                    "fork",
+                    format!(
+                        "the hub's receipt for seq {} names entry hash {} but this agent's entry has {mine}: the chains differ (fork); ask the hub operator",
+                        r.seq, r.entry_hash
+                    ),
+                ));
+            }
+            rows.push((r.seq, serde_json::to_vec(env).unwrap_or_default()));
+        }
+        let n = rows.len() as u64;
+        self.store.record_receipts(&rows)?;
+        lock(&self.state).receipts += n;
+        let mut got = first - 1;
+        while batch
+            .get(usize::try_from(got + 1 - first).unwrap_or(usize::MAX))
+            .is_some()
+            && rows.iter().any(|(s, _)| *s == got + 1)
+        {
+            got += 1;
+        }
+        Ok(got)
+    }
+}

@@ -1,0 +1,258 @@
+//! The pusher: sends buffered entries to the hub in seq order until each has a receipt.
+//!
+//! One sync cycle delivers the buffer ([`delivery`]), fetches notices when due
+//! ([`notices`]) and prunes delivered entries past retention ([`prune`]). Every request
+//! goes through one [`Transport`] and every answer through one classification
+//! ([`classify`]). Transient faults (hub not reached, timeouts, 5xx, 429) are retried
+//! forever on the one retry policy ([`crate::retry`], `Retry-After` as a floor). Permanent
+//! refusals raise an alarm: pushing stops, the status says why, and the same batch is
+//! re-probed every `reprobe_secs` until the cause is fixed.
+//!
+//! # Layout
+//! - [`state`]: what the pusher last saw, shared with the local API and persisted.
+//! - [`transport`]: requests and answers; the HTTP client, and the seam tests script.
+//! - [`classify`]: what an answer means; the errors of a step.
+//! - [`delivery`]: the state machine — hub key, head probing, batches, receipts.
+//! - [`notices`]: fetching, storing and acknowledging the hub's notices.
+//! - [`prune`]: retention of delivered entries.
+
+pub mod classify;
+pub mod delivery;
+pub mod notices;
+pub mod prune;
+pub mod state;
+pub mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spacesync_shared::clock::Clock;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+pub use classify::PushError;
+pub use state::{Alarm, PushState, SharedPushState, lock};
+pub use transport::{HubClient, Transport};
+
+use classify::Link;
+use delivery::Delivery;
+
+use crate::config::{Config, secs};
+use crate::intake::Identity;
+use crate::retry::{Backoff, Schedule};
+use crate::store::Store;
+
+/// Prune at least this often, even without new receipts.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The pusher task's state.
+pub struct Pusher<T = HubClient> {
+    cfg: Arc<Config>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    state: SharedPushState,
+    /// Notified when intake appended entries.
+    wake: Arc<Notify>,
+    /// Notified when new notices were stored (wakes the webhook forwarder).
+    notices_stored: Arc<Notify>,
+    link: Link<T>,
+    delivery: Delivery,
+    /// The push state as last written to the store (written again only when it changes).
+    persisted: Vec<u8>,
+}
+
+impl Pusher<HubClient> {
+    /// A pusher for `store` talking HTTP to the configured hub; call [`Pusher::run`].
+    pub fn new(
+        cfg: Arc<Config>,
+        ident: Arc<Identity>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        state: SharedPushState,
+        wake: Arc<Notify>,
+        notices_stored: Arc<Notify>,
+    ) -> Result<Pusher<HubClient>, reqwest::Error> {
+        let client = HubClient::new(cfg.clone(), ident.clone(), clock.clone())?;
+        Ok(Pusher::with_transport(
+            client,
+            cfg,
+            ident,
+            store,
+            clock,
+            state,
+            wake,
+            notices_stored,
+        ))
+    }
+}
+
+impl<T: Transport> Pusher<T> {
+    /// A pusher over any transport (tests script the hub's answers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_transport(
+        transport: T,
+        cfg: Arc<Config>,
+        ident: Arc<Identity>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        state: SharedPushState,
+        wake: Arc<Notify>,
+        notices_stored: Arc<Notify>,
+    ) -> Pusher<T> {
+        let link = Link::new(transport, state.clone(), clock.clone(), ident.clone());
+        let delivery = Delivery::new(cfg.clone(), ident, store.clone(), state.clone());
+        Pusher {
+            cfg,
+            store,
+            clock,
+            state,
+            wake,
+            notices_stored,
+            link,
+            delivery,
+            persisted: Vec::new(),
+        }
+    }
+
+    fn persist(&mut self) {
+        let json = serde_json::to_vec(&*lock(&self.state)).unwrap_or_default();
+        if json == self.persisted {
+            return;
+        }
+        match self.store.set_push_state(&json) {
+            Ok(()) => self.persisted = json,
+            Err(e) => warn!(error = %e, "Cannot save the push state."),
+        }
+    }
+
+    /// Runs sync cycles until `stop` turns true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let p = self.cfg.push;
+        let mut backoff = Backoff::new(Schedule::from_secs(p.retry_base_secs, p.retry_cap_secs));
+        let mut last_notices: Option<Instant> = None;
+        let mut last_prune: Option<Instant> = None;
+        let mut pruned_at_receipts = u64::MAX;
+        while !*stop.borrow() {
+            let notices_due = last_notices.is_none_or(|t| t.elapsed() >= secs(p.notices_secs));
+            let result = self.cycle(notices_due).await;
+            let wait = match result {
+                Ok(()) => {
+                    backoff.reset();
+                    if notices_due {
+                        last_notices = Some(Instant::now());
+                    }
+                    self.succeeded();
+                    // Prune when new receipts arrived, and at least once a minute.
+                    let receipts = lock(&self.state).receipts;
+                    if receipts != pruned_at_receipts
+                        || last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+                    {
+                        let days = self.cfg.retention.delivered_days;
+                        prune::prune(&self.store, prune::cutoff(days, self.clock.now()));
+                        last_prune = Some(Instant::now());
+                        pruned_at_receipts = receipts;
+                    }
+                    Some(secs(p.interval_secs))
+                }
+                Err(e) => {
+                    let delay = self.failed(e, &mut backoff);
+                    self.wait(delay, false, &mut stop).await;
+                    None
+                }
+            };
+            self.persist();
+            if let Some(d) = wait {
+                self.wait(d, true, &mut stop).await;
+            }
+        }
+        self.persist();
+    }
+
+    /// One sync cycle: deliver, then notices when due (their failures never stop delivery).
+    async fn cycle(&mut self, notices_due: bool) -> Result<(), PushError> {
+        self.delivery.deliver(&mut self.link).await?;
+        if notices_due
+            && let Err(e) = notices::fetch(&mut self.link, &self.store, &self.notices_stored).await
+        {
+            // The error can quote the hub's answer: escaped.
+            warn!(error = ?e.to_string(), "Fetching notices failed; will try again next cycle.");
+        }
+        Ok(())
+    }
+
+    fn succeeded(&mut self) {
+        let mut s = lock(&self.state);
+        if let Some(a) = s.alarm.take() {
+            info!(source = %self.cfg.source, code = %a.code, "Hub accepts again; alarm cleared.");
+        }
+        s.last_result = Some("ok".into());
+        s.last_error = None;
+        s.last_success_at = Some(self.clock.now());
+    }
+
+    /// Records a failed cycle and says how long to wait before the next.
+    fn failed(&mut self, e: PushError, backoff: &mut Backoff) -> Duration {
+        let source = self.cfg.source.clone();
+        let p = self.cfg.push;
+        match e {
+            PushError::Transient {
+                error,
+                retry_after,
+                doubt,
+            } => {
+                if doubt {
+                    self.delivery.doubt();
+                }
+                let delay = backoff.next_delay(retry_after);
+                {
+                    let mut s = lock(&self.state);
+                    s.retries += 1;
+                    s.last_result = Some("retrying".into());
+                    s.last_error = Some(error.clone());
+                }
+                warn!(source = %source, error = ?error, delay_ms = delay.as_millis() as u64, "Push failed; will retry.");
+                delay
+            }
+            PushError::Alarm { code, reason } => {
+                self.delivery.doubt();
+                let now = self.clock.now();
+                {
+                    let mut s = lock(&self.state);
+                    s.last_result = Some("alarm".into());
+                    s.last_error = Some(reason.clone());
+                    let since = s
+                        .alarm
+                        .as_ref()
+                        .filter(|a| a.code == code)
+                        .map(|a| a.since)
+                        .unwrap_or(now);
+                    s.alarm = Some(Alarm {
+                        code: code.clone(),
+                        reason: reason.clone(),
+                        since,
+                    });
+                }
+                error!(source = %source, code = %code, error = ?reason, reprobe_secs = p.reprobe_secs, "Hub refused permanently; pushing stopped until the cause is fixed.");
+                self.persist();
+                secs(p.reprobe_secs)
+            }
+            PushError::Store(e) => {
+                lock(&self.state).last_error = Some(e.to_string());
+                error!(source = %source, error = %e, "Local store failed while pushing; will retry.");
+                backoff.next_delay(None)
+            }
+        }
+    }
+
+    async fn wait(&self, d: Duration, wakeable: bool, stop: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wake.notified(), if wakeable => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

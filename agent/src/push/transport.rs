@@ -1,0 +1,215 @@
+//! How requests reach the hub: the [`Transport`] seam and its HTTP implementation.
+//!
+//! The pusher speaks to the hub in [`Request`]s and hears [`Answer`]s (status,
+//! `Retry-After`, body) or learns that the hub was not reached ([`Unreached`]). What an
+//! answer means is decided elsewhere ([`super::classify`]), so the delivery state machine
+//! can be driven by scripted answers in tests, without processes or sockets. [`HubClient`]
+//! is the real thing: reqwest, gzip batches, signed requests.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use spacesync_shared::clock::Clock;
+use spacesync_shared::err_chain;
+use spacesync_shared::wire::{
+    self, INGEST_CONTENT_TYPE, IngestBatch, NoticeAck, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
+    PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST,
+};
+
+use crate::config::{Config, secs};
+use crate::intake::Identity;
+use crate::retry::parse_retry_after;
+
+/// What the pusher asks of the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `GET /v1/pubkey` (unsigned): the hub's key line, trusted on first use.
+    HubKey,
+    /// Signed `GET /v1/agent/head`: which seq of this source the hub holds.
+    Head,
+    /// `POST /v1/ingest` (gzip JSON): a batch of entries, answered with receipts.
+    Ingest {
+        /// Seq of the first entry.
+        first: u64,
+        /// Seq of the last entry.
+        last: u64,
+        /// The batch.
+        batch: IngestBatch,
+    },
+    /// Signed `GET /v1/agent/notices`: notices after an id.
+    Notices {
+        /// The highest notice id already stored.
+        after: u64,
+        /// Page size.
+        limit: usize,
+    },
+    /// Signed `POST /v1/agent/notices/ack`: notices stored through an id.
+    AckNotices(NoticeAck),
+}
+
+impl Request {
+    /// What the request does, as the start of a sentence in logs and alarms.
+    pub fn what(&self) -> String {
+        match self {
+            Request::HubKey => "fetching the hub key".into(),
+            Request::Head => "asking the hub for its head".into(),
+            Request::Ingest { first, last, .. } => format!("pushing seqs {first}–{last}"),
+            Request::Notices { .. } => "fetching notices".into(),
+            Request::AckNotices(_) => "acknowledging notices".into(),
+        }
+    }
+}
+
+/// The hub's answer, read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, in seconds, when given.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The hub was not reached, or its answer did not arrive whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreached {
+    /// What happened, as a sentence.
+    pub error: String,
+    /// The hub may have acted on the request (anything after the connection was made):
+    /// ask it where it stands before trusting the local view.
+    pub doubt: bool,
+}
+
+/// Sends requests to the hub. Answers of any status are `Ok`; only a hub not reached (or
+/// an answer cut off) is `Err`.
+pub trait Transport: Send {
+    /// Sends `req` and reads the whole answer.
+    fn send(&mut self, req: &Request) -> impl Future<Output = Result<Answer, Unreached>> + Send;
+}
+
+/// The hub over HTTP.
+pub struct HubClient {
+    http: reqwest::Client,
+    cfg: Arc<Config>,
+    /// Signs the agent's requests (head, notices) with the source key.
+    ident: Arc<Identity>,
+    /// Stamps signed requests (the hub refuses those far from its own clock).
+    clock: Arc<dyn Clock>,
+}
+
+impl HubClient {
+    /// A client with `push.timeout_secs` for whole requests; redirects are never followed.
+    pub fn new(
+        cfg: Arc<Config>,
+        ident: Arc<Identity>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<HubClient, reqwest::Error> {
+        let timeout = secs(cfg.push.timeout_secs).max(Duration::from_millis(100));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
+            // The hub is configured, not discovered: a 3xx is an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(HubClient {
+            http,
+            cfg,
+            ident,
+            clock,
+        })
+    }
+
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let nonce: [u8; 16] = rand::random();
+        let headers = wire::sign_request(
+            &self.ident.key,
+            &self.ident.source,
+            method.as_str(),
+            path_and_query,
+            self.clock.now(),
+            nonce,
+            &body,
+        );
+        let mut rb = self
+            .http
+            .request(method, self.cfg.hub_url(path_and_query))
+            .body(body);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        rb
+    }
+
+    fn build(&self, req: &Request) -> Result<reqwest::RequestBuilder, Unreached> {
+        Ok(match req {
+            Request::HubKey => self.http.get(self.cfg.hub_url(PATH_HUB_PUBKEY)),
+            Request::Head => self.signed(reqwest::Method::GET, PATH_AGENT_HEAD, Vec::new()),
+            Request::Ingest { batch, .. } => {
+                let json = serde_json::to_vec(batch).unwrap_or_default();
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let gzipped =
+                    gz.write_all(&json)
+                        .and_then(|_| gz.finish())
+                        .map_err(|e| Unreached {
+                            error: format!("compressing a batch: {e}"),
+                            doubt: false,
+                        })?;
+                self.http
+                    .post(self.cfg.hub_url(PATH_INGEST))
+                    .header(CONTENT_TYPE, INGEST_CONTENT_TYPE)
+                    .header(CONTENT_ENCODING, "gzip")
+                    .body(gzipped)
+            }
+            Request::Notices { after, limit } => {
+                let pq = format!("{PATH_AGENT_NOTICES}?after={after}&limit={limit}");
+                self.signed(reqwest::Method::GET, &pq, Vec::new())
+            }
+            Request::AckNotices(ack) => {
+                let body = serde_json::to_vec(ack).unwrap_or_default();
+                self.signed(reqwest::Method::POST, PATH_AGENT_NOTICES_ACK, body)
+                    .header(CONTENT_TYPE, "application/json")
+            }
+        })
+    }
+}
+
+impl Transport for HubClient {
+    async fn send(&mut self, req: &Request) -> Result<Answer, Unreached> {
+        let rb = self.build(req)?;
+        let resp = rb.send().await.map_err(|e| Unreached {
+            error: format!(
+                "cannot reach the hub at {}: {}",
+                self.cfg.hub,
+                err_chain(&e)
+            ),
+            // Refused before anything was sent: no doubt. Anything else may have
+            // reached the hub.
+            doubt: !e.is_connect(),
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = parse_retry_after(
+            resp.headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let body = resp.bytes().await.map_err(|e| Unreached {
+            error: format!("the hub's answer was cut off: {}", err_chain(&e)),
+            doubt: true,
+        })?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body: body.to_vec(),
+        })
+    }
+}
