@@ -20,8 +20,9 @@ use chrono::Utc;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use spacesync_shared::chain::{ChainError, ChainVerifier};
 use spacesync_shared::dsse::{Digest, Envelope};
-use spacesync_shared::entry::{ChainError, ChainVerifier, Entry, SourceId};
+use spacesync_shared::entry::{Entry, SourceId};
 use spacesync_shared::keys;
 use spacesync_shared::region::RegionCode;
 use spacesync_shared::wire::{
