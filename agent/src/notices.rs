@@ -11,9 +11,9 @@ use spacesync_shared::wire::Notice;
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
-use spacesync_shared::err_chain;
 use crate::retry::{self, Failure, Schedule};
 use crate::store::Store;
+use spacesync_shared::err_chain;
 
 /// How a webhook URL is shown in logs and status: scheme, host and port only, since its
 /// path or query may carry a secret (an API key).
