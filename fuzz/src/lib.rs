@@ -208,7 +208,9 @@ pub fn fixture() -> &'static Fixture {
             &public_key_line(&source_key().verifying_key()),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let app = app(AppState::new(hub.clone(), 1e12, 1e12));
+        let book = spacesync_hub::notices::NoticeBook::load(hub.store.as_ref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let app = app(AppState::new(hub.clone(), Arc::new(book), 1e12, 1e12));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));

@@ -628,7 +628,8 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
     match cmd {
         BulletinCmd::Issue { now } => {
             let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
-            let doc = bulletin::issue(&hub, None, hub.notices.log_json())?;
+            let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
+            let doc = bulletin::issue(&hub, None, book.log_json())?;
             println!("{}", doc["number"]);
         }
         BulletinCmd::List { json: as_json } => {

@@ -734,7 +734,6 @@ async fn agent_notices(
     let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
     let scope = source_scope(&s, &source)?;
     let notices = s
-        .hub
         .notices
         .fetch(
             s.hub.store.as_ref(),
@@ -775,8 +774,7 @@ async fn agent_notices_ack(
     let ack: NoticeAck = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("not a notice acknowledgement: {e}")))?;
     let scope = source_scope(&s, &source)?;
-    s.hub
-        .notices
+    s.notices
         .ack(
             s.hub.store.as_ref(),
             &source,
@@ -901,7 +899,7 @@ async fn notices_list(
     State(s): State<AppState>,
     Reader(role): Reader,
 ) -> Result<Json<Value>, AppError> {
-    Ok(Json(json!({ "notices": s.hub.notices.list(role) })))
+    Ok(Json(json!({ "notices": s.notices.list(role) })))
 }
 
 async fn bulletins(State(s): State<AppState>, _: Reader) -> Result<Json<Value>, AppError> {

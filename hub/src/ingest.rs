@@ -358,8 +358,6 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     /// Limits.
     pub limits: Limits,
-    /// Notices raised to lagging regions, with delivery state.
-    pub notices: crate::notices::NoticeBook,
     /// Paces the log lines about refused entries.
     refusal_log: LogThrottle,
     state: Mutex<State>,
@@ -447,11 +445,9 @@ impl Hub {
         limits: Limits,
     ) -> Result<Hub, IngestError> {
         let state = load_state(store.as_ref(), &origin, &key)?;
-        let notices = crate::notices::NoticeBook::load(store.as_ref())?;
         let published = RwLock::new(Arc::new(Snapshot::of(&state)));
         Ok(Hub {
             published,
-            notices,
             refusal_log: LogThrottle::default(),
             store,
             key,

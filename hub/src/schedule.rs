@@ -28,7 +28,7 @@ use tracing::{error, info};
 
 use crate::bulletin;
 use crate::ingest::Hub;
-use crate::notices::{self, Webhook};
+use crate::notices::{self, NoticeBook, Webhook};
 use crate::registry;
 
 /// Header carrying the Ed25519 signature (base64) over [`webhook_message`].
@@ -97,14 +97,13 @@ pub fn verify_webhook(
 }
 
 /// One pass: raise due notices, then issue a bulletin if one is due.
-pub fn tick(hub: &Hub) -> Result<(), String> {
+pub fn tick(hub: &Hub, book: &NoticeBook) -> Result<(), String> {
     let now = hub.clock.now();
     let registry = registry::load_all(hub.store.as_ref()).map_err(|e| e.to_string())?;
     let cands = notices::candidates(&hub.campaign, &hub.snapshot().views, &registry, now);
-    hub.notices
-        .raise(hub.store.as_ref(), cands, now)
+    book.raise(hub.store.as_ref(), cands, now)
         .map_err(|e| e.to_string())?;
-    let numbers = bulletin::issue_due(hub, || hub.notices.log_json()).map_err(|e| e.to_string())?;
+    let numbers = bulletin::issue_due(hub, || book.log_json()).map_err(|e| e.to_string())?;
     if !numbers.is_empty() {
         info!(?numbers, "Issued scheduled bulletins.");
     }
@@ -115,11 +114,12 @@ pub fn tick(hub: &Hub) -> Result<(), String> {
 /// log key); failures are rescheduled by the book.
 pub async fn deliver_webhooks(
     hub: &Arc<Hub>,
+    book: &NoticeBook,
     client: &reqwest::Client,
     hooks: &[Webhook],
     key: &SigningKey,
 ) {
-    for (notice, hook) in hub.notices.due_webhooks(hooks) {
+    for (notice, hook) in book.due_webhooks(hooks) {
         let body = serde_json::to_vec(&notice).unwrap_or_default();
         let timestamp = hub.clock.now().timestamp();
         let sig = STANDARD.encode(key.sign(&webhook_message(timestamp, &body)).to_bytes());
@@ -137,7 +137,7 @@ pub async fn deliver_webhooks(
             // reqwest names the URL in its errors; the URL is a secret.
             Err(e) => Err(e.without_url().to_string()),
         };
-        if let Err(e) = hub.notices.record_webhook(
+        if let Err(e) = book.record_webhook(
             hub.store.as_ref(),
             notice.id,
             &hook,
@@ -153,6 +153,7 @@ pub async fn deliver_webhooks(
 /// signed with `webhook_key`.
 pub async fn run(
     hub: Arc<Hub>,
+    book: Arc<NoticeBook>,
     hooks: Vec<Webhook>,
     webhook_key: SigningKey,
     tick_every: Duration,
@@ -165,14 +166,14 @@ pub async fn run(
         .build()
         .unwrap_or_default();
     loop {
-        let h = hub.clone();
-        match tokio::task::spawn_blocking(move || tick(&h)).await {
+        let (h, b) = (hub.clone(), book.clone());
+        match tokio::task::spawn_blocking(move || tick(&h, &b)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => error!(error = %e, "The hub's scheduled work failed; will retry."),
             Err(e) => error!(error = %e, "The scheduled task panicked."),
         }
         if !hooks.is_empty() {
-            deliver_webhooks(&hub, &client, &hooks, &webhook_key).await;
+            deliver_webhooks(&hub, &book, &client, &hooks, &webhook_key).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(tick_every) => {}

@@ -39,6 +39,9 @@ pub enum ServeError {
     /// The API's listener failed.
     #[error("the HTTP API failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The notice book could not be read from the store.
+    #[error("cannot read the notices from the hub's store; run `spacesync-hub verify` ({0})")]
+    Notices(#[from] crate::store::StoreError),
 }
 
 /// Binds the API's address (`listen` in hub.toml, or `--listen`).
@@ -103,16 +106,18 @@ pub async fn run(
     );
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
+    let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
     let hub = Arc::new(hub);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(crate::schedule::run(
         hub.clone(),
+        book.clone(),
         cfg.webhooks.clone(),
         webhook_key,
         TICK,
         stop_rx,
     ));
-    let state = AppState::new(hub, cfg.rate_per_source, cfg.burst_per_source)
+    let state = AppState::new(hub, book, cfg.rate_per_source, cfg.burst_per_source)
         .with_address_limit(cfg.rate_per_address, cfg.burst_per_address)
         .with_time_scale(speed)
         .with_connection_limits(cfg.http.limits());

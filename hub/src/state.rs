@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::auth::{NonceCache, REQUEST_WINDOW};
 use crate::ingest::Hub;
+use crate::notices::NoticeBook;
 
 /// Ingest body bytes (after decompression) the hub holds at once across all requests.
 /// Without it, a client sending many gzip bodies that expand to just under
@@ -32,6 +33,9 @@ pub const MAX_TRACKED_ADDRESSES: usize = 16_384;
 pub struct AppState {
     /// The hub.
     pub hub: Arc<Hub>,
+    /// Notices raised to lagging regions, with delivery state (kept beside the hub, not
+    /// in it: the rules read the hub, the hub knows nothing of notices).
+    pub notices: Arc<NoticeBook>,
     /// Signed-request nonces.
     pub nonces: Arc<NonceCache>,
     /// Per-source request buckets, spent only by requests proven to come from the source
@@ -65,9 +69,10 @@ pub struct Throttled {
 impl AppState {
     /// State over a hub with the given per-source rate (requests per second, burst), and
     /// the default allowance of refused requests per client address.
-    pub fn new(hub: Arc<Hub>, rate: f64, burst: f64) -> AppState {
+    pub fn new(hub: Arc<Hub>, notices: Arc<NoticeBook>, rate: f64, burst: f64) -> AppState {
         AppState {
             hub,
+            notices,
             nonces: Arc::new(NonceCache::default()),
             limiter: Arc::new(RateLimiter::new(rate, burst)),
             addr_limiter: Arc::new(RateLimiter::with_capacity(

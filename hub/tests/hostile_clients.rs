@@ -122,7 +122,9 @@ fn assert_throttled(r: &Reply, what: &str) {
 /// Tight budgets so a short flood exhausts them: a source may make 4 requests, an address
 /// 5 refused ones, and neither refills during the test.
 fn tight_app(th: &TestHub) -> Router {
-    hubhttp::app(AppState::new(th.hub.clone(), 1e-6, 4.0).with_address_limit(1e-6, 5.0))
+    hubhttp::app(
+        AppState::new(th.hub.clone(), th.notices.clone(), 1e-6, 4.0).with_address_limit(1e-6, 5.0),
+    )
 }
 
 #[tokio::test]
@@ -220,7 +222,8 @@ async fn unauthenticated_traffic_from_many_addresses_keeps_the_table_bounded() {
     let th = TestHub::open(dir.path());
     let bj = Agent::new("bj-rrt", 2, "110000");
     th.register(&bj);
-    let state = AppState::new(th.hub.clone(), 1e-6, 4.0).with_address_limit(1e-6, 1.0);
+    let state =
+        AppState::new(th.hub.clone(), th.notices.clone(), 1e-6, 4.0).with_address_limit(1e-6, 1.0);
     let app = hubhttp::app(state.clone());
     let key = SigningKey::from_bytes(&[0xee; 32]);
     let n = hubhttp::MAX_TRACKED_ADDRESSES + 500;
@@ -274,7 +277,8 @@ async fn over_a_real_socket_the_flooding_address_gets_429_and_the_source_deliver
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(th.hub.clone(), 1e-6, 4.0).with_address_limit(1e-6, 5.0);
+    let state =
+        AppState::new(th.hub.clone(), th.notices.clone(), 1e-6, 4.0).with_address_limit(1e-6, 5.0);
     let server = tokio::spawn(hubhttp::serve(listener, state, async {
         let _ = stopped.await;
     }));
@@ -420,7 +424,7 @@ async fn metrics_need_an_admin_token_or_the_metrics_listener() {
         r.text()
     );
     // The separate listener's router answers without a token, and serves nothing else.
-    let m = hubhttp::metrics_app(AppState::new(th.hub.clone(), 1e9, 1e9));
+    let m = hubhttp::metrics_app(AppState::new(th.hub.clone(), th.notices.clone(), 1e9, 1e9));
     let r = send(&m, get_req("/metrics", None)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
@@ -559,7 +563,8 @@ async fn unfinished_bodies_cannot_hold_more_than_the_body_budget() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut state = AppState::new(th.hub.clone(), 1e9, 1e9).with_address_limit(1e9, 1e9);
+    let mut state =
+        AppState::new(th.hub.clone(), th.notices.clone(), 1e9, 1e9).with_address_limit(1e9, 1e9);
     // A 64 KiB budget instead of 256 MiB, so the test stays small.
     state.body_budget = Arc::new(tokio::sync::Semaphore::new(64));
     let server = tokio::spawn(hubhttp::serve(listener, state, async {

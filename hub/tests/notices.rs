@@ -31,7 +31,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// The notices a role may read, as the API shows them (JSON).
 fn listed(t: &TestHub, role: spacesync_hub::auth::Role) -> Vec<Value> {
-    match serde_json::to_value(t.hub.notices.list(role)) {
+    match serde_json::to_value(t.notices.list(role)) {
         Ok(Value::Array(list)) => list,
         other => panic!("the notice list is a JSON array: {other:?}"),
     }
@@ -75,7 +75,7 @@ async fn reminders_overdue_and_escalation_each_exactly_once() {
         }
         // Several ticks a day: deduplication, not the tick rate, keeps notices single.
         for _ in 0..3 {
-            schedule::tick(&t.hub).expect("tick");
+            schedule::tick(&t.hub, &t.notices).expect("tick");
         }
         day += Duration::days(1);
     }
@@ -322,12 +322,8 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
-    schedule::tick(&t.hub).expect("tick");
-    let raised = t
-        .hub
-        .notices
-        .list(spacesync_hub::auth::Role::Ministry)
-        .len();
+    schedule::tick(&t.hub, &t.notices).expect("tick");
+    let raised = t.notices.list(spacesync_hub::auth::Role::Ministry).len();
     assert!(raised > 0);
 
     // A receiver configured with the webhook key's public line, refusing the first two
@@ -342,7 +338,7 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     // Delivery rounds until every notice is accepted (bounded: backoff is capped and the
     // first retries come within seconds).
     for _ in 0..600 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        schedule::deliver_webhooks(&t.hub, &t.notices, &client, &hooks, &webhook_key()).await;
         if rx.lock().expect("lock").accepted.len() >= raised {
             break;
         }
@@ -350,7 +346,7 @@ async fn webhooks_get_each_notice_once_signed_despite_failures() {
     }
     // A few more rounds must not deliver anything twice.
     for _ in 0..5 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        schedule::deliver_webhooks(&t.hub, &t.notices, &client, &hooks, &webhook_key()).await;
     }
     server.abort();
     let r = rx.lock().expect("lock");
@@ -429,7 +425,7 @@ async fn notices_carry_their_facts_for_programs_on_every_channel() {
     assert_eq!(out.status, 200, "{:?}", out.response.refused);
     // Five days after the implementation plan was due (2018-11-15), none submitted.
     t.clock.set(at("2018-11-20T09:00:00+08:00"));
-    schedule::tick(&t.hub).expect("tick");
+    schedule::tick(&t.hub, &t.notices).expect("tick");
 
     // GET /v1/notices.
     let ministry = t.token(spacesync_hub::auth::Role::Ministry);
@@ -464,7 +460,7 @@ async fn notices_carry_their_facts_for_programs_on_every_channel() {
     }];
     let client = reqwest::Client::new();
     for _ in 0..100 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        schedule::deliver_webhooks(&t.hub, &t.notices, &client, &hooks, &webhook_key()).await;
         if rx.lock().expect("lock").accepted.len() >= api.len() {
             break;
         }
@@ -495,7 +491,7 @@ async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
     let out = t.hub.ingest(bj.batch(&[plan])).expect("ingest");
     assert_eq!(out.status, 200, "{:?}", out.response.refused);
     t.clock.set(at("2018-11-20T09:00:00+08:00"));
-    schedule::tick(&t.hub).expect("tick");
+    schedule::tick(&t.hub, &t.notices).expect("tick");
 
     let list = listed(&t, spacesync_hub::auth::Role::Ministry);
     let n = find(&list, "plan_incomplete", "110000", "");
@@ -508,8 +504,7 @@ async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
         "{n}"
     );
 
-    let doc =
-        spacesync_hub::bulletin::issue(&t.hub, None, t.hub.notices.log_json()).expect("issue");
+    let doc = spacesync_hub::bulletin::issue(&t.hub, None, t.notices.log_json()).expect("issue");
     let item = doc["plan_problems"]
         .as_array()
         .and_then(|l| l.iter().find(|p| p["code"] == "110000"))
@@ -552,7 +547,7 @@ async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp() {
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
-    schedule::tick(&t.hub).expect("tick");
+    schedule::tick(&t.hub, &t.notices).expect("tick");
     let (rx, addr, server) =
         start_receiver(webhook_key().verifying_key(), t.clock.clone(), 0).await;
     let url = format!("http://{addr}/hook");
@@ -561,7 +556,7 @@ async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp() {
         scope: None,
     }];
     let client = reqwest::Client::new();
-    schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+    schedule::deliver_webhooks(&t.hub, &t.notices, &client, &hooks, &webhook_key()).await;
     let (headers, body) = {
         let r = rx.lock().expect("lock");
         assert!(r.refused.is_empty(), "{:?}", r.refused);
@@ -633,7 +628,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
-    schedule::tick(&t.hub).expect("tick");
+    schedule::tick(&t.hub, &t.notices).expect("tick");
     const SECRET: &str = "s3cr3t-api-key-123";
     // One hook that accepts after a refusal, one nobody listens on (connection refused:
     // the HTTP client's own error names the URL).
@@ -654,7 +649,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
     ];
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        schedule::deliver_webhooks(&t.hub, &client, &hooks, &webhook_key()).await;
+        schedule::deliver_webhooks(&t.hub, &t.notices, &client, &hooks, &webhook_key()).await;
         let list = listed(&t, Role::Ministry);
         if rx.lock().expect("lock").accepted.len() >= list.len() {
             break;
@@ -702,8 +697,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
     assert!(!page.text().contains(SECRET));
 
     // Bulletins, every format, and they still verify against the log.
-    let doc =
-        spacesync_hub::bulletin::issue(&t.hub, None, t.hub.notices.log_json()).expect("issue");
+    let doc = spacesync_hub::bulletin::issue(&t.hub, None, t.notices.log_json()).expect("issue");
     let n = doc["number"].as_u64().expect("number");
     assert!(doc["notices"].to_string().contains(&ids[1]));
     let ministry = t.token(Role::Ministry);
@@ -739,8 +733,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
 
     // Agents' pulls carry the notice only.
     let pulled = serde_json::to_string(
-        &t.hub
-            .notices
+        &t.notices
             .fetch(
                 t.hub.store.as_ref(),
                 &bj.id,
@@ -765,12 +758,12 @@ async fn webhook_urls_are_shown_to_admins_only() {
     drop(t);
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     assert!(
-        !serde_json::to_string(&t.hub.notices.list(Role::Ministry))
+        !serde_json::to_string(&t.notices.list(Role::Ministry))
             .expect("json")
             .contains(SECRET)
     );
     assert!(
-        serde_json::to_string(&t.hub.notices.list(Role::Admin))
+        serde_json::to_string(&t.notices.list(Role::Admin))
             .expect("json")
             .contains(SECRET)
     );

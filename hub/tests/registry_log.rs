@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
 use spacesync_hub::store::{KvIter, SledStore, Store, StoreError, WriteBatch, keys};
 use spacesync_hub::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry};
@@ -340,14 +341,16 @@ fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
         )
         .expect("add");
         *crashing.left.lock().expect("lock") = Some(writes);
-        let first = schedule::tick(&hub);
+        let book = NoticeBook::load(hub.store.as_ref()).expect("notices");
+        let first = schedule::tick(&hub, &book);
         let crashed = crashing.crashed();
         assert_eq!(first.is_err(), crashed, "after {writes} writes: {first:?}");
         drop(hub);
 
         // Restarted, the scheduler runs again.
         let hub = open_over(sled.clone(), at + Duration::minutes(1));
-        schedule::tick(&hub).expect("tick after restart");
+        let book = NoticeBook::load(hub.store.as_ref()).expect("notices");
+        schedule::tick(&hub, &book).expect("tick after restart");
         let for_slot: Vec<Value> = bulletin::list(hub.store.as_ref())
             .expect("list")
             .into_iter()

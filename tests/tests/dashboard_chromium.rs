@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::render::{Lang, count};
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
@@ -383,7 +384,12 @@ fn dashboard_drill_down_in_chromium() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(hubhttp::serve(
         listener,
-        AppState::new(hub.clone(), 1e9, 1e9),
+        AppState::new(
+            hub.clone(),
+            Arc::new(NoticeBook::load(hub.store.as_ref()).unwrap()),
+            1e9,
+            1e9,
+        ),
         async {
             let _ = stopped.await;
         },

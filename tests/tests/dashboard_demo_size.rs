@@ -15,6 +15,7 @@ use serde_json::json;
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::keys::public_key_line;
@@ -95,7 +96,8 @@ async fn the_overview_of_the_demo_campaign_stays_under_200_kb() {
         now,
     )
     .expect("token");
-    let app = hubhttp::app(AppState::new(hub.clone(), 1e9, 1e9));
+    let book = Arc::new(NoticeBook::load(hub.store.as_ref()).expect("notices"));
+    let app = hubhttp::app(AppState::new(hub.clone(), book, 1e9, 1e9));
     let get = |path: &str, token: &str| {
         let req = Request::get(path)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))

@@ -32,7 +32,7 @@ use crate::wording::{Lang, count, date};
 /// `subject`, `addressee`, `created`, `state`, `text`, `text_en`, …). The one place the
 /// dashboard reads notices.
 pub fn notices_for_dashboard(s: &AppState, role: Role) -> Vec<crate::notices::NoticeView> {
-    s.hub.notices.list(role)
+    s.notices.list(role)
 }
 
 fn unavailable(user: &DashboardUser, e: impl std::fmt::Display) -> PageRefusal {

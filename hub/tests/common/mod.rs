@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::keys::public_key_line;
@@ -46,6 +47,8 @@ pub struct TestHub {
     pub dir: PathBuf,
     /// The hub.
     pub hub: Arc<Hub>,
+    /// Its notice book (beside the hub, as `serve` keeps it).
+    pub notices: Arc<NoticeBook>,
     /// `http::app` over the hub.
     pub app: Router,
     /// The hub's clock.
@@ -69,12 +72,14 @@ impl TestHub {
         )
         .expect("open hub");
         let admin = auth::create_token(hub.store.as_ref(), Role::Admin, None, now).expect("token");
+        let notices = Arc::new(NoticeBook::load(hub.store.as_ref()).expect("notices"));
         let hub = Arc::new(hub);
         // A generous rate: these tests are about what is refused, not about throttling.
-        let app = hubhttp::app(AppState::new(hub.clone(), 1e9, 1e9));
+        let app = hubhttp::app(AppState::new(hub.clone(), notices.clone(), 1e9, 1e9));
         TestHub {
             dir: dir.to_path_buf(),
             hub,
+            notices,
             app,
             clock,
             admin,
