@@ -222,42 +222,6 @@ fn issue_with(
 /// that copy no longer matches its signature.
 pub const REDACTED_MEMBER: &str = "redacted";
 
-/// Replaces webhook URLs in the notice log of a bulletin issued before webhooks were named
-/// by [`crate::notices::webhook_id`] (new bulletins never hold a URL). Returns whether
-/// anything was replaced; if so the copy says so in [`REDACTED_MEMBER`], since its
-/// signature covers the original, which an admin token can fetch and verify.
-pub fn redact_legacy_webhooks(doc: &mut Value) -> bool {
-    let mut changed = false;
-    for n in doc["notices"].as_array_mut().into_iter().flatten() {
-        let Some(hooks) = n.get_mut("webhooks").and_then(Value::as_object_mut) else {
-            continue;
-        };
-        if hooks.keys().all(|k| crate::notices::is_webhook_id(k)) {
-            continue;
-        }
-        *hooks = std::mem::take(hooks)
-            .into_iter()
-            .map(|(k, mut v)| {
-                if crate::notices::is_webhook_id(&k) {
-                    return (k, v);
-                }
-                if let Some(e) = v.get("last_error").and_then(Value::as_str) {
-                    v["last_error"] = json!(crate::notices::scrub_url(e, &k));
-                }
-                (crate::notices::webhook_id(&k), v)
-            })
-            .collect();
-        changed = true;
-    }
-    if changed && let Some(o) = doc.as_object_mut() {
-        o.insert(
-            REDACTED_MEMBER.into(),
-            json!("webhook URLs replaced by their ids for this reader; the signature covers the original, which an admin token can fetch and verify"),
-        );
-    }
-    changed
-}
-
 /// Verifies a bulletin against this hub's log: signature, checkpoint, and every figure
 /// recomputed from the log as it was at the checkpoint.
 pub fn verify(

@@ -936,7 +936,7 @@ async fn bulletin_file(
     })?;
     // Bulletins issued before webhooks were named by id held their URLs (secrets).
     if role != Role::Admin {
-        crate::bulletin::redact_legacy_webhooks(&mut doc);
+        crate::notices::redact_legacy_webhooks(&mut doc);
     }
     let (ct, body) = match ext {
         "json" => (

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`store`]: the storage trait (ordered keys, atomic batches, flush) and its sled backend.
 //! - [`log`]: the append-only log and its RFC 9162 Merkle tree, checkpoints and proofs.
+//! - [`entries`]: the hub's own signed log entries and the source records they carry.
 //! - [`registry`]: registered sources, their keys (with rotation) and scopes.
 //! - [`ingest`]: the hub core — verified, idempotent ingest and the shared state.
 //! - [`views`]: merged space counts, roll-ups, milestones, nominations, activities.
@@ -31,6 +32,7 @@ pub mod bulletin;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod entries;
 pub mod http;
 pub mod ingest;
 pub mod log;

@@ -28,7 +28,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use spacesync_shared::campaign::Campaign;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::wire::{Notice, NoticeFacts};
@@ -211,6 +211,42 @@ impl NoticeRecord {
             facts: self.notice.facts.clone(),
         }
     }
+}
+
+/// Replaces webhook URLs in the notice log of a bulletin issued before webhooks were named
+/// by [`webhook_id`] (new bulletins never hold a URL). Returns whether
+/// anything was replaced; if so the copy says so in [`crate::bulletin::REDACTED_MEMBER`], since its
+/// signature covers the original, which an admin token can fetch and verify.
+pub fn redact_legacy_webhooks(doc: &mut Value) -> bool {
+    let mut changed = false;
+    for n in doc["notices"].as_array_mut().into_iter().flatten() {
+        let Some(hooks) = n.get_mut("webhooks").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if hooks.keys().all(|k| is_webhook_id(k)) {
+            continue;
+        }
+        *hooks = std::mem::take(hooks)
+            .into_iter()
+            .map(|(k, mut v)| {
+                if is_webhook_id(&k) {
+                    return (k, v);
+                }
+                if let Some(e) = v.get("last_error").and_then(Value::as_str) {
+                    v["last_error"] = json!(scrub_url(e, &k));
+                }
+                (webhook_id(&k), v)
+            })
+            .collect();
+        changed = true;
+    }
+    if changed && let Some(o) = doc.as_object_mut() {
+        o.insert(
+            crate::bulletin::REDACTED_MEMBER.into(),
+            json!("webhook URLs replaced by their ids for this reader; the signature covers the original, which an admin token can fetch and verify"),
+        );
+    }
+    changed
 }
 
 /// A notice a rule wants raised.
@@ -922,15 +958,13 @@ mod tests {
 
         // A bulletin issued then: redacted for readers, and the copy says so.
         assert!(legacy_bulletin.to_string().contains("SECRET"));
-        assert!(crate::bulletin::redact_legacy_webhooks(
-            &mut legacy_bulletin
-        ));
+        assert!(redact_legacy_webhooks(&mut legacy_bulletin));
         let text = legacy_bulletin.to_string();
         assert!(!text.contains("SECRET") && text.contains(&id), "{text}");
         assert!(legacy_bulletin[crate::bulletin::REDACTED_MEMBER].is_string());
         let mut new_bulletin =
             serde_json::json!({ "notices": [serde_json::to_value(rec.view(false)).unwrap()] });
-        assert!(!crate::bulletin::redact_legacy_webhooks(&mut new_bulletin));
+        assert!(!redact_legacy_webhooks(&mut new_bulletin));
     }
 
     #[test]

@@ -33,43 +33,7 @@ use crate::store::{Store, StoreError, WriteBatch};
 const ITEM_PREFIX: &[u8] = b"v/i/";
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
 
-/// DSSE payload type of the hub's own log entries.
-pub const HUB_ENTRY_PAYLOAD_TYPE: &str = "application/vnd.spacesync.hub-entry+json";
-
-/// An entry the hub itself signs and appends to the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum HubEntry {
-    /// A deadline extension granted by an admin to one provincial unit.
-    Extension(Extension),
-    /// A source registered (`agents add`); see [`crate::registry`].
-    SourceAdded(crate::registry::SourceAdded),
-    /// A source's key rotated (`agents rotate`).
-    KeyRotated(crate::registry::KeyRotated),
-    /// A source revoked (`agents revoke`).
-    SourceRevoked(crate::registry::SourceRevoked),
-    /// The registry of a store from before registry changes were logged, written with the
-    /// first change.
-    RegistryBaseline(crate::registry::RegistryBaseline),
-}
-
-/// A deadline extension.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Extension {
-    /// The hub's own seq for this entry.
-    pub seq: u64,
-    /// The provincial unit (or region) granted the extension.
-    pub region: RegionCode,
-    /// The milestone id.
-    pub milestone: String,
-    /// New last day (inclusive, campaign time zone).
-    pub until: NaiveDate,
-    /// Why it was granted.
-    pub reason: String,
-    /// When it was granted (hub clock).
-    pub granted_at: DateTime<Utc>,
-}
+pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry};
 
 fn item_key(log_index: u64) -> Vec<u8> {
     [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
