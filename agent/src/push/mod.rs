@@ -145,7 +145,6 @@ impl<T: Transport> Pusher<T> {
                     if notices_due {
                         last_notices = Some(Instant::now());
                     }
-                    self.succeeded();
                     // Prune when new receipts arrived, and at least once a minute.
                     let receipts = lock(&self.state).receipts;
                     if receipts != pruned_at_receipts
@@ -175,6 +174,9 @@ impl<T: Transport> Pusher<T> {
     /// One sync cycle: deliver, then notices when due (their failures never stop delivery).
     async fn cycle(&mut self, notices_due: bool) -> Result<(), PushError> {
         self.delivery.deliver(&mut self.link).await?;
+        // Said at once, not after the notices: whoever sees the buffer delivered in the
+        // status also sees the result that delivered it.
+        self.succeeded();
         if notices_due
             && let Err(e) = notices::fetch(&mut self.link, &self.store, &self.notices_stored).await
         {

@@ -23,7 +23,7 @@ pub struct Alarm {
 pub struct PushState {
     /// Last time a request to the hub was made.
     pub last_attempt_at: Option<DateTime<Utc>>,
-    /// Last time a sync cycle completed without fault.
+    /// Last time the whole buffer was delivered (every entry receipted) without fault.
     pub last_success_at: Option<DateTime<Utc>>,
     /// `ok`, `retrying` or `alarm`.
     pub last_result: Option<String>,
