@@ -717,22 +717,6 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
     }
 }
 
-/// An error with its sources, on one line (each source only when its words are not
-/// already in the message).
-pub fn err_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,18 @@
 //! No import circles inside a crate.
 //!
-//! Each crate's module graph is drawn from its sources: a module (a file under `src/`, `src/bin`
-//! excluded: binaries are crates of their own) points at every module whose path it names —
-//! `use crate::…`, `use super::…`, `use self::…`, `use <child module>::…` (brace groups
-//! expanded) and `crate::…` / `super::…` / `<child module>::…` paths in code. A path goes to the longest module
-//! prefix it names (`crate::store::keys::X` is `store` when `keys` is an inline module of
-//! `store.rs`); inline modules (`mod tests { … }`) belong to their file, so `use super::*` in
-//! a test module is no edge. Declaring a child (`mod x;`) is containment, not an import; a
-//! re-export (`pub use x::Y`) is an import. The graph is checked twice: file by file, and
-//! with each folder module (`push/`, `dashboard/`) read as one. Test code counts: a circle through a test helper
-//! is still a circle for whoever reads the files.
+//! Each crate's module graph is drawn from its sources: a module (a file under `src/`,
+//! `src/bin` excluded: binaries are crates of their own) points at every module whose path
+//! it names — `use crate::…`, `use super::…`, `use self::…`, `use <child module>::…` (brace
+//! groups expanded) and `crate::…` / `super::…` / `<child module>::…` paths in code. A path
+//! goes to the longest module prefix it names (`crate::store::keys::X` is `store` when `keys`
+//! is an inline module of `store.rs`); inline modules (`mod tests { … }`) belong to their
+//! file, so `use super::*` in a test module is no edge. Declaring a child (`mod x;`) is
+//! containment, not an import; a re-export (`pub use x::Y`) is an import. The graph is
+//! checked twice: file by file, and with each folder module (`push/`, `dashboard/`) read as
+//! one. Test code counts: a circle through a test helper is still a circle for whoever reads
+//! the files.
 //!
-//! Run: `cargo test -p spacesync-tests --test import_graph -- --include-ignored --nocapture`
+//! Run: `cargo test -p spacesync-tests --test import_graph -- --nocapture`
 //! (prints each crate's modules and imports, and every circle with the line of each
 //! import). One import is left out, with its reason, in [`ALLOWED`].
 
@@ -627,11 +628,7 @@ fn the_http_edge_has_no_import_circle() {
     check("shared/http", "shared/http/src");
 }
 
-/// Report only while others untangle the hub: `--include-ignored` lists its circles.
 #[test]
-#[ignore = "the hub still has circles in files other issues are changing: registry ↔ views \
-            (registry.rs, views.rs) and bulletin ↔ notices (bulletin.rs, notices.rs); \
-            un-ignore when they are gone"]
 fn the_hub_has_no_import_circle() {
     check("hub", "hub/src");
 }

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Most errors wrap their source transparently; err_chain adds only what is
             // not said yet.
-            eprintln!("error: {}", cli::err_chain(&e));
+            eprintln!("error: {}", spacesync_shared::err_chain(&e));
             ExitCode::FAILURE
         }
     }
