@@ -188,7 +188,7 @@ pub enum BulletinCmd {
     Show {
         /// Bulletin number.
         n: u64,
-        /// json, html, md or csv.
+        /// json, html, md, csv (the province table) or flags-csv (every data flag).
         #[arg(long, default_value = "json")]
         format: String,
         /// zh or en.
@@ -608,17 +608,23 @@ pub fn extend(hub: &Hub, a: &ExtendArgs) -> Result<u64, CliError> {
     Ok(index)
 }
 
-/// A bulletin in one of the formats `bulletin show --format` offers: `json`, `html`, `md`
-/// or `csv`, in `lang`. The one place a format name is turned into text.
+/// A bulletin in one of the formats `bulletin show --format` offers: `json`, `html`, `md`,
+/// `csv` (the province table) or `flags-csv` (every data flag), in `lang`. The one place a
+/// format name is turned into text.
 pub fn bulletin_text(doc: &Value, format: &str, lang: Lang) -> Result<String, CliError> {
     Ok(match format {
         "json" => json("the bulletin", doc)?,
         "html" => render::html(doc, lang),
         "md" => render::markdown(doc, lang),
         "csv" => render::csv(doc, lang)?,
+        "flags-csv" => render::flags_csv(
+            &crate::assessment::Bulletin::from_document(doc)
+                .map_err(render::CsvError::Unreadable)?,
+            lang,
+        )?,
         other => {
             return Err(CliError::Usage(format!(
-                "--format {other:?}: expected json, html, md or csv"
+                "--format {other:?}: expected json, html, md, csv or flags-csv"
             )));
         }
     })

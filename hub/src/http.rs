@@ -262,6 +262,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/notices", get(notices_list))
         .route("/v1/bulletins", get(bulletins))
         .route("/v1/bulletins/{file}", get(bulletin_file))
+        .route("/v1/bulletins/{n}/flags.csv", get(bulletin_flags_csv))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -919,21 +920,14 @@ async fn bulletin_file(
     // Bulletins are published to every reader: any valid token may read them.
     Reader(role): Reader,
 ) -> Result<Response, AppError> {
-    let (n, ext) = file
-        .rsplit_once('.')
-        .ok_or_else(|| AppError::not_found("ask for /v1/bulletins/<n>.json, .html, .md or .csv"))?;
-    let n: u64 = n
-        .parse()
-        .map_err(|_| AppError::not_found(format!("{n:?} is not a bulletin number")))?;
-    let lang = match q.lang.as_deref() {
-        None => crate::render::Lang::Zh,
-        Some(l) => crate::render::Lang::parse(l)
-            .ok_or_else(|| AppError::bad_request("lang must be zh or en"))?,
-    };
-    let mut doc = crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| match e {
-        crate::bulletin::BulletinError::NotFound(_) => AppError::not_found(e.to_string()),
-        other => AppError::internal(other),
+    let (n, ext) = file.rsplit_once('.').ok_or_else(|| {
+        AppError::not_found(
+            "ask for /v1/bulletins/<n>.json, .html, .md or .csv, or /v1/bulletins/<n>/flags.csv",
+        )
     })?;
+    let n = bulletin_number(n)?;
+    let lang = bulletin_lang(&q)?;
+    let mut doc = bulletin_doc(&s, n)?;
     // Bulletins issued before webhooks were named by id held their URLs (secrets).
     if role != Role::Admin {
         crate::notices::redact_legacy_webhooks(&mut doc);
@@ -959,6 +953,52 @@ async fn bulletin_file(
         }
     };
     Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// `GET /v1/bulletins/{n}/flags.csv`: every data flag of bulletin `n`, one row each, after
+/// a UTF-8 byte-order mark. The bulletin's HTML and Markdown summarise the flags and point
+/// here; the same readers may read it.
+async fn bulletin_flags_csv(
+    State(s): State<AppState>,
+    Path(n): Path<String>,
+    Query(q): Query<LangQuery>,
+    // Bulletins are published to every reader: any valid token may read them.
+    _: Reader,
+) -> Result<Response, AppError> {
+    let n = bulletin_number(&n)?;
+    let lang = bulletin_lang(&q)?;
+    let b = crate::assessment::Bulletin::from_document(&bulletin_doc(&s, n)?)
+        .map_err(|e| AppError::internal(format!("bulletin {n} does not read back: {e}")))?;
+    let body = crate::render::flags_csv(&b, lang).map_err(AppError::internal)?;
+    let disposition = format!("attachment; filename=\"bulletin-{n}-flags.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn bulletin_number(n: &str) -> Result<u64, AppError> {
+    n.parse()
+        .map_err(|_| AppError::not_found(format!("{n:?} is not a bulletin number")))
+}
+
+fn bulletin_lang(q: &LangQuery) -> Result<crate::render::Lang, AppError> {
+    match q.lang.as_deref() {
+        None => Ok(crate::render::Lang::Zh),
+        Some(l) => crate::render::Lang::parse(l)
+            .ok_or_else(|| AppError::bad_request("lang must be zh or en")),
+    }
+}
+
+fn bulletin_doc(s: &AppState, n: u64) -> Result<Value, AppError> {
+    crate::bulletin::get(s.hub.store.as_ref(), n).map_err(|e| match e {
+        crate::bulletin::BulletinError::NotFound(_) => AppError::not_found(e.to_string()),
+        other => AppError::internal(other),
+    })
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, AppError> {

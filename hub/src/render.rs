@@ -1,304 +1,76 @@
-//! Bulletins for people: HTML (printable, inline charts), Markdown and CSV, in Chinese by
-//! default or English. Renders from the bulletin JSON alone, so the same figures appear
-//! in every format and language.
+//! Bulletins for people: HTML (printable, an inline chart), Markdown and CSV, in Chinese by
+//! default or English. Everything is drawn from the typed [`Bulletin`], so the same
+//! figures appear in every format and language; every word comes from
+//! [`crate::wording::bulletin`].
+//!
+//! - [`html`], [`markdown`], [`csv`] take an issued document as stored (format 1 or 2),
+//!   read it with [`Bulletin::from_document`] and call [`html_of`], [`markdown_of`],
+//!   [`csv_of`]. A document that does not read as a bulletin gives a page (or Markdown)
+//!   saying so, or [`CsvError::Unreadable`]; nothing panics on a document.
+//! - HTML is written with maud's `html!`, which escapes every name and reason (unit
+//!   names, milestone titles, extension reasons, notice texts) and double-quotes every
+//!   attribute.
+//! - Data flags are summarised (counts by provincial unit and kind, the
+//!   [`LARGEST_DROPS`] largest drops); the complete list is the companion CSV
+//!   ([`flags_csv`], `bulletin show N --format flags-csv`, `/v1/bulletins/N/flags.csv`)
+//!   and the bulletin's JSON. The demo's bulletin 13 has 11,588 flags; printing each made
+//!   its HTML 3.5 MB.
+//! - Every section that has nothing to list says so in a sentence.
+//! - The trajectory chart has one point per bulletin: the earlier ones from the
+//!   bulletin's `history`, and this one.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use chrono::{DateTime, NaiveDate, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
 use serde_json::Value;
+use spacesync_shared::RegionCode;
 use spacesync_shared::record::SpaceKind;
+use spacesync_shared::region::{Level, unit};
 
+use crate::assessment::{Bulletin, HistoryPoint, PaceClass, UnitStatus};
+use crate::views::{Flag, region_name};
+use crate::wording::bulletin::{self as wb, words};
 use crate::wording::t;
 pub use crate::wording::{Lang, count, date, group};
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("—".into(), |r| format!("{:.1}%", r * 100.0))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn name(lang: Lang, p: &Value) -> String {
-    match lang {
-        Lang::Zh => p["name"].as_str().unwrap_or("").to_string(),
-        Lang::En => p["name_en"].as_str().unwrap_or("").to_string(),
-    }
-}
-
-fn status_word(lang: Lang, s: &str) -> &'static str {
-    match s {
-        "not_due" => t(lang, "未到期", "not due"),
-        "due_soon" => t(lang, "即将到期", "due soon"),
-        "on_time" => t(lang, "按时", "on time"),
-        "late" => t(lang, "逾期提交", "late"),
-        "missing" => t(lang, "未提交", "missing"),
-        _ => "?",
-    }
-}
-
-/// A milestone's title, from the bulletin's own list of deliverables and windows.
-fn milestone_title(lang: Lang, b: &Value, id: &str) -> String {
-    b["deliverables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(b["windows"].as_array().into_iter().flatten())
-        .find(|d| d["id"].as_str() == Some(id))
-        .and_then(|d| d[t(lang, "title", "title_en")].as_str())
-        .unwrap_or(id)
-        .to_string()
-}
-
-fn cell_text(lang: Lang, cell: &Value) -> String {
-    let s = cell["status"].as_str().unwrap_or("");
-    let mut out = status_word(lang, s).to_string();
-    if let Some(d) = cell["days_late"].as_i64() {
-        out += &match (lang, s) {
-            (Lang::Zh, "late") => format!("（{d}天）"),
-            (Lang::Zh, _) => format!("（已逾期{d}天）"),
-            (Lang::En, "late") => format!(" ({d} d)"),
-            (Lang::En, _) => format!(" ({d} d overdue)"),
-        };
-    }
-    if let Some(d) = cell["submitted_on"].as_str() {
-        out += &format!(" {}", date(lang, d));
-    }
-    if cell["extended_until"].is_string() {
-        out += t(lang, "（已延期）", " (extended)");
-    }
-    out
-}
-
-fn reason_text(lang: Lang, b: &Value, r: &Value) -> String {
-    let kind = r["reason"].as_str().unwrap_or("");
-    match kind {
-        "milestone_missing" => format!(
-            "{}{}（{}{}）",
-            milestone_title(lang, b, r["milestone"].as_str().unwrap_or("")),
-            t(lang, "未提交", " missing"),
-            t(lang, "截止", "due "),
-            date(lang, r["due"].as_str().unwrap_or(""))
-        ),
-        "milestone_late" => format!(
-            "{}{}{}{}",
-            milestone_title(lang, b, r["milestone"].as_str().unwrap_or("")),
-            t(lang, "逾期", " late by "),
-            r["days_late"].as_i64().unwrap_or(0),
-            t(lang, "天", " day(s)")
-        ),
-        "plan_incomplete" => format!(
-            "{}{}",
-            t(lang, "实施方案不完整：", "implementation plan incomplete: "),
-            plan_problems_text(lang, &r["problems"])
-        ),
-        "behind_pace" | "far_behind_pace" => format!(
-            "{}{}",
-            if kind == "behind_pace" {
-                t(lang, "进度落后：", "behind pace: ")
-            } else {
-                t(lang, "进度严重落后：", "far behind pace: ")
-            },
-            pct(&r["ratio"])
-        ),
-        "quota_violation" => format!(
-            "{}{}",
-            t(lang, "推荐超出名额：", "nominations over quota: "),
-            r["count"]
-        ),
-        "source_silent" => format!(
-            "{}{}",
-            t(lang, "数据源长期未报送：", "silent source: "),
-            r["sources"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// Plan problems (as the bulletin JSON carries them) in words.
-pub fn plan_problems_text(lang: Lang, problems: &Value) -> String {
-    match serde_json::from_value::<Vec<crate::tracking::PlanProblem>>(problems.clone()) {
-        Ok(list) => crate::wording::bulletin::plan_problems(lang, &list),
-        Err(_) => problems.to_string(),
-    }
-}
-
-fn reasons(lang: Lang, b: &Value, l: &Value) -> String {
-    l["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| reason_text(lang, b, r))
-                .collect::<Vec<_>>()
-                .join(t(lang, "；", "; "))
-        })
-        .unwrap_or_default()
-}
-
-fn title(lang: Lang, b: &Value) -> String {
-    match lang {
-        Lang::Zh => b["title"].as_str().unwrap_or("").to_string(),
-        Lang::En => b["title_en"].as_str().unwrap_or("").to_string(),
-    }
-}
-
-fn deliverables(b: &Value) -> Vec<String> {
-    b["nation"]["milestones"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// The bulletin as Markdown.
-pub fn markdown(b: &Value, lang: Lang) -> String {
-    let mut s = String::new();
-    let n = &b["nation"];
-    let _ = writeln!(s, "# {}\n", title(lang, b));
-    let _ = writeln!(
-        s,
-        "{} {} · {} {} · {} {}\n",
-        t(lang, "数据截至", "Data as of"),
-        date(lang, b["as_of_date"].as_str().unwrap_or("")),
-        t(lang, "日志检查点", "log checkpoint"),
-        b["checkpoint"]["size"],
-        t(lang, "根哈希", "root"),
-        b["checkpoint"]["root"].as_str().unwrap_or("")
-    );
-    let _ = writeln!(s, "## {}\n", t(lang, "全国概况", "National summary"));
-    let _ = writeln!(
-        s,
-        "- {}：{} / {}（{}）",
-        t(lang, "新增空间", "New spaces"),
-        count(lang, n["new_spaces"].as_i64().unwrap_or(0)),
-        count(lang, n["target"]["new_spaces"].as_i64().unwrap_or(0)),
-        pct(&json_ratio(
-            n["new_spaces"].as_f64(),
-            n["target"]["new_spaces"].as_f64()
-        ))
-    );
-    let _ = writeln!(
-        s,
-        "- {}：{}",
-        t(lang, "按计划应达", "Expected by now"),
-        count(lang, n["pace"]["expected"].as_i64().unwrap_or(0))
-    );
-    let _ = writeln!(
-        s,
-        "- {}：{} · {}：{} · {}：{}",
-        t(lang, "教师覆盖率", "Teacher coverage"),
-        pct(&n["coverage"]["teachers"]),
-        t(lang, "学生覆盖率", "Student coverage"),
-        pct(&n["coverage"]["students"]),
-        t(lang, "学校覆盖率", "School coverage"),
-        pct(&n["coverage"]["schools"])
-    );
-    let _ = writeln!(
-        s,
-        "- {}：{}\n",
-        t(lang, "实名制比例", "Real-name share"),
-        pct(&n["real_name_share"])
-    );
-
-    let ids = deliverables(b);
-    let _ = writeln!(
-        s,
-        "## {}\n",
-        t(lang, "各省进度排名", "Provincial units ranked")
-    );
-    let mut header = vec![
-        t(lang, "排名", "Rank").to_string(),
-        t(lang, "单位", "Unit").to_string(),
-        t(lang, "空间总数", "Spaces").to_string(),
-        t(lang, "新增", "New").to_string(),
-        t(lang, "进度", "Pace").to_string(),
-    ];
-    header.extend(ids.iter().map(|id| milestone_title(lang, b, id)));
-    let _ = writeln!(s, "| {} |", header.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
-    for p in b["provinces"].as_array().into_iter().flatten() {
-        let total: i64 = SpaceKind::ALL
-            .iter()
-            .filter_map(|k| p["spaces"][k.as_str()].as_i64())
-            .sum();
-        let mut row = vec![
-            p["rank"].to_string(),
-            name(lang, p),
-            count(lang, total),
-            count(lang, p["new_spaces"].as_i64().unwrap_or(0)),
-            pct(&p["pace"]["ratio"]),
-        ];
-        row.extend(ids.iter().map(|id| cell_text(lang, &p["milestones"][id])));
-        let _ = writeln!(s, "| {} |", row.join(" | "));
-    }
-    let _ = writeln!(s, "\n## {}\n", t(lang, "进度落后单位", "Lagging units"));
-    for l in b["lagging"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            s,
-            "- **{}**（{}）：{}",
-            name(lang, l),
-            l["code"].as_str().unwrap_or(""),
-            reasons(lang, b, l)
-        );
-    }
-    let _ = writeln!(s, "\n## {}\n", t(lang, "推荐超额", "Quota violations"));
-    for v in b["quota_violations"].as_array().into_iter().flatten() {
-        let _ = writeln!(s, "- {}", v["text"].as_str().unwrap_or(""));
-    }
-    let _ = writeln!(s, "\n## {}\n", t(lang, "实施方案问题", "Plan problems"));
-    for v in b["plan_problems"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            s,
-            "- {}：{}",
-            v["code"].as_str().unwrap_or(""),
-            plan_problems_text(lang, &v["problems"])
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n## {}\n",
-        t(lang, "长期未报送的数据源", "Silent sources")
-    );
-    for v in b["silent_sources"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            s,
-            "- {} ({}): {} {}",
-            v["source"].as_str().unwrap_or(""),
-            v["scope"].as_str().unwrap_or(""),
-            v["days_silent"],
-            t(lang, "天", "days")
-        );
-    }
-    let _ = writeln!(s, "\n## {}\n", t(lang, "数据标记", "Flagged data"));
-    for f in b["flags"].as_array().into_iter().flatten() {
-        let _ = writeln!(s, "- {}", f);
-    }
-    s
-}
-
-fn json_ratio(a: Option<f64>, b: Option<f64>) -> Value {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Value::from(a / b),
-        _ => Value::Null,
-    }
-}
+/// How many of the largest drops a bulletin lists.
+pub const LARGEST_DROPS: usize = 20;
 
 /// The UTF-8 byte-order mark every CSV starts with: without it Excel reads the file in the
 /// system code page and shows Chinese names as mojibake.
 pub const CSV_BOM: &str = "\u{feff}";
 
+/// The columns of [`flags_csv`]: the same as the dashboard's flags CSV, so one program
+/// reads both.
+pub const FLAGS_CSV_HEADER: [&str; 14] = [
+    "flag",
+    "region",
+    "region_name",
+    "school",
+    "kind",
+    "before_date",
+    "before",
+    "after_date",
+    "after",
+    "drop",
+    "as_of",
+    "sources",
+    "reported",
+    "sum_of_parts",
+];
+
 /// Why a CSV could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
+    /// The document is not a bulletin this hub can read (a stored bulletin damaged, or
+    /// not a bulletin at all).
+    #[error(
+        "cannot read the bulletin document: {0}; see it with `bulletin show N --format json` and report this"
+    )]
+    Unreadable(#[source] serde_json::Error),
     /// The `csv` writer refused a row (rows of unequal length: a bug in this module).
     #[error("cannot write the bulletin CSV: {0}; this is a bug in the hub, please report it")]
     Write(#[from] csv::Error),
@@ -307,10 +79,366 @@ pub enum CsvError {
     Finish(String),
 }
 
+/// The bulletin document as a printable HTML page; a page saying why when the document
+/// does not read as a bulletin.
+pub fn html(doc: &Value, lang: Lang) -> String {
+    match Bulletin::from_document(doc) {
+        Ok(b) => html_of(&b, lang),
+        Err(e) => {
+            tracing::warn!(error = %e, "A bulletin document does not read as a bulletin; showing why instead.");
+            unreadable_page(lang, &e.to_string()).into_string()
+        }
+    }
+}
+
+/// The bulletin document as Markdown; a paragraph saying why when the document does not
+/// read as a bulletin.
+pub fn markdown(doc: &Value, lang: Lang) -> String {
+    match Bulletin::from_document(doc) {
+        Ok(b) => markdown_of(&b, lang),
+        Err(e) => {
+            tracing::warn!(error = %e, "A bulletin document does not read as a bulletin; showing why instead.");
+            format!(
+                "# {}\n\n{}\n",
+                words(lang).unreadable,
+                wb::unreadable(lang, &e.to_string())
+            )
+        }
+    }
+}
+
+/// The province table of the bulletin document as CSV (see [`csv_of`]).
+pub fn csv(doc: &Value, lang: Lang) -> Result<String, CsvError> {
+    csv_of(
+        &Bulletin::from_document(doc).map_err(CsvError::Unreadable)?,
+        lang,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and numbers.
+
+fn title(b: &Bulletin, lang: Lang) -> &str {
+    match lang {
+        Lang::Zh => &b.title,
+        Lang::En => &b.title_en,
+    }
+}
+
+/// A unit's name in `lang` (the other language's, then the code, when missing).
+fn unit_name(lang: Lang, code: RegionCode, zh: &Option<String>, en: &Option<String>) -> String {
+    let (first, second) = match lang {
+        Lang::Zh => (zh, en),
+        Lang::En => (en, zh),
+    };
+    first
+        .as_deref()
+        .or(second.as_deref())
+        .map_or_else(|| code.to_string(), str::to_string)
+}
+
+fn name_of(lang: Lang, u: &UnitStatus) -> String {
+    unit_name(lang, u.code, &u.name, &u.name_en)
+}
+
+/// A region's name: a provincial unit as the bulletin names it, any other region from
+/// the division directory (a generic name such as 市辖区 with its province's before it),
+/// else its code.
+fn region_label(b: &Bulletin, code: RegionCode, lang: Lang) -> String {
+    if let Some(u) = b.assessment.unit(code) {
+        return name_of(lang, u);
+    }
+    if code.level() == Level::Province
+        && let Some(u) = unit(code).filter(|u| u.code == code.as_u32())
+    {
+        return t(lang, u.name_zh, u.name_en).to_string();
+    }
+    match region_name(code) {
+        Some(n) if n == "市辖区" || n == "县" => {
+            let p = code.province();
+            let province = b
+                .assessment
+                .unit(p)
+                .map(|u| name_of(Lang::Zh, u))
+                .or_else(|| region_name(p))
+                .unwrap_or_default();
+            format!("{province}{n}")
+        }
+        Some(n) => n,
+        None => code.to_string(),
+    }
+}
+
+/// A milestone's title in `lang`, from the bulletin's own deliverables and windows.
+fn milestone_title(b: &Bulletin, lang: Lang, id: &str) -> String {
+    b.assessment
+        .milestone_title(id)
+        .map_or(id, |(zh, en)| match lang {
+            Lang::Zh => zh,
+            Lang::En => en,
+        })
+        .to_string()
+}
+
+/// The deliverables the milestone matrix has columns for, in the bulletin's order.
+fn milestone_ids(b: &Bulletin) -> Vec<&str> {
+    b.assessment
+        .nation
+        .milestones
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn pace_class(c: PaceClass) -> &'static str {
+    match c {
+        PaceClass::OnTrack => "on_track",
+        PaceClass::Behind => "behind",
+        PaceClass::FarBehind => "far_behind",
+        PaceClass::Unknown => "unknown",
+    }
+}
+
+fn ratio(a: i64, b: Option<u64>) -> Option<f64> {
+    b.filter(|b| *b > 0).map(|b| a as f64 / b as f64)
+}
+
+fn count_u(lang: Lang, n: u64) -> String {
+    count(lang, i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn opt_count(lang: Lang, n: Option<u64>) -> String {
+    n.map_or_else(|| words(lang).unknown.to_string(), |n| count_u(lang, n))
+}
+
+/// Every bulletin's national point, oldest first: the history, then this bulletin.
+fn points(b: &Bulletin) -> Vec<HistoryPoint> {
+    let mut p: Vec<HistoryPoint> = b
+        .history
+        .iter()
+        .filter(|h| h.number < b.number)
+        .copied()
+        .collect();
+    p.sort_by_key(|h| h.number);
+    p.push(HistoryPoint::of(b));
+    p
+}
+
+/// A notice as the bulletin's notice log holds it (the notice book's record as issued);
+/// only what the bulletin shows is read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NoticeLine {
+    id: u64,
+    rule: String,
+    addressee: String,
+    state: String,
+    text: String,
+    text_en: String,
+    created: Option<DateTime<Utc>>,
+}
+
+impl NoticeLine {
+    /// The notice, or a line saying it cannot be read.
+    fn read(v: &Value, lang: Lang) -> NoticeLine {
+        NoticeLine::deserialize(v).unwrap_or_else(|_| NoticeLine {
+            text: words(lang).unreadable_notice.to_string(),
+            text_en: words(lang).unreadable_notice.to_string(),
+            ..NoticeLine::default()
+        })
+    }
+
+    fn text(&self, lang: Lang) -> &str {
+        match lang {
+            Lang::Zh => &self.text,
+            Lang::En => &self.text_en,
+        }
+    }
+
+    fn addressee(&self, b: &Bulletin, lang: Lang) -> String {
+        match self.addressee.parse::<RegionCode>() {
+            Ok(c) => region_label(b, c, lang),
+            Err(_) => self.addressee.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Data flags.
+
+/// Flags of one provincial unit, by kind.
+#[derive(Debug, Clone, Copy, Default)]
+struct FlagCounts {
+    decrease: usize,
+    conflict: usize,
+    discrepancy: usize,
+}
+
+impl FlagCounts {
+    fn total(self) -> usize {
+        self.decrease + self.conflict + self.discrepancy
+    }
+}
+
+/// A bulletin's flags summarised for people.
+struct FlagSummary<'a> {
+    /// How many flags there are.
+    total: usize,
+    /// Counts per provincial unit, in code order; units without flags left out.
+    by_unit: BTreeMap<RegionCode, FlagCounts>,
+    /// The largest decreases, largest first (ties in the bulletin's order).
+    drops: Vec<&'a Flag>,
+}
+
+fn flag_region(f: &Flag) -> RegionCode {
+    match f {
+        Flag::Decrease { region, .. }
+        | Flag::Conflict { region, .. }
+        | Flag::Discrepancy { region, .. } => *region,
+    }
+}
+
+fn drop_of(f: &Flag) -> u64 {
+    match f {
+        Flag::Decrease { before, after, .. } => before.1.saturating_sub(after.1),
+        _ => 0,
+    }
+}
+
+fn summarise(flags: &[Flag]) -> FlagSummary<'_> {
+    let mut by_unit: BTreeMap<RegionCode, FlagCounts> = BTreeMap::new();
+    for f in flags {
+        let c = by_unit.entry(flag_region(f).province()).or_default();
+        match f {
+            Flag::Decrease { .. } => c.decrease += 1,
+            Flag::Conflict { .. } => c.conflict += 1,
+            Flag::Discrepancy { .. } => c.discrepancy += 1,
+        }
+    }
+    let mut drops: Vec<&Flag> = flags
+        .iter()
+        .filter(|f| matches!(f, Flag::Decrease { .. }))
+        .collect();
+    drops.sort_by_key(|f| std::cmp::Reverse(drop_of(f)));
+    drops.truncate(LARGEST_DROPS);
+    FlagSummary {
+        total: flags.len(),
+        by_unit,
+        drops,
+    }
+}
+
+/// One drop's cells: region, school, kind, before, after, drop, source.
+struct DropCells {
+    code: RegionCode,
+    region: String,
+    school: Option<String>,
+    kind: SpaceKind,
+    before: (NaiveDate, u64),
+    after: (NaiveDate, u64),
+    source: String,
+}
+
+fn drop_cells(b: &Bulletin, lang: Lang, f: &Flag) -> Option<DropCells> {
+    match f {
+        Flag::Decrease {
+            region,
+            school,
+            kind,
+            before,
+            after,
+            source,
+        } => Some(DropCells {
+            code: *region,
+            region: region_label(b, *region, lang),
+            school: school.map(|s| s.to_string()),
+            kind: *kind,
+            before: *before,
+            after: *after,
+            source: source.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Every flag of the bulletin as CSV, one row each after the header
+/// ([`FLAGS_CSV_HEADER`], the dashboard's flag columns), region names in `lang`; starts
+/// with a UTF-8 byte-order mark. The bulletin's HTML and Markdown show a summary and
+/// point here for the complete list.
+pub fn flags_csv(b: &Bulletin, lang: Lang) -> Result<String, CsvError> {
+    let mut w = csv::Writer::from_writer(CSV_BOM.as_bytes().to_vec());
+    w.write_record(FLAGS_CSV_HEADER)?;
+    for f in &b.assessment.flags {
+        let region = flag_region(f);
+        let mut row: [String; 14] = Default::default();
+        row[1] = region.to_string();
+        row[2] = region_label(b, region, lang);
+        match f {
+            Flag::Decrease {
+                school,
+                kind,
+                before,
+                after,
+                source,
+                ..
+            } => {
+                row[0] = "decrease".into();
+                row[3] = school.map(|s| s.to_string()).unwrap_or_default();
+                row[4] = kind.as_str().into();
+                row[5] = before.0.to_string();
+                row[6] = before.1.to_string();
+                row[7] = after.0.to_string();
+                row[8] = after.1.to_string();
+                row[9] = before.1.saturating_sub(after.1).to_string();
+                row[11] = source.to_string();
+            }
+            Flag::Conflict {
+                school,
+                as_of,
+                sources,
+                ..
+            } => {
+                row[0] = "conflict".into();
+                row[3] = school.map(|s| s.to_string()).unwrap_or_default();
+                row[10] = as_of.to_string();
+                row[11] = sources
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+            }
+            Flag::Discrepancy {
+                kind,
+                reported,
+                sum_of_parts,
+                ..
+            } => {
+                row[0] = "discrepancy".into();
+                row[4] = kind.as_str().into();
+                row[12] = reported.to_string();
+                row[13] = sum_of_parts.to_string();
+            }
+        }
+        w.write_record(&row)?;
+    }
+    finish(w)
+}
+
+fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, CsvError> {
+    let bytes = w
+        .into_inner()
+        .map_err(|e| CsvError::Finish(e.error().to_string()))?;
+    // Every field is a Rust string, so the bytes are UTF-8.
+    String::from_utf8(bytes).map_err(|e| CsvError::Finish(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// CSV.
+
 /// The province table as CSV (one row per provincial unit), written by the `csv` crate
 /// (quoting as RFC 4180 says) after a UTF-8 byte-order mark ([`CSV_BOM`]).
-pub fn csv(b: &Value, lang: Lang) -> Result<String, CsvError> {
-    let ids = deliverables(b);
+pub fn csv_of(b: &Bulletin, lang: Lang) -> Result<String, CsvError> {
+    let ids = milestone_ids(b);
     let mut w = csv::Writer::from_writer(CSV_BOM.as_bytes().to_vec());
     let mut header: Vec<String> = ["rank", "code", "name"]
         .iter()
@@ -332,359 +460,799 @@ pub fn csv(b: &Value, lang: Lang) -> Result<String, CsvError> {
     header.extend(ids.iter().map(|id| format!("{id}_status")));
     header.extend(ids.iter().map(|id| format!("{id}_days_late")));
     w.write_record(&header)?;
-    for p in b["provinces"].as_array().into_iter().flatten() {
-        let mut row = vec![
-            p["rank"].to_string(),
-            p["code"].as_str().unwrap_or("").to_string(),
-            name(lang, p),
-        ];
-        row.extend(SpaceKind::ALL.iter().map(|k| {
-            p["spaces"][k.as_str()]
-                .as_i64()
-                .map(|v| v.to_string())
+    let four = |r: Option<f64>| r.map(|r| format!("{r:.4}")).unwrap_or_default();
+    for p in &b.assessment.provinces {
+        let f = &p.figures;
+        let mut row = vec![p.rank.to_string(), p.code.to_string(), name_of(lang, p)];
+        row.extend(
+            SpaceKind::ALL
+                .iter()
+                .map(|k| f.spaces.get(*k).map(|v| v.to_string()).unwrap_or_default()),
+        );
+        row.push(f.new_spaces.to_string());
+        row.push(four(p.pace.ratio));
+        row.push(pace_class(p.pace.class).to_string());
+        row.push(four(f.coverage.teachers));
+        row.push(four(f.coverage.students));
+        row.push(four(f.coverage.schools));
+        row.extend(ids.iter().map(|id| {
+            p.milestones
+                .get(*id)
+                .map(|c| c.status.as_str().to_string())
                 .unwrap_or_default()
         }));
-        row.push(p["new_spaces"].to_string());
-        row.push(
-            p["pace"]["ratio"]
-                .as_f64()
-                .map(|r| format!("{r:.4}"))
-                .unwrap_or_default(),
-        );
-        row.push(p["pace"]["class"].as_str().unwrap_or("").to_string());
-        for c in ["teachers", "students", "schools"] {
-            row.push(
-                p["coverage"][c]
-                    .as_f64()
-                    .map(|r| format!("{r:.4}"))
-                    .unwrap_or_default(),
-            );
-        }
         row.extend(ids.iter().map(|id| {
-            p["milestones"][id]["status"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        }));
-        row.extend(ids.iter().map(|id| {
-            p["milestones"][id]["days_late"]
-                .as_i64()
+            p.milestones
+                .get(*id)
+                .and_then(|c| c.days_late)
                 .map(|d| d.to_string())
                 .unwrap_or_default()
         }));
         w.write_record(&row)?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| CsvError::Finish(e.error().to_string()))?;
-    // Every field is a Rust string, so the bytes are UTF-8.
-    String::from_utf8(bytes).map_err(|e| CsvError::Finish(e.to_string()))
+    finish(w)
 }
 
-/// The bulletin as a printable HTML page with inline charts.
-pub fn html(b: &Value, lang: Lang) -> String {
-    let n = &b["nation"];
-    let ids = deliverables(b);
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<!DOCTYPE html>
-<html lang="{lang_attr}"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body{{font-family:"Noto Sans CJK SC","Source Han Sans SC","Microsoft YaHei",sans-serif;margin:2em;color:#222}}
-h1{{font-size:1.5em;border-bottom:3px solid #b22;padding-bottom:.3em}} h2{{font-size:1.15em;margin-top:1.6em}}
-table{{border-collapse:collapse;width:100%;font-size:.85em}} th,td{{border:1px solid #ccc;padding:3px 6px;text-align:left}}
-th{{background:#f3f3f3}} td.num{{text-align:right;font-variant-numeric:tabular-nums}}
-.bar{{background:#eee;height:.8em;width:10em;position:relative}} .bar span{{display:block;height:100%;background:#2a7}}
-.bar span.behind{{background:#e90}} .bar span.far_behind{{background:#c33}}
-.on_time{{color:#272}} .late{{color:#c60}} .missing{{color:#c00;font-weight:bold}} .due_soon{{color:#a60}}
-.meta{{color:#666;font-size:.8em;word-break:break-all}}
-@media print{{body{{margin:0}} h2{{page-break-after:avoid}} tr{{page-break-inside:avoid}}}}
-</style></head><body>
-<h1>{title}</h1>
-<p class="meta">{asof} {asof_date} · {cp} {size} · {root_l} {root}</p>
-"#,
-        lang_attr = t(lang, "zh-CN", "en"),
-        title = esc(&title(lang, b)),
-        asof = t(lang, "数据截至", "Data as of"),
-        asof_date = date(lang, b["as_of_date"].as_str().unwrap_or("")),
-        cp = t(lang, "日志检查点", "log checkpoint"),
-        size = b["checkpoint"]["size"],
-        root_l = t(lang, "根哈希", "root"),
-        root = esc(b["checkpoint"]["root"].as_str().unwrap_or("")),
-    );
-    // National summary with the trajectory chart.
-    let new = n["new_spaces"].as_f64().unwrap_or(0.0);
-    let target = n["target"]["new_spaces"].as_f64().unwrap_or(1.0).max(1.0);
-    let expected = n["pace"]["expected"].as_f64().unwrap_or(0.0);
-    let _ = write!(
-        s,
-        "<h2>{}</h2><table><tr><th>{}</th><td class=\"num\" id=\"nation-new\">{}</td><th>{}</th><td class=\"num\">{}</td><th>{}</th><td class=\"num\">{}</td></tr>\
-         <tr><th>{}</th><td class=\"num\">{}</td><th>{}</th><td class=\"num\">{}</td><th>{}</th><td class=\"num\">{}</td></tr></table>",
-        t(lang, "全国概况", "National summary"),
-        t(lang, "新增空间", "New spaces"),
-        count(lang, new as i64),
-        t(lang, "目标", "Target"),
-        count(lang, target as i64),
-        t(lang, "按计划应达", "Expected by now"),
-        count(lang, expected as i64),
-        t(lang, "教师覆盖率", "Teacher coverage"),
-        pct(&n["coverage"]["teachers"]),
-        t(lang, "学生覆盖率", "Student coverage"),
-        pct(&n["coverage"]["students"]),
-        t(lang, "实名制比例", "Real-name share"),
-        pct(&n["real_name_share"]),
-    );
-    s.push_str(&trajectory_svg(lang, &n["trajectory"]));
+// ---------------------------------------------------------------------------------------
+// HTML.
 
-    let _ = write!(
-        s,
-        "<h2>{}</h2><table><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>",
-        t(
-            lang,
-            "各省进度排名与工作台账",
-            "Provincial units ranked, and the work ledger"
-        ),
-        t(lang, "排名", "Rank"),
-        t(lang, "单位", "Unit"),
-        t(lang, "新增空间", "New spaces"),
-        t(lang, "进度", "Pace"),
-        t(lang, "覆盖率（教师/学生）", "Coverage (teachers/students)")
-    );
-    for id in &ids {
-        let _ = write!(s, "<th>{}</th>", esc(&milestone_title(lang, b, id)));
-    }
-    s.push_str("</tr>");
-    for p in b["provinces"].as_array().into_iter().flatten() {
-        let ratio = p["pace"]["ratio"].as_f64();
-        let width = ratio.map_or(0.0, |r| (r * 100.0).clamp(0.0, 100.0));
-        let class = p["pace"]["class"].as_str().unwrap_or("");
-        let _ = write!(
-            s,
-            "<tr data-code=\"{code}\" data-new=\"{raw_new}\" data-pace=\"{raw_pace}\"><td class=\"num\">{rank}</td><td>{name}</td><td class=\"num\">{new}</td>\
-             <td><div class=\"bar\" title=\"{pct}\"><span class=\"{class}\" style=\"width:{width:.1}%\"></span></div>{pct}</td><td>{ct} / {cs}</td>",
-            code = esc(p["code"].as_str().unwrap_or("")),
-            raw_new = p["new_spaces"].as_i64().unwrap_or(0),
-            raw_pace = ratio.map_or(String::new(), |r| format!("{r:.6}")),
-            rank = p["rank"],
-            name = esc(&name(lang, p)),
-            new = count(lang, p["new_spaces"].as_i64().unwrap_or(0)),
-            pct = ratio.map_or("—".into(), |r| format!("{:.1}%", r * 100.0)),
-            ct = pct(&p["coverage"]["teachers"]),
-            cs = pct(&p["coverage"]["students"]),
-        );
-        for id in &ids {
-            let cell = &p["milestones"][id];
-            let _ = write!(
-                s,
-                "<td class=\"{}\">{}</td>",
-                esc(cell["status"].as_str().unwrap_or("")),
-                esc(&cell_text(lang, cell))
-            );
-        }
-        s.push_str("</tr>");
-    }
-    s.push_str("</table>");
+const CSS: &str = r#"
+body{font-family:"Noto Sans CJK SC","Source Han Sans SC","Microsoft YaHei",sans-serif;margin:2em;color:#222}
+h1{font-size:1.5em;border-bottom:3px solid #b22;padding-bottom:.3em} h2{font-size:1.15em;margin-top:1.6em} h3{font-size:1em}
+table{border-collapse:collapse;width:100%;font-size:.85em} th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.narrow{width:auto}
+.bar{background:#eee;height:.8em;width:10em;position:relative} .bar span{display:block;height:100%;background:#2a7}
+.bar span.behind{background:#e90} .bar span.far_behind{background:#c33}
+.on_time{color:#272} .late{color:#c60} .missing{color:#c00;font-weight:bold} .due_soon{color:#a60}
+.meta{color:#666;font-size:.8em;word-break:break-all} p.none{color:#555}
+svg text{font-size:11px;fill:#333}
+@media print{body{margin:0} h2{page-break-after:avoid} tr{page-break-inside:avoid}}
+"#;
 
-    let _ = write!(
-        s,
-        "<h2>{}</h2><ul>",
-        t(lang, "进度落后单位及原因", "Lagging units and why")
-    );
-    for l in b["lagging"].as_array().into_iter().flatten() {
-        let _ = write!(
-            s,
-            "<li data-code=\"{}\"><b>{}</b>：{}</li>",
-            esc(l["code"].as_str().unwrap_or("")),
-            esc(&name(lang, l)),
-            esc(&reasons(lang, b, l))
-        );
-    }
-    s.push_str("</ul>");
-    let list = |s: &mut String, heading: &str, items: Vec<String>| {
-        let _ = write!(s, "<h2>{}</h2>", esc(heading));
-        if items.is_empty() {
-            s.push_str(t(lang, "<p>无</p>", "<p>None</p>"));
-        } else {
-            s.push_str("<ul>");
-            for i in items {
-                let _ = write!(s, "<li>{}</li>", esc(&i));
+/// The page for a document that does not read as a bulletin.
+fn unreadable_page(lang: Lang, error: &str) -> Markup {
+    let w = words(lang);
+    html! {
+        (DOCTYPE)
+        html lang=(w.html_lang) {
+            head { meta charset="utf-8"; title { (w.unreadable) } style { (PreEscaped(CSS)) } }
+            body {
+                h1 { (w.unreadable) }
+                p #unreadable { (wb::unreadable(lang, error)) }
             }
-            s.push_str("</ul>");
+        }
+    }
+}
+
+/// The bulletin as a printable HTML page with an inline chart.
+pub fn html_of(b: &Bulletin, lang: Lang) -> String {
+    let w = words(lang);
+    let a = &b.assessment;
+    html! {
+        (DOCTYPE)
+        html lang=(w.html_lang) {
+            head {
+                meta charset="utf-8";
+                title { (title(b, lang)) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { (title(b, lang)) }
+                p.meta {
+                    (wb::meta(lang, &a.as_of_date.to_string(), b.checkpoint.size, &b.checkpoint.root))
+                }
+                (national(b, lang))
+                (provinces(b, lang))
+                (lagging(b, lang))
+                (quota_violations(b, lang))
+                (plan_problems(b, lang))
+                (silent_sources(b, lang))
+                (extensions(b, lang))
+                (flags_section(b, lang))
+                (notice_log(b, lang))
+                p.meta { (w.signed) }
+                pre.meta { (b.checkpoint.note) }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// A section: its heading, then its content, or the sentence saying it has none.
+fn section(id: &str, heading: &str, empty: Option<&str>, body: Markup) -> Markup {
+    html! {
+        section id=(id) {
+            h2 { (heading) }
+            @match empty {
+                Some(sentence) => p.none { (sentence) },
+                None => (body),
+            }
+        }
+    }
+}
+
+fn national(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let n = &b.assessment.nation;
+    let pct = |r: Option<f64>| wb::percent(r);
+    let body = html! {
+        table {
+            tr {
+                th { (w.new_spaces) } td.num #nation-new { (count(lang, n.figures.new_spaces)) }
+                th { (w.target) } td.num { (count_u(lang, n.target.new_spaces)) }
+                th { (w.expected_by_now) } td.num { (opt_count(lang, n.pace.expected)) }
+            }
+            tr {
+                th { (w.teacher_coverage) } td.num { (pct(n.figures.coverage.teachers)) }
+                th { (w.student_coverage) } td.num { (pct(n.figures.coverage.students)) }
+                th { (w.real_name_share) } td.num { (pct(n.real_name_share)) }
+            }
+        }
+        (trajectory(b, lang))
+        h3 { (w.history) }
+        table.narrow #history {
+            tr {
+                th { (w.number) } th { (w.as_of) } th { (w.new_spaces) }
+                th { (w.expected_by_now) } th { (w.of_expected) }
+            }
+            @for p in points(b) {
+                tr data-number=(p.number) {
+                    td.num {
+                        (p.number)
+                        @if p.number == b.number { (w.this_bulletin) }
+                    }
+                    td { (date(lang, &p.as_of_date.to_string())) }
+                    td.num { (count(lang, p.new_spaces)) }
+                    td.num { (opt_count(lang, p.expected)) }
+                    td.num { (pct(ratio(p.new_spaces, p.expected))) }
+                }
+            }
         }
     };
-    list(
-        &mut s,
-        t(lang, "推荐超额", "Quota violations"),
-        b["quota_violations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| v["text"].as_str().unwrap_or("").to_string())
-            .collect(),
-    );
-    list(
-        &mut s,
-        t(lang, "实施方案问题", "Plan problems"),
-        b["plan_problems"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| {
-                format!(
-                    "{}：{}",
-                    v["name"].as_str().unwrap_or(""),
-                    plan_problems_text(lang, &v["problems"])
-                )
-            })
-            .collect(),
-    );
-    list(
-        &mut s,
-        t(lang, "长期未报送的数据源", "Silent sources"),
-        b["silent_sources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| {
-                format!(
-                    "{} ({}) {} {}",
-                    v["source"].as_str().unwrap_or(""),
-                    v["scope"].as_str().unwrap_or(""),
-                    v["days_silent"],
-                    t(lang, "天", "days")
-                )
-            })
-            .collect(),
-    );
-    list(
-        &mut s,
-        t(lang, "延期", "Extensions"),
-        b["extensions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| {
-                format!(
-                    "{} {} → {}: {}",
-                    v["region"].as_str().unwrap_or(""),
-                    milestone_title(lang, b, v["milestone"].as_str().unwrap_or("")),
-                    date(lang, v["until"].as_str().unwrap_or("")),
-                    v["reason"].as_str().unwrap_or("")
-                )
-            })
-            .collect(),
-    );
-    list(
-        &mut s,
-        t(
+    section("nation", w.national_summary, None, body)
+}
+
+/// A number for an SVG attribute: one decimal.
+fn at(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// The national trajectory: every bulletin's new spaces (the earlier ones from the
+/// history) against the straight planned line from the baseline to the target date (flat
+/// at the target after it). With no history it draws the start and now.
+fn trajectory(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let tr = &b.assessment.nation.trajectory;
+    let pts = points(b);
+    let (width, height) = (640.0, 240.0);
+    let (left, right, top, bottom) = (64.0, 24.0, 20.0, 34.0);
+    let start = tr.baseline;
+    let end = pts
+        .iter()
+        .map(|p| p.as_of_date)
+        .chain([tr.target_date, tr.today])
+        .max()
+        .unwrap_or(tr.target_date);
+    let span = (end - start).num_days().max(1) as f64;
+    let x = |d: NaiveDate| {
+        left + ((d - start).num_days() as f64 / span).clamp(0.0, 1.0) * (width - left - right)
+    };
+    let target = tr.target as f64;
+    let high = pts
+        .iter()
+        .map(|p| p.new_spaces as f64)
+        .chain([target, tr.actual_today as f64, 1.0])
+        .fold(0.0, f64::max)
+        * 1.1;
+    let y = |v: f64| height - bottom - (v.max(0.0) / high).min(1.0) * (height - top - bottom);
+    let base_y = y(0.0);
+    let planned = [
+        (x(start), base_y),
+        (x(tr.target_date), y(target)),
+        (x(end), y(target)),
+    ];
+    let actual: Vec<(f64, f64)> = std::iter::once((x(start), base_y))
+        .chain(
+            pts.iter()
+                .map(|p| (x(p.as_of_date), y(p.new_spaces as f64))),
+        )
+        .collect();
+    let line = |ps: &[(f64, f64)]| {
+        ps.iter()
+            .map(|(a, b)| format!("{},{}", at(*a), at(*b)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let now = pts.last().copied().unwrap_or_else(|| HistoryPoint::of(b));
+    let (now_x, now_y) = (x(now.as_of_date), y(now.new_spaces as f64));
+    // The label of the latest point sits left of it when the point is near the right edge.
+    let anchor = if now_x > width - right - 120.0 {
+        "end"
+    } else {
+        "start"
+    };
+    let expected_now = now.expected.unwrap_or(tr.expected_today) as f64;
+    html! {
+        svg #trajectory width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) }
+            role="img" aria-label=(w.chart_label) {
+            title { (w.chart_label) }
+            line x1=(at(left)) y1=(at(base_y)) x2=(at(width - right)) y2=(at(base_y)) stroke="#999" {}
+            line x1=(at(left)) y1=(at(top)) x2=(at(left)) y2=(at(base_y)) stroke="#999" {}
+            line x1=(at(left)) y1=(at(y(target))) x2=(at(width - right)) y2=(at(y(target)))
+                stroke="#ccc" stroke-dasharray="2 3" {}
+            text x=(at(left - 4.0)) y=(at(y(target) + 4.0)) text-anchor="end" { (count_u(lang, tr.target)) }
+            text x=(at(left - 4.0)) y=(at(base_y + 4.0)) text-anchor="end" { "0" }
+            polyline.planned points=(line(&planned)) fill="none" stroke="#2a7"
+                stroke-width="1.5" stroke-dasharray="5 3" {}
+            polyline.actual points=(line(&actual)) fill="none" stroke="#b22" stroke-width="2" {}
+            circle.expected cx=(at(now_x)) cy=(at(y(expected_now))) r="3" fill="#2a7" {
+                title { (w.expected_by_now) " " (count(lang, expected_now as i64)) }
+            }
+            @for p in &pts {
+                circle.point cx=(at(x(p.as_of_date))) cy=(at(y(p.new_spaces as f64))) r="3.5" fill="#b22"
+                    data-number=(p.number) data-date=(p.as_of_date) data-new=(p.new_spaces) {
+                    title { (wb::chart_point(lang, p.number, &p.as_of_date.to_string(), p.new_spaces)) }
+                }
+            }
+            text x=(at(now_x + if anchor == "end" { -8.0 } else { 8.0 })) y=(at(now_y - 8.0))
+                text-anchor=(anchor) {
+                (w.chart_actual) " " (count(lang, now.new_spaces))
+            }
+            text x=(at(left)) y=(at(height - 12.0)) { (date(lang, &start.to_string())) }
+            text x=(at(x(tr.target_date))) y=(at(height - 12.0)) text-anchor="middle" {
+                (date(lang, &tr.target_date.to_string()))
+            }
+            line x1=(at(left + 10.0)) y1=(at(top - 6.0)) x2=(at(left + 34.0)) y2=(at(top - 6.0))
+                stroke="#b22" stroke-width="2" {}
+            text x=(at(left + 38.0)) y=(at(top - 2.0)) { (w.chart_actual) }
+            line x1=(at(left + 90.0)) y1=(at(top - 6.0)) x2=(at(left + 114.0)) y2=(at(top - 6.0))
+                stroke="#2a7" stroke-width="1.5" stroke-dasharray="5 3" {}
+            text x=(at(left + 118.0)) y=(at(top - 2.0)) { (w.chart_planned) " · " (w.target) " " (count_u(lang, tr.target)) }
+        }
+    }
+}
+
+fn provinces(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let ids = milestone_ids(b);
+    let list = &b.assessment.provinces;
+    let body = html! {
+        table {
+            tr {
+                th { (w.rank) } th { (w.unit) } th { (w.new_spaces) } th { (w.pace) } th { (w.coverage_ts) }
+                @for id in &ids { th { (milestone_title(b, lang, id)) } }
+            }
+            @for p in list {
+                @let pct = wb::percent(p.pace.ratio);
+                @let width = p.pace.ratio.map_or(0.0, |r| (r * 100.0).clamp(0.0, 100.0));
+                tr data-code=(p.code) data-new=(p.figures.new_spaces)
+                    data-pace=(p.pace.ratio.map_or(String::new(), |r| format!("{r:.6}"))) {
+                    td.num { (p.rank) }
+                    td { (name_of(lang, p)) }
+                    td.num { (count(lang, p.figures.new_spaces)) }
+                    td {
+                        div.bar title=(pct) {
+                            span class=(pace_class(p.pace.class)) style={ "width:" (at(width)) "%" } {}
+                        }
+                        (pct)
+                    }
+                    td {
+                        (wb::percent(p.figures.coverage.teachers)) " / "
+                        (wb::percent(p.figures.coverage.students))
+                    }
+                    @for id in &ids {
+                        @match p.milestones.get(*id) {
+                            Some(c) => td class=(c.status.as_str()) { (wb::cell(lang, c)) },
+                            None => td { (w.unknown) },
+                        }
+                    }
+                }
+            }
+        }
+    };
+    section(
+        "provinces",
+        w.ranked,
+        list.is_empty().then_some(w.no_units),
+        body,
+    )
+}
+
+fn lagging(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let list = &b.assessment.lagging;
+    let title = |id: &str| milestone_title(b, lang, id);
+    let body = html! {
+        ul {
+            @for l in list {
+                li data-code=(l.code) {
+                    b { (unit_name(lang, l.code, &l.name, &l.name_en)) }
+                    (wb::colon(lang))
+                    (wb::reasons(lang, &l.reasons, &title))
+                }
+            }
+        }
+    };
+    section(
+        "lagging",
+        w.lagging,
+        list.is_empty().then_some(w.no_lagging),
+        body,
+    )
+}
+
+fn quota_violations(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let list = &b.assessment.quota_violations;
+    let body = html! {
+        ul {
+            @for q in list {
+                li data-code=(q.by) { (quota_text(b, lang, q)) }
+            }
+        }
+    };
+    section(
+        "quota-violations",
+        w.quota_violations,
+        list.is_empty().then_some(w.no_quota_violations),
+        body,
+    )
+}
+
+fn quota_text(b: &Bulletin, lang: Lang, q: &crate::assessment::QuotaViolationItem) -> String {
+    let by = region_label(b, q.by, lang);
+    wb::quota_violation(
+        lang,
+        wb::QuotaFacts {
+            by: &by,
+            level: q.level,
+            nominee_type: q.nominee_type,
+            limit: q.limit,
+            counted: &q.counted,
+            nominee: &q.nominee,
+        },
+    )
+}
+
+fn plan_name(b: &Bulletin, lang: Lang, p: &crate::assessment::PlanItem) -> String {
+    match (b.assessment.unit(p.code), &p.name) {
+        (Some(u), _) => name_of(lang, u),
+        (None, Some(n)) => n.clone(),
+        (None, None) => region_label(b, p.code, lang),
+    }
+}
+
+fn plan_problems(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let list = &b.assessment.plan_problems;
+    let body = html! {
+        ul {
+            @for p in list {
+                li data-code=(p.code) { (wb::plan_item(lang, &plan_name(b, lang, p), &p.problems)) }
+            }
+        }
+    };
+    section(
+        "plan-problems",
+        w.plan_problems,
+        list.is_empty().then_some(w.no_plan_problems),
+        body,
+    )
+}
+
+fn silent_sources(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let list = &b.assessment.silent_sources;
+    let body = html! {
+        ul {
+            @for s in list {
+                li data-source=(s.source) {
+                    (wb::silent_source(lang, s.source.as_str(), &region_label(b, s.scope, lang), s.days_silent))
+                }
+            }
+        }
+    };
+    section(
+        "silent-sources",
+        w.silent_sources,
+        list.is_empty().then_some(w.no_silent_sources),
+        body,
+    )
+}
+
+fn extension_text(b: &Bulletin, lang: Lang, e: &crate::views::Extension) -> String {
+    wb::extension(
+        lang,
+        &region_label(b, e.region, lang),
+        &milestone_title(b, lang, &e.milestone),
+        &date(lang, &e.until.to_string()),
+        &e.reason,
+    )
+}
+
+fn extensions(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let list = &b.assessment.extensions;
+    let body = html! {
+        ul {
+            @for e in list {
+                li data-code=(e.region) { (extension_text(b, lang, e)) }
+            }
+        }
+    };
+    section(
+        "extensions",
+        w.extensions,
+        list.is_empty().then_some(w.no_extensions),
+        body,
+    )
+}
+
+fn flags_section(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let s = summarise(&b.assessment.flags);
+    let n = |x: usize| count(lang, x as i64);
+    let body = html! {
+        p #flags-summary { (wb::flags_summary(lang, s.total)) }
+        table.narrow #flag-counts {
+            tr {
+                th { (w.code) } th { (w.unit) }
+                th { (w.flag_decrease) } th { (w.flag_conflict) } th { (w.flag_discrepancy) }
+                th { (w.total) }
+            }
+            @for (code, c) in &s.by_unit {
+                tr data-flags=(code) {
+                    td { (code) }
+                    td { (region_label(b, *code, lang)) }
+                    td.num { (n(c.decrease)) }
+                    td.num { (n(c.conflict)) }
+                    td.num { (n(c.discrepancy)) }
+                    td.num { (n(c.total())) }
+                }
+            }
+            @let all = s.by_unit.values().fold(FlagCounts::default(), |a, c| FlagCounts {
+                decrease: a.decrease + c.decrease,
+                conflict: a.conflict + c.conflict,
+                discrepancy: a.discrepancy + c.discrepancy,
+            });
+            tr.total {
+                th colspan="2" { (w.total) }
+                td.num { (n(all.decrease)) }
+                td.num { (n(all.conflict)) }
+                td.num { (n(all.discrepancy)) }
+                td.num { (n(all.total())) }
+            }
+        }
+        h3 { (wb::largest_drops(lang, s.drops.len())) }
+        @if s.drops.is_empty() {
+            p.none #no-drops { (w.no_drops) }
+        } @else {
+            table #largest-drops {
+                tr {
+                    th { (w.region) } th { (w.school) } th { (w.kind) }
+                    th { (w.before) } th { (w.after) } th { (w.drop) } th { (w.source) }
+                }
+                @for (i, d) in s.drops.iter().filter_map(|f| drop_cells(b, lang, f)).enumerate() {
+                    tr data-drop=(i + 1) {
+                        td { (d.region) " " span.meta { (d.code) } }
+                        td { (d.school.as_deref().unwrap_or(w.unknown)) }
+                        td { (wb::space_kind(lang, d.kind)) }
+                        td.num { (wb::figure_on(lang, d.before.1, &d.before.0.to_string())) }
+                        td.num { (wb::figure_on(lang, d.after.1, &d.after.0.to_string())) }
+                        td.num { (count_u(lang, d.before.1.saturating_sub(d.after.1))) }
+                        td { (d.source) }
+                    }
+                }
+            }
+        }
+        p #flags-elsewhere { (wb::flags_elsewhere(lang, b.number, s.total)) }
+    };
+    section("flags", w.flags, (s.total == 0).then_some(w.no_flags), body)
+}
+
+fn notice_log(b: &Bulletin, lang: Lang) -> Markup {
+    let w = words(lang);
+    let body = html! {
+        table #notice-log {
+            tr {
+                th { (w.notice_id) } th { (w.rule) } th { (w.addressee) } th { (w.state) } th { (w.text) }
+            }
+            @for v in &b.notices {
+                @let n = NoticeLine::read(v, lang);
+                tr data-notice=(n.id) {
+                    td.num { (n.id) }
+                    td { (wb::notice_rule(lang, &n.rule)) }
+                    td { (n.addressee(b, lang)) }
+                    td { (wb::notice_state(lang, &n.state)) }
+                    td {
+                        (n.text(lang))
+                        @if let Some(c) = n.created {
+                            " " span.meta { (date(lang, &c.to_rfc3339())) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    section(
+        "notices",
+        w.notices,
+        b.notices.is_empty().then_some(w.no_notices),
+        body,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Markdown.
+
+/// Text for a Markdown table cell or list item: a `|` or a line break would end it.
+fn md(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\r', '\n'], " ")
+}
+
+/// The bulletin as Markdown: the same sections as the HTML, without the chart.
+pub fn markdown_of(b: &Bulletin, lang: Lang) -> String {
+    let w = words(lang);
+    let a = &b.assessment;
+    let n = &a.nation;
+    let mut s = String::new();
+    let _ = writeln!(s, "# {}\n", md(title(b, lang)));
+    let _ = writeln!(
+        s,
+        "{}\n",
+        md(&wb::meta(
             lang,
-            "数据标记（减少、冲突、不一致）",
-            "Flagged data (decreases, conflicts, discrepancies)",
-        ),
-        b["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| f.to_string())
-            .collect(),
+            &a.as_of_date.to_string(),
+            b.checkpoint.size,
+            &b.checkpoint.root
+        ))
     );
-    list(
-        &mut s,
-        t(lang, "通知记录", "Notice log"),
-        b["notices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| {
-                format!(
-                    "#{} {} → {} [{}] {}",
-                    v["id"],
-                    v["rule"].as_str().unwrap_or(""),
-                    v["addressee"].as_str().unwrap_or(""),
-                    v["state"].as_str().unwrap_or(""),
-                    v[match lang {
-                        Lang::Zh => "text",
-                        Lang::En => "text_en",
-                    }]
-                    .as_str()
-                    .unwrap_or("")
-                )
-            })
-            .collect(),
+    let _ = writeln!(s, "## {}\n", w.national_summary);
+    let c = wb::colon(lang);
+    let _ = writeln!(
+        s,
+        "- {}{c}{} / {}",
+        w.new_spaces,
+        count(lang, n.figures.new_spaces),
+        wb::parenthesised(
+            lang,
+            &count_u(lang, n.target.new_spaces),
+            &wb::percent(ratio(n.figures.new_spaces, Some(n.target.new_spaces)))
+        )
     );
     let _ = writeln!(
         s,
-        "<p class=\"meta\">{}</p><pre class=\"meta\">{}</pre></body></html>",
-        t(
-            lang,
-            "本通报由中心汇聚服务签名，可用 spacesync-hub bulletin verify 根据日志复核。",
-            "This bulletin is signed by the hub and can be re-checked against the log with spacesync-hub bulletin verify."
-        ),
-        esc(b["checkpoint"]["note"].as_str().unwrap_or(""))
+        "- {}{c}{}",
+        w.expected_by_now,
+        opt_count(lang, n.pace.expected)
     );
-    s
-}
+    let _ = writeln!(
+        s,
+        "- {}{c}{} · {}{c}{} · {}{c}{}",
+        w.teacher_coverage,
+        wb::percent(n.figures.coverage.teachers),
+        w.student_coverage,
+        wb::percent(n.figures.coverage.students),
+        w.school_coverage,
+        wb::percent(n.figures.coverage.schools)
+    );
+    let _ = writeln!(
+        s,
+        "- {}{c}{}\n",
+        w.real_name_share,
+        wb::percent(n.real_name_share)
+    );
+    let _ = writeln!(s, "### {}\n", w.history);
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} | {} |\n|---|---|---|---|---|",
+        w.number, w.as_of, w.new_spaces, w.expected_by_now, w.of_expected
+    );
+    for p in points(b) {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {} | {} | {} |",
+            p.number,
+            if p.number == b.number {
+                w.this_bulletin
+            } else {
+                ""
+            },
+            date(lang, &p.as_of_date.to_string()),
+            count(lang, p.new_spaces),
+            opt_count(lang, p.expected),
+            wb::percent(ratio(p.new_spaces, p.expected))
+        );
+    }
 
-fn trajectory_svg(lang: Lang, tr: &Value) -> String {
-    let (w, h, pad) = (520.0, 180.0, 30.0);
-    let target = tr["target"].as_f64().unwrap_or(1.0).max(1.0);
-    let base = tr["baseline"].as_str().unwrap_or("");
-    let end = tr["target_date"].as_str().unwrap_or("");
-    let today = tr["today"].as_str().unwrap_or("");
-    let days = |a: &str, b: &str| -> f64 {
-        match (
-            chrono::NaiveDate::parse_from_str(a, "%Y-%m-%d"),
-            chrono::NaiveDate::parse_from_str(b, "%Y-%m-%d"),
-        ) {
-            (Ok(a), Ok(b)) => (b - a).num_days() as f64,
-            _ => 0.0,
+    let ids = milestone_ids(b);
+    let _ = writeln!(s, "\n## {}\n", w.ranked);
+    if a.provinces.is_empty() {
+        let _ = writeln!(s, "{}", w.no_units);
+    } else {
+        let mut header = vec![
+            w.rank.to_string(),
+            w.unit.to_string(),
+            w.spaces.to_string(),
+            w.new_spaces.to_string(),
+            w.pace.to_string(),
+        ];
+        header.extend(ids.iter().map(|id| md(&milestone_title(b, lang, id))));
+        let _ = writeln!(s, "| {} |", header.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+        for p in &a.provinces {
+            let mut row = vec![
+                p.rank.to_string(),
+                md(&name_of(lang, p)),
+                count_u(lang, p.figures.spaces.total()),
+                count(lang, p.figures.new_spaces),
+                wb::percent(p.pace.ratio),
+            ];
+            row.extend(ids.iter().map(|id| {
+                p.milestones
+                    .get(*id)
+                    .map_or_else(|| w.unknown.to_string(), |c| wb::cell(lang, c))
+            }));
+            let _ = writeln!(s, "| {} |", row.join(" | "));
+        }
+    }
+
+    let list = |s: &mut String, heading: &str, empty: &str, items: Vec<String>| {
+        let _ = writeln!(s, "\n## {heading}\n");
+        if items.is_empty() {
+            let _ = writeln!(s, "{empty}");
+        }
+        for i in items {
+            let _ = writeln!(s, "- {}", md(&i));
         }
     };
-    let span = days(base, end).max(1.0);
-    let x_today = (days(base, today) / span).clamp(0.0, 1.2);
-    let actual = tr["actual_today"].as_f64().unwrap_or(0.0);
-    let expected = tr["expected_today"].as_f64().unwrap_or(0.0);
-    let sx = |f: f64| pad + f * (w - 2.0 * pad) / 1.2;
-    let sy = |v: f64| h - pad - (v / target).clamp(0.0, 1.3) * (h - 2.0 * pad) / 1.3;
-    format!(
-        r##"<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{label}">
-<line x1="{p}" y1="{yb}" x2="{xe}" y2="{yb}" stroke="#999"/>
-<line x1="{p}" y1="{yb}" x2="{xt}" y2="{yt}" stroke="#2a7" stroke-dasharray="4 3"/>
-<line x1="{p}" y1="{yb}" x2="{xa}" y2="{ya}" stroke="#b22" stroke-width="2"/>
-<circle cx="{xa}" cy="{ya}" r="4" fill="#b22"/><circle cx="{xa}" cy="{ye}" r="3" fill="#2a7"/>
-<text x="{xt}" y="{ytl}" font-size="11" text-anchor="end">{tgt_l} {tgt}</text>
-<text x="{p}" y="{ybl}" font-size="11">{base}</text><text x="{xt}" y="{ybl}" font-size="11" text-anchor="end">{end}</text>
-<text x="{xa}" y="{yal}" font-size="11">{act_l} {act}</text>
-</svg>"##,
-        label = t(
-            lang,
-            "全国新增空间进度与计划轨迹",
-            "National new spaces against the planned trajectory"
-        ),
-        p = pad,
-        yb = sy(0.0),
-        xe = sx(1.2),
-        xt = sx(1.0),
-        yt = sy(target),
-        ytl = sy(target) - 6.0,
-        xa = sx(x_today),
-        ya = sy(actual),
-        ye = sy(expected),
-        yal = sy(actual) - 8.0,
-        ybl = h - 8.0,
-        tgt_l = t(lang, "目标", "target"),
-        tgt = count(lang, target as i64),
-        act_l = t(lang, "实际", "actual"),
-        act = count(lang, actual as i64),
-        base = date(lang, base),
-        end = date(lang, end),
-    )
+    let title_of = |id: &str| milestone_title(b, lang, id);
+    list(
+        &mut s,
+        w.lagging,
+        w.no_lagging,
+        a.lagging
+            .iter()
+            .map(|l| {
+                format!(
+                    "**{}**{c}{}",
+                    wb::parenthesised(
+                        lang,
+                        &unit_name(lang, l.code, &l.name, &l.name_en),
+                        &l.code.to_string()
+                    ),
+                    wb::reasons(lang, &l.reasons, &title_of)
+                )
+            })
+            .collect(),
+    );
+    list(
+        &mut s,
+        w.quota_violations,
+        w.no_quota_violations,
+        a.quota_violations
+            .iter()
+            .map(|q| quota_text(b, lang, q))
+            .collect(),
+    );
+    list(
+        &mut s,
+        w.plan_problems,
+        w.no_plan_problems,
+        a.plan_problems
+            .iter()
+            .map(|p| wb::plan_item(lang, &plan_name(b, lang, p), &p.problems))
+            .collect(),
+    );
+    list(
+        &mut s,
+        w.silent_sources,
+        w.no_silent_sources,
+        a.silent_sources
+            .iter()
+            .map(|v| {
+                wb::silent_source(
+                    lang,
+                    v.source.as_str(),
+                    &region_label(b, v.scope, lang),
+                    v.days_silent,
+                )
+            })
+            .collect(),
+    );
+    list(
+        &mut s,
+        w.extensions,
+        w.no_extensions,
+        a.extensions
+            .iter()
+            .map(|e| extension_text(b, lang, e))
+            .collect(),
+    );
+
+    let f = summarise(&a.flags);
+    let _ = writeln!(s, "\n## {}\n", w.flags);
+    if f.total == 0 {
+        let _ = writeln!(s, "{}", w.no_flags);
+    } else {
+        let _ = writeln!(s, "{}\n", wb::flags_summary(lang, f.total));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |\n|---|---|---|---|---|---|",
+            w.code, w.unit, w.flag_decrease, w.flag_conflict, w.flag_discrepancy, w.total
+        );
+        let k = |x: usize| count(lang, x as i64);
+        for (code, c) in &f.by_unit {
+            let _ = writeln!(
+                s,
+                "| {code} | {} | {} | {} | {} | {} |",
+                md(&region_label(b, *code, lang)),
+                k(c.decrease),
+                k(c.conflict),
+                k(c.discrepancy),
+                k(c.total())
+            );
+        }
+        let _ = writeln!(s, "\n### {}\n", wb::largest_drops(lang, f.drops.len()));
+        if f.drops.is_empty() {
+            let _ = writeln!(s, "{}", w.no_drops);
+        } else {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |\n|---|---|---|---|---|---|---|",
+                w.region, w.school, w.kind, w.before, w.after, w.drop, w.source
+            );
+            for d in f.drops.iter().filter_map(|x| drop_cells(b, lang, x)) {
+                let _ = writeln!(
+                    s,
+                    "| {} {} | {} | {} | {} | {} | {} | {} |",
+                    md(&d.region),
+                    d.code,
+                    d.school.as_deref().unwrap_or(w.unknown),
+                    wb::space_kind(lang, d.kind),
+                    wb::figure_on(lang, d.before.1, &d.before.0.to_string()),
+                    wb::figure_on(lang, d.after.1, &d.after.0.to_string()),
+                    count_u(lang, d.before.1.saturating_sub(d.after.1)),
+                    d.source
+                );
+            }
+        }
+        let _ = writeln!(s, "\n{}", wb::flags_elsewhere(lang, b.number, f.total));
+    }
+
+    list(
+        &mut s,
+        w.notices,
+        w.no_notices,
+        b.notices
+            .iter()
+            .map(|v| {
+                let n = NoticeLine::read(v, lang);
+                format!(
+                    "#{} {} → {} [{}] {}",
+                    n.id,
+                    wb::notice_rule(lang, &n.rule),
+                    n.addressee(b, lang),
+                    wb::notice_state(lang, &n.state),
+                    n.text(lang)
+                )
+            })
+            .collect(),
+    );
+    let _ = writeln!(s, "\n{}", w.signed);
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn second() -> Bulletin {
+        let doc: Value =
+            serde_json::from_str(include_str!("../testdata/bulletin-2018-2.json")).expect("json");
+        Bulletin::from_document(&doc).expect("bulletin")
+    }
 
     #[test]
     fn numbers_and_dates_read_as_each_language_expects() {
@@ -700,30 +1268,111 @@ mod tests {
     #[test]
     fn csv_opens_with_a_bom_and_hostile_names_round_trip() {
         let hostile = "广东, \"南\"\n部";
-        let b = serde_json::json!({
-            "nation": { "milestones": { "implementation_plan": {} } },
-            "provinces": [{
-                "rank": 1, "code": "440000", "name": hostile, "name_en": "Guang\"dong,\r\nX",
-                "spaces": {}, "new_spaces": 7, "pace": { "ratio": 0.5, "class": "behind" },
-                "coverage": {},
-                "milestones": { "implementation_plan": { "status": "missing", "days_late": 3 } },
-            }],
-        });
+        let mut b = second();
+        let gd = b
+            .assessment
+            .provinces
+            .iter_mut()
+            .find(|p| p.code.to_string() == "440000")
+            .expect("Guangdong");
+        gd.name = Some(hostile.into());
+        gd.name_en = Some("Guang\"dong,\r\nX".into());
         for (lang, want) in [(Lang::Zh, hostile), (Lang::En, "Guang\"dong,\r\nX")] {
-            let out = csv(&b, lang).unwrap();
+            let out = csv_of(&b, lang).expect("csv");
             assert!(out.as_bytes().starts_with(&[0xEF, 0xBB, 0xBF]), "{out:?}");
-            let body = out.strip_prefix(CSV_BOM).unwrap();
+            let body = out.strip_prefix(CSV_BOM).expect("BOM");
             let mut r = ::csv::Reader::from_reader(body.as_bytes());
-            let header = r.headers().unwrap().clone();
+            let header = r.headers().expect("header").clone();
             assert_eq!(&header[2], "name");
-            let rows: Vec<::csv::StringRecord> = r.records().map(Result::unwrap).collect();
-            assert_eq!(rows.len(), 1);
-            assert_eq!(rows[0].len(), header.len());
-            assert_eq!(&rows[0][1], "440000");
-            assert_eq!(&rows[0][2], want);
-            let at = |h: &str| header.iter().position(|x| x == h).unwrap();
-            assert_eq!(&rows[0][at("implementation_plan_status")], "missing");
-            assert_eq!(&rows[0][at("implementation_plan_days_late")], "3");
+            let rows: Vec<::csv::StringRecord> = r.records().map(|x| x.expect("row")).collect();
+            assert_eq!(rows.len(), 32);
+            let row = rows
+                .iter()
+                .find(|r| &r[1] == "440000")
+                .expect("Guangdong row");
+            assert_eq!(row.len(), header.len());
+            assert_eq!(&row[2], want);
+            let at = |h: &str| header.iter().position(|x| x == h).expect(h);
+            assert_eq!(&row[at("implementation_plan_status")], "on_time");
+        }
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_bulletin_is_said_to_be_so() {
+        let doc = serde_json::json!({ "number": "seven", "provinces": 3 });
+        for lang in [Lang::Zh, Lang::En] {
+            let page = html(&doc, lang);
+            assert!(page.contains(words(lang).unreadable), "{page}");
+            assert!(page.contains("id=\"unreadable\""), "{page}");
+            let text = markdown(&doc, lang);
+            assert!(text.starts_with(&format!("# {}", words(lang).unreadable)));
+            assert!(matches!(csv(&doc, lang), Err(CsvError::Unreadable(_))));
+        }
+    }
+
+    #[test]
+    fn flags_are_counted_by_unit_and_the_largest_drops_listed() {
+        let d = NaiveDate::from_ymd_opt(2018, 11, 1).expect("date");
+        let decrease = |region: &str, before: u64, after: u64| Flag::Decrease {
+            region: region.parse().expect("code"),
+            school: None,
+            kind: SpaceKind::Teacher,
+            before: (d, before),
+            after: (d, after),
+            source: spacesync_shared::SourceId::parse("gd-a").expect("id"),
+        };
+        let mut flags: Vec<Flag> = (0..30).map(|i| decrease("440106", 100, 100 - i)).collect();
+        flags.push(decrease("110105", 500, 1));
+        flags.push(Flag::Discrepancy {
+            region: "440000".parse().expect("code"),
+            kind: SpaceKind::Student,
+            reported: 10,
+            sum_of_parts: 20,
+        });
+        let s = summarise(&flags);
+        assert_eq!(s.total, 32);
+        let counts: Vec<(String, usize, usize)> = s
+            .by_unit
+            .iter()
+            .map(|(c, n)| (c.to_string(), n.decrease, n.discrepancy))
+            .collect();
+        assert_eq!(counts, [("110000".into(), 1, 0), ("440000".into(), 30, 1)]);
+        assert_eq!(s.drops.len(), LARGEST_DROPS);
+        assert_eq!(drop_of(s.drops[0]), 499);
+        assert_eq!(drop_of(s.drops[1]), 29);
+        assert_eq!(drop_of(s.drops[LARGEST_DROPS - 1]), 11);
+    }
+
+    #[test]
+    fn every_empty_section_says_so_and_flags_point_to_their_csv() {
+        let mut b = second();
+        b.assessment.lagging.clear();
+        b.assessment.quota_violations.clear();
+        b.assessment.plan_problems.clear();
+        b.assessment.silent_sources.clear();
+        b.assessment.extensions.clear();
+        b.assessment.flags.clear();
+        b.notices.clear();
+        b.history.clear();
+        for lang in [Lang::Zh, Lang::En] {
+            let w = words(lang);
+            let page = html_of(&b, lang);
+            let text = markdown_of(&b, lang);
+            for sentence in [
+                w.no_lagging,
+                w.no_quota_violations,
+                w.no_plan_problems,
+                w.no_silent_sources,
+                w.no_extensions,
+                w.no_flags,
+                w.no_notices,
+            ] {
+                assert!(page.contains(sentence), "{lang:?} html: {sentence}");
+                assert!(text.contains(sentence), "{lang:?} md: {sentence}");
+            }
+            // No history: the chart still has the start and now.
+            assert_eq!(page.matches("<circle class=\"point\"").count(), 1);
+            assert!(page.contains("<polyline class=\"actual\""));
         }
     }
 }
