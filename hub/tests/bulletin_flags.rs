@@ -5,7 +5,7 @@
 //! byte-order mark, with the dashboard's columns.
 //!
 //! This is the flag-heavy, scaled-down counterpart of `tests/tests/bulletin_demo_size.rs`
-//! (the demo campaign's bulletin 13, 86 s in a debug build, so it runs on request).
+//! (the demo campaign's bulletin 13, 90 s or more in a debug build, so it runs on request).
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! HTML bulletins render in headless Chromium, and the Chinese and English versions carry
-//! the same figures. Screenshots go to target/screenshots/.
+//! the same figures; the trajectory has a point per bulletin, and every empty section
+//! says so in a sentence. Screenshots go to target/screenshots/.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ fn at(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A hub with two provinces' data and one bulletin; returns the bulletin.
+/// A hub with two provinces' data and two bulletins; returns the second.
 fn a_bulletin(dir: &std::path::Path) -> Value {
     let store = Arc::new(SledStore::open(dir).expect("store"));
     let clock = Arc::new(FixedClock::new(at("2018-11-20T09:00:00+08:00")));
@@ -90,6 +91,9 @@ fn a_bulletin(dir: &std::path::Path) -> Value {
             .expect("ingest");
         assert_eq!(out.status, 200, "{:?}", out.response.refused);
     }
+    // Two bulletins a day apart, so the second has one earlier bulletin in its history.
+    bulletin::issue(&hub, None, json!([])).expect("issue");
+    clock.set(at("2018-11-21T09:00:00+08:00"));
     bulletin::issue(&hub, None, json!([])).expect("issue")
 }
 
@@ -129,16 +133,53 @@ async fn html_bulletins_render_in_chromium_with_the_same_figures_in_both_languag
                  Array.from(r.querySelectorAll('td')).slice(5).map(td => td.className)])",
             );
             let title = browser.eval("document.title");
+            // The trajectory: one point per bulletin (the first from the history).
+            let points = browser.eval(
+                "Array.from(document.querySelectorAll('svg circle.point')).map(c => c.dataset.number)",
+            );
+            assert_eq!(points, json!(["1", "2"]), "{lang}: a point per bulletin");
+            let history = browser.eval(
+                "Array.from(document.querySelectorAll('#history tr[data-number]')).map(r => r.dataset.number)",
+            );
+            assert_eq!(history, json!(["1", "2"]), "{lang}: the history table");
+            // Every section has something under its heading: its list, or a sentence.
+            assert_eq!(
+                browser.eval("Array.from(document.querySelectorAll('section')).filter(s => s.children.length < 2 || s.innerText.trim() === s.querySelector('h2').innerText.trim()).length"),
+                json!(0),
+                "{lang}: a heading with nothing under it"
+            );
+            let empty = browser.eval(
+                "Object.fromEntries(Array.from(document.querySelectorAll('section > p.none')).map(p => [p.parentElement.id, p.innerText]))",
+            );
             let shot = browser.screenshot(&screenshots().join(format!("bulletin-{lang}.png")));
             assert!(shot.exists());
-            out.push((rows, title));
+            out.push((rows, title, empty));
         }
         out
     })
     .await
     .expect("browser task");
-    let (zh_rows, zh_title) = &rows[0];
-    let (en_rows, en_title) = &rows[1];
+    let (zh_rows, zh_title, zh_empty) = &rows[0];
+    let (en_rows, en_title, en_empty) = &rows[1];
+    // The empty sections of this bulletin say so in words.
+    for (id, zh, en) in [
+        (
+            "silent-sources",
+            "长期未报送的数据源：无。",
+            "No silent sources.",
+        ),
+        ("flags", "数据标记：无。", "No flagged data."),
+        (
+            "quota-violations",
+            "推荐超额：无。",
+            "No nominations over quota.",
+        ),
+        ("extensions", "延期：无。", "No deadline extensions."),
+        ("notices", "通知记录：无。", "No notices."),
+    ] {
+        assert_eq!(zh_empty[id], json!(zh), "zh {id}: {zh_empty}");
+        assert_eq!(en_empty[id], json!(en), "en {id}: {en_empty}");
+    }
     assert_eq!(
         zh_rows.as_array().map(Vec::len),
         Some(32),
@@ -152,14 +193,14 @@ async fn html_bulletins_render_in_chromium_with_the_same_figures_in_both_languag
         zh_title
             .as_str()
             .unwrap_or("")
-            .contains("进度通报（第1期）"),
+            .contains("进度通报（第2期）"),
         "{zh_title}"
     );
     assert!(
         en_title
             .as_str()
             .unwrap_or("")
-            .contains("Progress Bulletin No. 1"),
+            .contains("Progress Bulletin No. 2"),
         "{en_title}"
     );
     // The figures shown are the bulletin's.
