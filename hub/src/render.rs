@@ -892,7 +892,8 @@ fn extensions(b: &Bulletin, lang: Lang) -> Markup {
 fn flags_section(b: &Bulletin, lang: Lang) -> Markup {
     let w = words(lang);
     let s = summarise(&b.assessment.flags);
-    let n = |x: usize| count(lang, x as i64);
+    // Exact counts (not 万): these are records to look up, not a figure to grasp.
+    let n = |x: usize| group(x as i64);
     let body = html! {
         p #flags-summary { (wb::flags_summary(lang, s.total)) }
         table.narrow #flag-counts {
@@ -1182,7 +1183,7 @@ pub fn markdown_of(b: &Bulletin, lang: Lang) -> String {
             "| {} | {} | {} | {} | {} | {} |\n|---|---|---|---|---|---|",
             w.code, w.unit, w.flag_decrease, w.flag_conflict, w.flag_discrepancy, w.total
         );
-        let k = |x: usize| count(lang, x as i64);
+        let k = |x: usize| group(x as i64);
         for (code, c) in &f.by_unit {
             let _ = writeln!(
                 s,
