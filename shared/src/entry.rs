@@ -178,5 +178,3 @@ pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (
     })
 }
 
-// The chain rules live in `crate::chain`; these names stay here for existing callers.
-pub use crate::chain::{ChainError, ChainVerifier, check_entry_scope};

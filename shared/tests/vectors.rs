@@ -17,7 +17,8 @@ use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use spacesync_shared::dsse::{self, Digest, Envelope};
-use spacesync_shared::entry::{ChainVerifier, ENTRY_PAYLOAD_TYPE, Entry};
+use spacesync_shared::chain::ChainVerifier;
+use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry};
 use spacesync_shared::keys;
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/vectors.json");

@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo test -p spacesync-tests --test import_graph -- --nocapture`
 //! (prints each crate's modules and imports, and every circle with the line of each
-//! import). One import is left out, with its reason, in [`ALLOWED`].
+//! import). An import may be left out, with its reason, in [`ALLOWED`] (none is now).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -539,15 +539,7 @@ fn circles(g: &Graph) -> Vec<String> {
 
 /// Imports left out of the graph, each with why and until when. The check fails when one
 /// is no longer there, so this list cannot outlive its reason.
-const ALLOWED: &[(&str, &str, &str, &str)] = &[(
-    "shared",
-    "entry",
-    "chain",
-    "`pub use crate::chain::{ChainError, ChainVerifier, check_entry_scope}` in entry.rs keeps \
-     the names chain.rs took over reachable at their old path (chain.rs imports entry.rs). \
-     Drop the re-export once shared/tests/vectors.rs and hub/tests/signature_rule.rs import \
-     them from `spacesync_shared::chain` (the last users); then delete this line",
-)];
+const ALLOWED: &[(&str, &str, &str, &str)] = &[];
 
 fn check(name: &str, src: &str) {
     let mut g = graph(name, src);
