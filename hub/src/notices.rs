@@ -827,18 +827,14 @@ impl NoticeBook {
                 d.last_error = None;
             }
             Err(e) => {
-                let cap = 300.0f64;
-                let base = 0.5f64 * 2f64.powi(d.attempts.min(20) as i32);
-                let delay = jitter(base.min(cap));
-                tracing::warn!(id, webhook = %webhook, attempts = d.attempts, error = %e, delay_s = delay, "Webhook delivery failed; will retry.");
+                // The agents' retry policy: full jitter up to 1 s · 2^(attempt-1), at most 5 min.
+                let delay = WEBHOOK_RETRY.delay(d.attempts.saturating_sub(1), random_u64(), None);
+                tracing::warn!(id, webhook = %webhook, attempts = d.attempts, error = %e, delay_s = delay.as_secs_f64(), "Webhook delivery failed; will retry.");
                 d.last_error = Some(e);
                 self.retry_at
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        (id, webhook),
-                        Instant::now() + StdDuration::from_secs_f64(delay),
-                    );
+                    .insert((id, webhook), Instant::now() + delay);
             }
         }
         let rec = r.clone();
@@ -848,12 +844,19 @@ impl NoticeBook {
 }
 
 /// Full jitter: uniform in [0, max].
-fn jitter(max: f64) -> f64 {
+/// How failed webhook deliveries are retried: the same policy as the agents' pushes.
+const WEBHOOK_RETRY: spacesync_shared::retry::Schedule = spacesync_shared::retry::Schedule {
+    base: StdDuration::from_secs(1),
+    cap: StdDuration::from_secs(300),
+};
+
+/// A random draw for the retry jitter; the longest delay if the system has no randomness.
+fn random_u64() -> u64 {
     let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return max;
+    match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => u64::MAX,
     }
-    (u64::from_le_bytes(b) as f64 / u64::MAX as f64) * max
 }
 
 /// Records stored before webhooks were keyed by id had the URL as key: key them by id and
