@@ -207,12 +207,15 @@ impl Binary {
 /// The binary to measure.
 ///
 /// 1. `given` (`--hub-bin` / `SPACESYNC_HUB_BIN`, `--agent-bin` / `SPACESYNC_AGENT_BIN`).
-/// 2. Under `cargo run`, `cargo build -p spacesync-bench --bins` in the profile this
-///    binary was built with first, so the `spacesync-hub-under-bench` /
-///    `spacesync-agent-under-bench` binaries (the hub's and the agent's own `main`) are
-///    built from the current sources: a before/after comparison never measures a stale hub.
-/// 3. The newest of `<name>-under-bench` and `<name>` next to this binary (e.g. after
-///    `cargo build --release -p spacesync-hub`).
+/// 2. The newest of `<name>-under-bench` (the hub's or agent's own `main`, built by
+///    `cargo build --release -p spacesync-bench --bins`) and `<name>` (built by
+///    `cargo build --release -p spacesync-hub`) next to this binary.
+///
+/// `cargo run` builds only the binary it runs, so the others may be older than the
+/// sources: a binary older than this one is named on stderr, with the command that
+/// rebuilds it. (Building them from here was tried and dropped: a nested cargo inherits
+/// `cargo run`'s environment, rebuilds build-script crates such as `ring` for it, and
+/// replaces this very executable while it runs.)
 pub fn locate(which: Binary, given: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.is_file() {
@@ -228,72 +231,37 @@ pub fn locate(which: Binary, given: Option<&Path>) -> Result<PathBuf> {
     let dir = exe
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
-    build_siblings(dir)?;
+    let suffix = std::env::consts::EXE_SUFFIX;
     let candidates = [
-        dir.join(format!(
-            "{}-under-bench{}",
-            which.name(),
-            std::env::consts::EXE_SUFFIX
-        )),
-        dir.join(format!("{}{}", which.name(), std::env::consts::EXE_SUFFIX)),
+        dir.join(format!("{}-under-bench{suffix}", which.name())),
+        dir.join(format!("{}{suffix}", which.name())),
     ];
-    candidates
+    let (modified, found) = candidates
         .iter()
-        .filter_map(|p| {
-            let m = std::fs::metadata(p).ok()?.modified().ok()?;
-            Some((m, p))
-        })
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
         .max_by_key(|(m, _)| *m)
-        .map(|(_, p)| p.clone())
         .ok_or_else(|| {
             anyhow!(
-                "no {name} binary next to {exe}: run through `cargo run --release -p spacesync-bench`, \
-                 or build it (`cargo build --release -p spacesync-hub -p spacesync-agent`), or pass its path \
-                 (--hub-bin / --agent-bin)",
+                "no {name} binary next to {exe}: build it with `cargo build --release -p spacesync-bench --bins` \
+                 (or `cargo build --release -p {name}`), or pass its path (--hub-bin / --agent-bin)",
                 name = which.name(),
                 exe = exe.display()
             )
-        })
-}
-
-/// Under `cargo run` (`CARGO` is set), builds this package's binaries once, in the profile
-/// of the directory this binary sits in. Set `SPACESYNC_BENCH_NO_BUILD=1` to skip it.
-fn build_siblings(dir: &Path) -> Result<()> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        return Ok(());
-    };
-    if std::env::var_os("SPACESYNC_BENCH_NO_BUILD").is_some() {
-        return Ok(());
+        })?;
+    let own = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
+    if own.is_some_and(|own| modified < own) {
+        eprintln!(
+            "Note: {} is older than {}; if the {} changed since it was built, rebuild it first: \
+             cargo build --release -p spacesync-bench --bins",
+            found.display(),
+            exe.display(),
+            match which {
+                Binary::Hub => "hub",
+                Binary::Agent => "agent",
+            }
+        );
     }
-    BUILT
-        .get_or_init(|| {
-            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-            let mut cmd = Command::new(&cargo);
-            cmd.arg("build")
-                .arg("--manifest-path")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-                .args(["-p", "spacesync-bench", "--bins"]);
-            match profile {
-                "debug" => {}
-                "release" => {
-                    cmd.arg("--release");
-                }
-                other => {
-                    cmd.args(["--profile", other]);
-                }
-            }
-            eprintln!("Building the hub and agent under test ({profile})…");
-            match cmd.status() {
-                Ok(st) if st.success() => Ok(()),
-                Ok(st) => Err(format!(
-                    "`cargo build -p spacesync-bench --bins` failed ({st})"
-                )),
-                Err(e) => Err(format!("cannot run {}: {e}", Path::new(&cargo).display())),
-            }
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
+    Ok(found.clone())
 }
 
 /// Runs `bin --data dir args…` to completion; its stdout, trimmed, or an error naming the

@@ -21,7 +21,6 @@ fn check(args: &[&str], required: &[&str], may_be_na: &[&str]) -> Vec<(String, S
             "SPACESYNC_AGENT_BIN",
             env!("CARGO_BIN_EXE_spacesync-agent-under-bench"),
         )
-        .env("SPACESYNC_BENCH_NO_BUILD", "1")
         .output()
         .unwrap_or_else(|e| panic!("running spacesync-bench: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
