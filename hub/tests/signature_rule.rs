@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use sha2::{Digest as _, Sha512};
 use spacesync_hub::maintenance;
 use spacesync_shared::Envelope;
-use spacesync_shared::dsse::pae;
 use spacesync_shared::chain::ChainVerifier;
+use spacesync_shared::dsse::pae;
 use spacesync_shared::wire::IngestBatch;
 
 /// How the next entry's signature is made.

@@ -177,4 +177,3 @@ pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (
         )
     })
 }
-

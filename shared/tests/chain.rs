@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use spacesync_shared::chain::{Admitted, History, KeySchedule};
-use spacesync_shared::dsse::{Digest, DsseError, Envelope, key_id};
 use spacesync_shared::chain::{ChainError, ChainVerifier};
+use spacesync_shared::dsse::{Digest, DsseError, Envelope, key_id};
 use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry, EntryError, SourceId, verify_signatures};
 use spacesync_shared::record::Record;
 

@@ -16,8 +16,8 @@ use chrono::Duration;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use spacesync_shared::dsse::{self, Digest, Envelope};
 use spacesync_shared::chain::ChainVerifier;
+use spacesync_shared::dsse::{self, Digest, Envelope};
 use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry};
 use spacesync_shared::keys;
 
