@@ -664,3 +664,58 @@ pub fn region_name(code: RegionCode) -> Option<String> {
         .map(|u| u.name_zh.to_string())
         .or_else(|| Directory::bundled().name(code).map(str::to_string))
 }
+
+/// One flag as a row of the flags CSV (the columns of `FLAGS_CSV_HEADER` in the
+/// dashboard and the bulletins), `label` naming its region in the reader's language.
+pub fn flag_csv_row(f: &Flag, region: RegionCode, label: String) -> [String; 14] {
+    let mut row: [String; 14] = Default::default();
+    row[1] = region.to_string();
+    row[2] = label;
+    match f {
+        Flag::Decrease {
+            school,
+            kind,
+            before,
+            after,
+            source,
+            ..
+        } => {
+            row[0] = "decrease".into();
+            row[3] = school.map(|s| s.to_string()).unwrap_or_default();
+            row[4] = kind.as_str().into();
+            row[5] = before.0.to_string();
+            row[6] = before.1.to_string();
+            row[7] = after.0.to_string();
+            row[8] = after.1.to_string();
+            row[9] = before.1.saturating_sub(after.1).to_string();
+            row[11] = source.to_string();
+        }
+        Flag::Conflict {
+            school,
+            as_of,
+            sources,
+            ..
+        } => {
+            row[0] = "conflict".into();
+            row[3] = school.map(|s| s.to_string()).unwrap_or_default();
+            row[10] = as_of.to_string();
+            row[11] = sources
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        Flag::Discrepancy {
+            kind,
+            reported,
+            sum_of_parts,
+            ..
+        } => {
+            row[0] = "discrepancy".into();
+            row[4] = kind.as_str().into();
+            row[12] = reported.to_string();
+            row[13] = sum_of_parts.to_string();
+        }
+    }
+    row
+}

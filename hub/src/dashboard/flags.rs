@@ -269,55 +269,7 @@ pub fn csv(lang: Lang, flags: &[&Flag]) -> Result<Vec<u8>, csv::Error> {
     w.write_record(CSV_HEADER)?;
     for f in flags {
         let region = flag_region(f);
-        let mut row: [String; 14] = Default::default();
-        row[1] = region.to_string();
-        row[2] = region_label(region, lang);
-        match f {
-            Flag::Decrease {
-                school,
-                kind,
-                before,
-                after,
-                source,
-                ..
-            } => {
-                row[0] = "decrease".into();
-                row[3] = school.map(|s| s.to_string()).unwrap_or_default();
-                row[4] = kind.as_str().into();
-                row[5] = before.0.to_string();
-                row[6] = before.1.to_string();
-                row[7] = after.0.to_string();
-                row[8] = after.1.to_string();
-                row[9] = before.1.saturating_sub(after.1).to_string();
-                row[11] = source.to_string();
-            }
-            Flag::Conflict {
-                school,
-                as_of,
-                sources,
-                ..
-            } => {
-                row[0] = "conflict".into();
-                row[3] = school.map(|s| s.to_string()).unwrap_or_default();
-                row[10] = as_of.to_string();
-                row[11] = sources
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-            }
-            Flag::Discrepancy {
-                kind,
-                reported,
-                sum_of_parts,
-                ..
-            } => {
-                row[0] = "discrepancy".into();
-                row[4] = kind.as_str().into();
-                row[12] = reported.to_string();
-                row[13] = sum_of_parts.to_string();
-            }
-        }
+        let row = crate::views::flag_csv_row(f, region, region_label(region, lang));
         w.write_record(&row)?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
