@@ -264,6 +264,17 @@ impl Store {
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::LowSpace);
+        // A kill during sled's own open leaves a snapshot file that would refuse every
+        // later open; removing it loses nothing (see spacesync_http::sled_dir).
+        let cleared = spacesync_http::sled_dir::remove_unfinished_snapshots(path).map_err(|e| {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                error: sled::Error::Io(e),
+            }
+        })?;
+        for removed in cleared {
+            tracing::warn!(path = %removed.display(), "removed the unfinished snapshot an interrupted start left; sled rebuilds it from the log");
+        }
         // sled 0.34 panics on some damaged files (an index out of bounds while reading
         // segments) instead of returning an error; both mean the same to an operator.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))

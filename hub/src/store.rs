@@ -119,6 +119,20 @@ impl SledStore {
                 dir.display()
             ),
         };
+        // A kill during sled's own open leaves a snapshot file that would refuse every
+        // later open; removing it loses nothing (see spacesync_http::sled_dir).
+        let cleared = spacesync_http::sled_dir::remove_unfinished_snapshots(dir).map_err(|e| {
+            StoreError::Backend {
+                op: "open",
+                message: format!(
+                    "{}: could not remove the unfinished snapshot an interrupted start left: {e}; check the directory's permissions",
+                    dir.display()
+                ),
+            }
+        })?;
+        for path in cleared {
+            tracing::warn!(path = %path.display(), "removed the unfinished snapshot an interrupted start left; sled rebuilds it from the log");
+        }
         // sled 0.34 panics on some damaged files instead of returning an error.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
             .map_err(|p| {

@@ -23,8 +23,13 @@
 //!   once a second, instead of spinning;
 //! - each request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer address.
 //!
+//! And [`sled_dir`], the one repair both binaries make to a sled directory before opening
+//! it (the unfinished snapshot a kill during sled's open leaves behind).
+//!
 //! HTTP/1.1 only: the agents and every HTTP client speak it, and HTTP/2 brings its own
 //! resource attacks for no gain here.
+
+pub mod sled_dir;
 
 use std::collections::HashMap;
 use std::future::Future;
