@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
-use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, verify_signatures};

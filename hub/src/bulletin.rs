@@ -16,7 +16,7 @@ use spacesync_shared::dsse::key_id;
 use spacesync_shared::merkle::{self, NoteVerifier};
 
 use crate::assessment::{Bulletin, HistoryPoint};
-use crate::ingest::Hub;
+use crate::hub::Hub;
 use crate::maintenance::rebuild_views_upto;
 use crate::registry;
 use crate::store::{Store, StoreError, WriteBatch};

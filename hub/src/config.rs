@@ -27,7 +27,7 @@ use spacesync_shared::campaign::CAMPAIGN_2018_TOML;
 use spacesync_shared::clock::Clock;
 use spacesync_shared::keys;
 
-use crate::ingest::{Hub, Limits};
+use crate::hub::{Hub, Limits};
 use crate::store::SledStore;
 
 /// A configuration or data-directory problem; each names the file and what to do.
@@ -87,7 +87,7 @@ pub enum ConfigError {
     Store(#[from] crate::store::StoreError),
     /// Loading the hub state failed.
     #[error(transparent)]
-    Hub(#[from] crate::ingest::IngestError),
+    Hub(#[from] crate::hub::LoadError),
 }
 
 /// Settings from hub.toml.
@@ -428,7 +428,7 @@ pub fn open_hub_scaled(
         Limits {
             max_batch_entries: config.max_batch_entries,
             max_clock_skew: chrono::Duration::milliseconds(
-                (crate::ingest::MAX_CLOCK_SKEW.num_milliseconds() as f64 * speed.max(1.0)).min(1e15)
+                (crate::hub::MAX_CLOCK_SKEW.num_milliseconds() as f64 * speed.max(1.0)).min(1e15)
                     as i64,
             ),
         },

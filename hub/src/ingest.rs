@@ -1,45 +1,32 @@
-//! The hub's core: verified ingest into the log, heads per source, alarms, and the state
-//! every reader shares.
+//! The hub's ingest algorithm: verified, idempotent appends into the log, the hub's own
+//! signed entries, and registry changes. The state it changes is [`crate::hub`]'s.
 //!
 //! One writer at a time holds the state lock for the chain checks, the append and the
 //! flush; signature verification runs before the lock with Ed25519 batch verification.
 //! A batch is one atomic store write and one flush, whatever its size. The chain rules
 //! are those of [`spacesync_shared::chain`], the one verifier: this module adds only the
-//! hub's clock rules and words the refusals.
-//!
-//! Readers never take the writer lock: after every durable change the writer publishes a
-//! [`Snapshot`] (views, registry, heads, alarms, log size and checkpoint), and
-//! [`Hub::snapshot`] hands out the latest one. Views and heads are persistent maps
-//! (`imbl`), so publishing shares structure with the previous snapshot: its cost does not
-//! grow with the log.
+//! hub's clock rules and words the refusals. After a durable change the writer's guard
+//! publishes a new snapshot for readers (see [`crate::hub::StateGuard`]).
 
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
 use spacesync_shared::chain::{
     Admitted, ChainError, ChainVerifier, History, KeySchedule, Opened, first_repeat,
 };
-use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::entry::Entry;
 use spacesync_shared::keys::parse_public_key;
-use spacesync_shared::wire::{
-    IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode, SourceHead,
-};
+use spacesync_shared::wire::{IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode};
 use spacesync_shared::{Campaign, Envelope, SourceId};
 use tracing::{debug, error, info, warn};
 
-use crate::log::{Log, LogError, LogRecord};
+use crate::hub::{Alarm, Head, Held, Hub, LoadError, State};
+use crate::log::{LogError, LogRecord};
 use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
-use crate::store::{Store, StoreError, WriteBatch, keys};
-use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
-
-/// How far ahead of the hub's clock an entry's `recorded_at` may be.
-pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
+use crate::store::{StoreError, WriteBatch, keys};
+use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta};
 
 /// How long before its campaign's start an entry's `recorded_at` may be. Agents are set
 /// up and tested in the weeks before a campaign opens; an entry stamped earlier than that
@@ -91,62 +78,6 @@ impl CheckedBatch {
     }
 }
 
-/// What the hub holds of one source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Head {
-    /// Highest seq held (0 = none).
-    pub seq: u64,
-    /// Hash of that entry.
-    pub hash: Digest,
-}
-
-/// A stored index entry for (source, seq).
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    log_index: u64,
-    hash: Digest,
-    received_at: DateTime<Utc>,
-}
-
-impl Held {
-    fn to_bytes(self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(48);
-        v.extend_from_slice(&self.log_index.to_be_bytes());
-        v.extend_from_slice(&self.hash.0);
-        v.extend_from_slice(&self.received_at.timestamp_millis().to_be_bytes());
-        v
-    }
-
-    fn from_bytes(b: &[u8]) -> Option<Held> {
-        if b.len() != 48 {
-            return None;
-        }
-        let log_index = u64::from_be_bytes(b[0..8].try_into().ok()?);
-        let hash = Digest(b[8..40].try_into().ok()?);
-        let ms = i64::from_be_bytes(b[40..48].try_into().ok()?);
-        Some(Held {
-            log_index,
-            hash,
-            received_at: DateTime::from_timestamp_millis(ms)?,
-        })
-    }
-}
-
-/// An equivocation or other fault admins must see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Alarm {
-    /// When it was raised.
-    pub at: DateTime<Utc>,
-    /// The source.
-    pub source: SourceId,
-    /// The seq concerned.
-    pub seq: u64,
-    /// Refusal code.
-    pub code: RefusalCode,
-    /// What happened.
-    pub detail: String,
-}
-
 /// Why an ingest request is refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -189,6 +120,15 @@ pub enum IngestError {
     Log(#[from] LogError),
 }
 
+impl From<LoadError> for IngestError {
+    fn from(e: LoadError) -> IngestError {
+        match e {
+            LoadError::Store(e) => IngestError::Store(e),
+            LoadError::Log(e) => IngestError::Log(e),
+        }
+    }
+}
+
 /// The answer to a batch that was read: HTTP status and body.
 #[derive(Debug)]
 pub struct IngestOutcome {
@@ -198,24 +138,6 @@ pub struct IngestOutcome {
     pub response: IngestResponse,
     /// Entries newly appended.
     pub appended: usize,
-}
-
-/// Hub configuration that ingest needs.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Most entries per ingest request.
-    pub max_batch_entries: usize,
-    /// How far ahead of the hub clock an entry's `recorded_at` may be.
-    pub max_clock_skew: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_batch_entries: 1000,
-            max_clock_skew: MAX_CLOCK_SKEW,
-        }
-    }
 }
 
 /// The keys `reg` registers along its chain, for the chain verifier (a key line that does
@@ -251,271 +173,7 @@ impl History for HeldIndex<'_> {
     }
 }
 
-/// Everything guarded by the writer lock.
-pub struct State {
-    /// The tree.
-    pub log: Log,
-    /// Heads per source (a persistent map: a snapshot shares it).
-    pub heads: imbl::HashMap<SourceId, Head>,
-    /// Registered sources (replaced whole on a registry change, which is rare, so a
-    /// snapshot shares it).
-    pub registry: Arc<HashMap<SourceId, SourceRecord>>,
-    /// Merged views (persistent maps inside: a snapshot shares them).
-    pub views: Views,
-    /// Latest signed checkpoint note.
-    pub checkpoint: String,
-    /// Alarms raised.
-    pub alarms: imbl::Vector<Alarm>,
-    /// Bumped on every change; readers cache derived figures by it.
-    pub version: u64,
-}
-
-/// What readers see: an owned, immutable view of the hub's state as of its last durable
-/// change. Taking one ([`Hub::snapshot`]) never waits for an append in progress, and
-/// holding one never delays a writer; it does not change when the hub moves on.
-#[derive(Clone)]
-pub struct Snapshot {
-    /// Leaves in the log.
-    pub log_size: u64,
-    /// The tree's root at `log_size` leaves.
-    pub log_root: spacesync_shared::merkle::Hash,
-    /// The latest signed checkpoint note (it covers `log_size` leaves).
-    pub checkpoint: String,
-    /// Heads per source.
-    pub heads: imbl::HashMap<SourceId, Head>,
-    /// Registered sources.
-    pub registry: Arc<HashMap<SourceId, SourceRecord>>,
-    /// Merged views.
-    pub views: Views,
-    /// Alarms raised.
-    pub alarms: imbl::Vector<Alarm>,
-    /// The state's [`State::version`] when this was taken: equal versions, equal snapshots.
-    pub version: u64,
-}
-
-impl Snapshot {
-    /// A snapshot of `st`: clones of persistent maps and `Arc`s, and the root from the
-    /// frontier (at most 63 node hashes), so its cost does not grow with the log.
-    fn of(st: &State) -> Snapshot {
-        Snapshot {
-            log_size: st.log.size(),
-            log_root: st.log.root(),
-            checkpoint: st.checkpoint.clone(),
-            heads: st.heads.clone(),
-            registry: st.registry.clone(),
-            views: st.views.clone(),
-            alarms: st.alarms.clone(),
-            version: st.version,
-        }
-    }
-}
-
-/// The writer lock on the hub's [`State`], from [`Hub::state`]. A writer that changed the
-/// state through it publishes a new [`Snapshot`] when it lets go (on success after its
-/// flush, on failure after reloading from the store), so readers only ever see durable
-/// state.
-pub struct StateGuard<'a> {
-    hub: &'a Hub,
-    state: MutexGuard<'a, State>,
-    /// Set by any mutable access.
-    changed: bool,
-}
-
-impl Deref for StateGuard<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.state
-    }
-}
-
-impl DerefMut for StateGuard<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        self.changed = true;
-        &mut self.state
-    }
-}
-
-impl Drop for StateGuard<'_> {
-    fn drop(&mut self) {
-        // Still under the writer lock, so snapshots are published in the order of changes.
-        if self.changed {
-            self.hub.publish(&self.state);
-        }
-    }
-}
-
-/// The hub.
-pub struct Hub {
-    /// Storage.
-    pub store: Arc<dyn Store>,
-    /// The hub's signing key (receipts, checkpoints, bulletins).
-    pub key: SigningKey,
-    /// Checkpoint origin line.
-    pub origin: String,
-    /// The campaign.
-    pub campaign: Campaign,
-    /// The clock.
-    pub clock: Arc<dyn Clock>,
-    /// Limits.
-    pub limits: Limits,
-    /// Paces the log lines about refused entries.
-    refusal_log: LogThrottle,
-    state: Mutex<State>,
-    /// The latest snapshot; swapped (never held) by the writer after each change.
-    published: RwLock<Arc<Snapshot>>,
-}
-
-/// Least time between two warnings about refused entries.
-const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Counts events and lets one log line through per [`REFUSAL_LOG_EVERY`]. Monotonic real
-/// time: it protects the log, not the campaign calendar.
-#[derive(Default)]
-struct LogThrottle(Mutex<(u64, Option<std::time::Instant>)>);
-
-impl LogThrottle {
-    /// Counts one event; the count to report now, or `None` within the quiet period.
-    fn admit(&self) -> Option<u64> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
-        let now = std::time::Instant::now();
-        if g.1
-            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
-        {
-            return None;
-        }
-        let n = g.0;
-        *g = (0, Some(now));
-        Some(n)
-    }
-}
-
-fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State, IngestError> {
-    let log = Log::load(store)?;
-    let mut registry = HashMap::new();
-    let mut heads = imbl::HashMap::new();
-    for rec in registry::load_all(store)? {
-        if let Some((k, v)) = store.last(&keys::src_prefix(&rec.id))? {
-            let seq = keys::tail_u64(&k).unwrap_or(0);
-            let held = Held::from_bytes(&v).ok_or_else(|| StoreError::Corrupt {
-                key: format!("src/{}/{seq}", rec.id),
-                message: "index entry is not 48 bytes".into(),
-            })?;
-            heads.insert(
-                rec.id.clone(),
-                Head {
-                    seq,
-                    hash: held.hash,
-                },
-            );
-        }
-        registry.insert(rec.id.clone(), rec);
-    }
-    let views = Views::load(store)?;
-    let checkpoint = match store.get(keys::CHECKPOINT)? {
-        Some(b) => String::from_utf8_lossy(&b).into_owned(),
-        None => log.checkpoint(origin, key)?,
-    };
-    let mut alarms = imbl::Vector::new();
-    for r in store.scan(keys::ALARM) {
-        let (_, v) = r?;
-        if let Ok(a) = serde_json::from_slice(&v) {
-            alarms.push_back(a);
-        }
-    }
-    Ok(State {
-        log,
-        heads,
-        registry: Arc::new(registry),
-        views,
-        checkpoint,
-        alarms,
-        version: 0,
-    })
-}
-
 impl Hub {
-    /// Opens the hub over a store.
-    pub fn open(
-        store: Arc<dyn Store>,
-        key: SigningKey,
-        origin: String,
-        campaign: Campaign,
-        clock: Arc<dyn Clock>,
-        limits: Limits,
-    ) -> Result<Hub, IngestError> {
-        let state = load_state(store.as_ref(), &origin, &key)?;
-        let published = RwLock::new(Arc::new(Snapshot::of(&state)));
-        Ok(Hub {
-            published,
-            refusal_log: LogThrottle::default(),
-            store,
-            key,
-            origin,
-            campaign,
-            clock,
-            limits,
-            state: Mutex::new(state),
-        })
-    }
-
-    /// The writer lock on the state. Writers only: it waits for an append in progress, and
-    /// every other writer waits while it is held. Readers take a [`Hub::snapshot`].
-    pub fn state(&self) -> StateGuard<'_> {
-        StateGuard {
-            hub: self,
-            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
-            changed: false,
-        }
-    }
-
-    /// The state as of the last durable change, for readers: cheap (an `Arc`), never waits
-    /// for an append in progress, and unchanged by later ones.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.published
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Makes `st` what [`Hub::snapshot`] returns. Called under the writer lock.
-    fn publish(&self, st: &State) {
-        let snap = Arc::new(Snapshot::of(st));
-        *self.published.write().unwrap_or_else(|p| p.into_inner()) = snap;
-    }
-
-    /// Reloads the state from the store (after a failed write left memory ahead of disk).
-    fn reload(&self, st: &mut State) {
-        match load_state(self.store.as_ref(), &self.origin, &self.key) {
-            Ok(fresh) => *st = fresh,
-            Err(e) => error!(error = %e, "Reloading hub state after a storage failure failed."),
-        }
-    }
-
-    /// What the hub holds of `source`.
-    pub fn head(&self, source: &SourceId) -> SourceHead {
-        let h = self
-            .snapshot()
-            .heads
-            .get(source)
-            .copied()
-            .unwrap_or_default();
-        SourceHead {
-            source: source.clone(),
-            held_through: h.seq,
-            head: h.hash,
-        }
-    }
-
-    /// Re-reads the registry after a change made through the store.
-    pub fn refresh_registry(&self) -> Result<(), StoreError> {
-        let all = registry::load_all(self.store.as_ref())?;
-        let mut st = self.state();
-        st.registry = Arc::new(all.into_iter().map(|r| (r.id.clone(), r)).collect());
-        st.version += 1;
-        Ok(())
-    }
-
     fn receipt(&self, source: &SourceId, seq: u64, held: Held) -> Envelope {
         Receipt {
             source: source.clone(),
@@ -525,13 +183,6 @@ impl Hub {
             received_at: held.received_at,
         }
         .sign(&self.key)
-    }
-
-    fn held(&self, source: &SourceId, seq: u64) -> Result<Option<Held>, StoreError> {
-        Ok(self
-            .store
-            .get(&keys::src(source, seq))?
-            .and_then(|b| Held::from_bytes(&b)))
     }
 
     /// Verifies and appends one source's batch. Blocking: run it off the async runtime.
@@ -1103,7 +754,7 @@ fn refusal(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
+    use std::sync::{Mutex, mpsc};
     use std::time::Duration as StdDuration;
 
     use spacesync_shared::clock::FixedClock;
@@ -1111,7 +762,10 @@ mod tests {
     use spacesync_shared::{Record, RegionCode};
 
     use super::*;
-    use crate::store::{Kv, KvIter, SledStore};
+    use ed25519_dalek::SigningKey;
+
+    use crate::hub::{Limits, Snapshot};
+    use crate::store::{Kv, KvIter, SledStore, Store};
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_542_679_200, 0).unwrap_or_default() // 2018-11-20 02:00 UTC

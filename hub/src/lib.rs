@@ -6,7 +6,10 @@
 //! - [`log`]: the append-only log and its RFC 9162 Merkle tree, checkpoints and proofs.
 //! - [`entries`]: the hub's own signed log entries and the source records they carry.
 //! - [`registry`]: registered sources, their keys (with rotation) and scopes.
-//! - [`ingest`]: the hub core — verified, idempotent ingest and the shared state.
+//! - [`hub`]: the hub's state (tree, heads, registry, views, alarms), loaded from the store
+//!   and shared as immutable snapshots with readers; one writer at a time.
+//! - [`ingest`]: the algorithm that changes it — verified, idempotent ingest, hub-signed
+//!   entries and registry changes.
 //! - [`views`]: merged space counts, roll-ups, milestones, nominations, activities.
 //! - [`assessment`]: what a bulletin says, as types (the signed body is their JSON).
 //! - [`tracking`]: deadlines, plan checks, pace, lagging — a pure function of views and time.
@@ -34,6 +37,7 @@ pub mod config;
 pub mod dashboard;
 pub mod entries;
 pub mod http;
+pub mod hub;
 pub mod ingest;
 pub mod log;
 pub mod maintenance;

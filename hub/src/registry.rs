@@ -3,7 +3,7 @@
 //! # Registry changes are log entries
 //! `agents add`, `agents rotate` and `agents revoke` each append a hub-signed entry to the
 //! log ([`SourceAdded`], [`KeyRotated`], [`SourceRevoked`]) in the same atomic write as the
-//! `reg/` record they change (see [`crate::ingest::Hub::add_source`]). The `reg/` records
+//! `reg/` record they change (see [`crate::hub::Hub::add_source`]). The `reg/` records
 //! are derived state, like the views: [`replay`] recomputes them from the log, and
 //! [`as_of`] gives the registry as it stood when the log had a given size, which is what
 //! a bulletin is recomputed with.

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::bulletin;
-use crate::ingest::Hub;
+use crate::hub::Hub;
 use crate::notices::{self, NoticeBook, Webhook};
 use crate::registry;
 

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::config::HubConfig;
 use crate::http::{self, AppState};
-use crate::ingest::Hub;
+use crate::hub::Hub;
 
 /// How often the scheduler looks at the hub clock.
 const TICK: Duration = Duration::from_millis(200);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::auth::{NonceCache, REQUEST_WINDOW};
-use crate::ingest::Hub;
+use crate::hub::Hub;
 use crate::notices::NoticeBook;
 
 /// Ingest body bytes (after decompression) the hub holds at once across all requests.

@@ -12,7 +12,7 @@
 //! The items are held in persistent maps (`imbl`): cloning the views is O(1) and shares
 //! structure, and a change copies only the path to what it changes. That is what lets the
 //! hub publish a snapshot to readers after every append at a cost that does not grow with
-//! the log (see [`crate::ingest::Snapshot`]).
+//! the log (see [`crate::hub::Snapshot`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use spacesync_hub::bulletin;
-use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::render::{self, Lang};
 use spacesync_hub::store::SledStore;
 use spacesync_hub::views::{Extension, HubEntry};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
-use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
 use spacesync_hub::store::{KvIter, SledStore, Store, StoreError, WriteBatch, keys};

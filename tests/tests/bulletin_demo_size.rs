@@ -18,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
-use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::render::{self, Lang};
 use spacesync_hub::store::SledStore;

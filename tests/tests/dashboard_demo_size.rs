@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::json;
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
-use spacesync_hub::ingest::{Hub, Limits};
+use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
