@@ -21,10 +21,18 @@
 //! subgroup, the random linear combination accepts exactly when each equation holds (up to
 //! the 2⁻¹²⁸ chance of the batch check), so both paths give the same verdict. When the
 //! batch fails, each item is checked with [`verify`] to name the first bad one.
+//!
+//! Rule 2 costs a scalar multiplication per point (`[L]P`), about what the batch equation
+//! costs per signature; it is what makes the two paths agree. So the batch path checks each
+//! distinct key once, judges canonical encodings from the bytes (no compression), and
+//! reuses the decompressed points in its own batch equation, where a run of one key
+//! contributes one point instead of one per signature.
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest as _, Sha512};
 
 /// Why a point or signature breaks the rule (before or at the equation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,13 +57,44 @@ pub enum SigError {
     Equation,
 }
 
-fn canonical_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
-    let p = CompressedEdwardsY(*bytes).decompress()?;
-    (p.compress().as_bytes() == bytes).then_some(p)
+/// Rule 1 on the bytes alone: `y < p` (p = 2²⁵⁵ − 19), and no sign bit on `x = 0` (which
+/// only `y = ±1` have). Decompressing such bytes and compressing again gives them back;
+/// for any other bytes it does not. Saves the field inversion a compression costs.
+fn canonical_encoding(b: &[u8; 32]) -> bool {
+    let sign = b[31] >> 7;
+    let top = b[31] & 0x7f;
+    // y ≥ p exactly when y's bytes are ed ff … ff 7f or above (little-endian).
+    let y_at_least_p = top == 0x7f && b[1..31].iter().all(|&x| x == 0xff) && b[0] >= 0xed;
+    if y_at_least_p {
+        return false;
+    }
+    if sign == 1 {
+        let y_is_one = b[0] == 1 && b[1..31].iter().all(|&x| x == 0) && top == 0;
+        let y_is_minus_one = b[0] == 0xec && b[1..31].iter().all(|&x| x == 0xff) && top == 0x7f;
+        if y_is_one || y_is_minus_one {
+            return false;
+        }
+    }
+    true
 }
 
+fn canonical_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    if !canonical_encoding(bytes) {
+        return None;
+    }
+    CompressedEdwardsY(*bytes).decompress()
+}
+
+/// Rule 2: not the identity, and `[L]P` is the identity (no small-order component).
+/// Variable time: every point checked here is public.
 fn prime_order(p: &EdwardsPoint) -> bool {
-    !p.is_small_order() && p.is_torsion_free()
+    if p.is_identity() {
+        return false;
+    }
+    // [L]P as [L − 1]P + P: a `Scalar` cannot hold L itself, and −1 is L − 1.
+    let l_minus_one_p =
+        EdwardsPoint::vartime_double_scalar_mul_basepoint(&-Scalar::ONE, p, &Scalar::ZERO);
+    (l_minus_one_p + p).is_identity()
 }
 
 /// Checks rule 1 and 2 for a public key: what a key must satisfy to be registered.
@@ -67,17 +106,21 @@ pub fn check_key(key: &VerifyingKey) -> Result<(), SigError> {
     Ok(())
 }
 
-/// Checks rules 1–3 for one signature (everything except the equation).
-pub fn check_structure(key: &VerifyingKey, sig: &Signature) -> Result<(), SigError> {
-    check_key(key)?;
+/// Rules 1–3 for the signature's own parts; `R` and `S` when they hold.
+fn check_signature(sig: &Signature) -> Result<(EdwardsPoint, Scalar), SigError> {
     let r = canonical_point(sig.r_bytes()).ok_or(SigError::REncoding)?;
     if !prime_order(&r) {
         return Err(SigError::RTorsion);
     }
-    if Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())).is_none() {
-        return Err(SigError::SNotCanonical);
-    }
-    Ok(())
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))
+        .ok_or(SigError::SNotCanonical)?;
+    Ok((r, s))
+}
+
+/// Checks rules 1–3 for one signature (everything except the equation).
+pub fn check_structure(key: &VerifyingKey, sig: &Signature) -> Result<(), SigError> {
+    check_key(key)?;
+    check_signature(sig).map(|_| ())
 }
 
 /// The rule for one signature.
@@ -86,8 +129,53 @@ pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &Signature) -> Result<(), Sig
     key.verify_strict(msg, sig).map_err(|_| SigError::Equation)
 }
 
+/// `k = H(R ‖ A ‖ M)` reduced mod L, as RFC 8032 defines it.
+fn challenge(sig: &Signature, key: &VerifyingKey, msg: &[u8]) -> Scalar {
+    let h = Sha512::new()
+        .chain_update(sig.r_bytes())
+        .chain_update(key.as_bytes())
+        .chain_update(msg)
+        .finalize();
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(&h);
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+/// Random 128-bit batch weights, one per item: SHA-512 over fresh system randomness and a
+/// counter (four weights per hash). Fresh per call, so no one can choose signatures
+/// against known weights.
+fn weights(n: usize) -> Result<Vec<Scalar>, getrandom::Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    let mut out = Vec::with_capacity(n);
+    let mut block = 0u64;
+    while out.len() < n {
+        let h = Sha512::new()
+            .chain_update(seed)
+            .chain_update(block.to_le_bytes())
+            .finalize();
+        for chunk in h.chunks_exact(16) {
+            if out.len() == n {
+                break;
+            }
+            let mut z = [0u8; 16];
+            z.copy_from_slice(chunk);
+            out.push(Scalar::from(u128::from_le_bytes(z)));
+        }
+        block += 1;
+    }
+    Ok(out)
+}
+
 /// The rule for many signatures (each with its own key): `Ok` exactly when [`verify`]
 /// accepts every item; otherwise the index of the first item it refuses, with why.
+///
+/// Rules 1–3 are checked per item, each distinct key once per run of equal keys (a batch
+/// from one source has one key). The equation is checked for all items at once:
+/// `[−Σ zᵢSᵢ]B + Σ zᵢRᵢ + Σ_keys [Σ zᵢkᵢ]A = 0` with fresh random 128-bit `zᵢ`, one
+/// multiscalar multiplication over the `R`s, one point per run of equal keys and `B`,
+/// reusing the points decompressed for rules 1–2. With every point in the prime-order
+/// subgroup this holds exactly when each cofactorless equation holds, up to a 2⁻¹²⁸ chance.
 pub fn verify_batch(
     msgs: &[&[u8]],
     sigs: &[Signature],
@@ -95,18 +183,65 @@ pub fn verify_batch(
 ) -> Result<(), (usize, SigError)> {
     debug_assert!(msgs.len() == sigs.len() && sigs.len() == keys.len());
     let n = msgs.len().min(sigs.len()).min(keys.len());
-    for i in 0..n {
-        check_structure(&keys[i], &sigs[i]).map_err(|e| (i, e))?;
-    }
-    if n == 0 || ed25519_dalek::verify_batch(&msgs[..n], &sigs[..n], &keys[..n]).is_ok() {
+    if n == 0 {
         return Ok(());
     }
+    let mut rs = Vec::with_capacity(n);
+    let mut ss = Vec::with_capacity(n);
+    // Runs of equal keys: (first index, the key's point).
+    let mut runs: Vec<(usize, EdwardsPoint)> = Vec::new();
+    for i in 0..n {
+        let new_run = runs
+            .last()
+            .is_none_or(|&(j, _)| keys[j].as_bytes() != keys[i].as_bytes());
+        if new_run {
+            check_key(&keys[i]).map_err(|e| (i, e))?;
+            runs.push((i, keys[i].to_edwards()));
+        }
+        let (r, s) = check_signature(&sigs[i]).map_err(|e| (i, e))?;
+        rs.push(r);
+        ss.push(s);
+    }
+    let Ok(zs) = weights(n) else {
+        // No system randomness: fall back to one equation at a time.
+        return one_by_one(msgs, sigs, keys, n);
+    };
+    let mut b_coefficient = Scalar::ZERO;
+    let mut a_coefficients = Vec::with_capacity(runs.len());
+    for (r, &(start, _)) in runs.iter().enumerate() {
+        let end = runs.get(r + 1).map_or(n, |&(j, _)| j);
+        let mut a = Scalar::ZERO;
+        for i in start..end {
+            a += zs[i] * challenge(&sigs[i], &keys[i], msgs[i]);
+            b_coefficient += zs[i] * ss[i];
+        }
+        a_coefficients.push(a);
+    }
+    let sum = EdwardsPoint::vartime_multiscalar_mul(
+        std::iter::once(-b_coefficient)
+            .chain(zs.iter().copied())
+            .chain(a_coefficients),
+        std::iter::once(curve25519_dalek::constants::ED25519_BASEPOINT_POINT)
+            .chain(rs)
+            .chain(runs.iter().map(|&(_, a)| a)),
+    );
+    if sum.is_identity() {
+        return Ok(());
+    }
+    one_by_one(msgs, sigs, keys, n)
+}
+
+/// Each item with [`verify`], to name the first one refused.
+fn one_by_one(
+    msgs: &[&[u8]],
+    sigs: &[Signature],
+    keys: &[VerifyingKey],
+    n: usize,
+) -> Result<(), (usize, SigError)> {
     for i in 0..n {
         verify(&keys[i], msgs[i], &sigs[i]).map_err(|e| (i, e))?;
     }
-    // The batch check failed yet every item holds on its own: only possible with the
-    // batch's negligible false-negative chance; refuse rather than guess.
-    Err((0, SigError::Equation))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,7 +249,7 @@ mod tests {
     use super::*;
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
     use ed25519_dalek::{Signer, SigningKey};
-    use sha2::{Digest as _, Sha512};
+    use sha2::Sha512;
 
     fn hex_arr(h: &str) -> [u8; 32] {
         hex::decode(h)
@@ -220,5 +355,112 @@ mod tests {
         let vk = k.verifying_key();
         assert!(verify(&vk, b"m", &sig2).is_err());
         assert!(verify_batch(&[b"m"], &[sig2], &[vk]).is_err());
+    }
+
+    #[test]
+    fn runs_of_one_key_are_checked_as_one_and_a_bad_item_is_named() {
+        let (k1, k2) = (key(21), key(22));
+        let owners = [&k1, &k1, &k1, &k2, &k2, &k1, &k1];
+        let msgs: Vec<Vec<u8>> = (0..owners.len()).map(|i| vec![i as u8; 20]).collect();
+        let sigs: Vec<Signature> = owners.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+        let vks: Vec<VerifyingKey> = owners.iter().map(|k| k.verifying_key()).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        assert_eq!(verify_batch(&refs, &sigs, &vks), Ok(()));
+        for bad in 0..owners.len() {
+            // Signed by the other key: every part well-formed, only the equation fails.
+            let mut swapped = sigs.clone();
+            let other = if std::ptr::eq(owners[bad], &k1) {
+                &k2
+            } else {
+                &k1
+            };
+            swapped[bad] = other.sign(&msgs[bad]);
+            assert_eq!(
+                verify_batch(&refs, &swapped, &vks),
+                Err((bad, SigError::Equation))
+            );
+            // The same message under another item's signature.
+            let mut moved = sigs.clone();
+            moved[bad] = sigs[(bad + 1) % sigs.len()];
+            assert!(verify_batch(&refs, &moved, &vks).is_err());
+        }
+        assert_eq!(verify_batch(&[], &[], &[]), Ok(()));
+    }
+
+    /// Rule 1 as it was first written: decompress, compress again, compare.
+    fn canonical_by_round_trip(b: &[u8; 32]) -> bool {
+        CompressedEdwardsY(*b)
+            .decompress()
+            .is_some_and(|p| p.compress().as_bytes() == b)
+    }
+
+    /// Byte strings at the edges of rule 1: y = 0, ±1, p − 1, p, p + 1 … 2²⁵⁵ − 1, with and
+    /// without the sign bit, and the eight small-order points' encodings.
+    fn edge_encodings() -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        let p_minus = |low: u8| {
+            let mut b = [0xffu8; 32];
+            b[0] = low;
+            b[31] = 0x7f;
+            b
+        };
+        let mut ys = vec![[0u8; 32], {
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        }];
+        for low in 0xe0..=0xff {
+            ys.push(p_minus(low));
+        }
+        for y in ys {
+            out.push(y);
+            let mut signed = y;
+            signed[31] |= 0x80;
+            out.push(signed);
+        }
+        for t in EIGHT_TORSION {
+            out.push(t.compress().to_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn the_byte_rule_for_canonical_encodings_agrees_with_the_round_trip_at_the_edges() {
+        for b in edge_encodings() {
+            assert_eq!(
+                canonical_point(&b).is_some(),
+                canonical_by_round_trip(&b),
+                "{}",
+                hex::encode(b)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_byte_rule_for_canonical_encodings_agrees_with_the_round_trip(
+            b in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            top in 0u8..4,
+        ) {
+            let mut b = b;
+            // Push a quarter of the cases next to p, where the rule has its edge.
+            if top == 0 {
+                b[1..31].fill(0xff);
+                b[31] |= 0x7f;
+            }
+            proptest::prop_assert_eq!(canonical_point(&b).is_some(), canonical_by_round_trip(&b));
+        }
+
+        #[test]
+        fn prime_order_agrees_with_the_library_checks(
+            a in proptest::prelude::any::<u64>(),
+            t in 0usize..8,
+        ) {
+            let p = ED25519_BASEPOINT_POINT * Scalar::from(a) + EIGHT_TORSION[t];
+            proptest::prop_assert_eq!(
+                prime_order(&p),
+                !p.is_small_order() && p.is_torsion_free()
+            );
+        }
     }
 }

@@ -35,9 +35,53 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// How a batch's signatures are verified for a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verifier {
+    /// The one signature rule (`spacesync_shared::sig`), what the hub and `verify` pay.
+    Rule,
+    /// `ed25519_dalek::verify_batch` alone: the library's batch equation without the
+    /// rule's per-point checks (torsion, canonical encodings) — the raw bound.
+    Raw,
+}
+
+/// Verifies one batch's signatures by `key` the way `how` says.
+fn verify_one_batch(how: Verifier, envs: &[Envelope], key: &VerifyingKey) -> Result<()> {
+    match how {
+        Verifier::Rule => {
+            let refs: Vec<&Envelope> = envs.iter().collect();
+            verify_signatures(&refs, key).map_err(|(i, e)| anyhow!("entry {i} of a batch: {e}"))
+        }
+        Verifier::Raw => {
+            let paes: Vec<Vec<u8>> = envs
+                .iter()
+                .map(|e| pae(&e.payload_type, &e.payload))
+                .collect();
+            let msgs: Vec<&[u8]> = paes.iter().map(Vec::as_slice).collect();
+            let sigs = envs
+                .iter()
+                .map(|e| e.signature_by(ENTRY_PAYLOAD_TYPE, key))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("a signature does not decode: {e}"))?;
+            let keys = vec![*key; envs.len()];
+            ed25519_dalek::verify_batch(&msgs, &sigs, &keys)
+                .map_err(|e| anyhow!("raw batch verification: {e}"))
+        }
+    }
+}
+
 /// Ed25519 batch verification of every batch (as the hub receives them: one source's key
 /// per batch) on all cores; entries a second.
 pub fn verify_batch_all_cores(
+    batches: &[(VerifyingKey, Vec<Envelope>)],
+    min_s: f64,
+) -> Result<f64> {
+    verify_all_cores(Verifier::Rule, batches, min_s)
+}
+
+/// Like [`verify_batch_all_cores`], verifying as `how` says.
+pub fn verify_all_cores(
+    how: Verifier,
     batches: &[(VerifyingKey, Vec<Envelope>)],
     min_s: f64,
 ) -> Result<f64> {
@@ -52,9 +96,7 @@ pub fn verify_batch_all_cores(
                         while let Some((key, envs)) =
                             batches.get(next.fetch_add(1, Ordering::Relaxed))
                         {
-                            let refs: Vec<&Envelope> = envs.iter().collect();
-                            verify_signatures(&refs, key)
-                                .map_err(|(i, e)| anyhow!("entry {i} of a batch: {e}"))?;
+                            verify_one_batch(how, envs, key)?;
                             n += envs.len() as u64;
                         }
                         Ok(n)
@@ -180,6 +222,7 @@ mod tests {
             })
             .collect();
         assert!(verify_batch_all_cores(&batches, 0.01).expect("batch") > 0.0);
+        assert!(verify_all_cores(Verifier::Raw, &batches, 0.01).expect("raw") > 0.0);
         assert!(verify_single(&batches, 10, 0.01).expect("single") > 0.0);
         let payloads: Vec<&[u8]> = batches[0].1.iter().map(|e| e.payload.as_slice()).collect();
         assert!(sha256(&payloads, 0.01).expect("sha").0 > 0.0);
