@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use spacesync_shared::campaign::NomineeType;
 use spacesync_shared::record::{Population, SpaceCounts, SpaceKind};
 use spacesync_shared::region::Level;
-use spacesync_shared::wire::PlanProblem;
+use spacesync_shared::wire::{NoticeFacts, PlanProblem};
 use spacesync_shared::{RegionCode, SourceId};
 
 use crate::views::{Coverage, Extension, Figures, Flag};
@@ -538,10 +537,9 @@ pub struct Bulletin {
     pub scheduled_for: Option<DateTime<Utc>>,
     /// The log checkpoint its figures were computed at.
     pub checkpoint: BulletinCheckpoint,
-    /// The notice log at issue time: notice records as the notice book stores them,
-    /// kept as issued (the signature covers them).
+    /// The notice log at issue time, oldest first (the signature covers it as issued).
     #[serde(default)]
-    pub notices: Vec<Value>,
+    pub notices: Vec<NoticeEntry>,
     /// Every earlier bulletin's national figures, oldest first (absent before this
     /// member existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -552,8 +550,118 @@ pub struct Bulletin {
 }
 
 impl Bulletin {
-    /// Reads an issued bulletin document (format 1 or 2).
-    pub fn from_document(doc: &Value) -> Result<Bulletin, serde_json::Error> {
+    /// Reads an issued bulletin document (format 1 or 2): the signed document as stored
+    /// (a `&serde_json::Value`, or a `serde_json::Deserializer` over its bytes).
+    pub fn from_document<'de, D: serde::Deserializer<'de>>(doc: D) -> Result<Bulletin, D::Error> {
         Bulletin::deserialize(doc)
+    }
+}
+
+/// A notice in a bulletin's notice log: the notice book's record at issue time as every
+/// reader sees it (`GET /v1/notices` without the admin role: webhooks by id, never a URL).
+/// [`crate::notices`] writes it, with the same JSON as its `NoticeView`; every member
+/// has a default, so a notice an older hub wrote with fewer members still reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BulletinNotice {
+    /// Its number in the notice book.
+    #[serde(default)]
+    pub id: u64,
+    /// The rule that raised it.
+    #[serde(default)]
+    pub rule: String,
+    /// The region it is about.
+    #[serde(default)]
+    pub subject: Option<RegionCode>,
+    /// The region it is addressed to.
+    #[serde(default)]
+    pub addressee: Option<RegionCode>,
+    /// Also sent to the level above.
+    #[serde(default)]
+    pub escalated: bool,
+    /// When it was raised.
+    #[serde(default)]
+    pub created: Option<DateTime<Utc>>,
+    /// The deadline it is about.
+    #[serde(default)]
+    pub deadline: Option<NaiveDate>,
+    /// Chinese text.
+    #[serde(default)]
+    pub text: String,
+    /// English text.
+    #[serde(default)]
+    pub text_en: String,
+    /// `pending`, `delivered` or `acknowledged` at issue time (a string, so that a state
+    /// a later hub adds still reads).
+    #[serde(default)]
+    pub state: String,
+    /// First delivery (agent fetch or webhook 2xx).
+    #[serde(default)]
+    pub delivered: Option<DateTime<Utc>>,
+    /// First acknowledgement.
+    #[serde(default)]
+    pub acknowledged: Option<DateTime<Utc>>,
+    /// Agents that fetched it.
+    #[serde(default)]
+    pub fetched_by: Vec<SourceId>,
+    /// Agents that acknowledged it.
+    #[serde(default)]
+    pub acked_by: Vec<SourceId>,
+    /// Webhook deliveries by webhook id (by URL in bulletins issued before webhooks were
+    /// named by id; see `notices::redact_legacy_webhooks`).
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, BulletinWebhook>,
+    /// The facts the texts state (`milestone`, `due`, `days_left`, …), beside the prose.
+    #[serde(flatten)]
+    pub facts: NoticeFacts,
+}
+
+/// A webhook delivery of a notice in a bulletin's notice log. There is no URL member:
+/// bulletins go to every reader, and a URL is a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulletinWebhook {
+    /// Attempts made.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When it was accepted (2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The last failure (URL replaced by the webhook's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One entry of a bulletin's notice log as read back. An entry this hub cannot read (a
+/// damaged or foreign document) is `Unreadable`, so that it alone is shown as such and
+/// the rest of the bulletin still reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoticeEntry {
+    /// The notice (boxed: an entry is mostly this, and `Unreadable` is nothing).
+    Notice(Box<BulletinNotice>),
+    /// Not a notice this hub can read; written back as `null`. (The signed document,
+    /// not a [`Bulletin`] written back, is the record of what was issued.)
+    Unreadable,
+}
+
+impl<'de> Deserialize<'de> for NoticeEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NoticeEntry, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Notice(Box<BulletinNotice>),
+            Other(serde::de::IgnoredAny),
+        }
+        Ok(match Entry::deserialize(d)? {
+            Entry::Notice(n) => NoticeEntry::Notice(n),
+            Entry::Other(_) => NoticeEntry::Unreadable,
+        })
+    }
+}
+
+impl Serialize for NoticeEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NoticeEntry::Notice(n) => n.serialize(s),
+            NoticeEntry::Unreadable => s.serialize_unit(),
+        }
     }
 }

@@ -15,10 +15,11 @@ use spacesync_shared::Campaign;
 use spacesync_shared::dsse::key_id;
 use spacesync_shared::merkle::{self, NoteVerifier};
 
-use crate::assessment::{Bulletin, HistoryPoint};
+use crate::assessment::{Bulletin, BulletinNotice, HistoryPoint};
 use crate::hub::Hub;
 use crate::maintenance::rebuild_views_upto;
 use crate::registry;
+use crate::render::{CsvError, Format, Lang};
 use crate::store::{Store, StoreError, WriteBatch};
 use crate::tracking::assess;
 
@@ -111,6 +112,21 @@ pub fn check_signature(doc: &Value, key: &VerifyingKey) -> Result<(), BulletinEr
     .map_err(|_| BulletinError::BadSignature)
 }
 
+/// Bulletin `doc` (as stored) in `format`, the one place a bulletin document becomes
+/// what `bulletin show` prints and `/v1/bulletins/…` serves: [`Format::Json`] is the
+/// signed document itself, pretty-printed; every other format is rendered from the typed
+/// [`Bulletin`] read from it once. A document that does not read as a bulletin gives a
+/// page or paragraph saying why, or [`CsvError::Unreadable`].
+pub fn show(doc: &Value, format: Format, lang: Lang) -> Result<String, CsvError> {
+    let Format::Rendered(rendering) = format else {
+        return Ok(serde_json::to_string_pretty(doc).unwrap_or_default());
+    };
+    match Bulletin::from_document(doc) {
+        Ok(b) => rendering.render(&b, lang),
+        Err(e) => rendering.unreadable(lang, e),
+    }
+}
+
 /// Numbers of issued bulletins with their issue times.
 pub fn list(store: &dyn Store) -> Result<Vec<Value>, BulletinError> {
     let mut out = Vec::new();
@@ -135,11 +151,12 @@ pub fn get(store: &dyn Store, n: u64) -> Result<Value, BulletinError> {
     serde_json::from_slice(&v).map_err(|e| BulletinError::Malformed(e.to_string()))
 }
 
-/// Issues the next bulletin at the hub clock's current instant.
+/// Issues the next bulletin at the hub clock's current instant, with `notices` (the
+/// notice book's log) as its notice log.
 pub fn issue(
     hub: &Hub,
     scheduled_for: Option<DateTime<Utc>>,
-    notices: Value,
+    notices: &[BulletinNotice],
 ) -> Result<Value, BulletinError> {
     let _one_at_a_time = issuing();
     issue_with(hub, scheduled_for, notices, WriteBatch::new())
@@ -159,7 +176,7 @@ fn issuing() -> std::sync::MutexGuard<'static, ()> {
 fn issue_with(
     hub: &Hub,
     scheduled_for: Option<DateTime<Utc>>,
-    notices: Value,
+    notices: &[BulletinNotice],
     also: WriteBatch,
 ) -> Result<Value, BulletinError> {
     let store = hub.store.as_ref();
@@ -393,7 +410,10 @@ pub fn slot_time(campaign: &Campaign, k: u64) -> DateTime<Utc> {
 
 /// Issues every scheduled bulletin whose time has come and that was not issued yet.
 /// Returns the numbers issued. Bulletins stop after the campaign's end.
-pub fn issue_due(hub: &Hub, notices: impl Fn() -> Value) -> Result<Vec<u64>, BulletinError> {
+pub fn issue_due(
+    hub: &Hub,
+    notices: impl Fn() -> Vec<BulletinNotice>,
+) -> Result<Vec<u64>, BulletinError> {
     let _one_at_a_time = issuing();
     let store = hub.store.as_ref();
     let next_slot = store
@@ -415,7 +435,7 @@ pub fn issue_due(hub: &Hub, notices: impl Fn() -> Value) -> Result<Vec<u64>, Bul
         // slot is never issued twice.
         let mut slot = WriteBatch::new();
         slot.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
-        let doc = issue_with(hub, Some(slot_time(&hub.campaign, k)), notices(), slot)?;
+        let doc = issue_with(hub, Some(slot_time(&hub.campaign, k)), &notices(), slot)?;
         issued.push(doc["number"].as_u64().unwrap_or(0));
     }
     Ok(issued)

@@ -25,7 +25,7 @@ use crate::hub::Hub;
 use crate::ingest::IngestError;
 use crate::log::LogError;
 use crate::registry::{self, RegistryError};
-use crate::render::{self, CsvError, Lang};
+use crate::render::{CsvError, Format, Lang};
 use crate::serve::{self, ServeError, Serving};
 use crate::store::StoreError;
 use crate::views::{Extension, HubEntry};
@@ -609,34 +609,12 @@ pub fn extend(hub: &Hub, a: &ExtendArgs) -> Result<u64, CliError> {
     Ok(index)
 }
 
-/// A bulletin in one of the formats `bulletin show --format` offers: `json`, `html`, `md`,
-/// `csv` (the province table) or `flags-csv` (every data flag), in `lang`. The one place a
-/// format name is turned into text.
-pub fn bulletin_text(doc: &Value, format: &str, lang: Lang) -> Result<String, CliError> {
-    Ok(match format {
-        "json" => json("the bulletin", doc)?,
-        "html" => render::html(doc, lang),
-        "md" => render::markdown(doc, lang),
-        "csv" => render::csv(doc, lang)?,
-        "flags-csv" => render::flags_csv(
-            &crate::assessment::Bulletin::from_document(doc)
-                .map_err(render::CsvError::Unreadable)?,
-            lang,
-        )?,
-        other => {
-            return Err(CliError::Usage(format!(
-                "--format {other:?}: expected json, html, md, csv or flags-csv"
-            )));
-        }
-    })
-}
-
 fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
     match cmd {
         BulletinCmd::Issue { now } => {
             let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
             let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
-            let doc = bulletin::issue(&hub, None, book.log_json())?;
+            let doc = bulletin::issue(&hub, None, &book.log())?;
             println!("{}", doc["number"]);
         }
         BulletinCmd::List { json: as_json } => {
@@ -660,7 +638,12 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
             let doc = bulletin::get(&store, n)?;
             let lang = Lang::parse(&lang)
                 .ok_or_else(|| CliError::Usage(format!("--lang {lang:?}: expected zh or en")))?;
-            let out = bulletin_text(&doc, &format, lang)?;
+            let format = Format::from_name(&format).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--format {format:?}: expected json, html, md, csv or flags-csv"
+                ))
+            })?;
+            let out = bulletin::show(&doc, format, lang)?;
             print!("{out}");
             if !out.ends_with('\n') {
                 println!();

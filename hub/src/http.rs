@@ -36,6 +36,7 @@ use crate::auth::Role;
 use crate::ingest::IngestError;
 use crate::log;
 use crate::registry::SourceStatus;
+use crate::render::{Format, Rendering};
 use crate::views::{figures_json, region_name};
 
 /// Largest accepted request body, after decompression.
@@ -928,31 +929,17 @@ async fn bulletin_file(
     let n = bulletin_number(n)?;
     let lang = bulletin_lang(&q)?;
     let mut doc = bulletin_doc(&s, n)?;
+    let format = Format::from_extension(ext).ok_or_else(|| {
+        AppError::not_found(format!(
+            "no bulletin format {ext:?}; use json, html, md or csv"
+        ))
+    })?;
     // Bulletins issued before webhooks were named by id held their URLs (secrets).
     if role != Role::Admin {
         crate::notices::redact_legacy_webhooks(&mut doc);
     }
-    let (ct, body) = match ext {
-        "json" => (
-            "application/json",
-            serde_json::to_string_pretty(&doc).unwrap_or_default(),
-        ),
-        "html" => ("text/html; charset=utf-8", crate::render::html(&doc, lang)),
-        "md" => (
-            "text/markdown; charset=utf-8",
-            crate::render::markdown(&doc, lang),
-        ),
-        "csv" => (
-            "text/csv; charset=utf-8",
-            crate::render::csv(&doc, lang).map_err(AppError::internal)?,
-        ),
-        other => {
-            return Err(AppError::not_found(format!(
-                "no bulletin format {other:?}; use json, html, md or csv"
-            )));
-        }
-    };
-    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+    let body = crate::bulletin::show(&doc, format, lang).map_err(AppError::internal)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// `GET /v1/bulletins/{n}/flags.csv`: every data flag of bulletin `n`, one row each, after
@@ -967,13 +954,13 @@ async fn bulletin_flags_csv(
 ) -> Result<Response, AppError> {
     let n = bulletin_number(&n)?;
     let lang = bulletin_lang(&q)?;
-    let b = crate::assessment::Bulletin::from_document(&bulletin_doc(&s, n)?)
-        .map_err(|e| AppError::internal(format!("bulletin {n} does not read back: {e}")))?;
-    let body = crate::render::flags_csv(&b, lang).map_err(AppError::internal)?;
+    let format = Format::Rendered(Rendering::FlagsCsv);
+    let body = crate::bulletin::show(&bulletin_doc(&s, n)?, format, lang)
+        .map_err(|e| AppError::internal(format!("bulletin {n}: {e}")))?;
     let disposition = format!("attachment; filename=\"bulletin-{n}-flags.csv\"");
     Ok((
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_TYPE, format.content_type().to_string()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         body,

@@ -34,7 +34,7 @@ use spacesync_shared::dsse::Digest;
 use spacesync_shared::wire::{Notice, NoticeFacts};
 use spacesync_shared::{RegionCode, SourceId};
 
-use crate::assessment::{MilestoneCell, PaceClass};
+use crate::assessment::{BulletinNotice, BulletinWebhook, MilestoneCell, PaceClass};
 use crate::auth::Role;
 use crate::registry::{SourceRecord, SourceStatus};
 use crate::store::{Store, StoreError, WriteBatch};
@@ -209,6 +209,42 @@ impl NoticeRecord {
                 .map(|(id, d)| (id.clone(), d.view(show_urls)))
                 .collect(),
             facts: self.notice.facts.clone(),
+        }
+    }
+}
+
+/// A notice as a bulletin's notice log holds it: the view every reader gets (webhooks by
+/// id, no URL), member for member the same JSON.
+impl From<NoticeView> for BulletinNotice {
+    fn from(v: NoticeView) -> BulletinNotice {
+        BulletinNotice {
+            id: v.id,
+            rule: v.rule,
+            subject: Some(v.subject),
+            addressee: Some(v.addressee),
+            escalated: v.escalated,
+            created: Some(v.created),
+            deadline: v.deadline,
+            text: v.text,
+            text_en: v.text_en,
+            state: v.state.to_string(),
+            delivered: v.delivered,
+            acknowledged: v.acknowledged,
+            fetched_by: v.fetched_by,
+            acked_by: v.acked_by,
+            webhooks: v
+                .webhooks
+                .into_iter()
+                .map(|(id, w)| {
+                    let delivery = BulletinWebhook {
+                        attempts: w.attempts,
+                        delivered_at: w.delivered_at,
+                        last_error: w.last_error,
+                    };
+                    (id, delivery)
+                })
+                .collect(),
+            facts: v.facts,
         }
     }
 }
@@ -769,9 +805,11 @@ impl NoticeBook {
 
     /// The notice log with delivery state, oldest first (for bulletins, which every reader
     /// gets: webhooks by id only).
-    pub fn log_json(&self) -> Value {
-        let log: Vec<NoticeView> = self.lock().iter().map(|r| r.view(false)).collect();
-        serde_json::to_value(log).unwrap_or(Value::Array(Vec::new()))
+    pub fn log(&self) -> Vec<BulletinNotice> {
+        self.lock()
+            .iter()
+            .map(|r| BulletinNotice::from(r.view(false)))
+            .collect()
     }
 
     /// Webhook deliveries due now: (notice, webhook), oldest first.
@@ -968,6 +1006,69 @@ mod tests {
         let mut new_bulletin =
             serde_json::json!({ "notices": [serde_json::to_value(rec.view(false)).unwrap()] });
         assert!(!redact_legacy_webhooks(&mut new_bulletin));
+    }
+
+    /// A bulletin's notice log is the view every reader gets, member for member: the
+    /// signed bytes of a bulletin are what they were when the log was JSON built from
+    /// that view.
+    #[test]
+    fn a_bulletin_notice_has_the_json_of_the_readers_view() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let gd = RegionCode::parse("440000").unwrap();
+        let src = SourceId::parse("gd-rrt").unwrap();
+        let url = "https://hooks.example/h?apikey=SECRET";
+        let rec = NoticeRecord {
+            notice: Notice {
+                id: 7,
+                rule: "milestone_escalated".into(),
+                subject: gd,
+                addressee: gd,
+                created_at: at("2018-11-18T01:00:00Z"),
+                deadline: NaiveDate::from_ymd_opt(2018, 11, 15),
+                text: "文".into(),
+                text_en: "text".into(),
+                facts: NoticeFacts {
+                    milestone: Some("implementation_plan".into()),
+                    due: NaiveDate::from_ymd_opt(2018, 11, 15),
+                    days_late: Some(3),
+                    ..NoticeFacts::default()
+                },
+            },
+            key: "k".into(),
+            escalated: true,
+            fetched: BTreeMap::from([(src.clone(), at("2018-11-18T02:00:00Z"))]),
+            acked: BTreeMap::from([(src, at("2018-11-18T03:00:00Z"))]),
+            webhooks: BTreeMap::from([
+                (
+                    webhook_id(url),
+                    WebhookDelivery {
+                        url: Some(url.into()),
+                        attempts: 2,
+                        delivered_at: Some(at("2018-11-18T01:05:00Z")),
+                        last_error: Some("timed out".into()),
+                    },
+                ),
+                (
+                    webhook_id("https://other.example/"),
+                    WebhookDelivery {
+                        url: Some("https://other.example/".into()),
+                        attempts: 1,
+                        delivered_at: None,
+                        last_error: None,
+                    },
+                ),
+            ]),
+        };
+        let view = serde_json::to_value(rec.view(false)).unwrap();
+        let logged = BulletinNotice::from(rec.view(false));
+        assert_eq!(serde_json::to_value(&logged).unwrap(), view);
+        assert!(!view.to_string().contains("SECRET"), "{view}");
+        // And it reads back as it was written, in a bulletin's log.
+        let entry: crate::assessment::NoticeEntry = serde_json::from_value(view).unwrap();
+        assert_eq!(
+            entry,
+            crate::assessment::NoticeEntry::Notice(Box::new(logged))
+        );
     }
 
     #[test]

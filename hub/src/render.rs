@@ -3,10 +3,14 @@
 //! figures appear in every format and language; every word comes from
 //! [`crate::wording::bulletin`].
 //!
-//! - [`html`], [`markdown`], [`csv`] take an issued document as stored (format 1 or 2),
-//!   read it with [`Bulletin::from_document`] and call [`html_of`], [`markdown_of`],
-//!   [`csv_of`]. A document that does not read as a bulletin gives a page (or Markdown)
-//!   saying so, or [`CsvError::Unreadable`]; nothing panics on a document.
+//! - [`html`], [`markdown`], [`csv`] and [`flags_csv`] take the typed [`Bulletin`]; the
+//!   caller reads the stored document once ([`Bulletin::from_document`]).
+//! - [`Format`] is the one list of the ways to show a bulletin: its names
+//!   (`bulletin show --format`), file extensions (`/v1/bulletins/{n}.{ext}`), content
+//!   types, and [`Rendering::render`]; [`Rendering::unreadable`] is what each format
+//!   shows for a document that does not read as a bulletin (a page or Markdown saying
+//!   so, or [`CsvError::Unreadable`]); nothing panics on a document.
+//!   [`crate::bulletin::show`] puts them together for the CLI, the API and the dashboard.
 //! - HTML is written with maud's `html!`, which escapes every name and reason (unit
 //!   names, milestone titles, extension reasons, notice texts) and double-quotes every
 //!   attribute.
@@ -24,13 +28,11 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use serde::Deserialize;
-use serde_json::Value;
 use spacesync_shared::RegionCode;
 use spacesync_shared::record::SpaceKind;
 use spacesync_shared::region::{Level, unit};
 
-use crate::assessment::{Bulletin, HistoryPoint, PaceClass, UnitStatus};
+use crate::assessment::{Bulletin, HistoryPoint, NoticeEntry, PaceClass, UnitStatus};
 use crate::views::{Flag, region_name};
 use crate::wording::bulletin::{self as wb, words};
 use crate::wording::t;
@@ -79,40 +81,99 @@ pub enum CsvError {
     Finish(String),
 }
 
-/// The bulletin document as a printable HTML page; a page saying why when the document
-/// does not read as a bulletin.
-pub fn html(doc: &Value, lang: Lang) -> String {
-    match Bulletin::from_document(doc) {
-        Ok(b) => html_of(&b, lang),
-        Err(e) => {
-            tracing::warn!(error = %e, "A bulletin document does not read as a bulletin; showing why instead.");
-            unreadable_page(lang, &e.to_string()).into_string()
+/// A way to show an issued bulletin: `bulletin show N --format <name>`,
+/// `GET /v1/bulletins/{n}.{extension}` (and `/v1/bulletins/{n}/flags.csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The signed document as stored, pretty-printed: the form `bulletin verify` checks.
+    /// Not rendered (the typed [`Bulletin`] does not hold the signature).
+    Json,
+    /// Rendered from the typed bulletin.
+    Rendered(Rendering),
+}
+
+/// The formats rendered from the typed [`Bulletin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendering {
+    /// A printable HTML page ([`html`]).
+    Html,
+    /// Markdown ([`markdown`]).
+    Markdown,
+    /// The province table as CSV ([`csv`]).
+    Csv,
+    /// Every data flag as CSV ([`flags_csv`]).
+    FlagsCsv,
+}
+
+impl Format {
+    /// Every format, in the order help texts list them.
+    pub const ALL: [Format; 5] = [
+        Format::Json,
+        Format::Rendered(Rendering::Html),
+        Format::Rendered(Rendering::Markdown),
+        Format::Rendered(Rendering::Csv),
+        Format::Rendered(Rendering::FlagsCsv),
+    ];
+
+    /// Its name for `bulletin show --format`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Rendered(Rendering::Html) => "html",
+            Format::Rendered(Rendering::Markdown) => "md",
+            Format::Rendered(Rendering::Csv) => "csv",
+            Format::Rendered(Rendering::FlagsCsv) => "flags-csv",
+        }
+    }
+
+    /// The format a `bulletin show --format` name asks for.
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The format of `/v1/bulletins/{n}.{extension}`: `json`, `html`, `md` or `csv`. The
+    /// flags CSV has a path of its own (`/v1/bulletins/{n}/flags.csv`), not an extension.
+    pub fn from_extension(extension: &str) -> Option<Format> {
+        Format::from_name(extension).filter(|f| *f != Format::Rendered(Rendering::FlagsCsv))
+    }
+
+    /// The `Content-Type` it is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Rendered(Rendering::Html) => "text/html; charset=utf-8",
+            Format::Rendered(Rendering::Markdown) => "text/markdown; charset=utf-8",
+            Format::Rendered(Rendering::Csv | Rendering::FlagsCsv) => "text/csv; charset=utf-8",
         }
     }
 }
 
-/// The bulletin document as Markdown; a paragraph saying why when the document does not
-/// read as a bulletin.
-pub fn markdown(doc: &Value, lang: Lang) -> String {
-    match Bulletin::from_document(doc) {
-        Ok(b) => markdown_of(&b, lang),
-        Err(e) => {
-            tracing::warn!(error = %e, "A bulletin document does not read as a bulletin; showing why instead.");
-            format!(
+impl Rendering {
+    /// The bulletin in this format, in `lang`.
+    pub fn render(self, b: &Bulletin, lang: Lang) -> Result<String, CsvError> {
+        match self {
+            Rendering::Html => Ok(html(b, lang)),
+            Rendering::Markdown => Ok(markdown(b, lang)),
+            Rendering::Csv => csv(b, lang),
+            Rendering::FlagsCsv => flags_csv(b, lang),
+        }
+    }
+
+    /// What this format shows for a document that does not read as a bulletin (`error`
+    /// says why): a page or Markdown saying so; for a CSV, [`CsvError::Unreadable`].
+    pub fn unreadable(self, lang: Lang, error: serde_json::Error) -> Result<String, CsvError> {
+        let text = match self {
+            Rendering::Csv | Rendering::FlagsCsv => return Err(CsvError::Unreadable(error)),
+            Rendering::Html => unreadable_page(lang, &error.to_string()).into_string(),
+            Rendering::Markdown => format!(
                 "# {}\n\n{}\n",
                 words(lang).unreadable,
-                wb::unreadable(lang, &e.to_string())
-            )
-        }
+                wb::unreadable(lang, &error.to_string())
+            ),
+        };
+        tracing::warn!(error = %error, "A bulletin document does not read as a bulletin; showing why instead.");
+        Ok(text)
     }
-}
-
-/// The province table of the bulletin document as CSV (see [`csv_of`]).
-pub fn csv(doc: &Value, lang: Lang) -> Result<String, CsvError> {
-    csv_of(
-        &Bulletin::from_document(doc).map_err(CsvError::Unreadable)?,
-        lang,
-    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -224,42 +285,43 @@ fn points(b: &Bulletin) -> Vec<HistoryPoint> {
     p
 }
 
-/// A notice as the bulletin's notice log holds it (the notice book's record as issued);
-/// only what the bulletin shows is read.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct NoticeLine {
+/// What the bulletin shows of one entry of its notice log.
+#[derive(Debug, Default)]
+struct NoticeLine<'a> {
     id: u64,
-    rule: String,
-    addressee: String,
-    state: String,
-    text: String,
-    text_en: String,
+    rule: &'a str,
+    addressee: Option<RegionCode>,
+    state: &'a str,
+    text: &'a str,
     created: Option<DateTime<Utc>>,
 }
 
-impl NoticeLine {
+impl NoticeLine<'_> {
     /// The notice, or a line saying it cannot be read.
-    fn read(v: &Value, lang: Lang) -> NoticeLine {
-        NoticeLine::deserialize(v).unwrap_or_else(|_| NoticeLine {
-            text: words(lang).unreadable_notice.to_string(),
-            text_en: words(lang).unreadable_notice.to_string(),
-            ..NoticeLine::default()
-        })
-    }
-
-    fn text(&self, lang: Lang) -> &str {
-        match lang {
-            Lang::Zh => &self.text,
-            Lang::En => &self.text_en,
+    fn of(entry: &NoticeEntry, lang: Lang) -> NoticeLine<'_> {
+        match entry {
+            NoticeEntry::Notice(n) => NoticeLine {
+                id: n.id,
+                rule: &n.rule,
+                addressee: n.addressee,
+                state: &n.state,
+                text: match lang {
+                    Lang::Zh => &n.text,
+                    Lang::En => &n.text_en,
+                },
+                created: n.created,
+            },
+            NoticeEntry::Unreadable => NoticeLine {
+                text: words(lang).unreadable_notice,
+                ..NoticeLine::default()
+            },
         }
     }
 
     fn addressee(&self, b: &Bulletin, lang: Lang) -> String {
-        match self.addressee.parse::<RegionCode>() {
-            Ok(c) => region_label(b, c, lang),
-            Err(_) => self.addressee.clone(),
-        }
+        self.addressee
+            .map(|c| region_label(b, c, lang))
+            .unwrap_or_default()
     }
 }
 
@@ -389,7 +451,7 @@ fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, CsvError> {
 
 /// The province table as CSV (one row per provincial unit), written by the `csv` crate
 /// (quoting as RFC 4180 says) after a UTF-8 byte-order mark ([`CSV_BOM`]).
-pub fn csv_of(b: &Bulletin, lang: Lang) -> Result<String, CsvError> {
+pub fn csv(b: &Bulletin, lang: Lang) -> Result<String, CsvError> {
     let ids = milestone_ids(b);
     let mut w = csv::Writer::from_writer(CSV_BOM.as_bytes().to_vec());
     let mut header: Vec<String> = ["rank", "code", "name"]
@@ -478,7 +540,7 @@ fn unreadable_page(lang: Lang, error: &str) -> Markup {
 }
 
 /// The bulletin as a printable HTML page with an inline chart.
-pub fn html_of(b: &Bulletin, lang: Lang) -> String {
+pub fn html(b: &Bulletin, lang: Lang) -> String {
     let w = words(lang);
     let a = &b.assessment;
     html! {
@@ -911,15 +973,15 @@ fn notice_log(b: &Bulletin, lang: Lang) -> Markup {
             tr {
                 th { (w.notice_id) } th { (w.rule) } th { (w.addressee) } th { (w.state) } th { (w.text) }
             }
-            @for v in &b.notices {
-                @let n = NoticeLine::read(v, lang);
+            @for entry in &b.notices {
+                @let n = NoticeLine::of(entry, lang);
                 tr data-notice=(n.id) {
                     td.num { (n.id) }
-                    td { (wb::notice_rule(lang, &n.rule)) }
+                    td { (wb::notice_rule(lang, n.rule)) }
                     td { (n.addressee(b, lang)) }
-                    td { (wb::notice_state(lang, &n.state)) }
+                    td { (wb::notice_state(lang, n.state)) }
                     td {
-                        (n.text(lang))
+                        (n.text)
                         @if let Some(c) = n.created {
                             " " span.meta { (date(lang, &c.to_rfc3339())) }
                         }
@@ -945,7 +1007,7 @@ fn md(s: &str) -> String {
 }
 
 /// The bulletin as Markdown: the same sections as the HTML, without the chart.
-pub fn markdown_of(b: &Bulletin, lang: Lang) -> String {
+pub fn markdown(b: &Bulletin, lang: Lang) -> String {
     let w = words(lang);
     let a = &b.assessment;
     let n = &a.nation;
@@ -1180,15 +1242,15 @@ pub fn markdown_of(b: &Bulletin, lang: Lang) -> String {
         w.no_notices,
         b.notices
             .iter()
-            .map(|v| {
-                let n = NoticeLine::read(v, lang);
+            .map(|entry| {
+                let n = NoticeLine::of(entry, lang);
                 format!(
                     "#{} {} → {} [{}] {}",
                     n.id,
-                    wb::notice_rule(lang, &n.rule),
+                    wb::notice_rule(lang, n.rule),
                     n.addressee(b, lang),
-                    wb::notice_state(lang, &n.state),
-                    n.text(lang)
+                    wb::notice_state(lang, n.state),
+                    n.text
                 )
             })
             .collect(),
@@ -1202,7 +1264,7 @@ mod tests {
     use super::*;
 
     fn second() -> Bulletin {
-        let doc: Value =
+        let doc: serde_json::Value =
             serde_json::from_str(include_str!("../testdata/bulletin-2018-2.json")).expect("json");
         Bulletin::from_document(&doc).expect("bulletin")
     }
@@ -1231,7 +1293,7 @@ mod tests {
         gd.name = Some(hostile.into());
         gd.name_en = Some("Guang\"dong,\r\nX".into());
         for (lang, want) in [(Lang::Zh, hostile), (Lang::En, "Guang\"dong,\r\nX")] {
-            let out = csv_of(&b, lang).expect("csv");
+            let out = csv(&b, lang).expect("csv");
             assert!(out.as_bytes().starts_with(&[0xEF, 0xBB, 0xBF]), "{out:?}");
             let body = out.strip_prefix(CSV_BOM).expect("BOM");
             let mut r = ::csv::Reader::from_reader(body.as_bytes());
@@ -1253,13 +1315,70 @@ mod tests {
     #[test]
     fn a_document_that_is_not_a_bulletin_is_said_to_be_so() {
         let doc = serde_json::json!({ "number": "seven", "provinces": 3 });
+        let error = || Bulletin::from_document(&doc).expect_err("not a bulletin");
         for lang in [Lang::Zh, Lang::En] {
-            let page = html(&doc, lang);
+            let page = Rendering::Html.unreadable(lang, error()).expect("a page");
             assert!(page.contains(words(lang).unreadable), "{page}");
             assert!(page.contains("id=\"unreadable\""), "{page}");
-            let text = markdown(&doc, lang);
+            let text = Rendering::Markdown
+                .unreadable(lang, error())
+                .expect("Markdown");
             assert!(text.starts_with(&format!("# {}", words(lang).unreadable)));
-            assert!(matches!(csv(&doc, lang), Err(CsvError::Unreadable(_))));
+            for csv in [Rendering::Csv, Rendering::FlagsCsv] {
+                assert!(matches!(
+                    csv.unreadable(lang, error()),
+                    Err(CsvError::Unreadable(_))
+                ));
+            }
+        }
+    }
+
+    /// The names and extensions the CLI and the API accept, and what each is served as.
+    #[test]
+    fn formats_have_one_name_extension_and_content_type_each() {
+        for f in Format::ALL {
+            assert_eq!(Format::from_name(f.name()), Some(f));
+        }
+        let ext = |e: &str| Format::from_extension(e).map(Format::content_type);
+        assert_eq!(ext("json"), Some("application/json"));
+        assert_eq!(ext("html"), Some("text/html; charset=utf-8"));
+        assert_eq!(ext("md"), Some("text/markdown; charset=utf-8"));
+        assert_eq!(ext("csv"), Some("text/csv; charset=utf-8"));
+        // The flags CSV has a path of its own, not an extension.
+        assert_eq!(
+            Format::from_name("flags-csv").map(Format::content_type),
+            Some("text/csv; charset=utf-8")
+        );
+        for unknown in ["flags-csv", "xml", "markdown", "HTML", ""] {
+            assert_eq!(Format::from_extension(unknown), None, "{unknown}");
+        }
+        assert_eq!(Format::from_name("pdf"), None);
+    }
+
+    /// A notice of the log this hub cannot read is shown as such; the rest still reads.
+    #[test]
+    fn an_unreadable_notice_is_shown_as_such() {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(include_str!("../testdata/bulletin-2018-2.json")).expect("json");
+        doc["notices"] = serde_json::json!([
+            { "id": 1, "rule": "behind_pace", "addressee": "440000", "state": "pending",
+              "text": "广东落后", "text_en": "Guangdong is behind" },
+            { "id": "two", "text": "x" },
+            "not a notice",
+        ]);
+        let b = Bulletin::from_document(&doc).expect("the bulletin still reads");
+        assert!(matches!(b.notices[0], NoticeEntry::Notice(_)));
+        assert_eq!(
+            b.notices[1..],
+            [NoticeEntry::Unreadable, NoticeEntry::Unreadable]
+        );
+        for lang in [Lang::Zh, Lang::En] {
+            let unreadable = words(lang).unreadable_notice;
+            let page = html(&b, lang);
+            assert_eq!(page.matches(unreadable).count(), 2, "{page}");
+            assert!(page.contains(t(lang, "广东落后", "Guangdong is behind")));
+            let text = markdown(&b, lang);
+            assert_eq!(text.matches(unreadable).count(), 2, "{text}");
         }
     }
 
@@ -1309,8 +1428,8 @@ mod tests {
         b.history.clear();
         for lang in [Lang::Zh, Lang::En] {
             let w = words(lang);
-            let page = html_of(&b, lang);
-            let text = markdown_of(&b, lang);
+            let page = html(&b, lang);
+            let text = markdown(&b, lang);
             for sentence in [
                 w.no_lagging,
                 w.no_quota_violations,

@@ -103,7 +103,7 @@ pub fn tick(hub: &Hub, book: &NoticeBook) -> Result<(), String> {
     let cands = notices::candidates(&hub.campaign, &hub.snapshot().views, &registry, now);
     book.raise(hub.store.as_ref(), cands, now)
         .map_err(|e| e.to_string())?;
-    let numbers = bulletin::issue_due(hub, || book.log_json()).map_err(|e| e.to_string())?;
+    let numbers = bulletin::issue_due(hub, || book.log()).map_err(|e| e.to_string())?;
     if !numbers.is_empty() {
         info!(?numbers, "Issued scheduled bulletins.");
     }

@@ -26,8 +26,8 @@ fn rows(body: &[u8]) -> Vec<csv::StringRecord> {
 async fn the_http_csv_opens_with_a_bom_and_reads_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = TestHub::open(dir.path());
-    let doc = spacesync_hub::bulletin::issue(&t.hub, None, t.notices.log_json())
-        .expect("issue a bulletin");
+    let doc =
+        spacesync_hub::bulletin::issue(&t.hub, None, &t.notices.log()).expect("issue a bulletin");
     let n = doc["number"].as_u64().expect("number");
     let reader = t.token(Role::Ministry);
     for lang in ["zh", "en"] {

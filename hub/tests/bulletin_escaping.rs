@@ -1,7 +1,8 @@
 //! Names and reasons in a bulletin's HTML cannot become markup. Unit names (Chinese and
 //! English, in the ranking, the lagging list, plan problems, flag counts, extensions, the
 //! notice log), milestone titles, titles of the bulletin, extension reasons, nominees of a
-//! quota violation, notice texts, rules, addressees and states, and the checkpoint's note
+//! quota violation, notice texts, rules and states (addressees are region codes, drawn by
+//! the unit names above), and the checkpoint's note
 //! and root are drawn as text wherever they appear, whatever characters they hold. Source
 //! ids cannot hold any of these characters (their grammar is `[a-z0-9-]`), and plan
 //! problems are numbers; both are drawn through the same template.
@@ -15,8 +16,8 @@
 use chrono::{NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use spacesync_hub::assessment::{Bulletin, QuotaViolationItem};
-use spacesync_hub::render::{self, Lang};
+use spacesync_hub::assessment::{Bulletin, BulletinNotice, NoticeEntry, QuotaViolationItem};
+use spacesync_hub::render::{self, Format, Lang, Rendering};
 use spacesync_hub::views::{Extension, Flag};
 use spacesync_shared::SourceId;
 use spacesync_shared::campaign::NomineeType;
@@ -113,11 +114,27 @@ fn bulletin(n: &dyn Fn(usize) -> String) -> Bulletin {
         after: (on(5), 5),
         source: SourceId::parse("gd-a").expect("id"),
     });
+    // Addressees are region codes, drawn by the names above.
     b.notices = vec![
-        json!({"id": 1, "rule": n(140), "addressee": n(141), "state": n(142), "text": n(143),
-               "text_en": n(143), "created": "2018-11-20T01:00:00Z"}),
-        json!({"id": 2, "rule": "behind_pace", "addressee": "440000", "state": "pending",
-               "text": n(144), "text_en": n(144)}),
+        NoticeEntry::Notice(Box::new(BulletinNotice {
+            id: 1,
+            rule: n(140),
+            addressee: Some("110000".parse().expect("code")),
+            state: n(142),
+            text: n(143),
+            text_en: n(143),
+            created: Some(Utc.with_ymd_and_hms(2018, 11, 20, 1, 0, 0).unwrap()),
+            ..BulletinNotice::default()
+        })),
+        NoticeEntry::Notice(Box::new(BulletinNotice {
+            id: 2,
+            rule: "behind_pace".into(),
+            addressee: Some("440000".parse().expect("code")),
+            state: "pending".into(),
+            text: n(144),
+            text_en: n(144),
+            ..BulletinNotice::default()
+        })),
     ];
     b
 }
@@ -152,8 +169,8 @@ proptest! {
     ) {
         let lang = if english { Lang::En } else { Lang::Zh };
         let s = |i: usize| strings[i].clone();
-        let neutral = render::html_of(&bulletin(&placeholder), lang);
-        let hostile = render::html_of(&bulletin(&s), lang);
+        let neutral = render::html(&bulletin(&placeholder), lang);
+        let hostile = render::html(&bulletin(&s), lang);
         // The check is not vacuous: titles, unit names, milestone titles, the reason,
         // the nominee and the notice texts are on the page.
         let shown = [if english { 1 } else { 0 }, if english { 11 } else { 10 }, 130, 131, 143, 144];
@@ -177,7 +194,8 @@ proptest! {
 fn an_unreadable_document_is_explained_and_escaped() {
     let doc = json!({ "number": "<script>alert('x')</script>" });
     for lang in [Lang::Zh, Lang::En] {
-        let page = render::html(&doc, lang);
+        let html = Format::Rendered(Rendering::Html);
+        let page = spacesync_hub::bulletin::show(&doc, html, lang).expect("a page");
         assert!(!page.contains("<script"), "{page}");
         assert!(page.contains("id=\"unreadable\""), "{page}");
     }

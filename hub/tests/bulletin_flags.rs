@@ -63,10 +63,10 @@ async fn two_bulletins(th: &TestHub) -> Value {
     th.register(&gd);
     th.register(&bj);
     send_all(th, &mut gd, &GD_COUNTIES).await;
-    spacesync_hub::bulletin::issue(&th.hub, None, json!([])).expect("bulletin 1");
+    spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("bulletin 1");
     th.clock.advance(chrono::Duration::days(7));
     send_all(th, &mut bj, &BJ_COUNTIES).await;
-    spacesync_hub::bulletin::issue(&th.hub, None, json!([])).expect("bulletin 2")
+    spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("bulletin 2")
 }
 
 /// The rows of a flags CSV after its BOM, header first.
@@ -92,7 +92,7 @@ async fn a_flag_heavy_bulletin_is_summarised_and_its_csv_holds_every_flag() {
     assert_eq!(b.history.len(), 1);
 
     for lang in [Lang::Zh, Lang::En] {
-        let html = render::html(&doc, lang);
+        let html = render::html(&b, lang);
         // Printed one per line, 3,600 flags made this page about a megabyte.
         assert!(html.len() < 100 * 1024, "{lang:?}: {} bytes", html.len());
         assert_eq!(
@@ -126,7 +126,7 @@ async fn a_flag_heavy_bulletin_is_summarised_and_its_csv_holds_every_flag() {
             !html.contains("\"before\":["),
             "{lang:?}: a flag printed as JSON"
         );
-        let md = render::markdown(&doc, lang);
+        let md = render::markdown(&b, lang);
         assert!(
             md.len() < 40 * 1024,
             "{lang:?}: {} bytes of Markdown",

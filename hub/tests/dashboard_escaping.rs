@@ -107,7 +107,10 @@ fn pages(lang: Lang, n: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)>
     };
     // A real issued bulletin (the scripted 2018 campaign's second), with hostile titles.
     let mut doc = spacesync_hub::assessment::Bulletin::from_document(
-        &serde_json::from_str(include_str!("../testdata/bulletin-2018-2.json")).expect("json"),
+        &serde_json::from_str::<serde_json::Value>(include_str!(
+            "../testdata/bulletin-2018-2.json"
+        ))
+        .expect("json"),
     )
     .expect("bulletin");
     doc.title = n(70);

@@ -504,7 +504,7 @@ async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
         "{n}"
     );
 
-    let doc = spacesync_hub::bulletin::issue(&t.hub, None, t.notices.log_json()).expect("issue");
+    let doc = spacesync_hub::bulletin::issue(&t.hub, None, &t.notices.log()).expect("issue");
     let item = doc["plan_problems"]
         .as_array()
         .and_then(|l| l.iter().find(|p| p["code"] == "110000"))
@@ -697,7 +697,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
     assert!(!page.text().contains(SECRET));
 
     // Bulletins, every format, and they still verify against the log.
-    let doc = spacesync_hub::bulletin::issue(&t.hub, None, t.notices.log_json()).expect("issue");
+    let doc = spacesync_hub::bulletin::issue(&t.hub, None, &t.notices.log()).expect("issue");
     let n = doc["number"].as_u64().expect("number");
     assert!(doc["notices"].to_string().contains(&ids[1]));
     let ministry = t.token(Role::Ministry);

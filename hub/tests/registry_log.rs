@@ -78,7 +78,7 @@ async fn revoking_sources_an_old_bulletin_named_leaves_it_verifiable() {
         teachers("440106", "4401060001", "2018-11-05", 90),
     ]))
     .await;
-    let doc = bulletin::issue(&th.hub, None, json!([])).expect("issue");
+    let doc = bulletin::issue(&th.hub, None, &[]).expect("issue");
     assert!(
         names(&doc["silent_sources"], "bj-a"),
         "{}",
@@ -99,7 +99,7 @@ async fn revoking_sources_an_old_bulletin_named_leaves_it_verifiable() {
     let now = registry::as_of(th.hub.store.as_ref(), u64::MAX).expect("as of now");
     assert!(now.iter().all(|r| r.status == SourceStatus::Revoked));
     // A bulletin issued now no longer lists the revoked source as silent.
-    let later = bulletin::issue(&th.hub, None, json!([])).expect("issue");
+    let later = bulletin::issue(&th.hub, None, &[]).expect("issue");
     assert!(!names(&later["silent_sources"], "bj-a"));
     verify_bulletin(&th.hub, &later).expect("the new bulletin verifies");
     log_verifies(th.hub.store.as_ref());
@@ -230,7 +230,7 @@ async fn an_old_stores_registry_is_the_starting_point() {
     let mut gd = gd;
     th.ingest_ok(&gd.batch(&[teachers("440106", "4401060001", "2018-11-01", 100)]))
         .await;
-    let old = bulletin::issue(&th.hub, None, json!([])).expect("issue");
+    let old = bulletin::issue(&th.hub, None, &[]).expect("issue");
     assert!(names(&old["silent_sources"], "bj-a"));
     verify_bulletin(&th.hub, &old).expect("verifies before any registry entry");
     assert!(hub_entries(th.hub.store.as_ref()).is_empty());
@@ -472,7 +472,7 @@ fn concurrent_issuers_take_distinct_numbers() {
                 s.spawn(|| {
                     (0..3)
                         .map(|_| {
-                            bulletin::issue(hub, None, json!([])).expect("issue")["number"]
+                            bulletin::issue(hub, None, &[]).expect("issue")["number"]
                                 .as_u64()
                                 .expect("number")
                         })

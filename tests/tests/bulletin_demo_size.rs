@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
+use spacesync_hub::assessment::Bulletin;
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::render::{self, Lang};
@@ -138,8 +139,9 @@ fn bulletin_13_of_the_demo_campaign_is_well_under_300_kb() {
     let flags = b["flags"].as_array().map_or(0, Vec::len);
     let history = b["history"].as_array().map_or(0, Vec::len);
     let notices = b["notices"].as_array().map_or(0, Vec::len);
-    let zh = render::html(&b, Lang::Zh);
-    let en = render::html(&b, Lang::En);
+    let typed = Bulletin::from_document(&b).expect("the bulletin reads back");
+    let zh = render::html(&typed, Lang::Zh);
+    let en = render::html(&typed, Lang::En);
     if let Some(path) = std::env::var_os("SPACESYNC_BULLETIN13_HTML") {
         std::fs::write(&path, &zh).expect("write the HTML");
         std::fs::write(

@@ -11,6 +11,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
+use spacesync_hub::assessment::Bulletin;
 use spacesync_hub::bulletin;
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::render::{self, Lang};
@@ -92,9 +93,9 @@ fn a_bulletin(dir: &std::path::Path) -> Value {
         assert_eq!(out.status, 200, "{:?}", out.response.refused);
     }
     // Two bulletins a day apart, so the second has one earlier bulletin in its history.
-    bulletin::issue(&hub, None, json!([])).expect("issue");
+    bulletin::issue(&hub, None, &[]).expect("issue");
     clock.set(at("2018-11-21T09:00:00+08:00"));
-    bulletin::issue(&hub, None, json!([])).expect("issue")
+    bulletin::issue(&hub, None, &[]).expect("issue")
 }
 
 fn screenshots() -> PathBuf {
@@ -107,8 +108,9 @@ fn screenshots() -> PathBuf {
 async fn html_bulletins_render_in_chromium_with_the_same_figures_in_both_languages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = a_bulletin(dir.path());
-    let zh = render::html(&b, Lang::Zh);
-    let en = render::html(&b, Lang::En);
+    let typed = Bulletin::from_document(&b).expect("the bulletin reads back");
+    let zh = render::html(&typed, Lang::Zh);
+    let en = render::html(&typed, Lang::En);
     let app = Router::new()
         .route("/zh", get(move || async move { Html(zh) }))
         .route("/en", get(move || async move { Html(en) }));

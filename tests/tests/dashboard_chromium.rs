@@ -361,7 +361,7 @@ fn dashboard_drill_down_in_chromium() {
     ] {
         bj.send(&hub, r);
     }
-    spacesync_hub::bulletin::issue(&hub, None, json!([])).expect("issue bulletin");
+    spacesync_hub::bulletin::issue(&hub, None, &[]).expect("issue bulletin");
     let ministry = auth::create_token(store.as_ref(), Role::Ministry, None, now).unwrap();
     let beijing = auth::create_token(
         store.as_ref(),

@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use serde_json::json;
 use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::hub::{Hub, Limits};
@@ -87,7 +86,7 @@ async fn the_overview_of_the_demo_campaign_stays_under_200_kb() {
             records += chunk.len();
         }
     }
-    spacesync_hub::bulletin::issue(&hub, None, json!([])).expect("bulletin");
+    spacesync_hub::bulletin::issue(&hub, None, &[]).expect("bulletin");
     let ministry = auth::create_token(store.as_ref(), Role::Ministry, None, now).expect("token");
     let guangdong = auth::create_token(
         store.as_ref(),

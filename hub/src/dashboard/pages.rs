@@ -23,6 +23,7 @@ use crate::access::{DashboardRegion, DashboardUser, PageDenied, PageRefusal, Sub
 use crate::assessment::Bulletin;
 use crate::auth::Role;
 use crate::registry::SourceStatus;
+use crate::render::{Format, Rendering};
 use crate::state::AppState;
 use crate::views::{Figures, Rollup};
 use crate::wording::dashboard::{self as wd, words};
@@ -984,7 +985,8 @@ pub async fn sources_page(
 // Bulletins, flag lists.
 
 /// `GET /bulletins/{n}`: an issued bulletin rendered by [`crate::render::html`] (already
-/// a whole, escaped document), for browser sessions.
+/// a whole, escaped document; a page saying why for a document that does not read as a
+/// bulletin), for browser sessions.
 pub async fn bulletin_page(
     State(s): State<AppState>,
     user: DashboardUser,
@@ -1001,11 +1003,12 @@ pub async fn bulletin_page(
         )
     };
     let num = n.parse::<u64>().map_err(|_| not_found())?;
+    let html = Format::Rendered(Rendering::Html);
     match crate::bulletin::get(s.hub.store.as_ref(), num) {
-        Ok(doc) => Ok(html_response(
-            StatusCode::OK,
-            PreEscaped(crate::render::html(&doc, user.lang)),
-        )),
+        Ok(doc) => match crate::bulletin::show(&doc, html, user.lang) {
+            Ok(page) => Ok(html_response(StatusCode::OK, PreEscaped(page))),
+            Err(e) => Err(unavailable(&user, e)),
+        },
         Err(crate::bulletin::BulletinError::NotFound(_)) => Err(not_found()),
         Err(e) => Err(unavailable(&user, e)),
     }
