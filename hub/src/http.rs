@@ -3,6 +3,7 @@
 //! `app(state)` builds the whole router; tests drive it with `tower::ServiceExt::oneshot`
 //! and a few real-socket tests on port 0. Every non-2xx answer is a `wire::ErrorBody`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,9 +20,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spacesync_shared::keys::public_key_line;
+use spacesync_shared::record::{Population, SpaceCounts, SpaceKind};
 use spacesync_shared::region::{Level, PROVINCIAL_UNITS};
 use spacesync_shared::wire::{
     self, ErrorBody, IngestBatch, NoticeAck, NoticesPage, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
@@ -37,7 +39,7 @@ use crate::ingest::IngestError;
 use crate::log;
 use crate::registry::SourceStatus;
 use crate::render::{Format, Rendering};
-use crate::views::{figures_json, region_name};
+use crate::views::{Coverage, Figures, region_name};
 
 /// Largest accepted request body, after decompression.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -788,6 +790,38 @@ async fn agent_notices_ack(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A region's (or the nation's) figures on the wire: `spaces.<kind>`, `real_name.<kind>`,
+/// `baseline.<kind>`, `population`, `new_spaces`, `new_by_kind`, `coverage`. The
+/// handlers add the region's own members beside them.
+#[derive(Debug, Serialize)]
+struct FiguresBody {
+    spaces: SpaceCounts,
+    real_name: SpaceCounts,
+    baseline: SpaceCounts,
+    population: Population,
+    new_spaces: i64,
+    /// New spaces per kind, for the kinds whose count is known.
+    new_by_kind: BTreeMap<&'static str, i64>,
+    coverage: Coverage,
+}
+
+impl FiguresBody {
+    fn of(f: &Figures) -> FiguresBody {
+        FiguresBody {
+            spaces: f.spaces,
+            real_name: f.real_name,
+            baseline: f.baseline,
+            population: f.population,
+            new_spaces: f.new_spaces(),
+            new_by_kind: SpaceKind::ALL
+                .iter()
+                .filter_map(|k| f.new_of(*k).map(|n| (k.as_str(), n)))
+                .collect(),
+            coverage: f.coverage(),
+        }
+    }
+}
+
 async fn progress(
     State(s): State<AppState>,
     Reader(role): Reader,
@@ -801,7 +835,7 @@ async fn progress(
         .iter()
         .filter(|u| role.can_read(**u))
         .map(|u| {
-            let mut v = figures_json(&rollup.region(*u));
+            let mut v = json!(FiguresBody::of(&rollup.region(*u)));
             v["code"] = json!(u.to_string());
             v["name"] = json!(region_name(*u));
             v["name_en"] = json!(
@@ -825,7 +859,7 @@ async fn progress(
         }).collect::<Vec<_>>(),
     });
     if role.reads_all() {
-        body["nation"] = figures_json(&rollup.nation);
+        body["nation"] = json!(FiguresBody::of(&rollup.nation));
     }
     Ok(Json(body))
 }
@@ -837,7 +871,7 @@ async fn region(
     let hub = &s.hub;
     let st = hub.snapshot();
     let rollup = st.views.rollup(&hub.campaign);
-    let mut v = figures_json(&rollup.region(code));
+    let mut v = json!(FiguresBody::of(&rollup.region(code)));
     v["code"] = json!(code.to_string());
     v["name"] = json!(region_name(code));
     v["level"] = json!(code.level());
@@ -846,7 +880,7 @@ async fn region(
         .iter()
         .filter(|(c, _)| c.parent() == Some(code))
         .map(|(c, f)| {
-            let mut cv = figures_json(f);
+            let mut cv = json!(FiguresBody::of(f));
             cv["code"] = json!(c.to_string());
             cv["name"] = json!(region_name(*c));
             cv
@@ -860,7 +894,7 @@ async fn region(
             .into_iter()
             .flatten()
             .map(|(sc, f)| {
-                let mut sv = figures_json(f);
+                let mut sv = json!(FiguresBody::of(f));
                 sv["code"] = json!(sc.to_string());
                 sv
             })
@@ -1061,4 +1095,46 @@ fn metrics_text(s: &AppState) -> Response {
     ));
     out.push_str(&connection_metrics("spacesync_hub", &s.conns));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures' JSON is what it was when it was built member by member with `json!`.
+    #[test]
+    fn figures_have_their_wire_members() {
+        let mut f = Figures::default();
+        f.spaces.set(SpaceKind::Teacher, Some(120));
+        f.spaces.set(SpaceKind::Student, Some(900));
+        f.real_name.set(SpaceKind::Teacher, Some(100));
+        f.baseline.set(SpaceKind::Teacher, Some(20));
+        f.population = Population {
+            teachers: Some(200),
+            students: None,
+            schools: Some(3),
+        };
+        let new_by_kind: BTreeMap<&str, i64> = SpaceKind::ALL
+            .iter()
+            .filter_map(|k| f.new_of(*k).map(|n| (k.as_str(), n)))
+            .collect();
+        let want = json!({
+            "spaces": f.spaces,
+            "real_name": f.real_name,
+            "baseline": f.baseline,
+            "population": f.population,
+            "new_spaces": f.new_spaces(),
+            "new_by_kind": new_by_kind,
+            "coverage": f.coverage(),
+        });
+        assert_eq!(json!(FiguresBody::of(&f)), want);
+        assert_eq!(
+            want["new_by_kind"],
+            json!({ "teacher": 100, "student": 900 })
+        );
+        assert_eq!(
+            json!(FiguresBody::of(&Figures::default()))["new_by_kind"],
+            json!({})
+        );
+    }
 }

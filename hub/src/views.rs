@@ -639,24 +639,6 @@ impl Rollup {
     }
 }
 
-/// Figures as JSON for the API: `spaces.<kind>`, `real_name.<kind>`, `baseline.<kind>`,
-/// `population`, `new_spaces`, `new_by_kind`, `coverage`.
-pub fn figures_json(f: &Figures) -> Value {
-    let new_by_kind: BTreeMap<&str, i64> = SpaceKind::ALL
-        .iter()
-        .filter_map(|k| f.new_of(*k).map(|n| (k.as_str(), n)))
-        .collect();
-    serde_json::json!({
-        "spaces": f.spaces,
-        "real_name": f.real_name,
-        "baseline": f.baseline,
-        "population": f.population,
-        "new_spaces": f.new_spaces(),
-        "new_by_kind": new_by_kind,
-        "coverage": f.coverage(),
-    })
-}
-
 /// The name of a region for display: the unit table for provinces, else the directory.
 pub fn region_name(code: RegionCode) -> Option<String> {
     unit(code)
