@@ -495,8 +495,11 @@ pub fn candidates(
             .and_then(|u| u.milestones.get(&plan_id))
         {
             Some(cell) => milestone_facts(&plan_id, cell),
+            // No cell (the campaign's plan milestone is not a deliverable): its deadline
+            // as the campaign file states it.
             None => NoticeFacts {
                 milestone: Some(plan_id.clone()),
+                due: campaign.milestone(&plan_id).map(|m| m.due),
                 ..NoticeFacts::default()
             },
         };
@@ -1069,6 +1072,46 @@ mod tests {
             entry,
             crate::assessment::NoticeEntry::Notice(Box::new(logged))
         );
+    }
+
+    /// A plan notice names its milestone and the deadline even when the campaign has no
+    /// deliverable cell for the plan (here: the plan milestone made a window).
+    #[test]
+    fn a_plan_notice_without_a_plan_cell_still_carries_its_due_date() {
+        use spacesync_shared::campaign::MilestoneKind;
+        let mut campaign = Campaign::builtin_2018();
+        let def = campaign
+            .milestones
+            .iter_mut()
+            .find(|m| m.id == tracking::PLAN_MILESTONE)
+            .unwrap();
+        def.kind = MilestoneKind::Window;
+        def.opens = Some(def.due);
+        let due = def.due;
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let plan = serde_json::json!({ "kind": "milestone", "milestone": "implementation_plan",
+            "region": "110000", "submitted_on": "2018-11-17",
+            "document": { "title": "方案", "sha256": "9f2c4b6e1a3d5f7081c2e4a6b8d0f1e3c5a7b9d1f3e5a7c9b1d3f5a7c9e1b3d5" },
+            "details": { "years": { "2018": ["110101"] } } });
+        let record = spacesync_shared::Record::from_value(&plan).unwrap();
+        let mut views = Views::default();
+        let meta = crate::views::Meta {
+            log_index: 1,
+            received_at: at("2018-11-17T02:00:00Z"),
+            source: SourceId::parse("bj-rrt").unwrap(),
+            seq: 1,
+            recorded_at: at("2018-11-17T02:00:00Z"),
+            withdrawn_by: None,
+        };
+        views.apply(meta, &record, &mut WriteBatch::new());
+        let notices = candidates(&campaign, &views, &[], at("2018-11-20T01:00:00Z"));
+        let plan = notices
+            .iter()
+            .find(|c| c.rule == "plan_incomplete")
+            .unwrap_or_else(|| panic!("no plan notice in {notices:?}"));
+        assert_eq!(plan.facts.milestone.as_deref(), Some("implementation_plan"));
+        assert_eq!(plan.facts.due, Some(due));
+        assert!(!plan.facts.problems.is_empty());
     }
 
     #[test]

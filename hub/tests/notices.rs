@@ -503,8 +503,27 @@ async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
         serde_json::json!([{ "problem": "years", "covered": 1, "min": 2, "max": 3 }]),
         "{n}"
     );
+    // The same over the API, and in a province's own view.
+    for role in [
+        spacesync_hub::auth::Role::Ministry,
+        spacesync_hub::auth::Role::Province(bj.scope),
+    ] {
+        let token = t.token(role);
+        let r = t.get("/v1/notices", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let api = r.json()["notices"].as_array().cloned().unwrap_or_default();
+        let n = find(&api, "plan_incomplete", "110000", "");
+        assert_eq!(n["milestone"], "implementation_plan", "{role:?}: {n}");
+        assert_eq!(n["due"], "2018-11-15", "{role:?}: {n}");
+        assert_eq!(n["days_late"], 2, "{role:?}: {n}");
+    }
 
     let doc = spacesync_hub::bulletin::issue(&t.hub, None, &t.notices.log()).expect("issue");
+    // The bulletin's notice log carries the same facts.
+    let logged = doc["notices"].as_array().cloned().unwrap_or_default();
+    let n = find(&logged, "plan_incomplete", "110000", "");
+    assert_eq!(n["milestone"], "implementation_plan", "{n}");
+    assert_eq!(n["due"], "2018-11-15", "{n}");
     let item = doc["plan_problems"]
         .as_array()
         .and_then(|l| l.iter().find(|p| p["code"] == "110000"))
