@@ -10,12 +10,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use spacesync_shared::Campaign;
 use spacesync_shared::dsse::key_id;
 use spacesync_shared::merkle::{self, NoteVerifier};
 
-use crate::assessment::{Bulletin, BulletinNotice, HistoryPoint};
+use crate::assessment::{Bulletin, BulletinCheckpoint, BulletinNotice, HistoryPoint};
 use crate::hub::Hub;
 use crate::maintenance::rebuild_views_upto;
 use crate::registry;
@@ -127,18 +129,54 @@ pub fn show(doc: &Value, format: Format, lang: Lang) -> Result<String, CsvError>
     }
 }
 
-/// Numbers of issued bulletins with their issue times.
-pub fn list(store: &dyn Store) -> Result<Vec<Value>, BulletinError> {
+/// An issued bulletin as the bulletin list shows it (`bulletin list`, `GET /v1/bulletins`,
+/// the dashboard's latest bulletin).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listed {
+    /// Its number.
+    pub number: u64,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// The schedule slot it was issued for (absent: issued on demand).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Its Chinese title.
+    pub title: String,
+    /// The log checkpoint its figures were computed at.
+    pub checkpoint: BulletinCheckpoint,
+    /// How many provincial units it lists as lagging.
+    pub lagging: usize,
+}
+
+/// What [`list`] reads of a stored bulletin, and nothing more.
+#[derive(Deserialize)]
+struct Head {
+    number: u64,
+    issued_at: DateTime<Utc>,
+    #[serde(default)]
+    scheduled_for: Option<DateTime<Utc>>,
+    title: String,
+    checkpoint: BulletinCheckpoint,
+    #[serde(default)]
+    lagging: Vec<IgnoredAny>,
+}
+
+/// Every issued bulletin, oldest first.
+pub fn list(store: &dyn Store) -> Result<Vec<Listed>, BulletinError> {
     let mut out = Vec::new();
     for r in store.scan(BULLETIN_PREFIX) {
-        let (_, v) = r?;
-        let doc: Value =
-            serde_json::from_slice(&v).map_err(|e| BulletinError::Malformed(e.to_string()))?;
-        out.push(json!({
-            "number": doc["number"], "issued_at": doc["issued_at"], "scheduled_for": doc["scheduled_for"],
-            "title": doc["title"], "checkpoint": doc["checkpoint"],
-            "lagging": doc["lagging"].as_array().map_or(0, Vec::len),
-        }));
+        let (k, v) = r?;
+        let h: Head = serde_json::from_slice(&v).map_err(|e| {
+            let n = crate::store::keys::tail_u64(&k).unwrap_or_default();
+            BulletinError::Malformed(format!("bulletin {n}: {e}"))
+        })?;
+        out.push(Listed {
+            number: h.number,
+            issued_at: h.issued_at,
+            scheduled_for: h.scheduled_for,
+            title: h.title,
+            checkpoint: h.checkpoint,
+            lagging: h.lagging.len(),
+        });
     }
     Ok(out)
 }

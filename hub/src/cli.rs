@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -624,12 +624,8 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
                 println!("{}", json("the bulletin list", &list)?);
             } else {
                 for b in list {
-                    println!(
-                        "{:>4}  {}  {}",
-                        b["number"],
-                        b["issued_at"].as_str().unwrap_or(""),
-                        b["title"].as_str().unwrap_or("")
-                    );
+                    let issued = b.issued_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                    println!("{:>4}  {issued}  {}", b.number, b.title);
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
@@ -351,10 +351,10 @@ fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
         let hub = open_over(sled.clone(), at + Duration::minutes(1));
         let book = NoticeBook::load(hub.store.as_ref()).expect("notices");
         schedule::tick(&hub, &book).expect("tick after restart");
-        let for_slot: Vec<Value> = bulletin::list(hub.store.as_ref())
+        let for_slot: Vec<bulletin::Listed> = bulletin::list(hub.store.as_ref())
             .expect("list")
             .into_iter()
-            .filter(|b| b["scheduled_for"] == json!(slot))
+            .filter(|b| b.scheduled_for == Some(slot))
             .collect();
         assert_eq!(
             for_slot.len(),
@@ -363,7 +363,7 @@ fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
             for_slot.len()
         );
         for b in for_slot {
-            let n = b["number"].as_u64().expect("number");
+            let n = b.number;
             verify_bulletin(&hub, &bulletin::get(hub.store.as_ref(), n).expect("get"))
                 .expect("verifies");
         }

@@ -450,7 +450,7 @@ pub fn bulletin_box(
     role: Role,
 ) -> Result<Markup, crate::bulletin::BulletinError> {
     let list = crate::bulletin::list(s.hub.store.as_ref())?;
-    let Some(n) = list.last().and_then(|b| b["number"].as_u64()) else {
+    let Some(n) = list.last().map(|b| b.number) else {
         return Ok(bulletin_box_markup(lang, role, None));
     };
     let doc = crate::bulletin::get(s.hub.store.as_ref(), n)?;
