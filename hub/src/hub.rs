@@ -256,7 +256,12 @@ impl LogThrottle {
     }
 }
 
-fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State, LoadError> {
+fn load_state(
+    store: &dyn Store,
+    origin: &str,
+    key: &SigningKey,
+    campaign: &Campaign,
+) -> Result<State, LoadError> {
     let log = Log::load(store)?;
     let mut registry = HashMap::new();
     let mut heads = imbl::HashMap::new();
@@ -277,7 +282,7 @@ fn load_state(store: &dyn Store, origin: &str, key: &SigningKey) -> Result<State
         }
         registry.insert(rec.id.clone(), rec);
     }
-    let views = Views::load(store)?;
+    let views = Views::load(store, campaign.baseline)?;
     let checkpoint = match store.get(keys::CHECKPOINT)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
         None => log.checkpoint(origin, key)?,
@@ -310,7 +315,7 @@ impl Hub {
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> Result<Hub, LoadError> {
-        let state = load_state(store.as_ref(), &origin, &key)?;
+        let state = load_state(store.as_ref(), &origin, &key, &campaign)?;
         let published = RwLock::new(Arc::new(Snapshot::of(&state)));
         Ok(Hub {
             published,
@@ -352,7 +357,7 @@ impl Hub {
 
     /// Reloads the state from the store (after a failed write left memory ahead of disk).
     pub(crate) fn reload(&self, st: &mut State) {
-        match load_state(self.store.as_ref(), &self.origin, &self.key) {
+        match load_state(self.store.as_ref(), &self.origin, &self.key, &self.campaign) {
             Ok(fresh) => *st = fresh,
             Err(e) => error!(error = %e, "Reloading hub state after a storage failure failed."),
         }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
 use spacesync_shared::chain::{ChainError, ChainVerifier};
 use spacesync_shared::entry::Entry;
@@ -22,18 +23,25 @@ use crate::registry;
 use crate::store::{Store, StoreError, WriteBatch, keys};
 use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 
-/// Recomputes the views from the log alone. Returns them with the batch that replaces the
-/// stored view items.
+/// The baseline date given to views of which only the stored items are used (`rebuild`
+/// writes them, `verify` compares them); their merged figures are never read, so which
+/// date does not matter.
+const ITEMS_ONLY: NaiveDate = NaiveDate::MIN;
+
+/// Recomputes the views from the log alone, merged for a campaign whose baseline date is
+/// `baseline`. Returns them with the batch that replaces the stored view items.
 pub fn rebuild_views(
     store: &dyn Store,
+    baseline: NaiveDate,
     progress: impl FnMut(u64),
 ) -> Result<(Views, WriteBatch), StoreError> {
-    rebuild_views_upto(store, u64::MAX, progress)
+    rebuild_views_upto(store, baseline, u64::MAX, progress)
 }
 
 /// The views as they were when the log had `size` leaves.
 pub fn rebuild_views_upto(
     store: &dyn Store,
+    baseline: NaiveDate,
     size: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<(Views, WriteBatch), StoreError> {
@@ -41,7 +49,7 @@ pub fn rebuild_views_upto(
     for r in store.scan(keys::VIEW) {
         batch.delete(r?.0);
     }
-    let mut views = Views::default();
+    let mut views = Views::new(baseline);
     for r in log::iter(store) {
         let (index, rec) = r?;
         if index >= size {
@@ -82,7 +90,7 @@ pub fn rebuild_views_upto(
 /// registry with the one its registry entries give (on a store whose log holds none, the
 /// registry as it stands is kept: see [`crate::registry`]). One atomic write.
 pub fn rebuild(store: &dyn Store, progress: impl FnMut(u64)) -> Result<u64, StoreError> {
-    let (views, mut batch) = rebuild_views(store, progress)?;
+    let (views, mut batch) = rebuild_views(store, ITEMS_ONLY, progress)?;
     if let Some(reg) = registry::replay(store)? {
         batch.extend(registry::replace_batch(store, &reg)?);
     }
@@ -332,7 +340,7 @@ pub fn verify(
 /// The views are derived state: the stored items must be exactly what the log implies,
 /// or the hub serves figures that miss (or invent) entries.
 fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), StoreError> {
-    let stored = match Views::load(store) {
+    let stored = match Views::load(store, ITEMS_ONLY) {
         Ok(v) => v,
         Err(e) => {
             report.problems.push(format!(
@@ -342,7 +350,7 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
         }
     };
     // A log that does not decode is reported above; there is nothing to compare with.
-    let Ok((rebuilt, _)) = rebuild_views(store, |_| {}) else {
+    let Ok((rebuilt, _)) = rebuild_views(store, ITEMS_ONLY, |_| {}) else {
         return Ok(());
     };
     let want: HashMap<u64, &crate::views::Item> =

@@ -1094,7 +1094,7 @@ mod tests {
             "document": { "title": "方案", "sha256": "9f2c4b6e1a3d5f7081c2e4a6b8d0f1e3c5a7b9d1f3e5a7c9b1d3f5a7c9e1b3d5" },
             "details": { "years": { "2018": ["110101"] } } });
         let record = spacesync_shared::Record::from_value(&plan).unwrap();
-        let mut views = Views::default();
+        let mut views = Views::new(Campaign::builtin_2018().baseline);
         let meta = crate::views::Meta {
             log_index: 1,
             received_at: at("2018-11-17T02:00:00Z"),

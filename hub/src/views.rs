@@ -30,6 +30,9 @@ use spacesync_shared::{Record, RegionCode, SourceId};
 
 use crate::store::{Store, StoreError, WriteBatch};
 
+mod subjects;
+use subjects::Summary;
+
 const ITEM_PREFIX: &[u8] = b"v/i/";
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
 
@@ -203,18 +206,29 @@ type Subject = (RegionCode, Option<SchoolCode>);
 
 /// The merged views. A clone is cheap and independent: later changes to either do not
 /// show in the other.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Views {
+    /// The campaign's baseline date (the merge rule's baseline figures depend on it).
+    baseline: NaiveDate,
     /// Items by log index; shared with snapshots, copied on write (a withdrawal).
     items: OrdMap<u64, Arc<Item>>,
     /// Log index of each entry per source and seq, to find a withdrawal's target.
     by_source_seq: OrdMap<SourceId, OrdMap<u64, u64>>,
-    /// Snapshot item indexes per subject.
-    subjects: OrdMap<Subject, Vector<u64>>,
+    /// Per subject: its snapshots' log indexes and their merged summary.
+    subjects: OrdMap<Subject, Arc<SubjectState>>,
     /// Per source: entries, last receive time.
     sources: OrdMap<SourceId, SourceActivity>,
     /// Deadline extensions, by log index.
     extensions: OrdMap<u64, Extension>,
+}
+
+/// One subject's snapshots and what they merge to.
+#[derive(Clone, Default)]
+struct SubjectState {
+    /// Log indexes of its snapshots, in log order (withdrawn ones included).
+    snapshots: Vector<u64>,
+    /// Its live snapshots merged (see [`subjects`]).
+    summary: Summary,
 }
 
 /// What the views know of a source's traffic.
@@ -229,9 +243,21 @@ pub struct SourceActivity {
 }
 
 impl Views {
-    /// Loads the persisted items.
-    pub fn load(store: &dyn Store) -> Result<Views, StoreError> {
-        let mut v = Views::default();
+    /// Empty views for a campaign whose baseline date is `baseline`.
+    pub fn new(baseline: NaiveDate) -> Views {
+        Views {
+            baseline,
+            items: OrdMap::new(),
+            by_source_seq: OrdMap::new(),
+            subjects: OrdMap::new(),
+            sources: OrdMap::new(),
+            extensions: OrdMap::new(),
+        }
+    }
+
+    /// Loads the persisted items, for a campaign whose baseline date is `baseline`.
+    pub fn load(store: &dyn Store, baseline: NaiveDate) -> Result<Views, StoreError> {
+        let mut v = Views::new(baseline);
         for r in store.scan(EXTENSION_PREFIX) {
             let (k, bytes) = r?;
             let idx = crate::store::keys::tail_u64(&k).unwrap_or(0);
@@ -276,13 +302,27 @@ impl Views {
         act.entries += 1;
         act.last_received = act.last_received.max(Some(item.meta.received_at));
         act.last_recorded = act.last_recorded.max(Some(item.meta.recorded_at));
+        let item = Arc::new(item);
+        self.items.insert(idx, item.clone());
         if let Record::SpaceCount(s) = &item.record {
-            self.subjects
-                .entry((s.region, s.school))
-                .or_default()
-                .push_back(idx);
+            let subject = (s.region, s.school);
+            let state = Arc::make_mut(self.subjects.entry(subject).or_default());
+            state.snapshots.push_back(idx);
+            let in_order = item.meta.withdrawn_by.is_some()
+                || state.summary.extend(subject, &item.meta, s, self.baseline);
+            if !in_order {
+                self.resummarise(subject);
+            }
         }
-        self.items.insert(idx, Arc::new(item));
+    }
+
+    /// Rebuilds a subject's summary from its live snapshots (after one dated earlier than
+    /// its latest arrived, or one was withdrawn).
+    fn resummarise(&mut self, subject: Subject) {
+        let summary = Summary::of(subject, self.snapshots(&subject), self.baseline);
+        if let Some(state) = self.subjects.get_mut(&subject) {
+            Arc::make_mut(state).summary = summary;
+        }
     }
 
     fn persist(item: &Item, batch: &mut WriteBatch) {
@@ -315,6 +355,10 @@ impl Views {
                 let item = Arc::make_mut(item);
                 item.meta.withdrawn_by = Some(meta.log_index);
                 Self::persist(item, batch);
+                if let Record::SpaceCount(s) = &item.record {
+                    let subject = (s.region, s.school);
+                    self.resummarise(subject);
+                }
             }
         }
         let item = Item {
@@ -367,7 +411,7 @@ impl Views {
         self.subjects
             .get(subject)
             .into_iter()
-            .flatten()
+            .flat_map(|st| st.snapshots.iter())
             .filter_map(|i| self.items.get(i))
             .filter(|i| i.meta.withdrawn_by.is_none())
             .filter_map(|i| match &i.record {
@@ -375,99 +419,6 @@ impl Views {
                 _ => None,
             })
             .collect()
-    }
-
-    /// Merged figures of one subject per the spec: per kind, the snapshot with the latest
-    /// `as_of` wins, ties going to the later entry in the log; baseline likewise among
-    /// snapshots dated on or before the baseline. Decreases and cross-source ties flagged.
-    fn subject_figures(
-        &self,
-        subject: &Subject,
-        baseline: NaiveDate,
-        flags: &mut Vec<Flag>,
-    ) -> Figures {
-        let snaps = self.snapshots(subject);
-        let mut f = Figures::default();
-        // Winner per kind: (as_of, log_index, value).
-        let mut best: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
-        let mut base: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
-        let mut real: [Option<(NaiveDate, u64, u64)>; 8] = [None; 8];
-        let mut pop: Option<(NaiveDate, u64, Population)> = None;
-        for (m, s) in &snaps {
-            for (k, v) in s.spaces.iter() {
-                let cand = (s.as_of, m.log_index, v);
-                let slot = &mut best[k.index()];
-                if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
-                    *slot = Some(cand);
-                }
-                if s.as_of <= baseline {
-                    let slot = &mut base[k.index()];
-                    if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
-                        *slot = Some(cand);
-                    }
-                }
-            }
-            for (k, v) in s.real_name.iter().flat_map(|r| r.iter()) {
-                let cand = (s.as_of, m.log_index, v);
-                let slot = &mut real[k.index()];
-                if slot.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
-                    *slot = Some(cand);
-                }
-            }
-            if let Some(p) = s.population
-                && pop
-                    .as_ref()
-                    .is_none_or(|(d, i, _)| (s.as_of, m.log_index) > (*d, *i))
-            {
-                pop = Some((s.as_of, m.log_index, p));
-            }
-        }
-        for k in SpaceKind::ALL {
-            f.spaces.set(k, best[k.index()].map(|b| b.2));
-            f.baseline.set(k, base[k.index()].map(|b| b.2));
-            f.real_name.set(k, real[k.index()].map(|b| b.2));
-        }
-        f.population = pop.map(|p| p.2).unwrap_or_default();
-
-        // Flags: decreases along as_of order, and same-date reports from several sources.
-        let mut ordered: Vec<&(&Meta, &SpaceCount)> = snaps.iter().collect();
-        ordered.sort_by_key(|(m, s)| (s.as_of, m.log_index));
-        for k in SpaceKind::ALL {
-            let mut prev: Option<(NaiveDate, u64)> = None;
-            for (m, s) in &ordered {
-                if let Some(v) = s.spaces.get(k) {
-                    if let Some((d, pv)) = prev
-                        && d < s.as_of
-                        && v < pv
-                    {
-                        flags.push(Flag::Decrease {
-                            region: subject.0,
-                            school: subject.1,
-                            kind: k,
-                            before: (d, pv),
-                            after: (s.as_of, v),
-                            source: m.source.clone(),
-                        });
-                    }
-                    prev = Some((s.as_of, v));
-                }
-            }
-        }
-        let mut by_date: BTreeMap<NaiveDate, BTreeSet<SourceId>> = BTreeMap::new();
-        for (m, s) in &snaps {
-            by_date.entry(s.as_of).or_default().insert(m.source.clone());
-        }
-        for (as_of, sources) in by_date {
-            if sources.len() > 1 {
-                flags.push(Flag::Conflict {
-                    region: subject.0,
-                    school: subject.1,
-                    as_of,
-                    sources: sources.into_iter().collect(),
-                });
-            }
-        }
-        f
     }
 
     /// Rolls every subject up to counties, cities, provinces and the nation.
@@ -478,11 +429,20 @@ impl Views {
         let mut part_known: HashMap<RegionCode, bool> = HashMap::new();
         let mut schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
         let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
-        for subject in self.subjects.keys() {
-            if self.snapshots(subject).is_empty() {
+        for (subject, state) in &self.subjects {
+            if state.summary.is_empty() {
                 continue;
             }
-            let f = self.subject_figures(subject, campaign.baseline, &mut flags);
+            let f = if campaign.baseline == self.baseline {
+                flags.extend(state.summary.flags(*subject));
+                state.summary.figures()
+            } else {
+                // Views kept for another baseline (a campaign file changed under a running
+                // reader): merged afresh, the same walk.
+                let s = Summary::of(*subject, self.snapshots(subject), campaign.baseline);
+                flags.extend(s.flags(*subject));
+                s.figures()
+            };
             let (region, school) = *subject;
             let mut r = Some(region);
             while let Some(c) = r {

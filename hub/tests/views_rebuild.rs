@@ -322,7 +322,9 @@ fn run(seed: u64, total: usize) {
     assert_eq!(th.source_leaves(), total as u64);
 
     let live = snapshot(&th.hub.state().views, &campaign);
-    let (rebuilt, _) = maintenance::rebuild_views(th.hub.store.as_ref(), |_| {}).expect("rebuild");
+    let (rebuilt, _) =
+        maintenance::rebuild_views(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {})
+            .expect("rebuild");
     assert_same(
         &format!("seed {seed}: live vs rebuilt"),
         &live,
@@ -357,7 +359,9 @@ fn run(seed: u64, total: usize) {
     let th = TestHub::open(dir.path());
     let loaded = snapshot(&th.hub.state().views, &campaign);
     assert_same(&format!("seed {seed}: live vs reloaded"), &live, &loaded);
-    let (rebuilt2, _) = maintenance::rebuild_views(th.hub.store.as_ref(), |_| {}).expect("rebuild");
+    let (rebuilt2, _) =
+        maintenance::rebuild_views(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {})
+            .expect("rebuild");
     assert_same(
         &format!("seed {seed}: reloaded vs rebuilt"),
         &loaded,
@@ -440,7 +444,9 @@ async fn check(name: &str, entries: &[(usize, Value)], want: Want) {
     }
     let campaign = Campaign::builtin_2018();
     let county = RegionCode::parse(COUNTY).expect("code");
-    let (rebuilt, _) = maintenance::rebuild_views(th.hub.store.as_ref(), |_| {}).expect("rebuild");
+    let (rebuilt, _) =
+        maintenance::rebuild_views(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {})
+            .expect("rebuild");
     for (label, rollup) in [
         ("live", th.hub.state().views.rollup(&campaign)),
         ("rebuilt", rebuilt.rollup(&campaign)),

@@ -1,0 +1,176 @@
+//! What the views keep of one subject (a region's own total, or a school): its merged
+//! figures and flags, and just enough to extend them with the next snapshot.
+//!
+//! The spec's merge rule orders a subject's snapshots by `(as_of, log index)`: per kind the
+//! last one wins (the baseline: the last dated on or before the baseline date), a decrease
+//! is flagged between a kind's consecutive values on different dates, and a date reported
+//! by several sources is flagged as a conflict. Walking the snapshots in that order is all
+//! the rule needs, so [`Summary::extend`] takes one snapshot at a time, and a summary built
+//! from scratch ([`Summary::of`]) is the same walk over the sorted list: the incremental and
+//! the from-scratch paths are one code path. A snapshot that arrives in order (its date no
+//! earlier than the subject's latest, the common case) extends the summary in O(kinds);
+//! anything else (an earlier date, a withdrawal) rebuilds it from the subject's list.
+
+use chrono::NaiveDate;
+use spacesync_shared::record::{Population, SpaceCount, SpaceCounts, SpaceKind};
+use spacesync_shared::region::SchoolCode;
+use spacesync_shared::{RegionCode, SourceId};
+
+use super::{Figures, Flag, Meta};
+
+/// A kind's value as of a date, from the entry at a log index.
+type Slot = (NaiveDate, u64, u64);
+
+/// The merged state of one subject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Summary {
+    /// Per kind, the last value in `(as_of, log index)` order.
+    best: [Option<Slot>; 8],
+    /// Per kind, the last value dated on or before the baseline.
+    base: [Option<Slot>; 8],
+    /// Per kind, the last real-name value.
+    real: [Option<Slot>; 8],
+    /// The last population given.
+    pop: Option<(NaiveDate, u64, Population)>,
+    /// Decreases, in the order the walk found them.
+    decreases: Vec<Flag>,
+    /// Conflicts of dates before `latest`, in date order.
+    conflicts: Vec<Flag>,
+    /// The latest date and the sources that reported it (sorted, distinct).
+    latest: Option<(NaiveDate, Vec<SourceId>)>,
+    /// Snapshots walked.
+    snapshots: u32,
+}
+
+impl Summary {
+    /// The summary of `snaps` (any order; withdrawn ones already left out).
+    pub(crate) fn of<'a>(
+        subject: (RegionCode, Option<SchoolCode>),
+        snaps: impl IntoIterator<Item = (&'a Meta, &'a SpaceCount)>,
+        baseline: NaiveDate,
+    ) -> Summary {
+        let mut ordered: Vec<(&Meta, &SpaceCount)> = snaps.into_iter().collect();
+        ordered.sort_by_key(|(m, s)| (s.as_of, m.log_index));
+        let mut out = Summary::default();
+        for (m, s) in ordered {
+            out.push(subject, m, s, baseline);
+        }
+        out
+    }
+
+    /// Extends the summary with a snapshot later in the log than every one it holds. False
+    /// (and nothing changed) when the snapshot is dated before the latest one: the caller
+    /// rebuilds the subject with [`Summary::of`].
+    pub(crate) fn extend(
+        &mut self,
+        subject: (RegionCode, Option<SchoolCode>),
+        m: &Meta,
+        s: &SpaceCount,
+        baseline: NaiveDate,
+    ) -> bool {
+        if self.latest.as_ref().is_some_and(|(d, _)| s.as_of < *d) {
+            return false;
+        }
+        self.push(subject, m, s, baseline);
+        true
+    }
+
+    /// One step of the walk: `s` is last in `(as_of, log index)` order so far.
+    fn push(
+        &mut self,
+        (region, school): (RegionCode, Option<SchoolCode>),
+        m: &Meta,
+        s: &SpaceCount,
+        baseline: NaiveDate,
+    ) {
+        for (k, v) in s.spaces.iter() {
+            let i = k.index();
+            if let Some((d, _, pv)) = self.best[i]
+                && d < s.as_of
+                && v < pv
+            {
+                self.decreases.push(Flag::Decrease {
+                    region,
+                    school,
+                    kind: k,
+                    before: (d, pv),
+                    after: (s.as_of, v),
+                    source: m.source.clone(),
+                });
+            }
+            self.best[i] = Some((s.as_of, m.log_index, v));
+            if s.as_of <= baseline {
+                self.base[i] = Some((s.as_of, m.log_index, v));
+            }
+        }
+        for (k, v) in s.real_name.iter().flat_map(SpaceCounts::iter) {
+            self.real[k.index()] = Some((s.as_of, m.log_index, v));
+        }
+        if let Some(p) = s.population {
+            self.pop = Some((s.as_of, m.log_index, p));
+        }
+        match &mut self.latest {
+            Some((d, sources)) if *d == s.as_of => {
+                if let Err(at) = sources.binary_search(&m.source) {
+                    sources.insert(at, m.source.clone());
+                }
+            }
+            latest => {
+                if let Some((d, sources)) = latest.take()
+                    && sources.len() > 1
+                {
+                    self.conflicts.push(Flag::Conflict {
+                        region,
+                        school,
+                        as_of: d,
+                        sources,
+                    });
+                }
+                *latest = Some((s.as_of, vec![m.source.clone()]));
+            }
+        }
+        self.snapshots += 1;
+    }
+
+    /// True when no snapshot is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.snapshots == 0
+    }
+
+    /// The subject's merged figures.
+    pub(crate) fn figures(&self) -> Figures {
+        let mut f = Figures::default();
+        for k in SpaceKind::ALL {
+            let i = k.index();
+            f.spaces.set(k, self.best[i].map(|b| b.2));
+            f.baseline.set(k, self.base[i].map(|b| b.2));
+            f.real_name.set(k, self.real[i].map(|b| b.2));
+        }
+        f.population = self.pop.map(|p| p.2).unwrap_or_default();
+        f
+    }
+
+    /// The subject's flags: decreases kind by kind (each along the dates), then conflicts
+    /// by date.
+    pub(crate) fn flags(&self, (region, school): (RegionCode, Option<SchoolCode>)) -> Vec<Flag> {
+        let kind_of = |f: &Flag| match f {
+            Flag::Decrease { kind, .. } => kind.index(),
+            _ => usize::MAX,
+        };
+        let mut out = self.decreases.clone();
+        // Stable: within a kind, the walk's order.
+        out.sort_by_key(kind_of);
+        out.extend(self.conflicts.iter().cloned());
+        if let Some((d, sources)) = &self.latest
+            && sources.len() > 1
+        {
+            out.push(Flag::Conflict {
+                region,
+                school,
+                as_of: *d,
+                sources: sources.clone(),
+            });
+        }
+        out
+    }
+}
