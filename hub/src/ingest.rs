@@ -174,7 +174,8 @@ impl History for HeldIndex<'_> {
 }
 
 impl Hub {
-    fn receipt(&self, source: &SourceId, seq: u64, held: Held) -> Envelope {
+    /// The receipt for a held entry, to be signed once the writer lock is let go.
+    fn receipt(source: &SourceId, seq: u64, held: Held) -> Receipt {
         Receipt {
             source: source.clone(),
             seq,
@@ -182,7 +183,6 @@ impl Hub {
             log_index: held.log_index,
             received_at: held.received_at,
         }
-        .sign(&self.key)
     }
 
     /// Verifies and appends one source's batch. Blocking: run it off the async runtime.
@@ -306,7 +306,7 @@ impl Hub {
                 },
                 Ok(Admitted::Resent(entry)) => match index.take(entry.seq) {
                     Some(h) => {
-                        receipts.push(self.receipt(&source, entry.seq, h));
+                        receipts.push(Self::receipt(&source, entry.seq, h));
                         continue;
                     }
                     // Only an entry of this batch can be resent without being held, and a
@@ -376,7 +376,7 @@ impl Hub {
                     seq: entry.seq,
                     hash: held.hash,
                 };
-                new_receipts.push(self.receipt(&source, entry.seq, held));
+                new_receipts.push(Self::receipt(&source, entry.seq, held));
             }
             let note = match st.log.checkpoint(&self.origin, &self.key) {
                 Ok(n) => n,
@@ -408,6 +408,10 @@ impl Hub {
             }
         }
         let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
+        // Everything is durable and published; the signatures (one per receipt, about a
+        // seventh of ingest's work) need not hold up the next writer.
+        drop(st);
+        let receipts = receipts.into_iter().map(|r| r.sign(&self.key)).collect();
         Ok(IngestOutcome {
             status,
             response: IngestResponse {

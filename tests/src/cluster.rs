@@ -189,6 +189,8 @@ impl HubNode {
             site.scope,
             "--key",
             key_line,
+            "--now",
+            NOW,
         ]);
         assert!(
             out.status.success(),

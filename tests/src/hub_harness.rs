@@ -84,7 +84,7 @@ impl HubProc {
     pub fn add_agent(&self, source: &str, scope: &str, key: &VerifyingKey) {
         let line = public_key_line(key);
         let out = self.cli(&[
-            "agents", "add", "--source", source, "--scope", scope, "--key", &line,
+            "agents", "add", "--source", source, "--scope", scope, "--key", &line, "--now", NOW,
         ]);
         assert!(
             out.status.success(),

@@ -255,7 +255,7 @@ async fn main() -> Result<()> {
             &hub_bin,
             &[
                 "--data", &hub_data, "agents", "add", "--source", &p.source, "--scope", &scope,
-                "--key", &key,
+                "--key", &key, "--now", START,
             ],
         )?;
         let token = spacesync_agent::token::read(&data.join("intake.token"))
