@@ -889,10 +889,8 @@ async fn region(
     v["children"] = json!(children);
     if code.level() != Level::Province {
         let schools: Vec<Value> = rollup
-            .schools
-            .get(&code)
-            .into_iter()
-            .flatten()
+            .schools_in(code)
+            .iter()
             .map(|(sc, f)| {
                 let mut sv = json!(FiguresBody::of(f));
                 sv["code"] = json!(sc.to_string());

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use imbl::{OrdMap, Vector};
+use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spacesync_shared::campaign::{Campaign, QuotaLedger, QuotaViolation};
@@ -31,7 +31,7 @@ use spacesync_shared::{Record, RegionCode, SourceId};
 use crate::store::{Store, StoreError, WriteBatch};
 
 mod subjects;
-use subjects::Summary;
+use subjects::{SchoolSum, Summary};
 
 const ITEM_PREFIX: &[u8] = b"v/i/";
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
@@ -216,6 +216,12 @@ pub struct Views {
     by_source_seq: OrdMap<SourceId, OrdMap<u64, u64>>,
     /// Per subject: its snapshots' log indexes and their merged summary.
     subjects: OrdMap<Subject, Arc<SubjectState>>,
+    /// Per region, the sum of its schools' merged figures, kept as they change.
+    school_sums: OrdMap<RegionCode, SchoolSum>,
+    /// Regions whose own total has a live snapshot.
+    own_regions: OrdSet<RegionCode>,
+    /// Subjects that raise flags of their own.
+    flagged: OrdSet<Subject>,
     /// Per source: entries, last receive time.
     sources: OrdMap<SourceId, SourceActivity>,
     /// Deadline extensions, by log index.
@@ -250,6 +256,9 @@ impl Views {
             items: OrdMap::new(),
             by_source_seq: OrdMap::new(),
             subjects: OrdMap::new(),
+            school_sums: OrdMap::new(),
+            own_regions: OrdSet::new(),
+            flagged: OrdSet::new(),
             sources: OrdMap::new(),
             extensions: OrdMap::new(),
         }
@@ -308,9 +317,15 @@ impl Views {
             let subject = (s.region, s.school);
             let state = Arc::make_mut(self.subjects.entry(subject).or_default());
             state.snapshots.push_back(idx);
-            let in_order = item.meta.withdrawn_by.is_some()
-                || state.summary.extend(subject, &item.meta, s, self.baseline);
-            if !in_order {
+            if item.meta.withdrawn_by.is_some() {
+                return;
+            }
+            let before = (!state.summary.is_empty()).then(|| state.summary.figures());
+            if state.summary.extend(subject, &item.meta, s, self.baseline) {
+                let after = Some(state.summary.figures());
+                let flagged = state.summary.has_flags();
+                self.account(subject, before, after, flagged);
+            } else {
                 self.resummarise(subject);
             }
         }
@@ -320,8 +335,47 @@ impl Views {
     /// its latest arrived, or one was withdrawn).
     fn resummarise(&mut self, subject: Subject) {
         let summary = Summary::of(subject, self.snapshots(&subject), self.baseline);
-        if let Some(state) = self.subjects.get_mut(&subject) {
-            Arc::make_mut(state).summary = summary;
+        let Some(state) = self.subjects.get_mut(&subject) else {
+            return;
+        };
+        let state = Arc::make_mut(state);
+        let before = (!state.summary.is_empty()).then(|| state.summary.figures());
+        let after = (!summary.is_empty()).then(|| summary.figures());
+        let flagged = summary.has_flags();
+        state.summary = summary;
+        self.account(subject, before, after, flagged);
+    }
+
+    /// Keeps the region sums, the regions with own totals and the flagged subjects in step
+    /// with a subject whose merged figures went from `before` to `after` (`None`: no live
+    /// snapshot).
+    fn account(
+        &mut self,
+        (region, school): Subject,
+        before: Option<Figures>,
+        after: Option<Figures>,
+        flagged: bool,
+    ) {
+        if school.is_some() {
+            let sum = self.school_sums.entry(region).or_default();
+            if let Some(b) = &before {
+                sum.change(b, false);
+            }
+            if let Some(a) = &after {
+                sum.change(a, true);
+            }
+            if sum.is_empty() {
+                self.school_sums.remove(&region);
+            }
+        } else if after.is_some() {
+            self.own_regions.insert(region);
+        } else {
+            self.own_regions.remove(&region);
+        }
+        if flagged {
+            self.flagged.insert((region, school));
+        } else {
+            self.flagged.remove(&(region, school));
         }
     }
 
@@ -421,12 +475,55 @@ impl Views {
             .collect()
     }
 
-    /// Rolls every subject up to counties, cities, provinces and the nation.
+    /// Rolls every subject up to counties, cities, provinces and the nation, from the
+    /// maintained region sums: O(regions + flagged subjects), whatever the number of schools.
     pub fn rollup(&self, campaign: &Campaign) -> Rollup {
+        if campaign.baseline != self.baseline {
+            return self.rollup_afresh(campaign);
+        }
+        let mut flags = Vec::new();
+        for subject in &self.flagged {
+            if let Some(state) = self.subjects.get(subject) {
+                flags.extend(state.summary.flags(*subject));
+            }
+        }
+        let mut own: HashMap<RegionCode, Figures> = HashMap::new();
+        for &r in &self.own_regions {
+            if let Some(state) = self.subjects.get(&(r, None)) {
+                own.insert(r, state.summary.figures());
+            }
+        }
+        let mut parts: HashMap<RegionCode, Figures> = self
+            .school_sums
+            .iter()
+            .map(|(r, sum)| (*r, sum.figures()))
+            .collect();
+        let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
+        for &region in self.school_sums.keys().chain(self.own_regions.iter()) {
+            let mut r = Some(region);
+            while let Some(c) = r {
+                if !regions.insert(c) {
+                    break;
+                }
+                r = c.parent();
+            }
+        }
+        let (nation, totals) = roll_up(&regions, &own, &mut parts, &mut flags);
+        Rollup {
+            nation,
+            totals,
+            schools: Schools::Maintained(self.subjects.clone()),
+            flags,
+        }
+    }
+
+    /// The roll-up merging every subject afresh: for a campaign whose baseline differs
+    /// from the one these views were kept for, and the oracle the maintained roll-up is
+    /// tested against. O(subjects × snapshots) when the baseline differs, O(subjects) else.
+    pub fn rollup_afresh(&self, campaign: &Campaign) -> Rollup {
         let mut flags = Vec::new();
         let mut own: HashMap<RegionCode, Figures> = HashMap::new();
         let mut parts: HashMap<RegionCode, Figures> = HashMap::new();
-        let mut part_known: HashMap<RegionCode, bool> = HashMap::new();
         let mut schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
         let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
         for (subject, state) in &self.subjects {
@@ -452,7 +549,6 @@ impl Views {
             match school {
                 Some(code) => {
                     parts.entry(region).or_default().add(&f);
-                    part_known.insert(region, true);
                     schools.entry(region).or_default().push((code, f));
                 }
                 None => {
@@ -460,29 +556,11 @@ impl Views {
                 }
             }
         }
-        // Bottom-up: counties, then cities, then provinces.
-        let mut totals: BTreeMap<RegionCode, Figures> = BTreeMap::new();
-        for level in [Level::County, Level::City, Level::Province] {
-            for &r in regions.iter().filter(|r| r.level() == level) {
-                let sum = parts.get(&r).cloned();
-                let total = merge_own(own.get(&r), sum.as_ref(), r, &mut flags);
-                if let Some(p) = r.parent() {
-                    parts.entry(p).or_default().add(&total);
-                    part_known.insert(p, true);
-                }
-                totals.insert(r, total);
-            }
-        }
-        let mut nation = Figures::default();
-        for (r, f) in &totals {
-            if r.level() == Level::Province {
-                nation.add(f);
-            }
-        }
+        let (nation, totals) = roll_up(&regions, &own, &mut parts, &mut flags);
         Rollup {
             nation,
             totals,
-            schools,
+            schools: Schools::Computed(schools),
             flags,
         }
     }
@@ -580,14 +658,50 @@ fn merge_own(
     }
 }
 
+/// Totals bottom-up — counties, then cities, then provinces — from each region's own total
+/// and the sum of its parts (`parts` gains each total under its parent); the nation.
+fn roll_up(
+    regions: &BTreeSet<RegionCode>,
+    own: &HashMap<RegionCode, Figures>,
+    parts: &mut HashMap<RegionCode, Figures>,
+    flags: &mut Vec<Flag>,
+) -> (Figures, BTreeMap<RegionCode, Figures>) {
+    let mut totals: BTreeMap<RegionCode, Figures> = BTreeMap::new();
+    for level in [Level::County, Level::City, Level::Province] {
+        for &r in regions.iter().filter(|r| r.level() == level) {
+            let sum = parts.get(&r).cloned();
+            let total = merge_own(own.get(&r), sum.as_ref(), r, flags);
+            if let Some(p) = r.parent() {
+                parts.entry(p).or_default().add(&total);
+            }
+            totals.insert(r, total);
+        }
+    }
+    let mut nation = Figures::default();
+    for (r, f) in &totals {
+        if r.level() == Level::Province {
+            nation.add(f);
+        }
+    }
+    (nation, totals)
+}
+
+/// Where a roll-up finds its schools' figures.
+enum Schools {
+    /// The views' subjects as of the roll-up (an O(1) clone): read on demand.
+    Maintained(OrdMap<Subject, Arc<SubjectState>>),
+    /// Merged afresh when the roll-up was made.
+    Computed(BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>>),
+}
+
 /// Every region's merged figures.
 pub struct Rollup {
     /// The nation.
     pub nation: Figures,
     /// Each region with data (and its ancestors).
     pub totals: BTreeMap<RegionCode, Figures>,
-    /// Schools per region.
-    pub schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>>,
+    /// Schools' figures.
+    schools: Schools,
     /// Flags raised while merging.
     pub flags: Vec<Flag>,
 }
@@ -596,6 +710,42 @@ impl Rollup {
     /// The figures of a region (empty when nothing is known).
     pub fn region(&self, code: RegionCode) -> Figures {
         self.totals.get(&code).cloned().unwrap_or_default()
+    }
+
+    /// The schools of `region` with a live snapshot, in code order, with their figures.
+    pub fn schools_in(&self, region: RegionCode) -> Vec<(SchoolCode, Figures)> {
+        match &self.schools {
+            Schools::Maintained(subjects) => subjects
+                .range((region, None)..)
+                .take_while(|((r, _), _)| *r == region)
+                .filter_map(|((_, school), st)| {
+                    let code = (*school)?;
+                    (!st.summary.is_empty()).then(|| (code, st.summary.figures()))
+                })
+                .collect(),
+            Schools::Computed(map) => map.get(&region).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Every region's schools (as [`Rollup::schools_in`]); regions without schools left out.
+    /// O(schools): for reports and tests, not for a page.
+    pub fn schools(&self) -> BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> {
+        match &self.schools {
+            Schools::Maintained(subjects) => {
+                let mut out: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
+                for ((region, school), st) in subjects {
+                    if let Some(code) = school
+                        && !st.summary.is_empty()
+                    {
+                        out.entry(*region)
+                            .or_default()
+                            .push((*code, st.summary.figures()));
+                    }
+                }
+                out
+            }
+            Schools::Computed(map) => map.clone(),
+        }
     }
 }
 

@@ -42,6 +42,24 @@ struct Snapshot {
 
 fn snapshot(v: &Views, campaign: &Campaign) -> Snapshot {
     let rollup = v.rollup(campaign);
+    // The roll-up kept as subjects change (region sums, flagged subjects) against the one
+    // merging every subject afresh, on every state these tests reach.
+    let afresh = v.rollup_afresh(campaign);
+    assert_eq!(rollup.nation, afresh.nation, "maintained vs afresh: nation");
+    assert_eq!(rollup.totals, afresh.totals, "maintained vs afresh: totals");
+    assert_eq!(
+        rollup.schools(),
+        afresh.schools(),
+        "maintained vs afresh: schools"
+    );
+    assert_eq!(rollup.flags, afresh.flags, "maintained vs afresh: flags");
+    for region in afresh.totals.keys() {
+        assert_eq!(
+            rollup.schools_in(*region),
+            afresh.schools_in(*region),
+            "maintained vs afresh: schools of {region}"
+        );
+    }
     let noms = v.nominations(campaign);
     Snapshot {
         items: v
@@ -50,7 +68,7 @@ fn snapshot(v: &Views, campaign: &Campaign) -> Snapshot {
             .collect(),
         nation: rollup.nation.clone(),
         totals: rollup.totals.clone(),
-        schools: rollup.schools.clone(),
+        schools: rollup.schools(),
         flags: rollup.flags.clone(),
         milestones: v
             .milestones()

@@ -588,10 +588,7 @@ pub async fn region_page(
     let rollup = hub.snapshot().views.rollup(&hub.campaign);
     let schools = (code.level() != Level::Province).then(|| {
         rollup
-            .schools
-            .get(&code)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+            .schools_in(code)
             .iter()
             .map(|(sc, f)| FiguresRow {
                 row: format!("school:{sc}"),
@@ -672,10 +669,10 @@ pub async fn school_page(
     let hub = &s.hub;
     let rollup = hub.snapshot().views.rollup(&hub.campaign);
     let f = rollup
-        .schools
-        .get(&code)
-        .and_then(|l| l.iter().find(|(c, _)| *c == sc))
-        .map(|(_, f)| f.clone())
+        .schools_in(code)
+        .into_iter()
+        .find(|(c, _)| *c == sc)
+        .map(|(_, f)| f)
         .ok_or_else(not_found)?;
     let m = SchoolPage {
         frame: Frame {

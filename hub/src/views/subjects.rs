@@ -174,3 +174,95 @@ impl Summary {
         out
     }
 }
+
+impl Summary {
+    /// True when the subject raises any flag of its own (see [`Summary::flags`]).
+    pub(crate) fn has_flags(&self) -> bool {
+        !self.decreases.is_empty()
+            || !self.conflicts.is_empty()
+            || self.latest.as_ref().is_some_and(|(_, s)| s.len() > 1)
+    }
+}
+
+/// Known-values sum of one count: the total and how many parts know it, so a part can be
+/// taken out again (a part that does not know the value leaves it unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Known {
+    total: u64,
+    parts: u32,
+}
+
+impl Known {
+    fn change(&mut self, v: Option<u64>, add: bool) {
+        if let Some(v) = v {
+            if add {
+                self.total = self.total.wrapping_add(v);
+                self.parts += 1;
+            } else {
+                self.total = self.total.wrapping_sub(v);
+                self.parts = self.parts.saturating_sub(1);
+            }
+        }
+    }
+
+    fn get(&self) -> Option<u64> {
+        (self.parts > 0).then_some(self.total)
+    }
+}
+
+/// The sum of a region's schools' figures, kept as schools change: [`Figures`] summed the
+/// way the roll-up sums parts (a kind is known when any part knows it), with each school
+/// removable again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SchoolSum {
+    spaces: [Known; 8],
+    real_name: [Known; 8],
+    baseline: [Known; 8],
+    teachers: Known,
+    students: Known,
+    schools: Known,
+    /// Schools with at least one live snapshot.
+    members: u32,
+}
+
+impl SchoolSum {
+    /// Adds (or, with `add` false, removes) one school's figures.
+    pub(crate) fn change(&mut self, f: &Figures, add: bool) {
+        for k in SpaceKind::ALL {
+            let i = k.index();
+            self.spaces[i].change(f.spaces.get(k), add);
+            self.real_name[i].change(f.real_name.get(k), add);
+            self.baseline[i].change(f.baseline.get(k), add);
+        }
+        self.teachers.change(f.population.teachers, add);
+        self.students.change(f.population.students, add);
+        self.schools.change(f.population.schools, add);
+        if add {
+            self.members += 1;
+        } else {
+            self.members = self.members.saturating_sub(1);
+        }
+    }
+
+    /// True when no school is counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members == 0
+    }
+
+    /// The sum as figures.
+    pub(crate) fn figures(&self) -> Figures {
+        let mut f = Figures::default();
+        for k in SpaceKind::ALL {
+            let i = k.index();
+            f.spaces.set(k, self.spaces[i].get());
+            f.real_name.set(k, self.real_name[i].get());
+            f.baseline.set(k, self.baseline[i].get());
+        }
+        f.population = Population {
+            teachers: self.teachers.get(),
+            students: self.students.get(),
+            schools: self.schools.get(),
+        };
+        f
+    }
+}
