@@ -120,7 +120,7 @@ fn pages(lang: Lang, n: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)>
         bulletin: bulletin_box_markup(
             lang,
             Role::Province("440000".parse().expect("code")),
-            Some((3, &doc)),
+            Some((3, &doc, doc.assessment.as_of_date)),
         ),
         as_of: n(2),
         log_size: 7,

@@ -456,11 +456,22 @@ pub fn bulletin_box(
     let doc = crate::bulletin::get(s.hub.store.as_ref(), n)?;
     let b = Bulletin::from_document(&doc)
         .map_err(|e| crate::bulletin::BulletinError::Malformed(format!("bulletin {n}: {e}")))?;
-    Ok(bulletin_box_markup(lang, role, Some((list.len(), &b))))
+    // The day it was issued in the campaign's time zone, as its data date is.
+    let issued_on = s.hub.campaign.local_date(b.issued_at);
+    Ok(bulletin_box_markup(
+        lang,
+        role,
+        Some((list.len(), &b, issued_on)),
+    ))
 }
 
-/// Draws the bulletin box for bulletin `n` of `issued` (`None`: none issued yet).
-pub fn bulletin_box_markup(lang: Lang, role: Role, latest: Option<(usize, &Bulletin)>) -> Markup {
+/// Draws the bulletin box for the latest of `issued` bulletins, issued on the given day in
+/// the campaign's time zone (`None`: none issued yet).
+pub fn bulletin_box_markup(
+    lang: Lang,
+    role: Role,
+    latest: Option<(usize, &Bulletin, chrono::NaiveDate)>,
+) -> Markup {
     let w = words(lang);
     let num = |n: i64| count(lang, n);
     let opt = |n: Option<u64>| n.map_or("—".to_string(), |n| count(lang, n as i64));
@@ -469,7 +480,7 @@ pub fn bulletin_box_markup(lang: Lang, role: Role, latest: Option<(usize, &Bulle
         div.box #bulletin {
             @match latest {
                 None => p { (w.no_bulletin) },
-                Some((issued, b)) => {
+                Some((issued, b, issued_on)) => {
                     @let n = b.number;
                     @let a = &b.assessment;
                     @let nation = &a.nation;
@@ -479,7 +490,7 @@ pub fn bulletin_box_markup(lang: Lang, role: Role, latest: Option<(usize, &Bulle
                         " "
                         span.meta {
                             (w.data_as_of) " " (date(lang, &a.as_of_date.to_string()))
-                            " · " (w.issued) " " (date(lang, &b.issued_at.to_rfc3339()))
+                            " · " (w.issued) " " (date(lang, &issued_on.to_string()))
                         }
                     }
                     table {
