@@ -190,18 +190,57 @@ pub fn verify_batch(
     let mut ss = Vec::with_capacity(n);
     // Runs of equal keys: (first index, the key's point).
     let mut runs: Vec<(usize, EdwardsPoint)> = Vec::new();
+    // The first item breaking rules 1–3, if any. The items before it must still pass
+    // their equations before it is named: `verify` judges item by item, so an earlier
+    // item failing only its equation is the first refused, and callers take every item
+    // before the one named as verified.
+    let mut malformed = None;
     for i in 0..n {
         let new_run = runs
             .last()
             .is_none_or(|&(j, _)| keys[j].as_bytes() != keys[i].as_bytes());
         if new_run {
-            check_key(&keys[i]).map_err(|e| (i, e))?;
+            if let Err(e) = check_key(&keys[i]) {
+                malformed = Some((i, e));
+                break;
+            }
             runs.push((i, keys[i].to_edwards()));
         }
-        let (r, s) = check_signature(&sigs[i]).map_err(|e| (i, e))?;
-        rs.push(r);
-        ss.push(s);
+        match check_signature(&sigs[i]) {
+            Ok((r, s)) => {
+                rs.push(r);
+                ss.push(s);
+            }
+            Err(e) => {
+                malformed = Some((i, e));
+                break;
+            }
+        }
     }
+    let checked = malformed.map_or(n, |(i, _)| i);
+    equations_hold(msgs, sigs, keys, checked, &rs, &ss, &runs)?;
+    match malformed {
+        Some(fault) => Err(fault),
+        None => Ok(()),
+    }
+}
+
+/// The batch equation over the first `n` items, whose points and scalars rules 1–3 gave
+/// (`rs`, `ss`, and `runs` of equal keys starting at or before `n`); when it fails, the
+/// first item whose own equation fails.
+fn equations_hold(
+    msgs: &[&[u8]],
+    sigs: &[Signature],
+    keys: &[VerifyingKey],
+    n: usize,
+    rs: &[EdwardsPoint],
+    ss: &[Scalar],
+    runs: &[(usize, EdwardsPoint)],
+) -> Result<(), (usize, SigError)> {
+    if n == 0 {
+        return Ok(());
+    }
+    let runs: Vec<(usize, EdwardsPoint)> = runs.iter().copied().filter(|&(j, _)| j < n).collect();
     let Ok(zs) = weights(n) else {
         // No system randomness: fall back to one equation at a time.
         return one_by_one(msgs, sigs, keys, n);
@@ -222,7 +261,7 @@ pub fn verify_batch(
             .chain(zs.iter().copied())
             .chain(a_coefficients),
         std::iter::once(curve25519_dalek::constants::ED25519_BASEPOINT_POINT)
-            .chain(rs)
+            .chain(rs[..n].iter().copied())
             .chain(runs.iter().map(|&(_, a)| a)),
     );
     if sum.is_identity() {

@@ -1,14 +1,15 @@
 //! The one repair both binaries make to a sled 0.34 directory before opening it.
 //!
 //! sled 0.34 writes a snapshot of its page table only while opening a store: it writes
-//! `snap.<lsn>.generating`, syncs it, renames it to `snap.<lsn>` and only then removes
-//! older snapshots and zeroes torn segments. But when it reads the store back it takes the
+//! `snap.<lsn>.generating`, syncs it, renames it to `snap.<lsn>` and then removes older
+//! snapshots (before that it may have zeroed a torn log tail, which the next open does
+//! again). But when it reads the store back it takes the
 //! lexically greatest `snap.` file, `.generating` ones included, and refuses to open if
 //! that file is short or fails its CRC ("empty/corrupt snapshot file found" then
 //! `Corruption { at: None }`; sled issue #1527). So a process killed during the few
 //! milliseconds of that write leaves a store that no later start can open, although
-//! nothing in it is lost: before the rename nothing else in the directory has changed,
-//! and the previous `snap.<lsn>` plus the log still describe every flushed write.
+//! nothing in it is lost: before the rename nothing but that torn tail has changed, and
+//! the previous `snap.<lsn>` plus the log still describe every flushed write.
 //!
 //! [`remove_unfinished_snapshots`] deletes those `.generating` files, which returns the
 //! directory to the state it had just before the interrupted open; sled then rebuilds the
