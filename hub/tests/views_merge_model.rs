@@ -129,8 +129,8 @@ fn answered(views: &Views, campaign: &Campaign) -> (BTreeMap<Subject, Figures>, 
     let schools_county = RegionCode::parse(SCHOOLS_COUNTY).expect("code");
     let own_county = RegionCode::parse(OWN_COUNTY).expect("code");
     let mut figures = BTreeMap::new();
-    for (school, f) in rollup.schools.get(&schools_county).into_iter().flatten() {
-        figures.insert((schools_county, Some(*school)), f.clone());
+    for (school, f) in rollup.schools_in(schools_county) {
+        figures.insert((schools_county, Some(school)), f);
     }
     // The own-total county has no schools: its total is its own figures.
     if let Some(f) = rollup.totals.get(&own_county)
