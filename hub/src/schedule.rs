@@ -86,8 +86,12 @@ pub fn verify_webhook(
         .and_then(|s| STANDARD.decode(s.trim()).ok())
         .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
         .ok_or(WebhookVerifyError::BadSignatureHeader)?;
-    key.verify_strict(&webhook_message(ts, body), &Signature::from_bytes(&sig))
-        .map_err(|_| WebhookVerifyError::BadSignature)?;
+    spacesync_shared::sig::verify(
+        key,
+        &webhook_message(ts, body),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| WebhookVerifyError::BadSignature)?;
     let age_s = now.timestamp().saturating_sub(ts);
     let max_s = max_age.num_seconds();
     if age_s.saturating_abs() > max_s {
