@@ -3,7 +3,6 @@
 //! `app(state)` builds the whole router; tests drive it with `tower::ServiceExt::oneshot`
 //! and a few real-socket tests on port 0. Every non-2xx answer is a `wire::ErrorBody`.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,10 +19,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use spacesync_shared::keys::public_key_line;
-use spacesync_shared::record::{Population, SpaceCounts, SpaceKind};
+
 use spacesync_shared::region::{Level, PROVINCIAL_UNITS};
 use spacesync_shared::wire::{
     self, ErrorBody, IngestBatch, NoticeAck, NoticesPage, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
@@ -34,12 +33,13 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tracing::error;
 
 use crate::access::{Admin, Denied, Reader, RegionReader};
+use crate::assessment::FigureSet;
 use crate::auth::Role;
 use crate::ingest::IngestError;
 use crate::log;
 use crate::registry::SourceStatus;
 use crate::render::{Format, Rendering};
-use crate::views::{Coverage, Figures, region_name};
+use crate::views::region_name;
 
 /// Largest accepted request body, after decompression.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -790,38 +790,6 @@ async fn agent_notices_ack(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A region's (or the nation's) figures on the wire: `spaces.<kind>`, `real_name.<kind>`,
-/// `baseline.<kind>`, `population`, `new_spaces`, `new_by_kind`, `coverage`. The
-/// handlers add the region's own members beside them.
-#[derive(Debug, Serialize)]
-struct FiguresBody {
-    spaces: SpaceCounts,
-    real_name: SpaceCounts,
-    baseline: SpaceCounts,
-    population: Population,
-    new_spaces: i64,
-    /// New spaces per kind, for the kinds whose count is known.
-    new_by_kind: BTreeMap<&'static str, i64>,
-    coverage: Coverage,
-}
-
-impl FiguresBody {
-    fn of(f: &Figures) -> FiguresBody {
-        FiguresBody {
-            spaces: f.spaces,
-            real_name: f.real_name,
-            baseline: f.baseline,
-            population: f.population,
-            new_spaces: f.new_spaces(),
-            new_by_kind: SpaceKind::ALL
-                .iter()
-                .filter_map(|k| f.new_of(*k).map(|n| (k.as_str(), n)))
-                .collect(),
-            coverage: f.coverage(),
-        }
-    }
-}
-
 async fn progress(
     State(s): State<AppState>,
     Reader(role): Reader,
@@ -835,7 +803,7 @@ async fn progress(
         .iter()
         .filter(|u| role.can_read(**u))
         .map(|u| {
-            let mut v = json!(FiguresBody::of(&rollup.region(*u)));
+            let mut v = json!(FigureSet::from(&rollup.region(*u)));
             v["code"] = json!(u.to_string());
             v["name"] = json!(region_name(*u));
             v["name_en"] = json!(
@@ -859,7 +827,7 @@ async fn progress(
         }).collect::<Vec<_>>(),
     });
     if role.reads_all() {
-        body["nation"] = json!(FiguresBody::of(&rollup.nation));
+        body["nation"] = json!(FigureSet::from(&rollup.nation));
     }
     Ok(Json(body))
 }
@@ -871,7 +839,7 @@ async fn region(
     let hub = &s.hub;
     let st = hub.snapshot();
     let rollup = st.views.rollup(&hub.campaign);
-    let mut v = json!(FiguresBody::of(&rollup.region(code)));
+    let mut v = json!(FigureSet::from(&rollup.region(code)));
     v["code"] = json!(code.to_string());
     v["name"] = json!(region_name(code));
     v["level"] = json!(code.level());
@@ -880,7 +848,7 @@ async fn region(
         .iter()
         .filter(|(c, _)| c.parent() == Some(code))
         .map(|(c, f)| {
-            let mut cv = json!(FiguresBody::of(f));
+            let mut cv = json!(FigureSet::from(f));
             cv["code"] = json!(c.to_string());
             cv["name"] = json!(region_name(*c));
             cv
@@ -892,7 +860,7 @@ async fn region(
             .schools_in(code)
             .iter()
             .map(|(sc, f)| {
-                let mut sv = json!(FiguresBody::of(f));
+                let mut sv = json!(FigureSet::from(f));
                 sv["code"] = json!(sc.to_string());
                 sv
             })
@@ -1097,7 +1065,12 @@ fn metrics_text(s: &AppState) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use spacesync_shared::record::{Population, SpaceKind};
+
     use super::*;
+    use crate::views::Figures;
 
     /// The figures' JSON is what it was when it was built member by member with `json!`.
     #[test]
@@ -1125,13 +1098,13 @@ mod tests {
             "new_by_kind": new_by_kind,
             "coverage": f.coverage(),
         });
-        assert_eq!(json!(FiguresBody::of(&f)), want);
+        assert_eq!(json!(FigureSet::from(&f)), want);
         assert_eq!(
             want["new_by_kind"],
             json!({ "teacher": 100, "student": 900 })
         );
         assert_eq!(
-            json!(FiguresBody::of(&Figures::default()))["new_by_kind"],
+            json!(FigureSet::from(&Figures::default()))["new_by_kind"],
             json!({})
         );
     }
