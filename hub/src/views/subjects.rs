@@ -16,7 +16,7 @@ use spacesync_shared::record::{Population, SpaceCount, SpaceCounts, SpaceKind};
 use spacesync_shared::region::SchoolCode;
 use spacesync_shared::{RegionCode, SourceId};
 
-use super::{Figures, Flag, Meta};
+use super::figures::{Figures, Flag, Meta};
 
 /// A kind's value as of a date, from the entry at a log index.
 type Slot = (NaiveDate, u64, u64);
