@@ -3,11 +3,21 @@
 //! [`Writer`] holds what judging a batch needs (next seq, chain head, quota ledger of the
 //! recommendations held) and is the only code that appends to the store. A batch's
 //! payloads are chained in order; their signatures, which need only the payload, are
-//! spread over the cores. In `run` it lives
-//! in one task ([`spawn_writer`]) that takes batches from a channel: every batch queued
-//! while the previous group was being written joins the next group, and the whole group
-//! shares one `flush_async` (group commit). Answers go out only after that flush.
-//! The command-line `import` uses the same [`Writer`] directly.
+//! spread over the cores.
+//!
+//! Group commit. In `run` ([`spawn_writer`]) the writer lives on one blocking thread. It
+//! takes every batch queued, judges them in arrival order (each as if the ones before it
+//! were stored), signs their entries together and appends all that are accepted in one
+//! sled transaction, not flushed ([`Writer::submit_group`]), then publishes the new head.
+//! A committer task flushes whenever the head is past what its last flush covered, and
+//! then publishes that head as durable; every request waits for a durable head at or past
+//! its own last seq before it is answered. So one flush answers everything appended
+//! before it started, and while the disk works the writer judges and signs the next
+//! batches (their transaction waits for the flush: sled 0.34 holds a lock across a flush
+//! that every transaction needs). One transaction per group matters as much as one flush:
+//! sled writes its log buffer out and syncs the range at every transaction. A 2xx answer
+//! still means: on disk, and so does a repeated idempotency key's. The command-line
+//! `import` uses the same [`Writer`] directly and flushes after each file.
 //!
 //! Idempotency keys: a batch may carry a key (`Idempotency-Key`, or the spool's and
 //! `import`'s `file/<sha256>`). The first batch stored under a key binds it to the SHA-256
@@ -21,6 +31,7 @@
 //! with a bound key is answered from it, or refused if the bytes differ.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +47,7 @@ use spacesync_shared::record::{Problem, ProblemKind, Recommendation, Record};
 use spacesync_shared::region::RegionCode;
 use spacesync_shared::validate::{self, Context};
 use spacesync_shared::{Campaign, keys};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::BufferConfig;
@@ -210,6 +221,35 @@ pub struct Writer {
     held: BTreeMap<u64, Recommendation>,
     /// Threads a large batch's signatures are spread over (the cores available).
     cores: usize,
+    /// Stored size of the envelope of an empty payload: an entry's stored size is this plus
+    /// its payload's base64 length, so the byte limits are judged before signing.
+    envelope_overhead: u64,
+}
+
+/// A batch judged and chained, not yet signed: what [`Writer::write`] appends.
+struct Prepared {
+    /// What the store gets, all but the envelopes.
+    append: Append,
+    /// The entries' payloads, in seq order.
+    payloads: Vec<Vec<u8>>,
+}
+
+/// What the batches judged since the last write added on top of the store, and how to
+/// take it back if that write fails. The writer's own state (next seq, head, ledger, held
+/// recommendations) already includes them.
+#[derive(Default)]
+struct Group {
+    /// The batches, in order.
+    batches: Vec<Prepared>,
+    /// Their stored bytes (counted against `buffer.max_bytes` with the store's).
+    bytes: u64,
+    /// Idempotency keys they bind, with what is stored for each: a repeat within the same
+    /// group is answered from here.
+    keys: HashMap<String, KeyRecord>,
+    /// The state before the first of them: (next seq, head, ledger).
+    before: Option<(u64, Digest, QuotaLedger)>,
+    /// `held` changes in order: (seq, what it held before).
+    held_undo: Vec<(u64, Option<Recommendation>)>,
 }
 
 impl Writer {
@@ -247,6 +287,7 @@ impl Writer {
             }
         }
         adopt_old_keys(&store, ms(clock.now()))?;
+        let envelope_overhead = seal(&ident.key, Vec::new()).len() as u64;
         Ok(Writer {
             store,
             ident,
@@ -260,6 +301,7 @@ impl Writer {
             ledger,
             held,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            envelope_overhead,
         })
     }
 
@@ -275,14 +317,67 @@ impl Writer {
         sub: &Submission,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Accepted, IntakeError> {
+        let mut group = Group::default();
+        self.forget_expired_keys(ms(self.clock.now()));
+        let answer = self.prepare(sub, &mut group, progress);
+        let judged = answer.as_ref().map_or(0, |a| a.accepted as u64);
+        match self.write(group, &mut |signed| progress(judged + signed)) {
+            Ok(()) => answer,
+            Err(e) => match answer {
+                Ok(a) if !a.dry_run && !a.replayed => Err(IntakeError::Store(e)),
+                other => other,
+            },
+        }
+    }
+
+    /// Judges batches one after another and appends all that are accepted in one
+    /// transaction (not yet flushed): one answer per batch, in order. Each batch is judged
+    /// after the ones before it, as if they had been submitted one by one. If the write
+    /// fails, nothing of the group is stored and every answer but a replay of an earlier
+    /// group says so.
+    pub fn submit_group(&mut self, subs: &[&Submission]) -> Vec<Result<Accepted, IntakeError>> {
+        let mut group = Group::default();
+        self.forget_expired_keys(ms(self.clock.now()));
+        let mut answers: Vec<_> = subs
+            .iter()
+            .map(|sub| self.prepare(sub, &mut group, &mut |_| {}))
+            .collect();
+        let keys: Vec<String> = group.keys.keys().cloned().collect();
+        if let Err(e) = self.write(group, &mut |_| {}) {
+            let why = e.to_string();
+            for (sub, a) in subs.iter().zip(&mut answers) {
+                // A replay of an earlier group stands; anything judged against this
+                // group's batches does not.
+                let earlier_replay = matches!(a, Ok(a) if a.replayed)
+                    && !sub
+                        .idempotency_key
+                        .as_ref()
+                        .is_some_and(|k| keys.contains(k));
+                if !earlier_replay {
+                    *a = Err(IntakeError::Store(StoreError::Failed(format!(
+                        "nothing of the batch was stored: {why}"
+                    ))));
+                }
+            }
+        }
+        answers
+    }
+
+    /// Judges and chains one batch against the writer's state, advancing it (the group
+    /// remembers how to undo that). Nothing is signed or stored yet.
+    fn prepare(
+        &mut self,
+        sub: &Submission,
+        group: &mut Group,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Accepted, IntakeError> {
         let now_ms = ms(self.clock.now());
-        self.forget_expired_keys(now_ms);
         let key = match &sub.idempotency_key {
             None => None,
             Some(k) => {
                 check_key(k.as_bytes()).map_err(IntakeError::BadKey)?;
                 let fp = fingerprint(sub);
-                if let Some(a) = self.replay(k, &fp, now_ms)? {
+                if let Some(a) = self.replay(k, &fp, now_ms, group)? {
                     return Ok(a);
                 }
                 Some((k.clone(), fp))
@@ -366,7 +461,7 @@ impl Writer {
         }
 
         // The chain, in order: each payload names the hash of the one before. Signing,
-        // which needs only the payload, comes after, spread over the cores.
+        // which needs only the payload, comes once the group is judged.
         let now = self.clock.now();
         let mut prev = self.head;
         let mut payloads = Vec::with_capacity(records.len());
@@ -383,19 +478,17 @@ impl Writer {
             prev = Digest::of(&payload);
             payloads.push(payload);
         }
-        let envelopes = seal_all(&self.ident.key, payloads, self.cores, &mut |signed| {
-            progress(done + signed)
-        });
-        done += envelopes.len() as u64;
-        progress(done);
-        let bytes: u64 = envelopes.iter().map(|e| e.len() as u64).sum();
+        let bytes: u64 = payloads
+            .iter()
+            .map(|p| self.envelope_overhead + p.len().div_ceil(3) as u64 * 4)
+            .sum();
         if bytes > self.buffer.max_bytes {
             return Err(IntakeError::TooLarge {
                 what: format!("{bytes} bytes signed"),
                 limit: format!("buffer.max_bytes = {}", self.buffer.max_bytes),
             });
         }
-        let buffered_bytes = self.store.buffered_bytes()?;
+        let buffered_bytes = self.store.buffered_bytes()? + group.bytes;
         if buffered_bytes + bytes > self.buffer.max_bytes {
             return Err(self.full(format!(
                 "{buffered_bytes} bytes wait for the hub, limit buffer.max_bytes = {}",
@@ -404,56 +497,131 @@ impl Writer {
         }
 
         let answer = Accepted {
-            accepted: envelopes.len(),
+            accepted: payloads.len(),
             seqs,
             warnings,
             dry_run: false,
             replayed: false,
         };
-        let append = Append {
-            first: self.next_seq,
-            envelopes,
-            head_hash: prev,
-            quota_add,
-            quota_remove,
-            idem: key.map(|(k, fp)| IdemPut {
-                key: k.into_bytes(),
-                value: serde_json::to_vec(&KeyRecord {
-                    fingerprint: Some(fp),
-                    answer: answer.clone(),
-                })
-                .unwrap_or_default(),
+        let idem = key.map(|(k, fp)| {
+            let rec = KeyRecord {
+                fingerprint: Some(fp),
+                answer: answer.clone(),
+            };
+            let put = IdemPut {
+                key: k.clone().into_bytes(),
+                value: serde_json::to_vec(&rec).unwrap_or_default(),
                 at_ms: now_ms,
-            }),
-        };
-        self.store.append(&append)?;
+            };
+            group.keys.insert(k, rec);
+            put
+        });
+        group
+            .before
+            .get_or_insert_with(|| (self.next_seq, self.head, self.ledger.clone()));
         for (seq, rec) in batch_recs {
-            self.held.insert(seq, rec);
+            let old = self.held.insert(seq, rec);
+            group.held_undo.push((seq, old));
         }
-        for seq in &append.quota_remove {
-            self.held.remove(seq);
+        for seq in &quota_remove {
+            let old = self.held.remove(seq);
+            group.held_undo.push((*seq, old));
         }
+        group.bytes += bytes;
+        group.batches.push(Prepared {
+            append: Append {
+                first: self.next_seq,
+                envelopes: Vec::new(),
+                head_hash: prev,
+                quota_add,
+                quota_remove,
+                idem,
+            },
+            payloads,
+        });
         self.ledger = ledger;
         self.next_seq += n;
         self.head = prev;
         Ok(answer)
     }
 
-    /// The first answer to `key` if it is remembered and bound to `fp`; `KeyReused` if it is
-    /// bound to something else; `None` if unknown or expired.
-    fn replay(&self, key: &str, fp: &str, now_ms: u64) -> Result<Option<Accepted>, IntakeError> {
-        let Some(stored) = self.store.idem_get(key.as_bytes())? else {
-            return Ok(None);
-        };
-        if stored
-            .at_ms
-            .is_some_and(|at| at.saturating_add(self.key_retention_ms) <= now_ms)
-        {
-            return Ok(None);
+    /// Signs the group's entries (on every core) and appends all its batches in one
+    /// transaction; if that fails, takes the group back out of the writer's state.
+    /// `progress` is told how many entries are signed so far.
+    fn write(&mut self, mut group: Group, progress: &mut dyn FnMut(u64)) -> Result<(), StoreError> {
+        if group.batches.is_empty() {
+            return Ok(());
         }
-        let rec: KeyRecord = serde_json::from_slice(&stored.value).map_err(|e| {
-            StoreError::Corrupt(format!("what is remembered for an idempotency key: {e}"))
-        })?;
+        let sizes: Vec<usize> = group.batches.iter().map(|b| b.payloads.len()).collect();
+        let payloads: Vec<Vec<u8>> = group
+            .batches
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.payloads))
+            .collect();
+        let mut envelopes = seal_all(&self.ident.key, payloads, self.cores, progress).into_iter();
+        let appends: Vec<Append> = group
+            .batches
+            .into_iter()
+            .zip(sizes)
+            .map(|(b, n)| Append {
+                envelopes: envelopes.by_ref().take(n).collect(),
+                ..b.append
+            })
+            .collect();
+        debug_assert_eq!(
+            appends
+                .iter()
+                .flat_map(|a| &a.envelopes)
+                .map(|e| e.len() as u64)
+                .sum::<u64>(),
+            group.bytes,
+            "stored sizes were judged right"
+        );
+        let written = self.store.append_all(&appends);
+        if written.is_err() {
+            if let Some((next_seq, head, ledger)) = group.before {
+                (self.next_seq, self.head, self.ledger) = (next_seq, head, ledger);
+            }
+            for (seq, old) in group.held_undo.into_iter().rev() {
+                match old {
+                    Some(r) => self.held.insert(seq, r),
+                    None => self.held.remove(&seq),
+                };
+            }
+        }
+        written
+    }
+
+    /// The first answer to `key` if it is remembered (by the store, or by a batch of this
+    /// group) and bound to `fp`; `KeyReused` if it is bound to something else; `None` if
+    /// unknown or expired.
+    fn replay(
+        &self,
+        key: &str,
+        fp: &str,
+        now_ms: u64,
+        group: &Group,
+    ) -> Result<Option<Accepted>, IntakeError> {
+        let rec = match group.keys.get(key) {
+            Some(rec) => KeyRecord {
+                fingerprint: rec.fingerprint.clone(),
+                answer: rec.answer.clone(),
+            },
+            None => {
+                let Some(stored) = self.store.idem_get(key.as_bytes())? else {
+                    return Ok(None);
+                };
+                if stored
+                    .at_ms
+                    .is_some_and(|at| at.saturating_add(self.key_retention_ms) <= now_ms)
+                {
+                    return Ok(None);
+                }
+                serde_json::from_slice(&stored.value).map_err(|e| {
+                    StoreError::Corrupt(format!("what is remembered for an idempotency key: {e}"))
+                })?
+            }
+        };
         if rec.fingerprint.as_deref().is_some_and(|f| f != fp) {
             return Err(IntakeError::KeyReused { key: key.into() });
         }
@@ -601,13 +769,35 @@ fn adopt_old_keys(store: &Store, now_ms: u64) -> Result<(), StoreError> {
 
 struct Job {
     sub: Submission,
-    reply: oneshot::Sender<Result<Accepted, IntakeError>>,
+    reply: oneshot::Sender<Written>,
+}
+
+/// The writer's answer to a job, before durability.
+struct Written {
+    result: Result<Accepted, IntakeError>,
+    /// The answer may go out only once the store is durable up to this seq: the head
+    /// after the job for a batch stored or answered from an idempotency key (the stored
+    /// answer it repeats may still be on its way to disk); `None` when the answer claims
+    /// nothing stored (refusals, dry runs).
+    durable_at: Option<u64>,
+}
+
+/// How far the store is on disk, as the committer publishes it.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    /// Every entry up to this seq is on disk (a flush that started after it was appended
+    /// has completed).
+    through: u64,
+    /// The latest flush that failed: the head it was to make durable, and why. Answers
+    /// up to that head that are not durable by a later flush get a 500.
+    failed: Option<(u64, Arc<str>)>,
 }
 
 /// A handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct IntakeHandle {
     tx: mpsc::Sender<Job>,
+    durable: watch::Receiver<Durable>,
 }
 
 impl IntakeHandle {
@@ -618,76 +808,178 @@ impl IntakeHandle {
             .send(Job { sub, reply })
             .await
             .map_err(|_| IntakeError::Stopped)?;
-        rx.await.unwrap_or(Err(IntakeError::Stopped))
+        let written = rx.await.map_err(|_| IntakeError::Stopped)?;
+        let answer = written.result?;
+        if let Some(seq) = written.durable_at {
+            self.durable(seq).await?;
+        }
+        if !answer.dry_run
+            && !answer.replayed
+            && let (Some(first), Some(last)) = (answer.seqs.first(), answer.seqs.last())
+        {
+            info!(first, last, accepted = answer.accepted, "Batch accepted.");
+        }
+        Ok(answer)
+    }
+
+    /// Waits until a flush that started after `seq` was appended has completed.
+    async fn durable(&self, seq: u64) -> Result<(), IntakeError> {
+        let mut rx = self.durable.clone();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.through >= seq {
+                    return Ok(());
+                }
+                if let Some((head, why)) = &d.failed
+                    && *head >= seq
+                {
+                    return Err(IntakeError::Store(StoreError::Failed(format!(
+                        "the batch may not be on disk: {why}"
+                    ))));
+                }
+            }
+            if rx.changed().await.is_err() {
+                // The committer is gone; it flushes everything appended before it ends.
+                return match rx.borrow().through >= seq {
+                    true => Ok(()),
+                    false => Err(IntakeError::Stopped),
+                };
+            }
+        }
     }
 }
 
-/// Most batches that share one flush.
-const GROUP_MAX: usize = 64;
+/// Batches waiting for the writer; senders wait beyond this (back-pressure).
+const QUEUE: usize = 256;
 
-/// Starts the writer task. It ends when every [`IntakeHandle`] is dropped. `appended` is
-/// notified after each durable append (it wakes the pusher).
+/// Starts the writer and its committer (group commit, see the module documentation).
+/// The task ends when every [`IntakeHandle`] is dropped and all that was appended is
+/// flushed. `appended` is notified after each flush that made new entries durable (it
+/// wakes the pusher).
 pub fn spawn_writer(
     writer: Writer,
     appended: Arc<Notify>,
 ) -> (IntakeHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(GROUP_MAX * 4);
-    let task = tokio::spawn(writer_loop(writer, rx, appended));
-    (IntakeHandle { tx }, task)
+    let store = writer.store.clone();
+    spawn_writer_with(writer, appended, move || {
+        let store = store.clone();
+        async move { store.flush_async().await }
+    })
 }
 
-async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
-    let store = writer.store.clone();
-    while let Some(first) = rx.recv().await {
+/// [`spawn_writer`] with the flush as a seam: tests count flushes and hold them back.
+pub(crate) fn spawn_writer_with<F, Fut>(
+    writer: Writer,
+    appended: Arc<Notify>,
+    flush: F,
+) -> (IntakeHandle, tokio::task::JoinHandle<()>)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), StoreError>> + Send,
+{
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let head = writer.next_seq - 1;
+    let (head_tx, head_rx) = watch::channel(head);
+    let (durable_tx, durable_rx) = watch::channel(Durable {
+        through: head,
+        failed: None,
+    });
+    let task = tokio::spawn(async move {
+        let writing = tokio::task::spawn_blocking(move || write_loop(writer, rx, head_tx));
+        commit_loop(head_rx, durable_tx, appended, flush).await;
+        if let Err(e) = writing.await {
+            // A panic while judging: the writer's state is unknown, so it took no more
+            // batches; every waiting sender got "shutting down" and nothing is lost.
+            error!(error = %e, "Intake writer failed; intake is stopped. Restart the agent.");
+        }
+    });
+    (
+        IntakeHandle {
+            tx,
+            durable: durable_rx,
+        },
+        task,
+    )
+}
+
+/// Most batches judged and appended together.
+const GROUP_MAX: usize = 64;
+
+/// Most request bytes judged and appended together: batches queued beyond wait for the
+/// next group.
+const GROUP_BYTES: usize = 16 << 20;
+
+/// The writer: takes every batch queued (up to [`GROUP_MAX`] or [`GROUP_BYTES`]), judges
+/// them in arrival order, appends the accepted ones in one transaction (not flushed) and
+/// publishes the new head to the committer before the jobs hear back. Runs on a blocking
+/// thread until every sender is gone. Batches arriving while a flush is under way are
+/// judged and signed meanwhile; their transaction waits for the flush (sled serialises
+/// the two), and the next flush covers them all.
+fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.sub.body.len();
         let mut jobs = vec![first];
-        while jobs.len() < GROUP_MAX {
+        while jobs.len() < GROUP_MAX && bytes < GROUP_BYTES {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => {
+                    bytes += j.sub.body.len();
+                    jobs.push(j);
+                }
                 Err(_) => break,
             }
         }
-        let subs: Vec<Submission> = jobs.iter().map(|j| j.sub.clone()).collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            let results: Vec<_> = subs.iter().map(|s| writer.submit(s, &mut |_| {})).collect();
-            (writer, results)
-        })
-        .await;
-        let (w, mut results) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                // A panic while judging: the writer's state is unknown, so stop taking
-                // batches; every waiting sender gets "shutting down" and nothing is lost.
-                error!(error = %e, "Intake writer failed; intake is stopped. Restart the agent.");
+        let subs: Vec<&Submission> = jobs.iter().map(|j| &j.sub).collect();
+        let results = writer.submit_group(&subs);
+        let now = writer.next_seq - 1;
+        head.send_if_modified(|h| std::mem::replace(h, now) != now);
+        for (job, result) in jobs.into_iter().zip(results) {
+            let durable_at = match &result {
+                Ok(a) if !a.dry_run => Some(now),
+                _ => None,
+            };
+            let _ = job.reply.send(Written { result, durable_at });
+        }
+    }
+}
+
+/// The committer: whenever the writer's head is past what the last flush covered, reads
+/// the head, flushes, and publishes that head as durable: one flush answers every batch
+/// appended before it started, while the writer goes on appending the next ones. A failed
+/// flush fails the answers up to its head and is not retried until more is appended (a
+/// later flush covers the earlier entries too). Ends when the writer is gone and its last
+/// appends are flushed.
+async fn commit_loop<F, Fut>(
+    mut head: watch::Receiver<u64>,
+    durable: watch::Sender<Durable>,
+    woke: Arc<Notify>,
+    mut flush: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut attempted = durable.borrow().through;
+    loop {
+        let target = *head.borrow_and_update();
+        if target > attempted {
+            attempted = target;
+            match flush().await {
+                Ok(()) => {
+                    durable.send_modify(|d| d.through = d.through.max(target));
+                    woke.notify_one();
+                }
+                Err(e) => {
+                    error!(error = %e, head = target, "Flushing accepted batches failed; answering 500.");
+                    durable.send_modify(|d| d.failed = Some((target, e.to_string().into())));
+                }
+            }
+            continue;
+        }
+        if head.changed().await.is_err() {
+            // The writer is gone; its last head may not be flushed yet.
+            if *head.borrow() == attempted {
                 return;
             }
-        };
-        writer = w;
-        let wrote = results
-            .iter()
-            .any(|r| matches!(r, Ok(a) if !a.dry_run && !a.replayed));
-        if wrote {
-            if let Err(e) = store.flush_async().await {
-                error!(error = %e, "Flushing accepted batches failed; answering 500.");
-                for r in &mut results {
-                    if matches!(r, Ok(a) if !a.dry_run) {
-                        *r = Err(IntakeError::Store(StoreError::Corrupt(format!(
-                            "the batch may not be on disk: {e}"
-                        ))));
-                    }
-                }
-            } else {
-                appended.notify_one();
-            }
-        }
-        for (job, r) in jobs.into_iter().zip(results) {
-            if let Ok(a) = &r
-                && !a.dry_run
-                && !a.replayed
-                && let (Some(first), Some(last)) = (a.seqs.first(), a.seqs.last())
-            {
-                info!(first, last, accepted = a.accepted, "Batch accepted.");
-            }
-            let _ = job.reply.send(r);
         }
     }
 }
@@ -894,10 +1186,238 @@ pub(crate) mod tests {
         assert_eq!(store.head().map(|h| h.0).ok(), Some(0));
     }
 
+    fn act(title: &str) -> Submission {
+        json(&format!(
+            r#"{{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"{title}"}}"#
+        ))
+    }
+
+    /// The flush seam for group-commit tests: counts flushes, logs the head each one made
+    /// durable (read before it starts, so everything up to it was appended before), and can
+    /// hold a flush back until a condition holds.
+    #[derive(Clone, Default)]
+    struct Flushes {
+        /// Heads made durable, in completion order.
+        done: Arc<Mutex<Vec<u64>>>,
+        /// Flushes started.
+        started: Arc<AtomicU64>,
+    }
+
+    impl Flushes {
+        fn done(&self) -> Vec<u64> {
+            self.done.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+
+        /// Whether a completed flush covers `seq`.
+        fn covers(&self, seq: u64) -> bool {
+            self.done().iter().any(|&h| h >= seq)
+        }
+
+        /// A flush function for [`spawn_writer_with`]: before flushing, the n-th flush
+        /// (from 0) waits for `hold(n)` to complete; it fails when `fail(n)`.
+        fn seam<H, HF>(
+            &self,
+            store: &Store,
+            hold: H,
+            fail: fn(u64) -> bool,
+        ) -> impl FnMut() -> BoxedFlush + Send + 'static
+        where
+            H: Fn(u64, Store) -> HF + Send + Sync + 'static,
+            HF: Future<Output = ()> + Send + 'static,
+        {
+            let (me, store, hold) = (self.clone(), store.clone(), Arc::new(hold));
+            move || {
+                let (me, store, hold) = (me.clone(), store.clone(), hold.clone());
+                Box::pin(async move {
+                    let n = me.started.fetch_add(1, Ordering::SeqCst);
+                    let head = store.head()?.0;
+                    hold(n, store.clone()).await;
+                    if fail(n) {
+                        return Err(StoreError::Corrupt("disk on fire (test)".into()));
+                    }
+                    store.flush_async().await?;
+                    me.done.lock().unwrap_or_else(|p| p.into_inner()).push(head);
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// Boxed flush futures, so the seam's closure has one nameable type.
+    type BoxedFlush = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
     fn open_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
         (dir, store)
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submits_get_consecutive_seqs_each_answered_after_a_flush_that_covers_it() {
+        const N: u64 = 40;
+        let (_dir, store) = open_store();
+        let flushes = Flushes::default();
+        // The first flush is held until every batch is appended: the rest must share one.
+        let seam = flushes.seam(
+            &store,
+            |n, store: Store| async move {
+                if n == 0 {
+                    until("every batch appended", || {
+                        store.head().map(|h| h.0).unwrap_or(0) == N
+                    })
+                    .await;
+                }
+            },
+            |_| false,
+        );
+        let (intake, task) = spawn_writer_with(
+            writer(&store, BufferConfig::default()),
+            Arc::default(),
+            seam,
+        );
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let (intake, flushes) = (intake.clone(), flushes.clone());
+            clients.spawn(async move {
+                let a = intake
+                    .submit(act(&format!("t{i}")))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(a.seqs.len(), 1);
+                assert!(
+                    flushes.covers(a.seqs[0]),
+                    "seq {} answered before a flush covered it (flushed: {:?})",
+                    a.seqs[0],
+                    flushes.done()
+                );
+                a.seqs[0]
+            });
+        }
+        let mut seqs: Vec<u64> = clients.join_all().await;
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+        let started = flushes.started.load(Ordering::SeqCst);
+        assert!(
+            started <= 2,
+            "{N} batches took {started} flushes; all but the first batch should share one"
+        );
+        drop(intake);
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(flushes.done().last(), Some(&N));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_is_answered_only_once_what_it_repeats_is_on_disk() {
+        let (_dir, store) = open_store();
+        let flushes = Flushes::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = gate.clone();
+        let seam = flushes.seam(
+            &store,
+            move |_, _| {
+                let held = held.clone();
+                async move {
+                    if let Ok(p) = held.acquire().await {
+                        p.forget();
+                    }
+                }
+            },
+            |_| false,
+        );
+        let (intake, _task) = spawn_writer_with(
+            writer(&store, BufferConfig::default()),
+            Arc::default(),
+            seam,
+        );
+        let mut sub = act("keyed");
+        sub.idempotency_key = Some("k-1".into());
+        let first = tokio::spawn({
+            let (intake, sub) = (intake.clone(), sub.clone());
+            async move { intake.submit(sub).await }
+        });
+        until("the batch appended", || {
+            store.head().map(|h| h.0).unwrap_or(0) == 1
+        })
+        .await;
+        let again = tokio::spawn({
+            let intake = intake.clone();
+            async move { intake.submit(sub).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !first.is_finished() && !again.is_finished(),
+            "answered before the flush"
+        );
+        gate.add_permits(100);
+        let first = first.await.unwrap_or_else(|e| panic!("{e}"));
+        let again = again.await.unwrap_or_else(|e| panic!("{e}"));
+        let (first, again) = (
+            first.unwrap_or_else(|e| panic!("{e}")),
+            again.unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!((first.seqs.clone(), first.replayed), (vec![1], false));
+        assert_eq!((again.seqs, again.replayed), (vec![1], true));
+        assert_eq!(store.entry_count(), 1);
+        assert!(flushes.covers(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_fails_the_answers_it_was_to_cover_and_intake_goes_on() {
+        let (_dir, store) = open_store();
+        let flushes = Flushes::default();
+        let seam = flushes.seam(&store, |_, _| async {}, |n| n == 0);
+        let (intake, _task) = spawn_writer_with(
+            writer(&store, BufferConfig::default()),
+            Arc::default(),
+            seam,
+        );
+        let err = intake
+            .submit(act("a"))
+            .await
+            .map(|a| a.seqs)
+            .expect_err("the flush failed");
+        assert!(
+            matches!(&err, IntakeError::Store(e) if e.to_string().contains("may not be on disk")),
+            "{err}"
+        );
+        // Not retried until more is appended; the next flush covers both.
+        let b = intake
+            .submit(act("b"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.seqs, vec![2]);
+        assert_eq!(flushes.started.load(Ordering::SeqCst), 2);
+        assert_eq!(flushes.done(), vec![2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_and_dry_runs_wait_for_no_flush() {
+        let (_dir, store) = open_store();
+        let flushes = Flushes::default();
+        // Every flush hangs: only answers that claim nothing stored can come back.
+        let seam = flushes.seam(&store, |_, _| std::future::pending(), |_| false);
+        let (intake, _task) = spawn_writer_with(
+            writer(&store, BufferConfig::default()),
+            Arc::default(),
+            seam,
+        );
+        let mut dry = act("dry");
+        dry.dry_run = true;
+        let a = intake.submit(dry).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.dry_run);
+        let refused = intake.submit(json("{}")).await;
+        assert!(matches!(refused, Err(IntakeError::Refused(_))));
+        assert_eq!(flushes.started.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -963,5 +1483,159 @@ pub(crate) mod tests {
             prev = env.payload_hash();
         }
         assert_eq!(store.head().ok(), Some((150, prev)));
+    }
+
+    /// One behaviour, one helper: submit `batches` (NDJSON lines each) as one group and
+    /// compare each answer.
+    fn check_group(w: &mut Writer, batches: &[Submission], expected: &[Result<&[u64], &str>]) {
+        let subs: Vec<&Submission> = batches.iter().collect();
+        let got = w.submit_group(&subs);
+        assert_eq!(got.len(), expected.len());
+        for (i, (got, want)) in got.into_iter().zip(expected).enumerate() {
+            match (got, want) {
+                (Ok(a), Ok(seqs)) => assert_eq!(&a.seqs, seqs, "batch {i}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "batch {i}: {e}"),
+                (got, want) => panic!("batch {i}: got {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    fn lines(recs: &[String]) -> Submission {
+        json(&recs.join("\n"))
+    }
+
+    #[test]
+    fn a_group_is_judged_as_if_its_batches_came_one_by_one() {
+        let (_dir, store) = open_store();
+        let mut w = writer(&store, BufferConfig::default());
+        let recs: Vec<String> = (1..=6)
+            .map(|i| rec("440106", &format!("44010600{i:02}")))
+            .collect();
+        let withdraw = r#"{"kind":"withdrawal","target_seq":2,"reason":"duplicate"}"#.to_string();
+        check_group(
+            &mut w,
+            &[
+                lines(&recs[..5]),
+                // The county's quota of 5 is used up by the batch before, in this group.
+                lines(&recs[5..]),
+                lines(std::slice::from_ref(&withdraw)),
+                // Freed by the withdrawal just before.
+                lines(&recs[5..]),
+            ],
+            &[
+                Ok(&[1, 2, 3, 4, 5]),
+                Err("quota exceeded"),
+                Ok(&[6]),
+                Ok(&[7]),
+            ],
+        );
+        assert_eq!(store.head().map(|h| h.0).ok(), Some(7));
+        // What was stored is what a restart reads back.
+        let mut w = writer(&store, BufferConfig::default());
+        check_group(
+            &mut w,
+            &[lines(&[rec("440106", "4401060009")])],
+            &[Err("quota exceeded")],
+        );
+    }
+
+    #[test]
+    fn a_key_bound_in_a_group_answers_its_repeats_in_the_same_group() {
+        let (_dir, store) = open_store();
+        let mut w = writer(&store, BufferConfig::default());
+        let keyed = |title: &str| {
+            let mut s = act(title);
+            s.idempotency_key = Some("k".into());
+            s
+        };
+        let subs = [keyed("a"), act("b"), keyed("a"), keyed("other bytes")];
+        let refs: Vec<&Submission> = subs.iter().collect();
+        let got = w.submit_group(&refs);
+        let seqs = |i: usize| got[i].as_ref().map(|a| (a.seqs.clone(), a.replayed)).ok();
+        assert_eq!(seqs(0), Some((vec![1], false)));
+        assert_eq!(seqs(1), Some((vec![2], false)));
+        assert_eq!(seqs(2), Some((vec![1], true)), "answered as the first time");
+        assert!(
+            matches!(got[3], Err(IntakeError::KeyReused { .. })),
+            "{:?}",
+            got[3]
+        );
+        assert_eq!(store.entry_count(), 2);
+        assert_eq!(store.idem_count(), 1);
+    }
+
+    #[test]
+    fn the_byte_limit_counts_the_batches_before_in_the_group() {
+        let (_dir, store) = open_store();
+        let one = {
+            let mut w = writer(&open_store().1, BufferConfig::default());
+            w.submit(&act("a"), &mut |_| {})
+                .unwrap_or_else(|e| panic!("{e}"));
+            w.store.buffered_bytes().unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Room for one entry and a half.
+        let limits = BufferConfig {
+            max_entries: 100,
+            max_bytes: one * 3 / 2,
+        };
+        let mut w = writer(&store, limits);
+        check_group(
+            &mut w,
+            &[act("a"), act("b")],
+            &[Ok(&[1]), Err("bytes wait for the hub")],
+        );
+        assert_eq!(store.buffered_bytes().ok(), Some(one), "judged exactly");
+    }
+
+    #[test]
+    fn a_group_whose_write_fails_leaves_the_writer_as_before_it() {
+        let (_dir, store) = open_store();
+        let mut w = writer(&store, BufferConfig::default());
+        // Someone else appends seq 1 behind the writer's back: its next write must fail.
+        store
+            .append(&Append {
+                first: 1,
+                envelopes: vec![b"{}".to_vec()],
+                head_hash: Digest([1; 32]),
+                ..Append::default()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let five: Vec<String> = (1..=5)
+            .map(|i| rec("440106", &format!("44010600{i:02}")))
+            .collect();
+        let mut dry = lines(&five);
+        dry.dry_run = true;
+        check_group(
+            &mut w,
+            &[lines(&five), dry],
+            &[
+                Err("nothing of the batch was stored"),
+                Err("nothing of the batch was stored"),
+            ],
+        );
+        assert_eq!(w.next_seq(), 1);
+        assert_eq!(w.head, Digest::ZERO);
+        assert!(w.held.is_empty());
+        // The quota the failed batch took is free again (judged, not stored: a dry run).
+        let mut dry = lines(&five);
+        dry.dry_run = true;
+        let a = w
+            .submit(&dry, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.seqs, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn stored_sizes_are_known_before_signing() {
+        let (_dir, store) = open_store();
+        let w = writer(&store, BufferConfig::default());
+        for len in (0..40).chain([999, 1000, 1001, 70_000]) {
+            let env = seal(&w.ident.key, vec![b'x'; len]);
+            assert_eq!(
+                env.len() as u64,
+                w.envelope_overhead + len.div_ceil(3) as u64 * 4,
+                "payload of {len} bytes"
+            );
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! - [`token`]: the intake token (`<data>/intake.token`) every API request must carry.
 //! - [`store`]: the sled store — entries, receipts, chain head, quota records, notices —
 //!   and the one transaction that appends a batch.
-//! - [`intake`]: validation, quota checks, signing and the single writer task (group commit).
+//! - [`intake`]: validation, quota checks, signing (on every core), the single writer and
+//!   its committer (group commit: batches queued together share one transaction and one
+//!   flush).
 //! - [`http`]: the local HTTP API (`POST /v1/records`, `/v1/status`, `/healthz`, `/metrics` …).
 //! - [`spool`]: the watched spool folder.
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only

@@ -10,10 +10,10 @@
 //! | `idem` | `k/` + idempotency key | when it was first seen, what it was bound to, the answer given (JSON, see `intake`) |
 //! | `idem` | `t/` + first seen (ms, u64 BE) + key | empty: the expiry index [`Store::prune_idem`] walks |
 //!
-//! Architecture invariant: the chain only grows through [`Store::append`], one sled
-//! transaction over `entries`, `meta`, `quota` and `idem`; so after a crash at any instant
-//! either the whole batch with its new head is there or none of it. Callers answer only
-//! after [`Store::flush_async`].
+//! Architecture invariant: the chain only grows through [`Store::append_all`] (one batch:
+//! [`Store::append`]), one sled transaction over `entries`, `meta`, `quota` and `idem`; so
+//! after a crash at any instant either the whole group of batches with its new head is
+//! there or none of it. Callers answer only after [`Store::flush_async`].
 //!
 //! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
 //! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
@@ -81,6 +81,9 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("store I/O error: {0}; check free disk space and the data directory")]
     Sled(#[from] sled::Error),
+    /// A write or flush failed, as reported to each batch it concerns.
+    #[error("store I/O error: {0}; check free disk space and the data directory")]
+    Failed(String),
     /// A stored value cannot be read.
     #[error("the store is damaged: {0}; run `spacesync-agent verify` for details")]
     Corrupt(String),
@@ -359,33 +362,73 @@ impl Store {
     /// Appends one accepted batch: entries, new head, buffered bytes, quota records and the
     /// idempotency answer, in one transaction. Not durable until [`Store::flush_async`].
     pub fn append(&self, a: &Append) -> Result<(), StoreError> {
-        let added: u64 = a.envelopes.iter().map(|e| e.len() as u64).sum();
-        let last = a.first + a.envelopes.len() as u64 - 1;
+        self.append_all(std::slice::from_ref(a))
+    }
+
+    /// Appends consecutive batches (each `first` follows the previous batch's last seq) in
+    /// one transaction: all of them with the last one's head, or none. One transaction for
+    /// many small batches matters: sled writes its log buffer out at every transaction.
+    /// Not durable until [`Store::flush_async`].
+    pub fn append_all(&self, batches: &[Append]) -> Result<(), StoreError> {
+        let (Some(first), Some(last_batch)) = (batches.first(), batches.last()) else {
+            return Ok(());
+        };
+        let mut next = first.first;
+        for a in batches {
+            if a.first != next || a.envelopes.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "a batch starting at seq {} was to follow seq {}",
+                    a.first,
+                    next - 1
+                )));
+            }
+            next += a.envelopes.len() as u64;
+        }
+        let last = next - 1;
+        let added: u64 = batches
+            .iter()
+            .flat_map(|a| &a.envelopes)
+            .map(|e| e.len() as u64)
+            .sum();
+        // Built once: sled copies a borrowed value into the transaction's write set at every
+        // attempt, and shares an `IVec` it is given.
+        let values: Vec<(sled::IVec, sled::IVec)> = batches
+            .iter()
+            .flat_map(|a| (a.first..).zip(&a.envelopes))
+            .map(|(seq, env)| {
+                (
+                    sled::IVec::from(&seq_key(seq)),
+                    sled::IVec::from(env.as_slice()),
+                )
+            })
+            .collect();
         (&self.entries, &self.meta, &self.quota, &self.idem).transaction(
             |(entries, meta, quota, idem)| {
                 let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
-                if head + 1 != a.first {
+                if head + 1 != first.first {
                     return Err(abort(StoreError::Corrupt(format!(
                         "a batch starting at seq {} was to follow head {head}",
-                        a.first
+                        first.first
                     ))));
                 }
-                for (i, env) in a.envelopes.iter().enumerate() {
-                    entries.insert(&seq_key(a.first + i as u64), env.as_slice())?;
+                for (k, v) in &values {
+                    entries.insert(k.clone(), v.clone())?;
                 }
                 meta.insert(HEAD_SEQ, &last.to_be_bytes())?;
-                meta.insert(HEAD_HASH, &a.head_hash.0)?;
+                meta.insert(HEAD_HASH, &last_batch.head_hash.0)?;
                 let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
                 meta.insert(BUFFERED_BYTES, &(bytes + added).to_be_bytes())?;
-                for (seq, rec) in &a.quota_add {
-                    quota.insert(&seq_key(*seq), rec.as_slice())?;
-                }
-                for seq in &a.quota_remove {
-                    quota.remove(&seq_key(*seq))?;
-                }
-                if let Some(p) = &a.idem {
-                    idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
-                    idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
+                for a in batches {
+                    for (seq, rec) in &a.quota_add {
+                        quota.insert(&seq_key(*seq), rec.as_slice())?;
+                    }
+                    for seq in &a.quota_remove {
+                        quota.remove(&seq_key(*seq))?;
+                    }
+                    if let Some(p) = &a.idem {
+                        idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
+                        idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
+                    }
                 }
                 Ok(())
             },
@@ -804,6 +847,41 @@ mod tests {
         assert_eq!(s.idem_count(), 1);
         assert_eq!(s.quota.len(), 1);
         assert_eq!(s.buffered_bytes().ok(), Some(5));
+    }
+
+    #[test]
+    fn batches_appended_together_land_whole_and_must_follow_each_other() {
+        let (_d, s) = open();
+        let batch = |first, n: usize, tag: u8| Append {
+            first,
+            envelopes: vec![vec![tag; 3]; n],
+            head_hash: Digest([tag; 32]),
+            quota_add: vec![(first, vec![tag])],
+            ..Append::default()
+        };
+        // A gap between the two: refused whole.
+        assert!(matches!(
+            s.append_all(&[batch(1, 2, 1), batch(4, 1, 2)]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(
+            (s.head().ok(), s.entry_count()),
+            (Some((0, Digest::ZERO)), 0)
+        );
+        s.append_all(&[batch(1, 2, 1), batch(3, 1, 2)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.head().ok(),
+            Some((3, Digest([2; 32]))),
+            "the last batch's head"
+        );
+        assert_eq!(s.buffered_bytes().ok(), Some(9));
+        assert_eq!((s.entry_count(), s.quota.len()), (3, 2));
+        let stored: Vec<_> = s.raw_entries().filter_map(Result::ok).collect();
+        assert_eq!(
+            stored,
+            vec![(1, vec![1; 3]), (2, vec![1; 3]), (3, vec![2; 3])]
+        );
     }
 
     #[test]
