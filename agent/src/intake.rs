@@ -1,9 +1,11 @@
 //! Intake: a batch of records becomes signed, chained entries, whole or not at all.
 //!
 //! [`Writer`] holds what judging a batch needs (next seq, chain head, quota ledger of the
-//! recommendations held) and is the only code that appends to the store. A batch's
-//! payloads are chained in order; their signatures, which need only the payload, are
-//! spread over the cores.
+//! recommendations held) and is the only code that appends to the store. What does not
+//! depend on the order of records is spread over the cores: a large NDJSON body is read in
+//! parts (`parse_split`; a record with a problem has the whole body read again, so the
+//! refusal names every problem with its line), and the signatures, which need only the
+//! payloads, come after the payloads are chained in order.
 //!
 //! Group commit. In `run` ([`spawn_writer`]) the writer lives on one blocking thread. It
 //! takes every batch queued, judges them in arrival order (each as if the ones before it
@@ -386,53 +388,37 @@ impl Writer {
 
         let campaign = &self.ident.campaign;
         let today = campaign.local_date(self.clock.now());
-        let mut ledger = self.ledger.clone();
-        let mut batch_recs: HashMap<u64, Recommendation> = HashMap::new();
-        let mut quota_add: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut quota_remove: Vec<u64> = Vec::new();
-        let mut warnings = Vec::new();
-        let mut done = 0u64;
-        let records = batch::parse(&sub.body, sub.format, self.max_records, |i, r| {
-            let seq = self.next_seq + i as u64;
-            let ctx = Context {
-                campaign,
-                scope: self.ident.scope,
-                today,
-                next_seq: seq,
-            };
-            let mut problems = validate::check(r, &ctx);
-            match r {
-                Record::Recommendation(rec) => match ledger.add(&campaign.quotas, rec) {
-                    Ok(()) => {
-                        batch_recs.insert(seq, rec.clone());
-                        quota_add.push((seq, serde_json::to_vec(&r.to_value()).unwrap_or_default()));
-                    }
-                    Err(v) => problems.push(Problem::new("nominee", ProblemKind::Quota(Box::new(v)))),
-                },
-                Record::Withdrawal(w) if problems.is_empty() => {
-                    let target = batch_recs
-                        .remove(&w.target_seq)
-                        .or_else(|| self.held.get(&w.target_seq).cloned());
-                    if let Some(t) = target
-                        && !quota_remove.contains(&w.target_seq)
-                    {
-                        ledger.remove(&t);
-                        quota_remove.push(w.target_seq);
-                    }
-                }
-                _ => {}
+        // A large NDJSON body is read on every core; its records are then judged in order
+        // here. If reading it in parts fails, or a record has a problem, `batch::parse`
+        // reads it whole again, so a refusal lists every problem with its line as before.
+        let mut judged = Judging::new(self.ledger.clone());
+        let mut records = parse_split(&sub.body, sub.format, self.max_records, self.cores);
+        if let Some(recs) = &records
+            && !recs
+                .iter()
+                .enumerate()
+                .all(|(i, r)| self.judge(&mut judged, today, i, r, progress).is_empty())
+        {
+            records = None;
+        }
+        let records = match records {
+            Some(records) => records,
+            None => {
+                judged = Judging::new(self.ledger.clone());
+                batch::parse(&sub.body, sub.format, self.max_records, |i, r| {
+                    self.judge(&mut judged, today, i, r, progress)
+                })
+                .map_err(IntakeError::Refused)?
             }
-            for (field, code) in validate::unknown_codes(r) {
-                warnings.push(format!(
-                    "record {}: {field}: {code} is not in the bundled region directory (2023 vintage); accepted, but check the code",
-                    i + 1
-                ));
-            }
-            done += 1;
-            progress(done);
-            problems
-        })
-        .map_err(IntakeError::Refused)?;
+        };
+        let Judging {
+            ledger,
+            batch_recs,
+            quota_add,
+            quota_remove,
+            warnings,
+            ..
+        } = judged;
 
         let n = records.len() as u64;
         let seqs: Vec<u64> = (self.next_seq..self.next_seq + n).collect();
@@ -545,6 +531,59 @@ impl Writer {
         Ok(answer)
     }
 
+    /// The checks that need the writer's state, for record `i` of a batch: the shared
+    /// checks at the seq it would get, quotas, withdrawals; gathers what the batch adds.
+    fn judge(
+        &self,
+        j: &mut Judging,
+        today: chrono::NaiveDate,
+        i: usize,
+        r: &Record,
+        progress: &mut dyn FnMut(u64),
+    ) -> Vec<Problem> {
+        let campaign = &self.ident.campaign;
+        let seq = self.next_seq + i as u64;
+        let ctx = Context {
+            campaign,
+            scope: self.ident.scope,
+            today,
+            next_seq: seq,
+        };
+        let mut problems = validate::check(r, &ctx);
+        match r {
+            Record::Recommendation(rec) => match j.ledger.add(&campaign.quotas, rec) {
+                Ok(()) => {
+                    j.batch_recs.insert(seq, rec.clone());
+                    j.quota_add
+                        .push((seq, serde_json::to_vec(&r.to_value()).unwrap_or_default()));
+                }
+                Err(v) => problems.push(Problem::new("nominee", ProblemKind::Quota(Box::new(v)))),
+            },
+            Record::Withdrawal(w) if problems.is_empty() => {
+                let target = j
+                    .batch_recs
+                    .remove(&w.target_seq)
+                    .or_else(|| self.held.get(&w.target_seq).cloned());
+                if let Some(t) = target
+                    && !j.quota_remove.contains(&w.target_seq)
+                {
+                    j.ledger.remove(&t);
+                    j.quota_remove.push(w.target_seq);
+                }
+            }
+            _ => {}
+        }
+        for (field, code) in validate::unknown_codes(r) {
+            j.warnings.push(format!(
+                "record {}: {field}: {code} is not in the bundled region directory (2023 vintage); accepted, but check the code",
+                i + 1
+            ));
+        }
+        j.done += 1;
+        progress(j.done);
+        problems
+    }
+
     /// Signs the group's entries (on every core) and appends all its batches in one
     /// transaction; if that fails, takes the group back out of the writer's state.
     /// `progress` is told how many entries are signed so far.
@@ -644,6 +683,106 @@ impl Writer {
             retry_after_secs: self.retry_after_secs,
         }
     }
+}
+
+/// What judging one batch's records gathers, record by record.
+struct Judging {
+    /// The quota ledger with the batch's recommendations counted.
+    ledger: QuotaLedger,
+    /// Recommendations of this batch, by seq (a withdrawal later in the batch removes one).
+    batch_recs: HashMap<u64, Recommendation>,
+    /// Recommendations to store as held: (seq, record JSON).
+    quota_add: Vec<(u64, Vec<u8>)>,
+    /// Held recommendations withdrawn.
+    quota_remove: Vec<u64>,
+    /// Codes the directory does not list.
+    warnings: Vec<String>,
+    /// Records judged so far.
+    done: u64,
+}
+
+impl Judging {
+    fn new(ledger: QuotaLedger) -> Judging {
+        Judging {
+            ledger,
+            batch_recs: HashMap::new(),
+            quota_add: Vec::new(),
+            quota_remove: Vec::new(),
+            warnings: Vec::new(),
+            done: 0,
+        }
+    }
+}
+
+/// Smallest body read in parts by [`parse_split`] (about 200 records): below it, starting
+/// threads costs more than it saves.
+const PARSE_SPLIT_BYTES: usize = 64 << 10;
+
+/// The records of a large NDJSON body read in `cores` parts at once, each part cut just
+/// after a newline and read by `batch::parse` alone; `None` unless every part reads
+/// without a problem and together they hold at most `max` records (the caller then reads
+/// the body whole, for the exact refusal). The parts' records are the body's, in order:
+/// NDJSON is a stream of values separated by whitespace and JSON strings hold no raw
+/// newline, so a cut inside a value leaves the part before it ending in an unfinished
+/// value, which does not read; cuts between values split the stream exactly. Only the
+/// records' positions (lines) differ, and they matter only in a refusal.
+fn parse_split(body: &[u8], format: Format, max: usize, cores: usize) -> Option<Vec<Record>> {
+    parse_split_from(body, format, max, cores, PARSE_SPLIT_BYTES)
+}
+
+/// [`parse_split`] with the smallest body as a parameter (tests split small bodies).
+fn parse_split_from(
+    body: &[u8],
+    format: Format,
+    max: usize,
+    cores: usize,
+    min_bytes: usize,
+) -> Option<Vec<Record>> {
+    // A JSON array, or an object on its own, is one value: not split.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if format != Format::Json || first != Some(&b'{') || body.len() < min_bytes {
+        return None;
+    }
+    let parts = cores.min(body.len() / (min_bytes / 2).max(1));
+    if parts < 2 {
+        return None;
+    }
+    let mut cuts = vec![0];
+    for k in 1..parts {
+        let from = (body.len() * k / parts).max(cuts[cuts.len() - 1]);
+        let cut = from + body.get(from..)?.iter().position(|&b| b == b'\n')? + 1;
+        if cut >= body.len() {
+            return None;
+        }
+        cuts.push(cut);
+    }
+    cuts.push(body.len());
+    let read = |part: &[u8]| batch::parse(part, Format::Json, max, |_, _| Vec::new()).ok();
+    let pieces: Vec<&[u8]> = cuts.windows(2).map(|w| &body[w[0]..w[1]]).collect();
+    let read_all: Vec<Option<Vec<Record>>> = std::thread::scope(|s| {
+        let helpers: Vec<_> = pieces[1..]
+            .iter()
+            .map(|&part| {
+                let started = std::thread::Builder::new()
+                    .name("intake-parse".into())
+                    .spawn_scoped(s, move || read(part));
+                (started, part)
+            })
+            .collect();
+        let mut out = vec![read(pieces[0])];
+        for (started, part) in helpers {
+            out.push(match started {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => read(part),
+            });
+        }
+        out
+    });
+    let mut records = Vec::new();
+    for part in read_all {
+        records.extend(part?);
+    }
+    (records.len() <= max).then_some(records)
 }
 
 /// Fewest entries worth a thread of their own when signing a batch: below this, starting
@@ -1637,5 +1776,118 @@ pub(crate) mod tests {
                 "payload of {len} bytes"
             );
         }
+    }
+
+    #[test]
+    fn a_body_read_in_parts_holds_the_records_read_whole_or_is_read_whole() {
+        let act = |t: &str| {
+            format!(
+                r#"{{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"{t}"}}"#
+            )
+        };
+        let pretty = |t: &str| act(t).replace(",", ",\n  ").replace("{", "{\n ");
+        let many = |n: usize, f: &dyn Fn(&str) -> String, sep: &str| {
+            (0..n)
+                .map(|i| f(&format!("t{i}")))
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        let bodies: Vec<(&str, String)> = vec![
+            ("ndjson", many(40, &act, "\n")),
+            ("ndjson, CRLF and blank lines", many(40, &act, "\r\n\n")),
+            ("trailing newlines", many(40, &act, "\n") + "\n\n\n"),
+            ("leading blanks", format!("\n  \n{}", many(40, &act, "\n"))),
+            ("objects over several lines", many(40, &pretty, "\n")),
+            ("two objects a line", many(40, &act, " ")),
+            ("an array", format!("[{}]", many(40, &act, ",\n"))),
+            ("a bad line late", many(30, &act, "\n") + "\n{\"kind\":\n"),
+            (
+                "a bad line early",
+                format!("{{\"kind\":1,,}}\n{}", many(30, &act, "\n")),
+            ),
+            (
+                "not a record",
+                many(30, &act, "\n") + "\n[1]\n" + &many(5, &act, "\n"),
+            ),
+            (
+                "a duplicate key",
+                many(30, &act, "\n") + "\n{\"kind\":\"activity\",\"kind\":\"x\"}",
+            ),
+            (
+                "a string with an escaped newline",
+                many(30, &act, "\n").replace("t7", "t\\n7"),
+            ),
+            (
+                "not UTF-8",
+                many(30, &act, "\n").replace("t20", "t\u{00e9}20"),
+            ),
+        ];
+        for (what, body) in &bodies {
+            let mut body = body.clone().into_bytes();
+            if *what == "not UTF-8"
+                && let Some(i) = body.iter().position(|&b| b == 0xc3)
+            {
+                body[i] = 0xff;
+            }
+            let whole = batch::parse(&body, Format::Json, 1000, |_, _| Vec::new());
+            for cores in [2, 3, 7] {
+                for max in [1000, 35] {
+                    let split = parse_split_from(&body, Format::Json, max, cores, 1);
+                    let whole_max = batch::parse(&body, Format::Json, max, |_, _| Vec::new());
+                    match (&split, &whole_max) {
+                        (Some(parts), Ok(whole)) => {
+                            assert_eq!(parts, whole, "{what}: {cores} parts, max {max}")
+                        }
+                        (Some(_), Err(e)) => {
+                            panic!(
+                                "{what}: {cores} parts, max {max}: read in parts, refused whole: {e}"
+                            )
+                        }
+                        (None, _) => {}
+                    }
+                }
+            }
+            // Well-formed NDJSON is read in parts (else nothing is gained).
+            if what.starts_with("ndjson") || *what == "trailing newlines" {
+                assert!(whole.is_ok(), "{what}");
+                assert!(
+                    parse_split_from(&body, Format::Json, 1000, 2, 1).is_some(),
+                    "{what}: not read in parts"
+                );
+            }
+        }
+        // CSV and small bodies are left to batch::parse.
+        let ndjson = many(40, &act, "\n").into_bytes();
+        assert!(parse_split_from(&ndjson, Format::Csv, 1000, 2, 1).is_none());
+        assert!(parse_split(&ndjson, Format::Json, 1000, 2).is_none());
+    }
+
+    #[test]
+    fn a_large_batch_with_a_bad_record_is_refused_with_its_line_as_before() {
+        let (_dir, store) = open_store();
+        let mut w = writer(&store, BufferConfig::default());
+        let mut lines: Vec<String> = (0..700)
+            .map(|i| {
+                format!(
+                    r#"{{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t{i}"}}"#
+                )
+            })
+            .collect();
+        // Read in parts fine, refused by the checks (out of scope) at record 650.
+        lines[649] = lines[649].replace("440100", "450100");
+        let body = lines.join("\n");
+        assert!(body.len() > PARSE_SPLIT_BYTES);
+        assert!(parse_split(body.as_bytes(), Format::Json, 1000, 2).is_some());
+        let err = w
+            .submit(&json(&body), &mut |_| {})
+            .map(|a| a.seqs)
+            .expect_err("refused");
+        assert!(err.to_string().contains("record 650 (line 650)"), "{err}");
+        assert_eq!(store.head().map(|h| h.0).ok(), Some(0));
+        lines[649] = lines[649].replace("450100", "440100");
+        let a = w
+            .submit(&json(&lines.join("\n")), &mut |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.seqs, (1..=700).collect::<Vec<_>>());
     }
 }
