@@ -47,22 +47,7 @@ pub const CSV_BOM: &str = "\u{feff}";
 
 /// The columns of [`flags_csv`]: the same as the dashboard's flags CSV, so one program
 /// reads both.
-pub const FLAGS_CSV_HEADER: [&str; 14] = [
-    "flag",
-    "region",
-    "region_name",
-    "school",
-    "kind",
-    "before_date",
-    "before",
-    "after_date",
-    "after",
-    "drop",
-    "as_of",
-    "sources",
-    "reported",
-    "sum_of_parts",
-];
+pub const FLAGS_CSV_HEADER: [&str; 14] = crate::views::FLAG_CSV_HEADER;
 
 /// Why a CSV could not be written.
 #[derive(Debug, thiserror::Error)]

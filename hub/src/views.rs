@@ -616,8 +616,27 @@ pub fn region_name(code: RegionCode) -> Option<String> {
         .or_else(|| Directory::bundled().name(code).map(str::to_string))
 }
 
-/// One flag as a row of the flags CSV (the columns of `FLAGS_CSV_HEADER` in the
-/// dashboard and the bulletins), `label` naming its region in the reader's language.
+/// The columns of the flags CSV, the dashboard's and the bulletins' alike, so one program
+/// reads both: machine-readable names, one per field of [`flag_csv_row`].
+pub const FLAG_CSV_HEADER: [&str; 14] = [
+    "flag",
+    "region",
+    "region_name",
+    "school",
+    "kind",
+    "before_date",
+    "before",
+    "after_date",
+    "after",
+    "drop",
+    "as_of",
+    "sources",
+    "reported",
+    "sum_of_parts",
+];
+
+/// One flag as a row of the flags CSV (the columns of [`FLAG_CSV_HEADER`]), `label`
+/// naming its region in the reader's language.
 pub fn flag_csv_row(f: &Flag, region: RegionCode, label: String) -> [String; 14] {
     let mut row: [String; 14] = Default::default();
     row[1] = region.to_string();

@@ -245,22 +245,7 @@ pub fn section(lang: Lang, v: &FlagsView) -> Markup {
 }
 
 /// The CSV header: machine-readable column names, as in the bulletin CSV.
-pub const CSV_HEADER: [&str; 14] = [
-    "flag",
-    "region",
-    "region_name",
-    "school",
-    "kind",
-    "before_date",
-    "before",
-    "after_date",
-    "after",
-    "drop",
-    "as_of",
-    "sources",
-    "reported",
-    "sum_of_parts",
-];
+pub const CSV_HEADER: [&str; 14] = crate::views::FLAG_CSV_HEADER;
 
 /// Every flag as CSV, one row each after the header, region names in `lang`; starts with
 /// a UTF-8 byte-order mark.
