@@ -22,6 +22,8 @@
 //! throughput, which the single writer with group commit already makes sufficient.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sled::Transactional;
@@ -205,6 +207,11 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Every entry up to this seq is on disk: the head as it stood when the last completed
+    /// flush started (or at open). Shared by every clone, so the pusher, which must never
+    /// send an entry a power cut could still take back, sees what intake's committer
+    /// flushed.
+    durable: Arc<AtomicU64>,
     entries: sled::Tree,
     receipts: sled::Tree,
     meta: sled::Tree,
@@ -305,15 +312,20 @@ impl Store {
             },
         })?;
         let tree = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let store = Store {
             entries: tree("entries")?,
             receipts: tree("receipts")?,
             meta: tree("meta")?,
             quota: tree("quota")?,
             notices: tree("notices")?,
             idem: tree("idem")?,
+            durable: Arc::default(),
             db,
-        })
+        };
+        // What sled recovered at open was read from disk.
+        let (head, _) = store.head()?;
+        store.durable.store(head, Ordering::Release);
+        Ok(store)
     }
 
     /// Binds the store to a source and key on first use; refuses another later.
@@ -438,14 +450,26 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let (head, _) = self.head()?;
         self.db.flush_async().await?;
+        self.durable.fetch_max(head, Ordering::AcqRel);
         Ok(())
     }
 
     /// Blocking flush, for the command-line tools.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let (head, _) = self.head()?;
         self.db.flush()?;
+        self.durable.fetch_max(head, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Highest seq known to be on disk with every seq below it: entries above it were
+    /// appended but no flush that started after them has completed yet. Only these may
+    /// leave the agent (a hub holding a seq that a power cut then takes from the agent
+    /// would see the agent reuse it: a fork).
+    pub fn durable_head(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// What is remembered for an idempotency key.
@@ -530,16 +554,21 @@ impl Store {
             .transpose()
     }
 
-    /// Entries from `from` on, at most `max_n` and about `max_bytes` (at least one).
+    /// Entries from `from` through `through`, at most `max_n` and about `max_bytes` (at
+    /// least one when any is in range).
     pub fn entries_from(
         &self,
         from: u64,
+        through: u64,
         max_n: usize,
         max_bytes: usize,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for kv in self.entries.range(seq_key(from)..) {
+        if from > through {
+            return Ok(out);
+        }
+        for kv in self.entries.range(seq_key(from)..=seq_key(through)) {
             let (k, v) = kv?;
             let seq = read_u64(Some(k))?;
             if !out.is_empty() && (out.len() >= max_n || bytes + v.len() > max_bytes) {
@@ -882,6 +911,38 @@ mod tests {
             stored,
             vec![(1, vec![1; 3]), (2, vec![1; 3]), (3, vec![2; 3])]
         );
+    }
+
+    #[test]
+    fn the_durable_head_follows_completed_flushes_and_is_the_head_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let batch = |first, n: usize| Append {
+            first,
+            envelopes: vec![b"{}".to_vec(); n],
+            head_hash: Digest([first as u8; 32]),
+            ..Append::default()
+        };
+        s.append(&batch(1, 2)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.durable_head(), 0, "appended is not durable");
+        s.flush().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.durable_head(), 2);
+        s.append(&batch(3, 3)).unwrap_or_else(|e| panic!("{e}"));
+        let clone = s.clone();
+        assert_eq!(clone.durable_head(), 2, "clones share the mark");
+        // Nothing past the bound is read (the entries here are not envelopes: reading one
+        // would fail).
+        let none = s
+            .entries_from(3, s.durable_head(), 100, 1 << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            none.is_empty(),
+            "entries_from stops at the bound it is given"
+        );
+        drop((s, clone));
+        let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.durable_head(), s.head().map(|h| h.0).unwrap_or(0));
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl Delivery {
         }
         loop {
             let acked = self.store.acked()?;
-            let (head, _) = self.store.head()?;
+            // Only what is on disk leaves the agent: an entry appended but not yet flushed
+            // could be lost to a power cut and its seq reused after it reached the hub.
+            let head = self.store.durable_head();
             let from = self
                 .cursor
                 .resend_from
@@ -126,9 +128,12 @@ impl Delivery {
             if from > head {
                 return Ok(());
             }
-            let batch =
-                self.store
-                    .entries_from(from, self.cursor.max_entries, self.cursor.max_bytes)?;
+            let batch = self.store.entries_from(
+                from,
+                head,
+                self.cursor.max_entries,
+                self.cursor.max_bytes,
+            )?;
             if batch.first().map(|s| s.seq) != Some(from) {
                 let (pruned, _) = self.store.pruned()?;
                 if from <= pruned {

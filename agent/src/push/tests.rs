@@ -188,7 +188,14 @@ fn rig(entries: usize, pin: bool) -> Rig {
 }
 
 impl Rig {
+    /// Appends `n` entries and flushes them, as intake does before it answers.
     fn append(&self, n: usize) {
+        self.append_unflushed(n);
+        self.store.flush().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Appends `n` entries that no flush has covered yet.
+    fn append_unflushed(&self, n: usize) {
         let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
         let mut w = writer(&self.store, Default::default());
         for _ in 0..n {
@@ -276,6 +283,37 @@ async fn a_200_with_receipts_delivers_the_batch() {
     // Nothing left: the next delivery asks nothing.
     assert!(r.deliver().await.is_ok());
     assert_eq!(r.hub.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn entries_not_yet_flushed_never_leave_the_agent() {
+    let mut r = rig(2, true);
+    // Three more appended, as intake's writer does before its committer's flush
+    // completes: a power cut could still take them back, and a hub holding them would
+    // then see this agent reuse their seqs.
+    r.append_unflushed(3);
+    assert_eq!(r.store.head().unwrap_or_else(|e| panic!("{e}")).0, 5);
+    assert_eq!(r.store.durable_head(), 2);
+    r.hub.then(r.head(0));
+    r.hub.then(receipted());
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(
+        r.hub.seen(),
+        ["asking the hub for its head", "pushing seqs 1–2"]
+    );
+    assert_eq!(r.acked(), 2);
+    // Nothing more goes until a flush covers them.
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.hub.seen().len(), 2);
+    r.store
+        .flush_async()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.store.durable_head(), 5);
+    r.hub.then(receipted());
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.hub.seen()[2..], ["pushing seqs 3–5"]);
+    assert_eq!(r.acked(), 5);
 }
 
 #[tokio::test]
