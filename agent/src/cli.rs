@@ -259,7 +259,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify { json } => run_verify(data, json),
         Command::Pubkey => {
             let key = keys::read_secret(&data.key())?;
-            println!("{}", keys::public_key_line(&key.verifying_key()));
+            spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(a) => token_cmd(&data, a),
@@ -269,7 +269,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
 fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
     let path = data.token();
     if !(a.generate || a.rotate) {
-        println!("{}", token::read(&path)?);
+        spacesync_shared::outln!("{}", token::read(&path)?);
         return Ok(ExitCode::SUCCESS);
     }
     if !data.config().exists() {
@@ -284,7 +284,7 @@ fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
     } else {
         token::write_new(&path, &t)?;
     }
-    println!("{t}");
+    spacesync_shared::outln!("{t}");
     eprintln!(
         "Wrote {} (mode 0600). Give this token to the platform (`Authorization: Bearer <token>`){}.",
         path.display(),
@@ -347,7 +347,7 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
     crate::config::private_dir(&db).map_err(io_err(&db))?;
     spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
     let line = keys::public_key_line(&key.verifying_key());
-    println!("{line}");
+    spacesync_shared::outln!("{line}");
     eprintln!(
         "Initialised {}. Register source {} (scope {}) at the hub with the key line above, then start `spacesync-agent run`.",
         data.root.display(),
@@ -477,24 +477,26 @@ fn print_accepted(file: &str, a: &Accepted) {
         _ => "no seqs".into(),
     };
     if a.replayed {
-        println!("{file}: already imported earlier as {range}; nothing stored again");
+        spacesync_shared::outln!(
+            "{file}: already imported earlier as {range}; nothing stored again"
+        );
     } else if a.dry_run {
-        println!(
+        spacesync_shared::outln!(
             "{file}: would accept {} records as {range} (dry run; nothing stored)",
             a.accepted
         );
     } else {
-        println!("{file}: accepted {} records as {range}", a.accepted);
+        spacesync_shared::outln!("{file}: accepted {} records as {range}", a.accepted);
     }
     for w in &a.warnings {
-        println!("{file}: warning: {w}");
+        spacesync_shared::outln!("{file}: warning: {w}");
     }
 }
 
 fn print_refused(file: &str, headline: &str, problems: &[String]) {
-    println!("{file}: {headline}");
+    spacesync_shared::outln!("{file}: {headline}");
     for p in problems {
-        println!("{file}: {p}");
+        spacesync_shared::outln!("{file}: {p}");
     }
 }
 
@@ -638,12 +640,12 @@ fn show_status(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!(
+        spacesync_shared::outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", status::render_human(&report));
+        spacesync_shared::out!("{}", status::render_human(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -679,24 +681,30 @@ fn show_notices(data: &DataDir, json: bool) -> Result<ExitCode, CliError> {
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!(
+        spacesync_shared::outln!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
     } else if list.is_empty() {
-        println!("no notices");
+        spacesync_shared::outln!("no notices");
     } else {
         for n in &list {
             let deadline = n
                 .deadline
                 .map(|d| format!(" (deadline {d})"))
                 .unwrap_or_default();
-            println!(
+            spacesync_shared::outln!(
                 "#{} {} [{}] {} → {}{deadline}\n  {}\n  {}",
-                n.id, n.created_at, n.rule, n.subject, n.addressee, n.text, n.text_en
+                n.id,
+                n.created_at,
+                n.rule,
+                n.subject,
+                n.addressee,
+                n.text,
+                n.text_en
             );
             if let Some(facts) = facts_line(&n.facts) {
-                println!("  {facts}");
+                spacesync_shared::outln!("  {facts}");
             }
         }
     }
@@ -763,14 +771,14 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+        spacesync_shared::outln!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
     } else {
         let pruned = if rep.pruned_through > 0 {
             format!(", 1–{} pruned after delivery", rep.pruned_through)
         } else {
             String::new()
         };
-        println!(
+        spacesync_shared::outln!(
             "checked {} entries (seqs {}–{}{pruned}) and {} receipts",
             rep.entries,
             rep.pruned_through + 1,
@@ -778,12 +786,12 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
             rep.receipts
         );
         if rep.ok() {
-            println!("OK: signatures, chain, seqs and receipts are sound");
+            spacesync_shared::outln!("OK: signatures, chain, seqs and receipts are sound");
         } else {
             for p in &rep.problems {
-                println!("DAMAGE: {p}");
+                spacesync_shared::outln!("DAMAGE: {p}");
             }
-            println!(
+            spacesync_shared::outln!(
                 "{} problem(s) found; keep a copy of the data directory and tell the hub operator before changing anything",
                 rep.problems.len()
             );

@@ -382,12 +382,12 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 dir.0.display(),
                 dir.config().display()
             );
-            println!("{line}");
+            spacesync_shared::outln!("{line}");
         }
         Cmd::Pubkey => {
             config::check_permissions(&dir)?;
             let key = keys::read_secret(&dir.key())?;
-            println!("{}", keys::public_key_line(&key.verifying_key()));
+            spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::WebhookKey => {
             let (key, generated) = config::webhook_key(&dir)?;
@@ -397,7 +397,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                     dir.webhook_key().display()
                 );
             }
-            println!("{}", keys::public_key_line(&key.verifying_key()));
+            spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::Serve(a) => serve(&dir, a)?,
         Cmd::Agents { now, cmd } => agents(&dir, make_clock(now.as_deref(), None)?, cmd)?,
@@ -405,9 +405,11 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Extend(a) => {
             let (hub, _) = config::open_hub(&dir, make_clock(a.now.as_deref(), None)?)?;
             let index = extend(&hub, &a)?;
-            println!(
+            spacesync_shared::outln!(
                 "extension for {} {} until {} recorded at log index {index}",
-                a.region, a.milestone, a.until
+                a.region,
+                a.milestone,
+                a.until
             );
         }
         Cmd::Bulletin { cmd } => bulletins(&dir, cmd)?,
@@ -417,7 +419,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             let pb = bar(size, "rebuild");
             let n = maintenance::rebuild(&store, |i| pb.set_position(i + 1))?;
             pb.finish_and_clear();
-            println!("rebuilt views from {size} log leaves ({n} view items)");
+            spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
         Cmd::Verify => verify(&dir)?,
     }
@@ -466,7 +468,7 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
                 .map_err(|e| CliError::Usage(format!("--scope {scope:?}: {e}")))?;
             let (hub, _) = config::open_hub(dir, clock)?;
             let rec = hub.add_source(id, scope, &key)?;
-            println!(
+            spacesync_shared::outln!(
                 "added {} (scope {}, key {})",
                 rec.id,
                 rec.scope,
@@ -476,14 +478,17 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
         AgentsCmd::List { json: as_json } => {
             let all = registry::load_all(&config::open_store(dir)?)?;
             if as_json {
-                println!("{}", json("the source list", &all)?);
+                spacesync_shared::outln!("{}", json("the source list", &all)?);
             } else {
-                println!(
+                spacesync_shared::outln!(
                     "{:<24} {:<8} {:<8} {:<22} key",
-                    "source", "scope", "status", "added"
+                    "source",
+                    "scope",
+                    "status",
+                    "added"
                 );
                 for r in all {
-                    println!(
+                    spacesync_shared::outln!(
                         "{:<24} {:<8} {:<8} {:<22} {}",
                         r.id.as_str(),
                         r.scope.to_string(),
@@ -497,13 +502,13 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
         AgentsCmd::Revoke { id } => {
             let (hub, _) = config::open_hub(dir, clock)?;
             let rec = hub.revoke_source(&id)?;
-            println!("revoked {}", rec.id);
+            spacesync_shared::outln!("revoked {}", rec.id);
         }
         AgentsCmd::Rotate { id, key, from_seq } => {
             let (hub, _) = config::open_hub(dir, clock)?;
             let rec = hub.rotate_source(&id, &key, from_seq)?;
             let k = rec.keys.last().map(|k| k.from_seq).unwrap_or(1);
-            println!("rotated {}: the new key signs from seq {k} on", rec.id);
+            spacesync_shared::outln!("rotated {}: the new key signs from seq {k} on", rec.id);
         }
     }
     Ok(())
@@ -522,7 +527,7 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
                 "Token id {} (for `token list` and `token revoke`); the token is shown once:",
                 auth::token_id(&token)
             );
-            println!("{token}");
+            spacesync_shared::outln!("{token}");
         }
         TokenCmd::List { json: as_json } => {
             let all = auth::list_tokens(&store)?;
@@ -536,14 +541,17 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
                         })
                     })
                     .collect();
-                println!("{}", json("the token list", &list)?);
+                spacesync_shared::outln!("{}", json("the token list", &list)?);
             } else {
-                println!(
+                spacesync_shared::outln!(
                     "{:<14} {:<17} {:<20} {:<20} label",
-                    "id", "role", "created", "revoked"
+                    "id",
+                    "role",
+                    "created",
+                    "revoked"
                 );
                 for (id, r) in all {
-                    println!(
+                    spacesync_shared::outln!(
                         "{:<14} {:<17} {:<20} {:<20} {}",
                         id,
                         r.role.to_string(),
@@ -558,7 +566,7 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
         }
         TokenCmd::Revoke { token } => {
             let (id, rec) = auth::revoke_token(&store, &token, now)?;
-            println!(
+            spacesync_shared::outln!(
                 "revoked token {id} ({}{}); its dashboard sessions end at their next request",
                 rec.role,
                 rec.label.map(|l| format!(", {l}")).unwrap_or_default()
@@ -615,17 +623,17 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
             let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
             let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
             let doc = bulletin::issue(&hub, None, &book.log())?;
-            println!("{}", doc["number"]);
+            spacesync_shared::outln!("{}", doc["number"]);
         }
         BulletinCmd::List { json: as_json } => {
             let store = config::open_store(dir)?;
             let list = bulletin::list(&store)?;
             if as_json {
-                println!("{}", json("the bulletin list", &list)?);
+                spacesync_shared::outln!("{}", json("the bulletin list", &list)?);
             } else {
                 for b in list {
                     let issued = b.issued_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-                    println!("{:>4}  {issued}  {}", b.number, b.title);
+                    spacesync_shared::outln!("{:>4}  {issued}  {}", b.number, b.title);
                 }
             }
         }
@@ -640,9 +648,9 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
                 ))
             })?;
             let out = bulletin::show(&doc, format, lang)?;
-            print!("{out}");
+            spacesync_shared::out!("{out}");
             if !out.ends_with('\n') {
-                println!();
+                spacesync_shared::outln!();
             }
         }
         BulletinCmd::Verify { file } => {
@@ -667,9 +675,10 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
                     error,
                 },
             )?;
-            println!(
+            spacesync_shared::outln!(
                 "ok: bulletin {} matches the log at checkpoint size {}",
-                doc["number"], doc["checkpoint"]["size"]
+                doc["number"],
+                doc["checkpoint"]["size"]
             );
         }
     }
@@ -687,14 +696,15 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
     })?;
     pb.finish_and_clear();
     if report.ok() {
-        println!(
+        spacesync_shared::outln!(
             "ok: {} leaves from {} sources; signatures, chains and the Merkle root match the signed checkpoint",
-            report.leaves, report.sources
+            report.leaves,
+            report.sources
         );
         Ok(())
     } else {
         for p in &report.problems {
-            println!("DAMAGE: {p}");
+            spacesync_shared::outln!("DAMAGE: {p}");
         }
         Err(CliError::Damage {
             count: report.problems.len(),

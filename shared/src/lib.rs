@@ -34,6 +34,7 @@ pub mod entry;
 pub mod json;
 pub mod keys;
 pub mod merkle;
+pub mod out;
 pub mod quota;
 pub mod record;
 pub mod region;
