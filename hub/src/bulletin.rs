@@ -26,6 +26,13 @@ use crate::store::{Store, StoreError, WriteBatch};
 use crate::tracking::assess;
 
 const BULLETIN_PREFIX: &[u8] = b"bul/";
+/// The campaign files bulletins were computed under, by [`Campaign::digest`]: a bulletin
+/// verifies with the rules it was issued under after `campaign.toml` changed.
+const CAMPAIGN_PREFIX: &[u8] = b"camp/";
+
+fn campaign_key(digest: &str) -> Vec<u8> {
+    [CAMPAIGN_PREFIX, digest.as_bytes()].concat()
+}
 const SLOT_KEY: &[u8] = b"meta/bulletin-slot";
 
 /// Fields that are not recomputed from the log when verifying (delivery state of notices
@@ -39,6 +46,7 @@ const NOT_RECOMPUTED: &[&str] = &[
     "checkpoint",
     "signature",
     "notices",
+    "campaign_digest",
     // Checked against the earlier bulletins it copies, not recomputed.
     "history",
 ];
@@ -246,6 +254,7 @@ fn issue_with(
         "scheduled_for": scheduled_for,
         "checkpoint": { "origin": hub.origin, "size": size, "root": STANDARD.encode(root), "note": st.checkpoint },
         "notices": notices,
+        "campaign_digest": hub.campaign.digest(),
     });
     let mut head = head;
     if !history.is_empty() {
@@ -261,6 +270,11 @@ fn issue_with(
     sign(&mut doc, &hub.key);
     let doc = Value::Object(doc);
     let mut b = WriteBatch::new();
+    // The rules it was computed under, kept beside it (rewritten unchanged when known).
+    b.put(
+        campaign_key(&hub.campaign.digest()),
+        hub.campaign.text().as_bytes(),
+    );
     b.put(
         bulletin_key(number),
         serde_json::to_vec_pretty(&doc).unwrap_or_default(),
@@ -292,6 +306,8 @@ pub fn verify(
         ));
     }
     check_signature(doc, hub_key)?;
+    let issued_under = campaign_of(store, campaign, doc)?;
+    let campaign = &issued_under;
     let cp = &doc["checkpoint"];
     if cp["origin"].as_str() != Some(origin) {
         return Err(BulletinError::Mismatch(format!(
@@ -370,6 +386,45 @@ pub fn verify(
         }
     }
     Ok(())
+}
+
+/// The campaign a bulletin was issued under: `current` when it names no other (bulletins
+/// from before `campaign_digest` existed are checked with today's file), else the file kept
+/// in the store under the digest it names.
+fn campaign_of(
+    store: &dyn Store,
+    current: &Campaign,
+    doc: &Value,
+) -> Result<Campaign, BulletinError> {
+    let Some(want) = doc.get("campaign_digest") else {
+        return Ok(current.clone());
+    };
+    let want = want
+        .as_str()
+        .ok_or_else(|| BulletinError::Malformed("campaign_digest is not a string".into()))?;
+    if want == current.digest() {
+        return Ok(current.clone());
+    }
+    let number = &doc["number"];
+    let text = store.get(&campaign_key(want))?.ok_or_else(|| {
+        BulletinError::Mismatch(format!(
+            "bulletin {number} was computed under campaign rules {want} (campaign_digest), which are neither this hub's campaign.toml nor kept in its store; verify on the hub that issued it"
+        ))
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        BulletinError::Malformed(format!("the stored campaign file {want} is not UTF-8"))
+    })?;
+    let kept = Campaign::from_toml(&text).map_err(|e| {
+        BulletinError::Malformed(format!(
+            "the stored campaign file {want} does not read: {e}"
+        ))
+    })?;
+    if kept.digest() != want {
+        return Err(BulletinError::Malformed(format!(
+            "the campaign file stored under {want} has another digest; the store is damaged"
+        )));
+    }
+    Ok(kept)
 }
 
 /// The national figures of every bulletin before `number`, oldest first.

@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use chrono::{Duration, FixedOffset, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 use crate::region::{Level, RegionCode};
@@ -176,6 +177,9 @@ pub struct Campaign {
     pub lagging: Lagging,
     /// The provincial units addressed, in file order.
     pub units: Vec<RegionCode>,
+    /// The file these rules were read from, exactly (see [`Campaign::digest`]).
+    #[serde(skip)]
+    text: String,
 }
 
 fn ser_offset<S: serde::Serializer>(o: &FixedOffset, s: S) -> Result<S::Ok, S::Error> {
@@ -199,6 +203,17 @@ impl Campaign {
             // The bundled file is checked by a unit test; reaching this is a build defect.
             Err(e) => panic!("bundled 2018 campaign is invalid: {e}"),
         }
+    }
+
+    /// The campaign file these rules were read from, byte for byte.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// SHA-256 of [`Campaign::text`], lowercase hex: names the rules a bulletin was
+    /// computed under, so it can be verified with them after the file changed.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.text.as_bytes()))
     }
 
     /// The milestone with this id.
@@ -579,6 +594,7 @@ impl RawCampaign {
                 far_behind: far,
             },
             units,
+            text: text.to_string(),
         })
     }
 }
