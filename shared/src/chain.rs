@@ -339,10 +339,16 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// Reads `env` without checking its signature.
+    /// Reads `env` without checking its signature. An envelope with other than exactly one
+    /// signature does not read as an entry: sources sign once, and anything beside that
+    /// signature would be unverified bytes kept in the log for good.
     pub fn read(env: &Envelope) -> Opened {
+        let entry = match env.signatures.len() {
+            1 => Entry::from_payload(&env.payload),
+            n => Err(EntryError::SignatureCount(n)),
+        };
         Opened {
-            entry: Entry::from_payload(&env.payload),
+            entry,
             hash: env.payload_hash(),
             signature: SignatureCheck::Unchecked,
         }

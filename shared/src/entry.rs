@@ -115,6 +115,11 @@ pub enum EntryError {
     /// The record inside is invalid.
     #[error("record is invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Record(Vec<Problem>),
+    /// The envelope carries other than exactly one signature.
+    #[error(
+        "an entry carries exactly one signature, by its source's key; this one carries {0} (sign it again with the agent)"
+    )]
+    SignatureCount(usize),
 }
 
 impl Entry {
