@@ -323,6 +323,16 @@ pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> R
             .map(|a| a.as_str().as_bytes().to_vec()),
         _ => None,
     };
+    // An absolute-form target (`POST http://name/…`) names the host the client meant, and
+    // HTTP/1.1 says it wins over the Host header: both must be one this agent answers for.
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec());
+    let host = match target {
+        Some(t) if !edge.host_allowed(&String::from_utf8_lossy(&t)) => Some(t),
+        _ => host,
+    };
     let allowed = host
         .as_deref()
         .and_then(|h| std::str::from_utf8(h).ok())
@@ -985,14 +995,16 @@ mod tests {
             )
             .await;
         }
-        // An absolute URI's authority counts like a Host header.
-        check(
-            &f.app,
-            with_host(None, "http://evil.example:7300/v1/records"),
-            421,
-            &["evil.example"],
-        )
-        .await;
+        // An absolute URI's authority counts like a Host header, and wins over one.
+        for host in [None, Some("127.0.0.1:7300"), Some("agent.gd.example:7300")] {
+            check(
+                &f.app,
+                with_host(host, "http://evil.example:7300/v1/records"),
+                421,
+                &["evil.example"],
+            )
+            .await;
+        }
         assert_eq!(snapshot(&f.store), (0, 0, 0, 0));
         for (n, host) in (1..).zip([
             "127.0.0.1:7300",
