@@ -3,31 +3,9 @@
 //! hub kept the file it was computed under, named by the bulletin's signed
 //! `campaign_digest`), and a bulletin issued under the new file carries the new digest.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_spacesync-hub");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data")
-        .arg(dir)
-        .args(args)
-        .env_remove("SPACESYNC_HUB_DATA")
-        .output()
-        .expect("run spacesync-hub")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::cli::ok;
 
 fn digest(json: &str) -> String {
     let doc: serde_json::Value = serde_json::from_str(json).expect("bulletin JSON");

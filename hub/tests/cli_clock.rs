@@ -3,36 +3,16 @@
 //! those instants, never at the wall clock's; `--now` / `--speed` are judged as the agent
 //! judges them.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+
+use common::cli::{ok, run};
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use spacesync_shared::keys::public_key_line;
-
-const BIN: &str = env!("CARGO_BIN_EXE_spacesync-hub");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data")
-        .arg(dir)
-        .args(args)
-        .env_remove("SPACESYNC_HUB_DATA")
-        .output()
-        .expect("run spacesync-hub")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn refused(dir: &Path, args: &[&str], says: &str) {
     let out = run(dir, args);

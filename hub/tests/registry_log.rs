@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
@@ -22,6 +20,7 @@ use spacesync_hub::{bulletin, log, maintenance, schedule};
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::{Campaign, SourceId};
 
+use common::cli::ok;
 use common::{Agent, ORIGIN, TestHub, hub_key, t0, teachers};
 
 /// Every hub entry in the log, with its index, after checking its signature.
@@ -375,29 +374,6 @@ fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
 }
 
 // --- through the real binary ---
-
-const BIN: &str = env!("CARGO_BIN_EXE_spacesync-hub");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data")
-        .arg(dir)
-        .args(args)
-        .env_remove("SPACESYNC_HUB_DATA")
-        .output()
-        .expect("run spacesync-hub")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 fn cli_revoke_then_verify_old_bulletin() {
