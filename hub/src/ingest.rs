@@ -23,7 +23,7 @@ use spacesync_shared::{Campaign, Envelope, SourceId};
 use tracing::{debug, error, info, warn};
 
 use crate::hub::{Alarm, Head, Held, Hub, LoadError, State};
-use crate::log::{LogError, LogRecord};
+use crate::log::{LogError, LogRecord, RecordRef};
 use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
 use crate::store::{StoreError, WriteBatch, keys};
 use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta};
@@ -341,13 +341,13 @@ impl Hub {
             let mut new_heads = head;
             let mut new_receipts = Vec::with_capacity(appended);
             for (entry, env) in &fresh {
-                let rec = LogRecord {
+                let rec = RecordRef {
                     received_at: now,
-                    source: Some(source.clone()),
+                    source: Some(&source),
                     seq: entry.seq,
-                    envelope: (*env).clone(),
+                    envelope: env,
                 };
-                let index = match st.log.append(&mut wb, &rec) {
+                let index = match st.log.append(&mut wb, rec) {
                     Ok(i) => i,
                     Err(e) => {
                         self.reload(&mut st);
@@ -378,6 +378,7 @@ impl Hub {
                 };
                 new_receipts.push(Self::receipt(&source, entry.seq, held));
             }
+            st.log.put_frontier(&mut wb);
             let note = match st.log.checkpoint(&self.origin, &self.key) {
                 Ok(n) => n,
                 Err(e) => {
@@ -478,7 +479,7 @@ impl Hub {
             seq,
             envelope,
         };
-        let index = st.log.append(wb, &rec)?;
+        let index = st.log.append(wb, rec.as_ref())?;
         st.views.apply_hub(index, entry, wb);
         Ok(index)
     }
@@ -486,6 +487,7 @@ impl Hub {
     /// Adds the new checkpoint to `wb`, writes it in one atomic step and flushes. On
     /// failure nothing is changed and the state is reloaded from the store.
     fn commit_hub_entries(&self, st: &mut State, mut wb: WriteBatch) -> Result<(), IngestError> {
+        st.log.put_frontier(&mut wb);
         let note = match st.log.checkpoint(&self.origin, &self.key) {
             Ok(n) => n,
             Err(e) => {

@@ -4,41 +4,23 @@
 //! leaf. The leaf data is `PAE(payloadType, payload)` — exactly the bytes that were
 //! signed — so a province can prove inclusion of what it signed without depending on how
 //! the hub lays out JSON. Perfect-subtree nodes are stored as they complete, so proofs
-//! take O(log n) lookups and appends never rescan the log.
+//! take O(log n) lookups and appends never rescan the log. Records are stored in the
+//! compact binary layout of [`record`]; the JSON records of older hubs still read.
 
-use chrono::{DateTime, Utc};
+pub mod record;
+
 use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
-use spacesync_shared::dsse::pae;
 use spacesync_shared::merkle::{self, Checkpoint, Frontier, Hash, NodeSource};
-use spacesync_shared::{Envelope, SourceId};
 
 use crate::store::{Store, StoreError, WriteBatch, keys};
 
-/// One leaf of the log as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRecord {
-    /// When the hub received it.
-    pub received_at: DateTime<Utc>,
-    /// The source that signed it, or `None` for the hub's own entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<SourceId>,
-    /// The source's seq (or the hub's own seq).
-    pub seq: u64,
-    /// The signed envelope, exactly as received.
-    pub envelope: Envelope,
-}
-
-impl LogRecord {
-    /// The leaf hash of this record.
-    pub fn leaf_hash(&self) -> Hash {
-        merkle::leaf_hash(&pae(&self.envelope.payload_type, &self.envelope.payload))
-    }
-}
+pub use record::{LogRecord, RecordError, RecordRef, leaf_hash};
 
 /// The tree's in-memory state, mirrored in the store.
 pub struct Log {
     frontier: Frontier,
+    /// The record being encoded, reused from one append to the next.
+    buf: Vec<u8>,
 }
 
 /// Why a log operation failed.
@@ -53,6 +35,14 @@ pub enum LogError {
     /// A proof request is out of range.
     #[error("{0}")]
     Proof(String),
+    /// A record cannot be stored (a field beyond what the layout holds).
+    #[error("the entry with seq {seq} cannot be stored: {error}")]
+    Record {
+        /// The entry's seq.
+        seq: u64,
+        /// What is too long.
+        error: RecordError,
+    },
 }
 
 impl Log {
@@ -62,7 +52,10 @@ impl Log {
             None => Frontier::new(),
             Some(b) => Frontier::from_bytes(&b).map_err(|e| LogError::Tree(e.to_string()))?,
         };
-        Ok(Log { frontier })
+        Ok(Log {
+            frontier,
+            buf: Vec::new(),
+        })
     }
 
     /// Number of leaves.
@@ -76,20 +69,33 @@ impl Log {
     }
 
     /// Adds `record` to `batch` as the next leaf; returns its index. The in-memory frontier
-    /// moves at once: callers that fail to apply the batch must reload with [`Log::load`].
-    pub fn append(&mut self, batch: &mut WriteBatch, record: &LogRecord) -> Result<u64, LogError> {
+    /// moves at once: callers that fail to apply the batch must reload with [`Log::load`],
+    /// and must end the batch with [`Log::put_frontier`].
+    pub fn append(
+        &mut self,
+        batch: &mut WriteBatch,
+        record: RecordRef<'_>,
+    ) -> Result<u64, LogError> {
+        self.buf.clear();
+        record::encode_into(record, &mut self.buf).map_err(|e| LogError::Record {
+            seq: record.seq,
+            error: e,
+        })?;
         let index = self.frontier.size();
         let nodes = self
             .frontier
-            .push(record.leaf_hash())
+            .push(leaf_hash(record.envelope))
             .map_err(|e| LogError::Tree(e.to_string()))?;
-        let bytes = serde_json::to_vec(record).map_err(|e| LogError::Tree(e.to_string()))?;
-        batch.put(keys::log(index), bytes);
+        batch.put(keys::log(index), self.buf.as_slice());
         for n in nodes {
             batch.put(keys::node(n.level, n.index), n.hash.to_vec());
         }
-        batch.put(keys::FRONTIER.to_vec(), self.frontier.to_bytes());
         Ok(index)
+    }
+
+    /// Adds the frontier as it now stands to `batch`: once per batch, after its appends.
+    pub fn put_frontier(&self, batch: &mut WriteBatch) {
+        batch.put(keys::FRONTIER.to_vec(), self.frontier.to_bytes());
     }
 
     /// Signs a checkpoint of the current tree.
@@ -107,7 +113,7 @@ impl Log {
 pub fn read(store: &dyn Store, index: u64) -> Result<Option<LogRecord>, StoreError> {
     match store.get(&keys::log(index))? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
+        Some(b) => record::decode(&b)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
                 key: format!("log/{index}"),
@@ -124,7 +130,7 @@ pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), 
             key: String::from_utf8_lossy(&k).into_owned(),
             message: "log key without an index".into(),
         })?;
-        let rec = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+        let rec = record::decode(&v).map_err(|e| StoreError::Corrupt {
             key: format!("log/{index}"),
             message: e.to_string(),
         })?;

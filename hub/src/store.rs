@@ -207,7 +207,8 @@ impl Store for SledStore {
 pub mod keys {
     use spacesync_shared::SourceId;
 
-    /// `log/<index>` → a [`crate::log::LogRecord`] (JSON).
+    /// `log/<index>` → a [`crate::log::LogRecord`] in the binary layout of
+    /// [`crate::log::record`] (records of older hubs are JSON, and still read).
     pub const LOG: &[u8] = b"log/";
     /// `node/<level><index>` → 32-byte perfect-subtree hash.
     pub const NODE: &[u8] = b"node/";

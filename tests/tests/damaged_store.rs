@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use spacesync_hub::log::LogRecord;
 use spacesync_hub::store::{SledStore, Store as _, WriteBatch, keys};
 use spacesync_shared::{Entry, SourceId};
 use spacesync_tests::agent_harness::{agent_bin, free_port};
@@ -641,23 +642,18 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
     };
     let l1 = rng.random_range(1..delivered - 1);
     let l2 = rng.random_range(1..delivered - 1);
+    let record = |i: u64| LogRecord::decode(&leaf(i)).unwrap_or_else(|e| panic!("leaf {i}: {e}"));
     let altered_leaf = {
-        let mut rec: serde_json::Value =
-            serde_json::from_slice(&leaf(l2)).unwrap_or_else(|e| panic!("{e}"));
-        let env = serde_json::to_vec(&rec["envelope"]).unwrap_or_default();
-        rec["envelope"] = serde_json::from_slice(&alter_payload(&env)).unwrap_or_default();
-        serde_json::to_vec(&rec).unwrap_or_default()
+        let mut rec = record(l2);
+        let env = serde_json::to_vec(&rec.envelope).unwrap_or_default();
+        rec.envelope =
+            serde_json::from_slice(&alter_payload(&env)).unwrap_or_else(|e| panic!("{e}"));
+        rec.encode().unwrap_or_else(|e| panic!("{e}"))
     };
     // The seq leaf l1 holds (the log also holds the hub's own entries, e.g. registrations).
-    let seq_at_l1 = {
-        let rec: serde_json::Value =
-            serde_json::from_slice(&leaf(l1)).unwrap_or_else(|e| panic!("{e}"));
-        let env: spacesync_shared::Envelope = serde_json::from_value(rec["envelope"].clone())
-            .unwrap_or_else(|e| panic!("leaf {l1}: {e}"));
-        Entry::from_payload(&env.payload)
-            .unwrap_or_else(|e| panic!("leaf {l1} is not a source entry: {e}"))
-            .seq
-    };
+    let seq_at_l1 = Entry::from_payload(&record(l1).envelope.payload)
+        .unwrap_or_else(|e| panic!("leaf {l1} is not a source entry: {e}"))
+        .seq;
     let view_key = [b"v/i/".as_slice(), &l1.to_be_bytes()].concat();
     cases.extend([
         (

@@ -1,0 +1,227 @@
+//! Log records are stored in the compact binary layout (`log::record`), and a store whose
+//! records are the JSON older hubs wrote opens, verifies, proves, rebuilds and verifies its
+//! bulletins exactly as before: the leaf hashes, root, checkpoint, proofs and figures do
+//! not depend on how a record is laid out.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use spacesync_hub::log::{self, LogRecord};
+use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
+use spacesync_hub::{bulletin, maintenance};
+use spacesync_shared::Campaign;
+use spacesync_shared::dsse::pae;
+use spacesync_shared::merkle::{self, Hash};
+
+/// What a reader can observe of a store, compared whole before and after its records
+/// change layout.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    size: u64,
+    root: Hash,
+    checkpoint: String,
+    leaves: Vec<Hash>,
+    proofs: Vec<Vec<Hash>>,
+    progress: Value,
+}
+
+async fn seen(th: &TestHub) -> Seen {
+    let store = th.hub.store.as_ref();
+    let snap = th.hub.snapshot();
+    let size = snap.log_size;
+    let leaves: Vec<Hash> = log::iter(store)
+        .map(|r| r.expect("leaf").1.leaf_hash())
+        .collect();
+    let proofs = (0..size)
+        .map(|i| log::inclusion_proof(store, i, size).expect("proof"))
+        .collect();
+    Seen {
+        size,
+        root: log::root_at(store, size).expect("root"),
+        checkpoint: snap.checkpoint.clone(),
+        leaves,
+        proofs,
+        progress: th.get_json("/v1/progress").await,
+    }
+}
+
+/// Rewrites every log record of the store in `dir` as the JSON an older hub wrote:
+/// `serde_json::to_vec(&LogRecord)`, the struct and derive its `Log::append` serialized.
+fn rewrite_as_json(dir: &std::path::Path) -> usize {
+    let store = SledStore::open(dir).expect("open");
+    let mut wb = WriteBatch::new();
+    let mut n = 0;
+    for r in log::iter(&store) {
+        let (index, rec) = r.expect("leaf");
+        wb.put(keys::log(index), serde_json::to_vec(&rec).expect("json"));
+        n += 1;
+    }
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+    n
+}
+
+fn first_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let store = SledStore::open(dir).expect("open");
+    store
+        .scan(keys::LOG)
+        .map(|r| r.expect("scan").1[0])
+        .collect()
+}
+
+async fn fill(th: &TestHub, agents: &mut [Agent], rounds: usize) {
+    for round in 0..rounds {
+        for a in agents.iter_mut() {
+            let region = if a.scope.to_string() == "440000" {
+                "440106"
+            } else {
+                "110105"
+            };
+            let records: Vec<Value> = (0..4)
+                .map(|i| {
+                    teachers(
+                        region,
+                        &format!("{region}{:04}", i + 1),
+                        "2018-11-19",
+                        (100 + round * 10 + i) as u64,
+                    )
+                })
+                .chain([activity(region, "2018-11-10", &format!("活动 {round}"))])
+                .collect();
+            th.ingest_ok(&a.batch(&records)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_of_json_records_opens_verifies_and_proves_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agents = vec![
+        Agent::new("gd-a", 1, "440000"),
+        Agent::new("bj-a", 2, "110000"),
+    ];
+    let (before, doc) = {
+        let th = TestHub::open(dir.path());
+        for a in &agents {
+            th.register(a);
+        }
+        fill(&th, &mut agents, 3).await;
+        let doc = bulletin::issue(&th.hub, None, &[]).expect("bulletin");
+        (seen(&th).await, doc)
+    };
+    assert!(
+        first_bytes(dir.path()).iter().all(|b| *b == 1),
+        "records are written in the binary layout, version 1"
+    );
+    // The agent's side of the leaf hash: PAE of exactly what was signed.
+    assert_eq!(before.leaves.len() as u64, before.size);
+
+    let n = rewrite_as_json(dir.path());
+    assert_eq!(n as u64, before.size);
+    assert!(first_bytes(dir.path()).iter().all(|b| *b == b'{'));
+
+    let th = TestHub::open(dir.path());
+    assert_eq!(seen(&th).await, before, "the JSON store reads differently");
+    let store = th.hub.store.as_ref();
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify runs");
+    assert!(report.ok(), "{:#?}", report.problems);
+    bulletin::verify(
+        store,
+        &Campaign::builtin_2018(),
+        &hub_key().verifying_key(),
+        ORIGIN,
+        &doc,
+    )
+    .expect("the bulletin verifies against the JSON log");
+
+    // New entries go in as binary beside the old JSON ones; the mixed store verifies,
+    // rebuilds to the same figures, and proves every leaf.
+    fill(&th, &mut agents, 2).await;
+    let mixed = seen(&th).await;
+    assert_eq!(&mixed.leaves[..before.leaves.len()], &before.leaves[..]);
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify runs");
+    assert!(report.ok(), "{:#?}", report.problems);
+    maintenance::rebuild(store, |_| {}).expect("rebuild");
+    drop(th);
+    let bytes = first_bytes(dir.path());
+    assert_eq!(
+        (
+            bytes.iter().filter(|b| **b == b'{').count() as u64,
+            bytes.len() as u64
+        ),
+        (before.size, mixed.size)
+    );
+    let th = TestHub::open(dir.path());
+    assert_eq!(seen(&th).await, mixed, "rebuilt over a mixed store");
+    for (i, leaf) in mixed.leaves.iter().enumerate() {
+        let rec = log::read(th.hub.store.as_ref(), i as u64)
+            .expect("read")
+            .expect("leaf");
+        let env = &rec.envelope;
+        assert_eq!(
+            *leaf,
+            merkle::leaf_hash(&pae(&env.payload_type, &env.payload))
+        );
+        assert!(
+            merkle::verify_inclusion(leaf, i as u64, mixed.size, &mixed.proofs[i], &mixed.root)
+                .is_ok(),
+            "leaf {i}"
+        );
+    }
+}
+
+/// A record exactly as the hub before the binary layout wrote it (its `agents add` entry
+/// for `gd-a`, signed with the test hub key; taken from a store made by 2b8f10c): it still reads, to the record whose binary form reads back the
+/// same.
+#[test]
+fn a_json_record_of_an_older_hub_reads() {
+    let json = OLD_RECORD.trim().as_bytes();
+    let rec = LogRecord::decode(json).expect("the old JSON reads");
+    assert_eq!(rec.source, None);
+    assert_eq!(rec.seq, 1);
+    rec.envelope
+        .verify(
+            spacesync_hub::views::HUB_ENTRY_PAYLOAD_TYPE,
+            &hub_key().verifying_key(),
+        )
+        .expect("the hub's signature");
+    assert_eq!(
+        serde_json::to_vec(&rec).expect("json"),
+        json,
+        "the JSON layout moved"
+    );
+    let bin = rec.encode().expect("encode");
+    assert!(bin.len() < json.len());
+    assert_eq!(LogRecord::decode(&bin), Ok(rec));
+}
+
+const OLD_RECORD: &str = r#"
+{"received_at":"2018-11-20T02:00:00Z","seq":1,"envelope":{"payloadType":"application/vnd.spacesync.hub-entry+json","payload":"eyJraW5kIjoic291cmNlX2FkZGVkIiwic2VxIjoxLCJzb3VyY2UiOiJnZC1hIiwic2NvcGUiOiI0NDAwMDAiLCJrZXkiOiJlZDI1NTE5OmlvamozWFFKOFpYOVV0c3RQTHBkY3NwbkNiOGRsQkliODNTSUFiUVBiMXc9IiwiYXQiOiIyMDE4LTExLTIwVDAyOjAwOjAwWiJ9","signatures":[{"keyid":"3097e2dee2cb4a34b53840cdb705aed71067c36f68db0e0f559c3f3fa043315f","sig":"Xk+vYZbB98vMf0ZAY+pLNCnHZOMV2YU4sVkRExdwg0/uQcrXvG6n4mj8b1051ZbbwRwtdlSzW3rQ24bEf3PqBw=="}]}}
+"#;
+
+#[test]
+fn damaged_records_are_named_by_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    th.register(&Agent::new("gd-a", 1, "440000"));
+    drop(th);
+    let store = SledStore::open(dir.path()).expect("open");
+    let good = store.get(&keys::log(0)).expect("get").expect("leaf 0");
+    for (bytes, want) in [
+        (good[..good.len() - 3].to_vec(), "ends inside its signature"),
+        ([&good[..], b"x"].concat(), "1 bytes follow the end"),
+        (vec![9, 1, 2], "version 9"),
+    ] {
+        let mut wb = WriteBatch::new();
+        wb.put(keys::log(0), bytes);
+        store.apply(wb).expect("apply");
+        let err = log::read(&store, 0).expect_err("refused").to_string();
+        assert!(
+            err.contains("log/0") && err.contains(want),
+            "{err} lacks {want}"
+        );
+    }
+}
