@@ -26,7 +26,7 @@ use spacesync_shared::keys::public_key_line;
 use spacesync_shared::region::{Level, PROVINCIAL_UNITS};
 use spacesync_shared::wire::{
     self, ErrorBody, IngestBatch, NoticeAck, NoticesPage, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
-    PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST, RefusalCode,
+    PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST, ReceiptForm, RefusalCode,
 };
 use spacesync_shared::{RegionCode, SourceId};
 use tower_http::decompression::RequestDecompressionLayer;
@@ -464,9 +464,14 @@ async fn ingest(
     };
     // Parsing (up to MAX_BODY of JSON) and verification run off the async runtime, so a
     // flood of large bodies cannot stall other requests such as /healthz.
+    let form = ReceiptForm::requested(
+        headers
+            .get(wire::HDR_RECEIPTS)
+            .and_then(|v| v.to_str().ok()),
+    );
     let outcome = tokio::task::spawn_blocking(move || {
         let batch = read_batch(&headers, Ok(body)).map_err(|e| s.refuse(&client, e))?;
-        let out = ingest_blocking(&s, &client, batch);
+        let out = ingest_blocking(&s, &client, batch, form);
         drop(permit);
         out
     })
@@ -488,6 +493,7 @@ fn ingest_blocking(
     s: &AppState,
     client: &ClientAddr,
     batch: IngestBatch,
+    form: ReceiptForm,
 ) -> Result<crate::ingest::IngestOutcome, AppError> {
     // An address that has used up its allowance gets one signature checked, not a
     // thousand: a flood of junk costs a parse and one verification per request, while a
@@ -525,7 +531,7 @@ fn ingest_blocking(
                 )
             })?;
     }
-    Ok(s.hub.append(checked)?)
+    Ok(s.hub.append_with(checked, form)?)
 }
 
 async fn pubkey(State(s): State<AppState>) -> String {

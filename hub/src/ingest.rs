@@ -18,7 +18,10 @@ use spacesync_shared::chain::{
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::entry::Entry;
 use spacesync_shared::keys::parse_public_key;
-use spacesync_shared::wire::{IngestBatch, IngestResponse, Receipt, Refusal, RefusalCode};
+use spacesync_shared::wire::{
+    BatchReceipt, IngestBatch, IngestResponse, Receipt, ReceiptForm, ReceiptItem, Refusal,
+    RefusalCode,
+};
 use spacesync_shared::{Campaign, Envelope, SourceId};
 use tracing::{debug, error, info, warn};
 
@@ -173,21 +176,66 @@ impl History for HeldIndex<'_> {
     }
 }
 
-impl Hub {
-    /// The receipt for a held entry, to be signed once the writer lock is let go.
-    fn receipt(source: &SourceId, seq: u64, held: Held) -> Receipt {
-        Receipt {
-            source: source.clone(),
-            seq,
-            entry_hash: held.hash,
-            log_index: held.log_index,
-            received_at: held.received_at,
+/// The signed receipts for the held entries of a batch (seq and index entry, in seq order),
+/// in the form the sender asked for: one [`Receipt`] per entry, or one [`BatchReceipt`].
+/// Signed once the writer lock is let go.
+fn sign_receipts(
+    key: &ed25519_dalek::SigningKey,
+    source: &SourceId,
+    held: Vec<(u64, Held)>,
+    form: ReceiptForm,
+) -> (Vec<Envelope>, Option<Envelope>) {
+    match form {
+        ReceiptForm::PerEntry => {
+            let each = held
+                .into_iter()
+                .map(|(seq, h)| {
+                    Receipt {
+                        source: source.clone(),
+                        seq,
+                        entry_hash: h.hash,
+                        log_index: h.log_index,
+                        received_at: h.received_at,
+                    }
+                    .sign(key)
+                })
+                .collect();
+            (each, None)
+        }
+        ReceiptForm::Batch if held.is_empty() => (Vec::new(), None),
+        ReceiptForm::Batch => {
+            let entries = held
+                .into_iter()
+                .map(|(seq, h)| ReceiptItem {
+                    seq,
+                    entry_hash: h.hash,
+                    log_index: h.log_index,
+                    received_at: h.received_at,
+                })
+                .collect();
+            let batch = BatchReceipt {
+                source: source.clone(),
+                entries,
+            };
+            (Vec::new(), Some(batch.sign(key)))
         }
     }
+}
 
-    /// Verifies and appends one source's batch. Blocking: run it off the async runtime.
+impl Hub {
+    /// Verifies and appends one source's batch, answering one receipt per entry. Blocking:
+    /// run it off the async runtime.
     pub fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, IngestError> {
-        self.append(self.check(batch)?)
+        self.ingest_with(batch, ReceiptForm::PerEntry)
+    }
+
+    /// [`Hub::ingest`], answering receipts in `form`.
+    pub fn ingest_with(
+        &self,
+        batch: IngestBatch,
+        form: ReceiptForm,
+    ) -> Result<IngestOutcome, IngestError> {
+        self.append_with(self.check(batch)?, form)
     }
 
     /// The first half of [`Hub::ingest`], outside the writer lock: the batch's size, its
@@ -255,8 +303,19 @@ impl Hub {
     /// judgement of each entry in order (seq continuity, resends and forks against the
     /// source index, the `prev` chain, scope), the hub's clock rules, then the append, the
     /// flush and the receipts. The valid prefix is appended; the first fault is refused.
-    /// Blocking.
+    /// Answers one receipt per entry. Blocking.
     pub fn append(&self, checked: CheckedBatch) -> Result<IngestOutcome, IngestError> {
+        self.append_with(checked, ReceiptForm::PerEntry)
+    }
+
+    /// [`Hub::append`], answering receipts in `form`: one per entry, or one signed
+    /// [`BatchReceipt`] for every entry held (resent ones with the index and time they were
+    /// first held with, as their own receipts say).
+    pub fn append_with(
+        &self,
+        checked: CheckedBatch,
+        form: ReceiptForm,
+    ) -> Result<IngestOutcome, IngestError> {
         let CheckedBatch {
             batch,
             reg,
@@ -306,7 +365,7 @@ impl Hub {
                 },
                 Ok(Admitted::Resent(entry)) => match index.take(entry.seq) {
                     Some(h) => {
-                        receipts.push(Self::receipt(&source, entry.seq, h));
+                        receipts.push((entry.seq, h));
                         continue;
                     }
                     // Only an entry of this batch can be resent without being held, and a
@@ -376,7 +435,7 @@ impl Hub {
                     seq: entry.seq,
                     hash: held.hash,
                 };
-                new_receipts.push(Self::receipt(&source, entry.seq, held));
+                new_receipts.push((entry.seq, held));
             }
             st.log.put_frontier(&mut wb);
             let note = match st.log.checkpoint(&self.origin, &self.key) {
@@ -409,10 +468,10 @@ impl Hub {
             }
         }
         let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
-        // Everything is durable and published; the signatures (one per receipt, about a
-        // seventh of ingest's work) need not hold up the next writer.
+        // Everything is durable and published; the signatures (one per receipt unless the
+        // sender asked for one per batch) need not hold up the next writer.
         drop(st);
-        let receipts = receipts.into_iter().map(|r| r.sign(&self.key)).collect();
+        let (receipts, batch_receipt) = sign_receipts(&self.key, &source, receipts, form);
         Ok(IngestOutcome {
             status,
             response: IngestResponse {
@@ -420,6 +479,7 @@ impl Hub {
                 receipts,
                 refused,
                 resend_from,
+                batch_receipt,
             },
             appended,
         })

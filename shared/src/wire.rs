@@ -17,6 +17,17 @@ use crate::region::RegionCode;
 /// DSSE payload type of a hub receipt.
 pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.spacesync.receipt+json";
 
+/// DSSE payload type of a hub batch receipt ([`BatchReceipt`]).
+pub const BATCH_RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.spacesync.batch-receipt+json";
+
+/// Ingest request header with which an agent asks for one signed [`BatchReceipt`] per batch
+/// instead of one [`Receipt`] per entry. A hub that does not know it ignores it and answers
+/// per-entry receipts; without it a hub answers per-entry receipts, so an agent that does not
+/// ask never sees [`IngestResponse::batch_receipt`].
+pub const HDR_RECEIPTS: &str = "x-spacesync-receipts";
+/// The value of [`HDR_RECEIPTS`] that asks for a batch receipt.
+pub const RECEIPTS_BATCH: &str = "batch";
+
 /// Content type of an ingest batch (JSON, optionally gzip-encoded).
 pub const INGEST_CONTENT_TYPE: &str = "application/json";
 
@@ -63,6 +74,125 @@ impl Receipt {
     }
 }
 
+/// How the hub receipts the entries of an ingest batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiptForm {
+    /// One signed [`Receipt`] per entry (what every hub answers unless asked otherwise).
+    #[default]
+    PerEntry,
+    /// One signed [`BatchReceipt`] for the whole batch.
+    Batch,
+}
+
+impl ReceiptForm {
+    /// The form a request's [`HDR_RECEIPTS`] header asks for (absent or unknown: per entry).
+    pub fn requested(header: Option<&str>) -> ReceiptForm {
+        match header {
+            Some(v) if v.trim().eq_ignore_ascii_case(RECEIPTS_BATCH) => ReceiptForm::Batch,
+            _ => ReceiptForm::PerEntry,
+        }
+    }
+}
+
+/// One entry of a [`BatchReceipt`]: what a [`Receipt`] says, less the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptItem {
+    /// Seq of the entry.
+    pub seq: u64,
+    /// SHA-256 of the entry's payload.
+    pub entry_hash: Digest,
+    /// Position in the hub's global log (0-based leaf index).
+    pub log_index: u64,
+    /// When the hub received it (for a resent entry: when it was first held).
+    pub received_at: DateTime<Utc>,
+}
+
+/// The hub's statement that it durably holds every entry listed: one signature for a whole
+/// ingest batch. Each entry's part reads as the [`Receipt`] the hub would have signed for
+/// it alone ([`BatchReceipt::receipt`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReceipt {
+    /// Source of every entry.
+    pub source: SourceId,
+    /// The entries, in strictly ascending seq order.
+    pub entries: Vec<ReceiptItem>,
+}
+
+impl BatchReceipt {
+    /// Signs the batch receipt with the hub key.
+    pub fn sign(&self, hub: &SigningKey) -> Envelope {
+        Envelope::sign(
+            hub,
+            BATCH_RECEIPT_PAYLOAD_TYPE,
+            serde_json::to_vec(self).unwrap_or_default(),
+        )
+    }
+
+    /// Verifies a batch receipt envelope with the hub's public key and reads it; refuses
+    /// one whose seqs are not strictly ascending (so each seq has one answer).
+    pub fn open(env: &Envelope, hub: &VerifyingKey) -> Result<BatchReceipt, ReceiptError> {
+        env.verify(BATCH_RECEIPT_PAYLOAD_TYPE, hub)?;
+        let b: BatchReceipt = serde_json::from_slice(&env.payload)
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        if let Some(w) = b.entries.windows(2).find(|w| w[0].seq >= w[1].seq) {
+            return Err(ReceiptError::Malformed(format!(
+                "seq {} follows seq {}; a batch receipt lists seqs in ascending order",
+                w[1].seq, w[0].seq
+            )));
+        }
+        Ok(b)
+    }
+
+    /// The receipt for `seq`, when this batch receipt covers it.
+    pub fn receipt(&self, seq: u64) -> Option<Receipt> {
+        let i = self.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        let e = &self.entries[i];
+        Some(Receipt {
+            source: self.source.clone(),
+            seq: e.seq,
+            entry_hash: e.entry_hash,
+            log_index: e.log_index,
+            received_at: e.received_at,
+        })
+    }
+
+    /// Every entry's receipt, in seq order.
+    pub fn receipts(&self) -> impl Iterator<Item = Receipt> + '_ {
+        self.entries.iter().map(|e| Receipt {
+            source: self.source.clone(),
+            seq: e.seq,
+            entry_hash: e.entry_hash,
+            log_index: e.log_index,
+            received_at: e.received_at,
+        })
+    }
+}
+
+/// Verifies the receipt of entry `seq` in a stored receipt envelope: a per-entry
+/// [`Receipt`] (it must be for `seq`) or a [`BatchReceipt`] that covers `seq`, told apart by
+/// payload type. The caller compares source and entry hash with its own entry. Opening a
+/// batch receipt verifies its one signature: to check many entries of one batch receipt,
+/// [`BatchReceipt::open`] it once and look each seq up.
+pub fn open_entry_receipt(
+    env: &Envelope,
+    hub: &VerifyingKey,
+    seq: u64,
+) -> Result<Receipt, ReceiptError> {
+    let r = if env.payload_type == BATCH_RECEIPT_PAYLOAD_TYPE {
+        BatchReceipt::open(env, hub)?
+            .receipt(seq)
+            .ok_or(ReceiptError::NotCovered(seq))?
+    } else {
+        Receipt::open(env, hub)?
+    };
+    if r.seq != seq {
+        return Err(ReceiptError::NotCovered(seq));
+    }
+    Ok(r)
+}
+
 /// Why a receipt is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
@@ -72,6 +202,9 @@ pub enum ReceiptError {
     /// Payload unreadable.
     #[error("receipt payload is malformed: {0}")]
     Malformed(String),
+    /// A validly signed receipt that says nothing about this seq.
+    #[error("the receipt does not cover seq {0}")]
+    NotCovered(u64),
 }
 
 /// Why the hub refused an entry or a batch. Stable snake_case codes on the wire.
@@ -142,8 +275,14 @@ pub struct Refusal {
 pub struct IngestResponse {
     /// Highest seq of this source the hub durably holds (0 = none).
     pub held_through: u64,
-    /// Receipts for the entries of the batch the hub holds (new or resent), in seq order.
+    /// Receipts for the entries of the batch the hub holds (new or resent), in seq order;
+    /// empty when the agent asked for a [`BatchReceipt`] ([`HDR_RECEIPTS`]).
     pub receipts: Vec<Envelope>,
+    /// The one signed [`BatchReceipt`] for the entries of the batch the hub holds, when the
+    /// agent asked for it and the hub holds any; absent otherwise (so an agent that did not
+    /// ask, which refuses unknown fields, never sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_receipt: Option<Envelope>,
     /// What was refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<Refusal>,
@@ -497,8 +636,96 @@ mod tests {
                 .with_timezone(&Utc),
         };
         let env = r.sign(&hub);
-        assert_eq!(Receipt::open(&env, &hub.verifying_key()), Ok(r));
+        assert_eq!(Receipt::open(&env, &hub.verifying_key()), Ok(r.clone()));
+        assert_eq!(open_entry_receipt(&env, &hub.verifying_key(), 7), Ok(r));
+        assert_eq!(
+            open_entry_receipt(&env, &hub.verifying_key(), 8),
+            Err(ReceiptError::NotCovered(8))
+        );
         let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
         assert!(Receipt::open(&env, &other).is_err());
+    }
+
+    fn item(seq: u64) -> ReceiptItem {
+        ReceiptItem {
+            seq,
+            entry_hash: Digest::of(&seq.to_be_bytes()),
+            log_index: 100 + seq,
+            received_at: DateTime::parse_from_rfc3339("2018-11-20T01:00:00.250Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        }
+    }
+
+    #[test]
+    fn a_batch_receipt_verifies_each_entry_as_its_own_receipt_would() {
+        let hub = SigningKey::from_bytes(&[5; 32]);
+        let vk = hub.verifying_key();
+        let b = BatchReceipt {
+            source: SourceId::parse("gd-rrt").unwrap(),
+            entries: vec![item(3), item(4), item(9)],
+        };
+        let env = b.sign(&hub);
+        assert_eq!(env.payload_type, BATCH_RECEIPT_PAYLOAD_TYPE);
+        let opened = BatchReceipt::open(&env, &vk).unwrap();
+        assert_eq!(opened, b);
+        for seq in [3, 4, 9] {
+            let want = Receipt {
+                source: b.source.clone(),
+                seq,
+                entry_hash: Digest::of(&seq.to_be_bytes()),
+                log_index: 100 + seq,
+                received_at: item(seq).received_at,
+            };
+            assert_eq!(opened.receipt(seq), Some(want.clone()));
+            assert_eq!(open_entry_receipt(&env, &vk, seq), Ok(want));
+        }
+        assert_eq!(opened.receipts().count(), 3);
+        for seq in [0, 5, 10] {
+            assert_eq!(opened.receipt(seq), None);
+            assert_eq!(
+                open_entry_receipt(&env, &vk, seq),
+                Err(ReceiptError::NotCovered(seq))
+            );
+        }
+        // Another key, a per-entry receipt's type, or seqs out of order: refused.
+        let other = SigningKey::from_bytes(&[6; 32]);
+        assert!(matches!(
+            BatchReceipt::open(&b.sign(&other), &vk),
+            Err(ReceiptError::Signature(_))
+        ));
+        assert!(matches!(
+            Receipt::open(&env, &vk),
+            Err(ReceiptError::Signature(DsseError::PayloadType { .. }))
+        ));
+        let unordered = BatchReceipt {
+            entries: vec![item(4), item(3)],
+            ..b.clone()
+        };
+        assert!(matches!(
+            BatchReceipt::open(&unordered.sign(&hub), &vk),
+            Err(ReceiptError::Malformed(_))
+        ));
+        let repeated = BatchReceipt {
+            entries: vec![item(4), item(4)],
+            ..b
+        };
+        assert!(matches!(
+            BatchReceipt::open(&repeated.sign(&hub), &vk),
+            Err(ReceiptError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_batch_value_asks_for_a_batch_receipt() {
+        for (h, want) in [
+            (None, ReceiptForm::PerEntry),
+            (Some("batch"), ReceiptForm::Batch),
+            (Some(" Batch "), ReceiptForm::Batch),
+            (Some("entry"), ReceiptForm::PerEntry),
+            (Some(""), ReceiptForm::PerEntry),
+        ] {
+            assert_eq!(ReceiptForm::requested(h), want, "{h:?}");
+        }
     }
 }

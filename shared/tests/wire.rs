@@ -6,7 +6,9 @@ mod common;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::wire::{IngestBatch, IngestResponse, Receipt, SourceHead};
+use spacesync_shared::wire::{
+    BatchReceipt, IngestBatch, IngestResponse, Receipt, ReceiptItem, SourceHead,
+};
 
 /// One behaviour: `value` written as JSON reads back equal by every route.
 fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) {
@@ -54,6 +56,24 @@ fn wire_types_read_back_by_every_route() {
         receipts: vec![receipt.sign(&hub)],
         refused: Vec::new(),
         resend_from: None,
+        batch_receipt: None,
+    });
+    let batch = BatchReceipt {
+        source: common::source(),
+        entries: vec![ReceiptItem {
+            seq: 3,
+            entry_hash: envs[2].payload_hash(),
+            log_index: 41,
+            received_at: common::instant("2018-11-20T01:00:00.123Z"),
+        }],
+    };
+    check(&batch);
+    check(&IngestResponse {
+        held_through: 3,
+        receipts: Vec::new(),
+        refused: Vec::new(),
+        resend_from: None,
+        batch_receipt: Some(batch.sign(&hub)),
     });
     check(&envs[0]);
 }
