@@ -3,7 +3,8 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `entries` | seq (u64 BE) | the entry's DSSE envelope (JSON) |
-//! | `receipts` | seq (u64 BE) | the hub's receipt envelope (JSON); kept forever |
+//! | `receipts` | seq (u64 BE) | the entry's receipt: the hub's receipt envelope (JSON), or `0x01` ‖ the id (u64 BE) of the batch receipt that covers it ([`StoredReceipt`]); kept forever |
+//! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the seqs pointing at it are |
 //! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors |
 //! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
@@ -31,7 +32,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use spacesync_shared::dsse::{Digest, Envelope};
 use spacesync_shared::entry::{Entry, SourceId};
 use spacesync_shared::record::Record;
-use spacesync_shared::wire::{Notice, Receipt};
+use spacesync_shared::wire::{BatchReceipt, Notice, Receipt};
 
 /// sled page cache size.
 pub const CACHE_BYTES: u64 = 8 << 20;
@@ -48,6 +49,40 @@ const NOTICE_READ: &[u8] = b"notice_read";
 const WEBHOOK_CURSOR: &[u8] = b"webhook_cursor";
 const PUSH_STATE: &[u8] = b"push_state";
 const IDENTITY: &[u8] = b"identity";
+const BATCH_RECEIPT_ID: &[u8] = b"batch_receipt_id";
+
+/// First byte of a `receipts` value that points at a batch receipt (a receipt envelope's
+/// JSON starts with `{`).
+const IN_BATCH: u8 = 1;
+
+/// What the `receipts` tree holds for one seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredReceipt {
+    /// The entry's own receipt envelope (JSON): what the hub sends an agent that does not
+    /// ask for batch receipts, and all that agents before them stored.
+    Own(Vec<u8>),
+    /// The id of the stored batch receipt that covers the entry ([`Store::batch_receipt`]).
+    InBatch(u64),
+}
+
+impl StoredReceipt {
+    fn decode(v: &[u8]) -> StoredReceipt {
+        match v.split_first() {
+            Some((&IN_BATCH, id)) if id.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(id);
+                StoredReceipt::InBatch(u64::from_be_bytes(b))
+            }
+            _ => StoredReceipt::Own(v.to_vec()),
+        }
+    }
+
+    fn in_batch(id: u64) -> [u8; 9] {
+        let mut v = [IN_BATCH; 9];
+        v[1..].copy_from_slice(&id.to_be_bytes());
+        v
+    }
+}
 
 /// A store problem; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +249,7 @@ pub struct Store {
     durable: Arc<AtomicU64>,
     entries: sled::Tree,
     receipts: sled::Tree,
+    batch_receipts: sled::Tree,
     meta: sled::Tree,
     quota: sled::Tree,
     notices: sled::Tree,
@@ -315,6 +351,7 @@ impl Store {
         let store = Store {
             entries: tree("entries")?,
             receipts: tree("receipts")?,
+            batch_receipts: tree("batch_receipts")?,
             meta: tree("meta")?,
             quota: tree("quota")?,
             notices: tree("notices")?,
@@ -597,12 +634,25 @@ impl Store {
         self.entries.len()
     }
 
-    /// Every stored receipt in seq order, as (seq, envelope JSON).
-    pub fn raw_receipts(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+    /// Every stored receipt in seq order: the entry's own envelope, or the id of the batch
+    /// receipt that covers it.
+    pub fn raw_receipts(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, StoredReceipt), StoreError>> + '_ {
         self.receipts.iter().map(|kv| {
             let (k, v) = kv?;
-            Ok((read_u64(Some(k))?, v.to_vec()))
+            Ok((read_u64(Some(k))?, StoredReceipt::decode(&v)))
         })
+    }
+
+    /// The batch receipt envelope (JSON) stored under `id`.
+    pub fn batch_receipt(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.batch_receipts.get(seq_key(id))?.map(|v| v.to_vec()))
+    }
+
+    /// Number of batch receipts stored.
+    pub fn batch_receipt_count(&self) -> usize {
+        self.batch_receipts.len()
     }
 
     /// Whether a receipt for `seq` is held.
@@ -613,10 +663,41 @@ impl Store {
     /// Stores verified receipts (seq, envelope JSON) and advances the delivered seq over
     /// every contiguous receipted seq. Returns the new delivered seq.
     pub fn record_receipts(&self, receipts: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
-        let acked =
-            (&self.receipts, &self.meta, &self.entries).transaction(|(rtree, meta, entries)| {
+        self.record(receipts, None)
+    }
+
+    /// Stores a verified batch receipt (envelope JSON) once, as the receipt of each of
+    /// `seqs` (the seqs it covers that the caller checked against its entries), and advances
+    /// the delivered seq as [`Store::record_receipts`] does. Returns the new delivered seq.
+    pub fn record_batch_receipt(&self, envelope: &[u8], seqs: &[u64]) -> Result<u64, StoreError> {
+        self.record(&[], Some((envelope, seqs)))
+    }
+
+    fn record(
+        &self,
+        receipts: &[(u64, Vec<u8>)],
+        batch: Option<(&[u8], &[u64])>,
+    ) -> Result<u64, StoreError> {
+        let acked = (
+            &self.receipts,
+            &self.batch_receipts,
+            &self.meta,
+            &self.entries,
+        )
+            .transaction(|(rtree, btree, meta, entries)| {
                 for (seq, r) in receipts {
                     rtree.insert(&seq_key(*seq), r.as_slice())?;
+                }
+                if let Some((env, seqs)) = batch
+                    && !seqs.is_empty()
+                {
+                    let id = read_u64(meta.get(BATCH_RECEIPT_ID)?).map_err(abort)? + 1;
+                    meta.insert(BATCH_RECEIPT_ID, &id.to_be_bytes())?;
+                    btree.insert(&seq_key(id), env)?;
+                    let pointer = StoredReceipt::in_batch(id);
+                    for seq in seqs {
+                        rtree.insert(&seq_key(*seq), &pointer[..])?;
+                    }
                 }
                 let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
                 let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
@@ -639,12 +720,52 @@ impl Store {
         Ok(acked)
     }
 
+    /// When the hub received `seq`, from its stored receipt (read, not verified: `verify`
+    /// does that). `batch` keeps the batch receipt last read, so a run of seqs it covers
+    /// reads and parses it once.
+    fn receipted_at(
+        &self,
+        seq: u64,
+        stored: &[u8],
+        batch: &mut Option<(u64, BatchReceipt)>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let unreadable = |e: String| {
+            StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
+        };
+        match StoredReceipt::decode(stored) {
+            StoredReceipt::Own(v) => {
+                let renv = parse_envelope(seq, &v)?;
+                let receipt: Receipt =
+                    serde_json::from_slice(&renv.payload).map_err(|e| unreadable(e.to_string()))?;
+                Ok(receipt.received_at)
+            }
+            StoredReceipt::InBatch(id) => {
+                if batch.as_ref().is_none_or(|(held, _)| *held != id) {
+                    let v = self.batch_receipt(id)?.ok_or_else(|| {
+                        unreadable(format!("the batch receipt {id} it points at is missing"))
+                    })?;
+                    let env = parse_envelope(seq, &v)?;
+                    let b: BatchReceipt = serde_json::from_slice(&env.payload)
+                        .map_err(|e| unreadable(e.to_string()))?;
+                    *batch = Some((id, b));
+                }
+                batch
+                    .as_ref()
+                    .and_then(|(_, b)| b.receipt(seq))
+                    .map(|r| r.received_at)
+                    .ok_or_else(|| unreadable(format!("the batch receipt {id} does not cover it")))
+            }
+        }
+    }
+
     /// Prunes delivered entries whose receipt is older than `cutoff`, at most `max` of
-    /// them, never the chain head. Returns how many were pruned.
+    /// them, never the chain head. Returns how many were pruned. Receipts are never pruned,
+    /// so a batch receipt stays for every entry it covers, kept or pruned.
     pub fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
         let (head, _) = self.head()?;
         let limit = self.acked()?.min(head.saturating_sub(1));
         let mut doomed = Vec::new();
+        let mut batch = None;
         for kv in self.entries.range(..seq_key(limit.saturating_add(1))) {
             let (k, v) = kv?;
             let seq = read_u64(Some(k))?;
@@ -654,11 +775,8 @@ impl Store {
             let Some(r) = self.receipts.get(seq_key(seq))? else {
                 break;
             };
-            let renv = parse_envelope(seq, &r)?;
-            let receipt: Receipt = serde_json::from_slice(&renv.payload).map_err(|e| {
-                StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
-            })?;
-            if receipt.received_at >= cutoff {
+            // Receipts, batch receipts included, stay: only the entry goes.
+            if self.receipted_at(seq, &r, &mut batch)? >= cutoff {
                 break;
             }
             let env = parse_envelope(seq, &v)?;

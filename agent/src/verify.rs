@@ -3,18 +3,19 @@
 //! Checks every entry's signature and the hash chain with
 //! [`spacesync_shared::chain::ChainVerifier`], the verifier hub ingest uses (resuming after
 //! the pruned prefix from the kept hash), seq continuity, the stored head, every receipt
-//! (hub signature, source, seq, entry hash), that the delivered seq is covered by
-//! receipts, and the buffered byte count. After a fault it re-synchronises at the faulty
+//! (hub signature, source, seq, entry hash; a batch receipt's signature once for all the
+//! seqs it covers), that the delivered seq is covered by receipts, and the buffered byte
+//! count. After a fault it re-synchronises at the faulty
 //! entry, so one damaged entry is reported once and the rest are still checked.
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use spacesync_shared::chain::ChainVerifier;
 use spacesync_shared::dsse::Digest;
-use spacesync_shared::wire::Receipt;
+use spacesync_shared::wire::{BatchReceipt, Receipt};
 
 use crate::intake::Identity;
-use crate::store::{Store, StoreError, parse_envelope};
+use crate::store::{Store, StoreError, StoredReceipt, parse_envelope};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,8 +108,10 @@ pub fn verify(
     let mut receipted_upto_acked = 0u64;
     let mut warned_no_key = false;
     let mut last_receipt = 0;
+    // The batch receipt last opened (by id), so the seqs it covers cost one signature.
+    let mut batch: Option<(u64, Option<BatchReceipt>)> = None;
     for row in store.raw_receipts() {
-        let (seq, bytes) = match row {
+        let (seq, stored) = match row {
             Ok(r) => r,
             Err(e) => {
                 rep.problems.push(format!(
@@ -122,12 +125,16 @@ pub fn verify(
         if seq <= acked {
             receipted_upto_acked += 1;
         }
-        let env = match parse_envelope(seq, &bytes) {
-            Ok(e) => e,
-            Err(e) => {
-                rep.problems.push(format!("receipt {e}"));
-                continue;
-            }
+        // An own receipt is read before anything else, so damage shows without a hub key.
+        let stored = match stored {
+            StoredReceipt::Own(bytes) => match parse_envelope(seq, &bytes) {
+                Ok(env) => Ok(env),
+                Err(e) => {
+                    rep.problems.push(format!("receipt {e}"));
+                    continue;
+                }
+            },
+            StoredReceipt::InBatch(id) => Err(id),
         };
         let Some(key) = hub_key else {
             if !warned_no_key {
@@ -139,24 +146,51 @@ pub fn verify(
             }
             continue;
         };
-        match Receipt::open(&env, key) {
-            Err(e) => rep.problems.push(format!("receipt for seq {seq}: {e}")),
-            Ok(r) => {
-                if r.seq != seq || r.source != ident.source {
-                    rep.problems.push(format!(
-                        "receipt stored for seq {seq} is for {} seq {}",
-                        r.source, r.seq
-                    ));
+        let r = match stored {
+            Ok(env) => match Receipt::open(&env, key) {
+                Ok(r) => r,
+                Err(e) => {
+                    rep.problems.push(format!("receipt for seq {seq}: {e}"));
+                    continue;
                 }
-                if let Some(h) = hashes.get(&seq)
-                    && *h != r.entry_hash
-                {
-                    rep.problems.push(format!(
-                        "receipt for seq {seq} names entry hash {} but the entry's is {h}",
-                        r.entry_hash
-                    ));
+            },
+            Err(id) => {
+                if batch.as_ref().is_none_or(|(held, _)| *held != id) {
+                    // A batch receipt that does not open is named once, with its id.
+                    let opened = open_batch(store, id, key);
+                    if let Err(e) = &opened {
+                        rep.problems
+                            .push(format!("batch receipt {id} (first for seq {seq}): {e}"));
+                    }
+                    batch = Some((id, opened.ok()));
+                }
+                let Some((_, Some(b))) = &batch else {
+                    continue;
+                };
+                match b.receipt(seq) {
+                    Some(r) => r,
+                    None => {
+                        rep.problems.push(format!(
+                            "receipt for seq {seq}: the batch receipt {id} it points at does not cover it"
+                        ));
+                        continue;
+                    }
                 }
             }
+        };
+        if r.seq != seq || r.source != ident.source {
+            rep.problems.push(format!(
+                "receipt stored for seq {seq} is for {} seq {}",
+                r.source, r.seq
+            ));
+        }
+        if let Some(h) = hashes.get(&seq)
+            && *h != r.entry_hash
+        {
+            rep.problems.push(format!(
+                "receipt for seq {seq} names entry hash {} but the entry's is {h}",
+                r.entry_hash
+            ));
         }
     }
     if receipted_upto_acked != acked {
@@ -171,6 +205,17 @@ pub fn verify(
         ));
     }
     Ok(rep)
+}
+
+/// Reads and verifies the batch receipt stored under `id`.
+fn open_batch(store: &Store, id: u64, key: &VerifyingKey) -> Result<BatchReceipt, String> {
+    let bytes = store
+        .batch_receipt(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "it is missing from the store".to_string())?;
+    let env: spacesync_shared::Envelope = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the stored envelope is unreadable: {e}"))?;
+    BatchReceipt::open(&env, key).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

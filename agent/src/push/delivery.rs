@@ -6,8 +6,10 @@
 //! 2. after start and after any doubt (a timeout, a connection cut after sending, a 5xx,
 //!    fewer receipts than sent) ask the hub which seq it holds and resume from there — a
 //!    hub holding more than this agent, or another entry at that seq, is a fork (alarm);
-//! 3. push batches from the first unreceipted seq; each receipt is verified with the hub
-//!    key and stored; an entry counts as delivered only with a valid receipt. A `409`/`422`
+//! 3. push batches from the first unreceipted seq, asking for one receipt per batch (a hub
+//!    that does not know the ask sends one per entry); each receipt is verified with the hub
+//!    key (a batch receipt's one signature, then each entry in it) and stored; an entry
+//!    counts as delivered only with a valid receipt. A `409`/`422`
 //!    asks for a resend from an earlier seq (gap), or refuses for good (alarm) or for now
 //!    (retry); a `413` halves the batch; the batch grows back after each success.
 //!
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use spacesync_shared::keys;
 use spacesync_shared::wire::{
-    ErrorBody, IngestBatch, IngestResponse, PATH_HUB_PUBKEY, Receipt, RefusalCode, SourceHead,
+    BatchReceipt, ErrorBody, IngestBatch, IngestResponse, PATH_HUB_PUBKEY, Receipt, ReceiptError,
+    RefusalCode, SourceHead,
 };
 use tracing::{debug, error, warn};
 
@@ -267,7 +270,7 @@ impl Delivery {
             Class::Done => {
                 let r = ingest()?;
                 lock(&self.state).hub_held_through = Some(r.held_through);
-                let got = self.accept_receipts(batch, &r.receipts)?;
+                let got = self.accept_receipts(batch, &r)?;
                 self.after_receipts(got);
                 if got < last {
                     return Err(transient(
@@ -284,7 +287,7 @@ impl Delivery {
             Class::Refused => {
                 let r = ingest()?;
                 lock(&self.state).hub_held_through = Some(r.held_through);
-                let got = self.accept_receipts(batch, &r.receipts)?;
+                let got = self.accept_receipts(batch, &r)?;
                 self.after_receipts(got);
                 let Some(refusal) = r.refused.first() else {
                     return Err(transient(
@@ -364,17 +367,15 @@ impl Delivery {
         }
     }
 
-    /// Verifies and stores the receipts; returns the highest seq of the batch that has one
+    /// Verifies and stores the receipts — one per entry, or one batch receipt stored once
+    /// for the entries it covers; returns the highest seq of the batch that has one
     /// (counting from the batch's first seq, contiguously), or `first - 1`.
-    fn accept_receipts(
-        &self,
-        batch: &[Stored],
-        receipts: &[spacesync_shared::Envelope],
-    ) -> Result<u64, PushError> {
+    fn accept_receipts(&self, batch: &[Stored], answer: &IngestResponse) -> Result<u64, PushError> {
         let Some(first) = batch.first().map(|s| s.seq) else {
             return Ok(0);
         };
-        if receipts.is_empty() {
+        let receipts = &answer.receipts;
+        if receipts.is_empty() && answer.batch_receipt.is_none() {
             return Ok(first - 1);
         }
         let Some(key) = self.hub_key else {
@@ -383,57 +384,90 @@ impl Delivery {
                 false,
             ));
         };
+        let unverified = |e: ReceiptError| {
+            alarm(
+                "bad_receipt",
+                format!(
+                    "a receipt from the hub does not verify with the hub key {} ({e}); if the hub's key changed, confirm the new key with the hub operator and set hub_key in agent.toml",
+                    keys::public_key_line(&key)
+                ),
+            )
+        };
         let mut rows = Vec::with_capacity(receipts.len());
         for env in receipts {
-            let r = Receipt::open(env, &key).map_err(|e| {
-                alarm(
-                    "bad_receipt",
-                    format!(
-                        "a receipt from the hub does not verify with the hub key {} ({e}); if the hub's key changed, confirm the new key with the hub operator and set hub_key in agent.toml",
-                        keys::public_key_line(&key)
-                    ),
-                )
-            })?;
-            if r.source != self.ident.source {
-                return Err(alarm(
-                    "bad_receipt",
-                    format!(
-                        "the hub sent a receipt for source {} to source {}; ask the hub operator",
-                        r.source, self.ident.source
-                    ),
-                ));
+            let r = Receipt::open(env, &key).map_err(unverified)?;
+            if self.matches(batch, &r)? {
+                rows.push((r.seq, serde_json::to_vec(env).unwrap_or_default()));
             }
-            let Some(stored) = r
-                .seq
-                .checked_sub(first)
-                .and_then(|i| batch.get(usize::try_from(i).ok()?))
-            else {
-                debug!(seq = r.seq, "Receipt outside the batch ignored.");
-                continue;
-            };
-            let mine = stored.envelope.payload_hash();
-            if r.entry_hash != mine {
-                return Err(alarm(
-                    "fork",
-                    format!(
-                        "the hub's receipt for seq {} names entry hash {} but this agent's entry has {mine}: the chains differ (fork); ask the hub operator",
-                        r.seq, r.entry_hash
-                    ),
-                ));
-            }
-            rows.push((r.seq, serde_json::to_vec(env).unwrap_or_default()));
         }
-        let n = rows.len() as u64;
-        self.store.record_receipts(&rows)?;
-        lock(&self.state).receipts += n;
+        let mut covered = Vec::new();
+        if let Some(env) = &answer.batch_receipt {
+            // One signature for the batch; each entry is then checked as its own receipt.
+            for r in BatchReceipt::open(env, &key)
+                .map_err(unverified)?
+                .receipts()
+            {
+                if self.matches(batch, &r)? {
+                    covered.push(r.seq);
+                }
+            }
+        }
+        if !rows.is_empty() {
+            self.store.record_receipts(&rows)?;
+        }
+        if let Some(env) = answer
+            .batch_receipt
+            .as_ref()
+            .filter(|_| !covered.is_empty())
+        {
+            self.store
+                .record_batch_receipt(&serde_json::to_vec(env).unwrap_or_default(), &covered)?;
+        }
+        lock(&self.state).receipts += (rows.len() + covered.len()) as u64;
+        let receipted: std::collections::HashSet<u64> =
+            rows.iter().map(|(s, _)| *s).chain(covered).collect();
         let mut got = first - 1;
         while batch
             .get(usize::try_from(got + 1 - first).unwrap_or(usize::MAX))
             .is_some()
-            && rows.iter().any(|(s, _)| *s == got + 1)
+            && receipted.contains(&(got + 1))
         {
             got += 1;
         }
         Ok(got)
+    }
+
+    /// Whether a verified receipt is for an entry of `batch` (one outside it is ignored);
+    /// an alarm when it names another source, or another entry at that seq (a fork).
+    fn matches(&self, batch: &[Stored], r: &Receipt) -> Result<bool, PushError> {
+        if r.source != self.ident.source {
+            return Err(alarm(
+                "bad_receipt",
+                format!(
+                    "the hub sent a receipt for source {} to source {}; ask the hub operator",
+                    r.source, self.ident.source
+                ),
+            ));
+        }
+        let first = batch.first().map_or(0, |s| s.seq);
+        let Some(stored) = r
+            .seq
+            .checked_sub(first)
+            .and_then(|i| batch.get(usize::try_from(i).ok()?))
+        else {
+            debug!(seq = r.seq, "Receipt outside the batch ignored.");
+            return Ok(false);
+        };
+        let mine = stored.envelope.payload_hash();
+        if r.entry_hash != mine {
+            return Err(alarm(
+                "fork",
+                format!(
+                    "the hub's receipt for seq {} names entry hash {} but this agent's entry has {mine}: the chains differ (fork); ask the hub operator",
+                    r.seq, r.entry_hash
+                ),
+            ));
+        }
+        Ok(true)
     }
 }

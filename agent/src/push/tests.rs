@@ -9,7 +9,9 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use spacesync_shared::Envelope;
 use spacesync_shared::keys::public_key_line;
-use spacesync_shared::wire::{IngestResponse, Receipt, Refusal, RefusalCode, SourceHead};
+use spacesync_shared::wire::{
+    BatchReceipt, IngestResponse, Receipt, ReceiptItem, Refusal, RefusalCode, SourceHead,
+};
 use tokio::sync::{Notify, watch};
 
 use super::Pusher;
@@ -133,6 +135,56 @@ fn receipted_through(upto: u64) -> impl FnOnce(&Request) -> Result<Answer, Unrea
         let r = IngestResponse {
             held_through: upto,
             receipts: receipts(req, upto, &hub_key()),
+            ..Default::default()
+        };
+        Ok(ingest_answer(200, &r))
+    }
+}
+
+/// One batch receipt signed by `key` for the seqs of an ingest request that `covers`, each
+/// entry's part changed by `alter` (before signing).
+fn batch_receipt(
+    req: &Request,
+    key: &SigningKey,
+    covers: impl Fn(u64) -> bool,
+    alter: impl Fn(&mut ReceiptItem),
+) -> Envelope {
+    let entries = receipts(req, u64::MAX, key)
+        .iter()
+        .filter_map(|env| Receipt::open(env, &key.verifying_key()).ok())
+        .filter(|r| covers(r.seq))
+        .map(|r| {
+            let mut item = ReceiptItem {
+                seq: r.seq,
+                entry_hash: r.entry_hash,
+                log_index: r.log_index,
+                received_at: r.received_at,
+            };
+            alter(&mut item);
+            item
+        })
+        .collect();
+    let Request::Ingest { batch, .. } = req else {
+        panic!("expected an ingest request, got {}", req.what());
+    };
+    BatchReceipt {
+        source: batch.source.clone(),
+        entries,
+    }
+    .sign(key)
+}
+
+/// 200, the hub holding the whole batch, with `receipt` as its batch receipt.
+fn batch_receipted(
+    receipt: impl FnOnce(&Request) -> Envelope + Send + 'static,
+) -> impl FnOnce(&Request) -> Result<Answer, Unreached> + Send {
+    move |req| {
+        let Request::Ingest { last, .. } = req else {
+            panic!("expected an ingest request, got {}", req.what());
+        };
+        let r = IngestResponse {
+            held_through: *last,
+            batch_receipt: Some(receipt(req)),
             ..Default::default()
         };
         Ok(ingest_answer(200, &r))
@@ -511,6 +563,147 @@ async fn a_receipt_that_does_not_verify_raises_an_alarm_and_counts_nothing() {
     assert!(reason.contains("does not verify"), "{reason}");
     assert_eq!(r.acked(), 0);
     assert_eq!(r.state().receipts, 0);
+}
+
+impl Rig {
+    /// What `spacesync-agent verify` finds, with the hub key.
+    fn verify(&self) -> Vec<String> {
+        crate::verify::verify(&self.store, &identity(), Some(&hub_key().verifying_key()))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .problems
+    }
+}
+
+#[tokio::test]
+async fn a_batch_receipt_delivers_the_batch_and_is_stored_once() {
+    let mut r = rig(5, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |_| true, |_| {})
+    }));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.acked(), 5);
+    assert_eq!(r.state().receipts, 5, "the status counts receipted entries");
+    assert_eq!(r.store.batch_receipt_count(), 1);
+    for seq in 1..=5 {
+        assert!(r.store.has_receipt(seq).unwrap_or(false), "seq {seq}");
+    }
+    assert_eq!(r.verify(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_batch_receipt_by_another_key_raises_an_alarm_and_counts_nothing() {
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &wrong_key(), |_| true, |_| {})
+    }));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt");
+    assert!(reason.contains("does not verify"), "{reason}");
+    assert_eq!((r.acked(), r.state().receipts), (0, 0));
+    assert_eq!(r.store.batch_receipt_count(), 0);
+    assert!(!r.store.has_receipt(1).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn an_altered_batch_receipt_is_refused_and_counts_nothing() {
+    // An entry hash changed after the hub signed: the signature no longer verifies.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        let mut env = batch_receipt(req, &hub_key(), |_| true, |_| {});
+        let mut b: BatchReceipt = serde_json::from_slice(&env.payload).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        b.entries[1].entry_hash = spacesync_shared::Digest::of(b"another entry");
+        env.payload = serde_json::to_vec(&b).unwrap_or_default();
+        env
+    }));
+    let (code, _) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt");
+    assert_eq!((r.acked(), r.state().receipts), (0, 0));
+
+    // Signed by the hub with another entry's hash for seq 2: a fork, and nothing counts,
+    // not even seq 1 before it.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(
+            req,
+            &hub_key(),
+            |_| true,
+            |i| {
+                if i.seq == 2 {
+                    i.entry_hash = spacesync_shared::Digest::of(b"another entry");
+                }
+            },
+        )
+    }));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "fork");
+    assert!(reason.contains("seq 2"), "{reason}");
+    assert_eq!((r.acked(), r.state().receipts), (0, 0));
+    assert_eq!(r.store.batch_receipt_count(), 0);
+}
+
+#[tokio::test]
+async fn a_seq_the_batch_receipt_leaves_out_is_not_delivered() {
+    let mut r = rig(5, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |s| s != 3, |_| {})
+    }));
+    let (error, _, doubt) = transient(r.deliver().await);
+    assert!(error.contains("receipts only through seq 2"), "{error}");
+    assert!(doubt);
+    assert_eq!(r.acked(), 2, "delivery stops at the seq left out");
+    assert!(!r.store.has_receipt(3).unwrap_or(true));
+    assert!(r.store.has_receipt(4).unwrap_or(false));
+    // Asked again, the hub receipts the rest; every receipt verifies per entry.
+    r.delivery.doubt();
+    r.hub.then(r.head(5));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |_| true, |_| {})
+    }));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(
+        r.hub.seen()[2..],
+        ["asking the hub for its head", "pushing seqs 3–5"]
+    );
+    assert_eq!(r.acked(), 5);
+    assert_eq!(r.verify(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn receipts_of_both_forms_verify_and_pruning_keeps_every_receipt() {
+    // Seqs 1–3 receipted one by one (as by an older agent or hub), 4–8 by one batch
+    // receipt, which covers both pruned and kept entries.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(receipted());
+    assert!(r.deliver().await.is_ok());
+    r.append(5);
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |_| true, |_| {})
+    }));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!((r.acked(), r.state().receipts), (8, 8));
+    assert_eq!(r.verify(), Vec::<String>::new());
+    // Every receipt is from 1970; pruning takes every entry but the head.
+    let cutoff = chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+    assert_eq!(r.store.prune(cutoff, 5).ok(), Some(5));
+    assert_eq!(r.store.prune(cutoff, 100).ok(), Some(2));
+    assert_eq!(r.store.entry_count(), 1);
+    assert_eq!(
+        r.store.batch_receipt_count(),
+        1,
+        "the kept head still needs it"
+    );
+    for seq in 1..=8 {
+        assert!(r.store.has_receipt(seq).unwrap_or(false), "seq {seq}");
+    }
+    assert_eq!(r.verify(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -30,7 +30,8 @@ pub enum Request {
     HubKey,
     /// Signed `GET /v1/agent/head`: which seq of this source the hub holds.
     Head,
-    /// `POST /v1/ingest` (gzip JSON): a batch of entries, answered with receipts.
+    /// `POST /v1/ingest` (gzip JSON): a batch of entries, answered with receipts (one batch
+    /// receipt asked for).
     Ingest {
         /// Seq of the first entry.
         first: u64,
@@ -168,6 +169,9 @@ impl HubClient {
                     .post(self.cfg.hub_url(PATH_INGEST))
                     .header(CONTENT_TYPE, INGEST_CONTENT_TYPE)
                     .header(CONTENT_ENCODING, "gzip")
+                    // One signed receipt for the batch; a hub that does not know this
+                    // header ignores it and answers one receipt per entry.
+                    .header(wire::HDR_RECEIPTS, wire::RECEIPTS_BATCH)
                     .body(gzipped)
             }
             Request::Notices { after, limit } => {
