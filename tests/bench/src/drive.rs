@@ -108,12 +108,14 @@ fn prepare(sources: &[SourceBatches], gzip: bool) -> Result<Vec<Vec<Ready>>> {
 }
 
 /// Sends every source's batches to the hub at `url` (pid `hub_pid`, for its CPU time),
-/// one concurrent client per source.
+/// one concurrent client per source. `batch_receipts`: ask for one signed receipt per batch,
+/// as the agent's pusher does (a hub that does not know the ask answers one per entry).
 pub async fn drive(
     url: &str,
     hub_pid: u32,
     sources: &[SourceBatches],
     gzip: bool,
+    batch_receipts: bool,
 ) -> Result<Driven> {
     let ready = prepare(sources, gzip)?;
     let http = reqwest::Client::builder()
@@ -130,7 +132,9 @@ pub async fn drive(
         let http = http.clone();
         let endpoint = endpoint.clone();
         let id = src.id.clone();
-        tasks.spawn(async move { client(&http, &endpoint, &id, bodies, gzip).await });
+        tasks.spawn(
+            async move { client(&http, &endpoint, &id, bodies, gzip, batch_receipts).await },
+        );
     }
     let mut batch_ms = Vec::new();
     let (mut entries, mut throttled, mut bytes_sent) = (0, 0, 0);
@@ -169,6 +173,7 @@ async fn client(
     id: &str,
     bodies: Vec<Ready>,
     gzip: bool,
+    batch_receipts: bool,
 ) -> Result<ClientResult> {
     let mut out = ClientResult {
         batch_ms: Vec::with_capacity(bodies.len()),
@@ -185,6 +190,12 @@ async fn client(
                 .body(b.bytes.clone());
             if gzip {
                 req = req.header("content-encoding", "gzip");
+            }
+            if batch_receipts {
+                req = req.header(
+                    spacesync_shared::wire::HDR_RECEIPTS,
+                    spacesync_shared::wire::RECEIPTS_BATCH,
+                );
             }
             let resp = req
                 .send()

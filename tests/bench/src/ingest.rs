@@ -30,6 +30,10 @@ pub struct IngestArgs {
     /// Send plain JSON bodies instead of gzip (agents send gzip).
     #[arg(long)]
     pub plain: bool,
+    /// Ask for one receipt per entry instead of one per batch (what agents before batch
+    /// receipts did).
+    #[arg(long)]
+    pub per_entry_receipts: bool,
     /// Skip the PostgreSQL peer (reported as NA).
     #[arg(long)]
     pub no_pg: bool,
@@ -73,7 +77,14 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .pid()
         .context("the hub has no process id after starting")?;
     println!("hub {} serving on {}", hub_bin.display(), hub.url());
-    let d = drive::drive(&hub.url(), pid, &pre.sources, !a.plain).await?;
+    let d = drive::drive(
+        &hub.url(),
+        pid,
+        &pre.sources,
+        !a.plain,
+        !a.per_entry_receipts,
+    )
+    .await?;
     hub.stop()?;
     if d.entries != n {
         bail!("the hub acknowledged {} entries of {n}", d.entries);
@@ -160,6 +171,10 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .int("sources", pre.sources.len() as f64)
         .int("batch", a.batch as f64)
         .int("gzip", if a.plain { 0.0 } else { 1.0 })
+        .int(
+            "batch_receipts",
+            if a.per_entry_receipts { 0.0 } else { 1.0 },
+        )
         .int("cores", cores as f64)
         .dec("wall_s", d.wall_s)
         .dec("client_cpu_s", d.client_cpu_s)

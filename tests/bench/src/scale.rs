@@ -59,7 +59,7 @@ pub async fn run(a: &ScaleArgs) -> Result<Report> {
     let token = hub.create_token("ministry")?;
     hub.start().await?;
     let pid = hub.pid().context("the hub has no process id")?;
-    let d = drive::drive(&hub.url(), pid, &pre.sources, true).await?;
+    let d = drive::drive(&hub.url(), pid, &pre.sources, true, true).await?;
     if d.entries != n {
         bail!("the hub acknowledged {} entries of {n}", d.entries);
     }
