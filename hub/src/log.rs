@@ -87,7 +87,7 @@ impl Log {
             .push(leaf_hash(record.envelope))
             .map_err(|e| LogError::Tree(e.to_string()))?;
         batch.put(keys::log(index), self.buf.as_slice());
-        for n in nodes {
+        for n in nodes.iter().filter(|n| n.level >= FIRST_STORED_LEVEL) {
             batch.put(keys::node(n.level, n.index), n.hash.to_vec());
         }
         Ok(index)
@@ -138,23 +138,45 @@ pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), 
     })
 }
 
-/// Stored nodes as a [`NodeSource`] for proofs.
+/// The lowest tree level whose nodes are stored (`node/…`). A node below it covers at most
+/// [`1 << FIRST_STORED_LEVEL`] leaves and is computed from their records when a proof needs
+/// it — a proof needs at most one per level, so at most three record reads — which spares
+/// the writer one and a half keys per entry. Stores written before keep every level, and a
+/// node stored at a lower level is read (and checked by `verify`) as before.
+pub const FIRST_STORED_LEVEL: u8 = 2;
+
+/// Stored nodes as a [`NodeSource`] for proofs; nodes below [`FIRST_STORED_LEVEL`] that are
+/// not stored are computed from the log's records.
 pub struct StoredNodes<'a>(pub &'a dyn Store);
 
 impl NodeSource for StoredNodes<'_> {
     type Error = StoreError;
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-        let v = self
-            .0
-            .get(&keys::node(level, index))?
-            .ok_or_else(|| StoreError::Corrupt {
-                key: format!("node/{level}/{index}"),
+        let key = || format!("node/{level}/{index}");
+        match self.0.get(&keys::node(level, index))? {
+            Some(v) => v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                key: key(),
+                message: "tree node is not 32 bytes".into(),
+            }),
+            None if level == 0 => match read(self.0, index)? {
+                Some(rec) => Ok(rec.leaf_hash()),
+                None => Err(StoreError::Corrupt {
+                    key: format!("log/{index}"),
+                    message: "missing log leaf, which a proof needs".into(),
+                }),
+            },
+            None if level < FIRST_STORED_LEVEL => {
+                let child = |i| self.node(level - 1, i);
+                Ok(merkle::node_hash(
+                    &child(2 * index)?,
+                    &child(2 * index + 1)?,
+                ))
+            }
+            None => Err(StoreError::Corrupt {
+                key: key(),
                 message: "missing tree node".into(),
-            })?;
-        v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-            key: format!("node/{level}/{index}"),
-            message: "tree node is not 32 bytes".into(),
-        })
+            }),
+        }
     }
 }
 

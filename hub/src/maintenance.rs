@@ -176,10 +176,17 @@ pub fn verify(
         match frontier.push(rec.leaf_hash()) {
             Err(e) => report.problems.push(format!("log leaf {index}: {e}")),
             // Proofs are served from the stored nodes, so each must be what the log implies.
-            // Only the first mismatch is reported: the nodes above it follow from it.
+            // Only the first mismatch is reported: the nodes above it follow from it. Nodes
+            // below the first stored level are computed from the log unless a store written
+            // before kept them.
             Ok(nodes) if !node_damage => {
                 for n in nodes {
-                    if store.get(&keys::node(n.level, n.index))?.as_deref() != Some(&n.hash[..]) {
+                    let stored = store.get(&keys::node(n.level, n.index))?;
+                    let sound = match stored.as_deref() {
+                        Some(v) => v == &n.hash[..],
+                        None => n.level < log::FIRST_STORED_LEVEL,
+                    };
+                    if !sound {
                         report.problems.push(format!(
                             "log leaf {index}: the stored tree node (level {}, index {}) does not match the log; proofs through it will not verify",
                             n.level, n.index

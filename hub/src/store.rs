@@ -210,7 +210,8 @@ pub mod keys {
     /// `log/<index>` → a [`crate::log::LogRecord`] in the binary layout of
     /// [`crate::log::record`] (records of older hubs are JSON, and still read).
     pub const LOG: &[u8] = b"log/";
-    /// `node/<level><index>` → 32-byte perfect-subtree hash.
+    /// `node/<level><index>` → 32-byte perfect-subtree hash, from level
+    /// [`crate::log::FIRST_STORED_LEVEL`] up (stores written before also hold the lower ones).
     pub const NODE: &[u8] = b"node/";
     /// `meta/frontier` → the tree frontier.
     pub const FRONTIER: &[u8] = b"meta/frontier";

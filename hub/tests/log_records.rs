@@ -225,3 +225,74 @@ fn damaged_records_are_named_by_their_key() {
         );
     }
 }
+
+/// Nodes below `log::FIRST_STORED_LEVEL` are not stored; proofs and roots computed with them
+/// taken from the records equal those of a tree keeping every node, for every size, index
+/// and pair of sizes — also when a store written before keeps the lower levels.
+#[test]
+fn proofs_without_the_lowest_levels_stored_equal_the_full_trees() {
+    use spacesync_hub::log::{FIRST_STORED_LEVEL, Log, RecordRef};
+    use spacesync_shared::merkle::{MemoryTree, NodeSource};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let mut log = Log::load(&store).expect("load");
+    let mut full = MemoryTree::new();
+    let key = hub_key();
+    let mut wb = WriteBatch::new();
+    for i in 0..37u64 {
+        let env = spacesync_shared::Envelope::sign(&key, "text/plain", format!("leaf {i}").into());
+        let rec = RecordRef {
+            received_at: t0(),
+            source: None,
+            seq: i + 1,
+            envelope: &env,
+        };
+        assert_eq!(log.append(&mut wb, rec).expect("append"), i);
+        full.push(log::leaf_hash(&env)).expect("push");
+        if i % 5 == 4 || i == 36 {
+            log.put_frontier(&mut wb);
+            store.apply(std::mem::take(&mut wb)).expect("apply");
+        }
+    }
+    let levels: Vec<u8> = store
+        .scan(keys::NODE)
+        .map(|r| r.expect("scan").0[keys::NODE.len()])
+        .collect();
+    assert!(!levels.is_empty() && levels.iter().all(|l| *l >= FIRST_STORED_LEVEL));
+
+    let compare = |what: &str| {
+        for size in 0..=37u64 {
+            assert_eq!(
+                log::root_at(&store, size).ok(),
+                merkle::root_at(&full, size).ok(),
+                "{what}: root at {size}"
+            );
+            for index in 0..size {
+                assert_eq!(
+                    log::inclusion_proof(&store, index, size).ok(),
+                    merkle::inclusion_proof(&full, index, size).ok(),
+                    "{what}: inclusion of {index} in {size}"
+                );
+            }
+            for old in 0..=size {
+                assert_eq!(
+                    log::consistency_proof(&store, old, size).ok(),
+                    merkle::consistency_proof(&full, old, size).ok(),
+                    "{what}: consistency {old} → {size}"
+                );
+            }
+        }
+    };
+    compare("upper levels stored");
+    // A store written before keeps every level.
+    let mut wb = WriteBatch::new();
+    for level in 0..FIRST_STORED_LEVEL {
+        for index in 0..(37u64 >> level) {
+            let h = full.node(level, index).expect("node");
+            wb.put(keys::node(level, index), h.to_vec());
+        }
+    }
+    store.apply(wb).expect("apply");
+    compare("every level stored");
+}
