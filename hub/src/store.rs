@@ -5,7 +5,10 @@
 //! moves the tree frontier and updates the views is one atomic write. Another backend
 //! only needs these five operations.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::RwLock;
 
 /// A storage failure. The message names the operation; the hub answers 503 and logs it.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +36,13 @@ pub enum StoreError {
     },
 }
 
-/// One atomic write.
+/// One atomic write: the value (or removal) each key it touches will have. A later
+/// operation on a key replaces an earlier one, as applying them in order would; applying
+/// the batch is one atomic step whatever the order. The batch can be read while it is
+/// built, over the store it will be applied to ([`Overlay`]).
 #[derive(Debug, Default)]
 pub struct WriteBatch {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl WriteBatch {
@@ -47,20 +53,20 @@ impl WriteBatch {
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((key.into(), Some(value.into())));
+        self.ops.insert(key.into(), Some(value.into()));
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
-        self.ops.push((key.into(), None));
+        self.ops.insert(key.into(), None);
     }
 
-    /// Appends `other`'s operations (applied after this batch's, in the same write).
+    /// Adds `other`'s operations (applied after this batch's, in the same write).
     pub fn extend(&mut self, other: WriteBatch) {
         self.ops.extend(other.ops);
     }
 
-    /// Number of operations.
+    /// Number of keys the batch writes or removes.
     pub fn len(&self) -> usize {
         self.ops.len()
     }
@@ -68,6 +74,25 @@ impl WriteBatch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// What the batch does to `key`: `None` when it does not touch it, `Some(None)` when
+    /// it removes it, `Some(Some(value))` when it sets it.
+    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.get(key).map(Option::as_deref)
+    }
+
+    /// The keys under `prefix` the batch touches, in key order, with what it does to each
+    /// (as [`WriteBatch::pending`]).
+    pub fn pending_under(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        let prefix = prefix.to_vec();
+        self.ops
+            .range::<[u8], _>((Bound::Included(prefix.as_slice()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
 }
 
@@ -83,12 +108,192 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> KvIter<'_>;
+    /// The pairs whose key starts with `prefix` and is at least `from`, in key order: a
+    /// long scan taken up again where it stopped (after writes in between).
+    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
+        let from = from.to_vec();
+        Box::new(
+            self.scan(prefix)
+                .filter(move |r| r.as_ref().map_or(true, |(k, _)| *k >= from)),
+        )
+    }
     /// The last pair whose key starts with `prefix`.
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError>;
     /// Applies a batch atomically (all or nothing, also across a crash).
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable. Nothing is acknowledged before this returns.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Reading ordered keys, from a store or from a store with a batch over it ([`Overlay`]).
+/// Its own method names, so a module using both traits calls `Store`'s unambiguously.
+pub trait Reader {
+    /// The value under `key`.
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_>;
+}
+
+impl<S: Store + ?Sized> Reader for S {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(key)
+    }
+
+    fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
+        self.scan(prefix)
+    }
+}
+
+/// A store as it will read once `batch` is applied to it: the batch's keys over the
+/// store's. With a hidden prefix, the store is read as if it held nothing under it (a
+/// rebuild writing that part afresh into the batch).
+#[derive(Clone, Copy)]
+pub struct Overlay<'a> {
+    store: &'a dyn Store,
+    batch: &'a WriteBatch,
+    hidden: Option<&'a [u8]>,
+}
+
+impl<'a> Overlay<'a> {
+    /// `batch` over `store`.
+    pub fn new(store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
+        Overlay {
+            store,
+            batch,
+            hidden: None,
+        }
+    }
+
+    /// `batch` over `store` without its keys under `hidden`.
+    pub fn hiding(store: &'a dyn Store, batch: &'a WriteBatch, hidden: &'a [u8]) -> Overlay<'a> {
+        Overlay {
+            store,
+            batch,
+            hidden: Some(hidden),
+        }
+    }
+
+    fn hides(&self, key: &[u8]) -> bool {
+        self.hidden.is_some_and(|h| key.starts_with(h))
+    }
+}
+
+impl Reader for Overlay<'_> {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.batch.pending(key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None if self.hides(key) => Ok(None),
+            None => self.store.get(key),
+        }
+    }
+
+    fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
+        let hidden = self.hidden;
+        let below: KvIter<'_> = if self.hides(prefix) {
+            Box::new(std::iter::empty())
+        } else {
+            Box::new(self.store.scan(prefix).filter(move |r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| !hidden.is_some_and(|h| k.starts_with(h)))
+            }))
+        };
+        Box::new(Merged {
+            below: below.peekable(),
+            above: self.batch.pending_under(prefix).peekable(),
+        })
+    }
+}
+
+/// A store's pairs merged with a batch's operations, both in key order: the batch's
+/// value wins, its removals hide the store's pair.
+struct Merged<'a, A: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>> {
+    below: std::iter::Peekable<KvIter<'a>>,
+    above: std::iter::Peekable<A>,
+}
+
+impl<'a, A: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>> Iterator for Merged<'a, A> {
+    type Item = Result<Kv, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let order = match (self.below.peek(), self.above.peek()) {
+                (Some(Err(_)), _) => return self.below.next(),
+                (None, None) => return None,
+                (Some(Ok(_)), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok((b, _))), Some((a, _))) => b.as_slice().cmp(a),
+            };
+            match order {
+                Ordering::Less => return self.below.next(),
+                // The batch replaces or removes the store's pair.
+                Ordering::Equal => {
+                    self.below.next();
+                }
+                Ordering::Greater => {}
+            }
+            if let Some((k, Some(v))) = self.above.next() {
+                return Some(Ok((k.to_vec(), v.to_vec())));
+            }
+        }
+    }
+}
+
+/// A store in memory, for tests and for tools that need a scratch store: not durable
+/// (`flush` does nothing).
+#[derive(Default)]
+pub struct MemStore {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn range(&self, prefix: &[u8], from: &[u8]) -> Vec<Kv> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let start = if from > prefix { from } else { prefix };
+        map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        Ok(map.get(key).cloned())
+    }
+
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+        Box::new(self.range(prefix, prefix).into_iter().map(Ok))
+    }
+
+    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
+        Box::new(self.range(prefix, from).into_iter().map(Ok))
+    }
+
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
+        Ok(self.range(prefix, prefix).pop())
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The sled backend.
@@ -177,6 +382,20 @@ impl Store for SledStore {
         }))
     }
 
+    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
+        let start = if from > prefix { from } else { prefix };
+        let prefix = prefix.to_vec();
+        Box::new(
+            self.tree
+                .range(start..)
+                .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+                .map(|r| {
+                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(backend("scan"))
+                }),
+        )
+    }
+
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
         match self.tree.scan_prefix(prefix).next_back() {
             None => Ok(None),
@@ -223,7 +442,8 @@ pub mod keys {
     /// signed more than a window before it are refused even if the clock has gone back
     /// (their nonces may have been pruned).
     pub const NONCE_HIGH_WATER: &[u8] = b"meta/nonce-hw";
-    /// `src/<source>\0<seq>` → log index (8 bytes) ‖ entry hash (32 bytes).
+    /// `src/<source>\0<seq>` → log index (8 bytes) ‖ entry hash (32 bytes) ‖ hub receive
+    /// time (i64 ms), all big-endian (`crate::hub::Held`).
     pub const SRC: &[u8] = b"src/";
     /// `reg/<source>` → the source's registry record (JSON).
     pub const REG: &[u8] = b"reg/";
@@ -310,5 +530,102 @@ mod tests {
         b.delete(keys::log(2));
         s.apply(b).unwrap();
         assert_eq!(s.get(&keys::log(2)).unwrap(), None);
+    }
+    fn pairs(it: KvIter<'_>) -> Vec<(String, String)> {
+        it.map(|r| {
+            let (k, v) = r.unwrap();
+            (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
+        })
+        .collect()
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The batch's last word on a key wins; an overlay reads the store as it will be once
+    /// the batch is applied, and a hidden prefix reads from the batch alone.
+    #[test]
+    fn an_overlay_reads_the_store_as_the_batch_will_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let mem = MemStore::new();
+        for s in [&sled as &dyn Store, &mem] {
+            let mut b = WriteBatch::new();
+            for (k, v) in [("a/1", "s1"), ("a/2", "s2"), ("a/4", "s4"), ("b/1", "t1")] {
+                b.put(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+            }
+            s.apply(b).unwrap();
+
+            let mut batch = WriteBatch::new();
+            batch.put(b"a/3".to_vec(), b"first".to_vec());
+            batch.put(b"a/3".to_vec(), b"n3".to_vec());
+            batch.delete(b"a/2".to_vec());
+            batch.put(b"a/4".to_vec(), b"n4".to_vec());
+            batch.delete(b"a/5".to_vec());
+            batch.put(b"a/5".to_vec(), b"n5".to_vec());
+            batch.put(b"c/1".to_vec(), b"u1".to_vec());
+            assert_eq!(batch.len(), 5);
+            assert_eq!(batch.pending(b"a/2"), Some(None));
+            assert_eq!(batch.pending(b"a/3"), Some(Some(&b"n3"[..])));
+            assert_eq!(batch.pending(b"a/1"), None);
+
+            let o = Overlay::new(s, &batch);
+            assert_eq!(o.read(b"a/1").unwrap(), Some(b"s1".to_vec()));
+            assert_eq!(o.read(b"a/2").unwrap(), None);
+            assert_eq!(o.read(b"a/4").unwrap(), Some(b"n4".to_vec()));
+            assert_eq!(
+                pairs(o.read_prefix(b"a/")),
+                kv(&[("a/1", "s1"), ("a/3", "n3"), ("a/4", "n4"), ("a/5", "n5")])
+            );
+            assert_eq!(
+                pairs(o.read_prefix(b"")),
+                kv(&[
+                    ("a/1", "s1"),
+                    ("a/3", "n3"),
+                    ("a/4", "n4"),
+                    ("a/5", "n5"),
+                    ("b/1", "t1"),
+                    ("c/1", "u1"),
+                ])
+            );
+            let hidden = Overlay::hiding(s, &batch, b"a/");
+            assert_eq!(hidden.read(b"a/1").unwrap(), None);
+            assert_eq!(hidden.read(b"b/1").unwrap(), Some(b"t1".to_vec()));
+            assert_eq!(
+                pairs(hidden.read_prefix(b"a/")),
+                kv(&[("a/3", "n3"), ("a/4", "n4"), ("a/5", "n5")])
+            );
+            assert_eq!(
+                pairs(hidden.read_prefix(b"")),
+                kv(&[
+                    ("a/3", "n3"),
+                    ("a/4", "n4"),
+                    ("a/5", "n5"),
+                    ("b/1", "t1"),
+                    ("c/1", "u1"),
+                ])
+            );
+
+            // Applied, the store reads as the overlay did.
+            s.apply(batch).unwrap();
+            assert_eq!(
+                pairs(s.scan(b"a/")),
+                kv(&[("a/1", "s1"), ("a/3", "n3"), ("a/4", "n4"), ("a/5", "n5")])
+            );
+            assert_eq!(
+                pairs(s.scan_from(b"a/", b"a/3")),
+                kv(&[("a/3", "n3"), ("a/4", "n4"), ("a/5", "n5")])
+            );
+            assert_eq!(pairs(s.scan_from(b"a/", b"a/")).len(), 4);
+            assert_eq!(pairs(s.scan_from(b"a/", b"b")).len(), 0);
+            assert_eq!(
+                s.last(b"a/").unwrap(),
+                Some((b"a/5".to_vec(), b"n5".to_vec()))
+            );
+        }
     }
 }
