@@ -415,9 +415,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Bulletin { cmd } => bulletins(&dir, cmd)?,
         Cmd::Rebuild => {
             let store = config::open_store(&dir)?;
+            let baseline = config::load_campaign(&dir)?.baseline;
             let size = crate::log::Log::load(&store)?.size();
             let pb = bar(size, "rebuild");
-            let n = maintenance::rebuild(&store, |i| pb.set_position(i + 1))?;
+            let n = maintenance::rebuild(&store, baseline, |i| pb.set_position(i + 1))?;
             pb.finish_and_clear();
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }

@@ -282,6 +282,8 @@ fn load_state(
         }
         registry.insert(rec.id.clone(), rec);
     }
+    // Once per store: the views in this version's layout, merged for the campaign's baseline.
+    crate::views::prepare(store, campaign.baseline)?;
     let views = Views::load(store, campaign.baseline)?;
     let checkpoint = match store.get(keys::CHECKPOINT)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),

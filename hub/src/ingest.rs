@@ -419,7 +419,8 @@ impl Hub {
                     received_at: now,
                 };
                 wb.put(keys::src(&source, entry.seq), held.to_bytes());
-                st.views.apply(
+                let applied = st.views.apply(
+                    self.store.as_ref(),
                     Meta {
                         log_index: index,
                         received_at: now,
@@ -431,6 +432,10 @@ impl Hub {
                     &entry.record,
                     &mut wb,
                 );
+                if let Err(e) = applied {
+                    self.reload(&mut st);
+                    return Err(e.into());
+                }
                 new_heads = Head {
                     seq: entry.seq,
                     hash: held.hash,
@@ -925,14 +930,19 @@ mod tests {
     /// What a reader sees in a snapshot, compared whole.
     type Seen = (u64, [u8; 32], String, u64, Option<Head>, Vec<Meta>, i64);
 
-    fn seen(s: &Snapshot, source: &SourceId) -> Seen {
+    fn seen(s: &Snapshot, source: &SourceId, store: &dyn Store) -> Seen {
         (
             s.log_size,
             s.log_root,
             s.checkpoint.clone(),
             s.version,
             s.heads.get(source).copied(),
-            s.views.items().map(|i| i.meta.clone()).collect(),
+            s.views
+                .items(store)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|i| i.meta)
+                .collect(),
             s.views
                 .rollup(&Campaign::builtin_2018())
                 .nation
@@ -949,7 +959,7 @@ mod tests {
         let hub = hub(sled(&dir), &a);
         ingest_ok(&hub, a.batch(vec![teachers(100), teachers(120)]));
         let before = hub.snapshot();
-        let was = seen(&before, &a.id);
+        let was = seen(&before, &a.id, hub.store.as_ref());
         assert_eq!(was.4.map(|h| h.seq), Some(2));
         assert_eq!(was.6, 120);
 
@@ -957,10 +967,15 @@ mod tests {
         let withdraw = record(r#"{"kind":"withdrawal","target_seq":2,"reason":"typo"}"#);
         ingest_ok(&hub, a.batch(vec![teachers(130), withdraw]));
 
-        assert_eq!(seen(&before, &a.id), was, "the old snapshot changed");
-        assert!(before.views.items().all(|i| i.meta.withdrawn_by.is_none()));
+        assert_eq!(
+            seen(&before, &a.id, hub.store.as_ref()),
+            was,
+            "the old snapshot changed"
+        );
+        let items = |s: &Snapshot| s.views.items(hub.store.as_ref()).unwrap_or_default();
+        assert!(items(&before).iter().all(|i| i.meta.withdrawn_by.is_none()));
         let after = hub.snapshot();
-        let now = seen(&after, &a.id);
+        let now = seen(&after, &a.id, hub.store.as_ref());
         assert_eq!(now.0, was.0 + 2);
         assert_ne!(now.1, was.1);
         assert_ne!(now.2, was.2);
@@ -968,15 +983,17 @@ mod tests {
         assert_eq!(now.4.map(|h| h.seq), Some(4));
         assert_eq!(now.6, 130);
         assert_eq!(
-            after
-                .views
-                .items()
+            items(&after)
+                .iter()
                 .filter(|i| i.meta.withdrawn_by.is_some())
                 .count(),
             1
         );
         // The writer's own view and the published one agree.
-        assert_eq!(seen(&Snapshot::of(&hub.state()), &a.id), now);
+        assert_eq!(
+            seen(&Snapshot::of(&hub.state()), &a.id, hub.store.as_ref()),
+            now
+        );
     }
 
     #[test]

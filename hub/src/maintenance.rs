@@ -20,16 +20,13 @@ use spacesync_shared::{Digest, SourceId};
 use crate::ingest::key_schedule;
 use crate::log;
 use crate::registry;
-use crate::store::{Store, StoreError, WriteBatch, keys};
+use crate::store::{Overlay, Store, StoreError, WriteBatch, keys};
 use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
 
-/// The baseline date given to views of which only the stored items are used (`rebuild`
-/// writes them, `verify` compares them); their merged figures are never read, so which
-/// date does not matter.
-const ITEMS_ONLY: NaiveDate = NaiveDate::MIN;
-
 /// Recomputes the views from the log alone, merged for a campaign whose baseline date is
-/// `baseline`. Returns them with the batch that replaces the stored view items.
+/// `baseline`. Returns them with the batch of every view key they make, to replace the
+/// stored ones (`rebuild` adds the removal of the others); read the rebuilt items through
+/// [`rebuilt`].
 pub fn rebuild_views(
     store: &dyn Store,
     baseline: NaiveDate,
@@ -46,10 +43,7 @@ pub fn rebuild_views_upto(
     mut progress: impl FnMut(u64),
 ) -> Result<(Views, WriteBatch), StoreError> {
     let mut batch = WriteBatch::new();
-    for r in store.scan(keys::VIEW) {
-        batch.delete(r?.0);
-    }
-    let mut views = Views::new(baseline);
+    let mut views = Views::rebuilding(baseline, &mut batch);
     for r in log::iter(store) {
         let (index, rec) = r?;
         if index >= size {
@@ -71,6 +65,7 @@ pub fn rebuild_views_upto(
                 message: e.to_string(),
             })?;
         views.apply(
+            store,
             Meta {
                 log_index: index,
                 received_at: rec.received_at,
@@ -81,22 +76,43 @@ pub fn rebuild_views_upto(
             },
             &entry.record,
             &mut batch,
-        );
+        )?;
     }
     Ok((views, batch))
 }
 
-/// `rebuild`: replaces the stored views with ones recomputed from the log, and the
-/// registry with the one its registry entries give (on a store whose log holds none, the
-/// registry as it stands is kept: see [`crate::registry`]). One atomic write.
-pub fn rebuild(store: &dyn Store, progress: impl FnMut(u64)) -> Result<u64, StoreError> {
-    let (views, mut batch) = rebuild_views(store, ITEMS_ONLY, progress)?;
+/// What views rebuilt by [`rebuild_views`] into `batch` read: the batch over the store,
+/// without the store's own view keys.
+pub fn rebuilt<'a>(store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
+    Overlay::hiding(store, batch, keys::VIEW)
+}
+
+/// `rebuild`: replaces the stored views with ones recomputed from the log, merged for
+/// `baseline` (the campaign's), and the registry with the one its registry entries give
+/// (on a store whose log holds none, the registry as it stands is kept: see
+/// [`crate::registry`]). One atomic write. Returns the number of view items.
+pub fn rebuild(
+    store: &dyn Store,
+    baseline: NaiveDate,
+    progress: impl FnMut(u64),
+) -> Result<u64, StoreError> {
+    let (views, mut batch) = rebuild_views(store, baseline, progress)?;
+    let mut stale = Vec::new();
+    for r in store.scan(keys::VIEW) {
+        let (k, _) = r?;
+        if batch.pending(&k).is_none() {
+            stale.push(k);
+        }
+    }
+    for k in stale {
+        batch.delete(k);
+    }
     if let Some(reg) = registry::replay(store)? {
         batch.extend(registry::replace_batch(store, &reg)?);
     }
     store.apply(batch)?;
     store.flush()?;
-    Ok(views.items().count() as u64)
+    Ok(views.entries())
 }
 
 /// What `verify` found.
@@ -344,10 +360,33 @@ pub fn verify(
     Ok(report)
 }
 
-/// The views are derived state: the stored items must be exactly what the log implies,
-/// or the hub serves figures that miss (or invent) entries.
+/// The views are derived state: the stored items, the subjects' summaries, the sources'
+/// activity and the extensions must be exactly what the log implies, or the hub serves
+/// figures that miss (or invent) entries.
 fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), StoreError> {
-    let stored = match Views::load(store, ITEMS_ONLY) {
+    const REBUILD: &str = "figures are wrong until `spacesync-hub rebuild`";
+    let baseline = match crate::views::stored_baseline(store) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            if store.scan(keys::VIEW).next().is_some() {
+                report.problems.push(
+                    "the stored views are in the layout of an older hub; start the hub once (it converts them) or run `spacesync-hub rebuild`".into(),
+                );
+            }
+            return Ok(());
+        }
+        Err(e) => {
+            report.problems.push(format!(
+                "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
+            ));
+            return Ok(());
+        }
+    };
+    let loaded = Views::load(store, baseline).and_then(|v| {
+        let items = v.items(store)?;
+        Ok((v, items))
+    });
+    let (stored, stored_items) = match loaded {
         Ok(v) => v,
         Err(e) => {
             report.problems.push(format!(
@@ -357,13 +396,18 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
         }
     };
     // A log that does not decode is reported above; there is nothing to compare with.
-    let Ok((rebuilt, _)) = rebuild_views(store, ITEMS_ONLY, |_| {}) else {
+    let Ok((rebuilt_views, batch)) = rebuild_views(store, baseline, |_| {}) else {
         return Ok(());
     };
-    let want: HashMap<u64, &crate::views::Item> =
-        rebuilt.items().map(|i| (i.meta.log_index, i)).collect();
+    let Ok(rebuilt_items) = rebuilt_views.items(&rebuilt(store, &batch)) else {
+        return Ok(());
+    };
+    let want: HashMap<u64, &crate::views::Item> = rebuilt_items
+        .iter()
+        .map(|i| (i.meta.log_index, i))
+        .collect();
     let got: HashMap<u64, &crate::views::Item> =
-        stored.items().map(|i| (i.meta.log_index, i)).collect();
+        stored_items.iter().map(|i| (i.meta.log_index, i)).collect();
     let mut bad: Vec<(u64, &str)> = want
         .keys()
         .chain(got.keys())
@@ -378,11 +422,34 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
     bad.dedup();
     if let Some((first, how)) = bad.first() {
         report.problems.push(format!(
-            "the stored views disagree with the log at {} log leaves: the view item of log leaf {first} {how} what the log holds; figures are wrong until `spacesync-hub rebuild`",
+            "the stored views disagree with the log at {} log leaves: the view item of log leaf {first} {how} what the log holds; {REBUILD}",
             bad.len()
         ));
     }
-    if !stored.extensions().eq(rebuilt.extensions()) {
+    match crate::views::differing_lists(store, &rebuilt(store, &batch)) {
+        Ok(lists) if !lists.is_empty() => report.problems.push(format!(
+            "{} stored lists of a subject's snapshots disagree with the log (first: {}); a late or withdrawn snapshot would be merged wrongly until `spacesync-hub rebuild`",
+            lists.len(),
+            lists[0]
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(format!(
+            "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
+        )),
+    }
+    let subjects = stored.differing_subjects(&rebuilt_views);
+    if let Some(first) = subjects.first() {
+        report.problems.push(format!(
+            "{} stored subject summaries disagree with the snapshots in the log (first: {first}); {REBUILD}",
+            subjects.len()
+        ));
+    }
+    if stored.sources() != rebuilt_views.sources() {
+        report.problems.push(format!(
+            "the stored per-source activity (entries, last times) disagrees with the log; {REBUILD}"
+        ));
+    }
+    if !stored.extensions().eq(rebuilt_views.extensions()) {
         report.problems.push(
             "the stored deadline extensions disagree with the log; run `spacesync-hub rebuild`"
                 .into(),

@@ -1103,7 +1103,14 @@ mod tests {
             recorded_at: at("2018-11-17T02:00:00Z"),
             withdrawn_by: None,
         };
-        views.apply(meta, &record, &mut WriteBatch::new());
+        views
+            .apply(
+                &crate::store::MemStore::new(),
+                meta,
+                &record,
+                &mut WriteBatch::new(),
+            )
+            .unwrap();
         let notices = candidates(&campaign, &views, &[], at("2018-11-20T01:00:00Z"));
         let plan = notices
             .iter()

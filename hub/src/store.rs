@@ -451,7 +451,10 @@ pub mod keys {
     pub const TOK: &[u8] = b"tok/";
     /// `alarm/<n>` → an alarm (JSON).
     pub const ALARM: &[u8] = b"alarm/";
-    /// `v/…` → view items (see [`crate::views`]).
+    /// `v/…` → the merged views (see [`crate::views`]): `v/m` their layout and baseline,
+    /// `v/n` their position; `v/c/<index>` space counts; `v/l/<subject>` each subject's
+    /// space counts' indexes; `v/s/<subject>` each subject's merged summary; `v/i/<index>`
+    /// ledger items; `v/a/<source>` per-source activity; `v/x/<index>` deadline extensions.
     pub const VIEW: &[u8] = b"v/";
     /// `n/<sha256 hex of nonce>` → when the signed request it came with expires (i64 ms,
     /// big-endian): replay protection that survives a restart (see [`crate::auth`]).
@@ -495,6 +498,11 @@ pub mod keys {
     /// Key of alarm `n`.
     pub fn alarm(n: u64) -> Vec<u8> {
         [ALARM, &n.to_be_bytes()].concat()
+    }
+
+    /// The log index a `src/` value points at (its first 8 bytes).
+    pub fn src_log_index(value: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(value.get(0..8)?.try_into().ok()?))
     }
 
     /// Reads a big-endian u64 from the end of a key.

@@ -2,23 +2,42 @@
 //! roll-up rules, milestone submissions, nominations with quota checks, activities, and
 //! withdrawals honoured.
 //!
-//! Each view-relevant entry becomes one item (`v/i/<log index>`: who, when, the record,
-//! and whether it was withdrawn), written in the same atomic batch as the log append. On
-//! restart the hub loads these items — no signature, chain or tree work — instead of
-//! replaying the log. Figures are derived from the items by pure functions, so the
-//! incremental views and a `rebuild` from the log agree by construction; a property test
-//! holds them to it.
+//! The views hold the present, not the history. Every view-relevant entry is written in
+//! the same atomic batch as its log append, laid out so that a restart reads an amount
+//! proportional to the subjects and the ledger, never to the entries:
 //!
-//! The items are held in persistent maps (`imbl`): cloning the views is O(1) and shares
+//! - **space counts** (the bulk: weekly snapshots of every school and region) live only on
+//!   disk, under `v/c/<log index>` in a compact encoding ([`codec`]); each subject's log
+//!   indexes are listed under `v/l/<subject>`. Keys in log order are appended, not inserted
+//!   among older ones, which sled stores at a fraction of the cost (see BENCHMARKS.md). In
+//!   memory each subject (a region's own total, or a school) keeps its merged [`Summary`],
+//!   also stored under `v/s/<subject>`. A snapshot in date order extends the summary in
+//!   O(kinds) (and its subject's list); one dated earlier, or a withdrawal, re-walks the
+//!   subject's snapshots from the store and the batch being written ([`Overlay`]).
+//! - **ledger items** (milestones, nominations, activities, withdrawals: a few per unit)
+//!   stay in memory and under `v/i/<log index>` (JSON).
+//! - per-source activity under `v/a/<source>`, deadline extensions under `v/x/<log index>`,
+//!   the layout version and the baseline date the summaries were merged for under `v/m`,
+//!   the log index after the last entry held under `v/n`.
+//!
+//! Each region's sum of its schools, the regions with an own total and the flagged subjects
+//! follow from the summaries: they are derived at load (O(subjects)) and kept as summaries
+//! change. A withdrawal finds its target through the hub's source index (`src/`), marks
+//! the stored item withdrawn and re-walks its subject. Restart ([`Views::load`]) reads
+//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/` and `v/x/` only — never `v/c/` or `v/l/`; a store
+//! in the older layout (every item under `v/i/`) is converted once by [`prepare`].
+//!
+//! The in-memory parts are persistent maps (`imbl`): cloning the views is O(1) and shares
 //! structure, and a change copies only the path to what it changes. That is what lets the
 //! hub publish a snapshot to readers after every append at a cost that does not grow with
-//! the log (see [`crate::hub::Snapshot`]).
+//! the log (see [`crate::hub::Snapshot`]). A snapshot that reads stored items (the oracle,
+//! [`Views::items`]) ignores what was written after it ([`Views`]' position).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use imbl::{OrdMap, OrdSet, Vector};
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spacesync_shared::campaign::{Campaign, QuotaLedger, QuotaViolation};
@@ -27,16 +46,40 @@ use spacesync_shared::record::{
 };
 use spacesync_shared::region::{Directory, Level, SchoolCode, unit};
 use spacesync_shared::{Record, RegionCode, SourceId};
+use tracing::{info, warn};
 
-use crate::store::{Store, StoreError, WriteBatch};
+use crate::store::{Overlay, Reader, Store, StoreError, WriteBatch, keys};
 
+mod codec;
 mod figures;
 mod subjects;
+use codec::{Damaged, In, Out};
 pub use figures::{Coverage, Figures, Flag, Meta};
 use subjects::{SchoolSum, Summary};
 
+/// `v/m`: the layout and the baseline date the stored summaries were merged for.
+const LAYOUT_KEY: &[u8] = b"v/m";
+/// `v/n`: the log index after the last entry the stored views hold (8 bytes, big-endian).
+const NEXT_KEY: &[u8] = b"v/n";
+/// `v/c/<log index>`: a space count (see [`codec`]).
+const COUNT_PREFIX: &[u8] = b"v/c/";
+/// `v/l/<region u32><0 | 1><school u64>`: the log indexes of a subject's space counts,
+/// ascending (withdrawn ones included).
+const LIST_PREFIX: &[u8] = b"v/l/";
+/// `v/s/<region u32><0 | 1><school u64>`: a subject's merged summary.
+const SUMMARY_PREFIX: &[u8] = b"v/s/";
+/// `v/i/<log index>`: a ledger item (JSON). In layout 1, every item.
 const ITEM_PREFIX: &[u8] = b"v/i/";
+/// `v/a/<source>`: what the views know of a source's traffic (JSON).
+const ACTIVITY_PREFIX: &[u8] = b"v/a/";
+/// `v/x/<log index>`: a deadline extension (JSON).
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
+/// The layout this version writes: 1 kept every item under `v/i/`; 2 is the one above.
+const LAYOUT: u32 = 2;
+/// First byte of a stored space count: its encoding's version.
+const COUNT_FORMAT: u8 = 1;
+/// Bytes of a subject in a key: region, whether a school, school.
+const SUBJECT_LEN: usize = 4 + 1 + 8;
 
 pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry};
 
@@ -44,11 +87,297 @@ fn item_key(log_index: u64) -> Vec<u8> {
     [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
 }
 
+fn subject_key(prefix: &[u8], (region, school): Subject) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + SUBJECT_LEN + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&region.as_u32().to_be_bytes());
+    k.push(u8::from(school.is_some()));
+    k.extend_from_slice(&school.map_or(0, SchoolCode::as_u64).to_be_bytes());
+    k
+}
+
+fn count_key(log_index: u64) -> Vec<u8> {
+    [COUNT_PREFIX, &log_index.to_be_bytes()].concat()
+}
+
+/// A subject from its parts as stored.
+fn subject_from(region: u32, school: Option<u64>) -> Result<Subject, Damaged> {
+    let region =
+        RegionCode::parse(&format!("{region:06}")).map_err(|_| Damaged("not a region code"))?;
+    let school = school
+        .map(|s| SchoolCode::parse(&format!("{s:010}")).map_err(|_| Damaged("not a school code")))
+        .transpose()?;
+    Ok((region, school))
+}
+
+/// The subject named by a key: `prefix`, then exactly the `SUBJECT_LEN` bytes of a subject.
+fn subject_of(key: &[u8], prefix: &[u8]) -> Result<Subject, StoreError> {
+    let corrupt = damaged(key);
+    let b = key
+        .get(prefix.len()..)
+        .filter(|b| b.len() == SUBJECT_LEN)
+        .ok_or_else(|| corrupt(Damaged("not a subject's key")))?;
+    let region = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let mut school = [0u8; 8];
+    school.copy_from_slice(&b[5..13]);
+    let school = match b[4] {
+        0 => None,
+        1 => Some(u64::from_be_bytes(school)),
+        _ => {
+            return Err(corrupt(Damaged(
+                "neither a region's own total nor a school",
+            )));
+        }
+    };
+    subject_from(region, school).map_err(corrupt)
+}
+
+/// A subject's list of snapshot log indexes as stored: ascending, each the difference from
+/// the one before.
+fn encode_list(list: &[u64]) -> Vec<u8> {
+    let mut o = Out::new();
+    let mut prev = 0;
+    for i in list {
+        o.uint(i - prev);
+        prev = *i;
+    }
+    o.into_bytes()
+}
+
+fn decode_list(key: &[u8], b: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let mut i = In::new(b);
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while !i.is_empty() {
+        let step = i.uint().map_err(damaged(key))?;
+        at = at
+            .checked_add(step)
+            .filter(|_| out.is_empty() || step > 0)
+            .ok_or_else(|| damaged(key)(Damaged("log indexes not ascending")))?;
+        out.push(at);
+    }
+    Ok(out)
+}
+
+/// Adds `idx` to an ascending list, once.
+fn insert_sorted(list: &mut Vec<u64>, idx: u64) {
+    if let Err(at) = list.binary_search(&idx) {
+        list.insert(at, idx);
+    }
+}
+
+/// The log indexes of `subject`'s snapshots, as `r` holds them.
+fn read_list<R: Reader + ?Sized>(r: &R, subject: Subject) -> Result<Vec<u64>, StoreError> {
+    let key = subject_key(LIST_PREFIX, subject);
+    match r.read(&key)? {
+        Some(b) => decode_list(&key, &b),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A key for messages: its printable prefix, then the rest in hex.
+fn printable(key: &[u8]) -> String {
+    let text = key
+        .iter()
+        .take_while(|b| b.is_ascii_graphic())
+        .count()
+        .min(4);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&key[..text]),
+        hex::encode(&key[text..])
+    )
+}
+
+fn damaged(key: &[u8]) -> impl Fn(Damaged) -> StoreError + '_ {
+    move |d| StoreError::Corrupt {
+        key: printable(key),
+        message: d.to_string(),
+    }
+}
+
+/// A space count as stored under `v/c/` (its log index is the key's).
+fn encode_count(meta: &Meta, s: &SpaceCount) -> Vec<u8> {
+    let mut o = Out::new();
+    o.u8(COUNT_FORMAT);
+    o.uint(u64::from(s.region.as_u32()));
+    match s.school {
+        None => o.u8(0),
+        Some(school) => {
+            o.u8(1);
+            o.uint(school.as_u64());
+        }
+    }
+    o.time(meta.received_at);
+    o.source(&meta.source);
+    o.uint(meta.seq);
+    o.time(meta.recorded_at);
+    match meta.withdrawn_by {
+        None => o.u8(0),
+        Some(i) => {
+            o.u8(1);
+            o.uint(i);
+        }
+    }
+    o.date(s.as_of);
+    o.counts(&s.spaces);
+    match &s.real_name {
+        None => o.u8(0),
+        Some(r) => {
+            o.u8(1);
+            o.counts(r);
+        }
+    }
+    match &s.population {
+        None => o.u8(0),
+        Some(p) => {
+            o.u8(1);
+            o.population(p);
+        }
+    }
+    o.into_bytes()
+}
+
+fn decode_count(key: &[u8], b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
+    let log_index = (key.len() == COUNT_PREFIX.len() + 8)
+        .then(|| keys::tail_u64(key))
+        .flatten()
+        .ok_or_else(|| StoreError::Corrupt {
+            key: printable(key),
+            message: "key without a log index".into(),
+        })?;
+    let read = || -> Result<(Meta, SpaceCount), Damaged> {
+        let mut i = In::new(b);
+        if i.u8()? != COUNT_FORMAT {
+            return Err(Damaged("not a space count this version reads"));
+        }
+        let region = u32::try_from(i.uint()?).map_err(|_| Damaged("not a region code"))?;
+        let school = if i.flag()? { Some(i.uint()?) } else { None };
+        let (region, school) = subject_from(region, school)?;
+        let meta = Meta {
+            log_index,
+            received_at: i.time()?,
+            source: i.source()?,
+            seq: i.uint()?,
+            recorded_at: i.time()?,
+            withdrawn_by: if i.flag()? { Some(i.uint()?) } else { None },
+        };
+        let s = SpaceCount {
+            region,
+            school,
+            as_of: i.date()?,
+            spaces: i.counts()?,
+            real_name: if i.flag()? { Some(i.counts()?) } else { None },
+            population: if i.flag()? {
+                Some(i.population()?)
+            } else {
+                None
+            },
+        };
+        i.end()?;
+        Ok((meta, s))
+    };
+    read().map_err(damaged(key))
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredItem {
     meta: Meta,
     /// The record's JSON; read back through the same strict reader as on ingest.
     record: Value,
+}
+
+fn encode_item(item: &Item) -> Vec<u8> {
+    let stored = StoredItem {
+        meta: item.meta.clone(),
+        record: item.record.to_value(),
+    };
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+fn decode_item(key: &[u8], bytes: &[u8]) -> Result<Item, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: format!("v/i/{:?}", keys::tail_u64(key)),
+        message,
+    };
+    let stored: StoredItem = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let record = Record::from_value(&stored.record).map_err(|p| {
+        corrupt(
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    Ok(Item {
+        meta: stored.meta,
+        record,
+    })
+}
+
+/// `v/m`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Layout {
+    /// [`LAYOUT`] when written by this version.
+    layout: u32,
+    /// The baseline date the stored summaries were merged for.
+    baseline: NaiveDate,
+}
+
+fn read_layout(store: &dyn Store) -> Result<Option<Layout>, StoreError> {
+    store
+        .get(LAYOUT_KEY)?
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                key: "v/m".into(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+fn put_layout(batch: &mut WriteBatch, baseline: NaiveDate) {
+    let layout = Layout {
+        layout: LAYOUT,
+        baseline,
+    };
+    batch.put(LAYOUT_KEY, serde_json::to_vec(&layout).unwrap_or_default());
+}
+
+/// The subjects whose list of snapshot log indexes (`v/l/`) differs between `a` and `b`
+/// (a store and a rebuild of it), named for people, in subject order: what `verify` reports.
+pub fn differing_lists<A: Reader + ?Sized, B: Reader + ?Sized>(
+    a: &A,
+    b: &B,
+) -> Result<Vec<String>, StoreError> {
+    let left: BTreeMap<Vec<u8>, Vec<u8>> = a.read_prefix(LIST_PREFIX).collect::<Result<_, _>>()?;
+    let right: BTreeMap<Vec<u8>, Vec<u8>> = b.read_prefix(LIST_PREFIX).collect::<Result<_, _>>()?;
+    let keys: BTreeSet<&Vec<u8>> = left.keys().chain(right.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        if left.get(k) != right.get(k) {
+            out.push(match subject_of(k, LIST_PREFIX) {
+                Ok(subject) => name_subject(subject),
+                Err(_) => printable(k),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn name_subject((region, school): Subject) -> String {
+    match school {
+        Some(s) => format!("school {s} (region {region})"),
+        None => format!("the own total of region {region}"),
+    }
+}
+
+/// The baseline date the stored summaries were merged for, when the store holds views in
+/// this version's layout: what `verify` rebuilds for to compare.
+pub fn stored_baseline(store: &dyn Store) -> Result<Option<NaiveDate>, StoreError> {
+    Ok(read_layout(store)?
+        .filter(|l| l.layout == LAYOUT)
+        .map(|l| l.baseline))
 }
 
 /// One view item in memory.
@@ -69,12 +398,17 @@ type Subject = (RegionCode, Option<SchoolCode>);
 pub struct Views {
     /// The campaign's baseline date (the merge rule's baseline figures depend on it).
     baseline: NaiveDate,
-    /// Items by log index; shared with snapshots, copied on write (a withdrawal).
-    items: OrdMap<u64, Arc<Item>>,
-    /// Log index of each entry per source and seq, to find a withdrawal's target.
-    by_source_seq: OrdMap<SourceId, OrdMap<u64, u64>>,
-    /// Per subject: its snapshots' log indexes and their merged summary.
-    subjects: OrdMap<Subject, Arc<SubjectState>>,
+    /// The log index after the last entry applied. Stored items at or beyond it were
+    /// written after these views (a snapshot reading the store leaves them out).
+    next: u64,
+    /// True while the views are rebuilt into a batch that replaces every stored view key:
+    /// the store's own `v/` keys are not theirs to read.
+    rebuilding: bool,
+    /// Ledger items (everything but space counts) by log index; shared with snapshots,
+    /// copied on write (a withdrawal).
+    ledger: OrdMap<u64, Arc<Item>>,
+    /// Per subject with a live snapshot, its snapshots merged (see [`subjects`]).
+    subjects: OrdMap<Subject, Arc<Summary>>,
     /// Per region, the sum of its schools' merged figures, kept as they change.
     school_sums: OrdMap<RegionCode, SchoolSum>,
     /// Regions whose own total has a live snapshot.
@@ -87,17 +421,8 @@ pub struct Views {
     extensions: OrdMap<u64, Extension>,
 }
 
-/// One subject's snapshots and what they merge to.
-#[derive(Clone, Default)]
-struct SubjectState {
-    /// Log indexes of its snapshots, in log order (withdrawn ones included).
-    snapshots: Vector<u64>,
-    /// Its live snapshots merged (see [`subjects`]).
-    summary: Summary,
-}
-
 /// What the views know of a source's traffic.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceActivity {
     /// Entries in the views from this source.
     pub entries: u64,
@@ -107,13 +432,252 @@ pub struct SourceActivity {
     pub last_recorded: Option<DateTime<Utc>>,
 }
 
+impl SourceActivity {
+    fn count(&mut self, meta: &Meta) {
+        self.entries += 1;
+        self.last_received = self.last_received.max(Some(meta.received_at));
+        self.last_recorded = self.last_recorded.max(Some(meta.recorded_at));
+    }
+}
+
+/// What [`prepare`] did to a store's views.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Space counts moved from `v/i/` (the older layout) to their subjects under `v/c/`.
+    pub moved: u64,
+    /// Subjects whose summary was merged from their stored snapshots and written.
+    pub subjects: u64,
+    /// Sources whose activity was counted from the stored items and written.
+    pub sources: u64,
+    /// Writes made (each flushed).
+    pub writes: u64,
+}
+
+/// Brings a store's views to this version's layout, merged for `baseline`, before
+/// [`Views::load`]: at every hub start, where it costs one read when nothing is to do.
+/// A store in the older layout (every item under `v/i/`) has its space counts moved to
+/// their subjects; a store whose summaries were merged for another baseline date (the
+/// campaign file changed) has them merged again. Writes in bounded, flushed batches
+/// ([`prepare_in_batches`]); `v/m` is written last, so a start killed half-way through
+/// does the rest at the next start.
+pub fn prepare(store: &dyn Store, baseline: NaiveDate) -> Result<Option<Prepared>, StoreError> {
+    prepare_in_batches(store, baseline, 10_000)
+}
+
+/// [`prepare`], with at most `per_batch` items moved or summaries written per write.
+pub fn prepare_in_batches(
+    store: &dyn Store,
+    baseline: NaiveDate,
+    per_batch: usize,
+) -> Result<Option<Prepared>, StoreError> {
+    let per_batch = per_batch.max(1);
+    let layout = read_layout(store)?;
+    match layout {
+        Some(l) if l.layout == LAYOUT && l.baseline == baseline => return Ok(None),
+        Some(l) if l.layout != LAYOUT => {
+            return Err(StoreError::Corrupt {
+                key: "v/m".into(),
+                message: format!(
+                    "the views are in layout {}, which this version of the hub does not read (it reads {LAYOUT}); run a newer hub",
+                    l.layout
+                ),
+            });
+        }
+        _ => {}
+    }
+    let mut done = Prepared::default();
+    let mut next = 0u64;
+    let mut sources: BTreeMap<SourceId, SourceActivity> = BTreeMap::new();
+    if layout.is_none() {
+        // Space counts out of `v/i/`, a bounded batch at a time; the scan resumes after the
+        // last key it read, so the keys a batch removed are not read again.
+        let mut from = ITEM_PREFIX.to_vec();
+        loop {
+            let mut batch = WriteBatch::new();
+            let mut moved = 0;
+            let mut last = None;
+            for r in store.scan_from(ITEM_PREFIX, &from) {
+                let (k, bytes) = r?;
+                let item = decode_item(&k, &bytes)?;
+                if let Record::SpaceCount(s) = &item.record {
+                    let idx = item.meta.log_index;
+                    batch.put(count_key(idx), encode_count(&item.meta, s));
+                    let subject = (s.region, s.school);
+                    let mut list = read_list(&Overlay::new(store, &batch), subject)?;
+                    insert_sorted(&mut list, idx);
+                    batch.put(subject_key(LIST_PREFIX, subject), encode_list(&list));
+                    batch.delete(k.clone());
+                    moved += 1;
+                }
+                last = Some(k);
+                if moved >= per_batch {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                store.apply(batch)?;
+                store.flush()?;
+                done.moved += moved as u64;
+                done.writes += 1;
+                info!(
+                    moved = done.moved,
+                    "Converting the views to the layout of this version: space counts moved to their subjects."
+                );
+            }
+            match last {
+                Some(mut k) if moved >= per_batch => {
+                    k.push(0);
+                    from = k;
+                }
+                _ => break,
+            }
+        }
+    }
+    // Every subject merged from its snapshots for `baseline`, and every source's activity
+    // counted, from the items as they now lie; a summary of no subject is removed.
+    let mut batch = WriteBatch::new();
+    let mut written: HashSet<Vec<u8>> = HashSet::new();
+    let mut merged = Vec::new();
+    walk_subjects(store, u64::MAX, baseline, |subject, summary| {
+        merged.push((subject, summary));
+        Ok(())
+    })?;
+    for (subject, summary) in merged {
+        let k = subject_key(SUMMARY_PREFIX, subject);
+        batch.put(k.clone(), summary.to_bytes());
+        written.insert(k);
+        done.subjects += 1;
+        if batch.len() >= per_batch {
+            store.apply(std::mem::take(&mut batch))?;
+            store.flush()?;
+            done.writes += 1;
+            info!(
+                subjects = done.subjects,
+                "Merging the stored views' subjects."
+            );
+        }
+    }
+    for r in store.scan(SUMMARY_PREFIX) {
+        let (k, _) = r?;
+        if !written.contains(&k) {
+            batch.delete(k);
+        }
+    }
+    for r in store.scan(COUNT_PREFIX) {
+        let (k, bytes) = r?;
+        let (meta, _) = decode_count(&k, &bytes)?;
+        next = next.max(meta.log_index + 1);
+        sources.entry(meta.source.clone()).or_default().count(&meta);
+    }
+    for r in store.scan(ITEM_PREFIX) {
+        let (k, bytes) = r?;
+        let item = decode_item(&k, &bytes)?;
+        next = next.max(item.meta.log_index + 1);
+        sources
+            .entry(item.meta.source.clone())
+            .or_default()
+            .count(&item.meta);
+    }
+    for r in store.scan(EXTENSION_PREFIX) {
+        let (k, _) = r?;
+        if let Some(i) = keys::tail_u64(&k) {
+            next = next.max(i + 1);
+        }
+    }
+    for r in store.scan(ACTIVITY_PREFIX) {
+        batch.delete(r?.0);
+    }
+    for (source, act) in &sources {
+        put_activity(&mut batch, source, act);
+    }
+    done.sources = sources.len() as u64;
+    let stored_next = store
+        .get(NEXT_KEY)?
+        .and_then(|b| keys::tail_u64(&b))
+        .unwrap_or(0);
+    batch.put(NEXT_KEY, next.max(stored_next).to_be_bytes().to_vec());
+    put_layout(&mut batch, baseline);
+    store.apply(batch)?;
+    store.flush()?;
+    done.writes += 1;
+    info!(moved = done.moved, subjects = done.subjects, sources = done.sources, writes = done.writes, baseline = %baseline, "Prepared the stored views: in the layout of this version, merged for the campaign's baseline date.");
+    Ok(Some(done))
+}
+
+fn put_activity(batch: &mut WriteBatch, source: &SourceId, act: &SourceActivity) {
+    batch.put(
+        [ACTIVITY_PREFIX, source.as_str().as_bytes()].concat(),
+        serde_json::to_vec(act).unwrap_or_default(),
+    );
+}
+
+/// A stored snapshot as views at position `next` see it: `None` when written after them,
+/// and not withdrawn when its withdrawal came after them.
+fn as_of(next: u64, (mut meta, s): (Meta, SpaceCount)) -> Option<(Meta, SpaceCount)> {
+    if meta.log_index >= next {
+        return None;
+    }
+    if meta.withdrawn_by.is_some_and(|w| w >= next) {
+        meta.withdrawn_by = None;
+    }
+    Some((meta, s))
+}
+
+/// The space count at log index `idx`, as `r` holds it.
+fn read_count<R: Reader + ?Sized>(
+    r: &R,
+    idx: u64,
+) -> Result<Option<(Meta, SpaceCount)>, StoreError> {
+    let key = count_key(idx);
+    r.read(&key)?.map(|b| decode_count(&key, &b)).transpose()
+}
+
+/// Merges every subject's stored snapshots, as views at position `next` see them, for
+/// `baseline`, in subject order, handing each non-empty summary to `each`. Reads every
+/// snapshot once, holding one subject's at a time.
+fn walk_subjects<R: Reader + ?Sized>(
+    r: &R,
+    next: u64,
+    baseline: NaiveDate,
+    mut each: impl FnMut(Subject, Summary) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for kv in r.read_prefix(LIST_PREFIX) {
+        let (k, bytes) = kv?;
+        let subject = subject_of(&k, LIST_PREFIX)?;
+        let mut live = Vec::new();
+        for idx in decode_list(&k, &bytes)? {
+            let snap = read_count(r, idx)?.ok_or_else(|| StoreError::Corrupt {
+                key: printable(&k),
+                message: format!("lists log index {idx}, which holds no space count"),
+            })?;
+            if let Some((meta, s)) = as_of(next, snap)
+                && meta.withdrawn_by.is_none()
+            {
+                if (s.region, s.school) != subject {
+                    return Err(StoreError::Corrupt {
+                        key: printable(&k),
+                        message: format!("lists log index {idx}, a space count of another subject"),
+                    });
+                }
+                live.push((meta, s));
+            }
+        }
+        let summary = Summary::of(subject, live.iter().map(|(m, s)| (m, s)), baseline);
+        if !summary.is_empty() {
+            each(subject, summary)?;
+        }
+    }
+    Ok(())
+}
+
 impl Views {
     /// Empty views for a campaign whose baseline date is `baseline`.
     pub fn new(baseline: NaiveDate) -> Views {
         Views {
             baseline,
-            items: OrdMap::new(),
-            by_source_seq: OrdMap::new(),
+            next: 0,
+            rebuilding: false,
+            ledger: OrdMap::new(),
             subjects: OrdMap::new(),
             school_sums: OrdMap::new(),
             own_regions: OrdSet::new(),
@@ -123,12 +687,57 @@ impl Views {
         }
     }
 
-    /// Loads the persisted items, for a campaign whose baseline date is `baseline`.
+    /// Empty views to be rebuilt from the log into `batch`, which is to replace every
+    /// stored view key: what they read of the views comes from the batch alone (read
+    /// them back through [`Overlay::hiding`] the `v/` prefix).
+    pub fn rebuilding(baseline: NaiveDate, batch: &mut WriteBatch) -> Views {
+        put_layout(batch, baseline);
+        batch.put(NEXT_KEY, 0u64.to_be_bytes().to_vec());
+        Views {
+            rebuilding: true,
+            ..Views::new(baseline)
+        }
+    }
+
+    /// Loads the stored views, for a campaign whose baseline date is `baseline`: the
+    /// summaries, the ledger, the sources' activity and the extensions, never the
+    /// snapshots (unless the summaries were merged for another baseline date, which
+    /// [`prepare`] at the hub's start rules out; then they are merged again here).
     pub fn load(store: &dyn Store, baseline: NaiveDate) -> Result<Views, StoreError> {
         let mut v = Views::new(baseline);
+        let Some(layout) = read_layout(store)? else {
+            if store.scan(keys::VIEW).next().is_some() {
+                return Err(StoreError::Corrupt {
+                    key: "v/m".into(),
+                    message: "the views are in the layout of an older hub; start the hub once (it converts them) or run `spacesync-hub rebuild`".into(),
+                });
+            }
+            return Ok(v);
+        };
+        if layout.layout != LAYOUT {
+            return Err(StoreError::Corrupt {
+                key: "v/m".into(),
+                message: format!(
+                    "the views are in layout {}, which this version of the hub does not read (it reads {LAYOUT})",
+                    layout.layout
+                ),
+            });
+        }
+        v.next = store
+            .get(NEXT_KEY)?
+            .map(|b| {
+                keys::tail_u64(&b)
+                    .filter(|_| b.len() == 8)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: "v/n".into(),
+                        message: "not 8 bytes".into(),
+                    })
+            })
+            .transpose()?
+            .unwrap_or(0);
         for r in store.scan(EXTENSION_PREFIX) {
             let (k, bytes) = r?;
-            let idx = crate::store::keys::tail_u64(&k).unwrap_or(0);
+            let idx = keys::tail_u64(&k).unwrap_or(0);
             let ext: Extension =
                 serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                     key: format!("v/x/{idx}"),
@@ -138,71 +747,135 @@ impl Views {
         }
         for r in store.scan(ITEM_PREFIX) {
             let (k, bytes) = r?;
+            let item = decode_item(&k, &bytes)?;
+            if matches!(item.record, Record::SpaceCount(_)) {
+                return Err(StoreError::Corrupt {
+                    key: format!("v/i/{}", item.meta.log_index),
+                    message: "a space count among the ledger items (the older layout, half converted); start the hub once (it finishes converting) or run `spacesync-hub rebuild`".into(),
+                });
+            }
+            v.ledger.insert(item.meta.log_index, Arc::new(item));
+        }
+        for r in store.scan(ACTIVITY_PREFIX) {
+            let (k, bytes) = r?;
+            let name = String::from_utf8_lossy(&k[ACTIVITY_PREFIX.len()..]).into_owned();
             let corrupt = |message: String| StoreError::Corrupt {
-                key: format!("v/i/{:?}", crate::store::keys::tail_u64(&k)),
+                key: format!("v/a/{name}"),
                 message,
             };
-            let stored: StoredItem =
+            let source = SourceId::parse(&name).map_err(|e| corrupt(e.to_string()))?;
+            let act: SourceActivity =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            let record = Record::from_value(&stored.record).map_err(|p| {
-                corrupt(
-                    p.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
+            v.sources.insert(source, act);
+        }
+        if layout.baseline == baseline {
+            for r in store.scan(SUMMARY_PREFIX) {
+                let (k, bytes) = r?;
+                let subject = subject_of(&k, SUMMARY_PREFIX)?;
+                if k.len() != SUMMARY_PREFIX.len() + SUBJECT_LEN {
+                    return Err(StoreError::Corrupt {
+                        key: printable(&k),
+                        message: "not a subject's key".into(),
+                    });
+                }
+                let summary = Summary::from_bytes(subject, &bytes).map_err(damaged(&k))?;
+                v.add_subject(subject, summary);
+            }
+        } else {
+            let mut merged = Vec::new();
+            walk_subjects(store, v.next, baseline, |subject, summary| {
+                merged.push((subject, summary));
+                Ok(())
             })?;
-            v.insert(Item {
-                meta: stored.meta,
-                record,
-            });
+            for (subject, summary) in merged {
+                v.add_subject(subject, summary);
+            }
         }
         Ok(v)
     }
 
-    fn insert(&mut self, item: Item) {
-        let idx = item.meta.log_index;
-        self.by_source_seq
-            .entry(item.meta.source.clone())
-            .or_default()
-            .insert(item.meta.seq, idx);
-        let act = self.sources.entry(item.meta.source.clone()).or_default();
-        act.entries += 1;
-        act.last_received = act.last_received.max(Some(item.meta.received_at));
-        act.last_recorded = act.last_recorded.max(Some(item.meta.recorded_at));
-        let item = Arc::new(item);
-        self.items.insert(idx, item.clone());
-        if let Record::SpaceCount(s) = &item.record {
-            let subject = (s.region, s.school);
-            let state = Arc::make_mut(self.subjects.entry(subject).or_default());
-            state.snapshots.push_back(idx);
-            if item.meta.withdrawn_by.is_some() {
-                return;
-            }
-            let before = (!state.summary.is_empty()).then(|| state.summary.figures());
-            if state.summary.extend(subject, &item.meta, s, self.baseline) {
-                let after = Some(state.summary.figures());
-                let flagged = state.summary.has_flags();
-                self.account(subject, before, after, flagged);
-            } else {
-                self.resummarise(subject);
-            }
+    /// Takes in a subject's summary at load.
+    fn add_subject(&mut self, subject: Subject, summary: Summary) {
+        if summary.is_empty() {
+            return;
+        }
+        let after = Some(summary.figures());
+        let flagged = summary.has_flags();
+        self.subjects.insert(subject, Arc::new(summary));
+        self.account(subject, None, after, flagged);
+    }
+
+    /// A stored snapshot as these views see it (see [`as_of`]).
+    fn as_of_here(&self, snap: (Meta, SpaceCount)) -> Option<(Meta, SpaceCount)> {
+        as_of(self.next, snap)
+    }
+
+    /// What the views read: the store with `batch` over it (without the store's view
+    /// keys while rebuilding).
+    fn reader<'a>(&self, store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
+        if self.rebuilding {
+            Overlay::hiding(store, batch, keys::VIEW)
+        } else {
+            Overlay::new(store, batch)
         }
     }
 
+    /// The live snapshots of `subject` in the store with `batch` over it.
+    fn snapshots_of(
+        &self,
+        store: &dyn Store,
+        batch: &WriteBatch,
+        subject: Subject,
+    ) -> Result<Vec<(Meta, SpaceCount)>, StoreError> {
+        let r = self.reader(store, batch);
+        let mut out = Vec::new();
+        for idx in read_list(&r, subject)? {
+            if let Some((meta, s)) = read_count(&r, idx)?
+                && meta.withdrawn_by.is_none()
+            {
+                out.push((meta, s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds log index `idx` to `subject`'s list in `batch`.
+    fn list_add(
+        &self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        subject: Subject,
+        idx: u64,
+    ) -> Result<(), StoreError> {
+        let mut list = read_list(&self.reader(store, batch), subject)?;
+        insert_sorted(&mut list, idx);
+        batch.put(subject_key(LIST_PREFIX, subject), encode_list(&list));
+        Ok(())
+    }
+
     /// Rebuilds a subject's summary from its live snapshots (after one dated earlier than
-    /// its latest arrived, or one was withdrawn).
-    fn resummarise(&mut self, subject: Subject) {
-        let summary = Summary::of(subject, self.snapshots(&subject), self.baseline);
-        let Some(state) = self.subjects.get_mut(&subject) else {
-            return;
-        };
-        let state = Arc::make_mut(state);
-        let before = (!state.summary.is_empty()).then(|| state.summary.figures());
+    /// its latest arrived, or one was withdrawn) and puts it in `batch`.
+    fn resummarise(
+        &mut self,
+        store: &dyn Store,
+        subject: Subject,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        let snaps = self.snapshots_of(store, batch, subject)?;
+        let summary = Summary::of(subject, snaps.iter().map(|(m, s)| (m, s)), self.baseline);
+        let before = self.subjects.get(&subject).map(|s| s.figures());
         let after = (!summary.is_empty()).then(|| summary.figures());
         let flagged = summary.has_flags();
-        state.summary = summary;
+        let key = subject_key(SUMMARY_PREFIX, subject);
+        if summary.is_empty() {
+            self.subjects.remove(&subject);
+            batch.delete(key);
+        } else {
+            batch.put(key, summary.to_bytes());
+            self.subjects.insert(subject, Arc::new(summary));
+        }
         self.account(subject, before, after, flagged);
+        Ok(())
     }
 
     /// Keeps the region sums, the regions with own totals and the flagged subjects in step
@@ -238,52 +911,99 @@ impl Views {
         }
     }
 
-    fn persist(item: &Item, batch: &mut WriteBatch) {
-        let stored = StoredItem {
-            meta: item.meta.clone(),
-            record: item.record.to_value(),
-        };
-        batch.put(
-            item_key(item.meta.log_index),
-            serde_json::to_vec(&stored).unwrap_or_default(),
-        );
+    /// Counts an entry in its source's activity and the views' position.
+    fn note(&mut self, meta: &Meta, batch: &mut WriteBatch) {
+        let act = self.sources.entry(meta.source.clone()).or_default();
+        act.count(meta);
+        put_activity(batch, &meta.source, act);
+        self.advance(meta.log_index, batch);
     }
 
-    /// Applies one accepted entry, adding the changed items to `batch`.
-    pub fn apply(&mut self, meta: Meta, record: &Record, batch: &mut WriteBatch) {
+    fn advance(&mut self, log_index: u64, batch: &mut WriteBatch) {
+        self.next = self.next.max(log_index.saturating_add(1));
+        batch.put(NEXT_KEY, self.next.to_be_bytes().to_vec());
+    }
+
+    /// Applies one accepted entry, adding what changes to `batch`, which is to be applied
+    /// to `store` (read together: an entry may withdraw or re-walk what the batch holds).
+    pub fn apply(
+        &mut self,
+        store: &dyn Store,
+        meta: Meta,
+        record: &Record,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        self.note(&meta, batch);
         if let Record::Withdrawal(w) = record {
-            let target = self
-                .by_source_seq
-                .get(&meta.source)
-                .and_then(|seqs| seqs.get(&w.target_seq))
-                .copied();
-            if let Some(t) = target
-                && self
-                    .items
-                    .get(&t)
-                    .is_some_and(|i| i.meta.withdrawn_by.is_none())
-                && let Some(item) = self.items.get_mut(&t)
-            {
+            self.withdraw(store, &meta, w.target_seq, batch)?;
+        }
+        let Record::SpaceCount(s) = record else {
+            let item = Item {
+                meta,
+                record: record.clone(),
+            };
+            batch.put(item_key(item.meta.log_index), encode_item(&item));
+            self.ledger.insert(item.meta.log_index, Arc::new(item));
+            return Ok(());
+        };
+        let subject = (s.region, s.school);
+        batch.put(count_key(meta.log_index), encode_count(&meta, s));
+        self.list_add(store, batch, subject, meta.log_index)?;
+        // Copied here if a snapshot still shares it.
+        let summary = Arc::make_mut(self.subjects.entry(subject).or_default());
+        let before = (!summary.is_empty()).then(|| summary.figures());
+        if !summary.extend(subject, &meta, s, self.baseline) {
+            return self.resummarise(store, subject, batch);
+        }
+        let after = Some(summary.figures());
+        let flagged = summary.has_flags();
+        batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
+        self.account(subject, before, after, flagged);
+        Ok(())
+    }
+
+    /// Marks the entry `source` made at `target_seq` withdrawn by `meta`'s entry, if the
+    /// views hold it and it is not withdrawn yet, and re-walks its subject.
+    fn withdraw(
+        &mut self,
+        store: &dyn Store,
+        meta: &Meta,
+        target_seq: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        let src = keys::src(&meta.source, target_seq);
+        let Some(held) = self.reader(store, batch).read(&src)? else {
+            return Ok(());
+        };
+        let target = keys::src_log_index(&held).ok_or_else(|| StoreError::Corrupt {
+            key: format!("src/{}/{target_seq}", meta.source),
+            message: "index entry too short".into(),
+        })?;
+        let is_target =
+            |m: &Meta| m.source == meta.source && m.seq == target_seq && m.withdrawn_by.is_none();
+        if let Some(item) = self.ledger.get_mut(&target) {
+            if is_target(&item.meta) {
                 // Copied here if a snapshot still shares it.
                 let item = Arc::make_mut(item);
                 item.meta.withdrawn_by = Some(meta.log_index);
-                Self::persist(item, batch);
-                if let Record::SpaceCount(s) = &item.record {
-                    let subject = (s.region, s.school);
-                    self.resummarise(subject);
-                }
+                batch.put(item_key(target), encode_item(item));
             }
+            return Ok(());
         }
-        let item = Item {
-            meta,
-            record: record.clone(),
+        let Some((mut m, s)) = read_count(&self.reader(store, batch), target)? else {
+            return Ok(());
         };
-        Self::persist(&item, batch);
-        self.insert(item);
+        if !is_target(&m) {
+            return Ok(());
+        }
+        m.withdrawn_by = Some(meta.log_index);
+        batch.put(count_key(target), encode_count(&m, &s));
+        self.resummarise(store, (s.region, s.school), batch)
     }
 
     /// Applies one of the hub's own entries.
     pub fn apply_hub(&mut self, log_index: u64, entry: &HubEntry, batch: &mut WriteBatch) {
+        self.advance(log_index, batch);
         match entry {
             HubEntry::Extension(x) => {
                 batch.put(
@@ -305,14 +1025,53 @@ impl Views {
         self.extensions.values()
     }
 
-    /// Every item in log order.
-    pub fn items(&self) -> impl Iterator<Item = &Item> {
-        self.items.values().map(|i| &**i)
+    /// Every item in log order, the space counts read from `r` (the store these views were
+    /// loaded from or written to; for views being rebuilt, the store with the batch over
+    /// it, hiding `v/`): O(entries), for tools and tests. What was written after these
+    /// views is left out, so a snapshot's items do not change.
+    pub fn items<R: Reader + ?Sized>(&self, r: &R) -> Result<Vec<Item>, StoreError> {
+        let mut out: Vec<Item> = self.ledger.values().map(|i| (**i).clone()).collect();
+        for kv in r.read_prefix(COUNT_PREFIX) {
+            let (k, bytes) = kv?;
+            if let Some((meta, s)) = self.as_of_here(decode_count(&k, &bytes)?) {
+                out.push(Item {
+                    meta,
+                    record: Record::SpaceCount(s),
+                });
+            }
+        }
+        out.sort_by_key(|i| i.meta.log_index);
+        Ok(out)
     }
 
-    /// Items not withdrawn.
-    pub fn live(&self) -> impl Iterator<Item = &Item> {
-        self.items().filter(|i| i.meta.withdrawn_by.is_none())
+    /// Items not withdrawn (as [`Views::items`]).
+    pub fn live<R: Reader + ?Sized>(&self, r: &R) -> Result<Vec<Item>, StoreError> {
+        let mut items = self.items(r)?;
+        items.retain(|i| i.meta.withdrawn_by.is_none());
+        Ok(items)
+    }
+
+    /// Ledger items not withdrawn, in log order.
+    fn live_ledger(&self) -> impl Iterator<Item = &Item> {
+        self.ledger
+            .values()
+            .map(|i| &**i)
+            .filter(|i| i.meta.withdrawn_by.is_none())
+    }
+
+    /// Entries the views hold (every entry of a source is one item): O(sources).
+    pub fn entries(&self) -> u64 {
+        self.sources.values().map(|a| a.entries).sum()
+    }
+
+    /// The subjects whose merged summary differs between these views and `other`, named
+    /// for people, in subject order: what `verify` reports.
+    pub fn differing_subjects(&self, other: &Views) -> Vec<String> {
+        let all: BTreeSet<&Subject> = self.subjects.keys().chain(other.subjects.keys()).collect();
+        all.into_iter()
+            .filter(|k| self.subjects.get(*k) != other.subjects.get(*k))
+            .map(|k| name_subject(*k))
+            .collect()
     }
 
     /// Per-source traffic, in source order.
@@ -320,36 +1079,31 @@ impl Views {
         &self.sources
     }
 
-    fn snapshots(&self, subject: &Subject) -> Vec<(&Meta, &SpaceCount)> {
-        self.subjects
-            .get(subject)
-            .into_iter()
-            .flat_map(|st| st.snapshots.iter())
-            .filter_map(|i| self.items.get(i))
-            .filter(|i| i.meta.withdrawn_by.is_none())
-            .filter_map(|i| match &i.record {
-                Record::SpaceCount(s) => Some((&i.meta, s)),
-                _ => None,
-            })
-            .collect()
+    /// The baseline date the views are merged for.
+    pub fn baseline(&self) -> NaiveDate {
+        self.baseline
     }
 
     /// Rolls every subject up to counties, cities, provinces and the nation, from the
-    /// maintained region sums: O(regions + flagged subjects), whatever the number of schools.
+    /// maintained summaries and region sums: O(regions + flagged subjects), whatever the
+    /// number of schools. The views answer for their own baseline date; asked for another
+    /// (a campaign file changed under a running reader; the hub merges them again at its
+    /// next start) they say so in the log and answer for theirs: merging for another date
+    /// takes the snapshots, which is [`Views::rollup_afresh`]'s work.
     pub fn rollup(&self, campaign: &Campaign) -> Rollup {
         if campaign.baseline != self.baseline {
-            return self.rollup_afresh(campaign);
+            warn!(views = %self.baseline, asked = %campaign.baseline, "The views are merged for another baseline date than the campaign's; the figures use the views' own until the hub restarts.");
         }
         let mut flags = Vec::new();
         for subject in &self.flagged {
-            if let Some(state) = self.subjects.get(subject) {
-                flags.extend(state.summary.flags(*subject));
+            if let Some(summary) = self.subjects.get(subject) {
+                flags.extend(summary.flags(*subject));
             }
         }
         let mut own: HashMap<RegionCode, Figures> = HashMap::new();
         for &r in &self.own_regions {
-            if let Some(state) = self.subjects.get(&(r, None)) {
-                own.insert(r, state.summary.figures());
+            if let Some(summary) = self.subjects.get(&(r, None)) {
+                own.insert(r, summary.figures());
             }
         }
         let mut parts: HashMap<RegionCode, Figures> = self
@@ -376,30 +1130,24 @@ impl Views {
         }
     }
 
-    /// The roll-up merging every subject afresh: for a campaign whose baseline differs
-    /// from the one these views were kept for, and the oracle the maintained roll-up is
-    /// tested against. O(subjects × snapshots) when the baseline differs, O(subjects) else.
-    pub fn rollup_afresh(&self, campaign: &Campaign) -> Rollup {
+    /// The roll-up merging every subject afresh from its stored snapshots (read from `r`,
+    /// as [`Views::items`]) for `campaign`'s baseline date: the oracle the maintained
+    /// roll-up and summaries are tested against, and the figures for another baseline
+    /// date. O(entries) reads, one subject's snapshots held at a time.
+    pub fn rollup_afresh<R: Reader + ?Sized>(
+        &self,
+        r: &R,
+        campaign: &Campaign,
+    ) -> Result<Rollup, StoreError> {
         let mut flags = Vec::new();
         let mut own: HashMap<RegionCode, Figures> = HashMap::new();
         let mut parts: HashMap<RegionCode, Figures> = HashMap::new();
         let mut schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
         let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
-        for (subject, state) in &self.subjects {
-            if state.summary.is_empty() {
-                continue;
-            }
-            let f = if campaign.baseline == self.baseline {
-                flags.extend(state.summary.flags(*subject));
-                state.summary.figures()
-            } else {
-                // Views kept for another baseline (a campaign file changed under a running
-                // reader): merged afresh, the same walk.
-                let s = Summary::of(*subject, self.snapshots(subject), campaign.baseline);
-                flags.extend(s.flags(*subject));
-                s.figures()
-            };
-            let (region, school) = *subject;
+        walk_subjects(r, self.next, campaign.baseline, |subject, summary| {
+            flags.extend(summary.flags(subject));
+            let f = summary.figures();
+            let (region, school) = subject;
             let mut r = Some(region);
             while let Some(c) = r {
                 regions.insert(c);
@@ -414,21 +1162,22 @@ impl Views {
                     own.insert(region, f);
                 }
             }
-        }
+            Ok(())
+        })?;
         let (nation, totals) = roll_up(&regions, &own, &mut parts, &mut flags);
-        Rollup {
+        Ok(Rollup {
             nation,
             totals,
             schools: Schools::Computed(schools),
             flags,
-        }
+        })
     }
 
     /// Milestone submissions per province and milestone id, in log order (withdrawn ones
     /// excluded).
     pub fn milestones(&self) -> BTreeMap<(RegionCode, String), Vec<(&Meta, &Milestone)>> {
         let mut out: BTreeMap<(RegionCode, String), Vec<(&Meta, &Milestone)>> = BTreeMap::new();
-        for i in self.live() {
+        for i in self.live_ledger() {
             if let Record::Milestone(m) = &i.record {
                 out.entry((m.region.province(), m.milestone.clone()))
                     .or_default()
@@ -444,7 +1193,7 @@ impl Views {
         let mut ledgers: BTreeMap<RegionCode, QuotaLedger> = BTreeMap::new();
         let mut counted = Vec::new();
         let mut violations = Vec::new();
-        for i in self.live() {
+        for i in self.live_ledger() {
             if let Record::Recommendation(r) = &i.record {
                 let ledger = ledgers.entry(r.by.province()).or_default();
                 match ledger.add(&campaign.quotas, r) {
@@ -461,7 +1210,7 @@ impl Views {
 
     /// Activities (not withdrawn), in log order.
     pub fn activities(&self) -> Vec<(&Meta, &Activity)> {
-        self.live()
+        self.live_ledger()
             .filter_map(|i| match &i.record {
                 Record::Activity(a) => Some((&i.meta, a)),
                 _ => None,
@@ -548,7 +1297,7 @@ fn roll_up(
 /// Where a roll-up finds its schools' figures.
 enum Schools {
     /// The views' subjects as of the roll-up (an O(1) clone): read on demand.
-    Maintained(OrdMap<Subject, Arc<SubjectState>>),
+    Maintained(OrdMap<Subject, Arc<Summary>>),
     /// Merged afresh when the roll-up was made.
     Computed(BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>>),
 }
@@ -577,9 +1326,9 @@ impl Rollup {
             Schools::Maintained(subjects) => subjects
                 .range((region, None)..)
                 .take_while(|((r, _), _)| *r == region)
-                .filter_map(|((_, school), st)| {
+                .filter_map(|((_, school), summary)| {
                     let code = (*school)?;
-                    (!st.summary.is_empty()).then(|| (code, st.summary.figures()))
+                    (!summary.is_empty()).then(|| (code, summary.figures()))
                 })
                 .collect(),
             Schools::Computed(map) => map.get(&region).cloned().unwrap_or_default(),
@@ -592,13 +1341,13 @@ impl Rollup {
         match &self.schools {
             Schools::Maintained(subjects) => {
                 let mut out: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
-                for ((region, school), st) in subjects {
+                for ((region, school), summary) in subjects {
                     if let Some(code) = school
-                        && !st.summary.is_empty()
+                        && !summary.is_empty()
                     {
                         out.entry(*region)
                             .or_default()
-                            .push((*code, st.summary.figures()));
+                            .push((*code, summary.figures()));
                     }
                 }
                 out
@@ -688,4 +1437,74 @@ pub fn flag_csv_row(f: &Flag, region: RegionCode, label: String) -> [String; 14]
         }
     }
     row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_space_count_reads_back_as_stored_and_a_damaged_one_is_named() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let meta = Meta {
+            log_index: 1_234_567,
+            received_at: t("2018-11-20T02:00:00.123Z"),
+            source: SourceId::parse("gd-rrt").unwrap(),
+            seq: 99,
+            recorded_at: t("2018-11-20T01:59:59.987654321Z"),
+            withdrawn_by: Some(1_234_999),
+        };
+        let mut spaces = SpaceCounts::default();
+        spaces.set(SpaceKind::Teacher, Some(120));
+        spaces.set(SpaceKind::Club, Some(0));
+        let mut real = SpaceCounts::default();
+        real.set(SpaceKind::Teacher, Some(100));
+        let subjects = [
+            (RegionCode::parse("440106").unwrap(), None),
+            (
+                RegionCode::parse("440106").unwrap(),
+                Some(SchoolCode::parse("4144010601").unwrap()),
+            ),
+        ];
+        for subject in subjects {
+            for (real_name, population) in [
+                (None, None),
+                (
+                    Some(real),
+                    Some(Population {
+                        teachers: Some(130),
+                        students: None,
+                        schools: Some(1),
+                    }),
+                ),
+            ] {
+                let s = SpaceCount {
+                    region: subject.0,
+                    school: subject.1,
+                    as_of: NaiveDate::from_ymd_opt(2018, 11, 19).unwrap(),
+                    spaces,
+                    real_name,
+                    population,
+                };
+                let key = count_key(meta.log_index);
+                let bytes = encode_count(&meta, &s);
+                let (m, back) = decode_count(&key, &bytes).unwrap();
+                assert_eq!(m, meta);
+                assert_eq!(
+                    Record::SpaceCount(back.clone()),
+                    Record::SpaceCount(s.clone())
+                );
+                assert!(bytes.len() < 60, "{} bytes", bytes.len());
+                for n in 0..bytes.len() {
+                    let e = decode_count(&key, &bytes[..n]).unwrap_err();
+                    assert!(e.to_string().contains("v/c/"), "{e}");
+                }
+                assert!(decode_count(&key[..key.len() - 1], &bytes).is_err());
+                let list = [0, 7, 8, 1_000_000];
+                let b = encode_list(&list);
+                assert_eq!(decode_list(b"v/l/x", &b).unwrap(), list);
+                assert!(decode_list(b"v/l/x", &encode_list(&[3, 3])).is_err());
+            }
+        }
+    }
 }

@@ -144,7 +144,7 @@ async fn a_store_of_json_records_opens_verifies_and_proves_as_before() {
     let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
         .expect("verify runs");
     assert!(report.ok(), "{:#?}", report.problems);
-    maintenance::rebuild(store, |_| {}).expect("rebuild");
+    maintenance::rebuild(store, Campaign::builtin_2018().baseline, |_| {}).expect("rebuild");
     drop(th);
     let bytes = first_bytes(dir.path());
     assert_eq!(

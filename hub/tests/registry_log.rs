@@ -188,7 +188,8 @@ fn registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them() {
         "{:?}",
         report.problems
     );
-    maintenance::rebuild(store.as_ref(), |_| {}).expect("rebuild");
+    maintenance::rebuild(store.as_ref(), Campaign::builtin_2018().baseline, |_| {})
+        .expect("rebuild");
     assert_eq!(registry::load_all(store.as_ref()).expect("load"), before);
     log_verifies(store.as_ref());
 }
@@ -252,7 +253,7 @@ async fn an_old_stores_registry_is_the_starting_point() {
     verify_bulletin(&th.hub, &old).expect("the old bulletin still verifies");
     log_verifies(th.hub.store.as_ref());
     let before = registry::load_all(th.hub.store.as_ref()).expect("load");
-    maintenance::rebuild(th.hub.store.as_ref(), |_| {}).expect("rebuild");
+    maintenance::rebuild(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {}).expect("rebuild");
     assert_eq!(
         registry::load_all(th.hub.store.as_ref()).expect("load"),
         before

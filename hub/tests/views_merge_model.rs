@@ -5,8 +5,10 @@
 //! snapshots dated on or before the baseline date, real-name counts and the population
 //! from the latest snapshot that gives them; decreases along each kind's dates; a date
 //! reported by several sources is a conflict. The views are driven through `Views::apply`
-//! directly (no hub, no signatures), so thousands of sequences run in seconds, and the
-//! rollup is also asked with a campaign whose baseline differs from the views' own.
+//! directly (no hub, no signatures; `DirectViews` writes the log records and the source
+//! index a withdrawal is resolved through), so thousands of sequences run in seconds. The
+//! maintained roll-up is checked, and the one merged afresh from the stored snapshots, also
+//! for a baseline date other than the views' own.
 //!
 //! The views' rebuild test (`views_rebuild.rs`) compares live with rebuilt and reloaded
 //! views, which all take the same incremental path; this one compares it with the rule.
@@ -18,8 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{Duration, NaiveDate};
 use common::*;
 use serde_json::{Value, json};
-use spacesync_hub::store::WriteBatch;
-use spacesync_hub::views::{Figures, Flag, Meta, Views};
+use spacesync_hub::views::{Figures, Flag, Rollup};
 use spacesync_shared::record::{Population, SpaceCounts, SpaceKind};
 use spacesync_shared::region::SchoolCode;
 use spacesync_shared::{Campaign, Record, RegionCode, SourceId};
@@ -124,8 +125,7 @@ fn model(
 
 /// What the views answer for the two counties' subjects: per-subject figures and the
 /// decrease and conflict flags, in rollup order.
-fn answered(views: &Views, campaign: &Campaign) -> (BTreeMap<Subject, Figures>, Vec<Flag>) {
-    let rollup = views.rollup(campaign);
+fn answered(rollup: Rollup) -> (BTreeMap<Subject, Figures>, Vec<Flag>) {
     let schools_county = RegionCode::parse(SCHOOLS_COUNTY).expect("code");
     let own_county = RegionCode::parse(OWN_COUNTY).expect("code");
     let mut figures = BTreeMap::new();
@@ -148,78 +148,119 @@ fn answered(views: &Views, campaign: &Campaign) -> (BTreeMap<Subject, Figures>, 
 
 const SOURCES: [&str; 3] = ["gd-a", "gd-b", "gd-c"];
 
-/// Applies `ops` in log order to views for `view_baselines`, checking every views'
-/// answer against the model after each entry, for each of `ask_baselines`.
+/// Applies `ops` in log order to views for `view_baselines`, one entry per batch (or all
+/// of a step's group in one batch, see `batches`), checking every views' answer against
+/// the model after each batch, for each of `ask_baselines`: the maintained roll-up when the
+/// baselines agree, and always the roll-up merged afresh from the stored snapshots.
 fn check(name: &str, ops: &[Op], view_baselines: &[NaiveDate], ask_baselines: &[NaiveDate]) {
-    let mut views: Vec<Views> = view_baselines.iter().map(|b| Views::new(*b)).collect();
+    check_in_batches(
+        name,
+        ops,
+        &vec![1; ops.len()],
+        view_baselines,
+        ask_baselines,
+    );
+}
+
+/// [`check`], with `ops` written in batches of the sizes in `batches` (the rest one by one).
+fn check_in_batches(
+    name: &str,
+    ops: &[Op],
+    batches: &[usize],
+    view_baselines: &[NaiveDate],
+    ask_baselines: &[NaiveDate],
+) {
+    let mut views: Vec<DirectViews> = view_baselines
+        .iter()
+        .map(|b| DirectViews::new(*b))
+        .collect();
     let mut snaps: BTreeMap<Subject, Vec<Snap>> = BTreeMap::new();
     // (source, seq) -> (subject, position) of snapshots; seqs of every entry.
     let mut where_is: BTreeMap<(usize, u64), Option<(Subject, usize)>> = BTreeMap::new();
     let mut next_seq = [1u64; 3];
-    let mut idx = 10;
     let t = t0();
-    for (step, op) in ops.iter().enumerate() {
-        idx += 1 + u64::from((step as u64).is_multiple_of(3)); // hub entries leave gaps in the log
-        let (source, record) = match op {
-            Op::Snap { source, record } => (*source, record_of(record)),
-            Op::Withdraw { source, target_seq } => (*source, record_of(&withdrawal(*target_seq))),
-        };
-        let seq = next_seq[source];
-        next_seq[source] += 1;
-        let meta = Meta {
-            log_index: idx,
-            received_at: t,
-            source: SourceId::parse(SOURCES[source]).expect("id"),
-            seq,
-            recorded_at: t,
-            withdrawn_by: None,
-        };
+    let mut step = 0;
+    let mut sizes = batches.iter().copied().chain(std::iter::repeat(1));
+    while step < ops.len() {
+        let n = sizes.next().unwrap_or(1).clamp(1, ops.len() - step);
+        let group = &ops[step..step + n];
+        let entries: Vec<(SourceId, u64, Record)> = group
+            .iter()
+            .map(|op| {
+                let (source, record) = match op {
+                    Op::Snap { source, record } => (*source, record_of(record)),
+                    Op::Withdraw { source, target_seq } => {
+                        (*source, record_of(&withdrawal(*target_seq)))
+                    }
+                };
+                let seq = next_seq[source];
+                next_seq[source] += 1;
+                (SourceId::parse(SOURCES[source]).expect("id"), seq, record)
+            })
+            .collect();
+        // Hub entries leave gaps in the log.
+        let gap = u64::from(step.is_multiple_of(3));
+        let mut indexes = Vec::new();
         for v in &mut views {
-            v.apply(meta.clone(), &record, &mut WriteBatch::new());
+            indexes = v.apply_batch(gap, &entries, t);
         }
-        match &record {
-            Record::SpaceCount(s) => {
-                let subject = (s.region, s.school);
-                let list = snaps.entry(subject).or_default();
-                list.push(Snap {
-                    idx,
-                    source: meta.source.clone(),
-                    as_of: s.as_of,
-                    spaces: s.spaces,
-                    real: s.real_name,
-                    pop: s.population,
-                    live: true,
-                });
-                where_is.insert((source, seq), Some((subject, list.len() - 1)));
-            }
-            Record::Withdrawal(w) => {
-                if let Some(Some((subject, at))) = where_is.get(&(source, w.target_seq))
-                    && let Some(list) = snaps.get_mut(subject)
-                {
-                    list[*at].live = false;
+        for ((source_id, seq, record), idx) in entries.iter().zip(indexes) {
+            let source = SOURCES
+                .iter()
+                .position(|s| *s == source_id.as_str())
+                .expect("source");
+            match record {
+                Record::SpaceCount(s) => {
+                    let subject = (s.region, s.school);
+                    let list = snaps.entry(subject).or_default();
+                    list.push(Snap {
+                        idx,
+                        source: source_id.clone(),
+                        as_of: s.as_of,
+                        spaces: s.spaces,
+                        real: s.real_name,
+                        pop: s.population,
+                        live: true,
+                    });
+                    where_is.insert((source, *seq), Some((subject, list.len() - 1)));
                 }
-                where_is.insert((source, seq), None);
-            }
-            _ => {
-                where_is.insert((source, seq), None);
+                Record::Withdrawal(w) => {
+                    if let Some(Some((subject, at))) = where_is.get(&(source, w.target_seq))
+                        && let Some(list) = snaps.get_mut(subject)
+                    {
+                        list[*at].live = false;
+                    }
+                    where_is.insert((source, *seq), None);
+                }
+                _ => {
+                    where_is.insert((source, *seq), None);
+                }
             }
         }
+        let last = &group[group.len() - 1];
         for b in ask_baselines {
             let mut campaign = Campaign::builtin_2018();
             campaign.baseline = *b;
             let want = model(&snaps, *b);
             for (v, vb) in views.iter().zip(view_baselines) {
-                let got = answered(v, &campaign);
-                assert_eq!(
-                    got.0, want.0,
-                    "{name}: figures after step {step} ({op:?}), views for {vb}, asked for {b}"
-                );
-                assert_eq!(
-                    got.1, want.1,
-                    "{name}: flags after step {step} ({op:?}), views for {vb}, asked for {b}"
-                );
+                let afresh = v.views.rollup_afresh(&v.store, &campaign).expect("afresh");
+                let mut asked = vec![("afresh", answered(afresh))];
+                if b == vb {
+                    asked.push(("maintained", answered(v.views.rollup(&campaign))));
+                }
+                for (how, got) in asked {
+                    assert_eq!(
+                        got.0, want.0,
+                        "{name}: figures ({how}) after step {step} ({last:?}), views for {vb}, asked for {b}"
+                    );
+                    assert_eq!(
+                        got.1, want.1,
+                        "{name}: flags ({how}) after step {step} ({last:?}), views for {vb}, asked for {b}"
+                    );
+                }
             }
         }
+        step += n;
     }
 }
 

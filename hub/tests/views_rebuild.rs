@@ -10,7 +10,7 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use common::*;
 use serde_json::{Value, json};
-use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
+use spacesync_hub::store::{Reader, SledStore, Store, WriteBatch, keys};
 use spacesync_hub::views::{Figures, Flag, Meta, Views};
 use spacesync_hub::{log, maintenance};
 use spacesync_shared::campaign::QuotaViolation;
@@ -40,11 +40,14 @@ struct Snapshot {
     sources: Value,
 }
 
-fn snapshot(v: &Views, campaign: &Campaign) -> Snapshot {
+/// What `v` answers; `r` is where its items are stored (the store, or for rebuilt views
+/// the rebuild's batch over it).
+fn snapshot<R: Reader + ?Sized>(v: &Views, r: &R, campaign: &Campaign) -> Snapshot {
     let rollup = v.rollup(campaign);
-    // The roll-up kept as subjects change (region sums, flagged subjects) against the one
-    // merging every subject afresh, on every state these tests reach.
-    let afresh = v.rollup_afresh(campaign);
+    // The roll-up kept as subjects change (region sums, flagged subjects, summaries) against
+    // the one merging every subject afresh from its stored snapshots, on every state these
+    // tests reach.
+    let afresh = v.rollup_afresh(r, campaign).expect("afresh");
     assert_eq!(rollup.nation, afresh.nation, "maintained vs afresh: nation");
     assert_eq!(rollup.totals, afresh.totals, "maintained vs afresh: totals");
     assert_eq!(
@@ -63,8 +66,10 @@ fn snapshot(v: &Views, campaign: &Campaign) -> Snapshot {
     let noms = v.nominations(campaign);
     Snapshot {
         items: v
-            .items()
-            .map(|i| (i.meta.clone(), i.record.to_value()))
+            .items(r)
+            .expect("items")
+            .into_iter()
+            .map(|i| (i.meta, i.record.to_value()))
             .collect(),
         nation: rollup.nation.clone(),
         totals: rollup.totals.clone(),
@@ -262,11 +267,14 @@ fn random_record(rng: &mut Rng, area: &Area, seq: u64) -> Value {
 
 /// An independent model of one subject's merge: per kind, among snapshots not withdrawn,
 /// the latest `as_of` wins and a tie goes to the later log entry.
-fn model_school_spaces(views: &Views) -> BTreeMap<(RegionCode, SchoolCode), SpaceCounts> {
+fn model_school_spaces(
+    views: &Views,
+    store: &dyn Store,
+) -> BTreeMap<(RegionCode, SchoolCode), SpaceCounts> {
     // Per school and kind: (as_of, log index, count) of the winner so far.
     type Slots = [Option<(NaiveDate, u64, u64)>; 8];
     let mut best: BTreeMap<(RegionCode, SchoolCode), Slots> = BTreeMap::new();
-    for item in views.live() {
+    for item in views.live(store).expect("items") {
         let Record::SpaceCount(s) = &item.record else {
             continue;
         };
@@ -339,14 +347,14 @@ fn run(seed: u64, total: usize) {
     }
     assert_eq!(th.source_leaves(), total as u64);
 
-    let live = snapshot(&th.hub.state().views, &campaign);
-    let (rebuilt, _) =
-        maintenance::rebuild_views(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {})
-            .expect("rebuild");
+    let store = th.hub.store.as_ref();
+    let live = snapshot(&th.hub.state().views, store, &campaign);
+    let (rebuilt, batch) =
+        maintenance::rebuild_views(store, th.hub.campaign.baseline, |_| {}).expect("rebuild");
     assert_same(
         &format!("seed {seed}: live vs rebuilt"),
         &live,
-        &snapshot(&rebuilt, &campaign),
+        &snapshot(&rebuilt, &maintenance::rebuilt(store, &batch), &campaign),
     );
 
     // The run exercised what it claims to.
@@ -364,7 +372,7 @@ fn run(seed: u64, total: usize) {
     assert!(!live.counted.is_empty() && !live.violations.is_empty());
 
     // The merged school figures agree with the independent model.
-    let model = model_school_spaces(&th.hub.state().views);
+    let model = model_school_spaces(&th.hub.state().views, store);
     let merged: BTreeMap<(RegionCode, SchoolCode), SpaceCounts> = live
         .schools
         .iter()
@@ -375,15 +383,15 @@ fn run(seed: u64, total: usize) {
     // A restarted hub loads the same views, and a rebuild over its store agrees too.
     drop(th);
     let th = TestHub::open(dir.path());
-    let loaded = snapshot(&th.hub.state().views, &campaign);
+    let store = th.hub.store.as_ref();
+    let loaded = snapshot(&th.hub.state().views, store, &campaign);
     assert_same(&format!("seed {seed}: live vs reloaded"), &live, &loaded);
-    let (rebuilt2, _) =
-        maintenance::rebuild_views(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {})
-            .expect("rebuild");
+    let (rebuilt2, batch) =
+        maintenance::rebuild_views(store, th.hub.campaign.baseline, |_| {}).expect("rebuild");
     assert_same(
         &format!("seed {seed}: reloaded vs rebuilt"),
         &loaded,
-        &snapshot(&rebuilt2, &campaign),
+        &snapshot(&rebuilt2, &maintenance::rebuilt(store, &batch), &campaign),
     );
     eprintln!(
         "seed {seed}: {total} entries in {batches} batches from 32 sources; {} items withdrawn, \
@@ -858,6 +866,51 @@ async fn verify_names_the_damaged_leaf_source_and_seq() {
             put(s, keys::CHECKPOINT.to_vec(), note.into_bytes());
         },
         &["the latest checkpoint covers 10 leaves but the log has 14"],
+    );
+    let subject_key = |prefix: &[u8]| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(&440106u32.to_be_bytes());
+        k.push(1);
+        k.extend_from_slice(&4144010601u64.to_be_bytes());
+        k
+    };
+    check_verify(
+        good,
+        "a stored snapshot deleted",
+        |s| {
+            let k = [b"v/c/".as_slice(), &2u64.to_be_bytes()].concat();
+            assert!(s.get(&k).expect("get").is_some());
+            delete(s, k);
+        },
+        &["the view item of log leaf 2 is missing from what the log holds"],
+    );
+    check_verify(
+        good,
+        "a subject's list of snapshots deleted",
+        |s| delete(s, subject_key(b"v/l/")),
+        &[
+            "1 stored lists of a subject's snapshots disagree with the log (first: school 4144010601 (region 440106))",
+        ],
+    );
+    check_verify(
+        good,
+        "a stored summary deleted",
+        |s| delete(s, subject_key(b"v/s/")),
+        &[
+            "1 stored subject summaries disagree with the snapshots in the log (first: school 4144010601 (region 440106))",
+        ],
+    );
+    check_verify(
+        good,
+        "a stored summary damaged",
+        |s| put(s, subject_key(b"v/s/"), vec![1, 200]),
+        &["the stored views are damaged: stored value under v/s/"],
+    );
+    check_verify(
+        good,
+        "a source's activity deleted",
+        |s| delete(s, b"v/a/gd-a".to_vec()),
+        &["the stored per-source activity"],
     );
     check_verify(
         good,

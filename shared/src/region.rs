@@ -193,6 +193,11 @@ impl SchoolCode {
             .map(SchoolCode)
             .map_err(|_| CodeError::SchoolFormat(s.to_string()))
     }
+
+    /// The code as a number (e.g. `4144010601`).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
 }
 
 impl fmt::Display for SchoolCode {

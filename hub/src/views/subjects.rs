@@ -16,10 +16,12 @@ use spacesync_shared::record::{Population, SpaceCount, SpaceCounts, SpaceKind};
 use spacesync_shared::region::SchoolCode;
 use spacesync_shared::{RegionCode, SourceId};
 
+use super::codec::{Damaged, In, Out};
 use super::figures::{Figures, Flag, Meta};
 
-/// A kind's value as of a date, from the entry at a log index.
-type Slot = (NaiveDate, u64, u64);
+/// A kind's value as of a date. (Which entry gave it is not kept: the walk only compares
+/// dates and values, and every byte here is multiplied by the number of subjects.)
+type Slot = (NaiveDate, u64);
 
 /// The merged state of one subject.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,7 +33,7 @@ pub(crate) struct Summary {
     /// Per kind, the last real-name value.
     real: [Option<Slot>; 8],
     /// The last population given.
-    pop: Option<(NaiveDate, u64, Population)>,
+    pop: Option<(NaiveDate, Population)>,
     /// Decreases, in the order the walk found them.
     decreases: Vec<Flag>,
     /// Conflicts of dates before `latest`, in date order.
@@ -85,7 +87,7 @@ impl Summary {
     ) {
         for (k, v) in s.spaces.iter() {
             let i = k.index();
-            if let Some((d, _, pv)) = self.best[i]
+            if let Some((d, pv)) = self.best[i]
                 && d < s.as_of
                 && v < pv
             {
@@ -98,16 +100,16 @@ impl Summary {
                     source: m.source.clone(),
                 });
             }
-            self.best[i] = Some((s.as_of, m.log_index, v));
+            self.best[i] = Some((s.as_of, v));
             if s.as_of <= baseline {
-                self.base[i] = Some((s.as_of, m.log_index, v));
+                self.base[i] = Some((s.as_of, v));
             }
         }
         for (k, v) in s.real_name.iter().flat_map(SpaceCounts::iter) {
-            self.real[k.index()] = Some((s.as_of, m.log_index, v));
+            self.real[k.index()] = Some((s.as_of, v));
         }
         if let Some(p) = s.population {
-            self.pop = Some((s.as_of, m.log_index, p));
+            self.pop = Some((s.as_of, p));
         }
         match &mut self.latest {
             Some((d, sources)) if *d == s.as_of => {
@@ -142,11 +144,11 @@ impl Summary {
         let mut f = Figures::default();
         for k in SpaceKind::ALL {
             let i = k.index();
-            f.spaces.set(k, self.best[i].map(|b| b.2));
-            f.baseline.set(k, self.base[i].map(|b| b.2));
-            f.real_name.set(k, self.real[i].map(|b| b.2));
+            f.spaces.set(k, self.best[i].map(|b| b.1));
+            f.baseline.set(k, self.base[i].map(|b| b.1));
+            f.real_name.set(k, self.real[i].map(|b| b.1));
         }
-        f.population = self.pop.map(|p| p.2).unwrap_or_default();
+        f.population = self.pop.map(|p| p.1).unwrap_or_default();
         f
     }
 
@@ -182,7 +184,165 @@ impl Summary {
             || !self.conflicts.is_empty()
             || self.latest.as_ref().is_some_and(|(_, s)| s.len() > 1)
     }
+
+    /// The stored form (see [`super::codec`]); the subject is the key's, not repeated.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        fn slots(o: &mut Out, slots: &[Option<Slot>; 8]) {
+            let mask = (0..8)
+                .filter(|i| slots[*i].is_some())
+                .fold(0u8, |m, i| m | 1 << i);
+            o.u8(mask);
+            for (d, v) in slots.iter().flatten() {
+                o.date(*d);
+                o.uint(*v);
+            }
+        }
+        fn sources(o: &mut Out, list: &[SourceId]) {
+            o.uint(list.len() as u64);
+            for s in list {
+                o.source(s);
+            }
+        }
+        let mut o = Out::new();
+        o.u8(SUMMARY_FORMAT);
+        o.uint(u64::from(self.snapshots));
+        slots(&mut o, &self.best);
+        slots(&mut o, &self.base);
+        slots(&mut o, &self.real);
+        match &self.pop {
+            None => o.u8(0),
+            Some((d, p)) => {
+                o.u8(1);
+                o.date(*d);
+                o.population(p);
+            }
+        }
+        match &self.latest {
+            None => o.u8(0),
+            Some((d, list)) => {
+                o.u8(1);
+                o.date(*d);
+                sources(&mut o, list);
+            }
+        }
+        o.uint(self.decreases.len() as u64);
+        for f in &self.decreases {
+            if let Flag::Decrease {
+                kind,
+                before,
+                after,
+                source,
+                ..
+            } = f
+            {
+                o.u8(kind.index() as u8);
+                o.date(before.0);
+                o.uint(before.1);
+                o.date(after.0);
+                o.uint(after.1);
+                o.source(source);
+            }
+        }
+        o.uint(self.conflicts.len() as u64);
+        for f in &self.conflicts {
+            if let Flag::Conflict {
+                as_of, sources: s, ..
+            } = f
+            {
+                o.date(*as_of);
+                sources(&mut o, s);
+            }
+        }
+        o.into_bytes()
+    }
+
+    /// Reads the stored form of `subject`'s summary.
+    pub(crate) fn from_bytes(
+        (region, school): (RegionCode, Option<SchoolCode>),
+        b: &[u8],
+    ) -> Result<Summary, Damaged> {
+        fn slots(i: &mut In<'_>) -> Result<[Option<Slot>; 8], Damaged> {
+            let mask = i.u8()?;
+            let mut out = [None; 8];
+            for (n, slot) in out.iter_mut().enumerate() {
+                if mask & 1 << n != 0 {
+                    *slot = Some((i.date()?, i.uint()?));
+                }
+            }
+            Ok(out)
+        }
+        fn sources(i: &mut In<'_>) -> Result<Vec<SourceId>, Damaged> {
+            let n = i.uint()?;
+            // Each source takes at least 3 bytes: a count this large cannot be real.
+            if n > 1 << 16 {
+                return Err(Damaged("too many sources"));
+            }
+            (0..n).map(|_| i.source()).collect()
+        }
+        fn count(i: &mut In<'_>) -> Result<u64, Damaged> {
+            let n = i.uint()?;
+            if n > 1 << 24 {
+                return Err(Damaged("too many flags"));
+            }
+            Ok(n)
+        }
+        let mut i = In::new(b);
+        if i.u8()? != SUMMARY_FORMAT {
+            return Err(Damaged("not a summary this version reads"));
+        }
+        let snapshots = i.u32()?;
+        let best = slots(&mut i)?;
+        let base = slots(&mut i)?;
+        let real = slots(&mut i)?;
+        let pop = if i.flag()? {
+            Some((i.date()?, i.population()?))
+        } else {
+            None
+        };
+        let latest = if i.flag()? {
+            Some((i.date()?, sources(&mut i)?))
+        } else {
+            None
+        };
+        let mut decreases = Vec::new();
+        for _ in 0..count(&mut i)? {
+            let kind = *SpaceKind::ALL
+                .get(usize::from(i.u8()?))
+                .ok_or(Damaged("not a space kind"))?;
+            decreases.push(Flag::Decrease {
+                region,
+                school,
+                kind,
+                before: (i.date()?, i.uint()?),
+                after: (i.date()?, i.uint()?),
+                source: i.source()?,
+            });
+        }
+        let mut conflicts = Vec::new();
+        for _ in 0..count(&mut i)? {
+            conflicts.push(Flag::Conflict {
+                region,
+                school,
+                as_of: i.date()?,
+                sources: sources(&mut i)?,
+            });
+        }
+        i.end()?;
+        Ok(Summary {
+            best,
+            base,
+            real,
+            pop,
+            decreases,
+            conflicts,
+            latest,
+            snapshots,
+        })
+    }
 }
+
+/// First byte of a stored [`Summary`]: its encoding's version.
+const SUMMARY_FORMAT: u8 = 1;
 
 /// Known-values sum of one count: the total and how many parts know it, so a part can be
 /// taken out again (a part that does not know the value leaves it unknown).
@@ -264,5 +424,87 @@ impl SchoolSum {
             schools: self.schools.get(),
         };
         f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn subject() -> (RegionCode, Option<SchoolCode>) {
+        (
+            RegionCode::parse("440106").unwrap(),
+            Some(SchoolCode::parse("4144010601").unwrap()),
+        )
+    }
+
+    /// (day offset, source, counts per kind, real-name, population).
+    type Snap = (i64, usize, Vec<Option<u64>>, bool, Option<(u64, u64)>);
+
+    fn snap() -> impl Strategy<Value = Snap> {
+        (
+            -3..4i64,
+            0..3usize,
+            prop::collection::vec(prop::option::of(0..u64::MAX / 2), 8),
+            any::<bool>(),
+            prop::option::of((0..1_000u64, 0..1_000_000u64)),
+        )
+    }
+
+    fn summary_of(snaps: &[Snap]) -> Summary {
+        let base = NaiveDate::from_ymd_opt(2018, 10, 1).unwrap();
+        let t: DateTime<Utc> = DateTime::from_timestamp(1_542_679_200, 0).unwrap();
+        let sources = ["gd-a", "gd-b", "a-much-longer-source-name-0123456789"];
+        let list: Vec<(Meta, SpaceCount)> = snaps
+            .iter()
+            .enumerate()
+            .map(|(i, (day, source, counts, real, pop))| {
+                let mut spaces = SpaceCounts::default();
+                for (k, v) in SpaceKind::ALL.iter().zip(counts) {
+                    spaces.set(*k, *v);
+                }
+                let meta = Meta {
+                    log_index: i as u64 * 7,
+                    received_at: t,
+                    source: SourceId::parse(sources[*source]).unwrap(),
+                    seq: i as u64 + 1,
+                    recorded_at: t,
+                    withdrawn_by: None,
+                };
+                let s = SpaceCount {
+                    region: subject().0,
+                    school: subject().1,
+                    as_of: base + chrono::Duration::days(5 * day),
+                    spaces,
+                    real_name: real.then_some(spaces),
+                    population: pop.map(|(t, s)| Population {
+                        teachers: Some(t),
+                        students: Some(s),
+                        schools: None,
+                    }),
+                };
+                (meta, s)
+            })
+            .collect();
+        Summary::of(subject(), list.iter().map(|(m, s)| (m, s)), base)
+    }
+
+    proptest! {
+        /// The stored form reads back as the summary, and no shorter or longer value reads.
+        #[test]
+        fn a_summary_reads_back_as_stored(snaps in prop::collection::vec(snap(), 0..12)) {
+            let summary = summary_of(&snaps);
+            let bytes = summary.to_bytes();
+            prop_assert_eq!(Summary::from_bytes(subject(), &bytes), Ok(summary.clone()));
+            for n in 0..bytes.len() {
+                prop_assert!(Summary::from_bytes(subject(), &bytes[..n]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(Summary::from_bytes(subject(), &longer).is_err());
+        }
     }
 }

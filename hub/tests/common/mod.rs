@@ -411,3 +411,114 @@ impl Rng {
         &items[self.below(items.len() as u64) as usize]
     }
 }
+
+/// Views driven through `Views::apply` directly (no hub, no signatures), over an
+/// in-memory store holding what the views read beside their own keys, as ingest writes it
+/// in the same batch: the log records (a withdrawal's target is found through its record)
+/// and the source index.
+pub struct DirectViews {
+    /// The views.
+    pub views: spacesync_hub::views::Views,
+    /// Their store.
+    pub store: spacesync_hub::store::MemStore,
+    log: spacesync_hub::log::Log,
+    hub_seq: u64,
+}
+
+impl DirectViews {
+    /// Empty views merged for `baseline`, over a store prepared as a hub's start does.
+    pub fn new(baseline: chrono::NaiveDate) -> DirectViews {
+        let store = spacesync_hub::store::MemStore::new();
+        spacesync_hub::views::prepare(&store, baseline).expect("prepare");
+        let log = spacesync_hub::log::Log::load(&store).expect("empty log");
+        DirectViews {
+            views: spacesync_hub::views::Views::new(baseline),
+            store,
+            log,
+            hub_seq: 0,
+        }
+    }
+
+    /// Writes one batch as ingest would: `gap` hub entries first (they leave gaps in the
+    /// log indexes the views see), then each `(source, seq, record)` received at `at`.
+    /// Returns the entries' log indexes.
+    pub fn apply_batch(
+        &mut self,
+        gap: u64,
+        entries: &[(SourceId, u64, Record)],
+        at: DateTime<Utc>,
+    ) -> Vec<u64> {
+        use spacesync_hub::log::RecordRef;
+        use spacesync_hub::store::{Store, WriteBatch, keys};
+        use spacesync_hub::views::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta};
+        let mut wb = WriteBatch::new();
+        for _ in 0..gap {
+            // A hub entry: a deadline extension, as `extend` logs it.
+            let hub_seq = self.hub_seq + 1;
+            self.hub_seq = hub_seq;
+            let ext = HubEntry::Extension(Extension {
+                seq: hub_seq,
+                region: RegionCode::parse("440000").expect("code"),
+                milestone: "contact_form".into(),
+                until: chrono::NaiveDate::from_ymd_opt(2018, 12, 1).expect("date"),
+                reason: format!("gap {hub_seq}"),
+                granted_at: at,
+            });
+            let envelope = Envelope {
+                payload_type: HUB_ENTRY_PAYLOAD_TYPE.into(),
+                payload: serde_json::to_vec(&ext).expect("json"),
+                signatures: Vec::new(),
+            };
+            let filler = RecordRef {
+                received_at: at,
+                source: None,
+                seq: hub_seq,
+                envelope: &envelope,
+            };
+            let index = self.log.append(&mut wb, filler).expect("append");
+            self.views.apply_hub(index, &ext, &mut wb);
+        }
+        let mut indexes = Vec::new();
+        for (source, seq, record) in entries {
+            let entry = Entry {
+                source: source.clone(),
+                seq: *seq,
+                prev: Digest::ZERO,
+                recorded_at: at,
+                campaign: "2018".into(),
+                record: record.clone(),
+            };
+            let envelope = Envelope {
+                payload_type: spacesync_shared::entry::ENTRY_PAYLOAD_TYPE.into(),
+                payload: entry.to_payload(),
+                signatures: Vec::new(),
+            };
+            let rec = RecordRef {
+                received_at: at,
+                source: Some(source),
+                seq: *seq,
+                envelope: &envelope,
+            };
+            let index = self.log.append(&mut wb, rec).expect("append");
+            // As `Held::to_bytes`: log index, entry hash, receive time.
+            let mut held = index.to_be_bytes().to_vec();
+            held.extend_from_slice(&[0; 32]);
+            held.extend_from_slice(&at.timestamp_millis().to_be_bytes());
+            wb.put(keys::src(source, *seq), held);
+            let meta = Meta {
+                log_index: index,
+                received_at: at,
+                source: source.clone(),
+                seq: *seq,
+                recorded_at: at,
+                withdrawn_by: None,
+            };
+            self.views
+                .apply(&self.store, meta, record, &mut wb)
+                .expect("apply");
+            indexes.push(index);
+        }
+        self.store.apply(wb).expect("write");
+        indexes
+    }
+}

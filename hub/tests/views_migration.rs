@@ -1,0 +1,237 @@
+//! A store written in the older layout of the views (every item, space counts included,
+//! under `v/i/` as JSON; no summaries, no per-source activity) is converted once when the
+//! hub opens it: space counts moved to their subjects in bounded, flushed batches,
+//! summaries and activity written, then `v/m`. A start killed half-way through is finished
+//! by the next one. The converted hub answers exactly what the hub that wrote the store
+//! answered, and `verify` finds nothing wrong.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::NaiveDate;
+use common::*;
+use serde_json::{Value, json};
+use spacesync_hub::maintenance;
+use spacesync_hub::store::{Kv, KvIter, SledStore, Store, StoreError, WriteBatch};
+use spacesync_hub::views::{self, Extension, HubEntry, Views};
+use spacesync_shared::{Campaign, Record, RegionCode};
+
+/// A store whose writes fail after `left` of them: a start killed part-way.
+struct Failing {
+    inner: Arc<SledStore>,
+    left: AtomicUsize,
+}
+
+impl Store for Failing {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+        self.inner.scan(prefix)
+    }
+    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
+        self.inner.scan_from(prefix, from)
+    }
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
+        self.inner.last(prefix)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(StoreError::Backend {
+                op: "apply",
+                message: "killed".into(),
+            });
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+/// Everything the hub answers about its views, and the items it holds.
+async fn answers(th: &TestHub) -> (Vec<Value>, Vec<(Value, Value)>, usize, usize) {
+    let mut pages = Vec::new();
+    for path in [
+        "/v1/progress",
+        "/v1/regions/440000",
+        "/v1/regions/440106",
+        "/v1/regions/110000",
+        "/v1/sources",
+    ] {
+        pages.push(th.get_json(path).await);
+    }
+    // `/v1/sources` lists the registry in hash order, which differs between processes.
+    if let Some(list) = pages[4]["sources"].as_array_mut() {
+        list.sort_by_key(|s| s["source"].to_string());
+    }
+    let snap = th.hub.snapshot();
+    let items = snap
+        .views
+        .items(th.hub.store.as_ref())
+        .expect("items")
+        .into_iter()
+        .map(|i| {
+            (
+                serde_json::to_value(&i.meta).expect("json"),
+                i.record.to_value(),
+            )
+        })
+        .collect();
+    let campaign = Campaign::builtin_2018();
+    let noms = snap.views.nominations(&campaign);
+    (
+        pages,
+        items,
+        snap.views.milestones().len() + snap.views.activities().len(),
+        noms.counted.len() + noms.violations.len() + snap.views.extensions().count(),
+    )
+}
+
+/// Rewrites the store's views in the older layout: every item under `v/i/` as
+/// `{"meta", "record"}` JSON, extensions kept, nothing else.
+fn to_older_layout(store: &dyn Store, views: &Views) -> usize {
+    let items = views.items(store).expect("items");
+    let mut wb = WriteBatch::new();
+    for r in store.scan(b"v/") {
+        let k = r.expect("scan").0;
+        if !k.starts_with(b"v/x/") {
+            wb.delete(k);
+        }
+    }
+    let mut counts = 0;
+    for i in &items {
+        counts += usize::from(matches!(i.record, Record::SpaceCount(_)));
+        let stored = json!({ "meta": i.meta, "record": i.record.to_value() });
+        wb.put(
+            [b"v/i/".as_slice(), &i.meta.log_index.to_be_bytes()].concat(),
+            serde_json::to_vec(&stored).expect("json"),
+        );
+    }
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+    counts
+}
+
+/// Space counts still under `v/i/`, and keys under `v/c/` and `v/s/`.
+fn census(store: &dyn Store) -> (usize, usize, usize) {
+    let in_items = store
+        .scan(b"v/i/")
+        .filter(|r| {
+            let (_, v) = r.as_ref().expect("scan");
+            let v: Value = serde_json::from_slice(v).expect("json");
+            v["record"]["kind"] == "space_count"
+        })
+        .count();
+    (
+        in_items,
+        store.scan(b"v/c/").count(),
+        store.scan(b"v/s/").count(),
+    )
+}
+
+#[tokio::test]
+async fn a_store_in_the_older_layout_is_converted_once_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let mut a = Agent::new("gd-a", 1, "440000");
+    let mut b = Agent::new("gd-b", 2, "440000");
+    let mut c = Agent::new("bj-c", 3, "110000");
+    for x in [&a, &b, &c] {
+        th.register(x);
+    }
+    for week in ["2018-09-24", "2018-10-08", "2018-11-05"] {
+        let records: Vec<Value> = (1..=20)
+            .map(|s| teachers("440106", &format!("41440106{s:02}"), week, 50 + s))
+            .collect();
+        th.ingest_ok(&a.batch(&records)).await;
+    }
+    th.ingest_ok(&b.batch(&[
+        // Out of date order, a conflict, a county's own total, a decrease.
+        teachers("440106", "4144010601", "2018-10-01", 40),
+        teachers("440106", "4144010602", "2018-11-05", 70),
+        teachers("440106", "", "2018-11-05", 2000),
+        teachers("440106", "4144010603", "2018-11-12", 3),
+        activity("440106", "2018-11-06", "应用培训"),
+        milestone("contact_form", "440000", "2018-11-10"),
+        recommendation("county", "440106", "4144010604", "440106"),
+        withdrawal(4),
+        withdrawal(5),
+    ]))
+    .await;
+    th.ingest_ok(&c.batch(&[
+        teachers("110105", "", "2018-11-05", 300),
+        activity("110105", "2018-11-06", "应用培训"),
+    ]))
+    .await;
+    th.hub
+        .append_hub_entry(|seq, now| {
+            HubEntry::Extension(Extension {
+                seq,
+                region: RegionCode::parse("440000").expect("code"),
+                milestone: "contact_form".into(),
+                until: NaiveDate::from_ymd_opt(2018, 12, 1).expect("date"),
+                reason: "台风".into(),
+                granted_at: now,
+            })
+        })
+        .expect("extension");
+    let before = answers(&th).await;
+    assert!(before.1.len() > 70);
+
+    let counts = to_older_layout(th.hub.store.as_ref(), &th.hub.snapshot().views);
+    assert_eq!(census(th.hub.store.as_ref()), (counts, 0, 0));
+    drop(th);
+
+    {
+        let sled = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let baseline = Campaign::builtin_2018().baseline;
+        // Nothing reads it as it stands, and `verify` says how to convert it.
+        let e = Views::load(sled.as_ref(), baseline).err().expect("refused");
+        assert!(e.to_string().contains("older hub"), "{e}");
+        let report = maintenance::verify(sled.as_ref(), &hub_key().verifying_key(), ORIGIN, |_| {})
+            .expect("verify runs");
+        assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
+        assert!(
+            report.problems[0].contains("older hub"),
+            "{:#?}",
+            report.problems
+        );
+
+        // A start killed after two of its writes: part moved, the rest still in `v/i/`.
+        let failing = Failing {
+            inner: sled.clone(),
+            left: AtomicUsize::new(2),
+        };
+        assert!(views::prepare_in_batches(&failing, baseline, 7).is_err());
+        let (left, moved, summaries) = census(sled.as_ref());
+        assert_eq!((left, moved, summaries), (counts - 14, 14, 0));
+        assert_eq!(views::stored_baseline(sled.as_ref()).expect("read"), None);
+    }
+
+    // The next start finishes it.
+    let th = TestHub::open(dir.path());
+    let store = th.hub.store.as_ref();
+    let (left, moved, summaries) = census(store);
+    assert_eq!((left, moved), (0, counts));
+    // 20 schools of 440106 and the own totals of 440106 and 110105.
+    assert_eq!(summaries, 22);
+    let after = answers(&th).await;
+    assert_eq!(after.0, before.0, "figures");
+    assert_eq!(after.1, before.1, "items");
+    assert_eq!((after.2, after.3), (before.2, before.3), "ledger");
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify runs");
+    assert!(report.ok(), "{:#?}", report.problems);
+    // Once: the next start has nothing to do.
+    assert_eq!(
+        views::prepare(store, Campaign::builtin_2018().baseline).expect("prepare"),
+        None
+    );
+}
