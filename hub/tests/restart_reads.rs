@@ -1,0 +1,251 @@
+//! A restart reads the present, not the history: opening a hub reads no log record, no
+//! tree node, no stored snapshot and, of the source index, one `last` per source; what it
+//! reads does not grow with the number of entries. And a hub whose history trees were
+//! removed (`log/`, `node/`, the stored snapshots `v/c/` and their lists per subject `v/l/`)
+//! still starts and serves the same figures.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::Value;
+use spacesync_hub::hub::{Hub, Limits};
+use spacesync_hub::store::{Kv, KvIter, SledStore, Store, StoreError, WriteBatch, keys};
+use spacesync_shared::Campaign;
+use spacesync_shared::clock::FixedClock;
+
+/// One read the hub made: the operation, the key or prefix asked for, and the keys it got.
+#[derive(Debug, Clone)]
+struct Read {
+    op: &'static str,
+    asked: Vec<u8>,
+    got: Vec<Vec<u8>>,
+}
+
+/// A store that records every read.
+struct Counting {
+    inner: SledStore,
+    reads: Mutex<Vec<Read>>,
+}
+
+impl Counting {
+    fn log(&self, op: &'static str, asked: &[u8], got: Vec<Vec<u8>>) {
+        self.reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Read {
+                op,
+                asked: asked.to_vec(),
+                got,
+            });
+    }
+}
+
+impl Store for Counting {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let v = self.inner.get(key)?;
+        self.log("get", key, v.iter().map(|_| key.to_vec()).collect());
+        Ok(v)
+    }
+
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+        // Collected, so every key the caller could read is counted.
+        let all: Vec<Result<Kv, StoreError>> = self.inner.scan(prefix).collect();
+        self.log(
+            "scan",
+            prefix,
+            all.iter()
+                .filter_map(|r| r.as_ref().ok().map(|(k, _)| k.clone()))
+                .collect(),
+        );
+        Box::new(all.into_iter())
+    }
+
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
+        let v = self.inner.last(prefix)?;
+        self.log("last", prefix, v.iter().map(|(k, _)| k.clone()).collect());
+        Ok(v)
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.inner.apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+/// What the hub answers a ministry reader about the figures.
+async fn figures(th: &TestHub) -> Vec<Value> {
+    let mut out = Vec::new();
+    for path in [
+        "/v1/progress",
+        "/v1/regions/440000",
+        "/v1/regions/440106",
+        "/v1/regions/440105",
+        "/v1/sources",
+    ] {
+        out.push(th.get_json(path).await);
+    }
+    // `/v1/sources` lists the registry in hash order, which differs between processes.
+    if let Some(list) = out[4]["sources"].as_array_mut() {
+        list.sort_by_key(|s| s["source"].to_string());
+    }
+    out
+}
+
+/// A hub whose 30 schools and one county each have `weeks` weekly snapshots (the last
+/// ones the same whatever `weeks`, all after the baseline date), one snapshot sent out of
+/// date order, two activities, and a snapshot withdrawn: the same present, a history
+/// `weeks` times as long. Returns the entries, the figures served and the hub.
+async fn hub_with_history(dir: &std::path::Path, weeks: u64) -> (usize, Vec<Value>, TestHub) {
+    let th = TestHub::open(dir);
+    let mut a = Agent::new("gd-a", 1, "440000");
+    let mut b = Agent::new("gd-b", 2, "440000");
+    th.register(&a);
+    th.register(&b);
+    let day = |w: u64| {
+        (chrono::NaiveDate::from_ymd_opt(2018, 11, 19).expect("date")
+            - chrono::Duration::weeks(i64::try_from(w).expect("weeks")))
+        .to_string()
+    };
+    let mut entries = 0;
+    for w in (0..weeks).rev() {
+        let mut records: Vec<Value> = (1..=30)
+            .map(|s| teachers("440106", &format!("4144010{s:03}"), &day(w), 100 + s - w))
+            .collect();
+        records.push(teachers("440105", "", &day(w), 5000 - w));
+        entries += records.len();
+        th.ingest_ok(&a.batch(&records)).await;
+    }
+    // Out of date order (a day no one else reported), which the latest outranks.
+    th.ingest_ok(&b.batch(&[teachers("440106", "4144010001", "2018-11-11", 100)]))
+        .await;
+    th.ingest_ok(&b.batch(&[
+        activity("440106", "2018-11-05", "应用培训"),
+        activity("440105", "2018-11-06", "应用培训"),
+        teachers("440106", "4144010002", &day(0), 1),
+        withdrawal(4),
+    ]))
+    .await;
+    entries += 5;
+    let seen = figures(&th).await;
+    (entries, seen, th)
+}
+
+/// Opens a hub over `dir`, counting what it reads.
+fn reads_at_open(dir: &std::path::Path) -> Vec<Read> {
+    let store = Arc::new(Counting {
+        inner: SledStore::open(dir).expect("open sled"),
+        reads: Mutex::new(Vec::new()),
+    });
+    let hub = Hub::open(
+        store.clone(),
+        hub_key(),
+        ORIGIN.to_string(),
+        Campaign::builtin_2018(),
+        Arc::new(FixedClock::new(t0())),
+        Limits::default(),
+    )
+    .expect("open hub");
+    drop(hub);
+    let Ok(store) = Arc::try_unwrap(store) else {
+        panic!("the hub kept its store after it was dropped");
+    };
+    store.reads.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+fn starts(k: &[u8], prefix: &[u8]) -> bool {
+    k.starts_with(prefix)
+}
+
+#[tokio::test]
+async fn restart_reads_no_per_entry_history() {
+    let short = tempfile::tempdir().expect("tempdir");
+    let long = tempfile::tempdir().expect("tempdir");
+    let (short_entries, short_figures, th) = hub_with_history(short.path(), 1).await;
+    drop(th);
+    let (long_entries, long_figures, th) = hub_with_history(long.path(), 7).await;
+    drop(th);
+    assert!(long_entries > 5 * short_entries);
+    // The same present (the log's size and the sources' heads aside).
+    let present = |f: &[Value]| {
+        let mut progress = f[0].clone();
+        progress["log_size"] = Value::Null;
+        (progress, f[1..4].to_vec())
+    };
+    let (a, b) = (present(&short_figures), present(&long_figures));
+    for (i, (x, y)) in std::iter::once((&a.0, &b.0))
+        .chain(a.1.iter().zip(&b.1))
+        .enumerate()
+    {
+        if x != y {
+            let (x, y) = (x.to_string(), y.to_string());
+            let at = x.bytes().zip(y.bytes()).take_while(|(p, q)| p == q).count();
+            panic!(
+                "figures {i} differ at byte {at}: …{} vs …{}",
+                &x[at.saturating_sub(300)..(at + 200).min(x.len())],
+                &y[at.saturating_sub(300)..(at + 200).min(y.len())]
+            );
+        }
+    }
+
+    let short_reads = reads_at_open(short.path());
+    let long_reads = reads_at_open(long.path());
+    for r in &long_reads {
+        for k in std::iter::once(&r.asked).chain(&r.got) {
+            for history in [keys::LOG, keys::NODE, b"v/c/".as_slice(), b"v/l/"] {
+                assert!(
+                    !starts(k, history),
+                    "opening the hub read per-entry history: {} {:?}",
+                    r.op,
+                    String::from_utf8_lossy(k)
+                );
+            }
+        }
+        if starts(&r.asked, keys::SRC) {
+            assert_eq!(
+                r.op, "last",
+                "the source index is read only for each head: {r:?}"
+            );
+        }
+    }
+    let src_lasts = long_reads
+        .iter()
+        .filter(|r| starts(&r.asked, keys::SRC))
+        .count();
+    assert_eq!(src_lasts, 2, "one `last` per source");
+    let keys_read = |reads: &[Read]| reads.iter().map(|r| r.got.len().max(1)).sum::<usize>();
+    assert_eq!(
+        keys_read(&long_reads),
+        keys_read(&short_reads),
+        "a history {}× as long read more at start:\nshort {short_reads:#?}\nlong {long_reads:#?}",
+        long_entries / short_entries
+    );
+    assert!(keys_read(&long_reads) < long_entries / 4);
+}
+
+#[tokio::test]
+async fn a_hub_without_its_history_trees_serves_the_same_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, before, th) = hub_with_history(dir.path(), 6).await;
+    {
+        let store = th.hub.store.as_ref();
+        let mut wb = WriteBatch::new();
+        let mut removed = 0;
+        for prefix in [keys::LOG, keys::NODE, b"v/c/".as_slice(), b"v/l/"] {
+            for r in store.scan(prefix) {
+                wb.delete(r.expect("scan").0);
+                removed += 1;
+            }
+        }
+        assert!(removed > 6 * 31);
+        store.apply(wb).expect("apply");
+        store.flush().expect("flush");
+    }
+    drop(th);
+    let th = TestHub::open(dir.path());
+    assert_eq!(figures(&th).await, before);
+}
