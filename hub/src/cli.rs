@@ -247,6 +247,9 @@ pub enum CliError {
     /// The log's tree state.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// `verify` could not finish.
+    #[error(transparent)]
+    Verify(#[from] maintenance::VerifyError),
     /// Appending a hub entry failed.
     #[error(transparent)]
     Ingest(#[from] IngestError),

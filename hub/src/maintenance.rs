@@ -9,6 +9,7 @@
 //! hub holds.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
@@ -19,9 +20,10 @@ use spacesync_shared::{Digest, SourceId};
 
 use crate::ingest::key_schedule;
 use crate::log;
+use crate::log_check::{self, Checker, Checking, Signed, Verdict, WorkerPanicked};
 use crate::registry;
 use crate::store::{Overlay, Store, StoreError, WriteBatch, keys};
-use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
+use crate::views::{HubEntry, Meta, Views};
 
 /// Recomputes the views from the log alone, merged for a campaign whose baseline date is
 /// `baseline`. Returns them with the batch of every view key they make, to replace the
@@ -133,13 +135,89 @@ impl VerifyReport {
     }
 }
 
-/// `verify`: every signature, chain, index entry, and the tree root against the checkpoint.
+/// Why `verify` could not finish (the damage it finds is its report, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A checking thread panicked.
+    #[error(transparent)]
+    Worker(#[from] WorkerPanicked),
+}
+
+/// `verify`: every signature, chain, index entry, and the tree root against the checkpoint,
+/// with signatures checked on every core ([`Checking::all_cores`]).
 pub fn verify(
     store: &dyn Store,
     hub_key: &VerifyingKey,
     origin: &str,
+    progress: impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    verify_with(store, hub_key, origin, Checking::all_cores(), progress)
+}
+
+/// `verify`, checking signatures as `how` says; the report is the same either way.
+///
+/// [`Checking::Serial`] is the reference: each leaf on the calling thread, single
+/// verification, then the views. In parallel the signatures are checked in batches on
+/// worker threads, pipelined with the walk over the leaves ([`log_check::walk`]), and the
+/// views are recomputed on a thread of their own meanwhile (their verdict counts only
+/// when the log itself is sound, as in the serial path).
+pub fn verify_with(
+    store: &dyn Store,
+    hub_key: &VerifyingKey,
+    origin: &str,
+    how: Checking,
+    progress: impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    if how == Checking::Serial {
+        return verify_log(store, hub_key, origin, how, progress, |report| {
+            verify_views(store, report).map_err(VerifyError::from)
+        });
+    }
+    std::thread::scope(|s| {
+        let mut views = std::thread::Builder::new()
+            .name("verify-views".into())
+            .spawn_scoped(s, || {
+                let mut found = VerifyReport::default();
+                verify_views(store, &mut found).map(|()| found.problems)
+            })
+            .ok();
+        let report = verify_log(store, hub_key, origin, how, progress, |report| {
+            let found = match views.take() {
+                Some(h) => h
+                    .join()
+                    .map_err(|p| WorkerPanicked::from_payload(p.as_ref()))??,
+                // No thread could be started for them.
+                None => {
+                    let mut found = VerifyReport::default();
+                    verify_views(store, &mut found)?;
+                    found.problems
+                }
+            };
+            report.problems.extend(found);
+            Ok(())
+        });
+        // A damaged log leaves the views' verdict unread; their thread is still joined
+        // here, so that a panic in it cannot panic the scope.
+        if let Some(h) = views.take() {
+            let _ = h.join();
+        }
+        report
+    })
+}
+
+/// The log, its tree and checkpoint; then, when they are sound, `views` adds what the
+/// views comparison finds.
+fn verify_log(
+    store: &dyn Store,
+    hub_key: &VerifyingKey,
+    origin: &str,
+    how: Checking,
     mut progress: impl FnMut(u64),
-) -> Result<VerifyReport, StoreError> {
+    views: impl FnOnce(&mut VerifyReport) -> Result<(), VerifyError>,
+) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport::default();
     // Keys and scopes come from the registry the log gives; a log whose registry entries
     // do not decode is reported at their leaf below, and checked against `reg/` instead.
@@ -165,19 +243,27 @@ pub fn verify(
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
+    let checker = Checker::new(
+        registry
+            .iter()
+            .map(|(id, reg)| (id.clone(), key_schedule(reg)))
+            .collect(),
+        hub_key,
+    );
     // One verifier per source, keeping only its head (a whole log need not be held).
     let mut chains: HashMap<SourceId, ChainVerifier> = HashMap::new();
     let mut frontier = Frontier::new();
     let mut node_damage = false;
-    for (expected_index, r) in (0u64..).zip(log::iter(store)) {
-        let (index, rec) = match r {
+    let mut expected_index = 0u64;
+    let walked = log_check::walk(store, &checker, how, |r| -> Result<_, VerifyError> {
+        let (index, rec, checked) = match r {
             Ok(x) => x,
             Err(e) => {
                 let at = indexed_as(store, expected_index)?;
                 report
                     .problems
                     .push(format!("log leaf {expected_index}{at}: {e}"));
-                return Ok(report);
+                return Ok(ControlFlow::Break(()));
             }
         };
         progress(index);
@@ -186,10 +272,11 @@ pub fn verify(
             report.problems.push(format!(
                 "log leaf {expected_index}{at} is missing (next stored leaf is {index})"
             ));
-            return Ok(report);
+            return Ok(ControlFlow::Break(()));
         }
+        expected_index += 1;
         report.leaves += 1;
-        match frontier.push(rec.leaf_hash()) {
+        match frontier.push(checked.leaf_hash) {
             Err(e) => report.problems.push(format!("log leaf {index}: {e}")),
             // Proofs are served from the stored nodes, so each must be what the log implies.
             // Only the first mismatch is reported: the nodes above it follow from it. Nodes
@@ -215,7 +302,7 @@ pub fn verify(
             Ok(_) => {}
         }
         let Some(source) = &rec.source else {
-            if let Err(e) = rec.envelope.verify(HUB_ENTRY_PAYLOAD_TYPE, hub_key) {
+            if let Verdict::Hub(Err(e)) = checked.verdict {
                 report
                     .problems
                     .push(format!("log leaf {index} (hub entry {}): {e}", rec.seq));
@@ -225,27 +312,36 @@ pub fn verify(
                     rec.seq
                 ));
             }
-            continue;
+            return Ok(ControlFlow::Continue(()));
         };
         let at = format!("log leaf {index} ({source} seq {})", rec.seq);
         let Some(reg) = registry.get(source) else {
             report
                 .problems
                 .push(format!("{at}: source is not in the registry"));
-            continue;
+            return Ok(ControlFlow::Continue(()));
         };
         let chain = chains.entry(source.clone()).or_insert_with(|| {
             ChainVerifier::with_keys(source.clone(), key_schedule(reg), reg.scope, None)
                 .without_memory()
         });
         // The key in force at the seq the log records, before the payload is read.
-        match chain.keys().verify(&rec.envelope, rec.seq) {
-            Ok(()) => {}
+        let verdict = match checked.verdict {
+            Verdict::Source(verdict) => verdict,
+            // Not reached (the checker holds the keys of every registered source); judged
+            // here as the checker would.
+            Verdict::Unregistered | Verdict::Hub(_) => chain
+                .keys()
+                .verify(&rec.envelope, rec.seq)
+                .map(|()| Signed::read(rec)),
+        };
+        let signed = match verdict {
+            Ok(signed) => signed,
             Err(ChainError::NoKey { .. } | ChainError::UnreadableKey { .. }) => {
                 report
                     .problems
                     .push(format!("{at}: no registered key signs this seq"));
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
             Err(e) => {
                 let why = match e {
@@ -254,19 +350,19 @@ pub fn verify(
                 };
                 report.problems.push(format!("{at}: {why}"));
                 skip_damaged(store, chain, source, rec.seq)?;
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
-        }
-        let entry = match Entry::from_payload(&rec.envelope.payload) {
+        };
+        let entry = match signed.entry {
             Ok(e) => e,
             Err(e) => {
                 report.problems.push(format!("{at}: {e}"));
                 skip_damaged(store, chain, source, rec.seq)?;
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
         };
         let held = chain.next_seq() - 1;
-        let hash = rec.envelope.payload_hash();
+        let hash = signed.hash;
         let faults = chain.audit(&entry, hash);
         let misplaced = faults.iter().any(|f| {
             matches!(
@@ -297,6 +393,10 @@ pub fn verify(
                 "{at}: the source index does not point at this leaf"
             )),
         }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if walked.is_break() {
+        return Ok(report);
     }
     // Sources with a chain: at least one leaf read, or re-synchronised after damage.
     report.sources = chains.values().filter(|c| c.next_seq() > 1).count();
@@ -355,7 +455,7 @@ pub fn verify(
     }
     // Views follow from the log; with the log damaged they would only repeat its faults.
     if report.problems.is_empty() {
-        verify_views(store, &mut report)?;
+        views(&mut report)?;
     }
     Ok(report)
 }
