@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressState, ProgressStyle};
 use serde_json::Value;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
 use spacesync_shared::{RegionCode, SourceId, keys};
@@ -359,17 +359,65 @@ pub fn make_clock(now: Option<&str>, speed: Option<f64>) -> Result<Arc<dyn Clock
     })
 }
 
+/// The progress of a pass over `len` log leaves, drawn on stderr only when stderr is a
+/// terminal (never into logs, pipes or CI): leaves done of all, the rate, and the time
+/// left at that rate. It is cleared when the pass ends; the command's last line says
+/// what was found. Advance it with [`advance`].
 fn bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden());
+    }
+    // The mean rate since the first leaf (indicatif's own estimate weighs the seconds
+    // before it, when the registry is read, for a long time).
+    fn rate(state: &ProgressState) -> f64 {
+        state.pos() as f64 / state.elapsed().as_secs_f64().max(1e-3)
+    }
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {human_pos}/{human_len} leaves, {rate}, {left} left",
+        )
+        .map(|s| {
+            s.with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}/s", HumanCount(rate(state).round() as u64));
+                },
+            )
+            .with_key(
+                "left",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let left = state.len().unwrap_or(0).saturating_sub(state.pos()) as f64;
+                    let secs = if state.pos() == 0 {
+                        0.0
+                    } else {
+                        left / rate(state)
+                    };
+                    let _ = write!(
+                        w,
+                        "{:#}",
+                        HumanDuration(std::time::Duration::from_secs_f64(secs))
+                    );
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_message(what.to_string());
-    if !std::io::stderr().is_terminal() {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     pb
+}
+
+/// The callback a pass calls with each leaf's index: moves `pb` to it, starting its clock
+/// at the first leaf.
+fn advance(pb: &ProgressBar) -> impl FnMut(u64) + '_ {
+    let mut started = false;
+    move |index| {
+        if !started {
+            pb.reset_elapsed();
+            started = true;
+        }
+        pb.set_position(index + 1);
+    }
 }
 
 /// Runs a subcommand; its output goes to stdout, notes to stderr.
@@ -421,7 +469,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             let baseline = config::load_campaign(&dir)?.baseline;
             let size = crate::log::Log::load(&store)?.size();
             let pb = bar(size, "rebuild");
-            let n = maintenance::rebuild(&store, baseline, |i| pb.set_position(i + 1))?;
+            let n = maintenance::rebuild(&store, baseline, advance(&pb))?;
             pb.finish_and_clear();
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
@@ -695,9 +743,7 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
     let key = keys::read_secret(&dir.key())?;
     let size = crate::log::Log::load(&store)?.size();
     let pb = bar(size, "verify");
-    let report = maintenance::verify(&store, &key.verifying_key(), &cfg.origin, |i| {
-        pb.set_position(i + 1)
-    })?;
+    let report = maintenance::verify(&store, &key.verifying_key(), &cfg.origin, advance(&pb))?;
     pb.finish_and_clear();
     if report.ok() {
         spacesync_shared::outln!(
