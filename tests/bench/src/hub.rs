@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -13,6 +13,24 @@ use crate::workload::HUB_NOW;
 
 /// When the benchmark registers its sources (`agents add --now`): before the campaign.
 const REGISTERED_AT: &str = "2018-09-01T00:00:00Z";
+
+/// What one `verify` run took.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified {
+    /// Log leaves checked.
+    pub leaves: u64,
+    /// Wall time of the command, process start and store opening included.
+    pub wall_s: f64,
+    /// Its user + system CPU, all threads.
+    pub cpu_s: f64,
+}
+
+impl Verified {
+    /// Leaves a second.
+    pub fn per_s(&self) -> f64 {
+        self.leaves as f64 / self.wall_s.max(1e-9)
+    }
+}
 
 /// A hub's data directory and, while it serves, its process.
 pub struct HubInstance {
@@ -193,6 +211,32 @@ impl HubInstance {
             );
         }
         Ok(took)
+    }
+
+    /// `spacesync-hub verify` over the stopped hub's store: every signature, chain, index
+    /// entry, the tree against the checkpoint, and the views. Fails unless it says `ok`.
+    pub fn verify(&self) -> Result<Verified> {
+        if self.child.is_some() {
+            bail!("stop the hub before `verify` (sled locks the store)");
+        }
+        let cpu = procs::children_cpu_seconds()?;
+        let t = Instant::now();
+        let out = self.cli(&["verify"])?;
+        let wall_s = t.elapsed().as_secs_f64();
+        let cpu_s = procs::children_cpu_seconds()? - cpu;
+        // "ok: N leaves from M sources; …"
+        let leaves = out
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("ok: "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("`verify` did not say how many leaves it checked: {out}"))?;
+        Ok(Verified {
+            leaves,
+            wall_s,
+            cpu_s,
+        })
     }
 
     /// Bytes of the sled store on disk.

@@ -1,6 +1,7 @@
 //! `ingest`: the real hub over loopback HTTP, 32 sources at once, next to the same-run
 //! limits (Ed25519 batch verification on all cores, single verification, SHA-256, a durable
-//! batched sled append) and the PostgreSQL peer.
+//! batched sled append) and the PostgreSQL peer; then `spacesync-hub verify` over the log
+//! the run left, against the same batch-verification limit.
 
 use std::time::Instant;
 
@@ -101,9 +102,24 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         d.throttled
     );
 
+    // `verify` over the store the run left, with the hub stopped.
+    let verified = hub.verify()?;
+    println!(
+        "hub verify: {:.0} leaves/s ({} leaves in {:.2} s, {:.2} cores busy)",
+        verified.per_s(),
+        verified.leaves,
+        verified.wall_s,
+        verified.cpu_s / verified.wall_s
+    );
+
     // Limits, on the same entries, with the hub stopped.
     let parsed = pre.parsed()?;
+    // The limit's own CPU per signature, for `verify_cpu_vs_limit`: on a shared machine
+    // the limit's threads do not have every core either.
+    let (cpu, t) = (procs::cpu_seconds(None)?, Instant::now());
     let verify = limits::verify_batch_all_cores(&parsed, a.min_limit_s)?;
+    let verify_cpu_per_sig =
+        (procs::cpu_seconds(None)? - cpu) / (verify * t.elapsed().as_secs_f64()).max(1.0);
     let raw = limits::verify_all_cores(limits::Verifier::Raw, &parsed, a.min_limit_s)?;
     let single = limits::verify_single(&parsed, 20_000, a.min_limit_s)?;
     let payloads: Vec<&[u8]> = parsed
@@ -178,7 +194,14 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .int("cores", cores as f64)
         .dec("wall_s", d.wall_s)
         .dec("client_cpu_s", d.client_cpu_s)
-        .int("throttled", d.throttled as f64);
+        .int("throttled", d.throttled as f64)
+        .int("verify_per_s", verified.per_s())
+        .dec("verify_ratio", verified.per_s() / verify)
+        .dec(
+            "verify_cpu_vs_limit",
+            verified.cpu_s / verified.leaves.max(1) as f64 / verify_cpu_per_sig,
+        )
+        .dec("verify_s", verified.wall_s);
     Ok(r)
 }
 

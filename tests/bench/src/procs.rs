@@ -136,6 +136,26 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
     Ok((num(11)? + num(12)?) / clock_ticks())
 }
 
+/// User + system CPU seconds of this process's children that have been waited for:
+/// fields 16 and 17 of `/proc/self/stat`. The difference across one `run_cli` is that
+/// command's CPU, when no other child is reaped meanwhile.
+pub fn children_cpu_seconds() -> Result<f64> {
+    let path = "/proc/self/stat";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| -> Result<f64> {
+        f.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("{path}: field {} is not a number", i + 3))
+    };
+    // cutime (16) is index 13, cstime (17) index 14.
+    Ok((num(13)? + num(14)?) / clock_ticks())
+}
+
 /// Resident memory (`VmRSS` of `/proc/<pid>/status`) in MiB.
 pub fn rss_mb(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/status");

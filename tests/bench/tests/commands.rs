@@ -94,6 +94,8 @@ fn ingest_reports_rates_limits_and_the_postgresql_peer() {
             "verify_single_per_s",
             "sha256_limit_per_s",
             "append_limit_per_s",
+            "verify_per_s",
+            "verify_ratio",
         ],
         na,
     );
