@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -35,13 +37,14 @@ pub const FIRST_CHUNK: usize = 256;
 /// signature work on two cores, large enough that starting its threads costs nothing.
 pub const MAX_CHUNK: usize = 4096;
 
-/// The fewest leaves worth a thread of their own.
-const MIN_SHARE: usize = 64;
-
 /// Signatures in one batch equation at most. Larger batches gain little (each
 /// signature's own checks cost more than its share of the equation), and a refused
 /// signature costs single verifications of the batch's items before it.
 const MAX_BATCH: usize = 256;
+
+/// Leaves a thread takes at a time: one batch. Small enough that the threads end a chunk
+/// together.
+pub const PIECE: usize = MAX_BATCH;
 
 /// How signatures are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,53 +310,78 @@ where
     chunk
 }
 
-/// A share of a chunk being checked: on its own thread, or (when no thread could be
-/// started) on the calling thread once the walk has had its turn.
-enum Share<'scope, 'env> {
-    Thread(ScopedJoinHandle<'scope, Vec<Checked>>),
-    Inline(&'env [(u64, LogRecord)]),
+/// A chunk being checked, in pieces that whoever is free takes next: the worker threads,
+/// and the walking thread once it has walked the chunk before and read the one after, so
+/// no core idles while a piece is left.
+struct Pieces<'a> {
+    checker: &'a Checker<'a>,
+    pieces: Vec<&'a [(u64, LogRecord)]>,
+    next: AtomicUsize,
 }
 
-/// Starts checking `leaves` in contiguous shares, one per thread.
-fn start<'scope, 'env>(
-    s: &'scope Scope<'scope, 'env>,
-    checker: &'env Checker<'env>,
-    leaves: &'env [(u64, LogRecord)],
-    threads: usize,
-) -> Vec<Share<'scope, 'env>> {
-    let len = leaves.len().div_ceil(threads).max(MIN_SHARE);
-    leaves
-        .chunks(len)
-        .map(|share| {
-            std::thread::Builder::new()
-                .name("verify-signatures".into())
-                .spawn_scoped(s, move || checker.check_many(share))
-                .map_or(Share::Inline(share), Share::Thread)
-        })
-        .collect()
-}
+/// Verdicts of some pieces, by piece number.
+type Done = Vec<(usize, Vec<Checked>)>;
 
-/// Waits for every share (all are joined, also after a panic); their verdicts in order.
-fn finish(
-    checker: &Checker<'_>,
-    shares: Vec<Share<'_, '_>>,
-) -> Result<Vec<Checked>, WorkerPanicked> {
-    let mut out = Vec::new();
-    let mut panicked = None;
-    for share in shares {
-        match share {
-            Share::Thread(h) => match h.join() {
-                Ok(checked) => out.extend(checked),
+impl<'a> Pieces<'a> {
+    fn new(checker: &'a Checker<'a>, leaves: &'a [(u64, LogRecord)]) -> Pieces<'a> {
+        Pieces {
+            checker,
+            pieces: leaves.chunks(PIECE).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Checks pieces until none is left.
+    fn take(&self) -> Done {
+        let mut done = Vec::new();
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(piece) = self.pieces.get(i) else {
+                return done;
+            };
+            done.push((i, self.checker.check_many(piece)));
+        }
+    }
+
+    /// Starts up to `threads` workers taking pieces (as many as the system lets start;
+    /// with none, the walking thread takes every piece itself).
+    fn start<'scope>(
+        &'a self,
+        s: &'scope Scope<'scope, 'a>,
+        threads: usize,
+    ) -> Vec<ScopedJoinHandle<'scope, Done>> {
+        (0..threads.min(self.pieces.len()))
+            .map_while(|_| {
+                std::thread::Builder::new()
+                    .name("verify-signatures".into())
+                    .spawn_scoped(s, move || self.take())
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Takes what pieces are left, waits for every worker (all are joined, also after a
+    /// panic), and returns the verdicts in order.
+    fn finish(
+        &self,
+        workers: Vec<ScopedJoinHandle<'_, Done>>,
+    ) -> Result<Vec<Checked>, WorkerPanicked> {
+        let mut done: Done = std::panic::catch_unwind(AssertUnwindSafe(|| self.take()))
+            .map_err(|payload| WorkerPanicked::from_payload(payload.as_ref()))?;
+        let mut panicked = None;
+        for h in workers {
+            match h.join() {
+                Ok(d) => done.extend(d),
                 Err(payload) => {
                     panicked.get_or_insert_with(|| WorkerPanicked::from_payload(payload.as_ref()));
                 }
-            },
-            Share::Inline(leaves) => out.extend(checker.check_many(leaves)),
+            }
         }
-    }
-    match panicked {
-        Some(p) => Err(p),
-        None => Ok(out),
+        if let Some(p) = panicked {
+            return Err(p);
+        }
+        done.sort_unstable_by_key(|(i, _)| *i);
+        Ok(done.into_iter().flat_map(|(_, checked)| checked).collect())
     }
 }
 
@@ -414,15 +442,16 @@ where
         // Nothing more can be read after a short chunk or an error.
         let more = current.error.is_none() && current.leaves.len() == size;
         size = (size * 2).min(MAX_CHUNK);
+        let pieces = Pieces::new(checker, &current.leaves);
         let (walked, read, checked) = std::thread::scope(|s| {
-            let shares = start(s, checker, &current.leaves, threads);
+            let workers = pieces.start(s, threads);
             let walked = match ready.take() {
                 Some((chunk, checked)) => visit_chunk(chunk, checked, &mut visit),
                 None => Ok(ControlFlow::Continue(())),
             };
             let read = (more && matches!(walked, Ok(ControlFlow::Continue(()))))
                 .then(|| read_chunk(&mut leaves, size));
-            (walked, read, finish(checker, shares))
+            (walked, read, pieces.finish(workers))
         });
         if walked?.is_break() {
             return Ok(ControlFlow::Break(()));
@@ -492,9 +521,10 @@ mod tests {
     fn a_checking_thread_that_panics_is_an_error_not_a_hang() {
         let hub_key = key(3).verifying_key();
         let checker = Checker::new(HashMap::new(), &hub_key);
+        let pieces = Pieces::new(&checker, &[]);
         let got = std::thread::scope(|s| {
-            let h = s.spawn(|| -> Vec<Checked> { panic!("checker bug") });
-            finish(&checker, vec![Share::Thread(h)])
+            let h = s.spawn(|| -> Done { panic!("checker bug") });
+            pieces.finish(vec![h])
         });
         assert!(
             matches!(&got, Err(WorkerPanicked { message }) if message == "checker bug"),

@@ -1,6 +1,6 @@
 //! `verify` on every core reports exactly what the serial reference reports: the same
 //! problems, worded the same, in the same order, whatever damage a log carries and
-//! wherever it falls against the chunks and shares the parallel path cuts the log into.
+//! wherever it falls against the chunks and pieces the parallel path cuts the log into.
 //!
 //! The serial reference ([`Checking::Serial`]) checks each leaf's signature on its own
 //! with single verification; the parallel path checks chunks in batches on worker
@@ -259,7 +259,7 @@ fn same_reports(name: &str, reports: Vec<(Checking, VerifyReport)>) -> VerifyRep
     serial
 }
 
-/// Bad signatures at the first and last leaf of chunks, between threads' shares, in the
+/// Bad signatures at the first and last leaf of chunks, between the pieces threads take, in the
 /// middle, from every source and on hub entries: each named as single verification names
 /// it, in log order, by every way of checking.
 #[test]
@@ -272,7 +272,7 @@ fn bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports
         first,
         3 * first - 1,
         3 * first,
-        // Share edges inside the second chunk: 511 | 512 (two threads), 383 | 384 (four).
+        // Piece edges inside the second chunk (511 | 512), and the middle of a piece.
         2 * first - 1,
         2 * first,
         first + first / 2 - 1,
