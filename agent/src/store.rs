@@ -655,6 +655,34 @@ impl Store {
         self.batch_receipts.len()
     }
 
+    /// The receipt stored for `seq`, read and not verified (it was verified when stored;
+    /// `verify` checks it again): the entry's own, or its part of the batch receipt.
+    pub fn receipt(&self, seq: u64) -> Result<Option<Receipt>, StoreError> {
+        let Some(v) = self.receipts.get(seq_key(seq))? else {
+            return Ok(None);
+        };
+        let unreadable = |e: String| {
+            StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
+        };
+        let env = match StoredReceipt::decode(&v) {
+            StoredReceipt::Own(v) => v,
+            StoredReceipt::InBatch(id) => self.batch_receipt(id)?.ok_or_else(|| {
+                unreadable(format!("the batch receipt {id} it points at is missing"))
+            })?,
+        };
+        let env = parse_envelope(seq, &env)?;
+        if env.payload_type == spacesync_shared::wire::BATCH_RECEIPT_PAYLOAD_TYPE {
+            let b: BatchReceipt =
+                serde_json::from_slice(&env.payload).map_err(|e| unreadable(e.to_string()))?;
+            return b.receipt(seq).map(Some).ok_or_else(|| {
+                unreadable("the batch receipt it points at does not cover it".into())
+            });
+        }
+        serde_json::from_slice(&env.payload)
+            .map(Some)
+            .map_err(|e| unreadable(e.to_string()))
+    }
+
     /// Whether a receipt for `seq` is held.
     pub fn has_receipt(&self, seq: u64) -> Result<bool, StoreError> {
         Ok(self.receipts.contains_key(seq_key(seq))?)

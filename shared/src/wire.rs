@@ -131,7 +131,8 @@ impl BatchReceipt {
     }
 
     /// Verifies a batch receipt envelope with the hub's public key and reads it; refuses
-    /// one whose seqs are not strictly ascending (so each seq has one answer).
+    /// one whose seqs are not strictly ascending (so each seq has one answer), or whose
+    /// leaf indexes are not (no log holds a source's later seq at a lower leaf).
     pub fn open(env: &Envelope, hub: &VerifyingKey) -> Result<BatchReceipt, ReceiptError> {
         env.verify(BATCH_RECEIPT_PAYLOAD_TYPE, hub)?;
         let b: BatchReceipt = serde_json::from_slice(&env.payload)
@@ -140,6 +141,18 @@ impl BatchReceipt {
             return Err(ReceiptError::Malformed(format!(
                 "seq {} follows seq {}; a batch receipt lists seqs in ascending order",
                 w[1].seq, w[0].seq
+            )));
+        }
+        // A source's entries are logged in seq order into an append-only log: a later seq
+        // is at a higher leaf. A receipt that says otherwise cannot be true of any log.
+        if let Some(w) = b
+            .entries
+            .windows(2)
+            .find(|w| w[0].log_index >= w[1].log_index)
+        {
+            return Err(ReceiptError::Malformed(format!(
+                "seq {} is at leaf {} but seq {} before it at leaf {}; a log holds a source's later seq at a higher leaf",
+                w[1].seq, w[1].log_index, w[0].seq, w[0].log_index
             )));
         }
         Ok(b)

@@ -385,6 +385,14 @@ impl Delivery {
             ));
         };
         let unverified = |e: ReceiptError| {
+            if let ReceiptError::Malformed(why) = &e {
+                return alarm(
+                    "bad_receipt",
+                    format!(
+                        "a receipt from the hub verifies but cannot be true or read ({why}); nothing of this answer counts as delivered — ask the hub operator"
+                    ),
+                );
+            }
             alarm(
                 "bad_receipt",
                 format!(
@@ -394,9 +402,12 @@ impl Delivery {
             )
         };
         let mut rows = Vec::with_capacity(receipts.len());
+        // Each stored receipt's seq and leaf index, checked together before any is stored.
+        let mut leaves = Vec::new();
         for env in receipts {
             let r = Receipt::open(env, &key).map_err(unverified)?;
             if self.matches(batch, &r)? {
+                leaves.push((r.seq, r.log_index));
                 rows.push((r.seq, serde_json::to_vec(env).unwrap_or_default()));
             }
         }
@@ -408,10 +419,12 @@ impl Delivery {
                 .receipts()
             {
                 if self.matches(batch, &r)? {
+                    leaves.push((r.seq, r.log_index));
                     covered.push(r.seq);
                 }
             }
         }
+        self.check_leaves(leaves)?;
         if !rows.is_empty() {
             self.store.record_receipts(&rows)?;
         }
@@ -435,6 +448,49 @@ impl Delivery {
             got += 1;
         }
         Ok(got)
+    }
+
+    /// Refuses, before anything is stored, an answer whose receipts (`(seq, leaf index)`
+    /// of each verified receipt for an entry of the batch, both forms together) cannot all
+    /// be true of one append-only log: the hub logs a source's entries in seq order, so a
+    /// later seq is at a higher leaf — within the answer (one seq at two leaves, two seqs
+    /// at one leaf, a later seq lower) and above the leaf of the receipt already stored
+    /// for the seq before the answer's first.
+    fn check_leaves(&self, mut leaves: Vec<(u64, u64)>) -> Result<(), PushError> {
+        let contradiction = |what: String| {
+            alarm(
+                "bad_receipt",
+                format!(
+                    "the hub's receipts cannot be true: {what}, but a log holds a source's later seq at a higher leaf; nothing of this answer counts as delivered — ask the hub operator"
+                ),
+            )
+        };
+        leaves.sort_unstable();
+        leaves.dedup();
+        let Some(&(first, _)) = leaves.first() else {
+            return Ok(());
+        };
+        let mut last = match first.checked_sub(1).filter(|s| *s > 0) {
+            Some(prev) => self.store.receipt(prev)?.map(|r| (prev, r.log_index)),
+            None => None,
+        };
+        for &(seq, leaf) in &leaves {
+            match last {
+                Some((pseq, pleaf)) if pseq == seq => {
+                    return Err(contradiction(format!(
+                        "seq {seq} at leaf {pleaf} and at leaf {leaf}"
+                    )));
+                }
+                Some((pseq, pleaf)) if pleaf >= leaf => {
+                    return Err(contradiction(format!(
+                        "seq {seq} at leaf {leaf}, seq {pseq} before it at leaf {pleaf}"
+                    )));
+                }
+                _ => {}
+            }
+            last = Some((seq, leaf));
+        }
+        Ok(())
     }
 
     /// Whether a verified receipt is for an entry of `batch` (one outside it is ignored);

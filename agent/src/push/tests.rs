@@ -803,3 +803,5 @@ async fn the_pusher_waits_out_retry_after_then_delivers() {
     assert_eq!(s.last_result.as_deref(), Some("ok"));
     assert_eq!((s.retries, s.alarm), (1, None));
 }
+
+mod attack;

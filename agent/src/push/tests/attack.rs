@@ -1,0 +1,163 @@
+//! Attacks on the agent's receipt handling by a hostile or buggy hub: answers signed with
+//! the real hub key that still cannot be true. A source's entries are logged in seq order
+//! into an append-only log, so a later seq always sits at a higher leaf index: a receipt
+//! answer that puts two entries at one leaf, a later seq below an earlier one, or one seq
+//! at two leaves contradicts itself, and nothing it covers may count as delivered.
+
+use spacesync_shared::wire::{BatchReceipt, IngestResponse, ReceiptItem};
+
+use super::*;
+
+/// 200 with a batch receipt whose items `alter` changed before the hub signed.
+fn signed_batch(
+    alter: impl Fn(&mut ReceiptItem) + Send + 'static,
+) -> impl FnOnce(&Request) -> Result<Answer, Unreached> + Send {
+    batch_receipted(move |req| batch_receipt(req, &hub_key(), |_| true, alter))
+}
+
+/// Nothing of the batch counts as delivered and nothing was stored for it.
+fn nothing_delivered(r: &Rig, seqs: std::ops::RangeInclusive<u64>, acked: u64) {
+    assert_eq!(r.acked(), acked);
+    for seq in seqs {
+        assert!(
+            !r.store.has_receipt(seq).unwrap_or(true),
+            "seq {seq} has a stored receipt"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_receipt_putting_every_entry_at_one_leaf_delivers_nothing() {
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(signed_batch(|i| i.log_index = 7));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt", "{reason}");
+    assert!(reason.contains("leaf"), "{reason}");
+    nothing_delivered(&r, 1..=3, 0);
+    assert_eq!(r.store.batch_receipt_count(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_receipt_whose_leaf_indexes_fall_as_seqs_rise_delivers_nothing() {
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(signed_batch(|i| i.log_index = 100 - i.seq));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt", "{reason}");
+    nothing_delivered(&r, 1..=3, 0);
+}
+
+#[tokio::test]
+async fn per_entry_receipts_putting_two_entries_at_one_leaf_deliver_nothing() {
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(|req| {
+        let receipts = receipts(req, 3, &hub_key())
+            .iter()
+            .filter_map(|env| Receipt::open(env, &hub_key().verifying_key()).ok())
+            .map(|mut rc| {
+                rc.log_index = 40;
+                rc.sign(&hub_key())
+            })
+            .collect();
+        let r = IngestResponse {
+            held_through: 3,
+            receipts,
+            ..Default::default()
+        };
+        Ok(ingest_answer(200, &r))
+    });
+    let (code, _) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt");
+    nothing_delivered(&r, 1..=3, 0);
+}
+
+#[tokio::test]
+async fn one_answer_naming_two_leaves_for_one_seq_delivers_nothing() {
+    // Both forms in one answer, each valid alone, disagreeing about where seq 2 is.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(|req| {
+        let batch = batch_receipt(req, &hub_key(), |_| true, |_| {});
+        let own = receipts(req, 3, &hub_key())
+            .iter()
+            .filter_map(|env| Receipt::open(env, &hub_key().verifying_key()).ok())
+            .filter(|rc| rc.seq == 2)
+            .map(|mut rc| {
+                rc.log_index = 2_000;
+                rc.sign(&hub_key())
+            })
+            .collect();
+        let r = IngestResponse {
+            held_through: 3,
+            receipts: own,
+            batch_receipt: Some(batch),
+            ..Default::default()
+        };
+        Ok(ingest_answer(200, &r))
+    });
+    let (code, _) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt");
+    nothing_delivered(&r, 1..=3, 0);
+}
+
+#[tokio::test]
+async fn a_later_batch_receipted_below_an_earlier_one_delivers_nothing() {
+    // Seqs 1–3 at leaves 1–3 (the rig's hub puts seq n at leaf n); then seqs 4–5 at
+    // leaves 0 and 1: below seq 3's leaf, which the log cannot have done.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(receipted());
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.acked(), 3);
+    r.append(2);
+    r.hub.then(signed_batch(|i| i.log_index = i.seq - 4));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt", "{reason}");
+    nothing_delivered(&r, 4..=5, 3);
+}
+
+#[tokio::test]
+async fn honest_receipts_with_gaps_between_leaves_still_deliver() {
+    // Other sources' entries lie between this source's: indexes rise with gaps; a resent
+    // entry keeps its first leaf. All of this is what an honest hub sends.
+    let mut r = rig(3, true);
+    r.hub.then(r.head(0));
+    r.hub.then(signed_batch(|i| i.log_index = i.seq * 1_000));
+    assert!(r.deliver().await.is_ok());
+    r.append(3);
+    r.hub
+        .then(signed_batch(|i| i.log_index = i.seq * 1_000 + 17));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.acked(), 6);
+    assert_eq!(r.verify(), Vec::<String>::new());
+}
+
+#[test]
+fn batch_receipt_open_refuses_leaf_indexes_that_do_not_rise_with_seqs() {
+    let hub = hub_key();
+    let item = |seq, log_index| ReceiptItem {
+        seq,
+        entry_hash: spacesync_shared::Digest::of(&[seq as u8]),
+        log_index,
+        received_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    let source = identity().source.clone();
+    let open = |entries| {
+        BatchReceipt::open(
+            &BatchReceipt {
+                source: source.clone(),
+                entries,
+            }
+            .sign(&hub),
+            &hub.verifying_key(),
+        )
+    };
+    assert!(open(vec![item(1, 5), item(2, 9), item(3, 10)]).is_ok());
+    assert!(
+        open(vec![item(1, 5), item(2, 5)]).is_err(),
+        "one leaf, two seqs"
+    );
+    assert!(open(vec![item(1, 5), item(2, 4)]).is_err(), "falling");
+}
