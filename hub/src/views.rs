@@ -536,6 +536,14 @@ pub fn prepare_in_batches(
     // Every subject merged from its snapshots for `baseline`, and every source's activity
     // counted, from the items as they now lie; a summary of no subject is removed.
     let mut batch = WriteBatch::new();
+    // Until the last write below puts `v/m` back, it must not name a baseline the stored
+    // summaries were merged for: a start killed between this merge's writes leaves some
+    // merged for the new date, and a next start under the old date would serve them as
+    // its own. Without `v/m` any next start merges them all again (the scan of `v/i/`
+    // above finds no space count left to move).
+    if layout.is_some() {
+        batch.delete(LAYOUT_KEY);
+    }
     let mut written: HashSet<Vec<u8>> = HashSet::new();
     let mut merged = Vec::new();
     walk_subjects(store, u64::MAX, baseline, |subject, summary| {

@@ -1,0 +1,139 @@
+//! Attacks on `views::prepare` at a start: a start killed while it merges the subjects
+//! again for a changed baseline date, then a start under the baseline of before (the
+//! operator put campaign.toml back). Whatever start comes next must serve the figures a
+//! merge from the stored snapshots gives for its baseline, as `rebuild` would.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::Duration;
+use common::*;
+use spacesync_hub::store::{Kv, KvIter, MemStore, Store, StoreError, WriteBatch};
+use spacesync_hub::views::{self, Views};
+use spacesync_shared::{Campaign, Record, SourceId};
+
+/// A store whose writes fail after `left` of them: a start killed part-way.
+struct Killed {
+    inner: Arc<MemStore>,
+    left: AtomicUsize,
+}
+
+impl Store for Killed {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
+        self.inner.scan(prefix)
+    }
+    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
+        self.inner.scan_from(prefix, from)
+    }
+    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
+        self.inner.last(prefix)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(StoreError::Backend {
+                op: "apply",
+                message: "killed".into(),
+            });
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+/// Views over twelve schools, each with a snapshot before the baseline and one five days
+/// after it (so the baseline values differ between the two dates).
+fn views_of_twelve_schools() -> (DirectViews, chrono::NaiveDate) {
+    let baseline = Campaign::builtin_2018().baseline;
+    let mut dv = DirectViews::new(baseline);
+    let a = SourceId::parse("gd-a").expect("id");
+    let day = |d: i64| (baseline + Duration::days(d)).to_string();
+    let mut entries: Vec<(SourceId, u64, Record)> = Vec::new();
+    for school in 0..12u64 {
+        for (d, n) in [(-3, 10 + school), (5, 100 + school)] {
+            let seq = entries.len() as u64 + 1;
+            entries.push((
+                a.clone(),
+                seq,
+                record_of(&teachers(
+                    "440106",
+                    &format!("41440106{:02}", school),
+                    &day(d),
+                    n,
+                )),
+            ));
+        }
+    }
+    dv.apply_batch(0, &entries, t0());
+    (dv, baseline)
+}
+
+/// A copy of every key of `store`.
+fn copy(store: &MemStore) -> Arc<MemStore> {
+    let mut all = WriteBatch::new();
+    for kv in store.scan(b"") {
+        let (k, v) = kv.expect("read");
+        all.put(k, v);
+    }
+    let copy = MemStore::new();
+    copy.apply(all).expect("apply");
+    Arc::new(copy)
+}
+
+/// The views a start over `store` for `baseline` serves, against a merge afresh of the
+/// stored snapshots for that baseline.
+fn served_equals_afresh(what: &str, store: &MemStore, baseline: chrono::NaiveDate) {
+    views::prepare(store, baseline).expect("prepare");
+    let loaded = Views::load(store, baseline).expect("load");
+    let mut campaign = Campaign::builtin_2018();
+    campaign.baseline = baseline;
+    let afresh = loaded.rollup_afresh(store, &campaign).expect("afresh");
+    let served = loaded.rollup(&campaign);
+    assert_eq!(served.nation, afresh.nation, "{what}: nation");
+    assert_eq!(served.schools(), afresh.schools(), "{what}: schools");
+    let (rebuilt, _) =
+        spacesync_hub::maintenance::rebuild_views(store, baseline, |_| {}).expect("rebuild");
+    assert_eq!(
+        loaded.differing_subjects(&rebuilt),
+        Vec::<String>::new(),
+        "{what}: summaries against a rebuild"
+    );
+}
+
+#[test]
+fn a_start_killed_while_merging_for_a_new_baseline_then_one_under_the_old_baseline() {
+    let (dv, old) = views_of_twelve_schools();
+    let new = old + Duration::days(5);
+    for killed_after in 0..6 {
+        let leaked = copy(&dv.store);
+        let killed = Killed {
+            inner: leaked.clone(),
+            left: AtomicUsize::new(killed_after),
+        };
+        // Two summaries a write: six writes for twelve subjects, then the last one.
+        assert!(
+            views::prepare_in_batches(&killed, new, 2).is_err(),
+            "killed after {killed_after} writes"
+        );
+        served_equals_afresh(
+            &format!("killed after {killed_after} writes, started under the old baseline"),
+            &leaked,
+            old,
+        );
+        served_equals_afresh(
+            &format!("killed after {killed_after} writes, then the new baseline"),
+            &leaked,
+            new,
+        );
+    }
+}
