@@ -1,0 +1,328 @@
+//! Attacks on `verify` with damage the parallel-path tests do not make: stored tree nodes
+//! (changed, deleted, cut short, lower levels kept wrong as older stores keep them), the
+//! frontier and the checkpoint, log keys and records (an empty record, a version byte this
+//! hub does not know, a JSON record that does not read, leaves swapped, a leaf past the
+//! frontier, a record's unsigned fields changed) and the stored views (a count, a list, a
+//! summary, the position). For each: no panic, no hang, the serial reference and 1, 2 and
+//! 4 threads give the same report, and the report names the damage.
+
+mod common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use common::*;
+use spacesync_hub::log::{self, LogRecord};
+use spacesync_hub::log_check::Checking;
+use spacesync_hub::maintenance::{self, VerifyReport};
+use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
+
+/// A closed store of about 700 leaves (three chunks of the parallel path): two sources of
+/// space counts over 30 schools and one of activities.
+fn good() -> &'static (tempfile::TempDir, u64) {
+    static GOOD: OnceLock<(tempfile::TempDir, u64)> = OnceLock::new();
+    GOOD.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let th = TestHub::open(dir.path());
+        let mut a = Agent::new("gd-a", 1, "440000");
+        let mut b = Agent::new("gd-b", 2, "440000");
+        let mut c = Agent::new("bj-c", 3, "110000");
+        th.register(&a);
+        th.register(&b);
+        th.register(&c);
+        for round in 0..6u64 {
+            for agent in [&mut a, &mut b, &mut c] {
+                let n = 37 + 11 * round;
+                let records: Vec<_> = (0..n)
+                    .map(|i| {
+                        let seq = agent.next + i;
+                        if agent.id.as_str() == "bj-c" {
+                            activity("110105", "2018-11-05", &format!("活动 {seq}"))
+                        } else {
+                            let day = 1 + (seq % 20);
+                            teachers(
+                                "440106",
+                                &format!("44010600{:02}", seq % 30),
+                                &format!("2018-11-{day:02}"),
+                                seq,
+                            )
+                        }
+                    })
+                    .collect();
+                let out = th.hub.ingest(agent.batch(&records)).expect("ingest");
+                assert_eq!(out.status, 200, "{:?}", out.response);
+            }
+        }
+        let size = th.log_size();
+        assert!(size > 600, "{size}");
+        (dir, size)
+    })
+}
+
+fn size() -> u64 {
+    good().1
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+fn put(s: &dyn Store, k: Vec<u8>, v: Vec<u8>) {
+    let mut b = WriteBatch::new();
+    b.put(k, v);
+    s.apply(b).expect("apply");
+}
+
+fn delete(s: &dyn Store, k: Vec<u8>) {
+    let mut b = WriteBatch::new();
+    b.delete(k);
+    s.apply(b).expect("apply");
+}
+
+fn read(s: &dyn Store, index: u64) -> LogRecord {
+    log::read(s, index).expect("read").expect("leaf")
+}
+
+fn first_key(s: &dyn Store, prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    s.scan(prefix).next().expect("a key").expect("read")
+}
+
+/// `verify` of a damaged copy of the good store by every way of checking; all must agree
+/// line for line; returns the report.
+fn check(name: &str, damage: impl FnOnce(&dyn Store)) -> VerifyReport {
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_dir(good().0.path(), copy.path());
+    let store = SledStore::open(copy.path()).expect("open copy");
+    damage(&store);
+    let key = hub_key().verifying_key();
+    let mut reports = [1usize, 2, 4]
+        .into_iter()
+        .map(|t| Checking::Parallel {
+            threads: t.try_into().expect("threads"),
+        })
+        .map(|how| {
+            let r = maintenance::verify_with(&store, &key, ORIGIN, how, |_| {})
+                .unwrap_or_else(|e| panic!("{name}: {how:?}: {e}"));
+            (how, r)
+        })
+        .collect::<Vec<_>>();
+    let serial = maintenance::verify_with(&store, &key, ORIGIN, Checking::Serial, |_| {})
+        .unwrap_or_else(|e| panic!("{name}: serial: {e}"));
+    for (how, r) in reports.drain(..) {
+        assert_eq!(
+            (r.leaves, r.sources, &r.problems),
+            (serial.leaves, serial.sources, &serial.problems),
+            "{name}: {how:?} differs from the serial reference"
+        );
+    }
+    serial
+}
+
+/// The report is not sound and one of its lines holds every one of `words`.
+fn names(name: &str, r: &VerifyReport, words: &[&str]) {
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| words.iter().all(|w| p.contains(w))),
+        "{name}: no problem names {words:?}: {:#?}",
+        r.problems
+    );
+}
+
+#[test]
+fn the_good_store_verifies() {
+    let r = check("good", |_| {});
+    assert!(r.ok(), "{:#?}", r.problems);
+    assert_eq!(r.leaves, size());
+}
+
+#[test]
+fn damaged_upper_tree_nodes_are_named() {
+    let r = check("level 2 changed", |s| {
+        put(s, keys::node(2, 5), vec![7; 32]);
+    });
+    names("level 2 changed", &r, &["level 2, index 5"]);
+    let r = check("level 4 deleted", |s| delete(s, keys::node(4, 2)));
+    names("level 4 deleted", &r, &["level 4, index 2"]);
+    let r = check("level 3 cut short", |s| {
+        let (k, v) = (keys::node(3, 1), s.get(&keys::node(3, 1)).expect("get"));
+        put(s, k, v.expect("stored")[..31].to_vec());
+    });
+    names("level 3 cut short", &r, &["level 3, index 1"]);
+    let r = check("level 2 lengthened", |s| {
+        let mut v = s.get(&keys::node(2, 9)).expect("get").expect("stored");
+        v.push(0);
+        put(s, keys::node(2, 9), v);
+    });
+    names("level 2 lengthened", &r, &["level 2, index 9"]);
+}
+
+#[test]
+fn lower_level_nodes_kept_as_older_stores_keep_them_are_checked() {
+    // A correct level-0 and level-1 node, as a store written before kept them: sound.
+    let r = check("lower levels right", |s| {
+        let l0 = log::leaf_hash(&read(s, 10).envelope);
+        let l1 = spacesync_shared::merkle::node_hash(
+            &log::leaf_hash(&read(s, 20).envelope),
+            &log::leaf_hash(&read(s, 21).envelope),
+        );
+        put(s, keys::node(0, 10), l0.to_vec());
+        put(s, keys::node(1, 10), l1.to_vec());
+    });
+    assert!(r.ok(), "{:#?}", r.problems);
+    let r = check("level 1 wrong", |s| put(s, keys::node(1, 40), vec![1; 32]));
+    names("level 1 wrong", &r, &["level 1, index 40"]);
+    let r = check("level 0 wrong", |s| put(s, keys::node(0, 333), vec![1; 32]));
+    names("level 0 wrong", &r, &["level 0, index 333"]);
+}
+
+#[test]
+fn a_damaged_frontier_or_checkpoint_is_named() {
+    let r = check("frontier garbled", |s| {
+        put(s, keys::FRONTIER.to_vec(), vec![1, 2, 3]);
+    });
+    assert!(!r.ok(), "frontier garbled: verify found nothing");
+    let r = check("frontier deleted", |s| delete(s, keys::FRONTIER.to_vec()));
+    assert!(!r.ok(), "frontier deleted: verify found nothing");
+    let r = check("checkpoint garbled", |s| {
+        put(s, keys::CHECKPOINT.to_vec(), b"not a note".to_vec());
+    });
+    assert!(!r.ok(), "checkpoint garbled: verify found nothing");
+    let r = check("checkpoint deleted", |s| {
+        delete(s, keys::CHECKPOINT.to_vec())
+    });
+    assert!(!r.ok(), "checkpoint deleted: verify found nothing");
+}
+
+#[test]
+fn records_that_do_not_read_are_named_at_their_leaf() {
+    for (name, at, bytes) in [
+        ("empty", 300u64, Vec::new()),
+        ("version byte only", 301, vec![1]),
+        ("unknown version", 257, {
+            let mut b = read_good(257);
+            b[0] = 2;
+            b
+        }),
+        ("json that does not read", 511, b"{\"seq\":".to_vec()),
+        ("a trailing byte", 600, {
+            let mut b = read_good(600);
+            b.push(0);
+            b
+        }),
+    ] {
+        let r = check(name, |s| put(s, keys::log(at), bytes.clone()));
+        names(name, &r, &[&format!("log leaf {at}")]);
+        assert_eq!(r.leaves, at, "{name}: the walk stops at the damaged leaf");
+    }
+}
+
+fn read_good(at: u64) -> Vec<u8> {
+    let s = SledStore::open(&scratch_copy()).expect("open");
+    s.get(&keys::log(at)).expect("get").expect("stored")
+}
+
+fn scratch_copy() -> std::path::PathBuf {
+    static COPY: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let d = COPY.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir");
+        copy_dir(good().0.path(), d.path());
+        d
+    });
+    d.path().to_path_buf()
+}
+
+#[test]
+fn misplaced_and_extra_leaves_are_named() {
+    let r = check("two leaves swapped", |s| {
+        let (x, y) = (read(s, 400), read(s, 401));
+        put(s, keys::log(400), y.encode().expect("encode"));
+        put(s, keys::log(401), x.encode().expect("encode"));
+    });
+    assert!(!r.ok(), "swapped leaves: verify found nothing");
+    let last = size() - 1;
+    let r = check("a leaf past the frontier", |s| {
+        let rec = read(s, last);
+        put(s, keys::log(last + 1), rec.encode().expect("encode"));
+    });
+    assert!(!r.ok(), "a leaf past the frontier: verify found nothing");
+    let r = check("a log key without an index", |s| {
+        put(s, b"log/x".to_vec(), read_good(5));
+    });
+    assert!(!r.ok(), "a log key without an index: verify found nothing");
+    let r = check("a record's seq changed", |s| {
+        let mut rec = read(s, 450);
+        rec.seq += 1;
+        put(s, keys::log(450), rec.encode().expect("encode"));
+    });
+    names("a record's seq changed", &r, &["log leaf 450"]);
+    let r = check("a record's source changed", |s| {
+        let mut rec = read(s, 451);
+        rec.source = Some(if rec.source.as_ref().map(|x| x.as_str()) == Some("gd-a") {
+            spacesync_shared::SourceId::parse("gd-b").expect("id")
+        } else {
+            spacesync_shared::SourceId::parse("gd-a").expect("id")
+        });
+        put(s, keys::log(451), rec.encode().expect("encode"));
+    });
+    names("a record's source changed", &r, &["log leaf 451"]);
+}
+
+#[test]
+fn a_records_receive_time_changed_is_named() {
+    // The receive time is outside the signed bytes and the leaf hash; the source index and
+    // the stored views hold it too.
+    let r = check("received_at changed", |s| {
+        let mut rec = read(s, 320);
+        rec.received_at += chrono::Duration::days(40);
+        put(s, keys::log(320), rec.encode().expect("encode"));
+    });
+    assert!(!r.ok(), "a changed receive time: verify found nothing");
+}
+
+#[test]
+fn damaged_stored_views_are_named() {
+    let r = check("count garbled", |s| {
+        let (k, v) = first_key(s, b"v/c/");
+        put(s, k, v[..v.len() / 2].to_vec());
+    });
+    assert!(!r.ok(), "count garbled: verify found nothing");
+    let r = check("count deleted", |s| delete(s, first_key(s, b"v/c/").0));
+    assert!(!r.ok(), "count deleted: verify found nothing");
+    let r = check("list garbled", |s| {
+        let (k, _) = first_key(s, b"v/l/");
+        put(s, k, vec![0xff; 5]);
+    });
+    assert!(!r.ok(), "list garbled: verify found nothing");
+    let r = check("list pointing nowhere", |s| {
+        let (k, v) = first_key(s, b"v/l/");
+        let mut v = v;
+        v.extend_from_slice(&(size() + 1000).to_be_bytes());
+        put(s, k, v);
+    });
+    assert!(!r.ok(), "list pointing nowhere: verify found nothing");
+    let r = check("list deleted", |s| delete(s, first_key(s, b"v/l/").0));
+    assert!(!r.ok(), "list deleted: verify found nothing");
+    let r = check("summary garbled", |s| {
+        let (k, _) = first_key(s, b"v/s/");
+        put(s, k, vec![1, 2, 3]);
+    });
+    assert!(!r.ok(), "summary garbled: verify found nothing");
+    let r = check("summary deleted", |s| delete(s, first_key(s, b"v/s/").0));
+    assert!(!r.ok(), "summary deleted: verify found nothing");
+    let r = check("position garbled", |s| put(s, b"v/n".to_vec(), vec![9]));
+    assert!(!r.ok(), "position garbled: verify found nothing");
+    let r = check("layout garbled", |s| put(s, b"v/m".to_vec(), b"{".to_vec()));
+    assert!(!r.ok(), "layout garbled: verify found nothing");
+    let r = check("activity deleted", |s| delete(s, first_key(s, b"v/a/").0));
+    assert!(!r.ok(), "activity deleted: verify found nothing");
+}
