@@ -226,19 +226,18 @@ fn records_that_do_not_read_are_named_at_their_leaf() {
     }
 }
 
+/// The stored bytes of leaf `at` of the good store (read once, from a copy of its own).
 fn read_good(at: u64) -> Vec<u8> {
-    let s = SledStore::open(&scratch_copy()).expect("open");
-    s.get(&keys::log(at)).expect("get").expect("stored")
-}
-
-fn scratch_copy() -> std::path::PathBuf {
-    static COPY: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let d = COPY.get_or_init(|| {
+    static RECORDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    RECORDS.get_or_init(|| {
         let d = tempfile::tempdir().expect("tempdir");
         copy_dir(good().0.path(), d.path());
-        d
-    });
-    d.path().to_path_buf()
+        let s = SledStore::open(d.path()).expect("open");
+        (0..size())
+            .map(|i| s.get(&keys::log(i)).expect("get").expect("stored"))
+            .collect()
+    })[at as usize]
+        .clone()
 }
 
 #[test]
@@ -325,4 +324,79 @@ fn damaged_stored_views_are_named() {
     assert!(!r.ok(), "layout garbled: verify found nothing");
     let r = check("activity deleted", |s| delete(s, first_key(s, b"v/a/").0));
     assert!(!r.ok(), "activity deleted: verify found nothing");
+}
+
+/// Proofs and roots from a store that keeps only the upper levels, at random sizes and
+/// indexes across the whole log (lower nodes computed from records), equal those of a tree
+/// keeping every node, and verify; the same with a few lower nodes kept as older stores
+/// keep them.
+#[test]
+fn proofs_where_lower_levels_are_computed_equal_a_full_tree() {
+    use spacesync_shared::merkle::{self, MemoryTree, NodeSource};
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_dir(good().0.path(), copy.path());
+    let store = SledStore::open(copy.path()).expect("open");
+    let mut full = MemoryTree::new();
+    for r in log::iter(&store) {
+        let (_, rec) = r.expect("leaf");
+        full.push(rec.leaf_hash()).expect("push");
+    }
+    let n = full.size();
+    assert_eq!(n, size());
+    let mut rng = Rng::new(12);
+    let check = |store: &dyn Store, rng: &mut Rng| {
+        for _ in 0..400 {
+            let size = rng.range(1, n + 1);
+            let index = rng.below(size);
+            let root = log::root_at(store, size).expect("root");
+            assert_eq!(
+                root,
+                merkle::root_at(&full, size).expect("full root"),
+                "root at {size}"
+            );
+            let proof = log::inclusion_proof(store, index, size).expect("inclusion");
+            assert_eq!(
+                proof,
+                merkle::inclusion_proof(&full, index, size).expect("full inclusion"),
+                "inclusion of {index} in {size}"
+            );
+            let leaf = full.node(0, index).expect("leaf");
+            merkle::verify_inclusion(&leaf, index, size, &proof, &root)
+                .unwrap_or_else(|e| panic!("inclusion of {index} in {size}: {e}"));
+            let old = rng.below(size + 1);
+            let proof = log::consistency_proof(store, old, size).expect("consistency");
+            assert_eq!(
+                proof,
+                merkle::consistency_proof(&full, old, size).expect("full consistency"),
+                "consistency {old} -> {size}"
+            );
+            let old_root = log::root_at(store, old).expect("old root");
+            merkle::verify_consistency(old, size, &old_root, &root, &proof)
+                .unwrap_or_else(|e| panic!("consistency {old} -> {size}: {e}"));
+        }
+    };
+    check(&store, &mut rng);
+    // A few lower nodes kept (right), as a store written before keeps them.
+    for i in (0..n).step_by(7) {
+        put(
+            &store,
+            keys::node(0, i),
+            full.node(0, i).expect("leaf").to_vec(),
+        );
+    }
+    for i in (0..n / 2).step_by(5) {
+        put(
+            &store,
+            keys::node(1, i),
+            full.node(1, i).expect("node").to_vec(),
+        );
+    }
+    check(&store, &mut rng);
+    // Out-of-range asks are refused, not answered or panicked on.
+    assert!(log::inclusion_proof(&store, n, n).is_err());
+    assert!(log::consistency_proof(&store, n, n - 1).is_err());
+    assert!(
+        log::inclusion_proof(&store, 0, n + 5).is_err(),
+        "a size past the log"
+    );
 }
