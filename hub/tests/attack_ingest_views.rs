@@ -183,10 +183,11 @@ fn run(ops: &[Op]) {
                 for r in &records {
                     entries.push(probe.sign_next(r));
                 }
-                if *forge && entries.len() > resent {
-                    if let Some(last) = entries.last_mut() {
-                        last.signatures[0].sig[7] ^= 0x10;
-                    }
+                if *forge
+                    && entries.len() > resent
+                    && let Some(last) = entries.last_mut()
+                {
+                    last.signatures[0].sig[7] ^= 0x10;
                 }
                 if entries.is_empty() {
                     continue;
