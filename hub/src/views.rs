@@ -297,7 +297,7 @@ fn encode_item(item: &Item) -> Vec<u8> {
 
 fn decode_item(key: &[u8], bytes: &[u8]) -> Result<Item, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
-        key: format!("v/i/{:?}", keys::tail_u64(key)),
+        key: keys::tail_u64(key).map_or_else(|| printable(key), |i| format!("v/i/{i}")),
         message,
     };
     let stored: StoredItem = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;

@@ -137,3 +137,53 @@ fn a_start_killed_while_merging_for_a_new_baseline_then_one_under_the_old_baseli
         );
     }
 }
+
+/// Whatever damage a start refuses in the stored views (`v/m` garbled or of an unknown
+/// layout, `v/n` not 8 bytes, a summary that does not decode, a space count among the
+/// ledger items), `rebuild` — what the refusal tells the operator to run — makes a store
+/// a start opens and serves as the snapshots say.
+#[test]
+fn rebuild_repairs_what_a_start_refuses() {
+    let (dv, baseline) = views_of_twelve_schools();
+    type Damage = (&'static str, fn(&MemStore));
+    let damages: [Damage; 5] = [
+        ("v/m garbled", |s| put(s, b"v/m".to_vec(), b"{".to_vec())),
+        ("v/m of another layout", |s| {
+            put(
+                s,
+                b"v/m".to_vec(),
+                br#"{"layout":99,"baseline":"2018-09-20"}"#.to_vec(),
+            )
+        }),
+        ("v/n cut", |s| put(s, b"v/n".to_vec(), vec![1, 2])),
+        ("a summary garbled", |s| {
+            let (k, _) = s.scan(b"v/s/").next().expect("summary").expect("read");
+            put(s, k, vec![0xee; 5]);
+        }),
+        ("a space count among the items", |s| {
+            let (k, v) = s.scan(b"v/c/").next().expect("count").expect("read");
+            let mut item = b"v/i/".to_vec();
+            item.extend_from_slice(&k[4..]);
+            put(s, item, v);
+        }),
+    ];
+    for (what, damage) in damages {
+        let store = copy(&dv.store);
+        damage(&store);
+        let refused = views::prepare(store.as_ref(), baseline)
+            .and_then(|_| Views::load(store.as_ref(), baseline));
+        let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!said.is_empty(), "{what}: a start refuses nothing");
+        // The refusal names the key as people read it (it said `v/i/Some(0)`).
+        assert!(!said.contains("Some("), "{what}: {said}");
+        spacesync_hub::maintenance::rebuild(store.as_ref(), baseline, |_| {})
+            .unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
+        served_equals_afresh(&format!("{what}, rebuilt"), &store, baseline);
+    }
+}
+
+fn put(s: &MemStore, k: Vec<u8>, v: Vec<u8>) {
+    let mut b = WriteBatch::new();
+    b.put(k, v);
+    s.apply(b).expect("apply");
+}
