@@ -19,6 +19,7 @@ use spacesync_hub::maintenance;
 use spacesync_hub::store::SledStore;
 use spacesync_hub::views::{Extension, HubEntry};
 use spacesync_shared::Campaign;
+use spacesync_shared::clock::Clock;
 use spacesync_shared::wire::{BatchReceipt, IngestBatch, ReceiptForm};
 
 #[derive(Debug, Clone)]
@@ -124,9 +125,12 @@ fn run(ops: &[Op]) {
     }
     // Each source's held envelopes, by seq (from 1), and the leaf each was first held at.
     let mut held: [Vec<spacesync_shared::Envelope>; 2] = [Vec::new(), Vec::new()];
-    let mut leaf: [BTreeMap<u64, u64>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    type First = BTreeMap<u64, (u64, chrono::DateTime<chrono::Utc>)>;
+    let mut leaf: [First; 2] = [BTreeMap::new(), BTreeMap::new()];
     let baseline = Campaign::builtin_2018().baseline;
     for (n, op) in ops.iter().enumerate() {
+        // Time moves on, so a resent entry answered with a new time would show.
+        th.clock.set(th.clock.now() + chrono::Duration::seconds(61));
         match op {
             Op::Restart => {
                 drop(th);
@@ -240,12 +244,21 @@ fn run(ops: &[Op]) {
                     assert_eq!(rec.source.as_ref(), Some(&a.id), "op {n}");
                     assert_eq!(rec.seq, item.seq, "op {n}");
                     assert_eq!(rec.envelope.payload_hash(), item.entry_hash, "op {n}");
-                    let first = *leaf[*src].entry(item.seq).or_insert(item.log_index);
-                    assert_eq!(first, item.log_index, "op {n}: seq {} moved", item.seq);
+                    let first = *leaf[*src]
+                        .entry(item.seq)
+                        .or_insert((item.log_index, item.received_at));
+                    assert_eq!(
+                        first,
+                        (item.log_index, item.received_at),
+                        "op {n}: seq {} moved or was received again",
+                        item.seq
+                    );
                 }
             }
         }
     }
+    // The answers say when they were made: the same instant for each.
+    th.clock.set(t0());
     let live = rt.block_on(answers(&th));
     drop(th);
     let th = reopen(dir.path());
