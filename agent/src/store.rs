@@ -359,7 +359,8 @@ impl Store {
             durable: Arc::default(),
             db,
         };
-        // What sled recovered at open was read from disk.
+        // What sled recovered at open is on disk: `remove_unfinished_snapshots` synced
+        // its log file first (a killed writer's unsynced tail included).
         let (head, _) = store.head()?;
         store.durable.store(head, Ordering::Release);
         Ok(store)

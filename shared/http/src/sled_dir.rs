@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 /// Removes the `snap.*.generating` files an interrupted sled open left in `dir`, and
 /// returns their paths (empty when there were none, when `dir` holds no store yet, or
 /// when another process holds the store's lock, in which case sled's open reports it).
+/// Before that it syncs the store's log file (`db`), so that what the open recovers from
+/// it — written by a process that was killed before its flush — is on disk.
 pub fn remove_unfinished_snapshots(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let lock = match File::options().read(true).write(true).open(dir.join("db")) {
         Ok(f) => f,
@@ -36,6 +38,12 @@ pub fn remove_unfinished_snapshots(dir: &Path) -> io::Result<Vec<PathBuf>> {
         Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     }
+    // What a killed process had written but not yet synced is still in the page cache,
+    // and sled is about to recover it as the store's content: the agent then takes it
+    // as durable (its pusher may send it) and the hub answers resent entries from it
+    // without writing (so without a flush). Synced here, a power cut after this start
+    // can no longer take back what it recovers.
+    lock.sync_all()?;
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
