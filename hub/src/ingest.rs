@@ -462,6 +462,16 @@ impl Hub {
             receipts.extend(new_receipts);
             info!(source = %source, appended, held_through = new_heads.seq, log_size = st.log.size(), "Appended entries.");
         }
+        if appended == 0 && !receipts.is_empty() {
+            // Only entries held before: their write may be one whose flush failed (its
+            // batch is applied, and the state reloaded after the failure holds it). A
+            // receipt waits for a flush that covers them; when everything is already
+            // on disk, sled's flush has nothing to write.
+            if let Err(e) = self.store.flush() {
+                error!(source = %source, error = %e, "Flushing before receipting resent entries failed; nothing was acknowledged.");
+                return Err(e.into());
+            }
+        }
         for r in &refused {
             // The reason quotes what the batch said (field names, ids): Debug-escaped, so a
             // newline in it cannot start a forged log line. Anyone can send refusals, so
