@@ -161,3 +161,67 @@ fn batch_receipt_open_refuses_leaf_indexes_that_do_not_rise_with_seqs() {
     );
     assert!(open(vec![item(1, 5), item(2, 4)]).is_err(), "falling");
 }
+
+#[tokio::test]
+async fn a_batch_receipt_shifted_by_one_seq_is_a_fork_and_delivers_nothing() {
+    // Seqs 2–4 carrying the hashes of entries 1–3: every part is hub-signed, none true.
+    let mut r = rig(4, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        let env = batch_receipt(req, &hub_key(), |s| s <= 3, |_| {});
+        let mut b: BatchReceipt = serde_json::from_slice(&env.payload).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        for i in &mut b.entries {
+            i.seq += 1;
+            i.log_index += 1;
+        }
+        b.sign(&hub_key())
+    }));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "fork", "{reason}");
+    nothing_delivered(&r, 1..=4, 0);
+    assert_eq!(r.store.batch_receipt_count(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_receipt_for_another_source_is_an_alarm_and_delivers_nothing() {
+    let mut r = rig(2, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        let env = batch_receipt(req, &hub_key(), |_| true, |_| {});
+        let mut b: BatchReceipt = serde_json::from_slice(&env.payload).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        b.source = spacesync_shared::SourceId::parse("gd-other").unwrap_or_else(|e| panic!("{e}"));
+        b.sign(&hub_key())
+    }));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "bad_receipt");
+    assert!(reason.contains("gd-other"), "{reason}");
+    nothing_delivered(&r, 1..=2, 0);
+}
+
+#[tokio::test]
+async fn a_batch_receipt_covering_only_seqs_outside_the_batch_delivers_nothing() {
+    // The hub receipts seqs the agent has not sent (and holds only through seq 2 here):
+    // they are ignored, and the batch counts as not receipted.
+    let mut r = rig(2, true);
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        let env = batch_receipt(req, &hub_key(), |_| true, |_| {});
+        let mut b: BatchReceipt = serde_json::from_slice(&env.payload).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        for i in &mut b.entries {
+            i.seq += 10;
+            i.log_index += 10;
+        }
+        b.sign(&hub_key())
+    }));
+    let (error, _, doubt) = transient(r.deliver().await);
+    assert!(error.contains("receipts only through seq 0"), "{error}");
+    assert!(doubt);
+    nothing_delivered(&r, 1..=2, 0);
+    assert_eq!(r.store.batch_receipt_count(), 0);
+}
