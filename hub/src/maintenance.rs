@@ -301,6 +301,19 @@ fn verify_log(
             }
             Ok(_) => {}
         }
+        // The signature rule finds the one signature by the expected key among any; the
+        // others are bytes no one signed, which ingest refuses (exactly one signature)
+        // and which the leaf hash does not cover: only this check sees them added.
+        let count = rec.envelope.signatures.len();
+        if count > 1 {
+            let who = match &rec.source {
+                Some(s) => format!("{s} seq {}", rec.seq),
+                None => format!("hub entry {}", rec.seq),
+            };
+            report.problems.push(format!(
+                "log leaf {index} ({who}): the envelope carries {count} signatures where an entry carries exactly one; the stored record was changed"
+            ));
+        }
         let Some(source) = &rec.source else {
             if let Verdict::Hub(Err(e)) = checked.verdict {
                 report

@@ -534,3 +534,55 @@ proptest::proptest! {
         proptest::prop_assert_eq!(r.ok(), !damaged, "{:?}: {:#?}", ds, r.problems);
     }
 }
+
+/// Records that decode but whose envelope no verifier expects reach the checking threads:
+/// a signature of the wrong length (short, long, empty), no signature, two, another key
+/// id, another payload type, an empty payload. Named at their leaf by every way of
+/// checking, and the walk goes on past them.
+#[test]
+fn envelopes_no_verifier_expects_are_named_at_their_leaf() {
+    type Change = fn(&mut LogRecord);
+    let changes: [(&str, Change); 8] = [
+        ("a 3-byte signature", |r| {
+            r.envelope.signatures[0].sig.truncate(3)
+        }),
+        ("a 200-byte signature", |r| {
+            r.envelope.signatures[0].sig.resize(200, 7)
+        }),
+        ("an empty signature", |r| {
+            r.envelope.signatures[0].sig.clear()
+        }),
+        ("no signature", |r| r.envelope.signatures.clear()),
+        ("two signatures", |r| {
+            let s = r.envelope.signatures[0].clone();
+            r.envelope.signatures.push(s);
+        }),
+        ("another key id", |r| {
+            r.envelope.signatures[0].keyid = "00".repeat(32);
+        }),
+        ("another payload type", |r| {
+            r.envelope.payload_type = "application/octet-stream".into();
+        }),
+        ("an empty payload", |r| r.envelope.payload.clear()),
+    ];
+    let mut missed = Vec::new();
+    for (i, (name, change)) in changes.into_iter().enumerate() {
+        // Source entries at chunk edges and inside; and one hub entry (the first leaf).
+        for at in [255u64, 256, 300 + i as u64, 0] {
+            let r = check(name, |s| {
+                let mut rec = read(s, at);
+                change(&mut rec);
+                put(s, keys::log(at), rec.encode().expect("encode"));
+            });
+            if !r
+                .problems
+                .iter()
+                .any(|p| p.contains(&format!("log leaf {at}")))
+            {
+                missed.push(format!("{name} at {at}: {:?}", r.problems));
+            }
+            assert_eq!(r.leaves, size(), "{name} at {at}: the walk goes on");
+        }
+    }
+    assert_eq!(missed, Vec::<String>::new(), "damage verify did not name");
+}
