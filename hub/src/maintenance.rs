@@ -401,7 +401,15 @@ fn verify_log(
             }
         }
         match store.get(&keys::src(source, entry.seq))? {
-            Some(b) if b.len() == 48 && b[0..8] == index.to_be_bytes() && b[8..40] == hash.0 => {}
+            Some(b) if b.len() == 48 && b[0..8] == index.to_be_bytes() && b[8..40] == hash.0 => {
+                // The receive time a receipt re-issued for a resent entry says.
+                let ms = rec.received_at.timestamp_millis().to_be_bytes();
+                if b[40..48] != ms {
+                    report.problems.push(format!(
+                        "{at}: the source index gives another receive time than the leaf; a receipt re-issued for this entry would contradict the first"
+                    ));
+                }
+            }
             _ => report.problems.push(format!(
                 "{at}: the source index does not point at this leaf"
             )),

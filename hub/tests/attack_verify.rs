@@ -586,3 +586,21 @@ fn envelopes_no_verifier_expects_are_named_at_their_leaf() {
     }
     assert_eq!(missed, Vec::<String>::new(), "damage verify did not name");
 }
+
+/// The source index holds, beside the leaf and the hash, the time the entry was received:
+/// what a receipt re-issued for a resent entry says. Changed, the hub would answer a resend
+/// with a receipt that contradicts the first one and the log.
+#[test]
+fn a_source_index_entry_with_another_receive_time_is_named() {
+    let at = 333u64;
+    let r = check("index time changed", |s| {
+        let rec = read(s, at);
+        let key = keys::src(rec.source.as_ref().expect("a source entry"), rec.seq);
+        let mut v = s.get(&key).expect("get").expect("indexed");
+        assert_eq!(v.len(), 48);
+        let ms = i64::from_be_bytes(v[40..48].try_into().expect("8 bytes")) + 86_400_000;
+        v[40..48].copy_from_slice(&ms.to_be_bytes());
+        put(s, key, v);
+    });
+    names("index time changed", &r, &[&format!("log leaf {at}")]);
+}
