@@ -961,6 +961,13 @@ impl Store {
         Ok(())
     }
 
+    /// Writes raw bytes as the stored receipt of `seq`: damage for tests of delivery.
+    #[cfg(test)]
+    pub(crate) fn debug_put_raw_receipt(&self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.receipts.insert(seq_key(seq), value)?;
+        Ok(())
+    }
+
     /// Stores raw bytes for an idempotency key, as an older agent did: for tests of the
     /// rewrite of old keys.
     #[cfg(test)]

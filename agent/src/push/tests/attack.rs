@@ -225,3 +225,25 @@ async fn a_batch_receipt_covering_only_seqs_outside_the_batch_delivers_nothing()
     nothing_delivered(&r, 1..=2, 0);
     assert_eq!(r.store.batch_receipt_count(), 0);
 }
+
+#[tokio::test]
+async fn a_damaged_stored_receipt_before_the_batch_does_not_stop_delivery() {
+    // The receipt of seq 2 points at a batch receipt that is not there: `verify` names
+    // it; the pusher still delivers seqs 3–4.
+    let mut r = rig(2, true);
+    r.hub.then(r.head(0));
+    r.hub.then(receipted());
+    assert!(r.deliver().await.is_ok());
+    r.store
+        .debug_put_raw_receipt(2, &[1, 0, 0, 0, 0, 0, 0, 0, 99])
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.append(2);
+    r.hub.then(signed_batch(|i| i.log_index += 10));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.acked(), 4);
+    assert!(
+        r.verify().iter().any(|p| p.contains("seq 2")),
+        "{:?}",
+        r.verify()
+    );
+}
