@@ -134,6 +134,10 @@ pub struct State {
     pub alarms: imbl::Vector<Alarm>,
     /// Bumped on every change; readers cache derived figures by it.
     pub version: u64,
+    /// A write failed and reading the store back failed too: this state may hold what the
+    /// write left in memory (a tree that counts leaves never written). It is not published,
+    /// and writers read the store again before they go on ([`Hub::writer`]).
+    pub(crate) stale: bool,
 }
 
 /// What readers see: an owned, immutable view of the hub's state as of its last durable
@@ -204,7 +208,7 @@ impl DerefMut for StateGuard<'_> {
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
         // Still under the writer lock, so snapshots are published in the order of changes.
-        if self.changed {
+        if self.changed && !self.state.stale {
             self.hub.publish(&self.state);
         }
     }
@@ -304,6 +308,7 @@ fn load_state(
         checkpoint,
         alarms,
         version: 0,
+        stale: false,
     })
 }
 
@@ -361,8 +366,30 @@ impl Hub {
     pub(crate) fn reload(&self, st: &mut State) {
         match load_state(self.store.as_ref(), &self.origin, &self.key, &self.campaign) {
             Ok(fresh) => *st = fresh,
-            Err(e) => error!(error = %e, "Reloading hub state after a storage failure failed."),
+            Err(e) => {
+                error!(error = %e, "Reloading hub state after a storage failure failed; nothing more is written until it reads.");
+                st.stale = true;
+            }
         }
+    }
+
+    /// The writer lock, for a change: a state left stale by a failed reload is read from
+    /// the store again first, and while that fails nothing is written (the error says so).
+    pub(crate) fn writer(&self) -> Result<StateGuard<'_>, StoreError> {
+        let mut st = self.state();
+        if st.stale {
+            match load_state(self.store.as_ref(), &self.origin, &self.key, &self.campaign) {
+                Ok(fresh) => *st = fresh,
+                Err(LoadError::Store(e)) => return Err(e),
+                Err(LoadError::Log(e)) => {
+                    return Err(StoreError::Backend {
+                        op: "reload",
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(st)
     }
 
     /// What the hub holds of `source`.

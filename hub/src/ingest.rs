@@ -328,7 +328,7 @@ impl Hub {
         let now = self.clock.now().trunc_subsecs(3);
         let earliest = earliest_recorded_at(&self.campaign);
 
-        let mut st = self.state();
+        let mut st = self.writer()?;
         let head = st.heads.get(&source).copied().unwrap_or_default();
         let mut chain = ChainVerifier::with_keys(
             source.clone(),
@@ -506,7 +506,7 @@ impl Hub {
         make: impl FnOnce(u64, DateTime<Utc>) -> HubEntry,
     ) -> Result<(u64, HubEntry), IngestError> {
         let now = self.clock.now();
-        let mut st = self.state();
+        let mut st = self.writer()?;
         let seq = self.last_hub_seq()? + 1;
         let entry = make(seq, now);
         let mut wb = WriteBatch::new();
@@ -647,7 +647,7 @@ impl Hub {
     ) -> Result<Option<SourceRecord>, RegistryError> {
         // Millisecond precision, as the log's other times.
         let now = self.clock.now().trunc_subsecs(3);
-        let mut st = self.state();
+        let mut st = self.writer()?;
         let mut seq = self.last_hub_seq()?;
         let baseline = if registry::logged(self.store.as_ref())? || st.registry.is_empty() {
             None

@@ -23,10 +23,27 @@ struct Flaky {
     inner: MemStore,
     dirty: AtomicBool,
     fail_next_flush: AtomicBool,
+    /// The next apply fails (nothing applied), and reads fail from then on.
+    fail_next_apply: AtomicBool,
+    /// Every read fails while set.
+    fail_reads: AtomicBool,
+}
+
+impl Flaky {
+    fn read_fault(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend {
+                op: "get",
+                message: "input/output error".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Store for Flaky {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_fault()?;
         self.inner.get(key)
     }
     fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
@@ -39,6 +56,14 @@ impl Store for Flaky {
         self.inner.last(prefix)
     }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.fail_next_apply.swap(false, Ordering::SeqCst) {
+            // The disk answers no read either, for a moment.
+            self.fail_reads.store(true, Ordering::SeqCst);
+            return Err(StoreError::Backend {
+                op: "apply",
+                message: "no space left on device".into(),
+            });
+        }
         self.dirty.store(true, Ordering::SeqCst);
         self.inner.apply(batch)
     }
@@ -102,4 +127,61 @@ fn batch_len_of(r: &spacesync_shared::wire::IngestResponse) -> usize {
             spacesync_shared::wire::BatchReceipt::open(env, &hub_key().verifying_key()).ok()
         })
         .map_or(0, |b| b.entries.len())
+}
+
+/// A write that fails, then a reload of the state that fails too (the disk answers no read
+/// for a moment): the hub must not go on from the state the failed write left in memory
+/// (its tree already counts the failed batch's leaves), or the next batch lands past leaves
+/// that were never written — a log with holes, receipts for leaves no proof can reach.
+#[test]
+fn a_failed_write_then_a_failed_reload_leaves_no_hole_in_the_log() {
+    let store = Arc::new(Flaky::default());
+    let hub = Hub::open(
+        store.clone(),
+        hub_key(),
+        ORIGIN.to_string(),
+        Campaign::builtin_2018(),
+        Arc::new(FixedClock::new(t0())),
+        Limits::default(),
+    )
+    .expect("open hub");
+    let mut a = Agent::new("gd-a", 1, "440000");
+    hub.add_source(a.id.clone(), a.scope, &a.key_line())
+        .expect("register");
+    let first = a.batch(&[teachers("440106", "4144010601", "2018-11-05", 10)]);
+    assert_eq!(hub.ingest(first).expect("first").status, 200);
+    let second = a.batch(&[
+        teachers("440106", "4144010602", "2018-11-05", 20),
+        teachers("440106", "4144010603", "2018-11-05", 30),
+    ]);
+    store.fail_next_apply.store(true, Ordering::SeqCst);
+    assert!(hub.ingest(second.clone()).is_err());
+    assert!(store.fail_reads.load(Ordering::SeqCst), "the write failed");
+    store.fail_reads.store(false, Ordering::SeqCst);
+    // The disk is back; the agent sends the batch again: the hub reads its state back and
+    // takes it, and the log has no hole and verifies clean.
+    let again = hub
+        .ingest(second)
+        .expect("the disk is back: the batch is taken");
+    assert_eq!(again.status, 200, "{:?}", again.response);
+    assert_eq!(again.response.held_through, 3);
+    let size = spacesync_hub::log::Log::load(store.as_ref())
+        .expect("frontier")
+        .size();
+    for i in 0..size {
+        assert!(
+            spacesync_hub::log::read(store.as_ref(), i)
+                .expect("read")
+                .is_some(),
+            "log leaf {i} of {size} was never written"
+        );
+    }
+    let report = spacesync_hub::maintenance::verify(
+        store.as_ref(),
+        &hub_key().verifying_key(),
+        ORIGIN,
+        |_| {},
+    )
+    .expect("verify");
+    assert!(report.ok(), "{:#?}", report.problems);
 }
