@@ -92,6 +92,10 @@ pub trait Transport: Send {
     fn send(&mut self, req: &Request) -> impl Future<Output = Result<Answer, Unreached>> + Send;
 }
 
+/// Most bytes of one hub answer the agent reads: per-entry receipts for 100,000 entries
+/// (about 45 MiB) fit; a hub's answers are far smaller.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// The hub over HTTP.
 pub struct HubClient {
     http: reqwest::Client,
@@ -206,14 +210,36 @@ impl Transport for HubClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
         );
-        let body = resp.bytes().await.map_err(|e| Unreached {
+        // Read in pieces up to a bound: a hub (or whatever answers at its address) that
+        // sends without end must not take the agent's memory.
+        let too_large = || Unreached {
+            error: format!(
+                "the hub's answer is larger than {} MiB, far more than any answer of a hub; it was not read",
+                MAX_ANSWER_BYTES >> 20
+            ),
+            doubt: true,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(piece) = resp.chunk().await.map_err(|e| Unreached {
             error: format!("the hub's answer was cut off: {}", err_chain(&e)),
             doubt: true,
-        })?;
+        })? {
+            if body.len() + piece.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&piece);
+        }
         Ok(Answer {
             status,
             retry_after,
-            body: body.to_vec(),
+            body,
         })
     }
 }

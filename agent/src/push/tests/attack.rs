@@ -247,3 +247,69 @@ async fn a_damaged_stored_receipt_before_the_batch_does_not_stop_delivery() {
         r.verify()
     );
 }
+
+/// A hub (or whatever answers at its address) that sends an answer without end: the agent
+/// stops reading at its bound and treats the exchange as failed, with doubt.
+#[tokio::test]
+async fn an_answer_without_end_is_not_read_into_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::transport::{HubClient, MAX_ANSWER_BYTES};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let server = tokio::spawn(async move {
+        for length in [None, Some(u64::MAX / 2)] {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let head = match length {
+                // Chunked: no length announced, the body just does not end.
+                None => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string(),
+                Some(n) => format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n"),
+            };
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                continue;
+            }
+            let piece = vec![b'a'; 1 << 16];
+            let chunk = [
+                format!("{:x}\r\n", piece.len()).into_bytes(),
+                piece.clone(),
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            let mut sent = 0usize;
+            while sent < 2 * MAX_ANSWER_BYTES {
+                let out = if length.is_none() { &chunk } else { &piece };
+                if sock.write_all(out).await.is_err() {
+                    break;
+                }
+                sent += piece.len();
+            }
+        }
+    });
+    let ident = identity();
+    let cfg = Arc::new(Config::new(
+        ident.source.clone(),
+        ident.scope,
+        format!("http://127.0.0.1:{port}"),
+    ));
+    let mut client = HubClient::new(cfg, ident, clock()).unwrap_or_else(|e| panic!("{e}"));
+    for what in ["chunked", "announced"] {
+        match client.send(&Request::HubKey).await {
+            Err(Unreached { error, doubt }) => {
+                assert!(error.contains("larger than"), "{what}: {error}");
+                assert!(doubt, "{what}");
+            }
+            Ok(a) => panic!("{what}: read an answer of {} bytes", a.body.len()),
+        }
+    }
+    server.abort();
+}
