@@ -23,8 +23,8 @@ struct Fixture {
 
 /// Guangdong and Beijing each report a school whose count went down (a flag in each
 /// province), and Beijing's source equivocated once (an alarm).
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn fixture(backend: Backend) -> Fixture {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let mut gd = Agent::new("gd-a", 1, "440000");
     let mut bj = Agent::new("bj-a", 2, "110000");
@@ -118,9 +118,8 @@ async fn check(fx: &Fixture, who: Who, path: &str, want: Want) {
     }
 }
 
-#[tokio::test]
-async fn read_endpoints_honour_roles() {
-    let fx = fixture().await;
+async fn read_endpoints_honour_roles(backend: Backend) {
+    let fx = fixture(backend).await;
     use Who::*;
     let reads = ["/v1/progress", "/v1/regions/440106", "/v1/sources"];
     for path in reads {
@@ -244,9 +243,8 @@ fn signed(
     wire::sign_request(&a.key, &a.id, "GET", path, at, [nonce; 16], b"")
 }
 
-#[tokio::test]
-async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source() {
-    let fx = fixture().await;
+async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source(backend: Backend) {
+    let fx = fixture(backend).await;
     let good = signed(&fx.gd, PATH_AGENT_HEAD, t0(), 1);
     let r = head(&fx, &good, PATH_AGENT_HEAD).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -302,9 +300,8 @@ async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source() {
 /// The refusals of the access extractors, exactly as the handlers gave them before: the
 /// status, the reason, the refusal code (only for a malformed code), and the order of the checks (the token before the
 /// region code, the code before the role).
-#[tokio::test]
-async fn refusals_keep_their_status_reason_and_order() {
-    let fx = fixture().await;
+async fn refusals_keep_their_status_reason_and_order(backend: Backend) {
+    let fx = fixture(backend).await;
     use Who::*;
     const NO_TOKEN: &str = "send Authorization: Bearer <token> (create one with `spacesync-hub token create --role …`)";
     let cases: &[(Who, &str, u16, &str)] = &[
@@ -353,3 +350,5 @@ async fn refusals_keep_their_status_reason_and_order() {
     let r = request(&fx, Admin, "/metrics").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+backends!(async read_endpoints_honour_roles, signed_pulls_are_refused_unless_fresh_and_signed_by_the_source, refusals_keep_their_status_reason_and_order);

@@ -42,8 +42,8 @@ struct Fixture {
     stranger: Agent,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn fixture(backend: Backend) -> Fixture {
+    let dir = store_dir(backend);
     let th = TestHub::open_at(dir.path(), hub_now());
 
     let mut a = Agent::new("gd-a", 1, "440000");
@@ -235,9 +235,8 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-#[tokio::test]
-async fn hostile_ingest_requests_are_refused_and_change_nothing() {
-    let fx = fixture().await;
+async fn hostile_ingest_requests_are_refused_and_change_nothing(backend: Backend) {
+    let fx = fixture(backend).await;
     let a = &fx.a;
     let rec = activity("440100", "2018-11-12", "展示");
     let good = |a: &Agent| a.entry(&rec).sign(&a.key);
@@ -581,9 +580,8 @@ async fn hostile_ingest_requests_are_refused_and_change_nothing() {
 
 /// The good path next to the refusals: the next entry is accepted, the receipt verifies
 /// with the hub key and names the entry, and a gzip-encoded batch is read the same way.
-#[tokio::test]
-async fn after_the_refusals_the_next_entries_are_accepted() {
-    let mut fx = fixture().await;
+async fn after_the_refusals_the_next_entries_are_accepted(backend: Backend) {
+    let mut fx = fixture(backend).await;
     let before = fx.th.log_size();
     let batch =
         fx.a.batch(&[activity("440100", "2018-11-12", "展示"), withdrawal(3)]);
@@ -610,3 +608,5 @@ async fn after_the_refusals_the_next_entries_are_accepted() {
     }
     assert_eq!(fx.th.log_size(), before + 2);
 }
+
+backends!(async hostile_ingest_requests_are_refused_and_change_nothing, after_the_refusals_the_next_entries_are_accepted);

@@ -37,9 +37,9 @@ struct Grown {
     leaves: Vec<Hash>,
 }
 
-async fn grow(seed: u64) -> Grown {
+async fn grow(backend: Backend, seed: u64) -> Grown {
     let mut rng = Rng::new(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let mut agents = vec![
         Agent::new("gd-a", 1, "440000"),
@@ -95,10 +95,9 @@ fn root(g: &Grown, size: u64) -> Hash {
     cp.root
 }
 
-#[tokio::test]
-async fn served_proofs_verify_against_signed_checkpoints() {
+async fn served_proofs_verify_against_signed_checkpoints(backend: Backend) {
     for seed in [7, 8, 9] {
-        let g = grow(seed).await;
+        let g = grow(backend, seed).await;
         let mut rng = Rng::new(seed * 31);
         let sizes: Vec<u64> = g.notes.iter().map(|(s, _)| *s).collect();
         for _ in 0..60 {
@@ -185,9 +184,8 @@ fn flip(mut h: Hash) -> Hash {
     h
 }
 
-#[tokio::test]
-async fn corrupted_proofs_and_checkpoints_are_refused() {
-    let g = grow(11).await;
+async fn corrupted_proofs_and_checkpoints_are_refused(backend: Backend) {
+    let g = grow(backend, 11).await;
     let sizes: Vec<u64> = g.notes.iter().map(|(s, _)| *s).collect();
     // Interior leaves of non-power-of-two trees, where every kind of corruption matters.
     let pick = |at_least: u64| {
@@ -513,3 +511,5 @@ async fn corrupted_proofs_and_checkpoints_are_refused() {
         assert!(err.contains(reason), "{path}: {err:?} lacks {reason:?}");
     }
 }
+
+backends!(async served_proofs_verify_against_signed_checkpoints, corrupted_proofs_and_checkpoints_are_refused);

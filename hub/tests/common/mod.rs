@@ -1,5 +1,6 @@
 //! Shared helpers for the hub's integration tests: an in-process hub over a temporary
-//! sled store with a fixed clock, agents that sign hash-chained entries, record builders,
+//! store (sled, or a fresh PostgreSQL database: [`Backend`], [`store_dir`],
+//! [`backends!`]) with a fixed clock, agents that sign hash-chained entries, record builders,
 //! and one-shot HTTP requests against `http::app`.
 //!
 //! Each test file uses a different subset, hence the `dead_code` allowance.
@@ -21,7 +22,8 @@ use spacesync_hub::auth::{self, Role};
 use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
-use spacesync_hub::store::SledStore;
+use spacesync_hub::store::pg::PgStore;
+use spacesync_hub::store::{SledStore, Store};
 use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::{IngestBatch, IngestResponse, PATH_INGEST};
@@ -43,6 +45,76 @@ pub fn hub_key() -> SigningKey {
     SigningKey::from_bytes(&[0x42; 32])
 }
 
+/// Which store a test hub runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// sled in the test's directory.
+    Sled,
+    /// A fresh database on the test process's private PostgreSQL (spacesync-pgtest).
+    Postgres,
+}
+
+/// The file in a test directory that names its PostgreSQL database.
+const STORE_URL_FILE: &str = "store-url";
+
+/// A temporary directory for a test hub on `backend`: for PostgreSQL a fresh database is
+/// created and named in the directory, so [`open_store`] and [`TestHub::open_at`] on that
+/// directory open the same database again (a restart), as sled reopens its directory.
+pub fn store_dir(backend: Backend) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if backend == Backend::Postgres {
+        std::fs::write(
+            dir.path().join(STORE_URL_FILE),
+            spacesync_pgtest::database(),
+        )
+        .expect("write store-url");
+    }
+    dir
+}
+
+/// The store of a test directory from [`store_dir`] (sled for a plain directory).
+pub fn open_store(dir: &Path) -> Arc<dyn Store> {
+    match std::fs::read_to_string(dir.join(STORE_URL_FILE)) {
+        Ok(url) => Arc::new(PgStore::open(&url).expect("open the test database")),
+        Err(_) => Arc::new(SledStore::open(dir).expect("open sled")),
+    }
+}
+
+/// Runs each named test function (taking a [`Backend`]) once per backend, as
+/// `NAME::sled` and `NAME::postgres`: `backends!(async a, b)` for `async fn`s (each on a
+/// `#[tokio::test]` runtime), `backends!(sync c)` for plain ones.
+#[macro_export]
+macro_rules! backends {
+    (async $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sled() {
+                    super::$name(super::common::Backend::Sled).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(super::common::Backend::Postgres).await
+                }
+            }
+        )+
+    };
+    (sync $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sled() {
+                    super::$name(super::common::Backend::Sled)
+                }
+                #[test]
+                fn postgres() {
+                    super::$name(super::common::Backend::Postgres)
+                }
+            }
+        )+
+    };
+}
+
 /// A hub over a store in `dir`, with its router and an admin token.
 pub struct TestHub {
     /// Where the store lives (owned by the caller so the hub can be reopened).
@@ -60,9 +132,10 @@ pub struct TestHub {
 }
 
 impl TestHub {
-    /// Opens (or creates) a hub over `dir` with the clock at `now`.
+    /// Opens (or creates) a hub over `dir` (from [`store_dir`], or any directory for sled)
+    /// with the clock at `now`.
     pub fn open_at(dir: &Path, now: DateTime<Utc>) -> TestHub {
-        let store = Arc::new(SledStore::open(dir).expect("open sled"));
+        let store = open_store(dir);
         let clock = Arc::new(FixedClock::new(now));
         let hub = Hub::open(
             store,
