@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha512};
 use spacesync_hub::log::{self, LogRecord};
 use spacesync_hub::log_check::{Checking, FIRST_CHUNK};
 use spacesync_hub::maintenance::{self, VerifyReport};
-use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
+use spacesync_hub::store::{Store, WriteBatch, keys};
 use spacesync_shared::dsse::pae;
 
 const SEED_A: u8 = 1;
@@ -40,18 +40,23 @@ struct Layout {
 /// A closed store whose log spans three chunks of the parallel path (256, 512 and 1,024
 /// leaves): by index, two registry entries, then sources gd-a, gd-b and (registered at
 /// about 300) bj-c in batches of 37 to 200, gd-a's key rotated at about 500.
-fn good_store() -> &'static Path {
-    good().0.path()
+fn good_store(backend: Backend) -> &'static Path {
+    good(backend).0.path()
 }
 
-fn layout() -> &'static Layout {
-    &good().1
+fn layout(backend: Backend) -> &'static Layout {
+    &good(backend).1
 }
 
-fn good() -> &'static (tempfile::TempDir, Layout) {
-    static GOOD: OnceLock<(tempfile::TempDir, Layout)> = OnceLock::new();
-    GOOD.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
+fn good(backend: Backend) -> &'static (tempfile::TempDir, Layout) {
+    static SLED: OnceLock<(tempfile::TempDir, Layout)> = OnceLock::new();
+    static PG: OnceLock<(tempfile::TempDir, Layout)> = OnceLock::new();
+    let cell = match backend {
+        Backend::Sled => &SLED,
+        Backend::Postgres => &PG,
+    };
+    cell.get_or_init(|| {
+        let dir = store_dir(backend);
         let th = TestHub::open(dir.path());
         let mut a = Agent::new("gd-a", SEED_A, "440000");
         let mut b = Agent::new("gd-b", 2, "440000");
@@ -113,19 +118,6 @@ fn good() -> &'static (tempfile::TempDir, Layout) {
         }
         (dir, layout)
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
 }
 
 fn read(s: &dyn Store, index: u64) -> LogRecord {
@@ -223,16 +215,16 @@ fn signer_seed(s: &dyn Store, rec: &LogRecord) -> Option<u8> {
 }
 
 /// `verify` of a damaged copy of the good store, with each way of checking.
-fn reports(damage: impl FnOnce(&dyn Store)) -> Vec<(Checking, VerifyReport)> {
-    let copy = tempfile::tempdir().expect("tempdir");
-    copy_dir(good_store(), copy.path());
-    let store = SledStore::open(copy.path()).expect("open copy");
-    damage(&store);
+fn reports(backend: Backend, damage: impl FnOnce(&dyn Store)) -> Vec<(Checking, VerifyReport)> {
+    let copy = copy_of(good_store(backend));
+    let store = open_store(copy.path());
+    let store = store.as_ref();
+    damage(store);
     let key = hub_key().verifying_key();
     [Checking::Serial, parallel(1), parallel(2), parallel(4)]
         .into_iter()
         .map(|how| {
-            let report = maintenance::verify_with(&store, &key, ORIGIN, how, |_| {})
+            let report = maintenance::verify_with(store, &key, ORIGIN, how, |_| {})
                 .unwrap_or_else(|e| panic!("{how:?}: {e}"));
             (how, report)
         })
@@ -262,10 +254,11 @@ fn same_reports(name: &str, reports: Vec<(Checking, VerifyReport)>) -> VerifyRep
 /// Bad signatures at the first and last leaf of chunks, between the pieces threads take, in the
 /// middle, from every source and on hub entries: each named as single verification names
 /// it, in log order, by every way of checking.
-#[test]
-fn bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports_them() {
+fn bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports_them(
+    backend: Backend,
+) {
     let first = FIRST_CHUNK as u64;
-    let layout = layout();
+    let layout = layout(backend);
     let mut bad: Vec<u64> = vec![
         // Chunk edges: 255 | 256 and 767 | 768.
         first - 1,
@@ -290,7 +283,7 @@ fn bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports
     bad.extend(&layout.hub[1..]);
     bad.sort_unstable();
     bad.dedup();
-    let reports = reports(|s| {
+    let reports = reports(backend, |s| {
         for &i in &bad {
             set_sig(s, i, |rec| {
                 let mut b = sig_bytes(rec);
@@ -336,12 +329,11 @@ fn bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports
 /// Signatures the bare batch equation may accept but the rule refuses — torsion in R
 /// (each of the seven small-order points, many nonces) and S + L — inside runs of honest
 /// signatures by the same key: refused at their leaf by every way of checking.
-#[test]
-fn torsion_and_non_canonical_signatures_are_refused_inside_honest_runs() {
+fn torsion_and_non_canonical_signatures_are_refused_inside_honest_runs(backend: Backend) {
     for round in 0..4u64 {
         let at: Vec<u64> = (0..8).map(|k| 10 + round * 3 + k * 97).collect();
         let placed = at.clone();
-        let reports = reports(|s| {
+        let reports = reports(backend, |s| {
             for (k, &i) in placed.iter().enumerate() {
                 set_sig(s, i, |rec| match k {
                     7 => s_plus_l(rec),
@@ -455,8 +447,8 @@ proptest! {
     fn random_damage_gives_the_serial_report_on_any_number_of_threads(
         damage in proptest::collection::vec((0u64..1000, damage_strategy()), 1..12)
     ) {
-        let size = layout().size;
-        let reports = reports(|s| {
+        let size = layout(Backend::Sled).size;
+        let reports = reports(Backend::Sled, |s| {
             for (at, d) in &damage {
                 apply(s, at % size, size, d);
             }
@@ -466,9 +458,10 @@ proptest! {
 }
 
 /// The untouched log verifies on every way of checking.
-#[test]
-fn the_good_log_verifies_on_any_number_of_threads() {
-    let report = same_reports("good", reports(|_| {}));
+fn the_good_log_verifies_on_any_number_of_threads(backend: Backend) {
+    let report = same_reports("good", reports(backend, |_| {}));
     assert!(report.ok(), "{:#?}", report.problems);
     assert_eq!(report.sources, 3);
 }
+
+backends!(sync bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports_them, torsion_and_non_canonical_signatures_are_refused_inside_honest_runs, the_good_log_verifies_on_any_number_of_threads);

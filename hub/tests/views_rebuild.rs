@@ -10,7 +10,7 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use common::*;
 use serde_json::{Value, json};
-use spacesync_hub::store::{Reader, SledStore, Store, WriteBatch, keys};
+use spacesync_hub::store::{Reader, Store, WriteBatch, keys};
 use spacesync_hub::views::{Figures, Flag, Meta, Views};
 use spacesync_hub::{log, maintenance};
 use spacesync_shared::campaign::QuotaViolation;
@@ -301,11 +301,11 @@ fn model_school_spaces(
 
 /// Ingests `total` random entries from 32 sources in batches of 1‥150 (one source per
 /// batch), then compares live, rebuilt and reloaded views.
-fn run(seed: u64, total: usize) {
+fn run(backend: Backend, seed: u64, total: usize) {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let campaign = Campaign::builtin_2018();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
 
     // 31 provincial units with one source each, and a second source for Guangdong, so
@@ -403,15 +403,13 @@ fn run(seed: u64, total: usize) {
     );
 }
 
-#[test]
-fn incremental_views_equal_rebuilt_views_10000_entries() {
-    run(0x5eed_2018, 10_000);
+fn incremental_views_equal_rebuilt_views_10000_entries(backend: Backend) {
+    run(backend, 0x5eed_2018, 10_000);
 }
 
-#[test]
-fn incremental_views_equal_rebuilt_views_other_seeds() {
+fn incremental_views_equal_rebuilt_views_other_seeds(backend: Backend) {
     for seed in [1, 2] {
-        run(seed, 3_000);
+        run(backend, seed, 3_000);
     }
 }
 
@@ -454,8 +452,8 @@ struct Want {
 
 /// Sends `entries` (source 0 = gd-a, 1 = gd-b, both scoped to Guangdong) and checks the
 /// county 440106's figures and the flags, in the live views, the rebuilt views and the API.
-async fn check(name: &str, entries: &[(usize, Value)], want: Want) {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn check(backend: Backend, name: &str, entries: &[(usize, Value)], want: Want) {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let mut agents = [
         Agent::new("gd-a", 1, "440000"),
@@ -499,9 +497,9 @@ async fn check(name: &str, entries: &[(usize, Value)], want: Want) {
     }
 }
 
-#[tokio::test]
-async fn merge_rules_hold_on_hand_computed_cases() {
+async fn merge_rules_hold_on_hand_computed_cases(backend: Backend) {
     check(
+        backend,
         "latest as_of wins, whatever the arrival order",
         &[
             (0, teachers(COUNTY, S1, "2018-11-01", 100)),
@@ -517,6 +515,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "equal as_of: the later entry (a correction) wins, even when lower",
         &[
             (0, teachers(COUNTY, S1, "2018-11-05", 125)),
@@ -531,6 +530,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "a lower count later is kept and flagged",
         &[
             (0, teachers(COUNTY, S1, "2018-11-01", 100)),
@@ -545,6 +545,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "own total within 1 % of its schools: own total, no flag",
         &[
             (0, teachers(COUNTY, "", "2018-11-05", 1000)),
@@ -560,6 +561,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "own total more than 1 % off its schools: own total, discrepancy flagged",
         &[
             (0, teachers(COUNTY, "", "2018-11-05", 1000)),
@@ -580,6 +582,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "a withdrawal removes a snapshot's contribution",
         &[
             (0, teachers(COUNTY, S1, "2018-11-05", 100)),
@@ -595,6 +598,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "withdrawing the lower, later snapshot restores the earlier and drops the flag",
         &[
             (0, teachers(COUNTY, S1, "2018-11-01", 100)),
@@ -610,6 +614,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "new spaces = now − the latest snapshot on or before the baseline date",
         &[
             (0, teachers(COUNTY, S1, "2018-09-30", 40)),
@@ -625,6 +630,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "two sources, same school and date: the later in the log wins, conflict flagged",
         &[
             (0, teachers(COUNTY, S1, "2018-11-05", 100)),
@@ -647,6 +653,7 @@ async fn merge_rules_hold_on_hand_computed_cases() {
     )
     .await;
     check(
+        backend,
         "a kind no snapshot gives stays unknown, not zero",
         &[
             (0, teachers(COUNTY, S1, "2018-11-05", 10)),
@@ -667,24 +674,10 @@ async fn merge_rules_hold_on_hand_computed_cases() {
 
 // ---- maintenance::verify on a damaged copy -------------------------------------------------
 
-/// Copies a (closed) sled directory.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
-}
-
 /// A closed store whose log is, by index:
 /// 0‥3 gd-a 1‥4 · 4‥6 gd-b 1‥3 · 7‥9 gd-a 5‥7 · 10‥11 gd-c 1‥2 · 12‥13 gd-b 4‥5.
-async fn good_store() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn good_store(backend: Backend) -> tempfile::TempDir {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let mut a = Agent::new("gd-a", 1, "440000");
     let mut b = Agent::new("gd-b", 2, "440000");
@@ -727,11 +720,11 @@ fn delete(store: &dyn Store, key: Vec<u8>) {
 /// Damages a copy of `good` with `damage` and checks that `verify` reports exactly the
 /// problems `want` (one substring per problem, in order).
 fn check_verify(good: &std::path::Path, name: &str, damage: impl Fn(&dyn Store), want: &[&str]) {
-    let copy = tempfile::tempdir().expect("tempdir");
-    copy_dir(good, copy.path());
-    let store = SledStore::open(copy.path()).expect("open copy");
-    damage(&store);
-    let report = maintenance::verify(&store, &hub_key().verifying_key(), ORIGIN, |_| {})
+    let copy = copy_of(good);
+    let store = open_store(copy.path());
+    let store = store.as_ref();
+    damage(store);
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
         .expect("verify runs");
     assert_eq!(
         report.problems.len(),
@@ -744,13 +737,13 @@ fn check_verify(good: &std::path::Path, name: &str, damage: impl Fn(&dyn Store),
     }
 }
 
-#[tokio::test]
-async fn verify_names_the_damaged_leaf_source_and_seq() {
-    let dir = good_store().await;
+async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
+    let dir = good_store(backend).await;
     let good = dir.path();
     {
-        let store = SledStore::open(good).expect("open");
-        let report = maintenance::verify(&store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        let store = open_store(good);
+        let store = store.as_ref();
+        let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
             .expect("verify runs");
         assert!(report.ok(), "{:#?}", report.problems);
         assert_eq!((report.leaves, report.sources), (14, 3));
@@ -919,3 +912,7 @@ async fn verify_names_the_damaged_leaf_source_and_seq() {
         &["no signed checkpoint is stored"],
     );
 }
+
+backends!(async merge_rules_hold_on_hand_computed_cases, verify_names_the_damaged_leaf_source_and_seq);
+
+backends!(sync incremental_views_equal_rebuilt_views_10000_entries, incremental_views_equal_rebuilt_views_other_seeds);

@@ -80,6 +80,41 @@ pub fn open_store(dir: &Path) -> Arc<dyn Store> {
     }
 }
 
+/// A copy of the closed store in `dir` (from [`store_dir`]) in a new directory of the same
+/// backend: sled's files copied, or every pair read into a fresh database.
+pub fn copy_of(dir: &Path) -> tempfile::TempDir {
+    let pg = dir.join(STORE_URL_FILE).exists();
+    let copy = store_dir(if pg { Backend::Postgres } else { Backend::Sled });
+    if pg {
+        let (from, to) = (open_store(dir), open_store(copy.path()));
+        let mut batch = spacesync_hub::store::WriteBatch::new();
+        for r in from.scan(b"") {
+            let (k, v) = r.expect("scan");
+            batch.put(k, v);
+            if batch.len() >= 5_000 {
+                to.apply(std::mem::take(&mut batch)).expect("apply");
+            }
+        }
+        to.apply(batch).expect("apply");
+    } else {
+        copy_dir(dir, copy.path());
+    }
+    copy
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
 /// Runs each named test function (taking a [`Backend`]) once per backend, as
 /// `NAME::sled` and `NAME::postgres`: `backends!(async a, b)` for `async fn`s (each on a
 /// `#[tokio::test]` runtime), `backends!(sync c)` for plain ones.
