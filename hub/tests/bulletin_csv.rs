@@ -6,7 +6,7 @@
 mod common;
 
 use axum::http::{StatusCode, header};
-use common::TestHub;
+use common::{Backend, TestHub};
 use spacesync_hub::auth::Role;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -22,9 +22,8 @@ fn rows(body: &[u8]) -> Vec<csv::StringRecord> {
     r.records().map(|x| x.expect("a CSV record")).collect()
 }
 
-#[tokio::test]
-async fn the_http_csv_opens_with_a_bom_and_reads_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn the_http_csv_opens_with_a_bom_and_reads_back(backend: Backend) {
+    let dir = common::store_dir(backend);
     let t = TestHub::open(dir.path());
     let doc =
         spacesync_hub::bulletin::issue(&t.hub, None, &t.notices.log()).expect("issue a bulletin");
@@ -86,3 +85,5 @@ fn bulletin_show_csv_opens_with_a_bom() {
         assert_eq!(rows.len(), 1 + 32, "{lang}");
     }
 }
+
+backends!(async the_http_csv_opens_with_a_bom_and_reads_back);

@@ -6,7 +6,7 @@ mod common;
 
 use axum::http::StatusCode;
 use chrono::Duration;
-use common::TestHub;
+use common::{Backend, TestHub, store_dir};
 use serde_json::{Value, json};
 use spacesync_hub::auth::Role;
 use spacesync_hub::bulletin;
@@ -21,9 +21,8 @@ fn listed(doc: &Value) -> Value {
     })
 }
 
-#[tokio::test]
-async fn the_list_names_each_bulletin_as_its_document_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn the_list_names_each_bulletin_as_its_document_does(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open(dir.path());
     let campaign = t.hub.campaign.clone();
     // One on demand, one for the first schedule slot.
@@ -51,3 +50,5 @@ async fn the_list_names_each_bulletin_as_its_document_does() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json(), json!({ "bulletins": want }));
 }
+
+backends!(async the_list_names_each_bulletin_as_its_document_does);

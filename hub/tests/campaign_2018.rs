@@ -2,6 +2,9 @@
 //! platform), hand-computed expectations for the bulletins of 2018-11-16 and 2018-12-01,
 //! bulletin verification, and a search for personal data in every output.
 
+mod common;
+
+use common::Backend;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +15,6 @@ use spacesync_hub::assessment::Bulletin;
 use spacesync_hub::bulletin;
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::render::{self, Lang};
-use spacesync_hub::store::SledStore;
 use spacesync_hub::views::{Extension, HubEntry};
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::keys::public_key_line;
@@ -135,8 +137,7 @@ fn same_as_golden(n: u64, doc: &Value) {
     }
 }
 
-#[test]
-fn scripted_2018_campaign_bulletins() {
+fn scripted_2018_campaign_bulletins(backend: Backend) {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -145,8 +146,8 @@ fn scripted_2018_campaign_bulletins() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let dir = common::store_dir(backend);
+    let store = common::open_store(dir.path());
     let campaign = Campaign::builtin_2018();
     let clock = Arc::new(FixedClock::new(at("2018-10-01T08:00:00+08:00")));
     let hub_key = SigningKey::from_bytes(&[200; 32]);
@@ -513,3 +514,5 @@ fn resign(body: Value, key: &SigningKey) -> Value {
     );
     Value::Object(m)
 }
+
+backends!(sync scripted_2018_campaign_bulletins);

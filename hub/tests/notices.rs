@@ -15,7 +15,7 @@ use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
-use common::{Agent, TestHub, milestone};
+use common::{Agent, Backend, TestHub, milestone, store_dir};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde_json::Value;
 use spacesync_hub::notices::Webhook;
@@ -53,9 +53,8 @@ fn plan_rules(t: &TestHub) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-#[tokio::test]
-async fn reminders_overdue_and_escalation_each_exactly_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn reminders_overdue_and_escalation_each_exactly_once(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-10-01T09:00:00+08:00"));
     let mut gd = Agent::new("gd-rrt", 1, "440000");
     let bj = Agent::new("bj-rrt", 2, "110000");
@@ -316,9 +315,8 @@ async fn start_receiver(
     (rx, addr, server)
 }
 
-#[tokio::test]
-async fn webhooks_get_each_notice_once_signed_despite_failures() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn webhooks_get_each_notice_once_signed_despite_failures(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
@@ -408,9 +406,8 @@ fn check_facts(channel: &str, list: &[Value]) {
     );
 }
 
-#[tokio::test]
-async fn notices_carry_their_facts_for_programs_on_every_channel() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn notices_carry_their_facts_for_programs_on_every_channel(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-10-01T09:00:00+08:00"));
     let mut bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
@@ -477,9 +474,8 @@ async fn notices_carry_their_facts_for_programs_on_every_channel() {
     check_facts("webhook body", &bodies);
 }
 
-#[tokio::test]
-async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn plan_problems_carry_their_milestone_in_notices_and_bulletins(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-10-01T09:00:00+08:00"));
     let mut bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
@@ -560,9 +556,8 @@ async fn plan_problems_carry_their_milestone_in_notices_and_bulletins() {
     .expect("the bulletin verifies");
 }
 
-#[tokio::test]
-async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp(backend: Backend) {
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
@@ -617,8 +612,7 @@ async fn a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp() {
     );
 }
 
-#[tokio::test]
-async fn webhook_urls_are_shown_to_admins_only() {
+async fn webhook_urls_are_shown_to_admins_only(backend: Backend) {
     use spacesync_hub::auth::Role;
     use std::io::Write;
 
@@ -643,7 +637,7 @@ async fn webhook_urls_are_shown_to_admins_only() {
             .finish(),
     );
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = store_dir(backend);
     let t = TestHub::open_at(dir.path(), at("2018-11-16T09:00:00+08:00"));
     let bj = Agent::new("bj-rrt", 2, "110000");
     t.register(&bj);
@@ -787,3 +781,5 @@ async fn webhook_urls_are_shown_to_admins_only() {
             .contains(SECRET)
     );
 }
+
+backends!(async reminders_overdue_and_escalation_each_exactly_once, webhooks_get_each_notice_once_signed_despite_failures, notices_carry_their_facts_for_programs_on_every_channel, plan_problems_carry_their_milestone_in_notices_and_bulletins, a_replayed_webhook_delivery_is_refused_by_its_signed_timestamp, webhook_urls_are_shown_to_admins_only);
