@@ -60,6 +60,12 @@ pub enum Cmd {
         /// Campaign file (default: the bundled 2018 campaign).
         #[arg(long)]
         campaign: Option<PathBuf>,
+        /// Keep the hub's state in this PostgreSQL database
+        /// (postgres://USER@HOST:PORT/DB[?sslmode=disable|prefer|require]; the password from
+        /// PGPASSWORD, or in the URL) instead of the embedded store under DIR/db. Recorded
+        /// in hub.toml; the database must hold no hub yet.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Serve the HTTP API.
     Serve(ServeArgs),
@@ -426,10 +432,17 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
     http::private_umask();
     let dir = DataDir(cli.data);
     match cli.cmd {
-        Cmd::Init { campaign } => {
-            let line = config::init(&dir, campaign.as_deref())?;
+        Cmd::Init { campaign, store } => {
+            let line = config::init(&dir, campaign.as_deref(), store.as_deref())?;
+            let state = match &store {
+                Some(url) => format!(
+                    " with its state in the PostgreSQL database {}",
+                    crate::store::pg::Redacted(url)
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "Initialised hub in {}; edit {} then run `spacesync-hub serve`.",
+                "Initialised hub in {}{state}; edit {} then run `spacesync-hub serve`.",
                 dir.0.display(),
                 dir.config().display()
             );
@@ -467,9 +480,9 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Rebuild => {
             let store = config::open_store(&dir)?;
             let baseline = config::load_campaign(&dir)?.baseline;
-            let size = crate::log::Log::load(&store)?.size();
+            let size = crate::log::Log::load(store.as_ref())?.size();
             let pb = bar(size, "rebuild");
-            let n = maintenance::rebuild(&store, baseline, advance(&pb))?;
+            let n = maintenance::rebuild(store.as_ref(), baseline, advance(&pb))?;
             pb.finish_and_clear();
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
@@ -528,7 +541,7 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
             );
         }
         AgentsCmd::List { json: as_json } => {
-            let all = registry::load_all(&config::open_store(dir)?)?;
+            let all = registry::load_all(config::open_store(dir)?.as_ref())?;
             if as_json {
                 spacesync_shared::outln!("{}", json("the source list", &all)?);
             } else {
@@ -574,7 +587,7 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
             let role: Role = role
                 .parse()
                 .map_err(|e| CliError::Usage(format!("--role: {e}")))?;
-            let token = auth::create_token(&store, role, label, now)?;
+            let token = auth::create_token(store.as_ref(), role, label, now)?;
             eprintln!(
                 "Token id {} (for `token list` and `token revoke`); the token is shown once:",
                 auth::token_id(&token)
@@ -582,7 +595,7 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
             spacesync_shared::outln!("{token}");
         }
         TokenCmd::List { json: as_json } => {
-            let all = auth::list_tokens(&store)?;
+            let all = auth::list_tokens(store.as_ref())?;
             if as_json {
                 let list: Vec<Value> = all
                     .iter()
@@ -617,7 +630,7 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
             }
         }
         TokenCmd::Revoke { token } => {
-            let (id, rec) = auth::revoke_token(&store, &token, now)?;
+            let (id, rec) = auth::revoke_token(store.as_ref(), &token, now)?;
             spacesync_shared::outln!(
                 "revoked token {id} ({}{}); its dashboard sessions end at their next request",
                 rec.role,
@@ -679,7 +692,7 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
         }
         BulletinCmd::List { json: as_json } => {
             let store = config::open_store(dir)?;
-            let list = bulletin::list(&store)?;
+            let list = bulletin::list(store.as_ref())?;
             if as_json {
                 spacesync_shared::outln!("{}", json("the bulletin list", &list)?);
             } else {
@@ -691,7 +704,7 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
         }
         BulletinCmd::Show { n, format, lang } => {
             let store = config::open_store(dir)?;
-            let doc = bulletin::get(&store, n)?;
+            let doc = bulletin::get(store.as_ref(), n)?;
             let lang = Lang::parse(&lang)
                 .ok_or_else(|| CliError::Usage(format!("--lang {lang:?}: expected zh or en")))?;
             let format = Format::from_name(&format).ok_or_else(|| {
@@ -721,12 +734,17 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
                 ),
                 error,
             })?;
-            bulletin::verify(&store, &campaign, &key.verifying_key(), &cfg.origin, &doc).map_err(
-                |error| CliError::BulletinMismatch {
-                    file: file.clone(),
-                    error,
-                },
-            )?;
+            bulletin::verify(
+                store.as_ref(),
+                &campaign,
+                &key.verifying_key(),
+                &cfg.origin,
+                &doc,
+            )
+            .map_err(|error| CliError::BulletinMismatch {
+                file: file.clone(),
+                error,
+            })?;
             spacesync_shared::outln!(
                 "ok: bulletin {} matches the log at checkpoint size {}",
                 doc["number"],
@@ -741,9 +759,14 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
     let store = config::open_store(dir)?;
     let cfg = config::load_config(dir)?;
     let key = keys::read_secret(&dir.key())?;
-    let size = crate::log::Log::load(&store)?.size();
+    let size = crate::log::Log::load(store.as_ref())?.size();
     let pb = bar(size, "verify");
-    let report = maintenance::verify(&store, &key.verifying_key(), &cfg.origin, advance(&pb))?;
+    let report = maintenance::verify(
+        store.as_ref(),
+        &key.verifying_key(),
+        &cfg.origin,
+        advance(&pb),
+    )?;
     pb.finish_and_clear();
     if report.ok() {
         spacesync_shared::outln!(

@@ -6,8 +6,17 @@
 //! <data>/hub.key        the hub's Ed25519 key: receipts, checkpoints, bulletins (0600)
 //! <data>/webhook.key    the key that signs webhook deliveries, and nothing else (0600)
 //! <data>/campaign.toml  the campaign this hub runs (copied at `init`; 0600)
-//! <data>/db/            the sled store (0700)
+//! <data>/db/            the sled store (0700), unless hub.toml names a database
 //! ```
+//!
+//! The store is chosen at `init` and recorded in hub.toml: without `--store`, sled under
+//! `<data>/db/`; with `--store postgres://…`, that PostgreSQL database (the directory then
+//! keeps only the keys and the configuration, and a copy of it is another client of the
+//! same hub). Every command opens the store hub.toml names ([`open_store`]). `init`
+//! refuses a database that already holds anything, and writes the hub's public key line
+//! under [`crate::store::keys::HUB`] in the same statement that checks it, so two hubs
+//! cannot share one database's log; opening a database that another hub's key claimed is
+//! refused.
 //!
 //! `init` creates each of these with its mode from the start (an existing empty data
 //! directory is made 0700; a non-empty one must already be). Every command that opens
@@ -28,7 +37,8 @@ use spacesync_shared::clock::Clock;
 use spacesync_shared::keys;
 
 use crate::hub::{Hub, Limits};
-use crate::store::SledStore;
+use crate::store::pg::{self, PgStore, Redacted};
+use crate::store::{SledStore, Store, keys as store_keys};
 
 /// A configuration or data-directory problem; each names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +98,40 @@ pub enum ConfigError {
     /// Loading the hub state failed.
     #[error(transparent)]
     Hub(#[from] crate::hub::LoadError),
+    /// `store` in hub.toml (or `--store`) is not a database URL.
+    #[error(
+        "{path}: store = {shown:?} is not a PostgreSQL URL; write postgres://USER@HOST:PORT/DB (or leave `store` out for the embedded store under the data directory)"
+    )]
+    StoreUrl {
+        /// Where it was given.
+        path: PathBuf,
+        /// The value, password redacted.
+        shown: String,
+    },
+    /// `init` was pointed at a database that already holds a hub (or other data).
+    #[error(
+        "the PostgreSQL database {shown} already holds {what}; refusing to put a second hub's log in it. Use an empty database (CREATE DATABASE …), or copy the data directory of the hub that owns it"
+    )]
+    DatabaseInUse {
+        /// The database, password redacted.
+        shown: String,
+        /// What it holds.
+        what: String,
+    },
+    /// The database belongs to the hub of another key.
+    #[error(
+        "the PostgreSQL database {shown} holds the log of another hub ({theirs}), not of this data directory's key ({ours} in {key}); point hub.toml's store at this hub's database, or use a copy of the other hub's data directory"
+    )]
+    OtherHub {
+        /// The database, password redacted.
+        shown: String,
+        /// The key line stored in the database.
+        theirs: String,
+        /// This directory's key line.
+        ours: String,
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 /// Settings from hub.toml.
@@ -127,6 +171,11 @@ pub struct HubConfig {
     /// Connection caps and timeouts of the listeners.
     #[serde(default)]
     pub http: spacesync_http::HttpConfig,
+    /// Where the hub's state lives: absent, the embedded sled store under `<data>/db`; a
+    /// `postgres://…` URL, that database. Set by `init --store`; never shown with its
+    /// password.
+    #[serde(default)]
+    pub store: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -261,11 +310,71 @@ pub fn check_permissions(dir: &DataDir) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Opens the store after checking the data directory (for commands that need nothing
-/// else: tokens, registry, bulletin listing, rebuild, verify).
-pub fn open_store(dir: &DataDir) -> Result<SledStore, ConfigError> {
-    check_permissions(dir)?;
-    Ok(SledStore::open(&dir.db())?)
+/// Opens the store hub.toml names after checking the data directory (for commands that
+/// need nothing else: tokens, registry, bulletin listing, rebuild, verify).
+pub fn open_store(dir: &DataDir) -> Result<Arc<dyn Store>, ConfigError> {
+    let config = load_config(dir)?;
+    open_backend(dir, &config)
+}
+
+/// Opens the backend `config` names: sled under `<data>/db`, or the PostgreSQL database
+/// (refused when another hub's key claimed it).
+fn open_backend(dir: &DataDir, config: &HubConfig) -> Result<Arc<dyn Store>, ConfigError> {
+    match &config.store {
+        None => Ok(Arc::new(SledStore::open(&dir.db())?)),
+        Some(url) => {
+            if !pg::is_url(url) {
+                return Err(ConfigError::StoreUrl {
+                    path: dir.config(),
+                    shown: Redacted(url).to_string(),
+                });
+            }
+            let store = PgStore::open(url)?;
+            let ours = keys::public_key_line(&keys::read_secret(&dir.key())?.verifying_key());
+            if let Some(theirs) = store.get(store_keys::HUB)? {
+                let theirs = String::from_utf8_lossy(&theirs).into_owned();
+                if theirs != ours {
+                    return Err(ConfigError::OtherHub {
+                        shown: store.shown().to_string(),
+                        theirs,
+                        ours,
+                        key: dir.key(),
+                    });
+                }
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Claims the empty database at `url` for the hub of `key_line`: refused when it holds
+/// anything already.
+fn claim_database(url: &str, key_line: &str) -> Result<(), ConfigError> {
+    if !pg::is_url(url) {
+        return Err(ConfigError::StoreUrl {
+            path: "--store".into(),
+            shown: Redacted(url).to_string(),
+        });
+    }
+    let store = PgStore::open(url)?;
+    let in_use = |what: String| ConfigError::DatabaseInUse {
+        shown: store.shown().to_string(),
+        what,
+    };
+    if let Some(first) = store.scan(b"").next() {
+        let (k, _) = first?;
+        return Err(in_use(match store.get(store_keys::HUB)? {
+            Some(line) => format!("a hub (key {})", String::from_utf8_lossy(&line)),
+            None => format!("data (key {:?})", String::from_utf8_lossy(&k)),
+        }));
+    }
+    if let Some(line) = store.claim(store_keys::HUB, key_line.as_bytes())? {
+        return Err(in_use(format!(
+            "a hub (key {}), initialised at the same moment",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(())
 }
 
 /// The webhook signing key, generated (0600) when this hub was initialised before it
@@ -292,8 +401,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ConfigError + '_ {
     }
 }
 
-/// Creates a data directory: key, config, campaign. Returns the public key line.
-pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, ConfigError> {
+/// Creates a data directory: key, config, campaign; the store under `<data>/db`, or, with
+/// `store`, claims that PostgreSQL database (which must hold nothing). Returns the public
+/// key line.
+pub fn init(
+    dir: &DataDir,
+    campaign_file: Option<&Path>,
+    store: Option<&str>,
+) -> Result<String, ConfigError> {
     if dir.key().exists() {
         return Err(ConfigError::Exists(dir.0.clone()));
     }
@@ -318,12 +433,28 @@ pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, Confi
         error,
     })?;
     let key = keys::generate()?;
+    let key_line = keys::public_key_line(&key.verifying_key());
+    // The database first: a refused one leaves the directory as it was.
+    if let Some(url) = store {
+        claim_database(url, &key_line)?;
+    }
     keys::write_secret(&dir.key(), &key)?;
     keys::write_secret(&dir.webhook_key(), &keys::generate()?)?;
     write_private(&dir.campaign(), &campaign_text)?;
-    if !dir.db().exists() {
+    if store.is_none() && !dir.db().exists() {
         create_private_dir(&dir.db())?;
     }
+    let store_line = match store {
+        // TOML basic string: the URL's quotes and backslashes escaped.
+        Some(url) => format!(
+            "# The PostgreSQL database that holds this hub's state (log, views, registry,\n\
+             # tokens, bulletins). This directory keeps the keys and this file; a copy of it\n\
+             # opens the same hub. Prefer PGPASSWORD to a password here.\n\
+             store = {}\n\n",
+            toml::Value::String(url.to_string())
+        ),
+        None => String::new(),
+    };
     let config = format!(
         r#"# spacesync hub configuration. Edit and restart `spacesync-hub serve`.
 
@@ -331,7 +462,7 @@ pub fn init(dir: &DataDir, campaign_file: Option<&Path>) -> Result<String, Confi
 # when agents reach the hub over the public network.
 listen = "127.0.0.1:7400"
 
-# The log's name in signed checkpoints (C2SP tlog-checkpoint origin line). Keep it
+{store_line}# The log's name in signed checkpoints (C2SP tlog-checkpoint origin line). Keep it
 # stable for the life of the log: witnesses and agents pin it.
 origin = "spacesync-hub/campaign/{id}"
 
@@ -378,7 +509,7 @@ log_format = "human"
         http = spacesync_http::HttpConfig::default().commented_toml()
     );
     write_private(&dir.config(), &config)?;
-    Ok(keys::public_key_line(&key.verifying_key()))
+    Ok(key_line)
 }
 
 /// Reads hub.toml, after [`check_permissions`].
@@ -418,7 +549,7 @@ pub fn open_hub_scaled(
     let config = load_config(dir)?;
     let campaign = load_campaign(dir)?;
     let key = keys::read_secret(&dir.key())?;
-    let store = Arc::new(SledStore::open(&dir.db())?);
+    let store = open_backend(dir, &config)?;
     let hub = Hub::open(
         store,
         key,

@@ -438,6 +438,9 @@ pub mod keys {
     pub const FRONTIER: &[u8] = b"meta/frontier";
     /// `meta/checkpoint` → the latest signed checkpoint note.
     pub const CHECKPOINT: &[u8] = b"meta/checkpoint";
+    /// `meta/hub` → the public key line of the hub whose state this is, written by `init`
+    /// into a PostgreSQL database (claimed only if empty; a hub of another key is refused).
+    pub const HUB: &[u8] = b"meta/hub";
     /// `meta/hubseq` → seq of the hub's own last entry.
     pub const HUB_SEQ: &[u8] = b"meta/hubseq";
     /// The latest hub-clock instant at which a signed request was accepted: requests

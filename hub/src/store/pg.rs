@@ -888,6 +888,19 @@ mod tests {
         }
     }
 
+    /// `sslmode=prefer` talks plain to a server without TLS; `require` refuses it, saying
+    /// so.
+    #[test]
+    fn sslmode_is_honoured() {
+        let url = spacesync_pgtest::database();
+        let prefer = url.replace("sslmode=disable", "sslmode=prefer");
+        let s = PgStore::open(&prefer).expect("prefer falls back to plain");
+        assert_eq!(s.get(b"x").expect("get"), None);
+        let require = url.replace("sslmode=disable", "sslmode=require");
+        let e = PgStore::open(&require).err().expect("refused").to_string();
+        assert!(e.contains("TLS") || e.contains("SSL"), "{e}");
+    }
+
     /// Commits that may return before they are durable are refused at open.
     #[test]
     fn synchronous_commit_off_is_refused() {
