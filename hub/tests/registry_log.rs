@@ -14,14 +14,14 @@ use serde_json::Value;
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
-use spacesync_hub::store::{KvIter, SledStore, Store, StoreError, WriteBatch, keys};
+use spacesync_hub::store::{KvIter, Store, StoreError, WriteBatch, keys};
 use spacesync_hub::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry};
 use spacesync_hub::{bulletin, log, maintenance, schedule};
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::{Campaign, SourceId};
 
 use common::cli::ok;
-use common::{Agent, ORIGIN, TestHub, hub_key, t0, teachers};
+use common::{Agent, Backend, ORIGIN, TestHub, hub_key, open_store, store_dir, t0, teachers};
 
 /// Every hub entry in the log, with its index, after checking its signature.
 fn hub_entries(store: &dyn Store) -> Vec<(u64, HubEntry)> {
@@ -60,9 +60,8 @@ fn names(doc: &Value, id: &str) -> bool {
     doc.to_string().contains(&format!("\"{id}\""))
 }
 
-#[tokio::test]
-async fn revoking_sources_an_old_bulletin_named_leaves_it_verifiable() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn revoking_sources_an_old_bulletin_named_leaves_it_verifiable(backend: Backend) {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let mut gd = Agent::new("gd-a", 1, "440000");
     let bj = Agent::new("bj-a", 2, "110000");
@@ -114,9 +113,8 @@ async fn revoking_sources_an_old_bulletin_named_leaves_it_verifiable() {
     );
 }
 
-#[test]
-fn registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them(backend: Backend) {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let gd = Agent::new("gd-a", 1, "440000");
     th.register(&gd);
@@ -210,14 +208,13 @@ fn legacy_record(agent: &Agent, added_at: DateTime<Utc>) -> SourceRecord {
     }
 }
 
-#[tokio::test]
-async fn an_old_stores_registry_is_the_starting_point() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn an_old_stores_registry_is_the_starting_point(backend: Backend) {
+    let dir = store_dir(backend);
     let gd = Agent::new("gd-a", 1, "440000");
     let bj = Agent::new("bj-a", 2, "110000");
     {
         // The store as an old hub left it: `reg/` records, no registry entry in the log.
-        let store = SledStore::open(dir.path()).expect("store");
+        let store = open_store(dir.path());
         let mut wb = WriteBatch::new();
         registry::put(&mut wb, &legacy_record(&gd, t0()));
         registry::put(&mut wb, &legacy_record(&bj, t0()));
@@ -263,7 +260,7 @@ async fn an_old_stores_registry_is_the_starting_point() {
 /// A store that "crashes" after `left` more writes: that write and everything after it
 /// fails, as if the process died there (what was written before stays).
 struct Crashing {
-    inner: Arc<SledStore>,
+    inner: Arc<dyn Store>,
     left: Mutex<Option<usize>>,
 }
 
@@ -319,16 +316,15 @@ fn open_over(store: Arc<dyn Store>, at: DateTime<Utc>) -> Hub {
     .expect("open hub")
 }
 
-#[test]
-fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
+fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice(backend: Backend) {
     let campaign = Campaign::builtin_2018();
     let slot = bulletin::slot_time(&campaign, 2);
     let at = slot + Duration::minutes(5);
     // Crash after every possible number of writes of one scheduler tick, until a tick
     // completes without crashing.
     for writes in 0.. {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sled = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let dir = store_dir(backend);
+        let sled = open_store(dir.path());
         let crashing = Arc::new(Crashing {
             inner: sled.clone(),
             left: Mutex::new(None),
@@ -376,11 +372,10 @@ fn a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice() {
 
 // --- through the real binary ---
 
-#[test]
-fn cli_revoke_then_verify_old_bulletin() {
+fn cli_revoke_then_verify_old_bulletin(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("hub");
-    ok(&dir, &["init"]);
+    common::cli::init(&dir, backend);
     let gd = Agent::new("gd-a", 1, "440000");
     let bj = Agent::new("bj-a", 2, "110000");
     let start = "2018-10-01T08:00:00+08:00";
@@ -438,9 +433,8 @@ fn cli_revoke_then_verify_old_bulletin() {
 
 /// Two issuers at once (the scheduler and an operator, say) never take the same number,
 /// and each later bulletin's history names every earlier one.
-#[test]
-fn concurrent_issuers_take_distinct_numbers() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn concurrent_issuers_take_distinct_numbers(backend: Backend) {
+    let dir = store_dir(backend);
     let th = TestHub::open(dir.path());
     let hub = &th.hub;
     let numbers: Vec<u64> = std::thread::scope(|s| {
@@ -477,3 +471,11 @@ fn concurrent_issuers_take_distinct_numbers() {
         verify_bulletin(hub, &doc).expect("verifies");
     }
 }
+
+backends!(async revoking_sources_an_old_bulletin_named_leaves_it_verifiable, an_old_stores_registry_is_the_starting_point);
+
+backends!(sync registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them, a_crash_while_issuing_a_scheduled_bulletin_never_issues_its_slot_twice);
+
+backends!(sync concurrent_issuers_take_distinct_numbers);
+
+backends!(sync cli_revoke_then_verify_old_bulletin);

@@ -28,3 +28,19 @@ pub fn ok(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// `init` on `backend`: the embedded store, or `--store` a fresh PostgreSQL database
+/// (whose URL is returned).
+pub fn init(dir: &Path, backend: super::Backend) -> Option<String> {
+    match backend {
+        super::Backend::Sled => {
+            ok(dir, &["init"]);
+            None
+        }
+        super::Backend::Postgres => {
+            let url = spacesync_pgtest::database();
+            ok(dir, &["init", "--store", &url]);
+            Some(url)
+        }
+    }
+}
