@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::Value;
 use spacesync_hub::hub::{Hub, Limits};
-use spacesync_hub::store::{Kv, KvIter, SledStore, Store, StoreError, WriteBatch, keys};
+use spacesync_hub::store::{Kv, KvIter, Store, StoreError, WriteBatch, keys};
 use spacesync_shared::Campaign;
 use spacesync_shared::clock::FixedClock;
 
@@ -25,7 +25,7 @@ struct Read {
 
 /// A store that records every read.
 struct Counting {
-    inner: SledStore,
+    inner: Arc<dyn Store>,
     reads: Mutex<Vec<Read>>,
 }
 
@@ -138,7 +138,7 @@ async fn hub_with_history(dir: &std::path::Path, weeks: u64) -> (usize, Vec<Valu
 /// Opens a hub over `dir`, counting what it reads.
 fn reads_at_open(dir: &std::path::Path) -> Vec<Read> {
     let store = Arc::new(Counting {
-        inner: SledStore::open(dir).expect("open sled"),
+        inner: open_store(dir),
         reads: Mutex::new(Vec::new()),
     });
     let hub = Hub::open(
@@ -161,10 +161,9 @@ fn starts(k: &[u8], prefix: &[u8]) -> bool {
     k.starts_with(prefix)
 }
 
-#[tokio::test]
-async fn restart_reads_no_per_entry_history() {
-    let short = tempfile::tempdir().expect("tempdir");
-    let long = tempfile::tempdir().expect("tempdir");
+async fn restart_reads_no_per_entry_history(backend: Backend) {
+    let short = store_dir(backend);
+    let long = store_dir(backend);
     let (short_entries, short_figures, th) = hub_with_history(short.path(), 1).await;
     drop(th);
     let (long_entries, long_figures, th) = hub_with_history(long.path(), 7).await;
@@ -227,9 +226,8 @@ async fn restart_reads_no_per_entry_history() {
     assert!(keys_read(&long_reads) < long_entries / 4);
 }
 
-#[tokio::test]
-async fn a_hub_without_its_history_trees_serves_the_same_figures() {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn a_hub_without_its_history_trees_serves_the_same_figures(backend: Backend) {
+    let dir = store_dir(backend);
     let (_, before, th) = hub_with_history(dir.path(), 6).await;
     {
         let store = th.hub.store.as_ref();
@@ -249,3 +247,5 @@ async fn a_hub_without_its_history_trees_serves_the_same_figures() {
     let th = TestHub::open(dir.path());
     assert_eq!(figures(&th).await, before);
 }
+
+backends!(async restart_reads_no_per_entry_history, a_hub_without_its_history_trees_serves_the_same_figures);
