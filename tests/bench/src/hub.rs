@@ -46,14 +46,18 @@ pub struct HubInstance {
 }
 
 impl HubInstance {
-    /// `init`s a hub in a fresh directory under `parent` and lifts the per-source request
-    /// rate limit (a benchmark measures the hub, not its limiter).
-    pub fn init(bin: &Path, parent: &Path) -> Result<HubInstance> {
+    /// `init`s a hub in a fresh directory under `parent` (its state in the PostgreSQL
+    /// database `store` when given) and lifts the per-source request rate limit (a
+    /// benchmark measures the hub, not its limiter).
+    pub fn init(bin: &Path, parent: &Path, store: Option<&str>) -> Result<HubInstance> {
         let dir = tempfile::Builder::new()
             .prefix("hub-")
             .tempdir_in(parent)
             .context("creating the hub's data directory")?;
-        let key_line = procs::run_cli(bin, dir.path(), &["init"])?;
+        let key_line = match store {
+            Some(url) => procs::run_cli(bin, dir.path(), &["init", "--store", url])?,
+            None => procs::run_cli(bin, dir.path(), &["init"])?,
+        };
         let cfg = dir.path().join("hub.toml");
         let text =
             std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;

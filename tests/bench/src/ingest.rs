@@ -38,6 +38,10 @@ pub struct IngestArgs {
     /// Skip the PostgreSQL peer (reported as NA).
     #[arg(long)]
     pub no_pg: bool,
+    /// Run the hub on PostgreSQL (`init --store`, a private server of this run, fsync on)
+    /// instead of sled; the report ends with `store=postgres`.
+    #[arg(long)]
+    pub hub_on_pg: bool,
     /// Each limit repeats its pass for at least this many seconds.
     #[arg(long, default_value_t = 1.0)]
     pub min_limit_s: f64,
@@ -69,7 +73,18 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         pre.process_s
     );
 
-    let mut hub = HubInstance::init(&hub_bin, work.path())?;
+    // The hub's own database server, when it runs on PostgreSQL: stopped after the run.
+    let hub_pg = if a.hub_on_pg {
+        let bin = pg::find_binaries().context(spacesync_pgtest::INSTALL_HINT)?;
+        let server = tokio::task::spawn_blocking(move || spacesync_pgtest::PgServer::start(&bin))
+            .await
+            .context("starting the hub's PostgreSQL")??;
+        Some(server)
+    } else {
+        None
+    };
+    let store_url = hub_pg.as_ref().map(|s| s.url("postgres"));
+    let mut hub = HubInstance::init(&hub_bin, work.path(), store_url.as_deref())?;
     for s in &pre.sources {
         hub.add_source(&s.id, &s.unit, &s.key_line)?;
     }
@@ -201,7 +216,9 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
             "verify_cpu_vs_limit",
             verified.cpu_s / verified.leaves.max(1) as f64 / verify_cpu_per_sig,
         )
-        .dec("verify_s", verified.wall_s);
+        .dec("verify_s", verified.wall_s)
+        .raw("store", if a.hub_on_pg { "postgres" } else { "sled" });
+    drop(hub_pg);
     Ok(r)
 }
 

@@ -52,7 +52,7 @@ pub async fn run(a: &ScaleArgs) -> Result<Report> {
         pre.process_s
     );
 
-    let mut hub = HubInstance::init(&hub_bin, work.path())?;
+    let mut hub = HubInstance::init(&hub_bin, work.path(), None)?;
     for s in &pre.sources {
         hub.add_source(&s.id, &s.unit, &s.key_line)?;
     }
