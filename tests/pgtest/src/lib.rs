@@ -358,8 +358,8 @@ impl PgServer {
         loop {
             match self.launch() {
                 Ok(()) => return Ok(()),
-                Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                    let _ = e;
+                // Most often the killed server's backends still hold its shared memory.
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
                     if let Some(mut c) = self.child.take() {
                         let _ = c.kill();
                         let _ = c.wait();
@@ -440,14 +440,50 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The shared server's postmaster and directory, for [`stop_shared`] at exit.
+static SHARED_AT_EXIT: Mutex<Option<(i32, PathBuf)>> = Mutex::new(None);
+
+/// Registered with `atexit`: a test process that exits normally kills its shared server
+/// and removes its directory at once (a static is never dropped; the parent-death signal
+/// and [`remove_stale_dirs`] cover the other ways out).
+extern "C" fn stop_shared() {
+    let taken = SHARED_AT_EXIT
+        .lock()
+        .map(|mut g| g.take())
+        .unwrap_or_default();
+    if let Some((pid, dir)) = taken {
+        // SAFETY: kill(2) and waitpid(2) on our own child postmaster; no memory shared.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        // Its backends leave within moments; what they still hold is removed next run.
+        for _ in 0..40 {
+            if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// The server of this test process, started on first use. Panics, saying what to
 /// install, when PostgreSQL is missing or does not start.
 pub fn shared() -> &'static PgServer {
     static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
     let server = SERVER.get_or_init(|| {
         let bin = find_binaries().ok_or_else(|| INSTALL_HINT.to_string())?;
-        PgServer::start(&bin)
-            .map_err(|e| format!("starting the test PostgreSQL from {}: {e:#}", bin.display()))
+        let server = PgServer::start(&bin)
+            .map_err(|e| format!("starting the test PostgreSQL from {}: {e:#}", bin.display()))?;
+        if let Some(pid) = server.pid().and_then(|p| i32::try_from(p).ok()) {
+            *SHARED_AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((pid, server.dir.path().to_path_buf()));
+            // SAFETY: registers a function without arguments that touches only statics.
+            unsafe {
+                libc::atexit(stop_shared);
+            }
+        }
+        Ok(server)
     });
     match server {
         Ok(s) => s,
