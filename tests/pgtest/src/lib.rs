@@ -131,6 +131,10 @@ fn spawn_tied(mut cmd: Command) -> Result<Child> {
     // credential change clears the parent-death signal, so it is set after).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // A process group of its own, so the server's backends can be killed with it.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -337,17 +341,14 @@ impl PgServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Kills the postmaster with SIGKILL (a crash: no shutdown checkpoint) and waits for it
-    /// and its backends to be gone.
+    /// Kills the server with SIGKILL — the postmaster and every backend at once (its
+    /// process group), as a crash of the machine would: no shutdown checkpoint, and no
+    /// backend left to answer a connection already open — and waits for them to be gone.
     pub fn kill(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             bail!("the PostgreSQL server on port {} is not running", self.port);
         };
-        let _ = child.kill();
-        child.wait().context("waiting for the killed postmaster")?;
-        // The backends notice their postmaster's death within a moment; a restart before
-        // they are gone refuses to start on the same cluster ("pre-existing shared memory
-        // block is still in use"), which `restart` retries.
+        kill_group(&mut child);
         Ok(())
     }
 
@@ -434,6 +435,26 @@ impl Drop for PgServer {
     }
 }
 
+/// SIGKILLs `child`'s process group (the postmaster and its backends), reaps the
+/// postmaster and waits (up to 5 s) until no process of the group is left.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on the process group our own child leads; no memory touched.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only asks whether the group still has a member.
+        while unsafe { libc::kill(-pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A free loopback port (bound and released).
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
@@ -452,9 +473,10 @@ extern "C" fn stop_shared() {
         .map(|mut g| g.take())
         .unwrap_or_default();
     if let Some((pid, dir)) = taken {
-        // SAFETY: kill(2) and waitpid(2) on our own child postmaster; no memory shared.
+        // SAFETY: kill(2) and waitpid(2) on our own child postmaster and its process
+        // group (the backends); no memory shared.
         unsafe {
-            libc::kill(pid, libc::SIGKILL);
+            libc::kill(-pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
         // Its backends leave within moments; what they still hold is removed next run.
