@@ -51,6 +51,13 @@ struct Answer {
     refused: Vec<serde::de::IgnoredAny>,
 }
 
+/// Every source's request bodies, ready to send (see [`prepare`]).
+pub struct Prepared {
+    /// Per source: its id and its bodies in seq order.
+    sources: Vec<(String, Vec<Ready>)>,
+    gzip: bool,
+}
+
 /// A request body ready to send.
 struct Ready {
     /// The bytes on the wire (a copy per send costs microseconds, next to milliseconds
@@ -60,8 +67,17 @@ struct Ready {
     entries: u64,
 }
 
-/// Gzips (fast level, as the agent's pusher does) or keeps every body, on every core.
-fn prepare(sources: &[SourceBatches], gzip: bool) -> Result<Vec<Vec<Ready>>> {
+/// Gzips (fast level, as the agent's pusher does) or copies every body, on every core, so
+/// the caller may drop its own bodies before [`send`].
+pub fn prepare(sources: &[SourceBatches], gzip: bool) -> Result<Prepared> {
+    let ready = prepare_bodies(sources, gzip)?;
+    Ok(Prepared {
+        sources: sources.iter().map(|s| s.id.clone()).zip(ready).collect(),
+        gzip,
+    })
+}
+
+fn prepare_bodies(sources: &[SourceBatches], gzip: bool) -> Result<Vec<Vec<Ready>>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<Option<Result<Vec<Ready>>>> = (0..sources.len()).map(|_| None).collect();
@@ -117,9 +133,19 @@ pub async fn drive(
     gzip: bool,
     batch_receipts: bool,
 ) -> Result<Driven> {
-    let ready = prepare(sources, gzip)?;
+    send(url, hub_pid, prepare(sources, gzip)?, batch_receipts).await
+}
+
+/// Sends prepared bodies (see [`drive`]).
+pub async fn send(
+    url: &str,
+    hub_pid: u32,
+    prepared: Prepared,
+    batch_receipts: bool,
+) -> Result<Driven> {
+    let gzip = prepared.gzip;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(sources.len().max(1))
+        .pool_max_idle_per_host(prepared.sources.len().max(1))
         .timeout(Duration::from_secs(600))
         .build()
         .context("building the HTTP client")?;
@@ -128,10 +154,9 @@ pub async fn drive(
     let self0 = procs::cpu_seconds(None)?;
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (src, bodies) in sources.iter().zip(ready) {
+    for (id, bodies) in prepared.sources {
         let http = http.clone();
         let endpoint = endpoint.clone();
-        let id = src.id.clone();
         tasks.spawn(
             async move { client(&http, &endpoint, &id, bodies, gzip, batch_receipts).await },
         );

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::limits::VerifyLimit;
 use crate::procs::{self, ChildGuard};
+use crate::report::Report;
 use crate::workload::HUB_NOW;
 
 /// When the benchmark registers its sources (`agents add --now`): before the campaign.
@@ -29,6 +31,32 @@ impl Verified {
     /// Leaves a second.
     pub fn per_s(&self) -> f64 {
         self.leaves as f64 / self.wall_s.max(1e-9)
+    }
+}
+
+impl Verified {
+    /// Appends `verify_per_s`, `verify_ratio` (to the same run's batch-verification limit
+    /// on all cores: issue 12's target ≥ 0.5), `verify_cpu_vs_limit` (CPU per leaf ÷ the
+    /// limit's CPU per signature) and `verify_s` to `r`.
+    pub fn report(&self, r: &mut Report, limit: &VerifyLimit) {
+        r.int("verify_per_s", self.per_s())
+            .dec("verify_ratio", self.per_s() / limit.per_s)
+            .dec(
+                "verify_cpu_vs_limit",
+                self.cpu_s / self.leaves.max(1) as f64 / limit.cpu_per_sig,
+            )
+            .dec("verify_s", self.wall_s);
+    }
+
+    /// The line printed after the run.
+    pub fn describe(&self) -> String {
+        format!(
+            "hub verify: {:.0} leaves/s ({} leaves in {:.2} s, {:.2} cores busy)",
+            self.per_s(),
+            self.leaves,
+            self.wall_s,
+            self.cpu_s / self.wall_s
+        )
     }
 }
 

@@ -119,22 +119,12 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
 
     // `verify` over the store the run left, with the hub stopped.
     let verified = hub.verify()?;
-    println!(
-        "hub verify: {:.0} leaves/s ({} leaves in {:.2} s, {:.2} cores busy)",
-        verified.per_s(),
-        verified.leaves,
-        verified.wall_s,
-        verified.cpu_s / verified.wall_s
-    );
+    println!("{}", verified.describe());
 
     // Limits, on the same entries, with the hub stopped.
     let parsed = pre.parsed()?;
-    // The limit's own CPU per signature, for `verify_cpu_vs_limit`: on a shared machine
-    // the limit's threads do not have every core either.
-    let (cpu, t) = (procs::cpu_seconds(None)?, Instant::now());
-    let verify = limits::verify_batch_all_cores(&parsed, a.min_limit_s)?;
-    let verify_cpu_per_sig =
-        (procs::cpu_seconds(None)? - cpu) / (verify * t.elapsed().as_secs_f64()).max(1.0);
+    let limit = limits::verify_limit(&parsed, a.min_limit_s)?;
+    let verify = limit.per_s;
     let raw = limits::verify_all_cores(limits::Verifier::Raw, &parsed, a.min_limit_s)?;
     let single = limits::verify_single(&parsed, 20_000, a.min_limit_s)?;
     let payloads: Vec<&[u8]> = parsed
@@ -209,15 +199,9 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .int("cores", cores as f64)
         .dec("wall_s", d.wall_s)
         .dec("client_cpu_s", d.client_cpu_s)
-        .int("throttled", d.throttled as f64)
-        .int("verify_per_s", verified.per_s())
-        .dec("verify_ratio", verified.per_s() / verify)
-        .dec(
-            "verify_cpu_vs_limit",
-            verified.cpu_s / verified.leaves.max(1) as f64 / verify_cpu_per_sig,
-        )
-        .dec("verify_s", verified.wall_s)
-        .raw("store", if a.hub_on_pg { "postgres" } else { "sled" });
+        .int("throttled", d.throttled as f64);
+    verified.report(&mut r, &limit);
+    r.raw("store", if a.hub_on_pg { "postgres" } else { "sled" });
     drop(hub_pg);
     Ok(r)
 }

@@ -79,6 +79,26 @@ pub fn verify_batch_all_cores(
     verify_all_cores(Verifier::Rule, batches, min_s)
 }
 
+/// The batch-verification limit on all cores, with the CPU it spent per signature.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyLimit {
+    /// Signatures a second (wall clock).
+    pub per_s: f64,
+    /// This process's user + system CPU seconds per signature while measuring it: on a
+    /// shared machine the limit's threads do not have every core either, so `verify`'s CPU
+    /// per leaf is compared with this rather than with the wall-clock rate.
+    pub cpu_per_sig: f64,
+}
+
+/// [`verify_batch_all_cores`] and its own CPU per signature.
+pub fn verify_limit(batches: &[(VerifyingKey, Vec<Envelope>)], min_s: f64) -> Result<VerifyLimit> {
+    let (cpu, t) = (crate::procs::cpu_seconds(None)?, std::time::Instant::now());
+    let per_s = verify_batch_all_cores(batches, min_s)?;
+    let cpu_per_sig =
+        (crate::procs::cpu_seconds(None)? - cpu) / (per_s * t.elapsed().as_secs_f64()).max(1.0);
+    Ok(VerifyLimit { per_s, cpu_per_sig })
+}
+
 /// Like [`verify_batch_all_cores`], verifying as `how` says.
 pub fn verify_all_cores(
     how: Verifier,

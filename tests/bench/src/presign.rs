@@ -175,13 +175,50 @@ impl Presigned {
         self.sources
             .iter()
             .flat_map(|s| s.bodies.iter().map(move |b| (s, b)))
-            .map(|(s, b)| {
-                let batch: IngestBatch = serde_json::from_slice(&b.json)
-                    .with_context(|| format!("a batch of {} does not parse", s.id))?;
-                Ok((s.key, batch.entries))
-            })
+            .map(|(s, b)| parse_body(s, b))
             .collect()
     }
+
+    /// Batches parsed back like [`Presigned::parsed`], taking each source's first batch,
+    /// then each one's second, … until at least `max_entries` entries: a sample of every
+    /// source for the limits of a run too large to hold parsed whole.
+    pub fn parsed_sample(&self, max_entries: u64) -> Result<Vec<(VerifyingKey, Vec<Envelope>)>> {
+        let mut out = Vec::new();
+        let mut taken = 0;
+        let deepest = self
+            .sources
+            .iter()
+            .map(|s| s.bodies.len())
+            .max()
+            .unwrap_or(0);
+        for i in 0..deepest {
+            for s in &self.sources {
+                if taken >= max_entries {
+                    return Ok(out);
+                }
+                if let Some(b) = s.bodies.get(i) {
+                    let parsed = parse_body(s, b)?;
+                    taken += parsed.1.len() as u64;
+                    out.push(parsed);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the batch bodies (the sources' ids, scopes and keys stay): what a large run's
+    /// harness no longer needs once the hub has taken them.
+    pub fn drop_bodies(&mut self) {
+        for s in &mut self.sources {
+            s.bodies = Vec::new();
+        }
+    }
+}
+
+fn parse_body(s: &SourceBatches, b: &Body) -> Result<(VerifyingKey, Vec<Envelope>)> {
+    let batch: IngestBatch = serde_json::from_slice(&b.json)
+        .with_context(|| format!("a batch of {} does not parse", s.id))?;
+    Ok((s.key, batch.entries))
 }
 
 /// Runs `presign` as a child process of this binary into `dir`, waits for it, and reads
