@@ -3,24 +3,21 @@
 //! flush; then single-record POSTs from concurrent clients; next to Ed25519 signing on one
 //! core in the same run (the agent must sign every entry: its floor).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
 use spacesync_shared::region::RegionCode;
 use spacesync_shared::{Digest, Entry};
 
+use crate::agents::{AGENT_NOW, init_agent, post};
 use crate::limits;
 use crate::procs::{self, Binary, Bins, ChildGuard};
 use crate::report::{Report, p50_p99};
 use crate::workload;
 
-/// The agent's clock (`run --now`): after the last weekly report of the campaign.
-const AGENT_NOW: &str = "2019-01-02T10:00:00+08:00";
 /// Its scope and source id.
 const SCOPE: &str = "440000";
 const SOURCE: &str = "bench-agent-440000";
@@ -47,12 +44,6 @@ pub struct AgentArgs {
     pub bins: Bins,
 }
 
-/// What `POST /v1/records` answers on success (only the count is checked).
-#[derive(Deserialize)]
-struct Accepted {
-    accepted: u64,
-}
-
 /// Runs `agent`; its report.
 pub async fn run(a: &AgentArgs) -> Result<Report> {
     if a.batches == 0 || a.batch_size == 0 || a.clients == 0 {
@@ -68,7 +59,7 @@ pub async fn run(a: &AgentArgs) -> Result<Report> {
     // A port nobody listens on: every push is refused at once, so nothing drains the buffer.
     let dead_hub = format!("http://127.0.0.1:{}", procs::free_port()?);
     let listen = format!("127.0.0.1:{port}");
-    init_agent(&bin, &dir, &dead_hub, &listen)?;
+    init_agent(&bin, &dir, SOURCE, SCOPE, &dead_hub, &listen)?;
     let token = procs::run_cli(&bin, &dir, &["token"])?;
 
     // Records: weekly school snapshots of Guangdong; the batches first, then the singles.
@@ -218,47 +209,4 @@ pub async fn run(a: &AgentArgs) -> Result<Report> {
         .int("singles", a.singles as f64)
         .int("clients", a.clients as f64);
     Ok(r)
-}
-
-fn init_agent(bin: &Path, dir: &Path, hub: &str, listen: &str) -> Result<()> {
-    procs::run_cli(
-        bin,
-        dir,
-        &[
-            "init", "--source", SOURCE, "--scope", SCOPE, "--hub", hub, "--listen", listen,
-        ],
-    )
-    .map(drop)
-}
-
-/// POSTs one body and checks that all `n` records were accepted.
-async fn post(
-    http: &reqwest::Client,
-    endpoint: &str,
-    token: &str,
-    content_type: &str,
-    body: Vec<u8>,
-    n: u64,
-) -> Result<()> {
-    let resp = http
-        .post(endpoint)
-        .bearer_auth(token)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .context("POST /v1/records")?;
-    let status = resp.status();
-    let text = resp.bytes().await.context("reading the intake answer")?;
-    if !status.is_success() {
-        bail!(
-            "the agent answered {status}: {}",
-            String::from_utf8_lossy(&text[..text.len().min(800)])
-        );
-    }
-    let a: Accepted = serde_json::from_slice(&text).context("the intake answer does not parse")?;
-    if a.accepted != n {
-        bail!("the agent accepted {} of {n} records", a.accepted);
-    }
-    Ok(())
 }

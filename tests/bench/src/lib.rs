@@ -18,11 +18,17 @@
 //! - [`limits`] — same-run limits: Ed25519 batch verification on all cores, single
 //!   verification, signing, SHA-256, a durable batched sled append.
 //! - [`pg`] — a private PostgreSQL server and the INSERT / COPY peer.
-//! - [`ingest`], [`agent`], [`scale`] — the three commands.
+//! - [`agents`] — real agent processes: `init`, `run`, intake, `/v1/status`, stops.
+//! - [`ingest`], [`agent`], [`scale`] — the three commands of the fixed interface;
+//!   [`drain`] (agents that buffered while the hub was down, then drain into it) and
+//!   [`idle`] (`agent-idle`: an idle agent's memory with a large buffer).
 
 pub mod agent;
+pub mod agents;
+pub mod drain;
 pub mod drive;
 pub mod hub;
+pub mod idle;
 pub mod ingest;
 pub mod limits;
 pub mod pg;

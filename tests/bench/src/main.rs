@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use spacesync_bench::agent::{self, AgentArgs};
+use spacesync_bench::drain::{self, DrainArgs};
+use spacesync_bench::idle::{self, IdleArgs};
 use spacesync_bench::ingest::{self, IngestArgs};
 use spacesync_bench::presign;
 use spacesync_bench::scale::{self, ScaleArgs};
@@ -28,6 +30,13 @@ enum Cmd {
     Agent(AgentArgs),
     /// A hub holding N schools' weekly snapshots: memory, disk, restart, reads, bulletin.
     Scale(ScaleArgs),
+    /// Agents that buffered while the hub was down, then the hub starts: time until every
+    /// agent has delivered everything.
+    Drain(DrainArgs),
+    /// An idle agent's resident memory with a large buffer (hub unreachable), after its
+    /// intake and after a restart.
+    #[command(name = "agent-idle")]
+    AgentIdle(IdleArgs),
     /// Signs a workload into NDJSON batch bodies (run by the other commands as a separate
     /// process).
     #[command(hide = true)]
@@ -64,6 +73,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ingest(a) => rt()?.block_on(ingest::run(&a))?,
         Cmd::Agent(a) => rt()?.block_on(agent::run(&a))?,
         Cmd::Scale(a) => rt()?.block_on(scale::run(&a))?,
+        Cmd::Drain(a) => rt()?.block_on(drain::run(&a))?,
+        Cmd::AgentIdle(a) => rt()?.block_on(idle::run(&a))?,
     };
     println!("{}", report.line());
     Ok(())

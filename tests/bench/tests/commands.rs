@@ -133,7 +133,15 @@ fn agent_reports_batched_and_single_intake_against_signing() {
 #[test]
 fn scale_reports_memory_restart_reads_and_bulletin() {
     let pairs = check(
-        &["scale", "--schools", "50", "--progress-samples", "3"],
+        &[
+            "scale",
+            "--schools",
+            "50",
+            "--progress-samples",
+            "3",
+            "--min-limit-s",
+            "0.05",
+        ],
         &[
             "entries",
             "rss_mb",
@@ -141,8 +149,54 @@ fn scale_reports_memory_restart_reads_and_bulletin() {
             "progress_ms",
             "bulletin_s",
             "disk_bytes_per_entry",
+            "dash_home_ms",
+            "dash_region_ms",
+            "bulletin_verify_s",
+            "verify_per_s",
+            "verify_ratio",
         ],
         &[],
     );
     assert_eq!(value(&pairs, "entries"), "900", "50 schools × 18 weeks");
+    // The fixed interface: these five first, in this order.
+    let first: Vec<&str> = pairs.iter().take(5).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        first,
+        [
+            "entries",
+            "rss_mb",
+            "restart_s",
+            "progress_ms",
+            "bulletin_s"
+        ]
+    );
+}
+
+#[test]
+fn drain_reports_the_time_until_every_agent_delivered() {
+    let pairs = check(
+        &[
+            "drain",
+            "--agents",
+            "3",
+            "--entries",
+            "120",
+            "--batch",
+            "50",
+        ],
+        &["drain_s", "entries_per_s", "hub_ready_s", "fill_per_s"],
+        &[],
+    );
+    assert_eq!(value(&pairs, "agents"), "3");
+    assert_eq!(value(&pairs, "entries"), "360");
+}
+
+#[test]
+fn agent_idle_reports_resident_memory_with_a_buffer() {
+    let pairs = check(
+        &["agent-idle", "--entries", "3000", "--settle-s", "0.2"],
+        &["rss_idle_mb", "rss_restart_mb", "intake_per_s"],
+        &[],
+    );
+    assert_eq!(value(&pairs, "entries"), "3000");
 }

@@ -1,0 +1,255 @@
+//! `drain`: real agents that buffered their entries while the hub was down, then the hub
+//! starts. Measures the time from the hub's spawn until every agent says it has delivered
+//! everything (`acked_seq` = `head_seq` in its `/v1/status`), and checks that the hub
+//! holds every entry (`/v1/sources`).
+//!
+//! The agents run with their default configuration: batches of 500, and the retry policy
+//! of a hub that has been unreachable for minutes (full jitter up to the 60 s cap), so the
+//! first push after the hub returns waits as it would in production.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use spacesync_shared::Campaign;
+
+use crate::agents::{AgentInstance, ndjson_bodies};
+use crate::hub::HubInstance;
+use crate::procs::{self, Binary, Bins};
+use crate::report::Report;
+use crate::workload;
+
+/// `drain` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// Agents (one per provincial unit, cycling when more than 32).
+    #[arg(long, default_value_t = 32)]
+    pub agents: usize,
+    /// Entries each agent buffers before the hub starts.
+    #[arg(long, default_value_t = 100_000)]
+    pub entries: u64,
+    /// Records per intake batch while buffering.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: u64,
+    /// How often each agent's status is read while draining, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub poll_ms: u64,
+    #[command(flatten)]
+    pub bins: Bins,
+}
+
+/// One source of the hub's `/v1/sources`.
+#[derive(Deserialize)]
+struct HubSource {
+    source: String,
+    head_seq: u64,
+}
+
+#[derive(Deserialize)]
+struct HubSources {
+    sources: Vec<HubSource>,
+}
+
+/// Runs `drain`; its report.
+pub async fn run(a: &DrainArgs) -> Result<Report> {
+    if a.agents == 0 || a.entries == 0 || a.batch == 0 {
+        bail!("--agents, --entries and --batch must be at least 1");
+    }
+    let hub_bin = procs::locate(Binary::Hub, a.bins.hub_bin.as_deref())?;
+    let agent_bin = procs::locate(Binary::Agent, a.bins.agent_bin.as_deref())?;
+    let work = tempfile::Builder::new()
+        .prefix("spacesync-bench-drain-")
+        .tempdir()
+        .context("creating a work directory")?;
+
+    // The hub is initialised (its port chosen) but not started: the agents find it down.
+    let mut hub = HubInstance::init(&hub_bin, work.path())?;
+    let units = Campaign::builtin_2018().units;
+    let mut agents = Vec::with_capacity(a.agents);
+    for i in 0..a.agents {
+        let unit = units[i % units.len()];
+        let id = if a.agents <= units.len() {
+            format!("drain-{unit}")
+        } else {
+            format!("drain-{unit}-{}", i / units.len())
+        };
+        let dir = work.path().join(format!("agent-{id}"));
+        let agent = AgentInstance::init(&agent_bin, &dir, &id, &unit.to_string(), &hub.url())?;
+        hub.add_source(&id, &unit.to_string(), &agent.pubkey()?)?;
+        agents.push((id, unit, agent));
+    }
+    let token = hub.create_token("ministry")?;
+    for (_, _, agent) in &mut agents {
+        agent.start().await?;
+    }
+    println!(
+        "{} agents running, hub down at {}; buffering {} entries each",
+        a.agents,
+        hub.url(),
+        a.entries
+    );
+
+    // Buffering: every agent takes its entries through its intake at once.
+    let t = Instant::now();
+    let agents: Vec<Arc<(String, AgentInstance)>> = agents
+        .into_iter()
+        .map(|(id, unit, agent)| Arc::new((format!("{id}@{unit}"), agent)))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ag in &agents {
+        let (ag, entries, batch) = (ag.clone(), a.entries, a.batch);
+        tasks.spawn(async move {
+            let (label, agent) = (&ag.0, &ag.1);
+            let (id, unit) = label.split_once('@').unwrap_or((label, ""));
+            let unit = spacesync_shared::region::RegionCode::parse(unit)
+                .map_err(|e| anyhow!("{label}: {e}"))?;
+            let plan = workload::unit_plan(unit, id, entries)?;
+            for (body, n) in ndjson_bodies(&plan, 0, entries, batch)? {
+                agent
+                    .post_ndjson(body, n)
+                    .await
+                    .with_context(|| format!("{id}: intake"))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| anyhow!("a buffering task failed: {e}"))??;
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    // The buffering tasks have ended: each agent has one owner again.
+    let mut agents: Vec<(String, AgentInstance)> = agents
+        .into_iter()
+        .map(|ag| Arc::try_unwrap(ag).map_err(|_| anyhow!("an agent is still shared")))
+        .collect::<Result<_>>()?;
+    let total = a.entries * a.agents as u64;
+    let mut agent_rss = Vec::new();
+    for ag in &agents {
+        let st = ag.1.status().await?;
+        if st.head_seq != a.entries || st.buffered != a.entries {
+            bail!(
+                "{}: head {} and {} buffered after taking {} entries",
+                ag.0,
+                st.head_seq,
+                st.buffered,
+                a.entries
+            );
+        }
+        if let Some(pid) = ag.1.pid() {
+            agent_rss.push(procs::rss_mb(pid)?);
+        }
+    }
+    let rss_max = agent_rss.iter().copied().fold(0.0, f64::max);
+    println!(
+        "buffered {total} entries in {fill_s:.1} s ({:.0}/s over all agents); agents resident up to {rss_max:.0} MiB",
+        total as f64 / fill_s
+    );
+
+    // The hub returns: spawn to every agent delivered.
+    let t0 = Instant::now();
+    let port = hub.port;
+    let ready_s = hub.start().await?.as_secs_f64();
+    if hub.port != port {
+        bail!(
+            "the hub's port {port} was taken when it started; the agents push to it (run again)"
+        );
+    }
+    let pid = hub.pid().context("the hub has no process id")?;
+    let mut first = vec![None::<f64>; agents.len()];
+    let mut done = vec![None::<f64>; agents.len()];
+    let poll = Duration::from_millis(a.poll_ms.max(1));
+    let deadline = Duration::from_secs(3600);
+    while done.iter().any(Option::is_none) {
+        if t0.elapsed() > deadline {
+            bail!("the agents had not delivered everything after {deadline:?}");
+        }
+        for (i, ag) in agents.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            let st = ag.1.status().await?;
+            let now = t0.elapsed().as_secs_f64();
+            if st.acked_seq > 0 && first[i].is_none() {
+                first[i] = Some(now);
+            }
+            if st.acked_seq == st.head_seq && st.buffered == 0 {
+                done[i] = Some(now);
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let drain_s = done.iter().flatten().copied().fold(0.0, f64::max);
+    let hub_cpu_s = procs::cpu_seconds(Some(pid))?;
+    let first_min = first
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let first_max = first.iter().flatten().copied().fold(0.0, f64::max);
+
+    // The hub's own count.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/sources", hub.url()))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .context("GET /v1/sources")?;
+    let status = resp.status();
+    let body = resp.bytes().await.context("reading /v1/sources")?;
+    if !status.is_success() {
+        bail!(
+            "/v1/sources answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let held: HubSources = serde_json::from_slice(&body).context("/v1/sources does not parse")?;
+    let hub_total: u64 = held.sources.iter().map(|s| s.head_seq).sum();
+    if let Some(s) = held.sources.iter().find(|s| s.head_seq != a.entries) {
+        bail!(
+            "the hub holds {} through seq {}, not {}",
+            s.source,
+            s.head_seq,
+            a.entries
+        );
+    }
+    if hub_total != total || held.sources.len() != a.agents {
+        bail!(
+            "the hub holds {hub_total} entries from {} sources, not {total} from {}",
+            held.sources.len(),
+            a.agents
+        );
+    }
+    let rss_hub = procs::rss_mb(pid)?;
+    println!(
+        "drained {total} entries in {drain_s:.1} s from the hub's spawn ({:.0}/s; hub ready after {ready_s:.2} s, \
+         first receipts after {first_min:.1}–{first_max:.1} s, hub CPU {hub_cpu_s:.1} s = {:.2} cores, \
+         resident {rss_hub:.0} MiB); the hub holds all {hub_total}",
+        total as f64 / drain_s,
+        hub_cpu_s / drain_s
+    );
+    for ag in &mut agents {
+        ag.1.stop()?;
+    }
+    hub.stop()?;
+
+    let busy = drain_s - first_min;
+    let mut r = Report::new("drain");
+    r.int("agents", a.agents as f64)
+        .int("entries", total as f64)
+        .dec("drain_s", drain_s)
+        .int("entries_per_s", total as f64 / drain_s)
+        .dec("hub_ready_s", ready_s)
+        .dec("first_receipt_min_s", first_min)
+        .dec("first_receipt_max_s", first_max)
+        .int("entries_per_s_after_first", total as f64 / busy.max(1e-9))
+        .dec("hub_cpu_s_per_entry", hub_cpu_s / total as f64)
+        .dec("hub_cores_busy", hub_cpu_s / drain_s)
+        .dec("hub_rss_mb", rss_hub)
+        .dec("fill_s", fill_s)
+        .int("fill_per_s", total as f64 / fill_s)
+        .dec("agent_rss_max_mb", rss_max)
+        .int("entries_per_agent", a.entries as f64);
+    Ok(r)
+}
