@@ -151,9 +151,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     let port = hub.port;
     let ready_s = hub.start().await?.as_secs_f64();
     if hub.port != port {
-        bail!(
-            "the hub's port {port} was taken when it started; the agents push to it (run again)"
-        );
+        bail!("the hub's port {port} was taken when it started; the agents push to it (run again)");
     }
     let pid = hub.pid().context("the hub has no process id")?;
     let mut first = vec![None::<f64>; agents.len()];
