@@ -64,7 +64,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .context("creating a work directory")?;
 
     // The hub is initialised (its port chosen) but not started: the agents find it down.
-    let mut hub = HubInstance::init(&hub_bin, work.path())?;
+    let mut hub = HubInstance::init(&hub_bin, work.path(), None)?;
     let units = Campaign::builtin_2018().units;
     let mut agents = Vec::with_capacity(a.agents);
     for i in 0..a.agents {
