@@ -37,7 +37,7 @@ use crate::assessment::FigureSet;
 use crate::auth::Role;
 use crate::ingest::IngestError;
 use crate::log;
-use crate::registry::SourceStatus;
+use crate::registry::{SourceRecord, SourceStatus};
 use crate::render::{Format, Rendering};
 use crate::views::region_name;
 
@@ -880,10 +880,15 @@ async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json
     let hub = &s.hub;
     let st = hub.snapshot();
     let now = hub.clock.now();
-    let list: Vec<Value> = st
+    let mut readable: Vec<&SourceRecord> = st
         .registry
         .values()
         .filter(|r| role.can_read(r.scope))
+        .collect();
+    // In source order: a hash map's order changes from one start to the next.
+    readable.sort_by(|a, b| a.id.cmp(&b.id));
+    let list: Vec<Value> = readable
+        .into_iter()
         .map(|r| {
             let head = st.heads.get(&r.id).copied().unwrap_or_default();
             let act = st.views.sources().get(&r.id);
