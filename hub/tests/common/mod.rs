@@ -23,7 +23,7 @@ use spacesync_hub::http::{self as hubhttp, AppState};
 use spacesync_hub::hub::{Hub, Limits};
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::store::pg::PgStore;
-use spacesync_hub::store::{SledStore, Store};
+use spacesync_hub::store::{SledStore, Store, StoreError};
 use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::{IngestBatch, IngestResponse, PATH_INGEST};
@@ -76,7 +76,24 @@ pub fn store_dir(backend: Backend) -> tempfile::TempDir {
 pub fn open_store(dir: &Path) -> Arc<dyn Store> {
     match std::fs::read_to_string(dir.join(STORE_URL_FILE)) {
         Ok(url) => Arc::new(PgStore::open(&url).expect("open the test database")),
-        Err(_) => Arc::new(SledStore::open(dir).expect("open sled")),
+        Err(_) => Arc::new(open_sled(dir)),
+    }
+}
+
+/// Opens sled over `dir`, waiting (up to 10 s) while this process's previous handle of the
+/// same directory lets go: sled releases its lock from its own background threads a moment
+/// after the last handle is dropped, so a reopen right after a drop can see `Locked`.
+fn open_sled(dir: &Path) -> SledStore {
+    let start = std::time::Instant::now();
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Locked(_)) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => {
+                return other.unwrap_or_else(|e| panic!("open sled over {}: {e}", dir.display()));
+            }
+        }
     }
 }
 
