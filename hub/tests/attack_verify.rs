@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::OnceLock;
 
 use common::*;
@@ -61,19 +60,6 @@ fn good() -> &'static (tempfile::TempDir, u64) {
 
 fn size() -> u64 {
     good().1
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
 }
 
 fn put(s: &dyn Store, k: Vec<u8>, v: Vec<u8>) {

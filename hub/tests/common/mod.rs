@@ -119,7 +119,8 @@ pub fn copy_of(dir: &Path) -> tempfile::TempDir {
     copy
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a directory tree (a closed sled store, say).
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir") {
         let e = e.expect("entry");
