@@ -435,24 +435,67 @@ impl Drop for PgServer {
     }
 }
 
-/// SIGKILLs `child`'s process group (the postmaster and its backends), reaps the
-/// postmaster and waits (up to 5 s) until no process of the group is left.
+/// SIGKILLs the postmaster `child` and every backend it started, reaps the postmaster and
+/// waits (up to 5 s) until none of them is left running.
+///
+/// Killing the postmaster's process group is not enough: each PostgreSQL child calls
+/// `setsid()` (`InitPostmasterChild`), so backends live in sessions of their own and
+/// would go on answering their open connections until they notice the postmaster died.
+/// The postmaster is stopped first so it cannot start another child while its children
+/// are listed.
 fn kill_group(child: &mut Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on the process group our own child leads; no memory touched.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = child.wait();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // SAFETY: signal 0 only asks whether the group still has a member.
-        while unsafe { libc::kill(-pid, 0) } == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    } else {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         let _ = child.kill();
         let _ = child.wait();
+        return;
+    };
+    // SAFETY: kill(2) on our own child and on the processes it started; no memory touched.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
     }
+    let children = children_of(pid);
+    for &c in &children {
+        // SAFETY: as above; a backend leads its own process group.
+        unsafe {
+            libc::kill(-c, libc::SIGKILL);
+            libc::kill(c, libc::SIGKILL);
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && children.iter().any(|&c| running(c)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The processes whose parent is `pid`, read from `/proc`.
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&p| stat_of(p).is_some_and(|(_, ppid)| ppid == pid))
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie (a killed backend whose new parent has not
+/// reaped it yet holds no socket any more).
+fn running(pid: libc::pid_t) -> bool {
+    stat_of(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// A process's state letter and parent id from `/proc/<pid>/stat` (the command name in
+/// parentheses may hold spaces, so fields are read after its closing parenthesis).
+fn stat_of(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// A free loopback port (bound and released).
