@@ -351,7 +351,7 @@ pub fn verify(
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.with_timezone(&Utc))
         .ok_or_else(|| BulletinError::Malformed("issued_at missing".into()))?;
-    let (views, _) = rebuild_views_upto(store, campaign.baseline, size, |_| {})?;
+    let views = rebuild_views_upto(store, campaign.baseline, size, |_| {})?.views;
     // Not today's registry: a source revoked (or added) since would change the figures.
     let registry = registry::as_of(store, size)?;
     let mut recomputed = serde_json::to_value(assess(campaign, &views, &registry, issued_at))

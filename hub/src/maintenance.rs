@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
@@ -23,17 +24,44 @@ use crate::log;
 use crate::log_check::{self, Checker, Checking, Signed, Verdict, WorkerPanicked};
 use crate::registry;
 use crate::store::{Overlay, Store, StoreError, WriteBatch, keys};
-use crate::views::{HubEntry, Meta, Views};
+use crate::views::{self, HubEntry, ItemDifference, Meta, Settled, Views};
+
+/// How many log leaves a rebuild takes between two looks at which of the space counts it
+/// wrote the store already holds (see [`views::settle`]): what it keeps in memory beyond
+/// the summaries and lists.
+pub const SETTLE_EVERY: u64 = 1 << 16;
+
+/// Views recomputed from the log, and what they wrote: `batch`, every view key they make
+/// except the space counts found equal to the stored ones (`settled`, read from the
+/// store). Read the rebuilt views' keys through [`Rebuilt::reader`].
+pub struct Rebuilt {
+    /// The views.
+    pub views: Views,
+    /// Their keys, less the settled space counts.
+    pub batch: WriteBatch,
+    settled: Arc<Settled>,
+}
+
+impl Rebuilt {
+    /// What the rebuilt views read: the batch over the store, without the store's own
+    /// view keys but for the settled space counts, which are the same.
+    pub fn reader<'a>(&'a self, store: &'a dyn Store) -> Overlay<'a> {
+        Overlay::hiding_except(store, &self.batch, keys::VIEW, self.settled.as_ref())
+    }
+
+    /// Whether the store's `key` is one of the rebuilt views' own (a settled space count).
+    pub fn keeps(&self, key: &[u8]) -> bool {
+        self.settled.keeps_key(key)
+    }
+}
 
 /// Recomputes the views from the log alone, merged for a campaign whose baseline date is
-/// `baseline`. Returns them with the batch of every view key they make, to replace the
-/// stored ones (`rebuild` adds the removal of the others); read the rebuilt items through
-/// [`rebuilt`].
+/// `baseline` (see [`Rebuilt`]).
 pub fn rebuild_views(
     store: &dyn Store,
     baseline: NaiveDate,
     progress: impl FnMut(u64),
-) -> Result<(Views, WriteBatch), StoreError> {
+) -> Result<Rebuilt, StoreError> {
     rebuild_views_upto(store, baseline, u64::MAX, progress)
 }
 
@@ -42,16 +70,35 @@ pub fn rebuild_views_upto(
     store: &dyn Store,
     baseline: NaiveDate,
     size: u64,
+    progress: impl FnMut(u64),
+) -> Result<Rebuilt, StoreError> {
+    rebuild_views_settling(store, baseline, size, SETTLE_EVERY, progress)
+}
+
+/// [`rebuild_views_upto`], letting go of the space counts the store holds alike every
+/// `every` leaves (tests use a small `every`; the figures must not depend on it).
+pub fn rebuild_views_settling(
+    store: &dyn Store,
+    baseline: NaiveDate,
+    size: u64,
+    every: u64,
     mut progress: impl FnMut(u64),
-) -> Result<(Views, WriteBatch), StoreError> {
+) -> Result<Rebuilt, StoreError> {
     let mut batch = WriteBatch::new();
     let mut views = Views::rebuilding(baseline, &mut batch);
+    let settled = views.settled();
+    let every = every.max(1);
+    let mut settled_to = 0u64;
     for r in log::iter(store) {
         let (index, rec) = r?;
         if index >= size {
             break;
         }
         progress(index);
+        if index > 0 && index % every == 0 {
+            views::settle(store, &mut batch, &settled, settled_to)?;
+            settled_to = index;
+        }
         let Some(source) = rec.source.clone() else {
             let hub_entry: HubEntry =
                 serde_json::from_slice(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
@@ -80,13 +127,11 @@ pub fn rebuild_views_upto(
             &mut batch,
         )?;
     }
-    Ok((views, batch))
-}
-
-/// What views rebuilt by [`rebuild_views`] into `batch` read: the batch over the store,
-/// without the store's own view keys.
-pub fn rebuilt<'a>(store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
-    Overlay::hiding(store, batch, keys::VIEW)
+    Ok(Rebuilt {
+        views,
+        batch,
+        settled,
+    })
 }
 
 /// `rebuild`: replaces the stored views with ones recomputed from the log, merged for
@@ -98,11 +143,15 @@ pub fn rebuild(
     baseline: NaiveDate,
     progress: impl FnMut(u64),
 ) -> Result<u64, StoreError> {
-    let (views, mut batch) = rebuild_views(store, baseline, progress)?;
+    let Rebuilt {
+        views,
+        mut batch,
+        settled,
+    } = rebuild_views(store, baseline, progress)?;
     let mut stale = Vec::new();
     for r in store.scan(keys::VIEW) {
         let (k, _) = r?;
-        if batch.pending(&k).is_none() {
+        if batch.pending(&k).is_none() && !settled.keeps_key(&k) {
             stale.push(k);
         }
     }
@@ -173,16 +222,13 @@ pub fn verify_with(
 ) -> Result<VerifyReport, VerifyError> {
     if how == Checking::Serial {
         return verify_log(store, hub_key, origin, how, progress, |report| {
-            verify_views(store, report).map_err(VerifyError::from)
+            verify_views(store, report, SETTLE_EVERY).map_err(VerifyError::from)
         });
     }
     std::thread::scope(|s| {
         let mut views = std::thread::Builder::new()
             .name("verify-views".into())
-            .spawn_scoped(s, || {
-                let mut found = VerifyReport::default();
-                verify_views(store, &mut found).map(|()| found.problems)
-            })
+            .spawn_scoped(s, || views_problems(store, SETTLE_EVERY))
             .ok();
         let report = verify_log(store, hub_key, origin, how, progress, |report| {
             let found = match views.take() {
@@ -190,11 +236,7 @@ pub fn verify_with(
                     .join()
                     .map_err(|p| WorkerPanicked::from_payload(p.as_ref()))??,
                 // No thread could be started for them.
-                None => {
-                    let mut found = VerifyReport::default();
-                    verify_views(store, &mut found)?;
-                    found.problems
-                }
+                None => views_problems(store, SETTLE_EVERY)?,
             };
             report.problems.extend(found);
             Ok(())
@@ -484,7 +526,19 @@ fn verify_log(
 /// The views are derived state: the stored items, the subjects' summaries, the sources'
 /// activity and the extensions must be exactly what the log implies, or the hub serves
 /// figures that miss (or invent) entries.
-fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+/// What `verify` says of the views (empty: they are what the log implies), the rebuild it
+/// compares with letting go of equal space counts every `settle_every` leaves.
+pub fn views_problems(store: &dyn Store, settle_every: u64) -> Result<Vec<String>, StoreError> {
+    let mut found = VerifyReport::default();
+    verify_views(store, &mut found, settle_every)?;
+    Ok(found.problems)
+}
+
+fn verify_views(
+    store: &dyn Store,
+    report: &mut VerifyReport,
+    settle_every: u64,
+) -> Result<(), StoreError> {
     const REBUILD: &str = "figures are wrong until `spacesync-hub rebuild`";
     let baseline = match crate::views::stored_baseline(store) {
         Ok(Some(b)) => b,
@@ -503,11 +557,7 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
             return Ok(());
         }
     };
-    let loaded = Views::load(store, baseline).and_then(|v| {
-        let items = v.items(store)?;
-        Ok((v, items))
-    });
-    let (stored, stored_items) = match loaded {
+    let stored = match Views::load(store, baseline) {
         Ok(v) => v,
         Err(e) => {
             report.problems.push(format!(
@@ -517,37 +567,31 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
         }
     };
     // A log that does not decode is reported above; there is nothing to compare with.
-    let Ok((rebuilt_views, batch)) = rebuild_views(store, baseline, |_| {}) else {
+    let Ok(rebuilt) = rebuild_views_settling(store, baseline, u64::MAX, settle_every, |_| {})
+    else {
         return Ok(());
     };
-    let Ok(rebuilt_items) = rebuilt_views.items(&rebuilt(store, &batch)) else {
-        return Ok(());
-    };
-    let want: HashMap<u64, &crate::views::Item> = rebuilt_items
-        .iter()
-        .map(|i| (i.meta.log_index, i))
-        .collect();
-    let got: HashMap<u64, &crate::views::Item> =
-        stored_items.iter().map(|i| (i.meta.log_index, i)).collect();
-    let mut bad: Vec<(u64, &str)> = want
-        .keys()
-        .chain(got.keys())
-        .filter_map(|i| match (want.get(i), got.get(i)) {
-            (Some(a), Some(b)) if a.meta == b.meta && a.record == b.record => None,
-            (Some(_), Some(_)) => Some((*i, "differs from")),
-            (Some(_), None) => Some((*i, "is missing from")),
-            (None, _) => Some((*i, "is not in")),
-        })
-        .collect();
-    bad.sort_unstable();
-    bad.dedup();
-    if let Some((first, how)) = bad.first() {
+    let (count, first) =
+        match views::differing_items(&rebuilt.views, &rebuilt.reader(store), &stored, store) {
+            Ok(d) => d,
+            Err(e) => {
+                report.problems.push(format!(
+                    "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
+                ));
+                return Ok(());
+            }
+        };
+    if let Some((first, how)) = first {
+        let how = match how {
+            ItemDifference::Differs => "differs from",
+            ItemDifference::OnlyFirst => "is missing from",
+            ItemDifference::OnlySecond => "is not in",
+        };
         report.problems.push(format!(
-            "the stored views disagree with the log at {} log leaves: the view item of log leaf {first} {how} what the log holds; {REBUILD}",
-            bad.len()
+            "the stored views disagree with the log at {count} log leaves: the view item of log leaf {first} {how} what the log holds; {REBUILD}"
         ));
     }
-    match crate::views::differing_lists(store, &rebuilt(store, &batch)) {
+    match views::differing_lists(store, &rebuilt.reader(store)) {
         Ok(lists) if !lists.is_empty() => report.problems.push(format!(
             "{} stored lists of a subject's snapshots disagree with the log (first: {}); a late or withdrawn snapshot would be merged wrongly until `spacesync-hub rebuild`",
             lists.len(),
@@ -558,6 +602,7 @@ fn verify_views(store: &dyn Store, report: &mut VerifyReport) -> Result<(), Stor
             "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
         )),
     }
+    let rebuilt_views = rebuilt.views;
     let subjects = stored.differing_subjects(&rebuilt_views);
     if let Some(first) = subjects.first() {
         report.problems.push(format!(

@@ -84,6 +84,26 @@ impl WriteBatch {
         self.ops.get(key).map(Option::as_deref)
     }
 
+    /// Drops what the batch would do to `key` (as if it had never been put or deleted).
+    pub fn forget(&mut self, key: &[u8]) {
+        self.ops.remove(key);
+    }
+
+    /// The keys under `prefix` from `from` on that the batch touches, in key order, with
+    /// what it does to each (as [`WriteBatch::pending`]).
+    pub fn pending_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        let prefix = prefix.to_vec();
+        let from = from.max(prefix.as_slice()).to_vec();
+        self.ops
+            .range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
     /// The keys under `prefix` the batch touches, in key order, with what it does to each
     /// (as [`WriteBatch::pending`]).
     pub fn pending_under(
@@ -154,6 +174,14 @@ pub struct Overlay<'a> {
     store: &'a dyn Store,
     batch: &'a WriteBatch,
     hidden: Option<&'a [u8]>,
+    keep: Option<&'a dyn Keep>,
+}
+
+/// Keys under an [`Overlay`]'s hidden prefix that are read from the store all the same
+/// (a rebuild that found its value for them equal to the stored one and let it go).
+pub trait Keep: Send + Sync {
+    /// Whether `key`, under the hidden prefix, is read from the store.
+    fn keeps(&self, key: &[u8]) -> bool;
 }
 
 impl<'a> Overlay<'a> {
@@ -163,6 +191,7 @@ impl<'a> Overlay<'a> {
             store,
             batch,
             hidden: None,
+            keep: None,
         }
     }
 
@@ -172,12 +201,33 @@ impl<'a> Overlay<'a> {
             store,
             batch,
             hidden: Some(hidden),
+            keep: None,
+        }
+    }
+
+    /// `batch` over `store` without its keys under `hidden`, except those `keep` keeps.
+    pub fn hiding_except(
+        store: &'a dyn Store,
+        batch: &'a WriteBatch,
+        hidden: &'a [u8],
+        keep: &'a dyn Keep,
+    ) -> Overlay<'a> {
+        Overlay {
+            store,
+            batch,
+            hidden: Some(hidden),
+            keep: Some(keep),
         }
     }
 
     fn hides(&self, key: &[u8]) -> bool {
-        self.hidden.is_some_and(|h| key.starts_with(h))
+        hidden_by(self.hidden, self.keep, key)
     }
+}
+
+/// Whether a store key is hidden by a hidden prefix and the keys kept under it.
+fn hidden_by(hidden: Option<&[u8]>, keep: Option<&dyn Keep>, key: &[u8]) -> bool {
+    hidden.is_some_and(|h| key.starts_with(h)) && !keep.is_some_and(|k| k.keeps(key))
 }
 
 impl Reader for Overlay<'_> {
@@ -190,13 +240,13 @@ impl Reader for Overlay<'_> {
     }
 
     fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
-        let hidden = self.hidden;
-        let below: KvIter<'_> = if self.hides(prefix) {
+        let (hidden, keep) = (self.hidden, self.keep);
+        let below: KvIter<'_> = if keep.is_none() && hidden.is_some_and(|h| prefix.starts_with(h)) {
             Box::new(std::iter::empty())
         } else {
             Box::new(self.store.scan(prefix).filter(move |r| {
                 r.as_ref()
-                    .map_or(true, |(k, _)| !hidden.is_some_and(|h| k.starts_with(h)))
+                    .map_or(true, |(k, _)| !hidden_by(hidden, keep, k))
             }))
         };
         Box::new(Merged {

@@ -48,7 +48,7 @@ use spacesync_shared::region::{Directory, Level, SchoolCode, unit};
 use spacesync_shared::{Record, RegionCode, SourceId};
 use tracing::{info, warn};
 
-use crate::store::{Overlay, Reader, Store, StoreError, WriteBatch, keys};
+use crate::store::{Kv, Overlay, Reader, Store, StoreError, WriteBatch, keys};
 
 mod codec;
 mod figures;
@@ -350,19 +350,144 @@ pub fn differing_lists<A: Reader + ?Sized, B: Reader + ?Sized>(
     a: &A,
     b: &B,
 ) -> Result<Vec<String>, StoreError> {
-    let left: BTreeMap<Vec<u8>, Vec<u8>> = a.read_prefix(LIST_PREFIX).collect::<Result<_, _>>()?;
-    let right: BTreeMap<Vec<u8>, Vec<u8>> = b.read_prefix(LIST_PREFIX).collect::<Result<_, _>>()?;
-    let keys: BTreeSet<&Vec<u8>> = left.keys().chain(right.keys()).collect();
+    let mut left = a.read_prefix(LIST_PREFIX).peekable();
+    let mut right = b.read_prefix(LIST_PREFIX).peekable();
     let mut out = Vec::new();
-    for k in keys {
-        if left.get(k) != right.get(k) {
+    loop {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => return Ok(out),
+            (Some(Err(_)), _) => return Err(next_err(&mut left)),
+            (_, Some(Err(_))) => return Err(next_err(&mut right)),
+            (Some(Ok((l, _))), Some(Ok((r, _)))) => l.cmp(r),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        let (l, r) = match order {
+            std::cmp::Ordering::Less => (left.next(), None),
+            std::cmp::Ordering::Greater => (None, right.next()),
+            std::cmp::Ordering::Equal => (left.next(), right.next()),
+        };
+        let (l, r) = (l.transpose()?, r.transpose()?);
+        if l.as_ref().map(|(_, v)| v) != r.as_ref().map(|(_, v)| v) {
+            let Some((k, _)) = l.as_ref().or(r.as_ref()) else {
+                continue;
+            };
             out.push(match subject_of(k, LIST_PREFIX) {
                 Ok(subject) => name_subject(subject),
                 Err(_) => printable(k),
             });
         }
     }
-    Ok(out)
+}
+
+/// The error a peeked `Err` holds, taken out of the iterator.
+fn next_err<I: Iterator<Item = Result<Kv, StoreError>>>(
+    it: &mut std::iter::Peekable<I>,
+) -> StoreError {
+    match it.next() {
+        Some(Err(e)) => e,
+        _ => StoreError::Corrupt {
+            key: "v/l/".into(),
+            message: "a scan's error went missing".into(),
+        },
+    }
+}
+
+/// Where two views' items disagree (see [`differing_items`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemDifference {
+    /// Both hold an item at the log index, not the same.
+    Differs,
+    /// Only the first holds one.
+    OnlyFirst,
+    /// Only the second holds one.
+    OnlySecond,
+}
+
+/// How many log indexes `a`'s items (read through `ra`) and `b`'s (through `rb`) disagree
+/// at, and the first of them: both walked in log order, one stored count at a time.
+pub fn differing_items<RA: Reader + ?Sized, RB: Reader + ?Sized>(
+    a: &Views,
+    ra: &RA,
+    b: &Views,
+    rb: &RB,
+) -> Result<(u64, Option<(u64, ItemDifference)>), StoreError> {
+    let mut left = a.item_stream(ra).peekable();
+    let mut right = b.item_stream(rb).peekable();
+    let (mut count, mut first) = (0u64, None);
+    loop {
+        let at = |i: &Option<&Result<Item, StoreError>>| match i {
+            Some(Ok(i)) => Some(i.meta.log_index),
+            _ => None,
+        };
+        let (l, r) = match (left.peek(), right.peek()) {
+            (None, None) => return Ok((count, first)),
+            (Some(Err(_)), _) => {
+                return Err(left.next().and_then(Result::err).unwrap_or_else(lost));
+            }
+            (_, Some(Err(_))) => {
+                return Err(right.next().and_then(Result::err).unwrap_or_else(lost));
+            }
+            (l, r) => (at(&l), at(&r)),
+        };
+        let (index, how) = match (l, r) {
+            (Some(x), Some(y)) if x == y => {
+                let (p, q) = (left.next().transpose()?, right.next().transpose()?);
+                let same = matches!((&p, &q), (Some(p), Some(q)) if p.meta == q.meta && p.record == q.record);
+                if same {
+                    continue;
+                }
+                (x, ItemDifference::Differs)
+            }
+            (Some(x), y) if y.is_none_or(|y| x < y) => {
+                left.next();
+                (x, ItemDifference::OnlyFirst)
+            }
+            (_, Some(y)) => {
+                right.next();
+                (y, ItemDifference::OnlySecond)
+            }
+            _ => return Ok((count, first)),
+        };
+        count += 1;
+        first = first.or(Some((index, how)));
+    }
+}
+
+fn lost() -> StoreError {
+    StoreError::Corrupt {
+        key: "v/".into(),
+        message: "a scan's error went missing".into(),
+    }
+}
+
+/// Two item streams in log order merged into one (ledger items and space counts never
+/// share a log index).
+struct MergedItems<
+    A: Iterator<Item = Result<Item, StoreError>>,
+    B: Iterator<Item = Result<Item, StoreError>>,
+> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A, B> Iterator for MergedItems<A, B>
+where
+    A: Iterator<Item = Result<Item, StoreError>>,
+    B: Iterator<Item = Result<Item, StoreError>>,
+{
+    type Item = Result<Item, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let take_a = match (self.a.peek(), self.b.peek()) {
+            (Some(Ok(x)), Some(Ok(y))) => x.meta.log_index <= y.meta.log_index,
+            (Some(Err(_)), _) => true,
+            (_, Some(Err(_))) => false,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_a { self.a.next() } else { self.b.next() }
+    }
 }
 
 fn name_subject((region, school): Subject) -> String {
@@ -378,6 +503,70 @@ pub fn stored_baseline(store: &dyn Store) -> Result<Option<NaiveDate>, StoreErro
     Ok(read_layout(store)?
         .filter(|l| l.layout == LAYOUT)
         .map(|l| l.baseline))
+}
+
+/// The log indexes whose space count a rebuild found equal to the stored one, byte for
+/// byte, and dropped from its batch: reading those from the store gives exactly what the
+/// rebuild wrote, so the rebuild of a long log holds in memory only the counts that differ
+/// (or changed again since), the lists and the summaries, not one value per entry.
+#[derive(Debug, Default)]
+pub struct Settled(std::sync::RwLock<Vec<u64>>);
+
+impl Settled {
+    fn insert(&self, idx: u64) {
+        let (word, bit) = ((idx / 64) as usize, idx % 64);
+        let mut bits = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        bits[word] |= 1 << bit;
+    }
+
+    /// Whether log index `idx`'s space count is read from the store.
+    pub fn contains(&self, idx: u64) -> bool {
+        let (word, bit) = ((idx / 64) as usize, idx % 64);
+        let bits = self.0.read().unwrap_or_else(|p| p.into_inner());
+        bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Whether `key` is a space count this set keeps.
+    pub fn keeps_key(&self, key: &[u8]) -> bool {
+        key.len() == COUNT_PREFIX.len() + 8
+            && key.starts_with(COUNT_PREFIX)
+            && keys::tail_u64(key).is_some_and(|i| self.contains(i))
+    }
+}
+
+impl crate::store::Keep for Settled {
+    fn keeps(&self, key: &[u8]) -> bool {
+        self.keeps_key(key)
+    }
+}
+
+/// Lets go of the space counts a rebuild put in `batch` from log index `from` on whose
+/// value the store holds byte for byte, marking them in `settled`; returns how many.
+/// One store read per count.
+pub fn settle(
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+    settled: &Settled,
+    from: u64,
+) -> Result<u64, StoreError> {
+    let mut equal = Vec::new();
+    for (k, v) in batch.pending_from(COUNT_PREFIX, &count_key(from)) {
+        if let Some(v) = v
+            && store.get(k)?.as_deref() == Some(v)
+        {
+            equal.push(k.to_vec());
+        }
+    }
+    for k in &equal {
+        if let Some(i) = keys::tail_u64(k) {
+            settled.insert(i);
+        }
+        batch.forget(k);
+    }
+    Ok(equal.len() as u64)
 }
 
 /// One view item in memory.
@@ -402,8 +591,11 @@ pub struct Views {
     /// written after these views (a snapshot reading the store leaves them out).
     next: u64,
     /// True while the views are rebuilt into a batch that replaces every stored view key:
-    /// the store's own `v/` keys are not theirs to read.
+    /// the store's own `v/` keys are not theirs to read, except the space counts the
+    /// rebuild found equal to the stored ones and let go of (`settled`).
     rebuilding: bool,
+    /// While rebuilding: the log indexes whose space count is read from the store.
+    settled: Arc<Settled>,
     /// Ledger items (everything but space counts) by log index; shared with snapshots,
     /// copied on write (a withdrawal).
     ledger: OrdMap<u64, Arc<Item>>,
@@ -685,6 +877,7 @@ impl Views {
             baseline,
             next: 0,
             rebuilding: false,
+            settled: Arc::default(),
             ledger: OrdMap::new(),
             subjects: OrdMap::new(),
             school_sums: OrdMap::new(),
@@ -705,6 +898,11 @@ impl Views {
             rebuilding: true,
             ..Views::new(baseline)
         }
+    }
+
+    /// While rebuilding: the space counts read from the store instead of the batch.
+    pub fn settled(&self) -> Arc<Settled> {
+        self.settled.clone()
     }
 
     /// Loads the stored views, for a campaign whose baseline date is `baseline`: the
@@ -820,9 +1018,9 @@ impl Views {
 
     /// What the views read: the store with `batch` over it (without the store's view
     /// keys while rebuilding).
-    fn reader<'a>(&self, store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
+    fn reader<'a>(&'a self, store: &'a dyn Store, batch: &'a WriteBatch) -> Overlay<'a> {
         if self.rebuilding {
-            Overlay::hiding(store, batch, keys::VIEW)
+            Overlay::hiding_except(store, batch, keys::VIEW, self.settled.as_ref())
         } else {
             Overlay::new(store, batch)
         }
@@ -1038,18 +1236,32 @@ impl Views {
     /// it, hiding `v/`): O(entries), for tools and tests. What was written after these
     /// views is left out, so a snapshot's items do not change.
     pub fn items<R: Reader + ?Sized>(&self, r: &R) -> Result<Vec<Item>, StoreError> {
-        let mut out: Vec<Item> = self.ledger.values().map(|i| (**i).clone()).collect();
-        for kv in r.read_prefix(COUNT_PREFIX) {
-            let (k, bytes) = kv?;
-            if let Some((meta, s)) = self.as_of_here(decode_count(&k, &bytes)?) {
-                out.push(Item {
+        self.item_stream(r).collect()
+    }
+
+    /// [`Views::items`] one at a time, in log order, holding one stored count at a time.
+    pub fn item_stream<'a, R: Reader + ?Sized>(
+        &'a self,
+        r: &'a R,
+    ) -> impl Iterator<Item = Result<Item, StoreError>> + 'a {
+        let counts = r.read_prefix(COUNT_PREFIX).filter_map(move |kv| {
+            let item = kv
+                .and_then(|(k, b)| decode_count(&k, &b))
+                .map(|c| self.as_of_here(c));
+            match item {
+                Ok(Some((meta, s))) => Some(Ok(Item {
                     meta,
                     record: Record::SpaceCount(s),
-                });
+                })),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
             }
+        });
+        let ledger = self.ledger.values().map(|i| Ok((**i).clone()));
+        MergedItems {
+            a: ledger.peekable(),
+            b: counts.peekable(),
         }
-        out.sort_by_key(|i| i.meta.log_index);
-        Ok(out)
     }
 
     /// Items not withdrawn (as [`Views::items`]).

@@ -101,8 +101,9 @@ fn served_equals_afresh(what: &str, store: &MemStore, baseline: chrono::NaiveDat
     let served = loaded.rollup(&campaign);
     assert_eq!(served.nation, afresh.nation, "{what}: nation");
     assert_eq!(served.schools(), afresh.schools(), "{what}: schools");
-    let (rebuilt, _) =
-        spacesync_hub::maintenance::rebuild_views(store, baseline, |_| {}).expect("rebuild");
+    let rebuilt = spacesync_hub::maintenance::rebuild_views(store, baseline, |_| {})
+        .expect("rebuild")
+        .views;
     assert_eq!(
         loaded.differing_subjects(&rebuilt),
         Vec::<String>::new(),
