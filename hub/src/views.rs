@@ -545,7 +545,7 @@ impl crate::store::Keep for Settled {
 
 /// Lets go of the space counts a rebuild put in `batch` from log index `from` on whose
 /// value the store holds byte for byte, marking them in `settled`; returns how many.
-/// One store read per count.
+/// One forward scan of the store's counts from `from`.
 pub fn settle(
     store: &dyn Store,
     batch: &mut WriteBatch,
@@ -553,11 +553,26 @@ pub fn settle(
     from: u64,
 ) -> Result<u64, StoreError> {
     let mut equal = Vec::new();
+    // Both in key order: one forward scan of the store's counts, not a read per count.
+    let mut stored = store.scan_from(COUNT_PREFIX, &count_key(from)).peekable();
     for (k, v) in batch.pending_from(COUNT_PREFIX, &count_key(from)) {
-        if let Some(v) = v
-            && store.get(k)?.as_deref() == Some(v)
+        let Some(v) = v else { continue };
+        while stored
+            .peek()
+            .is_some_and(|r| r.as_ref().is_ok_and(|(sk, _)| sk.as_slice() < k))
         {
-            equal.push(k.to_vec());
+            stored.next();
+        }
+        match stored.peek() {
+            Some(Ok((sk, sv))) if sk.as_slice() == k && sv.as_slice() == v => {
+                equal.push(k.to_vec());
+            }
+            Some(Err(_)) => {
+                if let Some(Err(e)) = stored.next() {
+                    return Err(e);
+                }
+            }
+            _ => {}
         }
     }
     for k in &equal {

@@ -25,6 +25,8 @@ pub struct Verified {
     pub wall_s: f64,
     /// Its user + system CPU, all threads.
     pub cpu_s: f64,
+    /// Its peak resident memory, MiB.
+    pub rss_peak_mb: f64,
 }
 
 impl Verified {
@@ -45,17 +47,19 @@ impl Verified {
                 "verify_cpu_vs_limit",
                 self.cpu_s / self.leaves.max(1) as f64 / limit.cpu_per_sig,
             )
-            .dec("verify_s", self.wall_s);
+            .dec("verify_s", self.wall_s)
+            .dec("verify_rss_peak_mb", self.rss_peak_mb);
     }
 
     /// The line printed after the run.
     pub fn describe(&self) -> String {
         format!(
-            "hub verify: {:.0} leaves/s ({} leaves in {:.2} s, {:.2} cores busy)",
+            "hub verify: {:.0} leaves/s ({} leaves in {:.2} s, {:.2} cores busy, peak resident {:.0} MiB)",
             self.per_s(),
             self.leaves,
             self.wall_s,
-            self.cpu_s / self.wall_s
+            self.cpu_s / self.wall_s,
+            self.rss_peak_mb
         )
     }
 }
@@ -122,6 +126,11 @@ impl HubInstance {
     /// Runs a subcommand against the data directory; its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         procs::run_cli(&self.bin, self.dir.path(), args)
+    }
+
+    /// [`HubInstance::cli`], with the command's peak resident memory in MiB.
+    pub fn cli_peak(&self, args: &[&str]) -> Result<(String, f64)> {
+        procs::run_cli_peak(&self.bin, self.dir.path(), args)
     }
 
     /// `agents add` for one source.
@@ -253,7 +262,7 @@ impl HubInstance {
         }
         let cpu = procs::children_cpu_seconds()?;
         let t = Instant::now();
-        let out = self.cli(&["verify"])?;
+        let (out, rss_peak_mb) = self.cli_peak(&["verify"])?;
         let wall_s = t.elapsed().as_secs_f64();
         let cpu_s = procs::children_cpu_seconds()? - cpu;
         // "ok: N leaves from M sources; …"
@@ -268,6 +277,7 @@ impl HubInstance {
             leaves,
             wall_s,
             cpu_s,
+            rss_peak_mb,
         })
     }
 

@@ -305,6 +305,77 @@ pub fn run_cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// [`run_cli`], also returning the command's peak resident memory in MiB: its `VmHWM`,
+/// read every 20 ms while it runs (monotonic, so the last reading is the peak but for
+/// its last 20 ms). Not `ru_maxrss` from `wait4`: Linux starts a child's at its parent's
+/// resident size when it forks and execs, so a child smaller than this harness reads as
+/// large as it.
+pub fn run_cli_peak(bin: &Path, dir: &Path, args: &[&str]) -> Result<(String, f64)> {
+    use std::io::Read;
+    let mut child = Command::new(bin)
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0f64;
+    let status = loop {
+        if let Some(hwm) = std::fs::read_to_string(&status_path).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        }) {
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(st) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {}", bin.display()))?
+        {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "`{} {}` failed ({status}): {}",
+            bin.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+            args.join(" "),
+            String::from_utf8_lossy(&stderr).trim()
+        );
+    }
+    Ok((
+        String::from_utf8_lossy(&stdout).trim().to_string(),
+        peak_kib / 1024.0,
+    ))
+}
+
 /// Polls `url` every `poll` until it answers 200, the guarded process exits, or `deadline`
 /// passes. Returns the time from the call to the first 200.
 pub async fn wait_ok(

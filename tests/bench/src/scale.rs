@@ -3,6 +3,7 @@
 //! `bulletin issue` and `bulletin verify`, and `verify` of the whole log against the
 //! same-run batch-verification limit.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -169,7 +170,7 @@ pub async fn run(a: &ScaleArgs) -> Result<Report> {
     std::fs::write(&file, json).with_context(|| format!("writing {}", file.display()))?;
     let file_arg = file.to_string_lossy().into_owned();
     let t = Instant::now();
-    hub.cli(&["bulletin", "verify", &file_arg])?;
+    let (_, bulletin_verify_rss) = hub.cli_peak(&["bulletin", "verify", &file_arg])?;
     let bulletin_verify = t.elapsed().as_secs_f64();
 
     // `verify` over the whole log, then the batch-verification limit on a sample of the
@@ -212,9 +213,24 @@ pub async fn run(a: &ScaleArgs) -> Result<Report> {
         .dec("dash_county_ms", county_page.median_ms)
         .dec("dash_home_first_ms", home.first_ms)
         .int("dash_home_kb", home.bytes as f64 / 1024.0)
-        .dec("bulletin_verify_s", bulletin_verify);
+        .dec("bulletin_verify_s", bulletin_verify)
+        .dec("bulletin_verify_rss_peak_mb", bulletin_verify_rss);
     verified.report(&mut r, &limit);
     r.int("verify_limit_per_s", limit.per_s);
+    // For measuring a command again on the same store (e.g. `verify` under another
+    // allocator setting): SPACESYNC_BENCH_KEEP_HUB=DIR keeps a copy of the data directory.
+    if let Some(dest) = std::env::var_os("SPACESYNC_BENCH_KEEP_HUB") {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(hub.dir())
+            .arg(&dest)
+            .status()
+            .context("running cp")?;
+        if !st.success() {
+            bail!("copying the hub's data directory to {dest:?} failed ({st})");
+        }
+        println!("hub data directory kept at {}", Path::new(&dest).display());
+    }
     Ok(r)
 }
 
