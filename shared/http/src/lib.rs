@@ -231,6 +231,9 @@ struct ConnCtl {
 /// that has something to send.
 struct Tracker {
     max_total: usize,
+    /// Connections open at once counting those closing for eviction: above it a newcomer
+    /// is closed on accept even when an idle connection could make room.
+    max_open: usize,
     max_per_address: usize,
     per_address: Mutex<HashMap<IpAddr, std::collections::BTreeMap<u64, Arc<ConnCtl>>>>,
     next_id: AtomicU64,
@@ -244,9 +247,23 @@ struct Slot {
     ctl: Arc<ConnCtl>,
 }
 
-/// Connections being closed for eviction may exceed the cap by at most this many before
-/// newcomers are refused outright.
+/// Connections being closed for eviction may exceed the cap by a quarter of it (at least
+/// this many) before newcomers are refused outright. An evicted connection's slot comes
+/// back only when its task runs and drops it; when reconnecting idlers churn against the
+/// cap (hundreds a second) on a CPU-starved host, a small allowance filled up and shut
+/// out the newcomers eviction exists for (a `/healthz` probe failed twice in 40 under a
+/// loaded full test run). Still bounded by the descriptors: see [`open_ceiling`].
 const EVICTION_SLACK: usize = 64;
+
+/// [`Tracker::max_open`]: the cap plus the eviction allowance, never closer than half the
+/// reserve to the process's descriptor limit.
+fn open_ceiling(max_total: usize, fd_soft: Option<u64>) -> usize {
+    let wanted = max_total.saturating_add((max_total / 4).max(EVICTION_SLACK));
+    let fds = fd_soft
+        .map(|n| n.saturating_sub(FD_RESERVE / 2) as usize)
+        .unwrap_or(usize::MAX);
+    wanted.min(fds).max(max_total)
+}
 
 impl Tracker {
     fn admit(self: &Arc<Tracker>, ip: IpAddr) -> Option<Slot> {
@@ -257,7 +274,7 @@ impl Tracker {
             return None;
         }
         if open >= self.max_total {
-            if open >= self.max_total + EVICTION_SLACK || !Self::evict_one(&map) {
+            if open >= self.max_open || !Self::evict_one(&map) {
                 return None;
             }
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
@@ -338,11 +355,14 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let fd_cap = fd_soft_limit()
+    let fd_soft = fd_soft_limit();
+    let fd_cap = fd_soft
         .map(|n| n.saturating_sub(FD_RESERVE).max(16) as usize)
         .unwrap_or(usize::MAX);
+    let max_total = limits.max_connections.min(fd_cap).max(1);
     let tracker = Arc::new(Tracker {
-        max_total: limits.max_connections.min(fd_cap).max(1),
+        max_total,
+        max_open: open_ceiling(max_total, fd_soft),
         max_per_address: limits.max_connections_per_address,
         per_address: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
@@ -589,6 +609,46 @@ impl AsyncWrite for IdleIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allowance for connections closing after eviction: a quarter of the cap (at
+    /// least 64), never within half the reserve of the descriptor limit.
+    #[test]
+    fn the_open_ceiling_follows_the_cap_and_the_descriptors() {
+        assert_eq!(open_ceiling(4096, Some(65_536)), 5120);
+        assert_eq!(open_ceiling(100, Some(65_536)), 164);
+        assert_eq!(open_ceiling(4096, None), 5120);
+        // Descriptors bind: 1,024 allowed, 128 kept free.
+        assert_eq!(open_ceiling(768, Some(1024)), 896);
+        // Never below the cap itself.
+        assert_eq!(open_ceiling(1000, Some(1000)), 1000);
+    }
+
+    /// A burst of newcomers at the total cap, while every connection evicted for them is
+    /// still open (its task has not run yet): each is admitted, by closing an idle one,
+    /// until the allowance is spent — not after 64.
+    #[test]
+    fn newcomers_are_admitted_while_evicted_connections_linger() {
+        let tracker = Arc::new(Tracker {
+            max_total: 400,
+            max_open: open_ceiling(400, None),
+            max_per_address: 0,
+            per_address: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            stats: Arc::new(Stats::default()),
+        });
+        let idler = IpAddr::from([10, 0, 0, 1]);
+        let held: Vec<Slot> = (0..400).filter_map(|_| tracker.admit(idler)).collect();
+        assert_eq!(held.len(), 400);
+        let newcomer = IpAddr::from([10, 0, 0, 2]);
+        // Slots of evicted connections are not dropped here: their tasks have not run.
+        let admitted: Vec<Slot> = (0..100).map_while(|_| tracker.admit(newcomer)).collect();
+        assert_eq!(admitted.len(), 100, "admitted {} of 100", admitted.len());
+        assert_eq!(tracker.stats.evicted.load(Ordering::Relaxed), 100);
+        // The allowance spent, the next is refused until evicted connections close.
+        assert!(tracker.admit(newcomer).is_none());
+        drop(held);
+        assert!(tracker.admit(newcomer).is_some());
+    }
     use axum::routing::{get, post};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
