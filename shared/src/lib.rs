@@ -29,6 +29,7 @@ pub mod batch;
 pub mod campaign;
 pub mod chain;
 pub mod clock;
+pub mod cosign;
 pub mod dsse;
 pub mod entry;
 pub mod json;

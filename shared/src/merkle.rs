@@ -654,7 +654,7 @@ pub const MAX_SIGNATURES: usize = 100;
 /// Signed-note signature type byte for Ed25519.
 const SIG_TYPE_ED25519: u8 = 0x01;
 /// Opens every signature line: em dash, space.
-const SIG_LINE_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIG_LINE_PREFIX: &str = "\u{2014} ";
 
 /// Why a checkpoint, note or verifier key was refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -826,7 +826,7 @@ fn parse_root(s: &str) -> Result<Hash, NoteError> {
 }
 
 /// Refuses control characters other than newline and lines over [`MAX_LINE_BYTES`].
-fn check_text(text: &str) -> Result<(), NoteError> {
+pub(crate) fn check_text(text: &str) -> Result<(), NoteError> {
     if let Some(offset) = text.bytes().position(|b| b < 0x20 && b != b'\n') {
         return Err(NoteError::ControlCharacter { offset });
     }
@@ -840,7 +840,7 @@ fn check_text(text: &str) -> Result<(), NoteError> {
 }
 
 /// Key names must be non-empty, without Unicode whitespace or `+` (signed-note).
-fn check_key_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_key_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '+') {
         return Err(NoteError::InvalidKeyName(name.to_owned()));
     }
@@ -850,9 +850,15 @@ fn check_key_name(name: &str) -> Result<(), NoteError> {
 /// Signed-note key hash: the first 4 bytes, big-endian, of
 /// SHA-256(name || "\n" || 0x01 || 32-byte public key).
 fn key_hash(name: &str, key: &VerifyingKey) -> u32 {
+    typed_key_hash(name, SIG_TYPE_ED25519, key)
+}
+
+/// A key hash for signature type `sig_type`: the first 4 bytes, big-endian, of
+/// SHA-256(name || "\n" || sig_type || 32-byte public key).
+pub(crate) fn typed_key_hash(name: &str, sig_type: u8, key: &VerifyingKey) -> u32 {
     let digest = Sha256::new()
         .chain_update(name)
-        .chain_update([b'\n', SIG_TYPE_ED25519])
+        .chain_update([b'\n', sig_type])
         .chain_update(key.as_bytes())
         .finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
@@ -958,9 +964,19 @@ fn sign_note(text: &str, name: &str, key: &SigningKey) -> Result<String, NoteErr
     ))
 }
 
-/// Checks a signed note and returns its text (with final newline) if `verifier`'s key signed
-/// it. Signature lines of other keys are checked for form only and otherwise ignored.
-fn open_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, NoteError> {
+/// One signature line of a note: key name, key hash, and the bytes after the hash.
+pub(crate) struct SigLine<'a> {
+    /// Key name.
+    pub name: &'a str,
+    /// Key hash (key ID).
+    pub key_hash: u32,
+    /// What follows the key hash (at least one byte).
+    pub sig: Vec<u8>,
+}
+
+/// Splits a signed note into its text (with final newline) and its signature lines,
+/// checking the framing only: size, characters, the blank line, each line's form.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<SigLine<'_>>), NoteError> {
     if note.len() > MAX_NOTE_BYTES {
         return Err(NoteError::TooLarge {
             len: note.len(),
@@ -976,7 +992,7 @@ fn open_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, Note
     }
     let sigs = sigs.strip_suffix('\n').ok_or(NoteError::TrailingData)?;
     let malformed = |reason| NoteError::MalformedSignatureLine { reason };
-    let mut verified = false;
+    let mut lines = Vec::new();
     for (n, line) in sigs.split('\n').enumerate() {
         if n == MAX_SIGNATURES {
             return Err(NoteError::TooManySignatures {
@@ -996,14 +1012,29 @@ fn open_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, Note
         let Some((id, sig)) = blob.split_first_chunk::<4>().filter(|(_, s)| !s.is_empty()) else {
             return Err(malformed("signature shorter than 5 bytes"));
         };
-        if name != verifier.name || u32::from_be_bytes(*id) != verifier.key_hash {
+        lines.push(SigLine {
+            name,
+            key_hash: u32::from_be_bytes(*id),
+            sig: sig.to_vec(),
+        });
+    }
+    Ok((text, lines))
+}
+
+/// Checks a signed note and returns its text (with final newline) if `verifier`'s key signed
+/// it. Signature lines of other keys are checked for form only and otherwise ignored.
+fn open_note<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, NoteError> {
+    let (text, lines) = split_note(note)?;
+    let mut verified = false;
+    for line in lines {
+        if line.name != verifier.name || line.key_hash != verifier.key_hash {
             continue;
         }
         let bad = || NoteError::BadSignature {
             name: verifier.name.clone(),
             key_hash: verifier.key_hash,
         };
-        let sig = Signature::from_slice(sig).map_err(|_| bad())?;
+        let sig = Signature::from_slice(&line.sig).map_err(|_| bad())?;
         crate::sig::verify(&verifier.key, text.as_bytes(), &sig).map_err(|_| bad())?;
         verified = true;
     }
