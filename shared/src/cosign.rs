@@ -23,7 +23,8 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use thiserror::Error;
 
 use crate::merkle::{
-    Checkpoint, NoteError, SIG_LINE_PREFIX, check_key_name, check_text, split_note, typed_key_hash,
+    Checkpoint, NoteError, SIG_LINE_PREFIX, check_key_name, check_text, format_vkey, parse_vkey,
+    split_note, typed_key_hash,
 };
 
 /// Signature type byte of an Ed25519 `cosignature/v1`.
@@ -91,36 +92,14 @@ impl Cosigner {
     /// The verifier key text `<name>+<8 hex key ID>+<base64(0x04 || public key)>`, as
     /// witness tooling (e.g. Go's `sumdb/note` with a cosignature resolver) reads it.
     pub fn to_vkey(&self) -> String {
-        let mut typed = [0u8; 33];
-        typed[0] = SIG_TYPE_COSIGNATURE_V1;
-        typed[1..].copy_from_slice(self.key.as_bytes());
-        format!("{}+{:08x}+{}", self.name, self.key_id, BASE64.encode(typed))
+        format_vkey(&self.name, self.key_id, SIG_TYPE_COSIGNATURE_V1, &self.key)
     }
 
     /// Parses [`Cosigner::to_vkey`] text, refusing another signature type or a key ID that
     /// does not match the name and key.
     pub fn from_vkey(vkey: &str) -> Result<Cosigner, NoteError> {
-        let bad = |reason| NoteError::InvalidVerifierKey { reason };
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected <name>+<key ID>+<key>"));
-        };
-        let mut id = [0u8; 4];
-        hex::decode_to_slice(id_hex, &mut id).map_err(|_| bad("key ID is not 8 hex digits"))?;
-        let mut typed = [0u8; 48];
-        let key = match BASE64.decode_slice(key_b64, &mut typed) {
-            Ok(33) if typed[0] == SIG_TYPE_COSIGNATURE_V1 => &typed[1..33],
-            Ok(33) => return Err(bad("not a cosignature/v1 key (type 0x04)")),
-            _ => return Err(bad("key is not base64 of 0x04 and 32 bytes")),
-        };
-        let key = <&[u8; 32]>::try_from(key).map_err(|_| bad("key is not 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(key).map_err(|_| bad("not an Ed25519 public key"))?;
-        let c = Cosigner::new(name, key).map_err(|_| bad("invalid key name"))?;
-        if c.key_id != u32::from_be_bytes(id) {
-            return Err(bad("key ID does not match name and key"));
-        }
-        Ok(c)
+        let (name, key) = parse_vkey(vkey, SIG_TYPE_COSIGNATURE_V1)?;
+        Cosigner::new(&name, key)
     }
 }
 

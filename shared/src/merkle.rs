@@ -906,46 +906,50 @@ impl NoteVerifier {
     /// The verifier key text form `<name>+<8 hex key hash>+<base64(0x01 || public key)>`,
     /// as read by Go's `golang.org/x/mod/sumdb/note` and witness tooling.
     pub fn to_vkey(&self) -> String {
-        let mut typed = [0u8; 33];
-        typed[0] = SIG_TYPE_ED25519;
-        typed[1..].copy_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            self.key_hash,
-            BASE64.encode(typed)
-        )
+        format_vkey(&self.name, self.key_hash, SIG_TYPE_ED25519, &self.key)
     }
 
     /// Parses [`NoteVerifier::to_vkey`] text, refusing other signature types and a key hash
     /// that does not match the name and key.
     pub fn from_vkey(vkey: &str) -> Result<Self, NoteError> {
-        let bad = |reason| NoteError::InvalidVerifierKey { reason };
-        // The name cannot contain '+', but the base64 key can.
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(key_b64)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected <name>+<hash>+<key>"));
-        };
-        check_key_name(name).map_err(|_| bad("invalid key name"))?;
-        let mut hash = [0u8; 4];
-        hex::decode_to_slice(hash_hex, &mut hash)
-            .map_err(|_| bad("key hash is not 8 hex digits"))?;
-        let mut typed = [0u8; 48];
-        let key = match BASE64.decode_slice(key_b64, &mut typed) {
-            Ok(33) if typed[0] == SIG_TYPE_ED25519 => &typed[1..33],
-            Ok(33) => return Err(bad("unsupported signature type")),
-            _ => return Err(bad("key is not base64 of 0x01 and 32 bytes")),
-        };
-        let key = <&[u8; 32]>::try_from(key).map_err(|_| bad("key is not 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(key).map_err(|_| bad("not an Ed25519 public key"))?;
-        let verifier = Self::new(name, key)?;
-        if verifier.key_hash != u32::from_be_bytes(hash) {
-            return Err(bad("key hash does not match name and key"));
-        }
-        Ok(verifier)
+        let (name, key) = parse_vkey(vkey, SIG_TYPE_ED25519)?;
+        Self::new(&name, key)
     }
+}
+
+/// `<name>+<8 hex key hash>+<base64(sig_type || public key)>`.
+pub(crate) fn format_vkey(name: &str, key_hash: u32, sig_type: u8, key: &VerifyingKey) -> String {
+    let mut typed = [0u8; 33];
+    typed[0] = sig_type;
+    typed[1..].copy_from_slice(key.as_bytes());
+    format!("{name}+{key_hash:08x}+{}", BASE64.encode(typed))
+}
+
+/// The name and key of a verifier key of signature type `sig_type`, its key hash checked
+/// against them.
+pub(crate) fn parse_vkey(vkey: &str, sig_type: u8) -> Result<(String, VerifyingKey), NoteError> {
+    let bad = |reason| NoteError::InvalidVerifierKey { reason };
+    // The name cannot contain '+', but the base64 key can.
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(hash_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("expected <name>+<hash>+<key>"));
+    };
+    check_key_name(name).map_err(|_| bad("invalid key name"))?;
+    let mut hash = [0u8; 4];
+    hex::decode_to_slice(hash_hex, &mut hash).map_err(|_| bad("key hash is not 8 hex digits"))?;
+    let mut typed = [0u8; 48];
+    let key = match BASE64.decode_slice(key_b64, &mut typed) {
+        Ok(33) if typed[0] == sig_type => &typed[1..33],
+        Ok(33) => return Err(bad("unsupported signature type")),
+        _ => return Err(bad("key is not base64 of the type byte and 32 bytes")),
+    };
+    let key = <&[u8; 32]>::try_from(key).map_err(|_| bad("key is not 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(key).map_err(|_| bad("not an Ed25519 public key"))?;
+    if typed_key_hash(name, sig_type, &key) != u32::from_be_bytes(hash) {
+        return Err(bad("key hash does not match name and key"));
+    }
+    Ok((name.to_owned(), key))
 }
 
 /// Signs `text` as a signed note with one Ed25519 signature line.
