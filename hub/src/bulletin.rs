@@ -518,10 +518,24 @@ pub fn issue_due(
     hub: &Hub,
     notices: impl Fn() -> Vec<BulletinNotice>,
 ) -> Result<Vec<u64>, BulletinError> {
+    issue_due_fenced(hub, notices, &|_| Ok(true))
+}
+
+/// [`issue_due`] by the holder of the scheduler lease: `fence` is asked inside the
+/// serialized write, at the head the bulletin is committed at (see [`crate::schedule`]);
+/// when it says the lease is lost, nothing is issued.
+pub fn issue_due_fenced(
+    hub: &Hub,
+    notices: impl Fn() -> Vec<BulletinNotice>,
+    fence: &dyn Fn(&dyn Store) -> Result<bool, StoreError>,
+) -> Result<Vec<u64>, BulletinError> {
     let now = hub.clock.now();
     // The slot is read inside the serialized write: of two replicas due at once, the
     // second finds the head moved, catches up, reads the slot taken and issues nothing.
     hub.serialized(|hub, st| {
+        if !fence(hub.store.as_ref())? {
+            return Ok(Vec::new());
+        }
         let next_slot = hub
             .store
             .get(SLOT_KEY)?

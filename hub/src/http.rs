@@ -282,8 +282,8 @@ pub fn app(state: AppState) -> Router {
 
 /// Before every request but `/healthz` and `/metrics`: the hub catches up with what other
 /// replicas on its database committed ([`crate::hub::Hub::sync`]: one primary-key read when nothing
-/// moved), so no answer comes from state another replica's commit made stale. While the
-/// store cannot be read, the answer is 503.
+/// moved; the notice book likewise), so no answer comes from state another replica's commit
+/// made stale. While the store cannot be read, the answer is 503.
 async fn caught_up(
     State(s): State<AppState>,
     req: axum::extract::Request,
@@ -292,8 +292,12 @@ async fn caught_up(
     if matches!(req.uri().path(), "/healthz" | "/metrics") {
         return next.run(req).await;
     }
-    let hub = s.hub.clone();
-    match tokio::task::spawn_blocking(move || hub.sync()).await {
+    let (hub, notices) = (s.hub.clone(), s.notices.clone());
+    let synced = tokio::task::spawn_blocking(move || {
+        hub.sync()?;
+        notices.refresh(hub.store.as_ref())
+    });
+    match synced.await {
         Ok(Ok(())) => next.run(req).await,
         Ok(Err(e)) => AppError::internal(e).into_response(),
         Err(e) => {

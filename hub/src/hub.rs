@@ -123,6 +123,12 @@ impl ConflictError for StoreError {
     }
 }
 
+impl From<LoadError> for StoreError {
+    fn from(e: LoadError) -> StoreError {
+        load_to_store(e)
+    }
+}
+
 /// A load error as the store error writers answer with.
 pub(crate) fn load_to_store(e: LoadError) -> StoreError {
     match e {

@@ -348,3 +348,178 @@ fn a_nonce_is_single_use_across_replicas() {
         assert!(x ^ y, "{nonce}: accepted {} times", x as u8 + y as u8);
     }
 }
+
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&chrono::Utc)
+}
+
+/// The notices the admin role reads on a replica, through its API (the request catches
+/// the replica's notice book up first).
+async fn notices_on(t: &TestHub) -> Vec<Value> {
+    t.get_json("/v1/notices").await["notices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One replica holds the scheduler lease and does the clockwork; the other serves the
+/// notices it raised. When the holder stops renewing, the lease lapses and the other takes
+/// over with the next epoch; the old holder, waking up with its lapsed lease, writes
+/// nothing (fenced): no second bulletin for a slot, no notice. Racing for a lapsed lease,
+/// one replica gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_runs_on_the_lease_holder_and_moves_when_it_stops() {
+    use spacesync_hub::auth::Role;
+    use spacesync_hub::schedule::{self, LEASE_TTL};
+    let dir = store_dir(Backend::Postgres);
+    let start = at("2018-11-14T09:00:00+08:00");
+    let a = TestHub::open_at(dir.path(), start);
+    let b = TestHub::open_at(dir.path(), start);
+    a.register(&Agent::new("gd-a", 1, "440000"));
+    let set = |when| {
+        a.clock.set(when);
+        b.clock.set(when);
+    };
+    set(start);
+    let la = schedule::acquire(&a.hub, "a", LEASE_TTL)
+        .expect("acquire")
+        .expect("a takes the free lease");
+    assert_eq!(la.epoch, 1);
+    assert!(
+        schedule::acquire(&b.hub, "b", LEASE_TTL)
+            .expect("acquire")
+            .is_none(),
+        "b took a held lease"
+    );
+    schedule::tick_leased(&a.hub, &a.notices, &la).expect("tick");
+    let store = a.hub.store.clone();
+    assert_eq!(bulletin::list(store.as_ref()).expect("list").len(), 1);
+    let raised = a.notices.list(Role::Admin).len();
+    assert!(raised > 0, "no notice raised on 2018-11-14");
+    // The other replica serves what the holder raised.
+    assert_eq!(notices_on(&b).await.len(), raised);
+
+    // Renewed by its holder before it lapses, the lease stays with it.
+    set(start + Duration::seconds(20));
+    let renewed = schedule::acquire(&a.hub, "a", LEASE_TTL)
+        .expect("acquire")
+        .expect("renewed");
+    assert_eq!(renewed.epoch, 1);
+    assert!(renewed.expires_at > la.expires_at);
+    set(start + Duration::seconds(40));
+    assert!(
+        schedule::acquire(&b.hub, "b", LEASE_TTL)
+            .expect("acquire")
+            .is_none()
+    );
+    // The holder stops; once its lease lapsed, the other replica takes over.
+    set(start + Duration::seconds(51));
+    let lb = schedule::acquire(&b.hub, "b", LEASE_TTL)
+        .expect("acquire")
+        .expect("b takes the lapsed lease");
+    assert_eq!(lb.epoch, 2);
+
+    // The next slot is due and new notices with it. The old holder wakes up with its
+    // lapsed lease: fenced, it writes nothing.
+    let next = at("2018-11-19T09:01:00+08:00");
+    set(next);
+    schedule::tick_leased(&a.hub, &a.notices, &renewed).expect("tick");
+    assert_eq!(bulletin::list(store.as_ref()).expect("list").len(), 1);
+    assert_eq!(notices_on(&a).await.len(), raised);
+    // The holder of the day renews (its lease lapsed on the hub clock, so it is taken
+    // again with the next epoch) and does the work, once.
+    let lb = schedule::acquire(&b.hub, "b", LEASE_TTL)
+        .expect("acquire")
+        .expect("b");
+    assert_eq!(lb.epoch, 3);
+    for _ in 0..3 {
+        schedule::tick_leased(&b.hub, &b.notices, &lb).expect("tick");
+    }
+    assert_eq!(bulletin::list(store.as_ref()).expect("list").len(), 2);
+    let now_raised = notices_on(&a).await.len();
+    assert!(now_raised > raised, "no notice raised on 2018-11-19");
+    assert_eq!(notices_on(&b).await.len(), now_raised);
+
+    // Racing for a lapsed lease: exactly one replica gets it.
+    for round in 0..5 {
+        set(next + Duration::minutes(1 + round));
+        let got: Vec<bool> = std::thread::scope(|t| {
+            let handles: Vec<_> = [(&a, "a"), (&b, "b")]
+                .map(|(r, me)| {
+                    let hub = r.hub.clone();
+                    t.spawn(move || {
+                        schedule::acquire(&hub, me, LEASE_TTL)
+                            .expect("acquire")
+                            .is_some()
+                    })
+                })
+                .into_iter()
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(
+            got.iter().filter(|g| **g).count(),
+            1,
+            "round {round}: {got:?}"
+        );
+    }
+}
+
+/// An agent's fetch recorded on one replica and its acknowledgement on the other: the
+/// stored notice keeps both (a notice change is a merge committed at the head, never an
+/// overwrite of what another replica recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notice_deliveries_recorded_on_two_replicas_are_both_kept() {
+    use spacesync_hub::auth::Role;
+    use spacesync_hub::schedule;
+    let dir = store_dir(Backend::Postgres);
+    let start = at("2018-11-14T09:00:00+08:00");
+    let a = TestHub::open_at(dir.path(), start);
+    let b = TestHub::open_at(dir.path(), start);
+    let gd = Agent::new("gd-a", 1, "440000");
+    a.register(&gd);
+    a.clock.set(start);
+    b.clock.set(start);
+    schedule::tick(&a.hub, &a.notices).expect("tick");
+    b.notices.refresh(b.hub.store.as_ref()).expect("refresh");
+    let store = a.hub.store.as_ref();
+    let fetched = a
+        .notices
+        .fetch(store, &gd.id, gd.scope, 0, 100, start)
+        .expect("fetch");
+    assert!(!fetched.is_empty());
+    let through = fetched.iter().map(|n| n.id).max().unwrap_or(0);
+    // b's book has not seen the fetch; its acknowledgement must not erase it.
+    let acked = b
+        .notices
+        .ack(
+            store,
+            &gd.id,
+            gd.scope,
+            through,
+            start + Duration::minutes(1),
+        )
+        .expect("ack");
+    assert_eq!(acked, fetched.len());
+    let fresh = spacesync_hub::notices::NoticeBook::load(store).expect("load");
+    let mine: Vec<_> = fresh
+        .list(Role::Admin)
+        .into_iter()
+        .filter(|n| fetched.iter().any(|f| f.id == n.id))
+        .collect();
+    assert_eq!(mine.len(), fetched.len());
+    for n in mine {
+        assert_eq!(n.state, "acknowledged", "{}", n.id);
+        assert_eq!(
+            n.fetched_by,
+            std::slice::from_ref(&gd.id),
+            "the fetch was overwritten"
+        );
+        assert_eq!(n.acked_by, std::slice::from_ref(&gd.id));
+    }
+}
