@@ -783,10 +783,9 @@ pub(crate) mod tests {
                         b.put(b"race".to_vec(), vec![i]);
                         match s.commit(1, b) {
                             Ok(2) => true,
-                            Err(StoreError::Conflict {
-                                expected: 1,
-                                found: 2,
-                            }) => false,
+                            // `found` is 2, or 1 when the engine aborted the racing
+                            // transaction before it could read the head (SERIALIZABLE).
+                            Err(StoreError::Conflict { expected: 1, .. }) => false,
                             other => panic!("racing commit: {other:?}"),
                         }
                     })

@@ -708,7 +708,19 @@ impl Store for PgStore {
         }
         self.call(move |inner| async move {
             let mut c = inner.take().await?;
-            let fail = inner.fail("commit");
+            let backend = inner.fail("commit");
+            // An engine that runs transactions SERIALIZABLE (CockroachDB by default, or a
+            // PostgreSQL configured so) aborts the second of two racing commits with a
+            // retryable error instead of making it wait on the head row's lock: that is
+            // another writer committing first, answered like a moved head.
+            let fail = |e: tokio_postgres::Error| match e.code() {
+                Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                | Some(&SqlState::T_R_DEADLOCK_DETECTED) => StoreError::Conflict {
+                    expected,
+                    found: expected,
+                },
+                _ => backend(e),
+            };
             let (delete, upsert, lock, set) = (
                 c.delete.clone(),
                 c.upsert.clone(),
@@ -743,12 +755,20 @@ impl Store for PgStore {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.call(move |inner| async move {
             let c = inner.take().await?;
-            let n = c
-                .client
-                .execute(&c.insert_new, &[&key, &value])
-                .await
-                .map_err(inner.fail("insert"))?;
-            Ok(n == 1)
+            let mut tries = 0;
+            loop {
+                match c.client.execute(&c.insert_new, &[&key, &value]).await {
+                    Ok(n) => return Ok(n == 1),
+                    // SERIALIZABLE (CockroachDB's default) aborts the loser of two racing
+                    // inserts of one key; run again, it finds the winner's row.
+                    Err(e)
+                        if tries < 8 && e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(inner.fail("insert")(e)),
+                }
+            }
         })
     }
 }
@@ -824,6 +844,31 @@ mod tests {
     #[test]
     fn the_commit_contract_holds() {
         let s = PgStore::open(&spacesync_pgtest::database()).expect("open");
+        crate::store::tests::commit_contract(&s);
+    }
+
+    /// Under `SERIALIZABLE` (CockroachDB's default) racing commits are aborted with
+    /// SQLSTATE 40001 rather than queued on the row lock: still one lands and the others
+    /// are told of a conflict, not of a database failure.
+    #[test]
+    fn the_commit_contract_holds_under_serializable_isolation() {
+        let url = spacesync_pgtest::database();
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|d| d.split('?').next())
+            .expect("db name")
+            .to_string();
+        let stmt: &'static str = Box::leak(
+            format!("ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'")
+                .into_boxed_str(),
+        );
+        sql(&url, stmt);
+        let s = PgStore::open(&url).expect("open");
+        assert_eq!(
+            sql(&url, "SHOW default_transaction_isolation"),
+            ["serializable"]
+        );
         crate::store::tests::commit_contract(&s);
     }
 
