@@ -292,8 +292,9 @@ impl NonceCache {
     }
 
     /// Records `nonce` of a request signed at `ts`; false when it was already used (seen
-    /// since this process started, or stored by an earlier one). The nonce is durable in
-    /// `store` when this returns true. Blocking (a store flush).
+    /// since this process started, or stored by an earlier one or by another replica on
+    /// the same database). The nonce is durable in `store` when this returns true.
+    /// Blocking (a store flush).
     pub fn check_and_insert(
         &self,
         store: &dyn Store,
@@ -328,13 +329,13 @@ impl NonceCache {
             seen.insert(nonce.to_string(), expires);
         }
         let key = keys::nonce(&Digest::of(nonce.as_bytes()).to_hex());
-        if let Some(v) = store.get(&key)?
-            && decode_instant(&v).is_none_or(|t| t >= now)
-        {
+        // Claimed with one atomic insert-if-absent, shared by every replica on the store: a
+        // request replayed to another replica finds the nonce taken. A stored nonce stays
+        // taken until it is pruned, a window after its request's timestamp left the window.
+        if !store.insert_if_absent(&key, &expires.timestamp_millis().to_be_bytes())? {
             return Ok(false);
         }
         let mut b = WriteBatch::new();
-        b.put(key, expires.timestamp_millis().to_be_bytes().to_vec());
         let hw = high_water.map_or(now, |h| h.max(now));
         b.put(
             keys::NONCE_HIGH_WATER.to_vec(),

@@ -79,6 +79,18 @@ pub enum BulletinError {
     Mismatch(String),
 }
 
+impl From<crate::hub::LoadError> for BulletinError {
+    fn from(e: crate::hub::LoadError) -> BulletinError {
+        BulletinError::Store(crate::hub::load_to_store(e))
+    }
+}
+
+impl crate::hub::ConflictError for BulletinError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, BulletinError::Store(StoreError::Conflict { .. }))
+    }
+}
+
 fn bulletin_key(n: u64) -> Vec<u8> {
     [BULLETIN_PREFIX, &n.to_be_bytes()].concat()
 }
@@ -204,23 +216,23 @@ pub fn issue(
     scheduled_for: Option<DateTime<Utc>>,
     notices: &[BulletinNotice],
 ) -> Result<Value, BulletinError> {
-    let _one_at_a_time = issuing();
-    issue_with(hub, scheduled_for, notices, WriteBatch::new())
+    hub.serialized(|hub, st| issue_with(hub, st, scheduled_for, notices, WriteBatch::new()))
 }
 
-/// Bulletins are issued one at a time: the number is read and the bulletin written under
-/// this lock, so two issuers never take the same number (or the same schedule slot).
-/// Readers and ingest are not held up: the figures come from a published snapshot.
-static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+// Bulletins are issued one at a time: the number and the schedule slot are read and the
+// bulletin written inside the serialized write ([`Hub::serialized`], under the writer lock
+// of the hub and committed at the store head its state was read at). Across processes
+// (replicas on one database, `bulletin issue` beside `serve`) a commit that finds the head
+// moved writes nothing and the bulletin is computed again, caught up, so two issuers never
+// take the same number or the same slot. Readers are not held up; writers wait while the
+// assessment is computed (once a week, or per `bulletin issue`).
 
-fn issuing() -> std::sync::MutexGuard<'static, ()> {
-    ISSUING.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// [`issue`], writing `also` in the same atomic write as the bulletin (one flush). The
-/// caller holds [`issuing`].
+/// [`issue`], writing `also` in the same atomic write as the bulletin, committed at the
+/// head `state` was read at. The caller holds the writer lock (`state`, caught up with
+/// the store).
 fn issue_with(
     hub: &Hub,
+    state: &mut crate::hub::State,
     scheduled_for: Option<DateTime<Utc>>,
     notices: &[BulletinNotice],
     also: WriteBatch,
@@ -229,7 +241,7 @@ fn issue_with(
     let now = hub.clock.now();
     // One snapshot: log size, root, checkpoint, views and registry as of one durable
     // change (registry changes are log entries), which is what `verify` recomputes with.
-    let st = hub.snapshot();
+    let st = crate::hub::Snapshot::of(state);
     let mut registry: Vec<registry::SourceRecord> = st.registry.values().cloned().collect();
     registry.sort_by(|a, b| a.id.cmp(&b.id));
     let number = store
@@ -280,8 +292,7 @@ fn issue_with(
         serde_json::to_vec_pretty(&doc).unwrap_or_default(),
     );
     b.extend(also);
-    store.apply(b)?;
-    store.flush()?;
+    state.head = store.commit(state.head, b)?;
     tracing::info!(number, log_size = size, "Issued bulletin.");
     Ok(doc)
 }
@@ -507,29 +518,46 @@ pub fn issue_due(
     hub: &Hub,
     notices: impl Fn() -> Vec<BulletinNotice>,
 ) -> Result<Vec<u64>, BulletinError> {
-    let _one_at_a_time = issuing();
-    let store = hub.store.as_ref();
-    let next_slot = store
-        .get(SLOT_KEY)?
-        .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0);
+    issue_due_fenced(hub, notices, &|_| Ok(true))
+}
+
+/// [`issue_due`] by the holder of the scheduler lease: `fence` is asked inside the
+/// serialized write, at the head the bulletin is committed at (see [`crate::schedule`]);
+/// when it says the lease is lost, nothing is issued.
+pub fn issue_due_fenced(
+    hub: &Hub,
+    notices: impl Fn() -> Vec<BulletinNotice>,
+    fence: &dyn Fn(&dyn Store) -> Result<bool, StoreError>,
+) -> Result<Vec<u64>, BulletinError> {
     let now = hub.clock.now();
-    let end = hub.campaign.end_of_day(hub.campaign.ends_on);
-    let mut k = next_slot;
-    let mut issued = Vec::new();
-    // Catch up to the latest slot only: after downtime, one bulletin, not a burst.
-    let mut latest = None;
-    while slot_time(&hub.campaign, k) <= now && slot_time(&hub.campaign, k) < end {
-        latest = Some(k);
-        k += 1;
-    }
-    if let Some(k) = latest {
-        // The bulletin and its slot are one write: a crash leaves both or neither, so a
-        // slot is never issued twice.
-        let mut slot = WriteBatch::new();
-        slot.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
-        let doc = issue_with(hub, Some(slot_time(&hub.campaign, k)), &notices(), slot)?;
-        issued.push(doc["number"].as_u64().unwrap_or(0));
-    }
-    Ok(issued)
+    // The slot is read inside the serialized write: of two replicas due at once, the
+    // second finds the head moved, catches up, reads the slot taken and issues nothing.
+    hub.serialized(|hub, st| {
+        if !fence(hub.store.as_ref())? {
+            return Ok(Vec::new());
+        }
+        let next_slot = hub
+            .store
+            .get(SLOT_KEY)?
+            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let end = hub.campaign.end_of_day(hub.campaign.ends_on);
+        let mut k = next_slot;
+        let mut issued = Vec::new();
+        // Catch up to the latest slot only: after downtime, one bulletin, not a burst.
+        let mut latest = None;
+        while slot_time(&hub.campaign, k) <= now && slot_time(&hub.campaign, k) < end {
+            latest = Some(k);
+            k += 1;
+        }
+        if let Some(k) = latest {
+            // The bulletin and its slot are one write: a crash leaves both or neither, so a
+            // slot is never issued twice.
+            let mut slot = WriteBatch::new();
+            slot.put(SLOT_KEY.to_vec(), (k + 1).to_be_bytes().to_vec());
+            let doc = issue_with(hub, st, Some(slot_time(&hub.campaign, k)), &notices(), slot)?;
+            issued.push(doc["number"].as_u64().unwrap_or(0));
+        }
+        Ok(issued)
+    })
 }

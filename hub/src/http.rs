@@ -270,10 +270,40 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            caught_up,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestDecompressionLayer::new())
         .layer(axum::middleware::map_response(bare_errors_as_json))
         .with_state(state)
+}
+
+/// Before every request but `/healthz` and `/metrics`: the hub catches up with what other
+/// replicas on its database committed ([`crate::hub::Hub::sync`]: one primary-key read when nothing
+/// moved; the notice book likewise), so no answer comes from state another replica's commit
+/// made stale. While the store cannot be read, the answer is 503.
+async fn caught_up(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let (hub, notices) = (s.hub.clone(), s.notices.clone());
+    let synced = tokio::task::spawn_blocking(move || {
+        hub.sync()?;
+        notices.refresh(hub.store.as_ref())
+    });
+    match synced.await {
+        Ok(Ok(())) => next.run(req).await,
+        Ok(Err(e)) => AppError::internal(e).into_response(),
+        Err(e) => {
+            AppError::internal(format!("catching up with the store failed: {e}")).into_response()
+        }
+    }
 }
 
 /// Error answers made by layers below the handlers (e.g. an unsupported

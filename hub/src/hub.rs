@@ -22,7 +22,6 @@ use spacesync_shared::clock::Clock;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::wire::{RefusalCode, SourceHead};
 use spacesync_shared::{Campaign, SourceId};
-use tracing::error;
 
 use crate::log::{Log, LogError};
 use crate::registry::{self, SourceRecord};
@@ -106,6 +105,41 @@ impl Default for Limits {
     }
 }
 
+/// How often a writer whose commit found the head moved catches up and tries again before
+/// it answers with the conflict (503: the agent retries). Each retry means another
+/// replica's commit landed, so the hub as a whole made progress.
+pub const MAX_CONFLICT_RETRIES: u32 = 64;
+
+/// Errors that can say "another writer moved the head first" ([`StoreError::Conflict`]),
+/// so [`Hub::serialized`] knows to catch up and try again.
+pub trait ConflictError {
+    /// True for a commit that found the head moved.
+    fn is_conflict(&self) -> bool;
+}
+
+impl ConflictError for StoreError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+impl From<LoadError> for StoreError {
+    fn from(e: LoadError) -> StoreError {
+        load_to_store(e)
+    }
+}
+
+/// A load error as the store error writers answer with.
+pub(crate) fn load_to_store(e: LoadError) -> StoreError {
+    match e {
+        LoadError::Store(e) => e,
+        LoadError::Log(e) => StoreError::Backend {
+            op: "reload",
+            message: e.to_string(),
+        },
+    }
+}
+
 /// Why the hub's state could not be loaded from its store.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -117,7 +151,9 @@ pub enum LoadError {
     Log(#[from] LogError),
 }
 
-/// Everything guarded by the writer lock.
+/// Everything guarded by the writer lock. A clone is cheap (persistent maps, `Arc`s, the
+/// frontier): a writer keeps one to go back to when its commit finds the head moved.
+#[derive(Clone)]
 pub struct State {
     /// The tree.
     pub log: Log,
@@ -134,10 +170,12 @@ pub struct State {
     pub alarms: imbl::Vector<Alarm>,
     /// Bumped on every change; readers cache derived figures by it.
     pub version: u64,
-    /// A write failed and reading the store back failed too: this state may hold what the
-    /// write left in memory (a tree that counts leaves never written). It is not published,
-    /// and writers read the store again before they go on ([`Hub::writer`]).
-    pub(crate) stale: bool,
+    /// The store's serialization point ([`Store::head`]) this state was read at: a write
+    /// commits only if the store's head is still this, and catch-up starts from here.
+    pub head: u64,
+    /// The number the next stored alarm after the ones in memory has (catch-up reads from
+    /// there).
+    pub(crate) next_alarm: u64,
 }
 
 /// What readers see: an owned, immutable view of the hub's state as of its last durable
@@ -161,6 +199,8 @@ pub struct Snapshot {
     pub alarms: imbl::Vector<Alarm>,
     /// The state's [`State::version`] when this was taken: equal versions, equal snapshots.
     pub version: u64,
+    /// The store head the state was read at ([`State::head`]).
+    pub head: u64,
 }
 
 impl Snapshot {
@@ -176,13 +216,14 @@ impl Snapshot {
             views: st.views.clone(),
             alarms: st.alarms.clone(),
             version: st.version,
+            head: st.head,
         }
     }
 }
 
 /// The writer lock on the hub's [`State`], from [`Hub::state`]. A writer that changed the
 /// state through it publishes a new [`Snapshot`] when it lets go (on success after its
-/// flush, on failure after reloading from the store), so readers only ever see durable
+/// flush, on failure after putting back the state it started from), so readers only ever see durable
 /// state.
 pub struct StateGuard<'a> {
     hub: &'a Hub,
@@ -208,7 +249,7 @@ impl DerefMut for StateGuard<'_> {
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
         // Still under the writer lock, so snapshots are published in the order of changes.
-        if self.changed && !self.state.stale {
+        if self.changed {
             self.hub.publish(&self.state);
         }
     }
@@ -266,6 +307,9 @@ fn load_state(
     key: &SigningKey,
     campaign: &Campaign,
 ) -> Result<State, LoadError> {
+    // The head first: everything read after it is at least as new, so a state read ahead
+    // of its head is caught up again (harmlessly) and never taken for a newer one.
+    let head = store.head()?;
     let log = Log::load(store)?;
     let mut registry = HashMap::new();
     let mut heads = imbl::HashMap::new();
@@ -294,12 +338,7 @@ fn load_state(
         None => log.checkpoint(origin, key)?,
     };
     let mut alarms = imbl::Vector::new();
-    for r in store.scan(keys::ALARM) {
-        let (_, v) = r?;
-        if let Ok(a) = serde_json::from_slice(&v) {
-            alarms.push_back(a);
-        }
-    }
+    let next_alarm = read_alarms(store, 0, &mut alarms)?;
     Ok(State {
         log,
         heads,
@@ -308,8 +347,32 @@ fn load_state(
         checkpoint,
         alarms,
         version: 0,
-        stale: false,
+        head,
+        next_alarm,
     })
+}
+
+/// Appends the stored alarms numbered `from` on to `alarms`; the number after the last.
+fn read_alarms(
+    store: &dyn Store,
+    from: u64,
+    alarms: &mut imbl::Vector<Alarm>,
+) -> Result<u64, StoreError> {
+    let mut next = from;
+    for r in store.scan_from(keys::ALARM, &keys::alarm(from)) {
+        let (k, v) = r?;
+        next = keys::tail_u64(&k).map_or(next, |n| n.saturating_add(1).max(next));
+        if let Ok(a) = serde_json::from_slice::<Alarm>(&v) {
+            // One alarm per fault: a replica that raised it too stored its own copy.
+            if !alarms
+                .iter()
+                .any(|b| b.source == a.source && b.seq == a.seq && b.code == a.code)
+            {
+                alarms.push_back(a);
+            }
+        }
+    }
+    Ok(next)
 }
 
 impl Hub {
@@ -362,34 +425,144 @@ impl Hub {
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = snap;
     }
 
-    /// Reloads the state from the store (after a failed write left memory ahead of disk).
-    pub(crate) fn reload(&self, st: &mut State) {
-        match load_state(self.store.as_ref(), &self.origin, &self.key, &self.campaign) {
-            Ok(fresh) => *st = fresh,
-            Err(e) => {
-                error!(error = %e, "Reloading hub state after a storage failure failed; nothing more is written until it reads.");
-                st.stale = true;
+    /// The writer lock, for a change, on a state caught up with the store: what other
+    /// writers committed (another replica, an admin command, or this hub's own write whose
+    /// answer was lost) is replayed first ([`Hub::catch_up`]: one primary-key read when
+    /// nothing moved), and while the store cannot be read nothing is written (the error
+    /// says so). A writer whose write fails puts back the state it started from, which is
+    /// as of its head, so memory is never ahead of the store.
+    pub(crate) fn writer(&self) -> Result<StateGuard<'_>, StoreError> {
+        let mut st = self.state();
+        self.catch_up(&mut st).map_err(load_to_store)?;
+        Ok(st)
+    }
+
+    /// Runs `write` under the writer lock against a state caught up with the store, and
+    /// again (caught up once more) while its commit finds that another writer moved the
+    /// head first, at most [`MAX_CONFLICT_RETRIES`] times. On any error the state goes
+    /// back to what it was before the attempt (as of its head: a next writer catches up
+    /// from there, finding the write in the store if it landed after all).
+    pub fn serialized<T, E>(
+        &self,
+        mut write: impl FnMut(&Hub, &mut State) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError> + From<LoadError> + ConflictError,
+    {
+        let mut st = self.writer()?;
+        let mut tries = 0;
+        loop {
+            let saved = State::clone(&st);
+            match write(self, &mut st) {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    *st = saved;
+                    if e.is_conflict() && tries < MAX_CONFLICT_RETRIES {
+                        tries += 1;
+                        self.catch_up(&mut st)?;
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
         }
     }
 
-    /// The writer lock, for a change: a state left stale by a failed reload is read from
-    /// the store again first, and while that fails nothing is written (the error says so).
-    pub(crate) fn writer(&self) -> Result<StateGuard<'_>, StoreError> {
-        let mut st = self.state();
-        if st.stale {
-            match load_state(self.store.as_ref(), &self.origin, &self.key, &self.campaign) {
-                Ok(fresh) => *st = fresh,
-                Err(LoadError::Store(e)) => return Err(e),
-                Err(LoadError::Log(e)) => {
-                    return Err(StoreError::Backend {
-                        op: "reload",
-                        message: e.to_string(),
-                    });
+    /// For readers: when another writer (a replica on the same database, an admin command)
+    /// moved the store's head past what this hub last read, catch up first, so no answer
+    /// comes from state another replica's commit made stale. One primary-key read when
+    /// nothing moved; blocking.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        // Compared with the published snapshot, not under the writer lock: a request does
+        // not wait for an append in progress unless it must catch up.
+        if self.store.head()? == self.snapshot().head {
+            return Ok(());
+        }
+        self.writer().map(drop)
+    }
+
+    /// Replays what other writers committed since `st.head` into `st`, without reloading
+    /// the whole state: the log leaves past `st`'s tree (their heads per source, registry
+    /// changes, extensions), the view keys those leaves touched (read back from the store,
+    /// see [`Views::catch_up`]), the alarms raised since, the checkpoint of the new tree.
+    /// True when something moved. The state is published at once (readers waiting on a
+    /// [`Hub::sync`] see it). A store whose log shrank (a restored backup) is reloaded
+    /// whole.
+    pub(crate) fn catch_up(&self, st: &mut StateGuard<'_>) -> Result<bool, LoadError> {
+        let store = self.store.as_ref();
+        let head = store.head()?;
+        if head == st.head {
+            return Ok(false);
+        }
+        // Read after the head: it covers at least every commit up to it.
+        let log = Log::load(store)?;
+        let from = st.log.size();
+        let to = log.size();
+        if to < from {
+            **st = load_state(store, &self.origin, &self.key, &self.campaign)?;
+            self.publish(st);
+            return Ok(true);
+        }
+        let mut heads = st.heads.clone();
+        let mut registry: Option<HashMap<SourceId, SourceRecord>> = None;
+        let mut views = st.views.clone();
+        let mut touched = crate::views::Touched::default();
+        if to > from {
+            for r in crate::log::iter_from(store, from) {
+                let (index, rec) = r?;
+                if index >= to {
+                    break;
+                }
+                let corrupt = |message: String| StoreError::Corrupt {
+                    key: format!("log/{index}"),
+                    message,
+                };
+                match &rec.source {
+                    Some(source) => {
+                        let entry =
+                            spacesync_shared::entry::Entry::from_payload(&rec.envelope.payload)
+                                .map_err(|e| corrupt(e.to_string()))?;
+                        heads.insert(
+                            source.clone(),
+                            Head {
+                                seq: entry.seq,
+                                hash: rec.envelope.payload_hash(),
+                            },
+                        );
+                        touched.entry(index, source, &entry.record);
+                    }
+                    None => {
+                        let entry: crate::entries::HubEntry =
+                            serde_json::from_slice(&rec.envelope.payload)
+                                .map_err(|e| corrupt(e.to_string()))?;
+                        views.replay_hub(index, &entry);
+                        registry::apply(
+                            registry.get_or_insert_with(|| (*st.registry).clone()),
+                            &entry,
+                        );
+                    }
                 }
             }
         }
-        Ok(st)
+        views.catch_up(store, touched)?;
+        let mut alarms = st.alarms.clone();
+        let next_alarm = read_alarms(store, st.next_alarm, &mut alarms)?;
+        let checkpoint = log.checkpoint(&self.origin, &self.key)?;
+        let state: &mut State = st;
+        state.log = log;
+        state.heads = heads;
+        if let Some(r) = registry {
+            state.registry = Arc::new(r);
+        }
+        state.views = views;
+        state.alarms = alarms;
+        state.next_alarm = next_alarm;
+        state.checkpoint = checkpoint;
+        state.head = head;
+        state.version += 1;
+        self.publish(state);
+        tracing::debug!(head, from, to, "Caught up with another writer's commits.");
+        Ok(true)
     }
 
     /// What the hub holds of `source`.

@@ -25,7 +25,7 @@ use spacesync_shared::wire::{
 use spacesync_shared::{Campaign, Envelope, SourceId};
 use tracing::{debug, error, info, warn};
 
-use crate::hub::{Alarm, Head, Held, Hub, LoadError, State};
+use crate::hub::{Alarm, ConflictError, Head, Held, Hub, LoadError, MAX_CONFLICT_RETRIES, State};
 use crate::log::{LogError, LogRecord, RecordRef};
 use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
 use crate::store::{StoreError, WriteBatch, keys};
@@ -79,6 +79,45 @@ impl CheckedBatch {
             .iter()
             .any(|o| o.entry().is_ok_and(|e| e.seq > held_through))
     }
+}
+
+impl ConflictError for IngestError {
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Store(StoreError::Conflict { .. })
+                | IngestError::Log(LogError::Store(StoreError::Conflict { .. }))
+        )
+    }
+}
+
+impl From<LoadError> for RegistryError {
+    fn from(e: LoadError) -> RegistryError {
+        match e {
+            LoadError::Store(e) => RegistryError::Store(e),
+            LoadError::Log(e) => RegistryError::Log(e),
+        }
+    }
+}
+
+impl ConflictError for RegistryError {
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Store(StoreError::Conflict { .. })
+                | RegistryError::Log(LogError::Store(StoreError::Conflict { .. }))
+        )
+    }
+}
+
+/// What one admission of a batch decided (see [`Hub::admit_locked`]).
+struct Admission {
+    /// Held entries, new and resent, with their index entries.
+    receipts: Vec<(u64, Held)>,
+    refused: Vec<Refusal>,
+    resend_from: Option<u64>,
+    status: u16,
+    appended: usize,
 }
 
 /// Why an ingest request is refused as a whole.
@@ -329,6 +368,96 @@ impl Hub {
         let earliest = earliest_recorded_at(&self.campaign);
 
         let mut st = self.writer()?;
+        let mut tries = 0;
+        let admitted = loop {
+            // Cheap (persistent maps): what to go back to if the commit does not land.
+            let saved = State::clone(&st);
+            match self.admit_locked(&mut st, &batch, &reg, &keys, opened.clone(), now, earliest) {
+                Ok(a) => break a,
+                Err(IngestError::Store(StoreError::Conflict { expected, found }))
+                    if tries < MAX_CONFLICT_RETRIES =>
+                {
+                    // Another replica committed first: bring the state up to the store
+                    // and judge the batch again (what it appended is now held, and a
+                    // resend of it is answered as a resend, with the same receipts).
+                    tries += 1;
+                    debug!(source = %source, expected, found, tries, "The head moved; catching up before admitting the batch again.");
+                    *st = saved;
+                    self.catch_up(&mut st)?;
+                }
+                Err(e) => {
+                    if let IngestError::Store(se) = &e {
+                        error!(source = %source, error = %se, "Storing a batch failed; nothing was acknowledged.");
+                    }
+                    // The state as of its head: the next writer catches up from there,
+                    // finding this write in the store if it landed after all.
+                    *st = saved;
+                    return Err(e);
+                }
+            }
+        };
+        let Admission {
+            receipts,
+            refused,
+            resend_from,
+            status,
+            appended,
+        } = admitted;
+        if appended == 0 && !receipts.is_empty() {
+            // Only entries held before: their write may be one whose flush failed (its
+            // batch is applied, and the state caught up after the failure holds it). A
+            // receipt waits for a flush that covers them; when everything is already
+            // on disk, sled's flush has nothing to write.
+            if let Err(e) = self.store.flush() {
+                error!(source = %source, error = %e, "Flushing before receipting resent entries failed; nothing was acknowledged.");
+                return Err(e.into());
+            }
+        }
+        for r in &refused {
+            // The reason quotes what the batch said (field names, ids): Debug-escaped, so a
+            // newline in it cannot start a forged log line. Anyone can send refusals, so
+            // they are logged at most once per REFUSAL_LOG_EVERY (with the count since the
+            // last line); every one is at debug level.
+            debug!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, "Refused an entry.");
+            if let Some(n) = self.refusal_log.admit() {
+                warn!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, refused = n, "Refused an entry (one line per 10 s; `refused` counts all since the last line).");
+            }
+        }
+        let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
+        // Everything is durable and published; the signatures (one per receipt unless the
+        // sender asked for one per batch) need not hold up the next writer.
+        drop(st);
+        let (receipts, batch_receipt) = sign_receipts(&self.key, &source, receipts, form);
+        Ok(IngestOutcome {
+            status,
+            response: IngestResponse {
+                held_through,
+                receipts,
+                refused,
+                resend_from,
+                batch_receipt,
+            },
+            appended,
+        })
+    }
+
+    /// One admission of a checked batch under the writer lock, against `st`: the chain
+    /// verifier's judgement of each entry, the hub's clock rules, then the commit at
+    /// `st.head`. On an error `st` may hold what the attempt left in memory; the caller
+    /// puts back the state it kept.
+    #[allow(clippy::too_many_arguments)]
+    fn admit_locked(
+        &self,
+        st: &mut State,
+        batch: &IngestBatch,
+        reg: &SourceRecord,
+        keys: &KeySchedule,
+        opened: Vec<Opened>,
+        now: DateTime<Utc>,
+        earliest: DateTime<Utc>,
+    ) -> Result<Admission, IngestError> {
+        let source = batch.source.clone();
+        let keys = keys.clone();
         let head = st.heads.get(&source).copied().unwrap_or_default();
         let mut chain = ChainVerifier::with_keys(
             source.clone(),
@@ -380,7 +509,7 @@ impl Hub {
                 let detail = format!(
                     "seq {seq}: a different entry is already held for this seq (equivocation); the hub keeps the first"
                 );
-                self.raise_alarm(&mut st, &source, seq, RefusalCode::Fork, &detail, now);
+                self.raise_alarm(st, &source, seq, RefusalCode::Fork, &detail, now);
             }
             refused.push(refusal(
                 &fault,
@@ -406,13 +535,7 @@ impl Hub {
                     seq: entry.seq,
                     envelope: env,
                 };
-                let index = match st.log.append(&mut wb, rec) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        self.reload(&mut st);
-                        return Err(e.into());
-                    }
-                };
+                let index = st.log.append(&mut wb, rec)?;
                 let held = Held {
                     log_index: index,
                     hash: env.payload_hash(),
@@ -432,10 +555,7 @@ impl Hub {
                     &entry.record,
                     &mut wb,
                 );
-                if let Err(e) = applied {
-                    self.reload(&mut st);
-                    return Err(e.into());
-                }
+                applied?;
                 new_heads = Head {
                     seq: entry.seq,
                     hash: held.hash,
@@ -443,83 +563,43 @@ impl Hub {
                 new_receipts.push((entry.seq, held));
             }
             st.log.put_frontier(&mut wb);
-            let note = match st.log.checkpoint(&self.origin, &self.key) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.reload(&mut st);
-                    return Err(e.into());
-                }
-            };
+            let note = st.log.checkpoint(&self.origin, &self.key)?;
             wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
-            if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
-                error!(source = %source, error = %e, "Storing a batch failed; nothing was acknowledged.");
-                self.reload(&mut st);
-                return Err(e.into());
-            }
+            // The serialization point: written only if no other writer committed since
+            // this state was read (else nothing is written and the caller catches up).
+            st.head = self.store.commit(st.head, wb)?;
             st.checkpoint = note;
             st.heads.insert(source.clone(), new_heads);
             st.version += 1;
             receipts.extend(new_receipts);
             info!(source = %source, appended, held_through = new_heads.seq, log_size = st.log.size(), "Appended entries.");
         }
-        if appended == 0 && !receipts.is_empty() {
-            // Only entries held before: their write may be one whose flush failed (its
-            // batch is applied, and the state reloaded after the failure holds it). A
-            // receipt waits for a flush that covers them; when everything is already
-            // on disk, sled's flush has nothing to write.
-            if let Err(e) = self.store.flush() {
-                error!(source = %source, error = %e, "Flushing before receipting resent entries failed; nothing was acknowledged.");
-                return Err(e.into());
-            }
-        }
-        for r in &refused {
-            // The reason quotes what the batch said (field names, ids): Debug-escaped, so a
-            // newline in it cannot start a forged log line. Anyone can send refusals, so
-            // they are logged at most once per REFUSAL_LOG_EVERY (with the count since the
-            // last line); every one is at debug level.
-            debug!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, "Refused an entry.");
-            if let Some(n) = self.refusal_log.admit() {
-                warn!(source = %source, seq = r.seq, code = ?r.code, reason = ?r.reason, refused = n, "Refused an entry (one line per 10 s; `refused` counts all since the last line).");
-            }
-        }
-        let held_through = st.heads.get(&source).map_or(0, |h| h.seq);
-        // Everything is durable and published; the signatures (one per receipt unless the
-        // sender asked for one per batch) need not hold up the next writer.
-        drop(st);
-        let (receipts, batch_receipt) = sign_receipts(&self.key, &source, receipts, form);
-        Ok(IngestOutcome {
+        Ok(Admission {
+            receipts,
+            refused,
+            resend_from,
             status,
-            response: IngestResponse {
-                held_through,
-                receipts,
-                refused,
-                resend_from,
-                batch_receipt,
-            },
             appended,
         })
     }
 
     /// Signs and appends one of the hub's own entries (e.g. an extension). Durable on return.
+    /// `make` may be called again (with the next free seq) when another replica committed
+    /// first.
     pub fn append_hub_entry(
         &self,
-        make: impl FnOnce(u64, DateTime<Utc>) -> HubEntry,
+        make: impl Fn(u64, DateTime<Utc>) -> HubEntry,
     ) -> Result<(u64, HubEntry), IngestError> {
         let now = self.clock.now();
-        let mut st = self.writer()?;
-        let seq = self.last_hub_seq()? + 1;
-        let entry = make(seq, now);
-        let mut wb = WriteBatch::new();
-        let index = match self.push_hub_entry(&mut st, &mut wb, &entry, now) {
-            Ok(i) => i,
-            Err(e) => {
-                self.reload(&mut st);
-                return Err(e.into());
-            }
-        };
-        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
-        self.commit_hub_entries(&mut st, wb)?;
-        Ok((index, entry))
+        self.serialized(|hub, st| {
+            let seq = hub.last_hub_seq()? + 1;
+            let entry = make(seq, now);
+            let mut wb = WriteBatch::new();
+            let index = hub.push_hub_entry(st, &mut wb, &entry, now)?;
+            wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+            hub.commit_hub_entries(st, wb)?;
+            Ok((index, entry))
+        })
     }
 
     /// The hub's own seq of its last log entry (0 = none).
@@ -531,7 +611,7 @@ impl Hub {
     }
 
     /// Signs `entry`, adds it to `wb` as the next log leaf and applies it to the views.
-    /// On error the caller reloads the state (the frontier may have moved).
+    /// On error the caller puts the state back (the frontier may have moved).
     fn push_hub_entry(
         &self,
         st: &mut State,
@@ -559,22 +639,14 @@ impl Hub {
         Ok(index)
     }
 
-    /// Adds the new checkpoint to `wb`, writes it in one atomic step and flushes. On
-    /// failure nothing is changed and the state is reloaded from the store.
-    fn commit_hub_entries(&self, st: &mut State, mut wb: WriteBatch) -> Result<(), IngestError> {
+    /// Adds the new checkpoint to `wb` and commits it at `st.head` (one atomic, durable
+    /// write). On failure nothing is written; the caller ([`Hub::serialized`]) puts the
+    /// state back.
+    fn commit_hub_entries(&self, st: &mut State, mut wb: WriteBatch) -> Result<(), LogError> {
         st.log.put_frontier(&mut wb);
-        let note = match st.log.checkpoint(&self.origin, &self.key) {
-            Ok(n) => n,
-            Err(e) => {
-                self.reload(st);
-                return Err(e.into());
-            }
-        };
+        let note = st.log.checkpoint(&self.origin, &self.key)?;
         wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
-        if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
-            self.reload(st);
-            return Err(e.into());
-        }
+        st.head = self.store.commit(st.head, wb)?;
         st.checkpoint = note;
         st.version += 1;
         Ok(())
@@ -590,7 +662,7 @@ impl Hub {
     ) -> Result<SourceRecord, RegistryError> {
         let name = id.to_string();
         self.change_registry(|reg, _, seq, now| {
-            registry::plan_add(reg, id, scope, key_line, seq, now).map(Some)
+            registry::plan_add(reg, id.clone(), scope, key_line, seq, now).map(Some)
         })?
         .ok_or(RegistryError::Unknown(name))
     }
@@ -638,7 +710,7 @@ impl Hub {
     /// Entries, `reg/` record and checkpoint are one atomic write, flushed on return.
     fn change_registry(
         &self,
-        plan: impl FnOnce(
+        plan: impl Fn(
             &HashMap<SourceId, SourceRecord>,
             &imbl::HashMap<SourceId, Head>,
             u64,
@@ -647,51 +719,44 @@ impl Hub {
     ) -> Result<Option<SourceRecord>, RegistryError> {
         // Millisecond precision, as the log's other times.
         let now = self.clock.now().trunc_subsecs(3);
-        let mut st = self.writer()?;
-        let mut seq = self.last_hub_seq()?;
-        let baseline = if registry::logged(self.store.as_ref())? || st.registry.is_empty() {
-            None
-        } else {
+        self.serialized(|hub, st| {
+            let mut seq = hub.last_hub_seq()?;
+            let baseline = if registry::logged(hub.store.as_ref())? || st.registry.is_empty() {
+                None
+            } else {
+                seq += 1;
+                let mut sources: Vec<SourceRecord> = st.registry.values().cloned().collect();
+                sources.sort_by(|a, b| a.id.cmp(&b.id));
+                Some(HubEntry::RegistryBaseline(registry::RegistryBaseline {
+                    seq,
+                    sources,
+                    at: now,
+                }))
+            };
+            let Some(entry) = plan(&st.registry, &st.heads, seq + 1, now)? else {
+                return Ok(None);
+            };
             seq += 1;
-            let mut sources: Vec<SourceRecord> = st.registry.values().cloned().collect();
-            sources.sort_by(|a, b| a.id.cmp(&b.id));
-            Some(HubEntry::RegistryBaseline(registry::RegistryBaseline {
-                seq,
-                sources,
-                at: now,
-            }))
-        };
-        let Some(entry) = plan(&st.registry, &st.heads, seq + 1, now)? else {
-            return Ok(None);
-        };
-        seq += 1;
-        let mut wb = WriteBatch::new();
-        let mut new_registry: HashMap<SourceId, SourceRecord> = (*st.registry).clone();
-        let mut changed = None;
-        for e in baseline.iter().chain([&entry]) {
-            if let Err(e) = self.push_hub_entry(&mut st, &mut wb, e, now) {
-                self.reload(&mut st);
-                return Err(e.into());
+            let mut wb = WriteBatch::new();
+            let mut new_registry: HashMap<SourceId, SourceRecord> = (*st.registry).clone();
+            let mut changed = None;
+            for e in baseline.iter().chain([&entry]) {
+                hub.push_hub_entry(st, &mut wb, e, now)?;
+                changed = registry::apply(&mut new_registry, e);
             }
-            changed = registry::apply(&mut new_registry, e);
-        }
-        let Some(rec) = changed.and_then(|id| new_registry.get(&id).cloned()) else {
-            self.reload(&mut st);
-            return Err(RegistryError::Log(LogError::Tree(
-                "a planned registry change names no source".into(),
-            )));
-        };
-        registry::put(&mut wb, &rec);
-        wb.put(registry::LOGGED_KEY.to_vec(), b"1".to_vec());
-        wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
-        self.commit_hub_entries(&mut st, wb).map_err(|e| match e {
-            IngestError::Store(e) => RegistryError::Store(e),
-            IngestError::Log(e) => RegistryError::Log(e),
-            other => RegistryError::Log(LogError::Tree(other.to_string())),
-        })?;
-        st.registry = Arc::new(new_registry);
-        info!(source = %rec.id, log_size = st.log.size(), "Registry changed.");
-        Ok(Some(rec))
+            let Some(rec) = changed.and_then(|id| new_registry.get(&id).cloned()) else {
+                return Err(RegistryError::Log(LogError::Tree(
+                    "a planned registry change names no source".into(),
+                )));
+            };
+            registry::put(&mut wb, &rec);
+            wb.put(registry::LOGGED_KEY.to_vec(), b"1".to_vec());
+            wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+            hub.commit_hub_entries(st, wb)?;
+            st.registry = Arc::new(new_registry);
+            info!(source = %rec.id, log_size = st.log.size(), "Registry changed.");
+            Ok(Some(rec))
+        })
     }
 
     /// The hub's own rules for an entry the chain admits: `recorded_at` neither ahead of
@@ -757,18 +822,22 @@ impl Hub {
         };
         error!(source = %source, seq, code = ?code, "Equivocation: a source sent two different entries for one seq.");
         // Numbered after the last stored alarm, so none is ever overwritten (even one that
-        // failed to load).
-        let n = match self.store.last(keys::ALARM) {
+        // failed to load), and claimed with an insert-if-absent: a replica raising one at
+        // the same moment takes the next number instead of overwriting it.
+        let mut n = match self.store.last(keys::ALARM) {
             Ok(Some((k, _))) => keys::tail_u64(&k).map_or(0, |n| n + 1),
-            _ => st.alarms.len() as u64,
+            _ => st.next_alarm,
         };
-        let mut wb = WriteBatch::new();
-        wb.put(
-            keys::alarm(n),
-            serde_json::to_vec(&alarm).unwrap_or_default(),
-        );
-        if let Err(e) = self.store.apply(wb).and_then(|()| self.store.flush()) {
-            error!(error = %e, "Storing an alarm failed; it is kept in memory only.");
+        let bytes = serde_json::to_vec(&alarm).unwrap_or_default();
+        loop {
+            match self.store.insert_if_absent(&keys::alarm(n), &bytes) {
+                Ok(true) => break,
+                Ok(false) => n += 1,
+                Err(e) => {
+                    error!(error = %e, "Storing an alarm failed; it is kept in memory only.");
+                    break;
+                }
+            }
         }
         st.alarms.push_back(alarm);
         st.version += 1;

@@ -17,6 +17,7 @@ use crate::store::{Store, StoreError, WriteBatch, keys};
 pub use record::{LogRecord, RecordError, RecordRef, leaf_hash};
 
 /// The tree's in-memory state, mirrored in the store.
+#[derive(Clone)]
 pub struct Log {
     frontier: Frontier,
     /// The record being encoded, reused from one append to the next.
@@ -124,7 +125,15 @@ pub fn read(store: &dyn Store, index: u64) -> Result<Option<LogRecord>, StoreErr
 
 /// Every leaf in order, from `from`.
 pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
-    store.scan(keys::LOG).map(|r| {
+    iter_from(store, 0)
+}
+
+/// The log's records from leaf `from` on, in order.
+pub fn iter_from(
+    store: &dyn Store,
+    from: u64,
+) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
+    store.scan_from(keys::LOG, &keys::log(from)).map(|r| {
         let (k, v) = r?;
         let index = keys::tail_u64(&k).ok_or_else(|| StoreError::Corrupt {
             key: String::from_utf8_lossy(&k).into_owned(),

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -642,47 +643,156 @@ pub fn is_webhook_id(s: &str) -> bool {
 }
 
 /// Every notice raised, with delivery state, kept in memory and mirrored to the store.
+///
+/// Replicas on one database each keep a book: every change is written as a merge into the
+/// stored record (the union of fetches and acknowledgements, the furthest webhook
+/// delivery) committed at the store's head ([`Store::commit`]), so a change another
+/// replica made meanwhile is never overwritten; [`NoticeBook::refresh`] reads the stored
+/// notices again when the head moved since they were read.
 #[derive(Default)]
 pub struct NoticeBook {
     records: Mutex<Vec<NoticeRecord>>,
     /// Next webhook attempt per (notice id, webhook id), in real time.
     retry_at: Mutex<HashMap<(u64, String), Instant>>,
+    /// The store head the records were read at (with the records' lock held).
+    seen_head: AtomicU64,
+}
+
+/// How often a notice write whose commit found the head moved merges and tries again.
+const MAX_MERGE_RETRIES: u32 = 64;
+
+/// Every stored notice.
+fn load_records(store: &dyn Store) -> Result<Vec<NoticeRecord>, StoreError> {
+    let mut records = Vec::new();
+    for r in store.scan(NOTICE_PREFIX) {
+        let (k, v) = r?;
+        let mut rec: NoticeRecord =
+            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("ntc/{:?}", crate::store::keys::tail_u64(&k)),
+                message: e.to_string(),
+            })?;
+        rekey_legacy_deliveries(&mut rec);
+        records.push(rec);
+    }
+    Ok(records)
+}
+
+/// `mine` written over `stored` without losing what `stored` knows: fetches and
+/// acknowledgements of both (the earlier time), per webhook the delivery that got further.
+fn merge(stored: NoticeRecord, mine: &NoticeRecord) -> NoticeRecord {
+    let mut out = stored;
+    out.escalated |= mine.escalated;
+    for (s, t) in &mine.fetched {
+        let e = out.fetched.entry(s.clone()).or_insert(*t);
+        *e = (*e).min(*t);
+    }
+    for (s, t) in &mine.acked {
+        let e = out.acked.entry(s.clone()).or_insert(*t);
+        *e = (*e).min(*t);
+    }
+    for (id, d) in &mine.webhooks {
+        match out.webhooks.get(id) {
+            Some(theirs)
+                if theirs.delivered_at.is_some()
+                    || (d.delivered_at.is_none() && theirs.attempts >= d.attempts) => {}
+            _ => {
+                out.webhooks.insert(id.clone(), d.clone());
+            }
+        }
+    }
+    out
 }
 
 impl NoticeBook {
     /// Loads every stored notice.
     pub fn load(store: &dyn Store) -> Result<NoticeBook, StoreError> {
-        let mut records = Vec::new();
-        for r in store.scan(NOTICE_PREFIX) {
-            let (k, v) = r?;
-            let mut rec: NoticeRecord =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    key: format!("ntc/{:?}", crate::store::keys::tail_u64(&k)),
-                    message: e.to_string(),
-                })?;
-            rekey_legacy_deliveries(&mut rec);
-            records.push(rec);
-        }
+        let head = store.head()?;
+        let records = load_records(store)?;
         Ok(NoticeBook {
             records: Mutex::new(records),
             retry_at: Mutex::new(HashMap::new()),
+            seen_head: AtomicU64::new(head),
         })
+    }
+
+    /// Reads the stored notices again when the store's head moved since they were read
+    /// (another replica raised, delivered or had a notice acknowledged; or any other
+    /// commit). One primary-key read when nothing moved.
+    pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let head = store.head()?;
+        if self.seen_head.load(Ordering::SeqCst) == head {
+            return Ok(());
+        }
+        let mut recs = self.lock();
+        // Read after the head: at least as new as it.
+        *recs = load_records(store)?;
+        self.seen_head.store(head, Ordering::SeqCst);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<NoticeRecord>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(store: &dyn Store, recs: &[&NoticeRecord]) -> Result<(), StoreError> {
-        let mut b = WriteBatch::new();
-        for r in recs {
-            b.put(
-                notice_key(r.notice.id),
-                serde_json::to_vec(r).unwrap_or_default(),
-            );
+    /// Writes `recs`, each merged into its stored record, in one commit at the store's
+    /// head, after `fence` allowed it at that head (false: nothing is written, and this
+    /// returns false). Called with the records' lock held.
+    fn persist_fenced(
+        &self,
+        store: &dyn Store,
+        recs: &[&NoticeRecord],
+        fence: &dyn Fn(&dyn Store) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let mut tries = 0;
+        loop {
+            let head = store.head()?;
+            if !fence(store)? {
+                return Ok(false);
+            }
+            let mut b = WriteBatch::new();
+            for r in recs {
+                let key = notice_key(r.notice.id);
+                let merged = match store.get(&key)? {
+                    Some(v) => match serde_json::from_slice::<NoticeRecord>(&v) {
+                        Ok(mut stored) if stored.key == r.key => {
+                            rekey_legacy_deliveries(&mut stored);
+                            merge(stored, r)
+                        }
+                        // Another writer raised a different notice under this number:
+                        // nothing is written; the book is read again before the next try.
+                        Ok(_) => {
+                            self.seen_head.store(u64::MAX, Ordering::SeqCst);
+                            return Err(StoreError::Conflict {
+                                expected: head,
+                                found: head,
+                            });
+                        }
+                        Err(_) => (*r).clone(),
+                    },
+                    None => (*r).clone(),
+                };
+                b.put(key, serde_json::to_vec(&merged).unwrap_or_default());
+            }
+            match store.commit(head, b) {
+                Ok(next) => {
+                    // The records in memory are the stored ones only if nothing else was
+                    // committed since they were read; otherwise the next refresh reads them.
+                    let _ = self.seen_head.compare_exchange(
+                        head,
+                        next,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict { .. }) if tries < MAX_MERGE_RETRIES => tries += 1,
+                Err(e) => return Err(e),
+            }
         }
-        store.apply(b)?;
-        store.flush()
+    }
+
+    fn persist(&self, store: &dyn Store, recs: &[&NoticeRecord]) -> Result<(), StoreError> {
+        self.persist_fenced(store, recs, &|_| Ok(true)).map(drop)
     }
 
     /// Raises the candidates not raised before; returns the new notices.
@@ -692,6 +802,20 @@ impl NoticeBook {
         cands: Vec<Candidate>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Notice>, StoreError> {
+        self.raise_fenced(store, cands, now, &|_| Ok(true))
+    }
+
+    /// [`NoticeBook::raise`], by the holder of the scheduler lease: `fence` is checked at
+    /// the head the notices are committed at (see [`crate::schedule`]); when it says the
+    /// lease is lost, nothing is raised.
+    pub fn raise_fenced(
+        &self,
+        store: &dyn Store,
+        cands: Vec<Candidate>,
+        now: DateTime<Utc>,
+        fence: &dyn Fn(&dyn Store) -> Result<bool, StoreError>,
+    ) -> Result<Vec<Notice>, StoreError> {
+        self.refresh(store)?;
         let mut recs = self.lock();
         let mut fresh = Vec::new();
         for c in cands {
@@ -723,7 +847,9 @@ impl NoticeBook {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        Self::persist(store, &fresh.iter().collect::<Vec<_>>())?;
+        if !self.persist_fenced(store, &fresh.iter().collect::<Vec<_>>(), fence)? {
+            return Ok(Vec::new());
+        }
         for r in &fresh {
             tracing::info!(id = r.notice.id, rule = %r.notice.rule, subject = %r.notice.subject, addressee = %r.notice.addressee, "Raised a notice.");
         }
@@ -763,7 +889,7 @@ impl NoticeBook {
             .filter(|r| changed.contains(&r.notice.id))
             .collect();
         if !to_store.is_empty() {
-            Self::persist(store, &to_store)?;
+            self.persist(store, &to_store)?;
         }
         Ok(out)
     }
@@ -790,7 +916,7 @@ impl NoticeBook {
             .filter(|r| changed.contains(&r.notice.id))
             .collect();
         if !to_store.is_empty() {
-            Self::persist(store, &to_store)?;
+            self.persist(store, &to_store)?;
         }
         Ok(changed.len())
     }
@@ -880,7 +1006,7 @@ impl NoticeBook {
         }
         let rec = r.clone();
         drop(recs);
-        Self::persist(store, &[&rec])
+        self.persist(store, &[&rec])
     }
 }
 

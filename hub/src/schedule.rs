@@ -30,6 +30,8 @@ use crate::bulletin;
 use crate::hub::Hub;
 use crate::notices::{self, NoticeBook, Webhook};
 use crate::registry;
+use crate::store::{Store, StoreError, WriteBatch};
+use serde::{Deserialize, Serialize};
 
 /// Header carrying the Ed25519 signature (base64) over [`webhook_message`].
 pub const WEBHOOK_SIGNATURE_HEADER: &str = "x-spacesync-signature";
@@ -100,18 +102,121 @@ pub fn verify_webhook(
     Ok(())
 }
 
-/// One pass: raise due notices, then issue a bulletin if one is due.
+/// One pass: raise due notices, then issue a bulletin if one is due. For a hub that is
+/// the only scheduler of its store (tests, one process); `serve` runs [`tick_leased`].
 pub fn tick(hub: &Hub, book: &NoticeBook) -> Result<(), String> {
+    tick_fenced(hub, book, &|_| Ok(true))
+}
+
+/// [`tick`] by the holder of `lease`: every write it makes checks, at the head it is
+/// committed at, that the lease is still this one (the fencing epoch), so a holder that
+/// stalled past its lease and wakes up after another replica took over writes nothing.
+pub fn tick_leased(hub: &Hub, book: &NoticeBook, lease: &Lease) -> Result<(), String> {
     let now = hub.clock.now();
+    tick_fenced(hub, book, &|store| holds(store, lease, now))
+}
+
+fn tick_fenced(
+    hub: &Hub,
+    book: &NoticeBook,
+    fence: &dyn Fn(&dyn Store) -> Result<bool, StoreError>,
+) -> Result<(), String> {
+    let now = hub.clock.now();
+    hub.sync().map_err(|e| e.to_string())?;
     let registry = registry::load_all(hub.store.as_ref()).map_err(|e| e.to_string())?;
     let cands = notices::candidates(&hub.campaign, &hub.snapshot().views, &registry, now);
-    book.raise(hub.store.as_ref(), cands, now)
+    book.raise_fenced(hub.store.as_ref(), cands, now, fence)
         .map_err(|e| e.to_string())?;
-    let numbers = bulletin::issue_due(hub, || book.log()).map_err(|e| e.to_string())?;
+    let numbers =
+        bulletin::issue_due_fenced(hub, || book.log(), fence).map_err(|e| e.to_string())?;
     if !numbers.is_empty() {
         info!(?numbers, "Issued scheduled bulletins.");
     }
     Ok(())
+}
+
+/// `meta/lease` → the scheduler lease ([`Lease`], JSON).
+pub const LEASE_KEY: &[u8] = b"meta/lease";
+
+/// How long a lease holds on the hub clock without being renewed. The holder renews it
+/// on every tick once half of it has passed; another replica takes over after it expired.
+pub const LEASE_TTL: chrono::Duration = chrono::Duration::seconds(30);
+
+/// The scheduler lease: which process runs the clockwork (notices, scheduled bulletins,
+/// webhook deliveries) for every replica on the store, until when (hub clock), and its
+/// fencing epoch (moved by one at every change of holder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holding process (`<pid>-<random>`, see [`holder_id`]).
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires_at: DateTime<Utc>,
+    /// Moved by one at every change of holder.
+    pub epoch: u64,
+}
+
+/// A name for this process as a lease holder: its pid and 64 random bits (a restarted
+/// process, or one on another machine with the same pid, is another holder).
+pub fn holder_id() -> String {
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    format!("{}-{:016x}", std::process::id(), u64::from_be_bytes(r))
+}
+
+/// The stored lease.
+pub fn read_lease(store: &dyn Store) -> Result<Option<Lease>, StoreError> {
+    store
+        .get(LEASE_KEY)?
+        .map(|v| {
+            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: "meta/lease".into(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// True when `lease` is the stored one and has not lapsed at `now`.
+fn holds(store: &dyn Store, lease: &Lease, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(read_lease(store)?
+        .is_some_and(|l| l.holder == lease.holder && l.epoch == lease.epoch && l.expires_at > now))
+}
+
+/// Takes the lease for `holder` when nobody holds it or it lapsed (the epoch moves on), or
+/// renews it when `holder` has it and half of `ttl` has passed; a serialized write, so
+/// of replicas racing for a lapsed lease exactly one gets it. `None` while another
+/// replica holds it.
+pub fn acquire(
+    hub: &Hub,
+    holder: &str,
+    ttl: chrono::Duration,
+) -> Result<Option<Lease>, StoreError> {
+    hub.serialized(|hub, st| {
+        let now = hub.clock.now();
+        let epoch = match read_lease(hub.store.as_ref())? {
+            Some(l) if l.holder == holder && l.expires_at > now => {
+                if l.expires_at - now > ttl / 2 {
+                    return Ok(Some(l));
+                }
+                l.epoch
+            }
+            Some(l) if l.expires_at > now => return Ok(None),
+            Some(l) => l.epoch + 1,
+            None => 1,
+        };
+        let lease = Lease {
+            holder: holder.to_string(),
+            expires_at: now + ttl,
+            epoch,
+        };
+        let mut b = WriteBatch::new();
+        b.put(
+            LEASE_KEY.to_vec(),
+            serde_json::to_vec(&lease).unwrap_or_default(),
+        );
+        st.head = hub.store.commit(st.head, b)?;
+        Ok(Some(lease))
+    })
 }
 
 /// Delivers due webhook notices once each, signed with `key` (the webhook key, not the
@@ -169,14 +274,40 @@ pub async fn run(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
+    let holder = holder_id();
+    let mut held = false;
     loop {
-        let (h, b) = (hub.clone(), book.clone());
-        match tokio::task::spawn_blocking(move || tick(&h, &b)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "The hub's scheduled work failed; will retry."),
-            Err(e) => error!(error = %e, "The scheduled task panicked."),
+        let (h, b, me) = (hub.clone(), book.clone(), holder.clone());
+        // Only the lease holder works; the others keep asking, and take over once the
+        // holder stopped renewing (it died, or lost the database) and its lease lapsed.
+        let pass = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let Some(lease) = acquire(&h, &me, LEASE_TTL).map_err(|e| e.to_string())? else {
+                return Ok(false);
+            };
+            tick_leased(&h, &b, &lease)?;
+            Ok(true)
+        })
+        .await;
+        let holding = match pass {
+            Ok(Ok(holding)) => holding,
+            Ok(Err(e)) => {
+                error!(error = %e, "The hub's scheduled work failed; will retry.");
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "The scheduled task panicked.");
+                false
+            }
+        };
+        if holding != held {
+            if holding {
+                info!(holder = %holder, "This replica holds the scheduler lease: it raises notices, issues scheduled bulletins and delivers webhooks.");
+            } else {
+                info!(holder = %holder, "Another replica holds the scheduler lease (or it could not be renewed); this one serves only.");
+            }
+            held = holding;
         }
-        if !hooks.is_empty() {
+        if holding && !hooks.is_empty() {
             deliver_webhooks(&hub, &book, &client, &hooks, &webhook_key).await;
         }
         tokio::select! {

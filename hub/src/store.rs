@@ -10,7 +10,7 @@ pub mod pg;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 /// A storage failure. The message names the operation; the hub answers 503 and logs it.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,18 @@ pub enum StoreError {
         "the data directory {0} is in use by another process (is `spacesync-hub serve` running?); stop it first"
     )]
     Locked(String),
+    /// The serialization point moved: another writer (another replica on the same
+    /// database, or a command run beside `serve`) committed since this writer's state was
+    /// read. Nothing of the batch was written; the writer catches up and tries again.
+    #[error(
+        "another writer changed the store first (its head is {found}, this writer expected {expected}); nothing was written, catch up and retry"
+    )]
+    Conflict {
+        /// The head the writer computed its batch from.
+        expected: u64,
+        /// The head found in the store.
+        found: u64,
+    },
     /// A stored value does not decode.
     #[error("stored value under {key} is damaged: {message}")]
     Corrupt {
@@ -145,6 +157,45 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every applied batch durable. Nothing is acknowledged before this returns.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// The serialization point: the head every change to the log (and to what is derived
+    /// from it, or numbered after it: bulletins, their slots) moves by one through
+    /// [`Store::commit`]. 0 on a store no commit has touched.
+    fn head(&self) -> Result<u64, StoreError> {
+        read_head(self)
+    }
+
+    /// Applies `batch` and moves the head from `expected` to `expected + 1`, atomically
+    /// and durably, only if the head is still `expected`; otherwise
+    /// [`StoreError::Conflict`] and nothing is written. Returns the new head. This default
+    /// keeps the head under [`keys::HEAD`] and is only as atomic as its callers are
+    /// serialized: the backends override it (sled and memory under a lock, PostgreSQL in
+    /// one transaction holding the head row's lock).
+    fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
+        commit_unlocked(self, expected, batch)
+    }
+
+    /// Writes `value` under `key` unless the key exists, atomically across every process
+    /// on the store, and durably; true when this call wrote it. (Claims shared by
+    /// replicas: a signed request's nonce.)
+    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        insert_unlocked(self, key, value)
+    }
+}
+
+/// The head as the default [`Store::head`] keeps it (under [`keys::HEAD`]).
+fn read_head<S: Store + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    match store.get(keys::HEAD)? {
+        None => Ok(0),
+        Some(b) => b
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                key: "meta/head".into(),
+                message: format!("{} bytes, not 8", b.len()),
+            }),
+    }
 }
 
 /// Reading ordered keys, from a store or from a store with a batch over it ([`Overlay`]).
@@ -296,6 +347,8 @@ impl<'a, A: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>> Iterator for Merged<'
 #[derive(Default)]
 pub struct MemStore {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Serializes [`Store::commit`] and [`Store::insert_if_absent`].
+    commits: Mutex<()>,
 }
 
 impl MemStore {
@@ -346,12 +399,58 @@ impl Store for MemStore {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        commit_unlocked(self, expected, batch)
+    }
+
+    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        insert_unlocked(self, key, value)
+    }
+}
+
+/// [`Store::commit`]'s check and write, for a backend that serializes its callers itself.
+fn commit_unlocked<S: Store + ?Sized>(
+    store: &S,
+    expected: u64,
+    mut batch: WriteBatch,
+) -> Result<u64, StoreError> {
+    let found = read_head(store)?;
+    if found != expected {
+        return Err(StoreError::Conflict { expected, found });
+    }
+    let next = expected + 1;
+    batch.put(keys::HEAD.to_vec(), next.to_be_bytes().to_vec());
+    store.apply(batch)?;
+    store.flush()?;
+    Ok(next)
+}
+
+/// [`Store::insert_if_absent`]'s check and write, for a backend that serializes its callers.
+fn insert_unlocked<S: Store + ?Sized>(
+    store: &S,
+    key: &[u8],
+    value: &[u8],
+) -> Result<bool, StoreError> {
+    if store.get(key)?.is_some() {
+        return Ok(false);
+    }
+    let mut b = WriteBatch::new();
+    b.put(key.to_vec(), value.to_vec());
+    store.apply(b)?;
+    store.flush()?;
+    Ok(true)
 }
 
 /// The sled backend.
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Serializes [`Store::commit`] and [`Store::insert_if_absent`] within the process;
+    /// sled's directory lock keeps every other process out, so this is the whole check.
+    commits: Mutex<()>,
 }
 
 fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
@@ -414,7 +513,11 @@ impl SledStore {
             },
         })?;
         let tree = db.open_tree("hub").map_err(backend("open"))?;
-        Ok(SledStore { db, tree })
+        Ok(SledStore {
+            db,
+            tree,
+            commits: Mutex::new(()),
+        })
     }
 }
 
@@ -472,6 +575,16 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend("flush"))
     }
+
+    fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        commit_unlocked(self, expected, batch)
+    }
+
+    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        insert_unlocked(self, key, value)
+    }
 }
 
 /// The key layout. Integers are big-endian so keys sort numerically.
@@ -491,6 +604,10 @@ pub mod keys {
     /// `meta/hub` → the public key line of the hub whose state this is, written by `init`
     /// into a PostgreSQL database (claimed only if empty; a hub of another key is refused).
     pub const HUB: &[u8] = b"meta/hub";
+    /// `meta/head` → the serialization point's head (u64, big-endian): moved by one by
+    /// every [`super::Store::commit`] (sled and memory; PostgreSQL keeps it in a row of its
+    /// own, `spacesync_head`).
+    pub const HEAD: &[u8] = b"meta/head";
     /// `meta/hubseq` → seq of the hub's own last entry.
     pub const HUB_SEQ: &[u8] = b"meta/hubseq";
     /// The latest hub-clock instant at which a signed request was accepted: requests
@@ -620,6 +737,78 @@ pub(crate) mod tests {
         for s in [&sled as &dyn Store, &mem] {
             overlay_contract(s);
         }
+    }
+
+    /// The serialization point on sled and in memory (PostgreSQL: `pg::tests`, which calls
+    /// [`commit_contract`]).
+    #[test]
+    fn a_commit_lands_only_at_the_head_it_was_computed_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let mem = MemStore::new();
+        for s in [&sled as &dyn Store, &mem] {
+            commit_contract(s);
+        }
+    }
+
+    /// The serialization point's contract: a commit at the head moves it by one and
+    /// writes its batch; one at a head that moved writes nothing and says where the head
+    /// is; racing committers at one head: exactly one lands. Claims: the first wins.
+    /// `s` starts empty.
+    pub(crate) fn commit_contract(s: &dyn Store) {
+        assert_eq!(s.head().unwrap(), 0);
+        let mut b = WriteBatch::new();
+        b.put(b"log/a".to_vec(), b"1".to_vec());
+        assert_eq!(s.commit(0, b).unwrap(), 1);
+        assert_eq!(s.head().unwrap(), 1);
+        let mut late = WriteBatch::new();
+        late.put(b"log/b".to_vec(), b"2".to_vec());
+        late.delete(b"log/a".to_vec());
+        match s.commit(0, late) {
+            Err(StoreError::Conflict {
+                expected: 0,
+                found: 1,
+            }) => {}
+            other => panic!("a commit at a moved head: {other:?}"),
+        }
+        assert_eq!(s.get(b"log/a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(b"log/b").unwrap(), None);
+        assert_eq!(s.head().unwrap(), 1);
+        // Eight writers computed from head 1 at once: one lands, seven are told.
+        let landed: Vec<bool> = std::thread::scope(|t| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    t.spawn(move || {
+                        let mut b = WriteBatch::new();
+                        b.put(b"race".to_vec(), vec![i]);
+                        match s.commit(1, b) {
+                            Ok(2) => true,
+                            // `found` is 2, or 1 when the engine aborted the racing
+                            // transaction before it could read the head (SERIALIZABLE).
+                            Err(StoreError::Conflict { expected: 1, .. }) => false,
+                            other => panic!("racing commit: {other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(landed.iter().filter(|l| **l).count(), 1, "{landed:?}");
+        let winner = landed.iter().position(|l| *l).unwrap() as u8;
+        assert_eq!(s.get(b"race").unwrap(), Some(vec![winner]));
+        assert_eq!(s.head().unwrap(), 2);
+        // Claims: the first insert wins, the value stays the first one's.
+        let claimed: Vec<bool> = std::thread::scope(|t| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| t.spawn(move || s.insert_if_absent(b"n/x", &[i]).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(claimed.iter().filter(|c| **c).count(), 1, "{claimed:?}");
+        let first = claimed.iter().position(|c| *c).unwrap() as u8;
+        assert_eq!(s.get(b"n/x").unwrap(), Some(vec![first]));
+        assert!(!s.insert_if_absent(b"n/x", b"again").unwrap());
+        assert_eq!(s.head().unwrap(), 2, "a claim does not move the head");
     }
 
     /// The store contract every backend passes: overlay reads and scans agree with the

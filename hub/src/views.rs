@@ -628,6 +628,35 @@ pub struct Views {
     extensions: OrdMap<u64, Extension>,
 }
 
+/// What entries another writer appended changed of the stored views, gathered while they
+/// are replayed, for [`Views::catch_up`].
+#[derive(Debug, Default)]
+pub struct Touched {
+    sources: BTreeSet<SourceId>,
+    items: BTreeSet<u64>,
+    subjects: BTreeSet<Subject>,
+    /// (source, target seq) of each withdrawal: its target's item or subject changed too.
+    withdrawals: Vec<(SourceId, u64)>,
+}
+
+impl Touched {
+    /// Notes a source's entry at `log_index` carrying `record`.
+    pub fn entry(&mut self, log_index: u64, source: &SourceId, record: &Record) {
+        self.sources.insert(source.clone());
+        match record {
+            Record::SpaceCount(s) => {
+                self.subjects.insert((s.region, s.school));
+            }
+            other => {
+                if let Record::Withdrawal(w) = other {
+                    self.withdrawals.push((source.clone(), w.target_seq));
+                }
+                self.items.insert(log_index);
+            }
+        }
+    }
+}
+
 /// What the views know of a source's traffic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceActivity {
@@ -1239,6 +1268,98 @@ impl Views {
             | HubEntry::SourceRevoked(_)
             | HubEntry::RegistryBaseline(_) => {}
         }
+    }
+
+    /// Applies one of the hub's own entries that another writer has already stored: the
+    /// same change as [`Views::apply_hub`], in memory only (catch-up, see
+    /// [`Views::catch_up`]).
+    pub fn replay_hub(&mut self, log_index: u64, entry: &HubEntry) {
+        self.apply_hub(log_index, entry, &mut WriteBatch::new());
+    }
+
+    /// Brings the views in memory up to the store after another writer (a replica on the
+    /// same database) appended the entries `touched` lists: what those entries changed is
+    /// read back from the store, key by key — the sources' activity, the ledger items,
+    /// the summaries of the subjects they (or the entries they withdrew) concern, the
+    /// position — never the whole views. Reading the latest stored value is idempotent,
+    /// so a key a still later write changed is simply read as of that write (the writer
+    /// that catches up then finds the head moved again and catches up again).
+    pub fn catch_up(&mut self, store: &dyn Store, touched: Touched) -> Result<(), StoreError> {
+        let Touched {
+            sources,
+            mut items,
+            mut subjects,
+            withdrawals,
+        } = touched;
+        for (source, target_seq) in withdrawals {
+            let src = keys::src(&source, target_seq);
+            let Some(held) = store.get(&src)? else {
+                continue;
+            };
+            let Some(target) = keys::src_log_index(&held) else {
+                continue;
+            };
+            if self.ledger.contains_key(&target) {
+                items.insert(target);
+            } else if let Some((_, s)) = read_count(store, target)? {
+                subjects.insert((s.region, s.school));
+            }
+        }
+        for idx in items {
+            let key = item_key(idx);
+            match store.get(&key)? {
+                Some(bytes) => {
+                    let item = decode_item(&key, &bytes)?;
+                    self.ledger.insert(idx, Arc::new(item));
+                }
+                None => {
+                    self.ledger.remove(&idx);
+                }
+            }
+        }
+        for source in sources {
+            let key = [ACTIVITY_PREFIX, source.as_str().as_bytes()].concat();
+            match store.get(&key)? {
+                Some(bytes) => {
+                    let act: SourceActivity =
+                        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                            key: format!("v/a/{source}"),
+                            message: e.to_string(),
+                        })?;
+                    self.sources.insert(source, act);
+                }
+                None => {
+                    self.sources.remove(&source);
+                }
+            }
+        }
+        for subject in subjects {
+            let key = subject_key(SUMMARY_PREFIX, subject);
+            let stored = store
+                .get(&key)?
+                .map(|b| Summary::from_bytes(subject, &b).map_err(damaged(&key)))
+                .transpose()?
+                .filter(|s| !s.is_empty());
+            let before = self.subjects.get(&subject).map(|s| s.figures());
+            match stored {
+                Some(summary) => {
+                    let after = Some(summary.figures());
+                    let flagged = summary.has_flags();
+                    self.subjects.insert(subject, Arc::new(summary));
+                    self.account(subject, before, after, flagged);
+                }
+                None => {
+                    self.subjects.remove(&subject);
+                    self.account(subject, before, None, false);
+                }
+            }
+        }
+        if let Some(b) = store.get(NEXT_KEY)?
+            && let Some(next) = keys::tail_u64(&b).filter(|_| b.len() == 8)
+        {
+            self.next = self.next.max(next);
+        }
+        Ok(())
     }
 
     /// Extensions in log order.

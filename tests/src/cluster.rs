@@ -111,6 +111,23 @@ fn open_log(path: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Copies the files of a hub's data directory (not its log, not subdirectories: a
+/// PostgreSQL hub has no store there), keeping their modes (0600).
+fn copy_files(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // A data directory is private to the hub's user (the hub refuses it otherwise).
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", to.display()));
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap_or_else(|e| panic!("{e}"));
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && e.file_name() != "hub.log" {
+            std::fs::copy(e.path(), to.join(e.file_name()))
+                .unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
+        }
+    }
+}
+
 /// SIGTERM, then wait up to 20 s (SIGKILL and panic beyond that).
 fn terminate(child: &mut Child, what: &str, log: &dyn Fn() -> String) {
     let _ = Command::new("kill")
@@ -171,6 +188,45 @@ impl HubNode {
             child: None,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// `n` replicas of one hub whose state is in the PostgreSQL database at `store_url`:
+    /// the first `init --store`s it (per-source rate limit raised as [`HubNode::init`]
+    /// does), the others are copies of its data directory (key and configuration), each
+    /// with a port of its own.
+    pub fn init_replicas(n: usize, store_url: &str) -> Vec<HubNode> {
+        let first = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let key_line = procs::run_ok(
+            hub_bin(),
+            first.path(),
+            &["init", "--store", store_url],
+            "hub init --store",
+        );
+        procs::raise_source_limit(first.path(), "100000.0");
+        let mut dirs = vec![first];
+        for _ in 1..n {
+            let copy = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+            copy_files(dirs[0].path(), copy.path());
+            dirs.push(copy);
+        }
+        dirs.into_iter()
+            .map(|dir| HubNode {
+                dir,
+                port: free_port(),
+                key_line: key_line.clone(),
+                starts: 0,
+                child: None,
+                http: reqwest::Client::new(),
+            })
+            .collect()
+    }
+
+    /// A copy of this hub's data directory (its key and configuration; with PostgreSQL
+    /// that is all of it): what an operator runs admin commands with while replicas serve.
+    pub fn copy(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        copy_files(self.dir.path(), copy.path());
+        copy
     }
 
     /// Runs a subcommand to completion (`--data` is added).

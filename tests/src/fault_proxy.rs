@@ -18,6 +18,10 @@
 //! [`FaultProxy::set_plan`]. Every fault that actually fired is counted ([`FaultCounts`]);
 //! a drawn `Reset`/`Cut` whose byte budget is never reached is counted as passed.
 //!
+//! [`FaultProxy::round_robin`] forwards to several upstreams (hub replicas) in turn, one
+//! connection each, as a load balancer does; an upstream that is down resets the client's
+//! connection, and the client's retry goes to the next one.
+//!
 //! The draws come from a seeded RNG, so a seed fixes the sequence of faults per connection
 //! order (the interleaving of connections is up to the scheduler).
 
@@ -219,7 +223,10 @@ fn bump(c: &AtomicU64) {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    /// Where connections go, in turn.
+    upstreams: Vec<SocketAddr>,
+    /// Connections forwarded so far (picks the next upstream).
+    turn: AtomicU64,
     plan: Mutex<FaultPlan>,
     forced: Mutex<VecDeque<Fault>>,
     rng: Mutex<StdRng>,
@@ -253,6 +260,13 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a free loopback port and forwards to `upstream` under `plan`.
     pub async fn start(upstream: SocketAddr, plan: FaultPlan, seed: u64) -> FaultProxy {
+        FaultProxy::round_robin(vec![upstream], plan, seed).await
+    }
+
+    /// Listens on a free loopback port and forwards each connection to the next of
+    /// `upstreams` in turn, under `plan`.
+    pub async fn round_robin(upstreams: Vec<SocketAddr>, plan: FaultPlan, seed: u64) -> FaultProxy {
+        assert!(!upstreams.is_empty(), "a proxy needs an upstream");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("proxy bind: {e}"));
@@ -261,7 +275,8 @@ impl FaultProxy {
             .unwrap_or_else(|e| panic!("proxy addr: {e}"));
         let (sever, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            upstream,
+            upstreams,
+            turn: AtomicU64::new(0),
             plan: Mutex::new(plan),
             forced: Mutex::new(VecDeque::new()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
@@ -417,7 +432,9 @@ async fn handle(mut client: TcpStream, fault: Fault, shared: Arc<Shared>) {
         bump(&c.delays);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let Ok(mut upstream) = TcpStream::connect(shared.upstream).await else {
+    let turn = shared.turn.fetch_add(1, Ordering::Relaxed) as usize;
+    let target = shared.upstreams[turn % shared.upstreams.len()];
+    let Ok(mut upstream) = TcpStream::connect(target).await else {
         // The hub is down: pass that on as a reset, as a dead host's proxy would.
         reset(client);
         return;

@@ -39,7 +39,13 @@ pub fn run_ok(bin: &Path, dir: &Path, args: &[&str], what: &str) -> String {
 pub fn init_hub(bin: &Path, limit: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let key_line = run_ok(bin, dir.path(), &["init"], "hub init");
-    let cfg = dir.path().join("hub.toml");
+    raise_source_limit(dir.path(), limit);
+    (dir, key_line)
+}
+
+/// Raises the per-source rate and burst in `dir`'s `hub.toml` to `limit` (a TOML float).
+pub fn raise_source_limit(dir: &Path, limit: &str) {
+    let cfg = dir.join("hub.toml");
     let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let text = text
         .replace(
@@ -51,7 +57,6 @@ pub fn init_hub(bin: &Path, limit: &str) -> (tempfile::TempDir, String) {
             &format!("burst_per_source = {limit}"),
         );
     std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
-    (dir, key_line)
 }
 
 /// What [`wait_healthy`] came to.

@@ -58,11 +58,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append; never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "kv",
-    sql: include_str!("pg/0001_kv.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "kv",
+        sql: include_str!("pg/0001_kv.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "head",
+        sql: include_str!("pg/0002_head.sql"),
+    },
+];
 
 /// Creates the schema-version table and its one row; safe to run concurrently (the
 /// first-ever race of two `CREATE TABLE IF NOT EXISTS` is retried).
@@ -135,6 +142,10 @@ struct Conn {
     last_all: Statement,
     delete: Statement,
     upsert: Statement,
+    head: Statement,
+    head_lock: Statement,
+    head_set: Statement,
+    insert_new: Statement,
 }
 
 /// What the runtime's tasks share.
@@ -260,6 +271,18 @@ impl Inner {
             )
             .await
             .map_err(&fail)?,
+            head: prep("SELECT head FROM spacesync_head WHERE id = 1")
+                .await
+                .map_err(&fail)?,
+            head_lock: prep("SELECT head FROM spacesync_head WHERE id = 1 FOR UPDATE")
+                .await
+                .map_err(&fail)?,
+            head_set: prep("UPDATE spacesync_head SET head = $1 WHERE id = 1")
+                .await
+                .map_err(&fail)?,
+            insert_new: prep("INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING")
+                .await
+                .map_err(&fail)?,
             client,
         })
     }
@@ -651,6 +674,103 @@ impl Store for PgStore {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// One primary-key read of `spacesync_head`.
+    fn head(&self) -> Result<u64, StoreError> {
+        self.call(move |inner| async move {
+            let c = inner.take().await?;
+            let row = c
+                .client
+                .query_one(&c.head, &[])
+                .await
+                .map_err(inner.fail("head"))?;
+            let head: i64 = row.get(0);
+            Ok(head as u64)
+        })
+    }
+
+    /// One transaction: the head row locked (`SELECT … FOR UPDATE`, which waits for a
+    /// writer holding it and then reads its committed head), compared with `expected`, the
+    /// batch written and the head moved, committed. Two replicas committing at once are
+    /// serialized by the row lock; the second finds the head moved and writes nothing.
+    fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
+        let mut deletes: Vec<Vec<u8>> = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => {
+                    keys.push(k);
+                    values.push(v);
+                }
+                None => deletes.push(k),
+            }
+        }
+        self.call(move |inner| async move {
+            let mut c = inner.take().await?;
+            let backend = inner.fail("commit");
+            // An engine that runs transactions SERIALIZABLE (CockroachDB by default, or a
+            // PostgreSQL configured so) aborts the second of two racing commits with a
+            // retryable error instead of making it wait on the head row's lock: that is
+            // another writer committing first, answered like a moved head.
+            let fail = |e: tokio_postgres::Error| match e.code() {
+                Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                | Some(&SqlState::T_R_DEADLOCK_DETECTED) => StoreError::Conflict {
+                    expected,
+                    found: expected,
+                },
+                _ => backend(e),
+            };
+            let (delete, upsert, lock, set) = (
+                c.delete.clone(),
+                c.upsert.clone(),
+                c.head_lock.clone(),
+                c.head_set.clone(),
+            );
+            let tx = c.client.transaction().await.map_err(&fail)?;
+            let found: i64 = tx.query_one(&lock, &[]).await.map_err(&fail)?.get(0);
+            let found = found as u64;
+            if found != expected {
+                // Dropping the transaction rolls it back (nothing was written).
+                return Err(StoreError::Conflict { expected, found });
+            }
+            if !deletes.is_empty() {
+                tx.execute(&delete, &[&deletes]).await.map_err(&fail)?;
+            }
+            if !keys.is_empty() {
+                tx.execute(&upsert, &[&keys, &values])
+                    .await
+                    .map_err(&fail)?;
+            }
+            let next = expected + 1;
+            tx.execute(&set, &[&(next as i64)]).await.map_err(&fail)?;
+            tx.commit().await.map_err(&fail)?;
+            Ok(next)
+        })
+    }
+
+    /// `INSERT … ON CONFLICT (k) DO NOTHING`: one statement, atomic against every other
+    /// replica's.
+    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.call(move |inner| async move {
+            let c = inner.take().await?;
+            let mut tries = 0;
+            loop {
+                match c.client.execute(&c.insert_new, &[&key, &value]).await {
+                    Ok(n) => return Ok(n == 1),
+                    // SERIALIZABLE (CockroachDB's default) aborts the loser of two racing
+                    // inserts of one key; run again, it finds the winner's row.
+                    Err(e)
+                        if tries < 8 && e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(inner.fail("insert")(e)),
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -717,6 +837,66 @@ mod tests {
     fn the_store_contract_holds() {
         let s = PgStore::open(&spacesync_pgtest::database()).expect("open");
         crate::store::tests::overlay_contract(&s);
+    }
+
+    /// The serialization point: commits at a moved head write nothing, racing commits
+    /// (each on its own connection of the pool, as replicas are) land once, claims once.
+    #[test]
+    fn the_commit_contract_holds() {
+        let s = PgStore::open(&spacesync_pgtest::database()).expect("open");
+        crate::store::tests::commit_contract(&s);
+    }
+
+    /// Under `SERIALIZABLE` (CockroachDB's default) racing commits are aborted with
+    /// SQLSTATE 40001 rather than queued on the row lock: still one lands and the others
+    /// are told of a conflict, not of a database failure.
+    #[test]
+    fn the_commit_contract_holds_under_serializable_isolation() {
+        let url = spacesync_pgtest::database();
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|d| d.split('?').next())
+            .expect("db name")
+            .to_string();
+        let stmt: &'static str = Box::leak(
+            format!("ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'")
+                .into_boxed_str(),
+        );
+        sql(&url, stmt);
+        let s = PgStore::open(&url).expect("open");
+        assert_eq!(
+            sql(&url, "SHOW default_transaction_isolation"),
+            ["serializable"]
+        );
+        crate::store::tests::commit_contract(&s);
+    }
+
+    /// Two stores on one database (two replicas): a commit of one moves the head the
+    /// other sees, and the other's commit at the old head writes nothing.
+    #[test]
+    fn two_stores_on_one_database_share_the_head() {
+        let url = spacesync_pgtest::database();
+        let (a, b) = (
+            PgStore::open(&url).expect("open"),
+            PgStore::open(&url).expect("open"),
+        );
+        let mut wb = WriteBatch::new();
+        wb.put(b"k".to_vec(), b"a".to_vec());
+        assert_eq!(a.commit(0, wb).expect("commit"), 1);
+        assert_eq!(b.head().expect("head"), 1);
+        let mut wb = WriteBatch::new();
+        wb.put(b"k".to_vec(), b"b".to_vec());
+        assert!(matches!(
+            b.commit(0, wb),
+            Err(StoreError::Conflict {
+                expected: 0,
+                found: 1
+            })
+        ));
+        assert_eq!(a.get(b"k").expect("get"), Some(b"a".to_vec()));
+        assert!(a.insert_if_absent(b"n/1", b"x").expect("claim"));
+        assert!(!b.insert_if_absent(b"n/1", b"y").expect("claim"));
     }
 
     /// A batch whose last statement fails leaves nothing of it behind.

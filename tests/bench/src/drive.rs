@@ -143,20 +143,51 @@ pub async fn send(
     prepared: Prepared,
     batch_receipts: bool,
 ) -> Result<Driven> {
+    send_to(&[url.to_string()], &[hub_pid], prepared, batch_receipts).await
+}
+
+/// [`drive`] against several hub replicas: source `i` sends to `urls[i % n]` (as a load
+/// balancer spreading agents would); the hub CPU is the sum over `hub_pids`.
+pub async fn drive_replicas(
+    urls: &[String],
+    hub_pids: &[u32],
+    sources: &[SourceBatches],
+    gzip: bool,
+    batch_receipts: bool,
+) -> Result<Driven> {
+    send_to(urls, hub_pids, prepare(sources, gzip)?, batch_receipts).await
+}
+
+fn hubs_cpu(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|p| procs::cpu_seconds(Some(*p))).sum()
+}
+
+async fn send_to(
+    urls: &[String],
+    hub_pids: &[u32],
+    prepared: Prepared,
+    batch_receipts: bool,
+) -> Result<Driven> {
+    if urls.is_empty() {
+        bail!("no hub to send to");
+    }
     let gzip = prepared.gzip;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(prepared.sources.len().max(1))
         .timeout(Duration::from_secs(600))
         .build()
         .context("building the HTTP client")?;
-    let endpoint = Arc::new(format!("{url}{}", spacesync_shared::wire::PATH_INGEST));
-    let cpu0 = procs::cpu_seconds(Some(hub_pid))?;
+    let endpoints: Vec<Arc<String>> = urls
+        .iter()
+        .map(|u| Arc::new(format!("{u}{}", spacesync_shared::wire::PATH_INGEST)))
+        .collect();
+    let cpu0 = hubs_cpu(hub_pids)?;
     let self0 = procs::cpu_seconds(None)?;
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (id, bodies) in prepared.sources {
+    for (i, (id, bodies)) in prepared.sources.into_iter().enumerate() {
         let http = http.clone();
-        let endpoint = endpoint.clone();
+        let endpoint = endpoints[i % endpoints.len()].clone();
         tasks.spawn(
             async move { client(&http, &endpoint, &id, bodies, gzip, batch_receipts).await },
         );
@@ -171,7 +202,7 @@ pub async fn send(
         bytes_sent += c.bytes_sent;
     }
     let wall_s = t0.elapsed().as_secs_f64();
-    let hub_cpu_s = procs::cpu_seconds(Some(hub_pid))? - cpu0;
+    let hub_cpu_s = hubs_cpu(hub_pids)? - cpu0;
     let client_cpu_s = procs::cpu_seconds(None)? - self0;
     Ok(Driven {
         entries,

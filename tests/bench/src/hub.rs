@@ -123,6 +123,35 @@ impl HubInstance {
         })
     }
 
+    /// Another replica of this hub (PostgreSQL only): a copy of its data directory (key
+    /// and configuration) under `parent`, with a port of its own.
+    pub fn replica(&self, parent: &Path) -> Result<HubInstance> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("hub-replica-")
+            .tempdir_in(parent)
+            .context("creating a replica's data directory")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .context("making the replica's data directory private")?;
+        for e in std::fs::read_dir(self.dir.path())
+            .with_context(|| format!("reading {}", self.dir.path().display()))?
+        {
+            let e = e?;
+            if e.file_type()?.is_file() && e.file_name() != "hub.log" {
+                std::fs::copy(e.path(), dir.path().join(e.file_name()))
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+            }
+        }
+        Ok(HubInstance {
+            bin: self.bin.clone(),
+            dir,
+            port: procs::free_port()?,
+            child: None,
+            http: reqwest::Client::new(),
+            key_line: self.key_line.clone(),
+        })
+    }
+
     /// Runs a subcommand against the data directory; its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         procs::run_cli(&self.bin, self.dir.path(), args)

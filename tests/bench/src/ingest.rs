@@ -39,9 +39,14 @@ pub struct IngestArgs {
     #[arg(long)]
     pub no_pg: bool,
     /// Run the hub on PostgreSQL (`init --store`, a private server of this run, fsync on)
-    /// instead of sled; the report ends with `store=postgres`.
+    /// instead of sled; the report then says `store=postgres`.
     #[arg(long)]
     pub hub_on_pg: bool,
+    /// Hub replicas serving the one database (with --hub-on-pg): copies of the data
+    /// directory, each its own `serve`; source i sends to replica i mod N. The report ends
+    /// with `replicas=N` and the database server's CPU per entry (`db_cpu_us_per_entry`).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Each limit repeats its pass for at least this many seconds.
     #[arg(long, default_value_t = 1.0)]
     pub min_limit_s: f64,
@@ -53,6 +58,11 @@ pub struct IngestArgs {
 pub async fn run(a: &IngestArgs) -> Result<Report> {
     if a.entries == 0 {
         bail!("--entries must be at least 1");
+    }
+    if a.replicas == 0 || (a.replicas > 1 && !a.hub_on_pg) {
+        bail!(
+            "--replicas must be at least 1, and more than 1 needs --hub-on-pg (sled allows one process)"
+        );
     }
     let hub_bin = procs::locate(Binary::Hub, a.bins.hub_bin.as_deref())?;
     let work = tempfile::Builder::new()
@@ -88,19 +98,35 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
     for s in &pre.sources {
         hub.add_source(&s.id, &s.unit, &s.key_line)?;
     }
+    let mut replicas = Vec::new();
+    for _ in 1..a.replicas {
+        replicas.push(hub.replica(work.path())?);
+    }
     hub.start().await?;
-    let pid = hub
-        .pid()
-        .context("the hub has no process id after starting")?;
-    println!("hub {} serving on {}", hub_bin.display(), hub.url());
-    let d = drive::drive(
-        &hub.url(),
-        pid,
-        &pre.sources,
-        !a.plain,
-        !a.per_entry_receipts,
-    )
-    .await?;
+    for r in &mut replicas {
+        r.start().await?;
+    }
+    let mut pids = Vec::new();
+    let mut urls = Vec::new();
+    for h in std::iter::once(&hub).chain(replicas.iter()) {
+        pids.push(
+            h.pid()
+                .context("the hub has no process id after starting")?,
+        );
+        urls.push(h.url());
+    }
+    println!("hub {} serving on {}", hub_bin.display(), urls.join(", "));
+    let db_pid = hub_pg.as_ref().and_then(|s| s.pid());
+    let db0 = db_pid.map(procs::tree_cpu_seconds).transpose()?;
+    let d =
+        drive::drive_replicas(&urls, &pids, &pre.sources, !a.plain, !a.per_entry_receipts).await?;
+    let db_cpu_s = match (db_pid, db0) {
+        (Some(p), Some(c0)) => Some(procs::tree_cpu_seconds(p)? - c0),
+        _ => None,
+    };
+    for r in &mut replicas {
+        r.stop()?;
+    }
     hub.stop()?;
     if d.entries != n {
         bail!("the hub acknowledged {} entries of {n}", d.entries);
@@ -202,6 +228,15 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .int("throttled", d.throttled as f64);
     verified.report(&mut r, &limit);
     r.raw("store", if a.hub_on_pg { "postgres" } else { "sled" });
+    r.int("replicas", a.replicas as f64)
+        .opt_dec("db_cpu_us_per_entry", db_cpu_s.map(|c| c / n as f64 * 1e6));
+    if let Some(c) = db_cpu_s {
+        println!(
+            "database server: {c:.2} s of CPU ({:.1} us an entry, {:.2} cores busy)",
+            c / n as f64 * 1e6,
+            c / d.wall_s
+        );
+    }
     drop(hub_pg);
     Ok(r)
 }

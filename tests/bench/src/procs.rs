@@ -136,6 +136,38 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
     Ok((num(11)? + num(12)?) / clock_ticks())
 }
 
+/// User + system CPU seconds of the process `pid` and its whole tree: its own, its waited-for
+/// children's (cutime, cstime) and every live child's (with theirs). For a database server:
+/// the postmaster and its backends, the backends that ended during a run included once
+/// the postmaster reaped them.
+pub fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let read = |p: u32| -> Option<(f64, u32)> {
+        let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let rest = text.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
+        // After the name: ppid index 1, utime 11, stime 12, cutime 13, cstime 14.
+        let cpu = num(11)? + num(12)? + num(13)? + num(14)?;
+        Some((cpu, f.get(1)?.parse().ok()?))
+    };
+    let (own, _) = read(pid).ok_or_else(|| anyhow!("/proc/{pid}/stat: no such process"))?;
+    let mut total = own;
+    for e in std::fs::read_dir("/proc")
+        .context("reading /proc")?
+        .flatten()
+    {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((cpu, ppid)) = read(child)
+            && ppid == pid
+        {
+            total += cpu;
+        }
+    }
+    Ok(total / clock_ticks())
+}
+
 /// User + system CPU seconds of this process's children that have been waited for:
 /// fields 16 and 17 of `/proc/self/stat`. The difference across one `run_cli` is that
 /// command's CPU, when no other child is reaped meanwhile.

@@ -103,6 +103,48 @@ fn ingest_reports_rates_limits_and_the_postgresql_peer() {
     assert_eq!(value(&pairs, "sources"), "32");
 }
 
+/// Three hub replicas on the run's PostgreSQL: every entry acknowledged once across them
+/// (the harness checks `held_through` per batch, and `verify` runs over the log they left),
+/// and the database server's CPU per entry reported. Replicas need PostgreSQL: refused on
+/// sled.
+#[test]
+fn ingest_with_three_replicas_reports_the_database_cpu() {
+    let pairs = check(
+        &[
+            "ingest",
+            "--entries",
+            "2000",
+            "--no-pg",
+            "--hub-on-pg",
+            "--replicas",
+            "3",
+            "--min-limit-s",
+            "0.05",
+        ],
+        &[
+            "entries_per_s",
+            "cpu_s_per_entry",
+            "verify_per_s",
+            "replicas",
+            "db_cpu_us_per_entry",
+        ],
+        &[],
+    );
+    assert_eq!(value(&pairs, "replicas"), "3");
+    assert_eq!(value(&pairs, "store"), "postgres");
+    assert_eq!(value(&pairs, "entries"), "2000");
+    let out = Command::new(env!("CARGO_BIN_EXE_spacesync-bench"))
+        .args(["ingest", "--entries", "10", "--replicas", "3"])
+        .output()
+        .unwrap_or_else(|e| panic!("running spacesync-bench: {e}"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--hub-on-pg"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn agent_reports_batched_and_single_intake_against_signing() {
     let pairs = check(
