@@ -16,19 +16,25 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressState, ProgressStyle};
 use serde_json::Value;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
-use spacesync_shared::{RegionCode, SourceId, keys};
+use spacesync_shared::keys;
 
-use crate::auth::{self, Role, TokenError};
+use spacesync_shared::admin::{
+    self as wire_admin, AddSource, CreateToken, CreatedToken, EnrolCode, Extend, Extended, Invite,
+    Invited, Issued, RotateSource, SourceInfo, SourceList, SourceRef, TokenInfo, TokenList,
+    TokenRef,
+};
+
+use crate::admin;
+use crate::auth::TokenError;
 use crate::bulletin::{self, BulletinError};
 use crate::config::{self, ConfigError, DataDir};
 use crate::hub::Hub;
 use crate::ingest::IngestError;
 use crate::log::LogError;
-use crate::registry::{self, RegistryError};
+use crate::registry::RegistryError;
 use crate::render::{CsvError, Format, Lang};
 use crate::serve::{self, ServeError, Serving};
 use crate::store::StoreError;
-use crate::views::{Extension, HubEntry};
 use crate::{http, maintenance};
 
 /// The ministry's central aggregator for the online learning space campaign.
@@ -70,16 +76,28 @@ pub enum Cmd {
     /// Serve the HTTP API.
     Serve(ServeArgs),
     /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example --expires 72h"
+    )]
     Agents {
-        /// Record a change as of this instant (RFC 3339) instead of now.
+        /// Record a change as of this instant (RFC 3339) instead of now (stopped store only).
         #[arg(long, global = true)]
         now: Option<String>,
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
         /// What to change or show.
         #[command(subcommand)]
         cmd: AgentsCmd,
     },
     /// Manage API tokens.
+    #[command(
+        after_help = "Example:\n  SPACESYNC_HUB_TOKEN=sst_… spacesync-hub token create --role ministry --label \"Ms Li\" --hub https://hub.example"
+    )]
     Token {
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
         /// What to do with tokens.
         #[command(subcommand)]
         cmd: TokenCmd,
@@ -90,9 +108,18 @@ pub enum Cmd {
     /// webhook.key, 0600, on a hub initialised before it existed).
     WebhookKey,
     /// Grant a deadline extension (a hub-signed log entry).
+    #[command(
+        after_help = "Example:\n  spacesync-hub extend --region 440000 --milestone implementation_plan --until 2018-11-22 --reason \"flood\" --hub https://hub.example"
+    )]
     Extend(ExtendArgs),
     /// Progress bulletins.
+    #[command(
+        after_help = "Example:\n  spacesync-hub bulletin show 3 --format html --lang en > b3.html"
+    )]
     Bulletin {
+        /// Running hub or stopped store (`issue`).
+        #[command(flatten)]
+        remote: Remote,
         /// What to do with bulletins.
         #[command(subcommand)]
         cmd: BulletinCmd,
@@ -101,6 +128,29 @@ pub enum Cmd {
     Rebuild,
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
     Verify,
+}
+
+/// Where an admin command acts: on the running hub at `--hub URL` (through its admin
+/// API, with an admin token), or, without `--hub`, on the stopped store under `--data`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Remote {
+    /// Act on the running hub at this URL (its admin API) instead of on a stopped store
+    /// under --data, which is then not needed.
+    #[arg(long = "hub", global = true, value_name = "URL")]
+    pub hub: Option<String>,
+    /// The admin token for --hub (better: the environment variable, or --token-file).
+    #[arg(
+        long = "token",
+        id = "hub_token",
+        global = true,
+        env = "SPACESYNC_HUB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A file (mode 0600) holding the admin token for --hub.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `serve` options.
@@ -132,9 +182,12 @@ pub struct ExtendArgs {
     /// Why.
     #[arg(long)]
     pub reason: String,
-    /// Grant as of this instant (RFC 3339) instead of now.
+    /// Grant as of this instant (RFC 3339) instead of now (stopped store only).
     #[arg(long)]
     pub now: Option<String>,
+    /// Running hub or stopped store.
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 /// `agents` subcommands.
@@ -173,6 +226,20 @@ pub enum AgentsCmd {
         /// First seq the new key signs (default: the next seq after what the hub holds).
         #[arg(long)]
         from_seq: Option<u64>,
+    },
+    /// Invite an agent: print a one-time enrolment code (the last line) that names the
+    /// hub URL and pins the hub's key; the agent runs `spacesync-agent init --enrol CODE`.
+    /// Needs --hub (the URL put in the code; the hub must run for the agent to enrol).
+    Invite {
+        /// The source id the agent will have.
+        #[arg(long)]
+        source: String,
+        /// Its scope region (normally the province, PP0000).
+        #[arg(long)]
+        scope: String,
+        /// How long the code works: e.g. 30m, 72h, 7d (at most 30d).
+        #[arg(long, default_value = "72h")]
+        expires: String,
     },
 }
 
@@ -297,6 +364,17 @@ pub enum CliError {
         what: String,
         /// The parser's error.
         error: serde_json::Error,
+    },
+    /// An admin operation was refused or failed (on the stopped store).
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// The running hub refused the request or could not be reached.
+    #[error("the hub at {url}: {what}")]
+    Hub {
+        /// Its base URL.
+        url: String,
+        /// What it said, or why it was not reached, and what to do.
+        what: String,
     },
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
@@ -464,11 +542,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::Serve(a) => serve(&dir, a)?,
-        Cmd::Agents { now, cmd } => agents(&dir, make_clock(now.as_deref(), None)?, cmd)?,
-        Cmd::Token { cmd } => token(&dir, cmd)?,
+        Cmd::Agents { now, remote, cmd } => agents(&dir, now.as_deref(), &remote, cmd)?,
+        Cmd::Token { remote, cmd } => token(&dir, &remote, cmd)?,
         Cmd::Extend(a) => {
-            let (hub, _) = config::open_hub(&dir, make_clock(a.now.as_deref(), None)?)?;
-            let index = extend(&hub, &a)?;
+            let index = extend(&dir, &a)?;
             spacesync_shared::outln!(
                 "extension for {} {} until {} recorded at log index {index}",
                 a.region,
@@ -476,7 +553,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 a.until
             );
         }
-        Cmd::Bulletin { cmd } => bulletins(&dir, cmd)?,
+        Cmd::Bulletin { remote, cmd } => bulletins(&dir, &remote, cmd)?,
         Cmd::Rebuild => {
             let store = config::open_store(&dir)?;
             let baseline = config::load_campaign(&dir)?.baseline;
@@ -524,26 +601,245 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), CliError> {
+/// Where an admin command acts.
+enum Target<'a> {
+    /// The stopped store under `--data`, changes stamped by this clock.
+    Store(&'a DataDir, Arc<dyn Clock>),
+    /// The running hub, through its admin API.
+    Hub(HubClient),
+}
+
+impl Remote {
+    /// The target `--hub` names, or the stopped store; `now` is the command's `--now`,
+    /// which only a stopped store takes (a running hub records on its own clock).
+    fn target<'a>(&self, dir: &'a DataDir, now: Option<&str>) -> Result<Target<'a>, CliError> {
+        let Some(url) = &self.hub else {
+            return Ok(Target::Store(dir, make_clock(now, None)?));
+        };
+        if now.is_some() {
+            return Err(CliError::Usage(format!(
+                "--now applies to a stopped store; the hub at {url} records changes on its own clock (leave out --now, or --hub)"
+            )));
+        }
+        let token = match (&self.token, &self.token_file) {
+            (_, Some(path)) => read_token_file(path)?,
+            (Some(t), None) => t.trim().to_string(),
+            (None, None) => {
+                return Err(CliError::Usage(format!(
+                    "--hub {url}: give an admin token with --token, the environment variable SPACESYNC_HUB_TOKEN or --token-file PATH (create one with `spacesync-hub token create --role admin` on the stopped hub)"
+                )));
+            }
+        };
+        Ok(Target::Hub(HubClient::new(url, token)?))
+    }
+}
+
+/// Reads an admin token from a file only its owner can read (as key files are).
+fn read_token_file(path: &std::path::Path) -> Result<String, CliError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |error| CliError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CliError::Usage(format!(
+            "{}: the token file is open to others (mode {mode:03o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    if meta.len() > 4096 {
+        return Err(CliError::Usage(format!(
+            "{}: not a token file (larger than 4 KiB)",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(CliError::Usage(format!(
+            "{}: expected one token (sst_…) and nothing else",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// A client of a running hub's admin API: one admin token, no redirects (the token goes
+/// to the URL given and nowhere else), JSON in and out.
+pub struct HubClient {
+    /// Base URL, without a trailing `/`.
+    base: String,
+    /// The admin token.
+    token: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Largest answer read from the admin API.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+impl HubClient {
+    /// A client of the hub at `url` (http:// or https://).
+    pub fn new(url: &str, token: String) -> Result<HubClient, CliError> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--hub {url:?}: give the hub's base URL, e.g. https://hub.example or http://127.0.0.1:7400"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot build an HTTP client: {e}")))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        Ok(HubClient {
+            base,
+            token,
+            http,
+            rt,
+        })
+    }
+
+    /// `GET path`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    /// `POST path` with `body` as JSON.
+    pub fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let bytes = serde_json::to_vec(body).map_err(|error| CliError::Json {
+            what: format!("the request to {}{path}", self.base),
+            error,
+        })?;
+        self.call(reqwest::Method::POST, path, Some(bytes))
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, CliError> {
+        let url = format!("{}{path}", self.base);
+        let err = |what: String| CliError::Hub {
+            url: self.base.clone(),
+            what,
+        };
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
+        }
+        let (status, bytes) = self
+            .rt
+            .block_on(async {
+                let mut resp = req.send().await?;
+                let status = resp.status();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    if bytes.len() + chunk.len() > MAX_ANSWER {
+                        break;
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|e| {
+                err(format!(
+                    "cannot reach it ({}); is it running, and is --hub its address?",
+                    spacesync_shared::err_chain(&e)
+                ))
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                err(format!(
+                    "its answer to {path} is not what this CLI expects ({e}); is --hub a spacesync hub of the same version?"
+                ))
+            });
+        }
+        let said = serde_json::from_slice::<spacesync_shared::wire::ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("answered {status}"));
+        Err(err(match status.as_u16() {
+            401 => format!(
+                "refused the token ({said}); this command needs a token with the admin role: give it with --token, SPACESYNC_HUB_TOKEN or --token-file"
+            ),
+            403 => format!("{said}; this command needs a token with the admin role"),
+            404 if said.starts_with("no such endpoint") => {
+                format!("has no {path} ({said}); is --hub a spacesync hub with the admin API?")
+            }
+            _ => said,
+        }))
+    }
+}
+
+/// Parses a duration such as `30m`, `72h`, `7d` or `3600s`.
+fn parse_expiry(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--expires {s:?}: give a number and a unit: s, m, h or d (e.g. 72h)"
+        ))
+    };
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+fn print_source(verb: &str, r: &SourceInfo) {
+    spacesync_shared::outln!(
+        "{verb} {} (scope {}, key {})",
+        r.id,
+        r.scope,
+        r.current_key().unwrap_or("")
+    );
+}
+
+fn agents(
+    dir: &DataDir,
+    now: Option<&str>,
+    remote: &Remote,
+    cmd: AgentsCmd,
+) -> Result<(), CliError> {
+    let target = remote.target(dir, now)?;
+    let open = |dir: &DataDir, clock: &Arc<dyn Clock>| -> Result<Hub, CliError> {
+        Ok(config::open_hub(dir, clock.clone())?.0)
+    };
     match cmd {
         AgentsCmd::Add { source, scope, key } => {
-            let id = SourceId::parse(&source)
-                .map_err(|e| CliError::Usage(format!("--source {source:?}: {e}")))?;
-            let scope = RegionCode::parse(&scope)
-                .map_err(|e| CliError::Usage(format!("--scope {scope:?}: {e}")))?;
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.add_source(id, scope, &key)?;
-            spacesync_shared::outln!(
-                "added {} (scope {}, key {})",
-                rec.id,
-                rec.scope,
-                rec.current_key().unwrap_or("")
-            );
+            let req = AddSource { source, scope, key };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::add_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES, &req)?,
+            };
+            print_source("added", &rec);
         }
         AgentsCmd::List { json: as_json } => {
-            let all = registry::load_all(config::open_store(dir)?.as_ref())?;
+            let all = match &target {
+                Target::Store(dir, clock) => admin::list_sources(&open(dir, clock)?),
+                Target::Hub(c) => c.get::<SourceList>(wire_admin::PATH_SOURCES)?,
+            };
             if as_json {
-                spacesync_shared::outln!("{}", json("the source list", &all)?);
+                spacesync_shared::outln!("{}", json("the source list", &all.sources)?);
             } else {
                 spacesync_shared::outln!(
                     "{:<24} {:<8} {:<8} {:<22} key",
@@ -552,12 +848,12 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
                     "status",
                     "added"
                 );
-                for r in all {
+                for r in all.sources {
                     spacesync_shared::outln!(
                         "{:<24} {:<8} {:<8} {:<22} {}",
-                        r.id.as_str(),
-                        r.scope.to_string(),
-                        format!("{:?}", r.status).to_lowercase(),
+                        r.id,
+                        r.scope,
+                        r.status,
                         r.added_at.format("%Y-%m-%d %H:%M:%S"),
                         r.current_key().unwrap_or("")
                     );
@@ -565,74 +861,121 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
             }
         }
         AgentsCmd::Revoke { id } => {
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.revoke_source(&id)?;
+            let req = SourceRef { source: id };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::revoke_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES_REVOKE, &req)?,
+            };
             spacesync_shared::outln!("revoked {}", rec.id);
         }
         AgentsCmd::Rotate { id, key, from_seq } => {
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.rotate_source(&id, &key, from_seq)?;
+            let req = RotateSource {
+                source: id,
+                key,
+                from_seq,
+            };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::rotate_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES_ROTATE, &req)?,
+            };
             let k = rec.keys.last().map(|k| k.from_seq).unwrap_or(1);
             spacesync_shared::outln!("rotated {}: the new key signs from seq {k} on", rec.id);
+        }
+        AgentsCmd::Invite {
+            source,
+            scope,
+            expires,
+        } => {
+            let Target::Hub(c) = &target else {
+                return Err(CliError::Usage(
+                    "agents invite needs --hub URL: the code names the URL agents reach the hub at, and the hub must be running for them to enrol".into(),
+                ));
+            };
+            let req = Invite {
+                source,
+                scope,
+                expires_in_secs: parse_expiry(&expires)?,
+            };
+            let inv: Invited = c.post(wire_admin::PATH_INVITES, &req)?;
+            let code = EnrolCode {
+                hub: c.base.clone(),
+                hub_key: inv.hub_key.clone(),
+                secret: inv.secret.clone(),
+            };
+            eprintln!(
+                "Enrolment code for source {} (scope {}), valid once until {}; on the agent's machine run\n  spacesync-agent --data DIR init --enrol CODE\nThe code pins this hub's key {}:",
+                req.source,
+                req.scope,
+                inv.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                inv.hub_key
+            );
+            spacesync_shared::outln!("{}", code.encode());
         }
     }
     Ok(())
 }
 
-fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
-    let store = config::open_store(dir)?;
-    let now = SystemClock.now();
+fn token(dir: &DataDir, remote: &Remote, cmd: TokenCmd) -> Result<(), CliError> {
+    let target = remote.target(dir, None)?;
+    // Tokens are not registry changes: the system clock stamps them, as before.
+    let open = |dir: &DataDir| -> Result<Hub, CliError> {
+        Ok(config::open_hub(dir, Arc::new(SystemClock))?.0)
+    };
     match cmd {
         TokenCmd::Create { role, label } => {
-            let role: Role = role
-                .parse()
-                .map_err(|e| CliError::Usage(format!("--role: {e}")))?;
-            let token = auth::create_token(store.as_ref(), role, label, now)?;
+            let req = CreateToken { role, label };
+            let made = match &target {
+                Target::Store(dir, _) => admin::create_token(&open(dir)?, &req)?,
+                Target::Hub(c) => c.post::<_, CreatedToken>(wire_admin::PATH_TOKENS, &req)?,
+            };
             eprintln!(
-                "Token id {} (for `token list` and `token revoke`); the token is shown once:",
-                auth::token_id(&token)
+                "Token id {} ({}; for `token list` and `token revoke`); the token is shown once:",
+                made.id, made.role
             );
-            spacesync_shared::outln!("{token}");
+            spacesync_shared::outln!("{}", made.token);
         }
         TokenCmd::List { json: as_json } => {
-            let all = auth::list_tokens(store.as_ref())?;
+            let all = match &target {
+                Target::Store(dir, _) => admin::list_tokens(config::open_store(dir)?.as_ref())?,
+                Target::Hub(c) => c.get::<TokenList>(wire_admin::PATH_TOKENS)?,
+            };
             if as_json {
-                let list: Vec<Value> = all
-                    .iter()
-                    .map(|(id, r)| {
-                        serde_json::json!({
-                            "id": id, "role": r.role, "created_at": r.created_at,
-                            "revoked_at": r.revoked_at, "label": r.label,
-                        })
-                    })
-                    .collect();
-                spacesync_shared::outln!("{}", json("the token list", &list)?);
+                spacesync_shared::outln!("{}", json("the token list", &all.tokens)?);
             } else {
+                let t = |t: Option<DateTime<Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
                 spacesync_shared::outln!(
-                    "{:<14} {:<17} {:<20} {:<20} label",
+                    "{:<14} {:<17} {:<20} {:<20} {:<20} label",
                     "id",
                     "role",
                     "created",
+                    "last used",
                     "revoked"
                 );
-                for (id, r) in all {
+                for r in all.tokens {
                     spacesync_shared::outln!(
-                        "{:<14} {:<17} {:<20} {:<20} {}",
-                        id,
-                        r.role.to_string(),
+                        "{:<14} {:<17} {:<20} {:<20} {:<20} {}",
+                        r.id,
+                        r.role,
                         r.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        r.revoked_at
-                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        t(r.last_used_at),
+                        t(r.revoked_at),
                         r.label.as_deref().unwrap_or("")
                     );
                 }
             }
         }
         TokenCmd::Revoke { token } => {
-            let (id, rec) = auth::revoke_token(store.as_ref(), &token, now)?;
+            let req = TokenRef { token };
+            let rec = match &target {
+                Target::Store(dir, _) => admin::revoke_token(&open(dir)?, &req)?,
+                Target::Hub(c) => c.post::<_, TokenInfo>(wire_admin::PATH_TOKENS_REVOKE, &req)?,
+            };
             spacesync_shared::outln!(
-                "revoked token {id} ({}{}); its dashboard sessions end at their next request",
+                "revoked token {} ({}{}); its dashboard sessions end at their next request",
+                rec.id,
                 rec.role,
                 rec.label.map(|l| format!(", {l}")).unwrap_or_default()
             );
@@ -641,54 +984,41 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Grants a deadline extension: checks region, milestone and reason against the hub's
-/// campaign, then appends the hub-signed [`Extension`] entry (stamped by the hub clock).
-/// Returns its log index.
-pub fn extend(hub: &Hub, a: &ExtendArgs) -> Result<u64, CliError> {
-    let region = RegionCode::parse(&a.region)
-        .map_err(|e| CliError::Usage(format!("--region {:?}: {e}", a.region)))?;
-    if !hub.campaign.is_unit(region.province()) {
-        return Err(CliError::Usage(format!(
-            "--region {region} is not inside one of the campaign's provincial units"
-        )));
-    }
-    if hub.campaign.deliverables().all(|d| d.id != a.milestone) {
-        return Err(CliError::Usage(format!(
-            "--milestone {:?} is not a deliverable of campaign {}; expected one of {}",
-            a.milestone,
-            hub.campaign.id,
-            hub.campaign
-                .deliverables()
-                .map(|d| d.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    if a.reason.trim().is_empty() {
-        return Err(CliError::Usage(
-            "--reason must say why the extension is granted".into(),
-        ));
-    }
-    let (index, _) = hub.append_hub_entry(|seq, at| {
-        HubEntry::Extension(Extension {
-            seq,
-            region,
-            milestone: a.milestone.clone(),
-            until: a.until,
-            reason: a.reason.clone(),
-            granted_at: at,
-        })
-    })?;
-    Ok(index)
+/// `extend`: grants a deadline extension on the running hub or the stopped store; the
+/// checks are [`admin::extend`]'s either way. Returns its log index.
+pub fn extend(dir: &DataDir, a: &ExtendArgs) -> Result<u64, CliError> {
+    let req = Extend {
+        region: a.region.clone(),
+        milestone: a.milestone.clone(),
+        until: a.until,
+        reason: a.reason.clone(),
+    };
+    let done = match a.remote.target(dir, a.now.as_deref())? {
+        Target::Store(dir, clock) => admin::extend(&config::open_hub(dir, clock)?.0, &req)?,
+        Target::Hub(c) => c.post::<_, Extended>(wire_admin::PATH_EXTENSIONS, &req)?,
+    };
+    Ok(done.log_index)
 }
 
-fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
+fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), CliError> {
+    if remote.hub.is_some() && !matches!(cmd, BulletinCmd::Issue { .. }) {
+        return Err(CliError::Usage(
+            "--hub applies to `bulletin issue`; read bulletins from a running hub at GET /v1/bulletins/<n>.<json|html|md|csv>".into(),
+        ));
+    }
     match cmd {
         BulletinCmd::Issue { now } => {
-            let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
-            let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
-            let doc = bulletin::issue(&hub, None, &book.log())?;
-            spacesync_shared::outln!("{}", doc["number"]);
+            let issued = match remote.target(dir, now.as_deref())? {
+                Target::Store(dir, clock) => {
+                    let (hub, _) = config::open_hub(dir, clock)?;
+                    let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
+                    admin::issue_bulletin(&hub, &book.log())?
+                }
+                Target::Hub(c) => {
+                    c.post::<_, Issued>(wire_admin::PATH_BULLETINS_ISSUE, &serde_json::json!({}))?
+                }
+            };
+            spacesync_shared::outln!("{}", issued.number);
         }
         BulletinCmd::List { json: as_json } => {
             let store = config::open_store(dir)?;

@@ -270,6 +270,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestDecompressionLayer::new())
         .layer(axum::middleware::map_response(bare_errors_as_json))
