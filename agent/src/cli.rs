@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use spacesync_shared::admin::EnrolCode;
 use spacesync_shared::batch::Format;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
 use spacesync_shared::entry::SourceId;
@@ -97,18 +98,23 @@ pub struct TokenArgs {
     pub rotate: bool,
 }
 
-/// `init` options.
+/// `init` options: either `--enrol CODE` (source, scope, hub and its key come from the
+/// code and the hub), or the manual `--source --scope --hub [--hub-key]`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
+    /// Enrol with a one-time code from `spacesync-hub agents invite`: the key is
+    /// registered with the hub over the network and the hub's key pinned.
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["source", "scope", "hub", "hub_key"])]
+    pub enrol: Option<String>,
     /// Source id registered at the hub (a-z, 0-9, '-').
-    #[arg(long)]
-    pub source: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub source: Option<String>,
     /// Scope region code (normally the province, PP0000).
-    #[arg(long)]
-    pub scope: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub scope: Option<String>,
     /// Hub base URL.
-    #[arg(long)]
-    pub hub: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub hub: Option<String>,
     /// Local API address.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -186,6 +192,9 @@ pub enum CliError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// Enrolment failed.
+    #[error("{0}")]
+    Enrol(#[from] crate::enrol::EnrolError),
     /// Talking to the running agent failed.
     #[error("the running agent at {addr}: {why}")]
     Remote {
@@ -298,54 +307,27 @@ fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
 }
 
 fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
-    let source =
-        SourceId::parse(&a.source).map_err(|e| CliError::Usage(format!("--source: {e}")))?;
-    let scope =
-        RegionCode::parse(&a.scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-    let mut cfg = Config::new(source, scope, a.hub);
-    if let Some(l) = a.listen {
-        cfg.listen = l;
+    if let Some(code) = &a.enrol {
+        return init_enrol(data, code, &a);
     }
-    if let Some(k) = a.hub_key {
-        keys::parse_public_key(&k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
-        cfg.hub_key = Some(k);
+    let (Some(source), Some(scope), Some(hub)) = (&a.source, &a.scope, &a.hub) else {
+        return Err(CliError::Usage(
+            "init needs --enrol CODE, or --source, --scope and --hub".into(),
+        ));
+    };
+    let source = SourceId::parse(source).map_err(|e| CliError::Usage(format!("--source: {e}")))?;
+    let scope = RegionCode::parse(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+    let mut cfg = Config::new(source, scope, hub.clone());
+    if let Some(k) = &a.hub_key {
+        keys::parse_public_key(k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
+        cfg.hub_key = Some(k.clone());
     }
-    if let Some(c) = a.campaign {
-        let abs = std::path::absolute(&c).map_err(io_err(&c))?;
-        let text = std::fs::read_to_string(&abs).map_err(io_err(&abs))?;
-        Campaign::from_toml(&text).map_err(|error| ConfigError::Campaign {
-            path: abs.clone(),
-            error,
-        })?;
-        cfg.campaign = Some(abs);
-    }
-    cfg.check(&data.config())?;
-    for p in [data.key(), data.config(), data.token()] {
-        if p.exists() {
-            return Err(CliError::Usage(format!(
-                "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
-                p.display()
-            )));
-        }
-    }
-    // The directory 0700, every file 0600 from the moment it exists.
-    if let Some(mode) = data.create_private()? {
-        eprintln!(
-            "note: {} was open to others (mode {mode:03o}); it is now 0700",
-            data.root.display()
-        );
-    }
+    init_config(&mut cfg, &a)?;
+    refuse_initialised(&[data.key(), data.config(), data.token()])?;
+    create_dir(data)?;
     let key = keys::generate()?;
-    let intake_token = token::generate()?;
     keys::write_secret(&data.key(), &key)?;
-    token::write_new(&data.token(), &intake_token)?;
-    let path = data.config();
-    let mut f = crate::config::private_file(&path).map_err(io_err(&path))?;
-    std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
-    f.sync_all().map_err(io_err(&path))?;
-    let db = data.db();
-    crate::config::private_dir(&db).map_err(io_err(&db))?;
-    spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let intake_token = write_rest(data, &cfg)?;
     let line = keys::public_key_line(&key.verifying_key());
     spacesync_shared::outln!("{line}");
     eprintln!(
@@ -354,9 +336,110 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
         cfg.source,
         cfg.scope
     );
+    print_intake_token(&intake_token);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--listen` and `--campaign` of `init`, checked into `cfg`.
+fn init_config(cfg: &mut Config, a: &InitArgs) -> Result<(), CliError> {
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(c) = &a.campaign {
+        let abs = std::path::absolute(c).map_err(io_err(c))?;
+        let text = std::fs::read_to_string(&abs).map_err(io_err(&abs))?;
+        Campaign::from_toml(&text).map_err(|error| ConfigError::Campaign {
+            path: abs.clone(),
+            error,
+        })?;
+        cfg.campaign = Some(abs);
+    }
+    Ok(())
+}
+
+fn refuse_initialised(files: &[PathBuf]) -> Result<(), CliError> {
+    for p in files {
+        if p.exists() {
+            return Err(CliError::Usage(format!(
+                "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The data directory 0700, every file 0600 from the moment it exists.
+fn create_dir(data: &DataDir) -> Result<(), CliError> {
+    if let Some(mode) = data.create_private()? {
+        eprintln!(
+            "note: {} was open to others (mode {mode:03o}); it is now 0700",
+            data.root.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the intake token, agent.toml (last: its presence marks an initialised
+/// directory), the store and spool directories. Returns the intake token.
+fn write_rest(data: &DataDir, cfg: &Config) -> Result<String, CliError> {
+    let intake_token = token::generate()?;
+    token::write_new(&data.token(), &intake_token)?;
+    let db = data.db();
+    crate::config::private_dir(&db).map_err(io_err(&db))?;
+    spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let path = data.config();
+    let mut f = crate::config::private_file(&path).map_err(io_err(&path))?;
+    std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    Ok(intake_token)
+}
+
+fn print_intake_token(intake_token: &str) {
     eprintln!(
         "Intake token (every API request sends `Authorization: Bearer <token>`; `spacesync-agent token` prints it again):\n{intake_token}"
     );
+}
+
+/// `init --enrol CODE`: makes the key (written before the hub is asked, so a crash after
+/// the hub registered it cannot lose it: running the same command again reuses it, and
+/// the hub answers a retry by the same key as the first time), registers it with the
+/// hub the code names, pins the code's hub key and writes agent.toml, ready to `run`.
+fn init_enrol(data: &DataDir, code: &str, a: &InitArgs) -> Result<ExitCode, CliError> {
+    let code = EnrolCode::parse(code).map_err(|e| CliError::Usage(format!("--enrol: {e}")))?;
+    refuse_initialised(&[data.config(), data.token()])?;
+    create_dir(data)?;
+    let key = if data.key().exists() {
+        eprintln!(
+            "note: reusing {} from an enrolment that did not finish",
+            data.key().display()
+        );
+        keys::read_secret(&data.key())?
+    } else {
+        let key = keys::generate()?;
+        keys::write_secret(&data.key(), &key)?;
+        key
+    };
+    let enrolled = runtime()?.block_on(crate::enrol::enrol(&code, &key))?;
+    let source = SourceId::parse(&enrolled.source)
+        .map_err(|e| CliError::Usage(format!("the hub enrolled an unusable source id: {e}")))?;
+    let scope = RegionCode::parse(&enrolled.scope)
+        .map_err(|e| CliError::Usage(format!("the hub enrolled an unusable scope: {e}")))?;
+    let mut cfg = Config::new(source, scope, code.hub.clone());
+    cfg.hub_key = Some(code.hub_key.clone());
+    init_config(&mut cfg, a)?;
+    cfg.check(&data.config())?;
+    let intake_token = write_rest(data, &cfg)?;
+    spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
+    eprintln!(
+        "Enrolled {} as source {} (scope {}) at {}, whose key {} is pinned; start `spacesync-agent run`.",
+        data.root.display(),
+        cfg.source,
+        cfg.scope,
+        cfg.hub,
+        code.hub_key
+    );
+    print_intake_token(&intake_token);
     Ok(ExitCode::SUCCESS)
 }
 
