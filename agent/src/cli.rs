@@ -58,33 +58,56 @@ pub struct Cli {
 pub enum Command {
     /// Create the data directory, the source key, the intake token and agent.toml; print the
     /// public key line (the intake token goes to stderr).
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent init --enrol ssenrol1.… --listen 127.0.0.1:7300"
+    )]
     Init(InitArgs),
     /// Run the intake API, the spool watcher and the pusher.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent run --log-format json"
+    )]
     Run(RunArgs),
     /// Import files (CSV by .csv extension, otherwise JSON / NDJSON), each whole or not at all.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent import counts.csv --dry-run"
+    )]
     Import(ImportArgs),
     /// Show queue depth, delivery and hub state.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent status --json"
+    )]
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the notices received from the hub, newest first.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent notices")]
     Notices {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check the local store offline: signatures, chain, seqs, receipts. Exits 1 on damage.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent verify")]
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print this source's public key line.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey")]
     Pubkey,
     /// Print the intake token: the bearer token every API request except /healthz carries.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent token --rotate"
+    )]
     Token(TokenArgs),
+    /// Check agent.toml and the campaign file (with line numbers) and the data directory
+    /// (permissions, key, intake token, the store opens and belongs to this source and
+    /// key) without starting.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent check")]
+    Check,
 }
 
 /// `token` options.
@@ -272,7 +295,50 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(a) => token_cmd(&data, a),
+        Command::Check => check(&data),
     }
+}
+
+/// `check`: every file and the store, without starting; the first problem is the error.
+fn check(data: &DataDir) -> Result<ExitCode, CliError> {
+    data.check_permissions()?;
+    let cfg = Config::load(&data.config())?;
+    let campaign = cfg.load_campaign(data)?;
+    let key = keys::read_secret(&data.key())?;
+    token::read(&data.token())?;
+    let line = keys::public_key_line(&key.verifying_key());
+    let opened = match Store::open(&data.db()) {
+        Ok(store) => {
+            let want = format!("source {} with key {line}", cfg.source);
+            if let Some(bound) = store.identity()?
+                && bound != want
+            {
+                return Err(CliError::Usage(format!(
+                    "{}: the store belongs to {bound}, but agent.toml and agent.key say {want}; point --data at the right directory",
+                    data.db().display()
+                )));
+            }
+            ", store opens"
+        }
+        // A running agent holds its store: the files are what can be checked.
+        Err(StoreError::Locked { .. }) => {
+            eprintln!(
+                "note: the store {} is in use (is `run` running?); it was not opened",
+                data.db().display()
+            );
+            ""
+        }
+        Err(e) => return Err(e.into()),
+    };
+    spacesync_shared::outln!(
+        "ok: {} (source {}, scope {}, hub {}), campaign {}, key {line}{opened}",
+        data.config().display(),
+        cfg.source,
+        cfg.scope,
+        cfg.hub,
+        campaign.id
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
@@ -885,4 +951,131 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push(p.clone());
+            paths(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_ends_with_an_example() {
+        let mut all = Vec::new();
+        paths(&Cli::command(), Vec::new(), &mut all);
+        assert!(all.len() >= 9, "{all:?}");
+        for p in all {
+            let mut args = vec!["spacesync-agent".to_string()];
+            args.extend(p.iter().cloned());
+            args.push("--help".into());
+            let help = match Cli::try_parse_from(&args) {
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+                other => panic!("{p:?}: {other:?}"),
+            };
+            let lines: Vec<&str> = help.trim_end().lines().collect();
+            let n = lines.len();
+            assert!(
+                n >= 2
+                    && lines[n - 2] == "Example:"
+                    && lines[n - 1].starts_with("  spacesync-agent "),
+                "{p:?} --help does not end with an example:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn init_takes_a_code_or_the_manual_flags_not_both() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        assert!(parse(&["spacesync-agent", "init", "--enrol", "ssenrol1.x"]).is_ok());
+        assert!(
+            parse(&[
+                "spacesync-agent",
+                "init",
+                "--source",
+                "a-b",
+                "--scope",
+                "440000",
+                "--hub",
+                "http://h"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["spacesync-agent", "init"]).is_err());
+        assert!(
+            parse(&[
+                "spacesync-agent",
+                "init",
+                "--enrol",
+                "ssenrol1.x",
+                "--source",
+                "a-b"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["spacesync-agent", "run", "--log-format", "jsn"]).is_err());
+    }
+
+    #[test]
+    fn check_names_what_is_wrong_and_passes_a_sound_directory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = DataDir::new(dir.path().join("a"));
+        let init_args = InitArgs {
+            enrol: None,
+            source: Some("gd-a".into()),
+            scope: Some("440000".into()),
+            hub: Some("http://127.0.0.1:9".into()),
+            listen: None,
+            hub_key: None,
+            campaign: None,
+        };
+        init(&data, init_args).unwrap_or_else(|e| panic!("{e}"));
+        check(&data).unwrap_or_else(|e| panic!("{e}"));
+        // The store, once bound, must match the key: another key is named.
+        Store::open(&data.db())
+            .and_then(|s| {
+                s.bind_identity(
+                    &SourceId::parse("gd-a").unwrap_or_else(|e| panic!("{e}")),
+                    "ed25519:other",
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("another key");
+        assert!(e.to_string().contains("store belongs to"), "{e}");
+        // A syntax error in agent.toml: its line.
+        std::fs::remove_dir_all(data.db()).unwrap_or_else(|e| panic!("{e}"));
+        crate::config::private_dir(&data.db()).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(data.config()).unwrap_or_else(|e| panic!("{e}"));
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("scope"))
+            .unwrap_or_else(|| panic!("scope line"))
+            + 1;
+        std::fs::write(
+            data.config(),
+            text.replace("scope = \"440000\"", "scope = 440000 x"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("syntax");
+        assert!(e.to_string().contains(&format!("line {line}")), "{e}");
+        std::fs::write(data.config(), &text).unwrap_or_else(|e| panic!("{e}"));
+        // The key open to others: the chmod that fixes it.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(data.key(), std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("permissions");
+        assert!(
+            e.to_string().contains("chmod")
+                || e.to_string().contains("0600")
+                || e.to_string().contains("600"),
+            "{e}"
+        );
+    }
 }

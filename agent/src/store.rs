@@ -366,6 +366,14 @@ impl Store {
         Ok(store)
     }
 
+    /// The source and key the store is bound to (`source <id> with key <line>`), if any.
+    pub fn identity(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(IDENTITY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Binds the store to a source and key on first use; refuses another later.
     pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
         let want = format!("source {source} with key {key_line}");

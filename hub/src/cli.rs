@@ -32,7 +32,7 @@ use crate::hub::Hub;
 use crate::ingest::IngestError;
 use crate::log::LogError;
 use crate::registry::RegistryError;
-use crate::render::{CsvError, Format, Lang};
+use crate::render::{CsvError, Format, Lang, Rendering};
 use crate::serve::{self, ServeError, Serving};
 use crate::store::StoreError;
 use crate::{http, maintenance};
@@ -62,6 +62,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create the data directory, the hub key and a commented hub.toml.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub init")]
     Init {
         /// Campaign file (default: the bundled 2018 campaign).
         #[arg(long)]
@@ -74,6 +75,9 @@ pub enum Cmd {
         store: Option<String>,
     },
     /// Serve the HTTP API.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub serve --log-format json"
+    )]
     Serve(ServeArgs),
     /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
     #[command(
@@ -92,7 +96,7 @@ pub enum Cmd {
     },
     /// Manage API tokens.
     #[command(
-        after_help = "Example:\n  SPACESYNC_HUB_TOKEN=sst_… spacesync-hub token create --role ministry --label \"Ms Li\" --hub https://hub.example"
+        after_help = "Example:\n  spacesync-hub token create --role ministry --label \"Ms Li\" --hub https://hub.example   # admin token in SPACESYNC_HUB_TOKEN"
     )]
     Token {
         /// Running hub or stopped store.
@@ -103,9 +107,11 @@ pub enum Cmd {
         cmd: TokenCmd,
     },
     /// Print the hub's public key line.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub pubkey")]
     Pubkey,
     /// Print the public key line webhook receivers verify deliveries with (generating
     /// webhook.key, 0600, on a hub initialised before it existed).
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub webhook-key")]
     WebhookKey,
     /// Grant a deadline extension (a hub-signed log entry).
     #[command(
@@ -125,9 +131,19 @@ pub enum Cmd {
         cmd: BulletinCmd,
     },
     /// Recompute every view from the log.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub rebuild   # hub stopped"
+    )]
     Rebuild,
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub verify   # hub stopped"
+    )]
     Verify,
+    /// Check hub.toml and the campaign file (with line numbers) and the data directory
+    /// (permissions, keys, the store opens and belongs to this key) without starting.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub check")]
+    Check,
 }
 
 /// Where an admin command acts: on the running hub at `--hub URL` (through its admin
@@ -165,6 +181,69 @@ pub struct ServeArgs {
     /// With --now: run the clock this many times faster than real time.
     #[arg(long, requires = "now")]
     pub speed: Option<f64>,
+    /// Log format (overrides log_format in hub.toml).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `log_format` of hub.toml: `human` or `json`; anything else is refused (a typo is
+    /// not a silent default).
+    pub fn from_config(value: &str, dir: &DataDir) -> Result<LogFormat, CliError> {
+        match value {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(CliError::Usage(format!(
+                "{}: log_format = {other:?} is not \"human\" or \"json\"",
+                dir.config().display()
+            ))),
+        }
+    }
+}
+
+/// `bulletin show --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// The signed JSON document.
+    Json,
+    /// HTML.
+    Html,
+    /// Markdown.
+    Md,
+    /// The province table as CSV.
+    Csv,
+    /// Every data flag as CSV.
+    FlagsCsv,
+}
+
+impl ShowFormat {
+    fn format(self) -> Format {
+        match self {
+            ShowFormat::Json => Format::Json,
+            ShowFormat::Html => Format::Rendered(Rendering::Html),
+            ShowFormat::Md => Format::Rendered(Rendering::Markdown),
+            ShowFormat::Csv => Format::Rendered(Rendering::Csv),
+            ShowFormat::FlagsCsv => Format::Rendered(Rendering::FlagsCsv),
+        }
+    }
+}
+
+/// `bulletin show --lang`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LangArg {
+    /// 中文.
+    Zh,
+    /// English.
+    En,
 }
 
 /// `extend` options.
@@ -194,6 +273,9 @@ pub struct ExtendArgs {
 #[derive(Debug, Subcommand)]
 pub enum AgentsCmd {
     /// Register a source.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents add --source gd-rrt --scope 440000 --key ed25519:… --hub https://hub.example"
+    )]
     Add {
         /// Source id.
         #[arg(long)]
@@ -206,17 +288,26 @@ pub enum AgentsCmd {
         key: String,
     },
     /// List sources.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents list --json --hub https://hub.example"
+    )]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a source.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents revoke gd-rrt --hub https://hub.example"
+    )]
     Revoke {
         /// Source id.
         id: String,
     },
     /// Replace a source's key from a seq on.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents rotate gd-rrt --key ed25519:… --from-seq 1201 --hub https://hub.example"
+    )]
     Rotate {
         /// Source id.
         id: String,
@@ -230,6 +321,9 @@ pub enum AgentsCmd {
     /// Invite an agent: print a one-time enrolment code (the last line) that names the
     /// hub URL and pins the hub's key; the agent runs `spacesync-agent init --enrol CODE`.
     /// Needs --hub (the URL put in the code; the hub must run for the agent to enrol).
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example --expires 72h"
+    )]
     Invite {
         /// The source id the agent will have.
         #[arg(long)]
@@ -247,29 +341,37 @@ pub enum AgentsCmd {
 #[derive(Debug, Subcommand)]
 pub enum BulletinCmd {
     /// Issue a bulletin now; prints its number.
+    #[command(after_help = "Example:\n  spacesync-hub bulletin issue --hub https://hub.example")]
     Issue {
         /// Issue as of this instant (RFC 3339) instead of now.
         #[arg(long)]
         now: Option<String>,
     },
     /// List issued bulletins.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin list")]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Print one bulletin.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin show 3 --format html --lang en > b3.html"
+    )]
     Show {
         /// Bulletin number.
         n: u64,
-        /// json, html, md, csv (the province table) or flags-csv (every data flag).
-        #[arg(long, default_value = "json")]
-        format: String,
-        /// zh or en.
-        #[arg(long, default_value = "zh")]
-        lang: String,
+        /// The form: csv is the province table, flags-csv every data flag.
+        #[arg(long, value_enum, default_value_t = ShowFormat::Json)]
+        format: ShowFormat,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = LangArg::Zh)]
+        lang: LangArg,
     },
     /// Check a bulletin file (JSON) against the log; exits 0 only when it matches.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin verify b3.json"
+    )]
     Verify {
         /// The bulletin JSON file.
         file: PathBuf,
@@ -280,6 +382,9 @@ pub enum BulletinCmd {
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
     /// Create a token and print it (shown once; only its hash is stored).
+    #[command(
+        after_help = "Example:\n  spacesync-hub token create --role province:440000 --label \"Guangdong dept.\" --hub https://hub.example"
+    )]
     Create {
         /// admin, ministry, or province:<PP0000>.
         #[arg(long)]
@@ -288,14 +393,18 @@ pub enum TokenCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List tokens: id, role, created, revoked, label (never the tokens themselves).
+    /// List tokens: id, role, created, last used, revoked, label (never the tokens).
+    #[command(after_help = "Example:\n  spacesync-hub token list --hub https://hub.example")]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token (run on the stopped hub): it is refused from then on, and the
-    /// dashboard sessions opened with it end.
+    /// Revoke a token (on the running hub with --hub, or a stopped store): it is refused
+    /// from then on, and the dashboard sessions opened with it end.
+    #[command(
+        after_help = "Example:\n  spacesync-hub token revoke 2b7348af7367 --hub https://hub.example"
+    )]
     Revoke {
         /// The token (sst_…) or its id from `token list`.
         token: String,
@@ -396,17 +505,16 @@ fn json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<String, CliEr
     })
 }
 
-/// Sets up logging to stderr: `json` for JSON lines, anything else for human lines.
-pub fn init_logging(format: &str) {
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
     };
 }
 
@@ -564,6 +672,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
         Cmd::Verify => verify(&dir)?,
+        Cmd::Check => check(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -574,7 +683,11 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     let clock = make_clock(a.now.as_deref(), a.speed)?;
     let speed = a.speed.unwrap_or(1.0);
     let cfg = config::load_config(dir)?;
-    init_logging(&cfg.log_format);
+    let format = match a.log_format {
+        Some(f) => f,
+        None => LogFormat::from_config(&cfg.log_format, dir)?,
+    };
+    init_logging(format);
     let (hub, cfg) = config::open_hub_scaled(dir, clock, speed)?;
     let (webhook_key, generated) = config::webhook_key(dir)?;
     if generated {
@@ -1035,14 +1148,11 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
         BulletinCmd::Show { n, format, lang } => {
             let store = config::open_store(dir)?;
             let doc = bulletin::get(store.as_ref(), n)?;
-            let lang = Lang::parse(&lang)
-                .ok_or_else(|| CliError::Usage(format!("--lang {lang:?}: expected zh or en")))?;
-            let format = Format::from_name(&format).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "--format {format:?}: expected json, html, md, csv or flags-csv"
-                ))
-            })?;
-            let out = bulletin::show(&doc, format, lang)?;
+            let lang = match lang {
+                LangArg::Zh => Lang::Zh,
+                LangArg::En => Lang::En,
+            };
+            let out = bulletin::show(&doc, format.format(), lang)?;
             spacesync_shared::out!("{out}");
             if !out.ends_with('\n') {
                 spacesync_shared::outln!();
@@ -1085,6 +1195,62 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
     Ok(())
 }
 
+/// `check`: every file and the store, without starting; the first problem is the error.
+fn check(dir: &DataDir) -> Result<(), CliError> {
+    config::check_permissions(dir)?;
+    let cfg = config::load_config(dir)?;
+    LogFormat::from_config(&cfg.log_format, dir)?;
+    let campaign = config::load_campaign(dir)?;
+    let key = keys::read_secret(&dir.key())?;
+    if dir.webhook_key().exists() {
+        keys::read_secret(&dir.webhook_key())?;
+    }
+    let ours = keys::public_key_line(&key.verifying_key());
+    let store = match config::open_store(dir) {
+        Ok(store) => Some(store),
+        // A serving hub holds the embedded store: the files are what can be checked.
+        Err(ConfigError::Store(StoreError::Locked(path))) => {
+            eprintln!("note: the store {path} is in use (is `serve` running?); it was not opened");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(store) = &store
+        && let Some(theirs) = store.get(crate::store::keys::HUB)?
+        && theirs != ours.as_bytes()
+    {
+        return Err(CliError::Usage(format!(
+            "the store belongs to the hub of key {}, but {} holds {ours}; point --data at that hub's directory",
+            String::from_utf8_lossy(&theirs),
+            dir.key().display()
+        )));
+    }
+    // The latest checkpoint was signed by this directory's key (a store of another hub
+    // has another's).
+    if let Some(store) = &store
+        && let Some(note) = store.get(crate::store::keys::CHECKPOINT)?
+    {
+        let note = String::from_utf8_lossy(&note);
+        spacesync_shared::merkle::NoteVerifier::new(&cfg.origin, key.verifying_key())
+            .and_then(|v| spacesync_shared::merkle::open_checkpoint(&note, &v, &cfg.origin))
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "the store's latest checkpoint does not verify with {} ({e}): the store belongs to another hub, or origin in hub.toml changed; point --data at that hub's directory",
+                    dir.key().display()
+                ))
+            })?;
+    }
+    spacesync_shared::outln!(
+        "ok: {} (listen {}), campaign {} ({}), key {ours}{}",
+        dir.config().display(),
+        cfg.listen,
+        campaign.id,
+        dir.campaign().display(),
+        if store.is_some() { ", store opens" } else { "" }
+    );
+    Ok(())
+}
+
 fn verify(dir: &DataDir) -> Result<(), CliError> {
     let store = config::open_store(dir)?;
     let cfg = config::load_config(dir)?;
@@ -1119,6 +1285,78 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every subcommand's path of names, e.g. `["agents", "invite"]`.
+    fn paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push(p.clone());
+            paths(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_ends_with_an_example() {
+        use clap::CommandFactory;
+        let mut all = Vec::new();
+        paths(&Cli::command(), Vec::new(), &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        for p in all {
+            let mut args = vec!["spacesync-hub".to_string()];
+            args.extend(p.iter().cloned());
+            args.push("--help".into());
+            let help = match Cli::try_parse_from(&args) {
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+                other => panic!("{p:?}: {other:?}"),
+            };
+            let lines: Vec<&str> = help.trim_end().lines().collect();
+            let n = lines.len();
+            assert!(
+                n >= 2
+                    && lines[n - 2] == "Example:"
+                    && lines[n - 1].starts_with("  spacesync-hub "),
+                "{p:?} --help does not end with an example:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn enum_flags_refuse_typos() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        for bad in [
+            &["spacesync-hub", "bulletin", "show", "1", "--format", "htm"][..],
+            &["spacesync-hub", "bulletin", "show", "1", "--lang", "fr"],
+            &["spacesync-hub", "serve", "--log-format", "jsn"],
+        ] {
+            let e = parse(bad).expect_err("a typo is refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+        }
+        let ok = parse(&[
+            "spacesync-hub",
+            "bulletin",
+            "show",
+            "1",
+            "--format",
+            "flags-csv",
+        ]);
+        assert!(matches!(
+            ok.map(|c| c.cmd),
+            Ok(Cmd::Bulletin {
+                cmd: BulletinCmd::Show {
+                    format: ShowFormat::FlagsCsv,
+                    ..
+                },
+                ..
+            })
+        ),);
+        let dir = DataDir(PathBuf::from("/nowhere"));
+        assert!(LogFormat::from_config("jsn", &dir).is_err());
+        assert_eq!(
+            LogFormat::from_config("json", &dir).ok(),
+            Some(LogFormat::Json)
+        );
+    }
 
     #[test]
     fn the_clock_follows_now_and_speed_as_the_agent_does() {
