@@ -103,11 +103,32 @@ pub enum Command {
         after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent token --rotate"
     )]
     Token(TokenArgs),
+    /// Replace this source's key (the agent stopped): the hub is asked, in a request the
+    /// current key signs, to take the new key from the next seq on; then the agent
+    /// switches. Safe to run again after any interruption. With --lost (the old key is
+    /// gone or compromised): switch at once and print what the hub's admin needs for
+    /// `spacesync-hub agents rotate`.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent rotate-key"
+    )]
+    RotateKey(RotateKeyArgs),
     /// Check agent.toml and the campaign file (with line numbers) and the data directory
     /// (permissions, key, intake token, the store opens and belongs to this source and
     /// key) without starting.
     #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent check")]
     Check,
+}
+
+/// `rotate-key` options.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The old key is lost or compromised: switch without the hub, whose admin then runs
+    /// `spacesync-hub agents rotate` with the printed key and seq.
+    #[arg(long)]
+    pub lost: bool,
+    /// Sign the request as of this instant (RFC 3339), for an agent that runs with --now.
+    #[arg(long)]
+    pub now: Option<String>,
 }
 
 /// `token` options.
@@ -215,6 +236,9 @@ pub enum CliError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A key rotation failed.
+    #[error("{0}")]
+    Rotate(#[from] crate::rotate::RotateError),
     /// Enrolment failed.
     #[error("{0}")]
     Enrol(#[from] crate::enrol::EnrolError),
@@ -296,7 +320,31 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Token(a) => token_cmd(&data, a),
         Command::Check => check(&data),
+        Command::RotateKey(a) => rotate_key(&data, a),
     }
+}
+
+fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
+    data.check_permissions()?;
+    let cfg = Config::load(&data.config())?;
+    let clock = make_clock(a.now.as_deref(), None)?;
+    let store = Store::open(&data.db())?;
+    if a.lost {
+        let done = crate::rotate::rotate_lost(data, &cfg, &store)?;
+        spacesync_shared::outln!("{}", done.key);
+        eprintln!(
+            "Switched to a new key from seq {} on. The hub refuses it until its admin runs:\n  spacesync-hub agents rotate {} --key {} --from-seq {} --hub URL",
+            done.from_seq, cfg.source, done.key, done.from_seq
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = runtime()?.block_on(crate::rotate::rotate(data, &cfg, &store, clock.now()))?;
+    spacesync_shared::outln!("{}", done.key);
+    eprintln!(
+        "Rotated: the hub takes entries from seq {} on only with the new key above; start `spacesync-agent run`.",
+        done.from_seq
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `check`: every file and the store, without starting; the first problem is the error.

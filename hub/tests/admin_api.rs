@@ -373,3 +373,82 @@ async fn an_enrolment_code_works_once_for_one_key_until_it_expires(backend: Back
 }
 
 backends!(async admin_calls_need_an_admin_token, the_api_changes_what_the_stopped_store_commands_change, an_enrolment_code_works_once_for_one_key_until_it_expires);
+
+/// `POST /v1/agent/rotate-key` signed by `signer` for `a`'s source.
+fn rotate_req(a: &Agent, signer: &SigningKey, body: &wire::RotateKey, nonce: u8) -> Request<Body> {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let mut b =
+        Request::post(wire::PATH_AGENT_ROTATE_KEY).header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in spacesync_shared::wire::sign_request(
+        signer,
+        &a.id,
+        "POST",
+        wire::PATH_AGENT_ROTATE_KEY,
+        t0(),
+        [nonce; 16],
+        &bytes,
+    ) {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(bytes)).expect("request")
+}
+
+async fn an_agent_rotates_its_own_key_once_from_its_next_seq(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-01", "一")]))
+        .await;
+    let hub_line = spacesync_shared::keys::public_key_line(&hub_key().verifying_key());
+    let new = SigningKey::from_bytes(&[21; 32]);
+    let req = wire::rotate_request(&hub_line, "gd-a", 2, &new);
+    let size = th.log_size();
+
+    // Signed by a stranger, or with a proof the new key did not make: refused.
+    let stranger = SigningKey::from_bytes(&[22; 32]);
+    let r = th.send(rotate_req(&gd, &stranger, &req, 1)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let mut forged = req.clone();
+    forged.key = spacesync_shared::keys::public_key_line(&stranger.verifying_key());
+    let r = th.send(rotate_req(&gd, &gd.key.clone(), &forged, 2)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // Not after what the hub holds: refused.
+    let early = wire::rotate_request(&hub_line, "gd-a", 1, &new);
+    let r = th.send(rotate_req(&gd, &gd.key.clone(), &early, 3)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(th.log_size(), size);
+
+    // Signed by the key in force: recorded as one hub-signed entry.
+    let r = th.send(rotate_req(&gd, &gd.key.clone(), &req, 4)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(th.log_size(), size + 1);
+    // The same request again is a replay.
+    let r = th.send(rotate_req(&gd, &gd.key.clone(), &req, 4)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    // The answer was lost: asked again, signed by the new key, the same answer, no entry.
+    let r = th.send(rotate_req(&gd, &new, &req, 5)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(th.log_size(), size + 1);
+
+    // From seq 2 on only the new key: the old one is refused, the new one taken.
+    let mut old = gd.clone();
+    let refused = th
+        .ingest(&old.batch(&[activity("440106", "2018-11-02", "二")]))
+        .await;
+    assert_ne!(refused.status, StatusCode::OK, "{}", refused.text());
+    gd.key = new;
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "二")]))
+        .await;
+    // verify (every chain with the registry the log records) finds nothing wrong.
+    let report = spacesync_hub::maintenance::verify(
+        th.hub.store.as_ref(),
+        &hub_key().verifying_key(),
+        ORIGIN,
+        |_| {},
+    )
+    .expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+backends!(async an_agent_rotates_its_own_key_once_from_its_next_seq);

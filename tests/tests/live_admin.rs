@@ -3,8 +3,11 @@
 //! environment: a third agent is invited and enrols with the code (`init --enrol`), then
 //! delivers; a ministry token is created, listed with its role, used (API and dashboard
 //! session) and revoked (then 401, and the session ends); a deadline is extended and a
-//! bulletin issued that shows it. Afterwards the checker reads the hub's log: every
-//! acknowledged record of every agent is there exactly once (lost = 0, unexpected = 0).
+//! bulletin issued that shows it; one agent rotates its key itself (the hub's first
+//! answer lost, the agent SIGKILLed before the hub receipted its first new-key entry), the
+//! other's "lost" key is replaced from the hub side. Afterwards the checker reads the
+//! hub's log: every acknowledged record of every agent is there exactly once (lost = 0,
+//! unexpected = 0), and both `verify`s pass.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,7 +18,25 @@ use spacesync_shared::SourceId;
 use spacesync_shared::record::Record;
 use spacesync_tests::agent_harness::{AgentProc, activity};
 use spacesync_tests::checker::{self, History};
+use spacesync_tests::fault_proxy::{Fault, FaultPlan, FaultProxy};
 use spacesync_tests::hub_harness::{HubProc, hub_bin};
+
+/// The agents' clock (`run --now`), the same instant as the hub's.
+const AGENT_NOW: &str = spacesync_tests::agent_harness::NOW;
+
+fn hub_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Points `agent`'s agent.toml at `hub`.
+fn set_hub(agent: &AgentProc, hub: &str) {
+    let path = agent.data().config();
+    let mut cfg = spacesync_agent::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    cfg.hub = hub.to_string();
+    std::fs::write(&path, cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+}
 
 /// `spacesync-hub args…` with the admin token in the environment and no data directory
 /// (the `--hub` path must not need one).
@@ -285,10 +306,93 @@ async fn a_running_hub_is_administered_without_a_restart() {
         "the extension is not in bulletin {n}"
     );
 
+    // gd-a rotates its key from the agent side; the hub's answer is lost on the way
+    // (the proxy cuts it), so the first attempt fails with nothing switched and the run is
+    // refused until the same command finishes the rotation.
+    let proxy = FaultProxy::start(hub_addr(&url), FaultPlan::NONE, 14).await;
+    let (gd, _, _) = &mut agents[0];
+    gd.stop();
+    set_hub(gd, &proxy.url());
+    proxy.force([Fault::Cut { after: 0 }]);
+    let out = gd.cli(&["rotate-key", "--now", AGENT_NOW]);
+    assert!(
+        !out.status.success(),
+        "the answer was cut: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(gd.data().key_next().exists());
+    let refused = gd.cli(&["run", "--now", AGENT_NOW]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rotate-key"));
+    let new_gd = ok(
+        &gd.cli(&["rotate-key", "--now", AGENT_NOW]),
+        "rotate-key again",
+    );
+    assert!(!gd.data().key_next().exists());
+    assert_eq!(ok(&gd.cli(&["pubkey"]), "pubkey"), new_gd);
+    set_hub(gd, &url);
+    let listed = ok(
+        &hub_cli(&admin, &["agents", "list", "--json", "--hub", &url]),
+        "agents list",
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap_or_else(|e| panic!("{e}"));
+    let gd_rec = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["id"] == "gd-a"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        gd_rec["keys"][1]["key"],
+        Value::from(new_gd.clone()),
+        "{gd_rec}"
+    );
+    assert_eq!(gd_rec["keys"][1]["from_seq"], 6, "{gd_rec}");
+    // A real SIGKILL between the new key's first entry and the hub's receipt loses nothing.
+    gd.start().await;
+    write(gd, "gd-a", "440100", 1, "rotated", &mut history).await;
+    gd.kill();
+    gd.start().await;
+
+    // bj-a's key is "lost": the agent switches at once, the hub's admin records the new
+    // key from the seq the agent printed, live.
+    let (bj, _, _) = &mut agents[1];
+    bj.stop();
+    let out = bj.cli(&["rotate-key", "--lost"]);
+    let new_bj = ok(&out, "rotate-key --lost");
+    let hint = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(hint.contains("--from-seq 6"), "{hint}");
+    ok(
+        &hub_cli(
+            &admin,
+            &[
+                "agents",
+                "rotate",
+                "bj-a",
+                "--key",
+                &new_bj,
+                "--from-seq",
+                "6",
+                "--hub",
+                &url,
+            ],
+        ),
+        "agents rotate --hub",
+    );
+    bj.start().await;
+
     // Everyone still delivers.
     for (agent, source, region) in &agents {
         write(agent, source, region, 3, "after", &mut history).await;
-        agent.wait_delivered(8, Duration::from_secs(30)).await;
+    }
+    agents[0].0.wait_delivered(9, Duration::from_secs(30)).await;
+    agents[1].0.wait_delivered(8, Duration::from_secs(30)).await;
+    for (agent, _, _) in &agents {
+        let out = agent.cli(&["verify", "--json"]);
+        assert!(
+            out.status.success(),
+            "agent verify across the rotation: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     write(&third, "sc-a", "510104", 2, "after", &mut history).await;
     third.wait_delivered(6, Duration::from_secs(30)).await;
@@ -300,5 +404,23 @@ async fn a_running_hub_is_administered_without_a_restart() {
     let report = checker::check(&history, &leaves);
     eprintln!("{}", report.line(0, 0, 0));
     assert!(report.valid(), "{}", report.details());
-    assert_eq!(report.acknowledged, 5 * 2 + 4 + 3 * 2 + 2);
+    assert_eq!(report.acknowledged, 5 * 2 + 4 + 1 + 3 * 2 + 2);
+    drop(store);
+    // The hub's own verify: every chain under the keys the log records, across both
+    // rotations.
+    // sled lets go of the directory a moment after the last handle.
+    let mut out = hub.cli(&["verify"]);
+    for _ in 0..100 {
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("in use") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        out = hub.cli(&["verify"]);
+    }
+    assert!(
+        out.status.success(),
+        "hub verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
