@@ -791,6 +791,22 @@ pub struct HubClient {
     rt: tokio::runtime::Runtime,
 }
 
+/// Would the token cross a network in clear to `base` (plain HTTP, not loopback)?
+fn exposed(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    !(host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
 /// Largest answer read from the admin API.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
@@ -802,6 +818,11 @@ impl HubClient {
             return Err(CliError::Usage(format!(
                 "--hub {url:?}: give the hub's base URL, e.g. https://hub.example or http://127.0.0.1:7400"
             )));
+        }
+        if exposed(&base) {
+            eprintln!(
+                "warning: --hub {base} is plain HTTP: the admin token crosses the network readable; use https:// (or a loopback address)"
+            );
         }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -1356,6 +1377,22 @@ mod tests {
             LogFormat::from_config("json", &dir).ok(),
             Some(LogFormat::Json)
         );
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_flagged() {
+        for (url, want) in [
+            ("http://127.0.0.1:7400", false),
+            ("http://localhost:7400/", false),
+            ("http://[::1]:7400", false),
+            ("https://hub.example", false),
+            ("http://hub.example", true),
+            ("http://10.0.0.5:7400", true),
+            ("http://[2001:db8::1]:7400", true),
+            ("http://localhost.evil.example", true),
+        ] {
+            assert_eq!(exposed(url), want, "{url}");
+        }
     }
 
     #[test]
