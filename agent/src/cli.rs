@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use spacesync_shared::admin::EnrolCode;
 use spacesync_shared::batch::Format;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
 use spacesync_shared::entry::SourceId;
@@ -57,33 +58,77 @@ pub struct Cli {
 pub enum Command {
     /// Create the data directory, the source key, the intake token and agent.toml; print the
     /// public key line (the intake token goes to stderr).
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent init --enrol ssenrol1.… --listen 127.0.0.1:7300"
+    )]
     Init(InitArgs),
     /// Run the intake API, the spool watcher and the pusher.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent run --log-format json"
+    )]
     Run(RunArgs),
     /// Import files (CSV by .csv extension, otherwise JSON / NDJSON), each whole or not at all.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent import counts.csv --dry-run"
+    )]
     Import(ImportArgs),
     /// Show queue depth, delivery and hub state.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent status --json"
+    )]
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the notices received from the hub, newest first.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent notices")]
     Notices {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check the local store offline: signatures, chain, seqs, receipts. Exits 1 on damage.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent verify")]
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print this source's public key line.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey")]
     Pubkey,
     /// Print the intake token: the bearer token every API request except /healthz carries.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent token --rotate"
+    )]
     Token(TokenArgs),
+    /// Replace this source's key (the agent stopped): the hub is asked, in a request the
+    /// current key signs, to take the new key from the next seq on; then the agent
+    /// switches. Safe to run again after any interruption. With --lost (the old key is
+    /// gone or compromised): switch at once and print what the hub's admin needs for
+    /// `spacesync-hub agents rotate`.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent rotate-key"
+    )]
+    RotateKey(RotateKeyArgs),
+    /// Check agent.toml and the campaign file (with line numbers) and the data directory
+    /// (permissions, key, intake token, the store opens and belongs to this source and
+    /// key) without starting.
+    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent check")]
+    Check,
+}
+
+/// `rotate-key` options.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The old key is lost or compromised: switch without the hub, whose admin then runs
+    /// `spacesync-hub agents rotate` with the printed key and seq.
+    #[arg(long)]
+    pub lost: bool,
+    /// Sign the request as of this instant (RFC 3339), for an agent that runs with --now.
+    #[arg(long)]
+    pub now: Option<String>,
 }
 
 /// `token` options.
@@ -97,18 +142,23 @@ pub struct TokenArgs {
     pub rotate: bool,
 }
 
-/// `init` options.
+/// `init` options: either `--enrol CODE` (source, scope, hub and its key come from the
+/// code and the hub), or the manual `--source --scope --hub [--hub-key]`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
+    /// Enrol with a one-time code from `spacesync-hub agents invite`: the key is
+    /// registered with the hub over the network and the hub's key pinned.
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["source", "scope", "hub", "hub_key"])]
+    pub enrol: Option<String>,
     /// Source id registered at the hub (a-z, 0-9, '-').
-    #[arg(long)]
-    pub source: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub source: Option<String>,
     /// Scope region code (normally the province, PP0000).
-    #[arg(long)]
-    pub scope: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub scope: Option<String>,
     /// Hub base URL.
-    #[arg(long)]
-    pub hub: String,
+    #[arg(long, required_unless_present = "enrol")]
+    pub hub: Option<String>,
     /// Local API address.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -186,6 +236,12 @@ pub enum CliError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A key rotation failed.
+    #[error("{0}")]
+    Rotate(#[from] crate::rotate::RotateError),
+    /// Enrolment failed.
+    #[error("{0}")]
+    Enrol(#[from] crate::enrol::EnrolError),
     /// Talking to the running agent failed.
     #[error("the running agent at {addr}: {why}")]
     Remote {
@@ -263,7 +319,74 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(a) => token_cmd(&data, a),
+        Command::Check => check(&data),
+        Command::RotateKey(a) => rotate_key(&data, a),
     }
+}
+
+fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
+    data.check_permissions()?;
+    let cfg = Config::load(&data.config())?;
+    let clock = make_clock(a.now.as_deref(), None)?;
+    let store = Store::open(&data.db())?;
+    if a.lost {
+        let done = crate::rotate::rotate_lost(data, &cfg, &store)?;
+        spacesync_shared::outln!("{}", done.key);
+        eprintln!(
+            "Switched to a new key from seq {} on. The hub refuses it until its admin runs:\n  spacesync-hub agents rotate {} --key {} --from-seq {} --hub URL",
+            done.from_seq, cfg.source, done.key, done.from_seq
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = runtime()?.block_on(crate::rotate::rotate(data, &cfg, &store, clock.now()))?;
+    spacesync_shared::outln!("{}", done.key);
+    eprintln!(
+        "Rotated: the hub takes entries from seq {} on only with the new key above; start `spacesync-agent run`.",
+        done.from_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: every file and the store, without starting; the first problem is the error.
+fn check(data: &DataDir) -> Result<ExitCode, CliError> {
+    data.check_permissions()?;
+    let cfg = Config::load(&data.config())?;
+    let campaign = cfg.load_campaign(data)?;
+    let key = keys::read_secret(&data.key())?;
+    token::read(&data.token())?;
+    let line = keys::public_key_line(&key.verifying_key());
+    let opened = match Store::open(&data.db()) {
+        Ok(store) => {
+            let want = format!("source {} with key {line}", cfg.source);
+            if let Some(bound) = store.identity()?
+                && bound != want
+            {
+                return Err(CliError::Usage(format!(
+                    "{}: the store belongs to {bound}, but agent.toml and agent.key say {want}; point --data at the right directory",
+                    data.db().display()
+                )));
+            }
+            ", store opens"
+        }
+        // A running agent holds its store: the files are what can be checked.
+        Err(StoreError::Locked { .. }) => {
+            eprintln!(
+                "note: the store {} is in use (is `run` running?); it was not opened",
+                data.db().display()
+            );
+            ""
+        }
+        Err(e) => return Err(e.into()),
+    };
+    spacesync_shared::outln!(
+        "ok: {} (source {}, scope {}, hub {}), campaign {}, key {line}{opened}",
+        data.config().display(),
+        cfg.source,
+        cfg.scope,
+        cfg.hub,
+        campaign.id
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
@@ -298,54 +421,27 @@ fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
 }
 
 fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
-    let source =
-        SourceId::parse(&a.source).map_err(|e| CliError::Usage(format!("--source: {e}")))?;
-    let scope =
-        RegionCode::parse(&a.scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
-    let mut cfg = Config::new(source, scope, a.hub);
-    if let Some(l) = a.listen {
-        cfg.listen = l;
+    if let Some(code) = &a.enrol {
+        return init_enrol(data, code, &a);
     }
-    if let Some(k) = a.hub_key {
-        keys::parse_public_key(&k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
-        cfg.hub_key = Some(k);
+    let (Some(source), Some(scope), Some(hub)) = (&a.source, &a.scope, &a.hub) else {
+        return Err(CliError::Usage(
+            "init needs --enrol CODE, or --source, --scope and --hub".into(),
+        ));
+    };
+    let source = SourceId::parse(source).map_err(|e| CliError::Usage(format!("--source: {e}")))?;
+    let scope = RegionCode::parse(scope).map_err(|e| CliError::Usage(format!("--scope: {e}")))?;
+    let mut cfg = Config::new(source, scope, hub.clone());
+    if let Some(k) = &a.hub_key {
+        keys::parse_public_key(k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
+        cfg.hub_key = Some(k.clone());
     }
-    if let Some(c) = a.campaign {
-        let abs = std::path::absolute(&c).map_err(io_err(&c))?;
-        let text = std::fs::read_to_string(&abs).map_err(io_err(&abs))?;
-        Campaign::from_toml(&text).map_err(|error| ConfigError::Campaign {
-            path: abs.clone(),
-            error,
-        })?;
-        cfg.campaign = Some(abs);
-    }
-    cfg.check(&data.config())?;
-    for p in [data.key(), data.config(), data.token()] {
-        if p.exists() {
-            return Err(CliError::Usage(format!(
-                "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
-                p.display()
-            )));
-        }
-    }
-    // The directory 0700, every file 0600 from the moment it exists.
-    if let Some(mode) = data.create_private()? {
-        eprintln!(
-            "note: {} was open to others (mode {mode:03o}); it is now 0700",
-            data.root.display()
-        );
-    }
+    init_config(&mut cfg, &a)?;
+    refuse_initialised(&[data.key(), data.config(), data.token()])?;
+    create_dir(data)?;
     let key = keys::generate()?;
-    let intake_token = token::generate()?;
     keys::write_secret(&data.key(), &key)?;
-    token::write_new(&data.token(), &intake_token)?;
-    let path = data.config();
-    let mut f = crate::config::private_file(&path).map_err(io_err(&path))?;
-    std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
-    f.sync_all().map_err(io_err(&path))?;
-    let db = data.db();
-    crate::config::private_dir(&db).map_err(io_err(&db))?;
-    spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let intake_token = write_rest(data, &cfg)?;
     let line = keys::public_key_line(&key.verifying_key());
     spacesync_shared::outln!("{line}");
     eprintln!(
@@ -354,9 +450,110 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
         cfg.source,
         cfg.scope
     );
+    print_intake_token(&intake_token);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--listen` and `--campaign` of `init`, checked into `cfg`.
+fn init_config(cfg: &mut Config, a: &InitArgs) -> Result<(), CliError> {
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(c) = &a.campaign {
+        let abs = std::path::absolute(c).map_err(io_err(c))?;
+        let text = std::fs::read_to_string(&abs).map_err(io_err(&abs))?;
+        Campaign::from_toml(&text).map_err(|error| ConfigError::Campaign {
+            path: abs.clone(),
+            error,
+        })?;
+        cfg.campaign = Some(abs);
+    }
+    Ok(())
+}
+
+fn refuse_initialised(files: &[PathBuf]) -> Result<(), CliError> {
+    for p in files {
+        if p.exists() {
+            return Err(CliError::Usage(format!(
+                "{}: exists already; this data directory is initialised. Refusing to overwrite it (move it away first if you really mean to start a new identity)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The data directory 0700, every file 0600 from the moment it exists.
+fn create_dir(data: &DataDir) -> Result<(), CliError> {
+    if let Some(mode) = data.create_private()? {
+        eprintln!(
+            "note: {} was open to others (mode {mode:03o}); it is now 0700",
+            data.root.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the intake token, agent.toml (last: its presence marks an initialised
+/// directory), the store and spool directories. Returns the intake token.
+fn write_rest(data: &DataDir, cfg: &Config) -> Result<String, CliError> {
+    let intake_token = token::generate()?;
+    token::write_new(&data.token(), &intake_token)?;
+    let db = data.db();
+    crate::config::private_dir(&db).map_err(io_err(&db))?;
+    spool::create_dirs(data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let path = data.config();
+    let mut f = crate::config::private_file(&path).map_err(io_err(&path))?;
+    std::io::Write::write_all(&mut f, cfg.to_commented_toml().as_bytes()).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    Ok(intake_token)
+}
+
+fn print_intake_token(intake_token: &str) {
     eprintln!(
         "Intake token (every API request sends `Authorization: Bearer <token>`; `spacesync-agent token` prints it again):\n{intake_token}"
     );
+}
+
+/// `init --enrol CODE`: makes the key (written before the hub is asked, so a crash after
+/// the hub registered it cannot lose it: running the same command again reuses it, and
+/// the hub answers a retry by the same key as the first time), registers it with the
+/// hub the code names, pins the code's hub key and writes agent.toml, ready to `run`.
+fn init_enrol(data: &DataDir, code: &str, a: &InitArgs) -> Result<ExitCode, CliError> {
+    let code = EnrolCode::parse(code).map_err(|e| CliError::Usage(format!("--enrol: {e}")))?;
+    refuse_initialised(&[data.config(), data.token()])?;
+    create_dir(data)?;
+    let key = if data.key().exists() {
+        eprintln!(
+            "note: reusing {} from an enrolment that did not finish",
+            data.key().display()
+        );
+        keys::read_secret(&data.key())?
+    } else {
+        let key = keys::generate()?;
+        keys::write_secret(&data.key(), &key)?;
+        key
+    };
+    let enrolled = runtime()?.block_on(crate::enrol::enrol(&code, &key))?;
+    let source = SourceId::parse(&enrolled.source)
+        .map_err(|e| CliError::Usage(format!("the hub enrolled an unusable source id: {e}")))?;
+    let scope = RegionCode::parse(&enrolled.scope)
+        .map_err(|e| CliError::Usage(format!("the hub enrolled an unusable scope: {e}")))?;
+    let mut cfg = Config::new(source, scope, code.hub.clone());
+    cfg.hub_key = Some(code.hub_key.clone());
+    init_config(&mut cfg, a)?;
+    cfg.check(&data.config())?;
+    let intake_token = write_rest(data, &cfg)?;
+    spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
+    eprintln!(
+        "Enrolled {} as source {} (scope {}) at {}, whose key {} is pinned; start `spacesync-agent run`.",
+        data.root.display(),
+        cfg.source,
+        cfg.scope,
+        cfg.hub,
+        code.hub_key
+    );
+    print_intake_token(&intake_token);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -802,4 +999,131 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push(p.clone());
+            paths(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_ends_with_an_example() {
+        let mut all = Vec::new();
+        paths(&Cli::command(), Vec::new(), &mut all);
+        assert!(all.len() >= 9, "{all:?}");
+        for p in all {
+            let mut args = vec!["spacesync-agent".to_string()];
+            args.extend(p.iter().cloned());
+            args.push("--help".into());
+            let help = match Cli::try_parse_from(&args) {
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+                other => panic!("{p:?}: {other:?}"),
+            };
+            let lines: Vec<&str> = help.trim_end().lines().collect();
+            let n = lines.len();
+            assert!(
+                n >= 2
+                    && lines[n - 2] == "Example:"
+                    && lines[n - 1].starts_with("  spacesync-agent "),
+                "{p:?} --help does not end with an example:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn init_takes_a_code_or_the_manual_flags_not_both() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        assert!(parse(&["spacesync-agent", "init", "--enrol", "ssenrol1.x"]).is_ok());
+        assert!(
+            parse(&[
+                "spacesync-agent",
+                "init",
+                "--source",
+                "a-b",
+                "--scope",
+                "440000",
+                "--hub",
+                "http://h"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["spacesync-agent", "init"]).is_err());
+        assert!(
+            parse(&[
+                "spacesync-agent",
+                "init",
+                "--enrol",
+                "ssenrol1.x",
+                "--source",
+                "a-b"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["spacesync-agent", "run", "--log-format", "jsn"]).is_err());
+    }
+
+    #[test]
+    fn check_names_what_is_wrong_and_passes_a_sound_directory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = DataDir::new(dir.path().join("a"));
+        let init_args = InitArgs {
+            enrol: None,
+            source: Some("gd-a".into()),
+            scope: Some("440000".into()),
+            hub: Some("http://127.0.0.1:9".into()),
+            listen: None,
+            hub_key: None,
+            campaign: None,
+        };
+        init(&data, init_args).unwrap_or_else(|e| panic!("{e}"));
+        check(&data).unwrap_or_else(|e| panic!("{e}"));
+        // The store, once bound, must match the key: another key is named.
+        Store::open(&data.db())
+            .and_then(|s| {
+                s.bind_identity(
+                    &SourceId::parse("gd-a").unwrap_or_else(|e| panic!("{e}")),
+                    "ed25519:other",
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("another key");
+        assert!(e.to_string().contains("store belongs to"), "{e}");
+        // A syntax error in agent.toml: its line.
+        std::fs::remove_dir_all(data.db()).unwrap_or_else(|e| panic!("{e}"));
+        crate::config::private_dir(&data.db()).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(data.config()).unwrap_or_else(|e| panic!("{e}"));
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("scope"))
+            .unwrap_or_else(|| panic!("scope line"))
+            + 1;
+        std::fs::write(
+            data.config(),
+            text.replace("scope = \"440000\"", "scope = 440000 x"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("syntax");
+        assert!(e.to_string().contains(&format!("line {line}")), "{e}");
+        std::fs::write(data.config(), &text).unwrap_or_else(|e| panic!("{e}"));
+        // The key open to others: the chmod that fixes it.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(data.key(), std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = check(&data).expect_err("permissions");
+        assert!(
+            e.to_string().contains("chmod")
+                || e.to_string().contains("0600")
+                || e.to_string().contains("600"),
+            "{e}"
+        );
+    }
 }

@@ -49,6 +49,10 @@ impl DataDir {
     pub fn key(&self) -> PathBuf {
         self.root.join("agent.key")
     }
+    /// `agent.key.next`: a new key while its rotation is not finished.
+    pub fn key_next(&self) -> PathBuf {
+        self.root.join("agent.key.next")
+    }
     /// `intake.token`.
     pub fn token(&self) -> PathBuf {
         self.root.join("intake.token")
@@ -104,11 +108,12 @@ impl DataDir {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let checks: [(PathBuf, &'static str, u32); 5] = [
+            let checks: [(PathBuf, &'static str, u32); 6] = [
                 (self.root.clone(), "the data directory", 0o700),
                 (self.db(), "the store directory", 0o700),
                 (self.config(), "agent.toml", 0o600),
                 (self.key(), "the source's secret key", 0o600),
+                (self.key_next(), "the source's next secret key", 0o600),
                 (self.token(), "the intake token", 0o600),
             ];
             for (path, what, want) in checks {

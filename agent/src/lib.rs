@@ -14,6 +14,8 @@
 //! - [`spool`]: the watched spool folder.
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
 //!   user of `backoff`.
+//! - [`enrol`]: `init --enrol CODE` — registers the new key with the hub the code names.
+//! - [`rotate`]: `rotate-key` — a new key, confirmed by the hub, swapped in crash-safely.
 //! - [`hub_key`]: which key the hub's receipts must verify with (pinned, or first use).
 //! - [`push`]: the pusher — transport, the one classification of hub answers, the delivery
 //!   state machine (batches, receipts, head probing, alarms), notices, retention.
@@ -39,12 +41,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod enrol;
 pub mod http;
 pub mod hub_key;
 pub mod intake;
 pub mod notices;
 pub mod push;
 pub mod retry;
+pub mod rotate;
 pub mod server;
 pub mod spool;
 pub mod status;

@@ -49,6 +49,9 @@ pub enum AgentError {
     /// The HTTP server failed.
     #[error("the local API failed: {0}")]
     Serve(std::io::Error),
+    /// A key rotation is pending or could not be finished.
+    #[error("{0}")]
+    Rotate(#[from] crate::rotate::RotateError),
 }
 
 /// An opened agent: configuration, key, campaign and store.
@@ -68,9 +71,14 @@ pub struct Agent {
 impl Agent {
     /// Loads key, campaign and store for `cfg`.
     pub fn open(data: DataDir, cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent, AgentError> {
-        let key = keys::read_secret(&data.key())?;
         let campaign = cfg.load_campaign(&data)?;
         let store = Store::open(&data.db())?;
+        // A rotation the store records but whose files were not swapped is finished; a
+        // pending one (not confirmed by the hub) stops the agent here.
+        if crate::rotate::settle(&data, &cfg, &store)? {
+            tracing::info!(source = %cfg.source, "Finished a key rotation: agent.key.next is now agent.key.");
+        }
+        let key = keys::read_secret(&data.key())?;
         let ident = Arc::new(Identity {
             source: cfg.source.clone(),
             scope: cfg.scope,

@@ -49,6 +49,7 @@ const NOTICE_READ: &[u8] = b"notice_read";
 const WEBHOOK_CURSOR: &[u8] = b"webhook_cursor";
 const PUSH_STATE: &[u8] = b"push_state";
 const IDENTITY: &[u8] = b"identity";
+const KEY_HISTORY: &[u8] = b"key_history";
 const BATCH_RECEIPT_ID: &[u8] = b"batch_receipt_id";
 
 /// First byte of a `receipts` value that points at a batch receipt (a receipt envelope's
@@ -364,6 +365,52 @@ impl Store {
         let (head, _) = store.head()?;
         store.durable.store(head, Ordering::Release);
         Ok(store)
+    }
+
+    /// The source and key the store is bound to (`source <id> with key <line>`), if any.
+    pub fn identity(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(IDENTITY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The source's keys along its chain, `(first seq, key line)` in rotation order; empty
+    /// while the first key was never rotated (it signs everything).
+    pub fn key_history(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        match self.meta.get(KEY_HISTORY)? {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("the key history: {e}"))),
+        }
+    }
+
+    /// Records that `new_line` signs from `from_seq` on, instead of `old_line`: the
+    /// identity the store is bound to and the key history change in one flushed write.
+    pub fn rotate_identity(
+        &self,
+        source: &SourceId,
+        old_line: &str,
+        new_line: &str,
+        from_seq: u64,
+    ) -> Result<(), StoreError> {
+        let mut history = self.key_history()?;
+        if history.is_empty() {
+            history.push((1, old_line.to_string()));
+        }
+        history.push((from_seq, new_line.to_string()));
+        let history = serde_json::to_vec(&history)
+            .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
+        let identity = format!("source {source} with key {new_line}");
+        self.meta
+            .transaction(|meta| {
+                meta.insert(IDENTITY, identity.as_bytes())?;
+                meta.insert(KEY_HISTORY, history.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Corrupt(format!("recording the key rotation: {e:?}")))?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Binds the store to a source and key on first use; refuses another later.

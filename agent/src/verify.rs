@@ -10,8 +10,9 @@
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use spacesync_shared::chain::ChainVerifier;
+use spacesync_shared::chain::{ChainVerifier, KeySchedule};
 use spacesync_shared::dsse::Digest;
+use spacesync_shared::keys;
 use spacesync_shared::wire::{BatchReceipt, Receipt};
 
 use crate::intake::Identity;
@@ -51,11 +52,20 @@ pub fn verify(
     let acked = store.acked()?;
     rep.pruned_through = pruned;
     rep.head_seq = head;
-    let mut v = ChainVerifier::new(
+    // The keys along the chain: the rotations recorded, or the one key for every seq.
+    let history = store.key_history()?;
+    let keys = if history.is_empty() {
+        KeySchedule::single(ident.key.verifying_key())
+    } else {
+        history.iter().fold(KeySchedule::new(), |k, (from, line)| {
+            k.with(*from, keys::parse_public_key(line).ok())
+        })
+    };
+    let mut v = ChainVerifier::with_keys(
         ident.source.clone(),
-        ident.key.verifying_key(),
+        keys,
         ident.scope,
-        ident.campaign.id.clone(),
+        Some(ident.campaign.id.clone()),
     )
     .resume(pruned, pruned_hash);
     let mut last: Option<(u64, Digest)> = None;

@@ -43,7 +43,7 @@ use spacesync_shared::RegionCode;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::region::SchoolCode;
 
-use crate::auth::{Role, lookup_token, lookup_token_hash};
+use crate::auth::{Role, lookup_token, lookup_token_hash, token_hash};
 use crate::state::AppState;
 use crate::wording::Lang;
 
@@ -108,7 +108,10 @@ pub fn bearer_role(s: &AppState, headers: &HeaderMap) -> Result<Role, Denied> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(Denied::NoToken)?;
     match lookup_token(s.hub.store.as_ref(), token) {
-        Ok(Some(rec)) => Ok(rec.role),
+        Ok(Some(rec)) => {
+            crate::auth::note_use(s.hub.store.as_ref(), &token_hash(token), s.hub.clock.now());
+            Ok(rec.role)
+        }
         Ok(None) => Err(Denied::UnknownToken),
         Err(e) => Err(Denied::Unavailable(e.to_string())),
     }

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration as StdDuration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -244,6 +245,55 @@ pub fn revoke_token(
         store.flush()?;
     }
     Ok((hash.get(..TOKEN_ID_LEN).unwrap_or(&hash).to_string(), rec))
+}
+
+/// Where the last use of a token is stored: `tokused/<SHA-256 hex of the token>` (apart
+/// from the token record, so recording a use can never undo a revocation).
+const TOKEN_USED: &[u8] = b"tokused/";
+
+/// Notes that the token whose hash is `hash` was presented now. Written at most once a
+/// minute (of real time) per token, without a flush: it informs `token list`, it is not
+/// a promise.
+pub fn note_use(store: &dyn Store, hash: &str, now: DateTime<Utc>) {
+    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let real = Instant::now();
+    if last
+        .get(hash)
+        .is_some_and(|t| real.duration_since(*t) < StdDuration::from_secs(60))
+    {
+        return;
+    }
+    if last.len() > 10_000 {
+        last.clear();
+    }
+    last.insert(hash.to_string(), real);
+    drop(last);
+    let mut b = WriteBatch::new();
+    let mut key = TOKEN_USED.to_vec();
+    key.extend_from_slice(hash.as_bytes());
+    b.put(key, serde_json::to_vec(&now).unwrap_or_default());
+    if let Err(e) = store.apply(b) {
+        tracing::warn!(error = %e, "Could not record a token's use.");
+    }
+}
+
+/// When each token (by id) was last presented to a running hub, as far as recorded.
+pub fn token_uses(store: &dyn Store) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+    let mut used = HashMap::new();
+    for r in store.scan(TOKEN_USED) {
+        let (k, v) = r?;
+        let hash = String::from_utf8_lossy(k.get(TOKEN_USED.len()..).unwrap_or_default());
+        if let Ok(t) = serde_json::from_slice::<DateTime<Utc>>(&v)
+            && let Some(id) = hash.get(..TOKEN_ID_LEN)
+        {
+            used.insert(id.to_string(), t);
+        }
+    }
+    Ok(used)
 }
 
 /// How far a signed request's timestamp may be from the hub clock.

@@ -16,19 +16,25 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanCount, HumanDuration, ProgressBar, ProgressState, ProgressStyle};
 use serde_json::Value;
 use spacesync_shared::clock::{Clock, FixedClock, ScaledClock, SystemClock};
-use spacesync_shared::{RegionCode, SourceId, keys};
+use spacesync_shared::keys;
 
-use crate::auth::{self, Role, TokenError};
+use spacesync_shared::admin::{
+    self as wire_admin, AddSource, CreateToken, CreatedToken, EnrolCode, Extend, Extended, Invite,
+    Invited, Issued, RotateSource, SourceInfo, SourceList, SourceRef, TokenInfo, TokenList,
+    TokenRef,
+};
+
+use crate::admin;
+use crate::auth::TokenError;
 use crate::bulletin::{self, BulletinError};
 use crate::config::{self, ConfigError, DataDir};
 use crate::hub::Hub;
 use crate::ingest::IngestError;
 use crate::log::LogError;
-use crate::registry::{self, RegistryError};
-use crate::render::{CsvError, Format, Lang};
+use crate::registry::RegistryError;
+use crate::render::{CsvError, Format, Lang, Rendering};
 use crate::serve::{self, ServeError, Serving};
 use crate::store::StoreError;
-use crate::views::{Extension, HubEntry};
 use crate::{http, maintenance};
 
 /// The ministry's central aggregator for the online learning space campaign.
@@ -56,6 +62,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create the data directory, the hub key and a commented hub.toml.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub init")]
     Init {
         /// Campaign file (default: the bundled 2018 campaign).
         #[arg(long)]
@@ -68,39 +75,98 @@ pub enum Cmd {
         store: Option<String>,
     },
     /// Serve the HTTP API.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub serve --log-format json"
+    )]
     Serve(ServeArgs),
     /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example --expires 72h"
+    )]
     Agents {
-        /// Record a change as of this instant (RFC 3339) instead of now.
+        /// Record a change as of this instant (RFC 3339) instead of now (stopped store only).
         #[arg(long, global = true)]
         now: Option<String>,
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
         /// What to change or show.
         #[command(subcommand)]
         cmd: AgentsCmd,
     },
     /// Manage API tokens.
+    #[command(
+        after_help = "Example:\n  spacesync-hub token create --role ministry --label \"Ms Li\" --hub https://hub.example   # admin token in SPACESYNC_HUB_TOKEN"
+    )]
     Token {
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
         /// What to do with tokens.
         #[command(subcommand)]
         cmd: TokenCmd,
     },
     /// Print the hub's public key line.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub pubkey")]
     Pubkey,
     /// Print the public key line webhook receivers verify deliveries with (generating
     /// webhook.key, 0600, on a hub initialised before it existed).
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub webhook-key")]
     WebhookKey,
     /// Grant a deadline extension (a hub-signed log entry).
+    #[command(
+        after_help = "Example:\n  spacesync-hub extend --region 440000 --milestone implementation_plan --until 2018-11-22 --reason \"flood\" --hub https://hub.example"
+    )]
     Extend(ExtendArgs),
     /// Progress bulletins.
+    #[command(
+        after_help = "Example:\n  spacesync-hub bulletin show 3 --format html --lang en > b3.html"
+    )]
     Bulletin {
+        /// Running hub or stopped store (`issue`).
+        #[command(flatten)]
+        remote: Remote,
         /// What to do with bulletins.
         #[command(subcommand)]
         cmd: BulletinCmd,
     },
     /// Recompute every view from the log.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub rebuild   # hub stopped"
+    )]
     Rebuild,
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub verify   # hub stopped"
+    )]
     Verify,
+    /// Check hub.toml and the campaign file (with line numbers) and the data directory
+    /// (permissions, keys, the store opens and belongs to this key) without starting.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub check")]
+    Check,
+}
+
+/// Where an admin command acts: on the running hub at `--hub URL` (through its admin
+/// API, with an admin token), or, without `--hub`, on the stopped store under `--data`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Remote {
+    /// Act on the running hub at this URL (its admin API) instead of on a stopped store
+    /// under --data, which is then not needed.
+    #[arg(long = "hub", global = true, value_name = "URL")]
+    pub hub: Option<String>,
+    /// The admin token for --hub (better: the environment variable, or --token-file).
+    #[arg(
+        long = "token",
+        id = "hub_token",
+        global = true,
+        env = "SPACESYNC_HUB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A file (mode 0600) holding the admin token for --hub.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `serve` options.
@@ -115,6 +181,69 @@ pub struct ServeArgs {
     /// With --now: run the clock this many times faster than real time.
     #[arg(long, requires = "now")]
     pub speed: Option<f64>,
+    /// Log format (overrides log_format in hub.toml).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `log_format` of hub.toml: `human` or `json`; anything else is refused (a typo is
+    /// not a silent default).
+    pub fn from_config(value: &str, dir: &DataDir) -> Result<LogFormat, CliError> {
+        match value {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(CliError::Usage(format!(
+                "{}: log_format = {other:?} is not \"human\" or \"json\"",
+                dir.config().display()
+            ))),
+        }
+    }
+}
+
+/// `bulletin show --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// The signed JSON document.
+    Json,
+    /// HTML.
+    Html,
+    /// Markdown.
+    Md,
+    /// The province table as CSV.
+    Csv,
+    /// Every data flag as CSV.
+    FlagsCsv,
+}
+
+impl ShowFormat {
+    fn format(self) -> Format {
+        match self {
+            ShowFormat::Json => Format::Json,
+            ShowFormat::Html => Format::Rendered(Rendering::Html),
+            ShowFormat::Md => Format::Rendered(Rendering::Markdown),
+            ShowFormat::Csv => Format::Rendered(Rendering::Csv),
+            ShowFormat::FlagsCsv => Format::Rendered(Rendering::FlagsCsv),
+        }
+    }
+}
+
+/// `bulletin show --lang`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LangArg {
+    /// 中文.
+    Zh,
+    /// English.
+    En,
 }
 
 /// `extend` options.
@@ -132,15 +261,21 @@ pub struct ExtendArgs {
     /// Why.
     #[arg(long)]
     pub reason: String,
-    /// Grant as of this instant (RFC 3339) instead of now.
+    /// Grant as of this instant (RFC 3339) instead of now (stopped store only).
     #[arg(long)]
     pub now: Option<String>,
+    /// Running hub or stopped store.
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 /// `agents` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AgentsCmd {
     /// Register a source.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents add --source gd-rrt --scope 440000 --key ed25519:… --hub https://hub.example"
+    )]
     Add {
         /// Source id.
         #[arg(long)]
@@ -153,17 +288,26 @@ pub enum AgentsCmd {
         key: String,
     },
     /// List sources.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents list --json --hub https://hub.example"
+    )]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a source.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents revoke gd-rrt --hub https://hub.example"
+    )]
     Revoke {
         /// Source id.
         id: String,
     },
     /// Replace a source's key from a seq on.
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents rotate gd-rrt --key ed25519:… --from-seq 1201 --hub https://hub.example"
+    )]
     Rotate {
         /// Source id.
         id: String,
@@ -174,35 +318,60 @@ pub enum AgentsCmd {
         #[arg(long)]
         from_seq: Option<u64>,
     },
+    /// Invite an agent: print a one-time enrolment code (the last line) that names the
+    /// hub URL and pins the hub's key; the agent runs `spacesync-agent init --enrol CODE`.
+    /// Needs --hub (the URL put in the code; the hub must run for the agent to enrol).
+    #[command(
+        after_help = "Example:\n  spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example --expires 72h"
+    )]
+    Invite {
+        /// The source id the agent will have.
+        #[arg(long)]
+        source: String,
+        /// Its scope region (normally the province, PP0000).
+        #[arg(long)]
+        scope: String,
+        /// How long the code works: e.g. 30m, 72h, 7d (at most 30d).
+        #[arg(long, default_value = "72h")]
+        expires: String,
+    },
 }
 
 /// `bulletin` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BulletinCmd {
     /// Issue a bulletin now; prints its number.
+    #[command(after_help = "Example:\n  spacesync-hub bulletin issue --hub https://hub.example")]
     Issue {
         /// Issue as of this instant (RFC 3339) instead of now.
         #[arg(long)]
         now: Option<String>,
     },
     /// List issued bulletins.
+    #[command(after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin list")]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Print one bulletin.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin show 3 --format html --lang en > b3.html"
+    )]
     Show {
         /// Bulletin number.
         n: u64,
-        /// json, html, md, csv (the province table) or flags-csv (every data flag).
-        #[arg(long, default_value = "json")]
-        format: String,
-        /// zh or en.
-        #[arg(long, default_value = "zh")]
-        lang: String,
+        /// The form: csv is the province table, flags-csv every data flag.
+        #[arg(long, value_enum, default_value_t = ShowFormat::Json)]
+        format: ShowFormat,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = LangArg::Zh)]
+        lang: LangArg,
     },
     /// Check a bulletin file (JSON) against the log; exits 0 only when it matches.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin verify b3.json"
+    )]
     Verify {
         /// The bulletin JSON file.
         file: PathBuf,
@@ -213,6 +382,9 @@ pub enum BulletinCmd {
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
     /// Create a token and print it (shown once; only its hash is stored).
+    #[command(
+        after_help = "Example:\n  spacesync-hub token create --role province:440000 --label \"Guangdong dept.\" --hub https://hub.example"
+    )]
     Create {
         /// admin, ministry, or province:<PP0000>.
         #[arg(long)]
@@ -221,14 +393,18 @@ pub enum TokenCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List tokens: id, role, created, revoked, label (never the tokens themselves).
+    /// List tokens: id, role, created, last used, revoked, label (never the tokens).
+    #[command(after_help = "Example:\n  spacesync-hub token list --hub https://hub.example")]
     List {
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token (run on the stopped hub): it is refused from then on, and the
-    /// dashboard sessions opened with it end.
+    /// Revoke a token (on the running hub with --hub, or a stopped store): it is refused
+    /// from then on, and the dashboard sessions opened with it end.
+    #[command(
+        after_help = "Example:\n  spacesync-hub token revoke 2b7348af7367 --hub https://hub.example"
+    )]
     Revoke {
         /// The token (sst_…) or its id from `token list`.
         token: String,
@@ -298,6 +474,17 @@ pub enum CliError {
         /// The parser's error.
         error: serde_json::Error,
     },
+    /// An admin operation was refused or failed (on the stopped store).
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// The running hub refused the request or could not be reached.
+    #[error("the hub at {url}: {what}")]
+    Hub {
+        /// Its base URL.
+        url: String,
+        /// What it said, or why it was not reached, and what to do.
+        what: String,
+    },
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -318,17 +505,16 @@ fn json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<String, CliEr
     })
 }
 
-/// Sets up logging to stderr: `json` for JSON lines, anything else for human lines.
-pub fn init_logging(format: &str) {
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
     };
 }
 
@@ -464,11 +650,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::Serve(a) => serve(&dir, a)?,
-        Cmd::Agents { now, cmd } => agents(&dir, make_clock(now.as_deref(), None)?, cmd)?,
-        Cmd::Token { cmd } => token(&dir, cmd)?,
+        Cmd::Agents { now, remote, cmd } => agents(&dir, now.as_deref(), &remote, cmd)?,
+        Cmd::Token { remote, cmd } => token(&dir, &remote, cmd)?,
         Cmd::Extend(a) => {
-            let (hub, _) = config::open_hub(&dir, make_clock(a.now.as_deref(), None)?)?;
-            let index = extend(&hub, &a)?;
+            let index = extend(&dir, &a)?;
             spacesync_shared::outln!(
                 "extension for {} {} until {} recorded at log index {index}",
                 a.region,
@@ -476,7 +661,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 a.until
             );
         }
-        Cmd::Bulletin { cmd } => bulletins(&dir, cmd)?,
+        Cmd::Bulletin { remote, cmd } => bulletins(&dir, &remote, cmd)?,
         Cmd::Rebuild => {
             let store = config::open_store(&dir)?;
             let baseline = config::load_campaign(&dir)?.baseline;
@@ -487,6 +672,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
         Cmd::Verify => verify(&dir)?,
+        Cmd::Check => check(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -497,7 +683,11 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     let clock = make_clock(a.now.as_deref(), a.speed)?;
     let speed = a.speed.unwrap_or(1.0);
     let cfg = config::load_config(dir)?;
-    init_logging(&cfg.log_format);
+    let format = match a.log_format {
+        Some(f) => f,
+        None => LogFormat::from_config(&cfg.log_format, dir)?,
+    };
+    init_logging(format);
     let (hub, cfg) = config::open_hub_scaled(dir, clock, speed)?;
     let (webhook_key, generated) = config::webhook_key(dir)?;
     if generated {
@@ -524,26 +714,266 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), CliError> {
-    match cmd {
-        AgentsCmd::Add { source, scope, key } => {
-            let id = SourceId::parse(&source)
-                .map_err(|e| CliError::Usage(format!("--source {source:?}: {e}")))?;
-            let scope = RegionCode::parse(&scope)
-                .map_err(|e| CliError::Usage(format!("--scope {scope:?}: {e}")))?;
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.add_source(id, scope, &key)?;
-            spacesync_shared::outln!(
-                "added {} (scope {}, key {})",
-                rec.id,
-                rec.scope,
-                rec.current_key().unwrap_or("")
+/// Where an admin command acts.
+enum Target<'a> {
+    /// The stopped store under `--data`, changes stamped by this clock.
+    Store(&'a DataDir, Arc<dyn Clock>),
+    /// The running hub, through its admin API.
+    Hub(HubClient),
+}
+
+impl Remote {
+    /// The target `--hub` names, or the stopped store; `now` is the command's `--now`,
+    /// which only a stopped store takes (a running hub records on its own clock).
+    fn target<'a>(&self, dir: &'a DataDir, now: Option<&str>) -> Result<Target<'a>, CliError> {
+        let Some(url) = &self.hub else {
+            return Ok(Target::Store(dir, make_clock(now, None)?));
+        };
+        if now.is_some() {
+            return Err(CliError::Usage(format!(
+                "--now applies to a stopped store; the hub at {url} records changes on its own clock (leave out --now, or --hub)"
+            )));
+        }
+        let token = match (&self.token, &self.token_file) {
+            (_, Some(path)) => read_token_file(path)?,
+            (Some(t), None) => t.trim().to_string(),
+            (None, None) => {
+                return Err(CliError::Usage(format!(
+                    "--hub {url}: give an admin token with --token, the environment variable SPACESYNC_HUB_TOKEN or --token-file PATH (create one with `spacesync-hub token create --role admin` on the stopped hub)"
+                )));
+            }
+        };
+        Ok(Target::Hub(HubClient::new(url, token)?))
+    }
+}
+
+/// Reads an admin token from a file only its owner can read (as key files are).
+fn read_token_file(path: &std::path::Path) -> Result<String, CliError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |error| CliError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CliError::Usage(format!(
+            "{}: the token file is open to others (mode {mode:03o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    if meta.len() > 4096 {
+        return Err(CliError::Usage(format!(
+            "{}: not a token file (larger than 4 KiB)",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(CliError::Usage(format!(
+            "{}: expected one token (sst_…) and nothing else",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// A client of a running hub's admin API: one admin token, no redirects (the token goes
+/// to the URL given and nowhere else), JSON in and out.
+pub struct HubClient {
+    /// Base URL, without a trailing `/`.
+    base: String,
+    /// The admin token.
+    token: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Would the token cross a network in clear to `base` (plain HTTP, not loopback)?
+fn exposed(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    !(host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// Largest answer read from the admin API.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+impl HubClient {
+    /// A client of the hub at `url` (http:// or https://).
+    pub fn new(url: &str, token: String) -> Result<HubClient, CliError> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--hub {url:?}: give the hub's base URL, e.g. https://hub.example or http://127.0.0.1:7400"
+            )));
+        }
+        if exposed(&base) {
+            eprintln!(
+                "warning: --hub {base} is plain HTTP: the admin token crosses the network readable; use https:// (or a loopback address)"
             );
         }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot build an HTTP client: {e}")))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        Ok(HubClient {
+            base,
+            token,
+            http,
+            rt,
+        })
+    }
+
+    /// `GET path`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    /// `POST path` with `body` as JSON.
+    pub fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let bytes = serde_json::to_vec(body).map_err(|error| CliError::Json {
+            what: format!("the request to {}{path}", self.base),
+            error,
+        })?;
+        self.call(reqwest::Method::POST, path, Some(bytes))
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, CliError> {
+        let url = format!("{}{path}", self.base);
+        let err = |what: String| CliError::Hub {
+            url: self.base.clone(),
+            what,
+        };
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
+        }
+        let (status, bytes) = self
+            .rt
+            .block_on(async {
+                let mut resp = req.send().await?;
+                let status = resp.status();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    if bytes.len() + chunk.len() > MAX_ANSWER {
+                        break;
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|e| {
+                err(format!(
+                    "cannot reach it ({}); is it running, and is --hub its address?",
+                    spacesync_shared::err_chain(&e)
+                ))
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                err(format!(
+                    "its answer to {path} is not what this CLI expects ({e}); is --hub a spacesync hub of the same version?"
+                ))
+            });
+        }
+        let said = serde_json::from_slice::<spacesync_shared::wire::ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("answered {status}"));
+        Err(err(match status.as_u16() {
+            401 => format!(
+                "refused the token ({said}); this command needs a token with the admin role: give it with --token, SPACESYNC_HUB_TOKEN or --token-file"
+            ),
+            403 => format!("{said}; this command needs a token with the admin role"),
+            404 if said.starts_with("no such endpoint") => {
+                format!("has no {path} ({said}); is --hub a spacesync hub with the admin API?")
+            }
+            _ => said,
+        }))
+    }
+}
+
+/// Parses a duration such as `30m`, `72h`, `7d` or `3600s`.
+fn parse_expiry(s: &str) -> Result<u64, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--expires {s:?}: give a number and a unit: s, m, h or d (e.g. 72h)"
+        ))
+    };
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+fn print_source(verb: &str, r: &SourceInfo) {
+    spacesync_shared::outln!(
+        "{verb} {} (scope {}, key {})",
+        r.id,
+        r.scope,
+        r.current_key().unwrap_or("")
+    );
+}
+
+fn agents(
+    dir: &DataDir,
+    now: Option<&str>,
+    remote: &Remote,
+    cmd: AgentsCmd,
+) -> Result<(), CliError> {
+    let target = remote.target(dir, now)?;
+    let open = |dir: &DataDir, clock: &Arc<dyn Clock>| -> Result<Hub, CliError> {
+        Ok(config::open_hub(dir, clock.clone())?.0)
+    };
+    match cmd {
+        AgentsCmd::Add { source, scope, key } => {
+            let req = AddSource { source, scope, key };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::add_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES, &req)?,
+            };
+            print_source("added", &rec);
+        }
         AgentsCmd::List { json: as_json } => {
-            let all = registry::load_all(config::open_store(dir)?.as_ref())?;
+            let all = match &target {
+                Target::Store(dir, clock) => admin::list_sources(&open(dir, clock)?),
+                Target::Hub(c) => c.get::<SourceList>(wire_admin::PATH_SOURCES)?,
+            };
             if as_json {
-                spacesync_shared::outln!("{}", json("the source list", &all)?);
+                spacesync_shared::outln!("{}", json("the source list", &all.sources)?);
             } else {
                 spacesync_shared::outln!(
                     "{:<24} {:<8} {:<8} {:<22} key",
@@ -552,12 +982,12 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
                     "status",
                     "added"
                 );
-                for r in all {
+                for r in all.sources {
                     spacesync_shared::outln!(
                         "{:<24} {:<8} {:<8} {:<22} {}",
-                        r.id.as_str(),
-                        r.scope.to_string(),
-                        format!("{:?}", r.status).to_lowercase(),
+                        r.id,
+                        r.scope,
+                        r.status,
                         r.added_at.format("%Y-%m-%d %H:%M:%S"),
                         r.current_key().unwrap_or("")
                     );
@@ -565,74 +995,121 @@ fn agents(dir: &DataDir, clock: Arc<dyn Clock>, cmd: AgentsCmd) -> Result<(), Cl
             }
         }
         AgentsCmd::Revoke { id } => {
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.revoke_source(&id)?;
+            let req = SourceRef { source: id };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::revoke_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES_REVOKE, &req)?,
+            };
             spacesync_shared::outln!("revoked {}", rec.id);
         }
         AgentsCmd::Rotate { id, key, from_seq } => {
-            let (hub, _) = config::open_hub(dir, clock)?;
-            let rec = hub.rotate_source(&id, &key, from_seq)?;
+            let req = RotateSource {
+                source: id,
+                key,
+                from_seq,
+            };
+            let rec = match &target {
+                Target::Store(dir, clock) => admin::rotate_source(&open(dir, clock)?, &req)?,
+                Target::Hub(c) => c.post(wire_admin::PATH_SOURCES_ROTATE, &req)?,
+            };
             let k = rec.keys.last().map(|k| k.from_seq).unwrap_or(1);
             spacesync_shared::outln!("rotated {}: the new key signs from seq {k} on", rec.id);
+        }
+        AgentsCmd::Invite {
+            source,
+            scope,
+            expires,
+        } => {
+            let Target::Hub(c) = &target else {
+                return Err(CliError::Usage(
+                    "agents invite needs --hub URL: the code names the URL agents reach the hub at, and the hub must be running for them to enrol".into(),
+                ));
+            };
+            let req = Invite {
+                source,
+                scope,
+                expires_in_secs: parse_expiry(&expires)?,
+            };
+            let inv: Invited = c.post(wire_admin::PATH_INVITES, &req)?;
+            let code = EnrolCode {
+                hub: c.base.clone(),
+                hub_key: inv.hub_key.clone(),
+                secret: inv.secret.clone(),
+            };
+            eprintln!(
+                "Enrolment code for source {} (scope {}), valid once until {}; on the agent's machine run\n  spacesync-agent --data DIR init --enrol CODE\nThe code pins this hub's key {}:",
+                req.source,
+                req.scope,
+                inv.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                inv.hub_key
+            );
+            spacesync_shared::outln!("{}", code.encode());
         }
     }
     Ok(())
 }
 
-fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
-    let store = config::open_store(dir)?;
-    let now = SystemClock.now();
+fn token(dir: &DataDir, remote: &Remote, cmd: TokenCmd) -> Result<(), CliError> {
+    let target = remote.target(dir, None)?;
+    // Tokens are not registry changes: the system clock stamps them, as before.
+    let open = |dir: &DataDir| -> Result<Hub, CliError> {
+        Ok(config::open_hub(dir, Arc::new(SystemClock))?.0)
+    };
     match cmd {
         TokenCmd::Create { role, label } => {
-            let role: Role = role
-                .parse()
-                .map_err(|e| CliError::Usage(format!("--role: {e}")))?;
-            let token = auth::create_token(store.as_ref(), role, label, now)?;
+            let req = CreateToken { role, label };
+            let made = match &target {
+                Target::Store(dir, _) => admin::create_token(&open(dir)?, &req)?,
+                Target::Hub(c) => c.post::<_, CreatedToken>(wire_admin::PATH_TOKENS, &req)?,
+            };
             eprintln!(
-                "Token id {} (for `token list` and `token revoke`); the token is shown once:",
-                auth::token_id(&token)
+                "Token id {} ({}; for `token list` and `token revoke`); the token is shown once:",
+                made.id, made.role
             );
-            spacesync_shared::outln!("{token}");
+            spacesync_shared::outln!("{}", made.token);
         }
         TokenCmd::List { json: as_json } => {
-            let all = auth::list_tokens(store.as_ref())?;
+            let all = match &target {
+                Target::Store(dir, _) => admin::list_tokens(config::open_store(dir)?.as_ref())?,
+                Target::Hub(c) => c.get::<TokenList>(wire_admin::PATH_TOKENS)?,
+            };
             if as_json {
-                let list: Vec<Value> = all
-                    .iter()
-                    .map(|(id, r)| {
-                        serde_json::json!({
-                            "id": id, "role": r.role, "created_at": r.created_at,
-                            "revoked_at": r.revoked_at, "label": r.label,
-                        })
-                    })
-                    .collect();
-                spacesync_shared::outln!("{}", json("the token list", &list)?);
+                spacesync_shared::outln!("{}", json("the token list", &all.tokens)?);
             } else {
+                let t = |t: Option<DateTime<Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
                 spacesync_shared::outln!(
-                    "{:<14} {:<17} {:<20} {:<20} label",
+                    "{:<14} {:<17} {:<20} {:<20} {:<20} label",
                     "id",
                     "role",
                     "created",
+                    "last used",
                     "revoked"
                 );
-                for (id, r) in all {
+                for r in all.tokens {
                     spacesync_shared::outln!(
-                        "{:<14} {:<17} {:<20} {:<20} {}",
-                        id,
-                        r.role.to_string(),
+                        "{:<14} {:<17} {:<20} {:<20} {:<20} {}",
+                        r.id,
+                        r.role,
                         r.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        r.revoked_at
-                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        t(r.last_used_at),
+                        t(r.revoked_at),
                         r.label.as_deref().unwrap_or("")
                     );
                 }
             }
         }
         TokenCmd::Revoke { token } => {
-            let (id, rec) = auth::revoke_token(store.as_ref(), &token, now)?;
+            let req = TokenRef { token };
+            let rec = match &target {
+                Target::Store(dir, _) => admin::revoke_token(&open(dir)?, &req)?,
+                Target::Hub(c) => c.post::<_, TokenInfo>(wire_admin::PATH_TOKENS_REVOKE, &req)?,
+            };
             spacesync_shared::outln!(
-                "revoked token {id} ({}{}); its dashboard sessions end at their next request",
+                "revoked token {} ({}{}); its dashboard sessions end at their next request",
+                rec.id,
                 rec.role,
                 rec.label.map(|l| format!(", {l}")).unwrap_or_default()
             );
@@ -641,54 +1118,41 @@ fn token(dir: &DataDir, cmd: TokenCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Grants a deadline extension: checks region, milestone and reason against the hub's
-/// campaign, then appends the hub-signed [`Extension`] entry (stamped by the hub clock).
-/// Returns its log index.
-pub fn extend(hub: &Hub, a: &ExtendArgs) -> Result<u64, CliError> {
-    let region = RegionCode::parse(&a.region)
-        .map_err(|e| CliError::Usage(format!("--region {:?}: {e}", a.region)))?;
-    if !hub.campaign.is_unit(region.province()) {
-        return Err(CliError::Usage(format!(
-            "--region {region} is not inside one of the campaign's provincial units"
-        )));
-    }
-    if hub.campaign.deliverables().all(|d| d.id != a.milestone) {
-        return Err(CliError::Usage(format!(
-            "--milestone {:?} is not a deliverable of campaign {}; expected one of {}",
-            a.milestone,
-            hub.campaign.id,
-            hub.campaign
-                .deliverables()
-                .map(|d| d.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    if a.reason.trim().is_empty() {
-        return Err(CliError::Usage(
-            "--reason must say why the extension is granted".into(),
-        ));
-    }
-    let (index, _) = hub.append_hub_entry(|seq, at| {
-        HubEntry::Extension(Extension {
-            seq,
-            region,
-            milestone: a.milestone.clone(),
-            until: a.until,
-            reason: a.reason.clone(),
-            granted_at: at,
-        })
-    })?;
-    Ok(index)
+/// `extend`: grants a deadline extension on the running hub or the stopped store; the
+/// checks are [`admin::extend`]'s either way. Returns its log index.
+pub fn extend(dir: &DataDir, a: &ExtendArgs) -> Result<u64, CliError> {
+    let req = Extend {
+        region: a.region.clone(),
+        milestone: a.milestone.clone(),
+        until: a.until,
+        reason: a.reason.clone(),
+    };
+    let done = match a.remote.target(dir, a.now.as_deref())? {
+        Target::Store(dir, clock) => admin::extend(&config::open_hub(dir, clock)?.0, &req)?,
+        Target::Hub(c) => c.post::<_, Extended>(wire_admin::PATH_EXTENSIONS, &req)?,
+    };
+    Ok(done.log_index)
 }
 
-fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
+fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), CliError> {
+    if remote.hub.is_some() && !matches!(cmd, BulletinCmd::Issue { .. }) {
+        return Err(CliError::Usage(
+            "--hub applies to `bulletin issue`; read bulletins from a running hub at GET /v1/bulletins/<n>.<json|html|md|csv>".into(),
+        ));
+    }
     match cmd {
         BulletinCmd::Issue { now } => {
-            let (hub, _) = config::open_hub(dir, make_clock(now.as_deref(), None)?)?;
-            let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
-            let doc = bulletin::issue(&hub, None, &book.log())?;
-            spacesync_shared::outln!("{}", doc["number"]);
+            let issued = match remote.target(dir, now.as_deref())? {
+                Target::Store(dir, clock) => {
+                    let (hub, _) = config::open_hub(dir, clock)?;
+                    let book = crate::notices::NoticeBook::load(hub.store.as_ref())?;
+                    admin::issue_bulletin(&hub, &book.log())?
+                }
+                Target::Hub(c) => {
+                    c.post::<_, Issued>(wire_admin::PATH_BULLETINS_ISSUE, &serde_json::json!({}))?
+                }
+            };
+            spacesync_shared::outln!("{}", issued.number);
         }
         BulletinCmd::List { json: as_json } => {
             let store = config::open_store(dir)?;
@@ -705,14 +1169,11 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
         BulletinCmd::Show { n, format, lang } => {
             let store = config::open_store(dir)?;
             let doc = bulletin::get(store.as_ref(), n)?;
-            let lang = Lang::parse(&lang)
-                .ok_or_else(|| CliError::Usage(format!("--lang {lang:?}: expected zh or en")))?;
-            let format = Format::from_name(&format).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "--format {format:?}: expected json, html, md, csv or flags-csv"
-                ))
-            })?;
-            let out = bulletin::show(&doc, format, lang)?;
+            let lang = match lang {
+                LangArg::Zh => Lang::Zh,
+                LangArg::En => Lang::En,
+            };
+            let out = bulletin::show(&doc, format.format(), lang)?;
             spacesync_shared::out!("{out}");
             if !out.ends_with('\n') {
                 spacesync_shared::outln!();
@@ -755,6 +1216,62 @@ fn bulletins(dir: &DataDir, cmd: BulletinCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `check`: every file and the store, without starting; the first problem is the error.
+fn check(dir: &DataDir) -> Result<(), CliError> {
+    config::check_permissions(dir)?;
+    let cfg = config::load_config(dir)?;
+    LogFormat::from_config(&cfg.log_format, dir)?;
+    let campaign = config::load_campaign(dir)?;
+    let key = keys::read_secret(&dir.key())?;
+    if dir.webhook_key().exists() {
+        keys::read_secret(&dir.webhook_key())?;
+    }
+    let ours = keys::public_key_line(&key.verifying_key());
+    let store = match config::open_store(dir) {
+        Ok(store) => Some(store),
+        // A serving hub holds the embedded store: the files are what can be checked.
+        Err(ConfigError::Store(StoreError::Locked(path))) => {
+            eprintln!("note: the store {path} is in use (is `serve` running?); it was not opened");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(store) = &store
+        && let Some(theirs) = store.get(crate::store::keys::HUB)?
+        && theirs != ours.as_bytes()
+    {
+        return Err(CliError::Usage(format!(
+            "the store belongs to the hub of key {}, but {} holds {ours}; point --data at that hub's directory",
+            String::from_utf8_lossy(&theirs),
+            dir.key().display()
+        )));
+    }
+    // The latest checkpoint was signed by this directory's key (a store of another hub
+    // has another's).
+    if let Some(store) = &store
+        && let Some(note) = store.get(crate::store::keys::CHECKPOINT)?
+    {
+        let note = String::from_utf8_lossy(&note);
+        spacesync_shared::merkle::NoteVerifier::new(&cfg.origin, key.verifying_key())
+            .and_then(|v| spacesync_shared::merkle::open_checkpoint(&note, &v, &cfg.origin))
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "the store's latest checkpoint does not verify with {} ({e}): the store belongs to another hub, or origin in hub.toml changed; point --data at that hub's directory",
+                    dir.key().display()
+                ))
+            })?;
+    }
+    spacesync_shared::outln!(
+        "ok: {} (listen {}), campaign {} ({}), key {ours}{}",
+        dir.config().display(),
+        cfg.listen,
+        campaign.id,
+        dir.campaign().display(),
+        if store.is_some() { ", store opens" } else { "" }
+    );
+    Ok(())
+}
+
 fn verify(dir: &DataDir) -> Result<(), CliError> {
     let store = config::open_store(dir)?;
     let cfg = config::load_config(dir)?;
@@ -789,6 +1306,94 @@ fn verify(dir: &DataDir) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every subcommand's path of names, e.g. `["agents", "invite"]`.
+    fn paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push(p.clone());
+            paths(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_ends_with_an_example() {
+        use clap::CommandFactory;
+        let mut all = Vec::new();
+        paths(&Cli::command(), Vec::new(), &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        for p in all {
+            let mut args = vec!["spacesync-hub".to_string()];
+            args.extend(p.iter().cloned());
+            args.push("--help".into());
+            let help = match Cli::try_parse_from(&args) {
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+                other => panic!("{p:?}: {other:?}"),
+            };
+            let lines: Vec<&str> = help.trim_end().lines().collect();
+            let n = lines.len();
+            assert!(
+                n >= 2
+                    && lines[n - 2] == "Example:"
+                    && lines[n - 1].starts_with("  spacesync-hub "),
+                "{p:?} --help does not end with an example:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn enum_flags_refuse_typos() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        for bad in [
+            &["spacesync-hub", "bulletin", "show", "1", "--format", "htm"][..],
+            &["spacesync-hub", "bulletin", "show", "1", "--lang", "fr"],
+            &["spacesync-hub", "serve", "--log-format", "jsn"],
+        ] {
+            let e = parse(bad).expect_err("a typo is refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+        }
+        let ok = parse(&[
+            "spacesync-hub",
+            "bulletin",
+            "show",
+            "1",
+            "--format",
+            "flags-csv",
+        ]);
+        assert!(matches!(
+            ok.map(|c| c.cmd),
+            Ok(Cmd::Bulletin {
+                cmd: BulletinCmd::Show {
+                    format: ShowFormat::FlagsCsv,
+                    ..
+                },
+                ..
+            })
+        ),);
+        let dir = DataDir(PathBuf::from("/nowhere"));
+        assert!(LogFormat::from_config("jsn", &dir).is_err());
+        assert_eq!(
+            LogFormat::from_config("json", &dir).ok(),
+            Some(LogFormat::Json)
+        );
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_flagged() {
+        for (url, want) in [
+            ("http://127.0.0.1:7400", false),
+            ("http://localhost:7400/", false),
+            ("http://[::1]:7400", false),
+            ("https://hub.example", false),
+            ("http://hub.example", true),
+            ("http://10.0.0.5:7400", true),
+            ("http://[2001:db8::1]:7400", true),
+            ("http://localhost.evil.example", true),
+        ] {
+            assert_eq!(exposed(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn the_clock_follows_now_and_speed_as_the_agent_does() {

@@ -19,6 +19,8 @@
 //! - [`auth`]: bearer tokens with roles, and replay protection for signed agent requests.
 //! - [`state`]: the state every request handler shares: the hub, budgets, connection counts.
 //! - [`access`]: who is asking and may they — the extractors of the API and the dashboard.
+//! - [`admin`]: administration of a running or stopped hub — the operations the CLI and
+//!   the admin API (`/v1/admin/…`) share, invitations and enrolment.
 //! - [`http`]: the HTTP API (the only module that knows the wire JSON).
 //! - [`dashboard`]: the ministry dashboard — server-rendered HTML pages with cookie sessions.
 //! - [`schedule`]: issues scheduled bulletins on the hub's clock.
@@ -31,6 +33,7 @@
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
 pub mod access;
+pub mod admin;
 pub mod assessment;
 pub mod auth;
 pub mod bulletin;

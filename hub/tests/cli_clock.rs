@@ -119,7 +119,7 @@ fn a_replayed_campaign_registers_rotates_and_revokes_at_its_own_instants() {
     refused(
         &dir,
         &["bulletin", "show", "1", "--format", "pdf"],
-        "--format \"pdf\"",
+        "invalid value 'pdf' for '--format",
     );
     // The whole replay happened in 2018: nothing in the log is stamped later.
     assert!(ok(&dir, &["verify"]).starts_with("ok:"));

@@ -18,6 +18,8 @@
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
+//! - [`admin`]: the hub's admin API on the wire (shared by the hub and its CLI client),
+//!   enrolment codes and the enrolling agent's proof.
 //! - [`retry`]: the one retry policy — capped exponential backoff with full jitter,
 //!   `Retry-After` as a floor — as pure arithmetic both agent and hub wait by.
 //! - [`clock`]: the clock trait and its implementations.
@@ -25,6 +27,7 @@
 //! And [`err_chain`], the one-line form of an error and its sources that both binaries
 //! print last.
 
+pub mod admin;
 pub mod batch;
 pub mod campaign;
 pub mod chain;

@@ -110,8 +110,16 @@ impl AgentProc {
     /// `init`s an agent for source `gd-rrt`, scope 440000, with fast test timings, then
     /// lets `tweak` change the configuration.
     pub fn init(hub: &str, tweak: impl FnOnce(&mut Config)) -> AgentProc {
-        let args = ["--source", "gd-rrt", "--scope", "440000", "--hub", hub];
-        let (dir, port, key_line) = init_agent(&args, |cfg| {
+        AgentProc::init_args(
+            &["--source", "gd-rrt", "--scope", "440000", "--hub", hub],
+            tweak,
+        )
+    }
+
+    /// `init`s an agent with `args` (`--source … --scope … --hub …`, or `--enrol CODE`),
+    /// with fast test timings, then lets `tweak` change the configuration.
+    pub fn init_args(args: &[&str], tweak: impl FnOnce(&mut Config)) -> AgentProc {
+        let (dir, port, key_line) = init_agent(args, |cfg| {
             cfg.push.interval_secs = 0.2;
             cfg.push.retry_base_secs = 0.05;
             cfg.push.retry_cap_secs = 0.5;
