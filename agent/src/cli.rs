@@ -115,6 +115,10 @@ pub struct InitArgs {
     /// The hub's public key line (`ed25519:...`) to pin.
     #[arg(long)]
     pub hub_key: Option<String>,
+    /// CA certificates (PEM) to trust for the hub's TLS certificate besides the system's
+    /// roots (stored in agent.toml as `ca_file`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Campaign file; the bundled 2018 campaign when absent.
     #[arg(long)]
     pub campaign: Option<PathBuf>,
@@ -309,6 +313,13 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
     if let Some(k) = a.hub_key {
         keys::parse_public_key(&k).map_err(|e| CliError::Usage(format!("--hub-key: {e}")))?;
         cfg.hub_key = Some(k);
+    }
+    if let Some(ca) = a.ca_file {
+        let abs = std::path::absolute(&ca).map_err(io_err(&ca))?;
+        // Read now, so a wrong path or a file without certificates is said at init.
+        spacesync_http::tls::read_roots("--ca-file", &abs)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        cfg.ca_file = Some(abs);
     }
     if let Some(c) = a.campaign {
         let abs = std::path::absolute(&c).map_err(io_err(&c))?;

@@ -12,6 +12,8 @@
 //!   flush).
 //! - [`http`]: the local HTTP API (`POST /v1/records`, `/v1/status`, `/healthz`, `/metrics` …).
 //! - [`spool`]: the watched spool folder.
+//! - [`tls`]: TLS to the hub — system roots plus `ca_file`, the optional client
+//!   certificate, and naming a certificate the agent cannot verify.
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
 //!   user of `backoff`.
 //! - [`hub_key`]: which key the hub's receipts must verify with (pinned, or first use).
@@ -49,5 +51,6 @@ pub mod server;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod verify;

@@ -46,6 +46,9 @@ pub enum AgentError {
     /// The HTTP client cannot be built.
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// TLS to the hub cannot be set up (`ca_file`, `client_cert`, `client_key`).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server failed.
     #[error("the local API failed: {0}")]
     Serve(std::io::Error),

@@ -115,6 +115,12 @@ pub struct ServeArgs {
     /// With --now: run the clock this many times faster than real time.
     #[arg(long, requires = "now")]
     pub speed: Option<f64>,
+    /// Serve HTTPS with this certificate chain (PEM; overrides hub.toml's [tls] cert).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; overrides hub.toml's [tls] key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `extend` options.
@@ -504,6 +510,14 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         tracing::warn!(path = %dir.webhook_key().display(), key = %keys::public_key_line(&webhook_key.verifying_key()), "Generated the webhook signing key (this hub was initialised before it existed); give its public line to webhook receivers.");
     }
     let addr = a.listen.unwrap_or_else(|| cfg.listen.clone());
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(spacesync_http::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: cfg.tls_files(dir).and_then(|t| t.client_ca),
+        }),
+        _ => cfg.tls_files(dir),
+    };
     let fds = http::raise_fd_limit();
     tracing::info!(open_files_limit = ?fds, "Open-file limit.");
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
@@ -518,6 +532,7 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
             cfg,
             webhook_key,
             speed,
+            tls,
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
