@@ -99,6 +99,17 @@ pub enum Cmd {
     },
     /// Recompute every view from the log.
     Rebuild,
+    /// Write a consistent copy of this hub (keys, hub.toml, campaign, store) to a new
+    /// directory, while it serves or not; `--data OUT` serves and verifies it directly.
+    Backup {
+        /// The directory to create (must not exist, or be empty).
+        out: PathBuf,
+    },
+    /// Make the data directory (absent or empty) a copy of a backup.
+    Restore {
+        /// The directory `backup` wrote.
+        backup: PathBuf,
+    },
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
     Verify,
 }
@@ -288,6 +299,9 @@ pub enum CliError {
     /// Serving failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A backup or restore failed.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// A file could not be read.
     #[error("{path}: {error}")]
     Io {
@@ -493,6 +507,26 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
         Cmd::Verify => verify(&dir)?,
+        Cmd::Backup { out } => {
+            let s = crate::backup::backup(&dir, &out)?;
+            spacesync_shared::outln!(
+                "backup of {} written to {}: {} keys, log size {}; check it with `spacesync-hub --data {} verify`",
+                dir.0.display(),
+                s.out.display(),
+                s.keys,
+                s.log_size,
+                s.out.display()
+            );
+        }
+        Cmd::Restore { backup } => {
+            let size = crate::backup::restore(&backup, &dir)?;
+            spacesync_shared::outln!(
+                "restored {} into {} (log size {size}); run `spacesync-hub --data {} verify`, then serve",
+                backup.display(),
+                dir.0.display(),
+                dir.0.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -533,6 +567,7 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
             webhook_key,
             speed,
             tls,
+            dir: Some(dir.clone()),
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;

@@ -33,6 +33,7 @@
 pub mod access;
 pub mod assessment;
 pub mod auth;
+pub mod backup;
 pub mod bulletin;
 pub mod cli;
 pub mod config;

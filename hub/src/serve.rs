@@ -89,6 +89,9 @@ pub struct Serving {
     pub speed: f64,
     /// HTTPS material (hub.toml's `[tls]`, or `--tls-cert` / `--tls-key`), paths resolved.
     pub tls: Option<spacesync_http::tls::TlsFiles>,
+    /// The data directory: when set, `backup` requests are answered on its control socket
+    /// ([`crate::backup::serve_control`]).
+    pub dir: Option<crate::config::DataDir>,
 }
 
 /// Serves the API on `listener` (and `/metrics` on `metrics`, without a token) until
@@ -105,6 +108,7 @@ pub async fn run(
         webhook_key,
         speed,
         tls,
+        dir,
     } = serving;
     let tls = match tls {
         Some(files) => {
@@ -132,6 +136,17 @@ pub async fn run(
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
     let hub = Arc::new(hub);
+    #[cfg(unix)]
+    let control = dir.map(|d| {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::serve_control(hub, d).await {
+                tracing::error!(error = %e, "Cannot answer backup requests; `backup` works only while the hub is stopped.");
+            }
+        })
+    });
+    #[cfg(not(unix))]
+    let control: Option<tokio::task::JoinHandle<()>> = dir.map(|_| tokio::spawn(async {}));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(crate::schedule::run(
         hub.clone(),
@@ -163,6 +178,9 @@ pub async fn run(
     }
     if let Some(r) = reloader {
         r.abort();
+    }
+    if let Some(c) = control {
+        c.abort();
     }
     let _ = stop_tx.send(true);
     if let Err(e) = scheduler.await {
