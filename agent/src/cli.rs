@@ -84,6 +84,17 @@ pub enum Command {
     Pubkey,
     /// Print the intake token: the bearer token every API request except /healthz carries.
     Token(TokenArgs),
+    /// Write a consistent copy of this data directory (key, token, agent.toml, store) to a
+    /// new directory, while the agent runs or not; `--data OUT` runs and verifies it.
+    Backup {
+        /// The directory to create (must not exist, or be empty).
+        out: PathBuf,
+    },
+    /// Make the data directory (absent or empty) a copy of a backup.
+    Restore {
+        /// The directory `backup` wrote.
+        backup: PathBuf,
+    },
 }
 
 /// `token` options.
@@ -179,6 +190,9 @@ pub enum CliError {
     /// Agent problem.
     #[error("{0}")]
     Agent(#[from] AgentError),
+    /// A backup or restore failed.
+    #[error("{0}")]
+    Backup(#[from] crate::backup::BackupError),
     /// The hub key cannot be used.
     #[error("{0}")]
     HubKey(#[from] HubKeyError),
@@ -267,6 +281,29 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(a) => token_cmd(&data, a),
+        Command::Backup { out } => {
+            let s = crate::backup::backup(&data, &out)?;
+            spacesync_shared::outln!(
+                "backup of {} written to {}: chain head {}, delivered through {} ({} keys); check it with `spacesync-agent --data {} verify`",
+                data.root.display(),
+                s.out.display(),
+                s.copied.head,
+                s.copied.acked,
+                s.copied.keys,
+                s.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { backup } => {
+            let head = crate::backup::restore(&backup, &data)?;
+            spacesync_shared::outln!(
+                "restored {} into {} (chain head {head}); run `spacesync-agent --data {} verify`, then start it",
+                backup.display(),
+                data.root.display(),
+                data.root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -23,6 +23,8 @@
 //! - [`status`]: the status report, its human form and the Prometheus metrics.
 //! - [`verify`]: the offline fsck of the local store.
 //! - [`server`]: wires the tasks together behind `run(listener, shutdown)`.
+//! - [`backup`]: `backup` / `restore` of the data directory, while running (asked on
+//!   `control.sock`) or stopped.
 //! - [`cli`]: the subcommands; `src/bin/spacesync-agent.rs` only parses and calls it.
 //!
 //! # Delivery guarantee
@@ -39,6 +41,7 @@
 //! Architecture invariant: nothing here reads the wall clock except through
 //! [`spacesync_shared::clock::Clock`]; tokio's timers are used only for waiting.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod http;

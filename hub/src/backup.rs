@@ -24,6 +24,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use spacesync_http::private_copy;
 
 use crate::config::{self, DataDir};
 use crate::hub::Hub;
@@ -74,6 +75,9 @@ pub enum BackupError {
         /// What was wrong.
         why: String,
     },
+    /// Copying a file or directory failed.
+    #[error(transparent)]
+    File(#[from] private_copy::FileError),
     /// `restore` was given something that is not a hub data directory.
     #[error("{0} is not a hub backup (no hub.key or db/); give the directory `backup` wrote")]
     NotABackup(PathBuf),
@@ -113,43 +117,10 @@ enum Answer {
 
 /// Creates `out` as an empty private directory (or takes an existing empty one).
 fn fresh_dir(out: &Path) -> Result<(), BackupError> {
-    if out.exists() {
-        if fs::read_dir(out).map_err(io(out))?.next().is_some() {
-            return Err(BackupError::Exists(out.to_path_buf()));
-        }
-    } else {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        fs::create_dir(out).map_err(io(out))?;
+    if private_copy::non_empty(out)? {
+        return Err(BackupError::Exists(out.to_path_buf()));
     }
-    set_mode(out, 0o700)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), BackupError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))?;
-    }
-    #[cfg(not(unix))]
-    let _ = (path, mode);
-    Ok(())
-}
-
-/// Copies one file, private (0600) and synced.
-fn copy_private(from: &Path, to: &Path) -> Result<(), BackupError> {
-    let bytes = fs::read(from).map_err(io(from))?;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(to).map_err(io(to))?;
-    f.write_all(&bytes).map_err(io(to))?;
-    f.sync_all().map_err(io(to))
+    Ok(private_copy::private_dir(out)?)
 }
 
 /// The files besides the store, copied as they are.
@@ -163,7 +134,7 @@ fn copy_files(dir: &DataDir, out: &DataDir) -> Result<(), BackupError> {
         if from == dir.webhook_key() && !from.exists() {
             continue;
         }
-        copy_private(&from, &to)?;
+        private_copy::copy_file(&from, &to)?;
     }
     Ok(())
 }
@@ -171,8 +142,7 @@ fn copy_files(dir: &DataDir, out: &DataDir) -> Result<(), BackupError> {
 /// Copies every key of `store` into a new sled store at `out_db`, flushed. The caller makes
 /// sure nothing writes meanwhile (the writer lock, or a stopped hub).
 fn copy_store(store: &dyn Store, out_db: &Path) -> Result<u64, BackupError> {
-    fs::create_dir(out_db).map_err(io(out_db))?;
-    set_mode(out_db, 0o700)?;
+    private_copy::private_dir(out_db)?;
     let dst = SledStore::open(out_db)?;
     let mut batch = WriteBatch::new();
     let mut in_batch = 0usize;
@@ -286,7 +256,7 @@ pub async fn serve_control(hub: std::sync::Arc<Hub>, dir: DataDir) -> Result<(),
     let path = dir.0.join(CONTROL_SOCKET);
     let _ = fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).map_err(io(&path))?;
-    set_mode(&path, 0o600)?;
+    private_copy::set_mode(&path, 0o600)?;
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -334,24 +304,6 @@ pub async fn serve_control(hub: std::sync::Arc<Hub>, dir: DataDir) -> Result<(),
     }
 }
 
-/// Copies a directory tree, directories 0700 and files 0600.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
-    fs::create_dir_all(to).map_err(io(to))?;
-    set_mode(to, 0o700)?;
-    for e in fs::read_dir(from).map_err(io(from))? {
-        let e = e.map_err(io(from))?;
-        let src = e.path();
-        let dst = to.join(e.file_name());
-        let kind = e.file_type().map_err(io(&src))?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_file() {
-            copy_private(&src, &dst)?;
-        }
-    }
-    Ok(())
-}
-
 /// `restore BACKUP`: makes `dir` (absent or empty) a copy of the backup, after checking
 /// that the backup's store opens and its log reads. Returns the log's size.
 pub fn restore(backup: &Path, dir: &DataDir) -> Result<u64, BackupError> {
@@ -366,7 +318,8 @@ pub fn restore(backup: &Path, dir: &DataDir) -> Result<u64, BackupError> {
             .size()
     };
     fresh_dir(&dir.0)?;
-    if let Err(e) = copy_tree(backup, &dir.0) {
+    if let Err(e) = private_copy::copy_tree(backup, &dir.0) {
+        let e = BackupError::from(e);
         let _ = fs::remove_dir_all(&dir.0);
         return Err(e);
     }

@@ -21,8 +21,21 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// The source leaves of the hub log in `db`. Waits (up to 10 s) while the directory is
+/// still locked: a process that just exited, or a store this test process just dropped
+/// (sled lets go of its lock from background threads a moment later).
 fn leaves(db: &std::path::Path) -> Vec<checker::Leaf> {
-    let store = SledStore::open(db).unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+    let start = std::time::Instant::now();
+    let store = loop {
+        match SledStore::open(db) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{}: {e}", db.display()),
+        }
+    };
     checker::read_hub_log(&store).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -152,4 +165,133 @@ async fn a_backup_taken_while_serving_is_one_instant_that_serves_verifies_and_re
     assert_eq!(leaves(&cold.join("db")), final_leaves);
     let v = run_cli(hub_bin(), &cold, &["verify"]);
     assert!(v.status.success(), "{}", text(&v));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older_copy_sends_nothing_twice()
+ {
+    use spacesync_agent::config::DataDir;
+    use spacesync_tests::agent_harness::{agent_bin, stored_envelopes};
+    use spacesync_tests::cluster::AGENT_NOW;
+
+    let mut c = Cluster::start(1, 12, FaultPlan::NONE, |_| {}).await;
+    let history: SharedHistory = Arc::default();
+    let stats = Arc::new(WriterStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_loop(
+        c.agents[0].api(),
+        Workload::new(c.agents[0].site),
+        history.clone(),
+        stats.clone(),
+        stop.clone(),
+        down.clone(),
+        12,
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let backups = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = backups.path().join("agent-backup");
+    let made = c.agents[0].cli(&["backup", &out.to_string_lossy()]);
+    assert!(
+        made.status.success(),
+        "agent backup while running: {}",
+        text(&made)
+    );
+    assert!(c.agents[0].running());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    c.wait_drained(Duration::from_secs(60)).await;
+    c.agents[0].stop();
+
+    // One instant of the chain: the copy's entries are the first entries of the final
+    // store, and the agent went on after it.
+    let final_entries = stored_envelopes(&c.agents[0].data());
+    let copied = stored_envelopes(&DataDir::new(&out));
+    assert!(!copied.is_empty());
+    assert!(
+        copied.len() < final_entries.len(),
+        "entries came after the backup"
+    );
+    assert_eq!(copied[..], final_entries[..copied.len()]);
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &out, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify of the agent backup: {}",
+        text(&v)
+    );
+
+    // restore, then run the restored (older) directory against the hub: it finds the hub
+    // ahead of it, says so, and sends nothing — the hub's log is unchanged.
+    let restored = backups.path().join("agent-restored");
+    let r = spacesync_tests::procs::run_cli(
+        agent_bin(),
+        &restored,
+        &["restore", &out.to_string_lossy()],
+    );
+    assert!(r.status.success(), "restore: {}", text(&r));
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &restored, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify of the restored agent: {}",
+        text(&v)
+    );
+    let mut child = Some(
+        std::process::Command::new(agent_bin())
+            .arg("--data")
+            .arg(&restored)
+            .args(["run", "--now", AGENT_NOW])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let url = c.agents[0].url();
+    let health = procs::wait_healthy(
+        &reqwest::Client::new(),
+        &url,
+        &mut child,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(health, Health::Up), "the restored agent runs");
+    let http = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let status = loop {
+        let s: serde_json::Value = match http
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(&c.agents[0].token)
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if s["alarm"]["code"] == "fork" {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no fork alarm: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status["alarm"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("restored from a backup")),
+        "{status}"
+    );
+    if let Some(mut ch) = child.take() {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    c.hub.stop();
+    let hub_leaves = leaves(&c.hub.db());
+    let history: History = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let report = checker::check(&history, &hub_leaves);
+    assert!(report.valid(), "{}", report.details());
+    assert_eq!(hub_leaves.len(), final_entries.len(), "nothing sent twice");
 }

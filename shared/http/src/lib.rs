@@ -23,12 +23,14 @@
 //!   once a second, instead of spinning;
 //! - each request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer address.
 //!
-//! And [`sled_dir`], the one repair both binaries make to a sled directory before opening
+//! And [`private_copy`], the private directory copy of both binaries' `backup` and
+//! `restore`, and [`sled_dir`], the one repair both binaries make to a sled directory before opening
 //! it (the unfinished snapshot a kill during sled's open leaves behind).
 //!
 //! HTTP/1.1 only: the agents and every HTTP client speak it, and HTTP/2 brings its own
 //! resource attacks for no gain here.
 
+pub mod private_copy;
 pub mod sled_dir;
 pub mod tls;
 
