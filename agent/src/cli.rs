@@ -95,6 +95,18 @@ pub enum Command {
         /// The directory `backup` wrote.
         backup: PathBuf,
     },
+    /// Write the entries the hub has not receipted (signed, in batches) to a bundle file,
+    /// for a hub this agent cannot reach (`spacesync-hub import-bundle`). Agent stopped.
+    ExportBundle {
+        /// The bundle file to create.
+        file: PathBuf,
+    },
+    /// Verify the receipts file `spacesync-hub import-bundle --receipts` wrote and mark
+    /// the entries it receipts delivered. Agent stopped.
+    ImportReceipts {
+        /// The receipts file.
+        file: PathBuf,
+    },
 }
 
 /// `token` options.
@@ -193,6 +205,9 @@ pub enum CliError {
     /// A backup or restore failed.
     #[error("{0}")]
     Backup(#[from] crate::backup::BackupError),
+    /// A bundle could not be written, or its receipts not stored.
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The hub key cannot be used.
     #[error("{0}")]
     HubKey(#[from] HubKeyError),
@@ -292,6 +307,47 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 s.copied.keys,
                 s.out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportBundle { file } => {
+            let cfg = Config::load(&data.config())?;
+            let e = crate::bundle::export(&data, &cfg, &file)?;
+            if e.entries == 0 {
+                spacesync_shared::outln!(
+                    "wrote {}: no entries — the hub has receipted everything through seq {}",
+                    file.display(),
+                    e.head
+                );
+            } else {
+                spacesync_shared::outln!(
+                    "wrote {}: {} entries, seqs {}–{}; take it to the hub (`spacesync-hub import-bundle {} --receipts FILE`)",
+                    file.display(),
+                    e.entries,
+                    e.first,
+                    e.head,
+                    file.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportReceipts { file } => {
+            let cfg = Config::load(&data.config())?;
+            let clock: Arc<dyn spacesync_shared::clock::Clock> =
+                Arc::new(spacesync_shared::clock::SystemClock);
+            let r = crate::bundle::import_receipts(&data, cfg, clock, &file)?;
+            if r.after == r.before {
+                spacesync_shared::outln!(
+                    "nothing new in {}: delivered through seq {} already (receipts imported before, or for entries this agent does not hold)",
+                    file.display(),
+                    r.after
+                );
+            } else {
+                spacesync_shared::outln!(
+                    "marked seqs {}–{} delivered (receipts verified with the hub key)",
+                    r.before + 1,
+                    r.after
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { backup } => {

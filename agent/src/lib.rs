@@ -25,6 +25,7 @@
 //! - [`server`]: wires the tasks together behind `run(listener, shutdown)`.
 //! - [`backup`]: `backup` / `restore` of the data directory, while running (asked on
 //!   `control.sock`) or stopped.
+//! - [`bundle`]: the offline bundle — `export-bundle` and `import-receipts`.
 //! - [`cli`]: the subcommands; `src/bin/spacesync-agent.rs` only parses and calls it.
 //!
 //! # Delivery guarantee
@@ -42,6 +43,7 @@
 //! [`spacesync_shared::clock::Clock`]; tokio's timers are used only for waiting.
 
 pub mod backup;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -110,6 +110,19 @@ pub enum Cmd {
         /// The directory `backup` wrote.
         backup: PathBuf,
     },
+    /// Ingest an agent's offline bundle (`spacesync-agent export-bundle`) on this stopped
+    /// hub, with the checks, idempotency and receipts of the network path, and write the
+    /// receipts for `spacesync-agent import-receipts`.
+    ImportBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// Where to write the receipts (a new file).
+        #[arg(long, value_name = "OUT")]
+        receipts: PathBuf,
+        /// The hub clock for the import (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+    },
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
     Verify,
 }
@@ -302,6 +315,9 @@ pub enum CliError {
     /// A backup or restore failed.
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    /// A bundle could not be imported.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     /// A file could not be read.
     #[error("{path}: {error}")]
     Io {
@@ -517,6 +533,34 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 s.log_size,
                 s.out.display()
             );
+        }
+        Cmd::ImportBundle {
+            file,
+            receipts,
+            now,
+        } => {
+            let bundle = crate::bundle::read(&file)?;
+            if receipts.exists() {
+                return Err(crate::bundle::BundleError::ReceiptsExist(receipts).into());
+            }
+            let (hub, _) = config::open_hub(&dir, make_clock(now.as_deref(), None)?)?;
+            let (outcomes, stopped) = crate::bundle::import(&hub, &bundle);
+            crate::bundle::write_receipts(&receipts, &bundle, &outcomes)?;
+            for line in crate::bundle::describe(&outcomes) {
+                spacesync_shared::outln!("{line}");
+            }
+            if let Some(e) = stopped {
+                return Err(e.into());
+            }
+            let refused: usize = outcomes.iter().map(|o| o.response.refused.len()).sum();
+            eprintln!(
+                "Receipts written to {}; carry it back and run `spacesync-agent import-receipts {}` on the agent.",
+                receipts.display(),
+                receipts.display()
+            );
+            if refused > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Cmd::Restore { backup } => {
             let size = crate::backup::restore(&backup, &dir)?;

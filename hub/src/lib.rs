@@ -35,6 +35,7 @@ pub mod assessment;
 pub mod auth;
 pub mod backup;
 pub mod bulletin;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod dashboard;

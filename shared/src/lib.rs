@@ -17,6 +17,7 @@
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
+//! - [`bundle`]: the offline transfer bundle and the receipts file that answers it.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
 //! - [`retry`]: the one retry policy — capped exponential backoff with full jitter,
 //!   `Retry-After` as a floor — as pure arithmetic both agent and hub wait by.
@@ -26,6 +27,7 @@
 //! print last.
 
 pub mod batch;
+pub mod bundle;
 pub mod campaign;
 pub mod chain;
 pub mod clock;
