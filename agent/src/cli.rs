@@ -112,6 +112,29 @@ pub enum Command {
         after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent rotate-key"
     )]
     RotateKey(RotateKeyArgs),
+    /// Write a consistent copy of this data directory (key, token, agent.toml, store) to a
+    /// new directory, while the agent runs or not; `--data OUT` runs and verifies it.
+    Backup {
+        /// The directory to create (must not exist, or be empty).
+        out: PathBuf,
+    },
+    /// Make the data directory (absent or empty) a copy of a backup.
+    Restore {
+        /// The directory `backup` wrote.
+        backup: PathBuf,
+    },
+    /// Write the entries the hub has not receipted (signed, in batches) to a bundle file,
+    /// for a hub this agent cannot reach (`spacesync-hub import-bundle`). Agent stopped.
+    ExportBundle {
+        /// The bundle file to create.
+        file: PathBuf,
+    },
+    /// Verify the receipts file `spacesync-hub import-bundle --receipts` wrote and mark
+    /// the entries it receipts delivered. Agent stopped.
+    ImportReceipts {
+        /// The receipts file.
+        file: PathBuf,
+    },
     /// Check agent.toml and the campaign file (with line numbers) and the data directory
     /// (permissions, key, intake token, the store opens and belongs to this source and
     /// key) without starting.
@@ -165,6 +188,10 @@ pub struct InitArgs {
     /// The hub's public key line (`ed25519:...`) to pin.
     #[arg(long)]
     pub hub_key: Option<String>,
+    /// CA certificates (PEM) to trust for the hub's TLS certificate besides the system's
+    /// roots (stored in agent.toml as `ca_file`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Campaign file; the bundled 2018 campaign when absent.
     #[arg(long)]
     pub campaign: Option<PathBuf>,
@@ -225,6 +252,12 @@ pub enum CliError {
     /// Agent problem.
     #[error("{0}")]
     Agent(#[from] AgentError),
+    /// A backup or restore failed.
+    #[error("{0}")]
+    Backup(#[from] crate::backup::BackupError),
+    /// A bundle could not be written, or its receipts not stored.
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The hub key cannot be used.
     #[error("{0}")]
     HubKey(#[from] HubKeyError),
@@ -321,6 +354,70 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Token(a) => token_cmd(&data, a),
         Command::Check => check(&data),
         Command::RotateKey(a) => rotate_key(&data, a),
+        Command::Backup { out } => {
+            let s = crate::backup::backup(&data, &out)?;
+            spacesync_shared::outln!(
+                "backup of {} written to {}: chain head {}, delivered through {} ({} keys); check it with `spacesync-agent --data {} verify`",
+                data.root.display(),
+                s.out.display(),
+                s.copied.head,
+                s.copied.acked,
+                s.copied.keys,
+                s.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportBundle { file } => {
+            let cfg = Config::load(&data.config())?;
+            let e = crate::bundle::export(&data, &cfg, &file)?;
+            if e.entries == 0 {
+                spacesync_shared::outln!(
+                    "wrote {}: no entries — the hub has receipted everything through seq {}",
+                    file.display(),
+                    e.head
+                );
+            } else {
+                spacesync_shared::outln!(
+                    "wrote {}: {} entries, seqs {}–{}; take it to the hub (`spacesync-hub import-bundle {} --receipts FILE`)",
+                    file.display(),
+                    e.entries,
+                    e.first,
+                    e.head,
+                    file.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportReceipts { file } => {
+            let cfg = Config::load(&data.config())?;
+            let clock: Arc<dyn spacesync_shared::clock::Clock> =
+                Arc::new(spacesync_shared::clock::SystemClock);
+            let r = crate::bundle::import_receipts(&data, cfg, clock, &file)?;
+            if r.after == r.before {
+                spacesync_shared::outln!(
+                    "nothing new in {}: delivered through seq {} already (receipts imported before, or for entries this agent does not hold)",
+                    file.display(),
+                    r.after
+                );
+            } else {
+                spacesync_shared::outln!(
+                    "marked seqs {}–{} delivered (receipts verified with the hub key)",
+                    r.before + 1,
+                    r.after
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { backup } => {
+            let head = crate::backup::restore(&backup, &data)?;
+            spacesync_shared::outln!(
+                "restored {} into {} (chain head {head}); run `spacesync-agent --data {} verify`, then start it",
+                backup.display(),
+                data.root.display(),
+                data.root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -454,10 +551,17 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--listen` and `--campaign` of `init`, checked into `cfg`.
+/// `--listen`, `--ca-file` and `--campaign` of `init`, checked into `cfg`.
 fn init_config(cfg: &mut Config, a: &InitArgs) -> Result<(), CliError> {
     if let Some(l) = a.listen {
         cfg.listen = l;
+    }
+    if let Some(ca) = &a.ca_file {
+        let abs = std::path::absolute(ca).map_err(io_err(ca))?;
+        // Read now, so a wrong path or a file without certificates is said at init.
+        spacesync_http::tls::read_roots("--ca-file", &abs)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        cfg.ca_file = Some(abs);
     }
     if let Some(c) = &a.campaign {
         let abs = std::path::absolute(c).map_err(io_err(c))?;
@@ -1082,6 +1186,7 @@ mod tests {
             hub: Some("http://127.0.0.1:9".into()),
             listen: None,
             hub_key: None,
+            ca_file: None,
             campaign: None,
         };
         init(&data, init_args).unwrap_or_else(|e| panic!("{e}"));

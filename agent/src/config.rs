@@ -350,6 +350,16 @@ pub struct Config {
     /// The hub's public key line; when absent, trusted on first use and stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_key: Option<String>,
+    /// CA certificates (PEM) trusted for the hub's certificate besides the system's roots
+    /// (`init --ca-file`; stored absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) shown to a hub that asks for one (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
     /// Address of the local API.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -406,6 +416,11 @@ fn check_host_entry(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A path as the text a TOML string holds.
+fn path_text(p: &Option<PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.to_string_lossy().into_owned())
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7300))
 }
@@ -427,6 +442,9 @@ impl Config {
             scope,
             hub,
             hub_key: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             listen: default_listen(),
             campaign: None,
             legacy_intake_token: None,
@@ -476,6 +494,12 @@ impl Config {
         }
         if let Some(k) = &self.hub_key {
             keys::parse_public_key(k).map_err(|e| bad("hub_key", e.to_string()))?;
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(bad(
+                "client_cert",
+                "client_cert and client_key go together: set both (a client certificate and its key, PEM) or neither".into(),
+            ));
         }
         if self.push.max_entries == 0 || self.push.max_bytes == 0 {
             return Err(bad(
@@ -563,6 +587,13 @@ hub = {hub}
 # The hub's public key line. When absent the agent fetches it from the hub on first
 # contact, stores it and logs a warning (trust on first use); pin it here to be sure.
 {hub_key}
+# CA certificates (PEM) trusted for the hub's TLS certificate, besides the system's
+# roots: the ministry's or a government CA (`init --ca-file`).
+{ca_file}
+# A client certificate and its key (PEM) for a hub that asks agents for one (mutual
+# TLS); the signed requests are still required beside it.
+{client_cert}
+{client_key}
 # Address of the local intake API. Loopback by default. Every request except GET /healthz
 # must carry `Authorization: Bearer <token>`, the token in intake.token beside this file
 # (`spacesync-agent token` prints it; `token --rotate` replaces it). Requests with an
@@ -628,6 +659,21 @@ allowed_hosts = {i_hosts}
             scope = q(&self.scope.to_string()),
             hub = q(&self.hub),
             hub_key = opt("hub_key", &self.hub_key, "\"ed25519:...\""),
+            ca_file = opt(
+                "ca_file",
+                &path_text(&self.ca_file),
+                "\"/etc/spacesync/hub-ca.crt\""
+            ),
+            client_cert = opt(
+                "client_cert",
+                &path_text(&self.client_cert),
+                "\"/etc/spacesync/agent.crt\""
+            ),
+            client_key = opt(
+                "client_key",
+                &path_text(&self.client_key),
+                "\"/etc/spacesync/agent-client.key\""
+            ),
             listen = q(&self.listen.to_string()),
             campaign = opt(
                 "campaign",
@@ -683,6 +729,7 @@ mod tests {
             "http://127.0.0.1:9/".into(),
         );
         c.notice_webhook = Some("http://127.0.0.1:8080/n".into());
+        c.ca_file = Some("/etc/spacesync/ministry-ca.crt".into());
         c.intake.allowed_hosts = vec!["agent.gd.example:7300".into(), "[::1]:7300".into()];
         c
     }

@@ -12,6 +12,8 @@
 //!   flush).
 //! - [`http`]: the local HTTP API (`POST /v1/records`, `/v1/status`, `/healthz`, `/metrics` …).
 //! - [`spool`]: the watched spool folder.
+//! - [`tls`]: TLS to the hub — system roots plus `ca_file`, the optional client
+//!   certificate, and naming a certificate the agent cannot verify.
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
 //!   user of `backoff`.
 //! - [`enrol`]: `init --enrol CODE` — registers the new key with the hub the code names.
@@ -23,6 +25,9 @@
 //! - [`status`]: the status report, its human form and the Prometheus metrics.
 //! - [`verify`]: the offline fsck of the local store.
 //! - [`server`]: wires the tasks together behind `run(listener, shutdown)`.
+//! - [`backup`]: `backup` / `restore` of the data directory, while running (asked on
+//!   `control.sock`) or stopped.
+//! - [`bundle`]: the offline bundle — `export-bundle` and `import-receipts`.
 //! - [`cli`]: the subcommands; `src/bin/spacesync-agent.rs` only parses and calls it.
 //!
 //! # Delivery guarantee
@@ -39,6 +44,8 @@
 //! Architecture invariant: nothing here reads the wall clock except through
 //! [`spacesync_shared::clock::Clock`]; tokio's timers are used only for waiting.
 
+pub mod backup;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod enrol;
@@ -53,5 +60,6 @@ pub mod server;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod verify;

@@ -46,6 +46,9 @@ pub enum AgentError {
     /// The HTTP client cannot be built.
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// TLS to the hub cannot be set up (`ca_file`, `client_cert`, `client_key`).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server failed.
     #[error("the local API failed: {0}")]
     Serve(std::io::Error),
@@ -129,6 +132,15 @@ pub async fn run(
         );
     }
     spool::create_dirs(&agent.data)?;
+    #[cfg(unix)]
+    let control = {
+        let (store, data) = (agent.store.clone(), agent.data.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::serve_control(store, data).await {
+                tracing::error!(error = %e, "Cannot answer backup requests; `backup` works only while the agent is stopped.");
+            }
+        })
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
     let notices_stored = Arc::new(Notify::new());
@@ -199,6 +211,8 @@ pub async fn run(
     )
     .await;
     info!("Shutting down.");
+    #[cfg(unix)]
+    control.abort();
     let _ = stop_tx.send(true);
     for (name, task) in [("spool", spool_task), ("pusher", pusher_task)] {
         if let Err(e) = task.await {

@@ -239,6 +239,17 @@ pub struct Stored {
     pub size: usize,
 }
 
+/// What [`Store::backup`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Copied {
+    /// Keys copied, over every tree.
+    pub keys: u64,
+    /// The copy's chain head (last seq).
+    pub head: u64,
+    /// The copy's delivered seq (receipted by the hub).
+    pub acked: u64,
+}
+
 /// The agent's sled database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -255,6 +266,9 @@ pub struct Store {
     quota: sled::Tree,
     notices: sled::Tree,
     idem: sled::Tree,
+    /// Every change takes it shared; [`Store::backup`] takes it alone, so a backup copies
+    /// the trees as of one instant (sled has no snapshots across trees).
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// Big-endian key of a seq, so sled's order is seq order.
@@ -358,6 +372,7 @@ impl Store {
             notices: tree("notices")?,
             idem: tree("idem")?,
             durable: Arc::default(),
+            gate: Arc::default(),
             db,
         };
         // What sled recovered at open is on disk: `remove_unfinished_snapshots` synced
@@ -402,6 +417,7 @@ impl Store {
         let history = serde_json::to_vec(&history)
             .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
         let identity = format!("source {source} with key {new_line}");
+        let _changing = self.changing();
         self.meta
             .transaction(|meta| {
                 meta.insert(IDENTITY, identity.as_bytes())?;
@@ -413,8 +429,47 @@ impl Store {
         Ok(())
     }
 
+    /// The shared side of the backup gate: held by every change.
+    fn changing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies every tree into a new store at `out` (which must not exist), as of one
+    /// instant: changes wait meanwhile (readers do not), the source is flushed first and
+    /// the copy flushed before this returns.
+    pub fn backup(&self, out: &Path) -> Result<Copied, StoreError> {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        self.db.flush()?;
+        let copy = Store::open(out)?;
+        let mut keys = 0u64;
+        for name in self.db.tree_names() {
+            let from = self.db.open_tree(&name)?;
+            let to = copy.db.open_tree(&name)?;
+            let mut batch = sled::Batch::default();
+            let mut n = 0usize;
+            for kv in from.iter() {
+                let (k, v) = kv?;
+                batch.insert(k, v);
+                n += 1;
+                keys += 1;
+                if n == 4096 {
+                    to.apply_batch(std::mem::take(&mut batch))?;
+                    n = 0;
+                }
+            }
+            to.apply_batch(batch)?;
+        }
+        copy.db.flush()?;
+        Ok(Copied {
+            keys,
+            head: copy.head()?.0,
+            acked: copy.acked()?,
+        })
+    }
+
     /// Binds the store to a source and key on first use; refuses another later.
     pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
+        let _changing = self.changing();
         let want = format!("source {source} with key {key_line}");
         match self.meta.get(IDENTITY)? {
             None => {
@@ -467,6 +522,7 @@ impl Store {
     /// many small batches matters: sled writes its log buffer out at every transaction.
     /// Not durable until [`Store::flush_async`].
     pub fn append_all(&self, batches: &[Append]) -> Result<(), StoreError> {
+        let _changing = self.changing();
         let (Some(first), Some(last_batch)) = (batches.first(), batches.last()) else {
             return Ok(());
         };
@@ -577,6 +633,7 @@ impl Store {
     /// Replaces what is remembered for a key and indexes it, outside a batch (the rewrite
     /// of keys stored before keys expired).
     pub fn idem_put(&self, p: &IdemPut) -> Result<(), StoreError> {
+        let _changing = self.changing();
         self.idem.transaction(|idem| {
             idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
             idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
@@ -587,6 +644,7 @@ impl Store {
 
     /// Forgets a key (its index entry is pruned in time).
     pub fn idem_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        let _changing = self.changing();
         self.idem.remove(idem_key(key))?;
         Ok(())
     }
@@ -600,6 +658,7 @@ impl Store {
     /// A key stored again after it expired has a newer time; its old index entry then
     /// removes only itself. Returns how many keys were forgotten.
     pub fn prune_idem(&self, cutoff_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let _changing = self.changing();
         let end = idem_time(cutoff_ms, b"");
         let mut doomed = Vec::new();
         for kv in self.idem.range(IDEM_TIME.to_vec()..end).take(max) {
@@ -754,6 +813,7 @@ impl Store {
         receipts: &[(u64, Vec<u8>)],
         batch: Option<(&[u8], &[u64])>,
     ) -> Result<u64, StoreError> {
+        let _changing = self.changing();
         let acked = (
             &self.receipts,
             &self.batch_receipts,
@@ -838,6 +898,7 @@ impl Store {
     /// them, never the chain head. Returns how many were pruned. Receipts are never pruned,
     /// so a batch receipt stays for every entry it covers, kept or pruned.
     pub fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        let _changing = self.changing();
         let (head, _) = self.head()?;
         let limit = self.acked()?.min(head.saturating_sub(1));
         let mut doomed = Vec::new();
@@ -903,6 +964,7 @@ impl Store {
     }
 
     fn set_u64(&self, key: &[u8], v: u64) -> Result<(), StoreError> {
+        let _changing = self.changing();
         self.meta.insert(key, &v.to_be_bytes())?;
         Ok(())
     }
@@ -917,7 +979,10 @@ impl Store {
 
     /// Stores the hub key line (trust on first use), durably.
     pub async fn set_hub_key(&self, line: &str) -> Result<(), StoreError> {
-        self.meta.insert(HUB_KEY, line.as_bytes())?;
+        {
+            let _changing = self.changing();
+            self.meta.insert(HUB_KEY, line.as_bytes())?;
+        }
         self.flush_async().await
     }
 
@@ -928,6 +993,7 @@ impl Store {
 
     /// Persists the push state (flushed by sled's periodic flush).
     pub fn set_push_state(&self, json: &[u8]) -> Result<(), StoreError> {
+        let _changing = self.changing();
         self.meta.insert(PUSH_STATE, json)?;
         Ok(())
     }
@@ -939,6 +1005,7 @@ impl Store {
 
     /// Stores notices and advances the cursor, in one transaction. Returns the new cursor.
     pub fn put_notices(&self, list: &[Notice]) -> Result<u64, StoreError> {
+        let _changing = self.changing();
         let cursor = (&self.notices, &self.meta).transaction(|(nt, meta)| {
             let mut cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
             for n in list {
@@ -978,6 +1045,7 @@ impl Store {
     /// Marks notices up to `through` as read (never beyond the highest stored notice, so
     /// notices that arrive later stay unread, and never backwards). Returns the new mark.
     pub fn mark_notices_read(&self, through: u64) -> Result<u64, StoreError> {
+        let changing = self.changing();
         let mark = self.meta.transaction(|meta| {
             let cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
             let old = read_u64(meta.get(NOTICE_READ)?).map_err(abort)?;
@@ -987,6 +1055,7 @@ impl Store {
             }
             Ok(new)
         })?;
+        drop(changing);
         self.flush()?;
         Ok(mark)
     }

@@ -135,6 +135,30 @@ pub enum Cmd {
         after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub rebuild   # hub stopped"
     )]
     Rebuild,
+    /// Write a consistent copy of this hub (keys, hub.toml, campaign, store) to a new
+    /// directory, while it serves or not; `--data OUT` serves and verifies it directly.
+    Backup {
+        /// The directory to create (must not exist, or be empty).
+        out: PathBuf,
+    },
+    /// Make the data directory (absent or empty) a copy of a backup.
+    Restore {
+        /// The directory `backup` wrote.
+        backup: PathBuf,
+    },
+    /// Ingest an agent's offline bundle (`spacesync-agent export-bundle`) on this stopped
+    /// hub, with the checks, idempotency and receipts of the network path, and write the
+    /// receipts for `spacesync-agent import-receipts`.
+    ImportBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// Where to write the receipts (a new file).
+        #[arg(long, value_name = "OUT")]
+        receipts: PathBuf,
+        /// The hub clock for the import (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+    },
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
     #[command(
         after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub verify   # hub stopped"
@@ -184,6 +208,12 @@ pub struct ServeArgs {
     /// Log format (overrides log_format in hub.toml).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve HTTPS with this certificate chain (PEM; overrides hub.toml's [tls] cert).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; overrides hub.toml's [tls] key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -458,6 +488,12 @@ pub enum CliError {
     /// Serving failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A backup or restore failed.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// A bundle could not be imported.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     /// A file could not be read.
     #[error("{path}: {error}")]
     Io {
@@ -673,6 +709,54 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Cmd::Verify => verify(&dir)?,
         Cmd::Check => check(&dir)?,
+        Cmd::Backup { out } => {
+            let s = crate::backup::backup(&dir, &out)?;
+            spacesync_shared::outln!(
+                "backup of {} written to {}: {} keys, log size {}; check it with `spacesync-hub --data {} verify`",
+                dir.0.display(),
+                s.out.display(),
+                s.keys,
+                s.log_size,
+                s.out.display()
+            );
+        }
+        Cmd::ImportBundle {
+            file,
+            receipts,
+            now,
+        } => {
+            let bundle = crate::bundle::read(&file)?;
+            if receipts.exists() {
+                return Err(crate::bundle::BundleError::ReceiptsExist(receipts).into());
+            }
+            let (hub, _) = config::open_hub(&dir, make_clock(now.as_deref(), None)?)?;
+            let (outcomes, stopped) = crate::bundle::import(&hub, &bundle);
+            crate::bundle::write_receipts(&receipts, &bundle, &outcomes)?;
+            for line in crate::bundle::describe(&outcomes) {
+                spacesync_shared::outln!("{line}");
+            }
+            if let Some(e) = stopped {
+                return Err(e.into());
+            }
+            let refused: usize = outcomes.iter().map(|o| o.response.refused.len()).sum();
+            eprintln!(
+                "Receipts written to {}; carry it back and run `spacesync-agent import-receipts {}` on the agent.",
+                receipts.display(),
+                receipts.display()
+            );
+            if refused > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Restore { backup } => {
+            let size = crate::backup::restore(&backup, &dir)?;
+            spacesync_shared::outln!(
+                "restored {} into {} (log size {size}); run `spacesync-hub --data {} verify`, then serve",
+                backup.display(),
+                dir.0.display(),
+                dir.0.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -694,6 +778,14 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         tracing::warn!(path = %dir.webhook_key().display(), key = %keys::public_key_line(&webhook_key.verifying_key()), "Generated the webhook signing key (this hub was initialised before it existed); give its public line to webhook receivers.");
     }
     let addr = a.listen.unwrap_or_else(|| cfg.listen.clone());
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(spacesync_http::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: cfg.tls_files(dir).and_then(|t| t.client_ca),
+        }),
+        _ => cfg.tls_files(dir),
+    };
     let fds = http::raise_fd_limit();
     tracing::info!(open_files_limit = ?fds, "Open-file limit.");
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
@@ -708,6 +800,8 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
             cfg,
             webhook_key,
             speed,
+            tls,
+            dir: Some(dir.clone()),
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;

@@ -176,6 +176,27 @@ pub struct HubConfig {
     /// password.
     #[serde(default)]
     pub store: Option<String>,
+    /// HTTPS on `listen`: the certificate chain and key (PEM), and optionally the CA that
+    /// agents' client certificates must chain to. Relative paths are relative to the data
+    /// directory. Reloaded on SIGHUP. Absent: plain HTTP (behind a TLS proxy, or tests).
+    #[serde(default)]
+    pub tls: Option<spacesync_http::tls::TlsFiles>,
+    /// Addresses of reverse proxies in front of the hub: only from these are
+    /// `X-Forwarded-For` / `-Proto` / `-Host` believed (the client address for rate
+    /// limits, the scheme for the dashboard's cookie, the host for its origin check).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl HubConfig {
+    /// `tls` with relative paths made relative to the data directory `dir`.
+    pub fn tls_files(&self, dir: &DataDir) -> Option<spacesync_http::tls::TlsFiles> {
+        self.tls.as_ref().map(|t| spacesync_http::tls::TlsFiles {
+            cert: dir.0.join(&t.cert),
+            key: dir.0.join(&t.key),
+            client_ca: t.client_ca.as_ref().map(|c| dir.0.join(c)),
+        })
+    }
 }
 
 fn default_listen() -> String {
@@ -458,9 +479,15 @@ pub fn init(
     let config = format!(
         r#"# spacesync hub configuration. Edit and restart `spacesync-hub serve`.
 
-# Address the HTTP API and dashboard listen on. Put a TLS-terminating proxy in front
-# when agents reach the hub over the public network.
+# Address the HTTP API and dashboard listen on. Serve HTTPS (the [tls] section below, or
+# `serve --tls-cert FILE --tls-key FILE`) when agents reach the hub over a network.
 listen = "127.0.0.1:7400"
+
+# Reverse proxies in front of the hub, by address: only their X-Forwarded-For,
+# X-Forwarded-Proto and X-Forwarded-Host headers are believed (the client address for
+# the per-address limits, https for the dashboard's Secure cookie, the host for its
+# origin check). From anyone else those headers are dropped.
+trusted_proxies = []
 
 {store_line}# The log's name in signed checkpoints (C2SP tlog-checkpoint origin line). Keep it
 # stable for the life of the log: witnesses and agents pin it.
@@ -503,6 +530,18 @@ log_format = "human"
 # [[webhooks]]
 # url = "https://ministry.example/hooks/spacesync"
 # scope = "440000"   # optional: only notices about this region
+
+# HTTPS: the certificate chain (PEM, the hub's certificate first) and its key, readable
+# by the hub's user. Relative paths are relative to this directory. `kill -HUP` (or
+# `systemctl reload spacesync-hub`) reads them again without dropping connections; a
+# reload that fails keeps the old certificate and logs why. With client_ca set, every
+# agent must also present a client certificate issued by that CA (mutual TLS; a second
+# factor beside the signed requests). The same files can be given to `serve` as
+# --tls-cert / --tls-key.
+# [tls]
+# cert = "/etc/spacesync/tls/hub.crt"
+# key = "/etc/spacesync/tls/hub.key"
+# client_ca = "/etc/spacesync/tls/agents-ca.crt"
 
 {http}"#,
         id = campaign.id,

@@ -340,9 +340,25 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        state,
+        spacesync_http::EdgeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with TLS and trusted proxies ([`spacesync_http::serve_with`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    options: spacesync_http::EdgeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limits = state.conn_limits;
     let stats = state.conns.clone();
-    spacesync_http::serve(listener, app(state), limits, stats, shutdown).await
+    spacesync_http::serve_with(listener, app(state), limits, stats, options, shutdown).await
 }
 
 /// The router of the separate metrics listener (`metrics_listen` in hub.toml): only

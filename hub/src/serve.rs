@@ -5,6 +5,11 @@
 //!
 //! Shutdown: the API stops taking connections and finishes its requests; the metrics
 //! listener ends with it; a watch channel tells the scheduler to stop after its tick.
+//!
+//! TLS: with `[tls]` in hub.toml (or `--tls-cert` / `--tls-key`) the API speaks HTTPS
+//! through spacesync-http's accept loop (same caps and timeouts). SIGHUP reads the
+//! certificate, key and client CA again ([`reload_on_sighup`]): new connections get them,
+//! open ones keep theirs; a reload that fails keeps the old ones and logs why.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +41,9 @@ pub enum ServeError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] spacesync_http::tls::TlsError),
     /// The API's listener failed.
     #[error("the HTTP API failed: {0}")]
     Io(#[from] std::io::Error),
@@ -79,6 +87,11 @@ pub struct Serving {
     /// How many times faster than real time the hub clock runs (1 = real time): the
     /// signed-request window is kept at the same span of real time.
     pub speed: f64,
+    /// HTTPS material (hub.toml's `[tls]`, or `--tls-cert` / `--tls-key`), paths resolved.
+    pub tls: Option<spacesync_http::tls::TlsFiles>,
+    /// The data directory: when set, `backup` requests are answered on its control socket
+    /// ([`crate::backup::serve_control`]).
+    pub dir: Option<crate::config::DataDir>,
 }
 
 /// Serves the API on `listener` (and `/metrics` on `metrics`, without a token) until
@@ -94,7 +107,22 @@ pub async fn run(
         cfg,
         webhook_key,
         speed,
+        tls,
+        dir,
     } = serving;
+    let tls = match tls {
+        Some(files) => {
+            let t = Arc::new(spacesync_http::tls::ServerTls::load(files)?);
+            tracing::info!(cert = %t.files().cert.display(), client_certificates = t.files().client_ca.is_some(), "Serving HTTPS.");
+            Some(t)
+        }
+        None => None,
+    };
+    let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
+    let options = spacesync_http::EdgeOptions {
+        tls,
+        trusted_proxies: cfg.trusted_proxies.clone().into(),
+    };
     let webhook_public = keys::public_key_line(&webhook_key.verifying_key());
     for h in &cfg.webhooks {
         tracing::info!(webhook = %h.id(), key = %webhook_public, "Notices go to a webhook, signed with the webhook key.");
@@ -108,6 +136,17 @@ pub async fn run(
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
     let hub = Arc::new(hub);
+    #[cfg(unix)]
+    let control = dir.map(|d| {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::serve_control(hub, d).await {
+                tracing::error!(error = %e, "Cannot answer backup requests; `backup` works only while the hub is stopped.");
+            }
+        })
+    });
+    #[cfg(not(unix))]
+    let control: Option<tokio::task::JoinHandle<()>> = dir.map(|_| tokio::spawn(async {}));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(crate::schedule::run(
         hub.clone(),
@@ -133,9 +172,15 @@ pub async fn run(
         }
         None => None,
     };
-    let served = http::serve(listener, state, shutdown).await;
+    let served = http::serve_with(listener, state, options, shutdown).await;
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    if let Some(c) = control {
+        c.abort();
     }
     let _ = stop_tx.send(true);
     if let Err(e) = scheduler.await {
@@ -144,6 +189,33 @@ pub async fn run(
     served?;
     tracing::info!("Hub stopped.");
     Ok(())
+}
+
+/// Reads the TLS files again on every SIGHUP, for as long as it runs.
+pub async fn reload_on_sighup(tls: Arc<spacesync_http::tls::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot listen for SIGHUP; certificates are reloaded only by a restart.");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.files().cert.display(), "Reloaded the TLS certificate and key (SIGHUP); new connections use them.")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot reload the TLS certificate (SIGHUP); still serving the previous one.")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Completes on ctrl-c or SIGTERM.

@@ -17,6 +17,7 @@
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
+//! - [`bundle`]: the offline transfer bundle and the receipts file that answers it.
 //! - [`wire`]: ingest batches, receipts, refusals, signed requests.
 //! - [`admin`]: the hub's admin API on the wire (shared by the hub and its CLI client),
 //!   enrolment codes and the enrolling agent's proof.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod bundle;
 pub mod campaign;
 pub mod chain;
 pub mod clock;

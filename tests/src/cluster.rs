@@ -156,6 +156,11 @@ fn kill_child(mut c: Child) -> bool {
     running
 }
 
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("{s:?}")
+}
+
 /// Log level of the processes (`SPACESYNC_LOG`, default `warn`).
 fn log_level() -> String {
     std::env::var("SPACESYNC_LOG").unwrap_or_else(|_| "warn".into())
@@ -173,9 +178,65 @@ pub struct HubNode {
     pub starts: u64,
     child: Option<Child>,
     http: reqwest::Client,
+    /// `http` or, after [`HubNode::use_tls`], `https`.
+    scheme: &'static str,
 }
 
 impl HubNode {
+    /// Serve HTTPS with `cert` and `key` (PEM files) written into hub.toml's `[tls]`, and
+    /// with `client_ca` require agents' client certificates; the health checks then trust
+    /// `ca_pem` only (and show `client`, a certificate and key PEM, when given).
+    pub fn use_tls(
+        &mut self,
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+        ca_pem: &str,
+        client: Option<&str>,
+    ) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("hub.toml"))
+            .unwrap_or_else(|e| panic!("hub.toml: {e}"));
+        let q = |p: &Path| toml_string(&p.to_string_lossy());
+        write!(f, "\n[tls]\ncert = {}\nkey = {}\n", q(cert), q(key))
+            .unwrap_or_else(|e| panic!("hub.toml: {e}"));
+        if let Some(c) = client_ca {
+            writeln!(f, "client_ca = {}", q(c)).unwrap_or_else(|e| panic!("hub.toml: {e}"));
+        }
+        let ca =
+            reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .tls_info(true)
+            // Every check on a new connection: it sees the certificate served now.
+            .pool_max_idle_per_host(0);
+        if let Some(pem) = client {
+            b = b.identity(
+                reqwest::Identity::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        self.http = b.build().unwrap_or_else(|e| panic!("{e}"));
+        self.scheme = "https";
+    }
+
+    /// The base URL agents use (`http://` or `https://` and the listen address).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr())
+    }
+
+    /// The client the health checks use (HTTPS after [`HubNode::use_tls`]).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The process id of the running `serve`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `init`s a hub; the per-source rate limit is raised so faults, not the limiter,
     /// shape the traffic.
     pub fn init() -> HubNode {
@@ -187,6 +248,7 @@ impl HubNode {
             starts: 0,
             child: None,
             http: reqwest::Client::new(),
+            scheme: "http",
         }
     }
 
@@ -217,6 +279,7 @@ impl HubNode {
                 starts: 0,
                 child: None,
                 http: reqwest::Client::new(),
+                scheme: "http",
             })
             .collect()
     }
@@ -300,7 +363,7 @@ impl HubNode {
             self.spawn();
             match procs::wait_healthy(
                 &self.http,
-                &format!("http://{}", self.addr()),
+                &self.url(),
                 &mut self.child,
                 Duration::from_secs(60),
                 Duration::from_millis(10),
@@ -360,7 +423,18 @@ impl AgentNode {
     /// `init`s an agent for `site` against `hub` (pinning `hub_key`), with fast push
     /// timings, then lets `tweak` change the configuration.
     pub fn init(site: Site, hub: &str, hub_key: &str, tweak: impl FnOnce(&mut Config)) -> Self {
-        let args = [
+        Self::init_with(site, hub, hub_key, &[], tweak)
+    }
+
+    /// [`AgentNode::init`] with more `init` arguments (e.g. `--ca-file FILE`).
+    pub fn init_with(
+        site: Site,
+        hub: &str,
+        hub_key: &str,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut args = vec![
             "--source",
             site.source,
             "--scope",
@@ -370,6 +444,7 @@ impl AgentNode {
             "--hub-key",
             hub_key,
         ];
+        args.extend_from_slice(extra);
         let (dir, port, key_line) = init_agent(&args, |cfg| {
             cfg.push.interval_secs = 0.2;
             cfg.push.retry_base_secs = 0.02;

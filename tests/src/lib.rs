@@ -7,5 +7,6 @@ pub mod checker;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod hub_harness;
+pub mod pki;
 pub mod procs;
 pub mod simulate;

@@ -106,6 +106,24 @@ impl Delivery {
         &self.cursor
     }
 
+    /// Verifies and stores the receipts of an answer that did not come over a link (the
+    /// offline bundle's receipts file) exactly as those of a pushed batch: against the
+    /// entries not yet receipted, with `key`. Returns the delivered seq after it.
+    pub fn accept_offline(
+        &mut self,
+        key: VerifyingKey,
+        answer: &IngestResponse,
+    ) -> Result<u64, PushError> {
+        self.hub_key = Some(key);
+        let (head, _) = self.store.head()?;
+        let acked = self.store.acked()?;
+        let pending = self
+            .store
+            .entries_from(acked + 1, head, usize::MAX, usize::MAX)?;
+        self.accept_receipts(&pending, answer)?;
+        Ok(self.store.acked()?)
+    }
+
     /// The hub may have acted on a request whose answer was lost, or refused for good: ask
     /// it where it stands before pushing again.
     pub fn doubt(&mut self) {

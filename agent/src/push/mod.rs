@@ -75,7 +75,7 @@ impl Pusher<HubClient> {
         state: SharedPushState,
         wake: Arc<Notify>,
         notices_stored: Arc<Notify>,
-    ) -> Result<Pusher<HubClient>, reqwest::Error> {
+    ) -> Result<Pusher<HubClient>, crate::tls::TlsError> {
         let client = HubClient::new(cfg.clone(), ident.clone(), clock.clone())?;
         Ok(Pusher::with_transport(
             client,

@@ -107,12 +107,14 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    /// A client with `push.timeout_secs` for whole requests; redirects are never followed.
+    /// A client with `push.timeout_secs` for whole requests; redirects are never followed;
+    /// TLS as [`crate::tls::client_config`] sets it up.
     pub fn new(
         cfg: Arc<Config>,
         ident: Arc<Identity>,
         clock: Arc<dyn Clock>,
-    ) -> Result<HubClient, reqwest::Error> {
+    ) -> Result<HubClient, crate::tls::TlsError> {
+        let tls = crate::tls::client_config(&cfg)?;
         let timeout = secs(cfg.push.timeout_secs).max(Duration::from_millis(100));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -120,6 +122,7 @@ impl HubClient {
             .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
             // The hub is configured, not discovered: a 3xx is an error, never followed.
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(tls)
             .build()?;
         Ok(HubClient {
             http,
@@ -194,16 +197,26 @@ impl HubClient {
 impl Transport for HubClient {
     async fn send(&mut self, req: &Request) -> Result<Answer, Unreached> {
         let rb = self.build(req)?;
-        let resp = rb.send().await.map_err(|e| Unreached {
-            error: format!(
-                "cannot reach the hub at {}: {}",
-                self.cfg.hub,
-                err_chain(&e)
-            ),
-            // Refused before anything was sent: no doubt. Anything else may have
-            // reached the hub.
-            doubt: !e.is_connect(),
-        })?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| match crate::tls::certificate_problem(&e) {
+                // The handshake failed: nothing was sent.
+                Some(problem) => Unreached {
+                    error: crate::tls::describe(&self.cfg.hub, &problem),
+                    doubt: false,
+                },
+                None => Unreached {
+                    error: format!(
+                        "cannot reach the hub at {}: {}",
+                        self.cfg.hub,
+                        err_chain(&e)
+                    ),
+                    // Refused before anything was sent: no doubt. Anything else may have
+                    // reached the hub.
+                    doubt: !e.is_connect(),
+                },
+            })?;
         let status = resp.status().as_u16();
         let retry_after = parse_retry_after(
             resp.headers()

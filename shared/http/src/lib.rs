@@ -23,18 +23,21 @@
 //!   once a second, instead of spinning;
 //! - each request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer address.
 //!
-//! And [`sled_dir`], the one repair both binaries make to a sled directory before opening
+//! And [`private_copy`], the private directory copy of both binaries' `backup` and
+//! `restore`, and [`sled_dir`], the one repair both binaries make to a sled directory before opening
 //! it (the unfinished snapshot a kill during sled's open leaves behind).
 //!
 //! HTTP/1.1 only: the agents and every HTTP client speak it, and HTTP/2 brings its own
 //! resource attacks for no gain here.
 
+pub mod private_copy;
 pub mod sled_dir;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -346,13 +349,58 @@ impl Drop for Busy {
     }
 }
 
+/// What [`serve_with`] adds to plain HTTP: TLS and the proxies whose forwarded headers
+/// are believed.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeOptions {
+    /// Serve HTTPS with this configuration (reloadable while serving).
+    pub tls: Option<Arc<tls::ServerTls>>,
+    /// Peers whose `X-Forwarded-For` / `-Proto` / `-Host` headers are believed (a reverse
+    /// proxy in front of the server). From any other peer those headers are removed
+    /// before the router sees the request.
+    pub trusted_proxies: Arc<[IpAddr]>,
+}
+
+/// The client certificate a request's connection presented (mutual TLS), as a request
+/// extension: the end-entity certificate, DER. Absent on plain connections and when the
+/// listener asks for no client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<Vec<u8>>);
+
 /// Serves `router` on `listener` under `limits` until `shutdown` completes, then lets
-/// requests in flight finish (connections idle between requests close at once).
+/// requests in flight finish (connections idle between requests close at once). Plain
+/// HTTP; forwarded headers are believed from nobody (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with(
+        listener,
+        router,
+        limits,
+        stats,
+        EdgeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with [`EdgeOptions`]: HTTPS when `options.tls` is set (the TLS handshake
+/// must complete within [`Limits::header_read_timeout`], and the idle timeout covers it),
+/// and forwarded headers believed only from `options.trusted_proxies`. Each request's
+/// `ConnectInfo<SocketAddr>` is the client: the TCP peer, or behind a trusted proxy the
+/// last address of `X-Forwarded-For` (the one the proxy added; port 0). On a TLS
+/// connection from anyone but a trusted proxy, `X-Forwarded-Proto: https` is set, so the
+/// router reads one header for "the client's connection is encrypted".
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stats: Arc<Stats>,
+    options: EdgeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let fd_soft = fd_soft_limit();
@@ -401,40 +449,163 @@ pub async fn serve(
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let body_timeout = limits.body_timeout;
+        let io = IdleIo::new(stream, limits.idle_timeout);
+        let conn = Conn {
+            router: router.clone(),
+            body_timeout: limits.body_timeout,
+            peer,
+            trusted: options.trusted_proxies.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+        };
+        match &options.tls {
+            None => {
+                tokio::spawn(conn.run(io, false, None, slot));
+            }
+            Some(t) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
+                let handshake_limit = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let shaken = tokio::select! {
+                        r = tokio::time::timeout(handshake_limit, acceptor.accept(io)) => r,
+                        _ = slot.ctl.close.notified() => {
+                            debug!(peer = %peer, "Connection in its TLS handshake closed to make room at the cap.");
+                            return;
+                        }
+                    };
+                    match shaken {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| ClientCert(Arc::new(c.as_ref().to_vec())));
+                            conn.run(tls, true, cert, slot).await;
+                        }
+                        Ok(Err(e)) => {
+                            debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                        }
+                        Err(_) => {
+                            debug!(peer = %peer, "TLS handshake did not complete in time; closed.");
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// One accepted connection, ready to serve requests once its stream is ready.
+struct Conn {
+    router: Router,
+    body_timeout: Duration,
+    peer: SocketAddr,
+    trusted: Arc<[IpAddr]>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// Serves requests on `io` until the connection ends or is closed to make room.
+    async fn run<I>(self, io: I, tls: bool, cert: Option<ClientCert>, slot: Slot)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            router,
+            body_timeout,
+            peer,
+            trusted,
+            http,
+            watcher,
+        } = self;
         let ctl = slot.ctl.clone();
+        let from_proxy = trusted.contains(&canonical_ip(peer.ip()));
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let router = router.clone();
             let busy = Busy::new(&ctl);
+            let cert = cert.clone();
             async move {
                 let mut req =
                     req.map(|b| axum::body::Body::new(DeadlineBody::new(b, body_timeout)));
-                req.extensions_mut().insert(ConnectInfo(peer));
+                let client = forwarded(req.headers_mut(), peer, from_proxy, tls);
+                req.extensions_mut().insert(ConnectInfo(client));
+                if let Some(c) = cert {
+                    req.extensions_mut().insert(c);
+                }
                 let answer = router.oneshot(req).await;
                 drop(busy);
                 answer
             }
         });
-        let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
-        let conn = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(async move {
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        debug!(peer = %peer, error = %e, "Connection ended with an error.");
-                    }
-                }
-                _ = slot.ctl.close.notified() => {
-                    debug!(peer = %peer, "Idle connection closed to make room at the cap.");
+        let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::select! {
+            r = conn => {
+                if let Err(e) = r {
+                    debug!(peer = %peer, error = %e, "Connection ended with an error.");
                 }
             }
-            drop(slot);
-        });
+            _ = slot.ctl.close.notified() => {
+                debug!(peer = %peer, "Idle connection closed to make room at the cap.");
+            }
+        }
+        drop(slot);
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+}
+
+/// The forwarded headers a proxy adds.
+const FORWARDED_HEADERS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Applies the forwarded-header rule to a request from `peer` and returns the client's
+/// address: from a trusted proxy, the headers stay and the client is the last
+/// `X-Forwarded-For` address (the peer itself when there is none or it does not parse);
+/// from anyone else they are removed, and on TLS `X-Forwarded-Proto: https` is set.
+fn forwarded(
+    headers: &mut hyper::HeaderMap,
+    peer: SocketAddr,
+    from_proxy: bool,
+    tls: bool,
+) -> SocketAddr {
+    if from_proxy {
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        return match last {
+            Some(ip) => SocketAddr::new(canonical_ip(ip), 0),
+            None => peer,
+        };
+    }
+    for h in FORWARDED_HEADERS {
+        headers.remove(h);
+    }
+    if tls {
+        headers.insert(
+            "x-forwarded-proto",
+            hyper::header::HeaderValue::from_static("https"),
+        );
+    }
+    peer
 }
 
 /// Why a request body could not be read.

@@ -1,0 +1,232 @@
+//! `backup OUT` and `restore BACKUP`: a copy of the agent's data directory while it runs
+//! or not.
+//!
+//! A backup is a data directory (`agent.toml`, `agent.key`, `intake.token`, `spool/` and a
+//! fresh `db/` holding every tree of the store; 0700 / 0600) that `--data OUT verify`
+//! checks and `--data OUT run` runs. sled lets one process open the store, so a running
+//! agent makes the copy itself when asked on `<data>/control.sock` (a Unix socket in the
+//! 0700 data directory: only the agent's user reaches it): [`Store::backup`] holds every
+//! change still (intake, receipts, pruning, notices wait; readers do not) while it copies
+//! the flushed trees, so the copy is one instant. A stopped agent is copied directly.
+//!
+//! A backup is older than the hub's view as soon as the agent delivers more: an agent
+//! restored from it finds the hub holding seqs it does not have, and stops pushing with the
+//! `fork` alarm that names a restored directory (nothing is lost or sent twice; see the
+//! operator's guide).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use spacesync_http::private_copy;
+
+use crate::config::DataDir;
+use crate::store::{Copied, Store, StoreError};
+
+/// The socket a running agent answers backup requests on, inside its data directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Why a backup or restore failed; each names the path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The target exists and holds something.
+    #[error("{0} exists and is not empty; give a new directory (nothing was written)")]
+    Exists(PathBuf),
+    /// Copying a file or directory failed.
+    #[error(transparent)]
+    File(#[from] private_copy::FileError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The spool folders could not be made.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The running agent answered with an error.
+    #[error("the running agent could not make the backup: {0}")]
+    Remote(String),
+    /// The running agent's answer was not understood, or it could not be asked.
+    #[error("{socket}: {why}")]
+    Protocol {
+        /// The socket.
+        socket: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+    /// `restore` was given something that is not an agent data directory.
+    #[error("{0} is not an agent backup (no agent.key or db/); give the directory `backup` wrote")]
+    NotABackup(PathBuf),
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Where it is.
+    pub out: PathBuf,
+    /// What the store copy holds.
+    pub copied: Copied,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    backup: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Answer {
+    Done(Summary),
+    Failed { error: String },
+}
+
+/// Writes the backup of the agent in `data` (its open `store`) to `out`.
+pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, BackupError> {
+    if private_copy::non_empty(out)? {
+        return Err(BackupError::Exists(out.to_path_buf()));
+    }
+    private_copy::private_dir(out)?;
+    let target = DataDir::new(out);
+    let made = (|| {
+        for (from, to) in [
+            (data.config(), target.config()),
+            (data.key(), target.key()),
+            (data.token(), target.token()),
+        ] {
+            private_copy::copy_file(&from, &to)?;
+        }
+        crate::spool::create_dirs(&target)?;
+        Ok::<_, BackupError>(store.backup(&target.db())?)
+    })();
+    match made {
+        Ok(copied) => Ok(Summary {
+            out: out.to_path_buf(),
+            copied,
+        }),
+        Err(e) => {
+            // Nothing half-written that could pass for a backup.
+            let _ = std::fs::remove_dir_all(out);
+            Err(e)
+        }
+    }
+}
+
+/// `backup OUT`: asks the agent running on `data` over its control socket, or copies a
+/// stopped agent's store directly.
+pub fn backup(data: &DataDir, out: &Path) -> Result<Summary, BackupError> {
+    let out = std::path::absolute(out).map_err(|error| private_copy::FileError {
+        path: out.to_path_buf(),
+        error,
+    })?;
+    let socket = data.root.join(CONTROL_SOCKET);
+    #[cfg(unix)]
+    if let Ok(conn) = std::os::unix::net::UnixStream::connect(&socket) {
+        return ask(conn, &socket, &out);
+    }
+    let store = Store::open(&data.db())?;
+    write(data, &store, &out)
+}
+
+#[cfg(unix)]
+fn ask(
+    mut conn: std::os::unix::net::UnixStream,
+    socket: &Path,
+    out: &Path,
+) -> Result<Summary, BackupError> {
+    let protocol = |why: String| BackupError::Protocol {
+        socket: socket.to_path_buf(),
+        why,
+    };
+    let mut line = serde_json::to_vec(&Request {
+        backup: out.to_path_buf(),
+    })
+    .map_err(|e| protocol(e.to_string()))?;
+    line.push(b'\n');
+    conn.write_all(&line)
+        .map_err(|e| protocol(format!("cannot ask the running agent: {e}")))?;
+    let mut answer = String::new();
+    BufReader::new(conn)
+        .read_line(&mut answer)
+        .map_err(|e| protocol(format!("no answer from the running agent: {e}")))?;
+    match serde_json::from_str::<Answer>(&answer)
+        .map_err(|e| protocol(format!("unreadable answer from the running agent: {e}")))?
+    {
+        Answer::Done(s) => Ok(s),
+        Answer::Failed { error } => Err(BackupError::Remote(error)),
+    }
+}
+
+/// Answers backup requests on `<data>/control.sock` until the task is dropped; a stale
+/// socket (from a killed agent) is replaced; the socket is 0600.
+#[cfg(unix)]
+pub async fn serve_control(store: Store, data: DataDir) -> Result<(), BackupError> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let path = data.root.join(CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        tokio::net::UnixListener::bind(&path).map_err(|error| private_copy::FileError {
+            path: path.clone(),
+            error,
+        })?;
+    private_copy::set_mode(&path, 0o600)?;
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let store = store.clone();
+        let data = data.clone();
+        tokio::spawn(async move {
+            let (read, mut write_half) = conn.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read).take(64 * 1024);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Answer::Failed {
+                    error: format!("unreadable request: {e}"),
+                },
+                Ok(req) => {
+                    let made =
+                        tokio::task::spawn_blocking(move || write(&data, &store, &req.backup))
+                            .await;
+                    match made {
+                        Ok(Ok(s)) => {
+                            tracing::info!(out = %s.out.display(), keys = s.copied.keys, head = s.copied.head, "Backup written.");
+                            Answer::Done(s)
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "Backup failed.");
+                            Answer::Failed {
+                                error: e.to_string(),
+                            }
+                        }
+                        Err(e) => Answer::Failed {
+                            error: format!("the backup task failed: {e}"),
+                        },
+                    }
+                }
+            };
+            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+            bytes.push(b'\n');
+            let _ = write_half.write_all(&bytes).await;
+        });
+    }
+}
+
+/// `restore BACKUP`: makes `data` (absent or empty) a copy of the backup, after checking
+/// that the backup's store opens. Returns its chain head.
+pub fn restore(backup: &Path, data: &DataDir) -> Result<u64, BackupError> {
+    let src = DataDir::new(backup);
+    if !src.key().exists() || !src.db().is_dir() {
+        return Err(BackupError::NotABackup(backup.to_path_buf()));
+    }
+    let head = Store::open(&src.db())?.head()?.0;
+    if private_copy::non_empty(&data.root)? {
+        return Err(BackupError::Exists(data.root.clone()));
+    }
+    if let Err(e) = private_copy::copy_tree(backup, &data.root) {
+        let _ = std::fs::remove_dir_all(&data.root);
+        return Err(e.into());
+    }
+    Ok(head)
+}

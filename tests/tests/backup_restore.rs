@@ -1,0 +1,297 @@
+//! `spacesync-hub backup` while the hub serves under load: the copy is one instant of the
+//! log (its leaves are a prefix of the final log), `--data OUT verify` passes and
+//! `--data OUT serve` answers; `restore` puts it back as a data directory that verifies; a
+//! stopped hub is copied directly; a non-empty target is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use spacesync_hub::store::SledStore;
+use spacesync_tests::checker::{self, History, SharedHistory};
+use spacesync_tests::cluster::{Cluster, NOW, Workload, WriterStats, hub_bin, write_loop};
+use spacesync_tests::fault_proxy::FaultPlan;
+use spacesync_tests::procs::{self, Health, free_port, run_cli};
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The source leaves of the hub log in `db`. Waits (up to 10 s) while the directory is
+/// still locked: a process that just exited, or a store this test process just dropped
+/// (sled lets go of its lock from background threads a moment later).
+fn leaves(db: &std::path::Path) -> Vec<checker::Leaf> {
+    let start = std::time::Instant::now();
+    let store = loop {
+        match SledStore::open(db) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{}: {e}", db.display()),
+        }
+    };
+    checker::read_hub_log(&store).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_is_one_instant_that_serves_verifies_and_restores() {
+    let mut c = Cluster::start(2, 11, FaultPlan::NONE, |_| {}).await;
+    let history: SharedHistory = Arc::default();
+    let stats = Arc::new(WriterStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = c
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            tokio::spawn(write_loop(
+                a.api(),
+                Workload::new(a.site),
+                history.clone(),
+                stats.clone(),
+                stop.clone(),
+                down.clone(),
+                11 + i as u64,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let backups = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = backups.path().join("while-serving");
+    let out_arg = out.to_string_lossy().to_string();
+    let made = c.hub.cli(&["backup", &out_arg]);
+    assert!(
+        made.status.success(),
+        "backup while serving: {}",
+        text(&made)
+    );
+    assert!(c.hub.running(), "the hub kept serving");
+    // The same target again: refused, nothing overwritten.
+    let again = c.hub.cli(&["backup", &out_arg]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("not empty"), "{}", text(&again));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    }
+    c.wait_drained(Duration::from_secs(60)).await;
+    for a in &mut c.agents {
+        a.stop();
+    }
+    c.hub.stop();
+
+    // One instant: the copy's leaves are exactly the first leaves of the final log, and
+    // writes went on after it.
+    let final_leaves = leaves(&c.hub.db());
+    let copied = leaves(&out.join("db"));
+    assert!(!copied.is_empty(), "the backup holds entries");
+    assert!(
+        copied.len() < final_leaves.len(),
+        "entries arrived after the backup ({} vs {})",
+        copied.len(),
+        final_leaves.len()
+    );
+    assert_eq!(copied[..], final_leaves[..copied.len()]);
+    let history: History = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let report = checker::check(&history, &final_leaves);
+    assert!(report.valid(), "{}", report.details());
+
+    // The backup verifies and serves as a data directory of its own.
+    let v = run_cli(hub_bin(), &out, &["verify"]);
+    assert!(v.status.success(), "verify of the backup: {}", text(&v));
+    let port = free_port();
+    let mut child = Some(
+        std::process::Command::new(hub_bin())
+            .arg("--data")
+            .arg(&out)
+            .args([
+                "serve",
+                "--now",
+                NOW,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let health = procs::wait_healthy(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        &mut child,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(health, Health::Up), "the backup serves");
+    // Backing up the backup while it serves goes through its control socket too.
+    let second = backups.path().join("of-the-backup");
+    let b2 = run_cli(hub_bin(), &out, &["backup", &second.to_string_lossy()]);
+    assert!(b2.status.success(), "{}", text(&b2));
+    if let Some(mut ch) = child.take() {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    assert_eq!(leaves(&second.join("db")), copied);
+
+    // restore: a new data directory from the backup, which verifies.
+    let restored = backups.path().join("restored");
+    let r = run_cli(hub_bin(), &restored, &["restore", &out_arg]);
+    assert!(r.status.success(), "restore: {}", text(&r));
+    let v = run_cli(hub_bin(), &restored, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify of the restored hub: {}",
+        text(&v)
+    );
+    assert_eq!(leaves(&restored.join("db")), copied);
+
+    // A stopped hub is copied directly.
+    let cold = backups.path().join("stopped");
+    let b = c.hub.cli(&["backup", &cold.to_string_lossy()]);
+    assert!(b.status.success(), "backup of a stopped hub: {}", text(&b));
+    assert_eq!(leaves(&cold.join("db")), final_leaves);
+    let v = run_cli(hub_bin(), &cold, &["verify"]);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older_copy_sends_nothing_twice()
+ {
+    use spacesync_agent::config::DataDir;
+    use spacesync_tests::agent_harness::{agent_bin, stored_envelopes};
+    use spacesync_tests::cluster::AGENT_NOW;
+
+    let mut c = Cluster::start(1, 12, FaultPlan::NONE, |_| {}).await;
+    let history: SharedHistory = Arc::default();
+    let stats = Arc::new(WriterStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_loop(
+        c.agents[0].api(),
+        Workload::new(c.agents[0].site),
+        history.clone(),
+        stats.clone(),
+        stop.clone(),
+        down.clone(),
+        12,
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let backups = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = backups.path().join("agent-backup");
+    let made = c.agents[0].cli(&["backup", &out.to_string_lossy()]);
+    assert!(
+        made.status.success(),
+        "agent backup while running: {}",
+        text(&made)
+    );
+    assert!(c.agents[0].running());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    c.wait_drained(Duration::from_secs(60)).await;
+    c.agents[0].stop();
+
+    // One instant of the chain: the copy's entries are the first entries of the final
+    // store, and the agent went on after it.
+    let final_entries = stored_envelopes(&c.agents[0].data());
+    let copied = stored_envelopes(&DataDir::new(&out));
+    assert!(!copied.is_empty());
+    assert!(
+        copied.len() < final_entries.len(),
+        "entries came after the backup"
+    );
+    assert_eq!(copied[..], final_entries[..copied.len()]);
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &out, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify of the agent backup: {}",
+        text(&v)
+    );
+
+    // restore, then run the restored (older) directory against the hub: it finds the hub
+    // ahead of it, says so, and sends nothing — the hub's log is unchanged.
+    let restored = backups.path().join("agent-restored");
+    let r = spacesync_tests::procs::run_cli(
+        agent_bin(),
+        &restored,
+        &["restore", &out.to_string_lossy()],
+    );
+    assert!(r.status.success(), "restore: {}", text(&r));
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &restored, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify of the restored agent: {}",
+        text(&v)
+    );
+    let mut child = Some(
+        std::process::Command::new(agent_bin())
+            .arg("--data")
+            .arg(&restored)
+            .args(["run", "--now", AGENT_NOW])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let url = c.agents[0].url();
+    let health = procs::wait_healthy(
+        &reqwest::Client::new(),
+        &url,
+        &mut child,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(health, Health::Up), "the restored agent runs");
+    let http = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let status = loop {
+        let s: serde_json::Value = match http
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(&c.agents[0].token)
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if s["alarm"]["code"] == "fork" {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no fork alarm: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status["alarm"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("restored from a backup")),
+        "{status}"
+    );
+    if let Some(mut ch) = child.take() {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    c.hub.stop();
+    let hub_leaves = leaves(&c.hub.db());
+    let history: History = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let report = checker::check(&history, &hub_leaves);
+    assert!(report.valid(), "{}", report.details());
+    assert_eq!(hub_leaves.len(), final_entries.len(), "nothing sent twice");
+}
