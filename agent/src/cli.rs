@@ -114,23 +114,35 @@ pub enum Command {
     RotateKey(RotateKeyArgs),
     /// Write a consistent copy of this data directory (key, token, agent.toml, store) to a
     /// new directory, while the agent runs or not; `--data OUT` runs and verifies it.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent backup /backup/agent-2018-11-25"
+    )]
     Backup {
         /// The directory to create (must not exist, or be empty).
         out: PathBuf,
     },
     /// Make the data directory (absent or empty) a copy of a backup.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent-restored restore /backup/agent-2018-11-25"
+    )]
     Restore {
         /// The directory `backup` wrote.
         backup: PathBuf,
     },
     /// Write the entries the hub has not receipted (signed, in batches) to a bundle file,
     /// for a hub this agent cannot reach (`spacesync-hub import-bundle`). Agent stopped.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent export-bundle gd-rrt.bundle   # agent stopped"
+    )]
     ExportBundle {
         /// The bundle file to create.
         file: PathBuf,
     },
     /// Verify the receipts file `spacesync-hub import-bundle --receipts` wrote and mark
     /// the entries it receipts delivered. Agent stopped.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent import-receipts gd-rrt.receipts   # agent stopped"
+    )]
     ImportReceipts {
         /// The receipts file.
         file: PathBuf,

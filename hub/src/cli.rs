@@ -137,11 +137,17 @@ pub enum Cmd {
     Rebuild,
     /// Write a consistent copy of this hub (keys, hub.toml, campaign, store) to a new
     /// directory, while it serves or not; `--data OUT` serves and verifies it directly.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub backup /backup/hub-2018-11-25"
+    )]
     Backup {
         /// The directory to create (must not exist, or be empty).
         out: PathBuf,
     },
     /// Make the data directory (absent or empty) a copy of a backup.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub-restored restore /backup/hub-2018-11-25"
+    )]
     Restore {
         /// The directory `backup` wrote.
         backup: PathBuf,
@@ -149,6 +155,9 @@ pub enum Cmd {
     /// Ingest an agent's offline bundle (`spacesync-agent export-bundle`) on this stopped
     /// hub, with the checks, idempotency and receipts of the network path, and write the
     /// receipts for `spacesync-agent import-receipts`.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub import-bundle gd-rrt.bundle --receipts gd-rrt.receipts   # hub stopped"
+    )]
     ImportBundle {
         /// The bundle file.
         file: PathBuf,
