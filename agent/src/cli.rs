@@ -650,7 +650,11 @@ fn init_enrol(data: &DataDir, code: &str, a: &InitArgs) -> Result<ExitCode, CliE
         keys::write_secret(&data.key(), &key)?;
         key
     };
-    let enrolled = runtime()?.block_on(crate::enrol::enrol(&code, &key))?;
+    let ca_file = match &a.ca_file {
+        Some(ca) => Some(std::path::absolute(ca).map_err(io_err(ca))?),
+        None => None,
+    };
+    let enrolled = runtime()?.block_on(crate::enrol::enrol(&code, &key, ca_file.as_ref()))?;
     let source = SourceId::parse(&enrolled.source)
         .map_err(|e| CliError::Usage(format!("the hub enrolled an unusable source id: {e}")))?;
     let scope = RegionCode::parse(&enrolled.scope)

@@ -61,17 +61,24 @@ pub enum EnrolError {
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// Registers `key` with the hub of `code`; returns what the hub registered it as.
-pub async fn enrol(code: &EnrolCode, key: &SigningKey) -> Result<Enrolled, EnrolError> {
+/// The hub's certificate is checked against the system's roots plus `ca_file` (`init
+/// --ca-file`), as the pusher will check it.
+pub async fn enrol(
+    code: &EnrolCode,
+    key: &SigningKey,
+    ca_file: Option<&std::path::PathBuf>,
+) -> Result<Enrolled, EnrolError> {
     let hub = code.hub.clone();
     let unreachable = |e: reqwest::Error| EnrolError::Unreachable {
         hub: hub.clone(),
         why: spacesync_shared::err_chain(&e),
     };
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(unreachable)?;
+    let client =
+        crate::tls::http_client(&code.hub, ca_file, None, std::time::Duration::from_secs(60))
+            .map_err(|e| EnrolError::Unreachable {
+                hub: hub.clone(),
+                why: format!("cannot set up TLS: {e}"),
+            })?;
     let body =
         serde_json::to_vec(&admin::enrol_request(code, key)).map_err(|e| EnrolError::Answer {
             hub: hub.clone(),

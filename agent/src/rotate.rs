@@ -228,11 +228,14 @@ async fn send(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Rotated, (Option<u16>, String)> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| (None, format!("cannot build an HTTP client: {e}")))?;
+    // The agent's own TLS settings (ca_file, client certificate), as the pusher's.
+    let http = crate::tls::http_client(
+        &cfg.hub,
+        cfg.ca_file.as_ref(),
+        cfg.client_cert.as_ref().zip(cfg.client_key.as_ref()),
+        std::time::Duration::from_secs(60),
+    )
+    .map_err(|e| (None, format!("cannot set up TLS to the hub: {e}")))?;
     let path = admin::PATH_AGENT_ROTATE_KEY;
     let nonce: [u8; 16] = rand::random();
     let headers = wire::sign_request(key, &cfg.source, "POST", path, now, nonce, body);

@@ -49,13 +49,18 @@ pub enum TlsError {
 
 /// The roots the agent trusts: the system's, plus `ca_file`'s.
 pub fn roots(cfg: &Config) -> Result<RootCertStore, TlsError> {
+    roots_with(cfg.ca_file.as_ref())
+}
+
+/// The system's roots plus `ca_file`'s.
+fn roots_with(ca_file: Option<&PathBuf>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::debug!(error = %e, "A system CA certificate could not be read.");
     }
     roots.add_parsable_certificates(native.certs);
-    if let Some(ca) = &cfg.ca_file {
+    if let Some(ca) = ca_file {
         for c in edge_tls::read_certs("ca_file", ca)? {
             roots.add(c).map_err(|e| {
                 TlsError::File(edge_tls::TlsError::Pem {
@@ -71,8 +76,39 @@ pub fn roots(cfg: &Config) -> Result<RootCertStore, TlsError> {
 
 /// The rustls client configuration for talking to the hub.
 pub fn client_config(cfg: &Config) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = roots(cfg)?;
-    if roots.is_empty() && cfg.hub.starts_with("https://") {
+    client_config_for(
+        &cfg.hub,
+        cfg.ca_file.as_ref(),
+        cfg.client_cert.as_ref().zip(cfg.client_key.as_ref()),
+    )
+}
+
+/// An HTTP client to the hub at `hub` with the agent's TLS settings (`ca_file`, client
+/// certificate) and no redirects: what the pusher, enrolment and `rotate-key` all use.
+pub fn http_client(
+    hub: &str,
+    ca_file: Option<&PathBuf>,
+    client: Option<(&PathBuf, &PathBuf)>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
+        // The hub is configured, not discovered: a 3xx is an error, never followed.
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(client_config_for(hub, ca_file, client)?)
+        .build()?)
+}
+
+/// [`client_config`] from its parts (before agent.toml exists: enrolment).
+pub fn client_config_for(
+    hub: &str,
+    ca_file: Option<&PathBuf>,
+    client: Option<(&PathBuf, &PathBuf)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots_with(ca_file)?;
+    if roots.is_empty() && hub.starts_with("https://") {
         return Err(TlsError::NoRoots);
     }
     let builder = rustls::ClientConfig::builder_with_provider(edge_tls::provider())
@@ -85,8 +121,8 @@ pub fn client_config(cfg: &Config) -> Result<rustls::ClientConfig, TlsError> {
             })
         })?
         .with_root_certificates(roots);
-    let mut config = match (&cfg.client_cert, &cfg.client_key) {
-        (Some(cert), Some(key)) => {
+    let mut config = match client {
+        Some((cert, key)) => {
             let certs = edge_tls::read_certs("client_cert", cert)?;
             let k = edge_tls::read_key(key)?;
             builder
@@ -97,7 +133,7 @@ pub fn client_config(cfg: &Config) -> Result<rustls::ClientConfig, TlsError> {
                     error,
                 })?
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

@@ -894,22 +894,6 @@ pub struct HubClient {
     rt: tokio::runtime::Runtime,
 }
 
-/// Would the token cross a network in clear to `base` (plain HTTP, not loopback)?
-fn exposed(base: &str) -> bool {
-    let Some(rest) = base.strip_prefix("http://") else {
-        return false;
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    !(host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()))
-}
-
 /// Largest answer read from the admin API.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
@@ -922,7 +906,7 @@ impl HubClient {
                 "--hub {url:?}: give the hub's base URL, e.g. https://hub.example or http://127.0.0.1:7400"
             )));
         }
-        if exposed(&base) {
+        if wire_admin::plain_http_off_loopback(&base) {
             eprintln!(
                 "warning: --hub {base} is plain HTTP: the admin token crosses the network readable; use https:// (or a loopback address)"
             );
@@ -1128,6 +1112,12 @@ fn agents(
                     "agents invite needs --hub URL: the code names the URL agents reach the hub at, and the hub must be running for them to enrol".into(),
                 ));
             };
+            if wire_admin::plain_http_off_loopback(&c.base) {
+                return Err(CliError::Usage(format!(
+                    "agents invite: --hub {} is plain HTTP off this machine; the code's one-time secret would reach the hub readable, and whoever read it could enrol first. Invite with the hub's https:// URL",
+                    c.base
+                )));
+            }
             let req = Invite {
                 source,
                 scope,
@@ -1480,22 +1470,6 @@ mod tests {
             LogFormat::from_config("json", &dir).ok(),
             Some(LogFormat::Json)
         );
-    }
-
-    #[test]
-    fn plain_http_off_loopback_is_flagged() {
-        for (url, want) in [
-            ("http://127.0.0.1:7400", false),
-            ("http://localhost:7400/", false),
-            ("http://[::1]:7400", false),
-            ("https://hub.example", false),
-            ("http://hub.example", true),
-            ("http://10.0.0.5:7400", true),
-            ("http://[2001:db8::1]:7400", true),
-            ("http://localhost.evil.example", true),
-        ] {
-            assert_eq!(exposed(url), want, "{url}");
-        }
     }
 
     #[test]

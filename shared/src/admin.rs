@@ -444,6 +444,29 @@ pub enum CodeError {
     /// The hub key inside is not a key line.
     #[error("the code's hub key: {0}")]
     Key(PublicKeyError),
+    /// The hub URL inside is plain HTTP to another machine: the one-time secret would cross
+    /// the network readable, and whoever reads it could enrol their own key first.
+    #[error(
+        "the code's hub URL {0} is plain HTTP off this machine: enrolment sends its one-time secret there readable; invite with the hub's https:// URL (plain HTTP only to a loopback address)"
+    )]
+    PlainHttp(String),
+}
+
+/// Whether `url` is plain HTTP to anything but a loopback address (`localhost`,
+/// 127.0.0.0/8, `::1`): a secret sent there crosses a network readable.
+pub fn plain_http_off_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    !(host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
 }
 
 impl EnrolCode {
@@ -476,6 +499,9 @@ impl EnrolCode {
         {
             return Err(CodeError::Url(hub.chars().take(200).collect()));
         }
+        if plain_http_off_loopback(hub) {
+            return Err(CodeError::PlainHttp(hub.chars().take(200).collect()));
+        }
         keys::parse_public_key(hub_key).map_err(CodeError::Key)?;
         if !valid_secret(secret) {
             return Err(CodeError::Format);
@@ -496,6 +522,46 @@ pub fn valid_secret(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_is_flagged() {
+        for (url, want) in [
+            ("http://127.0.0.1:7400", false),
+            ("http://127.8.9.1:7400", false),
+            ("http://localhost:7400/", false),
+            ("http://[::1]:7400", false),
+            ("https://hub.example", false),
+            ("http://hub.example", true),
+            ("http://10.0.0.5:7400", true),
+            ("http://[2001:db8::1]:7400", true),
+            ("http://localhost.evil.example", true),
+            ("http://127.0.0.1.evil.example", true),
+        ] {
+            assert_eq!(plain_http_off_loopback(url), want, "{url}");
+        }
+    }
+
+    /// A code naming a plain-HTTP hub on another machine is refused when read: its secret
+    /// would travel readable, and the first to present it enrols.
+    #[test]
+    fn a_code_for_a_plain_http_hub_elsewhere_is_refused() {
+        let key =
+            keys::public_key_line(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]).verifying_key());
+        let code = |hub: &str| {
+            EnrolCode {
+                hub: hub.into(),
+                hub_key: key.clone(),
+                secret: "ab".repeat(32),
+            }
+            .encode()
+        };
+        assert!(EnrolCode::parse(&code("https://hub.example")).is_ok());
+        assert!(EnrolCode::parse(&code("http://127.0.0.1:7400")).is_ok());
+        assert!(matches!(
+            EnrolCode::parse(&code("http://hub.example")),
+            Err(CodeError::PlainHttp(_))
+        ));
+    }
 
     fn code() -> (EnrolCode, SigningKey) {
         let hub = SigningKey::from_bytes(&[7; 32]);

@@ -114,16 +114,13 @@ impl HubClient {
         ident: Arc<Identity>,
         clock: Arc<dyn Clock>,
     ) -> Result<HubClient, crate::tls::TlsError> {
-        let tls = crate::tls::client_config(&cfg)?;
         let timeout = secs(cfg.push.timeout_secs).max(Duration::from_millis(100));
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
-            // The hub is configured, not discovered: a 3xx is an error, never followed.
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(tls)
-            .build()?;
+        let http = crate::tls::http_client(
+            &cfg.hub,
+            cfg.ca_file.as_ref(),
+            cfg.client_cert.as_ref().zip(cfg.client_key.as_ref()),
+            timeout,
+        )?;
         Ok(HubClient {
             http,
             cfg,
