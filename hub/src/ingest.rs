@@ -457,7 +457,28 @@ impl Hub {
         earliest: DateTime<Utc>,
     ) -> Result<Admission, IngestError> {
         let source = batch.source.clone();
-        let keys = keys.clone();
+        // `check` read the registry outside the lock: a revocation or a key rotation may
+        // have committed since (here, or at another replica and caught up). The batch is
+        // judged by the record in force now — signatures checked again under it when its
+        // keys changed — or an old key's entry could land at a seq its successor signs,
+        // which `verify` would then refuse forever.
+        let current = st
+            .registry
+            .get(&source)
+            .cloned()
+            .ok_or_else(|| IngestError::UnknownSource(source.clone()))?;
+        if current.status == SourceStatus::Revoked {
+            return Err(IngestError::Revoked(source));
+        }
+        let (reg, keys, opened) = if current == *reg {
+            (current, keys.clone(), opened)
+        } else {
+            let keys = key_schedule(&current);
+            let mut opened: Vec<Opened> = batch.entries.iter().map(Opened::read).collect();
+            keys.verify_batch(&batch.entries, &mut opened);
+            (current, keys, opened)
+        };
+        let reg = &reg;
         let head = st.heads.get(&source).copied().unwrap_or_default();
         let mut chain = ChainVerifier::with_keys(
             source.clone(),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use spacesync_hub::hub::{Hub, Limits};
+use spacesync_hub::ingest::IngestError;
 use spacesync_hub::notices::NoticeBook;
 use spacesync_hub::registry::{self, SourceKey, SourceRecord, SourceStatus};
 use spacesync_hub::store::{KvIter, Store, StoreError, WriteBatch, keys};
@@ -190,6 +191,46 @@ fn registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them(backe
         .expect("rebuild");
     assert_eq!(registry::load_all(store.as_ref()).expect("load"), before);
     log_verifies(store.as_ref());
+}
+
+/// A batch whose signatures were checked before a registry change committed is judged by
+/// the record in force when it is appended (review finding 1): checked before a revocation,
+/// it is refused; checked before a rotation to a new key from its own seq, its old-key
+/// entries are refused — and the log, which `verify` audits with the key schedule of its
+/// registry entries, still verifies.
+fn a_registry_change_between_check_and_append_is_honoured(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let checked = th
+        .hub
+        .check(gd.batch(&[teachers("440106", "4144010601", "2018-11-01", 100)]))
+        .expect("check");
+    th.hub.revoke_source("gd-a").expect("revoke");
+    assert!(
+        matches!(th.hub.append(checked), Err(IngestError::Revoked(_))),
+        "a batch checked before the revocation was appended after it"
+    );
+
+    let mut bj = Agent::new("bj-a", 2, "110000");
+    th.register(&bj);
+    let checked = th
+        .hub
+        .check(bj.batch(&[teachers("110105", "1111010501", "2018-11-01", 70)]))
+        .expect("check");
+    let new_key = Agent::new("bj-a", 3, "110000").key_line();
+    th.hub
+        .rotate_source("bj-a", &new_key, Some(1))
+        .expect("rotate");
+    let out = th.hub.append(checked).expect("append answers");
+    assert_eq!(
+        out.appended, 0,
+        "an old-key entry landed at a seq the new key signs"
+    );
+    assert_eq!(out.response.refused.len(), 1, "{:?}", out.response.refused);
+    assert_eq!(th.source_leaves(), 0);
+    log_verifies(th.hub.store.as_ref());
 }
 
 /// A registry record as a hub from before logged registry changes wrote it.
@@ -479,3 +520,5 @@ backends!(sync registry_changes_are_hub_signed_log_entries_and_rebuild_reproduce
 backends!(sync concurrent_issuers_take_distinct_numbers);
 
 backends!(sync cli_revoke_then_verify_old_bulletin);
+
+backends!(sync a_registry_change_between_check_and_append_is_honoured);

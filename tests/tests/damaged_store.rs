@@ -53,11 +53,15 @@ fn copy_tree(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
         let e = e.unwrap_or_else(|e| panic!("{e}"));
         let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
+        let kind = e
+            .file_type()
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        if kind.is_dir() {
             copy_tree(&src, &dst);
-        } else {
+        } else if kind.is_file() {
             std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
         }
+        // Anything else (the control socket a killed process leaves) is not data.
     }
 }
 

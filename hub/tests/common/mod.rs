@@ -125,11 +125,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).expect("read_dir") {
         let e = e.expect("entry");
         let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
+        let kind = e.file_type().expect("type");
+        if kind.is_dir() {
             copy_dir(&e.path(), &target);
-        } else {
+        } else if kind.is_file() {
             std::fs::copy(e.path(), target).expect("copy");
         }
+        // Anything else (the control socket a killed hub leaves) is not data.
     }
 }
 
