@@ -439,8 +439,9 @@ pub enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token (on the running hub with --hub, or a stopped store): it is refused
-    /// from then on, and the dashboard sessions opened with it end.
+    /// Revoke a token (on the running hub with --hub, or with --data: every replica on a
+    /// PostgreSQL store, a stopped hub on the embedded one): it is refused from then on,
+    /// and the dashboard sessions opened with it end.
     #[command(
         after_help = "Example:\n  spacesync-hub token revoke 2b7348af7367 --hub https://hub.example"
     )]

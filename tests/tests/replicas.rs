@@ -2,7 +2,8 @@
 //! data directory run with `serve --listen`, each its own process.
 //!
 //! - **Admin while serving:** three replicas serve; `token create`, `agents add`, `extend`,
-//!   `bulletin issue` and `verify` run with `--data` on a further copy and succeed, and
+//!   `bulletin issue`, `agents rotate|revoke`, `verify` and `token revoke` run with `--data`
+//!   on a further copy and succeed, and
 //!   every replica sees the result on its next request; a revoked token is refused by
 //!   every replica.
 //! - **Faults:** three replicas behind the fault proxy (round-robin, with its chaos plan),
@@ -148,6 +149,30 @@ async fn admin_commands_work_while_three_replicas_serve() {
         })
         .count();
     assert_eq!(extensions, 1);
+
+    // A key rotation and a revocation, each seen by every replica on its next request.
+    let rotated = public_key_line(&SigningKey::from_bytes(&[0x34; 32]).verifying_key());
+    cli(
+        &[
+            "agents", "rotate", "gd-new", "--key", &rotated, "--now", NOW,
+        ],
+        "agents rotate",
+    );
+    cli(
+        &["agents", "revoke", "gd-new", "--now", NOW],
+        "agents revoke",
+    );
+    for (i, h) in hubs.iter().enumerate() {
+        let (status, sources) = get(&http, &format!("{}/v1/sources", base(h)), &token).await;
+        assert_eq!(status, 200, "replica {i}: {sources}");
+        let new = sources["sources"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["source"] == "gd-new"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(new["status"], "revoked", "replica {i}: {new}");
+        assert_eq!(new["key"], rotated.as_str(), "replica {i}: {new}");
+    }
 
     // verify on a copy while the replicas serve.
     cli(&["verify"], "verify");
