@@ -109,11 +109,10 @@ pub fn tick(hub: &Hub, book: &NoticeBook) -> Result<(), String> {
 }
 
 /// [`tick`] by the holder of `lease`: every write it makes checks, at the head it is
-/// committed at, that the lease is still this one (the fencing epoch), so a holder that
-/// stalled past its lease and wakes up after another replica took over writes nothing.
+/// committed at, that the lease is still this one (holder and fencing epoch), so a holder
+/// that stalled past its lease and wakes up after another replica took over writes nothing.
 pub fn tick_leased(hub: &Hub, book: &NoticeBook, lease: &Lease) -> Result<(), String> {
-    let now = hub.clock.now();
-    tick_fenced(hub, book, &|store| holds(store, lease, now))
+    tick_fenced(hub, book, &|store| holds(store, lease))
 }
 
 fn tick_fenced(
@@ -176,14 +175,18 @@ pub fn read_lease(store: &dyn Store) -> Result<Option<Lease>, StoreError> {
         .transpose()
 }
 
-/// True when `lease` is the stored one and has not lapsed at `now`.
-fn holds(store: &dyn Store, lease: &Lease, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    Ok(read_lease(store)?
-        .is_some_and(|l| l.holder == lease.holder && l.epoch == lease.epoch && l.expires_at > now))
+/// True when `lease` is still the stored one: same holder, same epoch. Its expiry is not
+/// checked here: a lapsed lease nobody took over still fences correctly (every takeover
+/// moves the epoch, in a serialized write), and on an accelerated clock (`serve --speed`)
+/// a lease of 30 s of hub time lapses between two ticks, which must not stop the only
+/// replica from working.
+fn holds(store: &dyn Store, lease: &Lease) -> Result<bool, StoreError> {
+    Ok(read_lease(store)?.is_some_and(|l| l.holder == lease.holder && l.epoch == lease.epoch))
 }
 
-/// Takes the lease for `holder` when nobody holds it or it lapsed (the epoch moves on), or
-/// renews it when `holder` has it and half of `ttl` has passed; a serialized write, so
+/// Takes the lease for `holder` when nobody holds it or another holder's lapsed (the epoch
+/// moves on), or renews it when `holder` has it (lapsed or not: the epoch stays) and half of
+/// `ttl` has passed; a serialized write, so
 /// of replicas racing for a lapsed lease exactly one gets it. `None` while another
 /// replica holds it.
 pub fn acquire(
@@ -194,7 +197,8 @@ pub fn acquire(
     hub.serialized(|hub, st| {
         let now = hub.clock.now();
         let epoch = match read_lease(hub.store.as_ref())? {
-            Some(l) if l.holder == holder && l.expires_at > now => {
+            // Its own lease, lapsed or not: nobody took it over, so the epoch stays.
+            Some(l) if l.holder == holder => {
                 if l.expires_at - now > ttl / 2 {
                     return Ok(Some(l));
                 }
