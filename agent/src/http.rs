@@ -9,6 +9,7 @@
 //! | POST (or GET) | `/v1/verify` | runs `verify` on the live store, one at a time |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | `ok` |
+//! | GET | `/readyz` | `ready`, or 503 `not ready: <why>` (store unreadable, an alarm, or the hub not reached with the buffer 80 % full) |
 //!
 //! Who may call ([`guard`], before any handler): every request except `GET /healthz`
 //! 1. carries no `Origin` header, else 403 — browsers send one on cross-site requests, so a
@@ -273,11 +274,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/notices/read", post(post_notices_read))
         .route("/v1/verify", post(run_verify).get(run_verify))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
         .fallback(|| async {
             client(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /metrics and /healthz",
+                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /metrics, /healthz and /readyz",
                 vec![],
             )
         })
@@ -293,10 +295,66 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Origin, Host and bearer token, in that order, for every request but `GET /healthz`.
-/// Refusals happen before the body is read and change nothing.
+/// Share of a buffer limit (entries or bytes) above which a hub that is not reached makes
+/// the agent not ready: intake refuses at the limit, so an alert must come before.
+const READY_BUFFER_SHARE: f64 = 0.8;
+
+/// Why the agent is not ready, or `None`: the store reads, no alarm stops pushing, and the
+/// hub is reached or what waits for it is under [`READY_BUFFER_SHARE`] of the buffer limits.
+pub fn not_ready(s: &AppState) -> Option<String> {
+    let (head, _) = match s.store.head() {
+        Ok(h) => h,
+        Err(e) => return Some(format!("the store cannot be read: {e}")),
+    };
+    let acked = match s.store.acked() {
+        Ok(a) => a,
+        Err(e) => return Some(format!("the store cannot be read: {e}")),
+    };
+    let push = lock(&s.push).clone();
+    if let Some(a) = &push.alarm {
+        return Some(format!(
+            "pushing stopped by the alarm {}: {}",
+            a.code, a.reason
+        ));
+    }
+    if push.hub_reachable == Some(false) {
+        let waiting = head.saturating_sub(acked);
+        let bytes = s.store.buffered_bytes().unwrap_or(0);
+        let b = s.cfg.buffer;
+        if waiting as f64 >= b.max_entries as f64 * READY_BUFFER_SHARE
+            || bytes as f64 >= b.max_bytes as f64 * READY_BUFFER_SHARE
+        {
+            return Some(format!(
+                "the hub is not reached and the buffer is nearly full ({waiting} of {} entries, {bytes} of {} bytes)",
+                b.max_entries, b.max_bytes
+            ));
+        }
+    }
+    None
+}
+
+/// `GET /readyz` (no token, like `/healthz`): 200 `ready`, or 503 in the error JSON with
+/// the reason (and `Retry-After: 5`, as every 503 of the agent).
+async fn get_readyz(State(s): State<AppState>) -> Response {
+    match not_ready(&s) {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => AppError::Client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: format!("not ready: {why}"),
+                code: None,
+                problems: vec![],
+            },
+            Some(5),
+        )
+        .into_response(),
+    }
+}
+
+/// Origin, Host and bearer token, in that order, for every request but `GET /healthz` and
+/// `GET /readyz`. Refusals happen before the body is read and change nothing.
 pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let headers = req.headers();
@@ -616,6 +674,7 @@ mod tests {
     struct Fixture {
         app: Router,
         store: Store,
+        push: SharedPushState,
         clock: Arc<FixedClock>,
         _dir: tempfile::TempDir,
     }
@@ -662,6 +721,8 @@ mod tests {
             "http://127.0.0.1:9".into(),
         );
         cfg.intake.allowed_hosts = s.allowed_hosts.clone();
+        cfg.buffer = s.buffer;
+        let push: SharedPushState = Arc::default();
         let listen: SocketAddr = s.listen.parse().unwrap_or_else(|e| panic!("{e}"));
         let app = app(AppState {
             intake,
@@ -669,13 +730,14 @@ mod tests {
             edge: Arc::new(Edge::new(TOKEN.into(), listen, &cfg.intake.allowed_hosts)),
             cfg: Arc::new(cfg),
             ident: identity(),
-            push: Arc::default(),
+            push: push.clone(),
             clock: clock.clone(),
             verifying: Arc::new(Semaphore::new(1)),
         });
         Fixture {
             app,
             store,
+            push,
             clock,
             _dir: dir,
         }
@@ -1158,6 +1220,55 @@ mod tests {
 
     fn activity(title: &str) -> String {
         ACT.replace("\"title\":\"t\"", &format!("\"title\":\"{title}\""))
+    }
+
+    #[tokio::test]
+    async fn readyz_needs_no_token_and_names_why_the_agent_is_not_ready() {
+        let f = fixture(Setup {
+            buffer: BufferConfig {
+                max_entries: 5,
+                max_bytes: 1 << 30,
+            },
+            ..Setup::default()
+        });
+        let bare = || {
+            Request::get("/readyz")
+                .header(header::HOST, HOST)
+                .body(Body::empty())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        check(&f.app, bare(), 200, &["ready"]).await;
+        // The hub not reached, little waiting: still ready (buffering is the agent's job).
+        lock(&f.push).hub_reachable = Some(false);
+        for i in 0..3 {
+            check(
+                &f.app,
+                post(&activity(&format!("r{i}")), "application/json"),
+                200,
+                &[],
+            )
+            .await;
+        }
+        check(&f.app, bare(), 200, &["ready"]).await;
+        // 4 of 5 entries waiting (80 %): not ready, saying why.
+        check(&f.app, post(&activity("r3"), "application/json"), 200, &[]).await;
+        check(
+            &f.app,
+            bare(),
+            503,
+            &["not ready", "buffer is nearly full", "4 of 5 entries"],
+        )
+        .await;
+        // The hub answers again: ready, whatever waits.
+        lock(&f.push).hub_reachable = Some(true);
+        check(&f.app, bare(), 200, &["ready"]).await;
+        // An alarm stops pushing: not ready, naming it.
+        lock(&f.push).alarm = Some(crate::push::Alarm {
+            code: "unknown_source".into(),
+            reason: "register this source".into(),
+            since: f.clock.now(),
+        });
+        check(&f.app, bare(), 503, &["alarm unknown_source"]).await;
     }
 
     #[tokio::test]
