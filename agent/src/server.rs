@@ -212,7 +212,11 @@ pub async fn run(
     .await;
     info!("Shutting down.");
     #[cfg(unix)]
-    control.abort();
+    {
+        control.abort();
+        // Nobody answers on it any more: a later `backup` copies the stopped store directly.
+        let _ = std::fs::remove_file(agent.data.root.join(crate::backup::CONTROL_SOCKET));
+    }
     let _ = stop_tx.send(true);
     for (name, task) in [("spool", spool_task), ("pusher", pusher_task)] {
         if let Err(e) = task.await {

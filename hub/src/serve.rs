@@ -136,6 +136,9 @@ pub async fn run(
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
     let hub = Arc::new(hub);
+    let socket = dir
+        .as_ref()
+        .map(|d| d.0.join(crate::backup::CONTROL_SOCKET));
     #[cfg(unix)]
     let control = dir.map(|d| {
         let hub = hub.clone();
@@ -181,6 +184,10 @@ pub async fn run(
     }
     if let Some(c) = control {
         c.abort();
+    }
+    // Nobody answers on it any more: a later `backup` copies the stopped store directly.
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
     }
     let _ = stop_tx.send(true);
     if let Err(e) = scheduler.await {

@@ -43,7 +43,8 @@ const RECORDS: usize = 1_200;
 const UNSENT: usize = 100;
 
 /// Copies a directory tree (file and directory modes included: key files stay 0600 and
-/// data directories 0700, or the processes refuse to start on the copy).
+/// data directories 0700, or the processes refuse to start on the copy); regular files and
+/// directories only.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
     if let Ok(m) = std::fs::metadata(from) {
