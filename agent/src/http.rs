@@ -11,7 +11,8 @@
 //! | GET | `/healthz` | `ok` |
 //! | GET | `/readyz` | `ready`, or 503 `not ready: <why>` (store unreadable, an alarm, or the hub not reached with the buffer 80 % full) |
 //!
-//! Who may call ([`guard`], before any handler): every request except `GET /healthz`
+//! Who may call ([`guard`], before any handler): every request except `GET /healthz` (and
+//! `GET /readyz`, which skips only step 3)
 //! 1. carries no `Origin` header, else 403 — browsers send one on cross-site requests, so a
 //!    web page open on the agent's machine cannot use the API;
 //! 2. names a `Host` this agent answers for ([`Edge`]), else 421 Misdirected Request — that
@@ -351,10 +352,11 @@ async fn get_readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// Origin, Host and bearer token, in that order, for every request but `GET /healthz` and
-/// `GET /readyz`. Refusals happen before the body is read and change nothing.
+/// Origin, Host and bearer token, in that order, for every request but `GET /healthz`
+/// (and no token for `GET /readyz`). Refusals happen before the body is read and change
+/// nothing.
 pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+    if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
     let headers = req.headers();
@@ -409,6 +411,12 @@ pub async fn guard(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> R
             vec![],
         )
         .into_response();
+    }
+    // `/readyz` needs no token (probes have none), but its reasons (alarms, buffer
+    // counts) are not for a web page that rebound a name to this agent: Origin and Host
+    // are checked as for the API.
+    if req.uri().path() == "/readyz" {
+        return next.run(req).await;
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -1238,6 +1246,18 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         check(&f.app, bare(), 200, &["ready"]).await;
+        // No token, but a page that rebound a name to the agent reads nothing.
+        let foreign = Request::get("/readyz")
+            .header(header::HOST, "attacker.example")
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, foreign, 421, &["does not answer for Host"]).await;
+        let from_page = Request::get("/readyz")
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, "http://attacker.example")
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, from_page, 403, &["web pages"]).await;
         // The hub not reached, little waiting: still ready (buffering is the agent's job).
         lock(&f.push).hub_reachable = Some(false);
         for i in 0..3 {

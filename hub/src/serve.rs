@@ -118,7 +118,9 @@ pub async fn run(
         }
         None => None,
     };
-    let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
+    // Always: SIGHUP's default action ends the process, and the unit's `systemctl reload`
+    // sends it whether or not the hub serves HTTPS.
+    let reloader = tokio::spawn(reload_on_sighup(tls.clone()));
     let options = spacesync_http::EdgeOptions {
         tls,
         trusted_proxies: cfg.trusted_proxies.clone().into(),
@@ -179,9 +181,7 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
-    if let Some(r) = reloader {
-        r.abort();
-    }
+    reloader.abort();
     if let Some(c) = control {
         c.abort();
     }
@@ -198,8 +198,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the TLS files again on every SIGHUP, for as long as it runs.
-pub async fn reload_on_sighup(tls: Arc<spacesync_http::tls::ServerTls>) {
+/// Reads the TLS files again on every SIGHUP, for as long as it runs; without TLS, says
+/// there is nothing to reload (a SIGHUP never ends the hub).
+pub async fn reload_on_sighup(tls: Option<Arc<spacesync_http::tls::ServerTls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -211,6 +212,12 @@ pub async fn reload_on_sighup(tls: Arc<spacesync_http::tls::ServerTls>) {
             }
         };
         while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!(
+                    "SIGHUP: nothing to reload (the hub serves plain HTTP; hub.toml and the campaign are read at start)."
+                );
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => {
                     tracing::info!(cert = %tls.files().cert.display(), "Reloaded the TLS certificate and key (SIGHUP); new connections use them.")

@@ -268,3 +268,23 @@ async fn an_agent_that_cannot_verify_the_hub_or_lacks_a_client_certificate_says_
         leaves.len()
     );
 }
+
+/// `systemctl reload` sends SIGHUP to a hub that may serve plain HTTP (behind a proxy, as
+/// `init` sets it up): it must keep serving, not take SIGHUP's default (the end of the
+/// process). Review finding 5: the handler was installed only with TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_hub_survives_sighup() {
+    let mut hub = HubNode::init();
+    hub.start().await;
+    let pid = hub.pid().unwrap_or_else(|| panic!("hub not running"));
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill -HUP: {e}"));
+    assert!(sent.success(), "kill -HUP {pid}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive = reqwest::get(format!("{}/healthz", hub.url()))
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    assert!(alive, "the hub stopped answering after SIGHUP");
+}
