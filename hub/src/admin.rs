@@ -384,22 +384,29 @@ pub fn invite(hub: &Hub, req: &Invite) -> Result<Invited, AdminError> {
 /// not expired), registers the key as `agents add` does (a hub-signed log entry) and
 /// marks the code used, durably, before answering.
 pub fn enrol(hub: &Hub, req: &EnrolRequest) -> Result<Enrolled, AdminError> {
-    // One enrolment at a time, so two uses of one code cannot both pass the check.
-    static ONE: Mutex<()> = Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    // Everything anyone can send is judged before the lock: the secret's form, that an
+    // invitation with it exists (one key read), then the proof (one verification). An
+    // unknown code never waits on, or holds, the lock.
     if !admin::valid_secret(&req.secret) {
         return Err(AdminError::CodeUnknown);
     }
+    let k = invite_key(&req.secret);
+    let read = || -> Result<InviteRecord, AdminError> {
+        hub.store
+            .get(&k)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .ok_or(AdminError::CodeUnknown)
+    };
+    read()?;
     let hub_key = public_key_line(&hub.key.verifying_key());
     let key = admin::verify_enrol(&hub_key, req)
         .map_err(|e| AdminError::Invalid(format!("enrolment request: {e}")))?;
     let line = public_key_line(&key);
-    let k = invite_key(&req.secret);
-    let mut rec: InviteRecord = hub
-        .store
-        .get(&k)?
-        .and_then(|v| serde_json::from_slice(&v).ok())
-        .ok_or(AdminError::CodeUnknown)?;
+    // One enrolment at a time, so two uses of one code cannot both pass the check below
+    // (the code's record is read again under it).
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rec = read()?;
     let answer = Enrolled {
         source: rec.source.to_string(),
         scope: rec.scope.to_string(),
@@ -645,6 +652,13 @@ async fn enrol_handler(State(s): State<AppState>, Client(addr): Client, bytes: B
         }
         e.into_response()
     };
+    // An address that has used up its allowance of refused requests is answered before
+    // any work (a flood of made-up codes costs nothing but this check).
+    if let Some(a) = addr
+        && !s.addr_limiter.has_token(&AddrKey::of(a.ip()))
+    {
+        return refuse(AdminError::CodeUnknown);
+    }
     let req: EnrolRequest = match body(&bytes) {
         Ok(r) => r,
         Err(e) => return refuse(e),

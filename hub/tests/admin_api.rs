@@ -372,7 +372,73 @@ async fn an_enrolment_code_works_once_for_one_key_until_it_expires(backend: Back
     );
 }
 
+/// Made-up codes from one address are refused and spend its allowance; once it is spent,
+/// every enrolment from that address is answered 429 before any work — even one with a
+/// real code (review finding 4: refused attempts queued on the enrolment lock and the
+/// blocking pool) — while another address still enrols.
+async fn made_up_codes_spend_the_address_allowance_before_any_work(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let from = |req: Request<Body>, last: u8| {
+        let mut req = req;
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [203, 0, 113, last],
+                40000,
+            ))));
+        req
+    };
+    let r = th
+        .send(post(
+            wire::PATH_INVITES,
+            Some(th.admin.as_str()),
+            &json!({"source": "gd-new", "scope": "440000", "expires_in_secs": 3600}),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let code = EnrolCode {
+        hub: "http://127.0.0.1:9".into(),
+        hub_key: r.json()["hub_key"].as_str().expect("hub key").into(),
+        secret: r.json()["secret"].as_str().expect("secret").into(),
+    };
+    let key = SigningKey::from_bytes(&[90; 32]);
+    let made_up = EnrolCode {
+        secret: "1".repeat(64),
+        ..code.clone()
+    };
+    let mut refused = 0;
+    loop {
+        let req = post(
+            wire::PATH_ENROL,
+            None,
+            &serde_json::to_value(wire::enrol_request(&made_up, &key)).expect("json"),
+        );
+        let r = th.send(from(req, 7)).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+        refused += 1;
+        assert!(refused < 1000, "made-up codes are never throttled");
+    }
+    let real = serde_json::to_value(wire::enrol_request(&code, &key)).expect("json");
+    let r = th.send(from(post(wire::PATH_ENROL, None, &real), 7)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(
+        th.hub.snapshot().registry.is_empty()
+            || !th
+                .hub
+                .snapshot()
+                .registry
+                .contains_key(&spacesync_shared::SourceId::parse("gd-new").expect("id"))
+    );
+    let r = th.send(from(post(wire::PATH_ENROL, None, &real), 8)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
 backends!(async admin_calls_need_an_admin_token, the_api_changes_what_the_stopped_store_commands_change, an_enrolment_code_works_once_for_one_key_until_it_expires);
+
+backends!(async made_up_codes_spend_the_address_allowance_before_any_work);
 
 /// `POST /v1/agent/rotate-key` signed by `signer` for `a`'s source.
 fn rotate_req(a: &Agent, signer: &SigningKey, body: &wire::RotateKey, nonce: u8) -> Request<Body> {
