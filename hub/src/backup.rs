@@ -139,9 +139,12 @@ fn copy_files(dir: &DataDir, out: &DataDir) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// Copies every key of `store` into a new sled store at `out_db`, flushed. The caller makes
-/// sure nothing writes meanwhile (the writer lock, or a stopped hub).
-fn copy_store(store: &dyn Store, out_db: &Path) -> Result<u64, BackupError> {
+/// Copies every key of `store` into a new sled store at `out_db`, flushed; returns the
+/// number of keys and the copy, still open (sled lets go of a directory from background
+/// threads a moment after its last handle drops, so opening it again at once can find it
+/// "in use"). The caller makes sure nothing writes meanwhile (the writer lock, or a
+/// stopped hub).
+fn copy_store(store: &dyn Store, out_db: &Path) -> Result<(u64, SledStore), BackupError> {
     private_copy::private_dir(out_db)?;
     let dst = SledStore::open(out_db)?;
     let mut batch = WriteBatch::new();
@@ -161,7 +164,7 @@ fn copy_store(store: &dyn Store, out_db: &Path) -> Result<u64, BackupError> {
         dst.apply(batch)?;
     }
     dst.flush()?;
-    Ok(keys)
+    Ok((keys, dst))
 }
 
 /// Writes the backup of the hub in `dir` (store `store`) to `out`. The caller holds the
@@ -177,7 +180,7 @@ pub fn write(dir: &DataDir, store: &dyn Store, out: &Path) -> Result<Summary, Ba
     let target = DataDir(out.to_path_buf());
     store.flush()?;
     let written = copy_files(dir, &target).and_then(|()| copy_store(store, &target.db()));
-    let keys = match written {
+    let (keys, copy) = match written {
         Ok(k) => k,
         Err(e) => {
             // Leave nothing half-written that could pass for a backup.
@@ -185,7 +188,6 @@ pub fn write(dir: &DataDir, store: &dyn Store, out: &Path) -> Result<Summary, Ba
             return Err(e);
         }
     };
-    let copy = SledStore::open(&target.db())?;
     let log_size = crate::log::Log::load(&copy)
         .map_err(|e| BackupError::Log(e.to_string()))?
         .size();
