@@ -64,6 +64,11 @@ pub struct StatusReport {
     pub retries: u64,
     /// Notices not yet shown by `spacesync-agent notices`.
     pub unread_notices: u64,
+    /// Size of the last hub checkpoint the log audit verified; null before the first.
+    pub verified_checkpoint_size: Option<u64>,
+    /// What the log audit detected about the hub's log (fork, rollback, bad signature,
+    /// receipted entry missing); null while nothing was.
+    pub log_alarm: Option<String>,
 }
 
 /// Builds the report from the store and the push state.
@@ -103,6 +108,8 @@ pub fn report(
         pushes: push.pushes,
         retries: push.retries,
         unread_notices: store.unread_notices()?,
+        verified_checkpoint_size: push.verified_checkpoint_size,
+        log_alarm: push.log_alarm.clone(),
     })
 }
 
@@ -129,6 +136,9 @@ pub fn render_human(r: &StatusReport) -> String {
     );
     if let Some(a) = &r.alarm {
         let _ = writeln!(s, "ALARM ({}) since {}: {}", a.code, a.since, a.reason);
+    }
+    if let Some(a) = &r.log_alarm {
+        let _ = writeln!(s, "LOG ALARM: {a}");
     }
     let _ = writeln!(s, "head seq:        {}", r.head_seq);
     let _ = writeln!(s, "delivered seq:   {}", r.acked_seq);
@@ -173,6 +183,13 @@ pub fn render_human(r: &StatusReport) -> String {
     if let Some(e) = &r.last_error {
         let _ = writeln!(s, "last error:      {e}");
     }
+    let _ = writeln!(
+        s,
+        "hub log audited: {}",
+        r.verified_checkpoint_size
+            .map(|n| format!("checkpoint of {n} entries verified"))
+            .unwrap_or_else(|| "never".into())
+    );
     let _ = writeln!(s, "unread notices:  {}", r.unread_notices);
     s
 }
@@ -257,6 +274,18 @@ pub fn render_metrics(r: &StatusReport) -> String {
         if r.alarm.is_some() { 1.0 } else { 0.0 },
     );
     metric(
+        "verified_checkpoint_size",
+        "gauge",
+        "Size of the last hub checkpoint the log audit verified (0 before the first).",
+        r.verified_checkpoint_size.unwrap_or(0) as f64,
+    );
+    metric(
+        "log_alarm",
+        "gauge",
+        "1 once the log audit detected a fork, a rollback, a bad signature or a receipted entry missing from the hub's log.",
+        if r.log_alarm.is_some() { 1.0 } else { 0.0 },
+    );
+    metric(
         "unread_notices",
         "gauge",
         "Notices not yet read.",
@@ -294,6 +323,12 @@ mod tests {
         assert_eq!(v["buffered"], 3);
         assert_eq!(v["last_error"], "cannot reach the hub");
         assert_eq!(v["oldest_unsent"]["seq"], 1);
+        // Issue 16's fixed interface: present, and null before the first audit.
+        assert!(v["verified_checkpoint_size"].is_null(), "{v}");
+        assert!(v["log_alarm"].is_null(), "{v}");
+        assert!(v.as_object().is_some_and(
+            |o| o.contains_key("log_alarm") && o.contains_key("verified_checkpoint_size")
+        ));
         let back: StatusReport = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, r);
         let m = render_metrics(&r);

@@ -5,7 +5,8 @@
 //! | `entries` | seq (u64 BE) | the entry's DSSE envelope (JSON) |
 //! | `receipts` | seq (u64 BE) | the entry's receipt: the hub's receipt envelope (JSON), or `0x01` ‖ the id (u64 BE) of the batch receipt that covers it ([`StoredReceipt`]); kept forever |
 //! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the seqs pointing at it are |
-//! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors |
+//! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors, the log audit's state (`audit`: the last verified checkpoint, the seq audited through, the alarm) |
+//! | `audit_evidence` | number (u64 BE) | what a failed log audit saw: both checkpoint notes and the proof (JSON, see `push::audit`); kept forever |
 //! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
 //! | `idem` | `k/` + idempotency key | when it was first seen, what it was bound to, the answer given (JSON, see `intake`) |
@@ -51,6 +52,7 @@ const PUSH_STATE: &[u8] = b"push_state";
 const IDENTITY: &[u8] = b"identity";
 const KEY_HISTORY: &[u8] = b"key_history";
 const BATCH_RECEIPT_ID: &[u8] = b"batch_receipt_id";
+const AUDIT: &[u8] = b"audit";
 
 /// First byte of a `receipts` value that points at a batch receipt (a receipt envelope's
 /// JSON starts with `{`).
@@ -266,6 +268,7 @@ pub struct Store {
     quota: sled::Tree,
     notices: sled::Tree,
     idem: sled::Tree,
+    audit_evidence: sled::Tree,
     /// Every change takes it shared; [`Store::backup`] takes it alone, so a backup copies
     /// the trees as of one instant (sled has no snapshots across trees).
     gate: Arc<std::sync::RwLock<()>>,
@@ -371,6 +374,7 @@ impl Store {
             quota: tree("quota")?,
             notices: tree("notices")?,
             idem: tree("idem")?,
+            audit_evidence: tree("audit_evidence")?,
             durable: Arc::default(),
             gate: Arc::default(),
             db,
@@ -788,6 +792,56 @@ impl Store {
         serde_json::from_slice(&env.payload)
             .map(Some)
             .map_err(|e| unreadable(e.to_string()))
+    }
+
+    /// Stored receipts from `seq` on, in seq order, as [`Store::raw_receipts`].
+    pub fn raw_receipts_from(
+        &self,
+        seq: u64,
+    ) -> impl Iterator<Item = Result<(u64, StoredReceipt), StoreError>> + '_ {
+        self.receipts.range(seq_key(seq)..).map(|kv| {
+            let (k, v) = kv?;
+            Ok((read_u64(Some(k))?, StoredReceipt::decode(&v)))
+        })
+    }
+
+    /// The log audit's state (JSON, see `push::audit`), if an audit ever stored one.
+    pub fn audit_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(AUDIT)?.map(|v| v.to_vec()))
+    }
+
+    /// Stores the log audit's state and, when given, the evidence of what it detected (in
+    /// one transaction), then flushes: a checkpoint is kept, and an alarm stands, only once
+    /// it is on disk.
+    pub async fn set_audit_state(
+        &self,
+        json: &[u8],
+        evidence: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        {
+            let _changing = self.changing();
+            let next = match self.audit_evidence.last()? {
+                Some((k, _)) => read_u64(Some(k))? + 1,
+                None => 1,
+            };
+            (&self.meta, &self.audit_evidence).transaction(|(meta, ev)| {
+                meta.insert(AUDIT, json)?;
+                if let Some(e) = evidence {
+                    ev.insert(&seq_key(next), e)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        }
+        self.flush_async().await
+    }
+
+    /// Every piece of log-audit evidence stored, oldest first (JSON).
+    pub fn audit_evidence(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.audit_evidence
+            .iter()
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
     }
 
     /// Whether a receipt for `seq` is held.

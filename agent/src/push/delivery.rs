@@ -101,6 +101,11 @@ impl Delivery {
         }
     }
 
+    /// The key receipts (and the hub's checkpoints) verify with, once known.
+    pub fn hub_key(&self) -> Option<VerifyingKey> {
+        self.hub_key
+    }
+
     /// The cursor (tests and logs).
     pub fn cursor(&self) -> &Cursor {
         &self.cursor
@@ -177,7 +182,11 @@ impl Delivery {
         }
     }
 
-    async fn ensure_hub_key<T: Transport>(&mut self, link: &mut Link<T>) -> Result<(), PushError> {
+    /// Knows the hub key ([`crate::hub_key`]): pinned, stored, or fetched once.
+    pub async fn ensure_hub_key<T: Transport>(
+        &mut self,
+        link: &mut Link<T>,
+    ) -> Result<(), PushError> {
         if self.hub_key.is_some() {
             return Ok(());
         }

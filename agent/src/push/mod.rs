@@ -1,6 +1,7 @@
 //! The pusher: sends buffered entries to the hub in seq order until each has a receipt.
 //!
-//! One sync cycle delivers the buffer ([`delivery`]), fetches notices when due
+//! One sync cycle audits the hub's log ([`audit`]), delivers the buffer ([`delivery`]),
+//! fetches notices when due
 //! ([`notices`]) and prunes delivered entries past retention ([`prune`]). Every request
 //! goes through one [`Transport`] and every answer through one classification
 //! ([`classify`]). Transient faults (hub not reached, timeouts, 5xx, 429) are retried
@@ -9,6 +10,8 @@
 //! re-probed every `reprobe_secs` until the cause is fixed.
 //!
 //! # Layout
+//! - [`audit`]: the hub's log checked at every sync — checkpoint signature, consistency with
+//!   the kept one, inclusion of receipted entries; the log alarm that nothing clears.
 //! - [`state`]: what the pusher last saw, shared with the local API and persisted.
 //! - [`transport`]: requests and answers; the HTTP client, and the seam tests script.
 //! - [`classify`]: what an answer means; the errors of a step.
@@ -16,6 +19,7 @@
 //! - [`notices`]: fetching, storing and acknowledging the hub's notices.
 //! - [`prune`]: retention of delivered entries.
 
+pub mod audit;
 pub mod classify;
 pub mod delivery;
 pub mod notices;
@@ -23,6 +27,8 @@ pub mod prune;
 pub mod state;
 pub mod transport;
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +111,15 @@ impl<T: Transport> Pusher<T> {
     ) -> Pusher<T> {
         let link = Link::new(transport, state.clone(), clock.clone(), ident.clone());
         let delivery = Delivery::new(cfg.clone(), ident, store.clone(), state.clone());
+        // What earlier audits kept: the alarm stands across restarts.
+        match audit::AuditState::load(&store) {
+            Ok(a) => {
+                let mut s = lock(&state);
+                s.verified_checkpoint_size = a.verified_size();
+                s.log_alarm = a.alarm;
+            }
+            Err(e) => warn!(error = %e, "Cannot read the log audit's state."),
+        }
         Pusher {
             cfg,
             store,
@@ -171,8 +186,13 @@ impl<T: Transport> Pusher<T> {
         self.persist();
     }
 
-    /// One sync cycle: deliver, then notices when due (their failures never stop delivery).
+    /// One sync cycle: audit the hub's log, deliver, then notices when due (failures of
+    /// the audit and of notices never stop delivery).
     async fn cycle(&mut self, notices_due: bool) -> Result<(), PushError> {
+        // The audit comes before delivery: after a rollback, the hub's tree is seen as the
+        // hub keeps it, before this agent's resent entries grow it back.
+        self.delivery.ensure_hub_key(&mut self.link).await?;
+        self.audit().await;
         self.delivery.deliver(&mut self.link).await?;
         // Said at once, not after the notices: whoever sees the buffer delivered in the
         // status also sees the result that delivered it.
@@ -184,6 +204,21 @@ impl<T: Transport> Pusher<T> {
             warn!(error = ?e.to_string(), "Fetching notices failed; will try again next cycle.");
         }
         Ok(())
+    }
+
+    /// One log audit; its failures are logged and retried next sync, never a push error.
+    async fn audit(&mut self) {
+        let Some(key) = self.delivery.hub_key() else {
+            return;
+        };
+        let now = self.clock.now();
+        match audit::audit(&mut self.link, &self.store, &key, &self.state, now).await {
+            Ok(_) => {}
+            // The error can quote the hub's answer: escaped.
+            Err(e) => {
+                warn!(source = %self.cfg.source, error = ?e.to_string(), "The hub's log could not be audited; will try again next sync.")
+            }
+        }
     }
 
     fn succeeded(&mut self) {

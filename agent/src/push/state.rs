@@ -41,6 +41,14 @@ pub struct PushState {
     pub retries: u64,
     /// Valid receipts stored.
     pub receipts: u64,
+    /// Size of the last hub checkpoint the log audit verified (`push::audit`); `None`
+    /// before the first one.
+    #[serde(default)]
+    pub verified_checkpoint_size: Option<u64>,
+    /// What the log audit detected (a fork, a rollback, a bad signature, a receipted entry
+    /// missing), once detected; the hub's answers never clear it.
+    #[serde(default)]
+    pub log_alarm: Option<String>,
 }
 
 /// Shared view of the push state.

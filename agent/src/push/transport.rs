@@ -49,7 +49,31 @@ pub enum Request {
     },
     /// Signed `POST /v1/agent/notices/ack`: notices stored through an id.
     AckNotices(NoticeAck),
+    /// `GET /v1/checkpoint` (unsigned): the hub's current signed checkpoint note.
+    Checkpoint,
+    /// `GET /v1/proof/consistency?old=&new=` (unsigned): that the tree of `new` leaves
+    /// extends the tree of `old`.
+    Consistency {
+        /// Size of the kept (earlier) checkpoint.
+        old: u64,
+        /// Size of the fetched one.
+        new: u64,
+    },
+    /// `GET /v1/proof/inclusion?index=&size=` (unsigned): that a leaf is in the tree.
+    Inclusion {
+        /// The leaf index a receipt named.
+        index: u64,
+        /// Size of the tree (the fetched checkpoint's).
+        size: u64,
+    },
 }
+
+/// The hub's checkpoint endpoint.
+pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
+/// The hub's consistency proof endpoint.
+pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
+/// The hub's inclusion proof endpoint.
+pub const PATH_PROOF_INCLUSION: &str = "/v1/proof/inclusion";
 
 impl Request {
     /// What the request does, as the start of a sentence in logs and alarms.
@@ -60,6 +84,13 @@ impl Request {
             Request::Ingest { first, last, .. } => format!("pushing seqs {first}–{last}"),
             Request::Notices { .. } => "fetching notices".into(),
             Request::AckNotices(_) => "acknowledging notices".into(),
+            Request::Checkpoint => "fetching the hub's checkpoint".into(),
+            Request::Consistency { old, new } => {
+                format!("fetching a consistency proof from tree size {old} to {new}")
+            }
+            Request::Inclusion { index, size } => {
+                format!("fetching an inclusion proof for leaf {index} in tree size {size}")
+            }
         }
     }
 }
@@ -187,6 +218,15 @@ impl HubClient {
                 self.signed(reqwest::Method::POST, PATH_AGENT_NOTICES_ACK, body)
                     .header(CONTENT_TYPE, "application/json")
             }
+            Request::Checkpoint => self.http.get(self.cfg.hub_url(PATH_CHECKPOINT)),
+            Request::Consistency { old, new } => self.http.get(
+                self.cfg
+                    .hub_url(&format!("{PATH_PROOF_CONSISTENCY}?old={old}&new={new}")),
+            ),
+            Request::Inclusion { index, size } => self.http.get(
+                self.cfg
+                    .hub_url(&format!("{PATH_PROOF_INCLUSION}?index={index}&size={size}")),
+            ),
         })
     }
 }

@@ -1,0 +1,409 @@
+//! The log audit: at every sync the agent checks that the hub's log is one append-only log
+//! that still holds what the hub receipted (issue 16, first layer).
+//!
+//! 1. fetch the hub's checkpoint (`GET /v1/checkpoint`, a C2SP signed note) and verify its
+//!    signature with the hub key the receipts verify with (pinned or stored);
+//! 2. against the checkpoint kept from the last audit: a smaller tree is a rollback; a tree
+//!    of the same size with another root, or a consistency proof
+//!    (`GET /v1/proof/consistency`, [`merkle::verify_consistency`]) that does not verify, is
+//!    a fork;
+//! 3. for the last entry of each batch receipted since the last audit, the inclusion proof
+//!    (`GET /v1/proof/inclusion`, [`merkle::verify_inclusion`]) of the leaf the receipt
+//!    names — the leaf is the hash of the entry's DSSE PAE bytes, as the hub's log makes
+//!    it — must lead to the checkpoint's root;
+//! 4. only when every check passed is the new checkpoint kept ([`AuditState`], flushed).
+//!
+//! What a check finds wrong is a [`Finding`]: the log alarm (`log_alarm` in the status) is
+//! set, the evidence (both notes, the proof) is stored in the store's `audit_evidence`
+//! tree, and the alarm stays — nothing the hub answers later clears it. A hub that refuses
+//! or fails an audit request ([`AuditError::Hub`]) raises no alarm but advances nothing:
+//! the next sync tries again. The audit never stops delivery.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use spacesync_shared::dsse::pae;
+use spacesync_shared::merkle::{self, Checkpoint, Hash, NoteVerifier};
+use tracing::{debug, error};
+
+use super::classify::{Class, Link, PushError, transient};
+use super::state::{SharedPushState, lock};
+use super::transport::{Request, Transport};
+use crate::store::{Store, StoreError, StoredReceipt};
+
+/// Most inclusion proofs one audit asks for; the rest wait for the next sync (an agent
+/// upgraded with a long receipted history catches up over a few syncs, not in one burst).
+pub const MAX_INCLUSIONS: usize = 32;
+
+/// What the audit keeps in the store between syncs (`meta/audit`, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditState {
+    /// The last checkpoint note every check passed for.
+    pub checkpoint: Option<String>,
+    /// Batches receipted up to this seq had their inclusion checked (or were pruned).
+    pub audited_through: u64,
+    /// What was detected, once detected (the first finding); never cleared by the hub.
+    pub alarm: Option<String>,
+}
+
+impl AuditState {
+    /// Reads the stored state (the default before the first audit).
+    pub fn load(store: &Store) -> Result<AuditState, StoreError> {
+        match store.audit_state()? {
+            None => Ok(AuditState::default()),
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::Corrupt(format!("the log audit's state: {e}"))),
+        }
+    }
+
+    /// Size of the kept checkpoint, if one is kept.
+    pub fn verified_size(&self) -> Option<u64> {
+        self.checkpoint
+            .as_deref()
+            .and_then(|n| parse_unverified(n).ok())
+            .map(|c| c.size)
+    }
+}
+
+/// What the audit detected: the hub's log is not what it signed or receipted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The checkpoint does not verify with the hub key (or is not a signed checkpoint).
+    BadSignature(String),
+    /// The tree is smaller than the one kept.
+    Rollback {
+        /// Size kept.
+        kept: u64,
+        /// Size now.
+        now: u64,
+    },
+    /// The tree does not extend the kept one.
+    Fork(String),
+    /// An entry the hub receipted is not in its tree.
+    Missing(String),
+}
+
+impl Finding {
+    /// Short machine-readable name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Finding::BadSignature(_) => "bad_checkpoint_signature",
+            Finding::Rollback { .. } => "rollback",
+            Finding::Fork(_) => "fork",
+            Finding::Missing(_) => "missing_entry",
+        }
+    }
+
+    /// The alarm text: what was detected, and what to do.
+    pub fn describe(&self) -> String {
+        let what = match self {
+            Finding::BadSignature(why) => {
+                format!("the hub's checkpoint does not verify with the hub key: {why}")
+            }
+            Finding::Rollback { kept, now } => format!(
+                "the hub's log was rolled back: its checkpoint has {now} entries, but this agent verified one of {kept} before"
+            ),
+            Finding::Fork(why) => {
+                format!("the hub's log does not extend the one it showed before (fork): {why}")
+            }
+            Finding::Missing(why) => {
+                format!("an entry the hub receipted is not in its log: {why}")
+            }
+        };
+        format!(
+            "{} ({what}); the evidence is kept in this agent's store — tell the hub operator and the campaign, and keep this data directory",
+            self.code()
+        )
+    }
+}
+
+/// What an audit came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check passed; the checkpoint of this size is kept.
+    Verified(u64),
+    /// A check failed: the alarm is raised and the evidence stored.
+    Alarm(Finding),
+}
+
+/// Why an audit could not be finished (no alarm; nothing advanced; retried next sync).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The hub refused, failed, was not reached, or answered something unreadable.
+    #[error("{0}")]
+    Hub(#[from] PushError),
+    /// The local store failed.
+    #[error("the log audit cannot use the local store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a failed audit saw, stored as evidence (`audit_evidence` tree, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// When it was detected (agent clock).
+    pub at: DateTime<Utc>,
+    /// The finding's code.
+    pub code: String,
+    /// The alarm text.
+    pub detected: String,
+    /// The checkpoint note kept before (verified by an earlier audit).
+    pub kept: Option<String>,
+    /// The checkpoint note the hub served now.
+    pub fetched: String,
+    /// The proof request and its answer as received, when a proof failed.
+    pub proof: Option<ProofEvidence>,
+}
+
+/// A proof the hub served that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofEvidence {
+    /// What was asked (`consistency old→new`, `inclusion of leaf i in size n`).
+    pub asked: String,
+    /// The hub's answer body, as received.
+    pub answer: String,
+    /// For an inclusion proof: the seq whose receipt named the leaf, and the leaf hash the
+    /// agent computed from its own entry (base64).
+    pub seq: Option<u64>,
+    /// See `seq`.
+    pub leaf_hash: Option<String>,
+}
+
+/// The checkpoint of a note, read without verifying (its first line is the origin).
+fn parse_unverified(note: &str) -> Result<Checkpoint, merkle::NoteError> {
+    let text = note.find("\n\n").map_or(note, |i| &note[..=i]).to_string();
+    Checkpoint::parse_body(&text)
+}
+
+/// A proof answer's hashes.
+#[derive(Deserialize)]
+struct ProofAnswer {
+    proof: Vec<String>,
+}
+
+fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
+    let unreadable = |why: String| {
+        AuditError::Hub(transient(
+            format!("{what}: the hub's answer is unreadable: {why}"),
+            false,
+        ))
+    };
+    let a: ProofAnswer = serde_json::from_slice(body).map_err(|e| unreadable(e.to_string()))?;
+    if a.proof.len() > 128 {
+        return Err(unreadable(format!("{} hashes", a.proof.len())));
+    }
+    a.proof
+        .iter()
+        .map(|h| {
+            STANDARD
+                .decode(h)
+                .ok()
+                .and_then(|b| Hash::try_from(b.as_slice()).ok())
+                .ok_or_else(|| unreadable(format!("{h:?} is not a base64 SHA-256 hash")))
+        })
+        .collect()
+}
+
+/// Sends an audit request; anything but a 2xx is an error (never success, never an alarm).
+async fn ask<T: Transport>(link: &mut Link<T>, req: &Request) -> Result<Vec<u8>, AuditError> {
+    let reply = link.exchange(req).await?;
+    if reply.class != Class::Done {
+        return Err(reply.unexpected(&req.what()).into());
+    }
+    Ok(reply.body)
+}
+
+/// One audit. `key` is the hub key receipts verify with; `now` stamps evidence.
+pub async fn audit<T: Transport>(
+    link: &mut Link<T>,
+    store: &Store,
+    key: &VerifyingKey,
+    state: &SharedPushState,
+    now: DateTime<Utc>,
+) -> Result<Outcome, AuditError> {
+    let mut st = AuditState::load(store)?;
+    let body = ask(link, &Request::Checkpoint).await?;
+    let fetched = String::from_utf8_lossy(&body).into_owned();
+    let kept =
+        match st.checkpoint.as_deref() {
+            Some(n) => Some(parse_unverified(n).map_err(|e| {
+                StoreError::Corrupt(format!("the kept checkpoint does not read: {e}"))
+            })?),
+            None => None,
+        };
+    let mut evidence = Evidence {
+        at: now,
+        code: String::new(),
+        detected: String::new(),
+        kept: st.checkpoint.clone(),
+        fetched: fetched.clone(),
+        proof: None,
+    };
+
+    // 1. The signature, with the hub key, under the log's name (kept from the first audit).
+    let origin = match &kept {
+        Some(k) => k.origin.clone(),
+        None => fetched.split('\n').next().unwrap_or_default().to_string(),
+    };
+    let opened = NoteVerifier::new(&origin, *key)
+        .and_then(|v| merkle::open_checkpoint(&fetched, &v, &origin));
+    let cp = match opened {
+        Ok(cp) => cp,
+        Err(e) => {
+            let f = Finding::BadSignature(format!("log {origin:?}: {e}"));
+            return raise(store, state, &mut st, evidence, f).await;
+        }
+    };
+
+    // 2. The new tree extends the kept one.
+    if let Some(k) = &kept {
+        if cp.size < k.size {
+            let f = Finding::Rollback {
+                kept: k.size,
+                now: cp.size,
+            };
+            return raise(store, state, &mut st, evidence, f).await;
+        }
+        let proof = if cp.size == k.size || k.size == 0 {
+            Vec::new()
+        } else {
+            let req = Request::Consistency {
+                old: k.size,
+                new: cp.size,
+            };
+            let body = ask(link, &req).await?;
+            let proof = decode_proof(&body, &req.what())?;
+            evidence.proof = Some(ProofEvidence {
+                asked: req.what(),
+                answer: String::from_utf8_lossy(&body).into_owned(),
+                seq: None,
+                leaf_hash: None,
+            });
+            proof
+        };
+        if let Err(e) = merkle::verify_consistency(k.size, cp.size, &k.root, &cp.root, &proof) {
+            let f = Finding::Fork(format!(
+                "the tree of {} entries does not extend the verified tree of {} ({e})",
+                cp.size, k.size
+            ));
+            return raise(store, state, &mut st, evidence, f).await;
+        }
+    }
+
+    // 3. The last entry of each batch receipted since the last audit is in the tree.
+    let acked = store.acked()?;
+    let mut through = st.audited_through;
+    for seq in batch_ends(store, st.audited_through, acked)? {
+        let Some(r) = store.receipt(seq)? else {
+            continue;
+        };
+        let Some(env) = store.entry(seq)? else {
+            // Pruned already: nothing to hash; `verify --against-hub` is the full check.
+            debug!(seq, "Entry pruned before its inclusion was checked.");
+            through = seq;
+            continue;
+        };
+        let leaf = merkle::leaf_hash(&pae(&env.payload_type, &env.payload));
+        let mut ev = ProofEvidence {
+            asked: String::new(),
+            answer: String::new(),
+            seq: Some(seq),
+            leaf_hash: Some(STANDARD.encode(leaf)),
+        };
+        if r.log_index >= cp.size {
+            ev.asked = "none: the receipt's leaf is outside the checkpoint's tree".into();
+            evidence.proof = Some(ev);
+            let f = Finding::Missing(format!(
+                "seq {seq} was receipted at leaf {} but the signed tree has {} entries",
+                r.log_index, cp.size
+            ));
+            return raise(store, state, &mut st, evidence, f).await;
+        }
+        let req = Request::Inclusion {
+            index: r.log_index,
+            size: cp.size,
+        };
+        let body = ask(link, &req).await?;
+        let proof = decode_proof(&body, &req.what())?;
+        ev.asked = req.what();
+        ev.answer = String::from_utf8_lossy(&body).into_owned();
+        if let Err(e) = merkle::verify_inclusion(&leaf, r.log_index, cp.size, &proof, &cp.root) {
+            evidence.proof = Some(ev);
+            let f = Finding::Missing(format!(
+                "seq {seq} was receipted at leaf {}, but the tree of {} entries does not hold this agent's entry there ({e})",
+                r.log_index, cp.size
+            ));
+            return raise(store, state, &mut st, evidence, f).await;
+        }
+        through = seq;
+    }
+
+    // 4. Every check passed: keep the checkpoint.
+    st.checkpoint = Some(fetched);
+    st.audited_through = through;
+    let json = serde_json::to_vec(&st).unwrap_or_default();
+    store.set_audit_state(&json, None).await?;
+    lock(state).verified_checkpoint_size = Some(cp.size);
+    debug!(
+        size = cp.size,
+        audited_through = through,
+        "Hub log audited."
+    );
+    Ok(Outcome::Verified(cp.size))
+}
+
+/// The last seq of each batch receipted in `(after, acked]`, at most [`MAX_INCLUSIONS`]:
+/// a run of seqs pointing at one stored batch receipt is one batch; a run of per-entry
+/// receipts (older hubs) counts as one batch too.
+fn batch_ends(store: &Store, after: u64, acked: u64) -> Result<Vec<u64>, StoreError> {
+    let mut ends = Vec::new();
+    let mut prev: Option<(u64, Option<u64>)> = None;
+    for row in store.raw_receipts_from(after.saturating_add(1)) {
+        let (seq, r) = row?;
+        if seq > acked {
+            break;
+        }
+        let id = match r {
+            StoredReceipt::InBatch(id) => Some(id),
+            StoredReceipt::Own(_) => None,
+        };
+        if let Some((pseq, pid)) = prev
+            && (pid != id || pseq + 1 != seq)
+        {
+            ends.push(pseq);
+            if ends.len() == MAX_INCLUSIONS {
+                return Ok(ends);
+            }
+        }
+        prev = Some((seq, id));
+    }
+    if let Some((pseq, _)) = prev {
+        ends.push(pseq);
+    }
+    Ok(ends)
+}
+
+/// Raises the log alarm for `f`: evidence and state stored (flushed), the status set, a
+/// log line. The kept checkpoint does not move.
+async fn raise(
+    store: &Store,
+    state: &SharedPushState,
+    st: &mut AuditState,
+    mut evidence: Evidence,
+    f: Finding,
+) -> Result<Outcome, AuditError> {
+    let text = f.describe();
+    evidence.code = f.code().into();
+    evidence.detected = text.clone();
+    if st.alarm.is_none() {
+        st.alarm = Some(text.clone());
+    }
+    let json = serde_json::to_vec(&*st).unwrap_or_default();
+    let ev = serde_json::to_vec(&evidence).unwrap_or_default();
+    store.set_audit_state(&json, Some(&ev)).await?;
+    lock(state).log_alarm = st.alarm.clone();
+    // The text can quote the hub's answer: escaped.
+    error!(code = f.code(), error = ?text, "The hub's log failed the audit; log alarm raised. Delivery continues.");
+    Ok(Outcome::Alarm(f))
+}

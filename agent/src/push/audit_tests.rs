@@ -1,0 +1,450 @@
+//! The log audit against a scripted hub: a real store with real entries and receipts, and a
+//! hub whose log (a [`MemoryTree`] of leaves) each test grows, rewrites, rolls back or
+//! signs with the wrong key between audits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use spacesync_shared::dsse::pae;
+use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
+use spacesync_shared::wire::{BatchReceipt, ReceiptItem};
+
+use super::audit::{AuditState, Evidence, Finding, Outcome, audit};
+use super::classify::Link;
+use super::state::{PushState, SharedPushState, lock};
+use super::transport::{Answer, Request, Transport, Unreached};
+use crate::intake::tests::{clock, identity, json as submission, writer};
+use crate::store::Store;
+
+const ORIGIN: &str = "spacesync-hub/campaign/test";
+
+fn hub_key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+/// The hub's log as the test makes it, and how it answers.
+#[derive(Default)]
+struct Log {
+    leaves: Vec<Hash>,
+    /// Signs checkpoints with this key instead of the hub's.
+    wrong_key: Option<SigningKey>,
+    /// Answers requests of this kind (`checkpoint`, `consistency`, `inclusion`) with
+    /// this status and body instead.
+    fail: HashMap<&'static str, (u16, Vec<u8>)>,
+    /// What was asked, in order.
+    seen: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Hub(Arc<Mutex<Log>>);
+
+impl Hub {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn tree(leaves: &[Hash]) -> MemoryTree {
+    let mut t = MemoryTree::new();
+    for l in leaves {
+        t.push(*l).unwrap_or_else(|e| panic!("{e}"));
+    }
+    t
+}
+
+fn ok(body: Vec<u8>) -> Result<Answer, Unreached> {
+    Ok(Answer {
+        status: 200,
+        retry_after: None,
+        body,
+    })
+}
+
+impl Transport for Hub {
+    async fn send(&mut self, req: &Request) -> Result<Answer, Unreached> {
+        let mut log = self.log();
+        log.seen.push(req.what());
+        let kind = match req {
+            Request::Checkpoint => "checkpoint",
+            Request::Consistency { .. } => "consistency",
+            Request::Inclusion { .. } => "inclusion",
+            other => panic!("not an audit request: {}", other.what()),
+        };
+        if let Some((status, body)) = log.fail.get(kind) {
+            return Ok(Answer {
+                status: *status,
+                retry_after: None,
+                body: body.clone(),
+            });
+        }
+        let t = tree(&log.leaves);
+        let b64 = |p: Vec<Hash>| {
+            p.iter()
+                .map(|h| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h))
+                .collect::<Vec<_>>()
+        };
+        match *req {
+            Request::Checkpoint => {
+                let cp = Checkpoint {
+                    origin: ORIGIN.into(),
+                    size: t.size(),
+                    root: t.root(),
+                };
+                let key = log.wrong_key.clone().unwrap_or_else(hub_key);
+                let note =
+                    merkle::sign_checkpoint(&cp, ORIGIN, &key).unwrap_or_else(|e| panic!("{e}"));
+                ok(note.into_bytes())
+            }
+            Request::Consistency { old, new } => {
+                let p = merkle::consistency_proof(&t, old, new).unwrap_or_else(|e| panic!("{e}"));
+                ok(
+                    serde_json::to_vec(&json!({"old": old, "new": new, "proof": b64(p)}))
+                        .unwrap_or_default(),
+                )
+            }
+            Request::Inclusion { index, size } => {
+                let p = merkle::inclusion_proof(&t, index, size).unwrap_or_else(|e| panic!("{e}"));
+                ok(
+                    serde_json::to_vec(&json!({"index": index, "size": size, "proof": b64(p)}))
+                        .unwrap_or_default(),
+                )
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// A store with `n` entries (seqs 1..=n), the hub, a link to it, the push state.
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Store,
+    hub: Hub,
+    link: Link<Hub>,
+    state: SharedPushState,
+}
+
+fn setup(n: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = writer(&store, Default::default());
+    let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+    let body = vec![act; n].join("\n");
+    w.submit(&submission(&body), &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.flush().unwrap_or_else(|e| panic!("{e}"));
+    let state: SharedPushState = Arc::new(Mutex::new(PushState::default()));
+    let hub = Hub::default();
+    let link = Link::new(hub.clone(), state.clone(), clock(), identity());
+    Setup {
+        _dir: dir,
+        store,
+        hub,
+        link,
+        state,
+    }
+}
+
+/// A leaf no entry of this agent has.
+fn other(n: u8) -> Hash {
+    merkle::leaf_hash(&[n; 7])
+}
+
+impl Setup {
+    /// The leaf the hub's log makes of this agent's entry `seq`.
+    fn leaf(&self, seq: u64) -> Hash {
+        let env = self
+            .store
+            .entry(seq)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no entry {seq}"));
+        merkle::leaf_hash(&pae(&env.payload_type, &env.payload))
+    }
+
+    /// Stores one batch receipt for `(seq, leaf index)` pairs, as delivery would.
+    fn receipt(&self, at: &[(u64, u64)]) {
+        let entries = at
+            .iter()
+            .map(|&(seq, log_index)| ReceiptItem {
+                seq,
+                entry_hash: self
+                    .store
+                    .entry(seq)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or_else(|| panic!("no entry {seq}"))
+                    .payload_hash(),
+                log_index,
+                received_at: chrono::DateTime::UNIX_EPOCH,
+            })
+            .collect();
+        let env = BatchReceipt {
+            source: identity().source.clone(),
+            entries,
+        }
+        .sign(&hub_key());
+        let seqs: Vec<u64> = at.iter().map(|(s, _)| *s).collect();
+        self.store
+            .record_batch_receipt(&serde_json::to_vec(&env).unwrap_or_default(), &seqs)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    async fn audit(&mut self) -> Result<Outcome, super::audit::AuditError> {
+        let key = hub_key().verifying_key();
+        audit(
+            &mut self.link,
+            &self.store,
+            &key,
+            &self.state,
+            clock().now(),
+        )
+        .await
+    }
+
+    async fn verified(&mut self) -> u64 {
+        match self.audit().await {
+            Ok(Outcome::Verified(n)) => n,
+            other => panic!("expected a verified audit, got {other:?}"),
+        }
+    }
+
+    async fn alarmed(&mut self) -> Finding {
+        match self.audit().await {
+            Ok(Outcome::Alarm(f)) => f,
+            other => panic!("expected an alarm, got {other:?}"),
+        }
+    }
+
+    fn kept(&self) -> AuditState {
+        AuditState::load(&self.store).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn evidence(&self) -> Vec<Evidence> {
+        self.store
+            .audit_evidence()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    fn seen(&self) -> Vec<String> {
+        std::mem::take(&mut self.hub.log().seen)
+    }
+
+    /// The alarm is set in the status, stored, with one piece of evidence per finding.
+    fn assert_alarm(&self, code: &str) {
+        let alarm = lock(&self.state).log_alarm.clone();
+        let alarm = alarm.unwrap_or_else(|| panic!("no log alarm in the status"));
+        assert!(alarm.starts_with(code), "{alarm}");
+        assert_eq!(self.kept().alarm.as_deref(), Some(alarm.as_str()));
+        let ev = self.evidence();
+        let last = ev.last().unwrap_or_else(|| panic!("no evidence stored"));
+        assert_eq!(last.code, code);
+        assert!(last.fetched.starts_with(ORIGIN), "{}", last.fetched);
+    }
+}
+
+#[tokio::test]
+async fn consistent_growth_passes_and_checks_the_last_entry_of_each_batch() {
+    let mut s = setup(4);
+    // Another source's leaf first, then entries 1 and 2 in one batch.
+    let (l1, l2, l3, l4) = (s.leaf(1), s.leaf(2), s.leaf(3), s.leaf(4));
+    s.hub.log().leaves = vec![other(1), l1, l2];
+    s.receipt(&[(1, 1), (2, 2)]);
+    assert_eq!(s.verified().await, 3);
+    assert_eq!(
+        s.seen(),
+        [
+            "fetching the hub's checkpoint",
+            "fetching an inclusion proof for leaf 2 in tree size 3"
+        ]
+    );
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(3));
+    assert_eq!(s.kept().audited_through, 2);
+
+    // Two more batches, with other sources' leaves between.
+    s.hub
+        .log()
+        .leaves
+        .extend([other(2), l3, other(3), l4, other(4)]);
+    s.receipt(&[(3, 4)]);
+    s.receipt(&[(4, 6)]);
+    assert_eq!(s.verified().await, 8);
+    assert_eq!(
+        s.seen(),
+        [
+            "fetching the hub's checkpoint",
+            "fetching a consistency proof from tree size 3 to 8",
+            "fetching an inclusion proof for leaf 4 in tree size 8",
+            "fetching an inclusion proof for leaf 6 in tree size 8",
+        ]
+    );
+    // Nothing new: the same checkpoint again passes without proofs.
+    assert_eq!(s.verified().await, 8);
+    assert_eq!(s.seen(), ["fetching the hub's checkpoint"]);
+    assert_eq!(lock(&s.state).log_alarm, None);
+    assert!(s.evidence().is_empty());
+}
+
+#[tokio::test]
+async fn a_fork_alarms_keeps_the_evidence_and_the_alarm_stays() {
+    let mut s = setup(2);
+    let (l1, l2) = (s.leaf(1), s.leaf(2));
+    s.hub.log().leaves = vec![other(1), l1, l2];
+    s.receipt(&[(1, 1), (2, 2)]);
+    assert_eq!(s.verified().await, 3);
+    let kept = s.kept().checkpoint;
+
+    // The hub now shows a tree whose first leaf differs: it does not extend the kept one.
+    s.hub.log().leaves = vec![other(9), l1, l2, other(2)];
+    assert!(matches!(s.alarmed().await, Finding::Fork(_)));
+    s.assert_alarm("fork");
+    let ev = s.evidence();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].kept, kept);
+    let proof = ev[0]
+        .proof
+        .clone()
+        .unwrap_or_else(|| panic!("no proof kept"));
+    assert_eq!(
+        proof.asked,
+        "fetching a consistency proof from tree size 3 to 4"
+    );
+    assert!(proof.answer.contains("\"proof\""), "{}", proof.answer);
+    // The kept checkpoint did not move.
+    assert_eq!(s.kept().checkpoint, kept);
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(3));
+
+    // The hub goes back to the honest tree and grows it: the audit passes again, but the
+    // alarm stays (the hub cannot silence it).
+    s.hub.log().leaves = vec![other(1), l1, l2, other(2)];
+    assert_eq!(s.verified().await, 4);
+    s.assert_alarm("fork");
+
+    // A tree of the same size with another root is a fork too.
+    s.hub.log().leaves = vec![other(1), l1, l2, other(3)];
+    assert!(matches!(s.alarmed().await, Finding::Fork(_)));
+    assert_eq!(s.evidence().len(), 2);
+}
+
+#[tokio::test]
+async fn a_rollback_alarms() {
+    let mut s = setup(2);
+    let (l1, l2) = (s.leaf(1), s.leaf(2));
+    s.hub.log().leaves = vec![l1, other(1), l2, other(2), other(3)];
+    s.receipt(&[(1, 0)]);
+    s.receipt(&[(2, 2)]);
+    assert_eq!(s.verified().await, 5);
+    s.hub.log().leaves.truncate(3);
+    assert_eq!(s.alarmed().await, Finding::Rollback { kept: 5, now: 3 });
+    s.assert_alarm("rollback");
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(5));
+}
+
+#[tokio::test]
+async fn a_dropped_receipted_entry_alarms() {
+    let mut s = setup(3);
+    let (l1, l2, l3) = (s.leaf(1), s.leaf(2), s.leaf(3));
+    s.hub.log().leaves = vec![other(1), l1];
+    s.receipt(&[(1, 1)]);
+    assert_eq!(s.verified().await, 2);
+
+    // Entry 2 was receipted at leaf 2, but the hub's log has another leaf there.
+    s.receipt(&[(2, 2)]);
+    s.hub.log().leaves.extend([other(2), other(3)]);
+    assert!(matches!(s.alarmed().await, Finding::Missing(_)));
+    s.assert_alarm("missing_entry");
+    let ev = s.evidence();
+    let proof = ev[0]
+        .proof
+        .clone()
+        .unwrap_or_else(|| panic!("no proof kept"));
+    assert_eq!(proof.seq, Some(2));
+    assert_eq!(
+        proof.leaf_hash.as_deref(),
+        Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, l2).as_str())
+    );
+    // Not advanced: the next audit checks entry 2 again.
+    assert_eq!(s.kept().audited_through, 1);
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(2));
+
+    // A receipt naming a leaf beyond the signed tree is missing too.
+    let mut s = setup(3);
+    s.hub.log().leaves = vec![l1, l2, other(1)];
+    s.receipt(&[(1, 0), (2, 1), (3, 7)]);
+    let _ = l3;
+    assert!(matches!(s.alarmed().await, Finding::Missing(_)));
+    s.assert_alarm("missing_entry");
+}
+
+#[tokio::test]
+async fn a_bad_signature_alarms() {
+    let mut s = setup(1);
+    let l1 = s.leaf(1);
+    s.hub.log().leaves = vec![l1];
+    s.receipt(&[(1, 0)]);
+    assert_eq!(s.verified().await, 1);
+    s.hub.log().wrong_key = Some(SigningKey::from_bytes(&[10; 32]));
+    s.hub.log().leaves.push(other(1));
+    assert!(matches!(s.alarmed().await, Finding::BadSignature(_)));
+    s.assert_alarm("bad_checkpoint_signature");
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1));
+
+    // Before any checkpoint was kept, too.
+    let mut s = setup(1);
+    s.hub.log().wrong_key = Some(SigningKey::from_bytes(&[10; 32]));
+    s.hub.log().leaves = vec![l1];
+    assert!(matches!(s.alarmed().await, Finding::BadSignature(_)));
+    assert_eq!(lock(&s.state).verified_checkpoint_size, None);
+
+    // Garbage where the note should be.
+    let mut s = setup(1);
+    s.hub
+        .log()
+        .fail
+        .insert("checkpoint", (200, b"<html>hello</html>".to_vec()));
+    assert!(matches!(s.alarmed().await, Finding::BadSignature(_)));
+}
+
+#[tokio::test]
+async fn hub_errors_neither_alarm_nor_advance() {
+    let garbage = b"{\"proof\":[\"not base64!\"]}".to_vec();
+    let cases: &[(&str, u16, &[u8])] = &[
+        ("checkpoint", 500, b"oops"),
+        ("checkpoint", 429, b""),
+        ("checkpoint", 403, b"{\"error\":\"no\"}"),
+        ("consistency", 503, b""),
+        (
+            "consistency",
+            400,
+            b"{\"error\":\"new size 9 is larger than the log\"}",
+        ),
+        ("consistency", 200, &garbage),
+        ("consistency", 200, b"not json"),
+        ("inclusion", 404, b"{\"error\":\"no leaf 3\"}"),
+        ("inclusion", 500, b""),
+        ("inclusion", 200, &garbage),
+    ];
+    for &(kind, status, body) in cases {
+        let mut s = setup(2);
+        let (l1, l2) = (s.leaf(1), s.leaf(2));
+        s.hub.log().leaves = vec![other(1), l1];
+        s.receipt(&[(1, 1)]);
+        assert_eq!(s.verified().await, 2);
+        let before = s.kept();
+        s.hub.log().leaves.extend([other(2), l2]);
+        s.receipt(&[(2, 3)]);
+        s.hub.log().fail.insert(kind, (status, body.to_vec()));
+        let got = s.audit().await;
+        assert!(got.is_err(), "{kind} {status}: {got:?}");
+        assert_eq!(s.kept(), before, "{kind} {status}");
+        assert_eq!(lock(&s.state).log_alarm, None, "{kind} {status}");
+        assert_eq!(lock(&s.state).verified_checkpoint_size, Some(2));
+        assert!(s.evidence().is_empty(), "{kind} {status}");
+        // Once the hub answers, the audit passes and advances.
+        s.hub.log().fail.clear();
+        assert_eq!(s.verified().await, 4, "{kind} {status}");
+        assert_eq!(s.kept().audited_through, 2);
+    }
+}
