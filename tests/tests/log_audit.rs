@@ -1,0 +1,211 @@
+//! Issue 16, first layer, with real processes: agents audit the real hub's log at every
+//! sync. An honest hub raises no alarm and each agent's `verified_checkpoint_size` grows
+//! with the log; the same hub restarted on the same port from an older copy of its data
+//! directory (its log rolled back) makes the agents raise `log_alarm`, and they keep
+//! delivering; the alarm is in the stored status of a stopped agent too.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use spacesync_tests::agent_harness::wait_for;
+use spacesync_tests::cluster::{AgentNode, HubNode, SITES, Workload};
+
+/// Copies a directory tree (the hub's sled store) file by file.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap_or_else(|e| panic!("{e}"));
+        let target = to.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target)
+                .unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
+        }
+    }
+}
+
+/// Posts `n` records of `work` to `agent` in one batch.
+async fn post(agent: &AgentNode, work: &mut Workload, n: usize) {
+    let api = agent.api();
+    let body = (0..n)
+        .map(|_| work.next_write().1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/records", api.url))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/records: {e}"));
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+}
+
+/// The size of the hub's current checkpoint (its log holds registrations too).
+async fn hub_size(hub: &HubNode) -> u64 {
+    let note = reqwest::get(format!("{}/v1/checkpoint", hub.url()))
+        .await
+        .unwrap_or_else(|e| panic!("GET /v1/checkpoint: {e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("not a checkpoint: {note:?}"))
+}
+
+/// Waits until `agent` has delivered `n` entries, then until it verified the hub's
+/// checkpoint as it then stands; returns that size.
+async fn delivered_and_verified(hub: &HubNode, agent: &AgentNode, n: u64) -> u64 {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{} to deliver {n}", agent.site.source),
+        async || {
+            let s = status(agent).await;
+            (s["acked_seq"] == n && s["head_seq"] == n).then_some(())
+        },
+    )
+    .await;
+    let size = hub_size(hub).await;
+    wait_verified(agent, n, size).await;
+    size
+}
+
+async fn status(agent: &AgentNode) -> Value {
+    agent.status().await.unwrap_or(Value::Null)
+}
+
+/// Waits until `agent` has delivered `n` entries and verified a checkpoint of `size`.
+async fn wait_verified(agent: &AgentNode, n: u64, size: u64) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let s = status(agent).await;
+        if s["acked_seq"] == n && s["head_seq"] == n && s["verified_checkpoint_size"] == size {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} did not deliver {n} and verify a checkpoint of {size}: {s}\nlog:\n{}",
+            agent.site.source,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
+    let mut hub = HubNode::init();
+    let (a_site, b_site) = (SITES[0], SITES[1]);
+    let mut a = AgentNode::init(a_site, &hub.url(), &hub.key_line, |_| {});
+    let mut b = AgentNode::init(b_site, &hub.url(), &hub.key_line, |_| {});
+    hub.register(&a_site, &a.key_line);
+    hub.register(&b_site, &b.key_line);
+    hub.start().await;
+    a.start().await;
+    b.start().await;
+    let (mut wa, mut wb) = (Workload::new(a_site), Workload::new(b_site));
+
+    // Honest hub: the verified size follows the log, no alarm.
+    post(&a, &mut wa, 5).await;
+    let first = delivered_and_verified(&hub, &a, 5).await;
+    post(&b, &mut wb, 3).await;
+    let second = delivered_and_verified(&hub, &b, 3).await;
+    assert_eq!(second, first + 3);
+    wait_verified(&a, 5, second).await;
+    post(&a, &mut wa, 5).await;
+    let snapshot = delivered_and_verified(&hub, &a, 10).await;
+    assert_eq!(snapshot, second + 5);
+    wait_verified(&b, 3, snapshot).await;
+    for agent in [&a, &b] {
+        let s = status(agent).await;
+        assert!(s["log_alarm"].is_null(), "{s}");
+    }
+
+    // The hub stopped and restarted: still one log, still no alarm.
+    hub.stop();
+    let old = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    copy_tree(&hub.db(), old.path());
+    hub.start().await;
+    post(&b, &mut wb, 4).await;
+    delivered_and_verified(&hub, &b, 7).await;
+    post(&a, &mut wa, 4).await;
+    let kept = delivered_and_verified(&hub, &a, 14).await;
+    assert_eq!(kept, snapshot + 8);
+    wait_verified(&b, 7, kept).await;
+    for agent in [&a, &b] {
+        let s = status(agent).await;
+        assert!(s["log_alarm"].is_null(), "{s}");
+    }
+
+    // The hub's log rolled back: its store restored from the copy, the hub
+    // restarted on the same port (`snapshot` entries). Both agents detect it (a smaller tree, or — once their
+    // resent entries landed at other leaves — a tree that does not extend the one kept).
+    hub.stop();
+    std::fs::remove_dir_all(hub.db()).unwrap_or_else(|e| panic!("{e}"));
+    copy_tree(old.path(), &hub.db());
+    hub.start().await;
+    for agent in [&a, &b] {
+        let s = wait_for(
+            Duration::from_secs(60),
+            &format!("{} to raise the log alarm", agent.site.source),
+            async || {
+                let s = status(agent).await;
+                s["log_alarm"].is_string().then_some(s)
+            },
+        )
+        .await;
+        let alarm = s["log_alarm"].as_str().unwrap_or_default().to_string();
+        assert!(
+            alarm.starts_with("rollback") || alarm.starts_with("fork"),
+            "{alarm}"
+        );
+        // The kept checkpoint did not follow the hub back.
+        assert_eq!(s["verified_checkpoint_size"], kept, "{s}");
+        assert!(
+            agent.log().contains("log alarm raised"),
+            "no log line:\n{}",
+            agent.log()
+        );
+        let m = reqwest::Client::new()
+            .get(format!("{}/metrics", agent.url()))
+            .bearer_auth(&agent.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        assert!(m.contains("spacesync_agent_log_alarm 1\n"), "{m}");
+    }
+
+    // Delivery continues: the agent resends what the hub lost, and delivers new entries;
+    // the alarm stays whatever the hub answers now.
+    post(&a, &mut wa, 3).await;
+    wait_for(
+        Duration::from_secs(60),
+        "gd-rrt to deliver 17 entries to the rolled-back hub",
+        async || {
+            let s = status(&a).await;
+            (s["acked_seq"] == 17 && s["head_seq"] == 17).then_some(())
+        },
+    )
+    .await;
+    // A few more sync cycles with the hub answering.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let s = status(&a).await;
+    assert!(s["log_alarm"].is_string(), "{s}");
+    assert!(s["alarm"].is_null(), "delivery alarm: {s}");
+
+    // A stopped agent shows the alarm from its store.
+    a.stop();
+    let out = a.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    assert!(v["log_alarm"].is_string(), "{v}");
+    assert_eq!(v["verified_checkpoint_size"], kept, "{v}");
+}
