@@ -334,5 +334,26 @@ mod tests {
         let m = render_metrics(&r);
         assert!(m.contains("spacesync_agent_buffered_entries 3\n"), "{m}");
         assert!(render_human(&r).contains("waiting:         3 entries"));
+        assert!(render_human(&r).contains("hub log audited: never"));
+
+        // After audits: the size, and the alarm in every form.
+        let push = PushState {
+            verified_checkpoint_size: Some(42),
+            log_alarm: Some("rollback (the hub's log was rolled back)".into()),
+            ..PushState::default()
+        };
+        let r = report(&store, &cfg, &push, &*clock(), true).unwrap_or_else(|e| panic!("{e}"));
+        let v = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(v["verified_checkpoint_size"], 42);
+        assert_eq!(v["log_alarm"], "rollback (the hub's log was rolled back)");
+        let m = render_metrics(&r);
+        assert!(m.contains("spacesync_agent_log_alarm 1\n"), "{m}");
+        assert!(
+            m.contains("spacesync_agent_verified_checkpoint_size 42\n"),
+            "{m}"
+        );
+        let h = render_human(&r);
+        assert!(h.contains("LOG ALARM: rollback"), "{h}");
+        assert!(h.contains("checkpoint of 42 entries verified"), "{h}");
     }
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use spacesync_shared::clock::Clock;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use classify::PushError;
 pub use state::{Alarm, PushState, SharedPushState, lock};
@@ -214,6 +214,10 @@ impl<T: Transport> Pusher<T> {
         let now = self.clock.now();
         match audit::audit(&mut self.link, &self.store, &key, &self.state, now).await {
             Ok(_) => {}
+            // The hub not reached is delivery's to report (once per cycle, not twice).
+            Err(e) if lock(&self.state).hub_reachable == Some(false) => {
+                debug!(error = ?e.to_string(), "The hub's log could not be audited; hub not reached.")
+            }
             // The error can quote the hub's answer: escaped.
             Err(e) => {
                 warn!(source = %self.cfg.source, error = ?e.to_string(), "The hub's log could not be audited; will try again next sync.")
