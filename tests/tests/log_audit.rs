@@ -2,14 +2,16 @@
 //! sync. An honest hub raises no alarm and each agent's `verified_checkpoint_size` grows
 //! with the log; the same hub restarted on the same port from an older copy of its data
 //! directory (its log rolled back) makes the agents raise `log_alarm`, and they keep
-//! delivering; the alarm is in the stored status of a stopped agent too.
+//! delivering; the alarm is in the stored status of a stopped agent too. An honest hub
+//! behind a fault proxy raises no alarm.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use spacesync_tests::agent_harness::wait_for;
-use spacesync_tests::cluster::{AgentNode, HubNode, SITES, Workload};
+use spacesync_tests::cluster::{AgentNode, Cluster, HubNode, SITES, Workload};
+use spacesync_tests::fault_proxy::{Fault, FaultPlan};
 
 /// Copies a directory tree (the hub's sled store) file by file.
 fn copy_tree(from: &Path, to: &Path) {
@@ -208,4 +210,65 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
         .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
     assert!(v["log_alarm"].is_string(), "{v}");
     assert_eq!(v["verified_checkpoint_size"], kept, "{v}");
+}
+
+/// An honest hub behind a proxy that refuses, resets, cuts, stalls and delays connections
+/// (the audit's requests among them): no false alarm, and every agent ends having verified
+/// the hub's final checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_hub_under_faults_raises_no_log_alarm() {
+    let seed = 16;
+    let c = Cluster::start(3, seed, FaultPlan::chaos(0.4, 1_500), |_| {}).await;
+    let mut works: Vec<Workload> = c.agents.iter().map(|a| Workload::new(a.site)).collect();
+    let mut round = 0;
+    let mut post_all = async |works: &mut Vec<Workload>| {
+        for (a, w) in c.agents.iter().zip(works.iter_mut()) {
+            post(a, w, 1 + round % 4).await;
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for _ in 0..5 {
+        post_all(&mut works).await;
+    }
+    // Connections are kept alive, so the plan's faults are per connection; force a run of
+    // them on the next connections too (each kills its connection, so the next request,
+    // an audit's or a push's, meets the next fault).
+    c.proxy.force([
+        Fault::Cut { after: 0 },
+        Fault::Cut { after: 90 },
+        Fault::Reset { after: 40 },
+        Fault::Cut { after: 200 },
+        Fault::Stall { ms: 1_500 },
+        Fault::Refuse,
+        Fault::Cut { after: 400 },
+        Fault::Reset { after: 0 },
+        Fault::Cut { after: 120 },
+        Fault::Cut { after: 0 },
+    ]);
+    for _ in 0..10 {
+        post_all(&mut works).await;
+    }
+    c.wait_drained(Duration::from_secs(120)).await;
+    let counts = c.proxy.counts();
+    assert!(
+        counts.total() >= 12,
+        "too few faults to mean anything: {counts:?}"
+    );
+    // Faults off: every agent catches up with the final log, having raised nothing.
+    c.proxy.set_plan(FaultPlan::NONE);
+    let size = hub_size(&c.hub).await;
+    for a in &c.agents {
+        let n = status(a).await["head_seq"].as_u64().unwrap_or(0);
+        let s = wait_verified(a, n, size).await;
+        assert!(s["log_alarm"].is_null(), "false alarm: {s}");
+    }
+    for a in &c.agents {
+        assert!(
+            !a.log().contains("log alarm raised"),
+            "false alarm in the log:\n{}",
+            a.log()
+        );
+    }
+    eprintln!("log_audit under faults: seed {seed}, {counts:?}, final size {size}");
 }
