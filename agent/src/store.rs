@@ -835,6 +835,11 @@ impl Store {
         self.flush_async().await
     }
 
+    /// The log-audit evidence stored last (JSON), if any.
+    pub fn last_audit_evidence(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.audit_evidence.last()?.map(|(_, v)| v.to_vec()))
+    }
+
     /// Every piece of log-audit evidence stored, oldest first (JSON).
     pub fn audit_evidence(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.audit_evidence

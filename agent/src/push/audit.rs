@@ -399,11 +399,25 @@ async fn raise(
     if st.alarm.is_none() {
         st.alarm = Some(text.clone());
     }
+    // A hub that stays forked or rolled back fails every sync the same way: the evidence
+    // and the log line once, not once a sync (the store would grow without end).
+    let last: Option<Evidence> = store
+        .last_audit_evidence()?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let repeated = last.is_some_and(|l| {
+        l.code == evidence.code && l.kept == evidence.kept && l.fetched == evidence.fetched
+    });
     let json = serde_json::to_vec(&*st).unwrap_or_default();
     let ev = serde_json::to_vec(&evidence).unwrap_or_default();
-    store.set_audit_state(&json, Some(&ev)).await?;
+    store
+        .set_audit_state(&json, (!repeated).then_some(ev.as_slice()))
+        .await?;
     lock(state).log_alarm = st.alarm.clone();
-    // The text can quote the hub's answer: escaped.
-    error!(code = f.code(), error = ?text, "The hub's log failed the audit; log alarm raised. Delivery continues.");
+    if repeated {
+        debug!(code = f.code(), "The hub's log fails the audit as before.");
+    } else {
+        // The text can quote the hub's answer: escaped.
+        error!(code = f.code(), error = ?text, "The hub's log failed the audit; log alarm raised. Delivery continues.");
+    }
     Ok(Outcome::Alarm(f))
 }

@@ -340,6 +340,15 @@ async fn a_rollback_alarms() {
     assert_eq!(s.alarmed().await, Finding::Rollback { kept: 5, now: 3 });
     s.assert_alarm("rollback");
     assert_eq!(lock(&s.state).verified_checkpoint_size, Some(5));
+    // The same rollback seen again at the next syncs: still an alarm, the evidence once.
+    for _ in 0..3 {
+        assert_eq!(s.alarmed().await, Finding::Rollback { kept: 5, now: 3 });
+    }
+    assert_eq!(s.evidence().len(), 1);
+    // Rolled back further: new evidence.
+    s.hub.log().leaves.truncate(2);
+    assert_eq!(s.alarmed().await, Finding::Rollback { kept: 5, now: 2 });
+    assert_eq!(s.evidence().len(), 2);
 }
 
 #[tokio::test]
