@@ -835,6 +835,11 @@ impl Store {
         self.flush_async().await
     }
 
+    /// Number of log-audit evidence records stored.
+    pub fn audit_evidence_count(&self) -> usize {
+        self.audit_evidence.len()
+    }
+
     /// The log-audit evidence stored last (JSON), if any.
     pub fn last_audit_evidence(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.audit_evidence.last()?.map(|(_, v)| v.to_vec()))

@@ -37,6 +37,18 @@ use crate::store::{Store, StoreError, StoredReceipt};
 /// upgraded with a long receipted history catches up over a few syncs, not in one burst).
 pub const MAX_INCLUSIONS: usize = 32;
 
+/// Most evidence records kept: the first findings are the ones that matter, and a hostile
+/// hub that fails each sync a new way must not fill the agent's disk.
+pub const MAX_EVIDENCE: usize = 100;
+/// Most bytes of one hub answer kept as evidence (a valid checkpoint note or proof answer
+/// is far smaller; one larger is evidence by its first bytes).
+pub const MAX_EVIDENCE_BYTES: usize = 64 << 10;
+
+/// The first [`MAX_EVIDENCE_BYTES`] of a hub answer, as text.
+fn kept_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(MAX_EVIDENCE_BYTES)]).into_owned()
+}
+
 /// What the audit keeps in the store between syncs (`meta/audit`, JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditState {
@@ -237,7 +249,7 @@ pub async fn audit<T: Transport>(
         code: String::new(),
         detected: String::new(),
         kept: st.checkpoint.clone(),
-        fetched: fetched.clone(),
+        fetched: kept_text(&body),
         proof: None,
     };
 
@@ -251,7 +263,8 @@ pub async fn audit<T: Transport>(
     let cp = match opened {
         Ok(cp) => cp,
         Err(e) => {
-            let f = Finding::BadSignature(format!("log {origin:?}: {e}"));
+            let shown: String = origin.chars().take(100).collect();
+            let f = Finding::BadSignature(format!("log {shown:?}: {e}"));
             return raise(store, state, &mut st, evidence, f).await;
         }
     };
@@ -276,7 +289,7 @@ pub async fn audit<T: Transport>(
             let proof = decode_proof(&body, &req.what())?;
             evidence.proof = Some(ProofEvidence {
                 asked: req.what(),
-                answer: String::from_utf8_lossy(&body).into_owned(),
+                answer: kept_text(&body),
                 seq: None,
                 leaf_hash: None,
             });
@@ -327,7 +340,7 @@ pub async fn audit<T: Transport>(
         let body = ask(link, &req).await?;
         let proof = decode_proof(&body, &req.what())?;
         ev.asked = req.what();
-        ev.answer = String::from_utf8_lossy(&body).into_owned();
+        ev.answer = kept_text(&body);
         if let Err(e) = merkle::verify_inclusion(&leaf, r.log_index, cp.size, &proof, &cp.root) {
             evidence.proof = Some(ev);
             let f = Finding::Missing(format!(
@@ -409,8 +422,9 @@ async fn raise(
     });
     let json = serde_json::to_vec(&*st).unwrap_or_default();
     let ev = serde_json::to_vec(&evidence).unwrap_or_default();
+    let full = store.audit_evidence_count() >= MAX_EVIDENCE;
     store
-        .set_audit_state(&json, (!repeated).then_some(ev.as_slice()))
+        .set_audit_state(&json, (!repeated && !full).then_some(ev.as_slice()))
         .await?;
     lock(state).log_alarm = st.alarm.clone();
     if repeated {

@@ -11,7 +11,9 @@ use spacesync_shared::dsse::pae;
 use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
 use spacesync_shared::wire::{BatchReceipt, ReceiptItem};
 
-use super::audit::{AuditState, Evidence, Finding, Outcome, audit};
+use super::audit::{
+    AuditState, Evidence, Finding, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome, audit,
+};
 use super::classify::Link;
 use super::state::{PushState, SharedPushState, lock};
 use super::transport::{Answer, Request, Transport, Unreached};
@@ -414,6 +416,20 @@ async fn a_bad_signature_alarms() {
         .fail
         .insert("checkpoint", (200, b"<html>hello</html>".to_vec()));
     assert!(matches!(s.alarmed().await, Finding::BadSignature(_)));
+
+    // A hostile hub failing each sync a new way, with huge answers: the alarm text and
+    // each evidence record stay small, and the evidence stops at its bound.
+    let mut s = setup(1);
+    for i in 0..(MAX_EVIDENCE + 5) {
+        let junk = format!("{i}{}", "x".repeat(1 << 20)).into_bytes();
+        s.hub.log().fail.insert("checkpoint", (200, junk));
+        assert!(matches!(s.alarmed().await, Finding::BadSignature(_)));
+    }
+    let ev = s.store.audit_evidence().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ev.len(), MAX_EVIDENCE);
+    assert!(ev.iter().all(|e| e.len() < MAX_EVIDENCE_BYTES + 4096));
+    let alarm = lock(&s.state).log_alarm.clone().unwrap_or_default();
+    assert!(alarm.len() < 1024, "{}", alarm.len());
 }
 
 #[tokio::test]
