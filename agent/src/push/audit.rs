@@ -312,7 +312,8 @@ pub async fn audit<T: Transport>(
             continue;
         };
         let Some(env) = store.entry(seq)? else {
-            // Pruned already: nothing to hash; `verify --against-hub` is the full check.
+            // Pruned already: nothing to hash (checking every receipted entry, pruned or
+            // not, is for a later `verify --against-hub`; issue 16).
             debug!(seq, "Entry pruned before its inclusion was checked.");
             through = seq;
             continue;
