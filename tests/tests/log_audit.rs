@@ -210,6 +210,23 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
         .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
     assert!(v["log_alarm"].is_string(), "{v}");
     assert_eq!(v["verified_checkpoint_size"], kept, "{v}");
+
+    // Restarted, it still has the alarm and the kept checkpoint, and still delivers.
+    a.start().await;
+    let s = status(&a).await;
+    assert!(s["log_alarm"].is_string(), "{s}");
+    assert_eq!(s["verified_checkpoint_size"], kept, "{s}");
+    post(&a, &mut wa, 2).await;
+    wait_for(
+        Duration::from_secs(60),
+        "gd-rrt to deliver 19 entries after its restart",
+        async || {
+            let s = status(&a).await;
+            (s["acked_seq"] == 19 && s["head_seq"] == 19 && s["log_alarm"].is_string())
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// An honest hub behind a proxy that refuses, resets, cuts, stalls and delays connections
