@@ -14,17 +14,15 @@
 //! `fork` alarm that names a restored directory (nothing is lost or sent twice; see the
 //! operator's guide).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spacesync_http::private_copy;
+use spacesync_http::{control, private_copy};
 
 use crate::config::DataDir;
 use crate::store::{Copied, Store, StoreError};
 
-/// The socket a running agent answers backup requests on, inside its data directory.
-pub const CONTROL_SOCKET: &str = "control.sock";
+pub use spacesync_http::control::CONTROL_SOCKET;
 
 /// Why a backup or restore failed; each names the path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -66,18 +64,6 @@ pub struct Summary {
     pub copied: Copied,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    backup: PathBuf,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Answer {
-    Done(Summary),
-    Failed { error: String },
-}
-
 /// Writes the backup of the agent in `data` (its open `store`) to `out`.
 pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, BackupError> {
     if private_copy::non_empty(out)? {
@@ -109,6 +95,17 @@ pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, Backu
     }
 }
 
+/// A failed [`control::ask`] as this module's error.
+fn asked(e: control::AskError, socket: &Path) -> BackupError {
+    match e {
+        control::AskError::Failed(why) => BackupError::Remote(why),
+        control::AskError::Protocol(why) => BackupError::Protocol {
+            socket: socket.to_path_buf(),
+            why,
+        },
+    }
+}
+
 /// `backup OUT`: asks the agent running on `data` over its control socket, or copies a
 /// stopped agent's store directly.
 pub fn backup(data: &DataDir, out: &Path) -> Result<Summary, BackupError> {
@@ -119,98 +116,29 @@ pub fn backup(data: &DataDir, out: &Path) -> Result<Summary, BackupError> {
     let socket = data.root.join(CONTROL_SOCKET);
     #[cfg(unix)]
     if let Ok(conn) = std::os::unix::net::UnixStream::connect(&socket) {
-        return ask(conn, &socket, &out);
+        return control::ask(conn, &out).map_err(|e| asked(e, &socket));
     }
     let store = Store::open(&data.db())?;
     write(data, &store, &out)
 }
 
-#[cfg(unix)]
-fn ask(
-    mut conn: std::os::unix::net::UnixStream,
-    socket: &Path,
-    out: &Path,
-) -> Result<Summary, BackupError> {
-    let protocol = |why: String| BackupError::Protocol {
-        socket: socket.to_path_buf(),
-        why,
-    };
-    let mut line = serde_json::to_vec(&Request {
-        backup: out.to_path_buf(),
-    })
-    .map_err(|e| protocol(e.to_string()))?;
-    line.push(b'\n');
-    conn.write_all(&line)
-        .map_err(|e| protocol(format!("cannot ask the running agent: {e}")))?;
-    let mut answer = String::new();
-    BufReader::new(conn)
-        .read_line(&mut answer)
-        .map_err(|e| protocol(format!("no answer from the running agent: {e}")))?;
-    match serde_json::from_str::<Answer>(&answer)
-        .map_err(|e| protocol(format!("unreadable answer from the running agent: {e}")))?
-    {
-        Answer::Done(s) => Ok(s),
-        Answer::Failed { error } => Err(BackupError::Remote(error)),
-    }
-}
-
-/// Answers backup requests on `<data>/control.sock` until the task is dropped; a stale
-/// socket (from a killed agent) is replaced; the socket is 0600.
+/// Answers backup requests on `<data>/control.sock` until the task is dropped (see
+/// [`spacesync_http::control`]).
 #[cfg(unix)]
 pub async fn serve_control(store: Store, data: DataDir) -> Result<(), BackupError> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let path = data.root.join(CONTROL_SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener =
-        tokio::net::UnixListener::bind(&path).map_err(|error| private_copy::FileError {
-            path: path.clone(),
-            error,
-        })?;
-    private_copy::set_mode(&path, 0o600)?;
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let store = store.clone();
-        let data = data.clone();
-        tokio::spawn(async move {
-            let (read, mut write_half) = conn.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read).take(64 * 1024);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let answer = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Answer::Failed {
-                    error: format!("unreadable request: {e}"),
-                },
-                Ok(req) => {
-                    let made =
-                        tokio::task::spawn_blocking(move || write(&data, &store, &req.backup))
-                            .await;
-                    match made {
-                        Ok(Ok(s)) => {
-                            tracing::info!(out = %s.out.display(), keys = s.copied.keys, head = s.copied.head, "Backup written.");
-                            Answer::Done(s)
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "Backup failed.");
-                            Answer::Failed {
-                                error: e.to_string(),
-                            }
-                        }
-                        Err(e) => Answer::Failed {
-                            error: format!("the backup task failed: {e}"),
-                        },
-                    }
-                }
-            };
-            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
-            bytes.push(b'\n');
-            let _ = write_half.write_all(&bytes).await;
-        });
-    }
+    control::serve(path, move |out| match write(&data, &store, &out) {
+        Ok(s) => {
+            tracing::info!(out = %s.out.display(), keys = s.copied.keys, head = s.copied.head, "Backup written.");
+            Ok(s)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Backup failed.");
+            Err(e.to_string())
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// `restore BACKUP`: makes `data` (absent or empty) a copy of the backup, after checking

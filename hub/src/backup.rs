@@ -20,18 +20,16 @@
 //! or be empty), after checking that it opens.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spacesync_http::private_copy;
+use spacesync_http::{control, private_copy};
 
 use crate::config::{self, DataDir};
 use crate::hub::Hub;
 use crate::store::{SledStore, Store, StoreError, WriteBatch};
 
-/// The socket a serving hub answers backup requests on, inside its data directory.
-pub const CONTROL_SOCKET: &str = "control.sock";
+pub use spacesync_http::control::CONTROL_SOCKET;
 
 /// Keys written to the copy in one batch.
 const COPY_BATCH: usize = 4096;
@@ -99,20 +97,6 @@ pub struct Summary {
     pub keys: u64,
     /// Leaves in the copy's log.
     pub log_size: u64,
-}
-
-/// A request on the control socket (one JSON line).
-#[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    backup: PathBuf,
-}
-
-/// The answer (one JSON line).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Answer {
-    Done(Summary),
-    Failed { error: String },
 }
 
 /// Creates `out` as an empty private directory (or takes an existing empty one).
@@ -204,6 +188,17 @@ pub fn write_serving(hub: &Hub, dir: &DataDir, out: &Path) -> Result<Summary, Ba
     write(dir, hub.store.as_ref(), out)
 }
 
+/// A failed [`control::ask`] as this module's error.
+fn asked(e: control::AskError, socket: &Path) -> BackupError {
+    match e {
+        control::AskError::Failed(why) => BackupError::Remote(why),
+        control::AskError::Protocol(why) => BackupError::Protocol {
+            socket: socket.to_path_buf(),
+            why,
+        },
+    }
+}
+
 /// `backup OUT`: asks the hub serving `dir` over its control socket, or copies a stopped
 /// hub's store directly.
 pub fn backup(dir: &DataDir, out: &Path) -> Result<Summary, BackupError> {
@@ -217,93 +212,29 @@ pub fn backup(dir: &DataDir, out: &Path) -> Result<Summary, BackupError> {
     let socket = dir.0.join(CONTROL_SOCKET);
     #[cfg(unix)]
     if let Ok(conn) = std::os::unix::net::UnixStream::connect(&socket) {
-        return ask(conn, &socket, &out);
+        return control::ask(conn, &out).map_err(|e| asked(e, &socket));
     }
     let store = config::open_store(dir)?;
     write(dir, store.as_ref(), &out)
 }
 
-#[cfg(unix)]
-fn ask(
-    mut conn: std::os::unix::net::UnixStream,
-    socket: &Path,
-    out: &Path,
-) -> Result<Summary, BackupError> {
-    let protocol = |why: String| BackupError::Protocol {
-        socket: socket.to_path_buf(),
-        why,
-    };
-    let mut line = serde_json::to_vec(&Request {
-        backup: out.to_path_buf(),
-    })
-    .map_err(|e| protocol(e.to_string()))?;
-    line.push(b'\n');
-    conn.write_all(&line).map_err(io(socket))?;
-    let mut answer = String::new();
-    BufReader::new(conn)
-        .read_line(&mut answer)
-        .map_err(io(socket))?;
-    match serde_json::from_str::<Answer>(&answer).map_err(|e| protocol(e.to_string()))? {
-        Answer::Done(s) => Ok(s),
-        Answer::Failed { error } => Err(BackupError::Remote(error)),
-    }
-}
-
-/// Answers backup requests on `<data>/control.sock` until the task is dropped. A stale
-/// socket file (from a killed hub) is replaced; the socket is 0600 inside the 0700 data
-/// directory.
+/// Answers backup requests on `<data>/control.sock` until the task is dropped (see
+/// [`spacesync_http::control`]), each made under the writer lock.
 #[cfg(unix)]
 pub async fn serve_control(hub: std::sync::Arc<Hub>, dir: DataDir) -> Result<(), BackupError> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let path = dir.0.join(CONTROL_SOCKET);
-    let _ = fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(io(&path))?;
-    private_copy::set_mode(&path, 0o600)?;
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let hub = hub.clone();
-        let dir = dir.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = conn.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read).take(64 * 1024);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let answer = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Answer::Failed {
-                    error: format!("unreadable request: {e}"),
-                },
-                Ok(req) => {
-                    let out = req.backup.clone();
-                    let made =
-                        tokio::task::spawn_blocking(move || write_serving(&hub, &dir, &req.backup))
-                            .await;
-                    match made {
-                        Ok(Ok(s)) => {
-                            tracing::info!(out = %s.out.display(), keys = s.keys, log_size = s.log_size, "Backup written.");
-                            Answer::Done(s)
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(out = %out.display(), error = %e, "Backup failed.");
-                            Answer::Failed {
-                                error: e.to_string(),
-                            }
-                        }
-                        Err(e) => Answer::Failed {
-                            error: format!("the backup task failed: {e}"),
-                        },
-                    }
-                }
-            };
-            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
-            bytes.push(b'\n');
-            let _ = write.write_all(&bytes).await;
-        });
-    }
+    control::serve(path, move |out| match write_serving(&hub, &dir, &out) {
+        Ok(s) => {
+            tracing::info!(out = %s.out.display(), keys = s.keys, log_size = s.log_size, "Backup written.");
+            Ok(s)
+        }
+        Err(e) => {
+            tracing::warn!(out = %out.display(), error = %e, "Backup failed.");
+            Err(e.to_string())
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// `restore BACKUP`: makes `dir` (absent or empty) a copy of the backup, after checking

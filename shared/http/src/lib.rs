@@ -30,6 +30,7 @@
 //! HTTP/1.1 only: the agents and every HTTP client speak it, and HTTP/2 brings its own
 //! resource attacks for no gain here.
 
+pub mod control;
 pub mod private_copy;
 pub mod sled_dir;
 pub mod tls;
