@@ -498,7 +498,10 @@ async fn migrate(inner: &Arc<Inner>) -> Result<(), StoreError> {
                 if tries < 10
                     && matches!(
                         e.code(),
-                        Some(&SqlState::UNIQUE_VIOLATION) | Some(&SqlState::DUPLICATE_TABLE)
+                        Some(&SqlState::UNIQUE_VIOLATION)
+                            | Some(&SqlState::DUPLICATE_TABLE)
+                            // The table's row type, created with it: "type … already exists".
+                            | Some(&SqlState::DUPLICATE_OBJECT)
                     ) =>
             {
                 tries += 1;
