@@ -239,9 +239,24 @@ struct Tracker {
     /// is closed on accept even when an idle connection could make room.
     max_open: usize,
     max_per_address: usize,
-    per_address: Mutex<HashMap<IpAddr, std::collections::BTreeMap<u64, Arc<ConnCtl>>>>,
+    per_address: Mutex<HashMap<IpAddr, Held>>,
     next_id: AtomicU64,
     stats: Arc<Stats>,
+}
+
+/// One address's connections, oldest first, and how many of them are closing for
+/// eviction (still open until their tasks run and drop them).
+#[derive(Default)]
+struct Held {
+    conns: std::collections::BTreeMap<u64, Arc<ConnCtl>>,
+    closing: usize,
+}
+
+impl Held {
+    /// Connections not yet chosen for eviction.
+    fn live(&self) -> usize {
+        self.conns.len().saturating_sub(self.closing)
+    }
 }
 
 struct Slot {
@@ -273,12 +288,12 @@ impl Tracker {
     fn admit(self: &Arc<Tracker>, ip: IpAddr) -> Option<Slot> {
         let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let open = self.stats.open.load(Ordering::Relaxed) as usize;
-        let here = map.get(&ip).map_or(0, |m| m.len());
+        let here = map.get(&ip).map_or(0, |m| m.conns.len());
         if self.max_per_address > 0 && here >= self.max_per_address {
             return None;
         }
         if open >= self.max_total {
-            if open >= self.max_open || !Self::evict_one(&map) {
+            if open >= self.max_open || !Self::evict_one(&mut map) {
                 return None;
             }
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +304,7 @@ impl Tracker {
             closing: std::sync::atomic::AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
         });
-        map.entry(ip).or_default().insert(id, ctl.clone());
+        map.entry(ip).or_default().conns.insert(id, ctl.clone());
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             tracker: self.clone(),
@@ -299,17 +314,31 @@ impl Tracker {
         })
     }
 
-    /// Closes the oldest idle connection of the address holding the most connections;
-    /// false when every connection of that address is busy (then none is closed).
-    fn evict_one(map: &HashMap<IpAddr, std::collections::BTreeMap<u64, Arc<ConnCtl>>>) -> bool {
-        let Some(heaviest) = map.values().max_by_key(|m| m.len()) else {
-            return false;
-        };
-        for ctl in heaviest.values() {
-            if ctl.in_flight.load(Ordering::Relaxed) == 0
-                && !ctl.closing.swap(true, Ordering::Relaxed)
-            {
+    /// Closes the oldest idle connection of the address holding the most connections not
+    /// already closing; when all of that address's are busy, the next heaviest address's.
+    /// False when no connection anywhere waits for a request (then none is closed).
+    ///
+    /// Connections chosen earlier count until their tasks drop them, which on a starved
+    /// host can take a while: ranking addresses by all their connections kept choosing an
+    /// address whose every connection was already closing, and refused the newcomer.
+    fn evict_one(map: &mut HashMap<IpAddr, Held>) -> bool {
+        let mut ranked: Vec<(usize, IpAddr)> = map
+            .iter()
+            .filter(|(_, h)| h.live() > 0)
+            .map(|(ip, h)| (h.live(), *ip))
+            .collect();
+        ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+        for (_, ip) in ranked {
+            let Some(held) = map.get_mut(&ip) else {
+                continue;
+            };
+            let chosen = held.conns.values().find(|ctl| {
+                ctl.in_flight.load(Ordering::Relaxed) == 0
+                    && !ctl.closing.swap(true, Ordering::Relaxed)
+            });
+            if let Some(ctl) = chosen {
                 ctl.close.notify_one();
+                held.closing += 1;
                 return true;
             }
         }
@@ -325,8 +354,10 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(m) = map.get_mut(&self.ip) {
-            m.remove(&self.id);
-            if m.is_empty() {
+            if m.conns.remove(&self.id).is_some() && self.ctl.closing.load(Ordering::Relaxed) {
+                m.closing = m.closing.saturating_sub(1);
+            }
+            if m.conns.is_empty() {
                 map.remove(&self.ip);
             }
         }
@@ -793,6 +824,64 @@ mod tests {
         assert_eq!(open_ceiling(768, Some(1024)), 896);
         // Never below the cap itself.
         assert_eq!(open_ceiling(1000, Some(1000)), 1000);
+    }
+
+    /// The heaviest address's connections all chosen for eviction but not closed yet (their
+    /// tasks have not run), and the newcomers busy: the next newcomer still gets in, by
+    /// closing an idle connection of another address — not refused because the heaviest
+    /// address had nothing left to close (a `/healthz` probe failed so in CI).
+    #[test]
+    fn eviction_passes_over_addresses_whose_connections_are_all_closing() {
+        let tracker = Arc::new(Tracker {
+            max_total: 5,
+            max_open: open_ceiling(5, None),
+            max_per_address: 0,
+            per_address: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            stats: Arc::new(Stats::default()),
+        });
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        let held: Vec<Slot> = [a, a, a, b, b]
+            .iter()
+            .filter_map(|ip| tracker.admit(*ip))
+            .collect();
+        assert_eq!(held.len(), 5);
+        let mut busy = Vec::new();
+        let mut newcomers = Vec::new();
+        for n in 0..5 {
+            let slot = tracker
+                .admit(c)
+                .unwrap_or_else(|| panic!("newcomer {n} was refused"));
+            busy.push(Busy::new(&slot.ctl));
+            newcomers.push(slot);
+        }
+        assert_eq!(tracker.stats.evicted.load(Ordering::Relaxed), 5);
+        let closing = held
+            .iter()
+            .filter(|s| s.ctl.closing.load(Ordering::Relaxed))
+            .count();
+        assert_eq!(closing, 5, "every idle connection was chosen once");
+        assert!(
+            newcomers
+                .iter()
+                .all(|s| !s.ctl.closing.load(Ordering::Relaxed)),
+            "a busy connection was chosen"
+        );
+        // Nothing idle is left: the next newcomer is refused, and the counts are whole
+        // once the evicted connections close.
+        assert!(tracker.admit(c).is_none());
+        drop(held);
+        let map = tracker
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        assert_eq!(map.len(), 1);
+        assert_eq!(map[&c].closing, 0);
+        assert_eq!(map[&c].live(), 5);
     }
 
     /// A burst of newcomers at the total cap, while every connection evicted for them is
