@@ -394,9 +394,16 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                     file.display(),
                     e.entries,
                     e.first,
-                    e.head,
+                    e.last,
                     file.display()
                 );
+                if e.last < e.head {
+                    spacesync_shared::outln!(
+                        "seqs {}–{} did not fit in one file: import this bundle's receipts (`import-receipts`), then run export-bundle again for them",
+                        e.last + 1,
+                        e.head
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -12,7 +12,10 @@
 use std::path::{Path, PathBuf};
 
 use spacesync_shared::Entry;
-use spacesync_shared::bundle::{BUNDLE_FORMAT, Bundle, BundleReceipts, RECEIPTS_FORMAT};
+use spacesync_shared::bundle::{
+    BUNDLE_FORMAT, Bundle, BundleReceipts, MAX_BUNDLE_BYTES, RECEIPTS_FORMAT, ReadFileError,
+    read_capped,
+};
 use spacesync_shared::wire::{IngestResponse, ReceiptForm};
 
 use crate::hub::Hub;
@@ -104,13 +107,19 @@ pub fn import(hub: &Hub, bundle: &Bundle) -> (Vec<BatchOutcome>, Option<BundleEr
 
 /// Reads and checks a bundle file.
 pub fn read(path: &Path) -> Result<Bundle, BundleError> {
-    let text = std::fs::read_to_string(path).map_err(|error| BundleError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
     let not = |why: String| BundleError::NotABundle {
         path: path.to_path_buf(),
         why,
+    };
+    let text = match read_capped(path, MAX_BUNDLE_BYTES) {
+        Ok(text) => text,
+        Err(ReadFileError::Io(error)) => {
+            return Err(BundleError::Io {
+                path: path.to_path_buf(),
+                error,
+            });
+        }
+        Err(too_large) => return Err(not(too_large.to_string())),
     };
     let bundle: Bundle = serde_json::from_str(&text)
         .map_err(|e| not(format!("{e} (line {}, column {})", e.line(), e.column())))?;
@@ -190,4 +199,24 @@ pub fn describe(outcomes: &[BatchOutcome]) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file larger than any bundle is refused before it is read (a sparse file: its
+    /// size costs no disk), naming the cap and what to give instead.
+    #[test]
+    fn an_oversized_bundle_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("big.json");
+        let f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        f.set_len(MAX_BUNDLE_BYTES + 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = read(&path).map(|_| ()).err().map(|e| e.to_string());
+        let err = err.unwrap_or_else(|| panic!("an oversized bundle was read"));
+        assert!(err.contains("larger than 268435456 bytes"), "{err}");
+        assert!(err.contains("export-bundle"), "{err}");
+    }
 }
