@@ -292,12 +292,18 @@ pub struct RetentionConfig {
     /// Days after its receipt's time that a delivered entry is pruned. The chain head and
     /// every receipt are kept regardless.
     pub delivered_days: f64,
+    /// Days a spool file stays in `spool/done/` after it was imported (agent clock).
+    pub spool_done_days: f64,
+    /// Days a refused spool file (and its `.errors.txt`) stays in `spool/failed/`.
+    pub spool_failed_days: f64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             delivered_days: 30.0,
+            spool_done_days: 7.0,
+            spool_failed_days: 30.0,
         }
     }
 }
@@ -636,6 +642,10 @@ notices_secs = {p_notices:?}
 # Delivered (receipted) entries are pruned this many days after their receipt.
 # The chain head and all receipts are kept.
 delivered_days = {retention:?}
+# Imported spool files leave spool/done/ this many days after their import, refused ones
+# (with their .errors.txt) leave spool/failed/ this many days after the refusal.
+spool_done_days = {spool_done:?}
+spool_failed_days = {spool_failed:?}
 
 [intake]
 # Largest request body of POST /v1/records, bytes.
@@ -703,6 +713,8 @@ allowed_hosts = {i_hosts}
             p_reprobe = p.reprobe_secs,
             p_notices = p.notices_secs,
             retention = self.retention.delivered_days,
+            spool_done = self.retention.spool_done_days,
+            spool_failed = self.retention.spool_failed_days,
             i_body = self.intake.max_body_bytes,
             i_records = self.intake.max_records,
             i_poll = self.intake.spool_poll_ms,

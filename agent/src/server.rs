@@ -171,6 +171,8 @@ pub async fn run(
         agent.data.clone(),
         intake.clone(),
         std::time::Duration::from_millis(agent.cfg.intake.spool_poll_ms.max(10)),
+        agent.clock.clone(),
+        agent.cfg.retention,
         stop_rx.clone(),
     ));
     let webhook_task = agent.cfg.notice_webhook.clone().map(|url| {
