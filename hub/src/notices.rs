@@ -46,6 +46,19 @@ use crate::wording::notices as words;
 
 const NOTICE_PREFIX: &[u8] = b"ntc/";
 
+/// How many notice writes were committed (u64, big-endian; absent = 0): every write of
+/// `ntc/` keys bumps it in the same commit, so a replica knows with one read whether its
+/// notices are stale — the store's head moves with every ingest batch, this only with
+/// notices.
+const VERSION_KEY: &[u8] = b"meta/notices-version";
+
+fn read_version(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .get(VERSION_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
 fn notice_key(id: u64) -> Vec<u8> {
     [NOTICE_PREFIX, &id.to_be_bytes()].concat()
 }
@@ -648,14 +661,15 @@ pub fn is_webhook_id(s: &str) -> bool {
 /// stored record (the union of fetches and acknowledgements, the furthest webhook
 /// delivery) committed at the store's head ([`Store::commit`]), so a change another
 /// replica made meanwhile is never overwritten; [`NoticeBook::refresh`] reads the stored
-/// notices again when the head moved since they were read.
+/// notices again when a notice write was committed since they were read.
 #[derive(Default)]
 pub struct NoticeBook {
     records: Mutex<Vec<NoticeRecord>>,
     /// Next webhook attempt per (notice id, webhook id), in real time.
     retry_at: Mutex<HashMap<(u64, String), Instant>>,
-    /// The store head the records were read at (with the records' lock held).
-    seen_head: AtomicU64,
+    /// The notices version ([`VERSION_KEY`]) the records were read at (with the records'
+    /// lock held); `u64::MAX` forces the next refresh to read them.
+    seen_version: AtomicU64,
 }
 
 /// How often a notice write whose commit found the head moved merges and tries again.
@@ -706,27 +720,27 @@ fn merge(stored: NoticeRecord, mine: &NoticeRecord) -> NoticeRecord {
 impl NoticeBook {
     /// Loads every stored notice.
     pub fn load(store: &dyn Store) -> Result<NoticeBook, StoreError> {
-        let head = store.head()?;
+        let version = read_version(store)?;
         let records = load_records(store)?;
         Ok(NoticeBook {
             records: Mutex::new(records),
             retry_at: Mutex::new(HashMap::new()),
-            seen_head: AtomicU64::new(head),
+            seen_version: AtomicU64::new(version),
         })
     }
 
-    /// Reads the stored notices again when the store's head moved since they were read
-    /// (another replica raised, delivered or had a notice acknowledged; or any other
-    /// commit). One primary-key read when nothing moved.
+    /// Reads the stored notices again when a notice write was committed since they were
+    /// read (by another replica: raised, delivered or acknowledged). One primary-key read
+    /// when none was — ingest commits do not count.
     pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let head = store.head()?;
-        if self.seen_head.load(Ordering::SeqCst) == head {
+        let version = read_version(store)?;
+        if self.seen_version.load(Ordering::SeqCst) == version {
             return Ok(());
         }
         let mut recs = self.lock();
-        // Read after the head: at least as new as it.
+        // Read after the version: at least as new as it.
         *recs = load_records(store)?;
-        self.seen_head.store(head, Ordering::SeqCst);
+        self.seen_version.store(version, Ordering::SeqCst);
         Ok(())
     }
 
@@ -749,7 +763,9 @@ impl NoticeBook {
             if !fence(store)? {
                 return Ok(false);
             }
+            let version = read_version(store)?;
             let mut b = WriteBatch::new();
+            b.put(VERSION_KEY, (version + 1).to_be_bytes());
             for r in recs {
                 let key = notice_key(r.notice.id);
                 let merged = match store.get(&key)? {
@@ -761,7 +777,7 @@ impl NoticeBook {
                         // Another writer raised a different notice under this number:
                         // nothing is written; the book is read again before the next try.
                         Ok(_) => {
-                            self.seen_head.store(u64::MAX, Ordering::SeqCst);
+                            self.seen_version.store(u64::MAX, Ordering::SeqCst);
                             return Err(StoreError::Conflict {
                                 expected: head,
                                 found: head,
@@ -774,12 +790,13 @@ impl NoticeBook {
                 b.put(key, serde_json::to_vec(&merged).unwrap_or_default());
             }
             match store.commit(head, b) {
-                Ok(next) => {
-                    // The records in memory are the stored ones only if nothing else was
-                    // committed since they were read; otherwise the next refresh reads them.
-                    let _ = self.seen_head.compare_exchange(
-                        head,
-                        next,
+                Ok(_) => {
+                    // The records in memory are the stored ones only if no other notice
+                    // write was committed since they were read; otherwise the next refresh
+                    // reads them.
+                    let _ = self.seen_version.compare_exchange(
+                        version,
+                        version + 1,
                         Ordering::SeqCst,
                         Ordering::SeqCst,
                     );
@@ -1280,6 +1297,57 @@ mod tests {
         assert!(list.iter().all(|n| n.state == "acknowledged"));
         assert_eq!(
             reloaded.raise(&store, vec![cand("a")], now).unwrap().len(),
+            0
+        );
+    }
+
+    /// Replicas: a book reads the stored notices again after another book's notice write,
+    /// and not after other commits (ingest moves the head with every batch; re-reading
+    /// every notice then cost each request a scan). A record slipped into the store
+    /// without a notice write stays unseen until the next notice write.
+    #[test]
+    fn a_book_reads_the_notices_again_only_after_a_notice_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let now = DateTime::parse_from_rfc3339("2018-11-16T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (a, b) = (
+            NoticeBook::load(&store).unwrap(),
+            NoticeBook::load(&store).unwrap(),
+        );
+        assert_eq!(a.raise(&store, vec![cand("a")], now).unwrap().len(), 1);
+        b.refresh(&store).unwrap();
+        assert_eq!(b.list(Role::Ministry).len(), 1, "b sees a's notice");
+
+        let mut slipped: serde_json::Value =
+            serde_json::from_slice(&store.get(&notice_key(1)).unwrap().unwrap()).unwrap();
+        slipped["notice"]["id"] = 99.into();
+        slipped["key"] = "slipped".into();
+        let mut w = WriteBatch::new();
+        w.put(notice_key(99), serde_json::to_vec(&slipped).unwrap());
+        w.put(b"x/unrelated".to_vec(), b"1".to_vec());
+        store.commit(store.head().unwrap(), w).unwrap();
+        b.refresh(&store).unwrap();
+        assert_eq!(
+            b.list(Role::Ministry).len(),
+            1,
+            "a commit that is no notice write"
+        );
+
+        assert_eq!(a.raise(&store, vec![cand("c")], now).unwrap().len(), 1);
+        b.refresh(&store).unwrap();
+        assert_eq!(
+            b.list(Role::Ministry).len(),
+            3,
+            "after a's notice write, all of them"
+        );
+        // A fresh book reads all of them too, and a raised key is not raised again.
+        let c = NoticeBook::load(&store).unwrap();
+        assert_eq!(
+            c.raise(&store, vec![cand("c"), cand("slipped")], now)
+                .unwrap()
+                .len(),
             0
         );
     }
