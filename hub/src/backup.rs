@@ -8,11 +8,11 @@
 //! sled lets one process open a store, so a running `serve` makes the copy itself: it
 //! listens on a Unix socket in its data directory ([`CONTROL_SOCKET`], reachable only by
 //! the hub's user, since the directory is 0700), and `backup` asks it there. The copy is
-//! made under the writer lock ([`Hub::state`]): ingest and every other change to the log,
-//! views and registry wait for it (the API still answers readers), after a flush, so the
-//! copy is the state of one instant and everything in it was durable. Only signed-request
-//! nonces and dashboard sessions are written without that lock; a nonce written during the
-//! copy may be missing from it (it is also refused by its timestamp after 5 minutes).
+//! made under the writer lock ([`Hub::state`]) and while every other write to the store
+//! waits ([`crate::store::Store::hold_writes`]: tokens, invites, notices, nonces, dashboard
+//! sessions, alarms): ingest and every change wait for it (the API still answers readers),
+//! after a flush, so the copy is the state of one instant and everything in it was durable
+//! — a token revoked before the backup began is revoked in it.
 //! A stopped hub is copied directly. On PostgreSQL the database's own tools do it
 //! (`pg_dump` / `pg_restore`, see the operator's guide); `backup` says so.
 //!
@@ -162,6 +162,10 @@ pub fn write(dir: &DataDir, store: &dyn Store, out: &Path) -> Result<Summary, Ba
     }
     fresh_dir(out)?;
     let target = DataDir(out.to_path_buf());
+    // Writes made outside the writer lock (tokens, invites, notices, nonces, sessions,
+    // alarms) wait too: a revocation answered before the copy began is in it, one that
+    // comes during it is answered after it.
+    let _held = store.hold_writes();
     store.flush()?;
     let written = copy_files(dir, &target).and_then(|()| copy_store(store, &target.db()));
     let (keys, copy) = match written {

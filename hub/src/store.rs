@@ -181,6 +181,14 @@ pub trait Store: Send + Sync + 'static {
     fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         insert_unlocked(self, key, value)
     }
+
+    /// Holds back every write to the store made through this process until the guard
+    /// drops, for a copy of one instant (a serving hub's backup); writes already under
+    /// way finish first. `None` where the backend has its own tools for that (PostgreSQL:
+    /// `pg_dump` takes a snapshot).
+    fn hold_writes(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
+        None
+    }
 }
 
 /// The head as the default [`Store::head`] keeps it (under [`keys::HEAD`]).
@@ -451,6 +459,8 @@ pub struct SledStore {
     /// Serializes [`Store::commit`] and [`Store::insert_if_absent`] within the process;
     /// sled's directory lock keeps every other process out, so this is the whole check.
     commits: Mutex<()>,
+    /// Every write holds it shared; [`Store::hold_writes`] exclusively.
+    writes: RwLock<()>,
 }
 
 fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
@@ -517,6 +527,7 @@ impl SledStore {
             db,
             tree,
             commits: Mutex::new(()),
+            writes: RwLock::new(()),
         })
     }
 }
@@ -562,6 +573,51 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let _writing = self.writes.read().unwrap_or_else(|p| p.into_inner());
+        self.apply_held(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend("flush"))
+    }
+
+    fn commit(&self, expected: u64, mut batch: WriteBatch) -> Result<u64, StoreError> {
+        let _writing = self.writes.read().unwrap_or_else(|p| p.into_inner());
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        // commit_unlocked's steps, writing through apply_held: the shared hold is taken
+        // once (taking it again could wait behind a backup waiting for this one).
+        let found = read_head(self)?;
+        if found != expected {
+            return Err(StoreError::Conflict { expected, found });
+        }
+        let next = expected + 1;
+        batch.put(keys::HEAD.to_vec(), next.to_be_bytes().to_vec());
+        self.apply_held(batch)?;
+        self.flush()?;
+        Ok(next)
+    }
+
+    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let _writing = self.writes.read().unwrap_or_else(|p| p.into_inner());
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        if self.get(key)?.is_some() {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::new();
+        b.put(key.to_vec(), value.to_vec());
+        self.apply_held(b)?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    fn hold_writes(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
+        Some(self.writes.write().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl SledStore {
+    /// [`Store::apply`] by a caller holding `writes` shared.
+    fn apply_held(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
@@ -570,20 +626,6 @@ impl Store for SledStore {
             }
         }
         self.tree.apply_batch(b).map_err(backend("apply"))
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend("flush"))
-    }
-
-    fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
-        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        commit_unlocked(self, expected, batch)
-    }
-
-    fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        insert_unlocked(self, key, value)
     }
 }
 
@@ -711,6 +753,51 @@ pub(crate) mod tests {
         s.apply(b).unwrap();
         assert_eq!(s.get(&keys::log(2)).unwrap(), None);
     }
+
+    /// While a backup holds the store's writes, every kind of write (apply, commit,
+    /// insert_if_absent) waits, and goes through once the hold ends.
+    #[test]
+    fn writes_wait_while_held_and_go_through_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let held = s.hold_writes().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writers: Vec<_> = (0..3)
+            .map(|kind| {
+                let (s, tx) = (s.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let mut b = WriteBatch::new();
+                    b.put(format!("k{kind}").into_bytes(), b"v".to_vec());
+                    let done = match kind {
+                        0 => s.apply(b).is_ok(),
+                        1 => s.commit(0, b).is_ok(),
+                        _ => s.insert_if_absent(b"k2", b"v").unwrap_or(false),
+                    };
+                    let _ = tx.send((kind, done));
+                })
+            })
+            .collect();
+        // None of them gets through while the hold lasts (a generous wait: this checks
+        // that they block, not how fast they are).
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "a write went through a held store"
+        );
+        assert_eq!(s.get(b"k0").unwrap(), None);
+        drop(held);
+        let mut got: Vec<(i32, bool)> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, [(0, true), (1, true), (2, true)]);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(s.head().unwrap(), 1);
+        for k in ["k0", "k1", "k2"] {
+            assert!(s.get(k.as_bytes()).unwrap().is_some(), "{k}");
+        }
+    }
+
     fn pairs(it: KvIter<'_>) -> Vec<(String, String)> {
         it.map(|r| {
             let (k, v) = r.unwrap();
