@@ -310,15 +310,37 @@ pub struct NonceCache {
     window: Duration,
     /// When expired nonces were last removed from the store.
     pruned_at: Mutex<Option<DateTime<Utc>>>,
-    /// The latest hub-clock instant a signed request was accepted at (also stored):
-    /// nonces expire against it, so a request signed more than a window before it is
-    /// refused even after the clock went back (`serve --now` earlier, NTP stepping back).
+    /// The latest hub-clock instant a signed request was accepted at (also stored, and
+    /// read from the store at every check, since replicas share it): nonces expire against
+    /// it, so a request signed more than a window before it is refused even after the clock
+    /// went back (`serve --now` earlier, NTP stepping back) or when the replica that pruned
+    /// its nonce runs ahead.
     high_water: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for NonceCache {
     fn default() -> NonceCache {
         NonceCache::new(REQUEST_WINDOW)
+    }
+}
+
+/// What [`NonceCache::check_and_insert`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    /// First use: recorded, durably.
+    Fresh,
+    /// Used before (in this process, or stored by it, an earlier one or another replica).
+    Replayed,
+    /// Signed more than a window before the latest instant a signed request was accepted
+    /// at (the high-water mark): its nonce may have been pruned, so it is refused. On
+    /// replicas this also means a replica's clock runs ahead of this one's.
+    BeforeHighWater(DateTime<Utc>),
+}
+
+impl NonceCheck {
+    /// Whether the request may proceed.
+    pub fn is_fresh(self) -> bool {
+        self == NonceCheck::Fresh
     }
 }
 
@@ -341,9 +363,10 @@ impl NonceCache {
         self.window
     }
 
-    /// Records `nonce` of a request signed at `ts`; false when it was already used (seen
-    /// since this process started, or stored by an earlier one or by another replica on
-    /// the same database). The nonce is durable in `store` when this returns true.
+    /// Records `nonce` of a request signed at `ts`: [`NonceCheck::Fresh`], durably in
+    /// `store`, unless it was already used (seen since this process started, or stored by
+    /// an earlier one or by another replica on the same database) or is too old for the
+    /// stored nonces to vouch for.
     /// Blocking (a store flush).
     pub fn check_and_insert(
         &self,
@@ -351,20 +374,22 @@ impl NonceCache {
         nonce: &str,
         ts: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<NonceCheck, StoreError> {
         let expires = ts.max(now) + self.window;
+        // Read afresh each time (one primary-key read): another replica, its clock ahead,
+        // may have moved the mark and pruned by it; the one this process wrote last is a
+        // floor, so a blind write racing another replica's never moves the mark back
+        // further than this process had seen it.
+        let stored = store
+            .get(keys::NONCE_HIGH_WATER)?
+            .and_then(|v| decode_instant(&v));
         let high_water = {
-            let mut hw = self.high_water.lock().unwrap_or_else(|p| p.into_inner());
-            if hw.is_none() {
-                *hw = store
-                    .get(keys::NONCE_HIGH_WATER)?
-                    .and_then(|v| decode_instant(&v));
-            }
-            *hw
+            let mine = *self.high_water.lock().unwrap_or_else(|p| p.into_inner());
+            stored.max(mine)
         };
-        if high_water.is_some_and(|hw| ts + self.window < hw) {
+        if let Some(hw) = high_water.filter(|hw| ts + self.window < *hw) {
             // Older than anything the stored nonces still vouch for.
-            return Ok(false);
+            return Ok(NonceCheck::BeforeHighWater(hw));
         }
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -372,7 +397,7 @@ impl NonceCache {
                 seen.retain(|_, t| *t >= now);
             }
             if seen.get(nonce).is_some_and(|t| *t >= now) {
-                return Ok(false);
+                return Ok(NonceCheck::Replayed);
             }
             // Taken before the store is asked, so two copies of one request racing each
             // other cannot both pass.
@@ -383,7 +408,7 @@ impl NonceCache {
         // request replayed to another replica finds the nonce taken. A stored nonce stays
         // taken until it is pruned, a window after its request's timestamp left the window.
         if !store.insert_if_absent(&key, &expires.timestamp_millis().to_be_bytes())? {
-            return Ok(false);
+            return Ok(NonceCheck::Replayed);
         }
         let mut b = WriteBatch::new();
         let hw = high_water.map_or(now, |h| h.max(now));
@@ -397,7 +422,7 @@ impl NonceCache {
         store.apply(b)?;
         store.flush()?;
         *self.high_water.lock().unwrap_or_else(|p| p.into_inner()) = Some(hw);
-        Ok(true)
+        Ok(NonceCheck::Fresh)
     }
 
     /// Adds the deletion of expired stored nonces to `b`, at most once per window.
@@ -490,9 +515,21 @@ mod tests {
         let store = crate::store::SledStore::open(dir.path()).unwrap();
         let c = NonceCache::default();
         let now = Utc::now();
-        assert!(c.check_and_insert(&store, "a", now, now).unwrap());
-        assert!(!c.check_and_insert(&store, "a", now, now).unwrap());
-        assert!(c.check_and_insert(&store, "b", now, now).unwrap());
+        assert!(
+            c.check_and_insert(&store, "a", now, now)
+                .unwrap()
+                .is_fresh()
+        );
+        assert!(
+            !c.check_and_insert(&store, "a", now, now)
+                .unwrap()
+                .is_fresh()
+        );
+        assert!(
+            c.check_and_insert(&store, "b", now, now)
+                .unwrap()
+                .is_fresh()
+        );
     }
 
     #[test]
@@ -505,16 +542,27 @@ mod tests {
                 NonceCache::default()
                     .check_and_insert(&store, "a", now, now)
                     .unwrap()
+                    .is_fresh()
             );
         }
         let store = crate::store::SledStore::open(dir.path()).unwrap();
         let fresh = NonceCache::default();
-        assert!(!fresh.check_and_insert(&store, "a", now, now).unwrap());
+        assert!(
+            !fresh
+                .check_and_insert(&store, "a", now, now)
+                .unwrap()
+                .is_fresh()
+        );
         // Once the request's timestamp is out of the window, the nonce is forgotten and
         // pruned from the store by the next insertion.
         let later = now + REQUEST_WINDOW * 2;
         let other = NonceCache::default();
-        assert!(other.check_and_insert(&store, "b", later, later).unwrap());
+        assert!(
+            other
+                .check_and_insert(&store, "b", later, later)
+                .unwrap()
+                .is_fresh()
+        );
         let left: Vec<_> = store.scan(keys::NONCE).collect();
         assert_eq!(left.len(), 1, "the expired nonce was pruned");
     }
@@ -527,16 +575,86 @@ mod tests {
         {
             let store = crate::store::SledStore::open(dir.path()).unwrap();
             let c = NonceCache::default();
-            assert!(c.check_and_insert(&store, "a", t, t).unwrap());
+            assert!(c.check_and_insert(&store, "a", t, t).unwrap().is_fresh());
             // The clock moves on; "a" is pruned by the next insertion.
-            assert!(c.check_and_insert(&store, "b", later, later).unwrap());
+            assert!(
+                c.check_and_insert(&store, "b", later, later)
+                    .unwrap()
+                    .is_fresh()
+            );
         }
         // Restarted with the clock back at t (an earlier `--now`, NTP stepping back): the
         // captured request signed at t is refused though its nonce is gone.
         let store = crate::store::SledStore::open(dir.path()).unwrap();
         let fresh = NonceCache::default();
-        assert!(!fresh.check_and_insert(&store, "a", t, t).unwrap());
+        assert!(
+            !fresh
+                .check_and_insert(&store, "a", t, t)
+                .unwrap()
+                .is_fresh()
+        );
         // A request signed now (within a window of the high-water mark) still passes.
-        assert!(fresh.check_and_insert(&store, "c", later, t).unwrap());
+        assert!(
+            fresh
+                .check_and_insert(&store, "c", later, t)
+                .unwrap()
+                .is_fresh()
+        );
+    }
+
+    /// Replicas on one store with skewed clocks: a nonce pruned by the replica whose clock
+    /// is ahead cannot be replayed to another replica, which reads the stored high-water
+    /// mark afresh rather than the one it saw first.
+    #[test]
+    fn a_nonce_pruned_by_a_replica_ahead_does_not_replay_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let t = Utc::now();
+        let (a, b, c) = (
+            NonceCache::default(),
+            NonceCache::default(),
+            NonceCache::default(),
+        );
+        // b has seen the store once (its high-water mark then: t).
+        assert!(b.check_and_insert(&store, "b0", t, t).unwrap().is_fresh());
+        // c accepts "n" signed at t; a, whose clock is 20 minutes ahead, accepts a
+        // request and prunes "n" (expired by a's clock).
+        assert!(c.check_and_insert(&store, "n", t, t).unwrap().is_fresh());
+        let ahead = t + REQUEST_WINDOW * 4;
+        assert!(
+            a.check_and_insert(&store, "a0", ahead, ahead)
+                .unwrap()
+                .is_fresh()
+        );
+        let n_key = keys::nonce(&Digest::of(b"n").to_hex());
+        assert_eq!(store.get(&n_key).unwrap(), None, "a pruned it");
+        // "n" replayed to b, within b's own window: refused.
+        let later = t + Duration::minutes(1);
+        assert!(
+            !b.check_and_insert(&store, "n", t, later)
+                .unwrap()
+                .is_fresh()
+        );
+        // Fail closed: while a runs 20 minutes ahead, b refuses even fresh requests signed
+        // by its own clock (replicas' clocks must agree within the window).
+        assert!(
+            !b.check_and_insert(&store, "b1", later, later)
+                .unwrap()
+                .is_fresh()
+        );
+        // The stored mark never moves back: b's writes keep a's.
+        assert!(
+            b.check_and_insert(&store, "b2", ahead, later)
+                .unwrap()
+                .is_fresh()
+        );
+        let hw = store
+            .get(keys::NONCE_HIGH_WATER)
+            .unwrap()
+            .and_then(|v| decode_instant(&v));
+        assert_eq!(
+            hw.map(|h| h.timestamp_millis()),
+            Some(ahead.timestamp_millis())
+        );
     }
 }

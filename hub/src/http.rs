@@ -683,13 +683,26 @@ async fn signed_source(
     .await
     .map_err(AppError::internal)?
     .map_err(AppError::internal)?;
-    if !fresh {
-        return Err(s.refuse(
-            client,
-            AppError::unauthorized(
-                "this signed request was already used (replay refused); sign each request with a fresh nonce",
-            ),
-        ));
+    match fresh {
+        crate::auth::NonceCheck::Fresh => {}
+        crate::auth::NonceCheck::Replayed => {
+            return Err(s.refuse(
+                client,
+                AppError::unauthorized(
+                    "this signed request was already used (replay refused); sign each request with a fresh nonce",
+                ),
+            ));
+        }
+        crate::auth::NonceCheck::BeforeHighWater(hw) => {
+            return Err(s.refuse(
+                client,
+                AppError::unauthorized(format!(
+                    "this request was signed at {}, more than the request window before {} (the latest time a signed request was accepted at, possibly by another hub replica); check that the agent's clock and every hub replica's clock are synchronised (NTP), then retry",
+                    ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    hw.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
+            ));
+        }
     }
     s.charge_source(&source, source.as_str())?;
     Ok(source)

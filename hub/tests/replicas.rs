@@ -330,10 +330,12 @@ fn a_nonce_is_single_use_across_replicas() {
     assert!(
         ca.check_and_insert(a.hub.store.as_ref(), "n-1", now, now)
             .expect("a")
+            .is_fresh()
     );
     assert!(
         !cb.check_and_insert(b.hub.store.as_ref(), "n-1", now, now)
             .expect("b")
+            .is_fresh()
     );
     for i in 0..20 {
         let nonce = format!("race-{i}");
@@ -341,8 +343,8 @@ fn a_nonce_is_single_use_across_replicas() {
             let x = t.spawn(|| ca.check_and_insert(a.hub.store.as_ref(), &nonce, now, now));
             let y = t.spawn(|| cb.check_and_insert(b.hub.store.as_ref(), &nonce, now, now));
             (
-                x.join().expect("a").expect("a"),
-                y.join().expect("b").expect("b"),
+                x.join().expect("a").expect("a").is_fresh(),
+                y.join().expect("b").expect("b").is_fresh(),
             )
         });
         assert!(x ^ y, "{nonce}: accepted {} times", x as u8 + y as u8);
