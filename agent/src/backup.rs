@@ -99,6 +99,7 @@ pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, Backu
 fn asked(e: control::AskError, socket: &Path) -> BackupError {
     match e {
         control::AskError::Failed(why) => BackupError::Remote(why),
+        e @ control::AskError::Unseen(_) => BackupError::Remote(e.to_string()),
         control::AskError::Protocol(why) => BackupError::Protocol {
             socket: socket.to_path_buf(),
             why,

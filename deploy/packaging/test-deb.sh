@@ -45,6 +45,9 @@ for pkg in agent hub; do
   st=$(stat -c '%a %U' "/var/lib/spacesync-$pkg")
   [[ "$st" == "700 spacesync" ]] || fail "/var/lib/spacesync-$pkg is $st, want 700 spacesync"
   ok "/var/lib/spacesync-$pkg 700 spacesync"
+  st=$(stat -c '%a %U' "/var/backups/spacesync-$pkg")
+  [[ "$st" == "700 spacesync" ]] || fail "/var/backups/spacesync-$pkg is $st, want 700 spacesync"
+  ok "/var/backups/spacesync-$pkg 700 spacesync (the unit's ReadWritePaths for backups)"
 done
 
 runuser -u spacesync -- /usr/bin/spacesync-agent --data /var/lib/spacesync-agent init \
@@ -69,5 +72,7 @@ dpkg --purge spacesync-agent spacesync-hub
 [[ ! -e /usr/bin/spacesync-agent && ! -e /usr/bin/spacesync-hub ]] || fail "binaries left after purge"
 [[ -f /var/lib/spacesync-agent/agent.key ]] || fail "purge removed the agent's key"
 ok "purge: binaries gone, the data directory with its key kept"
+[[ ! -e /var/backups/spacesync-hub ]] || fail "purge left the empty /var/backups/spacesync-hub"
+ok "purge: the empty backup directories removed"
 rm -rf /var/lib/spacesync-agent /var/lib/spacesync-hub
 echo "test-deb: $checks passed, 0 failed"

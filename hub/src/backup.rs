@@ -196,6 +196,7 @@ pub fn write_serving(hub: &Hub, dir: &DataDir, out: &Path) -> Result<Summary, Ba
 fn asked(e: control::AskError, socket: &Path) -> BackupError {
     match e {
         control::AskError::Failed(why) => BackupError::Remote(why),
+        e @ control::AskError::Unseen(_) => BackupError::Remote(e.to_string()),
         control::AskError::Protocol(why) => BackupError::Protocol {
             socket: socket.to_path_buf(),
             why,

@@ -41,7 +41,16 @@ pub enum AskError {
     /// The exchange itself failed (what was wrong).
     #[error("{0}")]
     Protocol(String),
+    /// The process says it wrote the backup, but this command cannot see it there.
+    #[error(
+        "the running process reports the backup written to {0}, but this command does not see it there: the service has its own view of the file system (systemd PrivateTmp= or a private mount); back up into a directory the service's unit lets it write and that you can read (the packages' units: /var/backups/spacesync-hub or /var/backups/spacesync-agent), or stop the service and back up its stopped store"
+    )]
+    Unseen(PathBuf),
 }
+
+/// What to do when the process could not write where it was asked (systemd's
+/// `ProtectSystem=strict` leaves only the unit's own directories writable).
+const READ_ONLY_HINT: &str = "; the service may only write the directories its unit allows (ProtectSystem=strict): back up into /var/backups/spacesync-hub or /var/backups/spacesync-agent (the packages' units allow them), or add the directory to ReadWritePaths= in a drop-in (systemctl edit)";
 
 /// Answers backup requests on `path` until the task is dropped: `make(OUT)` runs on a
 /// blocking thread and its summary (or error text) is the answer. A stale socket (from a
@@ -109,7 +118,81 @@ pub fn ask<S: DeserializeOwned>(
     match serde_json::from_str::<Answer<S>>(&answer).map_err(|e| {
         AskError::Protocol(format!("unreadable answer from the running process: {e}"))
     })? {
-        Answer::Done(s) => Ok(s),
+        Answer::Done(s) => {
+            // The process wrote the copy in its own mount namespace: under PrivateTmp= a
+            // "/tmp/…" backup would vanish with the service.
+            let seen = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+            if seen {
+                Ok(s)
+            } else {
+                Err(AskError::Unseen(out.to_path_buf()))
+            }
+        }
+        // std's text for EROFS.
+        Answer::Failed { error } if error.contains("(os error 30)") => {
+            Err(AskError::Failed(format!("{error}{READ_ONLY_HINT}")))
+        }
         Answer::Failed { error } => Err(AskError::Failed(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that answers every backup with `answer`, writing `files` into OUT first.
+    async fn ask_one(
+        answer: Result<u64, String>,
+        files: bool,
+    ) -> (tempfile::TempDir, Result<u64, AskError>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let socket = dir.path().join(CONTROL_SOCKET);
+        let server = tokio::spawn(serve(socket.clone(), move |out: PathBuf| {
+            if files {
+                std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+                std::fs::write(out.join("db"), b"x").map_err(|e| e.to_string())?;
+            }
+            answer.clone()
+        }));
+        let out = dir.path().join("out");
+        let got = tokio::task::spawn_blocking(move || {
+            for _ in 0..200 {
+                if let Ok(conn) = std::os::unix::net::UnixStream::connect(&socket) {
+                    return ask::<u64>(conn, &out);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(AskError::Protocol("the socket never opened".into()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        server.abort();
+        (dir, got)
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_done_only_if_this_side_sees_it() {
+        let (_d, got) = ask_one(Ok(7), true).await;
+        assert_eq!(got.ok(), Some(7));
+        // Reported written, but not where this command looks (the service's private /tmp).
+        let (_d, got) = ask_one(Ok(7), false).await;
+        let err = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("does not see it there"), "{err}");
+        assert!(err.contains("/var/backups/spacesync-hub"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_target_says_where_the_service_may_write() {
+        let (_d, got) = ask_one(
+            Err("/backup/x: Read-only file system (os error 30)".into()),
+            false,
+        )
+        .await;
+        let err = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("/backup/x: Read-only file system"), "{err}");
+        assert!(err.contains("ReadWritePaths="), "{err}");
+        let (_d, got) = ask_one(Err("exists and is not empty".into()), false).await;
+        let err = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "exists and is not empty");
     }
 }
