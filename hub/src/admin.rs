@@ -475,7 +475,54 @@ pub fn routes() -> Router<AppState> {
         .route(admin::PATH_BULLETINS_ISSUE, post(bulletins_issue))
         .route(admin::PATH_INVITES, post(invites_create))
         .route(admin::PATH_ENROL, post(enrol_handler))
+        .route(
+            admin::PATH_BUNDLE_BATCH,
+            // Inside the router-wide limit, so this one wins for this route.
+            post(bundle_batch).layer(DefaultBodyLimit::max(crate::http::MAX_BODY)),
+        )
         .layer(DefaultBodyLimit::max(admin::MAX_ADMIN_BODY))
+}
+
+/// `POST` [`admin::PATH_BUNDLE_BATCH`]: one batch of an offline bundle through the ingest
+/// path (`import-bundle --hub`). A batch refused as a whole is an answer, not an HTTP
+/// error (the CLI tells it from a refused token); only a storage failure is 503.
+async fn bundle_batch(
+    State(s): State<AppState>,
+    caller: AdminCaller,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<admin::BundleBatchAnswer>, AdminError> {
+    let bytes = bytes.map_err(|e| {
+        AdminError::Body(format!(
+            "the batch could not be read ({}); a batch is at most {} bytes",
+            e.body_text(),
+            crate::http::MAX_BODY
+        ))
+    })?;
+    let batch: spacesync_shared::wire::IngestBatch = spacesync_shared::json::from_slice(&bytes)
+        .and_then(serde_json::from_value)
+        .map_err(|e| AdminError::Invalid(format!("the body is not an ingest batch: {e}")))?;
+    let (source, entries) = (batch.source.clone(), batch.entries.len());
+    let hub = s.hub.clone();
+    let answer = blocking(move || {
+        match hub.ingest_with(batch, spacesync_shared::wire::ReceiptForm::Batch) {
+            Ok(o) => Ok(admin::BundleBatchAnswer::Ingested {
+                status: o.status,
+                appended: o.appended,
+                response: o.response,
+            }),
+            Err(e @ (IngestError::Store(_) | IngestError::Log(_))) => Err(e.into()),
+            Err(e) => Ok(admin::BundleBatchAnswer::Refused {
+                error: e.to_string(),
+            }),
+        }
+    })
+    .await?;
+    let appended = match &answer {
+        admin::BundleBatchAnswer::Ingested { appended, .. } => *appended,
+        admin::BundleBatchAnswer::Refused { .. } => 0,
+    };
+    info!(target: "audit", admin = %caller.id, action = "bundle.batch", source = %source, entries, appended, "Admin call.");
+    Ok(Json(answer))
 }
 
 /// The request body as read by axum (within [`admin::MAX_ADMIN_BODY`]), or its refusal.

@@ -6,8 +6,9 @@
 //! chain verifier (gaps, forks, resends), clock rules, flushed append and signed receipts.
 //! A batch the hub already holds is a resend: it changes nothing and is answered with the
 //! receipts it was first given. The answers, receipts included, are written to OUT for
-//! `spacesync-agent import-receipts`. The `--hub URL` form (a running hub, through the
-//! admin API) is the seam [`import`] leaves: it takes the hub, not the store.
+//! `spacesync-agent import-receipts`. With `--hub URL` the CLI sends each batch to a
+//! running hub's admin API (`POST /v1/admin/bundle/batch`), which calls the same
+//! [`Hub::ingest_with`]; [`outcome`] reads both answers alike.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ use spacesync_shared::bundle::{
     BUNDLE_FORMAT, Bundle, BundleReceipts, MAX_BUNDLE_BYTES, RECEIPTS_FORMAT, ReadFileError,
     read_capped,
 };
-use spacesync_shared::wire::{IngestResponse, ReceiptForm};
+use spacesync_shared::wire::{IngestBatch, IngestResponse, ReceiptForm};
 
 use crate::hub::Hub;
 use crate::ingest::IngestError;
@@ -40,6 +41,16 @@ pub enum BundleError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
+        why: String,
+    },
+    /// The running hub refused a batch as a whole (`--hub`).
+    #[error("batch {index} of the bundle: the hub at {hub} refused it: {why}")]
+    RemoteBatch {
+        /// 1-based batch number.
+        index: usize,
+        /// The hub's URL.
+        hub: String,
+        /// The hub's words.
         why: String,
     },
     /// The receipts file exists already.
@@ -71,26 +82,35 @@ pub struct BatchOutcome {
     pub response: IngestResponse,
 }
 
+/// What the hub's answer to `batch` (here, or over the admin API) did.
+pub fn outcome(
+    batch: &IngestBatch,
+    status: u16,
+    appended: usize,
+    response: IngestResponse,
+) -> BatchOutcome {
+    BatchOutcome {
+        entries: batch.entries.len(),
+        held: batch
+            .entries
+            .iter()
+            .filter_map(|e| Entry::from_payload(&e.payload).ok())
+            .filter(|e| e.seq <= response.held_through)
+            .count(),
+        appended,
+        status,
+        response,
+    }
+}
+
 /// Ingests every batch of `bundle` through the hub's ingest path, in order. Stops at the
 /// first batch the hub refuses as a whole (returned beside the answers to the batches
 /// before it, whose receipts still count); refusals of single entries are in the answers.
 pub fn import(hub: &Hub, bundle: &Bundle) -> (Vec<BatchOutcome>, Option<BundleError>) {
     let mut out = Vec::with_capacity(bundle.batches.len());
     for (i, batch) in bundle.batches.iter().enumerate() {
-        let entries = batch.entries.len();
         match hub.ingest_with(batch.clone(), ReceiptForm::Batch) {
-            Ok(o) => out.push(BatchOutcome {
-                entries,
-                held: batch
-                    .entries
-                    .iter()
-                    .filter_map(|e| Entry::from_payload(&e.payload).ok())
-                    .filter(|e| e.seq <= o.response.held_through)
-                    .count(),
-                appended: o.appended,
-                status: o.status,
-                response: o.response,
-            }),
+            Ok(o) => out.push(outcome(batch, o.status, o.appended, o.response)),
             Err(error) => {
                 return (
                     out,

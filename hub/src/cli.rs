@@ -152,13 +152,16 @@ pub enum Cmd {
         /// The directory `backup` wrote.
         backup: PathBuf,
     },
-    /// Ingest an agent's offline bundle (`spacesync-agent export-bundle`) on this stopped
-    /// hub, with the checks, idempotency and receipts of the network path, and write the
-    /// receipts for `spacesync-agent import-receipts`.
+    /// Ingest an agent's offline bundle (`spacesync-agent export-bundle`) on a stopped hub
+    /// or, with --hub URL, on a running one, with the checks, idempotency and receipts of
+    /// the network path, and write the receipts for `spacesync-agent import-receipts`.
     #[command(
-        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub import-bundle gd-rrt.bundle --receipts gd-rrt.receipts   # hub stopped"
+        after_help = "Example:\n  spacesync-hub import-bundle gd-rrt.bundle --receipts gd-rrt.receipts --hub https://hub.example   # running hub (token: SPACESYNC_HUB_TOKEN); a stopped one: --data DIR instead of --hub"
     )]
     ImportBundle {
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
         /// The bundle file.
         file: PathBuf,
         /// Where to write the receipts (a new file).
@@ -731,6 +734,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             );
         }
         Cmd::ImportBundle {
+            remote,
             file,
             receipts,
             now,
@@ -739,8 +743,13 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             if receipts.exists() {
                 return Err(crate::bundle::BundleError::ReceiptsExist(receipts).into());
             }
-            let (hub, _) = config::open_hub(&dir, make_clock(now.as_deref(), None)?)?;
-            let (outcomes, stopped) = crate::bundle::import(&hub, &bundle);
+            let (outcomes, stopped) = match remote.target(&dir, now.as_deref())? {
+                Target::Store(dir, clock) => {
+                    let (hub, _) = config::open_hub(dir, clock)?;
+                    crate::bundle::import(&hub, &bundle)
+                }
+                Target::Hub(c) => import_remote(&c, &bundle),
+            };
             crate::bundle::write_receipts(&receipts, &bundle, &outcomes)?;
             for line in crate::bundle::describe(&outcomes) {
                 spacesync_shared::outln!("{line}");
@@ -816,6 +825,38 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
     Ok(())
+}
+
+/// [`crate::bundle::import`] through a running hub's admin API: each batch in order,
+/// stopping at the first the hub refuses as a whole or the first failed call (the answers
+/// before it still count, and go into the receipts file).
+fn import_remote(
+    c: &HubClient,
+    bundle: &spacesync_shared::bundle::Bundle,
+) -> (
+    Vec<crate::bundle::BatchOutcome>,
+    Option<crate::bundle::BundleError>,
+) {
+    let mut out = Vec::with_capacity(bundle.batches.len());
+    for (i, batch) in bundle.batches.iter().enumerate() {
+        let stop = |why: String| crate::bundle::BundleError::RemoteBatch {
+            index: i + 1,
+            hub: c.base.clone(),
+            why,
+        };
+        match c.post::<_, wire_admin::BundleBatchAnswer>(wire_admin::PATH_BUNDLE_BATCH, batch) {
+            Ok(wire_admin::BundleBatchAnswer::Ingested {
+                status,
+                appended,
+                response,
+            }) => out.push(crate::bundle::outcome(batch, status, appended, response)),
+            Ok(wire_admin::BundleBatchAnswer::Refused { error }) => {
+                return (out, Some(stop(error)));
+            }
+            Err(e) => return (out, Some(stop(e.to_string()))),
+        }
+    }
+    (out, None)
 }
 
 /// Where an admin command acts.

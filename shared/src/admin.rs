@@ -43,8 +43,34 @@ pub const PATH_ENROL: &str = "/v1/enrol";
 /// request): the new key signs from `from_seq` on ([`Rotated`]).
 pub const PATH_AGENT_ROTATE_KEY: &str = "/v1/agent/rotate-key";
 
-/// Largest admin request body the hub reads.
+/// `POST` one [`crate::wire::IngestBatch`] of an agent's offline bundle (`import-bundle
+/// --hub`): ingested exactly as `POST /v1/ingest` would, receipts as one signed batch
+/// receipt ([`BundleBatchAnswer`]). The body may be as large as an ingest request.
+pub const PATH_BUNDLE_BATCH: &str = "/v1/admin/bundle/batch";
+
+/// Largest admin request body the hub reads (but [`PATH_BUNDLE_BATCH`]'s).
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Answer to [`PATH_BUNDLE_BATCH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BundleBatchAnswer {
+    /// The hub's answer to the batch, as `POST /v1/ingest` gives it.
+    Ingested {
+        /// 200 all held, 409 gap or fork, 422 an entry refused.
+        status: u16,
+        /// Entries newly appended.
+        appended: usize,
+        /// Receipts and refusals.
+        response: crate::wire::IngestResponse,
+    },
+    /// The batch was refused as a whole (unknown or revoked source, too many entries, a
+    /// repeated seq): nothing of it was stored.
+    Refused {
+        /// Why, in the hub's words.
+        error: String,
+    },
+}
 
 /// Register a source (`agents add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

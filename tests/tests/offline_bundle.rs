@@ -182,3 +182,122 @@ async fn a_bundle_carries_entries_to_the_hub_and_receipts_back_and_replays_or_ta
     let out = agent.cli(&["export-bundle", &p("empty.json")]);
     assert!(text(&out).contains("no entries"), "{}", text(&out));
 }
+
+/// `import-bundle --hub URL`: the same bundle ingested by a running hub through its admin
+/// API (no data directory, the token from the environment): every entry appended, the
+/// receipts verify at the agent, a replay changes nothing, and a bundle of a source the
+/// hub does not know is refused as a whole with the hub's words — not as a bad token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_hub_imports_a_bundle_through_its_admin_api() {
+    let mut hub = HubNode::init();
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = AgentNode::init(SITES[0], &unreachable, &hub.key_line, |cfg| {
+        cfg.push.max_entries = 2;
+    });
+    let mut stranger = AgentNode::init(SITES[1], &unreachable, &hub.key_line, |_| {});
+    hub.register(&SITES[0], &agent.key_line);
+    let made = hub.cli(&["token", "create", "--role", "admin", "--label", "bundles"]);
+    assert!(made.status.success(), "token create: {}", text(&made));
+    let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let http = reqwest::Client::new();
+    for a in [&mut agent, &mut stranger] {
+        a.start().await;
+        let mut work = Workload::new(a.site);
+        let body = (0..5)
+            .map(|_| work.next_write().1)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let r = http
+            .post(format!("{}/v1/records", a.url()))
+            .bearer_auth(&a.token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 200);
+        a.stop();
+    }
+    hub.start().await;
+    let url = hub.url();
+    let files = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let p = |n: &str| files.path().join(n).to_string_lossy().to_string();
+    let remote = |args: &[&str]| {
+        std::process::Command::new(spacesync_tests::cluster::hub_bin())
+            .args(args)
+            .args(["--hub", &url])
+            .env("SPACESYNC_HUB_TOKEN", &token)
+            .env_remove("SPACESYNC_HUB_DATA")
+            .current_dir(files.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let out = agent.cli(&["export-bundle", &p("bundle.json")]);
+    assert!(out.status.success(), "export-bundle: {}", text(&out));
+
+    let out = remote(&[
+        "import-bundle",
+        &p("bundle.json"),
+        "--receipts",
+        &p("r.json"),
+    ]);
+    assert!(out.status.success(), "import-bundle --hub: {}", text(&out));
+    assert!(text(&out).contains("2 appended"), "{}", text(&out));
+    let out = remote(&[
+        "import-bundle",
+        &p("bundle.json"),
+        "--receipts",
+        &p("r2.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing changed"), "{}", text(&out));
+
+    // A source the hub does not know: refused as a whole, the hub's reason in the words.
+    let out = stranger.cli(&["export-bundle", &p("stranger.json")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = remote(&[
+        "import-bundle",
+        &p("stranger.json"),
+        "--receipts",
+        &p("r3.json"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "an unknown source's bundle is refused"
+    );
+    assert!(
+        text(&out).contains("batch 1 of the bundle")
+            && text(&out).contains("is not registered at this hub"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("token"), "{}", text(&out));
+
+    // A wrong token: refused before anything.
+    let bad = std::process::Command::new(spacesync_tests::cluster::hub_bin())
+        .args([
+            "import-bundle",
+            &p("bundle.json"),
+            "--receipts",
+            &p("r4.json"),
+        ])
+        .args(["--hub", &url])
+        .env("SPACESYNC_HUB_TOKEN", "sst_not-a-token")
+        .env_remove("SPACESYNC_HUB_DATA")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("refused the token"), "{}", text(&bad));
+
+    hub.stop();
+    let leaves = hub_leaves(&hub);
+    assert_eq!(
+        leaves.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<_>>()
+    );
+    let out = agent.cli(&["import-receipts", &p("r.json")]);
+    assert!(out.status.success(), "import-receipts: {}", text(&out));
+    assert_eq!(acked(&agent), 5);
+    let v = hub.cli(&["verify"]);
+    assert!(v.status.success(), "hub verify: {}", text(&v));
+}
