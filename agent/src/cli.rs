@@ -103,9 +103,10 @@ pub enum Command {
         after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent token --rotate"
     )]
     Token(TokenArgs),
-    /// Replace this source's key (the agent stopped): the hub is asked, in a request the
-    /// current key signs, to take the new key from the next seq on; then the agent
-    /// switches. Safe to run again after any interruption. With --lost (the old key is
+    /// Replace this source's key (the agent stopped), in its own chain: a key-transition
+    /// entry at the next seq, signed by the current key, names the new key; from the seq
+    /// after it the hub takes only the new key. No network: the pusher delivers it like
+    /// any entry. Safe to run again after any interruption. With --lost (the old key is
     /// gone or compromised): switch at once and print what the hub's admin needs for
     /// `spacesync-hub agents rotate`.
     #[command(
@@ -161,7 +162,8 @@ pub struct RotateKeyArgs {
     /// `spacesync-hub agents rotate` with the printed key and seq.
     #[arg(long)]
     pub lost: bool,
-    /// Sign the request as of this instant (RFC 3339), for an agent that runs with --now.
+    /// Stamp the key-transition entry with this instant (RFC 3339), for an agent that runs
+    /// with --now.
     #[arg(long)]
     pub now: Option<String>,
 }
@@ -454,10 +456,12 @@ fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let done = runtime()?.block_on(crate::rotate::rotate(data, &cfg, &store, clock.now()))?;
+    let campaign = cfg.load_campaign(data)?;
+    let done = crate::rotate::rotate(data, &cfg, &store, &campaign.id, clock.now())?;
     spacesync_shared::outln!("{}", done.key);
     eprintln!(
-        "Rotated: the hub takes entries from seq {} on only with the new key above; start `spacesync-agent run`.",
+        "Rotated: the key-transition entry is seq {}, signed by the old key; from seq {} on only the new key above signs. The pusher delivers it with the next entries (the hub need not be reachable now); start `spacesync-agent run`.",
+        done.from_seq - 1,
         done.from_seq
     );
     Ok(ExitCode::SUCCESS)

@@ -53,6 +53,11 @@ impl DataDir {
     pub fn key_next(&self) -> PathBuf {
         self.root.join("agent.key.next")
     }
+    /// `agent.key.retired`: the key a key transition replaced, kept only to sign the
+    /// agent's requests (head, notices) until the hub has receipted the transition.
+    pub fn key_retired(&self) -> PathBuf {
+        self.root.join("agent.key.retired")
+    }
     /// `intake.token`.
     pub fn token(&self) -> PathBuf {
         self.root.join("intake.token")

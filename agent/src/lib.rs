@@ -17,7 +17,7 @@
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
 //!   user of `backoff`.
 //! - [`enrol`]: `init --enrol CODE` — registers the new key with the hub the code names.
-//! - [`rotate`]: `rotate-key` — a new key, confirmed by the hub, swapped in crash-safely.
+//! - [`rotate`]: `rotate-key` — a new key by a key-transition entry in the chain (offline), swapped in crash-safely.
 //! - [`hub_key`]: which key the hub's receipts must verify with (pinned, or first use).
 //! - [`push`]: the pusher — transport, the one classification of hub answers, the delivery
 //!   state machine (batches, receipts, head probing, alarms), notices, retention.

@@ -1,33 +1,39 @@
-//! Key rotation from the agent (`spacesync-agent rotate-key`, agent stopped).
+//! Key rotation from the agent (`spacesync-agent rotate-key`, agent stopped), in the
+//! source's own chain: no network, no hub confirmation.
 //!
-//! The new key is written to `agent.key.next` (0600, flushed) before anything else. The
-//! hub is then asked, in a request signed by the key in force, to let the new key sign
-//! from the agent's next seq (`POST /v1/agent/rotate-key`; the body carries the new key's
-//! own signature); the hub records it as `agents rotate` does, a hub-signed log entry, so
-//! it accepts only the new key from that seq on. Only after the hub's answer does the
-//! agent switch: the store's identity and key history change in one flushed write, then
-//! `agent.key.next` replaces `agent.key`.
+//! 1. The new key is written to `agent.key.next` (0600, flushed) before anything else.
+//! 2. One flushed store write appends a key-transition entry at the next seq N
+//!    ([`spacesync_shared::record::KeyTransition`]: the new key's line and its proof, the
+//!    whole entry signed by the key in force) and records that the new key signs from
+//!    N+1 (the store's identity and key history).
+//! 3. The files are swapped: `agent.key` becomes `agent.key.retired`, `agent.key.next`
+//!    becomes `agent.key` (the directory synced after each).
 //!
-//! A crash anywhere in between loses nothing: while `agent.key.next` exists and the store
-//! does not name it, `run` refuses to start and `rotate-key` again finishes the same
-//! rotation (the same key, the same seq; the hub answers a rotation it already recorded
-//! as the first time, whichever of the two keys signs the request); once the store names
-//! it, opening the agent finishes the swap of the files. No entry is signed meanwhile,
-//! so every seq before the rotation is signed by the old key and every one after by the
-//! new.
+//! The pusher delivers the transition like any entry, whenever the hub is reachable; the
+//! hub then takes only the new key from N+1 on. Until the hub has receipted the
+//! transition, its registry still names the old key, so the agent's signed requests (the
+//! hub's head, notices) are signed by the retired key, and by the other key when the hub
+//! answers 401 (the hub may hold the transition before the agent holds its receipt);
+//! once receipted, `agent.key.retired` is removed (see [`retired`]).
+//!
+//! A crash anywhere loses nothing and leaves a consistent agent: before step 2 the store
+//! does not name the new key, so every seq is still the old key's; `run` refuses to start
+//! while `agent.key.next` exists unnamed ([`RotateError::Pending`]) and `rotate-key` again
+//! finishes the same rotation with the same key. After step 2 the store names it, and
+//! opening the agent ([`settle`]) or `rotate-key` again finishes the swap, whichever file
+//! rename the crash interrupted.
 //!
 //! `rotate-key --lost` is the other half of the hub-side `agents rotate` (the old key is
 //! lost or compromised): the agent switches to a new key at once and prints its line and
 //! first seq for the ministry's admin; the hub refuses its new entries until the admin
-//! has run `agents rotate` with them.
+//! has run `agents rotate` with them. Nothing is written to the chain.
 
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ed25519_dalek::SigningKey;
-use spacesync_shared::admin::{self, Rotated};
+use spacesync_shared::entry::Entry;
 use spacesync_shared::keys;
-use spacesync_shared::wire::{self, ErrorBody};
 
 use crate::config::{Config, DataDir};
 use crate::store::{Store, StoreError};
@@ -49,23 +55,26 @@ pub enum RotateError {
         /// The OS error.
         error: std::io::Error,
     },
-    /// A rotation is half done and `run` may not sign with either key yet.
+    /// A rotation was interrupted before the chain recorded it; `run` may not sign with
+    /// either key until it is finished.
     #[error(
-        "{0} holds a new key whose rotation the hub has not confirmed; run `spacesync-agent rotate-key` again to finish it (or `rotate-key --lost` when the old key is gone)"
+        "{0} holds a new key whose key-transition entry was not written yet (an interrupted `rotate-key`); run `spacesync-agent rotate-key` again to finish it (no hub is needed), or `rotate-key --lost` when the old key is gone"
     )]
     Pending(std::path::PathBuf),
-    /// The hub was not reached or refused.
+    /// The key file does not hold the key the store is bound to.
     #[error(
-        "the hub at {hub} {why}; nothing changed here, {next} holds the new key: run `spacesync-agent rotate-key` again"
+        "{path} does not hold the key this store signs with ({want}); restore the right agent.key (from a backup) before rotating"
     )]
-    Hub {
-        /// The hub URL.
-        hub: String,
-        /// What happened.
-        why: String,
-        /// The pending key file.
-        next: std::path::PathBuf,
+    Mismatch {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The key line the store names.
+        want: String,
     },
+    /// A failure injected by a test at a step.
+    #[cfg(test)]
+    #[error("interrupted at {0:?} (test)")]
+    Interrupted(Step),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RotateError + '_ {
@@ -75,28 +84,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RotateError + '_ {
     }
 }
 
-/// Replaces `agent.key` with `agent.key.next`, durably (the directory is synced).
-fn swap_files(data: &DataDir) -> Result<(), RotateError> {
-    let next = data.key_next();
-    std::fs::rename(&next, data.key()).map_err(io(&next))?;
+fn sync_dir(data: &DataDir) -> Result<(), RotateError> {
     std::fs::File::open(&data.root)
         .and_then(|d| d.sync_all())
-        .map_err(io(&data.root))?;
-    Ok(())
+        .map_err(io(&data.root))
+}
+
+/// The points of a rotation a crash may interrupt (for the tests' injected failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing written yet.
+    Start,
+    /// `agent.key.next` written and flushed.
+    KeyWritten,
+    /// The transition entry and the new identity written and flushed.
+    EntryWritten,
+    /// `agent.key` renamed to `agent.key.retired`.
+    Retired,
+    /// `agent.key.next` renamed to `agent.key`: done.
+    Swapped,
+}
+
+/// Replaces `agent.key` with `agent.key.next`, durably, keeping the old key as
+/// `agent.key.retired`; resumes a swap interrupted after its first rename.
+fn swap_files(
+    data: &DataDir,
+    crash: &mut dyn FnMut(Step) -> Result<(), RotateError>,
+) -> Result<(), RotateError> {
+    let (key, next, retired) = (data.key(), data.key_next(), data.key_retired());
+    if key.exists() {
+        std::fs::rename(&key, &retired).map_err(io(&key))?;
+        sync_dir(data)?;
+    }
+    crash(Step::Retired)?;
+    std::fs::rename(&next, &key).map_err(io(&next))?;
+    sync_dir(data)?;
+    crash(Step::Swapped)
+}
+
+fn line_of(key: &SigningKey) -> String {
+    keys::public_key_line(&key.verifying_key())
 }
 
 /// At open: finishes a rotation the store already records (the files were not swapped
-/// yet), and refuses to go on while one is pending. Returns true when it finished one.
+/// yet, or only half), refuses to go on while one is pending, and removes a retired key
+/// the hub has receipted the transition of. Returns true when it finished one.
 pub fn settle(data: &DataDir, cfg: &Config, store: &Store) -> Result<bool, RotateError> {
     let next = data.key_next();
     if !next.exists() {
+        if let Some(r) = retired(data, store)?
+            && store.acked()? >= r.through
+        {
+            forget_retired(data)?;
+        }
         return Ok(false);
     }
     let key = keys::read_secret(&next)?;
-    let line = keys::public_key_line(&key.verifying_key());
-    let want = format!("source {} with key {line}", cfg.source);
+    let want = format!("source {} with key {}", cfg.source, line_of(&key));
     if store.identity()?.as_deref() == Some(want.as_str()) {
-        swap_files(data)?;
+        swap_files(data, &mut |_| Ok(()))?;
         return Ok(true);
     }
     Err(RotateError::Pending(next))
@@ -110,9 +156,7 @@ fn next_key(data: &DataDir) -> Result<SigningKey, RotateError> {
     }
     let key = keys::generate()?;
     keys::write_secret(&next, &key)?;
-    std::fs::File::open(&data.root)
-        .and_then(|d| d.sync_all())
-        .map_err(io(&data.root))?;
+    sync_dir(data)?;
     Ok(key)
 }
 
@@ -125,79 +169,75 @@ pub struct Done {
     pub from_seq: u64,
 }
 
-/// Rotates the key of the stopped agent of `data`, asking the hub first (see the module
-/// docs). `now` stamps the signed request (the hub refuses one far from its clock).
-pub async fn rotate(
+/// Rotates the key of the stopped agent of `data` in its chain (see the module docs):
+/// the transition entry is stamped `now` (the agent clock) for `campaign`.
+pub fn rotate(
     data: &DataDir,
     cfg: &Config,
     store: &Store,
+    campaign: &str,
     now: DateTime<Utc>,
 ) -> Result<Done, RotateError> {
-    // Recorded already, files not swapped yet (an interruption): finish that.
+    rotate_with(data, cfg, store, campaign, now, &mut |_| Ok(()))
+}
+
+/// [`rotate`], calling `crash` at each [`Step`] (a test's failure there stops it as a
+/// crash would).
+fn rotate_with(
+    data: &DataDir,
+    cfg: &Config,
+    store: &Store,
+    campaign: &str,
+    now: DateTime<Utc>,
+    crash: &mut dyn FnMut(Step) -> Result<(), RotateError>,
+) -> Result<Done, RotateError> {
+    // Recorded already, files not (all) swapped yet (an interruption): finish that.
     if data.key_next().exists() && settle(data, cfg, store).is_ok() {
         let history = store.key_history()?;
         let (from_seq, key) = history.last().cloned().unwrap_or_default();
         return Ok(Done { key, from_seq });
     }
+    crash(Step::Start)?;
     let old = keys::read_secret(&data.key())?;
-    let new = next_key(data)?;
-    let (head, _) = store.head()?;
-    let from_seq = head + 1;
-    let hub_key = crate::hub_key::known(cfg, store)
-        .map_err(|e| RotateError::Hub {
-            hub: cfg.hub.clone(),
-            why: format!("key is not known here ({e})"),
-            next: data.key_next(),
-        })?
-        .map(|k| keys::public_key_line(&k))
-        .ok_or_else(|| RotateError::Hub {
-            hub: cfg.hub.clone(),
-            why: "was never reached, so its key is not known here: run the agent once, or pin hub_key in agent.toml".into(),
-            next: data.key_next(),
-        })?;
-    let req = admin::rotate_request(&hub_key, cfg.source.as_str(), from_seq, &new);
-    let body = serde_json::to_vec(&req).map_err(|e| RotateError::Hub {
-        hub: cfg.hub.clone(),
-        why: e.to_string(),
-        next: data.key_next(),
-    })?;
-    // Signed by the key in force; when the hub already recorded this rotation (its answer
-    // was lost), the new key is the one in force there.
-    let mut last = String::new();
-    for signer in [&old, &new] {
-        match send(cfg, signer, &body, now).await {
-            Ok(r) if r.key == req.key && r.from_seq == from_seq => {
-                store.rotate_identity(
-                    &cfg.source,
-                    &keys::public_key_line(&old.verifying_key()),
-                    &req.key,
-                    from_seq,
-                )?;
-                swap_files(data)?;
-                return Ok(Done {
-                    key: req.key,
-                    from_seq,
-                });
-            }
-            Ok(r) => {
-                last = format!(
-                    "recorded another rotation ({} from seq {})",
-                    r.key, r.from_seq
-                );
-                break;
-            }
-            Err((status, why)) => {
-                last = why;
-                if status != Some(401) {
-                    break;
-                }
-            }
-        }
+    let old_line = line_of(&old);
+    let bound = format!("source {} with key {old_line}", cfg.source);
+    if let Some(identity) = store.identity()?
+        && identity != bound
+    {
+        return Err(RotateError::Mismatch {
+            path: data.key(),
+            want: identity,
+        });
     }
-    Err(RotateError::Hub {
-        hub: cfg.hub.clone(),
-        why: last,
-        next: data.key_next(),
+    let new = next_key(data)?;
+    crash(Step::KeyWritten)?;
+    let (head, prev) = store.head()?;
+    let seq = head + 1;
+    let entry = Entry::key_transition(
+        cfg.source.clone(),
+        seq,
+        prev,
+        now.trunc_subsecs(3),
+        campaign.to_string(),
+        &new,
+    );
+    let env = entry.sign(&old);
+    let json = serde_json::to_vec(&env)
+        .map_err(|e| StoreError::Corrupt(format!("the key-transition envelope: {e}")))?;
+    let new_line = line_of(&new);
+    store.append_transition(
+        &cfg.source,
+        seq,
+        &json,
+        env.payload_hash(),
+        &old_line,
+        &new_line,
+    )?;
+    crash(Step::EntryWritten)?;
+    swap_files(data, crash)?;
+    Ok(Done {
+        key: new_line,
+        from_seq: seq + 1,
     })
 }
 
@@ -205,11 +245,11 @@ pub async fn rotate(
 /// hub (whose admin records it with `agents rotate`).
 pub fn rotate_lost(data: &DataDir, cfg: &Config, store: &Store) -> Result<Done, RotateError> {
     let new = next_key(data)?;
-    let key = keys::public_key_line(&new.verifying_key());
+    let key = line_of(&new);
     let (head, _) = store.head()?;
     let from_seq = head + 1;
     let old = if data.key().exists() {
-        keys::public_key_line(&keys::read_secret(&data.key())?.verifying_key())
+        line_of(&keys::read_secret(&data.key())?)
     } else {
         store
             .identity()?
@@ -217,61 +257,52 @@ pub fn rotate_lost(data: &DataDir, cfg: &Config, store: &Store) -> Result<Done, 
             .unwrap_or_default()
     };
     store.rotate_identity(&cfg.source, &old, &key, from_seq)?;
-    swap_files(data)?;
+    // A lost key is not kept to sign anything: the admin's rotation makes the hub take
+    // the new key at once.
+    if data.key().exists() {
+        std::fs::remove_file(data.key()).map_err(io(&data.key()))?;
+    }
+    swap_files(data, &mut |_| Ok(()))?;
+    forget_retired(data)?;
     Ok(Done { key, from_seq })
 }
 
-/// One signed request; the error carries the HTTP status when there was an answer.
-async fn send(
-    cfg: &Config,
-    key: &SigningKey,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> Result<Rotated, (Option<u16>, String)> {
-    // The agent's own TLS settings (ca_file, client certificate), as the pusher's.
-    let http = crate::tls::http_client(
-        &cfg.hub,
-        cfg.ca_file.as_ref(),
-        cfg.client_cert.as_ref().zip(cfg.client_key.as_ref()),
-        std::time::Duration::from_secs(60),
-    )
-    .map_err(|e| (None, format!("cannot set up TLS to the hub: {e}")))?;
-    let path = admin::PATH_AGENT_ROTATE_KEY;
-    let nonce: [u8; 16] = rand::random();
-    let headers = wire::sign_request(key, &cfg.source, "POST", path, now, nonce, body);
-    let mut rb = http
-        .post(cfg.hub_url(path))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_vec());
-    for (k, v) in headers {
-        rb = rb.header(k, v);
+/// A retired key still signing the agent's requests: the hub's registry names it until
+/// the transition entry at `through` is delivered.
+#[derive(Clone)]
+pub struct Retired {
+    /// The key the transition replaced.
+    pub key: SigningKey,
+    /// Seq of the transition entry.
+    pub through: u64,
+}
+
+/// The retired key of the last key transition, while `agent.key.retired` exists.
+pub fn retired(data: &DataDir, store: &Store) -> Result<Option<Retired>, RotateError> {
+    let path = data.key_retired();
+    if !path.exists() {
+        return Ok(None);
     }
-    let resp = rb.send().await.map_err(|e| {
-        (
-            None,
-            format!("could not be reached ({})", spacesync_shared::err_chain(&e)),
-        )
-    })?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| (Some(status.as_u16()), format!("answer lost ({e})")))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| {
-            (
-                Some(status.as_u16()),
-                format!("answered what is not a rotation ({e})"),
-            )
-        });
+    let key = keys::read_secret(&path)?;
+    let line = line_of(&key);
+    // The key history names where the retired key stopped signing.
+    let history = store.key_history()?;
+    let through = history
+        .windows(2)
+        .rev()
+        .find(|w| w[0].1 == line)
+        .map(|w| w[1].0.saturating_sub(1));
+    Ok(through.map(|through| Retired { key, through }))
+}
+
+/// Removes `agent.key.retired` (the hub has the transition: nothing signs with it again).
+pub fn forget_retired(data: &DataDir) -> Result<(), RotateError> {
+    let path = data.key_retired();
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(data),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&path)(e)),
     }
-    let said = serde_json::from_slice::<ErrorBody>(&bytes)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| format!("answered {status}"));
-    Err((
-        Some(status.as_u16()),
-        format!("refused the rotation ({status}): {said}"),
-    ))
 }
 
 #[cfg(test)]
@@ -306,40 +337,174 @@ mod tests {
         )
     }
 
-    #[test]
-    fn an_interrupted_rotation_is_refused_until_finished_and_finished_once_recorded() {
-        let (_dir, data, cfg, store) = agent();
-        let old = line(&data.key());
-        assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
-        // Interrupted before the hub confirmed: the agent must not start (either key could
-        // be wrong for the next seq).
-        let next = next_key(&data).unwrap_or_else(|e| panic!("{e}"));
-        let new = keys::public_key_line(&next.verifying_key());
-        assert!(matches!(
-            settle(&data, &cfg, &store),
-            Err(RotateError::Pending(_))
-        ));
-        // The same key is used when the command runs again.
-        assert_eq!(
-            keys::public_key_line(
-                &next_key(&data)
-                    .unwrap_or_else(|e| panic!("{e}"))
-                    .verifying_key()
-            ),
-            new
-        );
-        assert_eq!(line(&data.key()), old);
-        // Interrupted after the store recorded it: opening finishes the swap.
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_542_679_200, 0).unwrap_or_default()
+    }
+
+    /// One activity at seq 1, signed by the agent's key, appended and flushed.
+    fn first_entry(data: &DataDir, cfg: &Config, store: &Store) {
+        let key = keys::read_secret(&data.key()).unwrap_or_else(|e| panic!("{e}"));
+        let v = serde_json::json!({"kind":"activity","region":"440100","date":"2018-11-20",
+            "category":"training","title":"before"});
+        let entry = Entry {
+            source: cfg.source.clone(),
+            seq: 1,
+            prev: spacesync_shared::dsse::Digest::ZERO,
+            recorded_at: now(),
+            campaign: "2018".into(),
+            record: spacesync_shared::Record::from_value(&v).unwrap_or_else(|p| panic!("{p:?}")),
+        };
+        let env = entry.sign(&key);
         store
-            .rotate_identity(&cfg.source, &old, &new, 1)
+            .append(&crate::store::Append {
+                first: 1,
+                envelopes: vec![serde_json::to_vec(&env).unwrap_or_default()],
+                head_hash: env.payload_hash(),
+                ..Default::default()
+            })
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(line(&data.key()), new);
+        store.flush().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The agent is consistent: `agent.key` is the key the store is bound to, no
+    /// rotation is pending, and the stored chain verifies from the first key, its
+    /// transitions handing it to `agent.key` for the next seq. Returns the chain's length.
+    fn consistent(data: &DataDir, cfg: &Config, store: &Store, first: &str) -> u64 {
         assert!(!data.key_next().exists());
+        let key = line(&data.key());
+        assert_eq!(
+            store.identity().unwrap_or_else(|e| panic!("{e}")),
+            Some(format!("source {} with key {key}", cfg.source))
+        );
+        let first = keys::parse_public_key(first).unwrap_or_else(|e| panic!("{e}"));
+        let mut v = spacesync_shared::chain::ChainVerifier::new(
+            cfg.source.clone(),
+            first,
+            cfg.scope,
+            "2018",
+        );
+        for row in store.raw_entries() {
+            let (seq, bytes) = row.unwrap_or_else(|e| panic!("{e}"));
+            let env = crate::store::parse_envelope(seq, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            v.push(&env).unwrap_or_else(|e| panic!("seq {seq}: {e}"));
+        }
+        let next = v.next_seq();
+        let in_force = v.keys().key_for(next).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            keys::public_key_line(in_force),
+            key,
+            "the key in force at seq {next}"
+        );
+        next - 1
+    }
+
+    #[test]
+    fn a_crash_at_every_step_ends_in_a_consistent_agent() {
+        for step in [
+            Step::Start,
+            Step::KeyWritten,
+            Step::EntryWritten,
+            Step::Retired,
+            Step::Swapped,
+        ] {
+            let (dir, data, cfg, store) = agent();
+            first_entry(&data, &cfg, &store);
+            let old = line(&data.key());
+            let got = rotate_with(&data, &cfg, &store, "2018", now(), &mut |at| {
+                if at == step {
+                    Err(RotateError::Interrupted(at))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(
+                matches!(got, Err(RotateError::Interrupted(s)) if s == step),
+                "{step:?}"
+            );
+            // The process dies here: the store is opened afresh, as the next start does.
+            drop(store);
+            let store = Store::open(&data.db()).unwrap_or_else(|e| panic!("{e}"));
+            match step {
+                // Nothing written, or only the new key's file: the old key still signs,
+                // `run` refuses while a key is pending, and `rotate-key` again finishes
+                // with the same key.
+                Step::Start | Step::KeyWritten => {
+                    let pending = data.key_next().exists();
+                    assert_eq!(pending, step == Step::KeyWritten);
+                    let next = pending.then(|| line(&data.key_next()));
+                    if pending {
+                        assert!(matches!(
+                            settle(&data, &cfg, &store),
+                            Err(RotateError::Pending(_))
+                        ));
+                    }
+                    assert_eq!(store.head().unwrap_or_else(|e| panic!("{e}")).0, 1);
+                    let done = rotate(&data, &cfg, &store, "2018", now())
+                        .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+                    if let Some(next) = next {
+                        assert_eq!(done.key, next, "the pending key is the one used");
+                    }
+                    assert_eq!(done.from_seq, 3);
+                }
+                // The chain holds the transition: opening finishes the file swap.
+                Step::EntryWritten | Step::Retired => {
+                    assert!(settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
+                }
+                Step::Swapped => {
+                    assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
+                }
+            }
+            assert_eq!(consistent(&data, &cfg, &store, &old), 2, "{step:?}");
+            // The retired key signs requests until the hub receipts seq 2.
+            let r = retired(&data, &store)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("{step:?}: no retired key"));
+            assert_eq!((line_of(&r.key), r.through), (old.clone(), 2));
+            drop(dir);
+        }
+    }
+
+    #[test]
+    fn a_rotation_needs_no_hub_and_the_retired_key_goes_once_receipted() {
+        let (_dir, data, cfg, store) = agent();
+        first_entry(&data, &cfg, &store);
+        let old = line(&data.key());
+        // The configured hub (port 9) is never asked.
+        let done = rotate(&data, &cfg, &store, "2018", now()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(done.from_seq, 3);
+        assert_eq!(line(&data.key()), done.key);
+        assert_eq!(consistent(&data, &cfg, &store, &old), 2);
         assert_eq!(
             store.key_history().unwrap_or_else(|e| panic!("{e}")),
-            vec![(1, old), (1, new)]
+            vec![(1, old), (3, done.key)]
         );
+        // Not receipted: the retired key stays.
+        assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
+        assert!(data.key_retired().exists());
+        // Receipted through seq 2: the next open removes it.
+        store
+            .record_receipts(&[(1, b"r1".to_vec()), (2, b"r2".to_vec())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!data.key_retired().exists());
+        assert!(
+            retired(&data, &store)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        // A store whose key file is another key's is not rotated.
+        let (_d2, data2, cfg2, store2) = agent();
+        std::fs::remove_file(data2.key()).unwrap_or_else(|e| panic!("{e}"));
+        keys::write_secret(
+            &data2.key(),
+            &keys::generate().unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            rotate(&data2, &cfg2, &store2, "2018", now()),
+            Err(RotateError::Mismatch { .. })
+        ));
+        assert!(!data2.key_next().exists());
     }
 
     #[test]

@@ -157,6 +157,14 @@ pub async fn run(
     }));
 
     let (intake, writer_task) = spawn_writer(agent.writer()?, appended.clone());
+    // A key transition the hub has not receipted: its retired key signs requests first.
+    let retired = crate::rotate::retired(&agent.data, &agent.store)?.map(|retired| {
+        crate::push::transport::RetiredSigner {
+            retired,
+            data: agent.data.clone(),
+            store: agent.store.clone(),
+        }
+    });
     let pusher = Pusher::new(
         agent.cfg.clone(),
         agent.ident.clone(),
@@ -165,6 +173,7 @@ pub async fn run(
         push_state.clone(),
         appended,
         notices_stored.clone(),
+        retired,
     )?;
     let pusher_task = tokio::spawn(pusher.run(stop_rx.clone()));
     let spool_task = tokio::spawn(spool::watch(

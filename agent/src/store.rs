@@ -433,6 +433,50 @@ impl Store {
         Ok(())
     }
 
+    /// Appends the key-transition entry `envelope` (JSON, signed by `old_line`'s key) at
+    /// `seq`, the next seq, and records that `new_line` signs from `seq + 1`: entry, head,
+    /// buffered bytes, identity and key history in one transaction, flushed before this
+    /// returns. Refused (nothing written) when the head is not `seq - 1`.
+    pub fn append_transition(
+        &self,
+        source: &SourceId,
+        seq: u64,
+        envelope: &[u8],
+        hash: Digest,
+        old_line: &str,
+        new_line: &str,
+    ) -> Result<(), StoreError> {
+        let mut history = self.key_history()?;
+        if history.is_empty() {
+            history.push((1, old_line.to_string()));
+        }
+        history.push((seq + 1, new_line.to_string()));
+        let history = serde_json::to_vec(&history)
+            .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
+        let identity = format!("source {source} with key {new_line}");
+        let _changing = self.changing();
+        (&self.entries, &self.meta).transaction(|(entries, meta)| {
+            let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+            if head + 1 != seq {
+                return Err(abort(StoreError::Corrupt(format!(
+                    "the key transition was to be seq {seq}, but the head is {head}"
+                ))));
+            }
+            entries.insert(&seq_key(seq), envelope)?;
+            meta.insert(HEAD_SEQ, &seq.to_be_bytes())?;
+            meta.insert(HEAD_HASH, &hash.0)?;
+            let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+            meta.insert(
+                BUFFERED_BYTES,
+                &(bytes + envelope.len() as u64).to_be_bytes(),
+            )?;
+            meta.insert(IDENTITY, identity.as_bytes())?;
+            meta.insert(KEY_HISTORY, history.as_slice())?;
+            Ok(())
+        })?;
+        self.flush()
+    }
+
     /// The shared side of the backup gate: held by every change.
     fn changing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|p| p.into_inner())

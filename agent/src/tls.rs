@@ -84,7 +84,7 @@ pub fn client_config(cfg: &Config) -> Result<rustls::ClientConfig, TlsError> {
 }
 
 /// An HTTP client to the hub at `hub` with the agent's TLS settings (`ca_file`, client
-/// certificate) and no redirects: what the pusher, enrolment and `rotate-key` all use.
+/// certificate) and no redirects: what the pusher and enrolment use.
 pub fn http_client(
     hub: &str,
     ca_file: Option<&PathBuf>,

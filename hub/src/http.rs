@@ -23,7 +23,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use spacesync_shared::keys::public_key_line;
 
-use spacesync_shared::admin;
 use spacesync_shared::region::{Level, PROVINCIAL_UNITS};
 use spacesync_shared::wire::{
     self, ErrorBody, IngestBatch, NoticeAck, NoticesPage, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
@@ -38,7 +37,7 @@ use crate::assessment::FigureSet;
 use crate::auth::Role;
 use crate::ingest::IngestError;
 use crate::log;
-use crate::registry::{RegistryError, SourceRecord, SourceStatus};
+use crate::registry::{SourceRecord, SourceStatus};
 use crate::render::{Format, Rendering};
 use crate::views::region_name;
 
@@ -260,7 +259,6 @@ pub fn app(state: AppState) -> Router {
         .route(PATH_AGENT_HEAD, get(agent_head))
         .route(PATH_AGENT_NOTICES, get(agent_notices))
         .route(PATH_AGENT_NOTICES_ACK, post(agent_notices_ack))
-        .route(admin::PATH_AGENT_ROTATE_KEY, post(agent_rotate_key))
         .route("/v1/progress", get(progress))
         .route("/v1/regions/{code}", get(region))
         .route("/v1/sources", get(sources))
@@ -786,82 +784,6 @@ async fn agent_head(
 ) -> Result<Json<wire::SourceHead>, AppError> {
     let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
     Ok(Json(s.hub.head(&source)))
-}
-
-/// `POST /v1/agent/rotate-key`: a source rotates its own key. The request is signed by
-/// the key in force; the body names the new key and its first seq, signed by the new key.
-/// Recorded as `agents rotate` records it (a hub-signed log entry), so ingest, `verify`,
-/// `rebuild` and `bulletin verify` know the new key from that seq on. Asking again for the
-/// rotation already recorded (signed by either key: the agent lost the answer) answers the
-/// same and logs nothing.
-async fn agent_rotate_key(
-    State(s): State<AppState>,
-    client: ClientAddr,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<admin::Rotated>, AppError> {
-    if body.len() > admin::MAX_ADMIN_BODY {
-        return Err(AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Some(RefusalCode::TooLarge),
-            format!("a key rotation is at most {} bytes", admin::MAX_ADMIN_BODY),
-        ));
-    }
-    let source = signed_source(&s, &client, &method, &uri, &headers, &body).await?;
-    let req: admin::RotateKey = spacesync_shared::json::from_slice(&body)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            AppError::bad_request(format!("the key rotation is not the expected JSON: {e}"))
-        })?;
-    let hub_key = public_key_line(&s.hub.key.verifying_key());
-    let key = admin::verify_rotate(&hub_key, source.as_str(), &req)
-        .map_err(|e| AppError::bad_request(e.to_string()))?;
-    let line = public_key_line(&key);
-    let answer = admin::Rotated {
-        source: source.to_string(),
-        key: line.clone(),
-        from_seq: req.from_seq,
-    };
-    let hub = s.hub.clone();
-    let id = source.to_string();
-    let from_seq = req.from_seq;
-    let done = tokio::task::spawn_blocking(move || {
-        let already = hub
-            .snapshot()
-            .registry
-            .get(&source)
-            .and_then(|r| r.keys.last())
-            .is_some_and(|k| k.key == line && k.from_seq == from_seq);
-        if already {
-            return Ok(false);
-        }
-        hub.rotate_source(source.as_str(), &line, Some(from_seq))
-            .map(|_| true)
-    })
-    .await
-    .map_err(AppError::internal)?;
-    match done {
-        Ok(logged) => {
-            tracing::info!(target: "audit", source = %id, from_seq, key = %answer.key, logged, "Agent rotated its key.");
-            Ok(Json(answer))
-        }
-        Err(e) => Err(match e {
-            RegistryError::RotationSeq { .. } | RegistryError::KeyInUse(_) => AppError::new(
-                StatusCode::CONFLICT,
-                Some(RefusalCode::Invalid),
-                e.to_string(),
-            ),
-            RegistryError::Key(_) => AppError::bad_request(e.to_string()),
-            RegistryError::Revoked(_) => AppError::new(
-                StatusCode::FORBIDDEN,
-                Some(RefusalCode::RevokedKey),
-                e.to_string(),
-            ),
-            other => AppError::internal(other),
-        }),
-    }
 }
 
 #[derive(Deserialize)]

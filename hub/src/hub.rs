@@ -530,6 +530,19 @@ impl Hub {
                             },
                         );
                         touched.entry(index, source, &entry.record);
+                        // A key transition another writer admitted: its `reg/` record
+                        // changed in that write, and the state follows it the same way.
+                        if let spacesync_shared::Record::KeyTransition(t) = &entry.record {
+                            let reg = registry.get_or_insert_with(|| (*st.registry).clone());
+                            if let Some(rec_) = reg.get_mut(source) {
+                                registry::apply_transition(
+                                    rec_,
+                                    entry.seq,
+                                    &t.new_key,
+                                    rec.received_at,
+                                );
+                            }
+                        }
                     }
                     None => {
                         let entry: crate::entries::HubEntry =

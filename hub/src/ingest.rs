@@ -498,11 +498,16 @@ impl Hub {
         let mut status = 200;
         // Entries new to the hub, in order, with their envelopes.
         let mut fresh: Vec<(Entry, &Envelope)> = Vec::new();
+        // The source's record as its key transitions in this batch leave it.
+        let mut rotated = reg.clone();
         for (env, opened) in batch.entries.iter().zip(opened) {
             let held_through = chain.next_seq() - 1;
             let unreadable = opened.entry().err().map(ToString::to_string);
             let fault = match chain.admit(env, opened, &mut index)? {
-                Ok(Admitted::Next(entry)) => match self.clock_fault(&entry, now, earliest) {
+                Ok(Admitted::Next(entry)) => match self
+                    .clock_fault(&entry, now, earliest)
+                    .or_else(|| transition_fault(&st.registry, &mut rotated, &entry, now))
+                {
                     None => {
                         fresh.push((entry, env));
                         continue;
@@ -583,12 +588,26 @@ impl Hub {
                 };
                 new_receipts.push((entry.seq, held));
             }
+            // A key transition changes the source's `reg/` record in the same write as the
+            // entry that proves it (the registry stays derived from the log).
+            let transitioned = rotated != *reg;
+            if transitioned {
+                registry::put(&mut wb, &rotated);
+            }
             st.log.put_frontier(&mut wb);
             let note = st.log.checkpoint(&self.origin, &self.key)?;
             wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
             // The serialization point: written only if no other writer committed since
             // this state was read (else nothing is written and the caller catches up).
             st.head = self.store.commit(st.head, wb)?;
+            if transitioned {
+                let mut all = (*st.registry).clone();
+                for k in rotated.keys.iter().filter(|k| !reg.keys.contains(k)) {
+                    info!(source = %source, key = %k.key, from_seq = k.from_seq, "Key transition: the source's new key signs from this seq.");
+                }
+                all.insert(source.clone(), rotated);
+                st.registry = Arc::new(all);
+            }
             st.checkpoint = note;
             st.heads.insert(source.clone(), new_heads);
             st.version += 1;
@@ -865,6 +884,39 @@ impl Hub {
     }
 }
 
+/// The hub's own rule on a key-transition entry the chain verifier admitted (it proved its
+/// key and the source's key in force signed it): the new key must be no key any source has
+/// or had. When it passes, `rotated` (the source's record) gains the key from the next seq.
+fn transition_fault(
+    registry: &HashMap<SourceId, SourceRecord>,
+    rotated: &mut SourceRecord,
+    entry: &Entry,
+    now: DateTime<Utc>,
+) -> Option<Refusal> {
+    let spacesync_shared::Record::KeyTransition(t) = &entry.record else {
+        return None;
+    };
+    let owner = registry::key_known(registry, &t.new_key).or_else(|| {
+        rotated
+            .keys
+            .iter()
+            .any(|k| k.key == t.new_key)
+            .then(|| rotated.id.clone())
+    });
+    if let Some(owner) = owner {
+        return Some(Refusal {
+            seq: Some(entry.seq),
+            code: RefusalCode::Invalid,
+            reason: format!(
+                "seq {}: key transition refused: its new key is or was registered for source {owner}; every source needs its own key and a retired key is not used again (run `spacesync-agent rotate-key` again: it makes a fresh key)",
+                entry.seq
+            ),
+        });
+    }
+    registry::apply_transition(rotated, entry.seq, &t.new_key, now);
+    None
+}
+
 /// The refusal the hub answers a chain fault with: the verifier's code, in words an
 /// agent's operator can act on. `unreadable` is why the entry did not read, if it did not
 /// (such an entry is `invalid` whatever its signature: the hub cannot tell its seq);
@@ -897,6 +949,9 @@ fn refusal(
         ChainError::BadSignature { error, .. } => not_signed(&error.to_string()),
         ChainError::NoKey { .. } => not_signed("no registered key signs this seq"),
         ChainError::UnreadableKey { .. } => not_signed("the registered key does not parse"),
+        ChainError::RetiredKey { since, .. } => format!(
+            "seq {seq}: signed by a retired key of {source}; the key registered from seq {since} (a key-transition entry or `agents rotate`) signs it, so the agent must sign with its current key"
+        ),
         ChainError::Fork { .. } => format!(
             "seq {seq}: a different entry is already held for this seq (equivocation); the hub keeps the first"
         ),
@@ -911,7 +966,9 @@ fn refusal(
         ChainError::Duplicate { .. } => format!("seq {seq}: the batch sends this seq twice"),
         ChainError::Malformed { .. }
         | ChainError::OutOfScope { .. }
-        | ChainError::BadWithdrawal { .. } => fault.to_string(),
+        | ChainError::BadWithdrawal { .. }
+        | ChainError::BadTransition { .. }
+        | ChainError::TransitionConflict { .. } => fault.to_string(),
     };
     Refusal {
         seq: Some(match fault {

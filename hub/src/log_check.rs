@@ -160,7 +160,7 @@ impl<'a> Checker<'a> {
                 None => Verdict::Unregistered,
                 Some(keys) => Verdict::Source(
                     keys.verify(&rec.envelope, rec.seq)
-                        .map(|()| Signed::read(rec)),
+                        .map(|_| Signed::read(rec)),
                 ),
             },
         };

@@ -388,7 +388,7 @@ fn verify_log(
             Verdict::Unregistered | Verdict::Hub(_) => chain
                 .keys()
                 .verify(&rec.envelope, rec.seq)
-                .map(|()| Signed::read(rec)),
+                .map(|_| Signed::read(rec)),
         };
         let signed = match verdict {
             Ok(signed) => signed,

@@ -118,14 +118,8 @@ pub fn plan_add(
 }
 
 fn key_unused(registry: &HashMap<SourceId, SourceRecord>, line: &str) -> Result<(), RegistryError> {
-    let mut owners: Vec<&SourceId> = registry
-        .values()
-        .filter(|r| r.keys.iter().any(|k| k.key == line))
-        .map(|r| &r.id)
-        .collect();
-    owners.sort();
-    match owners.first() {
-        Some(other) => Err(RegistryError::KeyInUse((*other).clone())),
+    match key_known(registry, line) {
+        Some(other) => Err(RegistryError::KeyInUse(other)),
         None => Ok(()),
     }
 }
@@ -248,6 +242,46 @@ pub fn apply(registry: &mut HashMap<SourceId, SourceRecord>, entry: &HubEntry) -
     }
 }
 
+/// Applies a source's key-transition entry at `seq` (the agent's `rotate-key`, in the
+/// source's own chain): `key_line` signs from `seq + 1`. A key registered for a later seq
+/// would have refused the transition at ingest ([`spacesync_shared::chain::ChainError::TransitionConflict`]);
+/// like a rotation, one not yet in effect is replaced rather than stacked.
+pub fn apply_transition(rec: &mut SourceRecord, seq: u64, key_line: &str, at: DateTime<Utc>) {
+    let from_seq = seq.saturating_add(1);
+    rec.keys.retain(|k| k.from_seq < from_seq);
+    rec.keys.push(SourceKey {
+        key: key_line.to_string(),
+        from_seq,
+        added_at: at,
+    });
+}
+
+/// The key transition a source's log record carries, if any: (seq, new key line). Only
+/// payloads that mention the kind are parsed, so replaying a log reads few entries whole.
+pub fn transition_in(payload: &[u8]) -> Option<(u64, String)> {
+    const KIND: &[u8] = b"\"key_transition\"";
+    if !payload.windows(KIND.len()).any(|w| w == KIND) {
+        return None;
+    }
+    let entry = spacesync_shared::entry::Entry::from_payload(payload).ok()?;
+    match entry.record {
+        spacesync_shared::Record::KeyTransition(t) => Some((entry.seq, t.new_key)),
+        _ => None,
+    }
+}
+
+/// True when `line` is or was a key of any source: a transition to it is refused (every
+/// source needs its own key, and a retired key is not taken back).
+pub fn key_known(registry: &HashMap<SourceId, SourceRecord>, line: &str) -> Option<SourceId> {
+    let mut owners: Vec<&SourceId> = registry
+        .values()
+        .filter(|r| r.keys.iter().any(|k| k.key == line))
+        .map(|r| &r.id)
+        .collect();
+    owners.sort();
+    owners.first().map(|id| (*id).clone())
+}
+
 /// True for the entries that change the registry.
 pub fn is_registry_entry(entry: &HubEntry) -> bool {
     !matches!(entry, HubEntry::Extension(_))
@@ -263,7 +297,16 @@ fn replay_upto(
     let mut registry: Option<HashMap<SourceId, SourceRecord>> = None;
     for r in log::iter(store) {
         let (index, rec) = r?;
-        if rec.source.is_some() {
+        if let Some(source) = &rec.source {
+            // A key transition in a source's chain changes its keys. Before the first
+            // registry entry there is nothing to apply it to: the baseline holds it.
+            if index < size
+                && let Some(reg) = registry.as_mut()
+                && let Some(rec_) = reg.get_mut(source)
+                && let Some((seq, line)) = transition_in(&rec.envelope.payload)
+            {
+                apply_transition(rec_, seq, &line, rec.received_at);
+            }
             continue;
         }
         let entry: HubEntry =

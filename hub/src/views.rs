@@ -647,6 +647,7 @@ impl Touched {
             Record::SpaceCount(s) => {
                 self.subjects.insert((s.region, s.school));
             }
+            Record::KeyTransition(_) => {}
             other => {
                 if let Record::Withdrawal(w) = other {
                     self.withdrawals.push((source.clone(), w.target_seq));
@@ -1186,6 +1187,11 @@ impl Views {
         self.note(&meta, batch);
         if let Record::Withdrawal(w) = record {
             self.withdraw(store, &meta, w.target_seq, batch)?;
+        }
+        // A key transition changes the registry, not a figure: counted as the source's
+        // traffic, kept as no item.
+        if let Record::KeyTransition(_) = record {
+            return Ok(());
         }
         let Record::SpaceCount(s) = record else {
             let item = Item {

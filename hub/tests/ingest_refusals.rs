@@ -295,12 +295,12 @@ async fn hostile_ingest_requests_are_refused_and_change_nothing(backend: Backend
         refused(403, RefusalCode::RevokedKey, "revoked"),
     ));
     cases.push((
-        "signed by the key rotated out",
+        "signed by the key rotated out: named as retired",
         batch_req("gd-rot", vec![good(&fx.rot_old)]),
         refused(
             422,
-            RefusalCode::BadSignature,
-            "not signed by the key registered",
+            RefusalCode::RevokedKey,
+            "signed by a retired key of gd-rot",
         ),
     ));
 

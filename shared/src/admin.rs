@@ -39,10 +39,6 @@ pub const PATH_INVITES: &str = "/v1/admin/invites";
 /// enrolling agent's key ([`Enrolled`]).
 pub const PATH_ENROL: &str = "/v1/enrol";
 
-/// Agent: `POST` a [`RotateKey`] as a signed request (the source's key in force signs the
-/// request): the new key signs from `from_seq` on ([`Rotated`]).
-pub const PATH_AGENT_ROTATE_KEY: &str = "/v1/agent/rotate-key";
-
 /// `POST` one [`crate::wire::IngestBatch`] of an agent's offline bundle (`import-bundle
 /// --hub`): ingested exactly as `POST /v1/ingest` would, receipts as one signed batch
 /// receipt ([`BundleBatchAnswer`]). The body may be as large as an ingest request.
@@ -314,69 +310,6 @@ pub struct Enrolled {
     pub hub_key: String,
 }
 
-/// An agent's key rotation: the new key, the first seq it signs, and the new key's
-/// signature over [`rotate_message`] (proof that the sender holds it). The request itself
-/// is signed by the key in force (`wire::sign_request`), so only the key holder can ask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    /// The new public key line.
-    pub key: String,
-    /// The first seq the new key signs (the agent's head + 1).
-    pub from_seq: u64,
-    /// Base64 Ed25519 signature by the new key over [`rotate_message`].
-    pub signature: String,
-}
-
-/// A rotation recorded at the hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rotated {
-    /// The source.
-    pub source: String,
-    /// The new key line.
-    pub key: String,
-    /// The first seq it signs.
-    pub from_seq: u64,
-}
-
-/// The bytes the new key signs in a [`RotateKey`]: a context string, the hub's key line,
-/// the source, the first seq and the new key line.
-pub fn rotate_message(hub_key: &str, source: &str, from_seq: u64, key: &str) -> Vec<u8> {
-    format!("spacesync-rotate-v1\n{hub_key}\n{source}\n{from_seq}\n{key}\n").into_bytes()
-}
-
-/// The [`RotateKey`] for `new` signing from `from_seq`, at the hub of `hub_key`.
-pub fn rotate_request(hub_key: &str, source: &str, from_seq: u64, new: &SigningKey) -> RotateKey {
-    let key = keys::public_key_line(&new.verifying_key());
-    let sig = new.sign(&rotate_message(hub_key, source, from_seq, &key));
-    RotateKey {
-        key,
-        from_seq,
-        signature: STANDARD.encode(sig.to_bytes()),
-    }
-}
-
-/// Checks a [`RotateKey`]'s proof for `source` at the hub of `hub_key`; returns the key.
-pub fn verify_rotate(
-    hub_key: &str,
-    source: &str,
-    req: &RotateKey,
-) -> Result<VerifyingKey, EnrolProofError> {
-    let key = keys::parse_public_key(&req.key)?;
-    let sig: [u8; 64] = STANDARD
-        .decode(&req.signature)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(EnrolProofError::Signature)?;
-    crate::sig::verify(
-        &key,
-        &rotate_message(hub_key, source, req.from_seq, &req.key),
-        &Signature::from_bytes(&sig),
-    )
-    .map_err(|_| EnrolProofError::Signature)?;
-    Ok(key)
-}
-
 /// The bytes an enrolling agent signs: a context string, the hub's key line, the SHA-256
 /// of the code's secret and the agent's key line, one per line. A signature for one hub
 /// or one code is worthless for another.
@@ -407,7 +340,7 @@ pub enum EnrolProofError {
     Key(#[from] PublicKeyError),
     /// The signature is not base64 of 64 bytes, or does not verify.
     #[error(
-        "the request's proof does not verify with the key it registers (the new key must sign it); use `spacesync-agent init --enrol CODE` or `spacesync-agent rotate-key`"
+        "the request's proof does not verify with the key it registers (the new key must sign it); use `spacesync-agent init --enrol CODE`"
     )]
     Signature,
 }
@@ -638,24 +571,6 @@ mod tests {
             EnrolCode::parse(&format!("{CODE_PREFIX}{}", URL_SAFE_NO_PAD.encode(four))),
             Err(CodeError::Format)
         );
-    }
-
-    #[test]
-    fn the_rotation_proof_binds_hub_source_seq_and_key() {
-        let (c, _) = code();
-        let new = SigningKey::from_bytes(&[11; 32]);
-        let req = rotate_request(&c.hub_key, "gd-a", 9, &new);
-        assert_eq!(
-            verify_rotate(&c.hub_key, "gd-a", &req),
-            Ok(new.verifying_key())
-        );
-        assert!(verify_rotate(&c.hub_key, "gd-b", &req).is_err());
-        let mut later = req.clone();
-        later.from_seq = 10;
-        assert!(verify_rotate(&c.hub_key, "gd-a", &later).is_err());
-        let mut other = req;
-        other.key = keys::public_key_line(&SigningKey::from_bytes(&[12; 32]).verifying_key());
-        assert!(verify_rotate(&c.hub_key, "gd-a", &other).is_err());
     }
 
     #[test]

@@ -481,6 +481,10 @@ pub fn parse(
     let mut errors = Vec::new();
     for item in &items {
         let problems = match Record::from_value(&item.value) {
+            // Only the agent makes these (`rotate-key`), signed by the key in force.
+            Ok(Record::KeyTransition(_)) => {
+                vec![Problem::new("kind", ProblemKind::AgentOnly)]
+            }
             Ok(r) => {
                 let p = check(item.index, &r);
                 records.push(r);
@@ -586,6 +590,31 @@ mod tests {
             Ok(r) => panic!("accepted {r:?}"),
             Err(e) => e.lines(),
         }
+    }
+
+    #[test]
+    fn a_platform_cannot_send_a_key_transition() {
+        use base64::Engine as _;
+        let key = crate::keys::public_key_line(
+            &ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key(),
+        );
+        let proof = base64::engine::general_purpose::STANDARD.encode([1u8; 64]);
+        let t = format!(r#"{{"kind":"key_transition","new_key":"{key}","proof":"{proof}"}}"#);
+        // The record model reads it (entries carry it) ...
+        let v: Value = serde_json::from_str(&t).unwrap_or_default();
+        assert!(matches!(
+            Record::from_value(&v),
+            Ok(Record::KeyTransition(_))
+        ));
+        // ... but a platform's batch never does.
+        let lines = refusal(&t, Format::Json);
+        assert!(lines[0].contains("made by the agent itself"), "{lines:?}");
+        // Other spellings of the key or the proof are not read at all.
+        let unpadded = proof.trim_end_matches('=');
+        let odd = t.replace(&proof, unpadded);
+        assert!(Record::from_value(&serde_json::from_str(&odd).unwrap_or_default()).is_err());
+        let spaced = t.replace(&key, &format!(" {key}"));
+        assert!(Record::from_value(&serde_json::from_str(&spaced).unwrap_or_default()).is_err());
     }
 
     #[test]

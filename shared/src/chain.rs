@@ -21,6 +21,13 @@
 //! 6. The record speaks only of regions within the source's scope
 //!    ([`ChainError::OutOfScope`]) and a withdrawal targets an earlier seq
 //!    ([`ChainError::BadWithdrawal`]).
+//! 7. A key-transition entry (the agent's `rotate-key`: [`crate::record::KeyTransition`])
+//!    carries its new key's proof ([`ChainError::BadTransition`]) and does not overrule a
+//!    rotation recorded for a later seq ([`ChainError::TransitionConflict`]); once
+//!    admitted, only its new key signs the seqs after it, and an entry there signed by a
+//!    key the chain retired is [`ChainError::RetiredKey`]. Signed by the key in force at
+//!    its seq (rule 3), the transition is the source's own proof of the rotation: whoever
+//!    replays the chain derives the key schedule from it.
 //!
 //! A batch holds each seq of its source once ([`first_repeat`]); that is judged on the
 //! whole batch before any signature, so a batch repeating one captured entry a thousand
@@ -42,7 +49,9 @@ use std::convert::Infallible;
 use ed25519_dalek::VerifyingKey;
 
 use crate::dsse::{Digest, DsseError, Envelope};
-use crate::entry::{ENTRY_PAYLOAD_TYPE, Entry, EntryError, SourceId, verify_signatures};
+use crate::entry::{
+    ENTRY_PAYLOAD_TYPE, Entry, EntryError, SourceId, TransitionError, verify_signatures,
+};
 use crate::record::Record;
 use crate::region::RegionCode;
 use crate::wire::RefusalCode;
@@ -63,6 +72,36 @@ pub enum ChainError {
     NoKey {
         /// The seq.
         seq: u64,
+    },
+    /// Signed by a key that signed earlier seqs of this chain but was replaced before this
+    /// one (by a key-transition entry or the hub's `agents rotate`).
+    #[error(
+        "seq {seq}: signed by a retired key of this source; from seq {since} on only the newer key signs (the agent must sign with its current key)"
+    )]
+    RetiredKey {
+        /// The seq.
+        seq: u64,
+        /// First seq of the key in force at `seq`.
+        since: u64,
+    },
+    /// A key-transition entry that does not prove its new key.
+    #[error("seq {seq}: key transition refused: {error}")]
+    BadTransition {
+        /// The seq.
+        seq: u64,
+        /// Why.
+        error: TransitionError,
+    },
+    /// A key-transition entry contradicting a rotation already recorded for a later seq
+    /// (the hub's `agents rotate` for a lost key, from `from_seq`).
+    #[error(
+        "seq {seq}: key transition refused: a key rotation from seq {from_seq} is already recorded for this source (`agents rotate`), so the key in force at seq {seq} cannot choose the key after it; rotate again from the agent with `rotate-key --lost` and the hub's admin"
+    )]
+    TransitionConflict {
+        /// The seq of the transition.
+        seq: u64,
+        /// First seq of the rotation already recorded.
+        from_seq: u64,
     },
     /// The key registered for this seq cannot be read, so nothing it signed verifies.
     #[error("seq {seq}: the registered key does not parse")]
@@ -157,6 +196,9 @@ impl ChainError {
             ChainError::BadSignature { seq, .. }
             | ChainError::NoKey { seq }
             | ChainError::UnreadableKey { seq }
+            | ChainError::RetiredKey { seq, .. }
+            | ChainError::BadTransition { seq, .. }
+            | ChainError::TransitionConflict { seq, .. }
             | ChainError::Malformed { seq, .. }
             | ChainError::WrongSource { seq, .. }
             | ChainError::WrongCampaign { seq, .. }
@@ -176,7 +218,11 @@ impl ChainError {
             ChainError::BadSignature { .. }
             | ChainError::NoKey { .. }
             | ChainError::UnreadableKey { .. } => RefusalCode::BadSignature,
-            ChainError::Malformed { .. } | ChainError::BadWithdrawal { .. } => RefusalCode::Invalid,
+            ChainError::RetiredKey { .. } => RefusalCode::RevokedKey,
+            ChainError::Malformed { .. }
+            | ChainError::BadWithdrawal { .. }
+            | ChainError::BadTransition { .. }
+            | ChainError::TransitionConflict { .. } => RefusalCode::Invalid,
             ChainError::WrongSource { .. } | ChainError::WrongCampaign { .. } => {
                 RefusalCode::WrongSource
             }
@@ -236,6 +282,49 @@ impl KeySchedule {
         self.keys.push((from_seq, key));
     }
 
+    /// Applies a key-transition entry at `seq` naming `key`: `key` signs from `seq + 1`.
+    /// Known already (the schedule was read from a registry or key history that holds it)
+    /// changes nothing; a rotation already recorded for a later seq with another key is
+    /// [`ChainError::TransitionConflict`] (the key in force at `seq` may not overrule it).
+    pub fn apply_transition(&mut self, seq: u64, key: VerifyingKey) -> Result<(), ChainError> {
+        let from = seq.saturating_add(1);
+        let later: Vec<&(u64, Option<VerifyingKey>)> =
+            self.keys.iter().filter(|(f, _)| *f > seq).collect();
+        if later.iter().any(|(f, k)| *f == from && *k == Some(key)) {
+            return Ok(());
+        }
+        if let Some((from_seq, _)) = later.first() {
+            return Err(ChainError::TransitionConflict {
+                seq,
+                from_seq: *from_seq,
+            });
+        }
+        self.keys.push((from, Some(key)));
+        Ok(())
+    }
+
+    /// Every key with the first seq it signs, in rotation order (`None`: a registered key
+    /// that does not parse).
+    pub fn keys(&self) -> &[(u64, Option<VerifyingKey>)] {
+        &self.keys
+    }
+
+    /// Why `env` (claiming `seq`, in force there the key of `slot`) does not verify:
+    /// [`ChainError::RetiredKey`] when a key of this chain that the one in force replaced
+    /// signed it, else the signature error.
+    fn refused(&self, env: &Envelope, seq: u64, slot: usize, error: DsseError) -> ChainError {
+        let (since, current) = &self.keys[slot];
+        let retired = self.keys[..slot].iter().any(|(_, k)| match k {
+            Some(k) if Some(k) != current.as_ref() => env.verify(ENTRY_PAYLOAD_TYPE, k).is_ok(),
+            _ => false,
+        });
+        if retired {
+            ChainError::RetiredKey { seq, since: *since }
+        } else {
+            ChainError::BadSignature { seq, error }
+        }
+    }
+
     /// The slot of the key in force at `seq`: the last in rotation order that starts at or
     /// before it.
     fn slot(&self, seq: u64) -> Option<usize> {
@@ -253,9 +342,15 @@ impl KeySchedule {
 
     /// Verifies `env` as an entry signed by the key in force at `seq` (the one rule of
     /// [`crate::sig`]).
-    pub fn verify(&self, env: &Envelope, seq: u64) -> Result<(), ChainError> {
-        env.verify(ENTRY_PAYLOAD_TYPE, self.key_for(seq)?)
-            .map_err(|error| ChainError::BadSignature { seq, error })
+    pub fn verify(&self, env: &Envelope, seq: u64) -> Result<&VerifyingKey, ChainError> {
+        let key = self.key_for(seq)?;
+        match env.verify(ENTRY_PAYLOAD_TYPE, key) {
+            Ok(()) => Ok(key),
+            Err(error) => {
+                let slot = self.slot(seq).unwrap_or_default();
+                Err(self.refused(env, seq, slot, error))
+            }
+        }
     }
 
     /// Reads every envelope of a batch and verifies their signatures (see
@@ -268,46 +363,67 @@ impl KeySchedule {
 
     /// Verifies the signatures of a batch already read (`opened[i]` read from `envs[i]`
     /// by [`Opened::read`]), each under the key in force at its seq, with one Ed25519
-    /// batch verification per run of entries signed by the same key. Judging stops at the
-    /// first entry that does not read or does not verify: the entries after it are left
-    /// unchecked (a verifier stops there anyway, and [`ChainVerifier::admit`] checks an
-    /// unchecked signature itself).
+    /// batch verification per run of entries signed by the same key. A key-transition
+    /// entry of the batch ends its run, and once it verifies the entries after it are
+    /// checked under the key it names (a batch may carry old-key entries, the transition
+    /// and new-key entries); that key is provisional — the verifier trusts a signature
+    /// only when the key it was checked with is the one its own schedule puts in force
+    /// (see [`ChainVerifier::admit`]). Judging stops at the first entry that does not read
+    /// or does not verify: the entries after it are left unchecked (a verifier stops there
+    /// anyway, and [`ChainVerifier::admit`] checks an unchecked signature itself).
     pub fn verify_batch(&self, envs: &[Envelope], opened: &mut [Opened]) {
         debug_assert_eq!(envs.len(), opened.len());
         let n = envs.len().min(opened.len());
         let out = &mut opened[..n];
+        let mut keys = std::borrow::Cow::Borrowed(self);
         let mut i = 0;
         while i < n {
             let Ok(first) = &out[i].entry else {
                 break;
             };
             let seq = first.seq;
-            let Some(slot) = self.slot(seq) else {
+            let Some(slot) = keys.slot(seq) else {
                 out[i].signature = SignatureCheck::Bad(ChainError::NoKey { seq });
                 break;
             };
             let mut j = i + 1;
-            while j < n && matches!(&out[j].entry, Ok(e) if self.slot(e.seq) == Some(slot)) {
-                j += 1;
+            if !is_transition(&out[i]) {
+                while j < n && matches!(&out[j].entry, Ok(e) if keys.slot(e.seq) == Some(slot)) {
+                    j += 1;
+                    if is_transition(&out[j - 1]) {
+                        break;
+                    }
+                }
             }
-            let Some(key) = &self.keys[slot].1 else {
+            let Some(key) = keys.keys[slot].1 else {
                 out[i].signature = SignatureCheck::Bad(ChainError::UnreadableKey { seq });
                 break;
             };
             let refs: Vec<&Envelope> = envs[i..j].iter().collect();
-            match verify_signatures(&refs, key) {
+            match verify_signatures(&refs, &key) {
                 Ok(()) => {
                     for o in &mut out[i..j] {
-                        o.signature = SignatureCheck::Verified;
+                        o.signature = SignatureCheck::Verified(key);
                     }
                 }
                 Err((k, error)) => {
                     for o in &mut out[i..i + k] {
-                        o.signature = SignatureCheck::Verified;
+                        o.signature = SignatureCheck::Verified(key);
                     }
                     let bad = &mut out[i + k];
                     let seq = bad.entry.as_ref().map_or(seq, |e| e.seq);
-                    bad.signature = SignatureCheck::Bad(ChainError::BadSignature { seq, error });
+                    bad.signature =
+                        SignatureCheck::Bad(keys.refused(&envs[i + k], seq, slot, error));
+                    break;
+                }
+            }
+            // A verified transition: the entries after it are checked under its key.
+            if let Ok(last) = &out[j - 1].entry
+                && let crate::record::Record::KeyTransition(t) = &last.record
+                && let Ok(new) = t.key()
+            {
+                let seq = last.seq;
+                if keys.to_mut().apply_transition(seq, new).is_err() {
                     break;
                 }
             }
@@ -316,11 +432,17 @@ impl KeySchedule {
     }
 }
 
+/// True when `o` reads as a key-transition entry.
+fn is_transition(o: &Opened) -> bool {
+    matches!(&o.entry, Ok(e) if matches!(e.record, crate::record::Record::KeyTransition(_)))
+}
+
 /// What is known of an envelope's signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SignatureCheck {
-    /// Verified under the key in force at the entry's seq, by [`KeySchedule::open_batch`].
-    Verified,
+    /// Verified under this key, the one in force at the entry's seq in the schedule
+    /// [`KeySchedule::open_batch`] used (with the batch's own transitions applied).
+    Verified(VerifyingKey),
     /// Refused, with why.
     Bad(ChainError),
     /// Not checked yet: [`ChainVerifier::admit`] checks it.
@@ -367,7 +489,7 @@ impl Opened {
     /// True when the entry reads and its signature was verified under the key in force at
     /// its seq: it was made by the source's key holder (or replays what the holder made).
     pub fn authentic(&self) -> bool {
-        self.entry.is_ok() && self.signature == SignatureCheck::Verified
+        self.entry.is_ok() && matches!(self.signature, SignatureCheck::Verified(_))
     }
 }
 
@@ -580,7 +702,7 @@ impl ChainVerifier {
                 // Unreadable under a bad signature is damage, not a malformed entry.
                 return Ok(Err(match self.keys.verify(env, expected) {
                     Err(e) => e,
-                    Ok(()) => ChainError::Malformed {
+                    Ok(_) => ChainError::Malformed {
                         seq: expected,
                         error,
                     },
@@ -604,10 +726,15 @@ impl ChainVerifier {
             }));
         }
         // Before any judgement on seqs: an unsigned claim is no evidence of a fork.
+        // A signature checked beforehand counts only under the key this verifier puts in
+        // force at the seq (the batch's provisional transitions, or a registry that changed
+        // since, may have named another); otherwise it is checked again here.
         let signed = match signature {
-            SignatureCheck::Verified => Ok(()),
+            SignatureCheck::Verified(k) if self.keys.key_for(entry.seq) == Ok(&k) => Ok(()),
             SignatureCheck::Bad(e) => Err(e),
-            SignatureCheck::Unchecked => self.keys.verify(env, entry.seq),
+            SignatureCheck::Verified(_) | SignatureCheck::Unchecked => {
+                self.keys.verify(env, entry.seq).map(|_| ())
+            }
         };
         if let Err(e) = signed {
             return Ok(Err(e));
@@ -624,6 +751,24 @@ impl ChainVerifier {
         }
         if let Err(e) = self.link(&entry) {
             return Ok(Err(e));
+        }
+        // Rule 7: a key transition proves its new key and does not overrule a rotation
+        // recorded for a later seq; from the next seq only its key signs.
+        match entry.transition() {
+            Ok(None) => {}
+            Ok(Some(new)) => {
+                let mut keys = self.keys.clone();
+                if let Err(e) = keys.apply_transition(entry.seq, new) {
+                    return Ok(Err(e));
+                }
+                self.keys = keys;
+            }
+            Err(error) => {
+                return Ok(Err(ChainError::BadTransition {
+                    seq: entry.seq,
+                    error,
+                }));
+            }
         }
         self.accept(hash);
         Ok(Ok(Admitted::Next(entry)))
@@ -673,6 +818,14 @@ impl ChainVerifier {
         }
         if let Err(e) = check_entry_scope(entry, self.scope) {
             faults.push(e);
+        }
+        // The key schedule of a whole-store check comes from the registry the log gives
+        // (which applied every transition); the transition itself must prove its key.
+        if let Err(error) = entry.transition() {
+            faults.push(ChainError::BadTransition {
+                seq: entry.seq,
+                error,
+            });
         }
         if faults.is_empty() {
             self.accept(hash);
@@ -921,9 +1074,12 @@ mod tests {
                 Err(bad_sig(3, &key(1))),
             ),
             (
-                "the rotated-out key after the rotation",
+                "the rotated-out key after the rotation: named as retired",
                 then(upto(6), [made(7, &key(1), |_| {})]),
-                Err(unknown_key(7, &key(2))),
+                Err(ChainError::RetiredKey {
+                    seq: 7,
+                    since: ROTATION,
+                }),
             ),
             (
                 "the new key before the rotation",
@@ -1492,6 +1648,348 @@ mod tests {
             );
             assert_eq!(e.seq(), 3, "{e}");
             assert!(e.to_string().contains('3'), "{e}");
+        }
+    }
+
+    // ---- rule 7: key transitions --------------------------------------------------
+
+    /// How one seq of a generated chain is made.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Step {
+        /// An activity, signed by the key in force.
+        Record,
+        /// A key transition to the next key, signed by the key in force.
+        Transition,
+    }
+
+    /// What a dishonest seq does instead.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// Signed by the key the last transition retired (a stranger's if none did).
+        OldKey,
+        /// Signed by a key the chain never had.
+        Stranger,
+        /// A transition whose proof is the old key's, not the new key's.
+        ForeignProof,
+        /// A transition whose proof was made for another `prev`.
+        MovedProof,
+    }
+
+    const STRANGER: u8 = 200;
+
+    /// Seqs 1‥ of `steps`, key `k` being `key(k)` from 1, each transition handing over to
+    /// the next; `fault` makes one seq dishonest. Returns the envelopes.
+    fn rotating(steps: &[Step], fault: Option<(usize, Fault)>) -> Vec<Envelope> {
+        let mut prev = Digest::ZERO;
+        let mut signer = 1u8;
+        let mut out = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let fault = fault.filter(|(at, _)| *at == i).map(|(_, f)| f);
+            let mut e = match step {
+                Step::Transition => Entry::key_transition(
+                    id("gd-rrt"),
+                    seq,
+                    prev,
+                    at(),
+                    "2018".into(),
+                    &key(signer + 1),
+                ),
+                Step::Record => Entry {
+                    source: id("gd-rrt"),
+                    seq,
+                    prev,
+                    recorded_at: at(),
+                    campaign: "2018".into(),
+                    record: activity(&format!("t{seq}"), "440100"),
+                },
+            };
+            let mut by = key(signer);
+            match fault {
+                Some(Fault::OldKey) => by = key(if signer > 1 { signer - 1 } else { STRANGER }),
+                Some(Fault::Stranger) => by = key(STRANGER),
+                Some(Fault::ForeignProof) => {
+                    let mut forged = e.clone();
+                    forged.record = Entry::key_transition(
+                        id("gd-rrt"),
+                        seq,
+                        prev,
+                        at(),
+                        "2018".into(),
+                        &key(signer),
+                    )
+                    .record;
+                    if let (Record::KeyTransition(t), Record::KeyTransition(f)) =
+                        (&mut e.record, forged.record)
+                    {
+                        t.proof = f.proof;
+                    }
+                }
+                Some(Fault::MovedProof) => {
+                    let other = Entry::key_transition(
+                        id("gd-rrt"),
+                        seq,
+                        Digest([7; 32]),
+                        at(),
+                        "2018".into(),
+                        &key(signer + 1),
+                    );
+                    e.record = other.record;
+                }
+                None => {}
+            }
+            let env = e.sign(&by);
+            if *step == Step::Transition {
+                signer += 1;
+            }
+            prev = env.payload_hash();
+            out.push(env);
+        }
+        out
+    }
+
+    fn from_key_1() -> ChainVerifier {
+        ChainVerifier::new(
+            id("gd-rrt"),
+            key(1).verifying_key(),
+            region("440000"),
+            "2018",
+        )
+    }
+
+    /// Pushes `envs` one by one: the count accepted, or the first fault.
+    fn push_all(mut v: ChainVerifier, envs: &[Envelope]) -> Result<u64, ChainError> {
+        for env in envs {
+            v.push(env)?;
+        }
+        Ok(v.next_seq() - 1)
+    }
+
+    /// The hub's way: one batch opened against the schedule, then admitted in order.
+    fn admit_all(mut v: ChainVerifier, envs: &[Envelope]) -> Result<u64, ChainError> {
+        let opened = v.keys().clone().open_batch(envs);
+        for (env, o) in envs.iter().zip(opened) {
+            match v.admit(env, o, &mut NoHistory) {
+                Ok(Ok(Admitted::Next(_))) => {}
+                Ok(Ok(Admitted::Resent(e))) => return Err(ChainError::Duplicate { seq: e.seq }),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Ok(v.next_seq() - 1)
+    }
+
+    #[test]
+    fn a_key_transition_hands_the_chain_to_its_new_key() {
+        use Step::{Record as R, Transition as T};
+        let envs = rotating(&[R, R, T, R, R, T, R, R], None);
+        let mut v = from_key_1();
+        for env in &envs {
+            v.push(env).unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The schedule the chain itself gives: key 2 from seq 4, key 3 from seq 7.
+        assert_eq!(
+            v.keys().keys(),
+            &[
+                (1, Some(key(1).verifying_key())),
+                (4, Some(key(2).verifying_key())),
+                (7, Some(key(3).verifying_key())),
+            ]
+        );
+        // One batch mixing old-key entries, the transitions and new-key entries.
+        assert_eq!(admit_all(from_key_1(), &envs), Ok(8));
+        assert!(
+            from_key_1()
+                .keys()
+                .open_batch(&envs)
+                .iter()
+                .all(Opened::authentic)
+        );
+    }
+
+    #[test]
+    fn after_a_transition_the_old_key_is_refused_by_name() {
+        use Step::{Record as R, Transition as T};
+        let envs = rotating(&[R, R, T, R], Some((3, Fault::OldKey)));
+        let want = Err(ChainError::RetiredKey { seq: 4, since: 4 });
+        assert_eq!(push_all(from_key_1(), &envs), want);
+        assert_eq!(admit_all(from_key_1(), &envs), want);
+        let e = ChainError::RetiredKey { seq: 4, since: 4 };
+        assert_eq!(e.code(), Some(RefusalCode::RevokedKey));
+        assert!(e.to_string().contains("retired"), "{e}");
+    }
+
+    #[test]
+    fn a_transition_must_be_signed_by_the_key_in_force_and_prove_its_key() {
+        use Step::{Record as R, Transition as T};
+        // Signed by the new key itself (not the one in force at its seq).
+        let mut envs = rotating(&[R, T], None);
+        let Ok(mut t) = Entry::from_payload(&envs[1].payload) else {
+            panic!("test setup");
+        };
+        envs[1] = t.sign(&key(2));
+        assert_eq!(push_all(from_key_1(), &envs), Err(unknown_key(2, &key(1))));
+        assert_eq!(admit_all(from_key_1(), &envs), Err(unknown_key(2, &key(1))));
+        // A proof by another key than the one named, or for another place in the chain.
+        for fault in [Fault::ForeignProof, Fault::MovedProof] {
+            let envs = rotating(&[R, T, R], Some((1, fault)));
+            let want = Err(ChainError::BadTransition {
+                seq: 2,
+                error: TransitionError::Proof,
+            });
+            assert_eq!(push_all(from_key_1(), &envs), want, "{fault:?}");
+            assert_eq!(admit_all(from_key_1(), &envs), want, "{fault:?}");
+        }
+        // Naming a key that does not parse never reads as an entry.
+        if let Record::KeyTransition(k) = &mut t.record {
+            k.new_key = "ed25519:AAAA".into();
+        }
+        assert!(matches!(
+            Entry::from_payload(&t.to_payload()),
+            Err(EntryError::Record(_))
+        ));
+    }
+
+    #[test]
+    fn a_transition_cannot_overrule_a_rotation_recorded_for_a_later_seq() {
+        use Step::{Record as R, Transition as T};
+        let envs = rotating(&[R, R, T, R], None);
+        // The hub's `agents rotate` recorded key 9 from seq 3 (before the transition):
+        // the transition at 3 is then signed by a retired key.
+        let before = ChainVerifier::with_keys(
+            id("gd-rrt"),
+            KeySchedule::single(key(1).verifying_key()).with(3, Some(key(9).verifying_key())),
+            region("440000"),
+            Some("2018".into()),
+        );
+        assert_eq!(
+            push_all(before.clone(), &envs),
+            Err(ChainError::RetiredKey { seq: 3, since: 3 })
+        );
+        // ... from seq 10 (after it): the old key may not choose another key meanwhile.
+        let later = ChainVerifier::with_keys(
+            id("gd-rrt"),
+            KeySchedule::single(key(1).verifying_key()).with(10, Some(key(9).verifying_key())),
+            region("440000"),
+            Some("2018".into()),
+        );
+        let want = Err(ChainError::TransitionConflict {
+            seq: 3,
+            from_seq: 10,
+        });
+        assert_eq!(push_all(later.clone(), &envs), want);
+        assert_eq!(admit_all(later, &envs), want);
+        // A schedule that knows the transition already (a registry, a key history) agrees.
+        let known = ChainVerifier::with_keys(
+            id("gd-rrt"),
+            KeySchedule::single(key(1).verifying_key()).with(4, Some(key(2).verifying_key())),
+            region("440000"),
+            Some("2018".into()),
+        );
+        assert_eq!(push_all(known, &envs), Ok(4));
+    }
+
+    #[test]
+    fn a_key_checked_provisionally_is_checked_again_under_the_verifiers_schedule() {
+        use Step::{Record as R, Transition as T};
+        let envs = rotating(&[R, R, T, R], None);
+        // Opened against key 1 alone: the batch's transition makes key 2 provisional.
+        let opened = KeySchedule::single(key(1).verifying_key()).open_batch(&envs);
+        assert!(opened.iter().all(Opened::authentic));
+        // A verifier whose schedule puts key 9 at seq 4 (it holds seq 3 already and
+        // a rotation happened meanwhile) does not take key 2's word for seq 4.
+        let mut v = ChainVerifier::with_keys(
+            id("gd-rrt"),
+            KeySchedule::single(key(1).verifying_key()).with(4, Some(key(9).verifying_key())),
+            region("440000"),
+            Some("2018".into()),
+        )
+        .resume(3, envs[2].payload_hash());
+        let got = v.admit(&envs[3], opened[3].clone(), &mut NoHistory);
+        assert_eq!(got, Ok(Err(unknown_key(4, &key(9)))));
+    }
+
+    #[test]
+    fn audit_refuses_a_transition_without_its_proof() {
+        use Step::{Record as R, Transition as T};
+        let envs = rotating(&[R, T], Some((1, Fault::MovedProof)));
+        let mut v = from_key_1().without_memory();
+        let first = Entry::from_payload(&envs[0].payload).unwrap_or_else(|e| panic!("{e}"));
+        assert!(v.audit(&first, envs[0].payload_hash()).is_empty());
+        let t = Entry::from_payload(&envs[1].payload).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            v.audit(&t, envs[1].payload_hash()),
+            vec![ChainError::BadTransition {
+                seq: 2,
+                error: TransitionError::Proof
+            }]
+        );
+    }
+
+    mod transitions_prop {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn steps() -> impl Strategy<Value = Vec<Step>> {
+            proptest::collection::vec(
+                prop_oneof![3 => Just(Step::Record), 1 => Just(Step::Transition)],
+                1..24,
+            )
+        }
+
+        fn fault() -> impl Strategy<Value = Fault> {
+            prop_oneof![
+                Just(Fault::OldKey),
+                Just(Fault::Stranger),
+                Just(Fault::ForeignProof),
+                Just(Fault::MovedProof),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Random chains with random transitions: both ways in accept exactly the
+            /// honest ones, and refuse a dishonest seq there with the fault it is.
+            #[test]
+            fn verify_accepts_exactly_the_honest_chains(
+                steps in steps(),
+                at in any::<prop::sample::Index>(),
+                fault in proptest::option::of(fault()),
+            ) {
+                let at = at.index(steps.len());
+                let fault = fault.filter(|f| {
+                    // Proof faults exist only on a transition.
+                    !matches!(f, Fault::ForeignProof | Fault::MovedProof)
+                        || steps[at] == Step::Transition
+                });
+                let envs = rotating(&steps, fault.map(|f| (at, f)));
+                let pushed = push_all(from_key_1(), &envs);
+                let admitted = admit_all(from_key_1(), &envs);
+                prop_assert_eq!(&pushed, &admitted);
+                let seq = at as u64 + 1;
+                let rotated_before = steps[..at].contains(&Step::Transition);
+                match fault {
+                    None => prop_assert_eq!(pushed, Ok(steps.len() as u64)),
+                    Some(Fault::OldKey) if rotated_before => {
+                        let since = steps[..at]
+                            .iter()
+                            .rposition(|s| *s == Step::Transition)
+                            .map_or(1, |i| i as u64 + 2);
+                        prop_assert_eq!(pushed, Err(ChainError::RetiredKey { seq, since }));
+                    }
+                    Some(Fault::OldKey | Fault::Stranger) => {
+                        prop_assert!(
+                            matches!(pushed, Err(ChainError::BadSignature { seq: s, .. }) if s == seq),
+                            "{:?}", pushed
+                        );
+                    }
+                    Some(Fault::ForeignProof | Fault::MovedProof) => prop_assert_eq!(
+                        pushed,
+                        Err(ChainError::BadTransition { seq, error: TransitionError::Proof })
+                    ),
+                }
+            }
         }
     }
 }

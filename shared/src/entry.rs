@@ -12,10 +12,26 @@ use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::dsse::{Digest, DsseError, Envelope};
-use crate::record::{Problem, Record};
+use crate::record::{KeyTransition, Problem, Record};
 
 /// DSSE payload type of a source's entry.
 pub const ENTRY_PAYLOAD_TYPE: &str = "application/vnd.spacesync.entry+json";
+
+/// First line of the statement a key-transition's new key signs.
+pub const TRANSITION_DOMAIN: &str = "spacesync key-transition v1";
+
+/// Why a key-transition entry does not prove its new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// `new_key` is not an acceptable key.
+    #[error("its new_key is not an acceptable Ed25519 key")]
+    Key,
+    /// `proof` is not the new key's signature over the statement.
+    #[error(
+        "its proof is not the new key's signature over this entry's statement (source, seq, prev, new key): whoever made it does not hold the new key"
+    )]
+    Proof,
+}
 
 /// A source id: `[a-z0-9][a-z0-9-]{1,62}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -149,6 +165,63 @@ impl Entry {
             campaign: raw.campaign,
             record,
         })
+    }
+
+    /// The statement a key-transition's new key signs (its `proof`): what the old key signs
+    /// too, as part of the entry. Domain-separated, and bound to the source, the seq and
+    /// `prev`, so a proof cannot be carried to another chain or another place in this one.
+    pub fn transition_statement(&self, new_key_line: &str) -> Vec<u8> {
+        format!(
+            "{TRANSITION_DOMAIN}\nsource {}\nseq {}\nprev {}\nnew_key {new_key_line}\n",
+            self.source, self.seq, self.prev
+        )
+        .into_bytes()
+    }
+
+    /// A key-transition entry at `seq` after `prev`: `new` signs every seq after it. The
+    /// proof is made here with `new`; the caller signs the entry with the key in force at
+    /// `seq` ([`Entry::sign`]).
+    pub fn key_transition(
+        source: SourceId,
+        seq: u64,
+        prev: Digest,
+        recorded_at: DateTime<Utc>,
+        campaign: String,
+        new: &SigningKey,
+    ) -> Entry {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        let new_key = crate::keys::public_key_line(&new.verifying_key());
+        let mut entry = Entry {
+            source,
+            seq,
+            prev,
+            recorded_at,
+            campaign,
+            record: Record::KeyTransition(KeyTransition {
+                new_key: new_key.clone(),
+                proof: String::new(),
+            }),
+        };
+        let sig = new.sign(&entry.transition_statement(&new_key));
+        entry.record = Record::KeyTransition(KeyTransition {
+            new_key,
+            proof: base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+        });
+        entry
+    }
+
+    /// For a key-transition entry, the new key once its proof verifies (the one rule of
+    /// [`crate::sig`]); `Ok(None)` for every other record.
+    pub fn transition(&self) -> Result<Option<VerifyingKey>, TransitionError> {
+        let Record::KeyTransition(t) = &self.record else {
+            return Ok(None);
+        };
+        let key = t.key().map_err(|_| TransitionError::Key)?;
+        let sig = t.proof_signature().ok_or(TransitionError::Proof)?;
+        crate::sig::verify(&key, &self.transition_statement(&t.new_key), &sig)
+            .map_err(|_| TransitionError::Proof)?;
+        Ok(Some(key))
     }
 
     /// Verifies the envelope's signature by `key` (the one rule of [`crate::sig`]) and reads the entry.

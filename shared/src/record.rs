@@ -413,6 +413,38 @@ pub struct Withdrawal {
     pub reason: String,
 }
 
+/// The source's key changes: from the seq after this entry's, only `new_key` signs. Made by
+/// the agent's `rotate-key` (never sent by a platform: [`crate::batch`] refuses it), signed
+/// like every entry by the key in force at its seq, so the source's own signature proves
+/// the rotation and anyone replaying the chain derives the key schedule from it. `proof` is
+/// the new key's signature over the same statement ([`crate::entry::Entry::transition_statement`]:
+/// source, seq, `prev`, new key), so nobody can rotate to a key they do not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyTransition {
+    /// The new public key line, `ed25519:<base64>` (checked as a registered key is).
+    pub new_key: String,
+    /// The new key's Ed25519 signature over the statement, standard base64 (64 bytes).
+    pub proof: String,
+}
+
+impl KeyTransition {
+    /// The new key, parsed (the reader checked it, so this fails only for a value built
+    /// by hand).
+    pub fn key(&self) -> Result<ed25519_dalek::VerifyingKey, crate::keys::PublicKeyError> {
+        crate::keys::parse_public_key(&self.new_key)
+    }
+
+    /// The proof as a signature, if it decodes to 64 bytes.
+    pub fn proof_signature(&self) -> Option<ed25519_dalek::Signature> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.proof)
+            .ok()?;
+        let arr: [u8; 64] = bytes.as_slice().try_into().ok()?;
+        Some(ed25519_dalek::Signature::from_bytes(&arr))
+    }
+}
+
 /// One record, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -427,6 +459,8 @@ pub enum Record {
     Activity(Activity),
     /// Retraction of an earlier entry.
     Withdrawal(Withdrawal),
+    /// The source's key changes from the next seq (agent-made; see [`KeyTransition`]).
+    KeyTransition(KeyTransition),
 }
 
 impl Record {
@@ -438,6 +472,7 @@ impl Record {
             Record::Recommendation(_) => "recommendation",
             Record::Activity(_) => "activity",
             Record::Withdrawal(_) => "withdrawal",
+            Record::KeyTransition(_) => "key_transition",
         }
     }
 
@@ -466,7 +501,7 @@ impl Record {
                 ),
             ],
             Record::Activity(a) => vec![("region".into(), a.region)],
-            Record::Withdrawal(_) => vec![],
+            Record::Withdrawal(_) | Record::KeyTransition(_) => vec![],
         }
     }
 
@@ -505,6 +540,17 @@ pub enum ProblemKind {
     /// The value has the wrong JSON type.
     #[error("must be {0}")]
     WrongType(&'static str),
+    /// Not an Ed25519 public key line `ed25519:<base64>` acceptable as a source key.
+    #[error("must be an Ed25519 public key line ed25519:<base64> (a valid, not weak, key)")]
+    BadKey,
+    /// Not a base64 Ed25519 signature.
+    #[error("must be an Ed25519 signature: 64 bytes in standard base64")]
+    BadProof,
+    /// A record kind only the agent makes.
+    #[error(
+        "key_transition records are made by the agent itself (`spacesync-agent rotate-key`); a platform never sends one"
+    )]
+    AgentOnly,
     /// A count below zero.
     #[error("must be ≥ 0")]
     Negative,
@@ -925,6 +971,7 @@ impl Reader {
             "recommendation" => self.recommendation(v).map(Record::Recommendation),
             "activity" => self.activity(v).map(Record::Activity),
             "withdrawal" => self.withdrawal(v).map(Record::Withdrawal),
+            "key_transition" => self.key_transition(v).map(Record::KeyTransition),
             other => {
                 self.problem("kind", ProblemKind::UnknownKind(other.to_string()));
                 None
@@ -1316,6 +1363,49 @@ impl Reader {
             category: category?,
             title: title?,
             participants,
+        })
+    }
+
+    fn key_transition(&mut self, v: &Value) -> Option<KeyTransition> {
+        let map = self.object(v, "", "key_transition", &["kind", "new_key", "proof"])?;
+        let new_key = self.required(map, "", "new_key").and_then(|k| {
+            let Some(line) = k.as_str() else {
+                self.problem(
+                    "new_key",
+                    ProblemKind::WrongType("a key line ed25519:<base64>"),
+                );
+                return None;
+            };
+            match crate::keys::parse_public_key(line) {
+                // Kept as its canonical line, so the entry's bytes say one thing.
+                Ok(key) if crate::keys::public_key_line(&key) == line => Some(line.to_string()),
+                Ok(_) | Err(_) => {
+                    self.problem("new_key", ProblemKind::BadKey);
+                    None
+                }
+            }
+        });
+        let proof = self.required(map, "", "proof").and_then(|p| {
+            let s = p.as_str().unwrap_or_default();
+            let t = KeyTransition {
+                new_key: String::new(),
+                proof: s.to_string(),
+            };
+            // One spelling only: padded standard base64 of exactly 64 bytes.
+            let canonical = t.proof_signature().is_some_and(|sig| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()) == s
+            });
+            if canonical {
+                Some(t.proof)
+            } else {
+                self.problem("proof", ProblemKind::BadProof);
+                None
+            }
+        });
+        Some(KeyTransition {
+            new_key: new_key?,
+            proof: proof?,
         })
     }
 

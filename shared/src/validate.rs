@@ -68,7 +68,8 @@ pub fn check(record: &Record, ctx: &Context<'_>) -> Vec<Problem> {
                 ));
             }
         }
-        Record::Recommendation(_) => {}
+        // A key transition is the agent's own entry, never judged as a platform's record.
+        Record::Recommendation(_) | Record::KeyTransition(_) => {}
     }
     out
 }

@@ -721,6 +721,19 @@ fn model_verdict(held: u64, sent: &Sent) -> Result<u64, ChainError> {
         envs[held as usize - 1].payload_hash()
     };
     if !sent.signed {
+        // The key the rotation retired, intact, is named as such.
+        let old = common::key().verifying_key();
+        if sent.seq >= MODEL_ROTATION
+            && sent
+                .env
+                .verify(spacesync_shared::entry::ENTRY_PAYLOAD_TYPE, &old)
+                .is_ok()
+        {
+            return Err(ChainError::RetiredKey {
+                seq: sent.seq,
+                since: MODEL_ROTATION,
+            });
+        }
         let expected = model_key(sent.seq).verifying_key();
         let keyid = key_id(&expected);
         let error = if sent.env.signatures[0].keyid == keyid {

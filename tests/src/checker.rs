@@ -242,6 +242,11 @@ pub fn check(history: &History, leaves: &[Leaf]) -> Report {
                 leaf.source, leaf.seq, leaf.index
             ));
         }
+        // The agent's own key rotation (`rotate-key`): in the chain (its seq counts for
+        // holes and duplicates above), but no client's write.
+        if let Record::KeyTransition(_) = leaf.record {
+            continue;
+        }
         let Some(id) = write_id(&leaf.source, &leaf.record) else {
             r.unexpected.push(format!(
                 "leaf {} ({} seq {}): a {} record without a write id",

@@ -3,9 +3,11 @@
 //! environment: a third agent is invited and enrols with the code (`init --enrol`), then
 //! delivers; a ministry token is created, listed with its role, used (API and dashboard
 //! session) and revoked (then 401, and the session ends); a deadline is extended and a
-//! bulletin issued that shows it; one agent rotates its key itself (the hub's first
-//! answer lost, the agent SIGKILLed before the hub receipted its first new-key entry), the
-//! other's "lost" key is replaced from the hub side. Afterwards the checker reads the
+//! bulletin issued that shows it; one agent rotates its key itself, with a key-transition
+//! entry in its chain written while the hub is out of reach (the agent SIGKILLed with the
+//! transition and its first new-key entry written, not yet delivered; afterwards the log
+//! holds the transition and an old-key entry after it is refused), the other's "lost" key
+//! is replaced from the hub side. Afterwards the checker reads the
 //! hub's log: every acknowledged record of every agent is there exactly once (lost = 0,
 //! unexpected = 0), and both `verify`s pass.
 
@@ -18,17 +20,10 @@ use spacesync_shared::SourceId;
 use spacesync_shared::record::Record;
 use spacesync_tests::agent_harness::{AgentProc, activity};
 use spacesync_tests::checker::{self, History};
-use spacesync_tests::fault_proxy::{Fault, FaultPlan, FaultProxy};
 use spacesync_tests::hub_harness::{HubProc, hub_bin};
 
 /// The agents' clock (`run --now`), the same instant as the hub's.
 const AGENT_NOW: &str = spacesync_tests::agent_harness::NOW;
-
-fn hub_addr(url: &str) -> std::net::SocketAddr {
-    url.trim_start_matches("http://")
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-}
 
 /// Points `agent`'s agent.toml at `hub`.
 fn set_hub(agent: &AgentProc, hub: &str) {
@@ -306,31 +301,29 @@ async fn a_running_hub_is_administered_without_a_restart() {
         "the extension is not in bulletin {n}"
     );
 
-    // gd-a rotates its key from the agent side; the hub's answer is lost on the way
-    // (the proxy cuts it), so the first attempt fails with nothing switched and the run is
-    // refused until the same command finishes the rotation.
-    let proxy = FaultProxy::start(hub_addr(&url), FaultPlan::NONE, 14).await;
+    // gd-a rotates its key from the agent side, in its own chain and offline: the hub is
+    // out of reach (the agent points at a closed port) while `rotate-key` writes the
+    // key-transition entry (seq 6) and the agent takes a new-key record (seq 7); the agent
+    // is SIGKILLed with both written and neither delivered, then reaches the hub again.
     let (gd, _, _) = &mut agents[0];
     gd.stop();
-    set_hub(gd, &proxy.url());
-    proxy.force([Fault::Cut { after: 0 }]);
-    let out = gd.cli(&["rotate-key", "--now", AGENT_NOW]);
-    assert!(
-        !out.status.success(),
-        "the answer was cut: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(gd.data().key_next().exists());
-    let refused = gd.cli(&["run", "--now", AGENT_NOW]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("rotate-key"));
+    let old_gd =
+        spacesync_shared::keys::read_secret(&gd.data().key()).unwrap_or_else(|e| panic!("{e}"));
+    let nowhere = format!("http://127.0.0.1:{}", spacesync_tests::procs::free_port());
+    set_hub(gd, &nowhere);
     let new_gd = ok(
         &gd.cli(&["rotate-key", "--now", AGENT_NOW]),
-        "rotate-key again",
+        "rotate-key (hub out of reach)",
     );
     assert!(!gd.data().key_next().exists());
+    assert!(gd.data().key_retired().exists());
     assert_eq!(ok(&gd.cli(&["pubkey"]), "pubkey"), new_gd);
+    gd.start().await;
+    write(gd, "gd-a", "440100", 1, "rotated", &mut history).await;
+    gd.kill();
     set_hub(gd, &url);
+    gd.start().await;
+    gd.wait_delivered(7, Duration::from_secs(30)).await;
     let listed = ok(
         &hub_cli(&admin, &["agents", "list", "--json", "--hub", &url]),
         "agents list",
@@ -346,12 +339,49 @@ async fn a_running_hub_is_administered_without_a_restart() {
         Value::from(new_gd.clone()),
         "{gd_rec}"
     );
-    assert_eq!(gd_rec["keys"][1]["from_seq"], 6, "{gd_rec}");
-    // A real SIGKILL between the new key's first entry and the hub's receipt loses nothing.
+    assert_eq!(gd_rec["keys"][1]["from_seq"], 7, "{gd_rec}");
+    // Once the hub receipted the transition, the retired key is gone (the pusher removes
+    // it at its next signed request; a start removes it too).
+    gd.stop();
+    let head_hash = spacesync_tests::agent_harness::stored_envelopes(&gd.data())
+        .last()
+        .map(|e| e.payload_hash())
+        .unwrap_or_default();
     gd.start().await;
-    write(gd, "gd-a", "440100", 1, "rotated", &mut history).await;
-    gd.kill();
-    gd.start().await;
+    assert!(!gd.data().key_retired().exists());
+    // An entry signed by the old key after the transition is refused by name.
+    let stale = spacesync_shared::Entry {
+        source: SourceId::parse("gd-a").unwrap_or_else(|e| panic!("{e}")),
+        seq: 8,
+        prev: head_hash,
+        recorded_at: chrono::DateTime::parse_from_rfc3339(AGENT_NOW)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_utc(),
+        campaign: "2018".into(),
+        record: Record::from_value(
+            &serde_json::from_str::<Value>(&activity("stale")).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|p| panic!("{p:?}")),
+    };
+    let batch = spacesync_shared::wire::IngestBatch {
+        source: stale.source.clone(),
+        entries: vec![stale.sign(&old_gd)],
+    };
+    let refused = http
+        .post(format!("{url}/v1/ingest"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status().as_u16(), 422);
+    let body: Value = refused.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["refused"][0]["code"], "revoked_key", "{body}");
+    assert!(
+        body["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("retired key")),
+        "{body}"
+    );
 
     // bj-a's key is "lost": the agent switches at once, the hub's admin records the new
     // key from the seq the agent printed, live.
@@ -384,7 +414,10 @@ async fn a_running_hub_is_administered_without_a_restart() {
     for (agent, source, region) in &agents {
         write(agent, source, region, 3, "after", &mut history).await;
     }
-    agents[0].0.wait_delivered(9, Duration::from_secs(30)).await;
+    agents[0]
+        .0
+        .wait_delivered(10, Duration::from_secs(30))
+        .await;
     agents[1].0.wait_delivered(8, Duration::from_secs(30)).await;
     for (agent, _, _) in &agents {
         let out = agent.cli(&["verify", "--json"]);
@@ -401,6 +434,15 @@ async fn a_running_hub_is_administered_without_a_restart() {
     hub.kill();
     let store = SledStore::open(&hub.db()).unwrap_or_else(|e| panic!("{e}"));
     let leaves = checker::read_hub_log(&store).unwrap_or_else(|e| panic!("{e}"));
+    // gd-a's key transition is in the log at seq 6, naming the new key.
+    let transitions: Vec<(String, u64, String)> = leaves
+        .iter()
+        .filter_map(|l| match &l.record {
+            Record::KeyTransition(t) => Some((l.source.to_string(), l.seq, t.new_key.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(transitions, vec![("gd-a".to_string(), 6, new_gd.clone())]);
     let report = checker::check(&history, &leaves);
     eprintln!("{}", report.line(0, 0, 0));
     assert!(report.valid(), "{}", report.details());

@@ -73,6 +73,8 @@ pub struct Pusher<T = HubClient> {
 
 impl Pusher<HubClient> {
     /// A pusher for `store` talking HTTP to the configured hub; call [`Pusher::run`].
+    /// `retired`: a key transition's retired key, while the hub may still name it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         ident: Arc<Identity>,
@@ -81,8 +83,10 @@ impl Pusher<HubClient> {
         state: SharedPushState,
         wake: Arc<Notify>,
         notices_stored: Arc<Notify>,
+        retired: Option<transport::RetiredSigner>,
     ) -> Result<Pusher<HubClient>, crate::tls::TlsError> {
-        let client = HubClient::new(cfg.clone(), ident.clone(), clock.clone())?;
+        let client =
+            HubClient::new(cfg.clone(), ident.clone(), clock.clone())?.with_retired(retired);
         Ok(Pusher::with_transport(
             client,
             cfg,

@@ -19,6 +19,8 @@ use spacesync_shared::wire::{
     PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST,
 };
 
+use ed25519_dalek::SigningKey;
+
 use crate::config::{Config, secs};
 use crate::intake::Identity;
 use crate::retry::parse_retry_after;
@@ -135,6 +137,22 @@ pub struct HubClient {
     ident: Arc<Identity>,
     /// Stamps signed requests (the hub refuses those far from its own clock).
     clock: Arc<dyn Clock>,
+    /// The key a key transition retired, while the hub may not hold the transition yet.
+    retired: Option<RetiredSigner>,
+}
+
+/// The retired key of a key transition not yet receipted (`agent.key.retired`): the hub's
+/// registry names it until the transition arrives, so it signs the agent's requests
+/// first, the new key second when the hub answers 401 (the hub may hold the transition
+/// before the agent holds its receipt). Once the store holds the transition's receipt the
+/// file is removed and only the new key signs.
+pub struct RetiredSigner {
+    /// The key and the transition's seq.
+    pub retired: crate::rotate::Retired,
+    /// Where `agent.key.retired` is.
+    pub data: crate::config::DataDir,
+    /// Where the delivered seq is read.
+    pub store: crate::store::Store,
 }
 
 impl HubClient {
@@ -157,18 +175,54 @@ impl HubClient {
             cfg,
             ident,
             clock,
+            retired: None,
         })
+    }
+
+    /// Signs requests with `retired`'s key while its transition is not receipted.
+    pub fn with_retired(mut self, retired: Option<RetiredSigner>) -> HubClient {
+        self.retired = retired;
+        self
+    }
+
+    /// The key to sign requests with first, and the one to try when the hub answers 401.
+    fn request_keys(&mut self) -> (SigningKey, Option<SigningKey>) {
+        let current = self.ident.key.clone();
+        let Some(r) = &self.retired else {
+            return (current, None);
+        };
+        match r.store.acked() {
+            Ok(acked) if acked >= r.retired.through => {
+                let through = r.retired.through;
+                match crate::rotate::forget_retired(&r.data) {
+                    Ok(()) => {
+                        tracing::info!(
+                            seq = through,
+                            "The hub receipted the key transition; the retired key was removed."
+                        );
+                        self.retired = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot remove the retired key; it signs nothing more.");
+                        self.retired = None;
+                    }
+                }
+                (current, None)
+            }
+            _ => (r.retired.key.clone(), Some(current)),
+        }
     }
 
     fn signed(
         &self,
+        key: &SigningKey,
         method: reqwest::Method,
         path_and_query: &str,
         body: Vec<u8>,
     ) -> reqwest::RequestBuilder {
         let nonce: [u8; 16] = rand::random();
         let headers = wire::sign_request(
-            &self.ident.key,
+            key,
             &self.ident.source,
             method.as_str(),
             path_and_query,
@@ -186,10 +240,10 @@ impl HubClient {
         rb
     }
 
-    fn build(&self, req: &Request) -> Result<reqwest::RequestBuilder, Unreached> {
+    fn build(&self, req: &Request, key: &SigningKey) -> Result<reqwest::RequestBuilder, Unreached> {
         Ok(match req {
             Request::HubKey => self.http.get(self.cfg.hub_url(PATH_HUB_PUBKEY)),
-            Request::Head => self.signed(reqwest::Method::GET, PATH_AGENT_HEAD, Vec::new()),
+            Request::Head => self.signed(key, reqwest::Method::GET, PATH_AGENT_HEAD, Vec::new()),
             Request::Ingest { batch, .. } => {
                 let json = serde_json::to_vec(batch).unwrap_or_default();
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -211,11 +265,11 @@ impl HubClient {
             }
             Request::Notices { after, limit } => {
                 let pq = format!("{PATH_AGENT_NOTICES}?after={after}&limit={limit}");
-                self.signed(reqwest::Method::GET, &pq, Vec::new())
+                self.signed(key, reqwest::Method::GET, &pq, Vec::new())
             }
             Request::AckNotices(ack) => {
                 let body = serde_json::to_vec(ack).unwrap_or_default();
-                self.signed(reqwest::Method::POST, PATH_AGENT_NOTICES_ACK, body)
+                self.signed(key, reqwest::Method::POST, PATH_AGENT_NOTICES_ACK, body)
                     .header(CONTENT_TYPE, "application/json")
             }
             Request::Checkpoint => self.http.get(self.cfg.hub_url(PATH_CHECKPOINT)),
@@ -233,7 +287,24 @@ impl HubClient {
 
 impl Transport for HubClient {
     async fn send(&mut self, req: &Request) -> Result<Answer, Unreached> {
-        let rb = self.build(req)?;
+        let (first, other) = self.request_keys();
+        let answer = self.send_signed_by(req, &first).await?;
+        let signed = matches!(
+            req,
+            Request::Head | Request::Notices { .. } | Request::AckNotices(_)
+        );
+        match other {
+            // Across a key transition the hub names one of the two keys.
+            Some(other) if signed && answer.status == 401 => self.send_signed_by(req, &other).await,
+            _ => Ok(answer),
+        }
+    }
+}
+
+impl HubClient {
+    /// Sends `req`, a signed one signed by `key`, and reads the whole answer.
+    async fn send_signed_by(&self, req: &Request, key: &SigningKey) -> Result<Answer, Unreached> {
+        let rb = self.build(req, key)?;
         let resp = rb
             .send()
             .await

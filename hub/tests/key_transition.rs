@@ -1,0 +1,286 @@
+//! Key rotation in the source's own chain (issue 14): a key-transition entry at seq N,
+//! signed by the key in force and proved by the new key, is ingested like any entry (same
+//! checks, idempotency, receipts); the source's registry record gains the new key from N+1
+//! in the same write; `verify`, `rebuild`, a restart and another replica derive the same
+//! schedule from the log. One batch may mix old-key entries, the transition and new-key
+//! entries. After it only the new key signs; the hub's `agents rotate` (lost key) keeps
+//! working after a transition, and a transition that an admin rotation already overruled
+//! is refused.
+
+mod common;
+
+use ed25519_dalek::SigningKey;
+use spacesync_hub::maintenance;
+use spacesync_hub::registry::{self, SourceRecord};
+use spacesync_hub::store::{Store, WriteBatch, keys};
+use spacesync_shared::entry::Entry;
+use spacesync_shared::keys::public_key_line;
+use spacesync_shared::wire::{IngestBatch, IngestResponse, RefusalCode};
+use spacesync_shared::{Campaign, Envelope};
+
+use common::{Agent, Backend, ORIGIN, TestHub, activity, hub_key, store_dir, teachers};
+
+/// Signs a key transition to `new` as `a`'s next entry (by the key in force) and hands
+/// `a` the new key.
+fn transition(a: &mut Agent, new: &SigningKey) -> Envelope {
+    let e = Entry::key_transition(
+        a.id.clone(),
+        a.next,
+        a.prev,
+        a.recorded_at,
+        "2018".into(),
+        new,
+    );
+    let env = e.sign(&a.key);
+    a.advance(&env);
+    a.key = new.clone();
+    env
+}
+
+fn batch(a: &Agent, entries: Vec<Envelope>) -> IngestBatch {
+    IngestBatch {
+        source: a.id.clone(),
+        entries,
+    }
+}
+
+/// Posts a batch and expects it refused at its first entry with `code`: the refusal's
+/// reason is returned.
+async fn refused(th: &TestHub, b: &IngestBatch, code: RefusalCode) -> String {
+    let r = th.ingest(b).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text());
+    let resp: IngestResponse = serde_json::from_slice(&r.body).expect("ingest response");
+    assert!(resp.receipts.is_empty(), "{:?}", resp.receipts);
+    assert_eq!(resp.refused.len(), 1, "{:?}", resp.refused);
+    assert_eq!(resp.refused[0].code, code, "{:?}", resp.refused);
+    resp.refused[0].reason.clone()
+}
+
+fn record_of(th: &TestHub, id: &str) -> SourceRecord {
+    let st = th.hub.snapshot();
+    st.registry
+        .iter()
+        .find(|(k, _)| k.as_str() == id)
+        .map(|(_, v)| v.clone())
+        .expect("registered")
+}
+
+fn schedule(rec: &SourceRecord) -> Vec<(u64, String)> {
+    rec.keys
+        .iter()
+        .map(|k| (k.from_seq, k.key.clone()))
+        .collect()
+}
+
+fn log_verifies(store: &dyn Store) {
+    let report =
+        maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {}).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+async fn a_transition_in_the_chain_hands_the_source_to_its_new_key(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let old = gd.clone();
+    let new = SigningKey::from_bytes(&[7; 32]);
+
+    // One batch: two old-key entries, the transition at 3, two new-key entries.
+    let mut entries = vec![
+        gd.sign_next(&teachers("440106", "4401060001", "2018-11-01", 10)),
+        gd.sign_next(&activity("440106", "2018-11-02", "training")),
+    ];
+    entries.push(transition(&mut gd, &new));
+    entries.push(gd.sign_next(&teachers("440106", "4401060001", "2018-11-03", 12)));
+    entries.push(gd.sign_next(&activity("440106", "2018-11-04", "meeting")));
+    let first = batch(&gd, entries);
+    let resp = th.ingest_ok(&first).await;
+    assert_eq!(resp.receipts.len(), 5);
+    assert_eq!(resp.held_through, 5);
+    let want = vec![
+        (1, old.key_line()),
+        (4, public_key_line(&new.verifying_key())),
+    ];
+    assert_eq!(schedule(&record_of(&th, "gd-a")), want);
+    // In the store too, written with the entry.
+    let stored = registry::load_all(th.hub.store.as_ref()).expect("load");
+    assert_eq!(schedule(&stored[0]), want);
+
+    // Idempotent: the same batch again is answered with the same receipts, nothing added.
+    let size = th.log_size();
+    let again = th.ingest_ok(&first).await;
+    assert_eq!(again.receipts, resp.receipts);
+    assert_eq!(th.log_size(), size);
+    assert_eq!(schedule(&record_of(&th, "gd-a")), want);
+
+    // From seq 6 on the old key is refused by name; the new key signs.
+    let mut stale = old.clone();
+    stale.next = gd.next;
+    stale.prev = gd.prev;
+    let reason = refused(
+        &th,
+        &stale.batch(&[activity("440106", "2018-11-05", "late")]),
+        RefusalCode::RevokedKey,
+    )
+    .await;
+    assert!(
+        reason.contains("retired key") && reason.contains("seq 4"),
+        "{reason}"
+    );
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-05", "on time")]))
+        .await;
+
+    // The log verifies; a restart reads the same schedule; deleted, `reg/` is rebuilt
+    // from the log with the transition's key.
+    log_verifies(th.hub.store.as_ref());
+    drop(th);
+    let th = TestHub::open(dir.path());
+    assert_eq!(schedule(&record_of(&th, "gd-a")), want);
+    let store = th.hub.store.clone();
+    let before = registry::load_all(store.as_ref()).expect("load");
+    let mut wb = WriteBatch::new();
+    for r in store.scan(keys::REG) {
+        wb.delete(r.expect("scan").0);
+    }
+    store.apply(wb).expect("delete");
+    let report = maintenance::verify(store.as_ref(), &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify");
+    assert!(!report.ok(), "a deleted registry is noticed");
+    maintenance::rebuild(store.as_ref(), Campaign::builtin_2018().baseline, |_| {})
+        .expect("rebuild");
+    assert_eq!(registry::load_all(store.as_ref()).expect("load"), before);
+    log_verifies(store.as_ref());
+}
+
+async fn an_admin_rotation_and_an_old_key_transition_do_not_both_hold(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    let mut gz = Agent::new("gz-a", 2, "440000");
+    th.register(&gd);
+    th.register(&gz);
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-01", "a")]))
+        .await;
+    th.ingest_ok(&gz.batch(&[activity("440106", "2018-11-01", "a")]))
+        .await;
+    let admin_key = Agent::new("gd-a", 9, "440000");
+
+    // gd: the admin rotated the (lost) key from the next seq; an old-key transition at
+    // that seq is signed by a retired key.
+    th.hub
+        .rotate_source("gd-a", &admin_key.key_line(), None)
+        .expect("rotate");
+    let t = transition(&mut gd.clone(), &SigningKey::from_bytes(&[3; 32]));
+    let reason = refused(&th, &batch(&gd, vec![t]), RefusalCode::RevokedKey).await;
+    assert!(reason.contains("retired key"), "{reason}");
+
+    // gz: the admin recorded a rotation from a later seq; the old key may not choose
+    // another key before it.
+    let later = Agent::new("gz-a", 8, "440000");
+    th.hub
+        .rotate_source("gz-a", &later.key_line(), Some(10))
+        .expect("rotate");
+    let t = transition(&mut gz.clone(), &SigningKey::from_bytes(&[4; 32]));
+    let reason = refused(&th, &batch(&gz, vec![t]), RefusalCode::Invalid).await;
+    assert!(
+        reason.contains("rotation from seq 10 is already recorded"),
+        "{reason}"
+    );
+    // Neither refusal changed a key.
+    assert_eq!(record_of(&th, "gd-a").keys.len(), 2);
+    assert_eq!(record_of(&th, "gz-a").keys.len(), 2);
+
+    // A transition to a key another source holds (or held) is refused.
+    let mut gd_new = gd.clone();
+    gd_new.key = admin_key.key.clone();
+    let t = transition(&mut gd_new.clone(), &gz.key);
+    let reason = refused(&th, &batch(&gd_new, vec![t]), RefusalCode::Invalid).await;
+    assert!(reason.contains("registered for source gz-a"), "{reason}");
+    log_verifies(th.hub.store.as_ref());
+}
+
+async fn agents_rotate_still_replaces_a_key_lost_after_a_transition(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let first = gd.key_line();
+    let lost = SigningKey::from_bytes(&[7; 32]);
+    let t = transition(&mut gd, &lost);
+    th.ingest_ok(&batch(&gd, vec![t])).await;
+    // The new key is lost before it signed anything: the admin replaces it from seq 2.
+    let replacement = Agent::new("gd-a", 9, "440000");
+    th.hub
+        .rotate_source("gd-a", &replacement.key_line(), None)
+        .expect("rotate");
+    assert_eq!(
+        schedule(&record_of(&th, "gd-a")),
+        vec![(1, first), (2, replacement.key_line())]
+    );
+    let mut stale = gd.clone();
+    refused(
+        &th,
+        &stale.batch(&[activity("440106", "2018-11-01", "by the lost key")]),
+        RefusalCode::BadSignature,
+    )
+    .await;
+    gd.key = replacement.key.clone();
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-01", "by the replacement")]))
+        .await;
+    log_verifies(th.hub.store.as_ref());
+    let before = registry::load_all(th.hub.store.as_ref()).expect("load");
+    maintenance::rebuild(th.hub.store.as_ref(), th.hub.campaign.baseline, |_| {}).expect("rebuild");
+    assert_eq!(
+        registry::load_all(th.hub.store.as_ref()).expect("load"),
+        before
+    );
+}
+
+/// Another replica on the same database follows a transition it did not admit: its
+/// registry catches up from the log, so it accepts the new key at once.
+#[tokio::test]
+async fn a_replica_follows_a_transition_another_admitted() {
+    let dir = store_dir(Backend::Postgres);
+    let a = TestHub::open(dir.path());
+    let b = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    a.register(&gd);
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let entries = vec![
+        gd.sign_next(&activity("440106", "2018-11-01", "a")),
+        transition(&mut gd, &new),
+    ];
+    a.ingest_ok(&batch(&gd, entries)).await;
+    // b has not seen the transition; the ingest catches it up before judging.
+    b.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "by the new key")]))
+        .await;
+    assert_eq!(
+        schedule(&record_of(&b, "gd-a")),
+        schedule(&record_of(&TestHub::open(dir.path()), "gd-a"))
+    );
+    log_verifies(a.hub.store.as_ref());
+}
+
+backends!(
+    async a_transition_in_the_chain_hands_the_source_to_its_new_key,
+    an_admin_rotation_and_an_old_key_transition_do_not_both_hold,
+    agents_rotate_still_replaces_a_key_lost_after_a_transition
+);
+
+/// The request-based rotation (`POST /v1/agent/rotate-key`) is gone: rotation from the
+/// agent is the chain's own entry, nothing else changes a key but `agents rotate`.
+#[tokio::test]
+async fn the_old_rotation_request_is_not_served() {
+    let dir = store_dir(Backend::Sled);
+    let th = TestHub::open(dir.path());
+    let r = th
+        .send(
+            axum::http::Request::post("/v1/agent/rotate-key")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 404, "{}", r.text());
+}
