@@ -333,6 +333,25 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A batch as the statements take it: the keys it removes, and the keys and values it sets.
+type Split = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+fn split(batch: WriteBatch) -> Split {
+    let mut deletes: Vec<Vec<u8>> = Vec::new();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    for (k, v) in batch.ops {
+        match v {
+            Some(v) => {
+                keys.push(k);
+                values.push(v);
+            }
+            None => deletes.push(k),
+        }
+    }
+    (deletes, keys, values)
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -433,6 +452,46 @@ impl PgStore {
             }
             .map_err(inner.fail("scan"))?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Ends an import (`spacesync-hub migrate`): in one transaction holding the head row's
+    /// lock, applies `batch` and sets the head to `head`, only if no commit ever moved it
+    /// (head 0); otherwise [`StoreError::Conflict`] and nothing is written. The head then
+    /// counts on from the one the imported store had.
+    pub fn adopt_head(&self, head: u64, batch: WriteBatch) -> Result<(), StoreError> {
+        let (deletes, keys, values) = split(batch);
+        let head = i64::try_from(head).map_err(|_| StoreError::Backend {
+            op: "adopt head",
+            message: format!("head {head} does not fit PostgreSQL's bigint"),
+        })?;
+        self.call(move |inner| async move {
+            let mut c = inner.take().await?;
+            let fail = inner.fail("adopt head");
+            let (delete, upsert, lock, set) = (
+                c.delete.clone(),
+                c.upsert.clone(),
+                c.head_lock.clone(),
+                c.head_set.clone(),
+            );
+            let tx = c.client.transaction().await.map_err(&fail)?;
+            let found: i64 = tx.query_one(&lock, &[]).await.map_err(&fail)?.get(0);
+            if found != 0 {
+                return Err(StoreError::Conflict {
+                    expected: 0,
+                    found: found as u64,
+                });
+            }
+            if !deletes.is_empty() {
+                tx.execute(&delete, &[&deletes]).await.map_err(&fail)?;
+            }
+            if !keys.is_empty() {
+                tx.execute(&upsert, &[&keys, &values])
+                    .await
+                    .map_err(&fail)?;
+            }
+            tx.execute(&set, &[&head]).await.map_err(&fail)?;
+            tx.commit().await.map_err(&fail)
         })
     }
 
@@ -643,18 +702,7 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut deletes: Vec<Vec<u8>> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut values: Vec<Vec<u8>> = Vec::new();
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        let (deletes, keys, values) = split(batch);
         self.call(move |inner| async move {
             let mut c = inner.take().await?;
             let fail = inner.fail("apply");
@@ -697,18 +745,7 @@ impl Store for PgStore {
     /// batch written and the head moved, committed. Two replicas committing at once are
     /// serialized by the row lock; the second finds the head moved and writes nothing.
     fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
-        let mut deletes: Vec<Vec<u8>> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut values: Vec<Vec<u8>> = Vec::new();
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        let (deletes, keys, values) = split(batch);
         self.call(move |inner| async move {
             let mut c = inner.take().await?;
             let backend = inner.fail("commit");
