@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "head",
         sql: include_str!("pg/0002_head.sql"),
     },
+    Migration {
+        version: 3,
+        name: "analyst views",
+        sql: include_str!("pg/0003_analyst_views.sql"),
+    },
 ];
 
 /// Creates the schema-version table and its one row; safe to run concurrently (the
