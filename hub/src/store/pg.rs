@@ -25,9 +25,10 @@
 //!   row of `spacesync_schema`), not an advisory lock (CockroachDB and YugabyteDB have
 //!   none); `spacesync_migrations` lists what ran. A database migrated by a newer hub is
 //!   refused.
-//! - **TLS.** rustls with the system's root certificates; `sslmode=disable|prefer|require`
-//!   in the URL as tokio-postgres reads it (a certificate is always verified against those
-//!   roots, so `require` is as strict as libpq's `verify-full`).
+//! - **TLS.** rustls with the system's root certificates, or only the CA certificates of
+//!   `sslrootcert=FILE` (PEM) when the URL names one; `sslmode=disable|prefer|require` as
+//!   tokio-postgres reads it (a certificate is always verified, host name included, so
+//!   `require` is as strict as libpq's `verify-full`).
 //! - **Secrets.** The URL's password is never shown: logs and errors use [`Redacted`].
 
 use std::collections::VecDeque;
@@ -204,7 +205,9 @@ impl Inner {
                 "PostgreSQL database {}: {}{}",
                 self.shown,
                 chain(&e),
-                if e.as_db_error().is_none() {
+                if chain(&e).contains("invalid peer certificate") {
+                    " (the database server's certificate does not verify: it must be issued for the URL's host by a CA the hub trusts — the system's roots, or the PEM file given as ?sslrootcert=FILE)"
+                } else if e.as_db_error().is_none() {
                     " (is the database server up and reachable?)"
                 } else {
                     ""
@@ -375,9 +378,11 @@ impl PgStore {
             op: "open",
             message,
         };
+        let (url, root_cert) =
+            take_root_cert(url).map_err(|m| open_err(format!("{shown}: {m}")))?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             open_err(format!(
-                "{shown}: not a PostgreSQL URL the hub can use ({}); expected postgres://USER@HOST:PORT/DB, optionally ?sslmode=disable|prefer|require",
+                "{shown}: not a PostgreSQL URL the hub can use ({}); expected postgres://USER@HOST:PORT/DB, optionally ?sslmode=disable|prefer|require&sslrootcert=CA.pem",
                 chain(&e)
             ))
         })?;
@@ -392,8 +397,9 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("spacesync-hub");
         }
-        let tls =
-            MakeRustlsConnect::new(tls_config().map_err(|m| open_err(format!("{shown}: {m}")))?);
+        let tls = MakeRustlsConnect::new(
+            tls_config(root_cert.as_deref()).map_err(|m| open_err(format!("{shown}: {m}")))?,
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("spacesync-pg")
@@ -532,20 +538,81 @@ impl Drop for PgStore {
     }
 }
 
-/// rustls with the system's root certificates (the operator adds a private CA there).
-fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A certificate the store cannot use is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
+/// rustls with the system's root certificates (the operator adds a private CA there), or,
+/// with `sslrootcert=FILE` in the URL, the CA certificates of that PEM file alone (as libpq
+/// trusts only that file then).
+fn tls_config(root_cert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let roots = match root_cert {
+        Some(path) => spacesync_http::tls::read_roots("sslrootcert", path).map_err(|e| {
+            format!("{e} (sslrootcert names the PEM file of the CA that signed the database server's certificate)")
+        })?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A certificate the store cannot use is skipped, as browsers do.
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("setting up TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Takes `sslrootcert=FILE` (libpq's name; tokio-postgres does not read it) out of the
+/// URL's query: the URL without it, and the file (percent-decoded).
+fn take_root_cert(url: &str) -> Result<(String, Option<std::path::PathBuf>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut kept = Vec::new();
+    let mut file = None;
+    for param in query.split('&') {
+        match param.strip_prefix("sslrootcert=") {
+            Some(value) => {
+                if file.is_some() {
+                    return Err("sslrootcert is given twice".into());
+                }
+                let decoded = percent_decode(value).ok_or_else(|| {
+                    format!("sslrootcert={value:?} is not a percent-encoded path")
+                })?;
+                if decoded.is_empty() {
+                    return Err("sslrootcert= names no file".into());
+                }
+                file = Some(std::path::PathBuf::from(decoded));
+            }
+            None => kept.push(param),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, file))
+}
+
+/// `%XX` sequences decoded (UTF-8); `None` when malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Applies the migrations the database lacks, under the row lock of `spacesync_schema`.
@@ -844,6 +911,42 @@ mod tests {
             ),
         ] {
             assert_eq!(Redacted(url).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("postgres://h/db", "postgres://h/db", None),
+            (
+                "postgres://h/db?sslmode=require&sslrootcert=/etc/ca%20dir/ca.pem",
+                "postgres://h/db?sslmode=require",
+                Some("/etc/ca dir/ca.pem"),
+            ),
+            (
+                "postgres://h/db?sslrootcert=ca.pem&sslmode=require",
+                "postgres://h/db?sslmode=require",
+                Some("ca.pem"),
+            ),
+            (
+                "postgres://h/db?sslrootcert=ca.pem",
+                "postgres://h/db",
+                Some("ca.pem"),
+            ),
+        ];
+        for (url, rest, file) in cases {
+            let (u, f) = take_root_cert(url).expect(url);
+            assert_eq!(
+                (u.as_str(), f.as_deref()),
+                (*rest, file.map(std::path::Path::new))
+            );
+        }
+        for bad in [
+            "postgres://h/db?sslrootcert=",
+            "postgres://h/db?sslrootcert=%zz",
+            "postgres://h/db?sslrootcert=a&sslrootcert=b",
+        ] {
+            assert!(take_root_cert(bad).is_err(), "{bad}");
         }
     }
 
