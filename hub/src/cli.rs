@@ -171,6 +171,22 @@ pub enum Cmd {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Move this stopped hub from the embedded store into an empty PostgreSQL database:
+    /// the log verified, every key copied (a killed run goes on where it stopped), the
+    /// database verified and compared, then hub.toml pointed at it (db/ is kept as it was).
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub migrate --to postgres://spacesync@db.example:5432/spacesync?sslmode=require   # hub stopped"
+    )]
+    Migrate {
+        /// The database (postgres://USER@HOST:PORT/DB[?sslmode=…]; the password from
+        /// PGPASSWORD, or in the URL). It must be empty, or hold what an interrupted
+        /// migrate of this hub left.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Keys copied per transaction (tests use few, to stop a copy mid-way).
+        #[arg(long, hide = true, default_value_t = crate::migrate::CHUNK)]
+        keys_per_transaction: usize,
+    },
     /// Re-verify the whole log: signatures, chains, Merkle root against the checkpoint.
     #[command(
         after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub verify   # hub stopped"
@@ -475,6 +491,9 @@ pub enum CliError {
     /// `verify` could not finish.
     #[error(transparent)]
     Verify(#[from] maintenance::VerifyError),
+    /// `migrate` stopped.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
     /// Appending a hub entry failed.
     #[error(transparent)]
     Ingest(#[from] IngestError),
@@ -720,6 +739,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             pb.finish_and_clear();
             spacesync_shared::outln!("rebuilt views from {size} log leaves ({n} view items)");
         }
+        Cmd::Migrate {
+            to,
+            keys_per_transaction,
+        } => migrate(&dir, &to, keys_per_transaction)?,
         Cmd::Verify => verify(&dir)?,
         Cmd::Check => check(&dir)?,
         Cmd::Backup { out } => {
@@ -1403,6 +1426,48 @@ fn check(dir: &DataDir) -> Result<(), CliError> {
         campaign.id,
         dir.campaign().display(),
         if store.is_some() { ", store opens" } else { "" }
+    );
+    Ok(())
+}
+
+fn migrate(dir: &DataDir, url: &str, chunk: usize) -> Result<(), CliError> {
+    // Phases of unknown length: a counter with the phase's name, on a terminal only.
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{msg}: {human_pos}") {
+            pb.set_style(style);
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut phase = String::new();
+    let m = crate::migrate::migrate(dir, url, chunk, |what, n| {
+        if what != phase {
+            phase = what.to_string();
+            pb.set_message(phase.clone());
+        }
+        pb.set_position(n);
+    })?;
+    pb.finish_and_clear();
+    let how = if m.already_moved {
+        "already copied by an earlier run; checked again".to_string()
+    } else if m.resumed {
+        format!("{} keys copied, going on from an interrupted run", m.copied)
+    } else {
+        format!("{} keys copied", m.copied)
+    };
+    spacesync_shared::outln!(
+        "migrated {} to {}: {how}; {} log leaves from {} sources verified on both sides, root {}, head {}, {} bulletins match the moved log; {} now names the database (db/ is kept, no longer read). Start `spacesync-hub --data {} serve`.",
+        dir.0.display(),
+        m.shown,
+        m.leaves,
+        m.sources,
+        m.root,
+        m.head,
+        m.bulletins,
+        m.config.display(),
+        dir.0.display()
     );
     Ok(())
 }

@@ -28,6 +28,7 @@
 //! - [`serve`]: `serve`'s process wiring — API, metrics listener and scheduler, shutdown.
 //! - [`cli`]: the subcommands; `src/bin/spacesync-hub.rs` only parses and calls it.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
+//! - [`migrate`]: `migrate --to postgres://…`, a stopped hub moved from sled into PostgreSQL.
 //! - [`log_check`]: what `verify` judges of each leaf alone (its signature, in batches on
 //!   every core), pipelined with its walk over the log in order.
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
@@ -49,6 +50,7 @@ pub mod ingest;
 pub mod log;
 pub mod log_check;
 pub mod maintenance;
+pub mod migrate;
 pub mod notices;
 pub mod registry;
 pub mod render;

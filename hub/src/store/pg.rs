@@ -25,9 +25,10 @@
 //!   row of `spacesync_schema`), not an advisory lock (CockroachDB and YugabyteDB have
 //!   none); `spacesync_migrations` lists what ran. A database migrated by a newer hub is
 //!   refused.
-//! - **TLS.** rustls with the system's root certificates; `sslmode=disable|prefer|require`
-//!   in the URL as tokio-postgres reads it (a certificate is always verified against those
-//!   roots, so `require` is as strict as libpq's `verify-full`).
+//! - **TLS.** rustls with the system's root certificates, or only the CA certificates of
+//!   `sslrootcert=FILE` (PEM) when the URL names one; `sslmode=disable|prefer|require` as
+//!   tokio-postgres reads it (a certificate is always verified, host name included, so
+//!   `require` is as strict as libpq's `verify-full`).
 //! - **Secrets.** The URL's password is never shown: logs and errors use [`Redacted`].
 
 use std::collections::VecDeque;
@@ -68,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "head",
         sql: include_str!("pg/0002_head.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "analyst views",
+        sql: include_str!("pg/0003_analyst_views.sql"),
     },
 ];
 
@@ -199,7 +205,9 @@ impl Inner {
                 "PostgreSQL database {}: {}{}",
                 self.shown,
                 chain(&e),
-                if e.as_db_error().is_none() {
+                if chain(&e).contains("invalid peer certificate") {
+                    " (the database server's certificate does not verify: it must be issued for the URL's host by a CA the hub trusts — the system's roots, or the PEM file given as ?sslrootcert=FILE)"
+                } else if e.as_db_error().is_none() {
                     " (is the database server up and reachable?)"
                 } else {
                     ""
@@ -333,6 +341,25 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A batch as the statements take it: the keys it removes, and the keys and values it sets.
+type Split = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+fn split(batch: WriteBatch) -> Split {
+    let mut deletes: Vec<Vec<u8>> = Vec::new();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    for (k, v) in batch.ops {
+        match v {
+            Some(v) => {
+                keys.push(k);
+                values.push(v);
+            }
+            None => deletes.push(k),
+        }
+    }
+    (deletes, keys, values)
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -351,9 +378,11 @@ impl PgStore {
             op: "open",
             message,
         };
+        let (url, root_cert) =
+            take_root_cert(url).map_err(|m| open_err(format!("{shown}: {m}")))?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             open_err(format!(
-                "{shown}: not a PostgreSQL URL the hub can use ({}); expected postgres://USER@HOST:PORT/DB, optionally ?sslmode=disable|prefer|require",
+                "{shown}: not a PostgreSQL URL the hub can use ({}); expected postgres://USER@HOST:PORT/DB, optionally ?sslmode=disable|prefer|require&sslrootcert=CA.pem",
                 chain(&e)
             ))
         })?;
@@ -368,8 +397,9 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("spacesync-hub");
         }
-        let tls =
-            MakeRustlsConnect::new(tls_config().map_err(|m| open_err(format!("{shown}: {m}")))?);
+        let tls = MakeRustlsConnect::new(
+            tls_config(root_cert.as_deref()).map_err(|m| open_err(format!("{shown}: {m}")))?,
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("spacesync-pg")
@@ -436,6 +466,46 @@ impl PgStore {
         })
     }
 
+    /// Ends an import (`spacesync-hub migrate`): in one transaction holding the head row's
+    /// lock, applies `batch` and sets the head to `head`, only if no commit ever moved it
+    /// (head 0); otherwise [`StoreError::Conflict`] and nothing is written. The head then
+    /// counts on from the one the imported store had.
+    pub fn adopt_head(&self, head: u64, batch: WriteBatch) -> Result<(), StoreError> {
+        let (deletes, keys, values) = split(batch);
+        let head = i64::try_from(head).map_err(|_| StoreError::Backend {
+            op: "adopt head",
+            message: format!("head {head} does not fit PostgreSQL's bigint"),
+        })?;
+        self.call(move |inner| async move {
+            let mut c = inner.take().await?;
+            let fail = inner.fail("adopt head");
+            let (delete, upsert, lock, set) = (
+                c.delete.clone(),
+                c.upsert.clone(),
+                c.head_lock.clone(),
+                c.head_set.clone(),
+            );
+            let tx = c.client.transaction().await.map_err(&fail)?;
+            let found: i64 = tx.query_one(&lock, &[]).await.map_err(&fail)?.get(0);
+            if found != 0 {
+                return Err(StoreError::Conflict {
+                    expected: 0,
+                    found: found as u64,
+                });
+            }
+            if !deletes.is_empty() {
+                tx.execute(&delete, &[&deletes]).await.map_err(&fail)?;
+            }
+            if !keys.is_empty() {
+                tx.execute(&upsert, &[&keys, &values])
+                    .await
+                    .map_err(&fail)?;
+            }
+            tx.execute(&set, &[&head]).await.map_err(&fail)?;
+            tx.commit().await.map_err(&fail)
+        })
+    }
+
     /// Writes `value` under `key` unless the key exists, in one statement; returns the
     /// value already there (`None`: this call wrote it). For claiming a database at `init`.
     pub fn claim(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -468,20 +538,81 @@ impl Drop for PgStore {
     }
 }
 
-/// rustls with the system's root certificates (the operator adds a private CA there).
-fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A certificate the store cannot use is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
+/// rustls with the system's root certificates (the operator adds a private CA there), or,
+/// with `sslrootcert=FILE` in the URL, the CA certificates of that PEM file alone (as libpq
+/// trusts only that file then).
+fn tls_config(root_cert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let roots = match root_cert {
+        Some(path) => spacesync_http::tls::read_roots("sslrootcert", path).map_err(|e| {
+            format!("{e} (sslrootcert names the PEM file of the CA that signed the database server's certificate)")
+        })?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A certificate the store cannot use is skipped, as browsers do.
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("setting up TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Takes `sslrootcert=FILE` (libpq's name; tokio-postgres does not read it) out of the
+/// URL's query: the URL without it, and the file (percent-decoded).
+fn take_root_cert(url: &str) -> Result<(String, Option<std::path::PathBuf>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut kept = Vec::new();
+    let mut file = None;
+    for param in query.split('&') {
+        match param.strip_prefix("sslrootcert=") {
+            Some(value) => {
+                if file.is_some() {
+                    return Err("sslrootcert is given twice".into());
+                }
+                let decoded = percent_decode(value).ok_or_else(|| {
+                    format!("sslrootcert={value:?} is not a percent-encoded path")
+                })?;
+                if decoded.is_empty() {
+                    return Err("sslrootcert= names no file".into());
+                }
+                file = Some(std::path::PathBuf::from(decoded));
+            }
+            None => kept.push(param),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, file))
+}
+
+/// `%XX` sequences decoded (UTF-8); `None` when malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Applies the migrations the database lacks, under the row lock of `spacesync_schema`.
@@ -643,18 +774,7 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut deletes: Vec<Vec<u8>> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut values: Vec<Vec<u8>> = Vec::new();
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        let (deletes, keys, values) = split(batch);
         self.call(move |inner| async move {
             let mut c = inner.take().await?;
             let fail = inner.fail("apply");
@@ -697,18 +817,7 @@ impl Store for PgStore {
     /// batch written and the head moved, committed. Two replicas committing at once are
     /// serialized by the row lock; the second finds the head moved and writes nothing.
     fn commit(&self, expected: u64, batch: WriteBatch) -> Result<u64, StoreError> {
-        let mut deletes: Vec<Vec<u8>> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut values: Vec<Vec<u8>> = Vec::new();
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        let (deletes, keys, values) = split(batch);
         self.call(move |inner| async move {
             let mut c = inner.take().await?;
             let backend = inner.fail("commit");
@@ -802,6 +911,42 @@ mod tests {
             ),
         ] {
             assert_eq!(Redacted(url).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("postgres://h/db", "postgres://h/db", None),
+            (
+                "postgres://h/db?sslmode=require&sslrootcert=/etc/ca%20dir/ca.pem",
+                "postgres://h/db?sslmode=require",
+                Some("/etc/ca dir/ca.pem"),
+            ),
+            (
+                "postgres://h/db?sslrootcert=ca.pem&sslmode=require",
+                "postgres://h/db?sslmode=require",
+                Some("ca.pem"),
+            ),
+            (
+                "postgres://h/db?sslrootcert=ca.pem",
+                "postgres://h/db",
+                Some("ca.pem"),
+            ),
+        ];
+        for (url, rest, file) in cases {
+            let (u, f) = take_root_cert(url).expect(url);
+            assert_eq!(
+                (u.as_str(), f.as_deref()),
+                (*rest, file.map(std::path::Path::new))
+            );
+        }
+        for bad in [
+            "postgres://h/db?sslrootcert=",
+            "postgres://h/db?sslrootcert=%zz",
+            "postgres://h/db?sslrootcert=a&sslrootcert=b",
+        ] {
+            assert!(take_root_cert(bad).is_err(), "{bad}");
         }
     }
 

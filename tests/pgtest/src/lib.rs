@@ -336,6 +336,57 @@ impl PgServer {
         )
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM) and accepts TCP connections
+    /// only over TLS (`hostssl` in pg_hba.conf), then reloads the configuration (SIGHUP)
+    /// and waits until a plain connection is refused.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+            let p = data.join(name);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+            if let Some((uid, gid)) = self.ids {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem, 0o644)?;
+        write("server.key", key_pem, 0o600)?;
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            0o600,
+        )?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text)?;
+        let pid = self.pid().context("the server is not running")?;
+        // SAFETY: kill with a valid signal has no memory-safety preconditions.
+        if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+            bail!(
+                "SIGHUP to postgres {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let start = Instant::now();
+        loop {
+            let u = self.url("postgres");
+            let plain = block(async move { tokio_postgres::connect(&u, NoTls).await.map(|_| ()) });
+            if plain.is_err() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "PostgreSQL still takes plain connections 30 s after the reload; its log ends:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The postmaster's process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -2,7 +2,8 @@
 //! one agent per provincial unit as real processes on loopback, feeds each agent its
 //! province's generated data through the agent's own intake API on an accelerated clock
 //! from 2018-10-01 to 2019-01-15, lets the hub issue bulletins and notices on schedule,
-//! then stops everything, verifies the log and prints where to look next.
+//! then stops everything, verifies the log and prints where to look next. The hub runs on
+//! the embedded store, or with `--store postgres://…` on PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -33,6 +34,16 @@ struct Args {
     /// Real seconds the campaign (2018-10-01 … 2019-01-15) takes.
     #[arg(long, default_value_t = 100.0)]
     seconds: f64,
+    /// Keep the hub's state in this empty PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB) instead of the embedded store (`init --store`).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Run this hub binary instead of building one (with --agent-bin; for tests).
+    #[arg(long, value_name = "PATH", requires = "agent_bin")]
+    hub_bin: Option<PathBuf>,
+    /// Run this agent binary instead of building one (with --hub-bin; for tests).
+    #[arg(long, value_name = "PATH", requires = "hub_bin")]
+    agent_bin: Option<PathBuf>,
 }
 
 const START: &str = "2018-10-01T00:00:00+08:00";
@@ -185,9 +196,13 @@ async fn post_records(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let bins = build_binaries()?;
-    let hub_bin = bins.join("spacesync-hub");
-    let agent_bin = bins.join("spacesync-agent");
+    let (hub_bin, agent_bin) = match (&args.hub_bin, &args.agent_bin) {
+        (Some(h), Some(a)) => (h.clone(), a.clone()),
+        _ => {
+            let bins = build_binaries()?;
+            (bins.join("spacesync-hub"), bins.join("spacesync-agent"))
+        }
+    };
     let began = Instant::now();
     let campaign = Campaign::builtin_2018();
     let dir = std::path::absolute(&args.dir)?;
@@ -197,7 +212,10 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(dir.join("logs"))?;
     let hub_dir = dir.join("hub");
     let hub_data = hub_dir.to_string_lossy().to_string();
-    let hub_key = run(&hub_bin, &["--data", &hub_data, "init"])?;
+    let hub_key = match &args.store {
+        Some(url) => run(&hub_bin, &["--data", &hub_data, "init", "--store", url])?,
+        None => run(&hub_bin, &["--data", &hub_data, "init"])?,
+    };
     let ministry = run(
         &hub_bin,
         &[
@@ -485,6 +503,10 @@ async fn main() -> Result<()> {
         None => "no bulletin was issued".into(),
     };
 
+    // The final figures, for comparing runs (on sled and on PostgreSQL, say).
+    let figures_file = dir.join("progress.json");
+    std::fs::write(&figures_file, serde_json::to_string_pretty(&progress)?)?;
+
     print_summary(&last_doc, &progress);
     println!();
     println!(
@@ -518,6 +540,7 @@ async fn main() -> Result<()> {
             out_dir.join(format!("{n:02}.html")).display()
         );
     }
+    println!("Final figures (/v1/progress): {}", figures_file.display());
     println!("Logs: {}", dir.join("logs").display());
     println!("Dashboard: run");
     println!(
