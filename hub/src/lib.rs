@@ -30,6 +30,8 @@
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
 //! - [`log_check`]: what `verify` judges of each leaf alone (its signature, in batches on
 //!   every core), pipelined with its walk over the log in order.
+//! - [`witness`]: agents' cosignatures of checkpoints — checked, kept per tree size, served
+//!   on the checkpoint notes.
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
 pub mod access;
@@ -58,4 +60,5 @@ pub mod state;
 pub mod store;
 pub mod tracking;
 pub mod views;
+pub mod witness;
 pub mod wording;
