@@ -257,6 +257,7 @@ pub fn app(state: AppState) -> Router {
         .route(PATH_HUB_PUBKEY, get(pubkey))
         .route(wire::PATH_CHECKPOINT, get(checkpoint))
         .route(wire::PATH_COSIGNATURE, post(cosignature))
+        .route(wire::PATH_COSIGNATURE_WANTED, get(cosignature_wanted))
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
         .route(PATH_AGENT_HEAD, get(agent_head))
@@ -656,6 +657,18 @@ async fn cosignature(
             Err(e.into())
         }
     }
+}
+
+/// `GET /v1/cosignature/wanted`: the bulletins' checkpoints still short of the quorum.
+async fn cosignature_wanted(
+    State(s): State<AppState>,
+) -> Result<Json<wire::WitnessWanted>, AppError> {
+    let hub = s.hub.clone();
+    let w = tokio::task::spawn_blocking(move || witness::wanted(&hub))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
+    Ok(Json(w))
 }
 
 /// Largest `POST /v1/cosignature` body: a checkpoint text and one line are a few hundred
@@ -1144,7 +1157,23 @@ async fn notices_list(
 }
 
 async fn bulletins(State(s): State<AppState>, _: Reader) -> Result<Json<Value>, AppError> {
-    let list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
+    let mut list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
+    let snap = s.hub.snapshot();
+    let quorum = s.hub.campaign.witness_quorum;
+    for b in &mut list {
+        let c = &b.checkpoint;
+        b.witnessed = Some(
+            witness::status_now(
+                s.hub.store.as_ref(),
+                snap.registry.values(),
+                quorum,
+                c.size,
+                &c.note,
+                b.issued_at,
+            )
+            .map_err(AppError::internal)?,
+        );
+    }
     Ok(Json(json!({ "bulletins": list })))
 }
 
@@ -1177,7 +1206,9 @@ async fn bulletin_file(
     if role != Role::Admin {
         crate::notices::redact_legacy_webhooks(&mut doc);
     }
-    let body = crate::bulletin::show(&doc, format, lang).map_err(AppError::internal)?;
+    let witnessed = bulletin_witnessed(&s, &doc)?;
+    let body = crate::bulletin::show_witnessed(&doc, format, lang, witnessed)
+        .map_err(AppError::internal)?;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
@@ -1218,6 +1249,34 @@ fn bulletin_lang(q: &LangQuery) -> Result<crate::render::Lang, AppError> {
         Some(l) => crate::render::Lang::parse(l)
             .ok_or_else(|| AppError::bad_request("lang must be zh or en")),
     }
+}
+
+/// How far a stored bulletin's checkpoint is witnessed (`None` for a document without a
+/// readable checkpoint: it renders as unreadable anyway).
+fn bulletin_witnessed(
+    s: &AppState,
+    doc: &Value,
+) -> Result<Option<crate::assessment::WitnessStatus>, AppError> {
+    let cp = &doc["checkpoint"];
+    let (Some(size), Some(note), Some(at)) = (
+        cp["size"].as_u64(),
+        cp["note"].as_str(),
+        doc["issued_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()),
+    ) else {
+        return Ok(None);
+    };
+    witness::status_now(
+        s.hub.store.as_ref(),
+        s.hub.snapshot().registry.values(),
+        s.hub.campaign.witness_quorum,
+        size,
+        note,
+        at.to_utc(),
+    )
+    .map(Some)
+    .map_err(AppError::internal)
 }
 
 fn bulletin_doc(s: &AppState, n: u64) -> Result<Value, AppError> {

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use spacesync_shared::SourceId;
 use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::merkle::{self, Checkpoint};
-use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission};
+use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission, WitnessWanted};
+
+use crate::assessment::WitnessStatus;
 
 use crate::hub::Hub;
 use crate::log;
@@ -275,4 +277,110 @@ pub fn accept(
         size: cp.size,
         witnesses,
     })
+}
+
+/// Every key `rec` ever had, as witnesses under its one witness name (a line made with a
+/// key rotated away since still counts for the checkpoint it cosigned).
+fn cosigners_of(rec: &SourceRecord) -> Vec<Cosigner> {
+    rec.keys
+        .iter()
+        .filter_map(|k| spacesync_shared::keys::parse_public_key(&k.key).ok())
+        .filter_map(|key| Cosigner::new(&cosign::witness_name(&rec.id), key).ok())
+        .collect()
+}
+
+/// How far the checkpoint `note` (the hub-signed note of `size` leaves, as a bulletin
+/// holds it) is witnessed by `sources`: the kept lines for that size put on the note and
+/// verified with every key of each source. A line under a trusted witness's name and key
+/// that does not verify is an error, not a lower count.
+fn tally<'a>(
+    store: &dyn Store,
+    size: u64,
+    note: &str,
+    sources: impl IntoIterator<Item = &'a SourceRecord>,
+    quorum: u32,
+) -> Result<WitnessStatus, WitnessError> {
+    let sources: Vec<&SourceRecord> = sources.into_iter().collect();
+    let trusted: Vec<Cosigner> = sources.iter().flat_map(|r| cosigners_of(r)).collect();
+    let lines: Vec<String> = collected(store, size)?
+        .into_values()
+        .map(|k| k.line)
+        .collect();
+    let with = cosign::add(note, &lines).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let got =
+        cosign::verify(&with, &trusted).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let mut witnesses: Vec<String> = got
+        .iter()
+        .filter_map(|c| c.name.strip_prefix(cosign::WITNESS_NAME_PREFIX))
+        .map(str::to_string)
+        .collect();
+    witnesses.sort();
+    witnesses.dedup();
+    Ok(WitnessStatus {
+        size,
+        witnesses,
+        of: sources.len(),
+        quorum,
+    })
+}
+
+/// How far a bulletin's checkpoint is witnessed, for showing it: the sources of `registry`
+/// (today's) that were registered and not revoked at `issued_at` (the bulletin's time).
+/// `bulletin verify` uses [`status_as_of`], the registry replayed to the checkpoint.
+pub fn status_now<'a>(
+    store: &dyn Store,
+    registry: impl IntoIterator<Item = &'a SourceRecord>,
+    quorum: u32,
+    size: u64,
+    note: &str,
+    issued_at: DateTime<Utc>,
+) -> Result<WitnessStatus, WitnessError> {
+    let sources = registry.into_iter().filter(|r| r.active_at(issued_at));
+    tally(store, size, note, sources, quorum)
+}
+
+/// How far the checkpoint `note` of `size` leaves is witnessed by the sources registered,
+/// and not revoked, in the registry as it stood at that size (replayed from the log, as
+/// `bulletin verify` recomputes figures with it): a later revocation or rotation does not
+/// change what counted.
+pub fn status_as_of(
+    store: &dyn Store,
+    quorum: u32,
+    size: u64,
+    note: &str,
+) -> Result<WitnessStatus, WitnessError> {
+    let registry = crate::registry::as_of(store, size)?;
+    tally(
+        store,
+        size,
+        note,
+        registry.iter().filter(|r| r.status == SourceStatus::Active),
+        quorum,
+    )
+}
+
+/// Most bulletin checkpoints the hub asks witnesses for at once.
+pub const MAX_WANTED: usize = 4;
+
+/// The checkpoints of the last few bulletins that have fewer kept cosignatures than the
+/// quorum (and that the log has reached), ascending: what `GET /v1/cosignature/wanted`
+/// asks agents to cosign.
+pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
+    let size = hub.snapshot().log_size;
+    let quorum = hub.campaign.witness_quorum as usize;
+    let list = crate::bulletin::list(hub.store.as_ref())
+        .map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let mut sizes = Vec::new();
+    for b in list.iter().rev().take(MAX_WANTED) {
+        let n = b.checkpoint.size;
+        if n > 0
+            && n <= size
+            && !sizes.contains(&n)
+            && collected(hub.store.as_ref(), n)?.len() < quorum
+        {
+            sizes.push(n);
+        }
+    }
+    sizes.sort_unstable();
+    Ok(WitnessWanted { sizes })
 }

@@ -339,4 +339,159 @@ fn no_line_counts_for_another_tree_of_the_same_size() {
     assert!(merkle::open_checkpoint(&forged, &hub_verifier(), ORIGIN).is_err());
 }
 
-backends!(async cosignatures_are_collected_per_checkpoint, bad_cosignatures_are_refused_with_a_code);
+/// A hub on the 2018 campaign with a quorum of 2.
+fn quorum_two(dir: &std::path::Path) -> TestHub {
+    let text = spacesync_shared::campaign::CAMPAIGN_2018_TOML
+        .replace("witness_quorum = 16", "witness_quorum = 2");
+    let campaign = spacesync_shared::Campaign::from_toml(&text).expect("campaign");
+    TestHub::open_with(dir, t0(), campaign)
+}
+
+async fn get_text(th: &TestHub, path: &str) -> String {
+    let r = th.get(path, Some(&th.admin.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.text());
+    r.text()
+}
+
+/// A bulletin names its checkpoint; the hub asks for it to be cosigned until the quorum is
+/// there (also once the log has grown past it); the bulletin says in words whether it is
+/// witnessed; the count against the registry as of the checkpoint survives a later
+/// revocation.
+async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let (mut gd, bj) = provinces();
+    let hb = Agent::new("hb-agent", 3, "420000");
+    for a in [&gd, &bj, &hb] {
+        th.register(a);
+    }
+    grow(&th, &mut gd, 3).await;
+    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let note = doc["checkpoint"]["note"]
+        .as_str()
+        .expect("note")
+        .to_string();
+    assert_eq!(size, th.log_size());
+    let wanted = |th: &TestHub| {
+        spacesync_hub::witness::wanted(&th.hub)
+            .expect("wanted")
+            .sizes
+    };
+    assert_eq!(wanted(&th), [size]);
+    let r = th.get("/v1/cosignature/wanted", None).await;
+    assert_eq!(r.json()["sizes"], json!([size]), "{}", r.text());
+    let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
+    assert!(
+        html.contains(
+            "Log checkpoint not yet witnessed: 0 of 3 have cosigned it, short of the quorum of 2"
+        ),
+        "{html}"
+    );
+
+    // gd cosigns it; the log grows; bj cosigns the bulletin's (now older) checkpoint.
+    let ts = now_secs(&th);
+    let r = post(&th, &gd, &text(&note), &line(&gd, &text(&note), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(wanted(&th), [size], "one of two");
+    grow(&th, &mut gd, 2).await;
+    let served = th
+        .get(&format!("/v1/checkpoint?size={size}"), None)
+        .await
+        .text();
+    assert!(served.starts_with(&note), "{served}");
+    let r = post(&th, &bj, &text(&served), &line(&bj, &text(&served), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(wanted(&th).is_empty(), "the quorum is there");
+
+    let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
+    assert!(
+        html.contains("Log checkpoint witnessed by 2 of 3 (quorum 2)"),
+        "{html}"
+    );
+    let md = get_text(&th, "/v1/bulletins/1.md").await;
+    assert!(
+        md.contains("日志检查点已由3个省级单位中的2个见证联署（法定数2）"),
+        "{md}"
+    );
+    let list = th.get_json("/v1/bulletins").await;
+    assert_eq!(
+        list["bulletins"][0]["witnessed"],
+        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "of": 3, "quorum": 2})
+    );
+    // The signed document is unchanged by its cosignatures.
+    let stored = spacesync_hub::bulletin::get(th.hub.store.as_ref(), 1).expect("get");
+    assert_eq!(stored, doc);
+
+    // Against the registry as of the checkpoint: bj counts even after it is revoked.
+    th.hub.revoke_source(bj.id.as_str()).expect("revoke");
+    let w = spacesync_hub::witness::status_as_of(th.hub.store.as_ref(), 2, size, &note)
+        .expect("status");
+    assert_eq!(w.witnesses, ["bj-agent", "gd-agent"]);
+    assert_eq!((w.of, w.reached()), (3, true));
+}
+
+/// A forking hub shows two agents two different trees of one size: each cosigns what it
+/// saw. The lines for one tree never count for the other — the honest hub refuses the
+/// other's line (`wrong_root`), and a hub that stores it anyway gets a bulletin whose
+/// cosignatures do not verify, never a quorum.
+async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
+    let (da, db) = (store_dir(backend), store_dir(backend));
+    let (ta, tb) = (quorum_two(da.path()), quorum_two(db.path()));
+    let (gd, bj) = provinces();
+    let (mut gd_a, mut gd_b) = (gd.clone(), gd.clone());
+    for th in [&ta, &tb] {
+        th.register(&gd);
+        th.register(&bj);
+    }
+    // Same size, different entries: the fork.
+    grow(&ta, &mut gd_a, 3).await;
+    let records: Vec<_> = (0..3)
+        .map(|i| activity("440106", "2018-11-11", &format!("另一棵树 {i}")))
+        .collect();
+    tb.ingest_ok(&gd_b.batch(&records)).await;
+    let (na, nb) = (
+        ta.get("/v1/checkpoint", None).await.text(),
+        tb.get("/v1/checkpoint", None).await.text(),
+    );
+    assert_eq!(ta.log_size(), tb.log_size());
+    assert_ne!(text(&na), text(&nb));
+    let doc = spacesync_hub::bulletin::issue(&ta.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let ts = now_secs(&ta);
+    // gd saw tree A, bj saw tree B.
+    let r = post(&ta, &gd, &text(&na), &line(&gd, &text(&na), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let bj_on_b = line(&bj, &text(&nb), ts);
+    let r = post(&ta, &bj, &text(&nb), &bj_on_b).await;
+    assert_eq!(r.json()["code"], "wrong_root", "{}", r.text());
+    let r = post(&ta, &bj, &text(&na), &bj_on_b).await;
+    assert_eq!(r.json()["code"], "bad_cosignature", "{}", r.text());
+    let w =
+        spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na).expect("status");
+    assert_eq!((w.witnesses.len(), w.reached()), (1, false));
+    // A lying hub keeps bj's line for tree B under tree A's size anyway.
+    let mut b = spacesync_hub::store::WriteBatch::new();
+    let key = [
+        b"cos/".as_slice(),
+        &size.to_be_bytes(),
+        bj.id.as_str().as_bytes(),
+    ]
+    .concat();
+    b.put(
+        key,
+        serde_json::to_vec(&json!({"line": bj_on_b, "timestamp": ts, "key": bj.key_line()}))
+            .expect("json"),
+    );
+    ta.hub.store.apply(b).expect("apply");
+    let e = spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na)
+        .expect_err("a line for the other tree");
+    assert!(e.to_string().contains("spacesync-witness/bj-agent"), "{e}");
+}
+
+backends!(
+    async cosignatures_are_collected_per_checkpoint,
+    bad_cosignatures_are_refused_with_a_code,
+    bulletins_are_pinned_to_a_witnessed_checkpoint,
+    no_quorum_for_two_trees_of_one_size
+);
