@@ -496,6 +496,29 @@ pub struct BulletinCheckpoint {
     pub note: String,
 }
 
+/// How far a bulletin's checkpoint is witnessed: which agents' cosignatures of exactly
+/// that checkpoint verify, out of the sources registered then, against the campaign's
+/// quorum. Not part of the signed document (cosignatures arrive after it is issued): the
+/// reader computes it ([`crate::witness`]) and the renderers show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    /// The checkpoint's size.
+    pub size: u64,
+    /// The sources whose cosignature verifies, in id order.
+    pub witnesses: Vec<String>,
+    /// How many sources could witness it (registered and not revoked then).
+    pub of: usize,
+    /// The campaign's quorum.
+    pub quorum: u32,
+}
+
+impl WitnessStatus {
+    /// Has the quorum cosigned?
+    pub fn reached(&self) -> bool {
+        self.witnesses.len() >= self.quorum as usize
+    }
+}
+
 /// One earlier bulletin's national figures, for the trajectory chart. Copied from the
 /// earlier bulletins at issue time; `verify` checks each against the bulletin it names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -547,6 +570,10 @@ pub struct Bulletin {
     /// What the bulletin says.
     #[serde(flatten)]
     pub assessment: Assessment,
+    /// How far its checkpoint is witnessed, when the reader computed it (never read from
+    /// nor written to the signed document).
+    #[serde(skip)]
+    pub witnessed: Option<WitnessStatus>,
 }
 
 impl Bulletin {

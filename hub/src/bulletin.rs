@@ -17,7 +17,9 @@ use spacesync_shared::Campaign;
 use spacesync_shared::dsse::key_id;
 use spacesync_shared::merkle::{self, NoteVerifier};
 
-use crate::assessment::{Bulletin, BulletinCheckpoint, BulletinNotice, HistoryPoint};
+use crate::assessment::{
+    Bulletin, BulletinCheckpoint, BulletinNotice, HistoryPoint, WitnessStatus,
+};
 use crate::hub::Hub;
 use crate::maintenance::rebuild_views_upto;
 use crate::registry;
@@ -77,6 +79,9 @@ pub enum BulletinError {
     /// A recomputed figure differs.
     #[error("the bulletin does not match the log: {0}")]
     Mismatch(String),
+    /// A cosignature of its checkpoint, by a source registered then, does not verify.
+    #[error("the bulletin's checkpoint cosignatures do not verify: {0}")]
+    Witness(String),
 }
 
 impl From<crate::hub::LoadError> for BulletinError {
@@ -140,11 +145,25 @@ pub fn check_signature(doc: &Value, key: &VerifyingKey) -> Result<(), BulletinEr
 /// [`Bulletin`] read from it once. A document that does not read as a bulletin gives a
 /// page or paragraph saying why, or [`CsvError::Unreadable`].
 pub fn show(doc: &Value, format: Format, lang: Lang) -> Result<String, CsvError> {
+    show_witnessed(doc, format, lang, None)
+}
+
+/// [`show`], with how far the bulletin's checkpoint is witnessed (computed by the reader,
+/// [`crate::witness`]) shown under the checkpoint line of the HTML and Markdown.
+pub fn show_witnessed(
+    doc: &Value,
+    format: Format,
+    lang: Lang,
+    witnessed: Option<WitnessStatus>,
+) -> Result<String, CsvError> {
     let Format::Rendered(rendering) = format else {
         return Ok(serde_json::to_string_pretty(doc).unwrap_or_default());
     };
     match Bulletin::from_document(doc) {
-        Ok(b) => rendering.render(&b, lang),
+        Ok(mut b) => {
+            b.witnessed = witnessed;
+            rendering.render(&b, lang)
+        }
         Err(e) => rendering.unreadable(lang, e),
     }
 }
@@ -165,6 +184,10 @@ pub struct Listed {
     pub checkpoint: BulletinCheckpoint,
     /// How many provincial units it lists as lagging.
     pub lagging: usize,
+    /// How far its checkpoint is witnessed, when the reader computed it
+    /// ([`crate::witness::status_now`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witnessed: Option<WitnessStatus>,
 }
 
 /// What [`list`] reads of a stored bulletin, and nothing more.
@@ -196,6 +219,7 @@ pub fn list(store: &dyn Store) -> Result<Vec<Listed>, BulletinError> {
             title: h.title,
             checkpoint: h.checkpoint,
             lagging: h.lagging.len(),
+            witnessed: None,
         });
     }
     Ok(out)

@@ -35,6 +35,7 @@ use crate::registry::RegistryError;
 use crate::render::{CsvError, Format, Lang, Rendering};
 use crate::serve::{self, ServeError, Serving};
 use crate::store::StoreError;
+use crate::witness;
 use crate::{http, maintenance};
 
 /// The ministry's central aggregator for the online learning space campaign.
@@ -485,6 +486,9 @@ pub enum CliError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading a checkpoint's cosignatures failed.
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessError),
     /// The log's tree state.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -1314,13 +1318,31 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
         }
         BulletinCmd::List { json: as_json } => {
             let store = config::open_store(dir)?;
-            let list = bulletin::list(store.as_ref())?;
+            let campaign = config::load_campaign(dir)?;
+            let registry = crate::registry::load_all(store.as_ref())?;
+            let mut list = bulletin::list(store.as_ref())?;
+            for b in &mut list {
+                let c = &b.checkpoint;
+                b.witnessed = Some(witness::status_now(
+                    store.as_ref(),
+                    &registry,
+                    campaign.witness_quorum,
+                    c.size,
+                    &c.note,
+                    b.issued_at,
+                )?);
+            }
             if as_json {
                 spacesync_shared::outln!("{}", json("the bulletin list", &list)?);
             } else {
                 for b in list {
                     let issued = b.issued_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-                    spacesync_shared::outln!("{:>4}  {issued}  {}", b.number, b.title);
+                    let w = b
+                        .witnessed
+                        .as_ref()
+                        .map(|w| crate::wording::bulletin::witnessed(Lang::En, w))
+                        .unwrap_or_default();
+                    spacesync_shared::outln!("{:>4}  {issued}  {}  ({w})", b.number, b.title);
                 }
             }
         }
@@ -1331,7 +1353,24 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 LangArg::Zh => Lang::Zh,
                 LangArg::En => Lang::En,
             };
-            let out = bulletin::show(&doc, format.format(), lang)?;
+            let campaign = config::load_campaign(dir)?;
+            let registry = crate::registry::load_all(store.as_ref())?;
+            let cp = &doc["checkpoint"];
+            let issued_at = doc["issued_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let witnessed = match (cp["size"].as_u64(), cp["note"].as_str(), issued_at) {
+                (Some(size), Some(note), Some(at)) => Some(witness::status_now(
+                    store.as_ref(),
+                    &registry,
+                    campaign.witness_quorum,
+                    size,
+                    note,
+                    at.to_utc(),
+                )?),
+                _ => None,
+            };
+            let out = bulletin::show_witnessed(&doc, format.format(), lang, witnessed)?;
             spacesync_shared::out!("{out}");
             if !out.ends_with('\n') {
                 spacesync_shared::outln!();
@@ -1364,10 +1403,23 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 file: file.clone(),
                 error,
             })?;
+            let size = doc["checkpoint"]["size"].as_u64().unwrap_or_default();
+            let note = doc["checkpoint"]["note"].as_str().unwrap_or_default();
+            // The cosignatures against the registry as it stood at the checkpoint.
+            let w = witness::status_as_of(store.as_ref(), campaign.witness_quorum, size, note)
+                .map_err(|error| CliError::BulletinMismatch {
+                    file: file.clone(),
+                    error: bulletin::BulletinError::Witness(error.to_string()),
+                })?;
             spacesync_shared::outln!(
-                "ok: bulletin {} matches the log at checkpoint size {}",
+                "ok: bulletin {} matches the log at checkpoint size {size}; {}{}",
                 doc["number"],
-                doc["checkpoint"]["size"]
+                crate::wording::bulletin::witnessed(Lang::En, &w),
+                if w.witnesses.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", w.witnesses.join(", "))
+                }
             );
         }
     }

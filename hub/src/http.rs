@@ -40,6 +40,7 @@ use crate::log;
 use crate::registry::{SourceRecord, SourceStatus};
 use crate::render::{Format, Rendering};
 use crate::views::region_name;
+use crate::witness;
 
 /// Largest accepted request body, after decompression.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -253,7 +254,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route(PATH_INGEST, post(ingest))
         .route(PATH_HUB_PUBKEY, get(pubkey))
-        .route("/v1/checkpoint", get(checkpoint))
+        .route(wire::PATH_CHECKPOINT, get(checkpoint))
+        .route(wire::PATH_COSIGNATURE, post(cosignature))
+        .route(wire::PATH_COSIGNATURE_WANTED, get(cosignature_wanted))
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
         .route(PATH_AGENT_HEAD, get(agent_head))
@@ -585,9 +588,109 @@ async fn pubkey(State(s): State<AppState>) -> String {
     format!("{}\n", public_key_line(&s.hub.key.verifying_key()))
 }
 
-async fn checkpoint(State(s): State<AppState>) -> Response {
-    let note = s.hub.snapshot().checkpoint.clone();
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response()
+#[derive(Deserialize)]
+struct CheckpointQuery {
+    size: Option<u64>,
+}
+
+/// `GET /v1/checkpoint[?size=N]`: the signed checkpoint note (the newest, or of the tree of
+/// `N` leaves) with the witnesses' cosignature lines collected for exactly that checkpoint.
+async fn checkpoint(
+    State(s): State<AppState>,
+    q: Result<Query<CheckpointQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(q) = q.map_err(query_error)?;
+    let hub = s.hub.clone();
+    let note = tokio::task::spawn_blocking(move || witness::note(&hub, q.size))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::from)?
+        .ok_or_else(|| {
+            AppError::not_found(format!(
+                "the log has {} entries, fewer than the checkpoint asked for",
+                s.hub.snapshot().log_size
+            ))
+        })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+/// `POST /v1/cosignature`, signed by the source: its witness cosignature of a checkpoint
+/// it audited; checked and kept ([`witness::accept`]).
+async fn cosignature(
+    State(s): State<AppState>,
+    client: ClientAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<wire::CosignatureAccepted>, AppError> {
+    if body.len() > MAX_COSIGNATURE_BODY {
+        return Err(s.refuse(
+            &client,
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(RefusalCode::TooLarge),
+                format!("a cosignature is at most {MAX_COSIGNATURE_BODY} bytes"),
+            ),
+        ));
+    }
+    let source = signed_source(&s, &client, &method, &uri, &headers, &body).await?;
+    let sub: wire::CosignatureSubmission = spacesync_shared::json::from_slice(&body)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            AppError::bad_request(format!("the cosignature is not the expected JSON: {e}"))
+        })?;
+    let (hub, window, now) = (s.hub.clone(), s.nonces.window(), s.hub.clock.now());
+    let id = source.clone();
+    let done = tokio::task::spawn_blocking(move || witness::accept(&hub, &id, &sub, now, window))
+        .await
+        .map_err(AppError::internal)?;
+    match done {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => {
+            if matches!(e, witness::WitnessError::WrongRoot { .. }) {
+                // A witness that saw another tree of this size: worth a person's look.
+                tracing::warn!(source = %source, error = %e, "A witness cosigned a tree the hub does not hold.");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `GET /v1/cosignature/wanted`: the bulletins' checkpoints still short of the quorum.
+async fn cosignature_wanted(
+    State(s): State<AppState>,
+) -> Result<Json<wire::WitnessWanted>, AppError> {
+    let hub = s.hub.clone();
+    let w = tokio::task::spawn_blocking(move || witness::wanted(&hub))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
+    Ok(Json(w))
+}
+
+/// Largest `POST /v1/cosignature` body: a checkpoint text and one line are a few hundred
+/// bytes.
+pub const MAX_COSIGNATURE_BODY: usize = 4096;
+
+impl From<witness::WitnessError> for AppError {
+    fn from(e: witness::WitnessError) -> AppError {
+        use witness::WitnessError as W;
+        let (status, code) = match &e {
+            W::UnknownSource(_) => (StatusCode::UNAUTHORIZED, Some(RefusalCode::UnknownSource)),
+            W::Revoked(_) => (StatusCode::FORBIDDEN, Some(RefusalCode::RevokedKey)),
+            W::Malformed(_) => (StatusCode::BAD_REQUEST, Some(RefusalCode::Invalid)),
+            W::UnknownCheckpoint(_) => (StatusCode::CONFLICT, Some(RefusalCode::UnknownCheckpoint)),
+            W::WrongRoot { .. } => (StatusCode::CONFLICT, Some(RefusalCode::WrongRoot)),
+            W::BadCosignature { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(RefusalCode::BadCosignature),
+            ),
+            W::Stale { .. } => (StatusCode::CONFLICT, Some(RefusalCode::StaleCosignature)),
+            W::Store(_) | W::Log(_) => return AppError::internal(e),
+        };
+        AppError::new(status, code, e.to_string())
+    }
 }
 
 #[derive(Deserialize)]
@@ -976,7 +1079,23 @@ async fn notices_list(
 }
 
 async fn bulletins(State(s): State<AppState>, _: Reader) -> Result<Json<Value>, AppError> {
-    let list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
+    let mut list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
+    let snap = s.hub.snapshot();
+    let quorum = s.hub.campaign.witness_quorum;
+    for b in &mut list {
+        let c = &b.checkpoint;
+        b.witnessed = Some(
+            witness::status_now(
+                s.hub.store.as_ref(),
+                snap.registry.values(),
+                quorum,
+                c.size,
+                &c.note,
+                b.issued_at,
+            )
+            .map_err(AppError::internal)?,
+        );
+    }
     Ok(Json(json!({ "bulletins": list })))
 }
 
@@ -1009,7 +1128,9 @@ async fn bulletin_file(
     if role != Role::Admin {
         crate::notices::redact_legacy_webhooks(&mut doc);
     }
-    let body = crate::bulletin::show(&doc, format, lang).map_err(AppError::internal)?;
+    let witnessed = bulletin_witnessed(&s, &doc)?;
+    let body = crate::bulletin::show_witnessed(&doc, format, lang, witnessed)
+        .map_err(AppError::internal)?;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
@@ -1050,6 +1171,34 @@ fn bulletin_lang(q: &LangQuery) -> Result<crate::render::Lang, AppError> {
         Some(l) => crate::render::Lang::parse(l)
             .ok_or_else(|| AppError::bad_request("lang must be zh or en")),
     }
+}
+
+/// How far a stored bulletin's checkpoint is witnessed (`None` for a document without a
+/// readable checkpoint: it renders as unreadable anyway).
+fn bulletin_witnessed(
+    s: &AppState,
+    doc: &Value,
+) -> Result<Option<crate::assessment::WitnessStatus>, AppError> {
+    let cp = &doc["checkpoint"];
+    let (Some(size), Some(note), Some(at)) = (
+        cp["size"].as_u64(),
+        cp["note"].as_str(),
+        doc["issued_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()),
+    ) else {
+        return Ok(None);
+    };
+    witness::status_now(
+        s.hub.store.as_ref(),
+        s.hub.snapshot().registry.values(),
+        s.hub.campaign.witness_quorum,
+        size,
+        note,
+        at.to_utc(),
+    )
+    .map(Some)
+    .map_err(AppError::internal)
 }
 
 fn bulletin_doc(s: &AppState, n: u64) -> Result<Value, AppError> {

@@ -31,6 +31,8 @@
 //! - [`migrate`]: `migrate --to postgres://…`, a stopped hub moved from sled into PostgreSQL.
 //! - [`log_check`]: what `verify` judges of each leaf alone (its signature, in batches on
 //!   every core), pipelined with its walk over the log in order.
+//! - [`witness`]: agents' cosignatures of checkpoints — checked, kept per tree size, served
+//!   on the checkpoint notes.
 //! - [`wording`]: every sentence people read, in Chinese and English, and number/date formats.
 
 pub mod access;
@@ -60,4 +62,5 @@ pub mod state;
 pub mod store;
 pub mod tracking;
 pub mod views;
+pub mod witness;
 pub mod wording;

@@ -541,6 +541,9 @@ pub fn html(b: &Bulletin, lang: Lang) -> String {
                 p.meta {
                     (wb::meta(lang, &a.as_of_date.to_string(), b.checkpoint.size, &b.checkpoint.root))
                 }
+                @if let Some(w) = &b.witnessed {
+                    p.meta.witness { (wb::witnessed(lang, w)) }
+                }
                 (national(b, lang))
                 (provinces(b, lang))
                 (lagging(b, lang))
@@ -1008,6 +1011,9 @@ pub fn markdown(b: &Bulletin, lang: Lang) -> String {
             &b.checkpoint.root
         ))
     );
+    if let Some(w) = &b.witnessed {
+        let _ = writeln!(s, "{}\n", md(&wb::witnessed(lang, w)));
+    }
     let _ = writeln!(s, "## {}\n", w.national_summary);
     let c = wb::colon(lang);
     let _ = writeln!(

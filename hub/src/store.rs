@@ -673,6 +673,9 @@ pub mod keys {
     /// `n/<sha256 hex of nonce>` → when the signed request it came with expires (i64 ms,
     /// big-endian): replay protection that survives a restart (see [`crate::auth`]).
     pub const NONCE: &[u8] = b"n/";
+    /// `cos/<size, u64 big-endian><source>` → a witness's cosignature of the checkpoint of
+    /// that size (JSON, [`crate::witness::Kept`]).
+    pub const COSIG: &[u8] = b"cos/";
 
     /// Key of log leaf `index`.
     pub fn log(index: u64) -> Vec<u8> {

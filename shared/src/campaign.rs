@@ -22,6 +22,10 @@ pub use crate::quota::{NomineeType, Quota, QuotaLedger, QuotaViolation, Quotas};
 /// The 2018 campaign as shipped in `deploy/campaigns/2018.toml`.
 pub const CAMPAIGN_2018_TOML: &str = include_str!("../../deploy/campaigns/2018.toml");
 
+/// The witness quorum of a campaign file that sets none: half of the 32 provincial units
+/// (or every unit of a campaign with fewer).
+pub const DEFAULT_WITNESS_QUORUM: u32 = 16;
+
 /// UTC+8, the default time zone of campaign dates.
 pub const CHINA_STANDARD_TIME: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
     Some(o) => o,
@@ -177,6 +181,10 @@ pub struct Campaign {
     pub lagging: Lagging,
     /// The provincial units addressed, in file order.
     pub units: Vec<RegionCode>,
+    /// How many agents must cosign a bulletin's checkpoint for it to count as witnessed
+    /// (`witness_quorum`; default [`DEFAULT_WITNESS_QUORUM`], or every unit when there are
+    /// fewer). Between 1 and the number of units.
+    pub witness_quorum: u32,
     /// The file these rules were read from, exactly (see [`Campaign::digest`]).
     #[serde(skip)]
     text: String,
@@ -298,6 +306,8 @@ struct RawCampaign {
     bulletins: RawBulletins,
     lagging: RawLagging,
     units: RawUnits,
+    #[serde(default)]
+    witness_quorum: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -562,6 +572,24 @@ impl RawCampaign {
         remind_days.sort_unstable_by(|a, b| b.cmp(a));
         remind_days.dedup();
 
+        let witness_quorum = match &self.witness_quorum {
+            None => DEFAULT_WITNESS_QUORUM.min(units.len() as u32),
+            Some(q) => {
+                let n = *q.get_ref();
+                if n == 0 || n as usize > units.len() {
+                    return Err(c.err(
+                        q.span(),
+                        "witness_quorum",
+                        format!(
+                            "must be between 1 and the number of units ({})",
+                            units.len()
+                        ),
+                    ));
+                }
+                n
+            }
+        };
+
         Ok(Campaign {
             id: self.id.into_inner(),
             name: self.name,
@@ -594,6 +622,7 @@ impl RawCampaign {
                 far_behind: far,
             },
             units,
+            witness_quorum,
             text: text.to_string(),
         })
     }
@@ -670,6 +699,16 @@ mod tests {
                 "id = \"contact_form\"",
                 "defined twice",
             ),
+            (
+                "witness_quorum = 16",
+                "witness_quorum = 0",
+                "between 1 and the number of units (32)",
+            ),
+            (
+                "witness_quorum = 16",
+                "witness_quorum = 33",
+                "between 1 and the number of units (32)",
+            ),
         ];
         for (from, to, want) in cases {
             let err = with(from, to).expect_err(to);
@@ -684,6 +723,25 @@ mod tests {
                 "{to}: line {line}, expected {expected}: {msg}"
             );
         }
+    }
+
+    /// The 2018 file sets a quorum of 16; a file without one gets the default, capped at
+    /// its number of units.
+    #[test]
+    fn the_witness_quorum_has_a_documented_default() {
+        assert_eq!(Campaign::builtin_2018().witness_quorum, 16);
+        let c = with("witness_quorum = 16", "witness_quorum = 32").expect("32");
+        assert_eq!(c.witness_quorum, 32);
+        let c = with("witness_quorum = 16\n", "").expect("no quorum");
+        assert_eq!(c.witness_quorum, DEFAULT_WITNESS_QUORUM);
+        let few = CAMPAIGN_2018_TOML.replace("witness_quorum = 16\n", "");
+        let start = few.find("[units]").expect("units");
+        let three = format!(
+            "{}[units]\ncodes = [\"110000\", \"120000\", \"130000\"]\n",
+            &few[..start]
+        );
+        let c = Campaign::from_toml(&three).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.witness_quorum, 3);
     }
 
     #[test]

@@ -103,6 +103,17 @@ impl Cosigner {
     }
 }
 
+/// Prefix of every agent's witness name.
+pub const WITNESS_NAME_PREFIX: &str = "spacesync-witness/";
+
+/// The witness name under which `source`'s agent cosigns with its source key:
+/// `spacesync-witness/<source>`. A source id is 2–63 characters of `a-z`, `0-9` and `-`, so
+/// the name is a valid key name; it is the witness's own name, not the log's, so one agent
+/// keeps one name across logs, and one key (the source's) serves one witness name.
+pub fn witness_name(source: &crate::SourceId) -> String {
+    format!("{WITNESS_NAME_PREFIX}{source}")
+}
+
 /// What a witness signs: the header line, the timestamp line, then the checkpoint's text.
 pub fn message(text: &str, timestamp: u64) -> Vec<u8> {
     format!("cosignature/v1\ntime {timestamp}\n{text}").into_bytes()

@@ -248,6 +248,17 @@ pub enum RefusalCode {
     RateLimited,
     /// Body or batch too large.
     TooLarge,
+    /// A cosignature on a checkpoint the hub never signed (a tree larger than its log, or
+    /// under another origin).
+    UnknownCheckpoint,
+    /// A cosignature on a checkpoint whose root is not the hub's root at that size: the
+    /// witness saw another tree (a fork, or a forged checkpoint).
+    WrongRoot,
+    /// A cosignature that does not verify with the source's witness key in force.
+    BadCosignature,
+    /// A cosignature replayed, or not newer than the one the hub holds from this witness
+    /// for that checkpoint, or timestamped far from the hub's clock.
+    StaleCosignature,
 }
 
 impl RefusalCode {
@@ -343,6 +354,47 @@ pub const PATH_AGENT_HEAD: &str = "/v1/agent/head";
 pub const PATH_AGENT_NOTICES: &str = "/v1/agent/notices";
 /// Hub: `POST` a [`NoticeAck`], signed request; answers 204.
 pub const PATH_AGENT_NOTICES_ACK: &str = "/v1/agent/notices/ack";
+/// Hub: `POST` a [`CosignatureSubmission`], signed request; answers
+/// [`CosignatureAccepted`] (200), or [`ErrorBody`] with a [`RefusalCode`]
+/// (`unknown_checkpoint`, `wrong_root`, `bad_cosignature`, `stale_cosignature`,
+/// `unknown_source`, `revoked_key`).
+pub const PATH_COSIGNATURE: &str = "/v1/cosignature";
+/// Hub: `GET`; answers [`WitnessWanted`]: older checkpoints (those bulletins are pinned
+/// to) still short of their witness quorum.
+pub const PATH_COSIGNATURE_WANTED: &str = "/v1/cosignature/wanted";
+/// Hub: `GET`, `?size=N` optional: the signed checkpoint note (of the tree of `N` leaves,
+/// or the newest), with the cosignature lines collected for exactly that checkpoint.
+pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
+
+/// An agent's cosignature of a checkpoint it audited (c2sp.org/tlog-cosignature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignatureSubmission {
+    /// The checkpoint's text as cosigned: origin, size and root lines, each ending in a
+    /// newline; no signature lines.
+    pub checkpoint: String,
+    /// The cosignature line (`— <witness name> <base64>`, no newline), made with
+    /// [`crate::cosign::cosign`] under [`crate::cosign::witness_name`] of the source.
+    pub cosignature: String,
+}
+
+/// The hub kept a cosignature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignatureAccepted {
+    /// Size of the checkpoint cosigned.
+    pub size: u64,
+    /// How many witnesses' cosignatures the hub now holds for it.
+    pub witnesses: usize,
+}
+
+/// Checkpoints the hub asks witnesses to cosign besides its newest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessWanted {
+    /// Tree sizes, ascending (at most a few: the bulletins' checkpoints short of quorum).
+    pub sizes: Vec<u64>,
+}
 
 /// A notice the hub sends to a lagging region's agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

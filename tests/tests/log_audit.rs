@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use spacesync_shared::cosign::{self, Cosigner};
+use spacesync_shared::keys::parse_public_key;
 use spacesync_tests::agent_harness::wait_for;
 use spacesync_tests::cluster::{AgentNode, Cluster, HubNode, SITES, Workload};
 use spacesync_tests::fault_proxy::{Fault, FaultPlan};
@@ -202,6 +204,23 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
     let s = status(&a).await;
     assert!(s["log_alarm"].is_string(), "{s}");
     assert!(s["alarm"].is_null(), "delivery alarm: {s}");
+    // Alarmed agents vouch for nothing the hub shows now: the checkpoint the rolled-back
+    // hub serves carries no cosignature of either (before the rollback both cosigned).
+    let note = reqwest::get(format!("{}/v1/checkpoint", hub.url()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let trusted: Vec<Cosigner> = [&a, &b]
+        .iter()
+        .map(|n| {
+            let key = parse_public_key(&n.key_line).unwrap_or_else(|e| panic!("{e}"));
+            Cosigner::new(&cosign::witness_name(&n.source()), key).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let got = cosign::verify(&note, &trusted).unwrap_or_else(|e| panic!("{e}"));
+    assert!(got.is_empty(), "alarmed agents cosigned: {note}");
 
     // A stopped agent shows the alarm from its store.
     a.stop();

@@ -45,7 +45,7 @@ pub const MAX_EVIDENCE: usize = 100;
 pub const MAX_EVIDENCE_BYTES: usize = 64 << 10;
 
 /// The first [`MAX_EVIDENCE_BYTES`] of a hub answer, as text.
-fn kept_text(body: &[u8]) -> String {
+pub(super) fn kept_text(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(MAX_EVIDENCE_BYTES)]).into_owned()
 }
 
@@ -58,6 +58,13 @@ pub struct AuditState {
     pub audited_through: u64,
     /// What was detected, once detected (the first finding); never cleared by the hub.
     pub alarm: Option<String>,
+    /// Size of the last kept checkpoint this agent cosigned ([`super::witness`]).
+    #[serde(default)]
+    pub cosigned_size: Option<u64>,
+    /// Earlier checkpoints (bulletins') this agent cosigned when the hub asked, the last
+    /// few, so each is sent once.
+    #[serde(default)]
+    pub cosigned_pins: Vec<u64>,
 }
 
 impl AuditState {
@@ -149,6 +156,9 @@ pub enum AuditError {
     /// The local store failed.
     #[error("the log audit cannot use the local store: {0}")]
     Store(#[from] StoreError),
+    /// The kept checkpoint could not be cosigned.
+    #[error("cannot cosign the verified checkpoint: {0}")]
+    Cosign(#[from] spacesync_shared::cosign::CosignError),
 }
 
 /// What a failed audit saw, stored as evidence (`audit_evidence` tree, JSON).
@@ -183,7 +193,7 @@ pub struct ProofEvidence {
 }
 
 /// The checkpoint of a note, read without verifying (its first line is the origin).
-fn parse_unverified(note: &str) -> Result<Checkpoint, merkle::NoteError> {
+pub(super) fn parse_unverified(note: &str) -> Result<Checkpoint, merkle::NoteError> {
     let text = note.find("\n\n").map_or(note, |i| &note[..=i]).to_string();
     Checkpoint::parse_body(&text)
 }
@@ -194,7 +204,7 @@ struct ProofAnswer {
     proof: Vec<String>,
 }
 
-fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
+pub(super) fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
     let unreadable = |why: String| {
         AuditError::Hub(transient(
             format!("{what}: the hub's answer is unreadable: {why}"),
@@ -218,7 +228,10 @@ fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
 }
 
 /// Sends an audit request; anything but a 2xx is an error (never success, never an alarm).
-async fn ask<T: Transport>(link: &mut Link<T>, req: &Request) -> Result<Vec<u8>, AuditError> {
+pub(super) async fn ask<T: Transport>(
+    link: &mut Link<T>,
+    req: &Request,
+) -> Result<Vec<u8>, AuditError> {
     let reply = link.exchange(req).await?;
     if reply.class != Class::Done {
         return Err(reply.unexpected(&req.what()).into());
@@ -400,7 +413,7 @@ fn batch_ends(store: &Store, after: u64, acked: u64) -> Result<Vec<u64>, StoreEr
 
 /// Raises the log alarm for `f`: evidence and state stored (flushed), the status set, a
 /// log line. The kept checkpoint does not move.
-async fn raise(
+pub(super) async fn raise(
     store: &Store,
     state: &SharedPushState,
     st: &mut AuditState,

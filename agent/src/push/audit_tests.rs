@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
 use serde_json::json;
+use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::dsse::pae;
 use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
-use spacesync_shared::wire::{BatchReceipt, ReceiptItem};
+use spacesync_shared::wire::{BatchReceipt, CosignatureSubmission, ReceiptItem};
 
 use super::audit::{
     AuditState, Evidence, Finding, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome, audit,
@@ -17,6 +18,7 @@ use super::audit::{
 use super::classify::Link;
 use super::state::{PushState, SharedPushState, lock};
 use super::transport::{Answer, Request, Transport, Unreached};
+use super::witness::{self, Sent};
 use crate::intake::tests::{clock, identity, json as submission, writer};
 use crate::store::Store;
 
@@ -37,6 +39,13 @@ struct Log {
     fail: HashMap<&'static str, (u16, Vec<u8>)>,
     /// What was asked, in order.
     seen: Vec<String>,
+    /// Cosignatures received (`POST /v1/cosignature`), answered 200.
+    cosigs: Vec<CosignatureSubmission>,
+    /// Sizes answered to `/v1/cosignature/wanted`.
+    wanted: Vec<u64>,
+    /// Leaves `/v1/checkpoint?size=` is signed over instead of the log's (a hub that shows
+    /// another tree of that size).
+    forked_prefix: Option<Vec<Hash>>,
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +81,29 @@ impl Transport for Hub {
             Request::Checkpoint => "checkpoint",
             Request::Consistency { .. } => "consistency",
             Request::Inclusion { .. } => "inclusion",
+            Request::Cosign(sub) => {
+                log.cosigs.push(sub.clone());
+                return ok(br#"{"size":0,"witnesses":1}"#.to_vec());
+            }
+            Request::WitnessWanted => {
+                let body = serde_json::to_vec(&json!({ "sizes": log.wanted }));
+                return ok(body.unwrap_or_default());
+            }
+            Request::CheckpointAt { size } => {
+                let leaves = match &log.forked_prefix {
+                    Some(f) => f.clone(),
+                    None => log.leaves[..*size as usize].to_vec(),
+                };
+                let t = tree(&leaves);
+                let cp = Checkpoint {
+                    origin: ORIGIN.into(),
+                    size: t.size(),
+                    root: t.root(),
+                };
+                let note = merkle::sign_checkpoint(&cp, ORIGIN, &hub_key())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                return ok(note.into_bytes());
+            }
             other => panic!("not an audit request: {}", other.what()),
         };
         if let Some((status, body)) = log.fail.get(kind) {
@@ -472,4 +504,159 @@ async fn hub_errors_neither_alarm_nor_advance() {
         assert_eq!(s.verified().await, 4, "{kind} {status}");
         assert_eq!(s.kept().audited_through, 2);
     }
+}
+
+impl Setup {
+    /// Cosigns the kept checkpoint, as the pusher does after a passed audit.
+    async fn cosign_kept(&mut self) -> Option<Sent> {
+        witness::cosign_kept(&mut self.link, &self.store, &identity(), clock().now())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn cosign_wanted(&mut self) -> Vec<u64> {
+        let key = hub_key().verifying_key();
+        witness::cosign_wanted(
+            &mut self.link,
+            &self.store,
+            &identity(),
+            &key,
+            &self.state,
+            clock().now(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn cosigs(&self) -> Vec<CosignatureSubmission> {
+        std::mem::take(&mut self.hub.log().cosigs)
+    }
+}
+
+/// This agent as a witness.
+fn me() -> Cosigner {
+    let id = identity();
+    Cosigner::new(&cosign::witness_name(&id.source), id.key.verifying_key())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The note `sub` cosigns, with its line: it opens with the hub key and the line verifies
+/// with this agent's key under its witness name.
+fn check_cosignature(sub: &CosignatureSubmission, size: u64) {
+    let cp = Checkpoint::parse_body(&sub.checkpoint).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cp.body(), sub.checkpoint);
+    let note = merkle::sign_checkpoint(&cp, ORIGIN, &hub_key()).unwrap_or_else(|e| panic!("{e}"));
+    let with = cosign::add(&note, std::slice::from_ref(&sub.cosignature))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v = merkle::NoteVerifier::new(ORIGIN, hub_key().verifying_key())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cp = merkle::open_checkpoint(&with, &v, ORIGIN).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cp.size, size);
+    let got = cosign::verify(&with, &[me()]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.len(), 1, "the line is this agent's");
+    assert_eq!(got[0].timestamp, clock().now().timestamp() as u64);
+}
+
+#[tokio::test]
+async fn a_passed_audit_is_cosigned_once_per_checkpoint() {
+    let mut s = setup(2);
+    let (l1, l2) = (s.leaf(1), s.leaf(2));
+    // Nothing kept yet: nothing to cosign.
+    assert_eq!(s.cosign_kept().await, None);
+    s.hub.log().leaves = vec![other(1), l1];
+    s.receipt(&[(1, 1)]);
+    assert_eq!(s.verified().await, 2);
+    assert_eq!(s.cosign_kept().await, Some(Sent::Accepted));
+    let sent = s.cosigs();
+    assert_eq!(sent.len(), 1);
+    check_cosignature(&sent[0], 2);
+    assert_eq!(s.kept().cosigned_size, Some(2));
+    // The same checkpoint again: not cosigned twice.
+    assert_eq!(s.verified().await, 2);
+    assert_eq!(s.cosign_kept().await, None);
+    assert!(s.cosigs().is_empty());
+    // The tree grew: the new checkpoint is cosigned.
+    s.hub.log().leaves.extend([other(2), l2]);
+    s.receipt(&[(2, 3)]);
+    assert_eq!(s.verified().await, 4);
+    assert_eq!(s.cosign_kept().await, Some(Sent::Accepted));
+    let sent = s.cosigs();
+    assert_eq!(sent.len(), 1);
+    check_cosignature(&sent[0], 4);
+}
+
+#[tokio::test]
+async fn an_alarmed_agent_cosigns_nothing() {
+    let mut s = setup(2);
+    let (l1, l2) = (s.leaf(1), s.leaf(2));
+    s.hub.log().leaves = vec![l1, other(1), l2];
+    s.receipt(&[(1, 0)]);
+    s.receipt(&[(2, 2)]);
+    assert_eq!(s.verified().await, 3);
+    s.hub.log().leaves.truncate(2);
+    assert!(matches!(s.alarmed().await, Finding::Rollback { .. }));
+    // The checkpoint kept before the rollback was never cosigned; now it never is.
+    assert_eq!(s.cosign_kept().await, None);
+    s.hub.log().wanted = vec![1, 2, 3];
+    assert!(s.cosign_wanted().await.is_empty());
+    // The hub shows the honest tree again and it grows: the audit passes, the alarm
+    // stands, and still nothing is cosigned.
+    s.hub.log().leaves = vec![l1, other(1), l2, other(2)];
+    assert_eq!(s.verified().await, 4);
+    assert_eq!(s.cosign_kept().await, None);
+    assert!(s.cosign_wanted().await.is_empty());
+    assert!(s.cosigs().is_empty());
+    assert!(
+        !s.seen().iter().any(|r| r.contains("cosign")),
+        "no cosignature request was sent"
+    );
+}
+
+#[tokio::test]
+async fn an_earlier_checkpoint_is_cosigned_after_a_consistency_proof() {
+    let mut s = setup(1);
+    let l1 = s.leaf(1);
+    s.hub.log().leaves = vec![other(1), other(2), l1, other(3), other(4), other(5)];
+    s.receipt(&[(1, 2)]);
+    assert_eq!(s.verified().await, 6);
+    s.seen();
+    // A bulletin pinned to size 3, one to size 6 (the kept one), one beyond the kept tree.
+    s.hub.log().wanted = vec![3, 6, 9];
+    assert_eq!(s.cosign_wanted().await, [3, 6]);
+    assert_eq!(
+        s.seen(),
+        [
+            "asking which checkpoints the hub wants cosigned",
+            "fetching the hub's checkpoint of tree size 3",
+            "fetching a consistency proof from tree size 3 to 6",
+            "sending this agent's cosignature of the checkpoint",
+            "fetching the hub's checkpoint of tree size 6",
+            "sending this agent's cosignature of the checkpoint",
+        ]
+    );
+    let sent = s.cosigs();
+    check_cosignature(&sent[0], 3);
+    check_cosignature(&sent[1], 6);
+    // Asked again: each was sent once.
+    assert!(s.cosign_wanted().await.is_empty());
+    assert!(s.cosigs().is_empty());
+}
+
+#[tokio::test]
+async fn a_wanted_checkpoint_off_the_verified_tree_is_a_fork() {
+    let mut s = setup(1);
+    let l1 = s.leaf(1);
+    s.hub.log().leaves = vec![other(1), other(2), l1, other(3)];
+    s.receipt(&[(1, 2)]);
+    assert_eq!(s.verified().await, 4);
+    // The hub signs a tree of 2 leaves that is not the prefix of the one verified.
+    s.hub.log().forked_prefix = Some(vec![other(7), other(2)]);
+    s.hub.log().wanted = vec![2];
+    assert!(s.cosign_wanted().await.is_empty());
+    s.assert_alarm("fork");
+    assert!(s.cosigs().is_empty());
+    let ev = s.evidence();
+    assert_eq!(ev[0].fetched.lines().nth(1), Some("2"), "{}", ev[0].fetched);
+    // And from then on the kept checkpoint is not cosigned either.
+    assert_eq!(s.cosign_kept().await, None);
 }

@@ -12,6 +12,8 @@
 //! # Layout
 //! - [`audit`]: the hub's log checked at every sync — checkpoint signature, consistency with
 //!   the kept one, inclusion of receipted entries; the log alarm that nothing clears.
+//! - [`witness`]: after a passed audit, the kept checkpoint (and earlier ones the hub asks
+//!   for) cosigned and sent to the hub.
 //! - [`state`]: what the pusher last saw, shared with the local API and persisted.
 //! - [`transport`]: requests and answers; the HTTP client, and the seam tests script.
 //! - [`classify`]: what an answer means; the errors of a step.
@@ -26,6 +28,7 @@ pub mod notices;
 pub mod prune;
 pub mod state;
 pub mod transport;
+pub mod witness;
 
 #[cfg(test)]
 mod audit_tests;
@@ -66,6 +69,8 @@ pub struct Pusher<T = HubClient> {
     /// Notified when new notices were stored (wakes the webhook forwarder).
     notices_stored: Arc<Notify>,
     link: Link<T>,
+    /// Signs cosignatures (the source key, as a witness).
+    ident: Arc<Identity>,
     delivery: Delivery,
     /// The push state as last written to the store (written again only when it changes).
     persisted: Vec<u8>,
@@ -114,7 +119,7 @@ impl<T: Transport> Pusher<T> {
         notices_stored: Arc<Notify>,
     ) -> Pusher<T> {
         let link = Link::new(transport, state.clone(), clock.clone(), ident.clone());
-        let delivery = Delivery::new(cfg.clone(), ident, store.clone(), state.clone());
+        let delivery = Delivery::new(cfg.clone(), ident.clone(), store.clone(), state.clone());
         // What earlier audits kept: the alarm stands across restarts.
         match audit::AuditState::load(&store) {
             Ok(a) => {
@@ -132,6 +137,7 @@ impl<T: Transport> Pusher<T> {
             wake,
             notices_stored,
             link,
+            ident,
             delivery,
             persisted: Vec::new(),
         }
@@ -216,8 +222,29 @@ impl<T: Transport> Pusher<T> {
             return;
         };
         let now = self.clock.now();
-        match audit::audit(&mut self.link, &self.store, &key, &self.state, now).await {
-            Ok(_) => {}
+        let audited = audit::audit(&mut self.link, &self.store, &key, &self.state, now).await;
+        // Cosign only what this audit verified (and never under the log alarm).
+        let audited = match audited {
+            Ok(audit::Outcome::Verified(_)) => {
+                match witness::cosign_kept(&mut self.link, &self.store, &self.ident, now).await {
+                    Ok(_) => witness::cosign_wanted(
+                        &mut self.link,
+                        &self.store,
+                        &self.ident,
+                        &key,
+                        &self.state,
+                        now,
+                    )
+                    .await
+                    .map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(audit::Outcome::Alarm(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match audited {
+            Ok(()) => {}
             // The hub not reached is delivery's to report (once per cycle, not twice).
             Err(e) if lock(&self.state).hub_reachable == Some(false) => {
                 debug!(error = ?e.to_string(), "The hub's log could not be audited; hub not reached.")

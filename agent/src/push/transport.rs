@@ -61,6 +61,18 @@ pub enum Request {
         /// Size of the fetched one.
         new: u64,
     },
+    /// Signed `POST /v1/cosignature`: this agent's witness cosignature of a checkpoint it
+    /// audited.
+    Cosign(CosignatureSubmission),
+    /// `GET /v1/checkpoint?size=` (unsigned): the hub's checkpoint of an earlier tree (one a
+    /// bulletin is pinned to), to cosign after a consistency proof to the kept one.
+    CheckpointAt {
+        /// Its size.
+        size: u64,
+    },
+    /// `GET /v1/cosignature/wanted` (unsigned): the earlier checkpoints the hub asks its
+    /// witnesses to cosign.
+    WitnessWanted,
     /// `GET /v1/proof/inclusion?index=&size=` (unsigned): that a leaf is in the tree.
     Inclusion {
         /// The leaf index a receipt named.
@@ -70,8 +82,8 @@ pub enum Request {
     },
 }
 
-/// The hub's checkpoint endpoint.
-pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
+pub use spacesync_shared::wire::PATH_CHECKPOINT;
+use spacesync_shared::wire::{CosignatureSubmission, PATH_COSIGNATURE, PATH_COSIGNATURE_WANTED};
 /// The hub's consistency proof endpoint.
 pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
 /// The hub's inclusion proof endpoint.
@@ -87,6 +99,11 @@ impl Request {
             Request::Notices { .. } => "fetching notices".into(),
             Request::AckNotices(_) => "acknowledging notices".into(),
             Request::Checkpoint => "fetching the hub's checkpoint".into(),
+            Request::Cosign(_) => "sending this agent's cosignature of the checkpoint".into(),
+            Request::CheckpointAt { size } => {
+                format!("fetching the hub's checkpoint of tree size {size}")
+            }
+            Request::WitnessWanted => "asking which checkpoints the hub wants cosigned".into(),
             Request::Consistency { old, new } => {
                 format!("fetching a consistency proof from tree size {old} to {new}")
             }
@@ -273,6 +290,15 @@ impl HubClient {
                     .header(CONTENT_TYPE, "application/json")
             }
             Request::Checkpoint => self.http.get(self.cfg.hub_url(PATH_CHECKPOINT)),
+            Request::Cosign(sub) => {
+                let body = serde_json::to_vec(sub).unwrap_or_default();
+                self.signed(reqwest::Method::POST, PATH_COSIGNATURE, body)
+                    .header(CONTENT_TYPE, "application/json")
+            }
+            Request::CheckpointAt { size } => self
+                .http
+                .get(self.cfg.hub_url(&format!("{PATH_CHECKPOINT}?size={size}"))),
+            Request::WitnessWanted => self.http.get(self.cfg.hub_url(PATH_COSIGNATURE_WANTED)),
             Request::Consistency { old, new } => self.http.get(
                 self.cfg
                     .hub_url(&format!("{PATH_PROOF_CONSISTENCY}?old={old}&new={new}")),

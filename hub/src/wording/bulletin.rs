@@ -15,7 +15,7 @@ use spacesync_shared::wire::PlanProblem;
 
 pub use super::dashboard::{kind as space_kind, notice_state, rule as notice_rule};
 use super::{Lang, count, date, group};
-use crate::assessment::{MilestoneCell, MilestoneStatus, Reason};
+use crate::assessment::{MilestoneCell, MilestoneStatus, Reason, WitnessStatus};
 
 /// A bulletin's fixed words in one language.
 #[derive(Debug)]
@@ -580,6 +580,22 @@ pub fn meta(lang: Lang, as_of: &str, size: u64, root: &str) -> String {
         w.log_checkpoint,
         w.root
     )
+}
+
+/// Whether the bulletin's log checkpoint is witnessed: "witnessed by k of n (quorum q)",
+/// or, in words, that it is not yet.
+pub fn witnessed(lang: Lang, w: &WitnessStatus) -> String {
+    let (k, n, q) = (w.witnesses.len(), w.of, w.quorum);
+    match (lang, w.reached()) {
+        (Lang::Zh, true) => format!("日志检查点已由{n}个省级单位中的{k}个见证联署（法定数{q}）"),
+        (Lang::Zh, false) => {
+            format!("日志检查点尚未经见证：{n}个省级单位中已有{k}个联署，未达法定数{q}")
+        }
+        (Lang::En, true) => format!("Log checkpoint witnessed by {k} of {n} (quorum {q})"),
+        (Lang::En, false) => format!(
+            "Log checkpoint not yet witnessed: {k} of {n} have cosigned it, short of the quorum of {q}"
+        ),
+    }
 }
 
 /// Between a name and what is said about it: "北京市：…", "Beijing: …".

@@ -190,13 +190,18 @@ impl TestHub {
     /// Opens (or creates) a hub over `dir` (from [`store_dir`], or any directory for sled)
     /// with the clock at `now`.
     pub fn open_at(dir: &Path, now: DateTime<Utc>) -> TestHub {
+        TestHub::open_with(dir, now, Campaign::builtin_2018())
+    }
+
+    /// [`TestHub::open_at`] with another campaign.
+    pub fn open_with(dir: &Path, now: DateTime<Utc>, campaign: Campaign) -> TestHub {
         let store = open_store(dir);
         let clock = Arc::new(FixedClock::new(now));
         let hub = Hub::open(
             store,
             hub_key(),
             ORIGIN.to_string(),
-            Campaign::builtin_2018(),
+            campaign,
             clock.clone(),
             Limits::default(),
         )

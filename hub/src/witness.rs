@@ -1,0 +1,386 @@
+//! Witness cosignatures the hub collects (issue 16): each agent, after its log audit
+//! passed, cosigns the checkpoint it verified (c2sp.org/tlog-cosignature, `cosignature/v1`,
+//! with its source key under [`cosign::witness_name`]) and sends the line here.
+//!
+//! **Where cosignatures meet.** They are kept per tree size (`cos/<size><source>`), and a
+//! checkpoint is served with the lines collected for exactly its size. The hub's
+//! checkpoint of a size is one text (origin, size, root) and one signature (Ed25519 is
+//! deterministic), so every agent that verified size `n` cosigned the same bytes, and
+//! [`note`] can serve any size again later (`/v1/checkpoint?size=n`, re-signed from the
+//! stored tree). The newest checkpoint (`/v1/checkpoint`) shows the cosignatures of the
+//! newest size, which an agent that just synced has cosigned; a bulletin's checkpoint
+//! collects the cosignatures agents send for its size when the hub asks for it
+//! ([`wanted`]). See ARCHITECTURE.md ("Witnesses") for why not a re-signing interval.
+//!
+//! A cosignature is accepted only from a registered, unrevoked source, verified with its
+//! key in force, on a checkpoint of the hub's origin whose size the log has reached and
+//! whose root is the hub's root at that size, with a timestamp within the signed-request
+//! window of the hub's clock and newer than the one kept from that witness for that size.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use spacesync_shared::SourceId;
+use spacesync_shared::cosign::{self, Cosigner};
+use spacesync_shared::merkle::{self, Checkpoint};
+use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission, WitnessWanted};
+
+use crate::assessment::WitnessStatus;
+
+use crate::hub::Hub;
+use crate::log;
+use crate::registry::{SourceRecord, SourceStatus};
+use crate::store::{Store, StoreError, WriteBatch, keys};
+
+/// Why a cosignature was refused, or a cosigned checkpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// The source is not registered.
+    #[error("source {0} is not registered at this hub; only registered agents witness its log")]
+    UnknownSource(SourceId),
+    /// The source was revoked.
+    #[error("source {0} has been revoked; its cosignatures are no longer accepted")]
+    Revoked(SourceId),
+    /// The submission's checkpoint text or line does not read.
+    #[error("the cosigned checkpoint does not read: {0}")]
+    Malformed(String),
+    /// A checkpoint the hub never signed: another origin, or a tree larger than the log.
+    #[error("the hub never signed this checkpoint: {0}")]
+    UnknownCheckpoint(String),
+    /// The root is not the hub's root at that size.
+    #[error(
+        "the cosigned checkpoint of {size} entries has root {got}, but the hub's tree of {size} entries has root {ours}: the witness saw another tree (fork or forgery)"
+    )]
+    WrongRoot {
+        /// The size.
+        size: u64,
+        /// The root cosigned (base64).
+        got: String,
+        /// The hub's root at that size (base64).
+        ours: String,
+    },
+    /// The line is not a valid cosignature by the source's witness key.
+    #[error("the cosignature of source {witness} does not verify: {why}")]
+    BadCosignature {
+        /// The source.
+        witness: SourceId,
+        /// What is wrong.
+        why: String,
+    },
+    /// Replayed, older than the kept one, or far from the hub's clock.
+    #[error("the cosignature of source {witness} is refused as stale: {why}")]
+    Stale {
+        /// The source.
+        witness: SourceId,
+        /// What is wrong.
+        why: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The tree could not be read.
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+}
+
+/// A cosignature as kept (`cos/<size><source>`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The cosignature line, without its newline.
+    pub line: String,
+    /// Its timestamp (POSIX seconds), as the witness signed it.
+    pub timestamp: u64,
+    /// The key line it verified with (the source's key in force when it arrived).
+    pub key: String,
+}
+
+/// Key of `source`'s cosignature of the checkpoint of `size` leaves.
+fn key(size: u64, source: &SourceId) -> Vec<u8> {
+    [prefix(size).as_slice(), source.as_str().as_bytes()].concat()
+}
+
+/// Prefix of the cosignatures of the checkpoint of `size` leaves.
+fn prefix(size: u64) -> Vec<u8> {
+    [keys::COSIG, &size.to_be_bytes()].concat()
+}
+
+/// The cosignatures kept for the checkpoint of `size` leaves, by source, in source order.
+pub fn collected(store: &dyn Store, size: u64) -> Result<BTreeMap<SourceId, Kept>, StoreError> {
+    let p = prefix(size);
+    let mut out = BTreeMap::new();
+    for row in store.scan(&p) {
+        let (k, v) = row?;
+        let corrupt = |message: String| StoreError::Corrupt {
+            key: format!("cos/{size}/{}", String::from_utf8_lossy(&k[p.len()..])),
+            message,
+        };
+        let source = std::str::from_utf8(&k[p.len()..])
+            .ok()
+            .and_then(|s| SourceId::parse(s).ok())
+            .ok_or_else(|| corrupt("not a source id".into()))?;
+        let kept: Kept = serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+        out.insert(source, kept);
+    }
+    Ok(out)
+}
+
+/// The checkpoint of `size` leaves (the newest when `None`) as the hub signs it, with the
+/// cosignature lines collected for it: a C2SP signed note whose first signature is the
+/// hub's, then one line per witness, in source order. `None` when the log is smaller.
+pub fn note(hub: &Hub, size: Option<u64>) -> Result<Option<String>, WitnessError> {
+    let snap = hub.snapshot();
+    let (size, signed) = match size {
+        None => (snap.log_size, snap.checkpoint.clone()),
+        Some(n) if n > snap.log_size => return Ok(None),
+        Some(n) if n == snap.log_size => (n, snap.checkpoint.clone()),
+        Some(n) => {
+            let cp = Checkpoint {
+                origin: hub.origin.clone(),
+                size: n,
+                root: log::root_at(hub.store.as_ref(), n)?,
+            };
+            let note = merkle::sign_checkpoint(&cp, &hub.origin, &hub.key)
+                .map_err(|e| log::LogError::Tree(e.to_string()))?;
+            (n, note)
+        }
+    };
+    let lines: Vec<String> = collected(hub.store.as_ref(), size)?
+        .into_values()
+        .map(|k| k.line)
+        .collect();
+    // The lines were checked when they arrived; `add` checks the framing again.
+    let note = cosign::add(&signed, &lines).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    Ok(Some(note))
+}
+
+/// The witness a registry record stands for, with its key in force.
+pub fn cosigner(rec: &SourceRecord) -> Option<Cosigner> {
+    let key = spacesync_shared::keys::parse_public_key(rec.current_key()?).ok()?;
+    Cosigner::new(&cosign::witness_name(&rec.id), key).ok()
+}
+
+/// Checks `source`'s cosignature and keeps it (flushed before this returns). `now` is the
+/// hub's clock, `window` the signed-request window: a timestamp further from `now` is
+/// refused as stale.
+pub fn accept(
+    hub: &Hub,
+    source: &SourceId,
+    sub: &CosignatureSubmission,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+) -> Result<CosignatureAccepted, WitnessError> {
+    let snap = hub.snapshot();
+    let rec = snap
+        .registry
+        .get(source)
+        .ok_or_else(|| WitnessError::UnknownSource(source.clone()))?;
+    if rec.status == SourceStatus::Revoked {
+        return Err(WitnessError::Revoked(source.clone()));
+    }
+    let witness = cosigner(rec).ok_or_else(|| {
+        WitnessError::Store(StoreError::Corrupt {
+            key: format!("reg/{source}"),
+            message: "the registered key does not parse".into(),
+        })
+    })?;
+    let text = &sub.checkpoint;
+    let cp = Checkpoint::parse_body(text).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    if cp.body() != *text {
+        return Err(WitnessError::Malformed(
+            "the checkpoint text is not exactly origin, size and root lines".into(),
+        ));
+    }
+    if cp.origin != hub.origin {
+        return Err(WitnessError::UnknownCheckpoint(format!(
+            "its origin is {:?}, this hub's log is {:?}",
+            cp.origin.chars().take(100).collect::<String>(),
+            hub.origin
+        )));
+    }
+    if cp.size > snap.log_size {
+        return Err(WitnessError::UnknownCheckpoint(format!(
+            "it has {} entries, the hub's log {}",
+            cp.size, snap.log_size
+        )));
+    }
+    let ours = log::root_at(hub.store.as_ref(), cp.size)?;
+    if ours != cp.root {
+        let b64 = |h: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h);
+        return Err(WitnessError::WrongRoot {
+            size: cp.size,
+            got: b64(&cp.root),
+            ours: b64(&ours),
+        });
+    }
+    // The hub's own note of that checkpoint with the line added: the witness's line must
+    // verify over exactly that text.
+    let signed = merkle::sign_checkpoint(&cp, &hub.origin, &hub.key)
+        .map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let bad = |why: String| WitnessError::BadCosignature {
+        witness: source.clone(),
+        why,
+    };
+    if sub.cosignature.contains('\n') {
+        return Err(bad("the cosignature is more than one line".into()));
+    }
+    let with = cosign::add(&signed, std::slice::from_ref(&sub.cosignature))
+        .map_err(|e| bad(e.to_string()))?;
+    let got =
+        cosign::verify(&with, std::slice::from_ref(&witness)).map_err(|e| bad(e.to_string()))?;
+    let Some(c) = got.first() else {
+        return Err(bad(format!(
+            "it is not a line of witness {} with its key in force ({})",
+            witness.name(),
+            witness.to_vkey()
+        )));
+    };
+    let ts = c.timestamp;
+    let stale = |why: String| WitnessError::Stale {
+        witness: source.clone(),
+        why,
+    };
+    let at = i64::try_from(ts)
+        .ok()
+        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        .ok_or_else(|| stale(format!("timestamp {ts} is not a time")))?;
+    if (at - now).abs() > window {
+        return Err(stale(format!(
+            "it was made at {at}, more than {} minutes from the hub's clock ({now}); check the agent's clock",
+            window.num_minutes()
+        )));
+    }
+    let k = key(cp.size, source);
+    if let Some(old) = hub.store.get(&k)? {
+        let old: Kept = serde_json::from_slice(&old).map_err(|e| StoreError::Corrupt {
+            key: format!("cos/{}/{source}", cp.size),
+            message: e.to_string(),
+        })?;
+        if old.timestamp >= ts {
+            return Err(stale(format!(
+                "the hub holds this witness's cosignature of the checkpoint of {} entries made at {}, and this one is not newer ({ts}): a replay or an old cosignature",
+                cp.size, old.timestamp
+            )));
+        }
+    }
+    let kept = Kept {
+        line: sub.cosignature.clone(),
+        timestamp: ts,
+        key: rec.current_key().unwrap_or_default().to_string(),
+    };
+    let mut b = WriteBatch::new();
+    b.put(k, serde_json::to_vec(&kept).unwrap_or_default());
+    hub.store.apply(b)?;
+    hub.store.flush()?;
+    let witnesses = collected(hub.store.as_ref(), cp.size)?.len();
+    Ok(CosignatureAccepted {
+        size: cp.size,
+        witnesses,
+    })
+}
+
+/// Every key `rec` ever had, as witnesses under its one witness name (a line made with a
+/// key rotated away since still counts for the checkpoint it cosigned).
+fn cosigners_of(rec: &SourceRecord) -> Vec<Cosigner> {
+    rec.keys
+        .iter()
+        .filter_map(|k| spacesync_shared::keys::parse_public_key(&k.key).ok())
+        .filter_map(|key| Cosigner::new(&cosign::witness_name(&rec.id), key).ok())
+        .collect()
+}
+
+/// How far the checkpoint `note` (the hub-signed note of `size` leaves, as a bulletin
+/// holds it) is witnessed by `sources`: the kept lines for that size put on the note and
+/// verified with every key of each source. A line under a trusted witness's name and key
+/// that does not verify is an error, not a lower count.
+fn tally<'a>(
+    store: &dyn Store,
+    size: u64,
+    note: &str,
+    sources: impl IntoIterator<Item = &'a SourceRecord>,
+    quorum: u32,
+) -> Result<WitnessStatus, WitnessError> {
+    let sources: Vec<&SourceRecord> = sources.into_iter().collect();
+    let trusted: Vec<Cosigner> = sources.iter().flat_map(|r| cosigners_of(r)).collect();
+    let lines: Vec<String> = collected(store, size)?
+        .into_values()
+        .map(|k| k.line)
+        .collect();
+    let with = cosign::add(note, &lines).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let got =
+        cosign::verify(&with, &trusted).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let mut witnesses: Vec<String> = got
+        .iter()
+        .filter_map(|c| c.name.strip_prefix(cosign::WITNESS_NAME_PREFIX))
+        .map(str::to_string)
+        .collect();
+    witnesses.sort();
+    witnesses.dedup();
+    Ok(WitnessStatus {
+        size,
+        witnesses,
+        of: sources.len(),
+        quorum,
+    })
+}
+
+/// How far a bulletin's checkpoint is witnessed, for showing it: the sources of `registry`
+/// (today's) that were registered and not revoked at `issued_at` (the bulletin's time).
+/// `bulletin verify` uses [`status_as_of`], the registry replayed to the checkpoint.
+pub fn status_now<'a>(
+    store: &dyn Store,
+    registry: impl IntoIterator<Item = &'a SourceRecord>,
+    quorum: u32,
+    size: u64,
+    note: &str,
+    issued_at: DateTime<Utc>,
+) -> Result<WitnessStatus, WitnessError> {
+    let sources = registry.into_iter().filter(|r| r.active_at(issued_at));
+    tally(store, size, note, sources, quorum)
+}
+
+/// How far the checkpoint `note` of `size` leaves is witnessed by the sources registered,
+/// and not revoked, in the registry as it stood at that size (replayed from the log, as
+/// `bulletin verify` recomputes figures with it): a later revocation or rotation does not
+/// change what counted.
+pub fn status_as_of(
+    store: &dyn Store,
+    quorum: u32,
+    size: u64,
+    note: &str,
+) -> Result<WitnessStatus, WitnessError> {
+    let registry = crate::registry::as_of(store, size)?;
+    tally(
+        store,
+        size,
+        note,
+        registry.iter().filter(|r| r.status == SourceStatus::Active),
+        quorum,
+    )
+}
+
+/// Most bulletin checkpoints the hub asks witnesses for at once.
+pub const MAX_WANTED: usize = 4;
+
+/// The checkpoints of the last few bulletins that have fewer kept cosignatures than the
+/// quorum (and that the log has reached), ascending: what `GET /v1/cosignature/wanted`
+/// asks agents to cosign.
+pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
+    let size = hub.snapshot().log_size;
+    let quorum = hub.campaign.witness_quorum as usize;
+    let list = crate::bulletin::list(hub.store.as_ref())
+        .map_err(|e| WitnessError::Malformed(e.to_string()))?;
+    let mut sizes = Vec::new();
+    for b in list.iter().rev().take(MAX_WANTED) {
+        let n = b.checkpoint.size;
+        if n > 0
+            && n <= size
+            && !sizes.contains(&n)
+            && collected(hub.store.as_ref(), n)?.len() < quorum
+        {
+            sizes.push(n);
+        }
+    }
+    sizes.sort_unstable();
+    Ok(WitnessWanted { sizes })
+}

@@ -1,0 +1,497 @@
+//! Witness cosignatures (issue 16): agents post `cosignature/v1` lines on checkpoints they
+//! audited; the hub checks each against the source's key in force and the tree it signed,
+//! keeps it (sled and PostgreSQL), and serves it on `/v1/checkpoint` for exactly that
+//! checkpoint — a note every verifier that knows only the hub key still opens.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use spacesync_shared::clock::Clock as _;
+use spacesync_shared::cosign::{self, Cosigner};
+use spacesync_shared::merkle::{self, Checkpoint, NoteVerifier};
+use spacesync_shared::wire::{self, CosignatureAccepted, PATH_COSIGNATURE};
+
+/// The text (body lines) of a checkpoint note.
+fn text(note: &str) -> String {
+    note[..=note.find("\n\n").expect("blank line")].to_string()
+}
+
+fn witness(a: &Agent) -> Cosigner {
+    Cosigner::new(&cosign::witness_name(&a.id), a.key.verifying_key()).expect("cosigner")
+}
+
+fn now_secs(th: &TestHub) -> u64 {
+    th.clock.now().timestamp() as u64
+}
+
+/// `a`'s line over `text` at `ts`, with its own key under its own witness name.
+fn line(a: &Agent, text: &str, ts: u64) -> String {
+    cosign::cosign(text, &cosign::witness_name(&a.id), &a.key, ts).expect("cosign")
+}
+
+/// Posts `checkpoint` + `cosignature` as a request signed by `signer`.
+async fn post(th: &TestHub, signer: &Agent, checkpoint: &str, cosignature: &str) -> Reply {
+    let body = serde_json::to_vec(&json!({
+        "checkpoint": checkpoint,
+        "cosignature": cosignature,
+    }))
+    .expect("json");
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("random");
+    let headers = wire::sign_request(
+        &signer.key,
+        &signer.id,
+        "POST",
+        PATH_COSIGNATURE,
+        th.clock.now(),
+        nonce,
+        &body,
+    );
+    let mut req = Request::post(PATH_COSIGNATURE).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    th.send(req.body(Body::from(body)).expect("request")).await
+}
+
+fn hub_verifier() -> NoteVerifier {
+    NoteVerifier::new(ORIGIN, hub_key().verifying_key()).expect("verifier")
+}
+
+/// Two provinces that sent a few entries each.
+fn provinces() -> (Agent, Agent) {
+    (
+        Agent::new("gd-agent", 1, "440000"),
+        Agent::new("bj-agent", 2, "110000"),
+    )
+}
+
+async fn grow(th: &TestHub, a: &mut Agent, n: usize) {
+    let region = if a.scope.to_string() == "440000" {
+        "440106"
+    } else {
+        "110105"
+    };
+    let records: Vec<_> = (0..n)
+        .map(|i| activity(region, "2018-11-10", &format!("活动 {i}")))
+        .collect();
+    th.ingest_ok(&a.batch(&records)).await;
+}
+
+/// Cosignatures are kept for their checkpoint, served on it (and not on another), survive
+/// a restart, and leave a note that opens with the hub key alone.
+async fn cosignatures_are_collected_per_checkpoint(backend: Backend) {
+    let dir = store_dir(backend);
+    let (mut gd, mut bj) = provinces();
+    let old_note;
+    let new_note;
+    {
+        let th = TestHub::open(dir.path());
+        th.register(&gd);
+        th.register(&bj);
+        grow(&th, &mut gd, 3).await;
+        old_note = th.get("/v1/checkpoint", None).await.text();
+        grow(&th, &mut bj, 2).await;
+        new_note = th.get("/v1/checkpoint", None).await.text();
+        let ts = now_secs(&th);
+        // Both cosign the newest; only gd the older one.
+        for a in [&gd, &bj] {
+            let r = post(&th, a, &text(&new_note), &line(a, &text(&new_note), ts)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+        let r = post(&th, &gd, &text(&old_note), &line(&gd, &text(&old_note), ts)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let a: CosignatureAccepted = serde_json::from_slice(&r.body).expect("answer");
+        let old_size = merkle::open_checkpoint(&old_note, &hub_verifier(), ORIGIN)
+            .expect("old")
+            .size;
+        assert_eq!(
+            a,
+            CosignatureAccepted {
+                size: old_size,
+                witnesses: 1
+            }
+        );
+    }
+    // Reopened: what was kept is served.
+    let th = TestHub::open(dir.path());
+    let served = th.get("/v1/checkpoint", None).await.text();
+    assert!(served.starts_with(&new_note), "{served}");
+    // A verifier that knows only the hub key opens it (other lines are ignored).
+    let cp = merkle::open_checkpoint(&served, &hub_verifier(), ORIGIN).expect("opens");
+    assert_eq!(cp.size, th.log_size());
+    let got = cosign::verify(&served, &[witness(&gd), witness(&bj)]).expect("cosignatures");
+    let names: Vec<_> = got.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(
+        names,
+        [cosign::witness_name(&gd.id), cosign::witness_name(&bj.id)]
+    );
+    // The older checkpoint, asked by size: gd's line only, and the same hub-signed text.
+    let old_size = merkle::open_checkpoint(&old_note, &hub_verifier(), ORIGIN)
+        .expect("old")
+        .size;
+    let old_served = th
+        .get(&format!("/v1/checkpoint?size={old_size}"), None)
+        .await
+        .text();
+    assert!(old_served.starts_with(&old_note), "{old_served}");
+    let got = cosign::verify(&old_served, &[witness(&gd), witness(&bj)]).expect("cosigs");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, cosign::witness_name(&gd.id));
+    // Beyond the log: 404.
+    let r = th
+        .get(&format!("/v1/checkpoint?size={}", th.log_size() + 1), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// Every cosignature the hub must not keep is refused with its own code, and nothing of
+/// it is served.
+async fn bad_cosignatures_are_refused_with_a_code(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let (mut gd, bj) = provinces();
+    th.register(&gd);
+    th.register(&bj);
+    let stranger = Agent::new("xx-agent", 9, "440000");
+    let revoked = Agent::new("hb-agent", 3, "420000");
+    th.register(&revoked);
+    th.hub
+        .revoke_source(revoked.id.as_str())
+        .expect("revoke hb-agent");
+    grow(&th, &mut gd, 4).await;
+    let note = th.get("/v1/checkpoint", None).await.text();
+    let t = text(&note);
+    let cp = merkle::open_checkpoint(&note, &hub_verifier(), ORIGIN).expect("opens");
+    let ts = now_secs(&th);
+    let body_of = |c: &Checkpoint| c.body();
+    let larger = body_of(&Checkpoint {
+        size: cp.size + 1,
+        ..cp.clone()
+    });
+    let other_origin = body_of(&Checkpoint {
+        origin: "another.example/log".into(),
+        ..cp.clone()
+    });
+    let mut forked_root = cp.root;
+    forked_root[0] ^= 1;
+    let forked = body_of(&Checkpoint {
+        root: forked_root,
+        ..cp.clone()
+    });
+    // gd's line with bj's key (under gd's name): not gd's witness key.
+    let wrong_key = cosign::cosign(&t, &cosign::witness_name(&gd.id), &bj.key, ts).expect("line");
+    // A good line with one signature byte changed.
+    let good = line(&gd, &t, ts);
+    let mut blob = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        good.rsplit(' ').next().expect("b64"),
+    )
+    .expect("b64");
+    blob[40] ^= 1;
+    let flipped = format!(
+        "— {} {}",
+        cosign::witness_name(&gd.id),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, blob)
+    );
+    let far = ts - 3600;
+    let cases: Vec<(&str, &Agent, String, String, StatusCode, &str)> = vec![
+        (
+            "a tree larger than the log",
+            &gd,
+            larger.clone(),
+            line(&gd, &larger, ts),
+            StatusCode::CONFLICT,
+            "unknown_checkpoint",
+        ),
+        (
+            "another log's checkpoint",
+            &gd,
+            other_origin.clone(),
+            line(&gd, &other_origin, ts),
+            StatusCode::CONFLICT,
+            "unknown_checkpoint",
+        ),
+        (
+            "a root that is not the hub's at that size",
+            &gd,
+            forked.clone(),
+            line(&gd, &forked, ts),
+            StatusCode::CONFLICT,
+            "wrong_root",
+        ),
+        (
+            "a line by another key",
+            &gd,
+            t.clone(),
+            wrong_key,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_cosignature",
+        ),
+        (
+            "a signature byte changed",
+            &gd,
+            t.clone(),
+            flipped,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_cosignature",
+        ),
+        (
+            "another witness's line sent by gd",
+            &gd,
+            t.clone(),
+            line(&bj, &t, ts),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_cosignature",
+        ),
+        (
+            "a line over another checkpoint",
+            &gd,
+            t.clone(),
+            line(&gd, &larger, ts),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_cosignature",
+        ),
+        (
+            "a timestamp an hour from the hub's clock",
+            &gd,
+            t.clone(),
+            line(&gd, &t, far),
+            StatusCode::CONFLICT,
+            "stale_cosignature",
+        ),
+        (
+            "an unknown source",
+            &stranger,
+            t.clone(),
+            line(&stranger, &t, ts),
+            StatusCode::UNAUTHORIZED,
+            "unknown_source",
+        ),
+        (
+            "a revoked source",
+            &revoked,
+            t.clone(),
+            line(&revoked, &t, ts),
+            StatusCode::FORBIDDEN,
+            "revoked_key",
+        ),
+    ];
+    for (what, signer, checkpoint, cosig, status, code) in cases {
+        let r = post(&th, signer, &checkpoint, &cosig).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        assert_eq!(r.json()["code"], code, "{what}: {}", r.text());
+    }
+    let served = th.get("/v1/checkpoint", None).await.text();
+    assert_eq!(served, note, "nothing refused is served");
+
+    // Accepted once; the same line again (a new request), or an older one, is stale.
+    let r = post(&th, &gd, &t, &good).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for (what, l) in [
+        ("the same line again", good.clone()),
+        ("an older line", line(&gd, &t, ts - 1)),
+    ] {
+        let r = post(&th, &gd, &t, &l).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{what}: {}", r.text());
+        assert_eq!(r.json()["code"], "stale_cosignature", "{what}");
+    }
+    // A newer one replaces it: one line per witness.
+    let newer = line(&gd, &t, ts + 1);
+    let r = post(&th, &gd, &t, &newer).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let served = th.get("/v1/checkpoint", None).await.text();
+    assert!(
+        served.contains(&newer) && !served.contains(&good),
+        "{served}"
+    );
+}
+
+/// Cosignatures on two different trees of one size never count for each other: a
+/// witness's line moved onto the other tree's note does not verify, and the hub keeps
+/// lines only for its own root.
+#[test]
+fn no_line_counts_for_another_tree_of_the_same_size() {
+    let (gd, _) = provinces();
+    let mk = |root: [u8; 32]| {
+        let cp = Checkpoint {
+            origin: ORIGIN.into(),
+            size: 10,
+            root,
+        };
+        merkle::sign_checkpoint(&cp, ORIGIN, &hub_key()).expect("sign")
+    };
+    let (a, b) = (mk([1; 32]), mk([2; 32]));
+    let on_a = line(&gd, &text(&a), 1_600_000_000);
+    let moved = cosign::add(&b, &[on_a]).expect("add");
+    assert!(cosign::verify(&moved, &[witness(&gd)]).is_err());
+    // And a key that is not the hub's cannot make either note.
+    let forged = merkle::sign_checkpoint(
+        &merkle::open_checkpoint(&a, &hub_verifier(), ORIGIN).expect("a"),
+        ORIGIN,
+        &SigningKey::from_bytes(&[7; 32]),
+    )
+    .expect("sign");
+    assert!(merkle::open_checkpoint(&forged, &hub_verifier(), ORIGIN).is_err());
+}
+
+/// A hub on the 2018 campaign with a quorum of 2.
+fn quorum_two(dir: &std::path::Path) -> TestHub {
+    let text = spacesync_shared::campaign::CAMPAIGN_2018_TOML
+        .replace("witness_quorum = 16", "witness_quorum = 2");
+    let campaign = spacesync_shared::Campaign::from_toml(&text).expect("campaign");
+    TestHub::open_with(dir, t0(), campaign)
+}
+
+async fn get_text(th: &TestHub, path: &str) -> String {
+    let r = th.get(path, Some(&th.admin.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.text());
+    r.text()
+}
+
+/// A bulletin names its checkpoint; the hub asks for it to be cosigned until the quorum is
+/// there (also once the log has grown past it); the bulletin says in words whether it is
+/// witnessed; the count against the registry as of the checkpoint survives a later
+/// revocation.
+async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let (mut gd, bj) = provinces();
+    let hb = Agent::new("hb-agent", 3, "420000");
+    for a in [&gd, &bj, &hb] {
+        th.register(a);
+    }
+    grow(&th, &mut gd, 3).await;
+    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let note = doc["checkpoint"]["note"]
+        .as_str()
+        .expect("note")
+        .to_string();
+    assert_eq!(size, th.log_size());
+    let wanted = |th: &TestHub| {
+        spacesync_hub::witness::wanted(&th.hub)
+            .expect("wanted")
+            .sizes
+    };
+    assert_eq!(wanted(&th), [size]);
+    let r = th.get("/v1/cosignature/wanted", None).await;
+    assert_eq!(r.json()["sizes"], json!([size]), "{}", r.text());
+    let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
+    assert!(
+        html.contains(
+            "Log checkpoint not yet witnessed: 0 of 3 have cosigned it, short of the quorum of 2"
+        ),
+        "{html}"
+    );
+
+    // gd cosigns it; the log grows; bj cosigns the bulletin's (now older) checkpoint.
+    let ts = now_secs(&th);
+    let r = post(&th, &gd, &text(&note), &line(&gd, &text(&note), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(wanted(&th), [size], "one of two");
+    grow(&th, &mut gd, 2).await;
+    let served = th
+        .get(&format!("/v1/checkpoint?size={size}"), None)
+        .await
+        .text();
+    assert!(served.starts_with(&note), "{served}");
+    let r = post(&th, &bj, &text(&served), &line(&bj, &text(&served), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(wanted(&th).is_empty(), "the quorum is there");
+
+    let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
+    assert!(
+        html.contains("Log checkpoint witnessed by 2 of 3 (quorum 2)"),
+        "{html}"
+    );
+    let md = get_text(&th, "/v1/bulletins/1.md").await;
+    assert!(
+        md.contains("日志检查点已由3个省级单位中的2个见证联署（法定数2）"),
+        "{md}"
+    );
+    let list = th.get_json("/v1/bulletins").await;
+    assert_eq!(
+        list["bulletins"][0]["witnessed"],
+        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "of": 3, "quorum": 2})
+    );
+    // The signed document is unchanged by its cosignatures.
+    let stored = spacesync_hub::bulletin::get(th.hub.store.as_ref(), 1).expect("get");
+    assert_eq!(stored, doc);
+
+    // Against the registry as of the checkpoint: bj counts even after it is revoked.
+    th.hub.revoke_source(bj.id.as_str()).expect("revoke");
+    let w = spacesync_hub::witness::status_as_of(th.hub.store.as_ref(), 2, size, &note)
+        .expect("status");
+    assert_eq!(w.witnesses, ["bj-agent", "gd-agent"]);
+    assert_eq!((w.of, w.reached()), (3, true));
+}
+
+/// A forking hub shows two agents two different trees of one size: each cosigns what it
+/// saw. The lines for one tree never count for the other — the honest hub refuses the
+/// other's line (`wrong_root`), and a hub that stores it anyway gets a bulletin whose
+/// cosignatures do not verify, never a quorum.
+async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
+    let (da, db) = (store_dir(backend), store_dir(backend));
+    let (ta, tb) = (quorum_two(da.path()), quorum_two(db.path()));
+    let (gd, bj) = provinces();
+    let (mut gd_a, mut gd_b) = (gd.clone(), gd.clone());
+    for th in [&ta, &tb] {
+        th.register(&gd);
+        th.register(&bj);
+    }
+    // Same size, different entries: the fork.
+    grow(&ta, &mut gd_a, 3).await;
+    let records: Vec<_> = (0..3)
+        .map(|i| activity("440106", "2018-11-11", &format!("另一棵树 {i}")))
+        .collect();
+    tb.ingest_ok(&gd_b.batch(&records)).await;
+    let (na, nb) = (
+        ta.get("/v1/checkpoint", None).await.text(),
+        tb.get("/v1/checkpoint", None).await.text(),
+    );
+    assert_eq!(ta.log_size(), tb.log_size());
+    assert_ne!(text(&na), text(&nb));
+    let doc = spacesync_hub::bulletin::issue(&ta.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let ts = now_secs(&ta);
+    // gd saw tree A, bj saw tree B.
+    let r = post(&ta, &gd, &text(&na), &line(&gd, &text(&na), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let bj_on_b = line(&bj, &text(&nb), ts);
+    let r = post(&ta, &bj, &text(&nb), &bj_on_b).await;
+    assert_eq!(r.json()["code"], "wrong_root", "{}", r.text());
+    let r = post(&ta, &bj, &text(&na), &bj_on_b).await;
+    assert_eq!(r.json()["code"], "bad_cosignature", "{}", r.text());
+    let w =
+        spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na).expect("status");
+    assert_eq!((w.witnesses.len(), w.reached()), (1, false));
+    // A lying hub keeps bj's line for tree B under tree A's size anyway.
+    let mut b = spacesync_hub::store::WriteBatch::new();
+    let key = [
+        b"cos/".as_slice(),
+        &size.to_be_bytes(),
+        bj.id.as_str().as_bytes(),
+    ]
+    .concat();
+    b.put(
+        key,
+        serde_json::to_vec(&json!({"line": bj_on_b, "timestamp": ts, "key": bj.key_line()}))
+            .expect("json"),
+    );
+    ta.hub.store.apply(b).expect("apply");
+    let e = spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na)
+        .expect_err("a line for the other tree");
+    assert!(e.to_string().contains("spacesync-witness/bj-agent"), "{e}");
+}
+
+backends!(
+    async cosignatures_are_collected_per_checkpoint,
+    bad_cosignatures_are_refused_with_a_code,
+    bulletins_are_pinned_to_a_witnessed_checkpoint,
+    no_quorum_for_two_trees_of_one_size
+);

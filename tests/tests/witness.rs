@@ -1,0 +1,298 @@
+//! Issue 16, agents as witnesses, with real processes: three agents deliver to the real
+//! hub, audit its log and cosign the checkpoint they verified; the hub's `/v1/checkpoint`
+//! then carries each agent's `cosignature/v1` line on the hub-signed note — which a
+//! verifier knowing only the hub key still opens — and each line verifies with that
+//! agent's registered key. Behind a fault proxy the same holds (no false alarm, and the
+//! cosignatures arrive). A bulletin issued while two of three agents are stopped names a
+//! checkpoint the log then grows past; restarted, those agents cosign it on the hub's
+//! request after a consistency proof to their newer checkpoint, the bulletin becomes
+//! witnessed by the quorum, and `bulletin verify` says so.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use spacesync_shared::cosign::{self, Cosigner};
+use spacesync_shared::keys::parse_public_key;
+use spacesync_shared::merkle::{self, NoteVerifier};
+use spacesync_tests::cluster::{AgentNode, Cluster, HubNode, SITES, Workload, hub_bin};
+use spacesync_tests::fault_proxy::FaultPlan;
+
+/// Posts `n` records of `work` to `agent` in one batch.
+async fn post(agent: &AgentNode, work: &mut Workload, n: usize) {
+    let api = agent.api();
+    let body = (0..n)
+        .map(|_| work.next_write().1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/records", api.url))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/records: {e}"));
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+}
+
+fn witness(a: &AgentNode) -> Cosigner {
+    let key = parse_public_key(&a.key_line).unwrap_or_else(|e| panic!("{e}"));
+    Cosigner::new(&cosign::witness_name(&a.source()), key).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until the hub's newest checkpoint carries a verifying cosignature of every agent;
+/// returns the note.
+async fn wait_witnessed(c: &Cluster, origin: &str) -> String {
+    let hub_key = parse_public_key(&c.hub.key_line).unwrap_or_else(|e| panic!("{e}"));
+    let verifier = NoteVerifier::new(origin, hub_key).unwrap_or_else(|e| panic!("{e}"));
+    let trusted: Vec<Cosigner> = c.agents.iter().map(witness).collect();
+    let url = format!("{}/v1/checkpoint", c.hub.url());
+    let start = std::time::Instant::now();
+    loop {
+        let note = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET /v1/checkpoint: {e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        // Always a valid hub-signed checkpoint, however many lines it carries.
+        merkle::open_checkpoint(&note, &verifier, origin).unwrap_or_else(|e| panic!("{e}: {note}"));
+        let got = cosign::verify(&note, &trusted).unwrap_or_else(|e| panic!("{e}: {note}"));
+        if got.len() == trusted.len() {
+            return note;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the hub's checkpoint was not cosigned by every agent:\n{note}\nhub log:\n{}",
+            c.hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn origin(c: &Cluster) -> String {
+    let note = reqwest::get(format!("{}/v1/checkpoint", c.hub.url()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    note.lines().next().unwrap_or_default().to_string()
+}
+
+async fn run(plan: FaultPlan, seed: u64) {
+    let c = Cluster::start(3, seed, plan, |_| {}).await;
+    let mut works: Vec<Workload> = c.agents.iter().map(|a| Workload::new(a.site)).collect();
+    for round in 0..4 {
+        for (a, w) in c.agents.iter().zip(works.iter_mut()) {
+            post(a, w, 1 + round).await;
+        }
+    }
+    c.wait_drained(Duration::from_secs(90)).await;
+    let origin = origin(&c).await;
+    let note = wait_witnessed(&c, &origin).await;
+    // Cosigned exactly the tree the hub serves now: the log is quiet.
+    let size: u64 = note
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_default();
+    for a in &c.agents {
+        let s: Value = a.status().await.unwrap_or(Value::Null);
+        assert!(s["log_alarm"].is_null(), "{s}");
+        assert_eq!(s["verified_checkpoint_size"], size, "{s}");
+    }
+    // One line per witness, after the hub's own.
+    let sig_lines = note.lines().filter(|l| l.starts_with('—')).count();
+    assert_eq!(sig_lines, 1 + c.agents.len(), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_cosigns_the_checkpoint_it_verified() {
+    run(FaultPlan::NONE, 17).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosignatures_arrive_through_a_faulty_network() {
+    run(FaultPlan::chaos(0.3, 1_000), 18).await;
+}
+
+async fn status(a: &AgentNode) -> Value {
+    a.status().await.unwrap_or(Value::Null)
+}
+
+/// Waits until `a` delivered everything it holds and verified the hub's current size.
+async fn settled(hub: &HubNode, a: &AgentNode) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let size = hub_size(hub).await;
+        let s = status(a).await;
+        if s["head_seq"].is_u64()
+            && s["acked_seq"] == s["head_seq"]
+            && s["verified_checkpoint_size"] == size
+        {
+            return size;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} did not settle: {s}\n{}",
+            a.site.source,
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn hub_size(hub: &HubNode) -> u64 {
+    let note = reqwest::get(format!("{}/v1/checkpoint", hub.url()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("not a checkpoint: {note}"))
+}
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on() {
+    let mut hub = HubNode::init();
+    // A quorum of 2 for three agents.
+    let campaign = hub.dir.path().join("campaign.toml");
+    let text = std::fs::read_to_string(&campaign).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("witness_quorum = 16"));
+    std::fs::write(
+        &campaign,
+        text.replace("witness_quorum = 16", "witness_quorum = 2"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let admin = ok(
+        &hub.cli(&["token", "create", "--role", "admin", "--label", "ops"]),
+        "token create",
+    );
+    let mut agents: Vec<AgentNode> = SITES[..3]
+        .iter()
+        .map(|site| {
+            let a = AgentNode::init(*site, &hub.url(), &hub.key_line, |_| {});
+            hub.register(site, &a.key_line);
+            a
+        })
+        .collect();
+    hub.start().await;
+    for a in &mut agents {
+        a.start().await;
+    }
+    let mut works: Vec<Workload> = agents.iter().map(|a| Workload::new(a.site)).collect();
+    for (a, w) in agents.iter().zip(works.iter_mut()) {
+        post(a, w, 3).await;
+    }
+    for a in &agents {
+        settled(&hub, a).await;
+    }
+    // Two agents stop; the first sends more, and the bulletin is issued on that tree.
+    agents[1].stop();
+    agents[2].stop();
+    post(&agents[0], &mut works[0], 2).await;
+    let pinned = settled(&hub, &agents[0]).await;
+    let issue = std::process::Command::new(hub_bin())
+        .args(["bulletin", "issue", "--hub", &hub.url()])
+        .env("SPACESYNC_HUB_TOKEN", &admin)
+        .env_remove("SPACESYNC_HUB_DATA")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = ok(&issue, "bulletin issue --hub");
+    let number: u64 = n.parse().unwrap_or_else(|e| panic!("{n:?}: {e}"));
+    let http = reqwest::Client::new();
+    let get = async |path: &str| {
+        http.get(format!("{}{path}", hub.url()))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    };
+    let doc: Value =
+        serde_json::from_str(&get(&format!("/v1/bulletins/{n}.json")).await).expect("bulletin");
+    assert_eq!(
+        doc["checkpoint"]["size"],
+        pinned,
+        "bulletin {n}: {}",
+        get("/v1/bulletins").await
+    );
+    // The log moves on before the stopped agents come back.
+    post(&agents[0], &mut works[0], 2).await;
+    let later = settled(&hub, &agents[0]).await;
+    assert!(later > pinned);
+    let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
+    assert!(
+        html.contains(
+            "Log checkpoint not yet witnessed: 1 of 3 have cosigned it, short of the quorum of 2"
+        ),
+        "{html}"
+    );
+    agents[1].start().await;
+    agents[2].start().await;
+    let start = std::time::Instant::now();
+    // (The scheduler may have issued bulletins of its own: find ours.)
+    let ours = async || {
+        let list: Value = serde_json::from_str(&get("/v1/bulletins").await).expect("list");
+        list["bulletins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["number"] == number).cloned())
+            .unwrap_or_else(|| panic!("bulletin {n} is not listed: {list}"))
+    };
+    let list = loop {
+        let list = ours().await;
+        // The hub stops asking once the quorum is there: two, or three if both
+        // restarted agents asked before either line arrived.
+        if list["witnessed"]["witnesses"]
+            .as_array()
+            .is_some_and(|w| w.len() >= 2)
+        {
+            break list;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "bulletin {n} not witnessed by the quorum: {list}\n{}",
+            agents[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(list["witnessed"]["size"], pinned);
+    // The first agent's line, and at least one that came after a consistency proof.
+    let witnesses = list["witnessed"]["witnesses"].to_string();
+    assert!(witnesses.contains(SITES[0].source), "{witnesses}");
+    let k = list["witnessed"]["witnesses"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let said = format!("Log checkpoint witnessed by {k} of 3 (quorum 2)");
+    let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
+    assert!(html.contains(&said), "{html}");
+    for a in &agents {
+        let s = status(a).await;
+        assert!(s["log_alarm"].is_null(), "{s}");
+    }
+    // Offline: `bulletin verify` checks the lines against the registry as of the checkpoint.
+    let file = hub.dir.path().join("bulletin.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    hub.stop();
+    let out = hub.cli(&["bulletin", "verify", &file.to_string_lossy()]);
+    let verified = ok(&out, "bulletin verify");
+    assert!(verified.contains(&said), "{verified}");
+}
