@@ -292,7 +292,7 @@ impl HubClient {
             Request::Checkpoint => self.http.get(self.cfg.hub_url(PATH_CHECKPOINT)),
             Request::Cosign(sub) => {
                 let body = serde_json::to_vec(sub).unwrap_or_default();
-                self.signed(reqwest::Method::POST, PATH_COSIGNATURE, body)
+                self.signed(key, reqwest::Method::POST, PATH_COSIGNATURE, body)
                     .header(CONTENT_TYPE, "application/json")
             }
             Request::CheckpointAt { size } => self
