@@ -478,7 +478,7 @@ pub fn routes() -> Router<AppState> {
         .route(
             admin::PATH_BUNDLE_BATCH,
             // Inside the router-wide limit, so this one wins for this route.
-            post(bundle_batch).layer(DefaultBodyLimit::max(crate::http::MAX_BODY)),
+            post(bundle_batch).layer(DefaultBodyLimit::max(crate::state::MAX_BODY)),
         )
         .layer(DefaultBodyLimit::max(admin::MAX_ADMIN_BODY))
 }
@@ -495,7 +495,7 @@ async fn bundle_batch(
         AdminError::Body(format!(
             "the batch could not be read ({}); a batch is at most {} bytes",
             e.body_text(),
-            crate::http::MAX_BODY
+            crate::state::MAX_BODY
         ))
     })?;
     let batch: spacesync_shared::wire::IngestBatch = spacesync_shared::json::from_slice(&bytes)

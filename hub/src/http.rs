@@ -42,13 +42,10 @@ use crate::render::{Format, Rendering};
 use crate::views::region_name;
 use crate::witness;
 
-/// Largest accepted request body, after decompression.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
 /// Re-exported for the binary, the configuration defaults and the tests, which named them
 /// here before the state had its own module.
 pub use crate::state::{
-    AddrKey, AppState, BODY_BUDGET, DEFAULT_BURST_PER_ADDRESS, DEFAULT_RATE_PER_ADDRESS,
+    AddrKey, AppState, BODY_BUDGET, DEFAULT_BURST_PER_ADDRESS, DEFAULT_RATE_PER_ADDRESS, MAX_BODY,
     MAX_TRACKED_ADDRESSES, RateLimiter, Throttled,
 };
 

@@ -15,9 +15,13 @@ use crate::auth::{NonceCache, REQUEST_WINDOW};
 use crate::hub::Hub;
 use crate::notices::NoticeBook;
 
+/// Largest ingest request body (after decompression): `POST /v1/ingest`, and an offline
+/// bundle's batch posted to the admin API.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// Ingest body bytes (after decompression) the hub holds at once across all requests.
 /// Without it, a client sending many gzip bodies that expand to just under
-/// [`crate::http::MAX_BODY`] and never finishing them makes the hub hold gigabytes.
+/// [`MAX_BODY`] and never finishing them makes the hub hold gigabytes.
 pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
 
 /// Refused requests a second per client address, by default (`rate_per_address`).

@@ -3,7 +3,7 @@
 //! of spacesync-pgtest), ends with the same final figures — the hub's `/v1/progress` at the
 //! end (nation, every provincial unit, flags, log size; only its `as_of` instant differs)
 //! — and each run's own checks pass (every record delivered, the log verifies, the latest
-//! bulletin verifies). The campaign runs in `SPACESYNC_DEMO_SECS` real seconds (default 12)
+//! bulletin verifies). The campaign runs in `SPACESYNC_DEMO_SECS` real seconds (default 30)
 //! each.
 
 use std::path::Path;
@@ -15,7 +15,11 @@ use spacesync_tests::cluster::hub_bin;
 
 /// Runs the demo into `dir` (with `--store`, when given) and returns its final figures.
 fn demo(dir: &Path, store: Option<&str>) -> Value {
-    let secs = std::env::var("SPACESYNC_DEMO_SECS").unwrap_or_else(|_| "12".into());
+    // 30 s, not the minimum: each process's accelerated clock starts when it is spawned,
+    // and records are fed 30 campaign hours after their date; at 12 s a campaign hour is
+    // 5 ms of real time, so a process that started 0.2 s late under load refused the
+    // day's records as "after today".
+    let secs = std::env::var("SPACESYNC_DEMO_SECS").unwrap_or_else(|_| "30".into());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spacesync-demo"));
     cmd.arg("--dir")
         .arg(dir)

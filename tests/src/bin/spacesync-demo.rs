@@ -60,8 +60,14 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free loopback ports: every listener is held until all are chosen (one
+/// chosen and closed at a time, the kernel may hand the same port out twice, and two agents
+/// configured with one port answer each other's requests).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 fn run(bin: &Path, args: &[&str]) -> Result<String> {
@@ -222,16 +228,17 @@ async fn main() -> Result<()> {
             "--data", &hub_data, "token", "create", "--role", "ministry", "--label", "demo",
         ],
     )?;
-    let hub_port = free_port()?;
+    let plans = simulate::generate(&campaign, args.seed);
+    let mut ports = free_ports(plans.len() + 1)?.into_iter();
+    let hub_port = ports.next().context("no port for the hub")?;
     let hub_url = format!("http://127.0.0.1:{hub_port}");
 
-    let plans = simulate::generate(&campaign, args.seed);
     // source -> (data dir, url, intake token)
     let mut agents: BTreeMap<String, (String, String, String)> = BTreeMap::new();
     for p in &plans {
         let data = dir.join("agents").join(p.unit.to_string());
         let data_s = data.to_string_lossy().to_string();
-        let port = free_port()?;
+        let port = ports.next().context("no port for an agent")?;
         let listen = format!("127.0.0.1:{port}");
         let scope = p.unit.to_string();
         let key = run(
