@@ -118,6 +118,14 @@ pub enum ConfigError {
         /// What it holds.
         what: String,
     },
+    /// A migration into the database has not finished.
+    #[error(
+        "the PostgreSQL database {shown} holds a migration that has not finished (meta/migrating): nothing serves or changes it until it has; run `spacesync-hub --data DIR migrate --to …` on the sled hub again to finish it, or give an empty database"
+    )]
+    Migrating {
+        /// The database, password hidden.
+        shown: String,
+    },
     /// The database belongs to the hub of another key.
     #[error(
         "the PostgreSQL database {shown} holds the log of another hub ({theirs}), not of this data directory's key ({ours} in {key}); point hub.toml's store at this hub's database, or use a copy of the other hub's data directory"
@@ -351,6 +359,13 @@ fn open_backend(dir: &DataDir, config: &HubConfig) -> Result<Arc<dyn Store>, Con
                 });
             }
             let store = PgStore::open(url)?;
+            // A half-copied key space would be served as if whole (and its first commit
+            // would stop the migration from resuming).
+            if store.get(crate::migrate::PROGRESS_KEY)?.is_some() {
+                return Err(ConfigError::Migrating {
+                    shown: store.shown().to_string(),
+                });
+            }
             let ours = keys::public_key_line(&keys::read_secret(&dir.key())?.verifying_key());
             if let Some(theirs) = store.get(store_keys::HUB)? {
                 let theirs = String::from_utf8_lossy(&theirs).into_owned();

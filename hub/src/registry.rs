@@ -257,10 +257,14 @@ pub fn apply_transition(rec: &mut SourceRecord, seq: u64, key_line: &str, at: Da
 }
 
 /// The key transition a source's log record carries, if any: (seq, new key line). Only
-/// payloads that mention the kind are parsed, so replaying a log reads few entries whole.
+/// payloads that spell the kind out, or hold any `\u` escape (which could spell it,
+/// `"key\u005ftransition"`: the entry parser decodes escapes, so ingest reads that as a
+/// transition too), are parsed, so replaying a log reads few entries whole.
 pub fn transition_in(payload: &[u8]) -> Option<(u64, String)> {
     const KIND: &[u8] = b"\"key_transition\"";
-    if !payload.windows(KIND.len()).any(|w| w == KIND) {
+    const ESCAPE: &[u8] = b"\\u";
+    let has = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    if !has(KIND) && !has(ESCAPE) {
         return None;
     }
     let entry = spacesync_shared::entry::Entry::from_payload(payload).ok()?;
@@ -378,4 +382,45 @@ pub fn replace_batch(
     }
     batch.put(LOGGED_KEY.to_vec(), b"1".to_vec());
     Ok(batch)
+}
+
+#[cfg(test)]
+mod transition_tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use spacesync_shared::entry::Entry;
+
+    /// A transition whose kind is spelled with a JSON escape is still one on replay, as it
+    /// is at ingest (which decodes escapes): otherwise the hub and `verify`, `rebuild` and
+    /// `bulletin verify` would disagree about the source's keys from then on.
+    #[test]
+    fn a_transition_is_found_however_its_kind_is_spelled() {
+        let new = SigningKey::from_bytes(&[9; 32]);
+        let e = Entry::key_transition(
+            SourceId::parse("gd-rrt").unwrap_or_else(|e| panic!("{e}")),
+            7,
+            spacesync_shared::Digest::of(b"prev"),
+            chrono::DateTime::UNIX_EPOCH,
+            "2018".into(),
+            &new,
+        );
+        let plain = e.to_payload();
+        let line = spacesync_shared::keys::public_key_line(&new.verifying_key());
+        assert_eq!(transition_in(&plain), Some((7, line.clone())));
+        let text = String::from_utf8(plain).unwrap_or_default();
+        assert!(text.contains("\"key_transition\""), "{text}");
+        let escaped = text.replace("\"key_transition\"", "\"key\\u005ftransition\"");
+        assert_ne!(escaped, text);
+        assert_eq!(
+            Entry::from_payload(escaped.as_bytes())
+                .map(|e| e.seq)
+                .ok(),
+            Some(7),
+            "the entry parser reads the escaped kind"
+        );
+        assert_eq!(transition_in(escaped.as_bytes()), Some((7, line)));
+        // Other records are not transitions, escaped or not.
+        let other = text.replace("\"key_transition\"", "\"activity\"");
+        assert_eq!(transition_in(other.as_bytes()), None);
+    }
 }

@@ -336,6 +336,28 @@ fn a_migrate_killed_mid_copy_finishes_when_run_again() {
     );
     drop(watch);
 
+    // A copy whose hub.toml an operator pointed at the database by hand before the copy
+    // finished: refused, not served from a half-copied key space.
+    let early = tmp.path().join("early");
+    std::fs::create_dir(&early).expect("mkdir");
+    for f in ["hub.key", "webhook.key", "campaign.toml"] {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), early.join(f)).expect("copy");
+        }
+    }
+    std::fs::write(
+        early.join("hub.toml"),
+        format!("store = {url:?}\n{}", toml.replace("store =", "# store =")),
+    )
+    .expect("hub.toml");
+    let out = run(&early, &["verify"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a half-migrated database was opened");
+    assert!(
+        said.contains("holds a migration that has not finished"),
+        "{said}"
+    );
+
     // `serve` on the embedded store still works meanwhile: nothing of it was changed.
     assert!(ok(&dir, &["verify"]).starts_with("ok:"));
 

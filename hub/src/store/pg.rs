@@ -360,6 +360,40 @@ fn split(batch: WriteBatch) -> Split {
     (deletes, keys, values)
 }
 
+/// Whether a URL that does not set `sslmode` gets `require`: when a CA file is given or
+/// any host is off this machine.
+fn tls_required_by_default(
+    url: &str,
+    ca_given: bool,
+    hosts: &[tokio_postgres::config::Host],
+) -> bool {
+    !has_query_param(url, "sslmode") && (ca_given || !all_loopback(hosts))
+}
+
+/// Whether the URL's query string sets `name`.
+fn has_query_param(url: &str, name: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == name)
+    })
+}
+
+/// Whether every host is this machine (a Unix socket, `localhost` or a loopback address).
+fn all_loopback(hosts: &[tokio_postgres::config::Host]) -> bool {
+    hosts.iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -386,6 +420,12 @@ impl PgStore {
                 chain(&e)
             ))
         })?;
+        // Without sslmode the driver would `prefer` TLS: a server (or anyone on the path)
+        // answering "no TLS" gets the hub's traffic in plain text. Off loopback, and
+        // whenever a CA was given, TLS is required unless the URL says otherwise.
+        if tls_required_by_default(&url, root_cert.is_some(), config.get_hosts()) {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         if config.get_password().is_none()
             && let Some(p) = std::env::var_os("PGPASSWORD")
         {
@@ -1227,6 +1267,39 @@ mod tests {
         let require = url.replace("sslmode=disable", "sslmode=require");
         let e = PgStore::open(&require).err().expect("refused").to_string();
         assert!(e.contains("TLS") || e.contains("SSL"), "{e}");
+    }
+
+    /// Without `sslmode`, TLS is required off loopback and whenever a CA is given: a
+    /// server (or a man in the middle) answering "no TLS" is refused rather than talked to
+    /// in plain text. On loopback the driver's `prefer` stays.
+    #[test]
+    fn tls_is_required_by_default_off_loopback_or_with_a_ca() {
+        use tokio_postgres::config::Host;
+        let tcp = |h: &str| Host::Tcp(h.to_string());
+        assert!(all_loopback(&[tcp("127.0.0.1"), tcp("localhost"), tcp("[::1]")]));
+        assert!(!all_loopback(&[tcp("127.0.0.1"), tcp("db.example")]));
+        assert!(!all_loopback(&[tcp("10.0.0.5")]));
+        assert!(has_query_param("postgres://h/db?a=1&sslmode=disable", "sslmode"));
+        assert!(!has_query_param("postgres://h/db?sslmodex=1", "sslmode"));
+        assert!(!has_query_param("postgres://h/db", "sslmode"));
+
+        let url = spacesync_pgtest::database();
+        let plain = url
+            .replace("?sslmode=disable&", "?")
+            .replace("?sslmode=disable", "")
+            .replace("&sslmode=disable", "");
+        assert!(!plain.contains("sslmode"), "{plain}");
+        PgStore::open(&plain).expect("loopback without sslmode: prefer, plain");
+        let local = [tcp("127.0.0.1")];
+        let remote = [tcp("db.example")];
+        assert!(!tls_required_by_default("postgres://u@127.0.0.1/db", false, &local));
+        assert!(tls_required_by_default("postgres://u@127.0.0.1/db", true, &local));
+        assert!(tls_required_by_default("postgres://u@db.example/db", false, &remote));
+        assert!(!tls_required_by_default(
+            "postgres://u@db.example/db?sslmode=disable",
+            false,
+            &remote
+        ));
     }
 
     /// Commits that may return before they are durable are refused at open.

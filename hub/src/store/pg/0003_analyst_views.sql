@@ -6,6 +6,9 @@
 
 -- Every log leaf, its stored record decoded (hub/src/log/record.rs: the binary layout,
 -- version 1, big-endian; records of older hubs are JSON objects starting with '{').
+-- For administrators only: `payload` is the signed bytes, contact forms' personal data
+-- included (docs/records.md, "Personal data"). Never granted to analysts; the other views
+-- leave that data out.
 CREATE VIEW spacesync_log AS
 SELECT
     (get_byte(k, 4)::bigint << 56) | (get_byte(k, 5)::bigint << 48)
@@ -102,8 +105,9 @@ SELECT
     d.entry -> 'record' ->> 'level' AS level,
     (d.entry -> 'record' ->> 'target_seq')::bigint AS target_seq,
     w.log_index AS withdrawn_by,
-    d.entry -> 'record' AS record,
-    d.entry
+    -- Personal data stays out: a contact form's details.contacts (names, phones, e-mail).
+    (d.entry -> 'record') #- '{details,contacts}' AS record,
+    d.entry #- '{record,details,contacts}' AS entry
 FROM decoded d
 LEFT JOIN withdrawals w
     ON w.source = d.source AND w.target_seq = d.seq AND w.log_index > d.log_index;
@@ -145,7 +149,10 @@ FROM snaps s LEFT JOIN baseline b ON true
 GROUP BY s.region, s.school, s.kind;
 
 -- The bulletins, newest first: number, when, the checkpoint they were computed at, and
--- the whole signed document.
+-- the document without its notices' webhook delivery records (bulletins of older hubs
+-- named webhooks by URL, which can carry a secret; the API hides them from non-admins
+-- too). That copy no longer verifies against the bulletin's signature: the signed
+-- original is the API's, with an admin token.
 CREATE VIEW spacesync_bulletins AS
 SELECT
     (d.doc ->> 'number')::bigint AS number,
@@ -153,7 +160,15 @@ SELECT
     (d.doc ->> 'as_of_date')::date AS as_of_date,
     d.doc ->> 'title' AS title,
     (d.doc -> 'checkpoint' ->> 'size')::bigint AS log_size,
-    d.doc AS document
+    CASE WHEN jsonb_typeof(d.doc -> 'notices') = 'array' THEN jsonb_set(
+        d.doc,
+        '{notices}',
+        COALESCE(
+            (SELECT jsonb_agg(x.n - 'webhooks' ORDER BY x.i)
+             FROM jsonb_array_elements(d.doc -> 'notices') WITH ORDINALITY AS x(n, i)),
+            '[]'::jsonb
+        )
+    ) ELSE d.doc END AS document
 FROM kv
 CROSS JOIN LATERAL (SELECT convert_from(v, 'UTF8')::jsonb AS doc) d
 WHERE k >= '\x62756c2f'::bytea AND k < '\x62756c30'::bytea;
