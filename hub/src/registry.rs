@@ -412,9 +412,7 @@ mod transition_tests {
         let escaped = text.replace("\"key_transition\"", "\"key\\u005ftransition\"");
         assert_ne!(escaped, text);
         assert_eq!(
-            Entry::from_payload(escaped.as_bytes())
-                .map(|e| e.seq)
-                .ok(),
+            Entry::from_payload(escaped.as_bytes()).map(|e| e.seq).ok(),
             Some(7),
             "the entry parser reads the escaped kind"
         );

@@ -340,6 +340,8 @@ fn a_migrate_killed_mid_copy_finishes_when_run_again() {
     // finished: refused, not served from a half-copied key space.
     let early = tmp.path().join("early");
     std::fs::create_dir(&early).expect("mkdir");
+    std::fs::set_permissions(&early, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod 700");
     for f in ["hub.key", "webhook.key", "campaign.toml"] {
         if dir.join(f).exists() {
             std::fs::copy(dir.join(f), early.join(f)).expect("copy");
@@ -350,6 +352,11 @@ fn a_migrate_killed_mid_copy_finishes_when_run_again() {
         format!("store = {url:?}\n{}", toml.replace("store =", "# store =")),
     )
     .expect("hub.toml");
+    std::fs::set_permissions(
+        early.join("hub.toml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod 600");
     let out = run(&early, &["verify"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a half-migrated database was opened");

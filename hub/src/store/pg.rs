@@ -1276,10 +1276,17 @@ mod tests {
     fn tls_is_required_by_default_off_loopback_or_with_a_ca() {
         use tokio_postgres::config::Host;
         let tcp = |h: &str| Host::Tcp(h.to_string());
-        assert!(all_loopback(&[tcp("127.0.0.1"), tcp("localhost"), tcp("[::1]")]));
+        assert!(all_loopback(&[
+            tcp("127.0.0.1"),
+            tcp("localhost"),
+            tcp("[::1]")
+        ]));
         assert!(!all_loopback(&[tcp("127.0.0.1"), tcp("db.example")]));
         assert!(!all_loopback(&[tcp("10.0.0.5")]));
-        assert!(has_query_param("postgres://h/db?a=1&sslmode=disable", "sslmode"));
+        assert!(has_query_param(
+            "postgres://h/db?a=1&sslmode=disable",
+            "sslmode"
+        ));
         assert!(!has_query_param("postgres://h/db?sslmodex=1", "sslmode"));
         assert!(!has_query_param("postgres://h/db", "sslmode"));
 
@@ -1292,9 +1299,21 @@ mod tests {
         PgStore::open(&plain).expect("loopback without sslmode: prefer, plain");
         let local = [tcp("127.0.0.1")];
         let remote = [tcp("db.example")];
-        assert!(!tls_required_by_default("postgres://u@127.0.0.1/db", false, &local));
-        assert!(tls_required_by_default("postgres://u@127.0.0.1/db", true, &local));
-        assert!(tls_required_by_default("postgres://u@db.example/db", false, &remote));
+        assert!(!tls_required_by_default(
+            "postgres://u@127.0.0.1/db",
+            false,
+            &local
+        ));
+        assert!(tls_required_by_default(
+            "postgres://u@127.0.0.1/db",
+            true,
+            &local
+        ));
+        assert!(tls_required_by_default(
+            "postgres://u@db.example/db",
+            false,
+            &remote
+        ));
         assert!(!tls_required_by_default(
             "postgres://u@db.example/db?sslmode=disable",
             false,
