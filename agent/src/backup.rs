@@ -79,6 +79,20 @@ pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, Backu
         ] {
             private_copy::copy_file(&from, &to)?;
         }
+        // A key rotation's files, when there are: the retired key still signs requests
+        // until the hub receipts the transition (the pusher may remove it meanwhile), and
+        // a new key the store may already name.
+        for (from, to) in [
+            (data.key_retired(), target.key_retired()),
+            (data.key_next(), target.key_next()),
+        ] {
+            if from.exists() {
+                match private_copy::copy_file(&from, &to) {
+                    Err(_) if !from.exists() => {}
+                    other => other?,
+                }
+            }
+        }
         crate::spool::create_dirs(&target)?;
         Ok::<_, BackupError>(store.backup(&target.db())?)
     })();

@@ -481,6 +481,14 @@ mod tests {
         // Not receipted: the retired key stays.
         assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
         assert!(data.key_retired().exists());
+        // A backup meanwhile keeps it too (a restored agent still signs its requests).
+        std::fs::write(data.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.token(), "token").unwrap_or_else(|e| panic!("{e}"));
+        let out = _dir.path().join("backup");
+        crate::backup::write(&data, &store, &out).unwrap_or_else(|e| panic!("{e}"));
+        let copy = DataDir::new(&out);
+        assert_eq!(line(&copy.key_retired()), line(&data.key_retired()));
+        assert_eq!(line(&copy.key()), line(&data.key()));
         // Receipted through seq 2: the next open removes it.
         store
             .record_receipts(&[(1, b"r1".to_vec()), (2, b"r2".to_vec())])
