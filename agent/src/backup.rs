@@ -173,3 +173,26 @@ pub fn restore(backup: &Path, data: &DataDir) -> Result<u64, BackupError> {
     }
     Ok(head)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::rotate::tests::{agent, first_entry, line, now};
+
+    /// A backup made between `rotate-key` and the hub's receipt of the transition keeps
+    /// the retired key: the restored agent still signs its requests with the key the hub
+    /// names until the transition arrives.
+    #[test]
+    fn a_backup_keeps_a_rotations_retired_key() {
+        let (dir, data, cfg, store) = agent();
+        first_entry(&data, &cfg, &store);
+        crate::rotate::rotate(&data, &cfg, &store, "2018", now()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.token(), "token").unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join("backup");
+        super::write(&data, &store, &out).unwrap_or_else(|e| panic!("{e}"));
+        let copy = crate::config::DataDir::new(&out);
+        assert_eq!(line(&copy.key_retired()), line(&data.key_retired()));
+        assert_eq!(line(&copy.key()), line(&data.key()));
+        assert!(!copy.key_next().exists());
+    }
+}
