@@ -79,6 +79,20 @@ pub fn write(data: &DataDir, store: &Store, out: &Path) -> Result<Summary, Backu
         ] {
             private_copy::copy_file(&from, &to)?;
         }
+        // A key rotation's files, when there are: the retired key still signs requests
+        // until the hub receipts the transition (the pusher may remove it meanwhile), and
+        // a new key the store may already name.
+        for (from, to) in [
+            (data.key_retired(), target.key_retired()),
+            (data.key_next(), target.key_next()),
+        ] {
+            if from.exists() {
+                match private_copy::copy_file(&from, &to) {
+                    Err(_) if !from.exists() => {}
+                    other => other?,
+                }
+            }
+        }
         crate::spool::create_dirs(&target)?;
         Ok::<_, BackupError>(store.backup(&target.db())?)
     })();
@@ -158,4 +172,27 @@ pub fn restore(backup: &Path, data: &DataDir) -> Result<u64, BackupError> {
         return Err(e.into());
     }
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rotate::tests::{agent, first_entry, line, now};
+
+    /// A backup made between `rotate-key` and the hub's receipt of the transition keeps
+    /// the retired key: the restored agent still signs its requests with the key the hub
+    /// names until the transition arrives.
+    #[test]
+    fn a_backup_keeps_a_rotations_retired_key() {
+        let (dir, data, cfg, store) = agent();
+        first_entry(&data, &cfg, &store);
+        crate::rotate::rotate(&data, &cfg, &store, "2018", now()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.token(), "token").unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join("backup");
+        super::write(&data, &store, &out).unwrap_or_else(|e| panic!("{e}"));
+        let copy = crate::config::DataDir::new(&out);
+        assert_eq!(line(&copy.key_retired()), line(&data.key_retired()));
+        assert_eq!(line(&copy.key()), line(&data.key()));
+        assert!(!copy.key_next().exists());
+    }
 }

@@ -3,11 +3,13 @@
 //! the new public key and that key's signature over
 //! [`spacesync_shared::admin::enrol_message`] (bound to the code and to the hub key the
 //! code pins); the hub registers the key as `agents add` does and answers the source and
-//! scope it was invited for. The agent then pins the code's hub key, so it never trusts a
-//! key first seen on the network.
+//! scope it was invited for, signed by the hub's key
+//! ([`spacesync_shared::admin::enrolled_message`]): the agent believes the answer only when
+//! that signature verifies with the hub key the code pins, for its own new key. The agent
+//! then pins the code's hub key, so it never trusts a key first seen on the network.
 
 use ed25519_dalek::SigningKey;
-use spacesync_shared::admin::{self, EnrolCode, Enrolled};
+use spacesync_shared::admin::{self, EnrolCode, Enrolled, EnrolledError};
 use spacesync_shared::wire::ErrorBody;
 
 /// Why enrolment failed; each says what to do.
@@ -54,6 +56,14 @@ pub enum EnrolError {
         pinned: String,
         /// The key line the answer named.
         answered: String,
+    },
+    /// The answer is not signed by the key the code pins, for this agent's key.
+    #[error(
+        "the hub at {hub} answered an enrolment not signed by the hub key the code pins (for this agent's key); nothing is trusted (is something between this machine and the hub?)"
+    )]
+    Unsigned {
+        /// The code's hub URL.
+        hub: String,
     },
 }
 
@@ -113,12 +123,77 @@ pub async fn enrol(
         hub: hub.clone(),
         why: e.to_string(),
     })?;
-    if enrolled.hub_key != code.hub_key {
-        return Err(EnrolError::WrongHub {
+    let own = spacesync_shared::keys::public_key_line(&key.verifying_key());
+    match enrolled.verify(&code.hub_key, &own) {
+        Ok(()) => Ok(enrolled),
+        Err(EnrolledError::WrongHub { pinned, answered }) => Err(EnrolError::WrongHub {
             hub,
-            pinned: code.hub_key.clone(),
-            answered: enrolled.hub_key,
-        });
+            pinned,
+            answered,
+        }),
+        Err(EnrolledError::Signature) => Err(EnrolError::Unsigned { hub }),
     }
-    Ok(enrolled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spacesync_shared::keys::public_key_line;
+
+    /// A "hub" on a loopback port that answers every enrolment with `answer`.
+    async fn answering(answer: Enrolled) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let app = axum::Router::new().route(
+            admin::PATH_ENROL,
+            axum::routing::post(move || {
+                let answer = answer.clone();
+                async move { axum::Json(answer) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn code(hub: String, hub_key: &SigningKey) -> EnrolCode {
+        EnrolCode {
+            hub,
+            hub_key: public_key_line(&hub_key.verifying_key()),
+            secret: "ab".repeat(32),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_an_answer_signed_by_the_pinned_hub_for_this_key_is_believed() {
+        let hub = SigningKey::from_bytes(&[41; 32]);
+        let agent = SigningKey::from_bytes(&[42; 32]);
+        let own = public_key_line(&agent.verifying_key());
+
+        // The pinned hub's answer for this agent's key: believed.
+        let genuine = Enrolled::signed(&hub, "gd-a", "440000", &own);
+        let url = answering(genuine.clone()).await;
+        let got = enrol(&code(url, &hub), &agent, None).await;
+        assert_eq!(got.ok(), Some(genuine.clone()));
+
+        // Something in between widens the scope of the genuine answer: refused.
+        let mut wider = genuine.clone();
+        wider.scope = "110000".into();
+        let url = answering(wider).await;
+        let got = enrol(&code(url.clone(), &hub), &agent, None).await;
+        assert!(matches!(got, Err(EnrolError::Unsigned { .. })), "{got:?}");
+
+        // A genuine answer for another agent's key: refused.
+        let other = public_key_line(&SigningKey::from_bytes(&[43; 32]).verifying_key());
+        let url = answering(Enrolled::signed(&hub, "gd-a", "440000", &other)).await;
+        let got = enrol(&code(url, &hub), &agent, None).await;
+        assert!(matches!(got, Err(EnrolError::Unsigned { .. })), "{got:?}");
+
+        // Another hub's signed answer: the wrong hub.
+        let impostor = SigningKey::from_bytes(&[44; 32]);
+        let url = answering(Enrolled::signed(&impostor, "gd-a", "440000", &own)).await;
+        let got = enrol(&code(url, &hub), &agent, None).await;
+        assert!(matches!(got, Err(EnrolError::WrongHub { .. })), "{got:?}");
+    }
 }

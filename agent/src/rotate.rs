@@ -306,11 +306,11 @@ pub fn forget_retired(data: &DataDir) -> Result<(), RotateError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An initialised data directory (as `init` makes it) and its store.
-    fn agent() -> (tempfile::TempDir, DataDir, Config, Store) {
+    pub(crate) fn agent() -> (tempfile::TempDir, DataDir, Config, Store) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let data = DataDir::new(dir.path().join("a"));
         data.create_private().unwrap_or_else(|e| panic!("{e}"));
@@ -329,7 +329,7 @@ mod tests {
         (dir, data, cfg, store)
     }
 
-    fn line(path: &Path) -> String {
+    pub(crate) fn line(path: &Path) -> String {
         keys::public_key_line(
             &keys::read_secret(path)
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -337,12 +337,12 @@ mod tests {
         )
     }
 
-    fn now() -> DateTime<Utc> {
+    pub(crate) fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_542_679_200, 0).unwrap_or_default()
     }
 
     /// One activity at seq 1, signed by the agent's key, appended and flushed.
-    fn first_entry(data: &DataDir, cfg: &Config, store: &Store) {
+    pub(crate) fn first_entry(data: &DataDir, cfg: &Config, store: &Store) {
         let key = keys::read_secret(&data.key()).unwrap_or_else(|e| panic!("{e}"));
         let v = serde_json::json!({"kind":"activity","region":"440100","date":"2018-11-20",
             "category":"training","title":"before"});

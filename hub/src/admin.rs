@@ -407,11 +407,8 @@ pub fn enrol(hub: &Hub, req: &EnrolRequest) -> Result<Enrolled, AdminError> {
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let mut rec = read()?;
-    let answer = Enrolled {
-        source: rec.source.to_string(),
-        scope: rec.scope.to_string(),
-        hub_key,
-    };
+    // Signed, so the agent believes it only from the hub its code pins.
+    let answer = Enrolled::signed(&hub.key, rec.source.as_str(), &rec.scope.to_string(), &line);
     match &rec.used_by {
         // The same agent again (its answer was lost): the same answer.
         Some(used) if *used == line => return Ok(answer),

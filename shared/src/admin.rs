@@ -299,8 +299,11 @@ impl std::fmt::Debug for EnrolRequest {
     }
 }
 
-/// What an enrolled agent is registered as.
+/// What an enrolled agent is registered as, signed by the hub: the agent checks the
+/// signature with the hub key its code pins ([`Enrolled::verify`]), so an answer from
+/// anything between it and the hub is not believed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Enrolled {
     /// Its source id.
     pub source: String,
@@ -308,6 +311,70 @@ pub struct Enrolled {
     pub scope: String,
     /// The hub's key line (the agent checks it against the code's).
     pub hub_key: String,
+    /// Base64 Ed25519 signature by the hub's key over [`enrolled_message`] (hub key,
+    /// source, scope and the enrolled agent's key).
+    pub signature: String,
+}
+
+/// The bytes the hub signs in an [`Enrolled`] answer: a context string, the hub's key
+/// line, the source, the scope and the enrolled agent's key line, one per line.
+pub fn enrolled_message(hub_key: &str, source: &str, scope: &str, agent_key: &str) -> Vec<u8> {
+    format!("spacesync-enrolled-v1\n{hub_key}\n{source}\n{scope}\n{agent_key}\n").into_bytes()
+}
+
+/// Why an [`Enrolled`] answer is not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolledError {
+    /// Another hub key than the code pins.
+    #[error("the answer names hub key {answered}, but the code pins {pinned}")]
+    WrongHub {
+        /// The key line the code pins.
+        pinned: String,
+        /// The key line the answer named.
+        answered: String,
+    },
+    /// The signature is missing, malformed or not the pinned key's over this enrolment.
+    #[error(
+        "the answer is not signed by the hub key the code pins, for this agent's key (a forged or altered answer)"
+    )]
+    Signature,
+}
+
+impl Enrolled {
+    /// The hub's answer registering `agent_key` as `source` with `scope`, signed by `hub`.
+    pub fn signed(hub: &SigningKey, source: &str, scope: &str, agent_key: &str) -> Enrolled {
+        let hub_key = keys::public_key_line(&hub.verifying_key());
+        let sig = hub.sign(&enrolled_message(&hub_key, source, scope, agent_key));
+        Enrolled {
+            source: source.to_string(),
+            scope: scope.to_string(),
+            hub_key,
+            signature: STANDARD.encode(sig.to_bytes()),
+        }
+    }
+
+    /// Checks the answer against the hub key line the code pins and the agent's own key
+    /// line (the one rule of [`crate::sig`]).
+    pub fn verify(&self, pinned: &str, agent_key: &str) -> Result<(), EnrolledError> {
+        if self.hub_key != pinned {
+            return Err(EnrolledError::WrongHub {
+                pinned: pinned.to_string(),
+                answered: self.hub_key.clone(),
+            });
+        }
+        let key = keys::parse_public_key(pinned).map_err(|_| EnrolledError::Signature)?;
+        let sig: [u8; 64] = STANDARD
+            .decode(&self.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(EnrolledError::Signature)?;
+        crate::sig::verify(
+            &key,
+            &enrolled_message(pinned, &self.source, &self.scope, agent_key),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| EnrolledError::Signature)
+    }
 }
 
 /// The bytes an enrolling agent signs: a context string, the hub's key line, the SHA-256
@@ -571,6 +638,52 @@ mod tests {
             EnrolCode::parse(&format!("{CODE_PREFIX}{}", URL_SAFE_NO_PAD.encode(four))),
             Err(CodeError::Format)
         );
+    }
+
+    #[test]
+    fn the_enrolled_answer_is_the_pinned_hubs_for_this_agent() {
+        let hub = SigningKey::from_bytes(&[31; 32]);
+        let pinned = keys::public_key_line(&hub.verifying_key());
+        let agent = keys::public_key_line(&SigningKey::from_bytes(&[32; 32]).verifying_key());
+        let answer = Enrolled::signed(&hub, "gd-a", "440000", &agent);
+        assert_eq!(answer.verify(&pinned, &agent), Ok(()));
+        // For another agent's key, with another source or scope, unsigned, or by a hub
+        // that is not the pinned one: refused.
+        let other = keys::public_key_line(&SigningKey::from_bytes(&[33; 32]).verifying_key());
+        assert_eq!(
+            answer.verify(&pinned, &other),
+            Err(EnrolledError::Signature)
+        );
+        let mut wider = answer.clone();
+        wider.scope = "110000".into();
+        assert_eq!(wider.verify(&pinned, &agent), Err(EnrolledError::Signature));
+        let mut renamed = answer.clone();
+        renamed.source = "gd-b".into();
+        assert_eq!(
+            renamed.verify(&pinned, &agent),
+            Err(EnrolledError::Signature)
+        );
+        let mut unsigned = answer.clone();
+        unsigned.signature = String::new();
+        assert_eq!(
+            unsigned.verify(&pinned, &agent),
+            Err(EnrolledError::Signature)
+        );
+        let impostor = SigningKey::from_bytes(&[34; 32]);
+        let mut forged = Enrolled::signed(&impostor, "gd-a", "440000", &agent);
+        assert!(matches!(
+            forged.verify(&pinned, &agent),
+            Err(EnrolledError::WrongHub { .. })
+        ));
+        // Naming the pinned key does not help a signature by another.
+        forged.hub_key = pinned.clone();
+        assert_eq!(
+            forged.verify(&pinned, &agent),
+            Err(EnrolledError::Signature)
+        );
+        // An answer without a signature does not even read.
+        let json = r#"{"source":"gd-a","scope":"440000","hub_key":"x"}"#;
+        assert!(serde_json::from_str::<Enrolled>(json).is_err());
     }
 
     #[test]

@@ -317,7 +317,7 @@ impl Transport for HubClient {
         let answer = self.send_signed_by(req, &first).await?;
         let signed = matches!(
             req,
-            Request::Head | Request::Notices { .. } | Request::AckNotices(_)
+            Request::Head | Request::Notices { .. } | Request::AckNotices(_) | Request::Cosign(_)
         );
         match other {
             // Across a key transition the hub names one of the two keys.
