@@ -361,7 +361,7 @@ fn open_backend(dir: &DataDir, config: &HubConfig) -> Result<Arc<dyn Store>, Con
             let store = PgStore::open(url)?;
             // A half-copied key space would be served as if whole (and its first commit
             // would stop the migration from resuming).
-            if store.get(crate::migrate::PROGRESS_KEY)?.is_some() {
+            if store.get(store_keys::MIGRATING)?.is_some() {
                 return Err(ConfigError::Migrating {
                     shown: store.shown().to_string(),
                 });

@@ -45,7 +45,7 @@ pub const CHUNK: usize = 2000;
 pub const CHUNK_BYTES: usize = 8 << 20;
 
 /// Where an unfinished copy records how far it got.
-pub const PROGRESS_KEY: &[u8] = b"meta/migrating";
+pub const PROGRESS_KEY: &[u8] = crate::store::keys::MIGRATING;
 
 /// Why `migrate` stopped; each says what to do.
 #[derive(Debug, thiserror::Error)]

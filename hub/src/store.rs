@@ -650,6 +650,9 @@ pub mod keys {
     /// every [`super::Store::commit`] (sled and memory; PostgreSQL keeps it in a row of its
     /// own, `spacesync_head`).
     pub const HEAD: &[u8] = b"meta/head";
+    /// `meta/migrating` → the progress record of a `migrate --to` copy not finished yet
+    /// (`crate::migrate`); a database holding it is not opened to serve.
+    pub const MIGRATING: &[u8] = b"meta/migrating";
     /// `meta/hubseq` → seq of the hub's own last entry.
     pub const HUB_SEQ: &[u8] = b"meta/hubseq";
     /// The latest hub-clock instant at which a signed request was accepted: requests
