@@ -264,6 +264,15 @@ pub fn migrate(
     // 2. The copy, resumable.
     let mut copied = 0u64;
     if !already_moved {
+        // Writes that are no commit (a token revoked, an invitation, a nonce) change
+        // neither head nor log size: what the interrupted run copied is made equal to the
+        // source again before the copy goes on, so such a change is not lost.
+        if let Some(last) = &from {
+            let fixed = sync_prefix(&source, &target, last)?;
+            if fixed > 0 {
+                progress("re-copy keys changed since the interrupted run", fixed);
+            }
+        }
         let mut start = match from {
             // The smallest key after the last one copied.
             Some(mut last) => {
@@ -482,4 +491,151 @@ fn point_config_at(dir: &DataDir, url: &str) -> Result<(), MigrateError> {
     // Read back as `serve` will.
     config::load_config(dir)?;
     Ok(())
+}
+
+/// Makes `target`'s keys up to `upto` (inclusive) equal to `source`'s, the head and the
+/// progress record aside: puts what differs or is missing, deletes what the source no
+/// longer holds. Returns how many keys it changed.
+fn sync_prefix(source: &dyn Store, target: &dyn Store, upto: &[u8]) -> Result<u64, StoreError> {
+    let ours = |k: &[u8]| k != store_keys::HEAD && k != PROGRESS_KEY;
+    let upto = upto.to_vec();
+    let bounded = move |r: &Result<(Vec<u8>, Vec<u8>), StoreError>| {
+        r.as_ref()
+            .map_or(true, |(k, _)| k.as_slice() <= upto.as_slice())
+    };
+    let mut src = source
+        .scan(b"")
+        .take_while(bounded.clone())
+        .filter(|r| r.as_ref().map_or(true, |(k, _)| ours(k)))
+        .peekable();
+    let mut dst = target
+        .scan(b"")
+        .take_while(bounded)
+        .filter(|r| r.as_ref().map_or(true, |(k, _)| ours(k)))
+        .peekable();
+    let (mut batch, mut in_batch, mut fixed) = (WriteBatch::new(), 0usize, 0u64);
+    loop {
+        let next_src = src.peek().map(|r| r.as_ref().map(|(k, _)| k.clone()));
+        let next_dst = dst.peek().map(|r| r.as_ref().map(|(k, _)| k.clone()));
+        let (a, b) = match (next_src, next_dst) {
+            (None, None) => break,
+            (Some(Err(_)), _) => return Err(src.next().and_then(Result::err).unwrap_or_else(gone)),
+            (_, Some(Err(_))) => return Err(dst.next().and_then(Result::err).unwrap_or_else(gone)),
+            (Some(Ok(a)), Some(Ok(b))) => (Some(a), Some(b)),
+            (Some(Ok(a)), None) => (Some(a), None),
+            (None, Some(Ok(b))) => (None, Some(b)),
+        };
+        match (a, b) {
+            (Some(a), Some(b)) if a == b => {
+                let (_, v) = src.next().transpose()?.unwrap_or_default();
+                let (_, w) = dst.next().transpose()?.unwrap_or_default();
+                if v != w {
+                    batch.put(a, v);
+                    (in_batch, fixed) = (in_batch + 1, fixed + 1);
+                }
+            }
+            (Some(a), b) if b.as_ref().is_none_or(|b| a < *b) => {
+                let (k, v) = src.next().transpose()?.unwrap_or_default();
+                batch.put(k, v);
+                (in_batch, fixed) = (in_batch + 1, fixed + 1);
+            }
+            _ => {
+                let (k, _) = dst.next().transpose()?.unwrap_or_default();
+                batch.delete(k);
+                (in_batch, fixed) = (in_batch + 1, fixed + 1);
+            }
+        }
+        if in_batch >= 1024 {
+            target.apply(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        target.apply(batch)?;
+    }
+    Ok(fixed)
+}
+
+/// The error for an iterator that ended where it had just shown an error (cannot happen).
+fn gone() -> StoreError {
+    StoreError::Backend {
+        op: "scan",
+        message: "a scan ended while comparing the stores".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn put(s: &dyn Store, pairs: &[(&str, &str)]) {
+        let mut b = WriteBatch::new();
+        for (k, v) in pairs {
+            b.put(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        s.apply(b).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn all(s: &dyn Store) -> Vec<(String, String)> {
+        s.scan(b"")
+            .map(|r| {
+                let (k, v) = r.unwrap_or_else(|e| panic!("{e}"));
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// A resumed copy first makes what the interrupted run copied equal to the source:
+    /// changed values copied again, new keys added, keys the source dropped deleted; keys
+    /// past the resume point and the progress record untouched.
+    #[test]
+    fn a_resumed_copy_repairs_what_changed_since() {
+        let (source, target) = (MemStore::new(), MemStore::new());
+        put(
+            &source,
+            &[
+                ("a", "1"),
+                ("b", "new"),
+                ("c", "3"),
+                ("tok/1", "revoked"),
+                ("z", "9"),
+            ],
+        );
+        put(
+            &target,
+            &[
+                ("a", "1"),
+                ("b", "old"),
+                ("bb", "gone"),
+                ("tok/1", "active"),
+                ("zz", "later"),
+            ],
+        );
+        let mut p = WriteBatch::new();
+        p.put(PROGRESS_KEY, b"progress".to_vec());
+        target.apply(p).unwrap_or_else(|e| panic!("{e}"));
+        let fixed = sync_prefix(&source, &target, b"tok/1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fixed, 4, "b changed, bb dropped, c added, tok/1 changed");
+        let got = all(&target);
+        let want: Vec<(String, String)> = [
+            ("a", "1"),
+            ("b", "new"),
+            ("c", "3"),
+            ("meta/migrating", "progress"),
+            ("tok/1", "revoked"),
+            ("zz", "later"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            sync_prefix(&source, &target, b"tok/1").unwrap_or_else(|e| panic!("{e}")),
+            0
+        );
+    }
 }
