@@ -61,6 +61,17 @@ pub enum RotateError {
         "{0} holds a new key whose key-transition entry was not written yet (an interrupted `rotate-key`); run `spacesync-agent rotate-key` again to finish it (no hub is needed), or `rotate-key --lost` when the old key is gone"
     )]
     Pending(std::path::PathBuf),
+    /// The last rotation's transition is not receipted by the hub yet: the hub knows only
+    /// the retired key, which a second rotation would destroy.
+    #[error(
+        "the last key rotation (its key-transition entry, seq {through}) is not delivered to the hub yet, and until it is the hub knows only the retired key in {path}; run the agent until `status` shows seq {through} delivered, then rotate again (or `rotate-key --lost` when the ministry re-registers the key by hand)"
+    )]
+    Undelivered {
+        /// The retired key file.
+        path: std::path::PathBuf,
+        /// Seq of the undelivered transition.
+        through: u64,
+    },
     /// The key file does not hold the key the store is bound to.
     #[error(
         "{path} does not hold the key this store signs with ({want}); restore the right agent.key (from a backup) before rotating"
@@ -196,6 +207,16 @@ fn rotate_with(
         let history = store.key_history()?;
         let (from_seq, key) = history.last().cloned().unwrap_or_default();
         return Ok(Done { key, from_seq });
+    }
+    // A second rotation before the hub has the first would overwrite the only key the
+    // hub knows (agent.key.retired): the agent could then sign nothing it accepts.
+    if let Some(r) = retired(data, store)?
+        && store.acked()? < r.through
+    {
+        return Err(RotateError::Undelivered {
+            path: data.key_retired(),
+            through: r.through,
+        });
     }
     crash(Step::Start)?;
     let old = keys::read_secret(&data.key())?;
@@ -476,11 +497,24 @@ pub(crate) mod tests {
         assert_eq!(consistent(&data, &cfg, &store, &old), 2);
         assert_eq!(
             store.key_history().unwrap_or_else(|e| panic!("{e}")),
-            vec![(1, old), (3, done.key)]
+            vec![(1, old), (3, done.key.clone())]
         );
         // Not receipted: the retired key stays.
         assert!(!settle(&data, &cfg, &store).unwrap_or_else(|e| panic!("{e}")));
         assert!(data.key_retired().exists());
+        // A second rotation now would destroy the only key the hub knows: refused, and
+        // nothing changes.
+        let retired_before = std::fs::read(data.key_retired()).unwrap_or_default();
+        assert!(matches!(
+            rotate(&data, &cfg, &store, "2018", now()),
+            Err(RotateError::Undelivered { through: 2, .. })
+        ));
+        assert_eq!(
+            std::fs::read(data.key_retired()).unwrap_or_default(),
+            retired_before
+        );
+        assert_eq!(line(&data.key()), done.key);
+        assert!(!data.key_next().exists());
         // Receipted through seq 2: the next open removes it.
         store
             .record_receipts(&[(1, b"r1".to_vec()), (2, b"r2".to_vec())])
