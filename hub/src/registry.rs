@@ -159,7 +159,17 @@ pub fn plan_rotate(
         });
     }
     let line = public_key_line(&key);
-    key_unused(registry, &line)?;
+    // The source's own earlier key may be scheduled again: that is how an admin undoes a
+    // rotation not in effect yet (one that named the key an agent's undelivered
+    // transition names, which would otherwise refuse that transition for good). Another
+    // source's key never.
+    match key_known(registry, &line) {
+        Some(owner) if owner != rec.id => return Err(RegistryError::KeyInUse(owner)),
+        Some(_) if rec.keys.last().is_some_and(|k| k.key == line) => {
+            return Err(RegistryError::KeyInUse(rec.id.clone()));
+        }
+        _ => {}
+    }
     Ok(HubEntry::KeyRotated(KeyRotated {
         seq,
         source: rec.id.clone(),
@@ -420,5 +430,47 @@ mod transition_tests {
         // Other records are not transitions, escaped or not.
         let other = text.replace("\"key_transition\"", "\"activity\"");
         assert_eq!(transition_in(other.as_bytes()), None);
+    }
+
+    /// An admin rotation not in effect yet can be undone by scheduling the source's own
+    /// earlier key again from the same seq; another source's key, or the key the source's
+    /// schedule ends with, stays refused.
+    #[test]
+    fn an_admin_rotation_is_undone_with_the_sources_own_earlier_key() {
+        let line = |b: u8| {
+            spacesync_shared::keys::public_key_line(
+                &ed25519_dalek::SigningKey::from_bytes(&[b; 32]).verifying_key(),
+            )
+        };
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let rec = |id: &str, keys: Vec<(u64, String)>| SourceRecord {
+            id: SourceId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+            scope: spacesync_shared::RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}")),
+            status: SourceStatus::Active,
+            keys: keys
+                .into_iter()
+                .map(|(from_seq, key)| SourceKey {
+                    key,
+                    from_seq,
+                    added_at: at,
+                })
+                .collect(),
+            added_at: at,
+            revoked_at: None,
+        };
+        let a = rec("gd-a", vec![(1, line(1)), (7, line(2))]);
+        let b = rec("gd-b", vec![(1, line(3))]);
+        let registry: HashMap<SourceId, SourceRecord> =
+            [(a.id.clone(), a), (b.id.clone(), b)].into_iter().collect();
+        let planned = plan_rotate(&registry, "gd-a", &line(1), Some(7), 6, 1, at);
+        assert!(planned.is_ok(), "{planned:?}");
+        assert!(matches!(
+            plan_rotate(&registry, "gd-a", &line(3), Some(7), 6, 1, at),
+            Err(RegistryError::KeyInUse(_))
+        ));
+        assert!(matches!(
+            plan_rotate(&registry, "gd-a", &line(2), Some(8), 6, 1, at),
+            Err(RegistryError::KeyInUse(_))
+        ));
     }
 }
