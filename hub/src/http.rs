@@ -488,12 +488,39 @@ async fn read_budgeted(
     Ok((buf.into(), held))
 }
 
+/// `POST /v1/ingest`, counted for `/metrics`: entries appended, refusals by code (of
+/// entries, or of the whole batch), and how long the answer took (429s are counted apart,
+/// in `spacesync_hub_throttled_total`).
 async fn ingest(
     State(s): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, AppError> {
+    let started = std::time::Instant::now();
+    let metrics = s.ingest_metrics.clone();
+    let answer = ingest_answer(State(s), client, headers, body).await;
+    match &answer {
+        Ok((outcome, _)) => metrics.batch(
+            started.elapsed(),
+            outcome.appended,
+            outcome.response.refused.iter().map(|r| r.code),
+            None,
+        ),
+        Err(e) if e.status != StatusCode::TOO_MANY_REQUESTS => {
+            metrics.batch(started.elapsed(), 0, [], e.body.code)
+        }
+        Err(_) => {}
+    }
+    answer.map(|(_, response)| response)
+}
+
+async fn ingest_answer(
+    State(s): State<AppState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(crate::ingest::IngestOutcome, Response), AppError> {
     if !json_content_type(&headers) {
         return Err(s.refuse(
             &client,
@@ -525,7 +552,8 @@ async fn ingest(
     .await
     .map_err(AppError::internal)??;
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    Ok((status, Json(outcome.response)).into_response())
+    let response = (status, Json(&outcome.response)).into_response();
+    Ok((outcome, response))
 }
 
 /// Verifies a batch, charges the right budget, appends. Whose budget a batch spends:
@@ -1260,7 +1288,48 @@ fn metrics_text(s: &AppState) -> Response {
             h.seq
         ));
     }
+    // When each source's latest entry arrived (hub clock): one index read per source.
+    out.push_str("# HELP spacesync_hub_source_last_seen_timestamp_seconds When the hub received the newest entry it holds of each source (Unix time, hub clock).\n# TYPE spacesync_hub_source_last_seen_timestamp_seconds gauge\n");
+    let mut sources: Vec<_> = st.heads.iter().map(|(id, h)| (id.clone(), h.seq)).collect();
+    sources.sort();
     drop(st);
+    for (id, seq) in sources {
+        if seq == 0 {
+            continue;
+        }
+        if let Ok(Some(held)) = s.hub.held(&id, seq) {
+            out.push_str(&format!(
+                "spacesync_hub_source_last_seen_timestamp_seconds{{source=\"{id}\"}} {:.3}\n",
+                held.received_at.timestamp_millis() as f64 / 1000.0
+            ));
+        }
+    }
+    s.ingest_metrics.render(&mut out);
+    let notices = s.notices.list(crate::auth::Role::Admin);
+    out.push_str("# HELP spacesync_hub_notices_pending Notices raised that no agent fetched and no webhook accepted yet.\n# TYPE spacesync_hub_notices_pending gauge\n");
+    out.push_str(&format!(
+        "spacesync_hub_notices_pending {}\n",
+        notices.iter().filter(|n| n.state == "pending").count()
+    ));
+    let (mut failures, mut failing) = (0u64, 0u64);
+    for w in notices.iter().flat_map(|n| n.webhooks.values()) {
+        let delivered = u64::from(w.delivered_at.is_some());
+        failures += u64::from(w.attempts).saturating_sub(delivered);
+        failing += u64::from(w.delivered_at.is_none() && w.attempts > 0);
+    }
+    out.push_str("# HELP spacesync_hub_webhook_failures_total Webhook delivery attempts that failed (every replica's, as stored).\n# TYPE spacesync_hub_webhook_failures_total counter\n");
+    out.push_str(&format!(
+        "spacesync_hub_webhook_failures_total {failures}\n"
+    ));
+    out.push_str("# HELP spacesync_hub_webhook_deliveries_failing Webhook deliveries tried and not yet accepted (still being retried).\n# TYPE spacesync_hub_webhook_deliveries_failing gauge\n");
+    out.push_str(&format!(
+        "spacesync_hub_webhook_deliveries_failing {failing}\n"
+    ));
+    out.push_str("# HELP spacesync_hub_build_info The running hub's version (always 1).\n# TYPE spacesync_hub_build_info gauge\n");
+    out.push_str(&format!(
+        "spacesync_hub_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    ));
     out.push_str("# HELP spacesync_hub_throttled_total Requests answered 429, by whose budget ran out.\n# TYPE spacesync_hub_throttled_total counter\n");
     for (budget, n) in [
         ("address", &s.throttled.address),

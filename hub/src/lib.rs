@@ -28,6 +28,7 @@
 //! - [`serve`]: `serve`'s process wiring — API, metrics listener and scheduler, shutdown.
 //! - [`cli`]: the subcommands; `src/bin/spacesync-hub.rs` only parses and calls it.
 //! - [`maintenance`]: `rebuild` and `verify` over the whole log.
+//! - [`metrics`]: ingest counters and the batch-duration histogram behind `/metrics`.
 //! - [`migrate`]: `migrate --to postgres://…`, a stopped hub moved from sled into PostgreSQL.
 //! - [`log_check`]: what `verify` judges of each leaf alone (its signature, in batches on
 //!   every core), pipelined with its walk over the log in order.
@@ -52,6 +53,7 @@ pub mod ingest;
 pub mod log;
 pub mod log_check;
 pub mod maintenance;
+pub mod metrics;
 pub mod migrate;
 pub mod notices;
 pub mod registry;

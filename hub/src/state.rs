@@ -59,6 +59,8 @@ pub struct AppState {
     pub conn_limits: spacesync_http::Limits,
     /// Connections open, accepted and refused at the caps, for `/metrics`.
     pub conns: Arc<spacesync_http::Stats>,
+    /// Entries ingested, refusals by code and batch durations, for `/metrics`.
+    pub ingest_metrics: Arc<crate::metrics::IngestMetrics>,
 }
 
 /// Counts of 429 answers.
@@ -88,6 +90,7 @@ impl AppState {
             body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET / 1024)),
             conn_limits: spacesync_http::Limits::default(),
             conns: Arc::new(spacesync_http::Stats::default()),
+            ingest_metrics: Arc::new(crate::metrics::IngestMetrics::default()),
         }
     }
 
