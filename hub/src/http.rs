@@ -254,6 +254,7 @@ pub fn app(state: AppState) -> Router {
         .route(wire::PATH_CHECKPOINT, get(checkpoint))
         .route(wire::PATH_COSIGNATURE, post(cosignature))
         .route(wire::PATH_COSIGNATURE_WANTED, get(cosignature_wanted))
+        .route(wire::PATH_WITNESSES, get(witnesses))
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
         .route(PATH_AGENT_HEAD, get(agent_head))
@@ -664,6 +665,24 @@ async fn cosignature_wanted(
         .map_err(AppError::internal)?
         .map_err(AppError::internal)?;
     Ok(Json(w))
+}
+
+/// `GET /v1/witnesses`: every registered, unrevoked source's witness verifier key.
+async fn witnesses(State(s): State<AppState>) -> Json<wire::Witnesses> {
+    let snap = s.hub.snapshot();
+    let mut recs: Vec<_> = snap
+        .registry
+        .values()
+        .filter(|r| r.status == SourceStatus::Active)
+        .collect();
+    recs.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(wire::Witnesses {
+        witnesses: recs
+            .into_iter()
+            .filter_map(witness::cosigner)
+            .map(|c| c.to_vkey())
+            .collect(),
+    })
 }
 
 /// Largest `POST /v1/cosignature` body: a checkpoint text and one line are a few hundred
