@@ -1072,7 +1072,8 @@ async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json
             let head = st.heads.get(&r.id).copied().unwrap_or_default();
             let act = st.views.sources().get(&r.id);
             let last = act.and_then(|a| a.last_received);
-            json!({
+            let w = witness::of_source(hub.store.as_ref(), &r.id).map_err(AppError::internal)?;
+            Ok(json!({
                 "source": r.id,
                 "scope": r.scope,
                 "status": r.status,
@@ -1081,9 +1082,10 @@ async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json
                 "last_seen": last,
                 "lag_seconds": last.map(|l| (now - l).num_seconds()),
                 "alarms": st.alarms.iter().filter(|a| a.source == r.id).collect::<Vec<_>>(),
-            })
+                "witness": w,
+            }))
         })
-        .collect();
+        .collect::<Result<_, AppError>>()?;
     Ok(Json(json!({ "sources": list })))
 }
 
