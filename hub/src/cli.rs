@@ -708,6 +708,9 @@ pub enum EvidenceCmd {
     /// the source key, the hub's receipt, the inclusion proof in the hub-signed checkpoint,
     /// and every listed witness's cosignature. Exits 0 for a genuine file; otherwise
     /// non-zero, naming what is wrong.
+    #[command(
+        after_help = "Example:\n  spacesync-hub evidence verify gd-rrt-42.evidence   # no data directory needed"
+    )]
     Verify {
         /// The evidence file.
         file: PathBuf,
