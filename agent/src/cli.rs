@@ -130,6 +130,21 @@ pub enum Command {
         /// The directory `backup` wrote.
         backup: PathBuf,
     },
+    /// Write the dispute evidence file of one entry: the entry as signed, the hub's
+    /// receipt, and its inclusion proof in the hub-signed checkpoint this agent last
+    /// verified, with the witnesses' cosignatures (agent stopped; the hub reachable).
+    /// Anyone checks it offline: `spacesync-hub evidence verify FILE`.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent evidence --seq 42 --out gd-rrt-42.evidence   # agent stopped (or --data a backup of it)"
+    )]
+    Evidence {
+        /// The entry's seq.
+        #[arg(long)]
+        seq: u64,
+        /// The file to create (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Write the entries the hub has not receipted (signed, in batches) to a bundle file,
     /// for a hub this agent cannot reach (`spacesync-hub import-bundle`). Agent stopped.
     #[command(
@@ -275,6 +290,12 @@ pub enum CliError {
     /// The hub key cannot be used.
     #[error("{0}")]
     HubKey(#[from] HubKeyError),
+    /// No evidence file was written.
+    #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
+    /// The TLS client could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A file could not be read or written.
     #[error("{path}: {error}")]
     Io {
@@ -358,6 +379,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             import(data, a)
         }
         Command::Status { json } => show_status(&data, json),
+        Command::Evidence { seq, out } => evidence(data, seq, &out),
         Command::Notices { json } => show_notices(&data, json),
         Command::Verify { json } => run_verify(data, json),
         Command::Pubkey => {
@@ -1083,6 +1105,43 @@ fn facts_line(f: &NoticeFacts) -> Option<String> {
         parts.push(format!("silent {d} day(s)"));
     }
     (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, CliError> {
+    let cfg = Config::load(&data.config())?;
+    let agent = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
+        Ok(a) => a,
+        Err(AgentError::Store(StoreError::Locked { .. })) => {
+            return Err(CliError::Usage(format!(
+                "the store {} is in use (is `run` running?): stop the agent, or make a backup (`spacesync-agent --data {} backup OUT`) and run `evidence` with --data OUT",
+                data.db().display(),
+                data.root.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let hub_key =
+        hub_key::known(&cfg, &agent.store)?.ok_or(crate::evidence::EvidenceError::NoHubKey)?;
+    let mut client =
+        crate::push::HubClient::new(agent.cfg.clone(), agent.ident.clone(), agent.clock.clone())?;
+    let p = runtime()?.block_on(crate::evidence::write(
+        &mut client,
+        &cfg.hub,
+        &agent.store,
+        &agent.ident,
+        &hub_key,
+        seq,
+        out,
+    ))?;
+    spacesync_shared::outln!(
+        "evidence for seq {seq} written to {}: leaf {} of the hub's checkpoint of {} entries, cosigned by {} witness(es); anyone can check it with `spacesync-hub evidence verify {}`",
+        out.display(),
+        p.log_index,
+        p.size,
+        p.witnesses.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {

@@ -17,6 +17,7 @@
 //! - [`retry`]: the shared retry policy with the agent's randomness and waiting; the only
 //!   user of `backoff`.
 //! - [`enrol`]: `init --enrol CODE` — registers the new key with the hub the code names.
+//! - [`evidence`]: `evidence --seq N --out FILE` — the dispute evidence file of one entry.
 //! - [`rotate`]: `rotate-key` — a new key by a key-transition entry in the chain (offline), swapped in crash-safely.
 //! - [`hub_key`]: which key the hub's receipts must verify with (pinned, or first use).
 //! - [`push`]: the pusher — transport, the one classification of hub answers, the delivery
@@ -49,6 +50,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod enrol;
+pub mod evidence;
 pub mod http;
 pub mod hub_key;
 pub mod intake;

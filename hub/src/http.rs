@@ -254,6 +254,7 @@ pub fn app(state: AppState) -> Router {
         .route(wire::PATH_CHECKPOINT, get(checkpoint))
         .route(wire::PATH_COSIGNATURE, post(cosignature))
         .route(wire::PATH_COSIGNATURE_WANTED, get(cosignature_wanted))
+        .route(wire::PATH_WITNESSES, get(witnesses))
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
         .route(PATH_AGENT_HEAD, get(agent_head))
@@ -694,6 +695,24 @@ async fn cosignature_wanted(
     Ok(Json(w))
 }
 
+/// `GET /v1/witnesses`: every registered, unrevoked source's witness verifier key.
+async fn witnesses(State(s): State<AppState>) -> Json<wire::Witnesses> {
+    let snap = s.hub.snapshot();
+    let mut recs: Vec<_> = snap
+        .registry
+        .values()
+        .filter(|r| r.status == SourceStatus::Active)
+        .collect();
+    recs.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(wire::Witnesses {
+        witnesses: recs
+            .into_iter()
+            .filter_map(witness::cosigner)
+            .map(|c| c.to_vkey())
+            .collect(),
+    })
+}
+
 /// Largest `POST /v1/cosignature` body: a checkpoint text and one line are a few hundred
 /// bytes.
 pub const MAX_COSIGNATURE_BODY: usize = 4096;
@@ -1081,7 +1100,8 @@ async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json
             let head = st.heads.get(&r.id).copied().unwrap_or_default();
             let act = st.views.sources().get(&r.id);
             let last = act.and_then(|a| a.last_received);
-            json!({
+            let w = witness::of_source(hub.store.as_ref(), &r.id).map_err(AppError::internal)?;
+            Ok(json!({
                 "source": r.id,
                 "scope": r.scope,
                 "status": r.status,
@@ -1090,9 +1110,10 @@ async fn sources(State(s): State<AppState>, Reader(role): Reader) -> Result<Json
                 "last_seen": last,
                 "lag_seconds": last.map(|l| (now - l).num_seconds()),
                 "alarms": st.alarms.iter().filter(|a| a.source == r.id).collect::<Vec<_>>(),
-            })
+                "witness": w,
+            }))
         })
-        .collect();
+        .collect::<Result<_, AppError>>()?;
     Ok(Json(json!({ "sources": list })))
 }
 

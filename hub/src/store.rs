@@ -679,6 +679,9 @@ pub mod keys {
     /// `cos/<size, u64 big-endian><source>` → a witness's cosignature of the checkpoint of
     /// that size (JSON, [`crate::witness::Kept`]).
     pub const COSIG: &[u8] = b"cos/";
+    /// `cosrc/<source>` → what the hub knows of a source as a witness (JSON,
+    /// [`crate::witness::SourceWitness`]).
+    pub const COSIG_SOURCE: &[u8] = b"cosrc/";
 
     /// Key of log leaf `index`.
     pub fn log(index: u64) -> Vec<u8> {

@@ -95,6 +95,44 @@ pub struct Kept {
     pub key: String,
 }
 
+/// What the hub knows of one source as a witness (`cosrc/<source>`, JSON): the largest
+/// checkpoint it cosigned, and the last time it cosigned a tree the hub does not hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceWitness {
+    /// Size of the largest checkpoint whose cosignature by this source the hub kept.
+    pub last_size: Option<u64>,
+    /// That cosignature's timestamp (POSIX seconds, the witness's clock).
+    pub last_timestamp: Option<u64>,
+    /// The last cosignature it sent of a root that is not the hub's at that size: this
+    /// province's agent saw another tree (its log alarm says more).
+    pub wrong_root: Option<WrongRootSeen>,
+}
+
+/// A cosignature of another tree, as the hub refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrongRootSeen {
+    /// The size cosigned.
+    pub size: u64,
+    /// When the hub refused it (hub clock).
+    pub at: DateTime<Utc>,
+}
+
+/// Key of a source's witness record.
+fn source_key(source: &SourceId) -> Vec<u8> {
+    [keys::COSIG_SOURCE, source.as_str().as_bytes()].concat()
+}
+
+/// What the hub knows of `source` as a witness (the default before its first line).
+pub fn of_source(store: &dyn Store, source: &SourceId) -> Result<SourceWitness, StoreError> {
+    match store.get(&source_key(source))? {
+        None => Ok(SourceWitness::default()),
+        Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: format!("cosrc/{source}"),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Key of `source`'s cosignature of the checkpoint of `size` leaves.
 fn key(size: u64, source: &SourceId) -> Vec<u8> {
     [prefix(size).as_slice(), source.as_str().as_bytes()].concat()
@@ -206,6 +244,20 @@ pub fn accept(
     }
     let ours = log::root_at(hub.store.as_ref(), cp.size)?;
     if ours != cp.root {
+        // Recorded for the source list and the dashboard. Only a request the source signed
+        // gets here, and its budget limits how often.
+        let mut w = of_source(hub.store.as_ref(), source)?;
+        w.wrong_root = Some(WrongRootSeen {
+            size: cp.size,
+            at: now,
+        });
+        let mut b = WriteBatch::new();
+        b.put(
+            source_key(source),
+            serde_json::to_vec(&w).unwrap_or_default(),
+        );
+        hub.store.apply(b)?;
+        hub.store.flush()?;
         let b64 = |h: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h);
         return Err(WitnessError::WrongRoot {
             size: cp.size,
@@ -270,6 +322,15 @@ pub fn accept(
     };
     let mut b = WriteBatch::new();
     b.put(k, serde_json::to_vec(&kept).unwrap_or_default());
+    let mut w = of_source(hub.store.as_ref(), source)?;
+    if w.last_size.is_none_or(|n| n <= cp.size) {
+        w.last_size = Some(cp.size);
+        w.last_timestamp = Some(ts);
+        b.put(
+            source_key(source),
+            serde_json::to_vec(&w).unwrap_or_default(),
+        );
+    }
     hub.store.apply(b)?;
     hub.store.flush()?;
     let witnesses = collected(hub.store.as_ref(), cp.size)?.len();
@@ -362,8 +423,8 @@ pub fn status_as_of(
 /// Most bulletin checkpoints the hub asks witnesses for at once.
 pub const MAX_WANTED: usize = 4;
 
-/// The checkpoints of the last few bulletins that have fewer kept cosignatures than the
-/// quorum (and that the log has reached), ascending: what `GET /v1/cosignature/wanted`
+/// The checkpoints of the newest few bulletins (at most [`MAX_WANTED`]) that have fewer
+/// kept cosignatures than the quorum (and that the log has reached), ascending: what `GET /v1/cosignature/wanted`
 /// asks agents to cosign.
 pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
     let size = hub.snapshot().log_size;
@@ -371,7 +432,11 @@ pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
     let list = crate::bulletin::list(hub.store.as_ref())
         .map_err(|e| WitnessError::Malformed(e.to_string()))?;
     let mut sizes = Vec::new();
-    for b in list.iter().rev().take(MAX_WANTED) {
+    // The newest bulletins short of the quorum first; older ones once those have it.
+    for b in list.iter().rev() {
+        if sizes.len() == MAX_WANTED {
+            break;
+        }
         let n = b.checkpoint.size;
         if n > 0
             && n <= size

@@ -309,6 +309,28 @@ async fn bad_cosignatures_are_refused_with_a_code(backend: Backend) {
         served.contains(&newer) && !served.contains(&good),
         "{served}"
     );
+
+    // The source list and the dashboard show the last witnessed checkpoint, and that gd
+    // once cosigned another tree; bj never cosigned.
+    let list = th.get_json("/v1/sources").await;
+    let of = |id: &str| {
+        list["sources"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["source"] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"))
+    };
+    let w = &of("gd-agent")["witness"];
+    assert_eq!(w["last_size"], cp.size, "{w}");
+    assert_eq!(w["last_timestamp"], ts + 1, "{w}");
+    assert_eq!(w["wrong_root"]["size"], cp.size, "{w}");
+    let w = &of("bj-agent")["witness"];
+    assert!(w["last_size"].is_null() && w["wrong_root"].is_null(), "{w}");
+    let page = th
+        .get("/sources?lang=en", Some(&th.admin.clone()))
+        .await
+        .text();
+    let cell = format!("{} · cosigned another tree of {} entries", cp.size, cp.size);
+    assert!(page.contains(&cell), "{page}");
 }
 
 /// Cosignatures on two different trees of one size never count for each other: a

@@ -172,6 +172,8 @@ fn pages(lang: Lang, n: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)>
             last_seen: Some(n(92)),
             lag: Some(n(93)),
             alarms: 1,
+            witnessed: Some(5),
+            saw_another_tree: Some(n(98)),
         }],
         alarms: vec![AlarmRow {
             at: n(94),

@@ -15,6 +15,9 @@
 //! - [`chain`]: the one chain verifier (seq continuity, `prev`, gaps, forks, resends, the
 //!   key in force at each seq, scope), used by hub ingest, both `verify` commands and tests.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing, proofs and signed checkpoints.
+//! - [`cosign`]: witness cosignatures on checkpoints (C2SP tlog-cosignature).
+//! - [`evidence`]: the dispute evidence file (entry, receipt, inclusion proof, cosigned
+//!   checkpoint) and its offline verification.
 //! - [`json`]: JSON parsing that refuses duplicate keys.
 //! - [`keys`]: key files and the public-key line.
 //! - [`bundle`]: the offline transfer bundle and the receipts file that answers it.
@@ -37,6 +40,7 @@ pub mod clock;
 pub mod cosign;
 pub mod dsse;
 pub mod entry;
+pub mod evidence;
 pub mod json;
 pub mod keys;
 pub mod merkle;

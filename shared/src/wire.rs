@@ -362,6 +362,9 @@ pub const PATH_COSIGNATURE: &str = "/v1/cosignature";
 /// Hub: `GET`; answers [`WitnessWanted`]: older checkpoints (those bulletins are pinned
 /// to) still short of their witness quorum.
 pub const PATH_COSIGNATURE_WANTED: &str = "/v1/cosignature/wanted";
+/// Hub: `GET`; answers [`Witnesses`]: the verifier keys of the registered, unrevoked
+/// sources as witnesses (public keys; for evidence files and cosigned-checkpoint readers).
+pub const PATH_WITNESSES: &str = "/v1/witnesses";
 /// Hub: `GET`, `?size=N` optional: the signed checkpoint note (of the tree of `N` leaves,
 /// or the newest), with the cosignature lines collected for exactly that checkpoint.
 pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
@@ -386,6 +389,15 @@ pub struct CosignatureAccepted {
     pub size: u64,
     /// How many witnesses' cosignatures the hub now holds for it.
     pub witnesses: usize,
+}
+
+/// The witnesses the hub knows: one verifier key per registered, unrevoked source
+/// (`spacesync-witness/<source>+<key ID>+<base64(0x04 ‖ key)>`, its key in force).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Witnesses {
+    /// Verifier keys, in source order.
+    pub witnesses: Vec<String>,
 }
 
 /// Checkpoints the hub asks witnesses to cosign besides its newest.

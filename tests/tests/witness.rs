@@ -296,3 +296,95 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     let verified = ok(&out, "bulletin verify");
     assert!(verified.contains(&said), "{verified}");
 }
+
+/// The prefixes every refusal of an evidence file starts with: each names a member of the
+/// file, or says the file does not read as one.
+const EVIDENCE_REFUSALS: &[&str] = &[
+    "not an evidence file",
+    "format is",
+    "source_key:",
+    "entry:",
+    "hub_key:",
+    "receipt:",
+    "checkpoint:",
+    "inclusion_proof:",
+    "witnesses:",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_files_verify_offline_and_every_changed_byte_is_named() {
+    let mut c = Cluster::start(3, 19, FaultPlan::NONE, |_| {}).await;
+    let mut works: Vec<Workload> = c.agents.iter().map(|a| Workload::new(a.site)).collect();
+    for (a, w) in c.agents.iter().zip(works.iter_mut()) {
+        post(a, w, 3).await;
+    }
+    c.wait_drained(Duration::from_secs(60)).await;
+    let origin = origin(&c).await;
+    wait_witnessed(&c, &origin).await;
+    // The agent stopped (its store is its own while it runs).
+    let a = &mut c.agents[0];
+    a.stop();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("seq-2.evidence");
+    let out = a.cli(&["evidence", "--seq", "2", "--out", &file.to_string_lossy()]);
+    let said = ok(&out, "evidence");
+    assert!(said.contains("cosigned by 3 witness(es)"), "{said}");
+    // Written once: the file is not overwritten.
+    let again = a.cli(&["evidence", "--seq", "2", "--out", &file.to_string_lossy()]);
+    assert!(!again.status.success());
+    // A seq the agent does not have.
+    let none = a.cli(&[
+        "evidence",
+        "--seq",
+        "99",
+        "--out",
+        &dir.path().join("x").to_string_lossy(),
+    ]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("seq 99 is not an entry of this agent"),
+        "{none:?}"
+    );
+
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(hub_bin())
+            .args(["evidence", "verify", &path.to_string_lossy()])
+            .env_remove("SPACESYNC_HUB_DATA")
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Genuine: exit 0, no data directory anywhere.
+    let good = verify(&file);
+    let said = ok(&good, "evidence verify");
+    assert!(
+        said.starts_with(&format!("ok: seq 2 of source {}", SITES[0].source))
+            && said.contains("cosigned by 3 witness(es)"),
+        "{said}"
+    );
+    assert!(!dir.path().join("hub-data").exists());
+
+    // Every byte changed: refused by the verifier, with a message naming what is wrong;
+    // every 16th also through the command (non-zero exit, the message on stderr).
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.path().join("changed.evidence");
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        let e = spacesync_shared::evidence::verify(&b)
+            .err()
+            .unwrap_or_else(|| panic!("byte {i} changed and the file still verifies"));
+        let msg = e.to_string();
+        assert!(
+            EVIDENCE_REFUSALS.iter().any(|p| msg.starts_with(p)),
+            "byte {i}: {msg}"
+        );
+        if i % 16 == 0 {
+            std::fs::write(&bad, &b).unwrap_or_else(|e| panic!("{e}"));
+            let out = verify(&bad);
+            assert!(!out.status.success(), "byte {i}: the command accepted it");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&msg), "byte {i}: {err} (expected {msg})");
+        }
+    }
+}

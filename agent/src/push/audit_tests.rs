@@ -623,6 +623,8 @@ async fn an_earlier_checkpoint_is_cosigned_after_a_consistency_proof() {
     // A bulletin pinned to size 3, one to size 6 (the kept one), one beyond the kept tree.
     s.hub.log().wanted = vec![3, 6, 9];
     assert_eq!(s.cosign_wanted().await, [3, 6]);
+    // (Had the kept checkpoint been cosigned already, size 6 would not be sent again: see
+    // below.)
     assert_eq!(
         s.seen(),
         [
@@ -640,6 +642,14 @@ async fn an_earlier_checkpoint_is_cosigned_after_a_consistency_proof() {
     // Asked again: each was sent once.
     assert!(s.cosign_wanted().await.is_empty());
     assert!(s.cosigs().is_empty());
+
+    // The kept checkpoint cosigned as the newest is not sent again when a bulletin asks.
+    s.hub.log().leaves.push(other(6));
+    assert_eq!(s.verified().await, 7);
+    assert_eq!(s.cosign_kept().await, Some(Sent::Accepted));
+    s.hub.log().wanted = vec![7];
+    assert!(s.cosign_wanted().await.is_empty());
+    assert_eq!(s.cosigs().len(), 1, "only cosign_kept's line");
 }
 
 #[tokio::test]

@@ -73,6 +73,8 @@ pub enum Request {
     /// `GET /v1/cosignature/wanted` (unsigned): the earlier checkpoints the hub asks its
     /// witnesses to cosign.
     WitnessWanted,
+    /// `GET /v1/witnesses` (unsigned): the witnesses' verifier keys the hub knows.
+    Witnesses,
     /// `GET /v1/proof/inclusion?index=&size=` (unsigned): that a leaf is in the tree.
     Inclusion {
         /// The leaf index a receipt named.
@@ -83,7 +85,9 @@ pub enum Request {
 }
 
 pub use spacesync_shared::wire::PATH_CHECKPOINT;
-use spacesync_shared::wire::{CosignatureSubmission, PATH_COSIGNATURE, PATH_COSIGNATURE_WANTED};
+use spacesync_shared::wire::{
+    CosignatureSubmission, PATH_COSIGNATURE, PATH_COSIGNATURE_WANTED, PATH_WITNESSES,
+};
 /// The hub's consistency proof endpoint.
 pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
 /// The hub's inclusion proof endpoint.
@@ -104,6 +108,7 @@ impl Request {
                 format!("fetching the hub's checkpoint of tree size {size}")
             }
             Request::WitnessWanted => "asking which checkpoints the hub wants cosigned".into(),
+            Request::Witnesses => "fetching the witnesses' keys".into(),
             Request::Consistency { old, new } => {
                 format!("fetching a consistency proof from tree size {old} to {new}")
             }
@@ -299,6 +304,7 @@ impl HubClient {
                 .http
                 .get(self.cfg.hub_url(&format!("{PATH_CHECKPOINT}?size={size}"))),
             Request::WitnessWanted => self.http.get(self.cfg.hub_url(PATH_COSIGNATURE_WANTED)),
+            Request::Witnesses => self.http.get(self.cfg.hub_url(PATH_WITNESSES)),
             Request::Consistency { old, new } => self.http.get(
                 self.cfg
                     .hub_url(&format!("{PATH_PROOF_CONSISTENCY}?old={old}&new={new}")),

@@ -114,6 +114,12 @@ pub async fn cosign_kept<T: Transport>(
     let sent = send(link, ident, text_of(&note), now).await?;
     match &sent {
         Sent::Accepted => debug!(size, "Cosigned the hub's checkpoint."),
+        Sent::Refused(Some(RefusalCode::StaleCosignature), _) => {
+            debug!(
+                size,
+                "The hub holds this agent's cosignature of that checkpoint."
+            )
+        }
         Sent::Refused(code, msg) => {
             // The error can quote the hub's answer: escaped.
             warn!(size, code = ?code, error = ?msg, "The hub refused this agent's cosignature of a checkpoint it verified.")
@@ -164,7 +170,10 @@ pub async fn cosign_wanted<T: Transport>(
     let todo: Vec<u64> = wanted
         .sizes
         .into_iter()
-        .filter(|&n| n > 0 && n <= kept.size && !st.cosigned_pins.contains(&n))
+        // The kept checkpoint was cosigned already (cosign_kept, the same sync).
+        .filter(|&n| {
+            n > 0 && n <= kept.size && !st.cosigned_pins.contains(&n) && st.cosigned_size != Some(n)
+        })
         .take(MAX_WANTED)
         .collect();
     for size in todo {
@@ -225,6 +234,13 @@ pub async fn cosign_wanted<T: Transport>(
         let sent = send(link, ident, text_of(&fetched), now).await?;
         match &sent {
             Sent::Accepted => info!(size, "Cosigned an earlier checkpoint the hub asked for."),
+            // The hub holds this witness's line for it already.
+            Sent::Refused(Some(RefusalCode::StaleCosignature), _) => {
+                debug!(
+                    size,
+                    "The hub holds this agent's cosignature of that checkpoint."
+                )
+            }
             Sent::Refused(code, msg) => {
                 warn!(size, code = ?code, error = ?msg, "The hub refused this agent's cosignature of an earlier checkpoint.")
             }

@@ -838,6 +838,10 @@ pub struct SourceRow {
     pub lag: Option<String>,
     /// Alarms raised about it.
     pub alarms: usize,
+    /// The largest checkpoint its agent cosigned.
+    pub witnessed: Option<u64>,
+    /// What it said when it cosigned a tree the hub does not hold.
+    pub saw_another_tree: Option<String>,
 }
 
 /// One alarm.
@@ -883,7 +887,8 @@ pub fn sources_page_markup(m: &SourcesPage) -> Markup {
                 table #sources {
                     tr {
                         th { (w.source) } th { (w.scope) } th { (w.status) } th { (w.held_through) }
-                        th { (w.entries) } th { (w.last_seen) } th { (w.lag) } th { (w.alarms) }
+                        th { (w.entries) } th { (w.last_seen) } th { (w.lag) } th { (w.witnessed) }
+                        th { (w.alarms) }
                     }
                     @for r in &m.sources {
                         tr data-row={ "source:" (r.id) } {
@@ -900,6 +905,10 @@ pub fn sources_page_markup(m: &SourcesPage) -> Markup {
                             (cell("entries", &r.entries.to_string()))
                             td data-field="last_seen" { (dash(&r.last_seen)) }
                             td.num data-field="lag" { (dash(&r.lag)) }
+                            td.num.warn[r.saw_another_tree.is_some()] data-field="witnessed" {
+                                (dash(&r.witnessed.map(|n| n.to_string())))
+                                @if let Some(t) = &r.saw_another_tree { " · " (t) }
+                            }
                             td.num.warn[r.alarms > 0] data-field="alarms" { (r.alarms) }
                         }
                     }
@@ -943,6 +952,8 @@ pub async fn sources_page(
             let act = st.views.sources().get(&r.id);
             let last = act.and_then(|a| a.last_received);
             let silent = crate::tracking::source_is_silent(&hub.campaign, &st.views, r, now);
+            // A damaged record shows as unknown here; the API answers it as an error.
+            let witness = crate::witness::of_source(hub.store.as_ref(), &r.id).ok();
             SourceRow {
                 id: r.id.to_string(),
                 scope: region_label(r.scope, lang),
@@ -956,6 +967,11 @@ pub async fn sources_page(
                 last_seen: last.map(|l| when(&s, lang, l)),
                 lag: last.map(|l| wd::lag(lang, (now - l).num_seconds())),
                 alarms: st.alarms.iter().filter(|a| a.source == r.id).count(),
+                witnessed: witness.as_ref().and_then(|w| w.last_size),
+                saw_another_tree: witness
+                    .as_ref()
+                    .and_then(|w| w.wrong_root.as_ref())
+                    .map(|x| wd::saw_another_tree(lang, x.size)),
             }
         })
         .collect();

@@ -240,6 +240,8 @@ pub struct Words {
     pub last_seen: &'static str,
     /// Column: lag.
     pub lag: &'static str,
+    /// Column: the largest log checkpoint the source's agent cosigned.
+    pub witnessed: &'static str,
     /// Column and heading: alarms.
     pub alarms: &'static str,
     /// Status: silent.
@@ -372,6 +374,7 @@ static ZH: Words = Words {
     entries: "条目",
     last_seen: "最近接收",
     lag: "距今",
+    witnessed: "已见证检查点",
     alarms: "告警",
     silent: "长期未报送",
     active: "正常",
@@ -487,6 +490,7 @@ static EN: Words = Words {
     entries: "Entries",
     last_seen: "Last seen",
     lag: "Lag",
+    witnessed: "Witnessed checkpoint",
     alarms: "Alarms",
     silent: "silent",
     active: "active",
@@ -631,6 +635,15 @@ pub fn was_not_found(lang: Lang, what: &str) -> String {
 }
 
 /// Time since a source was last heard from.
+/// A source whose agent cosigned a tree the hub does not hold: "saw another tree of N
+/// entries" (its agent's log alarm says more).
+pub fn saw_another_tree(lang: Lang, size: u64) -> String {
+    match lang {
+        Lang::Zh => format!("曾联署规模为{size}的另一棵日志树"),
+        Lang::En => format!("cosigned another tree of {size} entries"),
+    }
+}
+
 pub fn lag(lang: Lang, secs: i64) -> String {
     let secs = secs.max(0);
     let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);

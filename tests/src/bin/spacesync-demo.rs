@@ -2,8 +2,9 @@
 //! one agent per provincial unit as real processes on loopback, feeds each agent its
 //! province's generated data through the agent's own intake API on an accelerated clock
 //! from 2018-10-01 to 2019-01-15, lets the hub issue bulletins and notices on schedule,
-//! then stops everything, verifies the log and prints where to look next. The hub runs on
-//! the embedded store, or with `--store postgres://…` on PostgreSQL.
+//! waits until every bulletin's checkpoint is cosigned by the witness quorum (agents audit
+//! the log and cosign it), then stops everything, verifies the log and prints where to look
+//! next. The hub runs on the embedded store, or with `--store postgres://…` on PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -421,7 +422,30 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let bulletins = get_json(&client, &format!("{hub_url}/v1/bulletins"), Some(&ministry)).await?;
+    // Every bulletin witnessed: the agents cosign each bulletin's checkpoint when the hub
+    // asks (a few a sync), after a consistency proof to the checkpoint they verified.
+    let quorum = campaign.witness_quorum as usize;
+    let witnessed_deadline = Instant::now() + Duration::from_secs(120);
+    let (mut witnessed, mut bulletins);
+    loop {
+        bulletins = get_json(&client, &format!("{hub_url}/v1/bulletins"), Some(&ministry)).await?;
+        let list = bulletins["bulletins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        witnessed = list
+            .iter()
+            .filter(|b| {
+                b["witnessed"]["witnesses"]
+                    .as_array()
+                    .is_some_and(|w| w.len() >= quorum)
+            })
+            .count();
+        if witnessed == list.len() || Instant::now() >= witnessed_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let notices = get_json(&client, &format!("{hub_url}/v1/notices"), Some(&ministry)).await?;
     let progress = get_json(&client, &format!("{hub_url}/v1/progress"), Some(&ministry)).await?;
     let mut agent_notices = 0u64;
@@ -528,6 +552,11 @@ async fn main() -> Result<()> {
     );
     println!("log: {verify}");
     println!("latest bulletin: {bulletin_check}");
+    println!(
+        "witnessed: {witnessed} of {} bulletins have their log checkpoint cosigned by the quorum ({quorum} of {} agents)",
+        list.len(),
+        agents.len()
+    );
     for e in tally
         .refused_unexpected
         .iter()
@@ -561,6 +590,13 @@ async fn main() -> Result<()> {
     println!("Finished in {:.0} s.", began.elapsed().as_secs_f64());
     if !tally.refused_unexpected.is_empty() || !tally.accepted_bad.is_empty() || undelivered != 0 {
         bail!("the run did not go as planned (see UNEXPECTED lines above)");
+    }
+    if witnessed != list.len() {
+        bail!(
+            "{} of {} bulletins were not witnessed by the quorum within 120 s (see the agents' logs)",
+            list.len() - witnessed,
+            list.len()
+        );
     }
     Ok(())
 }
