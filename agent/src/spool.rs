@@ -299,13 +299,19 @@ mod tests {
     use crate::store::Store;
     use std::sync::Arc;
 
-    #[tokio::test]
-    async fn good_files_move_to_done_bad_ones_to_failed_with_reasons() {
+    /// A data directory with its spool folders, its store and an intake writing to it.
+    fn spool() -> (tempfile::TempDir, DataDir, Store, IntakeHandle) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let dirs = DataDir::new(dir.path());
         let store = Store::open(&dirs.db()).unwrap_or_else(|e| panic!("{e}"));
         let (intake, _task) = spawn_writer(writer(&store, Default::default()), Arc::default());
         create_dirs(&dirs).unwrap_or_else(|e| panic!("{e}"));
+        (dir, dirs, store, intake)
+    }
+
+    #[tokio::test]
+    async fn good_files_move_to_done_bad_ones_to_failed_with_reasons() {
+        let (_dir, dirs, store, intake) = spool();
         let write = |n: &str, t: &str| {
             std::fs::write(dirs.spool().join(n), t).unwrap_or_else(|e| panic!("{e}"))
         };
@@ -356,11 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn moved_files_are_stamped_and_pruned_after_their_retention() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let dirs = DataDir::new(dir.path());
-        let store = Store::open(&dirs.db()).unwrap_or_else(|e| panic!("{e}"));
-        let (intake, _task) = spawn_writer(writer(&store, Default::default()), Arc::default());
-        create_dirs(&dirs).unwrap_or_else(|e| panic!("{e}"));
+        let (_dir, dirs, store, intake) = spool();
         let write = |n: &str, t: &str| {
             std::fs::write(dirs.spool().join(n), t).unwrap_or_else(|e| panic!("{e}"))
         };
