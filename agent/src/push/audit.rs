@@ -239,6 +239,29 @@ pub(super) async fn ask<T: Transport>(
     Ok(reply.body)
 }
 
+/// The hub's consistency proof from the tree of `old` leaves to that of `new` (none
+/// asked when they are equal or `old` is empty), its answer kept in `evidence`.
+pub(super) async fn consistency<T: Transport>(
+    link: &mut Link<T>,
+    old: u64,
+    new: u64,
+    evidence: &mut Evidence,
+) -> Result<Vec<Hash>, AuditError> {
+    if old == new || old == 0 {
+        return Ok(Vec::new());
+    }
+    let req = Request::Consistency { old, new };
+    let body = ask(link, &req).await?;
+    let proof = decode_proof(&body, &req.what())?;
+    evidence.proof = Some(ProofEvidence {
+        asked: req.what(),
+        answer: kept_text(&body),
+        seq: None,
+        leaf_hash: None,
+    });
+    Ok(proof)
+}
+
 /// One audit. `key` is the hub key receipts verify with; `now` stamps evidence.
 pub async fn audit<T: Transport>(
     link: &mut Link<T>,
@@ -291,23 +314,7 @@ pub async fn audit<T: Transport>(
             };
             return raise(store, state, &mut st, evidence, f).await;
         }
-        let proof = if cp.size == k.size || k.size == 0 {
-            Vec::new()
-        } else {
-            let req = Request::Consistency {
-                old: k.size,
-                new: cp.size,
-            };
-            let body = ask(link, &req).await?;
-            let proof = decode_proof(&body, &req.what())?;
-            evidence.proof = Some(ProofEvidence {
-                asked: req.what(),
-                answer: kept_text(&body),
-                seq: None,
-                leaf_hash: None,
-            });
-            proof
-        };
+        let proof = consistency(link, k.size, cp.size, &mut evidence).await?;
         if let Err(e) = merkle::verify_consistency(k.size, cp.size, &k.root, &cp.root, &proof) {
             let f = Finding::Fork(format!(
                 "the tree of {} entries does not extend the verified tree of {} ({e})",

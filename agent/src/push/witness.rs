@@ -25,8 +25,7 @@ use spacesync_shared::wire::{CosignatureSubmission, ErrorBody, RefusalCode, Witn
 use tracing::{debug, info, warn};
 
 use super::audit::{
-    AuditError, AuditState, Evidence, Finding, ProofEvidence, ask, decode_proof, kept_text,
-    parse_unverified, raise,
+    AuditError, AuditState, Evidence, Finding, ask, consistency, kept_text, parse_unverified, raise,
 };
 use super::classify::{Class, Link};
 use super::state::SharedPushState;
@@ -206,23 +205,7 @@ pub async fn cosign_wanted<T: Transport>(
                 return Ok(done);
             }
         };
-        let proof = if size == kept.size {
-            Vec::new()
-        } else {
-            let req = Request::Consistency {
-                old: size,
-                new: kept.size,
-            };
-            let body = ask(link, &req).await?;
-            let proof = decode_proof(&body, &req.what())?;
-            evidence.proof = Some(ProofEvidence {
-                asked: req.what(),
-                answer: kept_text(&body),
-                seq: None,
-                leaf_hash: None,
-            });
-            proof
-        };
+        let proof = consistency(link, size, kept.size, &mut evidence).await?;
         if let Err(e) = merkle::verify_consistency(size, kept.size, &cp.root, &kept.root, &proof) {
             let f = Finding::Fork(format!(
                 "the hub's checkpoint of {size} entries is not a prefix of the verified tree of {} ({e})",
