@@ -25,10 +25,7 @@ fn hub(args: &[&str]) -> (bool, String) {
 fn the_token_comes_from_a_private_file_or_is_asked_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = spacesync_pgtest::free_port();
     let url = format!("http://127.0.0.1:{port}");
 
     let (ok, err) = hub(&["token", "list", "--hub", &url]);

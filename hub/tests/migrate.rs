@@ -211,10 +211,7 @@ fn check_moved(dir: &Path, url: &str, before: &Before) {
 /// `serve` starts on the data directory and answers /healthz.
 fn serves(dir: &Path) {
     use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = spacesync_pgtest::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
         .arg("--data")

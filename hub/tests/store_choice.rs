@@ -123,10 +123,7 @@ fn init_store_keeps_the_hub_in_the_database() {
 fn an_unreachable_database_is_named_without_its_password() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("hub");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = spacesync_pgtest::free_port();
     let url = format!("postgres://hub:s3cretpw@127.0.0.1:{port}/spacesync?sslmode=disable");
     let err = failed(&dir, &["init", "--store", &url]);
     assert!(!err.contains("s3cretpw"), "{err}");

@@ -5,13 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; racy but fine on a test machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+pub use spacesync_pgtest::free_port;
 
 /// Runs `bin --data dir args…` to completion.
 pub fn run_cli(bin: &Path, dir: &Path, args: &[&str]) -> Output {

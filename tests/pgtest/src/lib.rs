@@ -234,7 +234,7 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        server.port = free_port()?;
+        server.port = free_port();
         server.launch()?;
         Ok(server)
     }
@@ -549,10 +549,49 @@ fn stat_of(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
     Some((state, ppid))
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(l.local_addr()?.port())
+/// A free loopback port for a server a test starts later.
+///
+/// Ports come from just below the kernel's ephemeral range, so an outgoing connection never
+/// takes one between this call and the server's bind, and a port is never handed out twice
+/// in one test process (two tests of one binary got the same port from the kernel and one
+/// agent's `/healthz` was answered by another test's server). Each process starts at a
+/// different place, so the test binaries that run one after another do not reuse a port
+/// still in TIME_WAIT either.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = below_ephemeral();
+    let span = hi - lo;
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id().wrapping_mul(7919) % span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let p = lo + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(p) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A port range of up to 12,000 ports ending where the kernel's ephemeral range starts.
+fn below_ephemeral() -> (u32, u32) {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        (low - 12_000, low)
+    } else {
+        (10_000, 22_000)
+    }
 }
 
 /// The shared server's postmaster and directory, for [`stop_shared`] at exit.
@@ -618,4 +657,21 @@ pub fn database() -> String {
 /// The binaries, or a panic saying to install Debian's `postgresql` package.
 pub fn binaries() -> PathBuf {
     find_binaries().unwrap_or_else(|| panic!("{INSTALL_HINT}"))
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let (lo, hi) = below_ephemeral();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for p in &ports {
+            assert!((lo..hi).contains(&u32::from(*p)), "{p} outside {lo}..{hi}");
+        }
+        assert!(std::net::TcpListener::bind(("127.0.0.1", ports[0])).is_ok());
+    }
 }
