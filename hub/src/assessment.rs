@@ -506,16 +506,20 @@ pub struct WitnessStatus {
     pub size: u64,
     /// The sources whose cosignature verifies, in id order.
     pub witnesses: Vec<String>,
-    /// How many sources could witness it (registered and not revoked then).
+    /// The provincial units witnessed (codes, in the campaign's order): each has a source
+    /// registered and not revoked then, and every such source of it cosigned.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// How many provincial units the campaign has (the quorum's "of").
     pub of: usize,
-    /// The campaign's quorum.
+    /// The campaign's quorum, in provincial units.
     pub quorum: u32,
 }
 
 impl WitnessStatus {
-    /// Has the quorum cosigned?
+    /// Has the quorum of provincial units cosigned?
     pub fn reached(&self) -> bool {
-        self.witnesses.len() >= self.quorum as usize
+        self.units.len() >= self.quorum as usize
     }
 }
 

@@ -1401,7 +1401,7 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 b.witnessed = Some(witness::status_now(
                     store.as_ref(),
                     &registry,
-                    campaign.witness_quorum,
+                    &campaign,
                     c.size,
                     &c.note,
                     b.issued_at,
@@ -1438,7 +1438,7 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 (Some(size), Some(note), Some(at)) => Some(witness::status_now(
                     store.as_ref(),
                     &registry,
-                    campaign.witness_quorum,
+                    &campaign,
                     size,
                     note,
                     at.to_utc(),
@@ -1481,7 +1481,8 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
             let size = doc["checkpoint"]["size"].as_u64().unwrap_or_default();
             let note = doc["checkpoint"]["note"].as_str().unwrap_or_default();
             // The cosignatures against the registry as it stood at the checkpoint.
-            let w = witness::status_as_of(store.as_ref(), campaign.witness_quorum, size, note)
+            let registry = crate::registry::load_all(store.as_ref())?;
+            let w = witness::status_as_of(store.as_ref(), &registry, &campaign, size, note)
                 .map_err(|error| CliError::BulletinMismatch {
                     file: file.clone(),
                     error: bulletin::BulletinError::Witness(error.to_string()),
@@ -1493,7 +1494,11 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 if w.witnesses.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", w.witnesses.join(", "))
+                    format!(
+                        ": units {}; sources {}",
+                        w.units.join(", "),
+                        w.witnesses.join(", ")
+                    )
                 }
             );
         }

@@ -1127,14 +1127,13 @@ async fn notices_list(
 async fn bulletins(State(s): State<AppState>, _: Reader) -> Result<Json<Value>, AppError> {
     let mut list = crate::bulletin::list(s.hub.store.as_ref()).map_err(AppError::internal)?;
     let snap = s.hub.snapshot();
-    let quorum = s.hub.campaign.witness_quorum;
     for b in &mut list {
         let c = &b.checkpoint;
         b.witnessed = Some(
             witness::status_now(
                 s.hub.store.as_ref(),
                 snap.registry.values(),
-                quorum,
+                &s.hub.campaign,
                 c.size,
                 &c.note,
                 b.issued_at,
@@ -1238,7 +1237,7 @@ fn bulletin_witnessed(
     witness::status_now(
         s.hub.store.as_ref(),
         s.hub.snapshot().registry.values(),
-        s.hub.campaign.witness_quorum,
+        &s.hub.campaign,
         size,
         note,
         at.to_utc(),

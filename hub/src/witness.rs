@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spacesync_shared::SourceId;
+use spacesync_shared::campaign::Campaign;
 use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::merkle::{self, Checkpoint};
 use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission, WitnessWanted};
@@ -351,18 +352,32 @@ fn cosigners_of(rec: &SourceRecord) -> Vec<Cosigner> {
 }
 
 /// How far the checkpoint `note` (the hub-signed note of `size` leaves, as a bulletin
-/// holds it) is witnessed by `sources`: the kept lines for that size put on the note and
-/// verified with every key of each source. A line under a trusted witness's name and key
-/// that does not verify is an error, not a lower count.
-fn tally<'a>(
+/// holds it) is witnessed by `members`, the sources that could witness it.
+///
+/// The kept lines for that size are put on the note and verified with every key each
+/// member has had in `keys` (the registry derived from the whole log: a key rotated in
+/// after the checkpoint signs later cosignatures of it, and a key is never removed from a
+/// record, so the count cannot depend on which registry the reader holds). A line under a
+/// trusted witness's name and key that does not verify is an error, not a lower count.
+///
+/// The quorum counts **provincial units**, not sources (issue 16: "at least 16 of the 32
+/// units"): a unit of the campaign is witnessed when it has at least one member and every
+/// member whose scope lies in it cosigned. A hub operator who registers extra sources in
+/// a unit cannot witness it without the province's own agent, and one who registers
+/// many sources adds at most one unit each where no province has enrolled.
+fn tally(
     store: &dyn Store,
     size: u64,
     note: &str,
-    sources: impl IntoIterator<Item = &'a SourceRecord>,
-    quorum: u32,
+    members: &[&SourceRecord],
+    keys: &[&SourceRecord],
+    campaign: &Campaign,
 ) -> Result<WitnessStatus, WitnessError> {
-    let sources: Vec<&SourceRecord> = sources.into_iter().collect();
-    let trusted: Vec<Cosigner> = sources.iter().flat_map(|r| cosigners_of(r)).collect();
+    let trusted: Vec<Cosigner> = members
+        .iter()
+        .map(|r| keys.iter().find(|k| k.id == r.id).copied().unwrap_or(r))
+        .flat_map(cosigners_of)
+        .collect();
     let lines: Vec<String> = collected(store, size)?
         .into_values()
         .map(|k| k.line)
@@ -377,57 +392,92 @@ fn tally<'a>(
         .collect();
     witnesses.sort();
     witnesses.dedup();
+    let units = units_witnessed(campaign, members, &witnesses);
     Ok(WitnessStatus {
         size,
         witnesses,
-        of: sources.len(),
-        quorum,
+        units,
+        of: campaign.units.len(),
+        quorum: campaign.witness_quorum,
     })
 }
 
-/// How far a bulletin's checkpoint is witnessed, for showing it: the sources of `registry`
-/// (today's) that were registered and not revoked at `issued_at` (the bulletin's time).
-/// `bulletin verify` uses [`status_as_of`], the registry replayed to the checkpoint.
+/// The campaign's provincial units witnessed by `witnesses` (source ids, sorted): those
+/// with at least one of `members` in them, every one of which is among `witnesses`.
+fn units_witnessed(
+    campaign: &Campaign,
+    members: &[&SourceRecord],
+    witnesses: &[String],
+) -> Vec<String> {
+    campaign
+        .units
+        .iter()
+        .filter(|unit| {
+            let mut in_unit = members
+                .iter()
+                .filter(|r| r.scope.province() == **unit)
+                .peekable();
+            in_unit.peek().is_some()
+                && in_unit.all(|r| witnesses.binary_search(&r.id.to_string()).is_ok())
+        })
+        .map(|unit| unit.to_string())
+        .collect()
+}
+
+/// How far a bulletin's checkpoint is witnessed, for showing it: the members are the
+/// sources of `registry` (today's) that were registered and not revoked at `issued_at`
+/// (the bulletin's time, when its checkpoint was taken). `bulletin verify` uses
+/// [`status_as_of`], the registry replayed to the checkpoint; both count the same lines.
 pub fn status_now<'a>(
     store: &dyn Store,
     registry: impl IntoIterator<Item = &'a SourceRecord>,
-    quorum: u32,
+    campaign: &Campaign,
     size: u64,
     note: &str,
     issued_at: DateTime<Utc>,
 ) -> Result<WitnessStatus, WitnessError> {
-    let sources = registry.into_iter().filter(|r| r.active_at(issued_at));
-    tally(store, size, note, sources, quorum)
+    let all: Vec<&SourceRecord> = registry.into_iter().collect();
+    let members: Vec<&SourceRecord> = all
+        .iter()
+        .copied()
+        .filter(|r| r.active_at(issued_at))
+        .collect();
+    tally(store, size, note, &members, &all, campaign)
 }
 
 /// How far the checkpoint `note` of `size` leaves is witnessed by the sources registered,
 /// and not revoked, in the registry as it stood at that size (replayed from the log, as
-/// `bulletin verify` recomputes figures with it): a later revocation or rotation does not
-/// change what counted.
-pub fn status_as_of(
+/// `bulletin verify` recomputes figures with it): a later revocation does not change what
+/// counted. Their keys come from `registry`, derived from the whole log, as in
+/// [`status_now`].
+pub fn status_as_of<'a>(
     store: &dyn Store,
-    quorum: u32,
+    registry: impl IntoIterator<Item = &'a SourceRecord>,
+    campaign: &Campaign,
     size: u64,
     note: &str,
 ) -> Result<WitnessStatus, WitnessError> {
-    let registry = crate::registry::as_of(store, size)?;
-    tally(
-        store,
-        size,
-        note,
-        registry.iter().filter(|r| r.status == SourceStatus::Active),
-        quorum,
-    )
+    let all: Vec<&SourceRecord> = registry.into_iter().collect();
+    let then = crate::registry::as_of(store, size)?;
+    let members: Vec<&SourceRecord> = then
+        .iter()
+        .filter(|r| r.status == SourceStatus::Active)
+        .collect();
+    tally(store, size, note, &members, &all, campaign)
 }
 
 /// Most bulletin checkpoints the hub asks witnesses for at once.
 pub const MAX_WANTED: usize = 4;
 
-/// The checkpoints of the newest few bulletins (at most [`MAX_WANTED`]) that have fewer
-/// kept cosignatures than the quorum (and that the log has reached), ascending: what `GET /v1/cosignature/wanted`
-/// asks agents to cosign.
+/// The checkpoints of the newest few bulletins (at most [`MAX_WANTED`]) whose kept
+/// cosignatures witness fewer provincial units than the quorum (and that the log has
+/// reached), ascending: what `GET /v1/cosignature/wanted` asks agents to cosign. The kept
+/// lines were verified when they arrived, so they are counted here without verifying
+/// them again (agents ask often); members are the sources active when the bulletin was
+/// issued, as [`status_now`] counts them.
 pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
-    let size = hub.snapshot().log_size;
+    let snap = hub.snapshot();
+    let size = snap.log_size;
     let quorum = hub.campaign.witness_quorum as usize;
     let list = crate::bulletin::list(hub.store.as_ref())
         .map_err(|e| WitnessError::Malformed(e.to_string()))?;
@@ -438,11 +488,19 @@ pub fn wanted(hub: &Hub) -> Result<WitnessWanted, WitnessError> {
             break;
         }
         let n = b.checkpoint.size;
-        if n > 0
-            && n <= size
-            && !sizes.contains(&n)
-            && collected(hub.store.as_ref(), n)?.len() < quorum
-        {
+        if n == 0 || n > size || sizes.contains(&n) {
+            continue;
+        }
+        let members: Vec<&SourceRecord> = snap
+            .registry
+            .values()
+            .filter(|r| r.active_at(b.issued_at))
+            .collect();
+        let cosigned: Vec<String> = collected(hub.store.as_ref(), n)?
+            .into_keys()
+            .map(|s| s.to_string())
+            .collect();
+        if units_witnessed(&hub.campaign, &members, &cosigned).len() < quorum {
             sizes.push(n);
         }
     }

@@ -406,7 +406,7 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
     let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
     assert!(
         html.contains(
-            "Log checkpoint not yet witnessed: 0 of 3 have cosigned it, short of the quorum of 2"
+            "Log checkpoint not yet witnessed: 0 of 32 provincial units have cosigned it, short of the quorum of 2"
         ),
         "{html}"
     );
@@ -428,18 +428,18 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
 
     let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
     assert!(
-        html.contains("Log checkpoint witnessed by 2 of 3 (quorum 2)"),
+        html.contains("Log checkpoint witnessed by 2 of 32 provincial units (quorum 2)"),
         "{html}"
     );
     let md = get_text(&th, "/v1/bulletins/1.md").await;
     assert!(
-        md.contains("日志检查点已由3个省级单位中的2个见证联署（法定数2）"),
+        md.contains("日志检查点已由32个省级单位中的2个见证联署（法定数2）"),
         "{md}"
     );
     let list = th.get_json("/v1/bulletins").await;
     assert_eq!(
         list["bulletins"][0]["witnessed"],
-        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "of": 3, "quorum": 2})
+        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "units": ["110000", "440000"], "of": 32, "quorum": 2})
     );
     // The signed document is unchanged by its cosignatures.
     let stored = spacesync_hub::bulletin::get(th.hub.store.as_ref(), 1).expect("get");
@@ -447,10 +447,127 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
 
     // Against the registry as of the checkpoint: bj counts even after it is revoked.
     th.hub.revoke_source(bj.id.as_str()).expect("revoke");
-    let w = spacesync_hub::witness::status_as_of(th.hub.store.as_ref(), 2, size, &note)
-        .expect("status");
+    let w = as_of(&th, size, &note).expect("status");
     assert_eq!(w.witnesses, ["bj-agent", "gd-agent"]);
-    assert_eq!((w.of, w.reached()), (3, true));
+    assert_eq!((w.of, w.reached()), (32, true));
+}
+
+/// `bulletin verify`'s count: the registry replayed to the checkpoint for who could
+/// witness, today's registry (the whole log) for their keys.
+fn as_of(
+    th: &TestHub,
+    size: u64,
+    note: &str,
+) -> Result<spacesync_hub::assessment::WitnessStatus, spacesync_hub::witness::WitnessError> {
+    let registry = spacesync_hub::registry::load_all(th.hub.store.as_ref()).expect("registry");
+    spacesync_hub::witness::status_as_of(
+        th.hub.store.as_ref(),
+        &registry,
+        &th.hub.campaign,
+        size,
+        note,
+    )
+}
+
+/// The quorum counts provincial units, not sources: sources a hub operator registers in a
+/// unit beside the province's own agent neither witness that unit without it nor count
+/// twice with it.
+async fn the_quorum_counts_units_not_sources(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let (mut gd, _) = provinces();
+    let puppets = [
+        Agent::new("gd-extra-1", 11, "440000"),
+        Agent::new("gd-extra-2", 12, "440100"),
+    ];
+    th.register(&gd);
+    for p in &puppets {
+        th.register(p);
+    }
+    grow(&th, &mut gd, 2).await;
+    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let note = doc["checkpoint"]["note"]
+        .as_str()
+        .expect("note")
+        .to_string();
+    let ts = now_secs(&th);
+    for p in &puppets {
+        let r = post(&th, p, &text(&note), &line(p, &text(&note), ts)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    // Two sources cosigned, both in Guangdong, without Guangdong's own agent: no unit.
+    let w = as_of(&th, size, &note).expect("status");
+    assert_eq!(w.witnesses, ["gd-extra-1", "gd-extra-2"]);
+    assert!(w.units.is_empty(), "{w:?}");
+    assert!(!w.reached());
+    assert_eq!(
+        spacesync_hub::witness::wanted(&th.hub)
+            .expect("wanted")
+            .sizes,
+        [size],
+        "still wanted"
+    );
+    // With it, Guangdong counts once: one unit of the quorum of two.
+    let r = post(&th, &gd, &text(&note), &line(&gd, &text(&note), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let w = as_of(&th, size, &note).expect("status");
+    assert_eq!(
+        (w.witnesses.len(), w.units.clone()),
+        (3, vec!["440000".to_string()])
+    );
+    assert!(!w.reached());
+    let list = th.get_json("/v1/bulletins").await;
+    assert_eq!(
+        list["bulletins"][0]["witnessed"]["units"],
+        json!(["440000"])
+    );
+    assert_eq!(
+        spacesync_hub::witness::wanted(&th.hub)
+            .expect("wanted")
+            .sizes,
+        [size]
+    );
+}
+
+/// A cosignature made after a rotation, with the new key, of a checkpoint from before it
+/// counts the same in the bulletin list (today's registry) and in `bulletin verify` (the
+/// registry as of the checkpoint, keys from the whole log).
+async fn a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let (mut gd, bj) = provinces();
+    th.register(&gd);
+    th.register(&bj);
+    grow(&th, &mut gd, 2).await;
+    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let note = doc["checkpoint"]["note"]
+        .as_str()
+        .expect("note")
+        .to_string();
+    let ts = now_secs(&th);
+    let r = post(&th, &gd, &text(&note), &line(&gd, &text(&note), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // bj's key is replaced (a lost key); bj cosigns the old checkpoint with the new one.
+    let bj2 = Agent::new("bj-agent", 22, "110000");
+    th.hub
+        .rotate_source("bj-agent", &bj2.key_line(), None)
+        .expect("rotate");
+    let served = th
+        .get(&format!("/v1/checkpoint?size={size}"), None)
+        .await
+        .text();
+    let r = post(&th, &bj2, &text(&served), &line(&bj2, &text(&served), ts)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = th.get_json("/v1/bulletins").await;
+    assert_eq!(
+        list["bulletins"][0]["witnessed"]["units"],
+        json!(["110000", "440000"])
+    );
+    let w = as_of(&th, size, &note).expect("status");
+    assert_eq!(w.units, ["110000", "440000"]);
+    assert!(w.reached());
 }
 
 /// A forking hub shows two agents two different trees of one size: each cosigns what it
@@ -489,8 +606,7 @@ async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
     assert_eq!(r.json()["code"], "wrong_root", "{}", r.text());
     let r = post(&ta, &bj, &text(&na), &bj_on_b).await;
     assert_eq!(r.json()["code"], "bad_cosignature", "{}", r.text());
-    let w =
-        spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na).expect("status");
+    let w = as_of(&ta, size, &na).expect("status");
     assert_eq!((w.witnesses.len(), w.reached()), (1, false));
     // A lying hub keeps bj's line for tree B under tree A's size anyway.
     let mut b = spacesync_hub::store::WriteBatch::new();
@@ -506,8 +622,7 @@ async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
             .expect("json"),
     );
     ta.hub.store.apply(b).expect("apply");
-    let e = spacesync_hub::witness::status_as_of(ta.hub.store.as_ref(), 2, size, &na)
-        .expect_err("a line for the other tree");
+    let e = as_of(&ta, size, &na).expect_err("a line for the other tree");
     assert!(e.to_string().contains("spacesync-witness/bj-agent"), "{e}");
 }
 
@@ -515,5 +630,7 @@ backends!(
     async cosignatures_are_collected_per_checkpoint,
     bad_cosignatures_are_refused_with_a_code,
     bulletins_are_pinned_to_a_witnessed_checkpoint,
-    no_quorum_for_two_trees_of_one_size
+    no_quorum_for_two_trees_of_one_size,
+    the_quorum_counts_units_not_sources,
+    a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings
 );

@@ -241,7 +241,7 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
     assert!(
         html.contains(
-            "Log checkpoint not yet witnessed: 1 of 3 have cosigned it, short of the quorum of 2"
+            "Log checkpoint not yet witnessed: 1 of 32 provincial units have cosigned it, short of the quorum of 2"
         ),
         "{html}"
     );
@@ -260,7 +260,7 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
         let list = ours().await;
         // The hub stops asking once the quorum is there: two, or three if both
         // restarted agents asked before either line arrived.
-        if list["witnessed"]["witnesses"]
+        if list["witnessed"]["units"]
             .as_array()
             .is_some_and(|w| w.len() >= 2)
         {
@@ -277,10 +277,8 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     // The first agent's line, and at least one that came after a consistency proof.
     let witnesses = list["witnessed"]["witnesses"].to_string();
     assert!(witnesses.contains(SITES[0].source), "{witnesses}");
-    let k = list["witnessed"]["witnesses"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let said = format!("Log checkpoint witnessed by {k} of 3 (quorum 2)");
+    let k = list["witnessed"]["units"].as_array().map_or(0, Vec::len);
+    let said = format!("Log checkpoint witnessed by {k} of 32 provincial units (quorum 2)");
     let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
     assert!(html.contains(&said), "{html}");
     for a in &agents {

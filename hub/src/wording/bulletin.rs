@@ -585,15 +585,17 @@ pub fn meta(lang: Lang, as_of: &str, size: u64, root: &str) -> String {
 /// Whether the bulletin's log checkpoint is witnessed: "witnessed by k of n (quorum q)",
 /// or, in words, that it is not yet.
 pub fn witnessed(lang: Lang, w: &WitnessStatus) -> String {
-    let (k, n, q) = (w.witnesses.len(), w.of, w.quorum);
+    let (k, n, q) = (w.units.len(), w.of, w.quorum);
     match (lang, w.reached()) {
         (Lang::Zh, true) => format!("日志检查点已由{n}个省级单位中的{k}个见证联署（法定数{q}）"),
         (Lang::Zh, false) => {
             format!("日志检查点尚未经见证：{n}个省级单位中已有{k}个联署，未达法定数{q}")
         }
-        (Lang::En, true) => format!("Log checkpoint witnessed by {k} of {n} (quorum {q})"),
+        (Lang::En, true) => {
+            format!("Log checkpoint witnessed by {k} of {n} provincial units (quorum {q})")
+        }
         (Lang::En, false) => format!(
-            "Log checkpoint not yet witnessed: {k} of {n} have cosigned it, short of the quorum of {q}"
+            "Log checkpoint not yet witnessed: {k} of {n} provincial units have cosigned it, short of the quorum of {q}"
         ),
     }
 }

@@ -436,7 +436,7 @@ async fn main() -> Result<()> {
         witnessed = list
             .iter()
             .filter(|b| {
-                b["witnessed"]["witnesses"]
+                b["witnessed"]["units"]
                     .as_array()
                     .is_some_and(|w| w.len() >= quorum)
             })
@@ -553,9 +553,9 @@ async fn main() -> Result<()> {
     println!("log: {verify}");
     println!("latest bulletin: {bulletin_check}");
     println!(
-        "witnessed: {witnessed} of {} bulletins have their log checkpoint cosigned by the quorum ({quorum} of {} agents)",
+        "witnessed: {witnessed} of {} bulletins have their log checkpoint cosigned by the quorum ({quorum} of {} provincial units)",
         list.len(),
-        agents.len()
+        campaign.units.len()
     );
     for e in tally
         .refused_unexpected
