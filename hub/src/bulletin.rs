@@ -315,6 +315,8 @@ fn issue_with(
         bulletin_key(number),
         serde_json::to_vec_pretty(&doc).unwrap_or_default(),
     );
+    // Its checkpoint's cosignatures are kept from now on (witness::prune).
+    b.put(crate::witness::pin_key(size), number.to_be_bytes());
     b.extend(also);
     state.head = store.commit(state.head, b)?;
     tracing::info!(number, log_size = size, "Issued bulletin.");

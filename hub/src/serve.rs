@@ -138,6 +138,19 @@ pub async fn run(
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
     let hub = Arc::new(hub);
+    {
+        let hub = hub.clone();
+        tokio::task::spawn_blocking(move || match crate::witness::prune(hub.store.as_ref()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                "Cleared cosignatures no checkpoint serves any more."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not clear old cosignatures; they stay, and the next start tries again.")
+            }
+        });
+    }
     let socket = dir
         .as_ref()
         .map(|d| d.0.join(crate::backup::CONTROL_SOCKET));

@@ -682,6 +682,9 @@ pub mod keys {
     /// `cosrc/<source>` → what the hub knows of a source as a witness (JSON,
     /// [`crate::witness::SourceWitness`]).
     pub const COSIG_SOURCE: &[u8] = b"cosrc/";
+    /// `cospin/<size, u64 big-endian>` → the number of a bulletin whose checkpoint has that
+    /// size (u64 big-endian): its cosignatures are kept (see [`crate::witness::prune`]).
+    pub const COSIG_PIN: &[u8] = b"cospin/";
 
     /// Key of log leaf `index`.
     pub fn log(index: u64) -> Vec<u8> {

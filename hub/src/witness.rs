@@ -144,6 +144,89 @@ fn prefix(size: u64) -> Vec<u8> {
     [keys::COSIG, &size.to_be_bytes()].concat()
 }
 
+/// Key that pins the cosignatures of the checkpoint of `size` leaves (a bulletin's).
+pub fn pin_key(size: u64) -> Vec<u8> {
+    [keys::COSIG_PIN, &size.to_be_bytes()].concat()
+}
+
+/// Is `size` a bulletin's checkpoint size (its cosignatures are kept)?
+fn pinned(store: &dyn Store, size: u64) -> Result<bool, StoreError> {
+    Ok(store.get(&pin_key(size))?.is_some())
+}
+
+/// How many cosignature keys [`prune`] deletes per write.
+const PRUNE_BATCH: usize = 4096;
+
+/// Keeps only the cosignatures something still asks for: each source's line for the
+/// newest size it cosigned (served on the newest checkpoint) and every line for a size a
+/// bulletin pinned (served on `/v1/checkpoint?size=N`, counted for its quorum). Without
+/// this the store grew by one key per agent per sync, for ever (outside review #9).
+///
+/// [`accept`] deletes a source's previous line as each new one arrives; this pass pins the
+/// sizes of bulletins issued before pins existed and clears what stores of that time kept
+/// (`serve` runs it at start, in the background). Both are idempotent. A line deleted in
+/// the instant a bulletin pinned its size is asked for again by [`wanted`], as any line a
+/// bulletin lacks. Returns how many lines were deleted.
+pub fn prune(store: &dyn Store) -> Result<u64, WitnessError> {
+    let mut pins = WriteBatch::new();
+    let mut sizes = std::collections::BTreeSet::new();
+    for b in crate::bulletin::list(store).map_err(|e| WitnessError::Malformed(e.to_string()))? {
+        sizes.insert(b.checkpoint.size);
+        if !pinned(store, b.checkpoint.size)? {
+            pins.put(pin_key(b.checkpoint.size), b.number.to_be_bytes());
+        }
+    }
+    if !pins.is_empty() {
+        store.apply(pins)?;
+        store.flush()?;
+    }
+    let mut newest: BTreeMap<Vec<u8>, Option<u64>> = BTreeMap::new();
+    let mut deleted = 0u64;
+    let mut b = WriteBatch::new();
+    let mut pending = 0usize;
+    for row in store.scan(keys::COSIG) {
+        let (k, _) = row?;
+        let rest = &k[keys::COSIG.len()..];
+        let Some((size, src)) = rest.split_first_chunk::<8>() else {
+            continue;
+        };
+        let size = u64::from_be_bytes(*size);
+        if sizes.contains(&size) {
+            continue;
+        }
+        let last = match newest.get(src) {
+            Some(n) => *n,
+            None => {
+                let n = match std::str::from_utf8(src)
+                    .ok()
+                    .and_then(|s| SourceId::parse(s).ok())
+                {
+                    Some(id) => of_source(store, &id)?.last_size,
+                    None => None,
+                };
+                newest.insert(src.to_vec(), n);
+                n
+            }
+        };
+        if last.is_some_and(|n| n > size) {
+            b.delete(k.to_vec());
+            pending += 1;
+            deleted += 1;
+            if pending == PRUNE_BATCH {
+                store.apply(std::mem::take(&mut b))?;
+                pending = 0;
+            }
+        }
+    }
+    if pending > 0 {
+        store.apply(b)?;
+    }
+    if deleted > 0 {
+        store.flush()?;
+    }
+    Ok(deleted)
+}
+
 /// The cosignatures kept for the checkpoint of `size` leaves, by source, in source order.
 pub fn collected(store: &dyn Store, size: u64) -> Result<BTreeMap<SourceId, Kept>, StoreError> {
     let p = prefix(size);
@@ -303,6 +386,15 @@ pub fn accept(
             window.num_minutes()
         )));
     }
+    let mut w = of_source(hub.store.as_ref(), source)?;
+    if let Some(newest) = w.last_size.filter(|&n| n > cp.size)
+        && !pinned(hub.store.as_ref(), cp.size)?
+    {
+        return Err(stale(format!(
+            "this witness cosigned the checkpoint of {newest} entries already; the hub keeps older lines only for bulletins' checkpoints (GET /v1/cosignature/wanted lists those it asks for), and {} is not one",
+            cp.size
+        )));
+    }
     let k = key(cp.size, source);
     if let Some(old) = hub.store.get(&k)? {
         let old: Kept = serde_json::from_slice(&old).map_err(|e| StoreError::Corrupt {
@@ -323,8 +415,14 @@ pub fn accept(
     };
     let mut b = WriteBatch::new();
     b.put(k, serde_json::to_vec(&kept).unwrap_or_default());
-    let mut w = of_source(hub.store.as_ref(), source)?;
     if w.last_size.is_none_or(|n| n <= cp.size) {
+        // The source's line for its previous newest size is no longer served on the newest
+        // checkpoint; unless a bulletin pinned that size, nothing asks for it again.
+        if let Some(old) = w.last_size.filter(|&n| n < cp.size)
+            && !pinned(hub.store.as_ref(), old)?
+        {
+            b.delete(key(old, source));
+        }
         w.last_size = Some(cp.size);
         w.last_timestamp = Some(ts);
         b.put(

@@ -95,10 +95,12 @@ async fn cosignatures_are_collected_per_checkpoint(backend: Backend) {
         th.register(&bj);
         grow(&th, &mut gd, 3).await;
         old_note = th.get("/v1/checkpoint", None).await.text();
+        // A bulletin pins the older size: its lines are kept after newer ones.
+        spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
         grow(&th, &mut bj, 2).await;
         new_note = th.get("/v1/checkpoint", None).await.text();
         let ts = now_secs(&th);
-        // Both cosign the newest; only gd the older one.
+        // Both cosign the newest; only gd the older (the bulletin's) one.
         for a in [&gd, &bj] {
             let r = post(&th, a, &text(&new_note), &line(a, &text(&new_note), ts)).await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -130,7 +132,7 @@ async fn cosignatures_are_collected_per_checkpoint(backend: Backend) {
         names,
         [cosign::witness_name(&gd.id), cosign::witness_name(&bj.id)]
     );
-    // The older checkpoint, asked by size: gd's line only, and the same hub-signed text.
+    // The bulletin's checkpoint, asked by size: gd's line only, and the same hub-signed text.
     let old_size = merkle::open_checkpoint(&old_note, &hub_verifier(), ORIGIN)
         .expect("old")
         .size;
@@ -452,6 +454,85 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
     assert_eq!((w.of, w.reached()), (32, true));
 }
 
+/// The hub keeps each source's line for the newest checkpoint it cosigned and every line
+/// for a bulletin's checkpoint, nothing else: a line for an older size is deleted when the
+/// source's next one arrives, unless a bulletin pinned that size; an older unpinned size is
+/// refused; `prune` pins the bulletins of a store from before pins and clears what such a
+/// store kept.
+async fn cosignatures_are_kept_for_the_newest_and_for_bulletins_only(backend: Backend) {
+    use spacesync_hub::witness::{collected, prune};
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let (mut gd, bj) = provinces();
+    th.register(&gd);
+    th.register(&bj);
+    let ts = now_secs(&th);
+    let cosign = async |th: &TestHub, a: &Agent| {
+        let note = th.get("/v1/checkpoint", None).await.text();
+        let r = post(th, a, &text(&note), &line(a, &text(&note), ts)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        th.log_size()
+    };
+    let held = |size: u64| -> Vec<String> {
+        collected(th.hub.store.as_ref(), size)
+            .expect("collected")
+            .into_keys()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    grow(&th, &mut gd, 2).await;
+    let s1 = cosign(&th, &gd).await;
+    let s1_note = th.get("/v1/checkpoint", None).await.text();
+    grow(&th, &mut gd, 2).await;
+    let s2 = cosign(&th, &gd).await;
+    assert_eq!((held(s1), held(s2)), (vec![], vec!["gd-agent".to_string()]));
+    // A bulletin pins its size: gd's line for it outlives gd's next one.
+    grow(&th, &mut gd, 1).await;
+    spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let s3 = cosign(&th, &gd).await;
+    let s3_bj = cosign(&th, &bj).await;
+    assert_eq!(s3, s3_bj);
+    grow(&th, &mut gd, 1).await;
+    let s4 = cosign(&th, &gd).await;
+    let _ = cosign(&th, &bj).await;
+    assert_eq!(held(s3), ["bj-agent", "gd-agent"]);
+    assert_eq!(held(s4), ["bj-agent", "gd-agent"]);
+    // An older size no bulletin pinned is refused, and nothing is kept for it.
+    let r = post(
+        &th,
+        &gd,
+        &text(&s1_note),
+        &line(&gd, &text(&s1_note), ts + 1),
+    )
+    .await;
+    assert_eq!(r.json()["code"], "stale_cosignature", "{}", r.text());
+    assert!(held(s1).is_empty());
+
+    // A store from before pins: no pin for the bulletin, and gd's old line for s1 kept.
+    let mut b = spacesync_hub::store::WriteBatch::new();
+    b.delete(spacesync_hub::witness::pin_key(s3));
+    let old_line =
+        json!({"line": line(&gd, &text(&s1_note), ts), "timestamp": ts, "key": gd.key_line()});
+    b.put(
+        [b"cos/".as_slice(), &s1.to_be_bytes(), b"gd-agent"].concat(),
+        serde_json::to_vec(&old_line).expect("json"),
+    );
+    th.hub.store.apply(b).expect("apply");
+    assert_eq!(held(s1), ["gd-agent"]);
+    assert_eq!(prune(th.hub.store.as_ref()).expect("prune"), 1);
+    assert!(held(s1).is_empty());
+    assert_eq!(
+        held(s3),
+        ["bj-agent", "gd-agent"],
+        "the bulletin's lines stay"
+    );
+    assert_eq!(prune(th.hub.store.as_ref()).expect("prune again"), 0);
+    // The pin is back: gd's next line does not take its s3 line away.
+    grow(&th, &mut gd, 1).await;
+    let _ = cosign(&th, &gd).await;
+    assert_eq!(held(s3), ["bj-agent", "gd-agent"]);
+}
+
 /// `bulletin verify`'s count: the registry replayed to the checkpoint for who could
 /// witness, today's registry (the whole log) for their keys.
 fn as_of(
@@ -632,5 +713,6 @@ backends!(
     bulletins_are_pinned_to_a_witnessed_checkpoint,
     no_quorum_for_two_trees_of_one_size,
     the_quorum_counts_units_not_sources,
-    a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings
+    a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings,
+    cosignatures_are_kept_for_the_newest_and_for_bulletins_only
 );
