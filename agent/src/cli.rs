@@ -89,11 +89,18 @@ pub enum Command {
         json: bool,
     },
     /// Check the local store offline: signatures, chain, seqs, receipts. Exits 1 on damage.
-    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent verify")]
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent verify --against-hub"
+    )]
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also prove every receipted entry this store still holds in the hub's log (its
+        /// checkpoint's signature and consistency with the one kept first); a failure
+        /// raises the log alarm as the sync's audit does.
+        #[arg(long)]
+        against_hub: bool,
     },
     /// Print this source's public key line.
     #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey")]
@@ -381,7 +388,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status { json } => show_status(&data, json),
         Command::Evidence { seq, out } => evidence(data, seq, &out),
         Command::Notices { json } => show_notices(&data, json),
-        Command::Verify { json } => run_verify(data, json),
+        Command::Verify { json, against_hub } => run_verify(data, json, against_hub),
         Command::Pubkey => {
             let key = keys::read_secret(&data.key())?;
             spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
@@ -1144,16 +1151,39 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
+fn run_verify(data: DataDir, json: bool, against_hub: bool) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
     let rep: VerifyReport = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
-        Ok(agent) => verify::verify(
-            &agent.store,
-            &agent.ident,
-            hub_key::known(&cfg, &agent.store)?.as_ref(),
-        )?,
+        Ok(agent) => {
+            let mut rep = verify::verify(
+                &agent.store,
+                &agent.ident,
+                hub_key::known(&cfg, &agent.store)?.as_ref(),
+            )?;
+            if against_hub {
+                let full = runtime()?
+                    .block_on(crate::push::audit_all_stopped(
+                        agent.cfg.clone(),
+                        agent.ident.clone(),
+                        agent.store.clone(),
+                        agent.clock.clone(),
+                    ))
+                    .map_err(|why| CliError::Remote {
+                        addr: cfg.hub.clone(),
+                        why,
+                    })?;
+                agent.store.flush()?;
+                rep.against_hub = Some(full);
+            }
+            rep
+        }
         Err(AgentError::Store(StoreError::Locked { .. })) => {
-            remote_json(&data, &cfg, reqwest::Method::POST, "/v1/verify", None)?
+            let path = if against_hub {
+                "/v1/verify?against_hub=true"
+            } else {
+                "/v1/verify"
+            };
+            remote_json(&data, &cfg, reqwest::Method::POST, path, None)?
         }
         Err(e) => return Err(e.into()),
     };
@@ -1172,16 +1202,29 @@ fn run_verify(data: DataDir, json: bool) -> Result<ExitCode, CliError> {
             rep.head_seq,
             rep.receipts
         );
+        if let Some(a) = &rep.against_hub {
+            match (&a.alarm, a.checkpoint_size) {
+                (Some(alarm), _) => spacesync_shared::outln!("LOG ALARM: {alarm}"),
+                (None, Some(size)) => spacesync_shared::outln!(
+                    "against the hub: {} receipted entries proven in its signed log of {size} entries ({} pruned here after delivery, not checkable)",
+                    a.proven,
+                    a.pruned
+                ),
+                (None, None) => {}
+            }
+        }
         if rep.ok() {
             spacesync_shared::outln!("OK: signatures, chain, seqs and receipts are sound");
         } else {
             for p in &rep.problems {
                 spacesync_shared::outln!("DAMAGE: {p}");
             }
-            spacesync_shared::outln!(
-                "{} problem(s) found; keep a copy of the data directory and tell the hub operator before changing anything",
-                rep.problems.len()
-            );
+            if !rep.problems.is_empty() {
+                spacesync_shared::outln!(
+                    "{} problem(s) found; keep a copy of the data directory and tell the hub operator before changing anything",
+                    rep.problems.len()
+                );
+            }
         }
     }
     Ok(if rep.ok() {

@@ -71,7 +71,21 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// One permit: `verify` reads the whole store, so only one runs at a time.
     pub verifying: Arc<Semaphore>,
+    /// Asks the pusher for `verify --against-hub` (`None`: no pusher, as in some tests).
+    pub full_audits: Option<crate::push::FullAudits>,
 }
+
+/// The query of `/v1/verify`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    /// Also prove every receipted entry in the hub's log (`verify --against-hub`).
+    #[serde(default)]
+    against_hub: bool,
+}
+
+/// How long `/v1/verify?against_hub=true` waits for the pusher's full audit.
+const FULL_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The checks every request but `/healthz` passes before a handler runs.
 #[derive(Debug)]
@@ -639,7 +653,21 @@ async fn post_notices_read(State(st): State<AppState>, req: Request) -> Result<R
     .into_response())
 }
 
-async fn run_verify(State(st): State<AppState>) -> Result<Response, AppError> {
+async fn run_verify(
+    State(st): State<AppState>,
+    q: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(q) = q.map_err(|e| {
+        AppError::Client(
+            StatusCode::BAD_REQUEST,
+            ErrorBody {
+                error: format!("{e}; /v1/verify takes only against_hub=true|false"),
+                code: None,
+                problems: vec![],
+            },
+            None,
+        )
+    })?;
     let Ok(_permit) = st.verifying.clone().try_acquire_owned() else {
         return Err(AppError::Client(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -655,10 +683,29 @@ async fn run_verify(State(st): State<AppState>) -> Result<Response, AppError> {
         crate::hub_key::known(&st.cfg, &st.store).map_err(|e| AppError::Internal(e.to_string()))?;
     let store = st.store.clone();
     let ident = st.ident.clone();
-    let rep = tokio::task::spawn_blocking(move || verify::verify(&store, &ident, hub_key.as_ref()))
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let mut rep =
+        tokio::task::spawn_blocking(move || verify::verify(&store, &ident, hub_key.as_ref()))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+    if q.against_hub {
+        let unavailable = |error: String| {
+            AppError::Client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody {
+                    error: format!("verify against the hub: {error}"),
+                    code: None,
+                    problems: vec![],
+                },
+                Some(30),
+            )
+        };
+        let full = st
+            .full_audits
+            .as_ref()
+            .ok_or_else(|| unavailable("this agent has no pusher".into()))?;
+        rep.against_hub = Some(full.ask(FULL_AUDIT_WAIT).await.map_err(unavailable)?);
+    }
     Ok(axum::Json(rep).into_response())
 }
 
@@ -741,6 +788,7 @@ mod tests {
             push: push.clone(),
             clock: clock.clone(),
             verifying: Arc::new(Semaphore::new(1)),
+            full_audits: None,
         });
         Fixture {
             app,

@@ -31,12 +31,15 @@ pub struct VerifyReport {
     pub head_seq: u64,
     /// Every fault found, one line each; empty means the store is sound.
     pub problems: Vec<String>,
+    /// `--against-hub`: every receipted entry held, proven in the hub's tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against_hub: Option<crate::push::audit::FullAudit>,
 }
 
 impl VerifyReport {
-    /// True when nothing is wrong.
+    /// True when nothing is wrong (and, against the hub, no log alarm stands).
     pub fn ok(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.against_hub.as_ref().is_none_or(|a| a.alarm.is_none())
     }
 }
 

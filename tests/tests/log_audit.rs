@@ -129,6 +129,29 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
         let s = status(agent).await;
         assert!(s["log_alarm"].is_null(), "{s}");
     }
+    // `verify --against-hub` proves every receipted entry: through the running agent (its
+    // pusher runs it), and from a stopped agent's store.
+    let full = |agent: &AgentNode| {
+        let out = agent.cli(&["verify", "--against-hub", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        rep["against_hub"].clone()
+    };
+    let got = full(&a);
+    assert_eq!(
+        (got["proven"].clone(), got["alarm"].clone()),
+        (10.into(), Value::Null),
+        "{got}"
+    );
+    assert!(got["checkpoint_size"].as_u64() >= Some(snapshot), "{got}");
+    b.stop();
+    let got = full(&b);
+    assert_eq!(
+        (got["proven"].clone(), got["alarm"].clone()),
+        (3.into(), Value::Null),
+        "{got}"
+    );
+    b.start().await;
 
     // The hub stopped and restarted: still one log, still no alarm.
     hub.stop();

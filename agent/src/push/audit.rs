@@ -7,7 +7,8 @@
 //!    of the same size with another root, or a consistency proof
 //!    (`GET /v1/proof/consistency`, [`merkle::verify_consistency`]) that does not verify, is
 //!    a fork;
-//! 3. for the last entry of each batch receipted since the last audit, the inclusion proof
+//! 3. for the last entry of each batch receipted since the last audit (every receipted
+//!    entry still held for `verify --against-hub`, [`audit_all`]), the inclusion proof
 //!    (`GET /v1/proof/inclusion`, [`merkle::verify_inclusion`]) of the leaf the receipt
 //!    names — the leaf is the hash of the entry's DSSE PAE bytes, as the hub's log makes
 //!    it — must lead to the checkpoint's root;
@@ -262,6 +263,30 @@ pub(super) async fn consistency<T: Transport>(
     Ok(proof)
 }
 
+/// Which receipted entries an audit proves in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The last entry of each batch receipted since the last audit (at most
+    /// [`MAX_INCLUSIONS`] batches): every sync.
+    NewBatches,
+    /// Every receipted entry the store still holds: `verify --against-hub`.
+    AllHeld,
+}
+
+/// What the checks of one audit passed with.
+struct Passed {
+    /// The checkpoint verified.
+    cp: Checkpoint,
+    /// Its note as served.
+    fetched: String,
+    /// Receipted seqs up to here are audited ([`Scope::NewBatches`]).
+    through: u64,
+    /// Inclusion proofs verified.
+    proven: u64,
+    /// Receipted entries pruned before they could be proven ([`Scope::AllHeld`]).
+    pruned: u64,
+}
+
 /// One audit. `key` is the hub key receipts verify with; `now` stamps evidence.
 pub async fn audit<T: Transport>(
     link: &mut Link<T>,
@@ -271,6 +296,82 @@ pub async fn audit<T: Transport>(
     now: DateTime<Utc>,
 ) -> Result<Outcome, AuditError> {
     let mut st = AuditState::load(store)?;
+    let p = match check(link, store, key, &st, now, Scope::NewBatches).await? {
+        Ok(p) => p,
+        Err((evidence, f)) => return raise(store, state, &mut st, *evidence, f).await,
+    };
+    // 4. Every check passed: keep the checkpoint.
+    st.checkpoint = Some(p.fetched);
+    st.audited_through = p.through;
+    let json = serde_json::to_vec(&st).unwrap_or_default();
+    store.set_audit_state(&json, None).await?;
+    lock(state).verified_checkpoint_size = Some(p.cp.size);
+    debug!(
+        size = p.cp.size,
+        audited_through = p.through,
+        "Hub log audited."
+    );
+    Ok(Outcome::Verified(p.cp.size))
+}
+
+/// What `verify --against-hub` found ([`audit_all`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullAudit {
+    /// Size of the hub's checkpoint every receipted entry was proven in (its signature and
+    /// its consistency with the kept checkpoint verified first).
+    pub checkpoint_size: Option<u64>,
+    /// Receipted entries proven in that tree by their inclusion proofs.
+    pub proven: u64,
+    /// Receipted entries pruned from this store after delivery: nothing left to hash.
+    pub pruned: u64,
+    /// The log alarm this check raised or found standing (`None`: the log is sound).
+    pub alarm: Option<String>,
+}
+
+/// `verify --against-hub`: the audit of every sync, proving **every** receipted entry the
+/// store still holds instead of each new batch's last. It raises the log alarm as the
+/// sync's audit does, but keeps no new checkpoint (the pusher's audit does that), so it can
+/// run beside it only in the pusher's task or with the agent stopped.
+pub async fn audit_all<T: Transport>(
+    link: &mut Link<T>,
+    store: &Store,
+    key: &VerifyingKey,
+    state: &SharedPushState,
+    now: DateTime<Utc>,
+) -> Result<FullAudit, AuditError> {
+    let mut st = AuditState::load(store)?;
+    match check(link, store, key, &st, now, Scope::AllHeld).await? {
+        Ok(p) => Ok(FullAudit {
+            checkpoint_size: Some(p.cp.size),
+            proven: p.proven,
+            pruned: p.pruned,
+            alarm: st.alarm,
+        }),
+        Err((evidence, f)) => {
+            raise(store, state, &mut st, *evidence, f).await?;
+            Ok(FullAudit {
+                checkpoint_size: None,
+                proven: 0,
+                pruned: 0,
+                alarm: st.alarm,
+            })
+        }
+    }
+}
+
+/// A failed check: what it saw, and what it found.
+type Failed = (Box<Evidence>, Finding);
+
+/// Steps 1–3 of an audit against the kept state `st`: `Ok(Err(_))` is a finding, to be
+/// raised; `Err(_)` an audit that could not be finished.
+async fn check<T: Transport>(
+    link: &mut Link<T>,
+    store: &Store,
+    key: &VerifyingKey,
+    st: &AuditState,
+    now: DateTime<Utc>,
+    scope: Scope,
+) -> Result<Result<Passed, Failed>, AuditError> {
     let body = ask(link, &Request::Checkpoint).await?;
     let fetched = String::from_utf8_lossy(&body).into_owned();
     let kept =
@@ -280,14 +381,14 @@ pub async fn audit<T: Transport>(
             })?),
             None => None,
         };
-    let mut evidence = Evidence {
+    let mut evidence = Box::new(Evidence {
         at: now,
         code: String::new(),
         detected: String::new(),
         kept: st.checkpoint.clone(),
         fetched: kept_text(&body),
         proof: None,
-    };
+    });
 
     // 1. The signature, with the hub key, under the log's name (kept from the first audit).
     let origin = match &kept {
@@ -301,7 +402,7 @@ pub async fn audit<T: Transport>(
         Err(e) => {
             let shown: String = origin.chars().take(100).collect();
             let f = Finding::BadSignature(format!("log {shown:?}: {e}"));
-            return raise(store, state, &mut st, evidence, f).await;
+            return Ok(Err((evidence, f)));
         }
     };
 
@@ -312,7 +413,7 @@ pub async fn audit<T: Transport>(
                 kept: k.size,
                 now: cp.size,
             };
-            return raise(store, state, &mut st, evidence, f).await;
+            return Ok(Err((evidence, f)));
         }
         let proof = consistency(link, k.size, cp.size, &mut evidence).await?;
         if let Err(e) = merkle::verify_consistency(k.size, cp.size, &k.root, &cp.root, &proof) {
@@ -320,22 +421,33 @@ pub async fn audit<T: Transport>(
                 "the tree of {} entries does not extend the verified tree of {} ({e})",
                 cp.size, k.size
             ));
-            return raise(store, state, &mut st, evidence, f).await;
+            return Ok(Err((evidence, f)));
         }
     }
 
-    // 3. The last entry of each batch receipted since the last audit is in the tree.
+    // 3. Receipted entries are in the tree: each new batch's last, or every one held.
     let acked = store.acked()?;
-    let mut through = st.audited_through;
-    for seq in batch_ends(store, st.audited_through, acked)? {
+    let seqs = match scope {
+        Scope::NewBatches => batch_ends(store, st.audited_through, acked)?,
+        Scope::AllHeld => receipted(store, acked)?,
+    };
+    let mut passed = Passed {
+        cp,
+        fetched,
+        through: st.audited_through,
+        proven: 0,
+        pruned: 0,
+    };
+    let cp = &passed.cp;
+    for seq in seqs {
         let Some(r) = store.receipt(seq)? else {
             continue;
         };
         let Some(env) = store.entry(seq)? else {
-            // Pruned already: nothing to hash (checking every receipted entry, pruned or
-            // not, is for a later `verify --against-hub`; issue 16).
+            // Pruned already: nothing to hash.
             debug!(seq, "Entry pruned before its inclusion was checked.");
-            through = seq;
+            passed.through = passed.through.max(seq);
+            passed.pruned += 1;
             continue;
         };
         let leaf = merkle::leaf_hash(&pae(&env.payload_type, &env.payload));
@@ -352,7 +464,7 @@ pub async fn audit<T: Transport>(
                 "seq {seq} was receipted at leaf {} but the signed tree has {} entries",
                 r.log_index, cp.size
             ));
-            return raise(store, state, &mut st, evidence, f).await;
+            return Ok(Err((evidence, f)));
         }
         let req = Request::Inclusion {
             index: r.log_index,
@@ -368,23 +480,25 @@ pub async fn audit<T: Transport>(
                 "seq {seq} was receipted at leaf {}, but the tree of {} entries does not hold this agent's entry there ({e})",
                 r.log_index, cp.size
             ));
-            return raise(store, state, &mut st, evidence, f).await;
+            return Ok(Err((evidence, f)));
         }
-        through = seq;
+        passed.through = passed.through.max(seq);
+        passed.proven += 1;
     }
+    Ok(Ok(passed))
+}
 
-    // 4. Every check passed: keep the checkpoint.
-    st.checkpoint = Some(fetched);
-    st.audited_through = through;
-    let json = serde_json::to_vec(&st).unwrap_or_default();
-    store.set_audit_state(&json, None).await?;
-    lock(state).verified_checkpoint_size = Some(cp.size);
-    debug!(
-        size = cp.size,
-        audited_through = through,
-        "Hub log audited."
-    );
-    Ok(Outcome::Verified(cp.size))
+/// Every receipted seq up to `acked`, ascending.
+fn receipted(store: &Store, acked: u64) -> Result<Vec<u64>, StoreError> {
+    let mut seqs = Vec::new();
+    for row in store.raw_receipts_from(1) {
+        let (seq, _) = row?;
+        if seq > acked {
+            break;
+        }
+        seqs.push(seq);
+    }
+    Ok(seqs)
 }
 
 /// The last seq of each batch receipted in `(after, acked]`, at most [`MAX_INCLUSIONS`]:

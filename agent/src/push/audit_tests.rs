@@ -13,7 +13,8 @@ use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
 use spacesync_shared::wire::{BatchReceipt, CosignatureSubmission, ReceiptItem};
 
 use super::audit::{
-    AuditState, Evidence, Finding, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome, audit,
+    AuditState, Evidence, Finding, FullAudit, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome, audit,
+    audit_all,
 };
 use super::classify::Link;
 use super::state::{PushState, SharedPushState, lock};
@@ -418,6 +419,57 @@ async fn a_dropped_receipted_entry_alarms() {
     s.receipt(&[(1, 0), (2, 1), (3, 7)]);
     let _ = l3;
     assert!(matches!(s.alarmed().await, Finding::Missing(_)));
+    s.assert_alarm("missing_entry");
+}
+
+/// `verify --against-hub` proves every receipted entry, not each batch's last: a receipt
+/// that names a leaf holding something else in the middle of a batch passes the sync's
+/// audit and raises the alarm here; a sound log is proven entry by entry, and the kept
+/// checkpoint stays the sync's to move.
+#[tokio::test]
+async fn verify_against_the_hub_proves_every_receipted_entry() {
+    let mut s = setup(3);
+    let (l1, l2, l3) = (s.leaf(1), s.leaf(2), s.leaf(3));
+    s.hub.log().leaves = vec![l1, l2, l3];
+    s.receipt(&[(1, 0), (2, 1), (3, 2)]);
+    assert_eq!(s.verified().await, 3);
+    let kept = s.kept();
+    let _ = s.seen();
+    let key = hub_key().verifying_key();
+    let full = audit_all(&mut s.link, &s.store, &key, &s.state, clock().now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        full,
+        FullAudit {
+            checkpoint_size: Some(3),
+            proven: 3,
+            pruned: 0,
+            alarm: None
+        }
+    );
+    assert_eq!(
+        s.seen().len(),
+        4,
+        "the checkpoint and three inclusion proofs"
+    );
+    assert_eq!(s.kept(), kept);
+
+    // Entry 1's receipt names leaf 0, which holds another source's entry.
+    let mut s = setup(3);
+    s.hub.log().leaves = vec![other(1), l2, l3];
+    s.receipt(&[(1, 0), (2, 1), (3, 2)]);
+    assert_eq!(s.verified().await, 3, "the batch's last entry is there");
+    assert_eq!(lock(&s.state).log_alarm, None);
+    let full = audit_all(&mut s.link, &s.store, &key, &s.state, clock().now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alarm = full.alarm.unwrap_or_else(|| panic!("no alarm"));
+    assert!(alarm.starts_with("missing_entry"), "{alarm}");
+    assert!(alarm.contains("seq 1"), "{alarm}");
+    s.assert_alarm("missing_entry");
+    // The sync's next audit does not clear it.
+    let _ = s.audit().await;
     s.assert_alarm("missing_entry");
 }
 

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spacesync_shared::clock::Clock;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -74,6 +74,63 @@ pub struct Pusher<T = HubClient> {
     delivery: Delivery,
     /// The push state as last written to the store (written again only when it changes).
     persisted: Vec<u8>,
+    /// `verify --against-hub` requests from the local API ([`Pusher::full_audits`]).
+    full_rx: Option<mpsc::Receiver<FullAuditReply>>,
+}
+
+/// `verify --against-hub` with the agent stopped: the audit of [`audit::audit_all`] over a
+/// connection of its own, with the hub key this agent knows (pinned or stored).
+pub async fn audit_all_stopped(
+    cfg: Arc<Config>,
+    ident: Arc<Identity>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+) -> Result<audit::FullAudit, String> {
+    let key = crate::hub_key::known(&cfg, &store)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            "the hub's key is not known yet: pin hub_key in agent.toml or run the agent once"
+                .to_string()
+        })?;
+    let client =
+        HubClient::new(cfg.clone(), ident.clone(), clock.clone()).map_err(|e| e.to_string())?;
+    let state = SharedPushState::default();
+    let mut link = Link::new(client, state.clone(), clock.clone(), ident);
+    audit::audit_all(&mut link, &store, &key, &state, clock.now())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Where the answer to one `verify --against-hub` asked of the running pusher goes.
+pub type FullAuditReply = oneshot::Sender<Result<audit::FullAudit, String>>;
+
+/// How the local API asks the running pusher for `verify --against-hub`: the audit runs in
+/// the pusher's own task, between two syncs, so it never races the sync's audit over the
+/// kept checkpoint and the alarm.
+#[derive(Clone)]
+pub struct FullAudits {
+    tx: mpsc::Sender<FullAuditReply>,
+    wake: Arc<Notify>,
+}
+
+impl FullAudits {
+    /// Asks for a full audit and waits for it, at most `limit`.
+    pub async fn ask(&self, limit: Duration) -> Result<audit::FullAudit, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(reply)
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        self.wake.notify_one();
+        match tokio::time::timeout(limit, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the agent is stopping".into()),
+            Err(_) => Err(format!(
+                "no answer within {} s: the pusher is waiting to retry the hub (see `spacesync-agent status`); try again later",
+                limit.as_secs()
+            )),
+        }
+    }
 }
 
 impl Pusher<HubClient> {
@@ -140,7 +197,40 @@ impl<T: Transport> Pusher<T> {
             ident,
             delivery,
             persisted: Vec::new(),
+            full_rx: None,
         }
+    }
+
+    /// The handle the local API asks full audits with (`verify --against-hub`).
+    pub fn full_audits(&mut self) -> FullAudits {
+        let (tx, rx) = mpsc::channel(4);
+        self.full_rx = Some(rx);
+        FullAudits {
+            tx,
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Answers the full audits asked since the last cycle: each runs now when the hub
+    /// key is known (`Ok(None)`), else is answered with why not.
+    async fn full_audits_now(&mut self, failed: Option<&str>) {
+        let Some(mut rx) = self.full_rx.take() else {
+            return;
+        };
+        while let Ok(reply) = rx.try_recv() {
+            let r = match (failed, self.delivery.hub_key()) {
+                (Some(why), _) => Err(format!("the hub could not be reached: {why}")),
+                (None, None) => Err("the hub's key is not known yet".to_string()),
+                (None, Some(key)) => {
+                    let now = self.clock.now();
+                    audit::audit_all(&mut self.link, &self.store, &key, &self.state, now)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let _ = reply.send(r);
+        }
+        self.full_rx = Some(rx);
     }
 
     fn persist(&mut self) {
@@ -201,7 +291,11 @@ impl<T: Transport> Pusher<T> {
     async fn cycle(&mut self, notices_due: bool) -> Result<(), PushError> {
         // The audit comes before delivery: after a rollback, the hub's tree is seen as the
         // hub keeps it, before this agent's resent entries grow it back.
-        self.delivery.ensure_hub_key(&mut self.link).await?;
+        if let Err(e) = self.delivery.ensure_hub_key(&mut self.link).await {
+            self.full_audits_now(Some(&e.to_string())).await;
+            return Err(e);
+        }
+        self.full_audits_now(None).await;
         self.audit().await;
         self.delivery.deliver(&mut self.link).await?;
         // Said at once, not after the notices: whoever sees the buffer delivered in the
