@@ -139,10 +139,11 @@ pub enum Command {
     },
     /// Write the dispute evidence file of one entry: the entry as signed, the hub's
     /// receipt, and its inclusion proof in the hub-signed checkpoint this agent last
-    /// verified, with the witnesses' cosignatures (agent stopped; the hub reachable).
+    /// verified, with the witnesses' cosignatures (the hub reachable; a running agent
+    /// builds it through its API).
     /// Anyone checks it offline: `spacesync-hub evidence verify FILE`.
     #[command(
-        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent evidence --seq 42 --out gd-rrt-42.evidence   # agent stopped (or --data a backup of it)"
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent evidence --seq 42 --out gd-rrt-42.evidence"
     )]
     Evidence {
         /// The entry's seq.
@@ -1119,11 +1120,29 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
     let agent = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
         Ok(a) => a,
         Err(AgentError::Store(StoreError::Locked { .. })) => {
-            return Err(CliError::Usage(format!(
-                "the store {} is in use (is `run` running?): stop the agent, or make a backup (`spacesync-agent --data {} backup OUT`) and run `evidence` with --data OUT",
-                data.db().display(),
-                data.root.display()
-            )));
+            // The running agent builds it (it reads the store and asks the hub).
+            let (status, body) = remote(
+                &data,
+                &cfg,
+                reqwest::Method::GET,
+                &format!("/v1/evidence?seq={seq}"),
+                None,
+            )?;
+            if status != 200 {
+                let why = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                return Err(CliError::Remote {
+                    addr: local_base(&cfg),
+                    why: format!("evidence for seq {seq}: {why}"),
+                });
+            }
+            // Checked here too, as anyone receiving it would.
+            let p = spacesync_shared::evidence::verify(&body)
+                .map_err(crate::evidence::EvidenceError::SelfCheck)?;
+            crate::evidence::save(&body, out)?;
+            return Ok(evidence_written(seq, out, &p));
         }
         Err(e) => return Err(e.into()),
     };
@@ -1140,6 +1159,14 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
         seq,
         out,
     ))?;
+    Ok(evidence_written(seq, out, &p))
+}
+
+fn evidence_written(
+    seq: u64,
+    out: &std::path::Path,
+    p: &spacesync_shared::evidence::Proven,
+) -> ExitCode {
     spacesync_shared::outln!(
         "evidence for seq {seq} written to {}: leaf {} of the hub's checkpoint of {} entries, cosigned by {} witness(es); anyone can check it with `spacesync-hub evidence verify {}`",
         out.display(),
@@ -1148,7 +1175,7 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
         p.witnesses.len(),
         out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 fn run_verify(data: DataDir, json: bool, against_hub: bool) -> Result<ExitCode, CliError> {

@@ -153,6 +153,36 @@ pub async fn write<T: Transport>(
     seq: u64,
     out: &Path,
 ) -> Result<Proven, EvidenceError> {
+    let (bytes, proven) = build(hub, hub_url, store, ident, hub_key, seq).await?;
+    save(&bytes, out)?;
+    Ok(proven)
+}
+
+/// Writes evidence `bytes` to `out`, a new file, flushed.
+pub fn save(bytes: &[u8], out: &Path) -> Result<(), EvidenceError> {
+    let io = |error| EvidenceError::Io {
+        path: out.to_path_buf(),
+        error,
+    };
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
+}
+
+/// Builds the evidence file of `seq` and checks it as a third party would: its bytes.
+/// Reads the store only, so the running agent's API serves it too (`GET /v1/evidence`).
+pub async fn build<T: Transport>(
+    hub: &mut T,
+    hub_url: &str,
+    store: &Store,
+    ident: &Identity,
+    hub_key: &VerifyingKey,
+    seq: u64,
+) -> Result<(Vec<u8>, Proven), EvidenceError> {
     let Some(entry) = store.entry(seq)? else {
         let (pruned, _) = store.pruned()?;
         if seq >= 1 && seq <= pruned {
@@ -248,18 +278,7 @@ pub async fn write<T: Transport>(
     };
     let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
     bytes.push(b'\n');
-    // Checked as a third party checks it, before it is written.
+    // Checked as a third party checks it, before anyone gets it.
     let proven = ev::verify(&bytes)?;
-    let io = |error| EvidenceError::Io {
-        path: out.to_path_buf(),
-        error,
-    };
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(io)?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io)?;
-    Ok(proven)
+    Ok((bytes, proven))
 }

@@ -84,6 +84,72 @@ struct VerifyQuery {
     against_hub: bool,
 }
 
+/// The query of `/v1/evidence`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceQuery {
+    /// The entry's seq.
+    seq: u64,
+}
+
+/// `GET /v1/evidence?seq=N`: the dispute evidence file of entry `N` (what `evidence --seq N`
+/// writes), built while the agent runs. It reads the store and asks the hub; it writes
+/// nothing.
+async fn get_evidence(
+    State(st): State<AppState>,
+    q: Result<Query<EvidenceQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    use crate::evidence::EvidenceError as E;
+    let refuse = |status: StatusCode, error: String, retry: Option<u64>| {
+        AppError::Client(
+            status,
+            ErrorBody {
+                error,
+                code: None,
+                problems: vec![],
+            },
+            retry,
+        )
+    };
+    let Query(q) = q.map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{e}; /v1/evidence takes seq=N"),
+            None,
+        )
+    })?;
+    let hub_key = crate::hub_key::known(&st.cfg, &st.store)
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .ok_or_else(|| refuse(StatusCode::CONFLICT, E::NoHubKey.to_string(), None))?;
+    let mut client =
+        crate::push::HubClient::new(st.cfg.clone(), st.ident.clone(), st.clock.clone())
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+    let built = crate::evidence::build(
+        &mut client,
+        &st.cfg.hub,
+        &st.store,
+        &st.ident,
+        &hub_key,
+        q.seq,
+    )
+    .await;
+    match built {
+        Ok((bytes, _)) => Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            Bytes::from(bytes),
+        )
+            .into_response()),
+        Err(e @ (E::NoEntry { .. } | E::Pruned(_))) => {
+            Err(refuse(StatusCode::NOT_FOUND, e.to_string(), None))
+        }
+        Err(e @ (E::NoReceipt(_) | E::NotYetVerified { .. })) => {
+            Err(refuse(StatusCode::CONFLICT, e.to_string(), Some(30)))
+        }
+        Err(e @ E::Hub { .. }) => Err(refuse(StatusCode::BAD_GATEWAY, e.to_string(), Some(30))),
+        Err(e) => Err(AppError::Internal(e.to_string())),
+    }
+}
+
 /// How long `/v1/verify?against_hub=true` waits for the pusher's full audit.
 const FULL_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -288,13 +354,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/notices", get(get_notices))
         .route("/v1/notices/read", post(post_notices_read))
         .route("/v1/verify", post(run_verify).get(run_verify))
+        .route("/v1/evidence", get(get_evidence))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
         .fallback(|| async {
             client(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /metrics, /healthz and /readyz",
+                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /v1/evidence, /metrics, /healthz and /readyz",
                 vec![],
             )
         })

@@ -319,10 +319,33 @@ async fn evidence_files_verify_offline_and_every_changed_byte_is_named() {
     c.wait_drained(Duration::from_secs(60)).await;
     let origin = origin(&c).await;
     wait_witnessed(&c, &origin).await;
-    // The agent stopped (its store is its own while it runs).
-    let a = &mut c.agents[0];
-    a.stop();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // While the agent runs, it builds the file (GET /v1/evidence), checked by the CLI.
+    let a = &mut c.agents[0];
+    let running = dir.path().join("seq-1.evidence");
+    let out = a.cli(&[
+        "evidence",
+        "--seq",
+        "1",
+        "--out",
+        &running.to_string_lossy(),
+    ]);
+    let said = ok(&out, "evidence through the running agent");
+    assert!(said.contains("cosigned by 3 witness(es)"), "{said}");
+    let none = a.cli(&[
+        "evidence",
+        "--seq",
+        "99",
+        "--out",
+        &dir.path().join("y").to_string_lossy(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("seq 99 is not an entry of this agent"),
+        "{none:?}"
+    );
+    assert!(!dir.path().join("y").exists());
+    // The agent stopped: the CLI builds it from the store.
+    a.stop();
     let file = dir.path().join("seq-2.evidence");
     let out = a.cli(&["evidence", "--seq", "2", "--out", &file.to_string_lossy()]);
     let said = ok(&out, "evidence");
