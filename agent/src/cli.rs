@@ -102,6 +102,17 @@ pub enum Command {
         #[arg(long)]
         against_hub: bool,
     },
+    /// Clear the log alarm once its finding is settled (with the campaign): the next
+    /// audit starts again from the hub's checkpoint; the evidence stays, with a record of
+    /// this. Nothing the hub answers clears it.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent clear-alarm --reason \"hub restored from its 2018-11-20 backup, agreed with the ministry (ticket 4711)\""
+    )]
+    ClearAlarm {
+        /// Why (kept in the store's evidence).
+        #[arg(long)]
+        reason: String,
+    },
     /// Print this source's public key line.
     #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey")]
     Pubkey,
@@ -390,6 +401,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Evidence { seq, out } => evidence(data, seq, &out),
         Command::Notices { json } => show_notices(&data, json),
         Command::Verify { json, against_hub } => run_verify(data, json, against_hub),
+        Command::ClearAlarm { reason } => clear_alarm(data, reason),
         Command::Pubkey => {
             let key = keys::read_secret(&data.key())?;
             spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
@@ -1160,6 +1172,51 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
         out,
     ))?;
     Ok(evidence_written(seq, out, &p))
+}
+
+fn clear_alarm(data: DataDir, reason: String) -> Result<ExitCode, CliError> {
+    if reason.trim().is_empty() {
+        return Err(CliError::Usage(
+            "say why the alarm is cleared: --reason is empty".into(),
+        ));
+    }
+    let cfg = Config::load(&data.config())?;
+    let cleared = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
+        Ok(agent) => {
+            let state = crate::push::SharedPushState::default();
+            let now = agent.clock.now();
+            let cleared = runtime()?
+                .block_on(crate::push::audit::clear_alarm(
+                    &agent.store,
+                    &state,
+                    &reason,
+                    now,
+                ))
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            agent.store.flush()?;
+            cleared
+        }
+        Err(AgentError::Store(StoreError::Locked { .. })) => {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
+            let a: crate::http::AlarmCleared = remote_json(
+                &data,
+                &cfg,
+                reqwest::Method::POST,
+                "/v1/alarm/clear",
+                Some((body, "application/json", None)),
+            )?;
+            a.cleared
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match cleared {
+        Some(old) => spacesync_shared::outln!(
+            "log alarm cleared (it was: {old}); the next audit starts from the hub's checkpoint, and the evidence stays in the store"
+        ),
+        None => spacesync_shared::outln!("no log alarm stood; nothing changed"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn evidence_written(

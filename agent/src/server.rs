@@ -175,7 +175,7 @@ pub async fn run(
         notices_stored.clone(),
         retired,
     )?;
-    let full_audits = pusher.full_audits();
+    let asks = pusher.asks();
     let pusher_task = tokio::spawn(pusher.run(stop_rx.clone()));
     let spool_task = tokio::spawn(spool::watch(
         agent.data.clone(),
@@ -212,7 +212,7 @@ pub async fn run(
             &agent.cfg.intake.allowed_hosts,
         )),
         verifying: Arc::new(Semaphore::new(1)),
-        full_audits: Some(full_audits),
+        asks: Some(asks),
     });
     info!(listen = %addr, source = %agent.cfg.source, hub = %agent.cfg.hub, "Agent started.");
     let served = spacesync_http::serve(

@@ -387,7 +387,7 @@ pub fn agent_fixture() -> &'static AgentFixture {
             clock,
             edge: Arc::new(ahttp::Edge::new(AGENT_TOKEN.into(), listen, &[])),
             verifying: Arc::new(tokio::sync::Semaphore::new(1)),
-            full_audits: None,
+            asks: None,
         });
         AgentFixture {
             app,

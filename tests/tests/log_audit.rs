@@ -269,6 +269,40 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
         },
     )
     .await;
+
+    // Settled with the campaign, the operator clears the alarm (running agent, and a
+    // stopped one): the audit starts again from the hub's checkpoint and stays quiet.
+    let out = a.cli(&[
+        "clear-alarm",
+        "--reason",
+        "hub restored from a copy, agreed",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.starts_with("log alarm cleared (it was: "), "{said}");
+    let now = hub_size(&hub).await;
+    let s = wait_verified(&a, 19, now).await;
+    assert!(s["log_alarm"].is_null(), "{s}");
+    assert!(
+        a.log().contains("Log alarm cleared by the operator"),
+        "{}",
+        a.log()
+    );
+    b.stop();
+    let out = b.cli(&[
+        "clear-alarm",
+        "--reason",
+        "hub restored from a copy, agreed",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let again = b.cli(&["clear-alarm", "--reason", "twice"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no log alarm stood"),
+        "{again:?}"
+    );
+    b.start().await;
+    let s = wait_verified(&b, 7, hub_size(&hub).await).await;
+    assert!(s["log_alarm"].is_null(), "{s}");
 }
 
 /// An honest hub behind a proxy that refuses, resets, cuts, stalls and delays connections

@@ -359,6 +359,49 @@ pub async fn audit_all<T: Transport>(
     }
 }
 
+/// Clears the log alarm, for the agent's operator once the finding is settled (the hub's
+/// log restored with the campaign's agreement, say): the alarm goes, the kept checkpoint
+/// too — the next audit starts again from the hub's checkpoint, as the first audit did —
+/// and an evidence record says who cleared what, and why; the evidence before it stays.
+/// Nothing the hub answers does this. Returns the alarm cleared (`None`: none stood).
+pub async fn clear_alarm(
+    store: &Store,
+    state: &SharedPushState,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, AuditError> {
+    let mut st = AuditState::load(store)?;
+    let Some(old) = st.alarm.take() else {
+        return Ok(None);
+    };
+    let reason: String = reason.chars().take(500).collect();
+    let record = Evidence {
+        at: now,
+        code: CLEARED.into(),
+        detected: format!("log alarm cleared by this agent's operator: {reason}; it was: {old}"),
+        kept: st.checkpoint.take(),
+        fetched: String::new(),
+        proof: None,
+    };
+    let json = serde_json::to_vec(&st).unwrap_or_default();
+    let ev = serde_json::to_vec(&record).unwrap_or_default();
+    // Past the cap the clearing still happens; the log line below records it.
+    let full = store.audit_evidence_count() >= MAX_EVIDENCE;
+    store
+        .set_audit_state(&json, (!full).then_some(ev.as_slice()))
+        .await?;
+    {
+        let mut s = lock(state);
+        s.log_alarm = None;
+        s.verified_checkpoint_size = None;
+    }
+    tracing::warn!(reason = ?reason, alarm = ?old, "Log alarm cleared by the operator; the next audit starts from the hub's checkpoint.");
+    Ok(Some(old))
+}
+
+/// The evidence code of an alarm cleared by the operator ([`clear_alarm`]).
+pub const CLEARED: &str = "cleared";
+
 /// A failed check: what it saw, and what it found.
 type Failed = (Box<Evidence>, Finding);
 

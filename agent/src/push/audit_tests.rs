@@ -13,8 +13,8 @@ use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
 use spacesync_shared::wire::{BatchReceipt, CosignatureSubmission, ReceiptItem};
 
 use super::audit::{
-    AuditState, Evidence, Finding, FullAudit, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome, audit,
-    audit_all,
+    AuditState, CLEARED, Evidence, Finding, FullAudit, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome,
+    audit, audit_all, clear_alarm,
 };
 use super::classify::Link;
 use super::state::{PushState, SharedPushState, lock};
@@ -471,6 +471,37 @@ async fn verify_against_the_hub_proves_every_receipted_entry() {
     // The sync's next audit does not clear it.
     let _ = s.audit().await;
     s.assert_alarm("missing_entry");
+}
+
+/// Only the operator clears the alarm: the kept checkpoint goes with it, the next audit
+/// starts from the hub's checkpoint as the first did, and the evidence gains a record.
+#[tokio::test]
+async fn the_operator_clears_the_alarm_and_the_audit_starts_again() {
+    let mut s = setup(2);
+    let (l1, l2) = (s.leaf(1), s.leaf(2));
+    s.hub.log().leaves = vec![l1, l2, other(1)];
+    s.receipt(&[(1, 0), (2, 1)]);
+    assert_eq!(s.verified().await, 3);
+    s.hub.log().leaves = vec![l1, l2];
+    assert!(matches!(s.alarmed().await, Finding::Rollback { .. }));
+    let none = clear_alarm(&s.store, &s.state, "nothing", clock().now());
+    let cleared = none.await.unwrap_or_else(|e| panic!("{e}"));
+    let old = cleared.unwrap_or_else(|| panic!("no alarm was cleared"));
+    assert!(old.starts_with("rollback"), "{old}");
+    assert_eq!(lock(&s.state).log_alarm, None);
+    let kept = s.kept();
+    assert_eq!((kept.alarm, kept.checkpoint), (None, None));
+    let ev = s.evidence();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1].code, CLEARED);
+    assert!(ev[1].detected.contains("nothing"), "{}", ev[1].detected);
+    // The smaller tree is now the starting point; nothing alarms.
+    assert_eq!(s.verified().await, 2);
+    assert_eq!(lock(&s.state).log_alarm, None);
+    // Nothing to clear: nothing changes.
+    let again = clear_alarm(&s.store, &s.state, "again", clock().now()).await;
+    assert_eq!(again.unwrap_or_else(|e| panic!("{e}")), None);
+    assert_eq!(s.evidence().len(), 2);
 }
 
 #[tokio::test]

@@ -74,8 +74,10 @@ pub struct Pusher<T = HubClient> {
     delivery: Delivery,
     /// The push state as last written to the store (written again only when it changes).
     persisted: Vec<u8>,
-    /// `verify --against-hub` requests from the local API ([`Pusher::full_audits`]).
-    full_rx: Option<mpsc::Receiver<FullAuditReply>>,
+    /// What the local API asks ([`Pusher::asks`]).
+    asks_rx: Option<mpsc::Receiver<Ask>>,
+    /// Wakes any wait of the pusher when the local API asks something.
+    asked: Arc<Notify>,
 }
 
 /// `verify --against-hub` with the agent stopped: the audit of [`audit::audit_all`] over a
@@ -101,24 +103,33 @@ pub async fn audit_all_stopped(
         .map_err(|e| e.to_string())
 }
 
-/// Where the answer to one `verify --against-hub` asked of the running pusher goes.
-pub type FullAuditReply = oneshot::Sender<Result<audit::FullAudit, String>>;
+/// What the local API asks of the running pusher. Both run in the pusher's own task,
+/// between two syncs, so neither races the sync's audit over the kept checkpoint and the
+/// alarm.
+pub enum Ask {
+    /// `verify --against-hub` ([`audit::audit_all`]).
+    FullAudit(oneshot::Sender<Result<audit::FullAudit, String>>),
+    /// `clear-alarm` ([`audit::clear_alarm`]): the operator's reason.
+    ClearAlarm(String, oneshot::Sender<Result<Option<String>, String>>),
+}
 
-/// How the local API asks the running pusher for `verify --against-hub`: the audit runs in
-/// the pusher's own task, between two syncs, so it never races the sync's audit over the
-/// kept checkpoint and the alarm.
+/// How the local API asks the running pusher ([`Ask`]).
 #[derive(Clone)]
-pub struct FullAudits {
-    tx: mpsc::Sender<FullAuditReply>,
+pub struct Asks {
+    tx: mpsc::Sender<Ask>,
     wake: Arc<Notify>,
 }
 
-impl FullAudits {
-    /// Asks for a full audit and waits for it, at most `limit`.
-    pub async fn ask(&self, limit: Duration) -> Result<audit::FullAudit, String> {
+impl Asks {
+    /// Sends one ask and waits for its answer, at most `limit`.
+    async fn ask<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<R, String>>) -> Ask,
+        limit: Duration,
+    ) -> Result<R, String> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(reply)
+            .send(make(reply))
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         self.wake.notify_one();
@@ -126,10 +137,24 @@ impl FullAudits {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err("the agent is stopping".into()),
             Err(_) => Err(format!(
-                "no answer within {} s: the pusher is waiting to retry the hub (see `spacesync-agent status`); try again later",
+                "no answer within {} s: the pusher is busy with the hub (see `spacesync-agent status`); try again later",
                 limit.as_secs()
             )),
         }
+    }
+
+    /// `verify --against-hub`, waiting at most `limit`.
+    pub async fn full_audit(&self, limit: Duration) -> Result<audit::FullAudit, String> {
+        self.ask(Ask::FullAudit, limit).await
+    }
+
+    /// Clears the log alarm for `reason`; the alarm cleared, if one stood.
+    pub async fn clear_alarm(
+        &self,
+        reason: String,
+        limit: Duration,
+    ) -> Result<Option<String>, String> {
+        self.ask(|r| Ask::ClearAlarm(reason, r), limit).await
     }
 }
 
@@ -197,40 +222,52 @@ impl<T: Transport> Pusher<T> {
             ident,
             delivery,
             persisted: Vec::new(),
-            full_rx: None,
+            asks_rx: None,
+            asked: Arc::new(Notify::new()),
         }
     }
 
-    /// The handle the local API asks full audits with (`verify --against-hub`).
-    pub fn full_audits(&mut self) -> FullAudits {
+    /// The handle the local API asks the pusher with ([`Ask`]).
+    pub fn asks(&mut self) -> Asks {
         let (tx, rx) = mpsc::channel(4);
-        self.full_rx = Some(rx);
-        FullAudits {
+        self.asks_rx = Some(rx);
+        Asks {
             tx,
-            wake: self.wake.clone(),
+            wake: self.asked.clone(),
         }
     }
 
-    /// Answers the full audits asked since the last cycle: each runs now when the hub
-    /// key is known (`Ok(None)`), else is answered with why not.
-    async fn full_audits_now(&mut self, failed: Option<&str>) {
-        let Some(mut rx) = self.full_rx.take() else {
+    /// Answers what the local API asked since the last cycle. A full audit runs when the
+    /// hub key is known and the hub was reached (`failed` is `None`), else is answered
+    /// with why not; clearing the alarm needs no hub.
+    async fn answer_asks(&mut self, failed: Option<&str>) {
+        let Some(mut rx) = self.asks_rx.take() else {
             return;
         };
-        while let Ok(reply) = rx.try_recv() {
-            let r = match (failed, self.delivery.hub_key()) {
-                (Some(why), _) => Err(format!("the hub could not be reached: {why}")),
-                (None, None) => Err("the hub's key is not known yet".to_string()),
-                (None, Some(key)) => {
-                    let now = self.clock.now();
-                    audit::audit_all(&mut self.link, &self.store, &key, &self.state, now)
-                        .await
-                        .map_err(|e| e.to_string())
+        while let Ok(ask) = rx.try_recv() {
+            let now = self.clock.now();
+            match ask {
+                Ask::FullAudit(reply) => {
+                    let r = match (failed, self.delivery.hub_key()) {
+                        (Some(why), _) => Err(format!("the hub could not be reached: {why}")),
+                        (None, None) => Err("the hub's key is not known yet".to_string()),
+                        (None, Some(key)) => {
+                            audit::audit_all(&mut self.link, &self.store, &key, &self.state, now)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    };
+                    let _ = reply.send(r);
                 }
-            };
-            let _ = reply.send(r);
+                Ask::ClearAlarm(reason, reply) => {
+                    let r = audit::clear_alarm(&self.store, &self.state, &reason, now)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+            }
         }
-        self.full_rx = Some(rx);
+        self.asks_rx = Some(rx);
     }
 
     fn persist(&mut self) {
@@ -292,10 +329,10 @@ impl<T: Transport> Pusher<T> {
         // The audit comes before delivery: after a rollback, the hub's tree is seen as the
         // hub keeps it, before this agent's resent entries grow it back.
         if let Err(e) = self.delivery.ensure_hub_key(&mut self.link).await {
-            self.full_audits_now(Some(&e.to_string())).await;
+            self.answer_asks(Some(&e.to_string())).await;
             return Err(e);
         }
-        self.full_audits_now(None).await;
+        self.answer_asks(None).await;
         self.audit().await;
         self.delivery.deliver(&mut self.link).await?;
         // Said at once, not after the notices: whoever sees the buffer delivered in the
@@ -418,6 +455,7 @@ impl<T: Transport> Pusher<T> {
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
             _ = self.wake.notified(), if wakeable => {}
+            _ = self.asked.notified() => {}
             _ = stop.changed() => {}
         }
     }
