@@ -84,6 +84,13 @@ impl Transport for Hub {
             Request::Inclusion { .. } => "inclusion",
             Request::Cosign(sub) => {
                 log.cosigs.push(sub.clone());
+                if let Some((status, body)) = log.fail.get("cosign") {
+                    return Ok(Answer {
+                        status: *status,
+                        retry_after: None,
+                        body: body.clone(),
+                    });
+                }
                 return ok(br#"{"size":0,"witnesses":1}"#.to_vec());
             }
             Request::WitnessWanted => {
@@ -666,6 +673,40 @@ async fn a_passed_audit_is_cosigned_once_per_checkpoint() {
     let sent = s.cosigs();
     assert_eq!(sent.len(), 1);
     check_cosignature(&sent[0], 4);
+}
+
+/// A cosignature the hub cannot verify yet (signed with a key rotated offline while the
+/// transition entry waits for delivery) is sent again at the next sync; any other refusal
+/// is not.
+#[tokio::test]
+async fn a_cosignature_refused_as_bad_is_sent_again() {
+    let mut s = setup(1);
+    let l1 = s.leaf(1);
+    s.hub.log().leaves = vec![other(1), l1];
+    s.receipt(&[(1, 1)]);
+    assert_eq!(s.verified().await, 2);
+    let refuse = |code: &str| {
+        (
+            409,
+            serde_json::to_vec(&json!({"error": "no", "code": code})).unwrap_or_default(),
+        )
+    };
+    s.hub.log().fail.insert("cosign", refuse("bad_cosignature"));
+    assert!(matches!(s.cosign_kept().await, Some(Sent::Refused(..))));
+    assert_eq!(s.kept().cosigned_size, None, "to be sent again");
+    s.hub.log().fail.clear();
+    assert_eq!(s.cosign_kept().await, Some(Sent::Accepted));
+    assert_eq!(s.cosigs().len(), 2);
+    assert_eq!(s.kept().cosigned_size, Some(2));
+    // Another refusal is final for that checkpoint.
+    let mut s = setup(1);
+    s.hub.log().leaves = vec![l1];
+    s.receipt(&[(1, 0)]);
+    assert_eq!(s.verified().await, 1);
+    s.hub.log().fail.insert("cosign", refuse("unknown_source"));
+    assert!(matches!(s.cosign_kept().await, Some(Sent::Refused(..))));
+    assert_eq!(s.kept().cosigned_size, Some(1));
+    assert_eq!(s.cosign_kept().await, None);
 }
 
 #[tokio::test]

@@ -124,10 +124,14 @@ pub async fn cosign_kept<T: Transport>(
             warn!(size, code = ?code, error = ?msg, "The hub refused this agent's cosignature of a checkpoint it verified.")
         }
     }
-    // Sent once per checkpoint either way: a refusal is not retried (the next checkpoint
-    // is cosigned afresh).
-    st.cosigned_size = Some(size);
-    store.set_audit_state(&save(&st), None).await?;
+    // Sent once per checkpoint either way, but for a line the hub could not verify: right
+    // after an offline `rotate-key` the hub holds the old key until the transition entry
+    // is delivered (after this audit, in the same cycle), so the next sync sends it again.
+    // Any other refusal is not retried (the next checkpoint is cosigned afresh).
+    if !matches!(sent, Sent::Refused(Some(RefusalCode::BadCosignature), _)) {
+        st.cosigned_size = Some(size);
+        store.set_audit_state(&save(&st), None).await?;
+    }
     Ok(Some(sent))
 }
 
