@@ -1162,15 +1162,15 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
         hub_key::known(&cfg, &agent.store)?.ok_or(crate::evidence::EvidenceError::NoHubKey)?;
     let mut client =
         crate::push::HubClient::new(agent.cfg.clone(), agent.ident.clone(), agent.clock.clone())?;
-    let p = runtime()?.block_on(crate::evidence::write(
+    let (bytes, p) = runtime()?.block_on(crate::evidence::build(
         &mut client,
         &cfg.hub,
         &agent.store,
         &agent.ident,
         &hub_key,
         seq,
-        out,
     ))?;
+    crate::evidence::save(&bytes, out)?;
     Ok(evidence_written(seq, out, &p))
 }
 

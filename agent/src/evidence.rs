@@ -143,21 +143,6 @@ async fn ask<T: Transport>(
     Ok(a.body)
 }
 
-/// Builds, checks and writes the evidence file of `seq` to `out` (a new file).
-pub async fn write<T: Transport>(
-    hub: &mut T,
-    hub_url: &str,
-    store: &Store,
-    ident: &Identity,
-    hub_key: &VerifyingKey,
-    seq: u64,
-    out: &Path,
-) -> Result<Proven, EvidenceError> {
-    let (bytes, proven) = build(hub, hub_url, store, ident, hub_key, seq).await?;
-    save(&bytes, out)?;
-    Ok(proven)
-}
-
 /// Writes evidence `bytes` to `out`, a new file, flushed.
 pub fn save(bytes: &[u8], out: &Path) -> Result<(), EvidenceError> {
     let io = |error| EvidenceError::Io {

@@ -363,6 +363,17 @@ fn no_line_counts_for_another_tree_of_the_same_size() {
     assert!(merkle::open_checkpoint(&forged, &hub_verifier(), ORIGIN).is_err());
 }
 
+/// Issues the next bulletin: its document, checkpoint size and note.
+fn issue(th: &TestHub) -> (serde_json::Value, u64, String) {
+    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
+    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let note = doc["checkpoint"]["note"]
+        .as_str()
+        .expect("note")
+        .to_string();
+    (doc, size, note)
+}
+
 /// A hub on the 2018 campaign with a quorum of 2.
 fn quorum_two(dir: &std::path::Path) -> TestHub {
     let text = spacesync_shared::campaign::CAMPAIGN_2018_TOML
@@ -390,12 +401,7 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
         th.register(a);
     }
     grow(&th, &mut gd, 3).await;
-    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
-    let size = doc["checkpoint"]["size"].as_u64().expect("size");
-    let note = doc["checkpoint"]["note"]
-        .as_str()
-        .expect("note")
-        .to_string();
+    let (doc, size, note) = issue(&th);
     assert_eq!(size, th.log_size());
     let wanted = |th: &TestHub| {
         spacesync_hub::witness::wanted(&th.hub)
@@ -566,12 +572,7 @@ async fn the_quorum_counts_units_not_sources(backend: Backend) {
         th.register(p);
     }
     grow(&th, &mut gd, 2).await;
-    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
-    let size = doc["checkpoint"]["size"].as_u64().expect("size");
-    let note = doc["checkpoint"]["note"]
-        .as_str()
-        .expect("note")
-        .to_string();
+    let (_, size, note) = issue(&th);
     let ts = now_secs(&th);
     for p in &puppets {
         let r = post(&th, p, &text(&note), &line(p, &text(&note), ts)).await;
@@ -621,12 +622,7 @@ async fn a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings(backe
     th.register(&gd);
     th.register(&bj);
     grow(&th, &mut gd, 2).await;
-    let doc = spacesync_hub::bulletin::issue(&th.hub, None, &[]).expect("issue");
-    let size = doc["checkpoint"]["size"].as_u64().expect("size");
-    let note = doc["checkpoint"]["note"]
-        .as_str()
-        .expect("note")
-        .to_string();
+    let (_, size, note) = issue(&th);
     let ts = now_secs(&th);
     let r = post(&th, &gd, &text(&note), &line(&gd, &text(&note), ts)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -676,8 +672,7 @@ async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
     );
     assert_eq!(ta.log_size(), tb.log_size());
     assert_ne!(text(&na), text(&nb));
-    let doc = spacesync_hub::bulletin::issue(&ta.hub, None, &[]).expect("issue");
-    let size = doc["checkpoint"]["size"].as_u64().expect("size");
+    let (_, size, _) = issue(&ta);
     let ts = now_secs(&ta);
     // gd saw tree A, bj saw tree B.
     let r = post(&ta, &gd, &text(&na), &line(&gd, &text(&na), ts)).await;
