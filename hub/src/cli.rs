@@ -229,6 +229,15 @@ pub struct Remote {
     /// A file (mode 0600) holding the admin token for --hub.
     #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the --hub URL's certificate besides the public
+    /// roots: the ministry's private CA.
+    #[arg(
+        long = "ca-file",
+        global = true,
+        env = "SPACESYNC_HUB_CA",
+        value_name = "FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `serve` options.
@@ -990,7 +999,11 @@ impl Remote {
                 )));
             }
         };
-        Ok(Target::Hub(HubClient::new(url, token)?))
+        Ok(Target::Hub(HubClient::new(
+            url,
+            token,
+            self.ca_file.as_deref(),
+        )?))
     }
 }
 
@@ -1042,8 +1055,13 @@ pub struct HubClient {
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 impl HubClient {
-    /// A client of the hub at `url` (http:// or https://).
-    pub fn new(url: &str, token: String) -> Result<HubClient, CliError> {
+    /// A client of the hub at `url` (http:// or https://), trusting the public roots and
+    /// the CA certificates in `ca_file`.
+    pub fn new(
+        url: &str,
+        token: String,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<HubClient, CliError> {
         let base = url.trim().trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CliError::Usage(format!(
@@ -1055,9 +1073,28 @@ impl HubClient {
                 "warning: --hub {base} is plain HTTP: the admin token crosses the network readable; use https:// (or a loopback address)"
             );
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(120))
+            .timeout(std::time::Duration::from_secs(120));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|error| CliError::Io {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--ca-file {}: no PEM certificate in it (give the CA that signed the hub's certificate)",
+                        path.display()
+                    ))
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::Usage(format!("cannot build an HTTP client: {e}")))?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1122,10 +1159,13 @@ impl HubClient {
                 Ok::<_, reqwest::Error>((status, bytes))
             })
             .map_err(|e| {
-                err(format!(
-                    "cannot reach it ({}); is it running, and is --hub its address?",
-                    spacesync_shared::err_chain(&e)
-                ))
+                let chain = spacesync_shared::err_chain(&e);
+                let hint = if chain.contains("UnknownIssuer") {
+                    "its certificate is signed by a CA this machine does not trust: give that CA with --ca-file FILE (or SPACESYNC_HUB_CA)"
+                } else {
+                    "is it running, and is --hub its address?"
+                };
+                err(format!("cannot reach it ({chain}); {hint}"))
             })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spacesync_hub::store::SledStore;
 use spacesync_tests::checker::{self, History, SharedHistory};
-use spacesync_tests::cluster::{AgentNode, HubNode, SITES, Workload, WriterStats, write_loop};
+use spacesync_tests::cluster::{
+    AgentNode, HubNode, SITES, Workload, WriterStats, hub_bin, write_loop,
+};
 use spacesync_tests::pki::{Ca, write};
 
 /// The end-entity certificate (DER) the hub serves to a new connection.
@@ -267,6 +269,67 @@ async fn an_agent_that_cannot_verify_the_hub_or_lacks_a_client_certificate_says_
         "nothing reached the hub: {} leaves",
         leaves.len()
     );
+}
+
+/// The hub's CLI as the client of a running hub whose certificate a private CA signed (the
+/// operator's guide's setup): refused with a hint naming `--ca-file`, then working with it or
+/// with `SPACESYNC_HUB_CA`. Found by following the guide on a fresh machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_trusts_a_private_ca_given_with_ca_file() {
+    let pki = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ministry = Ca::new("spacesync test ministry CA");
+    let (cert, key) = ministry.issue(&["127.0.0.1"]);
+    let hub_cert = write(pki.path(), "hub.crt", &cert);
+    let hub_key = write(pki.path(), "hub.key", &key);
+    let ca = write(pki.path(), "ministry-ca.crt", &ministry.pem());
+    let mut hub = HubNode::init();
+    hub.use_tls(&hub_cert, &hub_key, None, &ministry.pem(), None);
+    let out = hub.cli(&["token", "create", "--role", "admin", "--label", "ops"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("sst_"), "{out:?}");
+    hub.start().await;
+    let url = hub.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let list = |extra: &[&str], env_ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(hub_bin());
+        c.args(["token", "list", "--hub", &url])
+            .args(extra)
+            .env("SPACESYNC_HUB_TOKEN", &token)
+            .env_remove("SPACESYNC_HUB_CA");
+        if let Some(p) = env_ca {
+            c.env("SPACESYNC_HUB_CA", p);
+        }
+        c.output().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let bare = list(&[], None);
+    let said = String::from_utf8_lossy(&bare.stderr).into_owned();
+    assert!(!bare.status.success(), "{bare:?}");
+    assert!(
+        said.contains("UnknownIssuer") && said.contains("--ca-file"),
+        "{said}"
+    );
+    let ca_arg = ca.to_string_lossy().to_string();
+    for out in [list(&["--ca-file", &ca_arg], None), list(&[], Some(&ca))] {
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("admin"),
+            "{out:?}"
+        );
+    }
+    // A file without a certificate is refused by name.
+    let junk = write(pki.path(), "junk.crt", "not a certificate\n");
+    let out = list(&["--ca-file", &junk.to_string_lossy()], None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no PEM certificate"),
+        "{out:?}"
+    );
+    hub.stop();
 }
 
 /// `systemctl reload` sends SIGHUP to a hub that may serve plain HTTP (behind a proxy, as
