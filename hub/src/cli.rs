@@ -1710,6 +1710,23 @@ fn check(dir: &DataDir) -> Result<(), CliError> {
                 ))
             })?;
     }
+    // Live notice rule changes stay in force over an edited campaign file: say when the
+    // two together leave far_behind at or above behind (nothing breaks, but no unit can
+    // be "behind" then).
+    if let Some(store) = &store {
+        let mut rules = campaign.clone();
+        for c in crate::views::stored_rule_changes(store.as_ref())?.values() {
+            rules.set_rule(c.setting, &c.new);
+        }
+        let (l, file) = (&rules.lagging, &campaign.lagging);
+        let changed = (l.behind, l.far_behind) != (file.behind, file.far_behind);
+        if changed && l.far_behind >= l.behind {
+            eprintln!(
+                "warning: the notice rules in force (the campaign file with the live changes in the log, see `notice-rules show`) have far_behind {} not below behind {}; change one with `spacesync-hub notice-rules set`",
+                l.far_behind, l.behind
+            );
+        }
+    }
     spacesync_shared::outln!(
         "ok: {} (listen {}), campaign {} ({}), key {ours}{}",
         dir.config().display(),

@@ -633,6 +633,25 @@ pub struct Views {
     rule_changes: OrdMap<u64, NoticeRuleChanged>,
 }
 
+/// The notice rule changes the stored views hold (`v/r/`), by log index: for
+/// [`Views::load`] and for `check`, which reads no other view.
+pub fn stored_rule_changes(
+    store: &dyn Store,
+) -> Result<OrdMap<u64, NoticeRuleChanged>, StoreError> {
+    let mut out = OrdMap::new();
+    for r in store.scan(RULE_PREFIX) {
+        let (k, bytes) = r?;
+        let idx = keys::tail_u64(&k).unwrap_or(0);
+        let change: NoticeRuleChanged =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                key: format!("v/r/{idx}"),
+                message: e.to_string(),
+            })?;
+        out.insert(idx, change);
+    }
+    Ok(out)
+}
+
 /// What entries another writer appended changed of the stored views, gathered while they
 /// are replayed, for [`Views::catch_up`].
 #[derive(Debug, Default)]
@@ -1002,16 +1021,7 @@ impl Views {
                 })?;
             v.extensions.insert(idx, ext);
         }
-        for r in store.scan(RULE_PREFIX) {
-            let (k, bytes) = r?;
-            let idx = keys::tail_u64(&k).unwrap_or(0);
-            let change: NoticeRuleChanged =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    key: format!("v/r/{idx}"),
-                    message: e.to_string(),
-                })?;
-            v.rule_changes.insert(idx, change);
-        }
+        v.rule_changes = stored_rule_changes(store)?;
         for r in store.scan(ITEM_PREFIX) {
             let (k, bytes) = r?;
             let item = decode_item(&k, &bytes)?;

@@ -453,6 +453,24 @@ fn the_stopped_store_changes_the_rules_the_same_way(backend: Backend) {
     assert_eq!(behind["value"], 0.7);
     assert_eq!(behind["changed"]["token"], Value::Null);
     cli::ok(dir.path(), &["verify"]);
+
+    // The change stays in force over a campaign file edited afterwards; `check` says when
+    // the two together cross far_behind over behind.
+    let file = dir.path().join("campaign.toml");
+    let text = std::fs::read_to_string(&file).expect("campaign.toml");
+    assert!(text.contains("far_behind = 0.5\n"));
+    std::fs::write(
+        &file,
+        text.replace("far_behind = 0.5\n", "far_behind = 0.75\n"),
+    )
+    .expect("write campaign.toml");
+    let out = cli::run(dir.path(), &["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("have far_behind 0.75 not below behind 0.7; change one with `spacesync-hub notice-rules set`"),
+        "{stderr}"
+    );
 }
 
 /// On PostgreSQL, replicas share the log: a change made through one is in force on the
