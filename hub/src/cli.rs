@@ -2,9 +2,10 @@
 //! subcommand does beyond parsing is here or in the module it names.
 //!
 //! Time: every command that records something (`serve`, `agents add|rotate|revoke`,
-//! `extend`, `notice-rules set`, `bulletin issue`) takes the hub clock from `--now` (RFC 3339), and `serve`
-//! also from `--speed` (with `--now`: that many times faster than real time), exactly as
-//! the agent's `run` does ([`make_clock`]); without `--now` it is the system clock.
+//! `extend`, `notice-rules set`, `bulletin issue`) takes the hub clock from `--now` (RFC
+//! 3339), and `serve` also from `--speed` (with `--now`: that many times faster than real
+//! time), exactly as the agent's `run` does ([`make_clock`]); without `--now` it is the
+//! system clock.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -491,7 +492,8 @@ pub enum NoticeRulesCmd {
     Set {
         /// The setting's name.
         setting: String,
-        /// Its new value.
+        /// Its new value (a negative one is read, and refused, by the hub's check).
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
 }

@@ -422,6 +422,10 @@ fn the_stopped_store_changes_the_rules_the_same_way(backend: Backend) {
             ["behind", "0.4"],
             "notice rule behind: 0.4 is not above far_behind (0.5)",
         ),
+        (
+            ["escalate_after_days", "-2"],
+            "notice rule escalate_after_days: \"-2\" is not a whole number of days from 0 to 366",
+        ),
     ] {
         let out = set(&args);
         assert!(!out.status.success(), "{args:?}");
