@@ -1,5 +1,5 @@
 //! Administration of a hub, running or stopped: the operations behind `agents`, `token`,
-//! `extend`, `bulletin issue` and `agents invite`, and the admin API that serves them
+//! `extend`, `notice-rules`, `bulletin issue` and `agents invite`, and the admin API that serves them
 //! (`/v1/admin/…`, admin tokens only) plus the enrolment endpoint (`/v1/enrol`, the
 //! one-time code as credential).
 //!
@@ -8,8 +8,8 @@
 //! operation directly) and the CLI with `--hub URL` (whose request the handler here hands
 //! to the same operation) refuse the same things with the same words.
 //!
-//! Audit: changes to what bulletins compute (the registry, extensions) are hub-signed
-//! log entries, as they always were ([`Hub::add_source`] and friends); every admin call
+//! Audit: changes to what bulletins compute (the registry, extensions, notice rules) are
+//! hub-signed log entries, as they always were ([`Hub::add_source`] and friends); every admin call
 //! is also logged (`audit` target) with the calling token's id — never a token or a
 //! secret.
 //!
@@ -36,9 +36,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use spacesync_shared::admin::{
     self, AddSource, CreateToken, CreatedToken, EnrolRequest, Enrolled, Extend, Extended, Invite,
-    Invited, Issued, KeyInfo, RotateSource, SourceInfo, SourceList, SourceRef, TokenInfo,
-    TokenList, TokenRef,
+    Invited, Issued, KeyInfo, NoticeRuleInfo, NoticeRuleSet, NoticeRules, RotateSource, RuleOrigin,
+    SetNoticeRule, SourceInfo, SourceList, SourceRef, TokenInfo, TokenList, TokenRef,
 };
+use spacesync_shared::campaign::NoticeRule;
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::{ErrorBody, RefusalCode};
@@ -49,7 +50,7 @@ use crate::access::{Denied, bearer_role};
 use crate::auth::{self, Role, TokenError};
 use crate::bulletin::{self, BulletinError};
 use crate::hub::Hub;
-use crate::ingest::IngestError;
+use crate::ingest::{IngestError, RuleChangeError};
 use crate::registry::{RegistryError, SourceRecord, SourceStatus};
 use crate::state::{AddrKey, AppState};
 use crate::store::{Store, StoreError, WriteBatch};
@@ -79,6 +80,9 @@ pub enum AdminError {
     /// Issuing a bulletin failed.
     #[error(transparent)]
     Bulletin(#[from] BulletinError),
+    /// A notice rule change was refused or failed.
+    #[error(transparent)]
+    Rule(#[from] RuleChangeError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -113,6 +117,13 @@ impl AdminError {
                 | RegistryError::RotationSeq { .. }
                 | RegistryError::Revoked(_) => StatusCode::CONFLICT,
                 RegistryError::Store(_) | RegistryError::Log(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            AdminError::Rule(e) => match e {
+                RuleChangeError::NotAdjustable { .. } => StatusCode::FORBIDDEN,
+                RuleChangeError::Value(_) => StatusCode::BAD_REQUEST,
+                RuleChangeError::Store(_) | RuleChangeError::Log(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             AdminError::Token(TokenError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Token(TokenError::Ambiguous(_)) => StatusCode::CONFLICT,
@@ -309,6 +320,55 @@ pub fn extend(hub: &Hub, req: &Extend) -> Result<Extended, AdminError> {
     Ok(Extended { log_index })
 }
 
+/// The notice rules in force (the campaign file's, with the changes the log holds), each
+/// with where its value comes from and whether it may be changed live.
+pub fn notice_rules(hub: &Hub) -> NoticeRules {
+    let snap = hub.snapshot();
+    let rules = snap.views.rules(&hub.campaign);
+    let mut origin = std::collections::HashMap::new();
+    for (log_index, c) in snap.views.rule_changes() {
+        origin.insert(
+            c.setting,
+            RuleOrigin {
+                log_index,
+                seq: c.seq,
+                at: c.at,
+                token: c.token.clone(),
+            },
+        );
+    }
+    NoticeRules {
+        campaign: hub.campaign.id.clone(),
+        rules: NoticeRule::ALL
+            .into_iter()
+            .map(|r| NoticeRuleInfo {
+                setting: r,
+                value: rules.rule(r),
+                adjustable: hub.campaign.is_adjustable(r),
+                changed: origin.remove(&r),
+            })
+            .collect(),
+    }
+}
+
+/// Changes a notice rule the campaign file lets change (a hub-signed log entry naming
+/// the old and new value, `token` — the calling admin token's id, none on the stopped
+/// store — and the hub clock's time). The value already in force changes nothing.
+pub fn set_notice_rule(
+    hub: &Hub,
+    req: &SetNoticeRule,
+    token: Option<&str>,
+) -> Result<NoticeRuleSet, AdminError> {
+    let rule = NoticeRule::parse(&req.setting).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let (change, log_index) = hub.change_notice_rule(rule, &req.value, token)?;
+    Ok(NoticeRuleSet {
+        setting: rule,
+        old: change.old,
+        new: change.new,
+        log_index,
+    })
+}
+
 /// Issues a bulletin now, with the notice book's log as its notice log.
 pub fn issue_bulletin(
     hub: &Hub,
@@ -469,6 +529,10 @@ pub fn routes() -> Router<AppState> {
         .route(admin::PATH_TOKENS, get(tokens_list).post(tokens_create))
         .route(admin::PATH_TOKENS_REVOKE, post(tokens_revoke))
         .route(admin::PATH_EXTENSIONS, post(extensions_add))
+        .route(
+            admin::PATH_NOTICE_RULES,
+            get(notice_rules_list).post(notice_rules_set),
+        )
         .route(admin::PATH_BULLETINS_ISSUE, post(bulletins_issue))
         .route(admin::PATH_INVITES, post(invites_create))
         .route(admin::PATH_ENROL, post(enrol_handler))
@@ -637,6 +701,27 @@ async fn extensions_add(
     let hub = s.hub.clone();
     let out = blocking(move || extend(&hub, &req)).await?;
     info!(target: "audit", admin = %caller.id, action = "extensions.add", region = %region, milestone = %milestone, until = %until, log_index = out.log_index, "Admin call.");
+    Ok(Json(out))
+}
+
+async fn notice_rules_list(
+    State(s): State<AppState>,
+    caller: AdminCaller,
+) -> Result<Json<NoticeRules>, AdminError> {
+    info!(target: "audit", admin = %caller.id, action = "notice_rules.list", "Admin call.");
+    Ok(Json(notice_rules(&s.hub)))
+}
+
+async fn notice_rules_set(
+    State(s): State<AppState>,
+    caller: AdminCaller,
+    bytes: Body,
+) -> Result<Json<NoticeRuleSet>, AdminError> {
+    let req: SetNoticeRule = body(&bytes)?;
+    let hub = s.hub.clone();
+    let id = caller.id.clone();
+    let out = blocking(move || set_notice_rule(&hub, &req, Some(&id))).await?;
+    info!(target: "audit", admin = %caller.id, action = "notice_rules.set", setting = %out.setting, old = %out.old, new = %out.new, log_index = ?out.log_index, "Admin call.");
     Ok(Json(out))
 }
 

@@ -2,9 +2,10 @@
 //! subcommand does beyond parsing is here or in the module it names.
 //!
 //! Time: every command that records something (`serve`, `agents add|rotate|revoke`,
-//! `extend`, `bulletin issue`) takes the hub clock from `--now` (RFC 3339), and `serve`
-//! also from `--speed` (with `--now`: that many times faster than real time), exactly as
-//! the agent's `run` does ([`make_clock`]); without `--now` it is the system clock.
+//! `extend`, `notice-rules set`, `bulletin issue`) takes the hub clock from `--now` (RFC
+//! 3339), and `serve` also from `--speed` (with `--now`: that many times faster than real
+//! time), exactly as the agent's `run` does ([`make_clock`]); without `--now` it is the
+//! system clock.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -20,8 +21,8 @@ use spacesync_shared::keys;
 
 use spacesync_shared::admin::{
     self as wire_admin, AddSource, CreateToken, CreatedToken, EnrolCode, Extend, Extended, Invite,
-    Invited, Issued, RotateSource, SourceInfo, SourceList, SourceRef, TokenInfo, TokenList,
-    TokenRef,
+    Invited, Issued, NoticeRuleSet, NoticeRules, RotateSource, SetNoticeRule, SourceInfo,
+    SourceList, SourceRef, TokenInfo, TokenList, TokenRef,
 };
 
 use crate::admin;
@@ -119,6 +120,23 @@ pub enum Cmd {
         after_help = "Example:\n  spacesync-hub extend --region 440000 --milestone implementation_plan --until 2018-11-22 --reason \"flood\" --hub https://hub.example"
     )]
     Extend(ExtendArgs),
+    /// Show the notice rules in force (lagging thresholds, reminder days, silence) and
+    /// change those the campaign file lists in `[lagging] adjustable`; every change is a
+    /// hub-signed log entry, in force for the next bulletin and notices.
+    #[command(
+        after_help = "Example:\n  spacesync-hub notice-rules set remind_days 14,7,3 --hub https://hub.example   # admin token in SPACESYNC_HUB_TOKEN"
+    )]
+    NoticeRules {
+        /// Record a change as of this instant (RFC 3339) instead of now (stopped store only).
+        #[arg(long, global = true)]
+        now: Option<String>,
+        /// Running hub or stopped store.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to show or change.
+        #[command(subcommand)]
+        cmd: NoticeRulesCmd,
+    },
     /// Progress bulletins.
     #[command(
         after_help = "Example:\n  spacesync-hub bulletin show 3 --format html --lang en > b3.html"
@@ -452,6 +470,31 @@ pub enum BulletinCmd {
     Verify {
         /// The bulletin JSON file.
         file: PathBuf,
+    },
+}
+
+/// `notice-rules` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NoticeRulesCmd {
+    /// List every notice rule: its value in force, whether it may be changed live, and
+    /// where the value comes from (the campaign file, or the log entry that set it).
+    #[command(after_help = "Example:\n  spacesync-hub notice-rules show --hub https://hub.example")]
+    Show {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change one: remind_days (e.g. 14,7,3 or none), escalate_after_days,
+    /// due_soon_days, silent_after_days (days), behind, far_behind (shares, 0–1).
+    #[command(
+        after_help = "Example:\n  spacesync-hub notice-rules set behind 0.75 --hub https://hub.example"
+    )]
+    Set {
+        /// The setting's name.
+        setting: String,
+        /// Its new value (a negative one is read, and refused, by the hub's check).
+        #[arg(allow_hyphen_values = true)]
+        value: String,
     },
 }
 
@@ -816,6 +859,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 a.until
             );
         }
+        Cmd::NoticeRules { now, remote, cmd } => notice_rules(&dir, now.as_deref(), &remote, cmd)?,
         Cmd::Bulletin { remote, cmd } => bulletins(&dir, &remote, cmd)?,
         Cmd::Evidence { cmd } => evidence(cmd)?,
         Cmd::Rebuild => {
@@ -1411,6 +1455,83 @@ pub fn extend(dir: &DataDir, a: &ExtendArgs) -> Result<u64, CliError> {
     Ok(done.log_index)
 }
 
+/// `notice-rules show|set` on the running hub or the stopped store; the checks are
+/// [`admin::set_notice_rule`]'s either way.
+fn notice_rules(
+    dir: &DataDir,
+    now: Option<&str>,
+    remote: &Remote,
+    cmd: NoticeRulesCmd,
+) -> Result<(), CliError> {
+    let target = remote.target(dir, now)?;
+    match cmd {
+        NoticeRulesCmd::Show { json: as_json } => {
+            let all = match &target {
+                Target::Store(dir, clock) => {
+                    admin::notice_rules(&config::open_hub(dir, clock.clone())?.0)
+                }
+                Target::Hub(c) => c.get::<NoticeRules>(wire_admin::PATH_NOTICE_RULES)?,
+            };
+            if as_json {
+                spacesync_shared::outln!("{}", json("the notice rules", &all)?);
+                return Ok(());
+            }
+            spacesync_shared::outln!(
+                "{:<20} {:<12} {:<11} from",
+                "setting",
+                "value",
+                "adjustable"
+            );
+            for r in all.rules {
+                let from = match &r.changed {
+                    None => format!("campaign {}", all.campaign),
+                    Some(o) => format!(
+                        "log index {} (hub entry {}), {}{}",
+                        o.log_index,
+                        o.seq,
+                        o.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        o.token
+                            .as_deref()
+                            .map(|t| format!(", admin token {t}"))
+                            .unwrap_or_else(|| ", on the stopped store".into())
+                    ),
+                };
+                spacesync_shared::outln!(
+                    "{:<20} {:<12} {:<11} {from}",
+                    r.setting.name(),
+                    r.value.to_string(),
+                    if r.adjustable { "yes" } else { "no" }
+                );
+            }
+        }
+        NoticeRulesCmd::Set { setting, value } => {
+            let req = SetNoticeRule { setting, value };
+            let done = match &target {
+                Target::Store(dir, clock) => {
+                    admin::set_notice_rule(&config::open_hub(dir, clock.clone())?.0, &req, None)?
+                }
+                Target::Hub(c) => {
+                    c.post::<_, NoticeRuleSet>(wire_admin::PATH_NOTICE_RULES, &req)?
+                }
+            };
+            match done.log_index {
+                Some(i) => spacesync_shared::outln!(
+                    "notice rule {} changed from {} to {}, recorded at log index {i}; the next bulletin and notices use it",
+                    done.setting,
+                    done.old,
+                    done.new
+                ),
+                None => spacesync_shared::outln!(
+                    "notice rule {} is already {}; nothing recorded",
+                    done.setting,
+                    done.new
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), CliError> {
     if remote.hub.is_some() && !matches!(cmd, BulletinCmd::Issue { .. }) {
         return Err(CliError::Usage(
@@ -1590,6 +1711,23 @@ fn check(dir: &DataDir) -> Result<(), CliError> {
                     dir.key().display()
                 ))
             })?;
+    }
+    // Live notice rule changes stay in force over an edited campaign file: say when the
+    // two together leave far_behind at or above behind (nothing breaks, but no unit can
+    // be "behind" then).
+    if let Some(store) = &store {
+        let mut rules = campaign.clone();
+        for c in crate::views::stored_rule_changes(store.as_ref())?.values() {
+            rules.set_rule(c.setting, &c.new);
+        }
+        let (l, file) = (&rules.lagging, &campaign.lagging);
+        let changed = (l.behind, l.far_behind) != (file.behind, file.far_behind);
+        if changed && l.far_behind >= l.behind {
+            eprintln!(
+                "warning: the notice rules in force (the campaign file with the live changes in the log, see `notice-rules show`) have far_behind {} not below behind {}; change one with `spacesync-hub notice-rules set`",
+                l.far_behind, l.behind
+            );
+        }
     }
     spacesync_shared::outln!(
         "ok: {} (listen {}), campaign {} ({}), key {ours}{}",

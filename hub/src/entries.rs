@@ -1,10 +1,12 @@
-//! The hub's own signed log entries and the records they carry: deadline extensions and
-//! registry changes ([`HubEntry`]), and the source records a registry holds. Types only:
-//! `registry` and `views` both read them, and neither imports the other for them.
+//! The hub's own signed log entries and the records they carry: deadline extensions,
+//! notice rule changes and registry changes ([`HubEntry`]), and the source records a
+//! registry holds. Types only: `registry` and `views` both read them, and neither imports
+//! the other for them.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use spacesync_shared::campaign::{NoticeRule, RuleValue};
 use spacesync_shared::keys::parse_public_key;
 use spacesync_shared::{RegionCode, SourceId};
 
@@ -26,6 +28,45 @@ pub enum HubEntry {
     /// The registry of a store from before registry changes were logged, written with the
     /// first change.
     RegistryBaseline(RegistryBaseline),
+    /// A notice rule changed by an admin on the running hub (`notice-rules set`).
+    NoticeRuleChanged(NoticeRuleChanged),
+}
+
+impl HubEntry {
+    /// The hub's own seq of this entry.
+    pub fn seq(&self) -> u64 {
+        match self {
+            HubEntry::Extension(x) => x.seq,
+            HubEntry::SourceAdded(x) => x.seq,
+            HubEntry::KeyRotated(x) => x.seq,
+            HubEntry::SourceRevoked(x) => x.seq,
+            HubEntry::RegistryBaseline(x) => x.seq,
+            HubEntry::NoticeRuleChanged(x) => x.seq,
+        }
+    }
+}
+
+/// Log entry: a notice rule the campaign file lets an admin change (`[lagging]
+/// adjustable`) was changed. From this log position on, bulletins and notices are computed
+/// with `new` (until a later change); a bulletin checked at an earlier checkpoint is
+/// recomputed without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeRuleChanged {
+    /// The hub's own seq for this entry.
+    pub seq: u64,
+    /// Which setting.
+    pub setting: NoticeRule,
+    /// Its value before (in force when the change was made).
+    pub old: RuleValue,
+    /// Its value from this entry on.
+    pub new: RuleValue,
+    /// The id of the admin token that made it ([`crate::auth::token_id`]); absent when it
+    /// was made on the stopped store by whoever holds the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// When (hub clock).
+    pub at: DateTime<Utc>,
 }
 
 /// A deadline extension.

@@ -1,5 +1,5 @@
 //! The hub's ingest algorithm: verified, idempotent appends into the log, the hub's own
-//! signed entries, and registry changes. The state it changes is [`crate::hub`]'s.
+//! signed entries (extensions, notice rule changes), and registry changes. The state it changes is [`crate::hub`]'s.
 //!
 //! One writer at a time holds the state lock for the chain checks, the append and the
 //! flush; signature verification runs before the lock with Ed25519 batch verification.
@@ -29,7 +29,8 @@ use crate::hub::{Alarm, ConflictError, Head, Held, Hub, LoadError, MAX_CONFLICT_
 use crate::log::{LogError, LogRecord, RecordRef};
 use crate::registry::{self, RegistryError, SourceRecord, SourceStatus};
 use crate::store::{StoreError, WriteBatch, keys};
-use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta};
+use crate::views::{HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, NoticeRuleChanged};
+use spacesync_shared::campaign::{NoticeRule, RuleError};
 
 /// How long before its campaign's start an entry's `recorded_at` may be. Agents are set
 /// up and tested in the weeks before a campaign opens; an entry stamped earlier than that
@@ -106,6 +107,49 @@ impl ConflictError for RegistryError {
             self,
             RegistryError::Store(StoreError::Conflict { .. })
                 | RegistryError::Log(LogError::Store(StoreError::Conflict { .. }))
+        )
+    }
+}
+
+/// Why a notice rule change is refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleChangeError {
+    /// The campaign file does not list the setting in `[lagging] adjustable`.
+    #[error(
+        "notice rule {rule} may not be changed on the running hub: the campaign file's [lagging] adjustable does not list it ({listed}); list it there and restart the hub, or leave it as the file sets it"
+    )]
+    NotAdjustable {
+        /// The setting.
+        rule: NoticeRule,
+        /// What the file lists, in words.
+        listed: String,
+    },
+    /// The value is refused.
+    #[error(transparent)]
+    Value(#[from] RuleError),
+    /// Storage failed; nothing was changed.
+    #[error("the hub could not record the notice rule change; retry later ({0})")]
+    Store(#[from] StoreError),
+    /// The tree state failed.
+    #[error("the hub's log is damaged; an operator must run `spacesync-hub verify` ({0})")]
+    Log(#[from] LogError),
+}
+
+impl From<LoadError> for RuleChangeError {
+    fn from(e: LoadError) -> RuleChangeError {
+        match e {
+            LoadError::Store(e) => RuleChangeError::Store(e),
+            LoadError::Log(e) => RuleChangeError::Log(e),
+        }
+    }
+}
+
+impl ConflictError for RuleChangeError {
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            RuleChangeError::Store(StoreError::Conflict { .. })
+                | RuleChangeError::Log(LogError::Store(StoreError::Conflict { .. }))
         )
     }
 }
@@ -642,6 +686,65 @@ impl Hub {
         })
     }
 
+    /// Changes a notice rule the campaign file lets change (`notice-rules set`): `value`
+    /// as an admin typed it, read and checked against the rules in force at the head the
+    /// change is committed at (so two admins changing `behind` and `far_behind` at once
+    /// cannot leave `far_behind` above `behind`), and recorded as a hub-signed
+    /// [`HubEntry::NoticeRuleChanged`] naming the old and new value, `token` (the admin
+    /// token's id) and the hub clock's time; durable on return. A value already in force
+    /// records nothing (`None`), so a retried request changes nothing twice.
+    pub fn change_notice_rule(
+        &self,
+        rule: NoticeRule,
+        value: &str,
+        token: Option<&str>,
+    ) -> Result<(NoticeRuleChanged, Option<u64>), RuleChangeError> {
+        if !self.campaign.is_adjustable(rule) {
+            let listed = &self.campaign.lagging.adjustable;
+            return Err(RuleChangeError::NotAdjustable {
+                rule,
+                listed: if listed.is_empty() {
+                    "it lists none".into()
+                } else {
+                    format!(
+                        "it lists {}",
+                        listed
+                            .iter()
+                            .map(|r| r.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            });
+        }
+        // Millisecond precision, as the log's other times.
+        let now = self.clock.now().trunc_subsecs(3);
+        self.serialized(|hub, st| {
+            let seq = hub.last_hub_seq()? + 1;
+            let change = {
+                let rules = st.views.rules(&hub.campaign);
+                NoticeRuleChanged {
+                    seq,
+                    setting: rule,
+                    new: rules.parse_rule(rule, value)?,
+                    old: rules.rule(rule),
+                    token: token.map(str::to_string),
+                    at: now,
+                }
+            };
+            if change.new == change.old {
+                return Ok((change, None));
+            }
+            let entry = HubEntry::NoticeRuleChanged(change.clone());
+            let mut wb = WriteBatch::new();
+            let index = hub.push_hub_entry(st, &mut wb, &entry, now)?;
+            wb.put(keys::HUB_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+            hub.commit_hub_entries(st, wb)?;
+            info!(setting = %rule, old = %change.old, new = %change.new, log_index = index, "Notice rule changed.");
+            Ok((change, Some(index)))
+        })
+    }
+
     /// The hub's own seq of its last log entry (0 = none).
     fn last_hub_seq(&self) -> Result<u64, StoreError> {
         Ok(match self.store.get(keys::HUB_SEQ)? {
@@ -659,13 +762,7 @@ impl Hub {
         entry: &HubEntry,
         now: DateTime<Utc>,
     ) -> Result<u64, LogError> {
-        let seq = match entry {
-            HubEntry::Extension(x) => x.seq,
-            HubEntry::SourceAdded(x) => x.seq,
-            HubEntry::KeyRotated(x) => x.seq,
-            HubEntry::SourceRevoked(x) => x.seq,
-            HubEntry::RegistryBaseline(x) => x.seq,
-        };
+        let seq = entry.seq();
         let payload = serde_json::to_vec(entry).map_err(|e| LogError::Tree(e.to_string()))?;
         let envelope = Envelope::sign(&self.key, HUB_ENTRY_PAYLOAD_TYPE, payload);
         let rec = LogRecord {

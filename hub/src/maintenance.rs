@@ -524,8 +524,8 @@ fn verify_log(
 }
 
 /// The views are derived state: the stored items, the subjects' summaries, the sources'
-/// activity and the extensions must be exactly what the log implies, or the hub serves
-/// figures that miss (or invent) entries.
+/// activity, the extensions and the notice rule changes must be exactly what the log
+/// implies, or the hub serves figures that miss (or invent) entries.
 /// What `verify` says of the views (empty: they are what the log implies), the rebuild it
 /// compares with letting go of equal space counts every `settle_every` leaves.
 pub fn views_problems(store: &dyn Store, settle_every: u64) -> Result<Vec<String>, StoreError> {
@@ -618,6 +618,12 @@ fn verify_views(
     if !stored.extensions().eq(rebuilt_views.extensions()) {
         report.problems.push(
             "the stored deadline extensions disagree with the log; run `spacesync-hub rebuild`"
+                .into(),
+        );
+    }
+    if !stored.rule_changes().eq(rebuilt_views.rule_changes()) {
+        report.problems.push(
+            "the stored notice rule changes disagree with the log; run `spacesync-hub rebuild`"
                 .into(),
         );
     }

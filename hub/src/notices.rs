@@ -352,6 +352,9 @@ pub fn candidates(
     registry: &[SourceRecord],
     now: DateTime<Utc>,
 ) -> Vec<Candidate> {
+    // Reminder days and escalation as changed live (the assessment applies them too).
+    let rules = views.rules(campaign);
+    let campaign = rules.as_ref();
     let assessment = tracking::assess(campaign, views, registry, now);
     let mut out = Vec::new();
     let today = campaign.local_date(now);

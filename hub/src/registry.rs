@@ -203,7 +203,7 @@ pub fn plan_revoke(
 /// that are not registry changes, and for a baseline, which replaces the whole registry).
 pub fn apply(registry: &mut HashMap<SourceId, SourceRecord>, entry: &HubEntry) -> Option<SourceId> {
     match entry {
-        HubEntry::Extension(_) => None,
+        HubEntry::Extension(_) | HubEntry::NoticeRuleChanged(_) => None,
         HubEntry::RegistryBaseline(b) => {
             *registry = b
                 .sources
@@ -298,7 +298,10 @@ pub fn key_known(registry: &HashMap<SourceId, SourceRecord>, line: &str) -> Opti
 
 /// True for the entries that change the registry.
 pub fn is_registry_entry(entry: &HubEntry) -> bool {
-    !matches!(entry, HubEntry::Extension(_))
+    !matches!(
+        entry,
+        HubEntry::Extension(_) | HubEntry::NoticeRuleChanged(_)
+    )
 }
 
 /// The registry replayed from the registry entries of the first `size` log leaves (see

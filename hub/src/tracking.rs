@@ -239,6 +239,9 @@ pub fn assess(
     registry: &[SourceRecord],
     now: DateTime<Utc>,
 ) -> Assessment {
+    // The file's rules with the live changes the views hold (none past their log size).
+    let rules = views.rules(campaign);
+    let campaign = rules.as_ref();
     let today = campaign.local_date(now);
     let rollup = views.rollup(campaign);
     let milestones = views.milestones();
@@ -499,7 +502,8 @@ fn real_name_share(f: &Figures) -> Option<f64> {
     (personal > 0).then(|| real as f64 / personal as f64)
 }
 
-/// Is `r` silent at `now`: nothing received for longer than the campaign allows?
+/// Is `r` silent at `now`: nothing received for longer than the campaign allows (with
+/// the live notice rule changes the views hold)?
 pub fn source_is_silent(
     campaign: &Campaign,
     views: &Views,
@@ -512,7 +516,8 @@ pub fn source_is_silent(
         .and_then(|a| a.last_received)
         .filter(|t| *t <= now)
         .unwrap_or(r.added_at);
-    now - last > Duration::days(i64::from(campaign.silent_after_days))
+    let after = views.rules(campaign).silent_after_days;
+    now - last > Duration::days(i64::from(after))
 }
 
 /// The national trajectory: expected vs actual at the bulletin date, and the line's ends.

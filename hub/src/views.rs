@@ -17,14 +17,15 @@
 //! - **ledger items** (milestones, nominations, activities, withdrawals: a few per unit)
 //!   stay in memory and under `v/i/<log index>` (JSON).
 //! - per-source activity under `v/a/<source>`, deadline extensions under `v/x/<log index>`,
-//!   the layout version and the baseline date the summaries were merged for under `v/m`,
+//!   notice rule changes under `v/r/<log index>` (the rules in force are the campaign
+//!   file's with these applied in log order: [`Views::rules`]), the layout version and the baseline date the summaries were merged for under `v/m`,
 //!   the log index after the last entry held under `v/n`.
 //!
 //! Each region's sum of its schools, the regions with an own total and the flagged subjects
 //! follow from the summaries: they are derived at load (O(subjects)) and kept as summaries
 //! change. A withdrawal finds its target through the hub's source index (`src/`), marks
 //! the stored item withdrawn and re-walks its subject. Restart ([`Views::load`]) reads
-//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/` and `v/x/` only — never `v/c/` or `v/l/`; a store
+//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/`, `v/x/` and `v/r/` only — never `v/c/` or `v/l/`; a store
 //! in the older layout (every item under `v/i/`) is converted once by [`prepare`].
 //!
 //! The in-memory parts are persistent maps (`imbl`): cloning the views is O(1) and shares
@@ -74,6 +75,8 @@ const ITEM_PREFIX: &[u8] = b"v/i/";
 const ACTIVITY_PREFIX: &[u8] = b"v/a/";
 /// `v/x/<log index>`: a deadline extension (JSON).
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
+/// `v/r/<log index>`: a notice rule change (JSON).
+const RULE_PREFIX: &[u8] = b"v/r/";
 /// The layout this version writes: 1 kept every item under `v/i/`; 2 is the one above.
 const LAYOUT: u32 = 2;
 /// First byte of a stored space count: its encoding's version.
@@ -81,7 +84,7 @@ const COUNT_FORMAT: u8 = 1;
 /// Bytes of a subject in a key: region, whether a school, school.
 const SUBJECT_LEN: usize = 4 + 1 + 8;
 
-pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry};
+pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, NoticeRuleChanged};
 
 fn item_key(log_index: u64) -> Vec<u8> {
     [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
@@ -626,6 +629,27 @@ pub struct Views {
     sources: OrdMap<SourceId, SourceActivity>,
     /// Deadline extensions, by log index.
     extensions: OrdMap<u64, Extension>,
+    /// Notice rule changes, by log index.
+    rule_changes: OrdMap<u64, NoticeRuleChanged>,
+}
+
+/// The notice rule changes the stored views hold (`v/r/`), by log index: for
+/// [`Views::load`] and for `check`, which reads no other view.
+pub fn stored_rule_changes(
+    store: &dyn Store,
+) -> Result<OrdMap<u64, NoticeRuleChanged>, StoreError> {
+    let mut out = OrdMap::new();
+    for r in store.scan(RULE_PREFIX) {
+        let (k, bytes) = r?;
+        let idx = keys::tail_u64(&k).unwrap_or(0);
+        let change: NoticeRuleChanged =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                key: format!("v/r/{idx}"),
+                message: e.to_string(),
+            })?;
+        out.insert(idx, change);
+    }
+    Ok(out)
 }
 
 /// What entries another writer appended changed of the stored views, gathered while they
@@ -930,6 +954,7 @@ impl Views {
             flagged: OrdSet::new(),
             sources: OrdMap::new(),
             extensions: OrdMap::new(),
+            rule_changes: OrdMap::new(),
         }
     }
 
@@ -996,6 +1021,7 @@ impl Views {
                 })?;
             v.extensions.insert(idx, ext);
         }
+        v.rule_changes = stored_rule_changes(store)?;
         for r in store.scan(ITEM_PREFIX) {
             let (k, bytes) = r?;
             let item = decode_item(&k, &bytes)?;
@@ -1268,6 +1294,13 @@ impl Views {
                 );
                 self.extensions.insert(log_index, x.clone());
             }
+            HubEntry::NoticeRuleChanged(x) => {
+                batch.put(
+                    [RULE_PREFIX, &log_index.to_be_bytes()].concat(),
+                    serde_json::to_vec(x).unwrap_or_default(),
+                );
+                self.rule_changes.insert(log_index, x.clone());
+            }
             // The registry is kept by `crate::registry`, not by the views.
             HubEntry::SourceAdded(_)
             | HubEntry::KeyRotated(_)
@@ -1371,6 +1404,26 @@ impl Views {
     /// Extensions in log order.
     pub fn extensions(&self) -> impl Iterator<Item = &Extension> {
         self.extensions.values()
+    }
+
+    /// Notice rule changes in log order, with their log index.
+    pub fn rule_changes(&self) -> impl Iterator<Item = (u64, &NoticeRuleChanged)> {
+        self.rule_changes.iter().map(|(i, c)| (*i, c))
+    }
+
+    /// The rules in force with these views: `campaign` (the file) with every notice rule
+    /// change these views hold applied in log order. Borrowed when there is none. What
+    /// bulletins and notices are computed with ([`crate::tracking::assess`]), so views
+    /// rebuilt from a log prefix give the rules of that prefix.
+    pub fn rules<'c>(&self, campaign: &'c Campaign) -> std::borrow::Cow<'c, Campaign> {
+        if self.rule_changes.is_empty() {
+            return std::borrow::Cow::Borrowed(campaign);
+        }
+        let mut c = campaign.clone();
+        for change in self.rule_changes.values() {
+            c.set_rule(change.setting, &change.new);
+        }
+        std::borrow::Cow::Owned(c)
     }
 
     /// Every item in log order, the space counts read from `r` (the store these views were

@@ -49,6 +49,12 @@ async fn admin_calls_need_an_admin_token(backend: Backend) {
         (true, wire::PATH_TOKENS, json!({"role": "admin"})),
         (true, wire::PATH_TOKENS_REVOKE, json!({"token": th.admin})),
         (true, wire::PATH_EXTENSIONS, json!({})),
+        (false, wire::PATH_NOTICE_RULES, Value::Null),
+        (
+            true,
+            wire::PATH_NOTICE_RULES,
+            json!({"setting": "behind", "value": "0.7"}),
+        ),
         (true, wire::PATH_BULLETINS_ISSUE, json!({})),
         (true, wire::PATH_INVITES, json!({})),
     ];

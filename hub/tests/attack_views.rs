@@ -193,17 +193,17 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
     /// Random bytes in place of stored views — a summary, a space count, a list, a ledger
-    /// item, an activity, an extension, the position — make a start, `rollup_afresh`,
+    /// item, an activity, an extension, a notice rule change, the position — make a start, `rollup_afresh`,
     /// `rebuild` and `verify`'s comparisons answer an error or a value, never panic.
     #[test]
     fn random_bytes_in_the_stored_views_never_panic(
-        which in 0usize..7,
+        which in 0usize..8,
         nth in 0usize..40,
         bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
     ) {
         let (dv, baseline) = views_of_twelve_schools();
         let store = copy(&dv.store);
-        let prefix: &[u8] = [&b"v/s/"[..], b"v/c/", b"v/l/", b"v/i/", b"v/a/", b"v/x/", b"v/n"][which];
+        let prefix: &[u8] = [&b"v/s/"[..], b"v/c/", b"v/l/", b"v/i/", b"v/a/", b"v/x/", b"v/r/", b"v/n"][which];
         let keys: Vec<Vec<u8>> = store.scan(prefix).map(|r| r.expect("read").0).collect();
         let key = if keys.is_empty() {
             [prefix, &nth.to_be_bytes()[..]].concat()
@@ -215,6 +215,7 @@ proptest::proptest! {
         campaign.baseline = baseline;
         if let Ok(v) = Views::load(store.as_ref(), baseline) {
             let _ = v.rollup(&campaign);
+            let _ = v.rules(&campaign);
             let _ = v.rollup_afresh(store.as_ref(), &campaign);
             let _ = v.items(store.as_ref());
         }

@@ -14,6 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::campaign::{NoticeRule, RuleValue};
 use crate::dsse::Digest;
 use crate::keys::{self, PublicKeyError};
 
@@ -31,6 +32,9 @@ pub const PATH_TOKENS: &str = "/v1/admin/tokens";
 pub const PATH_TOKENS_REVOKE: &str = "/v1/admin/tokens/revoke";
 /// `POST` an [`Extend`]: grants a deadline extension ([`Extended`]).
 pub const PATH_EXTENSIONS: &str = "/v1/admin/extensions";
+/// `GET`: the notice rules in force ([`NoticeRules`]); `POST` a [`SetNoticeRule`]: changes
+/// one the campaign file lets change ([`NoticeRuleSet`]).
+pub const PATH_NOTICE_RULES: &str = "/v1/admin/notice-rules";
 /// `POST` (empty JSON object): issues a bulletin now ([`Issued`]).
 pub const PATH_BULLETINS_ISSUE: &str = "/v1/admin/bulletins/issue";
 /// `POST` an [`Invite`]: a one-time enrolment secret ([`Invited`]).
@@ -234,6 +238,69 @@ pub struct Extend {
 pub struct Extended {
     /// The log index of its hub-signed entry.
     pub log_index: u64,
+}
+
+/// Change a notice rule (`notice-rules set`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNoticeRule {
+    /// The setting's name (`remind_days`, `behind`, …: [`crate::campaign::NoticeRule`]).
+    pub setting: String,
+    /// The new value as an admin types it (`7,3,1`, `none`, `5`, `0.75`); the hub reads
+    /// and checks it.
+    pub value: String,
+}
+
+/// A notice rule change made (or found already in force).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRuleSet {
+    /// The setting.
+    pub setting: NoticeRule,
+    /// Its value before.
+    pub old: RuleValue,
+    /// Its value now.
+    pub new: RuleValue,
+    /// The log index of the hub-signed entry that records the change; absent when the
+    /// value was already in force (nothing was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
+}
+
+/// One notice rule as in force, and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRuleInfo {
+    /// The setting.
+    pub setting: NoticeRule,
+    /// Its value in force.
+    pub value: RuleValue,
+    /// May it be changed on the running hub (the campaign file's `[lagging] adjustable`)?
+    pub adjustable: bool,
+    /// The hub entry that set it; absent: the campaign file's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<RuleOrigin>,
+}
+
+/// The log entry a notice rule's value in force comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleOrigin {
+    /// Its log index.
+    pub log_index: u64,
+    /// The hub's own seq of the entry.
+    pub seq: u64,
+    /// When it was made (hub clock).
+    pub at: DateTime<Utc>,
+    /// The admin token's id that made it; absent: made on the stopped store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Answer to `GET` [`PATH_NOTICE_RULES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRules {
+    /// The campaign id.
+    pub campaign: String,
+    /// Every notice rule, in [`NoticeRule::ALL`]'s order.
+    pub rules: Vec<NoticeRuleInfo>,
 }
 
 /// A bulletin issued.

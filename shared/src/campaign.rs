@@ -129,6 +129,300 @@ pub struct Lagging {
     pub behind: f64,
     /// Below this share it is "far behind".
     pub far_behind: f64,
+    /// The notice rules an admin may change on a running hub (`adjustable`; default none),
+    /// in file order. The changes are hub-signed log entries; see [`NoticeRule`].
+    pub adjustable: Vec<NoticeRule>,
+}
+
+/// Most day counts `remind_days` may hold when changed live.
+pub const MAX_REMIND_DAYS: usize = 16;
+/// Largest day count a notice rule may be changed to live (a year and a day).
+pub const MAX_RULE_DAYS: u32 = 366;
+
+/// A notice rule setting a campaign file may let an admin change on a running hub
+/// (`[lagging] adjustable = [...]`): the `[lagging]` thresholds and `silent_after_days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeRule {
+    /// `lagging.remind_days`.
+    RemindDays,
+    /// `lagging.due_soon_days`.
+    DueSoonDays,
+    /// `lagging.escalate_after_days`.
+    EscalateAfterDays,
+    /// `lagging.behind`.
+    Behind,
+    /// `lagging.far_behind`.
+    FarBehind,
+    /// `silent_after_days`.
+    SilentAfterDays,
+}
+
+impl NoticeRule {
+    /// Every setting, in the order `notice-rules show` lists them.
+    pub const ALL: [NoticeRule; 6] = [
+        NoticeRule::RemindDays,
+        NoticeRule::DueSoonDays,
+        NoticeRule::EscalateAfterDays,
+        NoticeRule::Behind,
+        NoticeRule::FarBehind,
+        NoticeRule::SilentAfterDays,
+    ];
+
+    /// Its name in the campaign file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoticeRule::RemindDays => "remind_days",
+            NoticeRule::DueSoonDays => "due_soon_days",
+            NoticeRule::EscalateAfterDays => "escalate_after_days",
+            NoticeRule::Behind => "behind",
+            NoticeRule::FarBehind => "far_behind",
+            NoticeRule::SilentAfterDays => "silent_after_days",
+        }
+    }
+
+    /// The setting of this name.
+    pub fn parse(name: &str) -> Result<NoticeRule, RuleError> {
+        NoticeRule::ALL
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| RuleError {
+                setting: name.chars().take(64).collect(),
+                message: format!("is not a notice rule; the notice rules are {}", all_names()),
+            })
+    }
+
+    /// What a value of it looks like, for error messages.
+    fn form(self) -> String {
+        match self {
+            NoticeRule::RemindDays => format!(
+                "days before a deadline, largest first, each once, at most {MAX_REMIND_DAYS} of them from 0 to {MAX_RULE_DAYS} (e.g. 7,3,1; none for no reminders)"
+            ),
+            NoticeRule::DueSoonDays | NoticeRule::EscalateAfterDays => {
+                format!("a whole number of days from 0 to {MAX_RULE_DAYS}")
+            }
+            NoticeRule::SilentAfterDays => {
+                format!("a whole number of days from 1 to {MAX_RULE_DAYS}")
+            }
+            NoticeRule::Behind | NoticeRule::FarBehind => {
+                "a share of the expected trajectory between 0 and 1 (e.g. 0.75)".into()
+            }
+        }
+    }
+}
+
+impl fmt::Display for NoticeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn all_names() -> String {
+    NoticeRule::ALL.map(NoticeRule::name).join(", ")
+}
+
+/// The value of a [`NoticeRule`]: days, a list of days (`remind_days`) or a share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RuleValue {
+    /// A number of days.
+    Days(u32),
+    /// Days before a deadline, largest first (`remind_days`).
+    DayList(Vec<u32>),
+    /// A share of the expected trajectory (`behind`, `far_behind`); always finite.
+    Share(f64),
+}
+
+// Every share is checked finite before it is held, so equality is an equivalence.
+impl Eq for RuleValue {}
+
+impl fmt::Display for RuleValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleValue::Days(d) => write!(f, "{d}"),
+            RuleValue::DayList(l) if l.is_empty() => f.write_str("none"),
+            RuleValue::DayList(l) => {
+                let parts: Vec<String> = l.iter().map(u32::to_string).collect();
+                f.write_str(&parts.join(","))
+            }
+            RuleValue::Share(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl RuleValue {
+    fn days(&self) -> Option<u32> {
+        match self {
+            RuleValue::Days(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    fn share(&self) -> Option<f64> {
+        match self {
+            RuleValue::Share(s) => Some(*s),
+            // A share of exactly 0 or 1 may have been written as an integer.
+            RuleValue::Days(d) if *d <= 1 => Some(f64::from(*d)),
+            _ => None,
+        }
+    }
+}
+
+/// A notice rule value that is refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("notice rule {setting}: {message}")]
+pub struct RuleError {
+    /// The setting's name as given.
+    pub setting: String,
+    /// Why it is refused and what would be accepted.
+    pub message: String,
+}
+
+impl Campaign {
+    /// The value of a notice rule in these rules.
+    pub fn rule(&self, rule: NoticeRule) -> RuleValue {
+        let l = &self.lagging;
+        match rule {
+            NoticeRule::RemindDays => RuleValue::DayList(l.remind_days.clone()),
+            NoticeRule::DueSoonDays => RuleValue::Days(l.due_soon_days),
+            NoticeRule::EscalateAfterDays => RuleValue::Days(l.escalate_after_days),
+            NoticeRule::Behind => RuleValue::Share(l.behind),
+            NoticeRule::FarBehind => RuleValue::Share(l.far_behind),
+            NoticeRule::SilentAfterDays => RuleValue::Days(self.silent_after_days),
+        }
+    }
+
+    /// Reads a value for `rule` as an admin types it (`7,3,1`, `none`, `5`, `0.75`) and
+    /// checks it against these rules as they stand ([`Campaign::check_rule`]).
+    pub fn parse_rule(&self, rule: NoticeRule, text: &str) -> Result<RuleValue, RuleError> {
+        let text = text.trim();
+        let refuse = || RuleError {
+            setting: rule.name().into(),
+            message: format!(
+                "{:?} is not {}",
+                text.chars().take(80).collect::<String>(),
+                rule.form()
+            ),
+        };
+        if text.len() > 256 {
+            return Err(refuse());
+        }
+        let value = match rule {
+            NoticeRule::RemindDays => {
+                let list = text.trim_start_matches('[').trim_end_matches(']').trim();
+                if list.is_empty() || list == "none" {
+                    RuleValue::DayList(Vec::new())
+                } else {
+                    let days: Result<Vec<u32>, _> =
+                        list.split(',').map(|d| d.trim().parse::<u32>()).collect();
+                    RuleValue::DayList(days.map_err(|_| refuse())?)
+                }
+            }
+            NoticeRule::DueSoonDays
+            | NoticeRule::EscalateAfterDays
+            | NoticeRule::SilentAfterDays => RuleValue::Days(text.parse().map_err(|_| refuse())?),
+            NoticeRule::Behind | NoticeRule::FarBehind => {
+                RuleValue::Share(text.parse().map_err(|_| refuse())?)
+            }
+        };
+        self.check_rule(rule, &value)?;
+        Ok(value)
+    }
+
+    /// Checks a new value for `rule` against these rules as they stand (the other
+    /// settings unchanged): its shape and range, `remind_days` largest first and each
+    /// once, `far_behind` below `behind`.
+    pub fn check_rule(&self, rule: NoticeRule, value: &RuleValue) -> Result<(), RuleError> {
+        let refuse = |message: String| RuleError {
+            setting: rule.name().into(),
+            message,
+        };
+        let shape = || refuse(format!("{value} is not {}", rule.form()));
+        match rule {
+            NoticeRule::RemindDays => {
+                let RuleValue::DayList(days) = value else {
+                    return Err(shape());
+                };
+                if days.len() > MAX_REMIND_DAYS || days.iter().any(|d| *d > MAX_RULE_DAYS) {
+                    return Err(shape());
+                }
+                if days.windows(2).any(|w| w[0] <= w[1]) {
+                    return Err(refuse(format!(
+                        "{value} is not largest first with each day once; write e.g. 7,3,1"
+                    )));
+                }
+            }
+            NoticeRule::DueSoonDays | NoticeRule::EscalateAfterDays => {
+                if value.days().filter(|d| *d <= MAX_RULE_DAYS).is_none() {
+                    return Err(shape());
+                }
+            }
+            NoticeRule::SilentAfterDays => {
+                if !value
+                    .days()
+                    .is_some_and(|d| (1..=MAX_RULE_DAYS).contains(&d))
+                {
+                    return Err(shape());
+                }
+            }
+            NoticeRule::Behind => {
+                let Some(b) = value
+                    .share()
+                    .filter(|b| b.is_finite() && (0.0..=1.0).contains(b))
+                else {
+                    return Err(shape());
+                };
+                let far = self.lagging.far_behind;
+                if b <= far {
+                    return Err(refuse(format!(
+                        "{b} is not above far_behind ({far}); give a value above {far} and at most 1, or lower far_behind first"
+                    )));
+                }
+            }
+            NoticeRule::FarBehind => {
+                let Some(f) = value
+                    .share()
+                    .filter(|f| f.is_finite() && (0.0..=1.0).contains(f))
+                else {
+                    return Err(shape());
+                };
+                let behind = self.lagging.behind;
+                if f >= behind {
+                    return Err(refuse(format!(
+                        "{f} is not below behind ({behind}); give a value from 0 up to below {behind}, or raise behind first"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `value` in force for `rule` (checked when it was recorded; a value of
+    /// another shape changes nothing and returns false).
+    pub fn set_rule(&mut self, rule: NoticeRule, value: &RuleValue) -> bool {
+        let l = &mut self.lagging;
+        match (rule, value) {
+            (NoticeRule::RemindDays, RuleValue::DayList(d)) => l.remind_days = d.clone(),
+            (NoticeRule::DueSoonDays, RuleValue::Days(d)) => l.due_soon_days = *d,
+            (NoticeRule::EscalateAfterDays, RuleValue::Days(d)) => l.escalate_after_days = *d,
+            (NoticeRule::SilentAfterDays, RuleValue::Days(d)) => self.silent_after_days = *d,
+            (NoticeRule::Behind, v) => match v.share() {
+                Some(s) => l.behind = s,
+                None => return false,
+            },
+            (NoticeRule::FarBehind, v) => match v.share() {
+                Some(s) => l.far_behind = s,
+                None => return false,
+            },
+            _ => return false,
+        }
+        true
+    }
+
+    /// May an admin change `rule` on a running hub (the file's `[lagging] adjustable`)?
+    pub fn is_adjustable(&self, rule: NoticeRule) -> bool {
+        self.lagging.adjustable.contains(&rule)
+    }
 }
 
 /// Rules an implementation plan must follow.
@@ -350,6 +644,8 @@ struct RawLagging {
     escalate_after_days: u32,
     behind: Spanned<f64>,
     far_behind: Spanned<f64>,
+    #[serde(default)]
+    adjustable: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -571,6 +867,25 @@ impl RawCampaign {
         let mut remind_days = self.lagging.remind_days;
         remind_days.sort_unstable_by(|a, b| b.cmp(a));
         remind_days.dedup();
+        let mut adjustable = Vec::new();
+        for (i, name) in self.lagging.adjustable.iter().enumerate() {
+            let field = format!("lagging.adjustable[{i}]");
+            let rule = NoticeRule::parse(name.get_ref()).map_err(|_| {
+                c.err(
+                    name.span(),
+                    &field,
+                    format!(
+                        "{:?} is not a notice rule; list some of {}",
+                        name.get_ref(),
+                        all_names()
+                    ),
+                )
+            })?;
+            if adjustable.contains(&rule) {
+                return Err(c.err(name.span(), &field, format!("{rule} is listed twice")));
+            }
+            adjustable.push(rule);
+        }
 
         let witness_quorum = match &self.witness_quorum {
             None => DEFAULT_WITNESS_QUORUM.min(units.len() as u32),
@@ -620,6 +935,7 @@ impl RawCampaign {
                 escalate_after_days: self.lagging.escalate_after_days,
                 behind,
                 far_behind: far,
+                adjustable,
             },
             units,
             witness_quorum,
@@ -742,6 +1058,112 @@ mod tests {
         );
         let c = Campaign::from_toml(&three).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.witness_quorum, 3);
+    }
+
+    #[test]
+    fn adjustable_names_notice_rules_once_with_their_line() {
+        let c = Campaign::builtin_2018();
+        assert!(c.is_adjustable(NoticeRule::Behind));
+        assert!(c.is_adjustable(NoticeRule::SilentAfterDays));
+        assert!(!c.is_adjustable(NoticeRule::DueSoonDays));
+        // Default: nothing may change live, so older files keep their meaning.
+        let none = CAMPAIGN_2018_TOML
+            .lines()
+            .filter(|l| !l.starts_with("adjustable"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Campaign::from_toml(&none).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.lagging.adjustable.is_empty());
+        let from = "adjustable = [\"remind_days\"";
+        for (to, want) in [
+            (
+                "adjustable = [\"remind_dayz\"",
+                "\"remind_dayz\" is not a notice rule",
+            ),
+            (
+                "adjustable = [\"behind\", \"behind\"",
+                "behind is listed twice",
+            ),
+            ("adjustable = [7", "invalid type"),
+        ] {
+            let err = with(from, to).expect_err(to);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{to}: {msg}");
+            let line = match err {
+                CampaignError::Syntax { line, .. } | CampaignError::Invalid { line, .. } => line,
+            };
+            assert_eq!(line, line_containing(from), "{to}: {msg}");
+        }
+    }
+
+    #[test]
+    fn live_rule_values_are_checked_for_shape_range_and_order() {
+        let c = Campaign::builtin_2018();
+        let ok = |rule, text: &str| {
+            c.parse_rule(rule, text)
+                .unwrap_or_else(|e| panic!("{rule} {text}: {e}"))
+        };
+        assert_eq!(
+            ok(NoticeRule::RemindDays, "14, 7,1"),
+            RuleValue::DayList(vec![14, 7, 1])
+        );
+        assert_eq!(
+            ok(NoticeRule::RemindDays, "none"),
+            RuleValue::DayList(vec![])
+        );
+        assert_eq!(ok(NoticeRule::Behind, "0.9"), RuleValue::Share(0.9));
+        assert_eq!(ok(NoticeRule::FarBehind, "0"), RuleValue::Share(0.0));
+        assert_eq!(ok(NoticeRule::SilentAfterDays, "3"), RuleValue::Days(3));
+        let refused: &[(NoticeRule, &str, &str)] = &[
+            (NoticeRule::RemindDays, "3,7", "largest first"),
+            (NoticeRule::RemindDays, "7,7", "largest first"),
+            (NoticeRule::RemindDays, "7,-1", "not days before a deadline"),
+            (NoticeRule::RemindDays, "400", "not days before a deadline"),
+            (NoticeRule::RemindDays, &"9,".repeat(20), "not days before"),
+            (NoticeRule::Behind, "NaN", "between 0 and 1"),
+            (NoticeRule::Behind, "inf", "between 0 and 1"),
+            (NoticeRule::Behind, "1.5", "between 0 and 1"),
+            (NoticeRule::Behind, "0.5", "not above far_behind (0.5)"),
+            (NoticeRule::FarBehind, "0.8", "not below behind (0.8)"),
+            (NoticeRule::FarBehind, "-0.1", "between 0 and 1"),
+            (NoticeRule::SilentAfterDays, "0", "from 1 to 366"),
+            (NoticeRule::EscalateAfterDays, "-3", "from 0 to 366"),
+            (NoticeRule::EscalateAfterDays, "4294967296", "from 0 to 366"),
+            (NoticeRule::DueSoonDays, "1e9", "from 0 to 366"),
+        ];
+        for (rule, text, want) in refused {
+            let e = c.parse_rule(*rule, text).expect_err(text).to_string();
+            assert!(e.starts_with(&format!("notice rule {rule}: ")), "{e}");
+            assert!(e.contains(want), "{rule} {text}: {e}");
+        }
+        assert!(NoticeRule::parse("lateness").is_err());
+    }
+
+    #[test]
+    fn a_rule_set_is_in_force_and_reads_back() {
+        let mut c = Campaign::builtin_2018();
+        for (rule, text) in [
+            (NoticeRule::RemindDays, "10,2"),
+            (NoticeRule::EscalateAfterDays, "5"),
+            (NoticeRule::Behind, "0.9"),
+            (NoticeRule::FarBehind, "0.6"),
+            (NoticeRule::SilentAfterDays, "4"),
+            (NoticeRule::DueSoonDays, "2"),
+        ] {
+            let v = c.parse_rule(rule, text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(c.set_rule(rule, &v));
+            assert_eq!(c.rule(rule), v);
+            assert_eq!(c.rule(rule).to_string(), text);
+            // Through the log's JSON and back.
+            let again: RuleValue =
+                serde_json::from_str(&serde_json::to_string(&v).unwrap_or_default())
+                    .unwrap_or(RuleValue::Days(u32::MAX));
+            assert!(c.set_rule(rule, &again));
+            assert_eq!(c.rule(rule), v);
+        }
+        assert_eq!(c.lagging.remind_days, [10, 2]);
+        assert_eq!(c.silent_after_days, 4);
+        assert!(!c.set_rule(NoticeRule::RemindDays, &RuleValue::Days(3)));
     }
 
     #[test]

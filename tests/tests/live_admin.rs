@@ -7,7 +7,8 @@
 //! entry in its chain written while the hub is out of reach (the agent SIGKILLed with the
 //! transition and its first new-key entry written, not yet delivered; afterwards the log
 //! holds the transition and an old-key entry after it is refused), the other's "lost" key
-//! is replaced from the hub side. Afterwards the checker reads the
+//! is replaced from the hub side; a notice rule is changed (the scheduler's next reminders
+//! follow it; the bulletin from before still verifies). Afterwards the checker reads the
 //! hub's log: every acknowledged record of every agent is there exactly once (lost = 0,
 //! unexpected = 0), and both `verify`s pass.
 
@@ -300,6 +301,83 @@ async fn a_running_hub_is_administered_without_a_restart() {
         doc.to_string().contains("2018-12-20"),
         "the extension is not in bulletin {n}"
     );
+    let before_change = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(before_change.path(), doc.to_string()).unwrap_or_else(|e| panic!("{e}"));
+
+    // A notice rule changed live (the 2018 file lets remind_days change): the scheduler's
+    // next notices use it (recommendations, due 2018-11-30, are 5 days ahead: a 6-day
+    // reminder where there was none), `show` names the log entry and the token; a setting
+    // the file does not list, and a province token, are refused.
+    let shown = ok(
+        &hub_cli(&admin, &["notice-rules", "show", "--hub", &url]),
+        "notice-rules show --hub",
+    );
+    assert!(
+        shown.lines().any(|l| l.starts_with("remind_days ")
+            && l.contains(" 7,3 ")
+            && l.contains("campaign 2018")),
+        "{shown}"
+    );
+    let out = ok(
+        &hub_cli(
+            &admin,
+            &["notice-rules", "set", "remind_days", "6,2", "--hub", &url],
+        ),
+        "notice-rules set --hub",
+    );
+    assert!(
+        out.contains("changed from 7,3 to 6,2, recorded at log index"),
+        "{out}"
+    );
+    let out = hub_cli(
+        &admin,
+        &["notice-rules", "set", "due_soon_days", "2", "--hub", &url],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&url) && err.contains("[lagging] adjustable does not list it"),
+        "{err}"
+    );
+    let out = hub_cli(&province, &["notice-rules", "show", "--hub", &url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url) && err.contains("admin role"), "{err}");
+    let mut six_day_reminders = 0;
+    for _ in 0..100 {
+        let v: Value = http
+            .get(format!("{url}/v1/notices"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        six_day_reminders = v["notices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["rule"] == "milestone_due" && n["deadline"] == "2018-11-30")
+                    .count()
+            })
+            .unwrap_or(0);
+        if six_day_reminders > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(six_day_reminders, 32, "one 6-day reminder per unit");
+    let shown = ok(
+        &hub_cli(&admin, &["notice-rules", "show", "--hub", &url]),
+        "notice-rules show --hub",
+    );
+    assert!(
+        shown.lines().any(|l| l.starts_with("remind_days ")
+            && l.contains(" 6,2 ")
+            && l.contains("admin token ")),
+        "{shown}"
+    );
 
     // gd-a rotates its key from the agent side, in its own chain and offline: the hub is
     // out of reach (the agent points at a closed port) while `rotate-key` writes the
@@ -465,4 +543,7 @@ async fn a_running_hub_is_administered_without_a_restart() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The bulletin issued before the notice rule change still verifies after it.
+    let path = before_change.path().to_string_lossy().to_string();
+    ok(&hub.cli(&["bulletin", "verify", &path]), "bulletin verify");
 }
