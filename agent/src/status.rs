@@ -56,6 +56,10 @@ pub struct StatusReport {
     pub last_result: Option<String>,
     /// The last fault.
     pub last_error: Option<String>,
+    /// True while this data directory, a backup copy, takes back from the hub what the hub
+    /// holds of its chain; intake answers 503 until then.
+    #[serde(default)]
+    pub catching_up: bool,
     /// Set while a permanent refusal stops pushing.
     pub alarm: Option<Alarm>,
     /// Ingest requests sent.
@@ -104,6 +108,7 @@ pub fn report(
         last_success_at: push.last_success_at,
         last_result: push.last_result.clone(),
         last_error: push.last_error.clone(),
+        catching_up: store.catching_up()?,
         alarm: push.alarm.clone(),
         pushes: push.pushes,
         retries: push.retries,
@@ -136,6 +141,12 @@ pub fn render_human(r: &StatusReport) -> String {
     );
     if let Some(a) = &r.alarm {
         let _ = writeln!(s, "ALARM ({}) since {}: {}", a.code, a.since, a.reason);
+    }
+    if r.catching_up {
+        let _ = writeln!(
+            s,
+            "catching up: restored from a backup, taking back what the hub holds of this chain; intake opens after"
+        );
     }
     if let Some(a) = &r.log_alarm {
         let _ = writeln!(s, "LOG ALARM: {a}");
