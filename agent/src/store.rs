@@ -587,7 +587,8 @@ impl Store {
         })
     }
 
-    /// Binds the store to a source and key on first use; refuses another later.
+    /// Binds the store to a source and key on first use; refuses another later, except the
+    /// key the store's key history puts in force last (for the same source).
     pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
         let _changing = self.changing();
         let want = format!("source {source} with key {key_line}");
@@ -598,6 +599,19 @@ impl Store {
                 Ok(())
             }
             Some(v) if v.as_ref() == want.as_bytes() => Ok(()),
+            // The key the chain's last rotation put in force (a key transition this store
+            // took back from the hub after a restore): the operator put its key file back.
+            Some(v)
+                if v.starts_with(format!("source {source} with key ").as_bytes())
+                    && self
+                        .key_history()?
+                        .last()
+                        .is_some_and(|(_, line)| line == key_line) =>
+            {
+                self.meta.insert(IDENTITY, want.as_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
             Some(v) => Err(StoreError::Identity {
                 stored: String::from_utf8_lossy(&v).into_owned(),
                 configured: want,

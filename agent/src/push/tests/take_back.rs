@@ -320,3 +320,75 @@ async fn entries_the_agent_cannot_check_are_a_fork_and_nothing_is_taken_back() {
         assert_eq!(r.verify(), Vec::<String>::new(), "{case}");
     }
 }
+
+#[tokio::test]
+async fn a_key_rotated_after_the_backup_is_taken_back_but_keeps_intake_closed() {
+    let mut t = restored().await;
+    // At the hub: seq 6 a key transition to a key this directory never held (the agent
+    // rotated after the backup), 7 and 8 signed by that key.
+    let (own, next) = (identity().key.clone(), SigningKey::from_bytes(&[6; 32]));
+    let mut hub: Vec<Envelope> = t.hub[..5].to_vec();
+    let at_6 = Entry::from_payload(&t.hub[5].payload).unwrap_or_else(|e| panic!("{e}"));
+    let transition = Entry::key_transition(
+        at_6.source.clone(),
+        6,
+        at_6.prev,
+        at_6.recorded_at,
+        at_6.campaign.clone(),
+        &next,
+    );
+    hub.push(transition.sign(&own));
+    for seq in 7..=8u64 {
+        let mut e =
+            Entry::from_payload(&t.hub[seq as usize - 1].payload).unwrap_or_else(|e| panic!("{e}"));
+        e.prev = hub[seq as usize - 2].payload_hash();
+        hub.push(e.sign(&next));
+    }
+    let r = &mut t.rig;
+    r.hub.then(hub_head(&hub));
+    r.hub.then(page(hub.clone(), hub_key(), |_| {}));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "key_not_held");
+    assert!(
+        reason.contains("cannot sign seq 9") && reason.contains("spacesync-hub agents rotate"),
+        "{reason}"
+    );
+    // What the hub holds is this chain (checked under the transition): taken back.
+    assert_eq!(
+        (r.store.head().map(|h| h.0).unwrap_or(0), r.acked()),
+        (8, 8)
+    );
+    assert_eq!(r.verify(), Vec::<String>::new());
+    assert!(!*t.caught_up.borrow(), "intake stays closed");
+    assert!(r.store.catching_up().unwrap_or(false));
+    // The operator puts back the key of that rotation: the store takes it (the key its
+    // history puts in force), and with it intake opens; another key stays refused.
+    let line = public_key_line(&next.verifying_key());
+    let source = identity().source.clone();
+    // (The store was bound to the agent's first key, as `run` binds it.)
+    r.store
+        .bind_identity(&source, &identity().key_line())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.store
+            .bind_identity(&source, &public_key_line(&wrong_key().verifying_key()))
+            .is_err()
+    );
+    r.store
+        .bind_identity(&source, &line)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = identity();
+    let ident = Arc::new(crate::intake::Identity {
+        source: base.source.clone(),
+        scope: base.scope,
+        campaign: base.campaign.clone(),
+        key: next,
+    });
+    r.delivery = Delivery::new(r.cfg.clone(), ident, r.store.clone(), r.state.clone());
+    let (tx, caught_up) = watch::channel(false);
+    r.delivery.catching_up(tx);
+    r.hub.then(hub_head(&hub));
+    assert!(r.deliver().await.is_ok());
+    assert!(*caught_up.borrow(), "intake opens under the key in force");
+    assert!(!r.store.catching_up().unwrap_or(true));
+}
