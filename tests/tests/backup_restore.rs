@@ -302,6 +302,8 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
     c.wait_drained(Duration::from_secs(60)).await;
+    let s = c.agents[0].status().await.unwrap_or_default();
+    assert!(s["log_alarm"].is_null(), "the hub's log audits clean: {s}");
     c.agents[0].stop();
     c.hub.stop();
 
@@ -326,4 +328,17 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
         after.len(),
         "every entry of the agent once at the hub"
     );
+
+    // A restored copy waits for the hub; `restore --offline` (a province that cannot reach
+    // it) accepts records at once.
+    for (args, catching_up) in [(vec![], true), (vec!["--offline"], false)] {
+        let dir = backups.path().join(format!("restored{}", args.len()));
+        let mut restore = vec!["restore", out.to_str().unwrap_or_default()];
+        restore.extend(&args);
+        let r = spacesync_tests::procs::run_cli(agent_bin(), &dir, &restore);
+        assert!(r.status.success(), "restore {args:?}: {}", text(&r));
+        let st = spacesync_tests::procs::run_cli(agent_bin(), &dir, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+        assert_eq!(st["catching_up"], catching_up, "restore {args:?}: {st}");
+    }
 }

@@ -425,8 +425,15 @@ impl Delivery {
                 let hash = env.payload_hash();
                 hashes.push((seq, hash));
                 if seq <= head {
-                    let mine = self.store.entry(seq)?.map(|e| e.payload_hash());
-                    if mine.is_some_and(|m| m != hash) {
+                    // Above the delivered seq, so never pruned: held, or the store is damaged.
+                    let mine = self
+                        .store
+                        .entry(seq)?
+                        .map(|e| e.payload_hash())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("entry {seq} is missing below the head"))
+                        })?;
+                    if mine != hash {
                         return Err(fork(
                             seq,
                             "another entry than this agent's at that seq".into(),
