@@ -9,10 +9,10 @@
 //! change still (intake, receipts, pruning, notices wait; readers do not) while it copies
 //! the flushed trees, so the copy is one instant. A stopped agent is copied directly.
 //!
-//! A backup is older than the hub's view as soon as the agent delivers more: an agent
-//! restored from it finds the hub holding seqs it does not have, and stops pushing with the
-//! `fork` alarm that names a restored directory (nothing is lost or sent twice; see the
-//! operator's guide).
+//! A backup is older than the hub's view as soon as the agent delivers more, so the copy's
+//! store carries `catch_up` ([`Store::catching_up`]): an agent run from it takes back what
+//! the hub holds of its chain, checked as its own, before intake opens
+//! (`push::delivery`; the operator's guide, "Backup and restore").
 
 use std::path::{Path, PathBuf};
 

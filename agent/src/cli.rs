@@ -142,11 +142,17 @@ pub enum Command {
     },
     /// Make the data directory (absent or empty) a copy of a backup.
     #[command(
-        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent-restored restore /backup/agent-2018-11-25"
+        after_help = "At its first start the restored agent takes back from the hub what the hub holds of its chain\n(entries delivered after the backup), checked against its own key and chain, and accepts records\nonly after that (503 meanwhile). --offline skips that wait for a province that cannot reach the hub.\n\nExample:\n  spacesync-agent --data /var/lib/spacesync-agent-restored restore /backup/agent-2018-11-25"
     )]
     Restore {
         /// The directory `backup` wrote.
         backup: PathBuf,
+        /// For a province that cannot reach the hub: accept records at once instead of
+        /// first taking back from the hub what it holds of this chain. Only when no bundle
+        /// of this agent was imported at the hub since the backup was made (else the
+        /// agent reuses seqs the hub holds: a fork).
+        #[arg(long)]
+        offline: bool,
     },
     /// Write the dispute evidence file of one entry: the entry as signed, the hub's
     /// receipt, and its inclusion proof in the hub-signed checkpoint this agent last
@@ -471,8 +477,14 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { backup } => {
+        Command::Restore { backup, offline } => {
             let head = crate::backup::restore(&backup, &data)?;
+            if offline {
+                crate::store::Store::open(&data.db())?.caught_up()?;
+                spacesync_shared::outln!(
+                    "--offline: the agent accepts records at once, without asking the hub what it holds of this chain"
+                );
+            }
             spacesync_shared::outln!(
                 "restored {} into {} (chain head {head}); run `spacesync-agent --data {} verify`, then start it",
                 backup.display(),

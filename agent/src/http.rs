@@ -398,6 +398,15 @@ impl From<IntakeError> for AppError {
                 },
                 Some(5),
             ),
+            e @ IntakeError::CatchingUp => AppError::Client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody {
+                    error: e.to_string(),
+                    code: None,
+                    problems: vec![],
+                },
+                Some(5),
+            ),
             IntakeError::Store(e) => AppError::Internal(e.to_string()),
         }
     }

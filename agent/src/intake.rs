@@ -203,6 +203,12 @@ pub enum IntakeError {
     /// The agent is shutting down.
     #[error("the agent is shutting down; retry shortly")]
     Stopped,
+    /// Run from a backup copy, the agent first takes back from the hub what it holds of
+    /// this chain; until then it appends nothing (its seqs would fork the chain).
+    #[error(
+        "the agent was restored from a backup and is taking back from the hub what the hub holds of this source's chain; nothing was stored; retry shortly (the agent's status says what it waits for)"
+    )]
+    CatchingUp,
 }
 
 /// Judges, signs and appends batches. Exactly one exists per store.
@@ -937,11 +943,18 @@ struct Durable {
 pub struct IntakeHandle {
     tx: mpsc::Sender<Job>,
     durable: watch::Receiver<Durable>,
+    /// Intake opens when this turns true (see [`spawn_writer_after`]); `None`: open.
+    ready: Option<watch::Receiver<bool>>,
 }
 
 impl IntakeHandle {
     /// Submits a batch and waits for its durable answer.
     pub async fn submit(&self, sub: Submission) -> Result<Accepted, IntakeError> {
+        if let Some(ready) = &self.ready
+            && !*ready.borrow()
+        {
+            return Err(IntakeError::CatchingUp);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { sub, reply })
@@ -1037,6 +1050,63 @@ where
         IntakeHandle {
             tx,
             durable: durable_rx,
+            ready: None,
+        },
+        task,
+    )
+}
+
+/// [`spawn_writer`] for a store that may be behind the hub (run from a backup copy): the
+/// writer is opened with `open` only once `caught_up` turns true (the pusher took back
+/// what the hub holds of this chain); until then every submission is
+/// [`IntakeError::CatchingUp`]. If `caught_up`'s sender goes first (the agent stops),
+/// intake never opens and the task ends.
+pub fn spawn_writer_after(
+    caught_up: watch::Receiver<bool>,
+    open: impl FnOnce() -> Result<Writer, StoreError> + Send + 'static,
+    appended: Arc<Notify>,
+) -> (IntakeHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (head_tx, head_rx) = watch::channel(0);
+    let (durable_tx, durable_rx) = watch::channel(Durable {
+        through: 0,
+        failed: None,
+    });
+    let mut ready = caught_up.clone();
+    let task = tokio::spawn(async move {
+        if ready.wait_for(|r| *r).await.is_err() {
+            return;
+        }
+        let writer = match tokio::task::spawn_blocking(open).await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                error!(error = %e, "Cannot open intake after catching up with the hub; intake is stopped. Run `spacesync-agent verify`, then restart the agent.");
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "Opening intake failed; intake is stopped. Restart the agent.");
+                return;
+            }
+        };
+        let head = writer.next_seq - 1;
+        head_tx.send_replace(head);
+        durable_tx.send_modify(|d| d.through = head);
+        let store = writer.store.clone();
+        let writing = tokio::task::spawn_blocking(move || write_loop(writer, rx, head_tx));
+        commit_loop(head_rx, durable_tx, appended, move || {
+            let store = store.clone();
+            async move { store.flush_async().await }
+        })
+        .await;
+        if let Err(e) = writing.await {
+            error!(error = %e, "Intake writer failed; intake is stopped. Restart the agent.");
+        }
+    });
+    (
+        IntakeHandle {
+            tx,
+            durable: durable_rx,
+            ready: Some(caught_up),
         },
         task,
     )

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, DataDir, secs};
 use crate::http::{self, AppState, Edge};
-use crate::intake::{Identity, Writer, spawn_writer};
+use crate::intake::{Identity, Writer, spawn_writer, spawn_writer_after};
 use crate::push::{PushState, Pusher};
 use crate::retry::Schedule;
 use crate::store::{Store, StoreError};
@@ -100,16 +100,30 @@ impl Agent {
 
     /// A writer for this agent's store (the one `run` and `import` use).
     pub fn writer(&self) -> Result<Writer, StoreError> {
-        Writer::open(
+        writer_for(
             self.store.clone(),
             self.ident.clone(),
             self.clock.clone(),
-            self.cfg.buffer,
-            self.cfg.intake.max_records,
-            secs(self.cfg.push.interval_secs).as_secs().clamp(1, 60),
-            self.cfg.intake.idempotency_retention_secs,
+            &self.cfg,
         )
     }
+}
+
+fn writer_for(
+    store: Store,
+    ident: Arc<Identity>,
+    clock: Arc<dyn Clock>,
+    cfg: &Config,
+) -> Result<Writer, StoreError> {
+    Writer::open(
+        store,
+        ident,
+        clock,
+        cfg.buffer,
+        cfg.intake.max_records,
+        secs(cfg.push.interval_secs).as_secs().clamp(1, 60),
+        cfg.intake.idempotency_retention_secs,
+    )
 }
 
 /// Serves until `shutdown` completes, then stops every task cleanly.
@@ -156,7 +170,25 @@ pub async fn run(
         ..push_state
     }));
 
-    let (intake, writer_task) = spawn_writer(agent.writer()?, appended.clone());
+    // A backup copy may be behind the hub: intake opens once the pusher has taken back
+    // what the hub holds of this chain (its seqs would otherwise fork the chain).
+    let catching_up = agent.store.catching_up()?;
+    let (caught_up_tx, caught_up_rx) = watch::channel(false);
+    let (intake, writer_task) = if catching_up {
+        info!(source = %agent.cfg.source, "This data directory is a backup copy: intake opens once the hub was asked what it holds of this chain.");
+        let open = {
+            let (store, ident, clock, cfg) = (
+                agent.store.clone(),
+                agent.ident.clone(),
+                agent.clock.clone(),
+                agent.cfg.clone(),
+            );
+            move || writer_for(store, ident, clock, &cfg)
+        };
+        spawn_writer_after(caught_up_rx, open, appended.clone())
+    } else {
+        spawn_writer(agent.writer()?, appended.clone())
+    };
     // A key transition the hub has not receipted: its retired key signs requests first.
     let retired = crate::rotate::retired(&agent.data, &agent.store)?.map(|retired| {
         crate::push::transport::RetiredSigner {
@@ -165,7 +197,7 @@ pub async fn run(
             store: agent.store.clone(),
         }
     });
-    let mut pusher = Pusher::new(
+    let pusher = Pusher::new(
         agent.cfg.clone(),
         agent.ident.clone(),
         agent.store.clone(),
@@ -175,6 +207,10 @@ pub async fn run(
         notices_stored.clone(),
         retired,
     )?;
+    let mut pusher = match catching_up {
+        true => pusher.catching_up(caught_up_tx),
+        false => pusher,
+    };
     let asks = pusher.asks();
     let pusher_task = tokio::spawn(pusher.run(stop_rx.clone()));
     let spool_task = tokio::spawn(spool::watch(

@@ -161,7 +161,9 @@ pub async fn scan_once(
                 warn!(file = ?name, problems = lines.len(), errors = ?errors, "Spool file refused.");
                 rep.failed.push(name);
             }
-            Err(e @ (IntakeError::Full { .. } | IntakeError::Stopped)) => {
+            Err(
+                e @ (IntakeError::Full { .. } | IntakeError::Stopped | IntakeError::CatchingUp),
+            ) => {
                 info!(file = ?name, reason = %e, "Spool file left for later.");
                 rep.deferred.push(name);
                 break;

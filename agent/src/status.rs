@@ -56,6 +56,10 @@ pub struct StatusReport {
     pub last_result: Option<String>,
     /// The last fault.
     pub last_error: Option<String>,
+    /// True while this data directory, a backup copy, takes back from the hub what the hub
+    /// holds of its chain; intake answers 503 until then.
+    #[serde(default)]
+    pub catching_up: bool,
     /// Set while a permanent refusal stops pushing.
     pub alarm: Option<Alarm>,
     /// Ingest requests sent.
@@ -104,6 +108,7 @@ pub fn report(
         last_success_at: push.last_success_at,
         last_result: push.last_result.clone(),
         last_error: push.last_error.clone(),
+        catching_up: store.catching_up()?,
         alarm: push.alarm.clone(),
         pushes: push.pushes,
         retries: push.retries,
@@ -136,6 +141,12 @@ pub fn render_human(r: &StatusReport) -> String {
     );
     if let Some(a) = &r.alarm {
         let _ = writeln!(s, "ALARM ({}) since {}: {}", a.code, a.since, a.reason);
+    }
+    if r.catching_up {
+        let _ = writeln!(
+            s,
+            "catching up: restored from a backup, taking back what the hub holds of this chain; intake opens after"
+        );
     }
     if let Some(a) = &r.log_alarm {
         let _ = writeln!(s, "LOG ALARM: {a}");
@@ -286,6 +297,12 @@ pub fn render_metrics(r: &StatusReport) -> String {
         if r.log_alarm.is_some() { 1.0 } else { 0.0 },
     );
     metric(
+        "catching_up",
+        "gauge",
+        "1 while this data directory, restored from a backup, takes back what the hub holds of its chain (intake answers 503 meanwhile).",
+        if r.catching_up { 1.0 } else { 0.0 },
+    );
+    metric(
         "unread_notices",
         "gauge",
         "Notices not yet read.",
@@ -355,5 +372,17 @@ mod tests {
         let h = render_human(&r);
         assert!(h.contains("LOG ALARM: rollback"), "{h}");
         assert!(h.contains("checkpoint of 42 entries verified"), "{h}");
+        assert!(m.contains("spacesync_agent_catching_up 0\n"), "{m}");
+        assert!(!h.contains("catching up"), "{h}");
+
+        // A backup copy, until it took back what the hub holds: in every form.
+        store.mark_catch_up().unwrap_or_else(|e| panic!("{e}"));
+        let r = report(&store, &cfg, &push, &*clock(), true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap_or_default()["catching_up"],
+            true
+        );
+        assert!(render_metrics(&r).contains("spacesync_agent_catching_up 1\n"));
+        assert!(render_human(&r).contains("catching up: restored from a backup"));
     }
 }

@@ -5,7 +5,7 @@
 //! | `entries` | seq (u64 BE) | the entry's DSSE envelope (JSON) |
 //! | `receipts` | seq (u64 BE) | the entry's receipt: the hub's receipt envelope (JSON), or `0x01` ‖ the id (u64 BE) of the batch receipt that covers it ([`StoredReceipt`]); kept forever |
 //! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the seqs pointing at it are |
-//! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors, the log audit's state (`audit`: the last verified checkpoint, the seq audited through, the alarm) |
+//! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors, the log audit's state (`audit`: the last verified checkpoint, the seq audited through, the alarm), `catch_up` (a backup copy: see [`Store::catching_up`]) |
 //! | `audit_evidence` | number (u64 BE) | what a failed log audit saw: both checkpoint notes and the proof (JSON, see `push::audit`); kept forever |
 //! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
@@ -15,7 +15,9 @@
 //! Architecture invariant: the chain only grows through [`Store::append_all`] (one batch:
 //! [`Store::append`]), one sled transaction over `entries`, `meta`, `quota` and `idem`; so
 //! after a crash at any instant either the whole group of batches with its new head is
-//! there or none of it. Callers answer only after [`Store::flush_async`].
+//! there or none of it. Callers answer only after [`Store::flush_async`]. The one other way
+//! it grows is [`Store::adopt`]: entries this source signed that the hub already holds and
+//! receipted (an agent restored from an older backup takes them back before intake opens).
 //!
 //! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
 //! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
@@ -53,6 +55,9 @@ const IDENTITY: &[u8] = b"identity";
 const KEY_HISTORY: &[u8] = b"key_history";
 const BATCH_RECEIPT_ID: &[u8] = b"batch_receipt_id";
 const AUDIT: &[u8] = b"audit";
+/// Present while the store may be behind the hub (every backup copy carries it): the
+/// agent takes back from the hub what it holds of this chain before intake appends.
+const CATCH_UP: &[u8] = b"catch_up";
 
 /// First byte of a `receipts` value that points at a batch receipt (a receipt envelope's
 /// JSON starts with `{`).
@@ -315,6 +320,70 @@ pub fn parse_envelope(seq: u64, bytes: &[u8]) -> Result<Envelope, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("seq {seq}: stored envelope is unreadable: {e}")))
 }
 
+/// Entries the hub holds of this chain, for [`Store::adopt`].
+#[derive(Debug, Default, Clone)]
+pub struct Adopt {
+    /// Seq of the first new entry (the head + 1).
+    pub first: u64,
+    /// Envelope JSON of each new entry, in seq order (may be empty: receipts only).
+    pub envelopes: Vec<Vec<u8>>,
+    /// Payload hash of the last new entry (the new head).
+    pub head_hash: Digest,
+    /// Recommendations among them: (seq, record JSON).
+    pub quota_add: Vec<(u64, Vec<u8>)>,
+    /// Recommendations they withdraw (seqs).
+    pub quota_remove: Vec<u64>,
+    /// The verified batch receipt (envelope JSON).
+    pub receipt: Vec<u8>,
+    /// The seqs it covers that the caller checked against the entries (held or new).
+    pub receipted: Vec<u64>,
+    /// The key history after the key transitions among the new entries, when there are.
+    pub key_history: Option<Vec<(u64, String)>>,
+}
+
+/// Stores receipts within a transaction and advances the delivered seq over every
+/// contiguous receipted seq (see [`Store::record_receipts`]); returns it.
+fn note_receipts(
+    rtree: &sled::transaction::TransactionalTree,
+    btree: &sled::transaction::TransactionalTree,
+    meta: &sled::transaction::TransactionalTree,
+    entries: &sled::transaction::TransactionalTree,
+    receipts: &[(u64, Vec<u8>)],
+    batch: Option<(&[u8], &[u64])>,
+) -> Result<u64, ConflictableTransactionError<StoreError>> {
+    for (seq, r) in receipts {
+        rtree.insert(&seq_key(*seq), r.as_slice())?;
+    }
+    if let Some((env, seqs)) = batch
+        && !seqs.is_empty()
+    {
+        let id = read_u64(meta.get(BATCH_RECEIPT_ID)?).map_err(abort)? + 1;
+        meta.insert(BATCH_RECEIPT_ID, &id.to_be_bytes())?;
+        btree.insert(&seq_key(id), env)?;
+        let pointer = StoredReceipt::in_batch(id);
+        for seq in seqs {
+            rtree.insert(&seq_key(*seq), &pointer[..])?;
+        }
+    }
+    let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
+    let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+    let mut acked = old;
+    let mut freed = 0u64;
+    while acked < head && rtree.get(seq_key(acked + 1))?.is_some() {
+        acked += 1;
+        freed += entries
+            .get(seq_key(acked))?
+            .map(|v| v.len() as u64)
+            .unwrap_or(0);
+    }
+    if acked != old {
+        meta.insert(ACKED_SEQ, &acked.to_be_bytes())?;
+        let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+        meta.insert(BUFFERED_BYTES, &bytes.saturating_sub(freed).to_be_bytes())?;
+    }
+    Ok(acked)
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -507,6 +576,9 @@ impl Store {
             }
             to.apply_batch(batch)?;
         }
+        // The copy is older than the hub's view as soon as this agent delivers more: an
+        // agent run from it takes back what the hub holds before it appends.
+        copy.meta.insert(CATCH_UP, &[1u8][..])?;
         copy.db.flush()?;
         Ok(Copied {
             keys,
@@ -515,7 +587,8 @@ impl Store {
         })
     }
 
-    /// Binds the store to a source and key on first use; refuses another later.
+    /// Binds the store to a source and key on first use; refuses another later, except the
+    /// key the store's key history puts in force last (for the same source).
     pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
         let _changing = self.changing();
         let want = format!("source {source} with key {key_line}");
@@ -526,6 +599,19 @@ impl Store {
                 Ok(())
             }
             Some(v) if v.as_ref() == want.as_bytes() => Ok(()),
+            // The key the chain's last rotation put in force (a key transition this store
+            // took back from the hub after a restore): the operator put its key file back.
+            Some(v)
+                if v.starts_with(format!("source {source} with key ").as_bytes())
+                    && self
+                        .key_history()?
+                        .last()
+                        .is_some_and(|(_, line)| line == key_line) =>
+            {
+                self.meta.insert(IDENTITY, want.as_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
             Some(v) => Err(StoreError::Identity {
                 stored: String::from_utf8_lossy(&v).into_owned(),
                 configured: want,
@@ -929,38 +1015,90 @@ impl Store {
             &self.entries,
         )
             .transaction(|(rtree, btree, meta, entries)| {
-                for (seq, r) in receipts {
-                    rtree.insert(&seq_key(*seq), r.as_slice())?;
-                }
-                if let Some((env, seqs)) = batch
-                    && !seqs.is_empty()
-                {
-                    let id = read_u64(meta.get(BATCH_RECEIPT_ID)?).map_err(abort)? + 1;
-                    meta.insert(BATCH_RECEIPT_ID, &id.to_be_bytes())?;
-                    btree.insert(&seq_key(id), env)?;
-                    let pointer = StoredReceipt::in_batch(id);
-                    for seq in seqs {
-                        rtree.insert(&seq_key(*seq), &pointer[..])?;
+                note_receipts(rtree, btree, meta, entries, receipts, batch)
+            })?;
+        Ok(acked)
+    }
+
+    /// Whether this store may be behind the hub: it is a backup copy (or was run from one)
+    /// and has not yet learnt from the hub what it holds of this chain.
+    pub fn catching_up(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.contains_key(CATCH_UP)?)
+    }
+
+    /// Marks the store as possibly behind the hub (flushed), so that the next run takes
+    /// back what the hub holds before intake appends.
+    pub fn mark_catch_up(&self) -> Result<(), StoreError> {
+        let _changing = self.changing();
+        self.meta.insert(CATCH_UP, &[1u8][..])?;
+        self.flush()
+    }
+
+    /// Records that the store holds everything the hub holds of this chain (flushed).
+    pub fn caught_up(&self) -> Result<(), StoreError> {
+        let _changing = self.changing();
+        self.meta.remove(CATCH_UP)?;
+        self.flush()
+    }
+
+    /// Takes back entries of this chain that the hub holds, checked by the caller (each
+    /// signed by this source's key in force at its seq, chained from the head), with the
+    /// verified batch receipt that covers them and, possibly, held entries below them:
+    /// entries, head, quota records and receipts in one transaction, then flushed. Refused
+    /// (nothing written) when the entries do not follow the head. Returns the delivered seq.
+    pub fn adopt(&self, a: &Adopt) -> Result<u64, StoreError> {
+        let _changing = self.changing();
+        let added: u64 = a.envelopes.iter().map(|e| e.len() as u64).sum();
+        let last = a.first + a.envelopes.len() as u64;
+        let history = a
+            .key_history
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
+        let acked = (
+            &self.entries,
+            &self.meta,
+            &self.quota,
+            &self.receipts,
+            &self.batch_receipts,
+        )
+            .transaction(|(entries, meta, quota, rtree, btree)| {
+                if !a.envelopes.is_empty() {
+                    let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+                    if head + 1 != a.first {
+                        return Err(abort(StoreError::Corrupt(format!(
+                            "entries taken back from the hub start at seq {} but the head is {head}",
+                            a.first
+                        ))));
+                    }
+                    for (seq, env) in (a.first..).zip(&a.envelopes) {
+                        entries.insert(&seq_key(seq), env.as_slice())?;
+                    }
+                    meta.insert(HEAD_SEQ, &(last - 1).to_be_bytes())?;
+                    meta.insert(HEAD_HASH, &a.head_hash.0)?;
+                    let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+                    meta.insert(BUFFERED_BYTES, &(bytes + added).to_be_bytes())?;
+                    for (seq, rec) in &a.quota_add {
+                        quota.insert(&seq_key(*seq), rec.as_slice())?;
+                    }
+                    for seq in &a.quota_remove {
+                        quota.remove(&seq_key(*seq))?;
+                    }
+                    if let Some(h) = &history {
+                        meta.insert(KEY_HISTORY, h.as_slice())?;
                     }
                 }
-                let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
-                let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
-                let mut acked = old;
-                let mut freed = 0u64;
-                while acked < head && rtree.get(seq_key(acked + 1))?.is_some() {
-                    acked += 1;
-                    freed += entries
-                        .get(seq_key(acked))?
-                        .map(|v| v.len() as u64)
-                        .unwrap_or(0);
-                }
-                if acked != old {
-                    meta.insert(ACKED_SEQ, &acked.to_be_bytes())?;
-                    let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
-                    meta.insert(BUFFERED_BYTES, &bytes.saturating_sub(freed).to_be_bytes())?;
-                }
-                Ok(acked)
+                note_receipts(
+                    rtree,
+                    btree,
+                    meta,
+                    entries,
+                    &[],
+                    Some((a.receipt.as_slice(), a.receipted.as_slice())),
+                )
             })?;
+        self.flush()?;
         Ok(acked)
     }
 

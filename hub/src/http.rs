@@ -258,6 +258,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
         .route(PATH_AGENT_HEAD, get(agent_head))
+        .route(wire::PATH_AGENT_ENTRIES, get(agent_entries))
         .route(PATH_AGENT_NOTICES, get(agent_notices))
         .route(PATH_AGENT_NOTICES_ACK, post(agent_notices_ack))
         .route("/v1/progress", get(progress))
@@ -931,6 +932,38 @@ async fn agent_head(
 ) -> Result<Json<wire::SourceHead>, AppError> {
     let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
     Ok(Json(s.hub.head(&source)))
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    from: u64,
+    limit: Option<usize>,
+}
+
+/// The signing source's own entries from a seq, with a batch receipt: what an agent
+/// restored from an older backup takes back (it checks every entry against its own keys
+/// and chain, and the receipt against the hub key it pins).
+async fn agent_entries(
+    State(s): State<AppState>,
+    client: ClientAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<EntriesQuery>,
+) -> Result<Json<wire::EntriesPage>, AppError> {
+    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
+    let limit = q
+        .limit
+        .unwrap_or(wire::MAX_ENTRIES_PAGE)
+        .clamp(1, wire::MAX_ENTRIES_PAGE);
+    let hub = s.hub.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        hub.held_entries(&source, q.from, limit, wire::MAX_ENTRIES_PAGE_BYTES)
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]

@@ -1077,6 +1077,68 @@ fn refusal(
     }
 }
 
+impl Hub {
+    /// The entries held of `source`'s own chain from seq `from`, at most `limit` and about
+    /// `max_bytes` of payload (the first always), as received, with one signed batch
+    /// receipt for them: what [`spacesync_shared::wire::PATH_AGENT_ENTRIES`] answers an
+    /// agent restored from an older backup. Reads the source index and the log as of the
+    /// snapshot's head for `source`; blocking.
+    pub fn held_entries(
+        &self,
+        source: &SourceId,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<spacesync_shared::wire::EntriesPage, StoreError> {
+        let held_through = self.head(source).held_through;
+        let from = from.max(1);
+        let mut entries = Vec::new();
+        let mut held = Vec::new();
+        let mut bytes = 0usize;
+        let mut seq = from;
+        while seq <= held_through && entries.len() < limit {
+            let Some(h) = self.held(source, seq)? else {
+                return Err(StoreError::Corrupt {
+                    key: format!("src/{source}/{seq}"),
+                    message: format!(
+                        "the source index lacks seq {seq} below its head {held_through}"
+                    ),
+                });
+            };
+            let rec = crate::log::read(self.store.as_ref(), h.log_index)?.ok_or_else(|| {
+                StoreError::Corrupt {
+                    key: format!("log/{}", h.log_index),
+                    message: format!(
+                        "the leaf the source index names for {source} seq {seq} is missing"
+                    ),
+                }
+            })?;
+            if rec.source.as_ref() != Some(source) || rec.seq != seq {
+                return Err(StoreError::Corrupt {
+                    key: format!("log/{}", h.log_index),
+                    message: format!(
+                        "the leaf the source index names for {source} seq {seq} holds another entry"
+                    ),
+                });
+            }
+            bytes += rec.envelope.payload.len();
+            if !entries.is_empty() && bytes > max_bytes {
+                break;
+            }
+            entries.push(rec.envelope);
+            held.push((seq, h));
+            seq += 1;
+        }
+        let (_, batch_receipt) = sign_receipts(&self.key, source, held, ReceiptForm::Batch);
+        Ok(spacesync_shared::wire::EntriesPage {
+            source: source.clone(),
+            held_through,
+            entries,
+            batch_receipt,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Mutex, mpsc};

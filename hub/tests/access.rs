@@ -296,6 +296,75 @@ async fn signed_pulls_are_refused_unless_fresh_and_signed_by_the_source(backend:
     }
 }
 
+/// `GET /v1/agent/entries` (what an agent restored from an older backup takes back): the
+/// signing source's own entries exactly as received, from the seq asked for, at most
+/// `limit` (at least one), with one batch receipt by the hub key covering each; another
+/// source's never; signed requests only.
+async fn entries_pages_are_the_signing_sources_own_with_a_receipt(backend: Backend) {
+    let mut fx = fixture(backend).await;
+    let more = fx.gd.batch(&[
+        teachers("440106", "4144010601", "2018-11-06", 95),
+        teachers("440106", "4144010601", "2018-11-07", 96),
+        teachers("440106", "4144010601", "2018-11-08", 97),
+    ]);
+    fx.th.ingest_ok(&more).await;
+    let hub = hub_key().verifying_key();
+    let mut nonce = 10u8;
+    let mut page = |a: &Agent, query: &str| {
+        nonce += 1;
+        let path = format!("{}?{query}", wire::PATH_AGENT_ENTRIES);
+        (signed(a, &path, t0(), nonce), path)
+    };
+    // (who asks, query, seqs expected, held_through)
+    let cases: Vec<(&Agent, &str, Vec<u64>, u64)> = vec![
+        (&fx.gd, "from=3", vec![3, 4, 5], 5),
+        (&fx.gd, "from=2&limit=2", vec![2, 3], 5),
+        (&fx.gd, "from=1&limit=0", vec![1], 5),
+        (&fx.gd, "from=6", vec![], 5),
+        (&fx.bj, "from=1", vec![1, 2], 2),
+    ];
+    for (who, query, seqs, held) in cases {
+        let (headers, path) = page(who, query);
+        let r = head(&fx, &headers, &path).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        let p: wire::EntriesPage = serde_json::from_slice(&r.body).expect("page");
+        assert_eq!((&p.source, p.held_through), (&who.id, held), "{query}");
+        let got: Vec<u64> = p
+            .entries
+            .iter()
+            .map(|e| spacesync_shared::entry::Entry::open(e, &who.key.verifying_key()))
+            .map(|e| e.expect("the source's own signed entry").seq)
+            .collect();
+        assert_eq!(got, seqs, "{}: {query}", who.id);
+        for (env, seq) in p.entries.iter().zip(&seqs) {
+            if who.id == fx.gd.id && *seq >= 3 {
+                assert_eq!(
+                    env,
+                    &more.entries[*seq as usize - 3],
+                    "seq {seq} as received"
+                );
+            }
+        }
+        match &p.batch_receipt {
+            None => assert!(seqs.is_empty(), "{query}: no receipt"),
+            Some(b) => {
+                let b = wire::BatchReceipt::open(b, &hub).expect("signed by the hub key");
+                assert_eq!(b.source, who.id);
+                let covered: Vec<(u64, spacesync_shared::Digest)> =
+                    b.entries.iter().map(|i| (i.seq, i.entry_hash)).collect();
+                let sent: Vec<(u64, spacesync_shared::Digest)> = seqs
+                    .iter()
+                    .copied()
+                    .zip(p.entries.iter().map(|e| e.payload_hash()))
+                    .collect();
+                assert_eq!(covered, sent, "{query}");
+            }
+        }
+    }
+    let r = head(&fx, &[], &format!("{}?from=1", wire::PATH_AGENT_ENTRIES)).await;
+    assert_eq!(r.status, 401, "unsigned: {}", r.text());
+}
+
 /// The refusals of the access extractors, exactly as the handlers gave them before: the
 /// status, the reason, the refusal code (only for a malformed code), and the order of the checks (the token before the
 /// region code, the code before the role).
@@ -350,4 +419,4 @@ async fn refusals_keep_their_status_reason_and_order(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-backends!(async read_endpoints_honour_roles, signed_pulls_are_refused_unless_fresh_and_signed_by_the_source, refusals_keep_their_status_reason_and_order);
+backends!(async read_endpoints_honour_roles, signed_pulls_are_refused_unless_fresh_and_signed_by_the_source, entries_pages_are_the_signing_sources_own_with_a_receipt, refusals_keep_their_status_reason_and_order);

@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use axum::http::StatusCode;
 use common::{Agent, Backend, TestHub, get_req, ingest_req, send, store_dir, t0, teachers};
@@ -23,44 +21,6 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
-}
-
-/// Runs `promtool check metrics` on `text` when promtool is installed; false when it is
-/// not (and CI did not require it).
-fn promtool_accepts(text: &str) -> bool {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("SPACESYNC_REQUIRE_PROMTOOL").is_none(),
-                "SPACESYNC_REQUIRE_PROMTOOL is set but promtool cannot run: {e}"
-            );
-            eprintln!(
-                "skipped: promtool check metrics — promtool is not installed ({e}); `apt-get install prometheus` provides it"
-            );
-            return false;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics refused the exposition:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    true
 }
 
 async fn metrics_after_ingest(backend: Backend) {
@@ -186,7 +146,7 @@ async fn metrics_after_ingest(backend: Backend) {
         )),
         1.0
     );
-    promtool_accepts(&text);
+    spacesync_pgtest::promtool_accepts(&text);
 }
 
 backends!(async metrics_after_ingest);

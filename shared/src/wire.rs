@@ -327,6 +327,32 @@ pub struct SourceHead {
     pub head: Digest,
 }
 
+/// Most entries one [`PATH_AGENT_ENTRIES`] page holds, whatever the agent asks.
+pub const MAX_ENTRIES_PAGE: usize = 1000;
+
+/// Most payload bytes one [`PATH_AGENT_ENTRIES`] page holds (its first entry always goes):
+/// a page stays far below what an agent reads of one answer.
+pub const MAX_ENTRIES_PAGE_BYTES: usize = 8 << 20;
+
+/// A page of the entries the hub holds of the signing source's own chain (answer to
+/// [`PATH_AGENT_ENTRIES`]): what an agent restored from an older backup takes back. The
+/// agent trusts nothing of it that it cannot check itself: each entry against its own keys
+/// and chain, the receipt against the hub key it pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesPage {
+    /// The source (the one that signed the request).
+    pub source: SourceId,
+    /// Highest seq the hub holds of it.
+    pub held_through: u64,
+    /// The envelopes exactly as received, from the seq asked for, contiguous, in seq
+    /// order; empty when the hub holds nothing from there.
+    pub entries: Vec<Envelope>,
+    /// One batch receipt (as for an ingest batch) covering every entry of the page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_receipt: Option<Envelope>,
+}
+
 /// Error body of every non-2xx answer from agent and hub HTTP APIs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -349,6 +375,10 @@ pub const PATH_INGEST: &str = "/v1/ingest";
 pub const PATH_HUB_PUBKEY: &str = "/v1/pubkey";
 /// Hub: `GET`, signed request; answers the [`SourceHead`] of the signing source.
 pub const PATH_AGENT_HEAD: &str = "/v1/agent/head";
+/// Hub: `GET ?from=N&limit=M`, signed request; answers an [`EntriesPage`] of the signing
+/// source's own entries from seq `N` (at most `M`, [`MAX_ENTRIES_PAGE`] and
+/// [`MAX_ENTRIES_PAGE_BYTES`]).
+pub const PATH_AGENT_ENTRIES: &str = "/v1/agent/entries";
 /// Hub: `GET ?after=N&limit=M`, signed request; answers a [`NoticesPage`] for the
 /// signing source's scope.
 pub const PATH_AGENT_NOTICES: &str = "/v1/agent/notices";

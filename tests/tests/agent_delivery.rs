@@ -196,13 +196,10 @@ async fn a_permanent_refusal_stops_pushing_with_a_clear_status_until_fixed() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        metrics
-            .text()
-            .await
-            .unwrap_or_default()
-            .contains("spacesync_agent_alarm 1")
-    );
+    let metrics = metrics.text().await.unwrap_or_default();
+    assert!(metrics.contains("spacesync_agent_alarm 1"), "{metrics}");
+    // The whole exposition as Prometheus reads it (`.ci/run` makes this required).
+    spacesync_pgtest::promtool_accepts(&metrics);
 
     // Fixed: the re-probe resumes delivery.
     hub.register("gd-rrt", &agent.key_line, "440000");

@@ -1,7 +1,10 @@
 //! `spacesync-hub backup` while the hub serves under load: the copy is one instant of the
 //! log (its leaves are a prefix of the final log), `--data OUT verify` passes and
 //! `--data OUT serve` answers; `restore` puts it back as a data directory that verifies; a
-//! stopped hub is copied directly; a non-empty target is refused.
+//! stopped hub is copied directly; a non-empty target is refused. An agent's backup taken
+//! while it runs is one instant of its chain; restored over its data directory after the
+//! hub received more, the agent takes back the hub's entries of its chain (SIGKILLed while
+//! doing so, and started again) and delivers on: every record once at the hub.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,11 +171,10 @@ async fn a_backup_taken_while_serving_is_one_instant_that_serves_verifies_and_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older_copy_sends_nothing_twice()
+async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older_copy_takes_back_the_hubs_entries()
  {
-    use spacesync_agent::config::DataDir;
+    use spacesync_agent::config::{Config, DataDir};
     use spacesync_tests::agent_harness::{agent_bin, stored_envelopes};
-    use spacesync_tests::cluster::AGENT_NOW;
 
     let mut c = Cluster::start(1, 12, FaultPlan::NONE, |_| {}).await;
     let history: SharedHistory = Arc::default();
@@ -200,7 +202,7 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
     assert!(c.agents[0].running());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    let work = writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
     c.wait_drained(Duration::from_secs(60)).await;
     c.agents[0].stop();
 
@@ -221,77 +223,122 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
         text(&v)
     );
 
-    // restore, then run the restored (older) directory against the hub: it finds the hub
-    // ahead of it, says so, and sends nothing — the hub's log is unchanged.
-    let restored = backups.path().join("agent-restored");
+    // restore the older copy over the agent's own data directory (the original moved
+    // away), with pages of two entries so that taking back takes many requests; start it
+    // and SIGKILL it while it takes back; then start it again.
+    let moved = backups.path().join("agent-original");
+    std::fs::rename(c.agents[0].dir.path(), &moved).unwrap_or_else(|e| panic!("{e}"));
+    let data = c.agents[0].data();
     let r = spacesync_tests::procs::run_cli(
         agent_bin(),
-        &restored,
+        &data.root,
         &["restore", &out.to_string_lossy()],
     );
     assert!(r.status.success(), "restore: {}", text(&r));
-    let v = spacesync_tests::procs::run_cli(agent_bin(), &restored, &["verify"]);
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &data.root, &["verify"]);
     assert!(
         v.status.success(),
         "verify of the restored agent: {}",
         text(&v)
     );
-    let mut child = Some(
-        std::process::Command::new(agent_bin())
-            .arg("--data")
-            .arg(&restored)
-            .args(["run", "--now", AGENT_NOW])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
-    let url = c.agents[0].url();
-    let health = procs::wait_healthy(
-        &reqwest::Client::new(),
-        &url,
-        &mut child,
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        Some(Duration::from_secs(2)),
-    )
-    .await;
-    assert!(matches!(health, Health::Up), "the restored agent runs");
-    let http = reqwest::Client::new();
-    let start = std::time::Instant::now();
-    let status = loop {
-        let s: serde_json::Value = match http
-            .get(format!("{url}/v1/status"))
-            .bearer_auth(&c.agents[0].token)
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        };
-        if s["alarm"]["code"] == "fork" {
+    let mut cfg = Config::load(&data.config()).unwrap_or_else(|e| panic!("{e}"));
+    cfg.push.max_entries = 2;
+    std::fs::write(data.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
+    let (backup_head, hub_head) = (copied.len() as u64, final_entries.len() as u64);
+    c.agents[0].start().await;
+    let started = std::time::Instant::now();
+    let seen = loop {
+        let s = c.agents[0].status().await.unwrap_or_default();
+        if s["head_seq"].as_u64().is_some_and(|h| h > backup_head) {
+            c.agents[0].kill();
             break s;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no fork alarm: {s}"
+            started.elapsed() < Duration::from_secs(30),
+            "the restored agent took nothing back: {s}\n{}",
+            c.agents[0].log()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    let at_kill = stored_envelopes(&data).len() as u64;
     assert!(
-        status["alarm"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("restored from a backup")),
-        "{status}"
+        backup_head < at_kill && at_kill < hub_head,
+        "killed while taking back: the backup ends at {backup_head}, the hub holds {hub_head}, the store held {at_kill} ({seen})"
     );
-    if let Some(mut ch) = child.take() {
-        let _ = ch.kill();
-        let _ = ch.wait();
+    assert_eq!(seen["catching_up"], true, "{seen}");
+    assert!(seen["alarm"].is_null(), "{seen}");
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &data.root, &["verify"]);
+    assert!(v.status.success(), "verify after the kill: {}", text(&v));
+
+    c.agents[0].start().await;
+    let started = std::time::Instant::now();
+    loop {
+        let s = c.agents[0].status().await.unwrap_or_default();
+        if s["catching_up"] == false && s["head_seq"].is_u64() {
+            assert_eq!(s["head_seq"].as_u64(), Some(hub_head), "{s}");
+            assert_eq!(s["acked_seq"].as_u64(), Some(hub_head), "{s}");
+            assert!(s["alarm"].is_null(), "{s}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the restored agent did not catch up: {s}\n{}",
+            c.agents[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // It delivers on from the hub's head, the workload going on where it stopped.
+    stop.store(false, Ordering::Relaxed);
+    let writer = tokio::spawn(write_loop(
+        c.agents[0].api(),
+        work,
+        history.clone(),
+        stats.clone(),
+        stop.clone(),
+        down.clone(),
+        13,
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    c.wait_drained(Duration::from_secs(60)).await;
+    let s = c.agents[0].status().await.unwrap_or_default();
+    assert!(s["log_alarm"].is_null(), "the hub's log audits clean: {s}");
+    c.agents[0].stop();
     c.hub.stop();
+
+    let after = stored_envelopes(&data);
+    assert!(
+        after.len() as u64 > hub_head,
+        "records were taken after the restore"
+    );
+    assert_eq!(
+        after[..final_entries.len()],
+        final_entries[..],
+        "the hub's entries, taken back as they were"
+    );
+    let v = spacesync_tests::procs::run_cli(agent_bin(), &data.root, &["verify"]);
+    assert!(v.status.success(), "verify at the end: {}", text(&v));
     let hub_leaves = leaves(&c.hub.db());
     let history: History = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let report = checker::check(&history, &hub_leaves);
     assert!(report.valid(), "{}", report.details());
-    assert_eq!(hub_leaves.len(), final_entries.len(), "nothing sent twice");
+    assert_eq!(
+        hub_leaves.len(),
+        after.len(),
+        "every entry of the agent once at the hub"
+    );
+
+    // A restored copy waits for the hub; `restore --offline` (a province that cannot reach
+    // it) accepts records at once.
+    for (args, catching_up) in [(vec![], true), (vec!["--offline"], false)] {
+        let dir = backups.path().join(format!("restored{}", args.len()));
+        let mut restore = vec!["restore", out.to_str().unwrap_or_default()];
+        restore.extend(&args);
+        let r = spacesync_tests::procs::run_cli(agent_bin(), &dir, &restore);
+        assert!(r.status.success(), "restore {args:?}: {}", text(&r));
+        let st = spacesync_tests::procs::run_cli(agent_bin(), &dir, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+        assert_eq!(st["catching_up"], catching_up, "restore {args:?}: {st}");
+    }
 }

@@ -734,6 +734,7 @@ async fn captured_signed_requests_are_refused_after_the_hub_is_killed_and_restar
     ));
 
     let notices = format!("{}?after=0&limit=10", wire::PATH_AGENT_NOTICES);
+    let entries = format!("{}?from=1&limit=10", wire::PATH_AGENT_ENTRIES);
     let ack = br#"{"through":1}"#;
     let requests = |nonce_base: u8| {
         [
@@ -776,6 +777,19 @@ async fn captured_signed_requests_are_refused_after_the_hub_is_killed_and_restar
                 )
                 .header("content-type", "application/json"),
                 204,
+            ),
+            (
+                "entries",
+                captured(
+                    &http,
+                    &url,
+                    &chain,
+                    reqwest::Method::GET,
+                    &entries,
+                    nonce_base + 3,
+                    b"",
+                ),
+                200,
             ),
         ]
     };

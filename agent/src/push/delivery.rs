@@ -18,12 +18,15 @@
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
+use spacesync_shared::chain::{ChainVerifier, KeySchedule};
 use spacesync_shared::keys;
+use spacesync_shared::record::Record;
 use spacesync_shared::wire::{
-    BatchReceipt, ErrorBody, IngestBatch, IngestResponse, PATH_HUB_PUBKEY, Receipt, ReceiptError,
-    RefusalCode, SourceHead,
+    BatchReceipt, EntriesPage, ErrorBody, IngestBatch, IngestResponse, MAX_ENTRIES_PAGE,
+    PATH_AGENT_ENTRIES, PATH_HUB_PUBKEY, Receipt, ReceiptError, RefusalCode, SourceHead,
 };
-use tracing::{debug, error, warn};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
 
 use super::classify::{Class, Link, PushError, alarm, code_name, transient};
 use super::state::{SharedPushState, lock};
@@ -31,7 +34,7 @@ use super::transport::{Request, Transport};
 use crate::config::Config;
 use crate::hub_key::{self, HubKeyError};
 use crate::intake::Identity;
-use crate::store::{Store, StoreError, Stored};
+use crate::store::{Adopt, Store, StoreError, Stored};
 
 /// Where the next batch starts and how big it may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,11 @@ pub struct Delivery {
     /// The key receipts must verify with, once known.
     hub_key: Option<VerifyingKey>,
     cursor: Cursor,
+    /// Set while the store may be behind the hub (run from a backup copy) and intake
+    /// waits: told `true` once the store holds everything the hub holds of this chain and
+    /// this agent's key signs the next seq. Only then may entries be taken back from the
+    /// hub, as nothing else appends meanwhile.
+    catch_up: Option<watch::Sender<bool>>,
 }
 
 impl From<HubKeyError> for PushError {
@@ -98,7 +106,14 @@ impl Delivery {
             state,
             hub_key: None,
             cursor,
+            catch_up: None,
         }
+    }
+
+    /// Takes back what the hub holds of this chain before intake opens, then tells
+    /// `caught_up` (see [`Delivery::catch_up`]'s field).
+    pub fn catching_up(&mut self, caught_up: watch::Sender<bool>) {
+        self.catch_up = Some(caught_up);
     }
 
     /// The key receipts (and the hub's checkpoints) verify with, once known.
@@ -219,16 +234,24 @@ impl Delivery {
         let sh: SourceHead = serde_json::from_slice(&reply.body)
             .map_err(|e| transient(format!("the hub's head answer is unreadable: {e}"), true))?;
         lock(&self.state).hub_held_through = Some(sh.held_through);
-        let (head, _) = self.store.head()?;
+        let (mut head, _) = self.store.head()?;
         let held = sh.held_through;
         if held > head {
-            return Err(alarm(
-                "fork",
-                format!(
-                    "the hub holds seq {held} of source {} but this agent's chain ends at seq {head}: this data directory is older than what the hub has (restored from a backup?); nothing is pushed from it — restore the latest data directory or ask the hub operator",
-                    self.ident.source
-                ),
-            ));
+            if self.catch_up.is_none() {
+                // Intake is open: entries taken back now could land under seqs it is
+                // about to use. The next start takes them back before intake opens.
+                self.store.mark_catch_up()?;
+                return Err(alarm(
+                    "fork",
+                    format!(
+                        "the hub holds seq {held} of source {} but this agent's chain ends at seq {head}: this data directory is older than what the hub has (copied back without `spacesync-agent restore`?); stop the agent now and start it again — at start it takes seqs {}–{held} back from the hub, checked against its own key and chain, before it accepts records",
+                        self.ident.source,
+                        head + 1
+                    ),
+                ));
+            }
+            self.take_back(link, held).await?;
+            head = self.store.head()?.0;
         }
         if held > 0 {
             let (pruned, pruned_hash) = self.store.pruned()?;
@@ -249,6 +272,9 @@ impl Delivery {
                 ));
             }
         }
+        if self.catch_up.is_some() {
+            self.open_intake()?;
+        }
         let acked = self.store.acked()?;
         if held < acked {
             error!(
@@ -262,6 +288,227 @@ impl Delivery {
         }
         debug!(held, head, acked, "Hub head.");
         Ok(())
+    }
+
+    /// The keys along this chain as the store records them (its own key alone while it
+    /// was never rotated): the schedule entries taken back from the hub must verify under.
+    fn key_schedule(&self) -> Result<KeySchedule, PushError> {
+        let history = self.store.key_history()?;
+        Ok(if history.is_empty() {
+            KeySchedule::single(self.ident.key.verifying_key())
+        } else {
+            history.iter().fold(KeySchedule::new(), |k, (from, line)| {
+                k.with(*from, keys::parse_public_key(line).ok())
+            })
+        })
+    }
+
+    /// After catching up: the store holds what the hub holds. Intake opens only when
+    /// this agent's key is the one in force for the next seq (a key rotated after the
+    /// backup was made signs there, and this directory does not hold it).
+    fn open_intake(&mut self) -> Result<(), PushError> {
+        let (head, _) = self.store.head()?;
+        let mine = self.ident.key.verifying_key();
+        let schedule = self.key_schedule()?;
+        if schedule.key_for(head + 1).ok() != Some(&mine) {
+            return Err(alarm(
+                "key_not_held",
+                format!(
+                    "the hub holds this source's chain through seq {head}, signed from a key rotation after the backup this data directory was restored from by a key this agent does not hold (agent.key is {}); it cannot sign seq {}, and accepts no records. Restore the agent.key of that rotation, or run `spacesync-agent rotate-key --lost` and have the hub operator run the `spacesync-hub agents rotate` line it prints",
+                    keys::public_key_line(&mine),
+                    head + 1
+                ),
+            ));
+        }
+        self.store.caught_up()?;
+        if let Some(tx) = self.catch_up.take() {
+            tx.send_replace(true);
+        }
+        info!(
+            head,
+            "The store holds what the hub holds of this chain; intake is open."
+        );
+        Ok(())
+    }
+
+    /// Takes back from the hub, page by page, the entries it holds of this chain from the
+    /// first unreceipted seq through `held`: each above the head must be signed by this
+    /// source's key in force at its seq and chain from the head (the rules of
+    /// [`ChainVerifier`]); each at or below it must be this agent's own entry; the page's
+    /// batch receipt must verify with the hub key and cover every entry. A page is stored
+    /// whole, flushed, before the next is asked for (a kill between pages resumes from the
+    /// new head). Anything that fails a check is a fork: nothing of that page is kept.
+    async fn take_back<T: Transport>(
+        &mut self,
+        link: &mut Link<T>,
+        held: u64,
+    ) -> Result<(), PushError> {
+        let Some(key) = self.hub_key else {
+            return Err(transient(
+                "no hub key to verify receipts with".into(),
+                false,
+            ));
+        };
+        let (head, head_hash) = self.store.head()?;
+        info!(
+            head,
+            held,
+            "This store is behind the hub (restored from a backup); taking back what the hub holds."
+        );
+        let mut v = ChainVerifier::with_keys(
+            self.ident.source.clone(),
+            self.key_schedule()?,
+            self.ident.scope,
+            Some(self.ident.campaign.id.clone()),
+        )
+        .resume(head, head_hash);
+        let mut history = self.store.key_history()?;
+        let fork = |seq: u64, why: String| {
+            alarm(
+                "fork",
+                format!(
+                    "the hub's entry at seq {seq} of source {} is not this agent's chain ({why}); nothing of it was taken back — ask the hub operator",
+                    self.ident.source
+                ),
+            )
+        };
+        loop {
+            let (head, _) = self.store.head()?;
+            if head >= held {
+                return Ok(());
+            }
+            let from = self.store.acked()? + 1;
+            let req = Request::Entries {
+                from,
+                limit: self.cfg.push.max_entries.clamp(1, MAX_ENTRIES_PAGE),
+            };
+            let reply = link.exchange(&req).await?;
+            match reply.class {
+                Class::Done => {}
+                Class::NotFound => {
+                    return Err(alarm(
+                        "fork",
+                        format!(
+                            "the hub holds seq {held} of source {} but this agent's chain ends at seq {head}, and the hub does not serve {PATH_AGENT_ENTRIES} (an older hub) to take them back; upgrade the hub, or restore the latest data directory",
+                            self.ident.source
+                        ),
+                    ));
+                }
+                _ => return Err(reply.unexpected(&req.what())),
+            }
+            let page: EntriesPage = serde_json::from_slice(&reply.body).map_err(|e| {
+                transient(
+                    format!("{}: the answer is unreadable: {e}", req.what()),
+                    false,
+                )
+            })?;
+            if page.source != self.ident.source {
+                return Err(fork(from, format!("the page is of source {}", page.source)));
+            }
+            if page.entries.is_empty() {
+                return Err(transient(
+                    format!(
+                        "{}: the hub sent no entry but holds through seq {}",
+                        req.what(),
+                        page.held_through
+                    ),
+                    false,
+                ));
+            }
+            // Every entry of the page: ours below the head, chained and signed above it.
+            let mut adopt = Adopt {
+                first: head + 1,
+                ..Adopt::default()
+            };
+            let mut hashes = Vec::with_capacity(page.entries.len());
+            for (seq, env) in (from..).zip(&page.entries) {
+                let hash = env.payload_hash();
+                hashes.push((seq, hash));
+                if seq <= head {
+                    // Above the delivered seq, so never pruned: held, or the store is damaged.
+                    let mine = self
+                        .store
+                        .entry(seq)?
+                        .map(|e| e.payload_hash())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("entry {seq} is missing below the head"))
+                        })?;
+                    if mine != hash {
+                        return Err(fork(
+                            seq,
+                            "another entry than this agent's at that seq".into(),
+                        ));
+                    }
+                    continue;
+                }
+                let entry = v.push(env).map_err(|e| fork(seq, e.to_string()))?;
+                match &entry.record {
+                    Record::Recommendation(_) => adopt.quota_add.push((
+                        seq,
+                        serde_json::to_vec(&entry.record.to_value()).unwrap_or_default(),
+                    )),
+                    Record::Withdrawal(w) => adopt.quota_remove.push(w.target_seq),
+                    _ => {}
+                }
+                if let Ok(Some(new)) = entry.transition() {
+                    if history.is_empty() {
+                        history.push((1, self.ident.key_line()));
+                    }
+                    history.push((seq + 1, keys::public_key_line(&new)));
+                    adopt.key_history = Some(history.clone());
+                }
+                adopt
+                    .envelopes
+                    .push(serde_json::to_vec(env).unwrap_or_default());
+                adopt.head_hash = hash;
+            }
+            // The receipt: the hub key's, for exactly these entries.
+            let Some(renv) = &page.batch_receipt else {
+                return Err(transient(
+                    format!("{}: the hub sent entries without a receipt", req.what()),
+                    false,
+                ));
+            };
+            let receipt = BatchReceipt::open(renv, &key).map_err(|e| {
+                alarm(
+                    "bad_receipt",
+                    format!(
+                        "the receipt of the entries the hub holds does not verify with the hub key {} ({e}); nothing was taken back — confirm the hub's key with the hub operator",
+                        keys::public_key_line(&key)
+                    ),
+                )
+            })?;
+            let mut leaves = Vec::with_capacity(hashes.len());
+            for (seq, hash) in &hashes {
+                let r = receipt
+                    .receipt(*seq)
+                    .filter(|r| r.source == self.ident.source);
+                match r {
+                    Some(r) if r.entry_hash == *hash => leaves.push((*seq, r.log_index)),
+                    _ => {
+                        return Err(alarm(
+                            "bad_receipt",
+                            format!(
+                                "the hub's receipt of the entries it holds does not cover seq {seq} of this source as sent; nothing was taken back — ask the hub operator"
+                            ),
+                        ));
+                    }
+                }
+            }
+            self.check_leaves(leaves)?;
+            adopt.receipt = serde_json::to_vec(renv).unwrap_or_default();
+            adopt.receipted = hashes.iter().map(|(s, _)| *s).collect();
+            let taken = adopt.envelopes.len();
+            let acked = self.store.adopt(&adopt)?;
+            lock(&self.state).receipts += adopt.receipted.len() as u64;
+            info!(
+                from,
+                through = from + hashes.len() as u64 - 1,
+                taken,
+                acked,
+                "Took back entries the hub holds."
+            );
+        }
     }
 
     async fn push_batch<T: Transport>(

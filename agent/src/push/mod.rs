@@ -270,6 +270,13 @@ impl<T: Transport> Pusher<T> {
         self.asks_rx = Some(rx);
     }
 
+    /// The store may be behind the hub (run from a backup copy): the first delivery takes
+    /// back what the hub holds of this chain, then tells `caught_up` (intake waits on it).
+    pub fn catching_up(mut self, caught_up: watch::Sender<bool>) -> Pusher<T> {
+        self.delivery.catching_up(caught_up);
+        self
+    }
+
     fn persist(&mut self) {
         let json = serde_json::to_vec(&*lock(&self.state)).unwrap_or_default();
         if json == self.persisted {

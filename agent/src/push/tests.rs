@@ -224,6 +224,13 @@ struct Rig {
 fn rig(entries: usize, pin: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+    let r = rig_on(dir, store, pin);
+    r.append(entries);
+    r
+}
+
+/// A rig over an existing store (`dir` is kept as long as the rig).
+fn rig_on(dir: tempfile::TempDir, store: Store, pin: bool) -> Rig {
     let ident = identity();
     let mut cfg = Config::new(ident.source.clone(), ident.scope, "http://hub.test".into());
     if pin {
@@ -235,7 +242,7 @@ fn rig(entries: usize, pin: bool) -> Rig {
     let hub = Scripted::default();
     let link = Link::new(hub.clone(), state.clone(), clock(), ident.clone());
     let delivery = Delivery::new(cfg.clone(), ident, store.clone(), state.clone());
-    let r = Rig {
+    Rig {
         _dir: dir,
         store,
         cfg,
@@ -243,9 +250,7 @@ fn rig(entries: usize, pin: bool) -> Rig {
         hub,
         delivery,
         link,
-    };
-    r.append(entries);
-    r
+    }
 }
 
 impl Rig {
@@ -814,3 +819,4 @@ async fn the_pusher_waits_out_retry_after_then_delivers() {
 }
 
 mod attack;
+mod take_back;

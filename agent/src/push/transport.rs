@@ -15,8 +15,8 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use spacesync_shared::clock::Clock;
 use spacesync_shared::err_chain;
 use spacesync_shared::wire::{
-    self, INGEST_CONTENT_TYPE, IngestBatch, NoticeAck, PATH_AGENT_HEAD, PATH_AGENT_NOTICES,
-    PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST,
+    self, INGEST_CONTENT_TYPE, IngestBatch, NoticeAck, PATH_AGENT_ENTRIES, PATH_AGENT_HEAD,
+    PATH_AGENT_NOTICES, PATH_AGENT_NOTICES_ACK, PATH_HUB_PUBKEY, PATH_INGEST,
 };
 
 use ed25519_dalek::SigningKey;
@@ -41,6 +41,15 @@ pub enum Request {
         last: u64,
         /// The batch.
         batch: IngestBatch,
+    },
+    /// Signed `GET /v1/agent/entries?from=&limit=`: the entries the hub holds of this
+    /// source's chain from a seq, with a batch receipt (an agent restored from an older
+    /// backup takes them back).
+    Entries {
+        /// First seq asked for.
+        from: u64,
+        /// Most entries.
+        limit: usize,
     },
     /// Signed `GET /v1/agent/notices`: notices after an id.
     Notices {
@@ -100,6 +109,9 @@ impl Request {
             Request::HubKey => "fetching the hub key".into(),
             Request::Head => "asking the hub for its head".into(),
             Request::Ingest { first, last, .. } => format!("pushing seqs {first}–{last}"),
+            Request::Entries { from, .. } => {
+                format!("fetching the hub's entries of this source from seq {from}")
+            }
             Request::Notices { .. } => "fetching notices".into(),
             Request::AckNotices(_) => "acknowledging notices".into(),
             Request::Checkpoint => "fetching the hub's checkpoint".into(),
@@ -285,6 +297,10 @@ impl HubClient {
                     .header(wire::HDR_RECEIPTS, wire::RECEIPTS_BATCH)
                     .body(gzipped)
             }
+            Request::Entries { from, limit } => {
+                let pq = format!("{PATH_AGENT_ENTRIES}?from={from}&limit={limit}");
+                self.signed(key, reqwest::Method::GET, &pq, Vec::new())
+            }
             Request::Notices { after, limit } => {
                 let pq = format!("{PATH_AGENT_NOTICES}?after={after}&limit={limit}");
                 self.signed(key, reqwest::Method::GET, &pq, Vec::new())
@@ -323,7 +339,11 @@ impl Transport for HubClient {
         let answer = self.send_signed_by(req, &first).await?;
         let signed = matches!(
             req,
-            Request::Head | Request::Notices { .. } | Request::AckNotices(_) | Request::Cosign(_)
+            Request::Head
+                | Request::Entries { .. }
+                | Request::Notices { .. }
+                | Request::AckNotices(_)
+                | Request::Cosign(_)
         );
         match other {
             // Across a key transition the hub names one of the two keys.

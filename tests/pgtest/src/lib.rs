@@ -14,6 +14,9 @@
 //! however the process ends (a static is never dropped; a test binary killed by a
 //! timeout runs no destructor). The directories that dead processes left behind are
 //! removed by the next run ([`remove_stale_dirs`]).
+//!
+//! Beside the server, two helpers every test harness shares: [`free_port`] and
+//! [`promtool_accepts`] (a `/metrics` exposition checked by Prometheus's own `promtool`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -547,6 +550,49 @@ fn stat_of(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+/// Runs `promtool check metrics` on `text` (a Prometheus exposition) and panics with its
+/// complaints when it refuses it; true when it accepted. When promtool is not installed
+/// (Debian's `prometheus` package provides it) this returns false, unless
+/// `SPACESYNC_REQUIRE_PROMTOOL` is set — `.ci/run` sets it when it installed promtool, so
+/// CI cannot skip the check — and then panics.
+pub fn promtool_accepts(text: &str) -> bool {
+    use std::io::Write as _;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("SPACESYNC_REQUIRE_PROMTOOL").is_none(),
+                "SPACESYNC_REQUIRE_PROMTOOL is set but promtool cannot run: {e}"
+            );
+            eprintln!(
+                "skipped: promtool check metrics — promtool is not installed ({e}); `apt-get install prometheus` provides it"
+            );
+            return false;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
 }
 
 /// A free loopback port for a server a test starts later.
