@@ -18,6 +18,20 @@ use spacesync_shared::wire::{BatchReceipt, Receipt};
 use crate::intake::Identity;
 use crate::store::{Store, StoreError, StoredReceipt, parse_envelope};
 
+/// What `verify --against-hub` found (`push::audit::audit_all`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullAudit {
+    /// Size of the hub's checkpoint every receipted entry was proven in (its signature and
+    /// its consistency with the kept checkpoint verified first).
+    pub checkpoint_size: Option<u64>,
+    /// Receipted entries proven in that tree by their inclusion proofs.
+    pub proven: u64,
+    /// Receipted entries pruned from this store after delivery: nothing left to hash.
+    pub pruned: u64,
+    /// The log alarm this check raised or found standing (`None`: the log is sound).
+    pub alarm: Option<String>,
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -33,7 +47,7 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
     /// `--against-hub`: every receipted entry held, proven in the hub's tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub against_hub: Option<crate::push::audit::FullAudit>,
+    pub against_hub: Option<FullAudit>,
 }
 
 impl VerifyReport {

@@ -96,6 +96,12 @@ impl crate::hub::ConflictError for BulletinError {
     }
 }
 
+/// Key that pins the witness cosignatures of the checkpoint of `size` leaves: a bulletin's
+/// (`crate::witness::prune` keeps them).
+pub fn pin_key(size: u64) -> Vec<u8> {
+    [crate::store::keys::COSIG_PIN, &size.to_be_bytes()].concat()
+}
+
 fn bulletin_key(n: u64) -> Vec<u8> {
     [BULLETIN_PREFIX, &n.to_be_bytes()].concat()
 }
@@ -316,7 +322,7 @@ fn issue_with(
         serde_json::to_vec_pretty(&doc).unwrap_or_default(),
     );
     // Its checkpoint's cosignatures are kept from now on (witness::prune).
-    b.put(crate::witness::pin_key(size), number.to_be_bytes());
+    b.put(pin_key(size), number.to_be_bytes());
     b.extend(also);
     state.head = store.commit(state.head, b)?;
     tracing::info!(number, log_size = size, "Issued bulletin.");

@@ -144,14 +144,9 @@ fn prefix(size: u64) -> Vec<u8> {
     [keys::COSIG, &size.to_be_bytes()].concat()
 }
 
-/// Key that pins the cosignatures of the checkpoint of `size` leaves (a bulletin's).
-pub fn pin_key(size: u64) -> Vec<u8> {
-    [keys::COSIG_PIN, &size.to_be_bytes()].concat()
-}
-
 /// Is `size` a bulletin's checkpoint size (its cosignatures are kept)?
 fn pinned(store: &dyn Store, size: u64) -> Result<bool, StoreError> {
-    Ok(store.get(&pin_key(size))?.is_some())
+    Ok(store.get(&crate::bulletin::pin_key(size))?.is_some())
 }
 
 /// How many cosignature keys [`prune`] deletes per write.
@@ -173,7 +168,10 @@ pub fn prune(store: &dyn Store) -> Result<u64, WitnessError> {
     for b in crate::bulletin::list(store).map_err(|e| WitnessError::Malformed(e.to_string()))? {
         sizes.insert(b.checkpoint.size);
         if !pinned(store, b.checkpoint.size)? {
-            pins.put(pin_key(b.checkpoint.size), b.number.to_be_bytes());
+            pins.put(
+                crate::bulletin::pin_key(b.checkpoint.size),
+                b.number.to_be_bytes(),
+            );
         }
     }
     if !pins.is_empty() {

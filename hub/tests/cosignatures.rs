@@ -374,12 +374,22 @@ fn issue(th: &TestHub) -> (serde_json::Value, u64, String) {
     (doc, size, note)
 }
 
-/// A hub on the 2018 campaign with a quorum of 2.
+/// A hub on the 2018 campaign narrowed to three units (Beijing, Hubei, Guangdong) with a
+/// quorum of 2, the smallest strict majority of three.
 fn quorum_two(dir: &std::path::Path) -> TestHub {
+    TestHub::open_with(dir, t0(), three_units(2))
+}
+
+/// The 2018 campaign narrowed to Beijing, Hubei and Guangdong, with `quorum`.
+fn three_units(quorum: u32) -> spacesync_shared::Campaign {
     let text = spacesync_shared::campaign::CAMPAIGN_2018_TOML
-        .replace("witness_quorum = 16", "witness_quorum = 2");
-    let campaign = spacesync_shared::Campaign::from_toml(&text).expect("campaign");
-    TestHub::open_with(dir, t0(), campaign)
+        .replace("witness_quorum = 17", &format!("witness_quorum = {quorum}"));
+    let start = text.find("[units]").expect("units");
+    let text = format!(
+        "{}[units]\ncodes = [\"110000\", \"420000\", \"440000\"]\n",
+        &text[..start]
+    );
+    spacesync_shared::Campaign::from_toml(&text).expect("campaign")
 }
 
 async fn get_text(th: &TestHub, path: &str) -> String {
@@ -414,7 +424,7 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
     let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
     assert!(
         html.contains(
-            "Log checkpoint not yet witnessed: 0 of 32 provincial units have cosigned it, short of the quorum of 2"
+            "Log checkpoint not yet witnessed: 0 of 3 provincial units have cosigned it, short of the quorum of 2"
         ),
         "{html}"
     );
@@ -436,18 +446,18 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
 
     let html = get_text(&th, "/v1/bulletins/1.html?lang=en").await;
     assert!(
-        html.contains("Log checkpoint witnessed by 2 of 32 provincial units (quorum 2)"),
+        html.contains("Log checkpoint witnessed by 2 of 3 provincial units (quorum 2)"),
         "{html}"
     );
     let md = get_text(&th, "/v1/bulletins/1.md").await;
     assert!(
-        md.contains("日志检查点已由32个省级单位中的2个见证联署（法定数2）"),
+        md.contains("日志检查点已由3个省级单位中的2个见证联署（法定数2）"),
         "{md}"
     );
     let list = th.get_json("/v1/bulletins").await;
     assert_eq!(
         list["bulletins"][0]["witnessed"],
-        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "units": ["110000", "440000"], "of": 32, "quorum": 2})
+        json!({"size": size, "witnesses": ["bj-agent", "gd-agent"], "units": ["110000", "440000"], "of": 3, "quorum": 2})
     );
     // The signed document is unchanged by its cosignatures.
     let stored = spacesync_hub::bulletin::get(th.hub.store.as_ref(), 1).expect("get");
@@ -457,7 +467,7 @@ async fn bulletins_are_pinned_to_a_witnessed_checkpoint(backend: Backend) {
     th.hub.revoke_source(bj.id.as_str()).expect("revoke");
     let w = as_of(&th, size, &note).expect("status");
     assert_eq!(w.witnesses, ["bj-agent", "gd-agent"]);
-    assert_eq!((w.of, w.reached()), (32, true));
+    assert_eq!((w.of, w.reached()), (3, true));
 }
 
 /// The hub keeps each source's line for the newest checkpoint it cosigned and every line
@@ -516,7 +526,7 @@ async fn cosignatures_are_kept_for_the_newest_and_for_bulletins_only(backend: Ba
 
     // A store from before pins: no pin for the bulletin, and gd's old line for s1 kept.
     let mut b = spacesync_hub::store::WriteBatch::new();
-    b.delete(spacesync_hub::witness::pin_key(s3));
+    b.delete(spacesync_hub::bulletin::pin_key(s3));
     let old_line =
         json!({"line": line(&gd, &text(&s1_note), ts), "timestamp": ts, "key": gd.key_line()});
     b.put(
@@ -537,6 +547,34 @@ async fn cosignatures_are_kept_for_the_newest_and_for_bulletins_only(backend: Ba
     grow(&th, &mut gd, 1).await;
     let _ = cosign(&th, &gd).await;
     assert_eq!(held(s3), ["bj-agent", "gd-agent"]);
+}
+
+/// Two halves of the units cannot both be a quorum: a campaign file asking for half (or
+/// fewer) is refused, so a hub that shows one tree to half the provinces and another to
+/// the rest never gets both witnessed (outside review, session 9: 16 of 32 could).
+async fn a_quorum_of_half_the_units_is_refused(_backend: Backend) {
+    let text = spacesync_shared::campaign::CAMPAIGN_2018_TOML
+        .replace("witness_quorum = 17", "witness_quorum = 16");
+    let e = spacesync_shared::Campaign::from_toml(&text).expect_err("half is no quorum");
+    assert!(
+        e.to_string().contains("more than half of the 32 units"),
+        "{e}"
+    );
+    assert_eq!(
+        spacesync_shared::Campaign::builtin_2018().witness_quorum,
+        17
+    );
+    let start = text.find("[units]").expect("units");
+    let four = format!(
+        "{}[units]\ncodes = [\"110000\", \"120000\", \"420000\", \"440000\"]\n",
+        &text[..start].replace("witness_quorum = 16", "witness_quorum = 2")
+    );
+    assert!(
+        spacesync_shared::Campaign::from_toml(&four).is_err(),
+        "2 of 4"
+    );
+    let three = three_units(2);
+    assert_eq!((three.units.len(), three.witness_quorum), (3, 2));
 }
 
 /// `bulletin verify`'s count: the registry replayed to the checkpoint for who could
@@ -707,6 +745,7 @@ backends!(
     bad_cosignatures_are_refused_with_a_code,
     bulletins_are_pinned_to_a_witnessed_checkpoint,
     no_quorum_for_two_trees_of_one_size,
+    a_quorum_of_half_the_units_is_refused,
     the_quorum_counts_units_not_sources,
     a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings,
     cosignatures_are_kept_for_the_newest_and_for_bulletins_only

@@ -22,9 +22,16 @@ pub use crate::quota::{NomineeType, Quota, QuotaLedger, QuotaViolation, Quotas};
 /// The 2018 campaign as shipped in `deploy/campaigns/2018.toml`.
 pub const CAMPAIGN_2018_TOML: &str = include_str!("../../deploy/campaigns/2018.toml");
 
-/// The witness quorum of a campaign file that sets none: half of the 32 provincial units
-/// (or every unit of a campaign with fewer).
-pub const DEFAULT_WITNESS_QUORUM: u32 = 16;
+/// The witness quorum of a campaign file of the 32 provincial units that sets none: the
+/// smallest strict majority ([`majority`]), so no two trees of one size can both have it.
+pub const DEFAULT_WITNESS_QUORUM: u32 = 17;
+
+/// The smallest strict majority of `units` units: the least witness quorum allowed. Each
+/// agent cosigns one tree per size, and a unit counts only when all its sources cosigned,
+/// so two strict majorities share a unit that would have cosigned both trees.
+pub fn majority(units: usize) -> u32 {
+    u32::try_from(units / 2 + 1).unwrap_or(u32::MAX)
+}
 
 /// UTC+8, the default time zone of campaign dates.
 pub const CHINA_STANDARD_TIME: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
@@ -475,9 +482,9 @@ pub struct Campaign {
     pub lagging: Lagging,
     /// The provincial units addressed, in file order.
     pub units: Vec<RegionCode>,
-    /// How many agents must cosign a bulletin's checkpoint for it to count as witnessed
-    /// (`witness_quorum`; default [`DEFAULT_WITNESS_QUORUM`], or every unit when there are
-    /// fewer). Between 1 and the number of units.
+    /// How many provincial units must cosign a bulletin's checkpoint for it to count as
+    /// witnessed (`witness_quorum`; default the smallest strict majority, [`majority`]).
+    /// More than half of the units, at most all of them.
     pub witness_quorum: u32,
     /// The file these rules were read from, exactly (see [`Campaign::digest`]).
     #[serde(skip)]
@@ -888,15 +895,17 @@ impl RawCampaign {
         }
 
         let witness_quorum = match &self.witness_quorum {
-            None => DEFAULT_WITNESS_QUORUM.min(units.len() as u32),
+            None => majority(units.len()),
             Some(q) => {
                 let n = *q.get_ref();
-                if n == 0 || n as usize > units.len() {
+                let least = majority(units.len());
+                if n < least || n as usize > units.len() {
                     return Err(c.err(
                         q.span(),
                         "witness_quorum",
                         format!(
-                            "must be between 1 and the number of units ({})",
+                            "must be more than half of the {} units and at most all of them ({least}–{}): with half or fewer, a hub that shows one tree to some provinces and another tree of the same size to the rest gets both witnessed",
+                            units.len(),
                             units.len()
                         ),
                     ));
@@ -1016,14 +1025,19 @@ mod tests {
                 "defined twice",
             ),
             (
-                "witness_quorum = 16",
+                "witness_quorum = 17",
                 "witness_quorum = 0",
-                "between 1 and the number of units (32)",
+                "more than half of the 32 units and at most all of them (17–32)",
             ),
             (
+                "witness_quorum = 17",
                 "witness_quorum = 16",
+                "a hub that shows one tree to some provinces and another tree of the same size to the rest gets both witnessed",
+            ),
+            (
+                "witness_quorum = 17",
                 "witness_quorum = 33",
-                "between 1 and the number of units (32)",
+                "more than half of the 32 units and at most all of them (17–32)",
             ),
         ];
         for (from, to, want) in cases {
@@ -1041,23 +1055,24 @@ mod tests {
         }
     }
 
-    /// The 2018 file sets a quorum of 16; a file without one gets the default, capped at
-    /// its number of units.
+    /// The 2018 file sets a quorum of 17; a file without one gets the smallest strict
+    /// majority of its units.
     #[test]
     fn the_witness_quorum_has_a_documented_default() {
-        assert_eq!(Campaign::builtin_2018().witness_quorum, 16);
-        let c = with("witness_quorum = 16", "witness_quorum = 32").expect("32");
+        assert_eq!(Campaign::builtin_2018().witness_quorum, 17);
+        let c = with("witness_quorum = 17", "witness_quorum = 32").expect("32");
         assert_eq!(c.witness_quorum, 32);
-        let c = with("witness_quorum = 16\n", "").expect("no quorum");
+        let c = with("witness_quorum = 17\n", "").expect("no quorum");
         assert_eq!(c.witness_quorum, DEFAULT_WITNESS_QUORUM);
-        let few = CAMPAIGN_2018_TOML.replace("witness_quorum = 16\n", "");
+        assert_eq!(majority(32), DEFAULT_WITNESS_QUORUM);
+        let few = CAMPAIGN_2018_TOML.replace("witness_quorum = 17\n", "");
         let start = few.find("[units]").expect("units");
         let three = format!(
             "{}[units]\ncodes = [\"110000\", \"120000\", \"130000\"]\n",
             &few[..start]
         );
         let c = Campaign::from_toml(&three).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.witness_quorum, 3);
+        assert_eq!(c.witness_quorum, 2);
     }
 
     #[test]

@@ -169,13 +169,22 @@ fn ok(out: &std::process::Output, what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on() {
     let mut hub = HubNode::init();
-    // A quorum of 2 for three agents.
+    // The three agents' units only, with a quorum of 2 (a strict majority of three).
     let campaign = hub.dir.path().join("campaign.toml");
     let text = std::fs::read_to_string(&campaign).unwrap_or_else(|e| panic!("{e}"));
-    assert!(text.contains("witness_quorum = 16"));
+    assert!(text.contains("witness_quorum = 17"));
+    let start = text.find("[units]").unwrap_or_else(|| panic!("no [units]"));
+    let units: Vec<String> = SITES[..3]
+        .iter()
+        .map(|s| format!("{:?}", s.scope))
+        .collect();
     std::fs::write(
         &campaign,
-        text.replace("witness_quorum = 16", "witness_quorum = 2"),
+        format!(
+            "{}[units]\ncodes = [{}]\n",
+            text[..start].replace("witness_quorum = 17", "witness_quorum = 2"),
+            units.join(", ")
+        ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let admin = ok(
@@ -241,7 +250,7 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
     assert!(
         html.contains(
-            "Log checkpoint not yet witnessed: 1 of 32 provincial units have cosigned it, short of the quorum of 2"
+            "Log checkpoint not yet witnessed: 1 of 3 provincial units have cosigned it, short of the quorum of 2"
         ),
         "{html}"
     );
@@ -278,7 +287,7 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     let witnesses = list["witnessed"]["witnesses"].to_string();
     assert!(witnesses.contains(SITES[0].source), "{witnesses}");
     let k = list["witnessed"]["units"].as_array().map_or(0, Vec::len);
-    let said = format!("Log checkpoint witnessed by {k} of 32 provincial units (quorum 2)");
+    let said = format!("Log checkpoint witnessed by {k} of 3 provincial units (quorum 2)");
     let html = get(&format!("/v1/bulletins/{n}.html?lang=en")).await;
     assert!(html.contains(&said), "{html}");
     for a in &agents {

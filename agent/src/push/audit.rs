@@ -314,19 +314,7 @@ pub async fn audit<T: Transport>(
     Ok(Outcome::Verified(p.cp.size))
 }
 
-/// What `verify --against-hub` found ([`audit_all`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FullAudit {
-    /// Size of the hub's checkpoint every receipted entry was proven in (its signature and
-    /// its consistency with the kept checkpoint verified first).
-    pub checkpoint_size: Option<u64>,
-    /// Receipted entries proven in that tree by their inclusion proofs.
-    pub proven: u64,
-    /// Receipted entries pruned from this store after delivery: nothing left to hash.
-    pub pruned: u64,
-    /// The log alarm this check raised or found standing (`None`: the log is sound).
-    pub alarm: Option<String>,
-}
+pub use crate::verify::FullAudit;
 
 /// `verify --against-hub`: the audit of every sync, proving **every** receipted entry the
 /// store still holds instead of each new batch's last. It raises the log alarm as the
