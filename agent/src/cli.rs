@@ -104,9 +104,9 @@ pub enum Command {
     },
     /// Clear the log alarm once its finding is settled (with the campaign): the next
     /// audit starts again from the hub's checkpoint; the evidence stays, with a record of
-    /// this. Nothing the hub answers clears it.
+    /// this. Agent stopped. Nothing the hub answers clears it.
     #[command(
-        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent clear-alarm --reason \"hub restored from its 2018-11-20 backup, agreed with the ministry (ticket 4711)\""
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent clear-alarm --reason \"hub restored from its 2018-11-20 backup, agreed with the ministry (ticket 4711)\"   # agent stopped"
     )]
     ClearAlarm {
         /// Why (kept in the store's evidence).
@@ -1209,16 +1209,10 @@ fn clear_alarm(data: DataDir, reason: String) -> Result<ExitCode, CliError> {
             cleared
         }
         Err(AgentError::Store(StoreError::Locked { .. })) => {
-            let body =
-                serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
-            let a: crate::http::AlarmCleared = remote_json(
-                &data,
-                &cfg,
-                reqwest::Method::POST,
-                "/v1/alarm/clear",
-                Some((body, "application/json", None)),
-            )?;
-            a.cleared
+            return Err(CliError::Usage(format!(
+                "the store {} is in use (is `run` running?): stop the agent, clear the alarm, start it again (only whoever holds the data directory clears it, never an API token)",
+                data.db().display()
+            )));
         }
         Err(e) => return Err(e.into()),
     };

@@ -71,8 +71,7 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// One permit: `verify` reads the whole store, so only one runs at a time.
     pub verifying: Arc<Semaphore>,
-    /// Asks the pusher for `verify --against-hub` and `clear-alarm` (`None`: no pusher,
-    /// as in some tests).
+    /// Asks the pusher for `verify --against-hub` (`None`: no pusher, as in some tests).
     pub asks: Option<crate::push::Asks>,
 }
 
@@ -149,64 +148,6 @@ async fn get_evidence(
         Err(e @ E::Hub { .. }) => Err(refuse(StatusCode::BAD_GATEWAY, e.to_string(), Some(30))),
         Err(e) => Err(AppError::Internal(e.to_string())),
     }
-}
-
-/// The body of `POST /v1/alarm/clear`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClearAlarm {
-    /// Why the operator clears it (kept in the evidence record).
-    pub reason: String,
-}
-
-/// What `POST /v1/alarm/clear` answers.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AlarmCleared {
-    /// The alarm cleared; `null` when none stood.
-    pub cleared: Option<String>,
-}
-
-/// `POST /v1/alarm/clear` `{"reason": "…"}`: the operator clears the log alarm (the
-/// pusher does it between two syncs; [`crate::push::audit::clear_alarm`]).
-async fn post_alarm_clear(State(st): State<AppState>, body: Bytes) -> Result<Response, AppError> {
-    let bad = |error: String| {
-        AppError::Client(
-            StatusCode::BAD_REQUEST,
-            ErrorBody {
-                error,
-                code: None,
-                problems: vec![],
-            },
-            None,
-        )
-    };
-    let req: ClearAlarm = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the body must be {{\"reason\": \"…\"}}: {e}")))?;
-    if req.reason.trim().is_empty() {
-        return Err(bad(
-            "say why the alarm is cleared: \"reason\" is empty".into()
-        ));
-    }
-    let unavailable = |error: String| {
-        AppError::Client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody {
-                error: format!("clearing the log alarm: {error}"),
-                code: None,
-                problems: vec![],
-            },
-            Some(5),
-        )
-    };
-    let asks = st
-        .asks
-        .as_ref()
-        .ok_or_else(|| unavailable("this agent has no pusher".into()))?;
-    let cleared = asks
-        .clear_alarm(req.reason, std::time::Duration::from_secs(30))
-        .await
-        .map_err(unavailable)?;
-    Ok(axum::Json(AlarmCleared { cleared }).into_response())
 }
 
 /// How long `/v1/verify?against_hub=true` waits for the pusher's full audit.
@@ -423,14 +364,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/notices/read", post(post_notices_read))
         .route("/v1/verify", post(run_verify).get(run_verify))
         .route("/v1/evidence", get(get_evidence))
-        .route("/v1/alarm/clear", post(post_alarm_clear))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
         .fallback(|| async {
             client(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /v1/evidence, /v1/alarm/clear, /metrics, /healthz and /readyz",
+                "no such endpoint; the agent serves /v1/records, /v1/status, /v1/notices, /v1/notices/read, /v1/verify, /v1/evidence, /metrics, /healthz and /readyz",
                 vec![],
             )
         })

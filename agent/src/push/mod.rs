@@ -103,14 +103,13 @@ pub async fn audit_all_stopped(
         .map_err(|e| e.to_string())
 }
 
-/// What the local API asks of the running pusher. Both run in the pusher's own task,
-/// between two syncs, so neither races the sync's audit over the kept checkpoint and the
-/// alarm.
+/// What the local API asks of the running pusher. It runs in the pusher's own task,
+/// between two syncs, so it never races the sync's audit over the kept checkpoint and the
+/// alarm. (Clearing the alarm is not asked here: the intake token, which the platform and
+/// scrapers hold, must not clear it; `clear-alarm` needs the agent stopped.)
 pub enum Ask {
     /// `verify --against-hub` ([`audit::audit_all`]).
     FullAudit(oneshot::Sender<Result<audit::FullAudit, String>>),
-    /// `clear-alarm` ([`audit::clear_alarm`]): the operator's reason.
-    ClearAlarm(String, oneshot::Sender<Result<Option<String>, String>>),
 }
 
 /// How the local API asks the running pusher ([`Ask`]).
@@ -146,15 +145,6 @@ impl Asks {
     /// `verify --against-hub`, waiting at most `limit`.
     pub async fn full_audit(&self, limit: Duration) -> Result<audit::FullAudit, String> {
         self.ask(Ask::FullAudit, limit).await
-    }
-
-    /// Clears the log alarm for `reason`; the alarm cleared, if one stood.
-    pub async fn clear_alarm(
-        &self,
-        reason: String,
-        limit: Duration,
-    ) -> Result<Option<String>, String> {
-        self.ask(|r| Ask::ClearAlarm(reason, r), limit).await
     }
 }
 
@@ -239,7 +229,7 @@ impl<T: Transport> Pusher<T> {
 
     /// Answers what the local API asked since the last cycle. A full audit runs when the
     /// hub key is known and the hub was reached (`failed` is `None`), else is answered
-    /// with why not; clearing the alarm needs no hub.
+    /// with why not.
     async fn answer_asks(&mut self, failed: Option<&str>) {
         let Some(mut rx) = self.asks_rx.take() else {
             return;
@@ -257,12 +247,6 @@ impl<T: Transport> Pusher<T> {
                                 .map_err(|e| e.to_string())
                         }
                     };
-                    let _ = reply.send(r);
-                }
-                Ask::ClearAlarm(reason, reply) => {
-                    let r = audit::clear_alarm(&self.store, &self.state, &reason, now)
-                        .await
-                        .map_err(|e| e.to_string());
                     let _ = reply.send(r);
                 }
             }
