@@ -40,37 +40,7 @@ pub struct Head {
     pub hash: Digest,
 }
 
-/// A stored index entry for (source, seq).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Held {
-    pub(crate) log_index: u64,
-    pub(crate) hash: Digest,
-    pub(crate) received_at: DateTime<Utc>,
-}
-
-impl Held {
-    pub(crate) fn to_bytes(self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(48);
-        v.extend_from_slice(&self.log_index.to_be_bytes());
-        v.extend_from_slice(&self.hash.0);
-        v.extend_from_slice(&self.received_at.timestamp_millis().to_be_bytes());
-        v
-    }
-
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<Held> {
-        if b.len() != 48 {
-            return None;
-        }
-        let log_index = u64::from_be_bytes(b[0..8].try_into().ok()?);
-        let hash = Digest(b[8..40].try_into().ok()?);
-        let ms = i64::from_be_bytes(b[40..48].try_into().ok()?);
-        Some(Held {
-            log_index,
-            hash,
-            received_at: DateTime::from_timestamp_millis(ms)?,
-        })
-    }
-}
+pub(crate) use crate::log::index::Held;
 
 /// An equivocation or other fault admins must see.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,12 +284,7 @@ fn load_state(
     let mut registry = HashMap::new();
     let mut heads = imbl::HashMap::new();
     for rec in registry::load_all(store)? {
-        if let Some((k, v)) = store.last(&keys::src_prefix(&rec.id))? {
-            let seq = keys::tail_u64(&k).unwrap_or(0);
-            let held = Held::from_bytes(&v).ok_or_else(|| StoreError::Corrupt {
-                key: format!("src/{}/{seq}", rec.id),
-                message: "index entry is not 48 bytes".into(),
-            })?;
+        if let Some((seq, held)) = crate::log::index::last(store, &rec.id)? {
             heads.insert(
                 rec.id.clone(),
                 Head {
@@ -602,10 +567,12 @@ impl Hub {
         Ok(())
     }
 
+    /// What the source index holds for `source`'s `seq`; a damaged index value reads as
+    /// nothing held (the chain verifier then judges the entry as new).
     pub(crate) fn held(&self, source: &SourceId, seq: u64) -> Result<Option<Held>, StoreError> {
-        Ok(self
-            .store
-            .get(&keys::src(source, seq))?
-            .and_then(|b| Held::from_bytes(&b)))
+        match crate::log::index::held(self.store.as_ref(), source, seq) {
+            Err(StoreError::Corrupt { .. }) => Ok(None),
+            r => r,
+        }
     }
 }

@@ -597,7 +597,11 @@ impl Hub {
         if appended > 0 {
             let mut wb = WriteBatch::new();
             let mut new_heads = head;
-            let mut new_receipts = Vec::with_capacity(appended);
+            let mut new_receipts: Vec<(u64, Held)> = Vec::with_capacity(appended);
+            let mut hashes = Vec::with_capacity(appended);
+            // The leaves first, then the batch's one source-index run (consecutive seqs at
+            // consecutive leaves), then the views, which may look an entry of this very
+            // batch up in the index (a withdrawal of it).
             for (entry, env) in &fresh {
                 let rec = RecordRef {
                     received_at: now,
@@ -611,11 +615,30 @@ impl Hub {
                     hash: env.payload_hash(),
                     received_at: now,
                 };
-                wb.put(keys::src(&source, entry.seq), held.to_bytes());
-                let applied = st.views.apply(
+                if let Some((seq0, h0)) = new_receipts.first()
+                    && (entry.seq - seq0 != index - h0.log_index)
+                {
+                    return Err(LogError::Tree(format!(
+                        "seq {} of {source} was not appended next to the batch's other entries",
+                        entry.seq
+                    ))
+                    .into());
+                }
+                hashes.push(held.hash);
+                new_heads = Head {
+                    seq: entry.seq,
+                    hash: held.hash,
+                };
+                new_receipts.push((entry.seq, held));
+            }
+            if let Some((seq0, h0)) = new_receipts.first() {
+                crate::log::index::put_run(&mut wb, &source, *seq0, h0.log_index, now, &hashes);
+            }
+            for ((entry, _), (_, held)) in fresh.iter().zip(&new_receipts) {
+                st.views.apply(
                     self.store.as_ref(),
                     Meta {
-                        log_index: index,
+                        log_index: held.log_index,
                         received_at: now,
                         source: source.clone(),
                         seq: entry.seq,
@@ -624,13 +647,7 @@ impl Hub {
                     },
                     &entry.record,
                     &mut wb,
-                );
-                applied?;
-                new_heads = Head {
-                    seq: entry.seq,
-                    hash: held.hash,
-                };
-                new_receipts.push((entry.seq, held));
+                )?;
             }
             // A key transition changes the source's `reg/` record in the same write as the
             // entry that proves it (the registry stays derived from the log).

@@ -7,6 +7,7 @@
 //! take O(log n) lookups and appends never rescan the log. Records are stored in the
 //! compact binary layout of [`record`]; the JSON records of older hubs still read.
 
+pub mod index;
 pub mod record;
 
 use ed25519_dalek::SigningKey;
@@ -149,10 +150,25 @@ pub fn iter_from(
 
 /// The lowest tree level whose nodes are stored (`node/…`). A node below it covers at most
 /// [`1 << FIRST_STORED_LEVEL`] leaves and is computed from their records when a proof needs
-/// it — a proof needs at most one per level, so at most three record reads — which spares
-/// the writer one and a half keys per entry. Stores written before keep every level, and a
-/// node stored at a lower level is read (and checked by `verify`) as before.
-pub const FIRST_STORED_LEVEL: u8 = 2;
+/// it — a proof needs at most one per level, so at most fifteen record reads (about 9 KB) —
+/// which spares the writer all but an eighth of a key per entry (levels 2 and 3, stored
+/// until session 9, were three eighths of a key an entry; levels 0 and 1, stored before,
+/// one and a half). Stores written before keep those levels, and a node stored at a lower
+/// level is read (and checked by `verify`) as before.
+pub const FIRST_STORED_LEVEL: u8 = 4;
+
+/// The lowest level below [`FIRST_STORED_LEVEL`] at which the store holds any node (a
+/// store written by an older hub), else [`FIRST_STORED_LEVEL`]: `verify` looks up the
+/// nodes of the levels below it only where some may be stored.
+pub fn lowest_stored_level(store: &dyn Store) -> Result<u8, StoreError> {
+    for level in 0..FIRST_STORED_LEVEL {
+        let prefix = [keys::NODE, &[level]].concat();
+        if store.scan(&prefix).next().transpose()?.is_some() {
+            return Ok(level);
+        }
+    }
+    Ok(FIRST_STORED_LEVEL)
+}
 
 /// Stored nodes as a [`NodeSource`] for proofs; nodes below [`FIRST_STORED_LEVEL`] that are
 /// not stored are computed from the log's records.

@@ -14,13 +14,14 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
+use spacesync_shared::SourceId;
 use spacesync_shared::chain::{ChainError, ChainVerifier};
 use spacesync_shared::entry::Entry;
 use spacesync_shared::merkle::{self, Frontier, NoteVerifier};
-use spacesync_shared::{Digest, SourceId};
 
 use crate::ingest::key_schedule;
 use crate::log;
+use crate::log::index as src_index;
 use crate::log_check::{self, Checker, Checking, Signed, Verdict, WorkerPanicked};
 use crate::registry;
 use crate::store::{Overlay, Store, StoreError, WriteBatch, keys};
@@ -296,6 +297,11 @@ fn verify_log(
     let mut chains: HashMap<SourceId, ChainVerifier> = HashMap::new();
     let mut frontier = Frontier::new();
     let mut node_damage = false;
+    // The index run of the leaves being walked (a batch's entries share one).
+    let mut run: Option<(SourceId, src_index::Run)> = None;
+    // Below this level no node is stored: nothing to look up (only stores written by older
+    // hubs keep nodes of the lowest levels).
+    let lowest_stored = log::lowest_stored_level(store)?;
     let mut expected_index = 0u64;
     let walked = log_check::walk(store, &checker, how, |r| -> Result<_, VerifyError> {
         let (index, rec, checked) = match r {
@@ -325,7 +331,7 @@ fn verify_log(
             // below the first stored level are computed from the log unless a store written
             // before kept them.
             Ok(nodes) if !node_damage => {
-                for n in nodes {
+                for n in nodes.iter().filter(|n| n.level >= lowest_stored) {
                     let stored = store.get(&keys::node(n.level, n.index))?;
                     let sound = match stored.as_deref() {
                         Some(v) => v == &n.hash[..],
@@ -442,11 +448,22 @@ fn verify_log(
                 _ => {}
             }
         }
-        match store.get(&keys::src(source, entry.seq))? {
-            Some(b) if b.len() == 48 && b[0..8] == index.to_be_bytes() && b[8..40] == hash.0 => {
+        // A batch's entries share one index run: read once for all of them.
+        if !run
+            .as_ref()
+            .is_some_and(|(s, r)| s == source && r.held(entry.seq).is_some())
+        {
+            run = match src_index::run(store, source, entry.seq) {
+                Ok(r) => r.map(|r| (source.clone(), r)),
+                Err(StoreError::Corrupt { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        let held = run.as_ref().and_then(|(_, r)| r.held(entry.seq));
+        match held {
+            Some(h) if h.log_index == index && h.hash == hash => {
                 // The receive time a receipt re-issued for a resent entry says.
-                let ms = rec.received_at.timestamp_millis().to_be_bytes();
-                if b[40..48] != ms {
+                if h.received_at.timestamp_millis() != rec.received_at.timestamp_millis() {
                     report.problems.push(format!(
                         "{at}: the source index gives another receive time than the leaf; a receipt re-issued for this entry would contradict the first"
                     ));
@@ -633,16 +650,10 @@ fn verify_views(
 /// ` (<source> seq <n>)` when the source index says log leaf `index` held that entry, for
 /// naming a leaf that is missing or unreadable; empty otherwise.
 fn indexed_as(store: &dyn Store, index: u64) -> Result<String, StoreError> {
-    for r in store.scan(keys::SRC) {
-        let (k, v) = r?;
-        if v.get(0..8) == Some(&index.to_be_bytes()[..])
-            && let Some(rest) = k.get(keys::SRC.len()..k.len().saturating_sub(9))
-            && let Some(seq) = keys::tail_u64(&k)
-        {
-            return Ok(format!(" ({} seq {seq})", String::from_utf8_lossy(rest)));
-        }
-    }
-    Ok(String::new())
+    Ok(match src_index::entry_at(store, index)? {
+        Some((source, seq)) => format!(" ({source} seq {seq})"),
+        None => String::new(),
+    })
 }
 
 /// After a leaf that does not verify, its source's chain continues from the hash the hub
@@ -653,10 +664,8 @@ fn skip_damaged(
     source: &SourceId,
     seq: u64,
 ) -> Result<(), StoreError> {
-    if let Some(b) = store.get(&keys::src(source, seq))?
-        && let Some(hash) = b.get(8..40).and_then(|h| <[u8; 32]>::try_from(h).ok())
-    {
-        chain.resync(seq, Digest(hash));
+    if let Ok(Some(held)) = src_index::held(store, source, seq) {
+        chain.resync(seq, held.hash);
     }
     Ok(())
 }

@@ -151,6 +151,11 @@ pub trait Store: Send + Sync + 'static {
                 .filter(move |r| r.as_ref().map_or(true, |(k, _)| *k >= from)),
         )
     }
+    /// The first pair whose key starts with `prefix` and is at least `from` (a point
+    /// lookup of the next key: backends that page their scans override it).
+    fn first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError> {
+        self.scan_from(prefix, from).next().transpose()
+    }
     /// The last pair whose key starts with `prefix`.
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError>;
     /// Applies a batch atomically (all or nothing, also across a crash).
@@ -213,6 +218,8 @@ pub trait Reader {
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_>;
+    /// The first pair whose key starts with `prefix` and is at least `from`.
+    fn read_first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError>;
 }
 
 impl<S: Store + ?Sized> Reader for S {
@@ -222,6 +229,10 @@ impl<S: Store + ?Sized> Reader for S {
 
     fn read_prefix(&self, prefix: &[u8]) -> KvIter<'_> {
         self.scan(prefix)
+    }
+
+    fn read_first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError> {
+        self.first_from(prefix, from)
     }
 }
 
@@ -313,6 +324,36 @@ impl Reader for Overlay<'_> {
             above: self.batch.pending_under(prefix).peekable(),
         })
     }
+
+    fn read_first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError> {
+        let above = self
+            .batch
+            .pending_from(prefix, from)
+            .find_map(|(k, v)| v.map(|v| (k, v)));
+        // The store's first key, unless the batch removes it or it is hidden: then the
+        // two are merged key by key (rare: only a rebuild hides, nothing removes an index).
+        let below = self.store.first_from(prefix, from)?;
+        let plain = below.as_ref().is_none_or(|(k, _)| {
+            self.batch.pending(k).is_none() && !hidden_by(self.hidden, self.keep, k)
+        });
+        if !plain {
+            let (hidden, keep) = (self.hidden, self.keep);
+            let below: KvIter<'_> = Box::new(self.store.scan_from(prefix, from).filter(move |r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| !hidden_by(hidden, keep, k))
+            }));
+            let mut merged = Merged {
+                below: below.peekable(),
+                above: self.batch.pending_from(prefix, from).peekable(),
+            };
+            return merged.next().transpose();
+        }
+        Ok(match (below, above) {
+            (Some((bk, bv)), Some((ak, _))) if bk.as_slice() < ak => Some((bk, bv)),
+            (_, Some((ak, av))) => Some((ak.to_vec(), av.to_vec())),
+            (below, None) => below,
+        })
+    }
 }
 
 /// A store's pairs merged with a batch's operations, both in key order: the batch's
@@ -387,6 +428,16 @@ impl Store for MemStore {
 
     fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
         Box::new(self.range(prefix, from).into_iter().map(Ok))
+    }
+
+    fn first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let start = if from > prefix { from } else { prefix };
+        Ok(map
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .next()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone())))
     }
 
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
@@ -659,8 +710,9 @@ pub mod keys {
     /// signed more than a window before it are refused even if the clock has gone back
     /// (their nonces may have been pruned).
     pub const NONCE_HIGH_WATER: &[u8] = b"meta/nonce-hw";
-    /// `src/<source>\0<seq>` → log index (8 bytes) ‖ entry hash (32 bytes) ‖ hub receive
-    /// time (i64 ms), all big-endian (`crate::hub::Held`).
+    /// `src/<source>\0<last seq>` → one run of a batch's entries of the source: their
+    /// first seq and log index, receive time and hashes (layout in [`crate::log::index`];
+    /// hubs before session 9 wrote one 48-byte value per entry, which still reads).
     pub const SRC: &[u8] = b"src/";
     /// `reg/<source>` → the source's registry record (JSON).
     pub const REG: &[u8] = b"reg/";
@@ -701,7 +753,7 @@ pub mod keys {
         [SRC, source.as_str().as_bytes(), b"\0"].concat()
     }
 
-    /// Key of a source's entry `seq`.
+    /// Key of the index run whose last entry is the source's `seq`.
     pub fn src(source: &SourceId, seq: u64) -> Vec<u8> {
         [src_prefix(source).as_slice(), &seq.to_be_bytes()].concat()
     }

@@ -1253,14 +1253,11 @@ impl Views {
         target_seq: u64,
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
-        let src = keys::src(&meta.source, target_seq);
-        let Some(held) = self.reader(store, batch).read(&src)? else {
+        let reader = self.reader(store, batch);
+        let Some(held) = crate::log::index::held(&reader, &meta.source, target_seq)? else {
             return Ok(());
         };
-        let target = keys::src_log_index(&held).ok_or_else(|| StoreError::Corrupt {
-            key: format!("src/{}/{target_seq}", meta.source),
-            message: "index entry too short".into(),
-        })?;
+        let target = held.log_index;
         let is_target =
             |m: &Meta| m.source == meta.source && m.seq == target_seq && m.withdrawn_by.is_none();
         if let Some(item) = self.ledger.get_mut(&target) {
@@ -1331,12 +1328,10 @@ impl Views {
             withdrawals,
         } = touched;
         for (source, target_seq) in withdrawals {
-            let src = keys::src(&source, target_seq);
-            let Some(held) = store.get(&src)? else {
-                continue;
-            };
-            let Some(target) = keys::src_log_index(&held) else {
-                continue;
+            let target = match crate::log::index::held(store, &source, target_seq) {
+                Ok(Some(held)) => held.log_index,
+                Ok(None) | Err(StoreError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
             };
             if self.ledger.contains_key(&target) {
                 items.insert(target);

@@ -139,17 +139,18 @@ fn damaged_upper_tree_nodes_are_named() {
     names("level 2 changed", &r, &["level 2, index 5"]);
     let r = check("level 4 deleted", |s| delete(s, keys::node(4, 2)));
     names("level 4 deleted", &r, &["level 4, index 2"]);
-    let r = check("level 3 cut short", |s| {
-        let (k, v) = (keys::node(3, 1), s.get(&keys::node(3, 1)).expect("get"));
+    // Nodes are stored from level 4 (`log::FIRST_STORED_LEVEL`).
+    let r = check("level 5 cut short", |s| {
+        let (k, v) = (keys::node(5, 1), s.get(&keys::node(5, 1)).expect("get"));
         put(s, k, v.expect("stored")[..31].to_vec());
     });
-    names("level 3 cut short", &r, &["level 3, index 1"]);
-    let r = check("level 2 lengthened", |s| {
-        let mut v = s.get(&keys::node(2, 9)).expect("get").expect("stored");
+    names("level 5 cut short", &r, &["level 5, index 1"]);
+    let r = check("level 4 lengthened", |s| {
+        let mut v = s.get(&keys::node(4, 9)).expect("get").expect("stored");
         v.push(0);
-        put(s, keys::node(2, 9), v);
+        put(s, keys::node(4, 9), v);
     });
-    names("level 2 lengthened", &r, &["level 2, index 9"]);
+    names("level 4 lengthened", &r, &["level 4, index 9"]);
 }
 
 #[test]
@@ -481,8 +482,9 @@ fn apply(s: &dyn Store, d: &Damage) -> bool {
         Damage::IndexDropped(i) => {
             if let Ok(Some(rec)) = log::read(s, i)
                 && let Some(src) = &rec.source
+                && let Ok(Some(key)) = spacesync_hub::log::index::key_of(s, src, rec.seq)
             {
-                delete(s, keys::src(src, rec.seq));
+                delete(s, key);
                 return true;
             }
         }
@@ -575,18 +577,26 @@ fn envelopes_no_verifier_expects_are_named_at_their_leaf() {
 
 /// The source index holds, beside the leaf and the hash, the time the entry was received:
 /// what a receipt re-issued for a resent entry says. Changed, the hub would answer a resend
-/// with a receipt that contradicts the first one and the log.
+/// with a receipt that contradicts the first one and the log. (One run per batch holds the
+/// time of all its entries: bytes 17..25 of the layout in `hub/src/log/index.rs`.)
 #[test]
 fn a_source_index_entry_with_another_receive_time_is_named() {
     let at = 333u64;
     let r = check("index time changed", |s| {
         let rec = read(s, at);
-        let key = keys::src(rec.source.as_ref().expect("a source entry"), rec.seq);
+        let source = rec.source.as_ref().expect("a source entry");
+        let key = spacesync_hub::log::index::key_of(s, source, rec.seq)
+            .expect("lookup")
+            .expect("indexed");
         let mut v = s.get(&key).expect("get").expect("indexed");
-        assert_eq!(v.len(), 48);
-        let ms = i64::from_be_bytes(v[40..48].try_into().expect("8 bytes")) + 86_400_000;
-        v[40..48].copy_from_slice(&ms.to_be_bytes());
+        assert_eq!(v[0], 1, "a run of the current layout");
+        let ms = i64::from_be_bytes(v[17..25].try_into().expect("8 bytes")) + 86_400_000;
+        v[17..25].copy_from_slice(&ms.to_be_bytes());
         put(s, key, v);
     });
-    names("index time changed", &r, &[&format!("log leaf {at}")]);
+    names(
+        "index time changed",
+        &r,
+        &[&format!("log leaf {at}"), "receive time"],
+    );
 }

@@ -296,3 +296,125 @@ fn proofs_without_the_lowest_levels_stored_equal_the_full_trees() {
     store.apply(wb).expect("apply");
     compare("every level stored");
 }
+
+/// Rewrites the store in `dir` in the layout of hubs before session 9 (main as of
+/// 7f2f8ec): the source index one 48-byte value per entry under `src/<source>\0<seq>`
+/// (log index ‖ hash ‖ receive time), and tree nodes stored from level 2. Returns how many
+/// index values it wrote.
+fn rewrite_in_older_layout(dir: &std::path::Path) -> usize {
+    use spacesync_hub::log::index::Run;
+    use spacesync_shared::merkle::NodeSource;
+
+    let store = SledStore::open(dir).expect("open");
+    let mut wb = WriteBatch::new();
+    let mut n = 0;
+    for r in store.scan(keys::SRC) {
+        let (k, v) = r.expect("scan");
+        let last = keys::tail_u64(&k).expect("seq");
+        let run = Run::decode(last, &v).expect("a run");
+        assert_eq!(v[0], 1, "written as a run");
+        let source_part = &k[..k.len() - 8];
+        wb.delete(k.clone());
+        let mut seq = last;
+        while let Some(held) = run.held(seq) {
+            wb.put(
+                [source_part, &seq.to_be_bytes()].concat(),
+                held.to_entry_bytes(),
+            );
+            n += 1;
+            seq -= 1;
+        }
+    }
+    let size = log::iter(&store).count() as u64;
+    for level in [2u8, 3] {
+        for index in 0..(size >> level) {
+            let h = log::StoredNodes(&store).node(level, index).expect("node");
+            wb.put(keys::node(level, index), h.to_vec());
+        }
+    }
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+    n
+}
+
+/// Index values per layout: (48-byte per-entry values, runs).
+fn index_layouts(dir: &std::path::Path) -> (usize, usize) {
+    let store = SledStore::open(dir).expect("open");
+    let values: Vec<Vec<u8>> = store.scan(keys::SRC).map(|r| r.expect("scan").1).collect();
+    let old = values.iter().filter(|v| v.len() == 48).count();
+    (old, values.len() - old)
+}
+
+/// The source index keeps one run per batch (one key, not one per entry), and a store of
+/// the per-entry index older hubs wrote opens without migration: the same heads, figures
+/// and proofs, a resend of an old batch answered with the receipts it got the first time,
+/// an old entry withdrawn, new batches indexed as runs beside the old values, `verify`
+/// clean and `rebuild` equal over the mixed store.
+#[tokio::test]
+async fn a_store_of_the_older_per_entry_index_opens_resends_withdraws_and_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agents = vec![
+        Agent::new("gd-a", 1, "440000"),
+        Agent::new("bj-a", 2, "110000"),
+    ];
+    let (before, heads, first_batch, first_answer) = {
+        let th = TestHub::open(dir.path());
+        for a in &agents {
+            th.register(a);
+        }
+        let first_batch = agents[0].batch(&[
+            teachers("440106", "4401060091", "2018-11-12", 90),
+            teachers("440106", "4401060092", "2018-11-12", 91),
+        ]);
+        let first_answer = th.ingest_ok(&first_batch).await;
+        fill(&th, &mut agents, 3).await;
+        let heads: Vec<_> = agents.iter().map(|a| th.hub.head(&a.id)).collect();
+        (seen(&th).await, heads, first_batch, first_answer)
+    };
+    // 2 sources × (1 + 3) batches, one run each.
+    assert_eq!(index_layouts(dir.path()), (0, 7));
+
+    let n = rewrite_in_older_layout(dir.path());
+    assert_eq!(n as u64, 2 + 3 * 2 * 5, "one value per entry");
+    assert_eq!(index_layouts(dir.path()), (n, 0));
+
+    let th = TestHub::open(dir.path());
+    assert_eq!(seen(&th).await, before, "the older index reads differently");
+    let now: Vec<_> = agents.iter().map(|a| th.hub.head(&a.id)).collect();
+    assert_eq!(now, heads, "heads read from the older index");
+    let store = th.hub.store.as_ref();
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify runs");
+    assert!(report.ok(), "{:#?}", report.problems);
+
+    // A resend of the first batch: found in the older index, the same receipts.
+    let again = th.ingest_ok(&first_batch).await;
+    assert_eq!(again.receipts, first_answer.receipts, "a resend's receipts");
+    assert_eq!(th.log_size(), before.size, "a resend appends nothing");
+
+    // An entry of the older index withdrawn: its school (no other snapshot) goes.
+    let school = |p: &Value| {
+        p["schools"]
+            .as_array()
+            .expect("schools")
+            .iter()
+            .any(|s| s["code"] == "4401060091")
+    };
+    assert!(school(&th.get_json("/v1/regions/440106").await));
+    th.ingest_ok(&agents[0].batch(&[withdrawal(1)])).await;
+    fill(&th, &mut agents, 2).await;
+    assert!(!school(&th.get_json("/v1/regions/440106").await));
+    let mixed = seen(&th).await;
+    assert_eq!(&mixed.leaves[..before.leaves.len()], &before.leaves[..]);
+    let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify runs");
+    assert!(report.ok(), "{:#?}", report.problems);
+    maintenance::rebuild(store, Campaign::builtin_2018().baseline, |_| {}).expect("rebuild");
+    let heads: Vec<_> = agents.iter().map(|a| th.hub.head(&a.id)).collect();
+    drop(th);
+    assert_eq!(index_layouts(dir.path()), (n, 1 + 2 * 2));
+    let th = TestHub::open(dir.path());
+    assert_eq!(seen(&th).await, mixed, "rebuilt over a mixed index");
+    let now: Vec<_> = agents.iter().map(|a| th.hub.head(&a.id)).collect();
+    assert_eq!(now, heads, "heads read from a run after older values");
+}

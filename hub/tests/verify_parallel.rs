@@ -418,9 +418,11 @@ fn apply(s: &dyn Store, index: u64, size: u64, d: &Damage) {
             }
         }
         Damage::DropIndex => {
-            if let Some(source) = &rec.source {
+            if let Some(source) = &rec.source
+                && let Ok(Some(key)) = spacesync_hub::log::index::key_of(s, source, rec.seq)
+            {
                 let mut b = WriteBatch::new();
-                b.delete(keys::src(source, rec.seq));
+                b.delete(key);
                 s.apply(b).expect("apply");
             }
         }

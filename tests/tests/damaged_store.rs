@@ -659,6 +659,10 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
     let seq_at_l1 = Entry::from_payload(&record(l1).envelope.payload)
         .unwrap_or_else(|e| panic!("leaf {l1} is not a source entry: {e}"))
         .seq;
+    // The source index keeps one run per batch: the key of the run holding that seq.
+    let src_key_l1 = spacesync_hub::log::index::key_of(&hub_store, &source, seq_at_l1)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("seq {seq_at_l1} is not indexed"));
     let view_key = [b"v/i/".as_slice(), &l1.to_be_bytes()].concat();
     cases.extend([
         (
@@ -687,9 +691,9 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
         (
             Side::Hub,
             Damage::HubKey(
-                keys::src(&source, seq_at_l1),
+                src_key_l1,
                 None,
-                format!("index entry of seq {seq_at_l1} removed"),
+                format!("index run holding seq {seq_at_l1} removed"),
             ),
             Some(format!("log leaf {l1}")),
         ),

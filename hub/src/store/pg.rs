@@ -796,6 +796,16 @@ impl Store for PgStore {
         })
     }
 
+    fn first_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Kv>, StoreError> {
+        let start = if from > prefix { from } else { prefix };
+        let to = successor(prefix);
+        if to.as_deref().is_some_and(|t| start >= t) {
+            return Ok(None);
+        }
+        // One row, not a page: a point lookup of the next key (the source index).
+        Ok(self.page(start.to_vec(), to, 1)?.into_iter().next())
+    }
+
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
         let from = prefix.to_vec();
         let to = successor(prefix);

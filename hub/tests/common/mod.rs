@@ -633,7 +633,8 @@ impl DirectViews {
                 envelope: &envelope,
             };
             let index = self.log.append(&mut wb, rec).expect("append");
-            // As `Held::to_bytes`: log index, entry hash, receive time.
+            // The per-entry layout of hubs before session 9 (log index, entry hash, receive
+            // time), which still reads: stores built here keep it covered.
             let mut held = index.to_be_bytes().to_vec();
             held.extend_from_slice(&[0; 32]);
             held.extend_from_slice(&at.timestamp_millis().to_be_bytes());
