@@ -111,7 +111,7 @@ impl Delivery {
     }
 
     /// Takes back what the hub holds of this chain before intake opens, then tells
-    /// `caught_up` (see [`Delivery::catch_up`]'s field).
+    /// `caught_up` (see the `catch_up` field).
     pub fn catching_up(&mut self, caught_up: watch::Sender<bool>) {
         self.catch_up = Some(caught_up);
     }
