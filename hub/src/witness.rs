@@ -265,13 +265,41 @@ pub fn note(hub: &Hub, size: Option<u64>) -> Result<Option<String>, WitnessError
             (n, note)
         }
     };
-    let lines: Vec<String> = collected(hub.store.as_ref(), size)?
-        .into_values()
-        .map(|k| k.line)
-        .collect();
+    let lines = served_lines(&snap.registry, collected(hub.store.as_ref(), size)?);
     // The lines were checked when they arrived; `add` checks the framing again.
     let note = cosign::add(&signed, &lines).map_err(|e| WitnessError::Malformed(e.to_string()))?;
     Ok(Some(note))
+}
+
+/// Most cosignature lines one note carries: a signed note holds at most
+/// [`merkle::MAX_SIGNATURES`] signature lines (as Go's `sumdb/note` reads them), one of
+/// which is the hub's.
+pub const MAX_LINES: usize = merkle::MAX_SIGNATURES - 1;
+
+/// The lines a served checkpoint carries: all of them when they fit, else the first line
+/// of each provincial unit's sources first (in source order), then the others, up to
+/// [`MAX_LINES`] — a registry of more sources than that (one per prefecture, say) must not
+/// make the checkpoint unreadable (outside review, session 9). Quorums are counted from the
+/// stored lines ([`tally`]), never from a served note.
+fn served_lines<S: std::hash::BuildHasher>(
+    registry: &std::collections::HashMap<SourceId, SourceRecord, S>,
+    kept: BTreeMap<SourceId, Kept>,
+) -> Vec<String> {
+    if kept.len() <= MAX_LINES {
+        return kept.into_values().map(|k| k.line).collect();
+    }
+    let mut seen_units = std::collections::BTreeSet::new();
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for (id, k) in kept {
+        let unit = registry.get(&id).map(|r| r.scope.province());
+        match unit {
+            Some(u) if seen_units.insert(u) => first.push(k.line),
+            _ => rest.push(k.line),
+        }
+    }
+    first.extend(rest);
+    first.truncate(MAX_LINES);
+    first
 }
 
 /// The witness a registry record stands for, with its key in force.
@@ -478,14 +506,19 @@ fn tally(
         .into_values()
         .map(|k| k.line)
         .collect();
-    let with = cosign::add(note, &lines).map_err(|e| WitnessError::Malformed(e.to_string()))?;
-    let got =
-        cosign::verify(&with, &trusted).map_err(|e| WitnessError::Malformed(e.to_string()))?;
-    let mut witnesses: Vec<String> = got
-        .iter()
-        .filter_map(|c| c.name.strip_prefix(cosign::WITNESS_NAME_PREFIX))
-        .map(str::to_string)
-        .collect();
+    // A note holds at most MAX_LINES lines besides the hub's: verified a note's worth at
+    // a time.
+    let mut witnesses: Vec<String> = Vec::new();
+    for chunk in lines.chunks(MAX_LINES) {
+        let with = cosign::add(note, chunk).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+        let got =
+            cosign::verify(&with, &trusted).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+        witnesses.extend(
+            got.iter()
+                .filter_map(|c| c.name.strip_prefix(cosign::WITNESS_NAME_PREFIX))
+                .map(str::to_string),
+        );
+    }
     witnesses.sort();
     witnesses.dedup();
     let units = units_witnessed(campaign, members, &witnesses);

@@ -577,6 +577,50 @@ async fn a_quorum_of_half_the_units_is_refused(_backend: Backend) {
     assert_eq!((three.units.len(), three.witness_quorum), (3, 2));
 }
 
+/// More than a note's worth of witnesses: once 100 sources cosigned one size, the served
+/// checkpoint still opens (at most 99 lines, each unit's first) and the bulletin's quorum
+/// is still counted from every stored line (outside review, session 9: the hub answered
+/// 400 and every agent's audit stopped).
+async fn the_checkpoint_stays_readable_with_a_hundred_witnesses(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = quorum_two(dir.path());
+    let units: Vec<String> = th
+        .hub
+        .campaign
+        .units
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    let agents: Vec<Agent> = (0..100u8)
+        .map(|i| Agent::new(&format!("w-{i}"), i + 1, &units[i as usize % units.len()]))
+        .collect();
+    for a in &agents {
+        th.register(a);
+    }
+    let (_, size, note) = issue(&th);
+    let ts = now_secs(&th);
+    for a in &agents {
+        let r = post(&th, a, &text(&note), &line(a, &text(&note), ts)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let r = th.get("/v1/checkpoint", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let served = r.text();
+    merkle::open_checkpoint(&served, &hub_verifier(), ORIGIN).expect("the note opens");
+    let all: Vec<Cosigner> = agents.iter().map(witness).collect();
+    let got = cosign::verify(&served, &all).expect("cosignatures");
+    assert_eq!(got.len(), spacesync_hub::witness::MAX_LINES);
+    let w = as_of(&th, size, &note).expect("status");
+    assert_eq!((w.witnesses.len(), w.units.len()), (100, 3));
+    let list = th.get_json("/v1/bulletins").await;
+    assert_eq!(
+        list["bulletins"][0]["witnessed"]["units"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
 /// `bulletin verify`'s count: the registry replayed to the checkpoint for who could
 /// witness, today's registry (the whole log) for their keys.
 fn as_of(
@@ -746,6 +790,7 @@ backends!(
     bulletins_are_pinned_to_a_witnessed_checkpoint,
     no_quorum_for_two_trees_of_one_size,
     a_quorum_of_half_the_units_is_refused,
+    the_checkpoint_stays_readable_with_a_hundred_witnesses,
     the_quorum_counts_units_not_sources,
     a_cosignature_with_a_key_rotated_in_later_counts_in_both_readings,
     cosignatures_are_kept_for_the_newest_and_for_bulletins_only
