@@ -501,6 +501,7 @@ fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
     let clock = make_clock(a.now.as_deref(), None)?;
     let store = Store::open(&data.db())?;
+    refuse_while_catching_up(&store, data, "rotate-key")?;
     if a.lost {
         let done = crate::rotate::rotate_lost(data, &cfg, &store)?;
         spacesync_shared::outln!("{}", done.key);
@@ -519,6 +520,20 @@ fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
         done.from_seq
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A store restored from a backup has not yet taken back what the hub holds of its chain
+/// (`run` does that first): appending now would put new entries at seqs the hub already
+/// holds, a fork no later start can repair (outside review of issue 15, session 9).
+fn refuse_while_catching_up(store: &Store, data: &DataDir, what: &str) -> Result<(), CliError> {
+    if store.catching_up()? {
+        return Err(CliError::Usage(format!(
+            "{what}: {} is a restored backup that has not yet taken back the entries the hub holds of its chain; start the agent once (`spacesync-agent --data {} run`) and let it catch up first (or restore with --offline if it never reaches the hub)",
+            data.root.display(),
+            data.root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `check`: every file and the store, without starting; the first problem is the error.
@@ -915,6 +930,7 @@ fn import(data: DataDir, a: ImportArgs) -> Result<ExitCode, CliError> {
         }
         Err(e) => return Err(e.into()),
     };
+    refuse_while_catching_up(&agent.store, &data, "import")?;
     let mut writer = agent.writer()?;
     let mut failed = 0;
     for path in &a.files {

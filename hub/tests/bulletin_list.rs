@@ -53,7 +53,7 @@ async fn the_list_names_each_bulletin_as_its_document_does(backend: Backend) {
         .map(|d| {
             let mut v = listed(d);
             v["witnessed"] = json!({
-                "size": d["checkpoint"]["size"], "witnesses": [], "units": [], "of": 32, "quorum": 16,
+                "size": d["checkpoint"]["size"], "witnesses": [], "units": [], "of": 32, "quorum": 17,
             });
             v
         })

@@ -241,6 +241,27 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
         "verify of the restored agent: {}",
         text(&v)
     );
+    // Before it has taken back what the hub holds, nothing may append to it offline: an
+    // import or a key rotation would take seqs the hub already holds (a fork).
+    let records = backups.path().join("late.ndjson");
+    std::fs::write(
+        &records,
+        format!("{}\n", Workload::new(c.agents[0].site).next_write().1),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for args in [
+        vec!["import", records.to_str().unwrap_or_default()],
+        vec!["rotate-key"],
+        vec!["rotate-key", "--lost"],
+    ] {
+        let r = spacesync_tests::procs::run_cli(agent_bin(), &data.root, &args);
+        assert!(!r.status.success(), "{args:?}: {}", text(&r));
+        assert!(
+            text(&r).contains("let it catch up first"),
+            "{args:?}: {}",
+            text(&r)
+        );
+    }
     let mut cfg = Config::load(&data.config()).unwrap_or_else(|e| panic!("{e}"));
     cfg.push.max_entries = 2;
     std::fs::write(data.config(), cfg.to_toml()).unwrap_or_else(|e| panic!("{e}"));
