@@ -113,9 +113,17 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
-    /// Print this source's public key line.
-    #[command(after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey")]
-    Pubkey,
+    /// Print this source's public key line; with --witness, its line for the campaign's
+    /// witness policy (`witness <unit> <vkey>`: the key it cosigns the hub's log with),
+    /// which the province checks in the published policy.
+    #[command(
+        after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent pubkey --witness"
+    )]
+    Pubkey {
+        /// Print the witness policy line instead of the key line.
+        #[arg(long)]
+        witness: bool,
+    },
     /// Print the intake token: the bearer token every API request except /healthz carries.
     #[command(
         after_help = "Example:\n  spacesync-agent --data /var/lib/spacesync-agent token --rotate"
@@ -169,6 +177,11 @@ pub enum Command {
         /// The file to create (must not exist).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Prove the entry in the hub's checkpoint of this many entries (a bulletin's,
+        /// which provinces cosign until the quorum is met) instead of the last one this
+        /// agent verified; it must hold the entry and be no larger than that one.
+        #[arg(long, value_name = "SIZE")]
+        at_size: Option<u64>,
     },
     /// Write the entries the hub has not receipted (signed, in batches) to a bundle file,
     /// for a hub this agent cannot reach (`spacesync-hub import-bundle`). Agent stopped.
@@ -404,13 +417,26 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             import(data, a)
         }
         Command::Status { json } => show_status(&data, json),
-        Command::Evidence { seq, out } => evidence(data, seq, &out),
+        Command::Evidence { seq, out, at_size } => evidence(data, seq, at_size, &out),
         Command::Notices { json } => show_notices(&data, json),
         Command::Verify { json, against_hub } => run_verify(data, json, against_hub),
         Command::ClearAlarm { reason } => clear_alarm(data, reason),
-        Command::Pubkey => {
+        Command::Pubkey { witness } => {
             let key = keys::read_secret(&data.key())?;
-            spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
+            if witness {
+                let cfg = Config::load(&data.config())?;
+                let c = spacesync_shared::cosign::Cosigner::new(
+                    &spacesync_shared::cosign::witness_name(&cfg.source),
+                    key.verifying_key(),
+                )
+                .map_err(|e| CliError::Usage(format!("source {}: {e}", cfg.source)))?;
+                spacesync_shared::outln!(
+                    "{}",
+                    spacesync_shared::witness_policy::line(cfg.scope, &c)
+                );
+            } else {
+                spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(a) => token_cmd(&data, a),
@@ -1155,7 +1181,12 @@ fn facts_line(f: &NoticeFacts) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
-fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, CliError> {
+fn evidence(
+    data: DataDir,
+    seq: u64,
+    at_size: Option<u64>,
+    out: &std::path::Path,
+) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
     let agent = match Agent::open(data.clone(), cfg.clone(), Arc::new(SystemClock)) {
         Ok(a) => a,
@@ -1165,7 +1196,10 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
                 &data,
                 &cfg,
                 reqwest::Method::GET,
-                &format!("/v1/evidence?seq={seq}"),
+                &match at_size {
+                    Some(n) => format!("/v1/evidence?seq={seq}&at_size={n}"),
+                    None => format!("/v1/evidence?seq={seq}"),
+                },
                 None,
             )?;
             if status != 200 {
@@ -1197,6 +1231,7 @@ fn evidence(data: DataDir, seq: u64, out: &std::path::Path) -> Result<ExitCode, 
         &agent.ident,
         &hub_key,
         seq,
+        at_size,
     ))?;
     crate::evidence::save(&bytes, out)?;
     Ok(evidence_written(seq, out, &p))

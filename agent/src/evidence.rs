@@ -73,6 +73,18 @@ pub enum EvidenceError {
         /// The kept checkpoint's size (0: none yet).
         size: u64,
     },
+    /// The checkpoint asked for is too small to hold the entry.
+    #[error(
+        "seq {seq} is at leaf {index}, outside the checkpoint of {size} entries asked for; give a checkpoint size above {index} (a later bulletin's)"
+    )]
+    NotInTree {
+        /// The seq.
+        seq: u64,
+        /// Its leaf.
+        index: u64,
+        /// The size asked for.
+        size: u64,
+    },
     /// The hub did not answer, or answered something that does not check out.
     #[error("the hub at {hub}: {why}")]
     Hub {
@@ -160,6 +172,12 @@ pub fn save(bytes: &[u8], out: &Path) -> Result<(), EvidenceError> {
 
 /// Builds the evidence file of `seq` and checks it as a third party would: its bytes.
 /// Reads the store only, so the running agent's API serves it too (`GET /v1/evidence`).
+///
+/// `at_size` names an earlier checkpoint to prove the entry in instead of the kept one,
+/// typically a bulletin's, which the hub has the provinces cosign until their quorum is
+/// met (the kept checkpoint is the newest this agent saw, which few others cosign at
+/// exactly that size). It must hold the leaf and be no larger than the kept one; the hub
+/// proves it consistent with the kept one, so it is the log this agent audited.
 pub async fn build<T: Transport>(
     hub: &mut T,
     hub_url: &str,
@@ -167,6 +185,7 @@ pub async fn build<T: Transport>(
     ident: &Identity,
     hub_key: &VerifyingKey,
     seq: u64,
+    at_size: Option<u64>,
 ) -> Result<(Vec<u8>, Proven), EvidenceError> {
     let Some(entry) = store.entry(seq)? else {
         let (pruned, _) = store.pruned()?;
@@ -202,26 +221,63 @@ pub async fn build<T: Transport>(
         hub: hub_url.to_string(),
         why,
     };
-    // The kept checkpoint again, with the cosignatures collected on it since.
-    let note = String::from_utf8_lossy(
-        &ask(hub, hub_url, &Request::CheckpointAt { size: kept.size }).await?,
-    )
-    .into_owned();
+    let size = match at_size {
+        None => kept.size,
+        Some(n) if n > kept.size => {
+            return Err(EvidenceError::NotYetVerified {
+                seq,
+                index: r.log_index,
+                size: kept.size,
+            });
+        }
+        Some(n) if n <= r.log_index => {
+            return Err(EvidenceError::NotInTree {
+                seq,
+                index: r.log_index,
+                size: n,
+            });
+        }
+        Some(n) => n,
+    };
+    // The checkpoint again, with the cosignatures collected on it since.
+    let note = String::from_utf8_lossy(&ask(hub, hub_url, &Request::CheckpointAt { size }).await?)
+        .into_owned();
     let cp = NoteVerifier::new(&kept.origin, *hub_key)
         .and_then(|v| merkle::open_checkpoint(&note, &v, &kept.origin))
-        .map_err(|e| bad(format!("its checkpoint of {} entries: {e}", kept.size)))?;
-    if cp.size != kept.size || cp.root != kept.root {
+        .map_err(|e| bad(format!("its checkpoint of {size} entries: {e}")))?;
+    if cp.size != size {
         return Err(bad(format!(
-            "its checkpoint of {} entries is not the one this agent verified (another tree: see the log alarm)",
-            kept.size
+            "asked for its checkpoint of {size} entries, it served one of {}",
+            cp.size
         )));
+    }
+    if size == kept.size && cp.root != kept.root {
+        return Err(bad(format!(
+            "its checkpoint of {size} entries is not the one this agent verified (another tree: see the log alarm)"
+        )));
+    }
+    if size < kept.size {
+        // The earlier tree must be a prefix of the one this agent verified.
+        let req = Request::Consistency {
+            old: size,
+            new: kept.size,
+        };
+        let body = ask(hub, hub_url, &req).await?;
+        let proof =
+            crate::push::audit::decode_proof(&body, &req.what()).map_err(|e| bad(e.to_string()))?;
+        merkle::verify_consistency(size, kept.size, &cp.root, &kept.root, &proof).map_err(|e| {
+            bad(format!(
+                "its checkpoint of {size} entries is not a prefix of the tree of {} entries this agent verified ({e}); another tree: see the log alarm",
+                kept.size
+            ))
+        })?;
     }
     let body = ask(
         hub,
         hub_url,
         &Request::Inclusion {
             index: r.log_index,
-            size: kept.size,
+            size,
         },
     )
     .await?;

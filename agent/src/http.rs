@@ -90,6 +90,8 @@ struct VerifyQuery {
 struct EvidenceQuery {
     /// The entry's seq.
     seq: u64,
+    /// An earlier checkpoint size to prove it in (`evidence --at-size`).
+    at_size: Option<u64>,
 }
 
 /// `GET /v1/evidence?seq=N`: the dispute evidence file of entry `N` (what `evidence --seq N`
@@ -114,7 +116,7 @@ async fn get_evidence(
     let Query(q) = q.map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
-            format!("{e}; /v1/evidence takes seq=N"),
+            format!("{e}; /v1/evidence takes seq=N and, optionally, at_size=SIZE"),
             None,
         )
     })?;
@@ -131,6 +133,7 @@ async fn get_evidence(
         &st.ident,
         &hub_key,
         q.seq,
+        q.at_size,
     )
     .await;
     match built {
@@ -139,7 +142,7 @@ async fn get_evidence(
             Bytes::from(bytes),
         )
             .into_response()),
-        Err(e @ (E::NoEntry { .. } | E::Pruned(_))) => {
+        Err(e @ (E::NoEntry { .. } | E::Pruned(_) | E::NotInTree { .. })) => {
             Err(refuse(StatusCode::NOT_FOUND, e.to_string(), None))
         }
         Err(e @ (E::NoReceipt(_) | E::NotYetVerified { .. })) => {

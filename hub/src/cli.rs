@@ -8,7 +8,7 @@
 //! system clock.
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -205,6 +205,16 @@ pub enum Cmd {
         /// Keys copied per transaction (tests use few, to stop a copy mid-way).
         #[arg(long, hide = true, default_value_t = crate::migrate::CHUNK)]
         keys_per_transaction: usize,
+    },
+    /// The campaign's witness policy: draft one from the registry, check a cosigned
+    /// checkpoint against one.
+    #[command(
+        after_help = "Example:\n  spacesync-hub witnesses check cp.txt --policy witnesses-2018.txt   # no data directory needed"
+    )]
+    Witnesses {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: WitnessesCmd,
     },
     /// Dispute evidence files (`spacesync-agent evidence`).
     #[command(
@@ -463,13 +473,19 @@ pub enum BulletinCmd {
         #[arg(long, value_enum, default_value_t = LangArg::Zh)]
         lang: LangArg,
     },
-    /// Check a bulletin file (JSON) against the log; exits 0 only when it matches.
+    /// Check a bulletin file (JSON) against the log; exits 0 only when it matches. With
+    /// --witnesses, also only when the campaign's published witness policy's quorum of
+    /// units cosigned its checkpoint (counting the policy's keys, and keys they handed
+    /// over to in signed key transitions, never keys only the hub's registry names).
     #[command(
-        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin verify b3.json"
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub bulletin verify b3.json --witnesses witnesses-2018.txt"
     )]
     Verify {
         /// The bulletin JSON file.
         file: PathBuf,
+        /// The witness policy (`spacesync-witnesses/1`) published with the campaign.
+        #[arg(long, value_name = "POLICY")]
+        witnesses: Option<PathBuf>,
     },
 }
 
@@ -554,6 +570,14 @@ pub enum CliError {
         file: PathBuf,
         /// What is wrong.
         error: spacesync_shared::evidence::EvidenceError,
+    },
+    /// A witness policy does not read, or a checkpoint does not check out under it.
+    #[error("{}: {error}", file.display())]
+    Policy {
+        /// The policy (or the checkpoint read under it).
+        file: PathBuf,
+        /// What is wrong.
+        error: spacesync_shared::witness_policy::PolicyError,
     },
     /// Reading a checkpoint's cosignatures failed.
     #[error(transparent)]
@@ -759,20 +783,101 @@ pub enum EvidenceCmd {
     /// Check an evidence file offline, with nothing but the file: the entry's signature by
     /// the source key, the hub's receipt, the inclusion proof in the hub-signed checkpoint,
     /// and every listed witness's cosignature. Exits 0 for a genuine file; otherwise
-    /// non-zero, naming what is wrong.
+    /// non-zero, naming what is wrong. With --witnesses, the campaign's published witness
+    /// policy decides who counts: its hub key must be the file's, and its witnesses must
+    /// have cosigned the checkpoint for at least its quorum of provincial units.
     #[command(
-        after_help = "Example:\n  spacesync-hub evidence verify gd-rrt-42.evidence   # no data directory needed"
+        after_help = "Example:\n  spacesync-hub evidence verify gd-rrt-42.evidence --witnesses witnesses-2018.txt   # no data directory needed"
     )]
     Verify {
         /// The evidence file.
         file: PathBuf,
+        /// The witness policy (`spacesync-witnesses/1`) published with the campaign.
+        #[arg(long, value_name = "POLICY")]
+        witnesses: Option<PathBuf>,
     },
+}
+
+/// What `witnesses` does.
+#[derive(Debug, Subcommand)]
+pub enum WitnessesCmd {
+    /// Write a draft witness policy from this hub's registry: the hub key, the campaign's
+    /// quorum, and the witness key of every active source by provincial unit. A draft
+    /// only: the keys come from the hub, so each province must confirm its line (the
+    /// output of `spacesync-agent pubkey --witness`) before the policy is published.
+    #[command(
+        after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub witnesses policy > witnesses-2018.draft"
+    )]
+    Policy,
+    /// Check a checkpoint note (as `GET /v1/checkpoint?size=N` serves it, with its
+    /// cosignature lines) against a witness policy; exits 0 only when the hub's signature
+    /// verifies with the policy's hub key and its quorum of units cosigned. Needs no data
+    /// directory.
+    #[command(
+        after_help = "Example:\n  curl -s https://hub.example/v1/checkpoint?size=72391 > cp.txt\n  spacesync-hub witnesses check cp.txt --policy witnesses-2018.txt"
+    )]
+    Check {
+        /// The checkpoint note file.
+        note: PathBuf,
+        /// The witness policy.
+        #[arg(long, value_name = "POLICY")]
+        policy: PathBuf,
+    },
+}
+
+/// Reads a witness policy file.
+fn read_policy(path: &Path) -> Result<spacesync_shared::witness_policy::Policy, CliError> {
+    use std::io::Read as _;
+    let io = |error| CliError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(spacesync_shared::witness_policy::MAX_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(io)?;
+    spacesync_shared::witness_policy::Policy::parse(&text).map_err(|error| CliError::Policy {
+        file: path.to_path_buf(),
+        error,
+    })
+}
+
+/// `witnesses check NOTE --policy P`.
+fn witnesses_check(note: &Path, policy: &Path) -> Result<(), CliError> {
+    let p = read_policy(policy)?;
+    if p.log.is_none() {
+        return Err(CliError::Usage(format!(
+            "{} names no hub (`log <origin> ed25519:<base64>`): without it the checkpoint's own signature cannot be checked; add the hub's line (`spacesync-hub pubkey` and the checkpoint origin)",
+            policy.display()
+        )));
+    }
+    let text = std::fs::read_to_string(note).map_err(|error| CliError::Io {
+        path: note.to_path_buf(),
+        error,
+    })?;
+    let t = p.tally(&text).map_err(|error| CliError::Policy {
+        file: note.to_path_buf(),
+        error,
+    })?;
+    if !t.met() {
+        return Err(CliError::Usage(format!(
+            "{}: {}",
+            note.display(),
+            t.describe()
+        )));
+    }
+    spacesync_shared::outln!("ok: {}", t.describe());
+    Ok(())
 }
 
 /// `evidence verify FILE`: the summary line of a genuine file, or what is wrong.
 fn evidence(cmd: EvidenceCmd) -> Result<(), CliError> {
     use std::io::Read as _;
-    let EvidenceCmd::Verify { file } = cmd;
+    let EvidenceCmd::Verify { file, witnesses } = cmd;
+    let policy = witnesses.as_deref().map(read_policy).transpose()?;
     let io = |error| CliError::Io {
         path: file.clone(),
         error,
@@ -785,11 +890,22 @@ fn evidence(cmd: EvidenceCmd) -> Result<(), CliError> {
                 .read_to_end(&mut bytes)
         })
         .map_err(io)?;
-    let p = spacesync_shared::evidence::verify(&bytes).map_err(|error| CliError::Evidence {
+    let evidence_error = |error| CliError::Evidence {
         file: file.clone(),
         error,
-    })?;
-    let witnesses = if p.witnesses.is_empty() {
+    };
+    let (p, tally) = match &policy {
+        Some(policy) => spacesync_shared::evidence::verify_under(&bytes, policy)
+            .map(|(p, t)| (p, Some(t)))
+            .map_err(evidence_error)?,
+        None => (
+            spacesync_shared::evidence::verify(&bytes).map_err(evidence_error)?,
+            None,
+        ),
+    };
+    let witnesses = if let Some(t) = tally {
+        format!("under the witness policy, {}", t.describe())
+    } else if p.witnesses.is_empty() {
         "no witness cosignature".to_string()
     } else {
         format!(
@@ -862,6 +978,27 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::NoticeRules { now, remote, cmd } => notice_rules(&dir, now.as_deref(), &remote, cmd)?,
         Cmd::Bulletin { remote, cmd } => bulletins(&dir, &remote, cmd)?,
         Cmd::Evidence { cmd } => evidence(cmd)?,
+        Cmd::Witnesses {
+            cmd: WitnessesCmd::Check { note, policy },
+        } => witnesses_check(&note, &policy)?,
+        Cmd::Witnesses {
+            cmd: WitnessesCmd::Policy,
+        } => {
+            let store = config::open_store(&dir)?;
+            let cfg = config::load_config(&dir)?;
+            let campaign = config::load_campaign(&dir)?;
+            let key = keys::read_secret(&dir.key())?;
+            let registry = crate::registry::load_all(store.as_ref())?;
+            spacesync_shared::out!(
+                "{}",
+                witness::draft_policy(
+                    &registry,
+                    &cfg.origin,
+                    key.verifying_key(),
+                    campaign.witness_quorum as usize
+                )
+            );
+        }
         Cmd::Rebuild => {
             let store = config::open_store(&dir)?;
             let baseline = config::load_campaign(&dir)?.baseline;
@@ -1612,7 +1749,8 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 spacesync_shared::outln!();
             }
         }
-        BulletinCmd::Verify { file } => {
+        BulletinCmd::Verify { file, witnesses } => {
+            let policy = witnesses.as_deref().map(read_policy).transpose()?;
             let store = config::open_store(dir)?;
             let cfg = config::load_config(dir)?;
             let campaign = config::load_campaign(dir)?;
@@ -1648,6 +1786,39 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                     file: file.clone(),
                     error: bulletin::BulletinError::Witness(error.to_string()),
                 })?;
+            if let (Some(mut policy), Some(path)) = (policy, witnesses) {
+                let policy_error = |error| CliError::Policy {
+                    file: path.clone(),
+                    error,
+                };
+                policy
+                    .check_log(&cfg.origin, &key.verifying_key())
+                    .map_err(policy_error)?;
+                let added = witness::extend_by_transitions(store.as_ref(), &mut policy)?;
+                let t = witness::status_under(store.as_ref(), &policy, size, note)?;
+                let handed = if added > 0 {
+                    format!(
+                        " ({added} key(s) its witnesses handed over to in their chains counted)"
+                    )
+                } else {
+                    String::new()
+                };
+                if !t.met() {
+                    return Err(CliError::Usage(format!(
+                        "bulletin {} matches the log, but under the witness policy {}: {}{handed}; it is not witnessed yet (agents cosign a bulletin's checkpoint when they sync)",
+                        doc["number"],
+                        path.display(),
+                        t.describe()
+                    )));
+                }
+                spacesync_shared::outln!(
+                    "ok: bulletin {} matches the log at checkpoint size {size}; under the witness policy {}: {}{handed}",
+                    doc["number"],
+                    path.display(),
+                    t.describe()
+                );
+                return Ok(());
+            }
             spacesync_shared::outln!(
                 "ok: bulletin {} matches the log at checkpoint size {size}; {}{}",
                 doc["number"],

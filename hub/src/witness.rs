@@ -26,6 +26,7 @@ use spacesync_shared::campaign::Campaign;
 use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::merkle::{self, Checkpoint};
 use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission, WitnessWanted};
+use spacesync_shared::witness_policy;
 
 use crate::assessment::WitnessStatus;
 
@@ -593,6 +594,120 @@ pub fn status_as_of<'a>(
         .filter(|r| r.status == SourceStatus::Active)
         .collect();
     tally(store, size, note, &members, &all, campaign)
+}
+
+/// A draft witness policy from `registry`: the hub's log line, `quorum`, and the witness
+/// key in force of every active source, by its provincial unit. The header says what it
+/// is: keys the hub lists, which each province must confirm before the campaign publishes
+/// it (a policy taken from the hub unchecked trusts the hub to name its witnesses).
+pub fn draft_policy<'a>(
+    registry: impl IntoIterator<Item = &'a SourceRecord>,
+    origin: &str,
+    hub_key: ed25519_dalek::VerifyingKey,
+    quorum: usize,
+) -> String {
+    let mut witnesses = BTreeMap::new();
+    for rec in registry {
+        if rec.status != SourceStatus::Active {
+            continue;
+        }
+        let Some(c) = cosigner(rec) else { continue };
+        witnesses.insert(
+            c.name().to_string(),
+            witness_policy::Witness {
+                unit: rec.scope.province(),
+                keys: vec![c],
+            },
+        );
+    }
+    let policy = witness_policy::Policy {
+        log: Some(witness_policy::LogKey {
+            origin: origin.to_string(),
+            key: hub_key,
+        }),
+        quorum,
+        witnesses,
+    };
+    let units = policy.units().len();
+    let mut out = format!(
+        "# Witness policy DRAFT from the hub's registry ({units} provincial unit(s) with active sources).\n\
+         # Before publishing it with the campaign, have every province confirm its line:\n\
+         #   spacesync-agent --data DIR pubkey --witness\n\
+         # prints it; a line the province does not confirm must not be published.\n"
+    );
+    if quorum > units {
+        out.push_str(&format!(
+            "# The quorum ({quorum}) is more than the units listed: no checkpoint can be witnessed until more provinces enrol.\n"
+        ));
+    }
+    out.push_str(&policy.render());
+    out
+}
+
+/// Adds to `policy` every key its witnesses handed over to in their own chains: a
+/// key-transition entry of source `s` in the log, signed by a key the policy already holds
+/// for `spacesync-witness/<s>`, whose new key's proof verifies. Keys the hub registered
+/// otherwise (an admin's `rotate --lost`, a re-enrolment) are not added: only what the
+/// published key signed extends it. Returns how many keys were added.
+pub fn extend_by_transitions(
+    store: &dyn Store,
+    policy: &mut witness_policy::Policy,
+) -> Result<usize, WitnessError> {
+    let mut added = 0;
+    for row in log::iter(store) {
+        let (_, rec) = row?;
+        let Some(source) = &rec.source else { continue };
+        if crate::registry::transition_in(&rec.envelope.payload).is_none() {
+            continue;
+        }
+        let name = cosign::witness_name(source);
+        let Some(w) = policy.witnesses.get(&name) else {
+            continue;
+        };
+        let opened = w
+            .keys
+            .iter()
+            .find_map(|c| spacesync_shared::entry::Entry::open(&rec.envelope, c.key()).ok());
+        let Some(Ok(Some(new))) = opened.map(|e| e.transition()) else {
+            continue;
+        };
+        if w.keys.iter().all(|c| c.key() != &new) && policy.add_key(&name, new) {
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// How far the checkpoint `note` of `size` leaves is witnessed under `policy`: the kept
+/// lines for that size put on the note a note's worth at a time, counted by the policy's
+/// keys only. The hub's signature on `note` is the caller's to check.
+pub fn status_under(
+    store: &dyn Store,
+    policy: &witness_policy::Policy,
+    size: u64,
+    note: &str,
+) -> Result<witness_policy::Tally, WitnessError> {
+    let lines: Vec<String> = collected(store, size)?
+        .into_values()
+        .map(|k| k.line)
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for chunk in lines.chunks(MAX_LINES) {
+        let with = cosign::add(note, chunk).map_err(|e| WitnessError::Malformed(e.to_string()))?;
+        names.extend(
+            policy
+                .cosigned_by(&with)
+                .map_err(|e| WitnessError::Malformed(e.to_string()))?,
+        );
+    }
+    if lines.is_empty() {
+        names.extend(
+            policy
+                .cosigned_by(note)
+                .map_err(|e| WitnessError::Malformed(e.to_string()))?,
+        );
+    }
+    Ok(policy.tally_names(size, &names))
 }
 
 /// Most bulletin checkpoints the hub asks witnesses for at once.

@@ -27,6 +27,7 @@ use crate::entry::{Entry, SourceId};
 use crate::keys::parse_public_key;
 use crate::merkle::{self, Hash, NoteVerifier};
 use crate::wire::open_entry_receipt;
+use crate::witness_policy::{Policy, Tally};
 
 /// The `format` member of an evidence file.
 pub const FORMAT: &str = "spacesync-evidence/1";
@@ -223,6 +224,31 @@ pub fn verify(bytes: &[u8]) -> Result<Proven, EvidenceError> {
     })
 }
 
+/// [`verify`], then the checkpoint read under a witness policy published outside the hub
+/// ([`crate::witness_policy`]): the hub key must be the one the policy names (when it
+/// names one), and the cosignatures of the policy's witnesses must witness at least its
+/// quorum of provincial units. The file's own `witnesses` list is not trusted for the
+/// count (the writer chose it); only the policy's keys count.
+pub fn verify_under(bytes: &[u8], policy: &Policy) -> Result<(Proven, Tally), EvidenceError> {
+    let proven = verify(bytes)?;
+    let f = parse(bytes)?;
+    let hub = parse_public_key(&f.hub_key).map_err(|e| EvidenceError::HubKey(e.to_string()))?;
+    policy
+        .check_log(&proven.origin, &hub)
+        .map_err(|e| EvidenceError::HubKey(e.to_string()))?;
+    let tally = policy
+        .tally_lines(&f.checkpoint, proven.size)
+        .map_err(|e| EvidenceError::Witness(e.to_string()))?;
+    if !tally.met() {
+        return Err(EvidenceError::Witness(format!(
+            "{}; the policy's quorum is not met — write the evidence again from a checkpoint more provinces have cosigned (`spacesync-agent evidence --seq {} --at-size SIZE` with a bulletin's checkpoint size)",
+            tally.describe(),
+            proven.seq
+        )));
+    }
+    Ok((proven, tally))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +361,64 @@ mod tests {
                 assert!(!e.to_string().is_empty());
             }
         }
+    }
+
+    fn policy(quorum: usize, hub: u8, units: &[&str]) -> Policy {
+        let mut t = format!(
+            "format {}\nlog {ORIGIN} {}\nquorum {quorum}\n",
+            crate::witness_policy::FORMAT,
+            public_key_line(&SigningKey::from_bytes(&[hub; 32]).verifying_key())
+        );
+        for (i, unit) in units.iter().enumerate() {
+            let k = SigningKey::from_bytes(&[10 + i as u8; 32]);
+            let c = Cosigner::new(&format!("spacesync-witness/w{i}"), k.verifying_key())
+                .unwrap_or_else(|e| panic!("{e}"));
+            t.push_str(&format!("witness {unit} {}\n", c.to_vkey()));
+        }
+        Policy::parse(&t).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Under a policy only its keys count, its hub key must be the file's, and its quorum
+    /// must be met.
+    #[test]
+    fn a_policy_decides_what_witnessed_means() {
+        let good = genuine();
+        // w0 and w1 in two units, quorum 2: met.
+        let (_, t) = verify_under(&good, &policy(2, 2, &["440000", "110000"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.units, vec!["110000", "440000"]);
+        // Both in one unit: one unit witnessed, quorum 2 over three listed units not met.
+        let e = verify_under(&good, &policy(2, 2, &["440000", "440000", "310000"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("witnesses: checkpoint of 9 entries witnessed by 1 of the policy's 2 unit(s), quorum 2 (quorum NOT met)"), "{e}");
+        // Another hub key in the policy.
+        let e = verify_under(&good, &policy(1, 3, &["440000"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("hub_key: the hub key"), "{e}");
+        // Keys the file lists but the policy does not (the writer's choice) count for nothing.
+        let mut strangers = policy(1, 2, &["440000"]);
+        strangers.witnesses.clear();
+        let k = SigningKey::from_bytes(&[99; 32]);
+        let c = Cosigner::new("spacesync-witness/w0", k.verifying_key())
+            .unwrap_or_else(|e| panic!("{e}"));
+        strangers.witnesses.insert(
+            c.name().to_string(),
+            crate::witness_policy::Witness {
+                unit: crate::region::RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}")),
+                keys: vec![c],
+            },
+        );
+        let e = verify_under(&good, &strangers)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("witnessed by 0 of the policy's 1 unit(s)"),
+            "{e}"
+        );
     }
 }

@@ -52,6 +52,7 @@ pub mod retry;
 pub mod sig;
 pub mod validate;
 pub mod wire;
+pub mod witness_policy;
 
 pub use campaign::Campaign;
 pub use dsse::{Digest, Envelope};

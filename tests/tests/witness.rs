@@ -254,8 +254,40 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
         ),
         "{html}"
     );
+    // Each province's line for the witness policy, as published before the rotation below.
+    let hub_key = parse_public_key(&hub.key_line).unwrap_or_else(|e| panic!("{e}"));
+    let lines_before: Vec<String> = agents
+        .iter()
+        .map(|a| ok(&a.cli(&["pubkey", "--witness"]), "pubkey --witness"))
+        .collect();
+    for (a, l) in agents.iter().zip(&lines_before) {
+        assert_eq!(
+            *l,
+            format!("witness {} {}", a.site.scope, witness(a).to_vkey()),
+            "{l}"
+        );
+    }
+    let origin = doc["checkpoint"]["origin"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no origin: {doc}"))
+        .to_string();
+    let policy_of = |lines: &[String]| {
+        format!(
+            "# the campaign's witnesses\nformat spacesync-witnesses/1\nlog {origin} {}\nquorum 2\n{}\n",
+            spacesync_shared::keys::public_key_line(&hub_key),
+            lines.join("\n")
+        )
+    };
+    let policy_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let old_policy = policy_dir.path().join("witnesses-old.txt");
+    std::fs::write(&old_policy, policy_of(&lines_before)).unwrap_or_else(|e| panic!("{e}"));
+    // The second province rotates its key while stopped: the hand-over is an entry of its
+    // chain signed by the key the policy lists, and it cosigns from now on with the new key.
+    let new_key = ok(
+        &agents[1].cli(&["rotate-key", "--now", spacesync_tests::cluster::AGENT_NOW]),
+        "rotate-key",
+    );
     agents[1].start().await;
-    agents[2].start().await;
     let start = std::time::Instant::now();
     // (The scheduler may have issued bulletins of its own: find ours.)
     let ours = async || {
@@ -265,10 +297,141 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
             .and_then(|l| l.iter().find(|b| b["number"] == number).cloned())
             .unwrap_or_else(|| panic!("bulletin {n} is not listed: {list}"))
     };
+    loop {
+        let list = ours().await;
+        // The first and the rotated second: the quorum.
+        if list["witnessed"]["units"]
+            .as_array()
+            .is_some_and(|w| w.len() >= 2)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "bulletin {n} not witnessed by the quorum: {list}\n{}",
+            agents[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Under the policy published before the rotation, the second province's new key is not
+    // listed: anyone holding only the policy and the checkpoint counts one unit, short of
+    // the quorum. With its new line added (the old one kept), the quorum is met.
+    let cp_file = policy_dir.path().join("cp.txt");
+    std::fs::write(
+        &cp_file,
+        get(&format!("/v1/checkpoint?size={pinned}")).await,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let check = |policy: &std::path::Path| {
+        std::process::Command::new(hub_bin())
+            .args(["witnesses", "check", &cp_file.to_string_lossy(), "--policy"])
+            .arg(policy)
+            .env_remove("SPACESYNC_HUB_DATA")
+            .current_dir(policy_dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let short = check(&old_policy);
+    assert!(!short.status.success(), "{short:?}");
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        err.contains(&format!(
+            "checkpoint of {pinned} entries witnessed by 1 of the policy's 3 unit(s), quorum 2 (quorum NOT met): units {}",
+            SITES[0].scope
+        )),
+        "{err}"
+    );
+    let rotated_line = ok(&agents[1].cli(&["pubkey", "--witness"]), "pubkey --witness");
+    assert!(rotated_line.ends_with(&{
+        let k = parse_public_key(&new_key).unwrap_or_else(|e| panic!("{e}"));
+        Cosigner::new(&cosign::witness_name(&agents[1].source()), k)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_vkey()
+    }));
+    let mut lines_after = lines_before.clone();
+    lines_after.push(rotated_line.clone());
+    let new_policy = policy_dir.path().join("witnesses.txt");
+    std::fs::write(&new_policy, policy_of(&lines_after)).unwrap_or_else(|e| panic!("{e}"));
+    let met = ok(&check(&new_policy), "witnesses check");
+    assert!(
+        met.starts_with(&format!(
+            "ok: checkpoint of {pinned} entries witnessed by 2 of the policy's 3 unit(s), quorum 2 (quorum met)"
+        )),
+        "{met}"
+    );
+    // A policy naming another hub key refuses the checkpoint outright.
+    let other_hub = policy_dir.path().join("other-hub.txt");
+    std::fs::write(
+        &other_hub,
+        policy_of(&lines_after).replace(
+            &spacesync_shared::keys::public_key_line(&hub_key),
+            &agents[2].key_line,
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let refused = check(&other_hub);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("does not verify with the policy's hub key"),
+        "{refused:?}"
+    );
+    // Evidence of the first province's entry at the bulletin's checkpoint (proved consistent
+    // with the newer one its agent verified), checked under each policy.
+    let ev = policy_dir.path().join("seq-1.evidence");
+    let said = ok(
+        &agents[0].cli(&[
+            "evidence",
+            "--seq",
+            "1",
+            "--at-size",
+            &pinned.to_string(),
+            "--out",
+            &ev.to_string_lossy(),
+        ]),
+        "evidence --at-size",
+    );
+    assert!(
+        said.contains(&format!("checkpoint of {pinned} entries")),
+        "{said}"
+    );
+    let ev_verify = |policy: &std::path::Path| {
+        std::process::Command::new(hub_bin())
+            .args(["evidence", "verify", &ev.to_string_lossy(), "--witnesses"])
+            .arg(policy)
+            .env_remove("SPACESYNC_HUB_DATA")
+            .current_dir(policy_dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let said = ok(&ev_verify(&new_policy), "evidence verify --witnesses");
+    assert!(
+        said.contains("under the witness policy, checkpoint of"),
+        "{said}"
+    );
+    assert!(said.contains("(quorum met)"), "{said}");
+    let short = ev_verify(&old_policy);
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("witnesses: checkpoint of"),
+        "{short:?}"
+    );
+    // A size that does not hold the entry, and one beyond what the agent verified.
+    let small = agents[0].cli(&[
+        "evidence",
+        "--seq",
+        "3",
+        "--at-size",
+        "1",
+        "--out",
+        &policy_dir.path().join("small").to_string_lossy(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&small.stderr).contains("outside the checkpoint of 1 entries"),
+        "{small:?}"
+    );
+    agents[2].start().await;
     let list = loop {
         let list = ours().await;
-        // The hub stops asking once the quorum is there: two, or three if both
-        // restarted agents asked before either line arrived.
         if list["witnessed"]["units"]
             .as_array()
             .is_some_and(|w| w.len() >= 2)
@@ -302,6 +465,33 @@ async fn a_bulletin_checkpoint_is_witnessed_by_the_quorum_after_the_log_moved_on
     let out = hub.cli(&["bulletin", "verify", &file.to_string_lossy()]);
     let verified = ok(&out, "bulletin verify");
     assert!(verified.contains(&said), "{verified}");
+    // With the policy published before the rotation: the second province's new key counts,
+    // because the key the policy lists handed over to it in a signed entry of its chain.
+    let out = hub.cli(&[
+        "bulletin",
+        "verify",
+        &file.to_string_lossy(),
+        "--witnesses",
+        &old_policy.to_string_lossy(),
+    ]);
+    let verified = ok(&out, "bulletin verify --witnesses");
+    assert!(verified.contains("(quorum met)"), "{verified}");
+    assert!(
+        verified.contains("1 key(s) its witnesses handed over to in their chains counted"),
+        "{verified}"
+    );
+    assert!(verified.contains(&SITES[1].scope.to_string()), "{verified}");
+    // The draft policy from the registry holds every province's current line.
+    let draft = ok(&hub.cli(&["witnesses", "policy"]), "witnesses policy");
+    assert!(draft.contains("DRAFT"), "{draft}");
+    assert!(draft.contains(&rotated_line), "{draft}");
+    assert!(
+        draft.contains(&lines_before[0]) && draft.contains(&lines_before[2]),
+        "{draft}"
+    );
+    assert!(!draft.contains(&lines_before[1]), "{draft}");
+    spacesync_shared::witness_policy::Policy::parse(&draft)
+        .unwrap_or_else(|e| panic!("{e}\n{draft}"));
 }
 
 /// The prefixes every refusal of an evidence file starts with: each names a member of the

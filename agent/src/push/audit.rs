@@ -205,7 +205,7 @@ struct ProofAnswer {
     proof: Vec<String>,
 }
 
-pub(super) fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
+pub(crate) fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditError> {
     let unreadable = |why: String| {
         AuditError::Hub(transient(
             format!("{what}: the hub's answer is unreadable: {why}"),

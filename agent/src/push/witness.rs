@@ -232,6 +232,12 @@ pub async fn cosign_wanted<T: Transport>(
                 warn!(size, code = ?code, error = ?msg, "The hub refused this agent's cosignature of an earlier checkpoint.")
             }
         }
+        // As for the kept checkpoint: a line the hub could not verify (its registry still
+        // holds the key before an offline `rotate-key`) is sent again next sync, or this
+        // province would never witness the bulletin.
+        if matches!(sent, Sent::Refused(Some(RefusalCode::BadCosignature), _)) {
+            continue;
+        }
         st.cosigned_pins.push(size);
         if st.cosigned_pins.len() > PINS_KEPT {
             st.cosigned_pins.remove(0);
