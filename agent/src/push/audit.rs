@@ -17,12 +17,29 @@
 //! What a check finds wrong is a [`Finding`]: the log alarm (`log_alarm` in the status) is
 //! set, the evidence (both notes, the proof) is stored in the store's `audit_evidence`
 //! tree, and the alarm stays — nothing the hub answers later clears it. A hub that refuses
-//! or fails an audit request ([`AuditError::Hub`]) raises no alarm but advances nothing:
-//! the next sync tries again. The audit never stops delivery.
+//! or fails an audit request ([`AuditError::Hub`]) advances nothing: the next sync tries
+//! again. The audit never stops delivery.
+//!
+//! # A hub that refuses audits
+//!
+//! A lying hub could keep the alarm silent by answering every audit request with an error
+//! while it accepts entries. So the pusher counts ([`unfinished`]) every sync whose audit
+//! could not be finished although **the hub answered in that sync** — it refused or failed
+//! an audit request (any status, `429`/`503` with `Retry-After` included: a hub
+//! "overloaded" for every audit but not for deliveries is refusing; an unreadable proof
+//! too), or the audit's request was not answered but the delivery after it was (a hub that
+//! drops only the audit's connections) — and whose delivery then succeeded. The run starts
+//! at the first such sync ([`AuditState::unfinished_since`], agent clock, stored and
+//! flushed: a restart does not reset it). When the run has lasted [`REFUSED_AFTER`] (an
+//! hour) **and** counts at least [`REFUSED_AUDITS`] (3) audits, the
+//! [`Finding::Refused`] alarm (`audit_refused`) is raised like any other finding. A
+//! finished audit (verified, or a finding) ends the run; a sync where the hub answered
+//! nothing (down: not lying), whose delivery failed, or whose audit failed on the local
+//! store neither counts nor ends it. While the log alarm stands nothing is counted.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use spacesync_shared::dsse::pae;
@@ -45,6 +62,15 @@ pub const MAX_EVIDENCE: usize = 100;
 /// is far smaller; one larger is evidence by its first bytes).
 pub const MAX_EVIDENCE_BYTES: usize = 64 << 10;
 
+/// How long audits must have stayed unfinished, while the hub answered and accepted
+/// deliveries, before the [`Finding::Refused`] alarm (agent clock).
+pub const REFUSED_AFTER: TimeDelta = TimeDelta::hours(1);
+/// And how many audits in a row at least (one slow restart of the hub is not a refusal).
+pub const REFUSED_AUDITS: u32 = 3;
+/// Most characters of the last refusal quoted in the [`Finding::Refused`] alarm (the hub
+/// writes its error text).
+const MAX_WHY_CHARS: usize = 300;
+
 /// The first [`MAX_EVIDENCE_BYTES`] of a hub answer, as text.
 pub(super) fn kept_text(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(MAX_EVIDENCE_BYTES)]).into_owned()
@@ -66,6 +92,14 @@ pub struct AuditState {
     /// few, so each is sent once.
     #[serde(default)]
     pub cosigned_pins: Vec<u64>,
+    /// When (agent clock) the current run of audits the hub answered but did not let
+    /// finish began ([`unfinished`]); `None` after a finished audit. Stored so that making
+    /// the agent restart does not reset it.
+    #[serde(default)]
+    pub unfinished_since: Option<DateTime<Utc>>,
+    /// Audits in that run (the alarm needs [`REFUSED_AUDITS`] of them, not only time).
+    #[serde(default)]
+    pub unfinished_audits: u32,
 }
 
 impl AuditState {
@@ -103,6 +137,16 @@ pub enum Finding {
     Fork(String),
     /// An entry the hub receipted is not in its tree.
     Missing(String),
+    /// The hub answered, and accepted deliveries, but let no audit finish for
+    /// [`REFUSED_AFTER`] and [`REFUSED_AUDITS`] audits ([`unfinished`]).
+    Refused {
+        /// The first unfinished audit of the run (agent clock).
+        since: DateTime<Utc>,
+        /// Audits in the run.
+        audits: u32,
+        /// The last audit's failure, as the agent saw it (at most [`MAX_WHY_CHARS`]).
+        why: String,
+    },
 }
 
 impl Finding {
@@ -113,6 +157,7 @@ impl Finding {
             Finding::Rollback { .. } => "rollback",
             Finding::Fork(_) => "fork",
             Finding::Missing(_) => "missing_entry",
+            Finding::Refused { .. } => "audit_refused",
         }
     }
 
@@ -131,6 +176,11 @@ impl Finding {
             Finding::Missing(why) => {
                 format!("an entry the hub receipted is not in its log: {why}")
             }
+            Finding::Refused { since, audits, why } => format!(
+                "the hub has let no audit of its log finish since {} by this agent's clock ({audits} audits in a row), while it answered and accepted this agent's deliveries; the last: {why}; \
+                 answers of 429 or 503 (overloaded) to every audit but not to deliveries, dropped audit connections, and a hub too old to serve its log count as refusing",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         };
         format!(
             "{} ({what}); the evidence is kept in this agent's store — tell the hub operator and the campaign, and keep this data directory",
@@ -173,7 +223,8 @@ pub struct Evidence {
     pub detected: String,
     /// The checkpoint note kept before (verified by an earlier audit).
     pub kept: Option<String>,
-    /// The checkpoint note the hub served now.
+    /// The checkpoint note the hub served now (empty when it served none: `audit_refused`,
+    /// and the operator's `cleared` record).
     pub fetched: String,
     /// The proof request and its answer as received, when a proof failed.
     pub proof: Option<ProofEvidence>,
@@ -296,7 +347,11 @@ pub async fn audit<T: Transport>(
     now: DateTime<Utc>,
 ) -> Result<Outcome, AuditError> {
     let mut st = AuditState::load(store)?;
-    let p = match check(link, store, key, &st, now, Scope::NewBatches).await? {
+    let checked = check(link, store, key, &st, now, Scope::NewBatches).await?;
+    // The audit finished: a run of unfinished ones ([`unfinished`]) ends here.
+    st.unfinished_since = None;
+    st.unfinished_audits = 0;
+    let p = match checked {
         Ok(p) => p,
         Err((evidence, f)) => return raise(store, state, &mut st, *evidence, f).await,
     };
@@ -362,6 +417,9 @@ pub async fn clear_alarm(
     let Some(old) = st.alarm.take() else {
         return Ok(None);
     };
+    // Counting starts again too, as at the first audit.
+    st.unfinished_since = None;
+    st.unfinished_audits = 0;
     let reason: String = reason.chars().take(500).collect();
     let record = Evidence {
         at: now,
@@ -517,6 +575,50 @@ async fn check<T: Transport>(
         passed.proven += 1;
     }
     Ok(Ok(passed))
+}
+
+/// Counts one sync whose audit could not be finished (`why`) although the hub answered in
+/// that sync and the delivery after the audit succeeded — the caller's to know (see the
+/// module doc) — and raises [`Finding::Refused`] once the run has lasted [`REFUSED_AFTER`]
+/// with at least [`REFUSED_AUDITS`] audits. Nothing is counted while the log alarm stands.
+/// The state is stored and flushed. Returns the finding when it was raised now.
+pub async fn unfinished(
+    store: &Store,
+    state: &SharedPushState,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Finding>, AuditError> {
+    let mut st = AuditState::load(store)?;
+    if st.alarm.is_some() {
+        return Ok(None);
+    }
+    let since = *st.unfinished_since.get_or_insert(now);
+    st.unfinished_audits = st.unfinished_audits.saturating_add(1);
+    if st.unfinished_audits >= REFUSED_AUDITS && now - since >= REFUSED_AFTER {
+        let f = Finding::Refused {
+            since,
+            audits: st.unfinished_audits,
+            why: why.chars().take(MAX_WHY_CHARS).collect(),
+        };
+        let evidence = Evidence {
+            at: now,
+            code: String::new(),
+            detected: String::new(),
+            kept: st.checkpoint.clone(),
+            fetched: String::new(),
+            proof: None,
+        };
+        raise(store, state, &mut st, evidence, f.clone()).await?;
+        return Ok(Some(f));
+    }
+    let json = serde_json::to_vec(&st).unwrap_or_default();
+    store.set_audit_state(&json, None).await?;
+    debug!(
+        since = %since,
+        audits = st.unfinished_audits,
+        "Audit unfinished while the hub answered; counted."
+    );
+    Ok(None)
 }
 
 /// Every receipted seq up to `acked`, ascending.

@@ -4,14 +4,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
+use spacesync_shared::Digest;
+use spacesync_shared::clock::{Clock, FixedClock};
 use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::dsse::pae;
+use spacesync_shared::keys::public_key_line;
 use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
-use spacesync_shared::wire::{BatchReceipt, CosignatureSubmission, ReceiptItem};
+use spacesync_shared::wire::{
+    BatchReceipt, CosignatureSubmission, IngestResponse, ReceiptItem, SourceHead,
+};
+use tokio::sync::Notify;
 
+use super::Pusher;
 use super::audit::{
     AuditState, CLEARED, Evidence, Finding, FullAudit, MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Outcome,
     audit, audit_all, clear_alarm,
@@ -20,6 +29,7 @@ use super::classify::Link;
 use super::state::{PushState, SharedPushState, lock};
 use super::transport::{Answer, Request, Transport, Unreached};
 use super::witness::{self, Sent};
+use crate::config::Config;
 use crate::intake::tests::{clock, identity, json as submission, writer};
 use crate::store::Store;
 
@@ -47,6 +57,18 @@ struct Log {
     /// Leaves `/v1/checkpoint?size=` is signed over instead of the log's (a hub that shows
     /// another tree of that size).
     forked_prefix: Option<Vec<Hash>>,
+    /// The `Retry-After` of the answers `fail` scripts.
+    retry_after: Option<Duration>,
+    /// Requests of these kinds are not answered (the connection dropped).
+    dropped: Vec<&'static str>,
+    /// No request is answered (the hub down).
+    down: bool,
+    /// What the hub holds of this agent's chain (`/v1/agent/head`), grown by ingest.
+    held: u64,
+    /// Hash of the entry at `held`.
+    head: Digest,
+    /// Ingest requests answered.
+    ingests: u64,
 }
 
 #[derive(Clone, Default)]
@@ -78,6 +100,13 @@ impl Transport for Hub {
     async fn send(&mut self, req: &Request) -> Result<Answer, Unreached> {
         let mut log = self.log();
         log.seen.push(req.what());
+        let unreached = || Unreached {
+            error: "connection refused".into(),
+            doubt: false,
+        };
+        if log.down {
+            return Err(unreached());
+        }
         let kind = match req {
             Request::Checkpoint => "checkpoint",
             Request::Consistency { .. } => "consistency",
@@ -112,12 +141,50 @@ impl Transport for Hub {
                     .unwrap_or_else(|e| panic!("{e}"));
                 return ok(note.into_bytes());
             }
+            // Delivery, for the pusher's cycle: the hub logs each entry as its next leaf.
+            Request::Head => {
+                let sh = SourceHead {
+                    source: identity().source.clone(),
+                    held_through: log.held,
+                    head: log.head,
+                };
+                return ok(serde_json::to_vec(&sh).unwrap_or_default());
+            }
+            Request::Ingest { first, batch, .. } => {
+                let mut entries = Vec::new();
+                for (env, seq) in batch.entries.iter().zip(*first..) {
+                    entries.push(ReceiptItem {
+                        seq,
+                        entry_hash: env.payload_hash(),
+                        log_index: log.leaves.len() as u64,
+                        received_at: chrono::DateTime::UNIX_EPOCH,
+                    });
+                    log.leaves
+                        .push(merkle::leaf_hash(&pae(&env.payload_type, &env.payload)));
+                    (log.held, log.head) = (seq, env.payload_hash());
+                }
+                log.ingests += 1;
+                let receipt = BatchReceipt {
+                    source: batch.source.clone(),
+                    entries,
+                }
+                .sign(&hub_key());
+                let r = IngestResponse {
+                    held_through: log.held,
+                    batch_receipt: Some(receipt),
+                    ..Default::default()
+                };
+                return ok(serde_json::to_vec(&r).unwrap_or_default());
+            }
             other => panic!("not an audit request: {}", other.what()),
         };
+        if log.dropped.contains(&kind) {
+            return Err(unreached());
+        }
         if let Some((status, body)) = log.fail.get(kind) {
             return Ok(Answer {
                 status: *status,
-                retry_after: None,
+                retry_after: log.retry_after,
                 body: body.clone(),
             });
         }
@@ -793,4 +860,330 @@ async fn a_wanted_checkpoint_off_the_verified_tree_is_a_fork() {
     assert_eq!(ev[0].fetched.lines().nth(1), Some("2"), "{}", ev[0].fetched);
     // And from then on the kept checkpoint is not cosigned either.
     assert_eq!(s.cosign_kept().await, None);
+}
+
+/// The pusher's sync cycle (audit, then delivery) against the scripted hub, on a clock the
+/// test moves: a hub that answers deliveries but lets no audit finish.
+struct Syncs {
+    _dir: tempfile::TempDir,
+    store: Store,
+    hub: Hub,
+    clock: Arc<FixedClock>,
+    state: SharedPushState,
+    pusher: Pusher<Hub>,
+}
+
+/// The pusher over `store`, the hub key pinned, with a fresh push state (as a started agent).
+fn pusher(store: &Store, hub: &Hub, clock: &Arc<FixedClock>) -> (Pusher<Hub>, SharedPushState) {
+    let ident = identity();
+    let mut cfg = Config::new(ident.source.clone(), ident.scope, "http://hub.test".into());
+    cfg.hub_key = Some(public_key_line(&hub_key().verifying_key()));
+    let state: SharedPushState = Arc::default();
+    let clock: Arc<dyn Clock> = clock.clone();
+    let p = Pusher::with_transport(
+        hub.clone(),
+        Arc::new(cfg),
+        ident,
+        store.clone(),
+        clock,
+        state.clone(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    (p, state)
+}
+
+fn syncs() -> Syncs {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+    let hub = Hub::default();
+    let clock = Arc::new(FixedClock::new(clock().now()));
+    let (pusher, state) = pusher(&store, &hub, &clock);
+    Syncs {
+        _dir: dir,
+        store,
+        hub,
+        clock,
+        state,
+        pusher,
+    }
+}
+
+impl Syncs {
+    /// `minutes` later, one sync cycle with `append` new entries buffered first: whether it
+    /// delivered the buffer.
+    async fn sync_at(&mut self, minutes: i64, append: usize) -> bool {
+        let t0 = clock().now();
+        self.clock.set(t0 + TimeDelta::minutes(minutes));
+        if append > 0 {
+            let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+            let mut w = writer(&self.store, Default::default());
+            w.submit(&submission(&vec![act; append].join("\n")), &mut |_| {})
+                .unwrap_or_else(|e| panic!("{e}"));
+            self.store.flush().unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.pusher.cycle(false).await.is_ok()
+    }
+
+    /// The agent stopped and started again: a new pusher and push state over the store.
+    fn restart(&mut self) {
+        let (p, state) = pusher(&self.store, &self.hub, &self.clock);
+        (self.pusher, self.state) = (p, state);
+    }
+
+    fn kept(&self) -> AuditState {
+        AuditState::load(&self.store).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn log_alarm(&self) -> Option<String> {
+        lock(&self.state).log_alarm.clone()
+    }
+
+    fn acked(&self) -> u64 {
+        self.store.acked().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn head(&self) -> u64 {
+        self.store.head().unwrap_or_else(|e| panic!("{e}")).0
+    }
+
+    fn evidence(&self) -> Vec<Evidence> {
+        self.store
+            .audit_evidence()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+}
+
+/// `minutes` after the test clock's start.
+fn at(minutes: i64) -> DateTime<Utc> {
+    clock().now() + TimeDelta::minutes(minutes)
+}
+
+/// A way to refuse audits: its name, how the hub is set to it, what the alarm then quotes.
+type Refusal = (&'static str, fn(&mut Log), &'static str);
+
+/// The ways a hub answers deliveries but refuses audits.
+fn refusals() -> Vec<Refusal> {
+    vec![
+        (
+            "403 to the checkpoint",
+            |l: &mut Log| {
+                let body = br#"{"error":"not for you"}"#.to_vec();
+                l.fail.insert("checkpoint", (403, body));
+            },
+            "403",
+        ),
+        (
+            "429 with Retry-After to the checkpoint",
+            |l: &mut Log| {
+                l.fail.insert("checkpoint", (429, Vec::new()));
+                l.retry_after = Some(Duration::from_secs(60));
+            },
+            "rate limiting",
+        ),
+        (
+            "503 to the consistency proof",
+            |l: &mut Log| {
+                l.fail.insert("consistency", (503, Vec::new()));
+            },
+            "503",
+        ),
+        (
+            "garbage for the inclusion proof",
+            |l: &mut Log| {
+                l.fail.insert("inclusion", (200, b"not json".to_vec()));
+            },
+            "unreadable",
+        ),
+        (
+            "the checkpoint's connection dropped",
+            |l: &mut Log| l.dropped.push("checkpoint"),
+            "connection refused",
+        ),
+    ]
+}
+
+/// Issue 16: the hub must not silence the log alarm by refusing audits. A hub that
+/// delivers every sync but lets no audit finish, in any of the ways of [`refusals`], raises
+/// `audit_refused` once an hour has passed with at least 3 such audits — not before —
+/// delivery going on throughout; the alarm then stands like the others (the hub answering
+/// again does not clear it, nothing is cosigned) until the operator clears it.
+#[tokio::test]
+async fn a_hub_refusing_audits_while_it_delivers_raises_audit_refused() {
+    for (case, refuse, quoted) in refusals() {
+        let mut s = syncs();
+        // Two honest syncs: a checkpoint of one leaf is kept (the audit runs before the
+        // delivery), so later audits ask for consistency proofs too.
+        assert!(s.sync_at(0, 1).await, "{case}");
+        assert!(s.sync_at(0, 1).await, "{case}");
+        assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1), "{case}");
+        refuse(&mut s.hub.log());
+        let ingests = s.hub.log().ingests;
+        // Refused at +20 (the run starts), +40, +60 (three audits, 40 minutes): no alarm.
+        for (i, minutes) in [20, 40, 60].into_iter().enumerate() {
+            assert!(s.sync_at(minutes, 1).await, "{case}: delivered");
+            assert_eq!(s.log_alarm(), None, "{case} at +{minutes}");
+            let kept = s.kept();
+            assert_eq!(kept.unfinished_since, Some(at(20)), "{case}");
+            assert_eq!(kept.unfinished_audits, i as u32 + 1, "{case}");
+        }
+        // +80: an hour since the first refusal, four audits.
+        assert!(s.sync_at(80, 1).await, "{case}: delivered");
+        assert_eq!(
+            s.hub.log().ingests,
+            ingests + 4,
+            "{case}: one delivery a sync"
+        );
+        assert_eq!(s.acked(), s.head(), "{case}: everything delivered");
+        let alarm = s
+            .log_alarm()
+            .unwrap_or_else(|| panic!("{case}: no log alarm"));
+        assert!(alarm.starts_with("audit_refused"), "{case}: {alarm}");
+        assert!(alarm.contains("4 audits in a row"), "{case}: {alarm}");
+        assert!(alarm.contains(quoted), "{case}: {alarm}");
+        assert!(alarm.contains("429 or 503"), "{case}: {alarm}");
+        assert_eq!(s.kept().alarm.as_deref(), Some(alarm.as_str()), "{case}");
+        let ev = s.evidence();
+        assert_eq!(ev.len(), 1, "{case}");
+        assert_eq!(
+            (ev[0].code.as_str(), ev[0].detected.as_str(), ev[0].at),
+            ("audit_refused", alarm.as_str(), at(80)),
+            "{case}"
+        );
+        assert_eq!(ev[0].kept, s.kept().checkpoint, "{case}");
+        // Still refusing: delivery goes on, the evidence is not repeated.
+        assert!(s.sync_at(100, 1).await, "{case}");
+        assert_eq!(s.evidence().len(), 1, "{case}");
+
+        // The hub answers again: the audit passes, the alarm stands, nothing is cosigned.
+        {
+            let mut log = s.hub.log();
+            log.fail.clear();
+            log.dropped.clear();
+            log.cosigs.clear();
+        }
+        assert!(s.sync_at(120, 1).await, "{case}");
+        assert_eq!(lock(&s.state).verified_checkpoint_size, Some(7), "{case}");
+        assert_eq!(s.kept().unfinished_since, None, "{case}");
+        assert_eq!(s.log_alarm().as_deref(), Some(alarm.as_str()), "{case}");
+        assert!(
+            s.hub.log().cosigs.is_empty(),
+            "{case}: cosigned under the alarm"
+        );
+        // Restarted, the alarm is still there; the operator clears it.
+        s.restart();
+        assert_eq!(s.log_alarm().as_deref(), Some(alarm.as_str()), "{case}");
+        let cleared = clear_alarm(&s.store, &s.state, "settled", at(121)).await;
+        let cleared = cleared.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cleared.as_deref(), Some(alarm.as_str()), "{case}");
+        assert_eq!(s.log_alarm(), None, "{case}");
+    }
+}
+
+/// Time alone is not enough: two refused audits hours apart (one slow restart of the hub,
+/// an agent that was off) raise nothing; the third does.
+#[tokio::test]
+async fn an_hour_needs_three_refused_audits() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    s.hub
+        .log()
+        .fail
+        .insert("checkpoint", (503, b"restarting".to_vec()));
+    assert!(s.sync_at(10, 1).await);
+    assert!(s.sync_at(190, 1).await);
+    assert_eq!(s.log_alarm(), None);
+    assert_eq!(s.kept().unfinished_audits, 2);
+    assert!(
+        s.sync_at(191, 0).await,
+        "nothing to deliver: the 503 counts"
+    );
+    let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
+    assert!(alarm.starts_with("audit_refused"), "{alarm}");
+    assert!(alarm.contains("3 audits in a row"), "{alarm}");
+}
+
+/// The hub down is not lying: audits that fail because the hub is not reached never count,
+/// whether there was something to deliver (the delivery fails too) or not (the delivery
+/// had nothing to send, so the hub answered nothing that sync).
+#[tokio::test]
+async fn a_hub_not_reached_raises_no_alarm() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    s.hub.log().down = true;
+    for minutes in (20..=120).step_by(20) {
+        assert!(s.sync_at(minutes, 0).await, "nothing to deliver");
+    }
+    for minutes in (140..=300).step_by(20) {
+        assert!(!s.sync_at(minutes, 1).await, "not delivered");
+    }
+    assert_eq!(s.log_alarm(), None);
+    let kept = s.kept();
+    assert_eq!((kept.unfinished_since, kept.unfinished_audits), (None, 0));
+    assert!(s.evidence().is_empty());
+    // Back up: everything is delivered and audited; still no alarm.
+    s.hub.log().down = false;
+    assert!(s.sync_at(320, 0).await);
+    assert_eq!(s.acked(), s.head());
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1));
+    assert_eq!(s.log_alarm(), None);
+}
+
+/// A finished audit ends the run: 59 minutes of refusals, one verified audit, then
+/// refusals again — counted from the new start, so no alarm although the refusals span two
+/// hours.
+#[tokio::test]
+async fn a_verified_audit_starts_the_count_again() {
+    let mut s = syncs();
+    let refuse = |s: &Syncs, on: bool| {
+        let mut log = s.hub.log();
+        log.fail.clear();
+        if on {
+            log.fail.insert("checkpoint", (403, b"no".to_vec()));
+        }
+    };
+    refuse(&s, true);
+    for minutes in [0, 20, 40, 59] {
+        assert!(s.sync_at(minutes, 1).await);
+    }
+    assert_eq!(s.kept().unfinished_since, Some(at(0)));
+    assert_eq!(s.kept().unfinished_audits, 4);
+    refuse(&s, false);
+    assert!(s.sync_at(60, 1).await);
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(4));
+    let kept = s.kept();
+    assert_eq!((kept.unfinished_since, kept.unfinished_audits), (None, 0));
+    refuse(&s, true);
+    for minutes in [61, 80, 100, 120] {
+        assert!(s.sync_at(minutes, 1).await);
+    }
+    assert_eq!(s.log_alarm(), None);
+    assert_eq!(s.kept().unfinished_since, Some(at(61)));
+    assert!(s.evidence().is_empty());
+}
+
+/// The run is stored: a hub that makes the agent restart (or an operator restarting it)
+/// does not start the count again.
+#[tokio::test]
+async fn a_restart_keeps_counting_from_the_stored_start() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    s.hub.log().dropped.push("checkpoint");
+    for minutes in [10, 30, 50] {
+        assert!(s.sync_at(minutes, 1).await);
+    }
+    s.restart();
+    assert_eq!(s.log_alarm(), None);
+    assert_eq!(s.kept().unfinished_since, Some(at(10)));
+    assert_eq!(s.kept().unfinished_audits, 3);
+    assert!(s.sync_at(70, 1).await);
+    let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
+    assert!(alarm.starts_with("audit_refused"), "{alarm}");
+    assert!(alarm.contains("2018-11-25T02:10:00Z"), "{alarm}");
+    // And the alarm itself survives a restart.
+    s.restart();
+    assert_eq!(s.log_alarm().as_deref(), Some(alarm.as_str()));
 }

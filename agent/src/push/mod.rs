@@ -11,7 +11,9 @@
 //!
 //! # Layout
 //! - [`audit`]: the hub's log checked at every sync — checkpoint signature, consistency with
-//!   the kept one, inclusion of receipted entries; the log alarm that nothing clears.
+//!   the kept one, inclusion of receipted entries; the log alarm that nothing clears. A
+//!   sync whose audit the hub did not let finish while its delivery succeeded is counted
+//!   after the delivery ([`audit::unfinished`]): an hour of them raises `audit_refused`.
 //! - [`witness`]: after a passed audit, the kept checkpoint (and earlier ones the hub asks
 //!   for) cosigned and sent to the hub.
 //! - [`state`]: what the pusher last saw, shared with the local API and persisted.
@@ -324,11 +326,14 @@ impl<T: Transport> Pusher<T> {
             return Err(e);
         }
         self.answer_asks(None).await;
-        self.audit().await;
+        let unfinished = self.audit().await;
         self.delivery.deliver(&mut self.link).await?;
         // Said at once, not after the notices: whoever sees the buffer delivered in the
         // status also sees the result that delivered it.
         self.succeeded();
+        if let Some(why) = unfinished {
+            self.unfinished(&why).await;
+        }
         if notices_due
             && let Err(e) = notices::fetch(&mut self.link, &self.store, &self.notices_stored).await
         {
@@ -339,12 +344,19 @@ impl<T: Transport> Pusher<T> {
     }
 
     /// One log audit; its failures are logged and retried next sync, never a push error.
-    async fn audit(&mut self) {
-        let Some(key) = self.delivery.hub_key() else {
-            return;
-        };
+    /// Returns why, when the audit could not be finished on the hub's side (a refusal, an
+    /// unreadable answer, or the hub not reached — [`Pusher::unfinished`] sorts them out
+    /// once delivery is done); a failure to cosign or of the local store is not that.
+    async fn audit(&mut self) -> Option<String> {
+        let key = self.delivery.hub_key()?;
         let now = self.clock.now();
         let audited = audit::audit(&mut self.link, &self.store, &key, &self.state, now).await;
+        let unfinished = match &audited {
+            Err(audit::AuditError::Hub(
+                e @ (PushError::Transient { .. } | PushError::Alarm { .. }),
+            )) => Some(e.to_string()),
+            _ => None,
+        };
         // Cosign only what this audit verified (and never under the log alarm).
         let audited = match audited {
             Ok(audit::Outcome::Verified(_)) => {
@@ -375,6 +387,24 @@ impl<T: Transport> Pusher<T> {
             Err(e) => {
                 warn!(source = %self.cfg.source, error = ?e.to_string(), "The hub's log could not be audited; will try again next sync.")
             }
+        }
+        unfinished
+    }
+
+    /// After a successful delivery, counts an audit of this sync that could not be
+    /// finished (`why`) when the hub answered in this sync — the audit's request, or the
+    /// delivery's after it (the last exchange decides `hub_reachable`; a delivery with
+    /// nothing to send leaves the audit's) — and raises `audit_refused` when the run is
+    /// long enough ([`audit::unfinished`]). A hub that answered nothing is down, not lying:
+    /// not counted.
+    async fn unfinished(&mut self, why: &str) {
+        if lock(&self.state).hub_reachable != Some(true) {
+            debug!("The audit was not finished and the hub was not reached; not counted.");
+            return;
+        }
+        let now = self.clock.now();
+        if let Err(e) = audit::unfinished(&self.store, &self.state, why, now).await {
+            warn!(source = %self.cfg.source, error = %e, "Cannot count the unfinished log audit; will count the next.");
         }
     }
 
