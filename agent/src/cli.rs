@@ -527,7 +527,9 @@ fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
     let cfg = Config::load(&data.config())?;
     let clock = make_clock(a.now.as_deref(), None)?;
     let store = Store::open(&data.db())?;
-    refuse_while_catching_up(&store, data, "rotate-key")?;
+    if !(a.lost && stopped_at_a_key_not_held(&store)?) {
+        refuse_while_catching_up(&store, data, "rotate-key")?;
+    }
     if a.lost {
         let done = crate::rotate::rotate_lost(data, &cfg, &store)?;
         spacesync_shared::outln!("{}", done.key);
@@ -560,6 +562,18 @@ fn refuse_while_catching_up(store: &Store, data: &DataDir, what: &str) -> Result
         )));
     }
     Ok(())
+}
+
+/// A restored store that took back all the hub holds of its chain and met there a key
+/// rotation made after the backup, to a key this directory does not hold (the pusher's
+/// `key_not_held` alarm, kept in the store): it is not behind the hub, and it can go on only
+/// under a new key, so `rotate-key --lost` (which that alarm names) may switch to one.
+fn stopped_at_a_key_not_held(store: &Store) -> Result<bool, CliError> {
+    let push: PushState = store
+        .push_state()?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Ok(push.alarm.is_some_and(|a| a.code == "key_not_held"))
 }
 
 /// `check`: every file and the store, without starting; the first problem is the error.

@@ -9,7 +9,7 @@
 //! | POST (or GET) | `/v1/verify` | runs `verify` on the live store, one at a time |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz` | `ok` |
-//! | GET | `/readyz` | `ready`, or 503 `not ready: <why>` (store unreadable, an alarm, or the hub not reached with the buffer 80 % full) |
+//! | GET | `/readyz` | `ready`, or 503 `not ready: <why>` (store unreadable, an alarm, catching up after a restore — intake closed —, or the hub not reached with the buffer 80 % full) |
 //!
 //! Who may call ([`guard`], before any handler): every request except `GET /healthz` (and
 //! `GET /readyz`, which skips only step 3)
@@ -393,8 +393,10 @@ pub fn app(state: AppState) -> Router {
 /// the agent not ready: intake refuses at the limit, so an alert must come before.
 const READY_BUFFER_SHARE: f64 = 0.8;
 
-/// Why the agent is not ready, or `None`: the store reads, no alarm stops pushing, and the
-/// hub is reached or what waits for it is under [`READY_BUFFER_SHARE`] of the buffer limits.
+/// Why the agent is not ready, or `None`: the store reads, no alarm stops pushing, the
+/// store is not catching up with the hub (restored from a backup: intake is closed until
+/// it holds what the hub holds), and the hub is reached or what waits for it is under
+/// [`READY_BUFFER_SHARE`] of the buffer limits.
 pub fn not_ready(s: &AppState) -> Option<String> {
     let (head, _) = match s.store.head() {
         Ok(h) => h,
@@ -410,6 +412,15 @@ pub fn not_ready(s: &AppState) -> Option<String> {
             "pushing stopped by the alarm {}: {}",
             a.code, a.reason
         ));
+    }
+    match s.store.catching_up() {
+        Ok(false) => {}
+        Ok(true) => {
+            return Some(
+                "catching up with the hub (taking back the entries it holds of this chain, as this data directory was restored from a backup); intake accepts no records until then — see `spacesync-agent status`".into(),
+            );
+        }
+        Err(e) => return Some(format!("the store cannot be read: {e}")),
     }
     if push.hub_reachable == Some(false) {
         let waiting = head.saturating_sub(acked);
@@ -1420,6 +1431,23 @@ mod tests {
             since: f.clock.now(),
         });
         check(&f.app, bare(), 503, &["alarm unknown_source"]).await;
+        // Restored from a backup and catching up with the hub: intake is closed, not ready.
+        lock(&f.push).alarm = None;
+        check(&f.app, bare(), 200, &["ready"]).await;
+        f.store.mark_catch_up().unwrap_or_else(|e| panic!("{e}"));
+        check(
+            &f.app,
+            bare(),
+            503,
+            &[
+                "not ready",
+                "catching up with the hub",
+                "accepts no records",
+            ],
+        )
+        .await;
+        f.store.caught_up().unwrap_or_else(|e| panic!("{e}"));
+        check(&f.app, bare(), 200, &["ready"]).await;
     }
 
     #[tokio::test]

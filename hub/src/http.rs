@@ -661,7 +661,7 @@ async fn cosignature(
             ),
         ));
     }
-    let source = signed_source(&s, &client, &method, &uri, &headers, &body).await?;
+    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, &body).await?;
     let sub: wire::CosignatureSubmission = spacesync_shared::json::from_slice(&body)
         .and_then(serde_json::from_value)
         .map_err(|e| {
@@ -804,19 +804,35 @@ async fn consistency(
     })))
 }
 
+/// Which of a source's keys may sign a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// Only the key in the registry now: every request that writes or concerns anything
+    /// but the source's own chain (notices, acknowledgements, cosignatures).
+    Current,
+    /// Any key the source has had: only the reads of its own chain (`/v1/agent/head`,
+    /// `/v1/agent/entries`). An agent restored from a backup made before a key rotation
+    /// holds the older key; it must still learn what the hub holds, take it back and meet
+    /// the rotation in its chain, which tells its operator what to do. Nothing it may
+    /// append is accepted under that key: ingest checks each entry against the key in
+    /// force at its seq.
+    AnyHeld,
+}
+
 /// Verifies a signed agent request and charges it: to the source's budget when it
 /// verifies, to the client address's when it does not (a forged, stale or replayed
 /// request). Returns the source.
 async fn signed_source(
     s: &AppState,
     client: &ClientAddr,
+    keys: Keys,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<SourceId, AppError> {
     let (source, nonce, ts) =
-        verify_signed(s, method, uri, headers, body).map_err(|e| s.refuse(client, e))?;
+        verify_signed(s, keys, method, uri, headers, body).map_err(|e| s.refuse(client, e))?;
     // A source over its rate is refused before its nonce is stored.
     if !s.limiter.has_token(&source.to_string()) {
         s.charge_source(&source, source.as_str())?;
@@ -854,10 +870,12 @@ async fn signed_source(
     Ok(source)
 }
 
-/// Checks a signed agent request's headers, source and signature, and its timestamp
-/// against the hub clock; returns the source, the nonce and the timestamp.
+/// Checks a signed agent request's headers, source and signature (by a key `keys`
+/// allows), and its timestamp against the hub clock; returns the source, the nonce and
+/// the timestamp.
 fn verify_signed(
     s: &AppState,
+    keys: Keys,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -893,25 +911,39 @@ fn verify_signed(
             format!("source {source} has been revoked"),
         ));
     }
+    let parse = |k: &str| spacesync_shared::keys::parse_public_key(k).ok();
     let key = reg
         .current_key()
-        .and_then(|k| spacesync_shared::keys::parse_public_key(k).ok())
+        .and_then(parse)
         .ok_or_else(|| AppError::internal(format!("registered key of {source} does not parse")))?;
+    // The current key first; for `AnyHeld` the earlier ones after it, newest first.
+    let earlier = match keys {
+        Keys::Current => Vec::new(),
+        Keys::AnyHeld => reg
+            .keys
+            .iter()
+            .rev()
+            .skip(1)
+            .filter_map(|k| parse(&k.key))
+            .collect(),
+    };
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
     let nonce = h(wire::HDR_NONCE)?;
-    let ts = wire::verify_request(
-        &key,
-        method.as_str(),
-        path,
-        h(wire::HDR_TIMESTAMP)?,
-        nonce,
-        h(wire::HDR_SIGNATURE)?,
-        body,
-    )
-    .map_err(|e| AppError::unauthorized(e.to_string()))?;
+    let (stamp, signature) = (h(wire::HDR_TIMESTAMP)?, h(wire::HDR_SIGNATURE)?);
+    let verify = |key: &ed25519_dalek::VerifyingKey| {
+        wire::verify_request(key, method.as_str(), path, stamp, nonce, signature, body)
+    };
+    let ts = match verify(&key) {
+        Ok(ts) => ts,
+        // The current key's error is the one told: it is the key the source should use.
+        Err(e) => earlier
+            .iter()
+            .find_map(|k| verify(k).ok())
+            .ok_or_else(|| AppError::unauthorized(e.to_string()))?,
+    };
     let now = s.hub.clock.now();
     let window = s.nonces.window();
     if (ts - now).abs() > window {
@@ -930,7 +962,7 @@ async fn agent_head(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<wire::SourceHead>, AppError> {
-    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
+    let source = signed_source(&s, &client, Keys::AnyHeld, &method, &uri, &headers, b"").await?;
     Ok(Json(s.hub.head(&source)))
 }
 
@@ -951,7 +983,7 @@ async fn agent_entries(
     headers: HeaderMap,
     Query(q): Query<EntriesQuery>,
 ) -> Result<Json<wire::EntriesPage>, AppError> {
-    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
+    let source = signed_source(&s, &client, Keys::AnyHeld, &method, &uri, &headers, b"").await?;
     let limit = q
         .limit
         .unwrap_or(wire::MAX_ENTRIES_PAGE)
@@ -981,7 +1013,7 @@ async fn agent_notices(
     headers: HeaderMap,
     Query(q): Query<NoticesQuery>,
 ) -> Result<Json<NoticesPage>, AppError> {
-    let source = signed_source(&s, &client, &method, &uri, &headers, b"").await?;
+    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, b"").await?;
     let scope = source_scope(&s, &source)?;
     let notices = s
         .notices
@@ -1020,7 +1052,7 @@ async fn agent_notices_ack(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
-    let source = signed_source(&s, &client, &method, &uri, &headers, &body).await?;
+    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, &body).await?;
     let ack: NoticeAck = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("not a notice acknowledgement: {e}")))?;
     let scope = source_scope(&s, &source)?;

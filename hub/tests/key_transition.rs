@@ -15,7 +15,7 @@ use spacesync_hub::registry::{self, SourceRecord};
 use spacesync_hub::store::{Store, WriteBatch, keys};
 use spacesync_shared::entry::Entry;
 use spacesync_shared::keys::public_key_line;
-use spacesync_shared::wire::{IngestBatch, IngestResponse, RefusalCode};
+use spacesync_shared::wire::{self, IngestBatch, IngestResponse, RefusalCode};
 use spacesync_shared::{Campaign, Envelope};
 
 use common::{Agent, Backend, ORIGIN, TestHub, activity, hub_key, store_dir, teachers};
@@ -283,4 +283,117 @@ async fn the_old_rotation_request_is_not_served() {
         )
         .await;
     assert_eq!(r.status.as_u16(), 404, "{}", r.text());
+}
+
+/// Sends a request to `path` signed by `signer`'s key `key` with a fresh nonce.
+async fn signed_by(
+    th: &TestHub,
+    id: &spacesync_shared::SourceId,
+    key: &SigningKey,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> common::Reply {
+    use spacesync_shared::clock::Clock as _;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("random");
+    let headers = wire::sign_request(key, id, method, path, th.clock.now(), nonce, body);
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    th.send(
+        req.body(axum::body::Body::from(body.to_vec()))
+            .expect("request"),
+    )
+    .await
+}
+
+/// After a key transition, a key the source had before still signs the reads of its own
+/// chain (`/v1/agent/head`, `/v1/agent/entries`): an agent restored from a backup made
+/// before the rotation takes its chain back and learns of the rotation there. Nothing
+/// else takes it: not ingest (each entry is checked against the key in force at its seq),
+/// not notices, their acknowledgement or cosignatures — each of which the new key passes.
+#[tokio::test]
+async fn an_older_key_reads_its_own_chain_and_nothing_else() {
+    let dir = store_dir(Backend::Sled);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let old = gd.clone();
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let entries = vec![
+        gd.sign_next(&activity("440106", "2018-11-01", "a")),
+        transition(&mut gd, &new),
+    ];
+    th.ingest_ok(&batch(&gd, entries)).await;
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "by the new key")]))
+        .await;
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+
+    // The reads of its own chain: the old key and the new one, never another.
+    let entries_path = format!("{}?from=1&limit=10", wire::PATH_AGENT_ENTRIES);
+    for path in [wire::PATH_AGENT_HEAD, entries_path.as_str()] {
+        for (who, key, want) in [
+            ("old", &old.key, 200),
+            ("new", &new, 200),
+            ("stranger", &stranger, 401),
+        ] {
+            let r = signed_by(&th, &gd.id, key, "GET", path, b"").await;
+            assert_eq!(
+                r.status.as_u16(),
+                want,
+                "{who} key, GET {path}: {}",
+                r.text()
+            );
+        }
+    }
+    let r = signed_by(&th, &gd.id, &old.key, "GET", &entries_path, b"").await;
+    let page: wire::EntriesPage = serde_json::from_slice(&r.body).expect("page");
+    assert_eq!((page.entries.len(), page.held_through), (3, 3));
+
+    // Everything else: the old key is refused as a signature that does not verify; the
+    // new key gets past the signature (to the body's own checks).
+    let notices = format!("{}?after=0", wire::PATH_AGENT_NOTICES);
+    let writes: [(&str, &str, &[u8]); 3] = [
+        ("GET", notices.as_str(), b""),
+        ("POST", wire::PATH_AGENT_NOTICES_ACK, b"{}"),
+        ("POST", wire::PATH_COSIGNATURE, b"{}"),
+    ];
+    for (method, path, body) in writes {
+        let r = signed_by(&th, &gd.id, &old.key, method, path, body).await;
+        assert_eq!(
+            r.status.as_u16(),
+            401,
+            "old key, {method} {path}: {}",
+            r.text()
+        );
+        assert!(
+            r.text().contains("does not verify"),
+            "{method} {path}: {}",
+            r.text()
+        );
+        let r = signed_by(&th, &gd.id, &new, method, path, body).await;
+        assert_ne!(
+            r.status.as_u16(),
+            401,
+            "new key, {method} {path}: {}",
+            r.text()
+        );
+    }
+    // Ingest: an entry the old key signs after the transition is refused by name.
+    let mut stale = old.clone();
+    stale.next = gd.next;
+    stale.prev = gd.prev;
+    let reason = refused(
+        &th,
+        &stale.batch(&[activity("440106", "2018-11-03", "late")]),
+        RefusalCode::RevokedKey,
+    )
+    .await;
+    assert!(reason.contains("retired key"), "{reason}");
+    assert_eq!(th.source_leaves(), 3);
 }

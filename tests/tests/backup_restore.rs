@@ -363,3 +363,210 @@ async fn an_agent_backup_taken_while_running_is_one_instant_and_a_restored_older
         assert_eq!(st["catching_up"], catching_up, "restore {args:?}: {st}");
     }
 }
+
+/// Posts the next `n` writes of `work` to the agent at `api`, one record each; each must
+/// be answered 200.
+async fn post_writes(api: &spacesync_tests::cluster::AgentApi, work: &mut Workload, n: usize) {
+    let http = reqwest::Client::new();
+    for _ in 0..n {
+        let (_, line, _) = work.next_write();
+        let r = http
+            .post(format!("{}/v1/records", api.url))
+            .bearer_auth(&api.token)
+            .header("content-type", "application/x-ndjson")
+            .body(line)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = r.status().as_u16();
+        assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
+    }
+}
+
+/// Waits (up to 30 s) until the running agent's status passes `done`; returns it.
+async fn status_until(
+    agent: &spacesync_tests::cluster::AgentNode,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let s = agent.status().await.unwrap_or_default();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: {s}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A backup made before the agent rotated its key (`rotate-key`, delivered: the hub's
+/// registry names only the new key now), restored and started: the agent still reads
+/// its own chain at the hub with the older key, takes it back, meets the transition to a
+/// key this directory does not hold and stops there — `key_not_held`, not a 401 —, with
+/// intake closed and `/readyz` not ready; an entry that key signs after the transition is
+/// refused by the hub. The way out its alarm names works: `rotate-key --lost`, the hub's
+/// admin records that key, and the agent opens intake and delivers under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_from_before_a_key_rotation_takes_back_its_chain_and_stops_at_the_key_it_does_not_hold()
+ {
+    use spacesync_agent::config::DataDir;
+    use spacesync_shared::entry::Entry;
+    use spacesync_tests::agent_harness::{agent_bin, stored_envelopes};
+    use spacesync_tests::cluster::AGENT_NOW;
+
+    let mut c = Cluster::start(1, 14, FaultPlan::NONE, |_| {}).await;
+    let mut work = Workload::new(c.agents[0].site);
+    let source = c.agents[0].site.source;
+    post_writes(&c.agents[0].api(), &mut work, 4).await;
+    c.wait_drained(Duration::from_secs(60)).await;
+    let backups = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = backups.path().join("before-rotation");
+    let made = c.agents[0].cli(&["backup", &out.to_string_lossy()]);
+    assert!(made.status.success(), "agent backup: {}", text(&made));
+    post_writes(&c.agents[0].api(), &mut work, 2).await;
+    c.wait_drained(Duration::from_secs(60)).await;
+
+    // The agent rotates its key (the transition in its chain), and delivers under it.
+    c.agents[0].stop();
+    let rotated = c.agents[0].cli(&["rotate-key", "--now", AGENT_NOW]);
+    assert!(rotated.status.success(), "rotate-key: {}", text(&rotated));
+    c.agents[0].start().await;
+    post_writes(&c.agents[0].api(), &mut work, 3).await;
+    c.wait_drained(Duration::from_secs(60)).await;
+    c.agents[0].stop();
+    let final_entries = stored_envelopes(&c.agents[0].data());
+    let hub_head = final_entries.len() as u64;
+    assert_eq!(hub_head, 10, "4 + 2 records, the transition, 3 records");
+    let backup_key = spacesync_shared::keys::read_secret(&DataDir::new(&out).key())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Restored from the backup over the agent's data directory, and started.
+    let moved = backups.path().join("agent-original");
+    std::fs::rename(c.agents[0].dir.path(), &moved).unwrap_or_else(|e| panic!("{e}"));
+    let data = c.agents[0].data();
+    let r = run_cli(
+        agent_bin(),
+        &data.root,
+        &["restore", &out.to_string_lossy()],
+    );
+    assert!(r.status.success(), "restore: {}", text(&r));
+    c.agents[0].start().await;
+    let s = status_until(
+        &c.agents[0],
+        "the restored agent did not stop at key_not_held",
+        |s| !s["alarm"].is_null(),
+    )
+    .await;
+    assert_eq!(s["alarm"]["code"], "key_not_held", "{s}");
+    let reason = s["alarm"]["reason"].as_str().unwrap_or_default();
+    for words in [
+        "Restore the agent.key of that rotation",
+        "spacesync-agent rotate-key --lost",
+        "spacesync-hub agents rotate",
+    ] {
+        assert!(reason.contains(words), "{words:?}: {reason}");
+    }
+    assert_eq!(s["catching_up"], true, "{s}");
+    assert_eq!(
+        s["head_seq"].as_u64(),
+        Some(hub_head),
+        "taken back whole: {s}"
+    );
+    assert_eq!(s["acked_seq"].as_u64(), Some(hub_head), "{s}");
+    // Intake stays closed, and the agent says it is not ready.
+    let http = reqwest::Client::new();
+    let api = c.agents[0].api();
+    let (_, line, _) = work.next_write();
+    let refused = http
+        .post(format!("{}/v1/records", api.url))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/x-ndjson")
+        .body(line)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status().as_u16(), 503);
+    let ready = http
+        .get(format!("{}/readyz", api.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ready.status().as_u16(), 503);
+    let why = ready.text().await.unwrap_or_default();
+    assert!(
+        why.contains("not ready") && why.contains("key_not_held"),
+        "{why}"
+    );
+
+    // The key of the backup still cannot append: the hub refuses what it signs after the
+    // transition.
+    let last = final_entries
+        .last()
+        .unwrap_or_else(|| panic!("entries"))
+        .clone();
+    let mut stale = Entry::from_payload(&last.payload).unwrap_or_else(|e| panic!("{e}"));
+    stale.seq = hub_head + 1;
+    stale.prev = last.payload_hash();
+    let batch = spacesync_shared::wire::IngestBatch {
+        source: stale.source.clone(),
+        entries: vec![stale.sign(&backup_key)],
+    };
+    let r = http
+        .post(format!("{}/v1/ingest", c.hub.url()))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 422);
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(body["refused"][0]["code"], "revoked_key", "{body}");
+    c.agents[0].stop();
+    let v = run_cli(agent_bin(), &data.root, &["verify"]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+
+    // The way out the alarm names: a new key from the next seq, recorded by the hub's admin.
+    let lost = run_cli(agent_bin(), &data.root, &["rotate-key", "--lost"]);
+    assert!(lost.status.success(), "rotate-key --lost: {}", text(&lost));
+    let new_key = String::from_utf8_lossy(&lost.stdout).trim().to_string();
+    let from_seq = (hub_head + 1).to_string();
+    assert!(
+        text(&lost).contains(&format!("--from-seq {from_seq}")),
+        "{}",
+        text(&lost)
+    );
+    c.hub.stop();
+    let r = c.hub.cli(&[
+        "agents",
+        "rotate",
+        source,
+        "--key",
+        &new_key,
+        "--from-seq",
+        &from_seq,
+        "--now",
+        spacesync_tests::cluster::NOW,
+    ]);
+    assert!(r.status.success(), "agents rotate: {}", text(&r));
+    c.hub.start().await;
+    c.agents[0].start().await;
+    status_until(&c.agents[0], "intake did not open under the new key", |s| {
+        s["catching_up"] == false && s["alarm"].is_null()
+    })
+    .await;
+    post_writes(&c.agents[0].api(), &mut work, 2).await;
+    c.wait_drained(Duration::from_secs(60)).await;
+    let s = c.agents[0].status().await.unwrap_or_default();
+    assert_eq!(s["acked_seq"].as_u64(), Some(hub_head + 2), "{s}");
+    c.agents[0].stop();
+    c.hub.stop();
+    let after = stored_envelopes(&data);
+    assert_eq!(after[..final_entries.len()], final_entries[..]);
+    let v = run_cli(agent_bin(), &data.root, &["verify"]);
+    assert!(v.status.success(), "verify at the end: {}", text(&v));
+    assert_eq!(leaves(&c.hub.db()).len() as u64, hub_head + 2);
+}

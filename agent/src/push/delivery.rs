@@ -19,11 +19,13 @@ use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use spacesync_shared::chain::{ChainVerifier, KeySchedule};
+use spacesync_shared::entry::Entry;
 use spacesync_shared::keys;
 use spacesync_shared::record::Record;
 use spacesync_shared::wire::{
     BatchReceipt, EntriesPage, ErrorBody, IngestBatch, IngestResponse, MAX_ENTRIES_PAGE,
-    PATH_AGENT_ENTRIES, PATH_HUB_PUBKEY, Receipt, ReceiptError, RefusalCode, SourceHead,
+    MAX_ENTRIES_PAGE_BYTES, PATH_AGENT_ENTRIES, PATH_HUB_PUBKEY, Receipt, ReceiptError,
+    RefusalCode, SourceHead,
 };
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -48,6 +50,10 @@ pub struct Cursor {
     /// Ask the hub for its head before the next push.
     pub doubt: bool,
 }
+
+/// Answers in a row to take back from one seq that brought nothing (an empty page, or one
+/// refused as not what was asked for) before taking back stops with an alarm.
+pub const TAKE_BACK_STALLS: u32 = 5;
 
 /// What one batch came to, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +80,10 @@ pub struct Delivery {
     /// this agent's key signs the next seq. Only then may entries be taken back from the
     /// hub, as nothing else appends meanwhile.
     catch_up: Option<watch::Sender<bool>>,
+    /// The seq taking back last asked from, and how many answers in a row from it brought
+    /// nothing: a hub that keeps saying it holds more but sends nothing must not keep the
+    /// agent waiting unseen ([`TAKE_BACK_STALLS`]).
+    stalled: (u64, u32),
 }
 
 impl From<HubKeyError> for PushError {
@@ -107,6 +117,7 @@ impl Delivery {
             hub_key: None,
             cursor,
             catch_up: None,
+            stalled: (0, 0),
         }
     }
 
@@ -363,12 +374,12 @@ impl Delivery {
         )
         .resume(head, head_hash);
         let mut history = self.store.key_history()?;
+        let source = self.ident.source.clone();
         let fork = |seq: u64, why: String| {
             alarm(
                 "fork",
                 format!(
-                    "the hub's entry at seq {seq} of source {} is not this agent's chain ({why}); nothing of it was taken back — ask the hub operator",
-                    self.ident.source
+                    "the hub's entry at seq {seq} of source {source} is not this agent's chain ({why}); nothing of it was taken back — ask the hub operator"
                 ),
             )
         };
@@ -378,10 +389,8 @@ impl Delivery {
                 return Ok(());
             }
             let from = self.store.acked()? + 1;
-            let req = Request::Entries {
-                from,
-                limit: self.cfg.push.max_entries.clamp(1, MAX_ENTRIES_PAGE),
-            };
+            let limit = self.cfg.push.max_entries.clamp(1, MAX_ENTRIES_PAGE);
+            let req = Request::Entries { from, limit };
             let reply = link.exchange(&req).await?;
             match reply.class {
                 Class::Done => {}
@@ -396,24 +405,21 @@ impl Delivery {
                 }
                 _ => return Err(reply.unexpected(&req.what())),
             }
-            let page: EntriesPage = serde_json::from_slice(&reply.body).map_err(|e| {
-                transient(
-                    format!("{}: the answer is unreadable: {e}", req.what()),
-                    false,
-                )
-            })?;
+            let page: EntriesPage = match serde_json::from_slice(&reply.body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(self.stalled(
+                        from,
+                        held,
+                        format!("{}: the answer is unreadable: {e}", req.what()),
+                    ));
+                }
+            };
             if page.source != self.ident.source {
                 return Err(fork(from, format!("the page is of source {}", page.source)));
             }
-            if page.entries.is_empty() {
-                return Err(transient(
-                    format!(
-                        "{}: the hub sent no entry but holds through seq {}",
-                        req.what(),
-                        page.held_through
-                    ),
-                    false,
-                ));
+            if let Some(why) = page_fault(&page, from, limit) {
+                return Err(self.stalled(from, held, format!("{}: {why}", req.what())));
             }
             // Every entry of the page: ours below the head, chained and signed above it.
             let mut adopt = Adopt {
@@ -500,6 +506,7 @@ impl Delivery {
             adopt.receipted = hashes.iter().map(|(s, _)| *s).collect();
             let taken = adopt.envelopes.len();
             let acked = self.store.adopt(&adopt)?;
+            self.stalled = (0, 0);
             lock(&self.state).receipts += adopt.receipted.len() as u64;
             info!(
                 from,
@@ -509,6 +516,26 @@ impl Delivery {
                 "Took back entries the hub holds."
             );
         }
+    }
+
+    /// The error for an answer to take back from `from` that brought nothing (`why`): a
+    /// fault of the hub, retried; after [`TAKE_BACK_STALLS`] in a row from the same seq an
+    /// alarm that names both heads and what to do, until a page is taken back.
+    fn stalled(&mut self, from: u64, held: u64, why: String) -> PushError {
+        let (at, n) = self.stalled;
+        let n = if at == from { n.saturating_add(1) } else { 1 };
+        self.stalled = (from, n);
+        if n < TAKE_BACK_STALLS {
+            return transient(format!("{why}; nothing of it was taken back"), false);
+        }
+        let head = self.store.head().map(|h| h.0).unwrap_or(from - 1);
+        alarm(
+            "take_back_stalled",
+            format!(
+                "the hub says it holds source {}'s chain through seq {held}, but this agent's ends at seq {head} and {n} answers in a row to take back seq {from} on brought nothing (the last: {why}); intake stays closed until it holds them. Ask the hub operator to check the hub (`spacesync-hub verify`), or restore a newer backup of this data directory, one that holds seq {held}",
+                self.ident.source
+            ),
+        )
     }
 
     async fn push_batch<T: Transport>(
@@ -808,4 +835,39 @@ impl Delivery {
         }
         Ok(true)
     }
+}
+
+/// What is wrong with a take-back page asked from `from` with `limit`, before any of its
+/// entries is checked against this chain: `None` when it holds at most `limit` entries,
+/// within [`MAX_ENTRIES_PAGE_BYTES`] of payload (its first entry always goes), numbered
+/// from `from` on without a gap. A page that fails this is the hub's fault, not a fork:
+/// nothing of it is kept and it is asked for again. (An entry that does not read is left
+/// to the chain checks, which name it.)
+pub(super) fn page_fault(page: &EntriesPage, from: u64, limit: usize) -> Option<String> {
+    let n = page.entries.len();
+    if n == 0 {
+        return Some(format!(
+            "the hub sent no entry from seq {from} on but says it holds through seq {}",
+            page.held_through
+        ));
+    }
+    if n > limit {
+        return Some(format!(
+            "the hub sent {n} entries, more than the {limit} asked for"
+        ));
+    }
+    let bytes: usize = page.entries.iter().map(|e| e.payload.len()).sum();
+    if n > 1 && bytes > MAX_ENTRIES_PAGE_BYTES {
+        return Some(format!(
+            "the hub sent {n} entries of {bytes} bytes, more than a page holds ({MAX_ENTRIES_PAGE_BYTES})"
+        ));
+    }
+    (from..).zip(&page.entries).find_map(|(want, env)| {
+        let got = Entry::from_payload(&env.payload).ok()?.seq;
+        (got != want).then(|| {
+            format!(
+                "the page asked from seq {from} holds seq {got} where seq {want} belongs (not the hub's entries from seq {from} in order)"
+            )
+        })
+    })
 }

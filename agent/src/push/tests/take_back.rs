@@ -2,12 +2,16 @@
 //! of its own chain — and only what it can check: each entry signed by its key in force at
 //! that seq and chained from its head, its own entries below the head unchanged, the batch
 //! receipt by the pinned hub key covering every entry. Anything else is a fork (or a bad
-//! receipt): nothing of the page is kept and intake stays closed.
+//! receipt): nothing of the page is kept and intake stays closed. A page that is not what
+//! was asked for (too many entries or bytes, not numbered from the seq asked in order, or
+//! empty while the hub says it holds more) is the hub's fault, asked for again; a hub that
+//! keeps sending nothing stops taking back with an alarm that names both heads.
 
 use spacesync_shared::entry::{ENTRY_PAYLOAD_TYPE, Entry};
-use spacesync_shared::wire::{EntriesPage, ReceiptItem};
+use spacesync_shared::wire::{EntriesPage, MAX_ENTRIES_PAGE_BYTES, ReceiptItem};
 use spacesync_shared::{Digest, SourceId};
 
+use super::super::delivery::TAKE_BACK_STALLS;
 use super::*;
 
 /// The agent's story: seqs 1–3 delivered, 4–5 appended, a backup, 6–8 appended (and, at
@@ -254,14 +258,6 @@ async fn entries_the_agent_cannot_check_are_a_fork_and_nothing_is_taken_back() {
             "seq 4",
         ),
         (
-            "seq 7 missing: the page skips it",
-            Box::new(|p| {
-                p.entries.remove(3);
-            }),
-            "fork",
-            "seq 7",
-        ),
-        (
             "the page of another source",
             Box::new(|p| p.source = SourceId::parse("gd-gz").unwrap_or_else(|e| panic!("{e}"))),
             "fork",
@@ -391,4 +387,170 @@ async fn a_key_rotated_after_the_backup_is_taken_back_but_keeps_intake_closed() 
     assert!(r.deliver().await.is_ok());
     assert!(*caught_up.borrow(), "intake opens under the key in force");
     assert!(!r.store.catching_up().unwrap_or(true));
+}
+
+/// The restored rig asking pages of at most `limit` entries.
+fn with_limit(t: &mut Restored, limit: usize) -> watch::Receiver<bool> {
+    let r = &mut t.rig;
+    r.delivery = Delivery::new(
+        Arc::new(Config {
+            push: crate::config::PushConfig {
+                max_entries: limit,
+                ..r.cfg.push
+            },
+            ..(*r.cfg).clone()
+        }),
+        identity(),
+        r.store.clone(),
+        r.state.clone(),
+    );
+    let (tx, caught_up) = watch::channel(false);
+    r.delivery.catching_up(tx);
+    caught_up
+}
+
+#[tokio::test]
+async fn a_page_that_is_not_what_was_asked_for_is_refused_and_asked_for_again() {
+    // (what the hub does, with pages of at most 3 entries; words the error must say)
+    let cases: Vec<(&str, Alter, &str)> = vec![
+        (
+            "four entries for a limit of three",
+            Box::new(|p| {
+                let extra = p.entries[0].clone();
+                p.entries.push(extra);
+            }),
+            "4 entries, more than the 3 asked for",
+        ),
+        (
+            "the page starts at seq 5, asked from 4",
+            Box::new(|p| {
+                p.entries.remove(0);
+            }),
+            "holds seq 5 where seq 4 belongs",
+        ),
+        (
+            "seq 5 missing: the page skips it",
+            Box::new(|p| {
+                p.entries.remove(1);
+            }),
+            "holds seq 6 where seq 5 belongs",
+        ),
+        (
+            "seq 4 twice",
+            Box::new(|p| p.entries[1] = p.entries[0].clone()),
+            "holds seq 4 where seq 5 belongs",
+        ),
+        (
+            "no entry while holding through 8",
+            Box::new(|p| p.entries.clear()),
+            "no entry from seq 4 on but says it holds through seq 8",
+        ),
+    ];
+    for (case, alter, words) in cases {
+        let mut t = restored().await;
+        let caught_up = with_limit(&mut t, 3);
+        let r = &mut t.rig;
+        r.hub.then(hub_head(&t.hub));
+        r.hub.then(page(t.hub.clone(), hub_key(), alter));
+        let (error, _, _) = transient(r.deliver().await);
+        assert!(error.contains(words), "{case}: {error}");
+        assert!(
+            error.contains("nothing of it was taken back"),
+            "{case}: {error}"
+        );
+        assert_eq!(
+            (r.store.head().map(|h| h.0).unwrap_or(0), r.acked()),
+            (5, 3),
+            "{case}: nothing taken back"
+        );
+        assert!(!r.store.has_receipt(4).unwrap_or(true), "{case}");
+        assert!(!*caught_up.borrow(), "{case}: intake stays closed");
+        // Asked for again, the hub's true pages are taken back and intake opens.
+        r.hub.then(hub_head(&t.hub));
+        r.hub.then(page(t.hub.clone(), hub_key(), |_| {}));
+        r.hub.then(page(t.hub.clone(), hub_key(), |_| {}));
+        assert!(r.deliver().await.is_ok(), "{case}");
+        assert_eq!(
+            (r.store.head().map(|h| h.0).unwrap_or(0), r.acked()),
+            (8, 8),
+            "{case}"
+        );
+        assert!(*caught_up.borrow(), "{case}: intake opens");
+        assert_eq!(r.verify(), Vec::<String>::new(), "{case}");
+    }
+}
+
+#[test]
+fn a_page_over_the_byte_limit_is_refused_unless_it_is_one_entry() {
+    let big = |seq: u64| {
+        let mut payload = format!("{{\"seq\":{seq}}}").into_bytes();
+        payload.resize(MAX_ENTRIES_PAGE_BYTES / 2 + 1, b' ');
+        Envelope::sign(&identity().key, ENTRY_PAYLOAD_TYPE, payload)
+    };
+    let page = |entries: Vec<Envelope>| EntriesPage {
+        source: identity().source.clone(),
+        held_through: 9,
+        entries,
+        batch_receipt: None,
+    };
+    let two = page(vec![big(4), big(5)]);
+    let why = super::super::delivery::page_fault(&two, 4, 10).unwrap_or_default();
+    assert!(why.contains("more than a page holds"), "{why}");
+    // One entry always goes, whatever its size (the hub's rule too).
+    let one = page(vec![big(4)]);
+    let why = super::super::delivery::page_fault(&one, 4, 10).unwrap_or_default();
+    assert!(!why.contains("more than a page holds"), "{why}");
+}
+
+#[tokio::test]
+async fn a_hub_that_keeps_sending_nothing_stops_taking_back_with_an_alarm_naming_both_heads() {
+    let mut t = restored().await;
+    let caught_up = with_limit(&mut t, 2);
+    let empty = |p: &mut EntriesPage| p.entries.clear();
+    let r = &mut t.rig;
+    // Four empty answers from seq 4: retried, each a hub fault.
+    for i in 1..TAKE_BACK_STALLS {
+        r.hub.then(hub_head(&t.hub));
+        r.hub.then(page(t.hub.clone(), hub_key(), empty));
+        let (error, _, _) = transient(r.deliver().await);
+        assert!(error.contains("sent no entry"), "answer {i}: {error}");
+    }
+    // A page taken back (4–5) is progress: the count starts again from seq 6.
+    r.hub.then(hub_head(&t.hub));
+    r.hub.then(page(t.hub.clone(), hub_key(), |_| {}));
+    r.hub.then(page(t.hub.clone(), hub_key(), empty));
+    let (error, _, _) = transient(r.deliver().await);
+    assert!(error.contains("from seq 6 on"), "{error}");
+    for _ in 2..TAKE_BACK_STALLS {
+        r.hub.then(hub_head(&t.hub));
+        r.hub.then(page(t.hub.clone(), hub_key(), empty));
+        transient(r.deliver().await);
+    }
+    // The fifth in a row from seq 6: an alarm that says what is wrong and what to do.
+    r.hub.then(hub_head(&t.hub));
+    r.hub.then(page(t.hub.clone(), hub_key(), empty));
+    let (code, reason) = alarm(r.deliver().await);
+    assert_eq!(code, "take_back_stalled");
+    for words in [
+        "holds source gd-rrt's chain through seq 8",
+        "ends at seq 5",
+        "5 answers in a row to take back seq 6 on",
+        "intake stays closed",
+        "spacesync-hub verify",
+        "restore a newer backup",
+    ] {
+        assert!(reason.contains(words), "{words:?}: {reason}");
+    }
+    assert!(!*caught_up.borrow());
+    assert!(r.store.catching_up().unwrap_or(false));
+    // The hub serves again: everything is taken back and intake opens.
+    r.hub.then(hub_head(&t.hub));
+    r.hub.then(page(t.hub.clone(), hub_key(), |_| {}));
+    r.hub.then(page(t.hub.clone(), hub_key(), |_| {}));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(
+        (r.store.head().map(|h| h.0).unwrap_or(0), r.acked()),
+        (8, 8)
+    );
+    assert!(*caught_up.borrow());
 }
