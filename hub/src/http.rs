@@ -810,12 +810,14 @@ enum Keys {
     /// Only the key in the registry now: every request that writes or concerns anything
     /// but the source's own chain (notices, acknowledgements, cosignatures).
     Current,
-    /// Any key the source has had: only the reads of its own chain (`/v1/agent/head`,
-    /// `/v1/agent/entries`). An agent restored from a backup made before a key rotation
-    /// holds the older key; it must still learn what the hub holds, take it back and meet
-    /// the rotation in its chain, which tells its operator what to do. Nothing it may
-    /// append is accepted under that key: ingest checks each entry against the key in
-    /// force at its seq.
+    /// Any key the source has had that handed over to its successor itself: only the
+    /// reads of its own chain (`/v1/agent/head`, `/v1/agent/entries`). An agent restored
+    /// from a backup made before a key rotation holds the older key; it must still learn
+    /// what the hub holds, take it back and meet the rotation in its chain, which tells its
+    /// operator what to do. A key replaced by the admin (`agents rotate`, for a key lost or
+    /// stolen) reads nothing: its successor is not a key-transition entry of the chain.
+    /// Nothing it may append is accepted under an earlier key: ingest checks each entry
+    /// against the key in force at its seq.
     AnyHeld,
 }
 
@@ -917,15 +919,25 @@ fn verify_signed(
         .and_then(parse)
         .ok_or_else(|| AppError::internal(format!("registered key of {source} does not parse")))?;
     // The current key first; for `AnyHeld` the earlier ones after it, newest first.
-    let earlier = match keys {
-        Keys::Current => Vec::new(),
-        Keys::AnyHeld => reg
-            .keys
-            .iter()
-            .rev()
-            .skip(1)
-            .filter_map(|k| parse(&k.key))
-            .collect(),
+    // A key counts only when its successor came from a key-transition entry of the chain
+    // at the seq before the successor's first (signed by that key): looked up only when
+    // the current key does not verify.
+    let earlier = || -> Vec<ed25519_dalek::VerifyingKey> {
+        match keys {
+            Keys::Current => Vec::new(),
+            Keys::AnyHeld => reg
+                .keys
+                .windows(2)
+                .rev()
+                .filter(|w| {
+                    w[1].from_seq >= 2
+                        && s.hub
+                            .handed_over(&source, w[1].from_seq - 1, &w[1].key)
+                            .unwrap_or(false)
+                })
+                .filter_map(|w| parse(&w[0].key))
+                .collect(),
+        }
     };
     let path = uri
         .path_and_query()
@@ -939,7 +951,7 @@ fn verify_signed(
     let ts = match verify(&key) {
         Ok(ts) => ts,
         // The current key's error is the one told: it is the key the source should use.
-        Err(e) => earlier
+        Err(e) => earlier()
             .iter()
             .find_map(|k| verify(k).ok())
             .ok_or_else(|| AppError::unauthorized(e.to_string()))?,

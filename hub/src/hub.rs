@@ -567,6 +567,25 @@ impl Hub {
         Ok(())
     }
 
+    /// True when `source`'s entry at `seq` is a key transition to `key_line` (the key
+    /// in force before it signed the hand-over in the chain, not an admin's rotation).
+    pub fn handed_over(
+        &self,
+        source: &SourceId,
+        seq: u64,
+        key_line: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(h) = self.held(source, seq)? else {
+            return Ok(false);
+        };
+        let Some(rec) = crate::log::read(self.store.as_ref(), h.log_index)? else {
+            return Ok(false);
+        };
+        Ok(rec.source.as_ref() == Some(source)
+            && registry::transition_in(&rec.envelope.payload)
+                .is_some_and(|(at, line)| at == seq && line == key_line))
+    }
+
     /// What the source index holds for `source`'s `seq`; a damaged index value reads as
     /// nothing held (the chain verifier then judges the entry as new).
     pub(crate) fn held(&self, source: &SourceId, seq: u64) -> Result<Option<Held>, StoreError> {

@@ -397,3 +397,36 @@ async fn an_older_key_reads_its_own_chain_and_nothing_else() {
     assert!(reason.contains("retired key"), "{reason}");
     assert_eq!(th.source_leaves(), 3);
 }
+
+/// A key the admin replaced (`agents rotate`: lost or stolen) reads nothing of the chain,
+/// even where an earlier key handed over in the chain still may: only a key that signed
+/// its own successor's transition keeps reading.
+#[tokio::test]
+async fn a_key_the_admin_replaced_reads_nothing() {
+    let dir = store_dir(Backend::Sled);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let first = gd.clone();
+    let second = SigningKey::from_bytes(&[7; 32]);
+    let entries = vec![
+        gd.sign_next(&activity("440106", "2018-11-01", "a")),
+        transition(&mut gd, &second),
+    ];
+    th.ingest_ok(&batch(&gd, entries)).await;
+    th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "by the second key")]))
+        .await;
+    // The second key is stolen: the admin replaces it from the next seq.
+    let replacement = Agent::new("gd-a", 9, "440000");
+    th.hub
+        .rotate_source("gd-a", &replacement.key_line(), None)
+        .expect("rotate");
+    for (who, key, want) in [
+        ("first (handed over in the chain)", &first.key, 200),
+        ("second (replaced by the admin)", &second, 401),
+        ("replacement", &replacement.key, 200),
+    ] {
+        let r = signed_by(&th, &gd.id, key, "GET", wire::PATH_AGENT_HEAD, b"").await;
+        assert_eq!(r.status.as_u16(), want, "{who}: {}", r.text());
+    }
+}
