@@ -814,7 +814,7 @@ pub enum WitnessesCmd {
     /// verifies with the policy's hub key and its quorum of units cosigned. Needs no data
     /// directory.
     #[command(
-        after_help = "Example:\n  curl -s https://hub.example/v1/checkpoint?size=72391 > cp.txt\n  spacesync-hub witnesses check cp.txt --policy witnesses-2018.txt"
+        after_help = "Example:\n  spacesync-hub witnesses check cp.txt --policy witnesses-2018.txt   # cp.txt: curl https://hub.example/v1/checkpoint?size=72391"
     )]
     Check {
         /// The checkpoint note file.
@@ -847,17 +847,26 @@ fn read_policy(path: &Path) -> Result<spacesync_shared::witness_policy::Policy, 
 
 /// `witnesses check NOTE --policy P`.
 fn witnesses_check(note: &Path, policy: &Path) -> Result<(), CliError> {
+    use std::io::Read as _;
     let p = read_policy(policy)?;
-    if p.log.is_none() {
+    // Bounded: the note comes from the hub (a few KiB with 99 cosignature lines).
+    let mut text = String::new();
+    std::fs::File::open(note)
+        .and_then(|f| {
+            f.take(spacesync_shared::evidence::MAX_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|error| CliError::Io {
+            path: note.to_path_buf(),
+            error,
+        })?;
+    if text.len() > spacesync_shared::evidence::MAX_BYTES {
         return Err(CliError::Usage(format!(
-            "{} names no hub (`log <origin> ed25519:<base64>`): without it the checkpoint's own signature cannot be checked; add the hub's line (`spacesync-hub pubkey` and the checkpoint origin)",
-            policy.display()
+            "{}: more than {} bytes, not a checkpoint note",
+            note.display(),
+            spacesync_shared::evidence::MAX_BYTES
         )));
     }
-    let text = std::fs::read_to_string(note).map_err(|error| CliError::Io {
-        path: note.to_path_buf(),
-        error,
-    })?;
     let t = p.tally(&text).map_err(|error| CliError::Policy {
         file: note.to_path_buf(),
         error,

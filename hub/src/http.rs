@@ -804,6 +804,12 @@ async fn consistency(
     })))
 }
 
+/// How long after it handed over an earlier key may still read its source's chain (an
+/// agent restored from a backup older than that cannot take back; its operator restores a
+/// newer backup or runs `rotate-key --lost`). Bounded, so a retired key leaked from an old
+/// backup does not read the province's records for ever.
+const RETIRED_KEY_READ_DAYS: i64 = 90;
+
 /// Which of a source's keys may sign a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
@@ -815,7 +821,8 @@ enum Keys {
     /// from a backup made before a key rotation holds the older key; it must still learn
     /// what the hub holds, take it back and meet the rotation in its chain, which tells its
     /// operator what to do. A key replaced by the admin (`agents rotate`, for a key lost or
-    /// stolen) reads nothing: its successor is not a key-transition entry of the chain.
+    /// stolen) reads nothing: its successor is not a key-transition entry of the chain;
+    /// nor does one retired more than [`RETIRED_KEY_READ_DAYS`] ago.
     /// Nothing it may append is accepted under an earlier key: ingest checks each entry
     /// against the key in force at its seq.
     AnyHeld,
@@ -930,7 +937,8 @@ fn verify_signed(
                 .windows(2)
                 .rev()
                 .filter(|w| {
-                    w[1].from_seq >= 2
+                    (s.hub.clock.now() - w[1].added_at).num_days() < RETIRED_KEY_READ_DAYS
+                        && w[1].from_seq >= 2
                         && s.hub
                             .handed_over(&source, w[1].from_seq - 1, &w[1].key)
                             .unwrap_or(false)

@@ -616,15 +616,18 @@ pub fn draft_policy<'a>(
             c.name().to_string(),
             witness_policy::Witness {
                 unit: rec.scope.province(),
-                keys: vec![c],
+                keys: vec![witness_policy::WitnessKey {
+                    cosigner: c,
+                    until: None,
+                }],
             },
         );
     }
     let policy = witness_policy::Policy {
-        log: Some(witness_policy::LogKey {
+        log: witness_policy::LogKey {
             origin: origin.to_string(),
             key: hub_key,
-        }),
+        },
         quorum,
         witnesses,
     };
@@ -644,18 +647,23 @@ pub fn draft_policy<'a>(
     out
 }
 
-/// Adds to `policy` every key its witnesses handed over to in their own chains: a
-/// key-transition entry of source `s` in the log, signed by a key the policy already holds
-/// for `spacesync-witness/<s>`, whose new key's proof verifies. Keys the hub registered
-/// otherwise (an admin's `rotate --lost`, a re-enrolment) are not added: only what the
-/// published key signed extends it. Returns how many keys were added.
+/// Adds to `policy` every key its witnesses handed over to in their own chains, in chain
+/// order: a key-transition entry of source `s` in the log, signed by the key in force for
+/// `spacesync-witness/<s>` (a listed key before its first hand-over, then only the key
+/// handed over to last), whose new key's proof verifies. The key that signed it counts
+/// from then on only for checkpoints no larger than the transition's leaf (a retired key,
+/// say from an old backup, cannot cosign later trees, nor hand over again). Keys the hub
+/// registered otherwise (an admin's `rotate --lost`, a re-enrolment) are not added.
+/// Returns how many keys were added.
 pub fn extend_by_transitions(
     store: &dyn Store,
     policy: &mut witness_policy::Policy,
 ) -> Result<usize, WitnessError> {
     let mut added = 0;
+    // The key in force per witness once it has handed over in the log.
+    let mut in_force: BTreeMap<String, ed25519_dalek::VerifyingKey> = BTreeMap::new();
     for row in log::iter(store) {
-        let (_, rec) = row?;
+        let (leaf, rec) = row?;
         let Some(source) = &rec.source else { continue };
         if crate::registry::transition_in(&rec.envelope.payload).is_none() {
             continue;
@@ -664,15 +672,26 @@ pub fn extend_by_transitions(
         let Some(w) = policy.witnesses.get(&name) else {
             continue;
         };
-        let opened = w
-            .keys
-            .iter()
-            .find_map(|c| spacesync_shared::entry::Entry::open(&rec.envelope, c.key()).ok());
-        let Some(Ok(Some(new))) = opened.map(|e| e.transition()) else {
+        let signers: Vec<ed25519_dalek::VerifyingKey> = match in_force.get(&name) {
+            Some(k) => vec![*k],
+            None => w.keys.iter().map(|k| *k.cosigner.key()).collect(),
+        };
+        let Some((from, entry)) = signers.iter().find_map(|k| {
+            spacesync_shared::entry::Entry::open(&rec.envelope, k)
+                .ok()
+                .map(|e| (*k, e))
+        }) else {
             continue;
         };
-        if w.keys.iter().all(|c| c.key() != &new) && policy.add_key(&name, new) {
-            added += 1;
+        let Ok(Some(new)) = entry.transition() else {
+            continue;
+        };
+        let known = w.keys.iter().any(|k| k.cosigner.key() == &new);
+        if policy.hand_over(&name, &from, new, leaf) {
+            in_force.insert(name, new);
+            if !known {
+                added += 1;
+            }
         }
     }
     Ok(added)
@@ -692,22 +711,26 @@ pub fn status_under(
         .map(|k| k.line)
         .collect();
     let mut names = std::collections::BTreeSet::new();
-    for chunk in lines.chunks(MAX_LINES) {
-        let with = cosign::add(note, chunk).map_err(|e| WitnessError::Malformed(e.to_string()))?;
-        names.extend(
-            policy
-                .cosigned_by(&with)
-                .map_err(|e| WitnessError::Malformed(e.to_string()))?,
-        );
+    let mut bad = Vec::new();
+    let notes: Vec<String> = if lines.is_empty() {
+        vec![note.to_string()]
+    } else {
+        lines
+            .chunks(MAX_LINES)
+            .map(|chunk| cosign::add(note, chunk))
+            .collect::<Result<_, _>>()
+            .map_err(|e| WitnessError::Malformed(e.to_string()))?
+    };
+    for with in notes {
+        let c = policy
+            .cosigned_by(&with, size)
+            .map_err(|e| WitnessError::Malformed(e.to_string()))?;
+        names.extend(c.names);
+        bad.extend(c.bad);
     }
-    if lines.is_empty() {
-        names.extend(
-            policy
-                .cosigned_by(note)
-                .map_err(|e| WitnessError::Malformed(e.to_string()))?,
-        );
-    }
-    Ok(policy.tally_names(size, &names))
+    bad.sort();
+    bad.dedup();
+    Ok(policy.tally_names(size, &names, bad))
 }
 
 /// Most bulletin checkpoints the hub asks witnesses for at once.

@@ -409,7 +409,10 @@ mod tests {
             c.name().to_string(),
             crate::witness_policy::Witness {
                 unit: crate::region::RegionCode::parse("440000").unwrap_or_else(|e| panic!("{e}")),
-                keys: vec![c],
+                keys: vec![crate::witness_policy::WitnessKey {
+                    cosigner: c,
+                    until: None,
+                }],
             },
         );
         let e = verify_under(&good, &strangers)
