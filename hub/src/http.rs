@@ -254,6 +254,7 @@ pub fn app(state: AppState) -> Router {
         .route(wire::PATH_CHECKPOINT, get(checkpoint))
         .route(wire::PATH_COSIGNATURE, post(cosignature))
         .route(wire::PATH_COSIGNATURE_WANTED, get(cosignature_wanted))
+        .route(wire::PATH_AGENT_LOG_ALARM, post(agent_log_alarm))
         .route(wire::PATH_WITNESSES, get(witnesses))
         .route("/v1/proof/inclusion", get(inclusion))
         .route("/v1/proof/consistency", get(consistency))
@@ -683,6 +684,57 @@ async fn cosignature(
         }
     }
 }
+
+/// `POST /v1/agent/log-alarm`, signed by the source: its agent's log alarm, raised or
+/// cleared ([`witness::report_alarm`]), kept for `/v1/sources` and the dashboard.
+async fn agent_log_alarm(
+    State(s): State<AppState>,
+    client: ClientAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, AppError> {
+    if body.len() > MAX_LOG_ALARM_BODY {
+        return Err(s.refuse(
+            &client,
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(RefusalCode::TooLarge),
+                format!("a log alarm report is at most {MAX_LOG_ALARM_BODY} bytes"),
+            ),
+        ));
+    }
+    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, &body).await?;
+    let report: wire::LogAlarmReport = spacesync_shared::json::from_slice(&body)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            AppError::bad_request(format!(
+                "the log alarm report is not the expected JSON: {e}"
+            ))
+        })?;
+    report
+        .check()
+        .map_err(|e| AppError::bad_request(format!("the log alarm report is refused: {e}")))?;
+    let (hub, now) = (s.hub.clone(), s.hub.clock.now());
+    let id = source.clone();
+    let r = report.clone();
+    tokio::task::spawn_blocking(move || witness::report_alarm(&hub, &id, &r, now))
+        .await
+        .map_err(AppError::internal)??;
+    if report.cleared {
+        tracing::info!(source = %source, code = %report.code, "A source's agent reports its log alarm cleared by its operator.");
+    } else {
+        // The text is the agent's: escaped.
+        tracing::warn!(source = %source, code = %report.code, detected = ?report.detected, "A source's agent reports a log alarm: its audit of this hub's log failed.");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Largest `POST /v1/agent/log-alarm` body: every report within
+/// [`wire::LogAlarmReport::check`]'s bounds fits (a text of 2048 characters, each at most 6
+/// bytes as JSON, `\u001f`; a code of 64; the time), and nothing much larger is read.
+pub const MAX_LOG_ALARM_BODY: usize = 16 << 10;
 
 /// `GET /v1/cosignature/wanted`: the bulletins' checkpoints still short of the quorum.
 async fn cosignature_wanted(
@@ -1384,6 +1436,11 @@ fn metrics_text(s: &AppState) -> Response {
     out.push_str(&format!("spacesync_hub_sources {}\n", st.registry.len()));
     out.push_str("# HELP spacesync_hub_alarms Alarms raised (equivocations).\n# TYPE spacesync_hub_alarms gauge\n");
     out.push_str(&format!("spacesync_hub_alarms {}\n", st.alarms.len()));
+    // One record read per source (the registry holds a few dozen).
+    if let Ok(n) = witness::alarmed_sources(s.hub.store.as_ref(), st.registry.values()) {
+        out.push_str("# HELP spacesync_hub_sources_log_alarm Sources whose agent reports a log alarm (its audit of this hub's log failed).\n# TYPE spacesync_hub_sources_log_alarm gauge\n");
+        out.push_str(&format!("spacesync_hub_sources_log_alarm {n}\n"));
+    }
     out.push_str("# HELP spacesync_hub_source_head_seq Highest seq held per source.\n# TYPE spacesync_hub_source_head_seq gauge\n");
     let mut heads: Vec<_> = st.heads.iter().collect();
     heads.sort_by(|a, b| a.0.cmp(b.0));

@@ -25,7 +25,9 @@ use spacesync_shared::SourceId;
 use spacesync_shared::campaign::Campaign;
 use spacesync_shared::cosign::{self, Cosigner};
 use spacesync_shared::merkle::{self, Checkpoint};
-use spacesync_shared::wire::{CosignatureAccepted, CosignatureSubmission, WitnessWanted};
+use spacesync_shared::wire::{
+    CosignatureAccepted, CosignatureSubmission, LogAlarmReport, WitnessWanted,
+};
 use spacesync_shared::witness_policy;
 
 use crate::assessment::WitnessStatus;
@@ -108,6 +110,28 @@ pub struct SourceWitness {
     /// The last cosignature it sent of a root that is not the hub's at that size: this
     /// province's agent saw another tree (its log alarm says more).
     pub wrong_root: Option<WrongRootSeen>,
+    /// The log alarm this source's agent reported (`POST /v1/agent/log-alarm`): its audit
+    /// found the hub's log forked, rolled back, missing an entry, … (`None`: none reported,
+    /// or its operator cleared it). Records written before reports existed read as `None`.
+    #[serde(default)]
+    pub log_alarm: Option<ReportedAlarm>,
+    /// When (hub clock) the agent last reported its operator cleared the alarm.
+    #[serde(default)]
+    pub log_alarm_cleared_at: Option<DateTime<Utc>>,
+}
+
+/// A log alarm as a source's agent reported it. The text is the agent's: shown escaped,
+/// never trusted; the evidence stays in the agent's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedAlarm {
+    /// The alarm's code (`fork`, `rollback`, `missing_entry`, …; `[a-z_]`).
+    pub code: String,
+    /// The agent's alarm text: what it detected and what to do.
+    pub detected: String,
+    /// When the agent made the report (agent clock).
+    pub at: DateTime<Utc>,
+    /// When the hub received it (hub clock).
+    pub received_at: DateTime<Utc>,
 }
 
 /// A cosignature of another tree, as the hub refused it.
@@ -133,6 +157,60 @@ pub fn of_source(store: &dyn Store, source: &SourceId) -> Result<SourceWitness, 
             message: e.to_string(),
         }),
     }
+}
+
+/// Keeps (flushed before this returns) the log alarm `source`'s agent reports, or forgets
+/// it when the report says its operator cleared it; `now` is the hub's clock. The report's
+/// bounds are the caller's to check ([`LogAlarmReport::check`]). Returns the source's
+/// record as it now stands.
+pub fn report_alarm(
+    hub: &Hub,
+    source: &SourceId,
+    report: &LogAlarmReport,
+    now: DateTime<Utc>,
+) -> Result<SourceWitness, WitnessError> {
+    let snap = hub.snapshot();
+    let rec = snap
+        .registry
+        .get(source)
+        .ok_or_else(|| WitnessError::UnknownSource(source.clone()))?;
+    if rec.status == SourceStatus::Revoked {
+        return Err(WitnessError::Revoked(source.clone()));
+    }
+    let mut w = of_source(hub.store.as_ref(), source)?;
+    if report.cleared {
+        w.log_alarm = None;
+        w.log_alarm_cleared_at = Some(now);
+    } else {
+        w.log_alarm = Some(ReportedAlarm {
+            code: report.code.clone(),
+            detected: report.detected.clone(),
+            at: report.at,
+            received_at: now,
+        });
+    }
+    let mut b = WriteBatch::new();
+    b.put(
+        source_key(source),
+        serde_json::to_vec(&w).unwrap_or_default(),
+    );
+    hub.store.apply(b)?;
+    hub.store.flush()?;
+    Ok(w)
+}
+
+/// How many sources' agents report a log alarm now (of those in `registry`).
+pub fn alarmed_sources<'a>(
+    store: &dyn Store,
+    registry: impl IntoIterator<Item = &'a SourceRecord>,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for r in registry {
+        if of_source(store, &r.id)?.log_alarm.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Key of `source`'s cosignature of the checkpoint of `size` leaves.

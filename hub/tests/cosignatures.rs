@@ -784,8 +784,216 @@ async fn no_quorum_for_two_trees_of_one_size(backend: Backend) {
     assert!(e.to_string().contains("spacesync-witness/bj-agent"), "{e}");
 }
 
+/// Posts `body` to `/v1/agent/log-alarm`, signed with `key` for source `id` (no headers
+/// at all when `key` is `None`).
+async fn post_alarm(th: &TestHub, key: Option<&SigningKey>, id: &str, body: Vec<u8>) -> Reply {
+    let mut req =
+        Request::post(wire::PATH_AGENT_LOG_ALARM).header("content-type", "application/json");
+    if let Some(key) = key {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("random");
+        let id = spacesync_shared::SourceId::parse(id).expect("source id");
+        let headers = wire::sign_request(
+            key,
+            &id,
+            "POST",
+            wire::PATH_AGENT_LOG_ALARM,
+            th.clock.now(),
+            nonce,
+            &body,
+        );
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+    }
+    th.send(req.body(Body::from(body)).expect("request")).await
+}
+
+fn alarm_body(code: &str, detected: &str, cleared: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "code": code,
+        "detected": detected,
+        "at": "2018-11-20T01:00:00Z",
+        "cleared": cleared,
+    }))
+    .expect("json")
+}
+
+/// Issue 16: the dashboard and `/v1/sources` show each province's log alarm. A report
+/// signed by the source is kept (with the agent's time and the hub's) and shown in
+/// `/v1/sources`, on the sources page (escaped: the text is the agent's) and in the
+/// metrics; a request not signed by that source, too large or malformed changes nothing;
+/// a cleared report removes it.
+async fn log_alarm_reports_are_kept_shown_and_cleared(backend: Backend) {
+    let dir = store_dir(backend);
+    let th = TestHub::open(dir.path());
+    let (gd, bj) = provinces();
+    th.register(&gd);
+    th.register(&bj);
+    let text = "fork (the hub's log does not extend the one it showed before <b>\"x\"</b>)";
+    let r = post_alarm(
+        &th,
+        Some(&gd.key),
+        "gd-agent",
+        alarm_body("fork", text, false),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+
+    let shown = |list: &serde_json::Value, id: &str| {
+        list["sources"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["source"] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"))["witness"]["log_alarm"]
+            .clone()
+    };
+    let list = th.get_json("/v1/sources").await;
+    let a = shown(&list, "gd-agent");
+    assert_eq!(a["code"], "fork", "{a}");
+    assert_eq!(a["detected"], text, "{a}");
+    assert_eq!(a["at"], "2018-11-20T01:00:00Z", "{a}");
+    assert_eq!(
+        a["received_at"],
+        serde_json::to_value(th.clock.now()).expect("json"),
+        "{a}"
+    );
+    assert!(shown(&list, "bj-agent").is_null(), "{list}");
+    let page = th
+        .get("/sources?lang=en", Some(&th.admin.clone()))
+        .await
+        .text();
+    assert!(
+        page.contains(
+            "<span class=\"warn\" data-field=\"log_alarm\" title=\"fork (the hub&#39;s log does not extend the one it showed before &lt;b&gt;&quot;x&quot;&lt;/b&gt;)\">log alarm: fork</span>"
+        ) || page.contains(
+            "<span class=\"warn\" data-field=\"log_alarm\" title=\"fork (the hub's log does not extend the one it showed before &lt;b&gt;&quot;x&quot;&lt;/b&gt;)\">log alarm: fork</span>"
+        ),
+        "{page}"
+    );
+    assert!(!page.contains("<b>"), "the agent's text is escaped: {page}");
+    let zh = th.get("/sources", Some(&th.admin.clone())).await.text();
+    assert!(zh.contains("日志审计告警：fork"), "{zh}");
+    let metrics = th.get("/metrics", Some(&th.admin.clone())).await.text();
+    assert!(
+        metrics.contains("\nspacesync_hub_sources_log_alarm 1\n"),
+        "{metrics}"
+    );
+
+    // Refused, and nothing stored: each would replace gd's alarm.
+    let long_code = "a".repeat(wire::MAX_LOG_ALARM_CODE + 1);
+    let long_text = "x".repeat(wire::MAX_LOG_ALARM_TEXT + 1);
+    let huge = "x".repeat(20_000);
+    let cases: Vec<(&str, Option<&SigningKey>, Vec<u8>, StatusCode)> = vec![
+        (
+            "unsigned",
+            None,
+            alarm_body("rollback", "r", false),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "signed by another source's key",
+            Some(&bj.key),
+            alarm_body("rollback", "r", false),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "a cleared report signed by another source's key",
+            Some(&bj.key),
+            alarm_body("fork", "", true),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "not JSON",
+            Some(&gd.key),
+            b"fork".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "an unknown field",
+            Some(&gd.key),
+            serde_json::to_vec(&json!({"code": "rollback", "detected": "r",
+                "at": "2018-11-20T01:00:00Z", "cleared": false, "evil": 1}))
+            .expect("json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a field missing",
+            Some(&gd.key),
+            serde_json::to_vec(&json!({"code": "rollback", "detected": "r", "cleared": false}))
+                .expect("json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a code with markup",
+            Some(&gd.key),
+            alarm_body("<b>", "r", false),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "an empty code",
+            Some(&gd.key),
+            alarm_body("", "r", false),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a code too long",
+            Some(&gd.key),
+            alarm_body(&long_code, "r", false),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a text too long",
+            Some(&gd.key),
+            alarm_body("rollback", &long_text, false),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a body too large",
+            Some(&gd.key),
+            alarm_body("rollback", &huge, false),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (what, key, body, status) in cases {
+        let r = post_alarm(&th, key, "gd-agent", body).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        let now = shown(&th.get_json("/v1/sources").await, "gd-agent");
+        assert_eq!(now, a, "{what}: stored");
+    }
+
+    // Cleared by gd's operator: gone from the list, the page and the metric.
+    th.clock.set(th.clock.now() + chrono::TimeDelta::minutes(5));
+    let r = post_alarm(
+        &th,
+        Some(&gd.key),
+        "gd-agent",
+        alarm_body("fork", text, true),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let list = th.get_json("/v1/sources").await;
+    assert!(shown(&list, "gd-agent").is_null(), "{list}");
+    let w = &list["sources"][1]["witness"];
+    assert_eq!(
+        w["log_alarm_cleared_at"],
+        serde_json::to_value(th.clock.now()).expect("json"),
+        "{list}"
+    );
+    let page = th
+        .get("/sources?lang=en", Some(&th.admin.clone()))
+        .await
+        .text();
+    assert!(!page.contains("log alarm"), "{page}");
+    let metrics = th.get("/metrics", Some(&th.admin.clone())).await.text();
+    assert!(
+        metrics.contains("\nspacesync_hub_sources_log_alarm 0\n"),
+        "{metrics}"
+    );
+}
+
 backends!(
-    async cosignatures_are_collected_per_checkpoint,
+    async log_alarm_reports_are_kept_shown_and_cleared,
+    cosignatures_are_collected_per_checkpoint,
     bad_cosignatures_are_refused_with_a_code,
     bulletins_are_pinned_to_a_witnessed_checkpoint,
     no_quorum_for_two_trees_of_one_size,

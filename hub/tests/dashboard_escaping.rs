@@ -22,9 +22,9 @@ use spacesync_hub::auth::Role;
 use spacesync_hub::dashboard::flags::{DropRow, FlagCounts, FlagsView};
 use spacesync_hub::dashboard::layout::Frame;
 use spacesync_hub::dashboard::pages::{
-    AlarmRow, Children, Crumb, FiguresRow, HomePage, NoticeRow, NoticesPage, RegionPage,
-    SchoolPage, SourceRow, SourceState, SourcesPage, Summary, bulletin_box_markup, home_page,
-    notices_page_markup, region_page_markup, school_page_markup, sources_page_markup,
+    AlarmRow, Children, Crumb, FiguresRow, HomePage, LogAlarmFlag, NoticeRow, NoticesPage,
+    RegionPage, SchoolPage, SourceRow, SourceState, SourcesPage, Summary, bulletin_box_markup,
+    home_page, notices_page_markup, region_page_markup, school_page_markup, sources_page_markup,
 };
 use spacesync_hub::views::Figures;
 use spacesync_hub::wording::Lang;
@@ -174,6 +174,10 @@ fn pages(lang: Lang, n: &dyn Fn(usize) -> String) -> Vec<(&'static str, String)>
             alarms: 1,
             witnessed: Some(5),
             saw_another_tree: Some(n(98)),
+            log_alarm: Some(LogAlarmFlag {
+                flag: n(99),
+                detected: n(87),
+            }),
         }],
         alarms: vec![AlarmRow {
             at: n(94),

@@ -316,7 +316,8 @@ async fn signed_by(
 /// chain (`/v1/agent/head`, `/v1/agent/entries`): an agent restored from a backup made
 /// before the rotation takes its chain back and learns of the rotation there. Nothing
 /// else takes it: not ingest (each entry is checked against the key in force at its seq),
-/// not notices, their acknowledgement or cosignatures — each of which the new key passes.
+/// not notices, their acknowledgement, cosignatures or log alarm reports — each of which
+/// the new key passes.
 #[tokio::test]
 async fn an_older_key_reads_its_own_chain_and_nothing_else() {
     let dir = store_dir(Backend::Sled);
@@ -358,10 +359,11 @@ async fn an_older_key_reads_its_own_chain_and_nothing_else() {
     // Everything else: the old key is refused as a signature that does not verify; the
     // new key gets past the signature (to the body's own checks).
     let notices = format!("{}?after=0", wire::PATH_AGENT_NOTICES);
-    let writes: [(&str, &str, &[u8]); 3] = [
+    let writes: [(&str, &str, &[u8]); 4] = [
         ("GET", notices.as_str(), b""),
         ("POST", wire::PATH_AGENT_NOTICES_ACK, b"{}"),
         ("POST", wire::PATH_COSIGNATURE, b"{}"),
+        ("POST", wire::PATH_AGENT_LOG_ALARM, b"{}"),
     ];
     for (method, path, body) in writes {
         let r = signed_by(&th, &gd.id, &old.key, method, path, body).await;

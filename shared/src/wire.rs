@@ -399,6 +399,63 @@ pub const PATH_WITNESSES: &str = "/v1/witnesses";
 /// or the newest), with the cosignature lines collected for exactly that checkpoint.
 pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
 
+/// Hub: `POST` a [`LogAlarmReport`], signed request: the signing source's agent raised
+/// (or its operator cleared) the log alarm of its audit of the hub's log. Answers 204, or
+/// [`ErrorBody`]; a hub that predates it answers 404.
+pub const PATH_AGENT_LOG_ALARM: &str = "/v1/agent/log-alarm";
+
+/// Most characters of a [`LogAlarmReport`]'s code.
+pub const MAX_LOG_ALARM_CODE: usize = 64;
+/// Most characters of a [`LogAlarmReport`]'s text.
+pub const MAX_LOG_ALARM_TEXT: usize = 2048;
+
+/// What an agent's log audit says of the hub's log, as the agent reports it to the hub
+/// (issue 16: the dashboard shows each province's alarm). The hub only shows it: the
+/// evidence stays in the agent's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogAlarmReport {
+    /// The alarm's code (`fork`, `rollback`, `missing_entry`, `bad_checkpoint_signature`,
+    /// `audit_refused`, …): `[a-z_]`, 1 to [`MAX_LOG_ALARM_CODE`] characters. For a
+    /// cleared alarm, the code of the alarm cleared.
+    pub code: String,
+    /// The agent's alarm text (what was detected, what to do), at most
+    /// [`MAX_LOG_ALARM_TEXT`] characters. Shown as the agent wrote it: readers escape it.
+    pub detected: String,
+    /// When the agent made this report (its clock): the sync after the audit that raised
+    /// the alarm, or after its operator cleared it.
+    pub at: DateTime<Utc>,
+    /// True when the agent's operator cleared the alarm (`clear-alarm`): the hub forgets it.
+    pub cleared: bool,
+}
+
+impl LogAlarmReport {
+    /// Checks the bounds of [`LogAlarmReport::code`] and [`LogAlarmReport::detected`];
+    /// the error says which field is wrong and how.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.code.chars().count();
+        if n == 0 || n > MAX_LOG_ALARM_CODE {
+            return Err(format!(
+                "code must have 1 to {MAX_LOG_ALARM_CODE} characters, it has {n}"
+            ));
+        }
+        if !self
+            .code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            return Err("code may hold only the letters a-z and '_'".into());
+        }
+        let n = self.detected.chars().count();
+        if n > MAX_LOG_ALARM_TEXT {
+            return Err(format!(
+                "detected must have at most {MAX_LOG_ALARM_TEXT} characters, it has {n}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An agent's cosignature of a checkpoint it audited (c2sp.org/tlog-cosignature).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -834,5 +891,36 @@ mod tests {
         ] {
             assert_eq!(ReceiptForm::requested(h), want, "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_log_alarm_report_is_bounded() {
+        let at = DateTime::parse_from_rfc3339("2018-11-20T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let r = |code: &str, detected: String| LogAlarmReport {
+            code: code.into(),
+            detected,
+            at,
+            cleared: false,
+        };
+        assert_eq!(r("fork", "x".repeat(MAX_LOG_ALARM_TEXT)).check(), Ok(()));
+        assert_eq!(
+            r(&"a".repeat(MAX_LOG_ALARM_CODE), String::new()).check(),
+            Ok(())
+        );
+        for (code, detected) in [
+            ("", String::new()),
+            ("Fork", String::new()),
+            ("fork-1", String::new()),
+            ("<b>", String::new()),
+            (&"a".repeat(MAX_LOG_ALARM_CODE + 1), String::new()),
+            ("fork", "é".repeat(MAX_LOG_ALARM_TEXT + 1)),
+        ] {
+            assert!(r(code, detected.clone()).check().is_err(), "{code:?}");
+        }
+        let extra =
+            r#"{"code":"fork","detected":"","at":"2018-11-20T01:00:00Z","cleared":false,"x":1}"#;
+        assert!(serde_json::from_str::<LogAlarmReport>(extra).is_err());
     }
 }

@@ -26,7 +26,7 @@ use spacesync_hub::render::{Lang, count};
 use spacesync_hub::store::SledStore;
 use spacesync_shared::clock::FixedClock;
 use spacesync_shared::keys::public_key_line;
-use spacesync_shared::wire::IngestBatch;
+use spacesync_shared::wire::{IngestBatch, LogAlarmReport};
 use spacesync_shared::{Campaign, Digest, Entry, Record, RegionCode, SourceId};
 use spacesync_tests::browser::{Browser, Loaded, require_chromium};
 
@@ -362,6 +362,21 @@ fn dashboard_drill_down_in_chromium() {
         bj.send(&hub, r);
     }
     spacesync_hub::bulletin::issue(&hub, None, &[]).expect("issue bulletin");
+    // Guangdong's agent reported a log alarm (issue 16): its row flags it, the agent's
+    // text (markup included) on hover.
+    let detected = "fork (the hub's log does not extend the one it showed before <b>x</b>)";
+    spacesync_hub::witness::report_alarm(
+        &hub,
+        &gd.id,
+        &LogAlarmReport {
+            code: "fork".into(),
+            detected: detected.into(),
+            at: now,
+            cleared: false,
+        },
+        now,
+    )
+    .expect("report the log alarm");
     let ministry = auth::create_token(store.as_ref(), Role::Ministry, None, now).unwrap();
     let beijing = auth::create_token(
         store.as_ref(),
@@ -585,6 +600,16 @@ fn dashboard_drill_down_in_chromium() {
         assert_ne!(f[&format!("{row}/last_seen")], "—", "{row}");
     }
     assert_eq!(f["source:src-440000/entries"], "6");
+    assert_eq!(f["source:src-440000/log_alarm"], "日志审计告警：fork");
+    assert!(!f.contains_key("source:src-110000/log_alarm"), "{f:?}");
+    let title = b.eval(
+        "document.querySelector(\"tr[data-row='source:src-440000'] [data-field='log_alarm']\").title",
+    );
+    assert_eq!(title, detected);
+    let red = b.eval(
+        "getComputedStyle(document.querySelector(\"tr[data-row='source:src-440000'] [data-field='log_alarm']\")).color",
+    );
+    assert_eq!(red, "rgb(187, 0, 0)");
     shot(&mut b, "sources");
 
     // English keeps itself in links and formats numbers the English way.

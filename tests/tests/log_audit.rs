@@ -2,7 +2,8 @@
 //! sync. An honest hub raises no alarm and each agent's `verified_checkpoint_size` grows
 //! with the log; the same hub restarted on the same port from an older copy of its data
 //! directory (its log rolled back) makes the agents raise `log_alarm`, and they keep
-//! delivering; the alarm is in the stored status of a stopped agent too. An honest hub
+//! delivering; the alarm is in the stored status of a stopped agent too, and the hub's
+//! source list shows it (each agent reports it) until the agent's operator clears it. An honest hub
 //! behind a fault proxy raises no alarm.
 
 use std::path::Path;
@@ -79,6 +80,43 @@ async fn delivered_and_verified(hub: &HubNode, agent: &AgentNode, n: u64) -> u64
     size
 }
 
+/// The log alarm the hub lists for `agent` (`/v1/sources`, `witness.log_alarm`; null
+/// when none), read with a ministry token.
+async fn hub_alarm(hub: &HubNode, token: &str, agent: &AgentNode) -> Value {
+    let v: Value = match reqwest::Client::new()
+        .get(format!("{}/v1/sources", hub.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => return Value::Null,
+    };
+    let id = agent.source().to_string();
+    v["sources"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["source"] == id.as_str()))
+        .map(|s| s["witness"]["log_alarm"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the hub lists for `agent` the log alarm `want` (null: none).
+async fn wait_hub_alarm(hub: &HubNode, token: &str, agent: &AgentNode, want: Option<&str>) {
+    wait_for(
+        Duration::from_secs(60),
+        &format!(
+            "the hub to list {}'s log alarm as {want:?}",
+            agent.site.source
+        ),
+        async || {
+            let a = hub_alarm(hub, token, agent).await;
+            let got = a["code"].as_str();
+            (got == want).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn status(agent: &AgentNode) -> Value {
     agent.status().await.unwrap_or(Value::Null)
 }
@@ -109,6 +147,9 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
     let mut b = AgentNode::init(b_site, &hub.url(), &hub.key_line, |_| {});
     hub.register(&a_site, &a.key_line);
     hub.register(&b_site, &b.key_line);
+    let made = hub.cli(&["token", "create", "--role", "ministry", "--label", "audit"]);
+    assert!(made.status.success(), "token create: {made:?}");
+    let ministry = String::from_utf8_lossy(&made.stdout).trim().to_string();
     hub.start().await;
     a.start().await;
     b.start().await;
@@ -208,6 +249,12 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
             .await
             .unwrap_or_default();
         assert!(m.contains("spacesync_agent_log_alarm 1\n"), "{m}");
+        // Issue 16: the hub's source list shows the alarm the agent reported (the
+        // ministry sees that a province's agent says the log was rolled back or forked).
+        let code = alarm.split(' ').next().unwrap_or_default();
+        wait_hub_alarm(&hub, &ministry, agent, Some(code)).await;
+        let shown = hub_alarm(&hub, &ministry, agent).await;
+        assert_eq!(shown["detected"], alarm.as_str(), "{shown}");
     }
 
     // Delivery continues: the agent resends what the hub lost, and delivers new entries;
@@ -289,6 +336,9 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
     let now = hub_size(&hub).await;
     let s = wait_verified(&a, 19, now).await;
     assert!(s["log_alarm"].is_null(), "{s}");
+    // The hub learns it was cleared; b's stands.
+    wait_hub_alarm(&hub, &ministry, &a, None).await;
+    assert!(hub_alarm(&hub, &ministry, &b).await["code"].is_string());
     b.stop();
     let out = b.cli(&[
         "clear-alarm",
@@ -304,6 +354,7 @@ async fn an_honest_hub_passes_and_a_rolled_back_one_raises_the_log_alarm() {
     b.start().await;
     let s = wait_verified(&b, 7, hub_size(&hub).await).await;
     assert!(s["log_alarm"].is_null(), "{s}");
+    wait_hub_alarm(&hub, &ministry, &b, None).await;
 }
 
 /// An honest hub behind a proxy that refuses, resets, cuts, stalls and delays connections

@@ -100,6 +100,10 @@ pub struct AuditState {
     /// Audits in that run (the alarm needs [`REFUSED_AUDITS`] of them, not only time).
     #[serde(default)]
     pub unfinished_audits: u32,
+    /// The alarm the hub last accepted a report of ([`super::report`]): while it differs
+    /// from [`AuditState::alarm`] the next sync reports the alarm, or its clearing.
+    #[serde(default)]
+    pub reported_alarm: Option<String>,
 }
 
 impl AuditState {

@@ -16,7 +16,7 @@ use spacesync_shared::dsse::pae;
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::merkle::{self, Checkpoint, Hash, MemoryTree};
 use spacesync_shared::wire::{
-    BatchReceipt, CosignatureSubmission, IngestResponse, ReceiptItem, SourceHead,
+    BatchReceipt, CosignatureSubmission, IngestResponse, LogAlarmReport, ReceiptItem, SourceHead,
 };
 use tokio::sync::Notify;
 
@@ -69,6 +69,9 @@ struct Log {
     head: Digest,
     /// Ingest requests answered.
     ingests: u64,
+    /// Log alarm reports received (`POST /v1/agent/log-alarm`), answered 204 unless
+    /// `fail` scripts `log_alarm`.
+    alarm_reports: Vec<LogAlarmReport>,
 }
 
 #[derive(Clone, Default)]
@@ -121,6 +124,21 @@ impl Transport for Hub {
                     });
                 }
                 return ok(br#"{"size":0,"witnesses":1}"#.to_vec());
+            }
+            Request::LogAlarm(r) => {
+                log.alarm_reports.push(r.clone());
+                if let Some((status, body)) = log.fail.get("log_alarm") {
+                    return Ok(Answer {
+                        status: *status,
+                        retry_after: None,
+                        body: body.clone(),
+                    });
+                }
+                return Ok(Answer {
+                    status: 204,
+                    retry_after: None,
+                    body: Vec::new(),
+                });
             }
             Request::WitnessWanted => {
                 let body = serde_json::to_vec(&json!({ "sizes": log.wanted }));
@@ -1186,4 +1204,111 @@ async fn a_restart_keeps_counting_from_the_stored_start() {
     // And the alarm itself survives a restart.
     s.restart();
     assert_eq!(s.log_alarm().as_deref(), Some(alarm.as_str()));
+}
+
+impl Syncs {
+    fn reports(&self) -> Vec<LogAlarmReport> {
+        self.hub.log().alarm_reports.clone()
+    }
+}
+
+/// Issue 16: the hub shows each province's log alarm. The alarm is reported once when it
+/// is raised (not once a sync, though the hub keeps failing the audit), again only when
+/// the hub did not take it (a 500: next sync), not again after a restart once taken; its
+/// clearing by the operator is reported once too. Delivery goes on throughout.
+#[tokio::test]
+async fn the_log_alarm_is_reported_to_the_hub_once_and_its_clearing_too() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    assert!(s.sync_at(0, 1).await);
+    assert!(s.reports().is_empty(), "no alarm, nothing reported");
+
+    // The hub signs with another key: the alarm is raised, the hub fails the report.
+    {
+        let mut log = s.hub.log();
+        log.wrong_key = Some(SigningKey::from_bytes(&[11; 32]));
+        log.fail.insert("log_alarm", (500, b"busy".to_vec()));
+    }
+    assert!(
+        s.sync_at(10, 1).await,
+        "delivered despite the failed report"
+    );
+    let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
+    assert!(alarm.starts_with("bad_checkpoint_signature"), "{alarm}");
+    assert_eq!(s.reports().len(), 1);
+    assert_eq!(s.kept().reported_alarm, None, "a 500 is not remembered");
+
+    // Next sync: sent again, taken.
+    s.hub.log().fail.remove("log_alarm");
+    assert!(s.sync_at(20, 1).await);
+    let reports = s.reports();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(
+        reports[1],
+        LogAlarmReport {
+            code: "bad_checkpoint_signature".into(),
+            detected: alarm.clone(),
+            at: at(20),
+            cleared: false,
+        }
+    );
+    assert_eq!(s.kept().reported_alarm.as_deref(), Some(alarm.as_str()));
+
+    // The audit keeps failing, the hub comes right, the agent restarts: not sent again.
+    assert!(s.sync_at(30, 1).await);
+    s.hub.log().wrong_key = None;
+    assert!(s.sync_at(40, 1).await);
+    s.restart();
+    assert!(s.sync_at(50, 0).await);
+    assert_eq!(
+        s.reports().len(),
+        2,
+        "one report per alarm, not one per sync"
+    );
+    assert_eq!(s.log_alarm().as_deref(), Some(alarm.as_str()));
+
+    // The operator clears it: the next sync says so, once.
+    let cleared = clear_alarm(&s.store, &s.state, "settled", at(55)).await;
+    assert!(cleared.unwrap_or_else(|e| panic!("{e}")).is_some());
+    assert!(s.sync_at(60, 1).await);
+    assert!(s.sync_at(70, 1).await);
+    assert_eq!(s.log_alarm(), None);
+    let reports = s.reports();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_eq!(
+        reports[2],
+        LogAlarmReport {
+            code: "bad_checkpoint_signature".into(),
+            detected: alarm.clone(),
+            at: at(60),
+            cleared: true,
+        }
+    );
+    assert_eq!(s.kept().reported_alarm, None);
+    assert_eq!(s.acked(), s.head(), "everything delivered");
+}
+
+/// A hub older than the report (404) is asked once while the agent runs, not every sync;
+/// after a restart it is asked again (it may have been upgraded).
+#[tokio::test]
+async fn a_hub_without_alarm_reports_is_not_asked_every_sync() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    {
+        let mut log = s.hub.log();
+        log.wrong_key = Some(SigningKey::from_bytes(&[11; 32]));
+        log.fail
+            .insert("log_alarm", (404, b"{\"error\":\"no route\"}".to_vec()));
+    }
+    for minutes in [10, 20, 30] {
+        assert!(s.sync_at(minutes, 1).await, "delivered");
+    }
+    assert!(s.log_alarm().is_some());
+    assert_eq!(s.reports().len(), 1);
+    assert_eq!(s.kept().reported_alarm, None);
+    s.hub.log().fail.remove("log_alarm");
+    s.restart();
+    assert!(s.sync_at(40, 0).await);
+    assert_eq!(s.reports().len(), 2);
+    assert_eq!(s.kept().reported_alarm, s.log_alarm());
 }

@@ -16,6 +16,8 @@
 //!   after the delivery ([`audit::unfinished`]): an hour of them raises `audit_refused`.
 //! - [`witness`]: after a passed audit, the kept checkpoint (and earlier ones the hub asks
 //!   for) cosigned and sent to the hub.
+//! - [`report`]: after the audit, the log alarm (or its clearing) reported to the hub once
+//!   each time it changes, for the hub's source list and dashboard.
 //! - [`state`]: what the pusher last saw, shared with the local API and persisted.
 //! - [`transport`]: requests and answers; the HTTP client, and the seam tests script.
 //! - [`classify`]: what an answer means; the errors of a step.
@@ -28,6 +30,7 @@ pub mod classify;
 pub mod delivery;
 pub mod notices;
 pub mod prune;
+pub mod report;
 pub mod state;
 pub mod transport;
 pub mod witness;
@@ -80,6 +83,8 @@ pub struct Pusher<T = HubClient> {
     asks_rx: Option<mpsc::Receiver<Ask>>,
     /// Wakes any wait of the pusher when the local API asks something.
     asked: Arc<Notify>,
+    /// Reports the log alarm to the hub when it changes ([`report`]).
+    reporter: report::Reporter,
 }
 
 /// `verify --against-hub` with the agent stopped: the audit of [`audit::audit_all`] over a
@@ -216,6 +221,7 @@ impl<T: Transport> Pusher<T> {
             persisted: Vec::new(),
             asks_rx: None,
             asked: Arc::new(Notify::new()),
+            reporter: report::Reporter::default(),
         }
     }
 
@@ -327,6 +333,7 @@ impl<T: Transport> Pusher<T> {
         }
         self.answer_asks(None).await;
         let unfinished = self.audit().await;
+        self.report_alarm().await;
         self.delivery.deliver(&mut self.link).await?;
         // Said at once, not after the notices: whoever sees the buffer delivered in the
         // status also sees the result that delivered it.
@@ -389,6 +396,15 @@ impl<T: Transport> Pusher<T> {
             }
         }
         unfinished
+    }
+
+    /// Tells the hub when the log alarm changed ([`report`]); a failure is retried next sync.
+    async fn report_alarm(&mut self) {
+        let now = self.clock.now();
+        if let Err(e) = self.reporter.report(&mut self.link, &self.store, now).await {
+            // The error can quote the hub's answer: escaped.
+            debug!(error = ?e.to_string(), "The log alarm could not be reported to the hub; will try again next sync.");
+        }
     }
 
     /// After a successful delivery, counts an audit of this sync that could not be

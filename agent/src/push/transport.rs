@@ -73,6 +73,9 @@ pub enum Request {
     /// Signed `POST /v1/cosignature`: this agent's witness cosignature of a checkpoint it
     /// audited.
     Cosign(CosignatureSubmission),
+    /// Signed `POST /v1/agent/log-alarm`: this agent's log alarm, raised or cleared, for the
+    /// hub's source list and dashboard ([`super::report`]).
+    LogAlarm(LogAlarmReport),
     /// `GET /v1/checkpoint?size=` (unsigned): the hub's checkpoint of an earlier tree (one a
     /// bulletin is pinned to), to cosign after a consistency proof to the kept one.
     CheckpointAt {
@@ -95,7 +98,8 @@ pub enum Request {
 
 pub use spacesync_shared::wire::PATH_CHECKPOINT;
 use spacesync_shared::wire::{
-    CosignatureSubmission, PATH_COSIGNATURE, PATH_COSIGNATURE_WANTED, PATH_WITNESSES,
+    CosignatureSubmission, LogAlarmReport, PATH_AGENT_LOG_ALARM, PATH_COSIGNATURE,
+    PATH_COSIGNATURE_WANTED, PATH_WITNESSES,
 };
 /// The hub's consistency proof endpoint.
 pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
@@ -116,6 +120,10 @@ impl Request {
             Request::AckNotices(_) => "acknowledging notices".into(),
             Request::Checkpoint => "fetching the hub's checkpoint".into(),
             Request::Cosign(_) => "sending this agent's cosignature of the checkpoint".into(),
+            Request::LogAlarm(r) if r.cleared => {
+                "telling the hub this agent's log alarm was cleared".into()
+            }
+            Request::LogAlarm(_) => "reporting this agent's log alarm to the hub".into(),
             Request::CheckpointAt { size } => {
                 format!("fetching the hub's checkpoint of tree size {size}")
             }
@@ -316,6 +324,11 @@ impl HubClient {
                 self.signed(key, reqwest::Method::POST, PATH_COSIGNATURE, body)
                     .header(CONTENT_TYPE, "application/json")
             }
+            Request::LogAlarm(report) => {
+                let body = serde_json::to_vec(report).unwrap_or_default();
+                self.signed(key, reqwest::Method::POST, PATH_AGENT_LOG_ALARM, body)
+                    .header(CONTENT_TYPE, "application/json")
+            }
             Request::CheckpointAt { size } => self
                 .http
                 .get(self.cfg.hub_url(&format!("{PATH_CHECKPOINT}?size={size}"))),
@@ -344,6 +357,7 @@ impl Transport for HubClient {
                 | Request::Notices { .. }
                 | Request::AckNotices(_)
                 | Request::Cosign(_)
+                | Request::LogAlarm(_)
         );
         match other {
             // Across a key transition the hub names one of the two keys.

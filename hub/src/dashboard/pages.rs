@@ -842,6 +842,17 @@ pub struct SourceRow {
     pub witnessed: Option<u64>,
     /// What it said when it cosigned a tree the hub does not hold.
     pub saw_another_tree: Option<String>,
+    /// The log alarm its agent reports (its audit of the hub's log failed).
+    pub log_alarm: Option<LogAlarmFlag>,
+}
+
+/// A source's reported log alarm, as its row shows it.
+#[derive(Debug, Clone)]
+pub struct LogAlarmFlag {
+    /// The flag ("log alarm: fork").
+    pub flag: String,
+    /// The agent's alarm text, shown on hover (the agent's words: escaped like any text).
+    pub detected: String,
 }
 
 /// One alarm.
@@ -908,6 +919,9 @@ pub fn sources_page_markup(m: &SourcesPage) -> Markup {
                             td.num.warn[r.saw_another_tree.is_some()] data-field="witnessed" {
                                 (dash(&r.witnessed.map(|n| n.to_string())))
                                 @if let Some(t) = &r.saw_another_tree { " · " (t) }
+                                @if let Some(a) = &r.log_alarm {
+                                    " · " span.warn data-field="log_alarm" title=(a.detected) { (a.flag) }
+                                }
                             }
                             td.num.warn[r.alarms > 0] data-field="alarms" { (r.alarms) }
                         }
@@ -972,6 +986,13 @@ pub async fn sources_page(
                     .as_ref()
                     .and_then(|w| w.wrong_root.as_ref())
                     .map(|x| wd::saw_another_tree(lang, x.size)),
+                log_alarm: witness
+                    .as_ref()
+                    .and_then(|w| w.log_alarm.as_ref())
+                    .map(|a| LogAlarmFlag {
+                        flag: wd::log_alarm(lang, &a.code),
+                        detected: a.detected.clone(),
+                    }),
             }
         })
         .collect();

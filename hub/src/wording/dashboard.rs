@@ -634,7 +634,6 @@ pub fn was_not_found(lang: Lang, what: &str) -> String {
     }
 }
 
-/// Time since a source was last heard from.
 /// A source whose agent cosigned a tree the hub does not hold: "saw another tree of N
 /// entries" (its agent's log alarm says more).
 pub fn saw_another_tree(lang: Lang, size: u64) -> String {
@@ -644,6 +643,16 @@ pub fn saw_another_tree(lang: Lang, size: u64) -> String {
     }
 }
 
+/// A source whose agent reports a log alarm: its audit of the hub's log failed (`code`:
+/// `fork`, `rollback`, …; the agent's text is shown beside it).
+pub fn log_alarm(lang: Lang, code: &str) -> String {
+    match lang {
+        Lang::Zh => format!("日志审计告警：{code}"),
+        Lang::En => format!("log alarm: {code}"),
+    }
+}
+
+/// Time since a source was last heard from.
 pub fn lag(lang: Lang, secs: i64) -> String {
     let secs = secs.max(0);
     let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
