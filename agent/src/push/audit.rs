@@ -23,19 +23,24 @@
 //! # A hub that refuses audits
 //!
 //! A lying hub could keep the alarm silent by answering every audit request with an error
-//! while it accepts entries. So the pusher counts ([`unfinished`]) every sync whose audit
-//! could not be finished although **the hub answered in that sync** — it refused or failed
-//! an audit request (any status, `429`/`503` with `Retry-After` included: a hub
-//! "overloaded" for every audit but not for deliveries is refusing; an unreadable proof
-//! too), or the audit's request was not answered but the delivery after it was (a hub that
-//! drops only the audit's connections) — and whose delivery then succeeded. The run starts
-//! at the first such sync ([`AuditState::unfinished_since`], agent clock, stored and
-//! flushed: a restart does not reset it). When the run has lasted [`REFUSED_AFTER`] (an
-//! hour) **and** counts at least [`REFUSED_AUDITS`] (3) audits, the
-//! [`Finding::Refused`] alarm (`audit_refused`) is raised like any other finding. A
-//! finished audit (verified, or a finding) ends the run; a sync where the hub answered
-//! nothing (down: not lying), whose delivery failed, or whose audit failed on the local
-//! store neither counts nor ends it. While the log alarm stands nothing is counted.
+//! (or dropping its connections) while it works for everything else. So the pusher counts
+//! ([`unfinished`]) every sync whose audit could not be finished — any failure of an audit
+//! request: an answered error of any status (`429`/`503` with `Retry-After` included: a hub
+//! "overloaded" for every audit but nothing else is refusing), an unreadable answer, or a
+//! request left unanswered — **when the hub proved in that same sync, after the audit, that
+//! it works** ([`Worked`]): it answered the sync's delivery `2xx` with receipts that verify,
+//! or, with nothing to deliver, it answered a signed probe (`GET /v1/agent/head`, checked
+//! against the hub's store of replay nonces) `2xx` with this source's head. A sync in which
+//! neither happened (the hub down, its database down, a proxy answering for a stopped hub:
+//! broken, not lying) neither counts nor ends the run; nor does one whose delivery failed,
+//! or whose audit failed on the local store. The run starts at the first sync counted
+//! ([`AuditState::unfinished_since`], agent clock, stored and flushed: a restart does not
+//! reset it). When the run has lasted [`REFUSED_AFTER`] (an hour) **and** counts at least
+//! [`REFUSED_AUDITS`] (3) audits, the [`Finding::Refused`] alarm (`audit_refused`) is
+//! raised like any other finding; its text says what the hub did meanwhile (receipted
+//! deliveries, answered signed requests), and quotes the hub's words only as `the hub
+//! said: "…"` (escaped, truncated). A finished audit (verified, or a finding) ends the
+//! run. While the log alarm stands nothing is counted.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -46,7 +51,7 @@ use spacesync_shared::dsse::pae;
 use spacesync_shared::merkle::{self, Checkpoint, Hash, NoteVerifier};
 use tracing::{debug, error};
 
-use super::classify::{Class, Link, PushError, transient};
+use super::classify::{Class, Link, PushError, hub_said, transient};
 use super::state::{SharedPushState, lock};
 use super::transport::{Request, Transport};
 use crate::store::{Store, StoreError, StoredReceipt};
@@ -62,14 +67,26 @@ pub const MAX_EVIDENCE: usize = 100;
 /// is far smaller; one larger is evidence by its first bytes).
 pub const MAX_EVIDENCE_BYTES: usize = 64 << 10;
 
-/// How long audits must have stayed unfinished, while the hub answered and accepted
-/// deliveries, before the [`Finding::Refused`] alarm (agent clock).
+/// How long audits must have stayed unfinished, while the hub proved it works
+/// ([`Worked`]), before the [`Finding::Refused`] alarm (agent clock).
 pub const REFUSED_AFTER: TimeDelta = TimeDelta::hours(1);
 /// And how many audits in a row at least (one slow restart of the hub is not a refusal).
 pub const REFUSED_AUDITS: u32 = 3;
-/// Most characters of the last refusal quoted in the [`Finding::Refused`] alarm (the hub
-/// writes its error text).
+/// Most characters of the last refusal quoted in the [`Finding::Refused`] alarm (it can
+/// quote the hub's error text).
 const MAX_WHY_CHARS: usize = 300;
+
+/// How the hub proved, in a sync whose audit it did not let finish, that it works for this
+/// agent: what makes that sync count towards `audit_refused` ([`unfinished`]). A sync
+/// without either proof is not counted: the hub is down or broken, not lying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worked {
+    /// After the audit, it answered this sync's delivery `2xx` with receipts that verify.
+    Receipted,
+    /// Nothing was to be delivered; after the audit it answered the signed head probe
+    /// ([`probe`]) `2xx` with this source's head.
+    Answered,
+}
 
 /// The first [`MAX_EVIDENCE_BYTES`] of a hub answer, as text.
 pub(super) fn kept_text(body: &[u8]) -> String {
@@ -97,6 +114,13 @@ pub struct AuditState {
     /// the agent restart does not reset it.
     #[serde(default)]
     pub unfinished_since: Option<DateTime<Utc>>,
+    /// Of the run's audits ([`AuditState::unfinished_audits`]), those in syncs whose
+    /// delivery the hub receipted ([`Worked::Receipted`]; in the others it answered the
+    /// signed probe). `None` when no run is under way — or when the run was counted by an
+    /// older agent, which counted syncs without proof that the hub worked: that run starts
+    /// again at the next sync counted.
+    #[serde(default)]
+    pub unfinished_receipted: Option<u32>,
     /// Audits in that run (the alarm needs [`REFUSED_AUDITS`] of them, not only time).
     #[serde(default)]
     pub unfinished_audits: u32,
@@ -141,13 +165,16 @@ pub enum Finding {
     Fork(String),
     /// An entry the hub receipted is not in its tree.
     Missing(String),
-    /// The hub answered, and accepted deliveries, but let no audit finish for
-    /// [`REFUSED_AFTER`] and [`REFUSED_AUDITS`] audits ([`unfinished`]).
+    /// The hub proved it works ([`Worked`]) but let no audit finish for [`REFUSED_AFTER`]
+    /// and [`REFUSED_AUDITS`] audits ([`unfinished`]).
     Refused {
         /// The first unfinished audit of the run (agent clock).
         since: DateTime<Utc>,
         /// Audits in the run.
         audits: u32,
+        /// Of those, the syncs whose deliveries the hub receipted (in the others it
+        /// answered the signed probe).
+        receipted: u32,
         /// The last audit's failure, as the agent saw it (at most [`MAX_WHY_CHARS`]).
         why: String,
     },
@@ -180,11 +207,26 @@ impl Finding {
             Finding::Missing(why) => {
                 format!("an entry the hub receipted is not in its log: {why}")
             }
-            Finding::Refused { since, audits, why } => format!(
-                "the hub has let no audit of its log finish since {} by this agent's clock ({audits} audits in a row), while it answered and accepted this agent's deliveries; the last: {why}; \
-                 answers of 429 or 503 (overloaded) to every audit but not to deliveries, dropped audit connections, and a hub too old to serve its log count as refusing",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            Finding::Refused {
+                since,
+                audits,
+                receipted,
+                why,
+            } => {
+                // Only what the hub did: deliveries are named only when there were some.
+                let worked = match (*receipted, audits.saturating_sub(*receipted)) {
+                    (_, 0) => "while it receipted this agent's deliveries in each of those syncs".to_string(),
+                    (0, _) => "while it answered this agent's signed requests in each of those syncs (there was nothing to deliver)".to_string(),
+                    (r, a) => format!(
+                        "while it receipted this agent's deliveries ({r} of those syncs) or, with nothing to deliver, answered this agent's signed requests ({a} of them)"
+                    ),
+                };
+                format!(
+                    "the hub has let no audit of its log finish since {} by this agent's clock ({audits} audits in a row), {worked}; the last audit failed: {why}; \
+                     answers of 429 or 503 (overloaded) to every audit but not to this agent's other requests, dropped audit connections, and a hub too old to serve its log count as refusing",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            }
         };
         format!(
             "{} ({what}); the evidence is kept in this agent's store — tell the hub operator and the campaign, and keep this data directory",
@@ -267,7 +309,22 @@ pub(crate) fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditEr
             false,
         ))
     };
-    let a: ProofAnswer = serde_json::from_slice(body).map_err(|e| unreadable(e.to_string()))?;
+    // Not serde's message: it can quote the hub's strings unmarked.
+    let a: ProofAnswer = serde_json::from_slice(body).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Eof => "cut off",
+            serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                "not a proof answer"
+            }
+        };
+        unreadable(format!(
+            "{kind} at line {} column {}; {}",
+            e.line(),
+            e.column(),
+            hub_said(&String::from_utf8_lossy(&body[..body.len().min(1024)]))
+        ))
+    })?;
     if a.proof.len() > 128 {
         return Err(unreadable(format!("{} hashes", a.proof.len())));
     }
@@ -278,7 +335,12 @@ pub(crate) fn decode_proof(body: &[u8], what: &str) -> Result<Vec<Hash>, AuditEr
                 .decode(h)
                 .ok()
                 .and_then(|b| Hash::try_from(b.as_slice()).ok())
-                .ok_or_else(|| unreadable(format!("{h:?} is not a base64 SHA-256 hash")))
+                .ok_or_else(|| {
+                    unreadable(format!(
+                        "a proof hash is not a base64 SHA-256 hash; {}",
+                        hub_said(h)
+                    ))
+                })
         })
         .collect()
 }
@@ -355,6 +417,7 @@ pub async fn audit<T: Transport>(
     // The audit finished: a run of unfinished ones ([`unfinished`]) ends here.
     st.unfinished_since = None;
     st.unfinished_audits = 0;
+    st.unfinished_receipted = None;
     let p = match checked {
         Ok(p) => p,
         Err((evidence, f)) => return raise(store, state, &mut st, *evidence, f).await,
@@ -424,6 +487,7 @@ pub async fn clear_alarm(
     // Counting starts again too, as at the first audit.
     st.unfinished_since = None;
     st.unfinished_audits = 0;
+    st.unfinished_receipted = None;
     let reason: String = reason.chars().take(500).collect();
     let record = Evidence {
         at: now,
@@ -581,28 +645,76 @@ async fn check<T: Transport>(
     Ok(Ok(passed))
 }
 
-/// Counts one sync whose audit could not be finished (`why`) although the hub answered in
-/// that sync and the delivery after the audit succeeded — the caller's to know (see the
-/// module doc) — and raises [`Finding::Refused`] once the run has lasted [`REFUSED_AFTER`]
-/// with at least [`REFUSED_AUDITS`] audits. Nothing is counted while the log alarm stands.
-/// The state is stored and flushed. Returns the finding when it was raised now.
+/// The signed probe of a sync with nothing to deliver whose audit was not finished: the
+/// hub must answer a signed `GET /v1/agent/head` (it checks the request's nonce against its
+/// store) `2xx` with the head of `source`. `Ok` is [`Worked::Answered`]; any error (the
+/// hub not reached, any other status, another answer) means the hub did not prove it works.
+pub async fn probe<T: Transport>(
+    link: &mut Link<T>,
+    source: &spacesync_shared::entry::SourceId,
+) -> Result<(), PushError> {
+    let req = Request::Head;
+    let reply = link.exchange(&req).await?;
+    if reply.class != Class::Done {
+        return Err(reply.unexpected(&req.what()));
+    }
+    let unreadable = |why: String| transient(format!("{}: {why}", req.what()), false);
+    let head: spacesync_shared::wire::SourceHead =
+        serde_json::from_slice(&reply.body).map_err(|e| {
+            unreadable(format!(
+                "the answer is not a head at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+    if head.source != *source {
+        return Err(unreadable(format!(
+            "the answer is the head of another source ({})",
+            hub_said(head.source.as_str())
+        )));
+    }
+    Ok(())
+}
+
+/// Counts one sync whose audit could not be finished (`why`) although the hub proved in
+/// that sync, after the audit, that it works (`worked`), and whose delivery succeeded — the
+/// caller's to know (see the module doc) — and raises [`Finding::Refused`] once the run
+/// has lasted [`REFUSED_AFTER`] with at least [`REFUSED_AUDITS`] audits. Nothing is
+/// counted while the log alarm stands. The state is stored and flushed. Returns the
+/// finding when it was raised now.
 pub async fn unfinished(
     store: &Store,
     state: &SharedPushState,
     why: &str,
+    worked: Worked,
     now: DateTime<Utc>,
 ) -> Result<Option<Finding>, AuditError> {
     let mut st = AuditState::load(store)?;
     if st.alarm.is_some() {
         return Ok(None);
     }
+    if st.unfinished_receipted.is_none() {
+        // No run under way, or one an older agent counted without proof: start afresh.
+        st.unfinished_since = None;
+        st.unfinished_audits = 0;
+    }
     let since = *st.unfinished_since.get_or_insert(now);
     st.unfinished_audits = st.unfinished_audits.saturating_add(1);
+    let receipted = st.unfinished_receipted.get_or_insert(0);
+    if worked == Worked::Receipted {
+        *receipted = receipted.saturating_add(1);
+    }
+    let receipted = *receipted;
     if st.unfinished_audits >= REFUSED_AUDITS && now - since >= REFUSED_AFTER {
+        let mut shown: String = why.chars().take(MAX_WHY_CHARS).collect();
+        if shown.len() < why.len() {
+            shown.push_str(" […]");
+        }
         let f = Finding::Refused {
             since,
             audits: st.unfinished_audits,
-            why: why.chars().take(MAX_WHY_CHARS).collect(),
+            receipted,
+            why: shown,
         };
         let evidence = Evidence {
             at: now,
@@ -620,7 +732,9 @@ pub async fn unfinished(
     debug!(
         since = %since,
         audits = st.unfinished_audits,
-        "Audit unfinished while the hub answered; counted."
+        receipted,
+        ?worked,
+        "Audit unfinished while the hub worked; counted."
     );
     Ok(None)
 }

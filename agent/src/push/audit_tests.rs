@@ -45,8 +45,8 @@ struct Log {
     leaves: Vec<Hash>,
     /// Signs checkpoints with this key instead of the hub's.
     wrong_key: Option<SigningKey>,
-    /// Answers requests of this kind (`checkpoint`, `consistency`, `inclusion`) with
-    /// this status and body instead.
+    /// Answers requests of this kind (`checkpoint`, `consistency`, `inclusion`, `head`)
+    /// with this status and body instead.
     fail: HashMap<&'static str, (u16, Vec<u8>)>,
     /// What was asked, in order.
     seen: Vec<String>,
@@ -161,6 +161,16 @@ impl Transport for Hub {
             }
             // Delivery, for the pusher's cycle: the hub logs each entry as its next leaf.
             Request::Head => {
+                if log.dropped.contains(&"head") {
+                    return Err(unreached());
+                }
+                if let Some((status, body)) = log.fail.get("head") {
+                    return Ok(Answer {
+                        status: *status,
+                        retry_after: None,
+                        body: body.clone(),
+                    });
+                }
                 let sh = SourceHead {
                     source: identity().source.clone(),
                     held_through: log.held,
@@ -1040,6 +1050,7 @@ async fn a_hub_refusing_audits_while_it_delivers_raises_audit_refused() {
         assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1), "{case}");
         refuse(&mut s.hub.log());
         let ingests = s.hub.log().ingests;
+        s.hub.log().seen.clear();
         // Refused at +20 (the run starts), +40, +60 (three audits, 40 minutes): no alarm.
         for (i, minutes) in [20, 40, 60].into_iter().enumerate() {
             assert!(s.sync_at(minutes, 1).await, "{case}: delivered");
@@ -1056,11 +1067,17 @@ async fn a_hub_refusing_audits_while_it_delivers_raises_audit_refused() {
             "{case}: one delivery a sync"
         );
         assert_eq!(s.acked(), s.head(), "{case}: everything delivered");
+        assert_eq!(s.probes(), 0, "{case}: the receipted delivery is the proof");
         let alarm = s
             .log_alarm()
             .unwrap_or_else(|| panic!("{case}: no log alarm"));
         assert!(alarm.starts_with("audit_refused"), "{case}: {alarm}");
         assert!(alarm.contains("4 audits in a row"), "{case}: {alarm}");
+        assert!(
+            alarm.contains("while it receipted this agent's deliveries in each of those syncs"),
+            "{case}: {alarm}"
+        );
+        assert!(!alarm.contains("signed requests"), "{case}: {alarm}");
         assert!(alarm.contains(quoted), "{case}: {alarm}");
         assert!(alarm.contains("429 or 503"), "{case}: {alarm}");
         assert_eq!(s.kept().alarm.as_deref(), Some(alarm.as_str()), "{case}");
@@ -1102,7 +1119,9 @@ async fn a_hub_refusing_audits_while_it_delivers_raises_audit_refused() {
 }
 
 /// Time alone is not enough: two refused audits hours apart (one slow restart of the hub,
-/// an agent that was off) raise nothing; the third does.
+/// an agent that was off) raise nothing; the third does — in a sync with nothing to
+/// deliver only once the hub answers the signed head probe (the 503 to the audit alone
+/// proves nothing). The alarm says which syncs delivered and which only probed.
 #[tokio::test]
 async fn an_hour_needs_three_refused_audits() {
     let mut s = syncs();
@@ -1115,13 +1134,28 @@ async fn an_hour_needs_three_refused_audits() {
     assert!(s.sync_at(190, 1).await);
     assert_eq!(s.log_alarm(), None);
     assert_eq!(s.kept().unfinished_audits, 2);
+    s.hub
+        .log()
+        .fail
+        .insert("head", (503, b"restarting".to_vec()));
+    assert!(s.sync_at(191, 0).await, "nothing to deliver");
+    assert_eq!(s.log_alarm(), None, "the hub proved nothing: not counted");
+    assert_eq!(s.kept().unfinished_audits, 2);
+    assert_eq!(s.kept().unfinished_since, Some(at(10)));
+    s.hub.log().fail.remove("head");
     assert!(
-        s.sync_at(191, 0).await,
-        "nothing to deliver: the 503 counts"
+        s.sync_at(192, 0).await,
+        "nothing to deliver: the 503 counts, the signed probe answered"
     );
     let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
     assert!(alarm.starts_with("audit_refused"), "{alarm}");
     assert!(alarm.contains("3 audits in a row"), "{alarm}");
+    assert!(
+        alarm.contains(
+            "while it receipted this agent's deliveries (2 of those syncs) or, with nothing to deliver, answered this agent's signed requests (1 of them)"
+        ),
+        "{alarm}"
+    );
 }
 
 /// The hub down is not lying: audits that fail because the hub is not reached never count,
@@ -1148,6 +1182,200 @@ async fn a_hub_not_reached_raises_no_alarm() {
     assert_eq!(s.acked(), s.head());
     assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1));
     assert_eq!(s.log_alarm(), None);
+}
+
+impl Syncs {
+    /// Signed head probes asked since the last call.
+    fn probes(&self) -> usize {
+        let mut log = self.hub.log();
+        let n = log
+            .seen
+            .iter()
+            .filter(|w| *w == "asking the hub for its head")
+            .count();
+        log.seen.clear();
+        n
+    }
+}
+
+/// A way a hub breaks: its name, and how the hub is set to it.
+type Broken = (&'static str, fn(&mut Log));
+
+/// The ways a hub proves nothing, for an agent with nothing to deliver: the signed head
+/// probe fails as the audit's requests do.
+fn proves_nothing() -> Vec<Broken> {
+    vec![
+        // Review of session 10 (#1): the hub up, its PostgreSQL down.
+        ("its database down (503 to everything)", |l: &mut Log| {
+            for kind in ["checkpoint", "consistency", "inclusion", "head"] {
+                let down = br#"{"error":"the hub could not complete the request; retry later (details are in the hub's log)"}"#;
+                l.fail.insert(kind, (503, down.to_vec()));
+            }
+        }),
+        (
+            "a reverse proxy in front of a stopped hub (502)",
+            |l: &mut Log| {
+                for kind in ["checkpoint", "consistency", "inclusion", "head"] {
+                    l.fail
+                        .insert(kind, (502, b"<html>Bad Gateway</html>".to_vec()));
+                }
+            },
+        ),
+        ("a proxy's page answered 200 to the probe", |l: &mut Log| {
+            l.fail.insert("checkpoint", (502, Vec::new()));
+            l.fail
+                .insert("head", (200, b"<html>maintenance</html>".to_vec()));
+        }),
+        (
+            "the audit refused, the probe's connection dropped",
+            |l: &mut Log| {
+                l.fail
+                    .insert("checkpoint", (403, b"{\"error\":\"no\"}".to_vec()));
+                l.dropped.push("head");
+            },
+        ),
+    ]
+}
+
+/// Review of session 10 (#1): with nothing to deliver a sync sends no ingest request, so
+/// the audit's own answered error must not count — a hub whose database is down (or a
+/// proxy answering for a stopped hub) is broken, not lying. Each sync probes the hub with
+/// a signed request; when that fails too, nothing is counted: five hours, no alarm, and the
+/// audit passes once the hub works again.
+#[tokio::test]
+async fn an_idle_agent_whose_hub_proves_nothing_raises_no_alarm() {
+    for (case, broken) in proves_nothing() {
+        let mut s = syncs();
+        assert!(s.sync_at(0, 1).await, "{case}");
+        assert!(s.sync_at(1, 0).await, "{case}");
+        assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1), "{case}");
+        broken(&mut s.hub.log());
+        s.probes();
+        for minutes in (2..=300).step_by(2) {
+            assert!(s.sync_at(minutes, 0).await, "{case}: nothing to deliver");
+        }
+        assert_eq!(s.log_alarm(), None, "{case}");
+        assert_eq!(s.probes(), 150, "{case}: one probe a sync");
+        let kept = s.kept();
+        assert_eq!(
+            (kept.unfinished_since, kept.unfinished_audits),
+            (None, 0),
+            "{case}"
+        );
+        assert!(s.evidence().is_empty(), "{case}");
+        // The hub works again: the audit passes, and there was no run to end.
+        {
+            let mut log = s.hub.log();
+            log.fail.clear();
+            log.dropped.clear();
+        }
+        assert!(s.sync_at(302, 0).await, "{case}");
+        assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1), "{case}");
+        assert_eq!(s.log_alarm(), None, "{case}");
+    }
+}
+
+/// Review of session 10 (#2): a lying hub drops the audit's connections while the agent
+/// has nothing to deliver, and answers everything else. The signed probe it answers proves
+/// it works: the dropped audits count, and after an hour (5 audits) `audit_refused` is
+/// raised — worded for what happened, never claiming deliveries. The last batch was never
+/// proven (the kept checkpoint stays at the tree before it).
+#[tokio::test]
+async fn an_idle_agent_whose_hub_drops_only_the_audits_raises_audit_refused() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    assert!(s.sync_at(1, 1).await, "the last batch delivered");
+    s.hub.log().dropped.push("checkpoint");
+    let ingests = s.hub.log().ingests;
+    for (i, minutes) in [10, 30, 50, 69].into_iter().enumerate() {
+        assert!(s.sync_at(minutes, 0).await, "nothing to deliver");
+        assert_eq!(s.log_alarm(), None, "+{minutes}");
+        let kept = s.kept();
+        assert_eq!(kept.unfinished_since, Some(at(10)));
+        assert_eq!(kept.unfinished_audits, i as u32 + 1);
+        assert_eq!(kept.unfinished_receipted, Some(0));
+    }
+    assert!(s.sync_at(70, 0).await);
+    assert_eq!(s.hub.log().ingests, ingests, "nothing was delivered");
+    let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
+    assert!(alarm.starts_with("audit_refused"), "{alarm}");
+    assert!(alarm.contains("5 audits in a row"), "{alarm}");
+    assert!(
+        alarm.contains(
+            "while it answered this agent's signed requests in each of those syncs (there was nothing to deliver)"
+        ),
+        "{alarm}"
+    );
+    assert!(!alarm.contains("deliveries"), "{alarm}");
+    assert!(!alarm.contains("receipted"), "{alarm}");
+    assert!(alarm.contains("connection refused"), "{alarm}");
+    assert_eq!(lock(&s.state).verified_checkpoint_size, Some(1));
+    assert_eq!(s.acked(), 2);
+    let ev = s.evidence();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].code.as_str(), ev[0].at), ("audit_refused", at(70)));
+}
+
+/// Every way of refusing audits ([`refusals`]) counts for an agent with nothing to deliver
+/// too, once the hub answers its signed probe: `audit_refused` after an hour and 3 audits,
+/// not before, one probe a sync.
+#[tokio::test]
+async fn an_idle_agent_whose_hub_answers_signed_requests_but_refuses_audits_raises_audit_refused() {
+    for (case, refuse, quoted) in refusals() {
+        let mut s = syncs();
+        assert!(s.sync_at(0, 1).await, "{case}");
+        assert!(s.sync_at(0, 1).await, "{case}");
+        refuse(&mut s.hub.log());
+        s.probes();
+        for minutes in [20, 40, 60] {
+            assert!(s.sync_at(minutes, 0).await, "{case}: nothing to deliver");
+            assert_eq!(s.log_alarm(), None, "{case} at +{minutes}");
+            assert_eq!(s.kept().unfinished_since, Some(at(20)), "{case}");
+        }
+        assert!(s.sync_at(80, 0).await, "{case}");
+        let alarm = s
+            .log_alarm()
+            .unwrap_or_else(|| panic!("{case}: no log alarm"));
+        assert!(alarm.starts_with("audit_refused"), "{case}: {alarm}");
+        assert!(alarm.contains("4 audits in a row"), "{case}: {alarm}");
+        assert!(alarm.contains(quoted), "{case}: {alarm}");
+        assert!(
+            alarm.contains("answered this agent's signed requests in each of those syncs"),
+            "{case}: {alarm}"
+        );
+        assert!(!alarm.contains("deliveries"), "{case}: {alarm}");
+        assert_eq!(s.probes(), 4, "{case}: one probe a sync");
+    }
+}
+
+/// An idle agent, audits refused `403` with the hub's own text, the probe answered: the
+/// alarm is raised, and what the hub wrote appears only as the hub's words — quoted,
+/// escaped (its quote and line break cannot end the quotation or start a line of the
+/// agent's), cut to its first characters.
+#[tokio::test]
+async fn an_idle_agent_whose_hub_refuses_audits_403_quotes_the_hubs_words_as_its_own() {
+    let mut s = syncs();
+    assert!(s.sync_at(0, 1).await);
+    let words = format!(
+        "all is well\"; this is not a refusal.\nIgnore this alarm: run clear-alarm{}",
+        " and carry on".repeat(20)
+    );
+    let body = serde_json::to_vec(&json!({ "error": words })).unwrap_or_default();
+    s.hub.log().fail.insert("checkpoint", (403, body));
+    for minutes in [10, 40, 70] {
+        assert!(s.sync_at(minutes, 0).await, "nothing to deliver");
+    }
+    let alarm = s.log_alarm().unwrap_or_else(|| panic!("no log alarm"));
+    assert!(alarm.starts_with("audit_refused"), "{alarm}");
+    assert!(
+        alarm.contains(
+            "the hub refused (403 Forbidden, forbidden), the hub said: \"all is well\\\"; this is not a refusal.\\nIgnore this alarm: run clear-alarm and carry on"
+        ),
+        "{alarm}"
+    );
+    assert!(alarm.contains("(its first 120 characters)"), "{alarm}");
+    assert!(!alarm.contains('\n'), "{alarm}");
+    assert!(!alarm.contains("deliveries"), "{alarm}");
 }
 
 /// A finished audit ends the run: 59 minutes of refusals, one verified audit, then

@@ -69,6 +69,22 @@ pub fn code_name(c: RefusalCode) -> String {
         .unwrap_or_else(|| format!("{c:?}"))
 }
 
+/// Most characters of the hub's own text quoted in an error ([`hub_said`]).
+pub const MAX_HUB_SAID_CHARS: usize = 120;
+
+/// The hub's own words (an error message, an answer it sent) as an error quotes them:
+/// `the hub said: "…"`, escaped and at most [`MAX_HUB_SAID_CHARS`] characters, so nothing
+/// the hub writes reads as this agent's words in a status, alarm or log line.
+pub fn hub_said(text: &str) -> String {
+    let shown: String = text.chars().take(MAX_HUB_SAID_CHARS).collect();
+    let cut = if shown.len() < text.len() {
+        format!(" (its first {MAX_HUB_SAID_CHARS} characters)")
+    } else {
+        String::new()
+    };
+    format!("the hub said: {shown:?}{cut}")
+}
+
 /// What a hub answer means, by its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -208,7 +224,7 @@ impl<T: Transport> Link<T> {
             });
         let msg = parsed
             .map(|b| b.error)
-            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
         let todo = match code.as_str() {
             "unknown_source" => format!(
                 "register this source at the hub (source {}, key {})",
@@ -224,7 +240,10 @@ impl<T: Transport> Link<T> {
         };
         alarm(
             code.clone(),
-            format!("{what}: the hub refused ({status}, {code}): {msg}; {todo}"),
+            format!(
+                "{what}: the hub refused ({status}, {code}), {}; {todo}",
+                hub_said(&msg)
+            ),
         )
     }
 }

@@ -12,8 +12,10 @@
 //! # Layout
 //! - [`audit`]: the hub's log checked at every sync — checkpoint signature, consistency with
 //!   the kept one, inclusion of receipted entries; the log alarm that nothing clears. A
-//!   sync whose audit the hub did not let finish while its delivery succeeded is counted
-//!   after the delivery ([`audit::unfinished`]): an hour of them raises `audit_refused`.
+//!   sync whose audit the hub did not let finish is counted after the delivery when the
+//!   hub proved in it that it works — it receipted the delivery, or with nothing to
+//!   deliver answered a signed head probe ([`audit::unfinished`], [`audit::Worked`]): an
+//!   hour of them raises `audit_refused`.
 //! - [`witness`]: after a passed audit, the kept checkpoint (and earlier ones the hub asks
 //!   for) cosigned and sent to the hub.
 //! - [`report`]: after the audit, the log alarm (or its clearing) reported to the hub once
@@ -62,6 +64,17 @@ use crate::store::Store;
 
 /// Prune at least this often, even without new receipts.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A log audit the hub did not let finish ([`Pusher::audit`]), and the push counters as
+/// it ended: when both have grown after the delivery, this sync's delivery was receipted.
+struct Unfinished {
+    /// Why, as the audit's error says it.
+    why: String,
+    /// [`PushState::pushes`] then.
+    pushes: u64,
+    /// [`PushState::receipts`] then.
+    receipts: u64,
+}
 
 /// The pusher task's state.
 pub struct Pusher<T = HubClient> {
@@ -338,8 +351,8 @@ impl<T: Transport> Pusher<T> {
         // Said at once, not after the notices: whoever sees the buffer delivered in the
         // status also sees the result that delivered it.
         self.succeeded();
-        if let Some(why) = unfinished {
-            self.unfinished(&why).await;
+        if let Some(u) = unfinished {
+            self.unfinished(u).await;
         }
         if notices_due
             && let Err(e) = notices::fetch(&mut self.link, &self.store, &self.notices_stored).await
@@ -351,10 +364,10 @@ impl<T: Transport> Pusher<T> {
     }
 
     /// One log audit; its failures are logged and retried next sync, never a push error.
-    /// Returns why, when the audit could not be finished on the hub's side (a refusal, an
-    /// unreadable answer, or the hub not reached — [`Pusher::unfinished`] sorts them out
-    /// once delivery is done); a failure to cosign or of the local store is not that.
-    async fn audit(&mut self) -> Option<String> {
+    /// Returns what it left unfinished on the hub's side (a refusal, an unreadable answer,
+    /// or the hub not reached — [`Pusher::unfinished`] sorts them out once delivery is
+    /// done); a failure to cosign or of the local store is not that.
+    async fn audit(&mut self) -> Option<Unfinished> {
         let key = self.delivery.hub_key()?;
         let now = self.clock.now();
         let audited = audit::audit(&mut self.link, &self.store, &key, &self.state, now).await;
@@ -384,6 +397,15 @@ impl<T: Transport> Pusher<T> {
             Ok(audit::Outcome::Alarm(_)) => Ok(()),
             Err(e) => Err(e),
         };
+        // Where delivery stands as the audit ends: what this sync's delivery adds is its own.
+        let unfinished = unfinished.map(|why| {
+            let s = lock(&self.state);
+            Unfinished {
+                why,
+                pushes: s.pushes,
+                receipts: s.receipts,
+            }
+        });
         match audited {
             Ok(()) => {}
             // The hub not reached is delivery's to report (once per cycle, not twice).
@@ -408,18 +430,34 @@ impl<T: Transport> Pusher<T> {
     }
 
     /// After a successful delivery, counts an audit of this sync that could not be
-    /// finished (`why`) when the hub answered in this sync — the audit's request, or the
-    /// delivery's after it (the last exchange decides `hub_reachable`; a delivery with
-    /// nothing to send leaves the audit's) — and raises `audit_refused` when the run is
-    /// long enough ([`audit::unfinished`]). A hub that answered nothing is down, not lying:
-    /// not counted.
-    async fn unfinished(&mut self, why: &str) {
-        if lock(&self.state).hub_reachable != Some(true) {
-            debug!("The audit was not finished and the hub was not reached; not counted.");
-            return;
-        }
+    /// finished when the hub proved in this sync, after the audit, that it works
+    /// ([`audit::Worked`]): this sync's delivery pushed entries and got receipts that verify,
+    /// or else (nothing was to be delivered) the hub answers the signed head probe
+    /// ([`audit::probe`]) `2xx` — and raises `audit_refused` when the run is long enough
+    /// ([`audit::unfinished`]). A hub that proved nothing is down or broken, not lying: not
+    /// counted.
+    async fn unfinished(&mut self, u: Unfinished) {
+        let worked = {
+            let s = lock(&self.state);
+            if s.log_alarm.is_some() {
+                // Nothing is counted under the log alarm: no probe either.
+                return;
+            }
+            (s.pushes > u.pushes && s.receipts > u.receipts).then_some(audit::Worked::Receipted)
+        };
+        let worked = match worked {
+            Some(w) => w,
+            None => match audit::probe(&mut self.link, &self.ident.source).await {
+                Ok(()) => audit::Worked::Answered,
+                Err(e) => {
+                    // The error can quote the hub's answer: escaped.
+                    debug!(error = ?e.to_string(), "The audit was not finished and the hub did not answer the signed probe; not counted.");
+                    return;
+                }
+            },
+        };
         let now = self.clock.now();
-        if let Err(e) = audit::unfinished(&self.store, &self.state, why, now).await {
+        if let Err(e) = audit::unfinished(&self.store, &self.state, &u.why, worked, now).await {
             warn!(source = %self.cfg.source, error = %e, "Cannot count the unfinished log audit; will count the next.");
         }
     }
