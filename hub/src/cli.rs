@@ -1803,7 +1803,8 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
                 policy
                     .check_log(&cfg.origin, &key.verifying_key())
                     .map_err(policy_error)?;
-                let added = witness::extend_by_transitions(store.as_ref(), &mut policy)?;
+                let added =
+                    witness::extend_by_transitions(store.as_ref(), &mut policy, &campaign.id)?;
                 let t = witness::status_under(store.as_ref(), &policy, size, note)?;
                 let handed = if added > 0 {
                     format!(

@@ -732,9 +732,10 @@ async fn agent_log_alarm(
 }
 
 /// Largest `POST /v1/agent/log-alarm` body: every report within
-/// [`wire::LogAlarmReport::check`]'s bounds fits (a text of 2048 characters, each at most 6
-/// bytes as JSON, `\u001f`; a code of 64; the time), and nothing much larger is read.
-pub const MAX_LOG_ALARM_BODY: usize = 16 << 10;
+/// [`wire::LogAlarmReport::check`]'s bounds fits, however its JSON escapes the text (2048
+/// characters, each at most 12 bytes as a `\uXXXX\uXXXX` surrogate pair; a code of 64;
+/// the time), and nothing much larger is read.
+pub const MAX_LOG_ALARM_BODY: usize = 32 << 10;
 
 /// `GET /v1/cosignature/wanted`: the bulletins' checkpoints still short of the quorum.
 async fn cosignature_wanted(

@@ -731,11 +731,13 @@ pub fn draft_policy<'a>(
 /// handed over to last), whose new key's proof verifies. The key that signed it counts
 /// from then on only for checkpoints no larger than the transition's leaf (a retired key,
 /// say from an old backup, cannot cosign later trees, nor hand over again). Keys the hub
-/// registered otherwise (an admin's `rotate --lost`, a re-enrolment) are not added.
-/// Returns how many keys were added.
+/// registered otherwise (an admin's `rotate --lost`, a re-enrolment) are not added, nor
+/// does a key the policy bounds with `until` hand over (see
+/// [`witness_policy::Policy::hand_over`]). Returns how many keys were added.
 pub fn extend_by_transitions(
     store: &dyn Store,
     policy: &mut witness_policy::Policy,
+    campaign: &str,
 ) -> Result<usize, WitnessError> {
     let mut added = 0;
     // The key in force per witness once it has handed over in the log.
@@ -761,6 +763,11 @@ pub fn extend_by_transitions(
         }) else {
             continue;
         };
+        // The statement names its source and campaign: one signed for another source or
+        // campaign (replayed into this log) hands over nothing here.
+        if entry.source != *source || entry.campaign != campaign {
+            continue;
+        }
         let Ok(Some(new)) = entry.transition() else {
             continue;
         };

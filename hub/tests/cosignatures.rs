@@ -882,7 +882,7 @@ async fn log_alarm_reports_are_kept_shown_and_cleared(backend: Backend) {
     // Refused, and nothing stored: each would replace gd's alarm.
     let long_code = "a".repeat(wire::MAX_LOG_ALARM_CODE + 1);
     let long_text = "x".repeat(wire::MAX_LOG_ALARM_TEXT + 1);
-    let huge = "x".repeat(20_000);
+    let huge = "x".repeat(40_000);
     let cases: Vec<(&str, Option<&SigningKey>, Vec<u8>, StatusCode)> = vec![
         (
             "unsigned",

@@ -432,3 +432,92 @@ async fn a_key_the_admin_replaced_reads_nothing() {
         assert_eq!(r.status.as_u16(), want, "{who}: {}", r.text());
     }
 }
+
+/// A witness policy follows hand-overs its witnesses signed in their own chains, in chain
+/// order, and only from keys it lists without a bound: a bounded key (retired, lost or
+/// stolen) hands over nothing, and a hand-over for another campaign counts for nothing.
+#[tokio::test]
+async fn a_witness_policy_follows_only_hand_overs_its_keys_may_sign() {
+    use spacesync_shared::cosign::{Cosigner, witness_name};
+    use spacesync_shared::witness_policy::{FORMAT, Policy};
+    let dir = store_dir(Backend::Sled);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let k0 = gd.key.clone();
+    let (k1, k2) = (
+        SigningKey::from_bytes(&[7; 32]),
+        SigningKey::from_bytes(&[8; 32]),
+    );
+    let entries = vec![
+        gd.sign_next(&activity("440106", "2018-11-01", "a")),
+        transition(&mut gd, &k1),
+        gd.sign_next(&activity("440106", "2018-11-02", "b")),
+        transition(&mut gd, &k2),
+    ];
+    th.ingest_ok(&batch(&gd, entries)).await;
+    let name = witness_name(&gd.id);
+    let vkey = |k: &SigningKey| {
+        Cosigner::new(&name, k.verifying_key())
+            .expect("cosigner")
+            .to_vkey()
+    };
+    let bj = Cosigner::new(
+        "spacesync-witness/bj-a",
+        SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    )
+    .expect("cosigner")
+    .to_vkey();
+    let policy = |lines: &str| {
+        Policy::parse(&format!(
+            "format {FORMAT}\nlog {ORIGIN} {}\nquorum 2\nwitness 110000 {bj}\n{lines}",
+            public_key_line(&hub_key().verifying_key())
+        ))
+        .expect("policy")
+    };
+    let keys = |p: &Policy| -> Vec<(String, Option<u64>)> {
+        p.witnesses[&name]
+            .keys
+            .iter()
+            .map(|k| (k.cosigner.to_vkey(), k.until))
+            .collect()
+    };
+    let store = th.hub.store.as_ref();
+    // Listed k0: k0 → k1 → k2 followed, each old key bounded at its hand-over's leaf.
+    let mut p = policy(&format!("witness 440000 {}\n", vkey(&k0)));
+    assert_eq!(
+        spacesync_hub::witness::extend_by_transitions(store, &mut p, "2018").expect("extend"),
+        2
+    );
+    let got = keys(&p);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].1.is_some() && got[1].1.is_some() && got[2].1.is_none(),
+        "{got:?}"
+    );
+    assert!(got[0].1 < got[1].1, "{got:?}");
+    // Another campaign's id: the hand-overs are not this log's witnesses'.
+    let mut p = policy(&format!("witness 440000 {}\n", vkey(&k0)));
+    assert_eq!(
+        spacesync_hub::witness::extend_by_transitions(store, &mut p, "2019").expect("extend"),
+        0
+    );
+    // k0 listed with a bound (retired): it hands over nothing, so k1 and k2 stay out …
+    let mut p = policy(&format!("witness 440000 {} until 1\n", vkey(&k0)));
+    assert_eq!(
+        spacesync_hub::witness::extend_by_transitions(store, &mut p, "2018").expect("extend"),
+        0
+    );
+    assert_eq!(keys(&p).len(), 1);
+    // … unless the policy lists k1 itself: then k1 → k2 is followed.
+    let mut p = policy(&format!(
+        "witness 440000 {} until 1\nwitness 440000 {}\n",
+        vkey(&k0),
+        vkey(&k1)
+    ));
+    assert_eq!(
+        spacesync_hub::witness::extend_by_transitions(store, &mut p, "2018").expect("extend"),
+        1
+    );
+    assert_eq!(keys(&p).last().map(|k| k.0.clone()), Some(vkey(&k2)));
+}

@@ -452,8 +452,31 @@ impl LogAlarmReport {
                 "detected must have at most {MAX_LOG_ALARM_TEXT} characters, it has {n}"
             ));
         }
+        if let Some(c) = self.detected.chars().find(|c| unreadable_char(*c)) {
+            return Err(format!(
+                "detected holds the control or bidirectional-formatting character U+{:04X}, which could make the text read otherwise than it says; send it with such characters replaced (log_alarm_text does)",
+                c as u32
+            ));
+        }
         Ok(())
     }
+}
+
+/// True for characters an alarm text shown to people must not hold: control characters
+/// (newlines included) and the Unicode bidirectional-formatting ones, which could make a
+/// text from a hostile sender read otherwise on the hub's dashboard.
+fn unreadable_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// `text` as an alarm report may carry it: at most [`MAX_LOG_ALARM_TEXT`] characters, each
+/// control or bidirectional-formatting character replaced by U+FFFD.
+pub fn log_alarm_text(text: &str) -> String {
+    text.chars()
+        .take(MAX_LOG_ALARM_TEXT)
+        .map(|c| if unreadable_char(c) { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 /// An agent's cosignature of a checkpoint it audited (c2sp.org/tlog-cosignature).
@@ -916,9 +939,20 @@ mod tests {
             ("<b>", String::new()),
             (&"a".repeat(MAX_LOG_ALARM_CODE + 1), String::new()),
             ("fork", "é".repeat(MAX_LOG_ALARM_TEXT + 1)),
+            ("fork", "rollback\nlog alarm cleared".into()),
+            ("fork", "fork \u{202E}deyalper".into()),
+            ("fork", "\u{1b}[2J".into()),
         ] {
-            assert!(r(code, detected.clone()).check().is_err(), "{code:?}");
+            assert!(
+                r(code, detected.clone()).check().is_err(),
+                "{code:?} {detected:?}"
+            );
         }
+        // What the agent sends is the text with those characters replaced: always accepted.
+        let hostile = format!("a\nb\u{202E}c{}", "é".repeat(MAX_LOG_ALARM_TEXT));
+        let sent = log_alarm_text(&hostile);
+        assert!(sent.starts_with("a\u{FFFD}b\u{FFFD}c"), "{sent}");
+        assert_eq!(r("fork", sent).check(), Ok(()));
         let extra =
             r#"{"code":"fork","detected":"","at":"2018-11-20T01:00:00Z","cleared":false,"x":1}"#;
         assert!(serde_json::from_str::<LogAlarmReport>(extra).is_err());

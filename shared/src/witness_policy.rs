@@ -329,6 +329,13 @@ impl Policy {
                 units.len()
             )));
         }
+        if 2 * quorum <= units.len() {
+            return Err(PolicyError::File(format!(
+                "quorum {quorum} is not more than half of the {} unit(s) the policy lists: a hub showing one tree to half of them and another tree to the other half could get both witnessed; give at least {}",
+                units.len(),
+                units.len() / 2 + 1
+            )));
+        }
         Ok(Policy {
             log,
             quorum,
@@ -370,8 +377,10 @@ impl Policy {
     /// Records that the listed witness `name`'s key `from` handed over to `to` at log leaf
     /// `leaf` (a key-transition entry `from` signed): `from` counts from then on only for
     /// checkpoints of at most `leaf` entries, and `to` is added. Refused (false) when `name`
-    /// is not listed, `from` is not one of its keys, or `to` is a key another listed witness
-    /// holds (one key serves one witness name: the name is not signed).
+    /// is not listed, `from` is not one of its keys, `from` carries an `until` bound (a key
+    /// retired, lost or stolen hands over nothing: whoever holds a copy of it could sign a
+    /// hand-over to a key of their own), or `to` is a key another listed witness holds (one
+    /// key serves one witness name: the name is not signed).
     pub fn hand_over(
         &mut self,
         name: &str,
@@ -392,7 +401,10 @@ impl Policy {
         let Some(old) = w.keys.iter_mut().find(|k| k.cosigner.key() == from) else {
             return false;
         };
-        old.until = Some(old.until.map_or(leaf, |u| u.min(leaf)));
+        if old.until.is_some() {
+            return false;
+        }
+        old.until = Some(leaf);
         if w.keys.iter().any(|k| k.cosigner.key() == &to) {
             return true;
         }
@@ -698,6 +710,10 @@ mod tests {
         ));
         let w4 = witness(4).0;
         assert!(!p.hand_over("spacesync-witness/w-3", &new.verifying_key(), *w4.key(), 30));
+        // The retired key hands over nothing more (a copy of it, say from an old backup,
+        // cannot pass the witness to a key of its holder's choosing).
+        let thief = SigningKey::from_bytes(&[66; 32]).verifying_key();
+        assert!(!p.hand_over("spacesync-witness/w-3", w3.key(), thief, 40));
         // The bound shows in the rendered policy, which reads back the same.
         assert!(p.render().contains(&format!("{} until 20", w3.to_vkey())));
         assert_eq!(Policy::parse(&p.render()), Ok(p));
@@ -765,6 +781,10 @@ mod tests {
             (
                 good.replacen("quorum 2", "quorum 4", 1),
                 "quorum 4 is more than the 3 unit(s)",
+            ),
+            (
+                good.replacen("quorum 2", "quorum 1", 1),
+                "quorum 1 is not more than half of the 3 unit(s)",
             ),
             (good.replacen("quorum 2\n", "", 1), "no `quorum <n>` line"),
             (

@@ -146,6 +146,42 @@ async fn outage(c: &mut Cluster, rng: &mut StdRng, kills: &mut Kills, hub_down: 
     c.hub.start().await;
 }
 
+/// Waits until every agent's audit verified the hub's current checkpoint; fails on any log
+/// alarm. Returns the number of log alarms (0).
+async fn audits_settle(c: &Cluster) -> usize {
+    let start = Instant::now();
+    let size = |note: &str| note.lines().nth(1).and_then(|l| l.parse::<u64>().ok());
+    loop {
+        let note = reqwest::get(format!("{}/v1/checkpoint", c.hub.url()))
+            .await
+            .ok()
+            .map(|r| r.text());
+        let note = match note {
+            Some(t) => t.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let hub = size(&note);
+        let mut settled = hub.is_some();
+        for a in &c.agents {
+            let s = a.status().await.unwrap_or(serde_json::Value::Null);
+            assert!(
+                s["log_alarm"].is_null(),
+                "{}: log alarm on an honest hub: {s}",
+                a.site.source
+            );
+            settled &= hub.is_some() && s["verified_checkpoint_size"].as_u64() == hub;
+        }
+        if settled {
+            return 0;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the agents' audits did not reach the hub's tree ({hub:?} entries)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
     let seed = env_u64("SPACESYNC_SEED").unwrap_or_else(rand::random);
@@ -230,6 +266,9 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
     }
     cluster.wait_drained(Duration::from_secs(180)).await;
     let drained = started.elapsed() - setup - faulting;
+    // Issue 16: an honest hub under kills, partitions and lost answers raises no log alarm,
+    // and every agent's audit reaches the hub's final tree.
+    let log_alarms = audits_settle(&cluster).await;
     let faults = cluster.proxy.counts();
     for a in &mut cluster.agents {
         a.stop();
@@ -298,6 +337,9 @@ async fn kills_partitions_and_lost_answers_lose_no_acknowledged_record() {
         stats.not_sent.load(Ordering::Relaxed),
         stats.unknown.load(Ordering::Relaxed),
         stats.acked_while_hub_down.load(Ordering::Relaxed)
+    ));
+    say(&format!(
+        "log audit: log alarms {log_alarms}; every agent verified the hub's final tree"
     ));
     say(&format!("hub verify: {hub_verify}"));
     say(&format!("agent verify: {}", agent_verify.join("; ")));

@@ -13,7 +13,7 @@
 //! Nothing here stops delivery.
 
 use chrono::{DateTime, Utc};
-use spacesync_shared::wire::{LogAlarmReport, MAX_LOG_ALARM_CODE, MAX_LOG_ALARM_TEXT};
+use spacesync_shared::wire::{LogAlarmReport, MAX_LOG_ALARM_CODE};
 use tracing::{debug, info};
 
 use super::audit::{AuditError, AuditState};
@@ -74,7 +74,7 @@ impl Reporter {
         };
         let report = LogAlarmReport {
             code: code_of(text),
-            detected: text.chars().take(MAX_LOG_ALARM_TEXT).collect(),
+            detected: spacesync_shared::wire::log_alarm_text(text),
             at: now,
             cleared,
         };
