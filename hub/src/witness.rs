@@ -143,6 +143,19 @@ pub struct WrongRootSeen {
     pub at: DateTime<Utc>,
 }
 
+/// Held across each read-change-write of a `cosrc/<source>` record and of the lines kept
+/// for a size, so two requests of one source at once (a cosignature and an alarm report)
+/// cannot drop each other's change in this process. (Replicas on one database can still
+/// interleave; both writes are valid states, and the next request of that source repairs
+/// what one dropped.)
+static RECORDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn records_lock() -> std::sync::MutexGuard<'static, ()> {
+    RECORDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Key of a source's witness record.
 fn source_key(source: &SourceId) -> Vec<u8> {
     [keys::COSIG_SOURCE, source.as_str().as_bytes()].concat()
@@ -177,6 +190,7 @@ pub fn report_alarm(
     if rec.status == SourceStatus::Revoked {
         return Err(WitnessError::Revoked(source.clone()));
     }
+    let _records = records_lock();
     let mut w = of_source(hub.store.as_ref(), source)?;
     if report.cleared {
         w.log_alarm = None;
@@ -397,6 +411,7 @@ pub fn accept(
     now: DateTime<Utc>,
     window: chrono::Duration,
 ) -> Result<CosignatureAccepted, WitnessError> {
+    let _records = records_lock();
     let snap = hub.snapshot();
     let rec = snap
         .registry

@@ -449,12 +449,17 @@ async fn main() -> Result<()> {
     let notices = get_json(&client, &format!("{hub_url}/v1/notices"), Some(&ministry)).await?;
     let progress = get_json(&client, &format!("{hub_url}/v1/progress"), Some(&ministry)).await?;
     let mut agent_notices = 0u64;
-    for (_, url, token) in agents.values() {
+    // Each agent's log audit: an honest hub raises no alarm anywhere.
+    let mut log_alarms: Vec<String> = Vec::new();
+    for (unit, (_, url, token)) in &agents {
         let s = get_json(&client, &format!("{url}/v1/status"), Some(token)).await?;
         agent_notices += s["notices"]
             .as_u64()
             .or(s["unread_notices"].as_u64())
             .unwrap_or(0);
+        if let Some(a) = s["log_alarm"].as_str() {
+            log_alarms.push(format!("{unit}: {a}"));
+        }
     }
     for (name, child) in &mut procs.0 {
         let _ = Command::new("kill")
@@ -557,6 +562,16 @@ async fn main() -> Result<()> {
         list.len(),
         campaign.units.len()
     );
+    println!(
+        "log audit: {} of {} agents raised a log alarm{}",
+        log_alarms.len(),
+        agents.len(),
+        if log_alarms.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", log_alarms.join("; "))
+        }
+    );
     for e in tally
         .refused_unexpected
         .iter()
@@ -590,6 +605,12 @@ async fn main() -> Result<()> {
     println!("Finished in {:.0} s.", began.elapsed().as_secs_f64());
     if !tally.refused_unexpected.is_empty() || !tally.accepted_bad.is_empty() || undelivered != 0 {
         bail!("the run did not go as planned (see UNEXPECTED lines above)");
+    }
+    if !log_alarms.is_empty() {
+        bail!(
+            "{} agent(s) raised a log alarm against an honest hub (see the log audit line above)",
+            log_alarms.len()
+        );
     }
     if witnessed != list.len() {
         bail!(
