@@ -642,6 +642,33 @@ async fn checkpoint(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
+/// A signed agent request's JSON body of at most `max` bytes (refused 413 before its
+/// signature is checked), signed with the source's current key, read strictly (duplicate
+/// members refused): the source and the body. `what` names the body in errors.
+async fn signed_json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    client: &ClientAddr,
+    (method, uri, headers, body): (&Method, &Uri, &HeaderMap, &Bytes),
+    max: usize,
+    what: &str,
+) -> Result<(SourceId, T), AppError> {
+    if body.len() > max {
+        return Err(s.refuse(
+            client,
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(RefusalCode::TooLarge),
+                format!("{what} is at most {max} bytes"),
+            ),
+        ));
+    }
+    let source = signed_source(s, client, Keys::Current, method, uri, headers, body).await?;
+    let value = spacesync_shared::json::from_slice(body)
+        .and_then(serde_json::from_value)
+        .map_err(|e| AppError::bad_request(format!("{what} is not the expected JSON: {e}")))?;
+    Ok((source, value))
+}
+
 /// `POST /v1/cosignature`, signed by the source: its witness cosignature of a checkpoint
 /// it audited; checked and kept ([`witness::accept`]).
 async fn cosignature(
@@ -652,22 +679,14 @@ async fn cosignature(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<wire::CosignatureAccepted>, AppError> {
-    if body.len() > MAX_COSIGNATURE_BODY {
-        return Err(s.refuse(
-            &client,
-            AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Some(RefusalCode::TooLarge),
-                format!("a cosignature is at most {MAX_COSIGNATURE_BODY} bytes"),
-            ),
-        ));
-    }
-    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, &body).await?;
-    let sub: wire::CosignatureSubmission = spacesync_shared::json::from_slice(&body)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            AppError::bad_request(format!("the cosignature is not the expected JSON: {e}"))
-        })?;
+    let (source, sub): (_, wire::CosignatureSubmission) = signed_json(
+        &s,
+        &client,
+        (&method, &uri, &headers, &body),
+        MAX_COSIGNATURE_BODY,
+        "the cosignature",
+    )
+    .await?;
     let (hub, window, now) = (s.hub.clone(), s.nonces.window(), s.hub.clock.now());
     let id = source.clone();
     let done = tokio::task::spawn_blocking(move || witness::accept(&hub, &id, &sub, now, window))
@@ -695,24 +714,14 @@ async fn agent_log_alarm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, AppError> {
-    if body.len() > MAX_LOG_ALARM_BODY {
-        return Err(s.refuse(
-            &client,
-            AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Some(RefusalCode::TooLarge),
-                format!("a log alarm report is at most {MAX_LOG_ALARM_BODY} bytes"),
-            ),
-        ));
-    }
-    let source = signed_source(&s, &client, Keys::Current, &method, &uri, &headers, &body).await?;
-    let report: wire::LogAlarmReport = spacesync_shared::json::from_slice(&body)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            AppError::bad_request(format!(
-                "the log alarm report is not the expected JSON: {e}"
-            ))
-        })?;
+    let (source, report): (_, wire::LogAlarmReport) = signed_json(
+        &s,
+        &client,
+        (&method, &uri, &headers, &body),
+        MAX_LOG_ALARM_BODY,
+        "the log alarm report",
+    )
+    .await?;
     report
         .check()
         .map_err(|e| AppError::bad_request(format!("the log alarm report is refused: {e}")))?;
