@@ -902,11 +902,17 @@ async fn signed_source(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<SourceId, AppError> {
-    let (source, nonce, ts) =
+    let (source, nonce, ts, retired) =
         verify_signed(s, keys, method, uri, headers, body).map_err(|e| s.refuse(client, e))?;
+    // A request signed by a retired key has a budget of its own: a copy of an old key (from
+    // an old backup) cannot throttle the source's own agent.
+    let bucket = match retired {
+        true => format!("{source}/retired"),
+        false => source.to_string(),
+    };
     // A source over its rate is refused before its nonce is stored.
-    if !s.limiter.has_token(&source.to_string()) {
-        s.charge_source(&source, source.as_str())?;
+    if !s.limiter.has_token(&bucket) {
+        s.charge_source(&source, &bucket)?;
     }
     let (nonces, hub) = (s.nonces.clone(), s.hub.clone());
     let now = s.hub.clock.now();
@@ -937,13 +943,13 @@ async fn signed_source(
             ));
         }
     }
-    s.charge_source(&source, source.as_str())?;
+    s.charge_source(&source, &bucket)?;
     Ok(source)
 }
 
 /// Checks a signed agent request's headers, source and signature (by a key `keys`
-/// allows), and its timestamp against the hub clock; returns the source, the nonce and
-/// the timestamp.
+/// allows), and its timestamp against the hub clock; returns the source, the nonce, the
+/// timestamp, and whether a retired key (not the current one) signed it.
 fn verify_signed(
     s: &AppState,
     keys: Keys,
@@ -951,7 +957,7 @@ fn verify_signed(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(SourceId, String, chrono::DateTime<chrono::Utc>), AppError> {
+) -> Result<(SourceId, String, chrono::DateTime<chrono::Utc>, bool), AppError> {
     let h = |name: &'static str| {
         headers
             .get(name)
@@ -1018,12 +1024,13 @@ fn verify_signed(
     let verify = |key: &ed25519_dalek::VerifyingKey| {
         wire::verify_request(key, method.as_str(), path, stamp, nonce, signature, body)
     };
-    let ts = match verify(&key) {
-        Ok(ts) => ts,
+    let (ts, retired) = match verify(&key) {
+        Ok(ts) => (ts, false),
         // The current key's error is the one told: it is the key the source should use.
         Err(e) => earlier()
             .iter()
             .find_map(|k| verify(k).ok())
+            .map(|ts| (ts, true))
             .ok_or_else(|| AppError::unauthorized(e.to_string()))?,
     };
     let now = s.hub.clock.now();
@@ -1034,7 +1041,7 @@ fn verify_signed(
             window.num_minutes()
         )));
     }
-    Ok((source, nonce.to_string(), ts))
+    Ok((source, nonce.to_string(), ts, retired))
 }
 
 async fn agent_head(

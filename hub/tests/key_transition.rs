@@ -521,3 +521,55 @@ async fn a_witness_policy_follows_only_hand_overs_its_keys_may_sign() {
     );
     assert_eq!(keys(&p).last().map(|k| k.0.clone()), Some(vkey(&k2)));
 }
+
+/// Requests signed by a retired key are charged to a budget of their own: a copy of an old
+/// key (say from an old backup) spending it cannot throttle the source's own agent.
+#[tokio::test]
+async fn a_retired_key_spends_a_budget_of_its_own() {
+    let dir = store_dir(Backend::Sled);
+    let mut th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let old = gd.key.clone();
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let entries = vec![
+        gd.sign_next(&activity("440106", "2018-11-01", "a")),
+        transition(&mut gd, &new),
+    ];
+    th.ingest_ok(&batch(&gd, entries)).await;
+    // A small budget: three requests, refilled far slower than the test runs.
+    th.app = spacesync_hub::http::app(spacesync_hub::http::AppState::new(
+        th.hub.clone(),
+        th.notices.clone(),
+        0.001,
+        3.0,
+    ));
+    let head = |key: SigningKey| {
+        let th = &th;
+        let id = gd.id.clone();
+        async move {
+            signed_by(th, &id, &key, "GET", wire::PATH_AGENT_HEAD, b"")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    let mut old_answers = Vec::new();
+    for _ in 0..5 {
+        old_answers.push(head(old.clone()).await);
+    }
+    assert_eq!(
+        old_answers,
+        vec![200, 200, 200, 429, 429],
+        "the old key's own budget"
+    );
+    // The current key still has all of its own.
+    for _ in 0..3 {
+        assert_eq!(
+            head(new.clone()).await,
+            200,
+            "the current key was throttled by the old one"
+        );
+    }
+    assert_eq!(head(new.clone()).await, 429);
+}
