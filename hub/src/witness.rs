@@ -161,6 +161,22 @@ fn source_key(source: &SourceId) -> Vec<u8> {
     [keys::COSIG_SOURCE, source.as_str().as_bytes()].concat()
 }
 
+/// Puts `source`'s witness record `w` into `b`.
+fn put_source(b: &mut WriteBatch, source: &SourceId, w: &SourceWitness) {
+    b.put(
+        source_key(source),
+        serde_json::to_vec(w).unwrap_or_default(),
+    );
+}
+
+/// Writes `source`'s witness record `w` and flushes it (before any answer says so).
+fn save_source(store: &dyn Store, source: &SourceId, w: &SourceWitness) -> Result<(), StoreError> {
+    let mut b = WriteBatch::new();
+    put_source(&mut b, source, w);
+    store.apply(b)?;
+    store.flush()
+}
+
 /// What the hub knows of `source` as a witness (the default before its first line).
 pub fn of_source(store: &dyn Store, source: &SourceId) -> Result<SourceWitness, StoreError> {
     match store.get(&source_key(source))? {
@@ -203,13 +219,7 @@ pub fn report_alarm(
             received_at: now,
         });
     }
-    let mut b = WriteBatch::new();
-    b.put(
-        source_key(source),
-        serde_json::to_vec(&w).unwrap_or_default(),
-    );
-    hub.store.apply(b)?;
-    hub.store.flush()?;
+    save_source(hub.store.as_ref(), source, &w)?;
     Ok(w)
 }
 
@@ -455,13 +465,7 @@ pub fn accept(
             size: cp.size,
             at: now,
         });
-        let mut b = WriteBatch::new();
-        b.put(
-            source_key(source),
-            serde_json::to_vec(&w).unwrap_or_default(),
-        );
-        hub.store.apply(b)?;
-        hub.store.flush()?;
+        save_source(hub.store.as_ref(), source, &w)?;
         let b64 = |h: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h);
         return Err(WitnessError::WrongRoot {
             size: cp.size,
@@ -545,10 +549,7 @@ pub fn accept(
         }
         w.last_size = Some(cp.size);
         w.last_timestamp = Some(ts);
-        b.put(
-            source_key(source),
-            serde_json::to_vec(&w).unwrap_or_default(),
-        );
+        put_source(&mut b, source, &w);
     }
     hub.store.apply(b)?;
     hub.store.flush()?;

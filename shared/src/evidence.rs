@@ -132,9 +132,13 @@ pub fn parse(bytes: &[u8]) -> Result<EvidenceFile, EvidenceError> {
 /// `log_index`, the hub-signed checkpoint's tree holds it there (inclusion proof), and every
 /// listed witness cosigned that checkpoint.
 pub fn verify(bytes: &[u8]) -> Result<Proven, EvidenceError> {
-    let f = parse(bytes)?;
+    check(&parse(bytes)?)
+}
+
+/// [`verify`] of a parsed file.
+fn check(f: &EvidenceFile) -> Result<Proven, EvidenceError> {
     if f.format != FORMAT {
-        return Err(EvidenceError::Format(f.format));
+        return Err(EvidenceError::Format(f.format.clone()));
     }
     let source_key =
         parse_public_key(&f.source_key).map_err(|e| EvidenceError::SourceKey(e.to_string()))?;
@@ -214,7 +218,7 @@ pub fn verify(bytes: &[u8]) -> Result<Proven, EvidenceError> {
         )));
     }
     Ok(Proven {
-        source: f.source,
+        source: f.source.clone(),
         seq: f.seq,
         received_at: r.received_at,
         log_index: f.log_index,
@@ -230,8 +234,8 @@ pub fn verify(bytes: &[u8]) -> Result<Proven, EvidenceError> {
 /// quorum of provincial units. The file's own `witnesses` list is not trusted for the
 /// count (the writer chose it); only the policy's keys count.
 pub fn verify_under(bytes: &[u8], policy: &Policy) -> Result<(Proven, Tally), EvidenceError> {
-    let proven = verify(bytes)?;
     let f = parse(bytes)?;
+    let proven = check(&f)?;
     let hub = parse_public_key(&f.hub_key).map_err(|e| EvidenceError::HubKey(e.to_string()))?;
     policy
         .check_log(&proven.origin, &hub)
