@@ -8,11 +8,13 @@
 # of another CA refused by the agent (named in `status`), the good one back by
 # `systemctl reload`, delivery resumes. Run as root from the repository:
 #   bash deploy/packaging/test-fresh-install.sh
+# With SPACESYNC_TRANSCRIPT=FILE every command run on the machines and all it printed go to FILE
+# (tokens and enrolment codes redacted): the transcript of following the guide.
 # Needs debootstrap and systemd-container (Debian's packages) and a Debian mirror.
 # The two machines share this machine's network namespace (hub.example is 127.0.0.1 in both):
 # the hub takes port 7400 and the agent 7300 on loopback while it runs.
 #
-# Exit 0: every check passed. Exit 2: this machine cannot boot a container (said why); CI
+# Exit 0: every check passed. Exit 77: this machine cannot boot a container (said why); CI
 # treats that as "not checked here", not as a pass. Anything else: a check failed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,8 +35,11 @@ fi
 
 work=$(mktemp -d /var/tmp/spacesync-fresh.XXXXXX)
 pids=()
+cannot_boot=0
 cleanup() {
   local rc=$? p i
+  # 77 means "cannot boot a container" only when boot() said so.
+  [[ $rc == 77 && $cannot_boot == 0 ]] && rc=1
   # SIGTERM asks systemd-nspawn to shut its machine down cleanly; wait for that.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
@@ -55,13 +60,12 @@ done
 ok "packages built"
 
 echo "== two fresh Debian 12 machines"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,openssl,curl \
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus \
   bookworm "$work/hubhost" "$MIRROR" > "$work/debootstrap.log" 2>&1 \
   || { tail -5 "$work/debootstrap.log"; fail "debootstrap from $MIRROR"; }
 cp -a "$work/hubhost" "$work/agenthost"
 for m in hubhost agenthost; do
   echo "$m" > "$work/$m/etc/hostname"
-  echo "127.0.0.1 hub.example" >> "$work/$m/etc/hosts"
   cp "$work/spacesync-${m%host}.deb" "$work/$m/root/"
 done
 
@@ -86,55 +90,84 @@ boot() {
   done
   echo "test-fresh-install: cannot boot a container on this machine (systemd-nspawn --boot):" >&2
   tail -5 "$work/$m.console" >&2
-  exit 2
+  cannot_boot=1
+  exit 77
 }
-# on MACHINE CMD: CMD as root on the machine, in a login shell of its own environment.
+# Secrets never reach the transcript: admin tokens, enrolment codes, intake tokens.
+redact() {
+  sed -E -e 's/sst_[A-Za-z0-9_-]+/sst_…/g' -e 's/ssenrol1\.[A-Za-z0-9_-]+/ssenrol1.…/g' \
+    -e 's/\b[0-9a-f]{64}\b/<intake token>/g'
+}
+# on MACHINE CMD: CMD as root on the machine, in a login shell of its own environment. With
+# SPACESYNC_TRANSCRIPT=FILE, the command and all it printed are appended to FILE (redacted).
 on() {
-  local m=$1 pid=""; shift
+  local m=$1 pid="" rc=0 out err; shift
   for l in "${leader[@]}"; do [[ "${l%%=*}" == "$m" ]] && pid=${l#*=}; done
-  nsenter -t "$pid" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash -ec "$*"
+  if [[ -z "${SPACESYNC_TRANSCRIPT:-}" ]]; then
+    nsenter -t "$pid" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash -ec "$*"
+    return
+  fi
+  out=$(mktemp) err=$(mktemp)
+  nsenter -t "$pid" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/bash -ec "$*" \
+    >"$out" 2>"$err" || rc=$?
+  { printf '\n%s# %s\n' "$m" "$*"; cat "$out" "$err"; [[ $rc == 0 ]] || echo "(exit $rc)"; } \
+    | redact >> "$SPACESYNC_TRANSCRIPT"
+  cat "$out"; cat "$err" >&2
+  rm -f "$out" "$err"
+  return "$rc"
 }
 boot hubhost
 boot agenthost
 ok "both machines booted with systemd as PID 1"
 
 echo "== hub (guide §1, §3, §4)"
-on hubhost 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /root/spacesync-hub.deb >/dev/null'
+on hubhost 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /root/spacesync-hub.deb curl openssl >/dev/null'
 on hubhost 'test "$(stat -c "%a %U" /var/lib/spacesync-hub)" = "700 spacesync"'
 ok "hub package installed with apt on a minimal Debian (dependencies pulled)"
-on hubhost 'runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub init >/dev/null'
-# §4's commands for a private CA, as written in the guide.
-on hubhost 'cd /root && umask 077 &&
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=Ministry spacesync CA" -keyout ca.key -out ca.crt 2>/dev/null &&
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=hub.example" -keyout hub.key -out hub.csr 2>/dev/null &&
+# §3: the campaign file first (here the packaged 2018 one), then init with it.
+on hubhost 'install -m 0644 /usr/share/doc/spacesync-hub/campaign-2018.toml /etc/spacesync/campaign.toml &&
+  runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub init --campaign /etc/spacesync/campaign.toml'
+# §4: the CA on "another machine" (a directory the hub's files never see), the hub's key on the hub.
+on hubhost 'mkdir -p /root/camachine /root/hubside &&
+  cd /root/camachine && (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=Ministry spacesync CA" -keyout ca.key -out ca.crt 2>/dev/null) &&
+  cd /root/hubside && (umask 077; openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=hub.example" -keyout hub.key -out hub.csr 2>/dev/null) &&
+  cp hub.csr /root/camachine/ && cd /root/camachine &&
   printf "subjectAltName=DNS:hub.example\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n" > hub.ext &&
   openssl x509 -req -in hub.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 -extfile hub.ext -out hub.crt 2>/dev/null &&
+  cp ca.crt hub.crt /root/hubside/ && cd /root/hubside &&
+  cp hub.key /root/hub.key.good && cp hub.crt /root/hub.crt.good &&
   install -d -m 0750 -o root -g spacesync /etc/spacesync/tls &&
   install -m 0644 ca.crt hub.crt /etc/spacesync/tls/ &&
-  install -m 0640 -o root -g spacesync hub.key /etc/spacesync/tls/hub.key'
+  install -m 0640 -o root -g spacesync hub.key /etc/spacesync/tls/hub.key && rm hub.key hub.csr'
 on hubhost 'cd /var/lib/spacesync-hub &&
   sed -i -e "s/^listen = .*/listen = \"0.0.0.0:7400\"/" -e "s|^# \[tls\]|[tls]|" \
     -e "s|^# cert = |cert = |" -e "s|^# key = |key = |" hub.toml &&
-  grep -qx "cert = \"/etc/spacesync/tls/hub.crt\"" hub.toml'
-on hubhost 'umask 077; runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub token create --role admin --label ops 2>/dev/null | tail -1 > /root/admin.token; test -s /root/admin.token'
-on hubhost 'systemctl enable --now spacesync-hub >/dev/null 2>&1'
+  grep -qx "cert = \"/etc/spacesync/tls/hub.crt\"" hub.toml &&
+  echo "127.0.0.1 hub.example" >> /etc/hosts'
+on hubhost '(umask 077; runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub token create --role admin --label ops > /root/hub-admin.token 2>/dev/null) &&
+  test "$(stat -c %a /root/hub-admin.token)" = 600 && grep -q "^sst_" /root/hub-admin.token'
+on hubhost 'systemctl enable --now spacesync-hub'
 for i in $(seq 1 30); do
-  on hubhost 'curl -fsS --cacert /etc/spacesync/tls/ca.crt https://hub.example:7400/healthz' >/dev/null 2>&1 && break
+  SPACESYNC_TRANSCRIPT='' on hubhost 'curl -fsS --cacert /etc/spacesync/tls/ca.crt https://hub.example:7400/healthz' >/dev/null 2>&1 && break
   sleep 1
 done
 [[ $(on hubhost 'curl -fsS --cacert /etc/spacesync/tls/ca.crt https://hub.example:7400/healthz') == ok ]] \
   || { on hubhost 'journalctl -u spacesync-hub --no-pager | tail -20'; fail "the hub does not answer over HTTPS"; }
-ok "hub serving HTTPS under systemd (its hardened unit)"
+ok "hub serving HTTPS under systemd (its hardened unit), on this campaign's file"
 
 echo "== enrol the agent (guide §5)"
-code=$(on hubhost 'SPACESYNC_HUB_TOKEN=$(cat /root/admin.token) SPACESYNC_HUB_CA=/etc/spacesync/tls/ca.crt spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example:7400 --expires 72h' | tail -1)
+code=$(on hubhost 'spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example:7400 --expires 72h --token-file /root/hub-admin.token --ca-file /etc/spacesync/tls/ca.crt' | tail -1)
 [[ "$code" == ssenrol1.* ]] || fail "agents invite printed no code"
-cp "$work/hubhost/etc/spacesync/tls/ca.crt" "$work/agenthost/root/ministry-ca.crt"
-on agenthost 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /root/spacesync-agent.deb >/dev/null'
-on agenthost 'install -m 0644 /root/ministry-ca.crt /etc/spacesync/ministry-ca.crt'
-on agenthost "runuser -u spacesync -- spacesync-agent --data /var/lib/spacesync-agent init --enrol '$code' --ca-file /etc/spacesync/ministry-ca.crt >/dev/null 2>&1"
-ok "agent enrolled with a one-time code over TLS (private CA)"
-on agenthost 'systemctl enable --now spacesync-agent >/dev/null 2>&1'
+cp "$work/hubhost/etc/spacesync/tls/ca.crt" "$work/agenthost/root/ca.crt"
+cp "$work/hubhost/etc/spacesync/campaign.toml" "$work/agenthost/root/campaign.toml"
+on agenthost 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /root/spacesync-agent.deb curl openssl >/dev/null'
+on agenthost 'cd /root && install -m 0644 ca.crt /etc/spacesync/ministry-ca.crt &&
+  openssl x509 -noout -fingerprint -sha256 -in /etc/spacesync/ministry-ca.crt &&
+  install -m 0644 campaign.toml /etc/spacesync/campaign.toml &&
+  echo "127.0.0.1 hub.example" >> /etc/hosts'
+on agenthost "CODE='$code'; runuser -u spacesync -- spacesync-agent --data /var/lib/spacesync-agent init --enrol \"\$CODE\" --campaign /etc/spacesync/campaign.toml --ca-file /etc/spacesync/ministry-ca.crt"
+ok "agent enrolled with a one-time code over TLS (private CA, the hub's campaign file)"
+on agenthost 'systemctl enable --now spacesync-agent'
 
 status() { on agenthost 'runuser -u spacesync -- spacesync-agent --data /var/lib/spacesync-agent status'; }
 post() { # post AS_OF: one school snapshot dated AS_OF, as the platform would
@@ -144,32 +177,36 @@ post() { # post AS_OF: one school snapshot dated AS_OF, as the platform would
 }
 delivered() { # delivered N: waits until the agent says delivered seq N
   for i in $(seq 1 "${2:-40}"); do
-    status | grep -qE "^delivered seq: +$1\$" && return 0
+    SPACESYNC_TRANSCRIPT='' status | grep -qE "^delivered seq: +$1\$" && { status >/dev/null; return 0; }
     sleep 1
   done
   status >&2
   return 1
 }
-post 2018-11-20 | grep -q '"accepted":1' || fail "the agent refused a record"
-post 2018-11-27 | grep -q '"accepted":1' || fail "the agent refused a record"
-delivered 2 || fail "the agent did not deliver to the hub over TLS"
+# §5's first record: the packaged examples, posted as the guide writes it.
+for i in $(seq 1 20); do SPACESYNC_TRANSCRIPT='' on agenthost 'curl -fsS -o /dev/null http://127.0.0.1:7300/healthz' 2>/dev/null && break; sleep 0.5; done
+on agenthost 'curl -fsS -H "Authorization: Bearer $(cat /var/lib/spacesync-agent/intake.token)" \
+     -H "Content-Type: application/x-ndjson" \
+     --data-binary @/usr/share/doc/spacesync-agent/examples/records.ndjson http://127.0.0.1:7300/v1/records' \
+  | grep -q '"accepted":3' || fail "the agent did not accept the packaged example records"
+delivered 3 || fail "the agent did not deliver to the hub over TLS"
 ok "records posted to the agent are delivered to the hub over TLS"
-on hubhost 'curl -fsS --cacert /etc/spacesync/tls/ca.crt -H "Authorization: Bearer $(cat /root/admin.token)" https://hub.example:7400/v1/sources' \
-  | grep -q '"head_seq":2' || fail "the hub does not list gd-rrt at seq 2"
+on hubhost 'curl -fsS --cacert /etc/spacesync/tls/ca.crt -H "Authorization: Bearer $(cat /root/hub-admin.token)" https://hub.example:7400/v1/sources' \
+  | grep -qE '"head_seq":3[,}].*"source":"gd-rrt"' || fail "the hub does not list gd-rrt at seq 3"
 ok "the hub holds the agent's entries"
 
 echo "== backup while serving, and verify the copies (guide §7)"
-on hubhost 'runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub backup /var/backups/spacesync-hub/fresh >/dev/null &&
-  runuser -u spacesync -- spacesync-hub --data /var/backups/spacesync-hub/fresh verify | grep -q "^ok:"'
-on agenthost 'runuser -u spacesync -- spacesync-agent --data /var/lib/spacesync-agent backup /var/backups/spacesync-agent/fresh >/dev/null &&
-  runuser -u spacesync -- spacesync-agent --data /var/backups/spacesync-agent/fresh verify | grep -q "^OK:"'
+on hubhost 'b=/var/backups/spacesync-hub/$(date +%F-%H%M); runuser -u spacesync -- spacesync-hub --data /var/lib/spacesync-hub backup $b >/dev/null &&
+  runuser -u spacesync -- spacesync-hub --data $b verify | grep -q "^ok:"'
+on agenthost 'b=/var/backups/spacesync-agent/$(date +%F-%H%M); runuser -u spacesync -- spacesync-agent --data /var/lib/spacesync-agent backup $b >/dev/null &&
+  runuser -u spacesync -- spacesync-agent --data $b verify | grep -q "^OK:"'
 ok "backups of both, taken while serving, verify"
 
 echo "== a certificate of another CA, then the good one back (guide §4: systemctl reload)"
 on hubhost 'cd /root && umask 077 && mkdir -p other && cd other &&
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=Somebody else" -keyout o.key -out o.crt 2>/dev/null &&
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=hub.example" -keyout hub.key -out hub.csr 2>/dev/null &&
-  openssl x509 -req -in hub.csr -CA o.crt -CAkey o.key -CAcreateserial -days 30 -extfile /root/hub.ext -out hub.crt 2>/dev/null &&
+  openssl x509 -req -in hub.csr -CA o.crt -CAkey o.key -CAcreateserial -days 30 -extfile /root/camachine/hub.ext -out hub.crt 2>/dev/null &&
   install -m 0644 hub.crt /etc/spacesync/tls/hub.crt && install -m 0640 -o root -g spacesync hub.key /etc/spacesync/tls/hub.key &&
   systemctl reload spacesync-hub'
 ok "systemctl reload spacesync-hub (the unit's ExecReload) works on a minimal Debian"
@@ -178,14 +215,14 @@ ok "systemctl reload spacesync-hub (the unit's ExecReload) works on a minimal De
 on agenthost 'systemctl restart spacesync-agent'
 post 2018-12-04 | grep -q '"accepted":1' || fail "the agent refused a record"
 for i in $(seq 1 40); do
-  status | grep -q 'last error:.*UnknownIssuer' && break
+  SPACESYNC_TRANSCRIPT='' status | grep -q 'last error:.*UnknownIssuer' && break
   sleep 1
 done
 status | grep -q 'last error:.*not issued by a CA this agent trusts' || { status >&2; fail "status does not name the certificate problem"; }
-status | grep -qE '^delivered seq: +2$' || fail "the agent delivered to a hub whose certificate it cannot verify"
+status | grep -qE '^delivered seq: +3$' || fail "the agent delivered to a hub whose certificate it cannot verify"
 ok "the agent refuses a certificate of another CA and says so in status"
-on hubhost 'install -m 0644 /root/hub.crt /etc/spacesync/tls/hub.crt && install -m 0640 -o root -g spacesync /root/hub.key /etc/spacesync/tls/hub.key && systemctl reload spacesync-hub'
-delivered 3 60 || fail "delivery did not resume after the good certificate was reloaded"
+on hubhost 'install -m 0644 /root/hub.crt.good /etc/spacesync/tls/hub.crt && install -m 0640 -o root -g spacesync /root/hub.key.good /etc/spacesync/tls/hub.key && systemctl reload spacesync-hub'
+delivered 4 60 || fail "delivery did not resume after the good certificate was reloaded"
 ok "the good certificate reloaded without a restart; delivery resumed"
 
 echo "test-fresh-install: $checks passed, 0 failed"
