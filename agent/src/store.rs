@@ -28,12 +28,15 @@
 //! is one envelope stored before packs (JSON, starting with `{`), under its own seq: stores
 //! from before packs read as they are, and new appends add packs beside their values.
 //!
-//! Why packs: sled 0.34 holds memory for every value whatever its cache (a bare store of
-//! 1 M values of 900 B: 38 MiB after a reopen), so one value per buffered entry cannot keep
-//! an idle agent with 1 M entries under 30 MB; packs of 8 such entries held 11 MiB. Why so
-//! small: sled splits a leaf node only past 16 keys and writes a node larger than 128 KiB
-//! to a blob file of its own; packs past [`PACK_MAX_BYTES`] made blobs and held far more
-//! memory while filling and reading (measured in BENCHMARKS.md, session 11).
+//! Why packs: sled 0.34 holds memory for every leaf node it has on disk (the places of
+//! the node's fragments, up to 10), whatever its cache; a leaf holds at most 16 or 17
+//! values, so one value per buffered entry cost ~36 B an entry (a bare store of 1 M values
+//! of 900 B: 38 MiB after a reopen). Why packs this small: sled also holds memory in
+//! proportion to the bytes of the nodes it writes and reads (not bounded by its cache), so
+//! larger values hold more while an agent fills its buffer or delivers it; at 1 M buffered
+//! entries of ~800 B, 7 KiB packs gave 26 MiB after a restart but 84–91 MiB idle after the
+//! intake, 5 KiB 29.6 and 59.9 (one value an entry: 52–56 and 60–68); past ~7.5 KiB a node
+//! goes to a blob file of its own (measured in BENCHMARKS.md, session 11).
 //!
 //! Pruning removes a pack once every entry in it is at or below the pruned seq; a pack
 //! holding the pruned seq and later ones stays whole until a later prune passes its last
@@ -358,11 +361,11 @@ const PACK_HEADER: usize = 1 + 8 + 4;
 pub const PACK_MAX_ENTRIES: usize = 256;
 
 /// A pack is closed before it would pass this size (header and table included), unless
-/// it holds a single entry. sled 0.34 writes a tree node larger than a quarter of its
-/// 512 KiB segment (less a 20-byte header) to a file of its own (a blob), and splits a
-/// leaf only past 16 keys: 17 values of 7 KiB stay under that. Larger packs made blobs and
-/// held far more memory while filling and reading (see the module doc).
-pub const PACK_MAX_BYTES: usize = 7 * 1024;
+/// it holds a single entry. A trade-off measured with sled 0.34 (see the module doc): fewer,
+/// larger values hold less memory once reopened, but sled holds more memory while it writes
+/// and reads larger tree nodes; past ~7.5 KiB a leaf (split only past 16 keys) passes a
+/// quarter of sled's 512 KiB segment and goes to a blob file of its own.
+pub const PACK_MAX_BYTES: usize = 5 * 1024;
 
 /// One `entries` value, read: entries `first..=last`.
 #[derive(Debug, Clone)]
@@ -1917,7 +1920,8 @@ mod tests {
 
     #[test]
     fn packs_keep_to_their_limits_and_read_back_byte_for_byte() {
-        let sizes = [10usize, 3000, 3000, 3000, 9000, 1, 1, 7000, 100];
+        let c = PACK_MAX_BYTES;
+        let sizes = [10, c / 3, c / 3, c / 3, c + 2000, 1, 1, c - 200, 100];
         let envs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![b'x'; n]).collect();
         let packs = encode_packs(5, envs.iter().map(Vec::as_slice));
         let mut next = 5u64;
@@ -1939,8 +1943,8 @@ mod tests {
             next = p.last + 1;
         }
         assert_eq!(got, envs);
-        // 10 + 3000 + 3000 | 3000 | 9000 | 1 + 1 + 7000 + 100: the limit closes a pack
-        // before it would pass, never splits an entry (9000 alone).
+        // 10 + c/3 + c/3 | c/3 | c + 2000 | 1 + 1 + (c - 200) + 100: the limit closes a
+        // pack before it would pass, never splits an entry (c + 2000 alone).
         let counts: Vec<u64> = packs
             .iter()
             .map(|(k, v)| ok(Pack::decode(k, v.clone())))
