@@ -272,7 +272,7 @@ mod tests {
             .flatten()
             .unwrap_or_else(|| panic!("seq 3"));
         store
-            .debug_overwrite_entry(4, &serde_json::to_vec(&three).unwrap_or_default())
+            .damage_entry(4, Some(&serde_json::to_vec(&three).unwrap_or_default()))
             .unwrap_or_else(|e| panic!("{e}"));
         let rep = verify(&store, &ident, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
