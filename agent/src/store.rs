@@ -40,7 +40,7 @@
 //!
 //! Pruning removes a pack once every entry in it is at or below the pruned seq; a pack
 //! holding the pruned seq and later ones stays whole until a later prune passes its last
-//! seq (at most [`PACK_MAX_BYTES`] kept a while longer). No reader hands out an entry at
+//! seq (one pack at most kept a while longer). No reader hands out an entry at
 //! or below the pruned seq, so what callers see is what they saw when pruning removed each
 //! entry: `entry` answers `None`, iteration starts after the pruned seq. Rewriting the
 //! pack trimmed instead would cost a write of up to a pack at each prune for no reader's
@@ -1095,7 +1095,7 @@ impl Store {
     /// below the pruned seq (a pack partly pruned keeps those bytes until its last entry
     /// is pruned; no reader sees them).
     fn entries_in(&self, from: u64, through: u64) -> Result<EntryIter, StoreError> {
-        let from = from.max(self.pruned()?.0.saturating_add(1));
+        let from = from.max(self.get_u64(PRUNED_SEQ)?.saturating_add(1));
         Ok(EntryIter {
             values: self.entries.range(seq_key(from)..),
             pack: None,
