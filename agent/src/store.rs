@@ -1904,7 +1904,7 @@ mod tests {
     /// A hub receipt envelope for `seq`, received at the epoch.
     fn receipt_for(seq: u64) -> Vec<u8> {
         let r = Receipt {
-            source: crate::intake::tests::identity().source.clone(),
+            source: SourceId::parse("gd-rrt").unwrap_or_else(|e| panic!("{e}")),
             seq,
             entry_hash: Digest::ZERO,
             log_index: seq,
