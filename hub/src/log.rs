@@ -282,7 +282,8 @@ impl Iterator for Leaves<'_> {
 
 /// The lowest tree level whose nodes are stored (`node/…`). A node below it covers at most
 /// [`1 << FIRST_STORED_LEVEL`] leaves and is computed from their records when a proof needs
-/// it — a proof needs at most one per level, so at most fifteen record reads (about 9 KB) —
+/// it — a proof needs at most one per level, so at most fifteen record reads, each of one
+/// pack of at most sixteen leaves ([`pack`]) —
 /// which spares the writer all but an eighth of a key per entry (levels 2 and 3, stored
 /// until session 9, were three eighths of a key an entry; levels 0 and 1, stored before,
 /// one and a half). Stores written before keep those levels, and a node stored at a lower
@@ -413,8 +414,31 @@ mod tests {
             .scan(keys::LOG)
             .map(|r| keys::tail_u64(&r.expect("scan").0).expect("index"))
             .collect();
-        // Leaf 0 alone; 1..=63, 64..=127, 128..=191, 192..=200; then 201..=203.
-        assert_eq!(keys, [0, 63, 127, 191, 200, 203]);
+        // Leaf 0 alone; 1..=15, then a pack per 16 leaves up to 200; then 201..=203.
+        let mut want = vec![0u64];
+        want.extend((15..200).step_by(16));
+        want.extend([200, 203]);
+        assert_eq!(keys, want);
+        // Past the byte cap a pack ends early.
+        let big = MemStore::new();
+        let mut log = Log::load(&big).expect("load");
+        let mut wb = WriteBatch::new();
+        for i in 0..16u64 {
+            let mut rec = record(i);
+            rec.envelope.payload = vec![b'x'; 1500];
+            log.append(&mut wb, rec.as_ref()).expect("append");
+        }
+        log.put_frontier(&mut wb);
+        big.apply(wb).expect("apply");
+        let keys: Vec<u64> = big
+            .scan(keys::LOG)
+            .map(|r| keys::tail_u64(&r.expect("scan").0).expect("index"))
+            .collect();
+        assert_eq!(
+            keys,
+            [2, 5, 8, 11, 14, 15],
+            "three records of 1.5 KB pass 4 KiB"
+        );
         reads_as(&store, 204);
     }
 
@@ -453,8 +477,8 @@ mod tests {
         reads_as(&store, 72);
         assert_eq!(
             store.scan(keys::LOG).count(),
-            40 + 2 + 1,
-            "40 old keys, 40..=63 and 64..=69, 70..=71"
+            40 + 3 + 1,
+            "40 old keys, 40..=47, 48..=63 and 64..=69, 70..=71"
         );
         assert_eq!(log.root(), tree.root());
         for size in [1u64, 39, 40, 41, 64, 70, 72] {

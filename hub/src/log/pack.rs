@@ -3,11 +3,18 @@
 //!
 //! A batch's leaves are stored as one value, keyed by the index of its last leaf, so a
 //! leaf is found with one lookup of the first key at or after `log/<index>`
-//! ([`crate::store::Store::first_from`]). A pack ends where the next index is a multiple
-//! of [`PACK_LEAVES`] (so the leaves below a stored tree node, at most
-//! `2^FIRST_STORED_LEVEL` of them, lie in one 64-leaf block, and a point read copies at
-//! most 64 records) or once its records pass [`PACK_BYTES`]. One value per pack instead of
-//! one per leaf: sled keeps tens of bytes of memory per stored value, whatever its size.
+//! ([`crate::store::Store::first_from`]). One value per pack instead of one per leaf:
+//! sled keeps tens of bytes of memory per stored value, whatever its size (BENCHMARKS.md,
+//! session 11: the serving hub's memory fell by ~0.2 KB per value saved at 360,000 entries).
+//!
+//! A pack ends where the next index is a multiple of [`PACK_LEAVES`] — the leaves below a
+//! stored tree node (`2^FIRST_STORED_LEVEL` of them) never span two batches' packs, so a
+//! node computed for a proof reads from at most one pack — or once its records pass
+//! [`PACK_BYTES`]. The byte cap is sled's: sled 0.34 splits a leaf node above 16 keys and
+//! writes a node larger than about 128 KiB to a blob file of its own, rewritten whole each
+//! time the node is; 64-leaf packs (about 42 KB each at the bench's entry size) made the
+//! nodes of the log such blobs and cost more disk and `verify` memory than they saved
+//! (measured, BENCHMARKS.md). A point read copies at most a pack, a few KB.
 //!
 //! A pack, every integer big-endian:
 //!
@@ -35,12 +42,13 @@ use crate::store::{WriteBatch, keys};
 /// First byte of a pack.
 pub const PACK: u8 = 2;
 
-/// A pack ends where the next leaf's index is a multiple of this.
-pub const PACK_LEAVES: u64 = 64;
+/// A pack ends where the next leaf's index is a multiple of this: `2^FIRST_STORED_LEVEL`,
+/// the leaves of the lowest stored tree node.
+pub const PACK_LEAVES: u64 = 1 << super::FIRST_STORED_LEVEL;
 
-/// A pack ends once its records hold this many bytes (a batch of very large entries is
-/// not copied whole to read one of them).
-pub const PACK_BYTES: usize = 256 * 1024;
+/// A pack ends once its records hold this many bytes: seventeen packs (a sled leaf node
+/// before it splits) of this size plus one record stay below sled's blob threshold.
+pub const PACK_BYTES: usize = 4 * 1024;
 
 /// Bytes before a pack's ends: tag, first index, count.
 const HEAD: usize = 1 + 8 + 2;
@@ -403,11 +411,11 @@ mod tests {
     #[test]
     fn a_pack_ends_at_a_multiple_of_its_leaves_or_past_its_bytes() {
         let mut w = PackWriter::default();
-        for i in 60..64 {
+        for i in 12..16 {
             assert!(!w.full());
             w.push(i, rec(i, &env(i))).expect("push");
         }
-        assert!(w.full(), "leaf 63 ends the pack");
+        assert!(w.full(), "leaf 15 ends the pack");
         let mut w = PackWriter::default();
         let big = Envelope {
             payload: vec![0; PACK_BYTES],
