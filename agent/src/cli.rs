@@ -543,7 +543,7 @@ fn rotate_key(data: &DataDir, a: RotateKeyArgs) -> Result<ExitCode, CliError> {
     let done = crate::rotate::rotate(data, &cfg, &store, &campaign.id, clock.now())?;
     spacesync_shared::outln!("{}", done.key);
     eprintln!(
-        "Rotated: the key-transition entry is seq {}, signed by the old key; from seq {} on only the new key above signs. The pusher delivers it with the next entries (the hub need not be reachable now); start `spacesync-agent run`.",
+        "Rotated: the key-transition entry is seq {}, signed by the old key; from seq {} on only the new key above signs. The pusher delivers it with the next entries (the hub need not be reachable now); start the agent (`systemctl enable --now spacesync-agent` where the package is installed, else `spacesync-agent run`).",
         done.from_seq - 1,
         done.from_seq
     );
@@ -643,7 +643,7 @@ fn token_cmd(data: &DataDir, a: TokenArgs) -> Result<ExitCode, CliError> {
         if a.rotate {
             "; the old one stops working when the agent restarts — restart it now"
         } else {
-            ", then start `spacesync-agent run`"
+            ", then start the agent (`systemctl enable --now spacesync-agent` where the package is installed, else `spacesync-agent run`)"
         }
     );
     Ok(ExitCode::SUCCESS)
@@ -674,7 +674,7 @@ fn init(data: &DataDir, a: InitArgs) -> Result<ExitCode, CliError> {
     let line = keys::public_key_line(&key.verifying_key());
     spacesync_shared::outln!("{line}");
     eprintln!(
-        "Initialised {}. Register source {} (scope {}) at the hub with the key line above, then start `spacesync-agent run`.",
+        "Initialised {}. Register source {} (scope {}) at the hub with the key line above, then start the agent (`systemctl enable --now spacesync-agent` where the package is installed, else `spacesync-agent run`).",
         data.root.display(),
         cfg.source,
         cfg.scope
@@ -786,7 +786,7 @@ fn init_enrol(data: &DataDir, code: &str, a: &InitArgs) -> Result<ExitCode, CliE
     let intake_token = write_rest(data, &cfg)?;
     spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
     eprintln!(
-        "Enrolled {} as source {} (scope {}) at {}, whose key {} is pinned; start `spacesync-agent run`.",
+        "Enrolled {} as source {} (scope {}) at {}, whose key {} is pinned; start the agent (`systemctl enable --now spacesync-agent` where the package is installed, else `spacesync-agent run`).",
         data.root.display(),
         cfg.source,
         cfg.scope,

@@ -2,7 +2,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `entries` | seq (u64 BE) | the entry's DSSE envelope (JSON) |
+//! | `entries` | last seq of the pack (u64 BE) | a pack of consecutive entries' DSSE envelopes (JSON), see below; or, written before packs, one entry's envelope keyed by its own seq |
 //! | `receipts` | seq (u64 BE) | the entry's receipt: the hub's receipt envelope (JSON), or `0x01` ‖ the id (u64 BE) of the batch receipt that covers it ([`StoredReceipt`]); kept forever |
 //! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the seqs pointing at it are |
 //! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors, the log audit's state (`audit`: the last verified checkpoint, the seq audited through, the alarm), `catch_up` (a backup copy: see [`Store::catching_up`]) |
@@ -18,6 +18,33 @@
 //! there or none of it. Callers answer only after [`Store::flush_async`]. The one other way
 //! it grows is [`Store::adopt`]: entries this source signed that the hub already holds and
 //! receipted (an agent restored from an older backup takes them back before intake opens).
+//!
+//! Entries are stored in packs: the entries one [`Store::append_all`] writes (one intake
+//! batch, or one group commit of many), cut into values of at most [`PACK_MAX_ENTRIES`]
+//! entries and [`PACK_MAX_BYTES`] bytes. A pack is `0x01`, the first seq (u64 BE), the
+//! count (u32 BE), one end offset per entry (u32 BE, from the start of the envelopes), then
+//! the envelopes' JSON bytes; its key is its last seq, so the value holding seq `s` is the
+//! first at or after `s` (`range(seq_key(s)..).next()`). A value not starting with `0x01`
+//! is one envelope stored before packs (JSON, starting with `{`), under its own seq: stores
+//! from before packs read as they are, and new appends add packs beside their values.
+//!
+//! Why packs: sled 0.34 holds memory for every leaf node it has on disk (the places of
+//! the node's fragments, up to 10), whatever its cache; a leaf holds at most 16 or 17
+//! values, so one value per buffered entry cost ~36 B an entry (a bare store of 1 M values
+//! of 900 B: 38 MiB after a reopen). Why packs this small: sled also holds memory in
+//! proportion to the bytes of the nodes it writes and reads (not bounded by its cache), so
+//! larger values hold more while an agent fills its buffer or delivers it; at 1 M buffered
+//! entries of ~800 B, 7 KiB packs gave 26 MiB after a restart but 84–91 MiB idle after the
+//! intake, 5 KiB 29.6 and 59.9 (one value an entry: 52–56 and 60–68); past ~7.5 KiB a node
+//! goes to a blob file of its own (measured in BENCHMARKS.md, session 11).
+//!
+//! Pruning removes a pack once every entry in it is at or below the pruned seq; a pack
+//! holding the pruned seq and later ones stays whole until a later prune passes its last
+//! seq (one pack at most kept a while longer). No reader hands out an entry at
+//! or below the pruned seq, so what callers see is what they saw when pruning removed each
+//! entry: `entry` answers `None`, iteration starts after the pruned seq. Rewriting the
+//! pack trimmed instead would cost a write of up to a pack at each prune for no reader's
+//! benefit.
 //!
 //! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
 //! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
@@ -320,6 +347,251 @@ pub fn parse_envelope(seq: u64, bytes: &[u8]) -> Result<Envelope, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("seq {seq}: stored envelope is unreadable: {e}")))
 }
 
+/// First byte of an `entries` value that is a pack (layout 1). A value written before
+/// packs is one envelope's JSON, which starts with `{`; any value not starting with this
+/// byte is read as such a single entry, keyed by its own seq.
+const PACK_V1: u8 = 1;
+
+/// A pack's header: the layout byte, the first seq (u64 BE), the count (u32 BE); then
+/// `count` end offsets (u32 BE, from the start of the envelopes), then the envelopes.
+const PACK_HEADER: usize = 1 + 8 + 4;
+
+/// Most entries in one pack. Also what lets a transaction, which has no range reads, find
+/// the value holding a seq: its key is at most this far above the seq.
+pub const PACK_MAX_ENTRIES: usize = 256;
+
+/// A pack is closed before it would pass this size (header and table included), unless
+/// it holds a single entry. A trade-off measured with sled 0.34 (see the module doc): fewer,
+/// larger values hold less memory once reopened, but sled holds more memory while it writes
+/// and reads larger tree nodes; past ~7.5 KiB a leaf (split only past 16 keys) passes a
+/// quarter of sled's 512 KiB segment and goes to a blob file of its own.
+pub const PACK_MAX_BYTES: usize = 5 * 1024;
+
+/// One `entries` value, read: entries `first..=last`.
+#[derive(Debug, Clone)]
+struct Pack {
+    first: u64,
+    last: u64,
+    /// The value as sled returned it; entries are handed out as sub-slices of it.
+    value: sled::IVec,
+    /// Where the envelopes start (0 for a single entry stored before packs).
+    data_at: usize,
+}
+
+impl Pack {
+    /// Reads the value stored under `key`.
+    fn decode(key: &[u8], value: sled::IVec) -> Result<Pack, StoreError> {
+        let last = u64::from_be_bytes(
+            key.try_into()
+                .map_err(|_| StoreError::Corrupt("an entries key is not 8 bytes".into()))?,
+        );
+        if value.first() != Some(&PACK_V1) {
+            return Ok(Pack {
+                first: last,
+                last,
+                value,
+                data_at: 0,
+            });
+        }
+        let bad =
+            |why: &str| StoreError::Corrupt(format!("the entries stored up to seq {last}: {why}"));
+        let head = value
+            .get(..PACK_HEADER)
+            .ok_or_else(|| bad("the pack header is cut short"))?;
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&head[1..9]);
+        let first = u64::from_be_bytes(first);
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&head[9..13]);
+        let count = u32::from_be_bytes(count) as usize;
+        if count == 0
+            || count > PACK_MAX_ENTRIES
+            || first.checked_add(count as u64 - 1) != Some(last)
+        {
+            return Err(bad(&format!(
+                "the pack says {count} entries from seq {first}"
+            )));
+        }
+        let data_at = PACK_HEADER + 4 * count;
+        let data_len = value
+            .len()
+            .checked_sub(data_at)
+            .ok_or_else(|| bad("the pack's offset table is cut short"))?;
+        let p = Pack {
+            first,
+            last,
+            value,
+            data_at,
+        };
+        let mut prev = 0;
+        for i in 0..count {
+            let end = p.end(i);
+            if end < prev {
+                return Err(bad("the pack's offset table is out of order"));
+            }
+            if end > data_len {
+                return Err(bad("the pack is cut short (an offset points past its end)"));
+            }
+            prev = end;
+        }
+        if prev != data_len {
+            return Err(bad("the pack's length disagrees with its offset table"));
+        }
+        Ok(p)
+    }
+
+    /// End of entry `i` (from the start of the envelopes); checked by `decode`.
+    fn end(&self, i: usize) -> usize {
+        let at = PACK_HEADER + 4 * i;
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.value[at..at + 4]);
+        u32::from_be_bytes(b) as usize
+    }
+
+    /// The bytes of `seq`'s envelope; `seq` must be in `first..=last`.
+    fn get(&self, seq: u64) -> sled::IVec {
+        if self.data_at == 0 {
+            return self.value.clone();
+        }
+        let i = (seq - self.first) as usize;
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        self.value
+            .subslice(self.data_at + start, self.end(i) - start)
+    }
+
+    /// The size of `seq`'s envelope; `seq` must be in `first..=last`.
+    fn len_of(&self, seq: u64) -> usize {
+        if self.data_at == 0 {
+            return self.value.len();
+        }
+        let i = (seq - self.first) as usize;
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        self.end(i) - start
+    }
+}
+
+/// Packs envelopes starting at seq `first`: (key, value) per pack, in seq order, each
+/// under [`PACK_MAX_ENTRIES`] and [`PACK_MAX_BYTES`] (a larger envelope alone).
+fn encode_packs<'a>(
+    first: u64,
+    envelopes: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<(sled::IVec, sled::IVec)> {
+    fn close(out: &mut Vec<(sled::IVec, sled::IVec)>, first: u64, group: &[&[u8]]) {
+        let data: usize = group.iter().map(|e| e.len()).sum();
+        let mut v = Vec::with_capacity(PACK_HEADER + 4 * group.len() + data);
+        v.push(PACK_V1);
+        v.extend_from_slice(&first.to_be_bytes());
+        v.extend_from_slice(&(group.len() as u32).to_be_bytes());
+        let mut end = 0usize;
+        for e in group {
+            end += e.len();
+            v.extend_from_slice(&(end as u32).to_be_bytes());
+        }
+        for e in group {
+            v.extend_from_slice(e);
+        }
+        let last = first + group.len() as u64 - 1;
+        out.push((sled::IVec::from(&seq_key(last)), sled::IVec::from(v)));
+    }
+    let mut out = Vec::new();
+    let mut group: Vec<&[u8]> = Vec::new();
+    let mut size = PACK_HEADER;
+    let mut start = first;
+    for e in envelopes {
+        if !group.is_empty()
+            && (group.len() >= PACK_MAX_ENTRIES || size + 4 + e.len() > PACK_MAX_BYTES)
+        {
+            close(&mut out, start, &group);
+            start += group.len() as u64;
+            group.clear();
+            size = PACK_HEADER;
+        }
+        size += 4 + e.len();
+        group.push(e);
+    }
+    if !group.is_empty() {
+        close(&mut out, start, &group);
+    }
+    out
+}
+
+/// The entries held from a seq on, in seq order, each once: walks the `entries` values
+/// (packs, and single entries stored before packs).
+struct EntryIter {
+    values: sled::Iter,
+    pack: Option<Pack>,
+    /// The next seq to hand out; seqs below it are skipped (pruned, or before the range
+    /// asked for, or held twice by a damaged store).
+    next: u64,
+    /// The last seq to hand out.
+    through: u64,
+}
+
+impl Iterator for EntryIter {
+    type Item = Result<(u64, sled::IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(p) = &self.pack {
+                if self.next <= p.last {
+                    let seq = self.next.max(p.first);
+                    if seq > self.through {
+                        return None;
+                    }
+                    self.next = seq.saturating_add(1);
+                    return Some(Ok((seq, p.get(seq))));
+                }
+                self.pack = None;
+            }
+            if self.next > self.through {
+                return None;
+            }
+            match self.values.next()? {
+                Err(e) => return Some(Err(e.into())),
+                Ok((k, v)) => match Pack::decode(&k, v) {
+                    Ok(p) => self.pack = Some(p),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
+}
+
+/// Sizes of the entries `from..=through` (for the buffered bytes), within a transaction.
+/// A transaction has no range reads, so the value holding a seq is found by probing keys
+/// upward from it: its key (its last seq) is less than [`PACK_MAX_ENTRIES`] above it. One
+/// get per seq in all, as when every entry had its own key. A value that cannot be read
+/// counts as nothing (`verify` names it).
+fn entry_bytes_tx(
+    entries: &sled::transaction::TransactionalTree,
+    from: u64,
+    through: u64,
+) -> Result<u64, ConflictableTransactionError<StoreError>> {
+    let mut bytes = 0u64;
+    let mut seq = from;
+    let mut probe = from;
+    while seq <= through {
+        if probe >= seq.saturating_add(PACK_MAX_ENTRIES as u64) {
+            // No value holds `seq` (a damaged store).
+            seq += 1;
+            continue;
+        }
+        let key = seq_key(probe);
+        let Some(v) = entries.get(key)? else {
+            probe += 1;
+            continue;
+        };
+        if let Ok(p) = Pack::decode(&key, v) {
+            for s in seq.max(p.first)..=p.last.min(through) {
+                bytes += p.len_of(s) as u64;
+            }
+        }
+        seq = probe + 1;
+        probe = seq;
+    }
+    Ok(bytes)
+}
+
 /// Entries the hub holds of this chain, for [`Store::adopt`].
 #[derive(Debug, Default, Clone)]
 pub struct Adopt {
@@ -368,15 +640,11 @@ fn note_receipts(
     let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
     let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
     let mut acked = old;
-    let mut freed = 0u64;
     while acked < head && rtree.get(seq_key(acked + 1))?.is_some() {
         acked += 1;
-        freed += entries
-            .get(seq_key(acked))?
-            .map(|v| v.len() as u64)
-            .unwrap_or(0);
     }
     if acked != old {
+        let freed = entry_bytes_tx(entries, old + 1, acked)?;
         meta.insert(ACKED_SEQ, &acked.to_be_bytes())?;
         let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
         meta.insert(BUFFERED_BYTES, &bytes.saturating_sub(freed).to_be_bytes())?;
@@ -523,6 +791,7 @@ impl Store {
         let history = serde_json::to_vec(&history)
             .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
         let identity = format!("source {source} with key {new_line}");
+        let packed = encode_packs(seq, [envelope]);
         let _changing = self.changing();
         (&self.entries, &self.meta).transaction(|(entries, meta)| {
             let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
@@ -531,7 +800,9 @@ impl Store {
                     "the key transition was to be seq {seq}, but the head is {head}"
                 ))));
             }
-            entries.insert(&seq_key(seq), envelope)?;
+            for (k, v) in &packed {
+                entries.insert(k.clone(), v.clone())?;
+            }
             meta.insert(HEAD_SEQ, &seq.to_be_bytes())?;
             meta.insert(HEAD_HASH, &hash.0)?;
             let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
@@ -677,18 +948,14 @@ impl Store {
             .flat_map(|a| &a.envelopes)
             .map(|e| e.len() as u64)
             .sum();
-        // Built once: sled copies a borrowed value into the transaction's write set at every
-        // attempt, and shares an `IVec` it is given.
-        let values: Vec<(sled::IVec, sled::IVec)> = batches
-            .iter()
-            .flat_map(|a| (a.first..).zip(&a.envelopes))
-            .map(|(seq, env)| {
-                (
-                    sled::IVec::from(&seq_key(seq)),
-                    sled::IVec::from(env.as_slice()),
-                )
-            })
-            .collect();
+        // The whole group in as few values as the pack limits allow (sled holds memory per
+        // value, and a transaction's cost grows with its keys). Built once: sled copies a
+        // borrowed value into the transaction's write set at every attempt, and shares an
+        // `IVec` it is given.
+        let values = encode_packs(
+            first.first,
+            batches.iter().flat_map(|a| &a.envelopes).map(Vec::as_slice),
+        );
         (&self.entries, &self.meta, &self.quota, &self.idem).transaction(
             |(entries, meta, quota, idem)| {
                 let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
@@ -824,12 +1091,26 @@ impl Store {
         Ok(forgotten)
     }
 
+    /// The entries held from `from` through `through`, in seq order, never one at or
+    /// below the pruned seq (a pack partly pruned keeps those bytes until its last entry
+    /// is pruned; no reader sees them).
+    fn entries_in(&self, from: u64, through: u64) -> Result<EntryIter, StoreError> {
+        let from = from.max(self.get_u64(PRUNED_SEQ)?.saturating_add(1));
+        Ok(EntryIter {
+            values: self.entries.range(seq_key(from)..),
+            pack: None,
+            next: from,
+            through,
+        })
+    }
+
     /// The envelope at `seq`, if held.
     pub fn entry(&self, seq: u64) -> Result<Option<Envelope>, StoreError> {
-        self.entries
-            .get(seq_key(seq))?
-            .map(|v| parse_envelope(seq, &v))
-            .transpose()
+        match self.entries_in(seq, seq)?.next() {
+            Some(Ok((at, v))) if at == seq => parse_envelope(seq, &v).map(Some),
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
+        }
     }
 
     /// Entries from `from` through `through`, at most `max_n` and about `max_bytes` (at
@@ -846,9 +1127,8 @@ impl Store {
         if from > through {
             return Ok(out);
         }
-        for kv in self.entries.range(seq_key(from)..=seq_key(through)) {
-            let (k, v) = kv?;
-            let seq = read_u64(Some(k))?;
+        for row in self.entries_in(from, through)? {
+            let (seq, v) = row?;
             if !out.is_empty() && (out.len() >= max_n || bytes + v.len() > max_bytes) {
                 break;
             }
@@ -864,14 +1144,43 @@ impl Store {
 
     /// Every stored entry in seq order, as (seq, envelope JSON).
     pub fn raw_entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.entries.iter().map(|kv| {
-            let (k, v) = kv?;
-            Ok((read_u64(Some(k))?, v.to_vec()))
-        })
+        let (rows, failed) = match self.entries_in(1, u64::MAX) {
+            Ok(it) => (Some(it), None),
+            Err(e) => (None, Some(e)),
+        };
+        failed.map(Err).into_iter().chain(
+            rows.into_iter()
+                .flatten()
+                .map(|r| r.map(|(s, v)| (s, v.to_vec()))),
+        )
     }
 
     /// Number of entries held (delivered ones not yet pruned included).
     pub fn entry_count(&self) -> usize {
+        let Ok(pruned) = self.pruned() else {
+            return 0;
+        };
+        let mut next = pruned.0.saturating_add(1);
+        let mut n = 0u64;
+        for kv in self.entries.range(seq_key(next)..) {
+            let Ok(p) = kv
+                .map_err(StoreError::from)
+                .and_then(|(k, v)| Pack::decode(&k, v))
+            else {
+                continue;
+            };
+            let from = next.max(p.first);
+            if from <= p.last {
+                n += p.last - from + 1;
+                next = p.last.saturating_add(1);
+            }
+        }
+        n as usize
+    }
+
+    /// Number of values in the `entries` tree (packs and single entries stored before
+    /// packs): what sled holds memory for.
+    pub fn entry_values(&self) -> usize {
         self.entries.len()
     }
 
@@ -1056,6 +1365,7 @@ impl Store {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
+        let packed = encode_packs(a.first, a.envelopes.iter().map(Vec::as_slice));
         let acked = (
             &self.entries,
             &self.meta,
@@ -1072,8 +1382,8 @@ impl Store {
                             a.first
                         ))));
                     }
-                    for (seq, env) in (a.first..).zip(&a.envelopes) {
-                        entries.insert(&seq_key(seq), env.as_slice())?;
+                    for (k, v) in &packed {
+                        entries.insert(k.clone(), v.clone())?;
                     }
                     meta.insert(HEAD_SEQ, &(last - 1).to_be_bytes())?;
                     meta.insert(HEAD_HASH, &a.head_hash.0)?;
@@ -1147,12 +1457,12 @@ impl Store {
         let _changing = self.changing();
         let (head, _) = self.head()?;
         let limit = self.acked()?.min(head.saturating_sub(1));
-        let mut doomed = Vec::new();
+        let mut pruned = 0usize;
+        let mut last = None;
         let mut batch = None;
-        for kv in self.entries.range(..seq_key(limit.saturating_add(1))) {
-            let (k, v) = kv?;
-            let seq = read_u64(Some(k))?;
-            if seq > limit || doomed.len() >= max {
+        for row in self.entries_in(1, limit)? {
+            let (seq, v) = row?;
+            if pruned >= max {
                 break;
             }
             let Some(r) = self.receipts.get(seq_key(seq))? else {
@@ -1162,21 +1472,29 @@ impl Store {
             if self.receipted_at(seq, &r, &mut batch)? >= cutoff {
                 break;
             }
-            let env = parse_envelope(seq, &v)?;
-            doomed.push((seq, env.payload_hash()));
+            pruned += 1;
+            last = Some((seq, v));
         }
-        let Some(&(last, hash)) = doomed.last() else {
+        let Some((last, v)) = last else {
             return Ok(0);
         };
+        let hash = parse_envelope(last, &v)?.payload_hash();
+        // A value goes once every entry it holds is pruned; the one holding `last` and
+        // later seqs stays whole (readers skip what is at or below the pruned seq).
+        let gone: Vec<sled::IVec> = self
+            .entries
+            .range(..=seq_key(last))
+            .keys()
+            .collect::<Result<_, _>>()?;
         (&self.entries, &self.meta).transaction(|(entries, meta)| {
-            for (seq, _) in &doomed {
-                entries.remove(&seq_key(*seq))?;
+            for k in &gone {
+                entries.remove(k)?;
             }
             meta.insert(PRUNED_SEQ, &last.to_be_bytes())?;
             meta.insert(PRUNED_HASH, &hash.0)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })?;
-        Ok(doomed.len())
+        Ok(pruned)
     }
 
     /// Recommendations held and not withdrawn, in seq order.
@@ -1316,10 +1634,63 @@ impl Store {
         self.get_u64(WEBHOOK_CURSOR)
     }
 
-    /// Replaces a stored entry's bytes: damage for tests of `verify`.
+    /// Replaces the stored bytes of the entry at `seq` (`Some`) or removes it (`None`),
+    /// rewriting the value that holds it; head, counters and receipts stay as they are.
+    /// Damage on purpose, for the tests of `verify` and of damaged stores: the agent never
+    /// calls it. Returns whether an entry was held at `seq`.
+    pub fn damage_entry(&self, seq: u64, bytes: Option<&[u8]>) -> Result<bool, StoreError> {
+        let _changing = self.changing();
+        let Some(kv) = self.entries.range(seq_key(seq)..).next() else {
+            return Ok(false);
+        };
+        let (k, v) = kv?;
+        let p = Pack::decode(&k, v)?;
+        if p.first > seq {
+            return Ok(false);
+        }
+        let held: Vec<sled::IVec> = (p.first..=p.last).map(|s| p.get(s)).collect();
+        let at = (seq - p.first) as usize;
+        let mut values = Vec::new();
+        match bytes {
+            Some(b) => {
+                let mut all: Vec<&[u8]> = held.iter().map(|v| v.as_ref()).collect();
+                all[at] = b;
+                values.extend(encode_packs(p.first, all));
+            }
+            None => {
+                values.extend(encode_packs(p.first, held[..at].iter().map(|v| v.as_ref())));
+                values.extend(encode_packs(
+                    seq + 1,
+                    held[at + 1..].iter().map(|v| v.as_ref()),
+                ));
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(k);
+        for (k, v) in values {
+            batch.insert(k, v);
+        }
+        self.entries.apply_batch(batch)?;
+        Ok(true)
+    }
+
+    /// Rewrites the `entries` tree as an agent from before packs wrote it: each entry's
+    /// envelope JSON under its own seq. For the tests of old stores.
     #[cfg(test)]
-    pub(crate) fn debug_overwrite_entry(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.entries.insert(seq_key(seq), bytes)?;
+    pub(crate) fn debug_unpack(&self) -> Result<(), StoreError> {
+        let rows: Vec<(u64, Vec<u8>)> = self.raw_entries().collect::<Result<_, _>>()?;
+        self.entries.clear()?;
+        for (seq, v) in rows {
+            self.entries.insert(seq_key(seq), v)?;
+        }
+        Ok(())
+    }
+
+    /// Writes raw bytes under `key` in the `entries` tree, as an agent from before packs
+    /// stored an envelope (key = its seq): for the tests of old stores.
+    #[cfg(test)]
+    pub(crate) fn debug_put_raw_entry(&self, key: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.entries.insert(seq_key(key), value)?;
         Ok(())
     }
 
@@ -1516,5 +1887,409 @@ mod tests {
         assert_eq!(s.mark_notices_read(5).ok(), Some(5));
         assert_eq!(s.mark_notices_read(3).ok(), Some(5));
         assert_eq!(s.mark_notices_read(u64::MAX).ok(), Some(7));
+    }
+
+    /// An envelope that parses, `size` payload bytes, told apart by `tag`.
+    fn envelope(tag: u64, size: usize) -> Vec<u8> {
+        let mut payload = tag.to_be_bytes().to_vec();
+        payload.resize(size.max(8), b'p');
+        serde_json::to_vec(&Envelope {
+            payload_type: "t".into(),
+            payload,
+            signatures: Vec::new(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// A hub receipt envelope for `seq`, received at the epoch.
+    fn receipt_for(seq: u64) -> Vec<u8> {
+        let r = Receipt {
+            source: crate::intake::tests::identity().source.clone(),
+            seq,
+            entry_hash: Digest::ZERO,
+            log_index: seq,
+            received_at: DateTime::UNIX_EPOCH,
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        serde_json::to_vec(&r.sign(&key)).unwrap_or_default()
+    }
+
+    fn ok<T>(r: Result<T, StoreError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn packs_keep_to_their_limits_and_read_back_byte_for_byte() {
+        let c = PACK_MAX_BYTES;
+        let sizes = [10, c / 3, c / 3, c / 3, c + 2000, 1, 1, c - 200, 100];
+        let envs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![b'x'; n]).collect();
+        let packs = encode_packs(5, envs.iter().map(Vec::as_slice));
+        let mut next = 5u64;
+        let mut got = Vec::new();
+        for (k, v) in &packs {
+            assert!(
+                v.len() <= PACK_MAX_BYTES
+                    || Pack::decode(k, v.clone())
+                        .map(|p| p.first == p.last)
+                        .unwrap_or(false),
+                "a pack past the byte limit holds one entry"
+            );
+            let p = ok(Pack::decode(k, v.clone()));
+            assert_eq!(p.first, next, "packs follow each other");
+            for seq in p.first..=p.last {
+                assert_eq!(p.len_of(seq), p.get(seq).len());
+                got.push(p.get(seq).to_vec());
+            }
+            next = p.last + 1;
+        }
+        assert_eq!(got, envs);
+        // 10 + c/3 + c/3 | c/3 | c + 2000 | 1 + 1 + (c - 200) + 100: the limit closes a
+        // pack before it would pass, never splits an entry (c + 2000 alone).
+        let counts: Vec<u64> = packs
+            .iter()
+            .map(|(k, v)| ok(Pack::decode(k, v.clone())))
+            .map(|p| p.last - p.first + 1)
+            .collect();
+        assert_eq!(counts, vec![3, 1, 1, 4]);
+        // The entry limit.
+        let many = vec![b"{}".to_vec(); PACK_MAX_ENTRIES + 1];
+        let packs = encode_packs(1, many.iter().map(Vec::as_slice));
+        assert_eq!(packs.len(), 2);
+        assert_eq!(packs[0].0.as_ref(), &seq_key(PACK_MAX_ENTRIES as u64)[..]);
+    }
+
+    #[test]
+    fn a_damaged_pack_is_refused_with_the_seq_it_ends_at() {
+        let envs = [b"{}".to_vec(), b"{ }".to_vec()];
+        let (k, v) = encode_packs(7, envs.iter().map(Vec::as_slice))
+            .pop()
+            .unwrap_or_else(|| panic!("no pack"));
+        let check = |key: &[u8], value: &[u8], want: Option<&str>| {
+            let got = Pack::decode(key, sled::IVec::from(value));
+            match (want, got) {
+                (None, Ok(_)) => {}
+                (Some(w), Err(StoreError::Corrupt(e))) => {
+                    assert!(e.contains(w), "{e}");
+                    assert!(e.contains("up to seq"), "{e}");
+                }
+                (w, g) => panic!("{w:?}: {g:?}"),
+            }
+        };
+        check(&k, &v, None);
+        check(&k, &v[..5], Some("header is cut short"));
+        check(&k, &v[..v.len() - 1], Some("cut short"));
+        let mut longer = v.to_vec();
+        longer.push(b' ');
+        check(&k, &longer, Some("length disagrees"));
+        check(&seq_key(9), &v, Some("2 entries from seq 7"));
+        let mut zero = v.to_vec();
+        zero[9..13].copy_from_slice(&0u32.to_be_bytes());
+        check(&k, &zero, Some("0 entries"));
+        let mut swapped = v.to_vec();
+        swapped[17..21].copy_from_slice(&1u32.to_be_bytes());
+        check(&k, &swapped, Some("out of order"));
+        // A value that is not a pack is one entry from before packs.
+        let p = ok(Pack::decode(
+            &seq_key(3),
+            sled::IVec::from(&b"{\"a\":1}"[..]),
+        ));
+        assert_eq!(
+            (p.first, p.last, p.get(3).as_ref()),
+            (3, 3, &b"{\"a\":1}"[..])
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_packs_reads_prunes_and_takes_new_appends() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let old: Vec<Vec<u8>> = (1..=6).map(|s| envelope(s, 50)).collect();
+        {
+            // What an agent from before packs wrote: an envelope under its seq, and meta.
+            let s = ok(Store::open(&path));
+            for (seq, e) in (1..).zip(&old) {
+                ok(s.debug_put_raw_entry(seq, e));
+            }
+            let bytes: u64 = old.iter().map(|e| e.len() as u64).sum();
+            ok(s.meta
+                .insert(HEAD_SEQ, &6u64.to_be_bytes())
+                .map_err(StoreError::from));
+            ok(s.meta
+                .insert(HEAD_HASH, &[6u8; 32])
+                .map_err(StoreError::from));
+            ok(s.meta
+                .insert(BUFFERED_BYTES, &bytes.to_be_bytes())
+                .map_err(StoreError::from));
+            ok(s.flush());
+        }
+        let s = ok(Store::open(&path));
+        assert_eq!((s.entry_count(), s.entry_values()), (6, 6));
+        assert_eq!(
+            ok(s.entry(4)).map(|e| e.payload),
+            serde_json::from_slice::<Envelope>(&old[3])
+                .ok()
+                .map(|e| e.payload)
+        );
+        let read: Vec<_> = ok(s.entries_from(2, 5, 100, 1 << 20))
+            .into_iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(read, vec![2, 3, 4, 5]);
+        // New appends add packs beside the old values.
+        let new: Vec<Vec<u8>> = (7..=10).map(|s| envelope(s, 50)).collect();
+        ok(s.append(&Append {
+            first: 7,
+            envelopes: new.clone(),
+            head_hash: Digest([10; 32]),
+            ..Append::default()
+        }));
+        assert_eq!((s.entry_count(), s.entry_values()), (10, 7));
+        let all: Vec<_> = s.raw_entries().map(ok).collect();
+        let want: Vec<_> = (1..).zip(old.iter().chain(&new).cloned()).collect();
+        assert_eq!(all, want);
+        // Receipts free the buffered bytes of both kinds of value.
+        let receipts: Vec<_> = (1..=8).map(|s| (s, receipt_for(s))).collect();
+        assert_eq!(s.record_receipts(&receipts).ok(), Some(8));
+        let left: u64 = new[2..].iter().map(|e| e.len() as u64).sum();
+        assert_eq!(s.buffered_bytes().ok(), Some(left));
+        // Pruning takes the old values and the first entries of the pack; the pack stays
+        // whole, and nothing at or below the pruned seq is read.
+        let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+        assert_eq!(s.prune(cutoff, 7).ok(), Some(7));
+        assert_eq!(s.pruned().ok().map(|p| p.0), Some(7));
+        assert_eq!((s.entry_count(), s.entry_values()), (3, 1));
+        assert!(ok(s.entry(7)).is_none() && ok(s.entry(3)).is_none());
+        assert!(ok(s.entry(8)).is_some());
+        let read: Vec<_> = ok(s.entries_from(1, 10, 100, 1 << 20))
+            .into_iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(read, vec![8, 9, 10]);
+        assert_eq!(
+            s.raw_entries().map(|r| ok(r).0).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        // Once its last delivered entry (never the head) is pruned, the pack goes... not
+        // here: 10 is the head, so the pack holding 8–10 stays.
+        assert_eq!(s.prune(cutoff, 100).ok(), Some(1));
+        assert_eq!((s.entry_count(), s.entry_values()), (2, 1));
+    }
+
+    #[test]
+    fn a_pack_goes_once_all_its_entries_are_pruned() {
+        let (_d, s) = open();
+        for (first, n) in [(1u64, 3usize), (4, 3), (7, 1)] {
+            ok(s.append(&Append {
+                first,
+                envelopes: (first..first + n as u64).map(|s| envelope(s, 20)).collect(),
+                head_hash: Digest([first as u8; 32]),
+                ..Append::default()
+            }));
+        }
+        assert_eq!(s.entry_values(), 3);
+        let receipts: Vec<_> = (1..=7).map(|s| (s, receipt_for(s))).collect();
+        assert_eq!(s.record_receipts(&receipts).ok(), Some(7));
+        let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+        assert_eq!(s.prune(cutoff, 2).ok(), Some(2));
+        assert_eq!(s.entry_values(), 3, "1–3 keeps seq 3");
+        assert_eq!(s.prune(cutoff, 1).ok(), Some(1));
+        assert_eq!(s.entry_values(), 2, "1–3 went with seq 3");
+        assert_eq!(s.prune(cutoff, 100).ok(), Some(3));
+        assert_eq!(
+            (s.entry_values(), s.entry_count()),
+            (1, 1),
+            "the head stays"
+        );
+        assert_eq!(s.pruned().ok().map(|p| p.0), Some(6));
+    }
+
+    #[test]
+    fn damage_to_one_entry_rewrites_only_its_pack() {
+        let (_d, s) = open();
+        let envs: Vec<Vec<u8>> = (1..=5).map(|s| envelope(s, 20)).collect();
+        ok(s.append(&Append {
+            first: 1,
+            envelopes: envs.clone(),
+            head_hash: Digest([5; 32]),
+            ..Append::default()
+        }));
+        assert_eq!(s.damage_entry(3, Some(b"cut")).ok(), Some(true));
+        assert_eq!(s.damage_entry(9, None).ok(), Some(false));
+        let all: Vec<_> = s.raw_entries().map(ok).collect();
+        assert_eq!(all[2], (3, b"cut".to_vec()));
+        assert_eq!(all.len(), 5);
+        assert_eq!(s.damage_entry(2, None).ok(), Some(true));
+        let seqs: Vec<_> = s.raw_entries().map(|r| ok(r).0).collect();
+        assert_eq!(seqs, vec![1, 3, 4, 5]);
+        assert_eq!(s.entry_values(), 2);
+    }
+
+    /// One step of the model test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// An append group: batches of envelopes of these sizes.
+        Append(Vec<Vec<usize>>),
+        /// Receipts for these offsets above the delivered seq (wrapped into the held range).
+        Receipts(Vec<u64>),
+        /// Prune at most this many.
+        Prune(usize),
+        /// Read one seq (wrapped into 0..=head+1).
+        Entry(u64),
+        /// `entries_from(from, through, max_n, max_bytes)` (seqs wrapped).
+        Range(u64, u64, usize, usize),
+        /// Close and open the store again.
+        Reopen,
+    }
+
+    fn any_step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let size = prop_oneof![8 => 1usize..1500, 1 => 6000usize..9000];
+        prop_oneof![
+            3 => proptest::collection::vec(proptest::collection::vec(size, 1..40), 1..4).prop_map(Step::Append),
+            2 => proptest::collection::vec(0u64..60, 1..40).prop_map(Step::Receipts),
+            2 => (1usize..50).prop_map(Step::Prune),
+            2 => any::<u64>().prop_map(Step::Entry),
+            2 => (any::<u64>(), any::<u64>(), 1usize..80, 1usize..20_000).prop_map(|(a, b, n, m)| Step::Range(a, b, n, m)),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    /// What the store should hold.
+    #[derive(Debug, Default)]
+    struct Model {
+        /// Envelope JSON by seq, 1-based (index seq - 1), pruned ones included.
+        entries: Vec<Vec<u8>>,
+        receipted: std::collections::BTreeSet<u64>,
+        acked: u64,
+        pruned: u64,
+    }
+
+    impl Model {
+        fn head(&self) -> u64 {
+            self.entries.len() as u64
+        }
+        fn held(&self, seq: u64) -> Option<&Vec<u8>> {
+            (seq > self.pruned && seq >= 1)
+                .then(|| self.entries.get(seq as usize - 1))
+                .flatten()
+        }
+        fn buffered(&self) -> u64 {
+            self.entries[self.acked as usize..]
+                .iter()
+                .map(|e| e.len() as u64)
+                .sum()
+        }
+    }
+
+    fn check_all(s: &Store, m: &Model) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert_eq;
+        prop_assert_eq!(ok(s.head()).0, m.head());
+        prop_assert_eq!(ok(s.acked()), m.acked);
+        prop_assert_eq!(ok(s.pruned()).0, m.pruned);
+        prop_assert_eq!(ok(s.buffered_bytes()), m.buffered());
+        prop_assert_eq!(s.entry_count() as u64, m.head() - m.pruned);
+        let all: Vec<(u64, Vec<u8>)> = s.raw_entries().map(ok).collect();
+        let want: Vec<(u64, Vec<u8>)> = (m.pruned + 1..=m.head())
+            .map(|seq| (seq, m.entries[seq as usize - 1].clone()))
+            .collect();
+        prop_assert_eq!(all, want);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Random append groups of random sizes (some past the pack limit), receipts,
+        /// prunes, reads by seq and by range, and reopens, over a store that may start
+        /// with entries in the layout from before packs: the store reads as a plain list
+        /// of entries would.
+        #[test]
+        fn the_store_reads_as_a_plain_list_of_entries(
+            old in 0u64..30,
+            steps in proptest::collection::vec(any_step(), 1..25),
+        ) {
+            use proptest::prop_assert_eq;
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let path = dir.path().join("db");
+            let mut s = ok(Store::open(&path));
+            let mut m = Model::default();
+            let mut tag = 0u64;
+            if old > 0 {
+                for seq in 1..=old {
+                    tag += 1;
+                    let e = envelope(tag, 40 + (seq as usize * 37) % 900);
+                    ok(s.debug_put_raw_entry(seq, &e));
+                    m.entries.push(e);
+                }
+                ok(s.meta.insert(HEAD_SEQ, &old.to_be_bytes()).map_err(StoreError::from));
+                ok(s.meta.insert(BUFFERED_BYTES, &m.buffered().to_be_bytes()).map_err(StoreError::from));
+            }
+            check_all(&s, &m)?;
+            for step in &steps {
+                match step {
+                    Step::Append(group) => {
+                        let mut first = m.head() + 1;
+                        let mut batches = Vec::new();
+                        for sizes in group {
+                            let envelopes: Vec<Vec<u8>> = sizes.iter().map(|&n| { tag += 1; envelope(tag, n) }).collect();
+                            m.entries.extend(envelopes.iter().cloned());
+                            batches.push(Append { first, envelopes, head_hash: Digest([tag as u8; 32]), ..Append::default() });
+                            first = m.head() + 1;
+                        }
+                        ok(s.append_all(&batches));
+                    }
+                    Step::Receipts(offsets) => {
+                        let held = m.head() - m.acked;
+                        if held == 0 {
+                            continue;
+                        }
+                        let seqs: Vec<u64> = offsets.iter().map(|o| m.acked + 1 + o % held).collect();
+                        let rs: Vec<_> = seqs.iter().map(|&q| (q, receipt_for(q))).collect();
+                        m.receipted.extend(seqs);
+                        while m.acked < m.head() && m.receipted.contains(&(m.acked + 1)) {
+                            m.acked += 1;
+                        }
+                        prop_assert_eq!(s.record_receipts(&rs).ok(), Some(m.acked));
+                    }
+                    Step::Prune(max) => {
+                        let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+                        let limit = m.acked.min(m.head().saturating_sub(1));
+                        let n = (limit.saturating_sub(m.pruned) as usize).min(*max);
+                        m.pruned += n as u64;
+                        prop_assert_eq!(s.prune(cutoff, *max).ok(), Some(n));
+                    }
+                    Step::Entry(x) => {
+                        let seq = x % (m.head() + 2);
+                        let want = m.held(seq).and_then(|e| serde_json::from_slice::<Envelope>(e).ok());
+                        prop_assert_eq!(ok(s.entry(seq)), want);
+                    }
+                    Step::Range(a, b, max_n, max_bytes) => {
+                        let from = a % (m.head() + 2);
+                        let through = b % (m.head() + 2);
+                        let mut want = Vec::new();
+                        let mut bytes = 0;
+                        for seq in from.max(1)..=through {
+                            let Some(e) = m.held(seq) else { continue };
+                            if !want.is_empty() && (want.len() >= *max_n || bytes + e.len() > *max_bytes) {
+                                break;
+                            }
+                            bytes += e.len();
+                            want.push((seq, e.len()));
+                        }
+                        let got: Vec<_> = ok(s.entries_from(from, through, *max_n, *max_bytes))
+                            .into_iter()
+                            .map(|e| (e.seq, e.size))
+                            .collect();
+                        prop_assert_eq!(got, want);
+                    }
+                    Step::Reopen => {
+                        ok(s.flush());
+                        drop(s);
+                        s = ok(Store::open(&path));
+                    }
+                }
+                check_all(&s, &m)?;
+            }
+        }
     }
 }

@@ -172,7 +172,7 @@ pub fn describe(hub: &str, problem: &rustls::Error) -> String {
     let fix = match problem {
         Error::InvalidCertificate(CertificateError::UnknownIssuer)
         | Error::InvalidCertificate(CertificateError::BadSignature) => {
-            "the hub's certificate is not issued by a CA this agent trusts: give the CA's certificate (PEM) as ca_file in agent.toml (`init --ca-file FILE`) and restart the agent"
+            "the hub's certificate is not issued by a CA this agent trusts: set ca_file in agent.toml to a file holding that CA's certificate (PEM), readable by the agent's user, and restart the agent (a new agent: `init --ca-file FILE`)"
         }
         Error::InvalidCertificate(CertificateError::NotValidForName)
         | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {

@@ -89,13 +89,17 @@ pub fn verify(
     let mut hashes = std::collections::HashMap::new();
     let mut unreceipted_bytes = 0u64;
     for row in store.raw_entries() {
-        // sled checks what it reads; a damaged page ends the scan, named by position.
+        // sled checks what it reads; a damaged page ends the scan, named by position. A
+        // damaged pack (read, but its layout wrong) is named and the scan goes on past it.
         let (seq, bytes) = match row {
             Ok(r) => r,
             Err(e) => {
                 let after = last.map_or(pruned, |(s, _)| s);
                 rep.problems
                     .push(format!("the entry after seq {after} cannot be read: {e}"));
+                if matches!(e, StoreError::Corrupt(_)) {
+                    continue;
+                }
                 break;
             }
         };
@@ -272,7 +276,7 @@ mod tests {
             .flatten()
             .unwrap_or_else(|| panic!("seq 3"));
         store
-            .debug_overwrite_entry(4, &serde_json::to_vec(&three).unwrap_or_default())
+            .damage_entry(4, Some(&serde_json::to_vec(&three).unwrap_or_default()))
             .unwrap_or_else(|e| panic!("{e}"));
         let rep = verify(&store, &ident, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -280,6 +284,40 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("seq 4") || p.contains("seq 3")),
             "{:?}",
+            rep.problems
+        );
+    }
+
+    #[test]
+    fn a_damaged_pack_is_named_and_the_entries_after_it_are_still_checked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = writer(&store, Default::default());
+        let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+        // Three batches of two: packs 1–2, 3–4, 5–6.
+        for _ in 0..3 {
+            w.submit(&json(&[act, act].join("\n")), &mut |_| {})
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(store.entry_values(), 3);
+        // The pack under seq 4 says it holds nine entries from seq 3.
+        let mut bad = vec![1u8];
+        bad.extend_from_slice(&3u64.to_be_bytes());
+        bad.extend_from_slice(&9u32.to_be_bytes());
+        store
+            .debug_put_raw_entry(4, &bad)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rep = verify(&store, &identity(), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rep.entries, 4, "1, 2, 5 and 6 read: {:?}", rep.problems);
+        assert!(
+            rep.problems[0].starts_with("the entry after seq 2 cannot be read")
+                && rep.problems[0].contains("up to seq 4"),
+            "{:?}",
+            rep.problems
+        );
+        assert!(
+            rep.problems.iter().any(|p| p.contains("seq 5")),
+            "the gap is named: {:?}",
             rep.problems
         );
     }

@@ -66,6 +66,19 @@ for pkg in agent hub; do
   [[ -f "$unit" ]] || fail "spacesync-$pkg.service not installed"
   out=$(systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify $unit: $out"
   ok "systemd-analyze verify spacesync-$pkg.service${out:+ ($out)}"
+  # Every program the unit runs must come from this package, a package it depends on, or an
+  # Essential one: a minimal Debian (debootstrap --variant=minbase) has no /bin/kill unless
+  # procps is pulled in, and `systemctl reload` then fails with 203/EXEC.
+  depends=$(dpkg-query -W -f='${Depends}' "spacesync-$pkg" | tr ',|' '\n\n' | sed 's/(.*//; s/:any//; s/ //g')
+  for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\(\/[^ ]*\).*/\1/p' "$unit" | sort -u); do
+    owner=$(dpkg -S "$exe" 2>/dev/null || dpkg -S "/usr$exe" 2>/dev/null || dpkg -S "$(readlink -f "$exe")" 2>/dev/null) \
+      || fail "$unit runs $exe, which no installed package provides"
+    owner=${owner%%:*}
+    essential=$(dpkg-query -W -f='${Essential}' "$owner")
+    [[ "$owner" == "spacesync-$pkg" || "$essential" == yes ]] || grep -qx "$owner" <<<"$depends" \
+      || fail "$unit runs $exe from package $owner, which spacesync-$pkg does not depend on (Depends: $depends)"
+    ok "spacesync-$pkg.service runs $exe ($owner)"
+  done
 done
 
 dpkg --purge spacesync-agent spacesync-hub

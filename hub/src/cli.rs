@@ -951,7 +951,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
                 None => String::new(),
             };
             eprintln!(
-                "Initialised hub in {}{state}; edit {} then run `spacesync-hub serve`.",
+                "Initialised hub in {}{state}; edit {} then start the hub (`systemctl enable --now spacesync-hub` where the package is installed, else `spacesync-hub serve`).",
                 dir.0.display(),
                 dir.config().display()
             );

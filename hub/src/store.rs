@@ -514,6 +514,15 @@ pub struct SledStore {
     writes: RwLock<()>,
 }
 
+/// How long [`SledStore::open`] waits for a store that another handle is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// sled's error when another handle holds the store's file lock.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+}
+
 fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
     move |e| StoreError::Backend {
         op,
@@ -551,23 +560,29 @@ impl SledStore {
             tracing::warn!(path = %path.display(), "removed the unfinished snapshot an interrupted start left; sled rebuilds it from the log");
         }
         // sled 0.34 panics on some damaged files instead of returning an error.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .map_err(|p| {
+        let open = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|p| {
                 damaged(
                     p.downcast_ref::<String>()
                         .cloned()
                         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "sled failed reading them".into()),
                 )
-            })?;
+            })
+        };
+        let mut opened = open()?;
+        // A store just closed (in this process, or by a process that is exiting) still holds
+        // its file lock until sled's flusher thread lets go of it, a few milliseconds after the
+        // last handle is dropped: wait a moment for that before saying another process has
+        // it. A store held by a running `serve` is still refused, after LOCK_WAIT.
+        let started = std::time::Instant::now();
+        while opened.as_ref().is_err_and(is_lock_error) && started.elapsed() < LOCK_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            opened = open()?;
+        }
         let db = opened.map_err(|e| match e {
             sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => damaged(e.to_string()),
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked(dir.display().to_string())
-            }
-            sled::Error::Io(io) if io.to_string().contains("lock") => {
-                StoreError::Locked(dir.display().to_string())
-            }
+            e if is_lock_error(&e) => StoreError::Locked(dir.display().to_string()),
             e => StoreError::Backend {
                 op: "open",
                 message: format!("{}: {e}", dir.display()),
@@ -890,6 +905,28 @@ pub(crate) mod tests {
         for s in [&sled as &dyn Store, &mem] {
             overlay_contract(s);
         }
+    }
+
+    /// A store whose last handle is being dropped (sled lets go of its file lock a moment
+    /// later) is waited for; one held the whole time is refused as in use. (Reopening right
+    /// after a drop failed now and then with "in use" before the wait.)
+    #[test]
+    fn a_store_being_closed_is_waited_for_and_a_held_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledStore::open(dir.path());
+        closer.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+        let started = std::time::Instant::now();
+        match SledStore::open(dir.path()) {
+            Err(StoreError::Locked(d)) => assert_eq!(d, dir.path().display().to_string()),
+            other => panic!("a held store opened twice: {:?}", other.err()),
+        }
+        assert!(started.elapsed() >= LOCK_WAIT);
     }
 
     /// The serialization point on sled and in memory (PostgreSQL: `pg::tests`, which calls

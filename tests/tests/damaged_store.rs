@@ -160,14 +160,14 @@ impl Damage {
                 f.sync_all().unwrap_or_else(|e| panic!("{e}"));
             }
             Damage::AgentEntry(seq, bytes, _) => {
-                let db = sled::open(dir.join("db")).unwrap_or_else(|e| panic!("{e}"));
-                let t = db.open_tree("entries").unwrap_or_else(|e| panic!("{e}"));
-                match bytes {
-                    Some(b) => t.insert(seq.to_be_bytes(), b.as_slice()).map(|_| ()),
-                    None => t.remove(seq.to_be_bytes()).map(|_| ()),
-                }
-                .unwrap_or_else(|e| panic!("{e}"));
-                db.flush().unwrap_or_else(|e| panic!("{e}"));
+                // Through the store: entries are packed, several to a sled value.
+                let store = spacesync_agent::store::Store::open(&dir.join("db"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let held = store
+                    .damage_entry(*seq, bytes.as_deref())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(held, "no entry {seq} to damage");
+                store.flush().unwrap_or_else(|e| panic!("{e}"));
             }
             Damage::AgentHead(seq) => {
                 let db = sled::open(dir.join("db")).unwrap_or_else(|e| panic!("{e}"));

@@ -820,3 +820,47 @@ async fn the_pusher_waits_out_retry_after_then_delivers() {
 
 mod attack;
 mod take_back;
+
+#[tokio::test]
+async fn a_store_from_before_packs_delivers_prunes_and_takes_packs_beside_its_entries() {
+    let mut r = rig(6, true);
+    // What an agent from before packs held: each envelope under its own seq.
+    r.store.debug_unpack().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.store.entry_values(), r.store.entry_count()), (6, 6));
+    assert_eq!(r.verify(), Vec::<String>::new());
+    r.hub.then(r.head(0));
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |_| true, |_| {})
+    }));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.acked(), 6);
+    assert_eq!(r.store.buffered_bytes().ok(), Some(0));
+    // One intake batch of five: one pack beside the six old values.
+    let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
+    let body = [act; 5].join("\n");
+    let mut w = crate::intake::tests::writer(&r.store, Default::default());
+    w.submit(&json(&body), &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.store.flush().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.store.entry_values(), r.store.entry_count()), (7, 11));
+    assert!(r.store.buffered_bytes().unwrap_or(0) > 0);
+    assert_eq!(r.verify(), Vec::<String>::new());
+    r.hub.then(batch_receipted(|req| {
+        batch_receipt(req, &hub_key(), |_| true, |_| {})
+    }));
+    assert!(r.deliver().await.is_ok());
+    assert_eq!(r.hub.seen()[2..], ["pushing seqs 7–11"]);
+    assert_eq!(r.acked(), 11);
+    assert_eq!(r.store.buffered_bytes().ok(), Some(0));
+    // Pruning through seq 8 takes every old value; the pack holding 7–11 stays whole,
+    // and no reader sees 7 or 8.
+    let cutoff = chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+    assert_eq!(r.store.prune(cutoff, 8).ok(), Some(8));
+    assert_eq!((r.store.entry_values(), r.store.entry_count()), (1, 3));
+    assert!(r.store.entry(8).ok().flatten().is_none());
+    assert!(r.store.entry(9).ok().flatten().is_some());
+    assert_eq!(r.verify(), Vec::<String>::new());
+    assert_eq!(r.store.prune(cutoff, 100).ok(), Some(2), "never the head");
+    assert_eq!(r.store.entry_count(), 1);
+    assert_eq!(r.verify(), Vec::<String>::new());
+}
