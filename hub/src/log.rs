@@ -5,24 +5,28 @@
 //! signed — so a province can prove inclusion of what it signed without depending on how
 //! the hub lays out JSON. Perfect-subtree nodes are stored as they complete, so proofs
 //! take O(log n) lookups and appends never rescan the log. Records are stored in the
-//! compact binary layout of [`record`]; the JSON records of older hubs still read.
+//! compact binary layout of [`record`], a write batch's run of leaves packed into one value
+//! ([`pack`]); the one-record values of older hubs (binary or JSON) still read.
 
 pub mod index;
+pub mod pack;
 pub mod record;
 
 use ed25519_dalek::SigningKey;
 use spacesync_shared::merkle::{self, Checkpoint, Frontier, Hash, NodeSource};
 
-use crate::store::{Store, StoreError, WriteBatch, keys};
+use crate::store::{KvIter, Store, StoreError, WriteBatch, keys};
 
+use pack::{PackWriter, Stored};
 pub use record::{LogRecord, RecordError, RecordRef, leaf_hash};
 
 /// The tree's in-memory state, mirrored in the store.
 #[derive(Clone)]
 pub struct Log {
     frontier: Frontier,
-    /// The record being encoded, reused from one append to the next.
-    buf: Vec<u8>,
+    /// The batch's leaves not yet added to it: written as one value when the pack is full
+    /// and by [`Log::put_frontier`], which ends every batch.
+    pack: PackWriter,
 }
 
 /// Why a log operation failed.
@@ -56,7 +60,7 @@ impl Log {
         };
         Ok(Log {
             frontier,
-            buf: Vec::new(),
+            pack: PackWriter::default(),
         })
     }
 
@@ -70,33 +74,44 @@ impl Log {
         self.frontier.root()
     }
 
-    /// Adds `record` to `batch` as the next leaf; returns its index. The in-memory frontier
-    /// moves at once: callers that fail to apply the batch must reload with [`Log::load`],
-    /// and must end the batch with [`Log::put_frontier`].
+    /// Adds `record` as the next leaf; returns its index. The record goes into the batch's
+    /// pack, which reaches `batch` when full and, at the latest, with
+    /// [`Log::put_frontier`]: every batch of appends must end with it (one batch per
+    /// frontier write, all of its appends into that batch). The in-memory frontier moves
+    /// at once: callers that fail to apply the batch must reload with [`Log::load`] (or put
+    /// back the `Log` they cloned before the batch).
     pub fn append(
         &mut self,
         batch: &mut WriteBatch,
         record: RecordRef<'_>,
     ) -> Result<u64, LogError> {
-        self.buf.clear();
-        record::encode_into(record, &mut self.buf).map_err(|e| LogError::Record {
-            seq: record.seq,
-            error: e,
-        })?;
         let index = self.frontier.size();
-        let nodes = self
-            .frontier
-            .push(leaf_hash(record.envelope))
-            .map_err(|e| LogError::Tree(e.to_string()))?;
-        batch.put(keys::log(index), self.buf.as_slice());
+        self.pack
+            .push(index, record)
+            .map_err(|e| LogError::Record {
+                seq: record.seq,
+                error: e,
+            })?;
+        let nodes = match self.frontier.push(leaf_hash(record.envelope)) {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                self.pack.pop();
+                return Err(LogError::Tree(e.to_string()));
+            }
+        };
         for n in nodes.iter().filter(|n| n.level >= FIRST_STORED_LEVEL) {
             batch.put(keys::node(n.level, n.index), n.hash.to_vec());
+        }
+        if self.pack.full() {
+            self.pack.write(batch);
         }
         Ok(index)
     }
 
-    /// Adds the frontier as it now stands to `batch`: once per batch, after its appends.
-    pub fn put_frontier(&self, batch: &mut WriteBatch) {
+    /// Adds to `batch` the leaves appended since the last pack was written, and the
+    /// frontier as it now stands: once per batch, after its appends.
+    pub fn put_frontier(&mut self, batch: &mut WriteBatch) {
+        self.pack.write(batch);
         batch.put(keys::FRONTIER.to_vec(), self.frontier.to_bytes());
     }
 
@@ -111,46 +126,164 @@ impl Log {
     }
 }
 
-/// Reads one leaf.
-pub fn read(store: &dyn Store, index: u64) -> Result<Option<LogRecord>, StoreError> {
-    match store.get(&keys::log(index))? {
-        None => Ok(None),
-        Some(b) => record::decode(&b)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: format!("log/{index}"),
-                message: e.to_string(),
-            }),
+/// The index a `log/` key names, or why it names none.
+fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+    keys::tail_u64(key)
+        .filter(|_| key.len() == keys::LOG.len() + 8)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            message: "log key without an index".into(),
+        })
+}
+
+/// The stored value that holds leaf `index` if any: the first at or after its key (one
+/// point lookup), which may start after `index` (then the leaf is not stored).
+fn value_at(store: &dyn Store, index: u64) -> Result<Option<Stored>, StoreError> {
+    let Some((k, v)) = store.first_from(keys::LOG, &keys::log(index))? else {
+        return Ok(None);
+    };
+    let last = key_index(&k)?;
+    Stored::parse(last, v)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            key: format!("log/{last}"),
+            message: e.to_string(),
+        })
+}
+
+fn damaged_record(index: u64, e: RecordError) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("log/{index}"),
+        message: e.to_string(),
     }
 }
 
-/// Every leaf in order, from `from`.
+/// Reads one leaf.
+pub fn read(store: &dyn Store, index: u64) -> Result<Option<LogRecord>, StoreError> {
+    match value_at(store, index)?.and_then(|v| v.record(index)) {
+        None => Ok(None),
+        Some(r) => r.map(Some).map_err(|e| damaged_record(index, e)),
+    }
+}
+
+/// The stored bytes of leaf `index`'s record, inside its pack or alone (for tools and
+/// tests that inspect or damage the log).
+pub fn record_bytes(store: &dyn Store, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(value_at(store, index)?.and_then(|v| v.record_bytes(index).map(<[u8]>::to_vec)))
+}
+
+/// Stores `bytes` (any bytes) as leaf `index`'s record, or removes the leaf (`None`),
+/// rewriting the value that holds it: a pack loses the leaf by being split in two. A leaf
+/// no value holds is written as a value of its own. For tools and tests that damage the
+/// log; the tree and the index are left as they are.
+pub fn replace_record(
+    store: &dyn Store,
+    index: u64,
+    bytes: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    match value_at(store, index)?.filter(|v| v.first() <= index) {
+        None => match bytes {
+            Some(b) => batch.put(keys::log(index), b),
+            None => batch.delete(keys::log(index)),
+        },
+        Some(v) => {
+            batch.delete(keys::log(v.last()));
+            let held = |i| v.record_bytes(i).unwrap_or_default().to_vec();
+            let before: Vec<Vec<u8>> = (v.first()..index).map(held).collect();
+            let after: Vec<Vec<u8>> = (index + 1..=v.last()).map(held).collect();
+            match bytes {
+                Some(b) => {
+                    let all = [before, vec![b], after].concat();
+                    pack::put_raw(&mut batch, v.first(), &all);
+                }
+                None => {
+                    pack::put_raw(&mut batch, v.first(), &before);
+                    pack::put_raw(&mut batch, index + 1, &after);
+                }
+            }
+        }
+    }
+    store.apply(batch)
+}
+
+/// Every leaf in order.
 pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
     iter_from(store, 0)
 }
 
-/// The log's records from leaf `from` on, in order.
+/// The log's records from leaf `from` on, in order: the stored values from the one that
+/// holds `from`, each opened in turn. A value that does not read is one error (its leaves
+/// are not known), a record that does not read an error at its leaf; the walk goes on
+/// after either.
 pub fn iter_from(
     store: &dyn Store,
     from: u64,
 ) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
-    store.scan_from(keys::LOG, &keys::log(from)).map(|r| {
-        let (k, v) = r?;
-        let index = keys::tail_u64(&k).ok_or_else(|| StoreError::Corrupt {
-            key: String::from_utf8_lossy(&k).into_owned(),
-            message: "log key without an index".into(),
-        })?;
-        let rec = record::decode(&v).map_err(|e| StoreError::Corrupt {
-            key: format!("log/{index}"),
-            message: e.to_string(),
-        })?;
-        Ok((index, rec))
-    })
+    Leaves {
+        values: store.scan_from(keys::LOG, &keys::log(from)),
+        from,
+        open: None,
+    }
+}
+
+/// The leaves of the stored values a scan yields.
+struct Leaves<'a> {
+    values: KvIter<'a>,
+    /// Leaves before it are skipped (the first value may start before).
+    from: u64,
+    /// The value being read, and its next leaf.
+    open: Option<(Stored, u64)>,
+}
+
+impl Iterator for Leaves<'_> {
+    type Item = Result<(u64, LogRecord), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((v, at)) = &mut self.open {
+                let index = *at;
+                if let Some(r) = v.record(index) {
+                    if index < v.last() {
+                        *at = index + 1;
+                    } else {
+                        self.open = None;
+                    }
+                    return Some(
+                        r.map(|rec| (index, rec))
+                            .map_err(|e| damaged_record(index, e)),
+                    );
+                }
+                self.open = None;
+            }
+            let (k, bytes) = match self.values.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e)),
+            };
+            let last = match key_index(&k) {
+                Ok(last) => last,
+                Err(e) => return Some(Err(e)),
+            };
+            match Stored::parse(last, bytes) {
+                Ok(v) => {
+                    let start = v.first().max(self.from);
+                    self.open = Some((v, start));
+                }
+                Err(e) => {
+                    return Some(Err(StoreError::Corrupt {
+                        key: format!("log/{last}"),
+                        message: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
 }
 
 /// The lowest tree level whose nodes are stored (`node/…`). A node below it covers at most
 /// [`1 << FIRST_STORED_LEVEL`] leaves and is computed from their records when a proof needs
-/// it — a proof needs at most one per level, so at most fifteen record reads (about 9 KB) —
+/// it — a proof needs at most one per level, so at most fifteen record reads, each of one
+/// pack of at most sixteen leaves ([`pack`]) —
 /// which spares the writer all but an eighth of a key per entry (levels 2 and 3, stored
 /// until session 9, were three eighths of a key an entry; levels 0 and 1, stored before,
 /// one and a half). Stores written before keep those levels, and a node stored at a lower
@@ -224,4 +357,226 @@ pub fn consistency_proof(store: &dyn Store, old: u64, new: u64) -> Result<Vec<Ha
 /// Root of the tree of `size` leaves.
 pub fn root_at(store: &dyn Store, size: u64) -> Result<Hash, StoreError> {
     merkle::root_at(&StoredNodes(store), size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use chrono::DateTime;
+    use proptest::prelude::*;
+    use spacesync_shared::dsse::Envelope;
+    use spacesync_shared::merkle::MemoryTree;
+
+    /// The record of leaf `i` in these tests (its payload names it, of a length that varies).
+    fn record(i: u64) -> LogRecord {
+        LogRecord {
+            received_at: DateTime::from_timestamp(1_546_394_400 + i as i64, 0).unwrap_or_default(),
+            source: None,
+            seq: i + 1,
+            envelope: Envelope {
+                payload_type: "text/plain".into(),
+                payload: format!("leaf {i} {}", "x".repeat((i % 7) as usize)).into_bytes(),
+                signatures: Vec::new(),
+            },
+        }
+    }
+
+    /// Appends `n` leaves as one batch.
+    fn batch(store: &dyn Store, log: &mut Log, n: u64) {
+        let mut wb = WriteBatch::new();
+        for _ in 0..n {
+            let rec = record(log.size());
+            let at = log.append(&mut wb, rec.as_ref()).expect("append");
+            assert_eq!(at, rec.seq - 1);
+        }
+        log.put_frontier(&mut wb);
+        store.apply(wb).expect("apply");
+    }
+
+    fn reads_as(store: &dyn Store, size: u64) {
+        for i in 0..size {
+            assert_eq!(read(store, i).expect("read"), Some(record(i)), "leaf {i}");
+        }
+        assert_eq!(read(store, size).expect("read past the end"), None);
+        let all: Vec<_> = iter(store).map(|r| r.expect("leaf")).collect();
+        assert_eq!(all, (0..size).map(|i| (i, record(i))).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_batch_is_one_value_per_block_of_leaves_keyed_by_its_last() {
+        let store = MemStore::new();
+        let mut log = Log::load(&store).expect("load");
+        batch(&store, &mut log, 1);
+        batch(&store, &mut log, 200);
+        batch(&store, &mut log, 3);
+        let keys: Vec<u64> = store
+            .scan(keys::LOG)
+            .map(|r| keys::tail_u64(&r.expect("scan").0).expect("index"))
+            .collect();
+        // Leaf 0 alone; 1..=15, then a pack per 16 leaves up to 200; then 201..=203.
+        let mut want = vec![0u64];
+        want.extend((15..200).step_by(16));
+        want.extend([200, 203]);
+        assert_eq!(keys, want);
+        // Past the byte cap a pack ends early.
+        let big = MemStore::new();
+        let mut log = Log::load(&big).expect("load");
+        let mut wb = WriteBatch::new();
+        for i in 0..16u64 {
+            let mut rec = record(i);
+            rec.envelope.payload = vec![b'x'; 1500];
+            log.append(&mut wb, rec.as_ref()).expect("append");
+        }
+        log.put_frontier(&mut wb);
+        big.apply(wb).expect("apply");
+        let keys: Vec<u64> = big
+            .scan(keys::LOG)
+            .map(|r| keys::tail_u64(&r.expect("scan").0).expect("index"))
+            .collect();
+        assert_eq!(
+            keys,
+            [2, 5, 8, 11, 14, 15],
+            "three records of 1.5 KB pass 4 KiB"
+        );
+        reads_as(&store, 204);
+    }
+
+    /// A store of one record per key (hubs before session 11: binary, and JSON before
+    /// that), written directly, reads; appending to it packs the new leaves after the old;
+    /// proofs and roots are those of the same tree in memory.
+    #[test]
+    fn a_store_of_one_record_per_key_reads_and_takes_packed_appends() {
+        let store = MemStore::new();
+        let mut tree = MemoryTree::new();
+        let mut frontier = Frontier::new();
+        let mut wb = WriteBatch::new();
+        for i in 0..40u64 {
+            let rec = record(i);
+            let bytes = if i % 3 == 0 {
+                serde_json::to_vec(&rec).expect("json")
+            } else {
+                rec.encode().expect("encode")
+            };
+            wb.put(keys::log(i), bytes);
+            tree.push(rec.leaf_hash()).expect("push");
+            for n in frontier.push(rec.leaf_hash()).expect("push") {
+                wb.put(keys::node(n.level, n.index), n.hash.to_vec());
+            }
+        }
+        wb.put(keys::FRONTIER.to_vec(), frontier.to_bytes());
+        store.apply(wb).expect("apply");
+        reads_as(&store, 40);
+        let mut log = Log::load(&store).expect("load");
+        assert_eq!(log.size(), 40);
+        batch(&store, &mut log, 30);
+        batch(&store, &mut log, 2);
+        for i in 40..72 {
+            tree.push(record(i).leaf_hash()).expect("push");
+        }
+        reads_as(&store, 72);
+        assert_eq!(
+            store.scan(keys::LOG).count(),
+            40 + 3 + 1,
+            "40 old keys, 40..=47, 48..=63 and 64..=69, 70..=71"
+        );
+        assert_eq!(log.root(), tree.root());
+        for size in [1u64, 39, 40, 41, 64, 70, 72] {
+            assert_eq!(
+                root_at(&store, size).ok(),
+                merkle::root_at(&tree, size).ok()
+            );
+            for index in [0, size / 2, size - 1] {
+                assert_eq!(
+                    inclusion_proof(&store, index, size).ok(),
+                    merkle::inclusion_proof(&tree, index, size).ok(),
+                    "inclusion of {index} in {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_in_a_pack_is_an_error_at_its_leaf_and_the_others_read() {
+        let store = MemStore::new();
+        let mut log = Log::load(&store).expect("load");
+        batch(&store, &mut log, 10);
+        let good = record_bytes(&store, 4).expect("read").expect("held");
+        replace_record(&store, 4, Some(good[..good.len() - 2].to_vec())).expect("replace");
+        let err = read(&store, 4).expect_err("damaged").to_string();
+        assert!(
+            err.contains("log/4") && err.contains("ends inside"),
+            "{err}"
+        );
+        for i in (0..10).filter(|i| *i != 4) {
+            assert_eq!(read(&store, i).expect("read"), Some(record(i)));
+        }
+        let got: Vec<_> = iter(&store).map(|r| r.map(|(i, _)| i).ok()).collect();
+        let want: Vec<_> = (0..10).map(|i| (i != 4).then_some(i)).collect();
+        assert_eq!(got, want);
+        // Put back, then removed: the pack is split around it.
+        replace_record(&store, 4, Some(good)).expect("replace");
+        reads_as(&store, 10);
+        replace_record(&store, 4, None).expect("remove");
+        assert_eq!(read(&store, 4).expect("read"), None);
+        let got: Vec<u64> = iter(&store).map(|r| r.expect("leaf").0).collect();
+        assert_eq!(got, [0, 1, 2, 3, 5, 6, 7, 8, 9]);
+        // A damaged head: one error for the value, where its leaves would be.
+        let mut wb = WriteBatch::new();
+        wb.put(keys::log(9), vec![pack::PACK, 0, 0]);
+        store.apply(wb).expect("apply");
+        let err = read(&store, 7).expect_err("damaged").to_string();
+        assert!(err.contains("log/9"), "{err}");
+        let got: Vec<_> = iter(&store).map(|r| r.map(|(i, _)| i).ok()).collect();
+        assert_eq!(got, [Some(0), Some(1), Some(2), Some(3), None]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Random batches of appends (runs crossing the pack boundaries), then random
+        /// point reads and walks from random leaves, against a Vec of the records.
+        #[test]
+        fn packed_leaves_read_as_the_records_appended(
+            batches in proptest::collection::vec(1u64..150, 1..12),
+            reads in proptest::collection::vec(any::<proptest::sample::Index>(), 1..40),
+            starts in proptest::collection::vec(any::<proptest::sample::Index>(), 1..6),
+        ) {
+            let store = MemStore::new();
+            let mut log = Log::load(&store).expect("load");
+            let mut model: Vec<LogRecord> = Vec::new();
+            for n in batches {
+                batch(&store, &mut log, n);
+                model.extend((model.len() as u64..model.len() as u64 + n).map(record));
+                // A reloaded log appends after what is stored, as a restarted hub does.
+                log = Log::load(&store).expect("load");
+            }
+            let size = model.len();
+            prop_assert_eq!(log.size(), size as u64);
+            for at in reads {
+                let i = at.index(size + 3);
+                prop_assert_eq!(read(&store, i as u64).expect("read"), model.get(i).cloned());
+            }
+            for at in starts {
+                let from = at.index(size + 2);
+                let got: Vec<(u64, LogRecord)> = iter_from(&store, from as u64)
+                    .map(|r| r.expect("leaf"))
+                    .collect();
+                let want: Vec<(u64, LogRecord)> = model
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .map(|(i, r)| (i as u64, r.clone()))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+            // No value holds more than a block of leaves, nor crosses a block's end.
+            for r in store.scan(keys::LOG) {
+                let (k, v) = r.expect("scan");
+                let last = keys::tail_u64(&k).expect("index");
+                let s = Stored::parse(last, v).expect("parse");
+                prop_assert_eq!(s.first() / pack::PACK_LEAVES, last / pack::PACK_LEAVES);
+            }
+        }
+    }
 }

@@ -699,8 +699,10 @@ impl SledStore {
 pub mod keys {
     use spacesync_shared::SourceId;
 
-    /// `log/<index>` → a [`crate::log::LogRecord`] in the binary layout of
-    /// [`crate::log::record`] (records of older hubs are JSON, and still read).
+    /// `log/<index>` → the records of a write batch's run of leaves ending at `index`,
+    /// packed into one value ([`crate::log::pack`]), or the one record of leaf `index` in
+    /// the binary layout of [`crate::log::record`] (hubs before session 11 wrote one per
+    /// leaf; those of older hubs are JSON; all still read).
     pub const LOG: &[u8] = b"log/";
     /// `node/<level><index>` → 32-byte perfect-subtree hash, from level
     /// [`crate::log::FIRST_STORED_LEVEL`] up (stores written before also hold the lower ones).

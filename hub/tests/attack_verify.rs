@@ -68,6 +68,11 @@ fn put(s: &dyn Store, k: Vec<u8>, v: Vec<u8>) {
     s.apply(b).expect("apply");
 }
 
+/// Stores `bytes` as leaf `index`'s record, inside the pack that holds it.
+fn put_leaf(s: &dyn Store, index: u64, bytes: Vec<u8>) {
+    log::replace_record(s, index, Some(bytes)).expect("replace");
+}
+
 fn delete(s: &dyn Store, k: Vec<u8>) {
     let mut b = WriteBatch::new();
     b.delete(k);
@@ -207,9 +212,41 @@ fn records_that_do_not_read_are_named_at_their_leaf() {
             b
         }),
     ] {
-        let r = check(name, |s| put(s, keys::log(at), bytes.clone()));
+        let r = check(name, |s| put_leaf(s, at, bytes.clone()));
         names(name, &r, &[&format!("log leaf {at}")]);
         assert_eq!(r.leaves, at, "{name}: the walk stops at the damaged leaf");
+    }
+}
+
+/// A batch's leaves are one stored value (a pack): a pack whose head does not read (its
+/// table of record ends, its first index, cut short) is named at its first leaf, where the
+/// walk stops; the leaves before it were all read.
+#[test]
+fn a_pack_whose_head_does_not_read_is_named_at_its_first_leaf() {
+    let (key, value) = {
+        let d = tempfile::tempdir().expect("tempdir");
+        copy_dir(good().0.path(), d.path());
+        let s = SledStore::open(d.path()).expect("open");
+        s.first_from(keys::LOG, &keys::log(300))
+            .expect("read")
+            .expect("a value at leaf 300")
+    };
+    assert_eq!(value[0], log::pack::PACK, "leaf 300 lies in a pack");
+    let first = u64::from_be_bytes(value[1..9].try_into().expect("8 bytes"));
+    assert!(first > 0 && first <= 300, "{first}");
+    let mut misplaced = value.clone();
+    misplaced[1..9].copy_from_slice(&(first + 1).to_be_bytes());
+    let mut ends = value.clone();
+    ends[11..15].copy_from_slice(&u32::MAX.to_be_bytes());
+    for (name, bytes) in [
+        ("cut inside the head", value[..7].to_vec()),
+        ("first index moved", misplaced),
+        ("an end past the records", ends),
+        ("a trailing byte", [value.as_slice(), &[0]].concat()),
+    ] {
+        let r = check(name, |s| put(s, key.clone(), bytes.clone()));
+        names(name, &r, &[&format!("log leaf {first}"), "pack"]);
+        assert_eq!(r.leaves, first, "{name}: the walk stops at the pack");
     }
 }
 
@@ -221,7 +258,7 @@ fn read_good(at: u64) -> Vec<u8> {
         copy_dir(good().0.path(), d.path());
         let s = SledStore::open(d.path()).expect("open");
         (0..size())
-            .map(|i| s.get(&keys::log(i)).expect("get").expect("stored"))
+            .map(|i| log::record_bytes(&s, i).expect("get").expect("stored"))
             .collect()
     })[at as usize]
         .clone()
@@ -231,14 +268,14 @@ fn read_good(at: u64) -> Vec<u8> {
 fn misplaced_and_extra_leaves_are_named() {
     let r = check("two leaves swapped", |s| {
         let (x, y) = (read(s, 400), read(s, 401));
-        put(s, keys::log(400), y.encode().expect("encode"));
-        put(s, keys::log(401), x.encode().expect("encode"));
+        put_leaf(s, 400, y.encode().expect("encode"));
+        put_leaf(s, 401, x.encode().expect("encode"));
     });
     assert!(!r.ok(), "swapped leaves: verify found nothing");
     let last = size() - 1;
     let r = check("a leaf past the frontier", |s| {
         let rec = read(s, last);
-        put(s, keys::log(last + 1), rec.encode().expect("encode"));
+        put_leaf(s, last + 1, rec.encode().expect("encode"));
     });
     assert!(!r.ok(), "a leaf past the frontier: verify found nothing");
     let r = check("a log key without an index", |s| {
@@ -248,7 +285,7 @@ fn misplaced_and_extra_leaves_are_named() {
     let r = check("a record's seq changed", |s| {
         let mut rec = read(s, 450);
         rec.seq += 1;
-        put(s, keys::log(450), rec.encode().expect("encode"));
+        put_leaf(s, 450, rec.encode().expect("encode"));
     });
     names("a record's seq changed", &r, &["log leaf 450"]);
     let r = check("a record's source changed", |s| {
@@ -258,7 +295,7 @@ fn misplaced_and_extra_leaves_are_named() {
         } else {
             spacesync_shared::SourceId::parse("gd-a").expect("id")
         });
-        put(s, keys::log(451), rec.encode().expect("encode"));
+        put_leaf(s, 451, rec.encode().expect("encode"));
     });
     names("a record's source changed", &r, &["log leaf 451"]);
 }
@@ -270,7 +307,7 @@ fn a_records_receive_time_changed_is_named() {
     let r = check("received_at changed", |s| {
         let mut rec = read(s, 320);
         rec.received_at += chrono::Duration::days(40);
-        put(s, keys::log(320), rec.encode().expect("encode"));
+        put_leaf(s, 320, rec.encode().expect("encode"));
     });
     assert!(!r.ok(), "a changed receive time: verify found nothing");
 }
@@ -447,26 +484,26 @@ fn apply(s: &dyn Store, d: &Damage) -> bool {
             }
         }
         Damage::RecordCut(i, k) => {
-            if let Some(b) = s.get(&keys::log(i)).expect("get")
+            if let Some(b) = log::record_bytes(s, i).expect("get")
                 && k < b.len()
             {
-                put(s, keys::log(i), b[..k].to_vec());
+                put_leaf(s, i, b[..k].to_vec());
                 return true;
             }
         }
         Damage::RecordVersion(i) => {
-            if let Some(mut b) = s.get(&keys::log(i)).expect("get")
+            if let Some(mut b) = log::record_bytes(s, i).expect("get")
                 && let Some(v) = b.first_mut()
             {
                 *v = 7;
-                put(s, keys::log(i), b);
+                put_leaf(s, i, b);
                 return true;
             }
         }
         Damage::SeqChanged(i) => {
             if let Ok(Some(mut rec)) = log::read(s, i) {
                 rec.seq = rec.seq.wrapping_add(3);
-                put(s, keys::log(i), rec.encode().expect("encode"));
+                put_leaf(s, i, rec.encode().expect("encode"));
                 return true;
             }
         }
@@ -475,7 +512,7 @@ fn apply(s: &dyn Store, d: &Damage) -> bool {
                 && let Some(sig) = rec.envelope.signatures.first_mut()
             {
                 sig.sig[11] ^= 0x20;
-                put(s, keys::log(i), rec.encode().expect("encode"));
+                put_leaf(s, i, rec.encode().expect("encode"));
                 return true;
             }
         }
@@ -560,7 +597,7 @@ fn envelopes_no_verifier_expects_are_named_at_their_leaf() {
             let r = check(name, |s| {
                 let mut rec = read(s, at);
                 change(&mut rec);
-                put(s, keys::log(at), rec.encode().expect("encode"));
+                put_leaf(s, at, rec.encode().expect("encode"));
             });
             if !r
                 .problems

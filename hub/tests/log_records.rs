@@ -110,9 +110,11 @@ async fn a_store_of_json_records_opens_verifies_and_proves_as_before() {
         let doc = bulletin::issue(&th.hub, None, &[]).expect("bulletin");
         (seen(&th).await, doc)
     };
+    let firsts = first_bytes(dir.path());
     assert!(
-        first_bytes(dir.path()).iter().all(|b| *b == 1),
-        "records are written in the binary layout, version 1"
+        firsts.iter().all(|b| *b == 1 || *b == 2) && firsts.contains(&2),
+        "records are written in the binary layout, version 1, a batch's run of them packed \
+         (2); {firsts:?}"
     );
     // The agent's side of the leaf hash: PAE of exactly what was signed.
     assert_eq!(before.leaves.len() as u64, before.size);
@@ -146,13 +148,20 @@ async fn a_store_of_json_records_opens_verifies_and_proves_as_before() {
     assert!(report.ok(), "{:#?}", report.problems);
     maintenance::rebuild(store, Campaign::builtin_2018().baseline, |_| {}).expect("rebuild");
     drop(th);
+    // One JSON value per old leaf; the new leaves packed after them.
     let bytes = first_bytes(dir.path());
     assert_eq!(
-        (
-            bytes.iter().filter(|b| **b == b'{').count() as u64,
-            bytes.len() as u64
-        ),
-        (before.size, mixed.size)
+        bytes.iter().filter(|b| **b == b'{').count() as u64,
+        before.size
+    );
+    assert!(
+        bytes[before.size as usize..]
+            .iter()
+            .all(|b| *b == 1 || *b == 2)
+    );
+    assert!(
+        (bytes.len() as u64) < mixed.size,
+        "the new leaves are packed"
     );
     let th = TestHub::open(dir.path());
     assert_eq!(seen(&th).await, mixed, "rebuilt over a mixed store");

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha512};
 use spacesync_hub::log::{self, LogRecord};
 use spacesync_hub::log_check::{Checking, FIRST_CHUNK};
 use spacesync_hub::maintenance::{self, VerifyReport};
-use spacesync_hub::store::{Store, WriteBatch, keys};
+use spacesync_hub::store::{Store, WriteBatch};
 use spacesync_shared::dsse::pae;
 
 const SEED_A: u8 = 1;
@@ -125,9 +125,7 @@ fn read(s: &dyn Store, index: u64) -> LogRecord {
 }
 
 fn write(s: &dyn Store, index: u64, rec: &LogRecord) {
-    let mut b = WriteBatch::new();
-    b.put(keys::log(index), rec.encode().expect("encode"));
-    s.apply(b).expect("apply");
+    log::replace_record(s, index, Some(rec.encode().expect("encode"))).expect("replace");
 }
 
 fn sig_bytes(rec: &LogRecord) -> [u8; 64] {
@@ -426,17 +424,12 @@ fn apply(s: &dyn Store, index: u64, size: u64, d: &Damage) {
                 s.apply(b).expect("apply");
             }
         }
-        Damage::Delete => {
-            let mut b = WriteBatch::new();
-            b.delete(keys::log(index));
-            s.apply(b).expect("apply");
-        }
+        Damage::Delete => log::replace_record(s, index, None).expect("remove leaf"),
         Damage::Garble => {
             // Cut short: the record no longer reads.
             let bytes = rec.encode().expect("encode");
-            let mut b = WriteBatch::new();
-            b.put(keys::log(index), bytes[..bytes.len() / 2].to_vec());
-            s.apply(b).expect("apply");
+            log::replace_record(s, index, Some(bytes[..bytes.len() / 2].to_vec()))
+                .expect("replace");
         }
     }
 }

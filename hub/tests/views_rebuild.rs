@@ -714,6 +714,11 @@ fn put(store: &dyn Store, key: Vec<u8>, value: Vec<u8>) {
     store.apply(b).expect("apply");
 }
 
+/// Stores `bytes` as leaf `index`'s record, inside the pack that holds it.
+fn put_leaf(store: &dyn Store, index: u64, bytes: Vec<u8>) {
+    log::replace_record(store, index, Some(bytes)).expect("replace");
+}
+
 fn delete(store: &dyn Store, key: Vec<u8>) {
     let mut b = WriteBatch::new();
     b.delete(key);
@@ -764,7 +769,7 @@ async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
         move |s: &dyn Store| {
             let mut rec = log::read(s, index).expect("read").expect("leaf");
             rec.envelope.payload[20] ^= 0x01;
-            put(s, keys::log(index), serde_json::to_vec(&rec).expect("json"));
+            put_leaf(s, index, serde_json::to_vec(&rec).expect("json"));
         }
     };
     check_verify(
@@ -793,19 +798,19 @@ async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
     check_verify(
         good,
         "log record no longer JSON",
-        |s| put(s, keys::log(7), b"{\"received_at\":".to_vec()),
+        |s| put_leaf(s, 7, b"{\"received_at\":".to_vec()),
         &["log leaf 7 (gd-a seq 5): stored value under log/7 is damaged"],
     );
     check_verify(
         good,
         "log key deleted",
-        |s| delete(s, keys::log(5)),
+        |s| log::replace_record(s, 5, None).expect("remove leaf"),
         &["log leaf 5 (gd-b seq 2) is missing"],
     );
     check_verify(
         good,
         "last log key deleted",
-        |s| delete(s, keys::log(13)),
+        |s| log::replace_record(s, 13, None).expect("remove leaf"),
         &[
             "log leaf 13 (gd-b seq 5) is missing",
             "the latest checkpoint covers 14 leaves but the log has 13",

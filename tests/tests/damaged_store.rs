@@ -113,6 +113,9 @@ enum Damage {
     AgentHead(u64),
     /// Hub: replace the value under a key (`None` removes it).
     HubKey(Vec<u8>, Option<Vec<u8>>, String),
+    /// Hub: replace log leaf `index`'s record inside the pack that holds it (`None`
+    /// removes the leaf).
+    HubLeaf(u64, Option<Vec<u8>>, String),
 }
 
 impl Damage {
@@ -122,7 +125,7 @@ impl Damage {
             Damage::Flip(p, at, len) => format!("{} {len} B flipped at {at}", p.display()),
             Damage::AgentEntry(seq, _, what) => format!("entry {seq} {what}"),
             Damage::AgentHead(seq) => format!("chain head rewound to seq {seq}"),
-            Damage::HubKey(_, _, what) => what.clone(),
+            Damage::HubKey(_, _, what) | Damage::HubLeaf(_, _, what) => what.clone(),
         }
     }
 
@@ -181,6 +184,12 @@ impl Damage {
                     None => b.delete(key.clone()),
                 }
                 store.apply(b).unwrap_or_else(|e| panic!("{e}"));
+                store.flush().unwrap_or_else(|e| panic!("{e}"));
+            }
+            Damage::HubLeaf(index, value, _) => {
+                let store = SledStore::open(&dir.join("db")).unwrap_or_else(|e| panic!("{e}"));
+                spacesync_hub::log::replace_record(&store, *index, value.clone())
+                    .unwrap_or_else(|e| panic!("{e}"));
                 store.flush().unwrap_or_else(|e| panic!("{e}"));
             }
         }
@@ -640,8 +649,7 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
     let source = SourceId::parse(cluster.agents[0].site.source).unwrap_or_else(|e| panic!("{e}"));
     let hub_store = SledStore::open(&hub_dir.join("db")).unwrap_or_else(|e| panic!("{e}"));
     let leaf = |i: u64| {
-        hub_store
-            .get(&keys::log(i))
+        spacesync_hub::log::record_bytes(&hub_store, i)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no leaf {i}"))
     };
@@ -667,22 +675,18 @@ async fn damaged_stores_are_reported_and_never_silently_shortened() {
     cases.extend([
         (
             Side::Hub,
-            Damage::HubKey(
-                keys::log(l1),
-                Some(cut(leaf(l1))),
-                format!("log leaf {l1} cut short"),
-            ),
+            Damage::HubLeaf(l1, Some(cut(leaf(l1))), format!("log leaf {l1} cut short")),
             Some(format!("log leaf {l1}")),
         ),
         (
             Side::Hub,
-            Damage::HubKey(keys::log(l1), None, format!("log leaf {l1} removed")),
+            Damage::HubLeaf(l1, None, format!("log leaf {l1} removed")),
             Some(format!("log leaf {l1}")),
         ),
         (
             Side::Hub,
-            Damage::HubKey(
-                keys::log(l2),
+            Damage::HubLeaf(
+                l2,
                 Some(altered_leaf),
                 format!("log leaf {l2} payload altered"),
             ),

@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "analyst views",
         sql: include_str!("pg/0003_analyst_views.sql"),
     },
+    Migration {
+        version: 4,
+        name: "packed log view",
+        sql: include_str!("pg/0004_packed_log_view.sql"),
+    },
 ];
 
 /// Creates the schema-version table and its one row; safe to run concurrently (the

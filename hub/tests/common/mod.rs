@@ -652,6 +652,8 @@ impl DirectViews {
                 .expect("apply");
             indexes.push(index);
         }
+        // The batch's pack of leaves (and the frontier), as every batch of appends ends.
+        self.log.put_frontier(&mut wb);
         self.store.apply(wb).expect("write");
         indexes
     }
