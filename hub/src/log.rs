@@ -18,6 +18,9 @@ use spacesync_shared::merkle::{self, Checkpoint, Frontier, Hash, NodeSource};
 use crate::store::{KvIter, Store, StoreError, WriteBatch, keys};
 
 use pack::{PackWriter, Stored};
+
+// A pack never spans two of the lowest stored tree nodes.
+const _: () = assert!(pack::PACK_LEAVES == 1 << FIRST_STORED_LEVEL);
 pub use record::{LogRecord, RecordError, RecordRef, leaf_hash};
 
 /// The tree's in-memory state, mirrored in the store.

@@ -30,7 +30,7 @@ use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spacesync_hub::log::LogRecord;
-use spacesync_hub::store::{SledStore, Store as _, WriteBatch, keys};
+use spacesync_hub::store::{SledStore, Store as _, WriteBatch};
 use spacesync_shared::{Entry, SourceId};
 use spacesync_tests::agent_harness::{agent_bin, free_port};
 use spacesync_tests::checker::write_id;

@@ -43,8 +43,9 @@ use crate::store::{WriteBatch, keys};
 pub const PACK: u8 = 2;
 
 /// A pack ends where the next leaf's index is a multiple of this: `2^FIRST_STORED_LEVEL`,
-/// the leaves of the lowest stored tree node.
-pub const PACK_LEAVES: u64 = 1 << super::FIRST_STORED_LEVEL;
+/// the leaves of the lowest stored tree node (`log.rs` asserts the two agree at compile
+/// time; the number is written here so this module does not import its parent).
+pub const PACK_LEAVES: u64 = 16;
 
 /// A pack ends once its records hold this many bytes: seventeen packs (a sled leaf node
 /// before it splits) of this size plus one record stay below sled's blob threshold.
