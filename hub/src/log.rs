@@ -21,6 +21,8 @@ use pack::{PackWriter, Stored};
 
 // A pack never spans two of the lowest stored tree nodes.
 const _: () = assert!(pack::PACK_LEAVES == 1 << FIRST_STORED_LEVEL);
+// A pack's tag is never a record's version byte.
+const _: () = assert!(pack::PACK != record::VERSION_1);
 pub use record::{LogRecord, RecordError, RecordRef, leaf_hash};
 
 /// The tree's in-memory state, mirrored in the store.

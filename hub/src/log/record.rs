@@ -76,7 +76,8 @@ pub fn leaf_hash(envelope: &Envelope) -> Hash {
     merkle::leaf_hash(&pae(&envelope.payload_type, &envelope.payload))
 }
 
-/// The version byte of the layout in the module doc.
+/// The version byte of the layout in the module doc. `2` is taken: a stored value starting
+/// with it is a pack of records ([`super::pack::PACK`]); a later record layout takes 3.
 pub const VERSION_1: u8 = 1;
 
 /// The longest payload a record holds: the hub's largest request body.

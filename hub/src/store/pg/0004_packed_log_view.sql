@@ -7,7 +7,9 @@
 -- the views built on it stand as they are. Plain SQL, as migration 3 (generate_series
 -- unnests a pack).
 CREATE OR REPLACE VIEW spacesync_log AS
-WITH leaves AS (
+-- NOT MATERIALIZED: both branches below read it; without it PostgreSQL 12+ would copy the
+-- whole unpacked log before every query on the view.
+WITH leaves AS NOT MATERIALIZED (
     SELECT
         (get_byte(k, 4)::bigint << 56) | (get_byte(k, 5)::bigint << 48)
             | (get_byte(k, 6)::bigint << 40) | (get_byte(k, 7)::bigint << 32)
