@@ -747,7 +747,7 @@ fn write_rest(data: &DataDir, cfg: &Config) -> Result<String, CliError> {
 
 fn print_intake_token(intake_token: &str) {
     eprintln!(
-        "Intake token (every API request sends `Authorization: Bearer <token>`; `spacesync-agent token` prints it again):\n{intake_token}"
+        "Intake token (every API request sends `Authorization: Bearer <token>`; `spacesync-agent --data DIR token` prints it again):\n{intake_token}"
     );
 }
 
