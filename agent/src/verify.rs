@@ -254,9 +254,8 @@ mod tests {
     use super::*;
     use crate::intake::tests::{identity, json, writer};
 
-    #[test]
-    fn a_sound_store_verifies_and_damage_is_named() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    /// A store in `dir` holding three intake batches of two activities each (seqs 1–6).
+    fn three_batches_of_two(dir: &tempfile::TempDir) -> Store {
         let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
         let mut w = writer(&store, Default::default());
         let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
@@ -264,6 +263,13 @@ mod tests {
             w.submit(&json(&[act, act].join("\n")), &mut |_| {})
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        store
+    }
+
+    #[test]
+    fn a_sound_store_verifies_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = three_batches_of_two(&dir);
         let ident = identity();
         let rep = verify(&store, &ident, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(rep.ok(), "{:?}", rep.problems);
@@ -291,14 +297,8 @@ mod tests {
     #[test]
     fn a_damaged_pack_is_named_and_the_entries_after_it_are_still_checked() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
-        let mut w = writer(&store, Default::default());
-        let act = r#"{"kind":"activity","region":"440100","date":"2018-11-20","category":"training","title":"t"}"#;
         // Three batches of two: packs 1–2, 3–4, 5–6.
-        for _ in 0..3 {
-            w.submit(&json(&[act, act].join("\n")), &mut |_| {})
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        let store = three_batches_of_two(&dir);
         assert_eq!(store.entry_values(), 3);
         // The pack under seq 4 says it holds nine entries from seq 3.
         let mut bad = vec![1u8];
