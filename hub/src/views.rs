@@ -51,6 +51,7 @@ use tracing::{info, warn};
 
 use crate::store::{Kv, Overlay, Reader, Store, StoreError, WriteBatch, keys};
 
+mod blocks;
 mod codec;
 mod figures;
 mod subjects;
@@ -62,7 +63,8 @@ use subjects::{SchoolSum, Summary};
 const LAYOUT_KEY: &[u8] = b"v/m";
 /// `v/n`: the log index after the last entry the stored views hold (8 bytes, big-endian).
 const NEXT_KEY: &[u8] = b"v/n";
-/// `v/c/<log index>`: a space count (see [`codec`]).
+/// `v/c/<last log index of a block>`: the space counts of a block of log indexes (see
+/// [`blocks`]); in stores written before blocks, `v/c/<log index>`: one space count.
 const COUNT_PREFIX: &[u8] = b"v/c/";
 /// `v/l/<region u32><0 | 1><school u64>`: the log indexes of a subject's space counts,
 /// ascending (withdrawn ones included).
@@ -77,8 +79,15 @@ const ACTIVITY_PREFIX: &[u8] = b"v/a/";
 const EXTENSION_PREFIX: &[u8] = b"v/x/";
 /// `v/r/<log index>`: a notice rule change (JSON).
 const RULE_PREFIX: &[u8] = b"v/r/";
-/// The layout this version writes: 1 kept every item under `v/i/`; 2 is the one above.
-const LAYOUT: u32 = 2;
+/// The layout this version writes: 1 kept every item under `v/i/`; 2 one space count per
+/// `v/c/` value; 3 is the one above (blocks). This version reads 2 as 3: a layout-2 count
+/// is read where it lies, and new counts go into blocks.
+const LAYOUT: u32 = 3;
+
+/// Whether this version reads views stored in `layout` without converting them.
+fn readable(layout: u32) -> bool {
+    layout == LAYOUT || layout == 2
+}
 /// First byte of a stored space count: its encoding's version.
 const COUNT_FORMAT: u8 = 1;
 /// Bytes of a subject in a key: region, whether a school, school.
@@ -241,14 +250,45 @@ fn encode_count(meta: &Meta, s: &SpaceCount) -> Vec<u8> {
     o.into_bytes()
 }
 
-fn decode_count(key: &[u8], b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
-    let log_index = (key.len() == COUNT_PREFIX.len() + 8)
+/// The log index a `v/c/` key names (a count's, or a block's last).
+fn count_key_index(key: &[u8]) -> Result<u64, StoreError> {
+    (key.len() == COUNT_PREFIX.len() + 8)
         .then(|| keys::tail_u64(key))
         .flatten()
         .ok_or_else(|| StoreError::Corrupt {
             key: printable(key),
             message: "key without a log index".into(),
-        })?;
+        })
+}
+
+/// A space count stored alone under its own key (the layout before blocks).
+fn decode_count(key: &[u8], b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
+    decode_count_at(key, count_key_index(key)?, b)
+}
+
+/// Every space count a `v/c/` value holds, in log order: a block's, or the one count of
+/// the older layout.
+fn decode_counts(key: &[u8], b: &[u8]) -> Result<Vec<(Meta, SpaceCount)>, StoreError> {
+    if !blocks::is_block(b) {
+        return Ok(vec![decode_count(key, b)?]);
+    }
+    let last = count_key_index(key)?;
+    if blocks::block_last(last) != last {
+        return Err(StoreError::Corrupt {
+            key: printable(key),
+            message: "a block of space counts under a key that ends no block".into(),
+        });
+    }
+    let first = last - (blocks::BLOCK - 1);
+    blocks::parts(b)
+        .map_err(damaged(key))?
+        .into_iter()
+        .map(|(off, bytes)| decode_count_at(key, first + u64::from(off), bytes))
+        .collect()
+}
+
+/// A space count's encoding, at `log_index`, read from the value under `key`.
+fn decode_count_at(key: &[u8], log_index: u64, b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
     let read = || -> Result<(Meta, SpaceCount), Damaged> {
         let mut i = In::new(b);
         if i.u8()? != COUNT_FORMAT {
@@ -504,7 +544,7 @@ fn name_subject((region, school): Subject) -> String {
 /// this version's layout: what `verify` rebuilds for to compare.
 pub fn stored_baseline(store: &dyn Store) -> Result<Option<NaiveDate>, StoreError> {
     Ok(read_layout(store)?
-        .filter(|l| l.layout == LAYOUT)
+        .filter(|l| readable(l.layout))
         .map(|l| l.baseline))
 }
 
@@ -735,14 +775,31 @@ pub fn prepare_in_batches(
     let layout = read_layout(store)?;
     match layout {
         Some(l) if l.layout == LAYOUT && l.baseline == baseline => return Ok(None),
-        Some(l) if l.layout != LAYOUT => {
+        Some(l) if !readable(l.layout) => {
             return Err(StoreError::Corrupt {
                 key: "v/m".into(),
                 message: format!(
-                    "the views are in layout {}, which this version of the hub does not read (it reads {LAYOUT}); run a newer hub",
+                    "the views are in layout {}, which this version of the hub does not read (it reads 2 and {LAYOUT}); run a newer hub",
                     l.layout
                 ),
             });
+        }
+        Some(l) if l.baseline == baseline => {
+            // Layout 2 is read as it lies; from now on the store says 3, so an older hub,
+            // which cannot read blocks, refuses it instead of failing on its first one.
+            let mut batch = WriteBatch::new();
+            put_layout(&mut batch, baseline);
+            store.apply(batch)?;
+            store.flush()?;
+            info!(
+                from = l.layout,
+                to = LAYOUT,
+                "The stored views are marked with this version's layout: their space counts are read where they lie, new ones go into blocks of 16."
+            );
+            return Ok(Some(Prepared {
+                writes: 1,
+                ..Prepared::default()
+            }));
         }
         _ => {}
     }
@@ -762,7 +819,8 @@ pub fn prepare_in_batches(
                 let item = decode_item(&k, &bytes)?;
                 if let Record::SpaceCount(s) = &item.record {
                     let idx = item.meta.log_index;
-                    batch.put(count_key(idx), encode_count(&item.meta, s));
+                    let (key, value) = count_in_block(&Overlay::new(store, &batch), &item.meta, s)?;
+                    batch.put(key, value);
                     let subject = (s.region, s.school);
                     let mut list = read_list(&Overlay::new(store, &batch), subject)?;
                     insert_sorted(&mut list, idx);
@@ -834,9 +892,10 @@ pub fn prepare_in_batches(
     }
     for r in store.scan(COUNT_PREFIX) {
         let (k, bytes) = r?;
-        let (meta, _) = decode_count(&k, &bytes)?;
-        next = next.max(meta.log_index + 1);
-        sources.entry(meta.source.clone()).or_default().count(&meta);
+        for (meta, _) in decode_counts(&k, &bytes)? {
+            next = next.max(meta.log_index + 1);
+            sources.entry(meta.source.clone()).or_default().count(&meta);
+        }
     }
     for r in store.scan(ITEM_PREFIX) {
         let (k, bytes) = r?;
@@ -892,13 +951,75 @@ fn as_of(next: u64, (mut meta, s): (Meta, SpaceCount)) -> Option<(Meta, SpaceCou
     Some((meta, s))
 }
 
+/// Where a stored space count lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In its block.
+    Block,
+    /// Alone under its own key (the layout before blocks): rewritten there.
+    Single,
+}
+
 /// The space count at log index `idx`, as `r` holds it.
 fn read_count<R: Reader + ?Sized>(
     r: &R,
     idx: u64,
 ) -> Result<Option<(Meta, SpaceCount)>, StoreError> {
+    Ok(find_count(r, idx)?.map(|(_, meta, s)| (meta, s)))
+}
+
+/// The space count at log index `idx`, as `r` holds it, and where: in its block, else
+/// (a store written before blocks) under its own key.
+fn find_count<R: Reader + ?Sized>(
+    r: &R,
+    idx: u64,
+) -> Result<Option<(Place, Meta, SpaceCount)>, StoreError> {
+    let last = blocks::block_last(idx);
+    let key = count_key(last);
+    if let Some(v) = r.read(&key)?
+        && let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))?
+    {
+        let (meta, s) = decode_count_at(&key, idx, bytes)?;
+        let place = if blocks::is_block(&v) {
+            Place::Block
+        } else {
+            Place::Single
+        };
+        return Ok(Some((place, meta, s)));
+    }
+    if last == idx {
+        return Ok(None);
+    }
     let key = count_key(idx);
-    r.read(&key)?.map(|b| decode_count(&key, &b)).transpose()
+    let Some(v) = r.read(&key)? else {
+        return Ok(None);
+    };
+    if blocks::is_block(&v) {
+        return Err(StoreError::Corrupt {
+            key: printable(&key),
+            message: "a block of space counts under a key that ends no block".into(),
+        });
+    }
+    let (meta, s) = decode_count(&key, &v)?;
+    Ok(Some((Place::Single, meta, s)))
+}
+
+/// The key and value that put the space count of `meta.log_index` into its block, as `r`
+/// holds the block now.
+fn count_in_block<R: Reader + ?Sized>(
+    r: &R,
+    meta: &Meta,
+    s: &SpaceCount,
+) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let key = count_key(blocks::block_last(meta.log_index));
+    let stored = r.read(&key)?;
+    let value = blocks::put(
+        stored.as_deref(),
+        blocks::offset(meta.log_index),
+        &encode_count(meta, s),
+    )
+    .map_err(damaged(&key))?;
+    Ok((key, value))
 }
 
 /// Merges every subject's stored snapshots, as views at position `next` see them, for
@@ -990,11 +1111,11 @@ impl Views {
             }
             return Ok(v);
         };
-        if layout.layout != LAYOUT {
+        if !readable(layout.layout) {
             return Err(StoreError::Corrupt {
                 key: "v/m".into(),
                 message: format!(
-                    "the views are in layout {}, which this version of the hub does not read (it reads {LAYOUT})",
+                    "the views are in layout {}, which this version of the hub does not read (it reads 2 and {LAYOUT})",
                     layout.layout
                 ),
             });
@@ -1116,6 +1237,24 @@ impl Views {
         Ok(out)
     }
 
+    /// Puts a space count in `batch`: into its block (read through [`Views::reader`]), or,
+    /// for one stored alone in the older layout, in its place.
+    fn put_count(
+        &self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        meta: &Meta,
+        s: &SpaceCount,
+        place: Place,
+    ) -> Result<(), StoreError> {
+        let (key, value) = match place {
+            Place::Single => (count_key(meta.log_index), encode_count(meta, s)),
+            Place::Block => count_in_block(&self.reader(store, batch), meta, s)?,
+        };
+        batch.put(key, value);
+        Ok(())
+    }
+
     /// Adds log index `idx` to `subject`'s list in `batch`.
     fn list_add(
         &self,
@@ -1229,7 +1368,7 @@ impl Views {
             return Ok(());
         };
         let subject = (s.region, s.school);
-        batch.put(count_key(meta.log_index), encode_count(&meta, s));
+        self.put_count(store, batch, &meta, s, Place::Block)?;
         self.list_add(store, batch, subject, meta.log_index)?;
         // Copied here if a snapshot still shares it.
         let summary = Arc::make_mut(self.subjects.entry(subject).or_default());
@@ -1269,14 +1408,14 @@ impl Views {
             }
             return Ok(());
         }
-        let Some((mut m, s)) = read_count(&self.reader(store, batch), target)? else {
+        let Some((place, mut m, s)) = find_count(&self.reader(store, batch), target)? else {
             return Ok(());
         };
         if !is_target(&m) {
             return Ok(());
         }
         m.withdrawn_by = Some(meta.log_index);
-        batch.put(count_key(target), encode_count(&m, &s));
+        self.put_count(store, batch, &m, &s, place)?;
         self.resummarise(store, (s.region, s.school), batch)
     }
 
@@ -1434,19 +1573,20 @@ impl Views {
         &'a self,
         r: &'a R,
     ) -> impl Iterator<Item = Result<Item, StoreError>> + 'a {
-        let counts = r.read_prefix(COUNT_PREFIX).filter_map(move |kv| {
-            let item = kv
-                .and_then(|(k, b)| decode_count(&k, &b))
-                .map(|c| self.as_of_here(c));
-            match item {
+        let counts = r
+            .read_prefix(COUNT_PREFIX)
+            .flat_map(|kv| match kv.and_then(|(k, b)| decode_counts(&k, &b)) {
+                Ok(counts) => counts.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+            .filter_map(move |c| match c.map(|c| self.as_of_here(c)) {
                 Ok(Some((meta, s))) => Some(Ok(Item {
                     meta,
                     record: Record::SpaceCount(s),
                 })),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
-            }
-        });
+            });
         let ledger = self.ledger.values().map(|i| Ok((**i).clone()));
         MergedItems {
             a: ledger.peekable(),

@@ -232,14 +232,14 @@ async fn a_hub_without_its_history_trees_serves_the_same_figures(backend: Backen
     {
         let store = th.hub.store.as_ref();
         let mut wb = WriteBatch::new();
-        let mut removed = 0;
         for prefix in [keys::LOG, keys::NODE, b"v/c/".as_slice(), b"v/l/"] {
+            let mut removed = 0;
             for r in store.scan(prefix) {
                 wb.delete(r.expect("scan").0);
                 removed += 1;
             }
+            assert!(removed > 0, "no history under {prefix:?} to remove");
         }
-        assert!(removed > 6 * 31);
         store.apply(wb).expect("apply");
         store.flush().expect("flush");
     }

@@ -129,11 +129,141 @@ fn census(store: &dyn Store) -> (usize, usize, usize) {
             v["record"]["kind"] == "space_count"
         })
         .count();
-    (
-        in_items,
-        store.scan(b"v/c/").count(),
-        store.scan(b"v/s/").count(),
-    )
+    let counts = store
+        .scan(b"v/c/")
+        .map(|r| block_parts(&r.expect("scan").1).len())
+        .sum();
+    (in_items, counts, store.scan(b"v/s/").count())
+}
+
+/// The counts a `v/c/` value holds, as (offset, bytes): a block (first byte 2: offset,
+/// LEB128 length, bytes, repeated), or one count of layout 2 (offset 15 for the caller
+/// to ignore).
+fn block_parts(v: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    if v.first() != Some(&2) {
+        return vec![(15, v.to_vec())];
+    }
+    let (mut i, mut out) = (1, Vec::new());
+    while i < v.len() {
+        let off = u64::from(v[i]);
+        i += 1;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = v[i];
+            i += 1;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        out.push((off, v[i..i + len].to_vec()));
+        i += len;
+    }
+    out
+}
+
+/// Rewrites the store's space counts as layout 2 held them, one value per count under
+/// `v/c/<log index>`, and `v/m` as layout 2; returns how many.
+fn to_layout_2(store: &dyn Store) -> usize {
+    let mut wb = WriteBatch::new();
+    let mut n = 0;
+    for r in store.scan(b"v/c/") {
+        let (k, v) = r.expect("scan");
+        assert_eq!(v[0], 2, "a block");
+        let last = u64::from_be_bytes(k[4..12].try_into().expect("8 bytes"));
+        wb.delete(k.clone());
+        for (off, bytes) in block_parts(&v) {
+            wb.put(
+                [b"v/c/".as_slice(), &(last - 15 + off).to_be_bytes()].concat(),
+                bytes,
+            );
+            n += 1;
+        }
+    }
+    let m = store.get(b"v/m").expect("get").expect("v/m");
+    let m = String::from_utf8(m).expect("utf-8");
+    assert!(m.contains(r#""layout":3"#), "{m}");
+    wb.put(
+        b"v/m".to_vec(),
+        m.replace(r#""layout":3"#, r#""layout":2"#).into_bytes(),
+    );
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+    n
+}
+
+/// A store of layout 2 (one value per space count) is read where its counts lie: the same
+/// answers, `verify` clean, a withdrawal of an old count marks it in place, and new counts
+/// go into blocks of 16 beside the old ones.
+#[tokio::test]
+async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let mut a = Agent::new("gd-a", 1, "440000");
+    th.register(&a);
+    for week in ["2018-09-24", "2018-10-08"] {
+        let records: Vec<Value> = (1..=20)
+            .map(|s| teachers("440106", &format!("41440106{s:02}"), week, 50 + s))
+            .collect();
+        th.ingest_ok(&a.batch(&records)).await;
+    }
+    let before = answers(&th).await;
+    let singles = to_layout_2(th.hub.store.as_ref());
+    assert_eq!(singles, 40);
+    drop(th);
+
+    let th = TestHub::open(dir.path());
+    let store = th.hub.store.as_ref();
+    let after = answers(&th).await;
+    assert_eq!(after.0, before.0, "figures");
+    assert_eq!(after.1, before.1, "items");
+    let m = String::from_utf8(store.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
+    assert!(
+        m.contains(r#""layout":3"#),
+        "marked with the new layout: {m}"
+    );
+    let ok = |store: &dyn Store| {
+        let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+            .expect("verify runs");
+        assert!(report.ok(), "{:#?}", report.problems);
+    };
+    ok(store);
+
+    // School 01's first snapshot (seq 1, a count stored alone) withdrawn, and a week more.
+    let records: Vec<Value> = std::iter::once(withdrawal(1))
+        .chain(
+            (1..=20).map(|s| teachers("440106", &format!("41440106{s:02}"), "2018-10-15", 90 + s)),
+        )
+        .collect();
+    th.ingest_ok(&a.batch(&records)).await;
+    let items = answers(&th).await.1;
+    let first = items
+        .iter()
+        .find(|(m, _)| m["seq"] == 1)
+        .expect("seq 1 held");
+    assert!(!first.0["withdrawn_by"].is_null(), "{first:?}");
+    let (mut alone, mut in_blocks) = (0, 0);
+    for r in store.scan(b"v/c/") {
+        let (_, v) = r.expect("scan");
+        if v[0] == 2 {
+            in_blocks += block_parts(&v).len();
+        } else {
+            alone += 1;
+        }
+    }
+    assert_eq!((alone, in_blocks), (40, 20));
+    ok(store);
+    let school = th.get_json("/v1/regions/440106").await;
+    drop(th);
+    // And the same after a rebuild, which writes every count in blocks.
+    let sled = SledStore::open(dir.path()).expect("open");
+    maintenance::rebuild(&sled, Campaign::builtin_2018().baseline, |_| {}).expect("rebuild");
+    assert!(sled.scan(b"v/c/").all(|r| r.expect("scan").1[0] == 2));
+    drop(sled);
+    let th = TestHub::open(dir.path());
+    assert_eq!(th.get_json("/v1/regions/440106").await, school);
+    ok(th.hub.store.as_ref());
 }
 
 #[tokio::test]

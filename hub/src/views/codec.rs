@@ -56,8 +56,13 @@ impl Out {
     }
 
     pub(crate) fn str(&mut self, s: &str) {
-        self.uint(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    /// Bytes, their length first.
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.uint(b.len() as u64);
+        self.0.extend_from_slice(b);
     }
 
     pub(crate) fn source(&mut self, s: &SourceId) {
@@ -165,13 +170,18 @@ impl<'a> In<'a> {
     }
 
     pub(crate) fn str(&mut self) -> Result<&'a str, Damaged> {
-        let n = usize::try_from(self.uint()?).map_err(|_| Damaged("text too long"))?;
+        std::str::from_utf8(self.bytes()?).map_err(|_| Damaged("text is not UTF-8"))
+    }
+
+    /// Bytes written by [`Out::bytes`].
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], Damaged> {
+        let n = usize::try_from(self.uint()?).map_err(|_| Damaged("value cut short"))?;
         if n > self.0.len() {
             return Err(Damaged("value cut short"));
         }
-        let (s, rest) = self.0.split_at(n);
+        let (b, rest) = self.0.split_at(n);
         self.0 = rest;
-        std::str::from_utf8(s).map_err(|_| Damaged("text is not UTF-8"))
+        Ok(b)
     }
 
     pub(crate) fn source(&mut self) -> Result<SourceId, Damaged> {
