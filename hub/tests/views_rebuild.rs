@@ -894,13 +894,17 @@ async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
     };
     check_verify(
         good,
-        "a stored snapshot deleted",
+        "a stored block of snapshots deleted",
         |s| {
-            let k = [b"v/c/".as_slice(), &2u64.to_be_bytes()].concat();
+            // Leaf 2's block (log indexes 0..=15) under the key of its last index.
+            let k = [b"v/c/".as_slice(), &15u64.to_be_bytes()].concat();
             assert!(s.get(&k).expect("get").is_some());
             delete(s, k);
         },
-        &["the view item of log leaf 2 is missing from what the log holds"],
+        // The block held every space count of leaves 0..=15: each is missing, the first named.
+        &[
+            "disagree with the log at 12 log leaves: the view item of log leaf 0 is missing from what the log holds",
+        ],
     );
     check_verify(
         good,
@@ -908,8 +912,8 @@ async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
         |s| {
             put(
                 s,
-                [b"v/c/".as_slice(), &2u64.to_be_bytes()].concat(),
-                vec![1, 200],
+                [b"v/c/".as_slice(), &15u64.to_be_bytes()].concat(),
+                vec![2, 2, 200],
             )
         },
         &["the stored views are damaged: stored value under v/c/"],
