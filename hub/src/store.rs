@@ -713,11 +713,12 @@ impl SledStore {
 /// only in batches of 64 lookups per shard of 256 (`lru.rs`): one iterator looks up each
 /// leaf node once, so a long scan leaves up to 16,128 nodes read but not yet counted —
 /// resident beyond the cache, and more the larger the nodes. With the log packed (nodes of
-/// ~70 KB) `bulletin verify` held ~210 MB of sled nodes with a 64 MiB cache at 360,000
+/// 8–17 packs, ~36 KB) `bulletin verify` held ~210 MB of sled nodes with a 64 MiB cache at 360,000
 /// entries (heaptrack, BENCHMARKS.md session 12). Each seek looks the node up again, so a
 /// node is counted about once per [`RESEEK_BYTES`] of it read and the cache holds to its
 /// size. Like sled's iterator, the scan is not a snapshot: a key written behind it is not
-/// seen, one written ahead of it is.
+/// seen, one written ahead of it is seen once the scan has sought again (the node it walks
+/// is a copy); none is read twice or out of order.
 struct SledScan<'a> {
     tree: &'a sled::Tree,
     prefix: Vec<u8>,
@@ -1019,7 +1020,8 @@ pub(crate) mod tests {
     }
 
     /// A scan that seeks again goes on after its last key: a key written ahead of it
-    /// during the scan is read, one written behind it is not, none is read twice.
+    /// during the scan is read (the scan seeks again every two values here), one written
+    /// behind it is not, none is read twice.
     #[test]
     fn a_sled_scan_goes_on_after_its_last_key_across_writes() {
         let dir = tempfile::tempdir().unwrap();
