@@ -1760,7 +1760,7 @@ fn bulletins(dir: &DataDir, remote: &Remote, cmd: BulletinCmd) -> Result<(), Cli
         }
         BulletinCmd::Verify { file, witnesses } => {
             let policy = witnesses.as_deref().map(read_policy).transpose()?;
-            let store = config::open_store(dir)?;
+            let store = config::open_store_for_walk(dir)?;
             let cfg = config::load_config(dir)?;
             let campaign = config::load_campaign(dir)?;
             let key = keys::read_secret(&dir.key())?;
@@ -1964,7 +1964,7 @@ fn migrate(dir: &DataDir, url: &str, chunk: usize) -> Result<(), CliError> {
 }
 
 fn verify(dir: &DataDir) -> Result<(), CliError> {
-    let store = config::open_store(dir)?;
+    let store = config::open_store_for_walk(dir)?;
     let cfg = config::load_config(dir)?;
     let key = keys::read_secret(&dir.key())?;
     let size = crate::log::Log::load(store.as_ref())?.size();

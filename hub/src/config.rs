@@ -343,14 +343,27 @@ pub fn check_permissions(dir: &DataDir) -> Result<(), ConfigError> {
 /// need nothing else: tokens, registry, bulletin listing, rebuild, verify).
 pub fn open_store(dir: &DataDir) -> Result<Arc<dyn Store>, ConfigError> {
     let config = load_config(dir)?;
-    open_backend(dir, &config)
+    open_backend(dir, &config, crate::store::SERVING_CACHE)
 }
 
-/// Opens the backend `config` names: sled under `<data>/db`, or the PostgreSQL database
-/// (refused when another hub's key claimed it).
-fn open_backend(dir: &DataDir, config: &HubConfig) -> Result<Arc<dyn Store>, ConfigError> {
+/// [`open_store`] for a command that reads the whole store once (`verify`, `bulletin
+/// verify`): sled's cache at [`crate::store::WALK_CACHE`], as what it reads is not read
+/// again.
+pub fn open_store_for_walk(dir: &DataDir) -> Result<Arc<dyn Store>, ConfigError> {
+    let config = load_config(dir)?;
+    open_backend(dir, &config, crate::store::WALK_CACHE)
+}
+
+/// Opens the backend `config` names: sled under `<data>/db` with a cache of
+/// `sled_cache` bytes, or the PostgreSQL database (refused when another hub's key
+/// claimed it).
+fn open_backend(
+    dir: &DataDir,
+    config: &HubConfig,
+    sled_cache: u64,
+) -> Result<Arc<dyn Store>, ConfigError> {
     match &config.store {
-        None => Ok(Arc::new(SledStore::open(&dir.db())?)),
+        None => Ok(Arc::new(SledStore::open_with_cache(&dir.db(), sled_cache)?)),
         Some(url) => {
             if !pg::is_url(url) {
                 return Err(ConfigError::StoreUrl {
@@ -603,7 +616,7 @@ pub fn open_hub_scaled(
     let config = load_config(dir)?;
     let campaign = load_campaign(dir)?;
     let key = keys::read_secret(&dir.key())?;
-    let store = open_backend(dir, &config)?;
+    let store = open_backend(dir, &config, crate::store::SERVING_CACHE)?;
     let hub = Hub::open(
         store,
         key,

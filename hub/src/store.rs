@@ -530,14 +530,30 @@ fn backend(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
     }
 }
 
+/// sled's cache for a serving hub (and every command but those below): the views and the
+/// frontier live in memory, so the cache only needs the hot part of the log and the node
+/// index.
+pub const SERVING_CACHE: u64 = 64 * 1024 * 1024;
+
+/// sled's cache for a command that reads the store once from end to end (`verify`,
+/// `bulletin verify`): what it reads is not read again, so a larger cache only holds
+/// memory. At 360,000 entries `verify` peaked at 272 MB with 64 MiB, 191 with 32, 158
+/// with 16, 151 with 4, for the same CPU (BENCHMARKS.md, session 12).
+pub const WALK_CACHE: u64 = 16 * 1024 * 1024;
+
+/// A scan lets go of sled's iterator and seeks again from its last key once it has read
+/// this many bytes since its last seek (see [`SledScan`]).
+const RESEEK_BYTES: usize = 1024;
+
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with sled's cache at [`SERVING_CACHE`].
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let config = sled::Config::new()
-            .path(dir)
-            // The views and the frontier live in memory; sled's cache only needs the hot
-            // part of the log and the node index.
-            .cache_capacity(64 * 1024 * 1024);
+        SledStore::open_with_cache(dir, SERVING_CACHE)
+    }
+
+    /// Opens (or creates) the store in `dir` with sled's cache at `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         let damaged = |why: String| StoreError::Backend {
             op: "open",
             message: format!(
@@ -608,24 +624,19 @@ impl Store for SledStore {
     }
 
     fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
-        Box::new(self.tree.scan_prefix(prefix).map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(backend("scan"))
-        }))
+        self.scan_from(prefix, prefix)
     }
 
     fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
         let start = if from > prefix { from } else { prefix };
-        let prefix = prefix.to_vec();
-        Box::new(
-            self.tree
-                .range(start..)
-                .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-                .map(|r| {
-                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                        .map_err(backend("scan"))
-                }),
-        )
+        Box::new(SledScan {
+            tree: &self.tree,
+            prefix: prefix.to_vec(),
+            after: Bound::Included(sled::IVec::from(start)),
+            iter: None,
+            since_seek: 0,
+            done: false,
+        })
     }
 
     fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
@@ -692,6 +703,69 @@ impl SledStore {
             }
         }
         self.tree.apply_batch(b).map_err(backend("apply"))
+    }
+}
+
+/// A forward scan of the sled tree that seeks again (a new iterator from its last key)
+/// every [`RESEEK_BYTES`] read, instead of walking one iterator to the end.
+///
+/// Why: sled 0.34 counts a page against its cache only when the page is looked up, and
+/// only in batches of 64 lookups per shard of 256 (`lru.rs`): one iterator looks up each
+/// leaf node once, so a long scan leaves up to 16,128 nodes read but not yet counted —
+/// resident beyond the cache, and more the larger the nodes. With the log packed (nodes of
+/// 8–17 packs, ~36 KB) `bulletin verify` held ~210 MB of sled nodes with a 64 MiB cache at 360,000
+/// entries (heaptrack, BENCHMARKS.md session 12). Each seek looks the node up again, so a
+/// node is counted about once per [`RESEEK_BYTES`] of it read and the cache holds to its
+/// size. Like sled's iterator, the scan is not a snapshot: a key written behind it is not
+/// seen, one written ahead of it is seen once the scan has sought again (the node it walks
+/// is a copy); none is read twice or out of order.
+struct SledScan<'a> {
+    tree: &'a sled::Tree,
+    prefix: Vec<u8>,
+    /// Where the next seek starts: the scan's start, then after the last key returned.
+    after: Bound<sled::IVec>,
+    /// The iterator since the last seek; `None` when the next item seeks again.
+    iter: Option<sled::Iter>,
+    /// Bytes of keys and values read since the last seek.
+    since_seek: usize,
+    /// Past the prefix, the end, or an error.
+    done: bool,
+}
+
+impl Iterator for SledScan<'_> {
+    type Item = Result<Kv, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.iter.is_none() {
+            self.iter = Some(self.tree.range((self.after.clone(), Bound::Unbounded)));
+        }
+        let (k, v) = match self.iter.as_mut()?.next() {
+            None => {
+                self.done = true;
+                return None;
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                return Some(Err(backend("scan")(e)));
+            }
+            Some(Ok(kv)) => kv,
+        };
+        if !k.starts_with(&self.prefix) {
+            self.done = true;
+            self.iter = None;
+            return None;
+        }
+        self.since_seek += k.len() + v.len();
+        if self.since_seek >= RESEEK_BYTES {
+            self.since_seek = 0;
+            self.iter = None;
+        }
+        let kv = (k.to_vec(), v.to_vec());
+        self.after = Bound::Excluded(k);
+        Some(Ok(kv))
     }
 }
 
@@ -905,6 +979,72 @@ pub(crate) mod tests {
         for s in [&sled as &dyn Store, &mem] {
             overlay_contract(s);
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// sled's scans (which seek again every [`RESEEK_BYTES`]) give what the in-memory
+        /// store's give, for values on both sides of that size, any prefix and start.
+        #[test]
+        fn sled_scans_read_as_the_model(
+            pairs in proptest::collection::btree_map(
+                (0u8..3, proptest::prelude::any::<u16>()),
+                0usize..2500,
+                0..300,
+            ),
+            scans in proptest::collection::vec((0u8..4, proptest::prelude::any::<u16>()), 1..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let sled = SledStore::open(dir.path()).unwrap();
+            let mem = MemStore::new();
+            let key = |p: u8, n: u16| [&[b'a' + p, b'/'][..], &n.to_be_bytes()].concat();
+            for s in [&sled as &dyn Store, &mem] {
+                let mut b = WriteBatch::new();
+                for ((p, n), len) in &pairs {
+                    b.put(key(*p, *n), vec![*p; *len]);
+                }
+                s.apply(b).unwrap();
+            }
+            for (p, from) in scans {
+                let prefix = [b'a' + p, b'/'];
+                let from = key(p, from);
+                let got: Vec<Kv> = sled.scan_from(&prefix, &from).map(Result::unwrap).collect();
+                let want: Vec<Kv> = mem.scan_from(&prefix, &from).map(Result::unwrap).collect();
+                proptest::prop_assert_eq!(got, want);
+                let got: Vec<Kv> = sled.scan(&prefix).map(Result::unwrap).collect();
+                let want: Vec<Kv> = mem.scan(&prefix).map(Result::unwrap).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    /// A scan that seeks again goes on after its last key: a key written ahead of it
+    /// during the scan is read (the scan seeks again every two values here), one written
+    /// behind it is not, none is read twice.
+    #[test]
+    fn a_sled_scan_goes_on_after_its_last_key_across_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::new();
+        for i in (0..40u64).step_by(2) {
+            b.put(keys::log(i), vec![0; RESEEK_BYTES / 2]);
+        }
+        s.apply(b).unwrap();
+        let mut scan = s.scan(keys::LOG);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(keys::tail_u64(&scan.next().unwrap().unwrap().0).unwrap());
+        }
+        let mut b = WriteBatch::new();
+        b.put(keys::log(1), vec![1]);
+        b.put(keys::log(33), vec![1]);
+        s.apply(b).unwrap();
+        got.extend(scan.map(|r| keys::tail_u64(&r.unwrap().0).unwrap()));
+        let mut want: Vec<u64> = (0..40).step_by(2).collect();
+        want.push(33);
+        want.sort();
+        assert_eq!(got, want);
     }
 
     /// A store whose last handle is being dropped (sled lets go of its file lock a moment
