@@ -11,6 +11,7 @@
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
 //! | `idem` | `k/` + idempotency key | when it was first seen, what it was bound to, the answer given (JSON, see `intake`) |
 //! | `idem` | `t/` + first seen (ms, u64 BE) + key | empty: the expiry index [`Store::prune_idem`] walks |
+//! | `idle_sweep` | i (u32 BE), 0..4096 | empty: what [`Store::settle_memory`] reads; made on first use, not backed up |
 //!
 //! Architecture invariant: the chain only grows through [`Store::append_all`] (one batch:
 //! [`Store::append`]), one sled transaction over `entries`, `meta`, `quota` and `idem`; so
@@ -57,6 +58,18 @@
 //! transactions cannot read ranges, so what a recording writes is worked out before its
 //! transaction, under a lock only receipt writers take ([`Store::record_receipts`]).
 //!
+//! Memory at rest: after a burst of writes (a large intake) or reads (delivery), sled
+//! 0.34 keeps more than its cache: its page cache is 256 shards that evict only once 64
+//! accesses are queued in a shard (and keep at least the last page each), replaced page
+//! versions wait in crossbeam-epoch's collector until threads pin often enough, and glibc
+//! keeps the freed holes resident. An agent at rest does none of that, so [`idle`]
+//! calls [`Store::settle_memory`] once the store has been quiet a while: it reads a small
+//! tree of its own (`idle_sweep`, 4096 empty values, not backed up) so every shard
+//! evicts down to its share, collects the garbage and trims the allocator (measured in
+//! BENCHMARKS.md, session 12).
+//!
+//! [`idle`]: crate::idle
+//!
 //! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
 //! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
 //! with 100k buffered entries small. `Mode::LowSpace` because the workload is append at the
@@ -77,6 +90,28 @@ use spacesync_shared::wire::{BatchReceipt, Notice, Receipt};
 
 /// sled page cache size.
 pub const CACHE_BYTES: u64 = 8 << 20;
+
+/// A tree of [`SWEEP_KEYS`] empty values that [`Store::settle_memory`] reads: small leaves
+/// spread over all of sled's 256 cache shards. Not copied by [`Store::backup`].
+const SWEEP_TREE: &str = "idle_sweep";
+/// Keys of [`SWEEP_TREE`]: ~480 leaves of ~8 keys (sled splits a leaf past 16).
+const SWEEP_KEYS: u32 = 4096;
+/// Reads of the whole [`SWEEP_TREE`] per [`Store::settle_memory`]: each shard needs 64
+/// accesses queued before it evicts.
+const SWEEP_PASSES: usize = 64;
+/// Collection rounds per [`Store::settle_memory`] (each frees up to 8 bags of 64 items).
+const RELEASE_ROUNDS: usize = 4096;
+
+/// Returns the allocator's free pages to the system (glibc keeps them otherwise: freed
+/// node versions leave holes in its heaps that count as resident).
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps under its locks; no Rust
+    // invariant is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 const HEAD_SEQ: &[u8] = b"head_seq";
 const HEAD_HASH: &[u8] = b"head_hash";
@@ -935,6 +970,9 @@ impl Store {
         let copy = Store::open(out)?;
         let mut keys = 0u64;
         for name in self.db.tree_names() {
+            if name == SWEEP_TREE.as_bytes() {
+                continue;
+            }
             let from = self.db.open_tree(&name)?;
             let to = copy.db.open_tree(&name)?;
             let mut batch = sled::Batch::default();
@@ -1099,6 +1137,37 @@ impl Store {
         let (head, _) = self.head()?;
         self.db.flush_async().await?;
         self.durable.fetch_max(head, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Gives back memory sled kept after a burst of writes or reads, for an agent that
+    /// has gone quiet (see "Memory at rest" in the module doc): reads the small
+    /// [`SWEEP_TREE`] [`SWEEP_PASSES`] times (made on first use), so each of sled's cache
+    /// shards processes its pending accesses and pages out what it holds beyond its share
+    /// of [`CACHE_BYTES`]; frees the node versions sled handed to crossbeam-epoch's
+    /// collector; and asks the allocator to return the free pages. Reads only; the sweep
+    /// tree's keys are written once.
+    pub fn settle_memory(&self) -> Result<(), StoreError> {
+        let sweep = self.db.open_tree(SWEEP_TREE)?;
+        if sweep.len() < SWEEP_KEYS as usize {
+            let _changing = self.changing();
+            for i in 0..SWEEP_KEYS {
+                sweep.insert(i.to_be_bytes(), &[])?;
+            }
+        }
+        for _ in 0..SWEEP_PASSES {
+            for kv in sweep.iter() {
+                kv?;
+            }
+        }
+        // sled replaces a page's in-memory version on every write and page-out and hands
+        // the old one to the global collector, which frees 8 bags of such garbage per 128
+        // pins of a thread: a backlog is left after a burst, and nothing pins at rest.
+        // Each round pins, moves this thread's garbage on and collects up to 8 bags.
+        for _ in 0..RELEASE_ROUNDS {
+            crossbeam_epoch::pin().flush();
+        }
+        trim_allocator();
         Ok(())
     }
 
@@ -2222,6 +2291,35 @@ mod tests {
         let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
         assert_eq!(s.prune(cutoff, 100).ok(), Some(9));
         assert_eq!(ok(s.pruned()).0, 9);
+    }
+
+    #[test]
+    fn giving_memory_back_changes_nothing_a_reader_or_a_backup_sees() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = ok(Store::open(&dir.path().join("db")));
+        append_n(&s, 40);
+        let seqs: Vec<u64> = (1..=30).collect();
+        ok(s.record_batch_receipt(&batch_receipt_for(&seqs, 1), &seqs));
+        let entries: Vec<(u64, Vec<u8>)> = s.raw_entries().map(ok).collect();
+        let receipts = stored_receipts(&s, 0);
+        let before = ok(s.backup(&dir.path().join("before")));
+        ok(s.settle_memory());
+        ok(s.settle_memory());
+        assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), entries);
+        assert_eq!(stored_receipts(&s, 0), receipts);
+        assert_eq!((ok(s.head()).0, ok(s.acked())), (40, 30));
+        // The sweep tree is the settling's own: a backup does not carry it.
+        let after = ok(s.backup(&dir.path().join("after")));
+        assert_eq!(after, before);
+        let copy = ok(Store::open(&dir.path().join("after")));
+        assert!(
+            !copy
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n == SWEEP_TREE.as_bytes())
+        );
+        assert!(s.db.tree_names().iter().any(|n| n == SWEEP_TREE.as_bytes()));
     }
 
     #[test]
