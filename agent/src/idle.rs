@@ -14,7 +14,7 @@ use crate::store::Store;
 pub const QUIET: Duration = Duration::from_secs(5);
 
 /// Least time between two settlings, so a trickle of batches a few seconds apart does not
-/// pay for one after each (a settling costs ~0.1–0.3 s of one core).
+/// pay for one after each (one after a 1 M-entry intake cost 0.07 s of CPU).
 pub const MIN_GAP: Duration = Duration::from_secs(60);
 
 /// What moves when the store changes: head, delivered seq, pruned seq.
