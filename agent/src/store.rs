@@ -64,10 +64,9 @@
 //! versions wait in crossbeam-epoch's collector until threads pin often enough, and glibc
 //! keeps the freed holes resident. An agent at rest does none of that, so [`idle`]
 //! calls [`Store::settle_memory`] once the store has been quiet a while (or memory grew
-//! while no seq moved): it reads a small
-//! tree of its own (`idle_sweep`, 4096 empty values, not backed up) so every shard
-//! evicts down to its share, collects the garbage and trims the allocator (measured in
-//! BENCHMARKS.md, session 12).
+//! while no seq moved): it reads a small tree of its own (`idle_sweep`, 4096 empty
+//! values, not backed up) so every shard evicts down to its share, collects the garbage
+//! and trims the allocator (measured in BENCHMARKS.md, session 12).
 //!
 //! [`idle`]: crate::idle
 //!
