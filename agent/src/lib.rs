@@ -25,6 +25,7 @@
 //! - [`notices`]: forwards stored notices to the optional local webhook.
 //! - [`status`]: the status report, its human form and the Prometheus metrics.
 //! - [`verify`]: the offline fsck of the local store.
+//! - [`idle`]: gives memory back once the store has been quiet a while.
 //! - [`server`]: wires the tasks together behind `run(listener, shutdown)`.
 //! - [`backup`]: `backup` / `restore` of the data directory, while running (asked on
 //!   `control.sock`) or stopped.
@@ -53,6 +54,7 @@ pub mod enrol;
 pub mod evidence;
 pub mod http;
 pub mod hub_key;
+pub mod idle;
 pub mod intake;
 pub mod notices;
 pub mod push;

@@ -1,5 +1,5 @@
-//! `spacesync-agent run`: the intake API, the writer, the pusher, the spool watcher and the
-//! webhook forwarder in one process, behind [`run`]`(listener, agent, shutdown)`.
+//! `spacesync-agent run`: the intake API, the writer, the pusher, the spool watcher, the
+//! webhook forwarder and the idle memory settler in one process, behind [`run`]`(listener, agent, shutdown)`.
 //! Production passes a listener on `listen` and ctrl-c/SIGTERM; tests pass a port-0
 //! listener and their own future.
 //!
@@ -213,6 +213,10 @@ pub async fn run(
     };
     let asks = pusher.asks();
     let pusher_task = tokio::spawn(pusher.run(stop_rx.clone()));
+    let idle_task = tokio::spawn(crate::idle::settle_when_quiet(
+        agent.store.clone(),
+        stop_rx.clone(),
+    ));
     let spool_task = tokio::spawn(spool::watch(
         agent.data.clone(),
         intake.clone(),
@@ -267,7 +271,11 @@ pub async fn run(
         let _ = std::fs::remove_file(agent.data.root.join(crate::backup::CONTROL_SOCKET));
     }
     let _ = stop_tx.send(true);
-    for (name, task) in [("spool", spool_task), ("pusher", pusher_task)] {
+    for (name, task) in [
+        ("spool", spool_task),
+        ("pusher", pusher_task),
+        ("idle", idle_task),
+    ] {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "Task ended abnormally.");
         }

@@ -3,14 +3,15 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `entries` | last seq of the pack (u64 BE) | a pack of consecutive entries' DSSE envelopes (JSON), see below; or, written before packs, one entry's envelope keyed by its own seq |
-//! | `receipts` | seq (u64 BE) | the entry's receipt: the hub's receipt envelope (JSON), or `0x01` ‖ the id (u64 BE) of the batch receipt that covers it ([`StoredReceipt`]); kept forever |
-//! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the seqs pointing at it are |
+//! | `receipts` | last seq of the run (u64 BE) | a run of consecutive seqs one batch receipt covers: `0x02` ‖ the run's first seq (u64 BE) ‖ the id (u64 BE) of the batch receipt; or, keyed by its own seq, one entry's receipt: the hub's receipt envelope (JSON), or (written before runs) `0x01` ‖ the batch receipt's id ([`StoredReceipt`]); kept forever |
+//! | `batch_receipts` | id (u64 BE) | a hub batch receipt envelope (JSON), stored once for every seq it covers; kept forever, as the runs pointing at it are |
 //! | `meta` | name | chain head, delivered seq, buffered bytes, pruned prefix, hub key, cursors, the log audit's state (`audit`: the last verified checkpoint, the seq audited through, the alarm), `catch_up` (a backup copy: see [`Store::catching_up`]) |
 //! | `audit_evidence` | number (u64 BE) | what a failed log audit saw: both checkpoint notes and the proof (JSON, see `push::audit`); kept forever |
 //! | `quota` | seq (u64 BE) | recommendation records held and not withdrawn (record JSON) |
 //! | `notices` | notice id (u64 BE) | the notice (JSON) |
 //! | `idem` | `k/` + idempotency key | when it was first seen, what it was bound to, the answer given (JSON, see `intake`) |
 //! | `idem` | `t/` + first seen (ms, u64 BE) + key | empty: the expiry index [`Store::prune_idem`] walks |
+//! | `idle_sweep` | i (u32 BE), 0..4096 | empty: what [`Store::settle_memory`] reads; made on first use, not backed up |
 //!
 //! Architecture invariant: the chain only grows through [`Store::append_all`] (one batch:
 //! [`Store::append`]), one sled transaction over `entries`, `meta`, `quota` and `idem`; so
@@ -46,6 +47,29 @@
 //! pack trimmed instead would cost a write of up to a pack at each prune for no reader's
 //! benefit.
 //!
+//! Receipts are stored as runs for the same reason as entries are packed: a batch receipt
+//! covers a few hundred consecutive seqs, and one value per seq (9 bytes each, kept
+//! forever) made sled hold memory for ~60 leaf nodes per 1000 delivered entries. A run is
+//! keyed by its last seq like a pack, so the value covering seq `s` is the first at or
+//! after `s` when it starts at or below `s`. Values written before runs (one per seq) read
+//! as they are, and new receipts add runs beside them. A seq some stored value already
+//! covers is not stored again (the first verified receipt stays; the hub holds an entry
+//! once, so a later receipt says the same), so no two values cover one seq. sled
+//! transactions cannot read ranges, so what a recording writes is worked out before its
+//! transaction, under a lock only receipt writers take ([`Store::record_receipts`]).
+//!
+//! Memory at rest: after a burst of writes (a large intake) or reads (delivery), sled
+//! 0.34 keeps more than its cache: its page cache is 256 shards that evict only once 64
+//! accesses are queued in a shard (and keep at least the last page each), replaced page
+//! versions wait in crossbeam-epoch's collector until threads pin often enough, and glibc
+//! keeps the freed holes resident. An agent at rest does none of that, so [`idle`]
+//! calls [`Store::settle_memory`] once the store has been quiet a while (or memory grew
+//! while no seq moved): it reads a small tree of its own (`idle_sweep`, 4096 empty
+//! values, not backed up) so every shard evicts down to its share, collects the garbage
+//! and trims the allocator (measured in BENCHMARKS.md, session 12).
+//!
+//! [`idle`]: crate::idle
+//!
 //! Why these sled settings: sled's default page cache is 1 GiB, far more than an agent that
 //! appends a few thousand small entries a day needs; [`CACHE_BYTES`] keeps an idle agent
 //! with 100k buffered entries small. `Mode::LowSpace` because the workload is append at the
@@ -66,6 +90,28 @@ use spacesync_shared::wire::{BatchReceipt, Notice, Receipt};
 
 /// sled page cache size.
 pub const CACHE_BYTES: u64 = 8 << 20;
+
+/// A tree of [`SWEEP_KEYS`] empty values that [`Store::settle_memory`] reads: small leaves
+/// spread over all of sled's 256 cache shards. Not copied by [`Store::backup`].
+const SWEEP_TREE: &str = "idle_sweep";
+/// Keys of [`SWEEP_TREE`]: ~480 leaves of ~8 keys (sled splits a leaf past 16).
+const SWEEP_KEYS: u32 = 4096;
+/// Reads of the whole [`SWEEP_TREE`] per [`Store::settle_memory`]: each shard needs 64
+/// accesses queued before it evicts.
+const SWEEP_PASSES: usize = 64;
+/// Collection rounds per [`Store::settle_memory`] (each frees up to 8 bags of 64 items).
+const RELEASE_ROUNDS: usize = 4096;
+
+/// Returns the allocator's free pages to the system (glibc keeps them otherwise: freed
+/// node versions leave holes in its heaps that count as resident).
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps under its locks; no Rust
+    // invariant is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 const HEAD_SEQ: &[u8] = b"head_seq";
 const HEAD_HASH: &[u8] = b"head_hash";
@@ -90,6 +136,9 @@ const CATCH_UP: &[u8] = b"catch_up";
 /// JSON starts with `{`).
 const IN_BATCH: u8 = 1;
 
+/// First byte of a `receipts` value that covers a run of seqs with one batch receipt.
+const RUN: u8 = 2;
+
 /// What the `receipts` tree holds for one seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredReceipt {
@@ -112,11 +161,94 @@ impl StoredReceipt {
         }
     }
 
-    fn in_batch(id: u64) -> [u8; 9] {
-        let mut v = [IN_BATCH; 9];
-        v[1..].copy_from_slice(&id.to_be_bytes());
+    /// The value of a run from `first` (its key is the run's last seq) covered by the
+    /// batch receipt `id`.
+    fn run(first: u64, id: u64) -> [u8; 17] {
+        let mut v = [RUN; 17];
+        v[1..9].copy_from_slice(&first.to_be_bytes());
+        v[9..].copy_from_slice(&id.to_be_bytes());
         v
     }
+}
+
+/// One value of the `receipts` tree: the seqs it covers (first, last) and what it holds
+/// for each. A value that is not a well-formed run covers its own key's seq (a damaged
+/// value reads as an own receipt that does not parse, which `verify` names).
+fn decode_receipt_row(k: &[u8], v: &[u8]) -> Result<(u64, u64, StoredReceipt), StoreError> {
+    let last: [u8; 8] = k
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a receipt's key is not 8 bytes".into()))?;
+    let last = u64::from_be_bytes(last);
+    if let Some((&RUN, rest)) = v.split_first()
+        && rest.len() == 16
+    {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&rest[..8]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&rest[8..]);
+        let first = u64::from_be_bytes(first);
+        if first <= last {
+            return Ok((first, last, StoredReceipt::InBatch(u64::from_be_bytes(id))));
+        }
+    }
+    Ok((last, last, StoredReceipt::decode(v)))
+}
+
+/// Stored receipts one seq at a time, runs expanded ([`Store::raw_receipts_from`]).
+struct ReceiptIter {
+    values: sled::Iter,
+    /// The value being handed out: (last seq, its receipt).
+    run: Option<(u64, StoredReceipt)>,
+    /// The next seq to hand out; seqs below it are skipped (before the range asked for,
+    /// or covered twice by a damaged store).
+    next: u64,
+}
+
+impl Iterator for ReceiptIter {
+    type Item = Result<(u64, StoredReceipt), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((last, r)) = &self.run {
+                if self.next <= *last {
+                    let seq = self.next;
+                    let r = r.clone();
+                    self.next = seq.saturating_add(1);
+                    if seq == u64::MAX {
+                        self.run = None;
+                    }
+                    return Some(Ok((seq, r)));
+                }
+                self.run = None;
+            }
+            let (k, v) = match self.values.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            match decode_receipt_row(&k, &v) {
+                Ok((first, last, r)) => {
+                    self.next = self.next.max(first);
+                    self.run = Some((last, r));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// What one recording of receipts writes, worked out before its transaction (which cannot
+/// read ranges) while the receipt writers' lock is held.
+struct ReceiptPlan<'a> {
+    /// Own receipts for seqs no stored value covers: (seq, envelope JSON).
+    own: Vec<(u64, &'a [u8])>,
+    /// The batch receipt envelope, stored when `runs` is not empty.
+    batch: Option<&'a [u8]>,
+    /// Runs (first, last) of the seqs the batch receipt covers that nothing stored covers.
+    runs: Vec<(u64, u64)>,
+    /// The delivered seq the plan was made from.
+    acked: u64,
+    /// Once the plan is written every seq from `acked + 1` through this has a receipt.
+    covered_through: u64,
 }
 
 /// A store problem; each says what to do.
@@ -304,6 +436,10 @@ pub struct Store {
     /// Every change takes it shared; [`Store::backup`] takes it alone, so a backup copies
     /// the trees as of one instant (sled has no snapshots across trees).
     gate: Arc<std::sync::RwLock<()>>,
+    /// Held by whoever stores receipts from planning to commit: a recording reads the
+    /// `receipts` tree outside its transaction ([`ReceiptPlan`]), so no other may change
+    /// it meanwhile.
+    receipting: Arc<std::sync::Mutex<()>>,
 }
 
 /// Big-endian key of a seq, so sled's order is seq order.
@@ -613,36 +749,38 @@ pub struct Adopt {
     pub key_history: Option<Vec<(u64, String)>>,
 }
 
-/// Stores receipts within a transaction and advances the delivered seq over every
-/// contiguous receipted seq (see [`Store::record_receipts`]); returns it.
+/// Writes a [`ReceiptPlan`] within a transaction and advances the delivered seq over
+/// every contiguous receipted seq (see [`Store::record_receipts`]); returns it.
 fn note_receipts(
     rtree: &sled::transaction::TransactionalTree,
     btree: &sled::transaction::TransactionalTree,
     meta: &sled::transaction::TransactionalTree,
     entries: &sled::transaction::TransactionalTree,
-    receipts: &[(u64, Vec<u8>)],
-    batch: Option<(&[u8], &[u64])>,
+    plan: &ReceiptPlan<'_>,
 ) -> Result<u64, ConflictableTransactionError<StoreError>> {
-    for (seq, r) in receipts {
-        rtree.insert(&seq_key(*seq), r.as_slice())?;
+    for (seq, r) in &plan.own {
+        rtree.insert(&seq_key(*seq), *r)?;
     }
-    if let Some((env, seqs)) = batch
-        && !seqs.is_empty()
+    if let Some(env) = plan.batch
+        && !plan.runs.is_empty()
     {
         let id = read_u64(meta.get(BATCH_RECEIPT_ID)?).map_err(abort)? + 1;
         meta.insert(BATCH_RECEIPT_ID, &id.to_be_bytes())?;
         btree.insert(&seq_key(id), env)?;
-        let pointer = StoredReceipt::in_batch(id);
-        for seq in seqs {
-            rtree.insert(&seq_key(*seq), &pointer[..])?;
+        for &(first, last) in &plan.runs {
+            rtree.insert(&seq_key(last), &StoredReceipt::run(first, id)[..])?;
         }
     }
     let old = read_u64(meta.get(ACKED_SEQ)?).map_err(abort)?;
-    let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
-    let mut acked = old;
-    while acked < head && rtree.get(seq_key(acked + 1))?.is_some() {
-        acked += 1;
+    if old != plan.acked {
+        // Only receipt writers move it, and they hold the lock the plan was made under.
+        return Err(abort(StoreError::Failed(format!(
+            "the delivered seq moved from {} to {old} while receipts were being stored",
+            plan.acked
+        ))));
     }
+    let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+    let acked = plan.covered_through.min(head).max(old);
     if acked != old {
         let freed = entry_bytes_tx(entries, old + 1, acked)?;
         meta.insert(ACKED_SEQ, &acked.to_be_bytes())?;
@@ -714,6 +852,7 @@ impl Store {
             audit_evidence: tree("audit_evidence")?,
             durable: Arc::default(),
             gate: Arc::default(),
+            receipting: Arc::default(),
             db,
         };
         // What sled recovered at open is on disk: `remove_unfinished_snapshots` synced
@@ -831,6 +970,9 @@ impl Store {
         let copy = Store::open(out)?;
         let mut keys = 0u64;
         for name in self.db.tree_names() {
+            if name == SWEEP_TREE.as_bytes() {
+                continue;
+            }
             let from = self.db.open_tree(&name)?;
             let to = copy.db.open_tree(&name)?;
             let mut batch = sled::Batch::default();
@@ -995,6 +1137,37 @@ impl Store {
         let (head, _) = self.head()?;
         self.db.flush_async().await?;
         self.durable.fetch_max(head, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Gives back memory sled kept after a burst of writes or reads, for an agent that
+    /// has gone quiet (see "Memory at rest" in the module doc): reads the small
+    /// [`SWEEP_TREE`] [`SWEEP_PASSES`] times (made on first use), so each of sled's cache
+    /// shards processes its pending accesses and pages out what it holds beyond its share
+    /// of [`CACHE_BYTES`]; frees the node versions sled handed to crossbeam-epoch's
+    /// collector; and asks the allocator to return the free pages. Reads only; the sweep
+    /// tree's keys are written once.
+    pub fn settle_memory(&self) -> Result<(), StoreError> {
+        let sweep = self.db.open_tree(SWEEP_TREE)?;
+        if sweep.len() < SWEEP_KEYS as usize {
+            let _changing = self.changing();
+            for i in 0..SWEEP_KEYS {
+                sweep.insert(i.to_be_bytes(), &[])?;
+            }
+        }
+        for _ in 0..SWEEP_PASSES {
+            for kv in sweep.iter() {
+                kv?;
+            }
+        }
+        // sled replaces a page's in-memory version on every write and page-out and hands
+        // the old one to the global collector, which frees 8 bags of such garbage per 128
+        // pins of a thread: a backlog is left after a burst, and nothing pins at rest.
+        // Each round pins, moves this thread's garbage on and collects up to 8 bags.
+        for _ in 0..RELEASE_ROUNDS {
+            crossbeam_epoch::pin().flush();
+        }
+        trim_allocator();
         Ok(())
     }
 
@@ -1189,10 +1362,32 @@ impl Store {
     pub fn raw_receipts(
         &self,
     ) -> impl Iterator<Item = Result<(u64, StoredReceipt), StoreError>> + '_ {
-        self.receipts.iter().map(|kv| {
-            let (k, v) = kv?;
-            Ok((read_u64(Some(k))?, StoredReceipt::decode(&v)))
-        })
+        self.raw_receipts_from(0)
+    }
+
+    /// Number of values in the `receipts` tree (runs, and receipts stored one per seq):
+    /// what sled holds memory for.
+    pub fn receipt_values(&self) -> usize {
+        self.receipts.len()
+    }
+
+    /// The first stored value covering `seq` or a later seq: (first, last, receipt).
+    fn receipt_row_from(&self, seq: u64) -> Result<Option<(u64, u64, StoredReceipt)>, StoreError> {
+        match self.receipts.range(seq_key(seq)..).next() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                decode_receipt_row(&k, &v).map(Some)
+            }
+        }
+    }
+
+    /// What is stored for `seq`: its own receipt or the id of the batch receipt covering it.
+    fn stored_receipt(&self, seq: u64) -> Result<Option<StoredReceipt>, StoreError> {
+        Ok(self
+            .receipt_row_from(seq)?
+            .filter(|(first, _, _)| *first <= seq)
+            .map(|(_, _, r)| r))
     }
 
     /// The batch receipt envelope (JSON) stored under `id`.
@@ -1208,13 +1403,13 @@ impl Store {
     /// The receipt stored for `seq`, read and not verified (it was verified when stored;
     /// `verify` checks it again): the entry's own, or its part of the batch receipt.
     pub fn receipt(&self, seq: u64) -> Result<Option<Receipt>, StoreError> {
-        let Some(v) = self.receipts.get(seq_key(seq))? else {
+        let Some(stored) = self.stored_receipt(seq)? else {
             return Ok(None);
         };
         let unreadable = |e: String| {
             StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
         };
-        let env = match StoredReceipt::decode(&v) {
+        let env = match stored {
             StoredReceipt::Own(v) => v,
             StoredReceipt::InBatch(id) => self.batch_receipt(id)?.ok_or_else(|| {
                 unreadable(format!("the batch receipt {id} it points at is missing"))
@@ -1238,10 +1433,11 @@ impl Store {
         &self,
         seq: u64,
     ) -> impl Iterator<Item = Result<(u64, StoredReceipt), StoreError>> + '_ {
-        self.receipts.range(seq_key(seq)..).map(|kv| {
-            let (k, v) = kv?;
-            Ok((read_u64(Some(k))?, StoredReceipt::decode(&v)))
-        })
+        ReceiptIter {
+            values: self.receipts.range(seq_key(seq)..),
+            run: None,
+            next: seq,
+        }
     }
 
     /// The log audit's state (JSON, see `push::audit`), if an audit ever stored one.
@@ -1295,7 +1491,7 @@ impl Store {
 
     /// Whether a receipt for `seq` is held.
     pub fn has_receipt(&self, seq: u64) -> Result<bool, StoreError> {
-        Ok(self.receipts.contains_key(seq_key(seq))?)
+        Ok(self.stored_receipt(seq)?.is_some())
     }
 
     /// Stores verified receipts (seq, envelope JSON) and advances the delivered seq over
@@ -1311,12 +1507,92 @@ impl Store {
         self.record(&[], Some((envelope, seqs)))
     }
 
+    /// Works out what storing `own` receipts and a batch receipt covering `batch`'s seqs
+    /// writes: the seqs nothing stored covers, the batch's cut into runs of consecutive
+    /// seqs, and how far the delivered seq then goes. The caller holds `receipting`.
+    fn plan_receipts<'a>(
+        &self,
+        own: &'a [(u64, Vec<u8>)],
+        batch: Option<(&'a [u8], &[u64])>,
+    ) -> Result<ReceiptPlan<'a>, StoreError> {
+        let acked = self.acked()?;
+        let mut own: Vec<(u64, &[u8])> = own.iter().map(|(s, r)| (*s, r.as_slice())).collect();
+        own.sort_by_key(|(s, _)| *s);
+        own.dedup_by_key(|(s, _)| *s);
+        let keep = self.uncovered(own.iter().map(|(s, _)| *s))?;
+        own.retain(|(s, _)| keep.binary_search(s).is_ok());
+        let mut seqs: Vec<u64> = batch.map(|(_, s)| s.to_vec()).unwrap_or_default();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.retain(|s| own.binary_search_by_key(s, |(o, _)| *o).is_err());
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for s in self.uncovered(seqs.into_iter())? {
+            match runs.last_mut() {
+                Some((_, last)) if last.checked_add(1) == Some(s) => *last = s,
+                _ => runs.push((s, s)),
+            }
+        }
+        // How far receipts, stored and new, reach without a gap from the delivered seq.
+        let new: std::collections::BTreeMap<u64, u64> = own
+            .iter()
+            .map(|(s, _)| (*s, *s))
+            .chain(runs.iter().copied())
+            .collect();
+        let mut next = acked.saturating_add(1);
+        loop {
+            let reach = match new.range(..=next).next_back() {
+                Some((_, &last)) if last >= next => Some(last),
+                _ => self
+                    .receipt_row_from(next)?
+                    .filter(|(first, _, _)| *first <= next)
+                    .map(|(_, last, _)| last),
+            };
+            match reach.and_then(|last| last.checked_add(1)) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(ReceiptPlan {
+            own,
+            batch: batch.map(|(env, _)| env),
+            runs,
+            acked,
+            covered_through: next - 1,
+        })
+    }
+
+    /// The seqs of `sorted` (ascending) that no stored value covers. One range read per
+    /// stored value met, not per seq.
+    fn uncovered(&self, sorted: impl Iterator<Item = u64>) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        // The first stored value ending at or after the seq looked at last, once looked up
+        // (`Some(None)`: nothing is stored at or after it).
+        let mut ahead: Option<Option<(u64, u64)>> = None;
+        for s in sorted {
+            let stale = match ahead {
+                None => true,
+                Some(Some((_, last))) => last < s,
+                Some(None) => false,
+            };
+            if stale {
+                ahead = Some(self.receipt_row_from(s)?.map(|(f, l, _)| (f, l)));
+            }
+            match ahead {
+                Some(Some((first, last))) if first <= s && s <= last => {}
+                _ => out.push(s),
+            }
+        }
+        Ok(out)
+    }
+
     fn record(
         &self,
         receipts: &[(u64, Vec<u8>)],
         batch: Option<(&[u8], &[u64])>,
     ) -> Result<u64, StoreError> {
         let _changing = self.changing();
+        let _receipting = self.receipting.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = self.plan_receipts(receipts, batch)?;
         let acked = (
             &self.receipts,
             &self.batch_receipts,
@@ -1324,7 +1600,7 @@ impl Store {
             &self.entries,
         )
             .transaction(|(rtree, btree, meta, entries)| {
-                note_receipts(rtree, btree, meta, entries, receipts, batch)
+                note_receipts(rtree, btree, meta, entries, &plan)
             })?;
         Ok(acked)
     }
@@ -1366,6 +1642,8 @@ impl Store {
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
         let packed = encode_packs(a.first, a.envelopes.iter().map(Vec::as_slice));
+        let _receipting = self.receipting.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = self.plan_receipts(&[], Some((a.receipt.as_slice(), a.receipted.as_slice())))?;
         let acked = (
             &self.entries,
             &self.meta,
@@ -1399,14 +1677,7 @@ impl Store {
                         meta.insert(KEY_HISTORY, h.as_slice())?;
                     }
                 }
-                note_receipts(
-                    rtree,
-                    btree,
-                    meta,
-                    entries,
-                    &[],
-                    Some((a.receipt.as_slice(), a.receipted.as_slice())),
-                )
+                note_receipts(rtree, btree, meta, entries, &plan)
             })?;
         self.flush()?;
         Ok(acked)
@@ -1418,13 +1689,13 @@ impl Store {
     fn receipted_at(
         &self,
         seq: u64,
-        stored: &[u8],
+        stored: StoredReceipt,
         batch: &mut Option<(u64, BatchReceipt)>,
     ) -> Result<DateTime<Utc>, StoreError> {
         let unreadable = |e: String| {
             StoreError::Corrupt(format!("seq {seq}: stored receipt is unreadable: {e}"))
         };
-        match StoredReceipt::decode(stored) {
+        match stored {
             StoredReceipt::Own(v) => {
                 let renv = parse_envelope(seq, &v)?;
                 let receipt: Receipt =
@@ -1465,11 +1736,11 @@ impl Store {
             if pruned >= max {
                 break;
             }
-            let Some(r) = self.receipts.get(seq_key(seq))? else {
+            let Some(r) = self.stored_receipt(seq)? else {
                 break;
             };
             // Receipts, batch receipts included, stay: only the entry goes.
-            if self.receipted_at(seq, &r, &mut batch)? >= cutoff {
+            if self.receipted_at(seq, r, &mut batch)? >= cutoff {
                 break;
             }
             pruned += 1;
@@ -1694,7 +1965,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes raw bytes as the stored receipt of `seq`: damage for tests of delivery.
+    /// Writes raw bytes as the `receipts` value keyed `seq` (what stores before runs held
+    /// for one seq): damage for tests of delivery, and old layouts for tests of reading.
     #[cfg(test)]
     pub(crate) fn debug_put_raw_receipt(&self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
         self.receipts.insert(seq_key(seq), value)?;
@@ -1914,8 +2186,190 @@ mod tests {
         serde_json::to_vec(&r.sign(&key)).unwrap_or_default()
     }
 
+    /// A hub batch receipt envelope (JSON) for `seqs`, received `secs` after the epoch.
+    fn batch_receipt_for(seqs: &[u64], secs: i64) -> Vec<u8> {
+        use spacesync_shared::wire::ReceiptItem;
+        let mut seqs = seqs.to_vec();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let b = BatchReceipt {
+            source: SourceId::parse("gd-rrt").unwrap_or_else(|e| panic!("{e}")),
+            entries: seqs
+                .iter()
+                .map(|&seq| ReceiptItem {
+                    seq,
+                    entry_hash: Digest::ZERO,
+                    log_index: seq,
+                    received_at: DateTime::UNIX_EPOCH + chrono::Duration::seconds(secs),
+                })
+                .collect(),
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        serde_json::to_vec(&b.sign(&key)).unwrap_or_default()
+    }
+
+    /// What stores before runs held for a seq a batch receipt covers.
+    fn old_pointer(id: u64) -> Vec<u8> {
+        let mut v = vec![IN_BATCH];
+        v.extend_from_slice(&id.to_be_bytes());
+        v
+    }
+
     fn ok<T>(r: Result<T, StoreError>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Seqs and what is stored for each, as every reader sees them.
+    fn stored_receipts(s: &Store, from: u64) -> Vec<(u64, StoredReceipt)> {
+        s.raw_receipts_from(from).map(ok).collect()
+    }
+
+    fn append_n(s: &Store, n: u64) {
+        let (head, _) = ok(s.head());
+        ok(s.append(&Append {
+            first: head + 1,
+            envelopes: (head + 1..=head + n).map(|t| envelope(t, 50)).collect(),
+            head_hash: Digest([n as u8; 32]),
+            ..Append::default()
+        }));
+    }
+
+    #[test]
+    fn a_batch_receipt_is_stored_as_one_value_per_run_of_seqs_and_read_per_seq() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let mut s = ok(Store::open(&path));
+        append_n(&s, 10);
+        // Seq 5 is not covered (its entry did not match): two runs, one batch receipt.
+        let first: Vec<u64> = (1..=10).filter(|&q| q != 5).collect();
+        assert_eq!(
+            s.record_batch_receipt(&batch_receipt_for(&first, 1), &first)
+                .ok(),
+            Some(4)
+        );
+        assert_eq!(s.receipt_values(), 2);
+        assert_eq!(s.batch_receipt_count(), 1);
+        assert!(!ok(s.has_receipt(5)));
+        assert_eq!(ok(s.receipt(5)), None);
+        for q in first.iter().copied() {
+            assert!(ok(s.has_receipt(q)), "seq {q}");
+            assert_eq!(ok(s.receipt(q)).map(|r| r.seq), Some(q));
+        }
+        assert!(!ok(s.has_receipt(11)));
+        // A later batch receipt over 3–8 adds only seq 5; the delivered seq passes it.
+        let second: Vec<u64> = (3..=8).collect();
+        assert_eq!(
+            s.record_batch_receipt(&batch_receipt_for(&second, 2), &second)
+                .ok(),
+            Some(10)
+        );
+        assert_eq!(s.receipt_values(), 3);
+        assert_eq!(s.batch_receipt_count(), 2);
+        assert_eq!(ok(s.buffered_bytes()), 0);
+        // Nothing new: nothing stored, not even the batch receipt.
+        assert_eq!(
+            s.record_batch_receipt(&batch_receipt_for(&[1, 2], 3), &[1, 2])
+                .ok(),
+            Some(10)
+        );
+        assert_eq!(s.receipt_values(), 3);
+        assert_eq!(s.batch_receipt_count(), 2);
+        let ids = |s: &Store| -> Vec<(u64, StoredReceipt)> { stored_receipts(s, 0) };
+        let want: Vec<(u64, StoredReceipt)> = (1..=10)
+            .map(|q| (q, StoredReceipt::InBatch(if q == 5 { 2 } else { 1 })))
+            .collect();
+        assert_eq!(ids(&s), want);
+        assert_eq!(stored_receipts(&s, 7), want[6..].to_vec());
+        assert_eq!(stored_receipts(&s, 5), want[4..].to_vec());
+        ok(s.flush());
+        drop(s);
+        s = ok(Store::open(&path));
+        assert_eq!(ids(&s), want);
+        assert_eq!(ok(s.receipt(5)).map(|r| r.received_at.timestamp()), Some(2));
+        assert_eq!(ok(s.receipt(6)).map(|r| r.received_at.timestamp()), Some(1));
+        // Pruning reads each entry's receipt time through the runs.
+        let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+        assert_eq!(s.prune(cutoff, 100).ok(), Some(9));
+        assert_eq!(ok(s.pruned()).0, 9);
+    }
+
+    #[test]
+    fn giving_memory_back_changes_nothing_a_reader_or_a_backup_sees() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = ok(Store::open(&dir.path().join("db")));
+        append_n(&s, 40);
+        let seqs: Vec<u64> = (1..=30).collect();
+        ok(s.record_batch_receipt(&batch_receipt_for(&seqs, 1), &seqs));
+        let entries: Vec<(u64, Vec<u8>)> = s.raw_entries().map(ok).collect();
+        let receipts = stored_receipts(&s, 0);
+        let before = ok(s.backup(&dir.path().join("before")));
+        ok(s.settle_memory());
+        ok(s.settle_memory());
+        assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), entries);
+        assert_eq!(stored_receipts(&s, 0), receipts);
+        assert_eq!((ok(s.head()).0, ok(s.acked())), (40, 30));
+        // The sweep tree is the settling's own: a backup does not carry it.
+        let after = ok(s.backup(&dir.path().join("after")));
+        assert_eq!(after, before);
+        let copy = ok(Store::open(&dir.path().join("after")));
+        assert!(
+            !copy
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n == SWEEP_TREE.as_bytes())
+        );
+        assert!(s.db.tree_names().iter().any(|n| n == SWEEP_TREE.as_bytes()));
+    }
+
+    #[test]
+    fn a_store_with_one_receipt_value_per_seq_reads_and_takes_runs_beside_them() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let s = ok(Store::open(&path));
+        append_n(&s, 8);
+        // The layout before runs, written directly: seqs 1–4 point at batch receipt 1,
+        // seq 5 holds its own receipt envelope, each under its own seq.
+        ok(s.batch_receipts
+            .insert(seq_key(1), batch_receipt_for(&[1, 2, 3, 4], 1))
+            .map_err(StoreError::from));
+        ok(s.meta
+            .insert(BATCH_RECEIPT_ID, &1u64.to_be_bytes())
+            .map_err(StoreError::from));
+        for q in 1..=4 {
+            ok(s.debug_put_raw_receipt(q, &old_pointer(1)));
+        }
+        ok(s.debug_put_raw_receipt(5, &receipt_for(5)));
+        ok(s.flush());
+        drop(s);
+        let s = ok(Store::open(&path));
+        for q in 1..=5 {
+            assert!(ok(s.has_receipt(q)), "seq {q}");
+            assert_eq!(ok(s.receipt(q)).map(|r| r.seq), Some(q));
+        }
+        assert!(!ok(s.has_receipt(6)));
+        let mut want: Vec<(u64, StoredReceipt)> =
+            (1..=4).map(|q| (q, StoredReceipt::InBatch(1))).collect();
+        want.push((5, StoredReceipt::Own(receipt_for(5))));
+        assert_eq!(stored_receipts(&s, 0), want);
+        // Delivery walks the old values: nothing new, the delivered seq catches up.
+        assert_eq!(s.record_receipts(&[]).ok(), Some(5));
+        assert_eq!(ok(s.buffered_bytes()), 3 * envelope(6, 50).len() as u64);
+        // A batch receipt over 4–8 adds one run for 6–8 beside the old values.
+        let seqs: Vec<u64> = (4..=8).collect();
+        assert_eq!(
+            s.record_batch_receipt(&batch_receipt_for(&seqs, 2), &seqs)
+                .ok(),
+            Some(8)
+        );
+        assert_eq!(s.receipt_values(), 6);
+        want.extend((6..=8).map(|q| (q, StoredReceipt::InBatch(2))));
+        assert_eq!(stored_receipts(&s, 0), want);
+        assert_eq!(stored_receipts(&s, 4), want[3..].to_vec());
+        assert_eq!(ok(s.receipt(4)).map(|r| r.received_at.timestamp()), Some(1));
+        assert_eq!(ok(s.receipt(7)).map(|r| r.received_at.timestamp()), Some(2));
+        let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);
+        assert_eq!(s.prune(cutoff, 100).ok(), Some(7));
     }
 
     #[test]
@@ -2129,8 +2583,9 @@ mod tests {
     enum Step {
         /// An append group: batches of envelopes of these sizes.
         Append(Vec<Vec<usize>>),
-        /// Receipts for these offsets above the delivered seq (wrapped into the held range).
-        Receipts(Vec<u64>),
+        /// Receipts for these offsets above the delivered seq (wrapped into the held range):
+        /// one batch receipt for them all, or (false) one receipt each.
+        Receipts(Vec<u64>, bool),
         /// Prune at most this many.
         Prune(usize),
         /// Read one seq (wrapped into 0..=head+1).
@@ -2146,7 +2601,7 @@ mod tests {
         let size = prop_oneof![8 => 1usize..1500, 1 => 6000usize..9000];
         prop_oneof![
             3 => proptest::collection::vec(proptest::collection::vec(size, 1..40), 1..4).prop_map(Step::Append),
-            2 => proptest::collection::vec(0u64..60, 1..40).prop_map(Step::Receipts),
+            2 => (proptest::collection::vec(0u64..60, 1..40), any::<bool>()).prop_map(|(o, b)| Step::Receipts(o, b)),
             2 => (1usize..50).prop_map(Step::Prune),
             2 => any::<u64>().prop_map(Step::Entry),
             2 => (any::<u64>(), any::<u64>(), 1usize..80, 1usize..20_000).prop_map(|(a, b, n, m)| Step::Range(a, b, n, m)),
@@ -2193,6 +2648,13 @@ mod tests {
             .map(|seq| (seq, m.entries[seq as usize - 1].clone()))
             .collect();
         prop_assert_eq!(all, want);
+        let receipted: Vec<u64> = s.raw_receipts().map(|r| ok(r).0).collect();
+        prop_assert_eq!(&receipted, &m.receipted.iter().copied().collect::<Vec<_>>());
+        for seq in 1..=m.head() + 1 {
+            let held = m.receipted.contains(&seq);
+            prop_assert_eq!(ok(s.has_receipt(seq)), held);
+            prop_assert_eq!(ok(s.receipt(seq)).map(|r| r.seq), held.then_some(seq));
+        }
         Ok(())
     }
 
@@ -2222,6 +2684,20 @@ mod tests {
                     m.entries.push(e);
                 }
                 ok(s.meta.insert(HEAD_SEQ, &old.to_be_bytes()).map_err(StoreError::from));
+                // Receipts in the layout from before runs, one value per seq: the first
+                // half point at one batch receipt, every third holds its own.
+                let delivered: Vec<u64> = (1..=old / 2).collect();
+                if !delivered.is_empty() {
+                    ok(s.batch_receipts.insert(seq_key(1), batch_receipt_for(&delivered, 0)).map_err(StoreError::from));
+                    ok(s.meta.insert(BATCH_RECEIPT_ID, &1u64.to_be_bytes()).map_err(StoreError::from));
+                }
+                for &q in &delivered {
+                    let v = if q % 3 == 0 { receipt_for(q) } else { old_pointer(1) };
+                    ok(s.debug_put_raw_receipt(q, &v));
+                }
+                m.receipted.extend(delivered.iter().copied());
+                m.acked = old / 2;
+                ok(s.meta.insert(ACKED_SEQ, &m.acked.to_be_bytes()).map_err(StoreError::from));
                 ok(s.meta.insert(BUFFERED_BYTES, &m.buffered().to_be_bytes()).map_err(StoreError::from));
             }
             check_all(&s, &m)?;
@@ -2238,18 +2714,23 @@ mod tests {
                         }
                         ok(s.append_all(&batches));
                     }
-                    Step::Receipts(offsets) => {
+                    Step::Receipts(offsets, batch) => {
                         let held = m.head() - m.acked;
                         if held == 0 {
                             continue;
                         }
                         let seqs: Vec<u64> = offsets.iter().map(|o| m.acked + 1 + o % held).collect();
                         let rs: Vec<_> = seqs.iter().map(|&q| (q, receipt_for(q))).collect();
-                        m.receipted.extend(seqs);
+                        m.receipted.extend(seqs.iter().copied());
                         while m.acked < m.head() && m.receipted.contains(&(m.acked + 1)) {
                             m.acked += 1;
                         }
-                        prop_assert_eq!(s.record_receipts(&rs).ok(), Some(m.acked));
+                        let got = if *batch {
+                            s.record_batch_receipt(&batch_receipt_for(&seqs, 0), &seqs)
+                        } else {
+                            s.record_receipts(&rs)
+                        };
+                        prop_assert_eq!(got.ok(), Some(m.acked));
                     }
                     Step::Prune(max) => {
                         let cutoff = DateTime::UNIX_EPOCH + chrono::Duration::days(1);

@@ -35,6 +35,10 @@ pub struct DrainArgs {
     /// How often each agent's status is read while draining, milliseconds.
     #[arg(long, default_value_t = 100)]
     pub poll_ms: u64,
+    /// After the drain, leave the agents idle this long, read their memory, restart them
+    /// (everything delivered) and read it again after as long; 0: neither.
+    #[arg(long, default_value_t = 0.0)]
+    pub settle_s: f64,
     #[command(flatten)]
     pub bins: Bins,
 }
@@ -227,6 +231,33 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         total as f64 / drain_s,
         hub_cpu_s / drain_s
     );
+    // Delivered agents at rest: idle, then after a restart (receipts all stored).
+    let (mut rss_delivered, mut rss_restart) = (f64::NAN, f64::NAN);
+    if a.settle_s > 0.0 {
+        let settle = Duration::from_secs_f64(a.settle_s);
+        tokio::time::sleep(settle).await;
+        rss_delivered = 0.0;
+        for ag in &agents {
+            if let Some(pid) = ag.1.pid() {
+                rss_delivered = rss_delivered.max(procs::rss_mb(pid)?);
+            }
+        }
+        for ag in &mut agents {
+            ag.1.stop()?;
+            ag.1.start().await?;
+        }
+        tokio::time::sleep(settle).await;
+        rss_restart = 0.0;
+        for ag in &agents {
+            if let Some(pid) = ag.1.pid() {
+                rss_restart = rss_restart.max(procs::rss_mb(pid)?);
+            }
+        }
+        println!(
+            "delivered agents resident up to {rss_delivered:.1} MiB after {:.0} s idle, {rss_restart:.1} MiB after a restart and as long",
+            a.settle_s
+        );
+    }
     for ag in &mut agents {
         ag.1.stop()?;
     }
@@ -248,6 +279,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("fill_s", fill_s)
         .int("fill_per_s", total as f64 / fill_s)
         .dec("agent_rss_max_mb", rss_max)
+        .dec("agent_rss_delivered_mb", rss_delivered)
+        .dec("agent_rss_delivered_restart_mb", rss_restart)
         .int("entries_per_agent", a.entries as f64);
     Ok(r)
 }
