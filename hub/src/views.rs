@@ -893,7 +893,7 @@ pub fn prepare_in_batches(
     for r in store.scan(COUNT_PREFIX) {
         let (k, bytes) = r?;
         for (meta, _) in decode_counts(&k, &bytes)? {
-            next = next.max(meta.log_index + 1);
+            next = next.max(meta.log_index.saturating_add(1));
             sources.entry(meta.source.clone()).or_default().count(&meta);
         }
     }
@@ -976,16 +976,22 @@ fn find_count<R: Reader + ?Sized>(
 ) -> Result<Option<(Place, Meta, SpaceCount)>, StoreError> {
     let last = blocks::block_last(idx);
     let key = count_key(last);
-    if let Some(v) = r.read(&key)?
-        && let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))?
-    {
-        let (meta, s) = decode_count_at(&key, idx, bytes)?;
-        let place = if blocks::is_block(&v) {
-            Place::Block
-        } else {
-            Place::Single
-        };
-        return Ok(Some((place, meta, s)));
+    if let Some(v) = r.read(&key)? {
+        if !blocks::is_block(&v) && v.first() != Some(&COUNT_FORMAT) {
+            // Neither a block nor a count: read as nothing, it would hide the block's counts.
+            return Err(damaged(&key)(Damaged(
+                "neither a block of space counts nor a space count",
+            )));
+        }
+        if let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))? {
+            let (meta, s) = decode_count_at(&key, idx, bytes)?;
+            let place = if blocks::is_block(&v) {
+                Place::Block
+            } else {
+                Place::Single
+            };
+            return Ok(Some((place, meta, s)));
+        }
     }
     if last == idx {
         return Ok(None);
