@@ -261,6 +261,9 @@ fn count_key_index(key: &[u8]) -> Result<u64, StoreError> {
         })
 }
 
+/// What a block stored under the key of an index that ends no block is.
+const NOT_A_BLOCK_KEY: Damaged = Damaged("a block of space counts under a key that ends no block");
+
 /// A space count stored alone under its own key (the layout before blocks).
 fn decode_count(key: &[u8], b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
     decode_count_at(key, count_key_index(key)?, b)
@@ -274,10 +277,7 @@ fn decode_counts(key: &[u8], b: &[u8]) -> Result<Vec<(Meta, SpaceCount)>, StoreE
     }
     let last = count_key_index(key)?;
     if blocks::block_last(last) != last {
-        return Err(StoreError::Corrupt {
-            key: printable(key),
-            message: "a block of space counts under a key that ends no block".into(),
-        });
+        return Err(damaged(key)(NOT_A_BLOCK_KEY));
     }
     let first = last - (blocks::BLOCK - 1);
     blocks::parts(b)
@@ -1001,10 +1001,7 @@ fn find_count<R: Reader + ?Sized>(
         return Ok(None);
     };
     if blocks::is_block(&v) {
-        return Err(StoreError::Corrupt {
-            key: printable(&key),
-            message: "a block of space counts under a key that ends no block".into(),
-        });
+        return Err(damaged(&key)(NOT_A_BLOCK_KEY));
     }
     let (meta, s) = decode_count(&key, &v)?;
     Ok(Some((Place::Single, meta, s)))
