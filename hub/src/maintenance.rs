@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
@@ -85,54 +86,119 @@ pub fn rebuild_views_settling(
     every: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Rebuilt, StoreError> {
-    let mut batch = WriteBatch::new();
-    let mut views = Views::rebuilding(baseline, &mut batch);
-    let settled = views.settled();
-    let every = every.max(1);
-    let mut settled_to = 0u64;
+    let mut rebuilding = Rebuilding::new(store, baseline, every);
     for r in log::iter(store) {
         let (index, rec) = r?;
         if index >= size {
             break;
         }
         progress(index);
-        if index > 0 && index % every == 0 {
-            views::settle(store, &mut batch, &settled, settled_to)?;
-            settled_to = index;
-        }
-        let Some(source) = rec.source.clone() else {
-            let hub_entry: HubEntry =
-                serde_json::from_slice(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
-                    key: format!("log/{index}"),
-                    message: e.to_string(),
-                })?;
-            views.apply_hub(index, &hub_entry, &mut batch);
-            continue;
+        let corrupt = |e: String| StoreError::Corrupt {
+            key: format!("log/{index}"),
+            message: e,
         };
-        let entry =
-            Entry::from_payload(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
-                key: format!("log/{index}"),
-                message: e.to_string(),
-            })?;
-        views.apply(
-            store,
-            Meta {
-                log_index: index,
+        let leaf = match rec.source {
+            None => ViewLeaf::Hub(
+                serde_json::from_slice(&rec.envelope.payload)
+                    .map_err(|e| corrupt(e.to_string()))?,
+            ),
+            Some(source) => ViewLeaf::Source {
                 received_at: rec.received_at,
                 source,
-                seq: entry.seq,
-                recorded_at: entry.recorded_at,
-                withdrawn_by: None,
+                entry: Entry::from_payload(&rec.envelope.payload)
+                    .map_err(|e| corrupt(e.to_string()))?,
             },
-            &entry.record,
-            &mut batch,
-        )?;
+        };
+        rebuilding.push(index, leaf)?;
     }
-    Ok(Rebuilt {
-        views,
-        batch,
-        settled,
-    })
+    Ok(rebuilding.finish())
+}
+
+/// A log leaf as the views take it: its payload read.
+// Nearly every leaf is a `Source`, the large variant: boxing it would add an allocation per
+// leaf and save no memory.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ViewLeaf {
+    /// One of the hub's own entries.
+    Hub(HubEntry),
+    /// A source's entry.
+    Source {
+        /// When the hub received it.
+        received_at: chrono::DateTime<chrono::Utc>,
+        /// The source the log records for it.
+        source: SourceId,
+        /// Its payload read.
+        entry: Entry,
+    },
+}
+
+/// Views being recomputed from the log, leaf by leaf in log order (what
+/// [`rebuild_views_settling`] does with the leaves it reads, and `verify`'s views thread
+/// with the leaves its walk has read and parsed already).
+pub struct Rebuilding<'a> {
+    store: &'a dyn Store,
+    views: Views,
+    batch: WriteBatch,
+    settled: Arc<Settled>,
+    every: u64,
+    settled_to: u64,
+}
+
+impl<'a> Rebuilding<'a> {
+    /// Empty views for a campaign whose baseline date is `baseline`, letting go of the
+    /// space counts `store` holds alike every `every` leaves.
+    pub fn new(store: &'a dyn Store, baseline: NaiveDate, every: u64) -> Rebuilding<'a> {
+        let mut batch = WriteBatch::new();
+        let views = Views::rebuilding(baseline, &mut batch);
+        let settled = views.settled();
+        Rebuilding {
+            store,
+            views,
+            batch,
+            settled,
+            every: every.max(1),
+            settled_to: 0,
+        }
+    }
+
+    /// Applies log leaf `index` (the leaves must come in log order, none left out).
+    pub fn push(&mut self, index: u64, leaf: ViewLeaf) -> Result<(), StoreError> {
+        if index > 0 && index.is_multiple_of(self.every) {
+            views::settle(self.store, &mut self.batch, &self.settled, self.settled_to)?;
+            self.settled_to = index;
+        }
+        match leaf {
+            ViewLeaf::Hub(hub_entry) => self.views.apply_hub(index, &hub_entry, &mut self.batch),
+            ViewLeaf::Source {
+                received_at,
+                source,
+                entry,
+            } => self.views.apply(
+                self.store,
+                Meta {
+                    log_index: index,
+                    received_at,
+                    source,
+                    seq: entry.seq,
+                    recorded_at: entry.recorded_at,
+                    withdrawn_by: None,
+                },
+                &entry.record,
+                &mut self.batch,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// The views recomputed from the leaves pushed.
+    pub fn finish(self) -> Rebuilt {
+        Rebuilt {
+            views: self.views,
+            batch: self.batch,
+            settled: self.settled,
+        }
+    }
 }
 
 /// `rebuild`: replaces the stored views with ones recomputed from the log, merged for
@@ -212,8 +278,10 @@ pub fn verify(
 /// [`Checking::Serial`] is the reference: each leaf on the calling thread, single
 /// verification, then the views. In parallel the signatures are checked in batches on
 /// worker threads, pipelined with the walk over the leaves ([`log_check::walk`]), and the
-/// views are recomputed on a thread of their own meanwhile (their verdict counts only
-/// when the log itself is sound, as in the serial path).
+/// views are recomputed on a thread of their own meanwhile, from the leaves the walk hands
+/// it with their payloads already read (each payload is parsed once, by the signature
+/// workers, and the log read once); their verdict counts only when the log itself is
+/// sound, as in the serial path, which rebuilds them from the log afterwards.
 pub fn verify_with(
     store: &dyn Store,
     hub_key: &VerifyingKey,
@@ -222,16 +290,19 @@ pub fn verify_with(
     progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
     if how == Checking::Serial {
-        return verify_log(store, hub_key, origin, how, progress, |report| {
+        return verify_log(store, hub_key, origin, how, None, progress, |report| {
             verify_views(store, report, SETTLE_EVERY).map_err(VerifyError::from)
         });
     }
     std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(FEED_DEPTH);
         let mut views = std::thread::Builder::new()
             .name("verify-views".into())
-            .spawn_scoped(s, || views_problems(store, SETTLE_EVERY))
+            .spawn_scoped(s, move || views_fed(store, rx, SETTLE_EVERY))
             .ok();
-        let report = verify_log(store, hub_key, origin, how, progress, |report| {
+        // Without a views thread the views are rebuilt from the log afterwards.
+        let feed = views.is_some().then(|| Feed::new(tx));
+        let report = verify_log(store, hub_key, origin, how, feed, progress, |report| {
             let found = match views.take() {
                 Some(h) => h
                     .join()
@@ -251,13 +322,65 @@ pub fn verify_with(
     })
 }
 
+/// Leaves the walk hands the views thread in one message: one channel operation per
+/// piece of the signature checks (small enough that the tests' logs span several).
+const FEED_CHUNK: usize = log_check::PIECE;
+
+/// Messages waiting for the views thread at most: what the walk may run ahead of it
+/// (16,384 leaves).
+const FEED_DEPTH: usize = 64;
+
+/// What the walk sends `verify`'s views thread.
+enum Fed {
+    /// The next leaves, in log order, their payloads read.
+    Leaves(Vec<(u64, ViewLeaf)>),
+    /// Every leaf was sent and the log is sound: the views' verdict counts.
+    End,
+}
+
+/// The walk's end of the views thread's feed: every leaf, parsed once, in log order.
+struct Feed {
+    tx: SyncSender<Fed>,
+    leaves: Vec<(u64, ViewLeaf)>,
+}
+
+impl Feed {
+    fn new(tx: SyncSender<Fed>) -> Feed {
+        Feed {
+            tx,
+            leaves: Vec::with_capacity(FEED_CHUNK),
+        }
+    }
+
+    /// Sends `leaf`; false when the views thread takes no more (it has its verdict
+    /// without the log, or stopped).
+    fn push(&mut self, index: u64, leaf: ViewLeaf) -> bool {
+        self.leaves.push((index, leaf));
+        if self.leaves.len() < FEED_CHUNK {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.leaves, Vec::with_capacity(FEED_CHUNK));
+        self.tx.send(Fed::Leaves(full)).is_ok()
+    }
+
+    /// Sends what is left and the end.
+    fn end(self) {
+        if !self.leaves.is_empty() && self.tx.send(Fed::Leaves(self.leaves)).is_err() {
+            return;
+        }
+        let _ = self.tx.send(Fed::End);
+    }
+}
+
 /// The log, its tree and checkpoint; then, when they are sound, `views` adds what the
-/// views comparison finds.
+/// views comparison finds. Every leaf, its payload read, goes to `feed` while the log
+/// is sound so far; the feed ends (or is dropped, when it is not) before `views` runs.
 fn verify_log(
     store: &dyn Store,
     hub_key: &VerifyingKey,
     origin: &str,
     how: Checking,
+    mut feed: Option<Feed>,
     mut progress: impl FnMut(u64),
     views: impl FnOnce(&mut VerifyReport) -> Result<(), VerifyError>,
 ) -> Result<VerifyReport, VerifyError> {
@@ -304,6 +427,10 @@ fn verify_log(
     let lowest_stored = log::lowest_stored_level(store)?;
     let mut expected_index = 0u64;
     let walked = log_check::walk(store, &checker, how, |r| -> Result<_, VerifyError> {
+        // The views' verdict counts only for a sound log: no use feeding them past damage.
+        if !report.problems.is_empty() {
+            feed = None;
+        }
         let (index, rec, checked) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -367,25 +494,45 @@ fn verify_log(
                 report
                     .problems
                     .push(format!("log leaf {index} (hub entry {}): {e}", rec.seq));
-            } else if let Err(e) = serde_json::from_slice::<HubEntry>(&rec.envelope.payload) {
-                report.problems.push(format!(
-                    "log leaf {index} (hub entry {}): signed by this hub but not an entry this version reads ({e}); is the hub older than the log?",
-                    rec.seq
-                ));
+            } else {
+                match serde_json::from_slice::<HubEntry>(&rec.envelope.payload) {
+                    Err(e) => report.problems.push(format!(
+                        "log leaf {index} (hub entry {}): signed by this hub but not an entry this version reads ({e}); is the hub older than the log?",
+                        rec.seq
+                    )),
+                    Ok(hub_entry) => {
+                        if let Some(f) = &mut feed
+                            && !f.push(index, ViewLeaf::Hub(hub_entry))
+                        {
+                            feed = None;
+                        }
+                    }
+                }
             }
             return Ok(ControlFlow::Continue(()));
         };
-        let at = format!("log leaf {index} ({source} seq {})", rec.seq);
+        // Named only for a problem: most leaves have none.
+        let at = LeafAt {
+            index,
+            source,
+            seq: rec.seq,
+        };
         let Some(reg) = registry.get(source) else {
             report
                 .problems
                 .push(format!("{at}: source is not in the registry"));
             return Ok(ControlFlow::Continue(()));
         };
-        let chain = chains.entry(source.clone()).or_insert_with(|| {
-            ChainVerifier::with_keys(source.clone(), key_schedule(reg), reg.scope, None)
-                .without_memory()
-        });
+        if !chains.contains_key(source) {
+            chains.insert(
+                source.clone(),
+                ChainVerifier::with_keys(source.clone(), key_schedule(reg), reg.scope, None)
+                    .without_memory(),
+            );
+        }
+        let Some(chain) = chains.get_mut(source) else {
+            return Ok(ControlFlow::Continue(()));
+        };
         // The key in force at the seq the log records, before the payload is read.
         let verdict = match checked.verdict {
             Verdict::Source(verdict) => verdict,
@@ -473,6 +620,18 @@ fn verify_log(
                 "{at}: the source index does not point at this leaf"
             )),
         }
+        if let Some(f) = &mut feed
+            && !f.push(
+                index,
+                ViewLeaf::Source {
+                    received_at: rec.received_at,
+                    source: source.clone(),
+                    entry,
+                },
+            )
+        {
+            feed = None;
+        }
         Ok(ControlFlow::Continue(()))
     })?;
     if walked.is_break() {
@@ -535,6 +694,9 @@ fn verify_log(
     }
     // Views follow from the log; with the log damaged they would only repeat its faults.
     if report.problems.is_empty() {
+        if let Some(f) = feed.take() {
+            f.end();
+        }
         views(&mut report)?;
     }
     Ok(report)
@@ -556,7 +718,56 @@ fn verify_views(
     report: &mut VerifyReport,
     settle_every: u64,
 ) -> Result<(), StoreError> {
-    const REBUILD: &str = "figures are wrong until `spacesync-hub rebuild`";
+    let Some((baseline, stored)) = stored_views(store, report)? else {
+        return Ok(());
+    };
+    // A log that does not decode is reported above; there is nothing to compare with.
+    let Ok(rebuilt) = rebuild_views_settling(store, baseline, u64::MAX, settle_every, |_| {})
+    else {
+        return Ok(());
+    };
+    compare_views(store, report, rebuilt, &stored);
+    Ok(())
+}
+
+/// What `verify`'s views thread says of the views (empty: they are what the log implies),
+/// rebuilding them from the leaves the walk `fed` it, already read and parsed, instead of
+/// reading and parsing the log again. The feed must end with [`Fed::End`] for a verdict:
+/// a walk that stops feeding found the log damaged, and then the views' verdict is unread.
+fn views_fed(
+    store: &dyn Store,
+    fed: Receiver<Fed>,
+    settle_every: u64,
+) -> Result<Vec<String>, StoreError> {
+    let mut found = VerifyReport::default();
+    let Some((baseline, stored)) = stored_views(store, &mut found)? else {
+        return Ok(found.problems);
+    };
+    let mut rebuilding = Rebuilding::new(store, baseline, settle_every);
+    loop {
+        match fed.recv() {
+            Ok(Fed::Leaves(leaves)) => {
+                for (index, leaf) in leaves {
+                    // As [`verify_views`]: what does not rebuild leaves nothing to compare.
+                    if rebuilding.push(index, leaf).is_err() {
+                        return Ok(found.problems);
+                    }
+                }
+            }
+            Ok(Fed::End) => break,
+            Err(_) => return Ok(Vec::new()),
+        }
+    }
+    compare_views(store, &mut found, rebuilding.finish(), &stored);
+    Ok(found.problems)
+}
+
+/// The baseline the stored views were merged for and the views themselves, or `None`
+/// (with what is wrong in `report`) when there are none to compare or they do not load.
+fn stored_views(
+    store: &dyn Store,
+    report: &mut VerifyReport,
+) -> Result<Option<(NaiveDate, Views)>, StoreError> {
     let baseline = match crate::views::stored_baseline(store) {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -565,37 +776,38 @@ fn verify_views(
                     "the stored views are in the layout of an older hub; start the hub once (it converts them) or run `spacesync-hub rebuild`".into(),
                 );
             }
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => {
             report.problems.push(format!(
                 "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
             ));
-            return Ok(());
+            return Ok(None);
         }
     };
-    let stored = match Views::load(store, baseline) {
-        Ok(v) => v,
+    match Views::load(store, baseline) {
+        Ok(v) => Ok(Some((baseline, v))),
         Err(e) => {
             report.problems.push(format!(
                 "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
             ));
-            return Ok(());
+            Ok(None)
         }
-    };
-    // A log that does not decode is reported above; there is nothing to compare with.
-    let Ok(rebuilt) = rebuild_views_settling(store, baseline, u64::MAX, settle_every, |_| {})
-    else {
-        return Ok(());
-    };
+    }
+}
+
+/// What differs between the views `rebuilt` from the log and the `stored` ones, into
+/// `report`.
+fn compare_views(store: &dyn Store, report: &mut VerifyReport, rebuilt: Rebuilt, stored: &Views) {
+    const REBUILD: &str = "figures are wrong until `spacesync-hub rebuild`";
     let (count, first) =
-        match views::differing_items(&rebuilt.views, &rebuilt.reader(store), &stored, store) {
+        match views::differing_items(&rebuilt.views, &rebuilt.reader(store), stored, store) {
             Ok(d) => d,
             Err(e) => {
                 report.problems.push(format!(
                     "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
                 ));
-                return Ok(());
+                return;
             }
         };
     if let Some((first, how)) = first {
@@ -644,7 +856,23 @@ fn verify_views(
                 .into(),
         );
     }
-    Ok(())
+}
+
+/// How a problem names a source's leaf: `log leaf <index> (<source> seq <seq>)`.
+struct LeafAt<'a> {
+    index: u64,
+    source: &'a SourceId,
+    seq: u64,
+}
+
+impl std::fmt::Display for LeafAt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "log leaf {} ({} seq {})",
+            self.index, self.source, self.seq
+        )
+    }
 }
 
 /// ` (<source> seq <n>)` when the source index says log leaf `index` held that entry, for

@@ -20,7 +20,7 @@ use curve25519_dalek::scalar::Scalar;
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha512};
 use spacesync_hub::log::{self, LogRecord};
-use spacesync_hub::log_check::{Checking, FIRST_CHUNK};
+use spacesync_hub::log_check::{Checking, FIRST_CHUNK, PIECE};
 use spacesync_hub::maintenance::{self, VerifyReport};
 use spacesync_hub::store::{Store, WriteBatch};
 use spacesync_shared::dsse::pae;
@@ -459,4 +459,60 @@ fn the_good_log_verifies_on_any_number_of_threads(backend: Backend) {
     assert_eq!(report.sources, 3);
 }
 
-backends!(sync bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports_them, torsion_and_non_canonical_signatures_are_refused_inside_honest_runs, the_good_log_verifies_on_any_number_of_threads);
+/// On every core the views are rebuilt from the leaves the walk has read and parsed (fed to
+/// the views thread in messages of 256 leaves, [`PIECE`]), serially from the log itself:
+/// stored views damaged at the log's end, past the first message, are named alike by both.
+fn views_damaged_at_the_logs_end_are_named_by_every_way_of_checking(backend: Backend) {
+    let last = |s: &dyn Store, prefix: &[u8]| -> (Vec<u8>, Vec<u8>) {
+        s.scan(prefix).last().expect("a key").expect("read")
+    };
+    let put = |s: &dyn Store, k: Vec<u8>, v: Vec<u8>| {
+        let mut b = WriteBatch::new();
+        b.put(k, v);
+        s.apply(b).expect("apply");
+    };
+    let cases: [(&str, &[u8]); 3] = [
+        ("last space count block cut short", b"v/c/"),
+        ("last summary cut short", b"v/s/"),
+        ("last ledger item cut short", b"v/i/"),
+    ];
+    for (name, prefix) in cases {
+        let report = same_reports(
+            name,
+            reports(backend, |s| {
+                let (k, v) = last(s, prefix);
+                assert!(
+                    keys_tail(&k) > 2 * PIECE as u64 || prefix == b"v/s/",
+                    "{name}: the key is not past the first message"
+                );
+                put(s, k, v[..v.len() / 2].to_vec());
+            }),
+        );
+        assert!(
+            report.problems.iter().any(|p| p.contains("stored")),
+            "{name}: {:#?}",
+            report.problems
+        );
+    }
+    // A changed count, not cut short: the rebuilt and the stored ones differ.
+    let report = same_reports(
+        "last space count block changed",
+        reports(backend, |s| {
+            let (k, mut v) = last(s, b"v/c/");
+            let at = v.len() - 1;
+            v[at] ^= 0x01;
+            put(s, k, v);
+        }),
+    );
+    assert!(!report.ok(), "a changed count: verify found nothing");
+}
+
+/// The log index a view key ends with.
+fn keys_tail(k: &[u8]) -> u64 {
+    k.len()
+        .checked_sub(8)
+        .and_then(|at| k[at..].try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+backends!(sync bad_signatures_wherever_they_fall_are_reported_as_single_verification_reports_them, torsion_and_non_canonical_signatures_are_refused_inside_honest_runs, the_good_log_verifies_on_any_number_of_threads, views_damaged_at_the_logs_end_are_named_by_every_way_of_checking);
