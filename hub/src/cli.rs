@@ -1108,6 +1108,8 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     };
     let fds = http::raise_fd_limit();
     tracing::info!(open_files_limit = ?fds, "Open-file limit.");
+    // The embedded store gets sled's snapshot brought up to date after a clean stop.
+    let sled_db = cfg.store.is_none().then(|| dir.db());
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     rt.block_on(async move {
         let listener = serve::bind_api(&addr).await?;
@@ -1125,7 +1127,28 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
+    // Every task (and its handle on the hub, so the store) ends with the runtime.
+    drop(rt);
+    if let Some(db) = sled_db {
+        snapshot_after_stop(&db);
+    }
     Ok(())
+}
+
+/// After a clean stop: [`crate::store::SledStore::snapshot`], so that the next start
+/// reads sled's page table instead of replaying what this run wrote. A failure is logged
+/// and changes nothing (the next start replays, as after a crash).
+fn snapshot_after_stop(db: &Path) {
+    match crate::store::SledStore::snapshot(db) {
+        Ok(took) => tracing::info!(
+            took_ms = took.as_millis() as u64,
+            "Wrote the store's snapshot; the next start replays nothing."
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "Could not write the store's snapshot after the stop; the next start replays the log written since the last one."
+        ),
+    }
 }
 
 /// [`crate::bundle::import`] through a running hub's admin API: each batch in order,

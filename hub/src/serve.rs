@@ -135,8 +135,13 @@ pub async fn run(
         "Connection limits."
     );
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
+    let started = std::time::Instant::now();
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "Loaded the notice book."
+    );
+    tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let hub = Arc::new(hub);
     {
         let hub = hub.clone();

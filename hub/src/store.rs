@@ -586,6 +586,7 @@ impl SledStore {
                 )
             })
         };
+        let opening = std::time::Instant::now();
         let mut opened = open()?;
         // A store just closed (in this process, or by a process that is exiting) still holds
         // its file lock until sled's flusher thread lets go of it, a few milliseconds after the
@@ -605,12 +606,43 @@ impl SledStore {
             },
         })?;
         let tree = db.open_tree("hub").map_err(backend("open"))?;
+        // sled's open reads its last snapshot (the page table) and replays the log written
+        // since it; see [`SledStore::snapshot`].
+        tracing::info!(
+            path = %dir.display(),
+            took_ms = opening.elapsed().as_millis() as u64,
+            recovered = db.was_recovered(),
+            "Opened the store."
+        );
         Ok(SledStore {
             db,
             tree,
             commits: Mutex::new(()),
             writes: RwLock::new(()),
         })
+    }
+}
+
+/// sled's cache for [`SledStore::snapshot`]'s open: it reads nothing through the cache.
+const SNAPSHOT_CACHE: u64 = 1024 * 1024;
+
+impl SledStore {
+    /// Brings sled's snapshot of the store in `dir` up to now, so that the next open
+    /// replays nothing: opens the store and closes it again. Returns how long that took.
+    ///
+    /// Why: sled 0.34 writes its snapshot (the page table, with the log position it is as
+    /// of) only while it opens a store, after replaying the log written since the last
+    /// one; its `snapshot_after_ops` does nothing. A hub that ingested for hours therefore
+    /// replayed all of it at its next start — 21.6 GB read at 9 M entries, 22.7 s before
+    /// `/readyz` (BENCHMARKS.md, session 13). `serve` calls this after a clean stop, where
+    /// the log just written is still in the page cache and nobody waits for an answer. A
+    /// store the hub did not stop cleanly (SIGKILL, power loss) is replayed at its next
+    /// open as before; one killed during this open is too (sled leaves an unfinished
+    /// snapshot file, which [`SledStore::open_with_cache`] removes).
+    pub fn snapshot(dir: &Path) -> Result<std::time::Duration, StoreError> {
+        let started = std::time::Instant::now();
+        drop(SledStore::open_with_cache(dir, SNAPSHOT_CACHE)?);
+        Ok(started.elapsed())
     }
 }
 
