@@ -553,6 +553,16 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir` with sled's cache at `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        SledStore::open_waiting(dir, cache_bytes, LOCK_WAIT)
+    }
+
+    /// [`SledStore::open_with_cache`], waiting up to `lock_wait` for a handle that is
+    /// closing to let go of the store's lock.
+    fn open_waiting(
+        dir: &Path,
+        cache_bytes: u64,
+        lock_wait: std::time::Duration,
+    ) -> Result<SledStore, StoreError> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         let damaged = |why: String| StoreError::Backend {
             op: "open",
@@ -593,7 +603,7 @@ impl SledStore {
         // last handle is dropped: wait a moment for that before saying another process has
         // it. A store held by a running `serve` is still refused, after LOCK_WAIT.
         let started = std::time::Instant::now();
-        while opened.as_ref().is_err_and(is_lock_error) && started.elapsed() < LOCK_WAIT {
+        while opened.as_ref().is_err_and(is_lock_error) && started.elapsed() < lock_wait {
             std::thread::sleep(std::time::Duration::from_millis(50));
             opened = open()?;
         }
@@ -626,6 +636,11 @@ impl SledStore {
 /// sled's cache for [`SledStore::snapshot`]'s open: it reads nothing through the cache.
 const SNAPSHOT_CACHE: u64 = 1024 * 1024;
 
+/// How long [`SledStore::snapshot`] waits for the store's lock: the handle `serve` just
+/// dropped lets go of it only once sled's background threads have freed its page table,
+/// which took over 2 s at 9 M entries on a loaded machine (BENCHMARKS.md, session 13).
+const SNAPSHOT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl SledStore {
     /// Brings sled's snapshot of the store in `dir` up to now, so that the next open
     /// replays nothing: opens the store and closes it again. Returns how long that took.
@@ -641,7 +656,11 @@ impl SledStore {
     /// snapshot file, which [`SledStore::open_with_cache`] removes).
     pub fn snapshot(dir: &Path) -> Result<std::time::Duration, StoreError> {
         let started = std::time::Instant::now();
-        drop(SledStore::open_with_cache(dir, SNAPSHOT_CACHE)?);
+        drop(SledStore::open_waiting(
+            dir,
+            SNAPSHOT_CACHE,
+            SNAPSHOT_LOCK_WAIT,
+        )?);
         Ok(started.elapsed())
     }
 }
