@@ -144,6 +144,7 @@ pub async fn run(
     trim_allocator();
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let hub = Arc::new(hub);
+    let store = hub.store.clone();
     {
         let hub = hub.clone();
         tokio::task::spawn_blocking(move || match crate::witness::prune(hub.store.as_ref()) {
@@ -213,6 +214,11 @@ pub async fn run(
         tracing::warn!(task = "scheduler", error = %e, "Task ended abnormally.");
     }
     served?;
+    // What a clean stop leaves is on disk before the process goes (`serve` on sled then
+    // replaces its image without dropping the store: `cli::snapshot_after_stop`).
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "Could not flush the store at the stop.");
+    }
     tracing::info!("Hub stopped.");
     Ok(())
 }

@@ -636,9 +636,11 @@ impl SledStore {
 /// sled's cache for [`SledStore::snapshot`]'s open: it reads nothing through the cache.
 const SNAPSHOT_CACHE: u64 = 1024 * 1024;
 
-/// How long [`SledStore::snapshot`] waits for the store's lock: the handle `serve` just
-/// dropped lets go of it only once sled's background threads have freed its page table,
-/// which took over 2 s at 9 M entries on a loaded machine (BENCHMARKS.md, session 13).
+/// How long [`SledStore::snapshot`] waits for the store's lock: a handle of the same
+/// process that was just dropped lets go of it only once sled has freed its page table,
+/// which took 3–8 s at 9 M entries on a loaded machine (BENCHMARKS.md, session 13).
+/// (`serve` does not wait for that: it hands over to a fresh process image, see
+/// `cli::snapshot_after_stop`.)
 const SNAPSHOT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SledStore {
@@ -648,20 +650,24 @@ impl SledStore {
     /// Why: sled 0.34 writes its snapshot (the page table, with the log position it is as
     /// of) only while it opens a store, after replaying the log written since the last
     /// one; its `snapshot_after_ops` does nothing. A hub that ingested for hours therefore
-    /// replayed all of it at its next start — 21.6 GB read at 9 M entries, 22.7 s before
-    /// `/readyz` (BENCHMARKS.md, session 13). `serve` calls this after a clean stop, where
+    /// replayed all of it at its next start — 16.8 GB at 9 M entries, 35.2 s before
+    /// `/readyz` (BENCHMARKS.md, session 13). `serve` has it done after a clean stop, where
     /// the log just written is still in the page cache and nobody waits for an answer. A
     /// store the hub did not stop cleanly (SIGKILL, power loss) is replayed at its next
     /// open as before; one killed during this open is too (sled leaves an unfinished
     /// snapshot file, which [`SledStore::open_with_cache`] removes).
     pub fn snapshot(dir: &Path) -> Result<std::time::Duration, StoreError> {
         let started = std::time::Instant::now();
-        drop(SledStore::open_waiting(
-            dir,
-            SNAPSHOT_CACHE,
-            SNAPSHOT_LOCK_WAIT,
-        )?);
+        drop(SledStore::snapshot_open(dir)?);
         Ok(started.elapsed())
+    }
+
+    /// [`SledStore::snapshot`]'s open, the store handed back: sled has written the
+    /// snapshot by the time it returns. A process that ends right after may forget the
+    /// handle instead of dropping it: dropping frees sled's page table piece by piece,
+    /// seconds at 9 M entries (the snapshot is on disk either way).
+    pub fn snapshot_open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_waiting(dir, SNAPSHOT_CACHE, SNAPSHOT_LOCK_WAIT)
     }
 }
 
