@@ -83,7 +83,11 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// What `serve` becomes after a clean stop (the same process, a fresh image): brings
     /// sled's snapshot up to date so that the next start replays nothing.
-    #[command(hide = true, name = "store-snapshot")]
+    #[command(
+        hide = true,
+        name = "store-snapshot",
+        after_help = "Run by `serve` itself after a clean stop; by hand only on a stopped hub.\n\nExample:\n  spacesync-hub --data /var/lib/spacesync-hub store-snapshot --log-format json"
+    )]
     StoreSnapshot {
         /// Log format (as `serve` logged).
         #[arg(long, value_enum)]
