@@ -81,6 +81,18 @@ pub enum Cmd {
         after_help = "Example:\n  spacesync-hub --data /var/lib/spacesync-hub serve --log-format json"
     )]
     Serve(ServeArgs),
+    /// What `serve` becomes after a clean stop (the same process, a fresh image): brings
+    /// sled's snapshot up to date so that the next start replays nothing.
+    #[command(
+        hide = true,
+        name = "store-snapshot",
+        after_help = "Run by `serve` itself after a clean stop; by hand only on a stopped hub.\n\nExample:\n  spacesync-hub --data /var/lib/spacesync-hub store-snapshot --log-format json"
+    )]
+    StoreSnapshot {
+        /// Log format (as `serve` logged).
+        #[arg(long, value_enum)]
+        log_format: LogFormat,
+    },
     /// Manage the registry of sources (agents). Every change is a hub-signed log entry.
     #[command(
         after_help = "Example:\n  spacesync-hub agents invite --source gd-rrt --scope 440000 --hub https://hub.example --expires 72h"
@@ -973,6 +985,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             spacesync_shared::outln!("{}", keys::public_key_line(&key.verifying_key()));
         }
         Cmd::Serve(a) => serve(&dir, a)?,
+        Cmd::StoreSnapshot { log_format } => {
+            init_logging(log_format);
+            store_snapshot(&dir);
+        }
         Cmd::Agents { now, remote, cmd } => agents(&dir, now.as_deref(), &remote, cmd)?,
         Cmd::Token { remote, cmd } => token(&dir, &remote, cmd)?,
         Cmd::Extend(a) => {
@@ -1108,6 +1124,8 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     };
     let fds = http::raise_fd_limit();
     tracing::info!(open_files_limit = ?fds, "Open-file limit.");
+    // The embedded store gets sled's snapshot brought up to date after a clean stop.
+    let on_sled = cfg.store.is_none();
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     rt.block_on(async move {
         let listener = serve::bind_api(&addr).await?;
@@ -1125,7 +1143,70 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
+    if on_sled {
+        snapshot_after_stop(dir, format, rt);
+    }
     Ok(())
+}
+
+/// After a clean stop on the embedded store: this process becomes `store-snapshot`
+/// ([`store_snapshot`]; same process id, a fresh image), so that the next start reads
+/// sled's page table instead of replaying what this run wrote.
+///
+/// Why a fresh image: sled lets go of the store's lock only once the handle is freed,
+/// and freeing the page table of a large store piece by piece took 3–8 s at 9 M entries;
+/// `exec` closes the store's file (close-on-exec) at once and leaves the memory to the
+/// system. Everything the hub acknowledged is flushed already (`serve::run` flushes once
+/// more at its end). A failed `exec` is logged and changes nothing: the next start
+/// replays, as after a crash.
+fn snapshot_after_stop(dir: &DataDir, format: LogFormat, rt: tokio::runtime::Runtime) {
+    // The runtime's threads go with the image; its tasks have ended or hold nothing that
+    // is not on disk.
+    std::mem::forget(rt);
+    #[cfg(target_os = "linux")]
+    let error = {
+        use std::os::unix::process::CommandExt;
+        // The running binary itself, even if a package upgrade replaced its path.
+        std::process::Command::new("/proc/self/exe")
+            .arg("--data")
+            .arg(&dir.0)
+            .arg("store-snapshot")
+            .arg("--log-format")
+            .arg(match format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            })
+            .exec()
+    };
+    #[cfg(not(target_os = "linux"))]
+    let error = {
+        let _ = (dir, format);
+        std::io::Error::other("not on Linux")
+    };
+    tracing::warn!(
+        error = %error,
+        "Could not write the store's snapshot after the stop; the next start replays the log written since the last one."
+    );
+}
+
+/// `store-snapshot`: [`crate::store::SledStore::snapshot_open`] on the data directory's
+/// store, the handle then forgotten (the process ends; see [`snapshot_after_stop`]). A
+/// failure is logged and changes nothing.
+fn store_snapshot(dir: &DataDir) {
+    let started = std::time::Instant::now();
+    match crate::store::SledStore::snapshot_open(&dir.db()) {
+        Ok(store) => {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "Wrote the store's snapshot; the next start replays nothing."
+            );
+            std::mem::forget(store);
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "Could not write the store's snapshot after the stop; the next start replays the log written since the last one."
+        ),
+    }
 }
 
 /// [`crate::bundle::import`] through a running hub's admin API: each batch in order,

@@ -350,7 +350,13 @@ impl Hub {
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> Result<Hub, LoadError> {
+        let started = std::time::Instant::now();
         let state = load_state(store.as_ref(), &origin, &key, &campaign)?;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            log_size = state.log.size(),
+            "Loaded the hub's state."
+        );
         let published = RwLock::new(Arc::new(Snapshot::of(&state)));
         Ok(Hub {
             published,

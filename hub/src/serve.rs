@@ -135,9 +135,16 @@ pub async fn run(
         "Connection limits."
     );
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
+    let started = std::time::Instant::now();
     let book = Arc::new(crate::notices::NoticeBook::load(hub.store.as_ref())?);
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "Loaded the notice book."
+    );
+    trim_allocator();
+    tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let hub = Arc::new(hub);
+    let store = hub.store.clone();
     {
         let hub = hub.clone();
         tokio::task::spawn_blocking(move || match crate::witness::prune(hub.store.as_ref()) {
@@ -207,8 +214,25 @@ pub async fn run(
         tracing::warn!(task = "scheduler", error = %e, "Task ended abnormally.");
     }
     served?;
+    // What a clean stop leaves is on disk before the process goes (`serve` on sled then
+    // replaces its image without dropping the store: `cli::snapshot_after_stop`).
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "Could not flush the store at the stop.");
+    }
     tracing::info!("Hub stopped.");
     Ok(())
+}
+
+/// Gives the allocator's free pages back to the system: opening the store (sled's page
+/// table read from its snapshot, or the log replayed) and loading the state allocate and
+/// free far more than they keep, and glibc keeps those holes resident otherwise.
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps under its locks; no Rust
+    // invariant is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Reads the TLS files again on every SIGHUP, for as long as it runs; without TLS, says

@@ -553,6 +553,16 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir` with sled's cache at `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        SledStore::open_waiting(dir, cache_bytes, LOCK_WAIT)
+    }
+
+    /// [`SledStore::open_with_cache`], waiting up to `lock_wait` for a handle that is
+    /// closing to let go of the store's lock.
+    fn open_waiting(
+        dir: &Path,
+        cache_bytes: u64,
+        lock_wait: std::time::Duration,
+    ) -> Result<SledStore, StoreError> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         let damaged = |why: String| StoreError::Backend {
             op: "open",
@@ -586,13 +596,14 @@ impl SledStore {
                 )
             })
         };
+        let opening = std::time::Instant::now();
         let mut opened = open()?;
         // A store just closed (in this process, or by a process that is exiting) still holds
         // its file lock until sled's flusher thread lets go of it, a few milliseconds after the
         // last handle is dropped: wait a moment for that before saying another process has
         // it. A store held by a running `serve` is still refused, after LOCK_WAIT.
         let started = std::time::Instant::now();
-        while opened.as_ref().is_err_and(is_lock_error) && started.elapsed() < LOCK_WAIT {
+        while opened.as_ref().is_err_and(is_lock_error) && started.elapsed() < lock_wait {
             std::thread::sleep(std::time::Duration::from_millis(50));
             opened = open()?;
         }
@@ -605,12 +616,58 @@ impl SledStore {
             },
         })?;
         let tree = db.open_tree("hub").map_err(backend("open"))?;
+        // sled's open reads its last snapshot (the page table) and replays the log written
+        // since it; see [`SledStore::snapshot`].
+        tracing::info!(
+            path = %dir.display(),
+            took_ms = opening.elapsed().as_millis() as u64,
+            recovered = db.was_recovered(),
+            "Opened the store."
+        );
         Ok(SledStore {
             db,
             tree,
             commits: Mutex::new(()),
             writes: RwLock::new(()),
         })
+    }
+}
+
+/// sled's cache for [`SledStore::snapshot`]'s open: it reads nothing through the cache.
+const SNAPSHOT_CACHE: u64 = 1024 * 1024;
+
+/// How long [`SledStore::snapshot`] waits for the store's lock: a handle of the same
+/// process that was just dropped lets go of it only once sled has freed its page table,
+/// which took 3–8 s at 9 M entries on a loaded machine (BENCHMARKS.md, session 13).
+/// (`serve` does not wait for that: it hands over to a fresh process image, see
+/// `cli::snapshot_after_stop`.)
+const SNAPSHOT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl SledStore {
+    /// Brings sled's snapshot of the store in `dir` up to now, so that the next open
+    /// replays nothing: opens the store and closes it again. Returns how long that took.
+    ///
+    /// Why: sled 0.34 writes its snapshot (the page table, with the log position it is as
+    /// of) only while it opens a store, after replaying the log written since the last
+    /// one; its `snapshot_after_ops` does nothing. A hub that ingested for hours therefore
+    /// replayed all of it at its next start — 16.8 GB at 9 M entries, 35.2 s before
+    /// `/readyz` (BENCHMARKS.md, session 13). `serve` has it done after a clean stop, where
+    /// the log just written is still in the page cache and nobody waits for an answer. A
+    /// store the hub did not stop cleanly (SIGKILL, power loss) is replayed at its next
+    /// open as before; one killed during this open is too (sled leaves an unfinished
+    /// snapshot file, which [`SledStore::open_with_cache`] removes).
+    pub fn snapshot(dir: &Path) -> Result<std::time::Duration, StoreError> {
+        let started = std::time::Instant::now();
+        drop(SledStore::snapshot_open(dir)?);
+        Ok(started.elapsed())
+    }
+
+    /// [`SledStore::snapshot`]'s open, the store handed back: sled has written the
+    /// snapshot by the time it returns. A process that ends right after may forget the
+    /// handle instead of dropping it: dropping frees sled's page table piece by piece,
+    /// seconds at 9 M entries (the snapshot is on disk either way).
+    pub fn snapshot_open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_waiting(dir, SNAPSHOT_CACHE, SNAPSHOT_LOCK_WAIT)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One real hub, driven through its command line as an operator would: `init` in a
-//! temporary data directory, `agents add`, `token create`, `serve` on a free loopback
-//! port, a clean stop (SIGTERM), restarts, `bulletin issue`.
+//! temporary data directory (or an existing data directory, [`HubInstance::existing`]),
+//! `agents add`, `token create`, `serve` on a free loopback port, a clean stop (SIGTERM),
+//! restarts, `bulletin issue`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,11 +65,31 @@ impl Verified {
     }
 }
 
+/// A hub's data directory: made for the run (removed on drop), or one given (kept).
+enum HubDir {
+    Temp(tempfile::TempDir),
+    Existing(PathBuf),
+}
+
+impl HubDir {
+    fn path(&self) -> &Path {
+        match self {
+            HubDir::Temp(t) => t.path(),
+            HubDir::Existing(p) => p,
+        }
+    }
+}
+
 /// A hub's data directory and, while it serves, its process.
 pub struct HubInstance {
     bin: PathBuf,
-    /// The data directory (removed on drop, after the process is stopped).
-    dir: tempfile::TempDir,
+    /// The data directory (a temporary one is removed on drop, after the process is
+    /// stopped).
+    dir: HubDir,
+    /// Where `serve` writes its log (`hub.log` in the data directory unless set).
+    log: Option<PathBuf>,
+    /// `RUST_LOG` for `serve`.
+    log_level: &'static str,
     /// Where `serve` listens (chosen anew when a start finds the port taken).
     pub port: u16,
     child: Option<ChildGuard>,
@@ -115,7 +136,9 @@ impl HubInstance {
         std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
         Ok(HubInstance {
             bin: bin.to_path_buf(),
-            dir,
+            dir: HubDir::Temp(dir),
+            log: None,
+            log_level: "warn",
             port: procs::free_port()?,
             child: None,
             http: reqwest::Client::new(),
@@ -144,12 +167,50 @@ impl HubInstance {
         }
         Ok(HubInstance {
             bin: self.bin.clone(),
-            dir,
+            dir: HubDir::Temp(dir),
+            log: None,
+            log_level: "warn",
             port: procs::free_port()?,
             child: None,
             http: reqwest::Client::new(),
             key_line: self.key_line.clone(),
         })
+    }
+
+    /// A hub over the existing data directory `dir` (kept as it is found: nothing is
+    /// initialised or removed), its `serve` log written to `log` at `RUST_LOG=info` in
+    /// JSON (the hub's own timings of its start, [`HubInstance::log_timings`]).
+    pub fn existing(bin: &Path, dir: &Path, log: &Path) -> Result<HubInstance> {
+        if !dir.join("hub.key").exists() {
+            bail!("{} holds no hub (no hub.key)", dir.display());
+        }
+        Ok(HubInstance {
+            bin: bin.to_path_buf(),
+            dir: HubDir::Existing(dir.to_path_buf()),
+            log: Some(log.to_path_buf()),
+            log_level: "info",
+            port: procs::free_port()?,
+            child: None,
+            http: reqwest::Client::new(),
+            key_line: String::new(),
+        })
+    }
+
+    /// The `took_ms` of each line of the `serve` log whose message is `message`, in
+    /// order (the log is JSON: [`HubInstance::existing`]).
+    pub fn log_timings(&self, message: &str) -> Vec<f64> {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .filter_map(|v| v["fields"]["took_ms"].as_f64())
+            .collect()
+    }
+
+    /// Empties the `serve` log (each run's timings apart).
+    pub fn clear_log(&self) -> Result<()> {
+        std::fs::write(self.log_path(), b"")
+            .with_context(|| format!("emptying {}", self.log_path().display()))
     }
 
     /// Runs a subcommand against the data directory; its stdout.
@@ -207,7 +268,9 @@ impl HubInstance {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join("hub.log")
+        self.log
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("hub.log"))
     }
 
     /// Starts `serve --now HUB_NOW` and waits for `/readyz` to answer 200 (polled every
@@ -224,18 +287,27 @@ impl HubInstance {
                 .append(true)
                 .open(self.log_path())
                 .with_context(|| format!("opening {}", self.log_path().display()))?;
-            let child = Command::new(&self.bin)
-                .arg("--data")
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("--data")
                 .arg(self.dir.path())
-                .args(["serve", "--now", HUB_NOW, "--listen"])
+                .args(["serve", "--now", HUB_NOW]);
+            if self.log.is_some() {
+                cmd.args(["--log-format", "json"]);
+            }
+            let child = cmd
+                .arg("--listen")
                 .arg(format!("127.0.0.1:{}", self.port))
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", self.log_level)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
                 .spawn()
                 .with_context(|| format!("starting {} serve", self.bin.display()))?;
             let mut guard = ChildGuard::new("the hub", child);
+            if matches!(self.dir, HubDir::Existing(_)) {
+                // A store that is not the run's own is stopped cleanly even on an error.
+                guard = guard.with_drop_signal(libc::SIGTERM, Duration::from_secs(300));
+            }
             let url = format!("{}/readyz", self.url());
             match procs::wait_ok(
                 &self.http,
@@ -268,12 +340,14 @@ impl HubInstance {
         )))
     }
 
-    /// Stops `serve` cleanly (SIGTERM; SIGKILL after a minute). Returns how long it took.
+    /// Stops `serve` cleanly (SIGTERM; SIGKILL after five minutes: the stop includes
+    /// bringing sled's snapshot up to date, which replays what the run wrote). Returns how
+    /// long it took.
     pub fn stop(&mut self) -> Result<Duration> {
         let Some(mut guard) = self.child.take() else {
             bail!("the hub is not serving");
         };
-        let (st, took) = guard.stop(libc::SIGTERM, Duration::from_secs(60))?;
+        let (st, took) = guard.stop(libc::SIGTERM, Duration::from_secs(300))?;
         if !st.success() {
             eprintln!(
                 "The hub exited with {st} on SIGTERM; its log ends:\n{}",

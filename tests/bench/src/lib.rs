@@ -21,7 +21,8 @@
 //! - [`agents`] — real agent processes: `init`, `run`, intake, `/v1/status`, stops.
 //! - [`ingest`], [`agent`], [`scale`] — the three commands of the fixed interface;
 //!   [`drain`] (agents that buffered while the hub was down, then drain into it) and
-//!   [`idle`] (`agent-idle`: an idle agent's memory with a large buffer).
+//!   [`idle`] (`agent-idle`: an idle agent's memory with a large buffer) and [`restart`]
+//!   (an existing hub data directory's start to `/readyz`, memory and stop).
 
 pub mod agent;
 pub mod agents;
@@ -35,5 +36,6 @@ pub mod pg;
 pub mod presign;
 pub mod procs;
 pub mod report;
+pub mod restart;
 pub mod scale;
 pub mod workload;

@@ -10,6 +10,7 @@ use spacesync_bench::drain::{self, DrainArgs};
 use spacesync_bench::idle::{self, IdleArgs};
 use spacesync_bench::ingest::{self, IngestArgs};
 use spacesync_bench::presign;
+use spacesync_bench::restart::{self, RestartArgs};
 use spacesync_bench::scale::{self, ScaleArgs};
 
 #[derive(Parser)]
@@ -37,6 +38,9 @@ enum Cmd {
     /// intake and after a restart.
     #[command(name = "agent-idle")]
     AgentIdle(IdleArgs),
+    /// An existing hub data directory: spawn to `/readyz`, resident memory, `/v1/progress`,
+    /// the clean stop, `--runs` times (warm, or `--cold` after dropping the page cache).
+    Restart(RestartArgs),
     /// Signs a workload into NDJSON batch bodies (run by the other commands as a separate
     /// process).
     #[command(hide = true)]
@@ -75,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Scale(a) => rt()?.block_on(scale::run(&a))?,
         Cmd::Drain(a) => rt()?.block_on(drain::run(&a))?,
         Cmd::AgentIdle(a) => rt()?.block_on(idle::run(&a))?,
+        Cmd::Restart(a) => rt()?.block_on(restart::run(&a))?,
     };
     println!("{}", report.line());
     Ok(())

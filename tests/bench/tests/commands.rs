@@ -242,3 +242,52 @@ fn agent_idle_reports_resident_memory_with_a_buffer() {
     );
     assert_eq!(value(&pairs, "entries"), "3000");
 }
+
+#[test]
+fn restart_reports_the_start_of_an_existing_store_split_by_the_hubs_own_timings() {
+    // A store the way `scale` leaves it (SPACESYNC_BENCH_KEEP_HUB keeps its data directory).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kept = tmp.path().join("hub");
+    let out = Command::new(env!("CARGO_BIN_EXE_spacesync-bench"))
+        .args(["scale", "--schools", "20", "--progress-samples", "1"])
+        .args(["--min-limit-s", "0.05"])
+        .env(
+            "SPACESYNC_HUB_BIN",
+            env!("CARGO_BIN_EXE_spacesync-hub-under-bench"),
+        )
+        .env("SPACESYNC_BENCH_KEEP_HUB", &kept)
+        .output()
+        .expect("running spacesync-bench scale");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = kept.to_string_lossy().into_owned();
+    let pairs = check(
+        &[
+            "restart",
+            "--data",
+            &data,
+            "--runs",
+            "2",
+            "--progress-samples",
+            "2",
+        ],
+        &["restart_s", "rss_mb", "progress_ms", "stop_s", "store_mb"],
+        &[],
+    );
+    // The hub's own timings are whole milliseconds (0 on a store this small) and its CPU
+    // is counted in clock ticks: present and numbers, not NA.
+    for key in ["cpu_s", "open_ms", "state_ms", "notices_ms", "snapshot_ms"] {
+        let v = value(&pairs, key);
+        assert!(
+            v.parse::<f64>().is_ok_and(|x| x >= 0.0),
+            "{key}={v:?} is not a number"
+        );
+    }
+    let first: Vec<&str> = pairs.iter().take(3).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(first, ["restart_s", "rss_mb", "progress_ms"]);
+    assert_eq!(value(&pairs, "runs"), "2");
+    assert!(kept.join("hub.key").exists(), "the store is kept");
+}
