@@ -4,8 +4,8 @@
 //! resident memory grew [`GROWTH`] past what it was after the last settling (bursts of
 //! reads: the log audit, `verify`; sled's segment cleaner after an open) or since the
 //! start, it runs without reopening. Not again within [`MIN_GAP`] of the last time. Why
-//! it is needed: the store's module doc, "Memory at rest". [`cap_arenas`] is the other
-//! half: fewer glibc arenas to leave holes in.
+//! it is needed: the store's module doc, "Memory at rest". [`tune_allocator`] is the
+//! other half: fewer glibc arenas to leave holes in, and large blocks always mapped apart.
 
 use std::time::Duration;
 
@@ -30,21 +30,41 @@ pub const MIN_GAP: Duration = Duration::from_secs(60);
 /// only start again).
 pub const GROWTH: u64 = 4 << 20;
 
-/// glibc malloc arenas the agent allows itself ([`cap_arenas`]).
+/// glibc malloc arenas the agent allows itself ([`tune_allocator`]).
 pub const ARENAS: i32 = 1;
 
-/// Caps glibc's malloc arenas at [`ARENAS`] before any thread starts, unless the operator
-/// set `MALLOC_ARENA_MAX`. glibc gives threads their own arenas (up to 8 per core) and each
-/// keeps its own free memory and holes: a restarted agent with 1 M entries buffered held
-/// 2.3 MiB less with one (BENCHMARKS.md, session 13); the agent's work is one writer and
-/// a few tasks, not many threads allocating at once.
-pub fn cap_arenas() {
+/// Blocks from this size up are mapped on their own and unmapped when freed
+/// ([`tune_allocator`]).
+pub const MMAP_THRESHOLD: i32 = 256 << 10;
+
+/// Sets glibc's malloc up for an agent that rests between bursts, before any thread
+/// starts; a setting the operator gave in the environment (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`) is left alone. (BENCHMARKS.md, session 13.)
+///
+/// - [`ARENAS`] arenas: glibc gives threads their own (up to 8 per core), each keeping
+///   its own free memory and holes; a restarted agent with 1 M entries buffered held
+///   2.3 MiB less with one. The agent's work is one writer and a few tasks.
+/// - a fixed [`MMAP_THRESHOLD`]: glibc otherwise raises the threshold to the size of each
+///   mapped block freed (the intake's bodies, sled's page table at a reopen: 4 and 2 MiB),
+///   after which such blocks come from the heap — a page table allocated zeroed there is
+///   written whole, where a fresh mapping is touched only where used. After a reopen at
+///   rest: 2–3 MiB less.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets glibc's own parameters under its lock; called before
-        // the runtime's threads exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+    for (var, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, ARENAS),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mallopt only sets glibc's own parameters under its lock; called
+            // before the runtime's threads exist.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
