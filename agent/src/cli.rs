@@ -818,6 +818,7 @@ fn run(data: DataDir, a: RunArgs) -> Result<ExitCode, CliError> {
     let addr = cfg.listen;
     let fds = spacesync_http::raise_fd_limit();
     tracing::debug!(open_files_limit = ?fds, "Open-file limit.");
+    crate::idle::tune_allocator();
     runtime()?.block_on(async move {
         let agent = Agent::open(data, cfg, clock)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

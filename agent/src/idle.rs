@@ -1,9 +1,11 @@
 //! Giving memory back at rest: once the store's head, delivered seq and pruned seq have
-//! not moved for [`QUIET`] after moving — or have not moved while the process's resident
-//! memory grew [`GROWTH`] past what it was after the last settling (bursts of reads: the
-//! log audit, `verify`) — [`Store::settle_memory`] runs once (on a blocking thread), and
-//! not again within [`MIN_GAP`] of the last time. Why it is needed: the store's module
-//! doc, "Memory at rest".
+//! not moved for [`QUIET`] after moving, [`Store::settle_memory`] runs once (on a
+//! blocking thread), reopening the store; once they have not moved while the process's
+//! resident memory grew [`GROWTH`] past what it was after the last settling (bursts of
+//! reads: the log audit, `verify`; sled's segment cleaner after an open) or since the
+//! start, it runs without reopening. Not again within [`MIN_GAP`] of the last time. Why
+//! it is needed: the store's module doc, "Memory at rest". [`tune_allocator`] is the
+//! other half: fewer glibc arenas to leave holes in, and large blocks always mapped apart.
 
 use std::time::Duration;
 
@@ -15,12 +17,57 @@ use crate::store::Store;
 /// How long the store must be still before memory is given back.
 pub const QUIET: Duration = Duration::from_secs(5);
 
+/// How often the store's seqs are looked at (three reads of `meta`).
+const POLL: Duration = Duration::from_secs(1);
+
 /// Least time between two settlings, so a trickle of batches a few seconds apart does not
 /// pay for one after each (one after a 1 M-entry intake cost 0.07 s of CPU).
 pub const MIN_GAP: Duration = Duration::from_secs(60);
 
-/// Growth of resident memory, with no seq moving, that calls for a settling.
-pub const GROWTH: u64 = 16 << 20;
+/// Growth of resident memory, with no seq moving, that calls for a settling (one
+/// without a reopen: reads alone leave nothing a reopen would find, and sled's segment
+/// cleaner grows the memory of a freshly opened store by ~10 MiB, which a reopen would
+/// only start again).
+pub const GROWTH: u64 = 4 << 20;
+
+/// glibc malloc arenas the agent allows itself ([`tune_allocator`]).
+pub const ARENAS: i32 = 1;
+
+/// Blocks from this size up are mapped on their own and unmapped when freed
+/// ([`tune_allocator`]).
+pub const MMAP_THRESHOLD: i32 = 256 << 10;
+
+/// Sets glibc's malloc up for an agent that rests between bursts, before any thread
+/// starts; a setting the operator gave in the environment (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`) is left alone. (BENCHMARKS.md, session 13.)
+///
+/// - [`ARENAS`] arenas: glibc gives threads their own (up to 8 per core), each keeping
+///   its own free memory and holes; a restarted agent with 1 M entries buffered held
+///   2.3 MiB less with one. The agent's work is one writer and a few tasks.
+/// - a fixed [`MMAP_THRESHOLD`]: glibc otherwise raises the threshold to the size of each
+///   mapped block freed (the intake's bodies, sled's page table at a reopen: 4 and 2 MiB),
+///   after which such blocks come from the heap — a page table allocated zeroed there is
+///   written whole, where a fresh mapping is touched only where used. After a reopen at
+///   rest: 2–3 MiB less.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (var, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, ARENAS),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mallopt only sets glibc's own parameters under its lock; called
+            // before the runtime's threads exist.
+            unsafe {
+                libc::mallopt(param, value);
+            }
+        }
+    }
+}
 
 /// This process's resident memory in bytes (`VmRSS`), where the system says (Linux).
 fn resident_bytes() -> Option<u64> {
@@ -47,8 +94,8 @@ fn position(store: &Store) -> Option<(u64, u64, u64)> {
 /// Runs until `stop` turns true (or its sender goes), settling memory as the module doc
 /// says.
 pub async fn settle_when_quiet(store: Store, stop: watch::Receiver<bool>) {
-    let settle = move |s: &Store| {
-        if let Err(e) = s.settle_memory() {
+    let settle = move |s: &Store, reopen: bool| {
+        if let Err(e) = s.settle_memory(reopen) {
             warn!(error = %e, "Giving memory back failed; the agent goes on.");
         }
     };
@@ -64,14 +111,21 @@ pub(crate) async fn settle_when_quiet_with<F>(
     resident: impl Fn() -> Option<u64>,
     settle: F,
 ) where
-    F: Fn(&Store) + Clone + Send + 'static,
+    F: Fn(&Store, bool) + Clone + Send + 'static,
 {
     let mut seen = position(&store);
-    // Nothing to give back right after opening: the store has done nothing yet.
+    // Nothing of the store's own to give back right after opening (no reopen needed), but
+    // sled's segment cleaner grows the memory of a freshly opened store: one settling
+    // without a reopen once it is quiet.
     let mut settled = true;
+    let mut opened = true;
     // Resident memory after the last settling (or at the start).
     let mut baseline = resident();
     let mut last: Option<tokio::time::Instant> = None;
+    // The seqs are looked at every `poll`, so a settling comes `quiet` after the last
+    // change, not up to twice that.
+    let poll = quiet.min(POLL);
+    let mut still_since = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -83,30 +137,38 @@ pub(crate) async fn settle_when_quiet_with<F>(
                 }
                 continue;
             }
-            () = tokio::time::sleep(quiet) => {}
+            () = tokio::time::sleep(poll) => {}
         }
         let now = position(&store);
         if now != seen {
             seen = now;
             settled = false;
+            still_since = tokio::time::Instant::now();
+            continue;
+        }
+        if still_since.elapsed() < quiet {
             continue;
         }
         let grown = resident()
             .zip(baseline)
             .is_some_and(|(now, base)| now > base.saturating_add(GROWTH));
-        if (settled && !grown) || last.is_some_and(|t| t.elapsed() < min_gap) {
+        if (settled && !grown && !opened) || last.is_some_and(|t| t.elapsed() < min_gap) {
             continue;
         }
+        // A reopen only when the store changed: reads and the cleaner leave nothing of
+        // the store's that a fresh open would not hold again.
+        let reopen = !settled;
         let (s, f) = (store.clone(), settle.clone());
         let started = tokio::time::Instant::now();
-        if let Err(e) = tokio::task::spawn_blocking(move || f(&s)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || f(&s, reopen)).await {
             warn!(error = %e, "Giving memory back failed; the agent goes on.");
         }
         debug!(
             took_ms = started.elapsed().as_millis() as u64,
-            "Gave memory back at rest."
+            reopen, "Gave memory back at rest."
         );
         settled = true;
+        opened = false;
         baseline = resident();
         last = Some(tokio::time::Instant::now());
     }
@@ -115,7 +177,7 @@ pub(crate) async fn settle_when_quiet_with<F>(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use spacesync_shared::dsse::Digest;
 
@@ -133,44 +195,47 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Settles once per quiet period after a change, never while changes go on, not within
-    /// the least gap, and not at all for a store that never changed.
+    /// Settles once per quiet period after a change, reopening the store, never while
+    /// changes go on, not within the least gap; a store that never changed is settled
+    /// once after the start, without a reopen (sled's cleaner after the open).
     #[tokio::test(start_paused = true)]
     async fn memory_is_given_back_once_after_the_store_goes_quiet() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
-        let count = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let c = count.clone();
+        let d = done.clone();
         let task = tokio::spawn(settle_when_quiet_with(
             store.clone(),
             stop_rx,
             Duration::from_secs(5),
             Duration::from_secs(60),
             || Some(10 << 20),
-            move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
+            move |_, reopen| {
+                d.lock().unwrap_or_else(|e| panic!("{e}")).push(reopen);
             },
         ));
-        let settles = || count.load(Ordering::SeqCst);
-        // Untouched: nothing to give back.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(settles(), 0);
+        let settles = || done.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+        // Untouched: one settling after the start, no reopen; then nothing more.
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert_eq!(settles(), [false]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(settles(), [false]);
         // Appends every 3 s: never quiet for a whole period.
         for _ in 0..5 {
             append(&store, 2);
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        assert_eq!(settles(), 0);
-        // Quiet: one settling, and only one.
+        assert_eq!(settles(), [false]);
+        // Quiet: one settling with a reopen, and only one.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(settles(), 1);
+        assert_eq!(settles(), [false, true]);
         // Another burst soon after: it waits for the least gap, then settles once more.
         append(&store, 1);
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert_eq!(settles(), 1);
+        assert_eq!(settles(), [false, true]);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(settles(), 2);
+        assert_eq!(settles(), [false, true, true]);
         let _ = stop_tx.send(true);
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
@@ -185,34 +250,35 @@ mod tests {
     async fn memory_grown_by_reads_alone_is_given_back_once() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
-        let count = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
         let rss = Arc::new(std::sync::atomic::AtomicU64::new(20 << 20));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (c, r) = (count.clone(), rss.clone());
+        let (d, r) = (done.clone(), rss.clone());
         let task = tokio::spawn(settle_when_quiet_with(
             store,
             stop_rx,
             Duration::from_secs(5),
             Duration::from_secs(60),
             move || Some(r.load(Ordering::SeqCst)),
-            move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
+            move |_, reopen| {
+                d.lock().unwrap_or_else(|e| panic!("{e}")).push(reopen);
             },
         ));
-        let settles = || count.load(Ordering::SeqCst);
-        // The task reads its baseline first.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let settles = || done.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+        // The task reads its baseline first; the settling after the start comes at 5 s.
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert_eq!(settles(), [false]);
         // Grown, but not past the threshold: nothing.
         rss.store((20 << 20) + GROWTH, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(settles(), 0);
-        // Past it: one settling; the memory then stays high (what settling could not give
-        // back becomes the new baseline): no more.
+        assert_eq!(settles(), [false]);
+        // Past it: one settling, without a reopen; the memory then stays high (what
+        // settling could not give back becomes the new baseline): no more.
         rss.store((21 << 20) + GROWTH, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(settles(), 1);
+        assert_eq!(settles(), [false, false]);
         tokio::time::sleep(Duration::from_secs(120)).await;
-        assert_eq!(settles(), 1);
+        assert_eq!(settles(), [false, false]);
         let _ = stop_tx.send(true);
         tokio::time::timeout(Duration::from_secs(10), task)
             .await

@@ -1471,6 +1471,71 @@ pub(crate) mod tests {
         panic!("timed out waiting for {what}");
     }
 
+    /// Records submitted while the store is closed and reopened over and over (the
+    /// settling at rest, `Store::reopen`) are all acknowledged with consecutive seqs, each
+    /// on disk when answered, and all there when the store is opened again afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_submitted_during_reopens_are_all_acknowledged_and_kept() {
+        const N: u64 = 120;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (intake, task) = spawn_writer(writer(&store, BufferConfig::default()), Arc::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reopener = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reopened = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    if store.reopen().unwrap_or_else(|e| panic!("{e}")) {
+                        reopened += 1;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                reopened
+            })
+        };
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..4u64 {
+            let (intake, store) = (intake.clone(), store.clone());
+            clients.spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..N / 4 {
+                    let a = intake
+                        .submit(act(&format!("c{c} t{i}")))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert!(
+                        a.seqs.iter().all(|&q| q <= store.durable_head()),
+                        "seqs {:?} answered above the durable head",
+                        a.seqs
+                    );
+                    seqs.extend(a.seqs);
+                }
+                seqs
+            });
+        }
+        let mut seqs: Vec<u64> = clients.join_all().await.into_iter().flatten().collect();
+        stop.store(true, Ordering::SeqCst);
+        let reopened = reopener
+            .join()
+            .unwrap_or_else(|_| panic!("the reopener panicked"));
+        assert!(reopened > 0, "the store was never reopened");
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+        drop(intake);
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.head().unwrap_or_else(|e| panic!("{e}")).0, N);
+        for q in 1..=N {
+            assert!(
+                store.entry(q).unwrap_or_else(|e| panic!("{e}")).is_some(),
+                "seq {q} acknowledged but not kept"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_submits_get_consecutive_seqs_each_answered_after_a_flush_that_covers_it() {
         const N: u64 = 40;

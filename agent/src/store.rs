@@ -61,12 +61,17 @@
 //! Memory at rest: after a burst of writes (a large intake) or reads (delivery), sled
 //! 0.34 keeps more than its cache: its page cache is 256 shards that evict only once 64
 //! accesses are queued in a shard (and keep at least the last page each), replaced page
-//! versions wait in crossbeam-epoch's collector until threads pin often enough, and glibc
-//! keeps the freed holes resident. An agent at rest does none of that, so [`idle`]
-//! calls [`Store::settle_memory`] once the store has been quiet a while (or memory grew
-//! while no seq moved): it reads a small tree of its own (`idle_sweep`, 4096 empty
-//! values, not backed up) so every shard evicts down to its share, collects the garbage
-//! and trims the allocator (measured in BENCHMARKS.md, session 12).
+//! versions wait in crossbeam-epoch's collector until threads pin often enough, the page
+//! table and segment accounting keep what the burst made them, and glibc keeps the freed
+//! holes resident. An agent at rest does none of that, so [`idle`] calls
+//! [`Store::settle_memory`] once the store has been quiet a while: it closes the database
+//! and opens it again ([`Store::reopen`]: every method holds the handles it started with,
+//! a reopen happens only when nobody holds them, after a flush, and methods called
+//! meanwhile wait for the new ones), which drops all sled grew; then it collects the
+//! garbage and trims the allocator. When the store cannot be reopened now, or when only
+//! memory grew (reads; sled's segment cleaner after an open) it reads a small tree of its
+//! own instead (`idle_sweep`, 4096 empty values, not backed up) so every shard evicts
+//! down to its share (measured in BENCHMARKS.md, sessions 12 and 13).
 //!
 //! [`idle`]: crate::idle
 //!
@@ -101,6 +106,20 @@ const SWEEP_KEYS: u32 = 4096;
 const SWEEP_PASSES: usize = 64;
 /// Collection rounds per [`Store::settle_memory`] (each frees up to 8 bags of 64 items).
 const RELEASE_ROUNDS: usize = 4096;
+
+/// How long [`Store::reopen`] tries to open the database again while the closed one's
+/// lock is still held.
+const REOPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Frees what sled handed to crossbeam-epoch's global collector: it frees 8 bags of
+/// such garbage per 128 pins of a thread, so a backlog is left after a burst, and nothing
+/// pins at rest. Each round pins, moves this thread's garbage on and collects up to 8
+/// bags.
+fn release_garbage() {
+    for _ in 0..RELEASE_ROUNDS {
+        crossbeam_epoch::pin().flush();
+    }
+}
 
 /// Returns the allocator's free pages to the system (glibc keeps them otherwise: freed
 /// node versions leave holes in its heaps that count as resident).
@@ -196,6 +215,8 @@ fn decode_receipt_row(k: &[u8], v: &[u8]) -> Result<(u64, u64, StoredReceipt), S
 
 /// Stored receipts one seq at a time, runs expanded ([`Store::raw_receipts_from`]).
 struct ReceiptIter {
+    /// The handles `values` reads through, held so [`Store::reopen`] waits for this.
+    _held: Arc<Handles>,
     values: sled::Iter,
     /// The value being handed out: (last seq, its receipt).
     run: Option<(u64, StoredReceipt)>,
@@ -419,12 +440,31 @@ pub struct Copied {
 /// The agent's sled database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
+    /// The open database and its trees, shared by every clone; replaced by
+    /// [`Store::reopen`] at rest (see "Memory at rest" in the module doc). Every method
+    /// takes one clone of the `Arc` for its whole run, so a reopen sees whether anyone
+    /// still uses the old handles (an iterator handed out holds one too).
+    handles: Arc<std::sync::RwLock<Option<Arc<Handles>>>>,
+    /// Where the database lives, for [`Store::reopen`].
+    path: PathBuf,
     /// Every entry up to this seq is on disk: the head as it stood when the last completed
     /// flush started (or at open). Shared by every clone, so the pusher, which must never
     /// send an entry a power cut could still take back, sees what intake's committer
     /// flushed.
     durable: Arc<AtomicU64>,
+    /// Every change takes it shared; [`Store::backup`] takes it alone, so a backup copies
+    /// the trees as of one instant (sled has no snapshots across trees).
+    gate: Arc<std::sync::RwLock<()>>,
+    /// Held by whoever stores receipts from planning to commit: a recording reads the
+    /// `receipts` tree outside its transaction ([`ReceiptPlan`]), so no other may change
+    /// it meanwhile.
+    receipting: Arc<std::sync::Mutex<()>>,
+}
+
+/// The sled database and its trees, as one open of the store holds them.
+#[derive(Debug)]
+struct Handles {
+    db: sled::Db,
     entries: sled::Tree,
     receipts: sled::Tree,
     batch_receipts: sled::Tree,
@@ -433,13 +473,6 @@ pub struct Store {
     notices: sled::Tree,
     idem: sled::Tree,
     audit_evidence: sled::Tree,
-    /// Every change takes it shared; [`Store::backup`] takes it alone, so a backup copies
-    /// the trees as of one instant (sled has no snapshots across trees).
-    gate: Arc<std::sync::RwLock<()>>,
-    /// Held by whoever stores receipts from planning to commit: a recording reads the
-    /// `receipts` tree outside its transaction ([`ReceiptPlan`]), so no other may change
-    /// it meanwhile.
-    receipting: Arc<std::sync::Mutex<()>>,
 }
 
 /// Big-endian key of a seq, so sled's order is seq order.
@@ -654,6 +687,8 @@ fn encode_packs<'a>(
 /// The entries held from a seq on, in seq order, each once: walks the `entries` values
 /// (packs, and single entries stored before packs).
 struct EntryIter {
+    /// The handles `values` reads through, held so [`Store::reopen`] waits for this.
+    _held: Arc<Handles>,
     values: sled::Iter,
     pack: Option<Pack>,
     /// The next seq to hand out; seqs below it are skipped (pruned, or before the range
@@ -790,70 +825,80 @@ fn note_receipts(
     Ok(acked)
 }
 
-impl Store {
-    /// Opens (or creates) the database at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // sled would create the directory with the umask's mode (often 0755); the store
-        // holds every record, so it is created 0700 from the start.
-        crate::config::private_dir(path).map_err(|e| StoreError::Open {
+/// Opens the sled database at `path` and its trees (see [`Store::open`]).
+fn open_handles(path: &Path) -> Result<Handles, StoreError> {
+    // sled would create the directory with the umask's mode (often 0755); the store
+    // holds every record, so it is created 0700 from the start.
+    crate::config::private_dir(path).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        error: sled::Error::Io(e),
+    })?;
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        .mode(sled::Mode::LowSpace);
+    // A kill during sled's own open leaves a snapshot file that would refuse every
+    // later open; removing it loses nothing (see spacesync_http::sled_dir).
+    let cleared = spacesync_http::sled_dir::remove_unfinished_snapshots(path).map_err(|e| {
+        StoreError::Open {
             path: path.to_path_buf(),
             error: sled::Error::Io(e),
-        })?;
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .mode(sled::Mode::LowSpace);
-        // A kill during sled's own open leaves a snapshot file that would refuse every
-        // later open; removing it loses nothing (see spacesync_http::sled_dir).
-        let cleared = spacesync_http::sled_dir::remove_unfinished_snapshots(path).map_err(|e| {
-            StoreError::Open {
-                path: path.to_path_buf(),
-                error: sled::Error::Io(e),
-            }
-        })?;
-        for removed in cleared {
-            tracing::warn!(path = %removed.display(), "removed the unfinished snapshot an interrupted start left; sled rebuilds it from the log");
         }
-        // sled 0.34 panics on some damaged files (an index out of bounds while reading
-        // segments) instead of returning an error; both mean the same to an operator.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .map_err(|p| StoreError::Damaged {
+    })?;
+    for removed in cleared {
+        tracing::warn!(path = %removed.display(), "removed the unfinished snapshot an interrupted start left; sled rebuilds it from the log");
+    }
+    // sled 0.34 panics on some damaged files (an index out of bounds while reading
+    // segments) instead of returning an error; both mean the same to an operator.
+    let opened =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|p| {
+            StoreError::Damaged {
                 path: path.to_path_buf(),
                 why: p
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "sled failed reading them".into()),
-            })?;
-        let db = opened.map_err(|error| match &error {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    path: path.to_path_buf(),
-                }
             }
-            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Damaged {
-                path: path.to_path_buf(),
-                why: error.to_string(),
-            },
-            _ => StoreError::Open {
-                path: path.to_path_buf(),
-                error,
-            },
         })?;
-        let tree = |name: &str| db.open_tree(name);
+    let db = opened.map_err(|error| match &error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Damaged {
+            path: path.to_path_buf(),
+            why: error.to_string(),
+        },
+        _ => StoreError::Open {
+            path: path.to_path_buf(),
+            error,
+        },
+    })?;
+    let tree = |name: &str| db.open_tree(name);
+    Ok(Handles {
+        entries: tree("entries")?,
+        receipts: tree("receipts")?,
+        batch_receipts: tree("batch_receipts")?,
+        meta: tree("meta")?,
+        quota: tree("quota")?,
+        notices: tree("notices")?,
+        idem: tree("idem")?,
+        audit_evidence: tree("audit_evidence")?,
+        db,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
         let store = Store {
-            entries: tree("entries")?,
-            receipts: tree("receipts")?,
-            batch_receipts: tree("batch_receipts")?,
-            meta: tree("meta")?,
-            quota: tree("quota")?,
-            notices: tree("notices")?,
-            idem: tree("idem")?,
-            audit_evidence: tree("audit_evidence")?,
+            handles: Arc::new(std::sync::RwLock::new(Some(Arc::new(open_handles(path)?)))),
+            path: path.to_path_buf(),
             durable: Arc::default(),
             gate: Arc::default(),
             receipting: Arc::default(),
-            db,
         };
         // What sled recovered at open is on disk: `remove_unfinished_snapshots` synced
         // its log file first (a killed writer's unsynced tail included).
@@ -862,10 +907,24 @@ impl Store {
         Ok(store)
     }
 
+    /// The handles every method reads and writes through (one clone for its whole run).
+    fn h(&self) -> Arc<Handles> {
+        let slot = self
+            .handles
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Some(h) => h.clone(),
+            // `reopen` puts handles back before it lets go of the lock, or ends the
+            // process; nothing else empties the slot.
+            None => unreachable!("the store's handles are missing outside a reopen"),
+        }
+    }
+
     /// The source and key the store is bound to (`source <id> with key <line>`), if any.
     pub fn identity(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .meta
+        let h = self.h();
+        Ok(h.meta
             .get(IDENTITY)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
@@ -873,7 +932,8 @@ impl Store {
     /// The source's keys along its chain, `(first seq, key line)` in rotation order; empty
     /// while the first key was never rotated (it signs everything).
     pub fn key_history(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        match self.meta.get(KEY_HISTORY)? {
+        let h = self.h();
+        match h.meta.get(KEY_HISTORY)? {
             None => Ok(Vec::new()),
             Some(v) => serde_json::from_slice(&v)
                 .map_err(|e| StoreError::Corrupt(format!("the key history: {e}"))),
@@ -889,6 +949,7 @@ impl Store {
         new_line: &str,
         from_seq: u64,
     ) -> Result<(), StoreError> {
+        let h = self.h();
         let mut history = self.key_history()?;
         if history.is_empty() {
             history.push((1, old_line.to_string()));
@@ -898,14 +959,14 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("the key history: {e}")))?;
         let identity = format!("source {source} with key {new_line}");
         let _changing = self.changing();
-        self.meta
+        h.meta
             .transaction(|meta| {
                 meta.insert(IDENTITY, identity.as_bytes())?;
                 meta.insert(KEY_HISTORY, history.as_slice())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Corrupt(format!("recording the key rotation: {e:?}")))?;
-        self.db.flush()?;
+        h.db.flush()?;
         Ok(())
     }
 
@@ -922,6 +983,7 @@ impl Store {
         old_line: &str,
         new_line: &str,
     ) -> Result<(), StoreError> {
+        let h = self.h();
         let mut history = self.key_history()?;
         if history.is_empty() {
             history.push((1, old_line.to_string()));
@@ -932,7 +994,7 @@ impl Store {
         let identity = format!("source {source} with key {new_line}");
         let packed = encode_packs(seq, [envelope]);
         let _changing = self.changing();
-        (&self.entries, &self.meta).transaction(|(entries, meta)| {
+        (&h.entries, &h.meta).transaction(|(entries, meta)| {
             let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
             if head + 1 != seq {
                 return Err(abort(StoreError::Corrupt(format!(
@@ -965,16 +1027,17 @@ impl Store {
     /// instant: changes wait meanwhile (readers do not), the source is flushed first and
     /// the copy flushed before this returns.
     pub fn backup(&self, out: &Path) -> Result<Copied, StoreError> {
+        let h = self.h();
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        self.db.flush()?;
+        h.db.flush()?;
         let copy = Store::open(out)?;
         let mut keys = 0u64;
-        for name in self.db.tree_names() {
+        for name in h.db.tree_names() {
             if name == SWEEP_TREE.as_bytes() {
                 continue;
             }
-            let from = self.db.open_tree(&name)?;
-            let to = copy.db.open_tree(&name)?;
+            let from = h.db.open_tree(&name)?;
+            let to = copy.h().db.open_tree(&name)?;
             let mut batch = sled::Batch::default();
             let mut n = 0usize;
             for kv in from.iter() {
@@ -991,8 +1054,8 @@ impl Store {
         }
         // The copy is older than the hub's view as soon as this agent delivers more: an
         // agent run from it takes back what the hub holds before it appends.
-        copy.meta.insert(CATCH_UP, &[1u8][..])?;
-        copy.db.flush()?;
+        copy.h().meta.insert(CATCH_UP, &[1u8][..])?;
+        copy.h().db.flush()?;
         Ok(Copied {
             keys,
             head: copy.head()?.0,
@@ -1003,12 +1066,13 @@ impl Store {
     /// Binds the store to a source and key on first use; refuses another later, except the
     /// key the store's key history puts in force last (for the same source).
     pub fn bind_identity(&self, source: &SourceId, key_line: &str) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let want = format!("source {source} with key {key_line}");
-        match self.meta.get(IDENTITY)? {
+        match h.meta.get(IDENTITY)? {
             None => {
-                self.meta.insert(IDENTITY, want.as_bytes())?;
-                self.db.flush()?;
+                h.meta.insert(IDENTITY, want.as_bytes())?;
+                h.db.flush()?;
                 Ok(())
             }
             Some(v) if v.as_ref() == want.as_bytes() => Ok(()),
@@ -1021,8 +1085,8 @@ impl Store {
                         .last()
                         .is_some_and(|(_, line)| line == key_line) =>
             {
-                self.meta.insert(IDENTITY, want.as_bytes())?;
-                self.db.flush()?;
+                h.meta.insert(IDENTITY, want.as_bytes())?;
+                h.db.flush()?;
                 Ok(())
             }
             Some(v) => Err(StoreError::Identity {
@@ -1034,27 +1098,31 @@ impl Store {
 
     /// Highest seq and its payload hash (0 and zeros when empty).
     pub fn head(&self) -> Result<(u64, Digest), StoreError> {
+        let h = self.h();
         Ok((
-            read_u64(self.meta.get(HEAD_SEQ)?)?,
-            read_digest(self.meta.get(HEAD_HASH)?)?,
+            read_u64(h.meta.get(HEAD_SEQ)?)?,
+            read_digest(h.meta.get(HEAD_HASH)?)?,
         ))
     }
 
     /// Highest seq such that it and every seq below have a verified receipt.
     pub fn acked(&self) -> Result<u64, StoreError> {
-        read_u64(self.meta.get(ACKED_SEQ)?)
+        let h = self.h();
+        read_u64(h.meta.get(ACKED_SEQ)?)
     }
 
     /// Stored bytes of the entries above [`Store::acked`].
     pub fn buffered_bytes(&self) -> Result<u64, StoreError> {
-        read_u64(self.meta.get(BUFFERED_BYTES)?)
+        let h = self.h();
+        read_u64(h.meta.get(BUFFERED_BYTES)?)
     }
 
     /// Highest pruned seq and its payload hash (0 and zeros when nothing was pruned).
     pub fn pruned(&self) -> Result<(u64, Digest), StoreError> {
+        let h = self.h();
         Ok((
-            read_u64(self.meta.get(PRUNED_SEQ)?)?,
-            read_digest(self.meta.get(PRUNED_HASH)?)?,
+            read_u64(h.meta.get(PRUNED_SEQ)?)?,
+            read_digest(h.meta.get(PRUNED_HASH)?)?,
         ))
     }
 
@@ -1069,6 +1137,7 @@ impl Store {
     /// many small batches matters: sled writes its log buffer out at every transaction.
     /// Not durable until [`Store::flush_async`].
     pub fn append_all(&self, batches: &[Append]) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let (Some(first), Some(last_batch)) = (batches.first(), batches.last()) else {
             return Ok(());
@@ -1098,57 +1167,70 @@ impl Store {
             first.first,
             batches.iter().flat_map(|a| &a.envelopes).map(Vec::as_slice),
         );
-        (&self.entries, &self.meta, &self.quota, &self.idem).transaction(
-            |(entries, meta, quota, idem)| {
-                let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
-                if head + 1 != first.first {
-                    return Err(abort(StoreError::Corrupt(format!(
-                        "a batch starting at seq {} was to follow head {head}",
-                        first.first
-                    ))));
+        (&h.entries, &h.meta, &h.quota, &h.idem).transaction(|(entries, meta, quota, idem)| {
+            let head = read_u64(meta.get(HEAD_SEQ)?).map_err(abort)?;
+            if head + 1 != first.first {
+                return Err(abort(StoreError::Corrupt(format!(
+                    "a batch starting at seq {} was to follow head {head}",
+                    first.first
+                ))));
+            }
+            for (k, v) in &values {
+                entries.insert(k.clone(), v.clone())?;
+            }
+            meta.insert(HEAD_SEQ, &last.to_be_bytes())?;
+            meta.insert(HEAD_HASH, &last_batch.head_hash.0)?;
+            let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
+            meta.insert(BUFFERED_BYTES, &(bytes + added).to_be_bytes())?;
+            for a in batches {
+                for (seq, rec) in &a.quota_add {
+                    quota.insert(&seq_key(*seq), rec.as_slice())?;
                 }
-                for (k, v) in &values {
-                    entries.insert(k.clone(), v.clone())?;
+                for seq in &a.quota_remove {
+                    quota.remove(&seq_key(*seq))?;
                 }
-                meta.insert(HEAD_SEQ, &last.to_be_bytes())?;
-                meta.insert(HEAD_HASH, &last_batch.head_hash.0)?;
-                let bytes = read_u64(meta.get(BUFFERED_BYTES)?).map_err(abort)?;
-                meta.insert(BUFFERED_BYTES, &(bytes + added).to_be_bytes())?;
-                for a in batches {
-                    for (seq, rec) in &a.quota_add {
-                        quota.insert(&seq_key(*seq), rec.as_slice())?;
-                    }
-                    for seq in &a.quota_remove {
-                        quota.remove(&seq_key(*seq))?;
-                    }
-                    if let Some(p) = &a.idem {
-                        idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
-                        idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
-                    }
+                if let Some(p) = &a.idem {
+                    idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
+                    idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
     /// Waits until everything written so far is on disk.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let h = self.h();
         let (head, _) = self.head()?;
-        self.db.flush_async().await?;
+        h.db.flush_async().await?;
         self.durable.fetch_max(head, Ordering::AcqRel);
         Ok(())
     }
 
     /// Gives back memory sled kept after a burst of writes or reads, for an agent that
-    /// has gone quiet (see "Memory at rest" in the module doc): reads the small
-    /// [`SWEEP_TREE`] [`SWEEP_PASSES`] times (made on first use), so each of sled's cache
-    /// shards processes its pending accesses and pages out what it holds beyond its share
-    /// of [`CACHE_BYTES`]; frees the node versions sled handed to crossbeam-epoch's
-    /// collector; and asks the allocator to return the free pages. Reads only; the sweep
-    /// tree's keys are written once.
-    pub fn settle_memory(&self) -> Result<(), StoreError> {
-        let sweep = self.db.open_tree(SWEEP_TREE)?;
+    /// has gone quiet (see "Memory at rest" in the module doc): with `reopen`, closes the
+    /// database and opens it again ([`Store::reopen`]), which drops everything sled grew
+    /// since it was opened; without, or when that cannot be done now (a change, a backup
+    /// or a reader under way), reads
+    /// the small [`SWEEP_TREE`] [`SWEEP_PASSES`] times instead (made on first use), so each of
+    /// sled's cache shards processes its pending accesses and pages out what it holds
+    /// beyond its share of [`CACHE_BYTES`]. Then frees the node versions sled handed to
+    /// crossbeam-epoch's collector and asks the allocator to return the free pages.
+    /// Changes nothing stored but the sweep tree's keys (written once).
+    pub fn settle_memory(&self, reopen: bool) -> Result<(), StoreError> {
+        if !(reopen && self.reopen()?) {
+            self.sweep()?;
+        }
+        release_garbage();
+        trim_allocator();
+        Ok(())
+    }
+
+    /// Reads [`SWEEP_TREE`] [`SWEEP_PASSES`] times (see [`Store::settle_memory`]).
+    fn sweep(&self) -> Result<(), StoreError> {
+        let h = self.h();
+        let sweep = h.db.open_tree(SWEEP_TREE)?;
         if sweep.len() < SWEEP_KEYS as usize {
             let _changing = self.changing();
             for i in 0..SWEEP_KEYS {
@@ -1160,21 +1242,76 @@ impl Store {
                 kv?;
             }
         }
-        // sled replaces a page's in-memory version on every write and page-out and hands
-        // the old one to the global collector, which frees 8 bags of such garbage per 128
-        // pins of a thread: a backlog is left after a burst, and nothing pins at rest.
-        // Each round pins, moves this thread's garbage on and collects up to 8 bags.
-        for _ in 0..RELEASE_ROUNDS {
-            crossbeam_epoch::pin().flush();
-        }
-        trim_allocator();
         Ok(())
+    }
+
+    /// Closes the database and opens it again, if nothing uses it now: no change or
+    /// backup under way (they hold [`Store::changing`] or the gate alone) and no method
+    /// or iterator holding its handles. Everything is flushed before it closes, so
+    /// nothing acknowledged depends on it; a method called meanwhile waits for the new
+    /// handles (the open, ~0.5 s with 1 M entries buffered). `Ok(false)`: not now.
+    ///
+    /// sled stops its threads and drops its page table, cache and segment accounting
+    /// when the last handle goes, so what it grew since it was opened (the intake's pages
+    /// and the holes they left) goes with it; an open holds what a restart would.
+    /// If the database cannot be opened again within [`REOPEN_PATIENCE`], the process
+    /// ends as a crash would (everything acknowledged is on disk) rather than run on
+    /// without a store.
+    pub fn reopen(&self) -> Result<bool, StoreError> {
+        let _alone = match self.gate.try_write() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let mut slot = self
+            .handles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(current) = slot.take() else {
+            return Ok(false);
+        };
+        let handles = match Arc::try_unwrap(current) {
+            Ok(h) => h,
+            Err(in_use) => {
+                *slot = Some(in_use);
+                return Ok(false);
+            }
+        };
+        if let Err(e) = handles.db.flush() {
+            *slot = Some(Arc::new(handles));
+            return Err(e.into());
+        }
+        drop(handles);
+        release_garbage();
+        let started = std::time::Instant::now();
+        loop {
+            match open_handles(&self.path) {
+                Ok(h) => {
+                    *slot = Some(Arc::new(h));
+                    return Ok(true);
+                }
+                // Something of the closed database (a thread sled has not joined yet)
+                // may still hold its lock for a moment.
+                Err(StoreError::Locked { .. }) if started.elapsed() < REOPEN_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    release_garbage();
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "Cannot open the store again after closing it at rest; the agent stops (everything it acknowledged is on disk)."
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
     }
 
     /// Blocking flush, for the command-line tools.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let h = self.h();
         let (head, _) = self.head()?;
-        self.db.flush()?;
+        h.db.flush()?;
         self.durable.fetch_max(head, Ordering::AcqRel);
         Ok(())
     }
@@ -1189,16 +1326,17 @@ impl Store {
 
     /// What is remembered for an idempotency key.
     pub fn idem_get(&self, key: &[u8]) -> Result<Option<IdemStored>, StoreError> {
-        Ok(self
-            .idem
-            .get(idem_key(key))?
-            .map(|v| IdemStored::decode(&v)))
+        let h = self.h();
+        Ok(h.idem.get(idem_key(key))?.map(|v| IdemStored::decode(&v)))
     }
 
     /// Every remembered idempotency key with what is stored for it (for the one-time
     /// rewrite of keys stored before keys expired).
     pub fn idem_all(&self) -> impl Iterator<Item = Result<(Vec<u8>, IdemStored), StoreError>> + '_ {
-        self.idem.scan_prefix(IDEM_KEY).map(|kv| {
+        let h = self.h();
+        h.idem.scan_prefix(IDEM_KEY).map(move |kv| {
+            // The handles the scan reads through stay held while it lasts.
+            let _held = &h;
             let (k, v) = kv?;
             Ok((k[IDEM_KEY.len()..].to_vec(), IdemStored::decode(&v)))
         })
@@ -1207,8 +1345,9 @@ impl Store {
     /// Replaces what is remembered for a key and indexes it, outside a batch (the rewrite
     /// of keys stored before keys expired).
     pub fn idem_put(&self, p: &IdemPut) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.idem.transaction(|idem| {
+        h.idem.transaction(|idem| {
             idem.insert(idem_key(&p.key), IdemStored::encode(p))?;
             idem.insert(idem_time(p.at_ms, &p.key), &[][..])?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -1218,24 +1357,27 @@ impl Store {
 
     /// Forgets a key (its index entry is pruned in time).
     pub fn idem_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.idem.remove(idem_key(key))?;
+        h.idem.remove(idem_key(key))?;
         Ok(())
     }
 
     /// Number of idempotency keys remembered.
     pub fn idem_count(&self) -> usize {
-        self.idem.scan_prefix(IDEM_KEY).count()
+        let h = self.h();
+        h.idem.scan_prefix(IDEM_KEY).count()
     }
 
     /// Forgets up to `max` idempotency keys first seen before `cutoff_ms`, oldest first.
     /// A key stored again after it expired has a newer time; its old index entry then
     /// removes only itself. Returns how many keys were forgotten.
     pub fn prune_idem(&self, cutoff_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let end = idem_time(cutoff_ms, b"");
         let mut doomed = Vec::new();
-        for kv in self.idem.range(IDEM_TIME.to_vec()..end).take(max) {
+        for kv in h.idem.range(IDEM_TIME.to_vec()..end).take(max) {
             let (t, _) = kv?;
             doomed.push(t.to_vec());
         }
@@ -1246,11 +1388,11 @@ impl Store {
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
             else {
-                self.idem.remove(&t)?;
+                h.idem.remove(&t)?;
                 continue;
             };
             let k = idem_key(&t[IDEM_TIME.len() + 8..]);
-            let removed = self.idem.transaction(|idem| {
+            let removed = h.idem.transaction(|idem| {
                 idem.remove(t.as_slice())?;
                 let current = idem.get(&k)?.map(|v| IdemStored::decode(&v).at_ms);
                 if current == Some(Some(at)) {
@@ -1268,9 +1410,11 @@ impl Store {
     /// below the pruned seq (a pack partly pruned keeps those bytes until its last entry
     /// is pruned; no reader sees them).
     fn entries_in(&self, from: u64, through: u64) -> Result<EntryIter, StoreError> {
+        let h = self.h();
         let from = from.max(self.get_u64(PRUNED_SEQ)?.saturating_add(1));
         Ok(EntryIter {
-            values: self.entries.range(seq_key(from)..),
+            values: h.entries.range(seq_key(from)..),
+            _held: h.clone(),
             pack: None,
             next: from,
             through,
@@ -1330,12 +1474,13 @@ impl Store {
 
     /// Number of entries held (delivered ones not yet pruned included).
     pub fn entry_count(&self) -> usize {
+        let h = self.h();
         let Ok(pruned) = self.pruned() else {
             return 0;
         };
         let mut next = pruned.0.saturating_add(1);
         let mut n = 0u64;
-        for kv in self.entries.range(seq_key(next)..) {
+        for kv in h.entries.range(seq_key(next)..) {
             let Ok(p) = kv
                 .map_err(StoreError::from)
                 .and_then(|(k, v)| Pack::decode(&k, v))
@@ -1354,7 +1499,8 @@ impl Store {
     /// Number of values in the `entries` tree (packs and single entries stored before
     /// packs): what sled holds memory for.
     pub fn entry_values(&self) -> usize {
-        self.entries.len()
+        let h = self.h();
+        h.entries.len()
     }
 
     /// Every stored receipt in seq order: the entry's own envelope, or the id of the batch
@@ -1368,12 +1514,14 @@ impl Store {
     /// Number of values in the `receipts` tree (runs, and receipts stored one per seq):
     /// what sled holds memory for.
     pub fn receipt_values(&self) -> usize {
-        self.receipts.len()
+        let h = self.h();
+        h.receipts.len()
     }
 
     /// The first stored value covering `seq` or a later seq: (first, last, receipt).
     fn receipt_row_from(&self, seq: u64) -> Result<Option<(u64, u64, StoredReceipt)>, StoreError> {
-        match self.receipts.range(seq_key(seq)..).next() {
+        let h = self.h();
+        match h.receipts.range(seq_key(seq)..).next() {
             None => Ok(None),
             Some(kv) => {
                 let (k, v) = kv?;
@@ -1392,12 +1540,14 @@ impl Store {
 
     /// The batch receipt envelope (JSON) stored under `id`.
     pub fn batch_receipt(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.batch_receipts.get(seq_key(id))?.map(|v| v.to_vec()))
+        let h = self.h();
+        Ok(h.batch_receipts.get(seq_key(id))?.map(|v| v.to_vec()))
     }
 
     /// Number of batch receipts stored.
     pub fn batch_receipt_count(&self) -> usize {
-        self.batch_receipts.len()
+        let h = self.h();
+        h.batch_receipts.len()
     }
 
     /// The receipt stored for `seq`, read and not verified (it was verified when stored;
@@ -1433,8 +1583,10 @@ impl Store {
         &self,
         seq: u64,
     ) -> impl Iterator<Item = Result<(u64, StoredReceipt), StoreError>> + '_ {
+        let h = self.h();
         ReceiptIter {
-            values: self.receipts.range(seq_key(seq)..),
+            values: h.receipts.range(seq_key(seq)..),
+            _held: h.clone(),
             run: None,
             next: seq,
         }
@@ -1442,7 +1594,8 @@ impl Store {
 
     /// The log audit's state (JSON, see `push::audit`), if an audit ever stored one.
     pub fn audit_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(AUDIT)?.map(|v| v.to_vec()))
+        let h = self.h();
+        Ok(h.meta.get(AUDIT)?.map(|v| v.to_vec()))
     }
 
     /// Stores the log audit's state and, when given, the evidence of what it detected (in
@@ -1453,13 +1606,14 @@ impl Store {
         json: &[u8],
         evidence: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        let h = self.h();
         {
             let _changing = self.changing();
-            let next = match self.audit_evidence.last()? {
+            let next = match h.audit_evidence.last()? {
                 Some((k, _)) => read_u64(Some(k))? + 1,
                 None => 1,
             };
-            (&self.meta, &self.audit_evidence).transaction(|(meta, ev)| {
+            (&h.meta, &h.audit_evidence).transaction(|(meta, ev)| {
                 meta.insert(AUDIT, json)?;
                 if let Some(e) = evidence {
                     ev.insert(&seq_key(next), e)?;
@@ -1472,17 +1626,20 @@ impl Store {
 
     /// Number of log-audit evidence records stored.
     pub fn audit_evidence_count(&self) -> usize {
-        self.audit_evidence.len()
+        let h = self.h();
+        h.audit_evidence.len()
     }
 
     /// The log-audit evidence stored last (JSON), if any.
     pub fn last_audit_evidence(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.audit_evidence.last()?.map(|(_, v)| v.to_vec()))
+        let h = self.h();
+        Ok(h.audit_evidence.last()?.map(|(_, v)| v.to_vec()))
     }
 
     /// Every piece of log-audit evidence stored, oldest first (JSON).
     pub fn audit_evidence(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.audit_evidence
+        let h = self.h();
+        h.audit_evidence
             .iter()
             .values()
             .map(|v| Ok(v?.to_vec()))
@@ -1590,39 +1747,37 @@ impl Store {
         receipts: &[(u64, Vec<u8>)],
         batch: Option<(&[u8], &[u64])>,
     ) -> Result<u64, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let _receipting = self.receipting.lock().unwrap_or_else(|p| p.into_inner());
         let plan = self.plan_receipts(receipts, batch)?;
-        let acked = (
-            &self.receipts,
-            &self.batch_receipts,
-            &self.meta,
-            &self.entries,
-        )
-            .transaction(|(rtree, btree, meta, entries)| {
-                note_receipts(rtree, btree, meta, entries, &plan)
-            })?;
+        let acked = (&h.receipts, &h.batch_receipts, &h.meta, &h.entries).transaction(
+            |(rtree, btree, meta, entries)| note_receipts(rtree, btree, meta, entries, &plan),
+        )?;
         Ok(acked)
     }
 
     /// Whether this store may be behind the hub: it is a backup copy (or was run from one)
     /// and has not yet learnt from the hub what it holds of this chain.
     pub fn catching_up(&self) -> Result<bool, StoreError> {
-        Ok(self.meta.contains_key(CATCH_UP)?)
+        let h = self.h();
+        Ok(h.meta.contains_key(CATCH_UP)?)
     }
 
     /// Marks the store as possibly behind the hub (flushed), so that the next run takes
     /// back what the hub holds before intake appends.
     pub fn mark_catch_up(&self) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.meta.insert(CATCH_UP, &[1u8][..])?;
+        h.meta.insert(CATCH_UP, &[1u8][..])?;
         self.flush()
     }
 
     /// Records that the store holds everything the hub holds of this chain (flushed).
     pub fn caught_up(&self) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.meta.remove(CATCH_UP)?;
+        h.meta.remove(CATCH_UP)?;
         self.flush()
     }
 
@@ -1632,6 +1787,7 @@ impl Store {
     /// entries, head, quota records and receipts in one transaction, then flushed. Refused
     /// (nothing written) when the entries do not follow the head. Returns the delivered seq.
     pub fn adopt(&self, a: &Adopt) -> Result<u64, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let added: u64 = a.envelopes.iter().map(|e| e.len() as u64).sum();
         let last = a.first + a.envelopes.len() as u64;
@@ -1645,11 +1801,11 @@ impl Store {
         let _receipting = self.receipting.lock().unwrap_or_else(|p| p.into_inner());
         let plan = self.plan_receipts(&[], Some((a.receipt.as_slice(), a.receipted.as_slice())))?;
         let acked = (
-            &self.entries,
-            &self.meta,
-            &self.quota,
-            &self.receipts,
-            &self.batch_receipts,
+            &h.entries,
+            &h.meta,
+            &h.quota,
+            &h.receipts,
+            &h.batch_receipts,
         )
             .transaction(|(entries, meta, quota, rtree, btree)| {
                 if !a.envelopes.is_empty() {
@@ -1725,6 +1881,7 @@ impl Store {
     /// them, never the chain head. Returns how many were pruned. Receipts are never pruned,
     /// so a batch receipt stays for every entry it covers, kept or pruned.
     pub fn prune(&self, cutoff: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
         let (head, _) = self.head()?;
         let limit = self.acked()?.min(head.saturating_sub(1));
@@ -1752,12 +1909,12 @@ impl Store {
         let hash = parse_envelope(last, &v)?.payload_hash();
         // A value goes once every entry it holds is pruned; the one holding `last` and
         // later seqs stays whole (readers skip what is at or below the pruned seq).
-        let gone: Vec<sled::IVec> = self
+        let gone: Vec<sled::IVec> = h
             .entries
             .range(..=seq_key(last))
             .keys()
             .collect::<Result<_, _>>()?;
-        (&self.entries, &self.meta).transaction(|(entries, meta)| {
+        (&h.entries, &h.meta).transaction(|(entries, meta)| {
             for k in &gone {
                 entries.remove(k)?;
             }
@@ -1770,8 +1927,9 @@ impl Store {
 
     /// Recommendations held and not withdrawn, in seq order.
     pub fn quota_records(&self) -> Result<Vec<(u64, Record)>, StoreError> {
+        let h = self.h();
         let mut out = Vec::new();
-        for kv in self.quota.iter() {
+        for kv in h.quota.iter() {
             let (k, v) = kv?;
             let seq = read_u64(Some(k))?;
             let value: serde_json::Value = serde_json::from_slice(&v)
@@ -1795,41 +1953,46 @@ impl Store {
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        read_u64(self.meta.get(key)?)
+        let h = self.h();
+        read_u64(h.meta.get(key)?)
     }
 
     fn set_u64(&self, key: &[u8], v: u64) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.meta.insert(key, &v.to_be_bytes())?;
+        h.meta.insert(key, &v.to_be_bytes())?;
         Ok(())
     }
 
     /// The hub key line stored on first use.
     pub fn hub_key(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .meta
+        let h = self.h();
+        Ok(h.meta
             .get(HUB_KEY)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Stores the hub key line (trust on first use), durably.
     pub async fn set_hub_key(&self, line: &str) -> Result<(), StoreError> {
+        let h = self.h();
         {
             let _changing = self.changing();
-            self.meta.insert(HUB_KEY, line.as_bytes())?;
+            h.meta.insert(HUB_KEY, line.as_bytes())?;
         }
         self.flush_async().await
     }
 
     /// The last persisted push state (JSON), for `status` while the agent is stopped.
     pub fn push_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(PUSH_STATE)?.map(|v| v.to_vec()))
+        let h = self.h();
+        Ok(h.meta.get(PUSH_STATE)?.map(|v| v.to_vec()))
     }
 
     /// Persists the push state (flushed by sled's periodic flush).
     pub fn set_push_state(&self, json: &[u8]) -> Result<(), StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        self.meta.insert(PUSH_STATE, json)?;
+        h.meta.insert(PUSH_STATE, json)?;
         Ok(())
     }
 
@@ -1840,8 +2003,9 @@ impl Store {
 
     /// Stores notices and advances the cursor, in one transaction. Returns the new cursor.
     pub fn put_notices(&self, list: &[Notice]) -> Result<u64, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        let cursor = (&self.notices, &self.meta).transaction(|(nt, meta)| {
+        let cursor = (&h.notices, &h.meta).transaction(|(nt, meta)| {
             let mut cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
             for n in list {
                 let json = serde_json::to_vec(n).unwrap_or_default();
@@ -1856,8 +2020,9 @@ impl Store {
 
     /// Stored notices with id above `after`, ascending.
     pub fn notices_after(&self, after: u64) -> Result<Vec<Notice>, StoreError> {
+        let h = self.h();
         let mut out = Vec::new();
-        for kv in self.notices.range(seq_key(after.saturating_add(1))..) {
+        for kv in h.notices.range(seq_key(after.saturating_add(1))..) {
             let (k, v) = kv?;
             let id = read_u64(Some(k))?;
             out.push(
@@ -1870,18 +2035,17 @@ impl Store {
 
     /// Notices not yet shown by `spacesync-agent notices`.
     pub fn unread_notices(&self) -> Result<u64, StoreError> {
+        let h = self.h();
         let read = self.get_u64(NOTICE_READ)?;
-        Ok(self
-            .notices
-            .range(seq_key(read.saturating_add(1))..)
-            .count() as u64)
+        Ok(h.notices.range(seq_key(read.saturating_add(1))..).count() as u64)
     }
 
     /// Marks notices up to `through` as read (never beyond the highest stored notice, so
     /// notices that arrive later stay unread, and never backwards). Returns the new mark.
     pub fn mark_notices_read(&self, through: u64) -> Result<u64, StoreError> {
+        let h = self.h();
         let changing = self.changing();
-        let mark = self.meta.transaction(|meta| {
+        let mark = h.meta.transaction(|meta| {
             let cursor = read_u64(meta.get(NOTICE_CURSOR)?).map_err(abort)?;
             let old = read_u64(meta.get(NOTICE_READ)?).map_err(abort)?;
             let new = old.max(through.min(cursor));
@@ -1910,8 +2074,9 @@ impl Store {
     /// Damage on purpose, for the tests of `verify` and of damaged stores: the agent never
     /// calls it. Returns whether an entry was held at `seq`.
     pub fn damage_entry(&self, seq: u64, bytes: Option<&[u8]>) -> Result<bool, StoreError> {
+        let h = self.h();
         let _changing = self.changing();
-        let Some(kv) = self.entries.range(seq_key(seq)..).next() else {
+        let Some(kv) = h.entries.range(seq_key(seq)..).next() else {
             return Ok(false);
         };
         let (k, v) = kv?;
@@ -1941,7 +2106,7 @@ impl Store {
         for (k, v) in values {
             batch.insert(k, v);
         }
-        self.entries.apply_batch(batch)?;
+        h.entries.apply_batch(batch)?;
         Ok(true)
     }
 
@@ -1949,10 +2114,11 @@ impl Store {
     /// envelope JSON under its own seq. For the tests of old stores.
     #[cfg(test)]
     pub(crate) fn debug_unpack(&self) -> Result<(), StoreError> {
+        let h = self.h();
         let rows: Vec<(u64, Vec<u8>)> = self.raw_entries().collect::<Result<_, _>>()?;
-        self.entries.clear()?;
+        h.entries.clear()?;
         for (seq, v) in rows {
-            self.entries.insert(seq_key(seq), v)?;
+            h.entries.insert(seq_key(seq), v)?;
         }
         Ok(())
     }
@@ -1961,7 +2127,8 @@ impl Store {
     /// stored an envelope (key = its seq): for the tests of old stores.
     #[cfg(test)]
     pub(crate) fn debug_put_raw_entry(&self, key: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.entries.insert(seq_key(key), value)?;
+        let h = self.h();
+        h.entries.insert(seq_key(key), value)?;
         Ok(())
     }
 
@@ -1969,7 +2136,8 @@ impl Store {
     /// for one seq): damage for tests of delivery, and old layouts for tests of reading.
     #[cfg(test)]
     pub(crate) fn debug_put_raw_receipt(&self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.receipts.insert(seq_key(seq), value)?;
+        let h = self.h();
+        h.receipts.insert(seq_key(seq), value)?;
         Ok(())
     }
 
@@ -1977,7 +2145,8 @@ impl Store {
     /// rewrite of old keys.
     #[cfg(test)]
     pub(crate) fn debug_put_raw_idem(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.idem.insert(idem_key(key), value)?;
+        let h = self.h();
+        h.idem.insert(idem_key(key), value)?;
         Ok(())
     }
 
@@ -2033,7 +2202,7 @@ mod tests {
         assert_eq!(s.entry_count(), 2);
         assert_eq!(s.idem_get(b"k2").ok(), Some(None));
         assert_eq!(s.idem_count(), 1);
-        assert_eq!(s.quota.len(), 1);
+        assert_eq!(s.h().quota.len(), 1);
         assert_eq!(s.buffered_bytes().ok(), Some(5));
     }
 
@@ -2064,7 +2233,7 @@ mod tests {
             "the last batch's head"
         );
         assert_eq!(s.buffered_bytes().ok(), Some(9));
-        assert_eq!((s.entry_count(), s.quota.len()), (3, 2));
+        assert_eq!((s.entry_count(), s.h().quota.len()), (3, 2));
         let stored: Vec<_> = s.raw_entries().filter_map(Result::ok).collect();
         assert_eq!(
             stored,
@@ -2146,14 +2315,15 @@ mod tests {
         assert_eq!(s.prune_idem(1000, 1).ok(), Some(1));
         assert_eq!(s.prune_idem(1000, 100).ok(), Some(1));
         assert_eq!(s.idem_count(), 0);
-        assert_eq!(s.idem.len(), 0, "no index entries left behind");
+        assert_eq!(s.h().idem.len(), 0, "no index entries left behind");
     }
 
     #[test]
     fn notices_are_marked_read_up_to_what_is_held_and_never_backwards() {
         let (_d, s) = open();
         assert_eq!(s.mark_notices_read(5).ok(), Some(0), "nothing held yet");
-        s.meta
+        s.h()
+            .meta
             .insert(NOTICE_CURSOR, &7u64.to_be_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.mark_notices_read(5).ok(), Some(5));
@@ -2303,8 +2473,12 @@ mod tests {
         let entries: Vec<(u64, Vec<u8>)> = s.raw_entries().map(ok).collect();
         let receipts = stored_receipts(&s, 0);
         let before = ok(s.backup(&dir.path().join("before")));
-        ok(s.settle_memory());
-        ok(s.settle_memory());
+        // Reopening (nothing holds the store), sweeping (a reader holds it), sweeping.
+        ok(s.settle_memory(true));
+        let reading = s.raw_entries();
+        ok(s.settle_memory(true));
+        drop(reading);
+        ok(s.settle_memory(false));
         assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), entries);
         assert_eq!(stored_receipts(&s, 0), receipts);
         assert_eq!((ok(s.head()).0, ok(s.acked())), (40, 30));
@@ -2314,12 +2488,101 @@ mod tests {
         let copy = ok(Store::open(&dir.path().join("after")));
         assert!(
             !copy
+                .h()
                 .db
                 .tree_names()
                 .iter()
                 .any(|n| n == SWEEP_TREE.as_bytes())
         );
-        assert!(s.db.tree_names().iter().any(|n| n == SWEEP_TREE.as_bytes()));
+        assert!(
+            s.h()
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n == SWEEP_TREE.as_bytes())
+        );
+    }
+
+    /// Appends (each acknowledged only once flushed, as intake does) and reads go on
+    /// while another thread closes and reopens the store over and over: every append
+    /// succeeds, nothing is lost or doubled, and all of it is there after a plain
+    /// reopen from disk.
+    #[test]
+    fn appends_and_reads_during_reopens_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("db");
+        let s = ok(Store::open(&path));
+        let total = 300u64;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reopener = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reopened = 0u32;
+                while !done.load(Ordering::SeqCst) {
+                    if ok(s.reopen()) {
+                        reopened += 1;
+                    }
+                }
+                reopened
+            })
+        };
+        let reader = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let (head, _) = ok(s.head());
+                    let seen: Vec<u64> = s.raw_entries().map(|r| ok(r).0).collect();
+                    assert!(
+                        seen.len() as u64 >= head,
+                        "{} entries under head {head}",
+                        seen.len()
+                    );
+                    assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+                }
+            })
+        };
+        for _ in 0..total {
+            append_n(&s, 1);
+            ok(s.flush());
+        }
+        done.store(true, Ordering::SeqCst);
+        let reopened = reopener
+            .join()
+            .unwrap_or_else(|_| panic!("the reopener panicked"));
+        reader
+            .join()
+            .unwrap_or_else(|_| panic!("the reader panicked"));
+        assert!(reopened > 0, "the store was never reopened");
+        let want: Vec<(u64, Vec<u8>)> = (1..=total).map(|t| (t, envelope(t, 50))).collect();
+        assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), want);
+        assert_eq!((ok(s.head()).0, s.durable_head()), (total, total));
+        drop(s);
+        let s = ok(Store::open(&path));
+        assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), want);
+        assert_eq!(ok(s.head()).0, total);
+    }
+
+    /// A reader or a change under way keeps the store open (its handles stay valid);
+    /// once they are done it reopens, and clones see the reopened store.
+    #[test]
+    fn a_store_in_use_is_not_reopened() {
+        let (_dir, s) = open();
+        append_n(&s, 20);
+        let other = s.clone();
+        let mut reading = s.raw_entries();
+        assert_eq!(reading.next().map(|r| ok(r).0), Some(1));
+        assert!(!ok(s.reopen()));
+        assert_eq!(
+            reading.map(|r| ok(r).0).collect::<Vec<_>>(),
+            (2..=20).collect::<Vec<_>>()
+        );
+        let changing = s.changing();
+        assert!(!ok(s.reopen()));
+        drop(changing);
+        assert!(ok(s.reopen()));
+        append_n(&other, 5);
+        assert_eq!(ok(s.head()).0, 25);
+        assert_eq!(s.raw_entries().count(), 25);
     }
 
     #[test]
@@ -2330,10 +2593,12 @@ mod tests {
         append_n(&s, 8);
         // The layout before runs, written directly: seqs 1–4 point at batch receipt 1,
         // seq 5 holds its own receipt envelope, each under its own seq.
-        ok(s.batch_receipts
+        ok(s.h()
+            .batch_receipts
             .insert(seq_key(1), batch_receipt_for(&[1, 2, 3, 4], 1))
             .map_err(StoreError::from));
-        ok(s.meta
+        ok(s.h()
+            .meta
             .insert(BATCH_RECEIPT_ID, &1u64.to_be_bytes())
             .map_err(StoreError::from));
         for q in 1..=4 {
@@ -2465,13 +2730,16 @@ mod tests {
                 ok(s.debug_put_raw_entry(seq, e));
             }
             let bytes: u64 = old.iter().map(|e| e.len() as u64).sum();
-            ok(s.meta
+            ok(s.h()
+                .meta
                 .insert(HEAD_SEQ, &6u64.to_be_bytes())
                 .map_err(StoreError::from));
-            ok(s.meta
+            ok(s.h()
+                .meta
                 .insert(HEAD_HASH, &[6u8; 32])
                 .map_err(StoreError::from));
-            ok(s.meta
+            ok(s.h()
+                .meta
                 .insert(BUFFERED_BYTES, &bytes.to_be_bytes())
                 .map_err(StoreError::from));
             ok(s.flush());
@@ -2683,13 +2951,13 @@ mod tests {
                     ok(s.debug_put_raw_entry(seq, &e));
                     m.entries.push(e);
                 }
-                ok(s.meta.insert(HEAD_SEQ, &old.to_be_bytes()).map_err(StoreError::from));
+                ok(s.h().meta.insert(HEAD_SEQ, &old.to_be_bytes()).map_err(StoreError::from));
                 // Receipts in the layout from before runs, one value per seq: the first
                 // half point at one batch receipt, every third holds its own.
                 let delivered: Vec<u64> = (1..=old / 2).collect();
                 if !delivered.is_empty() {
-                    ok(s.batch_receipts.insert(seq_key(1), batch_receipt_for(&delivered, 0)).map_err(StoreError::from));
-                    ok(s.meta.insert(BATCH_RECEIPT_ID, &1u64.to_be_bytes()).map_err(StoreError::from));
+                    ok(s.h().batch_receipts.insert(seq_key(1), batch_receipt_for(&delivered, 0)).map_err(StoreError::from));
+                    ok(s.h().meta.insert(BATCH_RECEIPT_ID, &1u64.to_be_bytes()).map_err(StoreError::from));
                 }
                 for &q in &delivered {
                     let v = if q % 3 == 0 { receipt_for(q) } else { old_pointer(1) };
@@ -2697,8 +2965,8 @@ mod tests {
                 }
                 m.receipted.extend(delivered.iter().copied());
                 m.acked = old / 2;
-                ok(s.meta.insert(ACKED_SEQ, &m.acked.to_be_bytes()).map_err(StoreError::from));
-                ok(s.meta.insert(BUFFERED_BYTES, &m.buffered().to_be_bytes()).map_err(StoreError::from));
+                ok(s.h().meta.insert(ACKED_SEQ, &m.acked.to_be_bytes()).map_err(StoreError::from));
+                ok(s.h().meta.insert(BUFFERED_BYTES, &m.buffered().to_be_bytes()).map_err(StoreError::from));
             }
             check_all(&s, &m)?;
             for step in &steps {
