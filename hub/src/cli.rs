@@ -987,7 +987,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Serve(a) => serve(&dir, a)?,
         Cmd::StoreSnapshot { log_format } => {
             init_logging(log_format);
-            store_snapshot(&dir);
+            return Ok(store_snapshot(&dir));
         }
         Cmd::Agents { now, remote, cmd } => agents(&dir, now.as_deref(), &remote, cmd)?,
         Cmd::Token { remote, cmd } => token(&dir, &remote, cmd)?,
@@ -1126,6 +1126,9 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     tracing::info!(open_files_limit = ?fds, "Open-file limit.");
     // The embedded store gets sled's snapshot brought up to date after a clean stop.
     let on_sled = cfg.store.is_none();
+    // Held past `serve::run` on sled, so the last handle is never dropped (freeing a large
+    // store's page table piece by piece takes seconds): the exec closes it.
+    let kept = on_sled.then(|| hub.store.clone());
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     rt.block_on(async move {
         let listener = serve::bind_api(&addr).await?;
@@ -1143,8 +1146,8 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         };
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
-    if on_sled {
-        snapshot_after_stop(dir, format, rt);
+    if let Some(store) = kept {
+        snapshot_after_stop(dir, format, rt, store);
     }
     Ok(())
 }
@@ -1157,12 +1160,22 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
 /// and freeing the page table of a large store piece by piece took 3–8 s at 9 M entries;
 /// `exec` closes the store's file (close-on-exec) at once and leaves the memory to the
 /// system. Everything the hub acknowledged is flushed already (`serve::run` flushes once
-/// more at its end). A failed `exec` is logged and changes nothing: the next start
-/// replays, as after a crash.
-fn snapshot_after_stop(dir: &DataDir, format: LogFormat, rt: tokio::runtime::Runtime) {
-    // The runtime's threads go with the image; its tasks have ended or hold nothing that
-    // is not on disk.
-    std::mem::forget(rt);
+/// more at its end). Work still running on the runtime's blocking threads — a `backup`
+/// asked for over the control socket just before the stop, copying the store — is waited
+/// for first (up to [`STOP_BLOCKING_PATIENCE`]), so the exec cannot cut a copy in half. A
+/// failed `exec` is logged and changes nothing: the next start replays, as after a crash.
+fn snapshot_after_stop(
+    dir: &DataDir,
+    format: LogFormat,
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn crate::store::Store>,
+) {
+    rt.shutdown_timeout(STOP_BLOCKING_PATIENCE);
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "Could not flush the store at the stop.");
+    }
+    // Never dropped: the exec closes it (see above).
+    std::mem::forget(store);
     #[cfg(target_os = "linux")]
     let error = {
         use std::os::unix::process::CommandExt;
@@ -1189,10 +1202,27 @@ fn snapshot_after_stop(dir: &DataDir, format: LogFormat, rt: tokio::runtime::Run
     );
 }
 
+/// How long a clean stop waits for work on the runtime's blocking threads (a `backup`
+/// copying the store) before it replaces the process image.
+const STOP_BLOCKING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `store-snapshot`: [`crate::store::SledStore::snapshot_open`] on the data directory's
 /// store, the handle then forgotten (the process ends; see [`snapshot_after_stop`]). A
-/// failure is logged and changes nothing.
-fn store_snapshot(dir: &DataDir) {
+/// failure is logged and changes nothing the next start cannot redo; the exit status
+/// says whether it worked. A hub whose store is PostgreSQL has no sled store to bring up
+/// to date: refused, before anything is created under the data directory.
+fn store_snapshot(dir: &DataDir) -> ExitCode {
+    match config::load_config(dir) {
+        Ok(cfg) if cfg.store.is_some() => {
+            tracing::error!(data = %dir.0.display(), "This hub's store is PostgreSQL ([store] in hub.toml): there is no sled snapshot to write; nothing was done.");
+            return ExitCode::FAILURE;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(data = %dir.0.display(), error = %e, "Cannot read the hub's configuration; no snapshot written.");
+            return ExitCode::FAILURE;
+        }
+    }
     let started = std::time::Instant::now();
     match crate::store::SledStore::snapshot_open(&dir.db()) {
         Ok(store) => {
@@ -1201,11 +1231,16 @@ fn store_snapshot(dir: &DataDir) {
                 "Wrote the store's snapshot; the next start replays nothing."
             );
             std::mem::forget(store);
+            ExitCode::SUCCESS
         }
-        Err(e) => tracing::warn!(
-            error = %e,
-            "Could not write the store's snapshot after the stop; the next start replays the log written since the last one."
-        ),
+        Err(e) => {
+            tracing::warn!(
+                store = %dir.db().display(),
+                error = %e,
+                "Could not write the store's snapshot (after a stop: another process — a `serve` started meanwhile? — may hold the store); the next start replays the log written since the last one."
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
