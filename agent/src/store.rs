@@ -111,6 +111,10 @@ const RELEASE_ROUNDS: usize = 4096;
 /// lock is still held.
 const REOPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long [`Store::open`], holding the store's process lock, waits for sled's own lock
+/// to be let go by a handle of this process that was just dropped.
+const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Frees what sled handed to crossbeam-epoch's global collector: it frees 8 bags of
 /// such garbage per 128 pins of a thread, so a backlog is left after a burst, and nothing
 /// pins at rest. Each round pins, moves this thread's garbage on and collects up to 8
@@ -459,7 +463,92 @@ pub struct Store {
     /// `receipts` tree outside its transaction ([`ReceiptPlan`]), so no other may change
     /// it meanwhile.
     receipting: Arc<std::sync::Mutex<()>>,
+    /// An exclusive lock on `<store>.lock`, held for as long as any clone lives. sled's own
+    /// lock goes with its handles, so during a [`Store::reopen`] it is briefly free; this
+    /// one is not, so a command-line tool never takes a reopening agent for a stopped one.
+    _process_lock: Arc<std::fs::File>,
 }
+
+/// The file beside the store that [`Store::open`] locks: `<store>.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Takes the process lock of the store at `path` (see [`Store::_process_lock`]).
+fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let lock = lock_path(path);
+    let open_error = |e: std::io::Error| StoreError::Open {
+        path: lock.clone(),
+        error: sled::Error::Io(e),
+    };
+    if let Some(parent) = lock.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(open_error)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(open_error)?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor this function owns (open above); no memory involved.
+    // (std's File::try_lock needs Rust 1.89, above this workspace's MSRV.)
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(file);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Err(StoreError::Locked {
+            path: path.to_path_buf(),
+        })
+    } else {
+        Err(open_error(e))
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`, if known.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a writable statvfs; statvfs only
+    // writes into it, and it is read only when the call succeeded.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Some(free)
+}
+
+/// What a reopen may write: sled writes a fresh snapshot of its page table at every open
+/// that follows writes, so twice the current snapshot files' size, plus a margin.
+fn reopen_needs_bytes(path: &Path) -> u64 {
+    let snapshots: u64 = std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("snap."))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    snapshots
+        .saturating_mul(2)
+        .saturating_add(REOPEN_FREE_MARGIN)
+}
+
+/// Free space a reopen leaves beyond what its snapshot needs.
+const REOPEN_FREE_MARGIN: u64 = 64 << 20;
 
 /// The sled database and its trees, as one open of the store holds them.
 #[derive(Debug)]
@@ -893,12 +982,25 @@ fn open_handles(path: &Path) -> Result<Handles, StoreError> {
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let process_lock = lock_store(path)?;
+        // With the process lock held, sled's lock can only be held by a handle of this
+        // process that is still letting go (sled joins its threads lazily): a short wait.
+        let started = std::time::Instant::now();
+        let handles = loop {
+            match open_handles(path) {
+                Err(StoreError::Locked { .. }) if started.elapsed() < OPEN_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let store = Store {
-            handles: Arc::new(std::sync::RwLock::new(Some(Arc::new(open_handles(path)?)))),
+            handles: Arc::new(std::sync::RwLock::new(Some(Arc::new(handles)))),
             path: path.to_path_buf(),
             durable: Arc::default(),
             gate: Arc::default(),
             receipting: Arc::default(),
+            _process_lock: Arc::new(process_lock),
         };
         // What sled recovered at open is on disk: `remove_unfinished_snapshots` synced
         // its log file first (a killed writer's unsynced tail included).
@@ -916,8 +1018,13 @@ impl Store {
         match &*slot {
             Some(h) => h.clone(),
             // `reopen` puts handles back before it lets go of the lock, or ends the
-            // process; nothing else empties the slot.
-            None => unreachable!("the store's handles are missing outside a reopen"),
+            // process; only a panic inside it (in sled's drop or open) leaves the slot
+            // empty, and then no call can work: the agent stops as a crash would, for
+            // its service manager to start it again (everything acknowledged is on disk).
+            None => {
+                tracing::error!(path = %self.path.display(), "The store's handles were lost while it was being reopened at rest; the agent stops (everything it acknowledged is on disk) — start it again.");
+                std::process::exit(1)
+            }
         }
     }
 
@@ -1263,6 +1370,11 @@ impl Store {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
         };
+        // The open writes a new snapshot of sled's page table: on a nearly full disk it
+        // would fail and leave the agent without a store, so there it is not tried.
+        if free_bytes(&self.path).is_some_and(|free| free < reopen_needs_bytes(&self.path)) {
+            return Ok(false);
+        }
         let mut slot = self
             .handles
             .write()
@@ -1298,8 +1410,9 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::error!(
+                        path = %self.path.display(),
                         error = %e,
-                        "Cannot open the store again after closing it at rest; the agent stops (everything it acknowledged is on disk)."
+                        "Cannot open the store again after closing it at rest; the agent stops (everything it acknowledged is on disk) — fix what the error names, then start it again."
                     );
                     std::process::exit(1);
                 }
@@ -2512,18 +2625,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("db");
         let s = ok(Store::open(&path));
-        let total = 300u64;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reopens = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let reopener = {
-            let (s, done) = (s.clone(), done.clone());
+            let (s, done, reopens) = (s.clone(), done.clone(), reopens.clone());
             std::thread::spawn(move || {
-                let mut reopened = 0u32;
                 while !done.load(Ordering::SeqCst) {
                     if ok(s.reopen()) {
-                        reopened += 1;
+                        reopens.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                reopened
             })
         };
         let reader = {
@@ -2541,14 +2652,23 @@ mod tests {
                 }
             })
         };
-        for _ in 0..total {
+        // At least 300 appends, and on until the reopener got in at least twice (a busy
+        // machine can starve it for a while).
+        let mut total = 0u64;
+        let started = std::time::Instant::now();
+        while total < 300
+            || (reopens.load(Ordering::SeqCst) < 2
+                && started.elapsed() < std::time::Duration::from_secs(60))
+        {
             append_n(&s, 1);
             ok(s.flush());
+            total += 1;
         }
         done.store(true, Ordering::SeqCst);
-        let reopened = reopener
+        reopener
             .join()
             .unwrap_or_else(|_| panic!("the reopener panicked"));
+        let reopened = reopens.load(Ordering::SeqCst);
         reader
             .join()
             .unwrap_or_else(|_| panic!("the reader panicked"));
@@ -2560,6 +2680,49 @@ mod tests {
         let s = ok(Store::open(&path));
         assert_eq!(s.raw_entries().map(ok).collect::<Vec<_>>(), want);
         assert_eq!(ok(s.head()).0, total);
+    }
+
+    /// sled's lock is free for a moment inside every reopen; a second open of the store
+    /// (a command-line tool: `import`, `rotate-key`, `status`) must still find it taken,
+    /// or it would write beside a running agent.
+    #[test]
+    fn a_running_store_stays_locked_through_its_reopens() {
+        let (dir, s) = open();
+        append_n(&s, 200);
+        let path = dir.path().join("db");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reopener = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !done.load(Ordering::SeqCst) {
+                    if ok(s.reopen()) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        };
+        let mut tries = 0;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            match Store::open(&path) {
+                Err(StoreError::Locked { .. }) => tries += 1,
+                Ok(_) => panic!("a second open got the store while its owner was reopening it"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        let reopened = reopener
+            .join()
+            .unwrap_or_else(|_| panic!("the reopener panicked"));
+        assert!(
+            reopened > 0 && tries > 0,
+            "{reopened} reopens, {tries} opens"
+        );
+        drop(s);
+        assert_eq!(ok(ok(Store::open(&path)).head()).0, 200);
     }
 
     /// A reader or a change under way keeps the store open (its handles stay valid);
