@@ -43,6 +43,11 @@ pub struct RestartArgs {
     /// is created after the first run).
     #[arg(long)]
     pub token: Option<String>,
+    /// An admin token of this hub: each run then issues one bulletin through the admin API
+    /// (`bulletin issue --hub`, as the ministry does with the hub serving) before its stop;
+    /// the median is `bulletin_s`. Each adds a bulletin to the store.
+    #[arg(long)]
+    pub bulletin_token: Option<String>,
     #[command(flatten)]
     pub bins: Bins,
 }
@@ -62,6 +67,7 @@ struct Run {
     notices_ms: Option<f64>,
     snapshot_ms: Option<f64>,
     progress_ms: Vec<f64>,
+    bulletin_s: Option<f64>,
 }
 
 /// Runs `restart`; its report.
@@ -99,6 +105,14 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
             Some(t) => progress_times(&hub.url(), t, a.progress_samples).await?,
             None => Vec::new(),
         };
+        let bulletin_s = match &a.bulletin_token {
+            Some(t) => {
+                let started = std::time::Instant::now();
+                hub.cli(&["bulletin", "issue", "--hub", &hub.url(), "--token", t])?;
+                Some(started.elapsed().as_secs_f64())
+            }
+            None => None,
+        };
         let stop_s = hub.stop()?.as_secs_f64();
         let first = |m: &str| hub.log_timings(m).first().copied();
         let r = Run {
@@ -112,11 +126,12 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
             notices_ms: first("Loaded the notice book."),
             snapshot_ms: first("Wrote the store's snapshot; the next start replays nothing."),
             progress_ms,
+            bulletin_s,
         };
         let ms = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.0}"));
         println!(
             "run {}: /readyz after {:.2} s ({:.2} s CPU, {:.0} MB read from disk; sled open {} ms, state {} ms, \
-             notices {} ms); resident {:.0} MiB; /v1/progress median {}; stop {:.2} s (snapshot {} ms); load before {load}",
+             notices {} ms); resident {:.0} MiB; /v1/progress median {}; bulletin issued live in {}; stop {:.2} s (snapshot {} ms); load before {load}",
             i + 1,
             r.restart_s,
             r.cpu_s,
@@ -130,6 +145,8 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
             } else {
                 "not read".into()
             },
+            r.bulletin_s
+                .map_or("(not issued)".to_string(), |v| format!("{v:.2} s")),
             r.stop_s,
             ms(r.snapshot_ms),
         );
@@ -167,6 +184,7 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
             "restart_max_s",
             runs.iter().map(|r| r.restart_s).fold(0.0, f64::max),
         )
+        .opt_dec("bulletin_s", med(&|r| r.bulletin_s))
         .opt_dec("cpu_s", med(&|r| Some(r.cpu_s)))
         .opt_dec("read_mb", med(&|r| Some(r.read_mb)))
         .opt_dec("open_ms", med(&|r| r.open_ms))

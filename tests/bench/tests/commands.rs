@@ -190,6 +190,7 @@ fn scale_reports_memory_restart_reads_and_bulletin() {
             "restart_s",
             "progress_ms",
             "bulletin_s",
+            "bulletin_offline_s",
             "disk_bytes_per_entry",
             "dash_home_ms",
             "dash_region_ms",
@@ -264,6 +265,18 @@ fn restart_reports_the_start_of_an_existing_store_split_by_the_hubs_own_timings(
         String::from_utf8_lossy(&out.stderr)
     );
     let data = kept.to_string_lossy().into_owned();
+    // An admin token, made on the stopped store, for the bulletins issued through the API.
+    let made = Command::new(env!("CARGO_BIN_EXE_spacesync-hub-under-bench"))
+        .args(["--data", &data, "token", "create", "--role", "admin"])
+        .args(["--label", "bench test"])
+        .output()
+        .expect("running spacesync-hub token create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let admin = String::from_utf8_lossy(&made.stdout).trim().to_string();
     let pairs = check(
         &[
             "restart",
@@ -273,8 +286,17 @@ fn restart_reports_the_start_of_an_existing_store_split_by_the_hubs_own_timings(
             "2",
             "--progress-samples",
             "2",
+            "--bulletin-token",
+            &admin,
         ],
-        &["restart_s", "rss_mb", "progress_ms", "stop_s", "store_mb"],
+        &[
+            "restart_s",
+            "rss_mb",
+            "progress_ms",
+            "stop_s",
+            "store_mb",
+            "bulletin_s",
+        ],
         &[],
     );
     // The hub's own timings are whole milliseconds (0 on a store this small) and its CPU
