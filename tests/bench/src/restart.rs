@@ -102,7 +102,7 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
         let read_mb = disk_read_mb(pid)?;
         let rss_mb = procs::rss_mb(pid)?;
         let progress_ms = match &token {
-            Some(t) => progress_times(&hub.url(), t, a.progress_samples).await?,
+            Some(t) => progress_times(&hub.url(), t, a.progress_samples).await?.0,
             None => Vec::new(),
         };
         let bulletin_s = match &a.bulletin_token {
@@ -198,11 +198,13 @@ pub async fn run(a: &RestartArgs) -> Result<Report> {
     Ok(r)
 }
 
-/// `/v1/progress` `n + 1` times: the first read and `n` more, in milliseconds.
-async fn progress_times(base: &str, token: &str, n: usize) -> Result<Vec<f64>> {
+/// `/v1/progress` `n + 1` times: the first read and `n` more, in milliseconds, and the
+/// size of the last answer (each must be JSON).
+pub(crate) async fn progress_times(base: &str, token: &str, n: usize) -> Result<(Vec<f64>, usize)> {
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/progress");
     let mut times = Vec::with_capacity(n + 1);
+    let mut bytes = 0;
     for _ in 0..=n {
         let t = Instant::now();
         let resp = http
@@ -221,8 +223,10 @@ async fn progress_times(base: &str, token: &str, n: usize) -> Result<Vec<f64>> {
                 String::from_utf8_lossy(&body[..body.len().min(400)])
             );
         }
+        serde_json::from_slice::<serde_json::Value>(&body).context("/v1/progress is not JSON")?;
+        bytes = body.len();
     }
-    Ok(times)
+    Ok((times, bytes))
 }
 
 /// `sync`, then `echo 3 > /proc/sys/vm/drop_caches`.

@@ -92,30 +92,8 @@ pub async fn run(a: &ScaleArgs) -> Result<Report> {
     let restart = hub.start().await?.as_secs_f64();
     let pid = hub.pid().context("the hub has no process id")?;
     let http = reqwest::Client::new();
-    let url = format!("{}/v1/progress", hub.url());
-    let mut times = Vec::with_capacity(a.progress_samples + 1);
-    let mut bytes = 0;
-    for _ in 0..=a.progress_samples {
-        let t = Instant::now();
-        let resp = http
-            .get(&url)
-            .bearer_auth(&token)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .context("GET /v1/progress")?;
-        let status = resp.status();
-        let body = resp.bytes().await.context("reading /v1/progress")?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        if !status.is_success() {
-            bail!(
-                "/v1/progress answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(400)])
-            );
-        }
-        serde_json::from_slice::<serde_json::Value>(&body).context("/v1/progress is not JSON")?;
-        bytes = body.len();
-    }
+    let (times, bytes) =
+        crate::restart::progress_times(&hub.url(), &token, a.progress_samples).await?;
     let first = times[0];
     let (progress, _) = p50_p99(&times[1..]);
 
