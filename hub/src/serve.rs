@@ -141,7 +141,6 @@ pub async fn run(
         took_ms = started.elapsed().as_millis() as u64,
         "Loaded the notice book."
     );
-    trim_allocator();
     tracing::info!(addr = %local, log_size = hub.snapshot().log_size, "Hub listening.");
     let hub = Arc::new(hub);
     let store = hub.store.clone();
@@ -221,18 +220,6 @@ pub async fn run(
     }
     tracing::info!("Hub stopped.");
     Ok(())
-}
-
-/// Gives the allocator's free pages back to the system: opening the store (sled's page
-/// table read from its snapshot, or the log replayed) and loading the state allocate and
-/// free far more than they keep, and glibc keeps those holes resident otherwise.
-fn trim_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heaps under its locks; no Rust
-    // invariant is involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Reads the TLS files again on every SIGHUP, for as long as it runs; without TLS, says
