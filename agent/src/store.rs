@@ -914,6 +914,26 @@ fn note_receipts(
     Ok(acked)
 }
 
+/// [`open_handles`], trying again every 20 ms (after `between`) while sled's lock is
+/// taken, for up to `patience`: with the store's process lock held, only a handle of this
+/// process that is still letting go can hold it.
+fn open_handles_waiting(
+    path: &Path,
+    patience: std::time::Duration,
+    between: impl Fn(),
+) -> Result<Handles, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_handles(path) {
+            Err(StoreError::Locked { .. }) if started.elapsed() < patience => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                between();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the sled database at `path` and its trees (see [`Store::open`]).
 fn open_handles(path: &Path) -> Result<Handles, StoreError> {
     // sled would create the directory with the umask's mode (often 0755); the store
@@ -985,15 +1005,7 @@ impl Store {
         let process_lock = lock_store(path)?;
         // With the process lock held, sled's lock can only be held by a handle of this
         // process that is still letting go (sled joins its threads lazily): a short wait.
-        let started = std::time::Instant::now();
-        let handles = loop {
-            match open_handles(path) {
-                Err(StoreError::Locked { .. }) if started.elapsed() < OPEN_PATIENCE => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
-            }
-        };
+        let handles = open_handles_waiting(path, OPEN_PATIENCE, || {})?;
         let store = Store {
             handles: Arc::new(std::sync::RwLock::new(Some(Arc::new(handles)))),
             path: path.to_path_buf(),
@@ -1395,27 +1407,20 @@ impl Store {
         }
         drop(handles);
         release_garbage();
-        let started = std::time::Instant::now();
-        loop {
-            match open_handles(&self.path) {
-                Ok(h) => {
-                    *slot = Some(Arc::new(h));
-                    return Ok(true);
-                }
-                // Something of the closed database (a thread sled has not joined yet)
-                // may still hold its lock for a moment.
-                Err(StoreError::Locked { .. }) if started.elapsed() < REOPEN_PATIENCE => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    release_garbage();
-                }
-                Err(e) => {
-                    tracing::error!(
-                        path = %self.path.display(),
-                        error = %e,
-                        "Cannot open the store again after closing it at rest; the agent stops (everything it acknowledged is on disk) — fix what the error names, then start it again."
-                    );
-                    std::process::exit(1);
-                }
+        // Something of the closed database (a thread sled has not joined yet) may still
+        // hold its lock for a moment.
+        match open_handles_waiting(&self.path, REOPEN_PATIENCE, release_garbage) {
+            Ok(h) => {
+                *slot = Some(Arc::new(h));
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "Cannot open the store again after closing it at rest; the agent stops (everything it acknowledged is on disk) — fix what the error names, then start it again."
+                );
+                std::process::exit(1);
             }
         }
     }
