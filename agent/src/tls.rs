@@ -97,6 +97,8 @@ pub fn http_client(
         .user_agent(concat!("spacesync-agent/", env!("CARGO_PKG_VERSION")))
         // The hub is configured, not discovered: a 3xx is an error, never followed.
         .redirect(reqwest::redirect::Policy::none())
+        // The hub closes a connection idle past its header-read timeout.
+        .pool_idle_timeout(spacesync_http::CLIENT_POOL_IDLE)
         .use_preconfigured_tls(client_config_for(hub, ca_file, client)?)
         .build()?)
 }

@@ -1381,6 +1381,7 @@ impl HubClient {
         }
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(spacesync_http::CLIENT_POOL_IDLE)
             .timeout(std::time::Duration::from_secs(120));
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|error| CliError::Io {

@@ -151,6 +151,16 @@ idle_timeout_secs = {}
     }
 }
 
+/// How long a client of ours keeps a kept-alive connection to a spacesync server for reuse.
+///
+/// [`serve`] closes a connection that waits longer than [`Limits::header_read_timeout`]
+/// (10 s by default) for its next request. A client that reuses a connection idle for
+/// about that long sends its request as the server closes it and gets "connection closed
+/// before message completed": a push that fails for nothing. Clients drop a connection
+/// idle this long instead, well inside the default; a server configured with a
+/// header-read timeout at or below it brings the race back.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// File descriptors kept free for everything that is not a client connection (store
 /// files, outgoing connections, logs).
 const FD_RESERVE: u64 = 256;
@@ -812,6 +822,20 @@ impl AsyncWrite for IdleIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_give_up_a_kept_alive_connection_before_the_default_server_closes_it() {
+        let default = Limits::default().header_read_timeout;
+        assert!(
+            CLIENT_POOL_IDLE * 3 / 2 <= default,
+            "clients keep idle connections {CLIENT_POOL_IDLE:?}, servers close them at {default:?}: too close"
+        );
+        assert_eq!(
+            HttpConfig::default().limits().header_read_timeout,
+            default,
+            "the files init writes carry the same default"
+        );
+    }
 
     /// The allowance for connections closing after eviction: a quarter of the cap (at
     /// least 64), never within half the reserve of the descriptor limit.

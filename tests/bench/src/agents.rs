@@ -58,6 +58,7 @@ impl AgentInstance {
             token,
             child: None,
             http: reqwest::Client::builder()
+                .pool_idle_timeout(procs::POOL_IDLE)
                 .timeout(Duration::from_secs(300))
                 .build()
                 .context("building the HTTP client")?,

@@ -68,10 +68,12 @@ impl ChildGuard {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let st = child.wait().context("waiting for a killed child")?;
-                eprintln!(
-                    "{} did not exit within {grace:?} of signal {signal}; killed",
-                    self.name
-                );
+                if signal != libc::SIGKILL {
+                    eprintln!(
+                        "{} did not exit within {grace:?} of signal {signal}; killed",
+                        self.name
+                    );
+                }
                 return Ok((st, t.elapsed()));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -96,6 +98,12 @@ fn send_signal(child: &Child, signal: libc::c_int) {
         }
     }
 }
+
+/// How long the harness's clients keep an idle connection for reuse: below the servers'
+/// header-read timeout (10 s), past which the hub and the agent close a kept-alive
+/// connection — a request sent on one as it closes fails with "connection closed before
+/// message completed" (`spacesync_http::CLIENT_POOL_IDLE`, which the agent's pusher uses).
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// A free loopback port (bound and released: racy, so starters retry on a failed bind).
 pub fn free_port() -> Result<u16> {
