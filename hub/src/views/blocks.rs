@@ -95,8 +95,11 @@ pub(crate) fn put(stored: Option<&[u8]>, off: u8, count: &[u8]) -> Result<Vec<u8
         let mut o = Out::new();
         o.u8(off);
         o.bytes(count);
-        let mut v = stored.to_vec();
-        v.extend_from_slice(&o.into_bytes());
+        let tail = o.into_bytes();
+        // Sized once: growing a copy of `stored` reallocated for every count appended.
+        let mut v = Vec::with_capacity(stored.len() + tail.len());
+        v.extend_from_slice(stored);
+        v.extend_from_slice(&tail);
         return Ok(v);
     }
     match parts.binary_search_by_key(&off, |(o, _)| *o) {
