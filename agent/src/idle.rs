@@ -52,6 +52,17 @@ pub const MMAP_THRESHOLD: i32 = 256 << 10;
 ///   after which such blocks come from the heap — a page table allocated zeroed there is
 ///   written whole, where a fresh mapping is touched only where used. After a reopen at
 ///   rest: 2–3 MiB less.
+///
+/// What it cannot set: glibc's per-thread caches of freed blocks (tcache: up to 7 blocks
+/// of each size to 1 KiB per thread, kept for that thread's next allocations, which
+/// `malloc_trim` does not see). After a large intake the dozen threads that live on
+/// (sled's 7 pool threads, which never end, and tokio's workers among them) keep
+/// 1.5–1.7 MiB of blocks there, spread over the heap the intake grew, and that heap
+/// keeps 11–14 MiB resident after a reopen at rest where it keeps 3.4 without them: the
+/// most of what a reopened agent holds above a fresh process. glibc reads the setting
+/// only from `GLIBC_TUNABLES` when the process starts; `glibc.malloc.tcache_count=0` in
+/// the agent's environment took it from 27.3–34.0 to 22.3–26.0 MiB idle after a 1 M-entry
+/// intake, for 2–7 % more CPU per entry (BENCHMARKS.md, session 14).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (var, param, value) in [
