@@ -805,6 +805,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn run(data: DataDir, a: RunArgs) -> Result<ExitCode, CliError> {
+    crate::idle::run_with_tcache_off();
     let mut cfg = Config::load(&data.config())?;
     if let Some(l) = a.listen {
         cfg.listen = l;

@@ -53,7 +53,7 @@ pub const MMAP_THRESHOLD: i32 = 256 << 10;
 ///   written whole, where a fresh mapping is touched only where used. After a reopen at
 ///   rest: 2–3 MiB less.
 ///
-/// What it cannot set: glibc's per-thread caches of freed blocks (tcache: up to 7 blocks
+/// What it cannot set, [`run_with_tcache_off`] does: glibc's per-thread caches of freed blocks (tcache: up to 7 blocks
 /// of each size to 1 KiB per thread, kept for that thread's next allocations, which
 /// `malloc_trim` does not see). After a large intake the dozen threads that live on
 /// (sled's 7 pool threads, which never end, and tokio's workers among them) keep
@@ -80,6 +80,68 @@ pub fn tune_allocator() {
                 libc::mallopt(param, value);
             }
         }
+    }
+}
+
+/// The glibc tunable [`run_with_tcache_off`] adds: no per-thread caches of freed blocks.
+pub const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
+
+/// Set in the environment of the image [`run_with_tcache_off`] executes, so that image
+/// never executes itself again (were glibc to drop `GLIBC_TUNABLES`, as it does for a
+/// set-user-ID program, the agent would otherwise loop).
+pub const REEXECUTED: &str = "SPACESYNC_AGENT_REEXECUTED";
+
+/// The `GLIBC_TUNABLES` value to run with, or `None` when `current` already sets the
+/// per-thread cache (the operator's choice stands) and nothing needs to change.
+pub fn tunables_with_tcache_off(current: Option<&str>) -> Option<String> {
+    match current.filter(|c| !c.is_empty()) {
+        Some(c)
+            if c.split(':')
+                .any(|t| t.trim_start().starts_with("glibc.malloc.tcache_count=")) =>
+        {
+            None
+        }
+        Some(c) => Some(format!("{c}:{TCACHE_OFF}")),
+        None => Some(TCACHE_OFF.to_string()),
+    }
+}
+
+/// Makes `run` hold its memory at rest as a fresh process would: glibc reads its
+/// per-thread caches' setting only from `GLIBC_TUNABLES` at the start of a process (see
+/// [`tune_allocator`]), so when the environment does not set it, the agent executes its
+/// own program again — same arguments, same process id, nothing open yet but what it
+/// inherited — with [`TCACHE_OFF`] added. Call first thing in `run`, before any thread
+/// exists. Returns when nothing needs doing, or when the execution failed (no `/proc`,
+/// say): the agent then runs with glibc's caches, as it did before, and says so on stderr.
+pub fn run_with_tcache_off() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os(REEXECUTED).is_some() {
+            return;
+        }
+        let current = std::env::var_os("GLIBC_TUNABLES");
+        let Some(current) = current
+            .as_ref()
+            .map_or(Some(None), |c| c.to_str().map(Some))
+        else {
+            // Not UTF-8: not ours to rewrite.
+            return;
+        };
+        let Some(tunables) = tunables_with_tcache_off(current) else {
+            return;
+        };
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_else(|| "spacesync-agent".into());
+        let error = std::process::Command::new("/proc/self/exe")
+            .arg0(argv0)
+            .args(args)
+            .env("GLIBC_TUNABLES", tunables)
+            .env(REEXECUTED, "1")
+            .exec();
+        eprintln!(
+            "warning: could not start the agent again with glibc's per-thread malloc caches off ({error}); running with them, which keeps several MiB more resident at rest. Set GLIBC_TUNABLES={TCACHE_OFF} in the agent's environment to avoid this."
+        );
     }
 }
 
@@ -197,6 +259,24 @@ mod tests {
 
     use super::*;
     use crate::store::Append;
+
+    #[test]
+    fn the_tunable_is_added_once_and_an_operators_setting_stands() {
+        assert_eq!(tunables_with_tcache_off(None).as_deref(), Some(TCACHE_OFF));
+        assert_eq!(
+            tunables_with_tcache_off(Some("")).as_deref(),
+            Some(TCACHE_OFF)
+        );
+        assert_eq!(
+            tunables_with_tcache_off(Some("glibc.malloc.arena_max=2")).as_deref(),
+            Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
+        );
+        assert_eq!(tunables_with_tcache_off(Some(TCACHE_OFF)), None);
+        assert_eq!(
+            tunables_with_tcache_off(Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7")),
+            None
+        );
+    }
 
     fn append(s: &Store, n: u64) {
         let (head, _) = s.head().unwrap_or_else(|e| panic!("{e}"));
