@@ -116,6 +116,15 @@ impl AgentInstance {
         .await
         .map_err(|e| e.context(procs::log_tail(&self.log_path(), 20)))?;
         self.child = Some(guard);
+        // `/healthz` asks for no token: whoever holds the port answers it. The status,
+        // which needs this agent's token, shows that it is this agent.
+        self.status().await.with_context(|| {
+            format!(
+                "{} answered /healthz, but not as this agent; its log ends:\n{}",
+                self.listen,
+                procs::log_tail(&self.log_path(), 20)
+            )
+        })?;
         Ok(took)
     }
 

@@ -105,10 +105,24 @@ fn send_signal(child: &Child, signal: libc::c_int) {
 /// message completed" (`spacesync_http::CLIENT_POOL_IDLE`, which the agent's pusher uses).
 pub const POOL_IDLE: Duration = Duration::from_secs(5);
 
-/// A free loopback port (bound and released: racy, so starters retry on a failed bind).
+/// A free loopback port (bound and released: racy, so starters retry on a failed bind),
+/// never one this process handed out before: the kernel may give a released port again,
+/// and two of the drain's 32 agents configured with one port made the second answer
+/// `/healthz` through the first and its intake refuse the second's token (seen once).
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port this process has not handed out already, in 1,000 tries")
 }
 
 /// The clock tick `/proc/<pid>/stat` counts CPU time in.
