@@ -23,21 +23,13 @@ use spacesync_agent::config::DataDir;
 use spacesync_agent::store::{Store, parse_envelope};
 use spacesync_shared::{Entry, Record};
 
+mod common;
+use common::{bin, free_port};
+
 /// Concurrent clients, one single-record POST at a time each (as the bench's singles).
 const CLIENTS: usize = 32;
 /// The agent clock.
 const NOW: &str = "2018-11-25T10:00:00+08:00";
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_spacesync-agent"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
 
 fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())

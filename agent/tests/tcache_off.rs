@@ -8,16 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_spacesync-agent"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+mod common;
+use common::{bin, free_port};
 
 /// An initialised agent directory whose hub is down; its listen address.
 fn init(dir: &Path) -> String {
