@@ -97,7 +97,7 @@ pub fn tunables_with_tcache_off(current: Option<&str>) -> Option<String> {
     match current.filter(|c| !c.is_empty()) {
         Some(c)
             if c.split(':')
-                .any(|t| t.trim_start().starts_with("glibc.malloc.tcache_count=")) =>
+                .any(|t| t.starts_with("glibc.malloc.tcache_count=")) =>
         {
             None
         }
@@ -111,13 +111,29 @@ pub fn tunables_with_tcache_off(current: Option<&str>) -> Option<String> {
 /// [`tune_allocator`]), so when the environment does not set it, the agent executes its
 /// own program again — same arguments, same process id, nothing open yet but what it
 /// inherited — with [`TCACHE_OFF`] added. Call first thing in `run`, before any thread
-/// exists. Returns when nothing needs doing, or when the execution failed (no `/proc`,
-/// say): the agent then runs with glibc's caches, as it did before, and says so on stderr.
+/// exists. Returns when nothing needs doing, or when it cannot be done — no `/proc`, or
+/// the process's image is not the agent's program (started through the dynamic loader,
+/// `ld.so /usr/bin/spacesync-agent run`, or the file replaced by an upgrade since): the
+/// agent then runs with glibc's caches, as it did before, and says so on stderr.
 pub fn run_with_tcache_off() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
+        let warn = |why: &str| {
+            eprintln!(
+                "warning: glibc's per-thread malloc caches stay on ({why}), which keeps several MiB more resident at rest; set GLIBC_TUNABLES={TCACHE_OFF} in the agent's environment to have them off"
+            );
+        };
         if std::env::var_os(REEXECUTED).is_some() {
+            // The second image: glibc may have dropped the variable (secure execution), or
+            // the marker came from outside; either way, no third start.
+            let set = std::env::var("GLIBC_TUNABLES")
+                .is_ok_and(|t| tunables_with_tcache_off(Some(&t)).is_none());
+            if !set {
+                warn(&format!(
+                    "{REEXECUTED} is set but GLIBC_TUNABLES does not set the caches"
+                ));
+            }
             return;
         }
         let current = std::env::var_os("GLIBC_TUNABLES");
@@ -133,16 +149,37 @@ pub fn run_with_tcache_off() {
         };
         let mut args = std::env::args_os();
         let argv0 = args.next().unwrap_or_else(|| "spacesync-agent".into());
+        if !image_is(&argv0) {
+            warn("this process's image is not the program it was started as");
+            return;
+        }
         let error = std::process::Command::new("/proc/self/exe")
             .arg0(argv0)
             .args(args)
             .env("GLIBC_TUNABLES", tunables)
             .env(REEXECUTED, "1")
             .exec();
-        eprintln!(
-            "warning: could not start the agent again with glibc's per-thread malloc caches off ({error}); running with them, which keeps several MiB more resident at rest. Set GLIBC_TUNABLES={TCACHE_OFF} in the agent's environment to avoid this."
-        );
+        warn(&format!("starting the agent again failed: {error}"));
     }
+}
+
+/// Whether `/proc/self/exe` is the file `argv0` names (as the shell found it: a path, or
+/// a name looked up in `PATH`), compared by device and inode.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn image_is(argv0: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(image) = std::fs::metadata("/proc/self/exe") else {
+        return false;
+    };
+    let same = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.dev() == image.dev() && m.ino() == image.ino())
+    };
+    if argv0.as_bytes().contains(&b'/') {
+        return same(std::path::Path::new(argv0));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| same(&dir.join(argv0))))
 }
 
 /// This process's resident memory in bytes (`VmRSS`), where the system says (Linux).

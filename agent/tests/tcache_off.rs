@@ -27,19 +27,41 @@ fn init(dir: &Path) -> String {
     listen
 }
 
-/// Starts `run` with `tunables` as `GLIBC_TUNABLES` (none: unset) and waits until it
-/// answers `/healthz` on `listen`.
-fn start(dir: &Path, listen: &str, tunables: Option<&str>) -> Child {
-    let mut cmd = Command::new(bin());
+/// How `run` is started.
+#[derive(Default)]
+struct Start<'a> {
+    /// `GLIBC_TUNABLES` (none: unset).
+    tunables: Option<&'a str>,
+    /// The marker of a second image, set from outside.
+    marker: bool,
+    /// Started through this dynamic loader (`ld.so <agent> …`).
+    loader: Option<&'a Path>,
+}
+
+const NOW: &str = "2018-11-25T10:00:00+08:00";
+
+/// Starts `run` as `how` says and waits until it answers `/healthz` on `listen`.
+fn start(dir: &Path, listen: &str, how: Start) -> Child {
+    let mut cmd = match how.loader {
+        Some(ld) => {
+            let mut c = Command::new(ld);
+            c.arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     cmd.arg("--data")
         .arg(dir)
-        .args(["run", "--now", "2018-11-25T10:00:00+08:00"])
+        .args(["run", "--now", NOW])
         .env_remove("GLIBC_TUNABLES")
         .env_remove(spacesync_agent::idle::REEXECUTED)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if let Some(t) = tunables {
+    if let Some(t) = how.tunables {
         cmd.env("GLIBC_TUNABLES", t);
+    }
+    if how.marker {
+        cmd.env(spacesync_agent::idle::REEXECUTED, "1");
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run: {e}"));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -74,6 +96,37 @@ fn environ(child: &Child) -> Vec<String> {
         .collect()
 }
 
+/// The process's arguments.
+fn cmdline(child: &Child) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/cmdline", child.id()))
+        .unwrap_or_else(|e| panic!("cmdline: {e}"));
+    raw.split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// `GLIBC_TUNABLES` as the process started with it: glibc (2.36 here) parses the value in
+/// place, turning each `:` into a NUL, so `environ` may show the tunables after the first
+/// as entries of their own; they are joined back.
+fn tunables(env: &[String]) -> Option<String> {
+    let at = env.iter().position(|v| v.starts_with("GLIBC_TUNABLES="))?;
+    let mut value = env[at]["GLIBC_TUNABLES=".len()..].to_string();
+    for next in &env[at + 1..] {
+        if !next.starts_with("glibc.") {
+            break;
+        }
+        value.push(':');
+        value.push_str(next);
+    }
+    Some(value)
+}
+
+fn has_marker(env: &[String]) -> bool {
+    env.iter()
+        .any(|v| v.starts_with(&format!("{}=", spacesync_agent::idle::REEXECUTED)))
+}
+
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -83,50 +136,96 @@ fn stop(mut child: Child) {
 fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let listen = init(tmp.path());
+    let off = spacesync_agent::idle::TCACHE_OFF;
 
-    // Nothing set: the serving image is the second one, with the tunable and the marker.
-    let child = start(tmp.path(), &listen, None);
-    let env = environ(&child);
+    // Nothing set: the serving image is the second one, with the tunable, the marker and
+    // the arguments it was started with.
+    let child = start(tmp.path(), &listen, Start::default());
+    let (env, args) = (environ(&child), cmdline(&child));
     stop(child);
-    assert!(
-        env.iter()
-            .any(|v| v == &format!("GLIBC_TUNABLES={}", spacesync_agent::idle::TCACHE_OFF)),
-        "{env:?}"
-    );
-    assert!(
-        env.iter()
-            .any(|v| v.starts_with(&format!("{}=", spacesync_agent::idle::REEXECUTED))),
-        "{env:?}"
-    );
-
-    // Other tunables: kept, the cache setting added after them. (glibc parses the value in
-    // place at start, turning the `:` between tunables into a NUL, so `environ` shows the
-    // two parts as neighbours.)
-    let child = start(tmp.path(), &listen, Some("glibc.malloc.arena_max=3"));
-    let env = environ(&child);
-    stop(child);
-    let at = env
-        .iter()
-        .position(|v| v == "GLIBC_TUNABLES=glibc.malloc.arena_max=3")
-        .unwrap_or_else(|| panic!("{env:?}"));
+    assert_eq!(tunables(&env).as_deref(), Some(off), "{env:?}");
+    assert!(has_marker(&env), "{env:?}");
+    let data = tmp.path().display().to_string();
     assert_eq!(
-        env.get(at + 1).map(String::as_str),
-        Some(spacesync_agent::idle::TCACHE_OFF),
+        args[1..],
+        ["--data", data.as_str(), "run", "--now", NOW],
+        "{args:?}"
+    );
+
+    // Other tunables: kept, the cache setting added after them.
+    let child = start(
+        tmp.path(),
+        &listen,
+        Start {
+            tunables: Some("glibc.malloc.arena_max=3"),
+            ..Start::default()
+        },
+    );
+    let env = environ(&child);
+    stop(child);
+    assert_eq!(
+        tunables(&env),
+        Some(format!("glibc.malloc.arena_max=3:{off}")),
         "{env:?}"
     );
 
-    // The operator's own cache setting: no second execution, nothing changed.
-    let child = start(tmp.path(), &listen, Some("glibc.malloc.tcache_count=3"));
+    // The operator's own cache setting: no second image, nothing changed.
+    let child = start(
+        tmp.path(),
+        &listen,
+        Start {
+            tunables: Some("glibc.malloc.tcache_count=3"),
+            ..Start::default()
+        },
+    );
     let env = environ(&child);
     stop(child);
-    assert!(
-        env.iter()
-            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=3"),
+    assert_eq!(
+        tunables(&env).as_deref(),
+        Some("glibc.malloc.tcache_count=3"),
         "{env:?}"
     );
-    assert!(
-        !env.iter()
-            .any(|v| v.starts_with(&format!("{}=", spacesync_agent::idle::REEXECUTED))),
-        "{env:?}"
+    assert!(!has_marker(&env), "{env:?}");
+
+    // The marker without the tunable (set from outside, or glibc dropped the variable):
+    // no further image — the agent serves as started.
+    let child = start(
+        tmp.path(),
+        &listen,
+        Start {
+            marker: true,
+            ..Start::default()
+        },
     );
+    let env = environ(&child);
+    stop(child);
+    assert_eq!(tunables(&env), None, "{env:?}");
+}
+
+/// Started through the dynamic loader, the process's image is the loader: executing it
+/// again would start the loader with the agent's arguments. The agent serves as started.
+#[test]
+fn run_through_the_dynamic_loader_serves_without_a_second_image() {
+    let Some(ld) = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("no dynamic loader at a known path; nothing to check here");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let listen = init(tmp.path());
+    let child = start(
+        tmp.path(),
+        &listen,
+        Start {
+            loader: Some(ld),
+            ..Start::default()
+        },
+    );
+    let env = environ(&child);
+    stop(child);
+    assert_eq!(tunables(&env), None, "{env:?}");
+    assert!(!has_marker(&env), "{env:?}");
 }

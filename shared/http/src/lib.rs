@@ -158,7 +158,9 @@ idle_timeout_secs = {}
 /// about that long sends its request as the server closes it and gets "connection closed
 /// before message completed": a push that fails for nothing. Clients drop a connection
 /// idle this long instead, well inside the default; a server configured with a
-/// header-read timeout at or below it brings the race back.
+/// header-read timeout at or below it brings the race back. This narrows the race, it
+/// does not close it: a server at its connection cap closes an idle connection at any
+/// moment, and so does a stop; the agent's pusher retries those pushes with backoff.
 pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// File descriptors kept free for everything that is not a client connection (store
