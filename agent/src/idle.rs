@@ -53,9 +53,9 @@ pub const MMAP_THRESHOLD: i32 = 256 << 10;
 ///   written whole, where a fresh mapping is touched only where used. After a reopen at
 ///   rest: 2–3 MiB less.
 ///
-/// What it cannot set, [`run_with_tcache_off`] does: glibc's per-thread caches of freed blocks (tcache: up to 7 blocks
-/// of each size to 1 KiB per thread, kept for that thread's next allocations, which
-/// `malloc_trim` does not see). After a large intake the dozen threads that live on
+/// What it cannot set, [`run_with_tcache_off`] does: glibc's per-thread caches of freed
+/// blocks (tcache: up to 7 blocks of each size to 1 KiB per thread, kept for that thread's
+/// next allocations, which `malloc_trim` does not see). After a large intake the dozen threads that live on
 /// (sled's 7 pool threads, which never end, and tokio's workers among them) keep
 /// 1.5–1.7 MiB of blocks there, spread over the heap the intake grew, and that heap
 /// keeps 11–14 MiB resident after a reopen at rest where it keeps 3.4 without them: the

@@ -86,24 +86,27 @@ fn start(dir: &Path, listen: &str, how: Start) -> Child {
     }
 }
 
-/// The process's environment as `NAME=value` strings.
-fn environ(child: &Child) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{}/environ", child.id()))
-        .unwrap_or_else(|e| panic!("environ: {e}"));
+/// `/proc/PID/<file>` of the child (`environ`, `cmdline`): its NUL-separated strings.
+fn proc_strings(child: &Child, file: &str) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/{file}", child.id()))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
     raw.split(|&b| b == 0)
         .filter(|v| !v.is_empty())
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect()
 }
 
-/// The process's arguments.
-fn cmdline(child: &Child) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{}/cmdline", child.id()))
-        .unwrap_or_else(|e| panic!("cmdline: {e}"));
-    raw.split(|&b| b == 0)
-        .filter(|v| !v.is_empty())
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
+/// Starts `run` as `how` says, reads the serving process's environment and arguments, and
+/// kills it.
+fn serving(dir: &Path, listen: &str, how: Start) -> (Vec<String>, Vec<String>) {
+    let mut child = start(dir, listen, how);
+    let seen = (
+        proc_strings(&child, "environ"),
+        proc_strings(&child, "cmdline"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
 }
 
 /// `GLIBC_TUNABLES` as the process started with it: glibc (2.36 here) parses the value in
@@ -127,11 +130,6 @@ fn has_marker(env: &[String]) -> bool {
         .any(|v| v.starts_with(&format!("{}=", spacesync_agent::idle::REEXECUTED)))
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 #[test]
 fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -140,9 +138,7 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
 
     // Nothing set: the serving image is the second one, with the tunable, the marker and
     // the arguments it was started with.
-    let child = start(tmp.path(), &listen, Start::default());
-    let (env, args) = (environ(&child), cmdline(&child));
-    stop(child);
+    let (env, args) = serving(tmp.path(), &listen, Start::default());
     assert_eq!(tunables(&env).as_deref(), Some(off), "{env:?}");
     assert!(has_marker(&env), "{env:?}");
     let data = tmp.path().display().to_string();
@@ -153,7 +149,7 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
     );
 
     // Other tunables: kept, the cache setting added after them.
-    let child = start(
+    let (env, _) = serving(
         tmp.path(),
         &listen,
         Start {
@@ -161,8 +157,6 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
             ..Start::default()
         },
     );
-    let env = environ(&child);
-    stop(child);
     assert_eq!(
         tunables(&env),
         Some(format!("glibc.malloc.arena_max=3:{off}")),
@@ -170,7 +164,7 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
     );
 
     // The operator's own cache setting: no second image, nothing changed.
-    let child = start(
+    let (env, _) = serving(
         tmp.path(),
         &listen,
         Start {
@@ -178,8 +172,6 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
             ..Start::default()
         },
     );
-    let env = environ(&child);
-    stop(child);
     assert_eq!(
         tunables(&env).as_deref(),
         Some("glibc.malloc.tcache_count=3"),
@@ -189,7 +181,7 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
 
     // The marker without the tunable (set from outside, or glibc dropped the variable):
     // no further image — the agent serves as started.
-    let child = start(
+    let (env, _) = serving(
         tmp.path(),
         &listen,
         Start {
@@ -197,8 +189,6 @@ fn run_serves_with_the_caches_off_and_leaves_an_operators_setting() {
             ..Start::default()
         },
     );
-    let env = environ(&child);
-    stop(child);
     assert_eq!(tunables(&env), None, "{env:?}");
 }
 
@@ -216,7 +206,7 @@ fn run_through_the_dynamic_loader_serves_without_a_second_image() {
     };
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let listen = init(tmp.path());
-    let child = start(
+    let (env, _) = serving(
         tmp.path(),
         &listen,
         Start {
@@ -224,8 +214,6 @@ fn run_through_the_dynamic_loader_serves_without_a_second_image() {
             ..Start::default()
         },
     );
-    let env = environ(&child);
-    stop(child);
     assert_eq!(tunables(&env), None, "{env:?}");
     assert!(!has_marker(&env), "{env:?}");
 }

@@ -151,7 +151,8 @@ idle_timeout_secs = {}
     }
 }
 
-/// How long a client of ours keeps a kept-alive connection to a spacesync server for reuse.
+/// How long a client of ours (the agent's pusher, the hub's admin client, the bench's
+/// clients) keeps a kept-alive connection to a spacesync server for reuse.
 ///
 /// [`serve`] closes a connection that waits longer than [`Limits::header_read_timeout`]
 /// (10 s by default) for its next request. A client that reuses a connection idle for

@@ -97,7 +97,7 @@ pub async fn run(a: &AgentArgs) -> Result<Report> {
     let url = format!("http://{listen}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(a.clients)
-        .pool_idle_timeout(procs::POOL_IDLE)
+        .pool_idle_timeout(spacesync_http::CLIENT_POOL_IDLE)
         .timeout(Duration::from_secs(300))
         .build()?;
     procs::wait_ok(

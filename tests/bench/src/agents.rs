@@ -58,7 +58,7 @@ impl AgentInstance {
             token,
             child: None,
             http: reqwest::Client::builder()
-                .pool_idle_timeout(procs::POOL_IDLE)
+                .pool_idle_timeout(spacesync_http::CLIENT_POOL_IDLE)
                 .timeout(Duration::from_secs(300))
                 .build()
                 .context("building the HTTP client")?,

@@ -174,7 +174,7 @@ async fn send_to(
     let gzip = prepared.gzip;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(prepared.sources.len().max(1))
-        .pool_idle_timeout(procs::POOL_IDLE)
+        .pool_idle_timeout(spacesync_http::CLIENT_POOL_IDLE)
         .timeout(Duration::from_secs(600))
         .build()
         .context("building the HTTP client")?;

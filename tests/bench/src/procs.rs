@@ -99,12 +99,6 @@ fn send_signal(child: &Child, signal: libc::c_int) {
     }
 }
 
-/// How long the harness's clients keep an idle connection for reuse: below the servers'
-/// header-read timeout (10 s), past which the hub and the agent close a kept-alive
-/// connection — a request sent on one as it closes fails with "connection closed before
-/// message completed" (`spacesync_http::CLIENT_POOL_IDLE`, which the agent's pusher uses).
-pub const POOL_IDLE: Duration = Duration::from_secs(5);
-
 /// A free loopback port (bound and released: racy, so starters retry on a failed bind),
 /// never one this process handed out before: the kernel may give a released port again,
 /// and two of the drain's 32 agents configured with one port made the second answer
