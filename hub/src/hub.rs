@@ -297,7 +297,7 @@ fn load_state(
     }
     // Once per store: the views in this version's layout, merged for the campaign's baseline.
     crate::views::prepare(store, campaign.baseline)?;
-    let views = Views::load(store, campaign.baseline)?;
+    let views = Views::load_at(store, campaign.baseline, head)?;
     let checkpoint = match store.get(keys::CHECKPOINT)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
         None => log.checkpoint(origin, key)?,

@@ -9,7 +9,7 @@ pub mod pg;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 /// A storage failure. The message names the operation; the hub answers 503 and logs it.
@@ -193,6 +193,22 @@ pub trait Store: Send + Sync + 'static {
     /// `pg_dump` takes a snapshot).
     fn hold_writes(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
         None
+    }
+
+    /// The views checkpoint the last clean stop left ([`Store::put_views_checkpoint`]), at
+    /// most once per open: the backend sets it aside when it opens, so a later open (by
+    /// any command) never finds one written before it. `None` when there is none, or where
+    /// the backend keeps none. The bytes are unchecked: `crate::views::checkpoint` checks
+    /// them and their match with the store.
+    fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Keeps `bytes` as the views checkpoint for the next open, durably; false where the
+    /// backend keeps none (PostgreSQL: replicas write the store while one stops).
+    fn put_views_checkpoint(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        let _ = bytes;
+        Ok(false)
     }
 }
 
@@ -512,6 +528,40 @@ pub struct SledStore {
     commits: Mutex<()>,
     /// Every write holds it shared; [`Store::hold_writes`] exclusively.
     writes: RwLock<()>,
+    /// The store's directory.
+    dir: PathBuf,
+    /// The views checkpoint set aside at the open, until taken ([`Store::take_views_checkpoint`]).
+    checkpoint: Mutex<Option<PathBuf>>,
+}
+
+/// The views checkpoint a clean stop writes into the store's directory (see
+/// [`Store::put_views_checkpoint`]); sled ignores files it does not know.
+const CHECKPOINT_FILE: &str = "views.ckpt";
+/// Where an open sets the checkpoint aside until the views take it.
+const CHECKPOINT_TAKEN: &str = "views.ckpt.taken";
+/// Where the checkpoint is written before it is renamed into place.
+const CHECKPOINT_PARTIAL: &str = "views.ckpt.partial";
+
+/// Sets aside the views checkpoint of the store in `dir` for this open: removes what an
+/// earlier open or an interrupted write left, renames the checkpoint, and makes that
+/// durable, so no later open finds it (whatever this one then writes). The path set
+/// aside, if there was a checkpoint.
+fn set_aside_checkpoint(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    for stale in [CHECKPOINT_TAKEN, CHECKPOINT_PARTIAL] {
+        match std::fs::remove_file(dir.join(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let taken = dir.join(CHECKPOINT_TAKEN);
+    let found = match std::fs::rename(dir.join(CHECKPOINT_FILE), &taken) {
+        Ok(()) => Some(taken),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(found)
 }
 
 /// How long [`SledStore::open`] waits for a store that another handle is closing.
@@ -553,7 +603,7 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir` with sled's cache at `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        SledStore::open_waiting(dir, cache_bytes, LOCK_WAIT)
+        SledStore::open_waiting(dir, cache_bytes, LOCK_WAIT, Checkpoint::SetAside)
     }
 
     /// [`SledStore::open_with_cache`], waiting up to `lock_wait` for a handle that is
@@ -562,6 +612,7 @@ impl SledStore {
         dir: &Path,
         cache_bytes: u64,
         lock_wait: std::time::Duration,
+        checkpoint: Checkpoint,
     ) -> Result<SledStore, StoreError> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         let damaged = |why: String| StoreError::Backend {
@@ -616,6 +667,17 @@ impl SledStore {
             },
         })?;
         let tree = db.open_tree("hub").map_err(backend("open"))?;
+        // Only now, holding sled's lock: no other process can be writing or taking it.
+        let checkpoint = match checkpoint {
+            Checkpoint::SetAside => set_aside_checkpoint(dir).map_err(|e| StoreError::Backend {
+                op: "open",
+                message: format!(
+                    "{}: could not set aside the views checkpoint of the last stop ({CHECKPOINT_FILE}): {e}; check the directory's permissions (the hub writes there)",
+                    dir.display()
+                ),
+            })?,
+            Checkpoint::Leave => None,
+        };
         // sled's open reads its last snapshot (the page table) and replays the log written
         // since it; see [`SledStore::snapshot`].
         tracing::info!(
@@ -629,7 +691,33 @@ impl SledStore {
             tree,
             commits: Mutex::new(()),
             writes: RwLock::new(()),
+            dir: dir.to_path_buf(),
+            checkpoint: Mutex::new(checkpoint),
         })
+    }
+}
+
+/// What an open does with the views checkpoint in the store's directory.
+#[derive(Debug, Clone, Copy)]
+enum Checkpoint {
+    /// Sets it aside for this open (every open but the snapshot's).
+    SetAside,
+    /// Leaves it for the next open: [`SledStore::snapshot`], which runs right after the
+    /// stop that wrote it and changes nothing the views hold.
+    Leave,
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Not taken: nobody will (the next open removes it anyway).
+        let taken = self
+            .checkpoint
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(path) = taken {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -667,7 +755,7 @@ impl SledStore {
     /// handle instead of dropping it: dropping frees sled's page table piece by piece,
     /// seconds at 9 M entries (the snapshot is on disk either way).
     pub fn snapshot_open(dir: &Path) -> Result<SledStore, StoreError> {
-        SledStore::open_waiting(dir, SNAPSHOT_CACHE, SNAPSHOT_LOCK_WAIT)
+        SledStore::open_waiting(dir, SNAPSHOT_CACHE, SNAPSHOT_LOCK_WAIT, Checkpoint::Leave)
     }
 }
 
@@ -746,6 +834,45 @@ impl Store for SledStore {
 
     fn hold_writes(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
         Some(self.writes.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
+        let path = self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let read = std::fs::read(&path);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "Could not remove the views checkpoint after reading it; the next open removes it.");
+        }
+        match read {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Could not read the views checkpoint of the last stop; reading the views from the store instead.");
+                None
+            }
+        }
+    }
+
+    fn put_views_checkpoint(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        let io = |e: std::io::Error| StoreError::Backend {
+            op: "views checkpoint",
+            message: format!(
+                "{}: could not write {CHECKPOINT_FILE}: {e}; the next start reads the views from the store instead (slower, same figures)",
+                self.dir.display()
+            ),
+        };
+        let partial = self.dir.join(CHECKPOINT_PARTIAL);
+        let mut f = std::fs::File::create(&partial).map_err(io)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&partial, self.dir.join(CHECKPOINT_FILE)).map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(true)
     }
 }
 

@@ -52,6 +52,7 @@ use tracing::{info, warn};
 use crate::store::{Kv, Overlay, Reader, Store, StoreError, WriteBatch, keys};
 
 mod blocks;
+pub mod checkpoint;
 mod codec;
 mod figures;
 mod subjects;
@@ -1104,6 +1105,55 @@ impl Views {
     /// snapshots (unless the summaries were merged for another baseline date, which
     /// [`prepare`] at the hub's start rules out; then they are merged again here).
     pub fn load(store: &dyn Store, baseline: NaiveDate) -> Result<Views, StoreError> {
+        Views::load_inner(store, baseline, None)
+    }
+
+    /// [`Views::load`] at a hub's start, the store at head `head` (read before the views):
+    /// the summaries come from the views checkpoint the last clean stop left when it
+    /// matches the store ([`checkpoint`]), else from the store.
+    pub fn load_at(store: &dyn Store, baseline: NaiveDate, head: u64) -> Result<Views, StoreError> {
+        Views::load_inner(store, baseline, Some(head))
+    }
+
+    /// The views checkpoint of `store`'s last clean stop, if there is one and it was
+    /// written at `position`: every subject's summary.
+    fn checkpointed(
+        store: &dyn Store,
+        position: &checkpoint::Position,
+    ) -> Option<Vec<(Subject, Summary)>> {
+        let bytes = store.take_views_checkpoint()?;
+        let size = bytes.len();
+        let read = checkpoint::parse(bytes).and_then(|c| {
+            c.matches(position)?;
+            c.subjects()
+        });
+        match read {
+            Ok(subjects) => {
+                info!(
+                    subjects = subjects.len(),
+                    bytes = size,
+                    "Read the summaries from the views checkpoint of the last stop."
+                );
+                Some(subjects)
+            }
+            Err(e) => {
+                warn!(error = %e, "Not using the views checkpoint of the last stop; reading the summaries from the store instead (same figures, slower).");
+                None
+            }
+        }
+    }
+
+    /// The views checkpoint of these views at store head `head` (see [`checkpoint`]), for
+    /// [`Store::put_views_checkpoint`] at a clean stop.
+    pub fn checkpoint(&self, head: u64) -> Vec<u8> {
+        checkpoint::encode(self, head)
+    }
+
+    fn load_inner(
+        store: &dyn Store,
+        baseline: NaiveDate,
+        head: Option<u64>,
+    ) -> Result<Views, StoreError> {
         let mut v = Views::new(baseline);
         let Some(layout) = read_layout(store)? else {
             if store.scan(keys::VIEW).next().is_some() {
@@ -1169,7 +1219,20 @@ impl Views {
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
             v.sources.insert(source, act);
         }
-        if layout.baseline == baseline {
+        let position = head.map(|head| checkpoint::Position {
+            head,
+            next: v.next,
+            layout: layout.layout,
+            baseline: layout.baseline,
+        });
+        let checkpointed = position
+            .filter(|_| layout.baseline == baseline)
+            .and_then(|p| Views::checkpointed(store, &p));
+        if let Some(subjects) = checkpointed {
+            for (subject, summary) in subjects {
+                v.add_subject(subject, summary);
+            }
+        } else if layout.baseline == baseline {
             for r in store.scan(SUMMARY_PREFIX) {
                 let (k, bytes) = r?;
                 let subject = subject_of(&k, SUMMARY_PREFIX)?;

@@ -2,7 +2,9 @@
 //! tree node, no stored snapshot and, of the source index, one `last` per source; what it
 //! reads does not grow with the number of entries. And a hub whose history trees were
 //! removed (`log/`, `node/`, the stored snapshots `v/c/` and their lists per subject `v/l/`)
-//! still starts and serves the same figures.
+//! still starts and serves the same figures. After a clean stop it reads no summary key
+//! either: the summaries come from the views checkpoint the stop wrote, used once, and only
+//! while it matches the store.
 
 mod common;
 
@@ -74,6 +76,10 @@ impl Store for Counting {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+
+    fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
+        self.inner.take_views_checkpoint()
     }
 }
 
@@ -249,3 +255,116 @@ async fn a_hub_without_its_history_trees_serves_the_same_figures(backend: Backen
 }
 
 backends!(async restart_reads_no_per_entry_history, a_hub_without_its_history_trees_serves_the_same_figures);
+
+/// What a clean stop does last (`serve`): the views checkpoint of the published state.
+fn stop_with_checkpoint(th: &TestHub) {
+    let snap = th.hub.snapshot();
+    let bytes = snap.views.checkpoint(snap.head);
+    assert!(
+        th.hub
+            .store
+            .put_views_checkpoint(&bytes)
+            .expect("write the checkpoint"),
+        "sled keeps a views checkpoint"
+    );
+}
+
+/// Removes every stored summary without moving the store's head: a start that still serves
+/// them read them from the checkpoint.
+fn remove_summaries(th: &TestHub) {
+    let store = th.hub.store.as_ref();
+    let mut wb = WriteBatch::new();
+    let mut n = 0;
+    for r in store.scan(b"v/s/") {
+        wb.delete(r.expect("scan").0);
+        n += 1;
+    }
+    assert!(n > 30, "only {n} summaries stored");
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+}
+
+#[tokio::test]
+async fn after_a_clean_stop_the_summaries_come_from_the_checkpoint_once() {
+    let dir = store_dir(Backend::Sled);
+    let (_, before, th) = hub_with_history(dir.path(), 3).await;
+    stop_with_checkpoint(&th);
+    drop(th);
+    // The start reads no summary key (the rest as before: no history either).
+    let reads = reads_at_open(dir.path());
+    for r in &reads {
+        for k in std::iter::once(&r.asked).chain(&r.got) {
+            assert!(
+                !starts(k, b"v/s/"),
+                "a start after a clean stop read the summaries from the store: {} {:?}",
+                r.op,
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    // That open set the checkpoint aside: the next one reads the summaries again.
+    let reads = reads_at_open(dir.path());
+    assert!(
+        reads.iter().any(|r| starts(&r.asked, b"v/s/")),
+        "a second start found a checkpoint an earlier open had set aside"
+    );
+
+    // The figures come from it: with the stored summaries gone, the start after a clean
+    // stop serves what it served; the one after that (no checkpoint) cannot.
+    let th = TestHub::open(dir.path());
+    remove_summaries(&th);
+    stop_with_checkpoint(&th);
+    drop(th);
+    let th = TestHub::open(dir.path());
+    assert_eq!(figures(&th).await, before);
+    drop(th);
+    let th = TestHub::open(dir.path());
+    assert_ne!(
+        figures(&th).await,
+        before,
+        "the summaries were removed: only a checkpoint could serve them"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_the_store_moved_past_or_a_damaged_one_is_not_used() {
+    let dir = store_dir(Backend::Sled);
+    let (_, _, th) = hub_with_history(dir.path(), 2).await;
+    // Written, then the store moves on in the same open (a write after the stop's).
+    stop_with_checkpoint(&th);
+    let mut c = Agent::new("gd-c", 3, "440000");
+    th.register(&c);
+    th.ingest_ok(&c.batch(&[
+        teachers("440106", "4144010777", "2018-11-19", 777),
+        teachers("440106", "4144010001", "2018-11-19", 9_999),
+    ]))
+    .await;
+    let moved = figures(&th).await;
+    drop(th);
+    let th = TestHub::open(dir.path());
+    assert_eq!(
+        figures(&th).await,
+        moved,
+        "a start used a checkpoint written before the store's last change"
+    );
+    // A damaged checkpoint is refused as a whole (its hash): with the stored summaries
+    // removed, a start that used it would still serve them.
+    remove_summaries(&th);
+    stop_with_checkpoint(&th);
+    drop(th);
+    let path = dir.path().join("views.ckpt");
+    let mut bytes = std::fs::read(&path).expect("the checkpoint");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&path, bytes).expect("damage it");
+    let th = TestHub::open(dir.path());
+    assert_ne!(
+        figures(&th).await,
+        moved,
+        "a start used a damaged checkpoint"
+    );
+    assert!(
+        !path.exists() && !dir.path().join("views.ckpt.taken").exists(),
+        "the open left a checkpoint behind"
+    );
+}

@@ -259,6 +259,11 @@ fn serve_brings_the_snapshot_up_to_date_at_a_clean_stop_and_reopens_with_the_sam
         text.contains("Wrote the store's snapshot; the next start replays nothing."),
         "{text}"
     );
+    assert!(
+        text.contains("Wrote the views checkpoint for the next start."),
+        "{text}"
+    );
+    assert!(db.join("views.ckpt").is_file(), "no views checkpoint");
     let stopped = snapshots(&db);
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_ne!(
@@ -274,6 +279,15 @@ fn serve_brings_the_snapshot_up_to_date_at_a_clean_stop_and_reopens_with_the_sam
         "the start after a clean stop replayed"
     );
     assert_eq!(progress(serving.port, &token), figures);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("Read the summaries from the views checkpoint of the last stop."),
+        "the start after a clean stop read the summaries from the store: {text}"
+    );
+    assert!(
+        !db.join("views.ckpt").exists(),
+        "the start left the checkpoint for the next"
+    );
     assert!(serving.stop().success());
 
     // And everything the run wrote is there: `verify` checks every leaf.
