@@ -196,8 +196,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The views checkpoint the last clean stop left ([`Store::put_views_checkpoint`]), at
-    /// most once per open: the backend sets it aside when it opens, so a later open (by
-    /// any command) never finds one written before it. `None` when there is none, or where
+    /// most once per open: the backend sets it aside when it opens, and puts it back at the
+    /// close only if that open wrote no view key and did not move the head, so no later
+    /// open finds one that the store has moved past. `None` when there is none, or where
     /// the backend keeps none. The bytes are unchecked: `crate::views::checkpoint` checks
     /// them and their match with the store.
     fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
@@ -532,6 +533,19 @@ pub struct SledStore {
     dir: PathBuf,
     /// The views checkpoint set aside at the open, until taken ([`Store::take_views_checkpoint`]).
     checkpoint: Mutex<Option<PathBuf>>,
+    /// Whether a batch of this open wrote a view key (`v/`) or moved the head: then a
+    /// checkpoint set aside and not taken is removed at the close, else put back.
+    touched: std::sync::atomic::AtomicBool,
+}
+
+/// Whether `batch` writes a view key or the head (what a views checkpoint depends on).
+fn touches_views(batch: &WriteBatch) -> bool {
+    batch.ops.contains_key(keys::HEAD)
+        || batch
+            .ops
+            .range(keys::VIEW.to_vec()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(keys::VIEW))
 }
 
 /// The views checkpoint a clean stop writes into the store's directory (see
@@ -693,6 +707,7 @@ impl SledStore {
             writes: RwLock::new(()),
             dir: dir.to_path_buf(),
             checkpoint: Mutex::new(checkpoint),
+            touched: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -709,14 +724,20 @@ enum Checkpoint {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        // Not taken: nobody will (the next open removes it anyway).
-        let taken = self
+        // Set aside and not taken: an open that changed no view and not the head (`token
+        // create` on a stopped hub, `check`) puts it back for the next start; any other
+        // removes it. A process that ends without dropping the store leaves it set aside,
+        // and the next open removes it.
+        let aside = self
             .checkpoint
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(path) = taken {
-            let _ = std::fs::remove_file(path);
+        if let Some(path) = aside {
+            let untouched = !*self.touched.get_mut();
+            if !(untouched && std::fs::rename(&path, self.dir.join(CHECKPOINT_FILE)).is_ok()) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -856,6 +877,15 @@ impl Store for SledStore {
     }
 
     fn put_views_checkpoint(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        // One set aside by this open is older than this one: never put back.
+        let aside = self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(path) = aside {
+            let _ = std::fs::remove_file(path);
+        }
         let io = |e: std::io::Error| StoreError::Backend {
             op: "views checkpoint",
             message: format!(
@@ -879,6 +909,10 @@ impl Store for SledStore {
 impl SledStore {
     /// [`Store::apply`] by a caller holding `writes` shared.
     fn apply_held(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.touched.load(Ordering::Relaxed) && touches_views(&batch) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {

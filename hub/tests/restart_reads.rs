@@ -302,11 +302,36 @@ async fn after_a_clean_stop_the_summaries_come_from_the_checkpoint_once() {
             );
         }
     }
-    // That open set the checkpoint aside: the next one reads the summaries again.
+    // That open took the checkpoint: the next one reads the summaries again.
     let reads = reads_at_open(dir.path());
     assert!(
         reads.iter().any(|r| starts(&r.asked, b"v/s/")),
         "a second start found a checkpoint an earlier open had set aside"
+    );
+
+    // An open that writes no view key and moves no head (a token, say) leaves it for the
+    // next start; one that writes a view key does not.
+    let reads_after = |write: &[u8]| {
+        let th = TestHub::open(dir.path());
+        stop_with_checkpoint(&th);
+        drop(th);
+        let store = open_store(dir.path());
+        let mut wb = WriteBatch::new();
+        wb.put(write.to_vec(), b"x".to_vec());
+        store.apply(wb).expect("apply");
+        store.flush().expect("flush");
+        drop(store);
+        reads_at_open(dir.path())
+            .iter()
+            .any(|r| starts(&r.asked, b"v/s/"))
+    };
+    assert!(
+        !reads_after(b"tok/other"),
+        "a token's write lost the checkpoint"
+    );
+    assert!(
+        reads_after(b"v/zz"),
+        "a checkpoint outlived an open that wrote a view key"
     );
 
     // The figures come from it: with the stored summaries gone, the start after a clean

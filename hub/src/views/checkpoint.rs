@@ -10,8 +10,9 @@
 //! holds, else the summaries are read from the store as before:
 //!
 //! - it is the one the last clean stop wrote, set aside by this open of the store (every
-//!   open sets it aside, so a command that opened the store since the stop, and could have
-//!   changed the views, leaves nothing to use: `crate::store::Store::take_views_checkpoint`);
+//!   open sets it aside and puts it back at its close only if it wrote no view key and did
+//!   not move the head, so a command that changed the views since the stop leaves nothing
+//!   to use: `crate::store::Store::take_views_checkpoint`);
 //! - its SHA-256 holds (a torn or damaged file is refused as a whole);
 //! - it was written at the store's head, views position (`v/n`) and layout and baseline
 //!   date (`v/m`) that this start reads.
