@@ -198,12 +198,17 @@ pub trait Store: Send + Sync + 'static {
     /// The views checkpoint the last clean stop left ([`Store::put_views_checkpoint`]), at
     /// most once per open: the backend sets it aside when it opens, and puts it back at the
     /// close only if that open wrote no view key and did not move the head, so no later
-    /// open finds one that the store has moved past. `None` when there is none, or where
+    /// open finds one the store has moved past (a process that ends without closing the
+    /// store leaves it set aside, and the next open removes it). `None` when there is none, or where
     /// the backend keeps none. The bytes are unchecked: `crate::views::checkpoint` checks
     /// them and their match with the store.
     fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
         None
     }
+
+    /// Removes the views checkpoint set aside by this open (it was refused: damaged, or
+    /// written for another state of the store), so no later open reads it again.
+    fn discard_views_checkpoint(&self) {}
 
     /// Keeps `bytes` as the views checkpoint for the next open, durably; false where the
     /// backend keeps none (PostgreSQL: replicas write the store while one stops).
@@ -536,6 +541,8 @@ pub struct SledStore {
     /// Whether a batch of this open wrote a view key (`v/`) or moved the head: then a
     /// checkpoint set aside and not taken is removed at the close, else put back.
     touched: std::sync::atomic::AtomicBool,
+    /// Whether [`Store::take_views_checkpoint`] was called (it hands it out once).
+    handed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `batch` writes a view key or the head (what a views checkpoint depends on).
@@ -708,6 +715,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             checkpoint: Mutex::new(checkpoint),
             touched: std::sync::atomic::AtomicBool::new(false),
+            handed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -724,9 +732,9 @@ enum Checkpoint {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        // Set aside and not taken: an open that changed no view and not the head (`token
-        // create` on a stopped hub, `check`) puts it back for the next start; any other
-        // removes it. A process that ends without dropping the store leaves it set aside,
+        // Set aside at the open (and maybe read): an open that wrote no view key and did not
+        // move the head (`token create` on a stopped hub, `check`) puts it back for the next
+        // start, the store being what it was written for; any other removes it. A process that ends without dropping the store leaves it set aside,
         // and the next open removes it.
         let aside = self
             .checkpoint
@@ -858,16 +866,17 @@ impl Store for SledStore {
     }
 
     fn take_views_checkpoint(&self) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        if self.handed.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        // Stays set aside: the close puts it back or removes it (see `Drop`).
         let path = self
             .checkpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        let read = std::fs::read(&path);
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "Could not remove the views checkpoint after reading it; the next open removes it.");
-        }
-        match read {
+            .clone()?;
+        match std::fs::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "Could not read the views checkpoint of the last stop; reading the views from the store instead.");
@@ -876,8 +885,7 @@ impl Store for SledStore {
         }
     }
 
-    fn put_views_checkpoint(&self, bytes: &[u8]) -> Result<bool, StoreError> {
-        // One set aside by this open is older than this one: never put back.
+    fn discard_views_checkpoint(&self) {
         let aside = self
             .checkpoint
             .lock()
@@ -886,6 +894,11 @@ impl Store for SledStore {
         if let Some(path) = aside {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    fn put_views_checkpoint(&self, bytes: &[u8]) -> Result<bool, StoreError> {
+        // One set aside by this open is older than this one: never put back.
+        self.discard_views_checkpoint();
         let io = |e: std::io::Error| StoreError::Backend {
             op: "views checkpoint",
             message: format!(

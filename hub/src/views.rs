@@ -1138,6 +1138,7 @@ impl Views {
             }
             Err(e) => {
                 warn!(error = %e, "Not using the views checkpoint of the last stop; reading the summaries from the store instead (same figures, slower).");
+                store.discard_views_checkpoint();
                 None
             }
         }
