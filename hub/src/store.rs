@@ -907,7 +907,15 @@ impl Store for SledStore {
             ),
         };
         let partial = self.dir.join(CHECKPOINT_PARTIAL);
-        let mut f = std::fs::File::create(&partial).map_err(io)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            // The summaries are the campaign's figures: private, as sled's own files.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&partial).map_err(io)?;
         std::io::Write::write_all(&mut f, bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
