@@ -194,6 +194,13 @@ pub trait Store: Send + Sync + 'static {
     fn hold_writes(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
         None
     }
+
+    /// Whether the log's packs are written LZ4-compressed (`log/pack.rs`). Yes, unless the
+    /// backend compresses values itself and reads the packs in its own language
+    /// (PostgreSQL: TOAST, and the analyst view `spacesync_log` unpacks them in SQL).
+    fn compresses_log(&self) -> bool {
+        true
+    }
 }
 
 /// The head as the default [`Store::head`] keeps it (under [`keys::HEAD`]).
