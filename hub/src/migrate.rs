@@ -289,6 +289,7 @@ pub fn migrate(
                 let (k, v) = r?;
                 // The head lives in its own row there; the record is the target's own.
                 if k.as_slice() != store_keys::HEAD && k.as_slice() != PROGRESS_KEY {
+                    let v = for_target(&k, v)?;
                     bytes += k.len() + v.len();
                     batch.put(k.clone(), v);
                     n += 1;
@@ -529,6 +530,7 @@ fn sync_prefix(source: &dyn Store, target: &dyn Store, upto: &[u8]) -> Result<u6
             (Some(a), Some(b)) if a == b => {
                 let (_, v) = src.next().transpose()?.unwrap_or_default();
                 let (_, w) = dst.next().transpose()?.unwrap_or_default();
+                let v = for_target(&a, v)?;
                 if v != w {
                     batch.put(a, v);
                     (in_batch, fixed) = (in_batch + 1, fixed + 1);
@@ -536,6 +538,7 @@ fn sync_prefix(source: &dyn Store, target: &dyn Store, upto: &[u8]) -> Result<u6
             }
             (Some(a), b) if b.as_ref().is_none_or(|b| a < *b) => {
                 let (k, v) = src.next().transpose()?.unwrap_or_default();
+                let v = for_target(&k, v)?;
                 batch.put(k, v);
                 (in_batch, fixed) = (in_batch + 1, fixed + 1);
             }
@@ -554,6 +557,23 @@ fn sync_prefix(source: &dyn Store, target: &dyn Store, upto: &[u8]) -> Result<u6
         target.apply(batch)?;
     }
     Ok(fixed)
+}
+
+/// A source value as the database stores it: the log's compressed packs as plain packs
+/// (PostgreSQL keeps them so, [`Store::compresses_log`], for its analyst views to unpack in
+/// SQL), everything else as it is.
+fn for_target(key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let Some(last) = key
+        .strip_prefix(store_keys::LOG)
+        .and_then(|i| <[u8; 8]>::try_from(i).ok())
+        .map(u64::from_be_bytes)
+    else {
+        return Ok(value);
+    };
+    crate::log::pack::uncompressed(last, value).map_err(|e| StoreError::Corrupt {
+        key: format!("log/{last}"),
+        message: e.to_string(),
+    })
 }
 
 /// The error for an iterator that ended where it had just shown an error (cannot happen).

@@ -163,6 +163,13 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every applied batch durable. Nothing is acknowledged before this returns.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Whether the log's packs are written LZ4-compressed (`log/pack.rs`). Yes, unless the
+    /// backend compresses values itself and reads the packs in its own language
+    /// (PostgreSQL: TOAST, and the analyst view `spacesync_log` unpacks them in SQL).
+    fn compresses_log(&self) -> bool {
+        true
+    }
+
     /// The serialization point: the head every change to the log (and to what is derived
     /// from it, or numbered after it: bulletins, their slots) moves by one through
     /// [`Store::commit`]. 0 on a store no commit has touched.

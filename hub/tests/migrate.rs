@@ -16,7 +16,7 @@ use common::cli::{BIN, ok, run};
 use common::{Agent, activity, milestone, t0, teachers, withdrawal};
 use spacesync_hub::bulletin;
 use spacesync_hub::config::{self, DataDir};
-use spacesync_hub::log::Log;
+use spacesync_hub::log::{self, Log};
 use spacesync_hub::migrate::PROGRESS_KEY;
 use spacesync_hub::store::pg::PgStore;
 use spacesync_hub::store::{Store, keys};
@@ -170,6 +170,15 @@ fn check_moved(dir: &Path, url: &str, before: &Before) {
         Some(before.checkpoint.clone())
     );
     assert_eq!(store.get(PROGRESS_KEY).expect("get"), None);
+    // The sled store's compressed packs arrive plain: the analyst views unpack them in SQL.
+    let tags: Vec<u8> = store
+        .scan(keys::LOG)
+        .map(|r| r.expect("scan").1[0])
+        .collect();
+    assert!(
+        !tags.is_empty() && !tags.contains(&log::pack::PACK_LZ4),
+        "{tags:?}"
+    );
     assert_eq!(
         store.get(keys::HEAD).expect("get"),
         None,

@@ -76,8 +76,9 @@ pub fn leaf_hash(envelope: &Envelope) -> Hash {
     merkle::leaf_hash(&pae(&envelope.payload_type, &envelope.payload))
 }
 
-/// The version byte of the layout in the module doc. `2` is taken: a stored value starting
-/// with it is a pack of records ([`super::pack::PACK`]); a later record layout takes 3.
+/// The version byte of the layout in the module doc. `2` and `4` are taken: a stored value
+/// starting with them is a pack of records ([`super::pack::PACK`]) or a compressed one
+/// ([`super::pack::PACK_LZ4`]); a later record layout takes 3.
 pub const VERSION_1: u8 = 1;
 
 /// The longest payload a record holds: the hub's largest request body.

@@ -938,6 +938,13 @@ impl Store for PgStore {
             }
         })
     }
+
+    /// Packs stay plain here: PostgreSQL compresses large values itself (TOAST), and the
+    /// analyst view `spacesync_log` (migration 4) unpacks them in plain SQL, which cannot
+    /// read LZ4.
+    fn compresses_log(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
