@@ -1130,7 +1130,7 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
     // store's page table piece by piece takes seconds): the exec closes it.
     let kept = on_sled.then(|| hub.store.clone());
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = serve::bind_api(&addr).await?;
         let metrics = match &cfg.metrics_listen {
             Some(m) => Some(serve::bind_metrics(m).await?),
@@ -1147,7 +1147,7 @@ fn serve(dir: &DataDir, a: ServeArgs) -> Result<(), CliError> {
         serve::run(listener, metrics, serving, serve::shutdown_signal()).await
     })?;
     if let Some(store) = kept {
-        snapshot_after_stop(dir, format, rt, store);
+        snapshot_after_stop(dir, format, rt, store, &served);
     }
     Ok(())
 }
@@ -1169,10 +1169,13 @@ fn snapshot_after_stop(
     format: LogFormat,
     rt: tokio::runtime::Runtime,
     store: Arc<dyn crate::store::Store>,
+    hub: &crate::hub::Hub,
 ) {
     rt.shutdown_timeout(STOP_BLOCKING_PATIENCE);
-    if let Err(e) = store.flush() {
-        tracing::warn!(error = %e, "Could not flush the store at the stop.");
+    match store.flush() {
+        // Nothing writes any more: the views checkpoint for the next start.
+        Ok(()) => serve::write_views_checkpoint(hub, store.as_ref()),
+        Err(e) => tracing::warn!(error = %e, "Could not flush the store at the stop."),
     }
     // Never dropped: the exec closes it (see above).
     std::mem::forget(store);

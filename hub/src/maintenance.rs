@@ -270,7 +270,12 @@ pub fn verify(
     origin: &str,
     progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
-    verify_with(store, hub_key, origin, Checking::all_cores(), progress)
+    let mut report = verify_with(store, hub_key, origin, Checking::all_cores(), progress)?;
+    // What a start would serve instead of the summaries just checked.
+    report
+        .problems
+        .extend(crate::views::check_checkpoint(store)?);
+    Ok(report)
 }
 
 /// `verify`, checking signatures as `how` says; the report is the same either way.

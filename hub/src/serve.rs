@@ -95,13 +95,14 @@ pub struct Serving {
 }
 
 /// Serves the API on `listener` (and `/metrics` on `metrics`, without a token) until
-/// `shutdown` completes, with the scheduler running beside it; then stops everything.
+/// `shutdown` completes, with the scheduler running beside it; then stops everything and
+/// hands back the hub as it stopped (for the views checkpoint: [`write_views_checkpoint`]).
 pub async fn run(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) -> Result<Arc<Hub>, ServeError> {
     let Serving {
         hub,
         cfg,
@@ -218,18 +219,17 @@ pub async fn run(
     // replaces its image without dropping the store: `cli::snapshot_after_stop`).
     if let Err(e) = store.flush() {
         tracing::warn!(error = %e, "Could not flush the store at the stop.");
-    } else {
-        write_views_checkpoint(&at_stop, store.as_ref());
     }
     tracing::info!("Hub stopped.");
-    Ok(())
+    Ok(at_stop)
 }
 
-/// At a clean stop, once nothing writes any more: the views checkpoint of the state every
-/// change was published in, so the next start reads the summaries in one sequential read
+/// At a clean stop on sled, once nothing writes any more (the caller waited for the
+/// runtime's blocking work and flushed: `cli::snapshot_after_stop`): the views checkpoint
+/// of the state every change was published in, so the next start reads the summaries in one sequential read
 /// instead of from sled's pages ([`crate::views::checkpoint`]). Only when that state is
 /// the store's (same head); a failure costs the next start time, never figures.
-fn write_views_checkpoint(hub: &Hub, store: &dyn crate::store::Store) {
+pub fn write_views_checkpoint(hub: &Hub, store: &dyn crate::store::Store) {
     let snap = hub.snapshot();
     match store.head() {
         Ok(head) if head == snap.head => {}

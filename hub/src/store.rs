@@ -571,26 +571,40 @@ const CHECKPOINT_TAKEN: &str = "views.ckpt.taken";
 const CHECKPOINT_PARTIAL: &str = "views.ckpt.partial";
 
 /// Sets aside the views checkpoint of the store in `dir` for this open: removes what an
-/// earlier open or an interrupted write left, renames the checkpoint, and makes that
-/// durable, so no later open finds it (whatever this one then writes). The path set
-/// aside, if there was a checkpoint.
+/// earlier open or an interrupted write left (a leftover that will not go is only warned
+/// about: nothing reads it), renames the checkpoint, and makes that durable, so no later
+/// open finds it unless this one puts it back. The path set aside, if there was a
+/// checkpoint. An error only when the checkpoint itself can be neither set aside nor
+/// removed: a later open could find it after this one changed the store.
 fn set_aside_checkpoint(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     for stale in [CHECKPOINT_TAKEN, CHECKPOINT_PARTIAL] {
-        match std::fs::remove_file(dir.join(stale)) {
+        let path = dir.join(stale);
+        match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Could not remove what an earlier run left of the views checkpoint; remove it by hand.")
+            }
         }
     }
+    let ckpt = dir.join(CHECKPOINT_FILE);
     let taken = dir.join(CHECKPOINT_TAKEN);
-    let found = match std::fs::rename(dir.join(CHECKPOINT_FILE), &taken) {
+    let found = match std::fs::rename(&ckpt, &taken) {
         Ok(()) => Some(taken),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            tracing::warn!(path = %ckpt.display(), error = %e, "Could not set the views checkpoint aside; removing it.");
+            std::fs::remove_file(&ckpt)?;
+            None
+        }
     };
     std::fs::File::open(dir)?.sync_all()?;
     Ok(found)
 }
+
+/// The most a views checkpoint may hold: ~100 bytes a subject, far beyond a national
+/// campaign's (52 MB at 500,000 schools).
+const CHECKPOINT_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How long [`SledStore::open`] waits for a store that another handle is closing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -883,6 +897,20 @@ impl Store for SledStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
+        // Only a regular file of a sane size: a FIFO would hang the start, a link to a
+        // device fill the memory.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() <= CHECKPOINT_MAX => {}
+            Ok(m) => {
+                tracing::warn!(path = %path.display(), file_type = ?m.file_type(), bytes = m.len(), "The views checkpoint is not a regular file of a sane size; not reading it.");
+                self.discard_views_checkpoint();
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Cannot read the views checkpoint of the last stop; reading the views from the store instead.");
+                return None;
+            }
+        }
         match std::fs::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) => {

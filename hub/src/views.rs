@@ -1064,6 +1064,132 @@ fn walk_subjects<R: Reader + ?Sized>(
     Ok(())
 }
 
+/// `verify`'s check of the views checkpoint a clean stop left, if this open of `store` set
+/// one aside: at the store's position it must hold exactly the stored summaries (`v/s/`,
+/// which `verify` holds to the log), since a start would serve it instead. One that does
+/// not read, or differs, is named (one line) and removed; one written for another position
+/// (which no start would use) is removed silently.
+pub fn check_checkpoint(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let Some(bytes) = store.take_views_checkpoint() else {
+        return Ok(Vec::new());
+    };
+    let verdict = checkpoint_verdict(store, bytes)?;
+    if verdict != CheckpointVerdict::Same {
+        store.discard_views_checkpoint();
+    }
+    Ok(match verdict {
+        CheckpointVerdict::Differs(why) => vec![format!(
+            "the views checkpoint of the last stop (db/views.ckpt) {why}; removed it, so the next start reads the summaries from the store"
+        )],
+        _ => Vec::new(),
+    })
+}
+
+#[derive(Debug, PartialEq)]
+enum CheckpointVerdict {
+    Same,
+    Stale,
+    Differs(String),
+}
+
+fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVerdict, StoreError> {
+    let c = match checkpoint::parse(bytes) {
+        Ok(c) => c,
+        Err(e) => return Ok(CheckpointVerdict::Differs(format!("does not read: {e}"))),
+    };
+    let Some(layout) = read_layout(store)? else {
+        return Ok(CheckpointVerdict::Stale);
+    };
+    let position = checkpoint::Position {
+        head: store.head()?,
+        next: read_next(store)?,
+        layout: layout.layout,
+        baseline: layout.baseline,
+    };
+    if c.matches(&position).is_err() {
+        return Ok(CheckpointVerdict::Stale);
+    }
+    let mut stored = store.scan(SUMMARY_PREFIX);
+    let mut next_stored = || -> Result<Option<(Subject, Summary)>, StoreError> {
+        for r in stored.by_ref() {
+            let (k, b) = r?;
+            let subject = subject_of(&k, SUMMARY_PREFIX)?;
+            let summary = Summary::from_bytes(subject, &b).map_err(damaged(&k))?;
+            if !summary.is_empty() {
+                return Ok(Some((subject, summary)));
+            }
+        }
+        Ok(None)
+    };
+    let mut first: Option<String> = None;
+    let mut failed: Option<StoreError> = None;
+    let read = c.each_subject(|subject, summary| {
+        if first.is_some() || failed.is_some() {
+            return;
+        }
+        match next_stored() {
+            Ok(Some((s, m))) if s == subject && m == summary => {}
+            Ok(Some((s, _))) if s == subject => {
+                first = Some(format!("holds another summary of {}", name(subject)))
+            }
+            Ok(Some((s, _))) => {
+                first = Some(format!(
+                    "holds {} where the store's next summary is of {}",
+                    name(subject),
+                    name(s)
+                ))
+            }
+            Ok(None) => {
+                first = Some(format!(
+                    "holds {}, which the store has no summary of",
+                    name(subject)
+                ))
+            }
+            Err(e) => failed = Some(e),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Err(e) = read {
+        return Ok(CheckpointVerdict::Differs(format!("does not read: {e}")));
+    }
+    if let Some(why) = first {
+        return Ok(CheckpointVerdict::Differs(why));
+    }
+    if let Some((s, _)) = next_stored()? {
+        return Ok(CheckpointVerdict::Differs(format!(
+            "lacks the summary of {}",
+            name(s)
+        )));
+    }
+    Ok(CheckpointVerdict::Same)
+}
+
+/// A subject for people: its region code, and school code when a school.
+fn name((region, school): Subject) -> String {
+    match school {
+        Some(s) => format!("school {} in {region}", s.as_u64()),
+        None => format!("region {region}'s own total"),
+    }
+}
+
+/// `v/n`: the log index after the last entry the stored views hold (0 when absent).
+fn read_next(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .get(NEXT_KEY)?
+        .map(|b| {
+            keys::tail_u64(&b)
+                .filter(|_| b.len() == 8)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: "v/n".into(),
+                    message: "not 8 bytes".into(),
+                })
+        })
+        .transpose()?
+        .unwrap_or(0))
+}
+
 impl Views {
     /// Empty views for a campaign whose baseline date is `baseline`.
     pub fn new(baseline: NaiveDate) -> Views {
@@ -1115,31 +1241,36 @@ impl Views {
         Views::load_inner(store, baseline, Some(head))
     }
 
-    /// The views checkpoint of `store`'s last clean stop, if there is one and it was
-    /// written at `position`: every subject's summary.
-    fn checkpointed(
-        store: &dyn Store,
-        position: &checkpoint::Position,
-    ) -> Option<Vec<(Subject, Summary)>> {
-        let bytes = store.take_views_checkpoint()?;
+    /// Takes the subjects' summaries from the views checkpoint of `store`'s last clean
+    /// stop, if there is one and it was written at `position`; false (and no subject
+    /// taken) otherwise.
+    fn load_checkpoint(&mut self, store: &dyn Store, position: &checkpoint::Position) -> bool {
+        let Some(bytes) = store.take_views_checkpoint() else {
+            return false;
+        };
         let size = bytes.len();
         let read = checkpoint::parse(bytes).and_then(|c| {
             c.matches(position)?;
-            c.subjects()
+            c.each_subject(|subject, summary| self.add_subject(subject, summary))
         });
         match read {
-            Ok(subjects) => {
+            Ok(()) => {
                 info!(
-                    subjects = subjects.len(),
+                    subjects = self.subjects.len(),
                     bytes = size,
                     "Read the summaries from the views checkpoint of the last stop."
                 );
-                Some(subjects)
+                true
             }
             Err(e) => {
+                // What was taken before the fault goes: the store's summaries replace it.
+                self.subjects = OrdMap::new();
+                self.school_sums = OrdMap::new();
+                self.own_regions = OrdSet::new();
+                self.flagged = OrdSet::new();
                 warn!(error = %e, "Not using the views checkpoint of the last stop; reading the summaries from the store instead (same figures, slower).");
                 store.discard_views_checkpoint();
-                None
+                false
             }
         }
     }
@@ -1174,18 +1305,7 @@ impl Views {
                 ),
             });
         }
-        v.next = store
-            .get(NEXT_KEY)?
-            .map(|b| {
-                keys::tail_u64(&b)
-                    .filter(|_| b.len() == 8)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: "v/n".into(),
-                        message: "not 8 bytes".into(),
-                    })
-            })
-            .transpose()?
-            .unwrap_or(0);
+        v.next = read_next(store)?;
         for r in store.scan(EXTENSION_PREFIX) {
             let (k, bytes) = r?;
             let idx = keys::tail_u64(&k).unwrap_or(0);
@@ -1226,13 +1346,12 @@ impl Views {
             layout: layout.layout,
             baseline: layout.baseline,
         });
-        let checkpointed = position
-            .filter(|_| layout.baseline == baseline)
-            .and_then(|p| Views::checkpointed(store, &p));
-        if let Some(subjects) = checkpointed {
-            for (subject, summary) in subjects {
-                v.add_subject(subject, summary);
-            }
+        let checkpointed = match position.filter(|_| layout.baseline == baseline) {
+            Some(p) => v.load_checkpoint(store, &p),
+            None => false,
+        };
+        if checkpointed {
+            // The summaries came from it.
         } else if layout.baseline == baseline {
             for r in store.scan(SUMMARY_PREFIX) {
                 let (k, bytes) = r?;

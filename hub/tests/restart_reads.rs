@@ -3,7 +3,7 @@
 //! reads does not grow with the number of entries. And a hub whose history trees were
 //! removed (`log/`, `node/`, the stored snapshots `v/c/` and their lists per subject `v/l/`)
 //! still starts and serves the same figures. After a clean stop it reads no summary key
-//! either: the summaries come from the views checkpoint the stop wrote, used once, and only
+//! either: the summaries come from the views checkpoint the stop wrote, until something changes, and only
 //! while it matches the store.
 
 mod common;
@@ -321,7 +321,12 @@ async fn after_a_clean_stop_the_summaries_come_from_the_checkpoint_until_somethi
         drop(th);
         let store = open_store(dir.path());
         let mut wb = WriteBatch::new();
-        wb.put(write.to_vec(), b"x".to_vec());
+        // The head as a head is stored (one more), anything else as a short value.
+        let value = match write {
+            b"meta/head" => (store.head().expect("head") + 1).to_be_bytes().to_vec(),
+            _ => b"x".to_vec(),
+        };
+        wb.put(write.to_vec(), value);
         store.apply(wb).expect("apply");
         store.flush().expect("flush");
         drop(store);
@@ -332,6 +337,10 @@ async fn after_a_clean_stop_the_summaries_come_from_the_checkpoint_until_somethi
     assert!(
         !reads_after(b"tok/other"),
         "a token's write lost the checkpoint"
+    );
+    assert!(
+        reads_after(b"meta/head"),
+        "a checkpoint outlived an open that moved the head"
     );
     assert!(
         reads_after(b"v/zz"),
@@ -397,4 +406,85 @@ async fn a_checkpoint_the_store_moved_past_or_a_damaged_one_is_not_used() {
         !path.exists() && !dir.path().join("views.ckpt.taken").exists(),
         "the open left a checkpoint behind"
     );
+}
+
+/// The checkpoint's entries: where each subject's summary length and bytes lie.
+fn entries(b: &[u8]) -> Vec<(usize, usize)> {
+    const HEAD: usize = 16 + 1 + 8 + 8 + 4 + 4 + 8;
+    let count = u64::from_be_bytes(b[41..49].try_into().expect("count"));
+    let mut at = HEAD;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        at += 13;
+        let len = u32::from_be_bytes(b[at..at + 4].try_into().expect("len")) as usize;
+        out.push((at, len));
+        at += 4 + len;
+    }
+    out
+}
+
+#[tokio::test]
+async fn verify_names_and_removes_a_checkpoint_that_differs_from_the_stored_summaries() {
+    use sha2::Digest as _;
+    let dir = store_dir(Backend::Sled);
+    let (_, before, th) = hub_with_history(dir.path(), 2).await;
+    stop_with_checkpoint(&th);
+    drop(th);
+    // Two schools' summaries swapped in the file, its hash made good again: only a
+    // comparison with the store can tell.
+    let path = dir.path().join("views.ckpt");
+    let b = std::fs::read(&path).expect("the checkpoint");
+    let e = entries(&b);
+    let (x, y) = (e[1], e[2]);
+    let sx = b[x.0..x.0 + 4 + x.1].to_vec();
+    let sy = b[y.0..y.0 + 4 + y.1].to_vec();
+    assert_ne!(sx, sy, "two schools with the same summary");
+    let mut edited = b[..x.0].to_vec();
+    edited.extend_from_slice(&sy);
+    edited.extend_from_slice(&b[x.0 + 4 + x.1..y.0]);
+    edited.extend_from_slice(&sx);
+    edited.extend_from_slice(&b[y.0 + 4 + y.1..b.len() - 32]);
+    let hash = sha2::Sha256::digest(&edited);
+    edited.extend_from_slice(&hash);
+    std::fs::write(&path, &edited).expect("edit");
+
+    let store = open_store(dir.path());
+    let report = spacesync_hub::maintenance::verify(
+        store.as_ref(),
+        &hub_key().verifying_key(),
+        ORIGIN,
+        |_| {},
+    )
+    .expect("verify");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("views checkpoint")
+            && report.problems[0].contains("another summary"),
+        "{:?}",
+        report.problems
+    );
+    drop(store);
+    assert!(
+        !path.exists(),
+        "verify left the edited checkpoint for the next start"
+    );
+    let th = TestHub::open(dir.path());
+    assert_eq!(figures(&th).await, before);
+    drop(th);
+
+    // A checkpoint that matches the store passes and stays.
+    let th = TestHub::open(dir.path());
+    stop_with_checkpoint(&th);
+    drop(th);
+    let store = open_store(dir.path());
+    let report = spacesync_hub::maintenance::verify(
+        store.as_ref(),
+        &hub_key().verifying_key(),
+        ORIGIN,
+        |_| {},
+    )
+    .expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    drop(store);
+    assert!(path.exists(), "verify removed a sound checkpoint");
 }
