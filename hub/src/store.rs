@@ -751,18 +751,23 @@ enum Checkpoint {
     Leave,
 }
 
+impl SledStore {
+    /// The views checkpoint this open set aside, no longer held.
+    fn take_aside(&self) -> Option<PathBuf> {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         // Set aside at the open (and maybe read): an open that wrote no view key and did not
         // move the head (`token create` on a stopped hub, `check`) puts it back for the next
         // start, the store being what it was written for; any other removes it. A process that ends without dropping the store leaves it set aside,
         // and the next open removes it.
-        let aside = self
-            .checkpoint
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(path) = aside {
+        if let Some(path) = self.take_aside() {
             let untouched = !*self.touched.get_mut();
             if !(untouched && std::fs::rename(&path, self.dir.join(CHECKPOINT_FILE)).is_ok()) {
                 let _ = std::fs::remove_file(path);
@@ -921,12 +926,7 @@ impl Store for SledStore {
     }
 
     fn discard_views_checkpoint(&self) {
-        let aside = self
-            .checkpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(path) = aside {
+        if let Some(path) = self.take_aside() {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -408,6 +408,13 @@ async fn a_checkpoint_the_store_moved_past_or_a_damaged_one_is_not_used() {
     );
 }
 
+/// `verify` on the closed store in `dir` (its open closed again when it returns).
+fn verify(dir: &std::path::Path) -> spacesync_hub::maintenance::VerifyReport {
+    let store = open_store(dir);
+    spacesync_hub::maintenance::verify(store.as_ref(), &hub_key().verifying_key(), ORIGIN, |_| {})
+        .expect("verify")
+}
+
 /// The checkpoint's entries: where each subject's summary length and bytes lie.
 fn entries(b: &[u8]) -> Vec<(usize, usize)> {
     const HEAD: usize = 16 + 1 + 8 + 8 + 4 + 4 + 8;
@@ -448,14 +455,7 @@ async fn verify_names_and_removes_a_checkpoint_that_differs_from_the_stored_summ
     edited.extend_from_slice(&hash);
     std::fs::write(&path, &edited).expect("edit");
 
-    let store = open_store(dir.path());
-    let report = spacesync_hub::maintenance::verify(
-        store.as_ref(),
-        &hub_key().verifying_key(),
-        ORIGIN,
-        |_| {},
-    )
-    .expect("verify");
+    let report = verify(dir.path());
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(
         report.problems[0].contains("views checkpoint")
@@ -463,7 +463,6 @@ async fn verify_names_and_removes_a_checkpoint_that_differs_from_the_stored_summ
         "{:?}",
         report.problems
     );
-    drop(store);
     assert!(
         !path.exists(),
         "verify left the edited checkpoint for the next start"
@@ -476,15 +475,7 @@ async fn verify_names_and_removes_a_checkpoint_that_differs_from_the_stored_summ
     let th = TestHub::open(dir.path());
     stop_with_checkpoint(&th);
     drop(th);
-    let store = open_store(dir.path());
-    let report = spacesync_hub::maintenance::verify(
-        store.as_ref(),
-        &hub_key().verifying_key(),
-        ORIGIN,
-        |_| {},
-    )
-    .expect("verify");
+    let report = verify(dir.path());
     assert!(report.ok(), "{:?}", report.problems);
-    drop(store);
     assert!(path.exists(), "verify removed a sound checkpoint");
 }
