@@ -55,9 +55,11 @@ mod blocks;
 pub mod checkpoint;
 mod codec;
 mod figures;
+mod subject;
 mod subjects;
 use codec::{Damaged, In, Out};
 pub use figures::{Coverage, Figures, Flag, Meta};
+use subject::{SUBJECT_LEN, Subject, parse_subject, subject_from, subject_key};
 use subjects::{SchoolSum, Summary};
 
 /// `v/m`: the layout and the baseline date the stored summaries were merged for.
@@ -91,8 +93,6 @@ fn readable(layout: u32) -> bool {
 }
 /// First byte of a stored space count: its encoding's version.
 const COUNT_FORMAT: u8 = 1;
-/// Bytes of a subject in a key: region, whether a school, school.
-const SUBJECT_LEN: usize = 4 + 1 + 8;
 
 pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, NoticeRuleChanged};
 
@@ -100,49 +100,17 @@ fn item_key(log_index: u64) -> Vec<u8> {
     [ITEM_PREFIX, &log_index.to_be_bytes()].concat()
 }
 
-fn subject_key(prefix: &[u8], (region, school): Subject) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + SUBJECT_LEN + 8);
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&region.as_u32().to_be_bytes());
-    k.push(u8::from(school.is_some()));
-    k.extend_from_slice(&school.map_or(0, SchoolCode::as_u64).to_be_bytes());
-    k
-}
-
 fn count_key(log_index: u64) -> Vec<u8> {
     [COUNT_PREFIX, &log_index.to_be_bytes()].concat()
 }
 
-/// A subject from its parts as stored.
-fn subject_from(region: u32, school: Option<u64>) -> Result<Subject, Damaged> {
-    let region =
-        RegionCode::parse(&format!("{region:06}")).map_err(|_| Damaged("not a region code"))?;
-    let school = school
-        .map(|s| SchoolCode::parse(&format!("{s:010}")).map_err(|_| Damaged("not a school code")))
-        .transpose()?;
-    Ok((region, school))
-}
-
 /// The subject named by a key: `prefix`, then exactly the `SUBJECT_LEN` bytes of a subject.
 fn subject_of(key: &[u8], prefix: &[u8]) -> Result<Subject, StoreError> {
-    let corrupt = damaged(key);
     let b = key
         .get(prefix.len()..)
-        .filter(|b| b.len() == SUBJECT_LEN)
-        .ok_or_else(|| corrupt(Damaged("not a subject's key")))?;
-    let region = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let mut school = [0u8; 8];
-    school.copy_from_slice(&b[5..13]);
-    let school = match b[4] {
-        0 => None,
-        1 => Some(u64::from_be_bytes(school)),
-        _ => {
-            return Err(corrupt(Damaged(
-                "neither a region's own total nor a school",
-            )));
-        }
-    };
-    subject_from(region, school).map_err(corrupt)
+        .ok_or(Damaged("not a subject's key"))
+        .map_err(damaged(key))?;
+    parse_subject(b).map_err(damaged(key))
 }
 
 /// A subject's list of snapshot log indexes as stored: ascending, each the difference from
@@ -636,9 +604,6 @@ pub struct Item {
     /// The record.
     pub record: Record,
 }
-
-/// Subject of a space count: a region's own total, or a school.
-type Subject = (RegionCode, Option<SchoolCode>);
 
 /// The merged views. A clone is cheap and independent: later changes to either do not
 /// show in the other.
@@ -1278,7 +1243,13 @@ impl Views {
     /// The views checkpoint of these views at store head `head` (see [`checkpoint`]), for
     /// [`Store::put_views_checkpoint`] at a clean stop.
     pub fn checkpoint(&self, head: u64) -> Vec<u8> {
-        checkpoint::encode(self, head)
+        let at = checkpoint::Position {
+            head,
+            next: self.next,
+            layout: LAYOUT,
+            baseline: self.baseline,
+        };
+        checkpoint::encode(&at, self.subjects.iter().map(|(s, m)| (s, &**m)))
     }
 
     fn load_inner(

@@ -34,8 +34,8 @@
 use chrono::{Datelike, NaiveDate};
 use sha2::{Digest as _, Sha256};
 
+use super::subject::{SUBJECT_LEN, Subject, parse_subject, subject_key};
 use super::subjects::Summary;
-use super::{SUBJECT_LEN, Subject, Views, subject_key, subject_of};
 
 const MAGIC: &[u8; 16] = b"spacesync-views\0";
 const VERSION: u8 = 1;
@@ -87,23 +87,30 @@ pub(super) struct Position {
     pub baseline: NaiveDate,
 }
 
-/// The checkpoint of `views` (every subject's summary) at store head `head`.
-pub(super) fn encode(views: &Views, head: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEAD_LEN + views.subjects.len() * 112 + HASH_LEN);
+/// The checkpoint of the subjects' summaries, handed in subject order, written at `at`.
+pub(super) fn encode<'a>(
+    at: &Position,
+    subjects: impl Iterator<Item = (&'a Subject, &'a Summary)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_LEN + subjects.size_hint().0 * 112 + HASH_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.extend_from_slice(&head.to_be_bytes());
-    out.extend_from_slice(&views.next.to_be_bytes());
-    out.extend_from_slice(&super::LAYOUT.to_be_bytes());
-    out.extend_from_slice(&views.baseline.num_days_from_ce().to_be_bytes());
-    out.extend_from_slice(&(views.subjects.len() as u64).to_be_bytes());
-    for (subject, summary) in views.subjects.iter() {
+    out.extend_from_slice(&at.head.to_be_bytes());
+    out.extend_from_slice(&at.next.to_be_bytes());
+    out.extend_from_slice(&at.layout.to_be_bytes());
+    out.extend_from_slice(&at.baseline.num_days_from_ce().to_be_bytes());
+    // The count, filled in once they are all written.
+    out.extend_from_slice(&0u64.to_be_bytes());
+    let mut count = 0u64;
+    for (subject, summary) in subjects {
+        count += 1;
         out.extend_from_slice(&subject_key(b"", *subject));
         let bytes = summary.to_bytes();
         // A summary is a few KB at most: far below u32::MAX.
         out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         out.extend_from_slice(&bytes);
     }
+    out[HEAD_LEN - 8..HEAD_LEN].copy_from_slice(&count.to_be_bytes());
     let hash = Sha256::digest(&out);
     out.extend_from_slice(&hash);
     out
@@ -209,7 +216,7 @@ impl Checkpoint {
                 .get(at..at + SUBJECT_LEN)
                 .filter(|_| at + SUBJECT_LEN + 4 <= end)
                 .ok_or_else(|| bad("ends early".into()))?;
-            let subject = subject_of(key, b"").map_err(|e| bad(e.to_string()))?;
+            let subject = parse_subject(key).map_err(|e| bad(e.0.to_string()))?;
             if before.is_some_and(|b| b >= key) {
                 return Err(bad("out of order".into()));
             }
@@ -250,8 +257,17 @@ mod tests {
         NaiveDate::from_ymd_opt(2018, 9, 1).unwrap_or_default()
     }
 
+    fn at(head: u64) -> Position {
+        Position {
+            head,
+            next: 0,
+            layout: 3,
+            baseline: baseline(),
+        }
+    }
+
     fn empty(head: u64) -> Vec<u8> {
-        encode(&Views::new(baseline()), head)
+        encode(&at(head), std::iter::empty())
     }
 
     fn rehash(mut b: Vec<u8>) -> Vec<u8> {
@@ -264,12 +280,7 @@ mod tests {
     #[test]
     fn a_checkpoint_reads_back_at_the_position_it_was_written() {
         let c = parse(empty(7)).expect("parse");
-        let at = Position {
-            head: 7,
-            next: 0,
-            layout: super::super::LAYOUT,
-            baseline: baseline(),
-        };
+        let at = at(7);
         assert_eq!(c.at, at);
         assert!(c.subjects().expect("subjects").is_empty());
         c.matches(&at).expect("matches");
