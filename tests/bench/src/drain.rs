@@ -1,7 +1,9 @@
 //! `drain`: real agents that buffered their entries while the hub was down, then the hub
 //! starts. Measures the time from the hub's spawn until every agent says it has delivered
 //! everything (`acked_seq` = `head_seq` in its `/v1/status`), and checks that the hub
-//! holds every entry (`/v1/sources`).
+//! holds every entry (`/v1/sources`). Then, with everything stopped, the same run's limit:
+//! batch verification under the signature rule on all cores, over entries of the same
+//! workload (`verify_floor_s`, the time the hub needs for the signatures alone).
 //!
 //! The agents run with their default configuration: batches of 500, and the retry policy
 //! of a hub that has been unreachable for minutes (full jitter up to the 60 s cap), so the
@@ -12,13 +14,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
-use spacesync_shared::Campaign;
+use spacesync_shared::{Campaign, Digest};
 
 use crate::agents::{AgentInstance, ndjson_bodies};
 use crate::hub::HubInstance;
 use crate::procs::{self, Binary, Bins};
 use crate::report::Report;
-use crate::workload;
+use crate::{limits, workload};
+
+/// Entries per sampled source for the verification limit (eight sources).
+const LIMIT_SAMPLE_PER_SOURCE: u64 = 4_000;
+/// Entries per push of an agent with its default configuration: the batches the hub verifies.
+const AGENT_BATCH: usize = 500;
 
 /// `drain` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +42,9 @@ pub struct DrainArgs {
     /// How often each agent's status is read while draining, milliseconds.
     #[arg(long, default_value_t = 100)]
     pub poll_ms: u64,
+    /// The verification limit repeats its pass for at least this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_limit_s: f64,
     /// After the drain, leave the agents idle this long, read their memory, restart them
     /// (everything delivered) and read it again after as long; 0: neither.
     #[arg(long, default_value_t = 0.0)]
@@ -150,6 +160,9 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         total as f64 / fill_s
     );
 
+    // The agents' CPU so far (their intake), to take off what they spend delivering.
+    let agents_cpu_before = agents_cpu_seconds(&agents)?;
+
     // The hub returns: spawn to every agent delivered.
     let t0 = Instant::now();
     let port = hub.port;
@@ -183,6 +196,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     }
     let drain_s = done.iter().flatten().copied().fold(0.0, f64::max);
     let hub_cpu_s = procs::cpu_seconds(Some(pid))?;
+    let agents_cpu_s = agents_cpu_seconds(&agents)? - agents_cpu_before;
     let first_min = first
         .iter()
         .flatten()
@@ -227,9 +241,10 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     println!(
         "drained {total} entries in {drain_s:.1} s from the hub's spawn ({:.0}/s; hub ready after {ready_s:.2} s, \
          first receipts after {first_min:.1}–{first_max:.1} s, hub CPU {hub_cpu_s:.1} s = {:.2} cores, \
-         resident {rss_hub:.0} MiB); the hub holds all {hub_total}",
+         resident {rss_hub:.0} MiB; the agents' CPU {agents_cpu_s:.1} s = {:.2} cores); the hub holds all {hub_total}",
         total as f64 / drain_s,
-        hub_cpu_s / drain_s
+        hub_cpu_s / drain_s,
+        agents_cpu_s / drain_s
     );
     // Delivered agents at rest: idle, then after a restart (receipts all stored).
     let (mut rss_delivered, mut rss_restart) = (f64::NAN, f64::NAN);
@@ -263,6 +278,28 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     }
     hub.stop()?;
 
+    // The same run's limit, nothing else running: the entries the first units' agents
+    // hold (the same generator), signed here, verified as the hub receives them.
+    let mut sample = Vec::new();
+    for unit in units.iter().take(a.agents.min(8)) {
+        let id = format!("drain-{unit}");
+        let plan = workload::unit_plan(*unit, &id, a.entries)?;
+        let envs = plan.sign(0, a.entries.min(LIMIT_SAMPLE_PER_SOURCE), Digest::ZERO)?;
+        let key = workload::key_for(&id).verifying_key();
+        for chunk in envs.chunks(AGENT_BATCH) {
+            sample.push((key, chunk.to_vec()));
+        }
+    }
+    let limit = limits::verify_limit(&sample, a.min_limit_s)?;
+    let floor_s = total as f64 / limit.per_s;
+    println!(
+        "limit: batch verification under the signature rule {:.0}/s on {} cores: the signatures alone take {floor_s:.1} s \
+         ({:.2} of the drain)",
+        limit.per_s,
+        limits::cores(),
+        floor_s / drain_s
+    );
+
     let busy = drain_s - first_min;
     let mut r = Report::new("drain");
     r.int("agents", a.agents as f64)
@@ -273,8 +310,14 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("first_receipt_min_s", first_min)
         .dec("first_receipt_max_s", first_max)
         .int("entries_per_s_after_first", total as f64 / busy.max(1e-9))
+        .int("verify_limit_per_s", limit.per_s)
+        .dec("verify_floor_s", floor_s)
+        .dec("ratio", floor_s / drain_s)
         .dec("hub_cpu_s_per_entry", hub_cpu_s / total as f64)
+        .dec("hub_cpu_vs_limit", hub_cpu_s / total as f64 / limit.cpu_per_sig)
         .dec("hub_cores_busy", hub_cpu_s / drain_s)
+        .dec("agents_cpu_s_per_entry", agents_cpu_s / total as f64)
+        .dec("agents_cores_busy", agents_cpu_s / drain_s)
         .dec("hub_rss_mb", rss_hub)
         .dec("fill_s", fill_s)
         .int("fill_per_s", total as f64 / fill_s)
@@ -283,4 +326,16 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("agent_rss_delivered_restart_mb", rss_restart)
         .int("entries_per_agent", a.entries as f64);
     Ok(r)
+}
+
+/// The CPU seconds the agents' processes have used, summed.
+fn agents_cpu_seconds(agents: &[(String, AgentInstance)]) -> Result<f64> {
+    let mut sum = 0.0;
+    for (id, agent) in agents {
+        let pid = agent
+            .pid()
+            .with_context(|| format!("agent {id} has no process id"))?;
+        sum += procs::cpu_seconds(Some(pid)).with_context(|| format!("agent {id}"))?;
+    }
+    Ok(sum)
 }
