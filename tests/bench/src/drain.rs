@@ -1,9 +1,11 @@
 //! `drain`: real agents that buffered their entries while the hub was down, then the hub
 //! starts. Measures the time from the hub's spawn until every agent says it has delivered
 //! everything (`acked_seq` = `head_seq` in its `/v1/status`), and checks that the hub
-//! holds every entry (`/v1/sources`). Then, with everything stopped, the same run's limit:
-//! batch verification under the signature rule on all cores, over entries of the same
-//! workload (`verify_floor_s`, the time the hub needs for the signatures alone).
+//! holds every entry (`/v1/sources`). Then, with everything stopped, the same run's limits
+//! over entries of the same workload: batch verification under the signature rule on all
+//! cores (`verify_floor_s`, the time the hub needs for the signatures alone) and a durable
+//! batched append, each with its CPU per entry; `floor_s` is both on every core, nothing
+//! else — the least any hub that checks and keeps these entries can take here.
 //!
 //! The agents run with their default configuration: batches of 500, and the retry policy
 //! of a hub that has been unreachable for minutes (full jitter up to the 60 s cap), so the
@@ -291,12 +293,25 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         }
     }
     let limit = limits::verify_limit(&sample, a.min_limit_s)?;
-    let floor_s = total as f64 / limit.per_s;
+    let verify_floor_s = total as f64 / limit.per_s;
+    // And the durable append of the same entries, in the agents' batches, with its CPU.
+    let stored: Vec<Vec<u8>> = sample
+        .iter()
+        .flat_map(|(_, envs)| envs.iter())
+        .map(|e| serde_json::to_vec(e).context("encoding an entry"))
+        .collect::<Result<_>>()?;
+    let (append_per_s, append_cpu) = limits::append_limit(&stored, AGENT_BATCH, a.min_limit_s)?;
+    // Both on every core, nothing else: the least the hub's work can take.
+    let cores = limits::cores() as f64;
+    let floor_s = total as f64 * (limit.cpu_per_sig + append_cpu) / cores;
     println!(
-        "limit: batch verification under the signature rule {:.0}/s on {} cores: the signatures alone take {floor_s:.1} s \
-         ({:.2} of the drain)",
+        "limits: batch verification under the signature rule {:.0}/s on {cores} cores ({:.1} µs CPU a signature): \
+         the signatures alone take {verify_floor_s:.1} s ({:.2} of the drain); a durable batched append {append_per_s:.0}/s \
+         ({:.1} µs CPU an entry); both on every core {floor_s:.1} s ({:.2} of the drain)",
         limit.per_s,
-        limits::cores(),
+        limit.cpu_per_sig * 1e6,
+        verify_floor_s / drain_s,
+        append_cpu * 1e6,
         floor_s / drain_s
     );
 
@@ -311,10 +326,17 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("first_receipt_max_s", first_max)
         .int("entries_per_s_after_first", total as f64 / busy.max(1e-9))
         .int("verify_limit_per_s", limit.per_s)
-        .dec("verify_floor_s", floor_s)
-        .dec("ratio", floor_s / drain_s)
+        .dec("verify_floor_s", verify_floor_s)
+        .dec("ratio", verify_floor_s / drain_s)
+        .int("append_limit_per_s", append_per_s)
+        .dec("append_cpu_s_per_entry", append_cpu)
+        .dec("floor_s", floor_s)
+        .dec("floor_ratio", floor_s / drain_s)
         .dec("hub_cpu_s_per_entry", hub_cpu_s / total as f64)
-        .dec("hub_cpu_vs_limit", hub_cpu_s / total as f64 / limit.cpu_per_sig)
+        .dec(
+            "hub_cpu_vs_limit",
+            hub_cpu_s / total as f64 / limit.cpu_per_sig,
+        )
         .dec("hub_cores_busy", hub_cpu_s / drain_s)
         .dec("agents_cpu_s_per_entry", agents_cpu_s / total as f64)
         .dec("agents_cores_busy", agents_cpu_s / drain_s)

@@ -197,6 +197,16 @@ pub fn sled_append(values: &[Vec<u8>], batch: usize, min_s: f64) -> Result<f64> 
     })
 }
 
+/// [`sled_append`] and this process's CPU seconds per value while measuring it (the
+/// flusher's threads included).
+pub fn append_limit(values: &[Vec<u8>], batch: usize, min_s: f64) -> Result<(f64, f64)> {
+    let (cpu, t) = (crate::procs::cpu_seconds(None)?, std::time::Instant::now());
+    let per_s = sled_append(values, batch, min_s)?;
+    let cpu_per_value =
+        (crate::procs::cpu_seconds(None)? - cpu) / (per_s * t.elapsed().as_secs_f64()).max(1.0);
+    Ok((per_s, cpu_per_value))
+}
+
 /// Signing on one core: (raw Ed25519 signatures of the entries' DSSE PAE bytes a second,
 /// whole `Entry::sign` — JSON payload, PAE, signature — a second).
 pub fn sign_one_core(entries: &[Entry], key: &SigningKey, min_s: f64) -> Result<(f64, f64)> {

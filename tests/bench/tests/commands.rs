@@ -226,8 +226,19 @@ fn drain_reports_the_time_until_every_agent_delivered() {
             "120",
             "--batch",
             "50",
+            "--min-limit-s",
+            "0.05",
         ],
-        &["drain_s", "entries_per_s", "hub_ready_s", "fill_per_s"],
+        &[
+            "drain_s",
+            "entries_per_s",
+            "hub_ready_s",
+            "fill_per_s",
+            "verify_limit_per_s",
+            "verify_floor_s",
+            "append_limit_per_s",
+            "floor_s",
+        ],
         &[],
     );
     assert_eq!(value(&pairs, "agents"), "3");
