@@ -4,7 +4,7 @@
 //! holds every entry (`/v1/sources`). Then, with everything stopped, the same run's limits
 //! over entries of the same workload: batch verification under the signature rule on all
 //! cores (`verify_floor_s`, the time the hub needs for the signatures alone) and a durable
-//! batched append, each with its CPU per entry; `floor_s` is both on every core, nothing
+//! batched append packed as the hub's log (16 entries a value), each with its CPU per entry; `floor_s` is both on every core, nothing
 //! else — the least any hub that checks and keeps these entries can take here.
 //!
 //! The agents run with their default configuration: batches of 500, and the retry policy
@@ -26,6 +26,8 @@ use crate::{limits, workload};
 
 /// Entries per sampled source for the verification limit (eight sources).
 const LIMIT_SAMPLE_PER_SOURCE: u64 = 4_000;
+/// Entries in one value of the hub's log (`spacesync_hub::log::pack::PACK_LEAVES`).
+const PACK_LEAVES: usize = spacesync_hub::log::pack::PACK_LEAVES as usize;
 /// Entries per push of an agent with its default configuration: the batches the hub verifies.
 const AGENT_BATCH: usize = 500;
 
@@ -294,13 +296,19 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     }
     let limit = limits::verify_limit(&sample, a.min_limit_s)?;
     let verify_floor_s = total as f64 / limit.per_s;
-    // And the durable append of the same entries, in the agents' batches, with its CPU.
-    let stored: Vec<Vec<u8>> = sample
+    // And the durable append of the same entries, packed as the hub packs its log (16
+    // entries a value, uncompressed: the hub's LZ4 is extra), one flush per agent batch,
+    // with its CPU.
+    let entries: Vec<Vec<u8>> = sample
         .iter()
         .flat_map(|(_, envs)| envs.iter())
         .map(|e| serde_json::to_vec(e).context("encoding an entry"))
         .collect::<Result<_>>()?;
-    let (append_per_s, append_cpu) = limits::append_limit(&stored, AGENT_BATCH, a.min_limit_s)?;
+    let packs: Vec<Vec<u8>> = entries.chunks(PACK_LEAVES).map(|c| c.concat()).collect();
+    let per_pack = entries.len() as f64 / packs.len().max(1) as f64;
+    let (packs_per_s, pack_cpu) =
+        limits::append_limit(&packs, AGENT_BATCH / PACK_LEAVES, a.min_limit_s)?;
+    let (append_per_s, append_cpu) = (packs_per_s * per_pack, pack_cpu / per_pack);
     // Both on every core, nothing else: the least the hub's work can take.
     let cores = limits::cores() as f64;
     let floor_s = total as f64 * (limit.cpu_per_sig + append_cpu) / cores;
