@@ -59,7 +59,7 @@ mod subject;
 mod subjects;
 use codec::{Damaged, In, Out};
 pub use figures::{Coverage, Figures, Flag, Meta};
-use subject::{SUBJECT_LEN, Subject, parse_subject, subject_from, subject_key};
+use subject::{Subject, parse_subject, subject_from, subject_key};
 use subjects::{SchoolSum, Summary};
 
 /// `v/m`: the layout and the baseline date the stored summaries were merged for.
@@ -1074,18 +1074,9 @@ fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVer
     if c.matches(&position).is_err() {
         return Ok(CheckpointVerdict::Stale);
     }
-    let mut stored = store.scan(SUMMARY_PREFIX);
-    let mut next_stored = || -> Result<Option<(Subject, Summary)>, StoreError> {
-        for r in stored.by_ref() {
-            let (k, b) = r?;
-            let subject = subject_of(&k, SUMMARY_PREFIX)?;
-            let summary = Summary::from_bytes(subject, &b).map_err(damaged(&k))?;
-            if !summary.is_empty() {
-                return Ok(Some((subject, summary)));
-            }
-        }
-        Ok(None)
-    };
+    // Empty summaries are stored but never taken into the views (`add_subject`).
+    let mut stored = stored_summaries(store).filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()));
+    let mut next_stored = || stored.next().transpose();
     let mut first: Option<String> = None;
     let mut failed: Option<StoreError> = None;
     let read = c.each_subject(|subject, summary| {
@@ -1132,6 +1123,19 @@ fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVer
 }
 
 /// A subject for people: its region code, and school code when a school.
+/// The summaries stored under `v/s/`, in subject order (a key that is not exactly a
+/// subject's is damage: [`subject_of`]).
+fn stored_summaries(
+    store: &dyn Store,
+) -> impl Iterator<Item = Result<(Subject, Summary), StoreError>> + '_ {
+    store.scan(SUMMARY_PREFIX).map(|r| {
+        let (k, b) = r?;
+        let subject = subject_of(&k, SUMMARY_PREFIX)?;
+        let summary = Summary::from_bytes(subject, &b).map_err(damaged(&k))?;
+        Ok((subject, summary))
+    })
+}
+
 fn name((region, school): Subject) -> String {
     match school {
         Some(s) => format!("school {} in {region}", s.as_u64()),
@@ -1324,16 +1328,8 @@ impl Views {
         if checkpointed {
             // The summaries came from it.
         } else if layout.baseline == baseline {
-            for r in store.scan(SUMMARY_PREFIX) {
-                let (k, bytes) = r?;
-                let subject = subject_of(&k, SUMMARY_PREFIX)?;
-                if k.len() != SUMMARY_PREFIX.len() + SUBJECT_LEN {
-                    return Err(StoreError::Corrupt {
-                        key: printable(&k),
-                        message: "not a subject's key".into(),
-                    });
-                }
-                let summary = Summary::from_bytes(subject, &bytes).map_err(damaged(&k))?;
+            for r in stored_summaries(store) {
+                let (subject, summary) = r?;
                 v.add_subject(subject, summary);
             }
         } else {

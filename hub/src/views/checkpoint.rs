@@ -168,34 +168,25 @@ pub(super) fn parse(bytes: Vec<u8>) -> Result<Checkpoint, CheckpointError> {
 impl Checkpoint {
     /// Refuses a checkpoint written at another position than `store`'s.
     pub(super) fn matches(&self, store: &Position) -> Result<(), CheckpointError> {
-        let stale = |what, written: String, found: String| {
+        fn same<T: PartialEq + std::fmt::Display>(
+            what: &'static str,
+            written: T,
+            found: T,
+        ) -> Result<(), CheckpointError> {
+            if written == found {
+                return Ok(());
+            }
             Err(CheckpointError::Stale {
                 what,
-                written,
-                found,
+                written: written.to_string(),
+                found: found.to_string(),
             })
-        };
+        }
         let at = &self.at;
-        if at.head != store.head {
-            return stale("head", at.head.to_string(), store.head.to_string());
-        }
-        if at.next != store.next {
-            return stale(
-                "views position",
-                at.next.to_string(),
-                store.next.to_string(),
-            );
-        }
-        if at.layout != store.layout {
-            return stale("layout", at.layout.to_string(), store.layout.to_string());
-        }
-        if at.baseline != store.baseline {
-            return stale(
-                "baseline date",
-                at.baseline.to_string(),
-                store.baseline.to_string(),
-            );
-        }
+        same("head", at.head, store.head)?;
+        same("views position", at.next, store.next)?;
+        same("layout", at.layout, store.layout)?;
+        same("baseline date", at.baseline, store.baseline)?;
         Ok(())
     }
 
