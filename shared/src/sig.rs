@@ -22,15 +22,18 @@
 //! the 2⁻¹²⁸ chance of the batch check), so both paths give the same verdict. When the
 //! batch fails, each item is checked with [`verify`] to name the first bad one.
 //!
-//! Rule 2 costs a scalar multiplication per point (`[L]P`), about what the batch equation
-//! costs per signature; it is what makes the two paths agree. So the batch path checks each
-//! distinct key once, judges canonical encodings from the bytes (no compression), and
-//! reuses the decompressed points in its own batch equation, where a run of one key
-//! contributes one point instead of one per signature.
+//! Rule 2 costs a scalar multiplication per point (`[L]P`), several times what the batch
+//! equation costs per signature; it is what makes the two paths agree. So the batch path
+//! checks each distinct key once, judges canonical encodings from the bytes (no
+//! compression), reuses the decompressed points in its own batch equation, where a run of
+//! one key contributes one point instead of one per signature, and checks the `R`s of a
+//! large batch for torsion all at once ([`all_torsion_free`]): 128 random subset sums, one
+//! `[L]X` each, where any small-order component left in some `R` survives each sum with
+//! probability at most ½ — a 2⁻¹²⁸ chance in all, as for the batch equation.
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use curve25519_dalek::traits::{Identity, IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest as _, Sha512};
 
@@ -88,13 +91,96 @@ fn canonical_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
 /// Rule 2: not the identity, and `[L]P` is the identity (no small-order component).
 /// Variable time: every point checked here is public.
 fn prime_order(p: &EdwardsPoint) -> bool {
-    if p.is_identity() {
-        return false;
-    }
+    !p.is_identity() && torsion_free(p)
+}
+
+/// `[L]P` is the identity: `P` has no small-order component (the identity has none).
+fn torsion_free(p: &EdwardsPoint) -> bool {
     // [L]P as [L − 1]P + P: a `Scalar` cannot hold L itself, and −1 is L − 1.
     let l_minus_one_p =
         EdwardsPoint::vartime_double_scalar_mul_basepoint(&-Scalar::ONE, p, &Scalar::ZERO);
     (l_minus_one_p + p).is_identity()
+}
+
+/// Rounds of the aggregate torsion test: each lets a set with a small-order component
+/// through with probability at most ½, so all of them together at most 2⁻¹²⁸.
+const TORSION_ROUNDS: u32 = 128;
+/// About what one `[L]P` costs in point additions (measured: 28.7 µs against 0.165 µs on
+/// the 2-core machine of BENCHMARKS.md); only picks between the two ways of checking.
+const ADDS_PER_L: usize = 170;
+
+/// Additions and `[L]X` of the aggregate test over `n` points with rounds grouped `g` to a
+/// bucket pass (in additions), as [`all_torsion_free`] runs it.
+fn aggregate_cost(n: usize, g: u32) -> usize {
+    let groups = TORSION_ROUNDS.div_ceil(g) as usize;
+    let last = TORSION_ROUNDS - g * (groups as u32 - 1);
+    // A pass of width w adds w sums of 2^(w−1) buckets each.
+    let sums = (groups - 1) * ((g as usize) << (g - 1)) + ((last as usize) << (last - 1));
+    groups * n + sums + TORSION_ROUNDS as usize * ADDS_PER_L
+}
+
+/// The cheapest bucket width for `n` points, or `None` when one `[L]P` a point is cheaper.
+fn aggregate_width(n: usize) -> Option<u32> {
+    let (g, cost) = (2..=8)
+        .map(|g| (g, aggregate_cost(n, g)))
+        .min_by_key(|&(_, c)| c)?;
+    (cost < n.saturating_mul(ADDS_PER_L)).then_some(g)
+}
+
+/// Whether no point of `points` has a small-order component, up to a 2⁻¹²⁸ chance of
+/// answering `true` wrongly; never `false` wrongly. Draws fresh system randomness; `Err`
+/// when there is none.
+///
+/// Each point is `Pᵢ = Qᵢ + Tᵢ`, `Qᵢ` in the prime-order subgroup and `Tᵢ` in the cyclic
+/// torsion group of order 8. A round takes a fresh random subset `S` and checks
+/// `[L](Σ_{i∈S} Pᵢ) = [L](Σ_{i∈S} Tᵢ)` is the identity, i.e. `Σ_{i∈S} Tᵢ = 0` (L is odd).
+/// When some `Tₖ ≠ 0`, whatever the other choices, at most one of `k ∈ S` and `k ∉ S`
+/// makes the sum vanish: each round passes with probability at most ½, independently.
+/// (Random weights in one sum cannot do this: `T` and `−T`, or two points of order 2,
+/// cancel under every odd weight.) The 128 subset sums come from bucket passes, `g`
+/// rounds a pass: each point is added into the bucket its `g` random bits name, and each
+/// round's sum adds the buckets whose bit for that round is set.
+fn all_torsion_free(points: &[EdwardsPoint], g: u32) -> Result<bool, getrandom::Error> {
+    let labels = random_u128s(points.len())?;
+    let mut round = 0;
+    while round < TORSION_ROUNDS {
+        let width = g.min(TORSION_ROUNDS - round);
+        let mask = (1u128 << width) - 1;
+        let mut buckets = vec![EdwardsPoint::identity(); 1 << width];
+        for (p, label) in points.iter().zip(&labels) {
+            let b = ((label >> round) & mask) as usize;
+            if b != 0 {
+                buckets[b] += p;
+            }
+        }
+        for bit in 0..width {
+            let mut sum = EdwardsPoint::identity();
+            for (b, bucket) in buckets.iter().enumerate() {
+                if (b >> bit) & 1 == 1 {
+                    sum += bucket;
+                }
+            }
+            if !torsion_free(&sum) {
+                return Ok(false);
+            }
+        }
+        round += width;
+    }
+    Ok(true)
+}
+
+/// The first of `rs` with a small-order component, if any: the aggregate test for a large
+/// batch (and, when it fails, one `[L]R` each up to the first offender), else one `[L]R`
+/// each. The identity was refused before.
+fn first_torsion(rs: &[EdwardsPoint]) -> Option<usize> {
+    let clean = match aggregate_width(rs.len()) {
+        Some(g) => all_torsion_free(rs, g).unwrap_or(false),
+        None => false,
+    };
+    if clean {
+        return None;
+    }
+    rs.iter().position(|r| !torsion_free(r))
 }
 
 /// Checks rule 1 and 2 for a public key: what a key must satisfy to be registered.
@@ -108,12 +194,28 @@ pub fn check_key(key: &VerifyingKey) -> Result<(), SigError> {
 
 /// Rules 1–3 for the signature's own parts; `R` and `S` when they hold.
 fn check_signature(sig: &Signature) -> Result<(EdwardsPoint, Scalar), SigError> {
-    let r = canonical_point(sig.r_bytes()).ok_or(SigError::REncoding)?;
-    if !prime_order(&r) {
+    let (r, s) = read_signature(sig)?;
+    if !torsion_free(&r) {
         return Err(SigError::RTorsion);
     }
-    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))
-        .ok_or(SigError::SNotCanonical)?;
+    Ok((r, s))
+}
+
+/// Rules 1–3 for the signature's own parts except `R`'s torsion, which the batch path
+/// checks for all `R`s at once: rule 1 for `R`, `R` not the identity, rule 3. When `S` is
+/// refused, `R`'s torsion is checked first, so the error is the one [`check_signature`]
+/// gives.
+fn read_signature(sig: &Signature) -> Result<(EdwardsPoint, Scalar), SigError> {
+    let r = canonical_point(sig.r_bytes()).ok_or(SigError::REncoding)?;
+    if r.is_identity() {
+        return Err(SigError::RTorsion);
+    }
+    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())) else {
+        if !torsion_free(&r) {
+            return Err(SigError::RTorsion);
+        }
+        return Err(SigError::SNotCanonical);
+    };
     Ok((r, s))
 }
 
@@ -141,10 +243,9 @@ fn challenge(sig: &Signature, key: &VerifyingKey, msg: &[u8]) -> Scalar {
     Scalar::from_bytes_mod_order_wide(&wide)
 }
 
-/// Random 128-bit batch weights, one per item: SHA-512 over fresh system randomness and a
-/// counter (four weights per hash). Fresh per call, so no one can choose signatures
-/// against known weights.
-fn weights(n: usize) -> Result<Vec<Scalar>, getrandom::Error> {
+/// `n` random 128-bit values: SHA-512 over fresh system randomness and a counter (four
+/// values per hash). Fresh per call, so no one can choose signatures against them.
+fn random_u128s(n: usize) -> Result<Vec<u128>, getrandom::Error> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)?;
     let mut out = Vec::with_capacity(n);
@@ -160,18 +261,24 @@ fn weights(n: usize) -> Result<Vec<Scalar>, getrandom::Error> {
             }
             let mut z = [0u8; 16];
             z.copy_from_slice(chunk);
-            out.push(Scalar::from(u128::from_le_bytes(z)));
+            out.push(u128::from_le_bytes(z));
         }
         block += 1;
     }
     Ok(out)
 }
 
+/// Random 128-bit batch weights, one per item ([`random_u128s`]).
+fn weights(n: usize) -> Result<Vec<Scalar>, getrandom::Error> {
+    Ok(random_u128s(n)?.into_iter().map(Scalar::from).collect())
+}
+
 /// The rule for many signatures (each with its own key): `Ok` exactly when [`verify`]
 /// accepts every item; otherwise the index of the first item it refuses, with why.
 ///
 /// Rules 1–3 are checked per item, each distinct key once per run of equal keys (a batch
-/// from one source has one key). The equation is checked for all items at once:
+/// from one source has one key), the torsion of the `R`s all at once when the batch is
+/// large enough for that to be cheaper ([`all_torsion_free`]). The equation is checked for all items at once:
 /// `[−Σ zᵢSᵢ]B + Σ zᵢRᵢ + Σ_keys [Σ zᵢkᵢ]A = 0` with fresh random 128-bit `zᵢ`, one
 /// multiscalar multiplication over the `R`s, one point per run of equal keys and `B`,
 /// reusing the points decompressed for rules 1–2. With every point in the prime-order
@@ -206,7 +313,7 @@ pub fn verify_batch(
             }
             runs.push((i, keys[i].to_edwards()));
         }
-        match check_signature(&sigs[i]) {
+        match read_signature(&sigs[i]) {
             Ok((r, s)) => {
                 rs.push(r);
                 ss.push(s);
@@ -217,7 +324,13 @@ pub fn verify_batch(
             }
         }
     }
-    let checked = malformed.map_or(n, |(i, _)| i);
+    let mut checked = malformed.map_or(n, |(i, _)| i);
+    // Rule 2 for the `R`s read so far; one with a small-order component comes before the
+    // item that stopped the reading.
+    if let Some(i) = first_torsion(&rs[..checked]) {
+        malformed = Some((i, SigError::RTorsion));
+        checked = i;
+    }
     equations_hold(msgs, sigs, keys, checked, &rs, &ss, &runs)?;
     match malformed {
         Some(fault) => Err(fault),
@@ -426,6 +539,133 @@ mod tests {
         assert_eq!(verify_batch(&[], &[], &[]), Ok(()));
     }
 
+    /// A batch large enough for the aggregate torsion test: `n` honest signatures by one
+    /// prime-order key (nonces `[r]B`), with their messages.
+    fn large_batch(n: usize) -> (Scalar, Vec<Vec<u8>>, Vec<Signature>, Vec<VerifyingKey>) {
+        let a = Scalar::from(4242u64);
+        let mut msgs = Vec::new();
+        let mut sigs = Vec::new();
+        let mut vks = Vec::new();
+        for i in 0..n {
+            let msg = format!("entry {i}").into_bytes();
+            let (vk, sig) = forged(a, 0, Scalar::from(1000 + i as u64), 0, &msg);
+            msgs.push(msg);
+            sigs.push(sig);
+            vks.push(vk);
+        }
+        (a, msgs, sigs, vks)
+    }
+
+    #[test]
+    fn large_batches_take_the_aggregate_torsion_test_and_small_ones_do_not() {
+        assert_eq!(aggregate_width(1), None);
+        assert_eq!(aggregate_width(64), None);
+        assert!(aggregate_width(256).is_some(), "verify's batches of 256");
+        assert!(aggregate_width(500).is_some(), "the agents' batches of 500");
+        // Cheaper than one [L]P a point wherever it is chosen.
+        for n in [200, 256, 500, 4096] {
+            if let Some(g) = aggregate_width(n) {
+                assert!(aggregate_cost(n, g) < n * ADDS_PER_L);
+            }
+        }
+    }
+
+    #[test]
+    fn torsion_in_any_r_of_a_large_batch_is_named_every_time() {
+        let n = 260;
+        assert!(aggregate_width(n).is_some());
+        let (a, msgs, sigs, vks) = large_batch(n);
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        assert_eq!(verify_batch(&refs, &sigs, &vks), Ok(()));
+        for (t, at) in [
+            (4, 0),
+            (4, 259),
+            (1, 130),
+            (2, 7),
+            (6, 200),
+            (7, 258),
+            (3, 1),
+        ] {
+            let mut bad = sigs.clone();
+            let (_, sig) = forged(a, 0, Scalar::from(77u64 + at as u64), t, &msgs[at]);
+            bad[at] = sig;
+            assert_eq!(
+                verify_batch(&refs, &bad, &vks),
+                Err((at, SigError::RTorsion)),
+                "torsion point {t} at item {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn torsion_that_cancels_under_any_odd_weight_is_still_named() {
+        // T and −T, and two points of order 2: each pair sums to no torsion at all, so one
+        // random linear combination with odd weights cannot see them.
+        let n = 300;
+        let (a, msgs, sigs, vks) = large_batch(n);
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        for (t1, t2) in [(4, 4), (1, 7), (2, 6), (3, 5)] {
+            for (i, j) in [(10, 11), (40, 290), (0, 299)] {
+                let mut bad = sigs.clone();
+                bad[i] = forged(a, 0, Scalar::from(5u64 + i as u64), t1, &msgs[i]).1;
+                bad[j] = forged(a, 0, Scalar::from(9u64 + j as u64), t2, &msgs[j]).1;
+                assert_eq!(
+                    verify_batch(&refs, &bad, &vks),
+                    Err((i, SigError::RTorsion)),
+                    "torsion {t1} at {i} and {t2} at {j}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_batch_names_the_first_refusal_whatever_its_kind() {
+        let n = 280;
+        let (a, msgs, sigs, vks) = large_batch(n);
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        // An equation that fails (another message's signature) before a torsion R: the
+        // equation is named, as single verification, item by item, would.
+        let mut bad = sigs.clone();
+        bad[20] = sigs[21];
+        bad[100] = forged(a, 0, Scalar::from(3u64), 4, &msgs[100]).1;
+        assert_eq!(
+            verify_batch(&refs, &bad, &vks),
+            Err((20, SigError::Equation))
+        );
+        // A torsion R before an S ≥ L: the R is named.
+        let mut bad = sigs.clone();
+        bad[30] = forged(a, 0, Scalar::from(3u64), 2, &msgs[30]).1;
+        let mut bytes = sigs[31].to_bytes();
+        bytes[63] |= 0xf0;
+        bad[31] = Signature::from_bytes(&bytes);
+        assert_eq!(
+            verify_batch(&refs, &bad, &vks),
+            Err((30, SigError::RTorsion))
+        );
+        // One item with both a torsion R and S ≥ L: its R is named, as `verify` names it.
+        let mut both = forged(a, 0, Scalar::from(3u64), 1, &msgs[50]).1.to_bytes();
+        both[63] |= 0xf0;
+        let mut bad = sigs.clone();
+        bad[50] = Signature::from_bytes(&both);
+        assert_eq!(
+            verify(&vks[50], &msgs[50], &bad[50]),
+            Err(SigError::RTorsion)
+        );
+        assert_eq!(
+            verify_batch(&refs, &bad, &vks),
+            Err((50, SigError::RTorsion))
+        );
+        // The identity as R: no torsion, but rule 2 refuses it.
+        let mut id = sigs[60].to_bytes();
+        id[..32].copy_from_slice(&EdwardsPoint::identity().compress().to_bytes());
+        let mut bad = sigs.clone();
+        bad[60] = Signature::from_bytes(&id);
+        assert_eq!(
+            verify_batch(&refs, &bad, &vks),
+            Err((60, SigError::RTorsion))
+        );
+    }
+
     /// Rule 1 as it was first written: decompress, compress again, compare.
     fn canonical_by_round_trip(b: &[u8; 32]) -> bool {
         CompressedEdwardsY(*b)
@@ -488,6 +728,25 @@ mod tests {
                 b[31] |= 0x7f;
             }
             proptest::prop_assert_eq!(canonical_point(&b).is_some(), canonical_by_round_trip(&b));
+        }
+
+        #[test]
+        fn the_aggregate_torsion_test_agrees_with_one_check_a_point(
+            n in 150usize..400,
+            seed in proptest::prelude::any::<u64>(),
+            torsion in proptest::collection::vec((0usize..400, 1usize..8), 0..3),
+        ) {
+            let mut points: Vec<EdwardsPoint> = (0..n)
+                .map(|i| ED25519_BASEPOINT_POINT * Scalar::from(seed.wrapping_add(i as u64)))
+                .collect();
+            for &(at, t) in &torsion {
+                points[at % n] += EIGHT_TORSION[t];
+            }
+            let clean = points.iter().all(torsion_free);
+            for g in [2, 5, 8] {
+                proptest::prop_assert_eq!(all_torsion_free(&points, g).ok(), Some(clean));
+            }
+            proptest::prop_assert_eq!(first_torsion(&points), points.iter().position(|p| !torsion_free(p)));
         }
 
         #[test]
