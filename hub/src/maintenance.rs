@@ -327,9 +327,9 @@ pub fn verify_with(
     })
 }
 
-/// Leaves the walk hands the views thread in one message: one channel operation per
-/// piece of the signature checks (small enough that the tests' logs span several).
-const FEED_CHUNK: usize = log_check::PIECE;
+/// Leaves the walk hands the views thread in one message (small enough that the tests'
+/// logs span several).
+pub const FEED_CHUNK: usize = 256;
 
 /// Messages waiting for the views thread at most: what the walk may run ahead of it
 /// (16,384 leaves).

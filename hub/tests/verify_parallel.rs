@@ -20,7 +20,8 @@ use curve25519_dalek::scalar::Scalar;
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha512};
 use spacesync_hub::log::{self, LogRecord};
-use spacesync_hub::log_check::{Checking, FIRST_CHUNK, PIECE};
+use spacesync_hub::log_check::{Checking, FIRST_CHUNK};
+use spacesync_hub::maintenance::FEED_CHUNK;
 use spacesync_hub::maintenance::{self, VerifyReport};
 use spacesync_hub::store::{Store, WriteBatch};
 use spacesync_shared::dsse::pae;
@@ -460,7 +461,7 @@ fn the_good_log_verifies_on_any_number_of_threads(backend: Backend) {
 }
 
 /// On every core the views are rebuilt from the leaves the walk has read and parsed (fed to
-/// the views thread in messages of 256 leaves, [`PIECE`]), serially from the log itself:
+/// the views thread in messages of 256 leaves, [`FEED_CHUNK`]), serially from the log itself:
 /// stored views damaged at the log's end, past the first message, are named alike by both.
 fn views_damaged_at_the_logs_end_are_named_by_every_way_of_checking(backend: Backend) {
     let last = |s: &dyn Store, prefix: &[u8]| -> (Vec<u8>, Vec<u8>) {
@@ -482,7 +483,7 @@ fn views_damaged_at_the_logs_end_are_named_by_every_way_of_checking(backend: Bac
             reports(backend, |s| {
                 let (k, v) = last(s, prefix);
                 assert!(
-                    keys_tail(&k) > 2 * PIECE as u64 || prefix == b"v/s/",
+                    keys_tail(&k) > 2 * FEED_CHUNK as u64 || prefix == b"v/s/",
                     "{name}: the key is not past the first message"
                 );
                 put(s, k, v[..v.len() / 2].to_vec());
