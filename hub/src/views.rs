@@ -982,6 +982,16 @@ fn count_in_block<R: Reader + ?Sized>(
 ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
     let key = count_key(blocks::block_last(meta.log_index));
     let stored = r.read(&key)?;
+    if let Some(v) = &stored
+        && !blocks::is_block(v)
+        && v.first() != Some(&COUNT_FORMAT)
+    {
+        // Neither a block nor a count (as `find_count` refuses it): wrapped into a block as
+        // if it were a count, it would be stored on as one.
+        return Err(damaged(&key)(Damaged(
+            "neither a block of space counts nor a space count",
+        )));
+    }
     let value = blocks::put(
         stored.as_deref(),
         blocks::offset(meta.log_index),
@@ -2208,6 +2218,51 @@ mod tests {
                 assert_eq!(decode_list(b"v/l/x", &b).unwrap(), list);
                 assert!(decode_list(b"v/l/x", &encode_list(&[3, 3])).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn a_count_is_not_put_into_a_block_key_holding_neither_a_block_nor_a_count() {
+        let t = DateTime::parse_from_rfc3339("2018-11-20T02:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let meta = Meta {
+            log_index: 33,
+            received_at: t,
+            source: SourceId::parse("gd-rrt").unwrap(),
+            seq: 3,
+            recorded_at: t,
+            withdrawn_by: None,
+        };
+        let s = SpaceCount {
+            region: RegionCode::parse("440106").unwrap(),
+            school: None,
+            as_of: NaiveDate::from_ymd_opt(2018, 11, 19).unwrap(),
+            spaces: SpaceCounts::default(),
+            real_name: None,
+            population: None,
+        };
+        let store = crate::store::MemStore::default();
+        let key = count_key(blocks::block_last(meta.log_index));
+        // An empty block key, and an older-layout count, take the count.
+        assert!(count_in_block(&store, &meta, &s).is_ok());
+        let mut older = meta.clone();
+        older.log_index = blocks::block_last(meta.log_index);
+        let mut b = WriteBatch::new();
+        b.put(key.clone(), encode_count(&older, &s));
+        store.apply(b).unwrap();
+        let (_, v) = count_in_block(&store, &meta, &s).unwrap();
+        assert!(blocks::is_block(&v));
+        // Garbage under the key is named, not wrapped into a block.
+        for garbage in [vec![], vec![0x07, 1, 2, 3], vec![0xff]] {
+            let mut b = WriteBatch::new();
+            b.put(key.clone(), garbage.clone());
+            store.apply(b).unwrap();
+            let e = count_in_block(&store, &meta, &s).unwrap_err();
+            assert!(
+                e.to_string().contains("neither a block"),
+                "{garbage:?}: {e}"
+            );
         }
     }
 }
