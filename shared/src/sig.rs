@@ -566,7 +566,11 @@ mod tests {
         assert_eq!(aggregate_width(1), None);
         assert_eq!(aggregate_width(64), None);
         assert!(aggregate_width(256).is_some(), "verify's batches of 256");
-        assert!(aggregate_width(500).is_some(), "the agents' batches of 500");
+        assert!(aggregate_width(500).is_some());
+        assert!(
+            aggregate_width(1000).is_some(),
+            "the agents' batches of 1,000"
+        );
         // Cheaper than one [L]P a point wherever it is chosen.
         for n in [200, 256, 500, 4096] {
             if let Some(g) = aggregate_width(n) {

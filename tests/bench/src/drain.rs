@@ -7,7 +7,7 @@
 //! batched append packed as the hub's log (16 entries a value), each with its CPU per entry; `floor_s` is both on every core, nothing
 //! else — the least any hub that checks and keeps these entries can take here.
 //!
-//! The agents run with their default configuration: batches of 500, and the retry policy
+//! The agents run with their default configuration: batches of 1,000, and the retry policy
 //! of a hub that has been unreachable for minutes (full jitter up to the 60 s cap), so the
 //! first push after the hub returns waits as it would in production.
 
@@ -29,7 +29,9 @@ const LIMIT_SAMPLE_PER_SOURCE: u64 = 4_000;
 /// Entries in one value of the hub's log (`spacesync_hub::log::pack::PACK_LEAVES`).
 const PACK_LEAVES: usize = spacesync_hub::log::pack::PACK_LEAVES as usize;
 /// Entries per push of an agent with its default configuration: the batches the hub verifies.
-const AGENT_BATCH: usize = 500;
+fn agent_batch() -> usize {
+    spacesync_agent::config::PushConfig::default().max_entries
+}
 
 /// `drain` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -290,7 +292,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         let plan = workload::unit_plan(*unit, &id, a.entries)?;
         let envs = plan.sign(0, a.entries.min(LIMIT_SAMPLE_PER_SOURCE), Digest::ZERO)?;
         let key = workload::key_for(&id).verifying_key();
-        for chunk in envs.chunks(AGENT_BATCH) {
+        for chunk in envs.chunks(agent_batch()) {
             sample.push((key, chunk.to_vec()));
         }
     }
@@ -307,7 +309,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     let packs: Vec<Vec<u8>> = entries.chunks(PACK_LEAVES).map(|c| c.concat()).collect();
     let per_pack = entries.len() as f64 / packs.len().max(1) as f64;
     let (packs_per_s, pack_cpu) =
-        limits::append_limit(&packs, AGENT_BATCH / PACK_LEAVES, a.min_limit_s)?;
+        limits::append_limit(&packs, agent_batch() / PACK_LEAVES, a.min_limit_s)?;
     let (append_per_s, append_cpu) = (packs_per_s * per_pack, pack_cpu / per_pack);
     // Both on every core, nothing else: the least the hub's work can take.
     let cores = limits::cores() as f64;

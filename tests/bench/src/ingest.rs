@@ -16,6 +16,9 @@ use crate::procs::{self, Binary, Bins};
 use crate::report::{Report, p50_p99};
 use crate::workload::{self, Shape};
 
+/// Rows per transaction of the PostgreSQL peer (issue 12's "Why": 500 rows a transaction).
+const PG_ROWS_PER_TRANSACTION: usize = 500;
+
 /// `ingest` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
@@ -25,8 +28,8 @@ pub struct IngestArgs {
     /// Sources (agents), each its own concurrent client; one per provincial unit up to 32.
     #[arg(long, default_value_t = 32)]
     pub sources: usize,
-    /// Entries per ingest batch (and rows per PostgreSQL transaction, and per sled flush).
-    #[arg(long, default_value_t = 500)]
+    /// Entries per ingest batch (and per sled flush), as an agent pushes them by default.
+    #[arg(long, default_value_t = 1000)]
     pub batch: u64,
     /// Send plain JSON bodies instead of gzip (agents send gzip).
     #[arg(long)]
@@ -179,7 +182,8 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
     } else {
         let t = Instant::now();
         let rows = rows(shape)?;
-        let r = pg::peer(&rows, a.batch as usize).await?;
+        // The peer as issue 12 fixed it: 500 rows a transaction, whatever the hub's batches.
+        let r = pg::peer(&rows, PG_ROWS_PER_TRANSACTION).await?;
         if let Some(r) = r {
             println!(
                 "PostgreSQL peer: INSERT {:.0} rows/s, COPY {:.0} rows/s ({:.1} s with start-up)",
