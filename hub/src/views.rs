@@ -943,12 +943,8 @@ fn find_count<R: Reader + ?Sized>(
     let last = blocks::block_last(idx);
     let key = count_key(last);
     if let Some(v) = r.read(&key)? {
-        if !blocks::is_block(&v) && v.first() != Some(&COUNT_FORMAT) {
-            // Neither a block nor a count: read as nothing, it would hide the block's counts.
-            return Err(damaged(&key)(Damaged(
-                "neither a block of space counts nor a space count",
-            )));
-        }
+        // Read as nothing, it would hide the block's counts.
+        block_or_count(&key, &v)?;
         if let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))? {
             let (meta, s) = decode_count_at(&key, idx, bytes)?;
             let place = if blocks::is_block(&v) {
@@ -973,6 +969,17 @@ fn find_count<R: Reader + ?Sized>(
     Ok(Some((Place::Single, meta, s)))
 }
 
+/// A value under a block's key is a block, or a count of the older layout (its block's
+/// last); anything else is damage.
+fn block_or_count(key: &[u8], v: &[u8]) -> Result<(), StoreError> {
+    if blocks::is_block(v) || v.first() == Some(&COUNT_FORMAT) {
+        return Ok(());
+    }
+    Err(damaged(key)(Damaged(
+        "neither a block of space counts nor a space count",
+    )))
+}
+
 /// The key and value that put the space count of `meta.log_index` into its block, as `r`
 /// holds the block now.
 fn count_in_block<R: Reader + ?Sized>(
@@ -982,15 +989,9 @@ fn count_in_block<R: Reader + ?Sized>(
 ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
     let key = count_key(blocks::block_last(meta.log_index));
     let stored = r.read(&key)?;
-    if let Some(v) = &stored
-        && !blocks::is_block(v)
-        && v.first() != Some(&COUNT_FORMAT)
-    {
-        // Neither a block nor a count (as `find_count` refuses it): wrapped into a block as
-        // if it were a count, it would be stored on as one.
-        return Err(damaged(&key)(Damaged(
-            "neither a block of space counts nor a space count",
-        )));
+    if let Some(v) = &stored {
+        // Wrapped into a block as if it were a count, it would be stored on as one.
+        block_or_count(&key, v)?;
     }
     let value = blocks::put(
         stored.as_deref(),

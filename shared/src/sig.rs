@@ -20,14 +20,13 @@
 //! then runs batch verification as a fast path: with every point in the prime-order
 //! subgroup, the random linear combination accepts exactly when each equation holds (up to
 //! the 2⁻¹²⁸ chance of the batch check), so both paths give the same verdict (up to about
-//! 2⁻¹²⁷ in all with the torsion test below). When the
-//! batch fails, each item is checked with [`verify`] to name the first bad one.
+//! 2⁻¹²⁷ in all with the torsion test below). When the batch fails, each item is checked
+//! with [`verify`] to name the first bad one.
 //!
 //! Rule 2 costs a scalar multiplication per point (`[L]P`: 28.7 µs on the machine of
 //! BENCHMARKS.md, against about 2 µs a point for the batch equation's multiscalar
-//! multiplication); it is what makes the two paths agree. So the batch path
-//! checks each distinct key once, judges canonical encodings from the bytes (no
-//! compression), reuses the decompressed points in its own batch equation, where a run of
+//! multiplication); it is what makes the two paths agree. So the batch path checks each
+//! distinct key once, judges canonical encodings from the bytes (no compression), reuses the decompressed points in its own batch equation, where a run of
 //! one key contributes one point instead of one per signature, and checks the `R`s of a
 //! large batch for torsion all at once ([`all_torsion_free`]): 128 random subset sums, one
 //! `[L]X` each, where any small-order component left in some `R` survives each sum with
@@ -140,9 +139,10 @@ fn aggregate_width(n: usize) -> Option<u32> {
 /// makes the sum vanish: each round passes with probability at most ½, independently.
 /// (One randomly weighted sum cannot do this: it misses a point of order 2 under every
 /// even weight, two points of order 2 under every pair of odd weights, `T` and `−T`
-/// under equal weights modulo 8 — one time in two, or one in eight, not 2⁻¹²⁸.) The 128 subset sums come from bucket passes, `g`
-/// rounds a pass: each point is added into the bucket its `g` random bits name, and each
-/// round's sum adds the buckets whose bit for that round is set.
+/// under equal weights modulo 8 — one time in two, or one in eight, not 2⁻¹²⁸.) The 128
+/// subset sums come from bucket passes, `g` rounds a pass: each point is added into the
+/// bucket its `g` random bits name, and each round's sum adds the buckets whose bit for
+/// that round is set.
 fn all_torsion_free(points: &[EdwardsPoint], g: u32) -> Result<bool, getrandom::Error> {
     let labels = random_u128s(points.len())?;
     let mut round = 0;
@@ -176,10 +176,8 @@ fn all_torsion_free(points: &[EdwardsPoint], g: u32) -> Result<bool, getrandom::
 /// batch (and, when it fails, one `[L]R` each up to the first offender), else one `[L]R`
 /// each. The identity was refused before.
 fn first_torsion(rs: &[EdwardsPoint]) -> Option<usize> {
-    let clean = match aggregate_width(rs.len()) {
-        Some(g) => all_torsion_free(rs, g).unwrap_or(false),
-        None => false,
-    };
+    // A small batch, or one without system randomness: one [L]R each.
+    let clean = aggregate_width(rs.len()).is_some_and(|g| all_torsion_free(rs, g).unwrap_or(false));
     if clean {
         return None;
     }
@@ -608,8 +606,9 @@ mod tests {
 
     #[test]
     fn torsion_that_cancels_under_any_odd_weight_is_still_named() {
-        // T and −T, and two points of order 2: each pair sums to no torsion at all, so one
-        // random linear combination with odd weights cannot see them.
+        // T and −T, and two points of order 2: each pair sums to no torsion at all, so a
+        // weighted sum misses them whenever the weights agree modulo the order (two points
+        // of order 2: under any odd weights).
         let n = 300;
         let (a, msgs, sigs, vks) = large_batch(n);
         let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();

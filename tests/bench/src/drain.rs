@@ -4,8 +4,9 @@
 //! holds every entry (`/v1/sources`). Then, with everything stopped, the same run's limits
 //! over entries of the same workload: batch verification under the signature rule on all
 //! cores (`verify_floor_s`, the time the hub needs for the signatures alone) and a durable
-//! batched append packed as the hub's log (16 entries a value), each with its CPU per entry; `floor_s` is both on every core, nothing
-//! else — the least any hub that checks and keeps these entries can take here.
+//! batched append packed as the hub's log (16 entries a value), each with its CPU per
+//! entry; `floor_s` is both on every core, nothing else — the least any hub that checks
+//! and keeps these entries can take here.
 //!
 //! The agents run with their default configuration: batches of 1,000, and the retry policy
 //! of a hub that has been unreachable for minutes (full jitter up to the 60 s cap), so the
@@ -286,13 +287,14 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
 
     // The same run's limit, nothing else running: the entries the first units' agents
     // hold (the same generator), signed here, verified as the hub receives them.
+    let batch = agent_batch();
     let mut sample = Vec::new();
     for unit in units.iter().take(a.agents.min(8)) {
         let id = format!("drain-{unit}");
         let plan = workload::unit_plan(*unit, &id, a.entries)?;
         let envs = plan.sign(0, a.entries.min(LIMIT_SAMPLE_PER_SOURCE), Digest::ZERO)?;
         let key = workload::key_for(&id).verifying_key();
-        for chunk in envs.chunks(agent_batch()) {
+        for chunk in envs.chunks(batch) {
             sample.push((key, chunk.to_vec()));
         }
     }
@@ -308,8 +310,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .collect::<Result<_>>()?;
     let packs: Vec<Vec<u8>> = entries.chunks(PACK_LEAVES).map(|c| c.concat()).collect();
     let per_pack = entries.len() as f64 / packs.len().max(1) as f64;
-    let (packs_per_s, pack_cpu) =
-        limits::append_limit(&packs, agent_batch() / PACK_LEAVES, a.min_limit_s)?;
+    let (packs_per_s, pack_cpu) = limits::append_limit(&packs, batch / PACK_LEAVES, a.min_limit_s)?;
     let (append_per_s, append_cpu) = (packs_per_s * per_pack, pack_cpu / per_pack);
     // Both on every core, nothing else: the least the hub's work can take.
     let cores = limits::cores() as f64;

@@ -92,11 +92,18 @@ pub struct VerifyLimit {
 
 /// [`verify_batch_all_cores`] and its own CPU per signature.
 pub fn verify_limit(batches: &[(VerifyingKey, Vec<Envelope>)], min_s: f64) -> Result<VerifyLimit> {
-    let (cpu, t) = (crate::procs::cpu_seconds(None)?, std::time::Instant::now());
-    let per_s = verify_batch_all_cores(batches, min_s)?;
-    let cpu_per_sig =
-        (crate::procs::cpu_seconds(None)? - cpu) / (per_s * t.elapsed().as_secs_f64()).max(1.0);
+    let (per_s, cpu_per_sig) = with_cpu(|| verify_batch_all_cores(batches, min_s))?;
     Ok(VerifyLimit { per_s, cpu_per_sig })
+}
+
+/// A rate `measure` returns (units a second) and this process's CPU seconds per unit while
+/// it ran (every thread's, sled's flushers included).
+fn with_cpu(measure: impl FnOnce() -> Result<f64>) -> Result<(f64, f64)> {
+    let (cpu, t) = (crate::procs::cpu_seconds(None)?, std::time::Instant::now());
+    let per_s = measure()?;
+    let cpu_per_unit =
+        (crate::procs::cpu_seconds(None)? - cpu) / (per_s * t.elapsed().as_secs_f64()).max(1.0);
+    Ok((per_s, cpu_per_unit))
 }
 
 /// Like [`verify_batch_all_cores`], verifying as `how` says.
@@ -200,11 +207,7 @@ pub fn sled_append(values: &[Vec<u8>], batch: usize, min_s: f64) -> Result<f64> 
 /// [`sled_append`] and this process's CPU seconds per value while measuring it (the
 /// flusher's threads included).
 pub fn append_limit(values: &[Vec<u8>], batch: usize, min_s: f64) -> Result<(f64, f64)> {
-    let (cpu, t) = (crate::procs::cpu_seconds(None)?, std::time::Instant::now());
-    let per_s = sled_append(values, batch, min_s)?;
-    let cpu_per_value =
-        (crate::procs::cpu_seconds(None)? - cpu) / (per_s * t.elapsed().as_secs_f64()).max(1.0);
-    Ok((per_s, cpu_per_value))
+    with_cpu(|| sled_append(values, batch, min_s))
 }
 
 /// Signing on one core: (raw Ed25519 signatures of the entries' DSSE PAE bytes a second,
