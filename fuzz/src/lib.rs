@@ -4,7 +4,8 @@
 //! compiles this same file (`#[path]`) and runs every function on seeds and seeded
 //! mutations of them, so stable CI covers the properties too (docs/fuzzing.md).
 //!
-//! - [`envelope`]: `Entry::from_payload` and `Envelope` JSON: never panic; what reads
+//! - [`envelope`]: `Entry::from_payload` and `Envelope` JSON: never panic; the direct reader
+//!   of space counts agrees with the full one (verdict and entry); what reads
 //!   writes back to itself; verification of arbitrary envelopes never panics.
 //! - [`records`]: `batch::parse` as JSON and as CSV: a refusal always says why; every
 //!   accepted record writes back to itself (JSON), and space counts through CSV.
@@ -66,6 +67,13 @@ fn hub_key() -> SigningKey {
 
 /// Envelope and entry decoding.
 pub fn envelope(data: &[u8]) {
+    // The direct reader of space counts takes exactly what the full reader takes, as the
+    // same entry, and refuses with the full reader's words.
+    assert_eq!(
+        Entry::from_payload(data),
+        Entry::from_payload_fully(data),
+        "the direct and the full reader differ"
+    );
     if let Ok(e) = Entry::from_payload(data) {
         // Parsing normalises (e.g. `recorded_at` to milliseconds); after that, writing
         // and reading are each other's inverse.
@@ -543,11 +551,19 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let ms = r#"{"kind":"milestone","region":"440000","milestone":"contact_form","submitted_on":"2018-10-20","details":{"contacts":[{"name":"王芳","phone":"13800000000","role":"负责人"}]}}"#;
     let rec = r#"{"kind":"recommendation","level":"county","by":"440106","nominee":{"type":"school","code":"4401060001","region":"440106"}}"#;
     let wd = r#"{"kind":"withdrawal","target_seq":1,"reason":"duplicate"}"#;
+    // A space count as agents write it: what the direct reader takes.
+    let count_payload = {
+        let mut e = Entry::from_payload(&chain[0].payload).unwrap_or_else(|e| panic!("{e}"));
+        let v = spacesync_shared::json::from_str(sc).unwrap_or_else(|e| panic!("{e}"));
+        e.record = Record::from_value(&v).unwrap_or_else(|p| panic!("{p:?}"));
+        e.to_payload()
+    };
     let csv = "region,school,as_of,teacher,student,real_name_teacher\n440106,4401060001,2018-11-20,12,340,10\n440106,,2018-11-19,1200.0,,\n";
     vec![
         ("envelope", chain[0].payload.clone()),
         ("envelope", chain[1].payload.clone()),
         ("envelope", env_json(&chain[2])),
+        ("envelope", count_payload),
         ("records", act.as_bytes().to_vec()),
         ("records", format!("[{sc},{act}]").into_bytes()),
         ("records", [ms, rec, wd].join("\n").into_bytes()),

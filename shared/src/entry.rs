@@ -150,8 +150,9 @@ impl Entry {
     }
 
     /// [`Entry::from_payload`] without the direct reader: the record read as a JSON tree
-    /// (duplicate keys refused) and checked field by field.
-    fn from_payload_fully(payload: &[u8]) -> Result<Entry, EntryError> {
+    /// (duplicate keys refused) and checked field by field. The reference the direct
+    /// reader is held to (its tests, the `envelope` fuzz target); use `from_payload`.
+    pub fn from_payload_fully(payload: &[u8]) -> Result<Entry, EntryError> {
         // The record read with duplicate keys refused, like every record.
         let raw: fast::RawEntry<crate::json::StrictJson> =
             serde_json::from_slice(payload).map_err(|e| EntryError::Malformed(e.to_string()))?;
