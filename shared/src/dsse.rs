@@ -61,10 +61,19 @@ impl Serialize for Digest {
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Not `&str`: readers and `serde_json::Value` hand over owned strings.
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Digest::from_hex(&s)
-            .ok_or_else(|| serde::de::Error::custom("expected 64 lower-case hex digits"))
+        // A visitor: readers that borrow and readers that hand over owned strings (such as
+        // `serde_json::Value`) are both taken, without a copy.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 lower-case hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                Digest::from_hex(s).ok_or_else(|| E::custom("expected 64 lower-case hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -203,11 +212,22 @@ mod b64 {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD
-            .decode(s.as_bytes())
-            .or_else(|_| URL_SAFE.decode(s.as_bytes()))
-            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+        // A visitor, not `Cow<str>` (which serde always reads owned): the text is decoded
+        // where the reader holds it, without a copy per payload.
+        struct Base64;
+        impl serde::de::Visitor<'_> for Base64 {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Vec<u8>, E> {
+                STANDARD
+                    .decode(s.as_bytes())
+                    .or_else(|_| URL_SAFE.decode(s.as_bytes()))
+                    .map_err(|e| E::custom(format!("invalid base64: {e}")))
+            }
+        }
+        d.deserialize_str(Base64)
     }
 }
 
