@@ -302,8 +302,10 @@ mod tests {
     }
 
     /// Dates in canonical and near-canonical forms.
-    const DATES: [&str; 16] = [
+    const DATES: [&str; 18] = [
         "2018-11-30",
+        "2018/11-30",
+        "2018-11/30",
         "2018-2-28",
         "2018-02-29",
         "2020-02-29",
@@ -569,7 +571,23 @@ mod tests {
                 "\"as_of\":\"2018-11-30\"",
                 "\"as_of\":\"2018-11-30\",\"school\":null",
             ),
-            ("\"region\":\"440106\"", "\"region\":\"\\u00340106\""),
+            ("\"region\":\"440106\"", "\"region\":\"\\u003440106\""),
+            ("\"teacher\":10", "\"teacher\":1000000001"),
+            ("\"spaces\":{\"teacher\":10}", "\"spaces\":{}"),
+            ("\"as_of\":\"2018-11-30\"", "\"as_of\":\"2018/11-30\""),
+            ("\"as_of\":\"2018-11-30\"", "\"as_of\":\"2018-11/30\""),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"spaces\":{\"teacher\":10}",
+            ),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"real_name\":{\"teacher\":5},\"real_name\":{\"teacher\":5}",
+            ),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"population\":{\"teachers\":5},\"population\":{\"teachers\":5}",
+            ),
             (
                 "\"kind\":\"space_count\"",
                 "\"kind\":\"space_count\",\"kind\":\"space_count\"",
