@@ -109,6 +109,36 @@ fn ser_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
 
 mod fast;
 
+/// The entry's fields, with the record read by `R`. The same shape as the full reader's
+/// (unknown and repeated fields refused by the derive).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry<R> {
+    source: SourceId,
+    seq: u64,
+    prev: Digest,
+    recorded_at: DateTime<Utc>,
+    campaign: String,
+    record: R,
+}
+
+/// The entry in `payload` when it is a space count this reader takes; `None` sends the
+/// payload to the full reader.
+fn space_count_entry(payload: &[u8]) -> Option<Entry> {
+    let raw: RawEntry<fast::Fast> = serde_json::from_slice(payload).ok()?;
+    if raw.seq == 0 {
+        return None;
+    }
+    Some(Entry {
+        source: raw.source,
+        seq: raw.seq,
+        prev: raw.prev,
+        recorded_at: raw.recorded_at,
+        campaign: raw.campaign,
+        record: Record::SpaceCount(raw.record.0),
+    })
+}
+
 /// Why an envelope is not a valid entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
@@ -143,7 +173,7 @@ impl Entry {
     pub fn from_payload(payload: &[u8]) -> Result<Entry, EntryError> {
         // Most entries are space counts as agents write them: read those directly. Any
         // other payload, and any doubt, goes the full way (which names what is wrong).
-        if let Some(entry) = fast::space_count_entry(payload) {
+        if let Some(entry) = space_count_entry(payload) {
             return Ok(entry);
         }
         Entry::from_payload_fully(payload)
@@ -154,7 +184,7 @@ impl Entry {
     /// reader is held to (its tests, the `envelope` fuzz target); use `from_payload`.
     pub fn from_payload_fully(payload: &[u8]) -> Result<Entry, EntryError> {
         // The record read with duplicate keys refused, like every record.
-        let raw: fast::RawEntry<crate::json::StrictJson> =
+        let raw: RawEntry<crate::json::StrictJson> =
             serde_json::from_slice(payload).map_err(|e| EntryError::Malformed(e.to_string()))?;
         if raw.seq == 0 {
             return Err(EntryError::Malformed("seq must be ≥ 1".into()));
@@ -257,4 +287,386 @@ pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (
             },
         )
     })
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use chrono::TimeZone as _;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::record::{MAX_COUNT, Population, SpaceCount, SpaceCounts, SpaceKind};
+    use crate::region::{Level, RegionCode, SchoolCode};
+    use chrono::NaiveDate;
+
+    /// A county, a city without counties' district, a city, a province (only without a
+    /// school), and one the full reader refuses (no such province).
+    const REGIONS: [&str; 5] = ["440106", "110101", "440100", "440000", "990101"];
+
+    fn entry(record: SpaceCount, seq: u64) -> Entry {
+        Entry {
+            source: SourceId::parse("gd-agent").unwrap(),
+            seq,
+            prev: Digest([7; 32]),
+            recorded_at: Utc.timestamp_millis_opt(1_543_622_400_123).unwrap(),
+            campaign: "2018-online-learning-space".into(),
+            record: Record::SpaceCount(record),
+        }
+    }
+
+    fn counts() -> impl Strategy<Value = SpaceCounts> {
+        proptest::array::uniform8(proptest::option::of(0..=MAX_COUNT)).prop_map(SpaceCounts)
+    }
+
+    /// Space counts the full reader takes, in every optional shape.
+    fn valid() -> impl Strategy<Value = SpaceCount> {
+        (
+            0..4usize,
+            proptest::option::of(1_000_000_000u64..=9_999_999_999),
+            (0i32..=9999, 1u32..=12, 1u32..=31),
+            counts().prop_filter("one kind at least", |c| !c.is_empty()),
+            proptest::option::of(proptest::array::uniform8(0.0..=1.0f64)),
+            proptest::option::of((
+                proptest::option::of(0..=MAX_COUNT),
+                proptest::option::of(0..=MAX_COUNT),
+                proptest::option::of(0..=MAX_COUNT),
+            )),
+        )
+            .prop_filter_map(
+                "a valid record",
+                |(r, school, (y, m, d), spaces, real, pop)| {
+                    let region = RegionCode::parse(REGIONS[r]).ok()?;
+                    let school = school.map(|s| SchoolCode::parse(&s.to_string()).ok());
+                    if school.is_some() && region.level() == Level::Province {
+                        return None;
+                    }
+                    // Real-name counts are a share of each known kind.
+                    let real_name = real.map(|share| {
+                        let mut out = SpaceCounts::default();
+                        for (k, v) in spaces.iter() {
+                            out.set(k, Some((v as f64 * share[k.index()]) as u64));
+                        }
+                        out
+                    });
+                    Some(SpaceCount {
+                        region,
+                        school: school.flatten(),
+                        as_of: NaiveDate::from_ymd_opt(y, m, d)?,
+                        spaces,
+                        real_name,
+                        population: pop.map(|(teachers, students, schools)| Population {
+                            teachers,
+                            students,
+                            schools,
+                        }),
+                    })
+                },
+            )
+    }
+
+    /// Dates in canonical and near-canonical forms.
+    const DATES: [&str; 18] = [
+        "2018-11-30",
+        "2018/11-30",
+        "2018-11/30",
+        "2018-2-28",
+        "2018-02-29",
+        "2020-02-29",
+        "+2018-11-30",
+        "-018-11-30",
+        "0000-01-01",
+        "0999-12-31",
+        "2018-11-30 ",
+        "2018/11/30",
+        "20181130",
+        "2018-11-3x",
+        "2018-13-01",
+        "2018-00-10",
+        "2018-11-00",
+        "9999-12-31",
+    ];
+
+    /// Codes, good and bad, and other strings.
+    const TEXTS: [&str; 12] = [
+        "440106",
+        "4401060001",
+        "44010600011",
+        "440000",
+        "440100",
+        "990101",
+        "440190",
+        "44010a",
+        "space_count",
+        "milestone",
+        "",
+        " ",
+    ];
+
+    /// A count at or around the edges the readers check.
+    fn edge_count() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0..=3u64).prop_map(|n| json!(n)),
+            (MAX_COUNT - 1..=MAX_COUNT + 1).prop_map(|n| json!(n)),
+            (0..=MAX_COUNT + 1).prop_map(|n| json!(n)),
+            (0..=MAX_COUNT + 1).prop_map(|n| json!(n as f64)),
+            Just(json!(-1)),
+            Just(json!(-0.0)),
+            Just(json!(1.5)),
+            Just(json!(u64::MAX)),
+            Just(Value::Null),
+            Just(json!("7")),
+        ]
+    }
+
+    /// JSON values that stress each reader where they could part: types, number forms,
+    /// dates in near-canonical forms, codes, empty and odd objects.
+    fn hostile_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => edge_count(),
+            3 => prop::sample::select(&DATES[..]).prop_map(|s| json!(s)),
+            3 => prop::sample::select(&TEXTS[..]).prop_map(|s| json!(s)),
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::Bool),
+            1 => any::<f64>().prop_map(|f| json!(f)),
+            1 => Just(json!({})),
+            1 => Just(json!([])),
+            2 => (0..8usize, edge_count())
+                .prop_map(|(k, v)| json!({ SpaceKind::ALL[k].as_str(): v })),
+            1 => Just(json!({"teacher": 1, "student": null})),
+            1 => Just(json!({"teachers": 5, "schools": 1})),
+            1 => Just(json!({"nope": 1})),
+        ]
+    }
+
+    /// The keys a mutation picks from: the record's own, the counts', the population's,
+    /// and strangers.
+    const KEYS: [&str; 16] = [
+        "kind",
+        "region",
+        "school",
+        "as_of",
+        "spaces",
+        "real_name",
+        "population",
+        "teacher",
+        "student",
+        "club",
+        "teachers",
+        "students",
+        "schools",
+        "Kind",
+        "extra",
+        "spaces ",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Sets a key of the record, or of one of its objects, to a value.
+        Set(usize, usize, Value),
+        /// Removes a key of the record or of one of its objects.
+        Remove(usize, usize),
+        /// Writes the payload's `n`th `"key":value` pair twice.
+        Repeat(usize),
+        /// Writes the `n`th string's first character as a `\u` escape.
+        Escape(usize),
+        /// Sets `as_of` to the `n`th of [`DATES`].
+        Date(usize),
+        /// Sets `region` (0) or `school` (1) to the `n`th of [`TEXTS`].
+        Code(usize, usize),
+        /// Sets a kind's real-name count to its spaces (0 when unknown) plus -1, 0 or 1.
+        RealName(usize, i8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            6 => (0..4usize, 0..KEYS.len(), hostile_value())
+                .prop_map(|(at, k, v)| Mutation::Set(at, k, v)),
+            2 => (0..4usize, 0..KEYS.len()).prop_map(|(at, k)| Mutation::Remove(at, k)),
+            1 => (0..40usize).prop_map(Mutation::Repeat),
+            1 => (0..40usize).prop_map(Mutation::Escape),
+            2 => (0..DATES.len()).prop_map(Mutation::Date),
+            2 => (0..2usize, 0..TEXTS.len()).prop_map(|(f, n)| Mutation::Code(f, n)),
+            2 => (0..8usize, -1i8..=1).prop_map(|(k, d)| Mutation::RealName(k, d)),
+        ]
+    }
+
+    /// The object `at` picks (the record, its spaces, real_name or population), if there.
+    fn object_at(record: &mut Value, at: usize) -> Option<&mut serde_json::Map<String, Value>> {
+        let name = ["", "spaces", "real_name", "population"][at];
+        let v = if name.is_empty() {
+            record
+        } else {
+            record.get_mut(name)?
+        };
+        v.as_object_mut()
+    }
+
+    /// The payload text of `entry` with `mutations` applied.
+    fn mutated(entry: &Entry, mutations: &[Mutation]) -> Vec<u8> {
+        let mut v: Value = serde_json::to_value(entry).unwrap();
+        let mut text_edits = Vec::new();
+        for m in mutations {
+            let record = &mut v["record"];
+            match m {
+                Mutation::Set(at, k, value) => {
+                    if let Some(o) = object_at(record, *at) {
+                        o.insert(KEYS[*k].to_string(), value.clone());
+                    }
+                }
+                Mutation::Remove(at, k) => {
+                    if let Some(o) = object_at(record, *at) {
+                        o.remove(KEYS[*k]);
+                    }
+                }
+                Mutation::Date(n) => record["as_of"] = json!(DATES[*n]),
+                Mutation::Code(f, n) => record[["region", "school"][*f]] = json!(TEXTS[*n]),
+                Mutation::RealName(k, d) => {
+                    let kind = SpaceKind::ALL[*k].as_str();
+                    let spaces = record["spaces"][kind].as_u64().unwrap_or(0);
+                    let real = spaces.saturating_add_signed(i64::from(*d));
+                    if !record["real_name"].is_object() {
+                        record["real_name"] = json!({});
+                    }
+                    record["real_name"][kind] = json!(real);
+                }
+                other => text_edits.push(other.clone()),
+            }
+        }
+        let mut text = serde_json::to_string(&v).unwrap();
+        for edit in text_edits {
+            text = match edit {
+                Mutation::Repeat(n) => repeat_pair(&text, n),
+                Mutation::Escape(n) => escape_string(&text, n),
+                _ => text,
+            };
+        }
+        text.into_bytes()
+    }
+
+    /// `text` with the `n`th (mod their number) `"key":<scalar>` pair written twice.
+    fn repeat_pair(text: &str, n: usize) -> String {
+        let pairs: Vec<(usize, usize)> = text
+            .match_indices("\":")
+            .filter_map(|(colon, _)| {
+                let start = text[..colon].rfind([',', '{'])? + 1;
+                let end = colon + 2 + text[colon + 2..].find([',', '}'])?;
+                let value = &text[colon + 2..end];
+                (!value.contains(['{', '['])).then_some((start, end))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return text.to_string();
+        }
+        let (start, end) = pairs[n % pairs.len()];
+        format!("{},{}{}", &text[..end], &text[start..end], &text[end..])
+    }
+
+    /// `text` with the first character of its `n`th (mod their number) string written as
+    /// a `\u` escape: the same JSON, the same value.
+    fn escape_string(text: &str, n: usize) -> String {
+        let starts: Vec<usize> = text
+            .match_indices('"')
+            .map(|(i, _)| i + 1)
+            .step_by(2)
+            .filter(|i| text[*i..].starts_with(|c: char| c.is_ascii_alphanumeric()))
+            .collect();
+        if starts.is_empty() {
+            return text.to_string();
+        }
+        let at = starts[n % starts.len()];
+        let c = text.as_bytes()[at];
+        format!("{}\\u{:04x}{}", &text[..at], c, &text[at + 1..])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        /// Every space count an agent writes is read directly, as the full reader reads it.
+        #[test]
+        fn entries_as_agents_write_them_are_read_directly(record in valid(), seq in 1u64..) {
+            let e = entry(record, seq);
+            let payload = e.to_payload();
+            prop_assert_eq!(space_count_entry(&payload), Some(e.clone()));
+            prop_assert_eq!(Entry::from_payload_fully(&payload), Ok(e));
+        }
+
+        /// Whatever the direct reader takes, the full reader takes, as the same entry.
+        #[test]
+        fn the_direct_reader_takes_nothing_the_full_reader_refuses(
+            record in valid(),
+            mutations in proptest::collection::vec(mutation(), 1..4),
+        ) {
+            let payload = mutated(&entry(record, 1), &mutations);
+            if let Some(fast) = space_count_entry(&payload) {
+                prop_assert_eq!(
+                    Entry::from_payload_fully(&payload),
+                    Ok(fast),
+                    "{}",
+                    String::from_utf8_lossy(&payload)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn near_misses_go_the_full_way() {
+        let e = entry(
+            SpaceCount {
+                region: RegionCode::parse("440106").unwrap(),
+                school: None,
+                as_of: NaiveDate::from_ymd_opt(2018, 11, 30).unwrap(),
+                spaces: SpaceCounts([Some(10), None, None, None, None, None, None, None]),
+                real_name: None,
+                population: None,
+            },
+            3,
+        );
+        let text = String::from_utf8(e.to_payload()).unwrap();
+        assert!(space_count_entry(text.as_bytes()).is_some(), "{text}");
+        // Each is accepted by the full reader (so the fast path must not differ from it)
+        // or refused; either way the direct reader leaves it.
+        for (from, to) in [
+            ("\"teacher\":10", "\"teacher\":10.0"),
+            ("\"teacher\":10", "\"teacher\":10,\"student\":null"),
+            ("\"teacher\":10", "\"teacher\":1e1"),
+            ("\"teacher\":10", "\"teacher\":10,\"teacher\":10"),
+            (
+                "\"as_of\":\"2018-11-30\"",
+                "\"as_of\":\"2018-11-30\",\"school\":null",
+            ),
+            ("\"region\":\"440106\"", "\"region\":\"\\u003440106\""),
+            ("\"teacher\":10", "\"teacher\":1000000001"),
+            ("\"spaces\":{\"teacher\":10}", "\"spaces\":{}"),
+            ("\"as_of\":\"2018-11-30\"", "\"as_of\":\"2018/11-30\""),
+            ("\"as_of\":\"2018-11-30\"", "\"as_of\":\"2018-11/30\""),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"spaces\":{\"teacher\":10}",
+            ),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"real_name\":{\"teacher\":5},\"real_name\":{\"teacher\":5}",
+            ),
+            (
+                "\"spaces\":{\"teacher\":10}",
+                "\"spaces\":{\"teacher\":10},\"population\":{\"teachers\":5},\"population\":{\"teachers\":5}",
+            ),
+            (
+                "\"kind\":\"space_count\"",
+                "\"kind\":\"space_count\",\"kind\":\"space_count\"",
+            ),
+            ("\"kind\":\"space_count\"", "\"kind\":\"milestone\""),
+            ("\"seq\":3", "\"seq\":0"),
+        ] {
+            let changed = text.replacen(from, to, 1);
+            assert_ne!(changed, text, "{from} not in {text}");
+            assert_eq!(space_count_entry(changed.as_bytes()), None, "{changed}");
+        }
+        // And through the public door the full reader's verdict stands.
+        let whole = text.replacen("\"teacher\":10", "\"teacher\":10.0", 1);
+        assert_eq!(Entry::from_payload(whole.as_bytes()), Ok(e));
+        let dup = text.replacen("\"teacher\":10", "\"teacher\":10,\"teacher\":10", 1);
+        assert!(Entry::from_payload(dup.as_bytes()).is_err());
+    }
 }
