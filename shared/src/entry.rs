@@ -122,21 +122,32 @@ struct RawEntry<R> {
     record: R,
 }
 
+impl<R> RawEntry<R> {
+    /// The entry these fields make with `record` (read from `self.record`); seq 0 is
+    /// refused by both readers, so it is checked here once.
+    fn into_entry(
+        self,
+        record: impl FnOnce(R) -> Result<Record, EntryError>,
+    ) -> Result<Entry, EntryError> {
+        if self.seq == 0 {
+            return Err(EntryError::Malformed("seq must be ≥ 1".into()));
+        }
+        Ok(Entry {
+            record: record(self.record)?,
+            source: self.source,
+            seq: self.seq,
+            prev: self.prev,
+            recorded_at: self.recorded_at,
+            campaign: self.campaign,
+        })
+    }
+}
+
 /// The entry in `payload` when it is a space count this reader takes; `None` sends the
 /// payload to the full reader.
 fn space_count_entry(payload: &[u8]) -> Option<Entry> {
     let raw: RawEntry<fast::Fast> = serde_json::from_slice(payload).ok()?;
-    if raw.seq == 0 {
-        return None;
-    }
-    Some(Entry {
-        source: raw.source,
-        seq: raw.seq,
-        prev: raw.prev,
-        recorded_at: raw.recorded_at,
-        campaign: raw.campaign,
-        record: Record::SpaceCount(raw.record.0),
-    })
+    raw.into_entry(|r| Ok(Record::SpaceCount(r.0))).ok()
 }
 
 /// Why an envelope is not a valid entry.
@@ -186,18 +197,7 @@ impl Entry {
         // The record read with duplicate keys refused, like every record.
         let raw: RawEntry<crate::json::StrictJson> =
             serde_json::from_slice(payload).map_err(|e| EntryError::Malformed(e.to_string()))?;
-        if raw.seq == 0 {
-            return Err(EntryError::Malformed("seq must be ≥ 1".into()));
-        }
-        let record = Record::from_value(&raw.record.0).map_err(EntryError::Record)?;
-        Ok(Entry {
-            source: raw.source,
-            seq: raw.seq,
-            prev: raw.prev,
-            recorded_at: raw.recorded_at,
-            campaign: raw.campaign,
-            record,
-        })
+        raw.into_entry(|r| Record::from_value(&r.0).map_err(EntryError::Record))
     }
 
     /// The statement a key-transition's new key signs (its `proof`): what the old key signs
