@@ -540,15 +540,26 @@ async fn ingest_answer(
         Err(e) => return Err(s.refuse(&client, e)),
     };
     // Parsing (up to MAX_BODY of JSON) and verification run off the async runtime, so a
-    // flood of large bodies cannot stall other requests such as /healthz.
+    // flood of large bodies cannot stall other requests such as /healthz; and below the
+    // writer's priority, so they never slow the one serial stage (`check_pool`).
     let form = ReceiptForm::requested(
         headers
             .get(wire::HDR_RECEIPTS)
             .and_then(|v| v.to_str().ok()),
     );
+    let checked = {
+        let s = s.clone();
+        s.check_pool
+            .clone()
+            .run(move || {
+                let batch = read_batch(&headers, Ok(body)).map_err(|e| s.refuse(&client, e))?;
+                check_blocking(&s, &client, batch)
+            })
+            .await
+            .map_err(AppError::internal)??
+    };
     let outcome = tokio::task::spawn_blocking(move || {
-        let batch = read_batch(&headers, Ok(body)).map_err(|e| s.refuse(&client, e))?;
-        let out = ingest_blocking(&s, &client, batch, form);
+        let out = admit_blocking(&s, &client, checked, form);
         drop(permit);
         out
     })
@@ -559,7 +570,7 @@ async fn ingest_answer(
     Ok((outcome, response))
 }
 
-/// Verifies a batch, charges the right budget, appends. Whose budget a batch spends:
+/// Verifies a batch ([`admit_blocking`] charges the right budget and appends it). Whose budget a batch spends:
 /// - every signature verifies and it carries a seq the hub does not hold yet: the
 ///   source's (only the key holder can make such a batch);
 /// - every signature verifies but it only resends held entries: the source's separate
@@ -567,12 +578,11 @@ async fn ingest_answer(
 ///   only resends, never new entries);
 /// - anything else (unknown or revoked source, a malformed or unsigned entry): the client
 ///   address's.
-fn ingest_blocking(
+fn check_blocking(
     s: &AppState,
     client: &ClientAddr,
     batch: IngestBatch,
-    form: ReceiptForm,
-) -> Result<crate::ingest::IngestOutcome, AppError> {
+) -> Result<crate::ingest::CheckedBatch, AppError> {
     // An address that has used up its allowance gets one signature checked, not a
     // thousand: a flood of junk costs a parse and one verification per request, while a
     // real agent behind the same address (a NAT, the TLS proxy) still gets through.
@@ -589,7 +599,16 @@ fn ingest_blocking(
             ),
         ));
     }
-    let checked = s.hub.check(batch).map_err(|e| s.refuse(client, e.into()))?;
+    s.hub.check(batch).map_err(|e| s.refuse(client, e.into()))
+}
+
+/// Charges a checked batch to the right budget and appends it (under the writer lock).
+fn admit_blocking(
+    s: &AppState,
+    client: &ClientAddr,
+    checked: crate::ingest::CheckedBatch,
+    form: ReceiptForm,
+) -> Result<crate::ingest::IngestOutcome, AppError> {
     let source = checked.source().clone();
     if checked.authentic() {
         let held = s.hub.head(&source).held_through;
@@ -1484,6 +1503,7 @@ fn metrics_text(s: &AppState) -> Response {
         }
     }
     s.ingest_metrics.render(&mut out);
+    s.check_pool.render(&mut out);
     let notices = s.notices.list(crate::auth::Role::Admin);
     out.push_str("# HELP spacesync_hub_notices_pending Notices raised that no agent fetched and no webhook accepted yet.\n# TYPE spacesync_hub_notices_pending gauge\n");
     out.push_str(&format!(

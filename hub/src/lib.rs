@@ -43,6 +43,7 @@ pub mod auth;
 pub mod backup;
 pub mod bulletin;
 pub mod bundle;
+pub mod check_pool;
 pub mod cli;
 pub mod config;
 pub mod dashboard;

@@ -61,6 +61,8 @@ pub struct AppState {
     pub conns: Arc<spacesync_http::Stats>,
     /// Entries ingested, refusals by code and batch durations, for `/metrics`.
     pub ingest_metrics: Arc<crate::metrics::IngestMetrics>,
+    /// The threads that read and verify ingest batches, below the writer's priority.
+    pub check_pool: Arc<crate::check_pool::CheckPool>,
 }
 
 /// Counts of 429 answers.
@@ -91,6 +93,7 @@ impl AppState {
             conn_limits: spacesync_http::Limits::default(),
             conns: Arc::new(spacesync_http::Stats::default()),
             ingest_metrics: Arc::new(crate::metrics::IngestMetrics::default()),
+            check_pool: Arc::new(crate::check_pool::CheckPool::per_core()),
         }
     }
 

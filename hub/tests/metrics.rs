@@ -99,6 +99,9 @@ async fn metrics_after_ingest(backend: Backend) {
             .unwrap_or_else(|| panic!("{k} missing from\n{text}"))
     };
     assert_eq!(get("spacesync_hub_entries_ingested_total"), 4.0, "3 + 1");
+    // Every batch was read and verified on the check threads (four requests), none waits.
+    assert_eq!(get("spacesync_hub_ingest_checks_total"), 4.0);
+    assert_eq!(get("spacesync_hub_ingest_checks_waiting"), 0.0);
     assert_eq!(
         get("spacesync_hub_ingest_refusals_total{code=\"unknown_source\"}"),
         1.0
