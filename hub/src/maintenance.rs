@@ -192,7 +192,8 @@ impl<'a> Rebuilding<'a> {
     }
 
     /// The views recomputed from the leaves pushed.
-    pub fn finish(self) -> Rebuilt {
+    pub fn finish(mut self) -> Rebuilt {
+        self.views.seal(&mut self.batch);
         Rebuilt {
             views: self.views,
             batch: self.batch,
