@@ -37,13 +37,25 @@ impl Digest {
 
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_in(&mut [0; 64]).to_owned()
+    }
+
+    /// Lower-case hex written into `buf`, without an allocation (receipts and log records
+    /// write one digest per entry).
+    fn hex_in<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, byte) in buf.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        // Only ASCII digits were written: this cannot fail.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex_in(&mut [0; 64]))
     }
 }
 
@@ -55,7 +67,7 @@ impl fmt::Debug for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(self.hex_in(&mut [0; 64]))
     }
 }
 
@@ -234,6 +246,24 @@ mod b64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_written_as_lower_case_hex_in_every_form() {
+        // FIPS 180-2's SHA-256("abc").
+        let abc = Digest::of(b"abc");
+        let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(abc.to_hex(), want);
+        assert_eq!(abc.to_string(), want);
+        assert_eq!(serde_json::to_string(&abc).unwrap(), format!("\"{want}\""));
+        // Every byte value, at both nibble positions.
+        for b in 0..=255u8 {
+            let d = Digest([b; 32]);
+            let hex = hex::encode(d.0);
+            assert_eq!(d.to_hex(), hex);
+            assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{hex}\""));
+            assert_eq!(Digest::from_hex(&hex), Some(d));
+        }
+    }
 
     #[test]
     fn pae_matches_the_dsse_spec_example() {
