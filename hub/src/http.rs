@@ -547,17 +547,23 @@ async fn ingest_answer(
             .get(wire::HDR_RECEIPTS)
             .and_then(|v| v.to_str().ok()),
     );
-    let checked = {
+    // The body's share of the budget goes with it into the queue: a client that hangs up
+    // while its batch waits gives the share back only when the job is done or dropped,
+    // so the budget bounds what the queue holds.
+    let (checked, permit) = {
         let s = s.clone();
         s.check_pool
             .clone()
             .run(move || {
-                let batch = read_batch(&headers, Ok(body)).map_err(|e| s.refuse(&client, e))?;
-                check_blocking(&s, &client, batch)
+                let checked = read_batch(&headers, Ok(body))
+                    .map_err(|e| s.refuse(&client, e))
+                    .and_then(|batch| check_blocking(&s, &client, batch));
+                (checked, permit)
             })
             .await
-            .map_err(AppError::internal)??
+            .map_err(AppError::internal)?
     };
+    let checked = checked?;
     let outcome = tokio::task::spawn_blocking(move || {
         let out = admit_blocking(&s, &client, checked, form);
         drop(permit);

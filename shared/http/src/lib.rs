@@ -18,7 +18,8 @@
 //!   of its head; a slower body fails to read (handlers answer it as unreadable);
 //! - **idle timeout**: a connection on which no byte moves either way for
 //!   [`Limits::idle_timeout`] while the server waits on it (reading a request, or writing
-//!   an answer the client does not read) is closed;
+//!   an answer the client does not read) is closed; not while a request on it is being
+//!   answered (the time the server takes is not the client's idling);
 //! - **accept errors** such as `EMFILE` pause the loop briefly and are logged at most
 //!   once a second, instead of spinning;
 //! - each request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer address.
@@ -70,7 +71,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time allowed for a request body to arrive whole, from its head.
     pub body_timeout: Duration,
-    /// Time a connection may sit with no byte moving while the server waits on it.
+    /// Time a connection may sit with no byte moving while the server waits on it (not
+    /// while it answers a request on it).
     pub idle_timeout: Duration,
 }
 
@@ -494,7 +496,7 @@ pub async fn serve_with(
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let io = IdleIo::new(stream, limits.idle_timeout);
+        let io = IdleIo::new(stream, limits.idle_timeout, slot.ctl.clone());
         let conn = Conn {
             router: router.clone(),
             body_timeout: limits.body_timeout,
@@ -722,19 +724,23 @@ impl http_body::Body for DeadlineBody {
 }
 
 /// A stream that fails with `TimedOut` when the server waits on it (a read or a write
-/// that is pending) and no byte has moved for `limit`.
+/// that is pending) and no byte has moved for `limit` — except while a request on it is
+/// being answered: the server's own work (a batch queued for its checks, say) is not the
+/// client idling, and a request's body has its own deadline ([`DeadlineBody`]).
 struct IdleIo {
     inner: TcpStream,
     timer: Pin<Box<Sleep>>,
     limit: Duration,
+    ctl: Arc<ConnCtl>,
 }
 
 impl IdleIo {
-    fn new(inner: TcpStream, limit: Duration) -> IdleIo {
+    fn new(inner: TcpStream, limit: Duration, ctl: Arc<ConnCtl>) -> IdleIo {
         IdleIo {
             inner,
             timer: Box::pin(tokio::time::sleep(limit)),
             limit,
+            ctl,
         }
     }
 }
@@ -747,12 +753,14 @@ fn idle_error(limit: Duration) -> io::Error {
 }
 
 /// The idle rule for one poll: bytes moved restart the timer; a pending poll fails once
-/// the timer has run out.
+/// the timer has run out, unless a request is being answered (`busy`): then the timer
+/// starts again.
 fn track<T>(
     polled: Poll<io::Result<T>>,
     moved: impl FnOnce(&T) -> bool,
     mut timer: Pin<&mut Sleep>,
     limit: Duration,
+    busy: bool,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<T>> {
     match polled {
@@ -763,7 +771,15 @@ fn track<T>(
             Poll::Ready(Ok(v))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending if timer.poll(cx).is_ready() => Poll::Ready(Err(idle_error(limit))),
+        Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+            if !busy {
+                return Poll::Ready(Err(idle_error(limit)));
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + limit);
+            // Registers this task with the timer started again.
+            let _ = timer.poll(cx);
+            Poll::Pending
+        }
         Poll::Pending => Poll::Pending,
     }
 }
@@ -778,11 +794,13 @@ impl AsyncRead for IdleIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let after = buf.filled().len();
+        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
         track(
             polled,
             |_| after > before,
             this.timer.as_mut(),
             this.limit,
+            busy,
             cx,
         )
     }
@@ -796,7 +814,15 @@ impl AsyncWrite for IdleIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
-        track(polled, |n| *n > 0, this.timer.as_mut(), this.limit, cx)
+        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
+        track(
+            polled,
+            |n| *n > 0,
+            this.timer.as_mut(),
+            this.limit,
+            busy,
+            cx,
+        )
     }
 
     fn poll_write_vectored(
@@ -806,7 +832,15 @@ impl AsyncWrite for IdleIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        track(polled, |n| *n > 0, this.timer.as_mut(), this.limit, cx)
+        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
+        track(
+            polled,
+            |n| *n > 0,
+            this.timer.as_mut(),
+            this.limit,
+            busy,
+            cx,
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1106,6 +1140,21 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let got = closed_within(&mut c, Duration::from_secs(5)).await;
         assert!(String::from_utf8_lossy(&got).contains("ok"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_takes_longer_than_the_idle_timeout_is_still_given() {
+        // /slow answers after 3 s; the idle timeout is 1 s. While the server works on a
+        // request no byte moves, and the client is not the one idling.
+        let s = start(short()).await;
+        let mut c = connect_from([127, 0, 0, 2], s.addr).await;
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = closed_within(&mut c, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert!(text.contains("slow done"), "{text:?}");
     }
 
     #[tokio::test]
