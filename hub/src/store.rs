@@ -170,6 +170,13 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
+    /// Whether other processes commit to this store (hub replicas on one PostgreSQL
+    /// database), so that a commit's head is often found moved. Within one process the
+    /// writer lock orders the commits; a conflict there is rare.
+    fn shared_by_processes(&self) -> bool {
+        false
+    }
+
     /// The serialization point: the head every change to the log (and to what is derived
     /// from it, or numbered after it: bulletins, their slots) moves by one through
     /// [`Store::commit`]. 0 on a store no commit has touched.

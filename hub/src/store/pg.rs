@@ -945,6 +945,11 @@ impl Store for PgStore {
     fn compresses_log(&self) -> bool {
         false
     }
+
+    /// Replicas commit to the same database.
+    fn shared_by_processes(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
