@@ -652,7 +652,9 @@ impl DirectViews {
                 .expect("apply");
             indexes.push(index);
         }
-        // The batch's pack of leaves (and the frontier), as every batch of appends ends.
+        // The views' position and the sources' activity, then the batch's pack of leaves
+        // (and the frontier), as every batch of appends ends.
+        self.views.seal(&mut wb);
         self.log.put_frontier(&mut wb);
         self.store.apply(wb).expect("write");
         indexes
