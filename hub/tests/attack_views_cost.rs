@@ -45,6 +45,8 @@ fn bytes_of_one_more(history: u64) -> usize {
                 &mut wb,
             )
             .expect("apply");
+        // As every batch the hub commits: the views' position and the source's activity.
+        views.seal(&mut wb);
         last = wb
             .pending_under(b"")
             .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
@@ -55,7 +57,7 @@ fn bytes_of_one_more(history: u64) -> usize {
 }
 
 #[test]
-#[ignore = "RISK (not fixed): one snapshot of a school writes bytes that grow with the snapshots of that school the hub holds (v/l/<subject> rewritten whole: 230 bytes after 10, 5,812 after 5,000), and every earlier-dated one re-reads all of them: a source sending one school over and over makes ingest quadratic in it, under the writer lock"]
+#[ignore = "RISK (not fixed): one snapshot of a school writes bytes that grow with the snapshots of that school the hub holds (v/l/<subject> rewritten whole: 613 bytes after 10, 6,135 after 5,000, with the batch's constant v/n and v/a/), and every earlier-dated one re-reads all of them: a source sending one school over and over makes ingest quadratic in it, under the writer lock"]
 fn one_more_snapshot_costs_the_same_whatever_the_schools_history() {
     let small = bytes_of_one_more(10);
     let large = bytes_of_one_more(5_000);
