@@ -120,9 +120,7 @@ impl CheckPool {
             Err(_) => Err(PoolError::Dropped),
         }
     }
-}
 
-impl CheckPool {
     /// The pool's Prometheus lines: batches checked, and batches read and waiting for a
     /// check thread (a queue that stays long means the checks, not the writer, set the pace).
     pub fn render(&self, out: &mut String) {
@@ -167,7 +165,7 @@ fn start(threads: usize, niceness: i32) -> Result<mpsc::Sender<Job>, String> {
 /// Raises the calling thread's nice value by `by` (Linux: a thread's nice value is its
 /// own). A failure costs only the ordering, so it is logged, not returned.
 #[cfg(target_os = "linux")]
-pub(crate) fn lower_own_priority(by: i32) {
+fn lower_own_priority(by: i32) {
     // SAFETY: getpriority and setpriority read and set the calling thread's nice value
     // (who = 0 is the caller; on Linux, the calling thread); no memory is passed.
     let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
@@ -178,7 +176,7 @@ pub(crate) fn lower_own_priority(by: i32) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn lower_own_priority(_by: i32) {}
+fn lower_own_priority(_by: i32) {}
 
 /// The calling thread's nice value (for tests).
 #[cfg(all(test, target_os = "linux"))]

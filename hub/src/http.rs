@@ -576,14 +576,8 @@ async fn ingest_answer(
     Ok((outcome, response))
 }
 
-/// Verifies a batch ([`admit_blocking`] charges the right budget and appends it). Whose budget a batch spends:
-/// - every signature verifies and it carries a seq the hub does not hold yet: the
-///   source's (only the key holder can make such a batch);
-/// - every signature verifies but it only resends held entries: the source's separate
-///   resend budget (anyone who saw the batch can replay it; this way a replay can delay
-///   only resends, never new entries);
-/// - anything else (unknown or revoked source, a malformed or unsigned entry): the client
-///   address's.
+/// Reads a batch's entries and verifies their signatures (on a check thread; the admission
+/// is [`admit_blocking`]'s).
 fn check_blocking(
     s: &AppState,
     client: &ClientAddr,
@@ -609,6 +603,14 @@ fn check_blocking(
 }
 
 /// Charges a checked batch to the right budget and appends it (under the writer lock).
+/// Whose budget a batch spends:
+/// - every signature verifies and it carries a seq the hub does not hold yet: the
+///   source's (only the key holder can make such a batch);
+/// - every signature verifies but it only resends held entries: the source's separate
+///   resend budget (anyone who saw the batch can replay it; this way a replay can delay
+///   only resends, never new entries);
+/// - anything else (unknown or revoked source, a malformed or unsigned entry): the client
+///   address's.
 fn admit_blocking(
     s: &AppState,
     client: &ClientAddr,

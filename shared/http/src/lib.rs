@@ -743,6 +743,40 @@ impl IdleIo {
             ctl,
         }
     }
+
+    /// The idle rule for one poll: bytes moved restart the timer; a pending poll fails
+    /// once the timer has run out, unless a request on the connection is being answered:
+    /// then the timer starts again.
+    fn track<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        moved: impl FnOnce(&T) -> bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(Ok(v)) => {
+                if moved(&v) {
+                    self.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.limit);
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.timer.as_mut().poll(cx).is_ready() => {
+                if self.ctl.in_flight.load(Ordering::Relaxed) == 0 {
+                    return Poll::Ready(Err(idle_error(self.limit)));
+                }
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.limit);
+                // Registers this task with the timer started again.
+                let _ = self.timer.as_mut().poll(cx);
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 fn idle_error(limit: Duration) -> io::Error {
@@ -750,38 +784,6 @@ fn idle_error(limit: Duration) -> io::Error {
         io::ErrorKind::TimedOut,
         format!("no data moved for {} s; connection closed", limit.as_secs()),
     )
-}
-
-/// The idle rule for one poll: bytes moved restart the timer; a pending poll fails once
-/// the timer has run out, unless a request is being answered (`busy`): then the timer
-/// starts again.
-fn track<T>(
-    polled: Poll<io::Result<T>>,
-    moved: impl FnOnce(&T) -> bool,
-    mut timer: Pin<&mut Sleep>,
-    limit: Duration,
-    busy: bool,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<T>> {
-    match polled {
-        Poll::Ready(Ok(v)) => {
-            if moved(&v) {
-                timer.as_mut().reset(tokio::time::Instant::now() + limit);
-            }
-            Poll::Ready(Ok(v))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
-            if !busy {
-                return Poll::Ready(Err(idle_error(limit)));
-            }
-            timer.as_mut().reset(tokio::time::Instant::now() + limit);
-            // Registers this task with the timer started again.
-            let _ = timer.poll(cx);
-            Poll::Pending
-        }
-        Poll::Pending => Poll::Pending,
-    }
 }
 
 impl AsyncRead for IdleIo {
@@ -794,15 +796,7 @@ impl AsyncRead for IdleIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let after = buf.filled().len();
-        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
-        track(
-            polled,
-            |_| after > before,
-            this.timer.as_mut(),
-            this.limit,
-            busy,
-            cx,
-        )
+        this.track(polled, |_| after > before, cx)
     }
 }
 
@@ -814,15 +808,7 @@ impl AsyncWrite for IdleIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
-        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
-        track(
-            polled,
-            |n| *n > 0,
-            this.timer.as_mut(),
-            this.limit,
-            busy,
-            cx,
-        )
+        this.track(polled, |n| *n > 0, cx)
     }
 
     fn poll_write_vectored(
@@ -832,15 +818,7 @@ impl AsyncWrite for IdleIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        let busy = this.ctl.in_flight.load(Ordering::Relaxed) > 0;
-        track(
-            polled,
-            |n| *n > 0,
-            this.timer.as_mut(),
-            this.limit,
-            busy,
-            cx,
-        )
+        this.track(polled, |n| *n > 0, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
