@@ -826,11 +826,22 @@ fn compare_views(store: &dyn Store, report: &mut VerifyReport, rebuilt: Rebuilt,
             "the stored views disagree with the log at {count} log leaves: the view item of log leaf {first} {how} what the log holds; {REBUILD}"
         ));
     }
-    match views::differing_lists(store, &rebuilt.reader(store)) {
-        Ok(lists) if !lists.is_empty() => report.problems.push(format!(
-            "{} stored lists of a subject's snapshots disagree with the log (first: {}); a late or withdrawn snapshot would be merged wrongly until `spacesync-hub rebuild`",
-            lists.len(),
-            lists[0]
+    match views::differing_links(store, &rebuilt.reader(store)) {
+        Ok((n, Some(first))) => report.problems.push(format!(
+            "{n} stored space counts link to another previous snapshot of their subject than the log gives (first: log leaf {first}); a late or withdrawn snapshot would be merged wrongly until `spacesync-hub rebuild`"
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(format!(
+            "the stored views are damaged: {e}; run `spacesync-hub rebuild`"
+        )),
+    }
+    // The stored summaries, byte for byte: the figures the views were loaded with, and
+    // where each subject's chain starts (empty summaries included).
+    match views::differing_summaries(store, &rebuilt.reader(store)) {
+        Ok(subjects) if !subjects.is_empty() => report.problems.push(format!(
+            "{} stored subject summaries disagree with the snapshots in the log (first: {}); {REBUILD}",
+            subjects.len(),
+            subjects[0]
         )),
         Ok(_) => {}
         Err(e) => report.problems.push(format!(
@@ -838,13 +849,6 @@ fn compare_views(store: &dyn Store, report: &mut VerifyReport, rebuilt: Rebuilt,
         )),
     }
     let rebuilt_views = rebuilt.views;
-    let subjects = stored.differing_subjects(&rebuilt_views);
-    if let Some(first) = subjects.first() {
-        report.problems.push(format!(
-            "{} stored subject summaries disagree with the snapshots in the log (first: {first}); {REBUILD}",
-            subjects.len()
-        ));
-    }
     if stored.sources() != rebuilt_views.sources() {
         report.problems.push(format!(
             "the stored per-source activity (entries, last times) disagrees with the log; {REBUILD}"

@@ -1093,8 +1093,8 @@ pub mod keys {
     /// `alarm/<n>` → an alarm (JSON).
     pub const ALARM: &[u8] = b"alarm/";
     /// `v/…` → the merged views (see [`crate::views`]): `v/m` their layout and baseline,
-    /// `v/n` their position; `v/c/<index>` space counts; `v/l/<subject>` each subject's
-    /// space counts' indexes; `v/s/<subject>` each subject's merged summary; `v/i/<index>`
+    /// `v/n` their position; `v/c/<index>` space counts in blocks, each linked to its
+    /// subject's previous one; `v/s/<subject>` each subject's merged summary; `v/i/<index>`
     /// ledger items; `v/a/<source>` per-source activity; `v/x/<index>` deadline extensions.
     pub const VIEW: &[u8] = b"v/";
     /// `n/<sha256 hex of nonce>` → when the signed request it came with expires (i64 ms,

@@ -7,26 +7,30 @@
 //! proportional to the subjects and the ledger, never to the entries:
 //!
 //! - **space counts** (the bulk: weekly snapshots of every school and region) live only on
-//!   disk, under `v/c/<log index>` in a compact encoding ([`codec`]); each subject's log
-//!   indexes are listed under `v/l/<subject>`. Keys in log order are appended, not inserted
-//!   among older ones, which sled stores at a fraction of the cost (see BENCHMARKS.md). In
-//!   memory each subject (a region's own total, or a school) keeps its merged [`Summary`],
-//!   also stored under `v/s/<subject>`. A snapshot in date order extends the summary in
-//!   O(kinds) (and its subject's list); one dated earlier, or a withdrawal, re-walks the
-//!   subject's snapshots from the store and the batch being written ([`Overlay`]).
+//!   disk, in blocks of log indexes under `v/c/<last log index of the block>` in a compact
+//!   encoding ([`codec`], [`blocks`]); each names the log index of its subject's previous
+//!   one, so a subject's snapshots form a chain, newest first. Keys in log order are
+//!   appended, not inserted among older ones, which sled stores at a fraction of the cost
+//!   (see BENCHMARKS.md). In memory each subject (a region's own total, or a school) keeps
+//!   its merged [`Summary`], also stored under `v/s/<subject>`, which holds where the
+//!   subject's chain starts. A snapshot in date order extends the summary in O(kinds): the
+//!   entry writes its block (in log order) and its subject's summary, and reads nothing
+//!   per subject; one dated earlier, or a withdrawal, re-walks the subject's chain from the
+//!   store and the batch being written ([`Overlay`]).
 //! - **ledger items** (milestones, nominations, activities, withdrawals: a few per unit)
 //!   stay in memory and under `v/i/<log index>` (JSON).
 //! - per-source activity under `v/a/<source>`, deadline extensions under `v/x/<log index>`,
 //!   notice rule changes under `v/r/<log index>` (the rules in force are the campaign
 //!   file's with these applied in log order: [`Views::rules`]), the layout version and the baseline date the summaries were merged for under `v/m`,
-//!   the log index after the last entry held under `v/n`.
+//!   the log index after the last entry held under `v/n`. A subject whose every snapshot
+//!   was withdrawn keeps its (empty) summary stored, for the start of its chain.
 //!
 //! Each region's sum of its schools, the regions with an own total and the flagged subjects
 //! follow from the summaries: they are derived at load (O(subjects)) and kept as summaries
 //! change. A withdrawal finds its target through the hub's source index (`src/`), marks
 //! the stored item withdrawn and re-walks its subject. Restart ([`Views::load`]) reads
-//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/`, `v/x/` and `v/r/` only — never `v/c/` or `v/l/`; a store
-//! in the older layout (every item under `v/i/`) is converted once by [`prepare`].
+//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/`, `v/x/` and `v/r/` only — never `v/c/`; a store
+//! in an older layout is converted once by [`prepare`].
 //!
 //! The in-memory parts are persistent maps (`imbl`): cloning the views is O(1) and shares
 //! structure, and a change copies only the path to what it changes. That is what lets the
@@ -67,10 +71,11 @@ const LAYOUT_KEY: &[u8] = b"v/m";
 /// `v/n`: the log index after the last entry the stored views hold (8 bytes, big-endian).
 const NEXT_KEY: &[u8] = b"v/n";
 /// `v/c/<last log index of a block>`: the space counts of a block of log indexes (see
-/// [`blocks`]); in stores written before blocks, `v/c/<log index>`: one space count.
+/// [`blocks`]); in stores of layout 2, `v/c/<log index>`: one space count.
 const COUNT_PREFIX: &[u8] = b"v/c/";
-/// `v/l/<region u32><0 | 1><school u64>`: the log indexes of a subject's space counts,
-/// ascending (withdrawn ones included).
+/// Layouts 2 and 3 only, removed by [`prepare`]: `v/l/<region u32><0 | 1><school u64>`,
+/// the log indexes of a subject's space counts (what the chains replaced: the key was
+/// read and rewritten whole by every snapshot of the subject).
 const LIST_PREFIX: &[u8] = b"v/l/";
 /// `v/s/<region u32><0 | 1><school u64>`: a subject's merged summary.
 const SUMMARY_PREFIX: &[u8] = b"v/s/";
@@ -83,16 +88,23 @@ const EXTENSION_PREFIX: &[u8] = b"v/x/";
 /// `v/r/<log index>`: a notice rule change (JSON).
 const RULE_PREFIX: &[u8] = b"v/r/";
 /// The layout this version writes: 1 kept every item under `v/i/`; 2 one space count per
-/// `v/c/` value; 3 is the one above (blocks). This version reads 2 as 3: a layout-2 count
-/// is read where it lies, and new counts go into blocks.
-const LAYOUT: u32 = 3;
+/// `v/c/` value and a list of them per subject under `v/l/`; 3 the counts in blocks; 4 is
+/// the one above (chains, no lists). [`prepare`] converts 1, 2 and 3 at the hub's start.
+const LAYOUT: u32 = 4;
 
 /// Whether this version reads views stored in `layout` without converting them.
 fn readable(layout: u32) -> bool {
-    layout == LAYOUT || layout == 2
+    layout == LAYOUT
 }
-/// First byte of a stored space count: its encoding's version.
-const COUNT_FORMAT: u8 = 1;
+/// Whether [`prepare`] converts views stored in `layout` (`v/m` present).
+fn convertible(layout: u32) -> bool {
+    (2..=LAYOUT).contains(&layout)
+}
+/// First byte of a stored space count: its encoding's version. 3 adds the link to the
+/// subject's previous count right after it (2 is a block's first byte, never a count's).
+const COUNT_FORMAT: u8 = 3;
+/// The version before (layouts 2 and 3), without the link: read only to convert.
+const OLDER_COUNT_FORMAT: u8 = 1;
 
 pub use crate::entries::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, NoticeRuleChanged};
 
@@ -111,49 +123,6 @@ fn subject_of(key: &[u8], prefix: &[u8]) -> Result<Subject, StoreError> {
         .ok_or(Damaged("not a subject's key"))
         .map_err(damaged(key))?;
     parse_subject(b).map_err(damaged(key))
-}
-
-/// A subject's list of snapshot log indexes as stored: ascending, each the difference from
-/// the one before.
-fn encode_list(list: &[u64]) -> Vec<u8> {
-    let mut o = Out::new();
-    let mut prev = 0;
-    for i in list {
-        o.uint(i - prev);
-        prev = *i;
-    }
-    o.into_bytes()
-}
-
-fn decode_list(key: &[u8], b: &[u8]) -> Result<Vec<u64>, StoreError> {
-    let mut i = In::new(b);
-    let mut out = Vec::new();
-    let mut at = 0u64;
-    while !i.is_empty() {
-        let step = i.uint().map_err(damaged(key))?;
-        at = at
-            .checked_add(step)
-            .filter(|_| out.is_empty() || step > 0)
-            .ok_or_else(|| damaged(key)(Damaged("log indexes not ascending")))?;
-        out.push(at);
-    }
-    Ok(out)
-}
-
-/// Adds `idx` to an ascending list, once.
-fn insert_sorted(list: &mut Vec<u64>, idx: u64) {
-    if let Err(at) = list.binary_search(&idx) {
-        list.insert(at, idx);
-    }
-}
-
-/// The log indexes of `subject`'s snapshots, as `r` holds them.
-fn read_list<R: Reader + ?Sized>(r: &R, subject: Subject) -> Result<Vec<u64>, StoreError> {
-    let key = subject_key(LIST_PREFIX, subject);
-    match r.read(&key)? {
-        Some(b) => decode_list(&key, &b),
-        None => Ok(Vec::new()),
-    }
 }
 
 /// A key for messages: its printable prefix, then the rest in hex.
@@ -177,10 +146,32 @@ fn damaged(key: &[u8]) -> impl Fn(Damaged) -> StoreError + '_ {
     }
 }
 
-/// A space count as stored under `v/c/` (its log index is the key's).
-fn encode_count(meta: &Meta, s: &SpaceCount) -> Vec<u8> {
+/// A space count as stored: who and when, the count, and the log index of its subject's
+/// previous stored count (`None` for the subject's first).
+#[derive(Debug, Clone, PartialEq)]
+struct Linked {
+    meta: Meta,
+    count: SpaceCount,
+    prev: Option<u64>,
+}
+
+impl Linked {
+    fn subject(&self) -> Subject {
+        (self.count.region, self.count.school)
+    }
+
+    fn into_pair(self) -> (Meta, SpaceCount) {
+        (self.meta, self.count)
+    }
+}
+
+/// A space count as stored in its block (its log index is the block's key's and its
+/// offset's), after `prev`, its subject's previous count: stored as the distance back
+/// (0: none), so a chain can only run back in the log and always ends.
+fn encode_count(meta: &Meta, s: &SpaceCount, prev: Option<u64>) -> Vec<u8> {
     let mut o = Out::new();
     o.u8(COUNT_FORMAT);
+    o.uint(prev.map_or(0, |p| meta.log_index.saturating_sub(p)));
     o.uint(u64::from(s.region.as_u32()));
     match s.school {
         None => o.u8(0),
@@ -233,14 +224,14 @@ fn count_key_index(key: &[u8]) -> Result<u64, StoreError> {
 /// What a block stored under the key of an index that ends no block is.
 const NOT_A_BLOCK_KEY: Damaged = Damaged("a block of space counts under a key that ends no block");
 
-/// A space count stored alone under its own key (the layout before blocks).
-fn decode_count(key: &[u8], b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
+/// A space count stored alone under its own key (layout 2).
+fn decode_count(key: &[u8], b: &[u8]) -> Result<Linked, StoreError> {
     decode_count_at(key, count_key_index(key)?, b)
 }
 
 /// Every space count a `v/c/` value holds, in log order: a block's, or the one count of
-/// the older layout.
-fn decode_counts(key: &[u8], b: &[u8]) -> Result<Vec<(Meta, SpaceCount)>, StoreError> {
+/// layout 2.
+fn decode_counts(key: &[u8], b: &[u8]) -> Result<Vec<Linked>, StoreError> {
     if !blocks::is_block(b) {
         return Ok(vec![decode_count(key, b)?]);
     }
@@ -256,13 +247,23 @@ fn decode_counts(key: &[u8], b: &[u8]) -> Result<Vec<(Meta, SpaceCount)>, StoreE
         .collect()
 }
 
-/// A space count's encoding, at `log_index`, read from the value under `key`.
-fn decode_count_at(key: &[u8], log_index: u64, b: &[u8]) -> Result<(Meta, SpaceCount), StoreError> {
-    let read = || -> Result<(Meta, SpaceCount), Damaged> {
+/// A space count's encoding, at `log_index`, read from the value under `key`. One of
+/// layouts 2 and 3 reads without its link (`prev` is `None`), for [`prepare`] to link.
+fn decode_count_at(key: &[u8], log_index: u64, b: &[u8]) -> Result<Linked, StoreError> {
+    let read = || -> Result<Linked, Damaged> {
         let mut i = In::new(b);
-        if i.u8()? != COUNT_FORMAT {
-            return Err(Damaged("not a space count this version reads"));
-        }
+        let prev = match i.u8()? {
+            COUNT_FORMAT => match i.uint()? {
+                0 => None,
+                back => Some(
+                    log_index
+                        .checked_sub(back)
+                        .ok_or(Damaged("a link to a count before the log's first"))?,
+                ),
+            },
+            OLDER_COUNT_FORMAT => None,
+            _ => return Err(Damaged("not a space count this version reads")),
+        };
         let region = u32::try_from(i.uint()?).map_err(|_| Damaged("not a region code"))?;
         let school = if i.flag()? { Some(i.uint()?) } else { None };
         let (region, school) = subject_from(region, school)?;
@@ -287,7 +288,11 @@ fn decode_count_at(key: &[u8], log_index: u64, b: &[u8]) -> Result<(Meta, SpaceC
             },
         };
         i.end()?;
-        Ok((meta, s))
+        Ok(Linked {
+            meta,
+            count: s,
+            prev,
+        })
     };
     read().map_err(damaged(key))
 }
@@ -334,6 +339,10 @@ struct Layout {
     layout: u32,
     /// The baseline date the stored summaries were merged for.
     baseline: NaiveDate,
+    /// Set while [`prepare`] converts views of layout 2 or 3 for the same baseline date
+    /// (`layout` says 4 already, so an older hub refuses them): not to be read until done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    converting: bool,
 }
 
 fn read_layout(store: &dyn Store) -> Result<Option<Layout>, StoreError> {
@@ -349,21 +358,27 @@ fn read_layout(store: &dyn Store) -> Result<Option<Layout>, StoreError> {
 }
 
 fn put_layout(batch: &mut WriteBatch, baseline: NaiveDate) {
+    put_layout_as(batch, baseline, false);
+}
+
+fn put_layout_as(batch: &mut WriteBatch, baseline: NaiveDate, converting: bool) {
     let layout = Layout {
         layout: LAYOUT,
         baseline,
+        converting,
     };
     batch.put(LAYOUT_KEY, serde_json::to_vec(&layout).unwrap_or_default());
 }
 
-/// The subjects whose list of snapshot log indexes (`v/l/`) differs between `a` and `b`
-/// (a store and a rebuild of it), named for people, in subject order: what `verify` reports.
-pub fn differing_lists<A: Reader + ?Sized, B: Reader + ?Sized>(
+/// The subjects whose stored summary (`v/s/`: the merged figures and where the subject's
+/// chain starts, empty ones included) differs between `a` and `b` (a store and a rebuild
+/// of it), named for people, in subject order: what `verify` reports.
+pub fn differing_summaries<A: Reader + ?Sized, B: Reader + ?Sized>(
     a: &A,
     b: &B,
 ) -> Result<Vec<String>, StoreError> {
-    let mut left = a.read_prefix(LIST_PREFIX).peekable();
-    let mut right = b.read_prefix(LIST_PREFIX).peekable();
+    let mut left = a.read_prefix(SUMMARY_PREFIX).peekable();
+    let mut right = b.read_prefix(SUMMARY_PREFIX).peekable();
     let mut out = Vec::new();
     loop {
         let order = match (left.peek(), right.peek()) {
@@ -384,7 +399,7 @@ pub fn differing_lists<A: Reader + ?Sized, B: Reader + ?Sized>(
             let Some((k, _)) = l.as_ref().or(r.as_ref()) else {
                 continue;
             };
-            out.push(match subject_of(k, LIST_PREFIX) {
+            out.push(match subject_of(k, SUMMARY_PREFIX) {
                 Ok(subject) => name_subject(subject),
                 Err(_) => printable(k),
             });
@@ -393,15 +408,65 @@ pub fn differing_lists<A: Reader + ?Sized, B: Reader + ?Sized>(
 }
 
 /// The error a peeked `Err` holds, taken out of the iterator.
-fn next_err<I: Iterator<Item = Result<Kv, StoreError>>>(
+fn next_err<T, I: Iterator<Item = Result<T, StoreError>>>(
     it: &mut std::iter::Peekable<I>,
 ) -> StoreError {
     match it.next() {
         Some(Err(e)) => e,
         _ => StoreError::Corrupt {
-            key: "v/l/".into(),
+            key: "v/s/".into(),
             message: "a scan's error went missing".into(),
         },
+    }
+}
+
+/// Every stored space count's log index and link, in log order, as `r` holds them.
+fn links<R: Reader + ?Sized>(
+    r: &R,
+) -> impl Iterator<Item = Result<(u64, Option<u64>), StoreError>> + '_ {
+    r.read_prefix(COUNT_PREFIX)
+        .flat_map(|kv| match kv.and_then(|(k, b)| decode_counts(&k, &b)) {
+            Ok(counts) => counts
+                .into_iter()
+                .map(|c| Ok((c.meta.log_index, c.prev)))
+                .collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+}
+
+/// How many space counts `a` and `b` (a store and a rebuild of it) both hold whose link to
+/// their subject's previous count differs, and the first one's log index: what `verify`
+/// reports (a count held by one only is [`differing_items`]' to report).
+pub fn differing_links<A: Reader + ?Sized, B: Reader + ?Sized>(
+    a: &A,
+    b: &B,
+) -> Result<(u64, Option<u64>), StoreError> {
+    let mut left = links(a).peekable();
+    let mut right = links(b).peekable();
+    let (mut count, mut first) = (0u64, None);
+    loop {
+        let (l, r) = match (left.peek(), right.peek()) {
+            (Some(Err(_)), _) => return Err(next_err(&mut left)),
+            (_, Some(Err(_))) => return Err(next_err(&mut right)),
+            (Some(Ok(l)), Some(Ok(r))) => (*l, *r),
+            _ => return Ok((count, first)),
+        };
+        match l.0.cmp(&r.0) {
+            std::cmp::Ordering::Less => {
+                left.next();
+            }
+            std::cmp::Ordering::Greater => {
+                right.next();
+            }
+            std::cmp::Ordering::Equal => {
+                left.next();
+                right.next();
+                if l.1 != r.1 {
+                    count += 1;
+                    first = first.or(Some(l.0));
+                }
+            }
+        }
     }
 }
 
@@ -513,14 +578,14 @@ fn name_subject((region, school): Subject) -> String {
 /// this version's layout: what `verify` rebuilds for to compare.
 pub fn stored_baseline(store: &dyn Store) -> Result<Option<NaiveDate>, StoreError> {
     Ok(read_layout(store)?
-        .filter(|l| readable(l.layout))
+        .filter(|l| readable(l.layout) && !l.converting)
         .map(|l| l.baseline))
 }
 
 /// The log indexes whose space count a rebuild found equal to the stored one, byte for
 /// byte, and dropped from its batch: reading those from the store gives exactly what the
 /// rebuild wrote, so the rebuild of a long log holds in memory only the counts that differ
-/// (or changed again since), the lists and the summaries, not one value per entry.
+/// (or changed again since), and the summaries, not one value per entry.
 #[derive(Debug, Default)]
 pub struct Settled(std::sync::RwLock<Vec<u64>>);
 
@@ -715,9 +780,13 @@ impl SourceActivity {
 /// What [`prepare`] did to a store's views.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prepared {
-    /// Space counts moved from `v/i/` (the older layout) to their subjects under `v/c/`.
+    /// Space counts moved from `v/i/` (layout 1) into their blocks under `v/c/`.
     pub moved: u64,
-    /// Subjects whose summary was merged from their stored snapshots and written.
+    /// Space counts rewritten with the link to their subject's previous one (layouts 1 to
+    /// 3), layout 2's into their blocks.
+    pub linked: u64,
+    /// Subjects whose summary was written: merged from their stored snapshots, or (a
+    /// conversion for the same baseline date) told where their chain starts.
     pub subjects: u64,
     /// Sources whose activity was counted from the stored items and written.
     pub sources: u64,
@@ -726,17 +795,20 @@ pub struct Prepared {
 }
 
 /// Brings a store's views to this version's layout, merged for `baseline`, before
-/// [`Views::load`]: at every hub start, where it costs one read when nothing is to do.
-/// A store in the older layout (every item under `v/i/`) has its space counts moved to
-/// their subjects; a store whose summaries were merged for another baseline date (the
-/// campaign file changed) has them merged again. Writes in bounded, flushed batches
-/// ([`prepare_in_batches`]); `v/m` is written last, so a start killed half-way through
-/// does the rest at the next start.
+/// [`Views::load`]: at every hub start, where it costs two reads when nothing is to do.
+/// A store of layout 1 (every item under `v/i/`) has its space counts moved into blocks;
+/// one of layout 1, 2 or 3 has every space count linked to its subject's previous one
+/// (layout 2's put into blocks), each subject's summary told where its chain starts, and
+/// the per-subject lists (`v/l/`) removed; a store whose summaries were merged for another
+/// baseline date (the campaign file changed) has them merged again. Writes in bounded,
+/// flushed batches ([`prepare_in_batches`]); each step can be done again, so a start
+/// killed half-way through does the rest at the next start.
 pub fn prepare(store: &dyn Store, baseline: NaiveDate) -> Result<Option<Prepared>, StoreError> {
     prepare_in_batches(store, baseline, 10_000)
 }
 
-/// [`prepare`], with at most `per_batch` items moved or summaries written per write.
+/// [`prepare`], with at most `per_batch` items moved, blocks linked or summaries written per
+/// write.
 pub fn prepare_in_batches(
     store: &dyn Store,
     baseline: NaiveDate,
@@ -745,41 +817,56 @@ pub fn prepare_in_batches(
     let per_batch = per_batch.max(1);
     let layout = read_layout(store)?;
     match layout {
-        Some(l) if l.layout == LAYOUT && l.baseline == baseline => return Ok(None),
-        Some(l) if !readable(l.layout) => {
+        Some(l) if l.layout == LAYOUT && l.baseline == baseline && !l.converting => {
+            return Ok(None);
+        }
+        Some(l) if !convertible(l.layout) => {
             return Err(StoreError::Corrupt {
                 key: "v/m".into(),
                 message: format!(
-                    "the views are in layout {}, which this version of the hub does not read (it reads 2 and {LAYOUT}); run a newer hub",
+                    "the views are in layout {}, which this version of the hub neither reads nor converts (it reads {LAYOUT}, converts 2 and 3); run a newer hub",
                     l.layout
                 ),
             });
         }
-        Some(l) if l.baseline == baseline => {
-            // Layout 2 is read as it lies; from now on the store says 3, so an older hub,
-            // which cannot read blocks, refuses it instead of failing on its first one.
-            let mut batch = WriteBatch::new();
-            put_layout(&mut batch, baseline);
-            store.apply(batch)?;
-            store.flush()?;
-            info!(
-                from = l.layout,
-                to = LAYOUT,
-                "The stored views are marked with this version's layout: their space counts are read where they lie, new ones go into blocks of 16."
-            );
-            return Ok(Some(Prepared {
-                writes: 1,
-                ..Prepared::default()
-            }));
-        }
         _ => {}
     }
     let mut done = Prepared::default();
+    if let Some(l) = layout.filter(|l| l.baseline == baseline) {
+        // The summaries are right but for where each subject's chain starts. `v/m` says
+        // 4 (converting) from the first write, so an older hub refuses the store instead
+        // of failing on its first linked count, and a start killed part-way goes on.
+        if !l.converting {
+            let mut batch = WriteBatch::new();
+            put_layout_as(&mut batch, baseline, true);
+            store.apply(batch)?;
+            store.flush()?;
+            done.writes += 1;
+        }
+        let heads = link_counts(store, per_batch, &mut done)?;
+        start_chains(store, &heads, per_batch, &mut done)?;
+        remove_lists(store, per_batch, &mut done)?;
+        let mut batch = WriteBatch::new();
+        put_layout(&mut batch, baseline);
+        store.apply(batch)?;
+        store.flush()?;
+        done.writes += 1;
+        info!(
+            from = l.layout,
+            to = LAYOUT,
+            linked = done.linked,
+            subjects = done.subjects,
+            writes = done.writes,
+            "Converted the stored views to the layout of this version: each subject's space counts linked newest first, the lists of them removed."
+        );
+        return Ok(Some(done));
+    }
     let mut next = 0u64;
     let mut sources: BTreeMap<SourceId, SourceActivity> = BTreeMap::new();
     if layout.is_none() {
         // Space counts out of `v/i/`, a bounded batch at a time; the scan resumes after the
-        // last key it read, so the keys a batch removed are not read again.
+        // last key it read, so the keys a batch removed are not read again. They are linked
+        // below, with any moved before a start was killed.
         let mut from = ITEM_PREFIX.to_vec();
         loop {
             let mut batch = WriteBatch::new();
@@ -789,13 +876,9 @@ pub fn prepare_in_batches(
                 let (k, bytes) = r?;
                 let item = decode_item(&k, &bytes)?;
                 if let Record::SpaceCount(s) = &item.record {
-                    let idx = item.meta.log_index;
-                    let (key, value) = count_in_block(&Overlay::new(store, &batch), &item.meta, s)?;
+                    let (key, value) =
+                        count_in_block(&Overlay::new(store, &batch), &item.meta, s, None)?;
                     batch.put(key, value);
-                    let subject = (s.region, s.school);
-                    let mut list = read_list(&Overlay::new(store, &batch), subject)?;
-                    insert_sorted(&mut list, idx);
-                    batch.put(subject_key(LIST_PREFIX, subject), encode_list(&list));
                     batch.delete(k.clone());
                     moved += 1;
                 }
@@ -811,7 +894,7 @@ pub fn prepare_in_batches(
                 done.writes += 1;
                 info!(
                     moved = done.moved,
-                    "Converting the views to the layout of this version: space counts moved to their subjects."
+                    "Converting the views to the layout of this version: space counts moved to their blocks."
                 );
             }
             match last {
@@ -823,6 +906,8 @@ pub fn prepare_in_batches(
             }
         }
     }
+    let heads = link_counts(store, per_batch, &mut done)?;
+    remove_lists(store, per_batch, &mut done)?;
     // Every subject merged from its snapshots for `baseline`, and every source's activity
     // counted, from the items as they now lie; a summary of no subject is removed.
     let mut batch = WriteBatch::new();
@@ -835,13 +920,10 @@ pub fn prepare_in_batches(
         batch.delete(LAYOUT_KEY);
     }
     let mut written: HashSet<Vec<u8>> = HashSet::new();
-    let mut merged = Vec::new();
-    walk_subjects(store, u64::MAX, baseline, |subject, summary| {
-        merged.push((subject, summary));
-        Ok(())
-    })?;
-    for (subject, summary) in merged {
-        let k = subject_key(SUMMARY_PREFIX, subject);
+    for (subject, newest) in &heads {
+        // Empty ones too: they hold where the chain starts.
+        let summary = merge_chain(store, *subject, Some(*newest), u64::MAX, baseline)?;
+        let k = subject_key(SUMMARY_PREFIX, *subject);
         batch.put(k.clone(), summary.to_bytes());
         written.insert(k);
         done.subjects += 1;
@@ -863,9 +945,12 @@ pub fn prepare_in_batches(
     }
     for r in store.scan(COUNT_PREFIX) {
         let (k, bytes) = r?;
-        for (meta, _) in decode_counts(&k, &bytes)? {
-            next = next.max(meta.log_index.saturating_add(1));
-            sources.entry(meta.source.clone()).or_default().count(&meta);
+        for c in decode_counts(&k, &bytes)? {
+            next = next.max(c.meta.log_index.saturating_add(1));
+            sources
+                .entry(c.meta.source.clone())
+                .or_default()
+                .count(&c.meta);
         }
     }
     for r in store.scan(ITEM_PREFIX) {
@@ -899,8 +984,165 @@ pub fn prepare_in_batches(
     store.apply(batch)?;
     store.flush()?;
     done.writes += 1;
-    info!(moved = done.moved, subjects = done.subjects, sources = done.sources, writes = done.writes, baseline = %baseline, "Prepared the stored views: in the layout of this version, merged for the campaign's baseline date.");
+    info!(moved = done.moved, linked = done.linked, subjects = done.subjects, sources = done.sources, writes = done.writes, baseline = %baseline, "Prepared the stored views: in the layout of this version, merged for the campaign's baseline date.");
     Ok(Some(done))
+}
+
+/// Links every stored space count to its subject's previous one, in log order, and puts
+/// layout 2's single counts into their blocks, in flushed batches of `per_batch` blocks. A
+/// block already so is not written again, so a conversion killed half-way through is
+/// finished by the next. Returns where each subject's chain starts: its newest count.
+fn link_counts(
+    store: &dyn Store,
+    per_batch: usize,
+    done: &mut Prepared,
+) -> Result<BTreeMap<Subject, u64>, StoreError> {
+    let mut heads = BTreeMap::new();
+    let mut from = COUNT_PREFIX.to_vec();
+    loop {
+        let mut batch = WriteBatch::new();
+        let mut linked = 0;
+        // The values under one block's keys: the block, and layout 2's counts in its range.
+        let mut group: Vec<Kv> = Vec::new();
+        let mut resume = None;
+        for kv in store.scan_from(COUNT_PREFIX, &from) {
+            let (k, v) = kv?;
+            let last = blocks::block_last(count_key_index(&k)?);
+            if let Some((g, _)) = group.first()
+                && blocks::block_last(count_key_index(g)?) != last
+            {
+                link_block(std::mem::take(&mut group), &mut heads, &mut batch, done)?;
+                linked += 1;
+                if linked >= per_batch {
+                    resume = Some(k);
+                    break;
+                }
+            }
+            group.push((k, v));
+        }
+        if !group.is_empty() {
+            link_block(group, &mut heads, &mut batch, done)?;
+        }
+        if !batch.is_empty() {
+            store.apply(batch)?;
+            store.flush()?;
+            done.writes += 1;
+            info!(
+                linked = done.linked,
+                "Converting the views to the layout of this version: space counts linked to their subject's previous one."
+            );
+        }
+        match resume {
+            Some(k) => from = k,
+            None => return Ok(heads),
+        }
+    }
+}
+
+/// Writes into `batch` the block the values under one block's keys (`group`, in key order)
+/// hold, each count linked to its subject's previous one (`heads`, kept up to date), unless
+/// it is stored so already.
+fn link_block(
+    group: Vec<Kv>,
+    heads: &mut BTreeMap<Subject, u64>,
+    batch: &mut WriteBatch,
+    done: &mut Prepared,
+) -> Result<(), StoreError> {
+    let mut counts = Vec::new();
+    for (k, v) in &group {
+        counts.extend(decode_counts(k, v)?);
+    }
+    counts.sort_by_key(|c| c.meta.log_index);
+    let Some(first) = counts.first().map(|c| c.meta.log_index) else {
+        return Ok(());
+    };
+    let key = count_key(blocks::block_last(first));
+    if counts
+        .windows(2)
+        .any(|w| w[0].meta.log_index == w[1].meta.log_index)
+    {
+        return Err(damaged(&key)(Damaged(
+            "two space counts stored at one log index",
+        )));
+    }
+    let start = blocks::block_last(first) - (blocks::BLOCK - 1);
+    let encoded: Vec<(u8, Vec<u8>)> = counts
+        .iter()
+        .map(|c| {
+            let prev = heads.insert(c.subject(), c.meta.log_index);
+            let off = u8::try_from(c.meta.log_index - start).unwrap_or(u8::MAX);
+            (off, encode_count(&c.meta, &c.count, prev))
+        })
+        .collect();
+    let parts: Vec<(u8, &[u8])> = encoded.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+    let value = blocks::encode(&parts);
+    if matches!(group.as_slice(), [(k, v)] if *k == key && *v == value) {
+        return Ok(());
+    }
+    for (k, _) in group {
+        if k != key {
+            batch.delete(k);
+        }
+    }
+    batch.put(key, value);
+    done.linked += counts.len() as u64;
+    Ok(())
+}
+
+/// Tells each subject's stored summary where its chain starts (`heads`), in flushed
+/// batches of `per_batch`; a subject without one (every snapshot withdrawn) gets an empty
+/// one. One already told is not written again.
+fn start_chains(
+    store: &dyn Store,
+    heads: &BTreeMap<Subject, u64>,
+    per_batch: usize,
+    done: &mut Prepared,
+) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    for (subject, newest) in heads {
+        let key = subject_key(SUMMARY_PREFIX, *subject);
+        let mut summary = match store.get(&key)? {
+            Some(b) => Summary::from_bytes(*subject, &b).map_err(damaged(&key))?,
+            None => Summary::default(),
+        };
+        if summary.newest() == Some(*newest) {
+            continue;
+        }
+        summary.set_newest(Some(*newest));
+        batch.put(key, summary.to_bytes());
+        done.subjects += 1;
+        if batch.len() >= per_batch {
+            store.apply(std::mem::take(&mut batch))?;
+            store.flush()?;
+            done.writes += 1;
+        }
+    }
+    if !batch.is_empty() {
+        store.apply(batch)?;
+        store.flush()?;
+        done.writes += 1;
+    }
+    Ok(())
+}
+
+/// Removes layouts 2 and 3's per-subject lists (`v/l/`), in flushed batches of `per_batch`.
+fn remove_lists(
+    store: &dyn Store,
+    per_batch: usize,
+    done: &mut Prepared,
+) -> Result<(), StoreError> {
+    loop {
+        let mut batch = WriteBatch::new();
+        for r in store.scan(LIST_PREFIX).take(per_batch) {
+            batch.delete(r?.0);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        store.apply(batch)?;
+        store.flush()?;
+        done.writes += 1;
+    }
 }
 
 fn put_activity(batch: &mut WriteBatch, source: &SourceId, act: &SourceActivity) {
@@ -922,125 +1164,107 @@ fn as_of(next: u64, (mut meta, s): (Meta, SpaceCount)) -> Option<(Meta, SpaceCou
     Some((meta, s))
 }
 
-/// Where a stored space count lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    /// In its block.
-    Block,
-    /// Alone under its own key (the layout before blocks): rewritten there.
-    Single,
-}
-
-/// The space count at log index `idx`, as `r` holds it.
-fn read_count<R: Reader + ?Sized>(
-    r: &R,
-    idx: u64,
-) -> Result<Option<(Meta, SpaceCount)>, StoreError> {
-    Ok(find_count(r, idx)?.map(|(_, meta, s)| (meta, s)))
-}
-
-/// The space count at log index `idx`, as `r` holds it, and where: in its block, else
-/// (a store written before blocks) under its own key.
-fn find_count<R: Reader + ?Sized>(
-    r: &R,
-    idx: u64,
-) -> Result<Option<(Place, Meta, SpaceCount)>, StoreError> {
-    let last = blocks::block_last(idx);
-    let key = count_key(last);
-    if let Some(v) = r.read(&key)? {
-        // Read as nothing, it would hide the block's counts.
-        block_or_count(&key, &v)?;
-        if let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))? {
-            let (meta, s) = decode_count_at(&key, idx, bytes)?;
-            let place = if blocks::is_block(&v) {
-                Place::Block
-            } else {
-                Place::Single
-            };
-            return Ok(Some((place, meta, s)));
-        }
-    }
-    if last == idx {
-        return Ok(None);
-    }
-    let key = count_key(idx);
+/// The space count at log index `idx`, as `r` holds it in its block.
+fn read_count<R: Reader + ?Sized>(r: &R, idx: u64) -> Result<Option<Linked>, StoreError> {
+    let key = count_key(blocks::block_last(idx));
     let Some(v) = r.read(&key)? else {
         return Ok(None);
     };
-    if blocks::is_block(&v) {
-        return Err(damaged(&key)(NOT_A_BLOCK_KEY));
-    }
-    let (meta, s) = decode_count(&key, &v)?;
-    Ok(Some((Place::Single, meta, s)))
+    blocks::get(&v, blocks::offset(idx))
+        .map_err(damaged(&key))?
+        .map(|bytes| decode_count_at(&key, idx, bytes))
+        .transpose()
 }
 
-/// A value under a block's key is a block, or a count of the older layout (its block's
-/// last); anything else is damage.
-fn block_or_count(key: &[u8], v: &[u8]) -> Result<(), StoreError> {
-    if blocks::is_block(v) || v.first() == Some(&COUNT_FORMAT) {
-        return Ok(());
-    }
-    Err(damaged(key)(Damaged(
-        "neither a block of space counts nor a space count",
-    )))
-}
-
-/// The key and value that put the space count of `meta.log_index` into its block, as `r`
-/// holds the block now.
+/// The key and value that put the space count of `meta.log_index`, linked to `prev`, into
+/// its block, as `r` holds the block now.
 fn count_in_block<R: Reader + ?Sized>(
     r: &R,
     meta: &Meta,
     s: &SpaceCount,
+    prev: Option<u64>,
 ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
     let key = count_key(blocks::block_last(meta.log_index));
     let stored = r.read(&key)?;
-    if let Some(v) = &stored {
-        // Wrapped into a block as if it were a count, it would be stored on as one.
-        block_or_count(&key, v)?;
-    }
     let value = blocks::put(
         stored.as_deref(),
         blocks::offset(meta.log_index),
-        &encode_count(meta, s),
+        &encode_count(meta, s, prev),
     )
     .map_err(damaged(&key))?;
     Ok((key, value))
 }
 
+/// Hands `subject`'s stored snapshots, as `r` holds them, to `each`, newest first: its
+/// chain, from `newest` (where its summary says it starts). A link to no count, or to
+/// another subject's, is damage; every link runs back in the log, so the walk ends.
+fn walk_chain<R: Reader + ?Sized>(
+    r: &R,
+    subject: Subject,
+    newest: Option<u64>,
+    mut each: impl FnMut(Linked),
+) -> Result<(), StoreError> {
+    let mut at = newest;
+    while let Some(idx) = at {
+        let broken = |what: String| StoreError::Corrupt {
+            key: printable(&count_key(blocks::block_last(idx))),
+            message: format!(
+                "the chain of snapshots of {} runs through log index {idx}, {what}; run `spacesync-hub rebuild`",
+                name(subject)
+            ),
+        };
+        let c = read_count(r, idx)?.ok_or_else(|| broken("which holds no space count".into()))?;
+        if c.subject() != subject {
+            return Err(broken(format!("a space count of {}", name(c.subject()))));
+        }
+        at = c.prev;
+        each(c);
+    }
+    Ok(())
+}
+
+/// `subject`'s snapshots merged, as views at position `next` see them, for `baseline`,
+/// from its chain starting at `newest`: empty when every one is withdrawn, and knowing
+/// where the chain (as the views see it) starts either way.
+fn merge_chain<R: Reader + ?Sized>(
+    r: &R,
+    subject: Subject,
+    newest: Option<u64>,
+    next: u64,
+    baseline: NaiveDate,
+) -> Result<Summary, StoreError> {
+    let mut live = Vec::new();
+    let mut seen = None;
+    walk_chain(r, subject, newest, |c| {
+        if let Some((meta, s)) = as_of(next, c.into_pair()) {
+            seen = seen.or(Some(meta.log_index));
+            if meta.withdrawn_by.is_none() {
+                live.push((meta, s));
+            }
+        }
+    })?;
+    let mut summary = Summary::of(subject, live.iter().map(|(m, s)| (m, s)), baseline);
+    summary.set_newest(seen);
+    Ok(summary)
+}
+
 /// Merges every subject's stored snapshots, as views at position `next` see them, for
-/// `baseline`, in subject order, handing each non-empty summary to `each`. Reads every
-/// snapshot once, holding one subject's at a time.
+/// `baseline`, in subject order, handing each summary (empty ones too) to `each`: the
+/// subjects are the stored summaries', each walked along its chain. Holds one subject's
+/// snapshots at a time.
 fn walk_subjects<R: Reader + ?Sized>(
     r: &R,
     next: u64,
     baseline: NaiveDate,
     mut each: impl FnMut(Subject, Summary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    for kv in r.read_prefix(LIST_PREFIX) {
+    for kv in r.read_prefix(SUMMARY_PREFIX) {
         let (k, bytes) = kv?;
-        let subject = subject_of(&k, LIST_PREFIX)?;
-        let mut live = Vec::new();
-        for idx in decode_list(&k, &bytes)? {
-            let snap = read_count(r, idx)?.ok_or_else(|| StoreError::Corrupt {
-                key: printable(&k),
-                message: format!("lists log index {idx}, which holds no space count"),
-            })?;
-            if let Some((meta, s)) = as_of(next, snap)
-                && meta.withdrawn_by.is_none()
-            {
-                if (s.region, s.school) != subject {
-                    return Err(StoreError::Corrupt {
-                        key: printable(&k),
-                        message: format!("lists log index {idx}, a space count of another subject"),
-                    });
-                }
-                live.push((meta, s));
-            }
-        }
-        let summary = Summary::of(subject, live.iter().map(|(m, s)| (m, s)), baseline);
-        if !summary.is_empty() {
-            each(subject, summary)?;
-        }
+        let subject = subject_of(&k, SUMMARY_PREFIX)?;
+        let newest = Summary::from_bytes(subject, &bytes)
+            .map_err(damaged(&k))?
+            .newest();
+        each(subject, merge_chain(r, subject, newest, next, baseline)?)?;
     }
     Ok(())
 }
@@ -1289,11 +1513,24 @@ impl Views {
             }
             return Ok(v);
         };
-        if !readable(layout.layout) {
+        if layout.converting {
             return Err(StoreError::Corrupt {
                 key: "v/m".into(),
                 message: format!(
-                    "the views are in layout {}, which this version of the hub does not read (it reads 2 and {LAYOUT})",
+                    "the views are part-way through their conversion to layout {LAYOUT}; start the hub once (it finishes it) or run `spacesync-hub rebuild`"
+                ),
+            });
+        }
+        if !readable(layout.layout) {
+            let what = if convertible(layout.layout) {
+                "start the hub once (it converts them) or run `spacesync-hub rebuild`"
+            } else {
+                "run a newer hub"
+            };
+            return Err(StoreError::Corrupt {
+                key: "v/m".into(),
+                message: format!(
+                    "the views are in layout {}, which this version of the hub does not read (it reads {LAYOUT}); {what}",
                     layout.layout
                 ),
             });
@@ -1389,76 +1626,60 @@ impl Views {
         }
     }
 
-    /// The live snapshots of `subject` in the store with `batch` over it.
-    fn snapshots_of(
+    /// `subject`'s stored summary, read through [`Views::reader`]: for a subject these
+    /// views do not hold (none stored, or every snapshot withdrawn), where its chain starts.
+    fn stored_summary(
         &self,
         store: &dyn Store,
         batch: &WriteBatch,
         subject: Subject,
-    ) -> Result<Vec<(Meta, SpaceCount)>, StoreError> {
-        let r = self.reader(store, batch);
-        let mut out = Vec::new();
-        for idx in read_list(&r, subject)? {
-            if let Some((meta, s)) = read_count(&r, idx)?
-                && meta.withdrawn_by.is_none()
-            {
-                out.push((meta, s));
-            }
+    ) -> Result<Summary, StoreError> {
+        let key = subject_key(SUMMARY_PREFIX, subject);
+        match self.reader(store, batch).read(&key)? {
+            Some(b) => Summary::from_bytes(subject, &b).map_err(damaged(&key)),
+            None => Ok(Summary::default()),
         }
-        Ok(out)
     }
 
-    /// Puts a space count in `batch`: into its block (read through [`Views::reader`]), or,
-    /// for one stored alone in the older layout, in its place.
-    fn put_count(
+    /// Where `subject`'s chain of stored snapshots starts.
+    fn newest_of(
         &self,
         store: &dyn Store,
-        batch: &mut WriteBatch,
-        meta: &Meta,
-        s: &SpaceCount,
-        place: Place,
-    ) -> Result<(), StoreError> {
-        let (key, value) = match place {
-            Place::Single => (count_key(meta.log_index), encode_count(meta, s)),
-            Place::Block => count_in_block(&self.reader(store, batch), meta, s)?,
-        };
-        batch.put(key, value);
-        Ok(())
-    }
-
-    /// Adds log index `idx` to `subject`'s list in `batch`.
-    fn list_add(
-        &self,
-        store: &dyn Store,
-        batch: &mut WriteBatch,
+        batch: &WriteBatch,
         subject: Subject,
-        idx: u64,
-    ) -> Result<(), StoreError> {
-        let mut list = read_list(&self.reader(store, batch), subject)?;
-        insert_sorted(&mut list, idx);
-        batch.put(subject_key(LIST_PREFIX, subject), encode_list(&list));
-        Ok(())
+    ) -> Result<Option<u64>, StoreError> {
+        match self.subjects.get(&subject) {
+            Some(s) => Ok(s.newest()),
+            None => Ok(self.stored_summary(store, batch, subject)?.newest()),
+        }
     }
 
     /// Rebuilds a subject's summary from its live snapshots (after one dated earlier than
-    /// its latest arrived, or one was withdrawn) and puts it in `batch`.
+    /// its latest arrived, or one was withdrawn), walking its chain in the store with
+    /// `batch` over it, and puts it in `batch`. One left empty stays stored: it holds where
+    /// the chain starts.
     fn resummarise(
         &mut self,
         store: &dyn Store,
         subject: Subject,
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
-        let snaps = self.snapshots_of(store, batch, subject)?;
-        let summary = Summary::of(subject, snaps.iter().map(|(m, s)| (m, s)), self.baseline);
+        let newest = self.newest_of(store, batch, subject)?;
+        let mut live = Vec::new();
+        walk_chain(&self.reader(store, batch), subject, newest, |c| {
+            if c.meta.withdrawn_by.is_none() {
+                live.push(c.into_pair());
+            }
+        })?;
+        let mut summary = Summary::of(subject, live.iter().map(|(m, s)| (m, s)), self.baseline);
+        summary.set_newest(newest);
         let before = self.subjects.get(&subject).map(|s| s.figures());
         let after = (!summary.is_empty()).then(|| summary.figures());
         let flagged = summary.has_flags();
-        let key = subject_key(SUMMARY_PREFIX, subject);
+        batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
         if summary.is_empty() {
             self.subjects.remove(&subject);
-            batch.delete(key);
         } else {
-            batch.put(key, summary.to_bytes());
             self.subjects.insert(subject, Arc::new(summary));
         }
         self.account(subject, before, after, flagged);
@@ -1558,10 +1779,18 @@ impl Views {
             return Ok(());
         };
         let subject = (s.region, s.school);
-        self.put_count(store, batch, &meta, s, Place::Block)?;
-        self.list_add(store, batch, subject, meta.log_index)?;
+        if !self.subjects.contains_key(&subject) {
+            // New, or every snapshot withdrawn: the stored summary says which (and where
+            // the chain starts). Empty either way, so the snapshot extends it.
+            let stored = self.stored_summary(store, batch, subject)?;
+            self.subjects.insert(subject, Arc::new(stored));
+        }
+        let prev = self.subjects.get(&subject).and_then(|s| s.newest());
+        let (key, value) = count_in_block(&self.reader(store, batch), &meta, s, prev)?;
+        batch.put(key, value);
         // Copied here if a snapshot still shares it.
         let summary = Arc::make_mut(self.subjects.entry(subject).or_default());
+        summary.set_newest(Some(meta.log_index));
         let before = (!summary.is_empty()).then(|| summary.figures());
         if !summary.extend(subject, &meta, s, self.baseline) {
             return self.resummarise(store, subject, batch);
@@ -1598,15 +1827,16 @@ impl Views {
             }
             return Ok(());
         }
-        let Some((place, mut m, s)) = find_count(&self.reader(store, batch), target)? else {
+        let Some(mut c) = read_count(&self.reader(store, batch), target)? else {
             return Ok(());
         };
-        if !is_target(&m) {
+        if !is_target(&c.meta) {
             return Ok(());
         }
-        m.withdrawn_by = Some(meta.log_index);
-        self.put_count(store, batch, &m, &s, place)?;
-        self.resummarise(store, (s.region, s.school), batch)
+        c.meta.withdrawn_by = Some(meta.log_index);
+        let (key, value) = count_in_block(&self.reader(store, batch), &c.meta, &c.count, c.prev)?;
+        batch.put(key, value);
+        self.resummarise(store, c.subject(), batch)
     }
 
     /// Applies one of the hub's own entries.
@@ -1667,8 +1897,8 @@ impl Views {
             };
             if self.ledger.contains_key(&target) {
                 items.insert(target);
-            } else if let Some((_, s)) = read_count(store, target)? {
-                subjects.insert((s.region, s.school));
+            } else if let Some(c) = read_count(store, target)? {
+                subjects.insert(c.subject());
             }
         }
         for idx in items {
@@ -1772,7 +2002,7 @@ impl Views {
                 Ok(counts) => counts.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => vec![Err(e)],
             })
-            .filter_map(move |c| match c.map(|c| self.as_of_here(c)) {
+            .filter_map(move |c| match c.map(|c| self.as_of_here(c.into_pair())) {
                 Ok(Some((meta, s))) => Some(Ok(Item {
                     meta,
                     record: Record::SpaceCount(s),
@@ -1888,6 +2118,9 @@ impl Views {
         let mut schools: BTreeMap<RegionCode, Vec<(SchoolCode, Figures)>> = BTreeMap::new();
         let mut regions: BTreeSet<RegionCode> = BTreeSet::new();
         walk_subjects(r, self.next, campaign.baseline, |subject, summary| {
+            if summary.is_empty() {
+                return Ok(());
+            }
             flags.extend(summary.flags(subject));
             let f = summary.figures();
             let (region, school) = subject;
@@ -2230,29 +2463,44 @@ mod tests {
                     population,
                 };
                 let key = count_key(meta.log_index);
-                let bytes = encode_count(&meta, &s);
-                let (m, back) = decode_count(&key, &bytes).unwrap();
-                assert_eq!(m, meta);
-                assert_eq!(
-                    Record::SpaceCount(back.clone()),
-                    Record::SpaceCount(s.clone())
-                );
-                assert!(bytes.len() < 60, "{} bytes", bytes.len());
-                for n in 0..bytes.len() {
-                    let e = decode_count(&key, &bytes[..n]).unwrap_err();
-                    assert!(e.to_string().contains("v/c/"), "{e}");
+                for prev in [None, Some(0), Some(1_234_566), Some(17)] {
+                    let bytes = encode_count(&meta, &s, prev);
+                    let back = decode_count(&key, &bytes).unwrap();
+                    assert_eq!(back.meta, meta);
+                    assert_eq!(back.prev, prev);
+                    assert_eq!(
+                        Record::SpaceCount(back.count.clone()),
+                        Record::SpaceCount(s.clone())
+                    );
+                    assert!(bytes.len() < 64, "{} bytes", bytes.len());
+                    for n in 0..bytes.len() {
+                        let e = decode_count(&key, &bytes[..n]).unwrap_err();
+                        assert!(e.to_string().contains("v/c/"), "{e}");
+                    }
+                    assert!(decode_count(&key[..key.len() - 1], &bytes).is_err());
                 }
-                assert!(decode_count(&key[..key.len() - 1], &bytes).is_err());
-                let list = [0, 7, 8, 1_000_000];
-                let b = encode_list(&list);
-                assert_eq!(decode_list(b"v/l/x", &b).unwrap(), list);
-                assert!(decode_list(b"v/l/x", &encode_list(&[3, 3])).is_err());
+                // A link is a distance back; one past the log's first index is damage.
+                // (No link encodes as one byte 0, after the format's.)
+                let rest = encode_count(&meta, &s, None).split_off(2);
+                let mut o = Out::new();
+                o.u8(COUNT_FORMAT);
+                o.uint(meta.log_index + 1);
+                let mut bytes = o.into_bytes();
+                bytes.extend_from_slice(&rest);
+                let e = decode_count(&key, &bytes).unwrap_err();
+                assert!(e.to_string().contains("before the log's first"), "{e}");
+                // Layouts 2 and 3's encoding (no link) reads, unlinked, for `prepare`.
+                let mut older = encode_count(&meta, &s, None);
+                assert_eq!(older.remove(1), 0);
+                older[0] = OLDER_COUNT_FORMAT;
+                let back = decode_count(&key, &older).unwrap();
+                assert_eq!((back.meta, back.prev), (meta.clone(), None));
             }
         }
     }
 
     #[test]
-    fn a_count_is_not_put_into_a_block_key_holding_neither_a_block_nor_a_count() {
+    fn a_count_is_put_only_into_a_block_or_an_empty_key() {
         let t = DateTime::parse_from_rfc3339("2018-11-20T02:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
@@ -2274,25 +2522,45 @@ mod tests {
         };
         let store = crate::store::MemStore::default();
         let key = count_key(blocks::block_last(meta.log_index));
-        // An empty block key, and an older-layout count, take the count.
-        assert!(count_in_block(&store, &meta, &s).is_ok());
+        // An empty block key takes the count, and so does the block it makes.
+        let (_, v) = count_in_block(&store, &meta, &s, Some(30)).unwrap();
+        assert!(blocks::is_block(&v));
+        let mut b = WriteBatch::new();
+        b.put(key.clone(), v);
+        store.apply(b).unwrap();
+        let mut later = meta.clone();
+        later.log_index += 1;
+        let (_, v) = count_in_block(&store, &later, &s, Some(33)).unwrap();
+        assert_eq!(
+            read_count(&v_store(&key, v), 34).unwrap().unwrap().prev,
+            Some(33)
+        );
+        // A count of layout 2 under the key (converted by `prepare` before any write), or
+        // garbage, is named, not wrapped into a block.
         let mut older = meta.clone();
         older.log_index = blocks::block_last(meta.log_index);
-        let mut b = WriteBatch::new();
-        b.put(key.clone(), encode_count(&older, &s));
-        store.apply(b).unwrap();
-        let (_, v) = count_in_block(&store, &meta, &s).unwrap();
-        assert!(blocks::is_block(&v));
-        // Garbage under the key is named, not wrapped into a block.
-        for garbage in [vec![], vec![0x07, 1, 2, 3], vec![0xff]] {
+        for garbage in [
+            encode_count(&older, &s, None),
+            vec![],
+            vec![0x07, 1, 2, 3],
+            vec![0xff],
+        ] {
             let mut b = WriteBatch::new();
             b.put(key.clone(), garbage.clone());
             store.apply(b).unwrap();
-            let e = count_in_block(&store, &meta, &s).unwrap_err();
-            assert!(
-                e.to_string().contains("neither a block"),
-                "{garbage:?}: {e}"
-            );
+            let e = count_in_block(&store, &meta, &s, None).unwrap_err();
+            assert!(e.to_string().contains("not a block"), "{garbage:?}: {e}");
+            let e = read_count(&store, meta.log_index).unwrap_err();
+            assert!(e.to_string().contains("not a block"), "{garbage:?}: {e}");
         }
+    }
+
+    /// A store holding `value` under `key` alone.
+    fn v_store(key: &[u8], value: Vec<u8>) -> crate::store::MemStore {
+        let store = crate::store::MemStore::default();
+        let mut b = WriteBatch::new();
+        b.put(key.to_vec(), value);
+        store.apply(b).unwrap();
+        store
     }
 }

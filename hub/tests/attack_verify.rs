@@ -327,20 +327,48 @@ fn damaged_stored_views_are_named() {
     assert!(!r.ok(), "count garbled: verify found nothing");
     let r = check("count deleted", |s| delete(s, first_key(s, b"v/c/").0));
     assert!(!r.ok(), "count deleted: verify found nothing");
-    let r = check("list garbled", |s| {
-        let (k, _) = first_key(s, b"v/l/");
-        put(s, k, vec![0xff; 5]);
+    // A block: [2, offset, length, count...]; a count: [3, link back, ...] (the link one
+    // byte here). Its subject's chain broken at the first count of a block: linked to the
+    // log index before it (a count of another subject, or no count), or cut.
+    let relink = |s: &dyn Store, to: &dyn Fn(u8) -> Option<u8>| {
+        for r in s.scan(b"v/c/") {
+            let (k, mut v) = r.expect("scan");
+            assert_eq!((v[0], v[3]), (2, 3), "a block of linked counts");
+            if let Some(link) = to(v[4]) {
+                v[4] = link;
+                put(s, k, v);
+                return;
+            }
+        }
+        panic!("no count to relink");
+    };
+    let r = check("link to the index before", |s| {
+        relink(s, &|l| (l == 0).then_some(1))
     });
-    assert!(!r.ok(), "list garbled: verify found nothing");
-    let r = check("list pointing nowhere", |s| {
-        let (k, v) = first_key(s, b"v/l/");
-        let mut v = v;
-        v.extend_from_slice(&(size() + 1000).to_be_bytes());
+    names(
+        "link to the index before",
+        &r,
+        &["link to another previous snapshot"],
+    );
+    let r = check("link cut", |s| {
+        relink(s, &|l| (l > 0 && l < 0x80).then_some(0))
+    });
+    names("link cut", &r, &["link to another previous snapshot"]);
+    let r = check("link to an older count", |s| {
+        relink(s, &|l| (l > 0 && l < 0x40).then_some(l * 2))
+    });
+    assert!(!r.ok(), "link to an older count: verify found nothing");
+    let r = check("chain start moved", |s| {
+        let (k, mut v) = first_key(s, b"v/s/");
+        assert_eq!(v[0], 2, "a summary with where its chain starts");
+        v[1] ^= 1;
         put(s, k, v);
     });
-    assert!(!r.ok(), "list pointing nowhere: verify found nothing");
-    let r = check("list deleted", |s| delete(s, first_key(s, b"v/l/").0));
-    assert!(!r.ok(), "list deleted: verify found nothing");
+    names(
+        "chain start moved",
+        &r,
+        &["stored subject summaries disagree"],
+    );
     let r = check("summary garbled", |s| {
         let (k, _) = first_key(s, b"v/s/");
         put(s, k, vec![1, 2, 3]);

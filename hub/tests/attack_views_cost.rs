@@ -1,10 +1,11 @@
-//! What one subject's history costs each new snapshot of it. A subject's snapshots are
-//! listed under one key (`v/l/<subject>`) rewritten whole with each new one, and an
-//! earlier-dated snapshot re-walks the whole list: both grow with the subject's history,
-//! which a weekly school (tens of snapshots) never notices, but a source that sends one
-//! school's snapshot over and over (a re-import loop, or a hostile key holder) makes every
-//! write of that school cost more than the one before, under the writer lock every other
-//! source waits on.
+//! What one subject's history costs each new snapshot of it. Until layout 4 a subject's
+//! snapshots were listed under one key (`v/l/<subject>`), read and rewritten whole with
+//! each new one: a source that sent one school's snapshot over and over (a re-import loop,
+//! or a hostile key holder) made every write of that school cost more than the one before,
+//! under the writer lock every other source waits on (613 bytes after 10 snapshots, 6,135
+//! after 5,000). Now each count names its subject's previous one, and a new snapshot writes
+//! its block and its subject's summary, whatever the history. (An earlier-dated snapshot
+//! still re-walks the subject's chain: reads, not writes, that grow with its history.)
 
 mod common;
 
@@ -57,10 +58,11 @@ fn bytes_of_one_more(history: u64) -> usize {
 }
 
 #[test]
-#[ignore = "RISK (not fixed): one snapshot of a school writes bytes that grow with the snapshots of that school the hub holds (v/l/<subject> rewritten whole: 613 bytes after 10, 6,135 after 5,000, with the batch's constant v/n and v/a/), and every earlier-dated one re-reads all of them: a source sending one school over and over makes ingest quadratic in it, under the writer lock"]
 fn one_more_snapshot_costs_the_same_whatever_the_schools_history() {
     let small = bytes_of_one_more(10);
-    let large = bytes_of_one_more(5_000);
-    eprintln!("one more snapshot after 10: {small} bytes; after 5,000: {large} bytes");
-    assert!(large < small * 4, "{small} -> {large}");
+    let large = bytes_of_one_more(2_000);
+    eprintln!("one more snapshot after 10: {small} bytes; after 2,000: {large} bytes");
+    // The summary holds a decrease per date the history steps back from (at most 40
+    // here); with the lists it was ~1 byte more per snapshot held (about 2,600 here).
+    assert!(large < small * 3, "{small} -> {large}");
 }

@@ -242,7 +242,7 @@ async fn a_hub_without_its_history_trees_serves_the_same_figures(backend: Backen
     {
         let store = th.hub.store.as_ref();
         let mut wb = WriteBatch::new();
-        for prefix in [keys::LOG, keys::NODE, b"v/c/".as_slice(), b"v/l/"] {
+        for prefix in [keys::LOG, keys::NODE, b"v/c/".as_slice()] {
             let mut removed = 0;
             for r in store.scan(prefix) {
                 wb.delete(r.expect("scan").0);

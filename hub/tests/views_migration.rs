@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -163,6 +164,114 @@ fn block_parts(v: &[u8]) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// A LEB128 integer of `v` at `*i`, which moves past it.
+fn leb(v: &[u8], i: &mut usize) -> u64 {
+    let (mut n, mut shift) = (0u64, 0);
+    loop {
+        let b = v[*i];
+        *i += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return n;
+        }
+    }
+}
+
+fn put_leb(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// A block value (first byte 2) holding `parts`.
+fn block_of(parts: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut v = vec![2];
+    for (off, bytes) in parts {
+        v.push(*off as u8);
+        put_leb(&mut v, bytes.len() as u64);
+        v.extend_from_slice(bytes);
+    }
+    v
+}
+
+/// Rewrites the store's views as layout 3 held them: each space count without the link
+/// to its subject's previous one (format 1: the link's byte gone), each subject's log
+/// indexes listed under `v/l/<subject>` (ascending, LEB128 differences), summaries without
+/// where their chain starts (format 1) and none of a subject whose every snapshot is
+/// withdrawn, `v/m` saying 3. Returns the lists written.
+fn to_layout_3(store: &dyn Store) -> usize {
+    let mut wb = WriteBatch::new();
+    let mut lists: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    for r in store.scan(b"v/c/") {
+        let (k, v) = r.expect("scan");
+        assert_eq!(v[0], 2, "a block");
+        let last = u64::from_be_bytes(k[4..12].try_into().expect("8 bytes"));
+        let mut parts = Vec::new();
+        for (off, bytes) in block_parts(&v) {
+            assert_eq!(bytes[0], 3, "a linked count");
+            let mut i = 1;
+            leb(&bytes, &mut i);
+            let mut older = vec![1];
+            older.extend_from_slice(&bytes[i..]);
+            let region = leb(&bytes, &mut i) as u32;
+            let is_school = bytes[i];
+            i += 1;
+            let school = if is_school == 1 {
+                leb(&bytes, &mut i)
+            } else {
+                0
+            };
+            let mut subject = region.to_be_bytes().to_vec();
+            subject.push(is_school);
+            subject.extend_from_slice(&school.to_be_bytes());
+            lists.entry(subject).or_default().push(last - 15 + off);
+            parts.push((off, older));
+        }
+        wb.put(k, block_of(&parts));
+    }
+    for r in store.scan(b"v/s/") {
+        let (k, v) = r.expect("scan");
+        assert_eq!(v[0], 2, "a summary with where its chain starts");
+        let mut i = 1;
+        leb(&v, &mut i);
+        if v[i] == 0 {
+            // No snapshot left: layout 3 kept no summary.
+            wb.delete(k);
+        } else {
+            let mut older = vec![1];
+            older.extend_from_slice(&v[i..]);
+            wb.put(k, older);
+        }
+    }
+    let n = lists.len();
+    for (subject, list) in lists {
+        let mut v = Vec::new();
+        let mut prev = 0;
+        for idx in list {
+            put_leb(&mut v, idx - prev);
+            prev = idx;
+        }
+        wb.put([b"v/l/".as_slice(), &subject].concat(), v);
+    }
+    let m = store.get(b"v/m").expect("get").expect("v/m");
+    let m = String::from_utf8(m).expect("utf-8");
+    assert!(m.contains(r#""layout":4"#), "{m}");
+    wb.put(
+        b"v/m".to_vec(),
+        m.replace(r#""layout":4"#, r#""layout":3"#).into_bytes(),
+    );
+    store.apply(wb).expect("apply");
+    store.flush().expect("flush");
+    n
+}
+
 /// Rewrites the store's space counts as layout 2 held them, one value per count under
 /// `v/c/<log index>`, and `v/m` as layout 2; returns how many.
 fn to_layout_2(store: &dyn Store) -> usize {
@@ -193,11 +302,11 @@ fn to_layout_2(store: &dyn Store) -> usize {
     n
 }
 
-/// A store of layout 2 (one value per space count) is read where its counts lie: the same
-/// answers, `verify` clean, a withdrawal of an old count marks it in place, and new counts
-/// go into blocks of 16 beside the old ones.
+/// A store of layout 2 (one value per space count, lists per subject) is converted at
+/// open: its counts put into blocks of 16 and linked, the lists removed. The same answers,
+/// `verify` clean, and a withdrawal of an old count marks it in its block.
 #[tokio::test]
-async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
+async fn a_store_of_one_value_per_count_is_converted_into_linked_blocks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let th = TestHub::open(dir.path());
     let mut a = Agent::new("gd-a", 1, "440000");
@@ -209,6 +318,7 @@ async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
         th.ingest_ok(&a.batch(&records)).await;
     }
     let before = answers(&th).await;
+    assert_eq!(to_layout_3(th.hub.store.as_ref()), 20);
     let singles = to_layout_2(th.hub.store.as_ref());
     assert_eq!(singles, 40);
     drop(th);
@@ -220,9 +330,10 @@ async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
     assert_eq!(after.1, before.1, "items");
     let m = String::from_utf8(store.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
     assert!(
-        m.contains(r#""layout":3"#),
+        m.contains(r#""layout":4"#),
         "marked with the new layout: {m}"
     );
+    assert_eq!(store.scan(b"v/l/").count(), 0, "the lists removed");
     let ok = |store: &dyn Store| {
         let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
             .expect("verify runs");
@@ -236,7 +347,8 @@ async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
     };
     ok(store);
 
-    // School 01's first snapshot (seq 1, a count stored alone) withdrawn, and a week more.
+    // School 01's first snapshot (seq 1, once a count stored alone) withdrawn, and a week
+    // more.
     let records: Vec<Value> = std::iter::once(withdrawal(1))
         .chain(
             (1..=20).map(|s| teachers("440106", &format!("41440106{s:02}"), "2018-10-15", 90 + s)),
@@ -258,7 +370,7 @@ async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
             alone += 1;
         }
     }
-    assert_eq!((alone, in_blocks), (40, 20));
+    assert_eq!((alone, in_blocks), (0, 60));
     ok(store);
     let school = th.get_json("/v1/regions/440106").await;
     drop(th);
@@ -270,6 +382,115 @@ async fn a_store_of_one_value_per_count_is_read_and_grows_in_blocks() {
     let th = TestHub::open(dir.path());
     assert_eq!(th.get_json("/v1/regions/440106").await, school);
     ok(th.hub.store.as_ref());
+}
+
+/// A store of layout 3 (counts in blocks, a list of log indexes per subject) is converted
+/// at open: every count linked to its subject's previous one, each summary told where its
+/// subject's chain starts (a subject whose every snapshot is withdrawn gets an empty one),
+/// the lists removed, in bounded, flushed writes. A start killed part-way is finished by
+/// the next. The hub answers as before, the stored views are byte for byte a rebuild's
+/// (`verify`), and later snapshots, a late one and one of the withdrawn subject among
+/// them, merge along the chains.
+#[tokio::test]
+async fn a_store_of_layout_3_is_linked_into_chains_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let mut a = Agent::new("gd-a", 1, "440000");
+    th.register(&a);
+    for week in ["2018-09-24", "2018-10-08", "2018-10-22"] {
+        let records: Vec<Value> = (1..=20)
+            .map(|s| teachers("440106", &format!("41440106{s:02}"), week, 50 + s))
+            .collect();
+        th.ingest_ok(&a.batch(&records)).await;
+    }
+    // School 21 reported twice, both withdrawn; school 01 once more, dated earlier.
+    th.ingest_ok(&a.batch(&[
+        teachers("440106", "4144010621", "2018-10-01", 9),
+        teachers("440106", "4144010621", "2018-10-08", 10),
+        teachers("440106", "4144010601", "2018-10-01", 7),
+    ]))
+    .await;
+    th.ingest_ok(&a.batch(&[withdrawal(61), withdrawal(62)]))
+        .await;
+    let before = answers(&th).await;
+    let lists = to_layout_3(th.hub.store.as_ref());
+    assert_eq!(lists, 21);
+    drop(th);
+
+    let verify_clean = |store: &dyn Store| {
+        let report = maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
+            .expect("verify runs");
+        assert!(report.ok(), "{:#?}", report.problems);
+    };
+    {
+        let sled = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let baseline = Campaign::builtin_2018().baseline;
+        let e = Views::load(sled.as_ref(), baseline).err().expect("refused");
+        assert!(e.to_string().contains("start the hub once"), "{e}");
+        // Killed after three writes: `v/m` says 4, two batches of 2 blocks linked.
+        let failing = Failing {
+            inner: sled.clone(),
+            left: AtomicUsize::new(3),
+        };
+        assert!(views::prepare_in_batches(&failing, baseline, 2).is_err());
+        let m = String::from_utf8(sled.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
+        assert!(
+            m.contains(r#""layout":4,"#) && m.contains(r#""converting":true"#),
+            "{m}"
+        );
+        let e = Views::load(sled.as_ref(), baseline).err().expect("refused");
+        assert!(e.to_string().contains("part-way through"), "{e}");
+        assert_eq!(views::stored_baseline(sled.as_ref()).expect("read"), None);
+        let linked = sled
+            .scan(b"v/c/")
+            .filter(|r| block_parts(&r.as_ref().expect("scan").1)[0].1[0] == 3)
+            .count();
+        assert_eq!(linked, 4, "blocks linked before the kill");
+        assert_eq!(sled.scan(b"v/l/").count(), lists, "no list removed yet");
+    }
+
+    // The next start finishes it.
+    let th = TestHub::open(dir.path());
+    let store = th.hub.store.as_ref();
+    assert_eq!(store.scan(b"v/l/").count(), 0);
+    let m = String::from_utf8(store.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
+    assert!(!m.contains("converting"), "{m}");
+    // 21 schools: school 21's summary is stored empty, for where its chain starts.
+    assert_eq!(store.scan(b"v/s/").count(), 21);
+    assert!(
+        store.scan(b"v/c/").all(|r| block_parts(&r.expect("scan").1)
+            .iter()
+            .all(|(_, c)| c[0] == 3)),
+        "every count linked"
+    );
+    let after = answers(&th).await;
+    assert_eq!(after.0, before.0, "figures");
+    assert_eq!(after.1, before.1, "items");
+    verify_clean(store);
+    assert_eq!(
+        views::prepare(store, Campaign::builtin_2018().baseline).expect("prepare"),
+        None,
+        "once"
+    );
+
+    // School 21 again, school 02 late (dated before its latest), a new week for 03.
+    th.ingest_ok(&a.batch(&[
+        teachers("440106", "4144010621", "2018-10-29", 30),
+        teachers("440106", "4144010602", "2018-10-01", 5),
+        teachers("440106", "4144010603", "2018-10-29", 99),
+    ]))
+    .await;
+    verify_clean(th.hub.store.as_ref());
+    let region = th.get_json("/v1/regions/440106").await;
+    let text = region.to_string();
+    assert!(text.contains("4144010621"), "school 21 back: {text}");
+    drop(th);
+    // A rebuild from the log agrees with what the converted store went on to hold.
+    let sled = SledStore::open(dir.path()).expect("open");
+    maintenance::rebuild(&sled, Campaign::builtin_2018().baseline, |_| {}).expect("rebuild");
+    drop(sled);
+    let th = TestHub::open(dir.path());
+    assert_eq!(th.get_json("/v1/regions/440106").await, region);
 }
 
 #[tokio::test]

@@ -951,10 +951,16 @@ async fn verify_names_the_damaged_leaf_source_and_seq(backend: Backend) {
     );
     check_verify(
         good,
-        "a subject's list of snapshots deleted",
-        |s| delete(s, subject_key(b"v/l/")),
+        "where a subject's chain of snapshots starts moved",
+        |s| {
+            // A summary: [2, newest log index + 1 (LEB128), ...].
+            let mut v = s.get(&subject_key(b"v/s/")).expect("get").expect("summary");
+            assert_eq!(v[0], 2);
+            v[1] ^= 1;
+            put(s, subject_key(b"v/s/"), v)
+        },
         &[
-            "1 stored lists of a subject's snapshots disagree with the log (first: school 4144010601 (region 440106))",
+            "1 stored subject summaries disagree with the snapshots in the log (first: school 4144010601 (region 440106))",
         ],
     );
     check_verify(

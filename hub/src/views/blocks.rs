@@ -11,10 +11,10 @@
 //!
 //! Layout of a block value: [`BLOCK_FORMAT`], then for each count in ascending log index:
 //! its offset in the block (one byte, below [`BLOCK`]) and the count's own encoding with
-//! its length first. Stores written before blocks hold one value per count (its first
-//! byte the count's format, not [`BLOCK_FORMAT`]) under `v/c/<log index>`; those are still
-//! read, and a value of that older kind under a block's key is read as the block's last
-//! count.
+//! its length first. Stores of layout 2 hold one value per count (its first byte the
+//! count's format, not [`BLOCK_FORMAT`]) under `v/c/<log index>`; `views::prepare` puts
+//! those into blocks before anything here reads them, so a value under a block's key that
+//! is not a block is damage.
 
 use super::codec::{Damaged, In, Out};
 
@@ -35,7 +35,7 @@ pub(crate) fn offset(idx: u64) -> u8 {
     (idx & (BLOCK - 1)) as u8
 }
 
-/// Whether a stored value is a block (else one count of the older layout).
+/// Whether a stored value is a block (else, in layout 2, one count).
 pub(crate) fn is_block(value: &[u8]) -> bool {
     value.first() == Some(&BLOCK_FORMAT)
 }
@@ -79,20 +79,22 @@ pub(crate) fn encode(parts: &[(u8, &[u8])]) -> Vec<u8> {
     o.into_bytes()
 }
 
+/// What a value under a block's key that is no block is.
+const NOT_A_BLOCK: Damaged = Damaged("not a block of space counts");
+
 /// The value under a block's key once the count at offset `off` is `count` (added, or in
-/// place of the one there). `stored` is the value under the key now, if any: a block, or a
-/// count of the older layout, which is the block's last (offset `BLOCK - 1`). Appending
+/// place of the one there). `stored` is the block under the key now, if any. Appending
 /// after the block's last count (ingest, in log order) copies the value once.
 pub(crate) fn put(stored: Option<&[u8]>, off: u8, count: &[u8]) -> Result<Vec<u8>, Damaged> {
     let Some(stored) = stored else {
         return Ok(encode(&[(off, count)]));
     };
-    let mut parts = if is_block(stored) {
-        parts(stored)?
-    } else {
-        vec![((BLOCK - 1) as u8, stored)]
-    };
-    if is_block(stored) && parts.last().is_some_and(|(o, _)| *o < off) {
+    if !is_block(stored) {
+        // Wrapped into a block as if it were a count, it would be stored on as one.
+        return Err(NOT_A_BLOCK);
+    }
+    let mut parts = parts(stored)?;
+    if parts.last().is_some_and(|(o, _)| *o < off) {
         let mut o = Out::new();
         o.u8(off);
         o.bytes(count);
@@ -110,10 +112,11 @@ pub(crate) fn put(stored: Option<&[u8]>, off: u8, count: &[u8]) -> Result<Vec<u8
     Ok(encode(&parts))
 }
 
-/// The count at offset `off` of the value under a block's key, if it holds one.
+/// The count at offset `off` of the block under a block's key, if it holds one.
 pub(crate) fn get(stored: &[u8], off: u8) -> Result<Option<&[u8]>, Damaged> {
     if !is_block(stored) {
-        return Ok((u64::from(off) == BLOCK - 1).then_some(stored));
+        // Read as nothing, it would hide the block's counts.
+        return Err(NOT_A_BLOCK);
     }
     Ok(parts(stored)?
         .into_iter()
@@ -149,16 +152,12 @@ mod tests {
     }
 
     #[test]
-    fn a_count_of_the_older_layout_under_a_block_key_is_its_last() {
-        // The older layout's count (first byte 1) at index 15 is block 0..=15's offset 15.
-        let old = [1u8, 7, 7];
-        assert_eq!(get(&old, 15).unwrap(), Some(old.as_slice()));
-        assert_eq!(get(&old, 2).unwrap(), None);
-        let v = put(Some(&old), 2, b"c2").unwrap();
-        assert_eq!(
-            parts(&v).unwrap(),
-            vec![(2, b"c2".as_slice()), (15, old.as_slice())]
-        );
+    fn a_value_that_is_no_block_is_neither_read_nor_added_to() {
+        // Layout 2's count (first byte 1), an empty value, garbage.
+        for v in [vec![1u8, 7, 7], vec![], vec![0xff, 2]] {
+            assert_eq!(get(&v, 15), Err(NOT_A_BLOCK));
+            assert_eq!(put(Some(&v), 2, b"c2"), Err(NOT_A_BLOCK));
+        }
     }
 
     #[test]

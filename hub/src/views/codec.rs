@@ -1,5 +1,5 @@
 //! The compact binary encoding of what the views keep per space count and per subject on
-//! disk (`v/c/`, `v/l/`, `v/s/`): LEB128 integers, dates as days, counts as a bit mask of the kinds
+//! disk (`v/c/`, `v/s/`): LEB128 integers, dates as days, counts as a bit mask of the kinds
 //! given followed by their values. Several hundred thousand subjects and millions of
 //! snapshots are stored this way, so every byte counts; the ledger items, a few per unit,
 //! stay JSON.

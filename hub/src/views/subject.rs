@@ -1,5 +1,5 @@
 //! A subject of the views — a region's own total, or a school — and its 13 bytes in keys
-//! (`v/s/`, `v/l/`) and in the views checkpoint.
+//! (`v/s/`) and in the views checkpoint.
 
 use spacesync_shared::RegionCode;
 use spacesync_shared::region::SchoolCode;

@@ -9,7 +9,8 @@
 //! from scratch ([`Summary::of`]) is the same walk over the sorted list: the incremental and
 //! the from-scratch paths are one code path. A snapshot that arrives in order (its date no
 //! earlier than the subject's latest, the common case) extends the summary in O(kinds);
-//! anything else (an earlier date, a withdrawal) rebuilds it from the subject's list.
+//! anything else (an earlier date, a withdrawal) rebuilds it from the subject's chain of
+//! stored snapshots, which starts at [`Summary::newest`].
 
 use chrono::NaiveDate;
 use spacesync_shared::record::{Population, SpaceCount, SpaceCounts, SpaceKind};
@@ -42,6 +43,10 @@ pub(crate) struct Summary {
     latest: Option<(NaiveDate, Vec<SourceId>)>,
     /// Snapshots walked.
     snapshots: u32,
+    /// The log index of the subject's newest stored snapshot, withdrawn ones included:
+    /// where the chain of its snapshots starts (each stored one names the one before it).
+    /// Kept when every snapshot is withdrawn (the summary is then empty, and stored).
+    newest: Option<u64>,
 }
 
 impl Summary {
@@ -134,9 +139,19 @@ impl Summary {
         self.snapshots += 1;
     }
 
-    /// True when no snapshot is held.
+    /// True when no snapshot is held (every one withdrawn, or none stored).
     pub(crate) fn is_empty(&self) -> bool {
         self.snapshots == 0
+    }
+
+    /// The log index of the subject's newest stored snapshot (see the field).
+    pub(crate) fn newest(&self) -> Option<u64> {
+        self.newest
+    }
+
+    /// Records that the subject's newest stored snapshot is at `log_index`.
+    pub(crate) fn set_newest(&mut self, log_index: Option<u64>) {
+        self.newest = log_index;
     }
 
     /// The subject's merged figures.
@@ -205,6 +220,7 @@ impl Summary {
         }
         let mut o = Out::new();
         o.u8(SUMMARY_FORMAT);
+        o.uint(self.newest.map_or(0, |i| i.saturating_add(1)));
         o.uint(u64::from(self.snapshots));
         slots(&mut o, &self.best);
         slots(&mut o, &self.base);
@@ -287,9 +303,12 @@ impl Summary {
             Ok(n)
         }
         let mut i = In::new(b);
-        if i.u8()? != SUMMARY_FORMAT {
-            return Err(Damaged("not a summary this version reads"));
-        }
+        let newest = match i.u8()? {
+            SUMMARY_FORMAT => i.uint()?.checked_sub(1),
+            // Before chains (layout 3): converted at the hub's start (`super::prepare`).
+            OLDER_SUMMARY_FORMAT => None,
+            _ => return Err(Damaged("not a summary this version reads")),
+        };
         let snapshots = i.u32()?;
         let best = slots(&mut i)?;
         let base = slots(&mut i)?;
@@ -337,12 +356,16 @@ impl Summary {
             conflicts,
             latest,
             snapshots,
+            newest,
         })
     }
 }
 
-/// First byte of a stored [`Summary`]: its encoding's version.
-const SUMMARY_FORMAT: u8 = 1;
+/// First byte of a stored [`Summary`]: its encoding's version. 2 adds the newest
+/// snapshot's log index (plus one; 0: none) right after it.
+const SUMMARY_FORMAT: u8 = 2;
+/// The version before, without the newest snapshot's log index.
+const OLDER_SUMMARY_FORMAT: u8 = 1;
 
 /// Known-values sum of one count: the total and how many parts know it, so a part can be
 /// taken out again (a part that does not know the value leaves it unknown).
