@@ -690,6 +690,10 @@ pub struct Views {
     ledger: OrdMap<u64, Arc<Item>>,
     /// Per subject with a live snapshot, its snapshots merged (see [`subjects`]).
     subjects: OrdMap<Subject, Arc<Summary>>,
+    /// Subjects whose every snapshot is withdrawn (stored with an empty summary): where
+    /// each one's chain starts. With `subjects`, every subject the views hold a snapshot
+    /// of, so a snapshot of any other is its subject's first, known without a read.
+    withdrawn: OrdMap<Subject, u64>,
     /// Per region, the sum of its schools' merged figures, kept as they change.
     school_sums: OrdMap<RegionCode, SchoolSum>,
     /// Regions whose own total has a live snapshot.
@@ -1314,8 +1318,8 @@ fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVer
     if c.matches(&position).is_err() {
         return Ok(CheckpointVerdict::Stale);
     }
-    // Empty summaries are stored but never taken into the views (`add_subject`).
-    let mut stored = stored_summaries(store).filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()));
+    // Empty ones included: the checkpoint holds the withdrawn subjects' too.
+    let mut stored = stored_summaries(store);
     let mut next_stored = || stored.next().transpose();
     let mut first: Option<String> = None;
     let mut failed: Option<StoreError> = None;
@@ -1409,6 +1413,7 @@ impl Views {
             settled: Arc::default(),
             ledger: OrdMap::new(),
             subjects: OrdMap::new(),
+            withdrawn: OrdMap::new(),
             school_sums: OrdMap::new(),
             own_regions: OrdSet::new(),
             flagged: OrdSet::new(),
@@ -1476,6 +1481,7 @@ impl Views {
             Err(e) => {
                 // What was taken before the fault goes: the store's summaries replace it.
                 self.subjects = OrdMap::new();
+                self.withdrawn = OrdMap::new();
                 self.school_sums = OrdMap::new();
                 self.own_regions = OrdSet::new();
                 self.flagged = OrdSet::new();
@@ -1495,7 +1501,27 @@ impl Views {
             layout: LAYOUT,
             baseline: self.baseline,
         };
-        checkpoint::encode(&at, self.subjects.iter().map(|(s, m)| (s, &**m)))
+        if self.withdrawn.is_empty() {
+            return checkpoint::encode(&at, self.subjects.iter().map(|(s, m)| (s, &**m)));
+        }
+        // The withdrawn subjects' empty summaries among the others, in subject order.
+        let empty: Vec<(Subject, Summary)> = self
+            .withdrawn
+            .iter()
+            .map(|(s, n)| {
+                let mut m = Summary::default();
+                m.set_newest(Some(*n));
+                (*s, m)
+            })
+            .collect();
+        let mut all: Vec<(&Subject, &Summary)> = self
+            .subjects
+            .iter()
+            .map(|(s, m)| (s, &**m))
+            .chain(empty.iter().map(|(s, m)| (s, m)))
+            .collect();
+        all.sort_by_key(|(s, _)| **s);
+        checkpoint::encode(&at, all.into_iter())
     }
 
     fn load_inner(
@@ -1603,6 +1629,9 @@ impl Views {
     /// Takes in a subject's summary at load.
     fn add_subject(&mut self, subject: Subject, summary: Summary) {
         if summary.is_empty() {
+            if let Some(newest) = summary.newest() {
+                self.withdrawn.insert(subject, newest);
+            }
             return;
         }
         let after = Some(summary.figures());
@@ -1626,31 +1655,11 @@ impl Views {
         }
     }
 
-    /// `subject`'s stored summary, read through [`Views::reader`]: for a subject these
-    /// views do not hold (none stored, or every snapshot withdrawn), where its chain starts.
-    fn stored_summary(
-        &self,
-        store: &dyn Store,
-        batch: &WriteBatch,
-        subject: Subject,
-    ) -> Result<Summary, StoreError> {
-        let key = subject_key(SUMMARY_PREFIX, subject);
-        match self.reader(store, batch).read(&key)? {
-            Some(b) => Summary::from_bytes(subject, &b).map_err(damaged(&key)),
-            None => Ok(Summary::default()),
-        }
-    }
-
     /// Where `subject`'s chain of stored snapshots starts.
-    fn newest_of(
-        &self,
-        store: &dyn Store,
-        batch: &WriteBatch,
-        subject: Subject,
-    ) -> Result<Option<u64>, StoreError> {
+    fn newest_of(&self, subject: Subject) -> Option<u64> {
         match self.subjects.get(&subject) {
-            Some(s) => Ok(s.newest()),
-            None => Ok(self.stored_summary(store, batch, subject)?.newest()),
+            Some(s) => s.newest(),
+            None => self.withdrawn.get(&subject).copied(),
         }
     }
 
@@ -1664,7 +1673,7 @@ impl Views {
         subject: Subject,
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
-        let newest = self.newest_of(store, batch, subject)?;
+        let newest = self.newest_of(subject);
         let mut live = Vec::new();
         walk_chain(&self.reader(store, batch), subject, newest, |c| {
             if c.meta.withdrawn_by.is_none() {
@@ -1679,7 +1688,11 @@ impl Views {
         batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
         if summary.is_empty() {
             self.subjects.remove(&subject);
+            if let Some(n) = newest {
+                self.withdrawn.insert(subject, n);
+            }
         } else {
+            self.withdrawn.remove(&subject);
             self.subjects.insert(subject, Arc::new(summary));
         }
         self.account(subject, before, after, flagged);
@@ -1779,16 +1792,15 @@ impl Views {
             return Ok(());
         };
         let subject = (s.region, s.school);
-        if !self.subjects.contains_key(&subject) {
-            // New, or every snapshot withdrawn: the stored summary says which (and where
-            // the chain starts). Empty either way, so the snapshot extends it.
-            let stored = self.stored_summary(store, batch, subject)?;
-            self.subjects.insert(subject, Arc::new(stored));
-        }
-        let prev = self.subjects.get(&subject).and_then(|s| s.newest());
+        let prev = match self.subjects.get(&subject) {
+            Some(summary) => summary.newest(),
+            // Every snapshot withdrawn (its summary, empty, is rewritten below), or none.
+            None => self.withdrawn.remove(&subject),
+        };
         let (key, value) = count_in_block(&self.reader(store, batch), &meta, s, prev)?;
         batch.put(key, value);
-        // Copied here if a snapshot still shares it.
+        // Copied here if a snapshot still shares it; new (empty) if every snapshot of the
+        // subject is withdrawn, so this one extends it.
         let summary = Arc::make_mut(self.subjects.entry(subject).or_default());
         summary.set_newest(Some(meta.log_index));
         let before = (!summary.is_empty()).then(|| summary.figures());
@@ -1934,8 +1946,16 @@ impl Views {
             let stored = store
                 .get(&key)?
                 .map(|b| Summary::from_bytes(subject, &b).map_err(damaged(&key)))
-                .transpose()?
-                .filter(|s| !s.is_empty());
+                .transpose()?;
+            match stored
+                .as_ref()
+                .filter(|s| s.is_empty())
+                .and_then(|s| s.newest())
+            {
+                Some(newest) => self.withdrawn.insert(subject, newest),
+                None => self.withdrawn.remove(&subject),
+            };
+            let stored = stored.filter(|s| !s.is_empty());
             let before = self.subjects.get(&subject).map(|s| s.figures());
             match stored {
                 Some(summary) => {
@@ -2040,9 +2060,18 @@ impl Views {
     /// The subjects whose merged summary differs between these views and `other`, named
     /// for people, in subject order: what `verify` reports.
     pub fn differing_subjects(&self, other: &Views) -> Vec<String> {
-        let all: BTreeSet<&Subject> = self.subjects.keys().chain(other.subjects.keys()).collect();
+        let all: BTreeSet<&Subject> = self
+            .subjects
+            .keys()
+            .chain(other.subjects.keys())
+            .chain(self.withdrawn.keys())
+            .chain(other.withdrawn.keys())
+            .collect();
         all.into_iter()
-            .filter(|k| self.subjects.get(*k) != other.subjects.get(*k))
+            .filter(|k| {
+                self.subjects.get(*k) != other.subjects.get(*k)
+                    || self.withdrawn.get(*k) != other.withdrawn.get(*k)
+            })
             .map(|k| name_subject(*k))
             .collect()
     }

@@ -479,3 +479,46 @@ async fn verify_names_and_removes_a_checkpoint_that_differs_from_the_stored_summ
     assert!(report.ok(), "{:?}", report.problems);
     assert!(path.exists(), "verify removed a sound checkpoint");
 }
+
+/// A school whose every snapshot is withdrawn keeps where its chain starts through a clean
+/// stop (the checkpoint carries its empty summary) and through a start from the stored
+/// summaries alike: its next snapshot links to its newest, and the stored views stay byte
+/// for byte a rebuild's.
+#[tokio::test]
+async fn a_wholly_withdrawn_school_keeps_its_chain_across_starts() {
+    for from_checkpoint in [true, false] {
+        let dir = store_dir(Backend::Sled);
+        let th = TestHub::open(dir.path());
+        let mut a = Agent::new("gd-a", 1, "440000");
+        th.register(&a);
+        th.ingest_ok(&a.batch(&[
+            teachers("440106", "4144010601", "2018-10-01", 9),
+            teachers("440106", "4144010602", "2018-10-01", 20),
+            teachers("440106", "4144010601", "2018-10-08", 10),
+        ]))
+        .await;
+        th.ingest_ok(&a.batch(&[withdrawal(1), withdrawal(3)]))
+            .await;
+        if from_checkpoint {
+            stop_with_checkpoint(&th);
+        }
+        drop(th);
+        let th = TestHub::open(dir.path());
+        th.ingest_ok(&a.batch(&[teachers("440106", "4144010601", "2018-10-15", 11)]))
+            .await;
+        let report = spacesync_hub::maintenance::verify(
+            th.hub.store.as_ref(),
+            &hub_key().verifying_key(),
+            ORIGIN,
+            |_| {},
+        )
+        .expect("verify runs");
+        assert!(
+            report.ok(),
+            "from the checkpoint: {from_checkpoint}: {:#?}",
+            report.problems
+        );
+        let region = th.get_json("/v1/regions/440106").await.to_string();
+        assert!(region.contains("4144010601"), "{region}");
+    }
+}
