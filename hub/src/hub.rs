@@ -295,8 +295,9 @@ fn load_state(
         }
         registry.insert(rec.id.clone(), rec);
     }
-    // Once per store: the views in this version's layout, merged for the campaign's baseline.
-    crate::views::prepare(store, campaign.baseline)?;
+    // Once per store: the views in this version's layout, merged for the campaign's
+    // baseline; by one replica at a time (the others then find nothing to do).
+    store.exclusively(&mut || crate::views::prepare(store, campaign.baseline).map(|_| ()))?;
     let views = Views::load_at(store, campaign.baseline, head)?;
     let checkpoint = match store.get(keys::CHECKPOINT)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),

@@ -177,6 +177,15 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Runs `f` while no other process on the store runs its own `exclusively`: how hub
+    /// replicas starting together on one database let one of them convert the stored views
+    /// ([`crate::views::prepare`]) while the others wait, instead of converting the same
+    /// keys at once (the slower one overwriting what the faster one then ingested). A store
+    /// only one process opens (sled locks its directory) just runs `f`.
+    fn exclusively(&self, f: &mut dyn FnMut() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        f()
+    }
+
     /// The serialization point: the head every change to the log (and to what is derived
     /// from it, or numbered after it: bulletins, their slots) moves by one through
     /// [`Store::commit`]. 0 on a store no commit has touched.

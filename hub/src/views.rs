@@ -1106,7 +1106,7 @@ fn start_chains(
     for (subject, newest) in heads {
         let key = subject_key(SUMMARY_PREFIX, *subject);
         let mut summary = match store.get(&key)? {
-            Some(b) => Summary::from_bytes(*subject, &b).map_err(damaged(&key))?,
+            Some(b) => Summary::from_older_bytes(*subject, &b).map_err(damaged(&key))?,
             None => Summary::default(),
         };
         if summary.newest() == Some(*newest) {
@@ -1174,10 +1174,17 @@ fn read_count<R: Reader + ?Sized>(r: &R, idx: u64) -> Result<Option<Linked>, Sto
     let Some(v) = r.read(&key)? else {
         return Ok(None);
     };
-    blocks::get(&v, blocks::offset(idx))
-        .map_err(damaged(&key))?
-        .map(|bytes| decode_count_at(&key, idx, bytes))
-        .transpose()
+    let Some(bytes) = blocks::get(&v, blocks::offset(idx)).map_err(damaged(&key))? else {
+        return Ok(None);
+    };
+    if bytes.first() != Some(&COUNT_FORMAT) {
+        // Unlinked (layouts 2 and 3: an older replica's write, or `v/m` wrong): walked as a
+        // chain it would end here.
+        return Err(damaged(&key)(Damaged(
+            "a space count without its link (an older hub's) in views of layout 4; run `spacesync-hub rebuild`",
+        )));
+    }
+    decode_count_at(&key, idx, bytes).map(Some)
 }
 
 /// The key and value that put the space count of `meta.log_index`, linked to `prev`, into
@@ -1797,6 +1804,17 @@ impl Views {
             // Every snapshot withdrawn (its summary, empty, is rewritten below), or none.
             None => self.withdrawn.remove(&subject),
         };
+        if let Some(p) = prev.filter(|p| *p >= meta.log_index) {
+            // Encoded as a distance back, it would be cut to "no previous count".
+            return Err(StoreError::Corrupt {
+                key: printable(&subject_key(SUMMARY_PREFIX, subject)),
+                message: format!(
+                    "the chain of snapshots of {} starts at log index {p}, not before the new one at {}; run `spacesync-hub rebuild`",
+                    name(subject),
+                    meta.log_index
+                ),
+            });
+        }
         let (key, value) = count_in_block(&self.reader(store, batch), &meta, s, prev)?;
         batch.put(key, value);
         // Copied here if a snapshot still shares it; new (empty) if every snapshot of the
@@ -2581,6 +2599,43 @@ mod tests {
             assert!(e.to_string().contains("not a block"), "{garbage:?}: {e}");
             let e = read_count(&store, meta.log_index).unwrap_err();
             assert!(e.to_string().contains("not a block"), "{garbage:?}: {e}");
+        }
+    }
+
+    /// A subject whose chain starts at or after a new count's log index (a damaged
+    /// summary) is named, not linked as if it had no previous count.
+    #[test]
+    fn a_chain_start_not_before_the_new_count_is_damage() {
+        let t = DateTime::parse_from_rfc3339("2018-11-20T02:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = SpaceCount {
+            region: RegionCode::parse("440106").unwrap(),
+            school: None,
+            as_of: NaiveDate::from_ymd_opt(2018, 11, 19).unwrap(),
+            spaces: SpaceCounts::default(),
+            real_name: None,
+            population: None,
+        };
+        let store = crate::store::MemStore::default();
+        let mut views = Views::new(NaiveDate::from_ymd_opt(2018, 9, 1).unwrap());
+        let meta = |log_index| Meta {
+            log_index,
+            received_at: t,
+            source: SourceId::parse("gd-rrt").unwrap(),
+            seq: log_index + 1,
+            recorded_at: t,
+            withdrawn_by: None,
+        };
+        let mut b = WriteBatch::new();
+        views
+            .apply(&store, meta(40), &Record::SpaceCount(s.clone()), &mut b)
+            .unwrap();
+        for at in [40, 7] {
+            let e = views
+                .apply(&store, meta(at), &Record::SpaceCount(s.clone()), &mut b)
+                .unwrap_err();
+            assert!(e.to_string().contains("starts at log index 40"), "{e}");
         }
     }
 

@@ -547,3 +547,55 @@ async fn notice_deliveries_recorded_on_two_replicas_are_both_kept() {
         assert_eq!(n.acked_by, std::slice::from_ref(&gd.id));
     }
 }
+
+/// Two replicas' `exclusively` sections on one database never overlap: a hub's start runs
+/// `views::prepare` in one, so replicas started together convert the stored views one at a
+/// time (the second then finds nothing to do) instead of rewriting the same keys at once,
+/// the slower undoing what the faster ingested after it (the review of session 21).
+#[test]
+fn replicas_start_their_views_one_at_a_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    let dir = store_dir(Backend::Postgres);
+    let (a, b) = (open_store(dir.path()), open_store(dir.path()));
+    let inside = Arc::new(AtomicBool::new(false));
+    let (entered, entered_rx) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let first = std::thread::spawn({
+        let inside = inside.clone();
+        move || {
+            a.exclusively(&mut || {
+                inside.store(true, Ordering::SeqCst);
+                entered.send(()).expect("send");
+                go_rx.recv().expect("go");
+                inside.store(false, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    });
+    entered_rx.recv().expect("the first is inside");
+    let (second_in, second_in_rx) = mpsc::channel();
+    let second = std::thread::spawn({
+        let inside = inside.clone();
+        move || {
+            b.exclusively(&mut || {
+                second_in.send(inside.load(Ordering::SeqCst)).expect("send");
+                Ok(())
+            })
+        }
+    });
+    assert!(
+        second_in_rx
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "the second replica got in while the first was inside"
+    );
+    go.send(()).expect("go");
+    assert_eq!(
+        second_in_rx.recv_timeout(std::time::Duration::from_secs(30)),
+        Ok(false),
+        "the second gets in once the first is out"
+    );
+    first.join().expect("first").expect("first's section");
+    second.join().expect("second").expect("second's section");
+}

@@ -950,6 +950,27 @@ impl Store for PgStore {
     fn shared_by_processes(&self) -> bool {
         true
     }
+
+    /// Holds the row lock of `spacesync_schema` (as the schema migrations do) in a
+    /// transaction on a connection of its own while `f` runs; a process that dies holding
+    /// it loses the connection and so the lock.
+    fn exclusively(&self, f: &mut dyn FnMut() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let client = self.call(|inner| async move {
+            let c = inner.connect_raw().await?;
+            c.batch_execute("BEGIN; SELECT version FROM spacesync_schema WHERE id = 1 FOR UPDATE")
+                .await
+                .map_err(inner.fail("lock"))?;
+            Ok(c)
+        })?;
+        let out = f();
+        let released = self.call(move |inner| async move {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(inner.fail("unlock"))
+        });
+        out.and(released)
+    }
 }
 
 #[cfg(test)]

@@ -272,8 +272,22 @@ impl Summary {
         o.into_bytes()
     }
 
-    /// Reads the stored form of `subject`'s summary.
+    /// Reads the stored form of `subject`'s summary (this version's only: one of layout 3
+    /// would start no chain).
     pub(crate) fn from_bytes(
+        subject: (RegionCode, Option<SchoolCode>),
+        b: &[u8],
+    ) -> Result<Summary, Damaged> {
+        if b.first() == Some(&OLDER_SUMMARY_FORMAT) {
+            return Err(Damaged(
+                "a summary of an older hub (it says not where its chain starts) in views of layout 4; run `spacesync-hub rebuild`",
+            ));
+        }
+        Summary::from_older_bytes(subject, b)
+    }
+
+    /// [`Summary::from_bytes`], and layout 3's form too (for `super::prepare` to convert).
+    pub(crate) fn from_older_bytes(
         (region, school): (RegionCode, Option<SchoolCode>),
         b: &[u8],
     ) -> Result<Summary, Damaged> {
