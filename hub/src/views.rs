@@ -972,13 +972,15 @@ pub fn prepare_in_batches(
             next = next.max(i + 1);
         }
     }
-    for r in store.scan(ACTIVITY_PREFIX) {
-        batch.delete(r?.0);
+    // A source's activity does not depend on the baseline date, and counts entries the
+    // views keep no item of (key transitions): counted from the items only where none is
+    // stored (layout 1 kept none).
+    if store.scan(ACTIVITY_PREFIX).next().transpose()?.is_none() {
+        for (source, act) in &sources {
+            put_activity(&mut batch, source, act);
+        }
+        done.sources = sources.len() as u64;
     }
-    for (source, act) in &sources {
-        put_activity(&mut batch, source, act);
-    }
-    done.sources = sources.len() as u64;
     let stored_next = store
         .get(NEXT_KEY)?
         .and_then(|b| keys::tail_u64(&b))
