@@ -68,6 +68,8 @@ impl Store for Failing {
     }
 }
 
+/// What replica A served: figures, items, school 01's teacher spaces.
+type Served = (String, Vec<(Value, Value)>, Option<u64>);
 type Hook = Box<dyn FnOnce() + Send>;
 
 /// A store that runs `hook` just before its `at`-th write goes through: what another
@@ -428,7 +430,7 @@ fn two_new_replicas_converting_at_once_keep_what_the_first_one_ingested() {
             }
             assert_eq!(to_layout_3(th.hub.store.as_ref()), 20);
         }
-        let served: Arc<Mutex<Option<(String, Vec<(Value, Value)>, Option<u64>)>>> = Arc::default();
+        let served: Arc<Mutex<Option<Served>>> = Arc::default();
         let agent_after: Arc<Mutex<Option<Agent>>> = Arc::default();
         let a_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
         let hook: Hook = {
@@ -680,7 +682,7 @@ fn conversions_killed_after_any_write_finish_with_the_same_answers() {
                 if store.scan(b"v/l/").count() != 0 {
                     failures.push(format!("{what}: lists left"));
                 }
-                if views::prepare(store, baseline).expect("prepare") != None {
+                if views::prepare(store, baseline).expect("prepare").is_some() {
                     failures.push(format!("{what}: converted twice"));
                 }
                 if k % 4 == 0 || finished {
@@ -1512,7 +1514,7 @@ fn a_merge_for_another_baseline_keeps_each_sources_activity() {
     };
     assert_eq!(before.entries, 3);
     let mut other = Campaign::builtin_2018();
-    other.baseline = other.baseline + chrono::Duration::days(14);
+    other.baseline += chrono::Duration::days(14);
     let th = TestHub::open_with(dir.path(), t0(), other);
     let after = th
         .hub
