@@ -429,7 +429,14 @@ impl Hub {
                 Ok(t) => return Ok(t),
                 Err(e) => {
                     *st = saved;
-                    if e.is_conflict() && tries < MAX_CONFLICT_RETRIES {
+                    // An attempt on state another writer's commit has moved past can fail
+                    // before it reaches its own commit: a catch-up reads the views' keys as
+                    // of their latest write, so the in-memory views may already hold what
+                    // the attempt's log indexes now collide with (a subject's chain then
+                    // runs through another subject's count). It would have conflicted:
+                    // catch up and try again, as for a conflict.
+                    let stale = !e.is_conflict() && self.stale_attempt(&st);
+                    if (e.is_conflict() || stale) && tries < MAX_CONFLICT_RETRIES {
                         tries += 1;
                         self.catch_up(&mut st)?;
                         continue;
@@ -438,6 +445,16 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Whether an attempt made on `st` failed because other processes' commits moved the
+    /// store past it: a catch-up reads the views' keys as of their latest write, so the
+    /// views in memory may hold what the attempt's own log indexes then collide with (a
+    /// subject's chain running through another subject's count). Such an attempt would
+    /// have conflicted at its commit; it is made again after a catch-up. Never on a store
+    /// one process writes (its head moves only under this hub's writer lock).
+    pub(crate) fn stale_attempt(&self, st: &State) -> bool {
+        self.store.shared_by_processes() && self.store.head().is_ok_and(|h| h != st.head)
     }
 
     /// For readers: when another writer (a replica on the same database, an admin command)

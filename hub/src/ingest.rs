@@ -442,6 +442,16 @@ impl Hub {
                     *st = saved;
                     self.catch_up(&mut st)?;
                 }
+                Err(IngestError::Store(e))
+                    if tries < MAX_CONFLICT_RETRIES && self.stale_attempt(&saved) =>
+                {
+                    // Made on state another replica's commit had moved past (see
+                    // `Hub::stale_attempt`): it would have conflicted.
+                    tries += 1;
+                    debug!(source = %source, error = %e, tries, "An attempt on state the store has moved past failed; catching up before admitting the batch again.");
+                    *st = saved;
+                    self.catch_up(&mut st)?;
+                }
                 Err(e) => {
                     if let IngestError::Store(se) = &e {
                         error!(source = %source, error = %se, "Storing a batch failed; nothing was acknowledged.");

@@ -1293,6 +1293,12 @@ fn damaged_chains_are_named_damage_never_a_loop_a_panic_or_figures() {
                 Err(why) => failures.push(format!("{damage:?}: {what}: {why}")),
                 // Figures from a damaged chain: fine only where the damage cannot be seen
                 // (a link cut to none drops the older snapshots, which only verify sees).
+                // A chain start past the new count is stored as "no previous count": an
+                // attempt on views a replica's commit moved past looks the same, and it
+                // conflicts and is made again (`replicas::racing_replicas_commit_one_log`
+                // fails if this is an error); `verify` names the damage (below).
+                Ok(Ok(_))
+                    if matches!(damage, Damage::NewestFarAhead) && what == "late snapshot" => {}
                 Ok(Ok(figs)) if chain_damage => {
                     failures.push(format!("{damage:?}: {what}: answered figures {figs}"))
                 }
