@@ -1071,12 +1071,11 @@ fn link_block(
             "two space counts stored at one log index",
         )));
     }
-    let start = blocks::block_last(first) - (blocks::BLOCK - 1);
     let encoded: Vec<(u8, Vec<u8>)> = counts
         .iter()
         .map(|c| {
             let prev = heads.insert(c.subject(), c.meta.log_index);
-            let off = u8::try_from(c.meta.log_index - start).unwrap_or(u8::MAX);
+            let off = blocks::offset(c.meta.log_index);
             (off, encode_count(&c.meta, &c.count, prev))
         })
         .collect();

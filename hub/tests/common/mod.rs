@@ -8,6 +8,8 @@
 
 pub mod cli;
 
+pub mod layouts;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
