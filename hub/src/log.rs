@@ -217,7 +217,7 @@ pub fn replace_record(
 }
 
 /// Every leaf in order.
-pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
+pub fn iter(store: &dyn Store) -> Leaves<'_> {
     iter_from(store, 0)
 }
 
@@ -225,10 +225,7 @@ pub fn iter(store: &dyn Store) -> impl Iterator<Item = Result<(u64, LogRecord), 
 /// holds `from`, each opened in turn. A value that does not read is one error (its leaves
 /// are not known), a record that does not read an error at its leaf; the walk goes on
 /// after either.
-pub fn iter_from(
-    store: &dyn Store,
-    from: u64,
-) -> impl Iterator<Item = Result<(u64, LogRecord), StoreError>> + '_ {
+pub fn iter_from(store: &dyn Store, from: u64) -> Leaves<'_> {
     Leaves {
         values: store.scan_from(keys::LOG, &keys::log(from)),
         from,
@@ -236,8 +233,8 @@ pub fn iter_from(
     }
 }
 
-/// The leaves of the stored values a scan yields.
-struct Leaves<'a> {
+/// The leaves of the stored values a scan yields ([`iter`], [`iter_from`]).
+pub struct Leaves<'a> {
     values: KvIter<'a>,
     /// Leaves before it are skipped (the first value may start before).
     from: u64,
@@ -245,23 +242,21 @@ struct Leaves<'a> {
     open: Option<(Stored, u64)>,
 }
 
-impl Iterator for Leaves<'_> {
-    type Item = Result<(u64, LogRecord), StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Leaves<'_> {
+    /// The next leaf, its record decoded into `rec` (reusing what `rec` holds: see
+    /// [`record::decode_into`]): its index, or why it does not read (then `rec` holds parts
+    /// of it, not to be read).
+    pub fn next_into(&mut self, rec: &mut LogRecord) -> Option<Result<u64, StoreError>> {
         loop {
             if let Some((v, at)) = &mut self.open {
                 let index = *at;
-                if let Some(r) = v.record(index) {
+                if let Some(r) = v.record_into(index, rec) {
                     if index < v.last() {
                         *at = index + 1;
                     } else {
                         self.open = None;
                     }
-                    return Some(
-                        r.map(|rec| (index, rec))
-                            .map_err(|e| damaged_record(index, e)),
-                    );
+                    return Some(r.map(|()| index).map_err(|e| damaged_record(index, e)));
                 }
                 self.open = None;
             }
@@ -286,6 +281,16 @@ impl Iterator for Leaves<'_> {
                 }
             }
         }
+    }
+}
+
+impl Iterator for Leaves<'_> {
+    type Item = Result<(u64, LogRecord), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut rec = LogRecord::empty();
+        let index = self.next_into(&mut rec)?;
+        Some(index.map(|index| (index, rec)))
     }
 }
 

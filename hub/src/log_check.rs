@@ -288,28 +288,35 @@ struct Chunk {
     error: Option<StoreError>,
 }
 
-/// Reads up to `n` leaves: fewer at the end of the log, or up to a leaf that does not read.
-fn read_chunk<I>(leaves: &mut I, n: usize) -> Chunk
-where
-    I: Iterator<Item = Result<(u64, LogRecord), StoreError>>,
-{
-    let mut chunk = Chunk {
-        leaves: Vec::with_capacity(n),
-        error: None,
-    };
-    for r in leaves.by_ref() {
-        match r {
-            Ok(leaf) => chunk.leaves.push(leaf),
-            Err(e) => {
-                chunk.error = Some(e);
+/// Reads up to `n` leaves: fewer at the end of the log, or up to a leaf that does not read;
+/// into `slots`, the leaves of a chunk walked already, so that a leaf is decoded where one
+/// was before instead of into fresh allocations (see [`log::Leaves::next_into`]).
+fn read_chunk(leaves: &mut log::Leaves<'_>, n: usize, mut slots: Vec<(u64, LogRecord)>) -> Chunk {
+    let mut filled = 0;
+    let mut error = None;
+    while filled < n {
+        if filled == slots.len() {
+            slots.push((0, LogRecord::empty()));
+        }
+        let slot = &mut slots[filled];
+        match leaves.next_into(&mut slot.1) {
+            None => break,
+            Some(Ok(index)) => {
+                slot.0 = index;
+                filled += 1;
+            }
+            Some(Err(e)) => {
+                error = Some(e);
                 break;
             }
         }
-        if chunk.leaves.len() == n {
-            break;
-        }
     }
-    chunk
+    // What is past the last leaf read: slots left over, or one a leaf did not read into.
+    slots.truncate(filled);
+    Chunk {
+        leaves: slots,
+        error,
+    }
 }
 
 /// A chunk being checked, in pieces that whoever is free takes next: the worker threads,
@@ -387,9 +394,10 @@ impl<'a> Pieces<'a> {
     }
 }
 
-/// Hands a checked chunk to `visit`, leaf by leaf, then the error that ended it.
+/// Hands a checked chunk to `visit`, leaf by leaf, then the error that ended it; the
+/// chunk's leaves are left in it, to be read into again.
 fn visit_chunk<E>(
-    chunk: Chunk,
+    chunk: &mut Chunk,
     checked: Vec<Checked>,
     visit: &mut impl FnMut(Result<(u64, &LogRecord, Checked), StoreError>) -> Result<ControlFlow<()>, E>,
 ) -> Result<ControlFlow<()>, E> {
@@ -398,7 +406,7 @@ fn visit_chunk<E>(
             return Ok(ControlFlow::Break(()));
         }
     }
-    match chunk.error {
+    match chunk.error.take() {
         Some(e) => visit(Err(e)),
         None => Ok(ControlFlow::Continue(())),
     }
@@ -436,7 +444,7 @@ where
     };
     let mut leaves = log::iter(store);
     let mut size = FIRST_CHUNK;
-    let mut next = read_chunk(&mut leaves, size);
+    let mut next = read_chunk(&mut leaves, size, Vec::new());
     // The chunk checked last round, waiting for its walk.
     let mut ready: Option<(Chunk, Vec<Checked>)> = None;
     loop {
@@ -447,12 +455,15 @@ where
         let pieces = Pieces::new(checker, &current.leaves);
         let (walked, read, checked) = std::thread::scope(|s| {
             let workers = pieces.start(s, threads);
-            let walked = match ready.take() {
-                Some((chunk, checked)) => visit_chunk(chunk, checked, &mut visit),
-                None => Ok(ControlFlow::Continue(())),
+            let (walked, spare) = match ready.take() {
+                Some((mut chunk, checked)) => {
+                    let walked = visit_chunk(&mut chunk, checked, &mut visit);
+                    (walked, chunk.leaves)
+                }
+                None => (Ok(ControlFlow::Continue(())), Vec::new()),
             };
             let read = (more && matches!(walked, Ok(ControlFlow::Continue(()))))
-                .then(|| read_chunk(&mut leaves, size));
+                .then(|| read_chunk(&mut leaves, size, spare));
             (walked, read, pieces.finish(workers))
         });
         if walked?.is_break() {
@@ -464,7 +475,10 @@ where
                 ready = Some((current, checked));
                 next = chunk;
             }
-            None => return visit_chunk(current, checked, &mut visit),
+            None => {
+                let mut current = current;
+                return visit_chunk(&mut current, checked, &mut visit);
+            }
         }
     }
 }

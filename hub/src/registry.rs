@@ -273,7 +273,7 @@ pub fn apply_transition(rec: &mut SourceRecord, seq: u64, key_line: &str, at: Da
 pub fn transition_in(payload: &[u8]) -> Option<(u64, String)> {
     const KIND: &[u8] = b"\"key_transition\"";
     const ESCAPE: &[u8] = b"\\u";
-    let has = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
     if !has(KIND) && !has(ESCAPE) {
         return None;
     }
@@ -312,8 +312,11 @@ fn replay_upto(
     size: u64,
 ) -> Result<Option<HashMap<SourceId, SourceRecord>>, StoreError> {
     let mut registry: Option<HashMap<SourceId, SourceRecord>> = None;
-    for r in log::iter(store) {
-        let (index, rec) = r?;
+    let mut leaves = log::iter(store);
+    // Every leaf decoded into this one record (see `log::Leaves::next_into`).
+    let mut rec = log::LogRecord::empty();
+    while let Some(r) = leaves.next_into(&mut rec) {
+        let index = r?;
         if let Some(source) = &rec.source {
             // A key transition in a source's chain changes its keys. Before the first
             // registry entry there is nothing to apply it to: the baseline holds it.

@@ -711,6 +711,11 @@ pub struct Views {
     unsealed: Vec<SourceId>,
     /// Whether `next` moved since [`Views::seal`] last wrote it.
     next_unsealed: bool,
+    /// While rebuilding: the subjects whose summary the batch is to hold, written once, by
+    /// [`Views::seal_rebuilt`], instead of once an entry (a rebuild's batch is read only
+    /// when it is whole; encoding and inserting every entry's summary was a quarter of
+    /// `verify`'s views thread).
+    deferred: BTreeSet<Subject>,
 }
 
 /// The notice rule changes the stored views hold (`v/r/`), by log index: for
@@ -1430,6 +1435,7 @@ impl Views {
             rule_changes: OrdMap::new(),
             unsealed: Vec::new(),
             next_unsealed: false,
+            deferred: BTreeSet::new(),
         }
     }
 
@@ -1693,7 +1699,7 @@ impl Views {
         let before = self.subjects.get(&subject).map(|s| s.figures());
         let after = (!summary.is_empty()).then(|| summary.figures());
         let flagged = summary.has_flags();
-        batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
+        self.put_summary(subject, &summary, batch);
         if summary.is_empty() {
             self.subjects.remove(&subject);
             if let Some(n) = newest {
@@ -1820,9 +1826,42 @@ impl Views {
         }
         let after = Some(summary.figures());
         let flagged = summary.has_flags();
-        batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
+        if self.rebuilding {
+            self.deferred.insert(subject);
+        } else {
+            batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
+        }
         self.account(subject, before, after, flagged);
         Ok(())
+    }
+
+    /// Puts `subject`'s summary into `batch`, or, while rebuilding, notes it for
+    /// [`Views::seal_rebuilt`].
+    fn put_summary(&mut self, subject: Subject, summary: &Summary, batch: &mut WriteBatch) {
+        if self.rebuilding {
+            self.deferred.insert(subject);
+        } else {
+            batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
+        }
+    }
+
+    /// [`Views::seal`] for views rebuilt into `batch`, putting in the summary of every
+    /// subject they hold a snapshot of, as each stands now: what writing each one at every
+    /// change would have left, an empty one (every snapshot withdrawn) holding where its
+    /// chain starts.
+    pub fn seal_rebuilt(&mut self, batch: &mut WriteBatch) {
+        self.seal(batch);
+        for subject in std::mem::take(&mut self.deferred) {
+            let key = subject_key(SUMMARY_PREFIX, subject);
+            match self.subjects.get(&subject) {
+                Some(summary) => batch.put(key, summary.to_bytes()),
+                None => {
+                    let mut empty = Summary::of(subject, std::iter::empty(), self.baseline);
+                    empty.set_newest(self.withdrawn.get(&subject).copied());
+                    batch.put(key, empty.to_bytes());
+                }
+            }
+        }
     }
 
     /// Marks the entry `source` made at `target_seq` withdrawn by `meta`'s entry, if the

@@ -456,6 +456,12 @@ impl Stored {
     pub fn record(&self, index: u64) -> Option<Result<LogRecord, RecordError>> {
         self.record_bytes(index).map(record::decode)
     }
+
+    /// [`Stored::record`] into `out` (see [`record::decode_into`]).
+    pub fn record_into(&self, index: u64, out: &mut LogRecord) -> Option<Result<(), RecordError>> {
+        self.record_bytes(index)
+            .map(|bytes| record::decode_into(bytes, out))
+    }
 }
 
 /// The first index and count of a pack or compressed pack stored under leaf `last`, checked.

@@ -48,6 +48,20 @@ impl LogRecord {
         leaf_hash(&self.envelope)
     }
 
+    /// A record with nothing in it, for [`decode_into`] to fill.
+    pub fn empty() -> LogRecord {
+        LogRecord {
+            received_at: DateTime::<Utc>::UNIX_EPOCH,
+            source: None,
+            seq: 0,
+            envelope: Envelope {
+                payload_type: String::new(),
+                payload: Vec::new(),
+                signatures: Vec::new(),
+            },
+        }
+    }
+
     /// The record's parts, borrowed, for [`encode_into`].
     pub fn as_ref(&self) -> RecordRef<'_> {
         RecordRef {
@@ -243,10 +257,24 @@ fn hex_id(id: &str) -> Option<[u8; 32]> {
 
 /// Reads stored record bytes: version 1, or the JSON of older hubs.
 pub fn decode(bytes: &[u8]) -> Result<LogRecord, RecordError> {
+    let mut out = LogRecord::empty();
+    decode_into(bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out`, reusing what it holds: the room of its text and byte fields, and
+/// its source when the record names the same one. A walk over many leaves that decodes each
+/// into a record it decoded an earlier one into allocates nothing once the room is there
+/// (`decode` allocated five to six times a leaf: 12 % of `verify`'s walking thread, with the
+/// frees). After an error `out` holds parts of the record: overwrite it, do not read it.
+pub fn decode_into(bytes: &[u8], out: &mut LogRecord) -> Result<(), RecordError> {
     match bytes.first() {
         None => Err(RecordError::Empty),
-        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| RecordError::Json(e.to_string())),
-        Some(&VERSION_1) => decode_v1(&bytes[1..]),
+        Some(b'{') => {
+            *out = serde_json::from_slice(bytes).map_err(|e| RecordError::Json(e.to_string()))?;
+            Ok(())
+        }
+        Some(&VERSION_1) => decode_v1(&bytes[1..], out),
         Some(&v) => Err(RecordError::Version(v)),
     }
 }
@@ -318,19 +346,22 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<LogRecord, RecordError> {
+fn decode_v1(bytes: &[u8], out: &mut LogRecord) -> Result<(), RecordError> {
     let mut r = Reader { rest: bytes };
     let secs = i64::from_be_bytes(r.array("received_at")?);
     let nanos = r.u32("received_at")?;
-    let received_at =
+    out.received_at =
         DateTime::<Utc>::from_timestamp(secs, nanos).ok_or(RecordError::Time { secs, nanos })?;
-    let seq = r.u64("seq")?;
-    let source = match r.u8("source marker")? {
-        0 => None,
+    out.seq = r.u64("seq")?;
+    match r.u8("source marker")? {
+        0 => out.source = None,
         1 => {
             let n = r.u8("source")? as usize;
             let id = r.text(n, u8::MAX as usize, "source")?;
-            Some(SourceId::parse(id).map_err(|e| RecordError::Source(e.to_string()))?)
+            if out.source.as_ref().map(SourceId::as_str) != Some(id) {
+                out.source =
+                    Some(SourceId::parse(id).map_err(|e| RecordError::Source(e.to_string()))?);
+            }
         }
         value => {
             return Err(RecordError::Marker {
@@ -338,11 +369,16 @@ fn decode_v1(bytes: &[u8]) -> Result<LogRecord, RecordError> {
                 value,
             });
         }
-    };
+    }
+    let env = &mut out.envelope;
     let n = r.u16("payload type")?;
-    let payload_type = r.text(n, MAX_PAYLOAD_TYPE, "payload type")?.to_string();
+    let payload_type = r.text(n, MAX_PAYLOAD_TYPE, "payload type")?;
+    env.payload_type.clear();
+    env.payload_type.push_str(payload_type);
     let n = r.u32("payload")? as usize;
-    let payload = r.bytes(n, MAX_PAYLOAD, "payload")?.to_vec();
+    let payload = r.bytes(n, MAX_PAYLOAD, "payload")?;
+    env.payload.clear();
+    env.payload.extend_from_slice(payload);
     let count = r.u16("signature count")?;
     if count > MAX_SIGNATURES {
         return Err(RecordError::TooLong {
@@ -351,13 +387,28 @@ fn decode_v1(bytes: &[u8]) -> Result<LogRecord, RecordError> {
             max: MAX_SIGNATURES,
         });
     }
-    let mut signatures = Vec::with_capacity(count);
-    for _ in 0..count {
-        let keyid = match r.u8("key id marker")? {
-            0 => hex::encode(r.array::<32>("key id")?),
+    env.signatures.truncate(count);
+    for i in 0..count {
+        if i == env.signatures.len() {
+            env.signatures.push(EnvelopeSignature {
+                keyid: String::new(),
+                sig: Vec::new(),
+            });
+        }
+        let slot = &mut env.signatures[i];
+        slot.keyid.clear();
+        match r.u8("key id marker")? {
+            0 => {
+                let mut text = [0u8; 64];
+                // 32 bytes always fit 64 hex digits, which are always UTF-8.
+                if hex::encode_to_slice(r.array::<32>("key id")?, &mut text).is_ok() {
+                    slot.keyid
+                        .push_str(std::str::from_utf8(&text).unwrap_or_default());
+                }
+            }
             1 => {
                 let n = r.u8("key id")? as usize;
-                r.text(n, u8::MAX as usize, "key id")?.to_string()
+                slot.keyid.push_str(r.text(n, u8::MAX as usize, "key id")?);
             }
             value => {
                 return Err(RecordError::Marker {
@@ -365,24 +416,16 @@ fn decode_v1(bytes: &[u8]) -> Result<LogRecord, RecordError> {
                     value,
                 });
             }
-        };
+        }
         let n = r.u16("signature")?;
-        let sig = r.bytes(n, MAX_SIGNATURE, "signature")?.to_vec();
-        signatures.push(EnvelopeSignature { keyid, sig });
+        let sig = r.bytes(n, MAX_SIGNATURE, "signature")?;
+        slot.sig.clear();
+        slot.sig.extend_from_slice(sig);
     }
     if !r.rest.is_empty() {
         return Err(RecordError::Trailing(r.rest.len()));
     }
-    Ok(LogRecord {
-        received_at,
-        source,
-        seq,
-        envelope: Envelope {
-            payload_type,
-            payload,
-            signatures,
-        },
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -580,6 +623,29 @@ mod tests {
         fn records_round_trip(rec in any_record()) {
             if let Some(rec) = rec {
                 prop_assert_eq!(decode(&encode(&rec)), Ok(rec));
+            }
+        }
+
+        /// Records decoded one after another into the same record (as a walk over the log
+        /// reuses its slots), with damaged bytes between them, read as each alone does:
+        /// nothing of an earlier record (its source, a longer payload, more signatures)
+        /// stays behind.
+        #[test]
+        fn records_decoded_into_a_used_record_read_as_alone(
+            recs in proptest::collection::vec(any_record(), 1..6),
+            damage in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut slot = LogRecord::empty();
+            for rec in recs.into_iter().flatten() {
+                let bytes = encode(&rec);
+                prop_assert_eq!(decode_into(&bytes, &mut slot), Ok(()));
+                prop_assert_eq!(&slot, &rec);
+                // A record that does not read leaves parts in the slot; the next one
+                // overwrites them.
+                let mut cut = bytes.clone();
+                cut.truncate(bytes.len().saturating_sub(1 + damage.len() % 8));
+                cut.extend_from_slice(&damage);
+                let _ = decode_into(&cut, &mut slot);
             }
         }
 
