@@ -30,6 +30,12 @@ pub struct Status {
     pub acked_seq: u64,
     /// Entries waiting for a receipt.
     pub buffered: u64,
+    /// Ingest requests sent.
+    #[serde(default)]
+    pub pushes: u64,
+    /// Transient failures retried (timeouts, 429, 5xx, connections refused).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// One agent's data directory and, while it runs, its process.

@@ -180,6 +180,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     let pid = hub.pid().context("the hub has no process id")?;
     let mut first = vec![None::<f64>; agents.len()];
     let mut done = vec![None::<f64>; agents.len()];
+    // Each agent's requests and retried failures, as its status gave them when it was done.
+    let (mut pushes, mut retries) = (0u64, 0u64);
     let poll = Duration::from_millis(a.poll_ms.max(1));
     let deadline = Duration::from_secs(3600);
     while done.iter().any(Option::is_none) {
@@ -197,6 +199,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
             }
             if st.acked_seq == st.head_seq && st.buffered == 0 {
                 done[i] = Some(now);
+                pushes += st.pushes;
+                retries += st.retries;
             }
         }
         tokio::time::sleep(poll).await;
@@ -248,7 +252,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     println!(
         "drained {total} entries in {drain_s:.1} s from the hub's spawn ({:.0}/s; hub ready after {ready_s:.2} s, \
          first receipts after {first_min:.1}–{first_max:.1} s, hub CPU {hub_cpu_s:.1} s = {:.2} cores, \
-         resident {rss_hub:.0} MiB; the agents' CPU {agents_cpu_s:.1} s = {:.2} cores); the hub holds all {hub_total}",
+         resident {rss_hub:.0} MiB; the agents' CPU {agents_cpu_s:.1} s = {:.2} cores, {pushes} requests, {retries} retried); the hub holds all {hub_total}",
         total as f64 / drain_s,
         hub_cpu_s / drain_s,
         agents_cpu_s / drain_s
@@ -357,7 +361,9 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("agent_rss_max_mb", rss_max)
         .dec("agent_rss_delivered_mb", rss_delivered)
         .dec("agent_rss_delivered_restart_mb", rss_restart)
-        .int("entries_per_agent", a.entries as f64);
+        .int("entries_per_agent", a.entries as f64)
+        .int("agent_pushes", pushes as f64)
+        .int("agent_retries", retries as f64);
     Ok(r)
 }
 
