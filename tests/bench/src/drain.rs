@@ -146,8 +146,13 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .collect::<Result<_>>()?;
     let total = a.entries * a.agents as u64;
     let mut agent_rss = Vec::new();
+    // What the agents sent and retried while the hub was down (their pushes were refused
+    // the connection), taken off the drain's counts below.
+    let (mut pushes_down, mut retries_down) = (0u64, 0u64);
     for ag in &agents {
         let st = ag.1.status().await?;
+        pushes_down += st.pushes;
+        retries_down += st.retries;
         if st.head_seq != a.entries || st.buffered != a.entries {
             bail!(
                 "{}: head {} and {} buffered after taking {} entries",
@@ -180,7 +185,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     let pid = hub.pid().context("the hub has no process id")?;
     let mut first = vec![None::<f64>; agents.len()];
     let mut done = vec![None::<f64>; agents.len()];
-    // Each agent's requests and retried failures, as its status gave them when it was done.
+    // Each agent's requests and retried failures, as its status gave them when it was
+    // done, less those of before the hub's start.
     let (mut pushes, mut retries) = (0u64, 0u64);
     let poll = Duration::from_millis(a.poll_ms.max(1));
     let deadline = Duration::from_secs(3600);
@@ -206,6 +212,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         tokio::time::sleep(poll).await;
     }
     let drain_s = done.iter().flatten().copied().fold(0.0, f64::max);
+    let pushes = pushes.saturating_sub(pushes_down);
+    let retries = retries.saturating_sub(retries_down);
     let hub_cpu_s = procs::cpu_seconds(Some(pid))?;
     let agents_cpu_s = agents_cpu_seconds(&agents)? - agents_cpu_before;
     let first_min = first
@@ -252,7 +260,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     println!(
         "drained {total} entries in {drain_s:.1} s from the hub's spawn ({:.0}/s; hub ready after {ready_s:.2} s, \
          first receipts after {first_min:.1}–{first_max:.1} s, hub CPU {hub_cpu_s:.1} s = {:.2} cores, \
-         resident {rss_hub:.0} MiB; the agents' CPU {agents_cpu_s:.1} s = {:.2} cores, {pushes} requests, {retries} retried); the hub holds all {hub_total}",
+         resident {rss_hub:.0} MiB; the agents' CPU {agents_cpu_s:.1} s = {:.2} cores; from the hub's start {pushes} requests, {retries} failures retried; before it {retries_down}); the hub holds all {hub_total}",
         total as f64 / drain_s,
         hub_cpu_s / drain_s,
         agents_cpu_s / drain_s
@@ -363,7 +371,8 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("agent_rss_delivered_restart_mb", rss_restart)
         .int("entries_per_agent", a.entries as f64)
         .int("agent_pushes", pushes as f64)
-        .int("agent_retries", retries as f64);
+        .int("agent_retries", retries as f64)
+        .int("agent_retries_hub_down", retries_down as f64);
     Ok(r)
 }
 
