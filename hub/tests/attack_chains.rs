@@ -32,43 +32,6 @@ use spacesync_shared::{Campaign, RegionCode, SourceId};
 // ---------------------------------------------------------------------------------------
 // Store wrappers
 
-/// A store whose writes fail after `left` of them: a start killed part-way.
-struct Failing {
-    inner: Arc<dyn Store>,
-    left: AtomicUsize,
-}
-
-impl Store for Failing {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
-        self.inner.scan(prefix)
-    }
-    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
-        self.inner.scan_from(prefix, from)
-    }
-    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
-        self.inner.last(prefix)
-    }
-    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(StoreError::Backend {
-                op: "apply",
-                message: "killed".into(),
-            });
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-}
-
 /// What replica A served: figures, items, school 01's teacher spaces.
 type Served = (String, Vec<(Value, Value)>, Option<u64>);
 type Hook = Box<dyn FnOnce() + Send>;
@@ -520,10 +483,7 @@ fn make_older(dir: &Path, older: Older) {
 /// Runs `prepare` on `dir` killed after `k` writes; true when it finished within them.
 fn killed_after(dir: &Path, baseline: NaiveDate, per_batch: usize, k: usize) -> bool {
     let sled = open_store(dir);
-    let failing = Failing {
-        inner: sled.clone(),
-        left: AtomicUsize::new(k),
-    };
+    let failing = stores::KilledAfter::new(sled.clone(), k);
     let done = views::prepare_in_batches(&failing, baseline, per_batch).is_ok();
     drop(failing);
     drop(sled);

@@ -6,50 +6,12 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Duration;
 use common::*;
-use spacesync_hub::store::{Kv, KvIter, MemStore, Store, StoreError, WriteBatch};
+use spacesync_hub::store::{MemStore, Store, WriteBatch};
 use spacesync_hub::views::{self, Views};
 use spacesync_shared::{Campaign, Record, SourceId};
-
-/// A store whose writes fail after `left` of them: a start killed part-way.
-struct Killed {
-    inner: Arc<MemStore>,
-    left: AtomicUsize,
-}
-
-impl Store for Killed {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
-        self.inner.scan(prefix)
-    }
-    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
-        self.inner.scan_from(prefix, from)
-    }
-    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
-        self.inner.last(prefix)
-    }
-    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(StoreError::Backend {
-                op: "apply",
-                message: "killed".into(),
-            });
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-}
 
 /// Views over twelve schools, each with a snapshot before the baseline and one five days
 /// after it (so the baseline values differ between the two dates).
@@ -117,10 +79,7 @@ fn a_start_killed_while_merging_for_a_new_baseline_then_one_under_the_old_baseli
     let new = old + Duration::days(5);
     for killed_after in 0..6 {
         let leaked = copy(&dv.store);
-        let killed = Killed {
-            inner: leaked.clone(),
-            left: AtomicUsize::new(killed_after),
-        };
+        let killed = stores::KilledAfter::new(leaked.clone(), killed_after);
         // Two summaries a write: six writes for twelve subjects, then the last one.
         assert!(
             views::prepare_in_batches(&killed, new, 2).is_err(),

@@ -8,53 +8,15 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::NaiveDate;
 use common::layouts::*;
 use common::*;
 use serde_json::{Value, json};
 use spacesync_hub::maintenance;
-use spacesync_hub::store::{Kv, KvIter, SledStore, Store, StoreError, WriteBatch};
+use spacesync_hub::store::{SledStore, Store, WriteBatch};
 use spacesync_hub::views::{self, Extension, HubEntry, Views};
 use spacesync_shared::{Campaign, Record, RegionCode};
-
-/// A store whose writes fail after `left` of them: a start killed part-way.
-struct Failing {
-    inner: Arc<SledStore>,
-    left: AtomicUsize,
-}
-
-impl Store for Failing {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn scan(&self, prefix: &[u8]) -> KvIter<'_> {
-        self.inner.scan(prefix)
-    }
-    fn scan_from(&self, prefix: &[u8], from: &[u8]) -> KvIter<'_> {
-        self.inner.scan_from(prefix, from)
-    }
-    fn last(&self, prefix: &[u8]) -> Result<Option<Kv>, StoreError> {
-        self.inner.last(prefix)
-    }
-    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(StoreError::Backend {
-                op: "apply",
-                message: "killed".into(),
-            });
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-}
 
 /// Everything the hub answers about its views, and the items it holds.
 async fn answers(th: &TestHub) -> (Vec<Value>, Vec<(Value, Value)>, usize, usize) {
@@ -293,10 +255,7 @@ async fn a_store_of_layout_3_is_linked_into_chains_at_open() {
         let e = Views::load(sled.as_ref(), baseline).err().expect("refused");
         assert!(e.to_string().contains("start the hub once"), "{e}");
         // Killed after three writes: `v/m` says 4, two batches of 2 blocks linked.
-        let failing = Failing {
-            inner: sled.clone(),
-            left: AtomicUsize::new(3),
-        };
+        let failing = stores::KilledAfter::new(sled.clone(), 3);
         assert!(views::prepare_in_batches(&failing, baseline, 2).is_err());
         let m = String::from_utf8(sled.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
         assert!(
@@ -427,10 +386,7 @@ async fn a_store_in_the_older_layout_is_converted_once_at_open() {
         );
 
         // A start killed after two of its writes: part moved, the rest still in `v/i/`.
-        let failing = Failing {
-            inner: sled.clone(),
-            left: AtomicUsize::new(2),
-        };
+        let failing = stores::KilledAfter::new(sled.clone(), 2);
         assert!(views::prepare_in_batches(&failing, baseline, 7).is_err());
         let (left, moved, summaries) = census(sled.as_ref());
         assert_eq!((left, moved, summaries), (counts - 14, 14, 0));

@@ -10,6 +10,8 @@ pub mod cli;
 
 pub mod layouts;
 
+pub mod stores;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
