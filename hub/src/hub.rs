@@ -25,7 +25,7 @@ use spacesync_shared::{Campaign, SourceId};
 
 use crate::log::{Log, LogError};
 use crate::registry::{self, SourceRecord};
-use crate::store::{Store, StoreError, keys};
+use crate::store::{Store, StoreError, WriteBatch, keys};
 use crate::views::Views;
 
 /// How far ahead of the hub's clock an entry's `recorded_at` may be.
@@ -407,6 +407,26 @@ impl Hub {
         let mut st = self.state();
         self.catch_up(&mut st).map_err(load_to_store)?;
         Ok(st)
+    }
+
+    /// Every summary pending under `v/d/` folded into its own key, a bounded slice a
+    /// flushed write (so the store holds each summary under its key, as tools that read
+    /// `v/s/` directly expect); nothing when none is pending. Moves no head: only view keys
+    /// change, to the same figures.
+    pub fn fold_summaries(&self) -> Result<(), StoreError> {
+        let mut st = self.writer()?;
+        loop {
+            let mut wb = WriteBatch::new();
+            let mut views = st.views.clone();
+            views.fold_oldest(self.store.as_ref(), &mut wb, 0, 10_000)?;
+            if wb.is_empty() {
+                st.views = views;
+                return Ok(());
+            }
+            self.store.apply(wb)?;
+            self.store.flush()?;
+            st.views = views;
+        }
     }
 
     /// Runs `write` under the writer lock against a state caught up with the store, and

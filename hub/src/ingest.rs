@@ -680,7 +680,7 @@ impl Hub {
             if transitioned {
                 registry::put(&mut wb, &rotated);
             }
-            st.views.seal(&mut wb);
+            st.views.seal(self.store.as_ref(), &mut wb)?;
             st.log.put_frontier(&mut wb);
             let note = st.log.checkpoint(&self.origin, &self.key)?;
             wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());
@@ -823,7 +823,7 @@ impl Hub {
     /// write). On failure nothing is written; the caller ([`Hub::serialized`]) puts the
     /// state back.
     fn commit_hub_entries(&self, st: &mut State, mut wb: WriteBatch) -> Result<(), LogError> {
-        st.views.seal(&mut wb);
+        st.views.seal(self.store.as_ref(), &mut wb)?;
         st.log.put_frontier(&mut wb);
         let note = st.log.checkpoint(&self.origin, &self.key)?;
         wb.put(keys::CHECKPOINT.to_vec(), note.clone().into_bytes());

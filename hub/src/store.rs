@@ -170,6 +170,16 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
+    /// Whether the views store the summaries a batch changed as one value a batch, folded
+    /// into one key a subject later (`views/pending.rs`), instead of one key a subject in
+    /// every batch. Yes on sled, where each key changed among many costs a leaf page's
+    /// fragment and node copies, ~a quarter of the hub's CPU in the drain; PostgreSQL
+    /// updates a row in place of that and replicas read the summaries of each other's
+    /// batches by key, so it keeps one key a subject.
+    fn batches_summaries(&self) -> bool {
+        true
+    }
+
     /// Whether other processes commit to this store (hub replicas on one PostgreSQL
     /// database), so that a commit's head is often found moved. Within one process the
     /// writer lock orders the commits; a conflict there is rare.

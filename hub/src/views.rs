@@ -13,9 +13,10 @@
 //!   appended, not inserted among older ones, which sled stores at a fraction of the cost
 //!   (see BENCHMARKS.md). In memory each subject (a region's own total, or a school) keeps
 //!   its merged [`Summary`], also stored under `v/s/<subject>`, which holds where the
-//!   subject's chain starts. A snapshot in date order extends the summary in O(kinds): the
-//!   entry writes its block (in log order) and its subject's summary, and reads nothing
-//!   per subject; one dated earlier, or a withdrawal, re-walks the subject's chain from the
+//!   subject's chain starts — on sled by way of `v/d/`, the summaries a batch changed
+//!   stored together and folded into their keys later ([`pending`]). A snapshot in date
+//!   order extends the summary in O(kinds): the entry writes its block (in log order) and
+//!   its subject's summary, and reads nothing per subject; one dated earlier, or a withdrawal, re-walks the subject's chain from the
 //!   store and the batch being written ([`Overlay`]).
 //! - **ledger items** (milestones, nominations, activities, withdrawals: a few per unit)
 //!   stay in memory and under `v/i/<log index>` (JSON).
@@ -29,7 +30,7 @@
 //! follow from the summaries: they are derived at load (O(subjects)) and kept as summaries
 //! change. A withdrawal finds its target through the hub's source index (`src/`), marks
 //! the stored item withdrawn and re-walks its subject. Restart ([`Views::load`]) reads
-//! `v/m`, `v/n`, `v/s/`, `v/i/`, `v/a/`, `v/x/` and `v/r/` only — never `v/c/`; a store
+//! `v/m`, `v/n`, `v/s/`, `v/d/`, `v/i/`, `v/a/`, `v/x/` and `v/r/` only — never `v/c/`; a store
 //! in an older layout is converted once by [`prepare`].
 //!
 //! The in-memory parts are persistent maps (`imbl`): cloning the views is O(1) and shares
@@ -59,6 +60,7 @@ mod blocks;
 pub mod checkpoint;
 mod codec;
 mod figures;
+mod pending;
 mod subject;
 mod subjects;
 use codec::{Damaged, In, Out};
@@ -77,8 +79,12 @@ const COUNT_PREFIX: &[u8] = b"v/c/";
 /// the log indexes of a subject's space counts (what the chains replaced: the key was
 /// read and rewritten whole by every snapshot of the subject).
 const LIST_PREFIX: &[u8] = b"v/l/";
-/// `v/s/<region u32><0 | 1><school u64>`: a subject's merged summary.
+/// `v/s/<region u32><0 | 1><school u64>`: a subject's merged summary (unless a newer
+/// one is pending under `v/d/`).
 const SUMMARY_PREFIX: &[u8] = b"v/s/";
+/// `v/d/<views position after the batch><u32>`: the summaries a batch changed, a few to a
+/// value, pending a fold into `v/s/` ([`pending`]).
+const PENDING_PREFIX: &[u8] = b"v/d/";
 /// `v/i/<log index>`: a ledger item (JSON). In layout 1, every item.
 const ITEM_PREFIX: &[u8] = b"v/i/";
 /// `v/a/<source>`: what the views know of a source's traffic (JSON).
@@ -89,8 +95,9 @@ const EXTENSION_PREFIX: &[u8] = b"v/x/";
 const RULE_PREFIX: &[u8] = b"v/r/";
 /// The layout this version writes: 1 kept every item under `v/i/`; 2 one space count per
 /// `v/c/` value and a list of them per subject under `v/l/`; 3 the counts in blocks; 4 is
-/// the one above (chains, no lists). [`prepare`] converts 1, 2 and 3 at the hub's start.
-const LAYOUT: u32 = 4;
+/// chains, no lists; 5 is the one above (4 and summaries pending under `v/d/`, which a
+/// hub of layout 4 would not read). [`prepare`] converts 1 to 4 at the hub's start.
+const LAYOUT: u32 = 5;
 
 /// Whether this version reads views stored in `layout` without converting them.
 fn readable(layout: u32) -> bool {
@@ -377,8 +384,8 @@ pub fn differing_summaries<A: Reader + ?Sized, B: Reader + ?Sized>(
     a: &A,
     b: &B,
 ) -> Result<Vec<String>, StoreError> {
-    let mut left = a.read_prefix(SUMMARY_PREFIX).peekable();
-    let mut right = b.read_prefix(SUMMARY_PREFIX).peekable();
+    let mut left = summaries_of(a)?.peekable();
+    let mut right = summaries_of(b)?.peekable();
     let mut out = Vec::new();
     loop {
         let order = match (left.peek(), right.peek()) {
@@ -716,6 +723,17 @@ pub struct Views {
     /// when it is whole; encoding and inserting every entry's summary was a quarter of
     /// `verify`'s views thread).
     deferred: BTreeSet<Subject>,
+    /// Whether changed summaries are stored a batch at a time under `v/d/` and folded
+    /// into `v/s/` later ([`pending`]; the store's choice: [`Store::batches_summaries`]),
+    /// rather than each under its `v/s/` key in the batch that changed it.
+    batched: bool,
+    /// When `batched`: the subjects whose summary changed since [`Views::seal`] last
+    /// wrote them.
+    dirty: BTreeSet<Subject>,
+    /// When `batched`: how many summaries the stored `v/d/` values hold.
+    pending: u64,
+    /// When `batched`: fold once this many would be pending ([`pending::FOLD_AT`]).
+    fold_at: u64,
 }
 
 /// The notice rule changes the stored views hold (`v/r/`), by log index: for
@@ -833,7 +851,7 @@ pub fn prepare_in_batches(
             return Err(StoreError::Corrupt {
                 key: "v/m".into(),
                 message: format!(
-                    "the views are in layout {}, which this version of the hub neither reads nor converts (it reads {LAYOUT}, converts 2 and 3); run a newer hub",
+                    "the views are in layout {}, which this version of the hub neither reads nor converts (it reads {LAYOUT}, converts 2, 3 and 4); run a newer hub",
                     l.layout
                 ),
             });
@@ -841,6 +859,20 @@ pub fn prepare_in_batches(
         _ => {}
     }
     let mut done = Prepared::default();
+    if let Some(l) = layout.filter(|l| l.baseline == baseline && l.layout == 4 && !l.converting) {
+        // Layout 4 is this one without pending summaries: only `v/m` changes.
+        let mut batch = WriteBatch::new();
+        put_layout(&mut batch, baseline);
+        store.apply(batch)?;
+        store.flush()?;
+        done.writes += 1;
+        info!(
+            from = l.layout,
+            to = LAYOUT,
+            "The stored views are in the layout of this version (summaries may now be pending under v/d/)."
+        );
+        return Ok(Some(done));
+    }
     if let Some(l) = layout.filter(|l| l.baseline == baseline) {
         // The summaries are right but for where each subject's chain starts. `v/m` says
         // 4 (converting) from the first write, so an older hub refuses the store instead
@@ -927,6 +959,11 @@ pub fn prepare_in_batches(
     // above finds no space count left to move).
     if layout.is_some() {
         batch.delete(LAYOUT_KEY);
+    }
+    // Every summary is merged again below: the pending ones, merged for the old date, go
+    // in the same write as `v/m`.
+    for r in store.scan(PENDING_PREFIX) {
+        batch.delete(r?.0);
     }
     let mut written: HashSet<Vec<u8>> = HashSet::new();
     for (subject, newest) in &heads {
@@ -1275,7 +1312,7 @@ fn walk_subjects<R: Reader + ?Sized>(
     baseline: NaiveDate,
     mut each: impl FnMut(Subject, Summary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    for kv in r.read_prefix(SUMMARY_PREFIX) {
+    for kv in summaries_of(r)? {
         let (k, bytes) = kv?;
         let subject = subject_of(&k, SUMMARY_PREFIX)?;
         let newest = Summary::from_bytes(subject, &bytes)
@@ -1332,7 +1369,7 @@ fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVer
         return Ok(CheckpointVerdict::Stale);
     }
     // Empty ones included: the checkpoint holds the withdrawn subjects' too.
-    let mut stored = stored_summaries(store);
+    let mut stored = stored_summaries(store)?;
     let mut next_stored = || stored.next().transpose();
     let mut first: Option<String> = None;
     let mut failed: Option<StoreError> = None;
@@ -1384,13 +1421,63 @@ fn checkpoint_verdict(store: &dyn Store, bytes: Vec<u8>) -> Result<CheckpointVer
 /// subject's is damage: [`subject_of`]).
 fn stored_summaries(
     store: &dyn Store,
-) -> impl Iterator<Item = Result<(Subject, Summary), StoreError>> + '_ {
-    store.scan(SUMMARY_PREFIX).map(|r| {
+) -> Result<impl Iterator<Item = Result<(Subject, Summary), StoreError>> + '_, StoreError> {
+    Ok(summaries_of(store)?.map(|r| {
         let (k, b) = r?;
         let subject = subject_of(&k, SUMMARY_PREFIX)?;
         let summary = Summary::from_bytes(subject, &b).map_err(damaged(&k))?;
         Ok((subject, summary))
-    })
+    }))
+}
+
+/// The summaries pending under `v/d/`, by their `v/s/` key, the newest of each.
+fn pending_summaries<R: Reader + ?Sized>(r: &R) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+    let mut out = BTreeMap::new();
+    for kv in r.read_prefix(PENDING_PREFIX) {
+        let (k, v) = kv?;
+        for (_, subject, summary) in pending::decode(&v).map_err(damaged(&k))? {
+            out.insert([SUMMARY_PREFIX, subject].concat(), summary.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// How many summaries `v/d/` holds (each value's, counted apart).
+fn count_pending(store: &dyn Store) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for kv in store.scan(PENDING_PREFIX) {
+        let (k, v) = kv?;
+        n += pending::decode(&v).map_err(damaged(&k))?.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Every stored summary as its `v/s/` key and bytes, in key order, each subject's latest:
+/// `v/s/` with the pending ones (`v/d/`) read over it. What every reader of the stored
+/// summaries goes through.
+fn summaries_of<R: Reader + ?Sized>(
+    r: &R,
+) -> Result<pending::WithPending<crate::store::KvIter<'_>>, StoreError> {
+    Ok(pending::with_pending(
+        r.read_prefix(SUMMARY_PREFIX),
+        pending_summaries(r)?,
+    ))
+}
+
+/// Every stored view key and value as the views read them: the summaries pending under
+/// `v/d/` read over `v/s/`, the `v/d/` values themselves left out. Two stores hold the
+/// same views exactly when this reads the same, whenever each folded its pending
+/// summaries.
+pub fn read_as_folded(store: &dyn Store) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+    let mut out = BTreeMap::new();
+    for kv in store.scan(keys::VIEW) {
+        let (k, v) = kv?;
+        if !k.starts_with(PENDING_PREFIX) {
+            out.insert(k, v);
+        }
+    }
+    out.extend(pending_summaries(store)?);
+    Ok(out)
 }
 
 fn name((region, school): Subject) -> String {
@@ -1436,6 +1523,10 @@ impl Views {
             unsealed: Vec::new(),
             next_unsealed: false,
             deferred: BTreeSet::new(),
+            batched: false,
+            dirty: BTreeSet::new(),
+            pending: 0,
+            fold_at: pending::FOLD_AT,
         }
     }
 
@@ -1576,6 +1667,8 @@ impl Views {
             });
         }
         v.next = read_next(store)?;
+        v.batched = store.batches_summaries();
+        v.pending = count_pending(store)?;
         for r in store.scan(EXTENSION_PREFIX) {
             let (k, bytes) = r?;
             let idx = keys::tail_u64(&k).unwrap_or(0);
@@ -1623,7 +1716,7 @@ impl Views {
         if checkpointed {
             // The summaries came from it.
         } else if layout.baseline == baseline {
-            for r in stored_summaries(store) {
+            for r in stored_summaries(store)? {
                 let (subject, summary) = r?;
                 v.add_subject(subject, summary);
             }
@@ -1765,9 +1858,18 @@ impl Views {
     /// Puts into `batch` what [`Views::apply`] and [`Views::apply_hub`] changed of the
     /// sources' activity (`v/a/`) and of the views' position (`v/n`) since the last seal:
     /// once a batch, not once an entry (each entry rewrote both, JSON and all: 1.5 % of the
-    /// hub's CPU at ingest). Every batch the views were applied into is sealed before it is
-    /// written; `verify` holds the stored `v/a/` and `v/n` to a rebuild's.
-    pub fn seal(&mut self, batch: &mut WriteBatch) {
+    /// hub's CPU at ingest); and, when summaries are batched, the summaries changed, as one
+    /// `v/d/` value or a fold ([`pending`]; reads `store` to fold). Every batch the views
+    /// were applied into is sealed before it is written; `verify` holds the stored `v/a/`,
+    /// `v/n` and summaries to a rebuild's.
+    pub fn seal(&mut self, store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        self.seal_summaries(store, batch)?;
+        self.seal_sources(batch);
+        Ok(())
+    }
+
+    /// The sources' activity and the position, as [`Views::seal`] writes them.
+    fn seal_sources(&mut self, batch: &mut WriteBatch) {
         for source in std::mem::take(&mut self.unsealed) {
             if let Some(act) = self.sources.get(&source) {
                 put_activity(batch, &source, act);
@@ -1828,6 +1930,8 @@ impl Views {
         let flagged = summary.has_flags();
         if self.rebuilding {
             self.deferred.insert(subject);
+        } else if self.batched {
+            self.dirty.insert(subject);
         } else {
             batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
         }
@@ -1840,6 +1944,8 @@ impl Views {
     fn put_summary(&mut self, subject: Subject, summary: &Summary, batch: &mut WriteBatch) {
         if self.rebuilding {
             self.deferred.insert(subject);
+        } else if self.batched {
+            self.dirty.insert(subject);
         } else {
             batch.put(subject_key(SUMMARY_PREFIX, subject), summary.to_bytes());
         }
@@ -1850,18 +1956,117 @@ impl Views {
     /// change would have left, an empty one (every snapshot withdrawn) holding where its
     /// chain starts.
     pub fn seal_rebuilt(&mut self, batch: &mut WriteBatch) {
-        self.seal(batch);
+        self.seal_sources(batch);
         for subject in std::mem::take(&mut self.deferred) {
-            let key = subject_key(SUMMARY_PREFIX, subject);
-            match self.subjects.get(&subject) {
-                Some(summary) => batch.put(key, summary.to_bytes()),
-                None => {
-                    let mut empty = Summary::of(subject, std::iter::empty(), self.baseline);
-                    empty.set_newest(self.withdrawn.get(&subject).copied());
-                    batch.put(key, empty.to_bytes());
-                }
+            batch.put(
+                subject_key(SUMMARY_PREFIX, subject),
+                self.stored_form(subject),
+            );
+        }
+    }
+
+    /// These views with the summaries a batch changes stored as one `v/d/` value, folded
+    /// into `v/s/` once `fold_at` would be pending (what a store that batches them gets at
+    /// load with [`pending::FOLD_AT`]); how tests make small stores fold.
+    pub fn with_pending_summaries(mut self, fold_at: u64) -> Views {
+        self.batched = true;
+        self.fold_at = fold_at.max(1);
+        self
+    }
+
+    /// How many summaries the stored `v/d/` values hold, as these views count them.
+    pub fn pending_summaries(&self) -> u64 {
+        self.pending
+    }
+
+    /// `subject`'s summary as stored (`v/s/`, `v/d/`) now: an empty one (every snapshot
+    /// withdrawn) holds where its chain starts.
+    fn stored_form(&self, subject: Subject) -> Vec<u8> {
+        match self.subjects.get(&subject) {
+            Some(summary) => summary.to_bytes(),
+            None => {
+                let mut empty = Summary::of(subject, std::iter::empty(), self.baseline);
+                empty.set_newest(self.withdrawn.get(&subject).copied());
+                empty.to_bytes()
             }
         }
+    }
+
+    /// When summaries are batched: the ones changed since the last seal, as `v/d/`
+    /// values; then, while more than the views' `fold_at` are pending, the oldest values
+    /// folded into `v/s/` — at most as many summaries as this batch added (and one value),
+    /// so no batch grows with the history ([`Views::fold_oldest`]).
+    fn seal_summaries(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        if !self.batched {
+            // Values pending from a store that batched them (a sled store migrated to
+            // PostgreSQL) would be read over the keys these views write: folded first.
+            if self.pending > 0 {
+                self.fold_oldest(store, batch, 0, u64::MAX)?;
+            }
+            return Ok(());
+        }
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let n = dirty.len() as u64;
+        let forms: Vec<(Vec<u8>, Vec<u8>)> = dirty
+            .iter()
+            .map(|&s| (subject_key(b"", s), self.stored_form(s)))
+            .collect();
+        // Small values (sled copies a leaf's values whole when it rewrites the leaf).
+        for (i, chunk) in forms.chunks(pending::PER_VALUE).enumerate() {
+            let value = pending::encode(chunk.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let key = [
+                PENDING_PREFIX,
+                &self.next.to_be_bytes(),
+                &(i as u32).to_be_bytes(),
+            ]
+            .concat();
+            batch.put(key, value);
+        }
+        self.pending += n;
+        self.fold_oldest(store, batch, self.fold_at, n)
+    }
+
+    /// Folds the oldest pending values into `v/s/` while more than `target` summaries are
+    /// pending, until `budget` summaries have been folded (a value is folded whole). A
+    /// summary goes under its key only when it is still the subject's latest (the views
+    /// in memory hold the same bytes): one a newer value holds is left to that value, so
+    /// a subject that changes often is written once a window, not once a change.
+    pub fn fold_oldest(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        target: u64,
+        budget: u64,
+    ) -> Result<(), StoreError> {
+        let mut folded = 0u64;
+        while self.pending > target && folded < budget {
+            let oldest =
+                Overlay::new(store, batch).read_first_from(PENDING_PREFIX, PENDING_PREFIX)?;
+            let Some((k, v)) = oldest else {
+                // None stored after all (the count came from a store changed since).
+                self.pending = 0;
+                break;
+            };
+            let summaries = pending::decode(&v).map_err(damaged(&k))?;
+            for &(subject, _, form) in &summaries {
+                let latest = self.stored_form(subject);
+                if latest == form {
+                    batch.put(subject_key(SUMMARY_PREFIX, subject), latest);
+                }
+            }
+            batch.delete(k);
+            let count = summaries.len() as u64;
+            self.pending = self.pending.saturating_sub(count);
+            folded += count.max(1);
+        }
+        Ok(())
     }
 
     /// Marks the entry `source` made at `target_seq` withdrawn by `meta`'s entry, if the
@@ -1991,10 +2196,18 @@ impl Views {
                 }
             }
         }
+        let mut pending = if subjects.is_empty() {
+            BTreeMap::new()
+        } else {
+            pending_summaries(store)?
+        };
         for subject in subjects {
             let key = subject_key(SUMMARY_PREFIX, subject);
-            let stored = store
-                .get(&key)?
+            let bytes = match pending.remove(&key) {
+                Some(b) => Some(b),
+                None => store.get(&key)?,
+            };
+            let stored = bytes
                 .map(|b| Summary::from_bytes(subject, &b).map_err(damaged(&key)))
                 .transpose()?;
             match stored

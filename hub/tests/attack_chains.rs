@@ -672,12 +672,14 @@ fn restarts_and_rebuilds_between_batches_change_nothing_stored_or_served() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
+    let mut folds = 0;
     for seed in 0..seeds {
         let mut rng = Rng::new(0xc4a1_0000 + seed);
         let mut live = DirectViews::new(baseline);
         let mut twin = DirectViews::new(baseline);
         let mut model = Model::default();
         let mut next_seq = [1u64; 2];
+        let mut pending_before = 0;
         for round in 0..40 {
             let n = 1 + rng.below(4);
             let mut entries = Vec::new();
@@ -717,19 +719,35 @@ fn restarts_and_rebuilds_between_batches_change_nothing_stored_or_served() {
             for (s, seq, record) in &values {
                 model.entry(sources[*s], *seq, record);
             }
+            // A fold removes the pending values (seen before a rebuild removes them too).
+            let pending = twin.store.scan(b"v/d/").count();
+            folds += usize::from(pending < pending_before);
+            // The live views write each summary under its key; the twin, once reloaded,
+            // a batch's summaries as one pending value, folded every few (`v/d/`).
+            let fold_at = 1 + rng.below(12);
+            pending_before = pending;
             let how = match rng.below(5) {
                 0 => {
-                    twin.views = Views::load(&twin.store, baseline).expect("load");
+                    twin.views = Views::load(&twin.store, baseline)
+                        .expect("load")
+                        .with_pending_summaries(fold_at);
                     "reloaded"
                 }
                 1 => {
                     maintenance::rebuild(&twin.store, baseline, |_| {}).expect("rebuild");
-                    twin.views = Views::load(&twin.store, baseline).expect("load");
+                    pending_before = 0;
+                    twin.views = Views::load(&twin.store, baseline)
+                        .expect("load")
+                        .with_pending_summaries(fold_at);
                     "rebuilt"
                 }
                 _ => "kept",
             };
             let at = format!("seed {seed}, round {round} ({how})");
+            assert!(
+                twin.views.pending_summaries() <= 12,
+                "{at}: more pending than a fold leaves"
+            );
             assert_eq!(
                 view_keys(&live.store),
                 view_keys(&twin.store),
@@ -745,15 +763,19 @@ fn restarts_and_rebuilds_between_batches_change_nothing_stored_or_served() {
             "seed {seed}"
         );
     }
+    assert!(
+        folds >= seeds as usize,
+        "the twin folded its pending summaries only {folds} times in {seeds} seeds"
+    );
 }
 
+/// The stored views as they read: the pending summaries (`v/d/`) read over `v/s/`, so
+/// two stores that folded at different times compare by what they hold.
 fn view_keys(store: &MemStore) -> Vec<(String, Vec<u8>)> {
-    store
-        .scan(b"v/")
-        .map(|r| {
-            let (k, v) = r.expect("scan");
-            (hex_key(&k), v)
-        })
+    spacesync_hub::views::read_as_folded(store)
+        .expect("read the views")
+        .into_iter()
+        .map(|(k, v)| (hex_key(&k), v))
         .collect()
 }
 

@@ -17,7 +17,8 @@ use spacesync_hub::maintenance::{self, VerifyReport};
 use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
 
 /// A closed store of about 700 leaves (three chunks of the parallel path): two sources of
-/// space counts over 30 schools and one of activities.
+/// space counts over 30 schools and one of activities; the summaries folded into their
+/// keys, then one more batch leaving school 29's pending (`v/d/`).
 fn good() -> &'static (tempfile::TempDir, u64) {
     static GOOD: OnceLock<(tempfile::TempDir, u64)> = OnceLock::new();
     GOOD.get_or_init(|| {
@@ -52,6 +53,11 @@ fn good() -> &'static (tempfile::TempDir, u64) {
                 assert_eq!(out.status, 200, "{:?}", out.response);
             }
         }
+        th.hub.fold_summaries().expect("fold");
+        let records = vec![teachers("440106", "4401060029", "2018-11-25", 900)];
+        let out = th.hub.ingest(a.batch(&records)).expect("ingest");
+        assert_eq!(out.status, 200, "{:?}", out.response);
+        assert_eq!(th.hub.store.scan(b"v/d/").count(), 1, "one batch pending");
         let size = th.log_size();
         assert!(size > 600, "{size}");
         (dir, size)
@@ -376,6 +382,27 @@ fn damaged_stored_views_are_named() {
     assert!(!r.ok(), "summary garbled: verify found nothing");
     let r = check("summary deleted", |s| delete(s, first_key(s, b"v/s/").0));
     assert!(!r.ok(), "summary deleted: verify found nothing");
+    let r = check("pending summary garbled", |s| {
+        let (k, mut v) = first_key(s, b"v/d/");
+        let last = v.len() - 1;
+        v[last] ^= 0x55;
+        put(s, k, v);
+    });
+    assert!(!r.ok(), "pending summary garbled: verify found nothing");
+    let r = check("pending summary cut short", |s| {
+        let (k, v) = first_key(s, b"v/d/");
+        put(s, k, v[..v.len() - 1].to_vec());
+    });
+    assert!(!r.ok(), "pending summary cut short: verify found nothing");
+    // The older summary under `v/s/` then reads: one snapshot short.
+    let r = check("pending summary deleted", |s| {
+        delete(s, first_key(s, b"v/d/").0)
+    });
+    names(
+        "pending summary deleted",
+        &r,
+        &["stored subject summaries disagree"],
+    );
     let r = check("position garbled", |s| put(s, b"v/n".to_vec(), vec![9]));
     assert!(!r.ok(), "position garbled: verify found nothing");
     let r = check("layout garbled", |s| put(s, b"v/m".to_vec(), b"{".to_vec()));

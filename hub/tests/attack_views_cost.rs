@@ -47,7 +47,7 @@ fn bytes_of_one_more(history: u64) -> usize {
             )
             .expect("apply");
         // As every batch the hub commits: the views' position and the source's activity.
-        views.seal(&mut wb);
+        views.seal(&store, &mut wb).expect("seal");
         last = wb
             .pending_under(b"")
             .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))

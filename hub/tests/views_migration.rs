@@ -157,7 +157,7 @@ async fn a_store_of_one_value_per_count_is_converted_into_linked_blocks() {
     assert_eq!(after.1, before.1, "items");
     let m = String::from_utf8(store.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
     assert!(
-        m.contains(r#""layout":4"#),
+        m.contains(r#""layout":5"#),
         "marked with the new layout: {m}"
     );
     assert_eq!(store.scan(b"v/l/").count(), 0, "the lists removed");
@@ -254,12 +254,12 @@ async fn a_store_of_layout_3_is_linked_into_chains_at_open() {
         let baseline = Campaign::builtin_2018().baseline;
         let e = Views::load(sled.as_ref(), baseline).err().expect("refused");
         assert!(e.to_string().contains("start the hub once"), "{e}");
-        // Killed after three writes: `v/m` says 4, two batches of 2 blocks linked.
+        // Killed after three writes: `v/m` says 5, two batches of 2 blocks linked.
         let failing = stores::KilledAfter::new(sled.clone(), 3);
         assert!(views::prepare_in_batches(&failing, baseline, 2).is_err());
         let m = String::from_utf8(sled.get(b"v/m").expect("get").expect("v/m")).expect("utf-8");
         assert!(
-            m.contains(r#""layout":4,"#) && m.contains(r#""converting":true"#),
+            m.contains(r#""layout":5,"#) && m.contains(r#""converting":true"#),
             "{m}"
         );
         let e = Views::load(sled.as_ref(), baseline).err().expect("refused");

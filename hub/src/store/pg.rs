@@ -946,6 +946,11 @@ impl Store for PgStore {
         false
     }
 
+    /// One key a subject: see the trait's doc.
+    fn batches_summaries(&self) -> bool {
+        false
+    }
+
     /// Replicas commit to the same database.
     fn shared_by_processes(&self) -> bool {
         true

@@ -658,7 +658,7 @@ impl DirectViews {
         }
         // The views' position and the sources' activity, then the batch's pack of leaves
         // (and the frontier), as every batch of appends ends.
-        self.views.seal(&mut wb);
+        self.views.seal(&self.store, &mut wb).expect("seal");
         self.log.put_frontier(&mut wb);
         self.store.apply(wb).expect("write");
         indexes
