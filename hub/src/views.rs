@@ -368,6 +368,15 @@ fn put_layout(batch: &mut WriteBatch, baseline: NaiveDate) {
     put_layout_as(batch, baseline, false);
 }
 
+/// `v/m` says this layout for `baseline` (`converting` or not), in a write of its own,
+/// flushed.
+fn mark_layout(store: &dyn Store, baseline: NaiveDate, converting: bool) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    put_layout_as(&mut batch, baseline, converting);
+    store.apply(batch)?;
+    store.flush()
+}
+
 fn put_layout_as(batch: &mut WriteBatch, baseline: NaiveDate, converting: bool) {
     let layout = Layout {
         layout: LAYOUT,
@@ -861,10 +870,7 @@ pub fn prepare_in_batches(
     let mut done = Prepared::default();
     if let Some(l) = layout.filter(|l| l.baseline == baseline && l.layout == 4 && !l.converting) {
         // Layout 4 is this one without pending summaries: only `v/m` changes.
-        let mut batch = WriteBatch::new();
-        put_layout(&mut batch, baseline);
-        store.apply(batch)?;
-        store.flush()?;
+        mark_layout(store, baseline, false)?;
         done.writes += 1;
         info!(
             from = l.layout,
@@ -875,22 +881,16 @@ pub fn prepare_in_batches(
     }
     if let Some(l) = layout.filter(|l| l.baseline == baseline) {
         // The summaries are right but for where each subject's chain starts. `v/m` says
-        // 4 (converting) from the first write, so an older hub refuses the store instead
-        // of failing on its first linked count, and a start killed part-way goes on.
+        // this layout (converting) from the first write, so an older hub refuses the store
+        // instead of failing on its first linked count, and a start killed part-way goes on.
         if !l.converting {
-            let mut batch = WriteBatch::new();
-            put_layout_as(&mut batch, baseline, true);
-            store.apply(batch)?;
-            store.flush()?;
+            mark_layout(store, baseline, true)?;
             done.writes += 1;
         }
         let heads = link_counts(store, per_batch, &mut done)?;
         start_chains(store, &heads, per_batch, &mut done)?;
         remove_lists(store, per_batch, &mut done)?;
-        let mut batch = WriteBatch::new();
-        put_layout(&mut batch, baseline);
-        store.apply(batch)?;
-        store.flush()?;
+        mark_layout(store, baseline, false)?;
         done.writes += 1;
         info!(
             from = l.layout,
