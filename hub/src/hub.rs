@@ -414,6 +414,14 @@ impl Hub {
     /// `v/s/` directly expect); nothing when none is pending. Moves no head: only view keys
     /// change, to the same figures.
     pub fn fold_summaries(&self) -> Result<(), StoreError> {
+        if self.store.shared_by_processes() {
+            // Its writes do not move the head: another replica's commit could land between
+            // a slice's read and its write. Such stores keep no pending summaries anyway.
+            return Err(StoreError::Backend {
+                op: "fold summaries",
+                message: "not on a store other processes write (PostgreSQL replicas): it keeps one key a subject, with nothing pending".into(),
+            });
+        }
         let mut st = self.writer()?;
         loop {
             let mut wb = WriteBatch::new();

@@ -843,6 +843,48 @@ pub fn prepare(store: &dyn Store, baseline: NaiveDate) -> Result<Option<Prepared
     prepare_in_batches(store, baseline, 10_000)
 }
 
+/// On a store that keeps one key a subject (PostgreSQL), the summaries a store that
+/// batched them left pending (a sled store moved by `migrate`) written under their keys,
+/// oldest value first, about `per_batch` summaries a flushed write: each write leaves the
+/// newer values over the keys, so a start killed part-way reads the same summaries and
+/// goes on. Before the views are loaded, so no write of theirs is shadowed by a value.
+fn fold_left_pending(store: &dyn Store, per_batch: usize) -> Result<(), StoreError> {
+    let mut from = PENDING_PREFIX.to_vec();
+    let mut folded = 0u64;
+    loop {
+        let mut batch = WriteBatch::new();
+        let mut n = 0;
+        let mut last = None;
+        for kv in store.scan_from(PENDING_PREFIX, &from) {
+            let (k, v) = kv?;
+            for (_, subject, summary) in pending::decode(&v).map_err(damaged(&k))? {
+                batch.put([SUMMARY_PREFIX, subject].concat(), summary.to_vec());
+                n += 1;
+            }
+            batch.delete(k.clone());
+            last = Some(k);
+            if n >= per_batch {
+                break;
+            }
+        }
+        let Some(mut k) = last else {
+            break;
+        };
+        store.apply(batch)?;
+        store.flush()?;
+        folded += n as u64;
+        k.push(0);
+        from = k;
+    }
+    if folded > 0 {
+        info!(
+            summaries = folded,
+            "Wrote the summaries a store that batched them left pending under their keys."
+        );
+    }
+    Ok(())
+}
+
 /// [`prepare`], with at most `per_batch` items moved, blocks linked or summaries written per
 /// write.
 pub fn prepare_in_batches(
@@ -851,6 +893,9 @@ pub fn prepare_in_batches(
     per_batch: usize,
 ) -> Result<Option<Prepared>, StoreError> {
     let per_batch = per_batch.max(1);
+    if !store.batches_summaries() {
+        fold_left_pending(store, per_batch)?;
+    }
     let layout = read_layout(store)?;
     match layout {
         Some(l) if l.layout == LAYOUT && l.baseline == baseline && !l.converting => {
@@ -2046,9 +2091,11 @@ impl Views {
         budget: u64,
     ) -> Result<(), StoreError> {
         let mut folded = 0u64;
+        // One forward pass: each read starts after the value folded before it (the values
+        // this batch removed are not walked again).
+        let mut from = PENDING_PREFIX.to_vec();
         while self.pending > target && folded < budget {
-            let oldest =
-                Overlay::new(store, batch).read_first_from(PENDING_PREFIX, PENDING_PREFIX)?;
+            let oldest = Overlay::new(store, batch).read_first_from(PENDING_PREFIX, &from)?;
             let Some((k, v)) = oldest else {
                 // None stored after all (the count came from a store changed since).
                 self.pending = 0;
@@ -2061,6 +2108,8 @@ impl Views {
                     batch.put(subject_key(SUMMARY_PREFIX, subject), latest);
                 }
             }
+            from.clone_from(&k);
+            from.push(0);
             batch.delete(k);
             let count = summaries.len() as u64;
             self.pending = self.pending.saturating_sub(count);

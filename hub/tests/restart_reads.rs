@@ -142,9 +142,9 @@ async fn hub_with_history(dir: &std::path::Path, weeks: u64) -> (usize, Vec<Valu
     .await;
     entries += 5;
     let seen = figures(&th).await;
-    // As a clean stop does (`serve`): the pending summaries folded into their keys, so a
-    // start reads the same keys whatever the history's length. (After a crash it also
-    // reads what is pending: at most `FOLD_AT` summaries, whatever the history's length.)
+    // The pending summaries folded into their keys, so a start reads the same keys
+    // whatever the history's length. (Otherwise a start also reads the pending values, up
+    // to `FOLD_AT` summaries: bounded, but in a short history all of them.)
     th.hub.fold_summaries().expect("fold");
     (entries, seen, th)
 }
