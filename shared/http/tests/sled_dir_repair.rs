@@ -8,8 +8,22 @@ use std::path::{Path, PathBuf};
 
 use spacesync_http::sled_dir::remove_unfinished_snapshots;
 
+/// Opens the store in `dir`, waiting (up to 10 s) while the handle dropped just before
+/// still holds its lock: sled's flusher thread lets go of it a moment after the drop, later
+/// on a loaded machine (this test once failed so while a release build ran beside it).
 fn open(dir: &Path) -> sled::Result<sled::Db> {
-    sled::Config::new().path(dir).open()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
