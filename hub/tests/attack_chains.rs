@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::layouts::*;
+use common::model::{Model, school};
 use common::*;
 use serde_json::Value;
 use spacesync_hub::hub::Hub;
@@ -167,70 +168,6 @@ fn verify_problems(store: &dyn Store) -> Vec<String> {
     maintenance::verify(store, &hub_key().verifying_key(), ORIGIN, |_| {})
         .expect("verify runs")
         .problems
-}
-
-fn school(n: u64) -> String {
-    format!("41440106{n:02}")
-}
-
-/// The merge rule for teacher spaces: per school, among its live snapshots, the value of
-/// the one last in `(as_of, log order)`.
-#[derive(Default, Clone)]
-struct Model {
-    /// (school, as_of, value, order, live)
-    snaps: Vec<(String, NaiveDate, u64, u64, bool)>,
-    /// (source, seq) -> position in `snaps` of a snapshot
-    by_seq: BTreeMap<(String, u64), usize>,
-    order: u64,
-}
-
-impl Model {
-    fn entry(&mut self, source: &str, seq: u64, record: &Value) {
-        self.order += 1;
-        match record["kind"].as_str() {
-            Some("space_count") => {
-                let as_of =
-                    NaiveDate::parse_from_str(record["as_of"].as_str().expect("date"), "%Y-%m-%d")
-                        .expect("date");
-                self.snaps.push((
-                    // A region's own total under "" (not among the schools served).
-                    record["school"].as_str().unwrap_or("").to_string(),
-                    as_of,
-                    record["spaces"]["teacher"].as_u64().expect("teachers"),
-                    self.order,
-                    true,
-                ));
-                self.by_seq
-                    .insert((source.to_string(), seq), self.snaps.len() - 1);
-            }
-            Some("withdrawal") => {
-                let target = record["target_seq"].as_u64().expect("seq");
-                if let Some(at) = self.by_seq.get(&(source.to_string(), target)) {
-                    self.snaps[*at].4 = false;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn teachers(&self) -> BTreeMap<String, u64> {
-        let mut best: BTreeMap<String, (NaiveDate, u64, u64)> = BTreeMap::new();
-        for (school, as_of, value, order, live) in &self.snaps {
-            if !live {
-                continue;
-            }
-            let e = best
-                .entry(school.clone())
-                .or_insert((*as_of, *order, *value));
-            if (*as_of, *order) >= (e.0, e.1) {
-                *e = (*as_of, *order, *value);
-            }
-        }
-        best.into_iter()
-            .filter(|(s, _)| !s.is_empty())
-            .map(|(s, (_, _, v))| (s, v))
-            .collect()
-    }
 }
 
 /// Sends `records` as `agent`'s next batch through `hub` (synchronously), expecting every

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use common::model::{Model, school};
 use common::*;
 use serde_json::Value;
 use spacesync_hub::hub::Hub;
@@ -216,66 +217,6 @@ impl Twin {
 
 // ---------------------------------------------------------------------------------------
 // The merge rule for teacher spaces, and what the views serve
-
-fn school(n: u64) -> String {
-    format!("41440106{n:02}")
-}
-
-#[derive(Default)]
-struct Model {
-    /// (school, as_of, value, order, live)
-    snaps: Vec<(String, NaiveDate, u64, u64, bool)>,
-    by_seq: BTreeMap<(String, u64), usize>,
-    order: u64,
-}
-
-impl Model {
-    fn entry(&mut self, source: &str, seq: u64, record: &Value) {
-        self.order += 1;
-        match record["kind"].as_str() {
-            Some("space_count") => {
-                let as_of =
-                    NaiveDate::parse_from_str(record["as_of"].as_str().expect("date"), "%Y-%m-%d")
-                        .expect("date");
-                self.snaps.push((
-                    record["school"].as_str().unwrap_or("").to_string(),
-                    as_of,
-                    record["spaces"]["teacher"].as_u64().expect("teachers"),
-                    self.order,
-                    true,
-                ));
-                self.by_seq
-                    .insert((source.to_string(), seq), self.snaps.len() - 1);
-            }
-            Some("withdrawal") => {
-                let target = record["target_seq"].as_u64().expect("seq");
-                if let Some(at) = self.by_seq.get(&(source.to_string(), target)) {
-                    self.snaps[*at].4 = false;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn teachers(&self) -> BTreeMap<String, u64> {
-        let mut best: BTreeMap<String, (NaiveDate, u64, u64)> = BTreeMap::new();
-        for (school, as_of, value, order, live) in &self.snaps {
-            if !live {
-                continue;
-            }
-            let e = best
-                .entry(school.clone())
-                .or_insert((*as_of, *order, *value));
-            if (*as_of, *order) >= (e.0, e.1) {
-                *e = (*as_of, *order, *value);
-            }
-        }
-        best.into_iter()
-            .filter(|(s, _)| !s.is_empty())
-            .map(|(s, (_, _, v))| (s, v))
-            .collect()
-    }
-}
 
 fn teachers_served(views: &Views, campaign: &Campaign) -> BTreeMap<String, u64> {
     let county = RegionCode::parse("440106").expect("code");

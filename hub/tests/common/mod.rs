@@ -10,6 +10,8 @@ pub mod cli;
 
 pub mod layouts;
 
+pub mod model;
+
 pub mod stores;
 
 use std::path::{Path, PathBuf};
