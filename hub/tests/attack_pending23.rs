@@ -17,17 +17,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, NaiveDate, Utc};
 use common::model::{Model, school};
 use common::*;
 use serde_json::Value;
 use spacesync_hub::hub::Hub;
-use spacesync_hub::log::{Log, RecordRef};
 use spacesync_hub::maintenance;
-use spacesync_hub::store::{Kv, KvIter, MemStore, Store, StoreError, WriteBatch, keys};
-use spacesync_hub::views::{self, Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta, Views};
+use spacesync_hub::store::{Kv, KvIter, MemStore, Store, StoreError, WriteBatch};
+use spacesync_hub::views::{self, Views};
+use spacesync_shared::Record;
 use spacesync_shared::record::SpaceKind;
-use spacesync_shared::{Campaign, Digest, Entry, Envelope, RegionCode, SourceId};
+use spacesync_shared::{Campaign, RegionCode, SourceId};
 
 const PENDING: &[u8] = b"v/d/";
 
@@ -112,107 +111,15 @@ impl Store for Wrap {
 // ---------------------------------------------------------------------------------------
 // Views driven as ingest drives them (DirectViews, over any store)
 
-struct Twin {
-    views: Views,
-    store: Arc<Wrap>,
-    log: Log,
-    hub_seq: u64,
-}
+/// Views over a [`Wrap`] (batching or not, counting reads), driven as ingest drives them.
+type Twin = DirectViews<Wrap>;
 
-impl Twin {
-    fn new(baseline: NaiveDate, batches: bool) -> Twin {
-        Twin::on(Wrap::new(batches), baseline)
-    }
-
-    fn on(store: Wrap, baseline: NaiveDate) -> Twin {
-        let store = Arc::new(store);
-        views::prepare(store.as_ref(), baseline).expect("prepare");
-        let log = Log::load(store.as_ref()).expect("log");
-        Twin {
-            views: Views::new(baseline),
-            store,
-            log,
-            hub_seq: 0,
-        }
-    }
-
-    fn apply_batch(
-        &mut self,
-        gap: u64,
-        entries: &[(SourceId, u64, Value)],
-        at: DateTime<Utc>,
-    ) -> Vec<u64> {
-        let mut indexes = Vec::new();
-        let mut wb = WriteBatch::new();
-        for _ in 0..gap {
-            let hub_seq = self.hub_seq + 1;
-            self.hub_seq = hub_seq;
-            let ext = HubEntry::Extension(Extension {
-                seq: hub_seq,
-                region: RegionCode::parse("440000").expect("code"),
-                milestone: "contact_form".into(),
-                until: NaiveDate::from_ymd_opt(2018, 12, 1).expect("date"),
-                reason: format!("gap {hub_seq}"),
-                granted_at: at,
-            });
-            let envelope = Envelope {
-                payload_type: HUB_ENTRY_PAYLOAD_TYPE.into(),
-                payload: serde_json::to_vec(&ext).expect("json"),
-                signatures: Vec::new(),
-            };
-            let rec = RecordRef {
-                received_at: at,
-                source: None,
-                seq: hub_seq,
-                envelope: &envelope,
-            };
-            let index = self.log.append(&mut wb, rec).expect("append");
-            self.views.apply_hub(index, &ext, &mut wb);
-        }
-        for (source, seq, value) in entries {
-            let record = record_of(value);
-            let entry = Entry {
-                source: source.clone(),
-                seq: *seq,
-                prev: Digest::ZERO,
-                recorded_at: at,
-                campaign: "2018".into(),
-                record: record.clone(),
-            };
-            let envelope = Envelope {
-                payload_type: spacesync_shared::entry::ENTRY_PAYLOAD_TYPE.into(),
-                payload: entry.to_payload(),
-                signatures: Vec::new(),
-            };
-            let rec = RecordRef {
-                received_at: at,
-                source: Some(source),
-                seq: *seq,
-                envelope: &envelope,
-            };
-            let index = self.log.append(&mut wb, rec).expect("append");
-            indexes.push(index);
-            let mut held = index.to_be_bytes().to_vec();
-            held.extend_from_slice(&[0; 32]);
-            held.extend_from_slice(&at.timestamp_millis().to_be_bytes());
-            wb.put(keys::src(source, *seq), held);
-            let meta = Meta {
-                log_index: index,
-                received_at: at,
-                source: source.clone(),
-                seq: *seq,
-                recorded_at: at,
-                withdrawn_by: None,
-            };
-            self.views
-                .apply(self.store.as_ref(), meta, &record, &mut wb)
-                .expect("apply");
-        }
-        self.views.seal(self.store.as_ref(), &mut wb).expect("seal");
-        self.log.put_frontier(&mut wb);
-        self.store.apply(wb).expect("write");
-        indexes
-    }
+/// `entries` with their records read, as [`DirectViews::apply_batch`] takes them.
+fn records(entries: &[(SourceId, u64, Value)]) -> Vec<(SourceId, u64, Record)> {
+    entries
+        .iter()
+        .map(|(s, q, v)| (s.clone(), *q, record_of(v)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -360,8 +267,8 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
     let (mut multi_value_batches, mut folds, mut ckpt_loads, mut partial_folds) = (0, 0, 0, 0);
     for seed in 0..seeds {
         let mut rng = Rng::new(0x5e23_0000 + seed);
-        let mut live = Twin::new(baseline, true);
-        let mut twin = Twin::new(baseline, true);
+        let mut live = Twin::on(Wrap::new(true), baseline);
+        let mut twin = Twin::on(Wrap::new(true), baseline);
         let mut fold_at = 1 + rng.below(80);
         twin.views = Views::new(baseline).with_pending_summaries(fold_at);
         let mut model = Model::default();
@@ -370,13 +277,13 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
             let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, 70);
             let entries = as_entries(&sources, &batch);
             let gap = rng.below(2);
-            let before = stored_pending(twin.store.as_ref());
-            live.apply_batch(gap, &entries, t0());
-            twin.apply_batch(gap, &entries, t0());
+            let before = stored_pending(&twin.store);
+            live.apply_batch(gap, &records(&entries), t0());
+            twin.apply_batch(gap, &records(&entries), t0());
             for (s, seq, r) in &batch {
                 model.entry(sources[*s], *seq, r);
             }
-            let after = stored_pending(twin.store.as_ref());
+            let after = stored_pending(&twin.store);
             multi_value_batches += usize::from(after.1 > before.1 + 1);
             folds += usize::from(after.0 < before.0);
             let at = format!("seed {seed}, round {round}");
@@ -391,11 +298,11 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
                 after.0,
                 before.0
             );
-            assert_same(live.store.as_ref(), twin.store.as_ref(), &at);
+            assert_same(&live.store, &twin.store, &at);
             let want = model.teachers();
             assert_eq!(teachers_served(&live.views, &campaign), want, "{at}: live");
             assert_eq!(teachers_served(&twin.views, &campaign), want, "{at}: twin");
-            let fresh = Views::load(twin.store.as_ref(), baseline).expect("load");
+            let fresh = Views::load(&twin.store, baseline).expect("load");
             assert_eq!(
                 fresh.differing_subjects(&twin.views),
                 Vec::<String>::new(),
@@ -404,7 +311,7 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
             match rng.below(6) {
                 0 => {
                     fold_at = 1 + rng.below(80);
-                    twin.views = Views::load(twin.store.as_ref(), baseline)
+                    twin.views = Views::load(&twin.store, baseline)
                         .expect("load")
                         .with_pending_summaries(fold_at);
                 }
@@ -413,16 +320,16 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
                     *twin.store.ckpt.lock().unwrap() = Some(twin.views.checkpoint(0));
                     let taken = twin.store.ckpt_taken.load(Ordering::SeqCst);
                     fold_at = 1 + rng.below(80);
-                    twin.views = Views::load_at(twin.store.as_ref(), baseline, 0)
+                    twin.views = Views::load_at(&twin.store, baseline, 0)
                         .expect("load")
                         .with_pending_summaries(fold_at);
                     assert_eq!(twin.store.ckpt_taken.load(Ordering::SeqCst), taken + 1);
                     ckpt_loads += 1;
                 }
                 2 => {
-                    maintenance::rebuild(twin.store.as_ref(), baseline, |_| {}).expect("rebuild");
-                    assert_eq!(stored_pending(twin.store.as_ref()).1, 0, "{at}: rebuilt");
-                    twin.views = Views::load(twin.store.as_ref(), baseline)
+                    maintenance::rebuild(&twin.store, baseline, |_| {}).expect("rebuild");
+                    assert_eq!(stored_pending(&twin.store).1, 0, "{at}: rebuilt");
+                    twin.views = Views::load(&twin.store, baseline)
                         .expect("load")
                         .with_pending_summaries(fold_at);
                 }
@@ -433,7 +340,7 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
                     loop {
                         let mut wb = WriteBatch::new();
                         let mut v = twin.views.clone();
-                        v.fold_oldest(twin.store.as_ref(), &mut wb, 0, budget)
+                        v.fold_oldest(&twin.store, &mut wb, 0, budget)
                             .expect("fold");
                         if wb.is_empty() {
                             break;
@@ -442,20 +349,20 @@ fn a_batched_twin_stores_and_serves_what_direct_writes_do() {
                         twin.views = v;
                         partial_folds += 1;
                         assert_same(
-                            live.store.as_ref(),
-                            twin.store.as_ref(),
+                            &live.store,
+                            &twin.store,
                             &format!("{at}: after a fold slice"),
                         );
-                        let killed = Views::load(twin.store.as_ref(), baseline).expect("load");
+                        let killed = Views::load(&twin.store, baseline).expect("load");
                         assert_eq!(killed.differing_subjects(&twin.views), Vec::<String>::new());
                     }
-                    assert_eq!(stored_pending(twin.store.as_ref()).0, 0, "{at}: folded");
+                    assert_eq!(stored_pending(&twin.store).0, 0, "{at}: folded");
                 }
                 _ => {}
             }
         }
         assert_eq!(
-            maintenance::views_problems(twin.store.as_ref(), 2).expect("verdict"),
+            maintenance::views_problems(&twin.store, 2).expect("verdict"),
             Vec::<String>::new(),
             "seed {seed}"
         );
@@ -476,20 +383,20 @@ fn a_second_writer_catching_up_reads_each_subjects_latest_summary() {
     let sources = ["gd-a", "gd-b"];
     for seed in 0..8u64 {
         let mut rng = Rng::new(0xca7c_0000 + seed);
-        let mut a = Twin::new(baseline, true);
+        let mut a = Twin::on(Wrap::new(true), baseline);
         a.views = Views::new(baseline).with_pending_summaries(1 + rng.below(60));
-        let mut b = Views::load(a.store.as_ref(), baseline).expect("load");
+        let mut b = Views::load(&a.store, baseline).expect("load");
         let mut model = Model::default();
         let mut next_seq = [1u64; 2];
         for round in 0..25 {
             let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, 60);
             let entries = as_entries(&sources, &batch);
-            let indexes = a.apply_batch(0, &entries, t0());
+            let indexes = a.apply_batch(0, &records(&entries), t0());
             let mut touched = views::Touched::default();
             for ((source, _, value), index) in entries.iter().zip(&indexes) {
                 touched.entry(*index, source, &record_of(value));
             }
-            b.catch_up(a.store.as_ref(), touched).expect("catch up");
+            b.catch_up(&a.store, touched).expect("catch up");
             for (s, seq, r) in &batch {
                 model.entry(sources[*s], *seq, r);
             }
@@ -517,10 +424,10 @@ fn with_leftovers_on(
     let baseline = campaign.baseline;
     let sources = ["gd-a", "gd-b"];
     let mut rng = Rng::new(seed);
-    let mut live = Twin::new(baseline, true);
+    let mut live = Twin::on(Wrap::new(true), baseline);
     let mut twin = Twin::on(store, baseline);
     // Batched, a window no batch here reaches: every value is left.
-    twin.views = Views::load(twin.store.as_ref(), baseline)
+    twin.views = Views::load(&twin.store, baseline)
         .expect("load")
         .with_pending_summaries(1 << 40);
     let mut model = Model::default();
@@ -528,13 +435,13 @@ fn with_leftovers_on(
     for _ in 0..rounds {
         let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, max);
         let entries = as_entries(&sources, &batch);
-        live.apply_batch(0, &entries, t0());
-        twin.apply_batch(0, &entries, t0());
+        live.apply_batch(0, &records(&entries), t0());
+        twin.apply_batch(0, &records(&entries), t0());
         for (s, seq, r) in &batch {
             model.entry(sources[*s], *seq, r);
         }
     }
-    assert_same(live.store.as_ref(), twin.store.as_ref(), "leftovers");
+    assert_same(&live.store, &twin.store, "leftovers");
     (live, twin, model, next_seq, rng)
 }
 
@@ -549,28 +456,28 @@ fn values_left_by_a_batching_store_never_shadow_a_direct_stores_writes() {
     for seed in 0..6u64 {
         let (mut live, mut twin, mut model, mut next_seq, mut rng) =
             with_leftovers(0xd1ec_0000 + seed, 12, 50);
-        assert!(stored_pending(twin.store.as_ref()).0 > 20);
+        assert!(stored_pending(&twin.store).0 > 20);
         twin.store.batches.store(false, Ordering::SeqCst);
-        twin.views = Views::load(twin.store.as_ref(), baseline).expect("load");
+        twin.views = Views::load(&twin.store, baseline).expect("load");
         for round in 0..12 {
             let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, 50);
             let entries = as_entries(&sources, &batch);
             let gap = rng.below(2);
-            live.apply_batch(gap, &entries, t0());
-            twin.apply_batch(gap, &entries, t0());
+            live.apply_batch(gap, &records(&entries), t0());
+            twin.apply_batch(gap, &records(&entries), t0());
             for (s, seq, r) in &batch {
                 model.entry(sources[*s], *seq, r);
             }
             let at = format!("seed {seed}, round {round}");
-            assert_eq!(stored_pending(twin.store.as_ref()), (0, 0), "{at}: left");
-            assert_same(live.store.as_ref(), twin.store.as_ref(), &at);
+            assert_eq!(stored_pending(&twin.store), (0, 0), "{at}: left");
+            assert_same(&live.store, &twin.store, &at);
             assert_eq!(
                 teachers_served(&twin.views, &campaign),
                 model.teachers(),
                 "{at}"
             );
             if rng.chance(30) {
-                twin.views = Views::load(twin.store.as_ref(), baseline).expect("load");
+                twin.views = Views::load(&twin.store, baseline).expect("load");
                 assert_eq!(
                     teachers_served(&twin.views, &campaign),
                     model.teachers(),
@@ -579,7 +486,7 @@ fn values_left_by_a_batching_store_never_shadow_a_direct_stores_writes() {
             }
         }
         assert_eq!(
-            maintenance::views_problems(twin.store.as_ref(), 2).expect("verdict"),
+            maintenance::views_problems(&twin.store, 2).expect("verdict"),
             Vec::<String>::new(),
             "seed {seed}"
         );
@@ -596,18 +503,18 @@ fn the_first_write_after_a_migration_reads_each_left_value_a_bounded_number_of_t
     let sources = ["gd-a", "gd-b"];
     // One summary a value: 1,500 values (a sled store at FOLD_AT holds 32,768).
     let (_live, mut twin, _model, mut next_seq, mut rng) = with_leftovers(0x9e7, 1_500, 1);
-    let (summaries, values) = stored_pending(twin.store.as_ref());
+    let (summaries, values) = stored_pending(&twin.store);
     assert!(values >= 1_000, "{values} values");
     twin.store.batches.store(false, Ordering::SeqCst);
-    twin.views = Views::load(twin.store.as_ref(), baseline).expect("load");
+    twin.views = Views::load(&twin.store, baseline).expect("load");
     let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, 1);
     let entries = as_entries(&sources, &batch);
     twin.store.pending_rows.store(0, Ordering::SeqCst);
     let started = std::time::Instant::now();
-    twin.apply_batch(0, &entries, t0());
+    twin.apply_batch(0, &records(&entries), t0());
     let took = started.elapsed();
     let rows = twin.store.pending_rows.load(Ordering::SeqCst) as u64;
-    assert_eq!(stored_pending(twin.store.as_ref()), (0, 0));
+    assert_eq!(stored_pending(&twin.store), (0, 0));
     eprintln!(
         "first direct write: {values} values ({summaries} summaries) left, {rows} v/d/ rows read, {took:?}"
     );
@@ -631,17 +538,17 @@ fn on_postgresql_the_first_write_after_a_migration_reads_each_left_value_a_bound
         Arc::new(PgStore::open(&spacesync_pgtest::database()).expect("open the test database"));
     let (_live, mut twin, _model, mut next_seq, mut rng) =
         with_leftovers_on(Wrap::on(pg, true), 0x9e8, 1_000, 1);
-    let (summaries, values) = stored_pending(twin.store.as_ref());
+    let (summaries, values) = stored_pending(&twin.store);
     twin.store.batches.store(false, Ordering::SeqCst);
-    twin.views = Views::load(twin.store.as_ref(), baseline).expect("load");
+    twin.views = Views::load(&twin.store, baseline).expect("load");
     let batch = random_batch(&mut rng, &mut next_seq, &sources, 45, 1);
     let entries = as_entries(&sources, &batch);
     twin.store.pending_rows.store(0, Ordering::SeqCst);
     let started = std::time::Instant::now();
-    twin.apply_batch(0, &entries, t0());
+    twin.apply_batch(0, &records(&entries), t0());
     let took = started.elapsed();
     let rows = twin.store.pending_rows.load(Ordering::SeqCst) as u64;
-    assert_eq!(stored_pending(twin.store.as_ref()), (0, 0));
+    assert_eq!(stored_pending(&twin.store), (0, 0));
     eprintln!(
         "PostgreSQL, first direct write: {values} values ({summaries} summaries) left, {rows} v/d/ rows read, {took:?}"
     );
@@ -662,8 +569,8 @@ fn a_replayed_or_removed_pending_value_is_named_by_verify() {
     let campaign = Campaign::builtin_2018();
     let baseline = campaign.baseline;
     for how in ["replayed", "removed", "reordered"] {
-        let mut live = Twin::new(baseline, true);
-        let mut twin = Twin::new(baseline, true);
+        let mut live = Twin::on(Wrap::new(true), baseline);
+        let mut twin = Twin::on(Wrap::new(true), baseline);
         twin.views = Views::new(baseline).with_pending_summaries(1 << 40);
         let a = SourceId::parse("gd-a").expect("id");
         for (seq, (day, n)) in [(10, 5), (12, 7), (14, 9)].into_iter().enumerate() {
@@ -672,16 +579,16 @@ fn a_replayed_or_removed_pending_value_is_named_by_verify() {
                 seq as u64 + 1,
                 teachers("440106", &school(1), &format!("2018-10-{day}"), n),
             )];
-            live.apply_batch(0, &e, t0());
-            twin.apply_batch(0, &e, t0());
+            live.apply_batch(0, &records(&e), t0());
+            twin.apply_batch(0, &records(&e), t0());
         }
-        assert_same(live.store.as_ref(), twin.store.as_ref(), "leftovers");
+        assert_same(&live.store, &twin.store, "leftovers");
         assert_eq!(
-            maintenance::views_problems(twin.store.as_ref(), 2).expect("verdict"),
+            maintenance::views_problems(&twin.store, 2).expect("verdict"),
             Vec::<String>::new(),
             "{how}: before the damage"
         );
-        let values = pending_values(twin.store.as_ref());
+        let values = pending_values(&twin.store);
         assert_eq!(values.len(), 3);
         let mut wb = WriteBatch::new();
         match how {
@@ -700,24 +607,24 @@ fn a_replayed_or_removed_pending_value_is_named_by_verify() {
             }
         }
         twin.store.apply(wb).expect("damage");
-        let p = maintenance::views_problems(twin.store.as_ref(), 2).expect("verdict");
+        let p = maintenance::views_problems(&twin.store, 2).expect("verdict");
         assert!(
             p.iter().any(|l| l.contains("summaries disagree")),
             "{how}: {p:#?}"
         );
         let served = teachers_served(
-            &Views::load(twin.store.as_ref(), baseline).expect("load"),
+            &Views::load(&twin.store, baseline).expect("load"),
             &campaign,
         );
         let stale = if how == "removed" { 7 } else { 5 };
         assert_eq!(served.get(&school(1)), Some(&stale), "{how}: {served:?}");
-        maintenance::rebuild(twin.store.as_ref(), baseline, |_| {}).expect("rebuild");
+        maintenance::rebuild(&twin.store, baseline, |_| {}).expect("rebuild");
         assert_eq!(
-            maintenance::views_problems(twin.store.as_ref(), 2).expect("verdict"),
+            maintenance::views_problems(&twin.store, 2).expect("verdict"),
             Vec::<String>::new(),
             "{how}: rebuilt"
         );
-        assert_same(live.store.as_ref(), twin.store.as_ref(), "leftovers");
+        assert_same(&live.store, &twin.store, "leftovers");
     }
 }
 

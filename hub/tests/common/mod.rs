@@ -555,19 +555,26 @@ impl Rng {
 /// in-memory store holding what the views read beside their own keys, as ingest writes it
 /// in the same batch: the log records (a withdrawal's target is found through its record)
 /// and the source index.
-pub struct DirectViews {
+pub struct DirectViews<S = spacesync_hub::store::MemStore> {
     /// The views.
     pub views: spacesync_hub::views::Views,
     /// Their store.
-    pub store: spacesync_hub::store::MemStore,
+    pub store: S,
     log: spacesync_hub::log::Log,
     hub_seq: u64,
 }
 
 impl DirectViews {
-    /// Empty views merged for `baseline`, over a store prepared as a hub's start does.
+    /// Empty views merged for `baseline`, over an empty in-memory store prepared as a hub's
+    /// start does.
     pub fn new(baseline: chrono::NaiveDate) -> DirectViews {
-        let store = spacesync_hub::store::MemStore::new();
+        DirectViews::on(spacesync_hub::store::MemStore::new(), baseline)
+    }
+}
+
+impl<S: spacesync_hub::store::Store> DirectViews<S> {
+    /// Empty views merged for `baseline`, over `store` prepared as a hub's start does.
+    pub fn on(store: S, baseline: chrono::NaiveDate) -> DirectViews<S> {
         spacesync_hub::views::prepare(&store, baseline).expect("prepare");
         let log = spacesync_hub::log::Log::load(&store).expect("empty log");
         DirectViews {
@@ -588,7 +595,7 @@ impl DirectViews {
         at: DateTime<Utc>,
     ) -> Vec<u64> {
         use spacesync_hub::log::RecordRef;
-        use spacesync_hub::store::{Store, WriteBatch, keys};
+        use spacesync_hub::store::{WriteBatch, keys};
         use spacesync_hub::views::{Extension, HUB_ENTRY_PAYLOAD_TYPE, HubEntry, Meta};
         let mut wb = WriteBatch::new();
         for _ in 0..gap {
