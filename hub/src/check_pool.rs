@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use spacesync_shared::sig::TorsionDebt;
 use thiserror::Error;
 use tracing::warn;
 
@@ -61,7 +62,22 @@ pub struct CheckPool {
     /// Jobs handed to the pool, and jobs a thread has taken: their difference is the queue.
     sent: Arc<AtomicU64>,
     taken: Arc<AtomicU64>,
+    /// Torsion debts waiting to be settled together ([`CheckPool::torsion_free`]).
+    gate: Arc<Mutex<Gate>>,
 }
+
+/// The batches' torsion debts waiting for one settling job, and whether one is queued.
+#[derive(Default)]
+struct Gate {
+    waiting: Vec<(TorsionDebt, Answer)>,
+    queued: bool,
+    /// Settling jobs run, and debts they settled (their ratio is the batches a job
+    /// settles at once).
+    jobs: u64,
+    debts: u64,
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<bool, PoolError>>;
 
 impl CheckPool {
     /// A pool of `threads` threads (at least one) whose nice value is raised by `niceness`.
@@ -72,6 +88,7 @@ impl CheckPool {
             queue: Mutex::new(None),
             sent: Arc::default(),
             taken: Arc::default(),
+            gate: Arc::default(),
         }
     }
 
@@ -84,16 +101,49 @@ impl CheckPool {
     /// Hands `job` to the threads, starting them first if they are not running (again,
     /// if a start failed: one failure must not stop ingest until a restart).
     fn send(&self, job: Job) -> Result<(), PoolError> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = match &mut *queue {
-            Some(tx) => tx,
-            None => queue.insert(start(self.threads, self.niceness).map_err(PoolError::Start)?),
-        };
+        let tx = self.sender()?;
         self.sent.fetch_add(1, Ordering::Relaxed);
         tx.send(job).map_err(|_| {
             self.sent.fetch_sub(1, Ordering::Relaxed);
             PoolError::Dropped
         })
+    }
+
+    /// The queue to the threads, starting them first if they are not running.
+    fn sender(&self) -> Result<mpsc::Sender<Job>, PoolError> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match &mut *queue {
+            Some(tx) => tx.clone(),
+            None => queue
+                .insert(start(self.threads, self.niceness).map_err(PoolError::Start)?)
+                .clone(),
+        })
+    }
+
+    /// Whether the `R`s of `debt` are torsion-free ([`TorsionDebt::settle`]), settled on
+    /// a pool thread together with the debts of every batch checked meanwhile: one job
+    /// settles all that wait when its turn comes, queued behind the checks handed to the
+    /// pool before it, so under load it finds many (their aggregate test's fixed cost, 128
+    /// `[L]X`, was a fifth of an ingest's CPU when each batch paid it). While one job is
+    /// queued or running no other is queued; debts arriving during its run get the next
+    /// one. An answer dropped (the client hung up) has its debt left out.
+    pub async fn torsion_free(&self, debt: TorsionDebt) -> Result<bool, PoolError> {
+        if debt.is_empty() {
+            return Ok(true);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut gate = lock(&self.gate);
+            gate.waiting.push((debt, tx));
+            !std::mem::replace(&mut gate.queued, true)
+        };
+        if first {
+            match self.sender() {
+                Ok(queue) => queue_settling(&self.gate, queue),
+                Err(e) => fail_waiting(&mut lock(&self.gate), &e),
+            }
+        }
+        rx.await.map_err(|_| PoolError::Dropped)?
     }
 
     /// Runs `f` on one of the pool's threads and answers its result.
@@ -135,6 +185,79 @@ impl CheckPool {
              # TYPE spacesync_hub_ingest_checks_waiting gauge\n\
              spacesync_hub_ingest_checks_waiting {waiting}\n"
         );
+        let (jobs, debts) = {
+            let gate = lock(&self.gate);
+            (gate.jobs, gate.debts)
+        };
+        let _ = write!(
+            out,
+            "# HELP spacesync_hub_ingest_torsion_settles_total Jobs that tested the signatures' R points of the batches checked meanwhile for torsion, all at once.\n\
+             # TYPE spacesync_hub_ingest_torsion_settles_total counter\n\
+             spacesync_hub_ingest_torsion_settles_total {jobs}\n\
+             # HELP spacesync_hub_ingest_torsion_batches_total Batches whose R points those jobs tested (over the jobs: the batches a test covers).\n\
+             # TYPE spacesync_hub_ingest_torsion_batches_total counter\n\
+             spacesync_hub_ingest_torsion_batches_total {debts}\n"
+        );
+    }
+}
+
+fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    gate.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Answers every waiting debt with `e` and leaves no job queued.
+fn fail_waiting(gate: &mut Gate, e: &PoolError) {
+    gate.queued = false;
+    for (_, answer) in gate.waiting.drain(..) {
+        let _ = answer.send(Err(match e {
+            PoolError::Start(why) => PoolError::Start(why.clone()),
+            PoolError::Panicked => PoolError::Panicked,
+            PoolError::Dropped => PoolError::Dropped,
+        }));
+    }
+}
+
+/// Queues a job that settles whatever waits at the gate when it runs, and queues the next
+/// one if more came meanwhile (`gate.queued` is set by the caller and stays set).
+fn queue_settling(gate: &Arc<Mutex<Gate>>, queue: mpsc::Sender<Job>) {
+    let job_gate = Arc::clone(gate);
+    let next = queue.clone();
+    let job: Job = Box::new(move || {
+        let waiting: Vec<(TorsionDebt, Answer)> = std::mem::take(&mut lock(&job_gate).waiting)
+            .into_iter()
+            .filter(|(_, answer)| !answer.is_closed())
+            .collect();
+        let debts: Vec<&TorsionDebt> = waiting.iter().map(|(d, _)| d).collect();
+        let verdicts = catch_unwind(AssertUnwindSafe(|| TorsionDebt::settle(&debts)));
+        let settled = debts.len() as u64;
+        drop(debts);
+        {
+            let mut g = lock(&job_gate);
+            g.jobs += 1;
+            g.debts += settled;
+        }
+        match verdicts {
+            Ok(verdicts) => {
+                for ((_, answer), clean) in waiting.into_iter().zip(verdicts) {
+                    let _ = answer.send(Ok(clean));
+                }
+            }
+            Err(_) => {
+                for (_, answer) in waiting {
+                    let _ = answer.send(Err(PoolError::Panicked));
+                }
+            }
+        }
+        let mut g = lock(&job_gate);
+        if g.waiting.is_empty() {
+            g.queued = false;
+        } else {
+            drop(g);
+            queue_settling(&job_gate, next);
+        }
+    });
+    if queue.send(job).is_err() {
+        fail_waiting(&mut lock(gate), &PoolError::Dropped);
     }
 }
 
@@ -317,5 +440,110 @@ mod tests {
         let r = pool.run(|| -> u8 { panic!("a bug in a check") }).await;
         assert!(matches!(r, Err(PoolError::Panicked)), "{r:?}");
         assert_eq!(pool.run(|| 5u8).await.expect("the thread lived on"), 5);
+    }
+
+    /// A debt of `n` honest signatures, or with a torsion `R` (torsion point 4, order 2)
+    /// at item 0 that passed the batch equation (tried again until its weight is even).
+    fn debt(n: usize, seed: u8, torsion: bool) -> TorsionDebt {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use ed25519_dalek::{Signature, VerifyingKey};
+        use sha2::{Digest as _, Sha512};
+        let a = Scalar::from(1000u64 + u64::from(seed));
+        let big_a = (ED25519_BASEPOINT_POINT * a).compress().to_bytes();
+        let vk = VerifyingKey::from_bytes(&big_a).unwrap_or_else(|e| panic!("{e}"));
+        let msgs: Vec<Vec<u8>> = (0..n).map(|i| format!("{seed}/{i}").into_bytes()).collect();
+        let sigs: Vec<Signature> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, msg)| {
+                let r = Scalar::from(7u64 + i as u64);
+                let t = if torsion && i == 0 { 4 } else { 0 };
+                let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
+                    .compress()
+                    .to_bytes();
+                let k = Scalar::from_hash(
+                    Sha512::new()
+                        .chain_update(big_r)
+                        .chain_update(big_a)
+                        .chain_update(msg),
+                );
+                let mut sig = [0u8; 64];
+                sig[..32].copy_from_slice(&big_r);
+                sig[32..].copy_from_slice((r + k * a).as_bytes());
+                Signature::from_bytes(&sig)
+            })
+            .collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let vks = vec![vk; n];
+        for _ in 0..200 {
+            let mut debt = TorsionDebt::new();
+            if spacesync_shared::sig::verify_batch_deferring(&refs, &sigs, &vks, &mut debt).is_ok()
+            {
+                return debt;
+            }
+            assert!(torsion, "honest signatures refused");
+        }
+        panic!("the torsion R never passed the batch equation in 200 tries");
+    }
+
+    /// Debts handed in while the pool is busy are settled by one job; a torsion debt
+    /// among them is answered `false`, the others `true`.
+    #[tokio::test]
+    async fn debts_that_wait_together_are_settled_by_one_job_and_each_answered() {
+        let pool = Arc::new(CheckPool::new(1, 0));
+        let (release, gate) = mpsc::channel::<()>();
+        let busy = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.run(move || gate.recv().is_ok()).await })
+        };
+        let mut answers = Vec::new();
+        for i in 0..6u8 {
+            let pool = Arc::clone(&pool);
+            let d = debt(40, i, i == 3);
+            answers.push(tokio::spawn(async move { pool.torsion_free(d).await }));
+        }
+        // Every debt is waiting at the gate before the one thread is free.
+        for _ in 0..500 {
+            if lock(&pool.gate).waiting.len() == 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(lock(&pool.gate).waiting.len(), 6);
+        release.send(()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            busy.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        for (i, answer) in answers.into_iter().enumerate() {
+            let clean = answer
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(clean, i != 3, "debt {i}");
+        }
+        let mut out = String::new();
+        pool.render(&mut out);
+        assert!(
+            out.contains("spacesync_hub_ingest_torsion_settles_total 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("spacesync_hub_ingest_torsion_batches_total 6\n"),
+            "{out}"
+        );
+        // The gate is free again: a later debt gets a job of its own.
+        assert!(
+            pool.torsion_free(debt(3, 9, false))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            pool.torsion_free(TorsionDebt::new())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 }

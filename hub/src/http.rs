@@ -550,7 +550,7 @@ async fn ingest_answer(
     // The body's share of the budget goes with it into the queue: a client that hangs up
     // while its batch waits gives the share back only when the job is done or dropped,
     // so the budget bounds what the queue holds.
-    let (checked, permit) = {
+    let (unsettled, permit) = {
         let s = s.clone();
         s.check_pool
             .clone()
@@ -563,7 +563,24 @@ async fn ingest_answer(
             .await
             .map_err(AppError::internal)?
     };
-    let checked = checked?;
+    let mut unsettled = unsettled?;
+    // The torsion test of the signatures' R points, with the batches checked meanwhile.
+    let debt = std::mem::take(&mut unsettled.debt);
+    let clean = s
+        .check_pool
+        .torsion_free(debt)
+        .await
+        .map_err(AppError::internal)?;
+    let checked = if clean {
+        unsettled.settle(true)
+    } else {
+        // Some R carried torsion (an attack, or a broken signer): the exact path names
+        // the first entry refused, again on a check thread.
+        s.check_pool
+            .run(move || unsettled.settle(false))
+            .await
+            .map_err(AppError::internal)?
+    };
     let outcome = tokio::task::spawn_blocking(move || {
         let out = admit_blocking(&s, &client, checked, form);
         drop(permit);
@@ -582,7 +599,7 @@ fn check_blocking(
     s: &AppState,
     client: &ClientAddr,
     batch: IngestBatch,
-) -> Result<crate::ingest::CheckedBatch, AppError> {
+) -> Result<crate::ingest::UnsettledBatch, AppError> {
     // An address that has used up its allowance gets one signature checked, not a
     // thousand: a flood of junk costs a parse and one verification per request, while a
     // real agent behind the same address (a NAT, the TLS proxy) still gets through.
@@ -599,7 +616,9 @@ fn check_blocking(
             ),
         ));
     }
-    s.hub.check(batch).map_err(|e| s.refuse(client, e.into()))
+    s.hub
+        .check_deferring(batch)
+        .map_err(|e| s.refuse(client, e.into()))
 }
 
 /// Charges a checked batch to the right budget and appends it (under the writer lock).

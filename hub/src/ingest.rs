@@ -18,6 +18,7 @@ use spacesync_shared::chain::{
 use spacesync_shared::dsse::Digest;
 use spacesync_shared::entry::Entry;
 use spacesync_shared::keys::parse_public_key;
+use spacesync_shared::sig::TorsionDebt;
 use spacesync_shared::wire::{
     BatchReceipt, IngestBatch, IngestResponse, Receipt, ReceiptForm, ReceiptItem, Refusal,
     RefusalCode,
@@ -79,6 +80,30 @@ impl CheckedBatch {
         self.opened
             .iter()
             .any(|o| o.entry().is_ok_and(|e| e.seq > held_through))
+    }
+}
+
+/// A batch [`Hub::check_deferring`] checked except for the torsion test of its
+/// signatures' `R`s, which waits in [`UnsettledBatch::debt`] to be settled together with
+/// other batches' ([`TorsionDebt::settle`]).
+pub struct UnsettledBatch {
+    /// The `R`s still to be tested; take it to settle it elsewhere.
+    pub debt: TorsionDebt,
+    checked: CheckedBatch,
+}
+
+impl UnsettledBatch {
+    /// The checked batch, given the verdict `clean` that [`TorsionDebt::settle`] gave
+    /// its debt. When some `R` carried torsion, the signatures are judged again on the
+    /// exact path, which names the first entry refused (blocking: Ed25519).
+    pub fn settle(self, clean: bool) -> CheckedBatch {
+        let mut checked = self.checked;
+        if !clean {
+            let entries = &checked.batch.entries;
+            checked.opened = entries.iter().map(Opened::read).collect();
+            checked.keys.verify_batch(entries, &mut checked.opened);
+        }
+        checked
     }
 }
 
@@ -326,6 +351,15 @@ impl Hub {
     /// the async runtime. The HTTP layer decides between the two halves whose budget the
     /// request spends (see [`CheckedBatch::authentic`]).
     pub fn check(&self, batch: IngestBatch) -> Result<CheckedBatch, IngestError> {
+        let unsettled = self.check_deferring(batch)?;
+        let clean = TorsionDebt::settle(&[&unsettled.debt])[0];
+        Ok(unsettled.settle(clean))
+    }
+
+    /// [`Hub::check`] but for the torsion test of the signatures' `R`s, left in the
+    /// answer's debt so that many batches pay its fixed cost once (the HTTP layer settles
+    /// the debts of the batches checked meanwhile together: `CheckPool::torsion_free`).
+    pub fn check_deferring(&self, batch: IngestBatch) -> Result<UnsettledBatch, IngestError> {
         let source = batch.source.clone();
         if batch.entries.is_empty() {
             return Err(IngestError::Empty);
@@ -355,12 +389,16 @@ impl Hub {
         // Signatures first and outside the writer lock, so one batch's verification runs
         // while another batch is being written; processing stops at the first bad one.
         let keys = key_schedule(&reg);
-        keys.verify_batch(&batch.entries, &mut opened);
-        Ok(CheckedBatch {
-            batch,
-            reg,
-            keys,
-            opened,
+        let mut debt = TorsionDebt::new();
+        keys.verify_batch_deferring(&batch.entries, &mut opened, &mut debt);
+        Ok(UnsettledBatch {
+            debt,
+            checked: CheckedBatch {
+                batch,
+                reg,
+                keys,
+                opened,
+            },
         })
     }
 

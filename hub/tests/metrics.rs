@@ -102,6 +102,10 @@ async fn metrics_after_ingest(backend: Backend) {
     // Every batch was read and verified on the check threads (four requests), none waits.
     assert_eq!(get("spacesync_hub_ingest_checks_total"), 4.0);
     assert_eq!(get("spacesync_hub_ingest_checks_waiting"), 0.0);
+    // The two batches that passed their checks had their R points tested for torsion, one
+    // request after the other: a test each (the bad signature was refused before it).
+    assert_eq!(get("spacesync_hub_ingest_torsion_batches_total"), 2.0);
+    assert_eq!(get("spacesync_hub_ingest_torsion_settles_total"), 2.0);
     assert_eq!(
         get("spacesync_hub_ingest_refusals_total{code=\"unknown_source\"}"),
         1.0

@@ -372,6 +372,28 @@ impl KeySchedule {
     /// or does not verify: the entries after it are left unchecked (a verifier stops there
     /// anyway, and [`ChainVerifier::admit`] checks an unchecked signature itself).
     pub fn verify_batch(&self, envs: &[Envelope], opened: &mut [Opened]) {
+        self.verify_batch_with(envs, opened, None);
+    }
+
+    /// [`KeySchedule::verify_batch`] leaving the `R`s' torsion test in `debt`
+    /// ([`crate::sig::verify_batch_deferring`]): the entries it marks verified are so only
+    /// once `debt` settles clean. When it does not, read the envelopes again
+    /// ([`Opened::read`]) and judge them with [`KeySchedule::verify_batch`].
+    pub fn verify_batch_deferring(
+        &self,
+        envs: &[Envelope],
+        opened: &mut [Opened],
+        debt: &mut crate::sig::TorsionDebt,
+    ) {
+        self.verify_batch_with(envs, opened, Some(debt));
+    }
+
+    fn verify_batch_with(
+        &self,
+        envs: &[Envelope],
+        opened: &mut [Opened],
+        mut debt: Option<&mut crate::sig::TorsionDebt>,
+    ) {
         debug_assert_eq!(envs.len(), opened.len());
         let n = envs.len().min(opened.len());
         let out = &mut opened[..n];
@@ -400,7 +422,11 @@ impl KeySchedule {
                 break;
             };
             let refs: Vec<&Envelope> = envs[i..j].iter().collect();
-            match verify_signatures(&refs, &key) {
+            let verdict = match debt.as_deref_mut() {
+                Some(debt) => crate::entry::verify_signatures_deferring(&refs, &key, debt),
+                None => verify_signatures(&refs, &key),
+            };
+            match verdict {
                 Ok(()) => {
                     for o in &mut out[i..j] {
                         o.signature = SignatureCheck::Verified(key);

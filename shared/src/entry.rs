@@ -268,6 +268,24 @@ impl Entry {
 /// (batch verification as a fast path for exactly what single verification accepts).
 /// Returns the index of the first envelope that does not verify, with why.
 pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (usize, DsseError)> {
+    verify_signatures_with(envs, key, None)
+}
+
+/// [`verify_signatures`] leaving the `R`s' torsion test in `debt`, as
+/// [`crate::sig::verify_batch_deferring`] does: `Ok` holds only once `debt` settles clean.
+pub fn verify_signatures_deferring(
+    envs: &[&Envelope],
+    key: &VerifyingKey,
+    debt: &mut crate::sig::TorsionDebt,
+) -> Result<(), (usize, DsseError)> {
+    verify_signatures_with(envs, key, Some(debt))
+}
+
+fn verify_signatures_with(
+    envs: &[&Envelope],
+    key: &VerifyingKey,
+    debt: Option<&mut crate::sig::TorsionDebt>,
+) -> Result<(), (usize, DsseError)> {
     let mut sigs: Vec<Signature> = Vec::with_capacity(envs.len());
     let mut paes: Vec<Vec<u8>> = Vec::with_capacity(envs.len());
     for (i, env) in envs.iter().enumerate() {
@@ -279,7 +297,11 @@ pub fn verify_signatures(envs: &[&Envelope], key: &VerifyingKey) -> Result<(), (
     }
     let msgs: Vec<&[u8]> = paes.iter().map(Vec::as_slice).collect();
     let keys = vec![*key; envs.len()];
-    crate::sig::verify_batch(&msgs, &sigs, &keys).map_err(|(i, _)| {
+    match debt {
+        Some(debt) => crate::sig::verify_batch_deferring(&msgs, &sigs, &keys, debt),
+        None => crate::sig::verify_batch(&msgs, &sigs, &keys),
+    }
+    .map_err(|(i, _)| {
         (
             i,
             DsseError::BadSignature {

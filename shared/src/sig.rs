@@ -115,14 +115,15 @@ const ADDS_PER_L: usize = 170;
 fn aggregate_cost(n: usize, g: u32) -> usize {
     let groups = TORSION_ROUNDS.div_ceil(g) as usize;
     let last = TORSION_ROUNDS - g * (groups as u32 - 1);
-    // A pass of width w adds w sums of 2^(w−1) buckets each.
-    let sums = (groups - 1) * ((g as usize) << (g - 1)) + ((last as usize) << (last - 1));
+    // A pass of width w sums its buckets' halves w times, folding them as it goes
+    // (`round_sums`): 2^w additions.
+    let sums = (groups - 1) * (1usize << g) + (1usize << last);
     groups * n + sums + TORSION_ROUNDS as usize * ADDS_PER_L
 }
 
 /// The cheapest bucket width for `n` points, or `None` when one `[L]P` a point is cheaper.
 fn aggregate_width(n: usize) -> Option<u32> {
-    let (g, cost) = (2..=8)
+    let (g, cost) = (2..=12)
         .map(|g| (g, aggregate_cost(n, g)))
         .min_by_key(|&(_, c)| c)?;
     (cost < n.saturating_mul(ADDS_PER_L)).then_some(g)
@@ -156,20 +157,34 @@ fn all_torsion_free(points: &[EdwardsPoint], g: u32) -> Result<bool, getrandom::
                 buckets[b] += p;
             }
         }
-        for bit in 0..width {
-            let mut sum = EdwardsPoint::identity();
-            for (b, bucket) in buckets.iter().enumerate() {
-                if (b >> bit) & 1 == 1 {
-                    sum += bucket;
-                }
-            }
-            if !torsion_free(&sum) {
-                return Ok(false);
-            }
+        if !round_sums(&mut buckets).iter().all(torsion_free) {
+            return Ok(false);
         }
         round += width;
     }
     Ok(true)
+}
+
+/// For buckets indexed by `w`-bit labels, the `w` round sums: for each bit, the sum of the
+/// buckets whose label has it set. Bit 0's sum adds the odd buckets; then each pair that
+/// differs only in bit 0 is folded into one bucket indexed by the label's other bits, and
+/// the same goes on for bit 1 over half as many buckets — 2^w additions in all, where
+/// summing each round's half of the buckets apart took w·2^(w−1). Consumes the buckets.
+fn round_sums(buckets: &mut Vec<EdwardsPoint>) -> Vec<EdwardsPoint> {
+    let mut sums = Vec::new();
+    while buckets.len() > 1 {
+        let mut sum = EdwardsPoint::identity();
+        for odd in buckets.iter().skip(1).step_by(2) {
+            sum += odd;
+        }
+        sums.push(sum);
+        let half = buckets.len() / 2;
+        for i in 0..half {
+            buckets[i] = buckets[2 * i] + buckets[2 * i + 1];
+        }
+        buckets.truncate(half);
+    }
+    sums
 }
 
 /// The first of `rs` with a small-order component, if any: the aggregate test for a large
@@ -291,6 +306,80 @@ pub fn verify_batch(
     sigs: &[Signature],
     keys: &[VerifyingKey],
 ) -> Result<(), (usize, SigError)> {
+    verify_batch_inner(msgs, sigs, keys, None)
+}
+
+/// [`verify_batch`] leaving the torsion test of the `R`s to be done later, together with
+/// other batches' ([`TorsionDebt::settle`]): the test's fixed cost (128 `[L]X`, 2.7 ms
+/// on the machine of BENCHMARKS.md) is then paid once for all of them. An `Err` is
+/// final, exactly as [`verify_batch`] answers it. `Ok` holds only when the `R`s this call
+/// added to `debt` turn out torsion-free; when they do not, the batch must be judged
+/// again with [`verify_batch`], which names the first item refused. (With a torsion `R`
+/// in the batch, the batch equation may pass or fail whatever the other items: only the
+/// exact path's verdict counts then.) Whenever an item is malformed or the equation
+/// fails, the answer comes from the exact path and nothing is added to `debt`.
+pub fn verify_batch_deferring(
+    msgs: &[&[u8]],
+    sigs: &[Signature],
+    keys: &[VerifyingKey],
+    debt: &mut TorsionDebt,
+) -> Result<(), (usize, SigError)> {
+    verify_batch_inner(msgs, sigs, keys, Some(debt))
+}
+
+/// `R` points whose torsion is still to be checked ([`verify_batch_deferring`]).
+#[derive(Debug, Default)]
+pub struct TorsionDebt {
+    rs: Vec<EdwardsPoint>,
+}
+
+impl TorsionDebt {
+    /// No points.
+    pub fn new() -> TorsionDebt {
+        TorsionDebt::default()
+    }
+
+    /// How many points wait for the test.
+    pub fn len(&self) -> usize {
+        self.rs.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.rs.is_empty()
+    }
+
+    /// Whether each debt's points are all torsion-free (and `true` for an empty one), up
+    /// to a 2⁻¹²⁸ chance for each of answering `true` wrongly; never `false` wrongly.
+    /// One aggregate test over all the points first; only when it fails, each debt on its
+    /// own (so a batch carrying a torsion `R` costs the others it was settled with one
+    /// more test each, not a wrong verdict).
+    pub fn settle(debts: &[&TorsionDebt]) -> Vec<bool> {
+        let total: usize = debts.iter().map(|d| d.len()).sum();
+        let all_clean = match aggregate_width(total) {
+            Some(g) => {
+                let all: Vec<EdwardsPoint> =
+                    debts.iter().flat_map(|d| d.rs.iter().copied()).collect();
+                all_torsion_free(&all, g).unwrap_or(false)
+            }
+            None => false,
+        };
+        if all_clean {
+            return vec![true; debts.len()];
+        }
+        debts
+            .iter()
+            .map(|d| first_torsion(&d.rs).is_none())
+            .collect()
+    }
+}
+
+fn verify_batch_inner(
+    msgs: &[&[u8]],
+    sigs: &[Signature],
+    keys: &[VerifyingKey],
+    debt: Option<&mut TorsionDebt>,
+) -> Result<(), (usize, SigError)> {
     debug_assert!(msgs.len() == sigs.len() && sigs.len() == keys.len());
     let n = msgs.len().min(sigs.len()).min(keys.len());
     if n == 0 {
@@ -328,6 +417,13 @@ pub fn verify_batch(
         }
     }
     let mut checked = malformed.map_or(n, |(i, _)| i);
+    if malformed.is_none()
+        && let Some(debt) = debt
+    {
+        equations_hold(msgs, sigs, keys, n, &rs, &ss, &runs)?;
+        debt.rs.append(&mut rs);
+        return Ok(());
+    }
     // Rule 2 for the `R`s read so far; one with a small-order component comes before the
     // item that stopped the reading.
     if let Some(i) = first_torsion(&rs[..checked]) {
@@ -575,6 +671,170 @@ mod tests {
                 assert!(aggregate_cost(n, g) < n * ADDS_PER_L);
             }
         }
+    }
+
+    #[test]
+    fn round_sums_add_the_buckets_whose_label_has_each_bit() {
+        for width in 1..=5u32 {
+            let buckets: Vec<EdwardsPoint> = (0..1u64 << width)
+                .map(|b| ED25519_BASEPOINT_POINT * Scalar::from(b * b + 3))
+                .collect();
+            let naive: Vec<EdwardsPoint> = (0..width)
+                .map(|bit| {
+                    buckets
+                        .iter()
+                        .enumerate()
+                        .filter(|(b, _)| (b >> bit) & 1 == 1)
+                        .fold(EdwardsPoint::identity(), |acc, (_, p)| acc + p)
+                })
+                .collect();
+            assert_eq!(round_sums(&mut buckets.clone()), naive, "width {width}");
+        }
+    }
+
+    /// `n` honest items by one key with a torsion `R` (torsion point `t`) at `at`, if any.
+    fn batch_with(n: usize, torsion: Option<(usize, usize)>, seed: u64) -> Batch {
+        let a = Scalar::from(4242u64 + seed);
+        let mut msgs = Vec::new();
+        let mut sigs = Vec::new();
+        let mut vks = Vec::new();
+        for i in 0..n {
+            let msg = format!("batch {seed} entry {i}").into_bytes();
+            let t = torsion.filter(|&(at, _)| at == i).map_or(0, |(_, t)| t);
+            let (vk, sig) = forged(a, 0, Scalar::from(1000 + seed * 7919 + i as u64), t, &msg);
+            msgs.push(msg);
+            sigs.push(sig);
+            vks.push(vk);
+        }
+        Batch { msgs, sigs, vks }
+    }
+
+    struct Batch {
+        msgs: Vec<Vec<u8>>,
+        sigs: Vec<Signature>,
+        vks: Vec<VerifyingKey>,
+    }
+
+    impl Batch {
+        fn deferring(&self, debt: &mut TorsionDebt) -> Result<(), (usize, SigError)> {
+            let refs: Vec<&[u8]> = self.msgs.iter().map(Vec::as_slice).collect();
+            verify_batch_deferring(&refs, &self.sigs, &self.vks, debt)
+        }
+
+        fn exact(&self) -> Result<(), (usize, SigError)> {
+            let refs: Vec<&[u8]> = self.msgs.iter().map(Vec::as_slice).collect();
+            verify_batch(&refs, &self.sigs, &self.vks)
+        }
+    }
+
+    #[test]
+    fn honest_batches_deferred_settle_clean_together_and_alone() {
+        let mut debts = Vec::new();
+        for (seed, n) in [(1, 300), (2, 20), (3, 1)] {
+            let mut debt = TorsionDebt::new();
+            assert_eq!(batch_with(n, None, seed).deferring(&mut debt), Ok(()));
+            assert_eq!(debt.len(), n);
+            debts.push(debt);
+        }
+        let refs: Vec<&TorsionDebt> = debts.iter().collect();
+        assert_eq!(TorsionDebt::settle(&refs), vec![true, true, true]);
+        assert_eq!(TorsionDebt::settle(&refs[1..2]), vec![true]);
+        assert_eq!(TorsionDebt::settle(&[]), Vec::<bool>::new());
+        assert_eq!(TorsionDebt::settle(&[&TorsionDebt::new()]), vec![true]);
+    }
+
+    /// A torsion `R` passes the batch equation whenever its weight kills the torsion (a
+    /// point of order 2 under an even weight: one time in two). Then only the settled debt
+    /// refuses it — only that batch's, whatever it was settled with — and the exact path
+    /// names the item, as it does when the equation fails at once.
+    #[test]
+    fn a_torsion_r_fails_only_its_own_debt_every_time_and_the_exact_path_names_it() {
+        let (mut deferred, mut at_once) = (0, 0);
+        for round in 0..40u64 {
+            let at = (round as usize * 37) % 300;
+            let bad = batch_with(300, Some((at, 4)), 100 + round);
+            let mut debt = TorsionDebt::new();
+            match bad.deferring(&mut debt) {
+                Ok(()) => {
+                    deferred += 1;
+                    let mut honest = Vec::new();
+                    for seed in [200 + round, 300 + round] {
+                        let mut d = TorsionDebt::new();
+                        assert_eq!(batch_with(150, None, seed).deferring(&mut d), Ok(()));
+                        honest.push(d);
+                    }
+                    assert_eq!(
+                        TorsionDebt::settle(&[&honest[0], &debt, &honest[1]]),
+                        vec![true, false, true],
+                        "round {round}"
+                    );
+                    assert_eq!(TorsionDebt::settle(&[&debt]), vec![false]);
+                }
+                Err(e) => {
+                    at_once += 1;
+                    assert_eq!(e, (at, SigError::RTorsion), "round {round}");
+                    assert!(debt.is_empty(), "a refusal leaves no debt");
+                }
+            }
+            assert_eq!(bad.exact(), Err((at, SigError::RTorsion)), "round {round}");
+        }
+        // Both ways were taken (each has a chance of 2⁻⁴⁰ of never happening).
+        assert!(
+            deferred > 0 && at_once > 0,
+            "{deferred} deferred, {at_once} at once"
+        );
+    }
+
+    /// `T` in one batch and `−T` in another cancel in a plain sum of both debts; the
+    /// subset sums of the aggregate test still find each, every time.
+    #[test]
+    fn torsion_that_cancels_across_debts_is_still_found_in_each() {
+        // Points of order 2 and 4: both equations pass about one time in 4 to 16.
+        let (mut found, mut round) = (0, 0u64);
+        while found < 4 && round < 1000 {
+            round += 1;
+            let t = [4, 2, 6][(round % 3) as usize];
+            let x = batch_with(200, Some((5, t)), 1000 + round);
+            let y = batch_with(200, Some((150, 8 - t)), 2000 + round);
+            let (mut dx, mut dy) = (TorsionDebt::new(), TorsionDebt::new());
+            if x.deferring(&mut dx).is_err() || y.deferring(&mut dy).is_err() {
+                continue;
+            }
+            found += 1;
+            assert_eq!(
+                TorsionDebt::settle(&[&dx, &dy]),
+                vec![false, false],
+                "T[{t}]"
+            );
+        }
+        assert_eq!(
+            found, 4,
+            "too few rounds had both batches pass their equations"
+        );
+    }
+
+    /// A malformed item or a failed equation answers at once, exactly, and adds nothing.
+    #[test]
+    fn a_refusal_on_the_deferring_path_is_the_exact_one() {
+        let b = batch_with(300, None, 7);
+        let refs: Vec<&[u8]> = b.msgs.iter().map(Vec::as_slice).collect();
+        let mut moved = b.sigs.clone();
+        moved.swap(10, 11);
+        let mut debt = TorsionDebt::new();
+        assert_eq!(
+            verify_batch_deferring(&refs, &moved, &b.vks, &mut debt),
+            verify_batch(&refs, &moved, &b.vks)
+        );
+        assert!(debt.is_empty());
+        let mut high_s = b.sigs.clone();
+        let mut bytes = high_s[40].to_bytes();
+        bytes[63] |= 0xf0;
+        high_s[40] = Signature::from_bytes(&bytes);
+        assert_eq!(
+            verify_batch_deferring(&refs, &high_s, &b.vks, &mut debt),
+            Err((40, SigError::SNotCanonical))
+        );
+        assert!(debt.is_empty());
     }
 
     #[test]

@@ -258,17 +258,25 @@ struct Holder {
     a: Scalar,
     key: VerifyingKey,
     source: SourceId,
+    /// The county its activity records are about.
+    region: &'static str,
 }
 
 impl Holder {
     fn new(source: &str) -> Holder {
-        let a = Scalar::from_bytes_mod_order([0x42; 32]);
+        Holder::keyed(source, 0x42, "110105")
+    }
+
+    /// A holder of the secret scalar made of `secret` bytes, reporting about `region`.
+    fn keyed(source: &str, secret: u8, region: &'static str) -> Holder {
+        let a = Scalar::from_bytes_mod_order([secret; 32]);
         let key = VerifyingKey::from_bytes(&(ED25519_BASEPOINT_POINT * a).compress().to_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
         Holder {
             a,
             key,
             source: SourceId::parse(source).unwrap_or_else(|e| panic!("{e}")),
+            region,
         }
     }
 
@@ -296,7 +304,7 @@ impl Holder {
             &self.source,
             seq,
             prev,
-            activity("110105", &format!("培训 {seq}")),
+            activity(self.region, &format!("培训 {seq}")),
         )
     }
 }
@@ -418,6 +426,108 @@ async fn torsion_signatures_from_the_key_holder_never_enter_the_log() {
     let said = text(&out);
     assert!(out.status.success(), "verify: {said}");
     assert!(said.contains("ok: "), "{said}");
+    assert!(!said.contains("DAMAGE"), "{said}");
+}
+
+/// The hub tests the signatures' `R` points of the batches checked at about the same time
+/// together (one aggregate torsion test for many). A torsion entry hidden deep in large
+/// batches, sent while three other sources send honest batches: every time, its batch is
+/// refused at that entry with the entries before it held, and every honest batch is held
+/// whole — one source's torsion never costs another its batch, nor slips through with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torsion_entries_checked_alongside_honest_batches_are_refused_and_only_they() {
+    const BATCH: u64 = 250;
+    const ROUNDS: u64 = 6;
+    let attacker = Holder::keyed("bj-rrt", 0x42, "110105");
+    let honest = [
+        Holder::keyed("tj-rrt", 0x43, "120101"),
+        Holder::keyed("he-rrt", 0x44, "130102"),
+        Holder::keyed("sx-rrt", 0x45, "140105"),
+    ];
+    let mut hub = HubProc::init();
+    let admin = token(&hub, "admin");
+    hub.add_agent("bj-rrt", "110000", &attacker.key);
+    for (h, scope) in honest.iter().zip(["120000", "130000", "140000"]) {
+        hub.add_agent(h.source.as_str(), scope, &h.key);
+    }
+    hub.start().await;
+    let url = hub.url();
+    let hub_key = hub.key;
+    let before = hub_state(&reqwest::Client::new(), &url, &admin).await;
+
+    // Each source's batches in turn, all sources at once. The attacker's round `i` puts a
+    // torsion point of order 2, 4 or 8 into the R of its entry at position `at`.
+    let send = |h: Holder, torsion: bool| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut head, mut prev) = (0u64, Digest::ZERO);
+            for round in 0..ROUNDS {
+                let at = 1 + (round * 97) % BATCH;
+                let t = [4, 2, 6, 1, 4, 7][round as usize];
+                let mut entries = Vec::new();
+                let mut p = prev;
+                for i in 1..=BATCH {
+                    let seq = head + i;
+                    let torsion_here = if torsion && i == at { t } else { 0 };
+                    let env = h.envelope(&h.entry(seq, p), 10_000 * round + seq, torsion_here);
+                    p = env.payload_hash();
+                    entries.push(env);
+                }
+                let batch = IngestBatch {
+                    source: h.source.clone(),
+                    entries: entries.clone(),
+                };
+                let (status, v) = ingest(&http, &url, &batch).await;
+                let r: IngestResponse = serde_json::from_value(v.clone())
+                    .unwrap_or_else(|e| panic!("{} round {round}: {status} {e}: {v}", h.source));
+                if torsion {
+                    assert_eq!(status, 422, "round {round} (T[{t}] at {at}): {v}");
+                    assert_eq!(r.held_through, head + at - 1, "round {round}: {v}");
+                    assert_eq!(r.refused.len(), 1, "round {round}: {v}");
+                    assert_eq!(r.refused[0].seq, Some(head + at), "round {round}: {v}");
+                    assert_eq!(r.refused[0].code, wire::RefusalCode::BadSignature);
+                    if at > 1 {
+                        prev = entries[at as usize - 2].payload_hash();
+                    }
+                    head += at - 1;
+                } else {
+                    assert_eq!(status, 200, "{} round {round}: {v}", h.source);
+                    assert_eq!(r.held_through, head + BATCH, "{v}");
+                    for env in &r.receipts {
+                        Receipt::open(env, &hub_key).unwrap_or_else(|e| panic!("receipt: {e}"));
+                    }
+                    head += BATCH;
+                    prev = p;
+                }
+            }
+            (h.source.clone(), head)
+        })
+    };
+    let mut runs = vec![send(attacker, true)];
+    for h in honest {
+        runs.push(send(h, false));
+    }
+    let mut heads = Vec::new();
+    for run in runs {
+        heads.push(run.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let http = reqwest::Client::new();
+    let state = hub_state(&http, &url, &admin).await;
+    let held: u64 = (0..ROUNDS).map(|round| (round * 97) % BATCH).sum();
+    assert_eq!(heads[0].1, held);
+    assert_eq!(state.heads["bj-rrt"], held);
+    for (source, head) in &heads[1..] {
+        assert_eq!(*head, ROUNDS * BATCH);
+        assert_eq!(state.heads[source.as_str()], ROUNDS * BATCH, "{source}");
+    }
+    assert_eq!(state.log_size, before.log_size + held + 3 * ROUNDS * BATCH);
+
+    // What ingest accepted, verify calls sound.
+    hub.kill();
+    let out = hub.cli(&["verify"]);
+    let said = text(&out);
+    assert!(out.status.success(), "verify: {said}");
     assert!(!said.contains("DAMAGE"), "{said}");
 }
 
