@@ -57,6 +57,8 @@ pub enum PoolError {
 pub struct CheckPool {
     threads: usize,
     niceness: i32,
+    /// The threads' name, before their number.
+    name: &'static str,
     /// The queue to the threads, once they started.
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     /// Jobs handed to the pool, and jobs a thread has taken: their difference is the queue.
@@ -82,9 +84,15 @@ type Answer = tokio::sync::oneshot::Sender<Result<bool, PoolError>>;
 impl CheckPool {
     /// A pool of `threads` threads (at least one) whose nice value is raised by `niceness`.
     pub fn new(threads: usize, niceness: i32) -> CheckPool {
+        CheckPool::named("ingest-check", threads, niceness)
+    }
+
+    /// A pool whose threads are called `name` and their number.
+    pub fn named(name: &'static str, threads: usize, niceness: i32) -> CheckPool {
         CheckPool {
             threads: threads.max(1),
             niceness,
+            name,
             queue: Mutex::new(None),
             sent: Arc::default(),
             taken: Arc::default(),
@@ -115,7 +123,7 @@ impl CheckPool {
         Ok(match &mut *queue {
             Some(tx) => tx.clone(),
             None => queue
-                .insert(start(self.threads, self.niceness).map_err(PoolError::Start)?)
+                .insert(start(self.name, self.threads, self.niceness).map_err(PoolError::Start)?)
                 .clone(),
         })
     }
@@ -262,13 +270,13 @@ fn queue_settling(gate: &Arc<Mutex<Gate>>, queue: mpsc::Sender<Job>) {
 }
 
 /// Starts the threads, each taking jobs from one queue until every sender is gone.
-fn start(threads: usize, niceness: i32) -> Result<mpsc::Sender<Job>, String> {
+fn start(name: &str, threads: usize, niceness: i32) -> Result<mpsc::Sender<Job>, String> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..threads {
         let rx = Arc::clone(&rx);
         std::thread::Builder::new()
-            .name(format!("ingest-check-{i}"))
+            .name(format!("{name}-{i}"))
             .spawn(move || {
                 lower_own_priority(niceness);
                 loop {

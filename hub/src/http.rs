@@ -581,13 +581,16 @@ async fn ingest_answer(
             .await
             .map_err(AppError::internal)?
     };
-    let outcome = tokio::task::spawn_blocking(move || {
-        let out = admit_blocking(&s, &client, checked, form);
-        drop(permit);
-        out
-    })
-    .await
-    .map_err(AppError::internal)??;
+    let outcome = s
+        .admit_pool
+        .clone()
+        .run(move || {
+            let out = admit_blocking(&s, &client, checked, form);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(AppError::internal)??;
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     let response = (status, Json(&outcome.response)).into_response();
     Ok((outcome, response))

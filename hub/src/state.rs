@@ -63,6 +63,10 @@ pub struct AppState {
     pub ingest_metrics: Arc<crate::metrics::IngestMetrics>,
     /// The threads that read and verify ingest batches, below the writer's priority.
     pub check_pool: Arc<crate::check_pool::CheckPool>,
+    /// The one thread that admits checked ingest batches (the writer lock's usual holder):
+    /// the writer's allocations stay in one of glibc's arenas instead of one for each of
+    /// the blocking threads that took the lock in turn.
+    pub admit_pool: Arc<crate::check_pool::CheckPool>,
 }
 
 /// Counts of 429 answers.
@@ -94,6 +98,7 @@ impl AppState {
             conns: Arc::new(spacesync_http::Stats::default()),
             ingest_metrics: Arc::new(crate::metrics::IngestMetrics::default()),
             check_pool: Arc::new(crate::check_pool::CheckPool::per_core()),
+            admit_pool: Arc::new(crate::check_pool::CheckPool::named("ingest-writer", 1, 0)),
         }
     }
 

@@ -101,6 +101,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         agents.push((id, unit, agent));
     }
     let token = hub.create_token("ministry")?;
+    let admin = hub.create_token("admin")?;
     for (_, _, agent) in &mut agents {
         agent.start().await?;
     }
@@ -295,6 +296,11 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
     for ag in &mut agents {
         ag.1.stop()?;
     }
+    // A hub older than the torsion test shared between batches has no such figure.
+    let sharing = hub.torsion_batches_per_test(&admin).await.ok();
+    if let Some(k) = sharing {
+        println!("the hub's torsion tests covered {k:.2} batches each");
+    }
     hub.stop()?;
 
     // The same run's limit, nothing else running: the entries the first units' agents
@@ -349,6 +355,7 @@ pub async fn run(a: &DrainArgs) -> Result<Report> {
         .dec("first_receipt_max_s", first_max)
         .int("entries_per_s_after_first", total as f64 / busy.max(1e-9))
         .int("verify_limit_per_s", limit.per_s)
+        .opt_dec("torsion_batches_per_test", sharing)
         .dec("verify_floor_s", verify_floor_s)
         .dec("ratio", verify_floor_s / drain_s)
         .int("append_limit_per_s", append_per_s)

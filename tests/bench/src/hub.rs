@@ -252,6 +252,30 @@ impl HubInstance {
         ])
     }
 
+    /// Batches whose `R`s the hub tested for torsion, over the tests it ran for them
+    /// (`/metrics`, read with an admin token): how many batches shared one test.
+    pub async fn torsion_batches_per_test(&self, admin_token: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .context("reading the hub's /metrics")?
+            .error_for_status()
+            .context("reading the hub's /metrics")?
+            .text()
+            .await
+            .context("reading the hub's /metrics")?;
+        let get = |name: &str| -> Result<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .with_context(|| format!("{name} is not in the hub's /metrics"))
+        };
+        let tests = get("spacesync_hub_ingest_torsion_settles_total")?;
+        Ok(get("spacesync_hub_ingest_torsion_batches_total")? / tests.max(1.0))
+    }
+
     /// Base URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

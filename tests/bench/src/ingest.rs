@@ -101,6 +101,7 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
     for s in &pre.sources {
         hub.add_source(&s.id, &s.unit, &s.key_line)?;
     }
+    let admin = hub.create_token("admin")?;
     let mut replicas = Vec::new();
     for _ in 1..a.replicas {
         replicas.push(hub.replica(work.path())?);
@@ -127,6 +128,8 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         (Some(p), Some(c0)) => Some(procs::tree_cpu_seconds(p)? - c0),
         _ => None,
     };
+    // A hub older than the torsion test shared between batches has no such figure.
+    let sharing = hub.torsion_batches_per_test(&admin).await.ok();
     for r in &mut replicas {
         r.stop()?;
     }
@@ -155,6 +158,8 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
     let limit = limits::verify_limit(&parsed, a.min_limit_s)?;
     let verify = limit.per_s;
     let raw = limits::verify_all_cores(limits::Verifier::Raw, &parsed, a.min_limit_s)?;
+    let per_batch =
+        limits::verify_all_cores(limits::Verifier::RulePerBatch, &parsed, a.min_limit_s)?;
     let single = limits::verify_single(&parsed, 20_000, a.min_limit_s)?;
     let payloads: Vec<&[u8]> = parsed
         .iter()
@@ -169,11 +174,16 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
     let append = limits::sled_append(&stored, a.batch as usize, a.min_limit_s)?;
     let cores = limits::cores();
     println!(
-        "limits: batch verification {verify:.0}/s on {cores} cores (the library's bare batch \
+        "limits: batch verification {verify:.0}/s on {cores} cores (the torsion test shared by \
+         {} batches; {per_batch:.0}/s with one a batch; the library's bare batch \
          equation {raw:.0}/s), single {single:.0}/s on one, \
          SHA-256 {sha:.0}/s ({sha_mb:.0} MB/s), sled append+flush per {} {append:.0}/s",
+        limits::SETTLE_EVERY,
         a.batch
     );
+    if let Some(k) = sharing {
+        println!("the hub's torsion tests covered {k:.2} batches each");
+    }
 
     // The PostgreSQL peer: the same records, unsigned.
     let pg_rates = if a.no_pg {
@@ -202,6 +212,9 @@ pub async fn run(a: &IngestArgs) -> Result<Report> {
         .dec("ratio", per_s / verify)
         .int("raw_verify_limit_per_s", raw)
         .dec("raw_ratio", per_s / raw)
+        .int("per_batch_verify_limit_per_s", per_batch)
+        .dec("per_batch_ratio", per_s / per_batch)
+        .opt_dec("torsion_batches_per_test", sharing)
         .opt_int("pg_insert_per_s", pg_rates.map(|p| p.insert_per_s))
         .opt_dec("pg_ratio", pg_rates.map(|p| per_s / p.insert_per_s))
         .opt_int("pg_copy_per_s", pg_rates.map(|p| p.copy_per_s))
