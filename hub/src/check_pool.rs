@@ -453,33 +453,18 @@ mod tests {
     /// A debt of `n` honest signatures, or with a torsion `R` (torsion point 4, order 2)
     /// at item 0 that passed the batch equation (tried again until its weight is even).
     fn debt(n: usize, seed: u8, torsion: bool) -> TorsionDebt {
-        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
-        use curve25519_dalek::scalar::Scalar;
-        use ed25519_dalek::{Signature, VerifyingKey};
-        use sha2::{Digest as _, Sha512};
-        let a = Scalar::from(1000u64 + u64::from(seed));
-        let big_a = (ED25519_BASEPOINT_POINT * a).compress().to_bytes();
-        let vk = VerifyingKey::from_bytes(&big_a).unwrap_or_else(|e| panic!("{e}"));
+        use ed25519_dalek::{Signature, SigningKey};
+        use spacesync_shared::sig::{secret_scalar, sign_with_torsion_in_r};
+        let a = secret_scalar(&[seed; 32]);
+        let vk = SigningKey::from_bytes(&[seed; 32]).verifying_key();
         let msgs: Vec<Vec<u8>> = (0..n).map(|i| format!("{seed}/{i}").into_bytes()).collect();
         let sigs: Vec<Signature> = msgs
             .iter()
             .enumerate()
             .map(|(i, msg)| {
-                let r = Scalar::from(7u64 + i as u64);
+                let r = curve25519_dalek::scalar::Scalar::from(7u64 + i as u64);
                 let t = if torsion && i == 0 { 4 } else { 0 };
-                let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
-                    .compress()
-                    .to_bytes();
-                let k = Scalar::from_hash(
-                    Sha512::new()
-                        .chain_update(big_r)
-                        .chain_update(big_a)
-                        .chain_update(msg),
-                );
-                let mut sig = [0u8; 64];
-                sig[..32].copy_from_slice(&big_r);
-                sig[32..].copy_from_slice((r + k * a).as_bytes());
-                Signature::from_bytes(&sig)
+                Signature::from_bytes(&sign_with_torsion_in_r(&a, &r, t, msg))
             })
             .collect();
         let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();

@@ -7,11 +7,9 @@
 mod common;
 
 use common::*;
-use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
 use curve25519_dalek::scalar::Scalar;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::Signature;
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha512};
 use spacesync_hub::maintenance;
 use spacesync_shared::Envelope;
 use spacesync_shared::chain::ChainVerifier;
@@ -40,39 +38,16 @@ fn sig_strategy() -> impl Strategy<Value = Sig> {
     ]
 }
 
-/// The secret scalar of an ed25519-dalek signing key (SHA-512 of the seed, clamped).
-fn secret_scalar(seed: &[u8; 32]) -> Scalar {
-    let h = Sha512::digest(seed);
-    let mut lower = [0u8; 32];
-    lower.copy_from_slice(&h[..32]);
-    lower[0] &= 248;
-    lower[31] &= 127;
-    lower[31] |= 64;
-    Scalar::from_bytes_mod_order(lower)
-}
+use spacesync_shared::sig::secret_scalar;
 
-fn signed(env: &Envelope, seed: &[u8; 32], vk: &VerifyingKey, how: Sig, nonce: u64) -> Envelope {
+fn signed(env: &Envelope, seed: &[u8; 32], how: Sig, nonce: u64) -> Envelope {
     let mut out = env.clone();
     let msg = pae(&env.payload_type, &env.payload);
     let bytes: [u8; 64] = match how {
         Sig::Honest => return out,
         Sig::Torsion(t) => {
-            let a = secret_scalar(seed);
             let r = Scalar::from(nonce.wrapping_mul(0x9E37_79B9) | 1);
-            let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
-                .compress()
-                .to_bytes();
-            let k = Scalar::from_hash(
-                Sha512::new()
-                    .chain_update(big_r)
-                    .chain_update(vk.as_bytes())
-                    .chain_update(&msg),
-            );
-            let s = r + k * a;
-            let mut b = [0u8; 64];
-            b[..32].copy_from_slice(&big_r);
-            b[32..].copy_from_slice(s.as_bytes());
-            b
+            spacesync_shared::sig::sign_with_torsion_in_r(&secret_scalar(seed), &r, t, &msg)
         }
         Sig::SPlusL => {
             let mut b: [u8; 64] = env.signatures[0]
@@ -120,7 +95,7 @@ proptest! {
         for (i, how) in plan.iter().enumerate() {
             let rec = teachers("440106", &format!("44010600{:02}", i % 90), "2018-11-20", i as u64 + 1);
             let honest = agent.entry(&rec).sign(&agent.key);
-            let env = signed(&honest, &seed, &vk, *how, i as u64);
+            let env = signed(&honest, &seed, *how, i as u64);
             let single = spacesync_shared::sig::verify(
                 &vk,
                 &pae(&env.payload_type, &env.payload),
@@ -163,13 +138,12 @@ fn a_torsion_entry_inside_an_honest_batch_is_refused_every_time() {
         let seed = [23u8; 32];
         let mut agent = Agent::new("gd-rrt", 23, "440000");
         hub.register(&agent);
-        let vk = agent.key.verifying_key();
         let mut entries = Vec::new();
         for i in 0..5u64 {
             let rec = teachers("440106", &format!("440106000{i}"), "2018-11-20", i + 1);
             let env = agent.entry(&rec).sign(&agent.key);
             let env = if i == 3 {
-                signed(&env, &seed, &vk, Sig::Torsion(4), round)
+                signed(&env, &seed, Sig::Torsion(4), round)
             } else {
                 env
             };

@@ -15,10 +15,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use common::*;
-use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
 use curve25519_dalek::scalar::Scalar;
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha512};
 use spacesync_hub::log::{self, LogRecord};
 use spacesync_hub::log_check::{Checking, FIRST_CHUNK};
 use spacesync_hub::maintenance::FEED_CHUNK;
@@ -147,37 +145,17 @@ fn set_sig(s: &dyn Store, index: u64, f: impl FnOnce(&LogRecord) -> [u8; 64]) {
     write(s, index, &rec);
 }
 
-/// The secret scalar of an ed25519-dalek signing key (SHA-512 of the seed, clamped).
+/// The secret scalar of the ed25519-dalek signing key made from `[seed; 32]`.
 fn secret_scalar(seed: u8) -> Scalar {
-    let h = Sha512::digest([seed; 32]);
-    let mut lower = [0u8; 32];
-    lower.copy_from_slice(&h[..32]);
-    lower[0] &= 248;
-    lower[31] &= 127;
-    lower[31] |= 64;
-    Scalar::from_bytes_mod_order(lower)
+    spacesync_shared::sig::secret_scalar(&[seed; 32])
 }
 
 /// The key holder's signature with R = [r]B + T[t]: the equation holds up to the torsion,
 /// so a batch check without the rule's torsion check accepts it some of the time.
 fn torsion_sig(rec: &LogRecord, seed: u8, t: usize, nonce: u64) -> [u8; 64] {
-    let vk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
     let msg = pae(&rec.envelope.payload_type, &rec.envelope.payload);
     let r = Scalar::from(nonce.wrapping_mul(0x9E37_79B9) | 1);
-    let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
-        .compress()
-        .to_bytes();
-    let k = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(big_r)
-            .chain_update(vk.as_bytes())
-            .chain_update(&msg),
-    );
-    let s = r + k * secret_scalar(seed);
-    let mut b = [0u8; 64];
-    b[..32].copy_from_slice(&big_r);
-    b[32..].copy_from_slice(s.as_bytes());
-    b
+    spacesync_shared::sig::sign_with_torsion_in_r(&secret_scalar(seed), &r, t, &msg)
 }
 
 /// The same signature with S + L: the same residue, a non-canonical encoding.

@@ -284,6 +284,42 @@ fn random_u128s(n: usize) -> Result<Vec<u128>, getrandom::Error> {
     Ok(out)
 }
 
+/// For tests of the rule, here and in other crates: the signature by secret scalar `a`
+/// (public key `[a]B`) on `msg` whose nonce point is `[r]B` plus the torsion point
+/// `EIGHT_TORSION[t]` (`t` = 0: an honest signature) — how a key holder makes verifiers
+/// that differ on rule 2 disagree. Nothing in the system signs this way.
+#[doc(hidden)]
+pub fn sign_with_torsion_in_r(a: &Scalar, r: &Scalar, t: usize, msg: &[u8]) -> [u8; 64] {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    let big_a = (ED25519_BASEPOINT_POINT * a).compress().to_bytes();
+    let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t % 8])
+        .compress()
+        .to_bytes();
+    let k = Scalar::from_hash(
+        Sha512::new()
+            .chain_update(big_r)
+            .chain_update(big_a)
+            .chain_update(msg),
+    );
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&big_r);
+    sig[32..].copy_from_slice((r + k * a).as_bytes());
+    sig
+}
+
+/// For tests: the secret scalar of an ed25519-dalek signing key made from `seed` (SHA-512
+/// of the seed, its lower half clamped), which [`sign_with_torsion_in_r`] signs with.
+#[doc(hidden)]
+pub fn secret_scalar(seed: &[u8; 32]) -> Scalar {
+    let h = Sha512::digest(seed);
+    let mut lower = [0u8; 32];
+    lower.copy_from_slice(&h[..32]);
+    lower[0] &= 248;
+    lower[31] &= 127;
+    lower[31] |= 64;
+    Scalar::from_bytes_mod_order(lower)
+}
+
 /// Random 128-bit batch weights, one per item ([`random_u128s`]).
 fn weights(n: usize) -> Result<Vec<Scalar>, getrandom::Error> {
     Ok(random_u128s(n)?.into_iter().map(Scalar::from).collect())

@@ -2,12 +2,11 @@
 //! signatures get the same verdict from the single path, the batch path (alone and mixed
 //! into honest batches), DSSE envelopes and the entry chain verifier.
 
-use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha512};
 use spacesync_shared::sig::{self, SigError};
 
 struct Case {
@@ -151,20 +150,8 @@ fn published_edge_cases_get_one_verdict_on_every_path() {
 /// holder builds to make verifiers disagree.
 fn torsion_signature(a: Scalar, r: Scalar, t: usize, msg: &[u8]) -> (VerifyingKey, Signature) {
     let big_a = (ED25519_BASEPOINT_POINT * a).compress().to_bytes();
-    let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
-        .compress()
-        .to_bytes();
-    let k = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(big_r)
-            .chain_update(big_a)
-            .chain_update(msg),
-    );
-    let s = r + k * a;
-    let mut bytes = [0u8; 64];
-    bytes[..32].copy_from_slice(&big_r);
-    bytes[32..].copy_from_slice(s.as_bytes());
     let vk = VerifyingKey::from_bytes(&big_a).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = spacesync_shared::sig::sign_with_torsion_in_r(&a, &r, t, msg);
     (vk, Signature::from_bytes(&bytes))
 }
 

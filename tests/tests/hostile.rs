@@ -16,12 +16,11 @@ mod hostile_kit;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::VerifyingKey;
 use hostile_kit::*;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha512};
 use spacesync_shared::dsse::{EnvelopeSignature, key_id, pae};
 use spacesync_shared::entry::ENTRY_PAYLOAD_TYPE;
 use spacesync_shared::keys::{parse_public_key, public_key_line};
@@ -236,21 +235,7 @@ async fn a_web_page_cannot_make_the_agent_sign_push_or_change_anything() {
 /// `t` (0 is the identity: an honest signature). With `t` > 0 a cofactored or batch
 /// verifier may accept it; the one rule (no small-order component in R) must not.
 fn sign_raw(a: &Scalar, r: &Scalar, t: usize, msg: &[u8]) -> [u8; 64] {
-    let big_a = (ED25519_BASEPOINT_POINT * a).compress().to_bytes();
-    let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t])
-        .compress()
-        .to_bytes();
-    let k = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(big_r)
-            .chain_update(big_a)
-            .chain_update(msg),
-    );
-    let s = r + k * a;
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&big_r);
-    sig[32..].copy_from_slice(s.as_bytes());
-    sig
+    spacesync_shared::sig::sign_with_torsion_in_r(a, r, t, msg)
 }
 
 /// A key holder who knows its secret scalar (as anyone who generated the key does).
