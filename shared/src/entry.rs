@@ -288,15 +288,25 @@ fn verify_signatures_with(
 ) -> Result<(), (usize, DsseError)> {
     let mut sigs: Vec<Signature> = Vec::with_capacity(envs.len());
     let mut paes: Vec<Vec<u8>> = Vec::with_capacity(envs.len());
+    // The first envelope whose signature does not even read. The ones before it must
+    // still be verified before it is named: callers take every entry before the one named
+    // as verified (an unverified prefix would be held on the strength of its successor's
+    // refusal — the session 24 review's finding).
+    let mut unreadable = None;
     for (i, env) in envs.iter().enumerate() {
-        sigs.push(
-            env.signature_by(ENTRY_PAYLOAD_TYPE, key)
-                .map_err(|e| (i, e))?,
-        );
-        paes.push(crate::dsse::pae(&env.payload_type, &env.payload));
+        match env.signature_by(ENTRY_PAYLOAD_TYPE, key) {
+            Ok(sig) => {
+                sigs.push(sig);
+                paes.push(crate::dsse::pae(&env.payload_type, &env.payload));
+            }
+            Err(e) => {
+                unreadable = Some((i, e));
+                break;
+            }
+        }
     }
     let msgs: Vec<&[u8]> = paes.iter().map(Vec::as_slice).collect();
-    let keys = vec![*key; envs.len()];
+    let keys = vec![*key; sigs.len()];
     match debt {
         Some(debt) => crate::sig::verify_batch_deferring(&msgs, &sigs, &keys, debt),
         None => crate::sig::verify_batch(&msgs, &sigs, &keys),
@@ -308,7 +318,11 @@ fn verify_signatures_with(
                 keyid: crate::dsse::key_id(key),
             },
         )
-    })
+    })?;
+    match unreadable {
+        Some(fault) => Err(fault),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -187,6 +187,16 @@ fn round_sums(buckets: &mut Vec<EdwardsPoint>) -> Vec<EdwardsPoint> {
     sums
 }
 
+/// Whether no point of `rs` has a small-order component: a yes or no, not where (the
+/// aggregate test when it is the cheaper, whose `false` is never wrong; else, or without
+/// system randomness, one `[L]R` each).
+fn torsion_free_all(rs: &[EdwardsPoint]) -> bool {
+    match aggregate_width(rs.len()).map(|g| all_torsion_free(rs, g)) {
+        Some(Ok(clean)) => clean,
+        _ => rs.iter().all(torsion_free),
+    }
+}
+
 /// The first of `rs` with a small-order component, if any: the aggregate test for a large
 /// batch (and, when it fails, one `[L]R` each up to the first offender), else one `[L]R`
 /// each. The identity was refused before.
@@ -403,10 +413,7 @@ impl TorsionDebt {
         if all_clean {
             return vec![true; debts.len()];
         }
-        debts
-            .iter()
-            .map(|d| first_torsion(&d.rs).is_none())
-            .collect()
+        debts.iter().map(|d| torsion_free_all(&d.rs)).collect()
     }
 }
 

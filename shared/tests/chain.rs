@@ -618,6 +618,41 @@ fn batch_verification_finds_the_first_bad_signature() {
             }),
             Err((0, DsseError::SignatureLength(63))),
         ),
+        // A signature that does not even read is named only once the entries before it
+        // verified: a bad one before it is named first (the session 24 review's finding:
+        // the prefix was taken as verified unchecked).
+        (
+            "tampered 3, another key at 1000",
+            {
+                let mut v = replaced(1000, entry_at(1000).sign(&common::other_key()));
+                v[2] = tampered(3);
+                v
+            },
+            Err((
+                2,
+                DsseError::BadSignature {
+                    keyid: keyid.clone(),
+                },
+            )),
+        ),
+        (
+            "tampered 1, a short signature at 2",
+            {
+                let mut v = replaced(2, {
+                    let mut e = env_at(2);
+                    e.signatures[0].sig.pop();
+                    e
+                });
+                v[0] = tampered(1);
+                v
+            },
+            Err((
+                0,
+                DsseError::BadSignature {
+                    keyid: keyid.clone(),
+                },
+            )),
+        ),
     ];
     for (what, envs, expected) in cases {
         let refs: Vec<&Envelope> = envs.iter().collect();
