@@ -38,7 +38,7 @@ pub const CHECK_NICENESS: i32 = 10;
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Why a job gave no result.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum PoolError {
     /// The job panicked (a bug: the panic message was logged where it happened).
     #[error("checking the batch failed unexpectedly (a bug in the hub; see its log)")]
@@ -217,11 +217,7 @@ fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
 fn fail_waiting(gate: &mut Gate, e: &PoolError) {
     gate.queued = false;
     for (_, answer) in gate.waiting.drain(..) {
-        let _ = answer.send(Err(match e {
-            PoolError::Start(why) => PoolError::Start(why.clone()),
-            PoolError::Panicked => PoolError::Panicked,
-            PoolError::Dropped => PoolError::Dropped,
-        }));
+        let _ = answer.send(Err(e.clone()));
     }
 }
 

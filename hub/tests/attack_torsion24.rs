@@ -43,6 +43,7 @@ use spacesync_hub::maintenance;
 use spacesync_shared::Envelope;
 use spacesync_shared::dsse::pae;
 use spacesync_shared::entry::Entry;
+use spacesync_shared::sig::secret_scalar;
 use spacesync_shared::sig::{self, SigError, TorsionDebt};
 use spacesync_shared::wire::{IngestBatch, IngestResponse, RefusalCode};
 
@@ -495,17 +496,6 @@ fn one_torsion_point_is_found_at_every_size_of_the_aggregate() {
 
 // ---- 3. through the HTTP ingest path, concurrently ------------------------------------------
 
-/// The secret scalar of an ed25519-dalek signing key of `seed` bytes.
-fn secret_scalar(seed: &[u8; 32]) -> Scalar {
-    let h = Sha512::digest(seed);
-    let mut lower = [0u8; 32];
-    lower.copy_from_slice(&h[..32]);
-    lower[0] &= 248;
-    lower[31] &= 127;
-    lower[31] |= 64;
-    Scalar::from_bytes_mod_order(lower)
-}
-
 /// `env` re-signed by the holder of `key` with `R = [r]B + T[t]` (`pure`: `R = T[t]`).
 fn torsion_envelope(
     env: &Envelope,
@@ -526,22 +516,6 @@ fn torsion_envelope(
     let mut out = env.clone();
     out.signatures[0].sig = sig.to_bytes().to_vec();
     out
-}
-
-/// A key transition as `a`'s next entry (signed by the key in force), handing `a` the new key.
-fn transition(a: &mut Agent, new: &SigningKey) -> Envelope {
-    let e = Entry::key_transition(
-        a.id.clone(),
-        a.next,
-        a.prev,
-        a.recorded_at,
-        "2018".into(),
-        new,
-    );
-    let env = e.sign(&a.key);
-    a.advance(&env);
-    a.key = new.clone();
-    env
 }
 
 /// A batch to send and what must come of it: refused at the first torsion position (1-based
@@ -583,7 +557,7 @@ fn torsion_case(
     for i in 0..n {
         let signer = a.key.clone();
         let env = if transition_at == Some(i) {
-            transition(&mut a, &new)
+            a.transition(&new)
         } else {
             a.sign_next(&teachers(
                 "440106",

@@ -13,29 +13,11 @@ use ed25519_dalek::SigningKey;
 use spacesync_hub::maintenance;
 use spacesync_hub::registry::{self, SourceRecord};
 use spacesync_hub::store::{Store, WriteBatch, keys};
-use spacesync_shared::entry::Entry;
 use spacesync_shared::keys::public_key_line;
 use spacesync_shared::wire::{self, IngestBatch, IngestResponse, RefusalCode};
 use spacesync_shared::{Campaign, Envelope};
 
 use common::{Agent, Backend, ORIGIN, TestHub, activity, hub_key, store_dir, teachers};
-
-/// Signs a key transition to `new` as `a`'s next entry (by the key in force) and hands
-/// `a` the new key.
-fn transition(a: &mut Agent, new: &SigningKey) -> Envelope {
-    let e = Entry::key_transition(
-        a.id.clone(),
-        a.next,
-        a.prev,
-        a.recorded_at,
-        "2018".into(),
-        new,
-    );
-    let env = e.sign(&a.key);
-    a.advance(&env);
-    a.key = new.clone();
-    env
-}
 
 fn batch(a: &Agent, entries: Vec<Envelope>) -> IngestBatch {
     IngestBatch {
@@ -91,7 +73,7 @@ async fn a_transition_in_the_chain_hands_the_source_to_its_new_key(backend: Back
         gd.sign_next(&teachers("440106", "4401060001", "2018-11-01", 10)),
         gd.sign_next(&activity("440106", "2018-11-02", "training")),
     ];
-    entries.push(transition(&mut gd, &new));
+    entries.push(gd.transition(&new));
     entries.push(gd.sign_next(&teachers("440106", "4401060001", "2018-11-03", 12)));
     entries.push(gd.sign_next(&activity("440106", "2018-11-04", "meeting")));
     let first = batch(&gd, entries);
@@ -171,7 +153,7 @@ async fn an_admin_rotation_and_an_old_key_transition_do_not_both_hold(backend: B
     th.hub
         .rotate_source("gd-a", &admin_key.key_line(), None)
         .expect("rotate");
-    let t = transition(&mut gd.clone(), &SigningKey::from_bytes(&[3; 32]));
+    let t = gd.clone().transition(&SigningKey::from_bytes(&[3; 32]));
     let reason = refused(&th, &batch(&gd, vec![t]), RefusalCode::RevokedKey).await;
     assert!(reason.contains("retired key"), "{reason}");
 
@@ -181,7 +163,7 @@ async fn an_admin_rotation_and_an_old_key_transition_do_not_both_hold(backend: B
     th.hub
         .rotate_source("gz-a", &later.key_line(), Some(10))
         .expect("rotate");
-    let t = transition(&mut gz.clone(), &SigningKey::from_bytes(&[4; 32]));
+    let t = gz.clone().transition(&SigningKey::from_bytes(&[4; 32]));
     let reason = refused(&th, &batch(&gz, vec![t]), RefusalCode::Invalid).await;
     assert!(
         reason.contains("rotation from seq 10 is already recorded"),
@@ -194,7 +176,7 @@ async fn an_admin_rotation_and_an_old_key_transition_do_not_both_hold(backend: B
     // A transition to a key another source holds (or held) is refused.
     let mut gd_new = gd.clone();
     gd_new.key = admin_key.key.clone();
-    let t = transition(&mut gd_new.clone(), &gz.key);
+    let t = gd_new.clone().transition(&gz.key);
     let reason = refused(&th, &batch(&gd_new, vec![t]), RefusalCode::Invalid).await;
     assert!(reason.contains("registered for source gz-a"), "{reason}");
     log_verifies(th.hub.store.as_ref());
@@ -207,7 +189,7 @@ async fn agents_rotate_still_replaces_a_key_lost_after_a_transition(backend: Bac
     th.register(&gd);
     let first = gd.key_line();
     let lost = SigningKey::from_bytes(&[7; 32]);
-    let t = transition(&mut gd, &lost);
+    let t = gd.transition(&lost);
     th.ingest_ok(&batch(&gd, vec![t])).await;
     // The new key is lost before it signed anything: the admin replaces it from seq 2.
     let replacement = Agent::new("gd-a", 9, "440000");
@@ -249,7 +231,7 @@ async fn a_replica_follows_a_transition_another_admitted() {
     let new = SigningKey::from_bytes(&[7; 32]);
     let entries = vec![
         gd.sign_next(&activity("440106", "2018-11-01", "a")),
-        transition(&mut gd, &new),
+        gd.transition(&new),
     ];
     a.ingest_ok(&batch(&gd, entries)).await;
     // b has not seen the transition; the ingest catches it up before judging.
@@ -328,7 +310,7 @@ async fn an_older_key_reads_its_own_chain_and_nothing_else() {
     let new = SigningKey::from_bytes(&[7; 32]);
     let entries = vec![
         gd.sign_next(&activity("440106", "2018-11-01", "a")),
-        transition(&mut gd, &new),
+        gd.transition(&new),
     ];
     th.ingest_ok(&batch(&gd, entries)).await;
     th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "by the new key")]))
@@ -413,7 +395,7 @@ async fn a_key_the_admin_replaced_reads_nothing() {
     let second = SigningKey::from_bytes(&[7; 32]);
     let entries = vec![
         gd.sign_next(&activity("440106", "2018-11-01", "a")),
-        transition(&mut gd, &second),
+        gd.transition(&second),
     ];
     th.ingest_ok(&batch(&gd, entries)).await;
     th.ingest_ok(&gd.batch(&[activity("440106", "2018-11-02", "by the second key")]))
@@ -451,9 +433,9 @@ async fn a_witness_policy_follows_only_hand_overs_its_keys_may_sign() {
     );
     let entries = vec![
         gd.sign_next(&activity("440106", "2018-11-01", "a")),
-        transition(&mut gd, &k1),
+        gd.transition(&k1),
         gd.sign_next(&activity("440106", "2018-11-02", "b")),
-        transition(&mut gd, &k2),
+        gd.transition(&k2),
     ];
     th.ingest_ok(&batch(&gd, entries)).await;
     let name = witness_name(&gd.id);
@@ -534,7 +516,7 @@ async fn a_retired_key_spends_a_budget_of_its_own() {
     let new = SigningKey::from_bytes(&[7; 32]);
     let entries = vec![
         gd.sign_next(&activity("440106", "2018-11-01", "a")),
-        transition(&mut gd, &new),
+        gd.transition(&new),
     ];
     th.ingest_ok(&batch(&gd, entries)).await;
     // A small budget: three requests, refilled far slower than the test runs.

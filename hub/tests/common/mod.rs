@@ -457,6 +457,23 @@ impl Agent {
         self.next += 1;
     }
 
+    /// Signs a key transition to `new` as the next entry (by the key in force) and takes
+    /// the new key.
+    pub fn transition(&mut self, new: &SigningKey) -> Envelope {
+        let e = Entry::key_transition(
+            self.id.clone(),
+            self.next,
+            self.prev,
+            self.recorded_at,
+            "2018".into(),
+            new,
+        );
+        let env = e.sign(&self.key);
+        self.advance(&env);
+        self.key = new.clone();
+        env
+    }
+
     /// A batch of the next entries, one per record.
     pub fn batch(&mut self, records: &[Value]) -> IngestBatch {
         let entries = records.iter().map(|r| self.sign_next(r)).collect();

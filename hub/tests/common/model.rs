@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use serde_json::Value;
+use spacesync_shared::record::{Record, SpaceKind};
 
 /// The 10-digit code of school `n` of county 440106.
 pub fn school(n: u64) -> String {
@@ -26,25 +27,21 @@ pub struct Model {
 impl Model {
     pub fn entry(&mut self, source: &str, seq: u64, record: &Value) {
         self.order += 1;
-        match record["kind"].as_str() {
-            Some("space_count") => {
-                let as_of =
-                    NaiveDate::parse_from_str(record["as_of"].as_str().expect("date"), "%Y-%m-%d")
-                        .expect("date");
+        match super::record_of(record) {
+            Record::SpaceCount(c) => {
                 self.snaps.push((
                     // A region's own total under "" (not among the schools served).
-                    record["school"].as_str().unwrap_or("").to_string(),
-                    as_of,
-                    record["spaces"]["teacher"].as_u64().expect("teachers"),
+                    c.school.map(|s| s.to_string()).unwrap_or_default(),
+                    c.as_of,
+                    c.spaces.get(SpaceKind::Teacher).expect("teachers"),
                     self.order,
                     true,
                 ));
                 self.by_seq
                     .insert((source.to_string(), seq), self.snaps.len() - 1);
             }
-            Some("withdrawal") => {
-                let target = record["target_seq"].as_u64().expect("seq");
-                if let Some(at) = self.by_seq.get(&(source.to_string(), target)) {
+            Record::Withdrawal(w) => {
+                if let Some(at) = self.by_seq.get(&(source.to_string(), w.target_seq)) {
                     self.snaps[*at].4 = false;
                 }
             }
