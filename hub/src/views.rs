@@ -436,29 +436,46 @@ fn next_err<T, I: Iterator<Item = Result<T, StoreError>>>(
     }
 }
 
-/// Every stored space count's log index and link, in log order, as `r` holds them.
-fn links<R: Reader + ?Sized>(
-    r: &R,
-) -> impl Iterator<Item = Result<(u64, Option<u64>), StoreError>> + '_ {
-    r.read_prefix(COUNT_PREFIX)
-        .flat_map(|kv| match kv.and_then(|(k, b)| decode_counts(&k, &b)) {
-            Ok(counts) => counts
-                .into_iter()
-                .map(|c| Ok((c.meta.log_index, c.prev)))
-                .collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        })
+/// Says of a space count's key whether the two readers being compared read one and the
+/// same stored value under it (a rebuild's count found equal to the store's, which the
+/// rebuild reads from the store: [`crate::maintenance::Rebuilt::reads_stored`]): nothing
+/// there can differ, and the comparisons below skip it without decoding it.
+pub type SameValue<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
+
+/// The stored space counts `r` holds, key and value, but for the keys `same` names.
+fn counts_but<'a, R: Reader + ?Sized>(r: &'a R, same: SameValue<'a>) -> crate::store::KvIter<'a> {
+    Box::new(
+        r.read_prefix(COUNT_PREFIX)
+            .filter(move |kv| kv.as_ref().map_or(true, |(k, _)| !same(k))),
+    )
+}
+
+/// Every stored space count's log index and link, in log order, as `r` holds them, but
+/// for those under the keys `same` names.
+fn links<'a, R: Reader + ?Sized>(
+    r: &'a R,
+    same: SameValue<'a>,
+) -> impl Iterator<Item = Result<(u64, Option<u64>), StoreError>> + 'a {
+    counts_but(r, same).flat_map(|kv| match kv.and_then(|(k, b)| decode_counts(&k, &b)) {
+        Ok(counts) => counts
+            .into_iter()
+            .map(|c| Ok((c.meta.log_index, c.prev)))
+            .collect::<Vec<_>>(),
+        Err(e) => vec![Err(e)],
+    })
 }
 
 /// How many space counts `a` and `b` (a store and a rebuild of it) both hold whose link to
 /// their subject's previous count differs, and the first one's log index: what `verify`
-/// reports (a count held by one only is [`differing_items`]' to report).
+/// reports (a count held by one only is [`differing_items`]' to report). The keys `same`
+/// names are skipped: both read the same value there.
 pub fn differing_links<A: Reader + ?Sized, B: Reader + ?Sized>(
     a: &A,
     b: &B,
+    same: SameValue<'_>,
 ) -> Result<(u64, Option<u64>), StoreError> {
-    let mut left = links(a).peekable();
-    let mut right = links(b).peekable();
+    let mut left = links(a, same).peekable();
+    let mut right = links(b, same).peekable();
     let (mut count, mut first) = (0u64, None);
     loop {
         let (l, r) = match (left.peek(), right.peek()) {
@@ -498,15 +515,21 @@ pub enum ItemDifference {
 }
 
 /// How many log indexes `a`'s items (read through `ra`) and `b`'s (through `rb`) disagree
-/// at, and the first of them: both walked in log order, one stored count at a time.
+/// at, and the first of them: both walked in log order, one stored count at a time. The
+/// space counts under the keys `same` names are skipped when both views see the same
+/// stored counts (they were written as far as the same log index): read from one value,
+/// they are the same items.
 pub fn differing_items<RA: Reader + ?Sized, RB: Reader + ?Sized>(
     a: &Views,
     ra: &RA,
     b: &Views,
     rb: &RB,
+    same: SameValue<'_>,
 ) -> Result<(u64, Option<(u64, ItemDifference)>), StoreError> {
-    let mut left = a.item_stream(ra).peekable();
-    let mut right = b.item_stream(rb).peekable();
+    let none: SameValue<'_> = &|_| false;
+    let same = if a.next == b.next { same } else { none };
+    let mut left = a.item_stream_but(ra, same).peekable();
+    let mut right = b.item_stream_but(rb, same).peekable();
     let (mut count, mut first) = (0u64, None);
     loop {
         let at = |i: &Option<&Result<Item, StoreError>>| match i {
@@ -2328,8 +2351,16 @@ impl Views {
         &'a self,
         r: &'a R,
     ) -> impl Iterator<Item = Result<Item, StoreError>> + 'a {
-        let counts = r
-            .read_prefix(COUNT_PREFIX)
+        self.item_stream_but(r, &|_| false)
+    }
+
+    /// [`Views::item_stream`] without the space counts under the keys `same` names.
+    fn item_stream_but<'a, R: Reader + ?Sized>(
+        &'a self,
+        r: &'a R,
+        same: SameValue<'a>,
+    ) -> impl Iterator<Item = Result<Item, StoreError>> + 'a {
+        let counts = counts_but(r, same)
             .flat_map(|kv| match kv.and_then(|(k, b)| decode_counts(&k, &b)) {
                 Ok(counts) => counts.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => vec![Err(e)],

@@ -703,3 +703,47 @@ fn a_source_index_entry_with_another_receive_time_is_named() {
         &[&format!("log leaf {at}"), "receive time"],
     );
 }
+
+/// A space count the rebuild finds equal to the stored one early (and then reads from the
+/// store), which a later entry changes (its withdrawal), is compared again: a store that
+/// kept the count as it stood before the withdrawal is named, however often the rebuild
+/// lets go of equal counts.
+#[test]
+fn a_count_changed_after_it_settled_is_compared_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let th = TestHub::open(dir.path());
+    let mut a = Agent::new("gd-a", 1, "440000");
+    th.register(&a);
+    let count = teachers("440106", "4401060001", "2018-11-05", 10);
+    let out = th.hub.ingest(a.batch(&[count])).expect("ingest");
+    assert_eq!(out.status, 200, "{:?}", out.response);
+    let counts = |s: &dyn Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.scan(b"v/c/").map(|kv| kv.expect("read")).collect()
+    };
+    let before = counts(&*th.hub.store);
+    assert_eq!(before.len(), 1, "one stored block of counts");
+    let withdrawn = a.batch(&[withdrawal(a.next - 1)]);
+    let out = th.hub.ingest(withdrawn).expect("ingest");
+    assert_eq!(out.status, 200, "{:?}", out.response);
+    let after = counts(&*th.hub.store);
+    assert_eq!(after.len(), 1);
+    assert_ne!(
+        after[0].1, before[0].1,
+        "the withdrawal marks the stored count"
+    );
+    for every in [1, 2, u64::MAX] {
+        let found = maintenance::views_problems(&*th.hub.store, every).expect("compare");
+        assert!(found.is_empty(), "sound, settling every {every}: {found:?}");
+    }
+    // The store loses the mark: the count reads as it did before its withdrawal.
+    put(&*th.hub.store, before[0].0.clone(), before[0].1.clone());
+    for every in [1, 2, u64::MAX] {
+        let found = maintenance::views_problems(&*th.hub.store, every).expect("compare");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("stored views disagree with the log")),
+            "settling every {every}: {found:?}"
+        );
+    }
+}

@@ -88,12 +88,21 @@ impl RegionCode {
         let n: u32 = s
             .parse()
             .map_err(|_| CodeError::RegionFormat(s.to_string()))?;
+        RegionCode::from_u32(n)
+    }
+
+    /// The code `n` (e.g. `440106`), checked as [`RegionCode::parse`] checks its digits:
+    /// what stored views decode, without writing the number out first.
+    pub fn from_u32(n: u32) -> Result<Self, CodeError> {
+        if n > 999_999 {
+            return Err(CodeError::RegionFormat(n.to_string()));
+        }
         let code = RegionCode(n);
         if unit(code.province()).is_none() {
-            return Err(CodeError::UnknownProvince(s.to_string()));
+            return Err(CodeError::UnknownProvince(code.to_string()));
         }
         if n % 10_000 / 100 == 0 && !n.is_multiple_of(100) {
-            return Err(CodeError::Hierarchy(s.to_string()));
+            return Err(CodeError::Hierarchy(code.to_string()));
         }
         Ok(code)
     }
@@ -192,6 +201,15 @@ impl SchoolCode {
         s.parse()
             .map(SchoolCode)
             .map_err(|_| CodeError::SchoolFormat(s.to_string()))
+    }
+
+    /// The code `n` (e.g. `4144010601`, leading zeros implied): any number of at most ten
+    /// digits, as [`SchoolCode::parse`] takes them.
+    pub fn from_u64(n: u64) -> Result<Self, CodeError> {
+        if n > 9_999_999_999 {
+            return Err(CodeError::SchoolFormat(n.to_string()));
+        }
+        Ok(SchoolCode(n))
     }
 
     /// The code as a number (e.g. `4144010601`).
@@ -442,6 +460,29 @@ mod tests {
         assert!(SchoolCode::parse("4144010601").is_ok());
         for bad in ["414401060", "41440106011", "414401060x"] {
             assert!(SchoolCode::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_judged_as_their_digits_are() {
+        // Every six-digit number, and the first past them: the same code or the same error.
+        for n in 0..=1_000_000u32 {
+            let digits = format!("{n:06}");
+            assert_eq!(RegionCode::from_u32(n), RegionCode::parse(&digits), "{n}");
+        }
+        for n in [
+            0u64,
+            1,
+            4_144_010_601,
+            9_999_999_999,
+            10_000_000_000,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                SchoolCode::from_u64(n),
+                SchoolCode::parse(&format!("{n:010}")),
+                "{n}"
+            );
         }
     }
 

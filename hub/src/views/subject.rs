@@ -24,10 +24,9 @@ pub(super) fn subject_key(prefix: &[u8], (region, school): Subject) -> Vec<u8> {
 
 /// A subject from its parts as stored.
 pub(super) fn subject_from(region: u32, school: Option<u64>) -> Result<Subject, Damaged> {
-    let region =
-        RegionCode::parse(&format!("{region:06}")).map_err(|_| Damaged("not a region code"))?;
+    let region = RegionCode::from_u32(region).map_err(|_| Damaged("not a region code"))?;
     let school = school
-        .map(|s| SchoolCode::parse(&format!("{s:010}")).map_err(|_| Damaged("not a school code")))
+        .map(|s| SchoolCode::from_u64(s).map_err(|_| Damaged("not a school code")))
         .transpose()?;
     Ok((region, school))
 }
