@@ -311,23 +311,52 @@ fn replay_upto(
     store: &dyn Store,
     size: u64,
 ) -> Result<Option<HashMap<SourceId, SourceRecord>>, StoreError> {
-    let mut registry: Option<HashMap<SourceId, SourceRecord>> = None;
+    let mut replay = Replay::upto(size);
     let mut leaves = log::iter(store);
     // Every leaf decoded into this one record (see `log::Leaves::next_into`).
     let mut rec = log::LogRecord::empty();
     while let Some(r) = leaves.next_into(&mut rec) {
-        let index = r?;
+        replay.leaf(r?, &rec)?;
+    }
+    Ok(replay.registry)
+}
+
+/// A registry replay fed the log's leaves one by one, in order: what [`replay`] reads
+/// the log for, for a caller that walks it anyway (`verify`).
+#[derive(Debug, Default)]
+pub struct Replay {
+    registry: Option<HashMap<SourceId, SourceRecord>>,
+    size: u64,
+}
+
+impl Replay {
+    /// A replay of the whole log.
+    pub fn new() -> Replay {
+        Replay::upto(u64::MAX)
+    }
+
+    /// A replay of the first `size` leaves (a baseline counts wherever it stands).
+    fn upto(size: u64) -> Replay {
+        Replay {
+            registry: None,
+            size,
+        }
+    }
+
+    /// The next leaf, at `index`. An error (a hub entry that does not read) ends the
+    /// replay: [`replay`] gives that error.
+    pub fn leaf(&mut self, index: u64, rec: &log::LogRecord) -> Result<(), StoreError> {
         if let Some(source) = &rec.source {
             // A key transition in a source's chain changes its keys. Before the first
             // registry entry there is nothing to apply it to: the baseline holds it.
-            if index < size
-                && let Some(reg) = registry.as_mut()
+            if index < self.size
+                && let Some(reg) = self.registry.as_mut()
                 && let Some(rec_) = reg.get_mut(source)
                 && let Some((seq, line)) = transition_in(&rec.envelope.payload)
             {
                 apply_transition(rec_, seq, &line, rec.received_at);
             }
-            continue;
+            return Ok(());
         }
         let entry: HubEntry =
             serde_json::from_slice(&rec.envelope.payload).map_err(|e| StoreError::Corrupt {
@@ -335,15 +364,21 @@ fn replay_upto(
                 message: format!("hub entry {}: {e}", rec.seq),
             })?;
         if !is_registry_entry(&entry) {
-            continue;
+            return Ok(());
         }
-        let reg = registry.get_or_insert_with(HashMap::new);
+        let reg = self.registry.get_or_insert_with(HashMap::new);
         // A baseline is the starting point of every prefix, also of one that ends before it.
-        if index < size || matches!(entry, HubEntry::RegistryBaseline(_)) {
+        if index < self.size || matches!(entry, HubEntry::RegistryBaseline(_)) {
             apply(reg, &entry);
         }
+        Ok(())
     }
-    Ok(registry)
+
+    /// The registry replayed, in id order; `None` when no leaf was a registry entry (as
+    /// [`replay`]).
+    pub fn finish(self) -> Option<Vec<SourceRecord>> {
+        self.registry.map(sorted)
+    }
 }
 
 fn sorted(registry: HashMap<SourceId, SourceRecord>) -> Vec<SourceRecord> {

@@ -179,17 +179,61 @@ fn registry_changes_are_hub_signed_log_entries_and_rebuild_reproduces_them(backe
     store.apply(wb).expect("delete");
     let report = maintenance::verify(store.as_ref(), &hub_key().verifying_key(), ORIGIN, |_| {})
         .expect("verify");
+    // Checked under the registry the log gives, every leaf holds: the one problem is the
+    // stored registry.
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("stored registry disagrees")),
+        matches!(report.problems.as_slice(), [p] if p.contains("stored registry disagrees")),
         "{:?}",
         report.problems
     );
     maintenance::rebuild(store.as_ref(), Campaign::builtin_2018().baseline, |_| {})
         .expect("rebuild");
     assert_eq!(registry::load_all(store.as_ref()).expect("load"), before);
+    log_verifies(store.as_ref());
+}
+
+/// `verify` checks the log under the registry the log's own entries give, whatever `reg/`
+/// holds: with another key stored for a source, or the stored registry deleted, the one
+/// problem named is the stored registry (the leaves hold under the log's keys); once
+/// `reg/` agrees again, there is none.
+#[test]
+fn verify_checks_the_log_under_the_registry_it_gives() {
+    let dir = store_dir(Backend::Sled);
+    let th = TestHub::open(dir.path());
+    let mut gd = Agent::new("gd-a", 1, "440000");
+    th.register(&gd);
+    let records = [
+        teachers("440106", "4144010601", "2018-11-01", 100),
+        teachers("440106", "4144010602", "2018-11-01", 50),
+    ];
+    let out = th.hub.ingest(gd.batch(&records)).expect("ingest");
+    assert_eq!(out.status, 200, "{:?}", out.response);
+    let store = th.hub.store.clone();
+    log_verifies(store.as_ref());
+    let before = registry::load_all(store.as_ref()).expect("load");
+    let verify = || {
+        maintenance::verify(store.as_ref(), &hub_key().verifying_key(), ORIGIN, |_| {})
+            .expect("verify")
+            .problems
+    };
+    let stored_only = |problems: &[String]| matches!(problems, [p] if p.contains("stored registry disagrees") && p.contains("gd-a"));
+    let mut other = before[0].clone();
+    other.keys[0].key = Agent::new("gd-x", 9, "440000").key_line();
+    let mut wb = WriteBatch::new();
+    registry::put(&mut wb, &other);
+    store.apply(wb).expect("put");
+    let problems = verify();
+    assert!(stored_only(&problems), "another key: {problems:?}");
+    let mut wb = WriteBatch::new();
+    for r in store.scan(keys::REG) {
+        wb.delete(r.expect("scan").0);
+    }
+    store.apply(wb).expect("delete");
+    let problems = verify();
+    assert!(stored_only(&problems), "deleted: {problems:?}");
+    let mut wb = WriteBatch::new();
+    registry::put(&mut wb, &before[0]);
+    store.apply(wb).expect("put back");
     log_verifies(store.as_ref());
 }
 
