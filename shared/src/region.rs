@@ -183,8 +183,23 @@ impl Serialize for RegionCode {
 
 impl<'de> Deserialize<'de> for RegionCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        RegionCode::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(CodeVisitor(RegionCode::parse))
+    }
+}
+
+/// Reads a code from a string as the input holds it (no copy of it is made: a record's
+/// codes are read for every entry the hub checks).
+struct CodeVisitor<T>(fn(&str) -> Result<T, CodeError>);
+
+impl<T> serde::de::Visitor<'_> for CodeVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+        (self.0)(s).map_err(E::custom)
     }
 }
 
@@ -245,8 +260,7 @@ impl Serialize for SchoolCode {
 
 impl<'de> Deserialize<'de> for SchoolCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SchoolCode::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(CodeVisitor(SchoolCode::parse))
     }
 }
 
@@ -484,6 +498,21 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn codes_read_from_json_strings_as_written_or_escaped() {
+        let plain: RegionCode = serde_json::from_str(r#""440106""#).unwrap();
+        let escaped: RegionCode =
+            serde_json::from_str(r#""\u0034\u0034\u0030\u0031\u0030\u0036""#).unwrap();
+        assert_eq!((plain, escaped), (code("440106"), code("440106")));
+        // From a JSON tree (owned strings) too.
+        let school: SchoolCode = serde_json::from_value(serde_json::json!("4144010601")).unwrap();
+        assert_eq!(school.to_string(), "4144010601");
+        for bad in ["440106", r#""44010""#, r#""990000""#, "null"] {
+            assert!(serde_json::from_str::<RegionCode>(bad).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<SchoolCode>("4144010601").is_err());
     }
 
     #[test]
