@@ -661,7 +661,11 @@ impl crate::store::Keep for Settled {
 
 /// Lets go of the space counts a rebuild put in `batch` from log index `from` on whose
 /// value the store holds byte for byte, marking them in `settled`; returns how many.
-/// One forward scan of the store's counts from `from`.
+/// One forward scan of the store's counts from `from`. A value is not let go of when the
+/// store holds another count key among the log indexes it covers (a count stored again
+/// under a key of its own, as an older layout kept them, or damage): `verify` skips a
+/// settled value on both sides it compares (see [`Settled`]), and such a key must still
+/// find its pair there.
 pub fn settle(
     store: &dyn Store,
     batch: &mut WriteBatch,
@@ -669,18 +673,23 @@ pub fn settle(
     from: u64,
 ) -> Result<u64, StoreError> {
     let mut equal = Vec::new();
-    // Both in key order: one forward scan of the store's counts, not a read per count.
-    let mut stored = store.scan_from(COUNT_PREFIX, &count_key(from)).peekable();
+    // Both in key order: one forward scan of the store's counts, not a read per count,
+    // from the first index the first block at or after `from` covers.
+    let start = count_key(from.saturating_sub(blocks::BLOCK - 1));
+    let mut stored = store.scan_from(COUNT_PREFIX, &start).peekable();
     for (k, v) in batch.pending_from(COUNT_PREFIX, &count_key(from)) {
         let Some(v) = v else { continue };
-        while stored
-            .peek()
-            .is_some_and(|r| r.as_ref().is_ok_and(|(sk, _)| sk.as_slice() < k))
+        // The log indexes a value under `k` may cover (a block's: the 16 up to its key).
+        let covers_from = keys::tail_u64(k).map_or(0, |i| i.saturating_sub(blocks::BLOCK - 1));
+        let mut stray = false;
+        while let Some(Ok((sk, _))) = stored.peek()
+            && sk.as_slice() < k
         {
+            stray |= keys::tail_u64(sk).is_some_and(|i| i >= covers_from);
             stored.next();
         }
         match stored.peek() {
-            Some(Ok((sk, sv))) if sk.as_slice() == k && sv.as_slice() == v => {
+            Some(Ok((sk, sv))) if sk.as_slice() == k && sv.as_slice() == v && !stray => {
                 equal.push(k.to_vec());
             }
             Some(Err(_)) => {
