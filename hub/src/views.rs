@@ -325,6 +325,14 @@ fn decode_item(key: &[u8], bytes: &[u8]) -> Result<Item, StoreError> {
         message,
     };
     let stored: StoredItem = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    // An item is stored under its own log index: one copied under another (damage) would
+    // load as the item it was copied from and no comparison would see it.
+    if keys::tail_u64(key) != Some(stored.meta.log_index) {
+        return Err(corrupt(format!(
+            "the item under this key says it is log leaf {}",
+            stored.meta.log_index
+        )));
+    }
     let record = Record::from_value(&stored.record).map_err(|p| {
         corrupt(
             p.iter()
