@@ -37,7 +37,6 @@ use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-use sha2::{Digest as _, Sha512};
 use spacesync_hub::check_pool::CheckPool;
 use spacesync_hub::maintenance;
 use spacesync_shared::Envelope;
@@ -86,15 +85,6 @@ fn negative_order_two() -> [u8; 32] {
     b
 }
 
-fn challenge(r: &[u8; 32], a: &[u8; 32], msg: &[u8]) -> Scalar {
-    Scalar::from_hash(
-        Sha512::new()
-            .chain_update(r)
-            .chain_update(a)
-            .chain_update(msg),
-    )
-}
-
 fn sig_of(r: &[u8; 32], s: &[u8; 32]) -> Signature {
     let mut b = [0u8; 64];
     b[..32].copy_from_slice(r);
@@ -137,8 +127,7 @@ impl Holder {
 
     /// `S = r + k·a` with `R` given as bytes (any encoding).
     fn sign_over(&self, msg: &[u8], r: Scalar, r_bytes: [u8; 32]) -> Signature {
-        let s = r + challenge(&r_bytes, &self.a_bytes, msg) * self.a;
-        sig_of(&r_bytes, s.as_bytes())
+        Signature::from_bytes(&sig::sign_over(&self.a, &self.a_bytes, &r, &r_bytes, msg))
     }
 }
 
@@ -635,14 +624,19 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
 }
 
-fn log_is_sound(th: &TestHub) {
-    let report = maintenance::verify(
+/// What `verify` says of the hub's store.
+fn verified(th: &TestHub) -> maintenance::VerifyReport {
+    maintenance::verify(
         th.hub.store.as_ref(),
         &hub_key().verifying_key(),
         ORIGIN,
         |_| {},
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn log_is_sound(th: &TestHub) {
+    let report = verified(th);
     assert!(report.ok(), "verify: {:?}", report.problems);
 }
 
@@ -1176,13 +1170,7 @@ async fn a_forged_entry_is_never_held_whatever_follows_it() {
             };
             said.truncate(160);
             if th.source_leaves() != before {
-                let report = maintenance::verify(
-                    th.hub.store.as_ref(),
-                    &hub_key().verifying_key(),
-                    ORIGIN,
-                    |_| {},
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
+                let report = verified(&th);
                 held.push(format!(
                     "variant {variant} (http: {http}): held, and `verify` then reports {:?}; the hub answered {said}",
                     report.problems

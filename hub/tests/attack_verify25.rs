@@ -15,6 +15,7 @@ use common::*;
 use serde_json::json;
 use spacesync_hub::log_check::Checking;
 use spacesync_hub::maintenance::{self, VerifyReport};
+use spacesync_hub::registry::{SourceRecord, SourceStatus};
 use spacesync_hub::store::{SledStore, Store, WriteBatch, keys};
 use spacesync_hub::views;
 use spacesync_shared::RegionCode;
@@ -425,19 +426,21 @@ fn with_copy(name: &str, damage: impl FnOnce(&dyn Store)) -> VerifyReport {
     verify_all(name, &s)
 }
 
-fn reg_json(s: &dyn Store, id: &str) -> serde_json::Value {
+/// The `reg/` record stored under `id`'s key.
+fn reg(s: &dyn Store, id: &str) -> SourceRecord {
     let v = s
         .get(&keys::reg(&id.parse().expect("id")))
         .expect("get")
         .expect("stored");
-    serde_json::from_slice(&v).expect("json")
+    serde_json::from_slice(&v).expect("a source record")
 }
 
-fn put_reg(s: &dyn Store, id: &str, v: &serde_json::Value) {
+/// Stores `rec` under `id`'s key (whatever its own id).
+fn put_reg(s: &dyn Store, id: &str, rec: &SourceRecord) {
     put(
         s,
         keys::reg(&id.parse().expect("id")),
-        serde_json::to_vec(v).expect("json"),
+        serde_json::to_vec(rec).expect("json"),
     );
 }
 
@@ -468,38 +471,38 @@ fn registry_damage_is_named_first() {
     for slot in [0usize, 1] {
         let name = format!("gd-a key {slot} changed");
         let r = with_copy(&name, |s| {
-            let mut v = reg_json(s, "gd-a");
-            v["keys"][slot]["key"] = json!(Agent::new("gd-x", 9, "440000").key_line());
+            let mut v = reg(s, "gd-a");
+            v.keys[slot].key = Agent::new("gd-x", 9, "440000").key_line();
             put_reg(s, "gd-a", &v);
         });
         disagrees_first(&name, &r, "gd-a");
     }
     // The transition lost from reg/ (the old key signs on).
     let r = with_copy("transition lost", |s| {
-        let mut v = reg_json(s, "gd-a");
-        v["keys"].as_array_mut().expect("keys").truncate(1);
+        let mut v = reg(s, "gd-a");
+        v.keys.truncate(1);
         put_reg(s, "gd-a", &v);
     });
     disagrees_first("transition lost", &r, "gd-a");
     assert!(r.problems.len() == 1, "{:#?}", r.problems);
     // Its from_seq moved.
     let r = with_copy("from_seq moved", |s| {
-        let mut v = reg_json(s, "gd-a");
-        v["keys"][1]["from_seq"] = json!(2);
+        let mut v = reg(s, "gd-a");
+        v.keys[1].from_seq = 2;
         put_reg(s, "gd-a", &v);
     });
     disagrees_first("from_seq moved", &r, "gd-a");
     // Revoked in reg/ only; and its scope changed.
     let r = with_copy("revoked in reg", |s| {
-        let mut v = reg_json(s, "bj-b");
-        v["status"] = json!("revoked");
-        v["revoked_at"] = json!("2018-11-06T00:00:00Z");
+        let mut v = reg(s, "bj-b");
+        v.status = SourceStatus::Revoked;
+        v.revoked_at = Some("2018-11-06T00:00:00Z".parse().expect("time"));
         put_reg(s, "bj-b", &v);
     });
     disagrees_first("revoked in reg", &r, "bj-b");
     let r = with_copy("scope changed", |s| {
-        let mut v = reg_json(s, "bj-b");
-        v["scope"] = json!("440000");
+        let mut v = reg(s, "bj-b");
+        v.scope = RegionCode::parse("440000").expect("region");
         put_reg(s, "bj-b", &v);
     });
     disagrees_first("scope changed", &r, "bj-b");
@@ -509,14 +512,14 @@ fn registry_damage_is_named_first() {
     });
     disagrees_first("bj-b deleted", &r, "bj-b");
     let r = with_copy("zz-z added", |s| {
-        let mut v = reg_json(s, "bj-b");
-        v["id"] = json!("zz-z");
+        let mut v = reg(s, "bj-b");
+        v.id = "zz-z".parse().expect("id");
         put_reg(s, "zz-z", &v);
     });
     disagrees_first("zz-z added", &r, "zz-z");
     // A record under another source's key: reg/ read in key order, not id order.
     let r = with_copy("record under another key", |s| {
-        let v = reg_json(s, "bj-b");
+        let v = reg(s, "bj-b");
         put_reg(s, "zz-z", &v);
         delete(s, keys::reg(&"bj-b".parse().expect("id")));
     });
@@ -539,8 +542,8 @@ fn registry_with_a_damaged_log() {
             .expect("a hub entry")
     };
     let change_key = |s: &dyn Store| {
-        let mut v = reg_json(s, "gd-a");
-        v["keys"][0]["key"] = json!(Agent::new("gd-x", 9, "440000").key_line());
+        let mut v = reg(s, "gd-a");
+        v.keys[0].key = Agent::new("gd-x", 9, "440000").key_line();
         put_reg(s, "gd-a", &v);
     };
     for reg_damaged in [false, true] {

@@ -305,14 +305,28 @@ pub fn sign_with_torsion_in_r(a: &Scalar, r: &Scalar, t: usize, msg: &[u8]) -> [
     let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[t % 8])
         .compress()
         .to_bytes();
+    sign_over(a, &big_a, r, &big_r, msg)
+}
+
+/// For tests of the rule: `S = r + k·a` with `k = H(R ‖ A ‖ M)` over the key bytes `a_bytes`
+/// and the nonce point bytes `r_bytes` as given (any point, any encoding), the signature
+/// `R ‖ S`. Nothing in the system signs this way.
+#[doc(hidden)]
+pub fn sign_over(
+    a: &Scalar,
+    a_bytes: &[u8; 32],
+    r: &Scalar,
+    r_bytes: &[u8; 32],
+    msg: &[u8],
+) -> [u8; 64] {
     let k = Scalar::from_hash(
         Sha512::new()
-            .chain_update(big_r)
-            .chain_update(big_a)
+            .chain_update(r_bytes)
+            .chain_update(a_bytes)
             .chain_update(msg),
     );
     let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&big_r);
+    sig[..32].copy_from_slice(r_bytes);
     sig[32..].copy_from_slice((r + k * a).as_bytes());
     sig
 }

@@ -14,7 +14,6 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use proptest::prelude::*;
-use sha2::{Digest as _, Sha512};
 use spacesync_shared::sig::{self, SigError};
 
 /// The first item [`sig::verify`] refuses: what the batch path must answer.
@@ -38,24 +37,10 @@ fn check(msgs: &[&[u8]], sigs: &[Signature], keys: &[VerifyingKey], runs: usize,
     }
 }
 
-/// `k = H(R ‖ A ‖ M)`.
-fn challenge(r: &[u8; 32], a: &[u8; 32], msg: &[u8]) -> Scalar {
-    Scalar::from_hash(
-        Sha512::new()
-            .chain_update(r)
-            .chain_update(a)
-            .chain_update(msg),
-    )
-}
-
 /// A signature by secret scalar `a` under the key bytes `a_bytes` (whatever point they
 /// are), with nonce point bytes `r_bytes` for nonce scalar `r`: `S = r + k·a`.
 fn sign_raw(a: Scalar, a_bytes: [u8; 32], r: Scalar, r_bytes: [u8; 32], msg: &[u8]) -> Signature {
-    let s = r + challenge(&r_bytes, &a_bytes, msg) * a;
-    let mut b = [0u8; 64];
-    b[..32].copy_from_slice(&r_bytes);
-    b[32..].copy_from_slice(s.as_bytes());
-    Signature::from_bytes(&b)
+    Signature::from_bytes(&sig::sign_over(&a, &a_bytes, &r, &r_bytes, msg))
 }
 
 fn vk(bytes: [u8; 32]) -> VerifyingKey {
