@@ -96,6 +96,12 @@ impl WriteBatch {
         self.ops.get(key).map(Option::as_deref)
     }
 
+    /// The value the batch sets `key` to, to change where it lies; `None` when the batch
+    /// does not set it (leaves it, or removes it).
+    pub fn pending_mut(&mut self, key: &[u8]) -> Option<&mut Vec<u8>> {
+        self.ops.get_mut(key).and_then(Option::as_mut)
+    }
+
     /// Drops what the batch would do to `key` (as if it had never been put or deleted).
     pub fn forget(&mut self, key: &[u8]) {
         self.ops.remove(key);

@@ -25,6 +25,11 @@ impl Out {
         Out(Vec::with_capacity(64))
     }
 
+    /// Writing on after the bytes of `v`.
+    pub(crate) fn onto(v: Vec<u8>) -> Out {
+        Out(v)
+    }
+
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.0
     }
