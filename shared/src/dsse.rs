@@ -42,7 +42,7 @@ impl Digest {
 
     /// Lower-case hex written into `buf`, without an allocation (receipts and log records
     /// write one digest per entry).
-    fn hex_in<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+    pub(crate) fn hex_in<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for (pair, byte) in buf.chunks_exact_mut(2).zip(self.0) {
             pair[0] = DIGITS[usize::from(byte >> 4)];
@@ -97,15 +97,35 @@ pub fn key_id(key: &VerifyingKey) -> String {
 /// DSSE's pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload_type.len() + payload.len() + 32);
-    out.extend_from_slice(b"DSSEv1 ");
-    out.extend_from_slice(payload_type.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload_type.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload);
+    pae_pieces(payload_type, payload, |piece| out.extend_from_slice(piece));
     out
+}
+
+/// [`pae`] handed to `each` piece by piece, in order, the payload among them as it lies:
+/// for hashing the signed bytes without copying them into one buffer first.
+pub fn pae_pieces(payload_type: &str, payload: &[u8], mut each: impl FnMut(&[u8])) {
+    let mut digits = [0u8; 20];
+    each(b"DSSEv1 ");
+    each(decimal(payload_type.len(), &mut digits));
+    each(b" ");
+    each(payload_type.as_bytes());
+    each(b" ");
+    each(decimal(payload.len(), &mut digits));
+    each(b" ");
+    each(payload);
+}
+
+/// `n` in decimal ASCII, written at the end of `buf` (20 digits hold any `u64`).
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// One signature in an envelope.
@@ -272,6 +292,23 @@ mod tests {
             pae("http://example.com/HelloWorld", b"hello world"),
             b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
         );
+    }
+
+    #[test]
+    fn pae_writes_every_length_in_decimal() {
+        for n in [0usize, 1, 9, 10, 99, 100, 12_345, 1 << 32, usize::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+        // Payloads across a digit boundary, one piece at a time and whole.
+        for len in [0usize, 9, 10, 11, 999, 1000] {
+            let payload = vec![b'x'; len];
+            let mut pieces = Vec::new();
+            pae_pieces("t", &payload, |p| pieces.extend_from_slice(p));
+            let want = [format!("DSSEv1 1 t {len} ").into_bytes(), payload.clone()].concat();
+            assert_eq!(pieces, want);
+            assert_eq!(pae("t", &payload), want);
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spacesync_shared::SourceId;
-use spacesync_shared::dsse::{Envelope, EnvelopeSignature, pae};
-use spacesync_shared::merkle::{self, Hash};
+use spacesync_shared::dsse::{Envelope, EnvelopeSignature, pae_pieces};
+use spacesync_shared::merkle::Hash;
 
 /// One leaf of the log, as read back (stored in the layout above).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,9 +85,17 @@ impl LogRecord {
     }
 }
 
-/// The leaf hash of an envelope: of `PAE(payloadType, payload)`, exactly the signed bytes.
+/// The leaf hash of an envelope: of `PAE(payloadType, payload)`, exactly the signed bytes
+/// ([`spacesync_shared::merkle::leaf_hash`] of them), hashed where they lie rather than
+/// copied together first.
 pub fn leaf_hash(envelope: &Envelope) -> Hash {
-    merkle::leaf_hash(&pae(&envelope.payload_type, &envelope.payload))
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update([0x00]);
+    pae_pieces(&envelope.payload_type, &envelope.payload, |piece| {
+        h.update(piece)
+    });
+    h.finalize().into()
 }
 
 /// The version byte of the layout in the module doc. `2` and `4` are taken: a stored value
@@ -617,6 +625,20 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The leaf hash is RFC 9162's of the signed bytes, whatever the payload and its
+        /// type (lengths across digit boundaries included).
+        #[test]
+        fn leaf_hash_is_of_the_signed_bytes(
+            payload_type in ".{0,120}",
+            payload in proptest::collection::vec(any::<u8>(), 0..1200),
+        ) {
+            let env = Envelope { payload_type, payload, signatures: Vec::new() };
+            prop_assert_eq!(
+                leaf_hash(&env),
+                spacesync_shared::merkle::leaf_hash(&spacesync_shared::dsse::pae(&env.payload_type, &env.payload))
+            );
+        }
 
         /// encode then decode gives the record back, whatever its fields.
         #[test]
