@@ -123,11 +123,46 @@ pub struct BatchReceipt {
 impl BatchReceipt {
     /// Signs the batch receipt with the hub key.
     pub fn sign(&self, hub: &SigningKey) -> Envelope {
-        Envelope::sign(
-            hub,
-            BATCH_RECEIPT_PAYLOAD_TYPE,
-            serde_json::to_vec(self).unwrap_or_default(),
-        )
+        Envelope::sign(hub, BATCH_RECEIPT_PAYLOAD_TYPE, self.payload())
+    }
+
+    /// The receipt's JSON, byte for byte what `serde_json::to_vec` writes of it, written
+    /// here so that the time the entries of a batch share is formatted once, not once an
+    /// entry (serializing the entries field by field was ~0.8 % of an ingest's CPU).
+    pub fn payload(&self) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 160);
+        let mut time: Option<(DateTime<Utc>, Vec<u8>)> = None;
+        // Writes into a Vec do not fail, nor does serializing a source id or a time; were
+        // one to, the payload is serde_json's own.
+        let written = (|| -> Result<(), serde_json::Error> {
+            out.extend_from_slice(b"{\"source\":");
+            serde_json::to_writer(&mut out, &self.source)?;
+            out.extend_from_slice(b",\"entries\":[");
+            for (i, e) in self.entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = write!(out, "{{\"seq\":{},\"entry_hash\":\"", e.seq);
+                out.extend_from_slice(e.entry_hash.hex_in(&mut [0; 64]).as_bytes());
+                let _ = write!(out, "\",\"log_index\":{},\"received_at\":", e.log_index);
+                match &time {
+                    Some((t, json)) if *t == e.received_at => out.extend_from_slice(json),
+                    _ => {
+                        let json = serde_json::to_vec(&e.received_at)?;
+                        out.extend_from_slice(&json);
+                        time = Some((e.received_at, json));
+                    }
+                }
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
+            Ok(())
+        })();
+        match written {
+            Ok(()) => out,
+            Err(_) => serde_json::to_vec(self).unwrap_or_default(),
+        }
     }
 
     /// Verifies a batch receipt envelope with the hub's public key and reads it; refuses
@@ -738,6 +773,40 @@ pub fn verify_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The batch receipt's payload is serde_json's JSON of it, byte for byte, whatever
+        /// its entries and however many share a time (what agents and `open` read).
+        #[test]
+        fn batch_receipt_payload_is_serde_json_of_it(
+            source in "[a-z0-9][a-z0-9-]{0,30}",
+            items in proptest::collection::vec(
+                (proptest::num::u64::ANY, proptest::array::uniform32(proptest::num::u8::ANY),
+                 proptest::num::u64::ANY, 0usize..3, 0u32..1_000_000_000),
+                0..40,
+            ),
+            times in proptest::array::uniform3(-62_000_000_000i64..250_000_000_000),
+        ) {
+            let Ok(source) = SourceId::parse(&source) else { return Ok(()) };
+            let entries = items
+                .into_iter()
+                .filter_map(|(seq, hash, log_index, t, nanos)| {
+                    Some(ReceiptItem {
+                        seq,
+                        entry_hash: Digest(hash),
+                        log_index,
+                        // Whole milliseconds (as the hub receipts) or any nanosecond.
+                        received_at: DateTime::from_timestamp(
+                            times[t],
+                            if t == 2 { nanos } else { nanos / 1_000_000 * 1_000_000 },
+                        )?,
+                    })
+                })
+                .collect();
+            let b = BatchReceipt { source, entries };
+            proptest::prop_assert_eq!(b.payload(), serde_json::to_vec(&b).unwrap());
+        }
+    }
 
     #[test]
     fn notice_facts_sit_beside_the_prose_and_old_notices_still_read() {
