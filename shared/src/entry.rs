@@ -146,6 +146,26 @@ impl<R> RawEntry<R> {
 /// The entry in `payload` when it is a space count this reader takes; `None` sends the
 /// payload to the full reader.
 fn space_count_entry(payload: &[u8]) -> Option<Entry> {
+    plain_entry(payload).or_else(|| serde_entry(payload))
+}
+
+/// [`space_count_entry`] by the reader without serde ([`fast::plain`]): agents' entries.
+fn plain_entry(payload: &[u8]) -> Option<Entry> {
+    let (source, seq, prev, recorded_at, campaign, record) = fast::plain(payload)?;
+    RawEntry {
+        source,
+        seq,
+        prev,
+        recorded_at,
+        campaign,
+        record: fast::Fast(record),
+    }
+    .into_entry(|r| Ok(Record::SpaceCount(r.0)))
+    .ok()
+}
+
+/// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in any JSON.
+fn serde_entry(payload: &[u8]) -> Option<Entry> {
     let raw: RawEntry<fast::Fast> = serde_json::from_slice(payload).ok()?;
     raw.into_entry(|r| Ok(Record::SpaceCount(r.0))).ok()
 }
@@ -615,32 +635,221 @@ mod fast_tests {
         format!("{}\\u{:04x}{}", &text[..at], c, &text[at + 1..])
     }
 
+    /// Times in the forms chrono reads and near them.
+    const TIMES: [&str; 24] = [
+        "2018-11-02T02:00:00Z",
+        "2018-11-02T02:00:00.000Z",
+        "2018-11-02T02:00:00.1Z",
+        "2018-11-02T02:00:00.123456789Z",
+        "2018-11-02T02:00:00.1234567891Z",
+        "2018-11-02T02:00:60Z",
+        "2016-12-31T23:59:60.5Z",
+        "2018-11-02T24:00:00Z",
+        "2018-11-02T02:60:00Z",
+        "2018-11-02t02:00:00z",
+        "2018-11-02 02:00:00Z",
+        "2018-11-02T02:00:00+08:00",
+        "2018-11-02T02:00:00-00:00",
+        "2018-02-30T02:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999Z",
+        "2018-11-02T02:00Z",
+        "2018-11-02T2:00:00Z",
+        "2018-11-02T02:00:00.Z",
+        "2018-11-02T02:00:00,5Z",
+        "+2018-11-02T02:00:00Z",
+        "2018-11-02T02:00:00.5",
+        "2018-11-02T02:00:00.-5Z",
+        "２018-11-02T02:00:00Z",
+    ];
+
+    /// Values for the entry's own fields, at their edges.
+    const FIELD_VALUES: [&str; 20] = [
+        "\"gd-agent\"",
+        "\"GD-agent\"",
+        "\"g\"",
+        "\"-gd\"",
+        "\"gd\\u002dagent\"",
+        "\"0707070707070707070707070707070707070707070707070707070707070707\"",
+        "\"0A07070707070707070707070707070707070707070707070707070707070707\"",
+        "\"070707070707070707070707070707070707070707070707070707070707070\"",
+        "0",
+        "1",
+        "01",
+        "18446744073709551615",
+        "18446744073709551616",
+        "7.0",
+        "-7",
+        "\"7\"",
+        "null",
+        "\"二〇一八\"",
+        "\"a\\\"b\"",
+        "\"\"",
+    ];
+
+    /// The entry's keys an edit picks from, with strangers.
+    const ENTRY_KEYS: [&str; 8] = [
+        "source",
+        "seq",
+        "prev",
+        "recorded_at",
+        "campaign",
+        "record",
+        "Source",
+        "extra",
+    ];
+
+    /// An edit of an entry's text outside its record.
+    #[derive(Debug, Clone)]
+    enum EntryEdit {
+        /// Sets `recorded_at` to the `n`th of [`TIMES`].
+        Time(usize),
+        /// Sets `recorded_at` to a time chrono writes, in one of its forms.
+        Written(i64, u32, usize),
+        /// Sets (or adds) the `k`th of [`ENTRY_KEYS`] to the `v`th of [`FIELD_VALUES`].
+        Field(usize, usize),
+        /// Whitespace after the `n`th `{`, `,` or `:` (JSON allows it there).
+        Space(usize),
+        /// Bytes after the payload.
+        Trailing(&'static str),
+    }
+
+    /// The payload text of `e` with `edits` applied: the fields' edits first (a field set
+    /// where it is, or added first), then the text's, in order.
+    fn edited(e: &Entry, edits: &[EntryEdit]) -> String {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("source", serde_json::to_string(&e.source).unwrap()),
+            ("seq", e.seq.to_string()),
+            ("prev", serde_json::to_string(&e.prev).unwrap()),
+            (
+                "recorded_at",
+                serde_json::to_string(&e.recorded_at).unwrap(),
+            ),
+            ("campaign", serde_json::to_string(&e.campaign).unwrap()),
+            ("record", serde_json::to_string(&e.record).unwrap()),
+        ];
+        let mut set =
+            |key: &'static str, value: String| match fields.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => *v = value,
+                None => fields.insert(0, (key, value)),
+            };
+        for edit in edits {
+            match edit {
+                EntryEdit::Time(n) => set("recorded_at", format!("\"{}\"", TIMES[*n])),
+                EntryEdit::Written(secs, nanos, form) => {
+                    if let Some(t) = DateTime::<Utc>::from_timestamp(*secs, *nanos) {
+                        let forms = [
+                            chrono::SecondsFormat::Secs,
+                            chrono::SecondsFormat::Millis,
+                            chrono::SecondsFormat::Micros,
+                            chrono::SecondsFormat::Nanos,
+                            chrono::SecondsFormat::AutoSi,
+                        ];
+                        let written = t.to_rfc3339_opts(forms[*form % forms.len()], true);
+                        set("recorded_at", format!("\"{written}\""));
+                    }
+                }
+                EntryEdit::Field(k, v) => set(ENTRY_KEYS[*k], FIELD_VALUES[*v].to_string()),
+                EntryEdit::Space(_) | EntryEdit::Trailing(_) => {}
+            }
+        }
+        let pairs: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let mut text = format!("{{{}}}", pairs.join(","));
+        for edit in edits {
+            match edit {
+                EntryEdit::Space(n) => {
+                    let at = structural(&text);
+                    let i = at[*n % at.len()];
+                    text = format!("{} \n\t\r{}", &text[..i], &text[i..]);
+                }
+                EntryEdit::Trailing(t) => text.push_str(t),
+                _ => {}
+            }
+        }
+        text
+    }
+
+    /// Where whitespace may go in JSON `text`: after each `{`, `,` or `:` outside strings.
+    fn structural(text: &str) -> Vec<usize> {
+        let (mut at, mut in_string, mut escaped) = (Vec::new(), false, false);
+        for (i, c) in text.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_string => escaped = true,
+                '"' => in_string = !in_string,
+                '{' | ',' | ':' if !in_string => at.push(i + 1),
+                _ => {}
+            }
+        }
+        at
+    }
+
+    fn entry_edit() -> impl Strategy<Value = EntryEdit> {
+        prop_oneof![
+            3 => (0..TIMES.len()).prop_map(EntryEdit::Time),
+            3 => (-62_000_000_000i64..250_000_000_000, 0u32..2_000_000_000, 0..5usize)
+                .prop_map(|(s, n, f)| EntryEdit::Written(s, n, f)),
+            4 => (0..ENTRY_KEYS.len(), 0..FIELD_VALUES.len())
+                .prop_map(|(k, v)| EntryEdit::Field(k, v)),
+            2 => (0..200usize).prop_map(EntryEdit::Space),
+            1 => prop::sample::select(&[" ", "\n", "x", "}", ",", "\u{0}"][..])
+                .prop_map(EntryEdit::Trailing),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4_000))]
 
-        /// Every space count an agent writes is read directly, as the full reader reads it.
+        /// Every space count an agent writes is read directly — by the reader without
+        /// serde, and by serde's — as the full reader reads it.
         #[test]
         fn entries_as_agents_write_them_are_read_directly(record in valid(), seq in 1u64..) {
             let e = entry(record, seq);
             let payload = e.to_payload();
+            prop_assert_eq!(plain_entry(&payload), Some(e.clone()));
+            prop_assert_eq!(serde_entry(&payload), Some(e.clone()));
             prop_assert_eq!(space_count_entry(&payload), Some(e.clone()));
             prop_assert_eq!(Entry::from_payload_fully(&payload), Ok(e));
         }
 
-        /// Whatever the direct reader takes, the full reader takes, as the same entry.
+        /// Whatever either direct reader takes, the full reader takes, as the same entry.
         #[test]
         fn the_direct_reader_takes_nothing_the_full_reader_refuses(
             record in valid(),
             mutations in proptest::collection::vec(mutation(), 1..4),
         ) {
             let payload = mutated(&entry(record, 1), &mutations);
-            if let Some(fast) = space_count_entry(&payload) {
+            for fast in [plain_entry(&payload), serde_entry(&payload)].into_iter().flatten() {
                 prop_assert_eq!(
                     Entry::from_payload_fully(&payload),
                     Ok(fast),
                     "{}",
                     String::from_utf8_lossy(&payload)
                 );
+            }
+        }
+
+        /// The same for the entry's own fields and the text around them: times in every
+        /// form chrono reads or refuses, sources, digests, seqs and campaigns at the
+        /// edges, whitespace, trailing bytes.
+        #[test]
+        fn the_entry_around_the_record_is_read_as_the_full_reader_reads_it(
+            record in valid(),
+            edits in proptest::collection::vec(entry_edit(), 1..4),
+        ) {
+            let e = entry(record, 7);
+            let text = edited(&e, &edits);
+            let full = Entry::from_payload_fully(text.as_bytes());
+            for fast in [plain_entry(text.as_bytes()), serde_entry(text.as_bytes())]
+                .into_iter()
+                .flatten()
+            {
+                prop_assert_eq!(&full, &Ok(fast), "{}", text);
+            }
+            // An edit that leaves the JSON's meaning alone leaves the plain reader's
+            // answer alone too (whitespace where JSON allows it).
+            if edits.iter().all(|e| matches!(e, EntryEdit::Space(_))) {
+                prop_assert_eq!(plain_entry(text.as_bytes()), Some(e), "{}", text);
             }
         }
     }
