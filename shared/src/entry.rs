@@ -151,17 +151,7 @@ fn space_count_entry(payload: &[u8]) -> Option<Entry> {
 
 /// [`space_count_entry`] by the reader without serde ([`fast::plain`]): agents' entries.
 fn plain_entry(payload: &[u8]) -> Option<Entry> {
-    let (source, seq, prev, recorded_at, campaign, record) = fast::plain(payload)?;
-    RawEntry {
-        source,
-        seq,
-        prev,
-        recorded_at,
-        campaign,
-        record: fast::Fast(record),
-    }
-    .into_entry(|r| Ok(Record::SpaceCount(r.0)))
-    .ok()
+    fast::plain(payload)
 }
 
 /// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in any JSON.
