@@ -154,7 +154,8 @@ fn plain_entry(payload: &[u8]) -> Option<Entry> {
     fast::plain(payload)
 }
 
-/// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in any JSON.
+/// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in whatever
+/// whitespace and key order JSON allows, escapes only outside the record.
 fn serde_entry(payload: &[u8]) -> Option<Entry> {
     let raw: RawEntry<fast::Fast> = serde_json::from_slice(payload).ok()?;
     raw.into_entry(|r| Ok(Record::SpaceCount(r.0))).ok()

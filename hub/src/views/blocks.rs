@@ -119,8 +119,8 @@ pub(crate) fn put(stored: Option<&[u8]>, off: u8, count: &[u8]) -> Result<Vec<u8
 }
 
 /// [`put`] into the block value `value` where it lies: appending after the block's last
-/// count (what ingest does with every count of a batch but a block's first) neither copies
-/// nor allocates more than the value's growth.
+/// count (what ingest does with every count of a batch but a block's first) copies
+/// nothing but what growing the value takes.
 pub(crate) fn put_in(value: &mut Vec<u8>, off: u8, count: &[u8]) -> Result<(), Damaged> {
     if !is_block(value) {
         return Err(NOT_A_BLOCK);

@@ -1,20 +1,23 @@
-//! A direct reader for the common entry: a space count written the way agents write it.
+//! Direct readers for the common entry: a space count written the way agents write it.
 //!
-//! [`Entry::from_payload`](super::Entry::from_payload) reads every payload into a JSON
-//! tree (refusing duplicate keys) and then walks the tree with the record reader, which
-//! collects every problem with its field path. That is what an error message needs, and
-//! most of the cost of reading an entry where nothing is wrong (the hub reads each one
-//! at ingest, `verify` and `rebuild`). Here a space count is read straight from the
-//! bytes into its types, and the reader gives up — `None` — at anything it does not take
-//! in its plainest form: another kind, a `null`, an escaped string, a number that is not
+//! The full reader ([`Entry::from_payload_fully`](super::Entry::from_payload_fully)) reads
+//! a payload into a JSON tree (refusing duplicate keys) and then walks the tree with the
+//! record reader, which collects every problem with its field path. That is what an error
+//! message needs, and most of the cost of reading an entry where nothing is wrong (the hub
+//! reads each one at ingest, `verify` and `rebuild`). Here a space count is read straight
+//! from the bytes into its types, twice over: [`plain`] reads the plainest JSON without
+//! serde (what agents write), and, when it gives up, [`Fast`] reads the record through
+//! serde's visitors (whitespace and key order as JSON allows, escapes outside the record).
+//! Each gives up — `None` — at anything it does not take in its plainest form: another
+//! kind, a `null`, an escaped string (inside the record, for `Fast`), a number that is not
 //! a plain whole number, an unknown or repeated key, any value the record reader would
-//! refuse. The caller then reads the payload the full way, which accepts or refuses it
-//! with its problems named.
+//! refuse. [`Entry::from_payload`](super::Entry::from_payload) then reads the payload the
+//! full way, which accepts or refuses it with its problems named.
 //!
-//! This file reads the record; `entry.rs` reads the entry around it (the same derived
-//! fields as the full reader) and holds both to the full reader: its `fast_tests` check
-//! that the direct reader only ever says yes to a payload the full reader takes, with the
-//! same entry, over hostile inputs, and that it takes every entry an agent writes.
+//! `entry.rs` reads the entry around `Fast`'s record (the same derived fields as the full
+//! reader) and holds both readers to the full reader: its `fast_tests` check that each
+//! direct reader only ever says yes to a payload the full reader takes, with the same
+//! entry, over hostile inputs, and that both take every entry an agent writes.
 
 use std::fmt;
 
