@@ -151,7 +151,15 @@ fn space_count_entry(payload: &[u8]) -> Option<Entry> {
 
 /// [`space_count_entry`] by the reader without serde ([`fast::plain`]): agents' entries.
 fn plain_entry(payload: &[u8]) -> Option<Entry> {
-    fast::plain(payload)
+    let p = fast::plain(payload)?;
+    Some(Entry {
+        source: SourceId::parse(p.source).ok()?,
+        seq: p.seq,
+        prev: p.prev,
+        recorded_at: p.recorded_at,
+        campaign: p.campaign.to_owned(),
+        record: Record::SpaceCount(p.record),
+    })
 }
 
 /// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in whatever

@@ -53,53 +53,38 @@ impl<'de> Visitor<'de> for RecordVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fast, A::Error> {
-        let mut kind = false;
-        let mut region = None;
-        let mut school = None;
-        let mut as_of = None;
-        let mut spaces = None;
-        let mut real_name = None;
-        let mut population = None;
+        let mut p = Parts::default();
         while let Some(key) = map.next_key::<&str>()? {
             match key {
-                "kind" if !kind => {
+                "kind" if !p.kind => {
                     if map.next_value::<&str>()? != "space_count" {
                         return Err(give_up());
                     }
-                    kind = true;
+                    p.kind = true;
                 }
-                "region" if region.is_none() => {
+                "region" if p.region.is_none() => {
                     let s = map.next_value::<&str>()?;
-                    region = Some(RegionCode::parse(s).map_err(|_| give_up())?);
+                    p.region = Some(RegionCode::parse(s).map_err(|_| give_up())?);
                 }
-                "school" if school.is_none() => {
+                "school" if p.school.is_none() => {
                     let s = map.next_value::<&str>()?;
-                    school = Some(SchoolCode::parse(s).map_err(|_| give_up())?);
+                    p.school = Some(SchoolCode::parse(s).map_err(|_| give_up())?);
                 }
-                "as_of" if as_of.is_none() => {
-                    as_of = Some(date(map.next_value::<&str>()?).ok_or_else(give_up)?);
+                "as_of" if p.as_of.is_none() => {
+                    p.as_of = Some(date(map.next_value::<&str>()?).ok_or_else(give_up)?);
                 }
-                "spaces" if spaces.is_none() => spaces = Some(map.next_value::<Counts>()?.0),
-                "real_name" if real_name.is_none() => {
-                    real_name = Some(map.next_value::<Counts>()?.0)
+                "spaces" if p.spaces.is_none() => p.spaces = Some(map.next_value::<Counts>()?.0),
+                "real_name" if p.real_name.is_none() => {
+                    p.real_name = Some(map.next_value::<Counts>()?.0)
                 }
-                "population" if population.is_none() => {
-                    population = Some(map.next_value::<Pop>()?.0)
+                "population" if p.population.is_none() => {
+                    p.population = Some(map.next_value::<Pop>()?.0)
                 }
                 // Unknown or repeated: the full reader names it.
                 _ => return Err(give_up()),
             }
         }
-        let parts = Parts {
-            kind,
-            region,
-            school,
-            as_of,
-            spaces,
-            real_name,
-            population,
-        };
-        parts.finish().map(Fast).ok_or_else(give_up)
+        p.finish().map(Fast).ok_or_else(give_up)
     }
 }
 
@@ -236,27 +221,36 @@ impl<'de> Deserialize<'de> for Pop {
     }
 }
 
+/// An entry's fields as [`plain`] read them, its text borrowed from the payload (the
+/// caller checks the source id: its type lives with the entry's, which this module does
+/// not import).
+pub(super) struct PlainEntry<'a> {
+    pub(super) source: &'a str,
+    pub(super) seq: u64,
+    pub(super) prev: crate::dsse::Digest,
+    pub(super) recorded_at: DateTime<Utc>,
+    pub(super) campaign: &'a str,
+    pub(super) record: SpaceCount,
+}
+
 /// The entry in `payload` read without serde, when it is a space count in the plainest
 /// JSON: every string free of escapes and control characters, every number a plain whole
 /// number, keys in any order but each once; `None` at anything else (the serde readers
 /// then take it). Agents write exactly this; reading it here instead of through serde's
 /// visitors took ~40 % off reading an entry (a few per cent of an ingest's CPU). What
 /// this reader takes, it reads as the JSON it is — the same fields as the serde readers,
-/// held to them by `fast_tests` — and, like them, it refuses seq 0. The entry is built in
-/// place (an entry is ~0.5 KB: each move of it was a copy).
-pub(super) fn plain(payload: &[u8]) -> Option<crate::entry::Entry> {
+/// held to them by `fast_tests` — and, like them, it refuses seq 0.
+pub(super) fn plain(payload: &[u8]) -> Option<PlainEntry<'_>> {
     let mut l = Lex { b: payload, i: 0 };
     let (mut source, mut seq, mut prev, mut at, mut campaign, mut record) =
         (None, None, None, None, None, None);
     l.object(|l, key| {
         match key {
-            b"source" if source.is_none() => {
-                source = Some(crate::entry::SourceId::parse(l.str()?).ok()?)
-            }
+            b"source" if source.is_none() => source = Some(l.str()?),
             b"seq" if seq.is_none() => seq = Some(l.uint()?),
             b"prev" if prev.is_none() => prev = Some(crate::dsse::Digest::from_hex(l.str()?)?),
             b"recorded_at" if at.is_none() => at = Some(time(l.str()?)?),
-            b"campaign" if campaign.is_none() => campaign = Some(l.str()?.to_owned()),
+            b"campaign" if campaign.is_none() => campaign = Some(l.str()?),
             b"record" if record.is_none() => record = Some(plain_record(l)?),
             _ => return None,
         }
@@ -266,13 +260,13 @@ pub(super) fn plain(payload: &[u8]) -> Option<crate::entry::Entry> {
     if l.i != l.b.len() {
         return None;
     }
-    Some(crate::entry::Entry {
+    Some(PlainEntry {
         source: source?,
         seq: seq.filter(|s| *s != 0)?,
         prev: prev?,
         recorded_at: at?,
         campaign: campaign?,
-        record: crate::record::Record::SpaceCount(record?),
+        record: record?,
     })
 }
 
