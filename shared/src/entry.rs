@@ -94,7 +94,9 @@ pub struct Entry {
     pub seq: u64,
     /// SHA-256 of the previous entry's payload; zeros for seq 1.
     pub prev: Digest,
-    /// Agent clock when the record was accepted (UTC, millisecond precision).
+    /// Agent clock when the record was accepted (UTC). Agents write it with milliseconds
+    /// (`to_payload`); every reader takes what RFC 3339 allows, up to nanoseconds, and the
+    /// hub keeps the signed bytes as sent, so a finer time is never written back rounded.
     #[serde(serialize_with = "ser_time")]
     pub recorded_at: DateTime<Utc>,
     /// Campaign id.
