@@ -1851,9 +1851,8 @@ impl Views {
     /// `batch`: where the batch holds the block already, changed there (ingest appends a
     /// batch's counts in log order, so all but a block's first in the batch go this way;
     /// `count_in_block`, copying the block out of the batch and back, was 2.4 % of an
-    /// ingest's CPU); else as
-    /// [`count_in_block`] reads it through these views' reader (which sees the batch first
-    /// too, so the two ways agree).
+    /// ingest's CPU); else as [`count_in_block`] reads it through these views' reader
+    /// (which sees the batch first too, so the two ways agree).
     fn put_count(
         &self,
         store: &dyn Store,

@@ -154,14 +154,16 @@ fn space_count_entry(payload: &[u8]) -> Option<Entry> {
 /// [`space_count_entry`] by the reader without serde ([`fast::plain`]): agents' entries.
 fn plain_entry(payload: &[u8]) -> Option<Entry> {
     let p = fast::plain(payload)?;
-    Some(Entry {
+    RawEntry {
         source: SourceId::parse(p.source).ok()?,
         seq: p.seq,
         prev: p.prev,
         recorded_at: p.recorded_at,
         campaign: p.campaign.to_owned(),
-        record: Record::SpaceCount(p.record),
-    })
+        record: p.record,
+    }
+    .into_entry(|r| Ok(Record::SpaceCount(r)))
+    .ok()
 }
 
 /// [`space_count_entry`] through serde ([`fast::Fast`]): plain space counts in whatever

@@ -38,9 +38,15 @@ pub type Hash = [u8; 32];
 
 /// The hash of a leaf: SHA-256(0x00 || data).
 pub fn leaf_hash(data: &[u8]) -> Hash {
+    leaf_hash_of(|feed| feed(data))
+}
+
+/// [`leaf_hash`] of the bytes `pieces` hands to its feed, in order, as if joined: for
+/// leaf data that lies in several places (an envelope's signed bytes).
+pub fn leaf_hash_of(pieces: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Hash {
     let mut h = Sha256::new();
     h.update([0x00]);
-    h.update(data);
+    pieces(&mut |piece| h.update(piece));
     h.finalize().into()
 }
 

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spacesync_shared::SourceId;
 use spacesync_shared::dsse::{Envelope, EnvelopeSignature, pae_pieces};
-use spacesync_shared::merkle::Hash;
+use spacesync_shared::merkle::{self, Hash};
 
 /// One leaf of the log, as read back (stored in the layout above).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,16 +86,10 @@ impl LogRecord {
 }
 
 /// The leaf hash of an envelope: of `PAE(payloadType, payload)`, exactly the signed bytes
-/// ([`spacesync_shared::merkle::leaf_hash`] of them), hashed where they lie rather than
-/// copied together first.
+/// ([`merkle::leaf_hash`] of them), hashed where they lie rather than copied together
+/// first.
 pub fn leaf_hash(envelope: &Envelope) -> Hash {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update([0x00]);
-    pae_pieces(&envelope.payload_type, &envelope.payload, |piece| {
-        h.update(piece)
-    });
-    h.finalize().into()
+    merkle::leaf_hash_of(|feed| pae_pieces(&envelope.payload_type, &envelope.payload, feed))
 }
 
 /// The version byte of the layout in the module doc. `2` and `4` are taken: a stored value
@@ -636,7 +630,7 @@ mod tests {
             let env = Envelope { payload_type, payload, signatures: Vec::new() };
             prop_assert_eq!(
                 leaf_hash(&env),
-                spacesync_shared::merkle::leaf_hash(&spacesync_shared::dsse::pae(&env.payload_type, &env.payload))
+                merkle::leaf_hash(&spacesync_shared::dsse::pae(&env.payload_type, &env.payload))
             );
         }
 
